@@ -1,0 +1,66 @@
+"""Triton helpers shared by the forward, split-KV combine and backward kernels.
+
+The window functions are the ``@triton.jit`` twins of the ones in ``swattn.window`` (same names, same clamping);
+``tests/test_window.py`` runs both on the same inputs. Scores are kept in log2 units (``qk * softmax_scale *
+log2(e)``) so the loop uses ``exp2``; LSE is converted to natural log when it is stored.
+"""
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def first_visible_key(row, seqlen_q, seqlen_k, left, HAS_LEFT: tl.constexpr):
+    """First key that query row ``row`` sees, clamped to ``[0, seqlen_k]``."""
+    if HAS_LEFT:
+        return tl.minimum(tl.maximum(row + seqlen_k - seqlen_q - left, 0), seqlen_k)
+    else:
+        return row * 0
+
+
+@triton.jit
+def last_visible_key(row, seqlen_q, seqlen_k, right, HAS_RIGHT: tl.constexpr):
+    """Last key that query row ``row`` sees, clamped to ``[-1, seqlen_k - 1]``."""
+    if HAS_RIGHT:
+        return tl.maximum(tl.minimum(row + seqlen_k - seqlen_q + right, seqlen_k - 1), -1)
+    else:
+        return row * 0 + seqlen_k - 1
+
+
+@triton.jit
+def block_ranges(first_row, last_row, seqlen_q, seqlen_k, left, right, BLOCK_N: tl.constexpr,
+                 HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """The KV loop of a tile of query rows ``first_row..last_row`` (positions, inclusive).
+
+    Returns ``(kv_start, kv_end, masked_head_end, unmasked_end, num_blocks)``: block ``b`` covers keys
+    ``[kv_start + b*BLOCK_N, kv_start + (b+1)*BLOCK_N)``; blocks ``[masked_head_end, unmasked_end)`` are visible to
+    every row of the tile and need no mask, the others are masked (per row) and load only keys ``< kv_end``.
+    """
+    kv_start = first_visible_key(first_row, seqlen_q, seqlen_k, left, HAS_LEFT)
+    kv_end = last_visible_key(last_row, seqlen_q, seqlen_k, right, HAS_RIGHT) + 1
+    span = tl.maximum(kv_end - kv_start, 0)
+    num_blocks = tl.cdiv(span, BLOCK_N)
+    # Keys seen by every row: from the last row's first key to the first row's last key.
+    shared_start = first_visible_key(last_row, seqlen_q, seqlen_k, left, HAS_LEFT)
+    shared_end = last_visible_key(first_row, seqlen_q, seqlen_k, right, HAS_RIGHT) + 1
+    masked_head_end = tl.minimum(tl.cdiv(shared_start - kv_start, BLOCK_N), num_blocks)
+    # max(0, .) before the division: Triton's integer division truncates toward zero.
+    unmasked_end = tl.maximum(tl.minimum(tl.maximum(shared_end - kv_start, 0) // BLOCK_N, num_blocks),
+                              masked_head_end)
+    return kv_start, kv_end, masked_head_end, unmasked_end, num_blocks
+
+
+@triton.jit
+def softcap_scores(qk, softmax_scale, softcap):
+    """``softcap * tanh(qk * softmax_scale / softcap)``, in log2 units; tanh through sigmoid (no tl.tanh)."""
+    x = qk * (softmax_scale / softcap)
+    return (softcap * LOG2E) * (2.0 * tl.sigmoid(2.0 * x) - 1.0)
+
+
+@triton.jit
+def safe_pivot(m):
+    """Rows that have seen no key yet keep max = -inf; subtract 0 instead so exp2 gives 0, never NaN."""
+    return tl.where(m == float("-inf"), 0.0, m)

@@ -1,0 +1,88 @@
+"""Merge the partial results of split-KV programs (flash-decoding) using their log-sum-exps."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from swattn.kernels._common import LN2, LOG2E
+
+
+@triton.jit
+def _swa_combine_kernel(
+    O_PARTIAL, LSE_PARTIAL, O, LSE, SINKS,
+    stride_ps, stride_pt, stride_ph,
+    stride_lps, stride_lpt,
+    stride_ot, stride_oh,
+    stride_lb, stride_lq, stride_lh,
+    tokens_per_batch, num_splits, head_dim,
+    HAS_SINKS: tl.constexpr, STORE_LSE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Grid: (tokens, heads). One program merges the ``num_splits`` partial rows of one (token, head).
+
+    ``lse = log(sum_s exp(lse_s) + exp(sink))``, ``out = sum_s exp(lse_s - lse) * out_s``. The sink is added here,
+    once, never inside a split. Rows whose splits all saw nothing (and no sink) give out = 0, lse = -inf.
+    """
+    token = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_s = tl.arange(0, BLOCK_S)
+    split_mask = offs_s < num_splits
+    lse_s = tl.load(LSE_PARTIAL + offs_s * stride_lps + token * stride_lpt + head, mask=split_mask,
+                    other=float("-inf")) * LOG2E  # [BLOCK_S]
+    m = tl.max(lse_s, 0)
+    if HAS_SINKS:
+        sink = tl.load(SINKS + head).to(tl.float32) * LOG2E
+        m = tl.maximum(m, sink)
+    pivot = tl.where(m == float("-inf"), 0.0, m)
+    weight = tl.exp2(lse_s - pivot)  # [BLOCK_S]
+    part = tl.load(O_PARTIAL + offs_s[:, None] * stride_ps + token * stride_pt + head * stride_ph + offs_d[None, :],
+                   mask=split_mask[:, None] & (offs_d[None, :] < head_dim), other=0.0)  # [BLOCK_S, BLOCK_D]
+    acc = tl.sum(weight[:, None] * part, 0)
+    total = tl.sum(weight, 0)
+    if HAS_SINKS:
+        total += tl.exp2(sink - pivot)
+    empty = total == 0.0
+    out = acc / tl.where(empty, 1.0, total)
+    tl.store(O + token * stride_ot + head * stride_oh + offs_d, out.to(O.dtype.element_ty), mask=offs_d < head_dim)
+    if STORE_LSE:
+        lse = tl.where(empty, float("-inf"), (pivot + tl.log2(tl.where(empty, 1.0, total))) * LN2)
+        batch = token // tokens_per_batch
+        pos = token % tokens_per_batch
+        tl.store(LSE + batch * stride_lb + pos * stride_lq + head * stride_lh, lse)
+
+
+def combine_splits(
+    out_partial: torch.Tensor,
+    lse_partial: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor | None,
+    sinks: torch.Tensor | None,
+    tokens_per_batch: int,
+) -> None:
+    """Merge ``out_partial [S, T, H, D]`` (fp32) and ``lse_partial [S, T, H]`` into ``out [T, H, D]``.
+
+    ``lse`` is the caller's [B, H, Sq] (``tokens_per_batch = Sq``) or [H, total_q] (``tokens_per_batch = total_q``)
+    tensor, or None.
+    """
+    num_splits, tokens, heads, head_dim = out_partial.shape
+    if tokens == 0:
+        return
+    if lse is None:
+        lse_strides = (0, 0, 0)
+    elif lse.dim() == 3:
+        lse_strides = (lse.stride(0), lse.stride(2), lse.stride(1))
+    else:
+        lse_strides = (0, lse.stride(1), lse.stride(0))
+    _swa_combine_kernel[(tokens, heads)](
+        out_partial, lse_partial, out, lse if lse is not None else lse_partial, sinks if sinks is not None else out,
+        out_partial.stride(0), out_partial.stride(1), out_partial.stride(2),
+        lse_partial.stride(0), lse_partial.stride(1),
+        out.stride(0), out.stride(1),
+        *lse_strides,
+        tokens_per_batch, num_splits, head_dim,
+        HAS_SINKS=sinks is not None, STORE_LSE=lse is not None,
+        BLOCK_S=max(2, triton.next_power_of_2(num_splits)), BLOCK_D=triton.next_power_of_2(head_dim),
+        num_warps=1,
+    )

@@ -1,0 +1,345 @@
+"""The forward kernel family: dense, varlen and KV-cache (contiguous or paged) attention with n_offset tiling.
+
+Legend (kernel-local names): ``pos`` = query position inside its sequence; ``row`` = a row of the tile, which is
+one (position, head) pair: with PackGQA the ``G = H // Hk`` query heads of one KV head are packed into the rows
+(row r -> position r // G, head kv_head * G + r % G), otherwise a tile holds one head. ``m_i`` / ``l_i`` /
+``acc`` are the running max (log2 units), denominator and numerator of the online softmax.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from swattn._compat import needs_upcast
+from swattn.kernels._common import LN2, LOG2E, block_ranges, safe_pivot, softcap_scores
+from swattn.kernels.combine import combine_splits
+from swattn.kernels.configs import forward_config
+
+
+@triton.jit
+def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks, page_size,
+             IS_PAGED: tl.constexpr, MASK_D: tl.constexpr, head_dim):
+    """Load a [BLOCK_N, BLOCK_D] tile of keys or values ``offs_n`` (absolute token indices).
+
+    Paged caches look each token's page up on its own, so a block may start anywhere and straddle pages; the page
+    table is read only for tokens in ``load_mask``, so entries outside the window are never dereferenced.
+    """
+    if IS_PAGED:
+        page = tl.load(page_table_row + offs_n // page_size, mask=load_mask, other=0).to(tl.int64)
+        token_offset = page * stride_kb + (offs_n % page_size).to(tl.int64) * stride_ks
+    else:
+        token_offset = batch_kv * stride_kb + offs_n.to(tl.int64) * stride_ks
+    ptrs = base + token_offset[:, None] + offs_d[None, :]
+    if MASK_D:
+        return tl.load(ptrs, mask=load_mask[:, None] & (offs_d[None, :] < head_dim), other=0.0)
+    else:
+        return tl.load(ptrs, mask=load_mask[:, None], other=0.0)
+
+
+@triton.jit
+def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block_end, kv_start, kv_end,
+                   offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size,
+                   seqlen_q, seqlen_k, left, right, softmax_scale, softcap, head_dim, visited,
+                   MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                   HAS_SOFTCAP: tl.constexpr, IS_PAGED: tl.constexpr, MASK_D: tl.constexpr,
+                   UPCAST: tl.constexpr, COUNT_BLOCKS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks."""
+    offset = seqlen_k - seqlen_q
+    for block in range(block_begin, block_end):
+        offs_n = kv_start + block * BLOCK_N + tl.arange(0, BLOCK_N)
+        if MASK:
+            load_mask = offs_n < kv_end
+        else:
+            load_mask = offs_n >= 0  # all true: interior blocks lie inside [kv_start, kv_end)
+        k = _load_kv(k_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
+                     page_size, IS_PAGED, MASK_D, head_dim)
+        v = _load_kv(v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_vb, stride_vs,
+                     page_size, IS_PAGED, MASK_D, head_dim)
+        if UPCAST:
+            k = k.to(tl.float32)
+        qk = tl.dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
+        if HAS_SOFTCAP:
+            qk = softcap_scores(qk, softmax_scale, softcap)
+        else:
+            qk = qk * (softmax_scale * LOG2E)
+        if MASK:
+            visible = load_mask[None, :]
+            if HAS_LEFT:
+                visible = visible & (offs_n[None, :] >= row_pos[:, None] + offset - left)
+            if HAS_RIGHT:
+                visible = visible & (offs_n[None, :] <= row_pos[:, None] + offset + right)
+            qk = tl.where(visible, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        pivot = safe_pivot(m_new)
+        p = tl.exp2(qk - pivot[:, None])
+        alpha = tl.exp2(m_i - pivot)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if UPCAST:
+            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+        if COUNT_BLOCKS:
+            visited += 1
+    return acc, l_i, m_i, visited
+
+
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "page_size"])
+def _swa_fwd_kernel(
+    Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_os, stride_ob, stride_oq, stride_oh,
+    stride_ls, stride_lb, stride_lq, stride_lh,
+    stride_page_table,
+    seqlen_q, seqlen_k, num_heads, queries_per_kv_head, head_dim, page_size,
+    softmax_scale, softcap, left, right,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
+    IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
+    HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
+    IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Grid: (query tiles, batch * heads-per-batch, splits).
+
+    Each program computes the attention of one tile of BLOCK_M rows: positions of one head, or with PACK_GQA the
+    (position, head) pairs of one KV head. Its KV loop starts at the tile's first visible key and runs over
+    ceil(span / BLOCK_N) blocks (a 1/num_splits share of them with IS_SPLIT, whose partial results, without
+    sinks, are merged by ``combine``). Switches: window sides, softcap, sinks, varlen q/k, per-sequence key
+    lengths (SEQLENS_K), cache_batch_idx, paged KV, PackGQA, split-KV, LSE, block counting (tests).
+    """
+    tile = tl.program_id(0)
+    batch_head = tl.program_id(1)
+    split = tl.program_id(2)
+    if PACK_GQA:
+        heads_per_program = num_heads // queries_per_kv_head
+    else:
+        heads_per_program = num_heads
+    batch = batch_head // heads_per_program
+    head_or_kv_head = batch_head % heads_per_program
+
+    if IS_VARLEN_Q:
+        q_begin = tl.load(CU_SEQLENS_Q + batch)
+        seqlen_q = tl.load(CU_SEQLENS_Q + batch + 1) - q_begin
+    else:
+        q_begin = 0
+    if IS_VARLEN_K:
+        k_begin = tl.load(CU_SEQLENS_K + batch)
+        if not HAS_SEQLENS_K:
+            seqlen_k = tl.load(CU_SEQLENS_K + batch + 1) - k_begin
+    else:
+        k_begin = 0
+    if HAS_SEQLENS_K:
+        seqlen_k = tl.load(SEQLENS_K + batch)
+
+    if PACK_GQA:
+        rows_per_pos = queries_per_kv_head
+    else:
+        rows_per_pos = 1
+    num_rows = seqlen_q * rows_per_pos
+    first_row = tile * BLOCK_M
+    if first_row >= num_rows:
+        return
+    offs_m = first_row + tl.arange(0, BLOCK_M)
+    row_valid = offs_m < num_rows
+    if PACK_GQA:
+        row_pos = offs_m // queries_per_kv_head
+        row_head = head_or_kv_head * queries_per_kv_head + offs_m % queries_per_kv_head
+        kv_head = head_or_kv_head
+    else:
+        row_pos = offs_m
+        row_head = head_or_kv_head + offs_m * 0
+        kv_head = head_or_kv_head // queries_per_kv_head
+    first_pos = first_row // rows_per_pos
+    last_pos = (tl.minimum(first_row + BLOCK_M, num_rows) - 1) // rows_per_pos
+
+    kv_start, kv_end, masked_head_end, unmasked_end, num_blocks = block_ranges(
+        first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT)
+    block_begin = 0
+    block_end = num_blocks
+    if IS_SPLIT:
+        # Each sequence splits its own loop, so short sequences leave trailing splits empty (LSE -inf).
+        blocks_per_split = tl.cdiv(num_blocks, tl.num_programs(2))
+        block_begin = tl.minimum(split * blocks_per_split, num_blocks)
+        block_end = tl.minimum(block_begin + blocks_per_split, num_blocks)
+
+    offs_d = tl.arange(0, BLOCK_D)
+    batch64 = batch.to(tl.int64)
+    q_ptrs = (Q + batch64 * stride_qb + (q_begin + row_pos).to(tl.int64)[:, None] * stride_qs
+              + row_head.to(tl.int64)[:, None] * stride_qh + offs_d[None, :])
+    q_mask = row_valid[:, None] & (offs_d[None, :] < head_dim)
+    q = tl.load(q_ptrs, mask=q_mask, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    if HAS_CACHE_BATCH_IDX:
+        batch_kv = tl.load(CACHE_BATCH_IDX + batch).to(tl.int64)
+    else:
+        batch_kv = batch64
+    k_base = K + kv_head.to(tl.int64) * stride_kh + k_begin.to(tl.int64) * stride_ks
+    v_base = V + kv_head.to(tl.int64) * stride_vh + k_begin.to(tl.int64) * stride_vs
+    page_table_row = PAGE_TABLE + batch64 * stride_page_table
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    visited = 0
+    # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
+    acc, l_i, m_i, visited = _attend_blocks(
+        acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, tl.minimum(block_end, masked_head_end),
+        kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size,
+        seqlen_q, seqlen_k, left, right, softmax_scale, softcap, head_dim, visited,
+        True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != head_dim, UPCAST, COUNT_BLOCKS, BLOCK_N)
+    acc, l_i, m_i, visited = _attend_blocks(
+        acc, l_i, m_i, q, row_pos, k_base, v_base, tl.maximum(block_begin, masked_head_end),
+        tl.minimum(block_end, unmasked_end),
+        kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size,
+        seqlen_q, seqlen_k, left, right, softmax_scale, softcap, head_dim, visited,
+        False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != head_dim, UPCAST, COUNT_BLOCKS, BLOCK_N)
+    acc, l_i, m_i, visited = _attend_blocks(
+        acc, l_i, m_i, q, row_pos, k_base, v_base, tl.maximum(block_begin, unmasked_end), block_end,
+        kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size,
+        seqlen_q, seqlen_k, left, right, softmax_scale, softcap, head_dim, visited,
+        True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != head_dim, UPCAST, COUNT_BLOCKS, BLOCK_N)
+
+    if COUNT_BLOCKS:
+        count_index = (batch_head * tl.num_programs(0) + tile) * tl.num_programs(2) + split
+        tl.store(BLOCK_COUNT + count_index, visited)
+
+    if HAS_SINKS and not IS_SPLIT:
+        # The sink joins the denominator once, after every block; it has no value vector.
+        sink = tl.load(SINKS + row_head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
+        m_new = tl.maximum(m_i, sink)
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.exp2(sink - m_new)
+        acc = acc * alpha[:, None]
+        m_i = m_new
+    no_key = l_i == 0.0
+    out = acc / tl.where(no_key, 1.0, l_i)[:, None]
+    o_ptrs = (O + split.to(tl.int64) * stride_os + batch64 * stride_ob
+              + (q_begin + row_pos).to(tl.int64)[:, None] * stride_oq
+              + row_head.to(tl.int64)[:, None] * stride_oh + offs_d[None, :])
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=q_mask)
+    if STORE_LSE:
+        lse = tl.where(no_key, float("-inf"), (m_i + tl.log2(tl.where(no_key, 1.0, l_i))) * LN2)
+        lse_ptrs = (LSE + split.to(tl.int64) * stride_ls + batch64 * stride_lb
+                    + row_head.to(tl.int64) * stride_lh + (q_begin + row_pos).to(tl.int64) * stride_lq)
+        tl.store(lse_ptrs, lse, mask=row_valid)
+
+
+def attention_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    softmax_scale: float,
+    left: int,
+    right: int,
+    softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,
+    cu_seqlens_q: torch.Tensor | None = None,
+    max_seqlen_q: int | None = None,
+    cu_seqlens_k: torch.Tensor | None = None,
+    max_seqlen_k: int | None = None,
+    seqlens_k: torch.Tensor | None = None,
+    cache_batch_idx: torch.Tensor | None = None,
+    page_table: torch.Tensor | None = None,
+    pack_gqa: bool = False,
+    num_splits: int = 1,
+    return_lse: bool = True,
+    count_blocks: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Launch the forward kernel on already-checked arguments; returns ``(out, lse, block_counts)``.
+
+    Layouts: q ``[B, Sq, H, D]`` or varlen ``[total_q, H, D]`` (``cu_seqlens_q``); k/v ``[B_k, Sk, Hk, D]``,
+    varlen ``[total_k, Hk, D]`` (``cu_seqlens_k``) or paged ``[num_pages, page_size, Hk, D]`` (``page_table``).
+    ``seqlens_k [B]`` (int32) overrides the per-sequence key count. lse is ``[B, H, Sq]`` or ``[H, total_q]``,
+    fp32. ``block_counts`` (only with ``count_blocks``) holds, per program, the KV blocks its loop visited.
+    """
+    varlen_q = cu_seqlens_q is not None
+    varlen_k = cu_seqlens_k is not None
+    paged = page_table is not None
+    num_heads, head_dim = q.shape[-2], q.shape[-1]
+    num_kv_heads = k.shape[-2]
+    group = num_heads // num_kv_heads
+    if varlen_q:
+        batch = cu_seqlens_q.numel() - 1
+        seqlen_q = max_seqlen_q
+        tokens_per_batch = q.shape[0]
+    else:
+        batch, seqlen_q = q.shape[0], q.shape[1]
+        tokens_per_batch = seqlen_q
+    if varlen_k:
+        seqlen_k = max_seqlen_k
+    elif paged:
+        seqlen_k = page_table.shape[1] * k.shape[1]
+    else:
+        seqlen_k = k.shape[1]
+
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    lse = None
+    if return_lse:
+        lse = (torch.empty(num_heads, q.shape[0], device=q.device, dtype=torch.float32) if varlen_q
+               else torch.empty(batch, num_heads, seqlen_q, device=q.device, dtype=torch.float32))
+    if batch == 0 or seqlen_q == 0 or q.numel() == 0:
+        return out, lse, None
+
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    rows_per_tile = seqlen_q * group if pack_gqa else seqlen_q
+    config = forward_config(block_d, rows_per_tile, pack_gqa, windowed=left >= 0)
+    num_tiles = triton.cdiv(rows_per_tile, config.block_m)
+    grid = (num_tiles, batch * (num_kv_heads if pack_gqa else num_heads), num_splits)
+
+    tokens = q.shape[0] if varlen_q else batch * seqlen_q
+    is_split = num_splits > 1
+    if is_split:
+        out_target = torch.empty(num_splits, tokens, num_heads, head_dim, device=q.device, dtype=torch.float32)
+        lse_target = torch.empty(num_splits, tokens, num_heads, device=q.device, dtype=torch.float32)
+        o_strides = (out_target.stride(0), 0 if varlen_q else seqlen_q * out_target.stride(1),
+                     out_target.stride(1), out_target.stride(2))
+        l_strides = (lse_target.stride(0), 0 if varlen_q else seqlen_q * lse_target.stride(1),
+                     lse_target.stride(1), lse_target.stride(2))
+    else:
+        out_target, lse_target = out, lse
+        o_strides = ((0, 0) + (out.stride(0), out.stride(1)) if varlen_q
+                     else (0, out.stride(0), out.stride(1), out.stride(2)))
+        if lse is None:
+            l_strides = (0, 0, 0, 0)
+        elif varlen_q:
+            l_strides = (0, 0, lse.stride(1), lse.stride(0))
+        else:
+            l_strides = (0, lse.stride(0), lse.stride(2), lse.stride(1))
+    q_strides = (0, q.stride(0), q.stride(1)) if varlen_q else (q.stride(0), q.stride(1), q.stride(2))
+    k_strides = (0, k.stride(0), k.stride(1)) if varlen_k else (k.stride(0), k.stride(1), k.stride(2))
+    v_strides = (0, v.stride(0), v.stride(1)) if varlen_k else (v.stride(0), v.stride(1), v.stride(2))
+    block_counts = (torch.zeros(grid[0] * grid[1] * grid[2], device=q.device, dtype=torch.int32)
+                    if count_blocks else None)
+    placeholder = q  # pointer for absent tensors; their constexpr switch keeps the kernel from touching it
+
+    _swa_fwd_kernel[grid](
+        q, k, v, out_target, lse_target if lse_target is not None else placeholder,
+        sinks if sinks is not None else placeholder,
+        cu_seqlens_q if varlen_q else placeholder, cu_seqlens_k if varlen_k else placeholder,
+        seqlens_k if seqlens_k is not None else placeholder,
+        cache_batch_idx if cache_batch_idx is not None else placeholder,
+        page_table if paged else placeholder,
+        block_counts if count_blocks else placeholder,
+        *q_strides, *k_strides, *v_strides, *o_strides, *l_strides,
+        page_table.stride(0) if paged else 0,
+        seqlen_q, seqlen_k, num_heads, group, head_dim, k.shape[1] if paged else 1,
+        softmax_scale, softcap if softcap > 0 else 1.0, left, right,
+        HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
+        IS_VARLEN_Q=varlen_q, IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqlens_k is not None,
+        HAS_CACHE_BATCH_IDX=cache_batch_idx is not None, IS_PAGED=paged, PACK_GQA=pack_gqa,
+        IS_SPLIT=is_split, STORE_LSE=is_split or lse is not None, COUNT_BLOCKS=count_blocks,
+        UPCAST=needs_upcast(q.dtype),
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    if is_split:
+        combine_splits(out_target, lse_target, out.view(tokens, num_heads, head_dim) if not varlen_q else out,
+                       lse, sinks, tokens_per_batch)
+    return out, lse, block_counts

@@ -1,0 +1,134 @@
+"""The oracle: plain PyTorch attention in float64 (or float32) for every feature the kernels implement.
+
+Built on ``swattn.window.is_visible``; tests, benchmarks, the demo and the CPU path of the public API use it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from swattn.window import is_visible, normalize_window
+
+
+def attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,
+    compute_dtype: torch.dtype = torch.float64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of one batch: q ``[B, Sq, H, D]``, k/v ``[B, Sk, Hk, D]`` -> (out ``[B, Sq, H, D]`` in q's dtype,
+    lse ``[B, H, Sq]`` fp32).
+
+    GQA/MQA by repeating KV heads; bottom-right window; ``softcap * tanh(s / softcap)``; ``sinks [H]`` join the
+    denominator as one extra logit per query head (no value). Rows that see nothing give 0 and LSE -inf (= sink
+    with sinks).
+    """
+    left, right = normalize_window(causal, window_size)
+    batch, seqlen_q, num_heads, head_dim = q.shape
+    seqlen_k, num_kv_heads = k.shape[1], k.shape[2]
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
+    group = num_heads // num_kv_heads
+    qf = q.to(compute_dtype)
+    kf = k.to(compute_dtype).repeat_interleave(group, dim=2)
+    vf = v.to(compute_dtype).repeat_interleave(group, dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", qf, kf) * scale
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    rows = torch.arange(seqlen_q, device=q.device)[:, None]
+    cols = torch.arange(seqlen_k, device=q.device)[None, :]
+    visible = is_visible(rows, cols, seqlen_q, seqlen_k, left, right)  # [Sq, Sk]
+    scores = scores.masked_fill(~visible, float("-inf"))
+    if sinks is not None:
+        sink_col = sinks.to(compute_dtype).view(1, num_heads, 1, 1).expand(batch, num_heads, seqlen_q, 1)
+        scores = torch.cat([scores, sink_col], dim=-1)
+    lse = torch.logsumexp(scores, dim=-1)  # -inf for rows with nothing to see
+    probs = torch.exp(scores - torch.where(torch.isinf(lse), 0.0, lse).unsqueeze(-1))
+    if sinks is not None:
+        probs = probs[..., :seqlen_k]
+    out = torch.einsum("bhqk,bkhd->bqhd", probs, vf)
+    return out.to(q.dtype), lse.to(torch.float32)
+
+
+def attention_varlen_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    *,
+    seqused_k: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Varlen attention: q ``[total_q, H, D]``, k/v ``[total_k, Hk, D]`` -> (out ``[total_q, H, D]``,
+    lse ``[H, total_q]``), one sequence at a time through ``attention_ref``."""
+    out = torch.zeros_like(q)
+    lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for b in range(len(cq) - 1):
+        k_len = ck[b + 1] - ck[b] if seqused_k is None else int(seqused_k[b])
+        o_b, l_b = attention_ref(q[cq[b]:cq[b + 1]][None], k[ck[b]:ck[b] + k_len][None],
+                                 v[ck[b]:ck[b] + k_len][None], **kwargs)
+        out[cq[b]:cq[b + 1]] = o_b[0]
+        lse[:, cq[b]:cq[b + 1]] = l_b[0]
+    return out, lse
+
+
+def gather_kv_cache(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    seqlens_k: torch.Tensor,
+    *,
+    cache_batch_idx: torch.Tensor | None = None,
+    page_table: torch.Tensor | None = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The keys and values each sequence sees in a contiguous or paged cache, as ``[(k_b [Sk_b, Hk, D], v_b)]``."""
+    result = []
+    for b, length in enumerate(seqlens_k.tolist()):
+        positions = torch.arange(length, device=k_cache.device)
+        if page_table is not None:
+            page_size = k_cache.shape[1]
+            pages = page_table[b, positions // page_size].long()
+            result.append((k_cache[pages, positions % page_size], v_cache[pages, positions % page_size]))
+        else:
+            row = b if cache_batch_idx is None else int(cache_batch_idx[b])
+            result.append((k_cache[row, :length], v_cache[row, :length]))
+    return result
+
+
+def attention_kvcache_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    seqlens_k: torch.Tensor,
+    *,
+    cache_batch_idx: torch.Tensor | None = None,
+    page_table: torch.Tensor | None = None,
+    cu_seqlens_q: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over a KV cache whose sequence ``b`` holds ``seqlens_k[b]`` tokens (new ones already written).
+
+    q ``[B, Sq, H, D]`` (lse ``[B, H, Sq]``) or varlen ``[total_q, H, D]`` with ``cu_seqlens_q`` (lse
+    ``[H, total_q]``).
+    """
+    kv = gather_kv_cache(k_cache, v_cache, seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table)
+    if cu_seqlens_q is None:
+        outs, lses = zip(*(attention_ref(q[b:b + 1], k_b[None], v_b[None], **kwargs)
+                           for b, (k_b, v_b) in enumerate(kv)))
+        return torch.cat(outs), torch.cat(lses)
+    out = torch.zeros_like(q)
+    lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
+    cq = cu_seqlens_q.tolist()
+    for b, (k_b, v_b) in enumerate(kv):
+        o_b, l_b = attention_ref(q[cq[b]:cq[b + 1]][None], k_b[None], v_b[None], **kwargs)
+        out[cq[b]:cq[b + 1]] = o_b[0]
+        lse[:, cq[b]:cq[b + 1]] = l_b[0]
+    return out, lse

@@ -1,0 +1,150 @@
+"""Sliding-window semantics and the n_offset tiling arithmetic, in one place.
+
+A query row ``i`` (0-based) of a sequence with ``seqlen_q`` queries and ``seqlen_k`` keys sees key ``j`` iff::
+
+    0 <= j < seqlen_k
+    j >= i + (seqlen_k - seqlen_q) - left      (only when left  >= 0)
+    j <= i + (seqlen_k - seqlen_q) + right     (only when right >= 0)
+
+Alignment is bottom-right: the diagonal passes through ``(seqlen_q - 1, seqlen_k - 1)``. ``-1`` means unbounded
+and ``causal=True`` means ``right = 0``. A model's ``sliding_window = W`` (W keys, the current one included, the
+Hugging Face / vLLM / SGLang convention) is ``window_size = (W - 1, 0)``::
+
+    >>> window_size_from_sliding_window(128)   # gpt-oss
+    (127, 0)
+
+Where swattn departs from FlashAttention 3/4 and FLA: for each tile of query rows the KV loop starts at the tile's
+*exact* first visible key (the "n_offset"), not at that key floored to a multiple of ``BLOCK_N``. A tile therefore
+visits ``ceil(span / BLOCK_N)`` blocks, where ``span`` is the number of keys the tile can see: a decode step with a
+128-key window and ``BLOCK_N >= 128`` touches one block whatever the context length. What follows in the kernels:
+block starts are unaligned (no ``tl.multiple_of`` hint on them), and only the first and last blocks of a tile need
+masks; the blocks in between are visible to every row of the tile.
+
+The pure-Python functions here serve the host code and the tests; ``swattn.kernels._common`` holds their
+``@triton.jit`` twins with the same names, and ``tests/test_window.py`` checks one against the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+UNBOUNDED = -1
+
+
+def window_size_from_sliding_window(sliding_window: int | None) -> tuple[int, int]:
+    """Map a model config's ``sliding_window = W`` (W keys including the current one) to ``window_size``.
+
+    ``None`` (no window) maps to ``(-1, -1)``; combine it with ``causal=True`` for a causal model.
+    """
+    if sliding_window is None:
+        return (UNBOUNDED, UNBOUNDED)
+    if isinstance(sliding_window, bool) or not isinstance(sliding_window, int) or sliding_window < 1:
+        raise ValueError(f"sliding_window: expected None or an int >= 1 (keys seen, current included), got {sliding_window!r}")
+    return (sliding_window - 1, 0)
+
+
+def normalize_window(causal: bool, window_size: tuple[int, int] | list[int]) -> tuple[int, int]:
+    """Return the canonical ``(left, right)``: ``-1`` = unbounded, ``causal`` forces ``right = 0``.
+
+    Raises ValueError for anything that is not two integers >= -1 (FlashAttention 2/3 silently treat other negative
+    values as unbounded, Dao-AILab/flash-attention#1116; swattn refuses them).
+    """
+    if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
+        raise ValueError(f"window_size: expected a pair (left, right) of ints >= -1, got {window_size!r}")
+    left, right = window_size
+    for name, value in (("left", left), ("right", right)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"window_size: {name} must be an int >= -1 (-1 = unbounded), got {value!r}")
+        if value < -1:
+            raise ValueError(
+                f"window_size: {name} = {value} is not allowed; use -1 for an unbounded side or a value >= 0"
+            )
+    if causal:
+        right = 0
+    return (int(left), int(right))
+
+
+def is_visible(i, j, seqlen_q, seqlen_k, left: int, right: int):
+    """Whether query row ``i`` sees key ``j``. Works elementwise on ints or broadcastable tensors."""
+    offset = seqlen_k - seqlen_q
+    visible = (j >= 0) & (j < seqlen_k)
+    if left >= 0:
+        visible = visible & (j >= i + offset - left)
+    if right >= 0:
+        visible = visible & (j <= i + offset + right)
+    return visible
+
+
+def first_visible_key(row: int, seqlen_q: int, seqlen_k: int, left: int) -> int:
+    """The first key that query row ``row`` sees (the n_offset of a tile whose first row is ``row``).
+
+    Clamped to ``[0, seqlen_k]``; a value of ``seqlen_k`` means the row sees nothing.
+    """
+    if left < 0:
+        return 0
+    return min(max(0, row + seqlen_k - seqlen_q - left), seqlen_k)
+
+
+def last_visible_key(row: int, seqlen_q: int, seqlen_k: int, right: int) -> int:
+    """The last key that query row ``row`` sees, clamped to ``[-1, seqlen_k - 1]`` (-1: sees nothing)."""
+    if right < 0:
+        return seqlen_k - 1
+    return max(min(seqlen_k - 1, row + seqlen_k - seqlen_q + right), -1)
+
+
+def visible_span(
+    first_row: int, last_row: int, seqlen_q: int, seqlen_k: int, left: int, right: int
+) -> tuple[int, int]:
+    """``(first_visible_key, span)`` for the query rows ``first_row..last_row`` (inclusive) taken together.
+
+    ``span`` is the number of keys from the first row's first visible key to the last row's last visible key.
+    """
+    start = first_visible_key(first_row, seqlen_q, seqlen_k, left)
+    end = last_visible_key(last_row, seqlen_q, seqlen_k, right) + 1
+    return start, max(0, end - start)
+
+
+def num_kv_blocks(span: int, block_n: int) -> int:
+    """KV blocks a tile visits: ``ceil(span / block_n)``."""
+    return -(-span // block_n)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """One query tile: rows ``[first_row, last_row]``, its KV loop start and length."""
+
+    first_row: int
+    last_row: int
+    first_visible_key: int
+    span: int
+    num_kv_blocks: int
+
+    def __repr__(self) -> str:
+        return (
+            f"rows {self.first_row}..{self.last_row}: keys [{self.first_visible_key}, "
+            f"{self.first_visible_key + self.span}) span {self.span} -> {self.num_kv_blocks} block(s)"
+        )
+
+
+def tile_plan(
+    seqlen_q: int,
+    seqlen_k: int,
+    window_size: tuple[int, int],
+    block_m: int,
+    block_n: int,
+    causal: bool = False,
+    rows_per_position: int = 1,
+) -> list[TilePlan]:
+    """Per query tile, where its KV loop starts and how many blocks it runs.
+
+    ``rows_per_position`` > 1 describes PackGQA: a tile of ``block_m`` rows holds ``block_m // rows_per_position``
+    query positions (the query heads of one KV head packed together).
+    """
+    left, right = normalize_window(causal, window_size)
+    positions_per_tile = max(1, block_m // rows_per_position)
+    plans = []
+    for first_row in range(0, seqlen_q, positions_per_tile):
+        last_row = min(first_row + positions_per_tile, seqlen_q) - 1
+        start, span = visible_span(first_row, last_row, seqlen_q, seqlen_k, left, right)
+        plans.append(TilePlan(first_row, last_row, start, span, num_kv_blocks(span, block_n)))
+    return plans
