@@ -1,0 +1,17 @@
+"""swattn: Triton kernels for sliding-window attention, with FlashAttention 3's API.
+
+    from swattn import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache
+"""
+
+from swattn.interface import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache
+from swattn.window import normalize_window, tile_plan, window_size_from_sliding_window
+
+__all__ = [
+    "flash_attn_func",
+    "flash_attn_varlen_func",
+    "flash_attn_with_kvcache",
+    "normalize_window",
+    "tile_plan",
+    "window_size_from_sliding_window",
+]
+__version__ = "0.1.0"

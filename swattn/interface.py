@@ -1,0 +1,465 @@
+"""Public API, FlashAttention 3's signatures: ``flash_attn_func``, ``flash_attn_varlen_func``,
+``flash_attn_with_kvcache``. Every argument is checked here, with a message naming it; the work is done by the
+custom ops in ``swattn.ops``.
+
+Window semantics (``swattn.window``): query row i of a sequence sees key j iff ``0 <= j < Sk`` and
+``i + Sk - Sq - left <= j <= i + Sk - Sq + right`` (a side of -1 is unbounded, ``causal`` sets right = 0). For
+Sq = 5, Sk = 8, causal (1 = visible; bottom-right aligned)::
+
+    1 1 1 1 0 0 0 0
+    1 1 1 1 1 0 0 0
+    1 1 1 1 1 1 0 0
+    1 1 1 1 1 1 1 0
+    1 1 1 1 1 1 1 1
+
+A model's ``sliding_window = W`` (W keys including the current one) is ``window_size=(W - 1, 0)``. Rows that see
+no key give 0 and LSE -inf (LSE = sink with ``sinks``).
+
+Checks that read tensor data (cu_seqlens monotone, lengths within the tensors, page indices in range) run on CPU
+tensors always and on GPU tensors only with ``check_inputs=True`` or ``SWATTN_CHECK_INPUTS=1``, since they
+synchronise with the host; without them, in-range indices are the caller's contract, as in FlashAttention.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+
+from swattn import ops
+from swattn.window import first_visible_key, normalize_window
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAX_HEAD_DIM = 256
+_MAX_SPLITS = 64
+
+
+def _check_tensor(name: str, t, rank: int | tuple[int, ...], layout: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor of shape {layout}, got {type(t).__name__}")
+    ranks = (rank,) if isinstance(rank, int) else rank
+    if t.dim() not in ranks:
+        raise ValueError(f"{name}: expected shape {layout} ({' or '.join(map(str, ranks))} dims), "
+                         f"got {t.dim()} dims {tuple(t.shape)}")
+
+
+def _check_qkv(q, k, v, layout_q: str, layout_kv: str, rank: int) -> None:
+    _check_tensor("q", q, rank, layout_q)
+    _check_tensor("k", k, rank, layout_kv)
+    _check_tensor("v", v, rank, layout_kv)
+    if q.dtype not in _DTYPES:
+        raise TypeError(f"q: expected dtype float16, bfloat16 or float32, got {q.dtype}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name}: expected dtype {q.dtype} to match q, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name}: expected device {q.device} to match q, got {t.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"v: expected shape {tuple(k.shape)} to match k, got {tuple(v.shape)} "
+                         "(a different value head_dim is not supported)")
+    head_dim = q.shape[-1]
+    if head_dim % 8 != 0 or not 8 <= head_dim <= _MAX_HEAD_DIM:
+        raise ValueError(f"q: head_dim must be a multiple of 8 in [8, {_MAX_HEAD_DIM}], got {head_dim}")
+    if k.shape[-1] != head_dim:
+        raise ValueError(f"k: expected head_dim {head_dim} to match q, got {k.shape[-1]}")
+    num_heads, num_kv_heads = q.shape[-2], k.shape[-2]
+    if num_kv_heads == 0 or num_heads % num_kv_heads != 0:
+        raise ValueError(f"q/k: the number of query heads ({num_heads}) must be a multiple of the number of KV "
+                         f"heads ({num_kv_heads})")
+
+
+def _check_scalars(q: torch.Tensor, softmax_scale, softcap) -> float:
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(q.shape[-1])
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not math.isfinite(
+            softmax_scale) or softmax_scale <= 0:
+        raise ValueError(f"softmax_scale: expected a finite float > 0 or None, got {softmax_scale!r}")
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not math.isfinite(softcap) or softcap < 0:
+        raise ValueError(f"softcap: expected a finite float >= 0 (0 = off), got {softcap!r}")
+    return float(softmax_scale)
+
+
+def _check_sinks(sinks, num_heads: int, device: torch.device) -> torch.Tensor | None:
+    if sinks is None:
+        return None
+    if not isinstance(sinks, torch.Tensor):
+        raise TypeError(f"sinks: expected a tensor of shape ({num_heads},) or None, got {type(sinks).__name__}")
+    if tuple(sinks.shape) != (num_heads,):
+        raise ValueError(f"sinks: expected shape ({num_heads},) (one logit per query head), got {tuple(sinks.shape)}")
+    if not sinks.dtype.is_floating_point:
+        raise TypeError(f"sinks: expected a floating dtype, got {sinks.dtype}")
+    if sinks.device != device:
+        raise ValueError(f"sinks: expected device {device} to match q, got {sinks.device}")
+    return sinks.to(torch.float32).contiguous()
+
+
+def _check_int32_vector(name: str, t, length: int | None, device: torch.device, what: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected an int32 tensor {what}, got {type(t).__name__}")
+    if t.dtype != torch.int32:
+        raise TypeError(f"{name}: expected dtype torch.int32, got {t.dtype}")
+    if t.dim() != 1 or (length is not None and t.numel() != length):
+        raise ValueError(f"{name}: expected shape ({'n' if length is None else length},) {what}, "
+                         f"got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name}: expected device {device} to match q, got {t.device}")
+
+
+def _checks_read_data(t: torch.Tensor, check_inputs: bool | None) -> bool:
+    if check_inputs is not None:
+        return check_inputs
+    if os.environ.get("SWATTN_CHECK_INPUTS", "0") not in ("", "0"):
+        return True
+    return t.device.type == "cpu"
+
+
+def _check_cu_seqlens(name: str, cu, total: int, max_seqlen: int, device, read_data: bool) -> None:
+    _check_int32_vector(name, cu, None, device, "(batch + 1,) of cumulative sequence lengths")
+    if cu.numel() < 1:
+        raise ValueError(f"{name}: expected at least one entry (batch + 1,), got none")
+    if not read_data:
+        return
+    values = cu.cpu()
+    if int(values[0]) != 0:
+        raise ValueError(f"{name}: must start at 0, got {int(values[0])}")
+    lengths = values[1:] - values[:-1]
+    if (lengths < 0).any():
+        raise ValueError(f"{name}: must be non-decreasing, got {values.tolist()}")
+    if int(values[-1]) > total:
+        raise ValueError(f"{name}: last entry {int(values[-1])} exceeds the {total} rows of the packed tensor")
+    if lengths.numel() and int(lengths.max()) > max_seqlen:
+        raise ValueError(f"{name}: a sequence has length {int(lengths.max())} > max_seqlen = {max_seqlen}")
+
+
+def _check_int_arg(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _unsupported(**named) -> None:
+    for name, value in named.items():
+        if value is not None and value is not False and value != 0:
+            raise NotImplementedError(f"{name}: not supported by swattn (got {value!r}); leave it at its default")
+
+
+def _contiguous_last(t: torch.Tensor) -> torch.Tensor:
+    # Kernels take strides; copy only when the head dimension itself is strided.
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+@functools.cache
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _auto_pack_gqa(pack_gqa, seqlen_q: int, group: int) -> bool:
+    if pack_gqa is not None:
+        return bool(pack_gqa) and group > 1
+    # Decode / extend / speculative verify: packing the G heads of a KV head fills the tile's rows and loads
+    # each KV block once per KV head instead of once per query head.
+    return group > 1 and seqlen_q * group <= 128
+
+
+def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound: int, left: int, right: int,
+                     seqlen_q: int) -> int:
+    """Split-KV count from shapes only (no GPU values): the window's span, not the cache length, sets the work."""
+    if num_splits > 0:
+        return min(num_splits, _MAX_SPLITS)
+    if not q.is_cuda:
+        return 1
+    keys = keys_bound
+    if left >= 0 and right >= 0:
+        keys = min(keys_bound, left + right + seqlen_q)
+    blocks = -(-keys // 128)
+    sms = _num_sms(q.device.index if q.device.index is not None else torch.cuda.current_device())
+    if programs >= sms or blocks < 8:
+        return 1
+    return max(1, min(-(-2 * sms // programs), blocks // 4, _MAX_SPLITS))
+
+
+def _result(out, lse, return_lse: bool):
+    return (out, lse) if return_lse else out
+
+
+def flash_attn_func(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    qv: torch.Tensor | None = None,
+    q_descale: torch.Tensor | None = None,
+    k_descale: torch.Tensor | None = None,
+    v_descale: torch.Tensor | None = None,
+    window_size: tuple[int, int] = (-1, -1),
+    attention_chunk: int = 0,
+    softcap: float = 0.0,
+    num_splits: int = 1,
+    pack_gqa: bool | None = None,
+    deterministic: bool = False,
+    sm_margin: int = 0,
+    return_attn_probs: bool = False,
+    sinks: torch.Tensor | None = None,
+    return_softmax_lse: bool = False,
+):
+    """Sliding-window / causal attention of a batch of equal-length sequences.
+
+    q: ``[B, Sq, H, D]``; k, v: ``[B, Sk, Hk, D]`` with H a multiple of Hk (GQA/MQA); float16, bfloat16 (float32
+    accepted). D a multiple of 8 up to 256. ``window_size=(left, right)``, -1 = unbounded; ``causal`` sets right
+    = 0. ``softcap > 0``: scores ``softcap * tanh(s / softcap)``. ``sinks``: ``[H]`` per-head logits (float) that
+    join the softmax denominator. ``num_splits`` > 1 splits each KV loop (0 = automatic).
+    Returns out ``[B, Sq, H, D]`` (q's dtype), and ``softmax_lse [B, H, Sq]`` (float32, natural log) when
+    ``return_softmax_lse`` or ``return_attn_probs``. ``deterministic`` is accepted: the forward always is.
+    """
+    _unsupported(qv=qv, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
+                 attention_chunk=attention_chunk, sm_margin=sm_margin)
+    _check_qkv(q, k, v, "(B, Sq, H, D)", "(B, Sk, Hk, D)", 4)
+    if k.shape[0] != q.shape[0]:
+        raise ValueError(f"k: expected batch {q.shape[0]} to match q, got {k.shape[0]}")
+    softmax_scale = _check_scalars(q, softmax_scale, softcap)
+    left, right = normalize_window(causal, window_size)
+    sinks = _check_sinks(sinks, q.shape[2], q.device)
+    num_splits = _check_int_arg("num_splits", num_splits, 0)
+    group = q.shape[2] // k.shape[2]
+    packed = _auto_pack_gqa(pack_gqa, q.shape[1], group)
+    programs = q.shape[0] * (k.shape[2] if packed else q.shape[2])
+    num_splits = _auto_num_splits(num_splits, q, programs, k.shape[1], left, right, q.shape[1])
+    out, lse = ops.fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, None, None, None,
+                       q.shape[1], k.shape[1], softmax_scale, left, right, float(softcap), packed, num_splits)
+    return _result(out, lse, return_softmax_lse or return_attn_probs)
+
+
+def flash_attn_varlen_func(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    seqused_q: torch.Tensor | None = None,
+    seqused_k: torch.Tensor | None = None,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    qv: torch.Tensor | None = None,
+    q_descale: torch.Tensor | None = None,
+    k_descale: torch.Tensor | None = None,
+    v_descale: torch.Tensor | None = None,
+    window_size: tuple[int, int] = (-1, -1),
+    attention_chunk: int = 0,
+    softcap: float = 0.0,
+    num_splits: int = 1,
+    pack_gqa: bool | None = None,
+    deterministic: bool = False,
+    sm_margin: int = 0,
+    return_attn_probs: bool = False,
+    sinks: torch.Tensor | None = None,
+    return_softmax_lse: bool = False,
+    check_inputs: bool | None = None,
+):
+    """Attention over packed sequences of different lengths.
+
+    q: ``[total_q, H, D]``; k, v: ``[total_k, Hk, D]``; ``cu_seqlens_q``, ``cu_seqlens_k``: ``[B + 1]`` int32
+    cumulative lengths starting at 0; ``max_seqlen_q/k``: ints >= every sequence's length. ``seqused_k [B]``
+    (int32): keys actually used by each sequence (<= its cu_seqlens_k length). Window, softcap, sinks as in
+    ``flash_attn_func``. Returns out ``[total_q, H, D]`` and, when asked, ``softmax_lse [H, total_q]`` float32.
+    """
+    _unsupported(qv=qv, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
+                 attention_chunk=attention_chunk, sm_margin=sm_margin, seqused_q=seqused_q)
+    _check_qkv(q, k, v, "(total_q, H, D)", "(total_k, Hk, D)", 3)
+    max_seqlen_q = _check_int_arg("max_seqlen_q", max_seqlen_q, 0)
+    max_seqlen_k = _check_int_arg("max_seqlen_k", max_seqlen_k, 0)
+    read_data = _checks_read_data(q, check_inputs)
+    _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q, q.device, read_data)
+    _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k, q.device, read_data)
+    batch = cu_seqlens_q.numel() - 1
+    if cu_seqlens_k.numel() != batch + 1:
+        raise ValueError(f"cu_seqlens_k: expected shape ({batch + 1},) to match cu_seqlens_q, "
+                         f"got {tuple(cu_seqlens_k.shape)}")
+    if seqused_k is not None:
+        _check_int32_vector("seqused_k", seqused_k, batch, q.device, "(batch,) of keys used per sequence")
+        if read_data:
+            lengths = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).cpu()
+            used = seqused_k.cpu()
+            if (used < 0).any() or (used > lengths).any():
+                raise ValueError(f"seqused_k: each entry must lie in [0, its cu_seqlens_k length {lengths.tolist()}]"
+                                 f", got {used.tolist()}")
+    softmax_scale = _check_scalars(q, softmax_scale, softcap)
+    left, right = normalize_window(causal, window_size)
+    sinks = _check_sinks(sinks, q.shape[1], q.device)
+    num_splits = _check_int_arg("num_splits", num_splits, 0)
+    group = q.shape[1] // k.shape[1]
+    packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group)
+    programs = batch * (k.shape[1] if packed else q.shape[1]) * max(1, -(-max_seqlen_q // 128))
+    num_splits = _auto_num_splits(num_splits, q, programs, max_seqlen_k, left, right, max_seqlen_q)
+    out, lse = ops.fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, cu_seqlens_q,
+                       cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale, left, right,
+                       float(softcap), packed, num_splits)
+    return _result(out, lse, return_softmax_lse or return_attn_probs)
+
+
+def flash_attn_with_kvcache(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k: torch.Tensor | None = None,
+    v: torch.Tensor | None = None,
+    qv: torch.Tensor | None = None,
+    rotary_cos: torch.Tensor | None = None,
+    rotary_sin: torch.Tensor | None = None,
+    cache_seqlens: torch.Tensor | int | None = None,
+    cache_batch_idx: torch.Tensor | None = None,
+    cache_leftpad: torch.Tensor | None = None,
+    page_table: torch.Tensor | None = None,
+    cu_seqlens_q: torch.Tensor | None = None,
+    cu_seqlens_k_new: torch.Tensor | None = None,
+    max_seqlen_q: int | None = None,
+    rotary_seqlens: torch.Tensor | None = None,
+    q_descale: torch.Tensor | None = None,
+    k_descale: torch.Tensor | None = None,
+    v_descale: torch.Tensor | None = None,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    attention_chunk: int = 0,
+    softcap: float = 0.0,
+    rotary_interleaved: bool = True,
+    scheduler_metadata: torch.Tensor | None = None,
+    num_splits: int = 0,
+    pack_gqa: bool | None = None,
+    sm_margin: int = 0,
+    return_softmax_lse: bool = False,
+    sinks: torch.Tensor | None = None,
+    check_inputs: bool | None = None,
+):
+    """Attention of new queries against a KV cache (decode, extend, speculative verify), appending new k/v.
+
+    q: ``[B, Sq, H, D]``, or ``[total_q, H, D]`` with ``cu_seqlens_q [B + 1]`` (int32) and ``max_seqlen_q``.
+    k_cache, v_cache: contiguous ``[B_cache, S_cache, Hk, D]`` (row ``cache_batch_idx[b]`` or b), or paged
+    ``[num_pages, page_size, Hk, D]`` with ``page_table [B, max_pages]`` (int32), any page_size >= 1.
+    cache_seqlens: int or ``[B]`` int32, tokens already in the cache (None = the whole cache). k, v (optional):
+    new tokens ``[B, S_new, Hk, D]`` (or ``[total_q, Hk, D]`` laid out like q with cu_seqlens_q), written in place
+    at ``cache_seqlens[b]...`` before attending; the queries are the last rows (bottom-right alignment).
+    Only pages overlapping the window are read, so pages wholly before it may be freed or reused.
+    ``num_splits`` 0 = automatic split-KV, 1 = none; ``pack_gqa`` None = automatic. Returns out shaped like q and,
+    with ``return_softmax_lse``, lse ``[B, H, Sq]`` or ``[H, total_q]`` (float32).
+    With ``check_inputs`` (default: on for CPU tensors, off on GPU: it synchronises), page indices, cache_seqlens
+    and cache_batch_idx are checked against the cache; otherwise keeping them in range is the caller's contract.
+    """
+    _unsupported(qv=qv, rotary_cos=rotary_cos, rotary_sin=rotary_sin, cache_leftpad=cache_leftpad,
+                 cu_seqlens_k_new=cu_seqlens_k_new, rotary_seqlens=rotary_seqlens, q_descale=q_descale,
+                 k_descale=k_descale, v_descale=v_descale, attention_chunk=attention_chunk,
+                 scheduler_metadata=scheduler_metadata, sm_margin=sm_margin)
+    varlen = cu_seqlens_q is not None
+    paged = page_table is not None
+    _check_tensor("k_cache", k_cache, 4, "(num_pages, page_size, Hk, D)" if paged else "(B_cache, S_cache, Hk, D)")
+    _check_tensor("v_cache", v_cache, 4, "like k_cache")
+    _check_qkv(q, k_cache, v_cache, "(total_q, H, D)" if varlen else "(B, Sq, H, D)",
+               "(num_pages, page_size, Hk, D)" if paged else "(B_cache, S_cache, Hk, D)", (3 if varlen else 4, 4))
+    if q.dim() != (3 if varlen else 4):
+        raise ValueError(f"q: expected {'3 dims (total_q, H, D) with cu_seqlens_q' if varlen else '4 dims (B, Sq, H, D)'}"
+                         f", got {q.dim()} dims {tuple(q.shape)}")
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if cache.stride(-1) != 1:
+            raise ValueError(f"{name}: the head dimension must be contiguous (stride 1), got strides {cache.stride()};"
+                             " the cache is written in place, so swattn will not copy it")
+    read_data = _checks_read_data(q, check_inputs)
+    if varlen:
+        if max_seqlen_q is None:
+            raise ValueError("max_seqlen_q: required with cu_seqlens_q")
+        max_seqlen_q = _check_int_arg("max_seqlen_q", max_seqlen_q, 0)
+        _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q, q.device, read_data)
+        batch = cu_seqlens_q.numel() - 1
+    else:
+        batch, max_seqlen_q = q.shape[0], q.shape[1]
+    if paged:
+        _check_tensor("page_table", page_table, 2, "(B, max_pages_per_seq)")
+        if page_table.dtype != torch.int32:
+            raise TypeError(f"page_table: expected dtype torch.int32, got {page_table.dtype}")
+        if page_table.shape[0] != batch:
+            raise ValueError(f"page_table: expected {batch} rows (one per sequence), got {page_table.shape[0]}")
+        if page_table.device != q.device:
+            raise ValueError(f"page_table: expected device {q.device} to match q, got {page_table.device}")
+        if cache_batch_idx is not None:
+            raise ValueError("cache_batch_idx: cannot be combined with page_table (index pages instead)")
+        capacity = page_table.shape[1] * k_cache.shape[1]
+    else:
+        capacity = k_cache.shape[1]
+        if cache_batch_idx is not None:
+            _check_int32_vector("cache_batch_idx", cache_batch_idx, batch, q.device, "(B,) of cache rows")
+        elif k_cache.shape[0] < batch:
+            raise ValueError(f"k_cache: has {k_cache.shape[0]} rows for a batch of {batch}; pass cache_batch_idx")
+    if cache_seqlens is None:
+        cache_seqlens = capacity if k is None else capacity - (k.shape[1] if not varlen else max_seqlen_q)
+    if isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
+        if not 0 <= cache_seqlens <= capacity:
+            raise ValueError(f"cache_seqlens: {cache_seqlens} outside the cache capacity [0, {capacity}]")
+        cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
+    _check_int32_vector("cache_seqlens", cache_seqlens, batch, q.device, "(B,) of tokens already cached")
+    if (k is None) != (v is None):
+        raise ValueError("k, v: give both new keys and new values, or neither")
+    if k is not None:
+        layout = "(total_q, Hk, D) like q" if varlen else "(B, S_new, Hk, D)"
+        _check_tensor("k", k, 3 if varlen else 4, layout)
+        _check_tensor("v", v, 3 if varlen else 4, layout)
+        expected = ((q.shape[0],) if varlen else (batch, k.shape[1])) + tuple(k_cache.shape[2:])
+        for name, t in (("k", k), ("v", v)):
+            if tuple(t.shape) != expected:
+                raise ValueError(f"{name}: expected shape {expected} for new tokens, got {tuple(t.shape)}")
+            if t.dtype != k_cache.dtype or t.device != k_cache.device:
+                raise TypeError(f"{name}: expected {k_cache.dtype} on {k_cache.device} like the cache, "
+                                f"got {t.dtype} on {t.device}")
+    softmax_scale = _check_scalars(q, softmax_scale, softcap)
+    left, right = normalize_window(causal, window_size)
+    if read_data:
+        _check_cache_contents(cache_seqlens, cache_batch_idx, page_table, k_cache, k, cu_seqlens_q, capacity,
+                              max_seqlen_q, left)
+    sinks = _check_sinks(sinks, q.shape[-2], q.device)
+    num_splits = _check_int_arg("num_splits", num_splits, 0)
+    group = q.shape[-2] // k_cache.shape[2]
+    packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group)
+    rows = max_seqlen_q * (group if packed else 1)
+    programs = batch * (k_cache.shape[2] if packed else q.shape[-2]) * max(1, -(-rows // 64))
+    num_splits = _auto_num_splits(num_splits, q, programs, capacity, left, right, max_seqlen_q)
+    out, lse = ops.fwd_kvcache(
+        _contiguous_last(q), k_cache, v_cache, None if k is None else _contiguous_last(k),
+        None if v is None else _contiguous_last(v), cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
+        max_seqlen_q, sinks, softmax_scale, left, right, float(softcap), packed, num_splits)
+    return _result(out, lse, return_softmax_lse)
+
+
+def _check_cache_contents(cache_seqlens, cache_batch_idx, page_table, k_cache, k_new, cu_seqlens_q,
+                          capacity: int, seqlen_q: int, left: int) -> None:
+    """The data checks of ``check_inputs``: every index the kernels will follow lies inside its tensor.
+
+    Page-table entries wholly before the window of a sequence's first query are never read, so they may hold
+    anything (freed pages): they are not checked.
+    """
+    seqlens = cache_seqlens.cpu().long()
+    if cu_seqlens_q is None:
+        queries = torch.full_like(seqlens, seqlen_q)
+        new = torch.zeros_like(seqlens) if k_new is None else torch.full_like(seqlens, k_new.shape[1])
+    else:
+        cu = cu_seqlens_q.cpu().long()
+        queries = cu[1:] - cu[:-1]
+        new = torch.zeros_like(seqlens) if k_new is None else queries
+    total = seqlens + new
+    if (seqlens < 0).any() or (total > capacity).any():
+        raise ValueError(f"cache_seqlens: cached + new tokens per sequence {total.tolist()} must lie in "
+                         f"[0, {capacity}] (the cache's capacity)")
+    if cache_batch_idx is not None:
+        rows = cache_batch_idx.cpu()
+        if (rows < 0).any() or (rows >= k_cache.shape[0]).any():
+            raise ValueError(f"cache_batch_idx: entries must lie in [0, {k_cache.shape[0]}), got {rows.tolist()}")
+    if page_table is not None:
+        page_size = k_cache.shape[1]
+        table = page_table.cpu()
+        for b, length in enumerate(total.tolist()):
+            first_key = first_visible_key(0, int(queries[b]), length, left)
+            used = table[b, first_key // page_size: -(-length // page_size)]
+            if (used < 0).any() or (used >= k_cache.shape[0]).any():
+                raise ValueError(f"page_table: row {b} uses page indices outside [0, {k_cache.shape[0]}): "
+                                 f"{used.tolist()}")

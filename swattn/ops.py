@@ -1,0 +1,148 @@
+"""torch.library custom ops: the one place where swattn meets the dispatcher (torch.compile, CUDA graphs, opcheck).
+
+``swattn::fwd`` (dense and varlen prefill) and ``swattn::fwd_kvcache`` (mutates the caches when new k/v are
+appended). CUDA tensors run the Triton kernels; CPU tensors run them under ``TRITON_INTERPRET=1`` and the
+float64 reference otherwise. The fake implementations derive shapes from ``output_shapes``, which the real path
+uses too. Arguments arrive already checked by ``swattn.interface``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from swattn import reference
+from swattn._compat import uses_triton
+from swattn.kernels.fwd import attention_forward
+
+
+def lse_shape(q: torch.Tensor, varlen_q: bool) -> tuple[int, ...]:
+    """LSE is ``[B, H, Sq]`` for dense q ``[B, Sq, H, D]`` and ``[H, total_q]`` for varlen q ``[total_q, H, D]``."""
+    if varlen_q:
+        return (q.shape[1], q.shape[0])
+    return (q.shape[0], q.shape[2], q.shape[1])
+
+
+def _reference_kwargs(softmax_scale: float, left: int, right: int, softcap: float, sinks):
+    return dict(softmax_scale=softmax_scale, window_size=(left, right), softcap=softcap, sinks=sinks)
+
+
+@torch.library.custom_op("swattn::fwd", mutates_args=(), device_types=None)
+def fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sinks: torch.Tensor | None,
+    cu_seqlens_q: torch.Tensor | None,
+    cu_seqlens_k: torch.Tensor | None,
+    seqused_k: torch.Tensor | None,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    softmax_scale: float,
+    left: int,
+    right: int,
+    softcap: float,
+    pack_gqa: bool,
+    num_splits: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense (q ``[B, Sq, H, D]``) or varlen (q ``[total_q, H, D]`` with cu_seqlens) forward -> (out, lse)."""
+    varlen = cu_seqlens_q is not None
+    if not uses_triton(q):
+        kwargs = _reference_kwargs(softmax_scale, left, right, softcap, sinks)
+        if varlen:
+            return reference.attention_varlen_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k=seqused_k, **kwargs)
+        if seqused_k is not None:
+            return reference.attention_kvcache_ref(q, k, v, seqused_k, **kwargs)
+        return reference.attention_ref(q, k, v, **kwargs)
+    out, lse, _ = attention_forward(
+        q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
+        cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_k=max_seqlen_k,
+        seqlens_k=seqused_k, pack_gqa=pack_gqa, num_splits=num_splits, return_lse=True)
+    return out, lse
+
+
+@fwd.register_fake
+def _fwd_fake(q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale,
+              left, right, softcap, pack_gqa, num_splits):
+    return torch.empty_like(q), q.new_empty(lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
+
+
+def append_to_cache(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    cache_batch_idx: torch.Tensor | None,
+    page_table: torch.Tensor | None,
+    cu_seqlens_q: torch.Tensor | None,
+) -> None:
+    """Write new tokens at positions ``cache_seqlens[b] ...`` of each sequence, in place.
+
+    Index arithmetic on the device only (no host sync), so it can be captured in a CUDA graph. New tokens are
+    ``[B, S_new, Hk, D]`` or, with ``cu_seqlens_q``, ``[total_q, Hk, D]`` laid out like the queries.
+    """
+    device = k_new.device
+    if cu_seqlens_q is None:
+        batch, seqlen_new = k_new.shape[0], k_new.shape[1]
+        seq = torch.arange(batch, device=device)[:, None].expand(batch, seqlen_new)
+        positions = cache_seqlens.long()[:, None] + torch.arange(seqlen_new, device=device)[None, :]
+    else:
+        tokens = torch.arange(k_new.shape[0], device=device)
+        seq = torch.searchsorted(cu_seqlens_q[1:].long(), tokens, right=True)
+        positions = cache_seqlens.long()[seq] + tokens - cu_seqlens_q.long()[seq]
+    if page_table is not None:
+        page_size = k_cache.shape[1]
+        rows = page_table[seq, positions // page_size].long()
+        slots = positions % page_size
+    else:
+        rows = seq if cache_batch_idx is None else cache_batch_idx.long()[seq]
+        slots = positions
+    k_cache[rows, slots] = k_new
+    v_cache[rows, slots] = v_new
+
+
+@torch.library.custom_op("swattn::fwd_kvcache", mutates_args=("k_cache", "v_cache"), device_types=None)
+def fwd_kvcache(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k: torch.Tensor | None,
+    v: torch.Tensor | None,
+    cache_seqlens: torch.Tensor,
+    cache_batch_idx: torch.Tensor | None,
+    page_table: torch.Tensor | None,
+    cu_seqlens_q: torch.Tensor | None,
+    max_seqlen_q: int,
+    sinks: torch.Tensor | None,
+    softmax_scale: float,
+    left: int,
+    right: int,
+    softcap: float,
+    pack_gqa: bool,
+    num_splits: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """KV-cache forward: append ``k``/``v`` (if given) at ``cache_seqlens``, then attend -> (out, lse)."""
+    if k is not None:
+        append_to_cache(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q)
+        if cu_seqlens_q is None:
+            seqlens_k = cache_seqlens + k.shape[1]
+        else:
+            seqlens_k = cache_seqlens + (cu_seqlens_q[1:] - cu_seqlens_q[:-1])
+    else:
+        seqlens_k = cache_seqlens
+    seqlens_k = seqlens_k.to(torch.int32)
+    if not uses_triton(q):
+        return reference.attention_kvcache_ref(
+            q, k_cache, v_cache, seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
+            cu_seqlens_q=cu_seqlens_q, **_reference_kwargs(softmax_scale, left, right, softcap, sinks))
+    out, lse, _ = attention_forward(
+        q, k_cache, v_cache, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
+        cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx,
+        page_table=page_table, pack_gqa=pack_gqa, num_splits=num_splits, return_lse=True)
+    return out, lse
+
+
+@fwd_kvcache.register_fake
+def _fwd_kvcache_fake(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
+                      max_seqlen_q, sinks, softmax_scale, left, right, softcap, pack_gqa, num_splits):
+    return torch.empty_like(q), q.new_empty(lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
