@@ -360,8 +360,8 @@ def flash_attn_with_kvcache(
     _check_qkv(q, k_cache, v_cache, "(total_q, H, D)" if varlen else "(B, Sq, H, D)",
                "(num_pages, page_size, Hk, D)" if paged else "(B_cache, S_cache, Hk, D)", (3 if varlen else 4, 4))
     if q.dim() != (3 if varlen else 4):
-        raise ValueError(f"q: expected {'3 dims (total_q, H, D) with cu_seqlens_q' if varlen else '4 dims (B, Sq, H, D)'}"
-                         f", got {q.dim()} dims {tuple(q.shape)}")
+        layout = "3 dims (total_q, H, D) with cu_seqlens_q" if varlen else "4 dims (B, Sq, H, D)"
+        raise ValueError(f"q: expected {layout}, got {q.dim()} dims {tuple(q.shape)}")
     for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
         if cache.stride(-1) != 1:
             raise ValueError(f"{name}: the head dimension must be contiguous (stride 1), got strides {cache.stride()};"

@@ -39,7 +39,8 @@ def window_size_from_sliding_window(sliding_window: int | None) -> tuple[int, in
     if sliding_window is None:
         return (UNBOUNDED, UNBOUNDED)
     if isinstance(sliding_window, bool) or not isinstance(sliding_window, int) or sliding_window < 1:
-        raise ValueError(f"sliding_window: expected None or an int >= 1 (keys seen, current included), got {sliding_window!r}")
+        raise ValueError(
+            f"sliding_window: expected None or an int >= 1 (keys seen, current included), got {sliding_window!r}")
     return (sliding_window - 1, 0)
 
 
