@@ -17,7 +17,8 @@ no key give 0 and LSE -inf (LSE = sink with ``sinks``).
 
 Checks that read tensor data (cu_seqlens monotone, lengths within the tensors, page indices in range) run on CPU
 tensors always and on GPU tensors only with ``check_inputs=True`` or ``SWATTN_CHECK_INPUTS=1``, since they
-synchronise with the host; without them, in-range indices are the caller's contract, as in FlashAttention.
+synchronise with the host; without them, in-range indices are the caller's contract, as in FlashAttention. They are
+skipped under ``torch.compile`` and during CUDA-graph capture, where no host read is possible.
 """
 
 from __future__ import annotations
@@ -107,7 +108,14 @@ def _check_int32_vector(name: str, t, length: int | None, device: torch.device, 
         raise ValueError(f"{name}: expected device {device} to match q, got {t.device}")
 
 
+def _is_tracing(t: torch.Tensor) -> bool:
+    """Under torch.compile or CUDA-graph capture no host read may happen, so the data checks are skipped there."""
+    return torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def _checks_read_data(t: torch.Tensor, check_inputs: bool | None) -> bool:
+    if _is_tracing(t):
+        return False
     if check_inputs is not None:
         return check_inputs
     if os.environ.get("SWATTN_CHECK_INPUTS", "0") not in ("", "0"):
@@ -141,8 +149,13 @@ def _check_int_arg(name: str, value, minimum: int) -> int:
 
 def _unsupported(**named) -> None:
     for name, value in named.items():
-        if value is not None and value is not False and value != 0:
+        if isinstance(value, torch.Tensor) or (value is not None and value is not False and value != 0):
             raise NotImplementedError(f"{name}: not supported by swattn (got {value!r}); leave it at its default")
+
+
+def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
+    # Index vectors are read with unit stride by the kernels; they are tiny, so copying a strided view is free.
+    return None if t is None else t.contiguous()
 
 
 def _contiguous_last(t: torch.Tensor) -> torch.Tensor:
@@ -155,12 +168,14 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _auto_pack_gqa(pack_gqa, seqlen_q: int, group: int) -> bool:
+def _auto_pack_gqa(pack_gqa, seqlen_q: int, group: int, left: int = -1, right: int = -1) -> bool:
     if pack_gqa is not None:
         return bool(pack_gqa) and group > 1
     # Decode / extend / speculative verify: packing the G heads of a KV head fills the tile's rows and loads
-    # each KV block once per KV head instead of once per query head.
-    return group > 1 and seqlen_q * group <= 128
+    # each KV block once per KV head instead of once per query head. Small-window prefill gains too (H100,
+    # W127 D64 H64/8 16K: 252 us packed vs 268 us, docs/performance.md).
+    small_window = 0 <= left <= 256 and 0 <= right <= 256
+    return group > 1 and (seqlen_q * group <= 128 or small_window)
 
 
 def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound: int, left: int, right: int,
@@ -224,7 +239,7 @@ def flash_attn_func(
     sinks = _check_sinks(sinks, q.shape[2], q.device)
     num_splits = _check_int_arg("num_splits", num_splits, 0)
     group = q.shape[2] // k.shape[2]
-    packed = _auto_pack_gqa(pack_gqa, q.shape[1], group)
+    packed = _auto_pack_gqa(pack_gqa, q.shape[1], group, left, right)
     programs = q.shape[0] * (k.shape[2] if packed else q.shape[2])
     num_splits = _auto_num_splits(num_splits, q, programs, k.shape[1], left, right, q.shape[1])
     out, lse = ops.fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, None, None, None,
@@ -292,12 +307,12 @@ def flash_attn_varlen_func(
     sinks = _check_sinks(sinks, q.shape[1], q.device)
     num_splits = _check_int_arg("num_splits", num_splits, 0)
     group = q.shape[1] // k.shape[1]
-    packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group)
+    packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group, left, right)
     programs = batch * (k.shape[1] if packed else q.shape[1]) * max(1, -(-max_seqlen_q // 128))
     num_splits = _auto_num_splits(num_splits, q, programs, max_seqlen_k, left, right, max_seqlen_q)
-    out, lse = ops.fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, cu_seqlens_q,
-                       cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale, left, right,
-                       float(softcap), packed, num_splits)
+    out, lse = ops.fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks,
+                       _contiguous(cu_seqlens_q), _contiguous(cu_seqlens_k), _contiguous(seqused_k), max_seqlen_q,
+                       max_seqlen_k, softmax_scale, left, right, float(softcap), packed, num_splits)
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
 
@@ -395,8 +410,10 @@ def flash_attn_with_kvcache(
     if cache_seqlens is None:
         cache_seqlens = capacity if k is None else capacity - (k.shape[1] if not varlen else max_seqlen_q)
     if isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
-        if not 0 <= cache_seqlens <= capacity:
-            raise ValueError(f"cache_seqlens: {cache_seqlens} outside the cache capacity [0, {capacity}]")
+        new_tokens = 0 if k is None else (k.shape[1] if not varlen else 0)
+        if not 0 <= cache_seqlens <= capacity - new_tokens:
+            raise ValueError(f"cache_seqlens: {cache_seqlens} cached + {new_tokens} new tokens exceed the cache "
+                             f"capacity {capacity}")
         cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
     _check_int32_vector("cache_seqlens", cache_seqlens, batch, q.device, "(B,) of tokens already cached")
     if (k is None) != (v is None):
@@ -420,13 +437,14 @@ def flash_attn_with_kvcache(
     sinks = _check_sinks(sinks, q.shape[-2], q.device)
     num_splits = _check_int_arg("num_splits", num_splits, 0)
     group = q.shape[-2] // k_cache.shape[2]
-    packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group)
+    packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group, left, right)
     rows = max_seqlen_q * (group if packed else 1)
     programs = batch * (k_cache.shape[2] if packed else q.shape[-2]) * max(1, -(-rows // 64))
     num_splits = _auto_num_splits(num_splits, q, programs, capacity, left, right, max_seqlen_q)
     out, lse = ops.fwd_kvcache(
         _contiguous_last(q), k_cache, v_cache, None if k is None else _contiguous_last(k),
-        None if v is None else _contiguous_last(v), cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
+        None if v is None else _contiguous_last(v), _contiguous(cache_seqlens), _contiguous(cache_batch_idx),
+        _contiguous_last(page_table) if paged else None, _contiguous(cu_seqlens_q),
         max_seqlen_q, sinks, softmax_scale, left, right, float(softcap), packed, num_splits)
     return _result(out, lse, return_softmax_lse)
 
@@ -458,7 +476,11 @@ def _check_cache_contents(cache_seqlens, cache_batch_idx, page_table, k_cache, k
         page_size = k_cache.shape[1]
         table = page_table.cpu()
         for b, length in enumerate(total.tolist()):
+            if int(queries[b]) == 0 and int(new[b]) == 0:
+                continue  # nothing is read or written for this sequence (e.g. a padding slot)
             first_key = first_visible_key(0, int(queries[b]), length, left)
+            if int(new[b]) > 0:
+                first_key = min(first_key, int(seqlens[b]))  # the append writes from cache_seqlens on
             used = table[b, first_key // page_size: -(-length // page_size)]
             if (used < 0).any() or (used >= k_cache.shape[0]).any():
                 raise ValueError(f"page_table: row {b} uses page indices outside [0, {k_cache.shape[0]}): "

@@ -105,6 +105,34 @@ def visible_span(
     return start, max(0, end - start)
 
 
+def first_query_seeing(key: int, seqlen_q: int, seqlen_k: int, right: int) -> int:
+    """The first query row whose window contains key ``key``: where the backward's dK/dV loop starts.
+
+    The mirror of ``first_visible_key`` (only the right bound limits it from below), clamped to ``[0, seqlen_q]``.
+    For ``0 <= key < seqlen_k`` the rows seeing ``key`` are exactly ``first_query_seeing .. last_query_seeing``.
+    """
+    if right < 0:
+        return 0
+    return min(max(0, key + seqlen_q - seqlen_k - right), seqlen_q)
+
+
+def last_query_seeing(key: int, seqlen_q: int, seqlen_k: int, left: int) -> int:
+    """The last query row whose window contains key ``key``, clamped to ``[-1, seqlen_q - 1]`` (-1: none)."""
+    if left < 0:
+        return seqlen_q - 1
+    return max(min(seqlen_q - 1, key + seqlen_q - seqlen_k + left), -1)
+
+
+def query_span(
+    first_key: int, last_key: int, seqlen_q: int, seqlen_k: int, left: int, right: int
+) -> tuple[int, int]:
+    """``(first_query_seeing, span)`` for the keys ``first_key..last_key`` (inclusive, inside ``[0, seqlen_k)``):
+    the query rows the backward's dK/dV loop visits for that block of keys."""
+    start = first_query_seeing(first_key, seqlen_q, seqlen_k, right)
+    end = last_query_seeing(last_key, seqlen_q, seqlen_k, left) + 1
+    return start, max(0, end - start)
+
+
 def num_kv_blocks(span: int, block_n: int) -> int:
     """KV blocks a tile visits: ``ceil(span / block_n)``."""
     return -(-span // block_n)

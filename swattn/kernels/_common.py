@@ -8,8 +8,8 @@ log2(e)``) so the loop uses ``exp2``; LSE is converted to natural log when it is
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -51,6 +51,48 @@ def block_ranges(first_row, last_row, seqlen_q, seqlen_k, left, right, BLOCK_N: 
     unmasked_end = tl.maximum(tl.minimum(tl.maximum(shared_end - kv_start, 0) // BLOCK_N, num_blocks),
                               masked_head_end)
     return kv_start, kv_end, masked_head_end, unmasked_end, num_blocks
+
+
+@triton.jit
+def first_query_seeing(key, seqlen_q, seqlen_k, right, HAS_RIGHT: tl.constexpr):
+    """First query row whose window contains ``key``, clamped to ``[0, seqlen_q]``."""
+    if HAS_RIGHT:
+        return tl.minimum(tl.maximum(key + seqlen_q - seqlen_k - right, 0), seqlen_q)
+    else:
+        return key * 0
+
+
+@triton.jit
+def last_query_seeing(key, seqlen_q, seqlen_k, left, HAS_LEFT: tl.constexpr):
+    """Last query row whose window contains ``key``, clamped to ``[-1, seqlen_q - 1]``."""
+    if HAS_LEFT:
+        return tl.maximum(tl.minimum(key + seqlen_q - seqlen_k + left, seqlen_q - 1), -1)
+    else:
+        return key * 0 + seqlen_q - 1
+
+
+@triton.jit
+def query_block_ranges(first_key, last_key, seqlen_q, seqlen_k, left, right, BLOCK_M: tl.constexpr,
+                       HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """The query loop of the backward's dK/dV program for keys ``first_key..last_key`` (inclusive, in range).
+
+    The mirror of ``block_ranges``: returns ``(q_start, q_end, masked_head_end, unmasked_end, num_blocks)``;
+    block ``b`` covers query rows ``[q_start + b*BLOCK_M, q_start + (b+1)*BLOCK_M)``, blocks
+    ``[masked_head_end, unmasked_end)`` see every key of the block, the others are masked and load only rows
+    ``< q_end``.
+    """
+    q_start = first_query_seeing(first_key, seqlen_q, seqlen_k, right, HAS_RIGHT)
+    q_end = last_query_seeing(last_key, seqlen_q, seqlen_k, left, HAS_LEFT) + 1
+    span = tl.maximum(q_end - q_start, 0)
+    num_blocks = tl.cdiv(span, BLOCK_M)
+    # Rows that see every key: from the one that sees the last key first to the last one that sees the first key.
+    shared_start = first_query_seeing(last_key, seqlen_q, seqlen_k, right, HAS_RIGHT)
+    shared_end = last_query_seeing(first_key, seqlen_q, seqlen_k, left, HAS_LEFT) + 1
+    masked_head_end = tl.minimum(tl.cdiv(shared_start - q_start, BLOCK_M), num_blocks) * 0
+    # max(0, .) before the division: Triton's integer division truncates toward zero.
+    unmasked_end = tl.maximum(tl.minimum(tl.maximum(shared_end - q_start, 0) // BLOCK_M, num_blocks),
+                              masked_head_end)
+    return q_start, q_end, masked_head_end, unmasked_end, num_blocks
 
 
 @triton.jit

@@ -20,7 +20,7 @@ from swattn.kernels.configs import forward_config
 
 @triton.jit
 def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks, page_size,
-             IS_PAGED: tl.constexpr, MASK_D: tl.constexpr, head_dim):
+             IS_PAGED: tl.constexpr, MASK_D: tl.constexpr, HEAD_DIM: tl.constexpr):
     """Load a [BLOCK_N, BLOCK_D] tile of keys or values ``offs_n`` (absolute token indices).
 
     Paged caches look each token's page up on its own, so a block may start anywhere and straddle pages; the page
@@ -33,7 +33,7 @@ def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_k
         token_offset = batch_kv * stride_kb + offs_n.to(tl.int64) * stride_ks
     ptrs = base + token_offset[:, None] + offs_d[None, :]
     if MASK_D:
-        return tl.load(ptrs, mask=load_mask[:, None] & (offs_d[None, :] < head_dim), other=0.0)
+        return tl.load(ptrs, mask=load_mask[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
     else:
         return tl.load(ptrs, mask=load_mask[:, None], other=0.0)
 
@@ -41,7 +41,7 @@ def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_k
 @triton.jit
 def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block_end, kv_start, kv_end,
                    offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size,
-                   seqlen_q, seqlen_k, left, right, softmax_scale, softcap, head_dim, visited,
+                   seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM: tl.constexpr, visited,
                    MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                    HAS_SOFTCAP: tl.constexpr, IS_PAGED: tl.constexpr, MASK_D: tl.constexpr,
                    UPCAST: tl.constexpr, COUNT_BLOCKS: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -54,9 +54,9 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block
         else:
             load_mask = offs_n >= 0  # all true: interior blocks lie inside [kv_start, kv_end)
         k = _load_kv(k_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
-                     page_size, IS_PAGED, MASK_D, head_dim)
+                     page_size, IS_PAGED, MASK_D, HEAD_DIM)
         v = _load_kv(v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_vb, stride_vs,
-                     page_size, IS_PAGED, MASK_D, head_dim)
+                     page_size, IS_PAGED, MASK_D, HEAD_DIM)
         if UPCAST:
             k = k.to(tl.float32)
         qk = tl.dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
@@ -95,13 +95,14 @@ def _swa_fwd_kernel(
     stride_os, stride_ob, stride_oq, stride_oh,
     stride_ls, stride_lb, stride_lq, stride_lh,
     stride_page_table,
-    seqlen_q, seqlen_k, num_heads, queries_per_kv_head, head_dim, page_size,
+    seqlen_q, seqlen_k, num_heads, queries_per_kv_head, page_size,
     softmax_scale, softcap, left, right,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
     IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    SINGLE_LOOP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits).
 
@@ -111,7 +112,8 @@ def _swa_fwd_kernel(
     sinks, are merged by ``combine``). Switches: window sides, softcap, sinks, varlen q/k, per-sequence key
     lengths (SEQLENS_K), cache_batch_idx, paged KV, PackGQA, split-KV, LSE, block counting (tests).
     """
-    tile = tl.program_id(0)
+    # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
+    tile = tl.num_programs(0) - 1 - tl.program_id(0)
     batch_head = tl.program_id(1)
     split = tl.program_id(2)
     if PACK_GQA:
@@ -170,7 +172,7 @@ def _swa_fwd_kernel(
     batch64 = batch.to(tl.int64)
     q_ptrs = (Q + batch64 * stride_qb + (q_begin + row_pos).to(tl.int64)[:, None] * stride_qs
               + row_head.to(tl.int64)[:, None] * stride_qh + offs_d[None, :])
-    q_mask = row_valid[:, None] & (offs_d[None, :] < head_dim)
+    q_mask = row_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
     q = tl.load(q_ptrs, mask=q_mask, other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
@@ -187,23 +189,31 @@ def _swa_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     visited = 0
-    # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
-    acc, l_i, m_i, visited = _attend_blocks(
-        acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, tl.minimum(block_end, masked_head_end),
-        kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size,
-        seqlen_q, seqlen_k, left, right, softmax_scale, softcap, head_dim, visited,
-        True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != head_dim, UPCAST, COUNT_BLOCKS, BLOCK_N)
-    acc, l_i, m_i, visited = _attend_blocks(
-        acc, l_i, m_i, q, row_pos, k_base, v_base, tl.maximum(block_begin, masked_head_end),
-        tl.minimum(block_end, unmasked_end),
-        kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size,
-        seqlen_q, seqlen_k, left, right, softmax_scale, softcap, head_dim, visited,
-        False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != head_dim, UPCAST, COUNT_BLOCKS, BLOCK_N)
-    acc, l_i, m_i, visited = _attend_blocks(
-        acc, l_i, m_i, q, row_pos, k_base, v_base, tl.maximum(block_begin, unmasked_end), block_end,
-        kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size,
-        seqlen_q, seqlen_k, left, right, softmax_scale, softcap, head_dim, visited,
-        True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != head_dim, UPCAST, COUNT_BLOCKS, BLOCK_N)
+    if SINGLE_LOOP:
+        # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
+        acc, l_i, m_i, visited = _attend_blocks(
+            acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block_end,
+            kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+            page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
+            True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
+    else:
+        # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
+        acc, l_i, m_i, visited = _attend_blocks(
+            acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, tl.minimum(block_end, masked_head_end),
+            kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+            page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
+            True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
+        acc, l_i, m_i, visited = _attend_blocks(
+            acc, l_i, m_i, q, row_pos, k_base, v_base, tl.maximum(block_begin, masked_head_end),
+            tl.minimum(block_end, unmasked_end),
+            kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+            page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
+            False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
+        acc, l_i, m_i, visited = _attend_blocks(
+            acc, l_i, m_i, q, row_pos, k_base, v_base, tl.maximum(block_begin, unmasked_end), block_end,
+            kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+            page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
+            True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
 
     if COUNT_BLOCKS:
         count_index = (batch_head * tl.num_programs(0) + tile) * tl.num_programs(2) + split
@@ -289,7 +299,8 @@ def attention_forward(
 
     block_d = max(16, triton.next_power_of_2(head_dim))
     rows_per_tile = seqlen_q * group if pack_gqa else seqlen_q
-    config = forward_config(block_d, rows_per_tile, pack_gqa, windowed=left >= 0)
+    window_span = left + right + 1 if left >= 0 and right >= 0 else None
+    config = forward_config(block_d, rows_per_tile, pack_gqa, window_span)
     num_tiles = triton.cdiv(rows_per_tile, config.block_m)
     grid = (num_tiles, batch * (num_kv_heads if pack_gqa else num_heads), num_splits)
 
@@ -329,14 +340,14 @@ def attention_forward(
         block_counts if count_blocks else placeholder,
         *q_strides, *k_strides, *v_strides, *o_strides, *l_strides,
         page_table.stride(0) if paged else 0,
-        seqlen_q, seqlen_k, num_heads, group, head_dim, k.shape[1] if paged else 1,
+        seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
         softmax_scale, softcap if softcap > 0 else 1.0, left, right,
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
         IS_VARLEN_Q=varlen_q, IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqlens_k is not None,
         HAS_CACHE_BATCH_IDX=cache_batch_idx is not None, IS_PAGED=paged, PACK_GQA=pack_gqa,
         IS_SPLIT=is_split, STORE_LSE=is_split or lse is not None, COUNT_BLOCKS=count_blocks,
-        UPCAST=needs_upcast(q.dtype),
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d,
+        UPCAST=needs_upcast(q.dtype), SINGLE_LOOP=config.single_loop,
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, HEAD_DIM=head_dim,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     if is_split:

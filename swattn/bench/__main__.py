@@ -1,0 +1,115 @@
+"""``python -m swattn.bench {prefill,decode,model-step,backward,all} [--quick] [--out FILE.md]``.
+
+On the GPU machine, with the peers of ``.peer-kernels/README.txt`` unpacked into /tmp/site::
+
+    PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages python -m swattn.bench all --out bench.md
+
+CPU only (CI, README): ``TRITON_INTERPRET=1 python -m swattn.bench all --quick``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import time
+
+from swattn.bench.common import Env, Section, make_env
+
+SCENARIOS = ("prefill", "decode", "model-step", "backward", "all")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m swattn.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenario", choices=SCENARIOS)
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny shapes, few reps, no CUDA graphs, no peers: seconds on a CPU-only machine")
+    parser.add_argument("--out", metavar="FILE.md", help="also write the tables (markdown) to this file")
+    parser.add_argument("--providers", type=lambda s: [p for p in s.split(",") if p],
+                        help="comma-separated subset, e.g. swattn,fa3,fa4,flex,sdpa (default: all available)")
+    parser.add_argument("--no-peers", action="store_true", help="time swattn only")
+    parser.add_argument("--no-graphs", action="store_true", help="time decode with events instead of graph replay")
+    parser.add_argument("--seqlens", type=_ints, help="prefill sequence lengths (default 4096,16384)")
+    parser.add_argument("--contexts", type=_ints, help="decode contexts (default 1024,4096,16384,65536,131072)")
+    parser.add_argument("--page-sizes", type=_ints, help="decode page sizes (default 16,1)")
+    parser.add_argument("--context", type=int, help="model-step context (default 8192)")
+    parser.add_argument("--layers", type=int, help="model-step layers (default 36)")
+    return parser.parse_args(argv)
+
+
+def run_backward(args: argparse.Namespace) -> tuple[str | None, int]:
+    """Dispatch to ``swattn.bench.backward.main(args)``. It may return markdown (a str or a ``Section``: the
+    dispatcher prints it and writes it to --out with the rest), an exit code, or None (it printed its own output
+    and wrote ``args.out`` itself if it wanted to).
+    Under ``all`` it gets ``args.out = None``: the dispatcher writes the one file."""
+    if importlib.util.find_spec("swattn.bench.backward") is None:
+        message = ("backward: swattn/bench/backward.py is not there yet (the backward benchmark is written "
+                   "separately); skipped")
+        return f"## Backward\n\n{message}\n", 0 if args.scenario == "all" else 2
+    result = importlib.import_module("swattn.bench.backward").main(args)
+    if isinstance(result, str):
+        return result, 0
+    if isinstance(result, Section):
+        return result.markdown(), 0
+    return None, int(result or 0)
+
+
+def run_scenario(name: str, env: Env, args: argparse.Namespace) -> Section:
+    if name == "prefill":
+        from swattn.bench import prefill
+        return prefill.run(env, seqlens=args.seqlens)
+    if name == "decode":
+        from swattn.bench import decode
+        return decode.run(env, contexts=args.contexts, page_sizes=args.page_sizes)
+    from swattn.bench import model_step
+    return model_step.run(env, context=args.context, layers=args.layers)
+
+
+def _write(path: str | None, env: Env | None, parts: list[str]) -> None:
+    """(Re)write --out after every scenario, so a run cut short keeps what it measured."""
+    if path and parts:
+        header = "# swattn benchmark\n\n" + ("\n".join(env.header) + "\n\n" if env else "")
+        with open(path, "w") as f:
+            f.write(header + "\n".join(parts))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = ["prefill", "decode", "model-step", "backward"] if args.scenario == "all" else [args.scenario]
+    env = None
+    parts: list[str] = []
+    status = 0
+    for name in names:
+        start = time.perf_counter()
+        if name == "backward":
+            alone = args.scenario == "backward"
+            text, code = run_backward(args if alone else argparse.Namespace(**{**vars(args), "out": None}))
+            status = status or code
+            if text:
+                print(text, flush=True)
+                parts.append(text)
+                _write(args.out, env, parts)
+            continue
+        if env is None:
+            env = make_env(args.quick, peers=not args.no_peers, graphs=not args.no_graphs, providers=args.providers)
+            print("# swattn benchmark\n\n" + "\n".join(env.header) + "\n", flush=True)
+        section = run_scenario(name, env, args)
+        print(section.markdown(), flush=True)
+        print(f"({name}: {time.perf_counter() - start:.1f} s)\n", file=sys.stderr, flush=True)
+        parts.append(section.markdown())
+        _write(args.out, env, parts)
+        if any(r.provider == "swattn" and r.status in ("fail", "error") for r in section.rows):
+            status = 1
+    if args.out and parts:
+        print(f"wrote {args.out}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""Hugging Face transformers backend: ``attn_implementation="swattn"``.
+
+    import swattn.integrations.transformers  # registers "swattn" (or call register())
+    model = AutoModelForCausalLM.from_pretrained(name, attn_implementation="swattn")
+
+One attention function, registered with transformers' ``AttentionInterface``, plus the mask preparation of the
+flash-attention backends (``AttentionMaskInterface``): the model hands over a 2D padding mask ``[B, Skv]`` or None,
+never a dense 4D mask. Each call maps HF's conventions onto the public API:
+
+- ``sliding_window = W`` (W keys including the current one) -> ``window_size = (W - 1, 0)``
+  (``swattn.window.window_size_from_sliding_window``), causal, bottom-right aligned: the keys a model passes already
+  end with the new tokens (DynamicCache, its sliding-window layers, StaticCache), so prefill and decode are the same
+  call;
+- ``scaling`` -> ``softmax_scale``, ``softcap`` (Gemma-2 ``attn_logit_softcapping``) -> ``softcap``,
+  ``s_aux`` (gpt-oss sinks, one logit per query head) -> ``sinks``;
+- a padding mask -> ``flash_attn_varlen_func`` on the unpadded tokens (transformers' own flash-attention unpadding
+  helpers; they synchronise with the host once per layer, as for ``flash_attention_2``); sequences packed along one
+  row (``position_ids`` restarting, or ``cu_seq_lens_q/k`` + ``max_length_q/k`` kwargs) -> varlen as well.
+
+Raises NotImplementedError, rather than computing something else, for: dropout > 0, ``output_attentions``, 4D or
+block masks, mask overlays (``or_mask_function``/``and_mask_function``, e.g. bidirectional image tokens), chunked
+attention (``attention_chunk_size``), a sliding window on a non-causal layer, and padding that is not one
+contiguous run per row where the window cuts (HF's window counts pad positions, swattn's counts tokens; decode over a
+sliding-window cache layer is never cut). Packed-sequence detection from ``position_ids`` reads data, so it is
+skipped under ``torch.compile``; pass ``cu_seq_lens_q/k`` there.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
+from transformers.modeling_flash_attention_utils import _pad_input, _unpad_input, _upad_input
+
+from swattn.interface import flash_attn_func, flash_attn_varlen_func
+from swattn.window import window_size_from_sliding_window
+
+NAME = "swattn"
+
+
+def _is_tracing(t: torch.Tensor) -> bool:
+    return torch.compiler.is_compiling() or (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def swattn_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
+                attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor | None:
+    """The mask of the flash-attention backends: None, or the 2D padding mask sliced to the keys' length.
+
+    transformers sets ``use_vmap`` exactly when a model adds a mask overlay (``or_mask_function`` /
+    ``and_mask_function``), which a padding mask cannot carry.
+    """
+    if kwargs.get("use_vmap", False):
+        raise NotImplementedError(
+            "swattn: this model adds a custom mask overlay (or_mask_function/and_mask_function, e.g. bidirectional "
+            "attention over image tokens), which swattn cannot express; use attn_implementation='sdpa' or 'eager'")
+    return flash_attention_mask(batch_size, q_length, kv_length, q_offset, kv_offset, attention_mask=attention_mask,
+                                **kwargs)
+
+
+def _window_size(sliding_window: int | None, is_causal: bool) -> tuple[int, int]:
+    if sliding_window is not None and not is_causal:
+        raise NotImplementedError(
+            f"swattn: sliding_window={sliding_window} on a non-causal (bidirectional) layer is not supported; "
+            "transformers' backends disagree on its width")
+    return window_size_from_sliding_window(sliding_window)
+
+
+def _check_contiguous_padding(mask: torch.Tensor) -> None:
+    """With a window, each row's valid keys must be one run: swattn's window counts tokens, HF's counts positions."""
+    length = mask.shape[-1]
+    positions = torch.arange(length, device=mask.device)
+    count = mask.sum(-1)
+    first = torch.where(mask, positions, length).amin(-1)
+    last = torch.where(mask, positions, -1).amax(-1)
+    if not bool(((count == 0) | (last - first + 1 == count)).all()):
+        raise NotImplementedError(
+            "swattn: with a sliding window, the attention mask must hold each sequence's tokens in one contiguous run "
+            "(left padding for generation, or right padding without a cache); got padding inside a sequence")
+
+
+def _packed_sequences(position_ids: torch.Tensor | None, batch: int, seqlen: int):
+    """``(cu_seqlens, max_seqlen)`` when ``position_ids`` restart inside a row (packed sequences), else None."""
+    if position_ids is None or position_ids.dim() != 2 or seqlen <= 1 or _is_tracing(position_ids):
+        return None
+    positions = position_ids.expand(batch, seqlen)
+    starts = torch.ones_like(positions, dtype=torch.bool)
+    starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
+    if not bool(starts[:, 1:].any()):
+        return None
+    begin = starts.flatten().nonzero().flatten()
+    cu_seqlens = torch.cat([begin, begin.new_tensor([batch * seqlen])]).to(torch.int32)
+    return cu_seqlens, int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+
+
+def swattn_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    s_aux: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: q ``[B, H, Sq, D]``, k/v ``[B, Hk, Skv, D]`` -> (``[B, Sq, H, D]``, None)."""
+    if dropout > 0:
+        raise NotImplementedError(f"swattn: attention dropout is not supported (got dropout={dropout}); "
+                                  "call model.eval() or set attention_dropout=0")
+    if kwargs.get("output_attentions", False):
+        raise NotImplementedError("swattn: output_attentions=True is not supported (no attention matrix is formed)")
+    if getattr(getattr(module, "config", None), "attention_chunk_size", None) is not None:
+        raise NotImplementedError("swattn: chunked attention (config.attention_chunk_size) is not supported")
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
+        kind = type(attention_mask).__name__ if not isinstance(attention_mask, torch.Tensor) else "4D mask"
+        raise NotImplementedError(
+            f"swattn: got a {kind}; only padding masks [B, Skv] (prepared by transformers for 'swattn') are "
+            "supported, not custom dense or block masks")
+    is_causal = kwargs.get("is_causal")
+    is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    window_size = _window_size(sliding_window, is_causal)
+    sinks = s_aux if s_aux is not None else getattr(module, "sinks", None)
+    options = dict(softmax_scale=scaling, causal=is_causal, window_size=window_size, softcap=softcap or 0.0,
+                   sinks=sinks if isinstance(sinks, torch.Tensor) else None)
+
+    batch, seqlen_q = query.shape[0], query.shape[2]
+    q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # [B, S, H, D]
+    head_dim, v_head_dim = q.shape[-1], v.shape[-1]
+    if v_head_dim > head_dim:
+        raise NotImplementedError(f"swattn: value head_dim {v_head_dim} > query head_dim {head_dim}")
+    if v_head_dim < head_dim:  # zero columns of V give zero output columns, cropped below (as flash_attention_2 does)
+        v = torch.nn.functional.pad(v, [0, head_dim - v_head_dim])
+
+    if attention_mask is not None:
+        mask = attention_mask.bool()
+        if mask.shape[-1] > k.shape[1]:
+            raise ValueError(f"attention_mask: covers {mask.shape[-1]} keys but only {k.shape[1]} were given")
+        # Up to left + 1 keys, the window cuts nothing (decode over a sliding-window cache layer), so padding anywhere
+        # gives HF's answer.
+        if 0 <= window_size[0] < mask.shape[-1] - 1 and not _is_tracing(mask):
+            _check_contiguous_padding(mask)
+        q, k, v, indices_q, (cu_q, cu_k), (max_q, max_k) = _upad_input(q, k, v, mask, seqlen_q, _unpad_input)
+        out = flash_attn_varlen_func(q, k, v, cu_q, cu_k, int(max_q), int(max_k), **options)
+        out = _pad_input(out, indices_q, batch, seqlen_q)
+    else:
+        cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+        max_q, max_k = kwargs.get("max_length_q"), kwargs.get("max_length_k")
+        if cu_q is None and k.shape[1] == seqlen_q:
+            packed = _packed_sequences(kwargs.get("position_ids"), batch, seqlen_q)
+            if packed is not None:
+                cu_q, max_q = cu_k, max_k = packed
+        if cu_q is not None:
+            if cu_k is None or max_q is None or max_k is None:
+                raise ValueError("cu_seq_lens_q: give cu_seq_lens_q, cu_seq_lens_k, max_length_q and max_length_k "
+                                 "together")
+            out = flash_attn_varlen_func(
+                q.reshape(-1, *q.shape[2:]), k.reshape(-1, *k.shape[2:]), v.reshape(-1, *v.shape[2:]),
+                cu_q.to(torch.int32), cu_k.to(torch.int32), int(max_q), int(max_k), **options)
+            out = out.view(batch, seqlen_q, *out.shape[1:])
+        else:
+            out = flash_attn_func(q, k, v, **options)
+    return out[..., :v_head_dim], None
+
+
+def register(name: str = NAME) -> None:
+    """Register ``name`` (default ``"swattn"``) with transformers' attention and mask interfaces. Idempotent."""
+    AttentionInterface.register(name, swattn_attention_forward)
+    AttentionMaskInterface.register(name, swattn_mask)
+
+
+register()

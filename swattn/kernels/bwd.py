@@ -1,0 +1,497 @@
+"""The backward kernel family: dQ, dK, dV (and dsinks) of sliding-window attention, with n_offset on both loops.
+
+Three launches, none with atomics, so the result is deterministic:
+
+1. ``_swa_bwd_preprocess_kernel``: ``delta = rowsum(dO * O)`` (minus the LSE's incoming gradient, if any).
+2. ``_swa_bwd_dkdv_kernel``: one program per block of BLOCK_N keys of one KV head. Its query loop starts at the
+   exact first query row whose window contains one of its keys (``first_query_seeing``, the mirror of the forward's
+   n_offset) and ends at the last such row, and it runs once per query head of the GQA group, so dK/dV are summed
+   over the group in registers.
+3. ``_swa_bwd_dq_kernel``: one program per tile of BLOCK_M query rows of one head; its KV loop is the forward's
+   (``block_ranges``).
+
+Only the first and last blocks of each loop are masked. Legend: ``pos`` = query position inside its sequence;
+``lse2`` = LSE in log2 units; ``s2`` = scores in log2 units (``softcap_scores`` or ``qk * scale * log2 e``);
+``p`` = probabilities ``exp2(s2 - lse2)``; ``dp = dO V^T``; ``ds = p * (dp - delta)`` = gradient of the
+natural-unit scores; the ``T`` suffix marks the transposed [BLOCK_N, BLOCK_M] tiles of the dK/dV kernel.
+
+Gradients: ``dV = P^T dO``; ``dS = P * (dP - delta)``, times ``1 - tanh^2`` under softcap (d/ds of
+``c * tanh(s / c)``); ``dQ = scale * dS K``; ``dK = scale * dS^T Q``; with sinks, ``dsink_h = -sum over the rows of
+head h of exp(sink_h - lse) * delta`` (the sink has no value vector, so its ``dp`` is 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from swattn._compat import interpreter_enabled, needs_upcast
+from swattn.kernels._common import LOG2E, block_ranges, query_block_ranges, softcap_scores
+
+
+@dataclass(frozen=True)
+class BwdConfig:
+    """Block shapes of the backward: the dK/dV kernel holds BLOCK_N keys and walks BLOCK_M query rows at a time;
+    the dQ kernel holds BLOCK_M query rows and walks BLOCK_N keys at a time (FlashAttention-2's split)."""
+
+    dkdv_block_m: int
+    dkdv_block_n: int
+    dq_block_m: int
+    dq_block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def backward_config(head_dim_padded: int) -> BwdConfig:
+    """Shapes only. TODO(configs.py): move next to FwdConfig once measured on the GPU; these start from the
+    Triton tutorial's backward (32 x 128 for dK/dV, 128 x 32 for dQ)."""
+    if interpreter_enabled():
+        return BwdConfig(16, 16, 16, 16, 4, 1)
+    if head_dim_padded <= 64:
+        return BwdConfig(32, 128, 128, 32, 4, 3)
+    if head_dim_padded <= 128:
+        return BwdConfig(32, 128, 128, 32, 8, 2)
+    return BwdConfig(16, 64, 64, 16, 8, 1)
+
+
+@triton.jit
+def _load_tile(base, offs, offs_d, row_mask, stride_s, MASK_ROWS: tl.constexpr, MASK_D: tl.constexpr,
+               HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr):
+    """Load rows ``offs`` (token indices from ``base``) of a [*, BLOCK_D] tile; fp32 when UPCAST."""
+    ptrs = base + offs.to(tl.int64)[:, None] * stride_s + offs_d[None, :]
+    if MASK_ROWS and MASK_D:
+        tile = tl.load(ptrs, mask=row_mask[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    elif MASK_ROWS:
+        tile = tl.load(ptrs, mask=row_mask[:, None], other=0.0)
+    elif MASK_D:
+        tile = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    else:
+        tile = tl.load(ptrs)
+    if UPCAST:
+        tile = tile.to(tl.float32)
+    return tile
+
+
+@triton.jit
+def _scores(qk, softmax_scale, softcap, HAS_SOFTCAP: tl.constexpr):
+    """``(s2, dscore)``: scores in log2 units and d(score)/d(qk * scale) (``1 - tanh^2`` under softcap, else 1)."""
+    if HAS_SOFTCAP:
+        s2 = softcap_scores(qk, softmax_scale, softcap)
+        tanh = s2 / (softcap * LOG2E)
+        return s2, 1.0 - tanh * tanh
+    else:
+        return qk * (softmax_scale * LOG2E), 1.0
+
+
+@triton.jit(do_not_specialize=["seqlen_q"])
+def _swa_bwd_preprocess_kernel(
+    O, DO, DLSE, DELTA, CU_SEQLENS_Q,
+    stride_ob, stride_os, stride_oh,
+    stride_dob, stride_dos, stride_doh,
+    stride_lb, stride_lq, stride_lh,
+    seqlen_q,
+    IS_VARLEN_Q: tl.constexpr, HAS_DLSE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):
+    """Grid: (query tiles, batch, heads). Each program writes ``delta = rowsum(dO * O) - dLSE`` (fp32, LSE's
+    layout) for BLOCK_M positions of one head. Switches: varlen q, incoming LSE gradient."""
+    tile = tl.program_id(0)
+    batch = tl.program_id(1)
+    head = tl.program_id(2)
+    if IS_VARLEN_Q:
+        q_begin = tl.load(CU_SEQLENS_Q + batch)
+        seqlen_q = tl.load(CU_SEQLENS_Q + batch + 1) - q_begin
+    else:
+        q_begin = 0
+    if tile * BLOCK_M >= seqlen_q:
+        return
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_valid = offs_m < seqlen_q
+    offs_d = tl.arange(0, BLOCK_D)
+    batch64 = batch.to(tl.int64)
+    head64 = head.to(tl.int64)
+    o = _load_tile(O + batch64 * stride_ob + head64 * stride_oh, q_begin + offs_m, offs_d, row_valid, stride_os,
+                   True, BLOCK_D != HEAD_DIM, HEAD_DIM, True)
+    do = _load_tile(DO + batch64 * stride_dob + head64 * stride_doh, q_begin + offs_m, offs_d, row_valid,
+                    stride_dos, True, BLOCK_D != HEAD_DIM, HEAD_DIM, True)
+    delta = tl.sum(o * do, 1)  # [BLOCK_M]
+    lse_offs = batch64 * stride_lb + head64 * stride_lh + (q_begin + offs_m).to(tl.int64) * stride_lq
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + lse_offs, mask=row_valid, other=0.0)
+    tl.store(DELTA + lse_offs, delta, mask=row_valid)
+
+
+@triton.jit
+def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, lse_base, delta_base, block_begin, block_end, q_start,
+                 q_end, offs_d, stride_qs, stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale,
+                 softcap, MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                 HAS_SOFTCAP: tl.constexpr, MASK_D: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr,
+                 BLOCK_M: tl.constexpr):
+    """Accumulate dK/dV of the program's keys over query blocks ``[block_begin, block_end)``; MASK for edge
+    blocks."""
+    offset = seqlen_k - seqlen_q
+    for block in range(block_begin, block_end):
+        offs_m = q_start + block * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_mask = offs_m < q_end
+        q = _load_tile(q_base, offs_m, offs_d, row_mask, stride_qs, MASK, MASK_D, HEAD_DIM, UPCAST)
+        do = _load_tile(do_base, offs_m, offs_d, row_mask, stride_dos, MASK, MASK_D, HEAD_DIM, UPCAST)
+        lse_ptrs = lse_base + offs_m.to(tl.int64) * stride_lq
+        delta_ptrs = delta_base + offs_m.to(tl.int64) * stride_lq
+        if MASK:
+            lse = tl.load(lse_ptrs, mask=row_mask, other=float("-inf"))
+            delta = tl.load(delta_ptrs, mask=row_mask, other=0.0)
+            # Padding rows (and rows with no visible key, LSE -inf): pivot +inf so p = exp2(-inf) = 0, never NaN.
+            lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
+        else:
+            lse2 = tl.load(lse_ptrs) * LOG2E
+            delta = tl.load(delta_ptrs)
+        qkT = tl.dot(k, tl.trans(q))  # [BLOCK_N, BLOCK_M]
+        s2T, dscoreT = _scores(qkT, softmax_scale, softcap, HAS_SOFTCAP)
+        if MASK:
+            visible = row_mask[None, :]
+            if HAS_LEFT:
+                visible = visible & (offs_n[:, None] >= offs_m[None, :] + offset - left)
+            if HAS_RIGHT:
+                visible = visible & (offs_n[:, None] <= offs_m[None, :] + offset + right)
+            s2T = tl.where(visible, s2T, float("-inf"))
+        pT = tl.exp2(s2T - lse2[None, :])  # [BLOCK_N, BLOCK_M]
+        dv += tl.dot(pT.to(do.dtype), do)
+        dpT = tl.dot(v, tl.trans(do))  # [BLOCK_N, BLOCK_M]
+        dsT = pT * (dpT - delta[None, :])
+        if HAS_SOFTCAP:
+            dsT = dsT * dscoreT
+        dk += tl.dot(dsT.to(q.dtype), q)
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right"])
+def _swa_bwd_dkdv_kernel(
+    Q, K, V, DO, DK, DV, LSE, DELTA, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, LOOP_RECORD,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_dob, stride_dos, stride_doh,
+    stride_dkb, stride_dks, stride_dkh,
+    stride_dvb, stride_dvs, stride_dvh,
+    stride_lb, stride_lq, stride_lh,
+    seqlen_q, seqlen_k, queries_per_kv_head, softmax_scale, softcap, left, right,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
+    RECORD_LOOP: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+):
+    """Grid: (key blocks, batch, KV heads).
+
+    Each program computes dK and dV of BLOCK_N keys of one KV head: for each of the ``queries_per_kv_head`` query
+    heads of the group, it walks the query rows ``first_query_seeing(first key) .. last_query_seeing(last key)``
+    (exact, BLOCK_M at a time; only edge blocks masked) and accumulates in registers. Switches: window sides,
+    softcap, varlen q/k, per-sequence key lengths (SEQLENS_K), loop recording (tests: q_start, q_end, blocks run).
+    """
+    key_block = tl.program_id(0)
+    batch = tl.program_id(1)
+    kv_head = tl.program_id(2)
+    if IS_VARLEN_Q:
+        q_begin = tl.load(CU_SEQLENS_Q + batch)
+        seqlen_q = tl.load(CU_SEQLENS_Q + batch + 1) - q_begin
+    else:
+        q_begin = 0
+    if IS_VARLEN_K:
+        k_begin = tl.load(CU_SEQLENS_K + batch)
+        if not HAS_SEQLENS_K:
+            seqlen_k = tl.load(CU_SEQLENS_K + batch + 1) - k_begin
+    else:
+        k_begin = 0
+    if HAS_SEQLENS_K:
+        seqlen_k = tl.load(SEQLENS_K + batch)
+    first_key = key_block * BLOCK_N
+    if first_key >= seqlen_k:
+        return
+    last_key = tl.minimum(first_key + BLOCK_N, seqlen_k) - 1
+    offs_n = first_key + tl.arange(0, BLOCK_N)
+    key_valid = offs_n < seqlen_k
+    offs_d = tl.arange(0, BLOCK_D)
+    batch64 = batch.to(tl.int64)
+    kv_head64 = kv_head.to(tl.int64)
+    k = _load_tile(K + batch64 * stride_kb + kv_head64 * stride_kh, k_begin + offs_n, offs_d, key_valid,
+                   stride_ks, True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)  # [BLOCK_N, BLOCK_D]
+    v = _load_tile(V + batch64 * stride_vb + kv_head64 * stride_vh, k_begin + offs_n, offs_d, key_valid,
+                   stride_vs, True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)
+
+    q_start, q_end, masked_head_end, unmasked_end, num_blocks = query_block_ranges(
+        first_key, last_key, seqlen_q, seqlen_k, left, right, BLOCK_M, HAS_LEFT, HAS_RIGHT)
+    if RECORD_LOOP:
+        record = LOOP_RECORD + ((batch * tl.num_programs(2) + kv_head) * tl.num_programs(0) + key_block) * 3
+        tl.store(record, q_start)
+        tl.store(record + 1, q_end)
+        tl.store(record + 2, num_blocks)
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for group_index in range(0, queries_per_kv_head):
+        head64 = kv_head64 * queries_per_kv_head + group_index
+        q_base = Q + batch64 * stride_qb + head64 * stride_qh + q_begin.to(tl.int64) * stride_qs
+        do_base = DO + batch64 * stride_dob + head64 * stride_doh + q_begin.to(tl.int64) * stride_dos
+        lse_offset = batch64 * stride_lb + head64 * stride_lh + q_begin.to(tl.int64) * stride_lq
+        # Masked head blocks, unmasked interior, masked tail.
+        dk, dv = _dkdv_blocks(
+            dk, dv, k, v, offs_n, q_base, do_base, LSE + lse_offset, DELTA + lse_offset, 0, masked_head_end,
+            q_start, q_end, offs_d, stride_qs, stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale,
+            softcap, True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_M)
+        dk, dv = _dkdv_blocks(
+            dk, dv, k, v, offs_n, q_base, do_base, LSE + lse_offset, DELTA + lse_offset, masked_head_end,
+            unmasked_end, q_start, q_end, offs_d, stride_qs, stride_dos, stride_lq, seqlen_q, seqlen_k, left, right,
+            softmax_scale, softcap, False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST,
+            BLOCK_M)
+        dk, dv = _dkdv_blocks(
+            dk, dv, k, v, offs_n, q_base, do_base, LSE + lse_offset, DELTA + lse_offset, unmasked_end, num_blocks,
+            q_start, q_end, offs_d, stride_qs, stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale,
+            softcap, True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_M)
+
+    store_mask = key_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
+    offs_key = (k_begin + offs_n).to(tl.int64)[:, None]
+    tl.store(DK + batch64 * stride_dkb + kv_head64 * stride_dkh + offs_key * stride_dks + offs_d[None, :],
+             (dk * softmax_scale).to(DK.dtype.element_ty), mask=store_mask)
+    tl.store(DV + batch64 * stride_dvb + kv_head64 * stride_dvh + offs_key * stride_dvs + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=store_mask)
+
+
+@triton.jit
+def _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, block_begin, block_end, kv_start, kv_end, offs_d,
+               stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, MASK: tl.constexpr,
+               HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MASK_D: tl.constexpr,
+               HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Accumulate dQ of the tile over KV blocks ``[block_begin, block_end)`` of its loop; MASK for edge blocks."""
+    offset = seqlen_k - seqlen_q
+    for block in range(block_begin, block_end):
+        offs_n = kv_start + block * BLOCK_N + tl.arange(0, BLOCK_N)
+        key_mask = offs_n < kv_end
+        k = _load_tile(k_base, offs_n, offs_d, key_mask, stride_ks, MASK, MASK_D, HEAD_DIM, UPCAST)
+        v = _load_tile(v_base, offs_n, offs_d, key_mask, stride_vs, MASK, MASK_D, HEAD_DIM, UPCAST)
+        qk = tl.dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
+        s2, dscore = _scores(qk, softmax_scale, softcap, HAS_SOFTCAP)
+        if MASK:
+            visible = key_mask[None, :]
+            if HAS_LEFT:
+                visible = visible & (offs_n[None, :] >= pos[:, None] + offset - left)
+            if HAS_RIGHT:
+                visible = visible & (offs_n[None, :] <= pos[:, None] + offset + right)
+            s2 = tl.where(visible, s2, float("-inf"))
+        p = tl.exp2(s2 - lse2[:, None])  # [BLOCK_M, BLOCK_N]
+        dp = tl.dot(do, tl.trans(v))  # [BLOCK_M, BLOCK_N]
+        ds = p * (dp - delta[:, None])
+        if HAS_SOFTCAP:
+            ds = ds * dscore
+        dq += tl.dot(ds.to(k.dtype), k)
+    return dq
+
+
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right"])
+def _swa_bwd_dq_kernel(
+    Q, K, V, DO, DQ, LSE, DELTA, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_dob, stride_dos, stride_doh,
+    stride_dqb, stride_dqs, stride_dqh,
+    stride_lb, stride_lq, stride_lh,
+    seqlen_q, seqlen_k, queries_per_kv_head, softmax_scale, softcap, left, right,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+):
+    """Grid: (query tiles, batch, heads).
+
+    Each program computes dQ of BLOCK_M positions of one query head; its KV loop is the forward's: from the tile's
+    first visible key over ceil(span / BLOCK_N) blocks, edge blocks masked. Switches: window sides, softcap, varlen
+    q/k, per-sequence key lengths (SEQLENS_K).
+    """
+    tile = tl.program_id(0)
+    batch = tl.program_id(1)
+    head = tl.program_id(2)
+    if IS_VARLEN_Q:
+        q_begin = tl.load(CU_SEQLENS_Q + batch)
+        seqlen_q = tl.load(CU_SEQLENS_Q + batch + 1) - q_begin
+    else:
+        q_begin = 0
+    if IS_VARLEN_K:
+        k_begin = tl.load(CU_SEQLENS_K + batch)
+        if not HAS_SEQLENS_K:
+            seqlen_k = tl.load(CU_SEQLENS_K + batch + 1) - k_begin
+    else:
+        k_begin = 0
+    if HAS_SEQLENS_K:
+        seqlen_k = tl.load(SEQLENS_K + batch)
+    first_pos = tile * BLOCK_M
+    if first_pos >= seqlen_q:
+        return
+    last_pos = tl.minimum(first_pos + BLOCK_M, seqlen_q) - 1
+    pos = first_pos + tl.arange(0, BLOCK_M)
+    row_valid = pos < seqlen_q
+    offs_d = tl.arange(0, BLOCK_D)
+    batch64 = batch.to(tl.int64)
+    head64 = head.to(tl.int64)
+    kv_head64 = (head // queries_per_kv_head).to(tl.int64)
+
+    q = _load_tile(Q + batch64 * stride_qb + head64 * stride_qh, q_begin + pos, offs_d, row_valid, stride_qs,
+                   True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)  # [BLOCK_M, BLOCK_D]
+    do = _load_tile(DO + batch64 * stride_dob + head64 * stride_doh, q_begin + pos, offs_d, row_valid, stride_dos,
+                    True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)
+    lse_offs = batch64 * stride_lb + head64 * stride_lh + (q_begin + pos).to(tl.int64) * stride_lq
+    lse = tl.load(LSE + lse_offs, mask=row_valid, other=float("-inf"))
+    delta = tl.load(DELTA + lse_offs, mask=row_valid, other=0.0)
+    # Rows with no visible key (LSE -inf) and padding rows: pivot +inf so p = 0 even in unmasked blocks, never NaN.
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
+
+    kv_start, kv_end, masked_head_end, unmasked_end, num_blocks = block_ranges(
+        first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT)
+    k_base = K + batch64 * stride_kb + kv_head64 * stride_kh + k_begin.to(tl.int64) * stride_ks
+    v_base = V + batch64 * stride_vb + kv_head64 * stride_vh + k_begin.to(tl.int64) * stride_vs
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # Masked head blocks, unmasked interior, masked tail.
+    dq = _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, 0, masked_head_end, kv_start, kv_end, offs_d,
+                    stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, True,
+                    HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_N)
+    dq = _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, masked_head_end, unmasked_end, kv_start, kv_end,
+                    offs_d, stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, False,
+                    HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_N)
+    dq = _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, unmasked_end, num_blocks, kv_start, kv_end, offs_d,
+                    stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, True,
+                    HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_N)
+    tl.store(DQ + batch64 * stride_dqb + head64 * stride_dqh + (q_begin + pos).to(tl.int64)[:, None] * stride_dqs
+             + offs_d[None, :], (dq * softmax_scale).to(DQ.dtype.element_ty),
+             mask=row_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
+
+
+def _strides3(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
+    """(batch, token, head) strides of ``[B, S, H, D]`` or varlen ``[total, H, D]`` (batch stride 0)."""
+    return (0, t.stride(0), t.stride(1)) if varlen else (t.stride(0), t.stride(1), t.stride(2))
+
+
+def _lse_strides(lse: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
+    """(batch, position, head) strides of lse ``[B, H, Sq]`` or varlen ``[H, total_q]``."""
+    return (0, lse.stride(1), lse.stride(0)) if varlen else (lse.stride(0), lse.stride(2), lse.stride(1))
+
+
+def sinks_gradient(sinks: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor,
+                   cu_seqlens_q: torch.Tensor | None) -> torch.Tensor:
+    """``dsink_h = -sum over the rows of head h of exp(sink_h - lse) * delta`` (fp32, shape [H]).
+
+    Varlen rows past ``cu_seqlens_q[-1]`` are padding (their lse/delta were never written) and are left out on the
+    device, without a host sync.
+    """
+    if cu_seqlens_q is None:
+        sink = sinks.float().view(1, -1, 1)
+        reduce_dims = (0, 2)
+        used = torch.ones((), dtype=torch.bool, device=lse.device)
+    else:
+        sink = sinks.float().view(-1, 1)
+        reduce_dims = (1,)
+        used = (torch.arange(lse.shape[1], device=lse.device) < cu_seqlens_q[-1])[None, :]
+    # With sinks no row has LSE -inf (the sink is in it); guard anyway so exp(+inf) * 0 cannot give NaN.
+    used = used & (lse != float("-inf"))
+    contribution = torch.where(used, torch.exp(sink - lse) * delta, 0.0)
+    return -contribution.sum(reduce_dims)
+
+
+def attention_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    *,
+    softmax_scale: float,
+    left: int,
+    right: int,
+    softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,
+    cu_seqlens_q: torch.Tensor | None = None,
+    cu_seqlens_k: torch.Tensor | None = None,
+    max_seqlen_q: int | None = None,
+    max_seqlen_k: int | None = None,
+    seqused_k: torch.Tensor | None = None,
+    dlse: torch.Tensor | None = None,
+    config: BwdConfig | None = None,
+    record_loop: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Launch the backward on the forward's ``out`` and ``lse``; returns ``(dq, dk, dv, dsinks)``.
+
+    Layouts as ``attention_forward``: q/out/dout ``[B, Sq, H, D]`` or varlen ``[total_q, H, D]``; k/v
+    ``[B, Sk, Hk, D]`` or ``[total_k, Hk, D]``; lse (and ``dlse``, the gradient flowing into the LSE output, if
+    any) ``[B, H, Sq]`` or ``[H, total_q]``. dq/dk/dv have the dtype of q/k/v; dsinks is fp32 ``[H]`` or None.
+    Keys outside every window (and varlen padding) get zero gradients. ``record_loop`` (tests) additionally returns
+    the dK/dV programs' ``(q_start, q_end, num_blocks)`` as a fifth value, shaped ``[B, Hk, key blocks, 3]``.
+    """
+    varlen_q = cu_seqlens_q is not None
+    varlen_k = cu_seqlens_k is not None
+    num_heads, head_dim = q.shape[-2], q.shape[-1]
+    num_kv_heads = k.shape[-2]
+    group = num_heads // num_kv_heads
+    if varlen_q:
+        batch, seqlen_q = cu_seqlens_q.numel() - 1, max_seqlen_q
+    else:
+        batch, seqlen_q = q.shape[0], q.shape[1]
+    seqlen_k = max_seqlen_k if varlen_k else k.shape[1]
+
+    # Varlen padding, keys past seqused_k and keys no window reaches are never written by a kernel: start at 0.
+    partial = varlen_q or varlen_k or seqused_k is not None
+    dq = torch.zeros_like(q) if varlen_q else torch.empty_like(q)
+    dk = torch.zeros_like(k) if partial else torch.empty_like(k)
+    dv = torch.zeros_like(v) if partial else torch.empty_like(v)
+    dsinks = None if sinks is None else torch.zeros(num_heads, device=q.device, dtype=torch.float32)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    config = config or backward_config(block_d)
+    key_blocks = triton.cdiv(seqlen_k, config.dkdv_block_n)
+    loop_record = (torch.full((batch, num_kv_heads, key_blocks, 3), -1, device=q.device, dtype=torch.int32)
+                   if record_loop else None)
+    if batch == 0 or q.numel() == 0 or k.numel() == 0 or seqlen_q == 0 or seqlen_k == 0:
+        dq.zero_()
+        dk.zero_()
+        dv.zero_()
+        return (dq, dk, dv, dsinks, loop_record) if record_loop else (dq, dk, dv, dsinks)
+
+    # Kernels take strides; only a strided head dimension is copied (e.g. the expanded ones of out.sum()).
+    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+    lse = lse.contiguous()
+    delta = torch.empty_like(lse)
+    if dlse is not None:
+        dlse = dlse.to(torch.float32).contiguous()
+    upcast = needs_upcast(q.dtype)
+    placeholder = q
+    lse_strides = _lse_strides(lse, varlen_q)
+    preprocess_block = 64 if not interpreter_enabled() else 16
+    _swa_bwd_preprocess_kernel[(triton.cdiv(seqlen_q, preprocess_block), batch, num_heads)](
+        out, dout, dlse if dlse is not None else placeholder, delta,
+        cu_seqlens_q if varlen_q else placeholder,
+        *_strides3(out, varlen_q), *_strides3(dout, varlen_q), *lse_strides, seqlen_q,
+        IS_VARLEN_Q=varlen_q, HAS_DLSE=dlse is not None, BLOCK_M=preprocess_block, BLOCK_D=block_d,
+        HEAD_DIM=head_dim,
+    )
+    if sinks is not None:
+        dsinks = sinks_gradient(sinks, lse, delta, cu_seqlens_q)
+
+    common = dict(
+        HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, IS_VARLEN_Q=varlen_q,
+        IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqused_k is not None, UPCAST=upcast, BLOCK_D=block_d,
+        HEAD_DIM=head_dim, num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    scalars = (seqlen_q, seqlen_k, group, softmax_scale, softcap if softcap > 0 else 1.0, left, right)
+    sequence_args = (cu_seqlens_q if varlen_q else placeholder, cu_seqlens_k if varlen_k else placeholder,
+                     seqused_k if seqused_k is not None else placeholder)
+    _swa_bwd_dkdv_kernel[(key_blocks, batch, num_kv_heads)](
+        q, k, v, dout, dk, dv, lse, delta, *sequence_args, loop_record if record_loop else placeholder,
+        *_strides3(q, varlen_q), *_strides3(k, varlen_k), *_strides3(v, varlen_k), *_strides3(dout, varlen_q),
+        *_strides3(dk, varlen_k), *_strides3(dv, varlen_k), *lse_strides, *scalars,
+        RECORD_LOOP=record_loop, BLOCK_M=config.dkdv_block_m, BLOCK_N=config.dkdv_block_n, **common,
+    )
+    _swa_bwd_dq_kernel[(triton.cdiv(seqlen_q, config.dq_block_m), batch, num_heads)](
+        q, k, v, dout, dq, lse, delta, *sequence_args,
+        *_strides3(q, varlen_q), *_strides3(k, varlen_k), *_strides3(v, varlen_k), *_strides3(dout, varlen_q),
+        *_strides3(dq, varlen_q), *lse_strides, *scalars,
+        BLOCK_M=config.dq_block_m, BLOCK_N=config.dq_block_n, **common,
+    )
+    return (dq, dk, dv, dsinks, loop_record) if record_loop else (dq, dk, dv, dsinks)

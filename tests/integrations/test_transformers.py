@@ -1,0 +1,214 @@
+"""``attn_implementation="swattn"`` in Hugging Face transformers, against ``"eager"`` on tiny random models.
+
+Families: gpt-oss (sliding + full layers, sinks), Mistral (every layer sliding), Qwen2 (full + sliding layers), Gemma-2
+(softcap, query_pre_attn_scalar, sliding + full). Prompts are longer than the window (8). The model tests run the
+swattn ops on the CPU's float64 reference path (fast); ``test_generate_kernels`` runs the Triton kernels (on a GPU, or
+under the interpreter on the CPU) for one small case.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from swattn.integrations import transformers as swattn_hf  # noqa: E402
+
+# The conftest switches the interpreter on before triton is imported; only then can CPU tensors run the kernels.
+_INTERPRETER_AT_IMPORT = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+SLIDING_WINDOW = 8
+FAMILIES = ["gpt_oss", "mistral", "qwen2", "gemma2"]
+COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=16, max_position_embeddings=256, sliding_window=SLIDING_WINDOW,
+              initializer_range=0.2, pad_token_id=0, bos_token_id=1, eos_token_id=None, tie_word_embeddings=False)
+
+
+def _config(family: str):
+    if family == "gpt_oss":
+        return transformers.GptOssConfig(**COMMON, num_local_experts=4, num_experts_per_tok=2,
+                                         layer_types=["sliding_attention", "full_attention"])
+    if family == "mistral":
+        return transformers.MistralConfig(**COMMON)
+    if family == "qwen2":
+        return transformers.Qwen2Config(**COMMON, use_sliding_window=True,
+                                        layer_types=["full_attention", "sliding_attention"])
+    if family == "gemma2":
+        return transformers.Gemma2Config(**COMMON, attn_logit_softcapping=5.0, final_logit_softcapping=None,
+                                         query_pre_attn_scalar=24, layer_types=["sliding_attention", "full_attention"])
+    raise ValueError(family)
+
+
+@functools.cache
+def _model(family: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(copy.deepcopy(_config(family)), attn_implementation="eager")
+    if family == "gpt_oss":
+        with torch.no_grad():  # the default init (std 0.2) makes sinks too small to matter
+            for layer in model.model.layers:
+                layer.self_attn.sinks.copy_(torch.randn_like(layer.self_attn.sinks))
+    return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def _reference_path(monkeypatch):
+    """CPU tensors take swattn's float64 reference path unless a test asks for the kernels."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+
+
+def _prompts(lengths: list[int], seed: int = 1, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded ``input_ids`` and ``attention_mask`` for prompts of the given lengths."""
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    input_ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    attention_mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        input_ids[row, width - length:] = torch.randint(2, 128, (length,), generator=generator)
+        attention_mask[row, width - length:] = 1
+    if side == "right":
+        return input_ids.flip(1), attention_mask.flip(1)
+    return input_ids, attention_mask
+
+
+def _run(model, implementation: str, fn):
+    model.set_attn_implementation(implementation)
+    with torch.no_grad():
+        return fn(model)
+
+
+def _generate(model, implementation: str, input_ids, attention_mask, new_tokens: int = 32, **kwargs):
+    return _run(model, implementation, lambda m: m.generate(
+        input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+        **kwargs)[:, input_ids.shape[1]:])
+
+
+def _assert_same_tokens(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    if not torch.equal(actual, expected):
+        rows, cols = torch.nonzero(actual != expected, as_tuple=True)
+        raise AssertionError(f"generated tokens differ first at row {int(rows[0])}, step {int(cols[0])}:\n"
+                             f"swattn {actual.tolist()}\neager  {expected.tolist()}")
+
+
+def test_register():
+    assert "swattn" in transformers.AttentionInterface().valid_keys()
+    assert "swattn" in transformers.masking_utils.AttentionMaskInterface()
+    swattn_hf.register()  # idempotent
+    assert transformers.AttentionInterface()["swattn"] is swattn_hf.swattn_attention_forward
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(
+    "lengths, side",
+    [
+        pytest.param([21, 21], "left", id="B2-S21"),
+        pytest.param([21, 13, 5], "left", id="left-pad"),
+        pytest.param([21, 13, 5], "right", id="right-pad"),
+    ],
+)
+def test_prefill_logits(family, lengths, side):
+    model = _model(family)
+    input_ids, attention_mask = _prompts(lengths, side=side)
+    expected = _run(model, "eager", lambda m: m(input_ids, attention_mask=attention_mask).logits)
+    actual = _run(model, "swattn", lambda m: m(input_ids, attention_mask=attention_mask).logits)
+    valid = attention_mask.bool()  # padded positions are garbage in both
+    diff = (actual - expected)[valid].abs().max().item()
+    assert diff < 1e-3, f"{family}: max |logits swattn - eager| = {diff:.3e} at valid positions"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("lengths", [pytest.param([21], id="B1-S21"), pytest.param([21, 13, 5], id="left-pad")])
+def test_generate(family, lengths):
+    model = _model(family)
+    input_ids, attention_mask = _prompts(lengths)
+    expected = _generate(model, "eager", input_ids, attention_mask)
+    actual = _generate(model, "swattn", input_ids, attention_mask)
+    _assert_same_tokens(actual, expected)
+
+
+def test_generate_static_cache():
+    """StaticCache hands over the whole preallocated buffer; the padding mask says how much of it is filled."""
+    model = _model("gpt_oss")
+    input_ids, attention_mask = _prompts([21, 13, 5])
+    kwargs = dict(new_tokens=12, cache_implementation="static")
+    expected = _generate(model, "eager", input_ids, attention_mask, **kwargs)
+    actual = _generate(model, "swattn", input_ids, attention_mask, **kwargs)
+    _assert_same_tokens(actual, expected)
+
+
+@pytest.mark.parametrize("family", ["gpt_oss", "qwen2"])
+def test_packed_sequences(family):
+    """Sequences packed in one row (position_ids restart) attend only within themselves, as when run one by one."""
+    model = _model(family)
+    lengths = [9, 3, 12]
+    input_ids = torch.randint(2, 128, (1, sum(lengths)), generator=torch.Generator().manual_seed(3))
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    actual = _run(model, "swattn", lambda m: m(input_ids, position_ids=position_ids, use_cache=False).logits)
+    for piece_ids, piece_logits in zip(input_ids.split(lengths, dim=1), actual.split(lengths, dim=1)):
+        expected = _run(model, "eager", lambda m, ids=piece_ids: m(ids, use_cache=False).logits)
+        diff = (piece_logits - expected).abs().max().item()
+        assert diff < 1e-3, f"{family}: packed sequence of {piece_ids.shape[1]} tokens differs by {diff:.3e}"
+
+
+def test_generate_kernels(monkeypatch):
+    """The Triton kernels end to end: on a GPU if there is one, else under the interpreter (gpt-oss, left padding)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        if not _INTERPRETER_AT_IMPORT:
+            pytest.skip("TRITON_INTERPRET was off when triton was imported; CPU tensors cannot run the kernels")
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = copy.deepcopy(_model("gpt_oss")).to(device)
+    input_ids, attention_mask = (t.to(device) for t in _prompts([21, 11]))
+    expected = _generate(model, "eager", input_ids, attention_mask, new_tokens=16)
+    actual = _generate(model, "swattn", input_ids, attention_mask, new_tokens=16)
+    _assert_same_tokens(actual, expected)
+
+
+def test_padding_inside_window_raises():
+    """A hole in a padding mask where the window cuts: HF's window counts the pad positions, swattn's would not."""
+    model = _model("mistral")
+    input_ids, attention_mask = _prompts([21])
+    attention_mask[0, 5:9] = 0
+    with pytest.raises(NotImplementedError, match="contiguous"):
+        _run(model, "swattn", lambda m: m(input_ids, attention_mask=attention_mask))
+
+
+def test_custom_4d_mask_raises():
+    model = _model("mistral")
+    input_ids, _ = _prompts([10])
+    mask = torch.zeros(1, 1, 10, 10)
+    with pytest.raises(NotImplementedError, match="4D mask"):
+        _run(model, "swattn", lambda m: m(input_ids, attention_mask=mask))
+
+
+def test_output_attentions_raises():
+    model = _model("qwen2")
+    input_ids, _ = _prompts([10])
+    with pytest.raises(NotImplementedError, match="output_attentions"):
+        _run(model, "swattn", lambda m: m(input_ids, output_attentions=True))
+
+
+class _Layer(torch.nn.Module):
+    is_causal = True
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        pytest.param(dict(dropout=0.1), "dropout", id="dropout"),
+        pytest.param(dict(sliding_window=4, is_causal=False), "non-causal", id="bidirectional-window"),
+    ],
+)
+def test_unsupported_arguments_raise(kwargs, match):
+    q, k = torch.randn(1, 4, 6, 16), torch.randn(1, 2, 6, 16)
+    with pytest.raises(NotImplementedError, match=match):
+        swattn_hf.swattn_attention_forward(_Layer(), q, k, k, None, **kwargs)
+
+
+def test_mask_overlay_raises():
+    with pytest.raises(NotImplementedError, match="overlay"):
+        swattn_hf.swattn_mask(1, 6, 6, attention_mask=None, use_vmap=True)

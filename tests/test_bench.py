@@ -1,0 +1,53 @@
+"""The benchmark's quick scenarios run in-process (CPU, Triton interpreter) and swattn passes the correctness gate."""
+
+import pytest
+import torch
+
+from swattn.bench import decode, prefill
+from swattn.bench.__main__ import main
+from swattn.bench.common import Runner, make_env, measure, time_wall
+
+
+@pytest.fixture(scope="module")
+def env():
+    return make_env(quick=True, device="cpu")
+
+
+def _assert_swattn_checked_and_timed(section):
+    rows = [r for r in section.rows if r.provider == "swattn"]
+    assert rows, section.table
+    for row in rows:
+        assert row.status == "ok" and row.timing is not None, f"{row.shape}: {row.status} {row.note}\n{section.table}"
+        assert row.error <= row.tolerance
+    assert "| swattn" in section.table
+
+
+def test_bench_prefill_quick(env):
+    section = prefill.run(env)
+    _assert_swattn_checked_and_timed(section)
+    assert len(section.rows) == len(prefill.shapes(env))
+
+
+def test_bench_decode_quick(env):
+    section = decode.run(env)
+    _assert_swattn_checked_and_timed(section)
+    assert {r.shape.split(" page=")[1].split(" ")[0] for r in section.rows} == {"16", "1"}
+
+
+def test_bench_gate_marks_a_wrong_provider_and_does_not_time_it(env):
+    expected = torch.randn(2, 3)
+    timed = []
+    row = measure(env, "shape", "wrong", lambda: Runner(lambda: expected + 1),
+                  lambda out: (float((out - expected).norm() / expected.norm()), 1e-4),
+                  lambda fn: timed.append(fn) or time_wall(fn, env))
+    assert row.status == "fail" and row.timing is None and not timed
+    row = measure(env, "shape", "broken", lambda: Runner(lambda: 1 / 0), lambda out: (0.0, 1e-4),
+                  lambda fn: time_wall(fn, env))
+    assert row.status == "error" and "ZeroDivisionError" in row.note
+
+
+def test_bench_main_writes_markdown(tmp_path):
+    out = tmp_path / "bench.md"
+    assert main(["model-step", "--quick", "--layers", "2", "--context", "40", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "# swattn benchmark" in text and "commit" in text and "| swattn" in text

@@ -1,0 +1,318 @@
+"""Argument checks of swattn.interface: each raises the documented exception type, naming the argument.
+
+Also: the public signatures contain FlashAttention 3's parameters, same names, same order, same defaults
+(semantics.md §3.1), so that swattn is a drop-in replacement called positionally or by keyword.
+"""
+
+import inspect
+
+import pytest
+import torch
+
+import swattn
+from swattn import interface
+
+B, SQ, SK, H, HK, D = 2, 5, 7, 4, 2, 16
+
+
+def dense(**overrides):
+    """Valid flash_attn_func arguments, with overrides."""
+    args = dict(
+        q=torch.randn(B, SQ, H, D, dtype=torch.float16),
+        k=torch.randn(B, SK, HK, D, dtype=torch.float16),
+        v=torch.randn(B, SK, HK, D, dtype=torch.float16),
+    )
+    args.update(overrides)
+    return args
+
+
+def varlen(**overrides):
+    """Valid flash_attn_varlen_func arguments (sequences of 2+3 queries and 3+4 keys), with overrides."""
+    args = dict(
+        q=torch.randn(5, H, D, dtype=torch.float16),
+        k=torch.randn(7, HK, D, dtype=torch.float16),
+        v=torch.randn(7, HK, D, dtype=torch.float16),
+        cu_seqlens_q=torch.tensor([0, 2, 5], dtype=torch.int32),
+        cu_seqlens_k=torch.tensor([0, 3, 7], dtype=torch.int32),
+        max_seqlen_q=3,
+        max_seqlen_k=4,
+    )
+    args.update(overrides)
+    return args
+
+
+def _expect(fn, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        fn(**kwargs)
+
+
+def test_valid_arguments_pass():
+    out, lse = swattn.flash_attn_func(**dense(window_size=(2, 0), return_softmax_lse=True))
+    assert out.shape == (B, SQ, H, D) and lse.shape == (B, H, SQ)
+    out, lse = swattn.flash_attn_varlen_func(**varlen(causal=True, return_softmax_lse=True))
+    assert out.shape == (5, H, D) and lse.shape == (H, 5)
+    # return_attn_probs (FA3's name) also returns (out, lse); without either, only out.
+    assert isinstance(swattn.flash_attn_func(**dense(return_attn_probs=True)), tuple)
+    assert isinstance(swattn.flash_attn_func(**dense()), torch.Tensor)
+
+
+# Both entry points share these; `make` builds valid arguments with one override.
+COMMON_CHECKS = [
+    # id, override builder (make, ...) -> kwargs, exception, match
+    ("q-not-tensor", lambda make, rank: make(q=[[1.0]]), TypeError, r"^q: expected a torch\.Tensor"),
+    ("k-not-tensor", lambda make, rank: make(k=None), TypeError, r"^k: expected a torch\.Tensor"),
+    ("v-not-tensor", lambda make, rank: make(v=3), TypeError, r"^v: expected a torch\.Tensor"),
+    ("q-wrong-rank", lambda make, rank: make(q=torch.randn([2] * (rank + 1)).half()), ValueError, r"^q: expected shape"),
+    ("k-wrong-rank", lambda make, rank: make(k=make()["k"][0]), ValueError, r"^k: expected shape"),
+    ("v-wrong-rank", lambda make, rank: make(v=make()["v"][..., None]), ValueError, r"^v: expected shape"),
+    ("q-int-dtype", lambda make, rank: _all(make, torch.int32), TypeError, r"^q: expected dtype"),
+    ("q-float64", lambda make, rank: _all(make, torch.float64), TypeError, r"^q: expected dtype"),
+    ("k-dtype-mismatch", lambda make, rank: make(k=make()["k"].float()), TypeError, r"^k: expected dtype torch\.float16"),
+    ("v-dtype-mismatch", lambda make, rank: make(v=make()["v"].bfloat16()), TypeError, r"^v: expected dtype"),
+    ("k-device-mismatch", lambda make, rank: make(k=make()["k"].to("meta")), ValueError, r"^k: expected device"),
+    ("v-device-mismatch", lambda make, rank: make(v=make()["v"].to("meta")), ValueError, r"^v: expected device"),
+    ("kv-shape-mismatch", lambda make, rank: make(v=make()["v"][:1] if rank == 4 else make()["v"][:3]), ValueError,
+     r"^v: expected shape .* to match k"),
+    ("v-head-dim-differs", lambda make, rank: make(v=torch.cat([make()["v"]] * 2, -1)), ValueError,
+     r"^v: expected shape .* to match k"),
+    ("head-dim-not-multiple-of-8", lambda make, rank: _head_dim(make, 12), ValueError, r"^q: head_dim must be"),
+    ("head-dim-4", lambda make, rank: _head_dim(make, 4), ValueError, r"^q: head_dim must be"),
+    ("head-dim-264", lambda make, rank: _head_dim(make, 264), ValueError, r"^q: head_dim must be"),
+    ("k-head-dim-mismatch", lambda make, rank: make(k=torch.cat([make()["k"]] * 2, -1),
+                                                     v=torch.cat([make()["v"]] * 2, -1)),
+     ValueError, r"^k: expected head_dim 16 to match q"),
+    ("heads-not-multiple", lambda make, rank: make(k=make()["k"].narrow(-2, 0, 1).expand(
+        *make()["k"].shape[:-2], 3, D).contiguous(), v=make()["v"].narrow(-2, 0, 1).expand(
+        *make()["v"].shape[:-2], 3, D).contiguous()), ValueError, r"^q/k: the number of query heads \(4\)"),
+    ("zero-kv-heads", lambda make, rank: make(k=make()["k"][..., :0, :], v=make()["v"][..., :0, :]), ValueError,
+     r"^q/k: the number of query heads"),
+    ("window-below-minus-one-left", lambda make, rank: make(window_size=(-2, 0)), ValueError, r"^window_size: left"),
+    ("window-below-minus-one-right", lambda make, rank: make(window_size=(3, -7)), ValueError,
+     r"^window_size: right"),
+    ("window-not-pair", lambda make, rank: make(window_size=(3,)), ValueError, r"^window_size: expected a pair"),
+    ("window-int", lambda make, rank: make(window_size=3), ValueError, r"^window_size: expected a pair"),
+    ("window-triple", lambda make, rank: make(window_size=(1, 2, 3)), ValueError, r"^window_size: expected a pair"),
+    ("window-float", lambda make, rank: make(window_size=(3.0, 0)), ValueError, r"^window_size: left must be an int"),
+    ("window-bool", lambda make, rank: make(window_size=(3, True)), ValueError, r"^window_size: right must be an int"),
+    ("window-below-minus-one-causal", lambda make, rank: make(window_size=(-3, -1), causal=True), ValueError,
+     r"^window_size: left"),
+    ("softcap-negative", lambda make, rank: make(softcap=-1.0), ValueError, r"^softcap: expected"),
+    ("softcap-inf", lambda make, rank: make(softcap=float("inf")), ValueError, r"^softcap: expected"),
+    ("softcap-str", lambda make, rank: make(softcap="1"), ValueError, r"^softcap: expected"),
+    ("softmax-scale-zero", lambda make, rank: make(softmax_scale=0.0), ValueError, r"^softmax_scale: expected"),
+    ("softmax-scale-negative", lambda make, rank: make(softmax_scale=-0.1), ValueError, r"^softmax_scale: expected"),
+    ("softmax-scale-nan", lambda make, rank: make(softmax_scale=float("nan")), ValueError,
+     r"^softmax_scale: expected"),
+    ("softmax-scale-bool", lambda make, rank: make(softmax_scale=True), ValueError, r"^softmax_scale: expected"),
+    ("sinks-not-tensor", lambda make, rank: make(sinks=[0.0] * H), TypeError, r"^sinks: expected a tensor"),
+    ("sinks-wrong-shape", lambda make, rank: make(sinks=torch.zeros(HK)), ValueError, r"^sinks: expected shape \(4,\)"),
+    ("sinks-2d", lambda make, rank: make(sinks=torch.zeros(1, H)), ValueError, r"^sinks: expected shape \(4,\)"),
+    ("sinks-int-dtype", lambda make, rank: make(sinks=torch.zeros(H, dtype=torch.int32)), TypeError,
+     r"^sinks: expected a floating dtype"),
+    ("sinks-device-mismatch", lambda make, rank: make(sinks=torch.zeros(H, device="meta")), ValueError,
+     r"^sinks: expected device"),
+    ("num-splits-negative", lambda make, rank: make(num_splits=-1), ValueError, r"^num_splits: expected an int >= 0"),
+    ("num-splits-float", lambda make, rank: make(num_splits=2.0), ValueError, r"^num_splits: expected an int"),
+    ("qv-unsupported", lambda make, rank: make(qv=make()["q"]), NotImplementedError, r"^qv: not supported"),
+    ("q-descale-unsupported", lambda make, rank: make(q_descale=torch.ones(B, HK)), NotImplementedError,
+     r"^q_descale: not supported"),
+    ("k-descale-unsupported", lambda make, rank: make(k_descale=torch.ones(B, HK)), NotImplementedError,
+     r"^k_descale: not supported"),
+    ("v-descale-unsupported", lambda make, rank: make(v_descale=torch.ones(B, HK)), NotImplementedError,
+     r"^v_descale: not supported"),
+    ("q-descale-zero-tensor-unsupported", lambda make, rank: make(q_descale=torch.zeros(1)), NotImplementedError,
+     r"^q_descale: not supported"),
+    ("q-descale-one-tensor-unsupported", lambda make, rank: make(q_descale=torch.ones(1)), NotImplementedError,
+     r"^q_descale: not supported"),
+    ("attention-chunk-unsupported", lambda make, rank: make(attention_chunk=64), NotImplementedError,
+     r"^attention_chunk: not supported"),
+    ("sm-margin-unsupported", lambda make, rank: make(sm_margin=4), NotImplementedError, r"^sm_margin: not supported"),
+]
+
+
+def _all(make, dtype):
+    args = make()
+    return make(**{name: args[name].to(dtype) for name in ("q", "k", "v")})
+
+
+def _head_dim(make, dim):
+    args = make()
+    return make(**{name: torch.randn(*args[name].shape[:-1], dim).half() for name in ("q", "k", "v")})
+
+
+# Library bug (reported): interface._unsupported tests `value != 0`, which for a tensor with several elements
+# raises "RuntimeError: Boolean value of Tensor ... is ambiguous" instead of NotImplementedError, and for a
+# one-element zero tensor (e.g. q_descale=torch.zeros(1)) is False, so the argument is silently ignored.
+UNSUPPORTED_TENSOR_BUG = pytest.mark.xfail(
+    strict=True, reason="BUG swattn.interface._unsupported: `value != 0` on a tensor (ambiguous bool / zero tensor "
+                        "silently accepted) instead of NotImplementedError")
+_TENSOR_VALUED = {"qv-unsupported", "q-descale-unsupported", "k-descale-unsupported", "v-descale-unsupported",
+                  "q-descale-zero-tensor-unsupported"}
+
+
+def _common_params():
+    return [pytest.param(b, e, m, id=i, marks=[UNSUPPORTED_TENSOR_BUG] if i in _TENSOR_VALUED else [])
+            for i, b, e, m in COMMON_CHECKS]
+
+
+@pytest.mark.parametrize("build,exc,match", _common_params())
+def test_flash_attn_func_argument_checks(build, exc, match):
+    _expect(swattn.flash_attn_func, build(dense, 4), exc, match)
+
+
+@pytest.mark.parametrize("build,exc,match", _common_params())
+def test_flash_attn_varlen_func_argument_checks(build, exc, match):
+    _expect(swattn.flash_attn_varlen_func, build(varlen, 3), exc, match)
+
+
+@pytest.mark.parametrize("window_size", [(0, 0), (-1, -1), (-1, 0), [5, 1], (10**6, 10**6)],
+                         ids=lambda w: f"W{w[0]}_{w[1]}")
+def test_window_edge_values_are_accepted(window_size):
+    out = swattn.flash_attn_func(**dense(window_size=window_size))
+    assert torch.isfinite(out).all()
+
+
+def test_flash_attn_func_batch_mismatch():
+    _expect(swattn.flash_attn_func, dense(k=torch.randn(1, SK, HK, D).half(), v=torch.randn(1, SK, HK, D).half()),
+            ValueError, r"^k: expected batch 2 to match q, got 1")
+
+
+def test_flash_attn_func_rejects_varlen_layout():
+    _expect(swattn.flash_attn_func, dense(q=torch.randn(SQ, H, D).half()), ValueError, r"^q: expected shape \(B, Sq")
+
+
+def _cu(values):
+    return torch.tensor(values, dtype=torch.int32)
+
+
+VARLEN_CHECKS = [
+    pytest.param(dict(seqused_q=_cu([2, 3])), NotImplementedError, r"^seqused_q: not supported", id="seqused-q",
+                 marks=UNSUPPORTED_TENSOR_BUG),
+    pytest.param(dict(seqused_q=_cu([2])[:1]), NotImplementedError, r"^seqused_q: not supported",
+                 id="seqused-q-one-element"),
+    pytest.param(dict(cu_seqlens_q=[0, 2, 5]), TypeError, r"^cu_seqlens_q: expected an int32 tensor",
+                 id="cu-seqlens-q-list"),
+    pytest.param(dict(cu_seqlens_q=_cu([0, 2, 5]).long()), TypeError, r"^cu_seqlens_q: expected dtype torch\.int32",
+                 id="cu-seqlens-q-int64"),
+    pytest.param(dict(cu_seqlens_k=_cu([0, 3, 7]).float()), TypeError, r"^cu_seqlens_k: expected dtype torch\.int32",
+                 id="cu-seqlens-k-float"),
+    pytest.param(dict(cu_seqlens_q=_cu([[0, 2, 5]])), ValueError, r"^cu_seqlens_q: expected shape", id="cu-2d"),
+    pytest.param(dict(cu_seqlens_q=_cu([])), ValueError, r"^cu_seqlens_q: expected at least one entry",
+                 id="cu-seqlens-q-empty"),
+    pytest.param(dict(cu_seqlens_k=_cu([0, 3, 7]).to("meta")), ValueError, r"^cu_seqlens_k: expected device",
+                 id="cu-seqlens-k-device"),
+    pytest.param(dict(cu_seqlens_q=_cu([1, 2, 5])), ValueError, r"^cu_seqlens_q: must start at 0, got 1",
+                 id="cu-seqlens-q-not-from-0"),
+    pytest.param(dict(cu_seqlens_k=_cu([2, 3, 7])), ValueError, r"^cu_seqlens_k: must start at 0, got 2",
+                 id="cu-seqlens-k-not-from-0"),
+    pytest.param(dict(cu_seqlens_q=_cu([0, 4, 3])), ValueError, r"^cu_seqlens_q: must be non-decreasing",
+                 id="cu-seqlens-q-decreasing"),
+    pytest.param(dict(cu_seqlens_k=_cu([0, 5, 4])), ValueError, r"^cu_seqlens_k: must be non-decreasing",
+                 id="cu-seqlens-k-decreasing"),
+    pytest.param(dict(cu_seqlens_q=_cu([0, 2, 6])), ValueError, r"^cu_seqlens_q: last entry 6 exceeds the 5 rows",
+                 id="cu-seqlens-q-beyond-total"),
+    pytest.param(dict(cu_seqlens_k=_cu([0, 3, 8])), ValueError, r"^cu_seqlens_k: last entry 8 exceeds the 7 rows",
+                 id="cu-seqlens-k-beyond-total"),
+    pytest.param(dict(max_seqlen_q=2), ValueError, r"^cu_seqlens_q: a sequence has length 3 > max_seqlen = 2",
+                 id="cu-seqlens-q-longer-than-max"),
+    pytest.param(dict(max_seqlen_k=3), ValueError, r"^cu_seqlens_k: a sequence has length 4 > max_seqlen = 3",
+                 id="cu-seqlens-k-longer-than-max"),
+    pytest.param(dict(cu_seqlens_k=_cu([0, 7]), max_seqlen_k=7), ValueError, r"^cu_seqlens_k: expected shape \(3,\) to match",
+                 id="cu-seqlens-batch-mismatch"),
+    pytest.param(dict(max_seqlen_q=-1), ValueError, r"^max_seqlen_q: expected an int >= 0", id="max-seqlen-q-neg"),
+    pytest.param(dict(max_seqlen_k=4.0), ValueError, r"^max_seqlen_k: expected an int", id="max-seqlen-k-float"),
+    pytest.param(dict(max_seqlen_q=None), ValueError, r"^max_seqlen_q: expected an int", id="max-seqlen-q-none"),
+    pytest.param(dict(seqused_k=_cu([3, 4]).long()), TypeError, r"^seqused_k: expected dtype torch\.int32",
+                 id="seqused-k-int64"),
+    pytest.param(dict(seqused_k=_cu([3, 4, 0])), ValueError, r"^seqused_k: expected shape \(2,\)",
+                 id="seqused-k-wrong-length"),
+    pytest.param(dict(seqused_k=_cu([3, 5])), ValueError, r"^seqused_k: each entry must lie in \[0",
+                 id="seqused-k-beyond-length"),
+    pytest.param(dict(seqused_k=_cu([-1, 2])), ValueError, r"^seqused_k: each entry must lie in \[0",
+                 id="seqused-k-negative"),
+    pytest.param(dict(q=torch.randn(1, 5, H, D).half()), ValueError, r"^q: expected shape \(total_q, H, D\)",
+                 id="q-dense-layout"),
+]
+
+
+@pytest.mark.parametrize("overrides,exc,match", VARLEN_CHECKS)
+def test_flash_attn_varlen_func_cu_seqlens_checks(overrides, exc, match):
+    _expect(swattn.flash_attn_varlen_func, varlen(**overrides), exc, match)
+
+
+def test_varlen_data_checks_follow_check_inputs():
+    # cu_seqlens_q = [1, 2, 5] does not start at 0 but stays inside q, so running it unchecked is memory-safe.
+    bad = _cu([1, 2, 5])
+    _expect(swattn.flash_attn_varlen_func, varlen(cu_seqlens_q=bad), ValueError, "^cu_seqlens_q: must start at 0")
+    _expect(swattn.flash_attn_varlen_func, varlen(cu_seqlens_q=bad, check_inputs=True), ValueError,
+            "^cu_seqlens_q: must start at 0")
+    # check_inputs=False skips the checks that read tensor data (they synchronise on GPU) ...
+    swattn.flash_attn_varlen_func(**varlen(cu_seqlens_q=bad, check_inputs=False))
+    # ... but not the metadata checks.
+    _expect(swattn.flash_attn_varlen_func, varlen(cu_seqlens_q=bad.long(), check_inputs=False), TypeError,
+            r"^cu_seqlens_q: expected dtype torch\.int32")
+
+
+def test_varlen_zero_max_seqlen_with_empty_sequences_is_valid():
+    out, lse = swattn.flash_attn_varlen_func(**varlen(
+        q=torch.randn(0, H, D).half(), cu_seqlens_q=_cu([0, 0, 0]), max_seqlen_q=0, return_softmax_lse=True))
+    assert out.shape == (0, H, D) and lse.shape == (H, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Signatures: FA3's parameters (semantics.md §3.1), in FA3's order, with FA3's defaults.
+
+FA3_PARAMETERS = {
+    "flash_attn_func": [
+        ("q", inspect.Parameter.empty), ("k", inspect.Parameter.empty), ("v", inspect.Parameter.empty),
+        ("softmax_scale", None), ("causal", False), ("qv", None), ("q_descale", None), ("k_descale", None),
+        ("v_descale", None), ("window_size", (-1, -1)), ("attention_chunk", 0), ("softcap", 0.0), ("num_splits", 1),
+        ("pack_gqa", None), ("deterministic", False), ("sm_margin", 0), ("return_attn_probs", False),
+    ],
+    "flash_attn_varlen_func": [
+        ("q", inspect.Parameter.empty), ("k", inspect.Parameter.empty), ("v", inspect.Parameter.empty),
+        ("cu_seqlens_q", inspect.Parameter.empty), ("cu_seqlens_k", inspect.Parameter.empty),
+        ("max_seqlen_q", inspect.Parameter.empty), ("max_seqlen_k", inspect.Parameter.empty),
+        ("seqused_q", None), ("seqused_k", None), ("softmax_scale", None), ("causal", False), ("qv", None),
+        ("q_descale", None), ("k_descale", None), ("v_descale", None), ("window_size", (-1, -1)),
+        ("attention_chunk", 0), ("softcap", 0.0), ("num_splits", 1), ("pack_gqa", None), ("deterministic", False),
+        ("sm_margin", 0), ("return_attn_probs", False),
+    ],
+    "flash_attn_with_kvcache": [
+        ("q", inspect.Parameter.empty), ("k_cache", inspect.Parameter.empty), ("v_cache", inspect.Parameter.empty),
+        ("k", None), ("v", None), ("qv", None), ("rotary_cos", None), ("rotary_sin", None), ("cache_seqlens", None),
+        ("cache_batch_idx", None), ("cache_leftpad", None), ("page_table", None), ("cu_seqlens_q", None),
+        ("cu_seqlens_k_new", None), ("max_seqlen_q", None), ("rotary_seqlens", None), ("q_descale", None),
+        ("k_descale", None), ("v_descale", None), ("softmax_scale", None), ("causal", False),
+        ("window_size", (-1, -1)), ("attention_chunk", 0), ("softcap", 0.0), ("rotary_interleaved", True),
+        ("scheduler_metadata", None), ("num_splits", 0), ("pack_gqa", None), ("sm_margin", 0),
+        ("return_softmax_lse", False),
+    ],
+}
+
+
+@pytest.mark.parametrize("name", list(FA3_PARAMETERS))
+def test_signature_is_fa3_superset_in_order(name):
+    fa3 = FA3_PARAMETERS[name]
+    params = list(inspect.signature(getattr(swattn, name)).parameters.values())
+    names = [p.name for p in params]
+    fa3_names = [n for n, _ in fa3]
+    # Superset, same relative order ...
+    positions = [names.index(n) for n in fa3_names if n in names]
+    assert [n for n in fa3_names if n not in names] == [], "FA3 parameters missing"
+    assert positions == sorted(positions), f"FA3 parameters out of order: {names}"
+    # ... and, stronger, FA3's list is a prefix, so FA3 positional calls bind to the same parameters.
+    assert names[:len(fa3_names)] == fa3_names
+    for p, (_, default) in zip(params, fa3):
+        assert p.default == default, f"{p.name}: default {p.default!r}, FA3 has {default!r}"
+        assert p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    # Extra parameters come after FA3's and are optional.
+    assert all(p.default is not inspect.Parameter.empty for p in params[len(fa3_names):])
+
+
+def test_fa3_positional_call_binds_like_fa3():
+    q, k, v = dense()["q"], dense()["k"], dense()["v"]
+    # FA3 order: q, k, v, softmax_scale, causal, qv, q_descale, k_descale, v_descale, window_size, ...
+    by_position = swattn.flash_attn_func(q, k, v, 0.3, False, None, None, None, None, (2, 1))
+    by_keyword = swattn.flash_attn_func(q, k, v, softmax_scale=0.3, window_size=(2, 1))
+    assert torch.equal(by_position, by_keyword)

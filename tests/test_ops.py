@@ -1,0 +1,192 @@
+"""The torch.library ops: opcheck, torch.compile without graph breaks, CUDA-graph capture and replay of a decode step.
+
+On the CPU the ops run the Triton kernels under the interpreter (the conftest sets TRITON_INTERPRET=1); the CUDA-graph
+test needs a GPU and is skipped without one.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
+
+import swattn
+from swattn.reference import attention_kvcache_ref
+from swattn.testing import assert_close, tolerance_for
+
+OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+
+
+def _qkv(batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, device="cpu", dtype=torch.float32):
+    q = torch.randn(batch, seqlen_q, heads, head_dim, device=device, dtype=dtype)
+    k = torch.randn(batch, seqlen_k, kv_heads, head_dim, device=device, dtype=dtype)
+    v = torch.randn(batch, seqlen_k, kv_heads, head_dim, device=device, dtype=dtype)
+    return q, k, v
+
+
+def _assert_equal(name: str, actual: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("sinks", [False, True], ids=["nosink", "sink"])
+@pytest.mark.parametrize(
+    "window, softcap",
+    [pytest.param((3, 0), 0.0, id="W3_0"), pytest.param((-1, -1), 5.0, id="full-softcap5")],
+)
+def test_fwd_opcheck(window, softcap, sinks):
+    batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim = 2, 5, 9, 4, 2, 16
+    q, k, v = _qkv(batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim)
+    sink = torch.randn(heads) if sinks else None
+    args = (q, k, v, sink, None, None, None, seqlen_q, seqlen_k, head_dim**-0.5, *window, softcap, False, 1)
+    torch.library.opcheck(torch.ops.swattn.fwd.default, args, test_utils=OPCHECK_TESTS)
+
+
+def test_fwd_opcheck_varlen():
+    heads, kv_heads, head_dim = 4, 2, 16
+    cu_q = torch.tensor([0, 3, 3, 10], dtype=torch.int32)
+    cu_k = torch.tensor([0, 7, 9, 19], dtype=torch.int32)
+    q = torch.randn(10, heads, head_dim)
+    k, v = torch.randn(19, kv_heads, head_dim), torch.randn(19, kv_heads, head_dim)
+    args = (q, k, v, torch.randn(heads), cu_q, cu_k, None, 7, 10, head_dim**-0.5, 4, 0, 0.0, True, 1)
+    torch.library.opcheck(torch.ops.swattn.fwd.default, args, test_utils=OPCHECK_TESTS)
+
+
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+@pytest.mark.parametrize("append", [False, True], ids=["noappend", "append"])
+def test_fwd_kvcache_opcheck(append, paged):
+    batch, heads, kv_heads, head_dim, capacity = 2, 4, 2, 16, 24
+    q = torch.randn(batch, 1, heads, head_dim)
+    if paged:
+        page_size = 4
+        k_cache = torch.randn(batch * capacity // page_size, page_size, kv_heads, head_dim)
+        page_table = torch.randperm(k_cache.shape[0], dtype=torch.int32).view(batch, -1)
+    else:
+        k_cache = torch.randn(batch, capacity, kv_heads, head_dim)
+        page_table = None
+    v_cache = torch.randn_like(k_cache)
+    k_new = torch.randn(batch, 1, kv_heads, head_dim) if append else None
+    v_new = torch.randn(batch, 1, kv_heads, head_dim) if append else None
+    cache_seqlens = torch.tensor([5, 17], dtype=torch.int32)
+    args = (q, k_cache, v_cache, k_new, v_new, cache_seqlens, None, page_table, None, 1, torch.randn(heads),
+            head_dim**-0.5, 7, 0, 0.0, True, 1)
+    torch.library.opcheck(torch.ops.swattn.fwd_kvcache.default, args, test_utils=OPCHECK_TESTS)
+
+
+class _PrefillAndDecode(torch.nn.Module):
+    """A sliding-window prefill with sinks, then a decode step that appends to a KV cache and attends."""
+
+    def __init__(self, window_size: tuple[int, int]):
+        super().__init__()
+        self.window_size = window_size
+
+    def forward(self, q, k, v, sinks, q_decode, k_cache, v_cache, k_new, v_new, cache_seqlens):
+        prefill = swattn.flash_attn_func(q, k, v, causal=True, window_size=self.window_size, sinks=sinks)
+        decode, lse = swattn.flash_attn_with_kvcache(
+            q_decode, k_cache, v_cache, k=k_new, v=v_new, cache_seqlens=cache_seqlens, causal=True,
+            window_size=self.window_size, sinks=sinks, softcap=30.0, return_softmax_lse=True)
+        return prefill, decode, lse
+
+
+class _Varlen(torch.nn.Module):
+    def forward(self, q, k, v, cu_seqlens_q, cu_seqlens_k):
+        return swattn.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, 6, 6, causal=True,
+                                             window_size=(2, 0))
+
+
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=_CUDA)])
+@pytest.mark.parametrize("backend", ["eager", "aot_eager", "inductor"])
+def test_compile_fullgraph(backend, device):
+    """On CUDA this also traces the automatic num_splits / pack_gqa choices (device properties, cached)."""
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    batch, heads, kv_heads, head_dim, capacity = 2, 4, 2, 16, 16
+    q, k, v = _qkv(batch, 11, 11, heads, kv_heads, head_dim, device, dtype)
+    sinks = torch.randn(heads, device=device)
+    q_decode = torch.randn(batch, 1, heads, head_dim, device=device, dtype=dtype)
+    k_cache = torch.randn(batch, capacity, kv_heads, head_dim, device=device, dtype=dtype)
+    v_cache = torch.randn_like(k_cache)
+    k_new, v_new = torch.randn(2, batch, 1, kv_heads, head_dim, device=device, dtype=dtype).unbind(0)
+    cache_seqlens = torch.tensor([3, 12], dtype=torch.int32, device=device)
+    module = _PrefillAndDecode(window_size=(4, 0))
+
+    k_cache_eager, v_cache_eager = k_cache.clone(), v_cache.clone()
+    expected = module(q, k, v, sinks, q_decode, k_cache_eager, v_cache_eager, k_new, v_new, cache_seqlens)
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend(backend)
+    compiled = torch.compile(module, fullgraph=True, backend=counter)
+    actual = compiled(q, k, v, sinks, q_decode, k_cache, v_cache, k_new, v_new, cache_seqlens)
+    assert counter.frame_count == 1, f"expected one graph, got {counter.frame_count}"
+    for name, a, e in zip(("prefill", "decode", "lse"), actual, expected):
+        _assert_equal(name, a, e)
+    _assert_equal("k_cache after append", k_cache, k_cache_eager)
+    _assert_equal("v_cache after append", v_cache, v_cache_eager)
+
+
+def test_compile_fullgraph_varlen():
+    heads, kv_heads, head_dim = 4, 2, 16
+    cu_q = torch.tensor([0, 2, 8], dtype=torch.int32)
+    cu_k = torch.tensor([0, 5, 11], dtype=torch.int32)
+    q = torch.randn(8, heads, head_dim)
+    k, v = torch.randn(11, kv_heads, head_dim), torch.randn(11, kv_heads, head_dim)
+    expected = _Varlen()(q, k, v, cu_q, cu_k)
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    actual = torch.compile(_Varlen(), fullgraph=True, backend=counter)(q, k, v, cu_q, cu_k)
+    assert counter.frame_count == 1, f"expected one graph, got {counter.frame_count}"
+    _assert_equal("varlen", actual, expected)
+
+
+@_CUDA
+@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
+def test_fwd_kvcache_cuda_graph(paged):
+    """Capture one decode step (append + attend), then replay it with new inputs copied into the static buffers."""
+    device, dtype = "cuda", torch.bfloat16
+    batch, heads, kv_heads, head_dim, capacity, sliding_window = 4, 16, 2, 64, 512, 128
+    window_size = swattn.window_size_from_sliding_window(sliding_window)
+    if paged:
+        page_size = 16
+        k_cache = torch.randn(batch * capacity // page_size, page_size, kv_heads, head_dim, device=device, dtype=dtype)
+        page_table = torch.randperm(k_cache.shape[0], device=device, dtype=torch.int32).view(batch, -1)
+    else:
+        k_cache = torch.randn(batch, capacity, kv_heads, head_dim, device=device, dtype=dtype)
+        page_table = None
+    v_cache = torch.randn_like(k_cache)
+    sinks = torch.randn(heads, device=device)
+    q = torch.randn(batch, 1, heads, head_dim, device=device, dtype=dtype)
+    k_new = torch.randn(batch, 1, kv_heads, head_dim, device=device, dtype=dtype)
+    v_new = torch.randn_like(k_new)
+    cache_seqlens = torch.tensor([0, 1, 200, 300], device=device, dtype=torch.int32)
+
+    def step(k_cache, v_cache):
+        return swattn.flash_attn_with_kvcache(
+            q, k_cache, v_cache, k=k_new, v=v_new, cache_seqlens=cache_seqlens, page_table=page_table, causal=True,
+            window_size=window_size, sinks=sinks, num_splits=0)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step(k_cache, v_cache)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step(k_cache, v_cache)
+
+    for seqlens in ([0, 5, 127, 128], [1, 129, 300, 510], [7, 256, 383, 64]):
+        q.copy_(torch.randn_like(q))
+        k_new.copy_(torch.randn_like(k_new))
+        v_new.copy_(torch.randn_like(v_new))
+        cache_seqlens.copy_(torch.tensor(seqlens, dtype=torch.int32))
+        k_cache_eager, v_cache_eager = k_cache.clone(), v_cache.clone()
+        graph.replay()
+        expected = step(k_cache_eager, v_cache_eager)
+        torch.cuda.synchronize()
+        _assert_equal(f"out, cache_seqlens={seqlens}", out, expected)
+        _assert_equal(f"k_cache, cache_seqlens={seqlens}", k_cache, k_cache_eager)
+        _assert_equal(f"v_cache, cache_seqlens={seqlens}", v_cache, v_cache_eager)
+        ref, _ = attention_kvcache_ref(q, k_cache, v_cache, cache_seqlens + 1, page_table=page_table,
+                                       window_size=window_size, sinks=sinks)
+        assert_close(f"out vs reference, cache_seqlens={seqlens}", out, ref, tolerance_for(dtype))
