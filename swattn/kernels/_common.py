@@ -88,7 +88,7 @@ def query_block_ranges(first_key, last_key, seqlen_q, seqlen_k, left, right, BLO
     # Rows that see every key: from the one that sees the last key first to the last one that sees the first key.
     shared_start = first_query_seeing(last_key, seqlen_q, seqlen_k, right, HAS_RIGHT)
     shared_end = last_query_seeing(first_key, seqlen_q, seqlen_k, left, HAS_LEFT) + 1
-    masked_head_end = tl.minimum(tl.cdiv(shared_start - q_start, BLOCK_M), num_blocks) * 0
+    masked_head_end = tl.minimum(tl.cdiv(shared_start - q_start, BLOCK_M), num_blocks)
     # max(0, .) before the division: Triton's integer division truncates toward zero.
     unmasked_end = tl.maximum(tl.minimum(tl.maximum(shared_end - q_start, 0) // BLOCK_M, num_blocks),
                               masked_head_end)

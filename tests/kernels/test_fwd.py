@@ -666,3 +666,24 @@ def test_kv_loop_never_reads_outside_the_window_varlen(pack_gqa):
     with forced_config(FwdConfig(16, 32, 4, 1)):
         run_varlen(q_lens, k_lens, 8, 2, 64, torch.float16, seqused=seqused, window_size=(left, right),
                    with_sinks=True, pack_gqa=pack_gqa, k_padding=7, poison=poison)
+
+
+# Library bug (reported): window sides near 2**31 overflow the kernel's int32 window arithmetic
+# (``row + seqlen_k - seqlen_q + right`` / ``- left``), so every row sees nothing: out 0, LSE -inf, silently.
+# FA3 normalises ``left >= Sk - 1`` and ``right >= Sq - 1`` to -1 on the host before launching (semantics.md §1.2).
+INT32_WINDOW_BUG = pytest.mark.xfail(
+    strict=True, reason="BUG int32 overflow in window arithmetic for window sides near 2**31 (no host-side "
+                        "normalisation of left >= Sk-1 / right >= Sq-1 to -1)")
+
+
+@pytest.mark.parametrize("sq,sk,window_size", [
+    pytest.param(5, 9, (0, 2**31 - 1), id="right-INT32_MAX", marks=INT32_WINDOW_BUG),
+    pytest.param(9, 5, (2**31 - 1, -1), id="left-INT32_MAX-Sk<Sq", marks=INT32_WINDOW_BUG),
+    pytest.param(5, 9, (2**31 - 1, 2**31 - 1), id="both-INT32_MAX", marks=INT32_WINDOW_BUG),
+    pytest.param(5, 9, (2**31, 0), id="left-2**31-int64"),
+    pytest.param(5, 9, (2**30, 2**30), id="both-2**30"),
+])
+def test_fwd_huge_window_sides_mean_unbounded(sq, sk, window_size):
+    q, k, v = make_qkv(1, sq, sk, 2, 1, 16, torch.float16)
+    out, lse = swattn.flash_attn_func(q, k, v, window_size=window_size, return_softmax_lse=True)
+    check_dense(q, k, v, out, lse, window_size=window_size)
