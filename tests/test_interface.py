@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import swattn
-from swattn import interface
 
 B, SQ, SK, H, HK, D = 2, 5, 7, 4, 2, 16
 
@@ -62,12 +61,14 @@ COMMON_CHECKS = [
     ("q-not-tensor", lambda make, rank: make(q=[[1.0]]), TypeError, r"^q: expected a torch\.Tensor"),
     ("k-not-tensor", lambda make, rank: make(k=None), TypeError, r"^k: expected a torch\.Tensor"),
     ("v-not-tensor", lambda make, rank: make(v=3), TypeError, r"^v: expected a torch\.Tensor"),
-    ("q-wrong-rank", lambda make, rank: make(q=torch.randn([2] * (rank + 1)).half()), ValueError, r"^q: expected shape"),
+    ("q-wrong-rank", lambda make, rank: make(q=torch.randn([2] * (rank + 1)).half()), ValueError,
+     r"^q: expected shape"),
     ("k-wrong-rank", lambda make, rank: make(k=make()["k"][0]), ValueError, r"^k: expected shape"),
     ("v-wrong-rank", lambda make, rank: make(v=make()["v"][..., None]), ValueError, r"^v: expected shape"),
     ("q-int-dtype", lambda make, rank: _all(make, torch.int32), TypeError, r"^q: expected dtype"),
     ("q-float64", lambda make, rank: _all(make, torch.float64), TypeError, r"^q: expected dtype"),
-    ("k-dtype-mismatch", lambda make, rank: make(k=make()["k"].float()), TypeError, r"^k: expected dtype torch\.float16"),
+    ("k-dtype-mismatch", lambda make, rank: make(k=make()["k"].float()), TypeError,
+     r"^k: expected dtype torch\.float16"),
     ("v-dtype-mismatch", lambda make, rank: make(v=make()["v"].bfloat16()), TypeError, r"^v: expected dtype"),
     ("k-device-mismatch", lambda make, rank: make(k=make()["k"].to("meta")), ValueError, r"^k: expected device"),
     ("v-device-mismatch", lambda make, rank: make(v=make()["v"].to("meta")), ValueError, r"^v: expected device"),
@@ -140,19 +141,11 @@ def _head_dim(make, dim):
     return make(**{name: torch.randn(*args[name].shape[:-1], dim).half() for name in ("q", "k", "v")})
 
 
-# Library bug (reported): interface._unsupported tests `value != 0`, which for a tensor with several elements
-# raises "RuntimeError: Boolean value of Tensor ... is ambiguous" instead of NotImplementedError, and for a
-# one-element zero tensor (e.g. q_descale=torch.zeros(1)) is False, so the argument is silently ignored.
-UNSUPPORTED_TENSOR_BUG = pytest.mark.xfail(
-    strict=True, reason="BUG swattn.interface._unsupported: `value != 0` on a tensor (ambiguous bool / zero tensor "
-                        "silently accepted) instead of NotImplementedError")
-_TENSOR_VALUED = {"qv-unsupported", "q-descale-unsupported", "k-descale-unsupported", "v-descale-unsupported",
-                  "q-descale-zero-tensor-unsupported"}
-
-
+# Tensor-valued unsupported arguments (qv, descales, a one-element zero tensor) are regression tests for a fixed bug:
+# interface._unsupported tested `value != 0`, which raised "Boolean value of Tensor ... is ambiguous" for a tensor of
+# several elements and silently ignored q_descale=torch.zeros(1).
 def _common_params():
-    return [pytest.param(b, e, m, id=i, marks=[UNSUPPORTED_TENSOR_BUG] if i in _TENSOR_VALUED else [])
-            for i, b, e, m in COMMON_CHECKS]
+    return [pytest.param(b, e, m, id=i) for i, b, e, m in COMMON_CHECKS]
 
 
 @pytest.mark.parametrize("build,exc,match", _common_params())
@@ -186,8 +179,7 @@ def _cu(values):
 
 
 VARLEN_CHECKS = [
-    pytest.param(dict(seqused_q=_cu([2, 3])), NotImplementedError, r"^seqused_q: not supported", id="seqused-q",
-                 marks=UNSUPPORTED_TENSOR_BUG),
+    pytest.param(dict(seqused_q=_cu([2, 3])), NotImplementedError, r"^seqused_q: not supported", id="seqused-q"),
     pytest.param(dict(seqused_q=_cu([2])[:1]), NotImplementedError, r"^seqused_q: not supported",
                  id="seqused-q-one-element"),
     pytest.param(dict(cu_seqlens_q=[0, 2, 5]), TypeError, r"^cu_seqlens_q: expected an int32 tensor",
@@ -217,7 +209,8 @@ VARLEN_CHECKS = [
                  id="cu-seqlens-q-longer-than-max"),
     pytest.param(dict(max_seqlen_k=3), ValueError, r"^cu_seqlens_k: a sequence has length 4 > max_seqlen = 3",
                  id="cu-seqlens-k-longer-than-max"),
-    pytest.param(dict(cu_seqlens_k=_cu([0, 7]), max_seqlen_k=7), ValueError, r"^cu_seqlens_k: expected shape \(3,\) to match",
+    pytest.param(dict(cu_seqlens_k=_cu([0, 7]), max_seqlen_k=7), ValueError,
+                 r"^cu_seqlens_k: expected shape \(3,\) to match",
                  id="cu-seqlens-batch-mismatch"),
     pytest.param(dict(max_seqlen_q=-1), ValueError, r"^max_seqlen_q: expected an int >= 0", id="max-seqlen-q-neg"),
     pytest.param(dict(max_seqlen_k=4.0), ValueError, r"^max_seqlen_k: expected an int", id="max-seqlen-k-float"),

@@ -155,8 +155,8 @@ def test_tile_plan_packgqa_positions_per_tile():
 @pytest.mark.parametrize("sq,sk", [pytest.param(sq, sk, id=f"Sq{sq}-Sk{sk}")
                                    for sq, sk in [(3, 50), (20, 20), (7, 3), (33, 65), (1, 300)]])
 @pytest.mark.parametrize("left,right", WINDOWS[:8])
-@pytest.mark.parametrize("block_m,block_n,group", [pytest.param(m, n, g, id=f"M{m}-N{n}-G{g}")
-                                                   for m, n, g in [(16, 16, 1), (16, 32, 2), (64, 16, 8), (32, 128, 1)]])
+@pytest.mark.parametrize("block_m,block_n,group", [
+    pytest.param(m, n, g, id=f"M{m}-N{n}-G{g}") for m, n, g in [(16, 16, 1), (16, 32, 2), (64, 16, 8), (32, 128, 1)]])
 def test_tile_plan_matches_brute_force(sq, sk, left, right, block_m, block_n, group):
     plans = window.tile_plan(sq, sk, (left, right), block_m, block_n, rows_per_position=group)
     positions = block_m // group

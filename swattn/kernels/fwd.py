@@ -289,6 +289,12 @@ def attention_forward(
     else:
         seqlen_k = k.shape[1]
 
+    # A side that covers the whole tensor is unbounded (as FlashAttention 3 normalises it); this also keeps the
+    # kernel's int32 window arithmetic far from overflow for huge sides such as 2**31 - 1.
+    if left >= seqlen_k:
+        left = -1
+    if right >= seqlen_q:
+        right = -1
     out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     lse = None
     if return_lse:

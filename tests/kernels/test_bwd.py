@@ -499,3 +499,17 @@ def test_bwd_opcheck(sinks):
     # The forward op with inputs that require grad: its registered autograd formula.
     grad_args = tuple(t.clone().requires_grad_() if isinstance(t, torch.Tensor) else t for t in fwd_args)
     torch.library.opcheck(torch.ops.swattn.fwd.default, grad_args, test_utils=OPCHECK_TESTS)
+
+
+def test_bench_backward_quick():
+    # `python -m swattn.bench backward --quick`: tiny CPU shapes, swattn's gradients pass the check and are timed.
+    import argparse
+
+    from swattn.bench import backward
+
+    section = backward.main(argparse.Namespace(scenario="backward", quick=True, providers=None, no_peers=False,
+                                               seqlens=[20]))
+    rows = [r for r in section.rows if r.provider == "swattn"]
+    assert len(rows) == 6
+    for row in rows:
+        assert row.status == "ok" and row.timing is not None and row.error <= row.tolerance, section.table

@@ -7,8 +7,6 @@ launcher is filled with NaN first, so an output element the kernel forgets to wr
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -115,17 +113,22 @@ def case_id(batch, sq, sk, left, right, heads, kv_heads, head_dim, **extra):
 # Interpreter cost model (so that drawn cases stay small)
 
 
-def _packed(pack_gqa, seqlen_q, group):
+def _packed(pack_gqa, seqlen_q, group, left, right):
+    # Mirrors interface._auto_pack_gqa (only used to estimate interpreter cost).
     if pack_gqa is not None:
         return bool(pack_gqa) and group > 1
-    return group > 1 and seqlen_q * group <= 128
+    return group > 1 and (seqlen_q * group <= 128 or (0 <= left <= 256 and 0 <= right <= 256))
+
+
+def config_id(config):
+    return f"M{config.block_m}-N{config.block_n}" + ("-single_loop" if config.single_loop else "")
 
 
 def interpreter_cost(seq_pairs, heads, kv_heads, left, right, causal, pack_gqa, num_splits, max_seqlen_q=None):
     """Programs launched + KV-block iterations under the interpreter config, for sequences [(Sq_b, Sk_b)]."""
     group = heads // kv_heads
     max_q = max_seqlen_q if max_seqlen_q is not None else max(sq for sq, _ in seq_pairs)
-    packed = _packed(pack_gqa, max_q, group)
+    packed = _packed(pack_gqa, max_q, group, left, right)
     rows_per_position = group if packed else 1
     programs_per_seq = kv_heads if packed else heads
     num_tiles = -(-max_q * rows_per_position // INTERPRETER_CONFIG.block_m)
@@ -421,9 +424,9 @@ def test_fwd_window_start_on_and_off_block_boundary(sq, left, right, first_key):
     assert counts.tolist() == expected
 
 
-@pytest.mark.parametrize("config", [pytest.param(FwdConfig(32, 16, 4, 1), id="M32-N16"),
-                                    pytest.param(FwdConfig(16, 64, 4, 1), id="M16-N64"),
-                                    pytest.param(FwdConfig(64, 32, 4, 1), id="M64-N32")])
+@pytest.mark.parametrize("config", [pytest.param(c, id=config_id(c)) for c in (
+    FwdConfig(32, 16, 4, 1), FwdConfig(16, 64, 4, 1), FwdConfig(64, 32, 4, 1),
+    FwdConfig(16, 16, 4, 1, single_loop=True), FwdConfig(64, 32, 4, 2, single_loop=True))])
 def test_fwd_forced_configs_odd_lengths(config):
     q, k, v = make_qkv(1, 37, 53, 4, 2, 64, torch.float16)
     sinks = make_sinks(4)
@@ -542,13 +545,16 @@ COUNT_CASES = [
     (5, 300, 40, 2, 4, 2, True, 1, FwdConfig(32, 16, 4, 1)),
     (30, 10, 3, 0, 2, 1, False, 1, FwdConfig(16, 16, 4, 1)),
     (9, 9, 0, 0, 4, 1, True, 3, FwdConfig(16, 16, 4, 1)),
+    (37, 90, 11, 3, 2, 1, False, 1, FwdConfig(16, 16, 4, 1, single_loop=True)),
+    (37, 90, 11, 3, 2, 1, False, 3, FwdConfig(32, 16, 4, 1, single_loop=True)),
+    (20, 150, 127, 0, 8, 1, True, 1, FwdConfig(16, 128, 4, 1, single_loop=True)),
 ]
 
 
 @pytest.mark.parametrize(
     "sq,sk,left,right,heads,kv_heads,pack_gqa,num_splits,config",
     [pytest.param(*c, id=f"Sq{c[0]}-Sk{c[1]}-W{c[2]}_{c[3]}-H{c[4]}-Hk{c[5]}-pack{int(c[6])}-splits{c[7]}"
-                  f"-M{c[8].block_m}-N{c[8].block_n}") for c in COUNT_CASES])
+                  f"-{config_id(c[8])}") for c in COUNT_CASES])
 def test_n_offset_block_counts_match_tile_plan(sq, sk, left, right, heads, kv_heads, pack_gqa, num_splits, config):
     batch, head_dim = 2, 16
     q, k, v = make_qkv(batch, sq, sk, heads, kv_heads, head_dim, torch.float32)
@@ -585,14 +591,15 @@ def test_n_offset_block_counts_varlen():
         assert_lse_close("lse", lse, ref_lse)
 
 
+@pytest.mark.parametrize("single_loop", [False, True], ids=["three_loops", "single_loop"])
 @pytest.mark.parametrize("sk", [128, 129, 1000, 4097], ids=lambda s: f"Sk{s}")
-def test_n_offset_gpt_oss_decode_visits_one_block(sk):
+def test_n_offset_gpt_oss_decode_visits_one_block(sk, single_loop):
     # gpt-oss: Sq = 1, H = 64, Hk = 8, D = 64, sliding_window 128 -> (127, 0), PackGQA, BLOCK_N = 128.
     batch, heads, kv_heads, head_dim = 1, 64, 8, 64
     left, right = window.window_size_from_sliding_window(128)
     q, k, v = make_qkv(batch, 1, sk, heads, kv_heads, head_dim, torch.float16)
     sinks = make_sinks(heads, torch.bfloat16)
-    with forced_config(FwdConfig(16, 128, 4, 1)):
+    with forced_config(FwdConfig(16, 128, 4, 1, single_loop=single_loop)):
         _, _, counts = fwd_module.attention_forward(q, k, v, softmax_scale=head_dim ** -0.5, left=left, right=right,
                                                     sinks=sinks.float(), pack_gqa=True, count_blocks=True)
         out, lse = swattn.flash_attn_func(q, k, v, window_size=(left, right), sinks=sinks, pack_gqa=True,
@@ -635,9 +642,9 @@ def _poison_unseen_keys(k, v, cu_k, q_lens, k_lens, seqused, left, right):
     return k, v, int((~seen).sum())
 
 
-@pytest.mark.parametrize("config", [pytest.param(FwdConfig(16, 16, 4, 1), id="M16-N16"),
-                                    pytest.param(FwdConfig(16, 128, 4, 1), id="M16-N128"),
-                                    pytest.param(FwdConfig(64, 64, 4, 1), id="M64-N64")])
+@pytest.mark.parametrize("config", [pytest.param(c, id=config_id(c)) for c in (
+    FwdConfig(16, 16, 4, 1), FwdConfig(16, 128, 4, 1), FwdConfig(64, 64, 4, 1),
+    FwdConfig(16, 16, 4, 1, single_loop=True), FwdConfig(16, 128, 4, 1, single_loop=True))])
 @pytest.mark.parametrize("num_splits", [1, 3], ids=lambda s: f"splits{s}")
 def test_kv_loop_never_reads_outside_the_window_dense(config, num_splits):
     batch, heads, kv_heads, head_dim = 1, 8, 2, 64
@@ -654,8 +661,9 @@ def test_kv_loop_never_reads_outside_the_window_dense(config, num_splits):
         check_dense(q, k, v, out, lse, window_size=(left, right), sinks=sinks)
 
 
+@pytest.mark.parametrize("single_loop", [False, True], ids=["three_loops", "single_loop"])
 @pytest.mark.parametrize("pack_gqa", [False, True], ids=["nopack", "pack"])
-def test_kv_loop_never_reads_outside_the_window_varlen(pack_gqa):
+def test_kv_loop_never_reads_outside_the_window_varlen(pack_gqa, single_loop):
     q_lens, k_lens, seqused = [2, 9, 1, 4], [70, 30, 0, 50], [66, 30, 0, 20]
     left, right = 6, 1
 
@@ -663,23 +671,19 @@ def test_kv_loop_never_reads_outside_the_window_varlen(pack_gqa):
         k, v, _ = _poison_unseen_keys(k, v, cu_k, q_lens, k_lens, seqused, left, right)
         return k, v
 
-    with forced_config(FwdConfig(16, 32, 4, 1)):
+    with forced_config(FwdConfig(16, 32, 4, 1, single_loop=single_loop)):
         run_varlen(q_lens, k_lens, 8, 2, 64, torch.float16, seqused=seqused, window_size=(left, right),
                    with_sinks=True, pack_gqa=pack_gqa, k_padding=7, poison=poison)
 
 
-# Library bug (reported): window sides near 2**31 overflow the kernel's int32 window arithmetic
-# (``row + seqlen_k - seqlen_q + right`` / ``- left``), so every row sees nothing: out 0, LSE -inf, silently.
-# FA3 normalises ``left >= Sk - 1`` and ``right >= Sq - 1`` to -1 on the host before launching (semantics.md §1.2).
-INT32_WINDOW_BUG = pytest.mark.xfail(
-    strict=True, reason="BUG int32 overflow in window arithmetic for window sides near 2**31 (no host-side "
-                        "normalisation of left >= Sk-1 / right >= Sq-1 to -1)")
+# Regression: window sides near 2**31 once overflowed the kernel's int32 window arithmetic (now normalised
+# on the host: a side covering the whole tensor is -1, as in FA3).
 
 
 @pytest.mark.parametrize("sq,sk,window_size", [
-    pytest.param(5, 9, (0, 2**31 - 1), id="right-INT32_MAX", marks=INT32_WINDOW_BUG),
-    pytest.param(9, 5, (2**31 - 1, -1), id="left-INT32_MAX-Sk<Sq", marks=INT32_WINDOW_BUG),
-    pytest.param(5, 9, (2**31 - 1, 2**31 - 1), id="both-INT32_MAX", marks=INT32_WINDOW_BUG),
+    pytest.param(5, 9, (0, 2**31 - 1), id="right-INT32_MAX"),
+    pytest.param(9, 5, (2**31 - 1, -1), id="left-INT32_MAX-Sk<Sq"),
+    pytest.param(5, 9, (2**31 - 1, 2**31 - 1), id="both-INT32_MAX"),
     pytest.param(5, 9, (2**31, 0), id="left-2**31-int64"),
     pytest.param(5, 9, (2**30, 2**30), id="both-2**30"),
 ])

@@ -690,24 +690,18 @@ def test_argument_checks(name):
         thunk()
 
 
-TENSOR_ARG_BUG = pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "BUG: interface._unsupported evaluates `value != 0` on tensors: a multi-element tensor raises RuntimeError "
-    "('Boolean value of Tensor ... ambiguous') instead of NotImplementedError, and a one-element zero tensor is "
-    "accepted silently. Fix: `if isinstance(value, torch.Tensor) or (value is not None and value is not False "
-    "and value != 0)`."))
 UNSUPPORTED = [
-    pytest.param("qv", lambda: torch.randn(2, 1, H, D), id="qv", marks=TENSOR_ARG_BUG),
-    pytest.param("rotary_cos", lambda: torch.randn(16, D // 2), id="rotary_cos", marks=TENSOR_ARG_BUG),
-    pytest.param("rotary_sin", lambda: torch.randn(16, D // 2), id="rotary_sin", marks=TENSOR_ARG_BUG),
-    pytest.param("cache_leftpad", lambda: i32([0, 1]), id="cache_leftpad", marks=TENSOR_ARG_BUG),
-    pytest.param("cu_seqlens_k_new", lambda: i32([0, 1, 2]), id="cu_seqlens_k_new", marks=TENSOR_ARG_BUG),
-    pytest.param("rotary_seqlens", lambda: i32([8, 8]), id="rotary_seqlens", marks=TENSOR_ARG_BUG),
-    pytest.param("q_descale", lambda: torch.ones(2, HK), id="q_descale", marks=TENSOR_ARG_BUG),
-    pytest.param("k_descale", lambda: torch.ones(2, HK), id="k_descale", marks=TENSOR_ARG_BUG),
-    pytest.param("v_descale", lambda: torch.ones(2, HK), id="v_descale", marks=TENSOR_ARG_BUG),
-    pytest.param("scheduler_metadata", lambda: i32([0, 1, 1]), id="scheduler_metadata", marks=TENSOR_ARG_BUG),
-    pytest.param("cache_leftpad", lambda: i32([0]), id="cache_leftpad-one-zero-element", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: same `value != 0` test: a one-element zero tensor passes silently")),
+    pytest.param("qv", lambda: torch.randn(2, 1, H, D), id="qv"),
+    pytest.param("rotary_cos", lambda: torch.randn(16, D // 2), id="rotary_cos"),
+    pytest.param("rotary_sin", lambda: torch.randn(16, D // 2), id="rotary_sin"),
+    pytest.param("cache_leftpad", lambda: i32([0, 1]), id="cache_leftpad"),
+    pytest.param("cu_seqlens_k_new", lambda: i32([0, 1, 2]), id="cu_seqlens_k_new"),
+    pytest.param("rotary_seqlens", lambda: i32([8, 8]), id="rotary_seqlens"),
+    pytest.param("q_descale", lambda: torch.ones(2, HK), id="q_descale"),
+    pytest.param("k_descale", lambda: torch.ones(2, HK), id="k_descale"),
+    pytest.param("v_descale", lambda: torch.ones(2, HK), id="v_descale"),
+    pytest.param("scheduler_metadata", lambda: i32([0, 1, 1]), id="scheduler_metadata"),
+    pytest.param("cache_leftpad", lambda: i32([0]), id="cache_leftpad-one-zero-element"),
     pytest.param("q_descale", lambda: torch.ones(1), id="q_descale-one-element"),
     pytest.param("attention_chunk", lambda: 8, id="attention_chunk"),
     pytest.param("sm_margin", lambda: 4, id="sm_margin"),
@@ -763,14 +757,8 @@ def test_block_count_is_ceil_span_over_block_n(left, blocks):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Known bugs (strict xfail: they start failing loudly once fixed, then drop the marker)
+# Regression tests for bugs found while writing this module (index views, check_inputs coverage)
 
-NONCONTIGUOUS_BUG = ("BUG: 1-D/2-D index tensors are read by the kernel with an implicit unit stride "
-                     "(page_table.stride(1), cache_seqlens, cache_batch_idx, cu_seqlens_q); a strided view gives "
-                     "wrong results or out-of-bounds reads. Fix: .contiguous() them in flash_attn_with_kvcache.")
-
-
-@pytest.mark.xfail(strict=True, reason=NONCONTIGUOUS_BUG)
 @pytest.mark.parametrize("which", ["page_table", "cache_seqlens", "cache_batch_idx", "cu_seqlens_q"])
 def test_noncontiguous_index_tensors(which):
     # The views are built so that the misread values are still in range (a wrong answer, not a crash).
@@ -804,10 +792,6 @@ def test_noncontiguous_index_tensors(which):
                               window_size=(7, 0)), q)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: check_inputs validates page-table entries from the first query's window "
-                   "start, but the append writes new tokens from cache_seqlens, which lies before the window when "
-                   "S_new > Sq + left: entry -1 is not rejected and the append silently writes into the pool's last "
-                   "page (another sequence's). Fix: start the checked range at min(first_key, cache_seqlens[b]).")
 def test_check_inputs_covers_pages_written_by_append():
     cache = make_cache("paged-4", 2, 32)
     q = random_q(2, 1)
@@ -820,10 +804,6 @@ def test_check_inputs_covers_pages_written_by_append():
     assert torch.equal(cache.k, before.k)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="BUG (minor): check_inputs validates the window pages of a "
-                   "varlen sequence with zero queries, which the kernel never reads (it returns before any load); "
-                   "garbage entries there (e.g. CUDA-graph padding slots) are rejected. Fix: skip sequences with no "
-                   "query and no new token in _check_cache_contents.")
 def test_check_inputs_ignores_sequences_without_queries():
     cache = make_cache("paged-4", 2, 32)
     cache.page_table[1] = -1  # sequence 1 has no query: none of its pages is read
