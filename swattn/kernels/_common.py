@@ -31,6 +31,25 @@ def last_visible_key(row, seqlen_q, seqlen_k, right, HAS_RIGHT: tl.constexpr):
 
 
 @triton.jit
+def sequence_bounds(batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, IS_VARLEN_Q: tl.constexpr,
+                    IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr):
+    """``(q_begin, seqlen_q, k_begin, seqlen_k)`` of sequence ``batch``: packed offsets and lengths for varlen
+    inputs, 0 and the dense lengths otherwise; ``SEQLENS_K`` (seqused_k / cache lengths) overrides the key count."""
+    q_begin = batch * 0
+    k_begin = batch * 0
+    if IS_VARLEN_Q:
+        q_begin = tl.load(CU_SEQLENS_Q + batch)
+        seqlen_q = tl.load(CU_SEQLENS_Q + batch + 1) - q_begin
+    if IS_VARLEN_K:
+        k_begin = tl.load(CU_SEQLENS_K + batch)
+        if not HAS_SEQLENS_K:
+            seqlen_k = tl.load(CU_SEQLENS_K + batch + 1) - k_begin
+    if HAS_SEQLENS_K:
+        seqlen_k = tl.load(SEQLENS_K + batch)
+    return q_begin, seqlen_q, k_begin, seqlen_k
+
+
+@triton.jit
 def block_ranges(first_row, last_row, seqlen_q, seqlen_k, left, right, BLOCK_N: tl.constexpr,
                  HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
     """The KV loop of a tile of query rows ``first_row..last_row`` (positions, inclusive).

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from swattn._compat import interpreter_enabled, needs_upcast
-from swattn.kernels._common import LOG2E, block_ranges, query_block_ranges, softcap_scores
+from swattn.kernels._common import LOG2E, block_ranges, query_block_ranges, sequence_bounds, softcap_scores
 
 
 @dataclass(frozen=True)
@@ -196,19 +196,8 @@ def _swa_bwd_dkdv_kernel(
     key_block = tl.program_id(0)
     batch = tl.program_id(1)
     kv_head = tl.program_id(2)
-    if IS_VARLEN_Q:
-        q_begin = tl.load(CU_SEQLENS_Q + batch)
-        seqlen_q = tl.load(CU_SEQLENS_Q + batch + 1) - q_begin
-    else:
-        q_begin = 0
-    if IS_VARLEN_K:
-        k_begin = tl.load(CU_SEQLENS_K + batch)
-        if not HAS_SEQLENS_K:
-            seqlen_k = tl.load(CU_SEQLENS_K + batch + 1) - k_begin
-    else:
-        k_begin = 0
-    if HAS_SEQLENS_K:
-        seqlen_k = tl.load(SEQLENS_K + batch)
+    q_begin, seqlen_q, k_begin, seqlen_k = sequence_bounds(
+        batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K)
     first_key = key_block * BLOCK_N
     if first_key >= seqlen_k:
         return
@@ -314,19 +303,8 @@ def _swa_bwd_dq_kernel(
     tile = tl.program_id(0)
     batch = tl.program_id(1)
     head = tl.program_id(2)
-    if IS_VARLEN_Q:
-        q_begin = tl.load(CU_SEQLENS_Q + batch)
-        seqlen_q = tl.load(CU_SEQLENS_Q + batch + 1) - q_begin
-    else:
-        q_begin = 0
-    if IS_VARLEN_K:
-        k_begin = tl.load(CU_SEQLENS_K + batch)
-        if not HAS_SEQLENS_K:
-            seqlen_k = tl.load(CU_SEQLENS_K + batch + 1) - k_begin
-    else:
-        k_begin = 0
-    if HAS_SEQLENS_K:
-        seqlen_k = tl.load(SEQLENS_K + batch)
+    q_begin, seqlen_q, k_begin, seqlen_k = sequence_bounds(
+        batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K)
     first_pos = tile * BLOCK_M
     if first_pos >= seqlen_q:
         return

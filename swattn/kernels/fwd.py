@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from swattn._compat import needs_upcast
-from swattn.kernels._common import LN2, LOG2E, block_ranges, safe_pivot, softcap_scores
+from swattn.kernels._common import LN2, LOG2E, block_ranges, safe_pivot, sequence_bounds, softcap_scores
 from swattn.kernels.combine import combine_splits
 from swattn.kernels.configs import forward_config
 
@@ -123,19 +123,8 @@ def _swa_fwd_kernel(
     batch = batch_head // heads_per_program
     head_or_kv_head = batch_head % heads_per_program
 
-    if IS_VARLEN_Q:
-        q_begin = tl.load(CU_SEQLENS_Q + batch)
-        seqlen_q = tl.load(CU_SEQLENS_Q + batch + 1) - q_begin
-    else:
-        q_begin = 0
-    if IS_VARLEN_K:
-        k_begin = tl.load(CU_SEQLENS_K + batch)
-        if not HAS_SEQLENS_K:
-            seqlen_k = tl.load(CU_SEQLENS_K + batch + 1) - k_begin
-    else:
-        k_begin = 0
-    if HAS_SEQLENS_K:
-        seqlen_k = tl.load(SEQLENS_K + batch)
+    q_begin, seqlen_q, k_begin, seqlen_k = sequence_bounds(
+        batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K)
 
     if PACK_GQA:
         rows_per_pos = queries_per_kv_head
