@@ -22,42 +22,13 @@ head h of exp(sink_h - lse) * delta`` (the sink has no value vector, so its ``dp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
 from swattn._compat import interpreter_enabled, needs_upcast
 from swattn.kernels._common import LOG2E, block_ranges, query_block_ranges, sequence_bounds, softcap_scores
-
-
-@dataclass(frozen=True)
-class BwdConfig:
-    """Block shapes of the backward: the dK/dV kernel holds BLOCK_N keys and walks BLOCK_M query rows at a time;
-    the dQ kernel holds BLOCK_M query rows and walks BLOCK_N keys at a time (FlashAttention-2's split)."""
-
-    dkdv_block_m: int
-    dkdv_block_n: int
-    dq_block_m: int
-    dq_block_n: int
-    num_warps: int
-    num_stages: int
-
-
-def backward_config(head_dim_padded: int, left: int) -> BwdConfig:
-    """Block shapes from shapes only. H100, bf16, S=8192, backward alone (TODO(configs.py): move next to FwdConfig):
-    D=64 H=64/8 window (127, 0): 32/64/64/32 4 warps 512 us vs 687 us for the tutorial's 32/128/128/32;
-    full causal: 64/64/64/64 5.19 ms vs 5.41 ms. D=128 H=32/8 window (127, 0): 32/64/64/32 455 us (64/64: 643 us);
-    window (4095, 0) and causal: 64/64/64/64 3.43 / 4.39 ms (32/64: 3.65 / 4.96 ms). D=256 not measured."""
-    if interpreter_enabled():
-        return BwdConfig(16, 16, 16, 16, 4, 1)
-    small_window = 0 <= left < 1024
-    if head_dim_padded <= 64:
-        return BwdConfig(32, 64, 64, 32, 4, 3) if small_window else BwdConfig(64, 64, 64, 64, 4, 3)
-    if head_dim_padded <= 128:
-        return BwdConfig(32, 64, 64, 32, 4, 2) if small_window else BwdConfig(64, 64, 64, 64, 4, 2)
-    return BwdConfig(16, 64, 64, 16, 8, 1)
+from swattn.kernels.configs import BwdConfig, backward_config
 
 
 @triton.jit
@@ -425,7 +396,7 @@ def attention_backward(
     dv = torch.zeros_like(v) if partial else torch.empty_like(v)
     dsinks = None if sinks is None else torch.zeros(num_heads, device=q.device, dtype=torch.float32)
     block_d = max(16, triton.next_power_of_2(head_dim))
-    config = config or backward_config(block_d, left)
+    config = config or backward_config(block_d, left, q.element_size())
     key_blocks = triton.cdiv(seqlen_k, config.dkdv_block_n)
     loop_record = (torch.full((batch, num_kv_heads, key_blocks, 3), -1, device=q.device, dtype=torch.int32)
                    if record_loop else None)

@@ -1,14 +1,15 @@
-"""Block shapes and launch settings for the forward kernel family, as data.
+"""Block shapes and launch settings of the forward and backward kernels, as data.
 
 Under the interpreter (CPU tests) one small pinned config is used, and tests may force others with
-``forced_config``. GPU defaults were picked from measurements recorded in docs/performance.md.
+``forced_config``. GPU defaults were picked from bf16 measurements recorded in docs/performance.md; fp32 tiles are
+twice as large, so every choice is then shrunk until its streamed tiles fit in shared memory.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import triton
 
@@ -24,7 +25,44 @@ class FwdConfig:
     single_loop: bool = False  # one masked KV loop instead of masked head / unmasked interior / masked tail
 
 
+@dataclass(frozen=True)
+class BwdConfig:
+    """Block shapes of the backward: the dK/dV kernel holds BLOCK_N keys and walks BLOCK_M query rows at a time;
+    the dQ kernel holds BLOCK_M query rows and walks BLOCK_N keys at a time (FlashAttention-2's split)."""
+
+    dkdv_block_m: int
+    dkdv_block_n: int
+    dq_block_m: int
+    dq_block_n: int
+    num_warps: int
+    num_stages: int
+
+
+# Bytes of streamed tiles a config may keep in shared memory. Hopper gives a block 227 KiB; Triton also needs
+# scratch for layout conversions, and the bf16 choices below (measured to compile and run) stay within this.
+SHARED_MEMORY_BUDGET = 160 * 1024
+
 _forced: FwdConfig | None = None
+
+
+def _streamed_bytes(resident_rows: int, streamed_rows: int, num_stages: int, head_dim: int, element_size: int) -> int:
+    """Shared memory of a loop that keeps ``resident_rows`` rows and streams two tiles of ``streamed_rows`` rows
+    (K and V, or Q and dO) through ``num_stages - 1`` prefetch buffers (at least one)."""
+    return (resident_rows + 2 * streamed_rows * max(1, num_stages - 1)) * head_dim * element_size
+
+
+def _fit_forward(config: FwdConfig, head_dim: int, element_size: int) -> FwdConfig:
+    while _streamed_bytes(config.block_m, config.block_n, config.num_stages, head_dim,
+                          element_size) > SHARED_MEMORY_BUDGET:
+        if config.num_stages > 1:
+            config = replace(config, num_stages=config.num_stages - 1)
+        elif config.block_n > 16:
+            config = replace(config, block_n=config.block_n // 2)
+        elif config.block_m > 16:
+            config = replace(config, block_m=config.block_m // 2)
+        else:
+            break
+    return config
 
 
 @contextlib.contextmanager
@@ -38,9 +76,11 @@ def forced_config(config: FwdConfig) -> Iterator[None]:
         _forced = previous
 
 
-def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, window_span: int | None) -> FwdConfig:
+def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, window_span: int | None,
+                   element_size: int = 2) -> FwdConfig:
     """Pick block shapes from shapes only (never from GPU values, so CUDA graphs and torch.compile are safe).
 
+    ``element_size``: bytes per q/k/v element (fp32 shrinks the bf16 choice to fit shared memory);
     ``rows_per_tile``: rows of one sequence's tiles (PackGQA: query positions * queries per KV head);
     ``window_span``: ``left + right + 1`` when both sides are bounded, else None. Choices come from the H100
     sweeps recorded in docs/performance.md (scripts/gpu_sweep*.py).
@@ -49,6 +89,12 @@ def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, win
         return _forced
     if interpreter_enabled():
         return FwdConfig(16, 16, 4, 1)
+    return _fit_forward(_bf16_forward_config(head_dim_padded, rows_per_tile, pack_gqa, window_span),
+                        head_dim_padded, element_size)
+
+
+def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool,
+                         window_span: int | None) -> FwdConfig:
     small_window = window_span is not None and window_span <= 512
     if pack_gqa and rows_per_tile <= 64:
         # Decode / extend: every query head of a KV head in one tile; 128-key blocks so a 128-key window is one
@@ -68,3 +114,33 @@ def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, win
         # causal 16K D128: 4573 us; W4095: 2135 us (both best of the sweep).
         return FwdConfig(128, 128, 8, 3)
     return FwdConfig(64, 64, 8, 2)
+
+
+def backward_config(head_dim_padded: int, left: int, element_size: int = 2) -> BwdConfig:
+    """Block shapes from shapes only. H100, bf16, S=8192, backward alone:
+    D=64 H=64/8 window (127, 0): 32/64/64/32 4 warps 512 us vs 687 us for the tutorial's 32/128/128/32;
+    full causal: 64/64/64/64 5.19 ms vs 5.41 ms. D=128 H=32/8 window (127, 0): 32/64/64/32 455 us (64/64: 643 us);
+    window (4095, 0) and causal: 64/64/64/64 3.43 / 4.39 ms (32/64: 3.65 / 4.96 ms). D=256 not measured.
+    fp32 (``element_size`` 4) halves the streamed blocks with one stage."""
+    if interpreter_enabled():
+        return BwdConfig(16, 16, 16, 16, 4, 1)
+    small_window = 0 <= left < 1024
+    if head_dim_padded <= 64:
+        config = BwdConfig(32, 64, 64, 32, 4, 3) if small_window else BwdConfig(64, 64, 64, 64, 4, 3)
+    elif head_dim_padded <= 128:
+        config = BwdConfig(32, 64, 64, 32, 4, 2) if small_window else BwdConfig(64, 64, 64, 64, 4, 2)
+    else:
+        config = BwdConfig(16, 64, 64, 16, 8, 1)
+    while element_size > 2 and (
+            _streamed_bytes(config.dkdv_block_n, config.dkdv_block_m, config.num_stages, head_dim_padded,
+                            element_size) > SHARED_MEMORY_BUDGET // 2
+            or _streamed_bytes(config.dq_block_m, config.dq_block_n, config.num_stages, head_dim_padded,
+                               element_size) > SHARED_MEMORY_BUDGET // 2):
+        if config.num_stages > 1:
+            config = replace(config, num_stages=config.num_stages - 1)
+        elif max(config.dkdv_block_n, config.dq_block_m) > 16:
+            config = replace(config, dkdv_block_n=max(16, config.dkdv_block_n // 2),
+                             dq_block_m=max(16, config.dq_block_m // 2))
+        else:
+            break
+    return config

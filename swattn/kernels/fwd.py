@@ -60,10 +60,13 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block
         if UPCAST:
             k = k.to(tl.float32)
         qk = tl.dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
+        # Scores in log2 units are qk * qk_scale; without softcap the scale is applied inside the exponent's FMA
+        # (and to the row max, which a positive scale leaves in place) instead of by a separate multiply.
         if HAS_SOFTCAP:
             qk = softcap_scores(qk, softmax_scale, softcap)
+            qk_scale = 1.0
         else:
-            qk = qk * (softmax_scale * LOG2E)
+            qk_scale = softmax_scale * LOG2E
         if MASK:
             visible = load_mask[None, :]
             if HAS_LEFT:
@@ -71,15 +74,24 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block
             if HAS_RIGHT:
                 visible = visible & (offs_n[None, :] <= row_pos[:, None] + offset + right)
             qk = tl.where(visible, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         pivot = safe_pivot(m_new)
-        p = tl.exp2(qk - pivot[:, None])
+        p = tl.exp2(qk * qk_scale - pivot[:, None])
         alpha = tl.exp2(m_i - pivot)
         l_i = l_i * alpha + tl.sum(p, 1)
+        if MASK:
+            # 0 * NaN is NaN: a non-finite value row would reach, through the P @ V product, the rows of this
+            # edge block that cannot see its key. Zero such rows for the product, then poison exactly the rows
+            # that see the key, so a NaN or inf stays in the rows whose window holds it.
+            value_finite = tl.min((tl.abs(v) < float("inf")).to(tl.int32), 1) == 1
+            v = tl.where(value_finite[:, None], v, 0.0)
+            sees_non_finite = tl.max((visible & ~value_finite[None, :]).to(tl.int32), 1) == 1
         if UPCAST:
             acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
         else:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        if MASK:
+            acc = tl.where(sees_non_finite[:, None], float("nan"), acc)
         m_i = m_new
         if COUNT_BLOCKS:
             visited += 1
@@ -295,7 +307,7 @@ def attention_forward(
     block_d = max(16, triton.next_power_of_2(head_dim))
     rows_per_tile = seqlen_q * group if pack_gqa else seqlen_q
     window_span = left + right + 1 if left >= 0 and right >= 0 else None
-    config = forward_config(block_d, rows_per_tile, pack_gqa, window_span)
+    config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size())
     num_tiles = triton.cdiv(rows_per_tile, config.block_m)
     grid = (num_tiles, batch * (num_kv_heads if pack_gqa else num_heads), num_splits)
 

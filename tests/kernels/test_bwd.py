@@ -22,7 +22,8 @@ import swattn
 from swattn import window
 from swattn.kernels import _common
 from swattn.kernels import bwd as bwd_module
-from swattn.kernels.bwd import BwdConfig, attention_backward
+from swattn.kernels.bwd import attention_backward
+from swattn.kernels.configs import BwdConfig
 from swattn.kernels.fwd import attention_forward
 from swattn.reference import attention_ref, attention_varlen_ref
 from swattn.testing import assert_close

@@ -1,0 +1,273 @@
+"""bf16 at real sizes on a GPU (skipped without one): every entry point and the named edge cases of the CPU suite,
+against the reference computed in float32 on the GPU, plus bitwise determinism and the n_offset block count at
+the real block shapes. Run on the H100 with ``python -m pytest -q tests/gpu`` (see docs/reliability.md).
+
+The CPU suite covers the same features with small shapes through the interpreter, where bf16 ``tl.dot`` cannot
+run; this module is its bf16, compiled, real-size twin.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import swattn
+from swattn import window
+from swattn.kernels.fwd import attention_forward
+from swattn.reference import attention_kvcache_ref, attention_ref, attention_varlen_ref
+from swattn.testing import assert_close, tolerance_for
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 at real sizes needs a GPU")
+
+DEVICE, BF16 = "cuda", torch.bfloat16
+OUT_TOL = tolerance_for(BF16)
+GRAD_TOL = 3e-2
+LSE_ATOL = 2e-3
+REF = dict(compute_dtype=torch.float32)
+
+
+def randn(*shape, dtype=BF16, scale=1.0):
+    return (torch.randn(*shape, device=DEVICE) * scale).to(dtype)
+
+
+def check_lse(name, lse, ref_lse):
+    assert not torch.isnan(lse).any(), f"{name}: NaN in LSE"
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse)), f"{name}: -inf at different rows"
+    finite = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse[finite], ref_lse[finite], atol=LSE_ATOL, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dense and varlen prefill
+
+
+DENSE = [
+    # batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, window_size, softcap, sinks
+    (1, 4096, 4096, 64, 8, 64, (127, 0), 0.0, True),  # gpt-oss sliding layer
+    (1, 4096, 4096, 64, 8, 64, (-1, 0), 0.0, True),  # gpt-oss full layer
+    (2, 2048, 2048, 32, 8, 128, (4095, 0), 0.0, False),  # window >= Sk: equals causal
+    (1, 3000, 3000, 32, 8, 128, (1023, 0), 0.0, False),
+    (2, 1500, 1500, 16, 8, 256, (511, 0), 50.0, False),  # Gemma-2: softcap + window, head_dim 256
+    (1, 1000, 2500, 16, 1, 64, (200, 3), 0.0, True),  # MQA, more keys than queries, right side
+    (1, 2500, 1000, 32, 2, 128, (-1, 0), 0.0, False),  # Sk < Sq: the top rows see nothing
+    (2, 777, 777, 8, 8, 96, (0, 0), 0.0, True),  # window 0: the diagonal only; padded head_dim
+    (1, 1234, 1234, 16, 16, 64, (63, 64), 30.0, True),  # bidirectional window, lengths off every block
+    (3, 513, 513, 64, 4, 64, (128, 0), 0.0, False),  # GQA 16; window edge one past a block boundary
+]
+
+
+@pytest.mark.parametrize("case", DENSE, ids=lambda c: f"B{c[0]}-Sq{c[1]}-Sk{c[2]}-H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}")
+def test_dense(case):
+    batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, window_size, softcap, with_sinks = case
+    q = randn(batch, seqlen_q, heads, head_dim, scale=2.0 if softcap else 1.0)
+    k = randn(batch, seqlen_k, kv_heads, head_dim, scale=2.0 if softcap else 1.0)
+    v = randn(batch, seqlen_k, kv_heads, head_dim)
+    sinks = torch.randn(heads, device=DEVICE) if with_sinks else None
+    out, lse = swattn.flash_attn_func(q, k, v, window_size=window_size, softcap=softcap, sinks=sinks,
+                                      return_softmax_lse=True)
+    ref, ref_lse = attention_ref(q, k, v, window_size=window_size, softcap=softcap, sinks=sinks, **REF)
+    assert_close("out", out, ref, OUT_TOL)
+    check_lse("lse", lse, ref_lse)
+
+
+@pytest.mark.parametrize("window_size", [(127, 0), (-1, 0), (31, 31)])
+def test_varlen_with_empty_sequences(window_size):
+    lengths_q = [1000, 0, 1, 2047, 0, 300]
+    lengths_k = [1000, 5, 1, 2047, 0, 900]  # sequence 5 has more keys than queries
+    cu_q = torch.tensor([0] + lengths_q, device=DEVICE).cumsum(0).to(torch.int32)
+    cu_k = torch.tensor([0] + lengths_k, device=DEVICE).cumsum(0).to(torch.int32)
+    q = randn(int(cu_q[-1]), 32, 128)
+    k, v = randn(int(cu_k[-1]), 4, 128), randn(int(cu_k[-1]), 4, 128)
+    sinks = torch.randn(32, device=DEVICE)
+    out, lse = swattn.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k),
+                                             window_size=window_size, sinks=sinks, return_softmax_lse=True)
+    ref, ref_lse = attention_varlen_ref(q, k, v, cu_q, cu_k, window_size=window_size, sinks=sinks, **REF)
+    assert_close("out", out, ref, OUT_TOL)
+    check_lse("lse", lse, ref_lse)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# KV cache
+
+
+def paged_cache(batch, capacity, page_size, kv_heads, head_dim):
+    pages_per_seq = -(-capacity // page_size)
+    k_cache = randn(batch * pages_per_seq, page_size, kv_heads, head_dim)
+    v_cache = randn(batch * pages_per_seq, page_size, kv_heads, head_dim)
+    page_table = torch.randperm(batch * pages_per_seq, device=DEVICE, dtype=torch.int32).view(batch, -1)
+    return k_cache, v_cache, page_table
+
+
+@pytest.mark.parametrize("page_size", [1, 16, 64, 256])
+@pytest.mark.parametrize("window_size", [(127, 0), (-1, 0)])
+@pytest.mark.parametrize("seqlen_q,num_splits", [(1, 0), (1, 3), (4, 0)])
+def test_paged_decode_and_extend_with_append(page_size, window_size, seqlen_q, num_splits):
+    """gpt-oss layer shapes, 16 sequences of 1..6000 tokens, new k/v appended in the same call."""
+    batch, heads, kv_heads, head_dim = 16, 64, 8, 64
+    seqlens = torch.randint(0, 6000, (batch,), device=DEVICE, dtype=torch.int32)
+    seqlens[:3] = torch.tensor([0, 127, 128], device=DEVICE)  # empty cache; window start on and off block edges
+    k_cache, v_cache, page_table = paged_cache(batch, 6000 + seqlen_q, page_size, kv_heads, head_dim)
+    q = randn(batch, seqlen_q, heads, head_dim)
+    k_new, v_new = randn(batch, seqlen_q, kv_heads, head_dim), randn(batch, seqlen_q, kv_heads, head_dim)
+    sinks = torch.randn(heads, device=DEVICE)
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    for b in range(batch):
+        positions = int(seqlens[b]) + torch.arange(seqlen_q, device=DEVICE)
+        pages = page_table[b, positions // page_size].long()
+        expected_k[pages, positions % page_size] = k_new[b]
+        expected_v[pages, positions % page_size] = v_new[b]
+    out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, k=k_new, v=v_new, cache_seqlens=seqlens,
+                                              page_table=page_table, causal=True, window_size=window_size,
+                                              sinks=sinks, num_splits=num_splits, return_softmax_lse=True)
+    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v), "append wrote the wrong slots"
+    ref, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, seqlens + seqlen_q, page_table=page_table,
+                                         causal=True, window_size=window_size, sinks=sinks, **REF)
+    assert_close("out", out, ref, OUT_TOL)
+    check_lse("lse", lse, ref_lse)
+
+
+@pytest.mark.parametrize("pack_gqa", [None, False])
+def test_contiguous_cache_varlen_extend_with_batch_idx(pack_gqa):
+    cache_rows, capacity, heads, kv_heads, head_dim = 8, 4000, 32, 8, 128
+    k_cache, v_cache = randn(cache_rows, capacity, kv_heads, head_dim), randn(cache_rows, capacity, kv_heads, head_dim)
+    cache_batch_idx = torch.tensor([6, 0, 3, 7, 2], device=DEVICE, dtype=torch.int32)
+    lengths = [1, 7, 0, 3, 16]
+    cu_q = torch.tensor([0] + lengths, device=DEVICE).cumsum(0).to(torch.int32)
+    seqlens = torch.tensor([3999, 1000, 17, 2500, 64], device=DEVICE, dtype=torch.int32)
+    q = randn(int(cu_q[-1]), heads, head_dim)
+    out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, cache_batch_idx=cache_batch_idx,
+                                         cu_seqlens_q=cu_q, max_seqlen_q=max(lengths), causal=True,
+                                         window_size=(255, 0), softcap=30.0, pack_gqa=pack_gqa)
+    ref, _ = attention_kvcache_ref(q, k_cache, v_cache, seqlens, cache_batch_idx=cache_batch_idx, cu_seqlens_q=cu_q,
+                                   causal=True, window_size=(255, 0), softcap=30.0, **REF)
+    assert_close("out", out, ref, OUT_TOL)
+
+
+@pytest.mark.parametrize("page_size", [1, 16])
+@pytest.mark.parametrize("context", [128, 129, 4097, 131072])
+def test_gpt_oss_decode_reads_one_block_and_no_page_before_the_window(page_size, context):
+    """At the real decode config (BLOCK_N = 128) a window-128 step visits one block; pages before the window hold
+    NaN and garbage indices and the output is unchanged."""
+    batch, heads, kv_heads, head_dim, left = 4, 64, 8, 64, 127
+    k_cache, v_cache, page_table = paged_cache(batch, context, page_size, kv_heads, head_dim)
+    seqlens = torch.full((batch,), context, device=DEVICE, dtype=torch.int32)
+    q = randn(batch, 1, heads, head_dim)
+    sinks = torch.randn(heads, device=DEVICE)
+    ref, _ = attention_kvcache_ref(q, k_cache, v_cache, seqlens, page_table=page_table, causal=True,
+                                   window_size=(left, 0), sinks=sinks, **REF)
+    first_page = window.first_visible_key(0, 1, context, left) // page_size
+    k_cache[page_table[:, :first_page].flatten().long()] = float("nan")
+    v_cache[page_table[:, :first_page].flatten().long()] = float("nan")
+    page_table[:, :first_page] = 10**8
+    scale = head_dim ** -0.5
+    out, _, counts = attention_forward(q, k_cache, v_cache, softmax_scale=scale, left=left, right=0, sinks=sinks,
+                                       seqlens_k=seqlens, page_table=page_table, pack_gqa=True, count_blocks=True)
+    assert_close("out", out, ref, OUT_TOL)
+    assert counts.tolist() == [1] * counts.numel(), counts.tolist()
+    out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, page_table=page_table,
+                                         causal=True, window_size=(left, 0), sinks=sinks)
+    assert_close("out (public API)", out, ref, OUT_TOL)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backward
+
+
+BACKWARD = [
+    # batch, seqlen, heads, kv_heads, head_dim, window_size, softcap, sinks
+    (1, 2048, 64, 8, 64, (127, 0), 0.0, True),
+    (1, 2048, 32, 8, 128, (-1, 0), 0.0, False),
+    (2, 1500, 32, 8, 128, (511, 0), 0.0, True),
+    (1, 1000, 16, 16, 256, (255, 0), 30.0, False),
+    (1, 999, 16, 2, 64, (64, 64), 0.0, True),
+]
+
+
+@pytest.mark.parametrize("case", BACKWARD, ids=lambda c: f"B{c[0]}-S{c[1]}-H{c[2]}/{c[3]}-D{c[4]}-W{c[5]}")
+def test_backward(case):
+    batch, seqlen, heads, kv_heads, head_dim, window_size, softcap, with_sinks = case
+    tensors = [randn(batch, seqlen, h, head_dim) for h in (heads, kv_heads, kv_heads)]
+    sinks = torch.randn(heads, device=DEVICE) if with_sinks else None
+    dout = randn(batch, seqlen, heads, head_dim)
+    leaves = [t.detach().requires_grad_() for t in tensors] + ([sinks.clone().requires_grad_()] if with_sinks else [])
+    out = swattn.flash_attn_func(*leaves[:3], window_size=window_size, softcap=softcap,
+                                 sinks=leaves[3] if with_sinks else None)
+    grads = torch.autograd.grad(out, leaves, dout)
+    ref_leaves = [t.detach().float().requires_grad_() for t in leaves]
+    ref_out, _ = attention_ref(*ref_leaves[:3], window_size=window_size, softcap=softcap,
+                               sinks=ref_leaves[3] if with_sinks else None, **REF)
+    ref_grads = torch.autograd.grad(ref_out, ref_leaves, dout.float())
+    for name, grad, ref_grad in zip(("dq", "dk", "dv", "dsinks"), grads, ref_grads):
+        assert_close(name, grad, ref_grad, GRAD_TOL)
+
+
+def test_backward_varlen_with_empty_sequences():
+    lengths = [700, 0, 1, 1300]
+    cu = torch.tensor([0] + lengths, device=DEVICE).cumsum(0).to(torch.int32)
+    tensors = [randn(int(cu[-1]), h, 64) for h in (16, 4, 4)]
+    dout = randn(int(cu[-1]), 16, 64)
+    leaves = [t.detach().requires_grad_() for t in tensors]
+    out = swattn.flash_attn_varlen_func(*leaves, cu, cu, max(lengths), max(lengths), window_size=(127, 0))
+    grads = torch.autograd.grad(out, leaves, dout)
+    ref_leaves = [t.detach().float().requires_grad_() for t in tensors]
+    ref_out, _ = attention_varlen_ref(*ref_leaves, cu, cu, window_size=(127, 0), **REF)
+    for name, grad, ref_grad in zip(("dq", "dk", "dv"), grads, torch.autograd.grad(ref_out, ref_leaves, dout.float())):
+        assert_close(name, grad, ref_grad, GRAD_TOL)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_float32_fits_shared_memory(head_dim):
+    """fp32 tiles are twice bf16's: the configs shrink to fit, forward and backward run and match."""
+    tensors = [randn(1, 700, h, head_dim, dtype=torch.float32) for h in (8, 2, 2)]
+    leaves = [t.detach().requires_grad_() for t in tensors]
+    out = swattn.flash_attn_func(*leaves, causal=True)
+    ref = attention_ref(*tensors, causal=True, **REF)[0]
+    assert_close("out", out, ref, 3e-3)  # TF32 tensor cores round fp32 operands
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, leaves, dout)
+    ref_leaves = [t.detach().requires_grad_() for t in tensors]
+    ref_grads = torch.autograd.grad(attention_ref(*ref_leaves, causal=True, **REF)[0], ref_leaves, dout)
+    for name, grad, ref_grad in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert_close(name, grad, ref_grad, 1e-2)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Determinism: repeated runs on the same inputs are bitwise identical (no atomics anywhere, fixed split merge order)
+
+
+def _repeat_equal(fn, runs=5):
+    first = fn()
+    for _ in range(runs - 1):
+        again = fn()
+        for a, b in zip(first, again):
+            assert torch.equal(a, b), "results differ between runs"
+
+
+def test_forward_is_deterministic():
+    q, k, v = randn(2, 3000, 64, 64), randn(2, 3000, 8, 64), randn(2, 3000, 8, 64)
+    sinks = torch.randn(64, device=DEVICE)
+    _repeat_equal(lambda: swattn.flash_attn_func(q, k, v, window_size=(127, 0), sinks=sinks,
+                                                 return_softmax_lse=True))
+    _repeat_equal(lambda: swattn.flash_attn_func(q, k, v, causal=True, return_softmax_lse=True))
+
+
+def test_split_kv_decode_is_deterministic():
+    k_cache, v_cache, page_table = paged_cache(4, 65536, 16, 8, 64)
+    seqlens = torch.tensor([65536, 1, 30000, 777], device=DEVICE, dtype=torch.int32)
+    q = randn(4, 1, 64, 64)
+    _repeat_equal(lambda: swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens,
+                                                         page_table=page_table, causal=True, num_splits=0,
+                                                         return_softmax_lse=True))
+
+
+def test_backward_is_deterministic():
+    tensors = [randn(1, 4096, h, 128) for h in (32, 8, 8)]
+    dout = randn(1, 4096, 32, 128)
+    sinks = torch.randn(32, device=DEVICE)
+
+    def grads():
+        leaves = [t.detach().requires_grad_() for t in tensors] + [sinks.clone().requires_grad_()]
+        out = swattn.flash_attn_func(*leaves[:3], window_size=(1023, 0), sinks=leaves[3])
+        return torch.autograd.grad(out, leaves, dout)
+
+    _repeat_equal(grads)

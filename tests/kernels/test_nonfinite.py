@@ -1,0 +1,113 @@
+"""Non-finite inputs stay where they are: a NaN or inf in one sequence's q, k or v changes only the output rows
+whose window holds it (those rows become non-finite), never other rows of the same tile, other heads or other
+sequences.
+
+The rows that must not change are compared bit for bit with a run on the clean inputs: the kernel computes every
+row from its own inputs alone, so a poison value that a row does not see may not change a single bit of it. The
+edge blocks of a tile are the hard case: a value row that only some rows of the tile can see meets the others
+through the P @ V product, where 0 * NaN is NaN.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import swattn
+from swattn import window
+
+H, HK, D = 4, 2, 16
+GROUP = H // HK
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter computes with the poison
+POISONS = ["v-nan", "v-inf", "k-nan", "k-inf", "q-nan"]
+
+
+def poison_value(kind: str) -> float:
+    return float("nan") if kind.endswith("nan") else float("inf")
+
+
+def expect_isolated(out, clean, seeing, kind):
+    """``seeing`` [..., Sq, H] marks the rows whose window holds the poison: the others are bitwise unchanged; the
+    seeing ones are non-finite, except for an infinite key, whose score may be -inf and then drops out."""
+    assert out.shape[:-1] == seeing.shape
+    untouched = ~seeing
+    assert torch.equal(out[untouched], clean[untouched]), "a row that cannot see the poison changed"
+    assert seeing.any(), "the case must poison some visible key"
+    if kind != "k-inf":
+        assert not torch.isfinite(out[seeing]).all(-1).any(), "a row that sees the poison stayed finite"
+
+
+def seeing_rows(kind, seqlen_q, seqlen_k, left, right, key, kv_head, row=None, head=None):
+    """[Sq, H] bool: rows of the poisoned sequence that see the poisoned key (q poison: only that row and head)."""
+    seeing = torch.zeros(seqlen_q, H, dtype=torch.bool)
+    if kind.startswith("q"):
+        seeing[row, head] = True
+        return seeing
+    rows = torch.arange(seqlen_q)
+    sees_key = window.is_visible(rows, torch.tensor(key), seqlen_q, seqlen_k, left, right)
+    seeing[:, kv_head * GROUP:(kv_head + 1) * GROUP] = torch.as_tensor(sees_key)[:, None]
+    return seeing
+
+
+@pytest.mark.parametrize("kind", POISONS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("window_size,key", [((5, 0), 20), ((-1, 0), 9), ((3, 2), 33)])
+def test_dense(kind, dtype, window_size, key):
+    batch, seqlen, poisoned_batch, kv_head, row, head = 3, 37, 1, 1, 21, 2
+    q, k, v = (torch.randn(batch, seqlen, heads, D, dtype=dtype) for heads in (H, HK, HK))
+    clean = swattn.flash_attn_func(q, k, v, window_size=window_size)
+    target = {"q": q, "k": k, "v": v}[kind[0]]
+    if kind.startswith("q"):
+        target[poisoned_batch, row, head, 5] = poison_value(kind)
+    else:
+        target[poisoned_batch, key, kv_head, 5] = poison_value(kind)
+    out = swattn.flash_attn_func(q, k, v, window_size=window_size)
+    seeing = torch.zeros(batch, seqlen, H, dtype=torch.bool)
+    seeing[poisoned_batch] = seeing_rows(kind, seqlen, seqlen, *window_size, key, kv_head, row, head)
+    expect_isolated(out, clean, seeing, kind)
+
+
+@pytest.mark.parametrize("kind", ["v-nan", "k-inf", "q-nan"])
+def test_varlen_sequences_do_not_leak(kind):
+    """Sequences packed next to each other: a poison at the last key of one or the first of the next stays."""
+    lengths = [13, 19, 0, 11]
+    cu = torch.tensor([0, 13, 32, 32, 43], dtype=torch.int32)
+    total = int(cu[-1])
+    q, k, v = (torch.randn(total, heads, D, dtype=torch.float16) for heads in (H, HK, HK))
+    kwargs = dict(cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max(lengths), max_seqlen_k=max(lengths),
+                  causal=True)
+    clean = swattn.flash_attn_varlen_func(q, k, v, **kwargs)
+    for token in (12, 13):  # sequence 0's last token, sequence 1's first
+        qp, kp, vp = q.clone(), k.clone(), v.clone()
+        target = {"q": qp, "k": kp, "v": vp}[kind[0]]
+        target[token, 0 if kind.startswith("q") else 1, 3] = poison_value(kind)
+        out = swattn.flash_attn_varlen_func(qp, kp, vp, **kwargs)
+        sequence = 0 if token < 13 else 1
+        start = int(cu[sequence])
+        local = seeing_rows(kind, lengths[sequence], lengths[sequence], -1, 0, token - start, 1, token - start, 0)
+        seeing = torch.zeros(total, H, dtype=torch.bool)
+        seeing[start:start + lengths[sequence]] = local
+        expect_isolated(out, clean, seeing, kind)
+
+
+@pytest.mark.parametrize("kind", ["v-nan", "v-inf", "k-nan"])
+@pytest.mark.parametrize("num_splits,left", [(1, 7), (3, -1)])
+@pytest.mark.parametrize("pack_gqa", [True, False])
+def test_paged_cache(kind, num_splits, left, pack_gqa):
+    """Decode and a 3-token extend on a paged cache with split-KV: the poisoned token's sequence and KV head."""
+    batch, page_size, pages_per_seq, seqlen_q = 3, 4, 6, 3
+    seqlens = torch.tensor([21, 17, 24], dtype=torch.int32)
+    k_cache = torch.randn(batch * pages_per_seq, page_size, HK, D, dtype=torch.float16)
+    v_cache = torch.randn_like(k_cache)
+    page_table = torch.randperm(batch * pages_per_seq, dtype=torch.int32).view(batch, pages_per_seq)
+    q = torch.randn(batch, seqlen_q, H, D, dtype=torch.float16)
+    kwargs = dict(cache_seqlens=seqlens, page_table=page_table, causal=True, window_size=(left, 0),
+                  num_splits=num_splits, pack_gqa=pack_gqa)
+    clean = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **kwargs)
+    poisoned_batch, kv_head, key = 1, 0, 14  # inside sequence 1's window (keys 7..16 for its 3 queries)
+    page = int(page_table[poisoned_batch, key // page_size])
+    {"k": k_cache, "v": v_cache}[kind[0]][page, key % page_size, kv_head, 2] = poison_value(kind)
+    out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **kwargs)
+    seeing = torch.zeros(batch, seqlen_q, H, dtype=torch.bool)
+    seeing[poisoned_batch] = seeing_rows(kind, seqlen_q, int(seqlens[poisoned_batch]), left, 0, key, kv_head)
+    expect_isolated(out, clean, seeing, kind)
