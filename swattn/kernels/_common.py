@@ -125,3 +125,13 @@ def softcap_scores(qk, softmax_scale, softcap):
 def safe_pivot(m):
     """Rows that have seen no key yet keep max = -inf; subtract 0 instead so exp2 gives 0, never NaN."""
     return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
+def dot(a, b):
+    """``tl.dot``, in full fp32 precision for fp32 operands (torch's default for fp32 matmuls; Triton's default
+    rounds them to TF32, a 1e-3 relative error)."""
+    if a.dtype == tl.float32:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)

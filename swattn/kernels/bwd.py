@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from swattn._compat import interpreter_enabled, needs_upcast
-from swattn.kernels._common import LOG2E, block_ranges, query_block_ranges, sequence_bounds, softcap_scores
+from swattn.kernels._common import LOG2E, block_ranges, dot, query_block_ranges, sequence_bounds, softcap_scores
 from swattn.kernels.configs import BwdConfig, backward_config
 
 
@@ -122,7 +122,7 @@ def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, lse_base, delta_base, bl
         else:
             lse2 = tl.load(lse_ptrs) * LOG2E
             delta = tl.load(delta_ptrs)
-        qkT = tl.dot(k, tl.trans(q))  # [BLOCK_N, BLOCK_M]
+        qkT = dot(k, tl.trans(q))  # [BLOCK_N, BLOCK_M]
         s2T, dscoreT = _scores(qkT, softmax_scale, softcap, HAS_SOFTCAP)
         if MASK:
             visible = row_mask[None, :]
@@ -132,12 +132,12 @@ def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, lse_base, delta_base, bl
                 visible = visible & (offs_n[:, None] <= offs_m[None, :] + offset + right)
             s2T = tl.where(visible, s2T, float("-inf"))
         pT = tl.exp2(s2T - lse2[None, :])  # [BLOCK_N, BLOCK_M]
-        dv += tl.dot(pT.to(do.dtype), do)
-        dpT = tl.dot(v, tl.trans(do))  # [BLOCK_N, BLOCK_M]
+        dv += dot(pT.to(do.dtype), do)
+        dpT = dot(v, tl.trans(do))  # [BLOCK_N, BLOCK_M]
         dsT = pT * (dpT - delta[None, :])
         if HAS_SOFTCAP:
             dsT = dsT * dscoreT
-        dk += tl.dot(dsT.to(q.dtype), q)
+        dk += dot(dsT.to(q.dtype), q)
     return dk, dv
 
 
@@ -233,7 +233,7 @@ def _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, block_begin, block_e
         key_mask = offs_n < kv_end
         k = _load_tile(k_base, offs_n, offs_d, key_mask, stride_ks, MASK, MASK_D, HEAD_DIM, UPCAST)
         v = _load_tile(v_base, offs_n, offs_d, key_mask, stride_vs, MASK, MASK_D, HEAD_DIM, UPCAST)
-        qk = tl.dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
+        qk = dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
         s2, dscore = _scores(qk, softmax_scale, softcap, HAS_SOFTCAP)
         if MASK:
             visible = key_mask[None, :]
@@ -243,11 +243,11 @@ def _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, block_begin, block_e
                 visible = visible & (offs_n[None, :] <= pos[:, None] + offset + right)
             s2 = tl.where(visible, s2, float("-inf"))
         p = tl.exp2(s2 - lse2[:, None])  # [BLOCK_M, BLOCK_N]
-        dp = tl.dot(do, tl.trans(v))  # [BLOCK_M, BLOCK_N]
+        dp = dot(do, tl.trans(v))  # [BLOCK_M, BLOCK_N]
         ds = p * (dp - delta[:, None])
         if HAS_SOFTCAP:
             ds = ds * dscore
-        dq += tl.dot(ds.to(k.dtype), k)
+        dq += dot(ds.to(k.dtype), k)
     return dq
 
 

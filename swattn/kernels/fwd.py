@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from swattn._compat import needs_upcast
-from swattn.kernels._common import LN2, LOG2E, block_ranges, safe_pivot, sequence_bounds, softcap_scores
+from swattn.kernels._common import LN2, LOG2E, block_ranges, dot, safe_pivot, sequence_bounds, softcap_scores
 from swattn.kernels.combine import combine_splits
 from swattn.kernels.configs import forward_config
 
@@ -44,8 +44,10 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block
                    seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM: tl.constexpr, visited,
                    MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                    HAS_SOFTCAP: tl.constexpr, IS_PAGED: tl.constexpr, MASK_D: tl.constexpr,
-                   UPCAST: tl.constexpr, COUNT_BLOCKS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks."""
+                   UPCAST: tl.constexpr, COUNT_BLOCKS: tl.constexpr, BLOCK_N: tl.constexpr,
+                   GUARD_NON_FINITE: tl.constexpr = False):
+    """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
+    ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them."""
     offset = seqlen_k - seqlen_q
     for block in range(block_begin, block_end):
         offs_n = kv_start + block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -59,7 +61,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block
                      page_size, IS_PAGED, MASK_D, HEAD_DIM)
         if UPCAST:
             k = k.to(tl.float32)
-        qk = tl.dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
+        qk = dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
         # Scores in log2 units are qk * qk_scale; without softcap the scale is applied inside the exponent's FMA
         # (and to the row max, which a positive scale leaves in place) instead of by a separate multiply.
         if HAS_SOFTCAP:
@@ -79,18 +81,18 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block
         p = tl.exp2(qk * qk_scale - pivot[:, None])
         alpha = tl.exp2(m_i - pivot)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if MASK:
+        if GUARD_NON_FINITE:
             # 0 * NaN is NaN: a non-finite value row would reach, through the P @ V product, the rows of this
-            # edge block that cannot see its key. Zero such rows for the product, then poison exactly the rows
-            # that see the key, so a NaN or inf stays in the rows whose window holds it.
+            # block that cannot see its key. Zero such rows for the product, then poison exactly the rows that
+            # see the key. (Costly: it takes V through registers; only the rare redo of a tile uses it.)
             value_finite = tl.min((tl.abs(v) < float("inf")).to(tl.int32), 1) == 1
             v = tl.where(value_finite[:, None], v, 0.0)
             sees_non_finite = tl.max((visible & ~value_finite[None, :]).to(tl.int32), 1) == 1
         if UPCAST:
-            acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32))
+            acc = acc * alpha[:, None] + dot(p, v.to(tl.float32))
         else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        if MASK:
+            acc = acc * alpha[:, None] + dot(p.to(v.dtype), v)
+        if GUARD_NON_FINITE:
             acc = tl.where(sees_non_finite[:, None], float("nan"), acc)
         m_i = m_new
         if COUNT_BLOCKS:
@@ -215,6 +217,19 @@ def _swa_fwd_kernel(
             kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
             page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
             True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
+
+    # A NaN in the tile (rare: only from non-finite inputs) may come from a non-finite value row that some of
+    # its rows cannot see, through 0 * NaN in P @ V. Redo the tile with the guarded loop, which keeps the NaN or
+    # inf in exactly the rows whose window holds it; finite inputs never pay more than this one check.
+    if tl.max(tl.max((acc != acc).to(tl.int32), 1), 0) > 0:
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        acc, l_i, m_i, _ = _attend_blocks(
+            acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block_end,
+            kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+            page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, 0,
+            True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, True)
 
     if COUNT_BLOCKS:
         count_index = (batch_head * tl.num_programs(0) + tile) * tl.num_programs(2) + split

@@ -57,10 +57,11 @@ def _model(family: str) -> torch.nn.Module:
 def _prompts(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     width = max(lengths)
-    input_ids = torch.zeros(len(lengths), width, dtype=torch.long)
-    attention_mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    input_ids = torch.zeros(len(lengths), width, dtype=torch.long, device="cpu")
+    attention_mask = torch.zeros(len(lengths), width, dtype=torch.long, device="cpu")
     for row, length in enumerate(lengths):
-        input_ids[row, width - length:] = torch.randint(2, COMMON["vocab_size"], (length,), generator=generator)
+        input_ids[row, width - length:] = torch.randint(2, COMMON["vocab_size"], (length,), generator=generator,
+                                                                    device="cpu")
         attention_mask[row, width - length:] = 1
     return input_ids.to(DEVICE), attention_mask.to(DEVICE)
 

@@ -69,7 +69,7 @@ def _prompts(lengths: list[int], seed: int = 1, side: str = "left") -> tuple[tor
     input_ids = torch.zeros(len(lengths), width, dtype=torch.long)
     attention_mask = torch.zeros(len(lengths), width, dtype=torch.long)
     for row, length in enumerate(lengths):
-        input_ids[row, width - length:] = torch.randint(2, 128, (length,), generator=generator)
+        input_ids[row, width - length:] = torch.randint(2, 128, (length,), generator=generator, device="cpu")
         attention_mask[row, width - length:] = 1
     if side == "right":
         return input_ids.flip(1), attention_mask.flip(1)
@@ -146,7 +146,8 @@ def test_packed_sequences(family):
     """Sequences packed in one row (position_ids restart) attend only within themselves, as when run one by one."""
     model = _model(family)
     lengths = [9, 3, 12]
-    input_ids = torch.randint(2, 128, (1, sum(lengths)), generator=torch.Generator().manual_seed(3))
+    input_ids = torch.randint(2, 128, (1, sum(lengths)), generator=torch.Generator().manual_seed(3),
+                              device="cpu").to(torch.get_default_device())
     position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
     actual = _run(model, "swattn", lambda m: m(input_ids, position_ids=position_ids, use_cache=False).logits)
     for piece_ids, piece_logits in zip(input_ids.split(lengths, dim=1), actual.split(lengths, dim=1)):
