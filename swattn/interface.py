@@ -46,28 +46,31 @@ def _check_tensor(name: str, t, rank: int | tuple[int, ...], layout: str) -> Non
                          f"got {t.dim()} dims {tuple(t.shape)}")
 
 
-def _check_qkv(q, k, v, layout_q: str, layout_kv: str, rank: int) -> None:
+def _check_qkv(q, k, v, layout_q: str, layout_kv: str, rank: int, rank_kv: int | None = None, k_name: str = "k",
+               v_name: str = "v") -> None:
+    """q, k, v (or q, k_cache, v_cache: ``k_name``/``v_name`` name them in the messages) agree in dtype, device,
+    shape, head_dim and heads."""
     _check_tensor("q", q, rank, layout_q)
-    _check_tensor("k", k, rank, layout_kv)
-    _check_tensor("v", v, rank, layout_kv)
+    _check_tensor(k_name, k, rank if rank_kv is None else rank_kv, layout_kv)
+    _check_tensor(v_name, v, rank if rank_kv is None else rank_kv, layout_kv)
     if q.dtype not in _DTYPES:
         raise TypeError(f"q: expected dtype float16, bfloat16 or float32, got {q.dtype}")
-    for name, t in (("k", k), ("v", v)):
+    for name, t in ((k_name, k), (v_name, v)):
         if t.dtype != q.dtype:
             raise TypeError(f"{name}: expected dtype {q.dtype} to match q, got {t.dtype}")
         if t.device != q.device:
             raise ValueError(f"{name}: expected device {q.device} to match q, got {t.device}")
     if k.shape != v.shape:
-        raise ValueError(f"v: expected shape {tuple(k.shape)} to match k, got {tuple(v.shape)} "
+        raise ValueError(f"{v_name}: expected shape {tuple(k.shape)} to match {k_name}, got {tuple(v.shape)} "
                          "(a different value head_dim is not supported)")
     head_dim = q.shape[-1]
     if head_dim % 8 != 0 or not 8 <= head_dim <= _MAX_HEAD_DIM:
         raise ValueError(f"q: head_dim must be a multiple of 8 in [8, {_MAX_HEAD_DIM}], got {head_dim}")
     if k.shape[-1] != head_dim:
-        raise ValueError(f"k: expected head_dim {head_dim} to match q, got {k.shape[-1]}")
+        raise ValueError(f"{k_name}: expected head_dim {head_dim} to match q, got {k.shape[-1]}")
     num_heads, num_kv_heads = q.shape[-2], k.shape[-2]
     if num_kv_heads == 0 or num_heads % num_kv_heads != 0:
-        raise ValueError(f"q/k: the number of query heads ({num_heads}) must be a multiple of the number of KV "
+        raise ValueError(f"q/{k_name}: the number of query heads ({num_heads}) must be a multiple of the number of KV "
                          f"heads ({num_kv_heads})")
 
 
@@ -150,7 +153,8 @@ def _check_int_arg(name: str, value, minimum: int) -> int:
 def _unsupported(**named) -> None:
     for name, value in named.items():
         if isinstance(value, torch.Tensor) or (value is not None and value is not False and value != 0):
-            raise NotImplementedError(f"{name}: not supported by swattn (got {value!r}); leave it at its default")
+            shown = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
+            raise NotImplementedError(f"{name}: not supported by swattn (got {shown}); leave it at its default")
 
 
 def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -374,11 +378,9 @@ def flash_attn_with_kvcache(
     paged = page_table is not None
     _check_tensor("k_cache", k_cache, 4, "(num_pages, page_size, Hk, D)" if paged else "(B_cache, S_cache, Hk, D)")
     _check_tensor("v_cache", v_cache, 4, "like k_cache")
-    _check_qkv(q, k_cache, v_cache, "(total_q, H, D)" if varlen else "(B, Sq, H, D)",
-               "(num_pages, page_size, Hk, D)" if paged else "(B_cache, S_cache, Hk, D)", (3 if varlen else 4, 4))
-    if q.dim() != (3 if varlen else 4):
-        layout = "3 dims (total_q, H, D) with cu_seqlens_q" if varlen else "4 dims (B, Sq, H, D)"
-        raise ValueError(f"q: expected {layout}, got {q.dim()} dims {tuple(q.shape)}")
+    _check_qkv(q, k_cache, v_cache, "(total_q, H, D) with cu_seqlens_q" if varlen else "(B, Sq, H, D)",
+               "(num_pages, page_size, Hk, D)" if paged else "(B_cache, S_cache, Hk, D)", 3 if varlen else 4, 4,
+               "k_cache", "v_cache")
     for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
         if cache.stride(-1) != 1:
             raise ValueError(f"{name}: the head dimension must be contiguous (stride 1), got strides {cache.stride()};"
@@ -402,6 +404,8 @@ def flash_attn_with_kvcache(
             raise ValueError(f"page_table: expected device {q.device} to match q, got {page_table.device}")
         if cache_batch_idx is not None:
             raise ValueError("cache_batch_idx: cannot be combined with page_table (index pages instead)")
+        if k_cache.shape[1] < 1:
+            raise ValueError(f"k_cache: page_size (dim 1) must be >= 1 with page_table, got {k_cache.shape[1]}")
         capacity = page_table.shape[1] * k_cache.shape[1]
     else:
         capacity = k_cache.shape[1]
@@ -409,15 +413,6 @@ def flash_attn_with_kvcache(
             _check_int32_vector("cache_batch_idx", cache_batch_idx, batch, q.device, "(B,) of cache rows")
         elif k_cache.shape[0] < batch:
             raise ValueError(f"k_cache: has {k_cache.shape[0]} rows for a batch of {batch}; pass cache_batch_idx")
-    if cache_seqlens is None:
-        cache_seqlens = capacity if k is None else capacity - (k.shape[1] if not varlen else max_seqlen_q)
-    if isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
-        new_tokens = 0 if k is None else (k.shape[1] if not varlen else 0)
-        if not 0 <= cache_seqlens <= capacity - new_tokens:
-            raise ValueError(f"cache_seqlens: {cache_seqlens} cached + {new_tokens} new tokens exceed the cache "
-                             f"capacity {capacity}")
-        cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
-    _check_int32_vector("cache_seqlens", cache_seqlens, batch, q.device, "(B,) of tokens already cached")
     if (k is None) != (v is None):
         raise ValueError("k, v: give both new keys and new values, or neither")
     if k is not None:
@@ -428,9 +423,22 @@ def flash_attn_with_kvcache(
         for name, t in (("k", k), ("v", v)):
             if tuple(t.shape) != expected:
                 raise ValueError(f"{name}: expected shape {expected} for new tokens, got {tuple(t.shape)}")
-            if t.dtype != k_cache.dtype or t.device != k_cache.device:
-                raise TypeError(f"{name}: expected {k_cache.dtype} on {k_cache.device} like the cache, "
-                                f"got {t.dtype} on {t.device}")
+            if t.dtype != k_cache.dtype:
+                raise TypeError(f"{name}: expected dtype {k_cache.dtype} like the cache, got {t.dtype}")
+            if t.device != k_cache.device:
+                raise ValueError(f"{name}: expected device {k_cache.device} like the cache, got {t.device}")
+    if cache_seqlens is None:
+        new_tokens = 0 if k is None else (k.shape[1] if not varlen else max_seqlen_q)
+        if new_tokens > capacity:
+            raise ValueError(f"k: {new_tokens} new tokens per sequence exceed the cache capacity {capacity}")
+        cache_seqlens = capacity - new_tokens
+    if isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
+        new_tokens = 0 if k is None else (k.shape[1] if not varlen else 0)
+        if not 0 <= cache_seqlens <= capacity - new_tokens:
+            raise ValueError(f"cache_seqlens: {cache_seqlens} cached + {new_tokens} new tokens exceed the cache "
+                             f"capacity {capacity}")
+        cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
+    _check_int32_vector("cache_seqlens", cache_seqlens, batch, q.device, "(B,) of tokens already cached")
     softmax_scale = _check_scalars(q, softmax_scale, softcap)
     left, right = normalize_window(causal, window_size)
     if read_data:

@@ -8,6 +8,8 @@ one (position, head) pair: with PackGQA the ``G = H // Hk`` query heads of one K
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -16,6 +18,11 @@ from swattn._compat import needs_upcast
 from swattn.kernels._common import LN2, LOG2E, block_ranges, dot, safe_pivot, sequence_bounds, softcap_scores
 from swattn.kernels.combine import combine_splits
 from swattn.kernels.configs import forward_config
+
+# Exact non-finite isolation: redo a tile that holds a NaN with the guarded loop (see the kernel). Off by default:
+# it costs 5-20% on the H100 (docs/performance.md) for a case finite inputs never hit; SWATTN_ISOLATE_NON_FINITE=1
+# turns it on at import.
+ISOLATE_NON_FINITE = os.environ.get("SWATTN_ISOLATE_NON_FINITE", "0") not in ("", "0")
 
 
 @triton.jit
@@ -115,7 +122,7 @@ def _swa_fwd_kernel(
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
     IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
-    SINGLE_LOOP: tl.constexpr,
+    SINGLE_LOOP: tl.constexpr, REDO_NON_FINITE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits).
@@ -218,10 +225,11 @@ def _swa_fwd_kernel(
             page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
             True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
 
-    # A NaN in the tile (rare: only from non-finite inputs) may come from a non-finite value row that some of
-    # its rows cannot see, through 0 * NaN in P @ V. Redo the tile with the guarded loop, which keeps the NaN or
-    # inf in exactly the rows whose window holds it; finite inputs never pay more than this one check.
-    if tl.max(tl.max((acc != acc).to(tl.int32), 1), 0) > 0:
+    # A NaN in the tile (only from non-finite inputs) may come from a non-finite value row that some of its rows
+    # cannot see, through 0 * NaN in P @ V. With REDO_NON_FINITE the tile is redone with the guarded loop, which
+    # keeps the NaN or inf in exactly the rows whose window holds it. Without it such a value can reach the other
+    # rows of its tile (same sequence and KV head), never other sequences or heads.
+    if REDO_NON_FINITE and tl.max(tl.max((acc != acc).to(tl.int32), 1), 0) > 0:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -368,7 +376,7 @@ def attention_forward(
         IS_VARLEN_Q=varlen_q, IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqlens_k is not None,
         HAS_CACHE_BATCH_IDX=cache_batch_idx is not None, IS_PAGED=paged, PACK_GQA=pack_gqa,
         IS_SPLIT=is_split, STORE_LSE=is_split or lse is not None, COUNT_BLOCKS=count_blocks,
-        UPCAST=needs_upcast(q.dtype), SINGLE_LOOP=config.single_loop,
+        UPCAST=needs_upcast(q.dtype), SINGLE_LOOP=config.single_loop, REDO_NON_FINITE=ISOLATE_NON_FINITE,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, HEAD_DIM=head_dim,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )

@@ -1,11 +1,11 @@
-"""Non-finite inputs stay where they are: a NaN or inf in one sequence's q, k or v changes only the output rows
-whose window holds it (those rows become non-finite), never other rows of the same tile, other heads or other
-sequences.
+"""Non-finite inputs stay where they are: a NaN or inf in one sequence's q, k or v never changes other sequences
+or heads, and the output rows whose window holds it become non-finite.
 
-The rows that must not change are compared bit for bit with a run on the clean inputs: the kernel computes every
-row from its own inputs alone, so a poison value that a row does not see may not change a single bit of it. The
-edge blocks of a tile are the hard case: a value row that only some rows of the tile can see meets the others
-through the P @ V product, where 0 * NaN is NaN.
+The rows that must not change are compared bit for bit with a run on the clean inputs. q and k poison stays in
+exactly the rows that see it. A non-finite value row is the hard case: it meets the rows of its tile that cannot
+see its key through the P @ V product, where 0 * NaN is NaN. By default it may therefore reach those rows (same
+sequence, same KV head, within one tile); with ``SWATTN_ISOLATE_NON_FINITE=1`` (``fwd.ISOLATE_NON_FINITE``) the
+kernel redoes such a tile with a guarded loop and the isolation is exact for v too.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 
 import swattn
 from swattn import window
+from swattn.kernels import fwd
 
 H, HK, D = 4, 2, 16
 GROUP = H // HK
@@ -26,15 +27,29 @@ def poison_value(kind: str) -> float:
     return float("nan") if kind.endswith("nan") else float("inf")
 
 
-def expect_isolated(out, clean, seeing, kind):
-    """``seeing`` [..., Sq, H] marks the rows whose window holds the poison: the others are bitwise unchanged; the
-    seeing ones are non-finite, except for an infinite key, whose score may be -inf and then drops out."""
+@pytest.fixture(params=[False, True], ids=["default", "isolate"])
+def isolate(request, monkeypatch):
+    monkeypatch.setattr(fwd, "ISOLATE_NON_FINITE", request.param)
+    return request.param
+
+
+def expect_isolated(out, clean, seeing, kind, exact, group_rows):
+    """``seeing`` [..., Sq, H] marks the rows whose window holds the poison: the others are bitwise unchanged (for
+    a value poison without exact isolation: the rows outside ``group_rows``, its sequence and KV head); the seeing
+    ones are non-finite, except for an infinite key, whose score may be -inf and then drops out."""
     assert out.shape[:-1] == seeing.shape
-    untouched = ~seeing
+    untouched = ~seeing if exact or not kind.startswith("v") else ~group_rows
     assert torch.equal(out[untouched], clean[untouched]), "a row that cannot see the poison changed"
     assert seeing.any(), "the case must poison some visible key"
     if kind != "k-inf":
         assert not torch.isfinite(out[seeing]).all(-1).any(), "a row that sees the poison stayed finite"
+
+
+def group_mask(shape, batch_or_rows, kv_head):
+    """[..., Sq, H] bool: the rows of one sequence (a batch index, or a slice of varlen rows) and KV head."""
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[batch_or_rows, ..., kv_head * GROUP:(kv_head + 1) * GROUP] = True
+    return mask
 
 
 def seeing_rows(kind, seqlen_q, seqlen_k, left, right, key, kv_head, row=None, head=None):
@@ -52,7 +67,7 @@ def seeing_rows(kind, seqlen_q, seqlen_k, left, right, key, kv_head, row=None, h
 @pytest.mark.parametrize("kind", POISONS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("window_size,key", [((5, 0), 20), ((-1, 0), 9), ((3, 2), 33)])
-def test_dense(kind, dtype, window_size, key):
+def test_dense(kind, dtype, window_size, key, isolate):
     batch, seqlen, poisoned_batch, kv_head, row, head = 3, 37, 1, 1, 21, 2
     q, k, v = (torch.randn(batch, seqlen, heads, D, dtype=dtype) for heads in (H, HK, HK))
     clean = swattn.flash_attn_func(q, k, v, window_size=window_size)
@@ -64,11 +79,11 @@ def test_dense(kind, dtype, window_size, key):
     out = swattn.flash_attn_func(q, k, v, window_size=window_size)
     seeing = torch.zeros(batch, seqlen, H, dtype=torch.bool)
     seeing[poisoned_batch] = seeing_rows(kind, seqlen, seqlen, *window_size, key, kv_head, row, head)
-    expect_isolated(out, clean, seeing, kind)
+    expect_isolated(out, clean, seeing, kind, isolate, group_mask(seeing.shape, poisoned_batch, kv_head))
 
 
 @pytest.mark.parametrize("kind", ["v-nan", "k-inf", "q-nan"])
-def test_varlen_sequences_do_not_leak(kind):
+def test_varlen_sequences_do_not_leak(kind, isolate):
     """Sequences packed next to each other: a poison at the last key of one or the first of the next stays."""
     lengths = [13, 19, 0, 11]
     cu = torch.tensor([0, 13, 32, 32, 43], dtype=torch.int32)
@@ -87,13 +102,14 @@ def test_varlen_sequences_do_not_leak(kind):
         local = seeing_rows(kind, lengths[sequence], lengths[sequence], -1, 0, token - start, 1, token - start, 0)
         seeing = torch.zeros(total, H, dtype=torch.bool)
         seeing[start:start + lengths[sequence]] = local
-        expect_isolated(out, clean, seeing, kind)
+        group = group_mask(seeing.shape, slice(start, start + lengths[sequence]), 1)
+        expect_isolated(out, clean, seeing, kind, isolate, group)
 
 
 @pytest.mark.parametrize("kind", ["v-nan", "v-inf", "k-nan"])
 @pytest.mark.parametrize("num_splits,left", [(1, 7), (3, -1)])
 @pytest.mark.parametrize("pack_gqa", [True, False])
-def test_paged_cache(kind, num_splits, left, pack_gqa):
+def test_paged_cache(kind, num_splits, left, pack_gqa, isolate):
     """Decode and a 3-token extend on a paged cache with split-KV: the poisoned token's sequence and KV head."""
     batch, page_size, pages_per_seq, seqlen_q = 3, 4, 6, 3
     seqlens = torch.tensor([21, 17, 24], dtype=torch.int32)
@@ -110,4 +126,4 @@ def test_paged_cache(kind, num_splits, left, pack_gqa):
     out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **kwargs)
     seeing = torch.zeros(batch, seqlen_q, H, dtype=torch.bool)
     seeing[poisoned_batch] = seeing_rows(kind, seqlen_q, int(seqlens[poisoned_batch]), left, 0, key, kv_head)
-    expect_isolated(out, clean, seeing, kind)
+    expect_isolated(out, clean, seeing, kind, isolate, group_mask(seeing.shape, poisoned_batch, kv_head))
