@@ -14,12 +14,12 @@ for step in "$@"; do
   start=$(date +%s)
   case "$step" in
     tests)
-      SWATTN_TEST_DEVICE=cuda timeout 500 python3 -m pytest -q -n 8 -p no:cacheprovider -rfE tests \
+      SWATTN_TEST_DEVICE=cuda timeout "${TESTS_TIMEOUT:-500}" python3 -m pytest -q -n 8 -p no:cacheprovider -rfE tests \
         > "$out/pytest_cuda.log" 2>&1
       rc=$?; grep -E "passed|failed|error" "$out/pytest_cuda.log" | tail -3
       grep -E "^(FAILED|ERROR)" "$out/pytest_cuda.log" | head -40 ;;
     sanitize)
-      timeout 560 bash scripts/sanitize.sh; rc=$? ;;
+      timeout "${SANITIZE_TIMEOUT:-560}" bash scripts/sanitize.sh; rc=$? ;;
     selfcheck:*)
       timeout $(( ${step#selfcheck:} * 60 + 120 )) python3 -m swattn.selfcheck --minutes "${step#selfcheck:}" \
         > "$out/selfcheck.log" 2>&1
