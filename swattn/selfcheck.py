@@ -77,6 +77,10 @@ def draw_case(seed: int, index: int, quick: bool) -> Case:
     page_size = rng.choice([1, 2, 3, 7, 16, 32, 64, 128, 256]) if entry_point in (
         "kvcache-paged", "append", "split-kv", "extend") and rng.random() < 0.8 else 0
     num_splits = rng.choice([0, 2, 3, 8]) if entry_point == "split-kv" else rng.choice([0, 1])
+    if entry_point in ("dense", "backward"):
+        # The reference materialises [B, H, Sq, Sk] scores (twice with autograd): keep them near 1 GiB in fp32.
+        batch = max(1, min(batch, 2**28 // (group * kv_heads * lengths_q[0] * lengths_k[0])))
+        lengths_q, lengths_k = lengths_q[:batch], lengths_k[:batch]
     return Case(entry_point, dtype, batch, lengths_q, lengths_k, group * kv_heads, kv_heads, head_dim, window,
                 rng.choice([0.0, 0.0, 30.0]), rng.random() < 0.5, page_size, num_splits)
 
