@@ -17,7 +17,8 @@ from swattn.testing import assert_close, tolerance_for
 OPCHECK_TESTS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
 
-def _qkv(batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, device="cpu", dtype=torch.float32):
+def _qkv(batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, device=None, dtype=torch.float32):
+    device = device or torch.get_default_device()  # CUDA in the GPU test mode (tests/conftest.py)
     q = torch.randn(batch, seqlen_q, heads, head_dim, device=device, dtype=dtype)
     k = torch.randn(batch, seqlen_k, kv_heads, head_dim, device=device, dtype=dtype)
     v = torch.randn(batch, seqlen_k, kv_heads, head_dim, device=device, dtype=dtype)
