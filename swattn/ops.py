@@ -13,6 +13,7 @@ import torch
 
 from swattn import reference
 from swattn._compat import uses_triton
+from swattn.kernels.append import append_kv
 from swattn.kernels.bwd import attention_backward
 from swattn.kernels.fwd import attention_forward
 
@@ -158,41 +159,6 @@ def _fwd_backward(ctx, grad_out, grad_lse):
 torch.library.register_autograd("swattn::fwd", _fwd_backward, setup_context=_fwd_setup_context)
 
 
-def append_to_cache(
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    k_new: torch.Tensor,
-    v_new: torch.Tensor,
-    cache_seqlens: torch.Tensor,
-    cache_batch_idx: torch.Tensor | None,
-    page_table: torch.Tensor | None,
-    cu_seqlens_q: torch.Tensor | None,
-) -> None:
-    """Write new tokens at positions ``cache_seqlens[b] ...`` of each sequence, in place.
-
-    Index arithmetic on the device only (no host sync), so it can be captured in a CUDA graph. New tokens are
-    ``[B, S_new, Hk, D]`` or, with ``cu_seqlens_q``, ``[total_q, Hk, D]`` laid out like the queries.
-    """
-    device = k_new.device
-    if cu_seqlens_q is None:
-        batch, seqlen_new = k_new.shape[0], k_new.shape[1]
-        seq = torch.arange(batch, device=device)[:, None].expand(batch, seqlen_new)
-        positions = cache_seqlens.long()[:, None] + torch.arange(seqlen_new, device=device)[None, :]
-    else:
-        tokens = torch.arange(k_new.shape[0], device=device)
-        seq = torch.searchsorted(cu_seqlens_q[1:].long(), tokens, right=True)
-        positions = cache_seqlens.long()[seq] + tokens - cu_seqlens_q.long()[seq]
-    if page_table is not None:
-        page_size = k_cache.shape[1]
-        rows = page_table[seq, positions // page_size].long()
-        slots = positions % page_size
-    else:
-        rows = seq if cache_batch_idx is None else cache_batch_idx.long()[seq]
-        slots = positions
-    k_cache[rows, slots] = k_new
-    v_cache[rows, slots] = v_new
-
-
 @torch.library.custom_op("swattn::fwd_kvcache", mutates_args=("k_cache", "v_cache"), device_types=None)
 def fwd_kvcache(
     q: torch.Tensor,
@@ -214,15 +180,13 @@ def fwd_kvcache(
     num_splits: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """KV-cache forward: append ``k``/``v`` (if given) at ``cache_seqlens``, then attend -> (out, lse)."""
-    if k is not None:
-        append_to_cache(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q)
-        if cu_seqlens_q is None:
-            seqlens_k = cache_seqlens + k.shape[1]
-        else:
-            seqlens_k = cache_seqlens + (cu_seqlens_q[1:] - cu_seqlens_q[:-1])
+    if k is None:
+        seqlens_k = cache_seqlens.to(torch.int32)
+    elif uses_triton(q):
+        seqlens_k = append_kv(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q)
     else:
-        seqlens_k = cache_seqlens
-    seqlens_k = seqlens_k.to(torch.int32)
+        seqlens_k = reference.append_kv_ref(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx=cache_batch_idx,
+                                            page_table=page_table, cu_seqlens_q=cu_seqlens_q)
     if not uses_triton(q):
         return reference.attention_kvcache_ref(
             q, k_cache, v_cache, seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,

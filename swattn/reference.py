@@ -132,3 +132,42 @@ def attention_kvcache_ref(
         out[cq[b]:cq[b + 1]] = o_b[0]
         lse[:, cq[b]:cq[b + 1]] = l_b[0]
     return out, lse
+
+
+def append_kv_ref(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    *,
+    cache_batch_idx: torch.Tensor | None = None,
+    page_table: torch.Tensor | None = None,
+    cu_seqlens_q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Write new tokens at positions ``cache_seqlens[b] ...`` of each sequence, in place, token by token; returns
+    the key lengths after the append (int32 ``[B]``).
+
+    New tokens are ``[B, S_new, Hk, D]`` or, with ``cu_seqlens_q``, ``[total, Hk, D]`` laid out like the queries;
+    rows past ``cu_seqlens_q[-1]`` are padding and are not written.
+    """
+    if cu_seqlens_q is None:
+        spans = [(b * k_new.shape[1], (b + 1) * k_new.shape[1]) for b in range(k_new.shape[0])]
+        k_rows, v_rows = k_new.flatten(0, 1), v_new.flatten(0, 1)
+    else:
+        bounds = cu_seqlens_q.tolist()
+        spans = list(zip(bounds[:-1], bounds[1:]))
+        k_rows, v_rows = k_new, v_new
+    seqlens = cache_seqlens.tolist()
+    for b, (begin, end) in enumerate(spans):
+        for i, token in enumerate(range(begin, end)):
+            position = seqlens[b] + i
+            if page_table is not None:
+                page_size = k_cache.shape[1]
+                row, slot = int(page_table[b, position // page_size]), position % page_size
+            else:
+                row, slot = (b if cache_batch_idx is None else int(cache_batch_idx[b])), position
+            k_cache[row, slot] = k_rows[token]
+            v_cache[row, slot] = v_rows[token]
+    lengths = torch.tensor([end - begin for begin, end in spans], dtype=torch.int32, device=cache_seqlens.device)
+    return (cache_seqlens.to(torch.int32) + lengths).to(torch.int32)

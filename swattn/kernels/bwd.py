@@ -400,11 +400,16 @@ def attention_backward(
     key_blocks = triton.cdiv(seqlen_k, config.dkdv_block_n)
     loop_record = (torch.full((batch, num_kv_heads, key_blocks, 3), -1, device=q.device, dtype=torch.int32)
                    if record_loop else None)
-    if batch == 0 or q.numel() == 0 or k.numel() == 0 or seqlen_q == 0 or seqlen_k == 0:
+    no_queries = batch == 0 or q.numel() == 0 or seqlen_q == 0
+    no_keys = k.numel() == 0 or seqlen_k == 0
+    if no_queries or no_keys:
         dq.zero_()
         dk.zero_()
         dv.zero_()
-        return (dq, dk, dv, dsinks, loop_record) if record_loop else (dq, dk, dv, dsinks)
+        # Without keys every row's softmax is the sink alone (out 0, lse = sink), so the sink still receives the
+        # gradient that flows into the LSE output.
+        if no_queries or sinks is None:
+            return (dq, dk, dv, dsinks, loop_record) if record_loop else (dq, dk, dv, dsinks)
 
     # Kernels take strides; only a strided head dimension is copied (e.g. the expanded ones of out.sum()).
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
@@ -425,6 +430,8 @@ def attention_backward(
     )
     if sinks is not None:
         dsinks = sinks_gradient(sinks, lse, delta, cu_seqlens_q)
+    if no_keys:
+        return (dq, dk, dv, dsinks, loop_record) if record_loop else (dq, dk, dv, dsinks)
 
     common = dict(
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, IS_VARLEN_Q=varlen_q,

@@ -19,10 +19,12 @@ from swattn.kernels._common import LN2, LOG2E, block_ranges, dot, safe_pivot, se
 from swattn.kernels.combine import combine_splits
 from swattn.kernels.configs import forward_config
 
-# Exact non-finite isolation: redo a tile that holds a NaN with the guarded loop (see the kernel). Off by default:
-# it costs 5-20% on the H100 (docs/performance.md) for a case finite inputs never hit; SWATTN_ISOLATE_NON_FINITE=1
-# turns it on at import.
-ISOLATE_NON_FINITE = os.environ.get("SWATTN_ISOLATE_NON_FINITE", "0") not in ("", "0")
+# Exact non-finite isolation (see NON_FINITE_PASS in the kernel): on by default; SWATTN_ISOLATE_NON_FINITE=0 at
+# import drops the second launch, and a non-finite value row may then reach the other rows of its tile.
+ISOLATE_NON_FINITE = os.environ.get("SWATTN_ISOLATE_NON_FINITE", "1") not in ("", "0")
+
+# NON_FINITE_PASS values: no isolation; the main pass, which also flags rows holding a NaN; the redo pass.
+NO_ISOLATION, FLAG_NON_FINITE, REDO_FLAGGED = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 
 
 @triton.jit
@@ -110,6 +112,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "page_size"])
 def _swa_fwd_kernel(
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
+    NON_FINITE_FLAGS,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -122,7 +125,7 @@ def _swa_fwd_kernel(
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
     IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
-    SINGLE_LOOP: tl.constexpr, REDO_NON_FINITE: tl.constexpr,
+    SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits).
@@ -131,7 +134,15 @@ def _swa_fwd_kernel(
     (position, head) pairs of one KV head. Its KV loop starts at the tile's first visible key and runs over
     ceil(span / BLOCK_N) blocks (a 1/num_splits share of them with IS_SPLIT, whose partial results, without
     sinks, are merged by ``combine``). Switches: window sides, softcap, sinks, varlen q/k, per-sequence key
-    lengths (SEQLENS_K), cache_batch_idx, paged KV, PackGQA, split-KV, LSE, block counting (tests).
+    lengths (SEQLENS_K), cache_batch_idx, paged KV, PackGQA, split-KV, LSE, block counting (tests), and the
+    non-finite isolation pass.
+
+    Non-finite isolation: 0 * NaN is NaN, so in P @ V a non-finite value row reaches every row of the block,
+    also those that cannot see its key. The main pass (NON_FINITE_PASS = FLAG_NON_FINITE) flags each row whose
+    accumulator holds a NaN; a second launch (REDO_FLAGGED) returns at once in unflagged tiles and redoes the
+    others with the guarded loop, which keeps the NaN or inf in exactly the rows whose window holds it. The
+    guarded loop takes V through registers, so it lives in its own launch: inside the main kernel, even unused,
+    it cost 5-20% (docs/performance.md).
     """
     # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
     tile = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -155,6 +166,11 @@ def _swa_fwd_kernel(
     first_row = tile * BLOCK_M
     if first_row >= num_rows:
         return
+    program_index = (batch_head * tl.num_programs(0) + tile) * tl.num_programs(2) + split
+    flag_ptrs = NON_FINITE_FLAGS + program_index.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    if NON_FINITE_PASS == REDO_FLAGGED:
+        if tl.max(tl.load(flag_ptrs).to(tl.int32), 0) == 0:
+            return
     offs_m = first_row + tl.arange(0, BLOCK_M)
     row_valid = offs_m < num_rows
     if PACK_GQA:
@@ -199,7 +215,13 @@ def _swa_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     visited = 0
-    if SINGLE_LOOP:
+    if NON_FINITE_PASS == REDO_FLAGGED:
+        acc, l_i, m_i, visited = _attend_blocks(
+            acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block_end,
+            kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+            page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
+            True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, True)
+    elif SINGLE_LOOP:
         # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
         acc, l_i, m_i, visited = _attend_blocks(
             acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block_end,
@@ -225,23 +247,13 @@ def _swa_fwd_kernel(
             page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
             True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
 
-    # A NaN in the tile (only from non-finite inputs) may come from a non-finite value row that some of its rows
-    # cannot see, through 0 * NaN in P @ V. With REDO_NON_FINITE the tile is redone with the guarded loop, which
-    # keeps the NaN or inf in exactly the rows whose window holds it. Without it such a value can reach the other
-    # rows of its tile (same sequence and KV head), never other sequences or heads.
-    if REDO_NON_FINITE and tl.max(tl.max((acc != acc).to(tl.int32), 1), 0) > 0:
-        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        acc, l_i, m_i, _ = _attend_blocks(
-            acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block_end,
-            kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
-            page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, 0,
-            True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, True)
+    if NON_FINITE_PASS == FLAG_NON_FINITE:
+        # A row sum is NaN when the row holds one (an inf alone does not leak: 0 * inf is what makes the NaN).
+        row_sum = tl.sum(acc, 1)
+        tl.store(flag_ptrs, (row_sum != row_sum).to(tl.int8))
 
     if COUNT_BLOCKS:
-        count_index = (batch_head * tl.num_programs(0) + tile) * tl.num_programs(2) + split
-        tl.store(BLOCK_COUNT + count_index, visited)
+        tl.store(BLOCK_COUNT + program_index, visited)
 
     if HAS_SINKS and not IS_SPLIT:
         # The sink joins the denominator once, after every block; it has no value vector.
@@ -359,27 +371,38 @@ def attention_forward(
     block_counts = (torch.zeros(grid[0] * grid[1] * grid[2], device=q.device, dtype=torch.int32)
                     if count_blocks else None)
     placeholder = q  # pointer for absent tensors; their constexpr switch keeps the kernel from touching it
+    # A tile can mix rows that see a key with rows that do not only when it holds several query positions; a
+    # single-query decode tile (PackGQA or not) cannot leak, and skips the flags and the second launch.
+    isolate = ISOLATE_NON_FINITE and seqlen_q > 1
+    non_finite_flags = (torch.empty(grid[0] * grid[1] * grid[2] * config.block_m, device=q.device,
+                                    dtype=torch.int8) if isolate else placeholder)
 
-    _swa_fwd_kernel[grid](
-        q, k, v, out_target, lse_target if lse_target is not None else placeholder,
-        sinks if sinks is not None else placeholder,
-        cu_seqlens_q if varlen_q else placeholder, cu_seqlens_k if varlen_k else placeholder,
-        seqlens_k if seqlens_k is not None else placeholder,
-        cache_batch_idx if cache_batch_idx is not None else placeholder,
-        page_table if paged else placeholder,
-        block_counts if count_blocks else placeholder,
-        *q_strides, *k_strides, *v_strides, *o_strides, *l_strides,
-        page_table.stride(0) if paged else 0,
-        seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
-        softmax_scale, softcap if softcap > 0 else 1.0, left, right,
-        HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
-        IS_VARLEN_Q=varlen_q, IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqlens_k is not None,
-        HAS_CACHE_BATCH_IDX=cache_batch_idx is not None, IS_PAGED=paged, PACK_GQA=pack_gqa,
-        IS_SPLIT=is_split, STORE_LSE=is_split or lse is not None, COUNT_BLOCKS=count_blocks,
-        UPCAST=needs_upcast(q.dtype), SINGLE_LOOP=config.single_loop, REDO_NON_FINITE=ISOLATE_NON_FINITE,
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, HEAD_DIM=head_dim,
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
+    def launch(non_finite_pass: int, count: bool) -> None:
+        _swa_fwd_kernel[grid](
+            q, k, v, out_target, lse_target if lse_target is not None else placeholder,
+            sinks if sinks is not None else placeholder,
+            cu_seqlens_q if varlen_q else placeholder, cu_seqlens_k if varlen_k else placeholder,
+            seqlens_k if seqlens_k is not None else placeholder,
+            cache_batch_idx if cache_batch_idx is not None else placeholder,
+            page_table if paged else placeholder,
+            block_counts if count else placeholder,
+            non_finite_flags,
+            *q_strides, *k_strides, *v_strides, *o_strides, *l_strides,
+            page_table.stride(0) if paged else 0,
+            seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
+            softmax_scale, softcap if softcap > 0 else 1.0, left, right,
+            HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
+            IS_VARLEN_Q=varlen_q, IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqlens_k is not None,
+            HAS_CACHE_BATCH_IDX=cache_batch_idx is not None, IS_PAGED=paged, PACK_GQA=pack_gqa,
+            IS_SPLIT=is_split, STORE_LSE=is_split or lse is not None, COUNT_BLOCKS=count,
+            UPCAST=needs_upcast(q.dtype), SINGLE_LOOP=config.single_loop, NON_FINITE_PASS=non_finite_pass,
+            BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, HEAD_DIM=head_dim,
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )
+
+    launch(FLAG_NON_FINITE.value if isolate else NO_ISOLATION.value, count_blocks)
+    if isolate:
+        launch(REDO_FLAGGED.value, False)
     if is_split:
         combine_splits(out_target, lse_target, out.view(tokens, num_heads, head_dim) if not varlen_q else out,
                        lse, sinks, tokens_per_batch)

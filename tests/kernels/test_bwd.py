@@ -408,6 +408,31 @@ def test_reference_gradient_matches_finite_differences():
     assert torch.autograd.gradcheck(f, (q, k, v, sinks))
 
 
+@pytest.mark.parametrize("varlen", [False, True], ids=["dense", "varlen"])
+def test_bwd_no_keys_at_all_sink_gets_the_lse_gradient(varlen):
+    # Sk = 0 in the whole call: out is 0 and lse is the sink, so dsink = sum of dlse over the head's rows.
+    torch.manual_seed(5)
+    sinks = torch.randn(2)
+    kwargs = dict(left=-1, right=-1, sinks=sinks, softmax_scale=0.25)
+    if varlen:
+        q, k, v = make_qkv((9, 2, 16), (0, 1, 16), torch.float32)
+        dout, dlse = torch.randn(q.shape), torch.randn(2, 9)
+        cu_q = torch.tensor([0, 4, 9], dtype=torch.int32)
+        cu_k = torch.zeros(3, dtype=torch.int32)
+        seq = dict(cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+        actual = kernel_grads(q, k, v, dout, dlse=dlse, max_seqlen_q=5, max_seqlen_k=0, **seq, **kwargs)
+    else:
+        q, k, v = make_qkv((2, 5, 2, 16), (2, 0, 1, 16), torch.float32)
+        dout, dlse = torch.randn(q.shape), torch.randn(2, 2, 5)
+        seq = {}
+        actual = kernel_grads(q, k, v, dout, dlse=dlse, **kwargs)
+    expected = reference_grads(q, k, v, dout, dlse=dlse.double(), **seq, **kwargs)
+    check_grads("no keys", actual, expected, 1e-6)
+    head_dims = (1,) if varlen else (0, 2)
+    torch.testing.assert_close(actual[3], dlse.sum(head_dims), rtol=1e-6, atol=1e-6)
+    assert actual[0].eq(0).all()
+
+
 def test_bwd_lse_gradient():
     torch.manual_seed(4)
     q, k, v = make_qkv((1, 17, 2, 16), (1, 21, 1, 16), torch.float32)

@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from swattn import flash_attn_with_kvcache
+from swattn.kernels.append import append_kv
 from swattn.kernels.configs import FwdConfig, forced_config
 from swattn.kernels.fwd import attention_forward
-from swattn.reference import attention_kvcache_ref
+from swattn.reference import append_kv_ref, attention_kvcache_ref
 from swattn.testing import assert_close, tolerance_for
 from swattn.window import first_visible_key
 
@@ -319,27 +320,56 @@ def test_append(layout, seqlen_new, seqlen_q, seqlens, window, causal, pack_gqa,
 
 
 @pytest.mark.parametrize("layout", ["contig", "contig-batch-idx", "paged-3", "paged-16"])
-@pytest.mark.parametrize("window, causal, sinks, num_splits", [
-    pytest.param((7, 0), False, False, 1, id="w7,0"),
-    pytest.param((4, 2), False, True, 3, id="w4,2-sinks-split3"),
+@pytest.mark.parametrize("window, causal, sinks, num_splits, padding", [
+    pytest.param((7, 0), False, False, 1, 0, id="w7,0"),
+    pytest.param((4, 2), False, True, 3, 0, id="w4,2-sinks-split3"),
+    pytest.param((7, 0), False, True, 1, 5, id="w7,0-sinks-5-padding-rows"),
 ])
-def test_append_varlen(layout, window, causal, sinks, num_splits):
+def test_append_varlen(layout, window, causal, sinks, num_splits, padding):
     """Varlen q (cu_seqlens_q + max_seqlen_q) with new k/v laid out like q ``[total_q, Hk, D]``; one sequence has
-    no new token."""
+    no new token. ``padding`` rows past ``cu_seqlens_q[-1]`` (as a captured CUDA graph of fixed size leaves them)
+    must be neither written to the cache nor attended."""
     lengths, seqlens = [3, 0, 5, 1], i32([10, 7, 0, 58])
     batch, total, capacity = len(lengths), sum(lengths), 64
     cache = make_cache(layout, batch, capacity)
-    q = torch.randn(total, H, D)
-    k_new, v_new = torch.randn(total, HK, D), torch.randn(total, HK, D)
+    q = torch.randn(total + padding, H, D)
+    k_new, v_new = torch.randn(total + padding, HK, D), torch.randn(total + padding, HK, D)
     sink_logits = torch.randn(H) if sinks else None
     cu = cu_seqlens(lengths)
     expected_cache = cache_after_append(cache, k_new, v_new, seqlens, q_lengths=lengths)
     out, lse = run(q, cache, k=k_new, v=v_new, cache_seqlens=seqlens, cu_seqlens_q=cu, max_seqlen_q=max(lengths),
                    sinks=sink_logits, num_splits=num_splits, **window_kwargs(window, causal))
     assert torch.equal(cache.k, expected_cache.k) and torch.equal(cache.v, expected_cache.v)
-    assert lse.shape == (H, total)
-    check(out, lse, reference(q, expected_cache, seqlens + i32(lengths), cu_seqlens_q=cu, sinks=sink_logits,
-                              **window_kwargs(window, causal)), q)
+    assert lse.shape == (H, total + padding)
+    ref_out, ref_lse = reference(q[:total], expected_cache, seqlens + i32(lengths), cu_seqlens_q=cu,
+                                 sinks=sink_logits, **window_kwargs(window, causal))
+    check(out[:total], lse[:, :total], (ref_out, ref_lse), q[:total])
+
+
+@pytest.mark.parametrize("layout", ["contig", "contig-batch-idx", "paged-1", "paged-3"])
+@pytest.mark.parametrize("varlen", [False, True], ids=["dense", "varlen-padded"])
+def test_append_kernel_matches_reference_append(layout, varlen):
+    # The one-launch Triton append and the reference's token-by-token append write the same caches and lengths.
+    batch, capacity, seqlens = 3, 40, i32([4, 0, 31])
+    cache = make_cache(layout, batch, capacity)
+    if varlen:
+        lengths = [2, 0, 5]
+        cu = cu_seqlens(lengths)
+        k_new, v_new = torch.randn(sum(lengths) + 3, HK, D), torch.randn(sum(lengths) + 3, HK, D)
+        expected_lengths = seqlens + i32(lengths)
+    else:
+        cu = None
+        k_new, v_new = torch.randn(batch, 4, HK, D), torch.randn(batch, 4, HK, D)
+        expected_lengths = seqlens + 4
+    kernel_cache, ref_cache = cache.clone(), cache.clone()
+    got = append_kv(kernel_cache.k, kernel_cache.v, k_new, v_new, seqlens, cache.cache_batch_idx, cache.page_table,
+                    cu)
+    want = append_kv_ref(ref_cache.k, ref_cache.v, k_new, v_new, seqlens, cache_batch_idx=cache.cache_batch_idx,
+                         page_table=cache.page_table, cu_seqlens_q=cu)
+    assert got.dtype == want.dtype == torch.int32
+    assert torch.equal(got, expected_lengths) and torch.equal(want, expected_lengths)
+    assert torch.equal(kernel_cache.k, ref_cache.k) and torch.equal(kernel_cache.v, ref_cache.v)
+    assert not torch.equal(kernel_cache.k, cache.k)
 
 
 # ----------------------------------------------------------------------------------------------------------------

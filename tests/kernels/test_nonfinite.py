@@ -3,12 +3,14 @@ or heads, and the output rows whose window holds it become non-finite.
 
 The rows that must not change are compared bit for bit with a run on the clean inputs. q and k poison stays in
 exactly the rows that see it. A non-finite value row is the hard case: it meets the rows of its tile that cannot
-see its key through the P @ V product, where 0 * NaN is NaN. By default it may therefore reach those rows (same
-sequence, same KV head, within one tile); with ``SWATTN_ISOLATE_NON_FINITE=1`` (``fwd.ISOLATE_NON_FINITE``) the
-kernel redoes such a tile with a guarded loop and the isolation is exact for v too.
+see its key through the P @ V product, where 0 * NaN is NaN. By default (``fwd.ISOLATE_NON_FINITE``) the kernel
+flags such tiles and a second launch redoes them with a guarded loop, so the isolation is exact for v too; with
+``SWATTN_ISOLATE_NON_FINITE=0`` the value may reach the rows of its tile (same sequence, same KV head).
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -27,10 +29,16 @@ def poison_value(kind: str) -> float:
     return float("nan") if kind.endswith("nan") else float("inf")
 
 
-@pytest.fixture(params=[False, True], ids=["default", "isolate"])
+@pytest.fixture(params=[True, False], ids=["isolate", "no-isolation"])
 def isolate(request, monkeypatch):
     monkeypatch.setattr(fwd, "ISOLATE_NON_FINITE", request.param)
     return request.param
+
+
+def test_isolation_is_on_by_default():
+    # The module reads SWATTN_ISOLATE_NON_FINITE at import; the test run does not set it.
+    assert os.environ.get("SWATTN_ISOLATE_NON_FINITE") is None
+    assert fwd.ISOLATE_NON_FINITE is True
 
 
 def expect_isolated(out, clean, seeing, kind, exact, group_rows):

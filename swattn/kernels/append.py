@@ -1,0 +1,120 @@
+"""Append new k/v tokens to a contiguous or paged KV cache, and compute the key lengths, in one launch.
+
+``flash_attn_with_kvcache(..., k=, v=)`` writes the new tokens at ``cache_seqlens[b] ...`` before attending. Done
+with torch indexing this took about ten small launches (and, for varlen, a search that padding rows past
+``cu_seqlens_q[-1]`` sent out of bounds); here it is one launch with no host synchronisation, so a decode step
+stays two launches inside a CUDA graph. Padding rows are skipped.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _append_kv_kernel(
+    K_NEW, V_NEW, K_CACHE, V_CACHE, CACHE_SEQLENS, SEQLENS_K, CU_SEQLENS_Q, CACHE_BATCH_IDX, PAGE_TABLE,
+    stride_knb, stride_kns, stride_knh, stride_vnb, stride_vns, stride_vnh,
+    stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
+    stride_page_table, batch, num_tokens, seqlen_new, page_size, num_kv_heads,
+    IS_VARLEN: tl.constexpr, IS_PAGED: tl.constexpr, HAS_CACHE_BATCH_IDX: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+):
+    """Grid: (max(num_tokens, batch),). Program p writes ``SEQLENS_K[p]`` (p < batch) and copies new token p
+    (p < num_tokens, skipped when it is varlen padding) into its cache slot, all heads at once."""
+    program = tl.program_id(0)
+    if program < batch:
+        if IS_VARLEN:
+            new_tokens = tl.load(CU_SEQLENS_Q + program + 1) - tl.load(CU_SEQLENS_Q + program)
+        else:
+            new_tokens = seqlen_new
+        tl.store(SEQLENS_K + program, (tl.load(CACHE_SEQLENS + program) + new_tokens).to(tl.int32))
+    if program < num_tokens:
+        if IS_VARLEN:
+            # The token's sequence is the number of sequences that end at or before it.
+            offs_b = tl.arange(0, BLOCK_B)
+            ends = tl.load(CU_SEQLENS_Q + 1 + offs_b, mask=offs_b < batch, other=2147483647)
+            seq = tl.sum((ends <= program).to(tl.int32), 0)
+            valid = seq < batch  # rows past cu_seqlens_q[-1] are padding
+            seq = tl.minimum(seq, batch - 1)
+            index_in_seq = program - tl.load(CU_SEQLENS_Q + seq)
+            k_src = K_NEW + program.to(tl.int64) * stride_kns
+            v_src = V_NEW + program.to(tl.int64) * stride_vns
+        else:
+            seq = program // seqlen_new
+            valid = seq < batch
+            index_in_seq = program % seqlen_new
+            k_src = K_NEW + seq.to(tl.int64) * stride_knb + index_in_seq.to(tl.int64) * stride_kns
+            v_src = V_NEW + seq.to(tl.int64) * stride_vnb + index_in_seq.to(tl.int64) * stride_vns
+        if valid:
+            position = tl.load(CACHE_SEQLENS + seq).to(tl.int64) + index_in_seq
+            if IS_PAGED:
+                row = tl.load(PAGE_TABLE + seq.to(tl.int64) * stride_page_table + position // page_size).to(tl.int64)
+                slot = position % page_size
+            else:
+                if HAS_CACHE_BATCH_IDX:
+                    row = tl.load(CACHE_BATCH_IDX + seq).to(tl.int64)
+                else:
+                    row = seq.to(tl.int64)
+                slot = position
+            offs_h = tl.arange(0, BLOCK_H)
+            offs_d = tl.arange(0, BLOCK_D)
+            mask = (offs_h[:, None] < num_kv_heads) & (offs_d[None, :] < HEAD_DIM)
+            k = tl.load(k_src + offs_h[:, None] * stride_knh + offs_d[None, :], mask=mask)
+            v = tl.load(v_src + offs_h[:, None] * stride_vnh + offs_d[None, :], mask=mask)
+            k_dst = K_CACHE + row * stride_kcb + slot * stride_kcs
+            v_dst = V_CACHE + row * stride_vcb + slot * stride_vcs
+            tl.store(k_dst + offs_h[:, None] * stride_kch + offs_d[None, :], k, mask=mask)
+            tl.store(v_dst + offs_h[:, None] * stride_vch + offs_d[None, :], v, mask=mask)
+
+
+def append_kv(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    cache_batch_idx: torch.Tensor | None,
+    page_table: torch.Tensor | None,
+    cu_seqlens_q: torch.Tensor | None,
+) -> torch.Tensor:
+    """Write ``k_new``/``v_new`` into the caches at ``cache_seqlens[b] ...`` in place; returns the key lengths
+    after the append (int32 ``[B]``).
+
+    New tokens are ``[B, S_new, Hk, D]`` or, with ``cu_seqlens_q``, ``[total, Hk, D]`` laid out like the queries
+    (rows past ``cu_seqlens_q[-1]`` are padding and are not written). Caches ``[B_cache, S_cache, Hk, D]`` (with
+    ``cache_batch_idx``) or paged ``[num_pages, page_size, Hk, D]`` with ``page_table [B, pages]``. Arguments are
+    already checked; the head dimension must have unit stride.
+    """
+    varlen = cu_seqlens_q is not None
+    batch = cu_seqlens_q.numel() - 1 if varlen else k_new.shape[0]
+    num_tokens = k_new.shape[0] if varlen else k_new.shape[0] * k_new.shape[1]
+    seqlens_k = torch.empty(batch, device=k_new.device, dtype=torch.int32)
+    if max(num_tokens, batch) == 0:
+        return seqlens_k
+    num_kv_heads, head_dim = k_new.shape[-2], k_new.shape[-1]
+    if varlen:
+        k_strides = (0, k_new.stride(0), k_new.stride(1))
+        v_strides = (0, v_new.stride(0), v_new.stride(1))
+    else:
+        k_strides = (k_new.stride(0), k_new.stride(1), k_new.stride(2))
+        v_strides = (v_new.stride(0), v_new.stride(1), v_new.stride(2))
+    placeholder = cache_seqlens
+    _append_kv_kernel[(max(num_tokens, batch),)](
+        k_new, v_new, k_cache, v_cache, cache_seqlens, seqlens_k,
+        cu_seqlens_q if varlen else placeholder,
+        cache_batch_idx if cache_batch_idx is not None else placeholder,
+        page_table if page_table is not None else placeholder,
+        *k_strides, *v_strides,
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        page_table.stride(0) if page_table is not None else 0,
+        batch, num_tokens, 1 if varlen else k_new.shape[1], k_cache.shape[1] if page_table is not None else 1,
+        num_kv_heads,
+        IS_VARLEN=varlen, IS_PAGED=page_table is not None, HAS_CACHE_BATCH_IDX=cache_batch_idx is not None,
+        BLOCK_B=triton.next_power_of_2(max(batch, 1)), BLOCK_H=triton.next_power_of_2(num_kv_heads),
+        BLOCK_D=triton.next_power_of_2(head_dim), HEAD_DIM=head_dim, num_warps=4,
+    )
+    return seqlens_k
