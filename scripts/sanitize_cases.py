@@ -108,6 +108,44 @@ def contiguous_cases() -> None:
         report(f"contiguous cache, full and empty rows W={window_size}", out, ref)
 
 
+def varlen_append_cases() -> None:
+    # Varlen extend with new k/v and 7 padding rows past cu_seqlens_q[-1] (a captured graph's fixed size), into a
+    # paged cache of page size 16 and into a contiguous one addressed through cache_batch_idx.
+    heads, kv_heads, head_dim, padding = 16, 2, 64, 7
+    lengths = [3, 0, 5, 1]
+    cu = torch.tensor([0] + lengths, device=DEVICE).cumsum(0).to(torch.int32)
+    total = int(cu[-1])
+    seqlens = torch.tensor([100, 7, 0, 1023 - 1], device=DEVICE, dtype=torch.int32)
+    q = randn(total + padding, heads, head_dim)
+    k_new, v_new = randn(total + padding, kv_heads, head_dim), randn(total + padding, kv_heads, head_dim)
+    pages = 1024 // 16
+    paged = dict(page_table=torch.randperm(4 * pages, device=DEVICE, dtype=torch.int32).view(4, pages))
+    contiguous = dict(cache_batch_idx=torch.tensor([3, 1, 0, 2], device=DEVICE, dtype=torch.int32))
+    for name, layout, shape in [("paged", paged, (4 * pages, 16)), ("contiguous", contiguous, (4, 1024))]:
+        k_cache, v_cache = randn(*shape, kv_heads, head_dim), randn(*shape, kv_heads, head_dim)
+        out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, k=k_new, v=v_new, cache_seqlens=seqlens,
+                                             cu_seqlens_q=cu, max_seqlen_q=max(lengths), causal=True,
+                                             window_size=(127, 0), **layout)
+        ref, _ = attention_kvcache_ref(q[:total], k_cache, v_cache, seqlens + cu.diff(), cu_seqlens_q=cu,
+                                       causal=True, window_size=(127, 0), compute_dtype=torch.float32, **layout)
+        report(f"varlen append {name} with {padding} padding rows", out[:total], ref)
+
+
+def non_finite_cases() -> None:
+    # A NaN value row makes the main pass flag its tile and the second launch redo it (guarded loop): the rows
+    # that see it (150..213 of KV head 1's query heads 4..7) hold NaN, every other row is bitwise the clean run.
+    q, k, v = randn(1, 300, 8, 64), randn(1, 300, 2, 64), randn(1, 300, 2, 64)
+    clean = swattn.flash_attn_func(q, k, v, window_size=(63, 0))
+    v[0, 150, 1, 3] = float("nan")
+    out = swattn.flash_attn_func(q, k, v, window_size=(63, 0))
+    seeing = torch.zeros(300, 8, dtype=torch.bool, device=DEVICE)
+    seeing[150:214, 4:] = True
+    exact = torch.equal(torch.isnan(out[0]).any(-1), seeing) and torch.equal(out[0][~seeing], clean[0][~seeing])
+    print(f"{'ok  ' if exact else 'FAIL'} NaN value row: exactly the rows that see it", flush=True)
+    if not exact:
+        failures.append("NaN value row")
+
+
 def backward_cases() -> None:
     for seqlen, head_dim, window_size in [(300, 64, (127, 0)), (200, 128, (-1, 0)), (150, 256, (31, 31))]:
         tensors = [randn(1, seqlen, h, head_dim) for h in (8, 2, 2)]
@@ -137,7 +175,8 @@ def backward_cases() -> None:
 
 def main() -> int:
     torch.manual_seed(0)
-    for group in (dense_cases, varlen_cases, paged_cases, contiguous_cases, backward_cases):
+    for group in (dense_cases, varlen_cases, paged_cases, varlen_append_cases, contiguous_cases,
+                  non_finite_cases, backward_cases):
         group()
     torch.cuda.synchronize()
     print(f"{len(failures)} mismatches" + (f": {failures}" if failures else ""))
