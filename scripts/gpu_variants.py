@@ -32,13 +32,10 @@ def prefill(isolate: bool) -> list[str]:
         q = torch.randn(1, seqlen, heads, head_dim, device=DEVICE, dtype=DTYPE)
         k, v = (torch.randn(1, seqlen, 8, head_dim, device=DEVICE, dtype=DTYPE) for _ in range(2))
         out = swattn.flash_attn_func(q, k, v, window_size=window, causal=True)
-        if seqlen * seqlen * heads <= 2**33:
-            check("prefill", out, attention_ref(q, k, v, window_size=window, causal=True,
-                                                compute_dtype=torch.float32)[0])
-        else:  # the dense reference is too large: check the last 512 queries against their visible keys
-            tail = 512
-            ref = attention_ref(q[:, -tail:], k, v, window_size=window, causal=True, compute_dtype=torch.float32)[0]
-            check("prefill tail", out[:, -tail:], ref)
+        # The dense reference of all 16K queries is too large: check the last 512 (bottom-right aligned).
+        tail = 512
+        ref = attention_ref(q[:, -tail:], k, v, window_size=window, causal=True, compute_dtype=torch.float32)[0]
+        check("prefill tail", out[:, -tail:], ref)
         us = triton.testing.do_bench(lambda: swattn.flash_attn_func(q, k, v, window_size=window, causal=True),
                                      warmup=50, rep=300) * 1e3
         rows.append(f"| prefill S={seqlen} D={head_dim} W={window} | isolate={int(isolate)} | {us:.1f} |")

@@ -25,6 +25,12 @@ def lse_shape(q: torch.Tensor, varlen_q: bool) -> tuple[int, ...]:
     return (q.shape[0], q.shape[2], q.shape[1])
 
 
+def _like_fake(q: torch.Tensor, out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's results in the layouts the fake implementations promise (``empty_like(q)`` and a contiguous
+    LSE): compiled graphs assert them, and the reference builds its output as a transposed view."""
+    return torch.empty_like(q).copy_(out), lse.contiguous()
+
+
 def _reference_kwargs(softmax_scale: float, left: int, right: int, softcap: float, sinks):
     return dict(softmax_scale=softmax_scale, window_size=(left, right), softcap=softcap, sinks=sinks)
 
@@ -52,10 +58,13 @@ def fwd(
     if not uses_triton(q):
         kwargs = _reference_kwargs(softmax_scale, left, right, softcap, sinks)
         if varlen:
-            return reference.attention_varlen_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k=seqused_k, **kwargs)
-        if seqused_k is not None:
-            return reference.attention_kvcache_ref(q, k, v, seqused_k, **kwargs)
-        return reference.attention_ref(q, k, v, **kwargs)
+            result = reference.attention_varlen_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k=seqused_k,
+                                                    **kwargs)
+        elif seqused_k is not None:
+            result = reference.attention_kvcache_ref(q, k, v, seqused_k, **kwargs)
+        else:
+            result = reference.attention_ref(q, k, v, **kwargs)
+        return _like_fake(q, *result)
     out, lse, _ = attention_forward(
         q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
         cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_k=max_seqlen_k,
@@ -188,9 +197,9 @@ def fwd_kvcache(
         seqlens_k = reference.append_kv_ref(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx=cache_batch_idx,
                                             page_table=page_table, cu_seqlens_q=cu_seqlens_q)
     if not uses_triton(q):
-        return reference.attention_kvcache_ref(
+        return _like_fake(q, *reference.attention_kvcache_ref(
             q, k_cache, v_cache, seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
-            cu_seqlens_q=cu_seqlens_q, **_reference_kwargs(softmax_scale, left, right, softcap, sinks))
+            cu_seqlens_q=cu_seqlens_q, **_reference_kwargs(softmax_scale, left, right, softcap, sinks)))
     out, lse, _ = attention_forward(
         q, k_cache, v_cache, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
         cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx,
