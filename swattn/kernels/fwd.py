@@ -8,6 +8,7 @@ one (position, head) pair: with PackGQA the ``G = H // Hk`` query heads of one K
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -109,10 +110,10 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block
     return acc, l_i, m_i, visited
 
 
-@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "page_size"])
-def _swa_fwd_kernel(
+@triton.jit
+def _attend_tile(
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
-    NON_FINITE_FLAGS,
+    NON_FINITE_FLAGS, ANY_NON_FINITE,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -121,6 +122,7 @@ def _swa_fwd_kernel(
     stride_page_table,
     seqlen_q, seqlen_k, num_heads, queries_per_kv_head, page_size,
     softmax_scale, softcap, left, right,
+    tile, batch_head, split, num_tiles, num_splits,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
@@ -128,26 +130,8 @@ def _swa_fwd_kernel(
     SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
-    """Grid: (query tiles, batch * heads-per-batch, splits).
-
-    Each program computes the attention of one tile of BLOCK_M rows: positions of one head, or with PACK_GQA the
-    (position, head) pairs of one KV head. Its KV loop starts at the tile's first visible key and runs over
-    ceil(span / BLOCK_N) blocks (a 1/num_splits share of them with IS_SPLIT, whose partial results, without
-    sinks, are merged by ``combine``). Switches: window sides, softcap, sinks, varlen q/k, per-sequence key
-    lengths (SEQLENS_K), cache_batch_idx, paged KV, PackGQA, split-KV, LSE, block counting (tests), and the
-    non-finite isolation pass.
-
-    Non-finite isolation: 0 * NaN is NaN, so in P @ V a non-finite value row reaches every row of the block,
-    also those that cannot see its key. The main pass (NON_FINITE_PASS = FLAG_NON_FINITE) flags each row whose
-    accumulator holds a NaN; a second launch (REDO_FLAGGED) returns at once in unflagged tiles and redoes the
-    others with the guarded loop, which keeps the NaN or inf in exactly the rows whose window holds it. The
-    guarded loop takes V through registers, so it lives in its own launch: inside the main kernel, even unused,
-    it cost 5-20% (docs/performance.md).
-    """
-    # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
-    tile = tl.num_programs(0) - 1 - tl.program_id(0)
-    batch_head = tl.program_id(1)
-    split = tl.program_id(2)
+    """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads), over its
+    share ``split`` of the KV loop; the body of ``_swa_fwd_kernel``'s programs (see there)."""
     if PACK_GQA:
         heads_per_program = num_heads // queries_per_kv_head
     else:
@@ -164,116 +148,198 @@ def _swa_fwd_kernel(
         rows_per_pos = 1
     num_rows = seqlen_q * rows_per_pos
     first_row = tile * BLOCK_M
-    if first_row >= num_rows:
-        return
-    program_index = (batch_head * tl.num_programs(0) + tile) * tl.num_programs(2) + split
+    program_index = (batch_head * num_tiles + tile) * num_splits + split
     flag_ptrs = NON_FINITE_FLAGS + program_index.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    active = first_row < num_rows
     if NON_FINITE_PASS == REDO_FLAGGED:
-        if tl.max(tl.load(flag_ptrs).to(tl.int32), 0) == 0:
-            return
-    offs_m = first_row + tl.arange(0, BLOCK_M)
-    row_valid = offs_m < num_rows
-    if PACK_GQA:
-        row_pos = offs_m // queries_per_kv_head
-        row_head = head_or_kv_head * queries_per_kv_head + offs_m % queries_per_kv_head
-        kv_head = head_or_kv_head
-    else:
-        row_pos = offs_m
-        row_head = head_or_kv_head + offs_m * 0
-        kv_head = head_or_kv_head // queries_per_kv_head
-    first_pos = first_row // rows_per_pos
-    last_pos = (tl.minimum(first_row + BLOCK_M, num_rows) - 1) // rows_per_pos
+        if active:
+            active = tl.max(tl.load(flag_ptrs).to(tl.int32), 0) > 0
+    if active:
+        offs_m = first_row + tl.arange(0, BLOCK_M)
+        row_valid = offs_m < num_rows
+        if PACK_GQA:
+            row_pos = offs_m // queries_per_kv_head
+            row_head = head_or_kv_head * queries_per_kv_head + offs_m % queries_per_kv_head
+            kv_head = head_or_kv_head
+        else:
+            row_pos = offs_m
+            row_head = head_or_kv_head + offs_m * 0
+            kv_head = head_or_kv_head // queries_per_kv_head
+        first_pos = first_row // rows_per_pos
+        last_pos = (tl.minimum(first_row + BLOCK_M, num_rows) - 1) // rows_per_pos
 
-    kv_start, kv_end, masked_head_end, unmasked_end, num_blocks = block_ranges(
-        first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT)
-    block_begin = 0
-    block_end = num_blocks
-    if IS_SPLIT:
-        # Each sequence splits its own loop, so short sequences leave trailing splits empty (LSE -inf).
-        blocks_per_split = tl.cdiv(num_blocks, tl.num_programs(2))
-        block_begin = tl.minimum(split * blocks_per_split, num_blocks)
-        block_end = tl.minimum(block_begin + blocks_per_split, num_blocks)
+        kv_start, kv_end, masked_head_end, unmasked_end, num_blocks = block_ranges(
+            first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT)
+        block_begin = 0
+        block_end = num_blocks
+        if IS_SPLIT:
+            # Each sequence splits its own loop, so short sequences leave trailing splits empty (LSE -inf).
+            blocks_per_split = tl.cdiv(num_blocks, num_splits)
+            block_begin = tl.minimum(split * blocks_per_split, num_blocks)
+            block_end = tl.minimum(block_begin + blocks_per_split, num_blocks)
 
-    offs_d = tl.arange(0, BLOCK_D)
-    batch64 = batch.to(tl.int64)
-    q_ptrs = (Q + batch64 * stride_qb + (q_begin + row_pos).to(tl.int64)[:, None] * stride_qs
-              + row_head.to(tl.int64)[:, None] * stride_qh + offs_d[None, :])
-    q_mask = row_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
-    q = tl.load(q_ptrs, mask=q_mask, other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
+        offs_d = tl.arange(0, BLOCK_D)
+        batch64 = batch.to(tl.int64)
+        q_ptrs = (Q + batch64 * stride_qb + (q_begin + row_pos).to(tl.int64)[:, None] * stride_qs
+                  + row_head.to(tl.int64)[:, None] * stride_qh + offs_d[None, :])
+        q_mask = row_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
+        q = tl.load(q_ptrs, mask=q_mask, other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
 
-    if HAS_CACHE_BATCH_IDX:
-        batch_kv = tl.load(CACHE_BATCH_IDX + batch).to(tl.int64)
-    else:
-        batch_kv = batch64
-    k_base = K + kv_head.to(tl.int64) * stride_kh + k_begin.to(tl.int64) * stride_ks
-    v_base = V + kv_head.to(tl.int64) * stride_vh + k_begin.to(tl.int64) * stride_vs
-    page_table_row = PAGE_TABLE + batch64 * stride_page_table
+        if HAS_CACHE_BATCH_IDX:
+            batch_kv = tl.load(CACHE_BATCH_IDX + batch).to(tl.int64)
+        else:
+            batch_kv = batch64
+        k_base = K + kv_head.to(tl.int64) * stride_kh + k_begin.to(tl.int64) * stride_ks
+        v_base = V + kv_head.to(tl.int64) * stride_vh + k_begin.to(tl.int64) * stride_vs
+        page_table_row = PAGE_TABLE + batch64 * stride_page_table
 
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    visited = 0
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        visited = 0
+        if NON_FINITE_PASS == REDO_FLAGGED:
+            acc, l_i, m_i, visited = _attend_blocks(
+                acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block_end,
+                kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+                page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
+                True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, True)
+        elif SINGLE_LOOP:
+            # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
+            acc, l_i, m_i, visited = _attend_blocks(
+                acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block_end,
+                kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+                page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
+                True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
+        else:
+            # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
+            acc, l_i, m_i, visited = _attend_blocks(
+                acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, tl.minimum(block_end, masked_head_end),
+                kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+                page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
+                True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
+            acc, l_i, m_i, visited = _attend_blocks(
+                acc, l_i, m_i, q, row_pos, k_base, v_base, tl.maximum(block_begin, masked_head_end),
+                tl.minimum(block_end, unmasked_end),
+                kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+                page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
+                False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
+            acc, l_i, m_i, visited = _attend_blocks(
+                acc, l_i, m_i, q, row_pos, k_base, v_base, tl.maximum(block_begin, unmasked_end), block_end,
+                kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+                page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
+                True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
+
+        if NON_FINITE_PASS == FLAG_NON_FINITE:
+            # A row sum is NaN when the row holds one (an inf alone does not leak: 0 * inf is what makes the NaN).
+            # The atomic's lanes are predicated off unless a row holds a NaN, so finite inputs never issue it.
+            row_sum = tl.sum(acc, 1)
+            row_has_nan = row_sum != row_sum
+            tl.store(flag_ptrs, row_has_nan.to(tl.int8))
+            tl.atomic_max(ANY_NON_FINITE + tl.zeros([BLOCK_M], dtype=tl.int32), tl.full([BLOCK_M], 1, tl.int32),
+                          mask=row_has_nan)
+
+        if COUNT_BLOCKS:
+            tl.store(BLOCK_COUNT + program_index, visited)
+
+        if HAS_SINKS and not IS_SPLIT:
+            # The sink joins the denominator once, after every block; it has no value vector.
+            sink = tl.load(SINKS + row_head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
+            m_new = tl.maximum(m_i, sink)
+            alpha = tl.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.exp2(sink - m_new)
+            acc = acc * alpha[:, None]
+            m_i = m_new
+        no_key = l_i == 0.0
+        out = acc / tl.where(no_key, 1.0, l_i)[:, None]
+        o_ptrs = (O + split.to(tl.int64) * stride_os + batch64 * stride_ob
+                  + (q_begin + row_pos).to(tl.int64)[:, None] * stride_oq
+                  + row_head.to(tl.int64)[:, None] * stride_oh + offs_d[None, :])
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=q_mask)
+        if STORE_LSE:
+            lse = tl.where(no_key, float("-inf"), (m_i + tl.log2(tl.where(no_key, 1.0, l_i))) * LN2)
+            lse_ptrs = (LSE + split.to(tl.int64) * stride_ls + batch64 * stride_lb
+                        + row_head.to(tl.int64) * stride_lh + (q_begin + row_pos).to(tl.int64) * stride_lq)
+            tl.store(lse_ptrs, lse, mask=row_valid)
+
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "page_size", "num_tiles", "num_work"])
+def _swa_fwd_kernel(
+
+    Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
+    NON_FINITE_FLAGS, ANY_NON_FINITE,
+    stride_qb, stride_qs, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_os, stride_ob, stride_oq, stride_oh,
+    stride_ls, stride_lb, stride_lq, stride_lh,
+    stride_page_table,
+    seqlen_q, seqlen_k, num_heads, queries_per_kv_head, page_size,
+    softmax_scale, softcap, left, right,
+    num_tiles, num_splits, num_work,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
+    IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
+    HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
+    IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
+    SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+):
+    """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
+
+    Each program computes the attention of one tile of BLOCK_M rows: positions of one head, or with PACK_GQA the
+    (position, head) pairs of one KV head. Its KV loop starts at the tile's first visible key and runs over
+    ceil(span / BLOCK_N) blocks (a 1/num_splits share of them with IS_SPLIT, whose partial results, without
+    sinks, are merged by ``combine``). Switches: window sides, softcap, sinks, varlen q/k, per-sequence key
+    lengths (SEQLENS_K), cache_batch_idx, paged KV, PackGQA, split-KV, LSE, block counting (tests), and the
+    non-finite isolation pass.
+
+    Non-finite isolation: 0 * NaN is NaN, so in P @ V a non-finite value row reaches every row of the block,
+    also those that cannot see its key. The main pass (NON_FINITE_PASS = FLAG_NON_FINITE) flags each row whose
+    accumulator holds a NaN, and raises ANY_NON_FINITE; a second launch of a few persistent programs
+    (REDO_FLAGGED) exits unless it is raised, else redoes the flagged tiles with the guarded loop, which keeps
+    the NaN or inf in exactly the rows whose window holds it. The guarded loop takes V through registers, so it
+    lives in its own launch: inside the main kernel, even unused, it cost 5-20% (docs/performance.md).
+    """
     if NON_FINITE_PASS == REDO_FLAGGED:
-        acc, l_i, m_i, visited = _attend_blocks(
-            acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block_end,
-            kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
-            page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
-            True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, True)
-    elif SINGLE_LOOP:
-        # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
-        acc, l_i, m_i, visited = _attend_blocks(
-            acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block_end,
-            kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
-            page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
-            True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
+        # Nearly always nothing is flagged: one load, and the few programs exit (a full grid of early exits
+        # measured +23% on a small-window prefill). Otherwise they walk every tile and redo the flagged ones.
+        if tl.load(ANY_NON_FINITE) != 0:
+            for work in range(tl.program_id(0), num_work, tl.num_programs(0)):
+                split = work % num_splits
+                tile = (work // num_splits) % num_tiles
+                batch_head = work // (num_splits * num_tiles)
+                _attend_tile(
+                    Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE,
+                    BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE, stride_qb, stride_qs, stride_qh, stride_kb,
+                    stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_os, stride_ob, stride_oq,
+                    stride_oh, stride_ls, stride_lb, stride_lq, stride_lh, stride_page_table, seqlen_q, seqlen_k,
+                    num_heads, queries_per_kv_head, page_size, softmax_scale, softcap, left, right,
+                    tile, batch_head, split, num_tiles, num_splits,
+                    HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
+                    HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST,
+                    SINGLE_LOOP, NON_FINITE_PASS, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
+                )
     else:
-        # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
-        acc, l_i, m_i, visited = _attend_blocks(
-            acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, tl.minimum(block_end, masked_head_end),
-            kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
-            page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
-            True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
-        acc, l_i, m_i, visited = _attend_blocks(
-            acc, l_i, m_i, q, row_pos, k_base, v_base, tl.maximum(block_begin, masked_head_end),
-            tl.minimum(block_end, unmasked_end),
-            kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
-            page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
-            False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
-        acc, l_i, m_i, visited = _attend_blocks(
-            acc, l_i, m_i, q, row_pos, k_base, v_base, tl.maximum(block_begin, unmasked_end), block_end,
-            kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
-            page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
-            True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
+        # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
+        _attend_tile(
+            Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE,
+            BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE, stride_qb, stride_qs, stride_qh, stride_kb,
+            stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_os, stride_ob, stride_oq, stride_oh,
+            stride_ls, stride_lb, stride_lq, stride_lh, stride_page_table, seqlen_q, seqlen_k, num_heads,
+            queries_per_kv_head, page_size, softmax_scale, softcap, left, right,
+            tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2), num_tiles,
+            num_splits, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
+            HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
+            NON_FINITE_PASS, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
+        )
 
-    if NON_FINITE_PASS == FLAG_NON_FINITE:
-        # A row sum is NaN when the row holds one (an inf alone does not leak: 0 * inf is what makes the NaN).
-        row_sum = tl.sum(acc, 1)
-        tl.store(flag_ptrs, (row_sum != row_sum).to(tl.int8))
 
-    if COUNT_BLOCKS:
-        tl.store(BLOCK_COUNT + program_index, visited)
-
-    if HAS_SINKS and not IS_SPLIT:
-        # The sink joins the denominator once, after every block; it has no value vector.
-        sink = tl.load(SINKS + row_head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
-        m_new = tl.maximum(m_i, sink)
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.exp2(sink - m_new)
-        acc = acc * alpha[:, None]
-        m_i = m_new
-    no_key = l_i == 0.0
-    out = acc / tl.where(no_key, 1.0, l_i)[:, None]
-    o_ptrs = (O + split.to(tl.int64) * stride_os + batch64 * stride_ob
-              + (q_begin + row_pos).to(tl.int64)[:, None] * stride_oq
-              + row_head.to(tl.int64)[:, None] * stride_oh + offs_d[None, :])
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=q_mask)
-    if STORE_LSE:
-        lse = tl.where(no_key, float("-inf"), (m_i + tl.log2(tl.where(no_key, 1.0, l_i))) * LN2)
-        lse_ptrs = (LSE + split.to(tl.int64) * stride_ls + batch64 * stride_lb
-                    + row_head.to(tl.int64) * stride_lh + (q_begin + row_pos).to(tl.int64) * stride_lq)
-        tl.store(lse_ptrs, lse, mask=row_valid)
+@functools.cache
+def _persistent_programs(device: torch.device) -> int:
+    """Programs of the redo pass: one per SM (a few under the interpreter)."""
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def attention_forward(
@@ -374,11 +440,13 @@ def attention_forward(
     # A tile can mix rows that see a key with rows that do not only when it holds several query positions; a
     # single-query decode tile (PackGQA or not) cannot leak, and skips the flags and the second launch.
     isolate = ISOLATE_NON_FINITE and seqlen_q > 1
-    non_finite_flags = (torch.empty(grid[0] * grid[1] * grid[2] * config.block_m, device=q.device,
-                                    dtype=torch.int8) if isolate else placeholder)
+    num_work = grid[0] * grid[1] * grid[2]
+    non_finite_flags = (torch.empty(num_work * config.block_m, device=q.device, dtype=torch.int8) if isolate
+                        else placeholder)
+    any_non_finite = torch.zeros(1, device=q.device, dtype=torch.int32) if isolate else placeholder
 
-    def launch(non_finite_pass: int, count: bool) -> None:
-        _swa_fwd_kernel[grid](
+    def launch(launch_grid: tuple[int, ...], non_finite_pass: int, count: bool) -> None:
+        _swa_fwd_kernel[launch_grid](
             q, k, v, out_target, lse_target if lse_target is not None else placeholder,
             sinks if sinks is not None else placeholder,
             cu_seqlens_q if varlen_q else placeholder, cu_seqlens_k if varlen_k else placeholder,
@@ -386,11 +454,12 @@ def attention_forward(
             cache_batch_idx if cache_batch_idx is not None else placeholder,
             page_table if paged else placeholder,
             block_counts if count else placeholder,
-            non_finite_flags,
+            non_finite_flags, any_non_finite,
             *q_strides, *k_strides, *v_strides, *o_strides, *l_strides,
             page_table.stride(0) if paged else 0,
             seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
             softmax_scale, softcap if softcap > 0 else 1.0, left, right,
+            grid[0], grid[2], num_work,
             HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
             IS_VARLEN_Q=varlen_q, IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqlens_k is not None,
             HAS_CACHE_BATCH_IDX=cache_batch_idx is not None, IS_PAGED=paged, PACK_GQA=pack_gqa,
@@ -400,9 +469,9 @@ def attention_forward(
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
 
-    launch(FLAG_NON_FINITE.value if isolate else NO_ISOLATION.value, count_blocks)
+    launch(grid, FLAG_NON_FINITE.value if isolate else NO_ISOLATION.value, count_blocks)
     if isolate:
-        launch(REDO_FLAGGED.value, False)
+        launch((min(num_work, _persistent_programs(q.device)),), REDO_FLAGGED.value, False)
     if is_split:
         combine_splits(out_target, lse_target, out.view(tokens, num_heads, head_dim) if not varlen_q else out,
                        lse, sinks, tokens_per_batch)
