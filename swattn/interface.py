@@ -248,8 +248,8 @@ def flash_attn_func(
     packed = _auto_pack_gqa(pack_gqa, q.shape[1], group, left, right)
     programs = q.shape[0] * (k.shape[2] if packed else q.shape[2])
     num_splits = _auto_num_splits(num_splits, q, programs, k.shape[1], left, right, q.shape[1])
-    out, lse = ops.fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, None, None, None,
-                       q.shape[1], k.shape[1], softmax_scale, left, right, float(softcap), packed, num_splits)
+    out, lse = ops.run_fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, None, None,
+                           None, q.shape[1], k.shape[1], softmax_scale, left, right, float(softcap), packed, num_splits)
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
 
@@ -316,9 +316,9 @@ def flash_attn_varlen_func(
     packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group, left, right)
     programs = batch * (k.shape[1] if packed else q.shape[1]) * max(1, -(-max_seqlen_q // 128))
     num_splits = _auto_num_splits(num_splits, q, programs, max_seqlen_k, left, right, max_seqlen_q)
-    out, lse = ops.fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks,
-                       _contiguous(cu_seqlens_q), _contiguous(cu_seqlens_k), _contiguous(seqused_k), max_seqlen_q,
-                       max_seqlen_k, softmax_scale, left, right, float(softcap), packed, num_splits)
+    out, lse = ops.run_fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks,
+                           _contiguous(cu_seqlens_q), _contiguous(cu_seqlens_k), _contiguous(seqused_k),
+                           max_seqlen_q, max_seqlen_k, softmax_scale, left, right, float(softcap), packed, num_splits)
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
 
@@ -451,7 +451,7 @@ def flash_attn_with_kvcache(
     rows = max_seqlen_q * (group if packed else 1)
     programs = batch * (k_cache.shape[2] if packed else q.shape[-2]) * max(1, -(-rows // 64))
     num_splits = _auto_num_splits(num_splits, q, programs, capacity, left, right, max_seqlen_q)
-    out, lse = ops.fwd_kvcache(
+    out, lse = ops.run_fwd_kvcache(
         _contiguous_last(q), k_cache, v_cache, None if k is None else _contiguous_last(k),
         None if v is None else _contiguous_last(v), _contiguous(cache_seqlens), _contiguous(cache_batch_idx),
         _contiguous_last(page_table) if paged else None, _contiguous(cu_seqlens_q),

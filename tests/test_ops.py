@@ -6,11 +6,14 @@ test needs a GPU and is skipped without one.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 
 import swattn
+from swattn import ops
 from swattn.reference import attention_kvcache_ref
 from swattn.testing import assert_close, tolerance_for
 
@@ -193,7 +196,12 @@ def test_fwd_kvcache_cuda_graph(paged):
         assert_close(f"out vs reference, cache_seqlens={seqlens}", out, ref, tolerance_for(dtype))
 
 
-@pytest.mark.parametrize("interpret", ["0", "1"], ids=["reference", "interpreter"])
+@pytest.mark.parametrize("interpret", [
+    pytest.param("0", id="reference"),
+    # Triton picks its interpreter once, at import: this case needs the suite's default TRITON_INTERPRET=1.
+    pytest.param("1", id="interpreter", marks=pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                                                reason="Triton was imported without its interpreter")),
+])
 def test_real_outputs_have_the_fake_layouts(monkeypatch, interpret):
     # Compiled graphs assert the fake implementations' strides on the real outputs (inductor's
     # assert_size_stride): the CPU reference path once returned a transposed view and failed there.
@@ -208,3 +216,65 @@ def test_real_outputs_have_the_fake_layouts(monkeypatch, interpret):
     out, lse = torch.ops.swattn.fwd_kvcache(q, cache, cache.clone(), None, None, seqlens, None, None, None, 5, None,
                                             0.25, 3, 0, 0.0, False, 1)
     assert out.stride() == fake_out.stride() and lse.stride() == fake_lse.stride()
+
+
+def _refuse(name):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"eager call went through the dispatcher ({name})")
+    return refuse
+
+
+def test_eager_calls_skip_the_dispatcher(monkeypatch):
+    # Eager inference calls run the implementation directly (about 75 us less host time per call); results,
+    # cache contents and the caches' version counters are what the custom op gives.
+    torch.manual_seed(0)
+    q, k, v = _qkv(2, 7, 9, 4, 2, 16, "cpu", torch.float32)
+    k_cache, v_cache = torch.randn(2, 16, 2, 16), torch.randn(2, 16, 2, 16)
+    k_new, v_new = torch.randn(2, 1, 2, 16), torch.randn(2, 1, 2, 16)
+    seqlens = torch.tensor([3, 9], dtype=torch.int32)
+    expected = torch.ops.swattn.fwd(q, k, v, None, None, None, None, 7, 9, 0.25, 3, 0, 0.0, False, 1)
+    k_expected, v_expected = k_cache.clone(), v_cache.clone()
+    expected_kv = torch.ops.swattn.fwd_kvcache(q[:, :1], k_expected, v_expected, k_new, v_new, seqlens, None, None,
+                                               None, 1, None, 0.25, 3, 0, 0.0, False, 1)
+    monkeypatch.setattr(ops, "fwd", _refuse("fwd"))
+    monkeypatch.setattr(ops, "fwd_kvcache", _refuse("fwd_kvcache"))
+    same = dict(softmax_scale=0.25, window_size=(3, 0), return_softmax_lse=True, pack_gqa=False, num_splits=1)
+    out, lse = swattn.flash_attn_func(q, k, v, **same)
+    _assert_equal("out", out, expected[0])
+    _assert_equal("lse", lse, expected[1])
+    version = k_cache._version
+    out, lse = swattn.flash_attn_with_kvcache(q[:, :1], k_cache, v_cache, k=k_new, v=v_new, cache_seqlens=seqlens,
+                                              **same)
+    _assert_equal("decode out", out, expected_kv[0])
+    _assert_equal("decode lse", lse, expected_kv[1])
+    _assert_equal("k_cache", k_cache, k_expected)
+    _assert_equal("v_cache", v_cache, v_expected)
+    assert k_cache._version > version, "the in-place append must bump the cache's version counter"
+    with torch.inference_mode():
+        swattn.flash_attn_with_kvcache(q[:, :1], k_cache.clone(), v_cache.clone(), k=k_new, v=v_new,
+                                       cache_seqlens=seqlens)
+
+
+def test_gradients_and_tracing_go_through_the_custom_op(monkeypatch):
+    calls = []
+    real_fwd = ops.fwd
+
+    def recording_fwd(*args):
+        calls.append("fwd")
+        return real_fwd(*args)
+
+    monkeypatch.setattr(ops, "fwd", recording_fwd)
+    q, k, v = _qkv(1, 5, 5, 2, 1, 16, "cpu", torch.float32)
+    q.requires_grad_()
+    swattn.flash_attn_func(q, k, v, causal=True).sum().backward()
+    assert calls == ["fwd"] and q.grad is not None
+    with torch.no_grad():
+        swattn.flash_attn_func(q, k, v, causal=True)
+    assert calls == ["fwd"], "a call without gradients should skip the dispatcher"
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    fake = [mode.from_tensor(t.detach()) for t in (q, k, v)]
+    with mode:
+        out = swattn.flash_attn_func(*fake, causal=True)
+    assert calls == ["fwd", "fwd"] and out.shape == q.shape

@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -404,7 +404,11 @@ def no_kernels():
     def launched(*args, **kwargs):
         raise KernelLaunched("the call reached a kernel: the bad input was not rejected")
 
-    with mock.patch.object(interface.ops, "fwd", launched), mock.patch.object(interface.ops, "fwd_kvcache", launched):
+    # The custom ops, and the implementations that eager calls reach directly (swattn.ops.run_fwd*).
+    names = ("fwd", "fwd_kvcache", "_fwd_impl", "_fwd_kvcache_impl")
+    with ExitStack() as stack:
+        for name in names:
+            stack.enter_context(mock.patch.object(interface.ops, name, launched))
         yield
 
 
