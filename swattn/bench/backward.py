@@ -23,19 +23,13 @@ import swattn
 from swattn.bench import peers
 from swattn.bench.common import (
     Env,
-    Row,
     Runner,
     Section,
     Skip,
-    check_cell,
-    drop_unavailable,
     make_env,
-    markdown_table,
-    measure,
-    rate,
-    ratio_cell,
+    measure_windowed_shapes,
     speedup_summary,
-    time_events,
+    windowed_table,
 )
 from swattn.bench.prefill import visible_pairs
 from swattn.reference import attention_ref
@@ -228,35 +222,8 @@ def providers(case: BackwardCase):
             ("SDPA", lambda: sdpa_runner(case))]
 
 
-def table(rows: list[Row], env: Env, windows: dict[str, str]) -> str:
-    headers = ["shape", "window", "provider", "fwd+bwd us median (p20/p80)", "TFLOP/s", "GB/s", "floor us",
-               "time/swattn", "check (rel err)", "note"]
-    cells = []
-    for r in rows:
-        t = r.timing
-        cells.append([r.shape.split(" W")[0], windows[r.shape], r.provider, str(t) if t else "-",
-                      rate(r.flops / (t.median_us * 1e6)) if t else "",
-                      rate(r.nbytes / (t.median_us * 1e3)) if t else "",
-                      f"{env.floor_us(r.nbytes):.1f}", ratio_cell(r, rows), check_cell(r), r.note])
-    return markdown_table(headers, cells)
-
-
 def run(env: Env, seqlens: list[int] | None = None) -> Section:
-    rows: list[Row] = []
-    windows: dict[str, str] = {}
-    for shape in shapes(env, seqlens):
-        key = f"{shape.label} W{shape.window}"
-        windows[key] = shape.window
-        flops, nbytes = work(shape, torch.finfo(env.dtype).bits // 8)
-        case = setup_backward(shape, env)
-        for name, build in providers(case):
-            if env.wants(name):
-                rows.append(measure(env, key, name, build, case.compare(env), lambda fn: time_events(fn, env),
-                                    flops=flops, nbytes=nbytes))
-        del case
-        if env.cuda:
-            torch.cuda.empty_cache()
-    rows, unavailable = drop_unavailable(rows)
+    rows, windows, unavailable = measure_windowed_shapes(env, shapes(env, seqlens), setup_backward, providers, work)
     notes = [
         f"one call = forward + backward (autograd.grad of q, k, v); TFLOP/s counts only visible (query, key) pairs: "
         f"{BACKWARD_FLOP_FACTOR} * 4 * D * H * pairs / time; floor us = bytes (forward: q, k, v, o; backward: q, k, "
@@ -266,7 +233,7 @@ def run(env: Env, seqlens: list[int] | None = None) -> Section:
         *unavailable,
     ]
     return Section(f"Backward (forward + backward), batch 1, {env.dtype}, causal (bottom-right), no sinks",
-                   table(rows, env, windows), notes, rows)
+                   windowed_table(rows, env, windows, "fwd+bwd us median (p20/p80)"), notes, rows)
 
 
 def main(args: argparse.Namespace) -> Section:

@@ -399,6 +399,43 @@ def speedup_summary(rows: Sequence[Row]) -> str:
     return "peer time / swattn time, geometric mean: " + "; ".join(parts)
 
 
+def measure_windowed_shapes(env: Env, shapes, setup, providers,
+                            work) -> tuple[list[Row], dict[str, str], list[str]]:
+    """The prefill and backward scenarios' loop: for each shape (``.label``, ``.window``), build its case with
+    ``setup(shape, env)``, time every wanted provider of ``providers(case)`` by CUDA events, then free the case.
+    ``work(shape, element_size)`` gives (FLOPs, bytes). Returns (rows, window per row key, unavailable notes)."""
+    rows: list[Row] = []
+    windows: dict[str, str] = {}
+    for shape in shapes:
+        key = f"{shape.label} W{shape.window}"
+        windows[key] = shape.window
+        flops, nbytes = work(shape, torch.finfo(env.dtype).bits // 8)
+        case = setup(shape, env)
+        for name, build in providers(case):
+            if env.wants(name):
+                rows.append(measure(env, key, name, build, case.compare(env), lambda fn: time_events(fn, env),
+                                    flops=flops, nbytes=nbytes))
+        del case
+        if env.cuda:
+            torch.cuda.empty_cache()
+    rows, unavailable = drop_unavailable(rows)
+    return rows, windows, unavailable
+
+
+def windowed_table(rows: Sequence[Row], env: Env, windows: dict[str, str], time_header: str) -> str:
+    """Time, TFLOP/s, GB/s, floor, ratio to swattn and check per row of ``measure_windowed_shapes``."""
+    headers = ["shape", "window", "provider", time_header, "TFLOP/s", "GB/s", "floor us", "time/swattn",
+               "check (rel err)", "note"]
+    cells = []
+    for r in rows:
+        t = r.timing
+        cells.append([r.shape.split(" W")[0], windows[r.shape], r.provider, str(t) if t else "-",
+                      rate(r.flops / (t.median_us * 1e6)) if t else "",
+                      rate(r.nbytes / (t.median_us * 1e3)) if t else "",
+                      f"{env.floor_us(r.nbytes):.1f}", ratio_cell(r, rows), check_cell(r), r.note])
+    return markdown_table(headers, cells)
+
+
 @dataclass
 class Section:
     """One scenario's output: a title, the table, notes under it."""

@@ -19,18 +19,12 @@ import swattn
 from swattn.bench import peers
 from swattn.bench.common import (
     Env,
-    Row,
     Runner,
     Section,
-    check_cell,
     compare_outputs,
-    drop_unavailable,
-    markdown_table,
-    measure,
-    rate,
-    ratio_cell,
+    measure_windowed_shapes,
     speedup_summary,
-    time_events,
+    windowed_table,
 )
 from swattn.reference import attention_ref
 from swattn.window import first_visible_key, last_visible_key
@@ -143,35 +137,8 @@ def providers(case: PrefillCase):
     ]
 
 
-def table(rows: list[Row], env: Env, windows: dict[str, str]) -> str:
-    headers = ["shape", "window", "provider", "us median (p20/p80)", "TFLOP/s", "GB/s", "floor us", "time/swattn",
-               "check (rel err)", "note"]
-    cells = []
-    for r in rows:
-        t = r.timing
-        cells.append([r.shape.split(" W")[0], windows[r.shape], r.provider, str(t) if t else "-",
-                      rate(r.flops / (t.median_us * 1e6)) if t else "",
-                      rate(r.nbytes / (t.median_us * 1e3)) if t else "",
-                      f"{env.floor_us(r.nbytes):.1f}", ratio_cell(r, rows), check_cell(r), r.note])
-    return markdown_table(headers, cells)
-
-
 def run(env: Env, seqlens: list[int] | None = None) -> Section:
-    rows: list[Row] = []
-    windows: dict[str, str] = {}
-    for shape in shapes(env, seqlens):
-        key = f"{shape.label} W{shape.window}"
-        windows[key] = shape.window
-        flops, nbytes = work(shape, torch.finfo(env.dtype).bits // 8)
-        case = setup_prefill(shape, env)
-        for name, build in providers(case):
-            if env.wants(name):
-                rows.append(measure(env, key, name, build, case.compare(env), lambda fn: time_events(fn, env),
-                                    flops=flops, nbytes=nbytes))
-        del case
-        if env.cuda:
-            torch.cuda.empty_cache()
-    rows, unavailable = drop_unavailable(rows)
+    rows, windows, unavailable = measure_windowed_shapes(env, shapes(env, seqlens), setup_prefill, providers, work)
     notes = [
         "TFLOP/s counts only visible (query, key) pairs: 4 * D * H * pairs / time; floor us = (q + k + v + o bytes)"
         " / measured copy bandwidth; time/swattn > 1 means swattn is faster.",
@@ -179,5 +146,5 @@ def run(env: Env, seqlens: list[int] | None = None) -> Section:
         "peers skipped (--quick)" if env.quick else "",
         *unavailable,
     ]
-    return Section(f"Prefill, batch 1, {env.dtype}, causal (bottom-right), no sinks", table(rows, env, windows),
-                   notes, rows)
+    return Section(f"Prefill, batch 1, {env.dtype}, causal (bottom-right), no sinks",
+                   windowed_table(rows, env, windows, "us median (p20/p80)"), notes, rows)
