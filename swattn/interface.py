@@ -196,9 +196,11 @@ def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound
     sms = _num_sms(q.device.index if q.device.index is not None else torch.cuda.current_device())
     if programs >= sms or blocks < 8:
         return 1
-    # H100 sweep, full decode at 128K, B=16 (128 programs): 4 to 8 splits were best (1485 us, 2.9 TB/s).
+    # About four programs per SM, rounded down to a power of two (uneven shares measured slower). H100 sweeps,
+    # full decode at 16K: B=16 (128 programs) best with 4 splits (195.8 us; 8: 199.2); B=4 (32 programs) with
+    # 12-16 (56.9-57.5 us; 32: 62.0); at 128K, B=16: 4 splits 1485 us, 8: 1490 us.
     wanted = min(-(-4 * sms // programs), max(1, blocks // 4), _MAX_SPLITS)
-    return 1 << (wanted - 1).bit_length()  # a power of two: 4 and 8 measured best, 5 was slower
+    return 1 << (wanted.bit_length() - 1)
 
 
 def _result(out, lse, return_lse: bool):

@@ -110,8 +110,7 @@ def _reference_backward(dout, q, k, v, dlse, sinks, cu_seqlens_q, cu_seqlens_k, 
     return dq, dk, dv, dsinks
 
 
-@torch.library.custom_op("swattn::bwd", mutates_args=(), device_types=None)
-def bwd(
+def _bwd_impl(
     dout: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
@@ -141,6 +140,9 @@ def bwd(
     return dq, dk, dv, dsinks if dsinks is not None else q.new_empty(0, dtype=torch.float32)
 
 
+bwd = torch.library.custom_op("swattn::bwd", mutates_args=(), device_types=None)(_bwd_impl)
+
+
 @bwd.register_fake
 def _bwd_fake(dout, q, k, v, out, lse, dlse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q,
               max_seqlen_k, softmax_scale, left, right, softcap):
@@ -159,18 +161,36 @@ def _fwd_setup_context(ctx, inputs, output):
                        right=right, softcap=softcap)
 
 
-def _fwd_backward(ctx, grad_out, grad_lse):
+def _fwd_backward(ctx, grad_out, grad_lse, backward=None):
     q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros_like(out)
-    dq, dk, dv, dsinks = bwd(grad_out, q, k, v, out, lse, grad_lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k,
-                             **ctx.scalars)
+    dq, dk, dv, dsinks = (backward or bwd)(grad_out, q, k, v, out, lse, grad_lse, sinks, cu_seqlens_q, cu_seqlens_k,
+                                           seqused_k, **ctx.scalars)
     dsinks = dsinks.to(sinks.dtype) if sinks is not None and ctx.needs_input_grad[3] else None
     # One gradient per input of swattn::fwd: q, k, v, sinks, then 11 non-differentiable arguments.
     return (dq, dk, dv, dsinks) + (None,) * 11
 
 
 torch.library.register_autograd("swattn::fwd", _fwd_backward, setup_context=_fwd_setup_context)
+
+
+class _EagerAttention(torch.autograd.Function):
+    """``swattn::fwd`` with its autograd formula, without the dispatcher: for plain eager calls that need a
+    gradient (training loops). The custom op's autograd path costs several hundred us of host time per
+    forward + backward on the H100 host (docs/performance.md), which short sequences cannot hide."""
+
+    @staticmethod
+    def forward(*inputs):
+        return _fwd_impl(*inputs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _fwd_setup_context(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        return _fwd_backward(ctx, grad_out, grad_lse, backward=_bwd_impl)
 
 
 def _fwd_kvcache_impl(
@@ -235,12 +255,15 @@ def _may_skip_dispatcher(tensors) -> bool:
 
 
 def run_fwd(q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, *scalars) -> tuple[torch.Tensor, torch.Tensor]:
-    """``swattn::fwd``, called directly in eager mode when no gradient is needed (see ``_may_skip_dispatcher``)."""
+    """``swattn::fwd``; plain eager calls skip the dispatcher (see ``_may_skip_dispatcher``): the implementation
+    directly when no gradient is needed, else ``_EagerAttention``, the same forward and backward."""
     tensors = (q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k)
+    if not _may_skip_dispatcher(tensors):
+        return fwd(*tensors, *scalars)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, sinks))
-    if not needs_grad and _may_skip_dispatcher(tensors):
-        return _fwd_impl(*tensors, *scalars)
-    return fwd(*tensors, *scalars)
+    if needs_grad:
+        return _EagerAttention.apply(*tensors, *scalars)
+    return _fwd_impl(*tensors, *scalars)
 
 
 def run_fwd_kvcache(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,

@@ -263,18 +263,30 @@ def test_gradients_and_tracing_go_through_the_custom_op(monkeypatch):
         calls.append("fwd")
         return real_fwd(*args)
 
-    monkeypatch.setattr(ops, "fwd", recording_fwd)
     q, k, v = _qkv(1, 5, 5, 2, 1, 16, "cpu", torch.float32)
-    q.requires_grad_()
-    swattn.flash_attn_func(q, k, v, causal=True).sum().backward()
-    assert calls == ["fwd"] and q.grad is not None
+    sinks = torch.randn(2)
+    inputs = [t.clone().requires_grad_() for t in (q, k, v, sinks)]
+    out, lse = torch.ops.swattn.fwd(*inputs, None, None, None, 5, 5, 0.25, 2, 0, 0.0, False, 1)
+    (out.sum() + lse.sum()).backward()
+    expected = [t.grad for t in inputs]
+
+    monkeypatch.setattr(ops, "fwd", recording_fwd)
+    # Eager training calls take _EagerAttention: the same forward and backward without the dispatcher.
+    inputs = [t.clone().requires_grad_() for t in (q, k, v, sinks)]
+    out, lse = swattn.flash_attn_func(*inputs[:3], sinks=inputs[3], softmax_scale=0.25, window_size=(2, 0),
+                                      return_softmax_lse=True, pack_gqa=False)
+    (out.sum() + lse.sum()).backward()
+    assert calls == [], "an eager call with gradients should skip the dispatcher"
+    for name, t, grad in zip("qkv", inputs, expected):
+        _assert_equal(f"d{name}", t.grad, grad)
+    _assert_equal("dsinks", inputs[3].grad, expected[3])
     with torch.no_grad():
         swattn.flash_attn_func(q, k, v, causal=True)
-    assert calls == ["fwd"], "a call without gradients should skip the dispatcher"
+    assert calls == [], "a call without gradients should skip the dispatcher"
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     mode = FakeTensorMode()
     fake = [mode.from_tensor(t.detach()) for t in (q, k, v)]
     with mode:
         out = swattn.flash_attn_func(*fake, causal=True)
-    assert calls == ["fwd", "fwd"] and out.shape == q.shape
+    assert calls == ["fwd"] and out.shape == q.shape

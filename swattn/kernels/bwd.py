@@ -1,14 +1,14 @@
 """The backward kernel family: dQ, dK, dV (and dsinks) of sliding-window attention, with n_offset on both loops.
 
-Three launches, none with atomics, so the result is deterministic:
+Two launches, none with atomics, so the result is deterministic:
 
-1. ``_swa_bwd_preprocess_kernel``: ``delta = rowsum(dO * O)`` (minus the LSE's incoming gradient, if any).
+1. ``_swa_bwd_dq_kernel``: one program per tile of BLOCK_M query rows of one head. It first writes
+   ``delta = rowsum(dO * O)`` (minus the LSE's incoming gradient, if any) of its rows, then computes their dQ over
+   the forward's KV loop (``block_ranges``).
 2. ``_swa_bwd_dkdv_kernel``: one program per block of BLOCK_N keys of one KV head. Its query loop starts at the
    exact first query row whose window contains one of its keys (``first_query_seeing``, the mirror of the forward's
    n_offset) and ends at the last such row, and it runs once per query head of the GQA group, so dK/dV are summed
    over the group in registers.
-3. ``_swa_bwd_dq_kernel``: one program per tile of BLOCK_M query rows of one head; its KV loop is the forward's
-   (``block_ranges``).
 
 Only the first and last blocks of each loop are masked. Legend: ``pos`` = query position inside its sequence;
 ``lse2`` = LSE in log2 units; ``s2`` = scores in log2 units (``softcap_scores`` or ``qk * scale * log2 e``);
@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from swattn._compat import interpreter_enabled, needs_upcast
+from swattn._compat import needs_upcast
 from swattn.kernels._common import LOG2E, block_ranges, dot, query_block_ranges, sequence_bounds, softcap_scores
 from swattn.kernels.configs import BwdConfig, backward_config
 
@@ -58,44 +58,6 @@ def _scores(qk, softmax_scale, softcap, HAS_SOFTCAP: tl.constexpr):
         return s2, 1.0 - tanh * tanh
     else:
         return qk * (softmax_scale * LOG2E), 1.0
-
-
-@triton.jit(do_not_specialize=["seqlen_q"])
-def _swa_bwd_preprocess_kernel(
-    O, DO, DLSE, DELTA, CU_SEQLENS_Q,
-    stride_ob, stride_os, stride_oh,
-    stride_dob, stride_dos, stride_doh,
-    stride_lb, stride_lq, stride_lh,
-    seqlen_q,
-    IS_VARLEN_Q: tl.constexpr, HAS_DLSE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-):
-    """Grid: (query tiles, batch, heads). Each program writes ``delta = rowsum(dO * O) - dLSE`` (fp32, LSE's
-    layout) for BLOCK_M positions of one head. Switches: varlen q, incoming LSE gradient."""
-    tile = tl.program_id(0)
-    batch = tl.program_id(1)
-    head = tl.program_id(2)
-    if IS_VARLEN_Q:
-        q_begin = tl.load(CU_SEQLENS_Q + batch)
-        seqlen_q = tl.load(CU_SEQLENS_Q + batch + 1) - q_begin
-    else:
-        q_begin = 0
-    if tile * BLOCK_M >= seqlen_q:
-        return
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_valid = offs_m < seqlen_q
-    offs_d = tl.arange(0, BLOCK_D)
-    batch64 = batch.to(tl.int64)
-    head64 = head.to(tl.int64)
-    o = _load_tile(O + batch64 * stride_ob + head64 * stride_oh, q_begin + offs_m, offs_d, row_valid, stride_os,
-                   True, BLOCK_D != HEAD_DIM, HEAD_DIM, True)
-    do = _load_tile(DO + batch64 * stride_dob + head64 * stride_doh, q_begin + offs_m, offs_d, row_valid,
-                    stride_dos, True, BLOCK_D != HEAD_DIM, HEAD_DIM, True)
-    delta = tl.sum(o * do, 1)  # [BLOCK_M]
-    lse_offs = batch64 * stride_lb + head64 * stride_lh + (q_begin + offs_m).to(tl.int64) * stride_lq
-    if HAS_DLSE:
-        delta -= tl.load(DLSE + lse_offs, mask=row_valid, other=0.0)
-    tl.store(DELTA + lse_offs, delta, mask=row_valid)
 
 
 @triton.jit
@@ -253,8 +215,9 @@ def _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, block_begin, block_e
 
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right"])
 def _swa_bwd_dq_kernel(
-    Q, K, V, DO, DQ, LSE, DELTA, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K,
+    Q, K, V, O, DO, DQ, LSE, DLSE, DELTA, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K,
     stride_qb, stride_qs, stride_qh,
+    stride_ob, stride_os, stride_oh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     stride_dob, stride_dos, stride_doh,
@@ -262,14 +225,16 @@ def _swa_bwd_dq_kernel(
     stride_lb, stride_lq, stride_lh,
     seqlen_q, seqlen_k, queries_per_kv_head, softmax_scale, softcap, left, right,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr, HAS_DLSE: tl.constexpr,
+    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
 ):
     """Grid: (query tiles, batch, heads).
 
-    Each program computes dQ of BLOCK_M positions of one query head; its KV loop is the forward's: from the tile's
-    first visible key over ceil(span / BLOCK_N) blocks, edge blocks masked. Switches: window sides, softcap, varlen
-    q/k, per-sequence key lengths (SEQLENS_K).
+    Each program first writes ``delta = rowsum(dO * O) - dLSE`` (fp32, LSE's layout) of its BLOCK_M positions of
+    one query head, for the dK/dV kernel that runs next; then computes their dQ. Its KV loop is the forward's:
+    from the tile's first visible key over ceil(span / BLOCK_N) blocks, edge blocks masked. Switches: window
+    sides, softcap, varlen q/k, per-sequence key lengths (SEQLENS_K), incoming LSE gradient.
     """
     tile = tl.program_id(0)
     batch = tl.program_id(1)
@@ -291,9 +256,15 @@ def _swa_bwd_dq_kernel(
                    True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)  # [BLOCK_M, BLOCK_D]
     do = _load_tile(DO + batch64 * stride_dob + head64 * stride_doh, q_begin + pos, offs_d, row_valid, stride_dos,
                     True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)
+    # delta here rather than in a launch of its own: this program reads dO anyway (saves a pass over dO).
+    o = _load_tile(O + batch64 * stride_ob + head64 * stride_oh, q_begin + pos, offs_d, row_valid, stride_os,
+                   True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK_M]
     lse_offs = batch64 * stride_lb + head64 * stride_lh + (q_begin + pos).to(tl.int64) * stride_lq
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + lse_offs, mask=row_valid, other=0.0)
+    tl.store(DELTA + lse_offs, delta, mask=row_valid)
     lse = tl.load(LSE + lse_offs, mask=row_valid, other=float("-inf"))
-    delta = tl.load(DELTA + lse_offs, mask=row_valid, other=0.0)
     # Rows with no visible key (LSE -inf) and padding rows: pivot +inf so p = 0 even in unmasked blocks, never NaN.
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
 
@@ -420,18 +391,34 @@ def attention_backward(
     upcast = needs_upcast(q.dtype)
     placeholder = q
     lse_strides = _lse_strides(lse, varlen_q)
-    preprocess_block = 64 if not interpreter_enabled() else 16
-    _swa_bwd_preprocess_kernel[(triton.cdiv(seqlen_q, preprocess_block), batch, num_heads)](
-        out, dout, dlse if dlse is not None else placeholder, delta,
-        cu_seqlens_q if varlen_q else placeholder,
-        *_strides3(out, varlen_q), *_strides3(dout, varlen_q), *lse_strides, seqlen_q,
-        IS_VARLEN_Q=varlen_q, HAS_DLSE=dlse is not None, BLOCK_M=preprocess_block, BLOCK_D=block_d,
-        HEAD_DIM=head_dim,
+    common = dict(
+        HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, IS_VARLEN_Q=varlen_q,
+        IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqused_k is not None, UPCAST=upcast, BLOCK_D=block_d,
+        HEAD_DIM=head_dim, num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    scalars = (seqlen_q, seqlen_k, group, softmax_scale, softcap if softcap > 0 else 1.0, left, right)
+    sequence_args = (cu_seqlens_q if varlen_q else placeholder, cu_seqlens_k if varlen_k else placeholder,
+                     seqused_k if seqused_k is not None else placeholder)
+    # dQ first: it also writes delta, which the dK/dV kernel and the sinks' gradient read. Without keys its loop
+    # is empty (dQ = 0) and it only computes delta.
+    _swa_bwd_dq_kernel[(triton.cdiv(seqlen_q, config.dq_block_m), batch, num_heads)](
+        q, placeholder if no_keys else k, placeholder if no_keys else v, out, dout, dq, lse,
+        dlse if dlse is not None else placeholder, delta, *sequence_args,
+        *_strides3(q, varlen_q), *_strides3(out, varlen_q), *_strides3(k, varlen_k), *_strides3(v, varlen_k),
+        *_strides3(dout, varlen_q), *_strides3(dq, varlen_q), *lse_strides, *scalars,
+        HAS_DLSE=dlse is not None, BLOCK_M=config.dq_block_m, BLOCK_N=config.dq_block_n, **common,
     )
     if sinks is not None:
         dsinks = sinks_gradient(sinks, lse, delta, cu_seqlens_q)
     if no_keys:
         return (dq, dk, dv, dsinks, loop_record) if record_loop else (dq, dk, dv, dsinks)
+    _swa_bwd_dkdv_kernel[(key_blocks, batch, num_kv_heads)](
+        q, k, v, dout, dk, dv, lse, delta, *sequence_args, loop_record if record_loop else placeholder,
+        *_strides3(q, varlen_q), *_strides3(k, varlen_k), *_strides3(v, varlen_k), *_strides3(dout, varlen_q),
+        *_strides3(dk, varlen_k), *_strides3(dv, varlen_k), *lse_strides, *scalars,
+        RECORD_LOOP=record_loop, BLOCK_M=config.dkdv_block_m, BLOCK_N=config.dkdv_block_n, **common,
+    )
+    return (dq, dk, dv, dsinks, loop_record) if record_loop else (dq, dk, dv, dsinks)
 
     common = dict(
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, IS_VARLEN_Q=varlen_q,

@@ -1,0 +1,208 @@
+"""Diagnostics on the GPU (swattn only, bf16): where the time of the open speed targets goes.
+
+Sections (argv; all by default):
+  backward  per-kernel GPU time (torch.profiler) and host time per call of forward + backward;
+  prefill   window-(127, 0) prefill at 16K, D=64, under block configs the earlier sweeps did not try;
+  splits    full-attention decode at 16K (B=4 and B=16) under split counts and block configs;
+  eager     host time per eager decode call (the dispatcher bypass), against the graph-replayed time;
+  host      cProfile of the host side of an eager decode call and of a forward + backward.
+Run: ``python scripts/gpu_probe.py [sections]``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+import triton
+
+import swattn
+from swattn.kernels.configs import FwdConfig, forced_config
+
+DEVICE, DTYPE = "cuda", torch.bfloat16
+
+
+def bench(fn, rep: int = 200) -> float:
+    fn()
+    return triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median") * 1e3
+
+
+def graph_us(fn, calls: int = 10) -> float:
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        fn()
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return triton.testing.do_bench(graph.replay, warmup=20, rep=200, return_mode="median") * 1e3 / calls
+
+
+def host_us(fn, calls: int = 30) -> float:
+    """Host time per call while the GPU keeps up (no sync inside the loop)."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - start) / calls * 1e6
+    torch.cuda.synchronize()
+    return host
+
+
+def backward() -> None:
+    from torch.profiler import ProfilerActivity, profile
+    for seqlen, head_dim, heads, left in [(8192, 64, 64, 127), (32768, 64, 64, 127), (32768, 128, 32, 4095)]:
+        q = torch.randn(1, seqlen, heads, head_dim, device=DEVICE, dtype=DTYPE, requires_grad=True)
+        k = torch.randn(1, seqlen, 8, head_dim, device=DEVICE, dtype=DTYPE, requires_grad=True)
+        v = torch.randn(1, seqlen, 8, head_dim, device=DEVICE, dtype=DTYPE, requires_grad=True)
+        dout = torch.randn_like(q)
+
+        def step():
+            out = swattn.flash_attn_func(q, k, v, causal=True, window_size=(left, 0))
+            return torch.autograd.grad(out, (q, k, v), dout)
+
+        def forward_only():
+            with torch.no_grad():
+                return swattn.flash_attn_func(q, k, v, causal=True, window_size=(left, 0))
+
+        name = f"S={seqlen} D={head_dim} H={heads}/8 W=({left},0)"
+        print(f"\n## backward {name}: fwd+bwd do_bench {bench(step):.1f} us, host {host_us(step):.1f} us/call; "
+              f"fwd only {bench(forward_only):.1f} us, host {host_us(forward_only):.1f} us/call", flush=True)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=9, max_name_column_width=40),
+              flush=True)
+
+
+def prefill() -> None:
+    seqlen, head_dim, heads, kv_heads = 16384, 64, 64, 8
+    q = torch.randn(1, seqlen, heads, head_dim, device=DEVICE, dtype=DTYPE)
+    k = torch.randn(1, seqlen, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+    v = torch.randn_like(k)
+    ref = swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0)).float()
+    rows = []
+    configs = [(64, 32, 4, 2), (64, 256, 8, 1), (64, 256, 4, 1), (32, 256, 4, 1), (128, 256, 8, 1),
+               (64, 128, 4, 1), (64, 128, 8, 1), (64, 128, 4, 2), (128, 128, 8, 1), (128, 128, 8, 2),
+               (128, 64, 8, 2), (32, 128, 4, 1), (32, 64, 4, 2), (16, 256, 4, 1)]
+    for pack in (False, True):
+        for bm, bn, w, st in configs:
+            try:
+                with forced_config(FwdConfig(bm, bn, w, st, True)):
+                    fn = lambda: swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0),  # noqa: E731
+                                                        pack_gqa=pack)
+                    err = ((fn().float() - ref).norm() / ref.norm()).item()
+                    us = bench(fn, 150)
+            except Exception as e:  # noqa: BLE001
+                print(f"  {pack} {bm},{bn},{w},{st} failed: {str(e)[:120]}")
+                continue
+            rows.append((us, pack, bm, bn, w, st, err))
+    rows.sort()
+    print("\n## prefill W(127,0) S=16K D=64 H=64/8: (us, pack, block_m, block_n, warps, stages, rel diff)")
+    for r in rows:
+        print(f"  {r[0]:8.1f} {r[1]!s:5} {r[2:6]} {r[6]:.1e}")
+
+
+def splits() -> None:
+    heads, kv_heads, head_dim, page_size, context = 64, 8, 64, 16, 16384
+    for batch in (4, 16):
+        pages = context // page_size + 1
+        k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+        v_cache = torch.randn_like(k_cache)
+        table = torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages)
+        seqlens = torch.full((batch,), context, device=DEVICE, dtype=torch.int32)
+        q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=DTYPE)
+        sinks = torch.randn(heads, device=DEVICE)
+        kv_bytes = batch * context * kv_heads * head_dim * 2 * 2
+        rows = []
+        auto = graph_us(lambda: swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens,
+                                                               page_table=table, sinks=sinks))
+        for num_splits in (4, 8, 12, 16, 24, 32, 64):
+            for bm, bn, w, st in [(16, 64, 4, 3), (16, 128, 4, 2), (16, 128, 8, 3), (16, 64, 4, 4), (16, 64, 2, 3)]:
+                with forced_config(FwdConfig(bm, bn, w, st)):
+                    fn = lambda: swattn.flash_attn_with_kvcache(  # noqa: E731
+                        q, k_cache, v_cache, cache_seqlens=seqlens, page_table=table, sinks=sinks,
+                        num_splits=num_splits)
+                    rows.append((graph_us(fn), num_splits, bn, w, st))
+        rows.sort()
+        copy = torch.empty(kv_bytes // 2, device=DEVICE, dtype=torch.uint8)
+        copy_us = bench(lambda: copy[: kv_bytes // 4].copy_(copy[kv_bytes // 4:]))
+        print(f"\n## full decode B={batch} ctx=16K page 16: auto {auto:.1f} us; copy of the same bytes "
+              f"{copy_us:.1f} us; best (us, splits, block_n, warps, stages):")
+        for r in rows[:12]:
+            print(f"  {r[0]:7.1f} ({kv_bytes / r[0] / 1e3:5.0f} GB/s) {r[1:]}")
+
+
+def eager() -> None:
+    batch, heads, kv_heads, head_dim, page_size, context = 16, 64, 8, 64, 16, 4096
+    pages = context // page_size + 1
+    k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+    v_cache = torch.randn_like(k_cache)
+    table = torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages)
+    seqlens = torch.full((batch,), context - 1, device=DEVICE, dtype=torch.int32)
+    q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=DTYPE)
+    k_new = torch.randn(batch, 1, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+    v_new = torch.randn_like(k_new)
+    sinks = torch.randn(heads, device=DEVICE)
+    for append in (False, True):
+        new = dict(k=k_new, v=v_new) if append else {}
+
+        def call():
+            return swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, page_table=table,
+                                                 causal=True, window_size=(127, 0), sinks=sinks, **new)
+        print(f"\n## eager decode W127 B=16 append={append}: host {host_us(call, 200):.1f} us/call, "
+              f"graph {graph_us(call, 20):.2f} us/call", flush=True)
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(50):
+                call()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50))
+
+
+def host() -> None:
+    import cProfile
+    import pstats
+    batch, heads, kv_heads, head_dim, page_size, context = 16, 64, 8, 64, 16, 4096
+    pages = context // page_size + 1
+    k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+    v_cache = torch.randn_like(k_cache)
+    table = torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages)
+    seqlens = torch.full((batch,), context - 1, device=DEVICE, dtype=torch.int32)
+    q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=DTYPE)
+    sinks = torch.randn(heads, device=DEVICE)
+
+    def decode():
+        return swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, page_table=table,
+                                             causal=True, window_size=(127, 0), sinks=sinks)
+
+    seqlen = 8192
+    qt = torch.randn(1, seqlen, 64, 64, device=DEVICE, dtype=DTYPE, requires_grad=True)
+    kt = torch.randn(1, seqlen, 8, 64, device=DEVICE, dtype=DTYPE, requires_grad=True)
+    vt = torch.randn(1, seqlen, 8, 64, device=DEVICE, dtype=DTYPE, requires_grad=True)
+    dout = torch.randn_like(qt)
+
+    def train_step():
+        out = swattn.flash_attn_func(qt, kt, vt, causal=True, window_size=(127, 0))
+        return torch.autograd.grad(out, (qt, kt, vt), dout)
+
+    for name, fn, calls in [("decode", decode, 300), ("fwd+bwd 8K W127", train_step, 30)]:
+        print(f"\n## host {name}: {host_us(fn, calls):.1f} us/call; do_bench {bench(fn):.1f} us", flush=True)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(calls):
+            fn()
+        profiler.disable()
+        torch.cuda.synchronize()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(22)
+
+
+if __name__ == "__main__":
+    sections = sys.argv[1:] or ["eager", "host", "splits", "prefill", "backward"]
+    print(f"swattn probe on {torch.cuda.get_device_name()}; torch {torch.__version__}, triton {triton.__version__}")
+    for section in sections:
+        globals()[section]()
