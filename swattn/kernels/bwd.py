@@ -32,10 +32,11 @@ from swattn.kernels.configs import BwdConfig, backward_config
 
 
 @triton.jit
-def _load_tile(base, offs, offs_d, row_mask, stride_s, MASK_ROWS: tl.constexpr, MASK_D: tl.constexpr,
+def _load_rows(base, row_offsets, offs_d, row_mask, MASK_ROWS: tl.constexpr, MASK_D: tl.constexpr,
                HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr):
-    """Load rows ``offs`` (token indices from ``base``) of a [*, BLOCK_D] tile; fp32 when UPCAST."""
-    ptrs = base + offs.to(tl.int64)[:, None] * stride_s + offs_d[None, :]
+    """Load the rows at element offsets ``row_offsets`` (int64) from ``base`` as a [*, BLOCK_D] tile; fp32 when
+    UPCAST."""
+    ptrs = base + row_offsets[:, None] + offs_d[None, :]
     if MASK_ROWS and MASK_D:
         tile = tl.load(ptrs, mask=row_mask[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
     elif MASK_ROWS:
@@ -47,6 +48,13 @@ def _load_tile(base, offs, offs_d, row_mask, stride_s, MASK_ROWS: tl.constexpr, 
     if UPCAST:
         tile = tile.to(tl.float32)
     return tile
+
+
+@triton.jit
+def _load_tile(base, offs, offs_d, row_mask, stride_s, MASK_ROWS: tl.constexpr, MASK_D: tl.constexpr,
+               HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr):
+    """Load rows ``offs`` (token indices from ``base``) of a [*, BLOCK_D] tile; fp32 when UPCAST."""
+    return _load_rows(base, offs.to(tl.int64) * stride_s, offs_d, row_mask, MASK_ROWS, MASK_D, HEAD_DIM, UPCAST)
 
 
 @triton.jit
@@ -62,20 +70,24 @@ def _scores(qk, softmax_scale, softcap, HAS_SOFTCAP: tl.constexpr):
 
 @triton.jit
 def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, lse_base, delta_base, block_begin, block_end, q_start,
-                 q_end, offs_d, stride_qs, stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale,
-                 softcap, MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                 HAS_SOFTCAP: tl.constexpr, MASK_D: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr,
-                 BLOCK_M: tl.constexpr):
-    """Accumulate dK/dV of the program's keys over query blocks ``[block_begin, block_end)``; MASK for edge
-    blocks."""
+                 q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets, stride_qs, stride_dos,
+                 stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, MASK: tl.constexpr,
+                 HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MASK_D: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, BLOCK_POS: tl.constexpr):
+    """Accumulate dK/dV of the program's keys over query blocks ``[block_begin, block_end)`` of BLOCK_POS
+    positions; MASK for edge blocks. Row r of a block is position ``row_pos[r]`` of the block, in the head at
+    ``*_head_offsets[r]`` from the bases (PackGQA: several heads per position)."""
     offset = seqlen_k - seqlen_q
     for block in range(block_begin, block_end):
-        offs_m = q_start + block * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_m = q_start + block * BLOCK_POS + row_pos
         row_mask = offs_m < q_end
-        q = _load_tile(q_base, offs_m, offs_d, row_mask, stride_qs, MASK, MASK_D, HEAD_DIM, UPCAST)
-        do = _load_tile(do_base, offs_m, offs_d, row_mask, stride_dos, MASK, MASK_D, HEAD_DIM, UPCAST)
-        lse_ptrs = lse_base + offs_m.to(tl.int64) * stride_lq
-        delta_ptrs = delta_base + offs_m.to(tl.int64) * stride_lq
+        offs_m64 = offs_m.to(tl.int64)
+        q = _load_rows(q_base, offs_m64 * stride_qs + q_head_offsets, offs_d, row_mask, MASK, MASK_D, HEAD_DIM,
+                       UPCAST)
+        do = _load_rows(do_base, offs_m64 * stride_dos + do_head_offsets, offs_d, row_mask, MASK, MASK_D, HEAD_DIM,
+                        UPCAST)
+        lse_ptrs = lse_base + offs_m64 * stride_lq + lse_head_offsets
+        delta_ptrs = delta_base + offs_m64 * stride_lq + lse_head_offsets
         if MASK:
             lse = tl.load(lse_ptrs, mask=row_mask, other=float("-inf"))
             delta = tl.load(delta_ptrs, mask=row_mask, other=0.0)
@@ -116,15 +128,18 @@ def _swa_bwd_dkdv_kernel(
     seqlen_q, seqlen_k, queries_per_kv_head, softmax_scale, softcap, left, right,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
-    RECORD_LOOP: tl.constexpr, UPCAST: tl.constexpr,
+    RECORD_LOOP: tl.constexpr, UPCAST: tl.constexpr, ROWS_PER_POS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Grid: (key blocks, batch, KV heads).
 
-    Each program computes dK and dV of BLOCK_N keys of one KV head: for each of the ``queries_per_kv_head`` query
-    heads of the group, it walks the query rows ``first_query_seeing(first key) .. last_query_seeing(last key)``
-    (exact, BLOCK_M at a time; only edge blocks masked) and accumulates in registers. Switches: window sides,
-    softcap, varlen q/k, per-sequence key lengths (SEQLENS_K), loop recording (tests: q_start, q_end, blocks run).
+    Each program computes dK and dV of BLOCK_N keys of one KV head: it walks the query positions
+    ``first_query_seeing(first key) .. last_query_seeing(last key)`` (exact; only edge blocks masked) of every
+    query head of the group and accumulates in registers. Without PackGQA (``ROWS_PER_POS`` = 1) it walks them once
+    per head, BLOCK_M positions at a time; with PackGQA (``ROWS_PER_POS`` = the group size) once, BLOCK_M rows =
+    BLOCK_M / group positions x the group's heads at a time (fewer, larger steps for small windows). Switches:
+    window sides, softcap, varlen q/k, per-sequence key lengths (SEQLENS_K), loop recording (tests: q_start,
+    q_end, blocks run).
     """
     key_block = tl.program_id(0)
     batch = tl.program_id(1)
@@ -145,8 +160,9 @@ def _swa_bwd_dkdv_kernel(
     v = _load_tile(V + batch64 * stride_vb + kv_head64 * stride_vh, k_begin + offs_n, offs_d, key_valid,
                    stride_vs, True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)
 
+    BLOCK_POS = BLOCK_M // ROWS_PER_POS
     q_start, q_end, masked_head_end, unmasked_end, num_blocks = query_block_ranges(
-        first_key, last_key, seqlen_q, seqlen_k, left, right, BLOCK_M, HAS_LEFT, HAS_RIGHT)
+        first_key, last_key, seqlen_q, seqlen_k, left, right, BLOCK_POS, HAS_LEFT, HAS_RIGHT)
     if RECORD_LOOP:
         record = LOOP_RECORD + ((batch * tl.num_programs(2) + kv_head) * tl.num_programs(0) + key_block) * 3
         tl.store(record, q_start)
@@ -155,25 +171,33 @@ def _swa_bwd_dkdv_kernel(
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    for group_index in range(0, queries_per_kv_head):
-        head64 = kv_head64 * queries_per_kv_head + group_index
+    rows = tl.arange(0, BLOCK_M)
+    row_pos = rows // ROWS_PER_POS
+    row_head = (rows % ROWS_PER_POS).to(tl.int64)  # 0 without PackGQA
+    q_head_offsets = row_head * stride_qh
+    do_head_offsets = row_head * stride_doh
+    lse_head_offsets = row_head * stride_lh
+    for group_index in range(0, queries_per_kv_head // ROWS_PER_POS):
+        head64 = kv_head64 * queries_per_kv_head + group_index * ROWS_PER_POS  # the pass's first head
         q_base = Q + batch64 * stride_qb + head64 * stride_qh + q_begin.to(tl.int64) * stride_qs
         do_base = DO + batch64 * stride_dob + head64 * stride_doh + q_begin.to(tl.int64) * stride_dos
         lse_offset = batch64 * stride_lb + head64 * stride_lh + q_begin.to(tl.int64) * stride_lq
         # Masked head blocks, unmasked interior, masked tail.
         dk, dv = _dkdv_blocks(
             dk, dv, k, v, offs_n, q_base, do_base, LSE + lse_offset, DELTA + lse_offset, 0, masked_head_end,
-            q_start, q_end, offs_d, stride_qs, stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale,
-            softcap, True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_M)
+            q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets, stride_qs,
+            stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, True, HAS_LEFT,
+            HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS)
         dk, dv = _dkdv_blocks(
             dk, dv, k, v, offs_n, q_base, do_base, LSE + lse_offset, DELTA + lse_offset, masked_head_end,
-            unmasked_end, q_start, q_end, offs_d, stride_qs, stride_dos, stride_lq, seqlen_q, seqlen_k, left, right,
-            softmax_scale, softcap, False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST,
-            BLOCK_M)
+            unmasked_end, q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets,
+            stride_qs, stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, False,
+            HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS)
         dk, dv = _dkdv_blocks(
             dk, dv, k, v, offs_n, q_base, do_base, LSE + lse_offset, DELTA + lse_offset, unmasked_end, num_blocks,
-            q_start, q_end, offs_d, stride_qs, stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale,
-            softcap, True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_M)
+            q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets, stride_qs,
+            stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, True, HAS_LEFT,
+            HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS)
 
     store_mask = key_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
     offs_key = (k_begin + offs_n).to(tl.int64)[:, None]
@@ -226,41 +250,51 @@ def _swa_bwd_dq_kernel(
     seqlen_q, seqlen_k, queries_per_kv_head, softmax_scale, softcap, left, right,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr, HAS_DLSE: tl.constexpr,
-    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
+    UPCAST: tl.constexpr, ROWS_PER_POS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
-    """Grid: (query tiles, batch, heads).
+    """Grid: (query tiles, batch, heads), or (query tiles, batch, KV heads) with PackGQA.
 
-    Each program first writes ``delta = rowsum(dO * O) - dLSE`` (fp32, LSE's layout) of its BLOCK_M positions of
-    one query head, for the dK/dV kernel that runs next; then computes their dQ. Its KV loop is the forward's:
-    from the tile's first visible key over ceil(span / BLOCK_N) blocks, edge blocks masked. Switches: window
-    sides, softcap, varlen q/k, per-sequence key lengths (SEQLENS_K), incoming LSE gradient.
+    Each program first writes ``delta = rowsum(dO * O) - dLSE`` (fp32, LSE's layout) of its BLOCK_M rows, for the
+    dK/dV kernel that runs next; then computes their dQ. Rows are BLOCK_M positions of one query head, or with
+    PackGQA (``ROWS_PER_POS`` = the group size) BLOCK_M / group positions x the heads of one KV head, so a small
+    window's keys are loaded once per KV head and the tile's span is shorter. Its KV loop is the forward's: from
+    the tile's first visible key over ceil(span / BLOCK_N) blocks, edge blocks masked. Switches: window sides,
+    softcap, varlen q/k, per-sequence key lengths (SEQLENS_K), incoming LSE gradient.
     """
     tile = tl.program_id(0)
     batch = tl.program_id(1)
-    head = tl.program_id(2)
     q_begin, seqlen_q, k_begin, seqlen_k = sequence_bounds(
         batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K)
-    first_pos = tile * BLOCK_M
+    BLOCK_POS = BLOCK_M // ROWS_PER_POS
+    first_pos = tile * BLOCK_POS
     if first_pos >= seqlen_q:
         return
-    last_pos = tl.minimum(first_pos + BLOCK_M, seqlen_q) - 1
-    pos = first_pos + tl.arange(0, BLOCK_M)
+    last_pos = tl.minimum(first_pos + BLOCK_POS, seqlen_q) - 1
+    rows = tl.arange(0, BLOCK_M)
+    pos = first_pos + rows // ROWS_PER_POS
+    if ROWS_PER_POS > 1:
+        kv_head = tl.program_id(2)
+        head = kv_head * ROWS_PER_POS + rows % ROWS_PER_POS  # [BLOCK_M]
+    else:
+        head = tl.program_id(2) + rows * 0
+        kv_head = tl.program_id(2) // queries_per_kv_head
     row_valid = pos < seqlen_q
     offs_d = tl.arange(0, BLOCK_D)
     batch64 = batch.to(tl.int64)
     head64 = head.to(tl.int64)
-    kv_head64 = (head // queries_per_kv_head).to(tl.int64)
+    kv_head64 = kv_head.to(tl.int64)
+    token64 = (q_begin + pos).to(tl.int64)
 
-    q = _load_tile(Q + batch64 * stride_qb + head64 * stride_qh, q_begin + pos, offs_d, row_valid, stride_qs,
+    q = _load_rows(Q + batch64 * stride_qb, token64 * stride_qs + head64 * stride_qh, offs_d, row_valid,
                    True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)  # [BLOCK_M, BLOCK_D]
-    do = _load_tile(DO + batch64 * stride_dob + head64 * stride_doh, q_begin + pos, offs_d, row_valid, stride_dos,
+    do = _load_rows(DO + batch64 * stride_dob, token64 * stride_dos + head64 * stride_doh, offs_d, row_valid,
                     True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)
     # delta here rather than in a launch of its own: this program reads dO anyway (saves a pass over dO).
-    o = _load_tile(O + batch64 * stride_ob + head64 * stride_oh, q_begin + pos, offs_d, row_valid, stride_os,
+    o = _load_rows(O + batch64 * stride_ob, token64 * stride_os + head64 * stride_oh, offs_d, row_valid,
                    True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK_M]
-    lse_offs = batch64 * stride_lb + head64 * stride_lh + (q_begin + pos).to(tl.int64) * stride_lq
+    lse_offs = batch64 * stride_lb + head64 * stride_lh + token64 * stride_lq
     if HAS_DLSE:
         delta -= tl.load(DLSE + lse_offs, mask=row_valid, other=0.0)
     tl.store(DELTA + lse_offs, delta, mask=row_valid)
@@ -283,9 +317,8 @@ def _swa_bwd_dq_kernel(
     dq = _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, unmasked_end, num_blocks, kv_start, kv_end, offs_d,
                     stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, True,
                     HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_N)
-    tl.store(DQ + batch64 * stride_dqb + head64 * stride_dqh + (q_begin + pos).to(tl.int64)[:, None] * stride_dqs
-             + offs_d[None, :], (dq * softmax_scale).to(DQ.dtype.element_ty),
-             mask=row_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
+    tl.store(DQ + batch64 * stride_dqb + (token64 * stride_dqs + head64 * stride_dqh)[:, None] + offs_d[None, :],
+             (dq * softmax_scale).to(DQ.dtype.element_ty), mask=row_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
 
 
 def _strides3(t: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
@@ -401,12 +434,18 @@ def attention_backward(
                      seqused_k if seqused_k is not None else placeholder)
     # dQ first: it also writes delta, which the dK/dV kernel and the sinks' gradient read. Without keys its loop
     # is empty (dQ = 0) and it only computes delta.
-    _swa_bwd_dq_kernel[(triton.cdiv(seqlen_q, config.dq_block_m), batch, num_heads)](
+    # PackGQA needs the group to tile both kernels' BLOCK_M rows evenly.
+    packed = (config.pack_gqa and group > 1 and group & (group - 1) == 0
+              and config.dq_block_m % group == 0 and config.dkdv_block_m % group == 0)
+    rows_per_pos = group if packed else 1
+    _swa_bwd_dq_kernel[(triton.cdiv(seqlen_q, config.dq_block_m // rows_per_pos), batch,
+                        num_kv_heads if packed else num_heads)](
         q, placeholder if no_keys else k, placeholder if no_keys else v, out, dout, dq, lse,
         dlse if dlse is not None else placeholder, delta, *sequence_args,
         *_strides3(q, varlen_q), *_strides3(out, varlen_q), *_strides3(k, varlen_k), *_strides3(v, varlen_k),
         *_strides3(dout, varlen_q), *_strides3(dq, varlen_q), *lse_strides, *scalars,
-        HAS_DLSE=dlse is not None, BLOCK_M=config.dq_block_m, BLOCK_N=config.dq_block_n, **common,
+        HAS_DLSE=dlse is not None, ROWS_PER_POS=rows_per_pos, BLOCK_M=config.dq_block_m,
+        BLOCK_N=config.dq_block_n, **common,
     )
     if sinks is not None:
         dsinks = sinks_gradient(sinks, lse, delta, cu_seqlens_q)
@@ -416,7 +455,8 @@ def attention_backward(
         q, k, v, dout, dk, dv, lse, delta, *sequence_args, loop_record if record_loop else placeholder,
         *_strides3(q, varlen_q), *_strides3(k, varlen_k), *_strides3(v, varlen_k), *_strides3(dout, varlen_q),
         *_strides3(dk, varlen_k), *_strides3(dv, varlen_k), *lse_strides, *scalars,
-        RECORD_LOOP=record_loop, BLOCK_M=config.dkdv_block_m, BLOCK_N=config.dkdv_block_n, **common,
+        RECORD_LOOP=record_loop, ROWS_PER_POS=rows_per_pos, BLOCK_M=config.dkdv_block_m,
+        BLOCK_N=config.dkdv_block_n, **common,
     )
     return (dq, dk, dv, dsinks, loop_record) if record_loop else (dq, dk, dv, dsinks)
 
@@ -432,9 +472,15 @@ def attention_backward(
         q, k, v, dout, dk, dv, lse, delta, *sequence_args, loop_record if record_loop else placeholder,
         *_strides3(q, varlen_q), *_strides3(k, varlen_k), *_strides3(v, varlen_k), *_strides3(dout, varlen_q),
         *_strides3(dk, varlen_k), *_strides3(dv, varlen_k), *lse_strides, *scalars,
-        RECORD_LOOP=record_loop, BLOCK_M=config.dkdv_block_m, BLOCK_N=config.dkdv_block_n, **common,
+        RECORD_LOOP=record_loop, ROWS_PER_POS=rows_per_pos, BLOCK_M=config.dkdv_block_m,
+        BLOCK_N=config.dkdv_block_n, **common,
     )
-    _swa_bwd_dq_kernel[(triton.cdiv(seqlen_q, config.dq_block_m), batch, num_heads)](
+    # PackGQA needs the group to tile both kernels' BLOCK_M rows evenly.
+    packed = (config.pack_gqa and group > 1 and group & (group - 1) == 0
+              and config.dq_block_m % group == 0 and config.dkdv_block_m % group == 0)
+    rows_per_pos = group if packed else 1
+    _swa_bwd_dq_kernel[(triton.cdiv(seqlen_q, config.dq_block_m // rows_per_pos), batch,
+                        num_kv_heads if packed else num_heads)](
         q, k, v, dout, dq, lse, delta, *sequence_args,
         *_strides3(q, varlen_q), *_strides3(k, varlen_k), *_strides3(v, varlen_k), *_strides3(dout, varlen_q),
         *_strides3(dq, varlen_q), *lse_strides, *scalars,

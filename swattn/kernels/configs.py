@@ -36,6 +36,9 @@ class BwdConfig:
     dq_block_n: int
     num_warps: int
     num_stages: int
+    # A block's rows are (position, head) pairs of one KV head's query heads (when the group size divides both
+    # BLOCK_Ms and is a power of two): fewer, larger steps and a shorter dQ span for small windows.
+    pack_gqa: bool = False
 
 
 # Bytes of streamed tiles a config may keep in shared memory. Hopper gives a block 227 KiB; Triton also needs
@@ -121,12 +124,14 @@ def backward_config(head_dim_padded: int, left: int, element_size: int = 2) -> B
     D=64 H=64/8 window (127, 0): 32/64/64/32 4 warps 512 us vs 687 us for the tutorial's 32/128/128/32;
     full causal: 64/64/64/64 5.19 ms vs 5.41 ms. D=128 H=32/8 window (127, 0): 32/64/64/32 455 us (64/64: 643 us);
     window (4095, 0) and causal: 64/64/64/64 3.43 / 4.39 ms (32/64: 3.65 / 4.96 ms). D=256 not measured.
+    PackGQA (scripts/gpu_sweep_bwd.py, S=32768, window (127, 0)): D=64 H=64/8 1467 us packed vs 1832 us; D=128
+    H=32/8 1705 vs 1704 us (kept unpacked); window (4095, 0) D=128: unpacked 15.96 ms, best packed 17.15 ms.
     fp32 (``element_size`` 4) halves the streamed blocks with one stage."""
-    if interpreter_enabled():
-        return BwdConfig(16, 16, 16, 16, 4, 1)
     small_window = 0 <= left < 1024
+    if interpreter_enabled():
+        return BwdConfig(16, 16, 16, 16, 4, 1, pack_gqa=small_window)
     if head_dim_padded <= 64:
-        config = BwdConfig(32, 64, 64, 32, 4, 3) if small_window else BwdConfig(64, 64, 64, 64, 4, 3)
+        config = BwdConfig(32, 64, 64, 32, 4, 3, True) if small_window else BwdConfig(64, 64, 64, 64, 4, 3)
     elif head_dim_padded <= 128:
         config = BwdConfig(32, 64, 64, 32, 4, 2) if small_window else BwdConfig(64, 64, 64, 64, 4, 2)
     else:

@@ -9,6 +9,7 @@ filled with NaN first, so a gradient element the kernels forget to write shows u
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import pytest
@@ -31,7 +32,8 @@ from swattn.testing import assert_close
 PROPERTY_SETTINGS = dict(deadline=None, derandomize=True, database=None, print_blob=True,
                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 GRAD_TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
-CONFIGS = [BwdConfig(16, 16, 16, 16, 4, 1), BwdConfig(16, 32, 32, 16, 4, 1)]
+CONFIGS = [BwdConfig(16, 16, 16, 16, 4, 1), BwdConfig(16, 32, 32, 16, 4, 1),
+           BwdConfig(16, 16, 16, 16, 4, 1, pack_gqa=True), BwdConfig(32, 32, 32, 16, 4, 1, pack_gqa=True)]
 
 
 class _PoisonedTorch:
@@ -155,13 +157,16 @@ def test_query_seeing_jit_twins_match_python_and_interior_blocks_see_every_key(h
     pytest.param(37, 37, -1, -1, id="Sq37-Sk37-full"),
     pytest.param(30, 45, 0, -1, id="Sq30-Sk45-W0_-1"),
 ])
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"M{c.dkdv_block_m}-N{c.dkdv_block_n}")
+@pytest.mark.parametrize("config", CONFIGS,
+                         ids=lambda c: f"M{c.dkdv_block_m}-N{c.dkdv_block_n}{'-packed' if c.pack_gqa else ''}")
 def test_dkdv_loop_query_range_is_exact(sq, sk, left, right, config):
     q, k, v = (torch.randn(1, s, h, 16) for s, h in ((sq, 2), (sk, 1), (sk, 1)))
     out, lse, _ = attention_forward(q, k, v, softmax_scale=0.25, left=left, right=right)
     *_, record = attention_backward(torch.randn_like(out), q, k, v, out, lse, softmax_scale=0.25, left=left,
                                     right=right, config=config, record_loop=True)
-    block_n, block_m = config.dkdv_block_n, config.dkdv_block_m
+    block_n = config.dkdv_block_n
+    # Positions per step: with PackGQA a block's rows are positions x the group's 2 heads.
+    block_m = config.dkdv_block_m // 2 if config.pack_gqa else config.dkdv_block_m
     for key_block, (q_start, q_end, num_blocks) in enumerate(record[0, 0].tolist()):
         first_key, last_key = key_block * block_n, min(sk, (key_block + 1) * block_n) - 1
         rows = [i for i in range(sq) if any(_brute_visible(i, j, sq, sk, left, right)
@@ -539,3 +544,25 @@ def test_bench_backward_quick():
     assert len(rows) == 6
     for row in rows:
         assert row.status == "ok" and row.timing is not None and row.error <= row.tolerance, section.table
+
+
+@pytest.mark.parametrize("group", [2, 8])
+@pytest.mark.parametrize("varlen", [False, True], ids=["dense", "varlen"])
+def test_bwd_packed_gqa_equals_unpacked_and_reference(group, varlen):
+    # PackGQA changes only how rows are grouped into steps: its gradients match the reference and the unpacked
+    # kernels' (small windows on and off block boundaries, sinks and softcap, a row block straddling sequences).
+    packed = BwdConfig(16, 16, 16, 16, 4, 1, pack_gqa=True)
+    unpacked = BwdConfig(16, 16, 16, 16, 4, 1)
+    kwargs = dict(heads=2 * group, kv_heads=2, head_dim=16, left=9, right=2, softcap=2.0, with_sinks=True,
+                  dtype=torch.float32)
+    if varlen:
+        run = functools.partial(run_varlen_case, lengths_q=[13, 0, 21], lengths_k=[20, 5, 21], used_k=None,
+                                padding=2, **kwargs)
+    else:
+        run = functools.partial(run_dense_case, batch=2, sq=21, sk=29, **kwargs)
+    torch.manual_seed(group)
+    grads_packed = run(config=packed, name="packed")
+    torch.manual_seed(group)  # the same inputs
+    grads_unpacked = run(config=unpacked, name="unpacked")
+    for name, a, b in zip(("dq", "dk", "dv", "dsinks"), grads_packed, grads_unpacked):
+        assert_close(f"packed vs unpacked {name}", a, b, 1e-5)
