@@ -5,7 +5,8 @@ Sections (argv; all by default):
   prefill   window-(127, 0) prefill at 16K, D=64, under block configs the earlier sweeps did not try;
   splits    full-attention decode at 16K (B=4 and B=16) under split counts and block configs;
   eager     host time per eager decode call (the dispatcher bypass), against the graph-replayed time;
-  host      cProfile of the host side of an eager decode call and of a forward + backward.
+  host      cProfile of the host side of an eager decode call and of a forward + backward;
+  timers    window-(127, 0) prefill at 16K (D=64): do_bench against graph replay and host time, isolation on/off.
 Run: ``python scripts/gpu_probe.py [sections]``.
 """
 
@@ -162,6 +163,21 @@ def eager() -> None:
             for _ in range(50):
                 call()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50))
+
+
+def timers() -> None:
+    from swattn.kernels import fwd
+    q = torch.randn(1, 16384, 64, 64, device=DEVICE, dtype=DTYPE)
+    k, v = (torch.randn(1, 16384, 8, 64, device=DEVICE, dtype=DTYPE) for _ in range(2))
+
+    def call():
+        return swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0))
+
+    for isolate in (True, False):
+        fwd.ISOLATE_NON_FINITE = isolate
+        print(f"\n## timers W(127,0) 16K D64 isolate={isolate}: do_bench {bench(call):.1f} us, graph "
+              f"{graph_us(call, 5):.1f} us/call, host {host_us(call, 50):.1f} us/call", flush=True)
+    fwd.ISOLATE_NON_FINITE = True
 
 
 def host() -> None:

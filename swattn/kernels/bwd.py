@@ -392,6 +392,11 @@ def attention_backward(
     else:
         batch, seqlen_q = q.shape[0], q.shape[1]
     seqlen_k = max_seqlen_k if varlen_k else k.shape[1]
+    # As the forward: a side that covers the whole sequence is unbounded (same kernels and config as -1).
+    if left >= seqlen_k:
+        left = -1
+    if right >= seqlen_q:
+        right = -1
 
     # Varlen padding, keys past seqused_k and keys no window reaches are never written by a kernel: start at 0.
     partial = varlen_q or varlen_k or seqused_k is not None
