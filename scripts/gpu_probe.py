@@ -139,7 +139,9 @@ def splits() -> None:
             print(f"  {r[0]:7.1f} ({kv_bytes / r[0] / 1e3:5.0f} GB/s) {r[1:]}")
 
 
-def eager() -> None:
+def decode_call(append: bool):
+    """One gpt-oss window-(127, 0) decode layer (B=16, H=64/8, D=64, sinks, page 16, 4K context) as a closure;
+    ``append`` also writes one new k/v token per sequence."""
     batch, heads, kv_heads, head_dim, page_size, context = 16, 64, 8, 64, 16, 4096
     pages = context // page_size + 1
     k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
@@ -147,15 +149,21 @@ def eager() -> None:
     table = torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages)
     seqlens = torch.full((batch,), context - 1, device=DEVICE, dtype=torch.int32)
     q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=DTYPE)
-    k_new = torch.randn(batch, 1, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
-    v_new = torch.randn_like(k_new)
     sinks = torch.randn(heads, device=DEVICE)
-    for append in (False, True):
-        new = dict(k=k_new, v=v_new) if append else {}
+    new = {}
+    if append:
+        new = dict(k=torch.randn(batch, 1, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
+                   v=torch.randn(batch, 1, kv_heads, head_dim, device=DEVICE, dtype=DTYPE))
 
-        def call():
-            return swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, page_table=table,
-                                                 causal=True, window_size=(127, 0), sinks=sinks, **new)
+    def call():
+        return swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, page_table=table,
+                                             causal=True, window_size=(127, 0), sinks=sinks, **new)
+    return call
+
+
+def eager() -> None:
+    for append in (False, True):
+        call = decode_call(append)
         print(f"\n## eager decode W127 B=16 append={append}: host {host_us(call, 200):.1f} us/call, "
               f"graph {graph_us(call, 20):.2f} us/call", flush=True)
         from torch.profiler import ProfilerActivity, profile
@@ -183,19 +191,7 @@ def timers() -> None:
 def host() -> None:
     import cProfile
     import pstats
-    batch, heads, kv_heads, head_dim, page_size, context = 16, 64, 8, 64, 16, 4096
-    pages = context // page_size + 1
-    k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
-    v_cache = torch.randn_like(k_cache)
-    table = torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages)
-    seqlens = torch.full((batch,), context - 1, device=DEVICE, dtype=torch.int32)
-    q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=DTYPE)
-    sinks = torch.randn(heads, device=DEVICE)
-
-    def decode():
-        return swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, page_table=table,
-                                             causal=True, window_size=(127, 0), sinks=sinks)
-
+    decode = decode_call(append=False)
     seqlen = 8192
     qt = torch.randn(1, seqlen, 64, 64, device=DEVICE, dtype=DTYPE, requires_grad=True)
     kt = torch.randn(1, seqlen, 8, 64, device=DEVICE, dtype=DTYPE, requires_grad=True)

@@ -5,8 +5,9 @@
 tensors run them under ``TRITON_INTERPRET=1`` and the float64 reference otherwise (the backward then differentiates
 the reference with torch.autograd). The fake implementations give ``empty_like(q)`` and ``lse_shape``, whose
 layouts the real path returns too. Arguments arrive already checked by ``swattn.interface``, through ``run_fwd``
-/ ``run_fwd_kvcache``, which skip the dispatcher for plain eager calls that need no gradient (it costs about 75 us
-of host time a call).
+/ ``run_fwd_kvcache``, which skip the dispatcher for plain eager calls (it costs about 75 us of host time a call
+on a fast CPU): the implementation directly, or ``_EagerAttention`` (the same forward and backward) when a
+gradient is needed.
 """
 
 from __future__ import annotations

@@ -464,31 +464,3 @@ def attention_backward(
         BLOCK_N=config.dkdv_block_n, **common,
     )
     return (dq, dk, dv, dsinks, loop_record) if record_loop else (dq, dk, dv, dsinks)
-
-    common = dict(
-        HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, IS_VARLEN_Q=varlen_q,
-        IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqused_k is not None, UPCAST=upcast, BLOCK_D=block_d,
-        HEAD_DIM=head_dim, num_warps=config.num_warps, num_stages=config.num_stages,
-    )
-    scalars = (seqlen_q, seqlen_k, group, softmax_scale, softcap if softcap > 0 else 1.0, left, right)
-    sequence_args = (cu_seqlens_q if varlen_q else placeholder, cu_seqlens_k if varlen_k else placeholder,
-                     seqused_k if seqused_k is not None else placeholder)
-    _swa_bwd_dkdv_kernel[(key_blocks, batch, num_kv_heads)](
-        q, k, v, dout, dk, dv, lse, delta, *sequence_args, loop_record if record_loop else placeholder,
-        *_strides3(q, varlen_q), *_strides3(k, varlen_k), *_strides3(v, varlen_k), *_strides3(dout, varlen_q),
-        *_strides3(dk, varlen_k), *_strides3(dv, varlen_k), *lse_strides, *scalars,
-        RECORD_LOOP=record_loop, ROWS_PER_POS=rows_per_pos, BLOCK_M=config.dkdv_block_m,
-        BLOCK_N=config.dkdv_block_n, **common,
-    )
-    # PackGQA needs the group to tile both kernels' BLOCK_M rows evenly.
-    packed = (config.pack_gqa and group > 1 and group & (group - 1) == 0
-              and config.dq_block_m % group == 0 and config.dkdv_block_m % group == 0)
-    rows_per_pos = group if packed else 1
-    _swa_bwd_dq_kernel[(triton.cdiv(seqlen_q, config.dq_block_m // rows_per_pos), batch,
-                        num_kv_heads if packed else num_heads)](
-        q, k, v, dout, dq, lse, delta, *sequence_args,
-        *_strides3(q, varlen_q), *_strides3(k, varlen_k), *_strides3(v, varlen_k), *_strides3(dout, varlen_q),
-        *_strides3(dq, varlen_q), *lse_strides, *scalars,
-        BLOCK_M=config.dq_block_m, BLOCK_N=config.dq_block_n, **common,
-    )
-    return (dq, dk, dv, dsinks, loop_record) if record_loop else (dq, dk, dv, dsinks)

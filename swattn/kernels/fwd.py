@@ -263,9 +263,9 @@ def _attend_tile(
                         + row_head.to(tl.int64) * stride_lh + (q_begin + row_pos).to(tl.int64) * stride_lq)
             tl.store(lse_ptrs, lse, mask=row_valid)
 
+
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "page_size", "num_tiles", "num_work"])
 def _swa_fwd_kernel(
-
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
     NON_FINITE_FLAGS, ANY_NON_FINITE,
     stride_qb, stride_qs, stride_qh,
