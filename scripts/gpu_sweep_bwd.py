@@ -1,10 +1,14 @@
 """Backward block-config sweep on the GPU (bf16): PackGQA against the unpacked kernels, backward alone.
 
 For each shape, the forward runs once; each config's backward is timed with ``triton.testing.do_bench`` (median,
-L2 cleared) and its dq/dk/dv compared with the first config's. Run: ``python scripts/gpu_sweep_bwd.py``.
+L2 cleared) and its dq/dk/dv compared with the first config's. Run: ``python scripts/gpu_sweep_bwd.py``, or with
+``--tma`` to time tensor-descriptor loads (``BwdConfig.tma``) against the pointer-load defaults
+(``--d64-large``: only D=64, window (4095, 0)).
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 import triton
@@ -14,7 +18,7 @@ from swattn.kernels.configs import BwdConfig
 from swattn.kernels.fwd import attention_forward
 
 DEVICE, DTYPE = "cuda", torch.bfloat16
-SHAPES = [(32768, 64, 64, 8, 127), (32768, 128, 32, 8, 127), (32768, 128, 32, 8, 4095)]
+SHAPES = [(32768, 64, 64, 8, 127), (32768, 128, 32, 8, 127), (32768, 128, 32, 8, 4095), (32768, 64, 64, 8, 4095)]
 
 
 def candidates(head_dim: int, left: int) -> list[BwdConfig]:
@@ -29,16 +33,36 @@ def candidates(head_dim: int, left: int) -> list[BwdConfig]:
     return base + packed
 
 
+def tma_candidates(head_dim: int, left: int) -> list[BwdConfig]:
+    """The default first, then descriptor-load variants (dK/dV takes them only when not packed)."""
+    if left < 1024 and head_dim <= 64:
+        return [BwdConfig(32, 64, 64, 32, 4, 3, True), BwdConfig(32, 64, 64, 32, 4, 3, True, tma=True),
+                BwdConfig(32, 64, 64, 32, 4, 3), BwdConfig(32, 64, 64, 32, 4, 3, tma=True),
+                BwdConfig(64, 64, 64, 32, 4, 3, tma=True)]
+    if head_dim <= 64:
+        return [BwdConfig(64, 64, 64, 64, 4, 3), BwdConfig(64, 64, 64, 64, 4, 3, tma=True),
+                BwdConfig(64, 64, 64, 64, 4, 2, tma=True), BwdConfig(64, 64, 64, 64, 4, 2)]
+    if left < 1024:
+        return [BwdConfig(32, 64, 64, 32, 4, 2), BwdConfig(32, 64, 64, 32, 4, 2, tma=True),
+                BwdConfig(64, 64, 64, 64, 4, 2, tma=True), BwdConfig(32, 64, 64, 32, 4, 3, tma=True)]
+    return [BwdConfig(64, 64, 64, 64, 4, 2), BwdConfig(64, 64, 64, 64, 4, 2, tma=True),
+            BwdConfig(64, 64, 64, 64, 4, 3, tma=True), BwdConfig(64, 128, 128, 64, 8, 2, tma=True),
+            BwdConfig(64, 64, 128, 64, 8, 2, tma=True), BwdConfig(32, 128, 128, 32, 8, 2, tma=True),
+            BwdConfig(64, 128, 64, 64, 8, 2, tma=True)]
+
+
 def main() -> None:
+    pick = tma_candidates if "--tma" in sys.argv else candidates
+    shapes = [s for s in SHAPES if s[1] == 64 and s[4] > 1024] if "--d64-large" in sys.argv else SHAPES
     print(f"backward sweep on {torch.cuda.get_device_name()}; triton {triton.__version__}")
-    for seqlen, head_dim, heads, kv_heads, left in SHAPES:
+    for seqlen, head_dim, heads, kv_heads, left in shapes:
         q = torch.randn(1, seqlen, heads, head_dim, device=DEVICE, dtype=DTYPE)
         k, v = (torch.randn(1, seqlen, kv_heads, head_dim, device=DEVICE, dtype=DTYPE) for _ in range(2))
         dout = torch.randn_like(q)
         scale = head_dim ** -0.5
         out, lse, _ = attention_forward(q, k, v, softmax_scale=scale, left=left, right=0)
         rows, first = [], None
-        for config in candidates(head_dim, left):
+        for config in pick(head_dim, left):
             def run(config=config):
                 return attention_backward(dout, q, k, v, out, lse, softmax_scale=scale, left=left, right=0,
                                           config=config)
@@ -54,10 +78,10 @@ def main() -> None:
             rows.append((us, config, err))
         rows.sort(key=lambda r: r[0])
         print(f"\n## backward alone S={seqlen} D={head_dim} H={heads}/{kv_heads} W=({left},0): "
-              f"first config {[r for r in rows if r[1] == candidates(head_dim, left)[0]][0][0]:.1f} us", flush=True)
+              f"first config {[r for r in rows if r[1] == pick(head_dim, left)[0]][0][0]:.1f} us", flush=True)
         for us, c, err in rows[:10]:
             print(f"  {us:8.1f}  dkdv {c.dkdv_block_m}x{c.dkdv_block_n} dq {c.dq_block_m}x{c.dq_block_n} "
-                  f"w{c.num_warps} s{c.num_stages} pack={c.pack_gqa}  diff {err:.1e}", flush=True)
+                  f"w{c.num_warps} s{c.num_stages} pack={c.pack_gqa} tma={c.tma}  diff {err:.1e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,3 +23,34 @@ def needs_upcast(dtype: torch.dtype) -> bool:
     TODO: drop once the interpreter's bf16 dot is fixed upstream (seen with triton 3.6 and 3.9).
     """
     return dtype == torch.bfloat16 and interpreter_enabled()
+
+
+def tma_compatible(*tensors: torch.Tensor) -> bool:
+    """Whether tensors ``[..., rows, D]`` (last dim contiguous) can be read through Triton tensor descriptors:
+    Hopper or newer (or the interpreter), 16-byte aligned base, row strides and row length (TMA's rules)."""
+    for t in tensors:
+        if t.is_cuda:
+            if torch.cuda.get_device_capability(t.device)[0] < 9:
+                return False
+        elif not interpreter_enabled():
+            return False
+        size = t.element_size()
+        if (t.stride(-1) != 1 or t.data_ptr() % 16 or (t.shape[-1] * size) % 16
+                or any((stride * size) % 16 for stride in t.stride()[:-1])):
+            return False
+    return True
+
+
+def _scratch_allocator(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    device = "cuda" if torch.cuda.is_available() and not interpreter_enabled() else "cpu"
+    return torch.empty(size, device=device, dtype=torch.int8)
+
+
+def ensure_triton_allocator() -> None:
+    """Kernels that build tensor descriptors on the device need Triton's scratch allocator; set one (torch's
+    caching allocator, CUDA-graph safe) unless the caller already has."""
+    import triton
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(_scratch_allocator)

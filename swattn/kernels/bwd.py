@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from swattn._compat import needs_upcast
+from swattn._compat import ensure_triton_allocator, needs_upcast, tma_compatible
 from swattn.kernels._common import LOG2E, block_ranges, dot, query_block_ranges, sequence_bounds, softcap_scores
 from swattn.kernels.configs import BwdConfig, backward_config
 
@@ -69,23 +69,31 @@ def _scores(qk, softmax_scale, softcap, HAS_SOFTCAP: tl.constexpr):
 
 
 @triton.jit
-def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, lse_base, delta_base, block_begin, block_end, q_start,
-                 q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets, stride_qs, stride_dos,
-                 stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, MASK: tl.constexpr,
+def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, lse_base, delta_base, block_begin, block_end,
+                 q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets, stride_qs,
+                 stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, MASK: tl.constexpr,
                  HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MASK_D: tl.constexpr,
-                 HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, BLOCK_POS: tl.constexpr):
+                 HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, BLOCK_POS: tl.constexpr, USE_TMA: tl.constexpr):
     """Accumulate dK/dV of the program's keys over query blocks ``[block_begin, block_end)`` of BLOCK_POS
     positions; MASK for edge blocks. Row r of a block is position ``row_pos[r]`` of the block, in the head at
-    ``*_head_offsets[r]`` from the bases (PackGQA: several heads per position)."""
+    ``*_head_offsets[r]`` from the bases (PackGQA: several heads per position). With ``USE_TMA`` (one head per
+    block) q and dO come through descriptors whose rows end at ``q_end``."""
     offset = seqlen_k - seqlen_q
     for block in range(block_begin, block_end):
         offs_m = q_start + block * BLOCK_POS + row_pos
         row_mask = offs_m < q_end
         offs_m64 = offs_m.to(tl.int64)
-        q = _load_rows(q_base, offs_m64 * stride_qs + q_head_offsets, offs_d, row_mask, MASK, MASK_D, HEAD_DIM,
-                       UPCAST)
-        do = _load_rows(do_base, offs_m64 * stride_dos + do_head_offsets, offs_d, row_mask, MASK, MASK_D, HEAD_DIM,
-                        UPCAST)
+        if USE_TMA:
+            q = q_desc.load([q_start + block * BLOCK_POS, 0])
+            do = do_desc.load([q_start + block * BLOCK_POS, 0])
+            if UPCAST:
+                q = q.to(tl.float32)
+                do = do.to(tl.float32)
+        else:
+            q = _load_rows(q_base, offs_m64 * stride_qs + q_head_offsets, offs_d, row_mask, MASK, MASK_D, HEAD_DIM,
+                           UPCAST)
+            do = _load_rows(do_base, offs_m64 * stride_dos + do_head_offsets, offs_d, row_mask, MASK, MASK_D,
+                            HEAD_DIM, UPCAST)
         lse_ptrs = lse_base + offs_m64 * stride_lq + lse_head_offsets
         delta_ptrs = delta_base + offs_m64 * stride_lq + lse_head_offsets
         if MASK:
@@ -128,7 +136,7 @@ def _swa_bwd_dkdv_kernel(
     seqlen_q, seqlen_k, queries_per_kv_head, softmax_scale, softcap, left, right,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
-    RECORD_LOOP: tl.constexpr, UPCAST: tl.constexpr, ROWS_PER_POS: tl.constexpr,
+    RECORD_LOOP: tl.constexpr, UPCAST: tl.constexpr, ROWS_PER_POS: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Grid: (key blocks, batch, KV heads).
@@ -182,22 +190,33 @@ def _swa_bwd_dkdv_kernel(
         q_base = Q + batch64 * stride_qb + head64 * stride_qh + q_begin.to(tl.int64) * stride_qs
         do_base = DO + batch64 * stride_dob + head64 * stride_doh + q_begin.to(tl.int64) * stride_dos
         lse_offset = batch64 * stride_lb + head64 * stride_lh + q_begin.to(tl.int64) * stride_lq
+        q_desc = None
+        do_desc = None
+        if USE_TMA:  # one head per block (no PackGQA): rows end at the last query that sees a key (zero fill)
+            visible_rows = tl.maximum(q_end, 1)
+            q_desc = tl.make_tensor_descriptor(q_base, shape=[visible_rows, HEAD_DIM], strides=[stride_qs, 1],
+                                               block_shape=[BLOCK_M, BLOCK_D])
+            do_desc = tl.make_tensor_descriptor(do_base, shape=[visible_rows, HEAD_DIM], strides=[stride_dos, 1],
+                                                block_shape=[BLOCK_M, BLOCK_D])
         # Masked head blocks, unmasked interior, masked tail.
         dk, dv = _dkdv_blocks(
-            dk, dv, k, v, offs_n, q_base, do_base, LSE + lse_offset, DELTA + lse_offset, 0, masked_head_end,
+            dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset, 0,
+            masked_head_end,
             q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets, stride_qs,
             stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, True, HAS_LEFT,
-            HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS)
+            HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA)
         dk, dv = _dkdv_blocks(
-            dk, dv, k, v, offs_n, q_base, do_base, LSE + lse_offset, DELTA + lse_offset, masked_head_end,
-            unmasked_end, q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets,
-            stride_qs, stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, False,
-            HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS)
+            dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset,
+            masked_head_end, unmasked_end, q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets,
+            lse_head_offsets, stride_qs, stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale,
+            softcap, False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS,
+            USE_TMA)
         dk, dv = _dkdv_blocks(
-            dk, dv, k, v, offs_n, q_base, do_base, LSE + lse_offset, DELTA + lse_offset, unmasked_end, num_blocks,
+            dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset,
+            unmasked_end, num_blocks,
             q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets, stride_qs,
             stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, True, HAS_LEFT,
-            HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS)
+            HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA)
 
     store_mask = key_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
     offs_key = (k_begin + offs_n).to(tl.int64)[:, None]
@@ -208,17 +227,26 @@ def _swa_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, block_begin, block_end, kv_start, kv_end, offs_d,
+def _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, k_desc, v_desc, block_begin, block_end, kv_start, kv_end,
+               offs_d,
                stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, MASK: tl.constexpr,
                HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MASK_D: tl.constexpr,
-               HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Accumulate dQ of the tile over KV blocks ``[block_begin, block_end)`` of its loop; MASK for edge blocks."""
+               HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr):
+    """Accumulate dQ of the tile over KV blocks ``[block_begin, block_end)`` of its loop; MASK for edge blocks.
+    With ``USE_TMA`` K/V come through descriptors whose rows end at ``kv_end``."""
     offset = seqlen_k - seqlen_q
     for block in range(block_begin, block_end):
         offs_n = kv_start + block * BLOCK_N + tl.arange(0, BLOCK_N)
         key_mask = offs_n < kv_end
-        k = _load_tile(k_base, offs_n, offs_d, key_mask, stride_ks, MASK, MASK_D, HEAD_DIM, UPCAST)
-        v = _load_tile(v_base, offs_n, offs_d, key_mask, stride_vs, MASK, MASK_D, HEAD_DIM, UPCAST)
+        if USE_TMA:
+            k = k_desc.load([kv_start + block * BLOCK_N, 0])
+            v = v_desc.load([kv_start + block * BLOCK_N, 0])
+            if UPCAST:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+        else:
+            k = _load_tile(k_base, offs_n, offs_d, key_mask, stride_ks, MASK, MASK_D, HEAD_DIM, UPCAST)
+            v = _load_tile(v_base, offs_n, offs_d, key_mask, stride_vs, MASK, MASK_D, HEAD_DIM, UPCAST)
         qk = dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
         s2, dscore = _scores(qk, softmax_scale, softcap, HAS_SOFTCAP)
         if MASK:
@@ -250,8 +278,8 @@ def _swa_bwd_dq_kernel(
     seqlen_q, seqlen_k, queries_per_kv_head, softmax_scale, softcap, left, right,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr, HAS_DLSE: tl.constexpr,
-    UPCAST: tl.constexpr, ROWS_PER_POS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    UPCAST: tl.constexpr, ROWS_PER_POS: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Grid: (query tiles, batch, heads), or (query tiles, batch, KV heads) with PackGQA.
 
@@ -306,17 +334,27 @@ def _swa_bwd_dq_kernel(
         first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT)
     k_base = K + batch64 * stride_kb + kv_head64 * stride_kh + k_begin.to(tl.int64) * stride_ks
     v_base = V + batch64 * stride_vb + kv_head64 * stride_vh + k_begin.to(tl.int64) * stride_vs
+    k_desc = None
+    v_desc = None
+    if USE_TMA:
+        visible_rows = tl.maximum(kv_end, 1)
+        k_desc = tl.make_tensor_descriptor(k_base, shape=[visible_rows, HEAD_DIM], strides=[stride_ks, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
+        v_desc = tl.make_tensor_descriptor(v_base, shape=[visible_rows, HEAD_DIM], strides=[stride_vs, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     # Masked head blocks, unmasked interior, masked tail.
-    dq = _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, 0, masked_head_end, kv_start, kv_end, offs_d,
-                    stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, True,
-                    HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_N)
-    dq = _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, masked_head_end, unmasked_end, kv_start, kv_end,
-                    offs_d, stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, False,
-                    HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_N)
-    dq = _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, unmasked_end, num_blocks, kv_start, kv_end, offs_d,
-                    stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, True,
-                    HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_N)
+    dq = _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, k_desc, v_desc, 0, masked_head_end, kv_start,
+                    kv_end, offs_d, stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale, softcap,
+                    True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_N, USE_TMA)
+    dq = _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, k_desc, v_desc, masked_head_end, unmasked_end,
+                    kv_start, kv_end, offs_d, stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale,
+                    softcap, False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST,
+                    BLOCK_N, USE_TMA)
+    dq = _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, k_desc, v_desc, unmasked_end, num_blocks,
+                    kv_start, kv_end, offs_d, stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale,
+                    softcap, True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST,
+                    BLOCK_N, USE_TMA)
     tl.store(DQ + batch64 * stride_dqb + (token64 * stride_dqs + head64 * stride_dqh)[:, None] + offs_d[None, :],
              (dq * softmax_scale).to(DQ.dtype.element_ty), mask=row_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
 
@@ -443,13 +481,18 @@ def attention_backward(
     packed = (config.pack_gqa and group > 1 and group & (group - 1) == 0
               and config.dq_block_m % group == 0 and config.dkdv_block_m % group == 0)
     rows_per_pos = group if packed else 1
+    # Descriptors for the streamed tiles (K/V in dQ; q/dO in dK/dV, one head per block only).
+    dq_tma = config.tma and not no_keys and tma_compatible(k, v)
+    dkdv_tma = config.tma and not packed and tma_compatible(q, dout)
+    if dq_tma or dkdv_tma:
+        ensure_triton_allocator()
     _swa_bwd_dq_kernel[(triton.cdiv(seqlen_q, config.dq_block_m // rows_per_pos), batch,
                         num_kv_heads if packed else num_heads)](
         q, placeholder if no_keys else k, placeholder if no_keys else v, out, dout, dq, lse,
         dlse if dlse is not None else placeholder, delta, *sequence_args,
         *_strides3(q, varlen_q), *_strides3(out, varlen_q), *_strides3(k, varlen_k), *_strides3(v, varlen_k),
         *_strides3(dout, varlen_q), *_strides3(dq, varlen_q), *lse_strides, *scalars,
-        HAS_DLSE=dlse is not None, ROWS_PER_POS=rows_per_pos, BLOCK_M=config.dq_block_m,
+        HAS_DLSE=dlse is not None, ROWS_PER_POS=rows_per_pos, USE_TMA=dq_tma, BLOCK_M=config.dq_block_m,
         BLOCK_N=config.dq_block_n, **common,
     )
     if sinks is not None:
@@ -460,7 +503,7 @@ def attention_backward(
         q, k, v, dout, dk, dv, lse, delta, *sequence_args, loop_record if record_loop else placeholder,
         *_strides3(q, varlen_q), *_strides3(k, varlen_k), *_strides3(v, varlen_k), *_strides3(dout, varlen_q),
         *_strides3(dk, varlen_k), *_strides3(dv, varlen_k), *lse_strides, *scalars,
-        RECORD_LOOP=record_loop, ROWS_PER_POS=rows_per_pos, BLOCK_M=config.dkdv_block_m,
+        RECORD_LOOP=record_loop, ROWS_PER_POS=rows_per_pos, USE_TMA=dkdv_tma, BLOCK_M=config.dkdv_block_m,
         BLOCK_N=config.dkdv_block_n, **common,
     )
     return (dq, dk, dv, dsinks, loop_record) if record_loop else (dq, dk, dv, dsinks)

@@ -23,6 +23,10 @@ class FwdConfig:
     num_warps: int
     num_stages: int
     single_loop: bool = False  # one masked KV loop instead of masked head / unmasked interior / masked tail
+    # K/V blocks through tensor descriptors (Hopper's TMA copy engine) where the tensors allow it (dense or varlen
+    # K/V, 16-byte aligned rows; not paged caches); the descriptor's row count ends at the tile's last visible
+    # key, so its zero fill is exactly the masked load.
+    tma: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class BwdConfig:
     # A block's rows are (position, head) pairs of one KV head's query heads (when the group size divides both
     # BLOCK_Ms and is a power of two): fewer, larger steps and a shorter dQ span for small windows.
     pack_gqa: bool = False
+    # Streamed tiles through tensor descriptors (TMA), as FwdConfig.tma: K/V of the dQ loop, q/dO of the dK/dV
+    # loop when not packed.
+    tma: bool = False
 
 
 # Bytes of streamed tiles a config may keep in shared memory. Hopper gives a block 227 KiB; Triton also needs
@@ -92,8 +99,10 @@ def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, win
         return _forced
     if interpreter_enabled():
         return FwdConfig(16, 16, 4, 1)
-    return _fit_forward(_bf16_forward_config(head_dim_padded, rows_per_tile, pack_gqa, window_span),
-                        head_dim_padded, element_size)
+    config = _bf16_forward_config(head_dim_padded, rows_per_tile, pack_gqa, window_span)
+    if element_size != 2:
+        config = replace(config, tma=False)  # descriptor loads were measured (and are used) for fp16/bf16 only
+    return _fit_forward(config, head_dim_padded, element_size)
 
 
 def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool,
@@ -111,11 +120,14 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
         if head_dim_padded <= 64:
             return FwdConfig(64, 32, 4, 2, single_loop=True)
         return FwdConfig(64, 64, 4, 2, single_loop=True)
+    # Large windows and full attention: K/V through tensor descriptors (scripts/gpu_tma.py, S=16K): W4095 D128
+    # 2147 -> 1907 us, causal D128 4572 -> 3951 us, W4095 D64 2540 -> 2398 us. (Small windows got slower: the
+    # descriptors are built per program, and their tiles' loops are short.)
     if head_dim_padded <= 64:
-        return FwdConfig(128, 64, 4, 3)
+        return FwdConfig(128, 64, 4, 3, tma=True)
     if head_dim_padded <= 128:
-        # causal 16K D128: 4573 us; W4095: 2135 us (both best of the sweep).
-        return FwdConfig(128, 128, 8, 3)
+        # Pointer loads: causal 16K D128 4573 us, W4095 2135 us (both best of the pointer-load sweep).
+        return FwdConfig(128, 128, 8, 3, tma=True)
     return FwdConfig(64, 64, 8, 2)
 
 
@@ -126,6 +138,7 @@ def backward_config(head_dim_padded: int, left: int, element_size: int = 2) -> B
     window (4095, 0) and causal: 64/64/64/64 3.43 / 4.39 ms (32/64: 3.65 / 4.96 ms). D=256 not measured.
     PackGQA (scripts/gpu_sweep_bwd.py, S=32768, window (127, 0)): D=64 H=64/8 1467 us packed vs 1832 us; D=128
     H=32/8 1705 vs 1704 us (kept unpacked); window (4095, 0) D=128: unpacked 15.96 ms, best packed 17.15 ms.
+    Descriptor (TMA) loads at D=128, fp16/bf16 only (measured there).
     fp32 (``element_size`` 4) halves the streamed blocks with one stage."""
     small_window = 0 <= left < 1024
     if interpreter_enabled():
@@ -133,9 +146,14 @@ def backward_config(head_dim_padded: int, left: int, element_size: int = 2) -> B
     if head_dim_padded <= 64:
         config = BwdConfig(32, 64, 64, 32, 4, 3, True) if small_window else BwdConfig(64, 64, 64, 64, 4, 3)
     elif head_dim_padded <= 128:
-        config = BwdConfig(32, 64, 64, 32, 4, 2) if small_window else BwdConfig(64, 64, 64, 64, 4, 2)
+        # Descriptor loads (scripts/gpu_sweep_bwd.py --tma, S=32768): W(127, 0) 1681 -> 1534 us, W(4095, 0)
+        # 15457 -> 13254 us (3 stages with descriptors: 17216 us). Packed D=64 got slower (1474 -> 1563 us).
+        config = (BwdConfig(32, 64, 64, 32, 4, 2, tma=True) if small_window
+                  else BwdConfig(64, 64, 64, 64, 4, 2, tma=True))
     else:
         config = BwdConfig(16, 64, 64, 16, 8, 1)
+    if element_size != 2:
+        config = replace(config, tma=False)
     while element_size > 2 and (
             _streamed_bytes(config.dkdv_block_n, config.dkdv_block_m, config.num_stages, head_dim_padded,
                             element_size) > SHARED_MEMORY_BUDGET // 2

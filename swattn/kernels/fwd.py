@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from swattn._compat import needs_upcast
+from swattn._compat import ensure_triton_allocator, needs_upcast, tma_compatible
 from swattn.kernels._common import LN2, LOG2E, block_ranges, dot, safe_pivot, sequence_bounds, softcap_scores
 from swattn.kernels.combine import combine_splits
 from swattn.kernels.configs import forward_config
@@ -49,15 +49,16 @@ def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_k
 
 
 @triton.jit
-def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block_end, kv_start, kv_end,
-                   offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size,
+def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, block_begin, block_end, kv_start,
+                   kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size,
                    seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM: tl.constexpr, visited,
                    MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                    HAS_SOFTCAP: tl.constexpr, IS_PAGED: tl.constexpr, MASK_D: tl.constexpr,
                    UPCAST: tl.constexpr, COUNT_BLOCKS: tl.constexpr, BLOCK_N: tl.constexpr,
-                   GUARD_NON_FINITE: tl.constexpr = False):
+                   USE_TMA: tl.constexpr, GUARD_NON_FINITE: tl.constexpr = False):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
-    ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them."""
+    ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
+    blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it)."""
     offset = seqlen_k - seqlen_q
     for block in range(block_begin, block_end):
         offs_n = kv_start + block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -65,10 +66,14 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block
             load_mask = offs_n < kv_end
         else:
             load_mask = offs_n >= 0  # all true: interior blocks lie inside [kv_start, kv_end)
-        k = _load_kv(k_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
-                     page_size, IS_PAGED, MASK_D, HEAD_DIM)
-        v = _load_kv(v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_vb, stride_vs,
-                     page_size, IS_PAGED, MASK_D, HEAD_DIM)
+        if USE_TMA:
+            k = k_desc.load([kv_start + block * BLOCK_N, 0])
+            v = v_desc.load([kv_start + block * BLOCK_N, 0])
+        else:
+            k = _load_kv(k_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
+                         page_size, IS_PAGED, MASK_D, HEAD_DIM)
+            v = _load_kv(v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_vb, stride_vs,
+                         page_size, IS_PAGED, MASK_D, HEAD_DIM)
         if UPCAST:
             k = k.to(tl.float32)
         qk = dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
@@ -127,7 +132,7 @@ def _attend_tile(
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
     IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
-    SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr,
+    SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads), over its
@@ -194,6 +199,16 @@ def _attend_tile(
         k_base = K + kv_head.to(tl.int64) * stride_kh + k_begin.to(tl.int64) * stride_ks
         v_base = V + kv_head.to(tl.int64) * stride_vh + k_begin.to(tl.int64) * stride_vs
         page_table_row = PAGE_TABLE + batch64 * stride_page_table
+        k_desc = None
+        v_desc = None
+        if USE_TMA:
+            # Rows are this sequence's keys up to the tile's last visible one (at least one row: a descriptor
+            # may not be empty; a tile without keys loads nothing).
+            visible_rows = tl.maximum(kv_end, 1)
+            k_desc = tl.make_tensor_descriptor(k_base + batch_kv * stride_kb, shape=[visible_rows, HEAD_DIM],
+                                               strides=[stride_ks, 1], block_shape=[BLOCK_N, BLOCK_D])
+            v_desc = tl.make_tensor_descriptor(v_base + batch_kv * stride_vb, shape=[visible_rows, HEAD_DIM],
+                                               strides=[stride_vs, 1], block_shape=[BLOCK_N, BLOCK_D])
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -201,35 +216,43 @@ def _attend_tile(
         visited = 0
         if NON_FINITE_PASS == REDO_FLAGGED:
             acc, l_i, m_i, visited = _attend_blocks(
-                acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block_end,
+                acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, block_begin, block_end,
                 kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
-                True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, True)
+                True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, USE_TMA,
+                True)
         elif SINGLE_LOOP:
             # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
             acc, l_i, m_i, visited = _attend_blocks(
-                acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, block_end,
+                acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, block_begin, block_end,
                 kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
-                True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
+                True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
+                BLOCK_N, USE_TMA)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
             acc, l_i, m_i, visited = _attend_blocks(
-                acc, l_i, m_i, q, row_pos, k_base, v_base, block_begin, tl.minimum(block_end, masked_head_end),
+                acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, block_begin,
+                tl.minimum(block_end, masked_head_end),
                 kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
-                True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
+                True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
+                BLOCK_N, USE_TMA)
             acc, l_i, m_i, visited = _attend_blocks(
-                acc, l_i, m_i, q, row_pos, k_base, v_base, tl.maximum(block_begin, masked_head_end),
+                acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
+                tl.maximum(block_begin, masked_head_end),
                 tl.minimum(block_end, unmasked_end),
                 kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
-                False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
+                False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
+                BLOCK_N, USE_TMA)
             acc, l_i, m_i, visited = _attend_blocks(
-                acc, l_i, m_i, q, row_pos, k_base, v_base, tl.maximum(block_begin, unmasked_end), block_end,
+                acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
+                tl.maximum(block_begin, unmasked_end), block_end,
                 kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
-                True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS, BLOCK_N)
+                True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
+                BLOCK_N, USE_TMA)
 
         if NON_FINITE_PASS == FLAG_NON_FINITE:
             # A row sum is NaN when the row holds one (an inf alone does not leak: 0 * inf is what makes the NaN).
@@ -281,7 +304,7 @@ def _swa_fwd_kernel(
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
     IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
-    SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr,
+    SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
@@ -317,7 +340,7 @@ def _swa_fwd_kernel(
                     tile, batch_head, split, num_tiles, num_splits,
                     HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
                     HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST,
-                    SINGLE_LOOP, NON_FINITE_PASS, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
+                    SINGLE_LOOP, NON_FINITE_PASS, USE_TMA, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
                 )
     else:
         # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
@@ -330,7 +353,7 @@ def _swa_fwd_kernel(
             tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2), num_tiles,
             num_splits, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
-            NON_FINITE_PASS, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
+            NON_FINITE_PASS, USE_TMA, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
         )
 
 
@@ -445,6 +468,10 @@ def attention_forward(
                         else placeholder)
     any_non_finite = torch.zeros(1, device=q.device, dtype=torch.int32) if isolate else placeholder
 
+    use_tma = config.tma and not paged and tma_compatible(k, v)
+    if use_tma:
+        ensure_triton_allocator()
+
     def launch(launch_grid: tuple[int, ...], non_finite_pass: int, count: bool) -> None:
         _swa_fwd_kernel[launch_grid](
             q, k, v, out_target, lse_target if lse_target is not None else placeholder,
@@ -465,6 +492,7 @@ def attention_forward(
             HAS_CACHE_BATCH_IDX=cache_batch_idx is not None, IS_PAGED=paged, PACK_GQA=pack_gqa,
             IS_SPLIT=is_split, STORE_LSE=is_split or lse is not None, COUNT_BLOCKS=count,
             UPCAST=needs_upcast(q.dtype), SINGLE_LOOP=config.single_loop, NON_FINITE_PASS=non_finite_pass,
+            USE_TMA=use_tma,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, HEAD_DIM=head_dim,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )

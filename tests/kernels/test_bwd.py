@@ -33,7 +33,8 @@ PROPERTY_SETTINGS = dict(deadline=None, derandomize=True, database=None, print_b
                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 GRAD_TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 CONFIGS = [BwdConfig(16, 16, 16, 16, 4, 1), BwdConfig(16, 32, 32, 16, 4, 1),
-           BwdConfig(16, 16, 16, 16, 4, 1, pack_gqa=True), BwdConfig(32, 32, 32, 16, 4, 1, pack_gqa=True)]
+           BwdConfig(16, 16, 16, 16, 4, 1, pack_gqa=True), BwdConfig(32, 32, 32, 16, 4, 1, pack_gqa=True),
+           BwdConfig(16, 32, 32, 16, 4, 1, tma=True)]
 
 
 class _PoisonedTorch:
@@ -158,7 +159,8 @@ def test_query_seeing_jit_twins_match_python_and_interior_blocks_see_every_key(h
     pytest.param(30, 45, 0, -1, id="Sq30-Sk45-W0_-1"),
 ])
 @pytest.mark.parametrize("config", CONFIGS,
-                         ids=lambda c: f"M{c.dkdv_block_m}-N{c.dkdv_block_n}{'-packed' if c.pack_gqa else ''}")
+                         ids=lambda c: f"M{c.dkdv_block_m}-N{c.dkdv_block_n}{'-packed' if c.pack_gqa else ''}"
+                                       f"{'-tma' if c.tma else ''}")
 def test_dkdv_loop_query_range_is_exact(sq, sk, left, right, config):
     q, k, v = (torch.randn(1, s, h, 16) for s, h in ((sq, 2), (sk, 1), (sk, 1)))
     out, lse, _ = attention_forward(q, k, v, softmax_scale=0.25, left=left, right=right)
@@ -566,3 +568,24 @@ def test_bwd_packed_gqa_equals_unpacked_and_reference(group, varlen):
     grads_unpacked = run(config=unpacked, name="unpacked")
     for name, a, b in zip(("dq", "dk", "dv", "dsinks"), grads_packed, grads_unpacked):
         assert_close(f"packed vs unpacked {name}", a, b, 1e-5)
+
+
+@pytest.mark.parametrize("varlen", [False, True], ids=["dense", "varlen"])
+def test_bwd_tma_loads_equal_pointer_loads(varlen):
+    # Descriptors (rows ending at the loop's last key / query, zero fill) read the same values as masked pointer
+    # loads, so the gradients are bitwise those of the pointer kernels (and match the reference).
+    pointers = BwdConfig(16, 32, 32, 16, 4, 1)
+    descriptors = BwdConfig(16, 32, 32, 16, 4, 1, tma=True)
+    kwargs = dict(heads=4, kv_heads=2, head_dim=16, left=9, right=2, softcap=2.0, with_sinks=True,
+                  dtype=torch.float32)
+    if varlen:
+        run = functools.partial(run_varlen_case, lengths_q=[13, 0, 21], lengths_k=[20, 5, 21], used_k=[18, 5, 21],
+                                padding=2, **kwargs)
+    else:
+        run = functools.partial(run_dense_case, batch=2, sq=21, sk=45, **kwargs)
+    torch.manual_seed(3)
+    grads_tma = run(config=descriptors, name="tma")
+    torch.manual_seed(3)
+    grads_pointers = run(config=pointers, name="pointers")
+    for name, a, b in zip(("dq", "dk", "dv", "dsinks"), grads_tma, grads_pointers):
+        assert torch.equal(a, b), name

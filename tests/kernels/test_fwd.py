@@ -7,6 +7,8 @@ launcher is filled with NaN first, so an output element the kernel forgets to wr
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 
 import swattn
 from swattn import window
+from swattn._compat import tma_compatible
 from swattn.kernels import fwd as fwd_module
 from swattn.kernels.configs import FwdConfig, forced_config
 from swattn.reference import attention_ref, attention_varlen_ref
@@ -121,7 +124,8 @@ def _packed(pack_gqa, seqlen_q, group, left, right):
 
 
 def config_id(config):
-    return f"M{config.block_m}-N{config.block_n}" + ("-single_loop" if config.single_loop else "")
+    return (f"M{config.block_m}-N{config.block_n}" + ("-single_loop" if config.single_loop else "")
+            + ("-tma" if config.tma else ""))
 
 
 def interpreter_cost(seq_pairs, heads, kv_heads, left, right, causal, pack_gqa, num_splits, max_seqlen_q=None):
@@ -426,7 +430,8 @@ def test_fwd_window_start_on_and_off_block_boundary(sq, left, right, first_key):
 
 @pytest.mark.parametrize("config", [pytest.param(c, id=config_id(c)) for c in (
     FwdConfig(32, 16, 4, 1), FwdConfig(16, 64, 4, 1), FwdConfig(64, 32, 4, 1),
-    FwdConfig(16, 16, 4, 1, single_loop=True), FwdConfig(64, 32, 4, 2, single_loop=True))])
+    FwdConfig(16, 16, 4, 1, single_loop=True), FwdConfig(64, 32, 4, 2, single_loop=True),
+    FwdConfig(32, 16, 4, 1, tma=True), FwdConfig(64, 32, 4, 2, single_loop=True, tma=True))])
 def test_fwd_forced_configs_odd_lengths(config):
     q, k, v = make_qkv(1, 37, 53, 4, 2, 64, torch.float16)
     sinks = make_sinks(4)
@@ -548,6 +553,8 @@ COUNT_CASES = [
     (37, 90, 11, 3, 2, 1, False, 1, FwdConfig(16, 16, 4, 1, single_loop=True)),
     (37, 90, 11, 3, 2, 1, False, 3, FwdConfig(32, 16, 4, 1, single_loop=True)),
     (20, 150, 127, 0, 8, 1, True, 1, FwdConfig(16, 128, 4, 1, single_loop=True)),
+    (37, 90, 11, 3, 2, 1, False, 3, FwdConfig(16, 32, 4, 1, tma=True)),
+    (20, 150, 127, 0, 8, 1, True, 1, FwdConfig(16, 128, 4, 1, single_loop=True, tma=True)),
 ]
 
 
@@ -644,7 +651,8 @@ def _poison_unseen_keys(k, v, cu_k, q_lens, k_lens, seqused, left, right):
 
 @pytest.mark.parametrize("config", [pytest.param(c, id=config_id(c)) for c in (
     FwdConfig(16, 16, 4, 1), FwdConfig(16, 128, 4, 1), FwdConfig(64, 64, 4, 1),
-    FwdConfig(16, 16, 4, 1, single_loop=True), FwdConfig(16, 128, 4, 1, single_loop=True))])
+    FwdConfig(16, 16, 4, 1, single_loop=True), FwdConfig(16, 128, 4, 1, single_loop=True),
+    FwdConfig(16, 32, 4, 1, tma=True), FwdConfig(16, 128, 4, 1, single_loop=True, tma=True))])
 @pytest.mark.parametrize("num_splits", [1, 3], ids=lambda s: f"splits{s}")
 def test_kv_loop_never_reads_outside_the_window_dense(config, num_splits):
     batch, heads, kv_heads, head_dim = 1, 8, 2, 64
@@ -661,9 +669,10 @@ def test_kv_loop_never_reads_outside_the_window_dense(config, num_splits):
         check_dense(q, k, v, out, lse, window_size=(left, right), sinks=sinks)
 
 
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
 @pytest.mark.parametrize("single_loop", [False, True], ids=["three_loops", "single_loop"])
 @pytest.mark.parametrize("pack_gqa", [False, True], ids=["nopack", "pack"])
-def test_kv_loop_never_reads_outside_the_window_varlen(pack_gqa, single_loop):
+def test_kv_loop_never_reads_outside_the_window_varlen(pack_gqa, single_loop, tma):
     q_lens, k_lens, seqused = [2, 9, 1, 4], [70, 30, 0, 50], [66, 30, 0, 20]
     left, right = 6, 1
 
@@ -671,7 +680,7 @@ def test_kv_loop_never_reads_outside_the_window_varlen(pack_gqa, single_loop):
         k, v, _ = _poison_unseen_keys(k, v, cu_k, q_lens, k_lens, seqused, left, right)
         return k, v
 
-    with forced_config(FwdConfig(16, 32, 4, 1, single_loop=single_loop)):
+    with forced_config(FwdConfig(16, 32, 4, 1, single_loop=single_loop, tma=tma)):
         run_varlen(q_lens, k_lens, 8, 2, 64, torch.float16, seqused=seqused, window_size=(left, right),
                    with_sinks=True, pack_gqa=pack_gqa, k_padding=7, poison=poison)
 
@@ -691,3 +700,64 @@ def test_fwd_huge_window_sides_mean_unbounded(sq, sk, window_size):
     q, k, v = make_qkv(1, sq, sk, 2, 1, 16, torch.float16)
     out, lse = swattn.flash_attn_func(q, k, v, window_size=window_size, return_softmax_lse=True)
     check_dense(q, k, v, out, lse, window_size=window_size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tensor-descriptor (TMA) loads: the same values as the masked pointer loads, bit for bit
+
+
+TMA_CASES = [
+    # id, dense or varlen kwargs
+    ("dense-W11_4-sinks-splits3", dict(sq=37, sk=53, window_size=(11, 4), sinks=True, num_splits=3)),
+    ("dense-causal-Sk<Sq-softcap", dict(sq=40, sk=23, causal=True, softcap=2.0)),
+    ("dense-D80-W7_0", dict(sq=29, sk=61, window_size=(7, 0), head_dim=80)),
+    ("dense-decode-gpt-oss", dict(sq=1, sk=300, window_size=(127, 0), sinks=True, heads=8, kv_heads=1)),
+    ("varlen-seqused-W6_1", dict(varlen=True, window_size=(6, 1), sinks=True)),
+]
+
+
+@pytest.mark.parametrize("config", [FwdConfig(16, 32, 4, 1), FwdConfig(32, 16, 4, 1, single_loop=True)],
+                         ids=config_id)
+@pytest.mark.parametrize("name,case", TMA_CASES, ids=[c[0] for c in TMA_CASES])
+def test_fwd_tma_loads_equal_pointer_loads(name, case, config):
+    case = dict(case)
+    heads, kv_heads, head_dim = case.pop("heads", 4), case.pop("kv_heads", 2), case.pop("head_dim", 64)
+    sinks = make_sinks(heads) if case.pop("sinks", False) else None
+    if case.pop("varlen", False):
+        q_lens, k_lens, used = [5, 0, 23, 1], [30, 4, 23, 40], [30, 0, 20, 33]
+        q = torch.randn(sum(q_lens), heads, head_dim).half()
+        k = torch.randn(sum(k_lens), kv_heads, head_dim).half()
+        v = torch.randn(sum(k_lens), kv_heads, head_dim).half()
+
+        def run():
+            return swattn.flash_attn_varlen_func(q, k, v, _cu(q_lens), _cu(k_lens), max(q_lens), max(k_lens),
+                                                 seqused_k=torch.tensor(used, dtype=torch.int32), sinks=sinks,
+                                                 return_softmax_lse=True, **case)
+    else:
+        q, k, v = make_qkv(2, case.pop("sq"), case.pop("sk"), heads, kv_heads, head_dim, torch.float16)
+
+        def run():
+            return swattn.flash_attn_func(q, k, v, sinks=sinks, return_softmax_lse=True, **case)
+        with forced_config(replace(config, tma=True)):
+            out, lse = run()
+        check_dense(q, k, v, out, lse, causal=case.get("causal", False), window_size=case.get("window_size", (-1, -1)),
+                    softcap=case.get("softcap", 0.0), sinks=sinks)
+    assert tma_compatible(k, v)
+    with forced_config(config):
+        expected = run()
+    with forced_config(replace(config, tma=True)):
+        actual = run()
+    assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1])
+
+
+def test_fwd_tma_falls_back_to_pointers_where_tensors_do_not_allow_it():
+    # K/V one fp16 element off 16-byte alignment (a slice of a larger buffer): no tensor descriptor.
+    q, k, v = make_qkv(1, 19, 33, 2, 1, 64, torch.float16)
+    storage = torch.empty(2, 1 + k.numel(), dtype=torch.float16)
+    k_misaligned, v_misaligned = (storage[i, 1:].view(k.shape) for i in range(2))
+    k_misaligned.copy_(k)
+    v_misaligned.copy_(v)
+    assert tma_compatible(k, v) and not tma_compatible(k_misaligned, v_misaligned)
+    with forced_config(FwdConfig(16, 16, 4, 1, tma=True)):
+        out, lse = swattn.flash_attn_func(q, k_misaligned, v_misaligned, window_size=(5, 0), return_softmax_lse=True)
+    check_dense(q, k, v, out, lse, window_size=(5, 0))

@@ -135,3 +135,22 @@ def test_paged_cache(kind, num_splits, left, pack_gqa, isolate):
     seeing = torch.zeros(batch, seqlen_q, H, dtype=torch.bool)
     seeing[poisoned_batch] = seeing_rows(kind, seqlen_q, int(seqlens[poisoned_batch]), left, 0, key, kv_head)
     expect_isolated(out, clean, seeing, kind, isolate, group_mask(seeing.shape, poisoned_batch, kv_head))
+
+
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
+def test_keys_past_a_tile_span_are_not_read(tma, monkeypatch):
+    """Without the isolation pass a value NaN reaches every row of the tiles that load it; so rows whose tile's
+    span ends before the poisoned key stay bitwise clean: the last block of a tile (which runs past the span's end
+    for span % BLOCK_N != 0) loads only up to the tile's last visible key, through pointers or descriptors."""
+    from swattn.kernels.configs import FwdConfig, forced_config
+
+    monkeypatch.setattr(fwd, "ISOLATE_NON_FINITE", False)
+    seqlen, left, poisoned_key = 64, 3, 40
+    q, k, v = (torch.randn(1, seqlen, heads, D, dtype=torch.float16) for heads in (H, HK, HK))
+    with forced_config(FwdConfig(16, 16, 4, 1, tma=tma)):
+        clean = swattn.flash_attn_func(q, k, v, window_size=(left, 0), pack_gqa=False)
+        v[0, poisoned_key] = float("nan")
+        out = swattn.flash_attn_func(q, k, v, window_size=(left, 0), pack_gqa=False)
+    # Tile 1 (rows 16..31) spans keys 13..31 in two 16-key blocks, the second of which would reach key 44.
+    assert torch.equal(out[0, :32], clean[0, :32])
+    assert torch.isnan(out[0, poisoned_key:poisoned_key + left + 1]).all()
