@@ -228,7 +228,8 @@ def test_eager_calls_skip_the_dispatcher(monkeypatch):
     # Eager inference calls run the implementation directly (about 75 us less host time per call); results,
     # cache contents and the caches' version counters are what the custom op gives.
     torch.manual_seed(0)
-    q, k, v = _qkv(2, 7, 9, 4, 2, 16, "cpu", torch.float32)
+    # All on the default device: the interpreter on the CPU, CUDA under SWATTN_TEST_DEVICE=cuda.
+    q, k, v = _qkv(2, 7, 9, 4, 2, 16)
     k_cache, v_cache = torch.randn(2, 16, 2, 16), torch.randn(2, 16, 2, 16)
     k_new, v_new = torch.randn(2, 1, 2, 16), torch.randn(2, 1, 2, 16)
     seqlens = torch.tensor([3, 9], dtype=torch.int32)

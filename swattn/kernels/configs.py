@@ -138,13 +138,15 @@ def backward_config(head_dim_padded: int, left: int, element_size: int = 2) -> B
     window (4095, 0) and causal: 64/64/64/64 3.43 / 4.39 ms (32/64: 3.65 / 4.96 ms). D=256 not measured.
     PackGQA (scripts/gpu_sweep_bwd.py, S=32768, window (127, 0)): D=64 H=64/8 1467 us packed vs 1832 us; D=128
     H=32/8 1705 vs 1704 us (kept unpacked); window (4095, 0) D=128: unpacked 15.96 ms, best packed 17.15 ms.
-    Descriptor (TMA) loads at D=128, fp16/bf16 only (measured there).
+    Descriptor (TMA) loads for D<=128 (not packed D=64), fp16/bf16 only (measured there).
     fp32 (``element_size`` 4) halves the streamed blocks with one stage."""
     small_window = 0 <= left < 1024
     if interpreter_enabled():
         return BwdConfig(16, 16, 16, 16, 4, 1, pack_gqa=small_window)
     if head_dim_padded <= 64:
-        config = BwdConfig(32, 64, 64, 32, 4, 3, True) if small_window else BwdConfig(64, 64, 64, 64, 4, 3)
+        # Window (4095, 0), S=32768: descriptors and 2 stages 16675 us, pointers and 3 stages 18478 us.
+        config = (BwdConfig(32, 64, 64, 32, 4, 3, True) if small_window
+                  else BwdConfig(64, 64, 64, 64, 4, 2, tma=True))
     elif head_dim_padded <= 128:
         # Descriptor loads (scripts/gpu_sweep_bwd.py --tma, S=32768): W(127, 0) 1681 -> 1534 us, W(4095, 0)
         # 15457 -> 13254 us (3 stages with descriptors: 17216 us). Packed D=64 got slower (1474 -> 1563 us).
