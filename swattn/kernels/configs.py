@@ -27,9 +27,6 @@ class FwdConfig:
     # K/V, 16-byte aligned rows; not paged caches); the descriptor's row count ends at the tile's last visible
     # key, so its zero fill is exactly the masked load.
     tma: bool = False
-    # Producer/consumer warp groups on the unmasked (or single) KV loop, through ``tl.range(warp_specialize=True)``;
-    # only with descriptor loads, the form Triton's Hopper warp specialization handles.
-    warp_specialize: bool = False
 
 
 @dataclass(frozen=True)

@@ -55,14 +55,12 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                    MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                    HAS_SOFTCAP: tl.constexpr, IS_PAGED: tl.constexpr, MASK_D: tl.constexpr,
                    UPCAST: tl.constexpr, COUNT_BLOCKS: tl.constexpr, BLOCK_N: tl.constexpr,
-                   USE_TMA: tl.constexpr, GUARD_NON_FINITE: tl.constexpr = False,
-                   WARP_SPECIALIZE: tl.constexpr = False):
+                   USE_TMA: tl.constexpr, GUARD_NON_FINITE: tl.constexpr = False):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
-    blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it).
-    ``WARP_SPECIALIZE`` asks Triton for producer/consumer warp groups on this loop (Hopper, descriptor loads)."""
+    blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it)."""
     offset = seqlen_k - seqlen_q
-    for block in tl.range(block_begin, block_end, warp_specialize=WARP_SPECIALIZE):
+    for block in range(block_begin, block_end):
         offs_n = kv_start + block * BLOCK_N + tl.arange(0, BLOCK_N)
         if MASK:
             load_mask = offs_n < kv_end
@@ -135,7 +133,6 @@ def _attend_tile(
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
     IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
     SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads), over its
@@ -231,7 +228,7 @@ def _attend_tile(
                 kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
-                BLOCK_N, USE_TMA, WARP_SPECIALIZE=WARP_SPECIALIZE)
+                BLOCK_N, USE_TMA)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
             acc, l_i, m_i, visited = _attend_blocks(
@@ -248,7 +245,7 @@ def _attend_tile(
                 kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
-                BLOCK_N, USE_TMA, WARP_SPECIALIZE=WARP_SPECIALIZE)
+                BLOCK_N, USE_TMA)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, unmasked_end), block_end,
@@ -308,7 +305,6 @@ def _swa_fwd_kernel(
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
     IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
     SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
@@ -344,7 +340,7 @@ def _swa_fwd_kernel(
                     tile, batch_head, split, num_tiles, num_splits,
                     HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
                     HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST,
-                    SINGLE_LOOP, NON_FINITE_PASS, USE_TMA, WARP_SPECIALIZE, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
+                    SINGLE_LOOP, NON_FINITE_PASS, USE_TMA, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
                 )
     else:
         # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
@@ -357,7 +353,7 @@ def _swa_fwd_kernel(
             tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2), num_tiles,
             num_splits, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
-            NON_FINITE_PASS, USE_TMA, WARP_SPECIALIZE, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
+            NON_FINITE_PASS, USE_TMA, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
         )
 
 
@@ -496,7 +492,7 @@ def attention_forward(
             HAS_CACHE_BATCH_IDX=cache_batch_idx is not None, IS_PAGED=paged, PACK_GQA=pack_gqa,
             IS_SPLIT=is_split, STORE_LSE=is_split or lse is not None, COUNT_BLOCKS=count,
             UPCAST=needs_upcast(q.dtype), SINGLE_LOOP=config.single_loop, NON_FINITE_PASS=non_finite_pass,
-            USE_TMA=use_tma, WARP_SPECIALIZE=use_tma and config.warp_specialize,
+            USE_TMA=use_tma,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, HEAD_DIM=head_dim,
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
