@@ -264,7 +264,8 @@ def test_gradients_and_tracing_go_through_the_custom_op(monkeypatch):
         calls.append("fwd")
         return real_fwd(*args)
 
-    q, k, v = _qkv(1, 5, 5, 2, 1, 16, "cpu", torch.float32)
+    # All on the default device (sinks too): CUDA under SWATTN_TEST_DEVICE=cuda, where CPU q/k/v mixed devices.
+    q, k, v = _qkv(1, 5, 5, 2, 1, 16)
     sinks = torch.randn(2)
     inputs = [t.clone().requires_grad_() for t in (q, k, v, sinks)]
     out, lse = torch.ops.swattn.fwd(*inputs, None, None, None, 5, 5, 0.25, 2, 0, 0.0, False, 1)
