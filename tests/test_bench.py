@@ -51,3 +51,15 @@ def test_bench_main_writes_markdown(tmp_path):
     assert main(["model-step", "--quick", "--layers", "2", "--context", "40", "--out", str(out)]) == 0
     text = out.read_text()
     assert "# swattn benchmark" in text and "commit" in text and "| swattn" in text
+
+
+def test_shape_filters_keep_only_the_named_head_dims_and_windows(env):
+    from swattn.bench import backward
+    from swattn.bench.__main__ import parse_args
+
+    full = make_env(quick=False, device="cpu", measure_ceilings=False)
+    args = parse_args(["prefill", "--seqlens", "16384", "--head-dims", "128", "--lefts", "4095,-1"])
+    for module in (prefill, backward):
+        kept = module.shapes(full, args.seqlens, args.head_dims, args.lefts)
+        assert [(s.seqlen, s.head_dim, s.left) for s in kept] == [(16384, 128, 4095), (16384, 128, -1)]
+        assert len(module.shapes(full, [16384])) == 6

@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-peers", action="store_true", help="time swattn only")
     parser.add_argument("--no-graphs", action="store_true", help="time decode with events instead of graph replay")
     parser.add_argument("--seqlens", type=_ints, help="prefill sequence lengths (default 4096,16384)")
+    parser.add_argument("--head-dims", type=_ints, help="prefill/backward: only these head dims (default 64,128)")
+    parser.add_argument("--lefts", type=_ints,
+                        help="prefill/backward: only these window lefts, -1 = full causal (default 127,4095,-1)")
     parser.add_argument("--contexts", type=_ints, help="decode contexts (default 1024,4096,16384,65536,131072)")
     parser.add_argument("--page-sizes", type=_ints, help="decode page sizes (default 16,1)")
     parser.add_argument("--context", type=int, help="model-step context (default 8192)")
@@ -63,7 +66,7 @@ def run_backward(args: argparse.Namespace) -> tuple[str | None, int]:
 def run_scenario(name: str, env: Env, args: argparse.Namespace) -> Section:
     if name == "prefill":
         from swattn.bench import prefill
-        return prefill.run(env, seqlens=args.seqlens)
+        return prefill.run(env, seqlens=args.seqlens, head_dims=args.head_dims, lefts=args.lefts)
     if name == "decode":
         from swattn.bench import decode
         return decode.run(env, contexts=args.contexts, page_sizes=args.page_sizes)

@@ -61,12 +61,15 @@ class BackwardShape:
         return f"({self.left},0)" if self.left >= 0 else "causal"
 
 
-def shapes(env: Env, seqlens: list[int] | None = None) -> list[BackwardShape]:
+def shapes(env: Env, seqlens: list[int] | None = None, head_dims: list[int] | None = None,
+           lefts: list[int] | None = None) -> list[BackwardShape]:
+    """The scenario's shapes; ``head_dims`` / ``lefts`` keep only those (a run split across time limits)."""
     if env.quick:
-        seqlens, heads, lefts = seqlens or [48], QUICK_HEADS, [7, 31, -1]
+        seqlens, heads, all_lefts = seqlens or [48], QUICK_HEADS, [7, 31, -1]
     else:
-        seqlens, heads, lefts = seqlens or SEQLENS, HEADS, LEFTS
-    return [BackwardShape(s, d, h, hk, left) for s in seqlens for d, h, hk in heads for left in lefts]
+        seqlens, heads, all_lefts = seqlens or SEQLENS, HEADS, LEFTS
+    return [BackwardShape(s, d, h, hk, left) for s in seqlens for d, h, hk in heads for left in all_lefts
+            if (head_dims is None or d in head_dims) and (lefts is None or left in lefts)]
 
 
 def work(shape: BackwardShape, itemsize: int) -> tuple[float, float]:
@@ -222,8 +225,10 @@ def providers(case: BackwardCase):
             ("SDPA", lambda: sdpa_runner(case))]
 
 
-def run(env: Env, seqlens: list[int] | None = None) -> Section:
-    rows, windows, unavailable = measure_windowed_shapes(env, shapes(env, seqlens), setup_backward, providers, work)
+def run(env: Env, seqlens: list[int] | None = None, head_dims: list[int] | None = None,
+        lefts: list[int] | None = None) -> Section:
+    rows, windows, unavailable = measure_windowed_shapes(env, shapes(env, seqlens, head_dims, lefts), setup_backward,
+                                                         providers, work)
     notes = [
         f"one call = forward + backward (autograd.grad of q, k, v); TFLOP/s counts only visible (query, key) pairs: "
         f"{BACKWARD_FLOP_FACTOR} * 4 * D * H * pairs / time; floor us = bytes (forward: q, k, v, o; backward: q, k, "
@@ -238,11 +243,13 @@ def run(env: Env, seqlens: list[int] | None = None) -> Section:
 
 def main(args: argparse.Namespace) -> Section:
     """Entry point of ``python -m swattn.bench backward``: ``args.quick``, ``args.providers``, ``args.no_peers`` and,
-    when the scenario is ``backward`` alone, ``args.seqlens`` (default 8192,32768)."""
+    when the scenario is ``backward`` alone, ``args.seqlens`` (default 8192,32768), ``args.head_dims`` and
+    ``args.lefts``."""
     env = make_env(args.quick, peers=not getattr(args, "no_peers", False), graphs=False,
                    providers=getattr(args, "providers", None))
-    seqlens = getattr(args, "seqlens", None) if getattr(args, "scenario", "backward") == "backward" else None
-    section = run(env, seqlens)
+    alone = getattr(args, "scenario", "backward") == "backward"
+    section = run(env, getattr(args, "seqlens", None) if alone else None,
+                  getattr(args, "head_dims", None) if alone else None, getattr(args, "lefts", None) if alone else None)
     if getattr(args, "scenario", "backward") == "backward":  # alone, the dispatcher prints no environment header
         section.notes.extend(line.removeprefix("- ") for line in env.header)
     return section

@@ -313,6 +313,7 @@ def measure(env: Env, shape: str, provider: str, build: Callable[[], Runner | Ca
     """Build a provider, gate it on ``compare`` (-> (relative error, tolerance)), then time it with ``timer``."""
     row = Row(shape, provider, note=note, flops=flops, nbytes=nbytes)
     stage = "setup"
+    started = time.perf_counter()
     try:
         runner = build()
         if not isinstance(runner, Runner):
@@ -339,7 +340,9 @@ def measure(env: Env, shape: str, provider: str, build: Callable[[], Runner | Ca
         _recover(env, exc)
     timing = f"{row.timing.median_us:.2f} us" if row.timing else row.status
     error = f"err {row.error:.1e}" if row.error is not None else ""
-    print(f"  {shape} | {provider}: {timing} {error}", file=sys.stderr, flush=True)
+    # Wall seconds of setup (compiles), check and timing: where a benchmark run's time goes.
+    spent = time.perf_counter() - started
+    print(f"  {shape} | {provider}: {timing} {error} ({spent:.1f} s)", file=sys.stderr, flush=True)
     return row
 
 

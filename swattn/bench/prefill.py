@@ -51,12 +51,15 @@ class PrefillShape:
         return f"({self.left},0)" if self.left >= 0 else "causal"
 
 
-def shapes(env: Env, seqlens: list[int] | None = None) -> list[PrefillShape]:
+def shapes(env: Env, seqlens: list[int] | None = None, head_dims: list[int] | None = None,
+           lefts: list[int] | None = None) -> list[PrefillShape]:
+    """The scenario's shapes; ``head_dims`` / ``lefts`` keep only those (a run split across time limits)."""
     if env.quick:
-        seqlens, heads, lefts = seqlens or [48], QUICK_HEADS, [7, 31, -1]
+        seqlens, heads, all_lefts = seqlens or [48], QUICK_HEADS, [7, 31, -1]
     else:
-        seqlens, heads, lefts = seqlens or [4096, 16384], HEADS, [127, 4095, -1]
-    return [PrefillShape(s, d, h, hk, left) for s in seqlens for d, h, hk in heads for left in lefts]
+        seqlens, heads, all_lefts = seqlens or [4096, 16384], HEADS, [127, 4095, -1]
+    return [PrefillShape(s, d, h, hk, left) for s in seqlens for d, h, hk in heads for left in all_lefts
+            if (head_dims is None or d in head_dims) and (lefts is None or left in lefts)]
 
 
 def visible_pairs(seqlen_q: int, seqlen_k: int, left: int, right: int) -> int:
@@ -137,8 +140,10 @@ def providers(case: PrefillCase):
     ]
 
 
-def run(env: Env, seqlens: list[int] | None = None) -> Section:
-    rows, windows, unavailable = measure_windowed_shapes(env, shapes(env, seqlens), setup_prefill, providers, work)
+def run(env: Env, seqlens: list[int] | None = None, head_dims: list[int] | None = None,
+        lefts: list[int] | None = None) -> Section:
+    rows, windows, unavailable = measure_windowed_shapes(env, shapes(env, seqlens, head_dims, lefts), setup_prefill,
+                                                         providers, work)
     notes = [
         "TFLOP/s counts only visible (query, key) pairs: 4 * D * H * pairs / time; floor us = (q + k + v + o bytes)"
         " / measured copy bandwidth; time/swattn > 1 means swattn is faster.",
