@@ -54,3 +54,17 @@ def ensure_triton_allocator() -> None:
 
     if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
         triton.set_allocator(_scratch_allocator)
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """Programmatic dependent launch (``SWATTN_PDL=1``, experimental, off by default): kernels are launched with
+    ``launch_pdl`` and wait on the previous grid (``gdc_wait``) before their first read, so their launch can overlap
+    the previous kernel's tail. Hopper or newer only; never under the interpreter (it has no grid dependencies)."""
+    if os.environ.get("SWATTN_PDL", "0") in ("", "0") or interpreter_enabled() or device.type != "cuda":
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def pdl_launch_options(use_pdl: bool) -> dict[str, bool]:
+    """Launch keyword for a kernel that calls ``wait_for_previous_grid(USE_PDL)``: none unless PDL is on."""
+    return {"launch_pdl": True} if use_pdl else {}

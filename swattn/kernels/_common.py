@@ -7,9 +7,20 @@ log2(e)``) so the loop uses ``exp2``; LSE is converted to natural log when it is
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def wait_for_previous_grid(USE_PDL: tl.constexpr):
+    """With programmatic dependent launch (``swattn._compat.pdl_enabled``): block until the previous kernel's
+    writes are visible (before any read: q, caches, lengths and tables may all come from it), then let the next
+    kernel start launching; its own wait keeps it from reading what this one has not written yet."""
+    if USE_PDL:
+        gdc_wait()
+        gdc_launch_dependents()
 
 
 @triton.jit

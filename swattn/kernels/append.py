@@ -12,6 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
+from swattn._compat import pdl_enabled, pdl_launch_options
+from swattn.kernels._common import wait_for_previous_grid
+
 
 @triton.jit
 def _append_kv_kernel(
@@ -21,9 +24,11 @@ def _append_kv_kernel(
     stride_page_table, batch, num_tokens, seqlen_new, page_size, num_kv_heads,
     IS_VARLEN: tl.constexpr, IS_PAGED: tl.constexpr, HAS_CACHE_BATCH_IDX: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """Grid: (max(num_tokens, batch),). Program p writes ``SEQLENS_K[p]`` (p < batch) and copies new token p
     (p < num_tokens, skipped when it is varlen padding) into its cache slot, all heads at once."""
+    wait_for_previous_grid(USE_PDL)
     program = tl.program_id(0)
     if program < batch:
         if IS_VARLEN:
@@ -102,6 +107,7 @@ def append_kv(
         k_strides = (k_new.stride(0), k_new.stride(1), k_new.stride(2))
         v_strides = (v_new.stride(0), v_new.stride(1), v_new.stride(2))
     placeholder = cache_seqlens
+    use_pdl = pdl_enabled(k_new.device)
     _append_kv_kernel[(max(num_tokens, batch),)](
         k_new, v_new, k_cache, v_cache, cache_seqlens, seqlens_k,
         cu_seqlens_q if varlen else placeholder,
@@ -115,6 +121,7 @@ def append_kv(
         num_kv_heads,
         IS_VARLEN=varlen, IS_PAGED=page_table is not None, HAS_CACHE_BATCH_IDX=cache_batch_idx is not None,
         BLOCK_B=triton.next_power_of_2(max(batch, 1)), BLOCK_H=triton.next_power_of_2(num_kv_heads),
-        BLOCK_D=triton.next_power_of_2(head_dim), HEAD_DIM=head_dim, num_warps=4,
+        BLOCK_D=triton.next_power_of_2(head_dim), HEAD_DIM=head_dim, USE_PDL=use_pdl, num_warps=4,
+        **pdl_launch_options(use_pdl),
     )
     return seqlens_k

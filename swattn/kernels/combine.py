@@ -6,7 +6,8 @@ import torch
 import triton
 import triton.language as tl
 
-from swattn.kernels._common import LN2, LOG2E
+from swattn._compat import pdl_enabled, pdl_launch_options
+from swattn.kernels._common import LN2, LOG2E, wait_for_previous_grid
 
 
 @triton.jit
@@ -18,12 +19,14 @@ def _swa_combine_kernel(
     stride_lb, stride_lq, stride_lh,
     tokens_per_batch, num_splits, head_dim,
     HAS_SINKS: tl.constexpr, STORE_LSE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """Grid: (tokens, heads). One program merges the ``num_splits`` partial rows of one (token, head).
 
     ``lse = log(sum_s exp(lse_s) + exp(sink))``, ``out = sum_s exp(lse_s - lse) * out_s``. The sink is added here,
     once, never inside a split. Rows whose splits all saw nothing (and no sink) give out = 0, lse = -inf.
     """
+    wait_for_previous_grid(USE_PDL)
     token = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_D)
@@ -75,6 +78,7 @@ def combine_splits(
         lse_strides = (lse.stride(0), lse.stride(2), lse.stride(1))
     else:
         lse_strides = (0, lse.stride(1), lse.stride(0))
+    use_pdl = pdl_enabled(out.device)
     _swa_combine_kernel[(tokens, heads)](
         out_partial, lse_partial, out, lse if lse is not None else lse_partial, sinks if sinks is not None else out,
         out_partial.stride(0), out_partial.stride(1), out_partial.stride(2),
@@ -84,5 +88,5 @@ def combine_splits(
         tokens_per_batch, num_splits, head_dim,
         HAS_SINKS=sinks is not None, STORE_LSE=lse is not None,
         BLOCK_S=max(2, triton.next_power_of_2(num_splits)), BLOCK_D=triton.next_power_of_2(head_dim),
-        num_warps=1,
+        USE_PDL=use_pdl, num_warps=1, **pdl_launch_options(use_pdl),
     )

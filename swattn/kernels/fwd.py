@@ -15,8 +15,17 @@ import torch
 import triton
 import triton.language as tl
 
-from swattn._compat import ensure_triton_allocator, needs_upcast, tma_compatible
-from swattn.kernels._common import LN2, LOG2E, block_ranges, dot, safe_pivot, sequence_bounds, softcap_scores
+from swattn._compat import ensure_triton_allocator, needs_upcast, pdl_enabled, pdl_launch_options, tma_compatible
+from swattn.kernels._common import (
+    LN2,
+    LOG2E,
+    block_ranges,
+    dot,
+    safe_pivot,
+    sequence_bounds,
+    softcap_scores,
+    wait_for_previous_grid,
+)
 from swattn.kernels.combine import combine_splits
 from swattn.kernels.configs import forward_config
 
@@ -304,7 +313,7 @@ def _swa_fwd_kernel(
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
     IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
-    SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr,
+    SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr, USE_PDL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
@@ -323,6 +332,7 @@ def _swa_fwd_kernel(
     the NaN or inf in exactly the rows whose window holds it. The guarded loop takes V through registers, so it
     lives in its own launch: inside the main kernel, even unused, it cost 5-20% (docs/performance.md).
     """
+    wait_for_previous_grid(USE_PDL)
     if NON_FINITE_PASS == REDO_FLAGGED:
         # Nearly always nothing is flagged: one load, and the few programs exit (a full grid of early exits
         # measured +23% on a small-window prefill). Otherwise they walk every tile and redo the flagged ones.
@@ -471,6 +481,7 @@ def attention_forward(
     use_tma = config.tma and not paged and tma_compatible(k, v)
     if use_tma:
         ensure_triton_allocator()
+    use_pdl = pdl_enabled(q.device)
 
     def launch(launch_grid: tuple[int, ...], non_finite_pass: int, count: bool) -> None:
         _swa_fwd_kernel[launch_grid](
@@ -492,9 +503,9 @@ def attention_forward(
             HAS_CACHE_BATCH_IDX=cache_batch_idx is not None, IS_PAGED=paged, PACK_GQA=pack_gqa,
             IS_SPLIT=is_split, STORE_LSE=is_split or lse is not None, COUNT_BLOCKS=count,
             UPCAST=needs_upcast(q.dtype), SINGLE_LOOP=config.single_loop, NON_FINITE_PASS=non_finite_pass,
-            USE_TMA=use_tma,
+            USE_TMA=use_tma, USE_PDL=use_pdl,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, HEAD_DIM=head_dim,
-            num_warps=config.num_warps, num_stages=config.num_stages,
+            num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
         )
 
     launch(grid, FLAG_NON_FINITE.value if isolate else NO_ISOLATION.value, count_blocks)

@@ -271,3 +271,44 @@ def test_backward_is_deterministic():
         return torch.autograd.grad(out, leaves, dout)
 
     _repeat_equal(grads)
+
+
+@pytest.mark.parametrize("num_splits", [1, 4])
+def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch, num_splits):
+    """SWATTN_PDL=1 (experimental): append, attention and split-KV combine launched with PDL, back to back and
+    captured in a CUDA graph, give exactly the results and cache contents of ordinary launches."""
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs Hopper or newer")
+    batch, heads, kv_heads, head_dim, page_size = 16, 64, 8, 64, 16
+    seqlens = torch.randint(200, 5000, (batch,), device=DEVICE, dtype=torch.int32)
+    q = randn(batch, 1, heads, head_dim)
+    k_new, v_new = randn(batch, 1, kv_heads, head_dim), randn(batch, 1, kv_heads, head_dim)
+    sinks = torch.randn(heads, device=DEVICE)
+    k_cache, v_cache, page_table = paged_cache(batch, 5001, page_size, kv_heads, head_dim)
+
+    def step(k_cache, v_cache):
+        results = []
+        for window_size in [(127, 0), (-1, 0)]:  # a sliding and a full layer, back to back
+            results += swattn.flash_attn_with_kvcache(q, k_cache, v_cache, k=k_new, v=v_new, cache_seqlens=seqlens,
+                                                      page_table=page_table, causal=True, window_size=window_size,
+                                                      sinks=sinks, num_splits=num_splits, return_softmax_lse=True)
+        return results
+
+    caches = {}
+    for pdl in ("0", "1"):
+        monkeypatch.setenv("SWATTN_PDL", pdl)
+        caches[pdl] = (k_cache.clone(), v_cache.clone())
+        eager = step(*caches[pdl])
+        graph_caches = (k_cache.clone(), v_cache.clone())
+        step(*graph_caches)  # compile outside the capture
+        graph_caches = (k_cache.clone(), v_cache.clone())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            replayed = step(*graph_caches)
+        graph.replay()
+        torch.cuda.synchronize()
+        for a, b in zip(eager, replayed):
+            assert torch.equal(a, b), f"SWATTN_PDL={pdl}: graph replay differs from the eager call"
+        caches[pdl] += tuple(eager)
+    for a, b in zip(caches["0"], caches["1"]):
+        assert torch.equal(a, b), "PDL launches changed a result or the cache"

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import swattn
 from swattn import window
-from swattn._compat import tma_compatible
+from swattn._compat import pdl_enabled, pdl_launch_options, tma_compatible
 from swattn.kernels import fwd as fwd_module
 from swattn.kernels.configs import FwdConfig, forced_config
 from swattn.reference import attention_ref, attention_varlen_ref
@@ -761,3 +761,16 @@ def test_fwd_tma_falls_back_to_pointers_where_tensors_do_not_allow_it():
     with forced_config(FwdConfig(16, 16, 4, 1, tma=True)):
         out, lse = swattn.flash_attn_func(q, k_misaligned, v_misaligned, window_size=(5, 0), return_softmax_lse=True)
     check_dense(q, k, v, out, lse, window_size=(5, 0))
+
+
+def test_pdl_switch_is_off_by_default_and_never_under_the_interpreter(monkeypatch):
+    # SWATTN_PDL=1 turns programmatic dependent launch on for CUDA (Hopper+) launches only; the interpreter has no
+    # grid dependencies, so CPU runs keep ordinary launches and results whatever the variable says.
+    q, k, v = make_qkv(1, 9, 9, 2, 1, 16, torch.float16)
+    monkeypatch.delenv("SWATTN_PDL", raising=False)
+    assert not pdl_enabled(torch.device("cpu")) and pdl_launch_options(False) == {}
+    expected = swattn.flash_attn_func(q, k, v, window_size=(3, 0))
+    monkeypatch.setenv("SWATTN_PDL", "1")
+    assert not pdl_enabled(torch.device("cpu"))
+    assert pdl_launch_options(True) == {"launch_pdl": True}
+    assert torch.equal(swattn.flash_attn_func(q, k, v, window_size=(3, 0)), expected)
