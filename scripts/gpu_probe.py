@@ -6,7 +6,10 @@ Sections (argv; all by default):
   splits    full-attention decode at 16K (B=4 and B=16) under split counts and block configs;
   eager     host time per eager decode call (the dispatcher bypass), against the graph-replayed time;
   host      cProfile of the host side of an eager decode call and of a forward + backward;
-  timers    window-(127, 0) prefill at 16K (D=64): do_bench against graph replay and host time, isolation on/off.
+  timers    window-(127, 0) prefill at 16K (D=64): do_bench against graph replay and host time, isolation on/off;
+  pdl       SWATTN_PDL=0/1 (programmatic dependent launch) on graph-replayed decode steps: W(127, 0) with and
+            without append, full attention with split-KV + combine (B=4, 16K);
+  regcap    window-(127, 0) prefill at 16K (D=64) under register caps (FwdConfig.maxnreg): more resident programs.
 Run: ``python scripts/gpu_probe.py [sections]``.
 """
 
@@ -186,6 +189,55 @@ def timers() -> None:
         print(f"\n## timers W(127,0) 16K D64 isolate={isolate}: do_bench {bench(call):.1f} us, graph "
               f"{graph_us(call, 5):.1f} us/call, host {host_us(call, 50):.1f} us/call", flush=True)
     fwd.ISOLATE_NON_FINITE = True
+
+
+def pdl() -> None:
+    import os
+
+    def full_decode_call():
+        batch, heads, kv_heads, head_dim, page_size, context = 4, 64, 8, 64, 16, 16384
+        pages = context // page_size + 1
+        k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+        v_cache = torch.randn_like(k_cache)
+        table = torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages)
+        seqlens = torch.full((batch,), context, device=DEVICE, dtype=torch.int32)
+        q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=DTYPE)
+        sinks = torch.randn(heads, device=DEVICE)
+        return lambda: swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, page_table=table,
+                                                      causal=True, sinks=sinks)
+
+    cases = [("W(127,0) B=16 4K", decode_call(False)), ("W(127,0) B=16 4K + append", decode_call(True)),
+             ("full B=4 16K (split + combine)", full_decode_call())]
+    print("\n## PDL: graph replay, 20 calls per graph, us/call (two alternations)")
+    for name, call in cases:
+        times = {}
+        for _ in range(2):
+            for flag in ("0", "1"):
+                os.environ["SWATTN_PDL"] = flag
+                times.setdefault(flag, []).append(graph_us(call, 20))
+        print(f"  {name}: PDL off {times['0']}, on {times['1']}", flush=True)
+    os.environ["SWATTN_PDL"] = "0"
+
+
+def regcap() -> None:
+    seqlen, head_dim, heads, kv_heads = 16384, 64, 64, 8
+    q = torch.randn(1, seqlen, heads, head_dim, device=DEVICE, dtype=DTYPE)
+    k = torch.randn(1, seqlen, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+    v = torch.randn_like(k)
+    ref = swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0)).float()
+    print("\n## register caps, W(127,0) S=16K D=64 H=64/8 packed: (us, config, maxnreg, rel diff)")
+    for bm, bn, w, st in [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2), (128, 32, 4, 2), (128, 32, 8, 2)]:
+        for cap in (None, 64, 80, 96, 128):
+            config = FwdConfig(bm, bn, w, st, single_loop=True, maxnreg=cap)
+            try:
+                with forced_config(config):
+                    fn = lambda: swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0))  # noqa: E731
+                    err = ((fn().float() - ref).norm() / ref.norm()).item()
+                    us = bench(fn, 150)
+            except Exception as e:  # noqa: BLE001
+                print(f"  {bm},{bn},{w},{st} maxnreg={cap} failed: {str(e)[:120]}")
+                continue
+            print(f"  {us:8.1f} ({bm}, {bn}, {w}, {st}) {cap} {err:.1e}", flush=True)
 
 
 def host() -> None:

@@ -27,6 +27,9 @@ class FwdConfig:
     # K/V, 16-byte aligned rows; not paged caches); the descriptor's row count ends at the tile's last visible
     # key, so its zero fill is exactly the masked load.
     tma: bool = False
+    # Register cap per thread (Triton's ``maxnreg``): more resident programs per SM for latency-bound short loops,
+    # at the risk of spills. None: the compiler's choice.
+    maxnreg: int | None = None
 
 
 @dataclass(frozen=True)

@@ -506,6 +506,7 @@ def attention_forward(
             USE_TMA=use_tma, USE_PDL=use_pdl,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, HEAD_DIM=head_dim,
             num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
+            **({"maxnreg": config.maxnreg} if config.maxnreg else {}),
         )
 
     launch(grid, FLAG_NON_FINITE.value if isolate else NO_ISOLATION.value, count_blocks)

@@ -125,7 +125,7 @@ def _packed(pack_gqa, seqlen_q, group, left, right):
 
 def config_id(config):
     return (f"M{config.block_m}-N{config.block_n}" + ("-single_loop" if config.single_loop else "")
-            + ("-tma" if config.tma else ""))
+            + ("-tma" if config.tma else "") + (f"-reg{config.maxnreg}" if config.maxnreg else ""))
 
 
 def interpreter_cost(seq_pairs, heads, kv_heads, left, right, causal, pack_gqa, num_splits, max_seqlen_q=None):
@@ -431,7 +431,8 @@ def test_fwd_window_start_on_and_off_block_boundary(sq, left, right, first_key):
 @pytest.mark.parametrize("config", [pytest.param(c, id=config_id(c)) for c in (
     FwdConfig(32, 16, 4, 1), FwdConfig(16, 64, 4, 1), FwdConfig(64, 32, 4, 1),
     FwdConfig(16, 16, 4, 1, single_loop=True), FwdConfig(64, 32, 4, 2, single_loop=True),
-    FwdConfig(32, 16, 4, 1, tma=True), FwdConfig(64, 32, 4, 2, single_loop=True, tma=True))])
+    FwdConfig(32, 16, 4, 1, tma=True), FwdConfig(64, 32, 4, 2, single_loop=True, tma=True),
+    FwdConfig(64, 32, 4, 2, single_loop=True, maxnreg=64))])
 def test_fwd_forced_configs_odd_lengths(config):
     q, k, v = make_qkv(1, 37, 53, 4, 2, 64, torch.float16)
     sinks = make_sinks(4)
