@@ -9,7 +9,8 @@ Sections (argv; all by default):
   timers    window-(127, 0) prefill at 16K (D=64): do_bench against graph replay and host time, isolation on/off;
   pdl       SWATTN_PDL=0/1 (programmatic dependent launch) on graph-replayed decode steps: W(127, 0) with and
             without append, full attention with split-KV + combine (B=4, 16K);
-  regcap    window-(127, 0) prefill at 16K (D=64) under register caps (FwdConfig.maxnreg): more resident programs.
+  regcap    window-(127, 0) prefill at 16K (D=64) under register caps (FwdConfig.maxnreg: more resident programs)
+            and deeper prefetch (stages up to the tile's five blocks).
 Run: ``python scripts/gpu_probe.py [sections]``.
 """
 
@@ -225,8 +226,10 @@ def regcap() -> None:
     k = torch.randn(1, seqlen, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
     v = torch.randn_like(k)
     ref = swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0)).float()
-    print("\n## register caps, W(127,0) S=16K D=64 H=64/8 packed: (us, config, maxnreg, rel diff)")
-    for bm, bn, w, st in [(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2), (128, 32, 4, 2), (128, 32, 8, 2)]:
+    print("\n## register caps and prefetch depth, W(127,0) S=16K D=64 H=64/8 packed: (us, config, maxnreg, rel diff)")
+    # Five 32-key blocks per tile: 5 or 6 stages issue every block's loads before the first is used.
+    for bm, bn, w, st in [(64, 32, 4, 2), (64, 32, 4, 3), (64, 32, 4, 5), (64, 32, 4, 6), (64, 64, 4, 3),
+                          (128, 32, 4, 2), (128, 32, 8, 2), (128, 32, 8, 5)]:
         for cap in (None, 64, 80, 96, 128):
             config = FwdConfig(bm, bn, w, st, single_loop=True, maxnreg=cap)
             try:
