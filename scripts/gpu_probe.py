@@ -113,16 +113,24 @@ def prefill() -> None:
         print(f"  {r[0]:8.1f} {r[1]!s:5} {r[2:6]} {r[6]:.1e}")
 
 
+def full_decode_inputs(batch: int, context: int) -> dict:
+    """gpt-oss full-attention decode layer inputs (H=64/8, D=64, page 16, sinks), every sequence ``context`` long."""
+    heads, kv_heads, head_dim, page_size = 64, 8, 64, 16
+    pages = context // page_size + 1
+    k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+    return dict(q=torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=DTYPE), k_cache=k_cache,
+                v_cache=torch.randn_like(k_cache),
+                page_table=torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages),
+                cache_seqlens=torch.full((batch,), context, device=DEVICE, dtype=torch.int32),
+                sinks=torch.randn(heads, device=DEVICE))
+
+
 def splits() -> None:
-    heads, kv_heads, head_dim, page_size, context = 64, 8, 64, 16, 16384
+    kv_heads, head_dim, context = 8, 64, 16384
     for batch in (4, 16):
-        pages = context // page_size + 1
-        k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
-        v_cache = torch.randn_like(k_cache)
-        table = torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages)
-        seqlens = torch.full((batch,), context, device=DEVICE, dtype=torch.int32)
-        q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=DTYPE)
-        sinks = torch.randn(heads, device=DEVICE)
+        inputs = full_decode_inputs(batch, context)
+        q, k_cache, v_cache, table, seqlens, sinks = (inputs[name] for name in (
+            "q", "k_cache", "v_cache", "page_table", "cache_seqlens", "sinks"))
         kv_bytes = batch * context * kv_heads * head_dim * 2 * 2
         rows = []
         auto = graph_us(lambda: swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens,
@@ -195,20 +203,9 @@ def timers() -> None:
 def pdl() -> None:
     import os
 
-    def full_decode_call():
-        batch, heads, kv_heads, head_dim, page_size, context = 4, 64, 8, 64, 16, 16384
-        pages = context // page_size + 1
-        k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
-        v_cache = torch.randn_like(k_cache)
-        table = torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages)
-        seqlens = torch.full((batch,), context, device=DEVICE, dtype=torch.int32)
-        q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=DTYPE)
-        sinks = torch.randn(heads, device=DEVICE)
-        return lambda: swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, page_table=table,
-                                                      causal=True, sinks=sinks)
-
+    full = full_decode_inputs(4, 16384)
     cases = [("W(127,0) B=16 4K", decode_call(False)), ("W(127,0) B=16 4K + append", decode_call(True)),
-             ("full B=4 16K (split + combine)", full_decode_call())]
+             ("full B=4 16K (split + combine)", lambda: swattn.flash_attn_with_kvcache(**full, causal=True))]
     print("\n## PDL: graph replay, 20 calls per graph, us/call (two alternations)")
     for name, call in cases:
         times = {}
