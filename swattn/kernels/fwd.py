@@ -125,6 +125,122 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
 
 
 @triton.jit
+def _tile_rows(
+    tile, batch_head, seqlen_q, seqlen_k, num_heads, queries_per_kv_head, left, right,
+    CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr,
+    HAS_SEQLENS_K: tl.constexpr, PACK_GQA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """The rows of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads) and the keys
+    they see: ``(batch, q_begin, seqlen_q, k_begin, seqlen_k, active, row_valid, row_pos, row_head, kv_head,
+    kv_start, kv_end, masked_head_end, unmasked_end, num_blocks)``; ``active`` is false for a tile past its
+    sequence's rows (its key range is then meaningless)."""
+    if PACK_GQA:
+        heads_per_program = num_heads // queries_per_kv_head
+    else:
+        heads_per_program = num_heads
+    batch = batch_head // heads_per_program
+    head_or_kv_head = batch_head % heads_per_program
+
+    q_begin, seqlen_q, k_begin, seqlen_k = sequence_bounds(
+        batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K)
+
+    if PACK_GQA:
+        rows_per_pos = queries_per_kv_head
+    else:
+        rows_per_pos = 1
+    num_rows = seqlen_q * rows_per_pos
+    first_row = tile * BLOCK_M
+    active = first_row < num_rows
+    offs_m = first_row + tl.arange(0, BLOCK_M)
+    row_valid = offs_m < num_rows
+    if PACK_GQA:
+        row_pos = offs_m // queries_per_kv_head
+        row_head = head_or_kv_head * queries_per_kv_head + offs_m % queries_per_kv_head
+        kv_head = head_or_kv_head
+    else:
+        row_pos = offs_m
+        row_head = head_or_kv_head + offs_m * 0
+        kv_head = head_or_kv_head // queries_per_kv_head
+    first_pos = first_row // rows_per_pos
+    last_pos = (tl.minimum(first_row + BLOCK_M, num_rows) - 1) // rows_per_pos
+    kv_start, kv_end, masked_head_end, unmasked_end, num_blocks = block_ranges(
+        first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT)
+    return (batch, q_begin, seqlen_q, k_begin, seqlen_k, active, row_valid, row_pos, row_head, kv_head,
+            kv_start, kv_end, masked_head_end, unmasked_end, num_blocks)
+
+
+@triton.jit
+def _tile_inputs(
+    Q, K, V, CACHE_BATCH_IDX, PAGE_TABLE, batch, q_begin, k_begin, row_valid, row_pos, row_head, kv_head,
+    stride_qb, stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_page_table,
+    HAS_CACHE_BATCH_IDX: tl.constexpr, UPCAST: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+):
+    """The tile's queries (zeros in invalid rows) and where its keys and values start:
+    ``(q, q_mask, offs_d, batch64, batch_kv, k_base, v_base, page_table_row)``."""
+    offs_d = tl.arange(0, BLOCK_D)
+    batch64 = batch.to(tl.int64)
+    q_ptrs = (Q + batch64 * stride_qb + (q_begin + row_pos).to(tl.int64)[:, None] * stride_qs
+              + row_head.to(tl.int64)[:, None] * stride_qh + offs_d[None, :])
+    q_mask = row_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
+    q = tl.load(q_ptrs, mask=q_mask, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    if HAS_CACHE_BATCH_IDX:
+        batch_kv = tl.load(CACHE_BATCH_IDX + batch).to(tl.int64)
+    else:
+        batch_kv = batch64
+    k_base = K + kv_head.to(tl.int64) * stride_kh + k_begin.to(tl.int64) * stride_ks
+    v_base = V + kv_head.to(tl.int64) * stride_vh + k_begin.to(tl.int64) * stride_vs
+    page_table_row = PAGE_TABLE + batch64 * stride_page_table
+    return q, q_mask, offs_d, batch64, batch_kv, k_base, v_base, page_table_row
+
+
+@triton.jit
+def _finish_tile(
+    acc, l_i, m_i, visited, O, LSE, SINKS, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
+    stride_os, stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh,
+    split, program_index, active, batch64, q_begin, row_valid, row_pos, row_head, q_mask, offs_d,
+    HAS_SINKS: tl.constexpr, IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr,
+    NON_FINITE_PASS: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """The tile's epilogue: non-finite flags, block count, the sink, normalization, O and LSE stores (all masked
+    off for an inactive tile)."""
+    if NON_FINITE_PASS == FLAG_NON_FINITE:
+        # A row sum is NaN when the row holds one (an inf alone does not leak: 0 * inf is what makes the NaN).
+        # The atomic's lanes are predicated off unless a row holds a NaN, so finite inputs never issue it.
+        flag_ptrs = NON_FINITE_FLAGS + program_index.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_sum = tl.sum(acc, 1)
+        row_has_nan = row_sum != row_sum
+        tl.store(flag_ptrs, row_has_nan.to(tl.int8), mask=(tl.arange(0, BLOCK_M) * 0 + active.to(tl.int32)) > 0)
+        tl.atomic_max(ANY_NON_FINITE + tl.zeros([BLOCK_M], dtype=tl.int32), tl.full([BLOCK_M], 1, tl.int32),
+                      mask=row_has_nan)
+
+    if COUNT_BLOCKS:
+        tl.store(BLOCK_COUNT + program_index, visited)
+
+    if HAS_SINKS and not IS_SPLIT:
+        # The sink joins the denominator once, after every block; it has no value vector.
+        sink = tl.load(SINKS + row_head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
+        m_new = tl.maximum(m_i, sink)
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.exp2(sink - m_new)
+        acc = acc * alpha[:, None]
+        m_i = m_new
+    no_key = l_i == 0.0
+    out = acc / tl.where(no_key, 1.0, l_i)[:, None]
+    o_ptrs = (O + split.to(tl.int64) * stride_os + batch64 * stride_ob
+              + (q_begin + row_pos).to(tl.int64)[:, None] * stride_oq
+              + row_head.to(tl.int64)[:, None] * stride_oh + offs_d[None, :])
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=q_mask)
+    if STORE_LSE:
+        lse = tl.where(no_key, float("-inf"), (m_i + tl.log2(tl.where(no_key, 1.0, l_i))) * LN2)
+        lse_ptrs = (LSE + split.to(tl.int64) * stride_ls + batch64 * stride_lb
+                    + row_head.to(tl.int64) * stride_lh + (q_begin + row_pos).to(tl.int64) * stride_lq)
+        tl.store(lse_ptrs, lse, mask=row_valid)
+
+
+@triton.jit
 def _attend_tile(
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
     NON_FINITE_FLAGS, ANY_NON_FINITE,
@@ -146,44 +262,17 @@ def _attend_tile(
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads), over its
     share ``split`` of the KV loop; the body of ``_swa_fwd_kernel``'s programs (see there)."""
-    if PACK_GQA:
-        heads_per_program = num_heads // queries_per_kv_head
-    else:
-        heads_per_program = num_heads
-    batch = batch_head // heads_per_program
-    head_or_kv_head = batch_head % heads_per_program
-
-    q_begin, seqlen_q, k_begin, seqlen_k = sequence_bounds(
-        batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K)
-
-    if PACK_GQA:
-        rows_per_pos = queries_per_kv_head
-    else:
-        rows_per_pos = 1
-    num_rows = seqlen_q * rows_per_pos
-    first_row = tile * BLOCK_M
+    (batch, q_begin, seqlen_q, k_begin, seqlen_k, active, row_valid, row_pos, row_head, kv_head,
+     kv_start, kv_end, masked_head_end, unmasked_end, num_blocks) = _tile_rows(
+        tile, batch_head, seqlen_q, seqlen_k, num_heads, queries_per_kv_head, left, right,
+        CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, HAS_LEFT, HAS_RIGHT, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
+        PACK_GQA, BLOCK_M, BLOCK_N)
     program_index = (batch_head * num_tiles + tile) * num_splits + split
-    flag_ptrs = NON_FINITE_FLAGS + program_index.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    active = first_row < num_rows
     if NON_FINITE_PASS == REDO_FLAGGED:
         if active:
+            flag_ptrs = NON_FINITE_FLAGS + program_index.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
             active = tl.max(tl.load(flag_ptrs).to(tl.int32), 0) > 0
     if active:
-        offs_m = first_row + tl.arange(0, BLOCK_M)
-        row_valid = offs_m < num_rows
-        if PACK_GQA:
-            row_pos = offs_m // queries_per_kv_head
-            row_head = head_or_kv_head * queries_per_kv_head + offs_m % queries_per_kv_head
-            kv_head = head_or_kv_head
-        else:
-            row_pos = offs_m
-            row_head = head_or_kv_head + offs_m * 0
-            kv_head = head_or_kv_head // queries_per_kv_head
-        first_pos = first_row // rows_per_pos
-        last_pos = (tl.minimum(first_row + BLOCK_M, num_rows) - 1) // rows_per_pos
-
-        kv_start, kv_end, masked_head_end, unmasked_end, num_blocks = block_ranges(
-            first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT)
         block_begin = 0
         block_end = num_blocks
         if IS_SPLIT:
@@ -192,22 +281,10 @@ def _attend_tile(
             block_begin = tl.minimum(split * blocks_per_split, num_blocks)
             block_end = tl.minimum(block_begin + blocks_per_split, num_blocks)
 
-        offs_d = tl.arange(0, BLOCK_D)
-        batch64 = batch.to(tl.int64)
-        q_ptrs = (Q + batch64 * stride_qb + (q_begin + row_pos).to(tl.int64)[:, None] * stride_qs
-                  + row_head.to(tl.int64)[:, None] * stride_qh + offs_d[None, :])
-        q_mask = row_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
-        q = tl.load(q_ptrs, mask=q_mask, other=0.0)
-        if UPCAST:
-            q = q.to(tl.float32)
-
-        if HAS_CACHE_BATCH_IDX:
-            batch_kv = tl.load(CACHE_BATCH_IDX + batch).to(tl.int64)
-        else:
-            batch_kv = batch64
-        k_base = K + kv_head.to(tl.int64) * stride_kh + k_begin.to(tl.int64) * stride_ks
-        v_base = V + kv_head.to(tl.int64) * stride_vh + k_begin.to(tl.int64) * stride_vs
-        page_table_row = PAGE_TABLE + batch64 * stride_page_table
+        q, q_mask, offs_d, batch64, batch_kv, k_base, v_base, page_table_row = _tile_inputs(
+            Q, K, V, CACHE_BATCH_IDX, PAGE_TABLE, batch, q_begin, k_begin, row_valid, row_pos, row_head, kv_head,
+            stride_qb, stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_page_table,
+            HAS_CACHE_BATCH_IDX, UPCAST, BLOCK_D, HEAD_DIM)
         k_desc = None
         v_desc = None
         if USE_TMA:
@@ -218,7 +295,6 @@ def _attend_tile(
                                                strides=[stride_ks, 1], block_shape=[BLOCK_N, BLOCK_D])
             v_desc = tl.make_tensor_descriptor(v_base + batch_kv * stride_vb, shape=[visible_rows, HEAD_DIM],
                                                strides=[stride_vs, 1], block_shape=[BLOCK_N, BLOCK_D])
-
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -263,37 +339,11 @@ def _attend_tile(
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA)
 
-        if NON_FINITE_PASS == FLAG_NON_FINITE:
-            # A row sum is NaN when the row holds one (an inf alone does not leak: 0 * inf is what makes the NaN).
-            # The atomic's lanes are predicated off unless a row holds a NaN, so finite inputs never issue it.
-            row_sum = tl.sum(acc, 1)
-            row_has_nan = row_sum != row_sum
-            tl.store(flag_ptrs, row_has_nan.to(tl.int8))
-            tl.atomic_max(ANY_NON_FINITE + tl.zeros([BLOCK_M], dtype=tl.int32), tl.full([BLOCK_M], 1, tl.int32),
-                          mask=row_has_nan)
-
-        if COUNT_BLOCKS:
-            tl.store(BLOCK_COUNT + program_index, visited)
-
-        if HAS_SINKS and not IS_SPLIT:
-            # The sink joins the denominator once, after every block; it has no value vector.
-            sink = tl.load(SINKS + row_head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
-            m_new = tl.maximum(m_i, sink)
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.exp2(sink - m_new)
-            acc = acc * alpha[:, None]
-            m_i = m_new
-        no_key = l_i == 0.0
-        out = acc / tl.where(no_key, 1.0, l_i)[:, None]
-        o_ptrs = (O + split.to(tl.int64) * stride_os + batch64 * stride_ob
-                  + (q_begin + row_pos).to(tl.int64)[:, None] * stride_oq
-                  + row_head.to(tl.int64)[:, None] * stride_oh + offs_d[None, :])
-        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=q_mask)
-        if STORE_LSE:
-            lse = tl.where(no_key, float("-inf"), (m_i + tl.log2(tl.where(no_key, 1.0, l_i))) * LN2)
-            lse_ptrs = (LSE + split.to(tl.int64) * stride_ls + batch64 * stride_lb
-                        + row_head.to(tl.int64) * stride_lh + (q_begin + row_pos).to(tl.int64) * stride_lq)
-            tl.store(lse_ptrs, lse, mask=row_valid)
+        _finish_tile(
+            acc, l_i, m_i, visited, O, LSE, SINKS, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
+            stride_os, stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh,
+            split, program_index, active, batch64, q_begin, row_valid, row_pos, row_head, q_mask, offs_d,
+            HAS_SINKS, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, NON_FINITE_PASS, BLOCK_M)
 
 
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "page_size", "num_tiles", "num_work"])
