@@ -30,6 +30,9 @@ class FwdConfig:
     # Register cap per thread (Triton's ``maxnreg``): more resident programs per SM for latency-bound short loops,
     # at the risk of spills. None: the compiler's choice.
     maxnreg: int | None = None
+    # Query tiles per program, run back to back in one flattened loop (single masked loop, both window sides
+    # bounded, no split; else 1): the K/V stream of short tiles does not drain at every tile boundary.
+    tiles_per_program: int = 1
 
 
 @dataclass(frozen=True)

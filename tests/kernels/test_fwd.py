@@ -125,7 +125,8 @@ def _packed(pack_gqa, seqlen_q, group, left, right):
 
 def config_id(config):
     return (f"M{config.block_m}-N{config.block_n}" + ("-single_loop" if config.single_loop else "")
-            + ("-tma" if config.tma else "") + (f"-reg{config.maxnreg}" if config.maxnreg else ""))
+            + ("-tma" if config.tma else "") + (f"-reg{config.maxnreg}" if config.maxnreg else "")
+            + (f"-tiles{config.tiles_per_program}" if config.tiles_per_program > 1 else ""))
 
 
 def interpreter_cost(seq_pairs, heads, kv_heads, left, right, causal, pack_gqa, num_splits, max_seqlen_q=None):
@@ -432,7 +433,8 @@ def test_fwd_window_start_on_and_off_block_boundary(sq, left, right, first_key):
     FwdConfig(32, 16, 4, 1), FwdConfig(16, 64, 4, 1), FwdConfig(64, 32, 4, 1),
     FwdConfig(16, 16, 4, 1, single_loop=True), FwdConfig(64, 32, 4, 2, single_loop=True),
     FwdConfig(32, 16, 4, 1, tma=True), FwdConfig(64, 32, 4, 2, single_loop=True, tma=True),
-    FwdConfig(64, 32, 4, 2, single_loop=True, maxnreg=64))])
+    FwdConfig(64, 32, 4, 2, single_loop=True, maxnreg=64),
+    FwdConfig(16, 16, 4, 2, single_loop=True, tiles_per_program=3))])
 def test_fwd_forced_configs_odd_lengths(config):
     q, k, v = make_qkv(1, 37, 53, 4, 2, 64, torch.float16)
     sinks = make_sinks(4)
@@ -775,3 +777,53 @@ def test_pdl_switch_is_off_by_default_and_never_under_the_interpreter(monkeypatc
     assert not pdl_enabled(torch.device("cpu"))
     assert pdl_launch_options(True) == {"launch_pdl": True}
     assert torch.equal(swattn.flash_attn_func(q, k, v, window_size=(3, 0)), expected)
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Several query tiles per program (FwdConfig.tiles_per_program): the same bits as one tile per program
+
+
+GROUP_CASES = [
+    # id, dense or varlen kwargs (window sides bounded: the tile-group path; others fall back to one tile)
+    ("dense-W11_4-sinks", dict(sq=37, sk=53, window_size=(11, 4), sinks=True)),
+    ("dense-Sk<Sq-W5_0-softcap", dict(sq=40, sk=23, window_size=(5, 0), softcap=2.0)),
+    ("dense-D80-W7_0", dict(sq=29, sk=61, window_size=(7, 0), head_dim=80)),
+    ("dense-W0_0", dict(sq=33, sk=33, window_size=(0, 0))),
+    ("dense-G6-packed", dict(sq=19, sk=40, window_size=(9, 1), heads=6, kv_heads=1, pack_gqa=True)),
+    ("varlen-seqused-W6_1", dict(varlen=True, window_size=(6, 1), sinks=True)),
+    ("causal-falls-back", dict(sq=30, sk=30, causal=True)),
+]
+
+
+@pytest.mark.parametrize("tiles", [2, 3])
+@pytest.mark.parametrize("name,case", GROUP_CASES, ids=[c[0] for c in GROUP_CASES])
+def test_fwd_tile_groups_equal_one_tile_per_program(name, case, tiles):
+    case = dict(case)
+    heads, kv_heads, head_dim = case.pop("heads", 4), case.pop("kv_heads", 2), case.pop("head_dim", 64)
+    sinks = make_sinks(heads) if case.pop("sinks", False) else None
+    config = FwdConfig(16, 16, 4, 2, single_loop=True)
+    if case.pop("varlen", False):
+        q_lens, k_lens, used = [5, 0, 23, 1], [30, 4, 23, 40], [30, 0, 20, 33]
+        q = torch.randn(sum(q_lens), heads, head_dim).half()
+        k = torch.randn(sum(k_lens), kv_heads, head_dim).half()
+        v = torch.randn(sum(k_lens), kv_heads, head_dim).half()
+
+        def run():
+            return swattn.flash_attn_varlen_func(q, k, v, _cu(q_lens), _cu(k_lens), max(q_lens), max(k_lens),
+                                                 seqused_k=torch.tensor(used, dtype=torch.int32), sinks=sinks,
+                                                 return_softmax_lse=True, **case)
+    else:
+        q, k, v = make_qkv(2, case.pop("sq"), case.pop("sk"), heads, kv_heads, head_dim, torch.float16)
+
+        def run():
+            return swattn.flash_attn_func(q, k, v, sinks=sinks, return_softmax_lse=True, **case)
+        with forced_config(replace(config, tiles_per_program=tiles)):
+            out, lse = run()
+        check_dense(q, k, v, out, lse, causal=case.get("causal", False), window_size=case.get("window_size", (-1, -1)),
+                    softcap=case.get("softcap", 0.0), sinks=sinks)
+    with forced_config(config):
+        expected = run()
+    with forced_config(replace(config, tiles_per_program=tiles)):
+        actual = run()
+    assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1])
