@@ -827,3 +827,32 @@ def test_fwd_tile_groups_equal_one_tile_per_program(name, case, tiles):
     with forced_config(replace(config, tiles_per_program=tiles)):
         actual = run()
     assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1])
+
+
+@st.composite
+def tile_group_cases(draw):
+    """Small windows bounded on both sides (the tile-group path), forced block shapes and tiles per program."""
+    return dict(
+        seqlen_q=draw(st.integers(1, 120)), seqlen_k=draw(st.integers(1, 120)),
+        left=draw(st.integers(0, 40)), right=draw(st.integers(0, 9)),
+        group=draw(st.sampled_from([1, 2, 3, 8])), pack_gqa=draw(st.booleans()), sinks=draw(st.booleans()),
+        softcap=draw(st.sampled_from([0.0, 1.5])), dtype=draw(st.sampled_from([torch.float16, torch.float32])),
+        config=FwdConfig(draw(st.sampled_from([16, 32])), draw(st.sampled_from([16, 32])), 4,
+                         draw(st.sampled_from([1, 2])), single_loop=True,
+                         tiles_per_program=draw(st.sampled_from([2, 3, 5]))),
+    )
+
+
+@settings(max_examples=20, **PROPERTY_SETTINGS)
+@given(case=tile_group_cases(), seed=st.integers(0, 2**16))
+def test_fwd_tile_groups_match_reference_property(case, seed):
+    torch.manual_seed(seed)
+    heads = case["group"]
+    q, k, v = make_qkv(1, case["seqlen_q"], case["seqlen_k"], heads, 1, 32, case["dtype"],
+                       scale=1.5 if case["softcap"] else 1.0)
+    sinks = make_sinks(heads) if case["sinks"] else None
+    window_size = (case["left"], case["right"])
+    with forced_config(case["config"]):
+        out, lse = swattn.flash_attn_func(q, k, v, window_size=window_size, softcap=case["softcap"], sinks=sinks,
+                                          pack_gqa=case["pack_gqa"], return_softmax_lse=True)
+    check_dense(q, k, v, out, lse, window_size=window_size, softcap=case["softcap"], sinks=sinks, name=str(case))
