@@ -1,0 +1,188 @@
+"""Compile swattn's forward kernel for Hopper (sm_90) on any machine, GPU or not, and report what each launch
+costs the chip: registers per thread, stack (spills), shared memory, resident programs per SM, and whether its KV
+loops were software-pipelined (asynchronous copies in the TTGIR).
+
+The launch arguments are the ones ``attention_forward`` would pass (captured, not launched), specialized as the JIT
+specializes them on a GPU (16-byte divisibility of pointers and of integers that are multiples of 16), so the
+compiler sees what it sees there. Triton's own cuobjdump reads the cubin. Run without ``TRITON_INTERPRET``:
+
+    python scripts/kernel_resources.py            # the shipped configs of the prefill and decode targets
+    python scripts/kernel_resources.py --check    # exit 1 unless every one compiles with pipelined KV loops
+
+Triton 3.6 (the GPU's) can be tried on a CPU machine with ``pip install --target DIR triton==3.6.0`` and
+``PYTHONPATH=DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    sys.exit("kernel_resources.py compiles real kernels: run it without TRITON_INTERPRET")
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton._C.libtriton import native_specialize_impl  # noqa: E402
+from triton.backends.compiler import BaseBackend, GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from swattn.kernels import fwd  # noqa: E402
+from swattn.kernels.configs import FwdConfig, forced_config  # noqa: E402
+
+HOPPER = GPUTarget("cuda", 90, 32)
+REGISTERS_PER_SM, MAX_WARPS_PER_SM, SHARED_PER_SM = 65536, 64, 227 * 1024
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "launch_pdl", "maxnreg")
+
+
+@dataclass
+class Resources:
+    registers: int
+    stack_bytes: int
+    shared_bytes: int
+    num_warps: int
+    pipelined: bool
+
+    @property
+    def programs_per_sm(self) -> int:
+        """Resident programs per SM: registers are allocated per warp in units of 256."""
+        per_warp = -(-self.registers * 32 // 256) * 256
+        by_registers = REGISTERS_PER_SM // (per_warp * self.num_warps)
+        by_shared = SHARED_PER_SM // max(self.shared_bytes, 1)
+        return max(0, min(by_registers, by_shared, MAX_WARPS_PER_SM // self.num_warps))
+
+
+def _source(fn, args: tuple, kwargs: dict) -> tuple[ASTSource, dict]:
+    """The signature, constexprs and divisibility attributes the JIT derives from these arguments."""
+    kwargs = dict(kwargs)
+    options = {name: kwargs.pop(name) for name in list(kwargs) if name in LAUNCH_OPTIONS}
+    signature, constexprs, attrs = {}, {}, {}
+    unspecialized = set(getattr(fn, "do_not_specialize", None) or [])
+    for index, (name, arg) in enumerate(zip(fn.arg_names, args)):
+        specialize = name not in unspecialized and index not in unspecialized
+        kind, key = native_specialize_impl(BaseBackend, arg, False, specialize, True)
+        signature[name] = kind
+        if kind == "constexpr":
+            constexprs[name] = arg
+        elif isinstance(key, str) and key:
+            attrs[(index,)] = BaseBackend.parse_attr(key)
+    for name in fn.arg_names[len(args):]:
+        signature[name] = "constexpr"
+        constexprs[name] = kwargs[name]
+    return ASTSource(fn, signature, constexprs, attrs), options
+
+
+def compile_launches(config: FwdConfig, q, k, v, pdl: bool = False, **forward_kwargs) -> list[Resources]:
+    """Compile every launch ``attention_forward`` makes for these inputs under ``config`` (``pdl``: as with
+    ``SWATTN_PDL=1`` on a GPU)."""
+    kernel, launches = fwd._swa_fwd_kernel, []
+
+    class Capture:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((args, kwargs))
+
+    saved = fwd.combine_splits, fwd.tma_compatible, fwd.pdl_enabled
+    fwd._swa_fwd_kernel = Capture()
+    fwd.combine_splits = lambda *args, **kwargs: None  # the merge kernel is not reported
+    fwd.tma_compatible = lambda *tensors: True  # as for aligned CUDA tensors on Hopper (CPU tensors never are)
+    fwd.pdl_enabled = lambda device: pdl
+    try:
+        with forced_config(config):
+            fwd.attention_forward(q, k, v, softmax_scale=q.shape[-1] ** -0.5, **forward_kwargs)
+    finally:
+        fwd._swa_fwd_kernel = kernel
+        fwd.combine_splits, fwd.tma_compatible, fwd.pdl_enabled = saved
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    results = []
+    for args, kwargs in launches:
+        source, options = _source(kernel, args, kwargs)
+        compiled = triton.compile(source, target=HOPPER, options=options)
+        with tempfile.NamedTemporaryFile("wb", suffix=".cubin") as cubin:
+            cubin.write(compiled.asm["cubin"])
+            cubin.flush()
+            usage = subprocess.run([cuobjdump, "-res-usage", cubin.name], capture_output=True, text=True,
+                                   check=True).stdout
+        ttgir = compiled.asm["ttgir"]
+        results.append(Resources(
+            registers=int(re.findall(r"REG:(\d+)", usage)[0]), stack_bytes=int(re.findall(r"STACK:(\d+)", usage)[0]),
+            shared_bytes=compiled.metadata.shared, num_warps=options["num_warps"],
+            pipelined="async_copy_global_to_local" in ttgir or "async_tma_copy" in ttgir))
+    return results
+
+
+def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
+    """(name, config, tensor shapes, forward arguments): the shipped configs of the prefill and decode targets
+    (configs.py), then the experimental switches, on small tensors (the compiled code does not depend on the
+    lengths)."""
+    from swattn.kernels.configs import _bf16_forward_config
+
+    prefill = dict(q=(1, 512, 64, 64), kv=(1, 512, 8, 64))
+    prefill_d128 = dict(q=(1, 512, 32, 128), kv=(1, 512, 8, 128))
+    decode = dict(q=(16, 1, 64, 64), kv=(16 * 65, 16, 8, 64), pages=(16, 65))
+    w127 = _bf16_forward_config(64, 512 * 8, True, 128)
+    return [
+        ("prefill W(127,0) D64 packed", w127, prefill, dict(left=127, right=0, pack_gqa=True)),
+        ("prefill W(4095,0) D64", _bf16_forward_config(64, 512, False, 4096), prefill, dict(left=4095, right=0)),
+        ("prefill W(4095,0) D128", _bf16_forward_config(128, 512, False, 4096), prefill_d128,
+         dict(left=4095, right=0)),
+        ("prefill causal D128", _bf16_forward_config(128, 512, False, None), prefill_d128, dict(left=-1, right=0)),
+        ("decode W(127,0) paged", _bf16_forward_config(64, 8, True, 128), decode,
+         dict(left=127, right=0, pack_gqa=True)),
+        ("decode full paged, 4 splits", _bf16_forward_config(64, 8, True, None), decode,
+         dict(left=-1, right=0, pack_gqa=True, num_splits=4)),
+        # Experimental switches, off by default: they must compile too.
+        ("experimental: W(127,0) 4 tiles per program", replace(w127, tiles_per_program=4), prefill,
+         dict(left=127, right=0, pack_gqa=True)),
+        ("experimental: W(127,0) maxnreg 88", replace(w127, maxnreg=88), prefill,
+         dict(left=127, right=0, pack_gqa=True)),
+        ("experimental: decode W(127,0) with PDL", _bf16_forward_config(64, 8, True, 128), decode,
+         dict(left=127, right=0, pack_gqa=True, pdl=True)),
+    ]
+
+
+def inputs(shapes: dict, dtype=torch.bfloat16) -> tuple[tuple, dict]:
+    q = torch.randn(*shapes["q"], dtype=dtype)
+    k = torch.randn(*shapes["kv"], dtype=dtype)
+    extra = {}
+    if "pages" in shapes:
+        batch, pages = shapes["pages"]
+        extra = dict(page_table=torch.arange(batch * pages, dtype=torch.int32).view(batch, pages),
+                     seqlens_k=torch.full((batch,), pages * k.shape[1] - 1, dtype=torch.int32))
+    return (q, k, torch.randn_like(k)), extra
+
+
+def main() -> int:
+    check = "--check" in sys.argv
+    variants = "--variants" in sys.argv
+    print(f"triton {triton.__version__}, target sm_90; per launch: registers/thread, stack bytes, shared bytes, "
+          "programs/SM, KV loop pipelined")
+    failures = 0
+    rows = targets()
+    if variants:  # the W(127,0) prefill under register caps and tiles per program (scripts/gpu_probe.py regcap)
+        name, config, shapes, kwargs = rows[0]
+        rows = [(f"{name} maxnreg={cap} tiles={tiles}", replace(config, maxnreg=cap, tiles_per_program=tiles),
+                 shapes, kwargs) for tiles in (1, 4) for cap in (None, 128, 96, 88, 80)]
+    for name, config, shapes, kwargs in rows:
+        (q, k, v), extra = inputs(shapes)
+        try:
+            launches = compile_launches(config, q, k, v, **kwargs, **extra)
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            failures += 1
+            print(f"{name}: {config}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
+            continue
+        for i, r in enumerate(launches):
+            failures += check and i == 0 and config.num_stages > 1 and not r.pipelined
+            print(f"{name} [launch {i}] ({config.block_m}, {config.block_n}, {config.num_warps}, "
+                  f"{config.num_stages}){' tma' if config.tma else ''}"
+                  f"{' maxnreg=' + str(config.maxnreg) if config.maxnreg else ''}: "
+                  f"{r.registers} regs, {r.stack_bytes} B stack, {r.shared_bytes} B shared, "
+                  f"{r.programs_per_sm} programs/SM, pipelined {r.pipelined}", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The forward kernel compiles for Hopper (sm_90) on this machine, GPU or not, through Triton's real compiler (the
+interpreter, which the rest of the CPU suite uses, never compiles): every shipped prefill and decode config, with
+the arguments specialized as on a GPU, and the multi-stage KV loops come out software-pipelined; also the
+experimental switches (tiles per program, register caps, programmatic dependent launch).
+scripts/kernel_resources.py does the work and prints registers, spills and resident programs per SM."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import triton
+
+ROOT = Path(__file__).resolve().parents[1]
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+
+@pytest.mark.skipif(not CUOBJDUMP.exists(), reason="this Triton build has no NVIDIA backend tools")
+def test_shipped_forward_configs_compile_for_hopper_with_pipelined_loops():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "kernel_resources.py"), "--check"], env=env,
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    launches = re.findall(r"^(.+) \[launch 0\] .*: (\d+) regs, (\d+) B stack, .* (\d+) programs/SM, pipelined (\w+)$",
+                          result.stdout, flags=re.M)
+    names = [name for name, *_ in launches]
+    assert len(names) == 9 and "prefill W(127,0) D64 packed" in names and "decode W(127,0) paged" in names, \
+        result.stdout
+    for name, registers, _stack, programs, _pipelined in launches:
+        assert 0 < int(registers) <= 255 and int(programs) >= 1, name
