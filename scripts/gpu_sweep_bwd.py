@@ -2,13 +2,14 @@
 
 For each shape, the forward runs once; each config's backward is timed with ``triton.testing.do_bench`` (median,
 L2 cleared) and its dq/dk/dv compared with the first config's. Run: ``python scripts/gpu_sweep_bwd.py``, or with
-``--tma`` to time tensor-descriptor loads (``BwdConfig.tma``) against the pointer-load defaults
-(``--d64-large``: only D=64, window (4095, 0)).
+``--tma``: the shipped default, the default with one dK/dV stage (``BwdConfig.dkdv_num_stages``), then
+descriptor-load (``BwdConfig.tma``) and pointer-load variants (``--d64-large``: only D=64, window (4095, 0)).
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import torch
 import triton
@@ -34,7 +35,16 @@ def candidates(head_dim: int, left: int) -> list[BwdConfig]:
 
 
 def tma_candidates(head_dim: int, left: int) -> list[BwdConfig]:
-    """The default first, then descriptor-load variants (dK/dV takes them only when not packed)."""
+    """The default first, then descriptor-load variants (dK/dV takes them only when not packed), then the default
+    with one dK/dV stage (compiled for sm_90, the pipelined dK/dV loop spills; one stage does not)."""
+    from swattn.kernels.configs import backward_config
+
+    default = backward_config(head_dim, left)
+    return [default, replace(default, dkdv_num_stages=1)] + [
+        c for c in _tma_candidates(head_dim, left) if c != default]
+
+
+def _tma_candidates(head_dim: int, left: int) -> list[BwdConfig]:
     if left < 1024 and head_dim <= 64:
         return [BwdConfig(32, 64, 64, 32, 4, 3, True), BwdConfig(32, 64, 64, 32, 4, 3, True, tma=True),
                 BwdConfig(32, 64, 64, 32, 4, 3), BwdConfig(32, 64, 64, 32, 4, 3, tma=True),

@@ -6,8 +6,9 @@ The launch arguments are the ones ``attention_forward`` would pass (captured, no
 specializes them on a GPU (16-byte divisibility of pointers and of integers that are multiples of 16), so the
 compiler sees what it sees there. Triton's own cuobjdump reads the cubin. Run without ``TRITON_INTERPRET``:
 
-    python scripts/kernel_resources.py            # the shipped configs of the prefill and decode targets
-    python scripts/kernel_resources.py --check    # exit 1 unless every one compiles with pipelined KV loops
+    python scripts/kernel_resources.py            # the shipped forward and backward configs of the targets
+    python scripts/kernel_resources.py --check    # exit 1 unless every one compiles with pipelined loops
+    python scripts/kernel_resources.py --variants # the W(127,0) prefill under register caps and tile groups
 
 Triton 3.6 (the GPU's) can be tried on a CPU machine with ``pip install --target DIR triton==3.6.0`` and
 ``PYTHONPATH=DIR``.
@@ -24,6 +25,7 @@ from dataclasses import dataclass, replace
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("kernel_resources.py compiles real kernels: run it without TRITON_INTERPRET")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's swattn
 
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -31,8 +33,8 @@ from triton._C.libtriton import native_specialize_impl  # noqa: E402
 from triton.backends.compiler import BaseBackend, GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from swattn.kernels import fwd  # noqa: E402
-from swattn.kernels.configs import FwdConfig, forced_config  # noqa: E402
+from swattn.kernels import bwd, fwd  # noqa: E402
+from swattn.kernels.configs import BwdConfig, FwdConfig, backward_config, forced_config  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
 REGISTERS_PER_SM, MAX_WARPS_PER_SM, SHARED_PER_SM = 65536, 64, 227 * 1024
@@ -76,6 +78,47 @@ def _source(fn, args: tuple, kwargs: dict) -> tuple[ASTSource, dict]:
     return ASTSource(fn, signature, constexprs, attrs), options
 
 
+def _compile(kernel, args: tuple, kwargs: dict) -> Resources:
+    source, options = _source(kernel, args, kwargs)
+    compiled = triton.compile(source, target=HOPPER, options=options)
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin") as cubin:
+        cubin.write(compiled.asm["cubin"])
+        cubin.flush()
+        usage = subprocess.run([cuobjdump, "-res-usage", cubin.name], capture_output=True, text=True,
+                               check=True).stdout
+    ttgir = compiled.asm["ttgir"]
+    return Resources(
+        registers=int(re.findall(r"REG:(\d+)", usage)[0]), stack_bytes=int(re.findall(r"STACK:(\d+)", usage)[0]),
+        shared_bytes=compiled.metadata.shared, num_warps=options["num_warps"],
+        pipelined="async_copy_global_to_local" in ttgir or "async_tma_copy" in ttgir)
+
+
+def compile_backward(config: BwdConfig, q, k, v, **backward_kwargs) -> list[tuple[str, int, Resources]]:
+    """Compile the dQ and dK/dV launches ``attention_backward`` makes under ``config``: (kernel, stages, usage)."""
+    kernels, launches = {"dq": bwd._swa_bwd_dq_kernel, "dkdv": bwd._swa_bwd_dkdv_kernel}, {}
+
+    class Capture:
+        def __init__(self, name: str):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.__setitem__(self.name, (args, kwargs))
+
+    saved = bwd.tma_compatible
+    bwd._swa_bwd_dq_kernel, bwd._swa_bwd_dkdv_kernel = Capture("dq"), Capture("dkdv")
+    bwd.tma_compatible = lambda *tensors: True
+    try:
+        out, dout = torch.randn_like(q), torch.randn_like(q)
+        lse = torch.randn(q.shape[0], q.shape[2], q.shape[1])
+        bwd.attention_backward(dout, q, k, v, out, lse, softmax_scale=q.shape[-1] ** -0.5, config=config,
+                               **backward_kwargs)
+    finally:
+        bwd._swa_bwd_dq_kernel, bwd._swa_bwd_dkdv_kernel = kernels["dq"], kernels["dkdv"]
+        bwd.tma_compatible = saved
+    return [(name, launches[name][1]["num_stages"], _compile(kernels[name], *launches[name])) for name in kernels]
+
+
 def compile_launches(config: FwdConfig, q, k, v, pdl: bool = False, **forward_kwargs) -> list[Resources]:
     """Compile every launch ``attention_forward`` makes for these inputs under ``config`` (``pdl``: as with
     ``SWATTN_PDL=1`` on a GPU)."""
@@ -96,22 +139,7 @@ def compile_launches(config: FwdConfig, q, k, v, pdl: bool = False, **forward_kw
     finally:
         fwd._swa_fwd_kernel = kernel
         fwd.combine_splits, fwd.tma_compatible, fwd.pdl_enabled = saved
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    results = []
-    for args, kwargs in launches:
-        source, options = _source(kernel, args, kwargs)
-        compiled = triton.compile(source, target=HOPPER, options=options)
-        with tempfile.NamedTemporaryFile("wb", suffix=".cubin") as cubin:
-            cubin.write(compiled.asm["cubin"])
-            cubin.flush()
-            usage = subprocess.run([cuobjdump, "-res-usage", cubin.name], capture_output=True, text=True,
-                                   check=True).stdout
-        ttgir = compiled.asm["ttgir"]
-        results.append(Resources(
-            registers=int(re.findall(r"REG:(\d+)", usage)[0]), stack_bytes=int(re.findall(r"STACK:(\d+)", usage)[0]),
-            shared_bytes=compiled.metadata.shared, num_warps=options["num_warps"],
-            pipelined="async_copy_global_to_local" in ttgir or "async_tma_copy" in ttgir))
-    return results
+    return [_compile(kernel, args, kwargs) for args, kwargs in launches]
 
 
 def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
@@ -142,6 +170,19 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         ("experimental: decode W(127,0) with PDL", _bf16_forward_config(64, 8, True, 128), decode,
          dict(left=127, right=0, pack_gqa=True, pdl=True)),
     ]
+
+
+def backward_targets() -> list[tuple[str, BwdConfig, dict, dict]]:
+    """The shipped backward configs of the issue's shapes, and one dK/dV stage (experimental)."""
+    d64, d128 = dict(q=(1, 512, 64, 64), kv=(1, 512, 8, 64)), dict(q=(1, 512, 32, 128), kv=(1, 512, 8, 128))
+    rows = []
+    for label, shapes, head_dim, left in [("W(127,0) D64", d64, 64, 127), ("W(127,0) D128", d128, 128, 127),
+                                         ("W(4095,0) D64", d64, 64, 4095), ("W(4095,0) D128", d128, 128, 4095)]:
+        config = backward_config(head_dim, left)
+        rows.append((f"backward {label}", config, shapes, dict(left=left, right=0)))
+        rows.append((f"experimental: backward {label}, one dK/dV stage", replace(config, dkdv_num_stages=1), shapes,
+                     dict(left=left, right=0)))
+    return rows
 
 
 def inputs(shapes: dict, dtype=torch.bfloat16) -> tuple[tuple, dict]:
@@ -181,6 +222,21 @@ def main() -> int:
                   f"{' maxnreg=' + str(config.maxnreg) if config.maxnreg else ''}: "
                   f"{r.registers} regs, {r.stack_bytes} B stack, {r.shared_bytes} B shared, "
                   f"{r.programs_per_sm} programs/SM, pipelined {r.pipelined}", flush=True)
+    if not variants:
+        for name, config, shapes, kwargs in backward_targets():
+            (q, k, v), _ = inputs(shapes)
+            try:
+                launches = compile_backward(config, q, k, v, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                failures += 1
+                print(f"{name}: {config}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
+                continue
+            for kernel, stages, r in launches:
+                failures += check and stages > 1 and not r.pipelined
+                print(f"{name} [{kernel}] ({stages} stages{', tma' if config.tma else ''}"
+                      f"{', packed' if config.pack_gqa else ''}): {r.registers} regs, {r.stack_bytes} B stack, "
+                      f"{r.shared_bytes} B shared, {r.programs_per_sm} programs/SM, pipelined {r.pipelined}",
+                      flush=True)
     return 1 if failures else 0
 
 

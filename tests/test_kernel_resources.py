@@ -1,7 +1,7 @@
-"""The forward kernel compiles for Hopper (sm_90) on this machine, GPU or not, through Triton's real compiler (the
-interpreter, which the rest of the CPU suite uses, never compiles): every shipped prefill and decode config, with
-the arguments specialized as on a GPU, and the multi-stage KV loops come out software-pipelined; also the
-experimental switches (tiles per program, register caps, programmatic dependent launch).
+"""The kernels compile for Hopper (sm_90) on this machine, GPU or not, through Triton's real compiler (the
+interpreter, which the rest of the CPU suite uses, never compiles): every shipped prefill, decode and backward
+config, with the arguments specialized as on a GPU, and the multi-stage loops come out software-pipelined; also the
+experimental switches (tiles per program, register caps, programmatic dependent launch, one dK/dV stage).
 scripts/kernel_resources.py does the work and prints registers, spills and resident programs per SM."""
 
 from __future__ import annotations
@@ -32,3 +32,5 @@ def test_shipped_forward_configs_compile_for_hopper_with_pipelined_loops():
         result.stdout
     for name, registers, _stack, programs, _pipelined in launches:
         assert 0 < int(registers) <= 255 and int(programs) >= 1, name
+    backward = re.findall(r"^backward .* \[(dq|dkdv)\] \((\d) stages.*: (\d+) regs", result.stdout, flags=re.M)
+    assert len(backward) == 8 and {kernel for kernel, *_ in backward} == {"dq", "dkdv"}, result.stdout

@@ -470,7 +470,7 @@ def attention_backward(
     common = dict(
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, IS_VARLEN_Q=varlen_q,
         IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqused_k is not None, UPCAST=upcast, BLOCK_D=block_d,
-        HEAD_DIM=head_dim, num_warps=config.num_warps, num_stages=config.num_stages,
+        HEAD_DIM=head_dim, num_warps=config.num_warps,
     )
     scalars = (seqlen_q, seqlen_k, group, softmax_scale, softcap if softcap > 0 else 1.0, left, right)
     sequence_args = (cu_seqlens_q if varlen_q else placeholder, cu_seqlens_k if varlen_k else placeholder,
@@ -493,7 +493,7 @@ def attention_backward(
         *_strides3(q, varlen_q), *_strides3(out, varlen_q), *_strides3(k, varlen_k), *_strides3(v, varlen_k),
         *_strides3(dout, varlen_q), *_strides3(dq, varlen_q), *lse_strides, *scalars,
         HAS_DLSE=dlse is not None, ROWS_PER_POS=rows_per_pos, USE_TMA=dq_tma, BLOCK_M=config.dq_block_m,
-        BLOCK_N=config.dq_block_n, **common,
+        BLOCK_N=config.dq_block_n, num_stages=config.num_stages, **common,
     )
     if sinks is not None:
         dsinks = sinks_gradient(sinks, lse, delta, cu_seqlens_q)
@@ -504,6 +504,7 @@ def attention_backward(
         *_strides3(q, varlen_q), *_strides3(k, varlen_k), *_strides3(v, varlen_k), *_strides3(dout, varlen_q),
         *_strides3(dk, varlen_k), *_strides3(dv, varlen_k), *lse_strides, *scalars,
         RECORD_LOOP=record_loop, ROWS_PER_POS=rows_per_pos, USE_TMA=dkdv_tma, BLOCK_M=config.dkdv_block_m,
-        BLOCK_N=config.dkdv_block_n, **common,
+        BLOCK_N=config.dkdv_block_n,
+        num_stages=config.num_stages if config.dkdv_num_stages is None else config.dkdv_num_stages, **common,
     )
     return (dq, dk, dv, dsinks, loop_record) if record_loop else (dq, dk, dv, dsinks)

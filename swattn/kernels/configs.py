@@ -52,6 +52,10 @@ class BwdConfig:
     # Streamed tiles through tensor descriptors (TMA), as FwdConfig.tma: K/V of the dQ loop, q/dO of the dK/dV
     # loop when not packed.
     tma: bool = False
+    # Stages of the dK/dV loop when it should differ from the dQ loop's ``num_stages`` (None: the same). Compiled
+    # for sm_90 (scripts/kernel_resources.py), the pipelined dK/dV loop holds 255 registers and spills (W(127,0)
+    # D64: 448 B; W(4095,0) D128: 624 B), one stage 155-224 registers without spills.
+    dkdv_num_stages: int | None = None
 
 
 # Bytes of streamed tiles a config may keep in shared memory. Hopper gives a block 227 KiB; Triton also needs
@@ -161,7 +165,7 @@ def backward_config(head_dim_padded: int, left: int, element_size: int = 2) -> B
     else:
         config = BwdConfig(16, 64, 64, 16, 8, 1)
     if element_size != 2:
-        config = replace(config, tma=False)
+        config = replace(config, tma=False, dkdv_num_stages=None)  # fp32 shrinks one shared stage count
     while element_size > 2 and (
             _streamed_bytes(config.dkdv_block_n, config.dkdv_block_m, config.num_stages, head_dim_padded,
                             element_size) > SHARED_MEMORY_BUDGET // 2

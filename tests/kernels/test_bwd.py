@@ -34,7 +34,7 @@ PROPERTY_SETTINGS = dict(deadline=None, derandomize=True, database=None, print_b
 GRAD_TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 CONFIGS = [BwdConfig(16, 16, 16, 16, 4, 1), BwdConfig(16, 32, 32, 16, 4, 1),
            BwdConfig(16, 16, 16, 16, 4, 1, pack_gqa=True), BwdConfig(32, 32, 32, 16, 4, 1, pack_gqa=True),
-           BwdConfig(16, 32, 32, 16, 4, 1, tma=True)]
+           BwdConfig(16, 32, 32, 16, 4, 1, tma=True), BwdConfig(16, 32, 32, 16, 4, 2, dkdv_num_stages=1)]
 
 
 class _PoisonedTorch:
@@ -158,9 +158,9 @@ def test_query_seeing_jit_twins_match_python_and_interior_blocks_see_every_key(h
     pytest.param(37, 37, -1, -1, id="Sq37-Sk37-full"),
     pytest.param(30, 45, 0, -1, id="Sq30-Sk45-W0_-1"),
 ])
-@pytest.mark.parametrize("config", CONFIGS,
-                         ids=lambda c: f"M{c.dkdv_block_m}-N{c.dkdv_block_n}{'-packed' if c.pack_gqa else ''}"
-                                       f"{'-tma' if c.tma else ''}")
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: (
+    f"M{c.dkdv_block_m}-N{c.dkdv_block_n}{'-packed' if c.pack_gqa else ''}{'-tma' if c.tma else ''}"
+    f"-s{c.num_stages}{f'-dkdv_s{c.dkdv_num_stages}' if c.dkdv_num_stages else ''}"))
 def test_dkdv_loop_query_range_is_exact(sq, sk, left, right, config):
     q, k, v = (torch.randn(1, s, h, 16) for s, h in ((sq, 2), (sk, 1), (sk, 1)))
     out, lse, _ = attention_forward(q, k, v, softmax_scale=0.25, left=left, right=right)
