@@ -86,12 +86,17 @@ def backward() -> None:
               flush=True)
 
 
-def prefill() -> None:
+def w127_prefill_inputs() -> tuple[torch.Tensor, ...]:
+    """q, k, v of the window-(127, 0) prefill target (S=16K, D=64, H=64/8) and the default config's output."""
     seqlen, head_dim, heads, kv_heads = 16384, 64, 64, 8
     q = torch.randn(1, seqlen, heads, head_dim, device=DEVICE, dtype=DTYPE)
     k = torch.randn(1, seqlen, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
     v = torch.randn_like(k)
-    ref = swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0)).float()
+    return q, k, v, swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0)).float()
+
+
+def prefill() -> None:
+    q, k, v, ref = w127_prefill_inputs()
     rows = []
     configs = [(64, 32, 4, 2), (64, 256, 8, 1), (64, 256, 4, 1), (32, 256, 4, 1), (128, 256, 8, 1),
                (64, 128, 4, 1), (64, 128, 8, 1), (64, 128, 4, 2), (128, 128, 8, 1), (128, 128, 8, 2),
@@ -219,11 +224,7 @@ def pdl() -> None:
 
 
 def regcap() -> None:
-    seqlen, head_dim, heads, kv_heads = 16384, 64, 64, 8
-    q = torch.randn(1, seqlen, heads, head_dim, device=DEVICE, dtype=DTYPE)
-    k = torch.randn(1, seqlen, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
-    v = torch.randn_like(k)
-    ref = swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0)).float()
+    q, k, v, ref = w127_prefill_inputs()
     print("\n## register caps, prefetch depth and tiles per program, W(127,0) S=16K D=64 H=64/8 packed: "
           "(us, config, maxnreg, tiles, rel diff against the default)")
     # Five 32-key blocks per tile: 5 stages issue every block's loads before the first is used. Register caps

@@ -723,6 +723,13 @@ TMA_CASES = [
                          ids=config_id)
 @pytest.mark.parametrize("name,case", TMA_CASES, ids=[c[0] for c in TMA_CASES])
 def test_fwd_tma_loads_equal_pointer_loads(name, case, config):
+    q, k, v = check_variant_bitwise(case, config, replace(config, tma=True))
+    assert tma_compatible(k, v)
+
+
+def check_variant_bitwise(case: dict, config: FwdConfig, variant: FwdConfig):
+    """Run ``case`` (dense kwargs with ``sq``/``sk``, or ``varlen=True``) under ``variant``, check dense results
+    against the reference, and require the same bits (out and LSE) as under ``config``; returns q, k, v."""
     case = dict(case)
     heads, kv_heads, head_dim = case.pop("heads", 4), case.pop("kv_heads", 2), case.pop("head_dim", 64)
     sinks = make_sinks(heads) if case.pop("sinks", False) else None
@@ -741,16 +748,16 @@ def test_fwd_tma_loads_equal_pointer_loads(name, case, config):
 
         def run():
             return swattn.flash_attn_func(q, k, v, sinks=sinks, return_softmax_lse=True, **case)
-        with forced_config(replace(config, tma=True)):
+        with forced_config(variant):
             out, lse = run()
         check_dense(q, k, v, out, lse, causal=case.get("causal", False), window_size=case.get("window_size", (-1, -1)),
                     softcap=case.get("softcap", 0.0), sinks=sinks)
-    assert tma_compatible(k, v)
     with forced_config(config):
         expected = run()
-    with forced_config(replace(config, tma=True)):
+    with forced_config(variant):
         actual = run()
     assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1])
+    return q, k, v
 
 
 def test_fwd_tma_falls_back_to_pointers_where_tensors_do_not_allow_it():
@@ -799,34 +806,8 @@ GROUP_CASES = [
 @pytest.mark.parametrize("tiles", [2, 3])
 @pytest.mark.parametrize("name,case", GROUP_CASES, ids=[c[0] for c in GROUP_CASES])
 def test_fwd_tile_groups_equal_one_tile_per_program(name, case, tiles):
-    case = dict(case)
-    heads, kv_heads, head_dim = case.pop("heads", 4), case.pop("kv_heads", 2), case.pop("head_dim", 64)
-    sinks = make_sinks(heads) if case.pop("sinks", False) else None
     config = FwdConfig(16, 16, 4, 2, single_loop=True)
-    if case.pop("varlen", False):
-        q_lens, k_lens, used = [5, 0, 23, 1], [30, 4, 23, 40], [30, 0, 20, 33]
-        q = torch.randn(sum(q_lens), heads, head_dim).half()
-        k = torch.randn(sum(k_lens), kv_heads, head_dim).half()
-        v = torch.randn(sum(k_lens), kv_heads, head_dim).half()
-
-        def run():
-            return swattn.flash_attn_varlen_func(q, k, v, _cu(q_lens), _cu(k_lens), max(q_lens), max(k_lens),
-                                                 seqused_k=torch.tensor(used, dtype=torch.int32), sinks=sinks,
-                                                 return_softmax_lse=True, **case)
-    else:
-        q, k, v = make_qkv(2, case.pop("sq"), case.pop("sk"), heads, kv_heads, head_dim, torch.float16)
-
-        def run():
-            return swattn.flash_attn_func(q, k, v, sinks=sinks, return_softmax_lse=True, **case)
-        with forced_config(replace(config, tiles_per_program=tiles)):
-            out, lse = run()
-        check_dense(q, k, v, out, lse, causal=case.get("causal", False), window_size=case.get("window_size", (-1, -1)),
-                    softcap=case.get("softcap", 0.0), sinks=sinks)
-    with forced_config(config):
-        expected = run()
-    with forced_config(replace(config, tiles_per_program=tiles)):
-        actual = run()
-    assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1])
+    check_variant_bitwise(case, config, replace(config, tiles_per_program=tiles))
 
 
 @st.composite
