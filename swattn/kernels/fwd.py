@@ -229,16 +229,16 @@ def _finish_tile(
         acc = acc * alpha[:, None]
         m_i = m_new
     no_key = l_i == 0.0
-    out = acc / tl.where(no_key, 1.0, l_i)[:, None]
-    o_ptrs = (O + split.to(tl.int64) * stride_os + batch64 * stride_ob
-              + (q_begin + row_pos).to(tl.int64)[:, None] * stride_oq
-              + row_head.to(tl.int64)[:, None] * stride_oh + offs_d[None, :])
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=q_mask)
     if STORE_LSE:
         lse = tl.where(no_key, float("-inf"), (m_i + tl.log2(tl.where(no_key, 1.0, l_i))) * LN2)
         lse_ptrs = (LSE + split.to(tl.int64) * stride_ls + batch64 * stride_lb
                     + row_head.to(tl.int64) * stride_lh + (q_begin + row_pos).to(tl.int64) * stride_lq)
         tl.store(lse_ptrs, lse, mask=row_valid)
+    out = acc / tl.where(no_key, 1.0, l_i)[:, None]
+    o_ptrs = (O + split.to(tl.int64) * stride_os + batch64 * stride_ob
+              + (q_begin + row_pos).to(tl.int64)[:, None] * stride_oq
+              + row_head.to(tl.int64)[:, None] * stride_oh + offs_d[None, :])
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=q_mask)
 
 
 @triton.jit
