@@ -198,15 +198,25 @@ def _tile_inputs(
 
 
 @triton.jit
+def _tile_sink(SINKS, row_head, row_valid, HAS_SINKS: tl.constexpr, IS_SPLIT: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The rows' sinks in log2 units (zeros when unused), loaded before the KV loop: read after it, in the
+    epilogue, the load was one more exposed memory round trip at the end of every decode program."""
+    if HAS_SINKS and not IS_SPLIT:
+        return tl.load(SINKS + row_head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
+    else:
+        return tl.zeros([BLOCK_M], dtype=tl.float32)
+
+
+@triton.jit
 def _finish_tile(
-    acc, l_i, m_i, visited, O, LSE, SINKS, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
+    acc, l_i, m_i, visited, O, LSE, sink, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
     stride_os, stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh,
     split, program_index, active, batch64, q_begin, row_valid, row_pos, row_head, q_mask, offs_d,
     HAS_SINKS: tl.constexpr, IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr,
     NON_FINITE_PASS: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """The tile's epilogue: non-finite flags, block count, the sink, normalization, O and LSE stores (all masked
-    off for an inactive tile)."""
+    """The tile's epilogue: non-finite flags, block count, the sink (``_tile_sink``'s, in log2 units),
+    normalization, LSE and O stores (all masked off for an inactive tile)."""
     if NON_FINITE_PASS == FLAG_NON_FINITE:
         # A row sum is NaN when the row holds one (an inf alone does not leak: 0 * inf is what makes the NaN).
         # The atomic's lanes are predicated off unless a row holds a NaN, so finite inputs never issue it.
@@ -222,7 +232,6 @@ def _finish_tile(
 
     if HAS_SINKS and not IS_SPLIT:
         # The sink joins the denominator once, after every block; it has no value vector.
-        sink = tl.load(SINKS + row_head, mask=row_valid, other=0.0).to(tl.float32) * LOG2E
         m_new = tl.maximum(m_i, sink)
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.exp2(sink - m_new)
@@ -286,6 +295,7 @@ def _attend_tile(
             Q, K, V, CACHE_BATCH_IDX, PAGE_TABLE, batch, q_begin, k_begin, row_valid, row_pos, row_head, kv_head,
             stride_qb, stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_page_table,
             HAS_CACHE_BATCH_IDX, UPCAST, BLOCK_D, HEAD_DIM)
+        sink = _tile_sink(SINKS, row_head, row_valid, HAS_SINKS, IS_SPLIT, BLOCK_M)
         k_desc = None
         v_desc = None
         if USE_TMA:
@@ -341,7 +351,7 @@ def _attend_tile(
                 BLOCK_N, USE_TMA)
 
         _finish_tile(
-            acc, l_i, m_i, visited, O, LSE, SINKS, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
+            acc, l_i, m_i, visited, O, LSE, sink, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
             stride_os, stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh,
             split, program_index, active, batch64, q_begin, row_valid, row_pos, row_head, q_mask, offs_d,
             HAS_SINKS, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, NON_FINITE_PASS, BLOCK_M)
@@ -386,6 +396,7 @@ def _attend_tile_group(
             Q, K, V, CACHE_BATCH_IDX, PAGE_TABLE, batch, q_begin, k_begin, row_valid, row_pos, row_head, kv_head,
             stride_qb, stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_page_table,
             HAS_CACHE_BATCH_IDX, UPCAST, BLOCK_D, HEAD_DIM)
+        sink = _tile_sink(SINKS, row_head, row_valid, HAS_SINKS, False, BLOCK_M)
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -395,7 +406,7 @@ def _attend_tile_group(
             page_size, seqlen_q_b, seqlen_k_b, left, right, softmax_scale, softcap, HEAD_DIM, 0,
             True, True, True, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, False)
         _finish_tile(
-            acc, l_i, m_i, visited, O, LSE, SINKS, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
+            acc, l_i, m_i, visited, O, LSE, sink, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
             stride_os, stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh,
             batch_head * 0, batch_head * num_tiles + tile, active, batch64, q_begin, row_valid, row_pos, row_head,
             q_mask, offs_d, HAS_SINKS, False, STORE_LSE, False, NON_FINITE_PASS, BLOCK_M)
