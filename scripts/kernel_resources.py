@@ -65,6 +65,9 @@ def _source(fn, args: tuple, kwargs: dict) -> tuple[ASTSource, dict]:
     signature, constexprs, attrs = {}, {}, {}
     unspecialized = set(getattr(fn, "do_not_specialize", None) or [])
     for index, (name, arg) in enumerate(zip(fn.arg_names, args)):
+        if fn.params[index].is_constexpr:  # a positional argument the kernel declares tl.constexpr
+            signature[name], constexprs[name] = "constexpr", arg
+            continue
         specialize = name not in unspecialized and index not in unspecialized
         kind, key = native_specialize_impl(BaseBackend, arg, False, specialize, True)
         signature[name] = kind

@@ -45,6 +45,8 @@ def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_k
 
     Paged caches look each token's page up on its own, so a block may start anywhere and straddle pages; the page
     table is read only for tokens in ``load_mask``, so entries outside the window are never dereferenced.
+    ``page_size`` is a compile-time constant of the kernel: page and slot are a shift and a mask for power-of-two
+    pages instead of an integer division on the decode step's dependent chain (one compile per page size).
     """
     if IS_PAGED:
         page = tl.load(page_table_row + offs_n // page_size, mask=load_mask, other=0).to(tl.int64)
@@ -412,7 +414,7 @@ def _attend_tile_group(
             q_mask, offs_d, HAS_SINKS, False, STORE_LSE, False, NON_FINITE_PASS, BLOCK_M)
 
 
-@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "page_size", "num_tiles", "num_work",
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "num_tiles", "num_work",
                                "blocks_per_tile"])
 def _swa_fwd_kernel(
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
@@ -423,7 +425,7 @@ def _swa_fwd_kernel(
     stride_os, stride_ob, stride_oq, stride_oh,
     stride_ls, stride_lb, stride_lq, stride_lh,
     stride_page_table,
-    seqlen_q, seqlen_k, num_heads, queries_per_kv_head, page_size,
+    seqlen_q, seqlen_k, num_heads, queries_per_kv_head, page_size: tl.constexpr,
     softmax_scale, softcap, left, right,
     num_tiles, num_splits, num_work, blocks_per_tile,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
