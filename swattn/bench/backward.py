@@ -250,6 +250,6 @@ def main(args: argparse.Namespace) -> Section:
     alone = getattr(args, "scenario", "backward") == "backward"
     section = run(env, getattr(args, "seqlens", None) if alone else None,
                   getattr(args, "head_dims", None) if alone else None, getattr(args, "lefts", None) if alone else None)
-    if getattr(args, "scenario", "backward") == "backward":  # alone, the dispatcher prints no environment header
+    if alone:  # the dispatcher prints no environment header
         section.notes.extend(line.removeprefix("- ") for line in env.header)
     return section
