@@ -9,9 +9,8 @@ Sections (argv; all by default):
   timers    window-(127, 0) prefill at 16K (D=64): do_bench against graph replay and host time, isolation on/off;
   pdl       SWATTN_PDL=0/1 (programmatic dependent launch) on graph-replayed decode steps: W(127, 0) with and
             without append, full attention with split-KV + combine (B=4, 16K);
-  regcap    window-(127, 0) prefill at 16K (D=64) under register caps (FwdConfig.maxnreg: more resident programs),
-            deeper prefetch (stages up to the tile's five blocks) and several tiles per program
-            (FwdConfig.tiles_per_program: one flattened K/V stream).
+  regcap    window-(127, 0) prefill at 16K (D=64) under register caps (FwdConfig.maxnreg: more resident programs)
+            and deeper prefetch (stages up to the tile's five blocks).
 Run: ``python scripts/gpu_probe.py [sections]``.
 """
 
@@ -225,27 +224,24 @@ def pdl() -> None:
 
 def regcap() -> None:
     q, k, v, ref = w127_prefill_inputs()
-    print("\n## register caps, prefetch depth and tiles per program, W(127,0) S=16K D=64 H=64/8 packed: "
-          "(us, config, maxnreg, tiles, rel diff against the default)")
+    print("\n## register caps and prefetch depth, W(127,0) S=16K D=64 H=64/8 packed: "
+          "(us, config, maxnreg, rel diff against the default)")
     # Five 32-key blocks per tile: 5 stages issue every block's loads before the first is used. Register caps
     # (scripts/kernel_resources.py, Triton 3.6): 110 registers -> 4 programs/SM; 96 or 88 -> 5, no spills; 80 -> 6.
-    variants = [((bm, bn, w, st), cap, 1) for bm, bn, w, st in [
+    variants = [((bm, bn, w, st), cap) for bm, bn, w, st in [
         (64, 32, 4, 2), (64, 32, 4, 3), (64, 32, 4, 5), (64, 64, 4, 3), (128, 32, 8, 2), (128, 32, 8, 5)]
         for cap in (None, 96, 88, 80)]
-    # Several tiles per program, their K/V loops flattened into one pipelined stream (FwdConfig.tiles_per_program);
-    # last, since a compiler assertion there would end the process (the lines above are already printed).
-    variants += [((64, 32, 4, st), cap, tiles) for st in (2, 3) for tiles in (2, 4, 8) for cap in (None, 128)]
-    for (bm, bn, w, st), cap, tiles in variants:
-        config = FwdConfig(bm, bn, w, st, single_loop=True, maxnreg=cap, tiles_per_program=tiles)
+    for (bm, bn, w, st), cap in variants:
+        config = FwdConfig(bm, bn, w, st, single_loop=True, maxnreg=cap)
         try:
             with forced_config(config):
                 fn = lambda: swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0))  # noqa: E731
                 err = ((fn().float() - ref).norm() / ref.norm()).item()
                 us = bench(fn, 150)
         except Exception as e:  # noqa: BLE001
-            print(f"  {bm},{bn},{w},{st} maxnreg={cap} tiles={tiles} failed: {str(e)[:120]}")
+            print(f"  {bm},{bn},{w},{st} maxnreg={cap} failed: {str(e)[:120]}")
             continue
-        print(f"  {us:8.1f} ({bm}, {bn}, {w}, {st}) maxnreg={cap} tiles={tiles} {err:.1e}", flush=True)
+        print(f"  {us:8.1f} ({bm}, {bn}, {w}, {st}) maxnreg={cap} {err:.1e}", flush=True)
 
 
 def host() -> None:

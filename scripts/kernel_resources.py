@@ -8,7 +8,7 @@ compiler sees what it sees there. Triton's own cuobjdump reads the cubin. Run wi
 
     python scripts/kernel_resources.py            # the shipped forward and backward configs of the targets
     python scripts/kernel_resources.py --check    # exit 1 unless every one compiles with pipelined loops
-    python scripts/kernel_resources.py --variants # the W(127,0) prefill under register caps and tile groups
+    python scripts/kernel_resources.py --variants # the W(127,0) prefill under register caps
 
 Triton 3.6 (the GPU's) can be tried on a CPU machine with ``pip install --target DIR triton==3.6.0`` and
 ``PYTHONPATH=DIR``.
@@ -166,8 +166,6 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         ("decode full paged, 4 splits", _bf16_forward_config(64, 8, True, None), decode,
          dict(left=-1, right=0, pack_gqa=True, num_splits=4)),
         # Experimental switches, off by default: they must compile too.
-        ("experimental: W(127,0) 4 tiles per program", replace(w127, tiles_per_program=4), prefill,
-         dict(left=127, right=0, pack_gqa=True)),
         ("experimental: W(127,0) maxnreg 88", replace(w127, maxnreg=88), prefill,
          dict(left=127, right=0, pack_gqa=True)),
         ("experimental: decode W(127,0) with PDL", _bf16_forward_config(64, 8, True, 128), decode,
@@ -206,10 +204,10 @@ def main() -> int:
           "programs/SM, KV loop pipelined")
     failures = 0
     rows = targets()
-    if variants:  # the W(127,0) prefill under register caps and tiles per program (scripts/gpu_probe.py regcap)
+    if variants:  # the W(127,0) prefill under register caps (scripts/gpu_probe.py regcap)
         name, config, shapes, kwargs = rows[0]
-        rows = [(f"{name} maxnreg={cap} tiles={tiles}", replace(config, maxnreg=cap, tiles_per_program=tiles),
-                 shapes, kwargs) for tiles in (1, 4) for cap in (None, 128, 96, 88, 80)]
+        rows = [(f"{name} maxnreg={cap}", replace(config, maxnreg=cap), shapes, kwargs)
+                for cap in (None, 128, 96, 88, 80)]
     for name, config, shapes, kwargs in rows:
         (q, k, v), extra = inputs(shapes)
         try:

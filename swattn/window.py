@@ -138,24 +138,6 @@ def num_kv_blocks(span: int, block_n: int) -> int:
     return -(-span // block_n)
 
 
-def max_kv_blocks_per_tile(rows_per_tile: int, rows_per_position: int, left: int, right: int, block_n: int) -> int:
-    """Most KV blocks any tile of ``rows_per_tile`` consecutive rows can visit under a window bounded on both
-    sides (``left, right >= 0``); ``rows_per_position`` > 1 is PackGQA's rows (heads) per query position.
-
-    Tiles start at multiples of ``rows_per_tile``, so they hold ``rows_per_tile / rows_per_position`` positions
-    when that divides, and at most ``(rows_per_tile - 1) // rows_per_position + 2`` (starting mid-position) when
-    not; ``p`` positions see at most ``p - 1 + left + right + 1`` keys. Programs that run several tiles back to back
-    give every tile this many loop steps; blocks past a tile's own span load nothing.
-    """
-    if left < 0 or right < 0:
-        raise ValueError(f"window sides must be bounded (>= 0), got ({left}, {right})")
-    if rows_per_tile % rows_per_position == 0:
-        positions = rows_per_tile // rows_per_position
-    else:
-        positions = (rows_per_tile - 1) // rows_per_position + 2
-    return num_kv_blocks(positions + left + right, block_n)
-
-
 @dataclass(frozen=True)
 class TilePlan:
     """One query tile: rows ``[first_row, last_row]``, its KV loop start and length."""

@@ -171,25 +171,6 @@ def test_tile_plan_matches_brute_force(sq, sk, left, right, block_m, block_n, gr
         assert plan.num_kv_blocks == -(-plan.span // block_n)
 
 
-@pytest.mark.parametrize("rows,group", [(64, 8), (64, 1), (16, 8), (64, 6), (48, 5), (16, 3)])
-@pytest.mark.parametrize("left,right", [(0, 0), (3, 0), (127, 0), (5, 9), (30, 2)])
-def test_max_kv_blocks_per_tile_bounds_every_tile(rows, group, left, right):
-    # Brute force over tiles of `rows` consecutive (position, head) rows, tiles aligned to `rows` as in the kernel
-    # (PackGQA tiles may start mid-position when `group` does not divide `rows`): the bound is never exceeded and
-    # is reached by some tile of a long enough sequence.
-    block_n, seqlen = 16, 300
-    bound = window.max_kv_blocks_per_tile(rows, group, left, right, block_n)
-    most = 0
-    for first_row in range(0, seqlen * group, rows):
-        first_pos, last_pos = first_row // group, (min(first_row + rows, seqlen * group) - 1) // group
-        _, span = window.visible_span(first_pos, last_pos, seqlen, seqlen, left, right)
-        most = max(most, window.num_kv_blocks(span, block_n))
-    assert most <= bound
-    assert most == bound or rows % group  # tight when positions per tile are exact
-    with pytest.raises(ValueError, match="bounded"):
-        window.max_kv_blocks_per_tile(rows, group, -1, 0, block_n)
-
-
 def test_decode_gpt_oss_one_block_for_every_context_length():
     # Sq = 1, window (127, 0), BLOCK_N = 128: the n_offset start makes the 128-key window one block, always.
     for sk in range(1, 601):

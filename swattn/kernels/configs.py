@@ -30,9 +30,6 @@ class FwdConfig:
     # Register cap per thread (Triton's ``maxnreg``): more resident programs per SM for latency-bound short loops,
     # at the risk of spills. None: the compiler's choice.
     maxnreg: int | None = None
-    # Query tiles per program, run back to back in one flattened loop (single masked loop, both window sides
-    # bounded, no split; else 1): the K/V stream of short tiles does not drain at every tile boundary.
-    tiles_per_program: int = 1
 
 
 @dataclass(frozen=True)
@@ -124,7 +121,9 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
         block_m = max(16, triton.next_power_of_2(rows_per_tile))
         if small_window:
             return FwdConfig(block_m, 128 if head_dim_padded <= 128 else 64, 4, 1, single_loop=True)
-        return FwdConfig(block_m, 64, 4, 3)
+        # Full decode, H200 (gpu_probe.py splits, 16K, page 16): two warps per 16-row tile fit twice the
+        # programs per SM, more loads in flight: B=16 137 us (12 splits) vs 150 us with four warps, B=4 42 vs 46.
+        return FwdConfig(block_m, 64, 2 if block_m <= 16 else 4, 3)
     if small_window:
         # Short KV loops: one masked loop; W127 D64 16K: 252 us (64, 32, 4, 2, single) vs 262 us three loops.
         if head_dim_padded <= 64:
@@ -155,7 +154,9 @@ def backward_config(head_dim_padded: int, left: int, element_size: int = 2) -> B
         return BwdConfig(16, 16, 16, 16, 4, 1, pack_gqa=small_window)
     if head_dim_padded <= 64:
         # Window (4095, 0), S=32768: descriptors and 2 stages 16675 us, pointers and 3 stages 18478 us.
-        config = (BwdConfig(32, 64, 64, 32, 4, 3, True) if small_window
+        # Window (127, 0), H200 (gpu_sweep_bwd.py --tma, S=32768): an unpipelined dK/dV loop (no spills) 1362 us
+        # against 1413 us with three stages; with D=128 or the large window one stage was slower (1858 vs 1455 us).
+        config = (BwdConfig(32, 64, 64, 32, 4, 3, True, dkdv_num_stages=1) if small_window
                   else BwdConfig(64, 64, 64, 64, 4, 2, tma=True))
     elif head_dim_padded <= 128:
         # Descriptor loads (scripts/gpu_sweep_bwd.py --tma, S=32768): W(127, 0) 1681 -> 1534 us, W(4095, 0)

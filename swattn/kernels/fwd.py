@@ -28,7 +28,6 @@ from swattn.kernels._common import (
 )
 from swattn.kernels.combine import combine_splits
 from swattn.kernels.configs import forward_config
-from swattn.window import max_kv_blocks_per_tile
 
 # Exact non-finite isolation (see NON_FINITE_PASS in the kernel): on by default; SWATTN_ISOLATE_NON_FINITE=0 at
 # import drops the second launch, and a non-finite value row may then reach the other rows of its tile.
@@ -359,63 +358,7 @@ def _attend_tile(
             HAS_SINKS, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, NON_FINITE_PASS, BLOCK_M)
 
 
-@triton.jit
-def _attend_tile_group(
-    Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
-    NON_FINITE_FLAGS, ANY_NON_FINITE,
-    stride_qb, stride_qs, stride_qh,
-    stride_kb, stride_ks, stride_kh,
-    stride_vb, stride_vs, stride_vh,
-    stride_os, stride_ob, stride_oq, stride_oh,
-    stride_ls, stride_lb, stride_lq, stride_lh,
-    stride_page_table,
-    seqlen_q, seqlen_k, num_heads, queries_per_kv_head, page_size,
-    softmax_scale, softcap, left, right,
-    first_tile, batch_head, num_tiles, blocks_per_tile,
-    HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
-    IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
-    HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
-    STORE_LSE: tl.constexpr, UPCAST: tl.constexpr, NON_FINITE_PASS: tl.constexpr,
-    TILES_PER_PROGRAM: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-):
-    """Query tiles ``first_tile ..`` (TILES_PER_PROGRAM of them) of ``batch_head``, one after the other, each with
-    one masked KV loop of ``blocks_per_tile`` blocks (``window.max_kv_blocks_per_tile``; both window sides
-    bounded, no split). The tile loop is flattened with the KV loops (``tl.range(flatten=True)``), so the software
-    pipeline keeps streaming K/V across tile boundaries instead of draining and refilling once per short tile.
-    Each tile's loop starts at its own first visible key; steps past a tile's span load nothing (their keys lie
-    beyond ``kv_end``) and leave its softmax state unchanged. Tiles past the sequence are inactive: nothing stored.
-    """
-    for step in tl.range(0, TILES_PER_PROGRAM, flatten=True):
-        tile = first_tile + step
-        (batch, q_begin, seqlen_q_b, k_begin, seqlen_k_b, active, row_valid, row_pos, row_head, kv_head,
-         kv_start, kv_end, masked_head_end, unmasked_end, num_blocks) = _tile_rows(
-            tile, batch_head, seqlen_q, seqlen_k, num_heads, queries_per_kv_head, left, right,
-            CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, True, True, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
-            PACK_GQA, BLOCK_M, BLOCK_N)
-        kv_end = tl.where(active, kv_end, kv_start)  # an inactive tile loads no key
-        q, q_mask, offs_d, batch64, batch_kv, k_base, v_base, page_table_row = _tile_inputs(
-            Q, K, V, CACHE_BATCH_IDX, PAGE_TABLE, batch, q_begin, k_begin, row_valid, row_pos, row_head, kv_head,
-            stride_qb, stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_page_table,
-            HAS_CACHE_BATCH_IDX, UPCAST, BLOCK_D, HEAD_DIM)
-        sink = _tile_sink(SINKS, row_head, row_valid, HAS_SINKS, False, BLOCK_M)
-        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-        acc, l_i, m_i, visited = _attend_blocks(
-            acc, l_i, m_i, q, row_pos, k_base, v_base, None, None, 0, blocks_per_tile,
-            kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
-            page_size, seqlen_q_b, seqlen_k_b, left, right, softmax_scale, softcap, HEAD_DIM, 0,
-            True, True, True, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, False)
-        _finish_tile(
-            acc, l_i, m_i, visited, O, LSE, sink, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
-            stride_os, stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh,
-            batch_head * 0, batch_head * num_tiles + tile, active, batch64, q_begin, row_valid, row_pos, row_head,
-            q_mask, offs_d, HAS_SINKS, False, STORE_LSE, False, NON_FINITE_PASS, BLOCK_M)
-
-
-@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "num_tiles", "num_work",
-                               "blocks_per_tile"])
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "num_tiles", "num_work"])
 def _swa_fwd_kernel(
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
     NON_FINITE_FLAGS, ANY_NON_FINITE,
@@ -427,17 +370,15 @@ def _swa_fwd_kernel(
     stride_page_table,
     seqlen_q, seqlen_k, num_heads, queries_per_kv_head, page_size: tl.constexpr,
     softmax_scale, softcap, left, right,
-    num_tiles, num_splits, num_work, blocks_per_tile,
+    num_tiles, num_splits, num_work,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
     IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
     SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr, USE_PDL: tl.constexpr,
-    TILES_PER_PROGRAM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
-    """Grid: (query tiles / TILES_PER_PROGRAM, batch * heads-per-batch, splits); the redo pass: a few persistent
-    programs. (TILES_PER_PROGRAM > 1: ``_attend_tile_group``, consecutive tiles back to back in one program.)
+    """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
     Each program computes the attention of one tile of BLOCK_M rows: positions of one head, or with PACK_GQA the
     (position, head) pairs of one KV head. Its KV loop starts at the tile's first visible key and runs over
@@ -473,17 +414,6 @@ def _swa_fwd_kernel(
                     HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST,
                     SINGLE_LOOP, NON_FINITE_PASS, USE_TMA, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
                 )
-    elif TILES_PER_PROGRAM > 1:
-        _attend_tile_group(
-            Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE,
-            BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE, stride_qb, stride_qs, stride_qh, stride_kb,
-            stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_os, stride_ob, stride_oq, stride_oh,
-            stride_ls, stride_lb, stride_lq, stride_lh, stride_page_table, seqlen_q, seqlen_k, num_heads,
-            queries_per_kv_head, page_size, softmax_scale, softcap, left, right,
-            tl.program_id(0) * TILES_PER_PROGRAM, tl.program_id(1), num_tiles, blocks_per_tile,
-            HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K, HAS_CACHE_BATCH_IDX, IS_PAGED,
-            PACK_GQA, STORE_LSE, UPCAST, NON_FINITE_PASS, TILES_PER_PROGRAM, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
-        )
     else:
         # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
         _attend_tile(
@@ -576,12 +506,6 @@ def attention_forward(
     config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size())
     num_tiles = triton.cdiv(rows_per_tile, config.block_m)
     grid = (num_tiles, batch * (num_kv_heads if pack_gqa else num_heads), num_splits)
-    # Several tiles per program (FwdConfig.tiles_per_program): one masked loop per tile, both window sides
-    # bounded, no split; block counting (tests of the one-tile loop) keeps one tile per program.
-    tiles = (config.tiles_per_program if config.single_loop and num_splits == 1 and left >= 0 and right >= 0
-             and not count_blocks else 1)
-    blocks_per_tile = (max_kv_blocks_per_tile(config.block_m, group if pack_gqa else 1, left, right, config.block_n)
-                       if tiles > 1 else 0)
 
     tokens = q.shape[0] if varlen_q else batch * seqlen_q
     is_split = num_splits > 1
@@ -621,7 +545,7 @@ def attention_forward(
         ensure_triton_allocator()
     use_pdl = pdl_enabled(q.device)
 
-    def launch(launch_grid: tuple[int, ...], non_finite_pass: int, count: bool, tiles_per_program: int) -> None:
+    def launch(launch_grid: tuple[int, ...], non_finite_pass: int, count: bool) -> None:
         _swa_fwd_kernel[launch_grid](
             q, k, v, out_target, lse_target if lse_target is not None else placeholder,
             sinks if sinks is not None else placeholder,
@@ -635,22 +559,21 @@ def attention_forward(
             page_table.stride(0) if paged else 0,
             seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
             softmax_scale, softcap if softcap > 0 else 1.0, left, right,
-            grid[0], grid[2], num_work, blocks_per_tile,
+            grid[0], grid[2], num_work,
             HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
             IS_VARLEN_Q=varlen_q, IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqlens_k is not None,
             HAS_CACHE_BATCH_IDX=cache_batch_idx is not None, IS_PAGED=paged, PACK_GQA=pack_gqa,
             IS_SPLIT=is_split, STORE_LSE=is_split or lse is not None, COUNT_BLOCKS=count,
             UPCAST=needs_upcast(q.dtype), SINGLE_LOOP=config.single_loop, NON_FINITE_PASS=non_finite_pass,
-            USE_TMA=use_tma and tiles_per_program == 1, USE_PDL=use_pdl, TILES_PER_PROGRAM=tiles_per_program,
+            USE_TMA=use_tma, USE_PDL=use_pdl,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, HEAD_DIM=head_dim,
             num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
             **({"maxnreg": config.maxnreg} if config.maxnreg else {}),
         )
 
-    launch((triton.cdiv(num_tiles, tiles),) + grid[1:], FLAG_NON_FINITE.value if isolate else NO_ISOLATION.value,
-           count_blocks, tiles)
+    launch(grid, FLAG_NON_FINITE.value if isolate else NO_ISOLATION.value, count_blocks)
     if isolate:
-        launch((min(num_work, _persistent_programs(q.device)),), REDO_FLAGGED.value, False, 1)
+        launch((min(num_work, _persistent_programs(q.device)),), REDO_FLAGGED.value, False)
     if is_split:
         combine_splits(out_target, lse_target, out.view(tokens, num_heads, head_dim) if not varlen_q else out,
                        lse, sinks, tokens_per_batch)

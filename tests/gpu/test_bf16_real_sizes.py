@@ -275,7 +275,7 @@ def test_backward_is_deterministic():
 
 @pytest.mark.parametrize("num_splits", [1, 4])
 def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch, num_splits):
-    """SWATTN_PDL=1 (experimental): append, attention and split-KV combine launched with PDL, back to back and
+    """Programmatic dependent launch (the default on Hopper; SWATTN_PDL=0 turns it off): append, attention and split-KV combine launched with PDL, back to back and
     captured in a CUDA graph, give exactly the results and cache contents of ordinary launches."""
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("programmatic dependent launch needs Hopper or newer")

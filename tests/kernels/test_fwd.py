@@ -125,8 +125,7 @@ def _packed(pack_gqa, seqlen_q, group, left, right):
 
 def config_id(config):
     return (f"M{config.block_m}-N{config.block_n}" + ("-single_loop" if config.single_loop else "")
-            + ("-tma" if config.tma else "") + (f"-reg{config.maxnreg}" if config.maxnreg else "")
-            + (f"-tiles{config.tiles_per_program}" if config.tiles_per_program > 1 else ""))
+            + ("-tma" if config.tma else "") + (f"-reg{config.maxnreg}" if config.maxnreg else ""))
 
 
 def interpreter_cost(seq_pairs, heads, kv_heads, left, right, causal, pack_gqa, num_splits, max_seqlen_q=None):
@@ -433,8 +432,7 @@ def test_fwd_window_start_on_and_off_block_boundary(sq, left, right, first_key):
     FwdConfig(32, 16, 4, 1), FwdConfig(16, 64, 4, 1), FwdConfig(64, 32, 4, 1),
     FwdConfig(16, 16, 4, 1, single_loop=True), FwdConfig(64, 32, 4, 2, single_loop=True),
     FwdConfig(32, 16, 4, 1, tma=True), FwdConfig(64, 32, 4, 2, single_loop=True, tma=True),
-    FwdConfig(64, 32, 4, 2, single_loop=True, maxnreg=64),
-    FwdConfig(16, 16, 4, 2, single_loop=True, tiles_per_program=3))])
+    FwdConfig(64, 32, 4, 2, single_loop=True, maxnreg=64))])
 def test_fwd_forced_configs_odd_lengths(config):
     q, k, v = make_qkv(1, 37, 53, 4, 2, 64, torch.float16)
     sinks = make_sinks(4)
@@ -773,9 +771,9 @@ def test_fwd_tma_falls_back_to_pointers_where_tensors_do_not_allow_it():
     check_dense(q, k, v, out, lse, window_size=(5, 0))
 
 
-def test_pdl_switch_is_off_by_default_and_never_under_the_interpreter(monkeypatch):
-    # SWATTN_PDL=1 turns programmatic dependent launch on for CUDA (Hopper+) launches only; the interpreter has no
-    # grid dependencies, so CPU runs keep ordinary launches and results whatever the variable says.
+def test_pdl_is_never_used_under_the_interpreter(monkeypatch):
+    # Programmatic dependent launch is on by default for CUDA (Hopper+) launches only (SWATTN_PDL=0 turns it off);
+    # the interpreter has no grid dependencies, so CPU runs keep ordinary launches whatever the variable says.
     q, k, v = make_qkv(1, 9, 9, 2, 1, 16, torch.float16)
     monkeypatch.delenv("SWATTN_PDL", raising=False)
     assert not pdl_enabled(torch.device("cpu")) and pdl_launch_options(False) == {}
@@ -784,56 +782,3 @@ def test_pdl_switch_is_off_by_default_and_never_under_the_interpreter(monkeypatc
     assert not pdl_enabled(torch.device("cpu"))
     assert pdl_launch_options(True) == {"launch_pdl": True}
     assert torch.equal(swattn.flash_attn_func(q, k, v, window_size=(3, 0)), expected)
-
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Several query tiles per program (FwdConfig.tiles_per_program): the same bits as one tile per program
-
-
-GROUP_CASES = [
-    # id, dense or varlen kwargs (window sides bounded: the tile-group path; others fall back to one tile)
-    ("dense-W11_4-sinks", dict(sq=37, sk=53, window_size=(11, 4), sinks=True)),
-    ("dense-Sk<Sq-W5_0-softcap", dict(sq=40, sk=23, window_size=(5, 0), softcap=2.0)),
-    ("dense-D80-W7_0", dict(sq=29, sk=61, window_size=(7, 0), head_dim=80)),
-    ("dense-W0_0", dict(sq=33, sk=33, window_size=(0, 0))),
-    ("dense-G6-packed", dict(sq=19, sk=40, window_size=(9, 1), heads=6, kv_heads=1, pack_gqa=True)),
-    ("varlen-seqused-W6_1", dict(varlen=True, window_size=(6, 1), sinks=True)),
-    ("causal-falls-back", dict(sq=30, sk=30, causal=True)),
-]
-
-
-@pytest.mark.parametrize("tiles", [2, 3])
-@pytest.mark.parametrize("name,case", GROUP_CASES, ids=[c[0] for c in GROUP_CASES])
-def test_fwd_tile_groups_equal_one_tile_per_program(name, case, tiles):
-    config = FwdConfig(16, 16, 4, 2, single_loop=True)
-    check_variant_bitwise(case, config, replace(config, tiles_per_program=tiles))
-
-
-@st.composite
-def tile_group_cases(draw):
-    """Small windows bounded on both sides (the tile-group path), forced block shapes and tiles per program."""
-    return dict(
-        seqlen_q=draw(st.integers(1, 120)), seqlen_k=draw(st.integers(1, 120)),
-        left=draw(st.integers(0, 40)), right=draw(st.integers(0, 9)),
-        group=draw(st.sampled_from([1, 2, 3, 8])), pack_gqa=draw(st.booleans()), sinks=draw(st.booleans()),
-        softcap=draw(st.sampled_from([0.0, 1.5])), dtype=draw(st.sampled_from([torch.float16, torch.float32])),
-        config=FwdConfig(draw(st.sampled_from([16, 32])), draw(st.sampled_from([16, 32])), 4,
-                         draw(st.sampled_from([1, 2])), single_loop=True,
-                         tiles_per_program=draw(st.sampled_from([2, 3, 5]))),
-    )
-
-
-@settings(max_examples=20, **PROPERTY_SETTINGS)
-@given(case=tile_group_cases(), seed=st.integers(0, 2**16))
-def test_fwd_tile_groups_match_reference_property(case, seed):
-    torch.manual_seed(seed)
-    heads = case["group"]
-    q, k, v = make_qkv(1, case["seqlen_q"], case["seqlen_k"], heads, 1, 32, case["dtype"],
-                       scale=1.5 if case["softcap"] else 1.0)
-    sinks = make_sinks(heads) if case["sinks"] else None
-    window_size = (case["left"], case["right"])
-    with forced_config(case["config"]):
-        out, lse = swattn.flash_attn_func(q, k, v, window_size=window_size, softcap=case["softcap"], sinks=sinks,
-                                          pack_gqa=case["pack_gqa"], return_softmax_lse=True)
-    check_dense(q, k, v, out, lse, window_size=window_size, softcap=case["softcap"], sinks=sinks, name=str(case))

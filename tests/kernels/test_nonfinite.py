@@ -137,41 +137,20 @@ def test_paged_cache(kind, num_splits, left, pack_gqa, isolate):
     expect_isolated(out, clean, seeing, kind, isolate, group_mask(seeing.shape, poisoned_batch, kv_head))
 
 
-@pytest.mark.parametrize("loads", ["pointers", "tma", "tile-groups"])
-def test_keys_past_a_tile_span_are_not_read(loads, monkeypatch):
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
+def test_keys_past_a_tile_span_are_not_read(tma, monkeypatch):
     """Without the isolation pass a value NaN reaches every row of the tiles that load it; so rows whose tile's
     span ends before the poisoned key stay bitwise clean: the last block of a tile (which runs past the span's end
-    for span % BLOCK_N != 0) loads only up to the tile's last visible key, through pointers or descriptors, and
-    with several tiles per program the steps past a tile's own blocks load nothing."""
+    for span % BLOCK_N != 0) loads only up to the tile's last visible key, through pointers or descriptors."""
     from swattn.kernels.configs import FwdConfig, forced_config
 
     monkeypatch.setattr(fwd, "ISOLATE_NON_FINITE", False)
     seqlen, left, poisoned_key = 64, 3, 40
     q, k, v = (torch.randn(1, seqlen, heads, D, dtype=torch.float16) for heads in (H, HK, HK))
-    config = {"pointers": FwdConfig(16, 16, 4, 1), "tma": FwdConfig(16, 16, 4, 1, tma=True),
-              "tile-groups": FwdConfig(16, 16, 4, 1, single_loop=True, tiles_per_program=3)}[loads]
-    with forced_config(config):
+    with forced_config(FwdConfig(16, 16, 4, 1, tma=tma)):
         clean = swattn.flash_attn_func(q, k, v, window_size=(left, 0), pack_gqa=False)
         v[0, poisoned_key] = float("nan")
         out = swattn.flash_attn_func(q, k, v, window_size=(left, 0), pack_gqa=False)
     # Tile 1 (rows 16..31) spans keys 13..31 in two 16-key blocks, the second of which would reach key 44.
     assert torch.equal(out[0, :32], clean[0, :32])
     assert torch.isnan(out[0, poisoned_key:poisoned_key + left + 1]).all()
-
-
-@pytest.mark.parametrize("kind", ["v-nan", "k-inf"])
-def test_isolation_is_exact_with_several_tiles_per_program(kind, monkeypatch):
-    """Tiles run back to back in one program (FwdConfig.tiles_per_program) flag their own rows; the redo pass
-    then restores exact isolation, as with one tile per program."""
-    from swattn.kernels.configs import FwdConfig, forced_config
-
-    monkeypatch.setattr(fwd, "ISOLATE_NON_FINITE", True)
-    seqlen, left, key, kv_head = 70, 5, 37, 1
-    q, k, v = (torch.randn(2, seqlen, heads, D, dtype=torch.float16) for heads in (H, HK, HK))
-    with forced_config(FwdConfig(16, 16, 4, 1, single_loop=True, tiles_per_program=3)):
-        clean = swattn.flash_attn_func(q, k, v, window_size=(left, 0))
-        (v if kind.startswith("v") else k)[1, key, kv_head] = poison_value(kind)
-        out = swattn.flash_attn_func(q, k, v, window_size=(left, 0))
-    seeing = torch.zeros(2, seqlen, H, dtype=torch.bool)
-    seeing[1] = seeing_rows(kind, seqlen, seqlen, left, 0, key, kv_head)
-    expect_isolated(out, clean, seeing, kind, True, group_mask(seeing.shape, 1, kv_head))

@@ -1,0 +1,79 @@
+"""Full-attention decode split-KV sweep on the GPU (bf16, gpt-oss layer: H=64/8, D=64, sinks, page 16).
+
+Every (batch, context) of issue 3's bandwidth target under each split count and a few block configs, all rows
+printed (the probe's ``splits`` section printed only the best twelve), graph-replayed, with the automatic choice
+and the copy bandwidth of the same GPU. Each input set is its own cache, rotated through, so K/V come from HBM as
+in the benchmark. Run: ``python scripts/gpu_splits.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+import swattn
+from swattn.kernels.configs import FwdConfig, forced_config
+
+DEVICE, DTYPE = "cuda", torch.bfloat16
+HEADS, KV_HEADS, HEAD_DIM, PAGE = 64, 8, 64, 16
+
+
+def inputs(batch: int, context: int) -> dict:
+    pages = context // PAGE + 1
+    k_cache = torch.randn(batch * pages, PAGE, KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
+    return dict(q=torch.randn(batch, 1, HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE), k_cache=k_cache,
+                v_cache=torch.randn_like(k_cache),
+                page_table=torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages),
+                cache_seqlens=torch.full((batch,), context, device=DEVICE, dtype=torch.int32),
+                sinks=torch.randn(HEADS, device=DEVICE), causal=True)
+
+
+def graph_us(calls: list) -> float:
+    """Median us per call of one graph that replays ``calls`` (distinct caches, so no call hits L2 warm)."""
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for call in calls:
+            call()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    return triton.testing.do_bench(graph.replay, warmup=10, rep=150, return_mode="median") * 1e3 / len(calls)
+
+
+def main() -> None:
+    nbytes = 1 << 30
+    src, dst = (torch.empty(nbytes, device=DEVICE, dtype=torch.uint8) for _ in range(2))
+    copy_us = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") * 1e3
+    copy_gbs = 2 * nbytes / copy_us / 1e3
+    src = dst = None
+    print(f"split sweep on {torch.cuda.get_device_name()}; triton {triton.__version__}; copy {copy_gbs:.0f} GB/s")
+    for batch, context in [(4, 16384), (16, 16384), (4, 65536), (16, 65536)]:
+        kv_bytes = batch * context * KV_HEADS * HEAD_DIM * 2 * 2
+        sets = [inputs(batch, context) for _ in range(max(2, min(8, (3 << 30) // kv_bytes)))]
+        ref = swattn.flash_attn_with_kvcache(**sets[0], num_splits=1).float()
+
+        def calls(**kw):
+            return [lambda s=s: swattn.flash_attn_with_kvcache(**s, **kw) for s in sets]
+
+        auto = graph_us(calls())
+        rows = []
+        for bn, warps, stages in [(64, 2, 3), (64, 2, 4), (64, 4, 3)]:
+            with forced_config(FwdConfig(16, bn, warps, stages)):
+                for splits in (2, 4, 6, 8, 12, 16, 24, 32):
+                    err = ((swattn.flash_attn_with_kvcache(**sets[0], num_splits=splits).float() - ref).norm()
+                           / ref.norm()).item()
+                    rows.append((graph_us(calls(num_splits=splits)), splits, bn, warps, stages, err))
+        print(f"\n## full decode B={batch} ctx={context}: {kv_bytes / 1e6:.0f} MB of K/V, {len(sets)} input sets; "
+              f"auto {auto:.1f} us ({kv_bytes / auto / 1e3 / copy_gbs:.0%} of copy); "
+              "(us, % copy, splits, block_n, warps, stages, rel diff vs 1 split)", flush=True)
+        for us, splits, bn, warps, stages, err in sorted(rows):
+            print(f"  {us:8.1f} {kv_bytes / us / 1e3 / copy_gbs:5.0%} {splits:3d} {bn} {warps} {stages} {err:.1e}",
+                  flush=True)
+        sets.clear()
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
