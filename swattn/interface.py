@@ -196,11 +196,10 @@ def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound
     sms = _num_sms(q.device.index if q.device.index is not None else torch.cuda.current_device())
     if programs >= sms or blocks < 8:
         return 1
-    # About four programs per SM, rounded down to a power of two (uneven shares measured slower). H100 sweeps,
-    # full decode at 16K: B=16 (128 programs) best with 4 splits (195.8 us; 8: 199.2); B=4 (32 programs) with
-    # 12-16 (56.9-57.5 us; 32: 62.0); at 128K, B=16: 4 splits 1485 us, 8: 1490 us.
-    wanted = min(-(-4 * sms // programs), max(1, blocks // 4), _MAX_SPLITS)
-    return 1 << (wanted.bit_length() - 1)
+    # About six two-warp programs per SM. H200 (scripts/gpu_splits.py, gpt-oss full decode, page 16): B=16 (128
+    # programs) best with 6 splits at 16K (131.7 us, 97% of copy bandwidth; 4: 144.0, 12: 137.8) and at 64K
+    # (496.5 us; 4: 543.1); B=4 (32 programs) with 24 (16K 41.7 us, 16: 43.2; 64K 132.6 us, 16: 144.1, 32: 164).
+    return max(1, min(6 * sms // programs, blocks // 4, _MAX_SPLITS))
 
 
 def _result(out, lse, return_lse: bool):

@@ -275,8 +275,9 @@ def test_backward_is_deterministic():
 
 @pytest.mark.parametrize("num_splits", [1, 4])
 def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch, num_splits):
-    """Programmatic dependent launch (the default on Hopper; SWATTN_PDL=0 turns it off): append, attention and split-KV combine launched with PDL, back to back and
-    captured in a CUDA graph, give exactly the results and cache contents of ordinary launches."""
+    """Programmatic dependent launch (the default on Hopper; SWATTN_PDL=0 turns it off): append, attention and
+    split-KV combine launched with PDL, back to back and captured in a CUDA graph, give exactly the results and
+    cache contents of ordinary launches."""
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("programmatic dependent launch needs Hopper or newer")
     batch, heads, kv_heads, head_dim, page_size = 16, 64, 8, 64, 16
