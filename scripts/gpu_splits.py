@@ -3,10 +3,13 @@
 Every (batch, context) of issue 3's bandwidth target under each split count and a few block configs, all rows
 printed (the probe's ``splits`` section printed only the best twelve), graph-replayed, with the automatic choice
 and the copy bandwidth of the same GPU. Each input set is its own cache, rotated through, so K/V come from HBM as
-in the benchmark. Run: ``python scripts/gpu_splits.py``.
+in the benchmark. Run: ``python scripts/gpu_splits.py [B,context ...] [--configs bn,warps,stages/...]
+[--splits 4,8,...]``.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 import triton
@@ -43,13 +46,20 @@ def graph_us(calls: list) -> float:
 
 
 def main() -> None:
+    args = sys.argv[1:]
+    option = {name: args[args.index(name) + 1] for name in ("--configs", "--splits") if name in args}
+    positional = [a for a in args if a not in option and a not in option.values()]
+    shapes = [tuple(int(x) for x in a.split(",")) for a in positional] or [
+        (4, 16384), (16, 16384), (4, 65536), (16, 65536)]
+    configs = [tuple(int(x) for x in c.split(",")) for c in option.get("--configs", "64,2,3/64,2,4/64,4,3").split("/")]
+    split_counts = [int(x) for x in option.get("--splits", "2,4,6,8,12,16,24,32").split(",")]
     nbytes = 1 << 30
     src, dst = (torch.empty(nbytes, device=DEVICE, dtype=torch.uint8) for _ in range(2))
     copy_us = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") * 1e3
     copy_gbs = 2 * nbytes / copy_us / 1e3
     src = dst = None
     print(f"split sweep on {torch.cuda.get_device_name()}; triton {triton.__version__}; copy {copy_gbs:.0f} GB/s")
-    for batch, context in [(4, 16384), (16, 16384), (4, 65536), (16, 65536)]:
+    for batch, context in shapes:
         kv_bytes = batch * context * KV_HEADS * HEAD_DIM * 2 * 2
         sets = [inputs(batch, context) for _ in range(max(2, min(8, (3 << 30) // kv_bytes)))]
         ref = swattn.flash_attn_with_kvcache(**sets[0], num_splits=1).float()
@@ -59,9 +69,9 @@ def main() -> None:
 
         auto = graph_us(calls())
         rows = []
-        for bn, warps, stages in [(64, 2, 3), (64, 2, 4), (64, 4, 3)]:
+        for bn, warps, stages in configs:
             with forced_config(FwdConfig(16, bn, warps, stages)):
-                for splits in (2, 4, 6, 8, 12, 16, 24, 32):
+                for splits in split_counts:
                     err = ((swattn.flash_attn_with_kvcache(**sets[0], num_splits=splits).float() - ref).norm()
                            / ref.norm()).item()
                     rows.append((graph_us(calls(num_splits=splits)), splits, bn, warps, stages, err))
