@@ -9,7 +9,7 @@ if [ -d .peer-kernels ]; then
   export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages
 fi
 export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
-export SWATTN_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+export SWATTN_COMMIT=${SWATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 i=0
 for scenario in "$@"; do
   i=$((i + 1))

@@ -35,13 +35,14 @@ def candidates(head_dim: int, left: int) -> list[BwdConfig]:
 
 
 def tma_candidates(head_dim: int, left: int) -> list[BwdConfig]:
-    """The default first, then descriptor-load variants (dK/dV takes them only when not packed), then the default
-    with one dK/dV stage (compiled for sm_90, the pipelined dK/dV loop spills; one stage does not)."""
+    """The default first, then the default with the other dK/dV stage choice (one stage, or the dQ loop's count),
+    then descriptor-load variants (dK/dV takes them only when not packed)."""
     from swattn.kernels.configs import backward_config
 
     default = backward_config(head_dim, left)
-    return [default, replace(default, dkdv_num_stages=1)] + [
-        c for c in _tma_candidates(head_dim, left) if c != default]
+    other_stages = replace(default, dkdv_num_stages=None if default.dkdv_num_stages == 1 else 1)
+    return [default, other_stages] + [
+        c for c in _tma_candidates(head_dim, left) if c not in (default, other_stages)]
 
 
 def _tma_candidates(head_dim: int, left: int) -> list[BwdConfig]:
@@ -91,7 +92,8 @@ def main() -> None:
               f"first config {[r for r in rows if r[1] == pick(head_dim, left)[0]][0][0]:.1f} us", flush=True)
         for us, c, err in rows[:10]:
             print(f"  {us:8.1f}  dkdv {c.dkdv_block_m}x{c.dkdv_block_n} dq {c.dq_block_m}x{c.dq_block_n} "
-                  f"w{c.num_warps} s{c.num_stages} pack={c.pack_gqa} tma={c.tma}  diff {err:.1e}", flush=True)
+                  f"w{c.num_warps} s{c.num_stages} dkdv_s{c.dkdv_num_stages or c.num_stages} pack={c.pack_gqa} "
+                  f"tma={c.tma}  diff {err:.1e}", flush=True)
 
 
 if __name__ == "__main__":
