@@ -122,9 +122,9 @@ def compile_backward(config: BwdConfig, q, k, v, **backward_kwargs) -> list[tupl
     return [(name, launches[name][1]["num_stages"], _compile(kernels[name], *launches[name])) for name in kernels]
 
 
-def compile_launches(config: FwdConfig, q, k, v, pdl: bool = False, **forward_kwargs) -> list[Resources]:
-    """Compile every launch ``attention_forward`` makes for these inputs under ``config`` (``pdl``: as with
-    ``SWATTN_PDL=1`` on a GPU)."""
+def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, **forward_kwargs) -> list[Resources]:
+    """Compile every launch ``attention_forward`` makes for these inputs under ``config`` (``pdl``: with
+    programmatic dependent launch, the default on Hopper; False as with ``SWATTN_PDL=0``)."""
     kernel, launches = fwd._swa_fwd_kernel, []
 
     class Capture:
@@ -168,21 +168,23 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         # Experimental switches, off by default: they must compile too.
         ("experimental: W(127,0) maxnreg 88", replace(w127, maxnreg=88), prefill,
          dict(left=127, right=0, pack_gqa=True)),
-        ("experimental: decode W(127,0) with PDL", _bf16_forward_config(64, 8, True, 128), decode,
-         dict(left=127, right=0, pack_gqa=True, pdl=True)),
+        ("decode W(127,0) without PDL (SWATTN_PDL=0)", _bf16_forward_config(64, 8, True, 128), decode,
+         dict(left=127, right=0, pack_gqa=True, pdl=False)),
     ]
 
 
 def backward_targets() -> list[tuple[str, BwdConfig, dict, dict]]:
-    """The shipped backward configs of the issue's shapes, and one dK/dV stage (experimental)."""
+    """The shipped backward configs of the issue's shapes, and the other dK/dV stage choice (one stage, or the
+    dQ loop's count where one stage is shipped)."""
     d64, d128 = dict(q=(1, 512, 64, 64), kv=(1, 512, 8, 64)), dict(q=(1, 512, 32, 128), kv=(1, 512, 8, 128))
     rows = []
     for label, shapes, head_dim, left in [("W(127,0) D64", d64, 64, 127), ("W(127,0) D128", d128, 128, 127),
                                          ("W(4095,0) D64", d64, 64, 4095), ("W(4095,0) D128", d128, 128, 4095)]:
         config = backward_config(head_dim, left)
         rows.append((f"backward {label}", config, shapes, dict(left=left, right=0)))
-        rows.append((f"experimental: backward {label}, one dK/dV stage", replace(config, dkdv_num_stages=1), shapes,
-                     dict(left=left, right=0)))
+        other = replace(config, dkdv_num_stages=None if config.dkdv_num_stages == 1 else 1)
+        rows.append((f"experimental: backward {label}, dK/dV stages {other.dkdv_num_stages or other.num_stages}",
+                     other, shapes, dict(left=left, right=0)))
     return rows
 
 
