@@ -9,6 +9,10 @@ Sections (argv; all by default):
   timers    window-(127, 0) prefill at 16K (D=64): do_bench against graph replay and host time, isolation on/off;
   pdl       SWATTN_PDL=0/1 (programmatic dependent launch) on graph-replayed decode steps: W(127, 0) with and
             without append, full attention with split-KV + combine (B=4, 16K);
+  decode_stages  window-(127, 0) gpt-oss decode with cold caches (a graph over 48 input sets, as the benchmark):
+            one stage against two (SASS, Triton 3.6: with one stage the V loads issue only after the K tile has
+            arrived and gone through shared memory, a second dependent memory round trip; with two stages K and V
+            are both cp.async copies in flight together), page 16 and 1;
   regcap    window-(127, 0) prefill at 16K (D=64) under register caps (FwdConfig.maxnreg: more resident programs)
             and deeper prefetch (stages up to the tile's five blocks).
 Run: ``python scripts/gpu_probe.py [sections]``.
@@ -220,6 +224,36 @@ def pdl() -> None:
                 times.setdefault(flag, []).append(graph_us(call, 20))
         print(f"  {name}: PDL off {times['0']}, on {times['1']}", flush=True)
     os.environ["SWATTN_PDL"] = "0"
+
+
+def decode_stages() -> None:
+    batch, heads, kv_heads, head_dim, context, input_sets = 16, 64, 8, 64, 1024, 48
+    print("\n## decode W(127,0) B=16 ctx 1K, cold caches (graph over 48 input sets): us/call per config")
+    for page_size in (16, 1):
+        pages = context // page_size + 1
+        sets = []
+        for _ in range(input_sets):
+            k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+            sets.append(dict(q=torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=DTYPE), k_cache=k_cache,
+                             v_cache=torch.randn_like(k_cache),
+                             page_table=torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(
+                                 batch, pages),
+                             cache_seqlens=torch.full((batch,), context - 1, device=DEVICE, dtype=torch.int32),
+                             sinks=torch.randn(heads, device=DEVICE)))
+        ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
+        for bm, bn, warps, stages in [(16, 128, 4, 1), (16, 128, 4, 2), (16, 128, 2, 2), (16, 128, 8, 2),
+                                      (16, 64, 4, 2), (16, 64, 4, 3)]:
+            with forced_config(FwdConfig(bm, bn, warps, stages, single_loop=True)):
+                def call_all():
+                    for inputs in sets:
+                        swattn.flash_attn_with_kvcache(**inputs, causal=True, window_size=(127, 0))
+                err = ((swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float() - ref)
+                       .norm() / ref.norm()).item()
+                times = [graph_us(call_all, 1) / input_sets for _ in range(3)]
+            print(f"  page {page_size:2d} ({bm}, {bn}, {warps}, {stages}): {' / '.join(f'{t:.2f}' for t in times)}"
+                  f" us; rel diff {err:.1e}", flush=True)
+        sets.clear()
+        torch.cuda.empty_cache()
 
 
 def regcap() -> None:
