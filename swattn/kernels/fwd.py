@@ -81,9 +81,13 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
             k = k_desc.load([kv_start + block * BLOCK_N, 0])
             v = v_desc.load([kv_start + block * BLOCK_N, 0])
         else:
-            k = _load_kv(k_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
-                         page_size, IS_PAGED, MASK_D, HEAD_DIM)
+            # V before K: Triton converts the K tile's layout (a trip through shared memory that waits for its
+            # data) right after K's load, so loads issued after K wait for K. Single-stage decode (one block per
+            # program) then paid two dependent memory round trips; in this order both tiles are in flight at once
+            # (SASS, Triton 3.6; pipelined loops compile to the same code either way).
             v = _load_kv(v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_vb, stride_vs,
+                         page_size, IS_PAGED, MASK_D, HEAD_DIM)
+            k = _load_kv(k_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
                          page_size, IS_PAGED, MASK_D, HEAD_DIM)
         if UPCAST:
             k = k.to(tl.float32)
