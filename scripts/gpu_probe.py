@@ -13,6 +13,9 @@ Sections (argv; all by default):
             one stage against two (SASS, Triton 3.6: with one stage the V loads issue only after the K tile has
             arrived and gone through shared memory, a second dependent memory round trip; with two stages K and V
             are both cp.async copies in flight together), page 16 and 1;
+  edges     window-(127, 0) prefill at 16K, D=64 and D=128: the single loop masking every block (default) against
+            FwdConfig.mask_edges_only (a branch per block; compiled, the unmasked blocks skip 97 of the loop's 333
+            instructions), with register caps and stages;
   regcap    window-(127, 0) prefill at 16K (D=64) under register caps (FwdConfig.maxnreg: more resident programs)
             and deeper prefetch (stages up to the tile's five blocks).
 Run: ``python scripts/gpu_probe.py [sections]``.
@@ -254,6 +257,28 @@ def decode_stages() -> None:
                   f" us; rel diff {err:.1e}", flush=True)
         sets.clear()
         torch.cuda.empty_cache()
+
+
+def edges() -> None:
+    from dataclasses import replace
+
+    from swattn.kernels.configs import forward_config
+    print("\n## single-loop masking, W(127,0) S=16K packed: (us x3, config, rel diff against the default)")
+    for head_dim, heads in ((64, 64), (128, 32)):
+        q = torch.randn(1, 16384, heads, head_dim, device=DEVICE, dtype=DTYPE)
+        k, v = (torch.randn(1, 16384, 8, head_dim, device=DEVICE, dtype=DTYPE) for _ in range(2))
+        ref = swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0)).float()
+        default = forward_config(head_dim, 16384 * heads // 8, True, 128)
+        variants = [default] + [replace(default, mask_edges_only=True, maxnreg=cap, num_stages=st)
+                                for cap in (None, 96) for st in (2, 3)]
+        for config in variants:
+            with forced_config(config):
+                fn = lambda: swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0))  # noqa: E731
+                err = ((fn().float() - ref).norm() / ref.norm()).item()
+                times = [bench(fn, 150) for _ in range(3)]
+            print(f"  D={head_dim}: {' / '.join(f'{t:.1f}' for t in times)} us  ({config.block_m}, {config.block_n}, "
+                  f"{config.num_warps}, {config.num_stages}) edges_only={config.mask_edges_only} "
+                  f"maxnreg={config.maxnreg}  {err:.1e}", flush=True)
 
 
 def regcap() -> None:

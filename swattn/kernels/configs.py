@@ -30,6 +30,9 @@ class FwdConfig:
     # Register cap per thread (Triton's ``maxnreg``): more resident programs per SM for latency-bound short loops,
     # at the risk of spills. None: the compiler's choice.
     maxnreg: int | None = None
+    # With single_loop: mask only the blocks that some row of the tile cannot see whole (a branch per block), not
+    # every block of the loop. Experimental: the window-127 prefill masks 2 of its 5 blocks per tile.
+    mask_edges_only: bool = False
 
 
 @dataclass(frozen=True)

@@ -60,16 +60,31 @@ def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_k
 
 
 @triton.jit
+def _visible(load_mask, offs_n, row_pos, offset, left, right, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """[rows, keys] mask of the (row, key) pairs inside the window, among the loaded keys."""
+    visible = load_mask[None, :]
+    if HAS_LEFT:
+        visible = visible & (offs_n[None, :] >= row_pos[:, None] + offset - left)
+    if HAS_RIGHT:
+        visible = visible & (offs_n[None, :] <= row_pos[:, None] + offset + right)
+    return visible
+
+
+@triton.jit
 def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, block_begin, block_end, kv_start,
                    kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size,
                    seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM: tl.constexpr, visited,
                    MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                    HAS_SOFTCAP: tl.constexpr, IS_PAGED: tl.constexpr, MASK_D: tl.constexpr,
                    UPCAST: tl.constexpr, COUNT_BLOCKS: tl.constexpr, BLOCK_N: tl.constexpr,
-                   USE_TMA: tl.constexpr, GUARD_NON_FINITE: tl.constexpr = False):
+                   USE_TMA: tl.constexpr, GUARD_NON_FINITE: tl.constexpr = False, masked_head_end=0,
+                   unmasked_end=0, MASK_EDGES_ONLY: tl.constexpr = False):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
-    blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it)."""
+    blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it).
+    ``MASK_EDGES_ONLY`` (with MASK; ``FwdConfig.mask_edges_only``): one loop over every block, masking only the
+    blocks outside ``[masked_head_end, unmasked_end)``, which every row sees whole (a branch per block instead of
+    the per-element mask arithmetic that the single loop otherwise runs on every block)."""
     offset = seqlen_k - seqlen_q
     for block in range(block_begin, block_end):
         offs_n = kv_start + block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -99,12 +114,12 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
             qk_scale = 1.0
         else:
             qk_scale = softmax_scale * LOG2E
-        if MASK:
-            visible = load_mask[None, :]
-            if HAS_LEFT:
-                visible = visible & (offs_n[None, :] >= row_pos[:, None] + offset - left)
-            if HAS_RIGHT:
-                visible = visible & (offs_n[None, :] <= row_pos[:, None] + offset + right)
+        if MASK_EDGES_ONLY:
+            if (block < masked_head_end) | (block >= unmasked_end):
+                qk = tl.where(_visible(load_mask, offs_n, row_pos, offset, left, right, HAS_LEFT, HAS_RIGHT), qk,
+                              float("-inf"))
+        elif MASK:
+            visible = _visible(load_mask, offs_n, row_pos, offset, left, right, HAS_LEFT, HAS_RIGHT)
             qk = tl.where(visible, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         pivot = safe_pivot(m_new)
@@ -272,7 +287,7 @@ def _attend_tile(
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
     IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
-    SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr,
+    SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads), over its
@@ -329,7 +344,7 @@ def _attend_tile(
                 kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
-                BLOCK_N, USE_TMA)
+                BLOCK_N, USE_TMA, False, masked_head_end, unmasked_end, MASK_EDGES_ONLY)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
             acc, l_i, m_i, visited = _attend_blocks(
@@ -380,6 +395,7 @@ def _swa_fwd_kernel(
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
     IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
     SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr, USE_PDL: tl.constexpr,
+    MASK_EDGES_ONLY: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
@@ -388,8 +404,8 @@ def _swa_fwd_kernel(
     (position, head) pairs of one KV head. Its KV loop starts at the tile's first visible key and runs over
     ceil(span / BLOCK_N) blocks (a 1/num_splits share of them with IS_SPLIT, whose partial results, without
     sinks, are merged by ``combine``). Switches: window sides, softcap, sinks, varlen q/k, per-sequence key
-    lengths (SEQLENS_K), cache_batch_idx, paged KV, PackGQA, split-KV, LSE, block counting (tests), and the
-    non-finite isolation pass.
+    lengths (SEQLENS_K), cache_batch_idx, paged KV, PackGQA, split-KV, LSE, block counting (tests), the
+    non-finite isolation pass, and (experimental) masking only the edge blocks of the single loop.
 
     Non-finite isolation: 0 * NaN is NaN, so in P @ V a non-finite value row reaches every row of the block,
     also those that cannot see its key. The main pass (NON_FINITE_PASS = FLAG_NON_FINITE) flags each row whose
@@ -416,7 +432,7 @@ def _swa_fwd_kernel(
                     tile, batch_head, split, num_tiles, num_splits,
                     HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
                     HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST,
-                    SINGLE_LOOP, NON_FINITE_PASS, USE_TMA, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
+                    SINGLE_LOOP, NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
                 )
     else:
         # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
@@ -429,7 +445,7 @@ def _swa_fwd_kernel(
             tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2), num_tiles,
             num_splits, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
-            NON_FINITE_PASS, USE_TMA, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
+            NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
         )
 
 
@@ -569,7 +585,7 @@ def attention_forward(
             HAS_CACHE_BATCH_IDX=cache_batch_idx is not None, IS_PAGED=paged, PACK_GQA=pack_gqa,
             IS_SPLIT=is_split, STORE_LSE=is_split or lse is not None, COUNT_BLOCKS=count,
             UPCAST=needs_upcast(q.dtype), SINGLE_LOOP=config.single_loop, NON_FINITE_PASS=non_finite_pass,
-            USE_TMA=use_tma, USE_PDL=use_pdl,
+            USE_TMA=use_tma, USE_PDL=use_pdl, MASK_EDGES_ONLY=config.single_loop and config.mask_edges_only,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, HEAD_DIM=head_dim,
             num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
             **({"maxnreg": config.maxnreg} if config.maxnreg else {}),

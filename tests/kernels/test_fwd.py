@@ -782,3 +782,57 @@ def test_pdl_is_never_used_under_the_interpreter(monkeypatch):
     assert not pdl_enabled(torch.device("cpu"))
     assert pdl_launch_options(True) == {"launch_pdl": True}
     assert torch.equal(swattn.flash_attn_func(q, k, v, window_size=(3, 0)), expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FwdConfig.mask_edges_only: the single loop masks only the blocks some row cannot see whole; the same bits
+
+
+EDGE_MASK_CASES = [
+    # id, dense or varlen kwargs: windows whose tiles have unmasked interior blocks, none, or only a right side
+    ("dense-W40_0-sinks", dict(sq=70, sk=90, window_size=(40, 0), sinks=True)),
+    ("dense-W40_0-splits3", dict(sq=70, sk=70, window_size=(40, 0), num_splits=3)),
+    ("dense-W3_2-no-interior", dict(sq=29, sk=29, window_size=(3, 2))),
+    ("dense-W0_37-Sk<Sq-softcap", dict(sq=50, sk=41, window_size=(0, 37), softcap=2.0)),
+    ("dense-causal-D80", dict(sq=40, sk=75, causal=True, head_dim=80)),
+    ("dense-decode-gpt-oss", dict(sq=1, sk=300, window_size=(127, 0), sinks=True, heads=8, kv_heads=1)),
+    ("varlen-seqused-W20_1", dict(varlen=True, window_size=(20, 1), sinks=True)),
+]
+
+
+@pytest.mark.parametrize("config", [FwdConfig(16, 16, 4, 1, single_loop=True),
+                                    FwdConfig(32, 16, 4, 2, single_loop=True, tma=True)], ids=config_id)
+@pytest.mark.parametrize("name,case", EDGE_MASK_CASES, ids=[c[0] for c in EDGE_MASK_CASES])
+def test_fwd_masking_only_edge_blocks_gives_the_same_bits(name, case, config):
+    check_variant_bitwise(case, config, replace(config, mask_edges_only=True))
+
+
+def test_fwd_masking_only_edge_blocks_with_packed_heads():
+    # PackGQA tiles hold (position, head) rows: the interior blocks must be those every position of the tile sees.
+    q, k, v = make_qkv(2, 45, 45, 8, 1, 16, torch.float16)
+    config = FwdConfig(32, 16, 4, 1, single_loop=True)
+    results = {}
+    for variant in (config, replace(config, mask_edges_only=True)):
+        with forced_config(variant):
+            results[variant] = swattn.flash_attn_func(q, k, v, window_size=(33, 0), pack_gqa=True,
+                                                      return_softmax_lse=True)
+    out, lse = results[replace(config, mask_edges_only=True)]
+    check_dense(q, k, v, out, lse, window_size=(33, 0))
+    assert torch.equal(out, results[config][0]) and torch.equal(lse, results[config][1])
+
+
+@settings(max_examples=20, **PROPERTY_SETTINGS)
+@given(case=dense_cases(), block_m=st.sampled_from([16, 32]), seed=st.integers(0, 2**16))
+def test_fwd_masking_only_edge_blocks_property(case, block_m, seed):
+    torch.manual_seed(seed)
+    heads = case["group"] * case["kv_heads"]
+    q, k, v = make_qkv(case["batch"], case["seqlen_q"], case["seqlen_k"], heads, case["kv_heads"], case["head_dim"],
+                       case["dtype"])
+    kwargs = dict(causal=case["causal"], window_size=(case["left"], case["right"]), softcap=case["softcap"],
+                  pack_gqa=case["pack_gqa"], num_splits=case["num_splits"], return_softmax_lse=True)
+    config = FwdConfig(block_m, 16, 4, 1, single_loop=True)
+    with forced_config(config):
+        expected = swattn.flash_attn_func(q, k, v, **kwargs)
+    with forced_config(replace(config, mask_edges_only=True)):
+        actual = swattn.flash_attn_func(q, k, v, **kwargs)
+    assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1]), str(case)

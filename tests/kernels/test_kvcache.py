@@ -847,3 +847,19 @@ def test_check_inputs_ignores_sequences_without_queries():
     clean = cache.clone()
     clean.page_table[1] = clean.page_table[0]
     check(out, lse, reference(q, clean, seqlens, cu_seqlens_q=cu, window_size=(5, 0)), q)
+
+
+@pytest.mark.parametrize("page_size", [1, 16])
+@pytest.mark.parametrize("seqlen_q", [1, 3])
+def test_masking_only_edge_blocks_gives_the_same_bits_on_a_paged_cache(page_size, seqlen_q):
+    """FwdConfig.mask_edges_only on the window decode / extend path (paged, PackGQA, single loop)."""
+    batch, capacity = 4, 120
+    cache = make_cache(f"paged-{page_size}", batch, capacity)
+    q = random_q(batch, seqlen_q)
+    seqlens = [117, 2, 64, 90]
+    results = {}
+    for edges_only in (False, True):
+        with forced_config(FwdConfig(16, 16, 4, 1, single_loop=True, mask_edges_only=edges_only)):
+            results[edges_only] = run(q, cache, cache_seqlens=as_arg(seqlens), window_size=(40, 0), causal=True)
+    check(*results[True], reference(q, cache, seqlens_tensor(seqlens, batch), window_size=(40, 0), causal=True), q)
+    assert all(torch.equal(a, b) for a, b in zip(results[False], results[True]))
