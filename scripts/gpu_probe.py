@@ -271,6 +271,10 @@ def edges() -> None:
         default = forward_config(head_dim, 16384 * heads // 8, True, 128)
         variants = [default] + [replace(default, mask_edges_only=True, maxnreg=cap, num_stages=st)
                                 for cap in (None, 96) for st in (2, 3)]
+        if head_dim == 64:
+            # 128-row tiles on 4 warps: twice the rows per warp, so a tile's setup and epilogue (a third of its
+            # instructions with 64 rows) are shared by twice the work; 185-200 registers, 2 programs per SM.
+            variants += [FwdConfig(128, 32, 4, 2, single_loop=True, mask_edges_only=edges) for edges in (False, True)]
         for config in variants:
             with forced_config(config):
                 fn = lambda: swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0))  # noqa: E731
