@@ -35,14 +35,18 @@ def candidates(head_dim: int, left: int) -> list[BwdConfig]:
 
 
 def tma_candidates(head_dim: int, left: int) -> list[BwdConfig]:
-    """The default first, then the default with the other dK/dV stage choice (one stage, or the dQ loop's count),
-    then descriptor-load variants (dK/dV takes them only when not packed)."""
+    """The default first, then the default with the other dK/dV stage choices (one stage or the dQ loop's count,
+    and two), then descriptor-load variants (dK/dV takes them only when not packed)."""
     from swattn.kernels.configs import backward_config
 
     default = backward_config(head_dim, left)
     other_stages = replace(default, dkdv_num_stages=None if default.dkdv_num_stages == 1 else 1)
-    return [default, other_stages] + [
-        c for c in _tma_candidates(head_dim, left) if c not in (default, other_stages)]
+    # Two dK/dV stages: compiled (Triton 3.6), W(127,0) D64 spills 64 B at two stages against 448 B at three.
+    stage_variants = [other_stages] + ([replace(default, dkdv_num_stages=2)]
+                                       if 2 not in (default.dkdv_num_stages or default.num_stages,
+                                                    other_stages.dkdv_num_stages or other_stages.num_stages) else [])
+    return [default] + stage_variants + [
+        c for c in _tma_candidates(head_dim, left) if c not in [default] + stage_variants]
 
 
 def _tma_candidates(head_dim: int, left: int) -> list[BwdConfig]:
