@@ -13,22 +13,18 @@ import sys
 
 import torch
 import triton
+from gpu_probe import full_decode_inputs  # scripts/ is on sys.path when this file runs
 
 import swattn
 from swattn.kernels.configs import FwdConfig, forced_config
 
-DEVICE, DTYPE = "cuda", torch.bfloat16
-HEADS, KV_HEADS, HEAD_DIM, PAGE = 64, 8, 64, 16
+DEVICE = "cuda"
+KV_HEADS, HEAD_DIM = 8, 64
 
 
 def inputs(batch: int, context: int) -> dict:
-    pages = context // PAGE + 1
-    k_cache = torch.randn(batch * pages, PAGE, KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
-    return dict(q=torch.randn(batch, 1, HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE), k_cache=k_cache,
-                v_cache=torch.randn_like(k_cache),
-                page_table=torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages),
-                cache_seqlens=torch.full((batch,), context, device=DEVICE, dtype=torch.int32),
-                sinks=torch.randn(HEADS, device=DEVICE), causal=True)
+    """gpt-oss full-attention decode layer (H=64/8, D=64, sinks, page 16), causal."""
+    return dict(full_decode_inputs(batch, context), causal=True)
 
 
 def graph_us(calls: list) -> float:
