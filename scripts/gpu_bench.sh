@@ -13,5 +13,6 @@ export SWATTN_COMMIT=${SWATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null |
 i=0
 for scenario in "$@"; do
   i=$((i + 1))
-  python3 -m swattn.bench $scenario --out "${OUT:-/tmp}/bench$i.md" 2>&1 | tee "${OUT:-/tmp}/bench$i.log"
+  name="bench-${scenario%% *}-$$-$i"  # scenario word and process id: several calls in one device run keep apart
+  python3 -m swattn.bench $scenario --out "${OUT:-/tmp}/$name.md" 2>&1 | tee "${OUT:-/tmp}/$name.log"
 done
