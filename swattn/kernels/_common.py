@@ -61,6 +61,18 @@ def sequence_bounds(batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLE
 
 
 @triton.jit
+def in_window(mask, key, row, offset, left, right, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """``mask`` and-ed with "query ``row`` sees ``key``" by the window (``offset = seqlen_k - seqlen_q``, bottom-right
+    alignment): the per-element mask of an edge block. Arguments broadcast, so one helper serves the forward's and
+    dQ's [rows, keys] tiles and dK/dV's [keys, rows] tiles."""
+    if HAS_LEFT:
+        mask = mask & (key >= row + offset - left)
+    if HAS_RIGHT:
+        mask = mask & (key <= row + offset + right)
+    return mask
+
+
+@triton.jit
 def block_ranges(first_row, last_row, seqlen_q, seqlen_k, left, right, BLOCK_N: tl.constexpr,
                  HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
     """The KV loop of a tile of query rows ``first_row..last_row`` (positions, inclusive).

@@ -27,7 +27,15 @@ import triton
 import triton.language as tl
 
 from swattn._compat import ensure_triton_allocator, needs_upcast, tma_compatible
-from swattn.kernels._common import LOG2E, block_ranges, dot, query_block_ranges, sequence_bounds, softcap_scores
+from swattn.kernels._common import (
+    LOG2E,
+    block_ranges,
+    dot,
+    in_window,
+    query_block_ranges,
+    sequence_bounds,
+    softcap_scores,
+)
 from swattn.kernels.configs import BwdConfig, backward_config
 
 
@@ -107,11 +115,8 @@ def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, lse_bas
         qkT = dot(k, tl.trans(q))  # [BLOCK_N, BLOCK_M]
         s2T, dscoreT = _scores(qkT, softmax_scale, softcap, HAS_SOFTCAP)
         if MASK:
-            visible = row_mask[None, :]
-            if HAS_LEFT:
-                visible = visible & (offs_n[:, None] >= offs_m[None, :] + offset - left)
-            if HAS_RIGHT:
-                visible = visible & (offs_n[:, None] <= offs_m[None, :] + offset + right)
+            visible = in_window(row_mask[None, :], offs_n[:, None], offs_m[None, :], offset, left, right, HAS_LEFT,
+                                HAS_RIGHT)
             s2T = tl.where(visible, s2T, float("-inf"))
         pT = tl.exp2(s2T - lse2[None, :])  # [BLOCK_N, BLOCK_M]
         dv += dot(pT.to(do.dtype), do)
@@ -250,11 +255,8 @@ def _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, k_desc, v_desc, bloc
         qk = dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
         s2, dscore = _scores(qk, softmax_scale, softcap, HAS_SOFTCAP)
         if MASK:
-            visible = key_mask[None, :]
-            if HAS_LEFT:
-                visible = visible & (offs_n[None, :] >= pos[:, None] + offset - left)
-            if HAS_RIGHT:
-                visible = visible & (offs_n[None, :] <= pos[:, None] + offset + right)
+            visible = in_window(key_mask[None, :], offs_n[None, :], pos[:, None], offset, left, right, HAS_LEFT,
+                                HAS_RIGHT)
             s2 = tl.where(visible, s2, float("-inf"))
         p = tl.exp2(s2 - lse2[:, None])  # [BLOCK_M, BLOCK_N]
         dp = dot(do, tl.trans(v))  # [BLOCK_M, BLOCK_N]

@@ -21,6 +21,7 @@ from swattn.kernels._common import (
     LOG2E,
     block_ranges,
     dot,
+    in_window,
     safe_pivot,
     sequence_bounds,
     softcap_scores,
@@ -57,17 +58,6 @@ def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_k
         return tl.load(ptrs, mask=load_mask[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
     else:
         return tl.load(ptrs, mask=load_mask[:, None], other=0.0)
-
-
-@triton.jit
-def _visible(load_mask, offs_n, row_pos, offset, left, right, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
-    """[rows, keys] mask of the (row, key) pairs inside the window, among the loaded keys."""
-    visible = load_mask[None, :]
-    if HAS_LEFT:
-        visible = visible & (offs_n[None, :] >= row_pos[:, None] + offset - left)
-    if HAS_RIGHT:
-        visible = visible & (offs_n[None, :] <= row_pos[:, None] + offset + right)
-    return visible
 
 
 @triton.jit
@@ -116,10 +106,11 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
             qk_scale = softmax_scale * LOG2E
         if MASK_EDGES_ONLY:
             if (block < masked_head_end) | (block >= unmasked_end):
-                qk = tl.where(_visible(load_mask, offs_n, row_pos, offset, left, right, HAS_LEFT, HAS_RIGHT), qk,
-                              float("-inf"))
+                qk = tl.where(in_window(load_mask[None, :], offs_n[None, :], row_pos[:, None], offset, left, right,
+                                        HAS_LEFT, HAS_RIGHT), qk, float("-inf"))
         elif MASK:
-            visible = _visible(load_mask, offs_n, row_pos, offset, left, right, HAS_LEFT, HAS_RIGHT)
+            visible = in_window(load_mask[None, :], offs_n[None, :], row_pos[:, None], offset, left, right, HAS_LEFT,
+                                HAS_RIGHT)
             qk = tl.where(visible, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         pivot = safe_pivot(m_new)
@@ -231,19 +222,19 @@ def _tile_sink(SINKS, row_head, row_valid, HAS_SINKS: tl.constexpr, IS_SPLIT: tl
 def _finish_tile(
     acc, l_i, m_i, visited, O, LSE, sink, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
     stride_os, stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh,
-    split, program_index, active, batch64, q_begin, row_valid, row_pos, row_head, q_mask, offs_d,
+    split, program_index, batch64, q_begin, row_valid, row_pos, row_head, q_mask, offs_d,
     HAS_SINKS: tl.constexpr, IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr,
     NON_FINITE_PASS: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """The tile's epilogue: non-finite flags, block count, the sink (``_tile_sink``'s, in log2 units),
-    normalization, LSE and O stores (all masked off for an inactive tile)."""
+    """The epilogue of an active tile: non-finite flags, block count, the sink (``_tile_sink``'s, in log2 units),
+    normalization, LSE and O stores."""
     if NON_FINITE_PASS == FLAG_NON_FINITE:
         # A row sum is NaN when the row holds one (an inf alone does not leak: 0 * inf is what makes the NaN).
         # The atomic's lanes are predicated off unless a row holds a NaN, so finite inputs never issue it.
         flag_ptrs = NON_FINITE_FLAGS + program_index.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
         row_sum = tl.sum(acc, 1)
         row_has_nan = row_sum != row_sum
-        tl.store(flag_ptrs, row_has_nan.to(tl.int8), mask=(tl.arange(0, BLOCK_M) * 0 + active.to(tl.int32)) > 0)
+        tl.store(flag_ptrs, row_has_nan.to(tl.int8))
         tl.atomic_max(ANY_NON_FINITE + tl.zeros([BLOCK_M], dtype=tl.int32), tl.full([BLOCK_M], 1, tl.int32),
                       mask=row_has_nan)
 
@@ -373,7 +364,7 @@ def _attend_tile(
         _finish_tile(
             acc, l_i, m_i, visited, O, LSE, sink, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
             stride_os, stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh,
-            split, program_index, active, batch64, q_begin, row_valid, row_pos, row_head, q_mask, offs_d,
+            split, program_index, batch64, q_begin, row_valid, row_pos, row_head, q_mask, offs_d,
             HAS_SINKS, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, NON_FINITE_PASS, BLOCK_M)
 
 
