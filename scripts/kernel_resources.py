@@ -168,7 +168,7 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         # Experimental switches, off by default: they must compile too.
         ("experimental: W(127,0) maxnreg 88", replace(w127, maxnreg=88), prefill,
          dict(left=127, right=0, pack_gqa=True)),
-        ("experimental: W(127,0) mask edges only", replace(w127, mask_edges_only=True), prefill,
+        ("experimental: W(127,0) masking every block", replace(w127, mask_edges_only=False, maxnreg=None), prefill,
          dict(left=127, right=0, pack_gqa=True)),
         ("experimental: decode W(127,0) mask edges only", replace(_bf16_forward_config(64, 8, True, 128),
                                                                   mask_edges_only=True), decode,

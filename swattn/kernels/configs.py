@@ -31,7 +31,7 @@ class FwdConfig:
     # at the risk of spills. None: the compiler's choice.
     maxnreg: int | None = None
     # With single_loop: mask only the blocks that some row of the tile cannot see whole (a branch per block), not
-    # every block of the loop. Experimental: the window-127 prefill masks 2 of its 5 blocks per tile.
+    # every block of the loop: the window-127 prefill masks 2 of its 5 blocks per tile.
     mask_edges_only: bool = False
 
 
@@ -111,7 +111,8 @@ def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, win
         return FwdConfig(16, 16, 4, 1)
     config = _bf16_forward_config(head_dim_padded, rows_per_tile, pack_gqa, window_span)
     if element_size != 2:
-        config = replace(config, tma=False)  # descriptor loads were measured (and are used) for fp16/bf16 only
+        # Descriptor loads and register caps were measured (and are used) for fp16/bf16 only.
+        config = replace(config, tma=False, maxnreg=None)
     return _fit_forward(config, head_dim_padded, element_size)
 
 
@@ -129,8 +130,10 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
         return FwdConfig(block_m, 64, 2 if block_m <= 16 else 4, 3)
     if small_window:
         # Short KV loops: one masked loop; W127 D64 16K: 252 us (64, 32, 4, 2, single) vs 262 us three loops.
+        # H200 (gpu_probe.py edges, 907004d): masking only the edge blocks, capped at 96 registers (5 programs per
+        # SM, no spills; uncapped it takes 109-117 and fits 4), 228.5 us vs 246.6 us; uncapped 284 us.
         if head_dim_padded <= 64:
-            return FwdConfig(64, 32, 4, 2, single_loop=True)
+            return FwdConfig(64, 32, 4, 2, single_loop=True, mask_edges_only=True, maxnreg=96)
         return FwdConfig(64, 64, 4, 2, single_loop=True)
     # Large windows and full attention: K/V through tensor descriptors (scripts/gpu_tma.py, S=16K): W4095 D128
     # 2147 -> 1907 us, causal D128 4572 -> 3951 us, W4095 D64 2540 -> 2398 us. (Small windows got slower: the
