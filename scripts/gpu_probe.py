@@ -16,6 +16,8 @@ Sections (argv; all by default):
   edges     window-(127, 0) prefill at 16K, D=64 and D=128: the single loop masking every block (default) against
             FwdConfig.mask_edges_only (a branch per block; compiled, the unmasked blocks skip 97 of the loop's 333
             instructions), with register caps and stages;
+  spread    per-call times of the window-(127, 0) D64 prefill, shipped config against the every-block loop,
+            interleaved, with and without an L2 flush (a bimodal benchmark spread);
   regcap    window-(127, 0) prefill at 16K (D=64) under register caps (FwdConfig.maxnreg: more resident programs)
             and deeper prefetch (stages up to the tile's five blocks).
 Run: ``python scripts/gpu_probe.py [sections]``.
@@ -283,6 +285,41 @@ def edges() -> None:
             print(f"  D={head_dim}: {' / '.join(f'{t:.1f}' for t in times)} us  ({config.block_m}, {config.block_n}, "
                   f"{config.num_warps}, {config.num_stages}) edges_only={config.mask_edges_only} "
                   f"maxnreg={config.maxnreg}  {err:.1e}", flush=True)
+
+
+def spread() -> None:
+    """Per-call times of the W(127,0) D64 prefill (the benchmark's median hid a bimodal spread at 4022938: p20 227.6,
+    p80 338.0 us), the shipped config and the every-block loop interleaved, with and without an L2 flush before each
+    call, so a slow mode shows whether it follows the config, the flush or time (clocks are logged beside it)."""
+    from dataclasses import replace
+
+    from swattn.kernels.configs import forward_config
+    q, k, v, _ = w127_prefill_inputs()
+    shipped = forward_config(64, 16384 * 8, True, 128)
+    plain = replace(shipped, mask_edges_only=False, maxnreg=None)
+    flush = torch.empty(256 * 1024 * 1024, dtype=torch.int8, device=DEVICE)
+    print("\n## per-call spread, W(127,0) S=16K D=64 packed: us at p10/p25/p50/p75/p90 (calls > 1.15x p10)")
+    for round_ in range(3):
+        for config in (shipped, plain):
+            for flushed in (True, False):
+                with forced_config(config):
+                    fn = lambda: swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0))  # noqa: E731
+                    fn()
+                    times = []
+                    for _ in range(120):
+                        if flushed:
+                            flush.zero_()
+                        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                        start.record()
+                        fn()
+                        end.record()
+                        end.synchronize()
+                        times.append(start.elapsed_time(end) * 1e3)
+                times.sort()
+                marks = [times[int(f * (len(times) - 1))] for f in (0.1, 0.25, 0.5, 0.75, 0.9)]
+                slow = sum(t > 1.15 * marks[0] for t in times)
+                print(f"  round {round_} edges_only={config.mask_edges_only} maxnreg={config.maxnreg} "
+                      f"flush={flushed}: {' / '.join(f'{t:.1f}' for t in marks)}  ({slow}/{len(times)})", flush=True)
 
 
 def regcap() -> None:
