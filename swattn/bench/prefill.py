@@ -24,6 +24,7 @@ from swattn.bench.common import (
     compare_outputs,
     measure_windowed_shapes,
     speedup_summary,
+    time_single_graph,
     windowed_table,
 )
 from swattn.reference import attention_ref
@@ -143,8 +144,10 @@ def providers(case: PrefillCase):
 def run(env: Env, seqlens: list[int] | None = None, head_dims: list[int] | None = None,
         lefts: list[int] | None = None) -> Section:
     rows, windows, unavailable = measure_windowed_shapes(env, shapes(env, seqlens, head_dims, lefts), setup_prefill,
-                                                         providers, work)
+                                                         providers, work, timer=time_single_graph)
     notes = [
+        "timed by replaying one call captured in a CUDA graph (L2 cleared before each replay): GPU time without "
+        "the host's dispatch" if env.graphs else "",
         "TFLOP/s counts only visible (query, key) pairs: 4 * D * H * pairs / time; floor us = (q + k + v + o bytes)"
         " / measured copy bandwidth; time/swattn > 1 means swattn is faster.",
         speedup_summary(rows),
