@@ -119,7 +119,8 @@ def make_env(quick: bool, peers: bool = True, graphs: bool = True, providers: Se
         f"- measured ceilings: copy {rate(env.copy_gbps)} GB/s (one large device-to-device copy, bytes read + "
         f"written), {env.dtype} matmul {rate(env.matmul_tflops)} TFLOP/s; floors below use the copy bandwidth",
         "- timing: " + ("CUDA events via triton.testing.do_bench (L2 cleared before each call), median (p20/p80); "
-                        "decode and model-step by CUDA-graph replay" if env.cuda and env.graphs else
+                        "decode and model-step by CUDA-graph replay, prefill by one captured call replayed"
+                        if env.cuda and env.graphs else
                         "CUDA events, no graphs" if env.cuda else f"wall clock, {env.wall_reps} reps") +
         "; every row passed its check against swattn.reference before it was timed, or says why not",
     ]
