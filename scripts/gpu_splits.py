@@ -4,7 +4,7 @@ Every (batch, context) of issue 3's bandwidth target under each split count and 
 printed (the probe's ``splits`` section printed only the best twelve), graph-replayed, with the automatic choice
 and the copy bandwidth of the same GPU. Each input set is its own cache, rotated through, so K/V come from HBM as
 in the benchmark. Run: ``python scripts/gpu_splits.py [B,context ...] [--configs bn,warps,stages/...]
-[--splits 4,8,...]``.
+[--splits 4,8,...]``; a config's optional fourth field 1 asks for the single masked loop (the window decode's).
 """
 
 from __future__ import annotations
@@ -65,12 +65,13 @@ def main() -> None:
 
         auto = graph_us(calls())
         rows = []
-        for bn, warps, stages in configs:
-            with forced_config(FwdConfig(16, bn, warps, stages)):
+        for bn, warps, stages, *single in configs:
+            with forced_config(FwdConfig(16, bn, warps, stages, single_loop=bool(single and single[0]))):
                 for splits in split_counts:
                     err = ((swattn.flash_attn_with_kvcache(**sets[0], num_splits=splits).float() - ref).norm()
                            / ref.norm()).item()
-                    rows.append((graph_us(calls(num_splits=splits)), splits, bn, warps, stages, err))
+                    rows.append((graph_us(calls(num_splits=splits)), splits, bn, warps,
+                                 f"{stages}{' single' if single and single[0] else ''}", err))
         print(f"\n## full decode B={batch} ctx={context}: {kv_bytes / 1e6:.0f} MB of K/V, {len(sets)} input sets; "
               f"auto {auto:.1f} us ({kv_bytes / auto / 1e3 / copy_gbs:.0%} of copy); "
               "(us, % copy, splits, block_n, warps, stages, rel diff vs 1 split)", flush=True)
