@@ -30,7 +30,7 @@ import os
 import torch
 
 from swattn import ops
-from swattn.window import first_visible_key, normalize_window
+from swattn.window import first_visible_key, normalize_window, visible_span
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_HEAD_DIM = 256
@@ -189,16 +189,27 @@ def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound
         return min(num_splits, _MAX_SPLITS)
     if not q.is_cuda:
         return 1
-    keys = keys_bound
-    if left >= 0 and right >= 0:
-        keys = min(keys_bound, left + right + seqlen_q)
-    blocks = -(-keys // 128)
+    keys = visible_span(0, seqlen_q - 1, seqlen_q, keys_bound, left, right)[1] if seqlen_q > 0 else 0
     sms = _num_sms(q.device.index if q.device.index is not None else torch.cuda.current_device())
+    return split_count(programs, keys, sms)
+
+
+def split_count(programs: int, keys: int, sms: int) -> int:
+    """Automatic split-KV count for ``programs`` programs per split whose sequences see at most ``keys`` keys, on
+    ``sms`` SMs. ``forward_config`` picks the one-stage 128-key-block loop when a split holds at most 256 keys."""
+    blocks = -(-keys // 128)
     if programs >= sms or blocks < 8:
         return 1
-    # About six two-warp programs per SM. H200 (scripts/gpu_splits.py, gpt-oss full decode, page 16): B=16 (128
-    # programs) best with 6 splits at 16K (131.7 us, 97% of copy bandwidth; 4: 144.0, 12: 137.8) and at 64K
-    # (496.5 us; 4: 543.1); B=4 (32 programs) with 24 (16K 41.7 us, 16: 43.2; 64K 132.6 us, 16: 144.1, 32: 164).
+    # Short contexts: one or two 128-key blocks per split while there are at most four programs per SM; the
+    # latency of a split's few blocks, not bandwidth, sets the time. H200 (scripts/gpu_splits.py, gpt-oss full
+    # decode, page 16, docs/performance.md): 1K B=4 8 splits 8.3 us (the long-context rule's 2 splits: 19.5 us),
+    # 1K B=16 4 splits 17.0 (21.8), 4K B=4 16 splits 16.9 (21.4).
+    short = min(blocks, max(1, 4 * sms // programs), _MAX_SPLITS)
+    if -(-blocks // short) <= 2:
+        return short
+    # Long contexts: about six two-warp programs per SM. H200: B=16 (128 programs) best with 6 splits at 16K
+    # (131.7 us, 97% of copy bandwidth; 4: 144.0, 12: 137.8), at 64K (496.5 us; 4: 543.1) and at 4K (41.2 us; 4
+    # splits of 128-key blocks: 44.2); B=4 (32 programs) with 24 (16K 41.7 us, 16: 43.2; 64K 132.6 us, 16: 144.1).
     return max(1, min(6 * sms // programs, blocks // 4, _MAX_SPLITS))
 
 

@@ -97,19 +97,20 @@ def forced_config(config: FwdConfig) -> Iterator[None]:
 
 
 def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, window_span: int | None,
-                   element_size: int = 2) -> FwdConfig:
+                   element_size: int = 2, keys_per_split: int | None = None) -> FwdConfig:
     """Pick block shapes from shapes only (never from GPU values, so CUDA graphs and torch.compile are safe).
 
     ``element_size``: bytes per q/k/v element (fp32 shrinks the bf16 choice to fit shared memory);
     ``rows_per_tile``: rows of one sequence's tiles (PackGQA: query positions * queries per KV head);
-    ``window_span``: ``left + right + 1`` when both sides are bounded, else None. Choices come from the H100
-    sweeps recorded in docs/performance.md (scripts/gpu_sweep*.py).
+    ``window_span``: ``left + right + 1`` when both sides are bounded, else None; ``keys_per_split``: the most
+    keys one split of a sequence's KV loop covers (None: unknown). Choices come from the H100 and H200 sweeps
+    recorded in docs/performance.md (scripts/gpu_sweep*.py, gpu_splits.py).
     """
     if _forced is not None:
         return _forced
     if interpreter_enabled():
         return FwdConfig(16, 16, 4, 1)
-    config = _bf16_forward_config(head_dim_padded, rows_per_tile, pack_gqa, window_span)
+    config = _bf16_forward_config(head_dim_padded, rows_per_tile, pack_gqa, window_span, keys_per_split)
     if element_size != 2:
         # Descriptor loads and register caps were measured (and are used) for fp16/bf16 only.
         config = replace(config, tma=False, maxnreg=None)
@@ -117,13 +118,15 @@ def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, win
 
 
 def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool,
-                         window_span: int | None) -> FwdConfig:
+                         window_span: int | None, keys_per_split: int | None = None) -> FwdConfig:
     small_window = window_span is not None and window_span <= 512
     if pack_gqa and rows_per_tile <= 64:
         # Decode / extend: every query head of a KV head in one tile; 128-key blocks so a 128-key window is one
         # block. Measured: W127 decode 4.35 us with (16, 128, 4, 1); full 128K decode best with (16, 64, 4, 3).
+        # Splits of at most two 128-key blocks (short full-attention contexts) take the same one-stage loop, H200
+        # (gpu_splits.py): 1K B=4 8 splits 8.3 us vs 10.6 with (16, 64, 2, 3); 4K B=4 16 splits 16.9 vs 17.2.
         block_m = max(16, triton.next_power_of_2(rows_per_tile))
-        if small_window:
+        if small_window or (keys_per_split is not None and keys_per_split <= 256):
             return FwdConfig(block_m, 128 if head_dim_padded <= 128 else 64, 4, 1, single_loop=True)
         # Full decode, H200 (gpu_probe.py splits, 16K, page 16): two warps per 16-row tile fit twice the
         # programs per SM, more loads in flight: B=16 137 us (12 splits) vs 150 us with four warps, B=4 42 vs 46.

@@ -29,6 +29,7 @@ from swattn.kernels._common import (
 )
 from swattn.kernels.combine import combine_splits
 from swattn.kernels.configs import forward_config
+from swattn.window import visible_span
 
 # Exact non-finite isolation (see NON_FINITE_PASS in the kernel): on by default; SWATTN_ISOLATE_NON_FINITE=0 at
 # import drops the second launch, and a non-finite value row may then reach the other rows of its tile.
@@ -517,7 +518,8 @@ def attention_forward(
     block_d = max(16, triton.next_power_of_2(head_dim))
     rows_per_tile = seqlen_q * group if pack_gqa else seqlen_q
     window_span = left + right + 1 if left >= 0 and right >= 0 else None
-    config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size())
+    keys_per_split = -(-visible_span(0, seqlen_q - 1, seqlen_q, seqlen_k, left, right)[1] // num_splits)
+    config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size(), keys_per_split)
     num_tiles = triton.cdiv(rows_per_tile, config.block_m)
     grid = (num_tiles, batch * (num_kv_heads if pack_gqa else num_heads), num_splits)
 
