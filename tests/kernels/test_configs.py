@@ -1,0 +1,73 @@
+"""The launch choices made from shapes only: the automatic split-KV count and the forward's block configs.
+
+The GPU timings behind each expected value are in docs/performance.md (H200, gpt-oss decode layer: 8 KV heads, so
+a batch of B sequences gives 8 * B programs per split; 132 SMs)."""
+
+from __future__ import annotations
+
+import pytest
+
+from swattn.interface import _MAX_SPLITS, split_count
+from swattn.kernels import configs
+from swattn.kernels.configs import FwdConfig, _bf16_forward_config, forward_config
+
+SMS = 132
+
+
+@pytest.mark.parametrize("batch, context, expected", [
+    (4, 1024, 8),      # one 128-key block per split: 8.3 us (2 splits: 19.5)
+    (16, 1024, 4),     # two blocks per split at <= 4 programs per SM: 17.0 us (2 splits: 21.8)
+    (4, 4096, 16),     # 16.9 us (8 splits: 21.4)
+    (16, 4096, 6),     # the long-context rule: 41.2 us (4 short splits: 44.2)
+    (16, 16384, 6),    # 131.7 us, 97% of copy bandwidth
+    (4, 16384, 24),    # 41.7 us
+    (16, 65536, 6),
+    (4, 65536, 24),
+])
+def test_split_count_matches_the_measured_best(batch, context, expected):
+    assert split_count(8 * batch, context, SMS) == expected
+
+
+@pytest.mark.parametrize("programs, keys", [(128, 128), (128, 896), (8, 896), (SMS, 1 << 17), (4096, 1 << 17)])
+def test_split_count_leaves_short_loops_and_full_grids_alone(programs, keys):
+    # A 128-key window (or fewer than 8 blocks) is one loop; a grid that fills the SMs needs no split.
+    assert split_count(programs, keys, SMS) == 1
+
+
+@pytest.mark.parametrize("programs", [1, 8, 32, 100, 131])
+@pytest.mark.parametrize("keys", [1024, 3000, 8192, 100_000, 1 << 20])
+def test_split_count_bounds(programs, keys):
+    splits = split_count(programs, keys, SMS)
+    assert 1 <= splits <= min(_MAX_SPLITS, -(-keys // 128))
+
+
+@pytest.mark.parametrize("keys_per_split", [128, 256])
+def test_short_splits_take_the_one_stage_128_key_loop(keys_per_split):
+    assert _bf16_forward_config(64, 8, True, None, keys_per_split) == FwdConfig(16, 128, 4, 1, single_loop=True)
+
+
+@pytest.mark.parametrize("keys_per_split", [None, 257, 683, 4096])
+def test_long_splits_keep_the_pipelined_loop(keys_per_split):
+    assert _bf16_forward_config(64, 8, True, None, keys_per_split) == FwdConfig(16, 64, 2, 3)
+
+
+def test_window_decode_config_does_not_depend_on_the_split():
+    assert _bf16_forward_config(64, 8, True, 128, 128) == _bf16_forward_config(64, 8, True, 128, None)
+
+
+def test_small_window_prefill_d64_masks_edges_under_a_register_cap():
+    config = _bf16_forward_config(64, 16384 * 8, True, 128)
+    assert config.single_loop and config.mask_edges_only and config.maxnreg == 96
+    # D128 measured no gain from either (docs/performance.md, third session of 2026-12-02).
+    d128 = _bf16_forward_config(128, 16384 * 4, True, 128)
+    assert d128.single_loop and not d128.mask_edges_only and d128.maxnreg is None
+
+
+def test_fp32_drops_the_measured_bf16_only_switches(monkeypatch):
+    monkeypatch.setattr(configs, "interpreter_enabled", lambda: False)
+    fp32 = forward_config(64, 16384 * 8, True, 128, element_size=4)
+    assert fp32.maxnreg is None and not fp32.tma
+    bf16 = forward_config(64, 16384 * 8, True, 128, element_size=2)
+    assert bf16.maxnreg == 96
+    large = forward_config(64, 16384, False, None, element_size=4)
+    assert not large.tma
