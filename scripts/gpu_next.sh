@@ -7,14 +7,14 @@ export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
 export SWATTN_COMMIT=${SWATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 OUT=${OUT:-/tmp}
 case "${1:-}" in
-  probe)  # the decode load order against two stages, edge-only masking, two dK/dV stages (~8 min)
-    timeout 290 python3 scripts/gpu_probe.py decode_stages edges 2>&1 | tee "$OUT/probe.log"
-    timeout 280 python3 scripts/gpu_sweep_bwd.py --tma 2>&1 | tee "$OUT/bwd_sweep.log" ;;
-  bench)  # issue 3's window decode and issue 2's D64 prefill rows, peers in the same run (~9 min)
-    timeout 250 bash scripts/gpu_bench.sh "decode --page-sizes 16,1 --contexts 1024,131072 --providers swattn,fa4,fa3,flex" \
+  probe)  # the short-context split rule at 1K/4K against the sweep's rows (~1 min)
+    timeout 200 python3 scripts/gpu_splits.py 4,1024 16,1024 4,4096 16,4096 --configs 128,4,1,1/64,2,3 \
+      --splits 4,8,16 2>&1 | tee "$OUT/splits.log" ;;
+  bench)  # full decode at short contexts (the new split rule) and the D128 prefill rows under the graph timer
+    timeout 200 bash scripts/gpu_bench.sh "decode --page-sizes 16,1 --contexts 1024,4096 --providers swattn,fa4,fa3" \
       2>&1 | grep -v eager | grep "^|" | tee "$OUT/decode.log"
-    timeout 320 bash scripts/gpu_bench.sh "prefill --seqlens 16384 --head-dims 64 --lefts 127,4095 --providers swattn,fa3,flex" \
-      2>&1 | grep "^|" | tee "$OUT/prefill.log" ;;
+    timeout 380 bash scripts/gpu_bench.sh "prefill --seqlens 16384 --head-dims 128 --lefts 127,4095 --providers \
+swattn,fa3,flex" 2>&1 | grep "^|" | tee "$OUT/prefill.log" ;;
   backward)  # issue 5: forward + backward at 32K against Flex (~6 min, most of it Flex's compile)
     timeout 560 bash scripts/gpu_bench.sh "backward --seqlens 32768 --providers swattn,flex" 2>&1 | grep "^|" \
       | tee "$OUT/backward.log" ;;

@@ -126,6 +126,28 @@ def test_paged_decode_and_extend_with_append(page_size, window_size, seqlen_q, n
     check_lse("lse", lse, ref_lse)
 
 
+@pytest.mark.parametrize("page_size", [1, 16])
+@pytest.mark.parametrize("batch, capacity", [(4, 1024), (16, 1024), (4, 4096)])
+def test_short_context_full_decode_takes_short_splits(page_size, batch, capacity):
+    """Full-attention decode at short contexts: the automatic split count gives one or two 128-key blocks per
+    split (the one-stage loop), checked against the reference, with sequences of 0..capacity tokens."""
+    from swattn.interface import split_count
+    heads, kv_heads, head_dim = 64, 8, 64
+    splits = split_count(batch * kv_heads, capacity, torch.cuda.get_device_properties(DEVICE).multi_processor_count)
+    assert splits > 1 and -(-capacity // splits) <= 256, splits  # the short-split path on this GPU
+    seqlens = torch.randint(1, capacity + 1, (batch,), device=DEVICE, dtype=torch.int32)
+    seqlens[:2] = torch.tensor([0, capacity], device=DEVICE)
+    k_cache, v_cache, page_table = paged_cache(batch, capacity, page_size, kv_heads, head_dim)
+    q = randn(batch, 1, heads, head_dim)
+    sinks = torch.randn(heads, device=DEVICE)
+    out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, page_table=page_table,
+                                              causal=True, sinks=sinks, num_splits=0, return_softmax_lse=True)
+    ref, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, seqlens, page_table=page_table, causal=True,
+                                         sinks=sinks, **REF)
+    assert_close("out", out, ref, OUT_TOL)
+    check_lse("lse", lse, ref_lse)
+
+
 @pytest.mark.parametrize("pack_gqa", [None, False])
 def test_contiguous_cache_varlen_extend_with_batch_idx(pack_gqa):
     cache_rows, capacity, heads, kv_heads, head_dim = 8, 4000, 32, 8, 128

@@ -11,7 +11,7 @@ Hk = 2 KV heads (GQA 8), D = 32 unless a case says otherwise.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -430,12 +430,14 @@ def test_pack_gqa(pack_gqa, scenario):
     check(out, lse, expected, q)
 
 
+@pytest.mark.parametrize("loop", ["pipelined", "single"])
 @pytest.mark.parametrize("num_splits", [1, 2, 5], ids=lambda n: f"splits{n}")
 @pytest.mark.parametrize("sinks", [None, torch.float32, torch.bfloat16], ids=["nosink", "sink-fp32", "sink-bf16"])
 @pytest.mark.parametrize("scenario", ["rows-without-keys", "long-causal-paged16"])
-def test_split_kv(num_splits, sinks, scenario):
+def test_split_kv(num_splits, sinks, scenario, loop):
     """Split-KV with more splits than blocks (empty splits), sequences and rows that see no key; the sink joins
-    the denominator exactly once (an output scaled by a double-counted or missing sink fails)."""
+    the denominator exactly once (an output scaled by a double-counted or missing sink fails). ``single``: the
+    one masked loop, which short full-attention decode splits take on the GPU."""
     sink_logits = None if sinks is None else (torch.randn(H) * 2).to(sinks)
     if scenario == "rows-without-keys":
         # seq 0: no key at all; seq 1: rows 0-1 above the diagonal; seq 2: window (20, 0) in a 37-key cache.
@@ -445,7 +447,7 @@ def test_split_kv(num_splits, sinks, scenario):
         # 90 keys = 6 blocks of 16 (5 splits: 2, 2, 2, 0, 0 blocks); 5 keys = 1 block (4 empty splits).
         cache, seqlens, q = make_cache("paged-16", 2, 96), i32([90, 5]), random_q(2, 1)
         kwargs = dict(causal=True, pack_gqa=False)
-    with forced_config(BLOCK16):
+    with forced_config(BLOCK16 if loop == "pipelined" else replace(BLOCK16, single_loop=True)):
         out, lse = run(q, cache, cache_seqlens=seqlens, sinks=sink_logits, num_splits=num_splits, **kwargs)
     check(out, lse, reference(q, cache, seqlens, sinks=sink_logits, window_size=kwargs.get("window_size", (-1, -1)),
                               causal=True), q)
