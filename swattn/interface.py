@@ -96,7 +96,9 @@ def _check_sinks(sinks, num_heads: int, device: torch.device) -> torch.Tensor | 
         raise TypeError(f"sinks: expected a floating dtype, got {sinks.dtype}")
     if sinks.device != device:
         raise ValueError(f"sinks: expected device {device} to match q, got {sinks.device}")
-    return sinks.to(torch.float32).contiguous()
+    # Kept in its own dtype: the kernels load a sink and convert it (a bf16 model parameter, as gpt-oss's, no
+    # longer costs a cast kernel per call, in eager mode and inside captured graphs alike).
+    return sinks.contiguous()
 
 
 def _check_int32_vector(name: str, t, length: int | None, device: torch.device, what: str) -> None:

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from swattn._compat import pdl_enabled, pdl_launch_options
+from swattn._compat import next_power_of_2, pdl_enabled, pdl_launch_options
 from swattn.kernels._common import wait_for_previous_grid
 
 
@@ -120,8 +120,8 @@ def append_kv(
         batch, num_tokens, 1 if varlen else k_new.shape[1], k_cache.shape[1] if page_table is not None else 1,
         num_kv_heads,
         IS_VARLEN=varlen, IS_PAGED=page_table is not None, HAS_CACHE_BATCH_IDX=cache_batch_idx is not None,
-        BLOCK_B=triton.next_power_of_2(max(batch, 1)), BLOCK_H=triton.next_power_of_2(num_kv_heads),
-        BLOCK_D=triton.next_power_of_2(head_dim), HEAD_DIM=head_dim, USE_PDL=use_pdl, num_warps=4,
+        BLOCK_B=next_power_of_2(max(batch, 1)), BLOCK_H=next_power_of_2(num_kv_heads),
+        BLOCK_D=next_power_of_2(head_dim), HEAD_DIM=head_dim, USE_PDL=use_pdl, num_warps=4,
         **pdl_launch_options(use_pdl),
     )
     return seqlens_k

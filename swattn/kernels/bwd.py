@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from swattn._compat import ensure_triton_allocator, needs_upcast, tma_compatible
+from swattn._compat import ceil_div, ensure_triton_allocator, needs_upcast, next_power_of_2, tma_compatible
 from swattn.kernels._common import (
     LOG2E,
     block_ranges,
@@ -444,9 +444,9 @@ def attention_backward(
     dk = torch.zeros_like(k) if partial else torch.empty_like(k)
     dv = torch.zeros_like(v) if partial else torch.empty_like(v)
     dsinks = None if sinks is None else torch.zeros(num_heads, device=q.device, dtype=torch.float32)
-    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_d = max(16, next_power_of_2(head_dim))
     config = config or backward_config(block_d, left, q.element_size())
-    key_blocks = triton.cdiv(seqlen_k, config.dkdv_block_n)
+    key_blocks = ceil_div(seqlen_k, config.dkdv_block_n)
     loop_record = (torch.full((batch, num_kv_heads, key_blocks, 3), -1, device=q.device, dtype=torch.int32)
                    if record_loop else None)
     no_queries = batch == 0 or q.numel() == 0 or seqlen_q == 0
@@ -488,7 +488,7 @@ def attention_backward(
     dkdv_tma = config.tma and not packed and tma_compatible(q, dout)
     if dq_tma or dkdv_tma:
         ensure_triton_allocator()
-    _swa_bwd_dq_kernel[(triton.cdiv(seqlen_q, config.dq_block_m // rows_per_pos), batch,
+    _swa_bwd_dq_kernel[(ceil_div(seqlen_q, config.dq_block_m // rows_per_pos), batch,
                         num_kv_heads if packed else num_heads)](
         q, placeholder if no_keys else k, placeholder if no_keys else v, out, dout, dq, lse,
         dlse if dlse is not None else placeholder, delta, *sequence_args,

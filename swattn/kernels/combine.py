@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from swattn._compat import pdl_enabled, pdl_launch_options
+from swattn._compat import next_power_of_2, pdl_enabled, pdl_launch_options
 from swattn.kernels._common import LN2, LOG2E, wait_for_previous_grid
 
 
@@ -87,6 +87,6 @@ def combine_splits(
         *lse_strides,
         tokens_per_batch, num_splits, head_dim,
         HAS_SINKS=sinks is not None, STORE_LSE=lse is not None,
-        BLOCK_S=max(2, triton.next_power_of_2(num_splits)), BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_S=max(2, next_power_of_2(num_splits)), BLOCK_D=next_power_of_2(head_dim),
         USE_PDL=use_pdl, num_warps=1, **pdl_launch_options(use_pdl),
     )

@@ -11,9 +11,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-import triton
-
-from swattn._compat import interpreter_enabled
+from swattn._compat import interpreter_enabled, next_power_of_2
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,7 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
         # block. Measured: W127 decode 4.35 us with (16, 128, 4, 1); full 128K decode best with (16, 64, 4, 3).
         # Splits of at most two 128-key blocks (short full-attention contexts) take the same one-stage loop, H200
         # (gpu_splits.py): 1K B=4 8 splits 8.3 us vs 10.6 with (16, 64, 2, 3); 4K B=4 16 splits 16.9 vs 17.2.
-        block_m = max(16, triton.next_power_of_2(rows_per_tile))
+        block_m = max(16, next_power_of_2(rows_per_tile))
         if small_window or (keys_per_split is not None and keys_per_split <= 256):
             return FwdConfig(block_m, 128 if head_dim_padded <= 128 else 64, 4, 1, single_loop=True)
         # Full decode, H200 (gpu_probe.py splits, 16K, page 16): two warps per 16-row tile fit twice the

@@ -15,7 +15,15 @@ import torch
 import triton
 import triton.language as tl
 
-from swattn._compat import ensure_triton_allocator, needs_upcast, pdl_enabled, pdl_launch_options, tma_compatible
+from swattn._compat import (
+    ceil_div,
+    ensure_triton_allocator,
+    needs_upcast,
+    next_power_of_2,
+    pdl_enabled,
+    pdl_launch_options,
+    tma_compatible,
+)
 from swattn.kernels._common import (
     LN2,
     LOG2E,
@@ -515,12 +523,12 @@ def attention_forward(
     if batch == 0 or seqlen_q == 0 or q.numel() == 0:
         return out, lse, None
 
-    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_d = max(16, next_power_of_2(head_dim))
     rows_per_tile = seqlen_q * group if pack_gqa else seqlen_q
     window_span = left + right + 1 if left >= 0 and right >= 0 else None
     keys_per_split = -(-visible_span(0, seqlen_q - 1, seqlen_q, seqlen_k, left, right)[1] // num_splits)
     config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size(), keys_per_split)
-    num_tiles = triton.cdiv(rows_per_tile, config.block_m)
+    num_tiles = ceil_div(rows_per_tile, config.block_m)
     grid = (num_tiles, batch * (num_kv_heads if pack_gqa else num_heads), num_splits)
 
     tokens = q.shape[0] if varlen_q else batch * seqlen_q

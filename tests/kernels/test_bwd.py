@@ -589,3 +589,17 @@ def test_bwd_tma_loads_equal_pointer_loads(varlen):
     grads_pointers = run(config=pointers, name="pointers")
     for name, a, b in zip(("dq", "dk", "dv", "dsinks"), grads_tma, grads_pointers):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("sink_dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_sinks_parameter_keeps_its_dtype_and_gets_its_gradient(sink_dtype):
+    # A model's sinks parameter (gpt-oss: bf16) goes to the kernels uncast; its gradient comes back in its dtype.
+    torch.manual_seed(5)
+    q, k, v = (t.requires_grad_() for t in make_qkv((2, 19, 4, 16), (2, 19, 2, 16), torch.float16))
+    sinks = torch.randn(4).to(sink_dtype).requires_grad_()
+    out = swattn.flash_attn_func(q, k, v, causal=True, window_size=(6, 0), sinks=sinks)
+    dout = torch.randn_like(out)
+    actual = torch.autograd.grad(out, (q, k, v, sinks), dout)
+    assert actual[3].dtype == sink_dtype
+    expected = reference_grads(q, k, v, dout, left=6, right=0, sinks=sinks, softmax_scale=16 ** -0.5)
+    check_grads(f"sinks {sink_dtype}", [g.float() for g in actual], [e.float() for e in expected], 2e-2)
