@@ -7,9 +7,12 @@ export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
 export SWATTN_COMMIT=${SWATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 OUT=${OUT:-/tmp}
 case "${1:-}" in
-  probe)  # the short-context split rule at 1K/4K against the sweep's rows (~1 min)
+  probe)  # the short-context split rule at 1K/4K against the sweep's rows, host time per eager call (~4 min)
     timeout 200 python3 scripts/gpu_splits.py 4,1024 16,1024 4,4096 16,4096 --configs 128,4,1,1/64,2,3 \
-      --splits 4,8,16 2>&1 | tee "$OUT/splits.log" ;;
+      --splits 4,8,16 2>&1 | tee "$OUT/splits.log"
+    # host time per eager decode call after the host-side trims (225-307 us on the H100 host before them)
+    timeout 150 python3 scripts/gpu_probe.py eager 2>&1 | tee "$OUT/eager.log"
+    timeout 60 python3 scripts/host_time.py 2>&1 | tee "$OUT/host_time.log" ;;
   bench)  # full decode at short contexts (the new split rule) and the D128 prefill rows under the graph timer
     timeout 200 bash scripts/gpu_bench.sh "decode --page-sizes 16,1 --contexts 1024,4096 --providers swattn,fa4,fa3" \
       2>&1 | grep -v eager | grep "^|" | tee "$OUT/decode.log"

@@ -158,3 +158,10 @@ def dot(a, b):
         return tl.dot(a, b, input_precision="ieee")
     else:
         return tl.dot(a, b)
+
+
+def token_strides(t, packed: bool) -> tuple[int, int, int]:
+    """Host side: the (batch, token, head) strides of ``[B, S, H, D]``, or of packed ``[total, H, D]`` (batch
+    stride 0). One ``stride()`` call: each one builds a tuple, and a decode call read 35 of them one by one."""
+    strides = t.stride()
+    return (0, strides[0], strides[1]) if packed else strides[:3]

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from swattn._compat import next_power_of_2, pdl_enabled, pdl_launch_options
-from swattn.kernels._common import wait_for_previous_grid
+from swattn.kernels._common import token_strides, wait_for_previous_grid
 
 
 @triton.jit
@@ -100,12 +100,7 @@ def append_kv(
     if max(num_tokens, batch) == 0:
         return seqlens_k
     num_kv_heads, head_dim = k_new.shape[-2], k_new.shape[-1]
-    if varlen:
-        k_strides = (0, k_new.stride(0), k_new.stride(1))
-        v_strides = (0, v_new.stride(0), v_new.stride(1))
-    else:
-        k_strides = (k_new.stride(0), k_new.stride(1), k_new.stride(2))
-        v_strides = (v_new.stride(0), v_new.stride(1), v_new.stride(2))
+    k_strides, v_strides = token_strides(k_new, varlen), token_strides(v_new, varlen)
     placeholder = cache_seqlens
     use_pdl = pdl_enabled(k_new.device)
     _append_kv_kernel[(max(num_tokens, batch),)](
@@ -114,8 +109,7 @@ def append_kv(
         cache_batch_idx if cache_batch_idx is not None else placeholder,
         page_table if page_table is not None else placeholder,
         *k_strides, *v_strides,
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        *token_strides(k_cache, False), *token_strides(v_cache, False),
         page_table.stride(0) if page_table is not None else 0,
         batch, num_tokens, 1 if varlen else k_new.shape[1], k_cache.shape[1] if page_table is not None else 1,
         num_kv_heads,

@@ -33,6 +33,7 @@ from swattn.kernels._common import (
     safe_pivot,
     sequence_bounds,
     softcap_scores,
+    token_strides,
     wait_for_previous_grid,
 )
 from swattn.kernels.combine import combine_splits
@@ -536,23 +537,23 @@ def attention_forward(
     if is_split:
         out_target = torch.empty(num_splits, tokens, num_heads, head_dim, device=q.device, dtype=torch.float32)
         lse_target = torch.empty(num_splits, tokens, num_heads, device=q.device, dtype=torch.float32)
-        o_strides = (out_target.stride(0), 0 if varlen_q else seqlen_q * out_target.stride(1),
-                     out_target.stride(1), out_target.stride(2))
-        l_strides = (lse_target.stride(0), 0 if varlen_q else seqlen_q * lse_target.stride(1),
-                     lse_target.stride(1), lse_target.stride(2))
+        split_o, token_o, head_o, _ = out_target.stride()
+        split_l, token_l, head_l = lse_target.stride()
+        o_strides = (split_o, 0 if varlen_q else seqlen_q * token_o, token_o, head_o)
+        l_strides = (split_l, 0 if varlen_q else seqlen_q * token_l, token_l, head_l)
     else:
         out_target, lse_target = out, lse
-        o_strides = ((0, 0) + (out.stride(0), out.stride(1)) if varlen_q
-                     else (0, out.stride(0), out.stride(1), out.stride(2)))
+        o_strides = (0, *token_strides(out, varlen_q))
         if lse is None:
             l_strides = (0, 0, 0, 0)
         elif varlen_q:
-            l_strides = (0, 0, lse.stride(1), lse.stride(0))
+            head_l, token_l = lse.stride()
+            l_strides = (0, 0, token_l, head_l)
         else:
-            l_strides = (0, lse.stride(0), lse.stride(2), lse.stride(1))
-    q_strides = (0, q.stride(0), q.stride(1)) if varlen_q else (q.stride(0), q.stride(1), q.stride(2))
-    k_strides = (0, k.stride(0), k.stride(1)) if varlen_k else (k.stride(0), k.stride(1), k.stride(2))
-    v_strides = (0, v.stride(0), v.stride(1)) if varlen_k else (v.stride(0), v.stride(1), v.stride(2))
+            batch_l, head_l, token_l = lse.stride()
+            l_strides = (0, batch_l, token_l, head_l)
+    q_strides = token_strides(q, varlen_q)
+    k_strides, v_strides = token_strides(k, varlen_k), token_strides(v, varlen_k)
     block_counts = (torch.zeros(grid[0] * grid[1] * grid[2], device=q.device, dtype=torch.int32)
                     if count_blocks else None)
     placeholder = q  # pointer for absent tensors; their constexpr switch keeps the kernel from touching it
