@@ -198,7 +198,8 @@ def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound
 
 def split_count(programs: int, keys: int, sms: int) -> int:
     """Automatic split-KV count for ``programs`` programs per split whose sequences see at most ``keys`` keys, on
-    ``sms`` SMs. ``forward_config`` picks the one-stage 128-key-block loop when a split holds at most 256 keys."""
+    ``sms`` SMs. For decode tiles ``forward_config`` picks the one-stage 128-key-block loop when a split holds at
+    most 256 keys."""
     blocks = -(-keys // 128)
     if programs >= sms or blocks < 8:
         return 1
