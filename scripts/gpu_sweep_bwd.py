@@ -68,12 +68,14 @@ def _tma_candidates(head_dim: int, left: int) -> list[BwdConfig]:
 
 
 def fused_dq_candidates(head_dim: int, left: int) -> list[BwdConfig]:
-    """The shipped default first, then the same with fused dQ, with one dK/dV stage, with pointer loads, and with
-    128-key dK/dV blocks on 8 warps (each query row then takes 2-4x fewer atomic tiles)."""
+    """The shipped default first, then the same with fused dQ, with one dK/dV stage, with pointer loads (element
+    atomics instead of TMA reduce-adds), with 128-key dK/dV blocks on 8 warps (each query row then takes 2-4x
+    fewer atomic tiles), and unpacked with descriptors (TMA reduce-adds where the default packs)."""
     default = backward_config(head_dim, left)
     variants = [replace(default, fused_dq=True), replace(default, fused_dq=True, dkdv_num_stages=1),
                 replace(default, fused_dq=True, tma=False),
-                replace(default, fused_dq=True, dkdv_block_n=128, num_warps=8, dkdv_num_stages=1)]
+                replace(default, fused_dq=True, dkdv_block_n=128, num_warps=8, dkdv_num_stages=1),
+                replace(default, fused_dq=True, pack_gqa=False, tma=True)]  # unpacked: the TMA reduce-add
     return [default] + [c for i, c in enumerate(variants) if c != default and c not in variants[:i]]
 
 

@@ -27,7 +27,14 @@ import torch
 import triton
 import triton.language as tl
 
-from swattn._compat import ceil_div, ensure_triton_allocator, needs_upcast, next_power_of_2, tma_compatible
+from swattn._compat import (
+    ceil_div,
+    ensure_triton_allocator,
+    interpreter_enabled,
+    needs_upcast,
+    next_power_of_2,
+    tma_compatible,
+)
 from swattn.kernels._common import (
     LOG2E,
     block_ranges,
@@ -79,17 +86,19 @@ def _scores(qk, softmax_scale, softcap, HAS_SOFTCAP: tl.constexpr):
 
 
 @triton.jit
-def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, lse_base, delta_base, dq_base, block_begin,
-                 block_end, q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets,
-                 dq_head_offsets, stride_qs, stride_dos, stride_lq, stride_dqs, seqlen_q, seqlen_k, left, right,
-                 softmax_scale, softcap, MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                 HAS_SOFTCAP: tl.constexpr, MASK_D: tl.constexpr, HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr,
-                 BLOCK_POS: tl.constexpr, USE_TMA: tl.constexpr, FUSED_DQ: tl.constexpr):
+def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, lse_base, delta_base, dq_base, dq_desc,
+                 block_begin, block_end, q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets,
+                 lse_head_offsets, dq_head_offsets, stride_qs, stride_dos, stride_lq, stride_dqs, seqlen_q, seqlen_k,
+                 left, right, softmax_scale, softcap, MASK: tl.constexpr, HAS_LEFT: tl.constexpr,
+                 HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MASK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 UPCAST: tl.constexpr, BLOCK_POS: tl.constexpr, USE_TMA: tl.constexpr, FUSED_DQ: tl.constexpr,
+                 TMA_REDUCE: tl.constexpr):
     """Accumulate dK/dV of the program's keys over query blocks ``[block_begin, block_end)`` of BLOCK_POS
     positions; MASK for edge blocks. Row r of a block is position ``row_pos[r]`` of the block, in the head at
     ``*_head_offsets[r]`` from the bases (PackGQA: several heads per position). With ``USE_TMA`` (one head per
     block) q and dO come through descriptors whose rows end at ``q_end``. With ``FUSED_DQ`` each block's share of
-    dQ (``scale * dS K``) is added atomically to the fp32 accumulator at ``dq_base``."""
+    dQ (``scale * dS K``) is added atomically to the fp32 accumulator at ``dq_base``: with ``TMA_REDUCE`` (TMA
+    loads, compiled) as one bulk tensor reduce-add per block through ``dq_desc``, else by per-element atomics."""
     offset = seqlen_k - seqlen_q
     for block in range(block_begin, block_end):
         offs_m = q_start + block * BLOCK_POS + row_pos
@@ -132,8 +141,11 @@ def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, lse_bas
         dk += dot(dsT, q)
         if FUSED_DQ:
             dq = dot(tl.trans(dsT), k) * softmax_scale  # [BLOCK_M, BLOCK_D]
-            tl.atomic_add(dq_base + (offs_m64 * stride_dqs + dq_head_offsets)[:, None] + offs_d[None, :], dq,
-                          mask=row_mask[:, None] & (offs_d[None, :] < HEAD_DIM), sem="relaxed")
+            if TMA_REDUCE:
+                dq_desc.atomic_add([q_start + block * BLOCK_POS, 0], dq)
+            else:
+                tl.atomic_add(dq_base + (offs_m64 * stride_dqs + dq_head_offsets)[:, None] + offs_d[None, :], dq,
+                              mask=row_mask[:, None] & (offs_d[None, :] < HEAD_DIM), sem="relaxed")
     return dk, dv
 
 
@@ -152,8 +164,8 @@ def _swa_bwd_dkdv_kernel(
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
     RECORD_LOOP: tl.constexpr, UPCAST: tl.constexpr, ROWS_PER_POS: tl.constexpr, USE_TMA: tl.constexpr,
-    FUSED_DQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
+    FUSED_DQ: tl.constexpr, TMA_REDUCE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Grid: (key blocks, batch, KV heads).
 
@@ -216,25 +228,29 @@ def _swa_bwd_dkdv_kernel(
                                                block_shape=[BLOCK_M, BLOCK_D])
             do_desc = tl.make_tensor_descriptor(do_base, shape=[visible_rows, HEAD_DIM], strides=[stride_dos, 1],
                                                 block_shape=[BLOCK_M, BLOCK_D])
+        dq_desc = None
+        if TMA_REDUCE:  # rows past q_end are clipped by the descriptor, as q's and dO's loads are
+            dq_desc = tl.make_tensor_descriptor(dq_base, shape=[tl.maximum(q_end, 1), HEAD_DIM],
+                                                strides=[stride_dqs, 1], block_shape=[BLOCK_M, BLOCK_D])
         # Masked head blocks, unmasked interior, masked tail.
         dk, dv = _dkdv_blocks(
             dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset, dq_base,
-            0, masked_head_end, q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets,
-            dq_head_offsets, stride_qs, stride_dos, stride_lq, stride_dqs, seqlen_q, seqlen_k, left, right,
-            softmax_scale, softcap, True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST,
-            BLOCK_POS, USE_TMA, FUSED_DQ)
-        dk, dv = _dkdv_blocks(
-            dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset, dq_base,
-            masked_head_end, unmasked_end, q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets,
-            lse_head_offsets, dq_head_offsets, stride_qs, stride_dos, stride_lq, stride_dqs, seqlen_q, seqlen_k,
-            left, right, softmax_scale, softcap, False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM,
-            HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA, FUSED_DQ)
-        dk, dv = _dkdv_blocks(
-            dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset, dq_base,
-            unmasked_end, num_blocks, q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets,
+            dq_desc, 0, masked_head_end, q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets,
             lse_head_offsets, dq_head_offsets, stride_qs, stride_dos, stride_lq, stride_dqs, seqlen_q, seqlen_k,
             left, right, softmax_scale, softcap, True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM,
-            HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA, FUSED_DQ)
+            HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA, FUSED_DQ, TMA_REDUCE)
+        dk, dv = _dkdv_blocks(
+            dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset, dq_base,
+            dq_desc, masked_head_end, unmasked_end, q_start, q_end, offs_d, row_pos, q_head_offsets,
+            do_head_offsets, lse_head_offsets, dq_head_offsets, stride_qs, stride_dos, stride_lq, stride_dqs,
+            seqlen_q, seqlen_k, left, right, softmax_scale, softcap, False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
+            BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA, FUSED_DQ, TMA_REDUCE)
+        dk, dv = _dkdv_blocks(
+            dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset, dq_base,
+            dq_desc, unmasked_end, num_blocks, q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets,
+            lse_head_offsets, dq_head_offsets, stride_qs, stride_dos, stride_lq, stride_dqs, seqlen_q, seqlen_k,
+            left, right, softmax_scale, softcap, True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM,
+            HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA, FUSED_DQ, TMA_REDUCE)
 
     store_mask = key_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
     offs_key = (k_begin + offs_n).to(tl.int64)[:, None]
@@ -523,6 +539,8 @@ def attention_backward(
         *token_strides(dout, varlen_q), *token_strides(dk, varlen_k), *token_strides(dv, varlen_k),
         *(token_strides(dq_accum, varlen_q) if fused_dq else (0, 0, 0)), *lse_strides, *scalars,
         RECORD_LOOP=record_loop, ROWS_PER_POS=rows_per_pos, USE_TMA=dkdv_tma, FUSED_DQ=fused_dq,
+        # Triton's interpreter has no descriptor reduce: there the element atomics stand in (the same sums).
+        TMA_REDUCE=fused_dq and dkdv_tma and not interpreter_enabled(),
         BLOCK_M=config.dkdv_block_m, BLOCK_N=config.dkdv_block_n,
         num_stages=config.num_stages if config.dkdv_num_stages is None else config.dkdv_num_stages, **common,
     )
