@@ -1,7 +1,8 @@
 """The kernels compile for Hopper (sm_90) on this machine, GPU or not, through Triton's real compiler (the
 interpreter, which the rest of the CPU suite uses, never compiles): every shipped prefill, decode and backward
 config, with the arguments specialized as on a GPU, and the multi-stage loops come out software-pipelined; also the
-experimental switches (register caps, edge-only masking, launches without PDL, the other dK/dV stage choice).
+experimental switches (register caps, the every-block masking loop, edge-only decode masking, launches without PDL,
+the other dK/dV stage choice, fused dQ).
 scripts/kernel_resources.py does the work and prints registers, spills and resident programs per SM."""
 
 from __future__ import annotations
