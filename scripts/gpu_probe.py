@@ -17,7 +17,7 @@ Sections (argv; all by default):
             FwdConfig.mask_edges_only (a branch per block; compiled, the unmasked blocks skip 97 of the loop's 333
             instructions), with register caps and stages;
   spread    per-call times of the window-(127, 0) D64 prefill, shipped config against the every-block loop,
-            interleaved, with and without an L2 flush (a bimodal benchmark spread);
+            interleaved, with and without an L2 flush (host dispatch included: see its docstring);
   regcap    window-(127, 0) prefill at 16K (D=64) under register caps (FwdConfig.maxnreg: more resident programs)
             and deeper prefetch (stages up to the tile's five blocks).
 Run: ``python scripts/gpu_probe.py [sections]``.
@@ -290,7 +290,8 @@ def edges() -> None:
 def spread() -> None:
     """Per-call times of the W(127,0) D64 prefill (the benchmark's median hid a bimodal spread at 4022938: p20 227.6,
     p80 338.0 us), the shipped config and the every-block loop interleaved, with and without an L2 flush before each
-    call, so a slow mode shows whether it follows the config, the flush or time (clocks are logged beside it)."""
+    call. Caveat (measured 2026-12-02): each call is synchronised and its events bracket the host's dispatch too, so
+    these times (295-620 us) are mostly host time; the benchmark's one-call graph replay is the kernel's time."""
     from dataclasses import replace
 
     from swattn.kernels.configs import forward_config
