@@ -21,13 +21,18 @@ def ceil_div(a: int, b: int) -> int:
 
 
 @functools.cache
-def _compute_capability_major(device_index: int) -> int:
-    return torch.cuda.get_device_capability(device_index)[0]
+def _device_properties(device_index: int):
+    return torch.cuda.get_device_properties(device_index)
+
+
+def device_properties(device: torch.device):
+    """The CUDA device's properties (compute capability, SM count), queried once per device: launches read them on
+    every call."""
+    return _device_properties(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def compute_capability_major(device: torch.device) -> int:
-    """The CUDA device's major compute capability, queried once per device (it was read on every launch)."""
-    return _compute_capability_major(device.index if device.index is not None else torch.cuda.current_device())
+    return device_properties(device).major
 
 
 def interpreter_enabled() -> bool:

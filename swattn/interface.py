@@ -23,13 +23,14 @@ skipped under ``torch.compile`` and during CUDA-graph capture, where no host rea
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 
 import torch
 
 from swattn import ops
+from swattn._compat import device_properties
+from swattn.kernels.configs import SHORT_SPLIT_KEYS
 from swattn.window import first_visible_key, normalize_window, visible_span
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -169,11 +170,6 @@ def _contiguous_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-@functools.cache
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _auto_pack_gqa(pack_gqa, seqlen_q: int, group: int, left: int = -1, right: int = -1) -> bool:
     if pack_gqa is not None:
         return bool(pack_gqa) and group > 1
@@ -192,14 +188,13 @@ def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound
     if not q.is_cuda:
         return 1
     keys = visible_span(0, seqlen_q - 1, seqlen_q, keys_bound, left, right)[1] if seqlen_q > 0 else 0
-    sms = _num_sms(q.device.index if q.device.index is not None else torch.cuda.current_device())
-    return split_count(programs, keys, sms)
+    return split_count(programs, keys, device_properties(q.device).multi_processor_count)
 
 
 def split_count(programs: int, keys: int, sms: int) -> int:
     """Automatic split-KV count for ``programs`` programs per split whose sequences see at most ``keys`` keys, on
-    ``sms`` SMs. For decode tiles ``forward_config`` picks the one-stage 128-key-block loop when a split holds at
-    most 256 keys."""
+    ``sms`` SMs. For decode tiles ``forward_config`` picks the one-stage 128-key-block loop for splits of at most
+    ``SHORT_SPLIT_KEYS`` keys, the splits this rule makes at short contexts."""
     blocks = -(-keys // 128)
     if programs >= sms or blocks < 8:
         return 1
@@ -208,7 +203,7 @@ def split_count(programs: int, keys: int, sms: int) -> int:
     # decode, page 16, docs/performance.md): 1K B=4 8 splits 8.3 us (the long-context rule's 2 splits: 19.5 us),
     # 1K B=16 4 splits 17.0 (21.8), 4K B=4 16 splits 16.9 (21.4).
     short = min(blocks, max(1, 4 * sms // programs), _MAX_SPLITS)
-    if -(-blocks // short) <= 2:
+    if -(-keys // short) <= SHORT_SPLIT_KEYS:
         return short
     # Long contexts: about six two-warp programs per SM. H200: B=16 (128 programs) best with 6 splits at 16K
     # (131.7 us, 97% of copy bandwidth; 4: 144.0, 12: 137.8), at 64K (496.5 us; 4: 543.1) and at 4K (41.2 us; 4

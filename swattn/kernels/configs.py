@@ -66,6 +66,10 @@ SHARED_MEMORY_BUDGET = 160 * 1024
 
 _forced: FwdConfig | None = None
 
+# A split-KV share of at most this many keys (two 128-key blocks) is latency-bound: decode tiles run it on the
+# one-stage loop, and the automatic split count (``interface.split_count``) makes such splits at short contexts.
+SHORT_SPLIT_KEYS = 256
+
 
 def _streamed_bytes(resident_rows: int, streamed_rows: int, num_stages: int, head_dim: int, element_size: int) -> int:
     """Shared memory of a loop that keeps ``resident_rows`` rows and streams two tiles of ``streamed_rows`` rows
@@ -128,7 +132,7 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
         # Splits of at most two 128-key blocks (short full-attention contexts) take the same one-stage loop, H200
         # (gpu_splits.py): 1K B=4 8 splits 8.3 us vs 10.6 with (16, 64, 2, 3); 4K B=4 16 splits 16.9 vs 17.2.
         block_m = max(16, next_power_of_2(rows_per_tile))
-        if small_window or (keys_per_split is not None and keys_per_split <= 256):
+        if small_window or (keys_per_split is not None and keys_per_split <= SHORT_SPLIT_KEYS):
             return FwdConfig(block_m, 128 if head_dim_padded <= 128 else 64, 4, 1, single_loop=True)
         # Full decode, H200 (gpu_probe.py splits, 16K, page 16): two warps per 16-row tile fit twice the
         # programs per SM, more loads in flight: B=16 137 us (12 splits) vs 150 us with four warps, B=4 42 vs 46.

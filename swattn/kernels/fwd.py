@@ -8,7 +8,6 @@ one (position, head) pair: with PackGQA the ``G = H // Hk`` query heads of one K
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -17,6 +16,7 @@ import triton.language as tl
 
 from swattn._compat import (
     ceil_div,
+    device_properties,
     ensure_triton_allocator,
     needs_upcast,
     next_power_of_2,
@@ -453,12 +453,11 @@ def _swa_fwd_kernel(
         )
 
 
-@functools.cache
 def _persistent_programs(device: torch.device) -> int:
     """Programs of the redo pass: one per SM (a few under the interpreter)."""
     if device.type != "cuda":
         return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return device_properties(device).multi_processor_count
 
 
 def attention_forward(
