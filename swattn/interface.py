@@ -208,7 +208,9 @@ def split_count(programs: int, keys: int, sms: int) -> int:
     # Long contexts: about six two-warp programs per SM. H200: B=16 (128 programs) best with 6 splits at 16K
     # (131.7 us, 97% of copy bandwidth; 4: 144.0, 12: 137.8), at 64K (496.5 us; 4: 543.1) and at 4K (41.2 us; 4
     # splits of 128-key blocks: 44.2); B=4 (32 programs) with 24 (16K 41.7 us, 16: 43.2; 64K 132.6 us, 16: 144.1).
-    return max(1, min(6 * sms // programs, blocks // 4, _MAX_SPLITS))
+    # Never fewer splits than the short rule's: a page table a page longer than the context (1040 keys for 1024)
+    # would otherwise drop B=16 from 4 splits (17.2 us) to 2 (21.8), and B=4 at 4K from 16 (17.2) to 8 (21.5).
+    return max(1, min(6 * sms // programs, max(blocks // 4, short), _MAX_SPLITS))
 
 
 def _result(out, lse, return_lse: bool):

@@ -28,6 +28,15 @@ def test_split_count_matches_the_measured_best(batch, context, expected):
     assert split_count(8 * batch, context, SMS) == expected
 
 
+@pytest.mark.parametrize("batch, capacity, expected", [
+    (16, 1040, 4),   # gpu_splits.py's page table, one page past 1024: 4 splits 17.2 us, the long rule's 2: 21.8
+    (4, 4112, 16),   # 16 splits 17.2 us, the long rule's 8: 21.5
+    (4, 1040, 9),
+])
+def test_split_count_survives_a_page_table_longer_than_the_context(batch, capacity, expected):
+    assert split_count(8 * batch, capacity, SMS) == expected
+
+
 @pytest.mark.parametrize("programs, keys", [(128, 128), (128, 896), (8, 896), (SMS, 1 << 17), (4096, 1 << 17)])
 def test_split_count_leaves_short_loops_and_full_grids_alone(programs, keys):
     # A 128-key window (or fewer than 8 blocks) is one loop; a grid that fills the SMs needs no split.
