@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine: the next device run of docs/performance.md ("Plan for the next device run"), one part per
 # device call (each fits the 600 s limit of one call). Logs and tables land in $OUT. Carry .peer-kernels for
-# "bench" and "backward". Usage: SWATTN_COMMIT=<sha> bash scripts/gpu_next.sh probe|bench|fused|backward|tests
+# "bench" and "backward". Usage: SWATTN_COMMIT=<sha> bash scripts/gpu_next.sh probe|bench|backward|tests
 set -uo pipefail
 export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
 export SWATTN_COMMIT=${SWATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
@@ -18,8 +18,6 @@ case "${1:-}" in
       2>&1 | grep -v eager | grep "^|" | tee "$OUT/decode.log"
     timeout 380 bash scripts/gpu_bench.sh "prefill --seqlens 16384 --head-dims 128 --lefts 127,4095 --providers \
 swattn,fa3,flex" 2>&1 | grep "^|" | tee "$OUT/prefill.log" ;;
-  fused)  # issue 5's lead: dQ accumulated with atomics in the dK/dV kernel against the shipped backward (~5 min)
-    timeout 560 python3 scripts/gpu_sweep_bwd.py --fused-dq 2>&1 | tee "$OUT/fused_dq.log" ;;
   backward)  # issue 5: forward + backward at 32K against Flex (~6 min, most of it Flex's compile)
     timeout 560 bash scripts/gpu_bench.sh "backward --seqlens 32768 --providers swattn,flex" 2>&1 | grep "^|" \
       | tee "$OUT/backward.log" ;;
@@ -29,5 +27,5 @@ swattn,fa3,flex" 2>&1 | grep "^|" | tee "$OUT/prefill.log" ;;
     SWATTN_TEST_DEVICE=cuda timeout 280 python3 -m pytest -q -x tests/gpu \
       -k "not (paged_decode or backward or programmatic or split_kv or gpt_oss or edge_only)" 2>&1 | tail -5 \
       | tee "$OUT/tests2.log" ;;
-  *) echo "usage: bash scripts/gpu_next.sh probe|bench|fused|backward|tests" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/gpu_next.sh probe|bench|backward|tests" >&2; exit 2 ;;
 esac

@@ -3,10 +3,7 @@
 For each shape, the forward runs once; each config's backward is timed with ``triton.testing.do_bench`` (median,
 L2 cleared) and its dq/dk/dv compared with the first config's. Run: ``python scripts/gpu_sweep_bwd.py``, or with
 ``--tma``: the shipped default, the default with one dK/dV stage (``BwdConfig.dkdv_num_stages``), then
-descriptor-load (``BwdConfig.tma``) and pointer-load variants (``--d64-large``: only D=64, window (4095, 0));
-``--fused-dq``: the shipped default against dQ accumulated by the dK/dV kernel with atomics (``BwdConfig.fused_dq``;
-compiled for sm_90 with Triton 3.6, W(4095,0) D128's fused dK/dV kernel holds 255 registers with 752 B of spill and
-132 KB of shared memory, one program per SM, so one dK/dV stage is tried too).
+descriptor-load (``BwdConfig.tma``) and pointer-load variants (``--d64-large``: only D=64, window (4095, 0)).
 """
 
 from __future__ import annotations
@@ -67,21 +64,8 @@ def _tma_candidates(head_dim: int, left: int) -> list[BwdConfig]:
             BwdConfig(64, 128, 64, 64, 8, 2, tma=True)]
 
 
-def fused_dq_candidates(head_dim: int, left: int) -> list[BwdConfig]:
-    """The shipped default first, then the same with fused dQ, with one dK/dV stage, with pointer loads (element
-    atomics instead of TMA reduce-adds), with 128-key dK/dV blocks on 8 warps (each query row then takes 2-4x
-    fewer atomic tiles), and unpacked with descriptors (TMA reduce-adds where the default packs)."""
-    default = backward_config(head_dim, left)
-    variants = [replace(default, fused_dq=True), replace(default, fused_dq=True, dkdv_num_stages=1),
-                replace(default, fused_dq=True, tma=False),
-                replace(default, fused_dq=True, dkdv_block_n=128, num_warps=8, dkdv_num_stages=1),
-                replace(default, fused_dq=True, pack_gqa=False, tma=True)]  # unpacked: the TMA reduce-add
-    return [default] + [c for i, c in enumerate(variants) if c != default and c not in variants[:i]]
-
-
 def main() -> None:
-    pick = (tma_candidates if "--tma" in sys.argv else fused_dq_candidates if "--fused-dq" in sys.argv
-            else candidates)
+    pick = tma_candidates if "--tma" in sys.argv else candidates
     shapes = [s for s in SHAPES if s[1] == 64 and s[4] > 1024] if "--d64-large" in sys.argv else SHAPES
     print(f"backward sweep on {torch.cuda.get_device_name()}; triton {triton.__version__}")
     for seqlen, head_dim, heads, kv_heads, left in shapes:
@@ -111,7 +95,7 @@ def main() -> None:
         for us, c, err in rows[:10]:
             print(f"  {us:8.1f}  dkdv {c.dkdv_block_m}x{c.dkdv_block_n} dq {c.dq_block_m}x{c.dq_block_n} "
                   f"w{c.num_warps} s{c.num_stages} dkdv_s{c.dkdv_num_stages or c.num_stages} pack={c.pack_gqa} "
-                  f"tma={c.tma}{' fused_dq' if c.fused_dq else ''}  diff {err:.1e}", flush=True)
+                  f"tma={c.tma}  diff {err:.1e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -180,7 +180,7 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
 
 def backward_targets() -> list[tuple[str, BwdConfig, dict, dict]]:
     """The shipped backward configs of the issue's shapes, and the other dK/dV stage choice (one stage, or the
-    dQ loop's count where one stage is shipped); the fused-dQ switch at W(127,0) D64 and W(4095,0) D128."""
+    dQ loop's count where one stage is shipped)."""
     d64, d128 = dict(q=(1, 512, 64, 64), kv=(1, 512, 8, 64)), dict(q=(1, 512, 32, 128), kv=(1, 512, 8, 128))
     rows = []
     for label, shapes, head_dim, left in [("W(127,0) D64", d64, 64, 127), ("W(127,0) D128", d128, 128, 127),
@@ -190,9 +190,6 @@ def backward_targets() -> list[tuple[str, BwdConfig, dict, dict]]:
         other = replace(config, dkdv_num_stages=None if config.dkdv_num_stages == 1 else 1)
         rows.append((f"experimental: backward {label}, dK/dV stages {other.dkdv_num_stages or other.num_stages}",
                      other, shapes, dict(left=left, right=0)))
-        if left in (127, 4095) and (left == 127) == (shapes is d64):  # W(127,0) D64 and W(4095,0) D128
-            rows.append((f"experimental: backward {label}, fused dQ (atomics)", replace(config, fused_dq=True),
-                         shapes, dict(left=left, right=0)))
     return rows
 
 
@@ -243,9 +240,7 @@ def main() -> int:
                 print(f"{name}: {config}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
                 continue
             for kernel, stages, r in launches:
-                # With fused dQ the dQ kernel only writes delta: no loop to pipeline.
-                has_loop = not (config.fused_dq and kernel == "dq")
-                failures += check and stages > 1 and has_loop and not r.pipelined
+                failures += check and stages > 1 and not r.pipelined
                 print(f"{name} [{kernel}] ({stages} stages{', tma' if config.tma else ''}"
                       f"{', packed' if config.pack_gqa else ''}): {r.registers} regs, {r.stack_bytes} B stack, "
                       f"{r.shared_bytes} B shared, {r.programs_per_sm} programs/SM, pipelined {r.pipelined}",

@@ -2,7 +2,7 @@
 interpreter, which the rest of the CPU suite uses, never compiles): every shipped prefill, decode and backward
 config, with the arguments specialized as on a GPU, and the multi-stage loops come out software-pipelined; also the
 experimental switches (register caps, the every-block masking loop, edge-only decode masking, launches without PDL,
-the other dK/dV stage choice, fused dQ).
+the other dK/dV stage choice).
 scripts/kernel_resources.py does the work and prints registers, spills and resident programs per SM."""
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """The backward kernel family: dQ, dK, dV (and dsinks) of sliding-window attention, with n_offset on both loops.
 
-Two launches, none with atomics, so the result is deterministic (the experimental ``BwdConfig.fused_dq``, off by
-default, instead adds dQ into an fp32 buffer with atomics from the dK/dV kernel and is not):
+Two launches, none with atomics, so the result is deterministic:
 
 1. ``_swa_bwd_dq_kernel``: one program per tile of BLOCK_M query rows of one head. It first writes
    ``delta = rowsum(dO * O)`` (minus the LSE's incoming gradient, if any) of its rows, then computes their dQ over
@@ -27,14 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from swattn._compat import (
-    ceil_div,
-    ensure_triton_allocator,
-    interpreter_enabled,
-    needs_upcast,
-    next_power_of_2,
-    tma_compatible,
-)
+from swattn._compat import ceil_div, ensure_triton_allocator, needs_upcast, next_power_of_2, tma_compatible
 from swattn.kernels._common import (
     LOG2E,
     block_ranges,
@@ -86,19 +78,15 @@ def _scores(qk, softmax_scale, softcap, HAS_SOFTCAP: tl.constexpr):
 
 
 @triton.jit
-def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, lse_base, delta_base, dq_base, dq_desc,
-                 block_begin, block_end, q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets,
-                 lse_head_offsets, dq_head_offsets, stride_qs, stride_dos, stride_lq, stride_dqs, seqlen_q, seqlen_k,
-                 left, right, softmax_scale, softcap, MASK: tl.constexpr, HAS_LEFT: tl.constexpr,
-                 HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MASK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-                 UPCAST: tl.constexpr, BLOCK_POS: tl.constexpr, USE_TMA: tl.constexpr, FUSED_DQ: tl.constexpr,
-                 TMA_REDUCE: tl.constexpr):
+def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, lse_base, delta_base, block_begin, block_end,
+                 q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets, stride_qs,
+                 stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, MASK: tl.constexpr,
+                 HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MASK_D: tl.constexpr,
+                 HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, BLOCK_POS: tl.constexpr, USE_TMA: tl.constexpr):
     """Accumulate dK/dV of the program's keys over query blocks ``[block_begin, block_end)`` of BLOCK_POS
     positions; MASK for edge blocks. Row r of a block is position ``row_pos[r]`` of the block, in the head at
     ``*_head_offsets[r]`` from the bases (PackGQA: several heads per position). With ``USE_TMA`` (one head per
-    block) q and dO come through descriptors whose rows end at ``q_end``. With ``FUSED_DQ`` each block's share of
-    dQ (``scale * dS K``) is added atomically to the fp32 accumulator at ``dq_base``: with ``TMA_REDUCE`` (TMA
-    loads, compiled) as one bulk tensor reduce-add per block through ``dq_desc``, else by per-element atomics."""
+    block) q and dO come through descriptors whose rows end at ``q_end``."""
     offset = seqlen_k - seqlen_q
     for block in range(block_begin, block_end):
         offs_m = q_start + block * BLOCK_POS + row_pos
@@ -137,35 +125,25 @@ def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, lse_bas
         dsT = pT * (dpT - delta[None, :])
         if HAS_SOFTCAP:
             dsT = dsT * dscoreT
-        dsT = dsT.to(q.dtype)
-        dk += dot(dsT, q)
-        if FUSED_DQ:
-            dq = dot(tl.trans(dsT), k) * softmax_scale  # [BLOCK_M, BLOCK_D]
-            if TMA_REDUCE:
-                dq_desc.atomic_add([q_start + block * BLOCK_POS, 0], dq)
-            else:
-                tl.atomic_add(dq_base + (offs_m64 * stride_dqs + dq_head_offsets)[:, None] + offs_d[None, :], dq,
-                              mask=row_mask[:, None] & (offs_d[None, :] < HEAD_DIM), sem="relaxed")
+        dk += dot(dsT.to(q.dtype), q)
     return dk, dv
 
 
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right"])
 def _swa_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, DQ_ACCUM, LSE, DELTA, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, LOOP_RECORD,
+    Q, K, V, DO, DK, DV, LSE, DELTA, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, LOOP_RECORD,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     stride_dob, stride_dos, stride_doh,
     stride_dkb, stride_dks, stride_dkh,
     stride_dvb, stride_dvs, stride_dvh,
-    stride_dqb, stride_dqs, stride_dqh,
     stride_lb, stride_lq, stride_lh,
     seqlen_q, seqlen_k, queries_per_kv_head, softmax_scale, softcap, left, right,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
     RECORD_LOOP: tl.constexpr, UPCAST: tl.constexpr, ROWS_PER_POS: tl.constexpr, USE_TMA: tl.constexpr,
-    FUSED_DQ: tl.constexpr, TMA_REDUCE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Grid: (key blocks, batch, KV heads).
 
@@ -175,7 +153,7 @@ def _swa_bwd_dkdv_kernel(
     per head, BLOCK_M positions at a time; with PackGQA (``ROWS_PER_POS`` = the group size) once, BLOCK_M rows =
     BLOCK_M / group positions x the group's heads at a time (fewer, larger steps for small windows). Switches:
     window sides, softcap, varlen q/k, per-sequence key lengths (SEQLENS_K), loop recording (tests: q_start,
-    q_end, blocks run), dQ accumulated here with atomics (FUSED_DQ, ``BwdConfig.fused_dq``).
+    q_end, blocks run).
     """
     key_block = tl.program_id(0)
     batch = tl.program_id(1)
@@ -213,13 +191,11 @@ def _swa_bwd_dkdv_kernel(
     q_head_offsets = row_head * stride_qh
     do_head_offsets = row_head * stride_doh
     lse_head_offsets = row_head * stride_lh
-    dq_head_offsets = row_head * stride_dqh
     for group_index in range(0, queries_per_kv_head // ROWS_PER_POS):
         head64 = kv_head64 * queries_per_kv_head + group_index * ROWS_PER_POS  # the pass's first head
         q_base = Q + batch64 * stride_qb + head64 * stride_qh + q_begin.to(tl.int64) * stride_qs
         do_base = DO + batch64 * stride_dob + head64 * stride_doh + q_begin.to(tl.int64) * stride_dos
         lse_offset = batch64 * stride_lb + head64 * stride_lh + q_begin.to(tl.int64) * stride_lq
-        dq_base = DQ_ACCUM + batch64 * stride_dqb + head64 * stride_dqh + q_begin.to(tl.int64) * stride_dqs
         q_desc = None
         do_desc = None
         if USE_TMA:  # one head per block (no PackGQA): rows end at the last query that sees a key (zero fill)
@@ -228,29 +204,25 @@ def _swa_bwd_dkdv_kernel(
                                                block_shape=[BLOCK_M, BLOCK_D])
             do_desc = tl.make_tensor_descriptor(do_base, shape=[visible_rows, HEAD_DIM], strides=[stride_dos, 1],
                                                 block_shape=[BLOCK_M, BLOCK_D])
-        dq_desc = None
-        if TMA_REDUCE:  # rows past q_end are clipped by the descriptor, as q's and dO's loads are
-            dq_desc = tl.make_tensor_descriptor(dq_base, shape=[tl.maximum(q_end, 1), HEAD_DIM],
-                                                strides=[stride_dqs, 1], block_shape=[BLOCK_M, BLOCK_D])
         # Masked head blocks, unmasked interior, masked tail.
         dk, dv = _dkdv_blocks(
-            dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset, dq_base,
-            dq_desc, 0, masked_head_end, q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets,
-            lse_head_offsets, dq_head_offsets, stride_qs, stride_dos, stride_lq, stride_dqs, seqlen_q, seqlen_k,
-            left, right, softmax_scale, softcap, True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM,
-            HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA, FUSED_DQ, TMA_REDUCE)
+            dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset, 0,
+            masked_head_end,
+            q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets, stride_qs,
+            stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, True, HAS_LEFT,
+            HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA)
         dk, dv = _dkdv_blocks(
-            dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset, dq_base,
-            dq_desc, masked_head_end, unmasked_end, q_start, q_end, offs_d, row_pos, q_head_offsets,
-            do_head_offsets, lse_head_offsets, dq_head_offsets, stride_qs, stride_dos, stride_lq, stride_dqs,
-            seqlen_q, seqlen_k, left, right, softmax_scale, softcap, False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
-            BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA, FUSED_DQ, TMA_REDUCE)
+            dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset,
+            masked_head_end, unmasked_end, q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets,
+            lse_head_offsets, stride_qs, stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale,
+            softcap, False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS,
+            USE_TMA)
         dk, dv = _dkdv_blocks(
-            dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset, dq_base,
-            dq_desc, unmasked_end, num_blocks, q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets,
-            lse_head_offsets, dq_head_offsets, stride_qs, stride_dos, stride_lq, stride_dqs, seqlen_q, seqlen_k,
-            left, right, softmax_scale, softcap, True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM,
-            HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA, FUSED_DQ, TMA_REDUCE)
+            dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset,
+            unmasked_end, num_blocks,
+            q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets, stride_qs,
+            stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, True, HAS_LEFT,
+            HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA)
 
     store_mask = key_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
     offs_key = (k_begin + offs_n).to(tl.int64)[:, None]
@@ -309,8 +281,8 @@ def _swa_bwd_dq_kernel(
     seqlen_q, seqlen_k, queries_per_kv_head, softmax_scale, softcap, left, right,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr, HAS_DLSE: tl.constexpr,
-    UPCAST: tl.constexpr, ROWS_PER_POS: tl.constexpr, USE_TMA: tl.constexpr, DELTA_ONLY: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    UPCAST: tl.constexpr, ROWS_PER_POS: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Grid: (query tiles, batch, heads), or (query tiles, batch, KV heads) with PackGQA.
 
@@ -319,8 +291,7 @@ def _swa_bwd_dq_kernel(
     PackGQA (``ROWS_PER_POS`` = the group size) BLOCK_M / group positions x the heads of one KV head, so a small
     window's keys are loaded once per KV head and the tile's span is shorter. Its KV loop is the forward's: from
     the tile's first visible key over ceil(span / BLOCK_N) blocks, edge blocks masked. Switches: window sides,
-    softcap, varlen q/k, per-sequence key lengths (SEQLENS_K), incoming LSE gradient, delta only (DELTA_ONLY: the
-    dK/dV kernel accumulates dQ, ``BwdConfig.fused_dq``).
+    softcap, varlen q/k, per-sequence key lengths (SEQLENS_K), incoming LSE gradient.
     """
     tile = tl.program_id(0)
     batch = tl.program_id(1)
@@ -346,6 +317,8 @@ def _swa_bwd_dq_kernel(
     kv_head64 = kv_head.to(tl.int64)
     token64 = (q_begin + pos).to(tl.int64)
 
+    q = _load_rows(Q + batch64 * stride_qb, token64 * stride_qs + head64 * stride_qh, offs_d, row_valid,
+                   True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)  # [BLOCK_M, BLOCK_D]
     do = _load_rows(DO + batch64 * stride_dob, token64 * stride_dos + head64 * stride_doh, offs_d, row_valid,
                     True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)
     # delta here rather than in a launch of its own: this program reads dO anyway (saves a pass over dO).
@@ -356,10 +329,6 @@ def _swa_bwd_dq_kernel(
     if HAS_DLSE:
         delta -= tl.load(DLSE + lse_offs, mask=row_valid, other=0.0)
     tl.store(DELTA + lse_offs, delta, mask=row_valid)
-    if DELTA_ONLY:
-        return
-    q = _load_rows(Q + batch64 * stride_qb, token64 * stride_qs + head64 * stride_qh, offs_d, row_valid,
-                   True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)  # [BLOCK_M, BLOCK_D]
     lse = tl.load(LSE + lse_offs, mask=row_valid, other=float("-inf"))
     # Rows with no visible key (LSE -inf) and padding rows: pivot +inf so p = 0 even in unmasked blocks, never NaN.
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
@@ -515,35 +484,27 @@ def attention_backward(
     dkdv_tma = config.tma and not packed and tma_compatible(q, dout)
     if dq_tma or dkdv_tma:
         ensure_triton_allocator()
-    # With fused_dq the dK/dV kernel adds dQ into an fp32 accumulator; the dQ kernel then only writes delta.
-    fused_dq = config.fused_dq and not no_keys
-    dq_accum = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if fused_dq else None
     _swa_bwd_dq_kernel[(ceil_div(seqlen_q, config.dq_block_m // rows_per_pos), batch,
                         num_kv_heads if packed else num_heads)](
         q, placeholder if no_keys else k, placeholder if no_keys else v, out, dout, dq, lse,
         dlse if dlse is not None else placeholder, delta, *sequence_args,
         *token_strides(q, varlen_q), *token_strides(out, varlen_q), *token_strides(k, varlen_k),
         *token_strides(v, varlen_k), *token_strides(dout, varlen_q), *token_strides(dq, varlen_q), *lse_strides,
-        *scalars, HAS_DLSE=dlse is not None, ROWS_PER_POS=rows_per_pos, USE_TMA=dq_tma and not fused_dq,
-        DELTA_ONLY=fused_dq, BLOCK_M=config.dq_block_m, BLOCK_N=config.dq_block_n, num_stages=config.num_stages,
-        **common,
+        *scalars,
+        HAS_DLSE=dlse is not None, ROWS_PER_POS=rows_per_pos, USE_TMA=dq_tma, BLOCK_M=config.dq_block_m,
+        BLOCK_N=config.dq_block_n, num_stages=config.num_stages, **common,
     )
     if sinks is not None:
         dsinks = sinks_gradient(sinks, lse, delta, cu_seqlens_q)
     if no_keys:
         return (dq, dk, dv, dsinks, loop_record) if record_loop else (dq, dk, dv, dsinks)
     _swa_bwd_dkdv_kernel[(key_blocks, batch, num_kv_heads)](
-        q, k, v, dout, dk, dv, dq_accum if fused_dq else placeholder, lse, delta, *sequence_args,
-        loop_record if record_loop else placeholder,
+        q, k, v, dout, dk, dv, lse, delta, *sequence_args, loop_record if record_loop else placeholder,
         *token_strides(q, varlen_q), *token_strides(k, varlen_k), *token_strides(v, varlen_k),
-        *token_strides(dout, varlen_q), *token_strides(dk, varlen_k), *token_strides(dv, varlen_k),
-        *(token_strides(dq_accum, varlen_q) if fused_dq else (0, 0, 0)), *lse_strides, *scalars,
-        RECORD_LOOP=record_loop, ROWS_PER_POS=rows_per_pos, USE_TMA=dkdv_tma, FUSED_DQ=fused_dq,
-        # Triton's interpreter has no descriptor reduce: there the element atomics stand in (the same sums).
-        TMA_REDUCE=fused_dq and dkdv_tma and not interpreter_enabled(),
-        BLOCK_M=config.dkdv_block_m, BLOCK_N=config.dkdv_block_n,
+        *token_strides(dout, varlen_q), *token_strides(dk, varlen_k), *token_strides(dv, varlen_k), *lse_strides,
+        *scalars,
+        RECORD_LOOP=record_loop, ROWS_PER_POS=rows_per_pos, USE_TMA=dkdv_tma, BLOCK_M=config.dkdv_block_m,
+        BLOCK_N=config.dkdv_block_n,
         num_stages=config.num_stages if config.dkdv_num_stages is None else config.dkdv_num_stages, **common,
     )
-    if fused_dq:
-        dq.copy_(dq_accum)
     return (dq, dk, dv, dsinks, loop_record) if record_loop else (dq, dk, dv, dsinks)

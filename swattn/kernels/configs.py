@@ -54,10 +54,6 @@ class BwdConfig:
     # for sm_90 (scripts/kernel_resources.py), the pipelined dK/dV loop holds 255 registers and spills (W(127,0)
     # D64: 448 B; W(4095,0) D128: 624 B), one stage 155-224 registers without spills.
     dkdv_num_stages: int | None = None
-    # Experimental, off: dQ accumulated by the dK/dV kernel with fp32 atomic adds (as FlashAttention 2/3 do), so
-    # the backward runs 5 matrix products per block pair instead of 7 (the dQ kernel then only writes delta).
-    # Not deterministic (the order of the adds varies), and its atomic traffic grows with the window.
-    fused_dq: bool = False
 
 
 # Bytes of streamed tiles a config may keep in shared memory. Hopper gives a block 227 KiB; Triton also needs

@@ -223,28 +223,6 @@ def test_backward(case):
         assert_close(name, grad, ref_grad, GRAD_TOL)
 
 
-@pytest.mark.parametrize("case", BACKWARD[:3], ids=lambda c: f"B{c[0]}-S{c[1]}-H{c[2]}/{c[3]}-D{c[4]}-W{c[5]}")
-def test_backward_fused_dq_matches_the_shipped_backward(case):
-    """BwdConfig.fused_dq (experimental: dQ added atomically by the dK/dV kernel) against the shipped backward,
-    compiled, bf16; dK and dV are computed the same way, dQ in a different order."""
-    from dataclasses import replace
-
-    from swattn.kernels.bwd import attention_backward
-    from swattn.kernels.configs import backward_config
-    batch, seqlen, heads, kv_heads, head_dim, (left, right), softcap, with_sinks = case
-    q, k, v = (randn(batch, seqlen, h, head_dim) for h in (heads, kv_heads, kv_heads))
-    dout = randn(batch, seqlen, heads, head_dim)
-    sinks = torch.randn(heads, device=DEVICE) if with_sinks else None
-    kwargs = dict(softmax_scale=head_dim ** -0.5, left=left, right=right, softcap=softcap, sinks=sinks)
-    out, lse, _ = attention_forward(q, k, v, **kwargs)
-    shipped = backward_config(head_dim, left)
-    expected = attention_backward(dout, q, k, v, out, lse, config=shipped, **kwargs)
-    actual = attention_backward(dout, q, k, v, out, lse, config=replace(shipped, fused_dq=True), **kwargs)
-    for name, a, e in zip(("dq", "dk", "dv", "dsinks"), actual, expected):
-        if e is not None:
-            assert_close(name, a.float(), e.float(), GRAD_TOL)
-
-
 def test_backward_varlen_with_empty_sequences():
     lengths = [700, 0, 1, 1300]
     cu = torch.tensor([0] + lengths, device=DEVICE).cumsum(0).to(torch.int32)

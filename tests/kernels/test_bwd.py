@@ -34,10 +34,7 @@ PROPERTY_SETTINGS = dict(deadline=None, derandomize=True, database=None, print_b
 GRAD_TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 CONFIGS = [BwdConfig(16, 16, 16, 16, 4, 1), BwdConfig(16, 32, 32, 16, 4, 1),
            BwdConfig(16, 16, 16, 16, 4, 1, pack_gqa=True), BwdConfig(32, 32, 32, 16, 4, 1, pack_gqa=True),
-           BwdConfig(16, 32, 32, 16, 4, 1, tma=True), BwdConfig(16, 32, 32, 16, 4, 2, dkdv_num_stages=1),
-           # dQ accumulated by the dK/dV kernel with atomics (experimental switch)
-           BwdConfig(16, 32, 32, 16, 4, 1, fused_dq=True),
-           BwdConfig(32, 32, 32, 16, 4, 1, pack_gqa=True, fused_dq=True)]
+           BwdConfig(16, 32, 32, 16, 4, 1, tma=True), BwdConfig(16, 32, 32, 16, 4, 2, dkdv_num_stages=1)]
 
 
 class _PoisonedTorch:
@@ -163,7 +160,7 @@ def test_query_seeing_jit_twins_match_python_and_interior_blocks_see_every_key(h
 ])
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: (
     f"M{c.dkdv_block_m}-N{c.dkdv_block_n}{'-packed' if c.pack_gqa else ''}{'-tma' if c.tma else ''}"
-    f"-s{c.num_stages}{f'-dkdv_s{c.dkdv_num_stages}' if c.dkdv_num_stages else ''}{'-fused_dq' if c.fused_dq else ''}"))
+    f"-s{c.num_stages}{f'-dkdv_s{c.dkdv_num_stages}' if c.dkdv_num_stages else ''}"))
 def test_dkdv_loop_query_range_is_exact(sq, sk, left, right, config):
     q, k, v = (torch.randn(1, s, h, 16) for s, h in ((sq, 2), (sk, 1), (sk, 1)))
     out, lse, _ = attention_forward(q, k, v, softmax_scale=0.25, left=left, right=right)
@@ -606,25 +603,3 @@ def test_sinks_parameter_keeps_its_dtype_and_gets_its_gradient(sink_dtype):
     assert actual[3].dtype == sink_dtype
     expected = reference_grads(q, k, v, dout, left=6, right=0, sinks=sinks, softmax_scale=16 ** -0.5)
     check_grads(f"sinks {sink_dtype}", [g.float() for g in actual], [e.float() for e in expected], 2e-2)
-
-
-FUSED_DQ = [BwdConfig(16, 32, 32, 16, 4, 1, fused_dq=True),
-            BwdConfig(16, 16, 16, 16, 4, 1, pack_gqa=True, fused_dq=True),
-            BwdConfig(16, 32, 32, 16, 4, 1, tma=True, fused_dq=True)]
-
-
-@pytest.mark.parametrize("config", FUSED_DQ, ids=["plain", "packed", "tma"])
-@pytest.mark.parametrize("left,right,softcap,with_sinks", [(9, 2, 0.0, True), (-1, 0, 2.0, False), (0, -1, 0.0, False)],
-                         ids=["W9_2-sinks", "causal-softcap", "W0_-1"])
-def test_fused_dq_matches_reference(config, left, right, softcap, with_sinks):
-    # dQ added atomically by the dK/dV kernel: rows that see no key (Sk < Sq, W0_-1 edges) must stay 0.
-    torch.manual_seed(11)
-    run_dense_case(batch=2, sq=37, sk=29, heads=4, kv_heads=2, head_dim=16, left=left, right=right, softcap=softcap,
-                   with_sinks=with_sinks, dtype=torch.float32, config=config, name=f"fused dq {config}")
-
-
-@pytest.mark.parametrize("config", FUSED_DQ, ids=["plain", "packed", "tma"])
-def test_fused_dq_varlen_with_empty_sequences_and_padding(config):
-    torch.manual_seed(12)
-    run_varlen_case([13, 0, 20, 5], [17, 6, 20, 0], [15, 6, 20, 0], 4, 2, 16, 5, 1, 0.0, True, torch.float16, 3,
-                    config, name=f"fused dq varlen {config}")

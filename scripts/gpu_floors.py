@@ -1,0 +1,190 @@
+"""Floors of the two decode targets that issue 3 still misses, measured with kernels that do only the data movement.
+
+- ``chain``: a window-(127, 0) gpt-oss decode step (B=16, Hk=8, D=64, page 16 or 1) with the attention math taken
+  out: per (sequence, KV head) program, read the sequence length, the 128 page-table entries of its window, the
+  128 x 64 K and V tiles through them and the 8 query heads, and write 8 rows. Graph-replayed over 60 input sets
+  exactly as ``python -m swattn.bench decode`` times swattn. An empty kernel (same grid) is timed too: what a
+  graph-replayed launch costs here before any memory is touched.
+- ``stream``: full-attention decode of B=4 at 16K (134 MB of K/V, page 16): the same split-KV grid as swattn's
+  (24 splits of 683 keys), each program streaming its keys' K and V through a pipelined loop and writing one
+  partial row per query head, without the math; with and without a second (combine-like) launch. This is what one
+  Triton launch over these bytes reaches, against the copy bandwidth.
+Run: ``python scripts/gpu_floors.py [chain] [stream]``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+import swattn
+
+DEVICE, DTYPE = "cuda", torch.bfloat16
+KV_HEADS, GROUP, HEAD_DIM = 8, 8, 64
+
+
+@triton.jit
+def _empty_kernel(X):
+    pass
+
+
+@triton.jit
+def _window_chain_kernel(Q, K, V, O, SEQLENS, TABLE, stride_table, stride_kp, stride_ks, stride_kh,
+                         PAGE: tl.constexpr, WINDOW: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr):
+    """The loads and the store of one W(WINDOW-1, 0) decode program, no softmax: out = q + colsum(K) + colsum(V)."""
+    batch = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    seqlen = tl.load(SEQLENS + batch)
+    keys = seqlen - WINDOW + tl.arange(0, WINDOW)
+    visible = keys >= 0
+    page = tl.load(TABLE + batch * stride_table + keys // PAGE, mask=visible, other=0).to(tl.int64)
+    rows = page * stride_kp + (keys % PAGE) * stride_ks + kv_head * stride_kh
+    offs_d = tl.arange(0, D)
+    v = tl.load(V + rows[:, None] + offs_d[None, :], mask=visible[:, None], other=0.0)
+    k = tl.load(K + rows[:, None] + offs_d[None, :], mask=visible[:, None], other=0.0)
+    heads = kv_head * GROUP + tl.arange(0, GROUP)
+    q = tl.load(Q + (batch * GROUP * tl.num_programs(1) + heads)[:, None] * D + offs_d[None, :])
+    out = q.to(tl.float32) + tl.sum(k.to(tl.float32), 0)[None, :] + tl.sum(v.to(tl.float32), 0)[None, :]
+    tl.store(O + (batch * GROUP * tl.num_programs(1) + heads)[:, None] * D + offs_d[None, :],
+             out.to(O.dtype.element_ty))
+
+
+@triton.jit
+def _stream_kernel(K, V, PARTIAL, SEQLENS, TABLE, stride_table, stride_kp, stride_ks, stride_kh, keys_per_split,
+                   PAGE: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+    """One split of one (sequence, KV head): stream its keys' K and V through a pipelined loop, write a partial."""
+    batch = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    seqlen = tl.load(SEQLENS + batch)
+    begin = split * keys_per_split
+    end = tl.minimum(begin + keys_per_split, seqlen)
+    offs_d = tl.arange(0, D)
+    acc = tl.zeros([D], dtype=tl.float32)
+    for start in range(begin, end, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        inside = keys < end
+        page = tl.load(TABLE + batch * stride_table + keys // PAGE, mask=inside, other=0).to(tl.int64)
+        rows = page * stride_kp + (keys % PAGE) * stride_ks + kv_head * stride_kh
+        v = tl.load(V + rows[:, None] + offs_d[None, :], mask=inside[:, None], other=0.0)
+        k = tl.load(K + rows[:, None] + offs_d[None, :], mask=inside[:, None], other=0.0)
+        acc += tl.sum(k.to(tl.float32) + v.to(tl.float32), 0)
+    part = (batch * tl.num_programs(1) + kv_head) * tl.num_programs(2) + split
+    tl.store(PARTIAL + part * D + offs_d, acc)
+
+
+@triton.jit
+def _merge_kernel(PARTIAL, OUT, splits, BLOCK_S: tl.constexpr, D: tl.constexpr):
+    row = tl.program_id(0)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, D)
+    part = tl.load(PARTIAL + (row * splits + offs_s)[:, None] * D + offs_d[None, :], mask=(offs_s < splits)[:, None],
+                   other=0.0)
+    tl.store(OUT + row * D + offs_d, tl.sum(part, 0))
+
+
+def graph_us(calls: list, repeat: int = 1) -> float:
+    """Median us per call of one CUDA graph replaying ``calls`` (``repeat`` times over)."""
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for call in calls:
+            call()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(repeat):
+            for call in calls:
+                call()
+    return triton.testing.do_bench(graph.replay, warmup=20, rep=300, return_mode="median") * 1e3 / (
+        len(calls) * repeat)
+
+
+def paged_cache(batch: int, context: int, page: int, sets: int):
+    """``sets`` page tables over one pool (random page order), as the benchmark rotates its input sets."""
+    pages_per_seq = -(-context // page)
+    pool_pages = batch * pages_per_seq * sets
+    k_pool = torch.randn(pool_pages, page, KV_HEADS, HEAD_DIM, device=DEVICE, dtype=DTYPE)
+    v_pool = torch.randn_like(k_pool)
+    order = torch.randperm(pool_pages, device=DEVICE, dtype=torch.int32).view(sets, batch, pages_per_seq)
+    seqlens = torch.full((batch,), context, device=DEVICE, dtype=torch.int32)
+    return k_pool, v_pool, list(order.unbind(0)), seqlens
+
+
+def chain() -> None:
+    batch, context, sets = 16, 1024, 60
+    heads = KV_HEADS * GROUP
+    for page in (16, 1):
+        k_pool, v_pool, tables, seqlens = paged_cache(batch, context, page, sets)
+        qs = [torch.randn(batch, 1, heads, HEAD_DIM, device=DEVICE, dtype=DTYPE) for _ in range(sets)]
+        out = torch.empty(batch, 1, heads, HEAD_DIM, device=DEVICE, dtype=DTYPE)
+        sinks = torch.randn(heads, device=DEVICE)
+
+        def data_only(r):
+            return lambda: _window_chain_kernel[(batch, KV_HEADS)](
+                qs[r], k_pool, v_pool, out, seqlens, tables[r], tables[r].stride(0), *k_pool.stride()[:3],
+                PAGE=page, WINDOW=128, GROUP=GROUP, D=HEAD_DIM, num_warps=4)
+
+        def attention(r):
+            return lambda: swattn.flash_attn_with_kvcache(qs[r], k_pool, v_pool, cache_seqlens=seqlens,
+                                                          page_table=tables[r], window_size=(127, 0), sinks=sinks)
+
+        empty = graph_us([lambda: _empty_kernel[(batch, KV_HEADS)](out)], repeat=60)
+        loads = graph_us([data_only(r) for r in range(sets)])
+        full = graph_us([attention(r) for r in range(sets)])
+        print(f"W(127,0) decode B={batch} page {page}, graph over {sets} input sets: empty kernel {empty:.2f} us, "
+              f"loads + store only {loads:.2f} us, swattn {full:.2f} us", flush=True)
+        k_pool = v_pool = tables = None
+        torch.cuda.empty_cache()
+
+
+def stream() -> None:
+    batch, context, page = 4, 16384, 16
+    nbytes = 1 << 30
+    src, dst = (torch.empty(nbytes, device=DEVICE, dtype=torch.uint8) for _ in range(2))
+    copy_gbs = 2 * nbytes / (triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") * 1e3) / 1e3
+    src = dst = None
+    kv_bytes = batch * context * KV_HEADS * HEAD_DIM * 2 * 2
+    sets = 8
+    k_pool, v_pool, tables, seqlens = paged_cache(batch, context, page, sets)
+    heads = KV_HEADS * GROUP
+    qs = [torch.randn(batch, 1, heads, HEAD_DIM, device=DEVICE, dtype=DTYPE) for _ in range(sets)]
+    sinks = torch.randn(heads, device=DEVICE)
+    print(f"full decode B={batch} {context // 1024}K page {page}: {kv_bytes / 1e6:.0f} MB of K/V; copy "
+          f"{copy_gbs:.0f} GB/s; floor {kv_bytes / copy_gbs / 1e3:.1f} us; (us, % of copy)", flush=True)
+
+    def report(label: str, us: float) -> None:
+        print(f"  {label:58s} {us:8.1f} {kv_bytes / us / 1e3 / copy_gbs:6.0%}", flush=True)
+
+    report("swattn (automatic splits)", graph_us([
+        (lambda r=r: swattn.flash_attn_with_kvcache(qs[r], k_pool, v_pool, cache_seqlens=seqlens,
+                                                    page_table=tables[r], causal=True, sinks=sinks))
+        for r in range(sets)]))
+    for splits, block_n, warps, stages in [(24, 64, 2, 3), (24, 64, 4, 4), (24, 128, 4, 3), (48, 64, 2, 3),
+                                           (12, 64, 2, 4), (32, 64, 2, 3)]:
+        keys_per_split = -(-context // splits)
+        partial = torch.empty(batch * KV_HEADS * splits, HEAD_DIM, device=DEVICE, dtype=torch.float32)
+        merged = torch.empty(batch * KV_HEADS, HEAD_DIM, device=DEVICE, dtype=torch.float32)
+
+        def read(r, splits=splits, block_n=block_n, warps=warps, stages=stages, kps=keys_per_split, partial=partial):
+            return lambda: _stream_kernel[(batch, KV_HEADS, splits)](
+                k_pool, v_pool, partial, seqlens, tables[r], tables[r].stride(0), *k_pool.stride()[:3], kps,
+                PAGE=page, BLOCK_N=block_n, D=HEAD_DIM, num_warps=warps, num_stages=stages)
+
+        def merge(splits=splits, partial=partial, merged=merged):
+            return lambda: _merge_kernel[(batch * KV_HEADS,)](partial, merged, splits,
+                                                               BLOCK_S=triton.next_power_of_2(splits), D=HEAD_DIM)
+
+        label = f"read only: {splits} splits, {block_n} keys, {warps} warps, {stages} stages"
+        report(label, graph_us([read(r) for r in range(sets)]))
+        calls = []
+        for r in range(sets):
+            calls += [read(r), merge()]
+        report(label + " + merge launch", graph_us(calls) * 2)
+
+
+if __name__ == "__main__":
+    for section in sys.argv[1:] or ["chain", "stream"]:
+        {"chain": chain, "stream": stream}[section]()
