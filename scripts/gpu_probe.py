@@ -368,6 +368,7 @@ def host() -> None:
         profiler.disable()
         torch.cuda.synchronize()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(22)
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(18)
 
 
 if __name__ == "__main__":
