@@ -19,6 +19,7 @@ import sys
 import torch
 import triton
 import triton.language as tl
+from gpu_splits import graph_us  # scripts/ is on sys.path when this file runs
 
 import swattn
 
@@ -84,22 +85,6 @@ def _merge_kernel(PARTIAL, OUT, splits, BLOCK_S: tl.constexpr, D: tl.constexpr):
     part = tl.load(PARTIAL + (row * splits + offs_s)[:, None] * D + offs_d[None, :], mask=(offs_s < splits)[:, None],
                    other=0.0)
     tl.store(OUT + row * D + offs_d, tl.sum(part, 0))
-
-
-def graph_us(calls: list, repeat: int = 1) -> float:
-    """Median us per call of one CUDA graph replaying ``calls`` (``repeat`` times over)."""
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        for call in calls:
-            call()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(repeat):
-            for call in calls:
-                call()
-    return triton.testing.do_bench(graph.replay, warmup=20, rep=300, return_mode="median") * 1e3 / (
-        len(calls) * repeat)
 
 
 def paged_cache(batch: int, context: int, page: int, sets: int):

@@ -27,8 +27,9 @@ def inputs(batch: int, context: int) -> dict:
     return dict(full_decode_inputs(batch, context), causal=True)
 
 
-def graph_us(calls: list) -> float:
-    """Median us per call of one graph that replays ``calls`` (distinct caches, so no call hits L2 warm)."""
+def graph_us(calls: list, repeat: int = 1) -> float:
+    """Median us per call of one graph that replays ``calls`` (distinct caches, so no call hits L2 warm),
+    ``repeat`` times over."""
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
         for call in calls:
@@ -36,9 +37,11 @@ def graph_us(calls: list) -> float:
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    return triton.testing.do_bench(graph.replay, warmup=10, rep=150, return_mode="median") * 1e3 / len(calls)
+        for _ in range(repeat):
+            for call in calls:
+                call()
+    return triton.testing.do_bench(graph.replay, warmup=10, rep=150, return_mode="median") * 1e3 / (
+        len(calls) * repeat)
 
 
 def main() -> None:
