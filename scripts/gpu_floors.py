@@ -19,7 +19,7 @@ import sys
 import torch
 import triton
 import triton.language as tl
-from gpu_splits import graph_us  # scripts/ is on sys.path when this file runs
+from gpu_probe import graph_calls_us as graph_us  # scripts/ is on sys.path when this file runs
 
 import swattn
 

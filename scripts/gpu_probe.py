@@ -19,7 +19,9 @@ Sections (argv; all by default):
   spread    per-call times of the window-(127, 0) D64 prefill, shipped config against the every-block loop,
             interleaved, with and without an L2 flush (host dispatch included: see its docstring);
   regcap    window-(127, 0) prefill at 16K (D=64) under register caps (FwdConfig.maxnreg: more resident programs)
-            and deeper prefetch (stages up to the tile's five blocks).
+            and deeper prefetch (stages up to the tile's five blocks);
+  fused_append  decode with append: the attention programs writing the new tokens (swattn.ops.FUSED_APPEND)
+            against the separate append launch, graph-replayed with cold caches.
 Run: ``python scripts/gpu_probe.py [sections]``.
 """
 
@@ -197,6 +199,55 @@ def eager() -> None:
             for _ in range(50):
                 call()
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50))
+
+
+def fused_append() -> None:
+    """swattn.ops.FUSED_APPEND (experimental): decode with one new k/v token per sequence, appended by the
+    attention programs instead of a separate launch, against the append launch and against no append at all.
+    gpt-oss layer (B=16, H=64/8, D=64, sinks, 4K context), a graph over 30 input sets (cold caches), pages of 16
+    and 1, a sliding and a full layer; the two ways interleaved over two rounds."""
+    from swattn import ops
+    batch, heads, kv_heads, head_dim, context, sets = 16, 64, 8, 64, 4096, 30
+    for page_size in (16, 1):
+        pages = context // page_size + 1
+        k_cache = torch.randn(sets * batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+        v_cache = torch.randn_like(k_cache)
+        tables = torch.randperm(sets * batch * pages, device=DEVICE, dtype=torch.int32).view(sets, batch, pages)
+        seqlens = torch.full((batch,), context - 1, device=DEVICE, dtype=torch.int32)
+        qs = torch.randn(sets, batch, 1, heads, head_dim, device=DEVICE, dtype=DTYPE)
+        news = torch.randn(sets, 2, batch, 1, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+        sinks = torch.randn(heads, device=DEVICE)
+        for window_size in ((127, 0), (-1, 0)):
+            def calls(append: bool):
+                return [lambda r=r: swattn.flash_attn_with_kvcache(
+                    qs[r], k_cache, v_cache, cache_seqlens=seqlens, page_table=tables[r], causal=True,
+                    window_size=window_size, sinks=sinks, **(dict(k=news[r, 0], v=news[r, 1]) if append else {}))
+                    for r in range(sets)]
+            rows = {"no append": [], "append launch": [], "fused append": []}
+            for _ in range(2):
+                for label in rows:
+                    ops.FUSED_APPEND = label == "fused append"
+                    rows[label].append(graph_calls_us(calls(label != "no append")))
+            ops.FUSED_APPEND = False
+            print(f"fused append, page {page_size}, window {window_size}: " + "; ".join(
+                f"{label} {' / '.join(f'{t:.2f}' for t in times)} us" for label, times in rows.items()), flush=True)
+
+
+def graph_calls_us(calls: list, repeat: int = 1) -> float:
+    """Median us per call of one graph that replays ``calls`` (distinct inputs, so no call hits L2 warm),
+    ``repeat`` times over."""
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        for call in calls:
+            call()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(repeat):
+            for call in calls:
+                call()
+    return triton.testing.do_bench(graph.replay, warmup=10, rep=150, return_mode="median") * 1e3 / (
+        len(calls) * repeat)
 
 
 def timers() -> None:

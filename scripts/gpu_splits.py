@@ -13,7 +13,7 @@ import sys
 
 import torch
 import triton
-from gpu_probe import full_decode_inputs  # scripts/ is on sys.path when this file runs
+from gpu_probe import full_decode_inputs, graph_calls_us  # scripts/ is on sys.path when this file runs
 
 import swattn
 from swattn.kernels.configs import FwdConfig, forced_config
@@ -25,23 +25,6 @@ KV_HEADS, HEAD_DIM = 8, 64
 def inputs(batch: int, context: int) -> dict:
     """gpt-oss full-attention decode layer (H=64/8, D=64, sinks, page 16), causal."""
     return dict(full_decode_inputs(batch, context), causal=True)
-
-
-def graph_us(calls: list, repeat: int = 1) -> float:
-    """Median us per call of one graph that replays ``calls`` (distinct caches, so no call hits L2 warm),
-    ``repeat`` times over."""
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        for call in calls:
-            call()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(repeat):
-            for call in calls:
-                call()
-    return triton.testing.do_bench(graph.replay, warmup=10, rep=150, return_mode="median") * 1e3 / (
-        len(calls) * repeat)
 
 
 def main() -> None:
@@ -66,14 +49,14 @@ def main() -> None:
         def calls(**kw):
             return [lambda s=s: swattn.flash_attn_with_kvcache(**s, **kw) for s in sets]
 
-        auto = graph_us(calls())
+        auto = graph_calls_us(calls())
         rows = []
         for bn, warps, stages, *single in configs:
             with forced_config(FwdConfig(16, bn, warps, stages, single_loop=bool(single and single[0]))):
                 for splits in split_counts:
                     err = ((swattn.flash_attn_with_kvcache(**sets[0], num_splits=splits).float() - ref).norm()
                            / ref.norm()).item()
-                    rows.append((graph_us(calls(num_splits=splits)), splits, bn, warps,
+                    rows.append((graph_calls_us(calls(num_splits=splits)), splits, bn, warps,
                                  f"{stages}{' single' if single and single[0] else ''}", err))
         print(f"\n## full decode B={batch} ctx={context}: {kv_bytes / 1e6:.0f} MB of K/V, {len(sets)} input sets; "
               f"auto {auto:.1f} us ({kv_bytes / auto / 1e3 / copy_gbs:.0%} of copy); "

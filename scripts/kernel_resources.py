@@ -155,6 +155,7 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
     prefill_d128 = dict(q=(1, 512, 32, 128), kv=(1, 512, 8, 128))
     decode = dict(q=(16, 1, 64, 64), kv=(16 * 65, 16, 8, 64), pages=(16, 65))
     w127 = _bf16_forward_config(64, 512 * 8, True, 128)
+    new_token = torch.randn(16, 1, 8, 64, dtype=torch.bfloat16)  # one new k (and v) token per decode query
     return [
         ("prefill W(127,0) D64 packed", w127, prefill, dict(left=127, right=0, pack_gqa=True)),
         ("prefill W(4095,0) D64", _bf16_forward_config(64, 512, False, 4096), prefill, dict(left=4095, right=0)),
@@ -175,6 +176,9 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
          dict(left=127, right=0, pack_gqa=True)),
         ("decode W(127,0) without PDL (SWATTN_PDL=0)", _bf16_forward_config(64, 8, True, 128), decode,
          dict(left=127, right=0, pack_gqa=True, pdl=False)),
+        ("experimental: decode W(127,0) paged, fused append (SWATTN_FUSED_APPEND=1)",
+         _bf16_forward_config(64, 8, True, 128), decode,
+         dict(left=127, right=0, pack_gqa=True, new_k=new_token, new_v=torch.randn_like(new_token))),
     ]
 
 

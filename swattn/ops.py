@@ -12,6 +12,8 @@ gradient is needed.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
@@ -20,6 +22,11 @@ from swattn._compat import uses_triton
 from swattn.kernels.append import append_kv
 from swattn.kernels.bwd import attention_backward
 from swattn.kernels.fwd import attention_forward
+
+# Experimental, off until timed on a GPU: ``flash_attn_with_kvcache(..., k=, v=)`` with one new token per query
+# appends inside the attention kernel (each program writes the new tokens it reads) instead of a separate append
+# launch before it. SWATTN_FUSED_APPEND=1 at import turns it on.
+FUSED_APPEND = os.environ.get("SWATTN_FUSED_APPEND", "0") not in ("", "0")
 
 
 def lse_shape(q: torch.Tensor, varlen_q: bool) -> tuple[int, ...]:
@@ -214,6 +221,16 @@ def _fwd_kvcache_impl(
     num_splits: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """KV-cache forward: append ``k``/``v`` (if given) at ``cache_seqlens``, then attend -> (out, lse)."""
+    one_new_token_per_query = k is not None and (cu_seqlens_q is not None or k.shape[1] == q.shape[1])
+    if FUSED_APPEND and one_new_token_per_query and uses_triton(q):
+        if k.stride() != v.stride():  # the kernel reads both through one set of strides
+            k, v = k.contiguous(), v.contiguous()
+        out, lse, _ = attention_forward(
+            q, k_cache, v_cache, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
+            cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, seqlens_k=cache_seqlens,
+            cache_batch_idx=cache_batch_idx, page_table=page_table, pack_gqa=pack_gqa, num_splits=num_splits,
+            return_lse=True, new_k=k, new_v=v)
+        return out, lse
     if k is None:
         seqlens_k = cache_seqlens.to(torch.int32)
     elif uses_triton(q):

@@ -49,6 +49,18 @@ NO_ISOLATION, FLAG_NON_FINITE, REDO_FLAGGED = tl.constexpr(0), tl.constexpr(1), 
 
 
 @triton.jit
+def _cache_token_offsets(offs_n, mask, batch_kv, page_table_row, stride_kb, stride_ks, page_size,
+                         IS_PAGED: tl.constexpr):
+    """Element offsets of key/value tokens ``offs_n`` of one sequence (the page table is read only under
+    ``mask``)."""
+    if IS_PAGED:
+        page = tl.load(page_table_row + offs_n // page_size, mask=mask, other=0).to(tl.int64)
+        return page * stride_kb + (offs_n % page_size).to(tl.int64) * stride_ks
+    else:
+        return batch_kv * stride_kb + offs_n.to(tl.int64) * stride_ks
+
+
+@triton.jit
 def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks, page_size,
              IS_PAGED: tl.constexpr, MASK_D: tl.constexpr, HEAD_DIM: tl.constexpr):
     """Load a [BLOCK_N, BLOCK_D] tile of keys or values ``offs_n`` (absolute token indices).
@@ -58,11 +70,8 @@ def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_k
     ``page_size`` is a compile-time constant of the kernel: page and slot are a shift and a mask for power-of-two
     pages instead of an integer division on the decode step's dependent chain (one compile per page size).
     """
-    if IS_PAGED:
-        page = tl.load(page_table_row + offs_n // page_size, mask=load_mask, other=0).to(tl.int64)
-        token_offset = page * stride_kb + (offs_n % page_size).to(tl.int64) * stride_ks
-    else:
-        token_offset = batch_kv * stride_kb + offs_n.to(tl.int64) * stride_ks
+    token_offset = _cache_token_offsets(offs_n, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
+                                        page_size, IS_PAGED)
     ptrs = base + token_offset[:, None] + offs_d[None, :]
     if MASK_D:
         return tl.load(ptrs, mask=load_mask[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
@@ -147,11 +156,36 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
 
 
 @triton.jit
+def _write_new_tokens(K_NEW, V_NEW, k_base, v_base, batch64, q_begin, kv_head, first_new, key_begin, key_end,
+                      offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, stride_nb,
+                      stride_ns, stride_nh, page_size, IS_PAGED: tl.constexpr, HEAD_DIM: tl.constexpr,
+                      BLOCK_N: tl.constexpr):
+    """Copy keys ``[key_begin, key_end)`` of one sequence and KV head, which are new tokens (key ``j`` is new token
+    ``j - first_new``, laid out like the queries: ``[B, S, Hk, D]`` or varlen ``[total, Hk, D]`` from ``q_begin``),
+    from ``K_NEW``/``V_NEW`` into the cache at ``k_base``/``v_base``."""
+    source = batch64 * stride_nb + q_begin.to(tl.int64) * stride_ns + kv_head.to(tl.int64) * stride_nh
+    for start in range(key_begin, key_end, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        rows = offs_n < key_end
+        mask = rows[:, None] & (offs_d[None, :] < HEAD_DIM)
+        new_offsets = source + (offs_n - first_new).to(tl.int64)[:, None] * stride_ns + offs_d[None, :]
+        k = tl.load(K_NEW + new_offsets, mask=mask)
+        v = tl.load(V_NEW + new_offsets, mask=mask)
+        k_offsets = _cache_token_offsets(offs_n, rows, batch_kv, page_table_row, stride_kb, stride_ks, page_size,
+                                         IS_PAGED)
+        v_offsets = _cache_token_offsets(offs_n, rows, batch_kv, page_table_row, stride_vb, stride_vs, page_size,
+                                         IS_PAGED)
+        tl.store(k_base + k_offsets[:, None] + offs_d[None, :], k, mask=mask)
+        tl.store(v_base + v_offsets[:, None] + offs_d[None, :], v, mask=mask)
+
+
+@triton.jit
 def _tile_rows(
     tile, batch_head, seqlen_q, seqlen_k, num_heads, queries_per_kv_head, left, right,
     CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr,
     HAS_SEQLENS_K: tl.constexpr, PACK_GQA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    APPEND_NEW: tl.constexpr = False,
 ):
     """The rows of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads) and the keys
     they see: ``(batch, q_begin, seqlen_q, k_begin, seqlen_k, active, row_valid, row_pos, row_head, kv_head,
@@ -166,6 +200,9 @@ def _tile_rows(
 
     q_begin, seqlen_q, k_begin, seqlen_k = sequence_bounds(
         batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K)
+    if APPEND_NEW:
+        # SEQLENS_K holds the cached lengths; the sequence's new tokens (one per query) follow them.
+        seqlen_k = seqlen_k + seqlen_q
 
     if PACK_GQA:
         rows_per_pos = queries_per_kv_head
@@ -277,13 +314,13 @@ def _finish_tile(
 @triton.jit
 def _attend_tile(
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
-    NON_FINITE_FLAGS, ANY_NON_FINITE,
+    NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     stride_os, stride_ob, stride_oq, stride_oh,
     stride_ls, stride_lb, stride_lq, stride_lh,
-    stride_page_table,
+    stride_page_table, stride_nb, stride_ns, stride_nh,
     seqlen_q, seqlen_k, num_heads, queries_per_kv_head, page_size,
     softmax_scale, softcap, left, right,
     tile, batch_head, split, num_tiles, num_splits,
@@ -292,7 +329,8 @@ def _attend_tile(
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
     IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
     SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    APPEND_NEW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads), over its
     share ``split`` of the KV loop; the body of ``_swa_fwd_kernel``'s programs (see there)."""
@@ -300,7 +338,7 @@ def _attend_tile(
      kv_start, kv_end, masked_head_end, unmasked_end, num_blocks) = _tile_rows(
         tile, batch_head, seqlen_q, seqlen_k, num_heads, queries_per_kv_head, left, right,
         CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, HAS_LEFT, HAS_RIGHT, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
-        PACK_GQA, BLOCK_M, BLOCK_N)
+        PACK_GQA, BLOCK_M, BLOCK_N, APPEND_NEW)
     program_index = (batch_head * num_tiles + tile) * num_splits + split
     if NON_FINITE_PASS == REDO_FLAGGED:
         if active:
@@ -320,6 +358,18 @@ def _attend_tile(
             stride_qb, stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_page_table,
             HAS_CACHE_BATCH_IDX, UPCAST, BLOCK_D, HEAD_DIM)
         sink = _tile_sink(SINKS, row_head, row_valid, HAS_SINKS, IS_SPLIT, BLOCK_M)
+        if APPEND_NEW:
+            # Write the new tokens this program will read (its share of the loop) before reading them: every
+            # program that reads a new token writes it (identical bytes, also from the other query heads' programs
+            # without PackGQA), so no program waits on another. The barrier makes the CTA's writes visible to its
+            # own loads. Each new token is the diagonal key of its own query, so some program writes it.
+            _write_new_tokens(
+                K_NEW, V_NEW, k_base, v_base, batch64, q_begin, kv_head, seqlen_k - seqlen_q,
+                tl.maximum(kv_start + block_begin * BLOCK_N, seqlen_k - seqlen_q),
+                tl.minimum(kv_start + block_end * BLOCK_N, kv_end), offs_d, batch_kv, page_table_row, stride_kb,
+                stride_ks, stride_vb, stride_vs, stride_nb, stride_ns, stride_nh, page_size, IS_PAGED, HEAD_DIM,
+                BLOCK_N)
+            tl.debug_barrier()
         k_desc = None
         v_desc = None
         if USE_TMA:
@@ -384,13 +434,13 @@ def _attend_tile(
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "num_tiles", "num_work"])
 def _swa_fwd_kernel(
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
-    NON_FINITE_FLAGS, ANY_NON_FINITE,
+    NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     stride_os, stride_ob, stride_oq, stride_oh,
     stride_ls, stride_lb, stride_lq, stride_lh,
-    stride_page_table,
+    stride_page_table, stride_nb, stride_ns, stride_nh,
     seqlen_q, seqlen_k, num_heads, queries_per_kv_head: tl.constexpr, page_size: tl.constexpr,
     softmax_scale, softcap, left, right,
     num_tiles, num_splits, num_work,
@@ -399,7 +449,7 @@ def _swa_fwd_kernel(
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
     IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
     SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr, USE_PDL: tl.constexpr,
-    MASK_EDGES_ONLY: tl.constexpr,
+    MASK_EDGES_ONLY: tl.constexpr, APPEND_NEW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
@@ -409,7 +459,8 @@ def _swa_fwd_kernel(
     ceil(span / BLOCK_N) blocks (a 1/num_splits share of them with IS_SPLIT, whose partial results, without
     sinks, are merged by ``combine``). Switches: window sides, softcap, sinks, varlen q/k, per-sequence key
     lengths (SEQLENS_K), cache_batch_idx, paged KV, PackGQA, split-KV, LSE, block counting (tests), the
-    non-finite isolation pass, and (experimental) masking only the edge blocks of the single loop. The group size
+    non-finite isolation pass, and (experimental) masking only the edge blocks of the single loop and appending
+    the new tokens of a KV-cache call (APPEND_NEW: each program first writes those it will read). The group size
     (``queries_per_kv_head``) and ``page_size`` are compile-time constants (one compile per model shape): a PackGQA
     row's position and head, and a token's page and slot, are shifts and masks instead of integer divisions
     (compiled W(127,0) prefill: 131 fewer instructions before the KV loop of every tile, 2503 -> 2215 in all).
@@ -432,27 +483,30 @@ def _swa_fwd_kernel(
                 batch_head = work // (num_splits * num_tiles)
                 _attend_tile(
                     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE,
-                    BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE, stride_qb, stride_qs, stride_qh, stride_kb,
-                    stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_os, stride_ob, stride_oq,
-                    stride_oh, stride_ls, stride_lb, stride_lq, stride_lh, stride_page_table, seqlen_q, seqlen_k,
+                    BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, stride_qb, stride_qs, stride_qh,
+                    stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_os, stride_ob,
+                    stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh, stride_page_table, stride_nb,
+                    stride_ns, stride_nh, seqlen_q, seqlen_k,
                     num_heads, queries_per_kv_head, page_size, softmax_scale, softcap, left, right,
                     tile, batch_head, split, num_tiles, num_splits,
                     HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
                     HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST,
-                    SINGLE_LOOP, NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
+                    SINGLE_LOOP, NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, BLOCK_M, BLOCK_N, BLOCK_D,
+                    HEAD_DIM,
                 )
     else:
         # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
         _attend_tile(
             Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE,
-            BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE, stride_qb, stride_qs, stride_qh, stride_kb,
-            stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_os, stride_ob, stride_oq, stride_oh,
-            stride_ls, stride_lb, stride_lq, stride_lh, stride_page_table, seqlen_q, seqlen_k, num_heads,
+            BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, stride_qb, stride_qs, stride_qh,
+            stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_os, stride_ob, stride_oq,
+            stride_oh, stride_ls, stride_lb, stride_lq, stride_lh, stride_page_table, stride_nb, stride_ns,
+            stride_nh, seqlen_q, seqlen_k, num_heads,
             queries_per_kv_head, page_size, softmax_scale, softcap, left, right,
             tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2), num_tiles,
             num_splits, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
-            NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
+            NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
         )
 
 
@@ -484,6 +538,8 @@ def attention_forward(
     num_splits: int = 1,
     return_lse: bool = True,
     count_blocks: bool = False,
+    new_k: torch.Tensor | None = None,
+    new_v: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Launch the forward kernel on already-checked arguments; returns ``(out, lse, block_counts)``.
 
@@ -491,6 +547,9 @@ def attention_forward(
     varlen ``[total_k, Hk, D]`` (``cu_seqlens_k``) or paged ``[num_pages, page_size, Hk, D]`` (``page_table``).
     ``seqlens_k [B]`` (int32) overrides the per-sequence key count. lse is ``[B, H, Sq]`` or ``[H, total_q]``,
     fp32. ``block_counts`` (only with ``count_blocks``) holds, per program, the KV blocks its loop visited.
+    ``new_k``/``new_v`` (KV cache only; experimental, see ``ops.FUSED_APPEND``): one new token per query, laid out
+    like q with ``Hk`` heads and equal strides, written into the cache at ``seqlens_k[b] ...`` by the programs
+    that read them; ``seqlens_k`` then holds the lengths before the append.
     """
     varlen_q = cu_seqlens_q is not None
     varlen_k = cu_seqlens_k is not None
@@ -567,7 +626,10 @@ def attention_forward(
                         else placeholder)
     any_non_finite = torch.zeros(1, device=q.device, dtype=torch.int32) if isolate else placeholder
 
-    use_tma = config.tma and not paged and tma_compatible(k, v)
+    append_new = new_k is not None
+    # Descriptor (async-proxy) loads would not see the programs' own plain stores of new tokens without a proxy
+    # fence: appending programs load through pointers.
+    use_tma = config.tma and not paged and not append_new and tma_compatible(k, v)
     if use_tma:
         ensure_triton_allocator()
     use_pdl = pdl_enabled(q.device)
@@ -582,8 +644,10 @@ def attention_forward(
             page_table if paged else placeholder,
             block_counts if count else placeholder,
             non_finite_flags, any_non_finite,
+            new_k if append_new else placeholder, new_v if append_new else placeholder,
             *q_strides, *k_strides, *v_strides, *o_strides, *l_strides,
             page_table.stride(0) if paged else 0,
+            *(token_strides(new_k, varlen_q) if append_new else (0, 0, 0)),
             seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
             softmax_scale, softcap if softcap > 0 else 1.0, left, right,
             grid[0], grid[2], num_work,
@@ -593,6 +657,7 @@ def attention_forward(
             IS_SPLIT=is_split, STORE_LSE=is_split or lse is not None, COUNT_BLOCKS=count,
             UPCAST=needs_upcast(q.dtype), SINGLE_LOOP=config.single_loop, NON_FINITE_PASS=non_finite_pass,
             USE_TMA=use_tma, USE_PDL=use_pdl, MASK_EDGES_ONLY=config.single_loop and config.mask_edges_only,
+            APPEND_NEW=append_new,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, HEAD_DIM=head_dim,
             num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
             **({"maxnreg": config.maxnreg} if config.maxnreg else {}),

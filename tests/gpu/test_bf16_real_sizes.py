@@ -337,6 +337,53 @@ def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch, num_spli
         assert torch.equal(a, b), "PDL launches changed a result or the cache"
 
 
+@pytest.mark.parametrize("page_size", [1, 16, None], ids=["page1", "page16", "contiguous-batch-idx"])
+@pytest.mark.parametrize("seqlen_q, num_splits, pack_gqa", [(1, 0, None), (1, 3, None), (4, 0, None), (3, 2, False)])
+def test_fused_append_gives_the_same_bits(monkeypatch, page_size, seqlen_q, num_splits, pack_gqa):
+    """swattn.ops.FUSED_APPEND (experimental: the attention programs write the new tokens they read, no append
+    launch) against the append launch: the same output and LSE bits and the same cache, a sliding and a full
+    layer back to back, eager and replayed from a CUDA graph."""
+    batch, heads, kv_heads, head_dim = 16, 64, 8, 64
+    seqlens = torch.randint(0, 5000, (batch,), device=DEVICE, dtype=torch.int32)
+    seqlens[:3] = torch.tensor([0, 127, 128], device=DEVICE)
+    q = randn(batch, seqlen_q, heads, head_dim)
+    k_new, v_new = randn(batch, seqlen_q, kv_heads, head_dim), randn(batch, seqlen_q, kv_heads, head_dim)
+    sinks = torch.randn(heads, device=DEVICE)
+    if page_size is None:
+        k_cache, v_cache = randn(batch + 2, 5000 + seqlen_q, kv_heads, head_dim), randn(
+            batch + 2, 5000 + seqlen_q, kv_heads, head_dim)
+        layout = dict(cache_batch_idx=torch.randperm(batch + 2, device=DEVICE)[:batch].to(torch.int32))
+    else:
+        k_cache, v_cache, page_table = paged_cache(batch, 5000 + seqlen_q, page_size, kv_heads, head_dim)
+        layout = dict(page_table=page_table)
+
+    def step(k_cache, v_cache):
+        results = []
+        for window_size in [(127, 0), (-1, 0)]:
+            results += swattn.flash_attn_with_kvcache(q, k_cache, v_cache, k=k_new, v=v_new, cache_seqlens=seqlens,
+                                                      causal=True, window_size=window_size, sinks=sinks,
+                                                      num_splits=num_splits, pack_gqa=pack_gqa,
+                                                      return_softmax_lse=True, **layout)
+        return results
+
+    results = {}
+    for fused in (False, True):
+        monkeypatch.setattr(swattn.ops, "FUSED_APPEND", fused)
+        caches = (k_cache.clone(), v_cache.clone())
+        eager = step(*caches)
+        graph_caches = (k_cache.clone(), v_cache.clone())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            replayed = step(*graph_caches)
+        graph.replay()
+        torch.cuda.synchronize()
+        for a, b in zip(eager + list(caches), replayed + list(graph_caches)):
+            assert torch.equal(a, b), f"fused={fused}: graph replay differs from the eager call"
+        results[fused] = eager + list(caches)
+    for a, b in zip(results[False], results[True]):
+        assert torch.equal(a, b), "the fused append changed a result or the cache"
+
+
 @pytest.mark.parametrize("head_dim, heads", [(64, 64), (128, 32)])
 def test_edge_only_masking_gives_the_same_bits(head_dim, heads):
     """FwdConfig.mask_edges_only (shipped for D64 small windows, with a register cap) against the single loop that

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
-from swattn import flash_attn_with_kvcache
+from swattn import flash_attn_with_kvcache, ops
 from swattn.kernels.append import append_kv
 from swattn.kernels.configs import FwdConfig, forced_config
 from swattn.kernels.fwd import attention_forward
@@ -290,6 +290,14 @@ def test_window_start_on_page_and_block_boundaries(layout, left, seqlen_q, pack_
 # Appending new k/v
 
 
+@pytest.fixture(params=[False, True], ids=["append-launch", "fused-append"])
+def fused_append(request, monkeypatch):
+    """Both ways of appending: the separate append launch, and (``ops.FUSED_APPEND``, experimental) the attention
+    kernel's programs writing the new tokens they read (taken when there is one new token per query)."""
+    monkeypatch.setattr(ops, "FUSED_APPEND", request.param)
+    return request.param
+
+
 # (S_new, Sq, cache_seqlens before the append, window, causal, pack_gqa, num_splits)
 APPEND_CASES = [
     pytest.param(1, 1, [10, 0, 63], (7, 0), False, None, 1, id="decode-append1-w7,0-incl-empty-and-to-capacity"),
@@ -302,7 +310,7 @@ APPEND_CASES = [
 
 @pytest.mark.parametrize("layout", ["contig", "contig-batch-idx", "paged-1", "paged-3", "paged-16"])
 @pytest.mark.parametrize("seqlen_new, seqlen_q, seqlens, window, causal, pack_gqa, num_splits", APPEND_CASES)
-def test_append(layout, seqlen_new, seqlen_q, seqlens, window, causal, pack_gqa, num_splits):
+def test_append(fused_append, layout, seqlen_new, seqlen_q, seqlens, window, causal, pack_gqa, num_splits):
     batch, capacity = 3, 64
     cache = make_cache(layout, batch, capacity)
     q = random_q(batch, seqlen_q)
@@ -319,13 +327,38 @@ def test_append(layout, seqlen_new, seqlen_q, seqlens, window, causal, pack_gqa,
     check(out, lse, reference(q, expected_cache, before + seqlen_new, **window_kwargs(window, causal)), q)
 
 
+@pytest.mark.parametrize("layout", ["contig", "paged-1", "paged-16"])
+@pytest.mark.parametrize("config, seqlen_q, pack_gqa, num_splits", [
+    pytest.param(FwdConfig(16, 16, 4, 1), 1, True, 3, id="decode-packed-split3"),
+    pytest.param(FwdConfig(16, 16, 4, 2, single_loop=True), 5, False, 1, id="extend5-unpacked-single-loop"),
+    pytest.param(FwdConfig(16, 32, 4, 1), 20, None, 2, id="extend20-two-tiles-split2"),
+])
+def test_fused_append_is_one_launch(monkeypatch, layout, config, seqlen_q, pack_gqa, num_splits):
+    """With ``ops.FUSED_APPEND`` and one new token per query, no append launch runs: the attention programs write
+    the new tokens (each program those of its own share of the keys; without PackGQA every query head's program
+    of a KV head writes the same bytes), across tiles, splits and loop shapes; cache and output as the
+    reference has them."""
+    monkeypatch.setattr(ops, "FUSED_APPEND", True)
+    monkeypatch.setattr(ops, "append_kv", lambda *args: pytest.fail("the fused path launched the append kernel"))
+    batch, capacity, seqlens = 3, 80, i32([9, 0, 50])
+    cache = make_cache(layout, batch, capacity)
+    q = random_q(batch, seqlen_q)
+    k_new, v_new = torch.randn(batch, seqlen_q, HK, D), torch.randn(batch, seqlen_q, HK, D)
+    expected_cache = cache_after_append(cache, k_new, v_new, seqlens)
+    with forced_config(config):
+        out, lse = run(q, cache, k=k_new, v=v_new[:, :, :, :].transpose(0, 1).contiguous().transpose(0, 1),
+                       cache_seqlens=seqlens, window_size=(12, 0), pack_gqa=pack_gqa, num_splits=num_splits)
+    assert torch.equal(cache.k, expected_cache.k) and torch.equal(cache.v, expected_cache.v)
+    check(out, lse, reference(q, expected_cache, seqlens + seqlen_q, window_size=(12, 0)), q)
+
+
 @pytest.mark.parametrize("layout", ["contig", "contig-batch-idx", "paged-3", "paged-16"])
 @pytest.mark.parametrize("window, causal, sinks, num_splits, padding", [
     pytest.param((7, 0), False, False, 1, 0, id="w7,0"),
     pytest.param((4, 2), False, True, 3, 0, id="w4,2-sinks-split3"),
     pytest.param((7, 0), False, True, 1, 5, id="w7,0-sinks-5-padding-rows"),
 ])
-def test_append_varlen(layout, window, causal, sinks, num_splits, padding):
+def test_append_varlen(fused_append, layout, window, causal, sinks, num_splits, padding):
     """Varlen q (cu_seqlens_q + max_seqlen_q) with new k/v laid out like q ``[total_q, Hk, D]``; one sequence has
     no new token. ``padding`` rows past ``cu_seqlens_q[-1]`` (as a captured CUDA graph of fixed size leaves them)
     must be neither written to the cache nor attended."""
@@ -498,8 +531,8 @@ NAN_PAGED_CASES = [
 @pytest.mark.parametrize("check_inputs", [False, None], ids=["check_inputs=False", "check_inputs=default"])
 @pytest.mark.parametrize("page_size, seqlens, seqlen_q, left, seqlen_new, pack_gqa, num_splits, sinks",
                          NAN_PAGED_CASES)
-def test_nan_poisoned_out_of_window_pages(monkeypatch, check_inputs, page_size, seqlens, seqlen_q, left, seqlen_new,
-                                          pack_gqa, num_splits, sinks):
+def test_nan_poisoned_out_of_window_pages(monkeypatch, fused_append, check_inputs, page_size, seqlens, seqlen_q,
+                                          left, seqlen_new, pack_gqa, num_splits, sinks):
     monkeypatch.delenv("SWATTN_CHECK_INPUTS", raising=False)
     batch = len(seqlens)
     varlen = isinstance(seqlen_q, list)
