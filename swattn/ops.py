@@ -221,17 +221,13 @@ def _fwd_kvcache_impl(
     num_splits: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """KV-cache forward: append ``k``/``v`` (if given) at ``cache_seqlens``, then attend -> (out, lse)."""
+    new_tokens = {}
     one_new_token_per_query = k is not None and (cu_seqlens_q is not None or k.shape[1] == q.shape[1])
     if FUSED_APPEND and one_new_token_per_query and uses_triton(q):
         if k.stride() != v.stride():  # the kernel reads both through one set of strides
             k, v = k.contiguous(), v.contiguous()
-        out, lse, _ = attention_forward(
-            q, k_cache, v_cache, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
-            cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, seqlens_k=cache_seqlens,
-            cache_batch_idx=cache_batch_idx, page_table=page_table, pack_gqa=pack_gqa, num_splits=num_splits,
-            return_lse=True, new_k=k, new_v=v)
-        return out, lse
-    if k is None:
+        seqlens_k, new_tokens = cache_seqlens, dict(new_k=k, new_v=v)  # lengths before the append
+    elif k is None:
         seqlens_k = cache_seqlens.to(torch.int32)
     elif uses_triton(q):
         seqlens_k = append_kv(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q)
@@ -245,7 +241,7 @@ def _fwd_kvcache_impl(
     out, lse, _ = attention_forward(
         q, k_cache, v_cache, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
         cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx,
-        page_table=page_table, pack_gqa=pack_gqa, num_splits=num_splits, return_lse=True)
+        page_table=page_table, pack_gqa=pack_gqa, num_splits=num_splits, return_lse=True, **new_tokens)
     return out, lse
 
 
