@@ -327,17 +327,18 @@ def test_append(fused_append, layout, seqlen_new, seqlen_q, seqlens, window, cau
     check(out, lse, reference(q, expected_cache, before + seqlen_new, **window_kwargs(window, causal)), q)
 
 
+@pytest.mark.parametrize("window", [(12, 0), (0, 0), (3, 2), (-1, -1)], ids=["w12,0", "w0,0", "w3,2", "full"])
 @pytest.mark.parametrize("layout", ["contig", "paged-1", "paged-16"])
 @pytest.mark.parametrize("config, seqlen_q, pack_gqa, num_splits", [
     pytest.param(FwdConfig(16, 16, 4, 1), 1, True, 3, id="decode-packed-split3"),
     pytest.param(FwdConfig(16, 16, 4, 2, single_loop=True), 5, False, 1, id="extend5-unpacked-single-loop"),
     pytest.param(FwdConfig(16, 32, 4, 1), 20, None, 2, id="extend20-two-tiles-split2"),
 ])
-def test_fused_append_is_one_launch(monkeypatch, layout, config, seqlen_q, pack_gqa, num_splits):
+def test_fused_append_is_one_launch(monkeypatch, layout, config, seqlen_q, pack_gqa, num_splits, window):
     """With ``ops.FUSED_APPEND`` and one new token per query, no append launch runs: the attention programs write
     the new tokens (each program those of its own share of the keys; without PackGQA every query head's program
-    of a KV head writes the same bytes), across tiles, splits and loop shapes; cache and output as the
-    reference has them."""
+    of a KV head writes the same bytes), across tiles, splits, loop shapes and windows (the diagonal only, keys
+    ahead of the query, none); cache and output as the reference has them."""
     monkeypatch.setattr(ops, "FUSED_APPEND", True)
     monkeypatch.setattr(ops, "append_kv", lambda *args: pytest.fail("the fused path launched the append kernel"))
     batch, capacity, seqlens = 3, 80, i32([9, 0, 50])
@@ -347,9 +348,9 @@ def test_fused_append_is_one_launch(monkeypatch, layout, config, seqlen_q, pack_
     expected_cache = cache_after_append(cache, k_new, v_new, seqlens)
     with forced_config(config):
         out, lse = run(q, cache, k=k_new, v=v_new[:, :, :, :].transpose(0, 1).contiguous().transpose(0, 1),
-                       cache_seqlens=seqlens, window_size=(12, 0), pack_gqa=pack_gqa, num_splits=num_splits)
+                       cache_seqlens=seqlens, window_size=window, pack_gqa=pack_gqa, num_splits=num_splits)
     assert torch.equal(cache.k, expected_cache.k) and torch.equal(cache.v, expected_cache.v)
-    check(out, lse, reference(q, expected_cache, seqlens + seqlen_q, window_size=(12, 0)), q)
+    check(out, lse, reference(q, expected_cache, seqlens + seqlen_q, window_size=window), q)
 
 
 @pytest.mark.parametrize("layout", ["contig", "contig-batch-idx", "paged-3", "paged-16"])
