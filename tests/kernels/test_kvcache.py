@@ -327,8 +327,12 @@ def test_append(fused_append, layout, seqlen_new, seqlen_q, seqlens, window, cau
     check(out, lse, reference(q, expected_cache, before + seqlen_new, **window_kwargs(window, causal)), q)
 
 
-@pytest.mark.parametrize("window", [(12, 0), (0, 0), (3, 2), (-1, -1)], ids=["w12,0", "w0,0", "w3,2", "full"])
-@pytest.mark.parametrize("layout", ["contig", "paged-1", "paged-16"])
+@pytest.mark.parametrize("layout, window", [
+    pytest.param("contig", (12, 0), id="contig-w12,0"),
+    pytest.param("paged-1", (0, 0), id="paged1-w0,0"),
+    pytest.param("paged-16", (3, 2), id="paged16-w3,2"),
+    pytest.param("paged-16", (-1, -1), id="paged16-full"),
+])
 @pytest.mark.parametrize("config, seqlen_q, pack_gqa, num_splits", [
     pytest.param(FwdConfig(16, 16, 4, 1), 1, True, 3, id="decode-packed-split3"),
     pytest.param(FwdConfig(16, 16, 4, 2, single_loop=True), 5, False, 1, id="extend5-unpacked-single-loop"),
