@@ -295,6 +295,22 @@ def test_backward_is_deterministic():
     _repeat_equal(grads)
 
 
+def eager_and_replayed(step, k_cache, v_cache) -> tuple[list, list]:
+    """``step(k_cache, v_cache)`` (a list of results that also appends to the caches) run eagerly on one copy of
+    the caches and replayed from a CUDA graph on another (compiled first, outside the capture): the eager and the
+    replayed results, each followed by its two caches."""
+    caches = (k_cache.clone(), v_cache.clone())
+    eager = list(step(*caches)) + list(caches)
+    step(k_cache.clone(), v_cache.clone())  # compile outside the capture
+    graph_caches = (k_cache.clone(), v_cache.clone())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        replayed = list(step(*graph_caches))
+    graph.replay()
+    torch.cuda.synchronize()
+    return eager, replayed + list(graph_caches)
+
+
 @pytest.mark.parametrize("num_splits", [1, 4])
 def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch, num_splits):
     """Programmatic dependent launch (the default on Hopper; SWATTN_PDL=0 turns it off): append, attention and
@@ -320,19 +336,10 @@ def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch, num_spli
     caches = {}
     for pdl in ("0", "1"):
         monkeypatch.setenv("SWATTN_PDL", pdl)
-        caches[pdl] = (k_cache.clone(), v_cache.clone())
-        eager = step(*caches[pdl])
-        graph_caches = (k_cache.clone(), v_cache.clone())
-        step(*graph_caches)  # compile outside the capture
-        graph_caches = (k_cache.clone(), v_cache.clone())
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            replayed = step(*graph_caches)
-        graph.replay()
-        torch.cuda.synchronize()
+        eager, replayed = eager_and_replayed(step, k_cache, v_cache)
         for a, b in zip(eager, replayed):
             assert torch.equal(a, b), f"SWATTN_PDL={pdl}: graph replay differs from the eager call"
-        caches[pdl] += tuple(eager)
+        caches[pdl] = eager
     for a, b in zip(caches["0"], caches["1"]):
         assert torch.equal(a, b), "PDL launches changed a result or the cache"
 
@@ -369,17 +376,10 @@ def test_fused_append_gives_the_same_bits(monkeypatch, page_size, seqlen_q, num_
     results = {}
     for fused in (False, True):
         monkeypatch.setattr(swattn.ops, "FUSED_APPEND", fused)
-        caches = (k_cache.clone(), v_cache.clone())
-        eager = step(*caches)
-        graph_caches = (k_cache.clone(), v_cache.clone())
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            replayed = step(*graph_caches)
-        graph.replay()
-        torch.cuda.synchronize()
-        for a, b in zip(eager + list(caches), replayed + list(graph_caches)):
+        eager, replayed = eager_and_replayed(step, k_cache, v_cache)
+        for a, b in zip(eager, replayed):
             assert torch.equal(a, b), f"fused={fused}: graph replay differs from the eager call"
-        results[fused] = eager + list(caches)
+        results[fused] = eager
     for a, b in zip(results[False], results[True]):
         assert torch.equal(a, b), "the fused append changed a result or the cache"
 
