@@ -165,3 +165,10 @@ def token_strides(t, packed: bool) -> tuple[int, int, int]:
     stride 0). One ``stride()`` call: each one builds a tuple, and a decode call read 35 of them one by one."""
     strides = t.stride()
     return (0, strides[0], strides[1]) if packed else strides[:3]
+
+
+def lse_strides(lse, varlen: bool) -> tuple[int, int, int]:
+    """Host side: the (batch, position, head) strides of lse ``[B, H, Sq]``, or of varlen ``[H, total_q]`` (batch
+    stride 0); the forward, backward and split-combine kernels all address lse this way."""
+    strides = lse.stride()
+    return (0, strides[1], strides[0]) if varlen else (strides[0], strides[2], strides[1])

@@ -32,6 +32,7 @@ from swattn.kernels._common import (
     block_ranges,
     dot,
     in_window,
+    lse_strides,
     query_block_ranges,
     sequence_bounds,
     softcap_scores,
@@ -362,11 +363,6 @@ def _swa_bwd_dq_kernel(
              (dq * softmax_scale).to(DQ.dtype.element_ty), mask=row_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
 
 
-def _lse_strides(lse: torch.Tensor, varlen: bool) -> tuple[int, int, int]:
-    """(batch, position, head) strides of lse ``[B, H, Sq]`` or varlen ``[H, total_q]``."""
-    return (0, lse.stride(1), lse.stride(0)) if varlen else (lse.stride(0), lse.stride(2), lse.stride(1))
-
-
 def sinks_gradient(sinks: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor,
                    cu_seqlens_q: torch.Tensor | None) -> torch.Tensor:
     """``dsink_h = -sum over the rows of head h of exp(sink_h - lse) * delta`` (fp32, shape [H]).
@@ -464,7 +460,7 @@ def attention_backward(
         dlse = dlse.to(torch.float32).contiguous()
     upcast = needs_upcast(q.dtype)
     placeholder = q
-    lse_strides = _lse_strides(lse, varlen_q)
+    lse_address = lse_strides(lse, varlen_q)
     common = dict(
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, IS_VARLEN_Q=varlen_q,
         IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqused_k is not None, UPCAST=upcast, BLOCK_D=block_d,
@@ -489,7 +485,7 @@ def attention_backward(
         q, placeholder if no_keys else k, placeholder if no_keys else v, out, dout, dq, lse,
         dlse if dlse is not None else placeholder, delta, *sequence_args,
         *token_strides(q, varlen_q), *token_strides(out, varlen_q), *token_strides(k, varlen_k),
-        *token_strides(v, varlen_k), *token_strides(dout, varlen_q), *token_strides(dq, varlen_q), *lse_strides,
+        *token_strides(v, varlen_k), *token_strides(dout, varlen_q), *token_strides(dq, varlen_q), *lse_address,
         *scalars,
         HAS_DLSE=dlse is not None, ROWS_PER_POS=rows_per_pos, USE_TMA=dq_tma, BLOCK_M=config.dq_block_m,
         BLOCK_N=config.dq_block_n, num_stages=config.num_stages, **common,
@@ -501,7 +497,7 @@ def attention_backward(
     _swa_bwd_dkdv_kernel[(key_blocks, batch, num_kv_heads)](
         q, k, v, dout, dk, dv, lse, delta, *sequence_args, loop_record if record_loop else placeholder,
         *token_strides(q, varlen_q), *token_strides(k, varlen_k), *token_strides(v, varlen_k),
-        *token_strides(dout, varlen_q), *token_strides(dk, varlen_k), *token_strides(dv, varlen_k), *lse_strides,
+        *token_strides(dout, varlen_q), *token_strides(dk, varlen_k), *token_strides(dv, varlen_k), *lse_address,
         *scalars,
         RECORD_LOOP=record_loop, ROWS_PER_POS=rows_per_pos, USE_TMA=dkdv_tma, BLOCK_M=config.dkdv_block_m,
         BLOCK_N=config.dkdv_block_n,

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from swattn._compat import next_power_of_2, pdl_enabled, pdl_launch_options
-from swattn.kernels._common import LN2, LOG2E, wait_for_previous_grid
+from swattn.kernels._common import LN2, LOG2E, lse_strides, wait_for_previous_grid
 
 
 @triton.jit
@@ -72,19 +72,14 @@ def combine_splits(
     num_splits, tokens, heads, head_dim = out_partial.shape
     if tokens == 0:
         return
-    if lse is None:
-        lse_strides = (0, 0, 0)
-    elif lse.dim() == 3:
-        lse_strides = (lse.stride(0), lse.stride(2), lse.stride(1))
-    else:
-        lse_strides = (0, lse.stride(1), lse.stride(0))
+    lse_address = (0, 0, 0) if lse is None else lse_strides(lse, varlen=lse.dim() == 2)
     use_pdl = pdl_enabled(out.device)
     _swa_combine_kernel[(tokens, heads)](
         out_partial, lse_partial, out, lse if lse is not None else lse_partial, sinks if sinks is not None else out,
         out_partial.stride(0), out_partial.stride(1), out_partial.stride(2),
         lse_partial.stride(0), lse_partial.stride(1),
         out.stride(0), out.stride(1),
-        *lse_strides,
+        *lse_address,
         tokens_per_batch, num_splits, head_dim,
         HAS_SINKS=sinks is not None, STORE_LSE=lse is not None,
         BLOCK_S=max(2, next_power_of_2(num_splits)), BLOCK_D=next_power_of_2(head_dim),

@@ -30,6 +30,7 @@ from swattn.kernels._common import (
     block_ranges,
     dot,
     in_window,
+    lse_strides,
     safe_pivot,
     sequence_bounds,
     softcap_scores,
@@ -605,14 +606,7 @@ def attention_forward(
     else:
         out_target, lse_target = out, lse
         o_strides = (0, *token_strides(out, varlen_q))
-        if lse is None:
-            l_strides = (0, 0, 0, 0)
-        elif varlen_q:
-            head_l, token_l = lse.stride()
-            l_strides = (0, 0, token_l, head_l)
-        else:
-            batch_l, head_l, token_l = lse.stride()
-            l_strides = (0, batch_l, token_l, head_l)
+        l_strides = (0, 0, 0, 0) if lse is None else (0, *lse_strides(lse, varlen_q))
     q_strides = token_strides(q, varlen_q)
     k_strides, v_strides = token_strides(k, varlen_k), token_strides(v, varlen_k)
     block_counts = (torch.zeros(grid[0] * grid[1] * grid[2], device=q.device, dtype=torch.int32)
