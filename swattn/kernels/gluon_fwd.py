@@ -1,0 +1,435 @@
+"""The Hopper (sm_90) forward in Gluon: warp-specialized, TMA-fed, asynchronous wgmma, n_offset tiling.
+
+Structure of one program (a tile of ``BLOCK_M = 128`` query rows of one head, or with PackGQA of one KV head's
+packed (position, head) rows):
+
+- a loader partition (one warp, few registers) streams the tile's K and V blocks through TMA into a ring of
+  ``NUM_STAGES`` shared-memory stages. The stream starts at the tile's first visible key (n_offset: the TMA
+  coordinate is that key, not a multiple of BLOCK_N) and runs over ``ceil(span / BLOCK_N)`` blocks. K and V have
+  their own ready/empty barriers, so a K stage is refilled as soon as its scores are computed, before the
+  P @ V product of the same block has run;
+- two consumer warpgroups (the default partition and one worker, most of the registers), 64 rows each, read every
+  block. Inside a warpgroup the scores of block j+1 (``Q K^T``, async wgmma) are in flight while the softmax of
+  block j runs, then ``P_j V_j`` is issued and overlaps the next wait (FlashAttention 3's intra-warpgroup
+  overlap); between the two warpgroups the warp schedulers interleave one's softmax with the other's products.
+- the epilogue (sink, normalization, LSE, O) runs in each consumer; rows holding a NaN are flagged exactly as the
+  Triton kernel's main pass flags them, and ``fwd.attention_forward`` runs the same redo pass afterwards, so
+  non-finite isolation is identical on both paths.
+
+Masking: only the edge blocks (``block_ranges``: those some row of the tile cannot see whole) pay the window
+mask; interior blocks run the bare softmax. The window arithmetic is the Triton helpers' (``_common``), called
+from Gluon, so the host, both kernel families and the tests share one definition.
+
+Scope (everything else takes the Triton kernels, see ``supports``): sm_90, bf16/fp16, head_dim 64 or 128,
+dense or varlen q and k/v whose (token, head, dim) rows are contiguous and TMA-aligned, no paged/indexed cache,
+no split-KV, no in-kernel append.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from swattn._compat import compute_capability_major
+from swattn.kernels._common import LN2, LOG2E, block_ranges, safe_pivot, sequence_bounds, softcap_scores
+
+try:  # Gluon ships inside the triton wheel (3.4+); the names used here exist in 3.6 and 3.9.
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
+        mbarrier,
+        tma,
+        warpgroup_mma,
+        warpgroup_mma_wait,
+    )
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    # TMA load into shared memory: ``async_copy_global_to_shared`` in Triton 3.6, ``async_load`` in 3.9.
+    _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    # The warpgroup's barrier: ``thread_barrier`` in Triton 3.6, ``barrier`` in 3.9.
+    _partition_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
+    GLUON_AVAILABLE = True
+except (ImportError, AttributeError):  # pragma: no cover - depends on the installed triton
+    GLUON_AVAILABLE = False
+
+# SWATTN_GLUON: "auto" (default) uses the Gluon kernel on sm_90 where it supports the call; "0" never; "1" makes
+# an unsupported call an error instead of a silent fallback (for A/B runs and tests). Read once, at import.
+GLUON_MODE = os.environ.get("SWATTN_GLUON", "auto").strip().lower() or "auto"
+
+BLOCK_M = 128  # rows per program: two consumer warpgroups of 64
+WARPGROUP_M = 64
+HEAD_DIMS = (64, 128)
+NUM_STAGES = 2
+# Registers per thread: 4 + 4 + 1 warps run as 12 (warpgroup granularity), 12 * 32 * 168 <= 65536. The loader
+# warp keeps 24; the consumer warpgroups share the rest (setmaxnreg), 240 each.
+MAXNREG = 168
+CONSUMER_REGS = tl.constexpr(240)
+LOADER_REGS = tl.constexpr(24)
+
+
+def block_n_for(head_dim: int) -> int:
+    """Keys per block: 128 (a 64 x 128 fp32 score tile is 64 registers per thread of a warpgroup)."""
+    return 128
+
+
+if GLUON_AVAILABLE:
+
+    @gluon.jit
+    def _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT: gl.constexpr,
+                        HAS_RIGHT: gl.constexpr):
+        """[rows, keys] mask of an edge block: the key exists (``< kv_end``, the tile's last visible key + 1) and
+        lies in the row's window (bottom-right aligned by ``offset = seqlen_k - seqlen_q``)."""
+        visible = gl.expand_dims(keys < kv_end, 0)
+        if HAS_LEFT:
+            visible = visible & (gl.expand_dims(keys, 0) >= gl.expand_dims(row_pos + offset - left, 1))
+        if HAS_RIGHT:
+            visible = visible & (gl.expand_dims(keys, 0) <= gl.expand_dims(row_pos + offset + right, 1))
+        return visible
+
+    @gluon.jit
+    def _softmax_block(s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end,
+                       left, right, softmax_scale, softcap, col_layout: gl.constexpr, HAS_LEFT: gl.constexpr,
+                       HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, BLOCK_N: gl.constexpr):
+        """Online-softmax step on one block's scores: ``(p, m_new, l_new, alpha)`` in log2 units."""
+        if HAS_SOFTCAP:
+            s = softcap_scores(s, softmax_scale, softcap)
+            qk_scale = 1.0
+        else:
+            qk_scale = softmax_scale * LOG2E
+        if (block < masked_head_end) | (block >= unmasked_end):
+            keys = kv_start + block * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
+            visible = _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT, HAS_RIGHT)
+            s = gl.where(visible, s, float("-inf"))
+        m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+        pivot = safe_pivot(m_new)
+        p = gl.exp2(s * qk_scale - gl.expand_dims(pivot, 1))
+        alpha = gl.exp2(m_i - pivot)
+        l_new = l_i * alpha + gl.sum(p, 1)
+        return p, m_new, l_new, alpha
+
+    @gluon.jit
+    def _loader(tile_args, pointers, strides, scalars, buffers, WG: gl.constexpr, HAS_LEFT: gl.constexpr,
+                HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
+                PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
+                BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr):
+        """One warp: the tile's K/V blocks through TMA into the stage ring, from its first visible key."""
+        k_desc, v_desc = pointers[0], pointers[1]
+        kv_row0, kv_col, num_blocks = tile_args[0], tile_args[1], tile_args[2]
+        k_smem, v_smem, k_ready, v_ready, k_empty, v_empty = (buffers[1], buffers[2], buffers[3], buffers[4],
+                                                              buffers[5], buffers[6])
+        for block in range(num_blocks):
+            stage = block % NUM_STAGES
+            phase = (block // NUM_STAGES) & 1
+            row = kv_row0 + block * BLOCK_N
+            # A fresh barrier counts as having completed the phase before phase 0: the first NUM_STAGES waits pass.
+            mbarrier.wait(k_empty.index(stage), phase ^ 1)
+            mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
+            _tma_load(k_desc, [row, kv_col], k_ready.index(stage), k_smem.index(stage))
+            mbarrier.wait(v_empty.index(stage), phase ^ 1)
+            mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
+            _tma_load(v_desc, [row, kv_col], v_ready.index(stage), v_smem.index(stage))
+
+    @gluon.jit
+    def _consumer(tile_args, pointers, strides, scalars, buffers, WG: gl.constexpr, HAS_LEFT: gl.constexpr,
+                  HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
+                  PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
+                  BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr):
+        """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of the tile, from Q load to O store."""
+        (kv_row0, kv_col, num_blocks, kv_start, kv_end, masked_head_end, unmasked_end, first_row, num_rows,
+         head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, program_index) = tile_args
+        Q, O, LSE, SINKS, FLAGS, ANY_NAN = (pointers[2], pointers[3], pointers[4], pointers[5], pointers[6],
+                                            pointers[7])
+        (stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh, stride_lb, stride_lq,
+         stride_lh) = strides
+        softmax_scale, softcap, left, right = scalars
+        q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty = buffers
+        dtype: gl.constexpr = k_smem.dtype
+        M: gl.constexpr = 64
+
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, BLOCK_N, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, HEAD_DIM, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
+        s_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
+        o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+        # 16-byte vectors along the head dimension for the Q load and the O store.
+        io_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (HEAD_DIM // 8), HEAD_DIM // 8], [4, 1], [1, 0])
+        io_rows: gl.constexpr = gl.SliceLayout(1, io_layout)
+        io_cols: gl.constexpr = gl.SliceLayout(0, io_layout)
+
+        offset = seqlen_k - seqlen_q
+        batch64 = batch.to(gl.int64)
+
+        # This warpgroup's rows: positions of one head, or (position, head) pairs of one KV head with PackGQA.
+        io_m = first_row + WG * M + gl.arange(0, M, layout=io_rows)
+        if PACK_GQA:
+            io_pos = io_m // GROUP
+            io_head = head_or_kv_head * GROUP + io_m % GROUP
+        else:
+            io_pos = io_m
+            io_head = head_or_kv_head + io_m * 0
+        io_valid = io_m < num_rows
+        offs_d = gl.arange(0, HEAD_DIM, layout=io_cols)
+        io_mask = gl.expand_dims(io_valid, 1) & gl.expand_dims(offs_d < HEAD_DIM, 0)
+
+        q_ptrs = (Q + batch64 * stride_qb + gl.expand_dims((q_begin + io_pos).to(gl.int64) * stride_qs
+                                                           + io_head.to(gl.int64) * stride_qh, 1)
+                  + gl.expand_dims(offs_d, 0))
+        q = gl.load(q_ptrs, mask=io_mask, other=0.0)
+        q_tile = q_smem.index(WG)
+        q_tile.store(q)
+        # The tensor cores read Q through the async proxy: order this warpgroup's plain stores before them.
+        fence_async_shared()
+        _partition_barrier()
+
+        s_m = first_row + WG * M + gl.arange(0, M, layout=s_rows)
+        if PACK_GQA:
+            row_pos = s_m // GROUP
+        else:
+            row_pos = s_m
+
+        m_i = gl.full([M], float("-inf"), gl.float32, layout=s_rows)
+        l_i = gl.zeros([M], gl.float32, layout=s_rows)
+        acc = gl.zeros([M, HEAD_DIM], gl.float32, layout=o_layout)
+        s_zero = gl.zeros([M, BLOCK_N], gl.float32, layout=s_layout)
+
+        if num_blocks > 0:
+            # Block 0: its scores, then its softmax; its P @ V is issued in the next step (or after the loop).
+            mbarrier.wait(k_ready.index(0), 0)
+            s_token = warpgroup_mma(q_tile, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            s = warpgroup_mma_wait(0, deps=[s_token])
+            mbarrier.arrive(k_empty.index(0), count=1)
+            p, m_i, l_i, alpha = _softmax_block(
+                s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
+                softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+            for block in range(1, num_blocks):
+                stage = block % NUM_STAGES
+                phase = (block // NUM_STAGES) & 1
+                previous = block - 1
+                previous_stage = previous % NUM_STAGES
+                previous_phase = (previous // NUM_STAGES) & 1
+                # S_j = Q K_j^T, then P_{j-1} V_{j-1}: both in flight while this warpgroup waits for S_j.
+                mbarrier.wait(k_ready.index(stage), phase)
+                s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
+                                        is_async=True)
+                mbarrier.wait(v_ready.index(previous_stage), previous_phase)
+                acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
+                s = warpgroup_mma_wait(1, deps=[s_token])
+                mbarrier.arrive(k_empty.index(stage), count=1)
+                # The softmax of block j runs while P_{j-1} V_{j-1} is still on the tensor cores.
+                p, m_i, l_i, alpha = _softmax_block(
+                    s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
+                    right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
+                acc = warpgroup_mma_wait(0, deps=[acc_token])
+                mbarrier.arrive(v_empty.index(previous_stage), count=1)
+                acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+                p_op = gl.convert_layout(p.to(dtype), p_layout)
+            last = num_blocks - 1
+            last_stage = last % NUM_STAGES
+            mbarrier.wait(v_ready.index(last_stage), (last // NUM_STAGES) & 1)
+            acc_token = warpgroup_mma(p_op, v_smem.index(last_stage), acc, is_async=True)
+            acc = warpgroup_mma_wait(0, deps=[acc_token])
+            mbarrier.arrive(v_empty.index(last_stage), count=1)
+
+        # Epilogue, as the Triton kernel's _finish_tile: NaN flags, sink, one factor per row, LSE, O.
+        o_m = first_row + WG * M + gl.arange(0, M, layout=o_rows)
+        o_valid = o_m < num_rows
+        if PACK_GQA:
+            o_pos = o_m // GROUP
+            o_head = head_or_kv_head * GROUP + o_m % GROUP
+        else:
+            o_pos = o_m
+            o_head = head_or_kv_head + o_m * 0
+        m_o = gl.convert_layout(m_i, o_rows)
+        l_o = gl.convert_layout(l_i, o_rows)
+        if FLAG_NAN:
+            row_sum = gl.sum(acc, 1)
+            row_has_nan = row_sum != row_sum
+            flag_index = program_index.to(gl.int64) * 128 + WG * M + gl.arange(0, M, layout=o_rows)
+            gl.store(FLAGS + flag_index, row_has_nan.to(gl.int8))
+            gl.atomic_max(ANY_NAN + o_m * 0, gl.full([M], 1, gl.int32, layout=o_rows), mask=row_has_nan)
+        acc_scale = gl.full([M], 1.0, gl.float32, layout=o_rows)
+        if HAS_SINKS:
+            sink = gl.load(SINKS + o_head, mask=o_valid, other=0.0).to(gl.float32) * LOG2E
+            m_new = gl.maximum(m_o, sink)
+            acc_scale = gl.exp2(m_o - m_new)
+            l_o = l_o * acc_scale + gl.exp2(sink - m_new)
+            m_o = m_new
+        no_key = l_o == 0.0
+        if STORE_LSE:
+            lse = gl.where(no_key, float("-inf"), (m_o + gl.log2(gl.where(no_key, 1.0, l_o))) * LN2)
+            lse_ptrs = (LSE + batch64 * stride_lb + o_head.to(gl.int64) * stride_lh
+                        + (q_begin + o_pos).to(gl.int64) * stride_lq)
+            gl.store(lse_ptrs, lse, mask=o_valid)
+        out = acc * gl.expand_dims(acc_scale / gl.where(no_key, 1.0, l_o), 1)
+        out = gl.convert_layout(out.to(dtype), io_layout)
+        o_ptrs = (O + batch64 * stride_ob + gl.expand_dims((q_begin + io_pos).to(gl.int64) * stride_os
+                                                           + io_head.to(gl.int64) * stride_oh, 1)
+                  + gl.expand_dims(offs_d, 0))
+        gl.store(o_ptrs, out, mask=io_mask)
+
+    @gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right"])
+    def _swa_fwd_sm90_kernel(
+        Q, k_desc, v_desc, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, FLAGS, ANY_NAN,
+        stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh,
+        seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, softmax_scale, softcap, left, right,
+        q_smem_layout: gl.constexpr,
+        HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
+        IS_VARLEN_Q: gl.constexpr, IS_VARLEN_K: gl.constexpr, PACK_GQA: gl.constexpr, GROUP: gl.constexpr,
+        STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+        NUM_STAGES: gl.constexpr,
+    ):
+        """Grid: (query tiles, batch * heads-per-program), longest tiles first. See the module docstring."""
+        num_tiles = gl.num_programs(0)
+        tile = num_tiles - 1 - gl.program_id(0)
+        batch_head = gl.program_id(1)
+        if PACK_GQA:
+            heads_per_program = num_heads // GROUP
+            rows_per_pos: gl.constexpr = GROUP
+        else:
+            heads_per_program = num_heads
+            rows_per_pos: gl.constexpr = 1
+        batch = batch_head // heads_per_program
+        head_or_kv_head = batch_head % heads_per_program
+        if PACK_GQA:
+            kv_head = head_or_kv_head
+        else:
+            kv_head = head_or_kv_head // GROUP
+        q_begin, seqlen_q, k_begin, seqlen_k = sequence_bounds(
+            batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, CU_SEQLENS_K, IS_VARLEN_Q, IS_VARLEN_K, False)
+        num_rows = seqlen_q * rows_per_pos
+        first_row = tile * 128
+        first_pos = first_row // rows_per_pos
+        last_pos = (gl.minimum(first_row + 128, num_rows) - 1) // rows_per_pos
+        kv_start, kv_end, masked_head_end, unmasked_end, num_blocks = block_ranges(
+            first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT)
+        num_blocks = gl.where(first_row < num_rows, num_blocks, 0)  # a tile past a short sequence's rows
+        # K/V rows are (token, head * dim) rows of the 2D view: dense batches follow each other.
+        kv_row0 = batch * kv_rows_per_batch + k_begin + kv_start
+        kv_col = kv_head * HEAD_DIM
+        program_index = batch_head * num_tiles + tile
+
+        q_smem = gl.allocate_shared_memory(k_desc.dtype, [2, 64, HEAD_DIM], q_smem_layout)
+        k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+        v_smem = gl.allocate_shared_memory(v_desc.dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+        k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(NUM_STAGES):
+            mbarrier.init(k_ready.index(i), count=1)
+            mbarrier.init(v_ready.index(i), count=1)
+            mbarrier.init(k_empty.index(i), count=2)  # one arrival per consumer warpgroup
+            mbarrier.init(v_empty.index(i), count=2)
+
+        tile_args = (kv_row0, kv_col, num_blocks, kv_start, kv_end, masked_head_end, unmasked_end, first_row,
+                     num_rows, head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, program_index)
+        pointers = (k_desc, v_desc, Q, O, LSE, SINKS, FLAGS, ANY_NAN)
+        strides = (stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh, stride_lb, stride_lq,
+                   stride_lh)
+        scalars = (softmax_scale, softcap, left, right)
+        buffers = (q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty)
+        gl.warp_specialize([
+            (_consumer, (tile_args, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
+                         HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES)),
+            (_consumer, (tile_args, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
+                         HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES)),
+            (_loader, (tile_args, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
+                       HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES)),
+        ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
+
+
+_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _rows_view(t: torch.Tensor, varlen: bool) -> torch.Tensor | None:
+    """K or V as the 2D ``[tokens, heads * dim]`` view TMA reads, or None when its layout has no such view."""
+    if varlen:
+        if t.stride(2) != 1 or t.stride(1) != t.shape[2] or t.stride(0) != t.shape[1] * t.shape[2]:
+            return None
+        return t.view(t.shape[0], t.shape[1] * t.shape[2])
+    if (t.stride(3) != 1 or t.stride(2) != t.shape[3] or t.stride(1) != t.shape[2] * t.shape[3]
+            or (t.shape[0] > 1 and t.stride(0) != t.shape[1] * t.stride(1))):
+        return None
+    return t.view(t.shape[0] * t.shape[1], t.shape[2] * t.shape[3])
+
+
+def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, varlen_q: bool, varlen_k: bool,
+                       paged: bool, indexed: bool, seqlens_k: bool, num_splits: int, append: bool,
+                       count_blocks: bool) -> str | None:
+    """Why the Gluon kernel cannot serve this call (None when it can)."""
+    if not GLUON_AVAILABLE:
+        return "this triton has no Gluon with Hopper support"
+    if not q.is_cuda:
+        return "not a CUDA tensor"
+    if compute_capability_major(q.device) != 9:
+        return "not an sm_90 GPU"
+    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"dtype {q.dtype} (fp16/bf16 only)"
+    if q.shape[-1] not in HEAD_DIMS:
+        return f"head_dim {q.shape[-1]} (64 or 128 only)"
+    if paged or indexed or seqlens_k or append:
+        return "KV-cache features (paged, cache_batch_idx, cache lengths, append)"
+    if num_splits > 1:
+        return "split-KV"
+    if count_blocks:
+        return "block counting (a Triton-kernel test hook)"
+    if varlen_q != varlen_k:
+        return "varlen q with dense k (or the reverse)"
+    for name, t in (("k", k), ("v", v)):
+        view = _rows_view(t, varlen_k)
+        if view is None or view.data_ptr() % 16 or (view.stride(0) * t.element_size()) % 16:
+            return f"{name} rows not contiguous and 16-byte aligned"
+    if q.stride(-1) != 1:
+        return "q's last dimension is not contiguous"
+    return None
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor | None,
+            *, softmax_scale: float, left: int, right: int, softcap: float, sinks: torch.Tensor | None,
+            cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None, seqlen_q: int, seqlen_k: int,
+            batch: int, pack_gqa: bool, q_strides: tuple, o_strides: tuple, l_strides: tuple,
+            non_finite_flags: torch.Tensor | None, any_non_finite: torch.Tensor | None) -> int:
+    """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
+    of query tiles (of ``BLOCK_M`` rows) per (batch, head-or-KV-head), the geometry of the flags it wrote."""
+    varlen = cu_seqlens_q is not None
+    num_heads, head_dim = q.shape[-2], q.shape[-1]
+    num_kv_heads = k.shape[-2]
+    group = num_heads // num_kv_heads
+    block_n = block_n_for(head_dim)
+    gl_dtype = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    kv_layout = gl.NVMMASharedLayout.get_default_for([block_n, head_dim], gl_dtype)
+    q_layout = gl.NVMMASharedLayout.get_default_for([64, head_dim], gl_dtype)
+    k_rows, v_rows = _rows_view(k, varlen), _rows_view(v, varlen)
+    k_desc = TensorDescriptor.from_tensor(k_rows, [block_n, head_dim], kv_layout)
+    v_desc = TensorDescriptor.from_tensor(v_rows, [block_n, head_dim], kv_layout)
+    rows = seqlen_q * (group if pack_gqa else 1)
+    num_tiles = triton.cdiv(rows, BLOCK_M)
+    grid = (num_tiles, batch * (num_kv_heads if pack_gqa else num_heads))
+    flag = non_finite_flags is not None
+    placeholder = q
+    _swa_fwd_sm90_kernel[grid](
+        q, k_desc, v_desc, out, lse if lse is not None else placeholder,
+        sinks if sinks is not None else placeholder,
+        cu_seqlens_q if varlen else placeholder, cu_seqlens_k if varlen else placeholder,
+        non_finite_flags if flag else placeholder, any_non_finite if flag else placeholder,
+        *q_strides, *o_strides, *l_strides,
+        seqlen_q, seqlen_k, 0 if varlen else k.shape[1], num_heads, softmax_scale,
+        softcap if softcap > 0 else 1.0, left, right,
+        q_layout,
+        HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
+        IS_VARLEN_Q=varlen, IS_VARLEN_K=varlen, PACK_GQA=pack_gqa, GROUP=group, STORE_LSE=lse is not None,
+        FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=NUM_STAGES,
+        num_warps=4, maxnreg=MAXNREG,
+    )
+    return num_tiles
+
+
+__all__ = ["BLOCK_M", "GLUON_AVAILABLE", "GLUON_MODE", "forward", "unsupported_reason"]
