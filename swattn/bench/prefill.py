@@ -21,12 +21,14 @@ from swattn.bench.common import (
     Env,
     Runner,
     Section,
+    Skip,
     compare_outputs,
     measure_windowed_shapes,
     speedup_summary,
     time_single_graph,
     windowed_table,
 )
+from swattn.kernels import gluon_fwd
 from swattn.reference import attention_ref
 from swattn.window import first_visible_key, last_visible_key
 
@@ -132,8 +134,39 @@ def providers(case: PrefillCase):
     def with_note(result):
         run, note = result
         return Runner(run, note=note)
+
+    def triton_path():
+        # The portable Triton kernels, where the Gluon sm_90 kernel would serve the call (A/B in one run).
+        if gluon_fwd.GLUON_MODE == "0" or not q.is_cuda:
+            raise Skip("the swattn row already runs the Triton kernels")
+
+        def run():
+            saved, gluon_fwd.GLUON_MODE = gluon_fwd.GLUON_MODE, "0"
+            try:
+                return swattn.flash_attn_func(q, k, v, causal=True, window_size=(left, 0))
+            finally:
+                gluon_fwd.GLUON_MODE = saved
+        return run
+
+    sink_rows = []
+    if case.shape.heads == 64 and case.shape.head_dim == 64:  # gpt-oss's layer: with its sinks, swattn and FA3
+        sinks = torch.randn(case.shape.heads, device=q.device)
+        note = "timed with sinks; the check ran the same provider without them (sinks: tests/gpu)"
+
+        def fa3_sinks():
+            plain, with_sinks = peers.fa3(q, k, v, left), peers.fa3(q, k, v, left, sinks=sinks)
+            return Runner(plain, timed=with_sinks, note=note)
+        sink_rows = [
+            ("swattn, sinks", lambda: Runner(
+                lambda: swattn.flash_attn_func(q, k, v, causal=True, window_size=(left, 0)),
+                timed=lambda: swattn.flash_attn_func(q, k, v, causal=True, window_size=(left, 0), sinks=sinks),
+                note=note)),
+            ("FA3, sinks", fa3_sinks),
+        ]
     return [
         ("swattn", lambda: lambda: swattn.flash_attn_func(q, k, v, causal=True, window_size=(left, 0))),
+        ("swattn (Triton)", triton_path),
+        *sink_rows,
         ("FA3", lambda: peers.fa3(q, k, v, left)),
         ("FA4", lambda: peers.fa4(q, k, v, left)),
         ("Flex", lambda: with_note(peers.flex_prefill(q, k, v, left))),

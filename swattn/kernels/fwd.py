@@ -9,6 +9,7 @@ one (position, head) pair: with PackGQA the ``G = H // Hk`` query heads of one K
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import torch
 import triton
@@ -24,6 +25,7 @@ from swattn._compat import (
     pdl_launch_options,
     tma_compatible,
 )
+from swattn.kernels import gluon_fwd
 from swattn.kernels._common import (
     LN2,
     LOG2E,
@@ -518,6 +520,16 @@ def _persistent_programs(device: torch.device) -> int:
     return device_properties(device).multi_processor_count
 
 
+def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_tile: int, **features) -> bool:
+    """Whether the Gluon sm_90 kernel serves this call: ``SWATTN_GLUON=0`` never; ``1`` wherever it supports the
+    call; by default where it does and the call fills at least one of its tiles (prefill-shaped work; decode-sized
+    tiles stay on the Triton kernels tuned for them)."""
+    mode = gluon_fwd.GLUON_MODE
+    if mode == "0" or (mode != "1" and rows_per_tile < gluon_fwd.BLOCK_M):
+        return False
+    return gluon_fwd.unsupported_reason(q, k, v, **features) is None
+
+
 def attention_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -591,6 +603,12 @@ def attention_forward(
     window_span = left + right + 1 if left >= 0 and right >= 0 else None
     keys_per_split = -(-visible_span(0, seqlen_q - 1, seqlen_q, seqlen_k, left, right)[1] // num_splits)
     config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size(), keys_per_split)
+    use_gluon = _use_gluon(q, k, v, rows_per_tile, varlen_q=varlen_q, varlen_k=varlen_k, paged=paged,
+                           indexed=cache_batch_idx is not None, seqlens_k=seqlens_k is not None,
+                           num_splits=num_splits, append=new_k is not None, count_blocks=count_blocks)
+    if use_gluon:
+        # The Gluon kernel's tiles are BLOCK_M rows: the non-finite redo pass (a Triton launch) must see the same.
+        config = replace(config, block_m=gluon_fwd.BLOCK_M)
     num_tiles = ceil_div(rows_per_tile, config.block_m)
     grid = (num_tiles, batch * (num_kv_heads if pack_gqa else num_heads), num_splits)
 
@@ -657,7 +675,15 @@ def attention_forward(
             **({"maxnreg": config.maxnreg} if config.maxnreg else {}),
         )
 
-    launch(grid, FLAG_NON_FINITE.value if isolate else NO_ISOLATION.value, count_blocks)
+    if use_gluon:
+        gluon_fwd.forward(
+            q, k, v, out, lse, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
+            cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+            batch=batch, pack_gqa=pack_gqa, q_strides=q_strides, o_strides=o_strides[1:], l_strides=l_strides[1:],
+            non_finite_flags=non_finite_flags if isolate else None,
+            any_non_finite=any_non_finite if isolate else None)
+    else:
+        launch(grid, FLAG_NON_FINITE.value if isolate else NO_ISOLATION.value, count_blocks)
     if isolate:
         launch((min(num_work, _persistent_programs(q.device)),), REDO_FLAGGED.value, False)
     if is_split:

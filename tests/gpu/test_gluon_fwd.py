@@ -1,0 +1,165 @@
+"""The Gluon sm_90 forward (swattn/kernels/gluon_fwd.py) at real sizes on an H100/H200 (skipped elsewhere).
+
+Each case runs the same call twice, through the Gluon kernel and through the Triton kernels (SWATTN_GLUON's two
+settings), and checks both against the float32 reference: output and LSE, fresh random data, outputs poisoned
+before each run. A counter asserts that the Gluon launch really served the call (dispatch could silently fall
+back). Covered: windows that start mid-block, causal, bidirectional, no window, more keys than queries and fewer
+(rows that see nothing), PackGQA on and off, sinks, softcap, head_dim 64 and 128, bf16 and fp16, varlen with empty
+and short sequences, and non-finite isolation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+import swattn
+from swattn.kernels import gluon_fwd
+from swattn.reference import attention_ref, attention_varlen_ref
+from swattn.testing import assert_close, tolerance_for
+
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+pytestmark = pytest.mark.skipif(not (HOPPER and gluon_fwd.GLUON_AVAILABLE), reason="the Gluon kernel needs sm_90")
+
+DEVICE = "cuda"
+LSE_ATOL = 2e-3
+REF = dict(compute_dtype=torch.float32)
+
+
+@contextlib.contextmanager
+def gluon_mode(mode: str):
+    """Force the dispatch ("1": Gluon wherever supported, "0": Triton) and count Gluon launches."""
+    calls = []
+    saved_mode, saved_forward = gluon_fwd.GLUON_MODE, gluon_fwd.forward
+
+    def counting_forward(*args, **kwargs):
+        calls.append(1)
+        return saved_forward(*args, **kwargs)
+
+    gluon_fwd.GLUON_MODE, gluon_fwd.forward = mode, counting_forward
+    try:
+        yield calls
+    finally:
+        gluon_fwd.GLUON_MODE, gluon_fwd.forward = saved_mode, saved_forward
+
+
+def randn(*shape, dtype, scale=1.0):
+    return (torch.randn(*shape, device=DEVICE) * scale).to(dtype)
+
+
+def check_lse(name, lse, ref_lse):
+    assert not torch.isnan(lse).any(), f"{name}: NaN in LSE"
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse)), f"{name}: -inf at different rows"
+    finite = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse[finite], ref_lse[finite], atol=LSE_ATOL, rtol=1e-3)
+
+
+def both_paths(fn):
+    """``fn()`` through Gluon (asserting it served the call) and through Triton: ``(gluon, triton)`` results."""
+    with gluon_mode("1") as calls:
+        gluon_result = fn()
+        torch.cuda.synchronize()
+    assert calls, "the Gluon kernel did not serve this call"
+    with gluon_mode("0") as calls:
+        triton_result = fn()
+        torch.cuda.synchronize()
+    assert not calls
+    return gluon_result, triton_result
+
+
+DENSE = [
+    # batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, window_size, softcap, sinks, pack_gqa
+    (1, 4096, 4096, 64, 8, 64, (127, 0), 0.0, True, True),  # gpt-oss sliding layer, packed
+    (1, 4096, 4096, 64, 8, 64, (127, 0), 0.0, True, False),
+    (1, 4096, 4096, 64, 8, 64, (-1, 0), 0.0, True, False),  # gpt-oss full layer
+    (2, 2048, 2048, 32, 8, 128, (4095, 0), 0.0, False, False),  # window >= Sk: equals causal
+    (1, 3000, 3000, 32, 8, 128, (1023, 0), 0.0, False, False),  # lengths off every block
+    (1, 1000, 2500, 16, 1, 64, (200, 3), 0.0, True, True),  # MQA, more keys than queries, right side
+    (1, 2500, 1000, 32, 2, 128, (-1, 0), 0.0, False, False),  # Sk < Sq: the top rows see nothing
+    (2, 777, 777, 8, 8, 64, (0, 0), 0.0, True, False),  # window 0: the diagonal only
+    (1, 1234, 1234, 16, 16, 64, (63, 64), 30.0, True, False),  # bidirectional window, softcap
+    (3, 513, 513, 64, 4, 128, (128, 0), 0.0, False, True),  # GQA 16 packed; window edge one past a block
+    (1, 700, 700, 8, 2, 128, (-1, -1), 0.0, False, False),  # no window at all
+    (2, 100, 100, 8, 2, 64, (31, 0), 0.0, True, False),  # shorter than a tile
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", DENSE, ids=lambda c: f"B{c[0]}-Sq{c[1]}-Sk{c[2]}-H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}"
+                         f"{'-cap' if c[7] else ''}{'-sinks' if c[8] else ''}{'-pack' if c[9] else ''}")
+def test_dense_against_reference_and_triton(case, dtype):
+    batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, window_size, softcap, with_sinks, pack_gqa = case
+    scale = 2.0 if softcap else 1.0
+    q = randn(batch, seqlen_q, heads, head_dim, dtype=dtype, scale=scale)
+    k = randn(batch, seqlen_k, kv_heads, head_dim, dtype=dtype, scale=scale)
+    v = randn(batch, seqlen_k, kv_heads, head_dim, dtype=dtype)
+    sinks = torch.randn(heads, device=DEVICE) if with_sinks else None
+
+    def call():
+        return swattn.flash_attn_func(q, k, v, window_size=window_size, softcap=softcap, sinks=sinks,
+                                      pack_gqa=pack_gqa, return_softmax_lse=True)
+
+    (out, lse), (triton_out, triton_lse) = both_paths(call)
+    ref, ref_lse = attention_ref(q, k, v, window_size=window_size, softcap=softcap, sinks=sinks, **REF)
+    tol = tolerance_for(dtype)
+    assert_close("gluon out", out, ref, tol)
+    check_lse("gluon lse", lse, ref_lse)
+    assert_close("triton out", triton_out, ref, tol)
+    # The two paths differ only in summation order: they agree much more closely than either with rounding.
+    assert_close("gluon vs triton", out, triton_out, tol)
+
+
+@pytest.mark.parametrize("window_size", [(127, 0), (-1, 0), (31, 31)])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_varlen_with_empty_and_short_sequences(window_size, head_dim):
+    lengths_q = [1000, 0, 1, 2047, 0, 300, 129]
+    lengths_k = [1000, 5, 1, 2047, 0, 900, 129]  # sequence 5 has more keys than queries
+    cu_q = torch.tensor([0] + lengths_q, device=DEVICE).cumsum(0).to(torch.int32)
+    cu_k = torch.tensor([0] + lengths_k, device=DEVICE).cumsum(0).to(torch.int32)
+    q = randn(int(cu_q[-1]), 32, head_dim, dtype=torch.bfloat16)
+    k = randn(int(cu_k[-1]), 4, head_dim, dtype=torch.bfloat16)
+    v = randn(int(cu_k[-1]), 4, head_dim, dtype=torch.bfloat16)
+    sinks = torch.randn(32, device=DEVICE)
+
+    def call():
+        return swattn.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k),
+                                             window_size=window_size, sinks=sinks, return_softmax_lse=True)
+
+    (out, lse), _ = both_paths(call)
+    ref, ref_lse = attention_varlen_ref(q, k, v, cu_q, cu_k, window_size=window_size, sinks=sinks, **REF)
+    assert_close("out", out, ref, tolerance_for(torch.bfloat16))
+    check_lse("lse", lse, ref_lse)
+
+
+@pytest.mark.parametrize("pack_gqa", [False, True])
+def test_non_finite_isolation(pack_gqa):
+    """A NaN in one value row and an inf in one key reach exactly the rows whose window holds them."""
+    seqlen, heads, kv_heads, head_dim, window = 1024, 16, 2, 64, (100, 0)
+    q = randn(1, seqlen, heads, head_dim, dtype=torch.bfloat16)
+    k = randn(1, seqlen, kv_heads, head_dim, dtype=torch.bfloat16)
+    v = randn(1, seqlen, kv_heads, head_dim, dtype=torch.bfloat16)
+    v[0, 300, 1, 5] = float("nan")
+    k[0, 700, 0, 3] = float("inf")
+
+    def call():
+        return swattn.flash_attn_func(q, k, v, window_size=window, pack_gqa=pack_gqa)
+
+    out, triton_out = both_paths(call)
+    ref, _ = attention_ref(q, k, v, window_size=window, **REF)
+    assert torch.equal(out.isnan(), ref.isnan()), "non-finite values reached rows outside their windows"
+    finite = ~ref.isnan()
+    torch.testing.assert_close(out[finite].float(), ref[finite].float(), atol=2e-2, rtol=2e-2)
+    assert torch.equal(triton_out.isnan(), out.isnan())
+
+
+def test_auto_dispatch_takes_gluon_for_prefill_only():
+    q = randn(1, 512, 8, 64, dtype=torch.bfloat16)
+    k, v = randn(1, 512, 2, 64, dtype=torch.bfloat16), randn(1, 512, 2, 64, dtype=torch.bfloat16)
+    with gluon_mode("auto") as calls:
+        swattn.flash_attn_func(q, k, v, causal=True)
+    assert calls, "auto dispatch should use the Gluon kernel for a 512-token prefill on sm_90"
+    with gluon_mode("auto") as calls:
+        swattn.flash_attn_func(q[:, :1], k, v, causal=True)  # one query row per head: a decode-sized tile
+    assert not calls
