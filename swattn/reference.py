@@ -171,3 +171,63 @@ def append_kv_ref(
             v_cache[row, slot] = v_rows[token]
     lengths = torch.tensor([end - begin for begin, end in spans], dtype=torch.int32, device=cache_seqlens.device)
     return (cache_seqlens.to(torch.int32) + lengths).to(torch.int32)
+
+
+def attention_backward_ref(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    *,
+    softmax_scale: float,
+    window_size: tuple[int, int],
+    softcap: float = 0.0,
+    sinks: torch.Tensor | None = None,
+    dlse: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The backward formula the kernels implement, in float64, on the caller's ``out`` and ``lse``.
+
+    ``p = exp(s - lse)``, ``delta = rowsum(dout * out) - dlse``, ``ds = p * (dout @ v^T - delta)``; dsinks
+    ``= -sum_rows exp(sink - lse) * delta``. With the forward's own out/lse this is the gradient of
+    ``attention_ref``; with the out/lse of a larger softmax of which these keys are one part (context
+    parallelism's ring) it is that part's share of the gradient. Shapes as ``attention_ref``; returns
+    ``(dq, dk, dv, dsinks)`` in the inputs' dtypes, dsinks fp32 ``[H]`` or None.
+    """
+    left, right = normalize_window(False, window_size)
+    seqlen_q, num_heads, head_dim = q.shape[1], q.shape[2], q.shape[3]
+    seqlen_k, num_kv_heads = k.shape[1], k.shape[2]
+    group = num_heads // num_kv_heads
+    f64 = torch.float64
+    qf, dof, of = q.to(f64), dout.to(f64), out.to(f64)
+    kf = k.to(f64).repeat_interleave(group, dim=2)
+    vf = v.to(f64).repeat_interleave(group, dim=2)
+    lsef = lse.to(f64)  # [B, H, Sq]
+    scores = torch.einsum("bqhd,bkhd->bhqk", qf, kf) * softmax_scale
+    if softcap > 0:
+        capped = torch.tanh(scores / softcap)
+        scores = softcap * capped
+    rows = torch.arange(seqlen_q, device=q.device)[:, None]
+    cols = torch.arange(seqlen_k, device=q.device)[None, :]
+    visible = is_visible(rows, cols, seqlen_q, seqlen_k, left, right)
+    finite = torch.isfinite(lsef)[..., None]
+    probs = torch.where(visible & finite, torch.exp(scores - torch.where(finite, lsef[..., None], 0.0)), 0.0)
+    delta = torch.einsum("bqhd,bqhd->bhq", dof, of)
+    if dlse is not None:
+        delta = delta - dlse.to(f64)
+    dprobs = torch.einsum("bqhd,bkhd->bhqk", dof, vf)
+    dscores = probs * (dprobs - delta[..., None])
+    if softcap > 0:
+        dscores = dscores * (1 - capped * capped)
+    dq = torch.einsum("bhqk,bkhd->bqhd", dscores, kf) * softmax_scale
+    dk = torch.einsum("bhqk,bqhd->bkhd", dscores, qf) * softmax_scale
+    dv = torch.einsum("bhqk,bqhd->bkhd", probs, dof)
+    batch = q.shape[0]
+    dk = dk.view(batch, seqlen_k, num_kv_heads, group, head_dim).sum(3)
+    dv = dv.view(batch, seqlen_k, num_kv_heads, group, head_dim).sum(3)
+    dsinks = None
+    if sinks is not None:
+        sink_probs = torch.where(finite[..., 0], torch.exp(sinks.to(f64).view(1, -1, 1) - lsef), 0.0)
+        dsinks = -(sink_probs * delta).sum((0, 2)).to(torch.float32)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dsinks
