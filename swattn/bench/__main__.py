@@ -1,5 +1,7 @@
 """``python -m swattn.bench {prefill,decode,model-step,backward,all} [--quick] [--out FILE.md]``.
 
+``torchrun --nproc-per-node=N -m swattn.bench context-parallel`` (several GPUs; not part of ``all``).
+
 On the GPU machine, with the peers of ``.peer-kernels/README.txt`` unpacked into /tmp/site::
 
     PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages python -m swattn.bench all --out bench.md
@@ -17,7 +19,7 @@ import time
 
 from swattn.bench.common import Env, Section, make_env
 
-SCENARIOS = ("prefill", "decode", "model-step", "backward", "all")
+SCENARIOS = ("prefill", "decode", "model-step", "backward", "context-parallel", "all")
 
 
 def _ints(text: str) -> list[int]:
@@ -84,6 +86,9 @@ def _write(path: str | None, env: Env | None, parts: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.scenario == "context-parallel":
+        from swattn.bench import context_parallel
+        return context_parallel.main(args)
     names = ["prefill", "decode", "model-step", "backward"] if args.scenario == "all" else [args.scenario]
     env = None
     parts: list[str] = []
