@@ -88,6 +88,7 @@ def test_halo_sends_the_window_and_the_ring_the_shards():
     assert tokens_sent("contiguous", lengths, 3, 2, "halo", backward=True) == [2, 5, 5, 3]  # what it received
     assert tokens_sent("contiguous", lengths, -1, 0, "ring") == [8, 16, 24, 0]
     assert tokens_sent("contiguous", lengths, 3, 0, "ring") == [8, 8, 8, 0]  # a finite window: one hop each
+    assert tokens_sent("contiguous", lengths, 3, 0, "ring", every_hop=True) == [24, 24, 24, 24]  # ring attention
     assert tokens_sent("contiguous", lengths, -1, -1, "ring") == [24, 24, 24, 24]  # (P-1)/P of everything
     assert bytes_sent(list(lengths), (3, 0), batch=2, num_kv_heads=4, head_dim=64, element_size=2) == \
         [3 * 2 * 2 * 4 * 64 * 2] * 3 + [0]

@@ -6,7 +6,10 @@
 One sequence (batch 1), D=128, H=32, Hk=8 (``--head-dims`` changes D), bf16, window ``(left, 0)`` or causal
 (``left = -1``), split contiguously over the ranks (and zig-zag for causal). Providers: ``1 GPU`` (rank 0 alone,
 ``flash_attn_func`` on the whole sequence), ``halo`` (finite windows), ``ring`` (whole shards around the ring, the
-same kernels and LSE merge: what ring attention does with a window), ``ring zigzag`` (causal). Each is checked
+same kernels and LSE merge) in two forms: ``ring all hops`` passes every shard around the whole ring (P - 1 hops,
+what ring attention does whatever the window: the baseline of ``x ring``), ``ring`` is swattn's, which leaves out
+the hops no rank needs (for a window shorter than a shard: one hop, of the whole shard); ``ring zigzag`` (causal,
+load-balanced). Each is checked
 first: its output and LSE on every rank against the one-GPU call on the same inputs (relative error), and the bytes
 a forward sends against ``bytes_sent``. Times are the slowest rank's (all-reduced max), CUDA events around a loop
 of calls after a warm-up: the forward, and the forward + ``autograd.grad`` of q, k, v. ``exchange`` is the
@@ -27,9 +30,9 @@ import torch.distributed as dist
 
 from swattn import flash_attn_func
 from swattn.bench.common import git_commit, markdown_table
-from swattn.distributed import bytes_sent, record_traffic, shard_lengths_for, sliding_window_attention, split_sequence
-from swattn.distributed.attention import Setup, _pack, _post, _wait
-from swattn.distributed.plan import halo_plan, ring_plan
+from swattn.distributed import record_traffic, shard_lengths_for, sliding_window_attention, split_sequence
+from swattn.distributed.attention import Setup, _pack, _post, _RingAttention, _wait
+from swattn.distributed.plan import halo_plan, ring_plan, tokens_sent
 from swattn.testing import relative_error, tolerance_for
 
 SEQLENS = [131072, 524288]
@@ -126,6 +129,15 @@ def _exchange_alone(method: str, setup: Setup, k: torch.Tensor, v: torch.Tensor)
     return rounds
 
 
+def _every_hop_ring(setup: Setup):
+    """The ring with every hop, which ``sliding_window_attention`` does not offer (its ring leaves out the hops no
+    rank needs); same arguments as it (all but the tensors fixed by ``setup`` already)."""
+    def attend(q, k, v, return_softmax_lse=False, **_):
+        out, lse = _RingAttention.apply(q, k, v, None, setup)
+        return (out, lse) if return_softmax_lse else out
+    return attend
+
+
 def run_shape(seqlen: int, left: int, heads: int, kv_heads: int, head_dim: int, device: torch.device,
               dtype: torch.dtype) -> list[list[str]]:
     rank, num_ranks = dist.get_rank(), dist.get_world_size()
@@ -147,21 +159,26 @@ def run_shape(seqlen: int, left: int, heads: int, kv_heads: int, head_dim: int, 
     one_step = time_alone(one_gpu_step, device)
     rows = [[f"S={seqlen}", f"({left}, 0)" if left >= 0 else "causal", "1 GPU", "ok", f"{one_fwd:.2f}",
              f"{one_step:.2f}", "", "", "", f"{seqlen / one_step / 1e3:.2f}", "1.00", ""]]
-    providers = [("halo", "contiguous")] if left >= 0 else []
-    providers += [("ring", "contiguous")] + ([("ring", "zigzag")] if causal else [])
+    # (name, method, layout, every hop)
+    providers = [("halo", "halo", "contiguous", False)] if left >= 0 else []
+    providers += [("ring", "ring", "contiguous", False), ("ring all hops", "ring", "contiguous", True)]
+    providers += [("ring zigzag", "ring", "zigzag", False)] if causal else []
     results = {}
-    for method, layout in providers:
-        name = method if layout == "contiguous" else f"{method} {layout}"
+    for name, method, layout, every_hop in providers:
         lengths = shard_lengths_for(seqlen, num_ranks, layout)
         shard = [split_sequence(t, num_ranks, rank, layout).contiguous() for t in (q, k, v)]
         expected = [split_sequence(t, num_ranks, rank, layout, dim=d) for t, d in
                     ((reference_out, 1), (reference_lse, 2))]
         call = dict(kwargs, layout=layout, method=method, shard_lengths=lengths)
+        plan = (halo_plan(layout, tuple(lengths), left, 0) if method == "halo"
+                else ring_plan(layout, tuple(lengths), left, 0, every_hop))
+        setup = Setup(dist.group.WORLD, rank, plan, head_dim ** -0.5, 0.0)
+        attend = _every_hop_ring(setup) if every_hop else sliding_window_attention
         with record_traffic() as traffic:
-            out, lse = sliding_window_attention(*shard, return_softmax_lse=True, **call)
+            out, lse = attend(*shard, return_softmax_lse=True, **call)
         error = max(relative_error(out, expected[0]), relative_error(lse, expected[1]))
-        stated = bytes_sent(lengths, window, causal, batch=1, num_kv_heads=kv_heads, head_dim=head_dim,
-                            element_size=k.element_size(), layout=layout, method=method)
+        per_token = 2 * kv_heads * head_dim * k.element_size()
+        stated = [n * per_token for n in tokens_sent(layout, tuple(lengths), left, 0, method, every_hop=every_hop)]
         error = _max_over_ranks(error if traffic.bytes_sent == stated[rank] else float("inf"), device)
         tolerance = tolerance_for(dtype)
         if not error <= tolerance:
@@ -170,21 +187,19 @@ def run_shape(seqlen: int, left: int, heads: int, kv_heads: int, head_dim: int, 
 
         def step():
             inputs = [t.detach().requires_grad_() for t in shard]
-            out = sliding_window_attention(*inputs, **call)
+            out = attend(*inputs, **call)
             torch.autograd.grad(out, inputs, out)
 
-        fwd = time_collective(lambda: sliding_window_attention(*shard, **call), device)
+        fwd = time_collective(lambda: attend(*shard, **call), device)
         full = time_collective(step, device)
-        plan = (halo_plan if method == "halo" else ring_plan)(layout, tuple(lengths), left, 0)
-        setup = Setup(dist.group.WORLD, rank, plan, head_dim ** -0.5, 0.0)
         exchange = time_collective(_exchange_alone(method, setup, shard[1], shard[2]), device)
         results[name] = full
         rows.append([f"S={seqlen}", rows[0][1], name, f"ok {error:.1e}", f"{fwd:.2f}", f"{full:.2f}",
                      f"{exchange:.3f}", f"{100 * exchange / fwd:.1f}%", f"{max(stated) / 2**20:.1f}",
                      f"{seqlen / full / 1e3:.2f}", f"{one_step / full:.2f}", ""])
-    ring = results.get("ring")
+    ring = results.get("ring all hops")
     for row in rows[1:]:
-        if ring and row[3].startswith("ok") and row[2] != "ring":
+        if ring and row[3].startswith("ok") and row[2] != "ring all hops":
             row[11] = f"{ring / float(row[5]):.2f}"
     return rows
 

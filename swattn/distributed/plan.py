@@ -218,7 +218,9 @@ class RingPlan:
 
 
 @functools.lru_cache(maxsize=64)
-def ring_plan(layout: str, shard_lengths: tuple[int, ...], left: int, right: int) -> RingPlan:
+def ring_plan(layout: str, shard_lengths: tuple[int, ...], left: int, right: int, every_hop: bool = False) -> RingPlan:
+    """``every_hop``: pass every shard around the whole ring (P - 1 hops each), as ring attention does whatever the
+    window; the benchmark's baseline. Without it a hop happens only if the receiver or a later rank needs the block."""
     segments = layout_segments(layout, shard_lengths)
     num_ranks = len(segments)
 
@@ -232,8 +234,8 @@ def ring_plan(layout: str, shard_lengths: tuple[int, ...], left: int, right: int
     for step in range(1, num_ranks):
         # Rank r holds the block of owner o = r - step at this step; the block travels on while a rank from r
         # onwards (the holders of the later steps) still needs it.
-        hops.append([any(needs[(rank + later - step) % num_ranks][(rank - step) % num_ranks]
-                         for later in range(step, num_ranks)) for rank in range(num_ranks)])
+        hops.append([every_hop or any(needs[(rank + later - step) % num_ranks][(rank - step) % num_ranks]
+                                      for later in range(step, num_ranks)) for rank in range(num_ranks)])
     parts = tuple(tuple(parts_between(rank, (rank - step) % num_ranks) if step == 0 or hops[step][rank] else ()
                         for step in range(num_ranks)) for rank in range(num_ranks))
     return RingPlan(segments, parts, tuple(tuple(h) for h in hops))
@@ -249,7 +251,7 @@ def resolve_method(method: str, left: int, right: int) -> str:
 
 
 def tokens_sent(layout: str, shard_lengths: tuple[int, ...], left: int, right: int, method: str,
-                backward: bool = False) -> list[int]:
+                backward: bool = False, every_hop: bool = False) -> list[int]:
     """Key tokens (each with its value) every rank sends in the forward; in the backward a rank sends back the
     gradients of the tokens it received (``backward=True``)."""
     num_ranks = len(shard_lengths)
@@ -257,7 +259,7 @@ def tokens_sent(layout: str, shard_lengths: tuple[int, ...], left: int, right: i
         plan = halo_plan(layout, shard_lengths, left, right)
         messages = [plan.receives[rank] if backward else plan.sends(rank) for rank in range(num_ranks)]
         return [sum(end - first for _, ranges in m for first, end in ranges) for m in messages]
-    plan = ring_plan(layout, shard_lengths, left, right)
+    plan = ring_plan(layout, shard_lengths, left, right, every_hop)
     if backward:
         return [sum(shard_lengths[plan.owner(rank, step)] for step in range(1, num_ranks) if plan.receives(rank, step))
                 for rank in range(num_ranks)]
