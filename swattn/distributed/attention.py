@@ -157,9 +157,9 @@ class _HaloAttention(torch.autograd.Function):
         received = {owner: (buf, offsets) for owner, buf, offsets in zip(ctx.owners, buffers, ctx.offsets)}
         dout = torch.zeros_like(out) if dout is None else dout
         dq = torch.empty_like(q)
-        dkv = torch.zeros((2,) + tuple(k.shape), device=k.device, dtype=torch.float32)
         grads = {owner: torch.zeros_like(buf, dtype=torch.float32) for owner, (buf, _) in received.items()}
         dsinks = None if sinks is None else torch.zeros(sinks.shape, device=q.device, dtype=torch.float32)
+        local_grads: list[tuple[slice, torch.Tensor, torch.Tensor]] = []  # (local key rows, dk, dv)
         # Parts that read halo keys first, so that the halo's gradients travel while the local parts run.
         remote = [p for p in plan.parts[rank] if not plan.is_local(rank, p)]
         local = [p for p in plan.parts[rank] if plan.is_local(rank, p)]
@@ -172,7 +172,7 @@ class _HaloAttention(torch.autograd.Function):
                 setup, part, dout[:, rows], q[:, rows], keys, values, out[:, rows], lse[:, :, rows],
                 None if dlse is None else dlse[:, :, rows], sinks)
             dq[:, rows] = part_dq
-            _scatter_key_grads(setup, part, part_dk, part_dv, dkv, grads)
+            local_grads += _scatter_key_grads(setup, part, part_dk, part_dv, grads)
             if dsinks is not None:
                 dsinks += part_dsinks
         if not local:
@@ -180,9 +180,26 @@ class _HaloAttention(torch.autograd.Function):
         _wait(works)
         for (_, ranges), message in zip(plan.sends(rank), returned):
             for first, end, position in _offsets(ranges):
-                dkv[:, :, setup.local_rows((first, end))] += message[:, :, position:position + end - first]
+                piece = slice(position, position + end - first)
+                local_grads.append((setup.local_rows((first, end)), message[0, :, piece], message[1, :, piece]))
+        dk, dv = _sum_key_grads(local_grads, k, v)
         dsinks = None if dsinks is None else dsinks.to(sinks.dtype)
-        return dq, dkv[0].to(k.dtype), dkv[1].to(v.dtype), dsinks, None
+        return dq, dk, dv, dsinks, None
+
+
+def _sum_key_grads(local_grads, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """dk, dv from contributions to local key rows: a contribution that covers every key (the interior part's, for
+    contiguous shards) becomes the result without a copy and the others are added to it in place, in the keys'
+    dtype (each addition rounds once, as an fp32 accumulator cast at the end would for two contributions)."""
+    whole = next((i for i, (rows, *_) in enumerate(local_grads) if rows == slice(0, k.shape[1])), None)
+    if whole is None:
+        dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+    else:
+        _, dk, dv = local_grads.pop(whole)
+    for rows, piece_dk, piece_dv in local_grads:
+        dk[:, rows] += piece_dk
+        dv[:, rows] += piece_dv
+    return dk, dv
 
 
 def _part_keys(setup: Setup, part: Part, k, v, received):
@@ -206,14 +223,14 @@ def _part_keys(setup: Setup, part: Part, k, v, received):
     return torch.cat(keys, dim=1), torch.cat(values, dim=1)
 
 
-def _scatter_key_grads(setup: Setup, part: Part, dk, dv, dkv, grads) -> None:
-    """Add a part's key/value gradients to the local accumulator or to the messages back to their owners."""
+def _scatter_key_grads(setup: Setup, part: Part, dk, dv, grads) -> list[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """Add a part's key/value gradients of other ranks' keys to the messages back to their owners; returns those of
+    local keys as ``(local rows, dk, dv)``."""
+    local = []
     for first, end, owner in key_pieces(part.keys, setup.plan.segments):
         piece = slice(first - part.keys[0], end - part.keys[0])
         if owner == setup.rank:
-            rows = setup.local_rows((first, end))
-            dkv[0][:, rows] += dk[:, piece]
-            dkv[1][:, rows] += dv[:, piece]
+            local.append((setup.local_rows((first, end)), dk[:, piece], dv[:, piece]))
             continue
         for range_first, range_end, position in _offsets(dict(setup.plan.receives[setup.rank])[owner]):
             if range_first <= first and end <= range_end:
@@ -221,6 +238,7 @@ def _scatter_key_grads(setup: Setup, part: Part, dk, dv, dkv, grads) -> None:
                 grads[owner][0][:, start:start + end - first] += dk[:, piece]
                 grads[owner][1][:, start:start + end - first] += dv[:, piece]
                 break
+    return local
 
 
 def _return_halo_grads(setup: Setup, grads, k):
@@ -241,9 +259,7 @@ class _RingAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, sinks, setup: Setup):
         plan, rank, group = setup.plan, setup.rank, setup.group
         num_ranks = len(plan.segments)
-        acc_out = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
-        acc_lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), device=q.device,
-                             dtype=torch.float32)
+        acc_out = acc_lse = None
         blocks: list[torch.Tensor | None] = [None] * num_ranks
         for step in range(num_ranks):
             sends, recvs = [], []
@@ -260,8 +276,18 @@ class _RingAttention(torch.autograd.Function):
                 keys, values = _block_keys(setup, part, step, k, v, blocks)
                 rows = setup.local_rows(part.rows)
                 part_out, part_lse = _attend(setup, part, q[:, rows], keys, values, None)
+                if acc_out is None and rows == slice(0, q.shape[1]):  # the usual first part: the diagonal block
+                    acc_out, acc_lse = part_out.float(), part_lse.clone()
+                    continue
+                if acc_out is None:
+                    acc_out = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+                    acc_lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("-inf"), device=q.device,
+                                         dtype=torch.float32)
                 _merge(acc_out[:, rows], acc_lse[:, :, rows], part_out, part_lse)
             _wait(works)
+        if acc_out is None:  # an empty shard
+            acc_out = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+            acc_lse = q.new_empty(q.shape[0], q.shape[2], 0, dtype=torch.float32)
         if sinks is not None:
             total = torch.logaddexp(acc_lse, sinks.float().view(1, -1, 1))
             acc_out *= torch.exp(acc_lse - total).transpose(1, 2).unsqueeze(-1)
