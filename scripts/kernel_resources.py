@@ -32,8 +32,9 @@ import triton  # noqa: E402
 from triton._C.libtriton import native_specialize_impl  # noqa: E402
 from triton.backends.compiler import BaseBackend, GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
+from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 
-from swattn.kernels import bwd, fwd  # noqa: E402
+from swattn.kernels import bwd, fwd, gluon_fwd  # noqa: E402
 from swattn.kernels.configs import BwdConfig, FwdConfig, backward_config, forced_config  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
@@ -48,6 +49,7 @@ class Resources:
     shared_bytes: int
     num_warps: int
     pipelined: bool
+    warpgroup_mma: bool = False
 
     @property
     def programs_per_sm(self) -> int:
@@ -58,7 +60,7 @@ class Resources:
         return max(0, min(by_registers, by_shared, MAX_WARPS_PER_SM // self.num_warps))
 
 
-def _source(fn, args: tuple, kwargs: dict) -> tuple[ASTSource, dict]:
+def _source(fn, args: tuple, kwargs: dict, source_type=ASTSource) -> tuple[ASTSource, dict]:
     """The signature, constexprs and divisibility attributes the JIT derives from these arguments."""
     kwargs = dict(kwargs)
     options = {name: kwargs.pop(name) for name in list(kwargs) if name in LAUNCH_OPTIONS}
@@ -78,11 +80,11 @@ def _source(fn, args: tuple, kwargs: dict) -> tuple[ASTSource, dict]:
     for name in fn.arg_names[len(args):]:
         signature[name] = "constexpr"
         constexprs[name] = kwargs[name]
-    return ASTSource(fn, signature, constexprs, attrs), options
+    return source_type(fn, signature, constexprs, attrs), options
 
 
-def _compile(kernel, args: tuple, kwargs: dict) -> Resources:
-    source, options = _source(kernel, args, kwargs)
+def _compile(kernel, args: tuple, kwargs: dict, source_type=ASTSource) -> Resources:
+    source, options = _source(kernel, args, kwargs, source_type)
     compiled = triton.compile(source, target=HOPPER, options=options)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile("wb", suffix=".cubin") as cubin:
@@ -94,7 +96,54 @@ def _compile(kernel, args: tuple, kwargs: dict) -> Resources:
     return Resources(
         registers=int(re.findall(r"REG:(\d+)", usage)[0]), stack_bytes=int(re.findall(r"STACK:(\d+)", usage)[0]),
         shared_bytes=compiled.metadata.shared, num_warps=options["num_warps"],
-        pipelined="async_copy_global_to_local" in ttgir or "async_tma_copy" in ttgir)
+        pipelined="async_copy_global_to_local" in ttgir or "async_tma_copy" in ttgir,
+        warpgroup_mma="HGMMA" in _sass(compiled.asm["cubin"], cuobjdump))
+
+
+def _sass(cubin: bytes, cuobjdump: str) -> str:
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+
+
+def compile_gluon(q, k, v, *, left: int, right: int, pack_gqa: bool = False, sinks: bool = False,
+                  softcap: float = 0.0) -> Resources:
+    """Compile the launch ``gluon_fwd.forward`` makes for these (CPU) inputs, as it would on an sm_90 GPU."""
+    kernel, launches = gluon_fwd._swa_fwd_sm90_kernel, []
+
+    class Capture:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append((args, kwargs))
+
+    batch, seqlen, heads, head_dim = q.shape
+    out, lse = torch.empty_like(q), torch.empty(batch, heads, seqlen)
+    gluon_fwd._swa_fwd_sm90_kernel = Capture()
+    try:
+        gluon_fwd.forward(
+            q, k, v, out, lse, softmax_scale=head_dim ** -0.5, left=left, right=right, softcap=softcap,
+            sinks=torch.randn(heads) if sinks else None, cu_seqlens_q=None, cu_seqlens_k=None, seqlen_q=seqlen,
+            seqlen_k=k.shape[1], batch=batch, pack_gqa=pack_gqa, q_strides=q.stride()[:3],
+            o_strides=out.stride()[:3], l_strides=(lse.stride(0), lse.stride(2), lse.stride(1)),
+            non_finite_flags=torch.empty(1 << 16, dtype=torch.int8), any_non_finite=torch.zeros(1, dtype=torch.int32))
+    finally:
+        gluon_fwd._swa_fwd_sm90_kernel = kernel
+    args, kwargs = launches[0]
+    return _compile(kernel, args, kwargs, GluonASTSource)
+
+
+def gluon_targets() -> list[tuple[str, dict, dict, torch.dtype]]:
+    """The Gluon kernel's shipped variants: head_dim 64 and 128, packed or not, the switches of gpt-oss and Gemma."""
+    d64, d128 = dict(q=(1, 512, 64, 64), kv=(1, 512, 8, 64)), dict(q=(1, 512, 32, 128), kv=(1, 512, 8, 128))
+    return [
+        ("gluon W(127,0) D64 packed, sinks", d64, dict(left=127, right=0, pack_gqa=True, sinks=True),
+         torch.bfloat16),
+        ("gluon W(127,0) D64", d64, dict(left=127, right=0), torch.bfloat16),
+        ("gluon W(4095,0) D128", d128, dict(left=4095, right=0), torch.bfloat16),
+        ("gluon W(511,512) D128 packed, softcap", d128, dict(left=511, right=512, pack_gqa=True, softcap=50.0),
+         torch.bfloat16),
+        ("gluon no window D128 fp16", d128, dict(left=-1, right=-1), torch.float16),
+    ]
 
 
 def compile_backward(config: BwdConfig, q, k, v, **backward_kwargs) -> list[tuple[str, int, Resources]]:
@@ -249,6 +298,21 @@ def main() -> int:
                       f"{', packed' if config.pack_gqa else ''}): {r.registers} regs, {r.stack_bytes} B stack, "
                       f"{r.shared_bytes} B shared, {r.programs_per_sm} programs/SM, pipelined {r.pipelined}",
                       flush=True)
+        for name, shapes, kwargs, dtype in gluon_targets():
+            (q, k, v), _ = inputs(shapes, dtype)
+            try:
+                r = compile_gluon(q, k, v, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                failures += 1
+                print(f"{name}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
+                continue
+            # The warp-specialized kernel must keep wgmma (HGMMA), spill nothing and fit one program per SM.
+            # (Softcap's sigmoid leaves the D128 consumers 32 bytes of spill at the 240-register budget.)
+            allowed_stack = 32 if kwargs.get("softcap") else 0
+            failures += check and (r.stack_bytes > allowed_stack or not r.warpgroup_mma
+                                   or r.shared_bytes > SHARED_PER_SM)
+            print(f"{name} [gluon]: {r.registers} regs (max), {r.stack_bytes} B stack, {r.shared_bytes} B shared, "
+                  f"HGMMA {r.warpgroup_mma}", flush=True)
     return 1 if failures else 0
 
 
