@@ -71,8 +71,12 @@ CONSUMER_REGS = tl.constexpr(240)
 LOADER_REGS = tl.constexpr(24)
 
 
-def block_n_for(head_dim: int) -> int:
-    """Keys per block: 128 (a 64 x 128 fp32 score tile is 64 registers per thread of a warpgroup)."""
+def block_n_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
+    """Keys per block. 128 by default (a 64 x 128 fp32 score tile is 64 registers per thread of a warpgroup).
+    A packed small-window tile (16 positions x 8 heads) sees ``left + 16`` keys: 64-key blocks cover W(127,0)'s
+    143 in 3 blocks (192 scores per row) instead of 2 x 128 (256), and the exponentials bound that kernel."""
+    if pack_gqa and 0 <= left <= 256 and 0 <= right <= 256:
+        return 64
     return 128
 
 
@@ -396,14 +400,17 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             *, softmax_scale: float, left: int, right: int, softcap: float, sinks: torch.Tensor | None,
             cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None, seqlen_q: int, seqlen_k: int,
             batch: int, pack_gqa: bool, q_strides: tuple, o_strides: tuple, l_strides: tuple,
-            non_finite_flags: torch.Tensor | None, any_non_finite: torch.Tensor | None) -> int:
+            non_finite_flags: torch.Tensor | None, any_non_finite: torch.Tensor | None,
+            block_n: int | None = None, num_stages: int | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
-    of query tiles (of ``BLOCK_M`` rows) per (batch, head-or-KV-head), the geometry of the flags it wrote."""
+    of query tiles (of ``BLOCK_M`` rows) per (batch, head-or-KV-head), the geometry of the flags it wrote.
+    ``block_n`` / ``num_stages`` override the shipped choice (tuning probes)."""
     varlen = cu_seqlens_q is not None
     num_heads, head_dim = q.shape[-2], q.shape[-1]
     num_kv_heads = k.shape[-2]
     group = num_heads // num_kv_heads
-    block_n = block_n_for(head_dim)
+    block_n = block_n or block_n_for(head_dim, pack_gqa, left, right)
+    num_stages = num_stages or NUM_STAGES
     gl_dtype = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
     kv_layout = gl.NVMMASharedLayout.get_default_for([block_n, head_dim], gl_dtype)
     q_layout = gl.NVMMASharedLayout.get_default_for([64, head_dim], gl_dtype)
@@ -426,7 +433,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         q_layout,
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
         IS_VARLEN_Q=varlen, IS_VARLEN_K=varlen, PACK_GQA=pack_gqa, GROUP=group, STORE_LSE=lse is not None,
-        FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=NUM_STAGES,
+        FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         num_warps=4, maxnreg=MAXNREG,
     )
     return num_tiles
