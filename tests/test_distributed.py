@@ -53,8 +53,9 @@ def _part_pairs(part) -> set[tuple[int, int]]:
                                             ("zigzag", (4, 4, 4))])
 @pytest.mark.parametrize("window", [(0, 0), (2, 0), (5, 3), (-1, 0), (-1, -1), (3, -1)])
 def test_plans_cover_every_visible_pair_once(layout, lengths, window):
-    """Halo: each row in one part, which computes exactly that row's visible pairs; ring: the parts of all steps
-    together compute each visible pair once. Windows never need a negative side."""
+    """Halo and ring: the parts of every rank together compute each visible pair exactly once, through the
+    kernels' bottom-right rule with the part's window, which never needs a negative side; the halo's diagonal
+    parts cover every row once."""
     left, right = window
     seqlen = sum(lengths)
     expected = _visible_pairs(seqlen, left, right)
@@ -63,13 +64,15 @@ def test_plans_cover_every_visible_pair_once(layout, lengths, window):
     halo_pairs, ring_pairs = [], []
     for rank in range(len(lengths)):
         for part in halo.parts[rank]:
+            assert all(side >= -1 for side in part.window)
             halo_pairs += sorted(_part_pairs(part))
         for part in itertools.chain.from_iterable(ring.parts[rank]):
             assert all(side >= -1 for side in part.window)
             ring_pairs += sorted(_part_pairs(part))
     assert sorted(halo_pairs) == sorted(expected)
     assert sorted(ring_pairs) == sorted(expected)
-    rows = sorted(r for rank in range(len(lengths)) for p in halo.parts[rank] for r in range(*p.rows))
+    rows = sorted(r for rank in range(len(lengths)) for p in halo.parts[rank][:halo.diagonal_parts(rank)]
+                  for r in range(*p.rows))
     assert rows == list(range(seqlen))
 
 

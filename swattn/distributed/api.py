@@ -7,20 +7,23 @@ Layouts (``layout=``):
   may differ in length (``split_sequence`` makes them as even as possible).
 - ``"zigzag"``: the sequence is cut into ``2P`` chunks and rank r holds chunks ``r`` and ``2P-1-r``, in that order.
   With causal attention every rank then has the same work (rank r's early chunk sees few keys, its late chunk
-  many), where the contiguous layout gives rank P-1 P times the work of rank 0. A sliding window balances
+  many), where the contiguous layout gives rank P-1 2P-1 times the work of rank 0. A sliding window balances
   itself: every row sees at most ``left + right + 1`` keys whatever its rank, so the contiguous layout is right
   there (and sends less: one halo per rank instead of two).
 
 Methods (``method=``): ``"halo"`` (the default for a finite window, both sides >= 0): each rank receives once,
 from the ranks before (and, for ``right > 0``, after) it, exactly the keys its rows can see, overlapping that
-message with the rows that need only local keys; per rank ``(left + right) x B x Hk x D x 2`` elements (keys and
-values) for a window shorter than the shards, whatever P. ``"ring"`` (the default when a side is unbounded: causal
-or full attention): whole shards travel around the ring with an LSE merge, and a shard stops travelling once no
-rank further on needs it. ``bytes_sent`` states both; a ring with a finite window is the baseline the benchmark
-(``python -m swattn.bench context-parallel``) measures the halo against.
+message with the attention of its rows over its own keys, and merges the halo's part into the rows that see it by
+their LSE; per rank ``(left + right) x B x Hk x D x 2`` elements (keys and values) for a window shorter than the
+shards, whatever P. ``"ring"`` (the default when a side is unbounded: causal or full attention): whole shards
+travel around the ring with an LSE merge, and a shard stops travelling once no rank further on needs it.
+``bytes_sent`` states both; a ring with a finite window is the baseline the benchmark (``torchrun ... -m
+swattn.bench context-parallel``) measures the halo against.
 
 Backward: the gradients of keys a rank received go back to their owners; every rank must call backward (as with
 any collective). Varlen (packed sequences with cu_seqlens) is not supported: inputs are ``[B, S_rank, H, D]``.
+With NCCL, initialise the process group with ``device_id=`` (eager communicators): the sends and receives are
+``batch_isend_irecv`` calls in which not every rank takes part.
 """
 
 from __future__ import annotations

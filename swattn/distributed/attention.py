@@ -111,8 +111,9 @@ def _offsets(ranges) -> list[tuple[int, int, int]]:
 
 
 class _HaloAttention(torch.autograd.Function):
-    """Finite windows: receive the halo keys, overlapping the message with the parts that read only local keys;
-    every row is computed by exactly one part, so parts write their rows and no merge is needed."""
+    """Finite windows: the diagonal parts (a segment's rows over its own keys) run while the halo is in flight;
+    then each halo part (the rows that see keys of other ranks, over those keys) is merged by LSE into its rows of
+    the diagonal part's out and lse, in place. Sinks join in the diagonal parts, once per row."""
 
     @staticmethod
     def forward(ctx, q, k, v, sinks, setup: Setup):
@@ -122,23 +123,26 @@ class _HaloAttention(torch.autograd.Function):
         received = {owner: (k.new_empty(2, batch, sum(e - f for f, e in ranges), num_kv_heads, head_dim),
                             _offsets(ranges)) for owner, ranges in plan.receives[rank]}
         works = _post(group, sends, [(owner, buf) for owner, (buf, _) in received.items()])
-        parts = plan.parts[rank]
+        parts, diagonal = plan.parts[rank], plan.diagonal_parts(rank)
         out = lse = None
-        if not (len(parts) == 1 and setup.local_rows(parts[0].rows) == slice(0, seqlen)):
-            out = torch.empty_like(q)
-            lse = q.new_empty(q.shape[0], q.shape[2], seqlen, dtype=torch.float32)
-        for part in parts:
+        for index, part in enumerate(parts):
             if works and not plan.is_local(rank, part):
                 _wait(works)
                 works = []
             keys, values = _part_keys(setup, part, k, v, received)
             rows = setup.local_rows(part.rows)
-            part_out, part_lse = _attend(setup, part, q[:, rows], keys, values, sinks)
-            if out is None:
+            part_out, part_lse = _attend(setup, part, q[:, rows], keys, values, sinks if index < diagonal else None)
+            if out is None and rows == slice(0, seqlen):  # one segment: its diagonal part's out is the result
                 out, lse = part_out, part_lse
-            else:
+                continue
+            if out is None:
+                out = torch.empty_like(q)
+                lse = q.new_empty(q.shape[0], q.shape[2], seqlen, dtype=torch.float32)
+            if index < diagonal:
                 out[:, rows] = part_out
                 lse[:, :, rows] = part_lse
+            else:
+                _merge_rows(out[:, rows], lse[:, :, rows], part_out, part_lse)
         _wait(works)  # the sends of a rank whose parts all read local keys
         if out is None:  # an empty shard
             out, lse = torch.empty_like(q), q.new_empty(q.shape[0], q.shape[2], 0, dtype=torch.float32)
@@ -156,50 +160,64 @@ class _HaloAttention(torch.autograd.Function):
         q, k, v, out, lse, sinks, *buffers = ctx.saved_tensors
         received = {owner: (buf, offsets) for owner, buf, offsets in zip(ctx.owners, buffers, ctx.offsets)}
         dout = torch.zeros_like(out) if dout is None else dout
-        dq = torch.empty_like(q)
         grads = {owner: torch.zeros_like(buf, dtype=torch.float32) for owner, (buf, _) in received.items()}
         dsinks = None if sinks is None else torch.zeros(sinks.shape, device=q.device, dtype=torch.float32)
-        local_grads: list[tuple[slice, torch.Tensor, torch.Tensor]] = []  # (local key rows, dk, dv)
-        # Parts that read halo keys first, so that the halo's gradients travel while the local parts run.
-        remote = [p for p in plan.parts[rank] if not plan.is_local(rank, p)]
-        local = [p for p in plan.parts[rank] if plan.is_local(rank, p)]
-        for index, part in enumerate(remote + local):
-            if index == len(remote):
+        query_grads: list[tuple[slice, torch.Tensor]] = []  # (local rows, dq)
+        key_grads: list[tuple[slice, torch.Tensor, torch.Tensor]] = []  # (local key rows, dk, dv)
+        # Every part's backward runs on the final out and lse of its rows, which gives that part's share. The halo
+        # parts first, so that the halo's gradients travel while the diagonal parts run.
+        parts, diagonal = plan.parts[rank], plan.diagonal_parts(rank)
+        order = list(range(diagonal, len(parts))) + list(range(diagonal))
+        works = returned = None
+        for index in order:
+            if index == 0:
                 works, returned, outgoing = _return_halo_grads(setup, grads, k)
+            part = parts[index]
             keys, values = _part_keys(setup, part, k, v, received)
             rows = setup.local_rows(part.rows)
             part_dq, part_dk, part_dv, part_dsinks = _attend_backward(
                 setup, part, dout[:, rows], q[:, rows], keys, values, out[:, rows], lse[:, :, rows],
-                None if dlse is None else dlse[:, :, rows], sinks)
-            dq[:, rows] = part_dq
-            local_grads += _scatter_key_grads(setup, part, part_dk, part_dv, grads)
-            if dsinks is not None:
+                None if dlse is None else dlse[:, :, rows], sinks if index < diagonal else None)
+            query_grads.append((rows, part_dq))
+            key_grads += _scatter_key_grads(setup, part, part_dk, part_dv, grads)
+            if part_dsinks is not None:
                 dsinks += part_dsinks
-        if not local:
+        if works is None:  # an empty shard, which may still have sent keys
             works, returned, outgoing = _return_halo_grads(setup, grads, k)
+        (dq,) = _sum_row_grads(query_grads, q)
         _wait(works)
         for (_, ranges), message in zip(plan.sends(rank), returned):
             for first, end, position in _offsets(ranges):
                 piece = slice(position, position + end - first)
-                local_grads.append((setup.local_rows((first, end)), message[0, :, piece], message[1, :, piece]))
-        dk, dv = _sum_key_grads(local_grads, k, v)
+                key_grads.append((setup.local_rows((first, end)), message[0, :, piece], message[1, :, piece]))
+        dk, dv = _sum_row_grads(key_grads, k, v)
         dsinks = None if dsinks is None else dsinks.to(sinks.dtype)
         return dq, dk, dv, dsinks, None
 
 
-def _sum_key_grads(local_grads, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """dk, dv from contributions to local key rows: a contribution that covers every key (the interior part's, for
-    contiguous shards) becomes the result without a copy and the others are added to it in place, in the keys'
-    dtype (each addition rounds once, as an fp32 accumulator cast at the end would for two contributions)."""
-    whole = next((i for i, (rows, *_) in enumerate(local_grads) if rows == slice(0, k.shape[1])), None)
+def _merge_rows(out: torch.Tensor, lse: torch.Tensor, part_out: torch.Tensor, part_lse: torch.Tensor) -> None:
+    """Fold a part (out ``[B, n, H, D]``, lse ``[B, H, n]``) into views of the result's rows, in place, in fp32
+    (one rounding to out's dtype). Both LSEs are finite: every row sees its own key and the part's rows a key."""
+    total = torch.logaddexp(lse, part_lse)
+    merged = out * torch.exp(lse - total).transpose(1, 2).unsqueeze(-1)
+    merged.addcmul_(part_out, torch.exp(part_lse - total).transpose(1, 2).unsqueeze(-1))
+    out.copy_(merged)
+    lse.copy_(total)
+
+
+def _sum_row_grads(contributions, *likes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Sum ``(rows, grad, ...)`` contributions into gradients shaped like ``likes``: one that covers every row (the
+    diagonal part's, for one segment) becomes the result without a copy and the others are added to it in place,
+    in its dtype (each addition rounds once, as an fp32 accumulator cast at the end would for two terms)."""
+    whole = next((i for i, (rows, *_) in enumerate(contributions) if rows == slice(0, likes[0].shape[1])), None)
     if whole is None:
-        dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+        result = tuple(torch.zeros_like(t) for t in likes)
     else:
-        _, dk, dv = local_grads.pop(whole)
-    for rows, piece_dk, piece_dv in local_grads:
-        dk[:, rows] += piece_dk
-        dv[:, rows] += piece_dv
-    return dk, dv
+        result = tuple(contributions.pop(whole)[1:])
+    for rows, *grads in contributions:
+        for total, grad in zip(result, grads):
+            total[:, rows] += grad
+    return result
 
 
 def _part_keys(setup: Setup, part: Part, k, v, received):

@@ -11,11 +11,11 @@ call needs. The kernels align windows bottom-right (query ``i`` of ``Sq`` agains
 Sk - Sq - left'``); with ``rows = [a, b)`` and ``keys = [c, e)`` the absolute rule becomes ``left' = left + (e -
 b)``, ``right' = right - (e - b)`` (``band_part``), which stays >= 0 once rows and keys are trimmed to the band.
 
-Halo (finite windows): every local row is in exactly one part, so no LSE merge is needed. The rows of a segment
-whose keys are all in the segment form the interior part; the first ``left`` rows and the last ``right`` rows
-form the edge parts, whose keys reach into other ranks' segments (the halo: ``left`` keys before a segment,
-``right`` after, from several ranks when the window is longer than a shard). Each rank receives from every owner,
-in one message, exactly the keys its edge parts read.
+Halo (finite windows): per segment, the diagonal part (its rows over its own keys) and the halo parts (its rows
+over the ``left`` keys before it and the ``right`` after it, trimmed to the rows that see them: the first
+``left`` and last ``right`` rows; from several ranks when the window is longer than a shard), merged by LSE into
+the diagonal part's rows. Each rank receives from every owner, in one message, exactly the keys its halo parts
+read.
 
 Ring (a side unbounded: causal or full attention): the ranks pass whole shards around the ring, ``P - 1`` hops; at
 step ``t`` rank ``r`` holds the block of rank ``(r - t) mod P`` and computes the parts of its rows against it,
@@ -118,22 +118,6 @@ def band_part(rows: tuple[int, int], keys: tuple[int, int], left: int, right: in
     return Part((a, b), (c, e), (left + shift if left >= 0 else -1, right - shift if right >= 0 else -1))
 
 
-def _needed_keys(rows: tuple[int, int], seqlen: int, left: int, right: int) -> tuple[int, int]:
-    a, b = rows
-    return (max(0, a - left) if left >= 0 else 0, min(seqlen, b + right) if right >= 0 else seqlen)
-
-
-def _row_groups(segment: Segment, seqlen: int, left: int, right: int) -> list[tuple[int, int]]:
-    """Top edge, interior and bottom edge rows of a segment (one group when no row is interior)."""
-    start, end = segment.start, segment.end
-    first_interior = start if start == 0 else (start + left if left >= 0 else end)
-    end_interior = end if end == seqlen else (end - right if right >= 0 else start)
-    first_interior, end_interior = max(first_interior, start), min(end_interior, end)
-    if first_interior >= end_interior:
-        return [(start, end)]
-    return [g for g in ((start, first_interior), (first_interior, end_interior), (end_interior, end)) if g[0] < g[1]]
-
-
 def key_pieces(keys: tuple[int, int], segments: tuple[tuple[Segment, ...], ...]) -> list[tuple[int, int, int]]:
     """``(first, end, owner rank)`` pieces of the key positions ``keys``, in order."""
     pieces = []
@@ -157,7 +141,9 @@ def _merge_ranges(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
 
 @dataclass(frozen=True)
 class HaloPlan:
-    """Per rank: its parts (those reading only local keys first) and the key ranges it receives from each owner
+    """Per rank: its parts, first the diagonal ones (each segment's rows over its own keys, one per segment), then
+    the halo parts (a segment's rows over the keys before it, and after it when right > 0: the rows that see
+    them, merged into the diagonal part's rows by LSE); and the key ranges it receives from each owner
     (``receives[r]``: ``((owner, ((first, end), ...)), ...)``, ranges merged and in order)."""
 
     segments: tuple[tuple[Segment, ...], ...]
@@ -168,6 +154,9 @@ class HaloPlan:
         """``((destination, ranges), ...)``: what ``rank`` sends, the mirror of ``receives``."""
         return tuple((dest, ranges) for dest, received in enumerate(self.receives) for owner, ranges in received
                      if owner == rank)
+
+    def diagonal_parts(self, rank: int) -> int:
+        return sum(1 for seg in self.segments[rank] if seg.start < seg.end)
 
     def is_local(self, rank: int, part: Part) -> bool:
         """Whether the part reads only keys of ``rank`` (it needs no message)."""
@@ -180,17 +169,20 @@ def halo_plan(layout: str, shard_lengths: tuple[int, ...], left: int, right: int
     seqlen = sum(shard_lengths)
     all_parts, all_receives = [], []
     for rank, owned in enumerate(segments):
-        parts = []
-        for seg in (s for s in owned if s.start < s.end):
-            for rows in _row_groups(seg, seqlen, left, right):
-                part = band_part(rows, _needed_keys(rows, seqlen, left, right), left, right)
-                parts.append(part)  # never None: every row sees at least its own key
+        owned = [seg for seg in owned if seg.start < seg.end]
+        # The diagonal parts (a segment's rows over its own keys: every row sees its own key) come first.
+        parts = [band_part((seg.start, seg.end), (seg.start, seg.end), left, right) for seg in owned]
+        for seg in owned:
+            before = (max(0, seg.start - left) if left >= 0 else 0, seg.start)
+            after = (seg.end, min(seqlen, seg.end + right) if right >= 0 else seqlen)
+            parts += [band_part((seg.start, seg.end), keys, left, right) for keys in (before, after)
+                      if keys[0] < keys[1]]
         needed: dict[int, list[tuple[int, int]]] = {}
-        for part in parts:
+        for part in parts[len(owned):]:
             for first, end, owner in key_pieces(part.keys, segments):
                 if owner != rank:
                     needed.setdefault(owner, []).append((first, end))
-        all_parts.append(tuple(sorted(parts, key=lambda p: any(o != rank for *_, o in key_pieces(p.keys, segments)))))
+        all_parts.append(tuple(parts))
         # Merged, then cut at the owner's segment boundaries (two zig-zag chunks of one rank may touch).
         all_receives.append(tuple((owner, tuple(
             (max(first, seg.start), min(end, seg.end)) for first, end in _merge_ranges(needed[owner])
