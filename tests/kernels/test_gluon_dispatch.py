@@ -1,0 +1,49 @@
+"""Dispatch to the Gluon sm_90 forward, checked without a GPU: which calls it would refuse and why, and that the
+CPU paths never take it. (The kernel itself compiles in tests/test_kernel_resources.py and runs in tests/gpu.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from swattn.kernels import fwd, gluon_fwd
+
+
+def reason(q, k, v, **overrides):
+    features = dict(varlen_q=False, varlen_k=False, paged=False, indexed=False, seqlens_k=False, num_splits=1,
+                    append=False, count_blocks=False)
+    features.update(overrides)
+    return gluon_fwd.unsupported_reason(q, k, v, **features)
+
+
+def test_cpu_tensors_never_take_the_gluon_kernel(monkeypatch):
+    q, k = torch.randn(1, 256, 4, 64, dtype=torch.float16), torch.randn(1, 256, 2, 64, dtype=torch.float16)
+    assert reason(q, k, k) is not None
+    monkeypatch.setattr(gluon_fwd, "GLUON_MODE", "1")
+    assert not fwd._use_gluon(q, k, k, 1024, varlen_q=False, varlen_k=False, paged=False, indexed=False,
+                              seqlens_k=False, num_splits=1, append=False, count_blocks=False)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (dict(paged=True), "KV-cache"), (dict(indexed=True), "KV-cache"), (dict(append=True), "KV-cache"),
+    (dict(num_splits=2), "split-KV"), (dict(count_blocks=True), "block counting"),
+    (dict(varlen_q=True), "varlen q with dense k"),
+])
+def test_refused_features_name_themselves(monkeypatch, overrides, expected):
+    # Pretend to be an sm_90 GPU so that the feature checks are reached.
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(gluon_fwd, "compute_capability_major", lambda device: 9)
+    q, k = torch.randn(1, 256, 4, 64, dtype=torch.bfloat16), torch.randn(1, 256, 2, 64, dtype=torch.bfloat16)
+    if not gluon_fwd.GLUON_AVAILABLE:
+        pytest.skip("this triton has no Gluon")
+    assert reason(q, k, k) is None
+    assert expected in reason(q, k, k, **overrides)
+    assert "head_dim" in reason(q[..., :32], k[..., :32], k[..., :32])
+    assert "dtype" in reason(q.float(), k.float(), k.float())
+    assert "rows not contiguous" in reason(q, k.transpose(1, 2).contiguous().transpose(1, 2), k)
+
+
+def test_block_n_rule():
+    assert gluon_fwd.block_n_for(64, True, 127, 0) == 64  # packed small window: 3 x 64 keys cover 143
+    assert gluon_fwd.block_n_for(64, False, 127, 0) == 128
+    assert gluon_fwd.block_n_for(128, False, -1, 0) == 128
