@@ -2,9 +2,10 @@
 that runs every case on subgroups of 2, 3 and 4 ranks against a single-process call on the whole sequence (out, LSE,
 gradients of q, k, v and sinks), and checks the bytes sent against ``bytes_sent``.
 
-The processes use the CPU reference path (``TRITON_INTERPRET=0``): the distributed logic is the same as on GPUs,
-and the interpreter would make the cases minutes instead of seconds. One process group for all cases keeps the
-cost of starting processes paid once.
+The processes use the CPU reference path (``TRITON_INTERPRET=0``) but for one case: the distributed logic is the
+same as on GPUs, and the interpreter would make the cases a minute instead of seconds; the case run through the
+kernels (interpreted) covers what the reference path cannot (the backward kernels on merged out/lse). One process
+group for all cases keeps the cost of starting processes paid once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from swattn import reference
+from swattn._compat import interpreter_enabled
 from swattn.distributed import (
     all_gather_sequence,
     bytes_sent,
@@ -140,6 +142,7 @@ class Case:
     softcap: float = 0.0
     batch: int = 1
     heads: tuple[int, int] = (2, 1)
+    interpret: bool = False  # the Triton kernels through the interpreter instead of the CPU reference path
 
 
 CASES = [
@@ -154,6 +157,8 @@ CASES = [
     Case(4, 16, (4, 1), layout="zigzag"),
     Case(4, 16, (4, 0), method="ring"),  # the benchmark's baseline: a ring with a finite window
     Case(4, 12, (-1, 0), causal=True, lengths=(4, 0, 5, 3)),  # an empty shard relays the ring
+    # The GPU path: kernel forwards with shifted windows, backward kernels on merged out/lse, sinks' gradient.
+    Case(2, 24, (5, 3), sinks=True, softcap=3.0, heads=(4, 2), interpret=True),
 ]
 
 
@@ -220,8 +225,7 @@ def _shard_fn(case: Case, lengths: list[int], rank: int):
     return lambda t: t[:, start:start + lengths[rank]]
 
 
-def _worker(rank: int, store_path: str, result_dir: str) -> None:
-    os.environ["TRITON_INTERPRET"] = "0"  # the CPU reference path (see the module docstring)
+def _worker(rank: int, store_path: str, result_dir: str, interpreter: bool) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=WORLD,
@@ -229,7 +233,9 @@ def _worker(rank: int, store_path: str, result_dir: str) -> None:
     groups = {n: dist.new_group(list(range(n))) for n in (2, 3, 4)}
     failures = []
     for case in CASES:
-        if rank < case.ranks:
+        # The CPU reference path (see the module docstring), or the kernels if triton was imported interpreting.
+        os.environ["TRITON_INTERPRET"] = "1" if case.interpret and interpreter else "0"
+        if rank < case.ranks and (interpreter or not case.interpret):
             try:
                 failures += _run_case(case, rank, groups[case.ranks])
             except Exception as error:  # mp.spawn stops the other ranks and shows this
@@ -244,8 +250,8 @@ def test_context_parallel_matches_single_process():
     """Forked, not spawned: a spawned process imports torch again (20 s for four on CI's two cores, 0.7 s forked).
     The workers use one thread each and make no collective before the fork, so forking is safe here."""
     with tempfile.TemporaryDirectory() as tmp:
-        context = mp.start_processes(_worker, args=(os.path.join(tmp, "store"), tmp), nprocs=WORLD, join=False,
-                                     start_method="fork")
+        context = mp.start_processes(_worker, args=(os.path.join(tmp, "store"), tmp, interpreter_enabled()),
+                                     nprocs=WORLD, join=False, start_method="fork")
         deadline = time.monotonic() + 180
         while not context.join(timeout=5):
             if time.monotonic() > deadline:
