@@ -288,3 +288,11 @@ def test_kernel_backward_gives_a_parts_share_on_final_stats():
         dv[:, cols] += part_dv
     for name, a, e in zip(("dq", "dk", "dv"), (dq, dk, dv), expected):
         assert_close(name, a, e, 1e-4)
+
+
+def test_benchmark_asks_for_torchrun(monkeypatch):
+    from swattn.bench.__main__ import main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(SystemExit, match="torchrun"):
+        main(["context-parallel", "--quick"])

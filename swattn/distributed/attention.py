@@ -197,7 +197,8 @@ class _HaloAttention(torch.autograd.Function):
 
 def _merge_rows(out: torch.Tensor, lse: torch.Tensor, part_out: torch.Tensor, part_lse: torch.Tensor) -> None:
     """Fold a part (out ``[B, n, H, D]``, lse ``[B, H, n]``) into views of the result's rows, in place, in fp32
-    (one rounding to out's dtype). Both LSEs are finite: every row sees its own key and the part's rows a key."""
+    (the merged rows are rounded to out's dtype a second time). Both LSEs are finite: every row sees its own key
+    and the part's rows a key."""
     total = torch.logaddexp(lse, part_lse)
     merged = out * torch.exp(lse - total).transpose(1, 2).unsqueeze(-1)
     merged.addcmul_(part_out, torch.exp(part_lse - total).transpose(1, 2).unsqueeze(-1))
