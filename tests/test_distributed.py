@@ -33,7 +33,7 @@ from swattn.distributed import (
     sliding_window_attention,
     split_sequence,
 )
-from swattn.distributed.plan import band_part, halo_plan, layout_segments, ring_plan, tokens_sent
+from swattn.distributed.plan import Part, band_part, halo_plan, layout_segments, ring_plan, tokens_sent
 from swattn.testing import assert_close
 from swattn.window import is_visible
 
@@ -78,6 +78,32 @@ def test_plans_cover_every_visible_pair_once(layout, lengths, window):
     assert rows == list(range(seqlen))
 
 
+@pytest.mark.parametrize("window", [(2, 0), (5, 3), (-1, 0), (-1, -1)])
+def test_plans_with_packed_sequences(window):
+    """Packed sequences (boundaries inside shards, on a shard's edge, an empty one): each visible pair of the same
+    sequence is computed once, and a diagonal part runs its sequences as one varlen call."""
+    left, right = window
+    lengths, boundaries = (4, 1, 6, 5), (0, 3, 3, 5, 11, 16)
+    sequence = {i: b for b, (first, end) in enumerate(zip(boundaries[:-1], boundaries[1:])) for i in range(first, end)}
+    expected = {(i, j) for i, j in _visible_pairs(16, left, right) if sequence[i] == sequence[j]}
+
+    def pairs(part):
+        if not part.sequences:
+            return _part_pairs(part)
+        cu = [part.rows[0] + b for b in part.sequences]  # a varlen call: each sequence on its own, same window
+        return {p for first, end in zip(cu[:-1], cu[1:]) if first < end
+                for p in _part_pairs(Part((first, end), (first, end), part.window))}
+
+    for plan in (halo_plan("contiguous", lengths, left, right, boundaries),
+                 ring_plan("contiguous", lengths, left, right, False, boundaries)):
+        found = []
+        for rank in range(len(lengths)):
+            parts = plan.parts[rank] if isinstance(plan.parts[rank][0], Part) else itertools.chain(*plan.parts[rank])
+            found += [p for part in parts for p in sorted(pairs(part))]
+        assert sorted(found) == sorted(expected)
+    assert halo_plan("contiguous", lengths, left, right, boundaries).parts[0][0].sequences == (0, 3, 4)
+
+
 def test_band_part_trims_to_the_band():
     assert band_part((10, 20), (0, 5), 3, 0) is None  # keys long before the window
     part = band_part((10, 20), (5, 12), 3, 0)
@@ -117,8 +143,10 @@ def test_reference_backward_on_own_stats_is_autograd():
 
 def test_errors_name_the_argument():
     q = torch.randn(1, 4, 2, 8)
-    with pytest.raises(NotImplementedError, match="varlen"):
+    with pytest.raises(ValueError, match="cu_seqlens: packed q"):
         sliding_window_attention(q[0], q[0], q[0])
+    with pytest.raises(ValueError, match="k: expected 4 tokens"):
+        sliding_window_attention(q[0], q[0, :3], q[0, :3], cu_seqlens=[0, 4])
     with pytest.raises(ValueError, match="k: expected batch and length"):
         sliding_window_attention(q, q[:, :3], q[:, :3])
     with pytest.raises(ValueError, match="layout"):
@@ -143,6 +171,7 @@ class Case:
     batch: int = 1
     heads: tuple[int, int] = (2, 1)
     interpret: bool = False  # the Triton kernels through the interpreter instead of the CPU reference path
+    sequences: tuple[int, ...] | None = None  # packed (varlen): cu_seqlens of the whole stream (batch 1)
 
 
 CASES = [
@@ -157,6 +186,10 @@ CASES = [
     Case(4, 16, (4, 1), layout="zigzag"),
     Case(4, 16, (4, 0), method="ring"),  # the benchmark's baseline: a ring with a finite window
     Case(4, 12, (-1, 0), causal=True, lengths=(4, 0, 5, 3)),  # an empty shard relays the ring
+    # Packed sequences: boundaries inside shards and on a shard's edge, an empty sequence; halo and ring.
+    Case(3, 30, (4, 2), lengths=(7, 13, 10), sequences=(0, 5, 9, 9, 20, 21, 30), sinks=True),
+    Case(2, 24, (-1, 0), causal=True, sequences=(0, 3, 15, 24), heads=(4, 2)),
+    Case(4, 24, (9, 0), sequences=(0, 20, 24)),
     # The GPU path: kernel forwards with shifted windows, backward kernels on merged out/lse, sinks' gradient.
     Case(2, 24, (5, 3), sinks=True, softcap=3.0, heads=(4, 2), interpret=True),
 ]
@@ -175,7 +208,13 @@ def _run_case(case: Case, rank: int, group) -> list[str]:
 
     # The oracle on the whole sequence: what flash_attn_func's CPU path computes, differentiated by autograd.
     full = [t.double().requires_grad_() for t in (q, k, v)] + ([sinks.double().requires_grad_()] if case.sinks else [])
-    out, lse = reference.attention_ref(*full[:3], sinks=full[3] if case.sinks else None, **kwargs)
+    if case.sequences:
+        cu_seqlens = torch.tensor(case.sequences, dtype=torch.int32)
+        out, lse = reference.attention_varlen_ref(*(t[0] for t in full[:3]), cu_seqlens, cu_seqlens,
+                                                  sinks=full[3] if case.sinks else None, **kwargs)
+        out, lse = out[None], lse[None]
+    else:
+        out, lse = reference.attention_ref(*full[:3], sinks=full[3] if case.sinks else None, **kwargs)
     expected = [out, lse.transpose(1, 2)] + list(torch.autograd.grad(
         (out * dout).sum() + (lse * dlse).sum(), full))
 
@@ -184,9 +223,12 @@ def _run_case(case: Case, rank: int, group) -> list[str]:
     mine = [shard(t).clone().requires_grad_() for t in (q, k, v)]
     mine_sinks = sinks.clone().requires_grad_() if case.sinks else None
     with record_traffic() as forward:
-        out, lse = sliding_window_attention(*mine, group, sinks=mine_sinks, return_softmax_lse=True,
-                                            layout=case.layout, method=case.method,
+        inputs = [t[0] for t in mine] if case.sequences else mine  # packed: [T_rank, H, D]
+        out, lse = sliding_window_attention(*inputs, group, sinks=mine_sinks, return_softmax_lse=True,
+                                            layout=case.layout, method=case.method, cu_seqlens=case.sequences,
                                             shard_lengths=lengths if case.lengths else None, **kwargs)
+        if case.sequences:
+            out, lse = out[None], lse[None]
     with record_traffic() as backward:
         loss = (out * shard(dout)).sum() + (lse.transpose(1, 2) * shard(dlse.transpose(1, 2))).sum()
         grads = torch.autograd.grad(loss, mine + ([mine_sinks] if case.sinks else []))
@@ -206,7 +248,8 @@ def _run_case(case: Case, rank: int, group) -> list[str]:
         except AssertionError as error:
             failures.append(str(error))
     stated = [bytes_sent(lengths, case.window, case.causal, batch=case.batch, num_kv_heads=kv_heads, head_dim=8,
-                         element_size=4, layout=case.layout, method=case.method, backward=backward_pass)[rank]
+                         element_size=4, layout=case.layout, method=case.method, backward=backward_pass,
+                         cu_seqlens=case.sequences)[rank]
               for backward_pass in (False, True)]
     if [forward.bytes_sent, backward.bytes_sent] != stated:
         failures.append(f"{case} rank {rank}: sent {forward.bytes_sent} / {backward.bytes_sent} bytes forward / "

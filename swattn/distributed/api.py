@@ -21,7 +21,7 @@ travel around the ring with an LSE merge, and a shard stops travelling once no r
 swattn.bench context-parallel``) measures the halo against.
 
 Backward: the gradients of keys a rank received go back to their owners; every rank must call backward (as with
-any collective). Varlen (packed sequences with cu_seqlens) is not supported: inputs are ``[B, S_rank, H, D]``.
+any collective). Packed sequences (varlen): ``cu_seqlens`` of the whole stream, with boundaries anywhere.
 With NCCL, initialise the process group with ``device_id=`` (eager communicators): the sends and receives are
 ``batch_isend_irecv`` calls in which not every rank takes part.
 """
@@ -60,6 +60,7 @@ def sliding_window_attention(
     layout: str = "contiguous",
     shard_lengths: list[int] | None = None,
     method: str = "auto",
+    cu_seqlens: list[int] | torch.Tensor | None = None,
 ):
     """Self-attention of a sequence split across the ranks of ``group`` (default: the world).
 
@@ -72,14 +73,26 @@ def sliding_window_attention(
     ``shard_lengths``: every rank's ``S_rank`` in group order; without it they are all-gathered on each call (one
     small collective and a host sync). The sends and receives of the ranks pair up only if every rank of the group
     calls with the same window, layout, method and shard lengths.
+
+    Packed sequences (varlen): q ``[T_rank, H, D]``, k/v ``[T_rank, Hk, D]`` (this rank's share of the packed
+    stream) and ``cu_seqlens``, the cumulative sequence lengths of the *whole* stream (the same on every rank; a
+    list, or a tensor read once to the host), whose boundaries may fall anywhere, inside shards or on their
+    edges; no query sees another sequence's keys. Then out is ``[T_rank, H, D]`` and lse ``[H, T_rank]``.
     """
-    if isinstance(q, torch.Tensor) and q.dim() == 3:
-        raise NotImplementedError("q: varlen (packed [total, H, D]) inputs are not supported by context parallelism; "
-                                  "pass [B, S_rank, H, D] shards")
-    _check_qkv(q, k, v, "(B, S_rank, H, D)", "(B, S_rank, Hk, D)", 4)
-    if k.shape[:2] != q.shape[:2]:
-        raise ValueError(f"k: expected batch and length {tuple(q.shape[:2])} to match q (self-attention: a rank's "
-                         f"queries and keys are the same tokens), got {tuple(k.shape[:2])}")
+    varlen = cu_seqlens is not None
+    if varlen:
+        _check_qkv(q, k, v, "(T_rank, H, D)", "(T_rank, Hk, D)", 3)
+        if k.shape[0] != q.shape[0]:
+            raise ValueError(f"k: expected {q.shape[0]} tokens to match q (self-attention: a rank's queries and keys "
+                             f"are the same tokens), got {k.shape[0]}")
+        q, k, v = q[None], k[None], v[None]  # one packed row; views, so autograd returns the gradients' shapes
+    else:
+        if isinstance(q, torch.Tensor) and q.dim() == 3:
+            raise ValueError("cu_seqlens: packed q [T_rank, H, D] needs the cu_seqlens of the whole stream")
+        _check_qkv(q, k, v, "(B, S_rank, H, D)", "(B, S_rank, Hk, D)", 4)
+        if k.shape[:2] != q.shape[:2]:
+            raise ValueError(f"k: expected batch and length {tuple(q.shape[:2])} to match q (self-attention: a "
+                             f"rank's queries and keys are the same tokens), got {tuple(k.shape[:2])}")
     softmax_scale = _check_scalars(q, softmax_scale, softcap)
     left, right = normalize_window(causal, window_size)
     sinks = _check_sinks(sinks, q.shape[2], q.device)
@@ -92,11 +105,27 @@ def sliding_window_attention(
     if rank < 0:
         raise ValueError("group: this process is not a member of the group")
     shard_lengths = _shard_lengths(shard_lengths, q, group, rank, num_ranks)
-    plan = (halo_plan if method == "halo" else ring_plan)(layout, shard_lengths, left, right)
+    boundaries = _check_cu_seqlens(cu_seqlens, sum(shard_lengths)) if varlen else None
+    if method == "halo":
+        plan = halo_plan(layout, shard_lengths, left, right, boundaries)
+    else:
+        plan = ring_plan(layout, shard_lengths, left, right, False, boundaries)
     setup = Setup(group, rank, plan, softmax_scale, float(softcap))
     function = _HaloAttention if method == "halo" else _RingAttention
     out, lse = function.apply(q, k, v, sinks, setup)
+    if varlen:
+        out, lse = out[0], lse[0]
     return (out, lse) if return_softmax_lse else out
+
+
+def _check_cu_seqlens(cu_seqlens, total: int) -> tuple[int, ...]:
+    values = cu_seqlens.tolist() if isinstance(cu_seqlens, torch.Tensor) else list(cu_seqlens)
+    if (len(values) < 2 or values[0] != 0 or values[-1] != total or any(isinstance(b, bool) or not isinstance(b, int)
+                                                                         for b in values)
+            or any(b > c for b, c in zip(values[:-1], values[1:]))):
+        raise ValueError(f"cu_seqlens: expected non-decreasing ints from 0 to the stream's {total} tokens (the sum of "
+                         f"shard_lengths), got {values if len(values) <= 12 else values[:12] + ['...']}")
+    return tuple(values)
 
 
 def _shard_lengths(shard_lengths, q: torch.Tensor, group, rank: int, num_ranks: int) -> tuple[int, ...]:
@@ -163,13 +192,17 @@ def bytes_sent(
     layout: str = "contiguous",
     method: str = "auto",
     backward: bool = False,
+    cu_seqlens: list[int] | None = None,
 ) -> list[int]:
     """Bytes each rank sends in the forward of ``sliding_window_attention`` (keys and values), or with
     ``backward=True`` in its backward (the gradients of the keys and values it received, in their dtype).
     Halo: the keys other ranks' windows reach, ``(left + right) x B x Hk x D x 2 x element_size`` per rank when
     the window is shorter than the shards (less at the ends of the sequence); ring: the shards it passes on,
-    ``(P-1)/P`` of all keys and values for full attention."""
+    ``(P-1)/P`` of all keys and values for full attention. ``cu_seqlens``: packed sequences, as for
+    ``sliding_window_attention`` (only sequences that cross a shard edge send anything)."""
     left, right = normalize_window(causal, window_size)
     method = resolve_method(method, left, right)
     per_token = 2 * batch * num_kv_heads * head_dim * element_size
-    return [n * per_token for n in tokens_sent(layout, tuple(shard_lengths), left, right, method, backward)]
+    boundaries = None if cu_seqlens is None else _check_cu_seqlens(cu_seqlens, sum(shard_lengths))
+    return [n * per_token for n in tokens_sent(layout, tuple(shard_lengths), left, right, method, backward,
+                                               boundaries=boundaries)]

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from swattn import reference
 from swattn._compat import uses_triton
 from swattn.distributed.plan import HaloPlan, Part, RingPlan, Segment, key_pieces
-from swattn.interface import flash_attn_func
+from swattn.interface import flash_attn_func, flash_attn_varlen_func
 
 
 @dataclass
@@ -80,8 +80,21 @@ class Setup:
 
 
 def _attend(setup: Setup, part: Part, q, k, v, sinks):
-    return flash_attn_func(q, k, v, softmax_scale=setup.softmax_scale, window_size=part.window,
-                           softcap=setup.softcap, sinks=sinks, return_softmax_lse=True)
+    """One part's forward -> (out ``[B, n, H, D]``, lse ``[B, H, n]``); a varlen part (B = 1) runs as one varlen
+    call over its packed sequences."""
+    kwargs = dict(softmax_scale=setup.softmax_scale, window_size=part.window, softcap=setup.softcap, sinks=sinks,
+                  return_softmax_lse=True)
+    if not part.sequences:
+        return flash_attn_func(q, k, v, **kwargs)
+    cu_seqlens, longest = _cu_seqlens(part, q.device)
+    out, lse = flash_attn_varlen_func(q[0], k[0], v[0], cu_seqlens, cu_seqlens, longest, longest, **kwargs)
+    return out[None], lse[None]
+
+
+def _cu_seqlens(part: Part, device) -> tuple[torch.Tensor, int]:
+    cumulative = part.sequences
+    longest = max(b - a for a, b in zip(cumulative[:-1], cumulative[1:]))
+    return torch.tensor(cumulative, dtype=torch.int32, device=device), longest
 
 
 def _attend_backward(setup: Setup, part: Part, dout, q, k, v, out, lse, dlse, sinks):
@@ -89,10 +102,24 @@ def _attend_backward(setup: Setup, part: Part, dout, q, k, v, out, lse, dlse, si
     left, right = part.window
     if uses_triton(q):
         from swattn.kernels.bwd import attention_backward
-        return attention_backward(dout, q, k, v, out, lse, softmax_scale=setup.softmax_scale, left=left,
-                                  right=right, softcap=setup.softcap, sinks=sinks, dlse=dlse)
-    return reference.attention_backward_ref(dout, q, k, v, out, lse, softmax_scale=setup.softmax_scale,
-                                            window_size=(left, right), softcap=setup.softcap, sinks=sinks, dlse=dlse)
+        kwargs = dict(softmax_scale=setup.softmax_scale, left=left, right=right, softcap=setup.softcap, sinks=sinks)
+        if not part.sequences:
+            return attention_backward(dout, q, k, v, out, lse, dlse=dlse, **kwargs)
+        cu_seqlens, longest = _cu_seqlens(part, q.device)
+        dq, dk, dv, dsinks = attention_backward(
+            dout[0], q[0], k[0], v[0], out[0], lse[0], dlse=None if dlse is None else dlse[0], cu_seqlens_q=cu_seqlens,
+            cu_seqlens_k=cu_seqlens, max_seqlen_q=longest, max_seqlen_k=longest, **kwargs)
+        return dq[None], dk[None], dv[None], dsinks
+    kwargs = dict(softmax_scale=setup.softmax_scale, window_size=(left, right), softcap=setup.softcap, sinks=sinks)
+    if not part.sequences:
+        return reference.attention_backward_ref(dout, q, k, v, out, lse, dlse=dlse, **kwargs)
+    bounds = part.sequences
+    results = [reference.attention_backward_ref(
+        dout[:, a:b], q[:, a:b], k[:, a:b], v[:, a:b], out[:, a:b], lse[:, :, a:b],
+        dlse=None if dlse is None else dlse[:, :, a:b], **kwargs) for a, b in zip(bounds[:-1], bounds[1:])]
+    dq, dk, dv = (torch.cat([r[i] for r in results], dim=1) for i in range(3))
+    dsinks = None if sinks is None else sum(r[3] for r in results)
+    return dq, dk, dv, dsinks
 
 
 def _pack(k: torch.Tensor, v: torch.Tensor, setup: Setup, ranges) -> torch.Tensor:

@@ -47,11 +47,15 @@ class Segment:
 
 @dataclass(frozen=True)
 class Part:
-    """One attention call: query positions ``rows``, key positions ``keys`` (absolute ranges), and its window."""
+    """One attention call: query positions ``rows``, key positions ``keys`` (absolute ranges), and its window.
+
+    ``sequences``: for packed sequences (varlen), the cumulative lengths of the sequences in a diagonal part
+    (``rows == keys``) when it holds more than one, relative to its first row; the call is then a varlen one."""
 
     rows: tuple[int, int]
     keys: tuple[int, int]
     window: tuple[int, int]
+    sequences: tuple[int, ...] = ()
 
 
 def zigzag_chunks(seqlen: int, num_ranks: int) -> list[int]:
@@ -118,6 +122,28 @@ def band_part(rows: tuple[int, int], keys: tuple[int, int], left: int, right: in
     return Part((a, b), (c, e), (left + shift if left >= 0 else -1, right - shift if right >= 0 else -1))
 
 
+def sequence_parts(rows: tuple[int, int], keys: tuple[int, int], left: int, right: int,
+                   boundaries: tuple[int, ...] | None) -> list[Part]:
+    """The parts for ``rows`` against ``keys`` when the sequence is packed with ``boundaries`` (cu_seqlens over
+    the whole stream; None: one sequence): no query sees a key of another sequence. A diagonal block keeps one
+    varlen part; other blocks are disjoint ranges, which at most one sequence (the one spanning the gap) joins."""
+    if boundaries is None:
+        part = band_part(rows, keys, left, right)
+        return [] if part is None else [part]
+    if rows == keys:
+        inner = sorted({rows[0], rows[1], *(b for b in boundaries if rows[0] < b < rows[1])})
+        if len(inner) == 2:
+            return sequence_parts(rows, keys, left, right, None)
+        return [Part(rows, keys, (left, right), tuple(b - rows[0] for b in inner))]
+    parts = []
+    for first, end in zip(boundaries[:-1], boundaries[1:]):
+        seq_rows = (max(rows[0], first), min(rows[1], end))
+        seq_keys = (max(keys[0], first), min(keys[1], end))
+        if seq_rows[0] < seq_rows[1] and seq_keys[0] < seq_keys[1]:
+            parts += sequence_parts(seq_rows, seq_keys, left, right, None)
+    return parts
+
+
 def key_pieces(keys: tuple[int, int], segments: tuple[tuple[Segment, ...], ...]) -> list[tuple[int, int, int]]:
     """``(first, end, owner rank)`` pieces of the key positions ``keys``, in order."""
     pieces = []
@@ -164,19 +190,22 @@ class HaloPlan:
 
 
 @functools.lru_cache(maxsize=64)
-def halo_plan(layout: str, shard_lengths: tuple[int, ...], left: int, right: int) -> HaloPlan:
+def halo_plan(layout: str, shard_lengths: tuple[int, ...], left: int, right: int,
+              boundaries: tuple[int, ...] | None = None) -> HaloPlan:
     segments = layout_segments(layout, shard_lengths)
     seqlen = sum(shard_lengths)
     all_parts, all_receives = [], []
     for rank, owned in enumerate(segments):
         owned = [seg for seg in owned if seg.start < seg.end]
         # The diagonal parts (a segment's rows over its own keys: every row sees its own key) come first.
-        parts = [band_part((seg.start, seg.end), (seg.start, seg.end), left, right) for seg in owned]
+        parts = [p for seg in owned for p in sequence_parts((seg.start, seg.end), (seg.start, seg.end), left, right,
+                                                             boundaries)]
         for seg in owned:
             before = (max(0, seg.start - left) if left >= 0 else 0, seg.start)
             after = (seg.end, min(seqlen, seg.end + right) if right >= 0 else seqlen)
-            parts += [band_part((seg.start, seg.end), keys, left, right) for keys in (before, after)
-                      if keys[0] < keys[1]]
+            for keys in (before, after):
+                if keys[0] < keys[1]:
+                    parts += sequence_parts((seg.start, seg.end), keys, left, right, boundaries)
         needed: dict[int, list[tuple[int, int]]] = {}
         for part in parts[len(owned):]:
             for first, end, owner in key_pieces(part.keys, segments):
@@ -210,16 +239,16 @@ class RingPlan:
 
 
 @functools.lru_cache(maxsize=64)
-def ring_plan(layout: str, shard_lengths: tuple[int, ...], left: int, right: int, every_hop: bool = False) -> RingPlan:
+def ring_plan(layout: str, shard_lengths: tuple[int, ...], left: int, right: int, every_hop: bool = False,
+              boundaries: tuple[int, ...] | None = None) -> RingPlan:
     """``every_hop``: pass every shard around the whole ring (P - 1 hops each), as ring attention does whatever the
     window; the benchmark's baseline. Without it a hop happens only if the receiver or a later rank needs the block."""
     segments = layout_segments(layout, shard_lengths)
     num_ranks = len(segments)
 
     def parts_between(rank: int, owner: int) -> tuple[Part, ...]:
-        found = (band_part((g.start, g.end), (h.start, h.end), left, right) for g in segments[rank]
-                 for h in segments[owner] if g.start < g.end and h.start < h.end)
-        return tuple(p for p in found if p is not None)
+        return tuple(p for g in segments[rank] for h in segments[owner] if g.start < g.end and h.start < h.end
+                     for p in sequence_parts((g.start, g.end), (h.start, h.end), left, right, boundaries))
 
     needs = [[bool(parts_between(rank, owner)) for owner in range(num_ranks)] for rank in range(num_ranks)]
     hops = [[False] * num_ranks]
@@ -243,15 +272,16 @@ def resolve_method(method: str, left: int, right: int) -> str:
 
 
 def tokens_sent(layout: str, shard_lengths: tuple[int, ...], left: int, right: int, method: str,
-                backward: bool = False, every_hop: bool = False) -> list[int]:
+                backward: bool = False, every_hop: bool = False,
+                boundaries: tuple[int, ...] | None = None) -> list[int]:
     """Key tokens (each with its value) every rank sends in the forward; in the backward a rank sends back the
     gradients of the tokens it received (``backward=True``)."""
     num_ranks = len(shard_lengths)
     if method == "halo":
-        plan = halo_plan(layout, shard_lengths, left, right)
+        plan = halo_plan(layout, shard_lengths, left, right, boundaries)
         messages = [plan.receives[rank] if backward else plan.sends(rank) for rank in range(num_ranks)]
         return [sum(end - first for _, ranges in m for first, end in ranges) for m in messages]
-    plan = ring_plan(layout, shard_lengths, left, right, every_hop)
+    plan = ring_plan(layout, shard_lengths, left, right, every_hop, boundaries)
     if backward:
         return [sum(shard_lengths[plan.owner(rank, step)] for step in range(1, num_ranks) if plan.receives(rank, step))
                 for rank in range(num_ranks)]
