@@ -271,6 +271,7 @@ def _shard_fn(case: Case, lengths: list[int], rank: int):
 def _worker(rank: int, store_path: str, result_dir: str, interpreter: bool) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
+    torch.set_default_device("cpu")  # gloo; the suite may run with SWATTN_TEST_DEVICE=cuda
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=120))
     groups = {n: dist.new_group(list(range(n))) for n in (2, 3, 4)}
