@@ -85,17 +85,25 @@ def main() -> int:
         k = torch.randn(1, args.seqlen, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16)
         v = torch.randn_like(k)
         sinks = torch.randn(heads, device="cuda") if with_sinks else None
-        call = lambda: swattn.flash_attn_func(q, k, v, causal=True, window_size=(left, 0), sinks=sinks)
+        def call(pack_gqa=None):
+            return lambda: swattn.flash_attn_func(q, k, v, causal=True, window_size=(left, 0), sinks=sinks,
+                                                  pack_gqa=pack_gqa)
         flops = visible_flops(args.seqlen, heads, head_dim, left)
-        reference = with_mode("0", call)()
-        variants = [("swattn Triton", with_mode("0", call))]
-        for block_n in (64, 128):
-            for stages in (2, 3):
-                if head_dim == 128 and stages == 3 and block_n == 128:
-                    continue  # 208 KiB of stages + Q: past what the layout conversions leave
-                variants.append((f"gluon BN{block_n} S{stages}", with_mode("1", call, block_n=block_n,
+        reference = with_mode("0", call())()
+        variants = [("swattn Triton", with_mode("0", call()))]
+        if 0 <= left <= 256:  # small windows: packing, block size, and 2 programs per SM at fewer registers
+            for pack in (True, False):
+                for block_n in (64, 128):
+                    variants.append((f"gluon pack={pack} BN{block_n}",
+                                     with_mode("1", call(pack), block_n=block_n)))
+                if head_dim == 64:
+                    variants.append((f"gluon pack={pack} BN64 regs 80/104",
+                                     with_mode("1", call(pack), block_n=64, maxnreg=80, consumer_regs=104)))
+        else:
+            for block_n, stages in ((128, 2), (64, 2), (64, 3)):
+                variants.append((f"gluon BN{block_n} S{stages}", with_mode("1", call(), block_n=block_n,
                                                                            num_stages=stages)))
-        variants.append(("gluon shipped", with_mode("1", call)))
+        variants.append(("gluon shipped", with_mode("1", call())))
         try:
             fa3 = peers.fa3(q, k, v, left, sinks=sinks)
             variants.append(("FA3" + (" (sinks)" if with_sinks else ""), fa3))

@@ -31,7 +31,6 @@ import os
 
 import torch
 import triton
-import triton.language as tl
 
 from swattn._compat import compute_capability_major
 from swattn.kernels._common import LN2, LOG2E, block_ranges, safe_pivot, sequence_bounds, softcap_scores
@@ -67,8 +66,8 @@ NUM_STAGES = 2
 # Registers per thread: 4 + 4 + 1 warps run as 12 (warpgroup granularity), 12 * 32 * 168 <= 65536. The loader
 # warp keeps 24; the consumer warpgroups share the rest (setmaxnreg), 240 each.
 MAXNREG = 168
-CONSUMER_REGS = tl.constexpr(240)
-LOADER_REGS = tl.constexpr(24)
+CONSUMER_REGS = 240
+LOADER_REGS = 24
 
 
 def block_n_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
@@ -288,7 +287,7 @@ if GLUON_AVAILABLE:
         HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
         IS_VARLEN_Q: gl.constexpr, IS_VARLEN_K: gl.constexpr, PACK_GQA: gl.constexpr, GROUP: gl.constexpr,
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-        NUM_STAGES: gl.constexpr,
+        NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
     ):
         """Grid: (query tiles, batch * heads-per-program), longest tiles first. See the module docstring."""
         num_tiles = gl.num_programs(0)
@@ -401,10 +400,12 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None, seqlen_q: int, seqlen_k: int,
             batch: int, pack_gqa: bool, q_strides: tuple, o_strides: tuple, l_strides: tuple,
             non_finite_flags: torch.Tensor | None, any_non_finite: torch.Tensor | None,
-            block_n: int | None = None, num_stages: int | None = None) -> int:
+            block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
+            consumer_regs: int | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
     of query tiles (of ``BLOCK_M`` rows) per (batch, head-or-KV-head), the geometry of the flags it wrote.
-    ``block_n`` / ``num_stages`` override the shipped choice (tuning probes)."""
+    ``block_n`` / ``num_stages`` / ``maxnreg`` (per thread at launch) / ``consumer_regs`` (per consumer thread after
+    the partitions' reallocation) override the shipped choice (tuning probes)."""
     varlen = cu_seqlens_q is not None
     num_heads, head_dim = q.shape[-2], q.shape[-1]
     num_kv_heads = k.shape[-2]
@@ -434,7 +435,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
         IS_VARLEN_Q=varlen, IS_VARLEN_K=varlen, PACK_GQA=pack_gqa, GROUP=group, STORE_LSE=lse is not None,
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
-        num_warps=4, maxnreg=MAXNREG,
+        CONSUMER_REGS=consumer_regs or CONSUMER_REGS, LOADER_REGS=LOADER_REGS,
+        num_warps=4, maxnreg=maxnreg or MAXNREG,
     )
     return num_tiles
 
