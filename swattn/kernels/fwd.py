@@ -520,13 +520,20 @@ def _persistent_programs(device: torch.device) -> int:
     return device_properties(device).multi_processor_count
 
 
-def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_tile: int, **features) -> bool:
+def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_tile: int, left: int, right: int,
+               **features) -> bool:
     """Whether the Gluon sm_90 kernel serves this call: ``SWATTN_GLUON=0`` never; ``1`` wherever it supports the
-    call; by default where it does and the call fills at least one of its tiles (prefill-shaped work; decode-sized
-    tiles stay on the Triton kernels tuned for them)."""
+    call; by default where it supports it and was measured faster than the Triton kernels (H200, 16K prefill,
+    docs/notes/2026-12-03-gluon-forward.md): every window above 256 keys and causal, at head_dim 64 and 128, and
+    small windows at head_dim 128; small windows at head_dim 64 (instruction-issue bound) and decode-sized tiles
+    stay on the Triton kernels tuned for them."""
     mode = gluon_fwd.GLUON_MODE
-    if mode == "0" or (mode != "1" and rows_per_tile < gluon_fwd.BLOCK_M):
+    if mode == "0" or not q.is_cuda:
         return False
+    if mode != "1":
+        small_window = 0 <= left <= 256 and 0 <= right <= 256
+        if rows_per_tile < gluon_fwd.BLOCK_M or (small_window and q.shape[-1] == 64):
+            return False
     return gluon_fwd.unsupported_reason(q, k, v, **features) is None
 
 
@@ -603,7 +610,7 @@ def attention_forward(
     window_span = left + right + 1 if left >= 0 and right >= 0 else None
     keys_per_split = -(-visible_span(0, seqlen_q - 1, seqlen_q, seqlen_k, left, right)[1] // num_splits)
     config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size(), keys_per_split)
-    use_gluon = _use_gluon(q, k, v, rows_per_tile, varlen_q=varlen_q, varlen_k=varlen_k, paged=paged,
+    use_gluon = _use_gluon(q, k, v, rows_per_tile, left, right, varlen_q=varlen_q, varlen_k=varlen_k, paged=paged,
                            indexed=cache_batch_idx is not None, seqlens_k=seqlens_k is not None,
                            num_splits=num_splits, append=new_k is not None, count_blocks=count_blocks)
     if use_gluon:

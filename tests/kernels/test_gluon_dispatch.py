@@ -20,7 +20,7 @@ def test_cpu_tensors_never_take_the_gluon_kernel(monkeypatch):
     q, k = torch.randn(1, 256, 4, 64, dtype=torch.float16), torch.randn(1, 256, 2, 64, dtype=torch.float16)
     assert reason(q, k, k) is not None
     monkeypatch.setattr(gluon_fwd, "GLUON_MODE", "1")
-    assert not fwd._use_gluon(q, k, k, 1024, varlen_q=False, varlen_k=False, paged=False, indexed=False,
+    assert not fwd._use_gluon(q, k, k, 1024, -1, 0, varlen_q=False, varlen_k=False, paged=False, indexed=False,
                               seqlens_k=False, num_splits=1, append=False, count_blocks=False)
 
 
