@@ -104,6 +104,7 @@ def main() -> int:
                 variants.append((f"gluon BN{block_n} S{stages}", with_mode("1", call(), block_n=block_n,
                                                                            num_stages=stages)))
         variants.append(("gluon shipped", with_mode("1", call())))
+        variants.append(("gluon shipped, a program per tile", with_mode("1", call(), programs=1 << 30)))
         try:
             fa3 = peers.fa3(q, k, v, left, sinks=sinks)
             variants.append(("FA3" + (" (sinks)" if with_sinks else ""), fa3))

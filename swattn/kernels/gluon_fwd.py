@@ -32,7 +32,7 @@ import os
 import torch
 import triton
 
-from swattn._compat import compute_capability_major
+from swattn._compat import compute_capability_major, device_properties
 from swattn.kernels._common import LN2, LOG2E, block_ranges, safe_pivot, sequence_bounds, softcap_scores
 
 try:  # Gluon ships inside the triton wheel (3.4+); the names used here exist in 3.6 and 3.9.
@@ -115,35 +115,78 @@ if GLUON_AVAILABLE:
         return p, m_new, l_new, alpha
 
     @gluon.jit
-    def _loader(tile_args, pointers, strides, scalars, buffers, WG: gl.constexpr, HAS_LEFT: gl.constexpr,
-                HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
-                PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
-                BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr):
-        """One warp: the tile's K/V blocks through TMA into the stage ring, from its first visible key."""
-        k_desc, v_desc = pointers[0], pointers[1]
-        kv_row0, kv_col, num_blocks = tile_args[0], tile_args[1], tile_args[2]
-        k_smem, v_smem, k_ready, v_ready, k_empty, v_empty = (buffers[1], buffers[2], buffers[3], buffers[4],
-                                                              buffers[5], buffers[6])
-        for block in range(num_blocks):
-            stage = block % NUM_STAGES
-            phase = (block // NUM_STAGES) & 1
-            row = kv_row0 + block * BLOCK_N
-            # A fresh barrier counts as having completed the phase before phase 0: the first NUM_STAGES waits pass.
-            mbarrier.wait(k_empty.index(stage), phase ^ 1)
-            mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
-            _tma_load(k_desc, [row, kv_col], k_ready.index(stage), k_smem.index(stage))
-            mbarrier.wait(v_empty.index(stage), phase ^ 1)
-            mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
-            _tma_load(v_desc, [row, kv_col], v_ready.index(stage), v_smem.index(stage))
+    def _tile(work, geometry, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PACK_GQA: gl.constexpr,
+              GROUP: gl.constexpr, IS_VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr):
+        """Work item ``work`` -> its tile's rows and key range. Items run longest first: the reversed tile index is
+        the slow coordinate, so causal's long last tiles of every head start before any short one."""
+        (num_tiles, num_batch_heads, seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, left, right, CU_SEQLENS_Q,
+         CU_SEQLENS_K) = geometry
+        tile = num_tiles - 1 - work // num_batch_heads
+        batch_head = work % num_batch_heads
+        if PACK_GQA:
+            heads_per_program = num_heads // GROUP
+            rows_per_pos: gl.constexpr = GROUP
+        else:
+            heads_per_program = num_heads
+            rows_per_pos: gl.constexpr = 1
+        batch = batch_head // heads_per_program
+        head_or_kv_head = batch_head % heads_per_program
+        if PACK_GQA:
+            kv_head = head_or_kv_head
+        else:
+            kv_head = head_or_kv_head // GROUP
+        q_begin, seqlen_q, k_begin, seqlen_k = sequence_bounds(
+            batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, CU_SEQLENS_K, IS_VARLEN, IS_VARLEN, False)
+        num_rows = seqlen_q * rows_per_pos
+        first_row = tile * 128
+        first_pos = first_row // rows_per_pos
+        last_pos = (gl.minimum(first_row + 128, num_rows) - 1) // rows_per_pos
+        kv_start, kv_end, masked_head_end, unmasked_end, num_blocks = block_ranges(
+            first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT)
+        num_blocks = gl.where(first_row < num_rows, num_blocks, 0)  # a tile past a short sequence's rows
+        # K/V rows are (token, head * dim) rows of the 2D view: dense batches follow each other.
+        kv_row0 = batch * kv_rows_per_batch + k_begin + kv_start
+        kv_col = kv_head * HEAD_DIM
+        program_index = batch_head * num_tiles + tile
+        return (kv_row0, kv_col, num_blocks, kv_start, kv_end, masked_head_end, unmasked_end, first_row, num_rows,
+                head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, program_index)
 
     @gluon.jit
-    def _consumer(tile_args, pointers, strides, scalars, buffers, WG: gl.constexpr, HAS_LEFT: gl.constexpr,
+    def _loader(geometry, pointers, strides, scalars, buffers, WG: gl.constexpr, HAS_LEFT: gl.constexpr,
+                HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
+                PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
+                BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
+                IS_VARLEN: gl.constexpr):
+        """One warp: each work item's K/V blocks through TMA into the stage ring, from its first visible key. The
+        ring's position runs on across items, so the next tile's first blocks load during this one's epilogue."""
+        k_desc, v_desc = pointers[0], pointers[1]
+        k_smem, v_smem, k_ready, v_ready, k_empty, v_empty = (buffers[1], buffers[2], buffers[3], buffers[4],
+                                                              buffers[5], buffers[6])
+        total_work = geometry[0] * geometry[1]
+        position = 0
+        for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
+            tile = _tile(work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN, BLOCK_N, HEAD_DIM)
+            kv_row0, kv_col, num_blocks = tile[0], tile[1], tile[2]
+            for block in range(num_blocks):
+                stage = position % NUM_STAGES
+                phase = (position // NUM_STAGES) & 1
+                row = kv_row0 + block * BLOCK_N
+                # A fresh barrier counts as having completed the phase before phase 0: the first waits pass.
+                mbarrier.wait(k_empty.index(stage), phase ^ 1)
+                mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
+                _tma_load(k_desc, [row, kv_col], k_ready.index(stage), k_smem.index(stage))
+                mbarrier.wait(v_empty.index(stage), phase ^ 1)
+                mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
+                _tma_load(v_desc, [row, kv_col], v_ready.index(stage), v_smem.index(stage))
+                position += 1
+
+    @gluon.jit
+    def _consumer(geometry, pointers, strides, scalars, buffers, WG: gl.constexpr, HAS_LEFT: gl.constexpr,
                   HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
                   PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
-                  BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr):
-        """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of the tile, from Q load to O store."""
-        (kv_row0, kv_col, num_blocks, kv_start, kv_end, masked_head_end, unmasked_end, first_row, num_rows,
-         head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, program_index) = tile_args
+                  BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
+                  IS_VARLEN: gl.constexpr):
+        """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of each work item's tile, from Q load to O store."""
         Q, O, LSE, SINKS, FLAGS, ANY_NAN = (pointers[2], pointers[3], pointers[4], pointers[5], pointers[6],
                                             pointers[7])
         (stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh, stride_lb, stride_lq,
@@ -166,158 +209,142 @@ if GLUON_AVAILABLE:
         io_rows: gl.constexpr = gl.SliceLayout(1, io_layout)
         io_cols: gl.constexpr = gl.SliceLayout(0, io_layout)
 
-        offset = seqlen_k - seqlen_q
-        batch64 = batch.to(gl.int64)
+        total_work = geometry[0] * geometry[1]
+        position = 0  # blocks consumed so far: the stage ring's position, shared with the loader's count
+        for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
+            (kv_row0, kv_col, num_blocks, kv_start, kv_end, masked_head_end, unmasked_end, first_row, num_rows,
+             head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, program_index) = _tile(
+                work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN, BLOCK_N, HEAD_DIM)
+            offset = seqlen_k - seqlen_q
+            batch64 = batch.to(gl.int64)
 
-        # This warpgroup's rows: positions of one head, or (position, head) pairs of one KV head with PackGQA.
-        io_m = first_row + WG * M + gl.arange(0, M, layout=io_rows)
-        if PACK_GQA:
-            io_pos = io_m // GROUP
-            io_head = head_or_kv_head * GROUP + io_m % GROUP
-        else:
-            io_pos = io_m
-            io_head = head_or_kv_head + io_m * 0
-        io_valid = io_m < num_rows
-        offs_d = gl.arange(0, HEAD_DIM, layout=io_cols)
-        io_mask = gl.expand_dims(io_valid, 1) & gl.expand_dims(offs_d < HEAD_DIM, 0)
+            # This warpgroup's rows: positions of one head, or (position, head) pairs of one KV head with PackGQA.
+            io_m = first_row + WG * M + gl.arange(0, M, layout=io_rows)
+            if PACK_GQA:
+                io_pos = io_m // GROUP
+                io_head = head_or_kv_head * GROUP + io_m % GROUP
+            else:
+                io_pos = io_m
+                io_head = head_or_kv_head + io_m * 0
+            io_valid = io_m < num_rows
+            offs_d = gl.arange(0, HEAD_DIM, layout=io_cols)
+            io_mask = gl.expand_dims(io_valid, 1) & gl.expand_dims(offs_d < HEAD_DIM, 0)
 
-        q_ptrs = (Q + batch64 * stride_qb + gl.expand_dims((q_begin + io_pos).to(gl.int64) * stride_qs
-                                                           + io_head.to(gl.int64) * stride_qh, 1)
-                  + gl.expand_dims(offs_d, 0))
-        q = gl.load(q_ptrs, mask=io_mask, other=0.0)
-        q_tile = q_smem.index(WG)
-        q_tile.store(q)
-        # The tensor cores read Q through the async proxy: order this warpgroup's plain stores before them.
-        fence_async_shared()
-        _partition_barrier()
+            q_ptrs = (Q + batch64 * stride_qb + gl.expand_dims((q_begin + io_pos).to(gl.int64) * stride_qs
+                                                               + io_head.to(gl.int64) * stride_qh, 1)
+                      + gl.expand_dims(offs_d, 0))
+            q = gl.load(q_ptrs, mask=io_mask, other=0.0)
+            q_tile = q_smem.index(WG)
+            q_tile.store(q)
+            # The tensor cores read Q through the async proxy: order this warpgroup's plain stores before them.
+            fence_async_shared()
+            _partition_barrier()
 
-        s_m = first_row + WG * M + gl.arange(0, M, layout=s_rows)
-        if PACK_GQA:
-            row_pos = s_m // GROUP
-        else:
-            row_pos = s_m
+            s_m = first_row + WG * M + gl.arange(0, M, layout=s_rows)
+            if PACK_GQA:
+                row_pos = s_m // GROUP
+            else:
+                row_pos = s_m
 
-        m_i = gl.full([M], float("-inf"), gl.float32, layout=s_rows)
-        l_i = gl.zeros([M], gl.float32, layout=s_rows)
-        acc = gl.zeros([M, HEAD_DIM], gl.float32, layout=o_layout)
-        s_zero = gl.zeros([M, BLOCK_N], gl.float32, layout=s_layout)
+            m_i = gl.full([M], float("-inf"), gl.float32, layout=s_rows)
+            l_i = gl.zeros([M], gl.float32, layout=s_rows)
+            acc = gl.zeros([M, HEAD_DIM], gl.float32, layout=o_layout)
+            s_zero = gl.zeros([M, BLOCK_N], gl.float32, layout=s_layout)
 
-        if num_blocks > 0:
-            # Block 0: its scores, then its softmax; its P @ V is issued in the next step (or after the loop).
-            mbarrier.wait(k_ready.index(0), 0)
-            s_token = warpgroup_mma(q_tile, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            s = warpgroup_mma_wait(0, deps=[s_token])
-            mbarrier.arrive(k_empty.index(0), count=1)
-            p, m_i, l_i, alpha = _softmax_block(
-                s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
-                softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
-            p_op = gl.convert_layout(p.to(dtype), p_layout)
-            for block in range(1, num_blocks):
-                stage = block % NUM_STAGES
-                phase = (block // NUM_STAGES) & 1
-                previous = block - 1
-                previous_stage = previous % NUM_STAGES
-                previous_phase = (previous // NUM_STAGES) & 1
-                # S_j = Q K_j^T, then P_{j-1} V_{j-1}: both in flight while this warpgroup waits for S_j.
-                mbarrier.wait(k_ready.index(stage), phase)
-                s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
+            if num_blocks > 0:
+                # Block 0: its scores, then its softmax; its P @ V is issued in the next step (or after the loop).
+                first_stage = position % NUM_STAGES
+                mbarrier.wait(k_ready.index(first_stage), (position // NUM_STAGES) & 1)
+                s_token = warpgroup_mma(q_tile, k_smem.index(first_stage).permute((1, 0)), s_zero, use_acc=False,
                                         is_async=True)
-                mbarrier.wait(v_ready.index(previous_stage), previous_phase)
-                acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
-                s = warpgroup_mma_wait(1, deps=[s_token])
-                mbarrier.arrive(k_empty.index(stage), count=1)
-                # The softmax of block j runs while P_{j-1} V_{j-1} is still on the tensor cores.
+                s = warpgroup_mma_wait(0, deps=[s_token])
+                mbarrier.arrive(k_empty.index(first_stage), count=1)
                 p, m_i, l_i, alpha = _softmax_block(
-                    s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
-                    right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
-                acc = warpgroup_mma_wait(0, deps=[acc_token])
-                mbarrier.arrive(v_empty.index(previous_stage), count=1)
-                acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+                    s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
+                    softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
-            last = num_blocks - 1
-            last_stage = last % NUM_STAGES
-            mbarrier.wait(v_ready.index(last_stage), (last // NUM_STAGES) & 1)
-            acc_token = warpgroup_mma(p_op, v_smem.index(last_stage), acc, is_async=True)
-            acc = warpgroup_mma_wait(0, deps=[acc_token])
-            mbarrier.arrive(v_empty.index(last_stage), count=1)
+                for block in range(1, num_blocks):
+                    stage = (position + block) % NUM_STAGES
+                    phase = ((position + block) // NUM_STAGES) & 1
+                    previous = position + block - 1
+                    previous_stage = previous % NUM_STAGES
+                    previous_phase = (previous // NUM_STAGES) & 1
+                    # S_j = Q K_j^T, then P_{j-1} V_{j-1}: both in flight while this warpgroup waits for S_j.
+                    mbarrier.wait(k_ready.index(stage), phase)
+                    s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
+                                            is_async=True)
+                    mbarrier.wait(v_ready.index(previous_stage), previous_phase)
+                    acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
+                    s = warpgroup_mma_wait(1, deps=[s_token])
+                    mbarrier.arrive(k_empty.index(stage), count=1)
+                    # The softmax of block j runs while P_{j-1} V_{j-1} is still on the tensor cores.
+                    p, m_i, l_i, alpha = _softmax_block(
+                        s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
+                        right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
+                    acc = warpgroup_mma_wait(0, deps=[acc_token])
+                    mbarrier.arrive(v_empty.index(previous_stage), count=1)
+                    acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+                    p_op = gl.convert_layout(p.to(dtype), p_layout)
+                last = position + num_blocks - 1
+                last_stage = last % NUM_STAGES
+                mbarrier.wait(v_ready.index(last_stage), (last // NUM_STAGES) & 1)
+                acc_token = warpgroup_mma(p_op, v_smem.index(last_stage), acc, is_async=True)
+                acc = warpgroup_mma_wait(0, deps=[acc_token])
+                mbarrier.arrive(v_empty.index(last_stage), count=1)
 
-        # Epilogue, as the Triton kernel's _finish_tile: NaN flags, sink, one factor per row, LSE, O.
-        o_m = first_row + WG * M + gl.arange(0, M, layout=o_rows)
-        o_valid = o_m < num_rows
-        if PACK_GQA:
-            o_pos = o_m // GROUP
-            o_head = head_or_kv_head * GROUP + o_m % GROUP
-        else:
-            o_pos = o_m
-            o_head = head_or_kv_head + o_m * 0
-        m_o = gl.convert_layout(m_i, o_rows)
-        l_o = gl.convert_layout(l_i, o_rows)
-        if FLAG_NAN:
-            row_sum = gl.sum(acc, 1)
-            row_has_nan = row_sum != row_sum
-            flag_index = program_index.to(gl.int64) * 128 + WG * M + gl.arange(0, M, layout=o_rows)
-            gl.store(FLAGS + flag_index, row_has_nan.to(gl.int8))
-            gl.atomic_max(ANY_NAN + o_m * 0, gl.full([M], 1, gl.int32, layout=o_rows), mask=row_has_nan)
-        acc_scale = gl.full([M], 1.0, gl.float32, layout=o_rows)
-        if HAS_SINKS:
-            sink = gl.load(SINKS + o_head, mask=o_valid, other=0.0).to(gl.float32) * LOG2E
-            m_new = gl.maximum(m_o, sink)
-            acc_scale = gl.exp2(m_o - m_new)
-            l_o = l_o * acc_scale + gl.exp2(sink - m_new)
-            m_o = m_new
-        no_key = l_o == 0.0
-        if STORE_LSE:
-            lse = gl.where(no_key, float("-inf"), (m_o + gl.log2(gl.where(no_key, 1.0, l_o))) * LN2)
-            lse_ptrs = (LSE + batch64 * stride_lb + o_head.to(gl.int64) * stride_lh
-                        + (q_begin + o_pos).to(gl.int64) * stride_lq)
-            gl.store(lse_ptrs, lse, mask=o_valid)
-        out = acc * gl.expand_dims(acc_scale / gl.where(no_key, 1.0, l_o), 1)
-        out = gl.convert_layout(out.to(dtype), io_layout)
-        o_ptrs = (O + batch64 * stride_ob + gl.expand_dims((q_begin + io_pos).to(gl.int64) * stride_os
-                                                           + io_head.to(gl.int64) * stride_oh, 1)
-                  + gl.expand_dims(offs_d, 0))
-        gl.store(o_ptrs, out, mask=io_mask)
+            # Epilogue, as the Triton kernel's _finish_tile: NaN flags, sink, one factor per row, LSE, O.
+            o_m = first_row + WG * M + gl.arange(0, M, layout=o_rows)
+            o_valid = o_m < num_rows
+            if PACK_GQA:
+                o_pos = o_m // GROUP
+                o_head = head_or_kv_head * GROUP + o_m % GROUP
+            else:
+                o_pos = o_m
+                o_head = head_or_kv_head + o_m * 0
+            m_o = gl.convert_layout(m_i, o_rows)
+            l_o = gl.convert_layout(l_i, o_rows)
+            if FLAG_NAN:
+                row_sum = gl.sum(acc, 1)
+                row_has_nan = row_sum != row_sum
+                flag_index = program_index.to(gl.int64) * 128 + WG * M + gl.arange(0, M, layout=o_rows)
+                gl.store(FLAGS + flag_index, row_has_nan.to(gl.int8))
+                gl.atomic_max(ANY_NAN + o_m * 0, gl.full([M], 1, gl.int32, layout=o_rows), mask=row_has_nan)
+            acc_scale = gl.full([M], 1.0, gl.float32, layout=o_rows)
+            if HAS_SINKS:
+                sink = gl.load(SINKS + o_head, mask=o_valid, other=0.0).to(gl.float32) * LOG2E
+                m_new = gl.maximum(m_o, sink)
+                acc_scale = gl.exp2(m_o - m_new)
+                l_o = l_o * acc_scale + gl.exp2(sink - m_new)
+                m_o = m_new
+            no_key = l_o == 0.0
+            if STORE_LSE:
+                lse = gl.where(no_key, float("-inf"), (m_o + gl.log2(gl.where(no_key, 1.0, l_o))) * LN2)
+                lse_ptrs = (LSE + batch64 * stride_lb + o_head.to(gl.int64) * stride_lh
+                            + (q_begin + o_pos).to(gl.int64) * stride_lq)
+                gl.store(lse_ptrs, lse, mask=o_valid)
+            out = acc * gl.expand_dims(acc_scale / gl.where(no_key, 1.0, l_o), 1)
+            out = gl.convert_layout(out.to(dtype), io_layout)
+            o_ptrs = (O + batch64 * stride_ob + gl.expand_dims((q_begin + io_pos).to(gl.int64) * stride_os
+                                                               + io_head.to(gl.int64) * stride_oh, 1)
+                      + gl.expand_dims(offs_d, 0))
+            gl.store(o_ptrs, out, mask=io_mask)
+            position += num_blocks
 
     @gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right"])
     def _swa_fwd_sm90_kernel(
         Q, k_desc, v_desc, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, FLAGS, ANY_NAN,
         stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh,
-        seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, softmax_scale, softcap, left, right,
-        q_smem_layout: gl.constexpr,
+        seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, softmax_scale, softcap, left, right, num_tiles,
+        num_batch_heads, q_smem_layout: gl.constexpr,
         HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
-        IS_VARLEN_Q: gl.constexpr, IS_VARLEN_K: gl.constexpr, PACK_GQA: gl.constexpr, GROUP: gl.constexpr,
+        IS_VARLEN: gl.constexpr, PACK_GQA: gl.constexpr, GROUP: gl.constexpr,
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
     ):
-        """Grid: (query tiles, batch * heads-per-program), longest tiles first. See the module docstring."""
-        num_tiles = gl.num_programs(0)
-        tile = num_tiles - 1 - gl.program_id(0)
-        batch_head = gl.program_id(1)
-        if PACK_GQA:
-            heads_per_program = num_heads // GROUP
-            rows_per_pos: gl.constexpr = GROUP
-        else:
-            heads_per_program = num_heads
-            rows_per_pos: gl.constexpr = 1
-        batch = batch_head // heads_per_program
-        head_or_kv_head = batch_head % heads_per_program
-        if PACK_GQA:
-            kv_head = head_or_kv_head
-        else:
-            kv_head = head_or_kv_head // GROUP
-        q_begin, seqlen_q, k_begin, seqlen_k = sequence_bounds(
-            batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, CU_SEQLENS_K, IS_VARLEN_Q, IS_VARLEN_K, False)
-        num_rows = seqlen_q * rows_per_pos
-        first_row = tile * 128
-        first_pos = first_row // rows_per_pos
-        last_pos = (gl.minimum(first_row + 128, num_rows) - 1) // rows_per_pos
-        kv_start, kv_end, masked_head_end, unmasked_end, num_blocks = block_ranges(
-            first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT)
-        num_blocks = gl.where(first_row < num_rows, num_blocks, 0)  # a tile past a short sequence's rows
-        # K/V rows are (token, head * dim) rows of the 2D view: dense batches follow each other.
-        kv_row0 = batch * kv_rows_per_batch + k_begin + kv_start
-        kv_col = kv_head * HEAD_DIM
-        program_index = batch_head * num_tiles + tile
+        """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
+        (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
+        geometry = (num_tiles, num_batch_heads, seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, left, right,
+                    CU_SEQLENS_Q, CU_SEQLENS_K)
 
         q_smem = gl.allocate_shared_memory(k_desc.dtype, [2, 64, HEAD_DIM], q_smem_layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
@@ -332,24 +359,29 @@ if GLUON_AVAILABLE:
             mbarrier.init(k_empty.index(i), count=2)  # one arrival per consumer warpgroup
             mbarrier.init(v_empty.index(i), count=2)
 
-        tile_args = (kv_row0, kv_col, num_blocks, kv_start, kv_end, masked_head_end, unmasked_end, first_row,
-                     num_rows, head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, program_index)
         pointers = (k_desc, v_desc, Q, O, LSE, SINKS, FLAGS, ANY_NAN)
         strides = (stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh, stride_lb, stride_lq,
                    stride_lh)
         scalars = (softmax_scale, softcap, left, right)
         buffers = (q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty)
         gl.warp_specialize([
-            (_consumer, (tile_args, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
-                         HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES)),
-            (_consumer, (tile_args, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
-                         HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES)),
-            (_loader, (tile_args, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
-                       HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES)),
+            (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
+                         HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES,
+                         IS_VARLEN)),
+            (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
+                         HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES,
+                         IS_VARLEN)),
+            (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
+                       HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES,
+                       IS_VARLEN)),
         ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
 _DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _sm_count(device: torch.device) -> int:
+    return device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
 def _rows_view(t: torch.Tensor, varlen: bool) -> torch.Tensor | None:
@@ -401,11 +433,12 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             batch: int, pack_gqa: bool, q_strides: tuple, o_strides: tuple, l_strides: tuple,
             non_finite_flags: torch.Tensor | None, any_non_finite: torch.Tensor | None,
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
-            consumer_regs: int | None = None) -> int:
+            consumer_regs: int | None = None, programs: int | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
     of query tiles (of ``BLOCK_M`` rows) per (batch, head-or-KV-head), the geometry of the flags it wrote.
     ``block_n`` / ``num_stages`` / ``maxnreg`` (per thread at launch) / ``consumer_regs`` (per consumer thread after
-    the partitions' reallocation) override the shipped choice (tuning probes)."""
+    the partitions' reallocation) / ``programs`` (the persistent grid; default one per SM) override the shipped
+    choice (tuning probes)."""
     varlen = cu_seqlens_q is not None
     num_heads, head_dim = q.shape[-2], q.shape[-1]
     num_kv_heads = k.shape[-2]
@@ -420,7 +453,12 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     v_desc = TensorDescriptor.from_tensor(v_rows, [block_n, head_dim], kv_layout)
     rows = seqlen_q * (group if pack_gqa else 1)
     num_tiles = triton.cdiv(rows, BLOCK_M)
-    grid = (num_tiles, batch * (num_kv_heads if pack_gqa else num_heads))
+    num_batch_heads = batch * (num_kv_heads if pack_gqa else num_heads)
+    work = num_tiles * num_batch_heads
+    maxnreg = maxnreg or MAXNREG
+    # Resident programs per SM: 12 warps (4 + 4 + 1, allocated by warpgroup) of maxnreg registers per thread.
+    per_sm = max(1, 65536 // (12 * 32 * maxnreg))
+    grid = (min(work, programs or per_sm * _sm_count(q.device)),)
     flag = non_finite_flags is not None
     placeholder = q
     _swa_fwd_sm90_kernel[grid](
@@ -430,13 +468,13 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         non_finite_flags if flag else placeholder, any_non_finite if flag else placeholder,
         *q_strides, *o_strides, *l_strides,
         seqlen_q, seqlen_k, 0 if varlen else k.shape[1], num_heads, softmax_scale,
-        softcap if softcap > 0 else 1.0, left, right,
+        softcap if softcap > 0 else 1.0, left, right, num_tiles, num_batch_heads,
         q_layout,
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
-        IS_VARLEN_Q=varlen, IS_VARLEN_K=varlen, PACK_GQA=pack_gqa, GROUP=group, STORE_LSE=lse is not None,
+        IS_VARLEN=varlen, PACK_GQA=pack_gqa, GROUP=group, STORE_LSE=lse is not None,
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or CONSUMER_REGS, LOADER_REGS=LOADER_REGS,
-        num_warps=4, maxnreg=maxnreg or MAXNREG,
+        num_warps=4, maxnreg=maxnreg,
     )
     return num_tiles
 
