@@ -308,7 +308,7 @@ def main() -> int:
                 continue
             # The warp-specialized kernel must keep wgmma (HGMMA), spill nothing and fit one program per SM.
             # At the 240-register budget the D128 consumers spill a little on some Tritons (3.6, the GPU's: 0 B, 32
-            # with softcap; 3.9: 40 B, outside the block loop); more than 64 B means the budget no longer fits.
+            # with softcap; 3.9: 40 B); more than 64 B means the budget no longer fits.
             allowed_stack = 64 if q.shape[-1] == 128 else 0
             failures += check and (r.stack_bytes > allowed_stack or not r.warpgroup_mma
                                    or r.shared_bytes > SHARED_PER_SM)
