@@ -34,6 +34,7 @@ import torch
 import triton
 
 import swattn
+from swattn.kernels._launch import clear_plans
 from swattn.kernels.configs import FwdConfig, forced_config
 
 DEVICE, DTYPE = "cuda", torch.bfloat16
@@ -266,7 +267,6 @@ def timers() -> None:
 
 
 def pdl() -> None:
-    import os
 
     full = full_decode_inputs(4, 16384)
     cases = [("W(127,0) B=16 4K", decode_call(False)), ("W(127,0) B=16 4K + append", decode_call(True)),
@@ -276,10 +276,12 @@ def pdl() -> None:
         times = {}
         for _ in range(2):
             for flag in ("0", "1"):
-                os.environ["SWATTN_PDL"] = flag
+                swattn._compat.PDL = flag == "1"  # read when a call signature is planned: plans must be redone
+                clear_plans()
                 times.setdefault(flag, []).append(graph_us(call, 20))
         print(f"  {name}: PDL off {times['0']}, on {times['1']}", flush=True)
-    os.environ["SWATTN_PDL"] = "0"
+    swattn._compat.PDL = False
+    clear_plans()
 
 
 def decode_stages() -> None:

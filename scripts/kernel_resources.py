@@ -35,6 +35,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 
 from swattn.kernels import bwd, fwd, gluon_fwd  # noqa: E402
+from swattn.kernels._launch import clear_plans  # noqa: E402
 from swattn.kernels.configs import BwdConfig, FwdConfig, backward_config, forced_config  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
@@ -180,9 +181,10 @@ def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, **forward_kwa
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launches.append((args, kwargs))
 
-    saved = fwd.combine_splits, fwd.tma_compatible, fwd.pdl_enabled
+    saved = fwd.combine_launch, fwd.tma_compatible, fwd.pdl_enabled
     fwd._swa_fwd_kernel = Capture()
-    fwd.combine_splits = lambda *args, **kwargs: None  # the merge kernel is not reported
+    fwd.combine_launch = lambda *args, **kwargs: None  # the merge kernel is not reported
+    clear_plans()  # plans hold the kernel and the settings they were made with
     fwd.tma_compatible = lambda *tensors: True  # as for aligned CUDA tensors on Hopper (CPU tensors never are)
     fwd.pdl_enabled = lambda device: pdl
     try:
@@ -190,7 +192,8 @@ def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, **forward_kwa
             fwd.attention_forward(q, k, v, softmax_scale=q.shape[-1] ** -0.5, **forward_kwargs)
     finally:
         fwd._swa_fwd_kernel = kernel
-        fwd.combine_splits, fwd.tma_compatible, fwd.pdl_enabled = saved
+        fwd.combine_launch, fwd.tma_compatible, fwd.pdl_enabled = saved
+        clear_plans()
     return [_compile(kernel, args, kwargs) for args, kwargs in launches]
 
 

@@ -84,13 +84,18 @@ def ensure_triton_allocator() -> None:
         triton.set_allocator(_scratch_allocator)
 
 
+# Programmatic dependent launch (see pdl_enabled); SWATTN_PDL=0 at import turns it off.
+PDL = os.environ.get("SWATTN_PDL", "1") != "0"
+
+
 def pdl_enabled(device: torch.device) -> bool:
-    """Programmatic dependent launch (on by default on Hopper or newer; ``SWATTN_PDL=0`` turns it off): kernels are
+    """Programmatic dependent launch (on by default on Hopper or newer; ``SWATTN_PDL=0`` at import, or ``PDL =
+    False`` here, turns it off; read when a call signature is first planned, not per call): kernels are
     launched with ``launch_pdl`` and wait on the previous grid (``gdc_wait``) before their first read or write, so
     their launch overlaps the previous kernel's tail. H200, graph-replayed gpt-oss decode: W(127, 0) 4.13 -> 3.94
     us per call, with the k/v append 6.22 -> 5.27 us (docs/performance.md). Never under the interpreter (it has no
     grid dependencies)."""
-    if device.type != "cuda" or os.environ.get("SWATTN_PDL", "1") == "0" or interpreter_enabled():
+    if device.type != "cuda" or not PDL or interpreter_enabled():
         return False
     return compute_capability_major(device) >= 9
 

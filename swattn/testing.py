@@ -1,6 +1,10 @@
-"""Comparison helpers shared by the tests, the benchmark's correctness gate and the self-check."""
+"""Comparison helpers shared by the tests, the benchmark's correctness gate and the self-check; ``stub_kernels``
+for the host-time measurements and the launch-path tests."""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -33,3 +37,69 @@ def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, tolera
 def tolerance_for(dtype: torch.dtype) -> float:
     """Relative-error bound for outputs computed from inputs of ``dtype`` (fp32 accumulation)."""
     return {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+
+
+class StubCompiledKernel:
+    """What ``kernel[grid](...)`` returns on a GPU (a ``CompiledKernel``), reduced to the launcher attributes the
+    direct launch uses; its launches do nothing but count."""
+
+    def __init__(self, stub: StubKernel):
+        self.stub = stub
+        self.function, self.packed_metadata = object(), object()
+
+    def run(self, grid_x, grid_y, grid_z, stream, function, packed_metadata, launch_metadata, enter_hook, exit_hook,
+            *arguments):
+        assert function is self.function and packed_metadata is self.packed_metadata
+        self.stub.direct_launches += 1
+        self.stub.last_launch = ((grid_x, grid_y, grid_z), arguments)
+
+
+class StubKernel:
+    """A ``@triton.jit`` kernel as its GPU launch path sees it, without a GPU: ``kernel[grid](...)`` (Triton's
+    ``JITFunction.run``: bind, specialize, compile or look up) is counted and returns a ``StubCompiledKernel``
+    whose launches are counted too (``last_launch``: the grid and arguments of the latest). Nothing runs."""
+
+    def __init__(self, kernel):
+        self.fn = kernel.fn
+        self.plain_launches = self.direct_launches = 0
+        self.last_launch = None
+        self.compiled = StubCompiledKernel(self)
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.plain_launches += 1
+            self.last_launch = (grid, args, kwargs)
+            return self.compiled
+
+        return run
+
+
+@contextlib.contextmanager
+def stub_kernels() -> Iterator[dict[str, StubKernel]]:
+    """Replace every swattn kernel by a ``StubKernel`` (and Triton's current device and stream by constants) for
+    the block: swattn's whole GPU launch path runs, on any machine, except Triton's C launcher and the GPU. Yields
+    the stubs by kernel name. Plans made inside are dropped on both sides of the block."""
+    from swattn.kernels import _launch, append, bwd, combine, fwd
+
+    modules = {"_swa_fwd_kernel": fwd, "_append_kv_kernel": append, "_swa_combine_kernel": combine,
+               "_swa_bwd_dq_kernel": bwd, "_swa_bwd_dkdv_kernel": bwd}
+    kernels = {name: getattr(module, name) for name, module in modules.items()}
+    runtime = {name: getattr(_launch._Runtime, name) for name in ("knobs", "get_device", "get_stream")}
+
+    class NoHooks:
+        launch_enter_hook = launch_exit_hook = None
+
+    stubs = {name: StubKernel(kernel) for name, kernel in kernels.items()}
+    _launch.clear_plans()
+    try:
+        for name, module in modules.items():
+            setattr(module, name, stubs[name])
+        _launch._Runtime.knobs, _launch._Runtime.get_device, _launch._Runtime.get_stream = (
+            NoHooks, lambda: 0, lambda device: 0)
+        yield stubs
+    finally:
+        for name, module in modules.items():
+            setattr(module, name, kernels[name])
+        for name, value in runtime.items():
+            setattr(_launch._Runtime, name, value)
+        _launch.clear_plans()

@@ -1,4 +1,4 @@
-"""``python -m swattn.bench {prefill,decode,model-step,backward,all} [--quick] [--out FILE.md]``.
+"""``python -m swattn.bench {prefill,decode,model-step,backward,host,all} [--quick] [--out FILE.md]``.
 
 ``torchrun --nproc-per-node=N -m swattn.bench context-parallel`` (several GPUs; not part of ``all``).
 
@@ -19,7 +19,7 @@ import time
 
 from swattn.bench.common import Env, Section, make_env
 
-SCENARIOS = ("prefill", "decode", "model-step", "backward", "context-parallel", "all")
+SCENARIOS = ("prefill", "decode", "model-step", "backward", "host", "context-parallel", "all")
 
 
 def _ints(text: str) -> list[int]:
@@ -72,6 +72,9 @@ def run_scenario(name: str, env: Env, args: argparse.Namespace) -> Section:
     if name == "decode":
         from swattn.bench import decode
         return decode.run(env, contexts=args.contexts, page_sizes=args.page_sizes)
+    if name == "host":
+        from swattn.bench import host
+        return host.run(env)
     from swattn.bench import model_step
     return model_step.run(env, context=args.context, layers=args.layers)
 
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario == "context-parallel":
         from swattn.bench import context_parallel
         return context_parallel.main(args)
-    names = ["prefill", "decode", "model-step", "backward"] if args.scenario == "all" else [args.scenario]
+    names = ["prefill", "decode", "model-step", "backward", "host"] if args.scenario == "all" else [args.scenario]
     env = None
     parts: list[str] = []
     status = 0

@@ -12,8 +12,10 @@ import torch
 import triton
 import triton.language as tl
 
+from swattn import _compat
 from swattn._compat import next_power_of_2, pdl_enabled, pdl_launch_options
 from swattn.kernels._common import token_strides, wait_for_previous_grid
+from swattn.kernels._launch import Launch, PlanCache, tensor_signature
 
 
 @triton.jit
@@ -75,6 +77,10 @@ def _append_kv_kernel(
             tl.store(v_dst + offs_h[:, None] * stride_vch + offs_d[None, :], v, mask=mask)
 
 
+# append_kv's launches, per call signature.
+_PLANS = PlanCache()
+
+
 def append_kv(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -91,31 +97,47 @@ def append_kv(
     New tokens are ``[B, S_new, Hk, D]`` or, with ``cu_seqlens_q``, ``[total, Hk, D]`` laid out like the queries
     (rows past ``cu_seqlens_q[-1]`` are padding and are not written). Caches ``[B_cache, S_cache, Hk, D]`` (with
     ``cache_batch_idx``) or paged ``[num_pages, page_size, Hk, D]`` with ``page_table [B, pages]``. Arguments are
-    already checked; the head dimension must have unit stride.
+    already checked; the head dimension must have unit stride. The launch is planned once per call signature.
     """
+    key = (tensor_signature(k_cache), tensor_signature(v_cache), tensor_signature(k_new), tensor_signature(v_new),
+           tensor_signature(cache_seqlens), tensor_signature(cache_batch_idx), tensor_signature(page_table),
+           tensor_signature(cu_seqlens_q), k_new.device, _compat.PDL)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS.add(key, _plan_append(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table,
+                                            cu_seqlens_q))
+    batch, launch = plan
+    seqlens_k = torch.empty(batch, device=k_new.device, dtype=torch.int32)
+    if launch is not None:
+        placeholder = cache_seqlens
+        launch(k_new, v_new, k_cache, v_cache, cache_seqlens, seqlens_k,
+               placeholder if cu_seqlens_q is None else cu_seqlens_q,
+               placeholder if cache_batch_idx is None else cache_batch_idx,
+               placeholder if page_table is None else page_table)
+    return seqlens_k
+
+
+def _plan_append(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table, cu_seqlens_q
+                 ) -> tuple[int, Launch | None]:
+    """``(batch, launch)`` of one append_kv signature (launch None when there is nothing to write)."""
     varlen = cu_seqlens_q is not None
     batch = cu_seqlens_q.numel() - 1 if varlen else k_new.shape[0]
     num_tokens = k_new.shape[0] if varlen else k_new.shape[0] * k_new.shape[1]
-    seqlens_k = torch.empty(batch, device=k_new.device, dtype=torch.int32)
     if max(num_tokens, batch) == 0:
-        return seqlens_k
+        return batch, None
     num_kv_heads, head_dim = k_new.shape[-2], k_new.shape[-1]
-    k_strides, v_strides = token_strides(k_new, varlen), token_strides(v_new, varlen)
-    placeholder = cache_seqlens
     use_pdl = pdl_enabled(k_new.device)
-    _append_kv_kernel[(max(num_tokens, batch),)](
-        k_new, v_new, k_cache, v_cache, cache_seqlens, seqlens_k,
-        cu_seqlens_q if varlen else placeholder,
-        cache_batch_idx if cache_batch_idx is not None else placeholder,
-        page_table if page_table is not None else placeholder,
-        *k_strides, *v_strides,
+    scalars = (
+        *token_strides(k_new, varlen), *token_strides(v_new, varlen),
         *token_strides(k_cache, False), *token_strides(v_cache, False),
         page_table.stride(0) if page_table is not None else 0,
         batch, num_tokens, 1 if varlen else k_new.shape[1], k_cache.shape[1] if page_table is not None else 1,
         num_kv_heads,
+    )
+    constexprs = dict(
         IS_VARLEN=varlen, IS_PAGED=page_table is not None, HAS_CACHE_BATCH_IDX=cache_batch_idx is not None,
         BLOCK_B=next_power_of_2(max(batch, 1)), BLOCK_H=next_power_of_2(num_kv_heads),
-        BLOCK_D=next_power_of_2(head_dim), HEAD_DIM=head_dim, USE_PDL=use_pdl, num_warps=4,
-        **pdl_launch_options(use_pdl),
+        BLOCK_D=next_power_of_2(head_dim), HEAD_DIM=head_dim, USE_PDL=use_pdl,
     )
-    return seqlens_k
+    return batch, Launch(_append_kv_kernel, (max(num_tokens, batch),), scalars, constexprs,
+                         dict(num_warps=4, **pdl_launch_options(use_pdl)), num_tensors=9)

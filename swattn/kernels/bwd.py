@@ -38,6 +38,7 @@ from swattn.kernels._common import (
     softcap_scores,
     token_strides,
 )
+from swattn.kernels._launch import Launch, PlanCache, tensor_signature
 from swattn.kernels.configs import BwdConfig, backward_config
 
 
@@ -384,6 +385,10 @@ def sinks_gradient(sinks: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor,
     return -contribution.sum(reduce_dims)
 
 
+# attention_backward's plans, per call signature.
+_PLANS = PlanCache()
+
+
 def attention_backward(
     dout: torch.Tensor,
     q: torch.Tensor,
@@ -413,94 +418,133 @@ def attention_backward(
     any) ``[B, H, Sq]`` or ``[H, total_q]``. dq/dk/dv have the dtype of q/k/v; dsinks is fp32 ``[H]`` or None.
     Keys outside every window (and varlen padding) get zero gradients. ``record_loop`` (tests) additionally returns
     the dK/dV programs' ``(q_start, q_end, num_blocks)`` as a fifth value, shaped ``[B, Hk, key blocks, 3]``.
+    Config, grids and launches are planned once per call signature (``_BackwardPlan``).
     """
-    varlen_q = cu_seqlens_q is not None
-    varlen_k = cu_seqlens_k is not None
-    num_heads, head_dim = q.shape[-2], q.shape[-1]
-    num_kv_heads = k.shape[-2]
-    group = num_heads // num_kv_heads
-    if varlen_q:
-        batch, seqlen_q = cu_seqlens_q.numel() - 1, max_seqlen_q
-    else:
-        batch, seqlen_q = q.shape[0], q.shape[1]
-    seqlen_k = max_seqlen_k if varlen_k else k.shape[1]
-    # As the forward: a side that covers the whole sequence is unbounded (same kernels and config as -1).
-    if left >= seqlen_k:
-        left = -1
-    if right >= seqlen_q:
-        right = -1
-
-    # Varlen padding, keys past seqused_k and keys no window reaches are never written by a kernel: start at 0.
-    partial = varlen_q or varlen_k or seqused_k is not None
-    dq = torch.zeros_like(q) if varlen_q else torch.empty_like(q)
-    dk = torch.zeros_like(k) if partial else torch.empty_like(k)
-    dv = torch.zeros_like(v) if partial else torch.empty_like(v)
-    dsinks = None if sinks is None else torch.zeros(num_heads, device=q.device, dtype=torch.float32)
-    block_d = max(16, next_power_of_2(head_dim))
-    config = config or backward_config(block_d, left, q.element_size())
-    key_blocks = ceil_div(seqlen_k, config.dkdv_block_n)
-    loop_record = (torch.full((batch, num_kv_heads, key_blocks, 3), -1, device=q.device, dtype=torch.int32)
-                   if record_loop else None)
-    no_queries = batch == 0 or q.numel() == 0 or seqlen_q == 0
-    no_keys = k.numel() == 0 or seqlen_k == 0
-    if no_queries or no_keys:
-        dq.zero_()
-        dk.zero_()
-        dv.zero_()
-        # Without keys every row's softmax is the sink alone (out 0, lse = sink), so the sink still receives the
-        # gradient that flows into the LSE output.
-        if no_queries or sinks is None:
-            return (dq, dk, dv, dsinks, loop_record) if record_loop else (dq, dk, dv, dsinks)
-
     # Kernels take strides; only a strided head dimension is copied (e.g. the expanded ones of out.sum()).
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     lse = lse.contiguous()
-    delta = torch.empty_like(lse)
     if dlse is not None:
         dlse = dlse.to(torch.float32).contiguous()
-    upcast = needs_upcast(q.dtype)
-    placeholder = q
-    lse_address = lse_strides(lse, varlen_q)
-    common = dict(
-        HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, IS_VARLEN_Q=varlen_q,
-        IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqused_k is not None, UPCAST=upcast, BLOCK_D=block_d,
-        HEAD_DIM=head_dim, num_warps=config.num_warps,
-    )
-    scalars = (seqlen_q, seqlen_k, group, softmax_scale, softcap if softcap > 0 else 1.0, left, right)
-    sequence_args = (cu_seqlens_q if varlen_q else placeholder, cu_seqlens_k if varlen_k else placeholder,
-                     seqused_k if seqused_k is not None else placeholder)
-    # dQ first: it also writes delta, which the dK/dV kernel and the sinks' gradient read. Without keys its loop
-    # is empty (dQ = 0) and it only computes delta.
-    # PackGQA needs the group to tile both kernels' BLOCK_M rows evenly.
-    packed = (config.pack_gqa and group > 1 and group & (group - 1) == 0
-              and config.dq_block_m % group == 0 and config.dkdv_block_m % group == 0)
-    rows_per_pos = group if packed else 1
-    # Descriptors for the streamed tiles (K/V in dQ; q/dO in dK/dV, one head per block only).
-    dq_tma = config.tma and not no_keys and tma_compatible(k, v)
-    dkdv_tma = config.tma and not packed and tma_compatible(q, dout)
-    if dq_tma or dkdv_tma:
-        ensure_triton_allocator()
-    _swa_bwd_dq_kernel[(ceil_div(seqlen_q, config.dq_block_m // rows_per_pos), batch,
-                        num_kv_heads if packed else num_heads)](
-        q, placeholder if no_keys else k, placeholder if no_keys else v, out, dout, dq, lse,
-        dlse if dlse is not None else placeholder, delta, *sequence_args,
-        *token_strides(q, varlen_q), *token_strides(out, varlen_q), *token_strides(k, varlen_k),
-        *token_strides(v, varlen_k), *token_strides(dout, varlen_q), *token_strides(dq, varlen_q), *lse_address,
-        *scalars,
-        HAS_DLSE=dlse is not None, ROWS_PER_POS=rows_per_pos, USE_TMA=dq_tma, BLOCK_M=config.dq_block_m,
-        BLOCK_N=config.dq_block_n, num_stages=config.num_stages, **common,
-    )
-    if sinks is not None:
-        dsinks = sinks_gradient(sinks, lse, delta, cu_seqlens_q)
-    if no_keys:
-        return (dq, dk, dv, dsinks, loop_record) if record_loop else (dq, dk, dv, dsinks)
-    _swa_bwd_dkdv_kernel[(key_blocks, batch, num_kv_heads)](
-        q, k, v, dout, dk, dv, lse, delta, *sequence_args, loop_record if record_loop else placeholder,
-        *token_strides(q, varlen_q), *token_strides(k, varlen_k), *token_strides(v, varlen_k),
-        *token_strides(dout, varlen_q), *token_strides(dk, varlen_k), *token_strides(dv, varlen_k), *lse_address,
-        *scalars,
-        RECORD_LOOP=record_loop, ROWS_PER_POS=rows_per_pos, USE_TMA=dkdv_tma, BLOCK_M=config.dkdv_block_m,
-        BLOCK_N=config.dkdv_block_n,
-        num_stages=config.num_stages if config.dkdv_num_stages is None else config.dkdv_num_stages, **common,
-    )
-    return (dq, dk, dv, dsinks, loop_record) if record_loop else (dq, dk, dv, dsinks)
+    key = (tensor_signature(dout), tensor_signature(q), tensor_signature(k), tensor_signature(v),
+           tensor_signature(out), tensor_signature(lse), tensor_signature(sinks), tensor_signature(cu_seqlens_q),
+           tensor_signature(cu_seqlens_k), tensor_signature(seqused_k), tensor_signature(dlse), q.device,
+           softmax_scale, left, right, softcap, max_seqlen_q, max_seqlen_k, config, record_loop)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS.add(key, _BackwardPlan(
+            dout, q, k, v, out, lse, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap,
+            sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
+            max_seqlen_k=max_seqlen_k, seqused_k=seqused_k, dlse=dlse, config=config, record_loop=record_loop))
+    return plan.run(dout, q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, dlse)
+
+
+class _BackwardPlan:
+    """The dQ and dK/dV launches of one backward call signature, chosen once; ``run`` allocates the gradients and
+    launches."""
+
+    def __init__(self, dout, q, k, v, out, lse, *, softmax_scale, left, right, softcap, sinks, cu_seqlens_q,
+                 cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, dlse, config, record_loop):
+        varlen_q = cu_seqlens_q is not None
+        varlen_k = cu_seqlens_k is not None
+        num_heads, head_dim = q.shape[-2], q.shape[-1]
+        num_kv_heads = k.shape[-2]
+        group = num_heads // num_kv_heads
+        if varlen_q:
+            batch, seqlen_q = cu_seqlens_q.numel() - 1, max_seqlen_q
+        else:
+            batch, seqlen_q = q.shape[0], q.shape[1]
+        seqlen_k = max_seqlen_k if varlen_k else k.shape[1]
+        # As the forward: a side that covers the whole sequence is unbounded (same kernels and config as -1).
+        if left >= seqlen_k:
+            left = -1
+        if right >= seqlen_q:
+            right = -1
+
+        # Varlen padding, keys past seqused_k and keys no window reaches are never written by a kernel: start at 0.
+        partial = varlen_q or varlen_k or seqused_k is not None
+        self.zero_dq, self.zero_dkdv = varlen_q, partial
+        self.num_heads, self.device = num_heads, q.device
+        block_d = max(16, next_power_of_2(head_dim))
+        config = config or backward_config(block_d, left, q.element_size())
+        key_blocks = ceil_div(seqlen_k, config.dkdv_block_n)
+        self.record_shape = (batch, num_kv_heads, key_blocks, 3) if record_loop else None
+        no_queries = batch == 0 or q.numel() == 0 or seqlen_q == 0
+        no_keys = k.numel() == 0 or seqlen_k == 0
+        self.no_queries, self.no_keys = no_queries, no_keys
+        self.dq_launch = self.dkdv_launch = None
+        if no_queries or (no_keys and sinks is None):
+            return
+
+        upcast = needs_upcast(q.dtype)
+        lse_address = lse_strides(lse, varlen_q)
+        common = dict(
+            HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, IS_VARLEN_Q=varlen_q,
+            IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqused_k is not None, UPCAST=upcast, BLOCK_D=block_d,
+            HEAD_DIM=head_dim,
+        )
+        scalars = (seqlen_q, seqlen_k, group, softmax_scale, softcap if softcap > 0 else 1.0, left, right)
+        # dq/dk/dv are allocated like q/k/v (empty_like keeps a dense layout's strides): meta tensors give them.
+        dq, dk, dv = (torch.empty_like(t, device="meta") for t in (q, k, v))
+        # PackGQA needs the group to tile both kernels' BLOCK_M rows evenly.
+        packed = (config.pack_gqa and group > 1 and group & (group - 1) == 0
+                  and config.dq_block_m % group == 0 and config.dkdv_block_m % group == 0)
+        rows_per_pos = group if packed else 1
+        # Descriptors for the streamed tiles (K/V in dQ; q/dO in dK/dV, one head per block only).
+        dq_tma = config.tma and not no_keys and tma_compatible(k, v)
+        dkdv_tma = config.tma and not packed and tma_compatible(q, dout)
+        self.use_tma = dq_tma or dkdv_tma
+        self.dq_launch = Launch(
+            _swa_bwd_dq_kernel,
+            (ceil_div(seqlen_q, config.dq_block_m // rows_per_pos), batch, num_kv_heads if packed else num_heads),
+            (*token_strides(q, varlen_q), *token_strides(out, varlen_q), *token_strides(k, varlen_k),
+             *token_strides(v, varlen_k), *token_strides(dout, varlen_q), *token_strides(dq, varlen_q), *lse_address,
+             *scalars),
+            dict(HAS_DLSE=dlse is not None, ROWS_PER_POS=rows_per_pos, USE_TMA=dq_tma, BLOCK_M=config.dq_block_m,
+                 BLOCK_N=config.dq_block_n, **common),
+            dict(num_warps=config.num_warps, num_stages=config.num_stages), num_tensors=12)
+        if no_keys:
+            return
+        self.dkdv_launch = Launch(
+            _swa_bwd_dkdv_kernel, (key_blocks, batch, num_kv_heads),
+            (*token_strides(q, varlen_q), *token_strides(k, varlen_k), *token_strides(v, varlen_k),
+             *token_strides(dout, varlen_q), *token_strides(dk, varlen_k), *token_strides(dv, varlen_k),
+             *lse_address, *scalars),
+            dict(RECORD_LOOP=record_loop, ROWS_PER_POS=rows_per_pos, USE_TMA=dkdv_tma, BLOCK_M=config.dkdv_block_m,
+                 BLOCK_N=config.dkdv_block_n, **common),
+            dict(num_warps=config.num_warps,
+                 num_stages=config.num_stages if config.dkdv_num_stages is None else config.dkdv_num_stages),
+            num_tensors=12)
+
+    def run(self, dout, q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, dlse):
+        dq = torch.zeros_like(q) if self.zero_dq else torch.empty_like(q)
+        dk = torch.zeros_like(k) if self.zero_dkdv else torch.empty_like(k)
+        dv = torch.zeros_like(v) if self.zero_dkdv else torch.empty_like(v)
+        dsinks = None if sinks is None else torch.zeros(self.num_heads, device=self.device, dtype=torch.float32)
+        loop_record = (None if self.record_shape is None
+                       else torch.full(self.record_shape, -1, device=self.device, dtype=torch.int32))
+        result = (dq, dk, dv, dsinks, loop_record) if loop_record is not None else (dq, dk, dv, dsinks)
+        if self.no_queries or self.no_keys:
+            dq.zero_()
+            dk.zero_()
+            dv.zero_()
+        if self.dq_launch is None:
+            # Without keys every row's softmax is the sink alone (out 0, lse = sink), so the sink still receives the
+            # gradient that flows into the LSE output.
+            return result
+        delta = torch.empty_like(lse)
+        placeholder = q
+        if self.use_tma:
+            ensure_triton_allocator()
+        sequence_args = (placeholder if cu_seqlens_q is None else cu_seqlens_q,
+                         placeholder if cu_seqlens_k is None else cu_seqlens_k,
+                         placeholder if seqused_k is None else seqused_k)
+        # dQ first: it also writes delta, which the dK/dV kernel and the sinks' gradient read. Without keys its loop
+        # is empty (dQ = 0) and it only computes delta.
+        self.dq_launch(q, placeholder if self.no_keys else k, placeholder if self.no_keys else v, out, dout, dq, lse,
+                       placeholder if dlse is None else dlse, delta, *sequence_args)
+        if sinks is not None:
+            dsinks = sinks_gradient(sinks, lse, delta, cu_seqlens_q)
+        if self.dkdv_launch is not None:
+            self.dkdv_launch(q, k, v, dout, dk, dv, lse, delta, *sequence_args,
+                             placeholder if loop_record is None else loop_record)
+        return (dq, dk, dv, dsinks, loop_record) if loop_record is not None else (dq, dk, dv, dsinks)

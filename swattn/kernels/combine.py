@@ -8,6 +8,7 @@ import triton.language as tl
 
 from swattn._compat import next_power_of_2, pdl_enabled, pdl_launch_options
 from swattn.kernels._common import LN2, LOG2E, lse_strides, wait_for_previous_grid
+from swattn.kernels._launch import Launch
 
 
 @triton.jit
@@ -56,32 +57,35 @@ def _swa_combine_kernel(
         tl.store(LSE + batch * stride_lb + pos * stride_lq + head * stride_lh, lse)
 
 
-def combine_splits(
+def combine_launch(
     out_partial: torch.Tensor,
     lse_partial: torch.Tensor,
     out: torch.Tensor,
     lse: torch.Tensor | None,
     sinks: torch.Tensor | None,
     tokens_per_batch: int,
-) -> None:
-    """Merge ``out_partial [S, T, H, D]`` (fp32) and ``lse_partial [S, T, H]`` into ``out [T, H, D]``.
+) -> Launch | None:
+    """The merge of ``out_partial [S, T, H, D]`` (fp32) and ``lse_partial [S, T, H]`` into ``out [T, H, D]``,
+    prepared from the tensors' shapes and strides (meta tensors will do); call it with ``(out_partial,
+    lse_partial, out, lse or lse_partial, sinks or out)``. None when there is nothing to merge.
 
     ``lse`` is the caller's [B, H, Sq] (``tokens_per_batch = Sq``) or [H, total_q] (``tokens_per_batch = total_q``)
     tensor, or None.
     """
     num_splits, tokens, heads, head_dim = out_partial.shape
     if tokens == 0:
-        return
+        return None
     lse_address = (0, 0, 0) if lse is None else lse_strides(lse, varlen=lse.dim() == 2)
     use_pdl = pdl_enabled(out.device)
-    _swa_combine_kernel[(tokens, heads)](
-        out_partial, lse_partial, out, lse if lse is not None else lse_partial, sinks if sinks is not None else out,
+    scalars = (
         out_partial.stride(0), out_partial.stride(1), out_partial.stride(2),
         lse_partial.stride(0), lse_partial.stride(1),
         out.stride(0), out.stride(1),
         *lse_address,
         tokens_per_batch, num_splits, head_dim,
-        HAS_SINKS=sinks is not None, STORE_LSE=lse is not None,
-        BLOCK_S=max(2, next_power_of_2(num_splits)), BLOCK_D=next_power_of_2(head_dim),
-        USE_PDL=use_pdl, num_warps=1, **pdl_launch_options(use_pdl),
     )
+    constexprs = dict(HAS_SINKS=sinks is not None, STORE_LSE=lse is not None,
+                      BLOCK_S=max(2, next_power_of_2(num_splits)), BLOCK_D=next_power_of_2(head_dim), USE_PDL=use_pdl)
+    return Launch(_swa_combine_kernel, (tokens, heads), scalars, constexprs,
+                  dict(num_warps=1, **pdl_launch_options(use_pdl)), num_tensors=5)
+

@@ -98,6 +98,11 @@ def forced_config(config: FwdConfig) -> Iterator[None]:
         _forced = previous
 
 
+def forced_config_in_use() -> FwdConfig | None:
+    """The config ``forced_config`` sets, if any (part of every forward plan's key)."""
+    return _forced
+
+
 def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, window_span: int | None,
                    element_size: int = 2, keys_per_split: int | None = None) -> FwdConfig:
     """Pick block shapes from shapes only (never from GPU values, so CUDA graphs and torch.compile are safe).

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from swattn import _compat
 from swattn._compat import (
     ceil_div,
     device_properties,
@@ -25,7 +26,7 @@ from swattn._compat import (
     pdl_launch_options,
     tma_compatible,
 )
-from swattn.kernels import gluon_fwd
+from swattn.kernels import configs, gluon_fwd
 from swattn.kernels._common import (
     LN2,
     LOG2E,
@@ -39,7 +40,8 @@ from swattn.kernels._common import (
     token_strides,
     wait_for_previous_grid,
 )
-from swattn.kernels.combine import combine_splits
+from swattn.kernels._launch import Launch, PlanCache, tensor_signature
+from swattn.kernels.combine import combine_launch
 from swattn.kernels.configs import forward_config
 from swattn.window import visible_span
 
@@ -513,6 +515,10 @@ def _swa_fwd_kernel(
         )
 
 
+# Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_NEW).
+_FORWARD_TENSORS = 16
+
+
 def _persistent_programs(device: torch.device) -> int:
     """Programs of the redo pass: one per SM (a few under the interpreter)."""
     if device.type != "cuda":
@@ -535,6 +541,10 @@ def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_tile:
         if rows_per_tile < gluon_fwd.BLOCK_M or (small_window and q.shape[-1] == 64):
             return False
     return gluon_fwd.unsupported_reason(q, k, v, **features) is None
+
+
+# attention_forward's plans, per call signature.
+_PLANS = PlanCache()
 
 
 def attention_forward(
@@ -570,130 +580,191 @@ def attention_forward(
     ``new_k``/``new_v`` (KV cache only; experimental, see ``ops.FUSED_APPEND``): one new token per query, laid out
     like q with ``Hk`` heads and equal strides, written into the cache at ``seqlens_k[b] ...`` by the programs
     that read them; ``seqlens_k`` then holds the lengths before the append.
+
+    What depends only on the call's signature (config, grid, strides, constexprs, compiled kernels) is planned
+    once per signature (``_ForwardPlan``); a repeated call allocates its outputs and launches.
     """
-    varlen_q = cu_seqlens_q is not None
-    varlen_k = cu_seqlens_k is not None
-    paged = page_table is not None
-    num_heads, head_dim = q.shape[-2], q.shape[-1]
-    num_kv_heads = k.shape[-2]
-    group = num_heads // num_kv_heads
-    if varlen_q:
-        batch = cu_seqlens_q.numel() - 1
-        seqlen_q = max_seqlen_q
-        tokens_per_batch = q.shape[0]
-    else:
-        batch, seqlen_q = q.shape[0], q.shape[1]
-        tokens_per_batch = seqlen_q
-    if varlen_k:
-        seqlen_k = max_seqlen_k
-    elif paged:
-        seqlen_k = page_table.shape[1] * k.shape[1]
-    else:
-        seqlen_k = k.shape[1]
+    key = (tensor_signature(q), tensor_signature(k), tensor_signature(v), tensor_signature(sinks),
+           tensor_signature(cu_seqlens_q), tensor_signature(cu_seqlens_k), tensor_signature(seqlens_k),
+           tensor_signature(cache_batch_idx), tensor_signature(page_table), tensor_signature(new_k),
+           tensor_signature(new_v), q.device, softmax_scale, left, right, softcap, max_seqlen_q, max_seqlen_k,
+           pack_gqa, num_splits, return_lse, count_blocks, ISOLATE_NON_FINITE, _compat.PDL,
+           configs.forced_config_in_use(), gluon_fwd.GLUON_MODE)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS.add(key, _ForwardPlan(
+            q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
+            cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k,
+            max_seqlen_k=max_seqlen_k, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
+            pack_gqa=pack_gqa, num_splits=num_splits, return_lse=return_lse, count_blocks=count_blocks,
+            new_k=new_k))
+    return plan.run(q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k,
+                    new_v)
 
-    # A side that covers the whole tensor is unbounded (as FlashAttention 3 normalises it); this also keeps the
-    # kernel's int32 window arithmetic far from overflow for huge sides such as 2**31 - 1.
-    if left >= seqlen_k:
-        left = -1
-    if right >= seqlen_q:
-        right = -1
-    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
-    lse = None
-    if return_lse:
-        lse = (torch.empty(num_heads, q.shape[0], device=q.device, dtype=torch.float32) if varlen_q
-               else torch.empty(batch, num_heads, seqlen_q, device=q.device, dtype=torch.float32))
-    if batch == 0 or seqlen_q == 0 or q.numel() == 0:
-        return out, lse, None
 
-    block_d = max(16, next_power_of_2(head_dim))
-    rows_per_tile = seqlen_q * group if pack_gqa else seqlen_q
-    window_span = left + right + 1 if left >= 0 and right >= 0 else None
-    keys_per_split = -(-visible_span(0, seqlen_q - 1, seqlen_q, seqlen_k, left, right)[1] // num_splits)
-    config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size(), keys_per_split)
-    use_gluon = _use_gluon(q, k, v, rows_per_tile, left, right, varlen_q=varlen_q, varlen_k=varlen_k, paged=paged,
-                           indexed=cache_batch_idx is not None, seqlens_k=seqlens_k is not None,
-                           num_splits=num_splits, append=new_k is not None, count_blocks=count_blocks)
-    if use_gluon:
-        # The Gluon kernel's tiles are BLOCK_M rows: the non-finite redo pass (a Triton launch) must see the same.
-        config = replace(config, block_m=gluon_fwd.BLOCK_M)
-    num_tiles = ceil_div(rows_per_tile, config.block_m)
-    grid = (num_tiles, batch * (num_kv_heads if pack_gqa else num_heads), num_splits)
+class _ForwardPlan:
+    """The launches of one forward call signature, chosen once: config, grid, strides, constexprs (``Launch``
+    objects). ``run`` allocates the outputs (and the split and non-finite buffers) and launches."""
 
-    tokens = q.shape[0] if varlen_q else batch * seqlen_q
-    is_split = num_splits > 1
-    if is_split:
-        out_target = torch.empty(num_splits, tokens, num_heads, head_dim, device=q.device, dtype=torch.float32)
-        lse_target = torch.empty(num_splits, tokens, num_heads, device=q.device, dtype=torch.float32)
-        split_o, token_o, head_o, _ = out_target.stride()
-        split_l, token_l, head_l = lse_target.stride()
-        o_strides = (split_o, 0 if varlen_q else seqlen_q * token_o, token_o, head_o)
-        l_strides = (split_l, 0 if varlen_q else seqlen_q * token_l, token_l, head_l)
-    else:
-        out_target, lse_target = out, lse
-        o_strides = (0, *token_strides(out, varlen_q))
-        l_strides = (0, 0, 0, 0) if lse is None else (0, *lse_strides(lse, varlen_q))
-    q_strides = token_strides(q, varlen_q)
-    k_strides, v_strides = token_strides(k, varlen_k), token_strides(v, varlen_k)
-    block_counts = (torch.zeros(grid[0] * grid[1] * grid[2], device=q.device, dtype=torch.int32)
-                    if count_blocks else None)
-    placeholder = q  # pointer for absent tensors; their constexpr switch keeps the kernel from touching it
-    # A tile can mix rows that see a key with rows that do not only when it holds several query positions; a
-    # single-query decode tile (PackGQA or not) cannot leak, and skips the flags and the second launch.
-    isolate = ISOLATE_NON_FINITE and seqlen_q > 1
-    num_work = grid[0] * grid[1] * grid[2]
-    non_finite_flags = (torch.empty(num_work * config.block_m, device=q.device, dtype=torch.int8) if isolate
-                        else placeholder)
-    any_non_finite = torch.zeros(1, device=q.device, dtype=torch.int32) if isolate else placeholder
+    def __init__(self, q, k, v, *, softmax_scale, left, right, softcap, sinks, cu_seqlens_q, max_seqlen_q,
+                 cu_seqlens_k, max_seqlen_k, seqlens_k, cache_batch_idx, page_table, pack_gqa, num_splits,
+                 return_lse, count_blocks, new_k):
+        varlen_q = cu_seqlens_q is not None
+        varlen_k = cu_seqlens_k is not None
+        paged = page_table is not None
+        num_heads, head_dim = q.shape[-2], q.shape[-1]
+        num_kv_heads = k.shape[-2]
+        group = num_heads // num_kv_heads
+        if varlen_q:
+            batch = cu_seqlens_q.numel() - 1
+            seqlen_q = max_seqlen_q
+            tokens_per_batch = q.shape[0]
+        else:
+            batch, seqlen_q = q.shape[0], q.shape[1]
+            tokens_per_batch = seqlen_q
+        if varlen_k:
+            seqlen_k = max_seqlen_k
+        elif paged:
+            seqlen_k = page_table.shape[1] * k.shape[1]
+        else:
+            seqlen_k = k.shape[1]
 
-    append_new = new_k is not None
-    # Descriptor (async-proxy) loads would not see the programs' own plain stores of new tokens without a proxy
-    # fence: appending programs load through pointers.
-    use_tma = config.tma and not paged and not append_new and tma_compatible(k, v)
-    if use_tma:
-        ensure_triton_allocator()
-    use_pdl = pdl_enabled(q.device)
+        # A side that covers the whole tensor is unbounded (as FlashAttention 3 normalises it); this also keeps the
+        # kernel's int32 window arithmetic far from overflow for huge sides such as 2**31 - 1.
+        if left >= seqlen_k:
+            left = -1
+        if right >= seqlen_q:
+            right = -1
+        self.out_shape, self.dtype, self.device = q.shape, q.dtype, q.device
+        self.lse_shape = None
+        if return_lse:
+            self.lse_shape = (num_heads, q.shape[0]) if varlen_q else (batch, num_heads, seqlen_q)
+        self.launches = False
+        if batch == 0 or seqlen_q == 0 or q.numel() == 0:
+            return
+        self.launches = True
 
-    def launch(launch_grid: tuple[int, ...], non_finite_pass: int, count: bool) -> None:
-        _swa_fwd_kernel[launch_grid](
-            q, k, v, out_target, lse_target if lse_target is not None else placeholder,
-            sinks if sinks is not None else placeholder,
-            cu_seqlens_q if varlen_q else placeholder, cu_seqlens_k if varlen_k else placeholder,
-            seqlens_k if seqlens_k is not None else placeholder,
-            cache_batch_idx if cache_batch_idx is not None else placeholder,
-            page_table if paged else placeholder,
-            block_counts if count else placeholder,
-            non_finite_flags, any_non_finite,
-            new_k if append_new else placeholder, new_v if append_new else placeholder,
-            *q_strides, *k_strides, *v_strides, *o_strides, *l_strides,
-            page_table.stride(0) if paged else 0,
+        block_d = max(16, next_power_of_2(head_dim))
+        rows_per_tile = seqlen_q * group if pack_gqa else seqlen_q
+        window_span = left + right + 1 if left >= 0 and right >= 0 else None
+        keys_per_split = -(-visible_span(0, seqlen_q - 1, seqlen_q, seqlen_k, left, right)[1] // num_splits)
+        config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size(), keys_per_split)
+        self.use_gluon = _use_gluon(q, k, v, rows_per_tile, left, right, varlen_q=varlen_q, varlen_k=varlen_k,
+                                    paged=paged, indexed=cache_batch_idx is not None,
+                                    seqlens_k=seqlens_k is not None, num_splits=num_splits,
+                                    append=new_k is not None, count_blocks=count_blocks)
+        if self.use_gluon:
+            # The Gluon kernel's tiles are BLOCK_M rows: the non-finite redo pass (a Triton launch) must see the same.
+            config = replace(config, block_m=gluon_fwd.BLOCK_M)
+        num_tiles = ceil_div(rows_per_tile, config.block_m)
+        grid = (num_tiles, batch * (num_kv_heads if pack_gqa else num_heads), num_splits)
+
+        tokens = q.shape[0] if varlen_q else batch * seqlen_q
+        # Outputs are allocated contiguous on every call: their strides are those of meta tensors of their shapes.
+        out = torch.empty(q.shape, device="meta", dtype=q.dtype)
+        lse = None if self.lse_shape is None else torch.empty(self.lse_shape, device="meta", dtype=torch.float32)
+        self.split_shapes = None
+        if num_splits > 1:
+            self.split_shapes = ((num_splits, tokens, num_heads, head_dim), (num_splits, tokens, num_heads))
+            out_target, lse_target = (torch.empty(shape, device="meta", dtype=torch.float32)
+                                      for shape in self.split_shapes)
+            split_o, token_o, head_o, _ = out_target.stride()
+            split_l, token_l, head_l = lse_target.stride()
+            o_strides = (split_o, 0 if varlen_q else seqlen_q * token_o, token_o, head_o)
+            l_strides = (split_l, 0 if varlen_q else seqlen_q * token_l, token_l, head_l)
+            # The merge writes out as [tokens, H, D] (a view of dense out).
+            self.merged_shape = None if varlen_q else (tokens, num_heads, head_dim)
+            self.combine = combine_launch(out_target, lse_target, out if varlen_q else out.view(self.merged_shape),
+                                          lse, sinks, tokens_per_batch)
+        else:
+            o_strides = (0, *token_strides(out, varlen_q))
+            l_strides = (0, 0, 0, 0) if lse is None else (0, *lse_strides(lse, varlen_q))
+            self.combine = None
+        # A tile can mix rows that see a key with rows that do not only when it holds several query positions; a
+        # single-query decode tile (PackGQA or not) cannot leak, and skips the flags and the second launch.
+        self.isolate = ISOLATE_NON_FINITE and seqlen_q > 1
+        num_work = grid[0] * grid[1] * grid[2]
+        self.flag_rows = num_work * config.block_m
+        self.block_count_shape = (num_work,) if count_blocks else None
+
+        append_new = new_k is not None
+        # Descriptor (async-proxy) loads would not see the programs' own plain stores of new tokens without a proxy
+        # fence: appending programs load through pointers.
+        self.use_tma = config.tma and not paged and not append_new and tma_compatible(k, v)
+        use_pdl = pdl_enabled(q.device)
+        scalars = (
+            *token_strides(q, varlen_q), *token_strides(k, varlen_k), *token_strides(v, varlen_k), *o_strides,
+            *l_strides, page_table.stride(0) if paged else 0,
             *(token_strides(new_k, varlen_q) if append_new else (0, 0, 0)),
             seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
             softmax_scale, softcap if softcap > 0 else 1.0, left, right,
             grid[0], grid[2], num_work,
+        )
+        switches = dict(
             HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
             IS_VARLEN_Q=varlen_q, IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqlens_k is not None,
             HAS_CACHE_BATCH_IDX=cache_batch_idx is not None, IS_PAGED=paged, PACK_GQA=pack_gqa,
-            IS_SPLIT=is_split, STORE_LSE=is_split or lse is not None, COUNT_BLOCKS=count,
-            UPCAST=needs_upcast(q.dtype), SINGLE_LOOP=config.single_loop, NON_FINITE_PASS=non_finite_pass,
-            USE_TMA=use_tma, USE_PDL=use_pdl, MASK_EDGES_ONLY=config.single_loop and config.mask_edges_only,
-            APPEND_NEW=append_new,
+            IS_SPLIT=num_splits > 1, STORE_LSE=num_splits > 1 or lse is not None,
+            UPCAST=needs_upcast(q.dtype), SINGLE_LOOP=config.single_loop, USE_TMA=self.use_tma, USE_PDL=use_pdl,
+            MASK_EDGES_ONLY=config.single_loop and config.mask_edges_only, APPEND_NEW=append_new,
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, HEAD_DIM=head_dim,
-            num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
-            **({"maxnreg": config.maxnreg} if config.maxnreg else {}),
         )
+        options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
+                       **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
+        self.gluon_arguments = dict(
+            softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+            batch=batch, pack_gqa=pack_gqa, q_strides=token_strides(q, varlen_q), o_strides=o_strides[1:],
+            l_strides=l_strides[1:])
+        self.main = Launch(_swa_fwd_kernel, grid, scalars,
+                           dict(switches, COUNT_BLOCKS=count_blocks,
+                                NON_FINITE_PASS=FLAG_NON_FINITE.value if self.isolate else NO_ISOLATION.value),
+                           options, num_tensors=_FORWARD_TENSORS)
+        self.redo = None
+        if self.isolate:
+            self.redo = Launch(_swa_fwd_kernel, (min(num_work, _persistent_programs(q.device)),), scalars,
+                               dict(switches, COUNT_BLOCKS=False, NON_FINITE_PASS=REDO_FLAGGED.value), options,
+                               num_tensors=_FORWARD_TENSORS)
 
-    if use_gluon:
-        gluon_fwd.forward(
-            q, k, v, out, lse, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
-            cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
-            batch=batch, pack_gqa=pack_gqa, q_strides=q_strides, o_strides=o_strides[1:], l_strides=l_strides[1:],
-            non_finite_flags=non_finite_flags if isolate else None,
-            any_non_finite=any_non_finite if isolate else None)
-    else:
-        launch(grid, FLAG_NON_FINITE.value if isolate else NO_ISOLATION.value, count_blocks)
-    if isolate:
-        launch((min(num_work, _persistent_programs(q.device)),), REDO_FLAGGED.value, False)
-    if is_split:
-        combine_splits(out_target, lse_target, out.view(tokens, num_heads, head_dim) if not varlen_q else out,
-                       lse, sinks, tokens_per_batch)
-    return out, lse, block_counts
+    def run(self, q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k, new_v):
+        device = self.device
+        out = torch.empty(self.out_shape, device=device, dtype=self.dtype)
+        lse = None if self.lse_shape is None else torch.empty(self.lse_shape, device=device, dtype=torch.float32)
+        if not self.launches:
+            return out, lse, None
+        if self.split_shapes is not None:
+            out_target = torch.empty(self.split_shapes[0], device=device, dtype=torch.float32)
+            lse_target = torch.empty(self.split_shapes[1], device=device, dtype=torch.float32)
+        else:
+            out_target, lse_target = out, lse
+        placeholder = q  # pointer for absent tensors; their constexpr switch keeps the kernel from touching it
+        block_counts = (None if self.block_count_shape is None
+                        else torch.zeros(self.block_count_shape, device=device, dtype=torch.int32))
+        if self.isolate:
+            non_finite_flags = torch.empty(self.flag_rows, device=device, dtype=torch.int8)
+            any_non_finite = torch.zeros(1, device=device, dtype=torch.int32)
+        else:
+            non_finite_flags = any_non_finite = placeholder
+        if self.use_tma:
+            ensure_triton_allocator()
+        tensors = (
+            q, k, v, out_target, placeholder if lse_target is None else lse_target,
+            placeholder if sinks is None else sinks, placeholder if cu_seqlens_q is None else cu_seqlens_q,
+            placeholder if cu_seqlens_k is None else cu_seqlens_k, placeholder if seqlens_k is None else seqlens_k,
+            placeholder if cache_batch_idx is None else cache_batch_idx,
+            placeholder if page_table is None else page_table,
+            placeholder if block_counts is None else block_counts, non_finite_flags, any_non_finite,
+            placeholder if new_k is None else new_k, placeholder if new_v is None else new_v,
+        )
+        if self.use_gluon:
+            gluon_fwd.forward(q, k, v, out, lse, sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                              non_finite_flags=non_finite_flags if self.isolate else None,
+                              any_non_finite=any_non_finite if self.isolate else None, **self.gluon_arguments)
+        else:
+            self.main(*tensors)
+        if self.redo is not None:
+            self.redo(*tensors[:11], placeholder, *tensors[12:])
+        if self.combine is not None:
+            merged = out if self.merged_shape is None else out.view(self.merged_shape)
+            self.combine(out_target, lse_target, merged, lse_target if lse is None else lse,
+                         out if sinks is None else sinks)
+        return out, lse, block_counts

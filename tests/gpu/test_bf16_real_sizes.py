@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import swattn
-from swattn import window
+from swattn import _compat, window
 from swattn.kernels.fwd import attention_forward
 from swattn.reference import attention_kvcache_ref, attention_ref, attention_varlen_ref
 from swattn.testing import assert_close, tolerance_for
@@ -313,9 +313,9 @@ def eager_and_replayed(step, k_cache, v_cache) -> tuple[list, list]:
 
 @pytest.mark.parametrize("num_splits", [1, 4])
 def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch, num_splits):
-    """Programmatic dependent launch (the default on Hopper; SWATTN_PDL=0 turns it off): append, attention and
-    split-KV combine launched with PDL, back to back and captured in a CUDA graph, give exactly the results and
-    cache contents of ordinary launches."""
+    """Programmatic dependent launch (the default on Hopper; SWATTN_PDL=0 at import turns it off): append,
+    attention and split-KV combine launched with PDL, back to back and captured in a CUDA graph, give exactly the
+    results and cache contents of ordinary launches."""
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("programmatic dependent launch needs Hopper or newer")
     batch, heads, kv_heads, head_dim, page_size = 16, 64, 8, 64, 16
@@ -334,13 +334,13 @@ def test_programmatic_dependent_launch_gives_the_same_bits(monkeypatch, num_spli
         return results
 
     caches = {}
-    for pdl in ("0", "1"):
-        monkeypatch.setenv("SWATTN_PDL", pdl)
+    for pdl in (False, True):
+        monkeypatch.setattr(_compat, "PDL", pdl)
         eager, replayed = eager_and_replayed(step, k_cache, v_cache)
         for a, b in zip(eager, replayed):
-            assert torch.equal(a, b), f"SWATTN_PDL={pdl}: graph replay differs from the eager call"
+            assert torch.equal(a, b), f"PDL={pdl}: graph replay differs from the eager call"
         caches[pdl] = eager
-    for a, b in zip(caches["0"], caches["1"]):
+    for a, b in zip(caches[False], caches[True]):
         assert torch.equal(a, b), "PDL launches changed a result or the cache"
 
 
@@ -406,3 +406,54 @@ def test_edge_only_masking_gives_the_same_bits(head_dim, heads):
                                                       pack_gqa=pack_gqa, return_softmax_lse=True))
         for other in results[1:]:
             assert torch.equal(results[0][0], other[0]) and torch.equal(results[0][1], other[1]), window_size
+
+
+def test_direct_launches_give_the_same_bits(monkeypatch):
+    """Repeated eager calls launch the compiled kernels directly (swattn/kernels/_launch.py), skipping Triton's
+    per-call specialization: decode with append (window and split-KV with its combine), a prefill with its
+    non-finite redo pass, and the backward give exactly the plain launches' results, also inside a CUDA graph; a
+    misaligned q (another specialization) gets its own plan and the same result."""
+    from swattn.kernels import _launch, fwd
+
+    batch, heads, kv_heads, head_dim, page_size = 16, 64, 8, 64, 16
+    seqlens = torch.randint(200, 3000, (batch,), device=DEVICE, dtype=torch.int32)
+    q, k_new, v_new = randn(batch, 1, heads, head_dim), randn(batch, 1, kv_heads, head_dim), randn(batch, 1, kv_heads,
+                                                                                                      head_dim)
+    sinks = torch.randn(heads, device=DEVICE)
+    k_cache, v_cache, page_table = paged_cache(batch, 3001, page_size, kv_heads, head_dim)
+    qp, kp, vp = randn(2, 1000, heads, head_dim), randn(2, 1000, kv_heads, head_dim), randn(2, 1000, kv_heads, head_dim)
+    storage = torch.empty(qp.numel() + 1, device=DEVICE, dtype=BF16)
+    qp_misaligned = storage[1:].view(qp.shape)
+    qp_misaligned.copy_(qp)
+    dout = randn(*qp.shape)
+
+    def step(k_cache, v_cache):
+        results = []
+        for _ in range(3):  # the first call plans and launches through Triton, the next ones directly
+            for window_size, num_splits in [((127, 0), 0), ((-1, 0), 4)]:
+                results += swattn.flash_attn_with_kvcache(
+                    q, k_cache, v_cache, k=k_new, v=v_new, cache_seqlens=seqlens, page_table=page_table,
+                    causal=True, window_size=window_size, sinks=sinks, num_splits=num_splits, return_softmax_lse=True)
+            for query in (qp, qp_misaligned):
+                results.append(swattn.flash_attn_func(query, kp, vp, causal=True, window_size=(127, 0), sinks=sinks))
+        return results
+
+    def gradients():
+        leaves = [t.detach().requires_grad_() for t in (qp, kp, vp)]
+        results = []
+        for _ in range(3):
+            out = swattn.flash_attn_func(*leaves, window_size=(127, 0), sinks=sinks)
+            results += torch.autograd.grad(out, leaves, dout)
+        return results
+
+    outcomes = {}
+    for direct in (False, True):
+        monkeypatch.setattr(_launch, "DIRECT_LAUNCH", direct)
+        _launch.clear_plans()
+        eager, replayed = eager_and_replayed(step, k_cache, v_cache)
+        outcomes[direct] = eager + replayed + gradients()
+        launches = [plan.main for plan in fwd._PLANS.values() if plan.launches]
+        assert all(launch.direct_launches > 0 for launch in launches) == direct
+    for a, b in zip(outcomes[False], outcomes[True], strict=True):
+        assert torch.equal(a, b), "a direct launch changed a result or the cache"
+    assert torch.equal(outcomes[True][4], outcomes[True][5])  # results 4 and 5: q aligned and misaligned

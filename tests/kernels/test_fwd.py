@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import swattn
-from swattn import window
+from swattn import _compat, window
 from swattn._compat import pdl_enabled, pdl_launch_options, tma_compatible
 from swattn.kernels import fwd as fwd_module
 from swattn.kernels.configs import FwdConfig, forced_config
@@ -772,13 +772,14 @@ def test_fwd_tma_falls_back_to_pointers_where_tensors_do_not_allow_it():
 
 
 def test_pdl_is_never_used_under_the_interpreter(monkeypatch):
-    # Programmatic dependent launch is on by default for CUDA (Hopper+) launches only (SWATTN_PDL=0 turns it off);
-    # the interpreter has no grid dependencies, so CPU runs keep ordinary launches whatever the variable says.
+    # Programmatic dependent launch is on by default for CUDA (Hopper+) launches only (SWATTN_PDL=0 at import, or
+    # swattn._compat.PDL = False, turns it off); the interpreter has no grid dependencies, so CPU runs keep
+    # ordinary launches whatever the setting says.
     q, k, v = make_qkv(1, 9, 9, 2, 1, 16, torch.float16)
-    monkeypatch.delenv("SWATTN_PDL", raising=False)
+    monkeypatch.setattr(_compat, "PDL", False)
     assert not pdl_enabled(torch.device("cpu")) and pdl_launch_options(False) == {}
     expected = swattn.flash_attn_func(q, k, v, window_size=(3, 0))
-    monkeypatch.setenv("SWATTN_PDL", "1")
+    monkeypatch.setattr(_compat, "PDL", True)
     assert not pdl_enabled(torch.device("cpu"))
     assert pdl_launch_options(True) == {"launch_pdl": True}
     assert torch.equal(swattn.flash_attn_func(q, k, v, window_size=(3, 0)), expected)

@@ -1,0 +1,209 @@
+"""Host cost of eager calls: what a call costs when it is not replayed from a CUDA graph (vLLM's piecewise graphs
+leave attention outside, prefill and training loops are eager).
+
+Per provider and shape, after the correctness gate: ``host us`` is the CPU time per call of back-to-back calls
+without a synchronisation (Python, dispatch and launch; the GPU runs behind), ``eager us`` the time per call of the
+same back-to-back calls between CUDA events (the larger of host and GPU time, as an eager loop sees it), ``graph
+us`` the same calls replayed from a CUDA graph (the GPU time alone), and ``eager/graph`` their ratio (1.0: the host
+is hidden). gpt-oss-120b layer shapes (H=64, Hk=8, D=64, sinks), bf16. Rows:
+
+- decode, paged (page 16), B=16, 1K context: window (127, 0) and full (split-KV with its combine); swattn with and
+  without appending the new token, FA3 and FA4 without;
+- the torch.library op path of the window decode with append: the op called through the dispatcher, and a
+  ``torch.compile``d function around ``flash_attn_with_kvcache`` (its compiled overhead);
+- prefill, window (127, 0), 4K and 16K tokens: swattn, FA3, FA4, FlexAttention (no sinks);
+- backward of the window prefill at 4K (swattn).
+
+Under ``--quick`` (CPU, interpreter) shapes are tiny and only the format and the checks mean anything.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+import swattn
+from swattn.bench import peers
+from swattn.bench.common import (
+    Env,
+    Row,
+    Runner,
+    Section,
+    Timing,
+    check_cell,
+    compare_outputs,
+    drop_unavailable,
+    markdown_table,
+    measure,
+    time_eager,
+    time_graph,
+)
+from swattn.reference import append_kv_ref, attention_kvcache_ref, attention_ref
+
+
+@dataclass(frozen=True)
+class Dims:
+    heads: int = 64
+    kv_heads: int = 8
+    head_dim: int = 64
+
+
+def time_host(fn: Callable[[], object], env: Env, calls: int = 100, reps: int = 10) -> Timing:
+    """CPU time per call of ``calls`` back-to-back calls, no synchronisation inside (the GPU queue absorbs them)."""
+    if env.quick:
+        calls, reps = 2, 2
+    for _ in range(3):
+        fn()
+    samples = []
+    for _ in range(reps):
+        if env.cuda:
+            torch.cuda.synchronize(env.device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - start) * 1e6 / calls)
+    if env.cuda:
+        torch.cuda.synchronize(env.device)
+    return Timing.from_samples(samples, "host")
+
+
+class _Timings:
+    """The timer ``measure`` calls: host and graph timings go to ``extra``, the eager one is the row's."""
+
+    def __init__(self, env: Env):
+        self.env, self.extra = env, {}
+
+    def timer(self, key: tuple[str, str], graphs: bool = True):
+        def run(fn):
+            host = time_host(fn, self.env)
+            graph = None
+            if graphs and self.env.graphs:
+                try:
+                    graph = time_graph(fn, self.env)
+                except RuntimeError as exc:  # not capturable: the row says so
+                    graph = f"not capturable ({type(exc).__name__})"
+                    torch.cuda.synchronize(self.env.device)
+            self.extra[key] = (host, graph)
+            return time_eager(fn, self.env, calls=100 if not self.env.quick else 2)
+        return run
+
+
+def _decode_rows(env: Env, dims: Dims, timings: _Timings) -> list[Row]:
+    batch, context, page_size = (16, 1024, 16) if not env.quick else (2, 40, 8)
+    if env.quick:
+        dims = Dims(8, 2, 32)
+    device, dtype = env.device, env.dtype
+    pages = -(-context // page_size)
+    k_pool = torch.randn(batch * pages, page_size, dims.kv_heads, dims.head_dim, device=device, dtype=dtype)
+    v_pool = torch.randn_like(k_pool)
+    table = torch.randperm(batch * pages, device=device).view(batch, pages).to(torch.int32)
+    q = torch.randn(batch, 1, dims.heads, dims.head_dim, device=device, dtype=dtype)
+    k_new, v_new = (torch.randn(batch, 1, dims.kv_heads, dims.head_dim, device=device, dtype=dtype)
+                    for _ in range(2))
+    sinks = torch.randn(dims.heads, device=device).to(torch.bfloat16).float()
+    before = torch.full((batch,), context - 1, device=device, dtype=torch.int32)  # the append makes it `context`
+    lengths = append_kv_ref(k_pool, v_pool, k_new, v_new, before, page_table=table)
+    rows = []
+    for left in (127 if not env.quick else 15, -1):
+        shape = f"decode B={batch} ctx={context} page={page_size} W" + (f"({left},0)" if left >= 0 else "full")
+        reference, _ = attention_kvcache_ref(q.to(env.reference_dtype), k_pool, v_pool, lengths, page_table=table,
+                                             causal=True, window_size=(left, 0), sinks=sinks,
+                                             compute_dtype=env.reference_dtype)
+        compare = lambda out, reference=reference: compare_outputs(out, reference, env.dtype)
+        kwargs = dict(page_table=table, causal=True, window_size=(left, 0), sinks=sinks)
+
+        def plain(kwargs=kwargs):
+            return lambda: swattn.flash_attn_with_kvcache(q, k_pool, v_pool, cache_seqlens=lengths, **kwargs)
+
+        def appending(kwargs=kwargs):
+            # Writes the same token into the same slot on every call: the cache the reference saw stays.
+            return lambda: swattn.flash_attn_with_kvcache(q, k_pool, v_pool, k=k_new, v=v_new, cache_seqlens=before,
+                                                          **kwargs)
+
+        providers = [("swattn", plain), ("swattn +append", appending)]
+        if left >= 0 and not env.quick:  # the compiled row alone would take minutes under the interpreter
+            providers += [("swattn +append, op via dispatcher", lambda: _op_call(q, k_pool, v_pool, k_new, v_new,
+                                                                                  before, table, sinks, left)),
+                          ("swattn +append, torch.compile", lambda kwargs=kwargs: _compiled(appending(kwargs)))]
+        providers += [("FA3", lambda left=left: peers.fa3(q, k_pool, v_pool, left, sinks, page_table=table,
+                                                          seqused_k=lengths)),
+                      ("FA4", lambda left=left: peers.fa4(q, k_pool, v_pool, left, sinks, page_table=table,
+                                                          seqused_k=lengths))]
+        for name, build in providers:
+            if env.wants(name):
+                rows.append(measure(env, shape, name, build, compare, timings.timer((shape, name))))
+    return rows
+
+
+def _op_call(q, k_cache, v_cache, k, v, cache_seqlens, page_table, sinks, left):
+    """``swattn::fwd_kvcache`` through the dispatcher, as a compiled graph calls it (arguments as the public
+    function passes them: PackGQA and one split for this decode)."""
+    op = torch.ops.swattn.fwd_kvcache
+    scale = q.shape[-1] ** -0.5
+    return lambda: op(q, k_cache, v_cache, k, v, cache_seqlens, None, page_table, None, 1, sinks, scale, left, 0, 0.0,
+                      True, 1)[0]
+
+
+def _compiled(fn):
+    compiled = torch.compile(fn, fullgraph=True)
+    return Runner(compiled, note="fullgraph")
+
+
+def _prefill_rows(env: Env, dims: Dims, timings: _Timings, backward: bool) -> list[Row]:
+    lengths, left = ((4096, 16384), 127) if not env.quick else ((48,), 15)
+    if env.quick:
+        dims = Dims(8, 2, 32)
+    rows = []
+    for seqlen in lengths[:1] if backward else lengths:
+        device, dtype = env.device, env.dtype
+        q = torch.randn(1, seqlen, dims.heads, dims.head_dim, device=device, dtype=dtype)
+        k, v = (torch.randn(1, seqlen, dims.kv_heads, dims.head_dim, device=device, dtype=dtype) for _ in range(2))
+        sinks = torch.randn(dims.heads, device=device).to(torch.bfloat16).float()
+        shape = f"{'backward' if backward else 'prefill'} S={seqlen} W({left},0)"
+        kwargs = dict(causal=True, window_size=(left, 0))
+        if backward:
+            inputs = [t.detach().requires_grad_() for t in (q, k, v)]
+            grad = torch.randn_like(q)
+            expected = torch.autograd.grad(attention_ref(*(t.to(env.reference_dtype) for t in inputs), sinks=sinks,
+                                                         **kwargs)[0], inputs, grad.to(env.reference_dtype))
+            out = swattn.flash_attn_func(*inputs, sinks=sinks, **kwargs)
+            build = lambda out=out, inputs=inputs, grad=grad: (
+                lambda: torch.autograd.grad(out, inputs, grad, retain_graph=True))
+            rows.append(measure(env, shape, "swattn", build, lambda got: compare_outputs(got, expected, env.dtype),
+                                timings.timer((shape, "swattn"), graphs=False)))
+            continue
+        reference = {with_sinks: attention_ref(q.to(env.reference_dtype), k, v, sinks=sinks if with_sinks else None,
+                                               **kwargs)[0] for with_sinks in (False, True)}
+        providers = [
+            ("swattn", lambda: (lambda: swattn.flash_attn_func(q, k, v, sinks=sinks, **kwargs)), True),
+            ("FA3", lambda: peers.fa3(q, k, v, left, sinks), True),
+            ("FA4", lambda: peers.fa4(q, k, v, left, sinks), True),
+            ("Flex", lambda: peers.flex_prefill(q, k, v, left, sinks), False),
+        ]
+        for name, build, with_sinks in providers:
+            if env.wants(name):
+                compare = lambda out, ref=reference[with_sinks]: compare_outputs(out, ref, env.dtype)
+                rows.append(measure(env, shape, name, build, compare, timings.timer((shape, name))))
+    return rows
+
+
+def run(env: Env) -> Section:
+    timings = _Timings(env)
+    dims = Dims()
+    rows = (_decode_rows(env, dims, timings) + _prefill_rows(env, dims, timings, backward=False)
+            + _prefill_rows(env, dims, timings, backward=True))
+    rows, unavailable = drop_unavailable(rows)
+    headers = ["shape", "provider", "host us/call", "eager us/call", "graph us/call", "eager/graph", "check", "note"]
+    cells = []
+    for r in rows:
+        host, graph = timings.extra.get((r.shape, r.provider), (None, None))
+        graph_text = str(graph) if graph is not None else "-"
+        ratio = (f"{r.timing.median_us / graph.median_us:.2f}" if r.timing and isinstance(graph, Timing) else "")
+        cells.append([r.shape, r.provider, str(host) if host else "-", str(r.timing) if r.timing else "-",
+                      graph_text, ratio, check_cell(r), r.note])
+    notes = ["host: CPU time per call of 100 back-to-back calls without a sync; eager: the same calls between CUDA "
+             "events; graph: replayed from a CUDA graph; median (p20/p80)", *unavailable]
+    return Section("Host cost of eager calls", markdown_table(headers, cells), notes, rows)

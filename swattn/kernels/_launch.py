@@ -1,0 +1,152 @@
+"""Kernel launches prepared once per call signature: the one module that knows Triton's launch internals.
+
+``kernel[grid](*args, **kwargs)`` runs Triton's ``JITFunction.run`` on every call: it binds the arguments,
+specializes each one (type, divisibility by 16, alignment) and hashes them to find the compiled kernel, about 10 us
+of host time for a one-argument kernel and 21 us for 30 arguments (H200 host, Triton 3.6), which a decode call
+paid once per launch. ``Launch`` does that once: its first call goes through ``kernel[grid](...)``, which compiles
+if needed and returns the ``CompiledKernel``, and later calls hand the same arguments to the compiled kernel's
+launcher directly, as ``JITFunction.run`` itself does after its cache lookup (Triton 3.6 to 3.9:
+``compiled.run(grid_x, grid_y, grid_z, stream, function, packed_metadata, launch_metadata, enter_hook,
+exit_hook, *every_bound_argument)``).
+
+This is sound because a ``Launch`` belongs to one call signature: its scalar arguments and constexprs are fixed
+and the caller keys it on everything Triton specializes a tensor on (dtype and 16-byte alignment), so Triton's
+binder would pick the same compiled kernel on every call. The plain launch is kept where the direct one does not
+apply: under the interpreter (nothing is compiled), when launch hooks are registered (profilers such as Proton
+need the launch metadata), on a device the first call did not compile for, and for good when the compiled kernel
+lacks the launcher attributes or its launcher rejects the arguments (a Triton version whose internals differ).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+# The direct path on or off for every Launch (tests compare the two; SWATTN has no user setting for it).
+DIRECT_LAUNCH = True
+
+_LAUNCHER_ATTRIBUTES = ("run", "function", "packed_metadata")
+
+
+def _hooks_inactive(runtime_knobs) -> bool:
+    """No launch hook registered: Triton 3.6-3.9 keep them in ``HookChain`` objects (empty: ``calls == []``),
+    older versions in plain attributes (None when unset)."""
+    for hook in (runtime_knobs.launch_enter_hook, runtime_knobs.launch_exit_hook):
+        if hook is not None and getattr(hook, "calls", True):
+            return False
+    return True
+
+
+class _Runtime:
+    """Triton's runtime knobs and the driver's current-device and current-stream functions, looked up once (at
+    the first compiled launch: importing them earlier would start the driver on machines without a GPU)."""
+
+    knobs = None
+    get_device = None
+    get_stream = None
+
+    @classmethod
+    def load(cls) -> None:
+        if cls.knobs is None:
+            from triton import knobs
+            from triton.runtime import driver
+
+            cls.get_device = driver.active.get_current_device
+            cls.get_stream = driver.active.get_current_stream
+            cls.knobs = knobs.runtime
+
+
+def bound_argument_order(kernel) -> list[tuple[str, Any]]:
+    """``(name, default)`` of every parameter of a ``@triton.jit`` kernel, in signature order (constexprs
+    included): the order in which ``JITFunction.run`` hands the bound arguments to the compiled launcher."""
+    return [(name, parameter.default) for name, parameter in inspect.signature(kernel.fn).parameters.items()]
+
+
+class Launch:
+    """One kernel with its grid, scalar arguments, constexprs and launch options fixed; called with the tensors.
+
+    The kernel's parameters must start with the ``num_tensors`` tensors passed per call, followed by the
+    ``scalars`` (passed positionally); ``constexprs`` names the remaining ones (parameters with a default may be
+    left out). ``options`` are launch options (``num_warps``, ``num_stages``, ``launch_pdl``, ...).
+    """
+
+    __slots__ = ("kernel", "grid", "scalars", "constexprs", "options", "_tail", "_compiled", "_direct_ok",
+                 "plain_launches", "direct_launches")
+
+    def __init__(self, kernel, grid: Sequence[int], scalars: Sequence[Any], constexprs: dict[str, Any],
+                 options: dict[str, Any] | None = None, num_tensors: int | None = None):
+        self.kernel = kernel
+        self.grid = tuple(grid) + (1,) * (3 - len(grid))
+        self.scalars = tuple(scalars)
+        self.constexprs = constexprs
+        self.options = options or {}
+        self._tail = None
+        if num_tensors is not None and hasattr(kernel, "fn"):
+            order = bound_argument_order(kernel)
+            named = order[num_tensors + len(self.scalars):]
+            missing = [name for name, default in named if name not in constexprs and default is inspect.Parameter.empty]
+            unknown = set(constexprs) - {name for name, _ in named}
+            if missing or unknown:
+                raise TypeError(f"{kernel.fn.__name__}: constexprs missing {missing}, unknown {sorted(unknown)}")
+            self._tail = self.scalars + tuple(constexprs.get(name, default) for name, default in named)
+        self._compiled: dict[int, Any] = {}
+        self._direct_ok = DIRECT_LAUNCH and self._tail is not None
+        self.plain_launches = 0
+        self.direct_launches = 0
+
+    def __call__(self, *tensors) -> None:
+        if self._direct_ok and self._compiled and _hooks_inactive(_Runtime.knobs):
+            device = _Runtime.get_device()
+            compiled = self._compiled.get(device)
+            if compiled is not None:
+                run, function, packed_metadata = compiled
+                try:
+                    run(*self.grid, _Runtime.get_stream(device), function, packed_metadata, None, None, None,
+                        *tensors, *self._tail)
+                except TypeError:
+                    # A launcher whose calling convention differs (another Triton version) rejects the arguments
+                    # before launching: keep the plain path from now on.
+                    self._direct_ok = False
+                else:
+                    self.direct_launches += 1
+                    return
+        compiled = self.kernel[self.grid](*tensors, *self.scalars, **self.constexprs, **self.options)
+        self.plain_launches += 1
+        if self._direct_ok and all(hasattr(compiled, name) for name in _LAUNCHER_ATTRIBUTES):
+            _Runtime.load()
+            self._compiled[_Runtime.get_device()] = tuple(getattr(compiled, name) for name in _LAUNCHER_ATTRIBUTES)
+
+
+def tensor_signature(t) -> tuple | None:
+    """What a plan may depend on in a tensor, and everything Triton specializes a pointer on: shape, strides,
+    dtype and 16-byte alignment (None for an absent tensor). The device is the caller's to add (one for all)."""
+    if t is None:
+        return None
+    return t.shape, t.stride(), t.dtype, t.data_ptr() % 16 == 0
+
+
+class PlanCache(dict):
+    """Plans per call signature, the oldest dropped past ``max_plans`` (shapes that change on every call, as a
+    varlen batch's lengths, must not grow it without bound)."""
+
+    _all: list[PlanCache] = []
+
+    def __init__(self, max_plans: int = 512):
+        super().__init__()
+        self.max_plans = max_plans
+        self.misses = 0
+        PlanCache._all.append(self)
+
+    def add(self, key, plan):
+        self.misses += 1
+        if len(self) >= self.max_plans:
+            del self[next(iter(self))]
+        self[key] = plan
+        return plan
+
+
+def clear_plans() -> None:
+    """Forget every plan (tests and scripts that replace a kernel or a setting the plans were built with)."""
+    for cache in PlanCache._all:
+        cache.clear()
