@@ -267,7 +267,6 @@ def timers() -> None:
 
 
 def pdl() -> None:
-
     full = full_decode_inputs(4, 16384)
     cases = [("W(127,0) B=16 4K", decode_call(False)), ("W(127,0) B=16 4K + append", decode_call(True)),
              ("full B=4 16K (split + combine)", lambda: swattn.flash_attn_with_kvcache(**full, causal=True))]
