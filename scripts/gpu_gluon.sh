@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the H200: the Gluon forward's GPU tests, then the 16K prefill benchmark (Gluon, the Triton kernels, FA3, FA4,
-# Flex in one run). Logs and tables land in $OUT. Usage: bash scripts/gpu_gluon.sh [pytest -k expression]
+# Flex in one run; GLUON_BENCH=probe: scripts/gpu_gluon_probe.py's variants instead; none: tests only). Logs and tables land in $OUT. Usage: bash scripts/gpu_gluon.sh [pytest -k expression]
 set -uo pipefail
 if [ -d .peer-kernels ]; then
   mkdir -p /tmp/site
@@ -13,5 +13,9 @@ export SWATTN_COMMIT=${SWATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null |
 out=${OUT:-/tmp}
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
 SWATTN_TEST_DEVICE=cuda timeout 240 python3 -m pytest -q -x tests/gpu/test_gluon_fwd.py ${1:+-k "$1"} 2>&1 | tail -40 | tee "$out/gluon-tests.log"
-timeout 300 python3 -m swattn.bench prefill --seqlens 16384 --out "$out/bench-prefill.md" 2>&1 | tail -60 \
-  | tee "$out/bench-prefill.log"
+case "${GLUON_BENCH:-bench}" in
+  bench) timeout 420 python3 -m swattn.bench prefill --seqlens 16384 --out "$out/bench-prefill.md" 2>&1 | tail -60 \
+           | tee "$out/bench-prefill.log" ;;
+  probe) timeout 330 python3 scripts/gpu_gluon_probe.py --out "$out/gluon-probe.md" 2>&1 | tail -40 ;;
+  none) ;;
+esac
