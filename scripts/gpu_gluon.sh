@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the H200: the Gluon forward's GPU tests, then the 16K prefill benchmark (Gluon, the Triton kernels, FA3, FA4,
-# Flex in one run; GLUON_BENCH=probe: scripts/gpu_gluon_probe.py's variants instead; none: tests only). Logs and tables land in $OUT. Usage: bash scripts/gpu_gluon.sh [pytest -k expression]
+# Flex in one run); GLUON_BENCH=probe runs scripts/gpu_gluon_probe.py's variants instead, none the tests only.
+# Logs and tables land in $OUT. Usage: bash scripts/gpu_gluon.sh [pytest -k expression]
 set -uo pipefail
 if [ -d .peer-kernels ]; then
   mkdir -p /tmp/site
