@@ -1,7 +1,7 @@
 """The Hopper (sm_90) forward in Gluon: warp-specialized, TMA-fed, asynchronous wgmma, n_offset tiling.
 
-Structure of one program (a tile of ``BLOCK_M = 128`` query rows of one head, or with PackGQA of one KV head's
-packed (position, head) rows):
+A persistent grid (one program per SM) walks the work items, longest first; an item is a tile of ``BLOCK_M = 128``
+query rows of one head, or with PackGQA of one KV head's packed (position, head) rows. One program holds:
 
 - a loader partition (one warp, few registers) streams the tile's K and V blocks through TMA into a ring of
   ``NUM_STAGES`` shared-memory stages. The stream starts at the tile's first visible key (n_offset: the TMA
@@ -20,7 +20,7 @@ Masking: only the edge blocks (``block_ranges``: those some row of the tile cann
 mask; interior blocks run the bare softmax. The window arithmetic is the Triton helpers' (``_common``), called
 from Gluon, so the host, both kernel families and the tests share one definition.
 
-Scope (everything else takes the Triton kernels, see ``supports``): sm_90, bf16/fp16, head_dim 64 or 128,
+Scope (everything else takes the Triton kernels, see ``unsupported_reason``): sm_90, bf16/fp16, head_dim 64 or 128,
 dense or varlen q and k/v whose (token, head, dim) rows are contiguous and TMA-aligned, no paged/indexed cache,
 no split-KV, no in-kernel append.
 """
@@ -55,12 +55,11 @@ try:  # Gluon ships inside the triton wheel (3.4+); the names used here exist in
 except (ImportError, AttributeError):  # pragma: no cover - depends on the installed triton
     GLUON_AVAILABLE = False
 
-# SWATTN_GLUON: "auto" (default) uses the Gluon kernel on sm_90 where it supports the call; "0" never; "1" makes
-# an unsupported call an error instead of a silent fallback (for A/B runs and tests). Read once, at import.
+# SWATTN_GLUON: "auto" (default) uses the Gluon kernel on sm_90 where it supports the call and was measured faster
+# (``fwd._use_gluon``); "0" never; "1" wherever it supports the call (A/B runs, tests). Read once, at import.
 GLUON_MODE = os.environ.get("SWATTN_GLUON", "auto").strip().lower() or "auto"
 
-BLOCK_M = 128  # rows per program: two consumer warpgroups of 64
-WARPGROUP_M = 64
+BLOCK_M = 128  # rows per work item: two consumer warpgroups of 64
 HEAD_DIMS = (64, 128)
 NUM_STAGES = 2
 # Registers per thread: 4 + 4 + 1 warps run as 12 (warpgroup granularity), 12 * 32 * 168 <= 65536. The loader
@@ -235,6 +234,9 @@ if GLUON_AVAILABLE:
                       + gl.expand_dims(offs_d, 0))
             q = gl.load(q_ptrs, mask=io_mask, other=0.0)
             q_tile = q_smem.index(WG)
+            # Every warp of the warpgroup is past the previous item's products (which read this buffer) before
+            # any warp overwrites it.
+            _partition_barrier()
             q_tile.store(q)
             # The tensor cores read Q through the async proxy: order this warpgroup's plain stores before them.
             fence_async_shared()
