@@ -28,8 +28,9 @@ import os
 
 import torch
 
-from swattn import ops
 from swattn._compat import device_properties
+from swattn._replay import note_data_checks, replayed
+from swattn._replay import recording_ops as ops  # swattn.ops; a signature's first call records its op call
 from swattn.kernels.configs import SHORT_SPLIT_KEYS
 from swattn.window import first_visible_key, normalize_window, visible_span
 
@@ -120,6 +121,11 @@ def _is_tracing(t: torch.Tensor) -> bool:
 
 
 def _checks_read_data(t: torch.Tensor, check_inputs: bool | None) -> bool:
+    """Whether this call's checks read tensor data (asked again on every replayed call, see ``swattn._replay``)."""
+    return note_data_checks(_decide_data_checks, t, check_inputs)
+
+
+def _decide_data_checks(t: torch.Tensor, check_inputs: bool | None) -> bool:
     if _is_tracing(t):
         return False
     if check_inputs is not None:
@@ -217,6 +223,7 @@ def _result(out, lse, return_lse: bool):
     return (out, lse) if return_lse else out
 
 
+@replayed
 def flash_attn_func(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -265,6 +272,7 @@ def flash_attn_func(
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
 
+@replayed
 def flash_attn_varlen_func(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -334,6 +342,7 @@ def flash_attn_varlen_func(
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
 
+@replayed
 def flash_attn_with_kvcache(
     q: torch.Tensor,
     k_cache: torch.Tensor,

@@ -1,0 +1,165 @@
+"""Argument checks paid once per call signature: ``replayed`` wraps a public function of ``swattn.interface``.
+
+A public function checks its arguments, derives the op's arguments (window sides, softmax scale, PackGQA, split
+count) and ends in one ``swattn.ops.run_*`` call. Everything but the data checks depends only on the call's
+signature: which arguments were passed, each tensor's shape, strides, dtype and device, and the other arguments'
+values. So the first call of a signature runs the function and records that op call: which of its arguments are
+the caller's own tensors (by identity) and which are plain values; later calls of the signature make the same op
+call with their own tensors, and return its result as the first call did.
+
+A signature is not replayed (the function runs every time) when its op call holds a tensor the function made (a
+copy of a strided q, ``cache_seqlens`` given as an int), when the function read tensor data for its checks
+(``check_inputs``: those checks run again on every call), under ``torch.compile`` (which traces the function
+itself) or when the function did not end in exactly one op call. Arguments that cannot be part of a key (lists)
+take the function every time.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import torch
+
+from swattn import ops
+from swattn.kernels._launch import PlanCache
+
+_recording = threading.local()
+
+
+def note_data_checks(decide, tensor: torch.Tensor, check_inputs) -> bool:
+    """``decide(tensor, check_inputs)``: whether the interface reads tensor data for its checks (it depends on the
+    tracing state and the environment too, so a replay asks again, and runs the function when it says yes)."""
+    read_data = decide(tensor, check_inputs)
+    record = getattr(_recording, "record", None)
+    if record is not None:
+        record["data_checks"].append((decide, tensor, check_inputs, read_data))
+    return read_data
+
+
+def _key_item(value):
+    if type(value) is torch.Tensor or isinstance(value, torch.Tensor):
+        return value.shape, value.stride(), value.dtype, value.device, type(value)
+    if type(value) is tuple:
+        return tuple, value, tuple(map(type, value))
+    return type(value), value  # True and 1 (1 and 1.0) are one key otherwise; the checks tell them apart
+
+
+def _take(source, args, kwargs):
+    kind, index = source
+    return args[index] if kind == "arg" else kwargs[index] if kind == "kwarg" else index
+
+
+class _Replay:
+    """One recorded op call: ``op``, and per argument either the caller's argument to take (``("arg", i)`` /
+    ``("kwarg", name)``) or a value (``("value", v)``); ``returns``: the op's result as is, its first element, or
+    both as a pair; ``data_checks``: the interface's decision whether to read data, asked again on every call
+    (``(decide, tensor source, check_inputs)``; the function runs instead when it says yes)."""
+
+    __slots__ = ("op", "sources", "returns", "data_checks")
+
+    def __init__(self, op, sources, returns, data_checks):
+        self.op, self.sources, self.returns, self.data_checks = op, sources, returns, data_checks
+
+    def reads_data(self, args, kwargs) -> bool:
+        return any(decide(_take(source, args, kwargs), check_inputs)
+                   for decide, source, check_inputs in self.data_checks)
+
+    def __call__(self, args, kwargs):
+        values = [args[index] if kind == "arg" else kwargs[index] if kind == "kwarg" else index
+                  for kind, index in self.sources]
+        result = self.op(*values)
+        if self.returns == "out":
+            return result[0]
+        if self.returns == "pair":
+            return result[0], result[1]
+        return result
+
+
+def _record(function, args, kwargs):
+    """Run ``function`` once, recording its op call; returns (its result, a ``_Replay`` or None)."""
+    record = {"data_checks": [], "calls": []}
+    _recording.record = record
+    try:
+        result = function(*args, **kwargs)
+    finally:
+        _recording.record = None
+    if len(record["calls"]) != 1 or any(read_data for *_, read_data in record["data_checks"]):
+        return result, None
+    op, op_args, op_result = record["calls"][0]
+    by_identity = {}
+    for source, value in [(("arg", i), a) for i, a in enumerate(args)] + [(("kwarg", n), a) for n, a in kwargs.items()]:
+        if isinstance(value, torch.Tensor):
+            if id(value) in by_identity:
+                return result, None  # one tensor passed twice: another call may pass two
+            by_identity[id(value)] = source
+    data_checks = []
+    for decide, tensor, check_inputs, _ in record["data_checks"]:
+        if id(tensor) not in by_identity:
+            return result, None
+        data_checks.append((decide, by_identity[id(tensor)], check_inputs))
+    sources = []
+    for value in op_args:
+        if isinstance(value, torch.Tensor):
+            if id(value) not in by_identity:
+                return result, None  # a tensor the function made (a copy, a filled int): not replayable
+            sources.append(by_identity[id(value)])
+        elif value is None or type(value) in (bool, int, float):
+            sources.append(("value", value))
+        else:
+            return result, None
+    if result is op_result:
+        returns = "all"
+    elif result is op_result[0]:
+        returns = "out"
+    elif type(result) is tuple and len(result) == 2 and result[0] is op_result[0] and result[1] is op_result[1]:
+        returns = "pair"
+    else:
+        return result, None
+    return result, _Replay(op, sources, returns, tuple(data_checks))
+
+
+class _RecordingOps:
+    """``swattn.ops`` as the interface module sees it: while this thread records a first call, its ``run_*``
+    entry points are wrapped to record the call; otherwise (and for other names) the module's own."""
+
+    def __getattr__(self, name):
+        attribute = getattr(ops, name)
+        record = getattr(_recording, "record", None)
+        if record is None or not name.startswith("run_"):
+            return attribute
+
+        def op(*op_args):
+            result = attribute(*op_args)
+            record["calls"].append((attribute, op_args, result))
+            return result
+        return op
+
+
+recording_ops = _RecordingOps()
+
+
+def replayed(function):
+    """Wrap a public function whose every call ends in one ``swattn.ops`` call (see the module docstring)."""
+    plans = PlanCache()
+    not_replayable = object()
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return function(*args, **kwargs)
+        try:
+            key = (tuple(map(_key_item, args)), tuple(kwargs), tuple(map(_key_item, kwargs.values())))
+            plan = plans.get(key)
+        except TypeError:  # an unhashable argument (a list)
+            return function(*args, **kwargs)
+        if plan is None:
+            result, plan = _record(function, args, kwargs)
+            plans.add(key, not_replayable if plan is None else plan)
+            return result
+        if plan is not_replayable or (plan.data_checks and plan.reads_data(args, kwargs)):
+            return function(*args, **kwargs)
+        return plan(args, kwargs)
+
+    call.plans = plans
+    return call

@@ -1,0 +1,102 @@
+"""swattn/_replay.py: a public function's checks run once per call signature, and never where they must not be
+skipped (data checks, tensors the function makes, aliased arguments, values that only compare equal)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import swattn
+from swattn import interface
+from swattn.reference import attention_ref
+from swattn.testing import assert_close, stub_kernels, tolerance_for
+
+
+def _decode_inputs(batch: int = 2):
+    heads, kv_heads, head_dim, page_size, pages = 4, 2, 16, 4, 5
+    k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, dtype=torch.float16)
+    return dict(q=torch.randn(batch, 1, heads, head_dim, dtype=torch.float16), k_cache=k_cache,
+                v_cache=torch.randn_like(k_cache), cache_seqlens=torch.full((batch,), 7, dtype=torch.int32),
+                page_table=torch.arange(batch * pages, dtype=torch.int32).view(batch, pages),
+                k=torch.randn(batch, 1, kv_heads, head_dim, dtype=torch.float16),
+                v=torch.randn(batch, 1, kv_heads, head_dim, dtype=torch.float16))
+
+
+@pytest.fixture
+def counted_checks(monkeypatch):
+    calls = []
+    check = interface._check_qkv
+    monkeypatch.setattr(interface, "_check_qkv", lambda *args: calls.append(args) or check(*args))
+    return calls
+
+
+@pytest.mark.parametrize("check_inputs, cache_seqlens_int, checks", [
+    (False, False, 1),  # replayed: the checks ran on the first call only
+    (None, False, 3),  # CPU tensors: the data checks run by default, so the function runs on every call
+    (True, False, 3),
+    (False, True, 3),  # an int cache_seqlens becomes a tensor the function makes: not replayable
+])
+def test_checks_run_once_per_signature_unless_data_is_read(counted_checks, check_inputs, cache_seqlens_int, checks):
+    inputs = _decode_inputs()
+    if cache_seqlens_int:
+        inputs["cache_seqlens"] = 7
+    with stub_kernels() as stubs:
+        for _ in range(3):
+            out, lse = swattn.flash_attn_with_kvcache(**inputs, causal=True, window_size=(3, 0),
+                                                      check_inputs=check_inputs, return_softmax_lse=True)
+            assert out.shape == inputs["q"].shape and lse.shape == (2, 4, 1)
+        assert len(counted_checks) == checks
+        assert stubs["_swa_fwd_kernel"].plain_launches + stubs["_swa_fwd_kernel"].direct_launches == 3
+
+
+def test_a_replayed_signature_still_checks_data_when_asked():
+    inputs = _decode_inputs()
+    with stub_kernels():
+        for _ in range(2):
+            swattn.flash_attn_with_kvcache(**inputs, causal=True, check_inputs=False)
+        inputs["page_table"][1, 1] = 10**6  # a page the cache does not have, same signature
+        swattn.flash_attn_with_kvcache(**inputs, causal=True, check_inputs=False)  # the caller's contract
+        with pytest.raises(ValueError, match="page_table"):
+            swattn.flash_attn_with_kvcache(**inputs, causal=True, check_inputs=True)
+
+
+def test_values_that_only_compare_equal_are_checked_again():
+    q, k = torch.randn(1, 5, 2, 16), torch.randn(1, 5, 2, 16)
+    with stub_kernels():
+        swattn.flash_attn_func(q, k, k, num_splits=1)
+        with pytest.raises(ValueError, match="num_splits"):
+            swattn.flash_attn_func(q, k, k, num_splits=True)
+        with pytest.raises(ValueError, match="head_dim"):  # errors are raised on every call, never cached
+            swattn.flash_attn_func(q[..., :12], k[..., :12], k[..., :12])
+        with pytest.raises(ValueError, match="head_dim"):
+            swattn.flash_attn_func(q[..., :12], k[..., :12], k[..., :12])
+
+
+def test_an_argument_passed_twice_is_not_replayed_for_distinct_ones():
+    # Recorded with k passed as v too; a later call of the same shapes with its own v must attend to that v.
+    q, k, v = (torch.randn(1, 6, 2, 16) for _ in range(3))
+    swattn.flash_attn_func(q, k, k, window_size=(2, 0))
+    out = swattn.flash_attn_func(q, k, v, window_size=(2, 0))
+    assert_close("out", out, attention_ref(q, k, v, window_size=(2, 0))[0].to(out.dtype), tolerance_for(q.dtype))
+
+
+def test_return_layouts_are_replayed():
+    q, k, v = (torch.randn(1, 6, 2, 16) for _ in range(3))
+    with stub_kernels():
+        for _ in range(2):
+            assert isinstance(swattn.flash_attn_func(q, k, v), torch.Tensor)
+            out, lse = swattn.flash_attn_func(q, k, v, return_softmax_lse=True)
+            assert out.shape == q.shape and lse.shape == (1, 2, 6)
+
+
+def test_data_checks_skipped_while_tracing_run_again_afterwards(monkeypatch):
+    # Recorded while no host read is possible (as during CUDA-graph capture): the replay asks again, and the checks
+    # run (and raise) once they can.
+    inputs = _decode_inputs()
+    with stub_kernels():
+        monkeypatch.setattr(interface, "_is_tracing", lambda t: True)
+        swattn.flash_attn_with_kvcache(**inputs, causal=True)
+        monkeypatch.undo()
+        inputs["page_table"][1, 1] = 10**6
+        with pytest.raises(ValueError, match="page_table"):
+            swattn.flash_attn_with_kvcache(**inputs, causal=True)
