@@ -121,7 +121,14 @@ def _record(function, args, kwargs):
 
 class _RecordingOps:
     """``swattn.ops`` as the interface module sees it: while this thread records a first call, its ``run_*``
-    entry points are wrapped to record the call; otherwise (and for other names) the module's own."""
+    entry points are wrapped to record the call; otherwise (and for other names) the module's own. Setting or
+    deleting an attribute (``mock.patch.object(interface.ops, ...)``) acts on the module."""
+
+    def __setattr__(self, name, value):
+        setattr(ops, name, value)
+
+    def __delattr__(self, name):
+        delattr(ops, name)
 
     def __getattr__(self, name):
         attribute = getattr(ops, name)
