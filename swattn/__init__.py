@@ -4,12 +4,13 @@
 """
 
 from swattn.interface import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache
-from swattn.window import normalize_window, tile_plan, window_size_from_sliding_window
+from swattn.window import first_readable_page, normalize_window, tile_plan, window_size_from_sliding_window
 
 __all__ = [
     "flash_attn_func",
     "flash_attn_varlen_func",
     "flash_attn_with_kvcache",
+    "first_readable_page",
     "normalize_window",
     "tile_plan",
     "window_size_from_sliding_window",

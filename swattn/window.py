@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 UNBOUNDED = -1
 
 
@@ -76,14 +78,23 @@ def is_visible(i, j, seqlen_q, seqlen_k, left: int, right: int):
     return visible
 
 
+def _clamp(value, low, high):
+    """``min(max(value, low), high)`` on ints, or elementwise when ``value`` is a tensor (``high`` an int or a
+    tensor of its shape)."""
+    if isinstance(value, torch.Tensor):
+        return torch.minimum(value.clamp(min=low), torch.as_tensor(high, dtype=value.dtype, device=value.device))
+    return min(max(value, low), high)
+
+
 def first_visible_key(row: int, seqlen_q: int, seqlen_k: int, left: int) -> int:
     """The first key that query row ``row`` sees (the n_offset of a tile whose first row is ``row``).
 
-    Clamped to ``[0, seqlen_k]``; a value of ``seqlen_k`` means the row sees nothing.
+    Clamped to ``[0, seqlen_k]``; a value of ``seqlen_k`` means the row sees nothing. Elementwise when the lengths
+    are integer tensors (one value per sequence).
     """
     if left < 0:
-        return 0
-    return min(max(0, row + seqlen_k - seqlen_q - left), seqlen_k)
+        return seqlen_k * 0
+    return _clamp(row + seqlen_k - seqlen_q - left, 0, seqlen_k)
 
 
 def last_visible_key(row: int, seqlen_q: int, seqlen_k: int, right: int) -> int:
@@ -103,6 +114,45 @@ def visible_span(
     start = first_visible_key(first_row, seqlen_q, seqlen_k, left)
     end = last_visible_key(last_row, seqlen_q, seqlen_k, right) + 1
     return start, max(0, end - start)
+
+
+def first_readable_page(cache_seqlens, window_size: tuple[int, int], page_size: int, new_tokens=1,
+                        causal: bool = False):
+    """Per sequence, the index (in its page-table row) of the first page that this layer's next step, or any later
+    one, can still read: pages before it may be freed or reused by the engine.
+
+    ``cache_seqlens``: tokens in the cache before the next step, an int or an integer tensor ``[B]`` (as given to
+    ``flash_attn_with_kvcache``); ``new_tokens``: tokens the next step appends and queries, an int or a tensor
+    ``[B]`` (1 = decode, k = speculative verify, n = extend). Later steps only move forward: their queries sit at
+    positions >= ``cache_seqlens`` (rejected draft tokens rolled back included), and the window of a later
+    position never starts earlier. The answer is the next step's first query's first visible key (bottom-right
+    alignment, ``first_visible_key``) divided by ``page_size``; ``left = -1`` (no left bound) gives 0: nothing
+    can be freed. Returns an int for int input, else an int32 tensor ``[B]`` on the input's device (no host sync).
+    """
+    left, _ = normalize_window(causal, window_size)
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+        raise ValueError(f"page_size: expected an int >= 1 (tokens per page), got {page_size!r}")
+    for name, value in (("cache_seqlens", cache_seqlens), ("new_tokens", new_tokens)):
+        if isinstance(value, torch.Tensor):
+            if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+                raise TypeError(f"{name}: expected an integer tensor (int32, one entry per sequence), "
+                                f"got {value.dtype}")
+            if value.dim() != 1:
+                raise ValueError(f"{name}: expected shape (B,), got {tuple(value.shape)}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name}: expected an int >= 0 or an integer tensor of shape (B,), got {value!r}")
+    if isinstance(new_tokens, torch.Tensor) and not isinstance(cache_seqlens, torch.Tensor):
+        cache_seqlens = torch.full_like(new_tokens, cache_seqlens)
+    if isinstance(cache_seqlens, torch.Tensor):
+        cache_seqlens = cache_seqlens.to(torch.int32)
+        if isinstance(new_tokens, torch.Tensor):
+            new_tokens = new_tokens.to(device=cache_seqlens.device, dtype=torch.int32)
+    # The next step's queries are its new tokens, the last rows of a sequence of cache_seqlens + new_tokens keys;
+    # its row 0 (position cache_seqlens) sees the earliest key of this step and of every later one.
+    first_key = first_visible_key(0, new_tokens, cache_seqlens + new_tokens, left)
+    if isinstance(first_key, torch.Tensor):
+        return (first_key // page_size).to(torch.int32)
+    return first_key // page_size
 
 
 def first_query_seeing(key: int, seqlen_q: int, seqlen_k: int, right: int) -> int:

@@ -272,3 +272,60 @@ def test_jit_twins_interior_blocks_are_maximal_for_a_wide_tile():
     assert (kv_start, kv_end, num_blocks) == (67, 300, 15)
     assert masked_head_end == 2  # blocks [67, 99): masked; [99, 259): 10 unmasked blocks; then masked
     assert unmasked_end == 12
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# first_readable_page: which pages an engine may free
+
+
+def _pages_read(cache: int, new: int, left: int, right: int, page_size: int) -> set[int]:
+    """Brute force: the pages holding a key that some query of a step appending ``new`` tokens to ``cache`` sees."""
+    seqlen_k = cache + new
+    return {j // page_size for i in range(new) for j in range(seqlen_k)
+            if window.is_visible(i, j, new, seqlen_k, left, right)}
+
+
+@pytest.mark.parametrize("window_size", [(127, 0), (0, 0), (-1, 0), (5, 3), (20, -1)], ids=lambda w: f"W{w[0]}_{w[1]}")
+@pytest.mark.parametrize("page_size", [1, 3, 16, 64])
+def test_first_readable_page_matches_brute_force(window_size, page_size):
+    """The answer is the first page the next step reads (so nothing later could be freed), and no later step
+    (any number of new tokens, positions only moving forward) reads a page before it."""
+    left, right = window_size
+    for cache in [0, 1, 5, 63, 64, 127, 128, 129, 200, 300]:
+        for new in [1, 2, 8]:
+            answer = window.first_readable_page(cache, window_size, page_size, new_tokens=new)
+            assert answer == min(_pages_read(cache, new, left, right, page_size))
+            for later, later_new in [(cache + 1, 1), (cache + 3, 4), (cache + new, 8)]:
+                assert min(_pages_read(later, later_new, left, right, page_size)) >= answer
+            if left < 0:
+                assert answer == 0
+
+
+def test_first_readable_page_tensors_match_ints_without_leaving_the_device():
+    cache = torch.tensor([0, 1, 126, 127, 128, 129, 1000, 4095], dtype=torch.int32)
+    new = torch.tensor([1, 2, 8, 3, 1, 5, 4, 1], dtype=torch.int32)
+    for window_size, page_size in [((127, 0), 16), ((127, 0), 1), ((0, 0), 64), ((-1, 0), 16), ((3, 0), 16)]:
+        pages = window.first_readable_page(cache, window_size, page_size, new_tokens=new)
+        assert pages.dtype == torch.int32 and pages.shape == cache.shape and pages.device == cache.device
+        expected = [window.first_readable_page(c, window_size, page_size, new_tokens=n)
+                    for c, n in zip(cache.tolist(), new.tolist())]
+        assert pages.tolist() == expected
+        same = window.first_readable_page(cache.long(), window_size, page_size, new_tokens=1)
+        assert same.dtype == torch.int32 and same.tolist() == window.first_readable_page(
+            cache, window_size, page_size).tolist()
+    # A window shorter than a page: the page of the current token's window start.
+    assert window.first_readable_page(100, (3, 0), 16) == 97 // 16
+    assert window.first_readable_page(100, window.window_size_from_sliding_window(128), 16) == 0
+    assert window.first_readable_page(1000, (127, 0), 16) == (1000 - 127) // 16
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(cache_seqlens=-1), "cache_seqlens"), (dict(cache_seqlens=3.0), "cache_seqlens"),
+    (dict(cache_seqlens=torch.tensor([1.0])), "cache_seqlens"), (dict(cache_seqlens=torch.tensor(3)), "cache_seqlens"),
+    (dict(page_size=0), "page_size"), (dict(page_size=16.0), "page_size"), (dict(new_tokens=-1), "new_tokens"),
+    (dict(window_size=(-2, 0)), "window_size"),
+], ids=lambda x: x if isinstance(x, str) else "")
+def test_first_readable_page_rejects_bad_arguments(kwargs, name):
+    arguments = dict(cache_seqlens=10, window_size=(127, 0), page_size=16) | kwargs
+    with pytest.raises((ValueError, TypeError), match=name):
+        window.first_readable_page(**arguments)
