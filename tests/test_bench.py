@@ -34,6 +34,15 @@ def test_bench_decode_quick(env):
     assert {r.shape.split(" page=")[1].split(" ")[0] for r in section.rows} == {"16", "1"}
 
 
+def test_bench_verify_quick(env):
+    section = decode.run_verify(env, contexts=[40], tokens=[1, 3])
+    _assert_swattn_checked_and_timed(section)
+    appended = [r for r in section.rows if r.provider == "swattn +append"]
+    assert len(appended) == 2 and all(r.status == "ok" and r.error <= r.tolerance for r in appended), section.table
+    verify_rows = [line for line in section.table.splitlines() if "k=3" in line]
+    assert len(verify_rows) == 2 and all(line.split("|")[5].strip() for line in verify_rows), section.table
+
+
 def test_bench_gate_marks_a_wrong_provider_and_does_not_time_it(env):
     expected = torch.randn(2, 3)
     timed = []

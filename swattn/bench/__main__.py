@@ -1,4 +1,4 @@
-"""``python -m swattn.bench {prefill,decode,model-step,backward,host,all} [--quick] [--out FILE.md]``.
+"""``python -m swattn.bench {prefill,decode,verify,model-step,backward,host,all} [--quick] [--out FILE.md]``.
 
 ``torchrun --nproc-per-node=N -m swattn.bench context-parallel`` (several GPUs; not part of ``all``).
 
@@ -19,7 +19,7 @@ import time
 
 from swattn.bench.common import Env, Section, make_env
 
-SCENARIOS = ("prefill", "decode", "model-step", "backward", "host", "context-parallel", "all")
+SCENARIOS = ("prefill", "decode", "verify", "model-step", "backward", "host", "context-parallel", "all")
 
 
 def _ints(text: str) -> list[int]:
@@ -42,7 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lefts", type=_ints,
                         help="prefill/backward: only these window lefts, -1 = full causal (default 127,4095,-1)")
     parser.add_argument("--contexts", type=_ints, help="decode contexts (default 1024,4096,16384,65536,131072)")
-    parser.add_argument("--page-sizes", type=_ints, help="decode page sizes (default 16,1)")
+    parser.add_argument("--page-sizes", type=_ints, help="decode page sizes (default 16,1; verify: 16)")
+    parser.add_argument("--verify-tokens", type=_ints,
+                        help="verify: new tokens per sequence, 1 = decode (default 1,2,4,8); contexts default "
+                             "1024,16384,131072")
     parser.add_argument("--context", type=int, help="model-step context (default 8192)")
     parser.add_argument("--layers", type=int, help="model-step layers (default 36)")
     return parser.parse_args(argv)
@@ -72,6 +75,9 @@ def run_scenario(name: str, env: Env, args: argparse.Namespace) -> Section:
     if name == "decode":
         from swattn.bench import decode
         return decode.run(env, contexts=args.contexts, page_sizes=args.page_sizes)
+    if name == "verify":
+        from swattn.bench import decode
+        return decode.run_verify(env, contexts=args.contexts, page_sizes=args.page_sizes, tokens=args.verify_tokens)
     if name == "host":
         from swattn.bench import host
         return host.run(env)

@@ -11,6 +11,13 @@ Cold memory, as in a model step where 35 other layers run between two calls of o
 contiguous-cache peers (FlexAttention, SDPA) through shifted views of one buffer where memory allows (rows that
 stay L2-warm say so). FlexAttention and SDPA have no sinks and read a contiguous ``[B, Hk, S, D]`` cache; their
 rows are measured once per (B, context, window) and repeated under the other page size.
+
+Speculative verify (``python -m swattn.bench verify``): k = 1 (decode), 2, 4, 8 new queries per sequence, causal
+among themselves, B=16, window (127,0) and full, the same cache and sinks. FA3 and FA4 verify as engines call them,
+``flash_attn_with_kvcache``'s varlen entry with seqlen_q = k over a cache that already holds the k tokens; swattn
+does the same (``swattn``) and, in ``swattn +append``, also writes the k tokens into the cache in the call (the
+serving step; the tokens written are the ones already there, so every repeat computes the same output). The
+``verify/decode`` column is each row's time over the same provider's k = 1 time on that shape.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ from swattn.window import visible_span
 
 CONTEXTS = [1024, 4096, 16384, 65536, 131072]
 PAGE_SIZES = [16, 1]
+VERIFY_TOKENS = [1, 2, 4, 8]
+VERIFY_CONTEXTS = [1024, 16384, 131072]
 
 
 @dataclass(frozen=True)
@@ -57,10 +66,12 @@ class DecodeShape:
     heads: int = 64
     kv_heads: int = 8
     head_dim: int = 64
+    seqlen_q: int = 1  # new queries per sequence: 1 = decode, k = speculative verify of k tokens
 
     @property
     def label(self) -> str:
-        return f"B={self.batch} ctx={self.context} page={self.page_size}"
+        verify = f" k={self.seqlen_q}" if self.seqlen_q > 1 else ""
+        return f"B={self.batch} ctx={self.context} page={self.page_size}{verify}"
 
     @property
     def window(self) -> str:
@@ -68,8 +79,8 @@ class DecodeShape:
 
     @property
     def keys(self) -> int:
-        """Keys the new query sees: the window's, or the whole context."""
-        return visible_span(0, 0, 1, self.context, self.left, 0)[1]
+        """Keys the new queries see together: the window's (and the other new tokens'), or the whole context."""
+        return visible_span(0, self.seqlen_q - 1, self.seqlen_q, self.context, self.left, 0)[1]
 
     def kv_bytes(self, itemsize: int) -> float:
         return float(self.batch * self.keys * self.kv_heads * self.head_dim * 2 * itemsize)
@@ -89,11 +100,11 @@ def shapes(env: Env, contexts: list[int] | None = None, page_sizes: list[int] | 
 @dataclass
 class DecodeCase:
     shape: DecodeShape
-    q: list[torch.Tensor]  # per input set, [B, 1, H, D]
+    q: list[torch.Tensor]  # per input set, [B, seqlen_q, H, D]
     k_pool: torch.Tensor  # [num_pages, page_size, Hk, D]
     v_pool: torch.Tensor
     tables: list[torch.Tensor]  # per input set, [B, pages_per_seq] int32
-    cache_seqlens: torch.Tensor  # [B] int32, = context
+    cache_seqlens: torch.Tensor  # [B] int32, = context (the new tokens included)
     sinks: torch.Tensor  # [H] float32, bf16-representable (FA3 takes bf16)
     _references: dict = field(default_factory=dict, repr=False)
     _contiguous: tuple | None = field(default=None, repr=False)
@@ -150,7 +161,7 @@ def setup_decode(shape: DecodeShape, env: Env, seed: int = 0) -> DecodeCase:
     v_pool = torch.randn_like(k_pool)
     tables = [torch.randperm(pool_pages, device=dev)[:logical].view(s.batch, pages_per_seq).to(torch.int32)
               for _ in range(sets)]
-    q = [torch.randn(s.batch, 1, s.heads, s.head_dim, device=dev, dtype=dt) for _ in range(sets)]
+    q = [torch.randn(s.batch, s.seqlen_q, s.heads, s.head_dim, device=dev, dtype=dt) for _ in range(sets)]
     cache_seqlens = torch.full((s.batch,), s.context, device=dev, dtype=torch.int32)
     sinks = torch.randn(s.heads, device=dev).to(torch.bfloat16).float()
     return DecodeCase(shape, q, k_pool, v_pool, tables, cache_seqlens, sinks)
@@ -177,14 +188,30 @@ def _sdpa(case: DecodeCase, env: Env) -> Runner:
     return Runner(runs[0][0], rotating([r[0] for r in runs]), note=note)
 
 
-def providers(case: DecodeCase, env: Env):
-    """(name, builder, checked with sinks, timer, measured once per page size) tuples."""
+def _appended_tokens(case: DecodeCase, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k and v of each sequence's last ``seqlen_q`` tokens as they lie in the cache, ``[B, seqlen_q, Hk, D]``:
+    appending them rewrites the same values, so the ``+append`` call computes the plain call's output every time."""
+    s = case.shape
+    positions = torch.arange(s.context - s.seqlen_q, s.context, device=table.device)
+    pages, slots = table[:, positions // s.page_size].long(), positions % s.page_size
+    return case.k_pool[pages, slots], case.v_pool[pages, slots]
+
+
+def providers(case: DecodeCase, env: Env, verify: bool = False):
+    """(name, builder, checked with sinks, timer, measured once per page size) tuples. ``verify``: the verify
+    scenario's providers (swattn with and without the append, FA3, FA4)."""
     s = case.shape
     swattn_call = lambda q, table: functools.partial(
         swattn.flash_attn_with_kvcache, q, case.k_pool, case.v_pool, cache_seqlens=case.cache_seqlens,
         page_table=table, causal=True, window_size=(s.left, 0), sinks=case.sinks)
+    before = case.cache_seqlens - s.seqlen_q
+    swattn_append = lambda q, table: functools.partial(
+        swattn.flash_attn_with_kvcache, q, case.k_pool, case.v_pool, *_appended_tokens(case, table),
+        cache_seqlens=before, page_table=table, causal=True, window_size=(s.left, 0), sinks=case.sinks)
     graph = lambda fn: time_graph(fn, env, warmup_calls=len(case.q) + 2)
     result = [("swattn", lambda: _paged(case, swattn_call), True, graph, False)]
+    if verify:
+        result.append(("swattn +append", lambda: _paged(case, swattn_append), True, graph, False))
     if env.graphs:
         result.append(("swattn (eager)", lambda: _paged(case, swattn_call), True, lambda fn: time_eager(fn, env),
                        False))
@@ -193,8 +220,10 @@ def providers(case: DecodeCase, env: Env):
     result += [
         ("FA3", lambda: _paged(case, paged_peer(peers.fa3)), True, graph, False),
         ("FA4", lambda: _paged(case, paged_peer(peers.fa4)), True, graph, False),
-        ("Flex", lambda: _flex(case, env), False, graph, True),
     ]
+    if verify:
+        return result
+    result.append(("Flex", lambda: _flex(case, env), False, graph, True))
     if s.left < 0:  # SDPA has no sliding-window path short of a dense mask over the whole context
         result.append(("SDPA", lambda: _sdpa(case, env), False, graph, True))
     return result
@@ -251,3 +280,62 @@ def run(env: Env, contexts: list[int] | None = None, page_sizes: list[int] | Non
     if env.quick:
         title = "Decode (quick: tiny shapes), paged KV cache, sinks, one new token per sequence"
     return Section(title, table(rows, env, windows), notes, rows)
+
+
+def verify_shapes(env: Env, contexts: list[int] | None = None, page_sizes: list[int] | None = None,
+                  tokens: list[int] | None = None) -> list[DecodeShape]:
+    if env.quick:
+        heads, batch, lefts = dict(heads=8, kv_heads=2, head_dim=32), 2, [15]
+        contexts, page_sizes = contexts or [48, 200], page_sizes or [16]
+    else:
+        heads, batch, lefts = {}, 16, [127, -1]
+        contexts, page_sizes = contexts or VERIFY_CONTEXTS, page_sizes or [16]
+    return [DecodeShape(batch, ctx, ps, left, seqlen_q=k, **heads) for ps in page_sizes for ctx in contexts
+            for left in lefts for k in tokens or VERIFY_TOKENS]
+
+
+def verify_table(rows: list[Row], env: Env, windows: dict[str, str]) -> str:
+    headers = ["shape", "window", "provider", "us/call (p20/p80)", "verify/decode", "time/swattn", "timed by",
+               "check (rel err)", "note"]
+    decode_shape = lambda r: (r.shape.split(" W")[0].split(" k=")[0], windows[r.shape], r.provider)
+    decode_time = {decode_shape(r): r.timing.median_us for r in rows if r.timing and " k=" not in r.shape}
+    cells = []
+    for r in rows:
+        t = r.timing
+        base = decode_time.get(decode_shape(r))
+        cells.append([r.shape.split(" W")[0], windows[r.shape], r.provider, str(t) if t else "-",
+                      f"{t.median_us / base:.2f}" if t and base else "", ratio_cell(r, rows),
+                      t.method if t else "", check_cell(r), r.note])
+    return markdown_table(headers, cells)
+
+
+def run_verify(env: Env, contexts: list[int] | None = None, page_sizes: list[int] | None = None,
+               tokens: list[int] | None = None) -> Section:
+    """Speculative verify: k new queries per sequence against the paged cache, beside decode (k = 1)."""
+    rows: list[Row] = []
+    windows: dict[str, str] = {}
+    itemsize = torch.finfo(env.dtype).bits // 8
+    for shape in verify_shapes(env, contexts, page_sizes, tokens):
+        key = f"{shape.label} W{shape.window}"
+        windows[key] = shape.window
+        case = setup_decode(shape, env)
+        for name, build, with_sinks, timer, _ in providers(case, env, verify=True):
+            if env.wants(name):
+                rows.append(measure(env, key, name, build, case.compare(env, with_sinks), timer,
+                                    nbytes=shape.kv_bytes(itemsize)))
+        del case
+        if env.cuda:
+            torch.cuda.empty_cache()
+    rows, unavailable = drop_unavailable(rows)
+    notes = [
+        "verify/decode = this row's time over the same provider's k = 1 (decode) time on the same shape; "
+        "time/swattn > 1 means swattn (no append, the same work as FA3/FA4) is faster.",
+        "swattn +append also writes the k new tokens into the paged cache in the call (the serving step).",
+        "peers skipped (--quick)" if env.quick else "",
+        *unavailable,
+    ]
+    title = ("Speculative verify, gpt-oss-120b layer (H=64, Hk=8, D=64, sinks), paged KV cache, k new tokens per "
+             "sequence (k = 1: decode)")
+    if env.quick:
+        title = "Speculative verify (quick: tiny shapes), paged KV cache, sinks, k new tokens per sequence"
+    return Section(title, verify_table(rows, env, windows), notes, rows)
