@@ -385,7 +385,8 @@ def flash_attn_with_kvcache(
     cache_seqlens: int or ``[B]`` int32, tokens already in the cache (None = the whole cache). k, v (optional):
     new tokens ``[B, S_new, Hk, D]`` (or ``[total_q, Hk, D]`` laid out like q with cu_seqlens_q), written in place
     at ``cache_seqlens[b]...`` before attending; the queries are the last rows (bottom-right alignment).
-    Only pages overlapping the window are read, so pages wholly before it may be freed or reused.
+    Only pages overlapping the window are read, so pages wholly before it may be freed or reused
+    (``swattn.first_readable_page`` says which).
     ``num_splits`` 0 = automatic split-KV, 1 = none; ``pack_gqa`` None = automatic. Returns out shaped like q and,
     with ``return_softmax_lse``, lse ``[B, H, Sq]`` or ``[H, total_q]`` (float32).
     With ``check_inputs`` (default: on for CPU tensors, off on GPU: it synchronises), page indices, cache_seqlens
