@@ -1,0 +1,91 @@
+"""bf16 at real sizes on a GPU (skipped without one): the serving step of tests/test_serving.py at gpt-oss layer
+shapes. Speculative verify (k = 2, 4, 8 drafts per sequence, dense and varlen, appended in the call, sinks) and
+decode against the float32 reference, with every page before ``first_readable_page`` poisoned (NaN data, table
+entries just past either end of a NaN-guarded pool): outputs bit-identical to the unpoisoned run. Verify takes the
+PackGQA path automatically (bitwise equal to ``pack_gqa=True``).
+
+Run with ``python -m pytest -q tests/gpu/test_serving_bf16.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import swattn
+from swattn.reference import append_kv_ref, attention_kvcache_ref
+from swattn.testing import assert_close, tolerance_for
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 at real sizes needs a GPU")
+
+DEVICE, BF16 = "cuda", torch.bfloat16
+BATCH, HEADS, KV_HEADS, HEAD_DIM = 16, 64, 8, 64
+LONGEST = 5000  # cached tokens per sequence, at most
+LSE_ATOL = 2e-3
+
+
+def guarded(pool: torch.Tensor) -> torch.Tensor:
+    """A copy of ``pool`` inside a buffer with one NaN page before and one after (see tests/test_serving.py)."""
+    buffer = torch.full((pool.shape[0] + 2, *pool.shape[1:]), float("nan"), dtype=pool.dtype, device=pool.device)
+    buffer[1:-1] = pool
+    return buffer[1:-1]
+
+
+@pytest.mark.parametrize("page_size", [1, 16, 64])
+@pytest.mark.parametrize("window_size", [(127, 0), (-1, 0)], ids=["W127_0", "full"])
+@pytest.mark.parametrize("tokens", [1, 2, 4, 8, "varlen"])
+def test_verify_and_decode_never_read_pages_before_first_readable_page(page_size, window_size, tokens):
+    generator = torch.Generator(device="cpu").manual_seed(page_size * 100 + (tokens if tokens != "varlen" else 9))
+    cache_seqlens = torch.randint(0, LONGEST, (BATCH,), generator=generator, dtype=torch.int32)
+    cache_seqlens[:3] = torch.tensor([0, 126, 128])  # nothing to free; window start on either side of page edges
+    varlen = tokens == "varlen"
+    new = torch.randint(2, 9, (BATCH,), generator=generator) if varlen else torch.full((BATCH,), tokens)
+    cache_seqlens, new = cache_seqlens.to(DEVICE), new.to(DEVICE, torch.int32)
+    totals = cache_seqlens + new
+    max_pages = -(-(LONGEST + 8) // page_size)
+    num_pages = BATCH * max_pages + 2
+    k_cache = guarded(torch.randn(num_pages, page_size, KV_HEADS, HEAD_DIM, device=DEVICE).to(BF16))
+    v_cache = guarded(torch.randn(num_pages, page_size, KV_HEADS, HEAD_DIM, device=DEVICE).to(BF16))
+    table = torch.randperm(num_pages, device=DEVICE)[:BATCH * max_pages].view(BATCH, max_pages).to(torch.int32)
+    total_q = int(new.sum())
+    if varlen:
+        cu = torch.nn.functional.pad(new.cumsum(0), (1, 0)).to(torch.int32)
+        q = torch.randn(total_q, HEADS, HEAD_DIM, device=DEVICE).to(BF16)
+        k_new, v_new = (torch.randn(total_q, KV_HEADS, HEAD_DIM, device=DEVICE).to(BF16) for _ in range(2))
+        shape_kwargs = dict(cu_seqlens_q=cu, max_seqlen_q=int(new.max()))
+    else:
+        cu = None
+        q = torch.randn(BATCH, tokens, HEADS, HEAD_DIM, device=DEVICE).to(BF16)
+        k_new, v_new = (torch.randn(BATCH, tokens, KV_HEADS, HEAD_DIM, device=DEVICE).to(BF16) for _ in range(2))
+        shape_kwargs = {}
+    sinks = torch.randn(HEADS, device=DEVICE)
+
+    first = swattn.first_readable_page(cache_seqlens, window_size, page_size, new_tokens=new)
+    assert first.device == cache_seqlens.device and first.dtype == torch.int32
+    if window_size[0] >= 0:
+        assert int(first.max()) > 0
+    # The poisoned copy: pages before the answer and past the last page are NaN, their entries out of the pool.
+    k_bad, v_bad, table_bad = guarded(k_cache), guarded(v_cache), table.clone()
+    pages = torch.arange(max_pages, device=DEVICE)[None, :]
+    dead = (pages < first[:, None].long()) | (pages >= (-(-totals // page_size))[:, None].long())
+    k_bad[table[dead].long()] = float("nan")
+    v_bad[table[dead].long()] = float("nan")
+    table_bad[dead] = torch.where(pages.expand_as(dead)[dead] % 2 == 0, num_pages, -1).to(torch.int32)
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    append_kv_ref(expected_k, expected_v, k_new, v_new, cache_seqlens, page_table=table, cu_seqlens_q=cu)
+
+    kwargs = dict(k=k_new, v=v_new, cache_seqlens=cache_seqlens, causal=True, window_size=window_size, sinks=sinks,
+                  return_softmax_lse=True, **shape_kwargs)
+    out_clean, lse_clean = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, page_table=table, **kwargs)
+    out, lse = swattn.flash_attn_with_kvcache(q, k_bad, v_bad, page_table=table_bad, check_inputs=False, **kwargs)
+    assert torch.equal(out, out_clean) and torch.equal(lse, lse_clean)
+    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v), "append wrote the wrong slots"
+    packed, _ = swattn.flash_attn_with_kvcache(q, k_bad, v_bad, page_table=table_bad, check_inputs=False,
+                                               pack_gqa=True, **kwargs)
+    assert torch.equal(packed, out), "verify must take the PackGQA path automatically"
+    ref, ref_lse = attention_kvcache_ref(q, expected_k, expected_v, totals, page_table=table, cu_seqlens_q=cu,
+                                         causal=True, window_size=window_size, sinks=sinks,
+                                         compute_dtype=torch.float32)
+    assert_close("out", out, ref, tolerance_for(BF16))
+    assert not torch.isnan(lse).any()
+    torch.testing.assert_close(lse, ref_lse, atol=LSE_ATOL, rtol=1e-3)
