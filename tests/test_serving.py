@@ -70,17 +70,19 @@ def poison(k, v, table, first_pages, totals):
 
 STEPS = ["decode", "verify-dense", "verify-varlen", "extend"]
 WINDOWS = [(127, 0), (0, 0), (-1, 0)]
-# Every (step, window) pair once; page sizes and dtypes rotate so that each window meets pages of 1, 16 and 64.
-CASES = [pytest.param(step, window, (1, 16, 64)[(s + w) % 3], (torch.float32, torch.float16)[(s + w) % 2],
+# Every (step, window) pair once; page sizes and dtypes rotate so that each window meets pages of 1, 16 and 64, and
+# half the poisoned runs also pass the data checks of check_inputs (an engine running with SWATTN_CHECK_INPUTS=1).
+CASES = [pytest.param(step, window, (1, 16, 64)[(s + w) % 3], (torch.float32, torch.float16)[(s + w) % 2], s % 2 == 1,
                       id=f"{step}-W{window[0]}_{window[1]}-page{(1, 16, 64)[(s + w) % 3]}-"
                          f"{('fp32', 'fp16')[(s + w) % 2]}")
          for s, step in enumerate(STEPS) for w, window in enumerate(WINDOWS)]
 
 
-@pytest.mark.parametrize("step, window, page_size, dtype", CASES)
-def test_pages_before_first_readable_page_are_never_read(step, window, page_size, dtype):
+@pytest.mark.parametrize("step, window, page_size, dtype, check_inputs", CASES)
+def test_pages_before_first_readable_page_are_never_read(step, window, page_size, dtype, check_inputs):
     """Poison every page (data and table entry) before ``first_readable_page``: outputs and LSE are bit-identical
-    to the unpoisoned run and match the float64 reference; the appended tokens land in the cache."""
+    to the unpoisoned run and match the float64 reference; the appended tokens land in the cache. With
+    ``check_inputs`` the argument checks accept the poisoned table (they skip the entries before the window)."""
     generator = torch.Generator().manual_seed(zlib.crc32(f"{step}{window}{page_size}".encode()))
     batch = 3
     # Long enough that a 127-key window frees pages of 64; full attention reads everything, so shorter there.
@@ -123,7 +125,8 @@ def test_pages_before_first_readable_page_are_never_read(step, window, page_size
 
     with forced_config(BLOCK64):
         out_clean, lse_clean = flash_attn_with_kvcache(q, k_cache, v_cache, page_table=table, **kwargs)
-        out, lse = flash_attn_with_kvcache(q, k_bad, v_bad, page_table=table_bad, check_inputs=False, **kwargs)
+        out, lse = flash_attn_with_kvcache(q, k_bad, v_bad, page_table=table_bad, check_inputs=check_inputs,
+                                           **kwargs)
     assert torch.equal(out, out_clean) and torch.equal(lse, lse_clean)
     assert not torch.isnan(out).any() and not torch.isnan(lse).any()
     ref_out, ref_lse = attention_kvcache_ref(q, expected_k, expected_v, i32(totals), page_table=table,
