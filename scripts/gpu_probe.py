@@ -21,7 +21,9 @@ Sections (argv; all by default):
   regcap    window-(127, 0) prefill at 16K (D=64) under register caps (FwdConfig.maxnreg: more resident programs)
             and deeper prefetch (stages up to the tile's five blocks);
   fused_append  decode with append: the attention programs writing the new tokens (swattn.ops.FUSED_APPEND)
-            against the separate append launch, graph-replayed with cold caches.
+            against the separate append launch, graph-replayed with cold caches;
+  verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0): the shipped config against one
+            256-key block for the 127 + k keys, and 64-key blocks.
 Run: ``python scripts/gpu_probe.py [sections]``.
 """
 
@@ -421,6 +423,53 @@ def host() -> None:
         torch.cuda.synchronize()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(22)
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(18)
+
+
+def verify_blocks() -> None:
+    """Speculative verify (k new tokens per sequence, appended) at window (127, 0): the k tokens see 127 + k keys
+    together, one more 128-key block than decode's 128. gpt-oss layer (B=16, H=64/8, D=64, sinks, page 16, 1K
+    context), a graph over 48 input sets (cold caches); the shipped config against 256-key blocks (one block for
+    the whole span) and 64-key blocks, each checked against the shipped config's output."""
+    from swattn._compat import next_power_of_2
+    batch, heads, kv_heads, head_dim, context, input_sets, page_size = 16, 64, 8, 64, 1024, 48, 16
+    print("\n## verify W(127,0) B=16 ctx 1K page 16, append, cold caches: us/call per config (k = 1 is decode)")
+    pages = context // page_size + 1
+    for k in (1, 2, 4, 8):
+        sets = []
+        for _ in range(input_sets):
+            k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+            sets.append(dict(q=torch.randn(batch, k, heads, head_dim, device=DEVICE, dtype=DTYPE), k_cache=k_cache,
+                             v_cache=torch.randn_like(k_cache),
+                             k=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
+                             v=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
+                             page_table=torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(
+                                 batch, pages),
+                             cache_seqlens=torch.full((batch,), context - k, device=DEVICE, dtype=torch.int32),
+                             sinks=torch.randn(heads, device=DEVICE)))
+        ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
+        rows = max(16, next_power_of_2(k * heads // kv_heads))
+        configs = [None, FwdConfig(rows, 128, 4, 1, single_loop=True), FwdConfig(rows, 256, 4, 1, single_loop=True),
+                   FwdConfig(rows, 256, 8, 1, single_loop=True), FwdConfig(rows, 64, 4, 2, single_loop=True)]
+        for config in configs:
+            try:
+                with forced_config(config) if config else _nothing():
+                    def call_all():
+                        for inputs in sets:
+                            swattn.flash_attn_with_kvcache(**inputs, causal=True, window_size=(127, 0))
+                    err = ((swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
+                            - ref).norm() / ref.norm()).item()
+                    times = [graph_us(call_all, 1) / input_sets for _ in range(3)]
+                print(f"  k={k} {config or 'shipped'}: {' / '.join(f'{t:.2f}' for t in times)} us; rel diff {err:.1e}",
+                      flush=True)
+            except Exception as exc:  # a config that does not compile or fit: say so, go on
+                print(f"  k={k} {config}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+        sets.clear()
+        torch.cuda.empty_cache()
+
+
+def _nothing():
+    import contextlib
+    return contextlib.nullcontext()
 
 
 if __name__ == "__main__":
