@@ -53,6 +53,21 @@ def scenarios() -> dict:
             return swattn.flash_attn_func(q_prefill, k_prefill, v_prefill, causal=True, window_size=(127, 0),
                                           sinks=sinks)
 
+    # A serving engine's varlen prefill: the batch's lengths change on every call, so every call is a new
+    # signature (more of them than the plan caches keep).
+    q_packed, k_packed, v_packed = (t.detach().view(-1, *t.shape[2:]) for t in (q_prefill, k_prefill, v_prefill))
+    batches = []
+    for total in range(1024, 1024 + 600):
+        cu = torch.tensor([0, total // 3, total], dtype=torch.int32)
+        batches.append((q_packed[:total], k_packed[:total], v_packed[:total], cu, total - total // 3))
+    step = iter(range(10**9))
+
+    def varlen_new_shapes():
+        q, k, v, cu, longest = batches[next(step) % len(batches)]
+        with torch.no_grad():
+            return swattn.flash_attn_varlen_func(q, k, v, cu, cu, longest, longest, causal=True, window_size=(127, 0),
+                                                 sinks=sinks, check_inputs=False)
+
     out = swattn.flash_attn_func(q_prefill, k_prefill, v_prefill, causal=True, window_size=(127, 0))
     grad = torch.randn_like(out)
 
@@ -61,6 +76,7 @@ def scenarios() -> dict:
 
     return {"decode W(127,0) with append, paged": decode_append, "decode W(127,0), paged": decode,
             "decode full, 4 splits + combine": decode_full_splits, "prefill W(127,0) 2K": prefill,
+            "varlen prefill, new lengths every call": varlen_new_shapes,
             "backward W(127,0) 2K": backward}
 
 

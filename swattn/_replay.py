@@ -3,9 +3,10 @@
 A public function checks its arguments, derives the op's arguments (window sides, softmax scale, PackGQA, split
 count) and ends in one ``swattn.ops.run_*`` call. Everything but the data checks depends only on the call's
 signature: which arguments were passed, each tensor's shape, strides, dtype and device, and the other arguments'
-values. So the first call of a signature runs the function and records that op call: which of its arguments are
+values. So the second call of a signature runs the function and records that op call: which of its arguments are
 the caller's own tensors (by identity) and which are plain values; later calls of the signature make the same op
-call with their own tensors, and return its result as the first call did.
+call with their own tensors, and return its result as the recorded call did. (The first call of a signature
+only notes it: shapes that change on every call are never recorded.)
 
 A signature is not replayed (the function runs every time) when its op call holds a tensor the function made (a
 copy of a strided q, ``cache_seqlens`` given as an int), when the function read tensor data for its checks
@@ -120,7 +121,7 @@ def _record(function, args, kwargs):
 
 
 class _RecordingOps:
-    """``swattn.ops`` as the interface module sees it: while this thread records a first call, its ``run_*``
+    """``swattn.ops`` as the interface module sees it: while this thread records a call, its ``run_*``
     entry points are wrapped to record the call; otherwise (and for other names) the module's own. Setting or
     deleting an attribute (``mock.patch.object(interface.ops, ...)``) acts on the module."""
 
@@ -149,6 +150,7 @@ recording_ops = _RecordingOps()
 def replayed(function):
     """Wrap a public function whose every call ends in one ``swattn.ops`` call (see the module docstring)."""
     plans = PlanCache()
+    seen_once = PlanCache(4096)
     not_replayable = object()
 
     @functools.wraps(function)
@@ -161,6 +163,11 @@ def replayed(function):
         except TypeError:  # an unhashable argument (a list)
             return function(*args, **kwargs)
         if plan is None:
+            if key not in seen_once:
+                # Recorded at a signature's second call: shapes that change on every call (a serving engine's
+                # varlen batches) then cost a key, not a recording (25 us on the development CPU).
+                seen_once.add(key, True)
+                return function(*args, **kwargs)
             result, plan = _record(function, args, kwargs)
             plans.add(key, not_replayable if plan is None else plan)
             return result

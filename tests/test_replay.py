@@ -31,28 +31,28 @@ def counted_checks(monkeypatch):
 
 
 @pytest.mark.parametrize("check_inputs, cache_seqlens_int, checks", [
-    (False, False, 1),  # replayed: the checks ran on the first call only
-    (None, False, 3),  # CPU tensors: the data checks run by default, so the function runs on every call
-    (True, False, 3),
-    (False, True, 3),  # an int cache_seqlens becomes a tensor the function makes: not replayable
+    (False, False, 2),  # replayed: the checks ran on the first call (which notes the signature) and the second
+    (None, False, 4),  # CPU tensors: the data checks run by default, so the function runs on every call
+    (True, False, 4),
+    (False, True, 4),  # an int cache_seqlens becomes a tensor the function makes: not replayable
 ])
 def test_checks_run_once_per_signature_unless_data_is_read(counted_checks, check_inputs, cache_seqlens_int, checks):
     inputs = _decode_inputs()
     if cache_seqlens_int:
         inputs["cache_seqlens"] = 7
     with stub_kernels() as stubs:
-        for _ in range(3):
+        for _ in range(4):
             out, lse = swattn.flash_attn_with_kvcache(**inputs, causal=True, window_size=(3, 0),
                                                       check_inputs=check_inputs, return_softmax_lse=True)
             assert out.shape == inputs["q"].shape and lse.shape == (2, 4, 1)
         assert len(counted_checks) == checks
-        assert stubs["_swa_fwd_kernel"].plain_launches + stubs["_swa_fwd_kernel"].direct_launches == 3
+        assert stubs["_swa_fwd_kernel"].plain_launches + stubs["_swa_fwd_kernel"].direct_launches == 4
 
 
 def test_a_replayed_signature_still_checks_data_when_asked():
     inputs = _decode_inputs()
     with stub_kernels():
-        for _ in range(2):
+        for _ in range(3):
             swattn.flash_attn_with_kvcache(**inputs, causal=True, check_inputs=False)
         inputs["page_table"][1, 1] = 10**6  # a page the cache does not have, same signature
         swattn.flash_attn_with_kvcache(**inputs, causal=True, check_inputs=False)  # the caller's contract
@@ -63,7 +63,8 @@ def test_a_replayed_signature_still_checks_data_when_asked():
 def test_values_that_only_compare_equal_are_checked_again():
     q, k = torch.randn(1, 5, 2, 16), torch.randn(1, 5, 2, 16)
     with stub_kernels():
-        swattn.flash_attn_func(q, k, k, num_splits=1)
+        for _ in range(2):
+            swattn.flash_attn_func(q, k, k, num_splits=1)
         with pytest.raises(ValueError, match="num_splits"):
             swattn.flash_attn_func(q, k, k, num_splits=True)
         with pytest.raises(ValueError, match="head_dim"):  # errors are raised on every call, never cached
@@ -75,7 +76,8 @@ def test_values_that_only_compare_equal_are_checked_again():
 def test_an_argument_passed_twice_is_not_replayed_for_distinct_ones():
     # Recorded with k passed as v too; a later call of the same shapes with its own v must attend to that v.
     q, k, v = (torch.randn(1, 6, 2, 16) for _ in range(3))
-    swattn.flash_attn_func(q, k, k, window_size=(2, 0))
+    for _ in range(2):  # noted, then recorded
+        swattn.flash_attn_func(q, k, k, window_size=(2, 0))
     out = swattn.flash_attn_func(q, k, v, window_size=(2, 0))
     assert_close("out", out, attention_ref(q, k, v, window_size=(2, 0))[0].to(out.dtype), tolerance_for(q.dtype))
 
@@ -83,7 +85,7 @@ def test_an_argument_passed_twice_is_not_replayed_for_distinct_ones():
 def test_return_layouts_are_replayed():
     q, k, v = (torch.randn(1, 6, 2, 16) for _ in range(3))
     with stub_kernels():
-        for _ in range(2):
+        for _ in range(3):
             assert isinstance(swattn.flash_attn_func(q, k, v), torch.Tensor)
             out, lse = swattn.flash_attn_func(q, k, v, return_softmax_lse=True)
             assert out.shape == q.shape and lse.shape == (1, 2, 6)
@@ -95,7 +97,8 @@ def test_data_checks_skipped_while_tracing_run_again_afterwards(monkeypatch):
     inputs = _decode_inputs()
     with stub_kernels():
         monkeypatch.setattr(interface, "_is_tracing", lambda t: True)
-        swattn.flash_attn_with_kvcache(**inputs, causal=True)
+        for _ in range(2):  # noted, then recorded
+            swattn.flash_attn_with_kvcache(**inputs, causal=True)
         monkeypatch.undo()
         inputs["page_table"][1, 1] = 10**6
         with pytest.raises(ValueError, match="page_table"):

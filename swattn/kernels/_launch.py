@@ -19,6 +19,7 @@ lacks the launcher attributes or its launcher rejects the arguments (a Triton ve
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Sequence
 from typing import Any
@@ -57,10 +58,16 @@ class _Runtime:
             cls.knobs = knobs.runtime
 
 
-def bound_argument_order(kernel) -> list[tuple[str, Any]]:
+def bound_argument_order(kernel) -> tuple[tuple[str, Any], ...]:
     """``(name, default)`` of every parameter of a ``@triton.jit`` kernel, in signature order (constexprs
     included): the order in which ``JITFunction.run`` hands the bound arguments to the compiled launcher."""
-    return [(name, parameter.default) for name, parameter in inspect.signature(kernel.fn).parameters.items()]
+    return _parameters(kernel.fn)
+
+
+@functools.cache
+def _parameters(fn) -> tuple[tuple[str, Any], ...]:
+    # Cached: a signature seen once (a varlen batch's new lengths) plans, and inspect.signature costs ~20 us.
+    return tuple((name, parameter.default) for name, parameter in inspect.signature(fn).parameters.items())
 
 
 class Launch:
@@ -71,8 +78,8 @@ class Launch:
     left out). ``options`` are launch options (``num_warps``, ``num_stages``, ``launch_pdl``, ...).
     """
 
-    __slots__ = ("kernel", "grid", "scalars", "constexprs", "options", "_tail", "_compiled", "_direct_ok",
-                 "plain_launches", "direct_launches")
+    __slots__ = ("kernel", "grid", "scalars", "constexprs", "options", "num_tensors", "_tail", "_compiled",
+                 "_direct_ok", "plain_launches", "direct_launches")
 
     def __init__(self, kernel, grid: Sequence[int], scalars: Sequence[Any], constexprs: dict[str, Any],
                  options: dict[str, Any] | None = None, num_tensors: int | None = None):
@@ -81,25 +88,31 @@ class Launch:
         self.scalars = tuple(scalars)
         self.constexprs = constexprs
         self.options = options or {}
-        self._tail = None
-        if num_tensors is not None and hasattr(kernel, "fn"):
-            order = bound_argument_order(kernel)
-            named = order[num_tensors + len(self.scalars):]
-            missing = [name for name, default in named if name not in constexprs and default is inspect.Parameter.empty]
-            unknown = set(constexprs) - {name for name, _ in named}
-            if missing or unknown:
-                raise TypeError(f"{kernel.fn.__name__}: constexprs missing {missing}, unknown {sorted(unknown)}")
-            self._tail = self.scalars + tuple(constexprs.get(name, default) for name, default in named)
+        self.num_tensors = num_tensors
+        self._tail = None  # scalars and constexprs in signature order, made at the first direct launch
         self._compiled: dict[int, Any] = {}
-        self._direct_ok = DIRECT_LAUNCH and self._tail is not None
+        self._direct_ok = DIRECT_LAUNCH and num_tensors is not None and hasattr(kernel, "fn")
         self.plain_launches = 0
         self.direct_launches = 0
+
+    def _bound_tail(self) -> tuple:
+        """The arguments after the tensors, as ``JITFunction.run`` binds them: the scalars, then every remaining
+        parameter in signature order (constexprs given, or their defaults)."""
+        named = bound_argument_order(self.kernel)[self.num_tensors + len(self.scalars):]
+        missing = [name for name, default in named
+                   if name not in self.constexprs and default is inspect.Parameter.empty]
+        unknown = set(self.constexprs) - {name for name, _ in named}
+        if missing or unknown:
+            raise TypeError(f"{self.kernel.fn.__name__}: constexprs missing {missing}, unknown {sorted(unknown)}")
+        return self.scalars + tuple(self.constexprs.get(name, default) for name, default in named)
 
     def __call__(self, *tensors) -> None:
         if self._direct_ok and self._compiled and _hooks_inactive(_Runtime.knobs):
             device = _Runtime.get_device()
             compiled = self._compiled.get(device)
             if compiled is not None:
+                if self._tail is None:  # not before a second call: a signature seen once never needs it
+                    self._tail = self._bound_tail()
                 run, function, packed_metadata = compiled
                 try:
                     run(*self.grid, _Runtime.get_stream(device), function, packed_metadata, None, None, None,
@@ -150,3 +163,27 @@ def clear_plans() -> None:
     """Forget every plan (tests and scripts that replace a kernel or a setting the plans were built with)."""
     for cache in PlanCache._all:
         cache.clear()
+
+
+class Layout:
+    """A contiguous tensor's shape, strides and device, for planning launches on tensors allocated per call
+    (cheaper than a meta tensor: a varlen batch's new lengths plan on every call)."""
+
+    __slots__ = ("shape", "device", "_strides")
+
+    def __init__(self, shape: Sequence[int], device):
+        self.shape, self.device = tuple(shape), device
+        strides, step = [], 1
+        for size in reversed(self.shape):
+            strides.append(step)
+            step *= max(size, 1)
+        self._strides = tuple(reversed(strides))
+
+    def stride(self, dim: int | None = None):
+        return self._strides if dim is None else self._strides[dim]
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def view(self, *shape) -> Layout:
+        return Layout(shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape, self.device)

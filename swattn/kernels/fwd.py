@@ -40,7 +40,7 @@ from swattn.kernels._common import (
     token_strides,
     wait_for_previous_grid,
 )
-from swattn.kernels._launch import Launch, PlanCache, tensor_signature
+from swattn.kernels._launch import Launch, Layout, PlanCache, tensor_signature
 from swattn.kernels.combine import combine_launch
 from swattn.kernels.configs import forward_config
 from swattn.window import visible_span
@@ -660,14 +660,13 @@ class _ForwardPlan:
         grid = (num_tiles, batch * (num_kv_heads if pack_gqa else num_heads), num_splits)
 
         tokens = q.shape[0] if varlen_q else batch * seqlen_q
-        # Outputs are allocated contiguous on every call: their strides are those of meta tensors of their shapes.
-        out = torch.empty(q.shape, device="meta", dtype=q.dtype)
-        lse = None if self.lse_shape is None else torch.empty(self.lse_shape, device="meta", dtype=torch.float32)
+        # Outputs are allocated contiguous on every call: their strides are those of Layouts of their shapes.
+        out = Layout(q.shape, q.device)
+        lse = None if self.lse_shape is None else Layout(self.lse_shape, q.device)
         self.split_shapes = None
         if num_splits > 1:
             self.split_shapes = ((num_splits, tokens, num_heads, head_dim), (num_splits, tokens, num_heads))
-            out_target, lse_target = (torch.empty(shape, device="meta", dtype=torch.float32)
-                                      for shape in self.split_shapes)
+            out_target, lse_target = (Layout(shape, q.device) for shape in self.split_shapes)
             split_o, token_o, head_o, _ = out_target.stride()
             split_l, token_l, head_l = lse_target.stride()
             o_strides = (split_o, 0 if varlen_q else seqlen_q * token_o, token_o, head_o)

@@ -64,14 +64,15 @@ def test_repeated_call_launches_the_compiled_kernels_directly(monkeypatch, num_s
         expected = {"_append_kv_kernel", "_swa_fwd_kernel"} | ({"_swa_combine_kernel"} if num_splits > 1 else set())
         assert set(used) == expected  # one launch each: no second pass for a single-query tile
         first = {name: stub.last_launch for name, stub in used.items()}
-        misses = [cache.misses for cache in _launch.PlanCache._all]
+        kernel_plans = (fwd._PLANS, append._PLANS)
+        misses = [cache.misses for cache in kernel_plans]
         for _ in range(3):
             call()
         # Triton's JITFunction.run (bind, specialize, look up or compile) once per plan; the config chosen once;
         # no plan made again.
         assert all(stub.plain_launches == 1 and stub.direct_launches == 3 for stub in used.values())
         assert len(configs_chosen) == 1
-        assert [cache.misses for cache in _launch.PlanCache._all] == misses
+        assert [cache.misses for cache in kernel_plans] == misses
         for name, stub in used.items():
             grid, args, kwargs = first[name]
             direct_grid, arguments = stub.last_launch
