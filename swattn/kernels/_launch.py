@@ -14,7 +14,9 @@ and the caller keys it on everything Triton specializes a tensor on (dtype and 1
 binder would pick the same compiled kernel on every call. The plain launch is kept where the direct one does not
 apply: under the interpreter (nothing is compiled), when launch hooks are registered (profilers such as Proton
 need the launch metadata), on a device the first call did not compile for, and for good when the compiled kernel
-lacks the launcher attributes or its launcher rejects the arguments (a Triton version whose internals differ).
+lacks the launcher attributes or its first direct launch fails (a Triton version whose internals differ; every
+swattn kernel is idempotent, so a launch that failed after starting its kernel and is made again through the plain
+path gives the same result).
 """
 
 from __future__ import annotations
@@ -117,9 +119,11 @@ class Launch:
                 try:
                     run(*self.grid, _Runtime.get_stream(device), function, packed_metadata, None, None, None,
                         *tensors, *self._tail)
-                except TypeError:
-                    # A launcher whose calling convention differs (another Triton version) rejects the arguments
-                    # before launching: keep the plain path from now on.
+                except Exception:
+                    # A launcher whose calling convention differs (another Triton version) rejects the arguments:
+                    # keep the plain path from now on. Once direct launches have worked, an error is the call's own.
+                    if self.direct_launches:
+                        raise
                     self._direct_ok = False
                 else:
                     self.direct_launches += 1

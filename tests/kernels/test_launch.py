@@ -168,3 +168,14 @@ def test_interpreter_takes_the_plain_path():
         swattn.flash_attn_func(q, k, v, window_size=(2, 0))
     (plan,) = fwd._PLANS.values()
     assert (plan.main.plain_launches, plan.main.direct_launches) == (2, 0)
+
+
+def test_an_error_after_direct_launches_worked_is_raised(runtime):
+    compiled = _Compiled()
+    launch = Launch(_Kernel(compiled), (1,), (5,), dict(BLOCK=16), num_tensors=1)
+    x = torch.zeros(1)
+    launch(x)
+    launch(x)
+    compiled.fail = True
+    with pytest.raises(TypeError, match="launcher"):
+        launch(x)
