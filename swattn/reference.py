@@ -1,6 +1,14 @@
 """The oracle: plain PyTorch attention in float64 (or float32) for every feature the kernels implement.
 
-Built on ``swattn.window.is_visible``; tests, benchmarks, the demo and the CPU path of the public API use it.
+Built on ``swattn.window``; tests, benchmarks, the demo and the CPU path of the public API use it. It keeps the
+kernels' contract, so the CPU path without the interpreter keeps it too:
+
+- it reads only the keys inside the windows of the rows it computes (query rows are taken in blocks of
+  ``QUERY_BLOCK``, each against its visible span of keys), and of a paged cache only the page-table entries from
+  the window of a sequence's first query on: entries before it may point anywhere, as for the kernels;
+- a non-finite value reaches only the rows whose window holds its key, as in the kernels (not every row of the
+  product through ``0 * NaN``);
+- rows that see no key give 0 and LSE -inf (the sink with sinks).
 """
 
 from __future__ import annotations
@@ -9,7 +17,63 @@ import math
 
 import torch
 
-from swattn.window import is_visible, normalize_window
+from swattn.window import first_visible_key, is_visible, normalize_window, visible_span
+
+# Query rows per block: bounds the score matrix (and so the memory) of one step to QUERY_BLOCK x window keys.
+QUERY_BLOCK = 256
+# Keys with a non-finite value handled per step of the isolation (see ``_weighted_values``).
+_NON_FINITE_KEYS_PER_STEP = 64
+
+
+def _weighted_values(probs: torch.Tensor, v: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """``probs [B, H, Sq, Sk] @ v [B, Sk, H, D] -> [B, Sq, H, D]``, where ``probs`` is 0 at the keys a row cannot
+    see: a non-finite value reaches only the rows whose window (``visible [Sq, Sk]``) holds its key. The finite
+    values go through one product; the non-finite ones (rare: usually no key at all) are added key by key to the
+    rows that see them, as the kernels add ``p * v`` over the keys of a row's window."""
+    finite = torch.isfinite(v)
+    out = torch.einsum("bhqk,bkhd->bqhd", probs, torch.where(finite, v, 0.0))
+    bad_keys = (~finite).flatten(2).any(-1).any(0).nonzero().flatten()
+    for keys in bad_keys.split(_NON_FINITE_KEYS_PER_STEP):
+        p = probs[..., keys].permute(0, 2, 1, 3).unsqueeze(-1)  # [B, Sq, H, n, 1]
+        values = torch.where(finite[:, keys], 0.0, v[:, keys]).permute(0, 2, 1, 3).unsqueeze(1)  # [B, 1, H, n, D]
+        seen = visible[:, keys].view(1, visible.shape[0], 1, keys.numel(), 1)
+        out = out + torch.where(seen, p * values, 0.0).sum(3)
+    return out
+
+
+def _attend(q, k, v, key_start: int, seqlen_k: int, *, left: int, right: int, scale: float, softcap: float,
+            sinks: torch.Tensor | None, compute_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """q ``[B, Sq, H, D]`` against keys ``key_start .. key_start + k.shape[1] - 1`` of a sequence of ``seqlen_k``
+    keys (they must include every key a row sees) -> (out ``[B, Sq, H, D]`` in ``compute_dtype``,
+    lse ``[B, H, Sq]``)."""
+    batch, seqlen_q, num_heads, _ = q.shape
+    group = num_heads // k.shape[2]
+    outs, lses = [], []
+    for row in range(0, max(seqlen_q, 1), QUERY_BLOCK):
+        rows_end = min(row + QUERY_BLOCK, seqlen_q)
+        first, span = visible_span(row, rows_end - 1, seqlen_q, seqlen_k, left, right)
+        first = max(first, key_start)  # rows that see nothing may give a span outside the keys held
+        end = max(first, min(first + span, key_start + k.shape[1]))
+        qf = q[:, row:rows_end].to(compute_dtype)
+        kf = k[:, first - key_start:end - key_start].to(compute_dtype).repeat_interleave(group, dim=2)
+        vf = v[:, first - key_start:end - key_start].to(compute_dtype).repeat_interleave(group, dim=2)
+        scores = torch.einsum("bqhd,bkhd->bhqk", qf, kf) * scale
+        if softcap > 0:
+            scores = softcap * torch.tanh(scores / softcap)
+        rows = torch.arange(row, rows_end, device=q.device)[:, None]
+        cols = torch.arange(first, end, device=q.device)[None, :]
+        visible = is_visible(rows, cols, seqlen_q, seqlen_k, left, right)  # [rows, keys]
+        scores = scores.masked_fill(~visible, float("-inf"))
+        if sinks is not None:
+            sink_col = sinks.to(compute_dtype).view(1, num_heads, 1, 1).expand(batch, num_heads, rows_end - row, 1)
+            scores = torch.cat([scores, sink_col], dim=-1)
+        lse = torch.logsumexp(scores, dim=-1)  # -inf for rows with nothing to see
+        probs = torch.exp(scores - torch.where(torch.isinf(lse), 0.0, lse).unsqueeze(-1))
+        if sinks is not None:
+            probs = probs[..., :end - first]
+        outs.append(_weighted_values(probs, vf, visible))
+        lses.append(lse)
+    return torch.cat(outs, dim=1), torch.cat(lses, dim=2)
 
 
 def attention_ref(
@@ -23,37 +87,22 @@ def attention_ref(
     softcap: float = 0.0,
     sinks: torch.Tensor | None = None,
     compute_dtype: torch.dtype = torch.float64,
+    key_start: int = 0,
+    seqlen_k: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of one batch: q ``[B, Sq, H, D]``, k/v ``[B, Sk, Hk, D]`` -> (out ``[B, Sq, H, D]`` in q's dtype,
     lse ``[B, H, Sq]`` fp32).
 
     GQA/MQA by repeating KV heads; bottom-right window; ``softcap * tanh(s / softcap)``; ``sinks [H]`` join the
     denominator as one extra logit per query head (no value). Rows that see nothing give 0 and LSE -inf (= sink
-    with sinks).
+    with sinks). ``key_start`` / ``seqlen_k``: k/v hold only the keys ``key_start ..`` of a sequence of
+    ``seqlen_k`` keys (default: all of them), which must include every key a row sees.
     """
     left, right = normalize_window(causal, window_size)
-    batch, seqlen_q, num_heads, head_dim = q.shape
-    seqlen_k, num_kv_heads = k.shape[1], k.shape[2]
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
-    group = num_heads // num_kv_heads
-    qf = q.to(compute_dtype)
-    kf = k.to(compute_dtype).repeat_interleave(group, dim=2)
-    vf = v.to(compute_dtype).repeat_interleave(group, dim=2)
-    scores = torch.einsum("bqhd,bkhd->bhqk", qf, kf) * scale
-    if softcap > 0:
-        scores = softcap * torch.tanh(scores / softcap)
-    rows = torch.arange(seqlen_q, device=q.device)[:, None]
-    cols = torch.arange(seqlen_k, device=q.device)[None, :]
-    visible = is_visible(rows, cols, seqlen_q, seqlen_k, left, right)  # [Sq, Sk]
-    scores = scores.masked_fill(~visible, float("-inf"))
-    if sinks is not None:
-        sink_col = sinks.to(compute_dtype).view(1, num_heads, 1, 1).expand(batch, num_heads, seqlen_q, 1)
-        scores = torch.cat([scores, sink_col], dim=-1)
-    lse = torch.logsumexp(scores, dim=-1)  # -inf for rows with nothing to see
-    probs = torch.exp(scores - torch.where(torch.isinf(lse), 0.0, lse).unsqueeze(-1))
-    if sinks is not None:
-        probs = probs[..., :seqlen_k]
-    out = torch.einsum("bhqk,bkhd->bqhd", probs, vf)
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    seqlen_k = k.shape[1] if seqlen_k is None else seqlen_k
+    out, lse = _attend(q, k, v, key_start, seqlen_k, left=left, right=right, scale=scale, softcap=softcap,
+                       sinks=sinks, compute_dtype=compute_dtype)
     return out.to(q.dtype), lse.to(torch.float32)
 
 
@@ -88,18 +137,22 @@ def gather_kv_cache(
     *,
     cache_batch_idx: torch.Tensor | None = None,
     page_table: torch.Tensor | None = None,
+    first_keys: list[int] | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The keys and values each sequence sees in a contiguous or paged cache, as ``[(k_b [Sk_b, Hk, D], v_b)]``."""
+    """The keys and values of each sequence in a contiguous or paged cache, as ``[(k_b [Sk_b, Hk, D], v_b)]``:
+    positions ``first_keys[b] .. seqlens_k[b] - 1`` (default: from 0). Page-table entries before
+    ``first_keys[b] // page_size`` are not read."""
     result = []
     for b, length in enumerate(seqlens_k.tolist()):
-        positions = torch.arange(length, device=k_cache.device)
+        first = min(first_keys[b], length) if first_keys is not None else 0
+        positions = torch.arange(first, length, device=k_cache.device)
         if page_table is not None:
             page_size = k_cache.shape[1]
             pages = page_table[b, positions // page_size].long()
             result.append((k_cache[pages, positions % page_size], v_cache[pages, positions % page_size]))
         else:
             row = b if cache_batch_idx is None else int(cache_batch_idx[b])
-            result.append((k_cache[row, :length], v_cache[row, :length]))
+            result.append((k_cache[row, first:length], v_cache[row, first:length]))
     return result
 
 
@@ -119,18 +172,32 @@ def attention_kvcache_ref(
     q ``[B, Sq, H, D]`` (lse ``[B, H, Sq]``) or varlen ``[total_q, H, D]`` with ``cu_seqlens_q`` (lse
     ``[H, total_q]``).
     """
-    kv = gather_kv_cache(k_cache, v_cache, seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table)
     if cu_seqlens_q is None:
-        outs, lses = zip(*(attention_ref(q[b:b + 1], k_b[None], v_b[None], **kwargs)
-                           for b, (k_b, v_b) in enumerate(kv)))
+        queries = [q.shape[1]] * len(seqlens_k)
+    else:
+        bounds = cu_seqlens_q.tolist()
+        queries = [end - begin for begin, end in zip(bounds[:-1], bounds[1:])]
+    # Each sequence from the first key its first query sees: earlier pages may be freed (their entries hold anything).
+    left, _ = normalize_window(kwargs.get("causal", False), kwargs.get("window_size", (-1, -1)))
+    first_keys = [first_visible_key(0, n_q, length, left) if n_q else length
+                  for n_q, length in zip(queries, seqlens_k.tolist())]
+    kv = gather_kv_cache(k_cache, v_cache, seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
+                         first_keys=first_keys)
+    lengths = seqlens_k.tolist()
+
+    def one(q_b, b):
+        k_b, v_b = kv[b]
+        return attention_ref(q_b[None], k_b[None], v_b[None], key_start=first_keys[b], seqlen_k=lengths[b], **kwargs)
+
+    if cu_seqlens_q is None:
+        outs, lses = zip(*(one(q[b], b) for b in range(len(kv))))
         return torch.cat(outs), torch.cat(lses)
     out = torch.zeros_like(q)
     lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
-    cq = cu_seqlens_q.tolist()
-    for b, (k_b, v_b) in enumerate(kv):
-        o_b, l_b = attention_ref(q[cq[b]:cq[b + 1]][None], k_b[None], v_b[None], **kwargs)
-        out[cq[b]:cq[b + 1]] = o_b[0]
-        lse[:, cq[b]:cq[b + 1]] = l_b[0]
+    for b in range(len(kv)):
+        o_b, l_b = one(q[bounds[b]:bounds[b + 1]], b)
+        out[bounds[b]:bounds[b + 1]] = o_b[0]
+        lse[:, bounds[b]:bounds[b + 1]] = l_b[0]
     return out, lse
 
 

@@ -32,7 +32,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 from transformers.modeling_flash_attention_utils import _pad_input, _unpad_input, _upad_input
 
-from swattn.interface import flash_attn_func, flash_attn_varlen_func
+from swattn.interface import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache
 from swattn.window import window_size_from_sliding_window
 
 NAME = "swattn"
@@ -65,17 +65,49 @@ def _window_size(sliding_window: int | None, is_causal: bool) -> tuple[int, int]
     return window_size_from_sliding_window(sliding_window)
 
 
-def _check_contiguous_padding(mask: torch.Tensor) -> None:
-    """With a window, each row's valid keys must be one run: swattn's window counts tokens, HF's counts positions."""
+def _contiguous_padding(mask: torch.Tensor) -> bool:
+    """Whether each row's valid keys are one run (swattn's window counts tokens, HF's counts positions: they agree
+    exactly then)."""
     length = mask.shape[-1]
     positions = torch.arange(length, device=mask.device)
     count = mask.sum(-1)
     first = torch.where(mask, positions, length).amin(-1)
     last = torch.where(mask, positions, -1).amax(-1)
-    if not bool(((count == 0) | (last - first + 1 == count)).all()):
-        raise NotImplementedError(
-            "swattn: with a sliding window, the attention mask must hold each sequence's tokens in one contiguous run "
-            "(left padding for generation, or right padding without a cache); got padding inside a sequence")
+    return bool(((count == 0) | (last - first + 1 == count)).all())
+
+
+def _masked_attention(q, k, v, mask: torch.Tensor, sliding_window: int | None, is_causal: bool, scaling: float,
+                      softcap: float, sinks: torch.Tensor | None) -> torch.Tensor:
+    """The fallback for a layout the kernels cannot serve exactly (padding inside a sequence where the window cuts):
+    attention as transformers' eager backend computes it, from the padding mask ``[B, L]`` whose last position is
+    the last query's. HF's window counts positions, pad ones included; rows that see nothing give 0.
+    q ``[B, Sq, H, D]``, k/v ``[B, Skv, Hk, D]`` (keys past ``L`` are unfilled cache slots) -> ``[B, Sq, H, D]``."""
+    batch, seqlen_q, num_heads, _ = q.shape
+    length = mask.shape[-1]
+    keys = torch.arange(k.shape[1], device=q.device)
+    query_positions = torch.arange(length - seqlen_q, length, device=q.device)[:, None]  # [Sq, 1]
+    allowed = (keys < length)[None, :].expand(seqlen_q, -1)
+    if is_causal:
+        allowed = allowed & (keys[None, :] <= query_positions)
+    if sliding_window is not None:
+        allowed = allowed & (query_positions - keys[None, :] < sliding_window)
+    padding = torch.zeros(batch, k.shape[1], dtype=torch.bool, device=q.device)
+    padding[:, :length] = mask
+    allowed = allowed[None, None] & padding[:, None, None, :]  # [B, 1, Sq, Skv]
+    group = num_heads // k.shape[2]
+    kf = k.transpose(1, 2).repeat_interleave(group, dim=1).float()
+    vf = v.transpose(1, 2).repeat_interleave(group, dim=1).float()
+    scores = torch.matmul(q.transpose(1, 2).float(), kf.transpose(-1, -2)) * scaling  # [B, H, Sq, Skv]
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    if sinks is not None:
+        scores = torch.cat([scores, sinks.float().view(1, -1, 1, 1).expand(batch, -1, seqlen_q, 1)], dim=-1)
+    peak = scores.amax(-1, keepdim=True)
+    probs = torch.exp(scores - torch.where(torch.isinf(peak), 0.0, peak))
+    probs = probs / probs.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    out = torch.matmul(probs[..., :k.shape[1]], vf)
+    return out.transpose(1, 2).to(q.dtype)
 
 
 def _packed_sequences(position_ids: torch.Tensor | None, batch: int, seqlen: int):
@@ -90,6 +122,17 @@ def _packed_sequences(position_ids: torch.Tensor | None, batch: int, seqlen: int
     begin = starts.flatten().nonzero().flatten()
     cu_seqlens = torch.cat([begin, begin.new_tensor([batch * seqlen])]).to(torch.int32)
     return cu_seqlens, int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+
+
+def _filled_keys(position_ids: torch.Tensor | None, batch: int, num_keys: int) -> torch.Tensor | None:
+    """Per row, how many of the ``num_keys`` keys a layer hands over hold tokens when there is no padding mask:
+    the last query's position + 1, at most ``num_keys`` (int32 ``[B]``), or None without 2D ``position_ids``.
+    Key slot = position in a static cache's full-attention layer (whose unfilled tail must not be read) and while a
+    sliding-window layer is not yet full; once full, or in a dynamic cache, every key handed over is filled."""
+    if position_ids is None or position_ids.dim() != 2:
+        return None
+    last = position_ids[:, -1].expand(batch) + 1
+    return last.clamp(max=num_keys).to(torch.int32)
 
 
 def swattn_attention_forward(
@@ -138,9 +181,12 @@ def swattn_attention_forward(
         if mask.shape[-1] > k.shape[1]:
             raise ValueError(f"attention_mask: covers {mask.shape[-1]} keys but only {k.shape[1]} were given")
         # Up to left + 1 keys, the window cuts nothing (decode over a sliding-window cache layer), so padding anywhere
-        # gives HF's answer.
-        if 0 <= window_size[0] < mask.shape[-1] - 1 and not _is_tracing(mask):
-            _check_contiguous_padding(mask)
+        # gives HF's answer. Padding inside a sequence where the window cuts (right-padded prompts that generate):
+        # HF's window counts the pad positions, swattn's would not, so that call takes the exact fallback.
+        if 0 <= window_size[0] < mask.shape[-1] - 1 and not _is_tracing(mask) and not _contiguous_padding(mask):
+            out = _masked_attention(q, k, v, mask, sliding_window, is_causal, options["softmax_scale"] or
+                                    head_dim ** -0.5, options["softcap"], options["sinks"])
+            return out[..., :v_head_dim], None
         q, k, v, indices_q, (cu_q, cu_k), (max_q, max_k) = _upad_input(q, k, v, mask, seqlen_q, _unpad_input)
         out = flash_attn_varlen_func(q, k, v, cu_q, cu_k, int(max_q), int(max_k), **options)
         out = _pad_input(out, indices_q, batch, seqlen_q)
@@ -160,7 +206,13 @@ def swattn_attention_forward(
                 cu_q.to(torch.int32), cu_k.to(torch.int32), int(max_q), int(max_k), **options)
             out = out.view(batch, seqlen_q, *out.shape[1:])
         else:
-            out = flash_attn_func(q, k, v, **options)
+            # A cache without a padding mask: a static cache hands over its whole buffer, of which the keys up to the
+            # last query's position are filled (dynamic and sliding-window layers: all of them).
+            filled = _filled_keys(kwargs.get("position_ids"), batch, k.shape[1]) if k.shape[1] > seqlen_q else None
+            if filled is not None:
+                out = flash_attn_with_kvcache(q, k, v, cache_seqlens=filled, **options)
+            else:
+                out = flash_attn_func(q, k, v, **options)
     return out[..., :v_head_dim], None
 
 

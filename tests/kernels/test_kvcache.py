@@ -298,6 +298,19 @@ def fused_append(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["append-launch", "fused-append", "fallback"])
+def kv_path(request, monkeypatch):
+    """The kernels with both ways of appending (see ``fused_append``), and the CPU fallback (no interpreter:
+    swattn.reference), which must keep the kernels' contract on what it reads."""
+    monkeypatch.setattr(ops, "FUSED_APPEND", request.param == "fused-append")
+    if request.param != "fallback":
+        yield request.param
+        return
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # CPU tensors then take the reference (read per call)
+    with torch.device("cpu"):  # also under SWATTN_TEST_DEVICE=cuda
+        yield request.param
+
+
 # (S_new, Sq, cache_seqlens before the append, window, causal, pack_gqa, num_splits)
 APPEND_CASES = [
     pytest.param(1, 1, [10, 0, 63], (7, 0), False, None, 1, id="decode-append1-w7,0-incl-empty-and-to-capacity"),
@@ -536,7 +549,7 @@ NAN_PAGED_CASES = [
 @pytest.mark.parametrize("check_inputs", [False, None], ids=["check_inputs=False", "check_inputs=default"])
 @pytest.mark.parametrize("page_size, seqlens, seqlen_q, left, seqlen_new, pack_gqa, num_splits, sinks",
                          NAN_PAGED_CASES)
-def test_nan_poisoned_out_of_window_pages(monkeypatch, fused_append, check_inputs, page_size, seqlens, seqlen_q,
+def test_nan_poisoned_out_of_window_pages(monkeypatch, kv_path, check_inputs, page_size, seqlens, seqlen_q,
                                           left, seqlen_new, pack_gqa, num_splits, sinks):
     monkeypatch.delenv("SWATTN_CHECK_INPUTS", raising=False)
     batch = len(seqlens)
@@ -573,7 +586,7 @@ def test_nan_poisoned_out_of_window_pages(monkeypatch, fused_append, check_input
     pytest.param("contig", 0, id="contig"),
     pytest.param("contig-batch-idx", 2, id="batch-idx-append2"),
 ])
-def test_nan_poisoned_contiguous_cache(monkeypatch, check_inputs, layout, seqlen_new):
+def test_nan_poisoned_contiguous_cache(monkeypatch, kv_path, check_inputs, layout, seqlen_new):
     """NaN in every cache position before the first query's window, beyond cache_seqlens (+ new tokens) and in
     cache rows no sequence uses: the output equals the clean one."""
     monkeypatch.delenv("SWATTN_CHECK_INPUTS", raising=False)

@@ -5,7 +5,8 @@ The rows that must not change are compared bit for bit with a run on the clean i
 exactly the rows that see it. A non-finite value row is the hard case: it meets the rows of its tile that cannot
 see its key through the P @ V product, where 0 * NaN is NaN. By default (``fwd.ISOLATE_NON_FINITE``) the kernel
 flags such tiles and a second launch redoes them with a guarded loop, so the isolation is exact for v too; with
-``SWATTN_ISOLATE_NON_FINITE=0`` the value may reach the rows of its tile (same sequence, same KV head).
+``SWATTN_ISOLATE_NON_FINITE=0`` the value may reach the rows of its tile (same sequence, same KV head). The CPU
+fallback (``swattn.reference``, CPU tensors without the interpreter) isolates exactly too: every test runs there.
 """
 
 from __future__ import annotations
@@ -29,10 +30,17 @@ def poison_value(kind: str) -> float:
     return float("nan") if kind.endswith("nan") else float("inf")
 
 
-@pytest.fixture(params=[True, False], ids=["isolate", "no-isolation"])
+@pytest.fixture(params=["isolate", "no-isolation", "fallback"])
 def isolate(request, monkeypatch):
-    monkeypatch.setattr(fwd, "ISOLATE_NON_FINITE", request.param)
-    return request.param
+    """Whether the isolation is exact, on three paths: the kernels with the isolation pass (the default), the kernels
+    without it, and the CPU fallback (no interpreter: swattn.reference), which keeps the kernels' contract exactly."""
+    monkeypatch.setattr(fwd, "ISOLATE_NON_FINITE", request.param != "no-isolation")
+    if request.param != "fallback":
+        yield request.param != "no-isolation"
+        return
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # CPU tensors then take the reference (read per call)
+    with torch.device("cpu"):  # also under SWATTN_TEST_DEVICE=cuda
+        yield True
 
 
 def test_isolation_is_on_by_default():
