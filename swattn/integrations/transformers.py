@@ -15,14 +15,18 @@ never a dense 4D mask. Each call maps HF's conventions onto the public API:
   ``s_aux`` (gpt-oss sinks, one logit per query head) -> ``sinks``;
 - a padding mask -> ``flash_attn_varlen_func`` on the unpadded tokens (transformers' own flash-attention unpadding
   helpers; they synchronise with the host once per layer, as for ``flash_attention_2``); sequences packed along one
-  row (``position_ids`` restarting, or ``cu_seq_lens_q/k`` + ``max_length_q/k`` kwargs) -> varlen as well.
+  row (``position_ids`` restarting, or ``cu_seq_lens_q/k`` + ``max_length_q/k`` kwargs) -> varlen as well;
+- no padding mask but more keys than queries (a cache) -> ``flash_attn_with_kvcache`` over the keys filled up to the
+  last query's position: a StaticCache hands over its whole preallocated buffer, whose tail is not yet written.
 
-Raises NotImplementedError, rather than computing something else, for: dropout > 0, ``output_attentions``, 4D or
-block masks, mask overlays (``or_mask_function``/``and_mask_function``, e.g. bidirectional image tokens), chunked
-attention (``attention_chunk_size``), a sliding window on a non-causal layer, and padding that is not one
-contiguous run per row where the window cuts (HF's window counts pad positions, swattn's counts tokens; decode over a
-sliding-window cache layer is never cut). Packed-sequence detection from ``position_ids`` reads data, so it is
-skipped under ``torch.compile``; pass ``cu_seq_lens_q/k`` there.
+A layout the kernels cannot serve exactly takes an exact fallback for that call (``_masked_attention``, what the
+eager backend computes): padding that is not one contiguous run per row where the window cuts (HF's window counts
+pad positions, swattn's counts tokens; right-padded prompts that generate have such holes; decode over a
+sliding-window cache layer is never cut). Raises NotImplementedError, rather than computing something else, for:
+dropout > 0, ``output_attentions``, 4D or block masks, mask overlays (``or_mask_function``/``and_mask_function``,
+e.g. bidirectional image tokens), chunked attention (``attention_chunk_size``), a sliding window on a non-causal
+layer. Packed-sequence detection from ``position_ids`` and the padding check read data, so they are skipped under
+``torch.compile``; pass ``cu_seq_lens_q/k`` there, and left padding only.
 """
 
 from __future__ import annotations
