@@ -13,8 +13,27 @@ def test_quick_run_covers_every_entry_point(capsys):
     assert selfcheck.main(["--configs", "16", "--seed", "3"]) == 0
     out = capsys.readouterr().out
     for name in selfcheck.ENTRY_POINTS:
-        assert f"| {name} | 2 | 0 |" in out, out
-    assert "16 cases, 0 mismatches, seed 3" in out
+        assert f"| {name} | 2 |" in out and "| 0 | not checked" not in out, out
+    assert "16 cases, 0 mismatches, seed 3" in out and "NOT CHECKED" not in out
+
+
+def test_a_path_drawn_only_empty_is_reported_not_checked(capsys, monkeypatch):
+    """Cases whose rows all see nothing (no cached keys) test only the empty-row convention: counted apart, and
+    the path is reported as not checked rather than with an error of 0."""
+    real = selfcheck.draw_case
+
+    def empty_kvcache(seed, index, quick):
+        case = real(seed, index, quick)
+        if case.entry_point == "kvcache":
+            case.lengths_k = [0] * case.batch
+        return case
+
+    monkeypatch.setattr(selfcheck, "draw_case", empty_kvcache)
+    assert selfcheck.main(["--configs", "2", "--seed", "3", "--entry-points", "dense,kvcache"]) == 0
+    out = capsys.readouterr().out
+    assert "| kvcache | 1 | 0 | 0 | not checked | not checked |" in out, out
+    assert "| dense | 1 | 1 | 0 |" in out, out
+    assert "NOT CHECKED: kvcache:" in out
 
 
 def test_broken_kernel_is_reported_with_a_reproducer(capsys, monkeypatch):
