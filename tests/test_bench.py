@@ -55,11 +55,34 @@ def test_bench_gate_marks_a_wrong_provider_and_does_not_time_it(env):
     assert row.status == "error" and "ZeroDivisionError" in row.note
 
 
-def test_bench_main_writes_markdown(tmp_path):
-    out = tmp_path / "bench.md"
-    assert main(["model-step", "--quick", "--layers", "2", "--context", "40", "--out", str(out)]) == 0
+def test_bench_main_writes_markdown_and_plot(tmp_path):
+    out, plot = tmp_path / "bench.md", tmp_path / "bench.png"
+    assert main(["model-step", "--quick", "--layers", "2", "--context", "40", "--out", str(out),
+                 "--plot", str(plot)]) == 0
     text = out.read_text()
     assert "# swattn benchmark" in text and "commit" in text and "| swattn" in text
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_default_scenario_is_decode():
+    from swattn.bench.__main__ import parse_args
+
+    assert parse_args(["--quick"]).scenario == "decode"
+
+
+def test_plot_from_a_markdown_table(tmp_path):
+    from swattn.bench.plot import groups_from_markdown
+    from swattn.bench.plot import main as plot_main
+
+    text = ("# Perf\n\n## H200, bf16\n\nintro\n\n| workload | swattn | FA3 |\n|---|---|---|\n"
+            "| decode W128 | 5.73 us | 12.46 |\n| prefill | 1,977 us | |\n\n## Other\n")
+    groups, heading = groups_from_markdown(text, "H200")
+    assert heading == "H200, bf16"
+    assert groups == [("decode W128", {"swattn": 5.73, "FA3": 12.46}), ("prefill", {"swattn": 1977.0})]
+    source, png = tmp_path / "perf.md", tmp_path / "perf.png"
+    source.write_text(text)
+    assert plot_main([str(source), "--heading", "H200", "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_shape_filters_keep_only_the_named_head_dims_and_windows(env):

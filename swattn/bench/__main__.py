@@ -1,6 +1,8 @@
-"""``python -m swattn.bench {prefill,decode,verify,model-step,backward,host,all} [--quick] [--out FILE.md]``.
+"""``python -m swattn.bench [{prefill,decode,verify,model-step,backward,host,all}] [--quick] [--out FILE.md]
+[--plot FILE.png]``.
 
-``torchrun --nproc-per-node=N -m swattn.bench context-parallel`` (several GPUs; not part of ``all``).
+Without a scenario: ``decode`` (the gpt-oss decode layer). ``--plot`` draws the measured times (matplotlib, the
+``plot`` extra). ``torchrun --nproc-per-node=N -m swattn.bench context-parallel`` (several GPUs; not part of ``all``).
 
 On the GPU machine, with the peers of ``.peer-kernels/README.txt`` unpacked into /tmp/site::
 
@@ -29,10 +31,13 @@ def _ints(text: str) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m swattn.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=SCENARIOS)
+    parser.add_argument("scenario", nargs="?", default="decode", choices=SCENARIOS,
+                        help="what to time (default: decode)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny shapes, few reps, no CUDA graphs, no peers: seconds on a CPU-only machine")
     parser.add_argument("--out", metavar="FILE.md", help="also write the tables (markdown) to this file")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="also draw the measured times as a bar chart (needs matplotlib: the plot extra)")
     parser.add_argument("--providers", type=lambda s: [p for p in s.split(",") if p],
                         help="comma-separated subset, e.g. swattn,fa3,fa4,flex,sdpa (default: all available)")
     parser.add_argument("--no-peers", action="store_true", help="time swattn only")
@@ -51,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_backward(args: argparse.Namespace) -> tuple[str | None, int]:
+def run_backward(args: argparse.Namespace) -> tuple[str | None, int, Section | None]:
     """Dispatch to ``swattn.bench.backward.main(args)``. It may return markdown (a str or a ``Section``: the
     dispatcher prints it and writes it to --out with the rest), an exit code, or None (it printed its own output
     and wrote ``args.out`` itself if it wanted to).
@@ -59,13 +64,13 @@ def run_backward(args: argparse.Namespace) -> tuple[str | None, int]:
     if importlib.util.find_spec("swattn.bench.backward") is None:
         message = ("backward: swattn/bench/backward.py is not there yet (the backward benchmark is written "
                    "separately); skipped")
-        return f"## Backward\n\n{message}\n", 0 if args.scenario == "all" else 2
+        return f"## Backward\n\n{message}\n", 0 if args.scenario == "all" else 2, None
     result = importlib.import_module("swattn.bench.backward").main(args)
     if isinstance(result, str):
-        return result, 0
+        return result, 0, None
     if isinstance(result, Section):
-        return result.markdown(), 0
-    return None, int(result or 0)
+        return result.markdown(), 0, result
+    return None, int(result or 0), None
 
 
 def run_scenario(name: str, env: Env, args: argparse.Namespace) -> Section:
@@ -101,13 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     names = ["prefill", "decode", "model-step", "backward", "host"] if args.scenario == "all" else [args.scenario]
     env = None
     parts: list[str] = []
+    sections: list[Section] = []
     status = 0
+    if args.plot:
+        from swattn.bench.plot import _pyplot
+        _pyplot()  # fail before measuring when matplotlib is missing
     for name in names:
         start = time.perf_counter()
         if name == "backward":
             alone = args.scenario == "backward"
-            text, code = run_backward(args if alone else argparse.Namespace(**{**vars(args), "out": None}))
+            text, code, section = run_backward(args if alone else argparse.Namespace(**{**vars(args), "out": None}))
             status = status or code
+            if section is not None:
+                sections.append(section)
             if text:
                 print(text, flush=True)
                 parts.append(text)
@@ -120,11 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         print(section.markdown(), flush=True)
         print(f"({name}: {time.perf_counter() - start:.1f} s)\n", file=sys.stderr, flush=True)
         parts.append(section.markdown())
+        sections.append(section)
         _write(args.out, env, parts)
         if any(r.provider == "swattn" and r.status in ("fail", "error") for r in section.rows):
             status = 1
     if args.out and parts:
         print(f"wrote {args.out}", file=sys.stderr)
+    if args.plot and sections:
+        from swattn.bench.plot import plot_sections
+        plot_sections(sections, args.plot, env.header if env else [])
+        print(f"wrote {args.plot}", file=sys.stderr)
     return status
 
 

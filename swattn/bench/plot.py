@@ -1,0 +1,123 @@
+"""Bar charts of benchmark times (matplotlib, the ``plot`` extra: ``pip install -e ".[plot]"``).
+
+- ``python -m swattn.bench decode --plot decode.png`` plots what that run measured (``plot_sections``);
+- ``python -m swattn.bench.plot docs/performance.md --heading "H200" --out docs/performance-h200.png`` plots a
+  markdown table already written down (the first table under the first heading containing ``--heading``): its first
+  column names the workload, every other column a provider, each cell a time in us (the first number in it; empty
+  or non-numeric cells are left out). The source file and heading are printed on the chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+
+Groups = list[tuple[str, dict[str, float]]]  # (workload, {provider: time in us})
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise SystemExit('--plot needs matplotlib: pip install -e ".[plot]" (or pip install matplotlib)') from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def draw(groups: Groups, path: str, title: str, footnote: str = "") -> None:
+    """One horizontal bar per (workload, provider), grouped by workload, log-scaled time axis; writes ``path``."""
+    if not groups:
+        raise ValueError("plot: no timed rows to draw")
+    plt = _pyplot()
+    providers = list(dict.fromkeys(p for _, times in groups for p in times))
+    height = 0.8 / len(providers)
+    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.32 * len(groups) * len(providers) + 0.4))
+    colors = plt.get_cmap("tab10")
+    for i, provider in enumerate(providers):
+        ys = [g - 0.4 + height * (i + 0.5) for g, (_, times) in enumerate(groups) if provider in times]
+        values = [times[provider] for _, times in groups if provider in times]
+        bars = ax.barh(ys, values, height=height * 0.92, label=provider, color=colors(i))
+        for bar, value in zip(bars, values):
+            ax.text(bar.get_width() * 1.03, bar.get_y() + bar.get_height() / 2, f"{value:.3g}", va="center",
+                    fontsize=7)
+    ax.set_yticks(range(len(groups)), [name for name, _ in groups], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("time per call, us (log scale; lower is better)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    if footnote:
+        fig.text(0.01, 0.005, footnote, fontsize=7, color="0.35", va="bottom")
+    fig.tight_layout(rect=(0, 0.03 if footnote else 0, 1, 1))
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def groups_from_sections(sections) -> Groups:
+    """The timed rows of benchmark ``Section``s, grouped by shape (the section title is prefixed when several)."""
+    groups: dict[str, dict[str, float]] = {}
+    for section in sections:
+        for row in section.rows:
+            if row.timing is None or row.status != "ok":
+                continue
+            name = f"{section.title}: {row.shape}" if len(sections) > 1 else row.shape
+            groups.setdefault(name, {})[row.provider] = row.timing.median_us
+    return list(groups.items())
+
+
+def plot_sections(sections, path: str, header: Sequence[str]) -> None:
+    title = "swattn benchmark: " + ", ".join(s.title for s in sections)
+    draw(groups_from_sections(sections), path, title, footnote=" ".join(line.strip("- ") for line in header)[:200])
+
+
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
+def groups_from_markdown(text: str, heading: str) -> tuple[Groups, str]:
+    """The first markdown table under the first heading that contains ``heading`` -> (groups, the heading line)."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("#") and heading in line), None)
+    if start is None:
+        raise ValueError(f"plot: no heading containing {heading!r}")
+    rows = []
+    for line in lines[start + 1:]:
+        if line.startswith("#") and rows == []:
+            continue
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif rows:
+            break
+    if len(rows) < 3:
+        raise ValueError(f"plot: no table under {lines[start]!r}")
+    providers, groups = rows[0][1:], []
+    for cells in rows[2:]:
+        times = {}
+        for provider, cell in zip(providers, cells[1:]):
+            match = _NUMBER.search(cell.replace(",", ""))
+            if match:
+                times[provider] = float(match.group())
+        if times:
+            groups.append((cells[0], times))
+    return groups, lines[start].lstrip("# ")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m swattn.bench.plot", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("markdown", help="a markdown file holding the table (e.g. docs/performance.md)")
+    parser.add_argument("--heading", required=True, help="text of the heading the table sits under")
+    parser.add_argument("--out", required=True, metavar="FILE.png")
+    parser.add_argument("--title", help="chart title (default: the heading)")
+    args = parser.parse_args(argv)
+    with open(args.markdown) as f:
+        groups, found = groups_from_markdown(f.read(), args.heading)
+    draw(groups, args.out, args.title or found, footnote=f"source: {args.markdown}, \"{found}\"")
+    print(f"wrote {args.out} ({len(groups)} workloads)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
