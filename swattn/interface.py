@@ -181,7 +181,7 @@ def _auto_pack_gqa(pack_gqa, seqlen_q: int, group: int, left: int = -1, right: i
         return bool(pack_gqa) and group > 1
     # Decode / extend / speculative verify: packing the G heads of a KV head fills the tile's rows and loads
     # each KV block once per KV head instead of once per query head. Small-window prefill gains too (H100,
-    # W127 D64 H64/8 16K: 252 us packed vs 268 us, docs/performance.md).
+    # W127 D64 H64/8 16K: 252 us packed vs 268 us, docs/notes/performance-log.md).
     small_window = 0 <= left <= 256 and 0 <= right <= 256
     return group > 1 and (seqlen_q * group <= 128 or small_window)
 
@@ -206,7 +206,7 @@ def split_count(programs: int, keys: int, sms: int) -> int:
         return 1
     # Short contexts: one or two 128-key blocks per split while there are at most four programs per SM; the
     # latency of a split's few blocks, not bandwidth, sets the time. H200 (scripts/gpu_splits.py, gpt-oss full
-    # decode, page 16, docs/performance.md): 1K B=4 8 splits 8.3 us (the long-context rule's 2 splits: 19.5 us),
+    # decode, page 16, docs/notes/performance-log.md): 1K B=4 8 splits 8.3 us (the long-context rule's 2 splits: 19.5 us),
     # 1K B=16 4 splits 17.0 (21.8), 4K B=4 16 splits 16.9 (21.4).
     short = min(blocks, max(1, 4 * sms // programs), _MAX_SPLITS)
     if -(-keys // short) <= SHORT_SPLIT_KEYS:

@@ -186,7 +186,7 @@ torch.library.register_autograd("swattn::fwd", _fwd_backward, setup_context=_fwd
 class _EagerAttention(torch.autograd.Function):
     """``swattn::fwd`` with its autograd formula, without the dispatcher: for plain eager calls that need a
     gradient (training loops). The custom op's autograd path costs several hundred us of host time per
-    forward + backward on the H100 host (docs/performance.md), which short sequences cannot hide."""
+    forward + backward on the H100 host (docs/notes/performance-log.md), which short sequences cannot hide."""
 
     @staticmethod
     def forward(*inputs):

@@ -1,7 +1,7 @@
 """Block shapes and launch settings of the forward and backward kernels, as data.
 
 Under the interpreter (CPU tests) one small pinned config is used, and tests may force others with
-``forced_config``. GPU defaults were picked from bf16 measurements recorded in docs/performance.md; fp32 tiles are
+``forced_config``. GPU defaults were picked from bf16 measurements recorded in docs/notes/performance-log.md; fp32 tiles are
 twice as large, so every choice is then shrunk until its streamed tiles fit in shared memory.
 """
 
@@ -111,7 +111,7 @@ def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, win
     ``rows_per_tile``: rows of one sequence's tiles (PackGQA: query positions * queries per KV head);
     ``window_span``: ``left + right + 1`` when both sides are bounded, else None; ``keys_per_split``: the most
     keys one split of a sequence's KV loop covers (None: unknown). Choices come from the H100 and H200 sweeps
-    recorded in docs/performance.md (scripts/gpu_sweep*.py, gpu_splits.py).
+    recorded in docs/notes/performance-log.md (scripts/gpu_sweep.py, gpu_splits.py).
     """
     if _forced is not None:
         return _forced
@@ -145,7 +145,7 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
         if head_dim_padded <= 64:
             return FwdConfig(64, 32, 4, 2, single_loop=True, mask_edges_only=True, maxnreg=96)
         return FwdConfig(64, 64, 4, 2, single_loop=True)
-    # Large windows and full attention: K/V through tensor descriptors (scripts/gpu_tma.py, S=16K): W4095 D128
+    # Large windows and full attention: K/V through tensor descriptors (docs/notes/performance-log.md, "tensor-descriptor (TMA) loads", S=16K): W4095 D128
     # 2147 -> 1907 us, causal D128 4572 -> 3951 us, W4095 D64 2540 -> 2398 us. (Small windows got slower: the
     # descriptors are built per program, and their tiles' loops are short.)
     if head_dim_padded <= 64:

@@ -475,7 +475,7 @@ def _swa_fwd_kernel(
     accumulator holds a NaN, and raises ANY_NON_FINITE; a second launch of a few persistent programs
     (REDO_FLAGGED) exits unless it is raised, else redoes the flagged tiles with the guarded loop, which keeps
     the NaN or inf in exactly the rows whose window holds it. The guarded loop takes V through registers, so it
-    lives in its own launch: inside the main kernel, even unused, it cost 5-20% (docs/performance.md).
+    lives in its own launch: inside the main kernel, even unused, it cost 5-20% (docs/notes/performance-log.md).
     """
     wait_for_previous_grid(USE_PDL)
     if NON_FINITE_PASS == REDO_FLAGGED:

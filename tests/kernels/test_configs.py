@@ -1,6 +1,6 @@
 """The launch choices made from shapes only: the automatic split-KV count and the forward's block configs.
 
-The GPU timings behind each expected value are in docs/performance.md (H200, gpt-oss decode layer: 8 KV heads, so
+The GPU timings behind each expected value are in docs/notes/performance-log.md (H200, gpt-oss decode layer: 8 KV heads, so
 a batch of B sequences gives 8 * B programs per split; 132 SMs)."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def test_window_decode_config_does_not_depend_on_the_split():
 def test_small_window_prefill_d64_masks_edges_under_a_register_cap():
     config = _bf16_forward_config(64, 16384 * 8, True, 128)
     assert config.single_loop and config.mask_edges_only and config.maxnreg == 96
-    # D128 measured no gain from either (docs/performance.md, third session of 2026-12-02).
+    # D128 measured no gain from either (docs/notes/performance-log.md, third session of 2026-12-02).
     d128 = _bf16_forward_config(128, 16384 * 4, True, 128)
     assert d128.single_loop and not d128.mask_edges_only and d128.maxnreg is None
 
