@@ -321,9 +321,19 @@ APPEND_CASES = [
 ]
 
 
+# Each case through the append launch, and through the fused append where it applies (one new token per query;
+# elsewhere the switch changes nothing and the case would run twice).
+APPEND_PATH_CASES = [
+    pytest.param(fused, *case.values, id=f"{'fused-append' if fused else 'append-launch'}-{case.id}")
+    for case in APPEND_CASES for fused in (False, True) if not fused or case.values[0] == case.values[1]
+]
+
+
 @pytest.mark.parametrize("layout", ["contig", "contig-batch-idx", "paged-1", "paged-3", "paged-16"])
-@pytest.mark.parametrize("seqlen_new, seqlen_q, seqlens, window, causal, pack_gqa, num_splits", APPEND_CASES)
-def test_append(fused_append, layout, seqlen_new, seqlen_q, seqlens, window, causal, pack_gqa, num_splits):
+@pytest.mark.parametrize("fused, seqlen_new, seqlen_q, seqlens, window, causal, pack_gqa, num_splits",
+                         APPEND_PATH_CASES)
+def test_append(monkeypatch, fused, layout, seqlen_new, seqlen_q, seqlens, window, causal, pack_gqa, num_splits):
+    monkeypatch.setattr(ops, "FUSED_APPEND", fused)
     batch, capacity = 3, 64
     cache = make_cache(layout, batch, capacity)
     q = random_q(batch, seqlen_q)
@@ -482,8 +492,11 @@ def test_pack_gqa(pack_gqa, scenario):
 
 
 @pytest.mark.parametrize("loop", ["pipelined", "single"])
-@pytest.mark.parametrize("num_splits", [1, 2, 5], ids=lambda n: f"splits{n}")
-@pytest.mark.parametrize("sinks", [None, torch.float32, torch.bfloat16], ids=["nosink", "sink-fp32", "sink-bf16"])
+@pytest.mark.parametrize("sinks, num_splits", [
+    pytest.param(None, 1, id="nosink-splits1"), pytest.param(None, 5, id="nosink-splits5"),
+    pytest.param(torch.float32, 1, id="sink-fp32-splits1"), pytest.param(torch.float32, 2, id="sink-fp32-splits2"),
+    pytest.param(torch.float32, 5, id="sink-fp32-splits5"), pytest.param(torch.bfloat16, 5, id="sink-bf16-splits5"),
+])  # a bf16 sink with the most splits (empty ones included), where a sink counted twice or lost would show
 @pytest.mark.parametrize("scenario", ["rows-without-keys", "long-causal-paged16"])
 def test_split_kv(num_splits, sinks, scenario, loop):
     """Split-KV with more splits than blocks (empty splits), sequences and rows that see no key; the sink joins
