@@ -93,8 +93,8 @@ def pdl_enabled(device: torch.device) -> bool:
     False`` here, turns it off; read when a call signature is first planned, not per call): kernels are
     launched with ``launch_pdl`` and wait on the previous grid (``gdc_wait``) before their first read or write, so
     their launch overlaps the previous kernel's tail. H200, graph-replayed gpt-oss decode: W(127, 0) 4.13 -> 3.94
-    us per call, with the k/v append 6.22 -> 5.27 us (docs/notes/performance-log.md). Never under the interpreter (it has no
-    grid dependencies)."""
+    us per call, with the k/v append 6.22 -> 5.27 us (docs/notes/performance-log.md). Never under the interpreter
+    (it has no grid dependencies)."""
     if device.type != "cuda" or not PDL or interpreter_enabled():
         return False
     return compute_capability_major(device) >= 9

@@ -206,8 +206,8 @@ def split_count(programs: int, keys: int, sms: int) -> int:
         return 1
     # Short contexts: one or two 128-key blocks per split while there are at most four programs per SM; the
     # latency of a split's few blocks, not bandwidth, sets the time. H200 (scripts/gpu_splits.py, gpt-oss full
-    # decode, page 16, docs/notes/performance-log.md): 1K B=4 8 splits 8.3 us (the long-context rule's 2 splits: 19.5 us),
-    # 1K B=16 4 splits 17.0 (21.8), 4K B=4 16 splits 16.9 (21.4).
+    # decode, page 16, docs/notes/performance-log.md): 1K B=4 8 splits 8.3 us (the long-context rule's 2 splits:
+    # 19.5 us), 1K B=16 4 splits 17.0 (21.8), 4K B=4 16 splits 16.9 (21.4).
     short = min(blocks, max(1, 4 * sms // programs), _MAX_SPLITS)
     if -(-keys // short) <= SHORT_SPLIT_KEYS:
         return short

@@ -1,8 +1,8 @@
 """Block shapes and launch settings of the forward and backward kernels, as data.
 
 Under the interpreter (CPU tests) one small pinned config is used, and tests may force others with
-``forced_config``. GPU defaults were picked from bf16 measurements recorded in docs/notes/performance-log.md; fp32 tiles are
-twice as large, so every choice is then shrunk until its streamed tiles fit in shared memory.
+``forced_config``. GPU defaults were picked from bf16 measurements recorded in docs/notes/performance-log.md; fp32
+tiles are twice as large, so every choice is then shrunk until its streamed tiles fit in shared memory.
 """
 
 from __future__ import annotations
@@ -145,9 +145,9 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
         if head_dim_padded <= 64:
             return FwdConfig(64, 32, 4, 2, single_loop=True, mask_edges_only=True, maxnreg=96)
         return FwdConfig(64, 64, 4, 2, single_loop=True)
-    # Large windows and full attention: K/V through tensor descriptors (docs/notes/performance-log.md, "tensor-descriptor (TMA) loads", S=16K): W4095 D128
-    # 2147 -> 1907 us, causal D128 4572 -> 3951 us, W4095 D64 2540 -> 2398 us. (Small windows got slower: the
-    # descriptors are built per program, and their tiles' loops are short.)
+    # Large windows and full attention: K/V through tensor descriptors (docs/notes/performance-log.md, "tensor-
+    # descriptor (TMA) loads", S=16K): W4095 D128 2147 -> 1907 us, causal D128 4572 -> 3951 us, W4095 D64 2540 ->
+    # 2398 us. (Small windows got slower: the descriptors are built per program, and their tiles' loops are short.)
     if head_dim_padded <= 64:
         return FwdConfig(128, 64, 4, 3, tma=True)
     if head_dim_padded <= 128:

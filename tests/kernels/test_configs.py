@@ -1,7 +1,7 @@
 """The launch choices made from shapes only: the automatic split-KV count and the forward's block configs.
 
-The GPU timings behind each expected value are in docs/notes/performance-log.md (H200, gpt-oss decode layer: 8 KV heads, so
-a batch of B sequences gives 8 * B programs per split; 132 SMs)."""
+The GPU timings behind each expected value are in docs/notes/performance-log.md (H200, gpt-oss decode layer: 8 KV
+heads, so a batch of B sequences gives 8 * B programs per split; 132 SMs)."""
 
 from __future__ import annotations
 
