@@ -3,7 +3,12 @@
     from swattn import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache
 """
 
-from swattn.interface import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache
+from swattn.interface import (
+    flash_attn_func,
+    flash_attn_varlen_func,
+    flash_attn_with_kvcache,
+    get_scheduler_metadata,
+)
 from swattn.window import first_readable_page, normalize_window, tile_plan, window_size_from_sliding_window
 
 __all__ = [
@@ -11,6 +16,7 @@ __all__ = [
     "flash_attn_varlen_func",
     "flash_attn_with_kvcache",
     "first_readable_page",
+    "get_scheduler_metadata",
     "normalize_window",
     "tile_plan",
     "window_size_from_sliding_window",

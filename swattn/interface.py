@@ -32,7 +32,7 @@ from swattn._compat import device_properties
 from swattn._replay import note_data_checks, replayed
 from swattn._replay import recording_ops as ops  # swattn.ops; a signature's first call records its op call
 from swattn.kernels.configs import SHORT_SPLIT_KEYS
-from swattn.window import first_visible_key, normalize_window, visible_span
+from swattn.window import check_attention_chunk, first_visible_key, normalize_window, visible_span
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_HEAD_DIM = 256
@@ -187,14 +187,17 @@ def _auto_pack_gqa(pack_gqa, seqlen_q: int, group: int, left: int = -1, right: i
 
 
 def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound: int, left: int, right: int,
-                     seqlen_q: int) -> int:
+                     seqlen_q: int, attention_chunk: int = 0, sm_margin: int = 0) -> int:
     """Split-KV count from shapes only (no GPU values): the window's span, not the cache length, sets the work."""
     if num_splits > 0:
         return min(num_splits, _MAX_SPLITS)
     if not q.is_cuda:
         return 1
     keys = visible_span(0, seqlen_q - 1, seqlen_q, keys_bound, left, right)[1] if seqlen_q > 0 else 0
-    return split_count(programs, keys, device_properties(q.device).multi_processor_count)
+    if attention_chunk > 0:
+        keys = min(keys, attention_chunk)
+    sms = max(1, device_properties(q.device).multi_processor_count - sm_margin)
+    return split_count(programs, keys, sms)
 
 
 def split_count(programs: int, keys: int, sms: int) -> int:
@@ -249,26 +252,33 @@ def flash_attn_func(
 
     q: ``[B, Sq, H, D]``; k, v: ``[B, Sk, Hk, D]`` with H a multiple of Hk (GQA/MQA); float16, bfloat16 (float32
     accepted). D a multiple of 8 up to 256. ``window_size=(left, right)``, -1 = unbounded; ``causal`` sets right
-    = 0. ``softcap > 0``: scores ``softcap * tanh(s / softcap)``. ``sinks``: ``[H]`` per-head logits (float) that
-    join the softmax denominator. ``num_splits`` > 1 splits each KV loop (0 = automatic).
+    = 0. ``attention_chunk`` > 0 (Llama 4's chunked local attention): a query also sees only the keys of its own
+    chunk, ``[c * chunk, (c + 1) * chunk)`` with c = (i + Sk - Sq) // chunk, intersected with the window.
+    ``softcap > 0``: scores ``softcap * tanh(s / softcap)``. ``sinks``: ``[H]`` per-head logits (float) that join
+    the softmax denominator. ``num_splits`` > 1 splits each KV loop (0 = automatic).
     Returns out ``[B, Sq, H, D]`` (q's dtype), and ``softmax_lse [B, H, Sq]`` (float32, natural log) when
-    ``return_softmax_lse`` or ``return_attn_probs``. ``deterministic`` is accepted: the forward always is.
+    ``return_softmax_lse`` or ``return_attn_probs``. ``deterministic`` is accepted: the forward always is, and so
+    is the backward. ``sm_margin`` lowers the SM count that automatic split-KV plans for (swattn's grids are not
+    persistent, so no SM is reserved beyond that).
     """
-    _unsupported(qv=qv, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
-                 attention_chunk=attention_chunk, sm_margin=sm_margin)
+    _unsupported(qv=qv, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
     _check_qkv(q, k, v, "(B, Sq, H, D)", "(B, Sk, Hk, D)", 4)
     if k.shape[0] != q.shape[0]:
         raise ValueError(f"k: expected batch {q.shape[0]} to match q, got {k.shape[0]}")
     softmax_scale = _check_scalars(q, softmax_scale, softcap)
     left, right = normalize_window(causal, window_size)
+    attention_chunk = check_attention_chunk(attention_chunk)
     sinks = _check_sinks(sinks, q.shape[2], q.device)
     num_splits = _check_int_arg("num_splits", num_splits, 0)
     group = q.shape[2] // k.shape[2]
     packed = _auto_pack_gqa(pack_gqa, q.shape[1], group, left, right)
     programs = q.shape[0] * (k.shape[2] if packed else q.shape[2])
-    num_splits = _auto_num_splits(num_splits, q, programs, k.shape[1], left, right, q.shape[1])
+    sm_margin = _check_int_arg("sm_margin", sm_margin, 0)
+    num_splits = _auto_num_splits(num_splits, q, programs, k.shape[1], left, right, q.shape[1], attention_chunk,
+                                  sm_margin)
     out, lse = ops.run_fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, None, None,
-                           None, q.shape[1], k.shape[1], softmax_scale, left, right, float(softcap), packed, num_splits)
+                           None, q.shape[1], k.shape[1], softmax_scale, left, right, float(softcap), packed, num_splits,
+                           None, attention_chunk)
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
 
@@ -305,11 +315,13 @@ def flash_attn_varlen_func(
 
     q: ``[total_q, H, D]``; k, v: ``[total_k, Hk, D]``; ``cu_seqlens_q``, ``cu_seqlens_k``: ``[B + 1]`` int32
     cumulative lengths starting at 0; ``max_seqlen_q/k``: ints >= every sequence's length. ``seqused_k [B]``
-    (int32): keys actually used by each sequence (<= its cu_seqlens_k length). Window, softcap, sinks as in
-    ``flash_attn_func``. Returns out ``[total_q, H, D]`` and, when asked, ``softmax_lse [H, total_q]`` float32.
+    (int32): keys actually used by each sequence (<= its cu_seqlens_k length); ``seqused_q [B]`` (int32): queries
+    actually used (<= its cu_seqlens_q length): the rows past it are neither read nor written, so out and lse hold
+    unspecified values there (as in FlashAttention 3), and their gradients are 0. Window, softcap, sinks,
+    attention_chunk as in ``flash_attn_func``. Returns out ``[total_q, H, D]`` and, when asked, ``softmax_lse
+    [H, total_q]`` float32.
     """
-    _unsupported(qv=qv, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
-                 attention_chunk=attention_chunk, sm_margin=sm_margin, seqused_q=seqused_q)
+    _unsupported(qv=qv, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
     _check_qkv(q, k, v, "(total_q, H, D)", "(total_k, Hk, D)", 3)
     max_seqlen_q = _check_int_arg("max_seqlen_q", max_seqlen_q, 0)
     max_seqlen_k = _check_int_arg("max_seqlen_k", max_seqlen_k, 0)
@@ -328,17 +340,29 @@ def flash_attn_varlen_func(
             if (used < 0).any() or (used > lengths).any():
                 raise ValueError(f"seqused_k: each entry must lie in [0, its cu_seqlens_k length {lengths.tolist()}]"
                                  f", got {used.tolist()}")
+    if seqused_q is not None:
+        _check_int32_vector("seqused_q", seqused_q, batch, q.device, "(batch,) of queries used per sequence")
+        if read_data:
+            lengths = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).cpu()
+            used = seqused_q.cpu()
+            if (used < 0).any() or (used > lengths).any():
+                raise ValueError(f"seqused_q: each entry must lie in [0, its cu_seqlens_q length {lengths.tolist()}]"
+                                 f", got {used.tolist()}")
     softmax_scale = _check_scalars(q, softmax_scale, softcap)
     left, right = normalize_window(causal, window_size)
+    attention_chunk = check_attention_chunk(attention_chunk)
     sinks = _check_sinks(sinks, q.shape[1], q.device)
     num_splits = _check_int_arg("num_splits", num_splits, 0)
     group = q.shape[1] // k.shape[1]
     packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group, left, right)
     programs = batch * (k.shape[1] if packed else q.shape[1]) * max(1, -(-max_seqlen_q // 128))
-    num_splits = _auto_num_splits(num_splits, q, programs, max_seqlen_k, left, right, max_seqlen_q)
+    sm_margin = _check_int_arg("sm_margin", sm_margin, 0)
+    num_splits = _auto_num_splits(num_splits, q, programs, max_seqlen_k, left, right, max_seqlen_q, attention_chunk,
+                                  sm_margin)
     out, lse = ops.run_fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks,
                            _contiguous(cu_seqlens_q), _contiguous(cu_seqlens_k), _contiguous(seqused_k),
-                           max_seqlen_q, max_seqlen_k, softmax_scale, left, right, float(softcap), packed, num_splits)
+                           max_seqlen_q, max_seqlen_k, softmax_scale, left, right, float(softcap), packed, num_splits,
+                           _contiguous(seqused_q), attention_chunk)
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
 
@@ -381,21 +405,29 @@ def flash_attn_with_kvcache(
 
     q: ``[B, Sq, H, D]``, or ``[total_q, H, D]`` with ``cu_seqlens_q [B + 1]`` (int32) and ``max_seqlen_q``.
     k_cache, v_cache: contiguous ``[B_cache, S_cache, Hk, D]`` (row ``cache_batch_idx[b]`` or b), or paged
-    ``[num_pages, page_size, Hk, D]`` with ``page_table [B, max_pages]`` (int32), any page_size >= 1.
-    cache_seqlens: int or ``[B]`` int32, tokens already in the cache (None = the whole cache). k, v (optional):
-    new tokens ``[B, S_new, Hk, D]`` (or ``[total_q, Hk, D]`` laid out like q with cu_seqlens_q), written in place
-    at ``cache_seqlens[b]...`` before attending; the queries are the last rows (bottom-right alignment).
-    Only pages overlapping the window are read, so pages wholly before it may be freed or reused
-    (``swattn.first_readable_page`` says which).
-    ``num_splits`` 0 = automatic split-KV, 1 = none; ``pack_gqa`` None = automatic. Returns out shaped like q and,
-    with ``return_softmax_lse``, lse ``[B, H, Sq]`` or ``[H, total_q]`` (float32).
-    With ``check_inputs`` (default: on for CPU tensors, off on GPU: it synchronises), page indices, cache_seqlens
-    and cache_batch_idx are checked against the cache; otherwise keeping them in range is the caller's contract.
+    ``[num_pages, page_size, Hk, D]`` with ``page_table [B_cache, max_pages]`` (int32; row ``cache_batch_idx[b]``
+    or b lists sequence b's pages), any page_size >= 1. cache_seqlens: int or ``[B]`` int32, tokens already in the
+    cache (None = the whole cache). k, v (optional): new tokens ``[B, S_new, Hk, D]``, or packed ``[total_new, Hk,
+    D]`` with ``cu_seqlens_k_new [B + 1]`` (int32), or (swattn's shorthand, with cu_seqlens_q) ``[total_q, Hk, D]``
+    laid out like q; written in place at ``cache_seqlens[b] ...`` before attending, in one launch; the queries are
+    the last rows (bottom-right alignment). ``cache_leftpad [B]`` (int32): sequence b's keys start at cache slot
+    ``cache_leftpad[b]`` (slots before it are never read); positions and the window count from there.
+    ``rotary_cos``/``rotary_sin`` ``[seqlen_ro, rotary_dim / 2]`` (with k, v): new key i of sequence b is rotated at
+    position ``rotary_seqlens[b] + i`` (default ``cache_seqlens[b] + i``) before it is written, and q likewise when
+    the attention is causal or local (else every query at ``rotary_seqlens[b]``), as FlashAttention 3 does;
+    ``rotary_interleaved`` pairs dimensions (0, 1), (2, 3), ... (else i and i + rotary_dim / 2, GPT-NeoX).
+    ``attention_chunk`` > 0: chunked local attention (see ``flash_attn_func``). Only pages overlapping the window
+    are read, so pages wholly before it may be freed or reused (``swattn.first_readable_page`` says which).
+    ``num_splits`` 0 = automatic split-KV, 1 = none;
+    ``pack_gqa`` None = automatic. ``sm_margin`` lowers the SM count that automatic split-KV plans for (swattn's
+    grids are not persistent, so no SM is reserved beyond that); ``scheduler_metadata`` is accepted and not needed
+    (swattn plans from shapes on the host, without reading GPU data). Returns out shaped like q and, with
+    ``return_softmax_lse``, lse ``[B, H, Sq]`` or ``[H, total_q]`` (float32).
+    With ``check_inputs`` (default: on for CPU tensors, off on GPU: it synchronises), page indices, cache_seqlens,
+    cache_leftpad, cache_batch_idx, cu_seqlens_k_new and rotary positions are checked against their tensors;
+    otherwise keeping them in range is the caller's contract.
     """
-    _unsupported(qv=qv, rotary_cos=rotary_cos, rotary_sin=rotary_sin, cache_leftpad=cache_leftpad,
-                 cu_seqlens_k_new=cu_seqlens_k_new, rotary_seqlens=rotary_seqlens, q_descale=q_descale,
-                 k_descale=k_descale, v_descale=v_descale, attention_chunk=attention_chunk,
-                 scheduler_metadata=scheduler_metadata, sm_margin=sm_margin)
+    _unsupported(qv=qv, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
     varlen = cu_seqlens_q is not None
     paged = page_table is not None
     _check_tensor("k_cache", k_cache, 4, "(num_pages, page_size, Hk, D)" if paged else "(B_cache, S_cache, Hk, D)")
@@ -416,32 +448,46 @@ def flash_attn_with_kvcache(
         batch = cu_seqlens_q.numel() - 1
     else:
         batch, max_seqlen_q = q.shape[0], q.shape[1]
+    if cache_batch_idx is not None:
+        _check_int32_vector("cache_batch_idx", cache_batch_idx, batch, q.device, "(B,) of cache rows")
     if paged:
         _check_tensor("page_table", page_table, 2, "(B, max_pages_per_seq)")
         if page_table.dtype != torch.int32:
             raise TypeError(f"page_table: expected dtype torch.int32, got {page_table.dtype}")
-        if page_table.shape[0] != batch:
-            raise ValueError(f"page_table: expected {batch} rows (one per sequence), got {page_table.shape[0]}")
+        if cache_batch_idx is None and page_table.shape[0] != batch:
+            raise ValueError(f"page_table: expected {batch} rows (one per sequence), got {page_table.shape[0]}; "
+                             "with more rows than sequences pass cache_batch_idx to pick each sequence's row")
         if page_table.device != q.device:
             raise ValueError(f"page_table: expected device {q.device} to match q, got {page_table.device}")
-        if cache_batch_idx is not None:
-            raise ValueError("cache_batch_idx: cannot be combined with page_table (index pages instead)")
         if k_cache.shape[1] < 1:
             raise ValueError(f"k_cache: page_size (dim 1) must be >= 1 with page_table, got {k_cache.shape[1]}")
         capacity = page_table.shape[1] * k_cache.shape[1]
+        cache_rows = page_table.shape[0]
     else:
         capacity = k_cache.shape[1]
-        if cache_batch_idx is not None:
-            _check_int32_vector("cache_batch_idx", cache_batch_idx, batch, q.device, "(B,) of cache rows")
-        elif k_cache.shape[0] < batch:
+        cache_rows = k_cache.shape[0]
+        if cache_batch_idx is None and k_cache.shape[0] < batch:
             raise ValueError(f"k_cache: has {k_cache.shape[0]} rows for a batch of {batch}; pass cache_batch_idx")
     if (k is None) != (v is None):
         raise ValueError("k, v: give both new keys and new values, or neither")
+    if cu_seqlens_k_new is not None and k is None:
+        raise ValueError("cu_seqlens_k_new: given without new keys k, v")
+    new_tokens = 0  # per sequence, when the same for every sequence (None: varlen, known only from data)
     if k is not None:
-        layout = "(total_q, Hk, D) like q" if varlen else "(B, S_new, Hk, D)"
-        _check_tensor("k", k, 3 if varlen else 4, layout)
-        _check_tensor("v", v, 3 if varlen else 4, layout)
-        expected = ((q.shape[0],) if varlen else (batch, k.shape[1])) + tuple(k_cache.shape[2:])
+        packed_new = cu_seqlens_k_new is not None or (varlen and k.dim() == 3)
+        if packed_new:
+            layout = "(total_new, Hk, D) with cu_seqlens_k_new" if cu_seqlens_k_new is not None else (
+                "(total_q, Hk, D) like q")
+            _check_tensor("k", k, 3, layout)
+            _check_tensor("v", v, 3, layout)
+            rows = k.shape[0] if cu_seqlens_k_new is not None else q.shape[0]
+            expected = (rows,) + tuple(k_cache.shape[2:])
+            new_tokens = None
+        else:
+            _check_tensor("k", k, 4, "(B, S_new, Hk, D)")
+            _check_tensor("v", v, 4, "(B, S_new, Hk, D)")
+            expected = (batch, k.shape[1]) + tuple(k_cache.shape[2:])
+            new_tokens = k.shape[1]
         for name, t in (("k", k), ("v", v)):
             if tuple(t.shape) != expected:
                 raise ValueError(f"{name}: expected shape {expected} for new tokens, got {tuple(t.shape)}")
@@ -449,71 +495,229 @@ def flash_attn_with_kvcache(
                 raise TypeError(f"{name}: expected dtype {k_cache.dtype} like the cache, got {t.dtype}")
             if t.device != k_cache.device:
                 raise ValueError(f"{name}: expected device {k_cache.device} like the cache, got {t.device}")
+        if cu_seqlens_k_new is not None:
+            _check_cu_seqlens("cu_seqlens_k_new", cu_seqlens_k_new, k.shape[0], k.shape[0], q.device, read_data)
+            if cu_seqlens_k_new.numel() != batch + 1:
+                raise ValueError(f"cu_seqlens_k_new: expected shape ({batch + 1},) (batch + 1), "
+                                 f"got {tuple(cu_seqlens_k_new.shape)}")
     if cache_seqlens is None:
-        new_tokens = 0 if k is None else (k.shape[1] if not varlen else max_seqlen_q)
-        if new_tokens > capacity:
-            raise ValueError(f"k: {new_tokens} new tokens per sequence exceed the cache capacity {capacity}")
-        cache_seqlens = capacity - new_tokens
+        if new_tokens is None and cu_seqlens_k_new is not None:
+            raise ValueError("cache_seqlens: required with cu_seqlens_k_new (the new tokens' count varies)")
+        appended = max_seqlen_q if new_tokens is None else new_tokens
+        if appended > capacity:
+            raise ValueError(f"k: {appended} new tokens per sequence exceed the cache capacity {capacity}")
+        cache_seqlens = capacity - appended
     if isinstance(cache_seqlens, int) and not isinstance(cache_seqlens, bool):
-        new_tokens = 0 if k is None else (k.shape[1] if not varlen else 0)
-        if not 0 <= cache_seqlens <= capacity - new_tokens:
-            raise ValueError(f"cache_seqlens: {cache_seqlens} cached + {new_tokens} new tokens exceed the cache "
+        appended = new_tokens or 0
+        if not 0 <= cache_seqlens <= capacity - appended:
+            raise ValueError(f"cache_seqlens: {cache_seqlens} cached + {appended} new tokens exceed the cache "
                              f"capacity {capacity}")
         cache_seqlens = torch.full((batch,), cache_seqlens, dtype=torch.int32, device=q.device)
     _check_int32_vector("cache_seqlens", cache_seqlens, batch, q.device, "(B,) of tokens already cached")
+    if cache_leftpad is not None:
+        _check_int32_vector("cache_leftpad", cache_leftpad, batch, q.device, "(B,) of first cache slots")
     softmax_scale = _check_scalars(q, softmax_scale, softcap)
     left, right = normalize_window(causal, window_size)
+    attention_chunk = check_attention_chunk(attention_chunk)
+    rotary_dim = _check_rotary(rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, k, q, batch)
+    sm_margin = _check_int_arg("sm_margin", sm_margin, 0)
+    _check_scheduler_metadata(scheduler_metadata)
     if read_data:
         _check_cache_contents(cache_seqlens, cache_batch_idx, page_table, k_cache, k, cu_seqlens_q, capacity,
-                              max_seqlen_q, left)
+                              max_seqlen_q, left, cache_rows, cu_seqlens_k_new, cache_leftpad, attention_chunk)
+        if rotary_dim:
+            _check_rotary_positions(rotary_cos, rotary_seqlens if rotary_seqlens is not None else cache_seqlens,
+                                    k, cu_seqlens_k_new, cu_seqlens_q, max_seqlen_q, q)
     sinks = _check_sinks(sinks, q.shape[-2], q.device)
     num_splits = _check_int_arg("num_splits", num_splits, 0)
     group = q.shape[-2] // k_cache.shape[2]
     packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group, left, right)
     rows = max_seqlen_q * (group if packed else 1)
     programs = batch * (k_cache.shape[2] if packed else q.shape[-2]) * max(1, -(-rows // 64))
-    num_splits = _auto_num_splits(num_splits, q, programs, capacity, left, right, max_seqlen_q)
+    num_splits = _auto_num_splits(num_splits, q, programs, capacity, left, right, max_seqlen_q, attention_chunk,
+                                  sm_margin)
+    sequential = True
+    if rotary_dim:
+        # FlashAttention 3 rotates query i at offset + i only for causal or local attention, judged after it turns
+        # sides that cover the whole cache (left >= capacity - 1) or all queries (right >= Sq - 1) into -1.
+        sequential = (0 <= left < capacity - 1) or (0 <= right < max_seqlen_q - 1) or attention_chunk > 0
     out, lse = ops.run_fwd_kvcache(
         _contiguous_last(q), k_cache, v_cache, None if k is None else _contiguous_last(k),
         None if v is None else _contiguous_last(v), _contiguous(cache_seqlens), _contiguous(cache_batch_idx),
         _contiguous_last(page_table) if paged else None, _contiguous(cu_seqlens_q),
-        max_seqlen_q, sinks, softmax_scale, left, right, float(softcap), packed, num_splits)
+        max_seqlen_q, sinks, softmax_scale, left, right, float(softcap), packed, num_splits,
+        _contiguous(cu_seqlens_k_new), _contiguous(cache_leftpad),
+        None if rotary_cos is None else _contiguous_last(rotary_cos),
+        None if rotary_sin is None else _contiguous_last(rotary_sin), _contiguous(rotary_seqlens),
+        bool(rotary_interleaved), sequential, attention_chunk)
     return _result(out, lse, return_softmax_lse)
 
 
+def get_scheduler_metadata(
+    batch_size: int,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    num_heads_q: int,
+    num_heads_kv: int,
+    headdim: int,
+    cache_seqlens: torch.Tensor,
+    qkv_dtype: torch.dtype = torch.bfloat16,
+    headdim_v: int | None = None,
+    cu_seqlens_q: torch.Tensor | None = None,
+    cu_seqlens_k_new: torch.Tensor | None = None,
+    cache_leftpad: torch.Tensor | None = None,
+    page_size: int | None = None,
+    max_seqlen_k_new: int = 0,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    attention_chunk: int = 0,
+    has_softcap: bool = False,
+    num_splits: int = 0,
+    pack_gqa: bool | None = None,
+    sm_margin: int = 0,
+) -> torch.Tensor:
+    """FlashAttention 3's ``get_scheduler_metadata``, for callers that precompute it once per batch and pass it to
+    every layer's ``flash_attn_with_kvcache(..., scheduler_metadata=)``.
+
+    swattn plans each call from shapes alone on the host (no GPU read, nothing to precompute), so the metadata is
+    not needed: ``flash_attn_with_kvcache`` accepts it and makes the same plan without it. What is returned is
+    that plan, for inspection: an int32 tensor ``[num_splits, pack_gqa]`` on ``cache_seqlens``' device, the split
+    count and PackGQA choice ``flash_attn_with_kvcache`` makes for these shapes. Arguments are checked as there.
+    """
+    for name, value, minimum in (("batch_size", batch_size, 0), ("max_seqlen_q", max_seqlen_q, 0),
+                                 ("max_seqlen_k", max_seqlen_k, 0), ("num_heads_q", num_heads_q, 1),
+                                 ("num_heads_kv", num_heads_kv, 1), ("headdim", headdim, 8),
+                                 ("max_seqlen_k_new", max_seqlen_k_new, 0), ("num_splits", num_splits, 0),
+                                 ("sm_margin", sm_margin, 0)):
+        _check_int_arg(name, value, minimum)
+    if num_heads_q % num_heads_kv != 0:
+        raise ValueError(f"num_heads_q: {num_heads_q} must be a multiple of num_heads_kv = {num_heads_kv}")
+    if headdim_v is not None and headdim_v != headdim:
+        raise NotImplementedError(f"headdim_v: a value head_dim ({headdim_v}) different from headdim ({headdim}) is "
+                                  "not supported by swattn")
+    if qkv_dtype not in _DTYPES:
+        raise TypeError(f"qkv_dtype: expected float16, bfloat16 or float32, got {qkv_dtype}")
+    if not isinstance(cache_seqlens, torch.Tensor):
+        raise TypeError(f"cache_seqlens: expected an int32 tensor (B,), got {type(cache_seqlens).__name__}")
+    if page_size is not None:
+        _check_int_arg("page_size", page_size, 1)
+    left, right = normalize_window(causal, window_size)
+    attention_chunk = check_attention_chunk(attention_chunk)
+    group = num_heads_q // num_heads_kv
+    packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group, left, right)
+    rows = max_seqlen_q * (group if packed else 1)
+    programs = batch_size * (num_heads_kv if packed else num_heads_q) * max(1, -(-rows // 64))
+    device_probe = torch.empty(0, device=cache_seqlens.device)
+    splits = _auto_num_splits(num_splits, device_probe, programs, max_seqlen_k, left, right, max_seqlen_q,
+                              attention_chunk, sm_margin)
+    return torch.tensor([splits, int(packed)], dtype=torch.int32, device=cache_seqlens.device)
+
+
+def _check_rotary(rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, k, q, batch: int) -> int:
+    """The rotary arguments agree with each other and with q; returns rotary_dim (0 without rotary)."""
+    if rotary_cos is None and rotary_sin is None:
+        if rotary_seqlens is not None:
+            raise ValueError("rotary_seqlens: given without rotary_cos / rotary_sin")
+        return 0
+    if rotary_cos is None or rotary_sin is None:
+        raise ValueError("rotary_cos, rotary_sin: give both or neither")
+    if k is None:
+        raise ValueError("rotary_cos: rotary embedding applies to new keys; pass k and v with it (as in "
+                         "FlashAttention 3)")
+    for name, t in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
+        _check_tensor(name, t, 2, "(seqlen_ro, rotary_dim / 2)")
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"{name}: expected a floating dtype, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name}: expected device {q.device} to match q, got {t.device}")
+    if rotary_sin.shape != rotary_cos.shape:
+        raise ValueError(f"rotary_sin: expected shape {tuple(rotary_cos.shape)} to match rotary_cos, "
+                         f"got {tuple(rotary_sin.shape)}")
+    rotary_dim = 2 * rotary_cos.shape[1]
+    if not 0 < rotary_dim <= q.shape[-1]:
+        raise ValueError(f"rotary_cos: rotary_dim = 2 * {rotary_cos.shape[1]} must lie in [2, head_dim = "
+                         f"{q.shape[-1]}]")
+    if not isinstance(rotary_interleaved, bool):
+        raise TypeError(f"rotary_interleaved: expected a bool, got {type(rotary_interleaved).__name__}")
+    if rotary_seqlens is not None:
+        _check_int32_vector("rotary_seqlens", rotary_seqlens, batch, q.device, "(B,) of rotary position offsets")
+    return rotary_dim
+
+
+def _check_rotary_positions(rotary_cos, offsets, k_new, cu_seqlens_k_new, cu_seqlens_q, seqlen_q: int, q) -> None:
+    """Data check: every position rotary reads (offset + new key index, offset + query index) has a row in cos."""
+    offsets = offsets.cpu().long()
+    if (offsets < 0).any():
+        raise ValueError(f"rotary_seqlens: entries must be >= 0, got {offsets.tolist()}")
+    if cu_seqlens_k_new is not None or (cu_seqlens_q is not None and k_new.dim() == 3):
+        cu = (cu_seqlens_k_new if cu_seqlens_k_new is not None else cu_seqlens_q).cpu().long()
+        new = cu[1:] - cu[:-1]
+    else:
+        new = torch.full_like(offsets, k_new.shape[1])
+    if cu_seqlens_q is not None:
+        cu = cu_seqlens_q.cpu().long()
+        queries = cu[1:] - cu[:-1]
+    else:
+        queries = torch.full_like(offsets, seqlen_q)
+    needed = int((offsets + torch.maximum(new, queries)).max()) if offsets.numel() else 0
+    if needed > rotary_cos.shape[0]:
+        raise ValueError(f"rotary_cos: has {rotary_cos.shape[0]} positions, but rotary reads positions up to "
+                         f"{needed - 1} (rotary offset + new tokens / queries)")
+
+
+def _check_scheduler_metadata(scheduler_metadata) -> None:
+    if scheduler_metadata is not None and not isinstance(scheduler_metadata, torch.Tensor):
+        raise TypeError(f"scheduler_metadata: expected a tensor (from get_scheduler_metadata) or None, "
+                        f"got {type(scheduler_metadata).__name__}")
+
+
 def _check_cache_contents(cache_seqlens, cache_batch_idx, page_table, k_cache, k_new, cu_seqlens_q,
-                          capacity: int, seqlen_q: int, left: int) -> None:
+                          capacity: int, seqlen_q: int, left: int, cache_rows: int, cu_seqlens_k_new=None,
+                          cache_leftpad=None, attention_chunk: int = 0) -> None:
     """The data checks of ``check_inputs``: every index the kernels will follow lies inside its tensor.
 
-    Page-table entries wholly before the window of a sequence's first query are never read, so they may hold
-    anything (freed pages): they are not checked.
+    Page-table entries wholly before the window of a sequence's first query (or before its cache_leftpad) are never
+    read, so they may hold anything (freed pages): they are not checked.
     """
     seqlens = cache_seqlens.cpu().long()
     if cu_seqlens_q is None:
         queries = torch.full_like(seqlens, seqlen_q)
-        new = torch.zeros_like(seqlens) if k_new is None else torch.full_like(seqlens, k_new.shape[1])
     else:
         cu = cu_seqlens_q.cpu().long()
         queries = cu[1:] - cu[:-1]
-        new = torch.zeros_like(seqlens) if k_new is None else queries
+    if k_new is None:
+        new = torch.zeros_like(seqlens)
+    elif cu_seqlens_k_new is not None:
+        cu = cu_seqlens_k_new.cpu().long()
+        new = cu[1:] - cu[:-1]
+    elif k_new.dim() == 3:
+        new = queries
+    else:
+        new = torch.full_like(seqlens, k_new.shape[1])
     total = seqlens + new
     if (seqlens < 0).any() or (total > capacity).any():
         raise ValueError(f"cache_seqlens: cached + new tokens per sequence {total.tolist()} must lie in "
                          f"[0, {capacity}] (the cache's capacity)")
+    leftpad = torch.zeros_like(seqlens) if cache_leftpad is None else cache_leftpad.cpu().long()
+    if (leftpad < 0).any() or (leftpad > seqlens).any():
+        raise ValueError(f"cache_leftpad: entries must lie in [0, cache_seqlens[b]] = {seqlens.tolist()}, "
+                         f"got {leftpad.tolist()}")
     if cache_batch_idx is not None:
         rows = cache_batch_idx.cpu()
-        if (rows < 0).any() or (rows >= k_cache.shape[0]).any():
-            raise ValueError(f"cache_batch_idx: entries must lie in [0, {k_cache.shape[0]}), got {rows.tolist()}")
+        if (rows < 0).any() or (rows >= cache_rows).any():
+            raise ValueError(f"cache_batch_idx: entries must lie in [0, {cache_rows}), got {rows.tolist()}")
     if page_table is not None:
         page_size = k_cache.shape[1]
         table = page_table.cpu()
         for b, length in enumerate(total.tolist()):
             if int(queries[b]) == 0 and int(new[b]) == 0:
                 continue  # nothing is read or written for this sequence (e.g. a padding slot)
-            first_key = first_visible_key(0, int(queries[b]), length, left)
+            start = int(leftpad[b])
+            first_key = start + first_visible_key(0, int(queries[b]), length - start, left, attention_chunk)
             if int(new[b]) > 0:
                 first_key = min(first_key, int(seqlens[b]))  # the append writes from cache_seqlens on
-            used = table[b, first_key // page_size: -(-length // page_size)]
+            row = b if cache_batch_idx is None else int(cache_batch_idx[b])
+            used = table[row, first_key // page_size: -(-length // page_size)]
             if (used < 0).any() or (used >= k_cache.shape[0]).any():
-                raise ValueError(f"page_table: row {b} uses page indices outside [0, {k_cache.shape[0]}): "
+                raise ValueError(f"page_table: row {row} uses page indices outside [0, {k_cache.shape[0]}): "
                                  f"{used.tolist()}")

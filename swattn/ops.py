@@ -42,8 +42,9 @@ def _like_fake(q: torch.Tensor, out: torch.Tensor, lse: torch.Tensor) -> tuple[t
     return torch.empty_like(q).copy_(out), lse.contiguous()
 
 
-def _reference_kwargs(softmax_scale: float, left: int, right: int, softcap: float, sinks):
-    return dict(softmax_scale=softmax_scale, window_size=(left, right), softcap=softcap, sinks=sinks)
+def _reference_kwargs(softmax_scale: float, left: int, right: int, softcap: float, sinks, attention_chunk: int = 0):
+    return dict(softmax_scale=softmax_scale, window_size=(left, right), softcap=softcap, sinks=sinks,
+                attention_chunk=attention_chunk)
 
 
 def _fwd_impl(
@@ -62,14 +63,16 @@ def _fwd_impl(
     softcap: float,
     pack_gqa: bool,
     num_splits: int,
+    seqused_q: torch.Tensor | None = None,
+    attention_chunk: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense (q ``[B, Sq, H, D]``) or varlen (q ``[total_q, H, D]`` with cu_seqlens) forward -> (out, lse)."""
     varlen = cu_seqlens_q is not None
     if not uses_triton(q):
-        kwargs = _reference_kwargs(softmax_scale, left, right, softcap, sinks)
+        kwargs = _reference_kwargs(softmax_scale, left, right, softcap, sinks, attention_chunk)
         if varlen:
             result = reference.attention_varlen_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k=seqused_k,
-                                                    **kwargs)
+                                                    seqused_q=seqused_q, **kwargs)
         elif seqused_k is not None:
             result = reference.attention_kvcache_ref(q, k, v, seqused_k, **kwargs)
         else:
@@ -78,7 +81,8 @@ def _fwd_impl(
     out, lse, _ = attention_forward(
         q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
         cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_k=max_seqlen_k,
-        seqlens_k=seqused_k, pack_gqa=pack_gqa, num_splits=num_splits, return_lse=True)
+        seqlens_k=seqused_k, pack_gqa=pack_gqa, num_splits=num_splits, return_lse=True, seqused_q=seqused_q,
+        attention_chunk=attention_chunk)
     return out, lse
 
 
@@ -87,22 +91,23 @@ fwd = torch.library.custom_op("swattn::fwd", mutates_args=(), device_types=None)
 
 @fwd.register_fake
 def _fwd_fake(q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-              left, right, softcap, pack_gqa, num_splits):
+              left, right, softcap, pack_gqa, num_splits, seqused_q=None, attention_chunk=0):
     return torch.empty_like(q), q.new_empty(lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
 
 
 def _reference_backward(dout, q, k, v, dlse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, softmax_scale, left, right,
-                        softcap):
+                        softcap, seqused_q=None, attention_chunk=0):
     """The backward of the float64 reference (CPU without the interpreter).
 
     ``torch.func.vjp``, not ``torch.autograd.grad``: a custom op's implementation runs below the autograd dispatch
     keys, where tensors do not record a graph; a function transform differentiates there all the same.
     """
     def forward(q64, k64, v64, *sinks64):
-        kwargs = _reference_kwargs(softmax_scale, left, right, softcap, sinks64[0] if sinks64 else None)
+        kwargs = _reference_kwargs(softmax_scale, left, right, softcap, sinks64[0] if sinks64 else None,
+                                   attention_chunk)
         if cu_seqlens_q is not None:
             return reference.attention_varlen_ref(q64, k64, v64, cu_seqlens_q, cu_seqlens_k, seqused_k=seqused_k,
-                                                  **kwargs)
+                                                  seqused_q=seqused_q, **kwargs)
         if seqused_k is not None:
             return reference.attention_kvcache_ref(q64, k64, v64, seqused_k, **kwargs)
         return reference.attention_ref(q64, k64, v64, **kwargs)
@@ -136,15 +141,17 @@ def _bwd_impl(
     left: int,
     right: int,
     softcap: float,
+    seqused_q: torch.Tensor | None = None,
+    attention_chunk: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of ``swattn::fwd`` -> (dq, dk, dv, dsinks); dsinks is fp32 ``[H]``, or empty without sinks."""
     if not uses_triton(q):
         return _reference_backward(dout, q, k, v, dlse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, softmax_scale,
-                                   left, right, softcap)
+                                   left, right, softcap, seqused_q, attention_chunk)
     dq, dk, dv, dsinks = attention_backward(
         dout, q, k, v, out, lse, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
         cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
-        seqused_k=seqused_k, dlse=dlse)
+        seqused_k=seqused_k, dlse=dlse, seqused_q=seqused_q, attention_chunk=attention_chunk)
     return dq, dk, dv, dsinks if dsinks is not None else q.new_empty(0, dtype=torch.float32)
 
 
@@ -153,31 +160,31 @@ bwd = torch.library.custom_op("swattn::bwd", mutates_args=(), device_types=None)
 
 @bwd.register_fake
 def _bwd_fake(dout, q, k, v, out, lse, dlse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q,
-              max_seqlen_k, softmax_scale, left, right, softcap):
+              max_seqlen_k, softmax_scale, left, right, softcap, seqused_q=None, attention_chunk=0):
     dsinks = q.new_empty(0 if sinks is None else sinks.shape[0], dtype=torch.float32)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dsinks
 
 
 def _fwd_setup_context(ctx, inputs, output):
     (q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale, left, right,
-     softcap, pack_gqa, num_splits) = inputs
+     softcap, pack_gqa, num_splits, seqused_q, attention_chunk) = inputs
     out, lse = output
     # Unused outputs (usually the LSE) then arrive as None instead of a tensor of zeros to read.
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k)
+    ctx.save_for_backward(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, seqused_q)
     ctx.scalars = dict(max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, softmax_scale=softmax_scale, left=left,
-                       right=right, softcap=softcap)
+                       right=right, softcap=softcap, attention_chunk=attention_chunk)
 
 
 def _fwd_backward(ctx, grad_out, grad_lse, backward=None):
-    q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k = ctx.saved_tensors
+    q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, seqused_q = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros_like(out)
     dq, dk, dv, dsinks = (backward or bwd)(grad_out, q, k, v, out, lse, grad_lse, sinks, cu_seqlens_q, cu_seqlens_k,
-                                           seqused_k, **ctx.scalars)
+                                           seqused_k, seqused_q=seqused_q, **ctx.scalars)
     dsinks = dsinks.to(sinks.dtype) if sinks is not None and ctx.needs_input_grad[3] else None
-    # One gradient per input of swattn::fwd: q, k, v, sinks, then 11 non-differentiable arguments.
-    return (dq, dk, dv, dsinks) + (None,) * 11
+    # One gradient per input of swattn::fwd: q, k, v, sinks, then 13 non-differentiable arguments.
+    return (dq, dk, dv, dsinks) + (None,) * 13
 
 
 torch.library.register_autograd("swattn::fwd", _fwd_backward, setup_context=_fwd_setup_context)
@@ -219,29 +226,57 @@ def _fwd_kvcache_impl(
     softcap: float,
     pack_gqa: bool,
     num_splits: int,
+    cu_seqlens_k_new: torch.Tensor | None = None,
+    cache_leftpad: torch.Tensor | None = None,
+    rotary_cos: torch.Tensor | None = None,
+    rotary_sin: torch.Tensor | None = None,
+    rotary_seqlens: torch.Tensor | None = None,
+    rotary_interleaved: bool = True,
+    rotary_sequential_q: bool = True,
+    attention_chunk: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """KV-cache forward: append ``k``/``v`` (if given) at ``cache_seqlens``, then attend -> (out, lse)."""
+    """KV-cache forward: append ``k``/``v`` (if given, rotated with ``rotary_cos``/``rotary_sin``) at
+    ``cache_seqlens``, rotate q likewise, then attend -> (out, lse)."""
     new_tokens = {}
-    one_new_token_per_query = k is not None and (cu_seqlens_q is not None or k.shape[1] == q.shape[1])
-    if FUSED_APPEND and one_new_token_per_query and uses_triton(q):
+    q_attend = q  # the queries the attention reads: q, or its rotated copy
+    rotary = dict(rotary_cos=rotary_cos, rotary_sin=rotary_sin, rotary_seqlens=rotary_seqlens,
+                  rotary_interleaved=rotary_interleaved)
+    if k is None:
+        one_new_token_per_query = False
+    elif cu_seqlens_q is not None:
+        one_new_token_per_query = k.dim() == 3 and cu_seqlens_k_new is None
+    else:
+        one_new_token_per_query = k.shape[1] == q.shape[1] and cu_seqlens_k_new is None
+    simple_append = rotary_cos is None and cache_leftpad is None
+    if FUSED_APPEND and one_new_token_per_query and simple_append and uses_triton(q):
         if k.stride() != v.stride():  # the kernel reads both through one set of strides
             k, v = k.contiguous(), v.contiguous()
         seqlens_k, new_tokens = cache_seqlens, dict(new_k=k, new_v=v)  # lengths before the append
     elif k is None:
         seqlens_k = cache_seqlens.to(torch.int32)
     elif uses_triton(q):
-        seqlens_k = append_kv(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q)
+        seqlens_k, q_rotated = append_kv(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table,
+                                         cu_seqlens_q, cu_seqlens_k_new, q, rotary_sequential_q=rotary_sequential_q,
+                                         **rotary)
+        q_attend = q if q_rotated is None else q_rotated
     else:
         seqlens_k = reference.append_kv_ref(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx=cache_batch_idx,
-                                            page_table=page_table, cu_seqlens_q=cu_seqlens_q)
+                                            page_table=page_table, cu_seqlens_q=cu_seqlens_q,
+                                            cu_seqlens_k_new=cu_seqlens_k_new, **rotary)
     if not uses_triton(q):
+        if rotary_cos is not None:
+            q = reference.rotate_queries_ref(q, rotary_cos, rotary_sin,
+                                             cache_seqlens if rotary_seqlens is None else rotary_seqlens,
+                                             rotary_sequential_q, rotary_interleaved, cu_seqlens_q)
         return _like_fake(q, *reference.attention_kvcache_ref(
             q, k_cache, v_cache, seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
-            cu_seqlens_q=cu_seqlens_q, **_reference_kwargs(softmax_scale, left, right, softcap, sinks)))
+            cu_seqlens_q=cu_seqlens_q, cache_leftpad=cache_leftpad,
+            **_reference_kwargs(softmax_scale, left, right, softcap, sinks, attention_chunk)))
     out, lse, _ = attention_forward(
-        q, k_cache, v_cache, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
-        cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx,
-        page_table=page_table, pack_gqa=pack_gqa, num_splits=num_splits, return_lse=True, **new_tokens)
+        q_attend, k_cache, v_cache, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap,
+        sinks=sinks, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, seqlens_k=seqlens_k,
+        cache_batch_idx=cache_batch_idx, page_table=page_table, pack_gqa=pack_gqa, num_splits=num_splits,
+        return_lse=True, cache_leftpad=cache_leftpad, attention_chunk=attention_chunk, **new_tokens)
     return out, lse
 
 
@@ -251,7 +286,9 @@ fwd_kvcache = torch.library.custom_op("swattn::fwd_kvcache", mutates_args=("k_ca
 
 @fwd_kvcache.register_fake
 def _fwd_kvcache_fake(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
-                      max_seqlen_q, sinks, softmax_scale, left, right, softcap, pack_gqa, num_splits):
+                      max_seqlen_q, sinks, softmax_scale, left, right, softcap, pack_gqa, num_splits,
+                      cu_seqlens_k_new=None, cache_leftpad=None, rotary_cos=None, rotary_sin=None,
+                      rotary_seqlens=None, rotary_interleaved=True, rotary_sequential_q=True, attention_chunk=0):
     return torch.empty_like(q), q.new_empty(lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
 
 
@@ -268,27 +305,29 @@ def _may_skip_dispatcher(tensors) -> bool:
     return all(t is None or type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors)
 
 
-def run_fwd(q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, *scalars) -> tuple[torch.Tensor, torch.Tensor]:
-    """``swattn::fwd``; plain eager calls skip the dispatcher (see ``_may_skip_dispatcher``): the implementation
-    directly when no gradient is needed, else ``_EagerAttention``, the same forward and backward."""
-    tensors = (q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k)
-    if not _may_skip_dispatcher(tensors):
-        return fwd(*tensors, *scalars)
+def run_fwd(*args) -> tuple[torch.Tensor, torch.Tensor]:
+    """``swattn::fwd`` with its arguments in order (q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, the
+    scalars, seqused_q, attention_chunk; positional, so ``swattn._replay`` can record the call). Plain eager calls
+    skip the dispatcher (see ``_may_skip_dispatcher``): the implementation directly when no gradient is needed,
+    else ``_EagerAttention``, the same forward and backward."""
+    q, k, v, sinks = args[:4]
+    if not _may_skip_dispatcher(args[:7] + (args[15],)):
+        return fwd(*args)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, sinks))
     if needs_grad:
-        return _EagerAttention.apply(*tensors, *scalars)
-    return _fwd_impl(*tensors, *scalars)
+        return _EagerAttention.apply(*args)
+    return _fwd_impl(*args)
 
 
-def run_fwd_kvcache(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
-                    max_seqlen_q, sinks, *scalars) -> tuple[torch.Tensor, torch.Tensor]:
-    """``swattn::fwd_kvcache``, called directly in eager mode (see ``_may_skip_dispatcher``)."""
-    tensors = (q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q)
-    if _may_skip_dispatcher(tensors + (sinks,)):
-        result = _fwd_kvcache_impl(*tensors, max_seqlen_q, sinks, *scalars)
+def run_fwd_kvcache(*args) -> tuple[torch.Tensor, torch.Tensor]:
+    """``swattn::fwd_kvcache`` with its arguments in order (positional, as ``run_fwd``), called directly in eager
+    mode (see ``_may_skip_dispatcher``)."""
+    k, k_cache, v_cache = args[3], args[1], args[2]
+    if _may_skip_dispatcher(tuple(a for a in args if a is None or isinstance(a, torch.Tensor))):
+        result = _fwd_kvcache_impl(*args)
         if k is not None:  # the dispatcher records the caches' in-place update; so must the direct call
             for cache in (k_cache, v_cache):
                 if not cache.is_inference():  # inference tensors have no version counter
                     torch.autograd.graph.increment_version(cache)
         return result
-    return fwd_kvcache(*tensors, max_seqlen_q, sinks, *scalars)
+    return fwd_kvcache(*args)

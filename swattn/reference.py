@@ -42,7 +42,8 @@ def _weighted_values(probs: torch.Tensor, v: torch.Tensor, visible: torch.Tensor
 
 
 def _attend(q, k, v, key_start: int, seqlen_k: int, *, left: int, right: int, scale: float, softcap: float,
-            sinks: torch.Tensor | None, compute_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+            sinks: torch.Tensor | None, compute_dtype: torch.dtype,
+            chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """q ``[B, Sq, H, D]`` against keys ``key_start .. key_start + k.shape[1] - 1`` of a sequence of ``seqlen_k``
     keys (they must include every key a row sees) -> (out ``[B, Sq, H, D]`` in ``compute_dtype``,
     lse ``[B, H, Sq]``)."""
@@ -51,7 +52,7 @@ def _attend(q, k, v, key_start: int, seqlen_k: int, *, left: int, right: int, sc
     outs, lses = [], []
     for row in range(0, max(seqlen_q, 1), QUERY_BLOCK):
         rows_end = min(row + QUERY_BLOCK, seqlen_q)
-        first, span = visible_span(row, rows_end - 1, seqlen_q, seqlen_k, left, right)
+        first, span = visible_span(row, rows_end - 1, seqlen_q, seqlen_k, left, right, chunk)
         first = max(first, key_start)  # rows that see nothing may give a span outside the keys held
         end = max(first, min(first + span, key_start + k.shape[1]))
         qf = q[:, row:rows_end].to(compute_dtype)
@@ -62,7 +63,7 @@ def _attend(q, k, v, key_start: int, seqlen_k: int, *, left: int, right: int, sc
             scores = softcap * torch.tanh(scores / softcap)
         rows = torch.arange(row, rows_end, device=q.device)[:, None]
         cols = torch.arange(first, end, device=q.device)[None, :]
-        visible = is_visible(rows, cols, seqlen_q, seqlen_k, left, right)  # [rows, keys]
+        visible = is_visible(rows, cols, seqlen_q, seqlen_k, left, right, chunk)  # [rows, keys]
         scores = scores.masked_fill(~visible, float("-inf"))
         if sinks is not None:
             sink_col = sinks.to(compute_dtype).view(1, num_heads, 1, 1).expand(batch, num_heads, rows_end - row, 1)
@@ -87,6 +88,7 @@ def attention_ref(
     softcap: float = 0.0,
     sinks: torch.Tensor | None = None,
     compute_dtype: torch.dtype = torch.float64,
+    attention_chunk: int = 0,
     key_start: int = 0,
     seqlen_k: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,15 +96,16 @@ def attention_ref(
     lse ``[B, H, Sq]`` fp32).
 
     GQA/MQA by repeating KV heads; bottom-right window; ``softcap * tanh(s / softcap)``; ``sinks [H]`` join the
-    denominator as one extra logit per query head (no value). Rows that see nothing give 0 and LSE -inf (= sink
-    with sinks). ``key_start`` / ``seqlen_k``: k/v hold only the keys ``key_start ..`` of a sequence of
-    ``seqlen_k`` keys (default: all of them), which must include every key a row sees.
+    denominator as one extra logit per query head (no value); ``attention_chunk`` > 0 keeps only keys in the query's
+    chunk (``window.is_visible``). Rows that see nothing give 0 and LSE -inf (= sink with sinks). ``key_start`` /
+    ``seqlen_k``: k/v hold only the keys ``key_start ..`` of a sequence of ``seqlen_k`` keys (default: all of
+    them), which must include every key a row sees.
     """
     left, right = normalize_window(causal, window_size)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     seqlen_k = k.shape[1] if seqlen_k is None else seqlen_k
     out, lse = _attend(q, k, v, key_start, seqlen_k, left=left, right=right, scale=scale, softcap=softcap,
-                       sinks=sinks, compute_dtype=compute_dtype)
+                       sinks=sinks, compute_dtype=compute_dtype, chunk=attention_chunk)
     return out.to(q.dtype), lse.to(torch.float32)
 
 
@@ -114,19 +117,22 @@ def attention_varlen_ref(
     cu_seqlens_k: torch.Tensor,
     *,
     seqused_k: torch.Tensor | None = None,
+    seqused_q: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Varlen attention: q ``[total_q, H, D]``, k/v ``[total_k, Hk, D]`` -> (out ``[total_q, H, D]``,
-    lse ``[H, total_q]``), one sequence at a time through ``attention_ref``."""
+    lse ``[H, total_q]``), one sequence at a time through ``attention_ref``. ``seqused_q`` / ``seqused_k`` limit
+    the rows / keys each sequence uses; unused rows are left 0 (lse -inf) here, unwritten by the kernels."""
     out = torch.zeros_like(q)
     lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     for b in range(len(cq) - 1):
         k_len = ck[b + 1] - ck[b] if seqused_k is None else int(seqused_k[b])
-        o_b, l_b = attention_ref(q[cq[b]:cq[b + 1]][None], k[ck[b]:ck[b] + k_len][None],
+        q_end = cq[b + 1] if seqused_q is None else cq[b] + int(seqused_q[b])
+        o_b, l_b = attention_ref(q[cq[b]:q_end][None], k[ck[b]:ck[b] + k_len][None],
                                  v[ck[b]:ck[b] + k_len][None], **kwargs)
-        out[cq[b]:cq[b + 1]] = o_b[0]
-        lse[:, cq[b]:cq[b + 1]] = l_b[0]
+        out[cq[b]:q_end] = o_b[0]
+        lse[:, cq[b]:q_end] = l_b[0]
     return out, lse
 
 
@@ -138,21 +144,24 @@ def gather_kv_cache(
     cache_batch_idx: torch.Tensor | None = None,
     page_table: torch.Tensor | None = None,
     first_keys: list[int] | None = None,
+    cache_leftpad: torch.Tensor | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The keys and values of each sequence in a contiguous or paged cache, as ``[(k_b [Sk_b, Hk, D], v_b)]``:
-    positions ``first_keys[b] .. seqlens_k[b] - 1`` (default: from 0). Page-table entries before
-    ``first_keys[b] // page_size`` are not read."""
+    slots ``cache_leftpad[b] + first_keys[b] .. seqlens_k[b] - 1`` (defaults 0) of cache row ``cache_batch_idx[b]``
+    (or b), which with a page table is the row of ``page_table`` that lists the sequence's pages. Page-table entries
+    before the first slot's page are not read."""
     result = []
     for b, length in enumerate(seqlens_k.tolist()):
-        first = min(first_keys[b], length) if first_keys is not None else 0
-        positions = torch.arange(first, length, device=k_cache.device)
+        start = 0 if cache_leftpad is None else int(cache_leftpad[b])
+        first = min(start + (first_keys[b] if first_keys is not None else 0), length)
+        positions = torch.arange(first, max(first, length), device=k_cache.device)
+        row = b if cache_batch_idx is None else int(cache_batch_idx[b])
         if page_table is not None:
             page_size = k_cache.shape[1]
-            pages = page_table[b, positions // page_size].long()
+            pages = page_table[row, positions // page_size].long()
             result.append((k_cache[pages, positions % page_size], v_cache[pages, positions % page_size]))
         else:
-            row = b if cache_batch_idx is None else int(cache_batch_idx[b])
-            result.append((k_cache[row, first:length], v_cache[row, first:length]))
+            result.append((k_cache[row, positions], v_cache[row, positions]))
     return result
 
 
@@ -165,9 +174,11 @@ def attention_kvcache_ref(
     cache_batch_idx: torch.Tensor | None = None,
     page_table: torch.Tensor | None = None,
     cu_seqlens_q: torch.Tensor | None = None,
+    cache_leftpad: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention over a KV cache whose sequence ``b`` holds ``seqlens_k[b]`` tokens (new ones already written).
+    """Attention over a KV cache whose sequence ``b`` holds ``seqlens_k[b]`` tokens (new ones already written),
+    from slot ``cache_leftpad[b]`` on (key positions count from there).
 
     q ``[B, Sq, H, D]`` (lse ``[B, H, Sq]``) or varlen ``[total_q, H, D]`` with ``cu_seqlens_q`` (lse
     ``[H, total_q]``).
@@ -179,11 +190,13 @@ def attention_kvcache_ref(
         queries = [end - begin for begin, end in zip(bounds[:-1], bounds[1:])]
     # Each sequence from the first key its first query sees: earlier pages may be freed (their entries hold anything).
     left, _ = normalize_window(kwargs.get("causal", False), kwargs.get("window_size", (-1, -1)))
-    first_keys = [first_visible_key(0, n_q, length, left) if n_q else length
-                  for n_q, length in zip(queries, seqlens_k.tolist())]
+    chunk = kwargs.get("attention_chunk", 0)
+    starts = [0] * len(seqlens_k) if cache_leftpad is None else cache_leftpad.tolist()
+    lengths = [length - start for length, start in zip(seqlens_k.tolist(), starts)]  # keys from the left pad on
+    first_keys = [first_visible_key(0, n_q, length, left, chunk) if n_q else length
+                  for n_q, length in zip(queries, lengths)]
     kv = gather_kv_cache(k_cache, v_cache, seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
-                         first_keys=first_keys)
-    lengths = seqlens_k.tolist()
+                         first_keys=first_keys, cache_leftpad=cache_leftpad)
 
     def one(q_b, b):
         k_b, v_b = kv[b]
@@ -201,6 +214,51 @@ def attention_kvcache_ref(
     return out, lse
 
 
+def apply_rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                     interleaved: bool) -> torch.Tensor:
+    """Rotary embedding of ``x [n, H, D]`` at ``positions [n]`` with ``cos``/``sin [seqlen_ro, rotary_dim / 2]``,
+    computed in float64 and returned in x's dtype. Interleaved pairs dimensions (0, 1), (2, 3), ...; otherwise
+    (GPT-NeoX) i and i + rotary_dim / 2. Dimensions from rotary_dim on are unchanged."""
+    half = cos.shape[1]
+    c = cos.double()[positions.long()][:, None, :]  # [n, 1, rotary_dim / 2]
+    s_ = sin.double()[positions.long()][:, None, :]
+    xf = x.double()
+    rotated = xf.clone()
+    if interleaved:
+        even, odd = xf[..., 0:2 * half:2], xf[..., 1:2 * half:2]
+        rotated[..., 0:2 * half:2] = even * c - odd * s_
+        rotated[..., 1:2 * half:2] = even * s_ + odd * c
+    else:
+        first, second = xf[..., :half], xf[..., half:2 * half]
+        rotated[..., :half] = first * c - second * s_
+        rotated[..., half:2 * half] = second * c + first * s_
+    return rotated.to(x.dtype)
+
+
+def rotate_queries_ref(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, offsets: torch.Tensor,
+                       sequential: bool, interleaved: bool, cu_seqlens_q: torch.Tensor | None = None) -> torch.Tensor:
+    """The queries rotated as ``flash_attn_with_kvcache`` rotates them: query i of sequence b at position
+    ``offsets[b] + i`` when ``sequential`` (causal / local attention), else every query at ``offsets[b]``. q is
+    ``[B, Sq, H, D]`` or varlen ``[total_q, H, D]`` with ``cu_seqlens_q`` (padding rows past its end copied)."""
+    out = q.clone()
+    if cu_seqlens_q is None:
+        spans = [(b, None) for b in range(q.shape[0])]
+    else:
+        bounds = cu_seqlens_q.tolist()
+        spans = list(enumerate(zip(bounds[:-1], bounds[1:])))
+    for b, span in spans:
+        rows = q[b] if span is None else q[span[0]:span[1]]
+        positions = torch.full((rows.shape[0],), int(offsets[b]), dtype=torch.int64)
+        if sequential:
+            positions = positions + torch.arange(rows.shape[0])
+        rotated = apply_rotary_ref(rows, cos, sin, positions, interleaved)
+        if span is None:
+            out[b] = rotated
+        else:
+            out[span[0]:span[1]] = rotated
+    return out
+
+
 def append_kv_ref(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -211,31 +269,45 @@ def append_kv_ref(
     cache_batch_idx: torch.Tensor | None = None,
     page_table: torch.Tensor | None = None,
     cu_seqlens_q: torch.Tensor | None = None,
+    cu_seqlens_k_new: torch.Tensor | None = None,
+    rotary_cos: torch.Tensor | None = None,
+    rotary_sin: torch.Tensor | None = None,
+    rotary_seqlens: torch.Tensor | None = None,
+    rotary_interleaved: bool = True,
 ) -> torch.Tensor:
     """Write new tokens at positions ``cache_seqlens[b] ...`` of each sequence, in place, token by token; returns
     the key lengths after the append (int32 ``[B]``).
 
-    New tokens are ``[B, S_new, Hk, D]`` or, with ``cu_seqlens_q``, ``[total, Hk, D]`` laid out like the queries;
-    rows past ``cu_seqlens_q[-1]`` are padding and are not written.
+    New tokens are ``[B, S_new, Hk, D]`` or varlen ``[total, Hk, D]`` with ``cu_seqlens_k_new`` (or, swattn's
+    shorthand, laid out like the queries with ``cu_seqlens_q``); rows past the last cumulative length are padding
+    and are not written. With ``rotary_cos``/``rotary_sin`` new key i of sequence b is rotated at position
+    ``rotary_seqlens[b] + i`` (default ``cache_seqlens[b] + i``) before it is written.
     """
-    if cu_seqlens_q is None:
+    cu_new = cu_seqlens_k_new if cu_seqlens_k_new is not None else (cu_seqlens_q if k_new.dim() == 3 else None)
+    if cu_new is None:
         spans = [(b * k_new.shape[1], (b + 1) * k_new.shape[1]) for b in range(k_new.shape[0])]
         k_rows, v_rows = k_new.flatten(0, 1), v_new.flatten(0, 1)
     else:
-        bounds = cu_seqlens_q.tolist()
+        bounds = cu_new.tolist()
         spans = list(zip(bounds[:-1], bounds[1:]))
         k_rows, v_rows = k_new, v_new
     seqlens = cache_seqlens.tolist()
+    rotary_offsets = seqlens if rotary_seqlens is None else rotary_seqlens.tolist()
     for b, (begin, end) in enumerate(spans):
-        for i, token in enumerate(range(begin, end)):
+        keys = k_rows[begin:end]
+        if rotary_cos is not None:
+            positions = torch.arange(end - begin) + rotary_offsets[b]
+            keys = apply_rotary_ref(keys, rotary_cos, rotary_sin, positions, rotary_interleaved)
+        for i in range(end - begin):
             position = seqlens[b] + i
+            cache_row = b if cache_batch_idx is None else int(cache_batch_idx[b])
             if page_table is not None:
                 page_size = k_cache.shape[1]
-                row, slot = int(page_table[b, position // page_size]), position % page_size
+                row, slot = int(page_table[cache_row, position // page_size]), position % page_size
             else:
-                row, slot = (b if cache_batch_idx is None else int(cache_batch_idx[b])), position
-            k_cache[row, slot] = k_rows[token]
-            v_cache[row, slot] = v_rows[token]
+                row, slot = cache_row, position
+            k_cache[row, slot] = keys[i]
+            v_cache[row, slot] = v_rows[begin + i]
     lengths = torch.tensor([end - begin for begin, end in spans], dtype=torch.int32, device=cache_seqlens.device)
     return (cache_seqlens.to(torch.int32) + lengths).to(torch.int32)
 

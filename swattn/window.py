@@ -20,12 +20,18 @@ visits ``ceil(span / BLOCK_N)`` blocks, where ``span`` is the number of keys the
 block starts are unaligned (no ``tl.multiple_of`` hint on them), and only the first and last blocks of a tile need
 masks; the blocks in between are visible to every row of the tile.
 
+``attention_chunk = C`` > 0 (FlashAttention 3's chunked local attention, Llama 4) adds a second rule: the key and
+the row's diagonal position ``i + seqlen_k - seqlen_q`` lie in the same chunk ``[c * C, (c + 1) * C)`` (floor
+division, chunks counted from the sequence's first key). Each row still sees one interval of keys, whose ends never
+move left as the row grows, so the same tiling applies: a tile's loop starts at ``max(window start, chunk start)``.
+
 The pure-Python functions here serve the host code and the tests; ``swattn.kernels._common`` holds their
 ``@triton.jit`` twins with the same names, and ``tests/test_window.py`` checks one against the other.
 """
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -46,35 +52,74 @@ def window_size_from_sliding_window(sliding_window: int | None) -> tuple[int, in
     return (sliding_window - 1, 0)
 
 
+def _integer(value) -> int | None:
+    """``value`` as a Python int if it is an integer (an int, or a one-element integer tensor such as FlashAttention
+    3's own tests pass for ``window_size``), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if (isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.numel() == 1
+            and not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool):
+        return int(value.item())  # a CPU tensor only: reading a GPU one would synchronise
+    return None
+
+
 def normalize_window(causal: bool, window_size: tuple[int, int] | list[int]) -> tuple[int, int]:
     """Return the canonical ``(left, right)``: ``-1`` = unbounded, ``causal`` forces ``right = 0``.
 
+    ``window_size`` is a pair of ints (a two-element integer tensor is read as one, as FlashAttention 3 accepts it).
     Raises ValueError for anything that is not two integers >= -1 (FlashAttention 2/3 silently treat other negative
     values as unbounded, Dao-AILab/flash-attention#1116; swattn refuses them).
     """
+    if isinstance(window_size, torch.Tensor) and window_size.dim() == 1:
+        window_size = tuple(window_size)
     if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
         raise ValueError(f"window_size: expected a pair (left, right) of ints >= -1, got {window_size!r}")
-    left, right = window_size
-    for name, value in (("left", left), ("right", right)):
-        if isinstance(value, bool) or not isinstance(value, int):
+    sides = []
+    for name, value in zip(("left", "right"), window_size):
+        side = _integer(value)
+        if side is None:
             raise ValueError(f"window_size: {name} must be an int >= -1 (-1 = unbounded), got {value!r}")
-        if value < -1:
+        if side < -1:
             raise ValueError(
-                f"window_size: {name} = {value} is not allowed; use -1 for an unbounded side or a value >= 0"
+                f"window_size: {name} = {side} is not allowed; use -1 for an unbounded side or a value >= 0"
             )
+        sides.append(side)
+    left, right = sides
     if causal:
         right = 0
-    return (int(left), int(right))
+    return (left, right)
 
 
-def is_visible(i, j, seqlen_q, seqlen_k, left: int, right: int):
-    """Whether query row ``i`` sees key ``j``. Works elementwise on ints or broadcastable tensors."""
+def check_attention_chunk(attention_chunk) -> int:
+    """Validate ``attention_chunk`` (0 = off, else the chunk length in keys, Llama 4's chunked local attention)."""
+    if isinstance(attention_chunk, bool) or not isinstance(attention_chunk, int) or attention_chunk < 0:
+        raise ValueError(f"attention_chunk: expected an int >= 0 (0 = off, else keys per chunk), "
+                         f"got {attention_chunk!r}")
+    return int(attention_chunk)
+
+
+def chunk_start(pos, chunk: int):
+    """First key of the attention chunk holding key-space position ``pos``: ``(pos // chunk) * chunk``."""
+    return (pos // chunk) * chunk
+
+
+def is_visible(i, j, seqlen_q, seqlen_k, left: int, right: int, chunk: int = 0):
+    """Whether query row ``i`` sees key ``j``. Works elementwise on ints or broadcastable tensors.
+
+    ``chunk`` > 0 (``attention_chunk``) also requires ``j`` to lie in the chunk of the row's key-space position
+    ``i + seqlen_k - seqlen_q``: chunks are ``[c * chunk, (c + 1) * chunk)``, counted from the sequence's first key.
+    """
     offset = seqlen_k - seqlen_q
     visible = (j >= 0) & (j < seqlen_k)
     if left >= 0:
         visible = visible & (j >= i + offset - left)
     if right >= 0:
         visible = visible & (j <= i + offset + right)
+    if chunk > 0:
+        start = chunk_start(i + offset, chunk)
+        visible = visible & (j >= start) & (j < start + chunk)
     return visible
 
 
@@ -86,33 +131,42 @@ def _clamp(value, low, high):
     return min(max(value, low), high)
 
 
-def first_visible_key(row: int, seqlen_q: int, seqlen_k: int, left: int) -> int:
-    """The first key that query row ``row`` sees (the n_offset of a tile whose first row is ``row``).
+def first_visible_key(row: int, seqlen_q: int, seqlen_k: int, left: int, chunk: int = 0) -> int:
+    """The first key that query row ``row`` sees (the n_offset of a tile whose first row is ``row``): the window's
+    first key or, with ``chunk``, the chunk's, whichever is later.
 
     Clamped to ``[0, seqlen_k]``; a value of ``seqlen_k`` means the row sees nothing. Elementwise when the lengths
     are integer tensors (one value per sequence).
     """
-    if left < 0:
-        return seqlen_k * 0
-    return _clamp(row + seqlen_k - seqlen_q - left, 0, seqlen_k)
+    position = row + seqlen_k - seqlen_q
+    first = position * 0
+    if left >= 0:
+        first = position - left
+    if chunk > 0:
+        start = chunk_start(position, chunk)
+        first = torch.maximum(first, start) if isinstance(first, torch.Tensor) else max(first, start)
+    return _clamp(first, 0, seqlen_k)
 
 
-def last_visible_key(row: int, seqlen_q: int, seqlen_k: int, right: int) -> int:
+def last_visible_key(row: int, seqlen_q: int, seqlen_k: int, right: int, chunk: int = 0) -> int:
     """The last key that query row ``row`` sees, clamped to ``[-1, seqlen_k - 1]`` (-1: sees nothing)."""
-    if right < 0:
-        return seqlen_k - 1
-    return max(min(seqlen_k - 1, row + seqlen_k - seqlen_q + right), -1)
+    last = seqlen_k - 1
+    if right >= 0:
+        last = min(last, row + seqlen_k - seqlen_q + right)
+    if chunk > 0:
+        last = min(last, chunk_start(row + seqlen_k - seqlen_q, chunk) + chunk - 1)
+    return max(last, -1)
 
 
 def visible_span(
-    first_row: int, last_row: int, seqlen_q: int, seqlen_k: int, left: int, right: int
+    first_row: int, last_row: int, seqlen_q: int, seqlen_k: int, left: int, right: int, chunk: int = 0
 ) -> tuple[int, int]:
     """``(first_visible_key, span)`` for the query rows ``first_row..last_row`` (inclusive) taken together.
 
     ``span`` is the number of keys from the first row's first visible key to the last row's last visible key.
     """
-    start = first_visible_key(first_row, seqlen_q, seqlen_k, left)
-    end = last_visible_key(last_row, seqlen_q, seqlen_k, right) + 1
+    start = first_visible_key(first_row, seqlen_q, seqlen_k, left, chunk)
+    end = last_visible_key(last_row, seqlen_q, seqlen_k, right, chunk) + 1
     return start, max(0, end - start)
 
 
@@ -155,31 +209,43 @@ def first_readable_page(cache_seqlens, window_size: tuple[int, int], page_size: 
     return first_key // page_size
 
 
-def first_query_seeing(key: int, seqlen_q: int, seqlen_k: int, right: int) -> int:
+def first_query_seeing(key: int, seqlen_q: int, seqlen_k: int, right: int, chunk: int = 0) -> int:
     """The first query row whose window contains key ``key``: where the backward's dK/dV loop starts.
 
-    The mirror of ``first_visible_key`` (only the right bound limits it from below), clamped to ``[0, seqlen_q]``.
-    For ``0 <= key < seqlen_k`` the rows seeing ``key`` are exactly ``first_query_seeing .. last_query_seeing``.
+    The mirror of ``first_visible_key`` (only the right bound and the chunk limit it from below), clamped to
+    ``[0, seqlen_q]``. For ``0 <= key < seqlen_k`` the rows seeing ``key`` are exactly ``first_query_seeing ..
+    last_query_seeing``.
     """
-    if right < 0:
+    first = None
+    if right >= 0:
+        first = key - right
+    if chunk > 0:
+        first = chunk_start(key, chunk) if first is None else max(first, chunk_start(key, chunk))
+    if first is None:
         return 0
-    return min(max(0, key + seqlen_q - seqlen_k - right), seqlen_q)
+    return min(max(0, first + seqlen_q - seqlen_k), seqlen_q)
 
 
-def last_query_seeing(key: int, seqlen_q: int, seqlen_k: int, left: int) -> int:
+def last_query_seeing(key: int, seqlen_q: int, seqlen_k: int, left: int, chunk: int = 0) -> int:
     """The last query row whose window contains key ``key``, clamped to ``[-1, seqlen_q - 1]`` (-1: none)."""
-    if left < 0:
+    last = None
+    if left >= 0:
+        last = key + left
+    if chunk > 0:
+        end = chunk_start(key, chunk) + chunk - 1
+        last = end if last is None else min(last, end)
+    if last is None:
         return seqlen_q - 1
-    return max(min(seqlen_q - 1, key + seqlen_q - seqlen_k + left), -1)
+    return max(min(seqlen_q - 1, last + seqlen_q - seqlen_k), -1)
 
 
 def query_span(
-    first_key: int, last_key: int, seqlen_q: int, seqlen_k: int, left: int, right: int
+    first_key: int, last_key: int, seqlen_q: int, seqlen_k: int, left: int, right: int, chunk: int = 0
 ) -> tuple[int, int]:
     """``(first_query_seeing, span)`` for the keys ``first_key..last_key`` (inclusive, inside ``[0, seqlen_k)``):
     the query rows the backward's dK/dV loop visits for that block of keys."""
-    start = first_query_seeing(first_key, seqlen_q, seqlen_k, right)
-    end = last_query_seeing(last_key, seqlen_q, seqlen_k, left) + 1
+    start = first_query_seeing(first_key, seqlen_q, seqlen_k, right, chunk)
+    end = last_query_seeing(last_key, seqlen_q, seqlen_k, left, chunk) + 1
     return start, max(0, end - start)
 
 
@@ -213,6 +279,7 @@ def tile_plan(
     block_n: int,
     causal: bool = False,
     rows_per_position: int = 1,
+    attention_chunk: int = 0,
 ) -> list[TilePlan]:
     """Per query tile, where its KV loop starts and how many blocks it runs.
 
@@ -224,6 +291,6 @@ def tile_plan(
     plans = []
     for first_row in range(0, seqlen_q, positions_per_tile):
         last_row = min(first_row + positions_per_tile, seqlen_q) - 1
-        start, span = visible_span(first_row, last_row, seqlen_q, seqlen_k, left, right)
+        start, span = visible_span(first_row, last_row, seqlen_q, seqlen_k, left, right, attention_chunk)
         plans.append(TilePlan(first_row, last_row, start, span, num_kv_blocks(span, block_n)))
     return plans

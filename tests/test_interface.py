@@ -125,9 +125,11 @@ COMMON_CHECKS = [
      r"^q_descale: not supported"),
     ("q-descale-one-tensor-unsupported", lambda make, rank: make(q_descale=torch.ones(1)), NotImplementedError,
      r"^q_descale: not supported"),
-    ("attention-chunk-unsupported", lambda make, rank: make(attention_chunk=64), NotImplementedError,
-     r"^attention_chunk: not supported"),
-    ("sm-margin-unsupported", lambda make, rank: make(sm_margin=4), NotImplementedError, r"^sm_margin: not supported"),
+    ("attention-chunk-negative", lambda make, rank: make(attention_chunk=-1), ValueError,
+     r"^attention_chunk: expected an int >= 0"),
+    ("attention-chunk-float", lambda make, rank: make(attention_chunk=64.0), ValueError,
+     r"^attention_chunk: expected an int >= 0"),
+    ("sm-margin-negative", lambda make, rank: make(sm_margin=-1), ValueError, r"^sm_margin: expected an int >= 0"),
 ]
 
 
@@ -179,9 +181,12 @@ def _cu(values):
 
 
 VARLEN_CHECKS = [
-    pytest.param(dict(seqused_q=_cu([2, 3])), NotImplementedError, r"^seqused_q: not supported", id="seqused-q"),
-    pytest.param(dict(seqused_q=_cu([2])[:1]), NotImplementedError, r"^seqused_q: not supported",
+    pytest.param(dict(seqused_q=_cu([2, 9])), ValueError, r"^seqused_q: each entry must lie in \[0, its cu_seqlens_q",
+                 id="seqused-q-past-its-sequence"),
+    pytest.param(dict(seqused_q=_cu([2])[:1]), ValueError, r"^seqused_q: expected shape \(2,\)",
                  id="seqused-q-one-element"),
+    pytest.param(dict(seqused_q=_cu([2, 3]).long()), TypeError, r"^seqused_q: expected dtype torch\.int32",
+                 id="seqused-q-int64"),
     pytest.param(dict(cu_seqlens_q=[0, 2, 5]), TypeError, r"^cu_seqlens_q: expected an int32 tensor",
                  id="cu-seqlens-q-list"),
     pytest.param(dict(cu_seqlens_q=_cu([0, 2, 5]).long()), TypeError, r"^cu_seqlens_q: expected dtype torch\.int32",
@@ -280,6 +285,15 @@ FA3_PARAMETERS = {
         ("window_size", (-1, -1)), ("attention_chunk", 0), ("softcap", 0.0), ("rotary_interleaved", True),
         ("scheduler_metadata", None), ("num_splits", 0), ("pack_gqa", None), ("sm_margin", 0),
         ("return_softmax_lse", False),
+    ],
+    "get_scheduler_metadata": [
+        ("batch_size", inspect.Parameter.empty), ("max_seqlen_q", inspect.Parameter.empty),
+        ("max_seqlen_k", inspect.Parameter.empty), ("num_heads_q", inspect.Parameter.empty),
+        ("num_heads_kv", inspect.Parameter.empty), ("headdim", inspect.Parameter.empty),
+        ("cache_seqlens", inspect.Parameter.empty), ("qkv_dtype", torch.bfloat16), ("headdim_v", None),
+        ("cu_seqlens_q", None), ("cu_seqlens_k_new", None), ("cache_leftpad", None), ("page_size", None),
+        ("max_seqlen_k_new", 0), ("causal", False), ("window_size", (-1, -1)), ("attention_chunk", 0),
+        ("has_softcap", False), ("num_splits", 0), ("pack_gqa", None), ("sm_margin", 0),
     ],
 }
 

@@ -1,6 +1,7 @@
 """swattn.window (pure Python) against brute force, and its @triton.jit twins in swattn.kernels._common."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -35,7 +36,7 @@ def test_normalize_window_rejects_values_below_minus_one(window_size):
 
 
 @pytest.mark.parametrize("window_size", [(1.0, 0), (0, 2.5), ("3", 0), (None, 0), (True, 0), (0, False),
-                                         (torch.tensor(3), 0)], ids=repr)
+                                         (torch.tensor(3.0), 0), (torch.tensor(True), 0)], ids=repr)
 def test_normalize_window_rejects_non_ints(window_size):
     with pytest.raises(ValueError, match="window_size"):
         window.normalize_window(False, window_size)
@@ -188,7 +189,8 @@ def test_decode_gpt_oss_one_block_for_every_context_length():
 
 @triton.jit
 def _twins_kernel(FIRST_ROW, LAST_ROW, SEQLEN_Q, SEQLEN_K, LEFT, RIGHT, OUT, n,
-                  HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK: tl.constexpr):
+                  HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK: tl.constexpr,
+                  chunk=1, HAS_CHUNK: tl.constexpr = False):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     first_row = tl.load(FIRST_ROW + offs, mask=mask, other=0)
@@ -197,10 +199,10 @@ def _twins_kernel(FIRST_ROW, LAST_ROW, SEQLEN_Q, SEQLEN_K, LEFT, RIGHT, OUT, n,
     seqlen_k = tl.load(SEQLEN_K + offs, mask=mask, other=1)
     left = tl.load(LEFT + offs, mask=mask, other=0)
     right = tl.load(RIGHT + offs, mask=mask, other=0)
-    first = _common.first_visible_key(first_row, seqlen_q, seqlen_k, left, HAS_LEFT)
-    last = _common.last_visible_key(first_row, seqlen_q, seqlen_k, right, HAS_RIGHT)
+    first = _common.first_visible_key(first_row, seqlen_q, seqlen_k, left, HAS_LEFT, chunk, HAS_CHUNK)
+    last = _common.last_visible_key(first_row, seqlen_q, seqlen_k, right, HAS_RIGHT, chunk, HAS_CHUNK)
     kv_start, kv_end, masked_head_end, unmasked_end, num_blocks = _common.block_ranges(
-        first_row, last_row, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT)
+        first_row, last_row, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT, chunk, HAS_CHUNK)
     tl.store(OUT + 0 * n + offs, first, mask=mask)
     tl.store(OUT + 1 * n + offs, last, mask=mask)
     tl.store(OUT + 2 * n + offs, kv_start, mask=mask)
@@ -210,13 +212,13 @@ def _twins_kernel(FIRST_ROW, LAST_ROW, SEQLEN_Q, SEQLEN_K, LEFT, RIGHT, OUT, n,
     tl.store(OUT + 6 * n + offs, num_blocks, mask=mask)
 
 
-def _run_twins(cases, has_left, has_right, block_n):
+def _run_twins(cases, has_left, has_right, block_n, chunk=0):
     cols = [torch.tensor(c, dtype=torch.int32) for c in zip(*cases)]
     n = len(cases)
     out = torch.full((7, n), -12345, dtype=torch.int32)
     block = 1024
     _twins_kernel[(triton.cdiv(n, block),)](*cols, out, n, HAS_LEFT=has_left, HAS_RIGHT=has_right,
-                                            BLOCK_N=block_n, BLOCK=block)
+                                            BLOCK_N=block_n, BLOCK=block, chunk=max(chunk, 1), HAS_CHUNK=chunk > 0)
     return out.tolist()
 
 
@@ -329,3 +331,71 @@ def test_first_readable_page_rejects_bad_arguments(kwargs, name):
     arguments = dict(cache_seqlens=10, window_size=(127, 0), page_size=16) | kwargs
     with pytest.raises((ValueError, TypeError), match=name):
         window.first_readable_page(**arguments)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# attention_chunk: Python and @triton.jit twins against brute force
+
+
+def _brute_visible_chunked(i, j, sq, sk, left, right, chunk):
+    """semantics.md §1.1 plus FlashAttention 3's attention_chunk, written independently: the key and the row's
+    diagonal position lie in the same chunk (floor division, so a negative position sees nothing)."""
+    diagonal = i + sk - sq
+    return _brute_visible(i, j, sq, sk, left, right) and math.floor(j / chunk) == math.floor(diagonal / chunk)
+
+
+CHUNKED = [pytest.param(left, right, chunk, id=f"W{left}_{right}-C{chunk}") for left, right, chunk in
+           [(-1, -1, 1), (-1, 0, 4), (2, 0, 4), (-1, -1, 5), (3, 2, 3), (7, 0, 16), (0, 3, 2), (-1, 1, 64)]]
+
+
+@pytest.mark.parametrize("left,right,chunk", CHUNKED)
+def test_chunked_window_python_helpers_match_brute_force(left, right, chunk):
+    for sq, sk in [(1, 9), (9, 1), (5, 5), (4, 13), (13, 4), (17, 17)]:
+        rows = torch.arange(sq)[:, None]
+        cols = torch.arange(sk)[None, :]
+        as_tensor = torch.broadcast_to(window.is_visible(rows, cols, sq, sk, left, right, chunk), (sq, sk))
+        for i in range(sq):
+            seen = [j for j in range(sk) if _brute_visible_chunked(i, j, sq, sk, left, right, chunk)]
+            assert [j for j in range(sk) if as_tensor[i, j]] == seen, (sq, sk, i)
+            first = window.first_visible_key(i, sq, sk, left, chunk)
+            last = window.last_visible_key(i, sq, sk, right, chunk)
+            assert (first, last) == (seen[0], seen[-1]) if seen else first > last, (sq, sk, i)
+        for j in range(sk):
+            rows_seeing = [i for i in range(sq) if _brute_visible_chunked(i, j, sq, sk, left, right, chunk)]
+            first = window.first_query_seeing(j, sq, sk, right, chunk)
+            last = window.last_query_seeing(j, sq, sk, left, chunk)
+            assert rows_seeing == list(range(first, last + 1)), (sq, sk, j)
+
+
+@pytest.mark.parametrize("block_n", [1, 4], ids=lambda b: f"N{b}")
+def test_chunked_jit_twins_match_python_and_interior_blocks_are_fully_visible(block_n):
+    for left, right, chunk in [(-1, 0, 4), (5, 0, 8), (-1, -1, 3), (2, 3, 5)]:  # pairs _twin_cases draws
+        cases = [case for case in _twin_cases(left >= 0, right >= 0) if case[4:] == (left, right)]
+        assert cases
+        out = _run_twins(cases, left >= 0, right >= 0, block_n, chunk)
+        for c, (first_row, last_row, sq, sk, lft, rgt) in enumerate(cases):
+            first, last, kv_start, kv_end, masked_head_end, unmasked_end, num_blocks = (out[r][c] for r in range(7))
+            where = dict(first_row=first_row, last_row=last_row, sq=sq, sk=sk, left=lft, right=rgt, chunk=chunk)
+            assert first == window.first_visible_key(first_row, sq, sk, lft, chunk), where
+            assert last == window.last_visible_key(first_row, sq, sk, rgt, chunk), where
+            start, span = window.visible_span(first_row, last_row, sq, sk, lft, rgt, chunk)
+            assert kv_start == start and max(0, kv_end - kv_start) == span, where
+            assert num_blocks == window.num_kv_blocks(span, block_n), where
+            rows = range(first_row, last_row + 1)
+            for b in range(masked_head_end, unmasked_end):
+                for j in range(kv_start + b * block_n, kv_start + (b + 1) * block_n):
+                    assert all(_brute_visible_chunked(i, j, sq, sk, lft, rgt, chunk) for i in rows), (where, b, j)
+            for i in rows:
+                for j in range(sk):
+                    if _brute_visible_chunked(i, j, sq, sk, lft, rgt, chunk):
+                        assert kv_start <= j < min(kv_end, kv_start + num_blocks * block_n), (where, i, j)
+
+
+def test_normalize_window_reads_integer_tensors_as_fa3_does():
+    """FlashAttention 3's own tests pass ``window_size=torch.randint(0, seqlen_k, (2,))``."""
+    assert window.normalize_window(False, torch.tensor([5, 3])) == (5, 3)
+    assert window.normalize_window(True, (torch.tensor(7), -1)) == (7, 0)
+    with pytest.raises(ValueError, match="window_size: left must be an int"):
+        window.normalize_window(False, torch.tensor([1.5, 2.0]))
+    with pytest.raises(ValueError, match="window_size: expected a pair"):
+        window.normalize_window(False, torch.tensor([1, 2, 3]))

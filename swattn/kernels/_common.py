@@ -24,18 +24,37 @@ def wait_for_previous_grid(USE_PDL: tl.constexpr):
 
 
 @triton.jit
-def first_visible_key(row, seqlen_q, seqlen_k, left, HAS_LEFT: tl.constexpr):
-    """First key that query row ``row`` sees, clamped to ``[0, seqlen_k]``."""
-    if HAS_LEFT:
+def chunk_start(pos, chunk):
+    """First key of the attention chunk holding key-space position ``pos``: ``floor(pos / chunk) * chunk``, floored
+    as Python's ``//`` is (Triton's ``%`` truncates toward zero, so a negative position needs the second ``%``)."""
+    return pos - ((pos % chunk) + chunk) % chunk
+
+
+@triton.jit
+def first_visible_key(row, seqlen_q, seqlen_k, left, HAS_LEFT: tl.constexpr, chunk=0, HAS_CHUNK: tl.constexpr = False):
+    """First key that query row ``row`` sees, clamped to ``[0, seqlen_k]``; with ``HAS_CHUNK`` no earlier than the
+    first key of the row's attention chunk."""
+    if HAS_CHUNK:
+        first = chunk_start(row + seqlen_k - seqlen_q, chunk)
+        if HAS_LEFT:
+            first = tl.maximum(first, row + seqlen_k - seqlen_q - left)
+        return tl.minimum(tl.maximum(first, 0), seqlen_k)
+    elif HAS_LEFT:
         return tl.minimum(tl.maximum(row + seqlen_k - seqlen_q - left, 0), seqlen_k)
     else:
         return row * 0
 
 
 @triton.jit
-def last_visible_key(row, seqlen_q, seqlen_k, right, HAS_RIGHT: tl.constexpr):
-    """Last key that query row ``row`` sees, clamped to ``[-1, seqlen_k - 1]``."""
-    if HAS_RIGHT:
+def last_visible_key(row, seqlen_q, seqlen_k, right, HAS_RIGHT: tl.constexpr, chunk=0, HAS_CHUNK: tl.constexpr = False):
+    """Last key that query row ``row`` sees, clamped to ``[-1, seqlen_k - 1]``; with ``HAS_CHUNK`` no later than the
+    last key of the row's attention chunk."""
+    if HAS_CHUNK:
+        last = chunk_start(row + seqlen_k - seqlen_q, chunk) + chunk - 1
+        if HAS_RIGHT:
+            last = tl.minimum(last, row + seqlen_k - seqlen_q + right)
+        return tl.maximum(tl.minimum(last, seqlen_k - 1), -1)
+    elif HAS_RIGHT:
         return tl.maximum(tl.minimum(row + seqlen_k - seqlen_q + right, seqlen_k - 1), -1)
     else:
         return row * 0 + seqlen_k - 1
@@ -43,51 +62,66 @@ def last_visible_key(row, seqlen_q, seqlen_k, right, HAS_RIGHT: tl.constexpr):
 
 @triton.jit
 def sequence_bounds(batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, IS_VARLEN_Q: tl.constexpr,
-                    IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr):
+                    IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr, SEQUSED_Q=None,
+                    HAS_SEQUSED_Q: tl.constexpr = False, LEFTPAD_K=None, HAS_LEFTPAD_K: tl.constexpr = False):
     """``(q_begin, seqlen_q, k_begin, seqlen_k)`` of sequence ``batch``: packed offsets and lengths for varlen
-    inputs, 0 and the dense lengths otherwise; ``SEQLENS_K`` (seqused_k / cache lengths) overrides the key count."""
+    inputs, 0 and the dense lengths otherwise; ``SEQLENS_K`` (seqused_k / cache lengths) overrides the key count,
+    ``SEQUSED_Q`` the query count (rows past it are neither read nor written). ``LEFTPAD_K`` (cache_leftpad): the
+    sequence's keys start that many tokens into its cache row, so ``k_begin`` moves by it and ``seqlen_k`` (the
+    end, from SEQLENS_K) shrinks by it; key indices stay relative to the first valid key, as FlashAttention 3's."""
     q_begin = batch * 0
     k_begin = batch * 0
     if IS_VARLEN_Q:
         q_begin = tl.load(CU_SEQLENS_Q + batch)
         seqlen_q = tl.load(CU_SEQLENS_Q + batch + 1) - q_begin
+    if HAS_SEQUSED_Q:
+        seqlen_q = tl.load(SEQUSED_Q + batch)
     if IS_VARLEN_K:
         k_begin = tl.load(CU_SEQLENS_K + batch)
         if not HAS_SEQLENS_K:
             seqlen_k = tl.load(CU_SEQLENS_K + batch + 1) - k_begin
     if HAS_SEQLENS_K:
         seqlen_k = tl.load(SEQLENS_K + batch)
+    if HAS_LEFTPAD_K:
+        leftpad = tl.load(LEFTPAD_K + batch)
+        k_begin = k_begin + leftpad
+        seqlen_k = seqlen_k - leftpad
     return q_begin, seqlen_q, k_begin, seqlen_k
 
 
 @triton.jit
-def in_window(mask, key, row, offset, left, right, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+def in_window(mask, key, row, offset, left, right, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, chunk=0,
+              HAS_CHUNK: tl.constexpr = False):
     """``mask`` and-ed with "query ``row`` sees ``key``" by the window (``offset = seqlen_k - seqlen_q``, bottom-right
-    alignment): the per-element mask of an edge block. Arguments broadcast, so one helper serves the forward's and
-    dQ's [rows, keys] tiles and dK/dV's [keys, rows] tiles."""
+    alignment) and, with ``HAS_CHUNK``, by the attention chunk (query and key in the same ``chunk``-key chunk): the
+    per-element mask of an edge block. Arguments broadcast, so one helper serves the forward's and dQ's [rows, keys]
+    tiles and dK/dV's [keys, rows] tiles (the chunk start is computed on ``row``'s own shape, once per row)."""
     if HAS_LEFT:
         mask = mask & (key >= row + offset - left)
     if HAS_RIGHT:
         mask = mask & (key <= row + offset + right)
+    if HAS_CHUNK:
+        start = chunk_start(row + offset, chunk)
+        mask = mask & (key >= start) & (key < start + chunk)
     return mask
 
 
 @triton.jit
 def block_ranges(first_row, last_row, seqlen_q, seqlen_k, left, right, BLOCK_N: tl.constexpr,
-                 HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+                 HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, chunk=0, HAS_CHUNK: tl.constexpr = False):
     """The KV loop of a tile of query rows ``first_row..last_row`` (positions, inclusive).
 
     Returns ``(kv_start, kv_end, masked_head_end, unmasked_end, num_blocks)``: block ``b`` covers keys
     ``[kv_start + b*BLOCK_N, kv_start + (b+1)*BLOCK_N)``; blocks ``[masked_head_end, unmasked_end)`` are visible to
     every row of the tile and need no mask, the others are masked (per row) and load only keys ``< kv_end``.
     """
-    kv_start = first_visible_key(first_row, seqlen_q, seqlen_k, left, HAS_LEFT)
-    kv_end = last_visible_key(last_row, seqlen_q, seqlen_k, right, HAS_RIGHT) + 1
+    kv_start = first_visible_key(first_row, seqlen_q, seqlen_k, left, HAS_LEFT, chunk, HAS_CHUNK)
+    kv_end = last_visible_key(last_row, seqlen_q, seqlen_k, right, HAS_RIGHT, chunk, HAS_CHUNK) + 1
     span = tl.maximum(kv_end - kv_start, 0)
     num_blocks = tl.cdiv(span, BLOCK_N)
     # Keys seen by every row: from the last row's first key to the first row's last key.
-    shared_start = first_visible_key(last_row, seqlen_q, seqlen_k, left, HAS_LEFT)
-    shared_end = last_visible_key(first_row, seqlen_q, seqlen_k, right, HAS_RIGHT) + 1
+    shared_start = first_visible_key(last_row, seqlen_q, seqlen_k, left, HAS_LEFT, chunk, HAS_CHUNK)
+    shared_end = last_visible_key(first_row, seqlen_q, seqlen_k, right, HAS_RIGHT, chunk, HAS_CHUNK) + 1
     masked_head_end = tl.minimum(tl.cdiv(shared_start - kv_start, BLOCK_N), num_blocks)
     # max(0, .) before the division: Triton's integer division truncates toward zero.
     unmasked_end = tl.maximum(tl.minimum(tl.maximum(shared_end - kv_start, 0) // BLOCK_N, num_blocks),
@@ -96,18 +130,30 @@ def block_ranges(first_row, last_row, seqlen_q, seqlen_k, left, right, BLOCK_N: 
 
 
 @triton.jit
-def first_query_seeing(key, seqlen_q, seqlen_k, right, HAS_RIGHT: tl.constexpr):
-    """First query row whose window contains ``key``, clamped to ``[0, seqlen_q]``."""
-    if HAS_RIGHT:
+def first_query_seeing(key, seqlen_q, seqlen_k, right, HAS_RIGHT: tl.constexpr, chunk=0,
+                       HAS_CHUNK: tl.constexpr = False):
+    """First query row whose window (and, with ``HAS_CHUNK``, chunk) contains ``key``, clamped to ``[0, seqlen_q]``."""
+    if HAS_CHUNK:
+        first = chunk_start(key, chunk)
+        if HAS_RIGHT:
+            first = tl.maximum(first, key - right)
+        return tl.minimum(tl.maximum(first + seqlen_q - seqlen_k, 0), seqlen_q)
+    elif HAS_RIGHT:
         return tl.minimum(tl.maximum(key + seqlen_q - seqlen_k - right, 0), seqlen_q)
     else:
         return key * 0
 
 
 @triton.jit
-def last_query_seeing(key, seqlen_q, seqlen_k, left, HAS_LEFT: tl.constexpr):
-    """Last query row whose window contains ``key``, clamped to ``[-1, seqlen_q - 1]``."""
-    if HAS_LEFT:
+def last_query_seeing(key, seqlen_q, seqlen_k, left, HAS_LEFT: tl.constexpr, chunk=0, HAS_CHUNK: tl.constexpr = False):
+    """Last query row whose window (and, with ``HAS_CHUNK``, chunk) contains ``key``, clamped to
+    ``[-1, seqlen_q - 1]``."""
+    if HAS_CHUNK:
+        last = chunk_start(key, chunk) + chunk - 1
+        if HAS_LEFT:
+            last = tl.minimum(last, key + left)
+        return tl.maximum(tl.minimum(last + seqlen_q - seqlen_k, seqlen_q - 1), -1)
+    elif HAS_LEFT:
         return tl.maximum(tl.minimum(key + seqlen_q - seqlen_k + left, seqlen_q - 1), -1)
     else:
         return key * 0 + seqlen_q - 1
@@ -115,7 +161,7 @@ def last_query_seeing(key, seqlen_q, seqlen_k, left, HAS_LEFT: tl.constexpr):
 
 @triton.jit
 def query_block_ranges(first_key, last_key, seqlen_q, seqlen_k, left, right, BLOCK_M: tl.constexpr,
-                       HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+                       HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, chunk=0, HAS_CHUNK: tl.constexpr = False):
     """The query loop of the backward's dK/dV program for keys ``first_key..last_key`` (inclusive, in range).
 
     The mirror of ``block_ranges``: returns ``(q_start, q_end, masked_head_end, unmasked_end, num_blocks)``;
@@ -123,13 +169,13 @@ def query_block_ranges(first_key, last_key, seqlen_q, seqlen_k, left, right, BLO
     ``[masked_head_end, unmasked_end)`` see every key of the block, the others are masked and load only rows
     ``< q_end``.
     """
-    q_start = first_query_seeing(first_key, seqlen_q, seqlen_k, right, HAS_RIGHT)
-    q_end = last_query_seeing(last_key, seqlen_q, seqlen_k, left, HAS_LEFT) + 1
+    q_start = first_query_seeing(first_key, seqlen_q, seqlen_k, right, HAS_RIGHT, chunk, HAS_CHUNK)
+    q_end = last_query_seeing(last_key, seqlen_q, seqlen_k, left, HAS_LEFT, chunk, HAS_CHUNK) + 1
     span = tl.maximum(q_end - q_start, 0)
     num_blocks = tl.cdiv(span, BLOCK_M)
     # Rows that see every key: from the one that sees the last key first to the last one that sees the first key.
-    shared_start = first_query_seeing(last_key, seqlen_q, seqlen_k, right, HAS_RIGHT)
-    shared_end = last_query_seeing(first_key, seqlen_q, seqlen_k, left, HAS_LEFT) + 1
+    shared_start = first_query_seeing(last_key, seqlen_q, seqlen_k, right, HAS_RIGHT, chunk, HAS_CHUNK)
+    shared_end = last_query_seeing(first_key, seqlen_q, seqlen_k, left, HAS_LEFT, chunk, HAS_CHUNK) + 1
     masked_head_end = tl.minimum(tl.cdiv(shared_start - q_start, BLOCK_M), num_blocks)
     # max(0, .) before the division: Triton's integer division truncates toward zero.
     unmasked_end = tl.maximum(tl.minimum(tl.maximum(shared_end - q_start, 0) // BLOCK_M, num_blocks),

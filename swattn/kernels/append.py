@@ -3,7 +3,9 @@
 ``flash_attn_with_kvcache(..., k=, v=)`` writes the new tokens at ``cache_seqlens[b] ...`` before attending. Done
 with torch indexing this took about ten small launches (and, for varlen, a search that padding rows past
 ``cu_seqlens_q[-1]`` sent out of bounds); here it is one launch with no host synchronisation, so a decode step
-stays two launches inside a CUDA graph. Padding rows are skipped.
+stays two launches inside a CUDA graph. Padding rows are skipped. With rotary embedding (``rotary_cos`` /
+``rotary_sin``) the same launch rotates the new keys before writing them and writes a rotated copy of the queries,
+which the attention kernel then reads, so rotary costs no launch and no switch in the attention kernel.
 """
 
 from __future__ import annotations
@@ -19,34 +21,81 @@ from swattn.kernels._launch import Launch, PlanCache, tensor_signature
 
 
 @triton.jit
+def _rotate(base, offs_h, offs_d, mask, stride_h, COS, SIN, position, stride_cos, stride_sin, rotary_dim,
+            INTERLEAVED: tl.constexpr):
+    """The rows ``base + offs_h * stride_h`` ([BLOCK_H, BLOCK_D]) rotated at ``position`` by ``COS``/``SIN``
+    ``[seqlen_ro, rotary_dim / 2]``, in fp32. Interleaved rotates pairs (2i, 2i + 1) by angle i; otherwise (GPT-NeoX)
+    (i, i + rotary_dim / 2); dimensions from ``rotary_dim`` on are returned unchanged."""
+    half = rotary_dim // 2
+    rotated = offs_d < rotary_dim
+    if INTERLEAVED:
+        partner = offs_d ^ 1
+        angle = offs_d // 2
+        sign = tl.where(offs_d % 2 == 0, -1.0, 1.0)
+    else:
+        first_half = offs_d < half
+        partner = tl.where(first_half, offs_d + half, offs_d - half)
+        angle = tl.where(first_half, offs_d, offs_d - half)
+        sign = tl.where(first_half, -1.0, 1.0)
+    rows = base + offs_h[:, None] * stride_h
+    x = tl.load(rows + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
+    x_partner = tl.load(rows + partner[None, :], mask=mask & rotated[None, :], other=0.0).to(tl.float32)
+    position64 = position.to(tl.int64)
+    cos = tl.load(COS + position64 * stride_cos + angle, mask=rotated, other=1.0).to(tl.float32)
+    sin = tl.load(SIN + position64 * stride_sin + angle, mask=rotated, other=0.0).to(tl.float32)
+    return x * cos[None, :] + x_partner * (sign * sin)[None, :]
+
+
+@triton.jit
+def _token_sequence(token, CU_SEQLENS, batch, BLOCK_B: tl.constexpr):
+    """``(sequence, index in it, valid)`` of packed token ``token``: the sequence is the number of sequences that
+    end at or before it; tokens past ``CU_SEQLENS[batch]`` are padding (not valid)."""
+    offs_b = tl.arange(0, BLOCK_B)
+    ends = tl.load(CU_SEQLENS + 1 + offs_b, mask=offs_b < batch, other=2147483647)
+    seq = tl.sum((ends <= token).to(tl.int32), 0)
+    valid = seq < batch
+    seq = tl.minimum(seq, batch - 1)
+    return seq, token - tl.load(CU_SEQLENS + seq), valid
+
+
+@triton.jit
 def _append_kv_kernel(
-    K_NEW, V_NEW, K_CACHE, V_CACHE, CACHE_SEQLENS, SEQLENS_K, CU_SEQLENS_Q, CACHE_BATCH_IDX, PAGE_TABLE,
+    K_NEW, V_NEW, K_CACHE, V_CACHE, CACHE_SEQLENS, SEQLENS_K, CU_SEQLENS_NEW, CACHE_BATCH_IDX, PAGE_TABLE,
+    Q, Q_ROT, CU_SEQLENS_Q, COS, SIN, ROTARY_SEQLENS,
     stride_knb, stride_kns, stride_knh, stride_vnb, stride_vns, stride_vnh,
     stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
+    stride_qb, stride_qs, stride_qh, stride_rb, stride_rs, stride_rh, stride_cos, stride_sin,
     stride_page_table, batch, num_tokens, seqlen_new, page_size, num_kv_heads,
+    num_q_tokens, seqlen_q, num_heads, rotary_dim,
     IS_VARLEN: tl.constexpr, IS_PAGED: tl.constexpr, HAS_CACHE_BATCH_IDX: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-    USE_PDL: tl.constexpr,
+    USE_PDL: tl.constexpr, HAS_ROTARY: tl.constexpr = False, INTERLEAVED: tl.constexpr = True,
+    SEQUENTIAL_Q: tl.constexpr = True, IS_VARLEN_Q: tl.constexpr = False, HAS_ROTARY_SEQLENS: tl.constexpr = False,
+    BLOCK_HQ: tl.constexpr = 1,
 ):
-    """Grid: (max(num_tokens, batch),). Program p writes ``SEQLENS_K[p]`` (p < batch) and copies new token p
-    (p < num_tokens, skipped when it is varlen padding) into its cache slot, all heads at once."""
+    """Grid: (max(num_tokens, batch[, num_q_tokens with rotary]),). Program p writes ``SEQLENS_K[p]`` (p < batch)
+    and copies new token p (p < num_tokens, skipped when it is varlen padding) into its cache slot, all heads at
+    once: slot ``CACHE_SEQLENS[b] + i`` of the sequence's cache row (``CACHE_BATCH_IDX[b]`` or b), through the
+    page-table row of that cache row when paged. New tokens are dense ``[B, seqlen_new, Hk, D]`` or packed with
+    ``CU_SEQLENS_NEW`` (IS_VARLEN).
+
+    ``HAS_ROTARY``: new token i of sequence b is rotated at position ``ROTARY_SEQLENS[b] + i`` (default
+    ``CACHE_SEQLENS[b] + i``) before it is written, and program p < num_q_tokens writes query token p rotated into
+    ``Q_ROT`` (query i of sequence b at that offset + i with ``SEQUENTIAL_Q``, causal / local attention, else all
+    at the offset, as FlashAttention 3 does).
+    """
     wait_for_previous_grid(USE_PDL)
     program = tl.program_id(0)
     if program < batch:
         if IS_VARLEN:
-            new_tokens = tl.load(CU_SEQLENS_Q + program + 1) - tl.load(CU_SEQLENS_Q + program)
+            new_tokens = tl.load(CU_SEQLENS_NEW + program + 1) - tl.load(CU_SEQLENS_NEW + program)
         else:
             new_tokens = seqlen_new
         tl.store(SEQLENS_K + program, (tl.load(CACHE_SEQLENS + program) + new_tokens).to(tl.int32))
+    offs_d = tl.arange(0, BLOCK_D)
     if program < num_tokens:
         if IS_VARLEN:
-            # The token's sequence is the number of sequences that end at or before it.
-            offs_b = tl.arange(0, BLOCK_B)
-            ends = tl.load(CU_SEQLENS_Q + 1 + offs_b, mask=offs_b < batch, other=2147483647)
-            seq = tl.sum((ends <= program).to(tl.int32), 0)
-            valid = seq < batch  # rows past cu_seqlens_q[-1] are padding
-            seq = tl.minimum(seq, batch - 1)
-            index_in_seq = program - tl.load(CU_SEQLENS_Q + seq)
+            seq, index_in_seq, valid = _token_sequence(program, CU_SEQLENS_NEW, batch, BLOCK_B)
             k_src = K_NEW + program.to(tl.int64) * stride_kns
             v_src = V_NEW + program.to(tl.int64) * stride_vns
         else:
@@ -57,24 +106,57 @@ def _append_kv_kernel(
             v_src = V_NEW + seq.to(tl.int64) * stride_vnb + index_in_seq.to(tl.int64) * stride_vns
         if valid:
             position = tl.load(CACHE_SEQLENS + seq).to(tl.int64) + index_in_seq
+            if HAS_CACHE_BATCH_IDX:
+                cache_row = tl.load(CACHE_BATCH_IDX + seq).to(tl.int64)
+            else:
+                cache_row = seq.to(tl.int64)
             if IS_PAGED:
-                row = tl.load(PAGE_TABLE + seq.to(tl.int64) * stride_page_table + position // page_size).to(tl.int64)
+                row = tl.load(PAGE_TABLE + cache_row * stride_page_table + position // page_size).to(tl.int64)
                 slot = position % page_size
             else:
-                if HAS_CACHE_BATCH_IDX:
-                    row = tl.load(CACHE_BATCH_IDX + seq).to(tl.int64)
-                else:
-                    row = seq.to(tl.int64)
+                row = cache_row
                 slot = position
             offs_h = tl.arange(0, BLOCK_H)
-            offs_d = tl.arange(0, BLOCK_D)
             mask = (offs_h[:, None] < num_kv_heads) & (offs_d[None, :] < HEAD_DIM)
-            k = tl.load(k_src + offs_h[:, None] * stride_knh + offs_d[None, :], mask=mask)
+            if HAS_ROTARY:
+                if HAS_ROTARY_SEQLENS:
+                    rotary_position = tl.load(ROTARY_SEQLENS + seq) + index_in_seq
+                else:
+                    rotary_position = position
+                k = _rotate(k_src, offs_h, offs_d, mask, stride_knh, COS, SIN, rotary_position, stride_cos,
+                            stride_sin, rotary_dim, INTERLEAVED).to(K_CACHE.dtype.element_ty)
+            else:
+                k = tl.load(k_src + offs_h[:, None] * stride_knh + offs_d[None, :], mask=mask)
             v = tl.load(v_src + offs_h[:, None] * stride_vnh + offs_d[None, :], mask=mask)
             k_dst = K_CACHE + row * stride_kcb + slot * stride_kcs
             v_dst = V_CACHE + row * stride_vcb + slot * stride_vcs
             tl.store(k_dst + offs_h[:, None] * stride_kch + offs_d[None, :], k, mask=mask)
             tl.store(v_dst + offs_h[:, None] * stride_vch + offs_d[None, :], v, mask=mask)
+    if HAS_ROTARY:
+        if program < num_q_tokens:
+            if IS_VARLEN_Q:
+                seq_q, index_q, valid_q = _token_sequence(program, CU_SEQLENS_Q, batch, BLOCK_B)
+                q_src = Q + program.to(tl.int64) * stride_qs
+                q_dst = Q_ROT + program.to(tl.int64) * stride_rs
+            else:
+                seq_q = program // seqlen_q
+                index_q = program % seqlen_q
+                valid_q = seq_q < batch
+                q_src = Q + seq_q.to(tl.int64) * stride_qb + index_q.to(tl.int64) * stride_qs
+                q_dst = Q_ROT + seq_q.to(tl.int64) * stride_rb + index_q.to(tl.int64) * stride_rs
+            if valid_q:
+                if HAS_ROTARY_SEQLENS:
+                    q_position = tl.load(ROTARY_SEQLENS + seq_q)
+                else:
+                    q_position = tl.load(CACHE_SEQLENS + seq_q)
+                if SEQUENTIAL_Q:
+                    q_position = q_position + index_q
+                offs_hq = tl.arange(0, BLOCK_HQ)
+                q_mask = (offs_hq[:, None] < num_heads) & (offs_d[None, :] < HEAD_DIM)
+                q_rot = _rotate(q_src, offs_hq, offs_d, q_mask, stride_qh, COS, SIN, q_position, stride_cos,
+                                stride_sin, rotary_dim, INTERLEAVED)
+                tl.store(q_dst + offs_hq[:, None] * stride_rh + offs_d[None, :], q_rot.to(Q_ROT.dtype.element_ty),
+                         mask=q_mask)
 
 
 # append_kv's launches, per call signature.
@@ -90,54 +172,93 @@ def append_kv(
     cache_batch_idx: torch.Tensor | None,
     page_table: torch.Tensor | None,
     cu_seqlens_q: torch.Tensor | None,
-) -> torch.Tensor:
+    cu_seqlens_k_new: torch.Tensor | None = None,
+    q: torch.Tensor | None = None,
+    rotary_cos: torch.Tensor | None = None,
+    rotary_sin: torch.Tensor | None = None,
+    rotary_seqlens: torch.Tensor | None = None,
+    rotary_interleaved: bool = True,
+    rotary_sequential_q: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Write ``k_new``/``v_new`` into the caches at ``cache_seqlens[b] ...`` in place; returns the key lengths
-    after the append (int32 ``[B]``).
+    after the append (int32 ``[B]``) and, with rotary, the rotated queries (else None).
 
-    New tokens are ``[B, S_new, Hk, D]`` or, with ``cu_seqlens_q``, ``[total, Hk, D]`` laid out like the queries
-    (rows past ``cu_seqlens_q[-1]`` are padding and are not written). Caches ``[B_cache, S_cache, Hk, D]`` (with
-    ``cache_batch_idx``) or paged ``[num_pages, page_size, Hk, D]`` with ``page_table [B, pages]``. Arguments are
-    already checked; the head dimension must have unit stride. The launch is planned once per call signature.
+    New tokens are ``[B, S_new, Hk, D]`` or varlen ``[total, Hk, D]`` with ``cu_seqlens_k_new``, or (swattn's
+    shorthand, when ``cu_seqlens_q`` is given and k_new is 3-D) laid out like the queries. Rows past the last
+    cumulative length are padding and are not written. Caches ``[B_cache, S_cache, Hk, D]`` (with
+    ``cache_batch_idx``) or paged ``[num_pages, page_size, Hk, D]`` with ``page_table [B_cache, pages]`` (its row
+    ``cache_batch_idx[b]`` or b). With ``rotary_cos``/``rotary_sin`` (``[seqlen_ro, rotary_dim / 2]``) the keys are
+    rotated before they are written and ``q`` (``[B, Sq, H, D]`` or varlen with ``cu_seqlens_q``) is returned
+    rotated (``rotary_sequential_q``: query i at offset + i, else all at the offset). Arguments are already
+    checked; the head dimension must have unit stride. The launch is planned once per call signature.
     """
+    rotary = rotary_cos is not None
     key = (tensor_signature(k_cache), tensor_signature(v_cache), tensor_signature(k_new), tensor_signature(v_new),
            tensor_signature(cache_seqlens), tensor_signature(cache_batch_idx), tensor_signature(page_table),
-           tensor_signature(cu_seqlens_q), k_new.device, _compat.PDL)
+           tensor_signature(cu_seqlens_q), tensor_signature(cu_seqlens_k_new),
+           tensor_signature(q) if rotary else None, tensor_signature(rotary_cos), tensor_signature(rotary_sin),
+           tensor_signature(rotary_seqlens), rotary_interleaved, rotary_sequential_q, k_new.device, _compat.PDL)
     plan = _PLANS.get(key)
     if plan is None:
         plan = _PLANS.add(key, _plan_append(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table,
-                                            cu_seqlens_q))
+                                            cu_seqlens_q, cu_seqlens_k_new, q, rotary_cos, rotary_sin,
+                                            rotary_seqlens, rotary_interleaved, rotary_sequential_q))
     batch, launch = plan
     seqlens_k = torch.empty(batch, device=k_new.device, dtype=torch.int32)
+    q_rot = torch.empty_like(q) if rotary else None
     if launch is not None:
         placeholder = cache_seqlens
+        cu_new = cu_seqlens_k_new if cu_seqlens_k_new is not None else (cu_seqlens_q if k_new.dim() == 3 else None)
         launch(k_new, v_new, k_cache, v_cache, cache_seqlens, seqlens_k,
-               placeholder if cu_seqlens_q is None else cu_seqlens_q,
+               placeholder if cu_new is None else cu_new,
                placeholder if cache_batch_idx is None else cache_batch_idx,
-               placeholder if page_table is None else page_table)
-    return seqlens_k
+               placeholder if page_table is None else page_table,
+               q if rotary else placeholder, q_rot if rotary else placeholder,
+               cu_seqlens_q if rotary and cu_seqlens_q is not None else placeholder,
+               rotary_cos if rotary else placeholder, rotary_sin if rotary else placeholder,
+               placeholder if rotary_seqlens is None else rotary_seqlens)
+    return seqlens_k, q_rot
 
 
-def _plan_append(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table, cu_seqlens_q
+def _plan_append(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table, cu_seqlens_q, cu_seqlens_k_new, q,
+                 rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, rotary_sequential_q
                  ) -> tuple[int, Launch | None]:
     """``(batch, launch)`` of one append_kv signature (launch None when there is nothing to write)."""
-    varlen = cu_seqlens_q is not None
-    batch = cu_seqlens_q.numel() - 1 if varlen else k_new.shape[0]
+    cu_new = cu_seqlens_k_new if cu_seqlens_k_new is not None else (cu_seqlens_q if k_new.dim() == 3 else None)
+    varlen = cu_new is not None
+    varlen_q = cu_seqlens_q is not None
+    rotary = rotary_cos is not None
+    batch = cu_new.numel() - 1 if varlen else k_new.shape[0]
     num_tokens = k_new.shape[0] if varlen else k_new.shape[0] * k_new.shape[1]
-    if max(num_tokens, batch) == 0:
+    num_q_tokens = (q.shape[0] if varlen_q else q.shape[0] * q.shape[1]) if rotary else 0
+    programs = max(num_tokens, batch, num_q_tokens)
+    if programs == 0:
         return batch, None
     num_kv_heads, head_dim = k_new.shape[-2], k_new.shape[-1]
     use_pdl = pdl_enabled(k_new.device)
+    if rotary:
+        # The rotated copy of q is allocated like q (torch.empty_like keeps a dense q's strides).
+        q_strides = token_strides(q, varlen_q)
+        rot_strides = token_strides(torch.empty_like(q, device="meta"), varlen_q)
+        cos_stride, sin_stride = rotary_cos.stride(0), rotary_sin.stride(0)
+    else:
+        q_strides = rot_strides = (0, 0, 0)
+        cos_stride = sin_stride = 0
     scalars = (
         *token_strides(k_new, varlen), *token_strides(v_new, varlen),
         *token_strides(k_cache, False), *token_strides(v_cache, False),
+        *q_strides, *rot_strides, cos_stride, sin_stride,
         page_table.stride(0) if page_table is not None else 0,
         batch, num_tokens, 1 if varlen else k_new.shape[1], k_cache.shape[1] if page_table is not None else 1,
-        num_kv_heads,
+        num_kv_heads, num_q_tokens, 1 if varlen_q or not rotary else q.shape[1], q.shape[-2] if rotary else 1,
+        2 * rotary_cos.shape[1] if rotary else 0,
     )
     constexprs = dict(
         IS_VARLEN=varlen, IS_PAGED=page_table is not None, HAS_CACHE_BATCH_IDX=cache_batch_idx is not None,
         BLOCK_B=next_power_of_2(max(batch, 1)), BLOCK_H=next_power_of_2(num_kv_heads),
-        BLOCK_D=next_power_of_2(head_dim), HEAD_DIM=head_dim, USE_PDL=use_pdl,
+        BLOCK_D=next_power_of_2(head_dim), HEAD_DIM=head_dim, USE_PDL=use_pdl, HAS_ROTARY=rotary,
+        INTERLEAVED=rotary_interleaved, SEQUENTIAL_Q=rotary_sequential_q, IS_VARLEN_Q=varlen_q and rotary,
+        HAS_ROTARY_SEQLENS=rotary_seqlens is not None, BLOCK_HQ=next_power_of_2(q.shape[-2]) if rotary else 1,
     )
-    return batch, Launch(_append_kv_kernel, (max(num_tokens, batch),), scalars, constexprs,
-                         dict(num_warps=4, **pdl_launch_options(use_pdl)), num_tensors=9)
+    return batch, Launch(_append_kv_kernel, (programs,), scalars, constexprs,
+                         dict(num_warps=4, **pdl_launch_options(use_pdl)), num_tensors=15)

@@ -84,7 +84,8 @@ def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, lse_bas
                  q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets, stride_qs,
                  stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, MASK: tl.constexpr,
                  HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MASK_D: tl.constexpr,
-                 HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, BLOCK_POS: tl.constexpr, USE_TMA: tl.constexpr):
+                 HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, BLOCK_POS: tl.constexpr, USE_TMA: tl.constexpr,
+                 chunk=0, HAS_CHUNK: tl.constexpr = False):
     """Accumulate dK/dV of the program's keys over query blocks ``[block_begin, block_end)`` of BLOCK_POS
     positions; MASK for edge blocks. Row r of a block is position ``row_pos[r]`` of the block, in the head at
     ``*_head_offsets[r]`` from the bases (PackGQA: several heads per position). With ``USE_TMA`` (one head per
@@ -119,7 +120,7 @@ def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, lse_bas
         s2T, dscoreT = _scores(qkT, softmax_scale, softcap, HAS_SOFTCAP)
         if MASK:
             visible = in_window(row_mask[None, :], offs_n[:, None], offs_m[None, :], offset, left, right, HAS_LEFT,
-                                HAS_RIGHT)
+                                HAS_RIGHT, chunk, HAS_CHUNK)
             s2T = tl.where(visible, s2T, float("-inf"))
         pT = tl.exp2(s2T - lse2[None, :])  # [BLOCK_N, BLOCK_M]
         dv += dot(pT.to(do.dtype), do)
@@ -131,9 +132,9 @@ def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, lse_bas
     return dk, dv
 
 
-@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right"])
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "chunk"])
 def _swa_bwd_dkdv_kernel(
-    Q, K, V, DO, DK, DV, LSE, DELTA, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, LOOP_RECORD,
+    Q, K, V, DO, DK, DV, LSE, DELTA, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, SEQUSED_Q, LOOP_RECORD,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -141,10 +142,11 @@ def _swa_bwd_dkdv_kernel(
     stride_dkb, stride_dks, stride_dkh,
     stride_dvb, stride_dvs, stride_dvh,
     stride_lb, stride_lq, stride_lh,
-    seqlen_q, seqlen_k, queries_per_kv_head, softmax_scale, softcap, left, right,
+    seqlen_q, seqlen_k, queries_per_kv_head, softmax_scale, softcap, left, right, chunk,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
-    RECORD_LOOP: tl.constexpr, UPCAST: tl.constexpr, ROWS_PER_POS: tl.constexpr, USE_TMA: tl.constexpr,
+    HAS_SEQUSED_Q: tl.constexpr, HAS_CHUNK: tl.constexpr, RECORD_LOOP: tl.constexpr, UPCAST: tl.constexpr,
+    ROWS_PER_POS: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Grid: (key blocks, batch, KV heads).
@@ -161,7 +163,8 @@ def _swa_bwd_dkdv_kernel(
     batch = tl.program_id(1)
     kv_head = tl.program_id(2)
     q_begin, seqlen_q, k_begin, seqlen_k = sequence_bounds(
-        batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K)
+        batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
+        SEQUSED_Q, HAS_SEQUSED_Q)
     first_key = key_block * BLOCK_N
     if first_key >= seqlen_k:
         return
@@ -178,7 +181,7 @@ def _swa_bwd_dkdv_kernel(
 
     BLOCK_POS = BLOCK_M // ROWS_PER_POS
     q_start, q_end, masked_head_end, unmasked_end, num_blocks = query_block_ranges(
-        first_key, last_key, seqlen_q, seqlen_k, left, right, BLOCK_POS, HAS_LEFT, HAS_RIGHT)
+        first_key, last_key, seqlen_q, seqlen_k, left, right, BLOCK_POS, HAS_LEFT, HAS_RIGHT, chunk, HAS_CHUNK)
     if RECORD_LOOP:
         record = LOOP_RECORD + ((batch * tl.num_programs(2) + kv_head) * tl.num_programs(0) + key_block) * 3
         tl.store(record, q_start)
@@ -212,19 +215,21 @@ def _swa_bwd_dkdv_kernel(
             masked_head_end,
             q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets, stride_qs,
             stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, True, HAS_LEFT,
-            HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA)
+            HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA, chunk,
+            HAS_CHUNK)
         dk, dv = _dkdv_blocks(
             dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset,
             masked_head_end, unmasked_end, q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets,
             lse_head_offsets, stride_qs, stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale,
             softcap, False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS,
-            USE_TMA)
+            USE_TMA, chunk, HAS_CHUNK)
         dk, dv = _dkdv_blocks(
             dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset,
             unmasked_end, num_blocks,
             q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets, stride_qs,
             stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, True, HAS_LEFT,
-            HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA)
+            HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA, chunk,
+            HAS_CHUNK)
 
     store_mask = key_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
     offs_key = (k_begin + offs_n).to(tl.int64)[:, None]
@@ -239,7 +244,8 @@ def _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, k_desc, v_desc, bloc
                offs_d,
                stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, MASK: tl.constexpr,
                HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MASK_D: tl.constexpr,
-               HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr):
+               HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr,
+               chunk=0, HAS_CHUNK: tl.constexpr = False):
     """Accumulate dQ of the tile over KV blocks ``[block_begin, block_end)`` of its loop; MASK for edge blocks.
     With ``USE_TMA`` K/V come through descriptors whose rows end at ``kv_end``."""
     offset = seqlen_k - seqlen_q
@@ -259,7 +265,7 @@ def _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, k_desc, v_desc, bloc
         s2, dscore = _scores(qk, softmax_scale, softcap, HAS_SOFTCAP)
         if MASK:
             visible = in_window(key_mask[None, :], offs_n[None, :], pos[:, None], offset, left, right, HAS_LEFT,
-                                HAS_RIGHT)
+                                HAS_RIGHT, chunk, HAS_CHUNK)
             s2 = tl.where(visible, s2, float("-inf"))
         p = tl.exp2(s2 - lse2[:, None])  # [BLOCK_M, BLOCK_N]
         dp = dot(do, tl.trans(v))  # [BLOCK_M, BLOCK_N]
@@ -270,9 +276,9 @@ def _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, k_desc, v_desc, bloc
     return dq
 
 
-@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right"])
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "chunk"])
 def _swa_bwd_dq_kernel(
-    Q, K, V, O, DO, DQ, LSE, DLSE, DELTA, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K,
+    Q, K, V, O, DO, DQ, LSE, DLSE, DELTA, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, SEQUSED_Q,
     stride_qb, stride_qs, stride_qh,
     stride_ob, stride_os, stride_oh,
     stride_kb, stride_ks, stride_kh,
@@ -280,9 +286,10 @@ def _swa_bwd_dq_kernel(
     stride_dob, stride_dos, stride_doh,
     stride_dqb, stride_dqs, stride_dqh,
     stride_lb, stride_lq, stride_lh,
-    seqlen_q, seqlen_k, queries_per_kv_head, softmax_scale, softcap, left, right,
+    seqlen_q, seqlen_k, queries_per_kv_head, softmax_scale, softcap, left, right, chunk,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr, HAS_DLSE: tl.constexpr,
+    IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
+    HAS_SEQUSED_Q: tl.constexpr, HAS_CHUNK: tl.constexpr, HAS_DLSE: tl.constexpr,
     UPCAST: tl.constexpr, ROWS_PER_POS: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
@@ -298,7 +305,8 @@ def _swa_bwd_dq_kernel(
     tile = tl.program_id(0)
     batch = tl.program_id(1)
     q_begin, seqlen_q, k_begin, seqlen_k = sequence_bounds(
-        batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K)
+        batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
+        SEQUSED_Q, HAS_SEQUSED_Q)
     BLOCK_POS = BLOCK_M // ROWS_PER_POS
     first_pos = tile * BLOCK_POS
     if first_pos >= seqlen_q:
@@ -336,7 +344,7 @@ def _swa_bwd_dq_kernel(
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
 
     kv_start, kv_end, masked_head_end, unmasked_end, num_blocks = block_ranges(
-        first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT)
+        first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT, chunk, HAS_CHUNK)
     k_base = K + batch64 * stride_kb + kv_head64 * stride_kh + k_begin.to(tl.int64) * stride_ks
     v_base = V + batch64 * stride_vb + kv_head64 * stride_vh + k_begin.to(tl.int64) * stride_vs
     k_desc = None
@@ -351,25 +359,26 @@ def _swa_bwd_dq_kernel(
     # Masked head blocks, unmasked interior, masked tail.
     dq = _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, k_desc, v_desc, 0, masked_head_end, kv_start,
                     kv_end, offs_d, stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale, softcap,
-                    True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_N, USE_TMA)
+                    True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_N, USE_TMA,
+                    chunk, HAS_CHUNK)
     dq = _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, k_desc, v_desc, masked_head_end, unmasked_end,
                     kv_start, kv_end, offs_d, stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale,
                     softcap, False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST,
-                    BLOCK_N, USE_TMA)
+                    BLOCK_N, USE_TMA, chunk, HAS_CHUNK)
     dq = _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, k_desc, v_desc, unmasked_end, num_blocks,
                     kv_start, kv_end, offs_d, stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale,
                     softcap, True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST,
-                    BLOCK_N, USE_TMA)
+                    BLOCK_N, USE_TMA, chunk, HAS_CHUNK)
     tl.store(DQ + batch64 * stride_dqb + (token64 * stride_dqs + head64 * stride_dqh)[:, None] + offs_d[None, :],
              (dq * softmax_scale).to(DQ.dtype.element_ty), mask=row_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
 
 
 def sinks_gradient(sinks: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor,
-                   cu_seqlens_q: torch.Tensor | None) -> torch.Tensor:
+                   cu_seqlens_q: torch.Tensor | None, seqused_q: torch.Tensor | None = None) -> torch.Tensor:
     """``dsink_h = -sum over the rows of head h of exp(sink_h - lse) * delta`` (fp32, shape [H]).
 
-    Varlen rows past ``cu_seqlens_q[-1]`` are padding (their lse/delta were never written) and are left out on the
-    device, without a host sync.
+    Varlen rows past ``cu_seqlens_q[-1]`` are padding, and with ``seqused_q`` rows past a sequence's used length
+    are unused (their lse/delta were never written): they are left out on the device, without a host sync.
     """
     if cu_seqlens_q is None:
         sink = sinks.float().view(1, -1, 1)
@@ -378,7 +387,12 @@ def sinks_gradient(sinks: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor,
     else:
         sink = sinks.float().view(-1, 1)
         reduce_dims = (1,)
-        used = (torch.arange(lse.shape[1], device=lse.device) < cu_seqlens_q[-1])[None, :]
+        rows = torch.arange(lse.shape[1], device=lse.device, dtype=cu_seqlens_q.dtype)
+        used = rows < cu_seqlens_q[-1]
+        if seqused_q is not None:
+            sequence = (torch.searchsorted(cu_seqlens_q, rows, right=True) - 1).clamp(0, seqused_q.numel() - 1)
+            used = used & (rows - cu_seqlens_q[sequence] < seqused_q[sequence])
+        used = used[None, :]
     # With sinks no row has LSE -inf (the sink is in it); guard anyway so exp(+inf) * 0 cannot give NaN.
     used = used & (lse != float("-inf"))
     contribution = torch.where(used, torch.exp(sink - lse) * delta, 0.0)
@@ -410,14 +424,18 @@ def attention_backward(
     dlse: torch.Tensor | None = None,
     config: BwdConfig | None = None,
     record_loop: bool = False,
+    seqused_q: torch.Tensor | None = None,
+    attention_chunk: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Launch the backward on the forward's ``out`` and ``lse``; returns ``(dq, dk, dv, dsinks)``.
 
     Layouts as ``attention_forward``: q/out/dout ``[B, Sq, H, D]`` or varlen ``[total_q, H, D]``; k/v
     ``[B, Sk, Hk, D]`` or ``[total_k, Hk, D]``; lse (and ``dlse``, the gradient flowing into the LSE output, if
     any) ``[B, H, Sq]`` or ``[H, total_q]``. dq/dk/dv have the dtype of q/k/v; dsinks is fp32 ``[H]`` or None.
-    Keys outside every window (and varlen padding) get zero gradients. ``record_loop`` (tests) additionally returns
-    the dK/dV programs' ``(q_start, q_end, num_blocks)`` as a fifth value, shaped ``[B, Hk, key blocks, 3]``.
+    Keys outside every window (and varlen padding) get zero gradients; so do query rows past ``seqused_q``.
+    ``attention_chunk`` > 0: chunked local attention, as in ``attention_forward``. ``record_loop`` (tests)
+    additionally returns the dK/dV programs' ``(q_start, q_end, num_blocks)`` as a fifth value, shaped
+    ``[B, Hk, key blocks, 3]``.
     Config, grids and launches are planned once per call signature (``_BackwardPlan``).
     """
     # Kernels take strides; only a strided head dimension is copied (e.g. the expanded ones of out.sum()).
@@ -427,15 +445,17 @@ def attention_backward(
         dlse = dlse.to(torch.float32).contiguous()
     key = (tensor_signature(dout), tensor_signature(q), tensor_signature(k), tensor_signature(v),
            tensor_signature(out), tensor_signature(lse), tensor_signature(sinks), tensor_signature(cu_seqlens_q),
-           tensor_signature(cu_seqlens_k), tensor_signature(seqused_k), tensor_signature(dlse), q.device,
-           softmax_scale, left, right, softcap, max_seqlen_q, max_seqlen_k, config, record_loop)
+           tensor_signature(cu_seqlens_k), tensor_signature(seqused_k), tensor_signature(dlse),
+           tensor_signature(seqused_q), q.device, softmax_scale, left, right, softcap, max_seqlen_q, max_seqlen_k,
+           config, record_loop, attention_chunk)
     plan = _PLANS.get(key)
     if plan is None:
         plan = _PLANS.add(key, _BackwardPlan(
             dout, q, k, v, out, lse, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap,
             sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
-            max_seqlen_k=max_seqlen_k, seqused_k=seqused_k, dlse=dlse, config=config, record_loop=record_loop))
-    return plan.run(dout, q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, dlse)
+            max_seqlen_k=max_seqlen_k, seqused_k=seqused_k, dlse=dlse, config=config, record_loop=record_loop,
+            seqused_q=seqused_q, attention_chunk=attention_chunk))
+    return plan.run(dout, q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, dlse, seqused_q)
 
 
 class _BackwardPlan:
@@ -443,7 +463,8 @@ class _BackwardPlan:
     launches."""
 
     def __init__(self, dout, q, k, v, out, lse, *, softmax_scale, left, right, softcap, sinks, cu_seqlens_q,
-                 cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, dlse, config, record_loop):
+                 cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_k, dlse, config, record_loop, seqused_q,
+                 attention_chunk):
         varlen_q = cu_seqlens_q is not None
         varlen_k = cu_seqlens_k is not None
         num_heads, head_dim = q.shape[-2], q.shape[-1]
@@ -479,10 +500,11 @@ class _BackwardPlan:
         lse_address = lse_strides(lse, varlen_q)
         common = dict(
             HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, IS_VARLEN_Q=varlen_q,
-            IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqused_k is not None, UPCAST=upcast, BLOCK_D=block_d,
-            HEAD_DIM=head_dim,
+            IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqused_k is not None, HAS_SEQUSED_Q=seqused_q is not None,
+            HAS_CHUNK=attention_chunk > 0, UPCAST=upcast, BLOCK_D=block_d, HEAD_DIM=head_dim,
         )
-        scalars = (seqlen_q, seqlen_k, group, softmax_scale, softcap if softcap > 0 else 1.0, left, right)
+        scalars = (seqlen_q, seqlen_k, group, softmax_scale, softcap if softcap > 0 else 1.0, left, right,
+                   max(attention_chunk, 1))
         # dq/dk/dv are allocated like q/k/v (empty_like keeps a dense layout's strides): meta tensors give them.
         dq, dk, dv = (torch.empty_like(t, device="meta") for t in (q, k, v))
         # PackGQA needs the group to tile both kernels' BLOCK_M rows evenly.
@@ -501,7 +523,7 @@ class _BackwardPlan:
              *scalars),
             dict(HAS_DLSE=dlse is not None, ROWS_PER_POS=rows_per_pos, USE_TMA=dq_tma, BLOCK_M=config.dq_block_m,
                  BLOCK_N=config.dq_block_n, **common),
-            dict(num_warps=config.num_warps, num_stages=config.num_stages), num_tensors=12)
+            dict(num_warps=config.num_warps, num_stages=config.num_stages), num_tensors=13)
         if no_keys:
             return
         self.dkdv_launch = Launch(
@@ -513,9 +535,9 @@ class _BackwardPlan:
                  BLOCK_N=config.dkdv_block_n, **common),
             dict(num_warps=config.num_warps,
                  num_stages=config.num_stages if config.dkdv_num_stages is None else config.dkdv_num_stages),
-            num_tensors=12)
+            num_tensors=13)
 
-    def run(self, dout, q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, dlse):
+    def run(self, dout, q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, dlse, seqused_q):
         dq = torch.zeros_like(q) if self.zero_dq else torch.empty_like(q)
         dk = torch.zeros_like(k) if self.zero_dkdv else torch.empty_like(k)
         dv = torch.zeros_like(v) if self.zero_dkdv else torch.empty_like(v)
@@ -537,13 +559,14 @@ class _BackwardPlan:
             ensure_triton_allocator()
         sequence_args = (placeholder if cu_seqlens_q is None else cu_seqlens_q,
                          placeholder if cu_seqlens_k is None else cu_seqlens_k,
-                         placeholder if seqused_k is None else seqused_k)
+                         placeholder if seqused_k is None else seqused_k,
+                         placeholder if seqused_q is None else seqused_q)
         # dQ first: it also writes delta, which the dK/dV kernel and the sinks' gradient read. Without keys its loop
         # is empty (dQ = 0) and it only computes delta.
         self.dq_launch(q, placeholder if self.no_keys else k, placeholder if self.no_keys else v, out, dout, dq, lse,
                        placeholder if dlse is None else dlse, delta, *sequence_args)
         if sinks is not None:
-            dsinks = sinks_gradient(sinks, lse, delta, cu_seqlens_q)
+            dsinks = sinks_gradient(sinks, lse, delta, cu_seqlens_q, seqused_q)
         if self.dkdv_launch is not None:
             self.dkdv_launch(q, k, v, dout, dk, dv, lse, delta, *sequence_args,
                              placeholder if loop_record is None else loop_record)

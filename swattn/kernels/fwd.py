@@ -67,14 +67,19 @@ def _cache_token_offsets(offs_n, mask, batch_kv, page_table_row, stride_kb, stri
 
 @triton.jit
 def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks, page_size,
-             IS_PAGED: tl.constexpr, MASK_D: tl.constexpr, HEAD_DIM: tl.constexpr):
+             IS_PAGED: tl.constexpr, MASK_D: tl.constexpr, HEAD_DIM: tl.constexpr, key_shift=0,
+             SHIFT_PAGED_KEYS: tl.constexpr = False):
     """Load a [BLOCK_N, BLOCK_D] tile of keys or values ``offs_n`` (absolute token indices).
 
     Paged caches look each token's page up on its own, so a block may start anywhere and straddle pages; the page
     table is read only for tokens in ``load_mask``, so entries outside the window are never dereferenced.
     ``page_size`` is a compile-time constant of the kernel: page and slot are a shift and a mask for power-of-two
     pages instead of an integer division on the decode step's dependent chain (one compile per page size).
+    ``SHIFT_PAGED_KEYS`` (cache_leftpad with a paged cache): key ``j`` of the sequence is its page-table slot
+    ``j + key_shift`` (a contiguous cache takes the shift in ``base`` instead).
     """
+    if SHIFT_PAGED_KEYS:
+        offs_n = offs_n + key_shift
     token_offset = _cache_token_offsets(offs_n, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
                                         page_size, IS_PAGED)
     ptrs = base + token_offset[:, None] + offs_d[None, :]
@@ -92,7 +97,8 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                    HAS_SOFTCAP: tl.constexpr, IS_PAGED: tl.constexpr, MASK_D: tl.constexpr,
                    UPCAST: tl.constexpr, COUNT_BLOCKS: tl.constexpr, BLOCK_N: tl.constexpr,
                    USE_TMA: tl.constexpr, GUARD_NON_FINITE: tl.constexpr = False, masked_head_end=0,
-                   unmasked_end=0, MASK_EDGES_ONLY: tl.constexpr = False):
+                   unmasked_end=0, MASK_EDGES_ONLY: tl.constexpr = False, key_shift=0,
+                   SHIFT_PAGED_KEYS: tl.constexpr = False, chunk=0, HAS_CHUNK: tl.constexpr = False):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
     blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it).
@@ -115,9 +121,9 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
             # program) then paid two dependent memory round trips; in this order both tiles are in flight at once
             # (SASS, Triton 3.6; pipelined loops compile to the same code either way).
             v = _load_kv(v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_vb, stride_vs,
-                         page_size, IS_PAGED, MASK_D, HEAD_DIM)
+                         page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS)
             k = _load_kv(k_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
-                         page_size, IS_PAGED, MASK_D, HEAD_DIM)
+                         page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS)
         if UPCAST:
             k = k.to(tl.float32)
         qk = dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
@@ -131,10 +137,10 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
         if MASK_EDGES_ONLY:
             if (block < masked_head_end) | (block >= unmasked_end):
                 qk = tl.where(in_window(load_mask[None, :], offs_n[None, :], row_pos[:, None], offset, left, right,
-                                        HAS_LEFT, HAS_RIGHT), qk, float("-inf"))
+                                        HAS_LEFT, HAS_RIGHT, chunk, HAS_CHUNK), qk, float("-inf"))
         elif MASK:
             visible = in_window(load_mask[None, :], offs_n[None, :], row_pos[:, None], offset, left, right, HAS_LEFT,
-                                HAS_RIGHT)
+                                HAS_RIGHT, chunk, HAS_CHUNK)
             qk = tl.where(visible, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         pivot = safe_pivot(m_new)
@@ -190,7 +196,8 @@ def _tile_rows(
     CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr,
     HAS_SEQLENS_K: tl.constexpr, PACK_GQA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    APPEND_NEW: tl.constexpr = False,
+    APPEND_NEW: tl.constexpr = False, SEQUSED_Q=None, HAS_SEQUSED_Q: tl.constexpr = False, LEFTPAD_K=None,
+    HAS_LEFTPAD_K: tl.constexpr = False, chunk=0, HAS_CHUNK: tl.constexpr = False,
 ):
     """The rows of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads) and the keys
     they see: ``(batch, q_begin, seqlen_q, k_begin, seqlen_k, active, row_valid, row_pos, row_head, kv_head,
@@ -204,7 +211,8 @@ def _tile_rows(
     head_or_kv_head = batch_head % heads_per_program
 
     q_begin, seqlen_q, k_begin, seqlen_k = sequence_bounds(
-        batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K)
+        batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
+        SEQUSED_Q, HAS_SEQUSED_Q, LEFTPAD_K, HAS_LEFTPAD_K)
     if APPEND_NEW:
         # SEQLENS_K holds the cached lengths; the sequence's new tokens (one per query) follow them.
         seqlen_k = seqlen_k + seqlen_q
@@ -229,7 +237,7 @@ def _tile_rows(
     first_pos = first_row // rows_per_pos
     last_pos = (tl.minimum(first_row + BLOCK_M, num_rows) - 1) // rows_per_pos
     kv_start, kv_end, masked_head_end, unmasked_end, num_blocks = block_ranges(
-        first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT)
+        first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT, chunk, HAS_CHUNK)
     return (batch, q_begin, seqlen_q, k_begin, seqlen_k, active, row_valid, row_pos, row_head, kv_head,
             kv_start, kv_end, masked_head_end, unmasked_end, num_blocks)
 
@@ -239,9 +247,12 @@ def _tile_inputs(
     Q, K, V, CACHE_BATCH_IDX, PAGE_TABLE, batch, q_begin, k_begin, row_valid, row_pos, row_head, kv_head,
     stride_qb, stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_page_table,
     HAS_CACHE_BATCH_IDX: tl.constexpr, UPCAST: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    IS_PAGED: tl.constexpr = False, HAS_LEFTPAD_K: tl.constexpr = False,
 ):
     """The tile's queries (zeros in invalid rows) and where its keys and values start:
-    ``(q, q_mask, offs_d, batch64, batch_kv, k_base, v_base, page_table_row)``."""
+    ``(q, q_mask, offs_d, batch64, batch_kv, k_base, v_base, page_table_row)``. A paged cache's page-table row is
+    the sequence's cache row (``cache_batch_idx[b]`` or b); with ``cache_leftpad`` its keys start ``k_begin``
+    slots into that row (``_load_kv``'s ``key_shift``), a contiguous cache's ``k_begin`` rows into ``k_base``."""
     offs_d = tl.arange(0, BLOCK_D)
     batch64 = batch.to(tl.int64)
     q_ptrs = (Q + batch64 * stride_qb + (q_begin + row_pos).to(tl.int64)[:, None] * stride_qs
@@ -254,9 +265,13 @@ def _tile_inputs(
         batch_kv = tl.load(CACHE_BATCH_IDX + batch).to(tl.int64)
     else:
         batch_kv = batch64
-    k_base = K + kv_head.to(tl.int64) * stride_kh + k_begin.to(tl.int64) * stride_ks
-    v_base = V + kv_head.to(tl.int64) * stride_vh + k_begin.to(tl.int64) * stride_vs
-    page_table_row = PAGE_TABLE + batch64 * stride_page_table
+    if IS_PAGED and HAS_LEFTPAD_K:
+        k_base = K + kv_head.to(tl.int64) * stride_kh
+        v_base = V + kv_head.to(tl.int64) * stride_vh
+    else:
+        k_base = K + kv_head.to(tl.int64) * stride_kh + k_begin.to(tl.int64) * stride_ks
+        v_base = V + kv_head.to(tl.int64) * stride_vh + k_begin.to(tl.int64) * stride_vs
+    page_table_row = PAGE_TABLE + batch_kv * stride_page_table
     return q, q_mask, offs_d, batch64, batch_kv, k_base, v_base, page_table_row
 
 
@@ -319,7 +334,7 @@ def _finish_tile(
 @triton.jit
 def _attend_tile(
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
-    NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW,
+    NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -327,15 +342,15 @@ def _attend_tile(
     stride_ls, stride_lb, stride_lq, stride_lh,
     stride_page_table, stride_nb, stride_ns, stride_nh,
     seqlen_q, seqlen_k, num_heads, queries_per_kv_head, page_size,
-    softmax_scale, softcap, left, right,
+    softmax_scale, softcap, left, right, chunk,
     tile, batch_head, split, num_tiles, num_splits,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
     IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
     SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr,
-    APPEND_NEW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
+    APPEND_NEW: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr, HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads), over its
     share ``split`` of the KV loop; the body of ``_swa_fwd_kernel``'s programs (see there)."""
@@ -343,7 +358,7 @@ def _attend_tile(
      kv_start, kv_end, masked_head_end, unmasked_end, num_blocks) = _tile_rows(
         tile, batch_head, seqlen_q, seqlen_k, num_heads, queries_per_kv_head, left, right,
         CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, HAS_LEFT, HAS_RIGHT, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
-        PACK_GQA, BLOCK_M, BLOCK_N, APPEND_NEW)
+        PACK_GQA, BLOCK_M, BLOCK_N, APPEND_NEW, SEQUSED_Q, HAS_SEQUSED_Q, LEFTPAD_K, HAS_LEFTPAD_K, chunk, HAS_CHUNK)
     program_index = (batch_head * num_tiles + tile) * num_splits + split
     if NON_FINITE_PASS == REDO_FLAGGED:
         if active:
@@ -361,7 +376,7 @@ def _attend_tile(
         q, q_mask, offs_d, batch64, batch_kv, k_base, v_base, page_table_row = _tile_inputs(
             Q, K, V, CACHE_BATCH_IDX, PAGE_TABLE, batch, q_begin, k_begin, row_valid, row_pos, row_head, kv_head,
             stride_qb, stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_page_table,
-            HAS_CACHE_BATCH_IDX, UPCAST, BLOCK_D, HEAD_DIM)
+            HAS_CACHE_BATCH_IDX, UPCAST, BLOCK_D, HEAD_DIM, IS_PAGED, HAS_LEFTPAD_K)
         sink = _tile_sink(SINKS, row_head, row_valid, HAS_SINKS, IS_SPLIT, BLOCK_M)
         if APPEND_NEW:
             # Write the new tokens this program will read (its share of the loop) before reading them: every
@@ -395,7 +410,7 @@ def _attend_tile(
                 kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, USE_TMA,
-                True)
+                True, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk, HAS_CHUNK=HAS_CHUNK)
         elif SINGLE_LOOP:
             # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
             acc, l_i, m_i, visited = _attend_blocks(
@@ -403,7 +418,8 @@ def _attend_tile(
                 kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
-                BLOCK_N, USE_TMA, False, masked_head_end, unmasked_end, MASK_EDGES_ONLY)
+                BLOCK_N, USE_TMA, False, masked_head_end, unmasked_end, MASK_EDGES_ONLY, k_begin,
+                IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
             acc, l_i, m_i, visited = _attend_blocks(
@@ -412,7 +428,8 @@ def _attend_tile(
                 kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
-                BLOCK_N, USE_TMA)
+                BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
+                HAS_CHUNK=HAS_CHUNK)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, masked_head_end),
@@ -420,14 +437,16 @@ def _attend_tile(
                 kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
-                BLOCK_N, USE_TMA)
+                BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
+                HAS_CHUNK=HAS_CHUNK)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, unmasked_end), block_end,
                 kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
-                BLOCK_N, USE_TMA)
+                BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
+                HAS_CHUNK=HAS_CHUNK)
 
         _finish_tile(
             acc, l_i, m_i, visited, O, LSE, sink, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
@@ -436,10 +455,10 @@ def _attend_tile(
             HAS_SINKS, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, NON_FINITE_PASS, BLOCK_M)
 
 
-@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "num_tiles", "num_work"])
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "chunk", "num_tiles", "num_work"])
 def _swa_fwd_kernel(
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
-    NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW,
+    NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -447,14 +466,15 @@ def _swa_fwd_kernel(
     stride_ls, stride_lb, stride_lq, stride_lh,
     stride_page_table, stride_nb, stride_ns, stride_nh,
     seqlen_q, seqlen_k, num_heads, queries_per_kv_head: tl.constexpr, page_size: tl.constexpr,
-    softmax_scale, softcap, left, right,
+    softmax_scale, softcap, left, right, chunk,
     num_tiles, num_splits, num_work,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
     IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
     SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr, USE_PDL: tl.constexpr,
-    MASK_EDGES_ONLY: tl.constexpr, APPEND_NEW: tl.constexpr,
+    MASK_EDGES_ONLY: tl.constexpr, APPEND_NEW: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
+    HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
@@ -488,35 +508,36 @@ def _swa_fwd_kernel(
                 batch_head = work // (num_splits * num_tiles)
                 _attend_tile(
                     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE,
-                    BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, stride_qb, stride_qs, stride_qh,
+                    BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K, stride_qb,
+                    stride_qs, stride_qh,
                     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_os, stride_ob,
                     stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh, stride_page_table, stride_nb,
                     stride_ns, stride_nh, seqlen_q, seqlen_k,
-                    num_heads, queries_per_kv_head, page_size, softmax_scale, softcap, left, right,
+                    num_heads, queries_per_kv_head, page_size, softmax_scale, softcap, left, right, chunk,
                     tile, batch_head, split, num_tiles, num_splits,
                     HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
                     HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST,
-                    SINGLE_LOOP, NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, BLOCK_M, BLOCK_N, BLOCK_D,
-                    HEAD_DIM,
+                    SINGLE_LOOP, NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K,
+                    HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
                 )
     else:
         # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
         _attend_tile(
             Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE,
-            BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, stride_qb, stride_qs, stride_qh,
-            stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_os, stride_ob, stride_oq,
-            stride_oh, stride_ls, stride_lb, stride_lq, stride_lh, stride_page_table, stride_nb, stride_ns,
+            BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K, stride_qb, stride_qs,
+            stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_os, stride_ob,
+            stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh, stride_page_table, stride_nb, stride_ns,
             stride_nh, seqlen_q, seqlen_k, num_heads,
-            queries_per_kv_head, page_size, softmax_scale, softcap, left, right,
+            queries_per_kv_head, page_size, softmax_scale, softcap, left, right, chunk,
             tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2), num_tiles,
             num_splits, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
-            NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
+            NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
+            BLOCK_N, BLOCK_D, HEAD_DIM,
         )
 
-
-# Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_NEW).
-_FORWARD_TENSORS = 16
+# Tensors that _swa_fwd_kernel takes before its scalars (Q ... LEFTPAD_K).
+_FORWARD_TENSORS = 18
 
 
 def _persistent_programs(device: torch.device) -> int:
@@ -570,6 +591,9 @@ def attention_forward(
     count_blocks: bool = False,
     new_k: torch.Tensor | None = None,
     new_v: torch.Tensor | None = None,
+    seqused_q: torch.Tensor | None = None,
+    cache_leftpad: torch.Tensor | None = None,
+    attention_chunk: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Launch the forward kernel on already-checked arguments; returns ``(out, lse, block_counts)``.
 
@@ -580,6 +604,10 @@ def attention_forward(
     ``new_k``/``new_v`` (KV cache only; experimental, see ``ops.FUSED_APPEND``): one new token per query, laid out
     like q with ``Hk`` heads and equal strides, written into the cache at ``seqlens_k[b] ...`` by the programs
     that read them; ``seqlens_k`` then holds the lengths before the append.
+    ``seqused_q [B]`` (varlen q): queries each sequence uses; rows past it are neither read nor written (out and
+    lse keep whatever the allocation held there). ``cache_leftpad [B]`` (KV cache): sequence b's keys are cache
+    slots ``[cache_leftpad[b], seqlens_k[b])``. ``attention_chunk`` > 0: a query sees only keys of its own chunk
+    (``swattn.window.is_visible``), intersected with the window.
 
     What depends only on the call's signature (config, grid, strides, constexprs, compiled kernels) is planned
     once per signature (``_ForwardPlan``); a repeated call allocates its outputs and launches.
@@ -587,7 +615,8 @@ def attention_forward(
     key = (tensor_signature(q), tensor_signature(k), tensor_signature(v), tensor_signature(sinks),
            tensor_signature(cu_seqlens_q), tensor_signature(cu_seqlens_k), tensor_signature(seqlens_k),
            tensor_signature(cache_batch_idx), tensor_signature(page_table), tensor_signature(new_k),
-           tensor_signature(new_v), q.device, softmax_scale, left, right, softcap, max_seqlen_q, max_seqlen_k,
+           tensor_signature(new_v), tensor_signature(seqused_q), tensor_signature(cache_leftpad), attention_chunk,
+           q.device, softmax_scale, left, right, softcap, max_seqlen_q, max_seqlen_k,
            pack_gqa, num_splits, return_lse, count_blocks, ISOLATE_NON_FINITE, _compat.PDL,
            configs.forced_config_in_use(), gluon_fwd.GLUON_MODE)
     plan = _PLANS.get(key)
@@ -597,9 +626,9 @@ def attention_forward(
             cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k,
             max_seqlen_k=max_seqlen_k, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
             pack_gqa=pack_gqa, num_splits=num_splits, return_lse=return_lse, count_blocks=count_blocks,
-            new_k=new_k))
+            new_k=new_k, seqused_q=seqused_q, cache_leftpad=cache_leftpad, attention_chunk=attention_chunk))
     return plan.run(q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k,
-                    new_v)
+                    new_v, seqused_q, cache_leftpad)
 
 
 class _ForwardPlan:
@@ -608,7 +637,7 @@ class _ForwardPlan:
 
     def __init__(self, q, k, v, *, softmax_scale, left, right, softcap, sinks, cu_seqlens_q, max_seqlen_q,
                  cu_seqlens_k, max_seqlen_k, seqlens_k, cache_batch_idx, page_table, pack_gqa, num_splits,
-                 return_lse, count_blocks, new_k):
+                 return_lse, count_blocks, new_k, seqused_q, cache_leftpad, attention_chunk):
         varlen_q = cu_seqlens_q is not None
         varlen_k = cu_seqlens_k is not None
         paged = page_table is not None
@@ -647,9 +676,15 @@ class _ForwardPlan:
         block_d = max(16, next_power_of_2(head_dim))
         rows_per_tile = seqlen_q * group if pack_gqa else seqlen_q
         window_span = left + right + 1 if left >= 0 and right >= 0 else None
-        keys_per_split = -(-visible_span(0, seqlen_q - 1, seqlen_q, seqlen_k, left, right)[1] // num_splits)
+        if attention_chunk > 0:
+            window_span = attention_chunk if window_span is None else min(window_span, attention_chunk)
+        keys_per_split = -(-visible_span(0, seqlen_q - 1, seqlen_q, seqlen_k, left, right, attention_chunk)[1]
+                           // num_splits)
         config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size(), keys_per_split)
-        self.use_gluon = _use_gluon(q, k, v, rows_per_tile, left, right, varlen_q=varlen_q, varlen_k=varlen_k,
+        # The Gluon kernel has none of seqused_q, cache_leftpad and attention_chunk: those calls stay on Triton's.
+        gluon_features = seqused_q is None and cache_leftpad is None and attention_chunk == 0
+        self.use_gluon = gluon_features and _use_gluon(q, k, v, rows_per_tile, left, right, varlen_q=varlen_q,
+                                                       varlen_k=varlen_k,
                                     paged=paged, indexed=cache_batch_idx is not None,
                                     seqlens_k=seqlens_k is not None, num_splits=num_splits,
                                     append=new_k is not None, count_blocks=count_blocks)
@@ -674,7 +709,7 @@ class _ForwardPlan:
             # The merge writes out as [tokens, H, D] (a view of dense out).
             self.merged_shape = None if varlen_q else (tokens, num_heads, head_dim)
             self.combine = combine_launch(out_target, lse_target, out if varlen_q else out.view(self.merged_shape),
-                                          lse, sinks, tokens_per_batch)
+                                          lse, sinks, tokens_per_batch, seqused_q)
         else:
             o_strides = (0, *token_strides(out, varlen_q))
             l_strides = (0, 0, 0, 0) if lse is None else (0, *lse_strides(lse, varlen_q))
@@ -696,7 +731,7 @@ class _ForwardPlan:
             *l_strides, page_table.stride(0) if paged else 0,
             *(token_strides(new_k, varlen_q) if append_new else (0, 0, 0)),
             seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
-            softmax_scale, softcap if softcap > 0 else 1.0, left, right,
+            softmax_scale, softcap if softcap > 0 else 1.0, left, right, max(attention_chunk, 1),
             grid[0], grid[2], num_work,
         )
         switches = dict(
@@ -706,7 +741,9 @@ class _ForwardPlan:
             IS_SPLIT=num_splits > 1, STORE_LSE=num_splits > 1 or lse is not None,
             UPCAST=needs_upcast(q.dtype), SINGLE_LOOP=config.single_loop, USE_TMA=self.use_tma, USE_PDL=use_pdl,
             MASK_EDGES_ONLY=config.single_loop and config.mask_edges_only, APPEND_NEW=append_new,
-            BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d, HEAD_DIM=head_dim,
+            HAS_SEQUSED_Q=seqused_q is not None, HAS_LEFTPAD_K=cache_leftpad is not None,
+            HAS_CHUNK=attention_chunk > 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d,
+            HEAD_DIM=head_dim,
         )
         options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
                        **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
@@ -724,7 +761,8 @@ class _ForwardPlan:
                                dict(switches, COUNT_BLOCKS=False, NON_FINITE_PASS=REDO_FLAGGED.value), options,
                                num_tensors=_FORWARD_TENSORS)
 
-    def run(self, q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k, new_v):
+    def run(self, q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k, new_v,
+            seqused_q=None, cache_leftpad=None):
         device = self.device
         out = torch.empty(self.out_shape, device=device, dtype=self.dtype)
         lse = None if self.lse_shape is None else torch.empty(self.lse_shape, device=device, dtype=torch.float32)
@@ -753,6 +791,7 @@ class _ForwardPlan:
             placeholder if page_table is None else page_table,
             placeholder if block_counts is None else block_counts, non_finite_flags, any_non_finite,
             placeholder if new_k is None else new_k, placeholder if new_v is None else new_v,
+            placeholder if seqused_q is None else seqused_q, placeholder if cache_leftpad is None else cache_leftpad,
         )
         if self.use_gluon:
             gluon_fwd.forward(q, k, v, out, lse, sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
@@ -765,5 +804,6 @@ class _ForwardPlan:
         if self.combine is not None:
             merged = out if self.merged_shape is None else out.view(self.merged_shape)
             self.combine(out_target, lse_target, merged, lse_target if lse is None else lse,
-                         out if sinks is None else sinks)
+                         out if sinks is None else sinks, out if seqused_q is None else cu_seqlens_q,
+                         out if seqused_q is None else seqused_q)
         return out, lse, block_counts
