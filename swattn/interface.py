@@ -222,6 +222,23 @@ def split_count(programs: int, keys: int, sms: int) -> int:
     return max(1, min(6 * sms // programs, max(blocks // 4, short), _MAX_SPLITS))
 
 
+def _reads_values(tensor: torch.Tensor, check_inputs) -> bool:
+    return True
+
+
+def _window(causal: bool, window_size) -> tuple[int, int]:
+    """``window.normalize_window``; a window given as tensors (FlashAttention 3's tests pass one) is read on the
+    host, a data read: ``swattn._replay`` then runs the function on every call instead of replaying the sides it
+    read the first time."""
+    if isinstance(window_size, torch.Tensor):
+        note_data_checks(_reads_values, window_size, None)
+    elif isinstance(window_size, (tuple, list)):
+        for side in window_size:
+            if isinstance(side, torch.Tensor):
+                note_data_checks(_reads_values, side, None)
+    return normalize_window(causal, window_size)
+
+
 def _result(out, lse, return_lse: bool):
     return (out, lse) if return_lse else out
 
@@ -266,7 +283,7 @@ def flash_attn_func(
     if k.shape[0] != q.shape[0]:
         raise ValueError(f"k: expected batch {q.shape[0]} to match q, got {k.shape[0]}")
     softmax_scale = _check_scalars(q, softmax_scale, softcap)
-    left, right = normalize_window(causal, window_size)
+    left, right = _window(causal, window_size)
     attention_chunk = check_attention_chunk(attention_chunk)
     sinks = _check_sinks(sinks, q.shape[2], q.device)
     num_splits = _check_int_arg("num_splits", num_splits, 0)
@@ -349,7 +366,7 @@ def flash_attn_varlen_func(
                 raise ValueError(f"seqused_q: each entry must lie in [0, its cu_seqlens_q length {lengths.tolist()}]"
                                  f", got {used.tolist()}")
     softmax_scale = _check_scalars(q, softmax_scale, softcap)
-    left, right = normalize_window(causal, window_size)
+    left, right = _window(causal, window_size)
     attention_chunk = check_attention_chunk(attention_chunk)
     sinks = _check_sinks(sinks, q.shape[1], q.device)
     num_splits = _check_int_arg("num_splits", num_splits, 0)
@@ -517,7 +534,7 @@ def flash_attn_with_kvcache(
     if cache_leftpad is not None:
         _check_int32_vector("cache_leftpad", cache_leftpad, batch, q.device, "(B,) of first cache slots")
     softmax_scale = _check_scalars(q, softmax_scale, softcap)
-    left, right = normalize_window(causal, window_size)
+    left, right = _window(causal, window_size)
     attention_chunk = check_attention_chunk(attention_chunk)
     rotary_dim = _check_rotary(rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, k, q, batch)
     sm_margin = _check_int_arg("sm_margin", sm_margin, 0)
@@ -601,7 +618,7 @@ def get_scheduler_metadata(
         raise TypeError(f"cache_seqlens: expected an int32 tensor (B,), got {type(cache_seqlens).__name__}")
     if page_size is not None:
         _check_int_arg("page_size", page_size, 1)
-    left, right = normalize_window(causal, window_size)
+    left, right = _window(causal, window_size)
     attention_chunk = check_attention_chunk(attention_chunk)
     group = num_heads_q // num_heads_kv
     packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group, left, right)

@@ -461,3 +461,12 @@ def test_sm_margin_and_scheduler_metadata_are_accepted():
     assert torch.equal(out, base)
     dense = swattn.flash_attn_func(q, k_cache, v_cache, causal=True, sm_margin=4)
     assert torch.equal(dense, swattn.flash_attn_func(q, k_cache, v_cache, causal=True))
+
+
+def test_window_given_as_a_tensor_is_read_on_every_call():
+    """FlashAttention 3's tests pass ``window_size=torch.randint(...)``: a second call with another window of the
+    same shape must not reuse the first call's sides (swattn._replay replays a signature's derived values)."""
+    q, k, v = torch.randn(1, 6, H, D), torch.randn(1, 6, HK, D), torch.randn(1, 6, HK, D)
+    for left in (1, 3):
+        out = swattn.flash_attn_func(q, k, v, window_size=torch.tensor([left, 0]))
+        assert_close(f"left {left}", out, attention_ref(q, k, v, window_size=(left, 0))[0], 1e-5)
