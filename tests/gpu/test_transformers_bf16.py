@@ -1,6 +1,7 @@
 """``attn_implementation="swattn"`` in bf16 on a GPU (skipped without one), against transformers' eager attention,
 on randomly initialised models larger than the CPU suite's: 4 layers, 8 query / 2 KV heads of 64, a 64-token
-window, prompts of 50 to 300 tokens (longer than the window), left-padded batches.
+window, prompts of 50 to 300 tokens (longer than the window), left-padded batches; generation with the default
+(dynamic) and the static cache.
 
 Oracle: eager attention in float32. "Within bf16 tolerance" means swattn-bf16's logits are no further from it than
 eager-bf16's own (plus a small margin). Greedy generation of 32 tokens must give eager-bf16's tokens, except
@@ -42,6 +43,8 @@ def _config(family: str):
     if family == "gemma2":
         return transformers.Gemma2Config(**COMMON, attn_logit_softcapping=20.0, final_logit_softcapping=None,
                                          query_pre_attn_scalar=64, layer_types=LAYERS)
+    if family == "gemma3":
+        return transformers.Gemma3TextConfig(**COMMON, query_pre_attn_scalar=64, layer_types=LAYERS)
     raise ValueError(family)
 
 
@@ -88,21 +91,27 @@ def test_prefill_logits_within_bf16_tolerance(family):
         f"{family}: swattn-bf16 relative error {swattn_error:.2e} vs eager-bf16's {eager_error:.2e}")
 
 
-def _generate(model, implementation, input_ids, attention_mask):
+def _generate(model, implementation, input_ids, attention_mask, **kwargs):
     model.set_attn_implementation(implementation)
     with torch.no_grad():
         out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=32, do_sample=False,
-                             pad_token_id=0, return_dict_in_generate=True, output_logits=True)
+                             pad_token_id=0, return_dict_in_generate=True, output_logits=True, **kwargs)
     return out.sequences[:, input_ids.shape[1]:], torch.stack(out.logits, 1).float()
 
 
-@pytest.mark.parametrize("family", ["gpt_oss", "mistral", "gemma2"])
-def test_generate_matches_eager(family):
-    input_ids, attention_mask = _prompts([200, 120, 70, 33])
-    tokens_o, logits_o = _generate(_model(family), "eager", input_ids, attention_mask)  # float32 oracle
+@pytest.mark.parametrize("cache, lengths", [
+    pytest.param("dynamic", [200, 120, 70, 33], id="dynamic-left-pad"),
+    pytest.param("static", [200, 120, 70, 33], id="static-left-pad"),
+    pytest.param("static", [200], id="static-B1"),  # no padding mask: the filled part of the buffer from positions
+])
+@pytest.mark.parametrize("family", ["gpt_oss", "mistral", "qwen2", "gemma2", "gemma3"])
+def test_generate_matches_eager(family, cache, lengths):
+    input_ids, attention_mask = _prompts(lengths)
+    kwargs = dict(cache_implementation="static") if cache == "static" else {}
+    tokens_o, logits_o = _generate(_model(family), "eager", input_ids, attention_mask, **kwargs)  # float32 oracle
     model = copy.deepcopy(_model(family)).to(torch.bfloat16)
-    tokens_e, logits_e = _generate(model, "eager", input_ids, attention_mask)
-    tokens_s, logits_s = _generate(model, "swattn", input_ids, attention_mask)
+    tokens_e, logits_e = _generate(model, "eager", input_ids, attention_mask, **kwargs)
+    tokens_s, logits_s = _generate(model, "swattn", input_ids, attention_mask, **kwargs)
     error_sq = {"eager": 0.0, "swattn": 0.0}
     oracle_sq = 0.0
     for row in range(tokens_e.shape[0]):
