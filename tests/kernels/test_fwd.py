@@ -650,11 +650,17 @@ def _poison_unseen_keys(k, v, cu_k, q_lens, k_lens, seqused, left, right):
     return k, v, int((~seen).sum())
 
 
-@pytest.mark.parametrize("config", [pytest.param(c, id=config_id(c)) for c in (
+# Every loop shape unsplit; split-KV (3 splits) once per kind of loop: pipelined, single masked, descriptor loads.
+KV_LOOP_CONFIGS = [(c, 1) for c in (
     FwdConfig(16, 16, 4, 1), FwdConfig(16, 128, 4, 1), FwdConfig(64, 64, 4, 1),
     FwdConfig(16, 16, 4, 1, single_loop=True), FwdConfig(16, 128, 4, 1, single_loop=True),
-    FwdConfig(16, 32, 4, 1, tma=True), FwdConfig(16, 128, 4, 1, single_loop=True, tma=True))])
-@pytest.mark.parametrize("num_splits", [1, 3], ids=lambda s: f"splits{s}")
+    FwdConfig(16, 32, 4, 1, tma=True), FwdConfig(16, 128, 4, 1, single_loop=True, tma=True))] + [
+    (FwdConfig(16, 16, 4, 1), 3), (FwdConfig(16, 128, 4, 1, single_loop=True), 3),
+    (FwdConfig(16, 32, 4, 1, tma=True), 3)]
+
+
+@pytest.mark.parametrize("config, num_splits", [pytest.param(c, n, id=f"{config_id(c)}-splits{n}")
+                                                for c, n in KV_LOOP_CONFIGS])
 def test_kv_loop_never_reads_outside_the_window_dense(config, num_splits):
     batch, heads, kv_heads, head_dim = 1, 8, 2, 64
     for sq, sk, left, right in ((3, 300, 20, 0), (50, 200, 10, 3), (1, 257, 127, 0)):
