@@ -171,7 +171,7 @@ def visible_span(
 
 
 def first_readable_page(cache_seqlens, window_size: tuple[int, int], page_size: int, new_tokens=1,
-                        causal: bool = False):
+                        causal: bool = False, attention_chunk: int = 0):
     """Per sequence, the index (in its page-table row) of the first page that this layer's next step, or any later
     one, can still read: pages before it may be freed or reused by the engine.
 
@@ -180,10 +180,12 @@ def first_readable_page(cache_seqlens, window_size: tuple[int, int], page_size: 
     ``[B]`` (1 = decode, k = speculative verify, n = extend). Later steps only move forward: their queries sit at
     positions >= ``cache_seqlens`` (rejected draft tokens rolled back included), and the window of a later
     position never starts earlier. The answer is the next step's first query's first visible key (bottom-right
-    alignment, ``first_visible_key``) divided by ``page_size``; ``left = -1`` (no left bound) gives 0: nothing
-    can be freed. Returns an int for int input, else an int32 tensor ``[B]`` on the input's device (no host sync).
+    alignment, ``first_visible_key``, the later of the window's and the ``attention_chunk``'s first key) divided by
+    ``page_size``; ``left = -1`` without chunks (no left bound) gives 0: nothing can be freed. Returns an int for
+    int input, else an int32 tensor ``[B]`` on the input's device (no host sync).
     """
     left, _ = normalize_window(causal, window_size)
+    chunk = check_attention_chunk(attention_chunk)
     if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
         raise ValueError(f"page_size: expected an int >= 1 (tokens per page), got {page_size!r}")
     for name, value in (("cache_seqlens", cache_seqlens), ("new_tokens", new_tokens)):
@@ -203,7 +205,7 @@ def first_readable_page(cache_seqlens, window_size: tuple[int, int], page_size: 
             new_tokens = new_tokens.to(device=cache_seqlens.device, dtype=torch.int32)
     # The next step's queries are its new tokens, the last rows of a sequence of cache_seqlens + new_tokens keys;
     # its row 0 (position cache_seqlens) sees the earliest key of this step and of every later one.
-    first_key = first_visible_key(0, new_tokens, cache_seqlens + new_tokens, left)
+    first_key = first_visible_key(0, new_tokens, cache_seqlens + new_tokens, left, chunk)
     if isinstance(first_key, torch.Tensor):
         return (first_key // page_size).to(torch.int32)
     return first_key // page_size

@@ -76,10 +76,14 @@ CASES = [pytest.param(step, window, (1, 16, 64)[(s + w) % 3], (torch.float32, to
                       id=f"{step}-W{window[0]}_{window[1]}-page{(1, 16, 64)[(s + w) % 3]}-"
                          f"{('fp32', 'fp16')[(s + w) % 2]}")
          for s, step in enumerate(STEPS) for w, window in enumerate(WINDOWS)]
+# Chunked attention (attention_chunk, Llama 4): pages before the query's chunk are freed too, windowed or not.
+CASES += [pytest.param("verify-varlen", (-1, 0), 16, torch.float32, False, 64, id="verify-varlen-chunk64-page16"),
+          pytest.param("decode", (127, 0), 1, torch.float16, True, 100, id="decode-W127_0-chunk100-page1")]
 
 
-@pytest.mark.parametrize("step, window, page_size, dtype, check_inputs", CASES)
-def test_pages_before_first_readable_page_are_never_read(step, window, page_size, dtype, check_inputs):
+@pytest.mark.parametrize("step, window, page_size, dtype, check_inputs, chunk", [
+    pytest.param(*case.values, 0, id=case.id) if len(case.values) == 5 else case for case in CASES])
+def test_pages_before_first_readable_page_are_never_read(step, window, page_size, dtype, check_inputs, chunk):
     """Poison every page (data and table entry) before ``first_readable_page``: outputs and LSE are bit-identical
     to the unpoisoned run and match the float64 reference; the appended tokens land in the cache. With
     ``check_inputs`` the argument checks accept the poisoned table (they skip the entries before the window)."""
@@ -112,10 +116,10 @@ def test_pages_before_first_readable_page_are_never_read(step, window, page_size
         kwargs = {}
     sinks = torch.randn(H) if step.startswith("verify") else None
     kwargs.update(k=k_new, v=v_new, cache_seqlens=cache_seqlens, causal=True, window_size=window, sinks=sinks,
-                  return_softmax_lse=True)
+                  attention_chunk=chunk, return_softmax_lse=True)
 
-    first = first_readable_page(cache_seqlens, window, page_size, new_tokens=i32(new))
-    if window[0] >= 0:
+    first = first_readable_page(cache_seqlens, window, page_size, new_tokens=i32(new), attention_chunk=chunk)
+    if window[0] >= 0 or chunk:
         assert first.sum() > 0, "the case must free something"
     else:
         assert first.tolist() == [0] * batch
@@ -130,7 +134,8 @@ def test_pages_before_first_readable_page_are_never_read(step, window, page_size
     assert torch.equal(out, out_clean) and torch.equal(lse, lse_clean)
     assert not torch.isnan(out).any() and not torch.isnan(lse).any()
     ref_out, ref_lse = attention_kvcache_ref(q, expected_k, expected_v, i32(totals), page_table=table,
-                                             cu_seqlens_q=cu, causal=True, window_size=window, sinks=sinks)
+                                             cu_seqlens_q=cu, causal=True, window_size=window, sinks=sinks,
+                                             attention_chunk=chunk)
     assert_close("out", out, ref_out, tolerance_for(dtype))
     assert_close("lse", lse, ref_lse, LSE_TOL)
     assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v), "the append must match"

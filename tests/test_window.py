@@ -280,26 +280,28 @@ def test_jit_twins_interior_blocks_are_maximal_for_a_wide_tile():
 # first_readable_page: which pages an engine may free
 
 
-def _pages_read(cache: int, new: int, left: int, right: int, page_size: int) -> set[int]:
+def _pages_read(cache: int, new: int, left: int, right: int, page_size: int, chunk: int = 0) -> set[int]:
     """Brute force: the pages holding a key that some query of a step appending ``new`` tokens to ``cache`` sees."""
     seqlen_k = cache + new
     return {j // page_size for i in range(new) for j in range(seqlen_k)
-            if window.is_visible(i, j, new, seqlen_k, left, right)}
+            if window.is_visible(i, j, new, seqlen_k, left, right, chunk)}
 
 
-@pytest.mark.parametrize("window_size", [(127, 0), (0, 0), (-1, 0), (5, 3), (20, -1)], ids=lambda w: f"W{w[0]}_{w[1]}")
+@pytest.mark.parametrize("window_size, chunk", [((127, 0), 0), ((0, 0), 0), ((-1, 0), 0), ((5, 3), 0), ((20, -1), 0),
+                                                ((-1, 0), 48), ((127, 0), 100)],
+                         ids=lambda w: f"W{w[0]}_{w[1]}" if isinstance(w, tuple) else f"chunk{w}")
 @pytest.mark.parametrize("page_size", [1, 3, 16, 64])
-def test_first_readable_page_matches_brute_force(window_size, page_size):
+def test_first_readable_page_matches_brute_force(window_size, chunk, page_size):
     """The answer is the first page the next step reads (so nothing later could be freed), and no later step
     (any number of new tokens, positions only moving forward) reads a page before it."""
     left, right = window_size
-    for cache in [0, 1, 5, 63, 64, 127, 128, 129, 200, 300]:
+    for cache in [0, 1, 5, 47, 48, 63, 64, 127, 128, 129, 200, 300]:
         for new in [1, 2, 8]:
-            answer = window.first_readable_page(cache, window_size, page_size, new_tokens=new)
-            assert answer == min(_pages_read(cache, new, left, right, page_size))
+            answer = window.first_readable_page(cache, window_size, page_size, new_tokens=new, attention_chunk=chunk)
+            assert answer == min(_pages_read(cache, new, left, right, page_size, chunk))
             for later, later_new in [(cache + 1, 1), (cache + 3, 4), (cache + new, 8)]:
-                assert min(_pages_read(later, later_new, left, right, page_size)) >= answer
-            if left < 0:
+                assert min(_pages_read(later, later_new, left, right, page_size, chunk)) >= answer
+            if left < 0 and chunk == 0:
                 assert answer == 0
 
 
@@ -325,7 +327,7 @@ def test_first_readable_page_tensors_match_ints_without_leaving_the_device():
     (dict(cache_seqlens=-1), "cache_seqlens"), (dict(cache_seqlens=3.0), "cache_seqlens"),
     (dict(cache_seqlens=torch.tensor([1.0])), "cache_seqlens"), (dict(cache_seqlens=torch.tensor(3)), "cache_seqlens"),
     (dict(page_size=0), "page_size"), (dict(page_size=16.0), "page_size"), (dict(new_tokens=-1), "new_tokens"),
-    (dict(window_size=(-2, 0)), "window_size"),
+    (dict(window_size=(-2, 0)), "window_size"), (dict(attention_chunk=-1), "attention_chunk"),
 ], ids=lambda x: x if isinstance(x, str) else "")
 def test_first_readable_page_rejects_bad_arguments(kwargs, name):
     arguments = dict(cache_seqlens=10, window_size=(127, 0), page_size=16) | kwargs
