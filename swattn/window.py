@@ -171,7 +171,7 @@ def visible_span(
 
 
 def first_readable_page(cache_seqlens, window_size: tuple[int, int], page_size: int, new_tokens=1,
-                        causal: bool = False, attention_chunk: int = 0):
+                        causal: bool = False, attention_chunk: int = 0, cache_leftpad=None):
     """Per sequence, the index (in its page-table row) of the first page that this layer's next step, or any later
     one, can still read: pages before it may be freed or reused by the engine.
 
@@ -182,13 +182,17 @@ def first_readable_page(cache_seqlens, window_size: tuple[int, int], page_size: 
     position never starts earlier. The answer is the next step's first query's first visible key (bottom-right
     alignment, ``first_visible_key``, the later of the window's and the ``attention_chunk``'s first key) divided by
     ``page_size``; ``left = -1`` without chunks (no left bound) gives 0: nothing can be freed. Returns an int for
-    int input, else an int32 tensor ``[B]`` on the input's device (no host sync).
+    int input, else an int32 tensor ``[B]`` on the input's device (no host sync). ``cache_leftpad`` (as given to
+    ``flash_attn_with_kvcache``: an int or a ``[B]`` tensor; keys, positions and chunks count from it) shifts the
+    answer the same way.
     """
     left, _ = normalize_window(causal, window_size)
     chunk = check_attention_chunk(attention_chunk)
     if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
         raise ValueError(f"page_size: expected an int >= 1 (tokens per page), got {page_size!r}")
-    for name, value in (("cache_seqlens", cache_seqlens), ("new_tokens", new_tokens)):
+    if cache_leftpad is None:
+        cache_leftpad = 0
+    for name, value in (("cache_seqlens", cache_seqlens), ("new_tokens", new_tokens), ("cache_leftpad", cache_leftpad)):
         if isinstance(value, torch.Tensor):
             if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
                 raise TypeError(f"{name}: expected an integer tensor (int32, one entry per sequence), "
@@ -197,15 +201,16 @@ def first_readable_page(cache_seqlens, window_size: tuple[int, int], page_size: 
                 raise ValueError(f"{name}: expected shape (B,), got {tuple(value.shape)}")
         elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name}: expected an int >= 0 or an integer tensor of shape (B,), got {value!r}")
-    if isinstance(new_tokens, torch.Tensor) and not isinstance(cache_seqlens, torch.Tensor):
-        cache_seqlens = torch.full_like(new_tokens, cache_seqlens)
-    if isinstance(cache_seqlens, torch.Tensor):
-        cache_seqlens = cache_seqlens.to(torch.int32)
-        if isinstance(new_tokens, torch.Tensor):
-            new_tokens = new_tokens.to(device=cache_seqlens.device, dtype=torch.int32)
-    # The next step's queries are its new tokens, the last rows of a sequence of cache_seqlens + new_tokens keys;
-    # its row 0 (position cache_seqlens) sees the earliest key of this step and of every later one.
-    first_key = first_visible_key(0, new_tokens, cache_seqlens + new_tokens, left, chunk)
+    tensors = [t for t in (cache_seqlens, new_tokens, cache_leftpad) if isinstance(t, torch.Tensor)]
+    if tensors:
+        as_tensor = lambda t: (t if isinstance(t, torch.Tensor) else torch.full_like(tensors[0], t)).to(
+            device=tensors[0].device, dtype=torch.int32)
+        cache_seqlens, new_tokens, cache_leftpad = map(as_tensor, (cache_seqlens, new_tokens, cache_leftpad))
+    # The next step's queries are its new tokens, the last rows of a sequence of cache_seqlens + new_tokens keys
+    # (counted from cache_leftpad); its row 0 (slot cache_seqlens) sees the earliest key of this step and of every
+    # later one.
+    first_key = cache_leftpad + first_visible_key(0, new_tokens, cache_seqlens + new_tokens - cache_leftpad, left,
+                                                  chunk)
     if isinstance(first_key, torch.Tensor):
         return (first_key // page_size).to(torch.int32)
     return first_key // page_size

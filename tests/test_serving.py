@@ -78,7 +78,8 @@ CASES = [pytest.param(step, window, (1, 16, 64)[(s + w) % 3], (torch.float32, to
          for s, step in enumerate(STEPS) for w, window in enumerate(WINDOWS)]
 # Chunked attention (attention_chunk, Llama 4): pages before the query's chunk are freed too, windowed or not.
 CASES += [pytest.param("verify-varlen", (-1, 0), 16, torch.float32, False, 64, id="verify-varlen-chunk64-page16"),
-          pytest.param("decode", (127, 0), 1, torch.float16, True, 100, id="decode-W127_0-chunk100-page1")]
+          pytest.param("decode", (127, 0), 1, torch.float16, True, 100, id="decode-W127_0-chunk100-page1"),
+          pytest.param("verify-dense", (20, 0), 16, torch.float32, True, 32, id="verify-dense-W20_0-chunk32-leftpad")]
 
 
 @pytest.mark.parametrize("step, window, page_size, dtype, check_inputs, chunk", [
@@ -115,10 +116,13 @@ def test_pages_before_first_readable_page_are_never_read(step, window, page_size
         k_new, v_new = (torch.randn(batch, new[0], HK, D, dtype=dtype) for _ in range(2))
         kwargs = {}
     sinks = torch.randn(H) if step.startswith("verify") else None
+    # cache_leftpad (keys, positions and chunks count from it): in the one case whose id says so.
+    leftpad = torch.minimum(cache_seqlens, i32([3, 20, 37])) if window == (20, 0) else None
     kwargs.update(k=k_new, v=v_new, cache_seqlens=cache_seqlens, causal=True, window_size=window, sinks=sinks,
-                  attention_chunk=chunk, return_softmax_lse=True)
+                  attention_chunk=chunk, cache_leftpad=leftpad, return_softmax_lse=True)
 
-    first = first_readable_page(cache_seqlens, window, page_size, new_tokens=i32(new), attention_chunk=chunk)
+    first = first_readable_page(cache_seqlens, window, page_size, new_tokens=i32(new), attention_chunk=chunk,
+                                cache_leftpad=leftpad)
     if window[0] >= 0 or chunk:
         assert first.sum() > 0, "the case must free something"
     else:
@@ -135,7 +139,7 @@ def test_pages_before_first_readable_page_are_never_read(step, window, page_size
     assert not torch.isnan(out).any() and not torch.isnan(lse).any()
     ref_out, ref_lse = attention_kvcache_ref(q, expected_k, expected_v, i32(totals), page_table=table,
                                              cu_seqlens_q=cu, causal=True, window_size=window, sinks=sinks,
-                                             attention_chunk=chunk)
+                                             attention_chunk=chunk, cache_leftpad=leftpad)
     assert_close("out", out, ref_out, tolerance_for(dtype))
     assert_close("lse", lse, ref_lse, LSE_TOL)
     assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v), "the append must match"

@@ -323,11 +323,27 @@ def test_first_readable_page_tensors_match_ints_without_leaving_the_device():
     assert window.first_readable_page(1000, (127, 0), 16) == (1000 - 127) // 16
 
 
+@pytest.mark.parametrize("chunk", [0, 32])
+def test_first_readable_page_with_cache_leftpad(chunk):
+    """With cache_leftpad the sequence's keys, positions and chunks count from the pad: the answer is the page of
+    the pad plus the unpadded sequence's first visible key (brute force), for ints and tensors alike."""
+    for pad, cache, new, page_size in itertools.product([0, 5, 40], [40, 100, 300], [1, 4], [1, 16]):
+        pages = {(pad + j) // page_size for i in range(new) for j in range(cache + new - pad)
+                 if window.is_visible(i, j, new, cache + new - pad, 30, 0, chunk)}
+        answer = window.first_readable_page(cache, (30, 0), page_size, new_tokens=new, attention_chunk=chunk,
+                                            cache_leftpad=pad)
+        assert answer == min(pages)
+        tensor = window.first_readable_page(torch.tensor([cache], dtype=torch.int32), (30, 0), page_size,
+                                            new_tokens=new, attention_chunk=chunk, cache_leftpad=pad)
+        assert tensor.tolist() == [answer]
+
+
 @pytest.mark.parametrize("kwargs, name", [
     (dict(cache_seqlens=-1), "cache_seqlens"), (dict(cache_seqlens=3.0), "cache_seqlens"),
     (dict(cache_seqlens=torch.tensor([1.0])), "cache_seqlens"), (dict(cache_seqlens=torch.tensor(3)), "cache_seqlens"),
     (dict(page_size=0), "page_size"), (dict(page_size=16.0), "page_size"), (dict(new_tokens=-1), "new_tokens"),
     (dict(window_size=(-2, 0)), "window_size"), (dict(attention_chunk=-1), "attention_chunk"),
+    (dict(cache_leftpad=-1), "cache_leftpad"),
 ], ids=lambda x: x if isinstance(x, str) else "")
 def test_first_readable_page_rejects_bad_arguments(kwargs, name):
     arguments = dict(cache_seqlens=10, window_size=(127, 0), page_size=16) | kwargs
