@@ -34,39 +34,48 @@ def _label(us: float) -> str:
 def draw(groups: Groups, path: str, title: str, footnote: str = "") -> None:
     """One horizontal bar per (workload, provider), grouped by workload: each provider's time relative to swattn's
     in that workload (1 = swattn, longer = slower; the first provider's when swattn has no time there), labelled
-    with the time itself. Writes ``path``."""
+    with the time itself; with a single provider, the times themselves on a log scale. Writes ``path``."""
     if not groups:
         raise ValueError("plot: no timed rows to draw")
     plt = _pyplot()
     providers = list(dict.fromkeys(p for _, times in groups for p in times))
+    relative = len(providers) > 1
     height = 0.8 / len(providers)
-    fig, ax = plt.subplots(figsize=(9, 1.2 + 0.17 * len(groups) * len(providers)))
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.17 * len(groups) * len(providers)))
     colors = plt.get_cmap("tab10")
     widest = 1.0
     for i, provider in enumerate(providers):
-        ys, ratios, labels = [], [], []
+        ys, values, labels = [], [], []
         for g, (_, times) in enumerate(groups):
             if provider not in times:
                 continue
-            base = times.get("swattn", next(iter(times.values())))
+            base = times.get("swattn", next(iter(times.values()))) if relative else 1.0
             ys.append(g - 0.4 + height * (i + 0.5))
-            ratios.append(times[provider] / base)
+            values.append(times[provider] / base)
             labels.append(_label(times[provider]))
-        widest = max([widest] + ratios)
-        bars = ax.barh(ys, ratios, height=height * 0.9, label=provider, color=colors(i))
+        widest = max([widest] + values)
+        bars = ax.barh(ys, values, height=height * 0.9, label=provider, color=colors(i))
         for bar, label in zip(bars, labels):
-            ax.text(bar.get_width() + 0.02, bar.get_y() + bar.get_height() / 2, label, va="center", fontsize=7)
-    ax.axvline(1.0, color="0.5", linewidth=0.8, linestyle="--")
-    ax.set_xlim(0, widest * 1.25)
+            x = bar.get_width() + 0.02 if relative else bar.get_width() * 1.05
+            ax.text(x, bar.get_y() + bar.get_height() / 2, label, va="center", fontsize=7)
+    if relative:
+        ax.axvline(1.0, color="0.5", linewidth=0.8, linestyle="--")
+        ax.set_xlim(0, widest * 1.25)
+        ax.set_xlabel("time per call relative to swattn (1 = swattn; longer is slower)")
+    else:
+        ax.set_xscale("log")
+        ax.set_xlim(right=widest * 4)
+        ax.set_xlabel(f"{providers[0]}: time per call, us (log scale)")
     ax.set_yticks(range(len(groups)), [name for name, _ in groups], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("time per call relative to swattn (1 = swattn; longer is slower)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09 if not footnote else -0.1),
-              ncol=len(providers), frameon=False)
+    ax.set_title(title if len(title) <= 90 else title[:87] + "...", fontsize=10)
+    if relative:
+        fig.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 0.03 if footnote else 0.0),
+                   ncol=len(providers), frameon=False)
     if footnote:
-        fig.text(0.01, 0.005, footnote, fontsize=7, color="0.35", va="bottom")
-    fig.tight_layout(rect=(0, 0.03 if footnote else 0, 1, 1))
+        fig.text(0.01, 0.005, footnote if len(footnote) <= 160 else footnote[:157] + "...", fontsize=7,
+                 color="0.35", va="bottom")
+    fig.tight_layout(rect=(0, (0.03 if footnote else 0) + (0.05 if relative else 0), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
