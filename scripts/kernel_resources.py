@@ -141,7 +141,7 @@ def gluon_targets() -> list[tuple[str, dict, dict, torch.dtype]]:
          torch.bfloat16),
         ("gluon W(127,0) D64", d64, dict(left=127, right=0), torch.bfloat16),
         ("gluon W(4095,0) D128", d128, dict(left=4095, right=0), torch.bfloat16),
-        ("gluon W(511,512) D128 packed, softcap", d128, dict(left=511, right=512, pack_gqa=True, softcap=50.0),
+        ("gluon W(511,512) D64 packed, softcap", d64, dict(left=511, right=512, pack_gqa=True, softcap=50.0),
          torch.bfloat16),
         ("gluon no window D128 fp16", d128, dict(left=-1, right=-1), torch.float16),
     ]
@@ -310,8 +310,8 @@ def main() -> int:
                 print(f"{name}: FAILED {type(exc).__name__}: {str(exc)[:300]}")
                 continue
             # The warp-specialized kernel must keep wgmma (HGMMA), spill nothing and fit one program per SM.
-            # At the 240-register budget the D128 consumers spill a little on some Tritons (3.6, the GPU's: 0 B, 32
-            # with softcap; 3.9: 40 B); more than 64 B means the budget no longer fits.
+            # At the 240-register budget the D128 consumers spill a little on some Tritons (3.6, the GPU's: 0 B;
+            # 3.9: 40 B); more than 64 B means the budget no longer fits (softcap at D128: 144 B, not shipped).
             allowed_stack = 64 if q.shape[-1] == 128 else 0
             failures += check and (r.stack_bytes > allowed_stack or not r.warpgroup_mma
                                    or r.shared_bytes > SHARED_PER_SM)

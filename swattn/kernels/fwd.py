@@ -687,7 +687,7 @@ class _ForwardPlan:
                                                        varlen_k=varlen_k,
                                     paged=paged, indexed=cache_batch_idx is not None,
                                     seqlens_k=seqlens_k is not None, num_splits=num_splits,
-                                    append=new_k is not None, count_blocks=count_blocks)
+                                    append=new_k is not None, count_blocks=count_blocks, softcap=softcap > 0)
         if self.use_gluon:
             # The Gluon kernel's tiles are BLOCK_M rows: the non-finite redo pass (a Triton launch) must see the same.
             config = replace(config, block_m=gluon_fwd.BLOCK_M)

@@ -400,7 +400,7 @@ def _rows_view(t: torch.Tensor, varlen: bool) -> torch.Tensor | None:
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, varlen_q: bool, varlen_k: bool,
                        paged: bool, indexed: bool, seqlens_k: bool, num_splits: int, append: bool,
-                       count_blocks: bool) -> str | None:
+                       count_blocks: bool, softcap: bool = False) -> str | None:
     """Why the Gluon kernel cannot serve this call (None when it can)."""
     if not GLUON_AVAILABLE:
         return "this triton has no Gluon with Hopper support"
@@ -412,6 +412,9 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, var
         return f"dtype {q.dtype} (fp16/bf16 only)"
     if q.shape[-1] not in HEAD_DIMS:
         return f"head_dim {q.shape[-1]} (64 or 128 only)"
+    if softcap and q.shape[-1] == 128:
+        # Compiled for sm_90, softcap's extra live values spill the D128 consumers (Triton 3.9: 144 B packed).
+        return "softcap at head_dim 128"
     if paged or indexed or seqlens_k or append:
         return "KV-cache features (paged, cache_batch_idx, cache lengths, append)"
     if num_splits > 1:

@@ -39,6 +39,9 @@ def test_refused_features_name_themselves(monkeypatch, overrides, expected):
     assert reason(q, k, k) is None
     assert expected in reason(q, k, k, **overrides)
     assert "head_dim" in reason(q[..., :32], k[..., :32], k[..., :32])
+    assert reason(q, k, k, softcap=True) is None
+    q128, k128 = torch.randn(1, 256, 4, 128, dtype=torch.bfloat16), torch.randn(1, 256, 2, 128, dtype=torch.bfloat16)
+    assert "softcap" in reason(q128, k128, k128, softcap=True)
     assert "dtype" in reason(q.float(), k.float(), k.float())
     assert "rows not contiguous" in reason(q, k.transpose(1, 2).contiguous().transpose(1, 2), k)
 
