@@ -30,6 +30,13 @@ def i32(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int32)
 
 
+def draw(generator: torch.Generator, low: int, high: int, count: int) -> torch.Tensor:
+    """``count`` int32 draws in ``[low, high)`` from a CPU ``generator``, on torch's default device (cuda when the
+    suite runs with ``SWATTN_TEST_DEVICE=cuda``: a CPU generator must draw on the CPU)."""
+    return torch.randint(low, high, (count,), generator=generator, dtype=torch.int32, device="cpu").to(
+        torch.get_default_device())
+
+
 def guarded(pool: torch.Tensor) -> torch.Tensor:
     """A copy of ``pool`` ``[num_pages, page_size, Hk, D]`` that is a view into a buffer with one NaN page before
     and one after: a kernel that follows a table entry of -1 or ``num_pages`` (``bad_entries``) reads NaN and the
@@ -92,14 +99,14 @@ def test_pages_before_first_readable_page_are_never_read(step, window, page_size
     batch = 3
     # Long enough that a 127-key window frees pages of 64; full attention reads everything, so shorter there.
     longest = 300 if window[0] >= 0 else 150
-    cache_seqlens = torch.randint(0, longest, (batch,), generator=generator, dtype=torch.int32)
-    cache_seqlens[0] = torch.randint(0, 20, (1,), generator=generator)  # shorter than the window: nothing freed
+    cache_seqlens = draw(generator, 0, longest, batch)
+    cache_seqlens[0] = draw(generator, 0, 20, 1)  # shorter than the window: nothing freed
     if step == "decode":
         new = [1] * batch
     elif step == "extend":
         new = [9] * batch
     else:
-        new = torch.randint(2, 9, (batch,), generator=generator).tolist()
+        new = draw(generator, 2, 9, batch).tolist()
         if step == "verify-dense":
             new = [new[0]] * batch
     varlen = step == "verify-varlen"
@@ -170,7 +177,7 @@ def test_engine_loop_frees_and_reuses_pages():
     seqlens = [0] * batch
     sinks = torch.randn(H)
     for step in range(10):
-        new = [1] * batch if step % 3 == 0 else torch.randint(2, 9, (batch,), generator=generator).tolist()
+        new = [1] * batch if step % 3 == 0 else draw(generator, 2, 9, batch).tolist()
         cache_seqlens = i32(seqlens)
         first = first_readable_page(cache_seqlens, window, page_size, new_tokens=i32(new)).tolist()
         for b in range(batch):
@@ -201,7 +208,7 @@ def test_engine_loop_frees_and_reuses_pages():
             assert_close(f"step {step} seq {b} out", out[rows], ref_out[0], tolerance_for(dtype))
             assert_close(f"step {step} seq {b} lse", lse[:, rows], ref_lse[0], LSE_TOL)
             # Verify: accept a random number of drafts (the first new token is always kept), roll back the rest.
-            kept = new[b] if new[b] == 1 else int(torch.randint(1, new[b] + 1, (1,), generator=generator))
+            kept = new[b] if new[b] == 1 else int(draw(generator, 1, new[b] + 1, 1))
             history_k[b], history_v[b] = k_seq[:seqlens[b] + kept], v_seq[:seqlens[b] + kept]
             seqlens[b] += kept
     assert min(freed) > 0 and len(free) < num_pages

@@ -36,10 +36,12 @@ def guarded(pool: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("tokens", [1, 2, 4, 8, "varlen"])
 def test_verify_and_decode_never_read_pages_before_first_readable_page(page_size, window_size, tokens):
     generator = torch.Generator(device="cpu").manual_seed(page_size * 100 + (tokens if tokens != "varlen" else 9))
-    cache_seqlens = torch.randint(0, LONGEST, (BATCH,), generator=generator, dtype=torch.int32)
-    cache_seqlens[:3] = torch.tensor([0, 126, 128])  # nothing to free; window start on either side of page edges
+    # A CPU generator draws CPU tensors: the suite runs with cuda as torch's default device.
+    cache_seqlens = torch.randint(0, LONGEST, (BATCH,), generator=generator, dtype=torch.int32, device="cpu")
+    cache_seqlens[:3] = torch.tensor([0, 126, 128], device="cpu")  # nothing to free; window start either side of edges
     varlen = tokens == "varlen"
-    new = torch.randint(2, 9, (BATCH,), generator=generator) if varlen else torch.full((BATCH,), tokens)
+    new = (torch.randint(2, 9, (BATCH,), generator=generator, device="cpu") if varlen
+           else torch.full((BATCH,), tokens, device="cpu"))
     cache_seqlens, new = cache_seqlens.to(DEVICE), new.to(DEVICE, torch.int32)
     totals = cache_seqlens + new
     max_pages = -(-(LONGEST + 8) // page_size)
