@@ -1,8 +1,10 @@
-"""Tuning probe for the Gluon sm_90 forward (GPU only): the issue's four 16K prefill rows, each timed by CUDA-graph
-replay through the Triton kernels, the Gluon kernel's block-size / stage variants and FlashAttention 3 (when
-``.peer-kernels`` is unpacked), after a correctness check of every Gluon variant against the Triton path.
+"""Tuning probe for the Gluon sm_90 forward (GPU only): the issue's 16K prefill rows (and the D64 large-window
+ones), each timed by CUDA-graph replay through the Triton kernels, the Gluon kernel's packing / block-size / stage /
+ping-pong variants and FlashAttention 3 (when ``.peer-kernels`` is unpacked), after a correctness check of every
+variant against the Triton path. Every variant of a row is replayed in interleaved rounds (median of the rounds'
+medians), so clock drift does not favour whichever ran first.
 
-    python scripts/gpu_gluon_probe.py [--reps 30] [--out FILE.md]
+    python scripts/gpu_gluon_probe.py [--rounds 5] [--reps 10] [--rows D128,causal] [--out FILE.md]
 """
 
 from __future__ import annotations
@@ -21,17 +23,19 @@ from swattn.bench import peers  # noqa: E402
 from swattn.kernels import gluon_fwd  # noqa: E402
 from swattn.testing import relative_error  # noqa: E402
 
-# (label, head_dim, heads, kv_heads, left, sinks, pack_gqa as the interface picks it)
+# (label, head_dim, heads, kv_heads, left, sinks)
 ROWS = [
     ("W(127,0) D64 gpt-oss, sinks", 64, 64, 8, 127, True),
     ("W(127,0) D128", 128, 32, 8, 127, False),
     ("W(4095,0) D128", 128, 32, 8, 4095, False),
     ("causal D128", 128, 32, 8, -1, False),
+    ("W(4095,0) D64 gpt-oss", 64, 64, 8, 4095, False),
+    ("causal D64 gpt-oss", 64, 64, 8, -1, False),
 ]
 
 
-def graph_time_us(fn, reps: int) -> float:
-    """Median over ``reps`` replays of one call captured in a CUDA graph (events around each replay)."""
+def capture(fn):
+    """One call captured in a CUDA graph (after two warm-up calls on a side stream)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -41,6 +45,11 @@ def graph_time_us(fn, reps: int) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
+    return graph
+
+
+def replay_us(graph, reps: int) -> float:
+    """Median over ``reps`` replays (events around each)."""
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -73,13 +82,17 @@ def visible_flops(seqlen: int, heads: int, head_dim: int, left: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seqlen", type=int, default=16384)
-    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--reps", type=int, default=10, help="replays per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds over every variant; the median is reported")
+    parser.add_argument("--rows", default="", help="comma-separated substrings of the row labels to run")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     lines = [f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, seqlen {args.seqlen}, bf16, "
-             f"graph replay median of {args.reps}", "",
+             f"graph replay, median of {args.rounds} interleaved rounds of {args.reps}", "",
              "| row | provider | us | TFLOP/s | rel err vs Triton |", "|---|---|---|---|---|"]
     for label, head_dim, heads, kv_heads, left, with_sinks in ROWS:
+        if args.rows and not any(word in label for word in args.rows.split(",")):
+            continue
         torch.manual_seed(0)
         q = torch.randn(1, args.seqlen, heads, head_dim, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(1, args.seqlen, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16)
@@ -91,35 +104,44 @@ def main() -> int:
         flops = visible_flops(args.seqlen, heads, head_dim, left)
         reference = with_mode("0", call())()
         variants = [("swattn Triton", with_mode("0", call()))]
-        if 0 <= left <= 256:  # small windows: packing, block size, and 2 programs per SM at fewer registers
-            for pack in (True, False):
-                for block_n in (64, 128):
-                    variants.append((f"gluon pack={pack} BN{block_n}",
-                                     with_mode("1", call(pack), block_n=block_n)))
+        for pingpong in (False, True):
+            tag = " ping-pong" if pingpong else ""
+            if 0 <= left <= 256:  # small windows: packing and block size
+                variants.append((f"gluon pack BN64{tag}", with_mode("1", call(True), block_n=64, pingpong=pingpong)))
+                variants.append((f"gluon BN128{tag}", with_mode("1", call(False), block_n=128, pingpong=pingpong)))
                 if head_dim == 64:
-                    variants.append((f"gluon pack={pack} BN64 regs 80/104",
-                                     with_mode("1", call(pack), block_n=64, maxnreg=80, consumer_regs=104)))
-        else:
-            for block_n, stages in ((128, 2), (64, 2), (64, 3)):
-                variants.append((f"gluon BN{block_n} S{stages}", with_mode("1", call(), block_n=block_n,
-                                                                           num_stages=stages)))
-        variants.append(("gluon shipped", with_mode("1", call())))
-        variants.append(("gluon shipped, a program per tile", with_mode("1", call(), programs=1 << 30)))
+                    variants.append((f"gluon pack BN64 S3{tag}", with_mode("1", call(True), block_n=64,
+                                                                             num_stages=3, pingpong=pingpong)))
+            else:
+                variants.append((f"gluon BN128{tag}", with_mode("1", call(), pingpong=pingpong)))
+                if head_dim == 64:
+                    variants.append((f"gluon BN128 S3{tag}", with_mode("1", call(), num_stages=3,
+                                                                       pingpong=pingpong)))
         try:
-            fa3 = peers.fa3(q, k, v, left, sinks=sinks)
-            variants.append(("FA3" + (" (sinks)" if with_sinks else ""), fa3))
+            variants.append(("FA3" + (" (sinks)" if with_sinks else ""), peers.fa3(q, k, v, left, sinks=sinks)))
         except Exception as exc:  # noqa: BLE001 - a missing peer is a note
             lines.append(f"| {label} | FA3 | skipped: {str(exc)[:80]} | | |")
+        graphs, errors = {}, {}
         for name, fn in variants:
             try:
                 out = fn()
                 torch.cuda.synchronize()
-                error = relative_error(out.float(), reference.float())
-                us = graph_time_us(fn, args.reps)
-                lines.append(f"| {label} | {name} | {us:.1f} | {flops / us / 1e6:.0f} | {error:.1e} |")
+                errors[name] = relative_error(out.float(), reference.float())
+                graphs[name] = capture(fn)
             except Exception as exc:  # noqa: BLE001 - report and go on
-                lines.append(f"| {label} | {name} | error: {type(exc).__name__}: {str(exc)[:120]} | | |")
+                lines.append(f"| {label} | {name} | error: {type(exc).__name__}: {str(exc)[:160]} | | |")
+                print(lines[-1], flush=True)
+        # Rounds over all variants, so clock and power drift spreads over every variant alike.
+        times = {name: [] for name in graphs}
+        for _ in range(args.rounds):
+            for name, graph in graphs.items():
+                times[name].append(replay_us(graph, args.reps))
+        for name in graphs:
+            us = statistics.median(times[name])
+            lines.append(f"| {label} | {name} | {us:.1f} | {flops / us / 1e6:.0f} | {errors[name]:.1e} |")
             print(lines[-1], flush=True)
+        del graphs
+        torch.cuda.empty_cache()
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -687,7 +687,8 @@ class _ForwardPlan:
                                                        varlen_k=varlen_k,
                                     paged=paged, indexed=cache_batch_idx is not None,
                                     seqlens_k=seqlens_k is not None, num_splits=num_splits,
-                                    append=new_k is not None, count_blocks=count_blocks, softcap=softcap > 0)
+                                    append=new_k is not None, count_blocks=count_blocks, softcap=softcap > 0,
+                                    pack_gqa=pack_gqa)
         if self.use_gluon:
             # The Gluon kernel's tiles are BLOCK_M rows: the non-finite redo pass (a Triton launch) must see the same.
             config = replace(config, block_m=gluon_fwd.BLOCK_M)
@@ -749,7 +750,7 @@ class _ForwardPlan:
                        **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
         self.gluon_arguments = dict(
             softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
-            batch=batch, pack_gqa=pack_gqa, q_strides=token_strides(q, varlen_q), o_strides=o_strides[1:],
+            batch=batch, pack_gqa=pack_gqa, o_strides=o_strides[1:],
             l_strides=l_strides[1:])
         self.main = Launch(_swa_fwd_kernel, grid, scalars,
                            dict(switches, COUNT_BLOCKS=count_blocks,

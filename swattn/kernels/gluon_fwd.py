@@ -3,15 +3,18 @@
 A persistent grid (one program per SM) walks the work items, longest first; an item is a tile of ``BLOCK_M = 128``
 query rows of one head, or with PackGQA of one KV head's packed (position, head) rows. One program holds:
 
-- a loader partition (one warp, few registers) streams the tile's K and V blocks through TMA into a ring of
-  ``NUM_STAGES`` shared-memory stages. The stream starts at the tile's first visible key (n_offset: the TMA
+- a loader partition (one warp, few registers) brings each tile's Q through TMA into one of two Q slots (the next
+  tile's Q arrives while the consumers finish this one) and streams the tile's K and V blocks through TMA into a
+  ring of ``NUM_STAGES`` shared-memory stages. The stream starts at the tile's first visible key (n_offset: the TMA
   coordinate is that key, not a multiple of BLOCK_N) and runs over ``ceil(span / BLOCK_N)`` blocks. K and V have
   their own ready/empty barriers, so a K stage is refilled as soon as its scores are computed, before the
   P @ V product of the same block has run;
 - two consumer warpgroups (the default partition and one worker, most of the registers), 64 rows each, read every
   block. Inside a warpgroup the scores of block j+1 (``Q K^T``, async wgmma) are in flight while the softmax of
   block j runs, then ``P_j V_j`` is issued and overlaps the next wait (FlashAttention 3's intra-warpgroup
-  overlap); between the two warpgroups the warp schedulers interleave one's softmax with the other's products.
+  overlap). Between the two warpgroups either the warp schedulers interleave one's softmax with the other's
+  products, or (``PINGPONG``) the warpgroups take turns issuing their products through a pair of mbarriers, as
+  FlashAttention 3's warp-scheduler barriers order them.
 - the epilogue (sink, normalization, LSE, O) runs in each consumer; rows holding a NaN are flagged exactly as the
   Triton kernel's main pass flags them, and ``fwd.attention_forward`` runs the same redo pass afterwards, so
   non-finite isolation is identical on both paths.
@@ -21,8 +24,8 @@ mask; interior blocks run the bare softmax. The window arithmetic is the Triton 
 from Gluon, so the host, both kernel families and the tests share one definition.
 
 Scope (everything else takes the Triton kernels, see ``unsupported_reason``): sm_90, bf16/fp16, head_dim 64 or 128,
-dense or varlen q and k/v whose (token, head, dim) rows are contiguous and TMA-aligned, no paged/indexed cache,
-no split-KV, no in-kernel append.
+dense or varlen q and k/v whose (token, head, dim) rows are contiguous and TMA-aligned, PackGQA with a group that
+divides 128, no paged/indexed cache, no split-KV, no in-kernel append.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ try:  # Gluon ships inside the triton wheel (3.4+); the names used here exist in
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (
-        fence_async_shared,
         mbarrier,
         tma,
         warpgroup_mma,
@@ -49,8 +51,6 @@ try:  # Gluon ships inside the triton wheel (3.4+); the names used here exist in
 
     # TMA load into shared memory: ``async_copy_global_to_shared`` in Triton 3.6, ``async_load`` in 3.9.
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
-    # The warpgroup's barrier: ``thread_barrier`` in Triton 3.6, ``barrier`` in 3.9.
-    _partition_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
     GLUON_AVAILABLE = True
 except (ImportError, AttributeError):  # pragma: no cover - depends on the installed triton
     GLUON_AVAILABLE = False
@@ -67,6 +67,8 @@ NUM_STAGES = 2
 MAXNREG = 168
 CONSUMER_REGS = 240
 LOADER_REGS = 24
+# The consumer warpgroups take turns issuing their products (FlashAttention 3's ping-pong): not yet measured.
+PINGPONG = False
 
 
 def block_n_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
@@ -114,6 +116,22 @@ if GLUON_AVAILABLE:
         return p, m_new, l_new, alpha
 
     @gluon.jit
+    def _turn_begin(turns, turn, WG: gl.constexpr, PINGPONG: gl.constexpr):
+        """Ping-pong: wait until the other warpgroup has issued as many tensor-core turns as this one (warpgroup 0
+        goes first), so the two issue their products alternately and one's softmax runs under the other's
+        products. A fresh barrier counts as having completed the phase before phase 0: warpgroup 0's first wait
+        passes."""
+        if PINGPONG:
+            mbarrier.wait(turns.index(WG), (turn & 1) ^ (1 - WG))
+
+    @gluon.jit
+    def _turn_end(turns, turn, WG: gl.constexpr, PINGPONG: gl.constexpr):
+        """This warpgroup's products of the turn are issued: the other warpgroup's turn."""
+        if PINGPONG:
+            mbarrier.arrive(turns.index(1 - WG), count=1)
+        return turn + 1
+
+    @gluon.jit
     def _tile(work, geometry, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PACK_GQA: gl.constexpr,
               GROUP: gl.constexpr, IS_VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr):
         """Work item ``work`` -> its tile's rows and key range. Items run longest first: the reversed tile index is
@@ -155,17 +173,30 @@ if GLUON_AVAILABLE:
                 HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
                 PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
-                IS_VARLEN: gl.constexpr):
+                IS_VARLEN: gl.constexpr, ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr):
         """One warp: each work item's K/V blocks through TMA into the stage ring, from its first visible key. The
         ring's position runs on across items, so the next tile's first blocks load during this one's epilogue."""
-        k_desc, v_desc = pointers[0], pointers[1]
-        k_smem, v_smem, k_ready, v_ready, k_empty, v_empty = (buffers[1], buffers[2], buffers[3], buffers[4],
-                                                              buffers[5], buffers[6])
+        k_desc, v_desc, q_desc = pointers[0], pointers[1], pointers[2]
+        q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty = buffers[:9]
         total_work = geometry[0] * geometry[1]
         position = 0
+        item = 0  # work items with keys so far: the Q ring's position
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
             tile = _tile(work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN, BLOCK_N, HEAD_DIM)
             kv_row0, kv_col, num_blocks = tile[0], tile[1], tile[2]
+            if num_blocks > 0:
+                # The tile's Q ([1, positions, heads, dim] box of the [batch, seqlen, heads, dim] view), loaded
+                # while the consumers still work on the previous item: its latency leaves the critical path.
+                q_slot = item % 2
+                mbarrier.wait(q_empty.index(q_slot), ((item // 2) & 1) ^ 1)
+                mbarrier.expect(q_ready.index(q_slot), q_desc.block_type.nbytes)
+                if IS_VARLEN:
+                    q_batch = 0
+                else:
+                    q_batch = tile[10]
+                _tma_load(q_desc, [q_batch, tile[11] + tile[7] // ROWS_PER_POS, tile[9] * ROWS_PER_POS, 0],
+                          q_ready.index(q_slot), q_smem.index(q_slot))
+                item += 1
             for block in range(num_blocks):
                 stage = position % NUM_STAGES
                 phase = (position // NUM_STAGES) & 1
@@ -184,14 +215,12 @@ if GLUON_AVAILABLE:
                   HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
                   PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
-                  IS_VARLEN: gl.constexpr):
+                  IS_VARLEN: gl.constexpr, ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr):
         """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of each work item's tile, from Q load to O store."""
-        Q, O, LSE, SINKS, FLAGS, ANY_NAN = (pointers[2], pointers[3], pointers[4], pointers[5], pointers[6],
-                                            pointers[7])
-        (stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh, stride_lb, stride_lq,
-         stride_lh) = strides
+        O, LSE, SINKS, FLAGS, ANY_NAN = pointers[3], pointers[4], pointers[5], pointers[6], pointers[7]
+        stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh = strides
         softmax_scale, softcap, left, right = scalars
-        q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty = buffers
+        q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns = buffers
         dtype: gl.constexpr = k_smem.dtype
         M: gl.constexpr = 64
 
@@ -203,13 +232,15 @@ if GLUON_AVAILABLE:
         s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
         s_cols: gl.constexpr = gl.SliceLayout(0, s_layout)
         o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
-        # 16-byte vectors along the head dimension for the Q load and the O store.
+        # 16-byte vectors along the head dimension for the O store.
         io_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (HEAD_DIM // 8), HEAD_DIM // 8], [4, 1], [1, 0])
         io_rows: gl.constexpr = gl.SliceLayout(1, io_layout)
         io_cols: gl.constexpr = gl.SliceLayout(0, io_layout)
 
         total_work = geometry[0] * geometry[1]
         position = 0  # blocks consumed so far: the stage ring's position, shared with the loader's count
+        item = 0  # work items with keys so far: the Q ring's position, shared with the loader's count
+        turn = 0  # tensor-core turns taken so far (ping-pong with the other warpgroup)
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
             (kv_row0, kv_col, num_blocks, kv_start, kv_end, masked_head_end, unmasked_end, first_row, num_rows,
              head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, program_index) = _tile(
@@ -217,36 +248,8 @@ if GLUON_AVAILABLE:
             offset = seqlen_k - seqlen_q
             batch64 = batch.to(gl.int64)
 
-            # This warpgroup's rows: positions of one head, or (position, head) pairs of one KV head with PackGQA.
-            io_m = first_row + WG * M + gl.arange(0, M, layout=io_rows)
-            if PACK_GQA:
-                io_pos = io_m // GROUP
-                io_head = head_or_kv_head * GROUP + io_m % GROUP
-            else:
-                io_pos = io_m
-                io_head = head_or_kv_head + io_m * 0
-            io_valid = io_m < num_rows
-            offs_d = gl.arange(0, HEAD_DIM, layout=io_cols)
-            io_mask = gl.expand_dims(io_valid, 1) & gl.expand_dims(offs_d < HEAD_DIM, 0)
-
-            q_ptrs = (Q + batch64 * stride_qb + gl.expand_dims((q_begin + io_pos).to(gl.int64) * stride_qs
-                                                               + io_head.to(gl.int64) * stride_qh, 1)
-                      + gl.expand_dims(offs_d, 0))
-            q = gl.load(q_ptrs, mask=io_mask, other=0.0)
-            q_tile = q_smem.index(WG)
-            # Every warp of the warpgroup is past the previous item's products (which read this buffer) before
-            # any warp overwrites it.
-            _partition_barrier()
-            q_tile.store(q)
-            # The tensor cores read Q through the async proxy: order this warpgroup's plain stores before them.
-            fence_async_shared()
-            _partition_barrier()
-
             s_m = first_row + WG * M + gl.arange(0, M, layout=s_rows)
-            if PACK_GQA:
-                row_pos = s_m // GROUP
-            else:
-                row_pos = s_m
+            row_pos = s_m // ROWS_PER_POS
 
             m_i = gl.full([M], float("-inf"), gl.float32, layout=s_rows)
             l_i = gl.zeros([M], gl.float32, layout=s_rows)
@@ -254,11 +257,17 @@ if GLUON_AVAILABLE:
             s_zero = gl.zeros([M, BLOCK_N], gl.float32, layout=s_layout)
 
             if num_blocks > 0:
+                # This warpgroup's 64 rows of the tile's Q, which the loader brought in by TMA.
+                q_slot = item % 2
+                mbarrier.wait(q_ready.index(q_slot), (item // 2) & 1)
+                q_tile = q_smem.index(q_slot).reshape([2 * M, HEAD_DIM]).slice(WG * M, M)
                 # Block 0: its scores, then its softmax; its P @ V is issued in the next step (or after the loop).
                 first_stage = position % NUM_STAGES
                 mbarrier.wait(k_ready.index(first_stage), (position // NUM_STAGES) & 1)
+                _turn_begin(turns, turn, WG, PINGPONG)
                 s_token = warpgroup_mma(q_tile, k_smem.index(first_stage).permute((1, 0)), s_zero, use_acc=False,
                                         is_async=True)
+                turn = _turn_end(turns, turn, WG, PINGPONG)
                 s = warpgroup_mma_wait(0, deps=[s_token])
                 mbarrier.arrive(k_empty.index(first_stage), count=1)
                 p, m_i, l_i, alpha = _softmax_block(
@@ -273,10 +282,12 @@ if GLUON_AVAILABLE:
                     previous_phase = (previous // NUM_STAGES) & 1
                     # S_j = Q K_j^T, then P_{j-1} V_{j-1}: both in flight while this warpgroup waits for S_j.
                     mbarrier.wait(k_ready.index(stage), phase)
+                    mbarrier.wait(v_ready.index(previous_stage), previous_phase)
+                    _turn_begin(turns, turn, WG, PINGPONG)
                     s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
                                             is_async=True)
-                    mbarrier.wait(v_ready.index(previous_stage), previous_phase)
                     acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
+                    turn = _turn_end(turns, turn, WG, PINGPONG)
                     s = warpgroup_mma_wait(1, deps=[s_token])
                     mbarrier.arrive(k_empty.index(stage), count=1)
                     # The softmax of block j runs while P_{j-1} V_{j-1} is still on the tensor cores.
@@ -287,10 +298,15 @@ if GLUON_AVAILABLE:
                     mbarrier.arrive(v_empty.index(previous_stage), count=1)
                     acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
                     p_op = gl.convert_layout(p.to(dtype), p_layout)
+                # Every score product of the tile has completed: its Q slot may take the loader's next tile.
+                mbarrier.arrive(q_empty.index(q_slot), count=1)
+                item += 1
                 last = position + num_blocks - 1
                 last_stage = last % NUM_STAGES
                 mbarrier.wait(v_ready.index(last_stage), (last // NUM_STAGES) & 1)
+                _turn_begin(turns, turn, WG, PINGPONG)
                 acc_token = warpgroup_mma(p_op, v_smem.index(last_stage), acc, is_async=True)
+                turn = _turn_end(turns, turn, WG, PINGPONG)
                 acc = warpgroup_mma_wait(0, deps=[acc_token])
                 mbarrier.arrive(v_empty.index(last_stage), count=1)
 
@@ -307,7 +323,7 @@ if GLUON_AVAILABLE:
             l_o = gl.convert_layout(l_i, o_rows)
             if FLAG_NAN:
                 row_sum = gl.sum(acc, 1)
-                row_has_nan = row_sum != row_sum
+                row_has_nan = (row_sum != row_sum) & o_valid  # rows past the sequence hold another's Q (TMA)
                 flag_index = program_index.to(gl.int64) * 128 + WG * M + gl.arange(0, M, layout=o_rows)
                 gl.store(FLAGS + flag_index, row_has_nan.to(gl.int8))
                 gl.atomic_max(ANY_NAN + o_m * 0, gl.full([M], 1, gl.int32, layout=o_rows), mask=row_has_nan)
@@ -326,6 +342,14 @@ if GLUON_AVAILABLE:
                 gl.store(lse_ptrs, lse, mask=o_valid)
             out = acc * gl.expand_dims(acc_scale / gl.where(no_key, 1.0, l_o), 1)
             out = gl.convert_layout(out.to(dtype), io_layout)
+            io_m = first_row + WG * M + gl.arange(0, M, layout=io_rows)
+            io_pos = io_m // ROWS_PER_POS
+            if PACK_GQA:
+                io_head = head_or_kv_head * GROUP + io_m % GROUP
+            else:
+                io_head = head_or_kv_head + io_m * 0
+            offs_d = gl.arange(0, HEAD_DIM, layout=io_cols)
+            io_mask = gl.expand_dims(io_m < num_rows, 1) & gl.expand_dims(offs_d < HEAD_DIM, 0)
             o_ptrs = (O + batch64 * stride_ob + gl.expand_dims((q_begin + io_pos).to(gl.int64) * stride_os
                                                                + io_head.to(gl.int64) * stride_oh, 1)
                       + gl.expand_dims(offs_d, 0))
@@ -334,48 +358,56 @@ if GLUON_AVAILABLE:
 
     @gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right"])
     def _swa_fwd_sm90_kernel(
-        Q, k_desc, v_desc, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, FLAGS, ANY_NAN,
-        stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh,
+        q_desc, k_desc, v_desc, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, FLAGS, ANY_NAN,
+        stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh,
         seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, softmax_scale, softcap, left, right, num_tiles,
-        num_batch_heads, q_smem_layout: gl.constexpr,
+        num_batch_heads,
         HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
         IS_VARLEN: gl.constexpr, PACK_GQA: gl.constexpr, GROUP: gl.constexpr,
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
+        ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
         geometry = (num_tiles, num_batch_heads, seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, left, right,
                     CU_SEQLENS_Q, CU_SEQLENS_K)
 
-        q_smem = gl.allocate_shared_memory(k_desc.dtype, [2, 64, HEAD_DIM], q_smem_layout)
+        # Two Q tiles (the one in use and the loader's next), each a [1, positions, heads, dim] TMA box.
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
         k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
         v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
         k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
         v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+        q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(NUM_STAGES):
             mbarrier.init(k_ready.index(i), count=1)
             mbarrier.init(v_ready.index(i), count=1)
             mbarrier.init(k_empty.index(i), count=2)  # one arrival per consumer warpgroup
             mbarrier.init(v_empty.index(i), count=2)
+        for i in gl.static_range(2):
+            mbarrier.init(q_ready.index(i), count=1)
+            mbarrier.init(q_empty.index(i), count=2)
+            mbarrier.init(turns.index(i), count=1)
 
-        pointers = (k_desc, v_desc, Q, O, LSE, SINKS, FLAGS, ANY_NAN)
-        strides = (stride_qb, stride_qs, stride_qh, stride_ob, stride_os, stride_oh, stride_lb, stride_lq,
-                   stride_lh)
+        pointers = (k_desc, v_desc, q_desc, O, LSE, SINKS, FLAGS, ANY_NAN)
+        strides = (stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh)
         scalars = (softmax_scale, softcap, left, right)
-        buffers = (q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty)
+        buffers = (q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns)
         gl.warp_specialize([
             (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                          HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES,
-                         IS_VARLEN)),
+                         IS_VARLEN, ROWS_PER_POS, PINGPONG)),
             (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                          HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES,
-                         IS_VARLEN)),
+                         IS_VARLEN, ROWS_PER_POS, PINGPONG)),
             (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                        HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES,
-                       IS_VARLEN)),
+                       IS_VARLEN, ROWS_PER_POS, PINGPONG)),
         ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -400,7 +432,7 @@ def _rows_view(t: torch.Tensor, varlen: bool) -> torch.Tensor | None:
 
 def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, varlen_q: bool, varlen_k: bool,
                        paged: bool, indexed: bool, seqlens_k: bool, num_splits: int, append: bool,
-                       count_blocks: bool, softcap: bool = False) -> str | None:
+                       count_blocks: bool, softcap: bool = False, pack_gqa: bool = False) -> str | None:
     """Why the Gluon kernel cannot serve this call (None when it can)."""
     if not GLUON_AVAILABLE:
         return "this triton has no Gluon with Hopper support"
@@ -412,52 +444,57 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, var
         return f"dtype {q.dtype} (fp16/bf16 only)"
     if q.shape[-1] not in HEAD_DIMS:
         return f"head_dim {q.shape[-1]} (64 or 128 only)"
-    if softcap and q.shape[-1] == 128:
-        # Compiled for sm_90, softcap's extra live values spill the D128 consumers (Triton 3.9: 144 B packed).
-        return "softcap at head_dim 128"
     if paged or indexed or seqlens_k or append:
         return "KV-cache features (paged, cache_batch_idx, cache lengths, append)"
     if num_splits > 1:
         return "split-KV"
     if count_blocks:
         return "block counting (a Triton-kernel test hook)"
+    if pack_gqa and BLOCK_M % (q.shape[-2] // k.shape[-2]):
+        # A tile's Q is one TMA box of whole positions (BLOCK_M / group of them, every head of the group).
+        return f"PackGQA with {q.shape[-2] // k.shape[-2]} query heads per KV head (a divisor of {BLOCK_M} only)"
     if varlen_q != varlen_k:
         return "varlen q with dense k (or the reverse)"
     for name, t in (("k", k), ("v", v)):
         view = _rows_view(t, varlen_k)
         if view is None or view.data_ptr() % 16 or (view.stride(0) * t.element_size()) % 16:
             return f"{name} rows not contiguous and 16-byte aligned"
-    if q.stride(-1) != 1:
-        return "q's last dimension is not contiguous"
+    if q.stride(-1) != 1 or q.data_ptr() % 16 or any(stride * q.element_size() % 16 for stride in q.stride()[:-1]):
+        return "q's rows not contiguous and 16-byte aligned"
     return None
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor | None,
             *, softmax_scale: float, left: int, right: int, softcap: float, sinks: torch.Tensor | None,
             cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None, seqlen_q: int, seqlen_k: int,
-            batch: int, pack_gqa: bool, q_strides: tuple, o_strides: tuple, l_strides: tuple,
+            batch: int, pack_gqa: bool, o_strides: tuple, l_strides: tuple,
             non_finite_flags: torch.Tensor | None, any_non_finite: torch.Tensor | None,
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
-            consumer_regs: int | None = None, programs: int | None = None) -> int:
+            consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
     of query tiles (of ``BLOCK_M`` rows) per (batch, head-or-KV-head), the geometry of the flags it wrote.
     ``block_n`` / ``num_stages`` / ``maxnreg`` (per thread at launch) / ``consumer_regs`` (per consumer thread after
-    the partitions' reallocation) / ``programs`` (the persistent grid; default one per SM) override the shipped
-    choice (tuning probes)."""
+    the partitions' reallocation) / ``programs`` (the persistent grid; default one per SM) / ``pingpong`` (the
+    consumers take turns on the tensor cores) override the shipped choice (tuning probes)."""
     varlen = cu_seqlens_q is not None
     num_heads, head_dim = q.shape[-2], q.shape[-1]
     num_kv_heads = k.shape[-2]
     group = num_heads // num_kv_heads
+    rows_per_pos = group if pack_gqa else 1
     block_n = block_n or block_n_for(head_dim, pack_gqa, left, right)
     num_stages = num_stages or NUM_STAGES
     gl_dtype = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
     kv_layout = gl.NVMMASharedLayout.get_default_for([block_n, head_dim], gl_dtype)
-    q_layout = gl.NVMMASharedLayout.get_default_for([64, head_dim], gl_dtype)
     k_rows, v_rows = _rows_view(k, varlen), _rows_view(v, varlen)
     k_desc = TensorDescriptor.from_tensor(k_rows, [block_n, head_dim], kv_layout)
     v_desc = TensorDescriptor.from_tensor(v_rows, [block_n, head_dim], kv_layout)
-    rows = seqlen_q * (group if pack_gqa else 1)
-    num_tiles = triton.cdiv(rows, BLOCK_M)
+    # Q as [batch, seqlen, heads, dim] (varlen: [1, tokens, heads, dim]); a tile is BLOCK_M // rows_per_pos
+    # positions of rows_per_pos heads (one head, or a KV head's packed group). Positions past a dense sequence
+    # come back as zeros; past a varlen sequence they are the next sequence's rows, never stored.
+    q_box = [1, BLOCK_M // rows_per_pos, rows_per_pos, head_dim]
+    q_desc = TensorDescriptor.from_tensor(q.unsqueeze(0) if varlen else q, q_box,
+                                          gl.NVMMASharedLayout.get_default_for(q_box, gl_dtype))
+    num_tiles = triton.cdiv(seqlen_q * rows_per_pos, BLOCK_M)
     num_batch_heads = batch * (num_kv_heads if pack_gqa else num_heads)
     work = num_tiles * num_batch_heads
     maxnreg = maxnreg or MAXNREG
@@ -465,20 +502,20 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     per_sm = max(1, 65536 // (12 * 32 * maxnreg))
     grid = (min(work, programs or per_sm * _sm_count(q.device)),)
     flag = non_finite_flags is not None
-    placeholder = q
+    placeholder = out
     _swa_fwd_sm90_kernel[grid](
-        q, k_desc, v_desc, out, lse if lse is not None else placeholder,
+        q_desc, k_desc, v_desc, out, lse if lse is not None else placeholder,
         sinks if sinks is not None else placeholder,
         cu_seqlens_q if varlen else placeholder, cu_seqlens_k if varlen else placeholder,
         non_finite_flags if flag else placeholder, any_non_finite if flag else placeholder,
-        *q_strides, *o_strides, *l_strides,
+        *o_strides, *l_strides,
         seqlen_q, seqlen_k, 0 if varlen else k.shape[1], num_heads, softmax_scale,
         softcap if softcap > 0 else 1.0, left, right, num_tiles, num_batch_heads,
-        q_layout,
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
         IS_VARLEN=varlen, PACK_GQA=pack_gqa, GROUP=group, STORE_LSE=lse is not None,
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or CONSUMER_REGS, LOADER_REGS=LOADER_REGS,
+        ROWS_PER_POS=rows_per_pos, PINGPONG=PINGPONG if pingpong is None else pingpong,
         num_warps=4, maxnreg=maxnreg,
     )
     return num_tiles

@@ -83,6 +83,7 @@ DENSE = [
     (3, 513, 513, 64, 4, 128, (128, 0), 0.0, False, True),  # GQA 16 packed; window edge one past a block
     (1, 700, 700, 8, 2, 128, (-1, -1), 0.0, False, False),  # no window at all
     (2, 100, 100, 8, 2, 64, (31, 0), 0.0, True, False),  # shorter than a tile
+    (2, 1500, 1500, 32, 8, 128, (511, 0), 30.0, True, True),  # softcap at D128, packed, sinks
 ]
 
 
@@ -109,6 +110,49 @@ def test_dense_against_reference_and_triton(case, dtype):
     assert_close("triton out", triton_out, ref, tol)
     # The two paths differ only in summation order: they agree much more closely than either with rounding.
     assert_close("gluon vs triton", out, triton_out, tol)
+
+
+@pytest.mark.parametrize("case", [DENSE[0], DENSE[3], DENSE[5], DENSE[6], DENSE[9], DENSE[-1]],
+                         ids=lambda c: f"H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
+def test_pingpong_matches_the_default_schedule(case, monkeypatch):
+    """The consumers taking turns on the tensor cores changes only the order of issue: the same bits."""
+    batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, window_size, softcap, with_sinks, pack_gqa = case
+    q = randn(batch, seqlen_q, heads, head_dim, dtype=torch.bfloat16)
+    k = randn(batch, seqlen_k, kv_heads, head_dim, dtype=torch.bfloat16)
+    v = randn(batch, seqlen_k, kv_heads, head_dim, dtype=torch.bfloat16)
+    sinks = torch.randn(heads, device=DEVICE) if with_sinks else None
+
+    def call():
+        with gluon_mode("1") as calls:
+            result = swattn.flash_attn_func(q, k, v, window_size=window_size, softcap=softcap, sinks=sinks,
+                                            pack_gqa=pack_gqa, return_softmax_lse=True)
+            torch.cuda.synchronize()
+        assert calls
+        return result
+
+    monkeypatch.setattr(gluon_fwd, "PINGPONG", False)
+    out, lse = call()
+    monkeypatch.setattr(gluon_fwd, "PINGPONG", True)
+    pingpong_out, pingpong_lse = call()
+    assert torch.equal(out, pingpong_out) and torch.equal(lse, pingpong_lse)
+
+
+@pytest.mark.parametrize("pack_gqa", [False, True])
+def test_q_as_a_view_of_a_fused_projection(pack_gqa):
+    """Q is read through a 4D TMA descriptor with the caller's strides: a slice of a fused QKV tensor."""
+    heads, kv_heads, head_dim = 32, 8, 128
+    qkv = randn(2, 1100, heads + 2 * kv_heads, head_dim, dtype=torch.bfloat16)
+    q = qkv[:, :, :heads]
+    k, v = qkv[:, :, heads:heads + kv_heads].contiguous(), qkv[:, :, heads + kv_heads:].contiguous()
+
+    def call():
+        return swattn.flash_attn_func(q, k, v, window_size=(300, 0), pack_gqa=pack_gqa, return_softmax_lse=True)
+
+    (out, lse), (triton_out, _) = both_paths(call)
+    ref, ref_lse = attention_ref(q, k, v, window_size=(300, 0), **REF)
+    assert_close("out", out, ref, tolerance_for(torch.bfloat16))
+    check_lse("lse", lse, ref_lse)
+    assert_close("gluon vs triton", out, triton_out, tolerance_for(torch.bfloat16))
 
 
 @pytest.mark.parametrize("window_size", [(127, 0), (-1, 0), (31, 31)])

@@ -41,7 +41,15 @@ def test_refused_features_name_themselves(monkeypatch, overrides, expected):
     assert "head_dim" in reason(q[..., :32], k[..., :32], k[..., :32])
     assert reason(q, k, k, softcap=True) is None
     q128, k128 = torch.randn(1, 256, 4, 128, dtype=torch.bfloat16), torch.randn(1, 256, 2, 128, dtype=torch.bfloat16)
-    assert "softcap" in reason(q128, k128, k128, softcap=True)
+    assert reason(q128, k128, k128, softcap=True) is None  # Q by TMA freed the registers softcap needs at D128
+    q_odd_group = torch.randn(1, 256, 6, 64, dtype=torch.bfloat16)
+    assert reason(q_odd_group, k, k) is None
+    assert "PackGQA with 3" in reason(q_odd_group, k, k, pack_gqa=True)
+    assert reason(q, k, k, pack_gqa=True) is None
+    # Q goes through TMA: a start off 16 bytes or a strided last dimension is refused.
+    shifted = torch.randn(q.numel() + 1, dtype=torch.bfloat16)[1:].view(q.shape)
+    assert "q's rows" in reason(shifted, k, k)
+    assert "q's rows" in reason(torch.randn(1, 256, 4, 128, dtype=torch.bfloat16)[..., ::2], k, k)
     assert "dtype" in reason(q.float(), k.float(), k.float())
     assert "rows not contiguous" in reason(q, k.transpose(1, 2).contiguous().transpose(1, 2), k)
 
