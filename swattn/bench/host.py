@@ -147,6 +147,12 @@ def _op_call(q, k_cache, v_cache, k, v, cache_seqlens, page_table, sinks, left):
                       True, 1)[0]
 
 
+def _with_note(result) -> Runner:
+    """A peer builder's ``(run, note)`` (Flex, SDPA) as the Runner ``measure`` takes."""
+    run, note = result
+    return Runner(run, note=note)
+
+
 def _compiled(fn):
     compiled = torch.compile(fn, fullgraph=True)
     return Runner(compiled, note="fullgraph")
@@ -181,7 +187,7 @@ def _prefill_rows(env: Env, dims: Dims, timings: _Timings, backward: bool) -> li
             ("swattn", lambda: (lambda: swattn.flash_attn_func(q, k, v, sinks=sinks, **kwargs)), True),
             ("FA3", lambda: peers.fa3(q, k, v, left, sinks), True),
             ("FA4", lambda: peers.fa4(q, k, v, left, sinks), True),
-            ("Flex", lambda: peers.flex_prefill(q, k, v, left, sinks), False),
+            ("Flex", lambda: _with_note(peers.flex_prefill(q, k, v, left, sinks)), False),
         ]
         for name, build, with_sinks in providers:
             if env.wants(name):

@@ -1,0 +1,371 @@
+"""Where an eager call's host time goes, on a GPU (issue 18).
+
+Per scenario (gpt-oss layer shapes, bf16, sinks: window-(127, 0) decode B=16 over a paged 1K context with and
+without the append, the fused append, full decode with split-KV, 4K window prefill, its backward): host us per call
+of back-to-back calls without a sync, eager us per call between CUDA events, GPU kernels and allocations per call,
+direct and plain launches, and cProfile's top functions by own time. Then the parts alone: allocations, Triton's
+compiled launcher called with tensors or with integer pointers, Triton's ``JITFunction.run``, an empty kernel, the
+sinks' gradient.
+
+    PYTHONPATH=. python scripts/host_profile.py [--out FILE] [--calls 2000] [--only decode,backward]
+
+On a CPU (``TRITON_INTERPRET=1``) it runs tiny shapes as a smoke test of the script; only the GPU numbers mean
+anything. Lines go to stdout as they are measured (a run cut short keeps what it had); ``--out`` also gets the
+cProfile tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import pstats
+import re
+import statistics
+import sys
+import time
+from collections import Counter
+
+import torch
+
+import swattn
+from swattn import ops
+from swattn.kernels import _launch
+from swattn.kernels.bwd import sinks_gradient
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+class Report:
+    def __init__(self, path: str | None):
+        self.file = open(path, "w") if path else None  # noqa: SIM115 (closed at exit)
+
+    def line(self, text: str = "", summary: bool = True) -> None:
+        if summary:
+            print(text, flush=True)
+        if self.file:
+            self.file.write(text + "\n")
+            self.file.flush()
+
+
+def sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def host_us(fn, calls: int, reps: int = 5) -> tuple[float, float]:
+    """Median and best host microseconds per call over ``reps`` batches of back-to-back calls (no sync inside)."""
+    for _ in range(5):
+        fn()
+    samples = []
+    for _ in range(reps):
+        sync()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - start) * 1e6 / calls)
+    sync()
+    return statistics.median(samples), min(samples)
+
+
+def eager_us(fn, calls: int = 200) -> float:
+    if not CUDA:
+        return float("nan")
+    sync()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(calls):
+        fn()
+    end.record()
+    sync()
+    return start.elapsed_time(end) * 1e3 / calls
+
+
+def graph_us(fn, calls: int = 20) -> float:
+    """GPU time per call replayed from a CUDA graph (what the eager call's host work is set against)."""
+    if not CUDA:
+        return float("nan")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    sync()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    sync()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        graph.replay()
+    end.record()
+    sync()
+    return start.elapsed_time(end) * 1e3 / (20 * calls)
+
+
+def gpu_work_per_call(fn, calls: int = 20) -> tuple[float, Counter]:
+    """GPU kernels (and memsets/copies) per call, by name, from torch.profiler."""
+    if not CUDA:
+        return float("nan"), Counter()
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        sync()
+    names = Counter()
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            names[event.name[:60]] += 1
+    total = sum(names.values()) / calls
+    return total, Counter({name: count / calls for name, count in names.items()})
+
+
+def allocations_per_call(fn, calls: int = 100) -> float:
+    if not CUDA:
+        return float("nan")
+    fn()
+    sync()
+    before = torch.cuda.memory_stats()["allocation.all.allocated"]
+    for _ in range(calls):
+        fn()
+    sync()
+    return (torch.cuda.memory_stats()["allocation.all.allocated"] - before) / calls
+
+
+def launches() -> list:
+    return [obj for obj in gc.get_objects() if isinstance(obj, _launch.Launch)]
+
+
+def launch_counts() -> tuple[int, int]:
+    found = launches()
+    return sum(launch.plain_launches for launch in found), sum(launch.direct_launches for launch in found)
+
+
+def profile_table(fn, calls: int, lines: int) -> str:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        fn()
+    profiler.disable()
+    sync()
+    stream = io.StringIO()
+    pstats.Stats(profiler, stream=stream).sort_stats("tottime").print_stats(lines)
+    text = stream.getvalue()
+    text = text[text.find("   ncalls"):] if "   ncalls" in text else text
+    return re.sub(r"/\S*/(site-packages|swattn)/", r"\1/", text)  # short paths: site-packages/torch/..., swattn/...
+
+
+def scenarios(quick: bool) -> dict:
+    heads, kv_heads, head_dim = (64, 8, 64) if not quick else (8, 2, 32)
+    batch, context, page_size = (16, 1024, 16) if not quick else (2, 40, 8)
+    seqlen = 4096 if not quick else 48
+    left = 127 if not quick else 15
+    dtype = torch.bfloat16 if CUDA else torch.float16
+    pages = -(-context // page_size)
+    k_pool = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=dtype)
+    v_pool = torch.randn_like(k_pool)
+    table = torch.randperm(batch * pages, device=DEVICE).view(batch, pages).to(torch.int32)
+    q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=dtype)
+    k_new, v_new = (torch.randn(batch, 1, kv_heads, head_dim, device=DEVICE, dtype=dtype) for _ in range(2))
+    sinks = torch.randn(heads, device=DEVICE)
+    before = torch.full((batch,), context - 1, device=DEVICE, dtype=torch.int32)
+    lengths = before + 1
+    kvcache = dict(page_table=table, causal=True, sinks=sinks)
+
+    def decode():
+        return swattn.flash_attn_with_kvcache(q, k_pool, v_pool, cache_seqlens=lengths, window_size=(left, 0),
+                                             **kvcache)
+
+    def decode_append():
+        return swattn.flash_attn_with_kvcache(q, k_pool, v_pool, k=k_new, v=v_new, cache_seqlens=before,
+                                             window_size=(left, 0), **kvcache)
+
+    def decode_full_append():
+        return swattn.flash_attn_with_kvcache(q, k_pool, v_pool, k=k_new, v=v_new, cache_seqlens=before,
+                                             window_size=(-1, 0), **kvcache)
+
+    qp = torch.randn(1, seqlen, heads, head_dim, device=DEVICE, dtype=dtype, requires_grad=True)
+    kp, vp = (torch.randn(1, seqlen, kv_heads, head_dim, device=DEVICE, dtype=dtype, requires_grad=True)
+              for _ in range(2))
+
+    def prefill():
+        with torch.no_grad():
+            return swattn.flash_attn_func(qp, kp, vp, causal=True, window_size=(left, 0), sinks=sinks)
+
+    out = swattn.flash_attn_func(qp, kp, vp, causal=True, window_size=(left, 0), sinks=sinks)
+    grad = torch.randn_like(out)
+
+    def backward():
+        return torch.autograd.grad(out, (qp, kp, vp), grad, retain_graph=True)
+
+    return {
+        "decode": ("decode W(127,0) B=16 ctx 1K page 16", decode, None),
+        "decode_append": ("decode W(127,0) +append", decode_append, None),
+        "decode_append_fused": ("decode W(127,0) +append, SWATTN_FUSED_APPEND", decode_append, "fused"),
+        "decode_full_append": ("decode full +append (split-KV + combine)", decode_full_append, None),
+        "prefill": ("prefill S=4096 W(127,0) (no grad)", prefill, None),
+        "backward": ("backward S=4096 W(127,0), sinks (torch.autograd.grad)", backward, None),
+    }, dict(q=q, k_pool=k_pool, sinks=sinks, out=out, seqlen=seqlen)
+
+
+def measure_scenario(report: Report, name: str, title: str, fn, calls: int) -> None:
+    started = time.perf_counter()
+    fn()  # compile, plan
+    fn()  # the interface records its op call at a signature's second call
+    sync()
+    compile_s = time.perf_counter() - started
+    plain0, direct0 = launch_counts()
+    median, best = host_us(fn, max(calls // 5, 2))
+    plain1, direct1 = launch_counts()
+    host_calls = 5 + 5 * max(calls // 5, 2)
+    eager = eager_us(fn)
+    kernels, names = gpu_work_per_call(fn)
+    allocations = allocations_per_call(fn)
+    graph = graph_us(fn) if name != "backward" else float("nan")
+    report.line(f"\n## {title}  [{name}; first calls {compile_s:.1f} s]")
+    report.line(f"host {median:.1f} us/call (best {best:.1f}); eager {eager:.1f} us/call; graph {graph:.2f} us/call; "
+                f"GPU kernels {kernels:.2f}/call; allocations {allocations:.2f}/call; launches per call: "
+                f"direct {(direct1 - direct0) / host_calls:.2f}, plain {(plain1 - plain0) / host_calls:.2f}")
+    report.line("kernels per call: " + ", ".join(f"{n} x{c:.2f}" for n, c in names.most_common(8)))
+    table = profile_table(fn, calls, 30)
+    report.line("cProfile (own time, top 10):")
+    for row in table.splitlines()[:11]:
+        report.line("  " + row)
+    report.line(f"cProfile {name}, {calls} calls, top 30 by own time:\n{table}", summary=False)
+
+
+def record_launches(fn) -> dict:
+    """The tensors each Launch got in one call of ``fn``: {kernel name: (launch, tensors)}."""
+    recorded = {}
+    original = _launch.Launch.__call__
+
+    def recording(self, *tensors):
+        recorded[self.kernel.fn.__name__ if hasattr(self.kernel, "fn") else str(self.kernel)] = (self, tensors)
+        return original(self, *tensors)
+
+    _launch.Launch.__call__ = recording
+    try:
+        fn()
+    finally:
+        _launch.Launch.__call__ = original
+    sync()
+    return recorded
+
+
+def parts(report: Report, decode_append, context: dict, calls: int) -> None:
+    report.line("\n## parts alone (host us per call, median of 5 batches)")
+
+    def part(label, fn, n=calls):
+        median, best = host_us(fn, max(n // 5, 2))
+        report.line(f"{label}: {median:.2f} (best {best:.2f})")
+
+    q, k_pool, sinks = context["q"], context["k_pool"], context["sinks"]
+    part("torch.empty like decode out [16,1,64,64]", lambda: torch.empty(q.shape, device=q.device, dtype=q.dtype))
+    part("torch.empty int32 [16]", lambda: torch.empty(16, device=q.device, dtype=torch.int32))
+    part("torch.zeros int32 [1]", lambda: torch.zeros(1, device=q.device, dtype=torch.int32))
+    part("torch.empty_like(prefill q 4K)", lambda: torch.empty_like(context["out"]))
+    part("increment_version(cache)", lambda: torch.autograd.graph.increment_version(k_pool))
+    part("torch.cuda.current_device()" if CUDA else "noop", (lambda: torch.cuda.current_device()) if CUDA
+         else (lambda: None))
+    if CUDA:
+        part("torch.cuda.current_stream()", lambda: torch.cuda.current_stream())
+    if CUDA:
+        _launch._Runtime.load()
+        part("triton driver get_current_device()", lambda: _launch._Runtime.get_device())
+        part("triton driver get_current_stream(0)", lambda: _launch._Runtime.get_stream(0))
+    lse = torch.randn(1, q.shape[2], context["seqlen"], device=q.device)
+    delta = torch.randn_like(lse)
+    part("sinks_gradient (4K, torch ops)", lambda: sinks_gradient(sinks, lse, delta, None))
+
+    recorded = record_launches(decode_append)
+    for kernel_name, (launch, tensors) in recorded.items():
+        report.line(f"\n{kernel_name}: grid {launch.grid}, {len(tensors)} tensors, {len(launch.scalars)} scalars, "
+                    f"{len(launch.constexprs)} constexprs; direct {launch.direct_launches}, plain "
+                    f"{launch.plain_launches}")
+        part("  Launch.__call__ (swattn's launch path as called)", lambda launch=launch, t=tensors: launch(*t))
+        part("  kernel[grid](...) (Triton's JITFunction.run)",
+             lambda launch=launch, t=tensors: launch.kernel[launch.grid](*t, *launch.scalars, **launch.constexprs,
+                                                                      **launch.options))
+        if not CUDA or not launch._compiled:
+            continue
+        run, function, packed = launch._compiled[_launch._Runtime.get_device()]
+        tail = launch._tail if launch._tail is not None else launch._bound_tail()
+        stream = _launch._Runtime.get_stream(_launch._Runtime.get_device())
+        grid = launch.grid
+        pointers = tuple(t.data_ptr() for t in tensors)
+        data_ptr = torch.Tensor.data_ptr
+        part("  compiled launcher, tensors", lambda: run(*grid, stream, function, packed, None, None, None,
+                                                          *tensors, *tail))
+        part("  compiled launcher, int pointers made per call",
+             lambda: run(*grid, stream, function, packed, None, None, None, *map(data_ptr, tensors), *tail))
+        part("  compiled launcher, int pointers made before", lambda: run(*grid, stream, function, packed, None, None,
+                                                                          None, *pointers, *tail))
+        part("  map(data_ptr) over the tensors alone", lambda: tuple(map(data_ptr, tensors)))
+    if CUDA:
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def _empty_kernel(X, N):
+            if N < 0:
+                tl.store(X, N)
+
+        x = torch.zeros(1, device=q.device, dtype=torch.int32)
+        compiled = _empty_kernel[(1,)](x, 1)
+        sync()
+        stream = _launch._Runtime.get_stream(_launch._Runtime.get_device())
+        part("\nempty kernel, kernel[(1,)](x, 1)", lambda: _empty_kernel[(1,)](x, 1))
+        part("empty kernel, compiled launcher, tensor", lambda: compiled.run(1, 1, 1, stream, compiled.function,
+                                                                             compiled.packed_metadata, None, None,
+                                                                             None, x, 1))
+        pointer = x.data_ptr()
+        part("empty kernel, compiled launcher, int pointer", lambda: compiled.run(1, 1, 1, stream, compiled.function,
+                                                                                  compiled.packed_metadata, None,
+                                                                                  None, None, pointer, 1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="also write everything (with the cProfile tables) to this file")
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--only", help="comma-separated scenario names (default: all, the parts after the decodes)")
+    args = parser.parse_args()
+    quick = not CUDA
+    calls = args.calls if CUDA else 10
+    report = Report(args.out)
+    import triton
+
+    device = torch.cuda.get_device_name() if CUDA else "CPU (interpreter: a smoke test, not a timing)"
+    report.line(f"# host profile: {device}; torch {torch.__version__}, triton {triton.__version__}; "
+                f"DIRECT_LAUNCH={_launch.DIRECT_LAUNCH}, FUSED_APPEND={ops.FUSED_APPEND}")
+    found, context = scenarios(quick)
+    default = ["decode", "decode_append", "parts", "decode_append_fused", "decode_full_append", "prefill", "backward"]
+    wanted = args.only.split(",") if args.only else default
+    for name in wanted:
+        if name == "parts":
+            parts(report, found["decode_append"][1], context, calls)
+            continue
+        title, fn, variant = found[name]
+        fused = ops.FUSED_APPEND
+        try:
+            ops.FUSED_APPEND = variant == "fused" or (fused and variant is None)
+            measure_scenario(report, name, title, fn, calls)
+        except Exception as exc:  # report and go on: one failing scenario must not hide the others
+            report.line(f"\n## {title}: FAILED {type(exc).__name__}: {exc}")
+            sync()
+        finally:
+            ops.FUSED_APPEND = fused
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
