@@ -227,11 +227,12 @@ def fused_append() -> None:
                     window_size=window_size, sinks=sinks, **(dict(k=news[r, 0], v=news[r, 1]) if append else {}))
                     for r in range(sets)]
             rows = {"no append": [], "append launch": [], "fused append": []}
+            previous = ops.FUSED_APPEND
             for _ in range(2):
                 for label in rows:
                     ops.FUSED_APPEND = label == "fused append"
                     rows[label].append(graph_calls_us(calls(label != "no append")))
-            ops.FUSED_APPEND = False
+            ops.FUSED_APPEND = previous
             print(f"fused append, page {page_size}, window {window_size}: " + "; ".join(
                 f"{label} {' / '.join(f'{t:.2f}' for t in times)} us" for label, times in rows.items()), flush=True)
 

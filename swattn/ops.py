@@ -23,10 +23,32 @@ from swattn.kernels.append import append_kv
 from swattn.kernels.bwd import attention_backward
 from swattn.kernels.fwd import attention_forward
 
-# Experimental, off until timed on a GPU: ``flash_attn_with_kvcache(..., k=, v=)`` with one new token per query
-# appends inside the attention kernel (each program writes the new tokens it reads) instead of a separate append
-# launch before it. SWATTN_FUSED_APPEND=1 at import turns it on.
-FUSED_APPEND = os.environ.get("SWATTN_FUSED_APPEND", "0") not in ("", "0")
+# The fused append: ``flash_attn_with_kvcache(..., k=, v=)`` with one new token per query (decode, speculative
+# verify) can append inside the attention kernel (each program writes the new tokens it reads), one launch instead
+# of the append launch before the attention launch. ``FUSED_APPEND``: None (the default) takes the per-case table
+# below; True / False (SWATTN_FUSED_APPEND=1 / 0 at import, or tests setting it) take the fused append wherever it
+# applies / never.
+FUSED_APPEND: bool | None = (None if os.environ.get("SWATTN_FUSED_APPEND", "") == ""
+                             else os.environ["SWATTN_FUSED_APPEND"] != "0")
+
+# Where the fused append is the default: (step, layer, page_size) -> the largest batch size it is the default at.
+# step "decode" (one new token per sequence) or "verify" (several), layer "window" (a bounded left side) or "full",
+# page_size 0 for a contiguous cache. Which of the two is faster is NOT known until timed on the GPU (H200,
+# graph-replayed: ``python -m swattn.bench append``); until then the table is empty and the separate append launch
+# (the path measured so far) stays the default. An entry such as ``("decode", "window", 16): 64`` makes the fused
+# append the default for window decode on 16-token pages up to B=64.
+FUSED_APPEND_DEFAULTS: dict[tuple[str, str, int], int] = {}
+
+
+def fused_append_default(left: int, page_size: int, batch: int, new_per_sequence: int) -> bool:
+    """Whether a call that may take the fused append does: ``FUSED_APPEND`` when set, else the table above.
+    ``left`` the window's left side (< 0: unbounded), ``page_size`` 0 for a contiguous cache, ``batch`` sequences,
+    ``new_per_sequence`` new tokens per sequence (the longest, varlen)."""
+    if FUSED_APPEND is not None:
+        return FUSED_APPEND
+    step = "decode" if new_per_sequence <= 1 else "verify"
+    layer = "window" if left >= 0 else "full"
+    return batch <= FUSED_APPEND_DEFAULTS.get((step, layer, page_size), 0)
 
 
 def lse_shape(q: torch.Tensor, varlen_q: bool) -> tuple[int, ...]:
@@ -248,7 +270,11 @@ def _fwd_kvcache_impl(
     else:
         one_new_token_per_query = k.shape[1] == q.shape[1] and cu_seqlens_k_new is None
     simple_append = rotary_cos is None and cache_leftpad is None
-    if FUSED_APPEND and one_new_token_per_query and simple_append and uses_triton(q):
+    fused = one_new_token_per_query and simple_append and uses_triton(q) and fused_append_default(
+        left, 0 if page_table is None else k_cache.shape[1],
+        q.shape[0] if cu_seqlens_q is None else cu_seqlens_q.shape[0] - 1,
+        q.shape[1] if cu_seqlens_q is None else max_seqlen_q)
+    if fused:
         if k.stride() != v.stride():  # the kernel reads both through one set of strides
             k, v = k.contiguous(), v.contiguous()
         seqlens_k, new_tokens = cache_seqlens, dict(new_k=k, new_v=v)  # lengths before the append

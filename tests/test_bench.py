@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from swattn.bench import decode, prefill
+from swattn.bench import append, decode, prefill
 from swattn.bench.__main__ import main
-from swattn.bench.common import Runner, make_env, measure, time_wall
+from swattn.bench.common import Row, Runner, Timing, make_env, measure, time_wall
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,30 @@ def test_bench_verify_quick(env):
     assert len(appended) == 2 and all(r.status == "ok" and r.error <= r.tolerance for r in appended), section.table
     verify_rows = [line for line in section.table.splitlines() if "k=3" in line]
     assert len(verify_rows) == 2 and all(line.split("|")[5].strip() for line in verify_rows), section.table
+
+
+def test_bench_append_quick(env):
+    """Both ways of appending pass the gate on a window and a full layer, each row says its append cost, and the
+    fused rows their ratio to the launch."""
+    section = append.run(env, contexts=[40], batches=[2], page_sizes=[16])
+    _assert_swattn_checked_and_timed(section)
+    for provider in (append.LAUNCH, append.FUSED):
+        rows = [r for r in section.rows if r.provider == provider]
+        assert len(rows) == 2 and all(r.status == "ok" and r.timing for r in rows), section.table
+    assert "FUSED_APPEND_DEFAULTS now" in section.markdown()
+
+
+def test_suggested_fused_append_defaults_need_every_shape_of_a_batch_to_win():
+    def rows_for(label, launch_us, fused_us):
+        return [Row(label, provider, timing=Timing(us, us, us, "graph"))
+                for provider, us in ((append.LAUNCH, launch_us), (append.FUSED, fused_us))]
+    shapes = {f"{b} {ctx} {left}": decode.DecodeShape(b, ctx, 16, left) for b in (1, 16, 64) for ctx in (1024, 4096)
+              for left in (127, -1)}
+    times = {"1 1024 127": (5, 4), "1 4096 127": (5, 4), "16 1024 127": (5, 4), "16 4096 127": (5, 4),
+             "64 1024 127": (5, 4), "64 4096 127": (5, 6),  # window: the launch wins one shape at B=64
+             "1 1024 -1": (5, 6), "1 4096 -1": (5, 4)}  # full: the launch wins at B=1; nothing else measured
+    rows = [row for label, (launch, fused) in times.items() for row in rows_for(label, launch, fused)]
+    assert append.suggested_defaults(rows, shapes) == {("decode", "window", 16): 16}
 
 
 def test_bench_gate_marks_a_wrong_provider_and_does_not_time_it(env):

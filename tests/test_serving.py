@@ -222,3 +222,30 @@ def test_verify_packs_gqa_automatically(group, window):
     for seqlen_q in range(1, 9):
         assert _auto_pack_gqa(None, seqlen_q, group, *window)
     assert not _auto_pack_gqa(None, 4, 1, *window)  # MHA: nothing to pack
+
+
+def test_fused_append_follows_the_per_case_table(monkeypatch):
+    """With ``ops.FUSED_APPEND`` unset (None), ``ops.FUSED_APPEND_DEFAULTS`` decides per (step, layer, page size)
+    up to a batch size: the fused append (no append launch) where the table says so, the append launch elsewhere
+    (a larger batch, a verify step, a full layer, another page size); both give the reference's cache."""
+    from swattn import ops
+    monkeypatch.setattr(ops, "FUSED_APPEND", None)
+    monkeypatch.setattr(ops, "FUSED_APPEND_DEFAULTS", {("decode", "window", 16): 2})
+    launches = []
+    real_append = ops.append_kv
+    monkeypatch.setattr(ops, "append_kv", lambda *args, **kwargs: launches.append(1) or real_append(*args, **kwargs))
+    for batch, new, window, page_size, fused in [(2, 1, (127, 0), 16, True), (3, 1, (127, 0), 16, False),
+                                                 (2, 2, (127, 0), 16, False), (2, 1, (-1, 0), 16, False),
+                                                 (2, 1, (127, 0), 1, False)]:
+        k_cache, v_cache, table = paged_cache(batch, 40, page_size, torch.float32)
+        cache_seqlens = i32([5 * b + 3 for b in range(batch)])
+        q = torch.randn(batch, new, H, D)
+        k_new, v_new = torch.randn(batch, new, HK, D), torch.randn(batch, new, HK, D)
+        expected_k, expected_v = k_cache.clone(), v_cache.clone()
+        append_kv_ref(expected_k, expected_v, k_new, v_new, cache_seqlens, page_table=table)
+        launches.clear()
+        with forced_config(BLOCK64):
+            flash_attn_with_kvcache(q, k_cache, v_cache, k=k_new, v=v_new, cache_seqlens=cache_seqlens,
+                                    page_table=table, causal=True, window_size=window)
+        assert len(launches) == (0 if fused else 1), (batch, new, window, page_size)
+        assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)

@@ -1,4 +1,4 @@
-"""``python -m swattn.bench [{prefill,decode,verify,model-step,backward,host,all}] [--quick] [--out FILE.md]
+"""``python -m swattn.bench [{prefill,decode,verify,append,model-step,backward,host,all}] [--quick] [--out FILE.md]
 [--plot FILE.png]``.
 
 Without a scenario: ``decode`` (the gpt-oss decode layer). ``--plot`` draws the measured times (matplotlib, the
@@ -21,7 +21,7 @@ import time
 
 from swattn.bench.common import Env, Section, make_env
 
-SCENARIOS = ("prefill", "decode", "verify", "model-step", "backward", "host", "context-parallel", "all")
+SCENARIOS = ("prefill", "decode", "verify", "append", "model-step", "backward", "host", "context-parallel", "all")
 
 
 def _ints(text: str) -> list[int]:
@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--verify-tokens", type=_ints,
                         help="verify: new tokens per sequence, 1 = decode (default 1,2,4,8); contexts default "
                              "1024,16384,131072")
+    parser.add_argument("--batches", type=_ints,
+                        help="append: batch sizes (with --contexts, --page-sizes, --verify-tokens: their product "
+                             "for both layers, instead of the default subset)")
     parser.add_argument("--context", type=int, help="model-step context (default 8192)")
     parser.add_argument("--layers", type=int, help="model-step layers (default 36)")
     return parser.parse_args(argv)
@@ -83,6 +86,10 @@ def run_scenario(name: str, env: Env, args: argparse.Namespace) -> Section:
     if name == "verify":
         from swattn.bench import decode
         return decode.run_verify(env, contexts=args.contexts, page_sizes=args.page_sizes, tokens=args.verify_tokens)
+    if name == "append":
+        from swattn.bench import append
+        return append.run(env, contexts=args.contexts, page_sizes=args.page_sizes, batches=args.batches,
+                          tokens=args.verify_tokens)
     if name == "host":
         from swattn.bench import host
         return host.run(env)

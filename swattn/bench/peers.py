@@ -154,10 +154,12 @@ def _fa3_forward():
         raise Skip(f"FA3 failed to load: {exc}") from exc
 
 
-def fa3(q, k, v, left: int, sinks=None, page_table=None, seqused_k=None):
+def fa3(q, k, v, left: int, sinks=None, page_table=None, seqused_k=None, k_new=None, v_new=None):
     """FA3 (vLLM build, varlen-only entry): dense k/v ``[B, Sk, Hk, D]`` or paged pools with ``page_table`` and
     ``seqused_k``. Index tensors are made here, outside the timed call. Sinks go in as bf16 (FA3 needs bf16,
-    H <= 64)."""
+    H <= 64). ``k_new``/``v_new`` ``[B, S_new, Hk, D]``: FA3's own append in the attention kernel (its
+    ``flash_attn_with_kvcache(k=, v=)``), written at ``seqused_k`` (the lengths before the append); vLLM itself
+    writes the cache in a separate launch, and a build without the append path raises."""
     _cuda_only("FA3", q)
     forward = _fa3_forward()
     batch, seqlen_q, heads, head_dim = q.shape
@@ -174,7 +176,7 @@ def fa3(q, k, v, left: int, sinks=None, page_table=None, seqused_k=None):
     scale = head_dim ** -0.5
 
     def run():
-        out = forward(q3, k, v, None, None, None, None, cu_q, cu_k, None, None, seqused_k, seqlen_q, max_k,
+        out = forward(q3, k, v, k_new, v_new, None, None, cu_q, cu_k, None, None, seqused_k, seqlen_q, max_k,
                       page_table, None, None, None, None, None, None, None, None, scale, True, left, 0, 0.0, True,
                       None, 0, None, 0, sinks_bf16, 1, 0, None)[0]
         return out.view(batch, seqlen_q, heads, head_dim)
