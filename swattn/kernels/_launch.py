@@ -7,7 +7,8 @@ paid once per launch. ``Launch`` does that once: its first call goes through ``k
 if needed and returns the ``CompiledKernel``, and later calls hand the same arguments to the compiled kernel's
 launcher directly, as ``JITFunction.run`` itself does after its cache lookup (Triton 3.6 to 3.9:
 ``compiled.run(grid_x, grid_y, grid_z, stream, function, packed_metadata, launch_metadata, enter_hook,
-exit_hook, *every_bound_argument)``).
+exit_hook, *every_bound_argument)``), with the tensors' device pointers as integers, which the launcher takes
+as they are (a tensor costs it a ``cuPointerGetAttribute`` driver call per argument).
 
 This is sound because a ``Launch`` belongs to one call signature: its scalar arguments and constexprs are fixed
 and the caller keys it on everything Triton specializes a tensor on (dtype and 16-byte alignment), so Triton's
@@ -26,10 +27,14 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 # The direct path on or off for every Launch (tests compare the two; SWATTN has no user setting for it).
 DIRECT_LAUNCH = True
 
 _LAUNCHER_ATTRIBUTES = ("run", "function", "packed_metadata")
+
+_data_ptr = torch.Tensor.data_ptr
 
 
 def _hooks_inactive(runtime_knobs) -> bool:
@@ -117,8 +122,10 @@ class Launch:
                     self._tail = self._bound_tail()
                 run, function, packed_metadata = compiled
                 try:
+                    # Pointers as integers: given a tensor, Triton's launcher calls its data_ptr() and then
+                    # cuPointerGetAttribute on it, a driver call per pointer argument (the forward has 18).
                     run(*self.grid, _Runtime.get_stream(device), function, packed_metadata, None, None, None,
-                        *tensors, *self._tail)
+                        *map(_data_ptr, tensors), *self._tail)
                 except Exception:
                     # A launcher whose calling convention differs (another Triton version) rejects the arguments:
                     # keep the plain path from now on. Once direct launches have worked, an error is the call's own.
