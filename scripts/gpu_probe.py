@@ -22,8 +22,8 @@ Sections (argv; all by default):
             and deeper prefetch (stages up to the tile's five blocks);
   fused_append  decode with append: the attention programs writing the new tokens (swattn.ops.FUSED_APPEND)
             against the separate append launch, graph-replayed with cold caches;
-  verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0): the shipped config against one
-            256-key block for the 127 + k keys, and 64-key blocks.
+  verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0) against decode: no append, the
+            fused append, without the non-finite redo launch, one 256-key block for the 127 + k keys, two stages.
 Run: ``python scripts/gpu_probe.py [sections]``.
 """
 
@@ -427,15 +427,26 @@ def host() -> None:
 
 
 def verify_blocks() -> None:
-    """Speculative verify (k new tokens per sequence, appended) at window (127, 0): the k tokens see 127 + k keys
-    together, one more 128-key block than decode's 128. gpt-oss layer (B=16, H=64/8, D=64, sinks, page 16, 1K
-    context), a graph over 48 input sets (cold caches); the shipped config against 256-key blocks (one block for
-    the whole span) and 64-key blocks, each checked against the shipped config's output."""
+    """Speculative verify (k new tokens per sequence, appended in the call) at window (127, 0), PackGQA (the k
+    tokens x 8 heads in one tile): where its time goes against decode (k = 1). gpt-oss layer (B=16, H=64/8, D=64,
+    sinks, page 16, 1K context), a graph over 48 input sets (cold caches), us per call, two rounds. Variants, each
+    checked against the shipped call's output:
+    - ``no append``: the attention alone (the k tokens already cached);
+    - ``shipped``: the default path (the append launch unless ops.FUSED_APPEND_DEFAULTS says otherwise, then the
+      attention launch, then for k >= 2 the non-finite redo launch, which exits at once on finite data);
+    - ``fused``: ops.FUSED_APPEND forced on (one launch for append + attention);
+    - ``no redo``: fwd.ISOLATE_NON_FINITE off (what the redo launch costs: verify tiles mix query positions, so it
+      is on for k >= 2; decode has none);
+    - block configs: the k tokens see 127 + k keys together, two 128-key blocks where decode's 128 keys are one:
+      one 256-key block (4 and 8 warps), 128-key blocks with two stages (the second block prefetched), 64-key;
+    - ``fused, no redo, 256/8``: everything one launch can do."""
+    from swattn import ops
     from swattn._compat import next_power_of_2
+    from swattn.kernels import fwd
     batch, heads, kv_heads, head_dim, context, input_sets, page_size = 16, 64, 8, 64, 1024, 48, 16
-    print("\n## verify W(127,0) B=16 ctx 1K page 16, append, cold caches: us/call per config (k = 1 is decode)")
+    print("\n## verify W(127,0) B=16 ctx 1K page 16, cold caches: us/call (two rounds); k = 1 is decode")
     pages = context // page_size + 1
-    for k in (1, 2, 4, 8):
+    for k in (1, 4, 8, 2):
         sets = []
         for _ in range(input_sets):
             k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
@@ -447,24 +458,49 @@ def verify_blocks() -> None:
                                  batch, pages),
                              cache_seqlens=torch.full((batch,), context - k, device=DEVICE, dtype=torch.int32),
                              sinks=torch.randn(heads, device=DEVICE)))
+        without_append = [dict(s, cache_seqlens=s["cache_seqlens"] + k, k=None, v=None) for s in sets]
         ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
         rows = max(16, next_power_of_2(k * heads // kv_heads))
-        configs = [None, FwdConfig(rows, 128, 4, 1, single_loop=True), FwdConfig(rows, 256, 4, 1, single_loop=True),
-                   FwdConfig(rows, 256, 8, 1, single_loop=True), FwdConfig(rows, 64, 4, 2, single_loop=True)]
-        for config in configs:
-            try:
-                with forced_config(config) if config else _nothing():
-                    def call_all():
-                        for inputs in sets:
-                            swattn.flash_attn_with_kvcache(**inputs, causal=True, window_size=(127, 0))
-                    err = ((swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
-                            - ref).norm() / ref.norm()).item()
-                    times = [graph_us(call_all, 1) / input_sets for _ in range(3)]
-                print(f"  k={k} {config or 'shipped'}: {' / '.join(f'{t:.2f}' for t in times)} us; rel diff {err:.1e}",
-                      flush=True)
-            except Exception as exc:  # a config that does not compile or fit: say so, go on
-                print(f"  k={k} {config}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+        one_block = lambda warps: FwdConfig(rows, 256, warps, 1, single_loop=True)  # noqa: E731
+        # (label, config or None, FUSED_APPEND, ISOLATE_NON_FINITE, inputs)
+        variants = [("no append", None, None, True, without_append), ("shipped", None, None, True, sets),
+                    ("fused", None, True, True, sets)]
+        if k > 1:
+            variants += [("no redo", None, None, False, sets), ("256 keys, 4 warps", one_block(4), None, True, sets),
+                         ("256 keys, 8 warps", one_block(8), None, True, sets),
+                         ("128 keys, 2 stages", FwdConfig(rows, 128, 4, 2, single_loop=True), None, True, sets),
+                         ("64 keys, 2 stages", FwdConfig(rows, 64, 4, 2, single_loop=True), None, True, sets),
+                         ("fused, no redo, 256/8", one_block(8), True, False, sets)]
+        times: dict[str, list[float] | None] = {}  # None: failed or wrong, not timed
+        for _ in range(2):
+            for label, config, fused, isolate, inputs in variants:
+                if label in times and times[label] is None:
+                    continue
+                previous = ops.FUSED_APPEND, fwd.ISOLATE_NON_FINITE
+                ops.FUSED_APPEND, fwd.ISOLATE_NON_FINITE = fused, isolate
+                try:
+                    with forced_config(config) if config else _nothing():
+                        def call_all(inputs=inputs):
+                            for one in inputs:
+                                swattn.flash_attn_with_kvcache(**one, causal=True, window_size=(127, 0))
+                        if label not in times:
+                            out = swattn.flash_attn_with_kvcache(**inputs[0], causal=True, window_size=(127, 0))
+                            err = ((out.float() - ref).norm() / ref.norm()).item()
+                            times[label] = [] if err < 1e-2 else None
+                            if times[label] is None:
+                                print(f"  k={k} {label}: rel diff {err:.1e} against shipped, not timed", flush=True)
+                                continue
+                        times[label].append(graph_us(call_all, 1) / input_sets)
+                except Exception as exc:  # a config that does not compile or fit: say so, go on
+                    print(f"  k={k} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+                    times[label] = None
+                finally:
+                    ops.FUSED_APPEND, fwd.ISOLATE_NON_FINITE = previous
+        for label, values in times.items():
+            if values:
+                print(f"  k={k} {label}: {' / '.join(f'{t:.2f}' for t in values)} us", flush=True)
         sets.clear()
+        without_append.clear()
         torch.cuda.empty_cache()
 
 
