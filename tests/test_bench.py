@@ -85,6 +85,7 @@ def test_bench_main_writes_markdown_and_plot(tmp_path):
                  "--plot", str(plot)]) == 0
     text = out.read_text()
     assert "# swattn benchmark" in text and "commit" in text and "| swattn" in text
+    assert "| swattn +append " in text and "| swattn +fused append " in text, "the serving step appends"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

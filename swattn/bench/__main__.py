@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--page-sizes", type=_ints, help="decode page sizes (default 16,1; verify: 16)")
     parser.add_argument("--verify-tokens", type=_ints,
                         help="verify: new tokens per sequence, 1 = decode (default 1,2,4,8); contexts default "
-                             "1024,16384,131072")
+                             "1024,16384,131072. model-step: the steps to time (default 1)")
     parser.add_argument("--batches", type=_ints,
                         help="append: batch sizes (with --contexts, --page-sizes, --verify-tokens: their product "
                              "for both layers, instead of the default subset)")
@@ -94,7 +94,7 @@ def run_scenario(name: str, env: Env, args: argparse.Namespace) -> Section:
         from swattn.bench import host
         return host.run(env)
     from swattn.bench import model_step
-    return model_step.run(env, context=args.context, layers=args.layers)
+    return model_step.run(env, context=args.context, layers=args.layers, tokens=args.verify_tokens)
 
 
 def _write(path: str | None, env: Env | None, parts: list[str]) -> None:
