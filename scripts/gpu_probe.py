@@ -441,7 +441,8 @@ def verify_blocks() -> None:
     - ``no redo``: fwd.ISOLATE_NON_FINITE off (what the redo launch costs: verify tiles mix query positions, so it
       is on for k >= 2; decode has none);
     - block configs: the k tokens see 127 + k keys together, two 128-key blocks where decode's 128 keys are one:
-      one 256-key block (4 and 8 warps), 128-key blocks with two stages (the second block prefetched), 64-key;
+      one 256-key block (4 and 8 warps; configs.VERIFY_BLOCKS takes it per tile height), 128-key blocks with 8
+      warps or two stages (the second block prefetched), 64-key; the grid is only B * Hk = 128 programs;
     - ``fused, no redo, 256/8``: everything one launch can do."""
     from swattn import ops
     from swattn._compat import next_power_of_2
@@ -471,6 +472,7 @@ def verify_blocks() -> None:
         if k > 1:
             variants += [("no redo", None, None, False, sets), ("256 keys, 4 warps", one_block(4), None, True, sets),
                          ("256 keys, 8 warps", one_block(8), None, True, sets),
+                         ("128 keys, 8 warps", FwdConfig(rows, 128, 8, 1, single_loop=True), None, True, sets),
                          ("128 keys, 2 stages", FwdConfig(rows, 128, 4, 2, single_loop=True), None, True, sets),
                          ("64 keys, 2 stages", FwdConfig(rows, 64, 4, 2, single_loop=True), None, True, sets),
                          ("fused, no redo, 256/8", one_block(8), True, False, sets)]

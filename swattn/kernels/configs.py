@@ -62,6 +62,14 @@ SHARED_MEMORY_BUDGET = 160 * 1024
 
 _forced: FwdConfig | None = None
 
+# Speculative verify at a small window: a PackGQA tile of k query positions x G heads sees left + k keys (127 + k at
+# window (127, 0)), two 128-key blocks where decode's 128 keys are one. Per tile height (rows_per_tile, rounded up to
+# a power of two: k * G), (block_n, num_warps) to use instead of (128, 4) when the tile's keys fit one block of
+# block_n, e.g. {16: (256, 8), 32: (256, 8)}. Empty until timed on the GPU (scripts/gpu_probe.py verify_blocks):
+# compiled for sm_90 with Triton 3.9, one 256-key block fits at 16 and 32 rows (k = 2, 4 at G = 8: 133 / 160
+# registers with 8 warps, 184 / 216 with 4, no spills) but spills at 64 rows (k = 8: 16 B with 8 warps, 48 B with 4).
+VERIFY_BLOCKS: dict[int, tuple[int, int]] = {}
+
 # A split-KV share of at most this many keys (two 128-key blocks) is latency-bound: decode tiles run it on the
 # one-stage loop, and the automatic split count (``interface.split_count``) makes such splits at short contexts.
 SHORT_SPLIT_KEYS = 256
@@ -133,6 +141,10 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
         # Splits of at most two 128-key blocks (short full-attention contexts) take the same one-stage loop, H200
         # (gpu_splits.py): 1K B=4 8 splits 8.3 us vs 10.6 with (16, 64, 2, 3); 4K B=4 16 splits 16.9 vs 17.2.
         block_m = max(16, next_power_of_2(rows_per_tile))
+        verify = VERIFY_BLOCKS.get(block_m)
+        if (small_window and verify is not None and keys_per_split is not None and head_dim_padded <= 128
+                and 128 < keys_per_split <= verify[0]):
+            return FwdConfig(block_m, verify[0], verify[1], 1, single_loop=True)
         if small_window or (keys_per_split is not None and keys_per_split <= SHORT_SPLIT_KEYS):
             return FwdConfig(block_m, 128 if head_dim_padded <= 128 else 64, 4, 1, single_loop=True)
         # Full decode, H200 (gpu_probe.py splits, 16K, page 16): two warps per 16-row tile fit twice the

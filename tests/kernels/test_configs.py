@@ -80,3 +80,16 @@ def test_fp32_drops_the_measured_bf16_only_switches(monkeypatch):
     assert bf16.maxnreg == 96
     large = forward_config(64, 16384, False, None, element_size=4)
     assert not large.tma
+
+
+def test_verify_blocks_table_takes_one_block_for_the_tiles_it_names(monkeypatch):
+    """A verify tile (k positions x 8 heads at window (127, 0): 127 + k keys) takes the table's one block when its
+    height is listed; decode (128 keys), other heights and spans past the block keep the two 128-key blocks."""
+    shipped = lambda rows: FwdConfig(rows, 128, 4, 1, single_loop=True)  # noqa: E731
+    assert configs.VERIFY_BLOCKS == {} or all(n in (128, 256) for n, _ in configs.VERIFY_BLOCKS.values())
+    monkeypatch.setattr(configs, "VERIFY_BLOCKS", {16: (256, 8), 32: (256, 8)})
+    assert _bf16_forward_config(64, 16, True, 128, 129) == FwdConfig(16, 256, 8, 1, single_loop=True)
+    assert _bf16_forward_config(64, 32, True, 128, 131) == FwdConfig(32, 256, 8, 1, single_loop=True)
+    assert _bf16_forward_config(64, 8, True, 128, 128) == shipped(16)  # decode: one 128-key block already
+    assert _bf16_forward_config(64, 64, True, 128, 135) == shipped(64)  # k = 8: not in the table
+    assert _bf16_forward_config(64, 32, True, 300, 303) == shipped(32)  # a wider window: more than one block
