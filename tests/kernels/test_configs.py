@@ -93,3 +93,17 @@ def test_verify_blocks_table_takes_one_block_for_the_tiles_it_names(monkeypatch)
     assert _bf16_forward_config(64, 8, True, 128, 128) == shipped(16)  # decode: one 128-key block already
     assert _bf16_forward_config(64, 64, True, 128, 135) == shipped(64)  # k = 8: not in the table
     assert _bf16_forward_config(64, 32, True, 300, 303) == shipped(32)  # a wider window: more than one block
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 4, 8])
+@pytest.mark.parametrize("left", [127, -1])
+def test_verify_packs_k_tokens_by_8_heads_in_one_tile(tokens, left):
+    """gpt-oss verify (G = 8 query heads per KV head): PackGQA is automatic and one tile holds all k x G rows, so
+    the grid is B * Hk programs (per split) as in decode, and each KV block is loaded once per KV head."""
+    from swattn.interface import _auto_pack_gqa
+    from swattn.window import visible_span
+
+    assert _auto_pack_gqa(None, tokens, 8, left, 0)
+    keys = visible_span(0, tokens - 1, tokens, 16384, left, 0)[1]
+    config = _bf16_forward_config(64, tokens * 8, True, 128 if left >= 0 else None, keys)
+    assert config.block_m >= tokens * 8
