@@ -85,6 +85,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=10, help="replays per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds over every variant; the median is reported")
     parser.add_argument("--rows", default="", help="comma-separated substrings of the row labels to run")
+    parser.add_argument("--pingpong", action="store_true", help="also the ping-pong schedule (two consumers)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     lines = [f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, seqlen {args.seqlen}, bf16, "
@@ -104,19 +105,19 @@ def main() -> int:
         flops = visible_flops(args.seqlen, heads, head_dim, left)
         reference = with_mode("0", call())()
         variants = [("swattn Triton", with_mode("0", call()))]
-        for pingpong in (False, True):
-            tag = " ping-pong" if pingpong else ""
-            if 0 <= left <= 256:  # small windows: packing and block size
-                variants.append((f"gluon pack BN64{tag}", with_mode("1", call(True), block_n=64, pingpong=pingpong)))
-                variants.append((f"gluon BN128{tag}", with_mode("1", call(False), block_n=128, pingpong=pingpong)))
-                if head_dim == 64:
-                    variants.append((f"gluon pack BN64 S3{tag}", with_mode("1", call(True), block_n=64,
-                                                                             num_stages=3, pingpong=pingpong)))
-            else:
-                variants.append((f"gluon BN128{tag}", with_mode("1", call(), pingpong=pingpong)))
-                if head_dim == 64:
-                    variants.append((f"gluon BN128 S3{tag}", with_mode("1", call(), num_stages=3,
-                                                                       pingpong=pingpong)))
+        gluon = [("gluon shipped", with_mode("1", call()))]
+        if 0 <= left <= 256:  # small windows: packed 64-key blocks, two or three consumer warpgroups
+            gluon.append(("gluon pack BN64 3 WG", with_mode("1", call(True), block_n=64, consumers=3)))
+            gluon.append(("gluon pack BN64 3 WG S3", with_mode("1", call(True), block_n=64, consumers=3,
+                                                                 num_stages=3)))
+            gluon.append(("gluon BN128", with_mode("1", call(False), block_n=128)))
+        elif head_dim == 64:
+            gluon.append(("gluon BN64 3 WG", with_mode("1", call(), block_n=64, consumers=3)))
+            gluon.append(("gluon BN64 3 WG S3", with_mode("1", call(), block_n=64, consumers=3, num_stages=3)))
+            gluon.append(("gluon BN128 S3", with_mode("1", call(), num_stages=3)))
+        if args.pingpong:
+            gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
+        variants += gluon
         try:
             variants.append(("FA3" + (" (sinks)" if with_sinks else ""), peers.fa3(q, k, v, left, sinks=sinks)))
         except Exception as exc:  # noqa: BLE001 - a missing peer is a note

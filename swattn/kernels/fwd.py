@@ -559,7 +559,7 @@ def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_tile:
         return False
     if mode != "1":
         small_window = 0 <= left <= 256 and 0 <= right <= 256
-        if rows_per_tile < gluon_fwd.BLOCK_M or (small_window and q.shape[-1] == 64):
+        if rows_per_tile < gluon_fwd.MIN_ROWS or (small_window and q.shape[-1] == 64):
             return False
     return gluon_fwd.unsupported_reason(q, k, v, **features) is None
 
@@ -690,8 +690,9 @@ class _ForwardPlan:
                                     append=new_k is not None, count_blocks=count_blocks, softcap=softcap > 0,
                                     pack_gqa=pack_gqa)
         if self.use_gluon:
-            # The Gluon kernel's tiles are BLOCK_M rows: the non-finite redo pass (a Triton launch) must see the same.
-            config = replace(config, block_m=gluon_fwd.BLOCK_M)
+            # The Gluon kernel flags non-finite rows per warpgroup (64 rows): the redo pass (a Triton launch) takes
+            # tiles of the same rows.
+            config = replace(config, block_m=gluon_fwd.ROWS_PER_CONSUMER)
         num_tiles = ceil_div(rows_per_tile, config.block_m)
         grid = (num_tiles, batch * (num_kv_heads if pack_gqa else num_heads), num_splits)
 

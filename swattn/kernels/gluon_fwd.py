@@ -1,7 +1,8 @@
 """The Hopper (sm_90) forward in Gluon: warp-specialized, TMA-fed, asynchronous wgmma, n_offset tiling.
 
-A persistent grid (one program per SM) walks the work items, longest first; an item is a tile of ``BLOCK_M = 128``
-query rows of one head, or with PackGQA of one KV head's packed (position, head) rows. One program holds:
+A persistent grid (one program per SM) walks the work items, longest first; an item is a tile of 64 query rows per
+consumer warpgroup (two or three) of one head, or with PackGQA of one KV head's packed (position, head) rows. One
+program holds:
 
 - a loader partition (one warp, few registers) brings each tile's Q through TMA into one of two Q slots (the next
   tile's Q arrives while the consumers finish this one) and streams the tile's K and V blocks through TMA into a
@@ -9,7 +10,7 @@ query rows of one head, or with PackGQA of one KV head's packed (position, head)
   coordinate is that key, not a multiple of BLOCK_N) and runs over ``ceil(span / BLOCK_N)`` blocks. K and V have
   their own ready/empty barriers, so a K stage is refilled as soon as its scores are computed, before the
   P @ V product of the same block has run;
-- two consumer warpgroups (the default partition and one worker, most of the registers), 64 rows each, read every
+- two or three consumer warpgroups (the default partition and workers, most of the registers), 64 rows each, read every
   block. Inside a warpgroup the scores of block j+1 (``Q K^T``, async wgmma) are in flight while the softmax of
   block j runs, then ``P_j V_j`` is issued and overlaps the next wait (FlashAttention 3's intra-warpgroup
   overlap). Between the two warpgroups either the warp schedulers interleave one's softmax with the other's
@@ -25,7 +26,7 @@ from Gluon, so the host, both kernel families and the tests share one definition
 
 Scope (everything else takes the Triton kernels, see ``unsupported_reason``): sm_90, bf16/fp16, head_dim 64 or 128,
 dense or varlen q and k/v whose (token, head, dim) rows are contiguous and TMA-aligned, PackGQA with a group that
-divides 128, no paged/indexed cache, no split-KV, no in-kernel append.
+divides 64, no paged/indexed cache, no split-KV, no in-kernel append.
 """
 
 from __future__ import annotations
@@ -59,16 +60,28 @@ except (ImportError, AttributeError):  # pragma: no cover - depends on the insta
 # (``fwd._use_gluon``); "0" never; "1" wherever it supports the call (A/B runs, tests). Read once, at import.
 GLUON_MODE = os.environ.get("SWATTN_GLUON", "auto").strip().lower() or "auto"
 
-BLOCK_M = 128  # rows per work item: two consumer warpgroups of 64
+ROWS_PER_CONSUMER = 64  # a consumer warpgroup's rows: also the row groups of the non-finite flags (redo pass)
+MIN_ROWS = 128  # auto dispatch: calls with fewer query rows per (batch, head) stay on the Triton kernels
 HEAD_DIMS = (64, 128)
 NUM_STAGES = 2
-# Registers per thread: 4 + 4 + 1 warps run as 12 (warpgroup granularity), 12 * 32 * 168 <= 65536. The loader
-# warp keeps 24; the consumer warpgroups share the rest (setmaxnreg), 240 each.
-MAXNREG = 168
-CONSUMER_REGS = 240
-LOADER_REGS = 24
+LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer warpgroups share the rest
 # The consumer warpgroups take turns issuing their products (FlashAttention 3's ping-pong): not yet measured.
 PINGPONG = False
+
+
+def registers_for(consumers: int) -> tuple[int, int]:
+    """(registers per thread at launch, per consumer thread after reallocation) for ``consumers`` warpgroups and
+    the loader's warpgroup (register files are split by warpgroup: 4 + 4 + 1 warps run as 12): 168/240 with two
+    consumers, 128/160 with three."""
+    warps = 4 * (consumers + 1)
+    at_launch = 65536 // (warps * 32) // 8 * 8
+    consumer = (65536 - 4 * 32 * LOADER_REGS) // (consumers * 128) // 8 * 8
+    return at_launch, min(consumer, 240)
+
+
+def consumers_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
+    """Consumer warpgroups (64 rows each) per work item: two (128-row tiles)."""
+    return 2
 
 
 def block_n_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
@@ -133,11 +146,13 @@ if GLUON_AVAILABLE:
 
     @gluon.jit
     def _tile(work, geometry, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PACK_GQA: gl.constexpr,
-              GROUP: gl.constexpr, IS_VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr):
+              GROUP: gl.constexpr, IS_VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+              NUM_CONSUMERS: gl.constexpr):
         """Work item ``work`` -> its tile's rows and key range. Items run longest first: the reversed tile index is
         the slow coordinate, so causal's long last tiles of every head start before any short one."""
         (num_tiles, num_batch_heads, seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, left, right, CU_SEQLENS_Q,
-         CU_SEQLENS_K) = geometry
+         CU_SEQLENS_K, num_row_groups) = geometry
+        BLOCK_M: gl.constexpr = 64 * NUM_CONSUMERS
         tile = num_tiles - 1 - work // num_batch_heads
         batch_head = work % num_batch_heads
         if PACK_GQA:
@@ -155,25 +170,27 @@ if GLUON_AVAILABLE:
         q_begin, seqlen_q, k_begin, seqlen_k = sequence_bounds(
             batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, CU_SEQLENS_K, IS_VARLEN, IS_VARLEN, False)
         num_rows = seqlen_q * rows_per_pos
-        first_row = tile * 128
+        first_row = tile * BLOCK_M
         first_pos = first_row // rows_per_pos
-        last_pos = (gl.minimum(first_row + 128, num_rows) - 1) // rows_per_pos
+        last_pos = (gl.minimum(first_row + BLOCK_M, num_rows) - 1) // rows_per_pos
         kv_start, kv_end, masked_head_end, unmasked_end, num_blocks = block_ranges(
             first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT)
         num_blocks = gl.where(first_row < num_rows, num_blocks, 0)  # a tile past a short sequence's rows
         # K/V rows are (token, head * dim) rows of the 2D view: dense batches follow each other.
         kv_row0 = batch * kv_rows_per_batch + k_begin + kv_start
         kv_col = kv_head * HEAD_DIM
-        program_index = batch_head * num_tiles + tile
+        # Non-finite flags are kept per 64-row group (a warpgroup's rows), the tiles of the Triton redo pass.
+        flag_group = batch_head * num_row_groups + tile * NUM_CONSUMERS
         return (kv_row0, kv_col, num_blocks, kv_start, kv_end, masked_head_end, unmasked_end, first_row, num_rows,
-                head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, program_index)
+                head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, flag_group)
 
     @gluon.jit
     def _loader(geometry, pointers, strides, scalars, buffers, WG: gl.constexpr, HAS_LEFT: gl.constexpr,
                 HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
                 PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
-                IS_VARLEN: gl.constexpr, ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr):
+                IS_VARLEN: gl.constexpr, ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr,
+                NUM_CONSUMERS: gl.constexpr):
         """One warp: each work item's K/V blocks through TMA into the stage ring, from its first visible key. The
         ring's position runs on across items, so the next tile's first blocks load during this one's epilogue."""
         k_desc, v_desc, q_desc = pointers[0], pointers[1], pointers[2]
@@ -182,20 +199,24 @@ if GLUON_AVAILABLE:
         position = 0
         item = 0  # work items with keys so far: the Q ring's position
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
-            tile = _tile(work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN, BLOCK_N, HEAD_DIM)
+            tile = _tile(work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN, BLOCK_N, HEAD_DIM,
+                         NUM_CONSUMERS)
             kv_row0, kv_col, num_blocks = tile[0], tile[1], tile[2]
             if num_blocks > 0:
                 # The tile's Q ([1, positions, heads, dim] box of the [batch, seqlen, heads, dim] view), loaded
                 # while the consumers still work on the previous item: its latency leaves the critical path.
                 q_slot = item % 2
                 mbarrier.wait(q_empty.index(q_slot), ((item // 2) & 1) ^ 1)
-                mbarrier.expect(q_ready.index(q_slot), q_desc.block_type.nbytes)
+                mbarrier.expect(q_ready.index(q_slot), NUM_CONSUMERS * q_desc.block_type.nbytes)
                 if IS_VARLEN:
                     q_batch = 0
                 else:
                     q_batch = tile[10]
-                _tma_load(q_desc, [q_batch, tile[11] + tile[7] // ROWS_PER_POS, tile[9] * ROWS_PER_POS, 0],
-                          q_ready.index(q_slot), q_smem.index(q_slot))
+                # One box per consumer warpgroup (64 rows: TMA boxes and buffers have power-of-two sides).
+                for consumer in gl.static_range(NUM_CONSUMERS):
+                    first_pos = (tile[7] + consumer * 64) // ROWS_PER_POS
+                    _tma_load(q_desc, [q_batch, tile[11] + first_pos, tile[9] * ROWS_PER_POS, 0],
+                              q_ready.index(q_slot), q_smem.index(q_slot * NUM_CONSUMERS + consumer))
                 item += 1
             for block in range(num_blocks):
                 stage = position % NUM_STAGES
@@ -215,7 +236,8 @@ if GLUON_AVAILABLE:
                   HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
                   PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
-                  IS_VARLEN: gl.constexpr, ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr):
+                  IS_VARLEN: gl.constexpr, ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr,
+                NUM_CONSUMERS: gl.constexpr):
         """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of each work item's tile, from Q load to O store."""
         O, LSE, SINKS, FLAGS, ANY_NAN = pointers[3], pointers[4], pointers[5], pointers[6], pointers[7]
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh = strides
@@ -243,8 +265,8 @@ if GLUON_AVAILABLE:
         turn = 0  # tensor-core turns taken so far (ping-pong with the other warpgroup)
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
             (kv_row0, kv_col, num_blocks, kv_start, kv_end, masked_head_end, unmasked_end, first_row, num_rows,
-             head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, program_index) = _tile(
-                work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN, BLOCK_N, HEAD_DIM)
+             head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, flag_group) = _tile(
+                work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
             offset = seqlen_k - seqlen_q
             batch64 = batch.to(gl.int64)
 
@@ -260,7 +282,7 @@ if GLUON_AVAILABLE:
                 # This warpgroup's 64 rows of the tile's Q, which the loader brought in by TMA.
                 q_slot = item % 2
                 mbarrier.wait(q_ready.index(q_slot), (item // 2) & 1)
-                q_tile = q_smem.index(q_slot).reshape([2 * M, HEAD_DIM]).slice(WG * M, M)
+                q_tile = q_smem.index(q_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM])
                 # Block 0: its scores, then its softmax; its P @ V is issued in the next step (or after the loop).
                 first_stage = position % NUM_STAGES
                 mbarrier.wait(k_ready.index(first_stage), (position // NUM_STAGES) & 1)
@@ -324,8 +346,9 @@ if GLUON_AVAILABLE:
             if FLAG_NAN:
                 row_sum = gl.sum(acc, 1)
                 row_has_nan = (row_sum != row_sum) & o_valid  # rows past the sequence hold another's Q (TMA)
-                flag_index = program_index.to(gl.int64) * 128 + WG * M + gl.arange(0, M, layout=o_rows)
-                gl.store(FLAGS + flag_index, row_has_nan.to(gl.int8))
+                flag_index = (flag_group + WG).to(gl.int64) * M + gl.arange(0, M, layout=o_rows)
+                # Every row of a group that holds a row of the sequence: the redo pass reads the whole group.
+                gl.store(FLAGS + flag_index, row_has_nan.to(gl.int8), mask=first_row + WG * M + o_m * 0 < num_rows)
                 gl.atomic_max(ANY_NAN + o_m * 0, gl.full([M], 1, gl.int32, layout=o_rows), mask=row_has_nan)
             acc_scale = gl.full([M], 1.0, gl.float32, layout=o_rows)
             if HAS_SINKS:
@@ -361,20 +384,22 @@ if GLUON_AVAILABLE:
         q_desc, k_desc, v_desc, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, FLAGS, ANY_NAN,
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh,
         seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, softmax_scale, softcap, left, right, num_tiles,
-        num_batch_heads,
+        num_batch_heads, num_row_groups,
         HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
         IS_VARLEN: gl.constexpr, PACK_GQA: gl.constexpr, GROUP: gl.constexpr,
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
-        ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr,
+        ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
         geometry = (num_tiles, num_batch_heads, seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, left, right,
-                    CU_SEQLENS_Q, CU_SEQLENS_K)
+                    CU_SEQLENS_Q, CU_SEQLENS_K, num_row_groups)
 
-        # Two Q tiles (the one in use and the loader's next), each a [1, positions, heads, dim] TMA box.
-        q_smem = gl.allocate_shared_memory(q_desc.dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+        # Two Q tiles (the one in use and the loader's next), each a [1, positions, heads, dim] TMA box of 64 rows
+        # per consumer warpgroup.
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [2 * NUM_CONSUMERS] + q_desc.block_type.shape,
+                                           q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
         k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
@@ -387,28 +412,45 @@ if GLUON_AVAILABLE:
         for i in gl.static_range(NUM_STAGES):
             mbarrier.init(k_ready.index(i), count=1)
             mbarrier.init(v_ready.index(i), count=1)
-            mbarrier.init(k_empty.index(i), count=2)  # one arrival per consumer warpgroup
-            mbarrier.init(v_empty.index(i), count=2)
+            mbarrier.init(k_empty.index(i), count=NUM_CONSUMERS)  # one arrival per consumer warpgroup
+            mbarrier.init(v_empty.index(i), count=NUM_CONSUMERS)
         for i in gl.static_range(2):
             mbarrier.init(q_ready.index(i), count=1)
-            mbarrier.init(q_empty.index(i), count=2)
+            mbarrier.init(q_empty.index(i), count=NUM_CONSUMERS)
             mbarrier.init(turns.index(i), count=1)
 
         pointers = (k_desc, v_desc, q_desc, O, LSE, SINKS, FLAGS, ANY_NAN)
         strides = (stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh)
         scalars = (softmax_scale, softcap, left, right)
         buffers = (q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns)
-        gl.warp_specialize([
-            (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
-                         HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES,
-                         IS_VARLEN, ROWS_PER_POS, PINGPONG)),
-            (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
-                         HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES,
-                         IS_VARLEN, ROWS_PER_POS, PINGPONG)),
-            (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
-                       HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES,
-                       IS_VARLEN, ROWS_PER_POS, PINGPONG)),
-        ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
+        # (Gluon's partitions take their arguments spelled out: no starred tuples.)
+        if NUM_CONSUMERS == 3:
+            gl.warp_specialize([
+                (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS)),
+                (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS)),
+                (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS)),
+                (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS)),
+            ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
+        else:
+            gl.warp_specialize([
+                (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS)),
+                (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS)),
+                (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS)),
+            ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
 _DTYPES = (torch.float16, torch.bfloat16)
@@ -450,9 +492,10 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, var
         return "split-KV"
     if count_blocks:
         return "block counting (a Triton-kernel test hook)"
-    if pack_gqa and BLOCK_M % (q.shape[-2] // k.shape[-2]):
-        # A tile's Q is one TMA box of whole positions (BLOCK_M / group of them, every head of the group).
-        return f"PackGQA with {q.shape[-2] // k.shape[-2]} query heads per KV head (a divisor of {BLOCK_M} only)"
+    if pack_gqa and ROWS_PER_CONSUMER % (q.shape[-2] // k.shape[-2]):
+        # A tile's Q is one TMA box of whole positions (every head of the group), a whole number per warpgroup.
+        return (f"PackGQA with {q.shape[-2] // k.shape[-2]} query heads per KV head "
+                f"(a divisor of {ROWS_PER_CONSUMER} only)")
     if varlen_q != varlen_k:
         return "varlen q with dense k (or the reverse)"
     for name, t in (("k", k), ("v", v)):
@@ -470,17 +513,25 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             batch: int, pack_gqa: bool, o_strides: tuple, l_strides: tuple,
             non_finite_flags: torch.Tensor | None, any_non_finite: torch.Tensor | None,
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
-            consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None) -> int:
+            consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None,
+            consumers: int | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
-    of query tiles (of ``BLOCK_M`` rows) per (batch, head-or-KV-head), the geometry of the flags it wrote.
+    of query tiles per (batch, head-or-KV-head). Non-finite flags are written per group of ``ROWS_PER_CONSUMER``
+    rows (the Triton redo pass's tiles).
     ``block_n`` / ``num_stages`` / ``maxnreg`` (per thread at launch) / ``consumer_regs`` (per consumer thread after
     the partitions' reallocation) / ``programs`` (the persistent grid; default one per SM) / ``pingpong`` (the
-    consumers take turns on the tensor cores) override the shipped choice (tuning probes)."""
+    consumers take turns on the tensor cores; two consumers only) / ``consumers`` (warpgroups of 64 rows per tile: 2
+    or 3) override the shipped choice (tuning probes)."""
     varlen = cu_seqlens_q is not None
     num_heads, head_dim = q.shape[-2], q.shape[-1]
     num_kv_heads = k.shape[-2]
     group = num_heads // num_kv_heads
     rows_per_pos = group if pack_gqa else 1
+    consumers = consumers or consumers_for(head_dim, pack_gqa, left, right)
+    block_m = ROWS_PER_CONSUMER * consumers
+    pingpong = PINGPONG if pingpong is None else pingpong
+    if consumers not in (2, 3) or (pingpong and consumers != 2):
+        raise ValueError(f"consumers={consumers}, pingpong={pingpong}: 2 or 3 consumers, ping-pong with 2 only")
     block_n = block_n or block_n_for(head_dim, pack_gqa, left, right)
     num_stages = num_stages or NUM_STAGES
     gl_dtype = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
@@ -488,18 +539,19 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     k_rows, v_rows = _rows_view(k, varlen), _rows_view(v, varlen)
     k_desc = TensorDescriptor.from_tensor(k_rows, [block_n, head_dim], kv_layout)
     v_desc = TensorDescriptor.from_tensor(v_rows, [block_n, head_dim], kv_layout)
-    # Q as [batch, seqlen, heads, dim] (varlen: [1, tokens, heads, dim]); a tile is BLOCK_M // rows_per_pos
+    # Q as [batch, seqlen, heads, dim] (varlen: [1, tokens, heads, dim]); a warpgroup's box is 64 // rows_per_pos
     # positions of rows_per_pos heads (one head, or a KV head's packed group). Positions past a dense sequence
     # come back as zeros; past a varlen sequence they are the next sequence's rows, never stored.
-    q_box = [1, BLOCK_M // rows_per_pos, rows_per_pos, head_dim]
+    q_box = [1, ROWS_PER_CONSUMER // rows_per_pos, rows_per_pos, head_dim]
     q_desc = TensorDescriptor.from_tensor(q.unsqueeze(0) if varlen else q, q_box,
                                           gl.NVMMASharedLayout.get_default_for(q_box, gl_dtype))
-    num_tiles = triton.cdiv(seqlen_q * rows_per_pos, BLOCK_M)
+    num_tiles = triton.cdiv(seqlen_q * rows_per_pos, block_m)
     num_batch_heads = batch * (num_kv_heads if pack_gqa else num_heads)
     work = num_tiles * num_batch_heads
-    maxnreg = maxnreg or MAXNREG
-    # Resident programs per SM: 12 warps (4 + 4 + 1, allocated by warpgroup) of maxnreg registers per thread.
-    per_sm = max(1, 65536 // (12 * 32 * maxnreg))
+    default_maxnreg, default_consumer_regs = registers_for(consumers)
+    maxnreg = maxnreg or default_maxnreg
+    # Resident programs per SM: 4 * (consumers + 1) warps (allocated by warpgroup) of maxnreg registers per thread.
+    per_sm = max(1, 65536 // (4 * (consumers + 1) * 32 * maxnreg))
     grid = (min(work, programs or per_sm * _sm_count(q.device)),)
     flag = non_finite_flags is not None
     placeholder = out
@@ -511,14 +563,15 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         *o_strides, *l_strides,
         seqlen_q, seqlen_k, 0 if varlen else k.shape[1], num_heads, softmax_scale,
         softcap if softcap > 0 else 1.0, left, right, num_tiles, num_batch_heads,
+        triton.cdiv(seqlen_q * rows_per_pos, ROWS_PER_CONSUMER),
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
         IS_VARLEN=varlen, PACK_GQA=pack_gqa, GROUP=group, STORE_LSE=lse is not None,
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
-        CONSUMER_REGS=consumer_regs or CONSUMER_REGS, LOADER_REGS=LOADER_REGS,
-        ROWS_PER_POS=rows_per_pos, PINGPONG=PINGPONG if pingpong is None else pingpong,
+        CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
+        ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
         num_warps=4, maxnreg=maxnreg,
     )
     return num_tiles
 
 
-__all__ = ["BLOCK_M", "GLUON_AVAILABLE", "GLUON_MODE", "forward", "unsupported_reason"]
+__all__ = ["MIN_ROWS", "ROWS_PER_CONSUMER", "GLUON_AVAILABLE", "GLUON_MODE", "forward", "unsupported_reason"]

@@ -112,6 +112,16 @@ def test_dense_against_reference_and_triton(case, dtype):
     assert_close("gluon vs triton", out, triton_out, tol)
 
 
+@pytest.mark.parametrize("case", [DENSE[0], DENSE[1], DENSE[5], DENSE[7], DENSE[9], DENSE[-2]],
+                         ids=lambda c: f"B{c[0]}-Sq{c[1]}-H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
+def test_three_consumer_warpgroups(case, monkeypatch):
+    """192-row tiles (three consumer warpgroups, 64-key blocks at head_dim 64 and in small windows) against the
+    reference, LSE included."""
+    monkeypatch.setattr(gluon_fwd, "consumers_for", lambda *args: 3)
+    monkeypatch.setattr(gluon_fwd, "block_n_for", lambda *args: 64)
+    test_dense_against_reference_and_triton(case, torch.bfloat16)
+
+
 @pytest.mark.parametrize("case", [DENSE[0], DENSE[3], DENSE[5], DENSE[6], DENSE[9], DENSE[-1]],
                          ids=lambda c: f"H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
 def test_pingpong_matches_the_default_schedule(case, monkeypatch):
@@ -177,13 +187,15 @@ def test_varlen_with_empty_and_short_sequences(window_size, head_dim):
     check_lse("lse", lse, ref_lse)
 
 
+@pytest.mark.parametrize("consumers", [2, 3])
 @pytest.mark.parametrize("pack_gqa", [False, True])
-def test_non_finite_isolation(pack_gqa):
+def test_non_finite_isolation(pack_gqa, consumers, monkeypatch):
     """A NaN in one value row and an inf in one key reach exactly the rows whose window holds them (per row, as
     the kernels promise: a row that sees a non-finite value row, or a key whose score is +inf, is not finite; every
     other row is finite and right). The reference gives +-inf where the kernels give NaN (an infinite probability
     normalized by an infinite sum), so rows are compared as finite or not."""
-    seqlen, heads, kv_heads, head_dim, window = 1024, 16, 2, 64, (100, 0)
+    monkeypatch.setattr(gluon_fwd, "consumers_for", lambda *args: consumers)
+    seqlen, heads, kv_heads, head_dim, window = 1000, 16, 2, 64, (100, 0)
     q = randn(1, seqlen, heads, head_dim, dtype=torch.bfloat16)
     k = randn(1, seqlen, kv_heads, head_dim, dtype=torch.bfloat16)
     v = randn(1, seqlen, kv_heads, head_dim, dtype=torch.bfloat16)
