@@ -13,7 +13,7 @@ fi
 export PYTHONPATH=.:${PYTHONPATH:-} PYTHONUNBUFFERED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
 export SWATTN_COMMIT=${SWATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 out=${OUT:-/tmp}
-nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee "$out/gpu.txt"
+nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
 if [ -n "${TESTS:-}" ]; then
   # shellcheck disable=SC2086
   SWATTN_TEST_DEVICE=cuda timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -n "${WORKERS:-4}" -p no:cacheprovider \
