@@ -9,6 +9,12 @@ where the two part ways at a near-tie (eager's own top-two gap within the measur
 the history shared with a float32 eager run must be no further from it than eager-bf16's. (Random bf16 models have
 near-flat logits, so on the H100 3 of 4 rows of a 32-token greedy run part ways with eager at such a tie; every
 one is checked to be a tie.)
+
+With a static cache transformers compiles the decode step (``torch.compile``, mode "reduce-overhead") and keeps the
+compiled callable on the model (``model._compiled_call``, bound to that model's ``__call__``); ``copy.deepcopy``
+shares it, so a copy made after a compiled generate runs the original model (its weights, dtype and attention).
+Every generate here runs on a fresh copy of a model that never generated, and the swattn runs check that swattn's
+attention was called inside the compiled step.
 """
 
 from __future__ import annotations
@@ -48,8 +54,24 @@ def _config(family: str):
     raise ValueError(family)
 
 
+# Which kinds of call reached swattn's attention: under torch.compile (traced into the compiled step) or eagerly.
+# Fixed keys: adding keys to a dict the compiled code writes would add a guard on its length (a recompile).
+_SEEN = {"compiled": False, "eager": False}
+SEEN_NAME = "swattn_seen"
+
+
+def _seen_attention(*args, **kwargs):
+    _SEEN["compiled" if torch.compiler.is_compiling() else "eager"] = True
+    return swattn_hf.swattn_attention_forward(*args, **kwargs)
+
+
+transformers.AttentionInterface.register(SEEN_NAME, _seen_attention)
+transformers.masking_utils.AttentionMaskInterface.register(SEEN_NAME, swattn_hf.swattn_mask)
+
+
 @functools.cache
 def _model(family: str) -> torch.nn.Module:
+    """The float32 model, never used itself (see the module docstring): callers run ``_copy(family, dtype)``."""
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(_config(family), attn_implementation="eager")
     if family == "gpt_oss":
@@ -57,6 +79,12 @@ def _model(family: str) -> torch.nn.Module:
             for layer in model.model.layers:
                 layer.self_attn.sinks.copy_(torch.randn_like(layer.self_attn.sinks))
     return model.to(DEVICE).eval()
+
+
+def _copy(family: str, dtype: torch.dtype) -> torch.nn.Module:
+    model = _model(family)
+    assert not hasattr(model, "_compiled_call"), "the shared model generated with a static cache"
+    return copy.deepcopy(model).to(dtype)
 
 
 def _prompts(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,8 +109,8 @@ def _logits(model, implementation, input_ids, attention_mask):
 def test_prefill_logits_within_bf16_tolerance(family):
     input_ids, attention_mask = _prompts([300, 173, 50])
     valid = attention_mask.bool()
-    oracle = _logits(_model(family), "eager", input_ids, attention_mask)[valid]
-    model = copy.deepcopy(_model(family)).to(torch.bfloat16)
+    oracle = _logits(_copy(family, torch.float32), "eager", input_ids, attention_mask)[valid]
+    model = _copy(family, torch.bfloat16)
     eager = _logits(model, "eager", input_ids, attention_mask)[valid]
     actual = _logits(model, "swattn", input_ids, attention_mask)[valid]
     eager_error = ((eager - oracle).norm() / oracle.norm()).item()
@@ -91,7 +119,10 @@ def test_prefill_logits_within_bf16_tolerance(family):
         f"{family}: swattn-bf16 relative error {swattn_error:.2e} vs eager-bf16's {eager_error:.2e}")
 
 
-def _generate(model, implementation, input_ids, attention_mask, **kwargs):
+def _generate(family, dtype, implementation, input_ids, attention_mask, **kwargs):
+    if kwargs.get("cache_implementation") == "static" and not kwargs.get("disable_compile"):
+        torch._dynamo.reset()  # each case compiles from scratch, not toward dynamo's recompile limit of earlier ones
+    model = _copy(family, dtype)
     model.set_attn_implementation(implementation)
     with torch.no_grad():
         out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=32, do_sample=False,
@@ -108,10 +139,16 @@ def _generate(model, implementation, input_ids, attention_mask, **kwargs):
 def test_generate_matches_eager(family, cache, lengths):
     input_ids, attention_mask = _prompts(lengths)
     kwargs = dict(cache_implementation="static") if cache == "static" else {}
-    tokens_o, logits_o = _generate(_model(family), "eager", input_ids, attention_mask, **kwargs)  # float32 oracle
-    model = copy.deepcopy(_model(family)).to(torch.bfloat16)
-    tokens_e, logits_e = _generate(model, "eager", input_ids, attention_mask, **kwargs)
-    tokens_s, logits_s = _generate(model, "swattn", input_ids, attention_mask, **kwargs)
+    # The references run eagerly (disable_compile: one compilation per case, swattn's); with a static cache
+    # transformers compiles swattn's decode steps, and swattn must have been traced into them.
+    tokens_o, logits_o = _generate(family, torch.float32, "eager", input_ids, attention_mask, disable_compile=True,
+                                   **kwargs)  # oracle
+    tokens_e, logits_e = _generate(family, torch.bfloat16, "eager", input_ids, attention_mask, disable_compile=True,
+                                   **kwargs)
+    _SEEN.update(compiled=False, eager=False)
+    tokens_s, logits_s = _generate(family, torch.bfloat16, SEEN_NAME, input_ids, attention_mask, **kwargs)
+    expected = {"compiled": True} if cache == "static" else {"compiled": False, "eager": True}
+    assert expected.items() <= _SEEN.items(), f"{family}: calls that reached swattn's attention: {_SEEN}"
     error_sq = {"eager": 0.0, "swattn": 0.0}
     oracle_sq = 0.0
     for row in range(tokens_e.shape[0]):
