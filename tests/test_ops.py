@@ -32,15 +32,19 @@ def _assert_equal(name: str, actual: torch.Tensor, expected: torch.Tensor) -> No
     torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("sinks", [False, True], ids=["nosink", "sink"])
 @pytest.mark.parametrize(
-    "window, softcap",
-    [pytest.param((3, 0), 0.0, id="W3_0"), pytest.param((-1, -1), 5.0, id="full-softcap5")],
+    "window, softcap, sinks, dtype",  # bf16 once per op: the fake implementations' dtypes are the real ones'
+    [
+        pytest.param((3, 0), 0.0, False, torch.float32, id="W3_0-nosink"),
+        pytest.param((3, 0), 0.0, True, torch.float32, id="W3_0-sink"),
+        pytest.param((-1, -1), 5.0, False, torch.float32, id="full-softcap5-nosink"),
+        pytest.param((-1, -1), 5.0, True, torch.bfloat16, id="full-softcap5-sink-bf16"),
+    ],
 )
-def test_fwd_opcheck(window, softcap, sinks):
+def test_fwd_opcheck(window, softcap, sinks, dtype):
     batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim = 2, 5, 9, 4, 2, 16
-    q, k, v = _qkv(batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim)
-    sink = torch.randn(heads) if sinks else None
+    q, k, v = _qkv(batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, dtype=dtype)
+    sink = torch.randn(heads, dtype=dtype) if sinks else None
     args = (q, k, v, sink, None, None, None, seqlen_q, seqlen_k, head_dim**-0.5, *window, softcap, False, 1)
     torch.library.opcheck(torch.ops.swattn.fwd.default, args, test_utils=OPCHECK_TESTS)
 
@@ -55,24 +59,31 @@ def test_fwd_opcheck_varlen():
     torch.library.opcheck(torch.ops.swattn.fwd.default, args, test_utils=OPCHECK_TESTS)
 
 
-@pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
-@pytest.mark.parametrize("append", [False, True], ids=["noappend", "append"])
-def test_fwd_kvcache_opcheck(append, paged):
+@pytest.mark.parametrize(
+    "append, paged, dtype",
+    [
+        pytest.param(False, False, torch.float32, id="noappend-contiguous"),
+        pytest.param(True, False, torch.float32, id="append-contiguous"),
+        pytest.param(False, True, torch.float32, id="noappend-paged"),
+        pytest.param(True, True, torch.bfloat16, id="append-paged-bf16"),
+    ],
+)
+def test_fwd_kvcache_opcheck(append, paged, dtype):
     batch, heads, kv_heads, head_dim, capacity = 2, 4, 2, 16, 24
-    q = torch.randn(batch, 1, heads, head_dim)
+    q = torch.randn(batch, 1, heads, head_dim, dtype=dtype)
     if paged:
         page_size = 4
-        k_cache = torch.randn(batch * capacity // page_size, page_size, kv_heads, head_dim)
+        k_cache = torch.randn(batch * capacity // page_size, page_size, kv_heads, head_dim, dtype=dtype)
         page_table = torch.randperm(k_cache.shape[0], dtype=torch.int32).view(batch, -1)
     else:
-        k_cache = torch.randn(batch, capacity, kv_heads, head_dim)
+        k_cache = torch.randn(batch, capacity, kv_heads, head_dim, dtype=dtype)
         page_table = None
     v_cache = torch.randn_like(k_cache)
-    k_new = torch.randn(batch, 1, kv_heads, head_dim) if append else None
-    v_new = torch.randn(batch, 1, kv_heads, head_dim) if append else None
+    k_new = torch.randn(batch, 1, kv_heads, head_dim, dtype=dtype) if append else None
+    v_new = torch.randn(batch, 1, kv_heads, head_dim, dtype=dtype) if append else None
     cache_seqlens = torch.tensor([5, 17], dtype=torch.int32)
-    args = (q, k_cache, v_cache, k_new, v_new, cache_seqlens, None, page_table, None, 1, torch.randn(heads),
-            head_dim**-0.5, 7, 0, 0.0, True, 1)
+    args = (q, k_cache, v_cache, k_new, v_new, cache_seqlens, None, page_table, None, 1,
+            torch.randn(heads, dtype=dtype), head_dim**-0.5, 7, 0, 0.0, True, 1)
     torch.library.opcheck(torch.ops.swattn.fwd_kvcache.default, args, test_utils=OPCHECK_TESTS)
 
 

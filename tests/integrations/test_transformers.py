@@ -139,6 +139,42 @@ def test_generate(family, cache, lengths):
     _assert_same_tokens(actual, expected)
 
 
+_SEEN = {"compiled": False, "eager": False}  # fixed keys: a growing dict would add a dynamo guard (a recompile)
+
+
+def _seen_attention(*args, **kwargs):
+    _SEEN["compiled" if torch.compiler.is_compiling() else "eager"] = True
+    return swattn_hf.swattn_attention_forward(*args, **kwargs)
+
+
+transformers.AttentionInterface.register("swattn_seen", _seen_attention)
+transformers.masking_utils.AttentionMaskInterface.register("swattn_seen", swattn_hf.swattn_mask)
+
+
+def test_generate_static_compiled():
+    """A static cache's decode step under torch.compile, as transformers runs it on a GPU (on the CPU only when asked:
+    ``compile_config._compile_all_devices``), in bf16: swattn traced with fake tensors and functionalised (backend
+    aot_eager), then run, gives the tokens and bits of the uncompiled call. Each generate runs on a fresh copy of the
+    model: transformers keeps the compiled forward on the model, bound to it, and ``copy.deepcopy`` shares it."""
+    config = transformers.CompileConfig(backend="aot_eager")
+    config._compile_all_devices = True
+    input_ids, attention_mask = _prompts([21])
+    runs = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        model = copy.deepcopy(_model("gpt_oss")).to(torch.bfloat16)
+        _SEEN.update(compiled=False, eager=False)
+        out = _run(model, "swattn_seen", lambda m: m.generate(
+            input_ids, attention_mask=attention_mask, max_new_tokens=4, do_sample=False, pad_token_id=0,
+            cache_implementation="static", compile_config=config, disable_compile=not compiled,
+            return_dict_in_generate=True, output_logits=True))
+        assert hasattr(model, "_compiled_call") == compiled, "transformers did not compile the decode step"
+        assert _SEEN["compiled"] == compiled, f"calls that reached swattn's attention: {_SEEN}"
+        runs[compiled] = out.sequences[:, input_ids.shape[1]:], torch.stack(out.logits, 1)
+    _assert_same_tokens(runs[True][0], runs[False][0])
+    torch.testing.assert_close(runs[True][1], runs[False][1], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("family", ["gpt_oss", "qwen2"])
 def test_packed_sequences(family):
     """Sequences packed in one row (position_ids restart) attend only within themselves, as when run one by one."""
