@@ -107,14 +107,13 @@ def main() -> int:
         variants = [("swattn Triton", with_mode("0", call()))]
         gluon = [("gluon shipped", with_mode("1", call()))]
         if 0 <= left <= 256:  # small windows: packed 64-key blocks, two or three consumer warpgroups
-            gluon.append(("gluon pack BN64 3 WG", with_mode("1", call(True), block_n=64, consumers=3)))
             gluon.append(("gluon pack BN64 3 WG S3", with_mode("1", call(True), block_n=64, consumers=3,
                                                                  num_stages=3)))
-            gluon.append(("gluon BN128", with_mode("1", call(False), block_n=128)))
         elif head_dim == 64:
-            gluon.append(("gluon BN64 3 WG", with_mode("1", call(), block_n=64, consumers=3)))
-            gluon.append(("gluon BN64 3 WG S3", with_mode("1", call(), block_n=64, consumers=3, num_stages=3)))
-            gluon.append(("gluon BN128 S3", with_mode("1", call(), num_stages=3)))
+            gluon.append(("gluon BN128 3 WG", with_mode("1", call(), consumers=3)))
+        gluon.append(("gluon exp2 on FMA", with_mode("1", call(), exp2_on_fma=True)))
+        if 0 <= left <= 256 and head_dim == 128:
+            gluon.append(("gluon pack BN64 S3", with_mode("1", call(True), block_n=64, num_stages=3)))
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
         variants += gluon

@@ -67,6 +67,8 @@ NUM_STAGES = 2
 LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer warpgroups share the rest
 # The consumer warpgroups take turns issuing their products (FlashAttention 3's ping-pong): not yet measured.
 PINGPONG = False
+# Every other block's exponentials computed on the FMA pipes (FlashAttention 4's MUFU offload): not yet measured.
+EXP2_ON_FMA = False
 
 
 def registers_for(consumers: int) -> tuple[int, int]:
@@ -108,9 +110,24 @@ if GLUON_AVAILABLE:
         return visible
 
     @gluon.jit
+    def _exp2_on_fma(x):
+        """2**x without the MUFU unit: 2**floor(x) from the exponent bits times a cubic in the fraction (relative
+        error 9e-5, far below P's bf16/fp16 rounding), exactly 0 below 2**-126 (so -inf gives 0, as exp2 does).
+        FlashAttention 4's trick: moving part of the exponentials to the FMA pipes relieves the 16-per-clock MUFU."""
+        clamped = gl.maximum(x, -127.0)
+        whole = gl.floor(clamped)
+        fraction = clamped - whole
+        poly = fraction * 0.07706209 + 0.22765041
+        poly = poly * fraction + 0.69511558
+        poly = poly * fraction + 1.0
+        bits = poly.to(gl.int32, bitcast=True) + (whole.to(gl.int32) << 23)
+        return gl.where(x < -126.0, 0.0, bits.to(gl.float32, bitcast=True))
+
+    @gluon.jit
     def _softmax_block(s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end,
                        left, right, softmax_scale, softcap, col_layout: gl.constexpr, HAS_LEFT: gl.constexpr,
-                       HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, BLOCK_N: gl.constexpr):
+                       HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, BLOCK_N: gl.constexpr,
+                       EXP2_ON_FMA: gl.constexpr):
         """Online-softmax step on one block's scores: ``(p, m_new, l_new, alpha)`` in log2 units."""
         if HAS_SOFTCAP:
             s = softcap_scores(s, softmax_scale, softcap)
@@ -123,7 +140,11 @@ if GLUON_AVAILABLE:
             s = gl.where(visible, s, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
         pivot = safe_pivot(m_new)
-        p = gl.exp2(s * qk_scale - gl.expand_dims(pivot, 1))
+        if EXP2_ON_FMA and (block % 2 == 1):
+            # Every other block's exponentials on the FMA pipes, the rest on MUFU.
+            p = _exp2_on_fma(s * qk_scale - gl.expand_dims(pivot, 1))
+        else:
+            p = gl.exp2(s * qk_scale - gl.expand_dims(pivot, 1))
         alpha = gl.exp2(m_i - pivot)
         l_new = l_i * alpha + gl.sum(p, 1)
         return p, m_new, l_new, alpha
@@ -190,7 +211,7 @@ if GLUON_AVAILABLE:
                 PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                 IS_VARLEN: gl.constexpr, ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr,
-                NUM_CONSUMERS: gl.constexpr):
+                NUM_CONSUMERS: gl.constexpr, EXP2_ON_FMA: gl.constexpr):
         """One warp: each work item's K/V blocks through TMA into the stage ring, from its first visible key. The
         ring's position runs on across items, so the next tile's first blocks load during this one's epilogue."""
         k_desc, v_desc, q_desc = pointers[0], pointers[1], pointers[2]
@@ -237,7 +258,7 @@ if GLUON_AVAILABLE:
                   PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                   IS_VARLEN: gl.constexpr, ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr,
-                NUM_CONSUMERS: gl.constexpr):
+                NUM_CONSUMERS: gl.constexpr, EXP2_ON_FMA: gl.constexpr):
         """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of each work item's tile, from Q load to O store."""
         O, LSE, SINKS, FLAGS, ANY_NAN = pointers[3], pointers[4], pointers[5], pointers[6], pointers[7]
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh = strides
@@ -294,7 +315,7 @@ if GLUON_AVAILABLE:
                 mbarrier.arrive(k_empty.index(first_stage), count=1)
                 p, m_i, l_i, alpha = _softmax_block(
                     s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
-                    softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
+                    softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, EXP2_ON_FMA)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
                 for block in range(1, num_blocks):
                     stage = (position + block) % NUM_STAGES
@@ -315,7 +336,7 @@ if GLUON_AVAILABLE:
                     # The softmax of block j runs while P_{j-1} V_{j-1} is still on the tensor cores.
                     p, m_i, l_i, alpha = _softmax_block(
                         s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
-                        right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
+                        right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, EXP2_ON_FMA)
                     acc = warpgroup_mma_wait(0, deps=[acc_token])
                     mbarrier.arrive(v_empty.index(previous_stage), count=1)
                     acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
@@ -390,6 +411,7 @@ if GLUON_AVAILABLE:
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
         ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
+        EXP2_ON_FMA: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
@@ -428,28 +450,28 @@ if GLUON_AVAILABLE:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS)),
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS)),
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS)),
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS)),
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS)),
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS)),
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS)),
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA)),
             ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -514,14 +536,15 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             non_finite_flags: torch.Tensor | None, any_non_finite: torch.Tensor | None,
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
             consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None,
-            consumers: int | None = None) -> int:
+            consumers: int | None = None, exp2_on_fma: bool | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
     of query tiles per (batch, head-or-KV-head). Non-finite flags are written per group of ``ROWS_PER_CONSUMER``
     rows (the Triton redo pass's tiles).
     ``block_n`` / ``num_stages`` / ``maxnreg`` (per thread at launch) / ``consumer_regs`` (per consumer thread after
     the partitions' reallocation) / ``programs`` (the persistent grid; default one per SM) / ``pingpong`` (the
     consumers take turns on the tensor cores; two consumers only) / ``consumers`` (warpgroups of 64 rows per tile: 2
-    or 3) override the shipped choice (tuning probes)."""
+    or 3) / ``exp2_on_fma`` (every other block's exponentials on the FMA pipes) override the shipped choice (tuning
+    probes)."""
     varlen = cu_seqlens_q is not None
     num_heads, head_dim = q.shape[-2], q.shape[-1]
     num_kv_heads = k.shape[-2]
@@ -569,6 +592,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
+        EXP2_ON_FMA=EXP2_ON_FMA if exp2_on_fma is None else exp2_on_fma,
         num_warps=4, maxnreg=maxnreg,
     )
     return num_tiles
