@@ -436,7 +436,9 @@ def verify_blocks() -> None:
     checked against the shipped call's output:
     - ``no append``: the attention alone (the k tokens already cached);
     - ``shipped``: the default path (the append launch unless ops.FUSED_APPEND_DEFAULTS says otherwise, then the
-      attention launch, then for k >= 2 the non-finite redo launch, which exits at once on finite data);
+      attention launch, then for k >= 2 the non-finite redo launch, which exits at once on finite data; at 128
+      tiles it reads each tile's flags, fwd.REDO_SCANNED);
+    - ``zeroed flag + redo``: the redo pass behind the raised flag, zeroed by a launch before the attention;
     - ``fused``: ops.FUSED_APPEND forced on (one launch for append + attention);
     - ``no redo``: fwd.ISOLATE_NON_FINITE off (what the redo launch costs: verify tiles mix query positions, so it
       is on for k >= 2; decode has none);
@@ -466,7 +468,7 @@ def verify_blocks() -> None:
         ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
         rows = max(16, next_power_of_2(k * heads // kv_heads))
         one_block = lambda warps: FwdConfig(rows, 256, warps, 1, single_loop=True)  # noqa: E731
-        # (label, config or None, FUSED_APPEND, ISOLATE_NON_FINITE, inputs)
+        # (label, config or None, FUSED_APPEND, ISOLATE_NON_FINITE (or "raised flag": on, without scanning), inputs)
         variants = [("no append", None, None, True, without_append), ("shipped", None, None, True, sets),
                     ("fused", None, True, True, sets)]
         if k > 1:
@@ -476,13 +478,17 @@ def verify_blocks() -> None:
                          ("128 keys, 2 stages", FwdConfig(rows, 128, 4, 2, single_loop=True), None, True, sets),
                          ("64 keys, 2 stages", FwdConfig(rows, 64, 4, 2, single_loop=True), None, True, sets),
                          ("fused, no redo, 256/8", one_block(8), True, False, sets)]
+        if k > 1:  # the redo pass behind a zeroed raised flag (the default before fwd.REDO_SCANNED)
+            variants.insert(3, ("zeroed flag + redo", None, None, "raised flag", sets))
         times: dict[str, list[float] | None] = {}  # None: failed or wrong, not timed
         for _ in range(2):
             for label, config, fused, isolate, inputs in variants:
                 if label in times and times[label] is None:
                     continue
-                previous = ops.FUSED_APPEND, fwd.ISOLATE_NON_FINITE
-                ops.FUSED_APPEND, fwd.ISOLATE_NON_FINITE = fused, isolate
+                previous = ops.FUSED_APPEND, fwd.ISOLATE_NON_FINITE, fwd.SCAN_FLAGS_MAX_WORK
+                ops.FUSED_APPEND, fwd.ISOLATE_NON_FINITE = fused, isolate is not False
+                if isolate == "raised flag":
+                    fwd.SCAN_FLAGS_MAX_WORK = 0
                 try:
                     with forced_config(config) if config else _nothing():
                         def call_all(inputs=inputs):
@@ -500,7 +506,7 @@ def verify_blocks() -> None:
                     print(f"  k={k} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
                     times[label] = None
                 finally:
-                    ops.FUSED_APPEND, fwd.ISOLATE_NON_FINITE = previous
+                    ops.FUSED_APPEND, fwd.ISOLATE_NON_FINITE, fwd.SCAN_FLAGS_MAX_WORK = previous
         for label, values in times.items():
             if values:
                 print(f"  k={k} {label}: {' / '.join(f'{t:.2f}' for t in values)} us", flush=True)

@@ -49,8 +49,17 @@ from swattn.window import visible_span
 # import drops the second launch, and a non-finite value row may then reach the other rows of its tile.
 ISOLATE_NON_FINITE = os.environ.get("SWATTN_ISOLATE_NON_FINITE", "1") not in ("", "0")
 
-# NON_FINITE_PASS values: no isolation; the main pass, which also flags rows holding a NaN; the redo pass.
+# NON_FINITE_PASS values: no isolation; the main pass, which also flags rows holding a NaN; the redo pass behind the
+# raised flag; the redo pass that reads every tile's flags itself (no raised flag to zero before the main pass).
 NO_ISOLATION, FLAG_NON_FINITE, REDO_FLAGGED = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+REDO_SCANNED = tl.constexpr(3)
+
+# Grids of at most this many tiles (None: one per redo program, ``_persistent_programs``) take REDO_SCANNED: each
+# redo program reads its one tile's flags, and the call allocates the raised flag without zeroing it. The zeroing is
+# a kernel launch of its own in front of the main pass, and it breaks the chain of programmatic dependent launches;
+# a 4-token verify step measured 0.9-1.0 us less with a scanning redo pass (H100, docs/notes/performance-log.md,
+# 2026-11-25), which prefill-sized grids (many tiles per redo program) did not keep.
+SCAN_FLAGS_MAX_WORK: int | None = None
 
 
 @triton.jit
@@ -498,10 +507,14 @@ def _swa_fwd_kernel(
     lives in its own launch: inside the main kernel, even unused, it cost 5-20% (docs/notes/performance-log.md).
     """
     wait_for_previous_grid(USE_PDL)
-    if NON_FINITE_PASS == REDO_FLAGGED:
+    if NON_FINITE_PASS == REDO_FLAGGED or NON_FINITE_PASS == REDO_SCANNED:
         # Nearly always nothing is flagged: one load, and the few programs exit (a full grid of early exits
         # measured +23% on a small-window prefill). Otherwise they walk every tile and redo the flagged ones.
-        if tl.load(ANY_NON_FINITE) != 0:
+        # REDO_SCANNED (a tile per program): no raised flag; the tile's own flags decide (in _attend_tile).
+        raised = True
+        if NON_FINITE_PASS == REDO_FLAGGED:
+            raised = tl.load(ANY_NON_FINITE) != 0
+        if raised:
             for work in range(tl.program_id(0), num_work, tl.num_programs(0)):
                 split = work % num_splits
                 tile = (work // num_splits) % num_tiles
@@ -517,7 +530,7 @@ def _swa_fwd_kernel(
                     tile, batch_head, split, num_tiles, num_splits,
                     HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
                     HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST,
-                    SINGLE_LOOP, NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K,
+                    SINGLE_LOOP, REDO_FLAGGED, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K,
                     HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
                 )
     else:
@@ -617,7 +630,7 @@ def attention_forward(
            tensor_signature(cache_batch_idx), tensor_signature(page_table), tensor_signature(new_k),
            tensor_signature(new_v), tensor_signature(seqused_q), tensor_signature(cache_leftpad), attention_chunk,
            q.device, softmax_scale, left, right, softcap, max_seqlen_q, max_seqlen_k,
-           pack_gqa, num_splits, return_lse, count_blocks, ISOLATE_NON_FINITE, _compat.PDL,
+           pack_gqa, num_splits, return_lse, count_blocks, ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, _compat.PDL,
            configs.forced_config_in_use(), gluon_fwd.GLUON_MODE)
     plan = _PLANS.get(key)
     if plan is None:
@@ -758,9 +771,14 @@ class _ForwardPlan:
                                 NON_FINITE_PASS=FLAG_NON_FINITE.value if self.isolate else NO_ISOLATION.value),
                            options, num_tensors=_FORWARD_TENSORS)
         self.redo = None
+        programs = _persistent_programs(q.device)
+        # The Gluon kernel keeps the raised flag (its tiles' flags are not read per tile here).
+        self.scan_flags = (self.isolate and not self.use_gluon
+                           and num_work <= (programs if SCAN_FLAGS_MAX_WORK is None else SCAN_FLAGS_MAX_WORK))
         if self.isolate:
-            self.redo = Launch(_swa_fwd_kernel, (min(num_work, _persistent_programs(q.device)),), scalars,
-                               dict(switches, COUNT_BLOCKS=False, NON_FINITE_PASS=REDO_FLAGGED.value), options,
+            redo_pass = REDO_SCANNED if self.scan_flags else REDO_FLAGGED
+            self.redo = Launch(_swa_fwd_kernel, (min(num_work, programs) if not self.scan_flags else num_work,),
+                               scalars, dict(switches, COUNT_BLOCKS=False, NON_FINITE_PASS=redo_pass.value), options,
                                num_tensors=_FORWARD_TENSORS)
 
     def run(self, q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k, new_v,
@@ -780,7 +798,8 @@ class _ForwardPlan:
                         else torch.zeros(self.block_count_shape, device=device, dtype=torch.int32))
         if self.isolate:
             non_finite_flags = torch.empty(self.flag_rows, device=device, dtype=torch.int8)
-            any_non_finite = torch.zeros(1, device=device, dtype=torch.int32)
+            # The scanning redo pass never reads the raised flag: no zeroing launch (the main pass may still raise it).
+            any_non_finite = (torch.empty if self.scan_flags else torch.zeros)(1, device=device, dtype=torch.int32)
         else:
             non_finite_flags = any_non_finite = placeholder
         if self.use_tma:

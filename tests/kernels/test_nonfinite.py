@@ -32,9 +32,11 @@ def poison_value(kind: str) -> float:
 
 @pytest.fixture(params=["isolate", "no-isolation", "fallback"])
 def isolate(request, monkeypatch):
-    """Whether the isolation is exact, on three paths: the kernels with the isolation pass (the default), the kernels
-    without it, and the CPU fallback (no interpreter: swattn.reference), which keeps the kernels' contract exactly."""
+    """Whether the isolation is exact, on three paths: the kernels with the isolation pass (the default; here its
+    redo pass behind the raised flag), the kernels without it, and the CPU fallback (no interpreter:
+    swattn.reference), which keeps the kernels' contract exactly."""
     monkeypatch.setattr(fwd, "ISOLATE_NON_FINITE", request.param != "no-isolation")
+    monkeypatch.setattr(fwd, "SCAN_FLAGS_MAX_WORK", 0)
     if request.param != "fallback":
         yield request.param != "no-isolation"
         return
@@ -123,11 +125,30 @@ def test_varlen_sequences_do_not_leak(kind, isolate):
         expect_isolated(out, clean, seeing, kind, isolate, group)
 
 
+@pytest.fixture
+def scanning_redo(monkeypatch):
+    """The redo pass that reads each tile's flags (``fwd.REDO_SCANNED``, taken by grids of at most a tile per redo
+    program, as a verify step's), forced on every grid."""
+    monkeypatch.setattr(fwd, "ISOLATE_NON_FINITE", True)
+    monkeypatch.setattr(fwd, "SCAN_FLAGS_MAX_WORK", 1 << 30)
+    return True
+
+
 @pytest.mark.parametrize("num_splits,left", [(1, 7), (3, -1)])
 @pytest.mark.parametrize("pack_gqa", [True, False])
 def test_paged_cache(num_splits, left, pack_gqa, isolate):
     """Decode and a 3-token extend on a paged cache with split-KV: the poisoned token's sequence and KV head, for a
     value NaN, a value inf and a key NaN in turn against one clean run."""
+    paged_cache_case(num_splits, left, pack_gqa, isolate)
+
+
+@pytest.mark.parametrize("num_splits,left", [(1, 7), (3, -1)])
+def test_paged_cache_scanning_redo(num_splits, left, scanning_redo):
+    """The same with the scanning redo pass (PackGQA, as a verify step): exact isolation, no raised flag read."""
+    paged_cache_case(num_splits, left, True, scanning_redo)
+
+
+def paged_cache_case(num_splits, left, pack_gqa, isolate):
     batch, page_size, pages_per_seq, seqlen_q = 3, 4, 6, 3
     seqlens = torch.tensor([21, 17, 24], dtype=torch.int32)
     k_cache = torch.randn(batch * pages_per_seq, page_size, HK, D, dtype=torch.float16)
