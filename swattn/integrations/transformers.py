@@ -27,6 +27,11 @@ dropout > 0, ``output_attentions``, 4D or block masks, mask overlays (``or_mask_
 e.g. bidirectional image tokens), chunked attention (``attention_chunk_size``), a sliding window on a non-causal
 layer. Packed-sequence detection from ``position_ids`` and the padding check read data, so they are skipped under
 ``torch.compile``; pass ``cu_seq_lens_q/k`` there, and left padding only.
+
+Under ``torch.compile`` (transformers compiles the decode step of a static cache on a GPU) a padding mask is not
+unpadded (that reads it on the host: a graph break per layer, as for ``flash_attention_2``): without a gradient,
+the call is ``flash_attn_with_kvcache`` with ``cache_leftpad`` = each row's first valid slot, so a padded batch's
+decode step compiles into one graph.
 """
 
 from __future__ import annotations
@@ -190,6 +195,16 @@ def swattn_attention_forward(
         if 0 <= window_size[0] < mask.shape[-1] - 1 and not _is_tracing(mask) and not _contiguous_padding(mask):
             out = _masked_attention(q, k, v, mask, sliding_window, is_causal, options["softmax_scale"] or
                                     head_dim ** -0.5, options["softcap"], options["sinks"])
+            return out[..., :v_head_dim], None
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        if _is_tracing(mask) and is_causal and not needs_grad:
+            # Traced (transformers compiles a static cache's decode step): unpadding reads the mask on the host, a
+            # graph break per layer. Each row's tokens are one run (left padding, as documented under compile):
+            # the keys from its first valid slot up to the mask's end, the queries bottom-right aligned to them.
+            # Keys past a run's end (right padding) are seen only by the pad queries after it.
+            out = flash_attn_with_kvcache(
+                q, k, v, cache_seqlens=torch.full((batch,), mask.shape[-1], dtype=torch.int32, device=q.device),
+                cache_leftpad=mask.to(torch.int32).argmax(-1).to(torch.int32), **options)
             return out[..., :v_head_dim], None
         q, k, v, indices_q, (cu_q, cu_k), (max_q, max_k) = _upad_input(q, k, v, mask, seqlen_q, _unpad_input)
         out = flash_attn_varlen_func(q, k, v, cu_q, cu_k, int(max_q), int(max_k), **options)

@@ -155,10 +155,12 @@ def test_generate_static_compiled():
     """A static cache's decode step under torch.compile, as transformers runs it on a GPU (on the CPU only when asked:
     ``compile_config._compile_all_devices``), in bf16: swattn traced with fake tensors and functionalised (backend
     aot_eager), then run, gives the tokens and bits of the uncompiled call. Each generate runs on a fresh copy of the
-    model: transformers keeps the compiled forward on the model, bound to it, and ``copy.deepcopy`` shares it."""
+    model: transformers keeps the compiled forward on the model, bound to it, and ``copy.deepcopy`` shares it.
+    Left-padded prompts: the layers get a padding mask (``cache_leftpad``) or, a sliding-window layer whose window
+    holds no pad, none (the filled keys come from the positions)."""
     config = transformers.CompileConfig(backend="aot_eager")
     config._compile_all_devices = True
-    input_ids, attention_mask = _prompts([21])
+    input_ids, attention_mask = _prompts([21, 13, 5])
     runs = {}
     for compiled in (False, True):
         torch._dynamo.reset()
@@ -270,6 +272,25 @@ def test_unsupported_arguments_raise(kwargs, match):
     q, k = torch.randn(1, 4, 6, 16), torch.randn(1, 2, 6, 16)
     with pytest.raises(NotImplementedError, match=match):
         swattn_hf.swattn_attention_forward(_Layer(), q, k, k, None, **kwargs)
+
+
+@pytest.mark.parametrize("side, seqlen_q", [("left", 1), ("left", 12), ("right", 12)],
+                         ids=["left-decode", "left-prefill", "right-prefill"])
+def test_compiled_padding_mask_has_no_graph_break(side, seqlen_q):
+    """Traced, a padding mask (one run of tokens per row) takes the KV-cache call with ``cache_leftpad`` instead of
+    unpadding, which reads the mask on the host: no graph break (fullgraph), and the eager call's output at the
+    valid queries. Keys: a static cache's buffer (16 slots) of which the mask's 12 are filled, window 4, sinks."""
+    generator = torch.Generator().manual_seed(5)
+    q = torch.randn(3, 4, seqlen_q, 16, generator=generator)
+    k, v = (torch.randn(3, 2, 16, 16, generator=generator) for _ in range(2))
+    _, mask = _prompts([12, 7, 3], side=side)
+    layer = _Layer()
+    kwargs = dict(scaling=0.25, sliding_window=4, s_aux=torch.randn(4, generator=generator))
+    expected, _ = swattn_hf.swattn_attention_forward(layer, q, k, v, mask, **kwargs)
+    compiled = torch.compile(swattn_hf.swattn_attention_forward, fullgraph=True, backend="eager")
+    actual, _ = compiled(layer, q, k, v, mask, **kwargs)
+    valid = mask[:, -seqlen_q:].bool()
+    assert_close(f"{side} padding, {seqlen_q} queries", actual[valid], expected[valid], 1e-6)
 
 
 def test_mask_overlay_raises():
