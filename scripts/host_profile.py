@@ -4,8 +4,7 @@ Per scenario (gpt-oss layer shapes, bf16, sinks: window-(127, 0) decode B=16 ove
 without the append, the fused append, full decode with split-KV, 4K window prefill, its backward): host us per call
 of back-to-back calls without a sync, eager us per call between CUDA events, GPU kernels and allocations per call,
 direct and plain launches, and cProfile's top functions by own time. Then the parts alone: allocations, Triton's
-compiled launcher called with tensors or with integer pointers, Triton's ``JITFunction.run``, an empty kernel, the
-sinks' gradient.
+compiled launcher called with tensors or with integer pointers, Triton's ``JITFunction.run``, an empty kernel.
 
     PYTHONPATH=. python scripts/host_profile.py [--out FILE] [--calls 2000] [--only decode,backward]
 
@@ -32,7 +31,6 @@ import torch
 import swattn
 from swattn import ops
 from swattn.kernels import _launch
-from swattn.kernels.bwd import sinks_gradient
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -268,7 +266,7 @@ def parts(report: Report, decode_append, context: dict, calls: int) -> None:
         median, best = host_us(fn, max(n // 5, 2))
         report.line(f"{label}: {median:.2f} (best {best:.2f})")
 
-    q, k_pool, sinks = context["q"], context["k_pool"], context["sinks"]
+    q, k_pool = context["q"], context["k_pool"]
     part("torch.empty like decode out [16,1,64,64]", lambda: torch.empty(q.shape, device=q.device, dtype=q.dtype))
     part("torch.empty int32 [16]", lambda: torch.empty(16, device=q.device, dtype=torch.int32))
     part("torch.zeros int32 [1]", lambda: torch.zeros(1, device=q.device, dtype=torch.int32))
@@ -282,9 +280,6 @@ def parts(report: Report, decode_append, context: dict, calls: int) -> None:
         _launch._Runtime.load()
         part("triton driver get_current_device()", lambda: _launch._Runtime.get_device())
         part("triton driver get_current_stream(0)", lambda: _launch._Runtime.get_stream(0))
-    lse = torch.randn(1, q.shape[2], context["seqlen"], device=q.device)
-    delta = torch.randn_like(lse)
-    part("sinks_gradient (4K, torch ops)", lambda: sinks_gradient(sinks, lse, delta, None))
 
     recorded = record_launches(decode_append)
     for kernel_name, (launch, tensors) in recorded.items():

@@ -6,7 +6,11 @@ signature: which arguments were passed, each tensor's shape, strides, dtype and 
 values. So the second call of a signature runs the function and records that op call: which of its arguments are
 the caller's own tensors (by identity) and which are plain values; later calls of the signature make the same op
 call with their own tensors, and return its result as the recorded call did. (The first call of a signature
-only notes it: shapes that change on every call are never recorded.)
+only notes it: shapes that change on every call are never recorded.) The key also holds each tensor's 16-byte
+alignment and ``ops.plan_settings()``, so that the recorded op call can be planned: ``ops.planned_op`` gives, for
+the forward and KV-cache ops on the Triton path, a function that makes the op's launches from the kernels' plans
+looked up once (no per-call keys below this one); it hands calls it cannot serve (a gradient needed, a dispatch
+mode or functorch transform active, the fused-append setting changed) to the op.
 
 A signature is not replayed (the function runs every time) when its op call holds a tensor the function made (a
 copy of a strided q, ``cache_seqlens`` given as an int), when the function read tensor data for its checks
@@ -39,7 +43,10 @@ def note_data_checks(decide, tensor: torch.Tensor, check_inputs) -> bool:
 
 
 def _key_item(value):
-    if type(value) is torch.Tensor or isinstance(value, torch.Tensor):
+    if type(value) is torch.Tensor or type(value) is torch.nn.Parameter:
+        # With the 16-byte alignment Triton specializes pointers on: a planned op serves the whole signature.
+        return value.shape, value.stride(), value.dtype, value.device, value.data_ptr() % 16 == 0
+    if isinstance(value, torch.Tensor):  # a subclass (fake tensors: no data pointer to ask)
         return value.shape, value.stride(), value.dtype, value.device, type(value)
     if type(value) is tuple:
         return tuple, value, tuple(map(type, value))
@@ -59,8 +66,9 @@ class _Replay:
 
     __slots__ = ("op", "sources", "returns", "data_checks")
 
-    def __init__(self, op, sources, returns, data_checks):
-        self.op, self.sources, self.returns, self.data_checks = op, sources, returns, data_checks
+    def __init__(self, op, sources, returns, data_checks, planned=None):
+        # planned: ops.planned_op's function for this signature, called in place of the op (None: the op).
+        self.op, self.sources, self.returns, self.data_checks = planned or op, sources, returns, data_checks
 
     def reads_data(self, args, kwargs) -> bool:
         return any(decide(_take(source, args, kwargs), check_inputs)
@@ -117,7 +125,7 @@ def _record(function, args, kwargs):
         returns = "pair"
     else:
         return result, None
-    return result, _Replay(op, sources, returns, tuple(data_checks))
+    return result, _Replay(op, sources, returns, tuple(data_checks), ops.planned_op(op, op_args))
 
 
 class _RecordingOps:
@@ -158,7 +166,8 @@ def replayed(function):
         if torch.compiler.is_compiling():
             return function(*args, **kwargs)
         try:
-            key = (tuple(map(_key_item, args)), tuple(kwargs), tuple(map(_key_item, kwargs.values())))
+            key = (tuple(map(_key_item, args)), tuple(kwargs), tuple(map(_key_item, kwargs.values())),
+                   ops.plan_settings())
             plan = plans.get(key)
         except TypeError:  # an unhashable argument (a list)
             return function(*args, **kwargs)

@@ -19,9 +19,10 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from swattn import reference
 from swattn._compat import uses_triton
-from swattn.kernels.append import append_kv
+from swattn.kernels.append import append_plan
 from swattn.kernels.bwd import attention_backward
-from swattn.kernels.fwd import attention_forward
+from swattn.kernels.fwd import attention_forward, forward_plan
+from swattn.kernels.fwd import settings as forward_settings
 
 # The fused append: ``flash_attn_with_kvcache(..., k=, v=)`` with one new token per query (decode, speculative
 # verify) can append inside the attention kernel (each program writes the new tokens it reads), one launch instead
@@ -259,51 +260,95 @@ def _fwd_kvcache_impl(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """KV-cache forward: append ``k``/``v`` (if given, rotated with ``rotary_cos``/``rotary_sin``) at
     ``cache_seqlens``, rotate q likewise, then attend -> (out, lse)."""
-    new_tokens = {}
-    q_attend = q  # the queries the attention reads: q, or its rotated copy
+    if uses_triton(q):
+        args = (q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q, max_seqlen_q,
+                sinks, softmax_scale, left, right, softcap, pack_gqa, num_splits, cu_seqlens_k_new, cache_leftpad,
+                rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, rotary_sequential_q, attention_chunk)
+        return _KVCachePlan(*args).run(*args)
     rotary = dict(rotary_cos=rotary_cos, rotary_sin=rotary_sin, rotary_seqlens=rotary_seqlens,
                   rotary_interleaved=rotary_interleaved)
     if k is None:
-        one_new_token_per_query = False
-    elif cu_seqlens_q is not None:
-        one_new_token_per_query = k.dim() == 3 and cu_seqlens_k_new is None
-    else:
-        one_new_token_per_query = k.shape[1] == q.shape[1] and cu_seqlens_k_new is None
-    simple_append = rotary_cos is None and cache_leftpad is None
-    fused = one_new_token_per_query and simple_append and uses_triton(q) and fused_append_default(
-        left, 0 if page_table is None else k_cache.shape[1],
-        q.shape[0] if cu_seqlens_q is None else cu_seqlens_q.shape[0] - 1,
-        q.shape[1] if cu_seqlens_q is None else max_seqlen_q)
-    if fused:
-        if k.stride() != v.stride():  # the kernel reads both through one set of strides
-            k, v = k.contiguous(), v.contiguous()
-        seqlens_k, new_tokens = cache_seqlens, dict(new_k=k, new_v=v)  # lengths before the append
-    elif k is None:
         seqlens_k = cache_seqlens.to(torch.int32)
-    elif uses_triton(q):
-        seqlens_k, q_rotated = append_kv(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table,
-                                         cu_seqlens_q, cu_seqlens_k_new, q, rotary_sequential_q=rotary_sequential_q,
-                                         **rotary)
-        q_attend = q if q_rotated is None else q_rotated
     else:
         seqlens_k = reference.append_kv_ref(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx=cache_batch_idx,
                                             page_table=page_table, cu_seqlens_q=cu_seqlens_q,
                                             cu_seqlens_k_new=cu_seqlens_k_new, **rotary)
-    if not uses_triton(q):
-        if rotary_cos is not None:
-            q = reference.rotate_queries_ref(q, rotary_cos, rotary_sin,
-                                             cache_seqlens if rotary_seqlens is None else rotary_seqlens,
-                                             rotary_sequential_q, rotary_interleaved, cu_seqlens_q)
-        return _like_fake(q, *reference.attention_kvcache_ref(
-            q, k_cache, v_cache, seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
-            cu_seqlens_q=cu_seqlens_q, cache_leftpad=cache_leftpad,
-            **_reference_kwargs(softmax_scale, left, right, softcap, sinks, attention_chunk)))
-    out, lse, _ = attention_forward(
-        q_attend, k_cache, v_cache, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap,
-        sinks=sinks, cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, seqlens_k=seqlens_k,
-        cache_batch_idx=cache_batch_idx, page_table=page_table, pack_gqa=pack_gqa, num_splits=num_splits,
-        return_lse=True, cache_leftpad=cache_leftpad, attention_chunk=attention_chunk, **new_tokens)
-    return out, lse
+    if rotary_cos is not None:
+        q = reference.rotate_queries_ref(q, rotary_cos, rotary_sin,
+                                         cache_seqlens if rotary_seqlens is None else rotary_seqlens,
+                                         rotary_sequential_q, rotary_interleaved, cu_seqlens_q)
+    return _like_fake(q, *reference.attention_kvcache_ref(
+        q, k_cache, v_cache, seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
+        cu_seqlens_q=cu_seqlens_q, cache_leftpad=cache_leftpad,
+        **_reference_kwargs(softmax_scale, left, right, softcap, sinks, attention_chunk)))
+
+
+class _KVCachePlan:
+    """The Triton kernels of one ``swattn::fwd_kvcache`` call signature: the append launch (or the fused append,
+    or none), then the attention; ``run`` takes the op's arguments. The generic path makes one per call (its kernel
+    plans are looked up by their own keys); ``planned_op`` keeps one per signature for ``swattn._replay``."""
+
+    def __init__(self, q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
+                 max_seqlen_q, sinks, softmax_scale, left, right, softcap, pack_gqa, num_splits,
+                 cu_seqlens_k_new=None, cache_leftpad=None, rotary_cos=None, rotary_sin=None, rotary_seqlens=None,
+                 rotary_interleaved=True, rotary_sequential_q=True, attention_chunk=0):
+        if k is None:
+            one_new_token_per_query = False
+        elif cu_seqlens_q is not None:
+            one_new_token_per_query = k.dim() == 3 and cu_seqlens_k_new is None
+        else:
+            one_new_token_per_query = k.shape[1] == q.shape[1] and cu_seqlens_k_new is None
+        # The fused append's case (fused_append_default's arguments), asked again by a kept plan's every run: the
+        # setting and its table may change between calls.
+        self.fused_case = None
+        if one_new_token_per_query and rotary_cos is None and cache_leftpad is None:
+            self.fused_case = (left, 0 if page_table is None else k_cache.shape[1],
+                               q.shape[0] if cu_seqlens_q is None else cu_seqlens_q.shape[0] - 1,
+                               q.shape[1] if cu_seqlens_q is None else max_seqlen_q)
+        self.fused = self.fused_case is not None and fused_append_default(*self.fused_case)
+        # The fused kernel reads both through one set of strides.
+        self.copy_new = self.fused and k.stride() != v.stride()
+        self.append = None
+        if k is not None and not self.fused:
+            self.append = append_plan(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table,
+                                      cu_seqlens_q, cu_seqlens_k_new, q, rotary_cos, rotary_sin, rotary_seqlens,
+                                      rotary_interleaved, rotary_sequential_q)
+        self.forward_arguments = dict(softmax_scale=softmax_scale, left=left, right=right, softcap=softcap,
+                                      max_seqlen_q=max_seqlen_q, pack_gqa=pack_gqa, num_splits=num_splits,
+                                      return_lse=True, attention_chunk=attention_chunk)
+        # Looked up at the first run: it is keyed on tensors made there (the new lengths, a rotated q), whose
+        # layouts follow from the signature.
+        self.forward = None
+
+    def fused_changed(self) -> bool:
+        return self.fused_case is not None and fused_append_default(*self.fused_case) != self.fused
+
+    def run(self, q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
+            max_seqlen_q=None, sinks=None, softmax_scale=None, left=None, right=None, softcap=None, pack_gqa=None,
+            num_splits=None, cu_seqlens_k_new=None, cache_leftpad=None, rotary_cos=None, rotary_sin=None,
+            rotary_seqlens=None, *_):
+        q_attend, new_k, new_v = q, None, None  # q_attend: q, or its rotated copy
+        if self.fused:
+            if self.copy_new:
+                k, v = k.contiguous(), v.contiguous()
+            seqlens_k, new_k, new_v = cache_seqlens, k, v  # lengths before the append
+        elif k is None:
+            seqlens_k = cache_seqlens.to(torch.int32)
+        else:
+            seqlens_k, q_rotated = self.append.run(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx,
+                                                   page_table, cu_seqlens_q, cu_seqlens_k_new, q, rotary_cos,
+                                                   rotary_sin, rotary_seqlens)
+            if q_rotated is not None:
+                q_attend = q_rotated
+        forward = self.forward
+        if forward is None:
+            forward = self.forward = forward_plan(
+                q_attend, k_cache, v_cache, sinks=sinks, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx,
+                page_table=page_table, cu_seqlens_q=cu_seqlens_q, new_k=new_k, new_v=new_v,
+                cache_leftpad=cache_leftpad, **self.forward_arguments)
+        out, lse, _ = forward.run(q_attend, k_cache, v_cache, sinks, cu_seqlens_q, None, seqlens_k, cache_batch_idx,
+                                  page_table, new_k, new_v, None, cache_leftpad)
+        return out, lse
 
 
 fwd_kvcache = torch.library.custom_op("swattn::fwd_kvcache", mutates_args=("k_cache", "v_cache"),
@@ -357,3 +402,71 @@ def run_fwd_kvcache(*args) -> tuple[torch.Tensor, torch.Tensor]:
                     torch.autograd.graph.increment_version(cache)
         return result
     return fwd_kvcache(*args)
+
+
+def plan_settings() -> tuple:
+    """The module-level settings the kernels' plans are made with (``swattn._replay`` keys on them: a planned op
+    serves only calls made under the settings it was planned with)."""
+    return FUSED_APPEND, forward_settings()
+
+
+def _plain_tensors(args) -> bool:
+    return all(type(a) in (torch.Tensor, torch.nn.Parameter) for a in args if isinstance(a, torch.Tensor))
+
+
+def _plain_eager() -> bool:
+    """Nothing transforms the call (functorch, a dispatch mode): ``_may_skip_dispatcher``'s checks that a call
+    signature does not decide."""
+    return not (torch._C._are_functorch_transforms_active() or is_in_torch_dispatch_mode())
+
+
+def planned_op(op, args: tuple):
+    """For ``swattn._replay``: a function that makes ``op(*args)``'s launches for later calls of the same signature
+    (every tensor's shape, strides, dtype, device, type and 16-byte alignment, every other argument's value, and
+    ``plan_settings()``), or None (the op itself is called). The kernels' plans are looked up here, once, instead of
+    by their keys on every call. Calls it cannot serve (a gradient is needed, something transforms the call, the
+    fused-append setting changed, CPU tensors without the interpreter) go through ``op``."""
+    if not uses_triton(args[0]) or not _plain_tensors(args):
+        return None
+    if op is run_fwd_kvcache:
+        return _planned_fwd_kvcache(args)
+    if op is run_fwd:
+        return _planned_fwd(args)
+    return None
+
+
+def _planned_fwd_kvcache(args: tuple):
+    plan = _KVCachePlan(*args)
+    appends = args[3] is not None
+
+    def run(*args):
+        if not (uses_triton(args[0]) and _plain_eager()) or plan.fused_changed():
+            return run_fwd_kvcache(*args)
+        result = plan.run(*args)
+        if appends:  # as run_fwd_kvcache: the caches' in-place update is recorded
+            for cache in (args[1], args[2]):
+                if not cache.is_inference():
+                    torch.autograd.graph.increment_version(cache)
+        return result
+    return run
+
+
+def _planned_fwd(args: tuple):
+    (q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale, left, right,
+     softcap, pack_gqa, num_splits, *rest) = args
+    has_seqused_q = bool(rest) and rest[0] is not None
+    plan = forward_plan(q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
+                        cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k,
+                        max_seqlen_k=max_seqlen_k, seqlens_k=seqused_k, pack_gqa=pack_gqa, num_splits=num_splits,
+                        return_lse=True, seqused_q=rest[0] if has_seqused_q else None,
+                        attention_chunk=rest[1] if len(rest) > 1 else 0)
+
+    def run(*args):
+        q, k, v, sinks = args[:4]
+        if not (uses_triton(q) and _plain_eager()) or (torch.is_grad_enabled() and (
+                q.requires_grad or k.requires_grad or v.requires_grad or (sinks is not None and sinks.requires_grad))):
+            return run_fwd(*args)
+        out, lse, _ = plan.run(q, k, v, sinks, args[4], args[5], args[6], None, None, None, None,
+                               args[15] if has_seqused_q else None, None)
+        return out, lse
+    return run

@@ -103,3 +103,44 @@ def test_data_checks_skipped_while_tracing_run_again_afterwards(monkeypatch):
         inputs["page_table"][1, 1] = 10**6
         with pytest.raises(ValueError, match="page_table"):
             swattn.flash_attn_with_kvcache(**inputs, causal=True)
+
+
+def test_a_replayed_kvcache_call_launches_from_its_plan(monkeypatch):
+    """From a signature's third call the KV-cache op's launches come from ``ops.planned_op``'s plan: no kernel plan
+    is looked up (no per-call key below the interface's); a changed fused-append setting and a misaligned q are
+    not served by it; the outputs are those of the unplanned path (real kernels, interpreter)."""
+    from swattn import ops
+    from swattn.kernels import _launch
+
+    _launch.clear_plans()
+    inputs = _decode_inputs()
+    kwargs = dict(causal=True, window_size=(3, 0), check_inputs=False, return_softmax_lse=True)
+    cache = (inputs["k_cache"].clone(), inputs["v_cache"].clone())
+    expected = swattn.flash_attn_with_kvcache(**inputs, **kwargs)  # noted
+    looked_up = []
+    for name in ("forward_plan", "append_plan"):
+        real = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, real=real, name=name, **k: looked_up.append(name) or real(*a, **k))
+    inputs["k_cache"].copy_(cache[0])
+    inputs["v_cache"].copy_(cache[1])
+    swattn.flash_attn_with_kvcache(**inputs, **kwargs)  # recorded and planned
+    assert looked_up == ["append_plan", "forward_plan", "append_plan"]  # the op's call, then the plan's append
+    looked_up.clear()
+    version = inputs["k_cache"]._version
+    for _ in range(2):
+        inputs["k_cache"].copy_(cache[0])
+        inputs["v_cache"].copy_(cache[1])
+        out, lse = swattn.flash_attn_with_kvcache(**inputs, **kwargs)
+        assert torch.equal(out, expected[0]) and torch.equal(lse, expected[1])
+    # The plan's attention is looked up at its first run (it keys on the new lengths the append makes), then kept.
+    assert looked_up == ["forward_plan"] and inputs["k_cache"]._version >= version + 4  # appends count as writes
+    looked_up.clear()
+    monkeypatch.setattr(ops, "FUSED_APPEND", True)  # not the plan's case: the op plans the fused call
+    swattn.flash_attn_with_kvcache(**inputs, **kwargs)
+    assert looked_up == ["forward_plan"]  # no append launch
+    monkeypatch.setattr(ops, "FUSED_APPEND", False)
+    looked_up.clear()
+    storage = torch.empty(inputs["q"].numel() + 1, dtype=inputs["q"].dtype)
+    inputs["q"] = storage[1:].view(inputs["q"].shape).copy_(inputs["q"])  # another alignment: another signature
+    swattn.flash_attn_with_kvcache(**inputs, **kwargs)
+    assert looked_up == ["append_plan", "forward_plan"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from swattn import selfcheck
-from swattn.kernels import fwd
+from swattn.kernels import _launch, fwd
 
 
 def test_quick_run_covers_every_entry_point(capsys):
@@ -45,6 +45,7 @@ def test_broken_kernel_is_reported_with_a_reproducer(capsys, monkeypatch):
 
     monkeypatch.setattr(fwd, "attention_forward", off_by_a_bit)
     monkeypatch.setattr("swattn.ops.attention_forward", off_by_a_bit, raising=False)
+    _launch.clear_plans()  # no planned op (swattn._replay) may skip the patched function
     assert selfcheck.main(["--configs", "8", "--seed", "5", "--entry-points", "dense,kvcache"]) == 1
     out = capsys.readouterr().out
     assert "MISMATCH python -m swattn.selfcheck --seed 5 --case " in out

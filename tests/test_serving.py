@@ -232,8 +232,8 @@ def test_fused_append_follows_the_per_case_table(monkeypatch):
     monkeypatch.setattr(ops, "FUSED_APPEND", None)
     monkeypatch.setattr(ops, "FUSED_APPEND_DEFAULTS", {("decode", "window", 16): 2})
     launches = []
-    real_append = ops.append_kv
-    monkeypatch.setattr(ops, "append_kv", lambda *args, **kwargs: launches.append(1) or real_append(*args, **kwargs))
+    real_append = ops.append_plan
+    monkeypatch.setattr(ops, "append_plan", lambda *args, **kwargs: launches.append(1) or real_append(*args, **kwargs))
     for batch, new, window, page_size, fused in [(2, 1, (127, 0), 16, True), (3, 1, (127, 0), 16, False),
                                                  (2, 2, (127, 0), 16, False), (2, 1, (-1, 0), 16, False),
                                                  (2, 1, (127, 0), 1, False)]:

@@ -192,6 +192,18 @@ def append_kv(
     rotated (``rotary_sequential_q``: query i at offset + i, else all at the offset). Arguments are already
     checked; the head dimension must have unit stride. The launch is planned once per call signature.
     """
+    return append_plan(k_cache, v_cache, k_new, v_new, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
+                       cu_seqlens_k_new, q, rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved,
+                       rotary_sequential_q).run(k_cache, v_cache, k_new, v_new, cache_seqlens, cache_batch_idx,
+                                                page_table, cu_seqlens_q, cu_seqlens_k_new, q, rotary_cos,
+                                                rotary_sin, rotary_seqlens)
+
+
+def append_plan(k_cache, v_cache, k_new, v_new, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
+                cu_seqlens_k_new=None, q=None, rotary_cos=None, rotary_sin=None, rotary_seqlens=None,
+                rotary_interleaved=True, rotary_sequential_q=True) -> _AppendPlan:
+    """The plan of one ``append_kv`` call signature (made once, then looked up); its ``run`` serves every call of
+    the signature."""
     rotary = rotary_cos is not None
     key = (tensor_signature(k_cache), tensor_signature(v_cache), tensor_signature(k_new), tensor_signature(v_new),
            tensor_signature(cache_seqlens), tensor_signature(cache_batch_idx), tensor_signature(page_table),
@@ -200,24 +212,42 @@ def append_kv(
            tensor_signature(rotary_seqlens), rotary_interleaved, rotary_sequential_q, k_new.device, _compat.PDL)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _PLANS.add(key, _plan_append(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table,
-                                            cu_seqlens_q, cu_seqlens_k_new, q, rotary_cos, rotary_sin,
-                                            rotary_seqlens, rotary_interleaved, rotary_sequential_q))
-    batch, launch = plan
-    seqlens_k = torch.empty(batch, device=k_new.device, dtype=torch.int32)
-    q_rot = torch.empty_like(q) if rotary else None
-    if launch is not None:
-        placeholder = cache_seqlens
-        cu_new = cu_seqlens_k_new if cu_seqlens_k_new is not None else (cu_seqlens_q if k_new.dim() == 3 else None)
-        launch(k_new, v_new, k_cache, v_cache, cache_seqlens, seqlens_k,
-               placeholder if cu_new is None else cu_new,
-               placeholder if cache_batch_idx is None else cache_batch_idx,
-               placeholder if page_table is None else page_table,
-               q if rotary else placeholder, q_rot if rotary else placeholder,
-               cu_seqlens_q if rotary and cu_seqlens_q is not None else placeholder,
-               rotary_cos if rotary else placeholder, rotary_sin if rotary else placeholder,
-               placeholder if rotary_seqlens is None else rotary_seqlens)
-    return seqlens_k, q_rot
+        plan = _PLANS.add(key, _AppendPlan(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table,
+                                           cu_seqlens_q, cu_seqlens_k_new, q, rotary_cos, rotary_sin,
+                                           rotary_seqlens, rotary_interleaved, rotary_sequential_q))
+    return plan
+
+
+class _AppendPlan:
+    """The launch of one append_kv signature; ``run`` allocates the new lengths (and the rotated q) and launches."""
+
+    def __init__(self, k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table, cu_seqlens_q, cu_seqlens_k_new,
+                 q, rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, rotary_sequential_q):
+        self.batch, self.launch = _plan_append(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table,
+                                               cu_seqlens_q, cu_seqlens_k_new, q, rotary_cos, rotary_sin,
+                                               rotary_seqlens, rotary_interleaved, rotary_sequential_q)
+        self.rotary = rotary_cos is not None
+        self.device = k_new.device
+        # The new tokens' cumulative lengths: cu_seqlens_k_new, or cu_seqlens_q for 3-D new tokens laid out like q.
+        self.cu_new = "k_new" if cu_seqlens_k_new is not None else "q" if k_new.dim() == 3 else None
+
+    def run(self, k_cache, v_cache, k_new, v_new, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
+            cu_seqlens_k_new=None, q=None, rotary_cos=None, rotary_sin=None, rotary_seqlens=None):
+        seqlens_k = torch.empty(self.batch, device=self.device, dtype=torch.int32)
+        rotary = self.rotary
+        q_rot = torch.empty_like(q) if rotary else None
+        if self.launch is not None:
+            placeholder = cache_seqlens
+            cu_new = cu_seqlens_k_new if self.cu_new == "k_new" else cu_seqlens_q if self.cu_new == "q" else None
+            self.launch(k_new, v_new, k_cache, v_cache, cache_seqlens, seqlens_k,
+                        placeholder if cu_new is None else cu_new,
+                        placeholder if cache_batch_idx is None else cache_batch_idx,
+                        placeholder if page_table is None else page_table,
+                        q if rotary else placeholder, q_rot if rotary else placeholder,
+                        cu_seqlens_q if rotary and cu_seqlens_q is not None else placeholder,
+                        rotary_cos if rotary else placeholder, rotary_sin if rotary else placeholder,
+                        placeholder if rotary_seqlens is None else rotary_seqlens)
+        return seqlens_k, q_rot
 
 
 def _plan_append(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table, cu_seqlens_q, cu_seqlens_k_new, q,

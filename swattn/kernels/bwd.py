@@ -1,6 +1,6 @@
 """The backward kernel family: dQ, dK, dV (and dsinks) of sliding-window attention, with n_offset on both loops.
 
-Two launches, none with atomics, so the result is deterministic:
+Two launches (three with sinks), none with atomics, so the result is deterministic:
 
 1. ``_swa_bwd_dq_kernel``: one program per tile of BLOCK_M query rows of one head. It first writes
    ``delta = rowsum(dO * O)`` (minus the LSE's incoming gradient, if any) of its rows, then computes their dQ over
@@ -9,6 +9,8 @@ Two launches, none with atomics, so the result is deterministic:
    exact first query row whose window contains one of its keys (``first_query_seeing``, the mirror of the forward's
    n_offset) and ends at the last such row, and it runs once per query head of the GQA group, so dK/dV are summed
    over the group in registers.
+3. With sinks, ``_swa_bwd_dsinks_kernel`` (after the dQ kernel, whose delta it reads): one program per head sums
+   its rows' ``exp(sink - lse) * delta`` (one launch where torch ops took about ten, each with its host cost).
 
 Only the first and last blocks of each loop are masked. Legend: ``pos`` = query position inside its sequence;
 ``lse2`` = LSE in log2 units; ``s2`` = scores in log2 units (``softcap_scores`` or ``qk * scale * log2 e``);
@@ -373,30 +375,39 @@ def _swa_bwd_dq_kernel(
              (dq * softmax_scale).to(DQ.dtype.element_ty), mask=row_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
 
 
-def sinks_gradient(sinks: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor,
-                   cu_seqlens_q: torch.Tensor | None, seqused_q: torch.Tensor | None = None) -> torch.Tensor:
-    """``dsink_h = -sum over the rows of head h of exp(sink_h - lse) * delta`` (fp32, shape [H]).
-
-    Varlen rows past ``cu_seqlens_q[-1]`` are padding, and with ``seqused_q`` rows past a sequence's used length
-    are unused (their lse/delta were never written): they are left out on the device, without a host sync.
-    """
-    if cu_seqlens_q is None:
-        sink = sinks.float().view(1, -1, 1)
-        reduce_dims = (0, 2)
-        used = torch.ones((), dtype=torch.bool, device=lse.device)
-    else:
-        sink = sinks.float().view(-1, 1)
-        reduce_dims = (1,)
-        rows = torch.arange(lse.shape[1], device=lse.device, dtype=cu_seqlens_q.dtype)
-        used = rows < cu_seqlens_q[-1]
-        if seqused_q is not None:
-            sequence = (torch.searchsorted(cu_seqlens_q, rows, right=True) - 1).clamp(0, seqused_q.numel() - 1)
-            used = used & (rows - cu_seqlens_q[sequence] < seqused_q[sequence])
-        used = used[None, :]
-    # With sinks no row has LSE -inf (the sink is in it); guard anyway so exp(+inf) * 0 cannot give NaN.
-    used = used & (lse != float("-inf"))
-    contribution = torch.where(used, torch.exp(sink - lse) * delta, 0.0)
-    return -contribution.sum(reduce_dims)
+@triton.jit
+def _swa_bwd_dsinks_kernel(
+    SINKS, LSE, DELTA, DSINKS, CU_SEQLENS_Q, SEQUSED_Q,
+    batch, seqlen_q, stride_lb, stride_ls, stride_lh,
+    IS_VARLEN_Q: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """``dsink_h = -sum over the rows of head h of exp(sink_h - lse) * delta``. Grid ``(H,)``: one program per
+    head sums its rows of every sequence in order (deterministic, no atomics). Varlen padding past a sequence's
+    rows and rows past ``seqused_q`` are left out (their lse/delta were never written); rows with lse -inf (no key
+    and no sink, which sinks rule out) add nothing."""
+    head = tl.program_id(0)
+    sink = tl.load(SINKS + head).to(tl.float32)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    sequence_base = head.to(tl.int64) * stride_lh  # of sequence b's rows (dense: advanced by stride_lb)
+    for b in range(batch):
+        if IS_VARLEN_Q:
+            begin = tl.load(CU_SEQLENS_Q + b)
+            rows = tl.load(CU_SEQLENS_Q + b + 1) - begin
+            if HAS_SEQUSED_Q:
+                rows = tl.minimum(rows, tl.load(SEQUSED_Q + b))
+            base = sequence_base + begin.to(tl.int64) * stride_ls
+        else:
+            rows = seqlen_q
+            base = sequence_base
+            sequence_base += stride_lb
+        for start in range(0, rows, BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < rows
+            lse = tl.load(LSE + base + offs * stride_ls, mask=mask, other=float("-inf"))
+            delta = tl.load(DELTA + base + offs * stride_ls, mask=mask, other=0.0)
+            used = mask & (lse != float("-inf"))
+            acc += tl.where(used, tl.exp(sink - tl.where(used, lse, 0.0)) * delta, 0.0)
+    tl.store(DSINKS + head, -tl.sum(acc, 0))
 
 
 # attention_backward's plans, per call signature.
@@ -492,9 +503,17 @@ class _BackwardPlan:
         no_queries = batch == 0 or q.numel() == 0 or seqlen_q == 0
         no_keys = k.numel() == 0 or seqlen_k == 0
         self.no_queries, self.no_keys = no_queries, no_keys
-        self.dq_launch = self.dkdv_launch = None
+        self.dq_launch = self.dkdv_launch = self.dsinks_launch = None
         if no_queries or (no_keys and sinks is None):
             return
+        if sinks is not None:
+            batch_stride, position_stride, head_stride = lse_strides(lse, varlen_q)
+            self.dsinks_launch = Launch(
+                _swa_bwd_dsinks_kernel, (num_heads,),
+                (batch, seqlen_q, batch_stride, position_stride, head_stride),
+                dict(IS_VARLEN_Q=varlen_q, HAS_SEQUSED_Q=seqused_q is not None, BLOCK=1024 if varlen_q else
+                     min(1024, max(16, next_power_of_2(seqlen_q)))),
+                dict(num_warps=4), num_tensors=6)
 
         upcast = needs_upcast(q.dtype)
         lse_address = lse_strides(lse, varlen_q)
@@ -541,7 +560,8 @@ class _BackwardPlan:
         dq = torch.zeros_like(q) if self.zero_dq else torch.empty_like(q)
         dk = torch.zeros_like(k) if self.zero_dkdv else torch.empty_like(k)
         dv = torch.zeros_like(v) if self.zero_dkdv else torch.empty_like(v)
-        dsinks = None if sinks is None else torch.zeros(self.num_heads, device=self.device, dtype=torch.float32)
+        # dsinks: written by its kernel, or zero (no queries)
+        dsinks = None if sinks is None else torch.empty(self.num_heads, device=self.device, dtype=torch.float32)
         loop_record = (None if self.record_shape is None
                        else torch.full(self.record_shape, -1, device=self.device, dtype=torch.int32))
         result = (dq, dk, dv, dsinks, loop_record) if loop_record is not None else (dq, dk, dv, dsinks)
@@ -550,8 +570,8 @@ class _BackwardPlan:
             dk.zero_()
             dv.zero_()
         if self.dq_launch is None:
-            # Without keys every row's softmax is the sink alone (out 0, lse = sink), so the sink still receives the
-            # gradient that flows into the LSE output.
+            if dsinks is not None:
+                dsinks.zero_()
             return result
         delta = torch.empty_like(lse)
         placeholder = q
@@ -566,7 +586,9 @@ class _BackwardPlan:
         self.dq_launch(q, placeholder if self.no_keys else k, placeholder if self.no_keys else v, out, dout, dq, lse,
                        placeholder if dlse is None else dlse, delta, *sequence_args)
         if sinks is not None:
-            dsinks = sinks_gradient(sinks, lse, delta, cu_seqlens_q, seqused_q)
+            # Without keys every row's softmax is the sink alone (out 0, lse = sink), so the sink still receives
+            # the gradient that flows into the LSE output.
+            self.dsinks_launch(sinks, lse, delta, dsinks, sequence_args[0], sequence_args[3])
         if self.dkdv_launch is not None:
             self.dkdv_launch(q, k, v, dout, dk, dv, lse, delta, *sequence_args,
                              placeholder if loop_record is None else loop_record)

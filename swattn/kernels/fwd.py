@@ -581,6 +581,13 @@ def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_tile:
 _PLANS = PlanCache()
 
 
+def settings() -> tuple:
+    """The module-level settings a forward plan is made with (part of its key): non-finite isolation and its
+    scanning-redo bound, PDL, a forced config, the Gluon mode."""
+    return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, _compat.PDL, configs.forced_config_in_use(),
+            gluon_fwd.GLUON_MODE)
+
+
 def attention_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -625,13 +632,28 @@ def attention_forward(
     What depends only on the call's signature (config, grid, strides, constexprs, compiled kernels) is planned
     once per signature (``_ForwardPlan``); a repeated call allocates its outputs and launches.
     """
+    plan = forward_plan(
+        q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
+        cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_k=max_seqlen_k,
+        seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table, pack_gqa=pack_gqa,
+        num_splits=num_splits, return_lse=return_lse, count_blocks=count_blocks, new_k=new_k, new_v=new_v,
+        seqused_q=seqused_q, cache_leftpad=cache_leftpad, attention_chunk=attention_chunk)
+    return plan.run(q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k,
+                    new_v, seqused_q, cache_leftpad)
+
+
+def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None, cu_seqlens_q=None,
+                 max_seqlen_q=None, cu_seqlens_k=None, max_seqlen_k=None, seqlens_k=None, cache_batch_idx=None,
+                 page_table=None, pack_gqa=False, num_splits=1, return_lse=True, count_blocks=False, new_k=None,
+                 new_v=None, seqused_q=None, cache_leftpad=None, attention_chunk=0) -> _ForwardPlan:
+    """The plan of one ``attention_forward`` call signature (made once, then looked up); its ``run`` serves every
+    call of the signature."""
     key = (tensor_signature(q), tensor_signature(k), tensor_signature(v), tensor_signature(sinks),
            tensor_signature(cu_seqlens_q), tensor_signature(cu_seqlens_k), tensor_signature(seqlens_k),
            tensor_signature(cache_batch_idx), tensor_signature(page_table), tensor_signature(new_k),
            tensor_signature(new_v), tensor_signature(seqused_q), tensor_signature(cache_leftpad), attention_chunk,
            q.device, softmax_scale, left, right, softcap, max_seqlen_q, max_seqlen_k,
-           pack_gqa, num_splits, return_lse, count_blocks, ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, _compat.PDL,
-           configs.forced_config_in_use(), gluon_fwd.GLUON_MODE)
+           pack_gqa, num_splits, return_lse, count_blocks, settings())
     plan = _PLANS.get(key)
     if plan is None:
         plan = _PLANS.add(key, _ForwardPlan(
@@ -640,8 +662,7 @@ def attention_forward(
             max_seqlen_k=max_seqlen_k, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
             pack_gqa=pack_gqa, num_splits=num_splits, return_lse=return_lse, count_blocks=count_blocks,
             new_k=new_k, seqused_q=seqused_q, cache_leftpad=cache_leftpad, attention_chunk=attention_chunk))
-    return plan.run(q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k,
-                    new_v, seqused_q, cache_leftpad)
+    return plan
 
 
 class _ForwardPlan:

@@ -367,7 +367,7 @@ def test_fused_append_is_one_launch(monkeypatch, layout, config, seqlen_q, pack_
     of a KV head writes the same bytes), across tiles, splits, loop shapes and windows (the diagonal only, keys
     ahead of the query, none); cache and output as the reference has them."""
     monkeypatch.setattr(ops, "FUSED_APPEND", True)
-    monkeypatch.setattr(ops, "append_kv", lambda *args: pytest.fail("the fused path launched the append kernel"))
+    monkeypatch.setattr(ops, "append_plan", lambda *args: pytest.fail("the fused path planned the append kernel"))
     batch, capacity, seqlens = 3, 80, i32([9, 0, 50])
     cache = make_cache(layout, batch, capacity)
     q = random_q(batch, seqlen_q)
