@@ -112,6 +112,8 @@ def main() -> int:
         elif head_dim == 64:
             gluon.append(("gluon BN128 3 WG", with_mode("1", call(), consumers=3)))
         gluon.append(("gluon exp2 on FMA", with_mode("1", call(), exp2_on_fma=True)))
+        gluon.append(("gluon TMA store", with_mode("1", call(), tma_store=True)))
+        gluon.append(("gluon TMA store, exp2 on FMA", with_mode("1", call(), tma_store=True, exp2_on_fma=True)))
         if 0 <= left <= 256 and head_dim == 128:
             gluon.append(("gluon pack BN64 S3", with_mode("1", call(True), block_n=64, num_stages=3)))
         if args.pingpong:

@@ -43,6 +43,7 @@ try:  # Gluon ships inside the triton wheel (3.4+); the names used here exist in
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (
+        fence_async_shared,
         mbarrier,
         tma,
         warpgroup_mma,
@@ -52,6 +53,10 @@ try:  # Gluon ships inside the triton wheel (3.4+); the names used here exist in
 
     # TMA load into shared memory: ``async_copy_global_to_shared`` in Triton 3.6, ``async_load`` in 3.9.
     _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+    # TMA store from shared memory: ``async_copy_shared_to_global`` in Triton 3.6, ``async_store`` in 3.9.
+    _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+    # A partition's barrier: ``thread_barrier`` in Triton 3.6, ``barrier`` in 3.9.
+    _partition_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
     GLUON_AVAILABLE = True
 except (ImportError, AttributeError):  # pragma: no cover - depends on the installed triton
     GLUON_AVAILABLE = False
@@ -69,6 +74,8 @@ LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer
 PINGPONG = False
 # Every other block's exponentials computed on the FMA pipes (FlashAttention 4's MUFU offload): not yet measured.
 EXP2_ON_FMA = False
+# Dense calls write O through the tile's Q slot and a TMA store instead of per-thread stores: not yet measured.
+TMA_STORE = False
 
 
 def registers_for(consumers: int) -> tuple[int, int]:
@@ -211,7 +218,8 @@ if GLUON_AVAILABLE:
                 PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                 IS_VARLEN: gl.constexpr, ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr,
-                NUM_CONSUMERS: gl.constexpr, EXP2_ON_FMA: gl.constexpr):
+                NUM_CONSUMERS: gl.constexpr, EXP2_ON_FMA: gl.constexpr,
+                TMA_STORE: gl.constexpr):
         """One warp: each work item's K/V blocks through TMA into the stage ring, from its first visible key. The
         ring's position runs on across items, so the next tile's first blocks load during this one's epilogue."""
         k_desc, v_desc, q_desc = pointers[0], pointers[1], pointers[2]
@@ -258,9 +266,10 @@ if GLUON_AVAILABLE:
                   PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                   IS_VARLEN: gl.constexpr, ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr,
-                NUM_CONSUMERS: gl.constexpr, EXP2_ON_FMA: gl.constexpr):
+                NUM_CONSUMERS: gl.constexpr, EXP2_ON_FMA: gl.constexpr,
+                TMA_STORE: gl.constexpr):
         """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of each work item's tile, from Q load to O store."""
-        O, LSE, SINKS, FLAGS, ANY_NAN = pointers[3], pointers[4], pointers[5], pointers[6], pointers[7]
+        O, LSE, SINKS, FLAGS, ANY_NAN, o_desc = pointers[3:9]
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh = strides
         softmax_scale, softcap, left, right = scalars
         q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns = buffers
@@ -284,6 +293,8 @@ if GLUON_AVAILABLE:
         position = 0  # blocks consumed so far: the stage ring's position, shared with the loader's count
         item = 0  # work items with keys so far: the Q ring's position, shared with the loader's count
         turn = 0  # tensor-core turns taken so far (ping-pong with the other warpgroup)
+        stored = 0  # 1 while a TMA store of O from Q slot ``stored_slot`` may still be reading it
+        stored_slot = 0
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
             (kv_row0, kv_col, num_blocks, kv_start, kv_end, masked_head_end, unmasked_end, first_row, num_rows,
              head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, flag_group) = _tile(
@@ -299,9 +310,9 @@ if GLUON_AVAILABLE:
             acc = gl.zeros([M, HEAD_DIM], gl.float32, layout=o_layout)
             s_zero = gl.zeros([M, BLOCK_N], gl.float32, layout=s_layout)
 
+            q_slot = item % 2
             if num_blocks > 0:
                 # This warpgroup's 64 rows of the tile's Q, which the loader brought in by TMA.
-                q_slot = item % 2
                 mbarrier.wait(q_ready.index(q_slot), (item // 2) & 1)
                 q_tile = q_smem.index(q_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM])
                 # Block 0: its scores, then its softmax; its P @ V is issued in the next step (or after the loop).
@@ -311,6 +322,12 @@ if GLUON_AVAILABLE:
                 s_token = warpgroup_mma(q_tile, k_smem.index(first_stage).permute((1, 0)), s_zero, use_acc=False,
                                         is_async=True)
                 turn = _turn_end(turns, turn, WG, PINGPONG)
+                if TMA_STORE and stored > 0:
+                    # The previous tile's O left through its Q slot (TMA store): once that store has read it,
+                    # the slot goes back to the loader, a whole tile before the loader needs it.
+                    tma.store_wait(0)
+                    mbarrier.arrive(q_empty.index(stored_slot), count=1)
+                    stored = 0
                 s = warpgroup_mma_wait(0, deps=[s_token])
                 mbarrier.arrive(k_empty.index(first_stage), count=1)
                 p, m_i, l_i, alpha = _softmax_block(
@@ -341,8 +358,9 @@ if GLUON_AVAILABLE:
                     mbarrier.arrive(v_empty.index(previous_stage), count=1)
                     acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
                     p_op = gl.convert_layout(p.to(dtype), p_layout)
-                # Every score product of the tile has completed: its Q slot may take the loader's next tile.
-                mbarrier.arrive(q_empty.index(q_slot), count=1)
+                if not TMA_STORE:
+                    # Every score product of the tile has completed: its Q slot may take the loader's next tile.
+                    mbarrier.arrive(q_empty.index(q_slot), count=1)
                 item += 1
                 last = position + num_blocks - 1
                 last_stage = last % NUM_STAGES
@@ -385,24 +403,42 @@ if GLUON_AVAILABLE:
                             + (q_begin + o_pos).to(gl.int64) * stride_lq)
                 gl.store(lse_ptrs, lse, mask=o_valid)
             out = acc * gl.expand_dims(acc_scale / gl.where(no_key, 1.0, l_o), 1)
-            out = gl.convert_layout(out.to(dtype), io_layout)
-            io_m = first_row + WG * M + gl.arange(0, M, layout=io_rows)
-            io_pos = io_m // ROWS_PER_POS
-            if PACK_GQA:
-                io_head = head_or_kv_head * GROUP + io_m % GROUP
+            if TMA_STORE and num_blocks > 0:
+                # O through this warpgroup's box of the tile's Q slot (its products are done) and one TMA store;
+                # positions past a dense sequence are clipped by the descriptor.
+                o_box = q_smem.index(q_slot * NUM_CONSUMERS + WG)
+                o_box.reshape([M, HEAD_DIM]).store(out.to(dtype))
+                fence_async_shared()
+                _partition_barrier()
+                if IS_VARLEN:
+                    o_batch = 0
+                else:
+                    o_batch = batch
+                _tma_store(o_desc, [o_batch, q_begin + (first_row + WG * M) // ROWS_PER_POS,
+                                    head_or_kv_head * ROWS_PER_POS, 0], o_box)
+                stored = 1
+                stored_slot = q_slot
             else:
-                io_head = head_or_kv_head + io_m * 0
-            offs_d = gl.arange(0, HEAD_DIM, layout=io_cols)
-            io_mask = gl.expand_dims(io_m < num_rows, 1) & gl.expand_dims(offs_d < HEAD_DIM, 0)
-            o_ptrs = (O + batch64 * stride_ob + gl.expand_dims((q_begin + io_pos).to(gl.int64) * stride_os
-                                                               + io_head.to(gl.int64) * stride_oh, 1)
-                      + gl.expand_dims(offs_d, 0))
-            gl.store(o_ptrs, out, mask=io_mask)
+                out_io = gl.convert_layout(out.to(dtype), io_layout)
+                io_m = first_row + WG * M + gl.arange(0, M, layout=io_rows)
+                io_pos = io_m // ROWS_PER_POS
+                if PACK_GQA:
+                    io_head = head_or_kv_head * GROUP + io_m % GROUP
+                else:
+                    io_head = head_or_kv_head + io_m * 0
+                offs_d = gl.arange(0, HEAD_DIM, layout=io_cols)
+                io_mask = gl.expand_dims(io_m < num_rows, 1) & gl.expand_dims(offs_d < HEAD_DIM, 0)
+                o_ptrs = (O + batch64 * stride_ob + gl.expand_dims((q_begin + io_pos).to(gl.int64) * stride_os
+                                                                   + io_head.to(gl.int64) * stride_oh, 1)
+                          + gl.expand_dims(offs_d, 0))
+                gl.store(o_ptrs, out_io, mask=io_mask)
             position += num_blocks
+        if TMA_STORE:
+            tma.store_wait(0)  # the last tile's O is written before the program ends
 
     @gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right"])
     def _swa_fwd_sm90_kernel(
-        q_desc, k_desc, v_desc, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, FLAGS, ANY_NAN,
+        q_desc, k_desc, v_desc, o_desc, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, FLAGS, ANY_NAN,
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh,
         seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, softmax_scale, softcap, left, right, num_tiles,
         num_batch_heads, num_row_groups,
@@ -411,7 +447,7 @@ if GLUON_AVAILABLE:
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
         ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-        EXP2_ON_FMA: gl.constexpr,
+        EXP2_ON_FMA: gl.constexpr, TMA_STORE: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
@@ -441,7 +477,7 @@ if GLUON_AVAILABLE:
             mbarrier.init(q_empty.index(i), count=NUM_CONSUMERS)
             mbarrier.init(turns.index(i), count=1)
 
-        pointers = (k_desc, v_desc, q_desc, O, LSE, SINKS, FLAGS, ANY_NAN)
+        pointers = (k_desc, v_desc, q_desc, O, LSE, SINKS, FLAGS, ANY_NAN, o_desc)
         strides = (stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh)
         scalars = (softmax_scale, softcap, left, right)
         buffers = (q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns)
@@ -450,28 +486,28 @@ if GLUON_AVAILABLE:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA)),
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA)),
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA)),
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA)),
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA)),
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA)),
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA)),
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
             ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -536,15 +572,15 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             non_finite_flags: torch.Tensor | None, any_non_finite: torch.Tensor | None,
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
             consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None,
-            consumers: int | None = None, exp2_on_fma: bool | None = None) -> int:
+            consumers: int | None = None, exp2_on_fma: bool | None = None, tma_store: bool | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
     of query tiles per (batch, head-or-KV-head). Non-finite flags are written per group of ``ROWS_PER_CONSUMER``
     rows (the Triton redo pass's tiles).
     ``block_n`` / ``num_stages`` / ``maxnreg`` (per thread at launch) / ``consumer_regs`` (per consumer thread after
     the partitions' reallocation) / ``programs`` (the persistent grid; default one per SM) / ``pingpong`` (the
     consumers take turns on the tensor cores; two consumers only) / ``consumers`` (warpgroups of 64 rows per tile: 2
-    or 3) / ``exp2_on_fma`` (every other block's exponentials on the FMA pipes) override the shipped choice (tuning
-    probes)."""
+    or 3) / ``exp2_on_fma`` (every other block's exponentials on the FMA pipes) / ``tma_store`` (O through shared
+    memory and a TMA store; dense only) override the shipped choice (tuning probes)."""
     varlen = cu_seqlens_q is not None
     num_heads, head_dim = q.shape[-2], q.shape[-1]
     num_kv_heads = k.shape[-2]
@@ -566,8 +602,11 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     # positions of rows_per_pos heads (one head, or a KV head's packed group). Positions past a dense sequence
     # come back as zeros; past a varlen sequence they are the next sequence's rows, never stored.
     q_box = [1, ROWS_PER_CONSUMER // rows_per_pos, rows_per_pos, head_dim]
-    q_desc = TensorDescriptor.from_tensor(q.unsqueeze(0) if varlen else q, q_box,
-                                          gl.NVMMASharedLayout.get_default_for(q_box, gl_dtype))
+    q_box_layout = gl.NVMMASharedLayout.get_default_for(q_box, gl_dtype)
+    q_desc = TensorDescriptor.from_tensor(q.unsqueeze(0) if varlen else q, q_box, q_box_layout)
+    # O leaves by TMA through the Q slots (same boxes) where no row of a box can belong to another sequence: dense.
+    tma_store = (TMA_STORE if tma_store is None else tma_store) and not varlen
+    o_desc = TensorDescriptor.from_tensor(out, q_box, q_box_layout) if tma_store else q_desc
     num_tiles = triton.cdiv(seqlen_q * rows_per_pos, block_m)
     num_batch_heads = batch * (num_kv_heads if pack_gqa else num_heads)
     work = num_tiles * num_batch_heads
@@ -579,7 +618,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     flag = non_finite_flags is not None
     placeholder = out
     _swa_fwd_sm90_kernel[grid](
-        q_desc, k_desc, v_desc, out, lse if lse is not None else placeholder,
+        q_desc, k_desc, v_desc, o_desc, out, lse if lse is not None else placeholder,
         sinks if sinks is not None else placeholder,
         cu_seqlens_q if varlen else placeholder, cu_seqlens_k if varlen else placeholder,
         non_finite_flags if flag else placeholder, any_non_finite if flag else placeholder,
@@ -592,7 +631,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
-        EXP2_ON_FMA=EXP2_ON_FMA if exp2_on_fma is None else exp2_on_fma,
+        EXP2_ON_FMA=EXP2_ON_FMA if exp2_on_fma is None else exp2_on_fma, TMA_STORE=tma_store,
         num_warps=4, maxnreg=maxnreg,
     )
     return num_tiles

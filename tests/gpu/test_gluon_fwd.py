@@ -122,6 +122,19 @@ def test_three_consumer_warpgroups(case, monkeypatch):
     test_dense_against_reference_and_triton(case, torch.bfloat16)
 
 
+@pytest.mark.parametrize("consumers", [2, 3])
+@pytest.mark.parametrize("case", [DENSE[0], DENSE[4], DENSE[6], DENSE[9], DENSE[-2]],
+                         ids=lambda c: f"B{c[0]}-Sq{c[1]}-H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
+def test_output_through_a_tma_store(case, consumers, monkeypatch):
+    """O leaves through the Q slot and a TMA store: boxes past a dense sequence's end (3000, 100 rows: mid-tile,
+    batch 2) are clipped, tiles whose rows see nothing (Sk < Sq) take the per-thread stores."""
+    monkeypatch.setattr(gluon_fwd, "TMA_STORE", True)
+    monkeypatch.setattr(gluon_fwd, "consumers_for", lambda *args: consumers)
+    if consumers == 3:
+        monkeypatch.setattr(gluon_fwd, "block_n_for", lambda *args: 64)
+    test_dense_against_reference_and_triton(case, torch.bfloat16)
+
+
 @pytest.mark.parametrize("case", [DENSE[0], DENSE[3], DENSE[6], DENSE[8], DENSE[-1]],
                          ids=lambda c: f"B{c[0]}-Sq{c[1]}-H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
 def test_exponentials_on_the_fma_pipes(case, monkeypatch):
