@@ -109,6 +109,9 @@ def main() -> int:
         if 0 <= left <= 256:  # small windows: packed 64-key blocks, two or three consumer warpgroups
             gluon.append(("gluon pack BN64 3 WG S3", with_mode("1", call(True), block_n=64, consumers=3,
                                                                  num_stages=3)))
+            if head_dim == 64:  # two programs per SM (104 consumer registers: 32 B spilled on Triton 3.6)
+                gluon.append(("gluon pack BN64, 2 programs/SM", with_mode("1", call(True), block_n=64, maxnreg=80,
+                                                                         consumer_regs=104)))
         elif head_dim == 64:
             gluon.append(("gluon BN128 3 WG", with_mode("1", call(), consumers=3)))
         gluon.append(("gluon exp2 on FMA", with_mode("1", call(), exp2_on_fma=True)))
