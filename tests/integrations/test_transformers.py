@@ -153,21 +153,22 @@ transformers.masking_utils.AttentionMaskInterface.register("swattn_seen", swattn
 
 def test_generate_static_compiled():
     """A static cache's decode step under torch.compile, as transformers runs it on a GPU (on the CPU only when asked:
-    ``compile_config._compile_all_devices``), in bf16: swattn traced with fake tensors and functionalised (backend
-    aot_eager), then run, gives the tokens and bits of the uncompiled call. Each generate runs on a fresh copy of the
-    model: transformers keeps the compiled forward on the model, bound to it, and ``copy.deepcopy`` shares it.
+    ``compile_config._compile_all_devices``), in bf16 (qwen2: full and sliding-window layers): the step traced by
+    dynamo (fake tensors: the ops' fake implementations give the dtypes the rest of the step computes with; backend
+    "eager", the cheapest) gives the tokens and bits of the uncompiled call. Each generate runs on a fresh copy of
+    the model: transformers keeps the compiled forward on the model, bound to it, and ``copy.deepcopy`` shares it.
     Left-padded prompts: the layers get a padding mask (``cache_leftpad``) or, a sliding-window layer whose window
-    holds no pad, none (the filled keys come from the positions)."""
-    config = transformers.CompileConfig(backend="aot_eager")
+    holds no pad, none (the filled keys come from the positions). Two decode steps: the second recompiles."""
+    config = transformers.CompileConfig(backend="eager")
     config._compile_all_devices = True
     input_ids, attention_mask = _prompts([21, 13, 5])
     runs = {}
     for compiled in (False, True):
         torch._dynamo.reset()
-        model = copy.deepcopy(_model("gpt_oss")).to(torch.bfloat16)
+        model = copy.deepcopy(_model("qwen2")).to(torch.bfloat16)
         _SEEN.update(compiled=False, eager=False)
         out = _run(model, "swattn_seen", lambda m: m.generate(
-            input_ids, attention_mask=attention_mask, max_new_tokens=4, do_sample=False, pad_token_id=0,
+            input_ids, attention_mask=attention_mask, max_new_tokens=3, do_sample=False, pad_token_id=0,
             cache_implementation="static", compile_config=config, disable_compile=not compiled,
             return_dict_in_generate=True, output_logits=True))
         assert hasattr(model, "_compiled_call") == compiled, "transformers did not compile the decode step"
