@@ -8,7 +8,8 @@ us`` the same calls replayed from a CUDA graph (the GPU time alone), and ``eager
 is hidden). gpt-oss-120b layer shapes (H=64, Hk=8, D=64, sinks), bf16. Rows:
 
 - decode, paged (page 16), B=16, 1K context: window (127, 0) and full (split-KV with its combine); swattn with and
-  without appending the new token, FA3 and FA4 without;
+  without appending the new token (the append launch or, ``+fused append``, the attention kernel writing it), FA3
+  and FA4 without;
 - the torch.library op path of the window decode with append: the op called through the dispatcher, and a
   ``torch.compile``d function around ``flash_attn_with_kvcache`` (its compiled overhead);
 - prefill, window (127, 0), 4K and 16K tokens: swattn, FA3, FA4, FlexAttention (no sinks);
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 import swattn
+from swattn import ops
 from swattn.bench import peers
 from swattn.bench.common import (
     Env,
@@ -123,7 +125,9 @@ def _decode_rows(env: Env, dims: Dims, timings: _Timings) -> list[Row]:
             return lambda: swattn.flash_attn_with_kvcache(q, k_pool, v_pool, k=k_new, v=v_new, cache_seqlens=before,
                                                           **kwargs)
 
-        providers = [("swattn", plain), ("swattn +append", appending)]
+        # "+fused append": ops.FUSED_APPEND on for the row (one launch: the attention programs write the new
+        # tokens); "+append" takes the default (ops.FUSED_APPEND_DEFAULTS).
+        providers = [("swattn", plain), ("swattn +append", appending), ("swattn +fused append", appending)]
         if left >= 0 and not env.quick:  # the compiled row alone would take minutes under the interpreter
             providers += [("swattn +append, op via dispatcher", lambda: _op_call(q, k_pool, v_pool, k_new, v_new,
                                                                                   before, table, sinks, left)),
@@ -134,7 +138,12 @@ def _decode_rows(env: Env, dims: Dims, timings: _Timings) -> list[Row]:
                                                           seqused_k=lengths))]
         for name, build in providers:
             if env.wants(name):
-                rows.append(measure(env, shape, name, build, compare, timings.timer((shape, name))))
+                fused = ops.FUSED_APPEND
+                ops.FUSED_APPEND = True if "fused" in name else fused
+                try:
+                    rows.append(measure(env, shape, name, build, compare, timings.timer((shape, name))))
+                finally:
+                    ops.FUSED_APPEND = fused
     return rows
 
 
