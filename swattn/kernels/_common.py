@@ -191,6 +191,23 @@ def softcap_scores(qk, softmax_scale, softcap):
 
 
 @triton.jit
+def finish_rows(m_i, l_i, sink, HAS_SINK: tl.constexpr):
+    """A tile's row statistics after its last block -> ``(row_factor, lse)``: the sink (log2 units) joins the
+    denominator once (it has no value vector); ``row_factor`` scales the accumulator by the sink's rescale and the
+    normalization together (one division per row, not one per element); rows that saw nothing (sum 0) get factor
+    1 over an all-zero accumulator and LSE -inf. Shared by the Triton and Gluon epilogues."""
+    acc_scale = tl.where(l_i == 0.0, 1.0, 1.0)  # ones shaped (and laid out) as the rows; m_i * 0 is NaN at -inf
+    if HAS_SINK:
+        m_new = tl.maximum(m_i, sink)
+        acc_scale = tl.exp2(m_i - m_new)
+        l_i = l_i * acc_scale + tl.exp2(sink - m_new)
+        m_i = m_new
+    no_key = l_i == 0.0
+    lse = tl.where(no_key, float("-inf"), (m_i + tl.log2(tl.where(no_key, 1.0, l_i))) * LN2)
+    return acc_scale / tl.where(no_key, 1.0, l_i), lse
+
+
+@triton.jit
 def safe_pivot(m):
     """Rows that have seen no key yet keep max = -inf; subtract 0 instead so exp2 gives 0, never NaN."""
     return tl.where(m == float("-inf"), 0.0, m)

@@ -37,7 +37,7 @@ import torch
 import triton
 
 from swattn._compat import compute_capability_major, device_properties
-from swattn.kernels._common import LN2, LOG2E, block_ranges, safe_pivot, sequence_bounds, softcap_scores
+from swattn.kernels._common import LOG2E, block_ranges, finish_rows, safe_pivot, sequence_bounds, softcap_scores
 
 try:  # Gluon ships inside the triton wheel (3.4+); the names used here exist in 3.6 and 3.9.
     from triton.experimental import gluon
@@ -371,7 +371,8 @@ if GLUON_AVAILABLE:
                 acc = warpgroup_mma_wait(0, deps=[acc_token])
                 mbarrier.arrive(v_empty.index(last_stage), count=1)
 
-            # Epilogue, as the Triton kernel's _finish_tile: NaN flags, sink, one factor per row, LSE, O.
+            # Epilogue, as the Triton kernel's _finish_tile: NaN flags, then the sink, LSE and one factor per row
+            # (``finish_rows``, shared with it), O.
             o_m = first_row + WG * M + gl.arange(0, M, layout=o_rows)
             o_valid = o_m < num_rows
             if PACK_GQA:
@@ -389,20 +390,16 @@ if GLUON_AVAILABLE:
                 # Every row of a group that holds a row of the sequence: the redo pass reads the whole group.
                 gl.store(FLAGS + flag_index, row_has_nan.to(gl.int8), mask=first_row + WG * M + o_m * 0 < num_rows)
                 gl.atomic_max(ANY_NAN + o_m * 0, gl.full([M], 1, gl.int32, layout=o_rows), mask=row_has_nan)
-            acc_scale = gl.full([M], 1.0, gl.float32, layout=o_rows)
             if HAS_SINKS:
                 sink = gl.load(SINKS + o_head, mask=o_valid, other=0.0).to(gl.float32) * LOG2E
-                m_new = gl.maximum(m_o, sink)
-                acc_scale = gl.exp2(m_o - m_new)
-                l_o = l_o * acc_scale + gl.exp2(sink - m_new)
-                m_o = m_new
-            no_key = l_o == 0.0
+            else:
+                sink = m_o
+            row_factor, lse = finish_rows(m_o, l_o, sink, HAS_SINKS)
             if STORE_LSE:
-                lse = gl.where(no_key, float("-inf"), (m_o + gl.log2(gl.where(no_key, 1.0, l_o))) * LN2)
                 lse_ptrs = (LSE + batch64 * stride_lb + o_head.to(gl.int64) * stride_lh
                             + (q_begin + o_pos).to(gl.int64) * stride_lq)
                 gl.store(lse_ptrs, lse, mask=o_valid)
-            out = acc * gl.expand_dims(acc_scale / gl.where(no_key, 1.0, l_o), 1)
+            out = acc * gl.expand_dims(row_factor, 1)
             if TMA_STORE and num_blocks > 0:
                 # O through this warpgroup's box of the tile's Q slot (its products are done) and one TMA store;
                 # positions past a dense sequence are clipped by the descriptor.
