@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the H200, one device call: the GPU tests of every path that has not run there yet (pytest-xdist, 4 workers),
 # then the benchmark scenarios given as arguments (each a quoted `python -m swattn.bench` argument list, or
-# "probe" for scripts/gpu_gluon_probe.py). Logs and tables land in $OUT.
+# "probe" for scripts/gpu_gluon_probe.py with $PROBE_ARGS). Logs and tables land in $OUT.
 # Usage: TESTS="tests/gpu/x.py ..." bash scripts/gpu_verify.sh "host" "probe"
 set -uo pipefail
 if [ -d .peer-kernels ]; then
@@ -24,7 +24,8 @@ i=0
 for scenario in "$@"; do
   i=$((i + 1))
   if [ "$scenario" = probe ]; then
-    timeout "${PROBE_TIMEOUT:-240}" python3 scripts/gpu_gluon_probe.py --out "$out/gluon-probe.md" 2>&1 | tail -40
+    # shellcheck disable=SC2086
+    timeout "${PROBE_TIMEOUT:-240}" python3 scripts/gpu_gluon_probe.py ${PROBE_ARGS:-} --out "$out/gluon-probe.md" 2>&1 | tail -40
   else
     name="bench-${scenario%% *}-$i"
     timeout "${BENCH_TIMEOUT:-200}" python3 -m swattn.bench $scenario --out "$out/$name.md" 2>&1 | tail -40
