@@ -203,7 +203,7 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
     """(name, config, tensor shapes, forward arguments): the shipped configs of the prefill and decode targets
     (configs.py), then the experimental switches, on small tensors (the compiled code does not depend on the
     lengths)."""
-    from swattn.kernels.configs import _bf16_forward_config
+    from swattn.kernels.configs import _bf16_forward_config, forward_config
 
     prefill = dict(q=(1, 512, 64, 64), kv=(1, 512, 8, 64))
     prefill_d128 = dict(q=(1, 512, 32, 128), kv=(1, 512, 8, 128))
@@ -233,6 +233,13 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         ("experimental: decode W(127,0) paged, fused append (SWATTN_FUSED_APPEND=1)",
          _bf16_forward_config(64, 8, True, 128), decode,
          dict(left=127, right=0, pack_gqa=True, new_k=new_token, new_v=torch.randn_like(new_token))),
+        # fp8 (e4m3): bf16 queries over an fp8 cache (FP8_KV), and q/K/V all fp8 (FP8_QKV, its own config).
+        ("decode full paged fp8 KV, 4 splits", _bf16_forward_config(64, 8, True, None), dict(decode, fp8="kv"),
+         dict(left=-1, right=0, pack_gqa=True, num_splits=4)),
+        ("decode W(127,0) paged fp8 KV", _bf16_forward_config(64, 8, True, 128), dict(decode, fp8="kv"),
+         dict(left=127, right=0, pack_gqa=True)),
+        ("prefill W(4095,0) D128 fp8 q/K/V", forward_config(128, 512, False, 4096, 1), dict(prefill_d128, fp8="qkv"),
+         dict(left=4095, right=0)),
     ]
 
 
@@ -252,14 +259,25 @@ def backward_targets() -> list[tuple[str, BwdConfig, dict, dict]]:
 
 
 def inputs(shapes: dict, dtype=torch.bfloat16) -> tuple[tuple, dict]:
+    """Random q, k, v of the shapes (``fp8``: "kv" for e4m3 k/v, "qkv" for all three, with descales) and the
+    KV-cache arguments of a paged target."""
     q = torch.randn(*shapes["q"], dtype=dtype)
     k = torch.randn(*shapes["kv"], dtype=dtype)
     extra = {}
+    fp8 = shapes.get("fp8")
+    if fp8:
+        batch = shapes["pages"][0] if "pages" in shapes else q.shape[0]
+        descale = torch.ones(batch, k.shape[2])
+        extra = dict(k_descale=descale, v_descale=descale)
+        k = k.to(torch.float8_e4m3fn)
+        if fp8 == "qkv":
+            q = q.to(torch.float8_e4m3fn)
+            extra["q_descale"] = descale
     if "pages" in shapes:
         batch, pages = shapes["pages"]
-        extra = dict(page_table=torch.arange(batch * pages, dtype=torch.int32).view(batch, pages),
+        extra.update(page_table=torch.arange(batch * pages, dtype=torch.int32).view(batch, pages),
                      seqlens_k=torch.full((batch,), pages * k.shape[1] - 1, dtype=torch.int32))
-    return (q, k, torch.randn_like(k)), extra
+    return (q, k, torch.randn(k.shape).to(k.dtype)), extra
 
 
 def main() -> int:

@@ -35,6 +35,9 @@ from swattn.kernels.configs import SHORT_SPLIT_KEYS
 from swattn.window import check_attention_chunk, first_visible_key, normalize_window, visible_span
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_FP8 = torch.float8_e4m3fn
+_OTHER_FP8 = tuple(getattr(torch, name) for name in ("float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+                   if hasattr(torch, name))
 _MAX_HEAD_DIM = 256
 _MAX_SPLITS = 64
 
@@ -55,11 +58,23 @@ def _check_qkv(q, k, v, layout_q: str, layout_kv: str, rank: int, rank_kv: int |
     _check_tensor("q", q, rank, layout_q)
     _check_tensor(k_name, k, rank if rank_kv is None else rank_kv, layout_kv)
     _check_tensor(v_name, v, rank if rank_kv is None else rank_kv, layout_kv)
-    if q.dtype not in _DTYPES:
-        raise TypeError(f"q: expected dtype float16, bfloat16 or float32, got {q.dtype}")
+    for name, t in (("q", q), (k_name, k), (v_name, v)):
+        if t.dtype in _OTHER_FP8:
+            raise TypeError(f"{name}: the only fp8 format supported is torch.float8_e4m3fn (FlashAttention 3's), "
+                            f"got {t.dtype}")
+    if q.dtype not in _DTYPES + (_FP8,):
+        raise TypeError(f"q: expected dtype float16, bfloat16, float32 or float8_e4m3fn, got {q.dtype}")
+    if q.dtype == _FP8 and k.dtype != _FP8:
+        raise TypeError(f"{k_name}: fp8 (float8_e4m3fn) q needs fp8 keys and values too, got {k.dtype}; with "
+                        f"{k.dtype} k/v pass q in {k.dtype}")
+    if k.dtype == _FP8 and q.dtype not in (torch.float16, torch.bfloat16, _FP8):
+        raise TypeError(f"q: an fp8 (float8_e4m3fn) {k_name} needs float16, bfloat16 or float8_e4m3fn queries, "
+                        f"got {q.dtype}")
     for name, t in ((k_name, k), (v_name, v)):
-        if t.dtype != q.dtype:
-            raise TypeError(f"{name}: expected dtype {q.dtype} to match q, got {t.dtype}")
+        if t.dtype != q.dtype and t.dtype != _FP8:
+            raise TypeError(f"{name}: expected dtype {q.dtype} to match q (or float8_e4m3fn), got {t.dtype}")
+        if t.dtype != k.dtype:
+            raise TypeError(f"{name}: expected dtype {k.dtype} to match {k_name}, got {t.dtype}")
         if t.device != q.device:
             raise ValueError(f"{name}: expected device {q.device} to match q, got {t.device}")
     if k.shape != v.shape:
@@ -74,6 +89,36 @@ def _check_qkv(q, k, v, layout_q: str, layout_kv: str, rank: int, rank_kv: int |
     if num_kv_heads == 0 or num_heads % num_kv_heads != 0:
         raise ValueError(f"q/{k_name}: the number of query heads ({num_heads}) must be a multiple of the number of KV "
                          f"heads ({num_kv_heads})")
+
+
+def _check_descales(q: torch.Tensor, k: torch.Tensor, batch: int, q_descale, k_descale, v_descale,
+                    k_name: str = "k") -> None:
+    """FlashAttention 3's fp8 descales: float32 ``[B, Hk]`` (any strides; a stride-0 expand gives one per tensor),
+    each only for an fp8 input."""
+    num_kv_heads = k.shape[-2]
+    for name, descale, of in (("q_descale", q_descale, q), ("k_descale", k_descale, k), ("v_descale", v_descale, k)):
+        if descale is None:
+            continue
+        if not isinstance(descale, torch.Tensor):
+            raise TypeError(f"{name}: expected a float32 tensor of shape ({batch}, {num_kv_heads}) (B, Hk) or None, "
+                            f"got {type(descale).__name__}")
+        if of.dtype != _FP8:
+            what = "q" if name == "q_descale" else k_name
+            raise ValueError(f"{name}: given, but {what} is {of.dtype}; descales apply to float8_e4m3fn inputs "
+                             "only (leave it None)")
+        if tuple(descale.shape) != (batch, num_kv_heads):
+            raise ValueError(f"{name}: expected shape ({batch}, {num_kv_heads}) (B, Hk: one per sequence and KV "
+                             f"head; expand a single value for one per tensor), got {tuple(descale.shape)}")
+        if descale.dtype != torch.float32:
+            raise TypeError(f"{name}: expected dtype torch.float32, got {descale.dtype}")
+        if descale.device != q.device:
+            raise ValueError(f"{name}: expected device {q.device} to match q, got {descale.device}")
+
+
+def _check_fp8_no_grad(q, k, v) -> None:
+    if k.dtype == _FP8 and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise NotImplementedError("q: fp8 attention is forward-only in swattn (no backward); call it under "
+                                  "torch.no_grad() or with tensors that do not require grad")
 
 
 def _check_scalars(q: torch.Tensor, softmax_scale, softcap) -> float:
@@ -278,10 +323,12 @@ def flash_attn_func(
     is the backward. ``sm_margin`` lowers the SM count that automatic split-KV plans for (swattn's grids are not
     persistent, so no SM is reserved beyond that).
     """
-    _unsupported(qv=qv, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
+    _unsupported(qv=qv)
     _check_qkv(q, k, v, "(B, Sq, H, D)", "(B, Sk, Hk, D)", 4)
     if k.shape[0] != q.shape[0]:
         raise ValueError(f"k: expected batch {q.shape[0]} to match q, got {k.shape[0]}")
+    _check_descales(q, k, q.shape[0], q_descale, k_descale, v_descale)
+    _check_fp8_no_grad(q, k, v)
     softmax_scale = _check_scalars(q, softmax_scale, softcap)
     left, right = _window(causal, window_size)
     attention_chunk = check_attention_chunk(attention_chunk)
@@ -295,7 +342,7 @@ def flash_attn_func(
                                   sm_margin)
     out, lse = ops.run_fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, None, None,
                            None, q.shape[1], k.shape[1], softmax_scale, left, right, float(softcap), packed, num_splits,
-                           None, attention_chunk)
+                           None, attention_chunk, q_descale, k_descale, v_descale)
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
 
@@ -338,8 +385,9 @@ def flash_attn_varlen_func(
     attention_chunk as in ``flash_attn_func``. Returns out ``[total_q, H, D]`` and, when asked, ``softmax_lse
     [H, total_q]`` float32.
     """
-    _unsupported(qv=qv, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
+    _unsupported(qv=qv)
     _check_qkv(q, k, v, "(total_q, H, D)", "(total_k, Hk, D)", 3)
+    _check_fp8_no_grad(q, k, v)
     max_seqlen_q = _check_int_arg("max_seqlen_q", max_seqlen_q, 0)
     max_seqlen_k = _check_int_arg("max_seqlen_k", max_seqlen_k, 0)
     read_data = _checks_read_data(q, check_inputs)
@@ -349,6 +397,7 @@ def flash_attn_varlen_func(
     if cu_seqlens_k.numel() != batch + 1:
         raise ValueError(f"cu_seqlens_k: expected shape ({batch + 1},) to match cu_seqlens_q, "
                          f"got {tuple(cu_seqlens_k.shape)}")
+    _check_descales(q, k, batch, q_descale, k_descale, v_descale)
     if seqused_k is not None:
         _check_int32_vector("seqused_k", seqused_k, batch, q.device, "(batch,) of keys used per sequence")
         if read_data:
@@ -379,7 +428,7 @@ def flash_attn_varlen_func(
     out, lse = ops.run_fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks,
                            _contiguous(cu_seqlens_q), _contiguous(cu_seqlens_k), _contiguous(seqused_k),
                            max_seqlen_q, max_seqlen_k, softmax_scale, left, right, float(softcap), packed, num_splits,
-                           _contiguous(seqused_q), attention_chunk)
+                           _contiguous(seqused_q), attention_chunk, q_descale, k_descale, v_descale)
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
 
@@ -444,7 +493,7 @@ def flash_attn_with_kvcache(
     cache_leftpad, cache_batch_idx, cu_seqlens_k_new and rotary positions are checked against their tensors;
     otherwise keeping them in range is the caller's contract.
     """
-    _unsupported(qv=qv, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
+    _unsupported(qv=qv)
     varlen = cu_seqlens_q is not None
     paged = page_table is not None
     _check_tensor("k_cache", k_cache, 4, "(num_pages, page_size, Hk, D)" if paged else "(B_cache, S_cache, Hk, D)")
@@ -508,8 +557,10 @@ def flash_attn_with_kvcache(
         for name, t in (("k", k), ("v", v)):
             if tuple(t.shape) != expected:
                 raise ValueError(f"{name}: expected shape {expected} for new tokens, got {tuple(t.shape)}")
-            if t.dtype != k_cache.dtype:
-                raise TypeError(f"{name}: expected dtype {k_cache.dtype} like the cache, got {t.dtype}")
+            if t.dtype != k_cache.dtype and not (k_cache.dtype == _FP8 and t.dtype == q.dtype):
+                allowed = f"{k_cache.dtype} like the cache" + (
+                    f" or {q.dtype} like q (quantized with k_descale/v_descale)" if k_cache.dtype == _FP8 else "")
+                raise TypeError(f"{name}: expected dtype {allowed}, got {t.dtype}")
             if t.device != k_cache.device:
                 raise ValueError(f"{name}: expected device {k_cache.device} like the cache, got {t.device}")
         if cu_seqlens_k_new is not None:
@@ -533,6 +584,8 @@ def flash_attn_with_kvcache(
     _check_int32_vector("cache_seqlens", cache_seqlens, batch, q.device, "(B,) of tokens already cached")
     if cache_leftpad is not None:
         _check_int32_vector("cache_leftpad", cache_leftpad, batch, q.device, "(B,) of first cache slots")
+    _check_descales(q, k_cache, batch, q_descale, k_descale, v_descale, "k_cache")
+    _check_fp8_no_grad(q, k_cache, v_cache)
     softmax_scale = _check_scalars(q, softmax_scale, softcap)
     left, right = _window(causal, window_size)
     attention_chunk = check_attention_chunk(attention_chunk)
@@ -566,7 +619,7 @@ def flash_attn_with_kvcache(
         _contiguous(cu_seqlens_k_new), _contiguous(cache_leftpad),
         None if rotary_cos is None else _contiguous_last(rotary_cos),
         None if rotary_sin is None else _contiguous_last(rotary_sin), _contiguous(rotary_seqlens),
-        bool(rotary_interleaved), sequential, attention_chunk)
+        bool(rotary_interleaved), sequential, attention_chunk, q_descale, k_descale, v_descale)
     return _result(out, lse, return_softmax_lse)
 
 
@@ -612,8 +665,8 @@ def get_scheduler_metadata(
     if headdim_v is not None and headdim_v != headdim:
         raise NotImplementedError(f"headdim_v: a value head_dim ({headdim_v}) different from headdim ({headdim}) is "
                                   "not supported by swattn")
-    if qkv_dtype not in _DTYPES:
-        raise TypeError(f"qkv_dtype: expected float16, bfloat16 or float32, got {qkv_dtype}")
+    if qkv_dtype not in _DTYPES + (_FP8,):
+        raise TypeError(f"qkv_dtype: expected float16, bfloat16, float32 or float8_e4m3fn, got {qkv_dtype}")
     if not isinstance(cache_seqlens, torch.Tensor):
         raise TypeError(f"cache_seqlens: expected an int32 tensor (B,), got {type(cache_seqlens).__name__}")
     if page_size is not None:

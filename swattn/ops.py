@@ -62,12 +62,18 @@ def lse_shape(q: torch.Tensor, varlen_q: bool) -> tuple[int, ...]:
 def _like_fake(q: torch.Tensor, out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's results in the layouts the fake implementations promise (``empty_like(q)`` and a contiguous
     LSE): compiled graphs assert them, and the reference builds its output as a transposed view."""
-    return torch.empty_like(q).copy_(out), lse.contiguous()
+    return _out_like(q).copy_(out), lse.contiguous()
 
 
-def _reference_kwargs(softmax_scale: float, left: int, right: int, softcap: float, sinks, attention_chunk: int = 0):
+def _reference_kwargs(softmax_scale: float, left: int, right: int, softcap: float, sinks, attention_chunk: int = 0,
+                      q_descale=None, k_descale=None, v_descale=None):
     return dict(softmax_scale=softmax_scale, window_size=(left, right), softcap=softcap, sinks=sinks,
-                attention_chunk=attention_chunk)
+                attention_chunk=attention_chunk, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
+
+
+def _out_like(q: torch.Tensor) -> torch.Tensor:
+    """An output like q (fp8 q: bf16, as FlashAttention 3)."""
+    return torch.empty_like(q, dtype=torch.bfloat16 if q.dtype == torch.float8_e4m3fn else q.dtype)
 
 
 def _fwd_impl(
@@ -88,11 +94,16 @@ def _fwd_impl(
     num_splits: int,
     seqused_q: torch.Tensor | None = None,
     attention_chunk: int = 0,
+    q_descale: torch.Tensor | None = None,
+    k_descale: torch.Tensor | None = None,
+    v_descale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense (q ``[B, Sq, H, D]``) or varlen (q ``[total_q, H, D]`` with cu_seqlens) forward -> (out, lse)."""
+    """Dense (q ``[B, Sq, H, D]``) or varlen (q ``[total_q, H, D]`` with cu_seqlens) forward -> (out, lse); fp8
+    inputs with their descales (forward only)."""
     varlen = cu_seqlens_q is not None
     if not uses_triton(q):
-        kwargs = _reference_kwargs(softmax_scale, left, right, softcap, sinks, attention_chunk)
+        kwargs = _reference_kwargs(softmax_scale, left, right, softcap, sinks, attention_chunk, q_descale, k_descale,
+                                   v_descale)
         if varlen:
             result = reference.attention_varlen_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k=seqused_k,
                                                     seqused_q=seqused_q, **kwargs)
@@ -105,7 +116,7 @@ def _fwd_impl(
         q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
         cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_k=max_seqlen_k,
         seqlens_k=seqused_k, pack_gqa=pack_gqa, num_splits=num_splits, return_lse=True, seqused_q=seqused_q,
-        attention_chunk=attention_chunk)
+        attention_chunk=attention_chunk, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
     return out, lse
 
 
@@ -114,8 +125,9 @@ fwd = torch.library.custom_op("swattn::fwd", mutates_args=(), device_types=None)
 
 @fwd.register_fake
 def _fwd_fake(q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-              left, right, softcap, pack_gqa, num_splits, seqused_q=None, attention_chunk=0):
-    return torch.empty_like(q), q.new_empty(lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
+              left, right, softcap, pack_gqa, num_splits, seqused_q=None, attention_chunk=0, q_descale=None,
+              k_descale=None, v_descale=None):
+    return _out_like(q), q.new_empty(lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
 
 
 def _reference_backward(dout, q, k, v, dlse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, softmax_scale, left, right,
@@ -190,7 +202,9 @@ def _bwd_fake(dout, q, k, v, out, lse, dlse, sinks, cu_seqlens_q, cu_seqlens_k, 
 
 def _fwd_setup_context(ctx, inputs, output):
     (q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale, left, right,
-     softcap, pack_gqa, num_splits, seqused_q, attention_chunk) = inputs
+     softcap, pack_gqa, num_splits, seqused_q, attention_chunk, *descales) = inputs
+    if any(d is not None for d in descales) or k.dtype == torch.float8_e4m3fn:
+        raise NotImplementedError("swattn: fp8 attention has no backward (forward and inference only)")
     out, lse = output
     # Unused outputs (usually the LSE) then arrive as None instead of a tensor of zeros to read.
     ctx.set_materialize_grads(False)
@@ -206,8 +220,8 @@ def _fwd_backward(ctx, grad_out, grad_lse, backward=None):
     dq, dk, dv, dsinks = (backward or bwd)(grad_out, q, k, v, out, lse, grad_lse, sinks, cu_seqlens_q, cu_seqlens_k,
                                            seqused_k, seqused_q=seqused_q, **ctx.scalars)
     dsinks = dsinks.to(sinks.dtype) if sinks is not None and ctx.needs_input_grad[3] else None
-    # One gradient per input of swattn::fwd: q, k, v, sinks, then 13 non-differentiable arguments.
-    return (dq, dk, dv, dsinks) + (None,) * 13
+    # One gradient per input of swattn::fwd: q, k, v, sinks, then 16 non-differentiable arguments.
+    return (dq, dk, dv, dsinks) + (None,) * 16
 
 
 torch.library.register_autograd("swattn::fwd", _fwd_backward, setup_context=_fwd_setup_context)
@@ -257,13 +271,18 @@ def _fwd_kvcache_impl(
     rotary_interleaved: bool = True,
     rotary_sequential_q: bool = True,
     attention_chunk: int = 0,
+    q_descale: torch.Tensor | None = None,
+    k_descale: torch.Tensor | None = None,
+    v_descale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """KV-cache forward: append ``k``/``v`` (if given, rotated with ``rotary_cos``/``rotary_sin``) at
-    ``cache_seqlens``, rotate q likewise, then attend -> (out, lse)."""
+    """KV-cache forward: append ``k``/``v`` (if given, rotated with ``rotary_cos``/``rotary_sin``; into an fp8
+    cache quantized with ``k_descale``/``v_descale``) at ``cache_seqlens``, rotate q likewise, then attend ->
+    (out, lse)."""
     if uses_triton(q):
         args = (q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q, max_seqlen_q,
                 sinks, softmax_scale, left, right, softcap, pack_gqa, num_splits, cu_seqlens_k_new, cache_leftpad,
-                rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, rotary_sequential_q, attention_chunk)
+                rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, rotary_sequential_q, attention_chunk,
+                q_descale, k_descale, v_descale)
         return _KVCachePlan(*args).run(*args)
     rotary = dict(rotary_cos=rotary_cos, rotary_sin=rotary_sin, rotary_seqlens=rotary_seqlens,
                   rotary_interleaved=rotary_interleaved)
@@ -272,7 +291,8 @@ def _fwd_kvcache_impl(
     else:
         seqlens_k = reference.append_kv_ref(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx=cache_batch_idx,
                                             page_table=page_table, cu_seqlens_q=cu_seqlens_q,
-                                            cu_seqlens_k_new=cu_seqlens_k_new, **rotary)
+                                            cu_seqlens_k_new=cu_seqlens_k_new, k_descale=k_descale,
+                                            v_descale=v_descale, **rotary)
     if rotary_cos is not None:
         q = reference.rotate_queries_ref(q, rotary_cos, rotary_sin,
                                          cache_seqlens if rotary_seqlens is None else rotary_seqlens,
@@ -280,7 +300,8 @@ def _fwd_kvcache_impl(
     return _like_fake(q, *reference.attention_kvcache_ref(
         q, k_cache, v_cache, seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
         cu_seqlens_q=cu_seqlens_q, cache_leftpad=cache_leftpad,
-        **_reference_kwargs(softmax_scale, left, right, softcap, sinks, attention_chunk)))
+        **_reference_kwargs(softmax_scale, left, right, softcap, sinks, attention_chunk, q_descale, k_descale,
+                            v_descale)))
 
 
 class _KVCachePlan:
@@ -291,7 +312,8 @@ class _KVCachePlan:
     def __init__(self, q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
                  max_seqlen_q, sinks, softmax_scale, left, right, softcap, pack_gqa, num_splits,
                  cu_seqlens_k_new=None, cache_leftpad=None, rotary_cos=None, rotary_sin=None, rotary_seqlens=None,
-                 rotary_interleaved=True, rotary_sequential_q=True, attention_chunk=0):
+                 rotary_interleaved=True, rotary_sequential_q=True, attention_chunk=0, q_descale=None, k_descale=None,
+                 v_descale=None):
         if k is None:
             one_new_token_per_query = False
         elif cu_seqlens_q is not None:
@@ -301,7 +323,9 @@ class _KVCachePlan:
         # The fused append's case (fused_append_default's arguments), asked again by a kept plan's every run: the
         # setting and its table may change between calls.
         self.fused_case = None
-        if one_new_token_per_query and rotary_cos is None and cache_leftpad is None:
+        # The fused append copies tokens as they are: an e4m3 cache takes the append launch, which quantizes them.
+        if (one_new_token_per_query and rotary_cos is None and cache_leftpad is None
+                and k_cache.dtype != torch.float8_e4m3fn):
             self.fused_case = (left, 0 if page_table is None else k_cache.shape[1],
                                q.shape[0] if cu_seqlens_q is None else cu_seqlens_q.shape[0] - 1,
                                q.shape[1] if cu_seqlens_q is None else max_seqlen_q)
@@ -312,7 +336,7 @@ class _KVCachePlan:
         if k is not None and not self.fused:
             self.append = append_plan(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table,
                                       cu_seqlens_q, cu_seqlens_k_new, q, rotary_cos, rotary_sin, rotary_seqlens,
-                                      rotary_interleaved, rotary_sequential_q)
+                                      rotary_interleaved, rotary_sequential_q, k_descale, v_descale)
         self.forward_arguments = dict(softmax_scale=softmax_scale, left=left, right=right, softcap=softcap,
                                       max_seqlen_q=max_seqlen_q, pack_gqa=pack_gqa, num_splits=num_splits,
                                       return_lse=True, attention_chunk=attention_chunk)
@@ -326,7 +350,8 @@ class _KVCachePlan:
     def run(self, q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
             max_seqlen_q=None, sinks=None, softmax_scale=None, left=None, right=None, softcap=None, pack_gqa=None,
             num_splits=None, cu_seqlens_k_new=None, cache_leftpad=None, rotary_cos=None, rotary_sin=None,
-            rotary_seqlens=None, *_):
+            rotary_seqlens=None, rotary_interleaved=None, rotary_sequential_q=None, attention_chunk=None,
+            q_descale=None, k_descale=None, v_descale=None):
         q_attend, new_k, new_v = q, None, None  # q_attend: q, or its rotated copy
         if self.fused:
             if self.copy_new:
@@ -337,7 +362,7 @@ class _KVCachePlan:
         else:
             seqlens_k, q_rotated = self.append.run(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx,
                                                    page_table, cu_seqlens_q, cu_seqlens_k_new, q, rotary_cos,
-                                                   rotary_sin, rotary_seqlens)
+                                                   rotary_sin, rotary_seqlens, k_descale, v_descale)
             if q_rotated is not None:
                 q_attend = q_rotated
         forward = self.forward
@@ -345,9 +370,10 @@ class _KVCachePlan:
             forward = self.forward = forward_plan(
                 q_attend, k_cache, v_cache, sinks=sinks, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx,
                 page_table=page_table, cu_seqlens_q=cu_seqlens_q, new_k=new_k, new_v=new_v,
-                cache_leftpad=cache_leftpad, **self.forward_arguments)
+                cache_leftpad=cache_leftpad, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
+                **self.forward_arguments)
         out, lse, _ = forward.run(q_attend, k_cache, v_cache, sinks, cu_seqlens_q, None, seqlens_k, cache_batch_idx,
-                                  page_table, new_k, new_v, None, cache_leftpad)
+                                  page_table, new_k, new_v, None, cache_leftpad, q_descale, k_descale, v_descale)
         return out, lse
 
 
@@ -359,8 +385,9 @@ fwd_kvcache = torch.library.custom_op("swattn::fwd_kvcache", mutates_args=("k_ca
 def _fwd_kvcache_fake(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
                       max_seqlen_q, sinks, softmax_scale, left, right, softcap, pack_gqa, num_splits,
                       cu_seqlens_k_new=None, cache_leftpad=None, rotary_cos=None, rotary_sin=None,
-                      rotary_seqlens=None, rotary_interleaved=True, rotary_sequential_q=True, attention_chunk=0):
-    return torch.empty_like(q), q.new_empty(lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
+                      rotary_seqlens=None, rotary_interleaved=True, rotary_sequential_q=True, attention_chunk=0,
+                      q_descale=None, k_descale=None, v_descale=None):
+    return _out_like(q), q.new_empty(lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
 
 
 def _may_skip_dispatcher(tensors) -> bool:
@@ -378,11 +405,11 @@ def _may_skip_dispatcher(tensors) -> bool:
 
 def run_fwd(*args) -> tuple[torch.Tensor, torch.Tensor]:
     """``swattn::fwd`` with its arguments in order (q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, the
-    scalars, seqused_q, attention_chunk; positional, so ``swattn._replay`` can record the call). Plain eager calls
-    skip the dispatcher (see ``_may_skip_dispatcher``): the implementation directly when no gradient is needed,
-    else ``_EagerAttention``, the same forward and backward."""
+    scalars, seqused_q, attention_chunk, q/k/v_descale; positional, so ``swattn._replay`` can record the call).
+    Plain eager calls skip the dispatcher (see ``_may_skip_dispatcher``): the implementation directly when no
+    gradient is needed, else ``_EagerAttention``, the same forward and backward."""
     q, k, v, sinks = args[:4]
-    if not _may_skip_dispatcher(args[:7] + (args[15],)):
+    if not _may_skip_dispatcher(args[:7] + (args[15],) + tuple(args[17:20])):
         return fwd(*args)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, sinks))
     if needs_grad:
@@ -455,11 +482,13 @@ def _planned_fwd(args: tuple):
     (q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale, left, right,
      softcap, pack_gqa, num_splits, *rest) = args
     has_seqused_q = bool(rest) and rest[0] is not None
+    descales = tuple(rest[2:5]) + (None,) * (5 - max(len(rest), 2))  # q/k/v_descale (fp8), None when absent
     plan = forward_plan(q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
                         cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k,
                         max_seqlen_k=max_seqlen_k, seqlens_k=seqused_k, pack_gqa=pack_gqa, num_splits=num_splits,
                         return_lse=True, seqused_q=rest[0] if has_seqused_q else None,
-                        attention_chunk=rest[1] if len(rest) > 1 else 0)
+                        attention_chunk=rest[1] if len(rest) > 1 else 0, q_descale=descales[0],
+                        k_descale=descales[1], v_descale=descales[2])
 
     def run(*args):
         q, k, v, sinks = args[:4]
@@ -467,6 +496,6 @@ def _planned_fwd(args: tuple):
                 q.requires_grad or k.requires_grad or v.requires_grad or (sinks is not None and sinks.requires_grad))):
             return run_fwd(*args)
         out, lse, _ = plan.run(q, k, v, sinks, args[4], args[5], args[6], None, None, None, None,
-                               args[15] if has_seqused_q else None, None)
+                               args[15] if has_seqused_q else None, None, *args[17:20])
         return out, lse
     return run

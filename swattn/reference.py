@@ -8,7 +8,9 @@ kernels' contract, so the CPU path without the interpreter keeps it too:
   the window of a sequence's first query on: entries before it may point anywhere, as for the kernels;
 - a non-finite value reaches only the rows whose window holds its key, as in the kernels (not every row of the
   product through ``0 * NaN``);
-- rows that see no key give 0 and LSE -inf (the sink with sinks).
+- rows that see no key give 0 and LSE -inf (the sink with sinks);
+- fp8 (e4m3) inputs are dequantized exactly (value times its ``[B, Hk]`` descale, in float64) before attending,
+  and fp8 queries give a bf16 output, as in FlashAttention 3.
 """
 
 from __future__ import annotations
@@ -23,6 +25,24 @@ from swattn.window import first_visible_key, is_visible, normalize_window, visib
 QUERY_BLOCK = 256
 # Keys with a non-finite value handled per step of the isolation (see ``_weighted_values``).
 _NON_FINITE_KEYS_PER_STEP = 64
+FP8 = torch.float8_e4m3fn
+E4M3_MAX = 448.0
+
+
+def dequantize(x: torch.Tensor, descale: torch.Tensor | None, heads_per_descale: int = 1) -> torch.Tensor:
+    """fp8 ``x [B, S, heads, D]`` as float64 times ``descale [B, heads / heads_per_descale]`` (None = 1); other
+    dtypes (no descale) as float64 unchanged. ``heads_per_descale``: query heads per KV head for q's descale."""
+    if descale is None:
+        return x.to(torch.float64)
+    scale = descale.to(torch.float64).repeat_interleave(heads_per_descale, dim=1)  # [B, heads]
+    return x.to(torch.float64) * scale[:, None, :, None]
+
+
+def quantize(x: torch.Tensor, descale: torch.Tensor | None) -> torch.Tensor:
+    """``x [n, Hk, D]`` into e4m3 with per-head ``descale [Hk]`` (None = 1): ``x / descale`` in float32, saturated
+    to +-448, rounded to nearest even (what the append kernel does)."""
+    scale = torch.ones(x.shape[-2], dtype=torch.float32, device=x.device) if descale is None else descale.float()
+    return (x.float() / scale[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(FP8)
 
 
 def _weighted_values(probs: torch.Tensor, v: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
@@ -91,9 +111,13 @@ def attention_ref(
     attention_chunk: int = 0,
     key_start: int = 0,
     seqlen_k: int | None = None,
+    q_descale: torch.Tensor | None = None,
+    k_descale: torch.Tensor | None = None,
+    v_descale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of one batch: q ``[B, Sq, H, D]``, k/v ``[B, Sk, Hk, D]`` -> (out ``[B, Sq, H, D]`` in q's dtype,
-    lse ``[B, H, Sq]`` fp32).
+    bf16 for fp8 q, lse ``[B, H, Sq]`` fp32). ``q_descale``/``k_descale``/``v_descale`` ``[B, Hk]``: fp8 inputs'
+    descales (``dequantize``), None = 1.
 
     GQA/MQA by repeating KV heads; bottom-right window; ``softcap * tanh(s / softcap)``; ``sinks [H]`` join the
     denominator as one extra logit per query head (no value); ``attention_chunk`` > 0 keeps only keys in the query's
@@ -104,9 +128,13 @@ def attention_ref(
     left, right = normalize_window(causal, window_size)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     seqlen_k = k.shape[1] if seqlen_k is None else seqlen_k
+    out_dtype = torch.bfloat16 if q.dtype == FP8 else q.dtype
+    if FP8 in (q.dtype, k.dtype):
+        q = dequantize(q, q_descale if q.dtype == FP8 else None, q.shape[2] // k.shape[2])
+        k, v = dequantize(k, k_descale), dequantize(v, v_descale)
     out, lse = _attend(q, k, v, key_start, seqlen_k, left=left, right=right, scale=scale, softcap=softcap,
                        sinks=sinks, compute_dtype=compute_dtype, chunk=attention_chunk)
-    return out.to(q.dtype), lse.to(torch.float32)
+    return out.to(out_dtype), lse.to(torch.float32)
 
 
 def attention_varlen_ref(
@@ -123,17 +151,23 @@ def attention_varlen_ref(
     """Varlen attention: q ``[total_q, H, D]``, k/v ``[total_k, Hk, D]`` -> (out ``[total_q, H, D]``,
     lse ``[H, total_q]``), one sequence at a time through ``attention_ref``. ``seqused_q`` / ``seqused_k`` limit
     the rows / keys each sequence uses; unused rows are left 0 (lse -inf) here, unwritten by the kernels."""
-    out = torch.zeros_like(q)
+    out = torch.zeros_like(q, dtype=torch.bfloat16 if q.dtype == FP8 else q.dtype)
     lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     for b in range(len(cq) - 1):
         k_len = ck[b + 1] - ck[b] if seqused_k is None else int(seqused_k[b])
         q_end = cq[b + 1] if seqused_q is None else cq[b] + int(seqused_q[b])
         o_b, l_b = attention_ref(q[cq[b]:q_end][None], k[ck[b]:ck[b] + k_len][None],
-                                 v[ck[b]:ck[b] + k_len][None], **kwargs)
+                                 v[ck[b]:ck[b] + k_len][None], **_descales_of(kwargs, b))
         out[cq[b]:q_end] = o_b[0]
         lse[:, cq[b]:q_end] = l_b[0]
     return out, lse
+
+
+def _descales_of(kwargs: dict, b: int) -> dict:
+    """``kwargs`` with its ``[B, Hk]`` descales cut to sequence b's row ``[1, Hk]``."""
+    return {name: value[b:b + 1] if name.endswith("_descale") and value is not None else value
+            for name, value in kwargs.items()}
 
 
 def gather_kv_cache(
@@ -200,12 +234,13 @@ def attention_kvcache_ref(
 
     def one(q_b, b):
         k_b, v_b = kv[b]
-        return attention_ref(q_b[None], k_b[None], v_b[None], key_start=first_keys[b], seqlen_k=lengths[b], **kwargs)
+        return attention_ref(q_b[None], k_b[None], v_b[None], key_start=first_keys[b], seqlen_k=lengths[b],
+                             **_descales_of(kwargs, b))
 
     if cu_seqlens_q is None:
         outs, lses = zip(*(one(q[b], b) for b in range(len(kv))))
         return torch.cat(outs), torch.cat(lses)
-    out = torch.zeros_like(q)
+    out = torch.zeros_like(q, dtype=torch.bfloat16 if q.dtype == FP8 else q.dtype)
     lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
     for b in range(len(kv)):
         o_b, l_b = one(q[bounds[b]:bounds[b + 1]], b)
@@ -274,6 +309,8 @@ def append_kv_ref(
     rotary_sin: torch.Tensor | None = None,
     rotary_seqlens: torch.Tensor | None = None,
     rotary_interleaved: bool = True,
+    k_descale: torch.Tensor | None = None,
+    v_descale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Write new tokens at positions ``cache_seqlens[b] ...`` of each sequence, in place, token by token; returns
     the key lengths after the append (int32 ``[B]``).
@@ -281,8 +318,10 @@ def append_kv_ref(
     New tokens are ``[B, S_new, Hk, D]`` or varlen ``[total, Hk, D]`` with ``cu_seqlens_k_new`` (or, swattn's
     shorthand, laid out like the queries with ``cu_seqlens_q``); rows past the last cumulative length are padding
     and are not written. With ``rotary_cos``/``rotary_sin`` new key i of sequence b is rotated at position
-    ``rotary_seqlens[b] + i`` (default ``cache_seqlens[b] + i``) before it is written.
+    ``rotary_seqlens[b] + i`` (default ``cache_seqlens[b] + i``) before it is written. Into an e4m3 cache, fp16/bf16
+    tokens are quantized (``quantize``) with ``k_descale[b]`` / ``v_descale[b]`` (``[B, Hk]``, None = 1).
     """
+    quantizing = k_cache.dtype == FP8 and k_new.dtype != FP8
     cu_new = cu_seqlens_k_new if cu_seqlens_k_new is not None else (cu_seqlens_q if k_new.dim() == 3 else None)
     if cu_new is None:
         spans = [(b * k_new.shape[1], (b + 1) * k_new.shape[1]) for b in range(k_new.shape[0])]
@@ -295,9 +334,13 @@ def append_kv_ref(
     rotary_offsets = seqlens if rotary_seqlens is None else rotary_seqlens.tolist()
     for b, (begin, end) in enumerate(spans):
         keys = k_rows[begin:end]
+        values = v_rows[begin:end]
         if rotary_cos is not None:
             positions = torch.arange(end - begin) + rotary_offsets[b]
             keys = apply_rotary_ref(keys, rotary_cos, rotary_sin, positions, rotary_interleaved)
+        if quantizing:
+            keys = quantize(keys, None if k_descale is None else k_descale[b])
+            values = quantize(values, None if v_descale is None else v_descale[b])
         for i in range(end - begin):
             position = seqlens[b] + i
             cache_row = b if cache_batch_idx is None else int(cache_batch_idx[b])
@@ -307,7 +350,7 @@ def append_kv_ref(
             else:
                 row, slot = cache_row, position
             k_cache[row, slot] = keys[i]
-            v_cache[row, slot] = v_rows[begin + i]
+            v_cache[row, slot] = values[i]
     lengths = torch.tensor([end - begin for begin, end in spans], dtype=torch.int32, device=cache_seqlens.device)
     return (cache_seqlens.to(torch.int32) + lengths).to(torch.int32)
 

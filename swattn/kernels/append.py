@@ -5,7 +5,8 @@ with torch indexing this took about ten small launches (and, for varlen, a searc
 ``cu_seqlens_q[-1]`` sent out of bounds); here it is one launch with no host synchronisation, so a decode step
 stays two launches inside a CUDA graph. Padding rows are skipped. With rotary embedding (``rotary_cos`` /
 ``rotary_sin``) the same launch rotates the new keys before writing them and writes a rotated copy of the queries,
-which the attention kernel then reads, so rotary costs no launch and no switch in the attention kernel.
+which the attention kernel then reads, so rotary costs no launch and no switch in the attention kernel. Into an
+fp8 (e4m3) cache, fp16/bf16 tokens are quantized with the call's ``k_descale`` / ``v_descale`` in the same launch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ import triton.language as tl
 
 from swattn import _compat
 from swattn._compat import next_power_of_2, pdl_enabled, pdl_launch_options
-from swattn.kernels._common import token_strides, wait_for_previous_grid
+from swattn.kernels._common import (
+    descale_strides,
+    ones_descale,
+    quantize_e4m3,
+    token_strides,
+    wait_for_previous_grid,
+)
 from swattn.kernels._launch import Launch, PlanCache, tensor_signature
 
 
@@ -61,17 +68,17 @@ def _token_sequence(token, CU_SEQLENS, batch, BLOCK_B: tl.constexpr):
 @triton.jit
 def _append_kv_kernel(
     K_NEW, V_NEW, K_CACHE, V_CACHE, CACHE_SEQLENS, SEQLENS_K, CU_SEQLENS_NEW, CACHE_BATCH_IDX, PAGE_TABLE,
-    Q, Q_ROT, CU_SEQLENS_Q, COS, SIN, ROTARY_SEQLENS,
+    Q, Q_ROT, CU_SEQLENS_Q, COS, SIN, ROTARY_SEQLENS, K_DESCALE, V_DESCALE,
     stride_knb, stride_kns, stride_knh, stride_vnb, stride_vns, stride_vnh,
     stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
     stride_qb, stride_qs, stride_qh, stride_rb, stride_rs, stride_rh, stride_cos, stride_sin,
     stride_page_table, batch, num_tokens, seqlen_new, page_size, num_kv_heads,
-    num_q_tokens, seqlen_q, num_heads, rotary_dim,
+    num_q_tokens, seqlen_q, num_heads, rotary_dim, stride_kdb, stride_kdh, stride_vdb, stride_vdh,
     IS_VARLEN: tl.constexpr, IS_PAGED: tl.constexpr, HAS_CACHE_BATCH_IDX: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
     USE_PDL: tl.constexpr, HAS_ROTARY: tl.constexpr = False, INTERLEAVED: tl.constexpr = True,
     SEQUENTIAL_Q: tl.constexpr = True, IS_VARLEN_Q: tl.constexpr = False, HAS_ROTARY_SEQLENS: tl.constexpr = False,
-    BLOCK_HQ: tl.constexpr = 1,
+    BLOCK_HQ: tl.constexpr = 1, QUANTIZE: tl.constexpr = False,
 ):
     """Grid: (max(num_tokens, batch[, num_q_tokens with rotary]),). Program p writes ``SEQLENS_K[p]`` (p < batch)
     and copies new token p (p < num_tokens, skipped when it is varlen padding) into its cache slot, all heads at
@@ -83,6 +90,10 @@ def _append_kv_kernel(
     ``CACHE_SEQLENS[b] + i``) before it is written, and program p < num_q_tokens writes query token p rotated into
     ``Q_ROT`` (query i of sequence b at that offset + i with ``SEQUENTIAL_Q``, causal / local attention, else all
     at the offset, as FlashAttention 3 does).
+
+    ``QUANTIZE`` (fp16/bf16 tokens into an e4m3 cache): each head's token is divided by its descale
+    ``K_DESCALE[b, h]`` / ``V_DESCALE[b, h]``, saturated to +-448 and rounded to nearest even (after rotary, which
+    rounds to the new tokens' dtype first, as without fp8).
     """
     wait_for_previous_grid(USE_PDL)
     program = tl.program_id(0)
@@ -124,10 +135,17 @@ def _append_kv_kernel(
                 else:
                     rotary_position = position
                 k = _rotate(k_src, offs_h, offs_d, mask, stride_knh, COS, SIN, rotary_position, stride_cos,
-                            stride_sin, rotary_dim, INTERLEAVED).to(K_CACHE.dtype.element_ty)
+                            stride_sin, rotary_dim, INTERLEAVED).to(K_NEW.dtype.element_ty)
             else:
                 k = tl.load(k_src + offs_h[:, None] * stride_knh + offs_d[None, :], mask=mask)
             v = tl.load(v_src + offs_h[:, None] * stride_vnh + offs_d[None, :], mask=mask)
+            if QUANTIZE:
+                head_mask = offs_h < num_kv_heads
+                seq64 = seq.to(tl.int64)
+                k_descale = tl.load(K_DESCALE + seq64 * stride_kdb + offs_h * stride_kdh, mask=head_mask, other=1.0)
+                v_descale = tl.load(V_DESCALE + seq64 * stride_vdb + offs_h * stride_vdh, mask=head_mask, other=1.0)
+                k = quantize_e4m3(k.to(tl.float32), k_descale[:, None])
+                v = quantize_e4m3(v.to(tl.float32), v_descale[:, None])
             k_dst = K_CACHE + row * stride_kcb + slot * stride_kcs
             v_dst = V_CACHE + row * stride_vcb + slot * stride_vcs
             tl.store(k_dst + offs_h[:, None] * stride_kch + offs_d[None, :], k, mask=mask)
@@ -179,6 +197,8 @@ def append_kv(
     rotary_seqlens: torch.Tensor | None = None,
     rotary_interleaved: bool = True,
     rotary_sequential_q: bool = True,
+    k_descale: torch.Tensor | None = None,
+    v_descale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Write ``k_new``/``v_new`` into the caches at ``cache_seqlens[b] ...`` in place; returns the key lengths
     after the append (int32 ``[B]``) and, with rotary, the rotated queries (else None).
@@ -191,17 +211,19 @@ def append_kv(
     rotated before they are written and ``q`` (``[B, Sq, H, D]`` or varlen with ``cu_seqlens_q``) is returned
     rotated (``rotary_sequential_q``: query i at offset + i, else all at the offset). Arguments are already
     checked; the head dimension must have unit stride. The launch is planned once per call signature.
+    An e4m3 cache takes fp16/bf16 tokens quantized with ``k_descale`` / ``v_descale`` (float32 ``[B, Hk]``, any
+    strides; None = 1), or e4m3 tokens as they are.
     """
     return append_plan(k_cache, v_cache, k_new, v_new, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
                        cu_seqlens_k_new, q, rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved,
-                       rotary_sequential_q).run(k_cache, v_cache, k_new, v_new, cache_seqlens, cache_batch_idx,
-                                                page_table, cu_seqlens_q, cu_seqlens_k_new, q, rotary_cos,
-                                                rotary_sin, rotary_seqlens)
+                       rotary_sequential_q, k_descale, v_descale).run(
+        k_cache, v_cache, k_new, v_new, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q, cu_seqlens_k_new, q,
+        rotary_cos, rotary_sin, rotary_seqlens, k_descale, v_descale)
 
 
 def append_plan(k_cache, v_cache, k_new, v_new, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
                 cu_seqlens_k_new=None, q=None, rotary_cos=None, rotary_sin=None, rotary_seqlens=None,
-                rotary_interleaved=True, rotary_sequential_q=True) -> _AppendPlan:
+                rotary_interleaved=True, rotary_sequential_q=True, k_descale=None, v_descale=None) -> _AppendPlan:
     """The plan of one ``append_kv`` call signature (made once, then looked up); its ``run`` serves every call of
     the signature."""
     rotary = rotary_cos is not None
@@ -209,12 +231,14 @@ def append_plan(k_cache, v_cache, k_new, v_new, cache_seqlens, cache_batch_idx, 
            tensor_signature(cache_seqlens), tensor_signature(cache_batch_idx), tensor_signature(page_table),
            tensor_signature(cu_seqlens_q), tensor_signature(cu_seqlens_k_new),
            tensor_signature(q) if rotary else None, tensor_signature(rotary_cos), tensor_signature(rotary_sin),
-           tensor_signature(rotary_seqlens), rotary_interleaved, rotary_sequential_q, k_new.device, _compat.PDL)
+           tensor_signature(rotary_seqlens), rotary_interleaved, rotary_sequential_q, k_new.device, _compat.PDL,
+           tensor_signature(k_descale), tensor_signature(v_descale))
     plan = _PLANS.get(key)
     if plan is None:
         plan = _PLANS.add(key, _AppendPlan(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table,
                                            cu_seqlens_q, cu_seqlens_k_new, q, rotary_cos, rotary_sin,
-                                           rotary_seqlens, rotary_interleaved, rotary_sequential_q))
+                                           rotary_seqlens, rotary_interleaved, rotary_sequential_q, k_descale,
+                                           v_descale))
     return plan
 
 
@@ -222,17 +246,22 @@ class _AppendPlan:
     """The launch of one append_kv signature; ``run`` allocates the new lengths (and the rotated q) and launches."""
 
     def __init__(self, k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table, cu_seqlens_q, cu_seqlens_k_new,
-                 q, rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, rotary_sequential_q):
+                 q, rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, rotary_sequential_q, k_descale=None,
+                 v_descale=None):
         self.batch, self.launch = _plan_append(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table,
                                                cu_seqlens_q, cu_seqlens_k_new, q, rotary_cos, rotary_sin,
-                                               rotary_seqlens, rotary_interleaved, rotary_sequential_q)
+                                               rotary_seqlens, rotary_interleaved, rotary_sequential_q, k_descale,
+                                               v_descale)
+        # fp16/bf16 tokens into an e4m3 cache are quantized with the descales (absent ones are 1).
+        self.quantize = k_cache.dtype == torch.float8_e4m3fn and k_new.dtype != k_cache.dtype
         self.rotary = rotary_cos is not None
         self.device = k_new.device
         # The new tokens' cumulative lengths: cu_seqlens_k_new, or cu_seqlens_q for 3-D new tokens laid out like q.
         self.cu_new = "k_new" if cu_seqlens_k_new is not None else "q" if k_new.dim() == 3 else None
 
     def run(self, k_cache, v_cache, k_new, v_new, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
-            cu_seqlens_k_new=None, q=None, rotary_cos=None, rotary_sin=None, rotary_seqlens=None):
+            cu_seqlens_k_new=None, q=None, rotary_cos=None, rotary_sin=None, rotary_seqlens=None, k_descale=None,
+            v_descale=None):
         seqlens_k = torch.empty(self.batch, device=self.device, dtype=torch.int32)
         rotary = self.rotary
         q_rot = torch.empty_like(q) if rotary else None
@@ -246,13 +275,15 @@ class _AppendPlan:
                         q if rotary else placeholder, q_rot if rotary else placeholder,
                         cu_seqlens_q if rotary and cu_seqlens_q is not None else placeholder,
                         rotary_cos if rotary else placeholder, rotary_sin if rotary else placeholder,
-                        placeholder if rotary_seqlens is None else rotary_seqlens)
+                        placeholder if rotary_seqlens is None else rotary_seqlens,
+                        *(placeholder if not self.quantize else ones_descale(self.device) if d is None else d
+                          for d in (k_descale, v_descale)))
         return seqlens_k, q_rot
 
 
 def _plan_append(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table, cu_seqlens_q, cu_seqlens_k_new, q,
-                 rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, rotary_sequential_q
-                 ) -> tuple[int, Launch | None]:
+                 rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, rotary_sequential_q, k_descale=None,
+                 v_descale=None) -> tuple[int, Launch | None]:
     """``(batch, launch)`` of one append_kv signature (launch None when there is nothing to write)."""
     cu_new = cu_seqlens_k_new if cu_seqlens_k_new is not None else (cu_seqlens_q if k_new.dim() == 3 else None)
     varlen = cu_new is not None
@@ -282,6 +313,7 @@ def _plan_append(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table, cu
         batch, num_tokens, 1 if varlen else k_new.shape[1], k_cache.shape[1] if page_table is not None else 1,
         num_kv_heads, num_q_tokens, 1 if varlen_q or not rotary else q.shape[1], q.shape[-2] if rotary else 1,
         2 * rotary_cos.shape[1] if rotary else 0,
+        *descale_strides(k_descale), *descale_strides(v_descale),
     )
     constexprs = dict(
         IS_VARLEN=varlen, IS_PAGED=page_table is not None, HAS_CACHE_BATCH_IDX=cache_batch_idx is not None,
@@ -289,6 +321,7 @@ def _plan_append(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table, cu
         BLOCK_D=next_power_of_2(head_dim), HEAD_DIM=head_dim, USE_PDL=use_pdl, HAS_ROTARY=rotary,
         INTERLEAVED=rotary_interleaved, SEQUENTIAL_Q=rotary_sequential_q, IS_VARLEN_Q=varlen_q and rotary,
         HAS_ROTARY_SEQLENS=rotary_seqlens is not None, BLOCK_HQ=next_power_of_2(q.shape[-2]) if rotary else 1,
+        QUANTIZE=k_cache.dtype == torch.float8_e4m3fn and k_new.dtype != k_cache.dtype,
     )
     return batch, Launch(_append_kv_kernel, (programs,), scalars, constexprs,
-                         dict(num_warps=4, **pdl_launch_options(use_pdl)), num_tensors=15)
+                         dict(num_warps=4, **pdl_launch_options(use_pdl)), num_tensors=17)

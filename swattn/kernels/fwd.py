@@ -30,10 +30,12 @@ from swattn.kernels import configs, gluon_fwd
 from swattn.kernels._common import (
     LOG2E,
     block_ranges,
+    descale_strides,
     dot,
     finish_rows,
     in_window,
     lse_strides,
+    ones_descale,
     safe_pivot,
     sequence_bounds,
     softcap_scores,
@@ -60,6 +62,9 @@ REDO_SCANNED = tl.constexpr(3)
 # a 4-token verify step measured 0.9-1.0 us less with a scanning redo pass (H100, docs/notes/performance-log.md,
 # 2026-11-25), which prefill-sized grids (many tiles per redo program) did not keep.
 SCAN_FLAGS_MAX_WORK: int | None = None
+
+# FP8 values: no fp8 input; fp16/bf16 queries over an e4m3 K/V (cache); q, K and V all e4m3 (output bf16).
+NO_FP8, FP8_KV, FP8_QKV = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 
 
 @triton.jit
@@ -107,13 +112,17 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                    UPCAST: tl.constexpr, COUNT_BLOCKS: tl.constexpr, BLOCK_N: tl.constexpr,
                    USE_TMA: tl.constexpr, GUARD_NON_FINITE: tl.constexpr = False, masked_head_end=0,
                    unmasked_end=0, MASK_EDGES_ONLY: tl.constexpr = False, key_shift=0,
-                   SHIFT_PAGED_KEYS: tl.constexpr = False, chunk=0, HAS_CHUNK: tl.constexpr = False):
+                   SHIFT_PAGED_KEYS: tl.constexpr = False, chunk=0, HAS_CHUNK: tl.constexpr = False,
+                   FP8: tl.constexpr = NO_FP8):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
     blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it).
     ``MASK_EDGES_ONLY`` (with MASK; ``FwdConfig.mask_edges_only``): one loop over every block, masking only the
     blocks outside ``[masked_head_end, unmasked_end)``, which every row sees whole (a branch per block instead of
-    the per-element mask arithmetic that the single loop otherwise runs on every block)."""
+    the per-element mask arithmetic that the single loop otherwise runs on every block).
+    ``FP8``: K and V tiles arrive in e4m3 and are widened in registers right after the load (exact: every e4m3
+    value is a bf16 and an fp16); their descales are not applied here but folded into ``softmax_scale`` (K, and
+    q's with FP8_QKV) and into the epilogue's normalization (V) by ``_attend_tile``."""
     offset = seqlen_k - seqlen_q
     for block in range(block_begin, block_end):
         offs_n = kv_start + block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -133,6 +142,14 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                          page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS)
             k = _load_kv(k_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
                          page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS)
+        if FP8 == FP8_KV:
+            # Half the bytes of a bf16 cache; both products then run as for bf16 inputs.
+            k = k.to(q.dtype)
+            v = v.to(q.dtype)
+        elif FP8 == FP8_QKV:
+            # Q K^T in e4m3 (fp32 accumulation); P @ V in bf16, so P is not rounded to e4m3 (FlashAttention 3
+            # rounds it; its 2^-4 relative step would dominate the error).
+            v = v.to(tl.bfloat16)
         if UPCAST:
             k = k.to(tl.float32)
         qk = dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
@@ -300,10 +317,10 @@ def _finish_tile(
     stride_os, stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh,
     split, program_index, batch64, q_begin, row_valid, row_pos, row_head, q_mask, offs_d,
     HAS_SINKS: tl.constexpr, IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr,
-    NON_FINITE_PASS: tl.constexpr, BLOCK_M: tl.constexpr,
+    NON_FINITE_PASS: tl.constexpr, BLOCK_M: tl.constexpr, value_scale=1.0,
 ):
     """The epilogue of an active tile: non-finite flags, block count, the sink (``_tile_sink``'s, in log2 units),
-    normalization, LSE and O stores."""
+    normalization (times ``value_scale``, an fp8 V's descale), LSE and O stores."""
     if NON_FINITE_PASS == FLAG_NON_FINITE:
         # A row sum is NaN when the row holds one (an inf alone does not leak: 0 * inf is what makes the NaN).
         # The atomic's lanes are predicated off unless a row holds a NaN, so finite inputs never issue it.
@@ -325,7 +342,7 @@ def _finish_tile(
         lse_ptrs = (LSE + split.to(tl.int64) * stride_ls + batch64 * stride_lb
                     + row_head.to(tl.int64) * stride_lh + (q_begin + row_pos).to(tl.int64) * stride_lq)
         tl.store(lse_ptrs, lse, mask=row_valid)
-    out = acc * row_factor[:, None]
+    out = acc * (row_factor * value_scale)[:, None]
     o_ptrs = (O + split.to(tl.int64) * stride_os + batch64 * stride_ob
               + (q_begin + row_pos).to(tl.int64)[:, None] * stride_oq
               + row_head.to(tl.int64)[:, None] * stride_oh + offs_d[None, :])
@@ -335,13 +352,14 @@ def _finish_tile(
 @triton.jit
 def _attend_tile(
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
-    NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K,
+    NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K, Q_DESCALE, K_DESCALE, V_DESCALE,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     stride_os, stride_ob, stride_oq, stride_oh,
     stride_ls, stride_lb, stride_lq, stride_lh,
     stride_page_table, stride_nb, stride_ns, stride_nh,
+    stride_qdb, stride_qdh, stride_kdb, stride_kdh, stride_vdb, stride_vdh,
     seqlen_q, seqlen_k, num_heads, queries_per_kv_head, page_size,
     softmax_scale, softcap, left, right, chunk,
     tile, batch_head, split, num_tiles, num_splits,
@@ -351,7 +369,7 @@ def _attend_tile(
     IS_SPLIT: tl.constexpr, STORE_LSE: tl.constexpr, COUNT_BLOCKS: tl.constexpr, UPCAST: tl.constexpr,
     SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr,
     APPEND_NEW: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr, HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, FP8: tl.constexpr,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads), over its
     share ``split`` of the KV loop; the body of ``_swa_fwd_kernel``'s programs (see there)."""
@@ -379,6 +397,16 @@ def _attend_tile(
             stride_qb, stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_page_table,
             HAS_CACHE_BATCH_IDX, UPCAST, BLOCK_D, HEAD_DIM, IS_PAGED, HAS_LEFTPAD_K)
         sink = _tile_sink(SINKS, row_head, row_valid, HAS_SINKS, IS_SPLIT, BLOCK_M)
+        value_scale = 1.0
+        if FP8 != NO_FP8:
+            # Descales ``[B, Hk]``: one per sequence and KV head, so one per program (a PackGQA tile holds one KV
+            # head). Scores are q.k * q_descale * k_descale * softmax_scale: the product folds into the scale the
+            # loop applies anyway; V's descale scales the normalized output (both exact up to one rounding).
+            kv_head64 = kv_head.to(tl.int64)
+            softmax_scale = softmax_scale * tl.load(K_DESCALE + batch64 * stride_kdb + kv_head64 * stride_kdh)
+            if FP8 == FP8_QKV:
+                softmax_scale = softmax_scale * tl.load(Q_DESCALE + batch64 * stride_qdb + kv_head64 * stride_qdh)
+            value_scale = tl.load(V_DESCALE + batch64 * stride_vdb + kv_head64 * stride_vdh)
         if APPEND_NEW:
             # Write the new tokens this program will read (its share of the loop) before reading them: every
             # program that reads a new token writes it (identical bytes, also from the other query heads' programs
@@ -411,7 +439,8 @@ def _attend_tile(
                 kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, USE_TMA,
-                True, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk, HAS_CHUNK=HAS_CHUNK)
+                True, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk, HAS_CHUNK=HAS_CHUNK,
+                FP8=FP8)
         elif SINGLE_LOOP:
             # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
             acc, l_i, m_i, visited = _attend_blocks(
@@ -420,7 +449,7 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, False, masked_head_end, unmasked_end, MASK_EDGES_ONLY, k_begin,
-                IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK)
+                IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK, FP8=FP8)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
             acc, l_i, m_i, visited = _attend_blocks(
@@ -430,7 +459,7 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-                HAS_CHUNK=HAS_CHUNK)
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, masked_head_end),
@@ -439,7 +468,7 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-                HAS_CHUNK=HAS_CHUNK)
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, unmasked_end), block_end,
@@ -447,25 +476,26 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-                HAS_CHUNK=HAS_CHUNK)
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8)
 
         _finish_tile(
             acc, l_i, m_i, visited, O, LSE, sink, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
             stride_os, stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh,
             split, program_index, batch64, q_begin, row_valid, row_pos, row_head, q_mask, offs_d,
-            HAS_SINKS, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, NON_FINITE_PASS, BLOCK_M)
+            HAS_SINKS, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, NON_FINITE_PASS, BLOCK_M, value_scale)
 
 
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "chunk", "num_tiles", "num_work"])
 def _swa_fwd_kernel(
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
-    NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K,
+    NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K, Q_DESCALE, K_DESCALE, V_DESCALE,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
     stride_os, stride_ob, stride_oq, stride_oh,
     stride_ls, stride_lb, stride_lq, stride_lh,
     stride_page_table, stride_nb, stride_ns, stride_nh,
+    stride_qdb, stride_qdh, stride_kdb, stride_kdh, stride_vdb, stride_vdh,
     seqlen_q, seqlen_k, num_heads, queries_per_kv_head: tl.constexpr, page_size: tl.constexpr,
     softmax_scale, softcap, left, right, chunk,
     num_tiles, num_splits, num_work,
@@ -477,6 +507,7 @@ def _swa_fwd_kernel(
     MASK_EDGES_ONLY: tl.constexpr, APPEND_NEW: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
     HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    FP8: tl.constexpr = NO_FP8,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -485,8 +516,9 @@ def _swa_fwd_kernel(
     ceil(span / BLOCK_N) blocks (a 1/num_splits share of them with IS_SPLIT, whose partial results, without
     sinks, are merged by ``combine``). Switches: window sides, softcap, sinks, varlen q/k, per-sequence key
     lengths (SEQLENS_K), cache_batch_idx, paged KV, PackGQA, split-KV, LSE, block counting (tests), the
-    non-finite isolation pass, and (experimental) masking only the edge blocks of the single loop and appending
-    the new tokens of a KV-cache call (APPEND_NEW: each program first writes those it will read). The group size
+    non-finite isolation pass, fp8 (e4m3) K/V or q/K/V with per-(sequence, KV head) descales (FP8), and
+    (experimental) masking only the edge blocks of the single loop and appending the new tokens of a KV-cache call
+    (APPEND_NEW: each program first writes those it will read). The group size
     (``queries_per_kv_head``) and ``page_size`` are compile-time constants (one compile per model shape): a PackGQA
     row's position and head, and a token's page and slot, are shifts and masks instead of integer divisions
     (compiled W(127,0) prefill: 131 fewer instructions before the KV loop of every tile, 2503 -> 2215 in all).
@@ -513,36 +545,39 @@ def _swa_fwd_kernel(
                 batch_head = work // (num_splits * num_tiles)
                 _attend_tile(
                     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE,
-                    BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K, stride_qb,
+                    BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K, Q_DESCALE,
+                    K_DESCALE, V_DESCALE, stride_qb,
                     stride_qs, stride_qh,
                     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_os, stride_ob,
                     stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh, stride_page_table, stride_nb,
-                    stride_ns, stride_nh, seqlen_q, seqlen_k,
+                    stride_ns, stride_nh, stride_qdb, stride_qdh, stride_kdb, stride_kdh, stride_vdb, stride_vdh,
+                    seqlen_q, seqlen_k,
                     num_heads, queries_per_kv_head, page_size, softmax_scale, softcap, left, right, chunk,
                     tile, batch_head, split, num_tiles, num_splits,
                     HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
                     HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST,
                     SINGLE_LOOP, REDO_FLAGGED, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K,
-                    HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM,
+                    HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, FP8,
                 )
     else:
         # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
         _attend_tile(
             Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE,
-            BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K, stride_qb, stride_qs,
+            BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K, Q_DESCALE, K_DESCALE,
+            V_DESCALE, stride_qb, stride_qs,
             stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_os, stride_ob,
             stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh, stride_page_table, stride_nb, stride_ns,
-            stride_nh, seqlen_q, seqlen_k, num_heads,
-            queries_per_kv_head, page_size, softmax_scale, softcap, left, right, chunk,
+            stride_nh, stride_qdb, stride_qdh, stride_kdb, stride_kdh, stride_vdb, stride_vdh, seqlen_q, seqlen_k,
+            num_heads, queries_per_kv_head, page_size, softmax_scale, softcap, left, right, chunk,
             tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2), num_tiles,
             num_splits, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
-            BLOCK_N, BLOCK_D, HEAD_DIM,
+            BLOCK_N, BLOCK_D, HEAD_DIM, FP8,
         )
 
-# Tensors that _swa_fwd_kernel takes before its scalars (Q ... LEFTPAD_K).
-_FORWARD_TENSORS = 18
+# Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_DESCALE).
+_FORWARD_TENSORS = 21
 
 
 def _persistent_programs(device: torch.device) -> int:
@@ -606,6 +641,9 @@ def attention_forward(
     seqused_q: torch.Tensor | None = None,
     cache_leftpad: torch.Tensor | None = None,
     attention_chunk: int = 0,
+    q_descale: torch.Tensor | None = None,
+    k_descale: torch.Tensor | None = None,
+    v_descale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Launch the forward kernel on already-checked arguments; returns ``(out, lse, block_counts)``.
 
@@ -620,6 +658,8 @@ def attention_forward(
     lse keep whatever the allocation held there). ``cache_leftpad [B]`` (KV cache): sequence b's keys are cache
     slots ``[cache_leftpad[b], seqlens_k[b])``. ``attention_chunk`` > 0: a query sees only keys of its own chunk
     (``swattn.window.is_visible``), intersected with the window.
+    fp8: k/v in ``torch.float8_e4m3fn`` with q in fp16/bf16, or q too (out is then bf16); ``q_descale`` (fp8 q),
+    ``k_descale``, ``v_descale``: float32 ``[B, Hk]`` (any strides; None = 1).
 
     What depends only on the call's signature (config, grid, strides, constexprs, compiled kernels) is planned
     once per signature (``_ForwardPlan``); a repeated call allocates its outputs and launches.
@@ -629,15 +669,17 @@ def attention_forward(
         cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_k=max_seqlen_k,
         seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table, pack_gqa=pack_gqa,
         num_splits=num_splits, return_lse=return_lse, count_blocks=count_blocks, new_k=new_k, new_v=new_v,
-        seqused_q=seqused_q, cache_leftpad=cache_leftpad, attention_chunk=attention_chunk)
+        seqused_q=seqused_q, cache_leftpad=cache_leftpad, attention_chunk=attention_chunk, q_descale=q_descale,
+        k_descale=k_descale, v_descale=v_descale)
     return plan.run(q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k,
-                    new_v, seqused_q, cache_leftpad)
+                    new_v, seqused_q, cache_leftpad, q_descale, k_descale, v_descale)
 
 
 def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None, cu_seqlens_q=None,
                  max_seqlen_q=None, cu_seqlens_k=None, max_seqlen_k=None, seqlens_k=None, cache_batch_idx=None,
                  page_table=None, pack_gqa=False, num_splits=1, return_lse=True, count_blocks=False, new_k=None,
-                 new_v=None, seqused_q=None, cache_leftpad=None, attention_chunk=0) -> _ForwardPlan:
+                 new_v=None, seqused_q=None, cache_leftpad=None, attention_chunk=0, q_descale=None, k_descale=None,
+                 v_descale=None) -> _ForwardPlan:
     """The plan of one ``attention_forward`` call signature (made once, then looked up); its ``run`` serves every
     call of the signature."""
     key = (tensor_signature(q), tensor_signature(k), tensor_signature(v), tensor_signature(sinks),
@@ -645,7 +687,8 @@ def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None
            tensor_signature(cache_batch_idx), tensor_signature(page_table), tensor_signature(new_k),
            tensor_signature(new_v), tensor_signature(seqused_q), tensor_signature(cache_leftpad), attention_chunk,
            q.device, softmax_scale, left, right, softcap, max_seqlen_q, max_seqlen_k,
-           pack_gqa, num_splits, return_lse, count_blocks, settings())
+           pack_gqa, num_splits, return_lse, count_blocks, settings(), tensor_signature(q_descale),
+           tensor_signature(k_descale), tensor_signature(v_descale))
     plan = _PLANS.get(key)
     if plan is None:
         plan = _PLANS.add(key, _ForwardPlan(
@@ -653,7 +696,8 @@ def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None
             cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k,
             max_seqlen_k=max_seqlen_k, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
             pack_gqa=pack_gqa, num_splits=num_splits, return_lse=return_lse, count_blocks=count_blocks,
-            new_k=new_k, seqused_q=seqused_q, cache_leftpad=cache_leftpad, attention_chunk=attention_chunk))
+            new_k=new_k, seqused_q=seqused_q, cache_leftpad=cache_leftpad, attention_chunk=attention_chunk,
+            q_descale=q_descale, k_descale=k_descale, v_descale=v_descale))
     return plan
 
 
@@ -663,7 +707,8 @@ class _ForwardPlan:
 
     def __init__(self, q, k, v, *, softmax_scale, left, right, softcap, sinks, cu_seqlens_q, max_seqlen_q,
                  cu_seqlens_k, max_seqlen_k, seqlens_k, cache_batch_idx, page_table, pack_gqa, num_splits,
-                 return_lse, count_blocks, new_k, seqused_q, cache_leftpad, attention_chunk):
+                 return_lse, count_blocks, new_k, seqused_q, cache_leftpad, attention_chunk, q_descale=None,
+                 k_descale=None, v_descale=None):
         varlen_q = cu_seqlens_q is not None
         varlen_k = cu_seqlens_k is not None
         paged = page_table is not None
@@ -690,7 +735,14 @@ class _ForwardPlan:
             left = -1
         if right >= seqlen_q:
             right = -1
-        self.out_shape, self.dtype, self.device = q.shape, q.dtype, q.device
+        fp8 = NO_FP8.value if k.dtype != torch.float8_e4m3fn else (
+            FP8_QKV.value if q.dtype == torch.float8_e4m3fn else FP8_KV.value)
+        self.fp8 = fp8 != NO_FP8.value
+        if fp8 != FP8_QKV.value:
+            q_descale = None  # checked by the interface: given only for e4m3 q
+        # FlashAttention 3's rule: fp8 queries give a bf16 output.
+        out_dtype = torch.bfloat16 if fp8 == FP8_QKV.value else q.dtype
+        self.out_shape, self.dtype, self.device = q.shape, out_dtype, q.device
         self.lse_shape = None
         if return_lse:
             self.lse_shape = (num_heads, q.shape[0]) if varlen_q else (batch, num_heads, seqlen_q)
@@ -699,7 +751,8 @@ class _ForwardPlan:
             return
         self.launches = True
 
-        block_d = max(16, next_power_of_2(head_dim))
+        # An e4m3 tl.dot needs a reduction of at least 32 elements.
+        block_d = max(32 if fp8 == FP8_QKV.value else 16, next_power_of_2(head_dim))
         rows_per_tile = seqlen_q * group if pack_gqa else seqlen_q
         window_span = left + right + 1 if left >= 0 and right >= 0 else None
         if attention_chunk > 0:
@@ -707,6 +760,9 @@ class _ForwardPlan:
         keys_per_split = -(-visible_span(0, seqlen_q - 1, seqlen_q, seqlen_k, left, right, attention_chunk)[1]
                            // num_splits)
         config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size(), keys_per_split)
+        if fp8 != NO_FP8.value:
+            # The fp8 variants load through pointers (the descriptor path was not measured with e4m3 tiles).
+            config = replace(config, tma=False)
         # The Gluon kernel has none of seqused_q, cache_leftpad and attention_chunk: those calls stay on Triton's.
         gluon_features = seqused_q is None and cache_leftpad is None and attention_chunk == 0
         self.use_gluon = gluon_features and _use_gluon(q, k, v, rows_per_tile, left, right, varlen_q=varlen_q,
@@ -758,6 +814,7 @@ class _ForwardPlan:
             *token_strides(q, varlen_q), *token_strides(k, varlen_k), *token_strides(v, varlen_k), *o_strides,
             *l_strides, page_table.stride(0) if paged else 0,
             *(token_strides(new_k, varlen_q) if append_new else (0, 0, 0)),
+            *descale_strides(q_descale), *descale_strides(k_descale), *descale_strides(v_descale),
             seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
             softmax_scale, softcap if softcap > 0 else 1.0, left, right, max(attention_chunk, 1),
             grid[0], grid[2], num_work,
@@ -767,11 +824,12 @@ class _ForwardPlan:
             IS_VARLEN_Q=varlen_q, IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqlens_k is not None,
             HAS_CACHE_BATCH_IDX=cache_batch_idx is not None, IS_PAGED=paged, PACK_GQA=pack_gqa,
             IS_SPLIT=num_splits > 1, STORE_LSE=num_splits > 1 or lse is not None,
-            UPCAST=needs_upcast(q.dtype), SINGLE_LOOP=config.single_loop, USE_TMA=self.use_tma, USE_PDL=use_pdl,
+            UPCAST=needs_upcast(torch.bfloat16 if fp8 == FP8_QKV.value else q.dtype),
+            SINGLE_LOOP=config.single_loop, USE_TMA=self.use_tma, USE_PDL=use_pdl,
             MASK_EDGES_ONLY=config.single_loop and config.mask_edges_only, APPEND_NEW=append_new,
             HAS_SEQUSED_Q=seqused_q is not None, HAS_LEFTPAD_K=cache_leftpad is not None,
             HAS_CHUNK=attention_chunk > 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d,
-            HEAD_DIM=head_dim,
+            HEAD_DIM=head_dim, FP8=fp8,
         )
         options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
                        **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
@@ -795,7 +853,7 @@ class _ForwardPlan:
                                num_tensors=_FORWARD_TENSORS)
 
     def run(self, q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k, new_v,
-            seqused_q=None, cache_leftpad=None):
+            seqused_q=None, cache_leftpad=None, q_descale=None, k_descale=None, v_descale=None):
         device = self.device
         out = torch.empty(self.out_shape, device=device, dtype=self.dtype)
         lse = None if self.lse_shape is None else torch.empty(self.lse_shape, device=device, dtype=torch.float32)
@@ -817,6 +875,10 @@ class _ForwardPlan:
             non_finite_flags = any_non_finite = placeholder
         if self.use_tma:
             ensure_triton_allocator()
+        if self.fp8:
+            # Absent descales are 1 (as in FlashAttention 3): one element, read with the zero strides planned for it.
+            ones = ones_descale(device)
+            q_descale, k_descale, v_descale = (ones if d is None else d for d in (q_descale, k_descale, v_descale))
         tensors = (
             q, k, v, out_target, placeholder if lse_target is None else lse_target,
             placeholder if sinks is None else sinks, placeholder if cu_seqlens_q is None else cu_seqlens_q,
@@ -826,6 +888,8 @@ class _ForwardPlan:
             placeholder if block_counts is None else block_counts, non_finite_flags, any_non_finite,
             placeholder if new_k is None else new_k, placeholder if new_v is None else new_v,
             placeholder if seqused_q is None else seqused_q, placeholder if cache_leftpad is None else cache_leftpad,
+            placeholder if q_descale is None else q_descale, placeholder if k_descale is None else k_descale,
+            placeholder if v_descale is None else v_descale,
         )
         if self.use_gluon:
             gluon_fwd.forward(q, k, v, out, lse, sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,

@@ -1,0 +1,229 @@
+"""fp8 (e4m3) inputs with FlashAttention 3's API: fp16/bf16 queries over an e4m3 KV cache (``k_descale`` /
+``v_descale`` ``[B, Hk]``), new bf16 tokens quantized into it in the same call, and q/k/v all in e4m3
+(``q_descale`` too; the output is bf16). Every case against ``swattn.reference`` on the same e4m3 values
+(dequantized exactly, then float64), so the tolerance is the compute dtype's (P and the output are rounded to
+bf16/fp16 as without fp8), not fp8's: docs/performance.md ("fp8 KV cache") says why.
+
+The Triton interpreter runs these kernels (it loads and widens e4m3 exactly; its fp32 -> e4m3 conversion does not
+round to nearest even, which is why the kernels round in fp32 first: ``test_quantize_e4m3_rounds_like_torch``).
+Shapes are small: H = 8 query heads over Hk = 2 KV heads, D = 32.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+import swattn
+from swattn.kernels._common import quantize_e4m3
+from swattn.reference import append_kv_ref, attention_kvcache_ref, attention_ref, attention_varlen_ref, dequantize
+from swattn.testing import assert_close, tolerance_for
+
+H, HK, D = 8, 2, 32
+FP8 = torch.float8_e4m3fn
+LSE_TOL = 1e-4
+
+
+def i32(*values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int32)
+
+
+def e4m3(*shape, scale: float = 2.0) -> torch.Tensor:
+    return (torch.randn(*shape) * scale).to(FP8)
+
+
+def descale(batch: int) -> torch.Tensor:
+    return torch.rand(batch, HK) + 0.25
+
+
+def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+@triton.jit
+def _quantize_kernel(X, OUT, DESCALE, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(OUT + offs, quantize_e4m3(tl.load(X + offs), tl.load(DESCALE)))
+
+
+def test_quantize_e4m3_rounds_like_torch():
+    """The append kernel's quantization is bit-exact with ``(x / descale).clamp(-448, 448).to(float8_e4m3fn)``:
+    every e4m3 value, every midpoint between neighbours (ties to even), -0.0, subnormals, saturation."""
+    values = torch.arange(256, dtype=torch.uint8).view(FP8).float()
+    values = values[torch.isfinite(values)].sort().values
+    midpoints = (values[1:] + values[:-1]) / 2
+    x = torch.cat([values, midpoints, -midpoints, torch.tensor([1000.0, -600.0, 449.0, 1e-9, -1e-9, -0.0]),
+                   torch.randn(500) * torch.exp(torch.randn(500) * 4)])
+    n = 1 << (x.numel() - 1).bit_length()
+    x = torch.cat([x, torch.zeros(n - x.numel())])
+    for scale in (1.0, 0.37):
+        out = torch.empty(n, dtype=FP8)
+        _quantize_kernel[(1,)](x, out, torch.tensor([scale]), n)
+        assert same_bytes(out, (x / scale).clamp(-448, 448).to(FP8)), scale
+
+
+def test_reference_dequantizes_exactly():
+    """The reference's fp8 path is the float64 attention of value * descale (per sequence and KV head; q's descale
+    per KV head of its query head), with a bf16 output for fp8 q."""
+    q, k, v = e4m3(2, 5, H, D), e4m3(2, 9, HK, D), e4m3(2, 9, HK, D)
+    qd, kd, vd = descale(2), descale(2), descale(2)
+    out, lse = attention_ref(q, k, v, q_descale=qd, k_descale=kd, v_descale=vd, causal=True)
+    q64 = q.double() * qd.double().repeat_interleave(H // HK, 1)[:, None, :, None]
+    out64, lse64 = attention_ref(q64, k.double() * kd.double()[:, None, :, None],
+                                 v.double() * vd.double()[:, None, :, None], causal=True)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, out64.to(torch.bfloat16)) and torch.equal(lse, lse64)
+    assert torch.equal(dequantize(k, None), k.double())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# bf16 / fp16 queries over an e4m3 cache
+
+
+@pytest.mark.parametrize("num_splits,window,pack_gqa", [
+    pytest.param(1, (127, 0), True, id="W127_0-packed"),
+    pytest.param(3, (-1, -1), True, id="full-3splits-packed"),
+    pytest.param(1, (20, 0), False, id="W20_0-unpacked"),
+])
+def test_decode_paged_fp8_kv_appends_quantized(num_splits, window, pack_gqa):
+    """Paged decode / verify (2 new tokens per sequence, bf16) with sinks: the new tokens land in the e4m3 cache
+    quantized with the sequence's descales (bit-exact with the reference's quantization) and the attention over
+    the cache matches the reference; lengths straddle pages, one sequence holds only its new tokens."""
+    batch, page_size, pages = 3, 16, 6
+    k_cache, v_cache = e4m3(batch * pages + 2, page_size, HK, D), e4m3(batch * pages + 2, page_size, HK, D)
+    table = torch.randperm(batch * pages + 2)[:batch * pages].view(batch, pages).to(torch.int32)
+    lens = i32(40, 77, 0)
+    q = torch.randn(batch, 2, H, D, dtype=torch.bfloat16)
+    k_new = torch.randn(batch, 2, HK, D, dtype=torch.bfloat16) * 3
+    v_new = torch.randn(batch, 2, HK, D, dtype=torch.bfloat16) * 3
+    kd, vd, sinks = descale(batch), descale(batch), torch.randn(H)
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    out, lse = swattn.flash_attn_with_kvcache(
+        q, k_cache, v_cache, k=k_new, v=v_new, cache_seqlens=lens, page_table=table, k_descale=kd, v_descale=vd,
+        causal=True, window_size=window, sinks=sinks, num_splits=num_splits, pack_gqa=pack_gqa,
+        return_softmax_lse=True)
+    seqlens = append_kv_ref(expected_k, expected_v, k_new, v_new, lens, page_table=table, k_descale=kd, v_descale=vd)
+    assert same_bytes(k_cache, expected_k) and same_bytes(v_cache, expected_v)
+    ref_out, ref_lse = attention_kvcache_ref(q, expected_k, expected_v, seqlens, page_table=table, k_descale=kd,
+                                             v_descale=vd, causal=True, window_size=window, sinks=sinks)
+    assert out.dtype == torch.bfloat16
+    assert_close("out", out, ref_out, tolerance_for(torch.bfloat16))
+    assert_close("lse", lse, ref_lse, LSE_TOL)
+
+
+def test_extend_contiguous_fp8_kv_varlen_fp16():
+    """fp16 queries, varlen extend (cu_seqlens_q) over a contiguous e4m3 cache addressed through cache_batch_idx,
+    window (5, 2) with softcap, no new tokens; descales given as one value per tensor (a stride-0 expand)."""
+    k_cache, v_cache = e4m3(5, 48, HK, D), e4m3(5, 48, HK, D)
+    cu = i32(0, 3, 4, 9)
+    q = torch.randn(9, H, D, dtype=torch.float16)
+    lens, rows = i32(30, 7, 48), i32(4, 0, 2)
+    kd, vd = torch.tensor(0.7).expand(3, HK), torch.tensor(1.3).expand(3, HK)
+    out, lse = swattn.flash_attn_with_kvcache(
+        q, k_cache, v_cache, cache_seqlens=lens, cache_batch_idx=rows, cu_seqlens_q=cu, max_seqlen_q=5,
+        k_descale=kd, v_descale=vd, window_size=(5, 2), softcap=4.0, return_softmax_lse=True)
+    ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, cache_batch_idx=rows, cu_seqlens_q=cu,
+                                             k_descale=kd, v_descale=vd, window_size=(5, 2), softcap=4.0)
+    assert out.dtype == torch.float16
+    assert_close("out", out, ref_out, tolerance_for(torch.float16))
+    assert_close("lse", lse, ref_lse, LSE_TOL)
+
+
+def test_prefill_varlen_fp8_kv_bf16():
+    """flash_attn_varlen_func: bf16 queries over e4m3 k/v, causal, descales per sequence and KV head."""
+    cu_q, cu_k = i32(0, 7, 20), i32(0, 11, 24)
+    q = torch.randn(20, H, D, dtype=torch.bfloat16)
+    k, v = e4m3(24, HK, D), e4m3(24, HK, D)
+    kd, vd = descale(2), descale(2)
+    out, lse = swattn.flash_attn_varlen_func(q, k, v, cu_q, cu_k, 13, 13, k_descale=kd, v_descale=vd, causal=True,
+                                             return_softmax_lse=True)
+    ref_out, ref_lse = attention_varlen_ref(q, k, v, cu_q, cu_k, k_descale=kd, v_descale=vd, window_size=(-1, 0))
+    assert_close("out", out, ref_out, tolerance_for(torch.bfloat16))
+    assert_close("lse", lse, ref_lse, LSE_TOL)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# q, k, v all e4m3
+
+
+@pytest.mark.parametrize("window", [(-1, 0), (7, 0)], ids=["causal", "W7_0"])
+def test_prefill_all_fp8(window):
+    """flash_attn_func with q/k/v in e4m3 and all three descales: bf16 output, GQA, sinks, Sq < Sk."""
+    q, k, v = e4m3(2, 33, H, D), e4m3(2, 40, HK, D), e4m3(2, 40, HK, D)
+    qd, kd, vd, sinks = descale(2), descale(2), descale(2), torch.randn(H)
+    out, lse = swattn.flash_attn_func(q, k, v, q_descale=qd, k_descale=kd, v_descale=vd, window_size=window,
+                                      sinks=sinks, return_softmax_lse=True)
+    ref_out, ref_lse = attention_ref(q, k, v, q_descale=qd, k_descale=kd, v_descale=vd, window_size=window,
+                                     sinks=sinks)
+    assert out.dtype == torch.bfloat16 and out.shape == q.shape
+    assert_close("out", out, ref_out, tolerance_for(torch.bfloat16))
+    assert_close("lse", lse, ref_lse, LSE_TOL)
+
+
+def test_kvcache_all_fp8_without_descales():
+    """e4m3 q over an e4m3 cache appending e4m3 tokens (copied as they are), no descales (= 1, as in FA3)."""
+    k_cache, v_cache = e4m3(2, 32, HK, D), e4m3(2, 32, HK, D)
+    q, k_new, v_new = e4m3(2, 1, H, D), e4m3(2, 1, HK, D), e4m3(2, 1, HK, D)
+    lens = i32(9, 30)
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, k=k_new, v=v_new, cache_seqlens=lens,
+                                              causal=True, return_softmax_lse=True)
+    seqlens = append_kv_ref(expected_k, expected_v, k_new, v_new, lens)
+    assert same_bytes(k_cache, expected_k) and same_bytes(v_cache, expected_v)
+    ref_out, ref_lse = attention_kvcache_ref(q, expected_k, expected_v, seqlens, causal=True)
+    assert out.dtype == torch.bfloat16
+    assert_close("out", out, ref_out, tolerance_for(torch.bfloat16))
+    assert_close("lse", lse, ref_lse, LSE_TOL)
+
+
+def test_fallback_fp8_matches_the_kernels(monkeypatch):
+    """The CPU path without the interpreter (the reference) gives the kernels' results, cache bytes included."""
+    k_cache, v_cache = e4m3(6, 8, HK, D), e4m3(6, 8, HK, D)
+    table = i32([5, 0, 1], [2, 4, 3])
+    kwargs = dict(q=torch.randn(2, 2, H, D, dtype=torch.float16), k=torch.randn(2, 2, HK, D, dtype=torch.float16),
+                  v=torch.randn(2, 2, HK, D, dtype=torch.float16), cache_seqlens=i32(3, 17), page_table=table,
+                  k_descale=descale(2), v_descale=descale(2), causal=True, window_size=(6, 0),
+                  return_softmax_lse=True)
+    caches = [(k_cache.clone(), v_cache.clone()) for _ in range(2)]
+    out_k, lse_k = swattn.flash_attn_with_kvcache(k_cache=caches[0][0], v_cache=caches[0][1], **kwargs)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    cpu = {name: t.cpu() if isinstance(t, torch.Tensor) else t for name, t in kwargs.items()}
+    out_f, lse_f = swattn.flash_attn_with_kvcache(k_cache=caches[1][0].cpu(), v_cache=caches[1][1].cpu(), **cpu)
+    assert_close("out", out_f, out_k.cpu(), tolerance_for(torch.float16))
+    assert_close("lse", lse_f, lse_k.cpu(), LSE_TOL)
+    assert same_bytes(caches[0][0].cpu(), caches[1][0].cpu()) and same_bytes(caches[0][1].cpu(), caches[1][1].cpu())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Argument checks
+
+
+def test_fp8_argument_errors():
+    q = torch.randn(2, 1, H, D, dtype=torch.bfloat16)
+    k_cache, v_cache = e4m3(2, 16, HK, D), e4m3(2, 16, HK, D)
+    call = lambda **kw: swattn.flash_attn_with_kvcache(**{**dict(q=q, k_cache=k_cache, v_cache=v_cache,
+                                                                 cache_seqlens=4), **kw})
+    with pytest.raises(ValueError, match=r"k_descale: expected shape \(2, 2\) \(B, Hk"):
+        call(k_descale=torch.ones(2))
+    with pytest.raises(TypeError, match="v_descale: expected dtype torch.float32"):
+        call(v_descale=torch.ones(2, HK, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="q_descale: given, but q is torch.bfloat16"):
+        call(q_descale=torch.ones(2, HK))
+    with pytest.raises(ValueError, match="k_descale: given, but k_cache is torch.bfloat16"):
+        call(k_cache=k_cache.to(torch.bfloat16), v_cache=v_cache.to(torch.bfloat16), k_descale=torch.ones(2, HK))
+    with pytest.raises(TypeError, match="k_cache: fp8 .* q needs fp8 keys and values too"):
+        call(q=q.to(FP8), k_cache=k_cache.to(torch.bfloat16), v_cache=v_cache.to(torch.bfloat16))
+    with pytest.raises(TypeError, match="q: an fp8 .* needs float16, bfloat16 or float8_e4m3fn queries"):
+        call(q=q.float())
+    with pytest.raises(TypeError, match="v_cache: expected dtype torch.float8_e4m3fn to match k_cache"):
+        call(v_cache=v_cache.to(torch.bfloat16))
+    with pytest.raises(TypeError, match="the only fp8 format supported is torch.float8_e4m3fn"):
+        call(k_cache=k_cache.to(torch.float8_e5m2), v_cache=v_cache.to(torch.float8_e5m2))
+    with pytest.raises(TypeError, match=r"k: expected dtype .* or torch.bfloat16 like q \(quantized"):
+        call(k=torch.randn(2, 1, HK, D, dtype=torch.float16), v=torch.randn(2, 1, HK, D, dtype=torch.float16))
+    with pytest.raises(NotImplementedError, match="fp8 attention is forward-only"):
+        call(q=q.clone().requires_grad_())
+    with pytest.raises(ValueError, match=r"q_descale: expected shape \(2, 2\)"):
+        swattn.flash_attn_func(q.to(FP8), k_cache, v_cache, q_descale=torch.ones(2, H))
