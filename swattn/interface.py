@@ -322,6 +322,9 @@ def flash_attn_func(
     ``return_softmax_lse`` or ``return_attn_probs``. ``deterministic`` is accepted: the forward always is, and so
     is the backward. ``sm_margin`` lowers the SM count that automatic split-KV plans for (swattn's grids are not
     persistent, so no SM is reserved beyond that).
+    fp8 (forward only): k, v in ``torch.float8_e4m3fn`` with q in fp16/bf16 (out in q's dtype) or e4m3 too (out
+    bf16, as FlashAttention 3); ``q_descale`` (e4m3 q), ``k_descale``, ``v_descale``: float32 ``[B, Hk]`` (any
+    strides; None = 1), the attention of ``q * q_descale`` over ``k * k_descale`` and ``v * v_descale``.
     """
     _unsupported(qv=qv)
     _check_qkv(q, k, v, "(B, Sq, H, D)", "(B, Sk, Hk, D)", 4)
@@ -482,7 +485,10 @@ def flash_attn_with_kvcache(
     position ``rotary_seqlens[b] + i`` (default ``cache_seqlens[b] + i``) before it is written, and q likewise when
     the attention is causal or local (else every query at ``rotary_seqlens[b]``), as FlashAttention 3 does;
     ``rotary_interleaved`` pairs dimensions (0, 1), (2, 3), ... (else i and i + rotary_dim / 2, GPT-NeoX).
-    ``attention_chunk`` > 0: chunked local attention (see ``flash_attn_func``). Only pages overlapping the window
+    ``attention_chunk`` > 0: chunked local attention (see ``flash_attn_func``). An e4m3 cache
+    (``torch.float8_e4m3fn``; q in fp16/bf16 or e4m3) takes ``k_descale``/``v_descale`` (and ``q_descale`` for e4m3
+    q) as in ``flash_attn_func``; new k/v in q's dtype are quantized into it (``k / k_descale[b, h]``, saturated to
+    +-448, rounded to nearest even), e4m3 ones copied. Only pages overlapping the window
     are read, so pages wholly before it may be freed or reused (``swattn.first_readable_page`` says which).
     ``num_splits`` 0 = automatic split-KV, 1 = none;
     ``pack_gqa`` None = automatic. ``sm_margin`` lowers the SM count that automatic split-KV plans for (swattn's

@@ -120,3 +120,18 @@ def test_shape_filters_keep_only_the_named_head_dims_and_windows(env):
         kept = module.shapes(full, args.seqlens, args.head_dims, args.lefts)
         assert [(s.seqlen, s.head_dim, s.left) for s in kept] == [(16384, 128, 4095), (16384, 128, -1)]
         assert len(module.shapes(full, [16384])) == 6
+
+
+def test_bench_decode_fp8_providers_pass_the_gate(env):
+    """``decode-fp8``'s swattn providers (bf16, bf16 q over the e4m3 cache, all e4m3) against the reference on their
+    own inputs (checked only: timing them under the interpreter adds nothing)."""
+    from swattn.bench.decode_fp8 import Fp8Case, providers
+
+    case = Fp8Case(decode.DecodeShape(2, 48, 16, -1, heads=8, kv_heads=2, head_dim=32), env)
+    checked = []
+    for name, build, which, tolerance in providers(case):
+        if name.startswith("swattn"):
+            error, bound = case.compare(env, which, tolerance)(build().check())
+            assert error <= bound, (name, error)
+            checked.append(name)
+    assert checked == ["swattn bf16", "swattn fp8-kv", "swattn fp8"]

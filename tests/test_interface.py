@@ -115,16 +115,17 @@ COMMON_CHECKS = [
     ("num-splits-negative", lambda make, rank: make(num_splits=-1), ValueError, r"^num_splits: expected an int >= 0"),
     ("num-splits-float", lambda make, rank: make(num_splits=2.0), ValueError, r"^num_splits: expected an int"),
     ("qv-unsupported", lambda make, rank: make(qv=make()["q"]), NotImplementedError, r"^qv: not supported"),
-    ("q-descale-unsupported", lambda make, rank: make(q_descale=torch.ones(B, HK)), NotImplementedError,
-     r"^q_descale: not supported"),
-    ("k-descale-unsupported", lambda make, rank: make(k_descale=torch.ones(B, HK)), NotImplementedError,
-     r"^k_descale: not supported"),
-    ("v-descale-unsupported", lambda make, rank: make(v_descale=torch.ones(B, HK)), NotImplementedError,
-     r"^v_descale: not supported"),
-    ("q-descale-zero-tensor-unsupported", lambda make, rank: make(q_descale=torch.zeros(1)), NotImplementedError,
-     r"^q_descale: not supported"),
-    ("q-descale-one-tensor-unsupported", lambda make, rank: make(q_descale=torch.ones(1)), NotImplementedError,
-     r"^q_descale: not supported"),
+    # Descales apply to float8_e4m3fn inputs only (tests/kernels/test_fp8.py has the fp8 checks).
+    ("q-descale-not-fp8", lambda make, rank: make(q_descale=torch.ones(B, HK)), ValueError,
+     r"^q_descale: given, but q is torch.float16"),
+    ("k-descale-not-fp8", lambda make, rank: make(k_descale=torch.ones(B, HK)), ValueError,
+     r"^k_descale: given, but k is torch.float16"),
+    ("v-descale-not-fp8", lambda make, rank: make(v_descale=torch.ones(B, HK)), ValueError,
+     r"^v_descale: given, but k is torch.float16"),
+    ("q-descale-zero-tensor-not-fp8", lambda make, rank: make(q_descale=torch.zeros(1)), ValueError,
+     r"^q_descale: given, but q is"),
+    ("q-descale-one-tensor-not-fp8", lambda make, rank: make(q_descale=torch.ones(1)), ValueError,
+     r"^q_descale: given, but q is"),
     ("attention-chunk-negative", lambda make, rank: make(attention_chunk=-1), ValueError,
      r"^attention_chunk: expected an int >= 0"),
     ("attention-chunk-float", lambda make, rank: make(attention_chunk=64.0), ValueError,
@@ -143,9 +144,9 @@ def _head_dim(make, dim):
     return make(**{name: torch.randn(*args[name].shape[:-1], dim).half() for name in ("q", "k", "v")})
 
 
-# Tensor-valued unsupported arguments (qv, descales, a one-element zero tensor) are regression tests for a fixed bug:
-# interface._unsupported tested `value != 0`, which raised "Boolean value of Tensor ... is ambiguous" for a tensor of
-# several elements and silently ignored q_descale=torch.zeros(1).
+# Tensor-valued arguments that do not apply (qv, descales of non-fp8 inputs, a one-element zero tensor) are regression
+# tests for a fixed bug: interface._unsupported tested `value != 0`, which raised "Boolean value of Tensor ... is
+# ambiguous" for a tensor of several elements and silently ignored q_descale=torch.zeros(1).
 def _common_params():
     return [pytest.param(b, e, m, id=i) for i, b, e, m in COMMON_CHECKS]
 

@@ -1,8 +1,9 @@
-"""``python -m swattn.bench [{prefill,decode,verify,append,model-step,backward,host,all}] [--quick] [--out FILE.md]
-[--plot FILE.png]``.
+"""``python -m swattn.bench [{prefill,decode,verify,append,decode-fp8,model-step,backward,host,all}] [--quick]
+[--out FILE.md] [--plot FILE.png]``.
 
-Without a scenario: ``decode`` (the gpt-oss decode layer). ``--plot`` draws the measured times (matplotlib, the
-``plot`` extra). ``torchrun --nproc-per-node=N -m swattn.bench context-parallel`` (several GPUs; not part of ``all``).
+Without a scenario: ``decode`` (the gpt-oss decode layer). ``decode-fp8``: an e4m3 KV cache beside bf16 (not part
+of ``all``). ``--plot`` draws the measured times (matplotlib, the ``plot`` extra). ``torchrun --nproc-per-node=N
+-m swattn.bench context-parallel`` (several GPUs; not part of ``all``).
 
 On the GPU machine, with the peers of ``.peer-kernels/README.txt`` unpacked into /tmp/site::
 
@@ -21,7 +22,8 @@ import time
 
 from swattn.bench.common import Env, Section, make_env
 
-SCENARIOS = ("prefill", "decode", "verify", "append", "model-step", "backward", "host", "context-parallel", "all")
+SCENARIOS = ("prefill", "decode", "verify", "append", "decode-fp8", "model-step", "backward", "host",
+             "context-parallel", "all")
 
 
 def _ints(text: str) -> list[int]:
@@ -90,6 +92,9 @@ def run_scenario(name: str, env: Env, args: argparse.Namespace) -> Section:
         from swattn.bench import append
         return append.run(env, contexts=args.contexts, page_sizes=args.page_sizes, batches=args.batches,
                           tokens=args.verify_tokens)
+    if name == "decode-fp8":
+        from swattn.bench import decode_fp8
+        return decode_fp8.run(env, contexts=args.contexts)
     if name == "host":
         from swattn.bench import host
         return host.run(env)

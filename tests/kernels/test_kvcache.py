@@ -790,18 +790,19 @@ def test_argument_checks(name):
 
 
 UNSUPPORTED = [
-    pytest.param("qv", lambda: torch.randn(2, 1, H, D), id="qv"),
-    pytest.param("q_descale", lambda: torch.ones(2, HK), id="q_descale"),
-    pytest.param("k_descale", lambda: torch.ones(2, HK), id="k_descale"),
-    pytest.param("v_descale", lambda: torch.ones(2, HK), id="v_descale"),
-    pytest.param("q_descale", lambda: torch.ones(1), id="q_descale-one-element"),
+    pytest.param("qv", lambda: torch.randn(2, 1, H, D), NotImplementedError, id="qv"),
+    # Descales apply to float8_e4m3fn inputs only (tests/kernels/test_fp8.py).
+    pytest.param("q_descale", lambda: torch.ones(2, HK), ValueError, id="q_descale"),
+    pytest.param("k_descale", lambda: torch.ones(2, HK), ValueError, id="k_descale"),
+    pytest.param("v_descale", lambda: torch.ones(2, HK), ValueError, id="v_descale"),
+    pytest.param("q_descale", lambda: torch.ones(1), ValueError, id="q_descale-one-element"),
 ]
 
 
-@pytest.mark.parametrize("name, make_value", UNSUPPORTED)
-def test_unsupported_fa3_arguments(name, make_value):
+@pytest.mark.parametrize("name, make_value, error", UNSUPPORTED)
+def test_unsupported_fa3_arguments(name, make_value, error):
     q, kc, vc = random_q(2, 1), torch.randn(2, 16, HK, D), torch.randn(2, 16, HK, D)
-    with pytest.raises(NotImplementedError, match=f"^{name}:"):
+    with pytest.raises(error, match=f"^{name}:"):
         flash_attn_with_kvcache(q, kc, vc, cache_seqlens=8, **{name: make_value()})
 
 

@@ -1,0 +1,98 @@
+"""fp8 (e4m3) at real sizes on a GPU (skipped without one): bf16 queries over an e4m3 paged cache (gpt-oss decode and
+verify, full and window, automatic split-KV and PackGQA, sinks), new bf16 tokens quantized into the cache in the
+call, bf16 prefill over e4m3 k/v, and q/k/v all e4m3 (prefill, D=64 and 128). Each against the reference on the
+same e4m3 values (dequantized, float32 on the GPU): the tolerance is bf16's, since P and the output are rounded as
+without fp8. The CPU suite (tests/kernels/test_fp8.py) runs the same paths small, through the interpreter, which
+upcasts bf16 products to fp32; here the bf16 and e4m3 tensor-core products run compiled.
+
+``SWATTN_TEST_DEVICE=cuda python -m pytest -q tests/gpu/test_fp8_real_sizes.py``
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import swattn
+from swattn.reference import append_kv_ref, attention_kvcache_ref, attention_ref
+from swattn.testing import assert_close, tolerance_for
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="fp8 at real sizes needs a GPU")
+
+DEVICE, BF16, FP8 = "cuda", torch.bfloat16, torch.float8_e4m3fn
+OUT_TOL = tolerance_for(BF16)
+LSE_ATOL = 2e-3
+REF = dict(compute_dtype=torch.float32)
+
+
+def e4m3(*shape, scale=2.0):
+    return (torch.randn(*shape, device=DEVICE) * scale).to(FP8)
+
+
+def descale(batch, kv_heads):
+    return torch.rand(batch, kv_heads, device=DEVICE) * 0.2 + 0.01
+
+
+def check_lse(lse, ref_lse):
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(finite, torch.isfinite(lse))
+    torch.testing.assert_close(lse[finite], ref_lse[finite], atol=LSE_ATOL, rtol=1e-3)
+
+
+@pytest.mark.parametrize("batch,context,left,new", [
+    (16, 16384, 127, 1),  # gpt-oss sliding decode
+    (16, 16384, -1, 1),  # gpt-oss full decode (split-KV)
+    (4, 65536, -1, 1),  # few sequences, long context: many splits
+    (16, 4096, 127, 4),  # speculative verify of 4 tokens
+], ids=lambda v: str(v))
+def test_decode_paged_fp8_kv(batch, context, left, new):
+    heads, kv_heads, head_dim, page_size = 64, 8, 64, 16
+    pages = -(-context // page_size)
+    k_cache, v_cache = e4m3(batch * pages + 7, page_size, kv_heads, head_dim), e4m3(batch * pages + 7, page_size,
+                                                                                     kv_heads, head_dim)
+    table = torch.randperm(batch * pages + 7, device=DEVICE)[:batch * pages].view(batch, pages).to(torch.int32)
+    lens = torch.randint(context // 2, context - new + 1, (batch,), device=DEVICE, dtype=torch.int32)
+    q = torch.randn(batch, new, heads, head_dim, device=DEVICE, dtype=BF16)
+    k_new = torch.randn(batch, new, kv_heads, head_dim, device=DEVICE, dtype=BF16) * 4
+    v_new = torch.randn(batch, new, kv_heads, head_dim, device=DEVICE, dtype=BF16) * 4
+    kd, vd = descale(batch, kv_heads), descale(batch, kv_heads)
+    sinks = torch.randn(heads, device=DEVICE)
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, k=k_new, v=v_new, cache_seqlens=lens,
+                                              page_table=table, k_descale=kd, v_descale=vd, causal=True,
+                                              window_size=(left, 0), sinks=sinks, return_softmax_lse=True)
+    seqlens = append_kv_ref(expected_k, expected_v, k_new, v_new, lens, page_table=table, k_descale=kd, v_descale=vd)
+    assert torch.equal(k_cache.view(torch.uint8), expected_k.view(torch.uint8)), "quantized keys differ"
+    assert torch.equal(v_cache.view(torch.uint8), expected_v.view(torch.uint8)), "quantized values differ"
+    ref_out, ref_lse = attention_kvcache_ref(q, expected_k, expected_v, seqlens, page_table=table, k_descale=kd,
+                                             v_descale=vd, causal=True, window_size=(left, 0), sinks=sinks, **REF)
+    assert out.dtype == BF16
+    assert_close("out", out, ref_out, OUT_TOL)
+    check_lse(lse, ref_lse)
+
+
+@pytest.mark.parametrize("head_dim,window", [(64, (127, 0)), (128, (4095, 0)), (128, (-1, 0))], ids=str)
+def test_prefill_all_fp8(head_dim, window):
+    batch, seqlen, heads, kv_heads = 1, 4096, 64 if head_dim == 64 else 32, 8
+    q, k, v = e4m3(batch, seqlen, heads, head_dim), e4m3(batch, seqlen, kv_heads, head_dim), e4m3(
+        batch, seqlen, kv_heads, head_dim)
+    qd, kd, vd = descale(batch, kv_heads), descale(batch, kv_heads), descale(batch, kv_heads)
+    out, lse = swattn.flash_attn_func(q, k, v, q_descale=qd, k_descale=kd, v_descale=vd, window_size=window,
+                                      return_softmax_lse=True)
+    ref_out, ref_lse = attention_ref(q, k, v, q_descale=qd, k_descale=kd, v_descale=vd, window_size=window, **REF)
+    assert out.dtype == BF16
+    assert_close("out", out, ref_out, OUT_TOL)
+    check_lse(lse, ref_lse)
+
+
+def test_prefill_bf16_over_fp8_kv():
+    batch, seqlen, heads, kv_heads, head_dim = 2, 2048, 64, 8, 64
+    q = torch.randn(batch, seqlen, heads, head_dim, device=DEVICE, dtype=BF16)
+    k, v = e4m3(batch, seqlen, kv_heads, head_dim), e4m3(batch, seqlen, kv_heads, head_dim)
+    kd, vd = descale(batch, kv_heads), descale(batch, kv_heads)
+    sinks = torch.randn(heads, device=DEVICE)
+    out, lse = swattn.flash_attn_func(q, k, v, k_descale=kd, v_descale=vd, causal=True, window_size=(127, 0),
+                                      sinks=sinks, return_softmax_lse=True)
+    ref_out, ref_lse = attention_ref(q, k, v, k_descale=kd, v_descale=vd, window_size=(127, 0), sinks=sinks, **REF)
+    assert_close("out", out, ref_out, OUT_TOL)
+    check_lse(lse, ref_lse)
