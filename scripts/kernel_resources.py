@@ -203,7 +203,7 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
     """(name, config, tensor shapes, forward arguments): the shipped configs of the prefill and decode targets
     (configs.py), then the experimental switches, on small tensors (the compiled code does not depend on the
     lengths)."""
-    from swattn.kernels.configs import _bf16_forward_config, forward_config
+    from swattn.kernels.configs import _bf16_forward_config
 
     prefill = dict(q=(1, 512, 64, 64), kv=(1, 512, 8, 64))
     prefill_d128 = dict(q=(1, 512, 32, 128), kv=(1, 512, 8, 128))
@@ -233,13 +233,13 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         ("experimental: decode W(127,0) paged, fused append (SWATTN_FUSED_APPEND=1)",
          _bf16_forward_config(64, 8, True, 128), decode,
          dict(left=127, right=0, pack_gqa=True, new_k=new_token, new_v=torch.randn_like(new_token))),
-        # fp8 (e4m3): bf16 queries over an fp8 cache (FP8_KV), and q/K/V all fp8 (FP8_QKV, its own config).
+        # fp8 (e4m3): bf16 queries over an fp8 cache (FP8_KV), and q/K/V all fp8 (FP8_QKV: e4m3 tl.dot). Decode
+        # launches only, which compile in seconds (the all-fp8 D128 prefill, two launches, took longer than CI
+        # affords; it compiled with Triton 3.6 and 3.9, docs/notes/2026-12-03-fp8-kv-cache.md).
         ("decode full paged fp8 KV, 4 splits", _bf16_forward_config(64, 8, True, None), dict(decode, fp8="kv"),
          dict(left=-1, right=0, pack_gqa=True, num_splits=4)),
-        ("decode W(127,0) paged fp8 KV", _bf16_forward_config(64, 8, True, 128), dict(decode, fp8="kv"),
+        ("decode W(127,0) paged fp8 q/K/V", _bf16_forward_config(64, 8, True, 128), dict(decode, fp8="qkv"),
          dict(left=127, right=0, pack_gqa=True)),
-        ("prefill W(4095,0) D128 fp8 q/K/V", forward_config(128, 512, False, 4096, 1), dict(prefill_d128, fp8="qkv"),
-         dict(left=4095, right=0)),
     ]
 
 

@@ -72,7 +72,7 @@ def _check_qkv(q, k, v, layout_q: str, layout_kv: str, rank: int, rank_kv: int |
                         f"got {q.dtype}")
     for name, t in ((k_name, k), (v_name, v)):
         if t.dtype != q.dtype and t.dtype != _FP8:
-            raise TypeError(f"{name}: expected dtype {q.dtype} to match q (or float8_e4m3fn), got {t.dtype}")
+            raise TypeError(f"{name}: expected dtype {q.dtype} to match q, got {t.dtype}")
         if t.dtype != k.dtype:
             raise TypeError(f"{name}: expected dtype {k.dtype} to match {k_name}, got {t.dtype}")
         if t.device != q.device:
@@ -596,6 +596,10 @@ def flash_attn_with_kvcache(
     left, right = _window(causal, window_size)
     attention_chunk = check_attention_chunk(attention_chunk)
     rotary_dim = _check_rotary(rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, k, q, batch)
+    if rotary_dim and q.dtype == _FP8:
+        raise NotImplementedError("rotary_cos: rotary embedding of float8_e4m3fn queries is not supported (the "
+                                  "rotated queries would be rounded to e4m3 a second time); rotate q before "
+                                  "quantizing it, or pass q in bf16/fp16 over the e4m3 cache")
     sm_margin = _check_int_arg("sm_margin", sm_margin, 0)
     _check_scheduler_metadata(scheduler_metadata)
     if read_data:

@@ -179,13 +179,15 @@ def test_kvcache_all_fp8_without_descales():
 
 
 def test_fallback_fp8_matches_the_kernels(monkeypatch):
-    """The CPU path without the interpreter (the reference) gives the kernels' results, cache bytes included."""
+    """The CPU path without the interpreter (the reference) gives the kernels' results, cache bytes included; new
+    fp16 keys are rotated (rotary), rounded to fp16, then quantized into the e4m3 cache on both paths."""
     k_cache, v_cache = e4m3(6, 8, HK, D), e4m3(6, 8, HK, D)
     table = i32([5, 0, 1], [2, 4, 3])
+    angles = torch.rand(24, D // 4) * 3
     kwargs = dict(q=torch.randn(2, 2, H, D, dtype=torch.float16), k=torch.randn(2, 2, HK, D, dtype=torch.float16),
                   v=torch.randn(2, 2, HK, D, dtype=torch.float16), cache_seqlens=i32(3, 17), page_table=table,
                   k_descale=descale(2), v_descale=descale(2), causal=True, window_size=(6, 0),
-                  return_softmax_lse=True)
+                  rotary_cos=angles.cos(), rotary_sin=angles.sin(), return_softmax_lse=True)
     caches = [(k_cache.clone(), v_cache.clone()) for _ in range(2)]
     out_k, lse_k = swattn.flash_attn_with_kvcache(k_cache=caches[0][0], v_cache=caches[0][1], **kwargs)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -225,5 +227,9 @@ def test_fp8_argument_errors():
         call(k=torch.randn(2, 1, HK, D, dtype=torch.float16), v=torch.randn(2, 1, HK, D, dtype=torch.float16))
     with pytest.raises(NotImplementedError, match="fp8 attention is forward-only"):
         call(q=q.clone().requires_grad_())
+    with pytest.raises(NotImplementedError, match="rotary_cos: rotary embedding of float8_e4m3fn queries"):
+        angles = torch.rand(32, D // 2)
+        call(q=q.to(FP8), k_cache=k_cache, v_cache=v_cache, k=e4m3(2, 1, HK, D), v=e4m3(2, 1, HK, D),
+             rotary_cos=angles.cos(), rotary_sin=angles.sin())
     with pytest.raises(ValueError, match=r"q_descale: expected shape \(2, 2\)"):
         swattn.flash_attn_func(q.to(FP8), k_cache, v_cache, q_descale=torch.ones(2, H))
