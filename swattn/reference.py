@@ -38,6 +38,16 @@ def dequantize(x: torch.Tensor, descale: torch.Tensor | None, heads_per_descale:
     return x.to(torch.float64) * scale[:, None, :, None]
 
 
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """An e4m3 tensor as its bytes (uint8), for indexing: gathers and scatters then work on any device whatever
+    its kernels' fp8 coverage; other dtypes unchanged."""
+    return t.view(torch.uint8) if t.dtype == FP8 else t
+
+
+def _from_bytes(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.view(dtype) if dtype == FP8 else t
+
+
 def quantize(x: torch.Tensor, descale: torch.Tensor | None) -> torch.Tensor:
     """``x [n, Hk, D]`` into e4m3 with per-head ``descale [Hk]`` (None = 1): ``x / descale`` in float32, saturated
     to +-448, rounded to nearest even (what the append kernel does)."""
@@ -193,9 +203,11 @@ def gather_kv_cache(
         if page_table is not None:
             page_size = k_cache.shape[1]
             pages = page_table[row, positions // page_size].long()
-            result.append((k_cache[pages, positions % page_size], v_cache[pages, positions % page_size]))
+            index = (pages, positions % page_size)
         else:
-            result.append((k_cache[row, positions], v_cache[row, positions]))
+            index = (row, positions)
+        result.append((_from_bytes(_as_bytes(k_cache)[index], k_cache.dtype),
+                       _from_bytes(_as_bytes(v_cache)[index], v_cache.dtype)))
     return result
 
 
@@ -349,8 +361,8 @@ def append_kv_ref(
                 row, slot = int(page_table[cache_row, position // page_size]), position % page_size
             else:
                 row, slot = cache_row, position
-            k_cache[row, slot] = keys[i]
-            v_cache[row, slot] = values[i]
+            _as_bytes(k_cache)[row, slot] = _as_bytes(keys[i].to(k_cache.dtype))
+            _as_bytes(v_cache)[row, slot] = _as_bytes(values[i].to(v_cache.dtype))
     lengths = torch.tensor([end - begin for begin, end in spans], dtype=torch.int32, device=cache_seqlens.device)
     return (cache_seqlens.to(torch.int32) + lengths).to(torch.int32)
 
