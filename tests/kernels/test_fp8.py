@@ -233,3 +233,29 @@ def test_fp8_argument_errors():
              rotary_cos=angles.cos(), rotary_sin=angles.sin())
     with pytest.raises(ValueError, match=r"q_descale: expected shape \(2, 2\)"):
         swattn.flash_attn_func(q.to(FP8), k_cache, v_cache, q_descale=torch.ones(2, H))
+
+
+def test_repeated_calls_replay_with_their_own_descales():
+    """A call signature made three times goes through swattn._replay's planned op from the third call on: each call
+    must use its own descales and quantize its own new tokens (prefill all-fp8 and paged decode over e4m3)."""
+    for step in range(3):
+        q, k, v = e4m3(1, 9, H, D), e4m3(1, 12, HK, D), e4m3(1, 12, HK, D)
+        qd, kd, vd = descale(1), descale(1), descale(1)
+        out = swattn.flash_attn_func(q, k, v, q_descale=qd, k_descale=kd, v_descale=vd, causal=True)
+        ref_out, _ = attention_ref(q, k, v, q_descale=qd, k_descale=kd, v_descale=vd, causal=True)
+        assert_close(f"prefill call {step}", out, ref_out, tolerance_for(torch.bfloat16))
+    k_cache, v_cache = e4m3(4, 8, HK, D), e4m3(4, 8, HK, D)
+    table, lens = i32([3, 1], [0, 2]), i32(5, 9)
+    for step in range(3):
+        q = torch.randn(2, 1, H, D, dtype=torch.bfloat16)
+        k_new, v_new = torch.randn(2, 1, HK, D, dtype=torch.bfloat16), torch.randn(2, 1, HK, D, dtype=torch.bfloat16)
+        kd, vd = descale(2), descale(2)
+        expected_k, expected_v = k_cache.clone(), v_cache.clone()
+        out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, k=k_new, v=v_new, cache_seqlens=lens,
+                                             page_table=table, k_descale=kd, v_descale=vd, causal=True)
+        seqlens = append_kv_ref(expected_k, expected_v, k_new, v_new, lens, page_table=table, k_descale=kd,
+                                v_descale=vd)
+        assert same_bytes(k_cache, expected_k) and same_bytes(v_cache, expected_v), step
+        ref_out, _ = attention_kvcache_ref(q, expected_k, expected_v, seqlens, page_table=table, k_descale=kd,
+                                           v_descale=vd, causal=True)
+        assert_close(f"decode call {step}", out, ref_out, tolerance_for(torch.bfloat16))
