@@ -70,7 +70,8 @@ MIN_ROWS = 128  # auto dispatch: calls with fewer query rows per (batch, head) s
 HEAD_DIMS = (64, 128)
 NUM_STAGES = 2
 LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer warpgroups share the rest
-# The consumer warpgroups take turns issuing their products (FlashAttention 3's ping-pong): not yet measured.
+# The consumer warpgroups take turns issuing their products (FlashAttention 3's ping-pong): measured 0-7% slower on
+# every 16K prefill row (H200, docs/notes/2026-12-03-gluon-forward.md, run 3), so off; kept as a tested switch.
 PINGPONG = False
 # Every other block's exponentials computed on the FMA pipes (FlashAttention 4's MUFU offload): not yet measured.
 EXP2_ON_FMA = False
@@ -89,7 +90,9 @@ def registers_for(consumers: int) -> tuple[int, int]:
 
 
 def consumers_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
-    """Consumer warpgroups (64 rows each) per work item: two (128-row tiles)."""
+    """Consumer warpgroups (64 rows each) per work item: two (128-row tiles). Three (192 rows, 160 registers each)
+    were measured slower on every 16K prefill row that compiles without spills (H200, run 4 of
+    docs/notes/2026-12-03-gluon-forward.md)."""
     return 2
 
 
