@@ -84,7 +84,8 @@ def main() -> int:
     parser.add_argument("--seqlen", type=int, default=16384)
     parser.add_argument("--reps", type=int, default=10, help="replays per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds over every variant; the median is reported")
-    parser.add_argument("--rows", default="", help="comma-separated substrings of the row labels to run")
+    parser.add_argument("--rows", default="",
+                        help="comma-separated substrings of the row labels to run (_ for a space)")
     parser.add_argument("--pingpong", action="store_true", help="also the ping-pong schedule (two consumers)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -92,7 +93,7 @@ def main() -> int:
              f"graph replay, median of {args.rounds} interleaved rounds of {args.reps}", "",
              "| row | provider | us | TFLOP/s | rel err vs Triton |", "|---|---|---|---|---|"]
     for label, head_dim, heads, kv_heads, left, with_sinks in ROWS:
-        if args.rows and not any(word in label for word in args.rows.split(",")):
+        if args.rows and not any(word.replace("_", " ") in label for word in args.rows.split(",")):
             continue
         torch.manual_seed(0)
         q = torch.randn(1, args.seqlen, heads, head_dim, device="cuda", dtype=torch.bfloat16)
