@@ -24,6 +24,8 @@ Sections (argv; all by default):
             against the separate append launch, graph-replayed with cold caches;
   full_b4   full-attention decode B=4 16K: kernel times (attention, combine), pages 1/16/64 and a contiguous cache
             against the copy of the same bytes, split counts x block configs;
+  verify_defaults  the serving step's defaults (fused append, one 256-key verify block, scanning redo) against
+            what they replaced, the one-pass isolation, no redo, no append; k = 1, 2, 4, 8;
   verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0) against decode: no append, the
             fused append, without the non-finite redo launch, one 256-key block for the 127 + k keys, two stages.
 Run: ``python scripts/gpu_probe.py [sections]``.
@@ -50,7 +52,7 @@ def bench(fn, rep: int = 200) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median") * 1e3
 
 
-def graph_us(fn, calls: int = 10) -> float:
+def graph_us(fn, calls: int = 10, rep: int = 200) -> float:
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
         fn()
@@ -60,7 +62,7 @@ def graph_us(fn, calls: int = 10) -> float:
     with torch.cuda.graph(graph):
         for _ in range(calls):
             fn()
-    return triton.testing.do_bench(graph.replay, warmup=20, rep=200, return_mode="median") * 1e3 / calls
+    return triton.testing.do_bench(graph.replay, warmup=20, rep=rep, return_mode="median") * 1e3 / calls
 
 
 def host_us(fn, calls: int = 30) -> float:
@@ -507,6 +509,76 @@ def verify_blocks() -> None:
                     times[label] = None
                 finally:
                     ops.FUSED_APPEND, fwd.ISOLATE_NON_FINITE, fwd.SCAN_FLAGS_MAX_WORK = previous
+        for label, values in times.items():
+            if values:
+                print(f"  k={k} {label}: {' / '.join(f'{t:.2f}' for t in values)} us", flush=True)
+        sets.clear()
+        without_append.clear()
+        torch.cuda.empty_cache()
+
+
+def verify_defaults() -> None:
+    """The serving step's defaults of 2026-12-03 against what they replaced and the one-pass isolation, W(127,0),
+    B=16 (H=64/8, D=64, sinks), 1K, page 16, a graph over 32 input sets (cold caches), us per call, two rounds:
+    - ``shipped``: the defaults (fused append per ops.FUSED_APPEND_DEFAULTS, configs.VERIFY_BLOCKS, and for k >= 2
+      the redo launch reading its tile's flags, fwd.REDO_SCANNED);
+    - ``before``: the append launch, two 128-key blocks, the redo behind a zeroed flag (the defaults until then);
+    - ``guard one pass``: fwd.GUARD_ONE_PASS (the guarded loop in the main pass, no redo launch; k <= 4);
+    - ``no redo``: isolation off (what any isolation costs); ``no append``: the attention alone.
+    Every variant is checked against the shipped output first."""
+    from swattn import ops
+    from swattn.kernels import configs, fwd
+    batch, heads, kv_heads, head_dim, context, input_sets, page_size = 16, 64, 8, 64, 1024, 32, 16
+    print("\n## serving-step defaults, W(127,0) B=16 ctx 1K page 16, cold caches: us/call (two rounds)")
+    pages = context // page_size + 1
+    shipped = (ops.FUSED_APPEND, fwd.ISOLATE_NON_FINITE, fwd.SCAN_FLAGS_MAX_WORK, fwd.GUARD_ONE_PASS_MAX_WORK,
+               dict(configs.VERIFY_BLOCKS))
+    before = (False, True, 0, 0, {})
+    for k in (1, 2, 4, 8):
+        sets = []
+        for _ in range(input_sets):
+            k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+            sets.append(dict(q=torch.randn(batch, k, heads, head_dim, device=DEVICE, dtype=DTYPE), k_cache=k_cache,
+                             v_cache=torch.randn_like(k_cache),
+                             k=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
+                             v=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
+                             page_table=torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(
+                                 batch, pages),
+                             cache_seqlens=torch.full((batch,), context - k, device=DEVICE, dtype=torch.int32),
+                             sinks=torch.randn(heads, device=DEVICE)))
+        without_append = [dict(s, cache_seqlens=s["cache_seqlens"] + k, k=None, v=None) for s in sets]
+        ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
+        variants = [("shipped", shipped, sets), ("before", before, sets), ("no append", shipped, without_append)]
+        if k > 1:
+            variants += [("guard one pass", (*shipped[:3], 1 << 30, shipped[4]), sets),
+                         ("no redo", (shipped[0], False, *shipped[2:]), sets)]
+        times: dict[str, list[float] | None] = {}
+        for _ in range(2):
+            for label, settings, inputs in variants:
+                if label in times and times[label] is None:
+                    continue
+                (ops.FUSED_APPEND, fwd.ISOLATE_NON_FINITE, fwd.SCAN_FLAGS_MAX_WORK, fwd.GUARD_ONE_PASS_MAX_WORK,
+                 configs.VERIFY_BLOCKS) = settings
+                clear_plans()  # VERIFY_BLOCKS is read when a signature is planned
+                try:
+                    def call_all(inputs=inputs):
+                        for one in inputs:
+                            swattn.flash_attn_with_kvcache(**one, causal=True, window_size=(127, 0))
+                    if label not in times:
+                        out = swattn.flash_attn_with_kvcache(**inputs[0], causal=True, window_size=(127, 0))
+                        err = ((out.float() - ref).norm() / ref.norm()).item()
+                        times[label] = [] if err < 1e-2 else None
+                        if times[label] is None:
+                            print(f"  k={k} {label}: rel diff {err:.1e} against shipped, not timed", flush=True)
+                            continue
+                    times[label].append(graph_us(call_all, 1, rep=100) / input_sets)
+                except Exception as exc:  # report and go on
+                    print(f"  k={k} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+                    times[label] = None
+                finally:
+                    (ops.FUSED_APPEND, fwd.ISOLATE_NON_FINITE, fwd.SCAN_FLAGS_MAX_WORK, fwd.GUARD_ONE_PASS_MAX_WORK,
+                     configs.VERIFY_BLOCKS) = shipped
+                    clear_plans()
         for label, values in times.items():
             if values:
                 print(f"  k={k} {label}: {' / '.join(f'{t:.2f}' for t in values)} us", flush=True)

@@ -34,11 +34,16 @@ FUSED_APPEND: bool | None = (None if os.environ.get("SWATTN_FUSED_APPEND", "") =
 
 # Where the fused append is the default: (step, layer, page_size) -> the largest batch size it is the default at.
 # step "decode" (one new token per sequence) or "verify" (several), layer "window" (a bounded left side) or "full",
-# page_size 0 for a contiguous cache. Which of the two is faster is NOT known until timed on the GPU (H200,
-# graph-replayed: ``python -m swattn.bench append``); until then the table is empty and the separate append launch
-# (the path measured so far) stays the default. An entry such as ``("decode", "window", 16): 64`` makes the fused
-# append the default for window decode on 16-token pages up to B=64.
-FUSED_APPEND_DEFAULTS: dict[tuple[str, str, int], int] = {}
+# page_size 0 for a contiguous cache; anything else takes the append launch. From the H200 run of 2026-12-03
+# (``python -m swattn.bench append``, graph-replayed, cold caches; docs/notes/2026-12-03-serving-step.md), fused /
+# launch: window decode 0.83-0.91 at B=1 and 16 (pages 1, 16, 64; 1K and 128K), at B=64 0.73 on 1-token pages but
+# 1.07 / 1.04 on 16- / 64-token pages; window verify k=4 B=16 page 16: 0.88. Full-attention decode stays on the
+# launch: the fused kernel lost 8-11% at B=16 1K (pages 16, 64) and 26-32% at 16K (B=4, B=16: split-KV grids),
+# and won only at B=16 1K on 1-token pages (0.92) and B=1 128K (0.97), one context each; full verify lost (1.08).
+FUSED_APPEND_DEFAULTS: dict[tuple[str, str, int], int] = {
+    ("decode", "window", 1): 64, ("decode", "window", 16): 16, ("decode", "window", 64): 16,
+    ("verify", "window", 16): 16,
+}
 
 
 def fused_append_default(left: int, page_size: int, batch: int, new_per_sequence: int) -> bool:

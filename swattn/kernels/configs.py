@@ -65,10 +65,11 @@ _forced: FwdConfig | None = None
 # Speculative verify at a small window: a PackGQA tile of k query positions x G heads sees left + k keys (127 + k at
 # window (127, 0)), two 128-key blocks where decode's 128 keys are one. Per tile height (rows_per_tile, rounded up to
 # a power of two: k * G), (block_n, num_warps) to use instead of (128, 4) when the tile's keys fit one block of
-# block_n, e.g. {16: (256, 8), 32: (256, 8)}. Empty until timed on the GPU (scripts/gpu_probe.py verify_blocks):
-# compiled for sm_90 with Triton 3.9, one 256-key block fits at 16 and 32 rows (k = 2, 4 at G = 8: 133 / 160
-# registers with 8 warps, 184 / 216 with 4, no spills) but spills at 64 rows (k = 8: 16 B with 8 warps, 48 B with 4).
-VERIFY_BLOCKS: dict[int, tuple[int, int]] = {}
+# block_n. H200 (scripts/gpu_probe.py verify_blocks, W(127,0) B=16 1K page 16, cold caches, 2026-12-03): one
+# 256-key block with 8 warps, k = 2: 11.22 us vs 11.78 (append launch + attention + zeroed-flag redo); k = 4: 12.81
+# vs 12.82; with the fused append and no redo launch 7.03 / 8.58 us, the fastest variants measured. k = 8 (64 rows)
+# lost (15.82 vs 13.74; compiled for sm_90 it spills 16 B) and keeps two 128-key blocks.
+VERIFY_BLOCKS: dict[int, tuple[int, int]] = {16: (256, 8), 32: (256, 8)}
 
 # A split-KV share of at most this many keys (two 128-key blocks) is latency-bound: decode tiles run it on the
 # one-stage loop, and the automatic split count (``interface.split_count``) makes such splits at short contexts.

@@ -55,6 +55,8 @@ ISOLATE_NON_FINITE = os.environ.get("SWATTN_ISOLATE_NON_FINITE", "1") not in (""
 # raised flag; the redo pass that reads every tile's flags itself (no raised flag to zero before the main pass).
 NO_ISOLATION, FLAG_NON_FINITE, REDO_FLAGGED = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 REDO_SCANNED = tl.constexpr(3)
+# The main pass runs the guarded loop itself (exact isolation in one launch: no flags, no redo launch).
+GUARD_ONE_PASS = tl.constexpr(4)
 
 # Grids of at most this many tiles (None: one per redo program, ``_persistent_programs``) take REDO_SCANNED: each
 # redo program reads its one tile's flags, and the call allocates the raised flag without zeroing it. The zeroing is
@@ -65,6 +67,12 @@ SCAN_FLAGS_MAX_WORK: int | None = None
 
 # FP8 values: no fp8 input; fp16/bf16 queries over an e4m3 K/V (cache); q, K and V all e4m3 (output bf16).
 NO_FP8, FP8_KV, FP8_QKV = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+
+# Grids of at most this many tiles whose loop is the single masked loop (decode-sized tiles: speculative verify,
+# short extends) run GUARD_ONE_PASS instead: the guarded loop (V through registers, finite rows' bits unchanged) in
+# the main pass and no redo launch. 0 (off) until timed on the GPU against the scanning redo launch
+# (scripts/gpu_probe.py verify_defaults).
+GUARD_ONE_PASS_MAX_WORK = 0
 
 
 @triton.jit
@@ -448,8 +456,8 @@ def _attend_tile(
                 kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
-                BLOCK_N, USE_TMA, False, masked_head_end, unmasked_end, MASK_EDGES_ONLY, k_begin,
-                IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK, FP8=FP8)
+                BLOCK_N, USE_TMA, NON_FINITE_PASS == GUARD_ONE_PASS, masked_head_end, unmasked_end, MASK_EDGES_ONLY,
+                k_begin, IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK, FP8=FP8)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
             acc, l_i, m_i, visited = _attend_blocks(
@@ -609,10 +617,10 @@ _PLANS = PlanCache()
 
 
 def settings() -> tuple:
-    """The module-level settings a forward plan is made with (part of its key): non-finite isolation and its
-    scanning-redo bound, PDL, a forced config, the Gluon mode."""
-    return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, _compat.PDL, configs.forced_config_in_use(),
-            gluon_fwd.GLUON_MODE)
+    """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
+    scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode."""
+    return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, _compat.PDL,
+            configs.forced_config_in_use(), gluon_fwd.GLUON_MODE)
 
 
 def attention_forward(
@@ -800,8 +808,14 @@ class _ForwardPlan:
             self.combine = None
         # A tile can mix rows that see a key with rows that do not only when it holds several query positions; a
         # single-query decode tile (PackGQA or not) cannot leak, and skips the flags and the second launch.
-        self.isolate = ISOLATE_NON_FINITE and seqlen_q > 1
+        isolate = ISOLATE_NON_FINITE and seqlen_q > 1
         num_work = grid[0] * grid[1] * grid[2]
+        # Small grids on the single masked loop may isolate in the main pass itself (GUARD_ONE_PASS); otherwise
+        # the main pass flags rows holding a NaN and a redo launch follows (``self.isolate``).
+        # At 64 rows (k = 8 verify tiles) the guarded loop spills (sm_90, Triton 3.9: 80 B); 16 and 32 rows fit.
+        self.guard_one_pass = (isolate and not self.use_gluon and config.single_loop and not config.mask_edges_only
+                               and config.block_m <= 32 and num_work <= GUARD_ONE_PASS_MAX_WORK)
+        self.isolate = isolate and not self.guard_one_pass
         self.flag_rows = num_work * config.block_m
         self.block_count_shape = (num_work,) if count_blocks else None
 
@@ -839,7 +853,8 @@ class _ForwardPlan:
             l_strides=l_strides[1:])
         self.main = Launch(_swa_fwd_kernel, grid, scalars,
                            dict(switches, COUNT_BLOCKS=count_blocks,
-                                NON_FINITE_PASS=FLAG_NON_FINITE.value if self.isolate else NO_ISOLATION.value),
+                                NON_FINITE_PASS=(GUARD_ONE_PASS.value if self.guard_one_pass else
+                                                 FLAG_NON_FINITE.value if self.isolate else NO_ISOLATION.value)),
                            options, num_tensors=_FORWARD_TENSORS)
         self.redo = None
         programs = _persistent_programs(q.device)

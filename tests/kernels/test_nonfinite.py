@@ -125,12 +125,14 @@ def test_varlen_sequences_do_not_leak(kind, isolate):
         expect_isolated(out, clean, seeing, kind, isolate, group)
 
 
-@pytest.fixture
-def scanning_redo(monkeypatch):
-    """The redo pass that reads each tile's flags (``fwd.REDO_SCANNED``, taken by grids of at most a tile per redo
-    program, as a verify step's), forced on every grid."""
+@pytest.fixture(params=["scanning-redo", "guard-one-pass"])
+def small_grid_isolation(request, monkeypatch):
+    """The two ways small grids (a verify step's) may isolate, forced on every grid: the redo pass that reads each
+    tile's flags (``fwd.REDO_SCANNED``), and the guarded loop in the main pass with no redo launch
+    (``fwd.GUARD_ONE_PASS``, single-loop tiles; others keep the redo)."""
     monkeypatch.setattr(fwd, "ISOLATE_NON_FINITE", True)
     monkeypatch.setattr(fwd, "SCAN_FLAGS_MAX_WORK", 1 << 30)
+    monkeypatch.setattr(fwd, "GUARD_ONE_PASS_MAX_WORK", 1 << 30 if request.param == "guard-one-pass" else 0)
     return True
 
 
@@ -143,9 +145,43 @@ def test_paged_cache(num_splits, left, pack_gqa, isolate):
 
 
 @pytest.mark.parametrize("num_splits,left", [(1, 7), (3, -1)])
-def test_paged_cache_scanning_redo(num_splits, left, scanning_redo):
-    """The same with the scanning redo pass (PackGQA, as a verify step): exact isolation, no raised flag read."""
-    paged_cache_case(num_splits, left, True, scanning_redo)
+def test_paged_cache_small_grid_isolation(num_splits, left, small_grid_isolation):
+    """The same with the small-grid isolation modes (PackGQA, as a verify step): exact isolation either way."""
+    paged_cache_case(num_splits, left, True, small_grid_isolation)
+
+
+def test_guard_one_pass_launches_once_and_keeps_finite_bits(monkeypatch):
+    """A single-loop tile grid under GUARD_ONE_PASS: one launch (no redo), the same bits as the flag + redo path on
+    finite inputs, and a value NaN stays in the rows that see it."""
+    from swattn.kernels.configs import FwdConfig, forced_config
+
+    batch, page_size, pages_per_seq, seqlen_q = 2, 4, 6, 3
+    seqlens = torch.tensor([21, 17], dtype=torch.int32)
+    k_cache = torch.randn(batch * pages_per_seq, page_size, HK, D, dtype=torch.float16)
+    v_cache = torch.randn_like(k_cache)
+    table = torch.randperm(batch * pages_per_seq, dtype=torch.int32).view(batch, pages_per_seq)
+    q = torch.randn(batch, seqlen_q, H, D, dtype=torch.float16)
+    kwargs = dict(cache_seqlens=seqlens, page_table=table, causal=True, window_size=(7, 0), pack_gqa=True)
+    monkeypatch.setattr(fwd, "ISOLATE_NON_FINITE", True)
+    single = FwdConfig(16, 16, 4, 1, single_loop=True)
+    outs = {}
+    for one_pass in (False, True):
+        monkeypatch.setattr(fwd, "GUARD_ONE_PASS_MAX_WORK", 1 << 30 if one_pass else 0)
+        fwd._PLANS.clear()
+        with forced_config(single):
+            outs[one_pass] = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **kwargs)
+        (plan,) = fwd._PLANS.values()
+        assert plan.guard_one_pass == one_pass and (plan.redo is None) == one_pass
+    assert torch.equal(outs[False], outs[True])
+    monkeypatch.setattr(fwd, "GUARD_ONE_PASS_MAX_WORK", 1 << 30)
+    poisoned = v_cache.clone()
+    page = int(table[1, 14 // page_size])
+    poisoned[page, 14 % page_size, 0, 2] = float("nan")
+    with forced_config(single):
+        out = swattn.flash_attn_with_kvcache(q, k_cache, poisoned, **kwargs)
+    seeing = torch.zeros(batch, seqlen_q, H, dtype=torch.bool)
+    seeing[1] = seeing_rows("v-nan", seqlen_q, 17, 7, 0, 14, 0)
+    expect_isolated(out, outs[True], seeing, "v-nan", True, group_mask(seeing.shape, 1, 0))
 
 
 def paged_cache_case(num_splits, left, pack_gqa, isolate):
