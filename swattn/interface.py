@@ -485,6 +485,7 @@ def flash_attn_with_kvcache(
     position ``rotary_seqlens[b] + i`` (default ``cache_seqlens[b] + i``) before it is written, and q likewise when
     the attention is causal or local (else every query at ``rotary_seqlens[b]``), as FlashAttention 3 does;
     ``rotary_interleaved`` pairs dimensions (0, 1), (2, 3), ... (else i and i + rotary_dim / 2, GPT-NeoX).
+    Without rotary_cos / rotary_sin, ``rotary_seqlens`` is ignored (FlashAttention 3's callers pass it anyway).
     ``attention_chunk`` > 0: chunked local attention (see ``flash_attn_func``). An e4m3 cache
     (``torch.float8_e4m3fn``; q in fp16/bf16 or e4m3) takes ``k_descale``/``v_descale`` (and ``q_descale`` for e4m3
     q) as in ``flash_attn_func``; new k/v in q's dtype are quantized into it (``k / k_descale[b, h]``, saturated to
@@ -628,7 +629,8 @@ def flash_attn_with_kvcache(
         max_seqlen_q, sinks, softmax_scale, left, right, float(softcap), packed, num_splits,
         _contiguous(cu_seqlens_k_new), _contiguous(cache_leftpad),
         None if rotary_cos is None else _contiguous_last(rotary_cos),
-        None if rotary_sin is None else _contiguous_last(rotary_sin), _contiguous(rotary_seqlens),
+        None if rotary_sin is None else _contiguous_last(rotary_sin),
+        _contiguous(rotary_seqlens) if rotary_dim else None,
         bool(rotary_interleaved), sequential, attention_chunk, q_descale, k_descale, v_descale)
     return _result(out, lse, return_softmax_lse)
 
@@ -696,8 +698,10 @@ def get_scheduler_metadata(
 def _check_rotary(rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, k, q, batch: int) -> int:
     """The rotary arguments agree with each other and with q; returns rotary_dim (0 without rotary)."""
     if rotary_cos is None and rotary_sin is None:
+        # FlashAttention 3 ignores rotary_seqlens without rotary_cos / rotary_sin, and its callers (its own tests
+        # among them) pass it either way: accepted, checked for shape and dtype, and ignored.
         if rotary_seqlens is not None:
-            raise ValueError("rotary_seqlens: given without rotary_cos / rotary_sin")
+            _check_int32_vector("rotary_seqlens", rotary_seqlens, batch, q.device, "(B,) of rotary position offsets")
         return 0
     if rotary_cos is None or rotary_sin is None:
         raise ValueError("rotary_cos, rotary_sin: give both or neither")

@@ -306,9 +306,9 @@ CASES = [
     Case("kvcache-rotary-positions-beyond-cos", KVCACHE, "rotary_cos of 8 positions, positions up to 11 read",
          lambda: kvcache(rotary_cos=torch.ones(8, 4), rotary_sin=torch.ones(8, 4), **new_kv()), ValueError,
          r"rotary_cos: has 8 positions, but rotary reads positions up to 11", data=True),
-    Case("kvcache-rotary-seqlens-without-rotary", KVCACHE, "rotary_seqlens without rotary_cos / rotary_sin",
-         _with(kvcache, "rotary_seqlens", lambda: i32(1, 1)), ValueError,
-         r"rotary_seqlens: given without rotary_cos / rotary_sin$"),
+    Case("kvcache-rotary-seqlens-int64", KVCACHE, "rotary_seqlens of dtype int64 (checked, then ignored, without "
+         "rotary_cos / rotary_sin, as in FA3)", _with(kvcache, "rotary_seqlens", lambda: torch.tensor([1, 1])),
+         TypeError, r"rotary_seqlens: expected dtype torch\.int32, got torch\.int64$"),
     Case("kvcache-cache-leftpad-beyond-seqlens", KVCACHE, "cache_leftpad = [9, 0] with cache_seqlens [8, 11]",
          _with(kvcache, "cache_leftpad", lambda: i32(9, 0)), ValueError,
          r"cache_leftpad: entries must lie in \[0, cache_seqlens\[b\]\] = \[8, 11\], got \[9, 0\]$", data=True),

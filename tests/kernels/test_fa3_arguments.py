@@ -448,6 +448,18 @@ def test_rotary_fp16_matches_reference():
     assert_close("k_cache", k_cache, cache_copy[0], tolerance_for(torch.float16))
 
 
+def test_rotary_seqlens_without_rotary_is_ignored():
+    """FA3 ignores rotary_seqlens without rotary_cos / rotary_sin (its own kvcache test passes it either way)."""
+    k_cache, v_cache = torch.randn(2, 16, HK, D), torch.randn(2, 16, HK, D)
+    q, k_new, v_new = torch.randn(2, 2, H, D), torch.randn(2, 2, HK, D), torch.randn(2, 2, HK, D)
+    kwargs = dict(k=k_new, v=v_new, cache_seqlens=i32([4, 9]), causal=True, window_size=(5, 0))
+    caches = [(k_cache.clone(), v_cache.clone()) for _ in range(2)]
+    out = swattn.flash_attn_with_kvcache(q, *caches[0], rotary_seqlens=i32([0, 3]), **kwargs)
+    expected = swattn.flash_attn_with_kvcache(q, *caches[1], **kwargs)
+    assert torch.equal(out, expected)
+    assert torch.equal(caches[0][0], caches[1][0]) and torch.equal(caches[0][1], caches[1][1])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # sm_margin, scheduler_metadata
 
