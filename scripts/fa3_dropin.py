@@ -148,8 +148,8 @@ def classify(outcome: str, detail: str) -> str:
         return f"skipped by FA3's test: {detail.strip()[:90]}"
     reasons = (
         ("qv: not supported", "refused: qv (MLA's extra query-value product)"),
-        ("_descale: not supported", "refused: q/k/v_descale (fp8 attention)"),
-        ("float8", "refused: float8 q/k/v"),
+        ("rotary embedding of float8_e4m3fn queries", "refused: rotary with float8_e4m3fn q"),
+        ("float8", "refused: float8 (other)"),
         ("a different value head_dim", "refused: value head_dim != head_dim (FA3 also draws dv=128/256/512)"),
         ("headdim_v:", "refused: value head_dim != head_dim (FA3 also draws dv=128/256/512)"),
         ("head_dim must be a multiple of 8 in [8, 256]", "refused: head_dim > 256"),

@@ -31,11 +31,14 @@ def accepted(name: str, params: dict) -> bool:
     """Whether every call of this parametrization passes only arguments swattn accepts (docs/semantics.md)."""
     if name in _NOT_IN_SWATTN:
         return False
-    if params.get("dtype") == torch.float8_e4m3fn or params.get("has_qv"):
-        return False  # fp8 with q/k/v_descale; qv
+    if params.get("has_qv"):
+        return False  # qv (MLA)
+    fp8 = params.get("dtype") == torch.float8_e4m3fn
+    if fp8 and params.get("rotary_fraction", 0.0) > 0.0:
+        return False  # rotary embedding of e4m3 queries
     d = params.get("d")
-    if name in _DV_TESTS and d is not None and (d <= 64 or 128 < d <= 192):
-        return False  # a value head_dim different from d is drawn
+    if name in _DV_TESTS and not fp8 and d is not None and (d <= 64 or 128 < d <= 192):
+        return False  # a value head_dim different from d is drawn (FA3 draws dv = d only for fp8)
     if d is not None and (d % 8 or d > 256):
         return False
     return not _skipped_by_fa3(name, params)
