@@ -222,9 +222,13 @@ def _fwd_backward(ctx, grad_out, grad_lse, backward=None):
     q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, seqused_q = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros_like(out)
-    dq, dk, dv, dsinks = (backward or bwd)(grad_out, q, k, v, out, lse, grad_lse, sinks, cu_seqlens_q, cu_seqlens_k,
-                                           seqused_k, seqused_q=seqused_q, **ctx.scalars)
-    dsinks = dsinks.to(sinks.dtype) if sinks is not None and ctx.needs_input_grad[3] else None
+    wants_dsinks = sinks is not None and ctx.needs_input_grad[3]
+    # The kernels read the sinks only for their gradient (dQ, dK, dV take them through the saved LSE): without it
+    # wanted they get none, and skip a launch and an allocation. The reference recomputes the forward: it needs them.
+    sinks_in = sinks if wants_dsinks or not uses_triton(q) else None
+    dq, dk, dv, dsinks = (backward or bwd)(grad_out, q, k, v, out, lse, grad_lse, sinks_in, cu_seqlens_q,
+                                           cu_seqlens_k, seqused_k, seqused_q=seqused_q, **ctx.scalars)
+    dsinks = dsinks.to(sinks.dtype) if wants_dsinks else None
     # One gradient per input of swattn::fwd: q, k, v, sinks, then 16 non-differentiable arguments.
     return (dq, dk, dv, dsinks) + (None,) * 16
 

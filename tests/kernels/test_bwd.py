@@ -603,3 +603,28 @@ def test_sinks_parameter_keeps_its_dtype_and_gets_its_gradient(sink_dtype):
     assert actual[3].dtype == sink_dtype
     expected = reference_grads(q, k, v, dout, left=6, right=0, sinks=sinks, softmax_scale=16 ** -0.5)
     check_grads(f"sinks {sink_dtype}", [g.float() for g in actual], [e.float() for e in expected], 2e-2)
+
+
+def test_sinks_without_a_gradient_skip_the_dsinks_kernel(monkeypatch):
+    """Sinks that need no gradient (frozen, or a plain tensor) reach dQ, dK and dV only through the saved LSE: the
+    backward skips their gradient's kernel and gives the gradients of the sinks-with-gradient call, bit for bit."""
+    from swattn.kernels import bwd as bwd_module
+
+    torch.manual_seed(6)
+    q, k, v = (t.requires_grad_() for t in make_qkv((1, 9, 2, 16), (1, 9, 1, 16), torch.float16))
+    sinks = torch.randn(2)
+    launched = []
+
+    def grads(sinks):
+        out = swattn.flash_attn_func(q, k, v, causal=True, window_size=(3, 0), sinks=sinks)
+        return torch.autograd.grad(out, (q, k, v) + ((sinks,) if sinks.requires_grad else ()), torch.ones_like(out))
+
+    real_launch = bwd_module.Launch.__call__
+    monkeypatch.setattr(bwd_module.Launch, "__call__", lambda self, *t: launched.append(self.kernel.fn.__name__)
+                        or real_launch(self, *t))
+    without = grads(sinks)
+    assert "_swa_bwd_dsinks_kernel" not in launched
+    with_gradient = grads(sinks.clone().requires_grad_())
+    assert "_swa_bwd_dsinks_kernel" in launched
+    for a, b in zip(without, with_gradient[:3]):
+        assert torch.equal(a, b)
