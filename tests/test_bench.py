@@ -135,3 +135,19 @@ def test_bench_decode_fp8_providers_pass_the_gate(env):
             assert error <= bound, (name, error)
             checked.append(name)
     assert checked == ["swattn bf16", "swattn fp8-kv", "swattn fp8"]
+
+
+def test_bench_prefill_fp8_providers_pass_the_gate(env):
+    """``prefill-fp8``'s swattn providers (bf16, and e4m3 q/k/v with descales) against the reference on their own
+    inputs at the checked rows (checked only)."""
+    from swattn.bench.prefill import PrefillShape
+    from swattn.bench.prefill_fp8 import Fp8PrefillCase, providers
+
+    case = Fp8PrefillCase(PrefillShape(40, 32, 4, 2, 7), env)
+    checked = []
+    for name, build, fp8, tolerance in providers(case):
+        if name.startswith("swattn"):
+            error, bound = case.compare(env, fp8, tolerance)(build()())
+            assert error <= bound, (name, error)
+            checked.append(name)
+    assert checked == ["swattn bf16", "swattn"]

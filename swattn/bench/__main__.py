@@ -1,9 +1,9 @@
-"""``python -m swattn.bench [{prefill,decode,verify,append,decode-fp8,model-step,backward,host,all}] [--quick]
-[--out FILE.md] [--plot FILE.png]``.
+"""``python -m swattn.bench [{prefill,decode,verify,append,decode-fp8,prefill-fp8,model-step,backward,host,all}]
+[--quick] [--out FILE.md] [--plot FILE.png]``.
 
-Without a scenario: ``decode`` (the gpt-oss decode layer). ``decode-fp8``: an e4m3 KV cache beside bf16 (not part
-of ``all``). ``--plot`` draws the measured times (matplotlib, the ``plot`` extra). ``torchrun --nproc-per-node=N
--m swattn.bench context-parallel`` (several GPUs; not part of ``all``).
+Without a scenario: ``decode`` (the gpt-oss decode layer). ``decode-fp8`` / ``prefill-fp8``: an e4m3 KV cache /
+all-e4m3 prefill beside bf16 (not part of ``all``). ``--plot`` draws the measured times (matplotlib, the ``plot``
+extra). ``torchrun --nproc-per-node=N -m swattn.bench context-parallel`` (several GPUs; not part of ``all``).
 
 On the GPU machine, with the peers of ``.peer-kernels/README.txt`` unpacked into /tmp/site::
 
@@ -22,7 +22,7 @@ import time
 
 from swattn.bench.common import Env, Section, make_env
 
-SCENARIOS = ("prefill", "decode", "verify", "append", "decode-fp8", "model-step", "backward", "host",
+SCENARIOS = ("prefill", "decode", "verify", "append", "decode-fp8", "prefill-fp8", "model-step", "backward", "host",
              "context-parallel", "all")
 
 
@@ -95,6 +95,9 @@ def run_scenario(name: str, env: Env, args: argparse.Namespace) -> Section:
     if name == "decode-fp8":
         from swattn.bench import decode_fp8
         return decode_fp8.run(env, contexts=args.contexts)
+    if name == "prefill-fp8":
+        from swattn.bench import prefill_fp8
+        return prefill_fp8.run(env, seqlens=args.seqlens, lefts=args.lefts)
     if name == "host":
         from swattn.bench import host
         return host.run(env)
