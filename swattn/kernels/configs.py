@@ -68,7 +68,9 @@ _forced: FwdConfig | None = None
 # block_n. H200 (scripts/gpu_probe.py verify_blocks, W(127,0) B=16 1K page 16, cold caches, 2026-12-03): one
 # 256-key block with 8 warps, k = 2: 11.22 us vs 11.78 (append launch + attention + zeroed-flag redo); k = 4: 12.81
 # vs 12.82; with the fused append and no redo launch 7.03 / 8.58 us, the fastest variants measured. k = 8 (64 rows)
-# lost (15.82 vs 13.74; compiled for sm_90 it spills 16 B) and keeps two 128-key blocks.
+# lost (15.82 vs 13.74; compiled for sm_90 it spills 16 B) and keeps two 128-key blocks. Only for grids of at most
+# one program per SM (measured: 128 programs on 132 SMs): an 8-warp tile of ~160 registers is one program per SM
+# (sm_90, Triton 3.6 and 3.9), so a larger grid would run in more than one wave.
 VERIFY_BLOCKS: dict[int, tuple[int, int]] = {16: (256, 8), 32: (256, 8)}
 
 # A split-KV share of at most this many keys (two 128-key blocks) is latency-bound: decode tiles run it on the
@@ -113,20 +115,23 @@ def forced_config_in_use() -> FwdConfig | None:
 
 
 def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, window_span: int | None,
-                   element_size: int = 2, keys_per_split: int | None = None) -> FwdConfig:
+                   element_size: int = 2, keys_per_split: int | None = None,
+                   programs_per_sm: float | None = None) -> FwdConfig:
     """Pick block shapes from shapes only (never from GPU values, so CUDA graphs and torch.compile are safe).
 
     ``element_size``: bytes per q/k/v element (fp32 shrinks the bf16 choice to fit shared memory);
     ``rows_per_tile``: rows of one sequence's tiles (PackGQA: query positions * queries per KV head);
     ``window_span``: ``left + right + 1`` when both sides are bounded, else None; ``keys_per_split``: the most
-    keys one split of a sequence's KV loop covers (None: unknown). Choices come from the H100 and H200 sweeps
+    keys one split of a sequence's KV loop covers (None: unknown); ``programs_per_sm``: the grid's programs (at
+    least one tile per sequence and head axis) per SM (None: unknown). Choices come from the H100 and H200 sweeps
     recorded in docs/notes/performance-log.md (scripts/gpu_sweep.py, gpu_splits.py).
     """
     if _forced is not None:
         return _forced
     if interpreter_enabled():
         return FwdConfig(16, 16, 4, 1)
-    config = _bf16_forward_config(head_dim_padded, rows_per_tile, pack_gqa, window_span, keys_per_split)
+    config = _bf16_forward_config(head_dim_padded, rows_per_tile, pack_gqa, window_span, keys_per_split,
+                                  programs_per_sm)
     if element_size != 2:
         # Descriptor loads and register caps were measured (and are used) for fp16/bf16 only.
         config = replace(config, tma=False, maxnreg=None)
@@ -134,7 +139,8 @@ def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, win
 
 
 def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool,
-                         window_span: int | None, keys_per_split: int | None = None) -> FwdConfig:
+                         window_span: int | None, keys_per_split: int | None = None,
+                         programs_per_sm: float | None = None) -> FwdConfig:
     small_window = window_span is not None and window_span <= 512
     if pack_gqa and rows_per_tile <= 64:
         # Decode / extend: every query head of a KV head in one tile; 128-key blocks so a 128-key window is one
@@ -144,7 +150,7 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
         block_m = max(16, next_power_of_2(rows_per_tile))
         verify = VERIFY_BLOCKS.get(block_m)
         if (small_window and verify is not None and keys_per_split is not None and head_dim_padded <= 128
-                and 128 < keys_per_split <= verify[0]):
+                and 128 < keys_per_split <= verify[0] and programs_per_sm is not None and programs_per_sm <= 1):
             return FwdConfig(block_m, verify[0], verify[1], 1, single_loop=True)
         if small_window or (keys_per_split is not None and keys_per_split <= SHORT_SPLIT_KEYS):
             return FwdConfig(block_m, 128 if head_dim_padded <= 128 else 64, 4, 1, single_loop=True)

@@ -767,7 +767,9 @@ class _ForwardPlan:
             window_span = attention_chunk if window_span is None else min(window_span, attention_chunk)
         keys_per_split = -(-visible_span(0, seqlen_q - 1, seqlen_q, seqlen_k, left, right, attention_chunk)[1]
                            // num_splits)
-        config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size(), keys_per_split)
+        programs = batch * (num_kv_heads if pack_gqa else num_heads) * num_splits  # at least one tile each
+        config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size(), keys_per_split,
+                                programs / _persistent_programs(q.device))
         if fp8 != NO_FP8.value:
             # The fp8 variants load through pointers (the descriptor path was not measured with e4m3 tiles).
             config = replace(config, tma=False)

@@ -89,11 +89,15 @@ def test_verify_blocks_table_takes_one_block_for_the_tiles_it_names(monkeypatch)
     # The shipped table (H200, 2026-12-03): one 256-key block with 8 warps for k = 2 and 4, two blocks for k = 8.
     assert configs.VERIFY_BLOCKS == {16: (256, 8), 32: (256, 8)}
     monkeypatch.setattr(configs, "VERIFY_BLOCKS", {16: (256, 8), 32: (256, 8)})
-    assert _bf16_forward_config(64, 16, True, 128, 129) == FwdConfig(16, 256, 8, 1, single_loop=True)
-    assert _bf16_forward_config(64, 32, True, 128, 131) == FwdConfig(32, 256, 8, 1, single_loop=True)
-    assert _bf16_forward_config(64, 8, True, 128, 128) == shipped(16)  # decode: one 128-key block already
-    assert _bf16_forward_config(64, 64, True, 128, 135) == shipped(64)  # k = 8: not in the table
-    assert _bf16_forward_config(64, 32, True, 300, 303) == shipped(32)  # a wider window: more than one block
+    one_wave = 128 / 132  # B=16 x 8 KV heads on an H200
+    assert _bf16_forward_config(64, 16, True, 128, 129, one_wave) == FwdConfig(16, 256, 8, 1, single_loop=True)
+    assert _bf16_forward_config(64, 32, True, 128, 131, one_wave) == FwdConfig(32, 256, 8, 1, single_loop=True)
+    assert _bf16_forward_config(64, 8, True, 128, 128, one_wave) == shipped(16)  # decode: one 128-key block already
+    assert _bf16_forward_config(64, 64, True, 128, 135, one_wave) == shipped(64)  # k = 8: not in the table
+    assert _bf16_forward_config(64, 32, True, 300, 303, one_wave) == shipped(32)  # a wider window: several blocks
+    # An 8-warp 256-key tile is one program per SM: grids past one wave (B=32) and unknown grids keep 128 keys.
+    assert _bf16_forward_config(64, 32, True, 128, 131, 256 / 132) == shipped(32)
+    assert _bf16_forward_config(64, 32, True, 128, 131) == shipped(32)
 
 
 @pytest.mark.parametrize("tokens", [1, 2, 4, 8])
