@@ -230,7 +230,7 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
          dict(left=127, right=0, pack_gqa=True)),
         ("decode W(127,0) without PDL (SWATTN_PDL=0)", _bf16_forward_config(64, 8, True, 128), decode,
          dict(left=127, right=0, pack_gqa=True, pdl=False)),
-        ("experimental: decode W(127,0) paged, fused append (SWATTN_FUSED_APPEND=1)",
+        ("decode W(127,0) paged, fused append (the default for window decode: ops.FUSED_APPEND_DEFAULTS)",
          _bf16_forward_config(64, 8, True, 128), decode,
          dict(left=127, right=0, pack_gqa=True, new_k=new_token, new_v=torch.randn_like(new_token))),
         # fp8 (e4m3): bf16 queries over an fp8 cache (FP8_KV), and q/K/V all fp8 (FP8_QKV: e4m3 tl.dot). Decode
