@@ -2,7 +2,8 @@
 shapes. Speculative verify (k = 2, 4, 8 drafts per sequence, dense and varlen, appended in the call, sinks) and
 decode against the float32 reference, with every page before ``first_readable_page`` poisoned (NaN data, table
 entries just past either end of a NaN-guarded pool): outputs bit-identical to the unpoisoned run. Verify takes the
-PackGQA path automatically (bitwise equal to ``pack_gqa=True``).
+PackGQA path automatically (bitwise equal to ``pack_gqa=True``). A verify step's non-finite isolation modes give
+the same bits.
 
 Run with ``python -m pytest -q tests/gpu/test_serving_bf16.py``.
 """
@@ -91,3 +92,40 @@ def test_verify_and_decode_never_read_pages_before_first_readable_page(page_size
     assert_close("out", out, ref, tolerance_for(BF16))
     assert not torch.isnan(lse).any()
     torch.testing.assert_close(lse, ref_lse, atol=LSE_ATOL, rtol=1e-3)
+
+
+@pytest.mark.parametrize("tokens", [2, 4, 8])
+def test_verify_isolation_modes_give_the_same_bits(monkeypatch, tokens):
+    """A B=16 verify step with a NaN in the value row of the first key of row 0's window (seen by no other row of
+    the tile): the redo behind the zeroed raised flag, the scanning redo (the default for this grid) and the guarded
+    one pass (fwd.GUARD_ONE_PASS, tiles of at most 32 rows; off by default) give the same bits, NaN exactly in the
+    rows that see the key; on clean data the guarded one pass gives the redo's bits."""
+    from swattn.kernels import fwd
+
+    context, page_size = 1000, 16
+    pages = -(-context // page_size)
+    k_cache = torch.randn(BATCH * pages, page_size, KV_HEADS, HEAD_DIM, device=DEVICE).to(BF16)
+    v_cache = torch.randn_like(k_cache)
+    table = torch.randperm(BATCH * pages, device=DEVICE).view(BATCH, pages).to(torch.int32)
+    seqlens = torch.full((BATCH,), context, device=DEVICE, dtype=torch.int32)
+    q = torch.randn(BATCH, tokens, HEADS, HEAD_DIM, device=DEVICE).to(BF16)
+    sinks = torch.randn(HEADS, device=DEVICE)
+    key = context - tokens - 127  # row 0 sees keys [key, context - tokens]; rows 1.. start later
+    poisoned = v_cache.clone()
+    poisoned[table[3, key // page_size].long(), key % page_size, 5, 7] = float("nan")
+    kwargs = dict(cache_seqlens=seqlens, page_table=table, causal=True, window_size=(127, 0), sinks=sinks)
+    modes = {"zeroed flag": (0, 0), "scanning redo": (None, 0), "guard one pass": (None, 1 << 30)}
+    outs = {}
+    for name, (scan, guard) in modes.items():
+        monkeypatch.setattr(fwd, "SCAN_FLAGS_MAX_WORK", scan)
+        monkeypatch.setattr(fwd, "GUARD_ONE_PASS_MAX_WORK", guard)
+        outs[name] = (swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **kwargs),
+                      swattn.flash_attn_with_kvcache(q, k_cache, poisoned, **kwargs))
+    clean, dirty = outs["zeroed flag"]
+    for name, (clean_mode, dirty_mode) in outs.items():
+        assert torch.equal(clean_mode, clean), f"{name}: clean data, other bits"
+        torch.testing.assert_close(dirty_mode, dirty, rtol=0, atol=0, equal_nan=True, msg=f"{name}: other bits")
+    seeing = torch.zeros(BATCH, tokens, HEADS, dtype=torch.bool, device=DEVICE)
+    seeing[3, 0, 5 * (HEADS // KV_HEADS):6 * (HEADS // KV_HEADS)] = True
+    assert torch.isnan(dirty[seeing]).any(-1).all() and not torch.isnan(dirty[~seeing]).any()
+    assert torch.equal(dirty[~seeing], clean[~seeing])
