@@ -226,7 +226,8 @@ def quantize_e4m3(x, descale):
     fp32 so that the final cast only meets representable values: Triton's interpreter converts fp32 to e4m3
     rounding ties away from zero, truncating subnormals and mishandling a carry into the exponent (Triton 3.9),
     while the GPU rounds to nearest even; an exact cast agrees on both."""
-    y = tl.minimum(tl.maximum(x / descale, -E4M3_MAX), E4M3_MAX)
+    # IEEE division (div.rn), as torch's: Triton's ``/`` on fp32 compiles to the approximate div.full.f32.
+    y = tl.minimum(tl.maximum(tl.math.div_rn(x, descale), -E4M3_MAX), E4M3_MAX)
     # e4m3 keeps 3 mantissa bits, and from 2^-6 down a fixed step of 2^-9 (its subnormals): the step is a power
     # of two, so y / step and the product back are exact, and only the rounding to an integer is not.
     bits = y.to(tl.int32, bitcast=True)
