@@ -303,3 +303,23 @@ def test_gradients_and_tracing_go_through_the_custom_op(monkeypatch):
     with mode:
         out = swattn.flash_attn_func(*fake, causal=True)
     assert calls == ["fwd"] and out.shape == q.shape
+
+
+def test_fp8_opcheck():
+    """Both ops with e4m3 inputs and descales (the fake implementations give bf16 for e4m3 q); the KV-cache op
+    appends bf16 tokens into an e4m3 cache. Without ``test_schema``: torch's schema check compares a mutated
+    argument before and after with ``torch.allclose``, which has no float8 kernel on the CPU."""
+    fp8, heads, kv_heads, head_dim = torch.float8_e4m3fn, 4, 2, 16
+    descale = torch.rand(2, kv_heads) + 0.5
+    q = torch.randn(2, 1, heads, head_dim, dtype=torch.bfloat16)
+    k_cache, v_cache = (torch.randn(12, 4, kv_heads, head_dim).to(fp8) for _ in range(2))
+    k_new, v_new = (torch.randn(2, 1, kv_heads, head_dim, dtype=torch.bfloat16) for _ in range(2))
+    table = torch.randperm(12, dtype=torch.int32).view(2, -1)
+    args = (q, k_cache, v_cache, k_new, v_new, torch.tensor([5, 11], dtype=torch.int32), None, table, None, 1,
+            torch.randn(heads), head_dim**-0.5, 7, 0, 0.0, True, 1, None, None, None, None, None, True, True, 0,
+            None, descale, descale)
+    torch.library.opcheck(torch.ops.swattn.fwd_kvcache.default, args, test_utils=OPCHECK_TESTS[1:])
+    q8, k8, v8 = (torch.randn(1, 9, h, head_dim).to(fp8) for h in (heads, kv_heads, kv_heads))
+    args = (q8, k8, v8, None, None, None, None, 9, 9, 0.25, -1, 0, 0.0, False, 1, None, 0, descale[:1], descale[:1],
+            descale[:1])
+    torch.library.opcheck(torch.ops.swattn.fwd.default, args, test_utils=OPCHECK_TESTS[1:])
