@@ -603,12 +603,17 @@ def flash_attn_with_kvcache(
                                   "quantizing it, or pass q in bf16/fp16 over the e4m3 cache")
     sm_margin = _check_int_arg("sm_margin", sm_margin, 0)
     _check_scheduler_metadata(scheduler_metadata)
+    sequential = True
+    if rotary_dim:
+        # FlashAttention 3 rotates query i at offset + i only for causal or local attention, judged after it turns
+        # sides that cover the whole cache (left >= capacity - 1) or all queries (right >= Sq - 1) into -1.
+        sequential = (0 <= left < capacity - 1) or (0 <= right < max_seqlen_q - 1) or attention_chunk > 0
     if read_data:
         _check_cache_contents(cache_seqlens, cache_batch_idx, page_table, k_cache, k, cu_seqlens_q, capacity,
                               max_seqlen_q, left, cache_rows, cu_seqlens_k_new, cache_leftpad, attention_chunk)
         if rotary_dim:
             _check_rotary_positions(rotary_cos, rotary_seqlens if rotary_seqlens is not None else cache_seqlens,
-                                    k, cu_seqlens_k_new, cu_seqlens_q, max_seqlen_q, q)
+                                    k, cu_seqlens_k_new, cu_seqlens_q, max_seqlen_q, sequential)
     sinks = _check_sinks(sinks, q.shape[-2], q.device)
     num_splits = _check_int_arg("num_splits", num_splits, 0)
     group = q.shape[-2] // k_cache.shape[2]
@@ -617,11 +622,6 @@ def flash_attn_with_kvcache(
     programs = batch * (k_cache.shape[2] if packed else q.shape[-2]) * max(1, -(-rows // 64))
     num_splits = _auto_num_splits(num_splits, q, programs, capacity, left, right, max_seqlen_q, attention_chunk,
                                   sm_margin)
-    sequential = True
-    if rotary_dim:
-        # FlashAttention 3 rotates query i at offset + i only for causal or local attention, judged after it turns
-        # sides that cover the whole cache (left >= capacity - 1) or all queries (right >= Sq - 1) into -1.
-        sequential = (0 <= left < capacity - 1) or (0 <= right < max_seqlen_q - 1) or attention_chunk > 0
     out, lse = ops.run_fwd_kvcache(
         _contiguous_last(q), k_cache, v_cache, None if k is None else _contiguous_last(k),
         None if v is None else _contiguous_last(v), _contiguous(cache_seqlens), _contiguous(cache_batch_idx),
@@ -728,8 +728,10 @@ def _check_rotary(rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, k,
     return rotary_dim
 
 
-def _check_rotary_positions(rotary_cos, offsets, k_new, cu_seqlens_k_new, cu_seqlens_q, seqlen_q: int, q) -> None:
-    """Data check: every position rotary reads (offset + new key index, offset + query index) has a row in cos."""
+def _check_rotary_positions(rotary_cos, offsets, k_new, cu_seqlens_k_new, cu_seqlens_q, seqlen_q: int,
+                            sequential: bool) -> None:
+    """Data check: every position rotary reads (offset + new key index; offset + query index when the queries are
+    rotated at sequential positions, else the offset alone) has a row in cos."""
     offsets = offsets.cpu().long()
     if (offsets < 0).any():
         raise ValueError(f"rotary_seqlens: entries must be >= 0, got {offsets.tolist()}")
@@ -743,6 +745,8 @@ def _check_rotary_positions(rotary_cos, offsets, k_new, cu_seqlens_k_new, cu_seq
         queries = cu[1:] - cu[:-1]
     else:
         queries = torch.full_like(offsets, seqlen_q)
+    if not sequential:
+        queries = queries.clamp(max=1)  # every query of sequence b at position offsets[b]
     needed = int((offsets + torch.maximum(new, queries)).max()) if offsets.numel() else 0
     if needed > rotary_cos.shape[0]:
         raise ValueError(f"rotary_cos: has {rotary_cos.shape[0]} positions, but rotary reads positions up to "

@@ -460,6 +460,26 @@ def test_rotary_seqlens_without_rotary_is_ignored():
     assert torch.equal(caches[0][0], caches[1][0]) and torch.equal(caches[0][1], caches[1][1])
 
 
+def test_rotary_table_needs_no_row_per_query_without_causal():
+    """Without causal / local attention every query is rotated at rotary_seqlens[b] alone, so cos/sin need rows up
+    to offset + new tokens only, not offset + Sq (FA3's kvcache test draws such tables: 64 queries, 256 rows)."""
+    k_cache, v_cache = torch.randn(2, 16, HK, D), torch.randn(2, 16, HK, D)
+    q, k_new, v_new = torch.randn(2, 6, H, D), torch.randn(2, 2, HK, D), torch.randn(2, 2, HK, D)
+    angle = torch.rand(12, D // 2) * 2 * math.pi
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    kwargs = dict(k=k_new, v=v_new, cache_seqlens=i32([4, 9]), rotary_seqlens=i32([3, 10]), return_softmax_lse=True)
+    caches = [(k_cache.clone(), v_cache.clone()) for _ in range(2)]
+    # Rows read: offset + 2 new keys <= 12; sequential queries would need offset + 6 = 16.
+    out, lse = swattn.flash_attn_with_kvcache(q, *caches[0], rotary_cos=cos, rotary_sin=sin, **kwargs)
+    longer = (torch.cat([cos, torch.ones(4, D // 2)]), torch.cat([sin, torch.zeros(4, D // 2)]))
+    ref_out, ref_lse = swattn.flash_attn_with_kvcache(q, *caches[1], rotary_cos=longer[0], rotary_sin=longer[1],
+                                                      **kwargs)
+    assert torch.equal(out, ref_out) and torch.equal(lse, ref_lse)
+    assert torch.equal(caches[0][0], caches[1][0])
+    with pytest.raises(ValueError, match=r"rotary_cos: has 12 positions, but rotary reads positions up to 15"):
+        swattn.flash_attn_with_kvcache(q, *caches[0], rotary_cos=cos, rotary_sin=sin, causal=True, **kwargs)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # sm_margin, scheduler_metadata
 
