@@ -171,13 +171,10 @@ def _checks_read_data(t: torch.Tensor, check_inputs: bool | None) -> bool:
 
 
 def _decide_data_checks(t: torch.Tensor, check_inputs: bool | None) -> bool:
-    if _is_tracing(t):
-        return False
-    if check_inputs is not None:
-        return check_inputs
-    if os.environ.get("SWATTN_CHECK_INPUTS", "0") not in ("", "0"):
-        return True
-    return t.device.type == "cpu"
+    if check_inputs is None:
+        check_inputs = os.environ.get("SWATTN_CHECK_INPUTS", "0") not in ("", "0") or t.is_cpu
+    # The tracing state last: asked on every replayed call, it is a query the usual answer (no checks) skips.
+    return check_inputs and not _is_tracing(t)
 
 
 def _check_cu_seqlens(name: str, cu, total: int, max_seqlen: int, device, read_data: bool) -> None:

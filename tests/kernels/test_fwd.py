@@ -29,7 +29,8 @@ COST_BUDGET = 260  # interpreted programs + KV-block iterations per example (~5 
 
 
 class _PoisonedTorch:
-    """``torch`` as seen by swattn.kernels.fwd, except that ``empty`` returns NaN-filled (or -7-filled) memory."""
+    """``torch`` as seen by swattn.kernels.fwd, except that ``empty`` and ``empty_like`` return NaN-filled (or
+    -7-filled) memory."""
 
     def __getattr__(self, name):
         return getattr(torch, name)
@@ -37,6 +38,12 @@ class _PoisonedTorch:
     @staticmethod
     def empty(*args, **kwargs):
         t = torch.empty(*args, **kwargs)
+        t.fill_(float("nan") if t.dtype.is_floating_point else -7)
+        return t
+
+    @staticmethod
+    def empty_like(*args, **kwargs):
+        t = torch.empty_like(*args, **kwargs)
         t.fill_(float("nan") if t.dtype.is_floating_point else -7)
         return t
 
