@@ -50,8 +50,8 @@ def path(request, monkeypatch):
 
 
 class _PoisonedTorch:
-    """``torch`` as swattn.kernels.fwd sees it, except that ``empty`` returns NaN-filled memory: an output element
-    the kernels leave alone stays NaN."""
+    """``torch`` as swattn.kernels.fwd sees it, except that ``empty`` and ``empty_like`` return NaN-filled memory:
+    an output element the kernels leave alone stays NaN."""
 
     def __getattr__(self, name):
         return getattr(torch, name)
@@ -59,6 +59,11 @@ class _PoisonedTorch:
     @staticmethod
     def empty(*args, **kwargs):
         t = torch.empty(*args, **kwargs)
+        return t.fill_(float("nan") if t.dtype.is_floating_point else -7)
+
+    @staticmethod
+    def empty_like(*args, **kwargs):
+        t = torch.empty_like(*args, **kwargs)
         return t.fill_(float("nan") if t.dtype.is_floating_point else -7)
 
 
