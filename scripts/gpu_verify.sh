@@ -15,10 +15,13 @@ export SWATTN_COMMIT=${SWATTN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null |
 out=${OUT:-/tmp}
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader
 if [ -n "${TESTS:-}" ]; then
+  # -v: every result is logged as it ends, so a run cut by its timeout still names what failed.
   # shellcheck disable=SC2086
-  SWATTN_TEST_DEVICE=cuda timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -q -n "${WORKERS:-4}" -p no:cacheprovider \
-    $TESTS ${TEST_K:+-k "$TEST_K"} 2>&1 | tail -60 > "$out/tests.log"
-  tail -25 "$out/tests.log"
+  SWATTN_TEST_DEVICE=cuda timeout "${TEST_TIMEOUT:-240}" python3 -m pytest -v --tb=short -n "${WORKERS:-4}" \
+    -p no:cacheprovider $TESTS ${TEST_K:+-k "$TEST_K"} > "$out/tests.log" 2>&1
+  echo "pytest exit $? (124: cut by TEST_TIMEOUT)"
+  grep -E " (FAILED|ERROR) " "$out/tests.log" | head -30
+  tail -3 "$out/tests.log"
 fi
 i=0
 for scenario in "$@"; do
