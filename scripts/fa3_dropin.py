@@ -50,13 +50,14 @@ FA_FILES = (
 
 # Per test function of hopper/test_flash_attn.py, the default sample, "U+A": U parametrizations drawn from the whole
 # matrix, then A from those whose arguments swattn accepts (fa3_dropin_conftest.py). Sized for about a minute on
-# one H200 with -n 4, most of it Triton compiles. Left out: test_flash_attn_race_condition (allocates a 70 GiB
-# block and repeats forward + backward 1000 times: an FA3 scheduling race check, minutes per case) and
-# test_flash3_bw_compatibility (the schemas of FA3's C++ ops, torch.ops.flash_attn_3, which swattn does not have).
+# one H200 with -n 4, most of it Triton compiles (the first H200 run, 29 tests, finished 21 in 62 s; 4-39 s a
+# test). Left out: test_flash_attn_race_condition (allocates a 70 GiB block and repeats forward + backward 1000
+# times: an FA3 scheduling race check, minutes per case) and test_flash3_bw_compatibility (the schemas of FA3's
+# C++ ops, torch.ops.flash_attn_3, which swattn does not have).
 DEFAULT_SAMPLE = {
-    "test_flash_attn_output": "3+4",
-    "test_flash_attn_varlen_output": "3+4",
-    "test_flash_attn_kvcache": "4+8",
+    "test_flash_attn_output": "3+3",
+    "test_flash_attn_varlen_output": "3+3",
+    "test_flash_attn_kvcache": "3+6",
     "test_flash_attn_cluster": "0+1",
     "test_flash_attn_race_condition": "0",
     "test_flash_attn_combine": "1",
@@ -149,6 +150,8 @@ def classify(outcome: str, detail: str) -> str:
     reasons = (
         ("qv: not supported", "refused: qv (MLA's extra query-value product)"),
         ("rotary embedding of float8_e4m3fn queries", "refused: rotary with float8_e4m3fn q"),
+        ("fp8 attention is forward-only", "refused: fp8 q/k/v that require grad (swattn refuses at the forward; "
+                                          "FA3 accepts the forward, its tests never run the fp8 backward)"),
         ("float8", "refused: float8 (other)"),
         ("a different value head_dim", "refused: value head_dim != head_dim (FA3 also draws dv=128/256/512)"),
         ("headdim_v:", "refused: value head_dim != head_dim (FA3 also draws dv=128/256/512)"),
