@@ -223,8 +223,9 @@ if GLUON_AVAILABLE:
                 IS_VARLEN: gl.constexpr, ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr,
                 NUM_CONSUMERS: gl.constexpr, EXP2_ON_FMA: gl.constexpr,
                 TMA_STORE: gl.constexpr):
-        """One warp: each work item's K/V blocks through TMA into the stage ring, from its first visible key. The
-        ring's position runs on across items, so the next tile's first blocks load during this one's epilogue."""
+        """One warp: each work item's Q (one box per consumer warpgroup, into the item's Q slot) and K/V blocks
+        (into the stage ring, from the tile's first visible key) through TMA. Both rings' positions run on across
+        items, so the next tile's Q and first blocks load during this one's last blocks and epilogue."""
         k_desc, v_desc, q_desc = pointers[0], pointers[1], pointers[2]
         q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty = buffers[:9]
         total_work = geometry[0] * geometry[1]
