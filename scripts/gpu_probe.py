@@ -431,6 +431,24 @@ def host() -> None:
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(18)
 
 
+def _verify_sets(k: int, count: int) -> tuple[list[dict], list[dict]]:
+    """``count`` cold input sets of a gpt-oss verify step (W(127,0) layer, B=16, 1K context, pages of 16 in random
+    order, ``k`` new tokens appended): with the append, and the same calls with the tokens already in the cache."""
+    batch, heads, kv_heads, head_dim, context, page_size = 16, 64, 8, 64, 1024, 16
+    pages = context // page_size + 1
+    sets = []
+    for _ in range(count):
+        k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+        sets.append(dict(q=torch.randn(batch, k, heads, head_dim, device=DEVICE, dtype=DTYPE), k_cache=k_cache,
+                         v_cache=torch.randn_like(k_cache),
+                         k=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
+                         v=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
+                         page_table=torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages),
+                         cache_seqlens=torch.full((batch,), context - k, device=DEVICE, dtype=torch.int32),
+                         sinks=torch.randn(heads, device=DEVICE)))
+    return sets, [dict(s, cache_seqlens=s["cache_seqlens"] + k, k=None, v=None) for s in sets]
+
+
 def verify_blocks() -> None:
     """Speculative verify (k new tokens per sequence, appended in the call) at window (127, 0), PackGQA (the k
     tokens x 8 heads in one tile): where its time goes against decode (k = 1). gpt-oss layer (B=16, H=64/8, D=64,
@@ -451,22 +469,10 @@ def verify_blocks() -> None:
     from swattn import ops
     from swattn._compat import next_power_of_2
     from swattn.kernels import fwd
-    batch, heads, kv_heads, head_dim, context, input_sets, page_size = 16, 64, 8, 64, 1024, 48, 16
+    heads, kv_heads, input_sets = 64, 8, 48
     print("\n## verify W(127,0) B=16 ctx 1K page 16, cold caches: us/call (two rounds); k = 1 is decode")
-    pages = context // page_size + 1
     for k in (1, 4, 8, 2):
-        sets = []
-        for _ in range(input_sets):
-            k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
-            sets.append(dict(q=torch.randn(batch, k, heads, head_dim, device=DEVICE, dtype=DTYPE), k_cache=k_cache,
-                             v_cache=torch.randn_like(k_cache),
-                             k=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
-                             v=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
-                             page_table=torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(
-                                 batch, pages),
-                             cache_seqlens=torch.full((batch,), context - k, device=DEVICE, dtype=torch.int32),
-                             sinks=torch.randn(heads, device=DEVICE)))
-        without_append = [dict(s, cache_seqlens=s["cache_seqlens"] + k, k=None, v=None) for s in sets]
+        sets, without_append = _verify_sets(k, input_sets)
         ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
         rows = max(16, next_power_of_2(k * heads // kv_heads))
         one_block = lambda warps: FwdConfig(rows, 256, warps, 1, single_loop=True)  # noqa: E731
@@ -528,25 +534,13 @@ def verify_defaults() -> None:
     Every variant is checked against the shipped output first."""
     from swattn import ops
     from swattn.kernels import configs, fwd
-    batch, heads, kv_heads, head_dim, context, input_sets, page_size = 16, 64, 8, 64, 1024, 32, 16
+    input_sets = 32
     print("\n## serving-step defaults, W(127,0) B=16 ctx 1K page 16, cold caches: us/call (two rounds)")
-    pages = context // page_size + 1
     shipped = (ops.FUSED_APPEND, fwd.ISOLATE_NON_FINITE, fwd.SCAN_FLAGS_MAX_WORK, fwd.GUARD_ONE_PASS_MAX_WORK,
                dict(configs.VERIFY_BLOCKS))
     before = (False, True, 0, 0, {})
     for k in (1, 2, 4, 8):
-        sets = []
-        for _ in range(input_sets):
-            k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
-            sets.append(dict(q=torch.randn(batch, k, heads, head_dim, device=DEVICE, dtype=DTYPE), k_cache=k_cache,
-                             v_cache=torch.randn_like(k_cache),
-                             k=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
-                             v=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
-                             page_table=torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(
-                                 batch, pages),
-                             cache_seqlens=torch.full((batch,), context - k, device=DEVICE, dtype=torch.int32),
-                             sinks=torch.randn(heads, device=DEVICE)))
-        without_append = [dict(s, cache_seqlens=s["cache_seqlens"] + k, k=None, v=None) for s in sets]
+        sets, without_append = _verify_sets(k, input_sets)
         ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
         variants = [("shipped", shipped, sets), ("before", before, sets), ("no append", shipped, without_append)]
         if k > 1:
