@@ -107,19 +107,21 @@ def main() -> int:
         reference = with_mode("0", call())()
         variants = [("swattn Triton", with_mode("0", call()))]
         gluon = [("gluon shipped", with_mode("1", call()))]
-        if 0 <= left <= 256:  # small windows: packed 64-key blocks, two or three consumer warpgroups
+        small = 0 <= left <= 256
+        if small:  # small windows: packed 64-key blocks, two or three consumer warpgroups
             gluon.append(("gluon pack BN64 3 WG S3", with_mode("1", call(True), block_n=64, consumers=3,
                                                                  num_stages=3)))
-            if head_dim == 64:  # two programs per SM (104 consumer registers: 32 B spilled on Triton 3.6)
-                gluon.append(("gluon pack BN64, 2 programs/SM", with_mode("1", call(True), block_n=64, maxnreg=80,
-                                                                         consumer_regs=104)))
-        elif head_dim == 64:
-            gluon.append(("gluon BN128 3 WG", with_mode("1", call(), consumers=3)))
-        gluon.append(("gluon exp2 on FMA", with_mode("1", call(), exp2_on_fma=True)))
+        # One consumer warpgroup (64-row tiles), two programs per SM: one's epilogue and waits overlap the other's
+        # products. 64-key blocks at head_dim 128 (two programs' K/V stages must fit in shared memory).
+        one_wg = dict(consumers=1, per_sm=2, block_n=64 if (small or head_dim == 128) else 128)
+        gluon.append(("gluon 1 WG x 2/SM", with_mode("1", call(True if small else None), **one_wg)))
+        gluon.append(("gluon 1 WG x 2/SM, TMA store", with_mode("1", call(True if small else None), **one_wg,
+                                                                tma_store=True)))
         gluon.append(("gluon TMA store", with_mode("1", call(), tma_store=True)))
-        gluon.append(("gluon TMA store, exp2 on FMA", with_mode("1", call(), tma_store=True, exp2_on_fma=True)))
-        if 0 <= left <= 256 and head_dim == 128:
+        if small and head_dim == 128:
             gluon.append(("gluon pack BN64 S3", with_mode("1", call(True), block_n=64, num_stages=3)))
+        if head_dim == 64 and not small:
+            gluon.append(("gluon 1 WG x 2/SM BN64", with_mode("1", call(), consumers=1, per_sm=2, block_n=64)))
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
         variants += gluon

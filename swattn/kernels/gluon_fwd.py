@@ -79,13 +79,15 @@ EXP2_ON_FMA = False
 TMA_STORE = False
 
 
-def registers_for(consumers: int) -> tuple[int, int]:
-    """(registers per thread at launch, per consumer thread after reallocation) for ``consumers`` warpgroups and
-    the loader's warpgroup (register files are split by warpgroup: 4 + 4 + 1 warps run as 12): 168/240 with two
-    consumers, 128/160 with three."""
+def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
+    """(registers per thread at launch, per consumer thread after reallocation) for ``consumers`` warpgroups plus
+    the loader's warpgroup (register files are split by warpgroup: 4 + 4 + 1 warps run as 12) and ``per_sm``
+    resident programs per SM. Reallocation moves registers within a program: the loader's warpgroup gives up
+    ``at_launch - LOADER_REGS`` per thread, which the consumers share. 168/240 for two consumers, 128/160 for
+    three; one consumer: 128/232 at two programs per SM, 80/136 at three."""
     warps = 4 * (consumers + 1)
-    at_launch = 65536 // (warps * 32) // 8 * 8
-    consumer = (65536 - 4 * 32 * LOADER_REGS) // (consumers * 128) // 8 * 8
+    at_launch = 65536 // (per_sm * warps * 32) // 8 * 8
+    consumer = (at_launch + (at_launch - LOADER_REGS) // consumers) // 8 * 8
     return at_launch, min(consumer, 240)
 
 
@@ -94,6 +96,12 @@ def consumers_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
     were measured slower on every 16K prefill row that compiles without spills (H200, run 4 of
     docs/notes/2026-12-03-gluon-forward.md)."""
     return 2
+
+
+def per_sm_for(consumers: int) -> int:
+    """Resident programs per SM: two for one consumer warpgroup (128 registers at launch, 232 per consumer thread
+    after reallocation), so one program's epilogue and waits overlap the other's products; one otherwise."""
+    return 2 if consumers == 1 else 1
 
 
 def block_n_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
@@ -498,6 +506,15 @@ if GLUON_AVAILABLE:
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
                      ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
+        elif NUM_CONSUMERS == 1:
+            gl.warp_specialize([
+                (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
+                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+            ], [1], [LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
@@ -573,15 +590,17 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             non_finite_flags: torch.Tensor | None, any_non_finite: torch.Tensor | None,
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
             consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None,
-            consumers: int | None = None, exp2_on_fma: bool | None = None, tma_store: bool | None = None) -> int:
+            consumers: int | None = None, exp2_on_fma: bool | None = None, tma_store: bool | None = None,
+            per_sm: int | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
     of query tiles per (batch, head-or-KV-head). Non-finite flags are written per group of ``ROWS_PER_CONSUMER``
     rows (the Triton redo pass's tiles).
     ``block_n`` / ``num_stages`` / ``maxnreg`` (per thread at launch) / ``consumer_regs`` (per consumer thread after
     the partitions' reallocation) / ``programs`` (the persistent grid; default one per SM) / ``pingpong`` (the
-    consumers take turns on the tensor cores; two consumers only) / ``consumers`` (warpgroups of 64 rows per tile: 2
-    or 3) / ``exp2_on_fma`` (every other block's exponentials on the FMA pipes) / ``tma_store`` (O through shared
-    memory and a TMA store; dense only) override the shipped choice (tuning probes)."""
+    consumers take turns on the tensor cores; two consumers only) / ``consumers`` (warpgroups of 64 rows per tile: 1
+    to 3) / ``per_sm`` (resident programs per SM: sets the register budgets) / ``exp2_on_fma`` (every other block's
+    exponentials on the FMA pipes) / ``tma_store`` (O through shared memory and a TMA store; dense only) override
+    the shipped choice (tuning probes)."""
     varlen = cu_seqlens_q is not None
     num_heads, head_dim = q.shape[-2], q.shape[-1]
     num_kv_heads = k.shape[-2]
@@ -590,8 +609,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     consumers = consumers or consumers_for(head_dim, pack_gqa, left, right)
     block_m = ROWS_PER_CONSUMER * consumers
     pingpong = PINGPONG if pingpong is None else pingpong
-    if consumers not in (2, 3) or (pingpong and consumers != 2):
-        raise ValueError(f"consumers={consumers}, pingpong={pingpong}: 2 or 3 consumers, ping-pong with 2 only")
+    if consumers not in (1, 2, 3) or (pingpong and consumers != 2):
+        raise ValueError(f"consumers={consumers}, pingpong={pingpong}: 1 to 3 consumers, ping-pong with 2 only")
     block_n = block_n or block_n_for(head_dim, pack_gqa, left, right)
     num_stages = num_stages or NUM_STAGES
     gl_dtype = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
@@ -611,7 +630,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     num_tiles = triton.cdiv(seqlen_q * rows_per_pos, block_m)
     num_batch_heads = batch * (num_kv_heads if pack_gqa else num_heads)
     work = num_tiles * num_batch_heads
-    default_maxnreg, default_consumer_regs = registers_for(consumers)
+    default_maxnreg, default_consumer_regs = registers_for(consumers, per_sm or per_sm_for(consumers))
     maxnreg = maxnreg or default_maxnreg
     # Resident programs per SM: 4 * (consumers + 1) warps (allocated by warpgroup) of maxnreg registers per thread.
     per_sm = max(1, 65536 // (4 * (consumers + 1) * 32 * maxnreg))
