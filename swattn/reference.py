@@ -267,8 +267,9 @@ def apply_rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, posi
     computed in float64 and returned in x's dtype. Interleaved pairs dimensions (0, 1), (2, 3), ...; otherwise
     (GPT-NeoX) i and i + rotary_dim / 2. Dimensions from rotary_dim on are unchanged."""
     half = cos.shape[1]
-    c = cos.double()[positions.long()][:, None, :]  # [n, 1, rotary_dim / 2]
-    s_ = sin.double()[positions.long()][:, None, :]
+    positions = positions.to(device=cos.device, dtype=torch.long)
+    c = cos.double()[positions][:, None, :]  # [n, 1, rotary_dim / 2]
+    s_ = sin.double()[positions][:, None, :]
     xf = x.double()
     rotated = xf.clone()
     if interleaved:
@@ -295,9 +296,9 @@ def rotate_queries_ref(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, of
         spans = list(enumerate(zip(bounds[:-1], bounds[1:])))
     for b, span in spans:
         rows = q[b] if span is None else q[span[0]:span[1]]
-        positions = torch.full((rows.shape[0],), int(offsets[b]), dtype=torch.int64)
+        positions = torch.full((rows.shape[0],), int(offsets[b]), dtype=torch.int64, device=q.device)
         if sequential:
-            positions = positions + torch.arange(rows.shape[0])
+            positions = positions + torch.arange(rows.shape[0], device=q.device)
         rotated = apply_rotary_ref(rows, cos, sin, positions, interleaved)
         if span is None:
             out[b] = rotated
@@ -348,7 +349,7 @@ def append_kv_ref(
         keys = k_rows[begin:end]
         values = v_rows[begin:end]
         if rotary_cos is not None:
-            positions = torch.arange(end - begin) + rotary_offsets[b]
+            positions = torch.arange(end - begin, device=keys.device) + rotary_offsets[b]
             keys = apply_rotary_ref(keys, rotary_cos, rotary_sin, positions, rotary_interleaved)
         if quantizing:
             keys = quantize(keys, None if k_descale is None else k_descale[b])

@@ -81,3 +81,42 @@ def test_fallback_matches_the_kernels(monkeypatch, case, with_sinks):
         assert (rows[empty] == 0).all(), "rows that see nothing must give 0"
     for cache_f, cache_k in zip(caches_f, caches_k):
         assert torch.equal(cache_f, cache_k), "the appended cache differs"
+
+
+def paged_append_fp8_rotary():
+    # fp16 tokens rotated and quantized into an e4m3 cache; queries rotated too (the reference's index tensors).
+    k_cache = (torch.randn(6, 4, HK, D) * 2).to(torch.float8_e4m3fn)
+    v_cache = (torch.randn(6, 4, HK, D) * 2).to(torch.float8_e4m3fn)
+    angles = torch.rand(16, D // 2)
+    return swattn.flash_attn_with_kvcache, dict(
+        q=torch.randn(2, 2, H, D, dtype=torch.float16), k_cache=k_cache, v_cache=v_cache, cache_seqlens=i32(1, 9),
+        k=torch.randn(2, 2, HK, D, dtype=torch.float16), v=torch.randn(2, 2, HK, D, dtype=torch.float16),
+        page_table=i32([5, 0, 1], [2, 4, 3]), k_descale=torch.rand(2, HK) + 0.5, v_descale=torch.rand(2, HK) + 0.5,
+        rotary_cos=angles.cos(), rotary_sin=angles.sin(), causal=True, window_size=(3, 0))
+
+
+def varlen_append_rotary():
+    # Varlen queries and new tokens (cu_seqlens_q), non-interleaved rotary, a contiguous cache.
+    return swattn.flash_attn_with_kvcache, dict(
+        q=torch.randn(5, H, D), k_cache=torch.randn(2, 12, HK, D), v_cache=torch.randn(2, 12, HK, D),
+        k=torch.randn(5, HK, D), v=torch.randn(5, HK, D), cache_seqlens=i32(3, 6), cu_seqlens_q=i32(0, 2, 5),
+        max_seqlen_q=3, rotary_cos=torch.rand(12, D // 2), rotary_sin=torch.rand(12, D // 2),
+        rotary_interleaved=False, causal=True)
+
+
+@pytest.mark.parametrize("case", [paged_append_fp8_rotary, varlen_append_rotary, varlen])
+def test_fallback_ignores_the_default_device(monkeypatch, case):
+    """The reference builds every tensor on its inputs' device: with another default device active (the GPU suite
+    sets ``torch.set_default_device("cuda")``; here "meta", which fails any mix) the CPU path gives the same."""
+    fn, kwargs = case() if case is not varlen else case(None)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    expected = run(fn, {n: t.clone() if isinstance(t, torch.Tensor) else t for n, t in kwargs.items()}, "cpu")
+    default = torch.get_default_device()
+    torch.set_default_device("meta")
+    try:
+        got = run(fn, kwargs, "cpu")
+    finally:
+        torch.set_default_device(default)
+    for a, b in zip(got[:2] + tuple(got[2]), expected[:2] + tuple(expected[2])):
+        assert a.device.type == "cpu" and torch.equal(a.view(torch.uint8) if a.dtype == torch.float8_e4m3fn else a,
+                                                      b.view(torch.uint8) if b.dtype == torch.float8_e4m3fn else b)

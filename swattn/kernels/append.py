@@ -20,11 +20,47 @@ from swattn._compat import next_power_of_2, pdl_enabled, pdl_launch_options
 from swattn.kernels._common import (
     descale_strides,
     ones_descale,
-    quantize_e4m3,
     token_strides,
     wait_for_previous_grid,
 )
 from swattn.kernels._launch import Launch, PlanCache, tensor_signature
+
+E4M3_MAX = tl.constexpr(448.0)
+
+
+@triton.jit
+def quantize_e4m3(x, descale):
+    """``x / descale`` (fp32) saturated to e4m3's range +-448 and rounded to the nearest e4m3 value (ties to even,
+    subnormals and -0.0 kept, NaN stays NaN), bit for bit as ``(x / descale).clamp(-448, 448).to(float8_e4m3fn)``.
+
+    The rounding is done here in fp32, so the final cast only meets representable values and no conversion's
+    rounding mode matters: Triton's interpreter converts fp32 to e4m3 rounding ties away from zero, truncating
+    subnormals and mishandling a carry into the exponent (Triton 3.9), while the GPU rounds to nearest even.
+    Every step is exact on the GPU too, which is why it avoids three things that compile to inexact or
+    sign-losing code for sm_90: Triton's fp32 ``/`` (the approximate ``div.full.f32``: the division is
+    ``div_rn``, the scaling a product by a power of two), unary minus (Triton 3.6 lowers ``-x`` to ``0 - x``,
+    which turns -0.0 into +0.0: the sign is put back as a bit) and a NaN-dropping clamp (``max.f32`` returns
+    the non-NaN operand, which made NaN -448)."""
+    quotient = tl.math.div_rn(x, descale)
+    is_nan = quotient != quotient
+    y = tl.where(is_nan, 0.0, tl.minimum(tl.maximum(quotient, -E4M3_MAX), E4M3_MAX))
+    # e4m3 keeps 3 mantissa bits, and from 2^-6 down a fixed step of 2^-9 (its subnormals): the step is a power
+    # of two, so scaling by it and back is exact, and only the rounding to an integer is not.
+    bits = y.to(tl.int32, bitcast=True)
+    exponent = tl.maximum(((bits >> 23) & 0xFF) - 127, -6)
+    step = ((exponent - 3 + 127) << 23).to(tl.float32, bitcast=True)  # 2^(exponent - 3)
+    inverse_step = ((3 - exponent + 127) << 23).to(tl.float32, bitcast=True)  # 2^(3 - exponent)
+    units = tl.abs(y) * inverse_step  # < 16
+    whole = tl.floor(units)
+    fraction = units - whole
+    round_up = (fraction > 0.5) | ((fraction == 0.5) & ((whole.to(tl.int32) & 1) == 1))
+    rounded = tl.where(round_up, whole + 1.0, whole) * step
+    sign = quotient.to(tl.int32, bitcast=True) & -2147483648
+    byte = (rounded.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True).to(tl.float8e4nv).to(
+        tl.int8, bitcast=True)
+    # NaN: e4m3's NaN with the quotient's sign (0x7F / 0xFF, as torch converts it); no conversion is asked to.
+    byte = tl.where(is_nan, (sign >> 24) | 0x7F, byte)
+    return byte.to(tl.int8).to(tl.float8e4nv, bitcast=True)
 
 
 @triton.jit

@@ -33,6 +33,16 @@ def descale(batch, kv_heads):
     return torch.rand(batch, kv_heads, device=DEVICE) * 0.2 + 0.01
 
 
+def check_bytes(name, cache, expected, new, descale):
+    """The cache bytes the append wrote equal the reference's; else the first differing bytes, and how many."""
+    differ = cache.view(torch.uint8) != expected.view(torch.uint8)
+    got, want = cache.view(torch.uint8), expected.view(torch.uint8)
+    samples = [(*i, int(got[tuple(i)]), int(want[tuple(i)])) for i in differ.nonzero()[:6].tolist()]
+    assert not samples, (f"quantized {name} differ at {int(differ.sum())} bytes; (page, slot, head, dim, got, "
+                         f"expected): {samples}; |new| in [{new.abs().min().item()}, {new.abs().max().item()}], "
+                         f"descale in [{descale.min().item()}, {descale.max().item()}]")
+
+
 def check_lse(lse, ref_lse):
     finite = torch.isfinite(ref_lse)
     assert torch.equal(finite, torch.isfinite(lse))
@@ -62,8 +72,8 @@ def test_decode_paged_fp8_kv(batch, context, left, new):
                                               page_table=table, k_descale=kd, v_descale=vd, causal=True,
                                               window_size=(left, 0), sinks=sinks, return_softmax_lse=True)
     seqlens = append_kv_ref(expected_k, expected_v, k_new, v_new, lens, page_table=table, k_descale=kd, v_descale=vd)
-    assert torch.equal(k_cache.view(torch.uint8), expected_k.view(torch.uint8)), "quantized keys differ"
-    assert torch.equal(v_cache.view(torch.uint8), expected_v.view(torch.uint8)), "quantized values differ"
+    check_bytes("keys", k_cache, expected_k, k_new, kd)
+    check_bytes("values", v_cache, expected_v, v_new, vd)
     ref_out, ref_lse = attention_kvcache_ref(q, expected_k, expected_v, seqlens, page_table=table, k_descale=kd,
                                              v_descale=vd, causal=True, window_size=(left, 0), sinks=sinks, **REF)
     assert out.dtype == BF16

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 import swattn
-from swattn.kernels._common import quantize_e4m3
+from swattn.kernels.append import quantize_e4m3
 from swattn.reference import append_kv_ref, attention_kvcache_ref, attention_ref, attention_varlen_ref, dequantize
 from swattn.testing import assert_close, tolerance_for
 
@@ -50,18 +50,23 @@ def _quantize_kernel(X, OUT, DESCALE, N: tl.constexpr):
 
 def test_quantize_e4m3_rounds_like_torch():
     """The append kernel's quantization is bit-exact with ``(x / descale).clamp(-448, 448).to(float8_e4m3fn)``:
-    every e4m3 value, every midpoint between neighbours (ties to even), -0.0, subnormals, saturation."""
+    every e4m3 value, every midpoint between neighbours (ties to even), -0.0 and negatives that round to it,
+    subnormals, saturation, infinities and NaN (either sign)."""
     values = torch.arange(256, dtype=torch.uint8).view(FP8).float()
     values = values[torch.isfinite(values)].sort().values
     midpoints = (values[1:] + values[:-1]) / 2
-    x = torch.cat([values, midpoints, -midpoints, torch.tensor([1000.0, -600.0, 449.0, 1e-9, -1e-9, -0.0]),
+    x = torch.cat([values, midpoints, -midpoints, torch.tensor([1000.0, -600.0, 449.0, 1e-9, -1e-9, -0.0, -1e-3]),
+                   torch.tensor([float("inf"), -float("inf"), 1e-40, -1e-40]),
                    torch.randn(500) * torch.exp(torch.randn(500) * 4)])
-    n = 1 << (x.numel() - 1).bit_length()
-    x = torch.cat([x, torch.zeros(n - x.numel())])
-    for scale in (1.0, 0.37):
+    n = 1 << x.numel().bit_length()
+    x = torch.cat([x, torch.full((n - x.numel() - 2,), -0.0), torch.tensor([float("nan"), -float("nan")])])
+    for scale in (1.0, 0.37, 3.0):
         out = torch.empty(n, dtype=FP8)
         _quantize_kernel[(1,)](x, out, torch.tensor([scale]), n)
-        assert same_bytes(out, (x / scale).clamp(-448, 448).to(FP8)), scale
+        expected = (x / scale).clamp(-448, 448).to(FP8)
+        differ = out.view(torch.uint8) != expected.view(torch.uint8)
+        assert not differ.any(), (scale, [(x[i].item(), out[i].view(torch.uint8).item(),
+                                           expected[i].view(torch.uint8).item()) for i in differ.nonzero()[:8, 0]])
 
 
 def test_reference_dequantizes_exactly():
