@@ -115,12 +115,6 @@ def _check_descales(q: torch.Tensor, k: torch.Tensor, batch: int, q_descale, k_d
             raise ValueError(f"{name}: expected device {q.device} to match q, got {descale.device}")
 
 
-def _check_fp8_no_grad(q, k, v) -> None:
-    if k.dtype == _FP8 and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise NotImplementedError("q: fp8 attention is forward-only in swattn (no backward); call it under "
-                                  "torch.no_grad() or with tensors that do not require grad")
-
-
 def _check_scalars(q: torch.Tensor, softmax_scale, softcap) -> float:
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
@@ -321,14 +315,14 @@ def flash_attn_func(
     persistent, so no SM is reserved beyond that).
     fp8 (forward only): k, v in ``torch.float8_e4m3fn`` with q in fp16/bf16 (out in q's dtype) or e4m3 too (out
     bf16, as FlashAttention 3); ``q_descale`` (e4m3 q), ``k_descale``, ``v_descale``: float32 ``[B, Hk]`` (any
-    strides; None = 1), the attention of ``q * q_descale`` over ``k * k_descale`` and ``v * v_descale``.
+    strides; None = 1), the attention of ``q * q_descale`` over ``k * k_descale`` and ``v * v_descale``. Inputs
+    that require grad are accepted (as FlashAttention 3 does); a backward through the call raises.
     """
     _unsupported(qv=qv)
     _check_qkv(q, k, v, "(B, Sq, H, D)", "(B, Sk, Hk, D)", 4)
     if k.shape[0] != q.shape[0]:
         raise ValueError(f"k: expected batch {q.shape[0]} to match q, got {k.shape[0]}")
     _check_descales(q, k, q.shape[0], q_descale, k_descale, v_descale)
-    _check_fp8_no_grad(q, k, v)
     softmax_scale = _check_scalars(q, softmax_scale, softcap)
     left, right = _window(causal, window_size)
     attention_chunk = check_attention_chunk(attention_chunk)
@@ -387,7 +381,6 @@ def flash_attn_varlen_func(
     """
     _unsupported(qv=qv)
     _check_qkv(q, k, v, "(total_q, H, D)", "(total_k, Hk, D)", 3)
-    _check_fp8_no_grad(q, k, v)
     max_seqlen_q = _check_int_arg("max_seqlen_q", max_seqlen_q, 0)
     max_seqlen_k = _check_int_arg("max_seqlen_k", max_seqlen_k, 0)
     read_data = _checks_read_data(q, check_inputs)
@@ -589,7 +582,6 @@ def flash_attn_with_kvcache(
     if cache_leftpad is not None:
         _check_int32_vector("cache_leftpad", cache_leftpad, batch, q.device, "(B,) of first cache slots")
     _check_descales(q, k_cache, batch, q_descale, k_descale, v_descale, "k_cache")
-    _check_fp8_no_grad(q, k_cache, v_cache)
     softmax_scale = _check_scalars(q, softmax_scale, softcap)
     left, right = _window(causal, window_size)
     attention_chunk = check_attention_chunk(attention_chunk)

@@ -208,8 +208,11 @@ def _bwd_fake(dout, q, k, v, out, lse, dlse, sinks, cu_seqlens_q, cu_seqlens_k, 
 def _fwd_setup_context(ctx, inputs, output):
     (q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale, left, right,
      softcap, pack_gqa, num_splits, seqused_q, attention_chunk, *descales) = inputs
-    if any(d is not None for d in descales) or k.dtype == torch.float8_e4m3fn:
-        raise NotImplementedError("swattn: fp8 attention has no backward (forward and inference only)")
+    # fp8 has no backward; as in FlashAttention 3, inputs that require grad are accepted and only a backward
+    # through the call is refused (``_fwd_backward``): nothing is saved for it.
+    ctx.fp8 = any(d is not None for d in descales) or k.dtype == torch.float8_e4m3fn
+    if ctx.fp8:
+        return
     out, lse = output
     # Unused outputs (usually the LSE) then arrive as None instead of a tensor of zeros to read.
     ctx.set_materialize_grads(False)
@@ -219,6 +222,11 @@ def _fwd_setup_context(ctx, inputs, output):
 
 
 def _fwd_backward(ctx, grad_out, grad_lse, backward=None):
+    if ctx.fp8:
+        name = next((n for n, wanted in zip(("q", "k", "v", "sinks"), ctx.needs_input_grad) if wanted), "q")
+        raise NotImplementedError(f"{name}: a backward through fp8 (float8_e4m3fn) attention is not supported "
+                                  "(swattn's fp8 is forward only, as FlashAttention 3's); detach the fp8 inputs or "
+                                  "run the forward under torch.no_grad()")
     q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, seqused_q = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros_like(out)

@@ -230,8 +230,6 @@ def test_fp8_argument_errors():
         call(k_cache=k_cache.to(torch.float8_e5m2), v_cache=v_cache.to(torch.float8_e5m2))
     with pytest.raises(TypeError, match=r"k: expected dtype .* or torch.bfloat16 like q \(quantized"):
         call(k=torch.randn(2, 1, HK, D, dtype=torch.float16), v=torch.randn(2, 1, HK, D, dtype=torch.float16))
-    with pytest.raises(NotImplementedError, match="fp8 attention is forward-only"):
-        call(q=q.clone().requires_grad_())
     with pytest.raises(NotImplementedError, match="rotary_cos: rotary embedding of float8_e4m3fn queries"):
         angles = torch.rand(32, D // 2)
         call(q=q.to(FP8), k_cache=k_cache, v_cache=v_cache, k=e4m3(2, 1, HK, D), v=e4m3(2, 1, HK, D),
@@ -264,3 +262,29 @@ def test_repeated_calls_replay_with_their_own_descales():
         ref_out, _ = attention_kvcache_ref(q, expected_k, expected_v, seqlens, page_table=table, k_descale=kd,
                                            v_descale=vd, causal=True)
         assert_close(f"decode call {step}", out, ref_out, tolerance_for(torch.bfloat16))
+
+
+def test_fp8_inputs_that_require_grad_fail_only_at_the_backward():
+    """As in FlashAttention 3 (whose tests make fp8 inputs require grad and skip only the backward): the forward
+    runs and gives what it gives without gradients; a backward raises, naming the first input that wants one. The
+    KV-cache call is not differentiable, fp8 or not: its output does not require grad."""
+    q, k, v = e4m3(1, 6, H, D), e4m3(1, 9, HK, D), e4m3(1, 9, HK, D)
+    kd = descale(1)
+    with torch.no_grad():
+        expected = swattn.flash_attn_func(q, k, v, k_descale=kd, causal=True)
+    for wants, name in (((q,), "q"), ((k, v), "k"), ((v,), "v")):
+        leaves = {id(t): t.clone().requires_grad_() for t in wants}
+        args = [leaves.get(id(t), t) for t in (q, k, v)]
+        out = swattn.flash_attn_func(*args, k_descale=kd, causal=True)
+        assert out.requires_grad and torch.equal(out.detach(), expected)
+        with pytest.raises(NotImplementedError, match=rf"^{name}: a backward through fp8 \(float8_e4m3fn\)"):
+            out.float().sum().backward()
+    cu = i32(0, 6)
+    out = swattn.flash_attn_varlen_func(q[0], k[0], v[0].clone().requires_grad_(), cu, i32(0, 9), 6, 9, causal=True,
+                                        sinks=torch.zeros(H, requires_grad=True))
+    with pytest.raises(NotImplementedError, match="^v: a backward through fp8"):
+        out.float().sum().backward()
+    k_cache, v_cache = e4m3(1, 16, HK, D), e4m3(1, 16, HK, D)
+    out = swattn.flash_attn_with_kvcache(torch.randn(1, 1, H, D, dtype=torch.bfloat16, requires_grad=True), k_cache,
+                                         v_cache, cache_seqlens=9, k_descale=kd, v_descale=kd)
+    assert not out.requires_grad
