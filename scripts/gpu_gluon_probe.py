@@ -31,6 +31,8 @@ ROWS = [
     ("causal D128", 128, 32, 8, -1, False),
     ("W(4095,0) D64 gpt-oss", 64, 64, 8, 4095, False),
     ("causal D64 gpt-oss", 64, 64, 8, -1, False),
+    ("W(4095,0) D256 Gemma 2", 256, 16, 8, 4095, False),
+    ("W(1023,0) D256 Gemma 3", 256, 16, 8, 1023, False),
 ]
 
 
@@ -108,20 +110,25 @@ def main() -> int:
         variants = [("swattn Triton", with_mode("0", call()))]
         gluon = [("gluon shipped", with_mode("1", call()))]
         small = 0 <= left <= 256
-        if small:  # small windows: packed 64-key blocks, two or three consumer warpgroups
-            gluon.append(("gluon pack BN64 3 WG S3", with_mode("1", call(True), block_n=64, consumers=3,
-                                                                 num_stages=3)))
-        # One consumer warpgroup (64-row tiles), two programs per SM: one's epilogue and waits overlap the other's
-        # products. 64-key blocks at head_dim 128 (two programs' K/V stages must fit in shared memory).
-        one_wg = dict(consumers=1, per_sm=2, block_n=64 if (small or head_dim == 128) else 128)
-        gluon.append(("gluon 1 WG x 2/SM", with_mode("1", call(True if small else None), **one_wg)))
-        gluon.append(("gluon 1 WG x 2/SM, TMA store", with_mode("1", call(True if small else None), **one_wg,
-                                                                tma_store=True)))
-        gluon.append(("gluon TMA store", with_mode("1", call(), tma_store=True)))
-        if small and head_dim == 128:
-            gluon.append(("gluon pack BN64 S3", with_mode("1", call(True), block_n=64, num_stages=3)))
-        if head_dim == 64 and not small:
-            gluon.append(("gluon 1 WG x 2/SM BN64", with_mode("1", call(), consumers=1, per_sm=2, block_n=64)))
+        if head_dim == 256:  # one Q slot, 64-key blocks: no room for a second program or more stages
+            gluon.append(("gluon TMA store", with_mode("1", call(), tma_store=True)))
+            gluon.append(("gluon packed", with_mode("1", call(True))))
+        else:
+            if small:  # small windows: packed 64-key blocks, one to three consumer warpgroups
+                gluon.append(("gluon pack BN64 2 WG", with_mode("1", call(True), block_n=64, consumers=2,
+                                                                tma_store=False)))
+                gluon.append(("gluon pack BN64 3 WG S3", with_mode("1", call(True), block_n=64, consumers=3,
+                                                                     num_stages=3)))
+            # One consumer warpgroup (64-row tiles), two programs per SM: one's epilogue and waits overlap the
+            # other's products. 64-key blocks at head_dim 128 (two programs' K/V stages must fit in shared memory).
+            one_wg = dict(consumers=1, per_sm=2, block_n=64 if (small or head_dim == 128) else 128)
+            gluon.append(("gluon 1 WG x 2/SM", with_mode("1", call(True if small else None), **one_wg,
+                                                         tma_store=False)))
+            gluon.append(("gluon 1 WG x 2/SM, TMA store", with_mode("1", call(True if small else None), **one_wg,
+                                                                    tma_store=True)))
+            gluon.append(("gluon TMA store", with_mode("1", call(), tma_store=True)))
+            if head_dim == 64 and not small:
+                gluon.append(("gluon 1 WG x 2/SM BN64", with_mode("1", call(), consumers=1, per_sm=2, block_n=64)))
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
         variants += gluon

@@ -24,9 +24,9 @@ Masking: only the edge blocks (``block_ranges``: those some row of the tile cann
 mask; interior blocks run the bare softmax. The window arithmetic is the Triton helpers' (``_common``), called
 from Gluon, so the host, both kernel families and the tests share one definition.
 
-Scope (everything else takes the Triton kernels, see ``unsupported_reason``): sm_90, bf16/fp16, head_dim 64 or 128,
-dense or varlen q and k/v whose (token, head, dim) rows are contiguous and TMA-aligned, PackGQA with a group that
-divides 64, no paged/indexed cache, no split-KV, no in-kernel append.
+Scope (everything else takes the Triton kernels, see ``unsupported_reason``): sm_90, bf16/fp16, head_dim 64, 128 or
+256, dense or varlen q and k/v whose (token, head, dim) rows are contiguous and TMA-aligned, PackGQA with a group
+that divides 64, no paged/indexed cache, no split-KV, no in-kernel append.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ GLUON_MODE = os.environ.get("SWATTN_GLUON", "auto").strip().lower() or "auto"
 
 ROWS_PER_CONSUMER = 64  # a consumer warpgroup's rows: also the row groups of the non-finite flags (redo pass)
 MIN_ROWS = 128  # auto dispatch: calls with fewer query rows per (batch, head) stay on the Triton kernels
-HEAD_DIMS = (64, 128)
+HEAD_DIMS = (64, 128, 256)
 NUM_STAGES = 2
 LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer warpgroups share the rest
 # The consumer warpgroups take turns issuing their products (FlashAttention 3's ping-pong): measured 0-7% slower on
@@ -75,7 +75,7 @@ LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer
 PINGPONG = False
 # Every other block's exponentials computed on the FMA pipes (FlashAttention 4's MUFU offload): not yet measured.
 EXP2_ON_FMA = False
-# Dense calls write O through the tile's Q slot and a TMA store instead of per-thread stores: not yet measured.
+# Dense calls write O through the tile's Q slot and a TMA store instead of per-thread stores (``tma_store_for``).
 TMA_STORE = False
 
 
@@ -92,10 +92,22 @@ def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
 
 
 def consumers_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
-    """Consumer warpgroups (64 rows each) per work item: two (128-row tiles). Three (192 rows, 160 registers each)
-    were measured slower on every 16K prefill row that compiles without spills (H200, run 4 of
-    docs/notes/2026-12-03-gluon-forward.md)."""
+    """Consumer warpgroups (64 rows each) per work item. One (64-row tiles, two programs per SM: ``per_sm_for``)
+    for packed small windows at head_dim 128, whose tiles are 3 blocks long: one program's epilogue and waits run
+    under the other's products (W(127,0) D128 16K: 163.6 us with the TMA store vs 175.4 for two, H200 run 6 of
+    docs/notes/2026-12-03-gluon-forward.md). Two (128-row tiles sharing each K/V block) elsewhere: one warpgroup
+    per program lost 5-30% on long windows, and three (192 rows, 160 registers each) lost on every row that
+    compiles without spills (run 4)."""
+    if pack_gqa and head_dim == 128 and 0 <= left <= 256 and 0 <= right <= 256:
+        return 1
     return 2
+
+
+def tma_store_for(consumers: int) -> bool:
+    """O through the tile's Q slot and a TMA store (dense calls) where it was measured faster: with one consumer
+    warpgroup (178.0 -> 163.6 us on W(127,0) D128, run 6). With two, runs 5 and 6 disagree (causal D128 -3.5% and
+    +8.5%), so they keep the per-thread stores."""
+    return TMA_STORE or consumers == 1
 
 
 def per_sm_for(consumers: int) -> int:
@@ -107,8 +119,10 @@ def per_sm_for(consumers: int) -> int:
 def block_n_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
     """Keys per block. 128 by default (a 64 x 128 fp32 score tile is 64 registers per thread of a warpgroup).
     A packed small-window tile (16 positions x 8 heads) sees ``left + 16`` keys: 64-key blocks cover W(127,0)'s
-    143 in 3 blocks (192 scores per row) instead of 2 x 128 (256), and the exponentials bound that kernel."""
-    if pack_gqa and 0 <= left <= 256 and 0 <= right <= 256:
+    143 in 3 blocks (192 scores per row) instead of 2 x 128 (256), and the exponentials bound that kernel.
+    64 at head_dim 256: the 64 x 256 accumulator takes 128 registers per thread, and two stages of 64-key K/V
+    blocks (128 KiB) leave room for one Q slot."""
+    if head_dim > 128 or (pack_gqa and 0 <= left <= 256 and 0 <= right <= 256):
         return 64
     return 128
 
@@ -236,6 +250,7 @@ if GLUON_AVAILABLE:
         items, so the next tile's Q and first blocks load during this one's last blocks and epilogue."""
         k_desc, v_desc, q_desc = pointers[0], pointers[1], pointers[2]
         q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty = buffers[:9]
+        Q_SLOTS: gl.constexpr = 2 if HEAD_DIM <= 128 else 1  # as the kernel allocates them
         total_work = geometry[0] * geometry[1]
         position = 0
         item = 0  # work items with keys so far: the Q ring's position
@@ -246,8 +261,8 @@ if GLUON_AVAILABLE:
             if num_blocks > 0:
                 # The tile's Q ([1, positions, heads, dim] box of the [batch, seqlen, heads, dim] view), loaded
                 # while the consumers still work on the previous item: its latency leaves the critical path.
-                q_slot = item % 2
-                mbarrier.wait(q_empty.index(q_slot), ((item // 2) & 1) ^ 1)
+                q_slot = item % Q_SLOTS
+                mbarrier.wait(q_empty.index(q_slot), ((item // Q_SLOTS) & 1) ^ 1)
                 mbarrier.expect(q_ready.index(q_slot), NUM_CONSUMERS * q_desc.block_type.nbytes)
                 if IS_VARLEN:
                     q_batch = 0
@@ -273,6 +288,24 @@ if GLUON_AVAILABLE:
                 position += 1
 
     @gluon.jit
+    def _store_o(O, out, layout: gl.constexpr, first_row, num_rows, head_or_kv_head, batch64, q_begin, stride_ob,
+                 stride_os, stride_oh, PACK_GQA: gl.constexpr, GROUP: gl.constexpr, ROWS_PER_POS: gl.constexpr,
+                 M: gl.constexpr, HEAD_DIM: gl.constexpr):
+        """Per-thread stores of a warpgroup's ``M`` rows of O (in ``layout``), rows past the sequence masked."""
+        rows = first_row + gl.arange(0, M, layout=gl.SliceLayout(1, layout))
+        positions = rows // ROWS_PER_POS
+        if PACK_GQA:
+            heads = head_or_kv_head * GROUP + rows % GROUP
+        else:
+            heads = head_or_kv_head + rows * 0
+        offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))
+        mask = gl.expand_dims(rows < num_rows, 1) & gl.expand_dims(offs_d < HEAD_DIM, 0)
+        pointers = (O + batch64 * stride_ob + gl.expand_dims((q_begin + positions).to(gl.int64) * stride_os
+                                                             + heads.to(gl.int64) * stride_oh, 1)
+                    + gl.expand_dims(offs_d, 0))
+        gl.store(pointers, out, mask=mask)
+
+    @gluon.jit
     def _consumer(geometry, pointers, strides, scalars, buffers, WG: gl.constexpr, HAS_LEFT: gl.constexpr,
                   HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
                   PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
@@ -287,6 +320,7 @@ if GLUON_AVAILABLE:
         q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns = buffers
         dtype: gl.constexpr = k_smem.dtype
         M: gl.constexpr = 64
+        Q_SLOTS: gl.constexpr = 2 if HEAD_DIM <= 128 else 1  # as the kernel allocates them
 
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, BLOCK_N, 16])
@@ -298,8 +332,6 @@ if GLUON_AVAILABLE:
         o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
         # 16-byte vectors along the head dimension for the O store.
         io_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (HEAD_DIM // 8), HEAD_DIM // 8], [4, 1], [1, 0])
-        io_rows: gl.constexpr = gl.SliceLayout(1, io_layout)
-        io_cols: gl.constexpr = gl.SliceLayout(0, io_layout)
 
         total_work = geometry[0] * geometry[1]
         position = 0  # blocks consumed so far: the stage ring's position, shared with the loader's count
@@ -322,10 +354,10 @@ if GLUON_AVAILABLE:
             acc = gl.zeros([M, HEAD_DIM], gl.float32, layout=o_layout)
             s_zero = gl.zeros([M, BLOCK_N], gl.float32, layout=s_layout)
 
-            q_slot = item % 2
+            q_slot = item % Q_SLOTS
             if num_blocks > 0:
                 # This warpgroup's 64 rows of the tile's Q, which the loader brought in by TMA.
-                mbarrier.wait(q_ready.index(q_slot), (item // 2) & 1)
+                mbarrier.wait(q_ready.index(q_slot), (item // Q_SLOTS) & 1)
                 q_tile = q_smem.index(q_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM])
                 # Block 0: its scores, then its softmax; its P @ V is issued in the next step (or after the loop).
                 first_stage = position % NUM_STAGES
@@ -427,20 +459,15 @@ if GLUON_AVAILABLE:
                                     head_or_kv_head * ROWS_PER_POS, 0], o_box)
                 stored = 1
                 stored_slot = q_slot
+            elif HEAD_DIM > 128:
+                # Converting a 64 x 256 tile to the vectorized layout takes 32 KiB of scratch shared memory, which the
+                # K/V stages and the Q slot leave no room for: store from the accumulator's layout.
+                _store_o(O, out.to(dtype), o_layout, first_row + WG * M, num_rows, head_or_kv_head, batch64, q_begin,
+                         stride_ob, stride_os, stride_oh, PACK_GQA, GROUP, ROWS_PER_POS, M, HEAD_DIM)
             else:
-                out_io = gl.convert_layout(out.to(dtype), io_layout)
-                io_m = first_row + WG * M + gl.arange(0, M, layout=io_rows)
-                io_pos = io_m // ROWS_PER_POS
-                if PACK_GQA:
-                    io_head = head_or_kv_head * GROUP + io_m % GROUP
-                else:
-                    io_head = head_or_kv_head + io_m * 0
-                offs_d = gl.arange(0, HEAD_DIM, layout=io_cols)
-                io_mask = gl.expand_dims(io_m < num_rows, 1) & gl.expand_dims(offs_d < HEAD_DIM, 0)
-                o_ptrs = (O + batch64 * stride_ob + gl.expand_dims((q_begin + io_pos).to(gl.int64) * stride_os
-                                                                   + io_head.to(gl.int64) * stride_oh, 1)
-                          + gl.expand_dims(offs_d, 0))
-                gl.store(o_ptrs, out_io, mask=io_mask)
+                _store_o(O, gl.convert_layout(out.to(dtype), io_layout), io_layout, first_row + WG * M, num_rows,
+                         head_or_kv_head, batch64, q_begin, stride_ob, stride_os, stride_oh, PACK_GQA, GROUP,
+                         ROWS_PER_POS, M, HEAD_DIM)
             position += num_blocks
         if TMA_STORE:
             tma.store_wait(0)  # the last tile's O is written before the program ends
@@ -465,7 +492,10 @@ if GLUON_AVAILABLE:
 
         # Two Q tiles (the one in use and the loader's next), each a [1, positions, heads, dim] TMA box of 64 rows
         # per consumer warpgroup.
-        q_smem = gl.allocate_shared_memory(q_desc.dtype, [2 * NUM_CONSUMERS] + q_desc.block_type.shape,
+        # Q slots: two (the next tile's Q arrives during this one) up to head_dim 128; one at 256, where two would
+        # not fit beside the K/V stages (2 x 64 KiB of Q + 128 KiB of K/V in 64-key blocks).
+        Q_SLOTS: gl.constexpr = 2 if HEAD_DIM <= 128 else 1
+        q_smem = gl.allocate_shared_memory(q_desc.dtype, [Q_SLOTS * NUM_CONSUMERS] + q_desc.block_type.shape,
                                            q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
         v_smem = gl.allocate_shared_memory(v_desc.dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
@@ -561,7 +591,7 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, var
     if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         return f"dtype {q.dtype} (fp16/bf16 only)"
     if q.shape[-1] not in HEAD_DIMS:
-        return f"head_dim {q.shape[-1]} (64 or 128 only)"
+        return f"head_dim {q.shape[-1]} (64, 128 or 256 only)"
     if paged or indexed or seqlens_k or append:
         return "KV-cache features (paged, cache_batch_idx, cache lengths, append)"
     if num_splits > 1:
@@ -625,7 +655,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     q_box_layout = gl.NVMMASharedLayout.get_default_for(q_box, gl_dtype)
     q_desc = TensorDescriptor.from_tensor(q.unsqueeze(0) if varlen else q, q_box, q_box_layout)
     # O leaves by TMA through the Q slots (same boxes) where no row of a box can belong to another sequence: dense.
-    tma_store = (TMA_STORE if tma_store is None else tma_store) and not varlen
+    tma_store = (tma_store_for(consumers) if tma_store is None else tma_store) and not varlen
     o_desc = TensorDescriptor.from_tensor(out, q_box, q_box_layout) if tma_store else q_desc
     num_tiles = triton.cdiv(seqlen_q * rows_per_pos, block_m)
     num_batch_heads = batch * (num_kv_heads if pack_gqa else num_heads)

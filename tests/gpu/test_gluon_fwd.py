@@ -84,6 +84,9 @@ DENSE = [
     (1, 700, 700, 8, 2, 128, (-1, -1), 0.0, False, False),  # no window at all
     (2, 100, 100, 8, 2, 64, (31, 0), 0.0, True, False),  # shorter than a tile
     (2, 1500, 1500, 32, 8, 128, (511, 0), 30.0, True, True),  # softcap at D128, packed, sinks
+    (1, 3000, 3000, 16, 8, 256, (1023, 0), 0.0, False, False),  # Gemma 3 shape: D256 (one Q slot, 64-key blocks)
+    (2, 1100, 1100, 16, 8, 256, (4095, 0), 50.0, True, True),  # Gemma 2: D256, softcap 50, packed, sinks
+    (1, 700, 900, 8, 8, 256, (-1, -1), 0.0, False, False),  # D256, no window, more keys than queries
 ]
 
 
@@ -190,7 +193,7 @@ def test_q_as_a_view_of_a_fused_projection(pack_gqa):
 
 
 @pytest.mark.parametrize("window_size", [(127, 0), (-1, 0), (31, 31)])
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_varlen_with_empty_and_short_sequences(window_size, head_dim):
     lengths_q = [1000, 0, 1, 2047, 0, 300, 129]
     lengths_k = [1000, 5, 1, 2047, 0, 900, 129]  # sequence 5 has more keys than queries
