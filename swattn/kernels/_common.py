@@ -111,14 +111,19 @@ def in_window(mask, key, row, offset, left, right, HAS_LEFT: tl.constexpr, HAS_R
 
 @triton.jit
 def block_ranges(first_row, last_row, seqlen_q, seqlen_k, left, right, BLOCK_N: tl.constexpr,
-                 HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, chunk=0, HAS_CHUNK: tl.constexpr = False):
+                 HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, chunk=0, HAS_CHUNK: tl.constexpr = False,
+                 ALIGN: tl.constexpr = 1):
     """The KV loop of a tile of query rows ``first_row..last_row`` (positions, inclusive).
 
     Returns ``(kv_start, kv_end, masked_head_end, unmasked_end, num_blocks)``: block ``b`` covers keys
     ``[kv_start + b*BLOCK_N, kv_start + (b+1)*BLOCK_N)``; blocks ``[masked_head_end, unmasked_end)`` are visible to
     every row of the tile and need no mask, the others are masked (per row) and load only keys ``< kv_end``.
+    ``ALIGN`` > 1 rounds the start down to a multiple of it (the Gluon kernel's page-sized TMA boxes must not
+    straddle a page); keys before the first visible one then fall in block 0, which the masked range covers.
     """
     kv_start = first_visible_key(first_row, seqlen_q, seqlen_k, left, HAS_LEFT, chunk, HAS_CHUNK)
+    if ALIGN > 1:
+        kv_start = kv_start - kv_start % ALIGN
     kv_end = last_visible_key(last_row, seqlen_q, seqlen_k, right, HAS_RIGHT, chunk, HAS_CHUNK) + 1
     span = tl.maximum(kv_end - kv_start, 0)
     num_blocks = tl.cdiv(span, BLOCK_N)

@@ -913,6 +913,7 @@ class _ForwardPlan:
         )
         if self.use_gluon:
             gluon_fwd.forward(q, k, v, out, lse, sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                              seqlens_k=seqlens_k, page_table=page_table,
                               non_finite_flags=non_finite_flags if self.isolate else None,
                               any_non_finite=any_non_finite if self.isolate else None, **self.gluon_arguments)
         else:

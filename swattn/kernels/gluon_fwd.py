@@ -68,6 +68,8 @@ GLUON_MODE = os.environ.get("SWATTN_GLUON", "auto").strip().lower() or "auto"
 ROWS_PER_CONSUMER = 64  # a consumer warpgroup's rows: also the row groups of the non-finite flags (redo pass)
 MIN_ROWS = 128  # auto dispatch: calls with fewer query rows per (batch, head) stay on the Triton kernels
 HEAD_DIMS = (64, 128, 256)
+KV_DENSE, KV_VARLEN, KV_PAGED = 0, 1, 2  # where K/V rows come from (the kernel's KV_SOURCE)
+PAGE_BOX_MAX = 64  # keys per TMA box of a paged cache: at most a page, so a box never straddles two
 NUM_STAGES = 2
 LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer warpgroups share the rest
 # The consumer warpgroups take turns issuing their products (FlashAttention 3's ping-pong): measured 0-7% slower on
@@ -128,6 +130,8 @@ def block_n_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
 
 
 if GLUON_AVAILABLE:
+    _KV_VARLEN = gl.constexpr(KV_VARLEN)
+    _KV_PAGED = gl.constexpr(KV_PAGED)
 
     @gluon.jit
     def _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT: gl.constexpr,
@@ -199,12 +203,12 @@ if GLUON_AVAILABLE:
 
     @gluon.jit
     def _tile(work, geometry, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PACK_GQA: gl.constexpr,
-              GROUP: gl.constexpr, IS_VARLEN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-              NUM_CONSUMERS: gl.constexpr):
+              GROUP: gl.constexpr, IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
+              ALIGN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_CONSUMERS: gl.constexpr):
         """Work item ``work`` -> its tile's rows and key range. Items run longest first: the reversed tile index is
         the slow coordinate, so causal's long last tiles of every head start before any short one."""
         (num_tiles, num_batch_heads, seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, left, right, CU_SEQLENS_Q,
-         CU_SEQLENS_K, num_row_groups) = geometry
+         CU_SEQLENS_K, num_row_groups, SEQLENS_K) = geometry[:12]
         BLOCK_M: gl.constexpr = 64 * NUM_CONSUMERS
         tile = num_tiles - 1 - work // num_batch_heads
         batch_head = work % num_batch_heads
@@ -221,15 +225,17 @@ if GLUON_AVAILABLE:
         else:
             kv_head = head_or_kv_head // GROUP
         q_begin, seqlen_q, k_begin, seqlen_k = sequence_bounds(
-            batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, CU_SEQLENS_K, IS_VARLEN, IS_VARLEN, False)
+            batch, seqlen_q, seqlen_k, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, IS_VARLEN_Q, KV_SOURCE == _KV_VARLEN,
+            HAS_SEQLENS_K)
         num_rows = seqlen_q * rows_per_pos
         first_row = tile * BLOCK_M
         first_pos = first_row // rows_per_pos
         last_pos = (gl.minimum(first_row + BLOCK_M, num_rows) - 1) // rows_per_pos
         kv_start, kv_end, masked_head_end, unmasked_end, num_blocks = block_ranges(
-            first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT)
+            first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT, ALIGN=ALIGN)
         num_blocks = gl.where(first_row < num_rows, num_blocks, 0)  # a tile past a short sequence's rows
-        # K/V rows are (token, head * dim) rows of the 2D view: dense batches follow each other.
+        # K/V rows are (token, head * dim) rows of the 2D view: dense batches follow each other. (Pages: the
+        # loader looks each box's row up in the page table.)
         kv_row0 = batch * kv_rows_per_batch + k_begin + kv_start
         kv_col = kv_head * HEAD_DIM
         # Non-finite flags are kept per 64-row group (a warpgroup's rows), the tiles of the Triton redo pass.
@@ -242,7 +248,8 @@ if GLUON_AVAILABLE:
                 HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
                 PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
-                IS_VARLEN: gl.constexpr, ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr,
+                IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
+                ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr,
                 NUM_CONSUMERS: gl.constexpr, EXP2_ON_FMA: gl.constexpr,
                 TMA_STORE: gl.constexpr):
         """One warp: each work item's Q (one box per consumer warpgroup, into the item's Q slot) and K/V blocks
@@ -250,21 +257,26 @@ if GLUON_AVAILABLE:
         items, so the next tile's Q and first blocks load during this one's last blocks and epilogue."""
         k_desc, v_desc, q_desc = pointers[0], pointers[1], pointers[2]
         q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty = buffers[:9]
+        PAGE_TABLE, stride_page_table, page_size = geometry[12], geometry[13], geometry[14]
         Q_SLOTS: gl.constexpr = 2 if HEAD_DIM <= 128 else 1  # as the kernel allocates them
+        BOX: gl.constexpr = k_desc.block_type.shape[0]  # keys per TMA box: BLOCK_N, or a page's part when paged
+        ALIGN: gl.constexpr = BOX if KV_SOURCE == _KV_PAGED else 1
         total_work = geometry[0] * geometry[1]
         position = 0
         item = 0  # work items with keys so far: the Q ring's position
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
-            tile = _tile(work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN, BLOCK_N, HEAD_DIM,
-                         NUM_CONSUMERS)
-            kv_row0, kv_col, num_blocks = tile[0], tile[1], tile[2]
+            tile = _tile(work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN_Q, KV_SOURCE,
+                         HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
+            kv_row0, kv_col, num_blocks, kv_start, kv_end = tile[0], tile[1], tile[2], tile[3], tile[4]
+            page_row = tile[10].to(gl.int64) * stride_page_table
+            last_box_key = (kv_end - 1) - (kv_end - 1) % BOX
             if num_blocks > 0:
                 # The tile's Q ([1, positions, heads, dim] box of the [batch, seqlen, heads, dim] view), loaded
                 # while the consumers still work on the previous item: its latency leaves the critical path.
                 q_slot = item % Q_SLOTS
                 mbarrier.wait(q_empty.index(q_slot), ((item // Q_SLOTS) & 1) ^ 1)
                 mbarrier.expect(q_ready.index(q_slot), NUM_CONSUMERS * q_desc.block_type.nbytes)
-                if IS_VARLEN:
+                if IS_VARLEN_Q:
                     q_batch = 0
                 else:
                     q_batch = tile[10]
@@ -277,14 +289,34 @@ if GLUON_AVAILABLE:
             for block in range(num_blocks):
                 stage = position % NUM_STAGES
                 phase = (position // NUM_STAGES) & 1
-                row = kv_row0 + block * BLOCK_N
                 # A fresh barrier counts as having completed the phase before phase 0: the first waits pass.
-                mbarrier.wait(k_empty.index(stage), phase ^ 1)
-                mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
-                _tma_load(k_desc, [row, kv_col], k_ready.index(stage), k_smem.index(stage))
-                mbarrier.wait(v_empty.index(stage), phase ^ 1)
-                mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
-                _tma_load(v_desc, [row, kv_col], v_ready.index(stage), v_smem.index(stage))
+                if KV_SOURCE == _KV_PAGED:
+                    # BLOCK_N // BOX boxes, each inside one page (the tile's start is aligned to BOX, BOX divides
+                    # the page size), their cache rows looked up in the page table. A box past the sequence's last
+                    # key reloads the last box (its keys are masked): every page read holds a visible key, and the
+                    # barrier's byte count stays a constant.
+                    mbarrier.wait(k_empty.index(stage), phase ^ 1)
+                    mbarrier.expect(k_ready.index(stage), BLOCK_N * HEAD_DIM * k_desc.dtype.primitive_bitwidth // 8)
+                    for box in gl.static_range(BLOCK_N // BOX):
+                        key = gl.minimum(kv_start + block * BLOCK_N + box * BOX, last_box_key)
+                        page = gl.load(PAGE_TABLE + page_row + key // page_size)
+                        _tma_load(k_desc, [page * page_size + key % page_size, kv_col], k_ready.index(stage),
+                                  k_smem.index(stage).slice(box * BOX, BOX))
+                    mbarrier.wait(v_empty.index(stage), phase ^ 1)
+                    mbarrier.expect(v_ready.index(stage), BLOCK_N * HEAD_DIM * v_desc.dtype.primitive_bitwidth // 8)
+                    for box in gl.static_range(BLOCK_N // BOX):
+                        key = gl.minimum(kv_start + block * BLOCK_N + box * BOX, last_box_key)
+                        page = gl.load(PAGE_TABLE + page_row + key // page_size)
+                        _tma_load(v_desc, [page * page_size + key % page_size, kv_col], v_ready.index(stage),
+                                  v_smem.index(stage).slice(box * BOX, BOX))
+                else:
+                    row = kv_row0 + block * BLOCK_N
+                    mbarrier.wait(k_empty.index(stage), phase ^ 1)
+                    mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
+                    _tma_load(k_desc, [row, kv_col], k_ready.index(stage), k_smem.index(stage))
+                    mbarrier.wait(v_empty.index(stage), phase ^ 1)
+                    mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
+                    _tma_load(v_desc, [row, kv_col], v_ready.index(stage), v_smem.index(stage))
                 position += 1
 
     @gluon.jit
@@ -310,7 +342,8 @@ if GLUON_AVAILABLE:
                   HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
                   PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
-                  IS_VARLEN: gl.constexpr, ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr,
+                  IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
+                ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr,
                 NUM_CONSUMERS: gl.constexpr, EXP2_ON_FMA: gl.constexpr,
                 TMA_STORE: gl.constexpr):
         """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of each work item's tile, from Q load to O store."""
@@ -321,6 +354,8 @@ if GLUON_AVAILABLE:
         dtype: gl.constexpr = k_smem.dtype
         M: gl.constexpr = 64
         Q_SLOTS: gl.constexpr = 2 if HEAD_DIM <= 128 else 1  # as the kernel allocates them
+        BOX: gl.constexpr = pointers[0].block_type.shape[0]  # as the loader's
+        ALIGN: gl.constexpr = BOX if KV_SOURCE == _KV_PAGED else 1
 
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, BLOCK_N, 16])
@@ -342,7 +377,8 @@ if GLUON_AVAILABLE:
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
             (kv_row0, kv_col, num_blocks, kv_start, kv_end, masked_head_end, unmasked_end, first_row, num_rows,
              head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, flag_group) = _tile(
-                work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
+                work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K, ALIGN,
+                BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
             offset = seqlen_k - seqlen_q
             batch64 = batch.to(gl.int64)
 
@@ -451,7 +487,7 @@ if GLUON_AVAILABLE:
                 o_box.reshape([M, HEAD_DIM]).store(out.to(dtype))
                 fence_async_shared()
                 _partition_barrier()
-                if IS_VARLEN:
+                if IS_VARLEN_Q:
                     o_batch = 0
                 else:
                     o_batch = batch
@@ -474,12 +510,13 @@ if GLUON_AVAILABLE:
 
     @gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right"])
     def _swa_fwd_sm90_kernel(
-        q_desc, k_desc, v_desc, o_desc, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, FLAGS, ANY_NAN,
-        stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh,
+        q_desc, k_desc, v_desc, o_desc, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, PAGE_TABLE, FLAGS,
+        ANY_NAN, stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh, stride_page_table,
         seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, softmax_scale, softcap, left, right, num_tiles,
-        num_batch_heads, num_row_groups,
+        num_batch_heads, num_row_groups, page_size,
         HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
-        IS_VARLEN: gl.constexpr, PACK_GQA: gl.constexpr, GROUP: gl.constexpr,
+        IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr, PACK_GQA: gl.constexpr,
+        GROUP: gl.constexpr,
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
         ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
@@ -488,7 +525,7 @@ if GLUON_AVAILABLE:
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
         geometry = (num_tiles, num_batch_heads, seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, left, right,
-                    CU_SEQLENS_Q, CU_SEQLENS_K, num_row_groups)
+                    CU_SEQLENS_Q, CU_SEQLENS_K, num_row_groups, SEQLENS_K, PAGE_TABLE, stride_page_table, page_size)
 
         # Two Q tiles (the one in use and the loader's next), each a [1, positions, heads, dim] TMA box of 64 rows
         # per consumer warpgroup.
@@ -524,38 +561,38 @@ if GLUON_AVAILABLE:
         if NUM_CONSUMERS == 3:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
-                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
-                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
-                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
-                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
         elif NUM_CONSUMERS == 1:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
-                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
-                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
             ], [1], [LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
-                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
-                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
-                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN,
-                     ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
             ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -592,8 +629,8 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, var
         return f"dtype {q.dtype} (fp16/bf16 only)"
     if q.shape[-1] not in HEAD_DIMS:
         return f"head_dim {q.shape[-1]} (64, 128 or 256 only)"
-    if paged or indexed or seqlens_k or append:
-        return "KV-cache features (paged, cache_batch_idx, cache lengths, append)"
+    if indexed or append:
+        return "cache_batch_idx or an in-kernel append"
     if num_splits > 1:
         return "split-KV"
     if count_blocks:
@@ -602,8 +639,13 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, var
         # A tile's Q is one TMA box of whole positions (every head of the group), a whole number per warpgroup.
         return (f"PackGQA with {q.shape[-2] // k.shape[-2]} query heads per KV head "
                 f"(a divisor of {ROWS_PER_CONSUMER} only)")
-    if varlen_q != varlen_k:
-        return "varlen q with dense k (or the reverse)"
+    if paged and varlen_k:
+        return "a paged cache with cu_seqlens_k"
+    if paged:
+        page_size = k.shape[1]
+        # A page holds whole TMA boxes of 8 or more rows (the shared-memory swizzle repeats every 8 rows).
+        if page_size < 8 or page_size & (page_size - 1):
+            return f"page size {page_size} (a power of two from 8 up)"
     for name, t in (("k", k), ("v", v)):
         view = _rows_view(t, varlen_k)
         if view is None or view.data_ptr() % 16 or (view.stride(0) * t.element_size()) % 16:
@@ -618,13 +660,16 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             cu_seqlens_q: torch.Tensor | None, cu_seqlens_k: torch.Tensor | None, seqlen_q: int, seqlen_k: int,
             batch: int, pack_gqa: bool, o_strides: tuple, l_strides: tuple,
             non_finite_flags: torch.Tensor | None, any_non_finite: torch.Tensor | None,
+            seqlens_k: torch.Tensor | None = None, page_table: torch.Tensor | None = None,
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
             consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None,
             consumers: int | None = None, exp2_on_fma: bool | None = None, tma_store: bool | None = None,
             per_sm: int | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
     of query tiles per (batch, head-or-KV-head). Non-finite flags are written per group of ``ROWS_PER_CONSUMER``
-    rows (the Triton redo pass's tiles).
+    rows (the Triton redo pass's tiles). K/V: dense ``[B, Sk, Hk, D]``, varlen ``[total_k, Hk, D]``
+    (``cu_seqlens_k``) or pages ``[num_pages, page_size, Hk, D]`` (``page_table [B, pages]`` int32); ``seqlens_k
+    [B]`` (int32) overrides each sequence's key count.
     ``block_n`` / ``num_stages`` / ``maxnreg`` (per thread at launch) / ``consumer_regs`` (per consumer thread after
     the partitions' reallocation) / ``programs`` (the persistent grid; default one per SM) / ``pingpong`` (the
     consumers take turns on the tensor cores; two consumers only) / ``consumers`` (warpgroups of 64 rows per tile: 1
@@ -632,6 +677,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     exponentials on the FMA pipes) / ``tma_store`` (O through shared memory and a TMA store; dense only) override
     the shipped choice (tuning probes)."""
     varlen = cu_seqlens_q is not None
+    varlen_k = cu_seqlens_k is not None
+    paged = page_table is not None
     num_heads, head_dim = q.shape[-2], q.shape[-1]
     num_kv_heads = k.shape[-2]
     group = num_heads // num_kv_heads
@@ -645,9 +692,12 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     num_stages = num_stages or NUM_STAGES
     gl_dtype = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
     kv_layout = gl.NVMMASharedLayout.get_default_for([block_n, head_dim], gl_dtype)
-    k_rows, v_rows = _rows_view(k, varlen), _rows_view(v, varlen)
-    k_desc = TensorDescriptor.from_tensor(k_rows, [block_n, head_dim], kv_layout)
-    v_desc = TensorDescriptor.from_tensor(v_rows, [block_n, head_dim], kv_layout)
+    k_rows, v_rows = _rows_view(k, varlen_k), _rows_view(v, varlen_k)
+    # Paged: boxes of at most a page (and PAGE_BOX_MAX keys, to waste little before the first visible key: the
+    # tile's start is rounded down to a box), in the [BLOCK_N, D] buffers' layout.
+    box = min(block_n, PAGE_BOX_MAX, k.shape[1]) if paged else block_n
+    k_desc = TensorDescriptor.from_tensor(k_rows, [box, head_dim], kv_layout)
+    v_desc = TensorDescriptor.from_tensor(v_rows, [box, head_dim], kv_layout)
     # Q as [batch, seqlen, heads, dim] (varlen: [1, tokens, heads, dim]); a warpgroup's box is 64 // rows_per_pos
     # positions of rows_per_pos heads (one head, or a KV head's packed group). Positions past a dense sequence
     # come back as zeros; past a varlen sequence they are the next sequence's rows, never stored.
@@ -670,14 +720,16 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     _swa_fwd_sm90_kernel[grid](
         q_desc, k_desc, v_desc, o_desc, out, lse if lse is not None else placeholder,
         sinks if sinks is not None else placeholder,
-        cu_seqlens_q if varlen else placeholder, cu_seqlens_k if varlen else placeholder,
+        cu_seqlens_q if varlen else placeholder, cu_seqlens_k if varlen_k else placeholder,
+        seqlens_k if seqlens_k is not None else placeholder, page_table if paged else placeholder,
         non_finite_flags if flag else placeholder, any_non_finite if flag else placeholder,
-        *o_strides, *l_strides,
-        seqlen_q, seqlen_k, 0 if varlen else k.shape[1], num_heads, softmax_scale,
+        *o_strides, *l_strides, page_table.stride(0) if paged else 0,
+        seqlen_q, seqlen_k, 0 if varlen_k or paged else k.shape[1], num_heads, softmax_scale,
         softcap if softcap > 0 else 1.0, left, right, num_tiles, num_batch_heads,
-        triton.cdiv(seqlen_q * rows_per_pos, ROWS_PER_CONSUMER),
+        triton.cdiv(seqlen_q * rows_per_pos, ROWS_PER_CONSUMER), k.shape[1] if paged else 1,
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
-        IS_VARLEN=varlen, PACK_GQA=pack_gqa, GROUP=group, STORE_LSE=lse is not None,
+        IS_VARLEN_Q=varlen, KV_SOURCE=KV_PAGED if paged else KV_VARLEN if varlen_k else KV_DENSE,
+        HAS_SEQLENS_K=seqlens_k is not None, PACK_GQA=pack_gqa, GROUP=group, STORE_LSE=lse is not None,
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,

@@ -17,7 +17,7 @@ import torch
 
 import swattn
 from swattn.kernels import gluon_fwd
-from swattn.reference import attention_ref, attention_varlen_ref
+from swattn.reference import attention_kvcache_ref, attention_ref, attention_varlen_ref
 from swattn.testing import assert_close, tolerance_for
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
@@ -212,6 +212,67 @@ def test_varlen_with_empty_and_short_sequences(window_size, head_dim):
     ref, ref_lse = attention_varlen_ref(q, k, v, cu_q, cu_k, window_size=window_size, sinks=sinks, **REF)
     assert_close("out", out, ref, tolerance_for(torch.bfloat16))
     check_lse("lse", lse, ref_lse)
+
+
+KVCACHE = [
+    # page_size (0: a contiguous cache), window_size, head_dim, heads, kv_heads, new queries, pack_gqa
+    (16, (127, 0), 64, 64, 8, 512, True),  # gpt-oss sliding layer, chunked prefill over vLLM's 16-token pages
+    (16, (-1, 0), 64, 64, 8, 512, False),  # gpt-oss full layer
+    (64, (1000, 0), 128, 32, 8, 700, False),  # the window starts mid-page and mid-box
+    (256, (4095, 0), 128, 32, 8, 1000, False),  # pages of 4 boxes
+    (8, (300, 0), 128, 32, 4, 333, True),  # the smallest page, PackGQA of 8
+    (0, (511, 0), 128, 32, 8, 640, False),  # a contiguous cache with cache_seqlens
+    (32, (-1, 0), 256, 16, 8, 300, False),  # D256
+]
+
+
+@pytest.mark.parametrize("case", KVCACHE, ids=lambda c: f"page{c[0]}-W{c[1]}-D{c[2]}-H{c[3]}/{c[4]}-Sq{c[5]}"
+                         f"{'-pack' if c[6] else ''}")
+def test_kvcache_extend(case):
+    """Chunked prefill / extend over a KV cache holding each sequence's keys (the new queries' included): paged
+    (TMA boxes inside one page, looked up in the page table) or contiguous with cache_seqlens. Pages wholly before
+    a sequence's window and every slot past its length hold NaN: the first must never be read, the second only
+    masked (the non-finite redo pass keeps their rows exact)."""
+    page_size, window_size, head_dim, heads, kv_heads, seqlen_q, pack_gqa = case
+    seqlens = torch.tensor([seqlen_q + 1300, seqlen_q, seqlen_q + 3001], device=DEVICE, dtype=torch.int32)
+    batch, capacity = len(seqlens), int(seqlens.max()) + 100
+    left = window_size[0]
+    first_keys = [max(int(n) - seqlen_q - left, 0) if left >= 0 else 0 for n in seqlens]
+    if page_size:
+        pages_per_seq = -(-capacity // page_size)
+        k_cache = randn(batch * pages_per_seq + 1, page_size, kv_heads, head_dim, dtype=torch.bfloat16)
+        v_cache = randn(batch * pages_per_seq + 1, page_size, kv_heads, head_dim, dtype=torch.bfloat16)
+        poisoned = batch * pages_per_seq  # the last page
+        page_table = torch.randperm(batch * pages_per_seq, device=DEVICE, dtype=torch.int32).view(batch, -1)
+        for b in range(batch):
+            page_table[b, :first_keys[b] // page_size] = poisoned
+            page_table[b, -(-int(seqlens[b]) // page_size):] = poisoned
+            last = page_table[b, (int(seqlens[b]) - 1) // page_size]
+            k_cache[last, int(seqlens[b]) % page_size or page_size:] = float("nan")
+            v_cache[last, int(seqlens[b]) % page_size or page_size:] = float("nan")
+        k_cache[poisoned] = float("nan")
+        v_cache[poisoned] = float("nan")
+    else:
+        page_table = None
+        k_cache = randn(batch, capacity, kv_heads, head_dim, dtype=torch.bfloat16)
+        v_cache = randn(batch, capacity, kv_heads, head_dim, dtype=torch.bfloat16)
+        for b in range(batch):
+            k_cache[b, int(seqlens[b]):] = float("nan")
+            v_cache[b, int(seqlens[b]):] = float("nan")
+    q = randn(batch, seqlen_q, heads, head_dim, dtype=torch.bfloat16)
+
+    def call():
+        return swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, page_table=page_table,
+                                              causal=True, window_size=window_size, pack_gqa=pack_gqa, num_splits=1,
+                                              return_softmax_lse=True)
+
+    (out, lse), (triton_out, _) = both_paths(call)
+    ref, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, seqlens, page_table=page_table, causal=True,
+                                         window_size=window_size, **REF)
+    tol = tolerance_for(torch.bfloat16)
+    assert_close("gluon out", out, ref, tol)
+    check_lse("gluon lse", lse, ref_lse)
+    assert_close("gluon vs triton", out, triton_out, tol)
 
 
 @pytest.mark.parametrize("consumers", [1, 2, 3])

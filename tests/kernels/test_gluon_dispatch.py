@@ -25,9 +25,9 @@ def test_cpu_tensors_never_take_the_gluon_kernel(monkeypatch):
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (dict(paged=True), "KV-cache"), (dict(indexed=True), "KV-cache"), (dict(append=True), "KV-cache"),
+    (dict(indexed=True), "cache_batch_idx"), (dict(append=True), "append"),
     (dict(num_splits=2), "split-KV"), (dict(count_blocks=True), "block counting"),
-    (dict(varlen_q=True), "varlen q with dense k"),
+    (dict(paged=True, varlen_k=True), "paged cache with cu_seqlens_k"),
 ])
 def test_refused_features_name_themselves(monkeypatch, overrides, expected):
     # Pretend to be an sm_90 GPU so that the feature checks are reached.
@@ -40,6 +40,14 @@ def test_refused_features_name_themselves(monkeypatch, overrides, expected):
     assert expected in reason(q, k, k, **overrides)
     assert "head_dim" in reason(q[..., :32], k[..., :32], k[..., :32])
     assert reason(q, k, k, softcap=True) is None
+    # KV caches: paged (pages of 8 or more keys, a power of two), cache lengths, varlen q over a dense cache.
+    assert reason(q, k, k, paged=True, seqlens_k=True) is None  # k as [pages, 256-key page, Hk, D]
+    assert reason(q, k, k, varlen_q=True, seqlens_k=True) is None
+    for page_size in (1, 4, 24):
+        pages = torch.randn(8, page_size, 2, 64, dtype=torch.bfloat16)
+        assert f"page size {page_size}" in reason(q, pages, pages, paged=True)
+    q256, k256 = torch.randn(1, 256, 4, 256, dtype=torch.bfloat16), torch.randn(1, 256, 2, 256, dtype=torch.bfloat16)
+    assert reason(q256, k256, k256) is None
     q128, k128 = torch.randn(1, 256, 4, 128, dtype=torch.bfloat16), torch.randn(1, 256, 2, 128, dtype=torch.bfloat16)
     assert reason(q128, k128, k128, softcap=True) is None  # Q by TMA freed the registers softcap needs at D128
     q_odd_group = torch.randn(1, 256, 6, 64, dtype=torch.bfloat16)
@@ -58,3 +66,16 @@ def test_block_n_rule():
     assert gluon_fwd.block_n_for(64, True, 127, 0) == 64  # packed small window: 3 x 64 keys cover 143
     assert gluon_fwd.block_n_for(64, False, 127, 0) == 128
     assert gluon_fwd.block_n_for(128, False, -1, 0) == 128
+    assert gluon_fwd.block_n_for(256, False, -1, 0) == 64  # the 64 x 256 accumulator takes 128 registers
+
+
+def test_consumer_and_register_rules():
+    # One consumer warpgroup, two programs per SM, TMA store: packed small windows at head_dim 128 only.
+    assert gluon_fwd.consumers_for(128, True, 127, 0) == 1 and gluon_fwd.per_sm_for(1) == 2
+    assert gluon_fwd.tma_store_for(1) and not gluon_fwd.tma_store_for(2)
+    assert gluon_fwd.consumers_for(64, True, 127, 0) == 2 and gluon_fwd.consumers_for(128, False, 4095, 0) == 2
+    assert gluon_fwd.consumers_for(256, True, 127, 0) == 2
+    # Launch budget x programs x warps fills the register file; the loader's warpgroup gives the rest away.
+    assert gluon_fwd.registers_for(2) == (168, 240)
+    assert gluon_fwd.registers_for(3) == (128, 160)
+    assert gluon_fwd.registers_for(1, 2) == (128, 232)
