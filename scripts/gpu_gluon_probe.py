@@ -89,9 +89,13 @@ def main() -> int:
     parser.add_argument("--rows", default="",
                         help="comma-separated substrings of the row labels to run (_ for a space)")
     parser.add_argument("--pingpong", action="store_true", help="also the ping-pong schedule (two consumers)")
+    parser.add_argument("--paged", type=int, default=0,
+                        help="page size: the rows as chunked prefill over a paged KV cache (flash_attn_with_kvcache; "
+                             "Triton, the shipped Gluon launch and FA3 only)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     lines = [f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, seqlen {args.seqlen}, bf16, "
+             f"{f'paged KV cache (pages of {args.paged}), ' if args.paged else ''}"
              f"graph replay, median of {args.rounds} interleaved rounds of {args.reps}", "",
              "| row | provider | us | TFLOP/s | rel err vs Triton |", "|---|---|---|---|---|"]
     for label, head_dim, heads, kv_heads, left, with_sinks in ROWS:
@@ -105,6 +109,20 @@ def main() -> int:
         def call(pack_gqa=None):
             return lambda: swattn.flash_attn_func(q, k, v, causal=True, window_size=(left, 0), sinks=sinks,
                                                   pack_gqa=pack_gqa)
+        if args.paged:  # the sequence's pages scattered over a pool in random order
+            pages = args.seqlen // args.paged
+            order = torch.randperm(pages, device="cuda")
+            k_pool, v_pool = (torch.empty(pages, args.paged, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16)
+                              for _ in range(2))
+            k_pool[order], v_pool[order] = k[0].view(pages, args.paged, -1, head_dim), v[0].view_as(k_pool)
+            page_table = order.to(torch.int32).view(1, pages)
+            seqlens = torch.full((1,), args.seqlen, device="cuda", dtype=torch.int32)
+
+            def call(pack_gqa=None):  # noqa: F811 - the paged variant of the same call
+                return lambda: swattn.flash_attn_with_kvcache(q, k_pool, v_pool, cache_seqlens=seqlens,
+                                                              page_table=page_table, causal=True,
+                                                              window_size=(left, 0), sinks=sinks, pack_gqa=pack_gqa,
+                                                              num_splits=1)
         flops = visible_flops(args.seqlen, heads, head_dim, left)
         reference = with_mode("0", call())()
         variants = [("swattn Triton", with_mode("0", call()))]
@@ -131,9 +149,13 @@ def main() -> int:
                 gluon.append(("gluon 1 WG x 2/SM BN64", with_mode("1", call(), consumers=1, per_sm=2, block_n=64)))
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
+        if args.paged:
+            gluon = gluon[:1]
         variants += gluon
         try:
-            variants.append(("FA3" + (" (sinks)" if with_sinks else ""), peers.fa3(q, k, v, left, sinks=sinks)))
+            fa3 = (peers.fa3(q, k_pool, v_pool, left, sinks=sinks, page_table=page_table, seqused_k=seqlens)
+                   if args.paged else peers.fa3(q, k, v, left, sinks=sinks))
+            variants.append(("FA3" + (" (sinks)" if with_sinks else ""), fa3))
         except Exception as exc:  # noqa: BLE001 - a missing peer is a note
             lines.append(f"| {label} | FA3 | skipped: {str(exc)[:80]} | | |")
         graphs, errors = {}, {}
