@@ -112,6 +112,22 @@ def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_k
 
 
 @triton.jit
+def _rows_to_fp16(q):
+    """bf16 queries ``[BLOCK_M, BLOCK_D]`` in fp16, for fp16 products with the e4m3 cache widened to fp16 (one
+    conversion per pair; to bf16 it is three): each row times the power of two that brings its largest magnitude
+    into [2^14, 2^15), so every value down to 2^-28 of it is exact in fp16 (a bf16 has 8 significant bits, fp16
+    11) and none overflows; a row's factor depends on that row only, so a non-finite query reaches no other row.
+    Returns ``(q16, unscale)``: scores of q16 times ``unscale`` ``[BLOCK_M]`` are those of q, exactly."""
+    q32 = q.to(tl.float32)
+    amax = tl.max(tl.abs(q32), 1)
+    exponent = ((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+    shift = tl.minimum(tl.maximum(14 - exponent, -112), 40)
+    up = ((shift + 127) << 23).to(tl.float32, bitcast=True)
+    down = ((127 - shift) << 23).to(tl.float32, bitcast=True)
+    return (q32 * up[:, None]).to(tl.float16), down
+
+
+@triton.jit
 def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, block_begin, block_end, kv_start,
                    kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size,
                    seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM: tl.constexpr, visited,
@@ -121,16 +137,18 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                    USE_TMA: tl.constexpr, GUARD_NON_FINITE: tl.constexpr = False, masked_head_end=0,
                    unmasked_end=0, MASK_EDGES_ONLY: tl.constexpr = False, key_shift=0,
                    SHIFT_PAGED_KEYS: tl.constexpr = False, chunk=0, HAS_CHUNK: tl.constexpr = False,
-                   FP8: tl.constexpr = NO_FP8):
+                   FP8: tl.constexpr = NO_FP8, row_unscale=1.0):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
     blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it).
     ``MASK_EDGES_ONLY`` (with MASK; ``FwdConfig.mask_edges_only``): one loop over every block, masking only the
     blocks outside ``[masked_head_end, unmasked_end)``, which every row sees whole (a branch per block instead of
     the per-element mask arithmetic that the single loop otherwise runs on every block).
-    ``FP8``: K and V tiles arrive in e4m3 and are widened in registers right after the load (exact: every e4m3
-    value is a bf16 and an fp16); their descales are not applied here but folded into ``softmax_scale`` (K, and
-    q's with FP8_QKV) and into the epilogue's normalization (V) by ``_attend_tile``."""
+    ``FP8``: K and V tiles arrive in e4m3 and are widened to fp16 in registers right after the load (exact: every
+    e4m3 value is an fp16; one conversion per pair on sm_90, where bf16 took three); their descales are not
+    applied here but folded into ``softmax_scale`` (K, and q's with FP8_QKV) and into the epilogue's normalization
+    (V) by ``_attend_tile``. With FP8_KV q arrives in fp16, each row scaled by a power of two (``_rows_to_fp16``),
+    which ``row_unscale`` ([BLOCK_M]) takes back out with the softmax scale."""
     offset = seqlen_k - seqlen_q
     for block in range(block_begin, block_end):
         offs_n = kv_start + block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -151,23 +169,27 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
             k = _load_kv(k_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
                          page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS)
         if FP8 == FP8_KV:
-            # Half the bytes of a bf16 cache; both products then run as for bf16 inputs.
-            k = k.to(q.dtype)
-            v = v.to(q.dtype)
+            # Half the bytes of a bf16 cache; both products then run in fp16.
+            k = k.to(tl.float16)
+            v = v.to(tl.float16)
         elif FP8 == FP8_QKV:
-            # Q K^T in e4m3 (fp32 accumulation); P @ V in bf16, so P is not rounded to e4m3 (FlashAttention 3
+            # Q K^T in e4m3 (fp32 accumulation); P @ V in fp16, so P is not rounded to e4m3 (FlashAttention 3
             # rounds it; its 2^-4 relative step would dominate the error).
-            v = v.to(tl.bfloat16)
+            v = v.to(tl.float16)
         if UPCAST:
             k = k.to(tl.float32)
         qk = dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
         # Scores in log2 units are qk * qk_scale; without softcap the scale is applied inside the exponent's FMA
         # (and to the row max, which a positive scale leaves in place) instead of by a separate multiply.
         if HAS_SOFTCAP:
+            if FP8 == FP8_KV:
+                qk = qk * row_unscale[:, None]
             qk = softcap_scores(qk, softmax_scale, softcap)
             qk_scale = 1.0
         else:
             qk_scale = softmax_scale * LOG2E
+            if FP8 == FP8_KV:
+                qk_scale = qk_scale * row_unscale  # [BLOCK_M], each row's power of two too (exact)
         if MASK_EDGES_ONLY:
             if (block < masked_head_end) | (block >= unmasked_end):
                 qk = tl.where(in_window(load_mask[None, :], offs_n[None, :], row_pos[:, None], offset, left, right,
@@ -178,7 +200,10 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
             qk = tl.where(visible, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         pivot = safe_pivot(m_new)
-        p = tl.exp2(qk * qk_scale - pivot[:, None])
+        if FP8 == FP8_KV and not HAS_SOFTCAP:
+            p = tl.exp2(qk * qk_scale[:, None] - pivot[:, None])
+        else:
+            p = tl.exp2(qk * qk_scale - pivot[:, None])
         alpha = tl.exp2(m_i - pivot)
         l_i = l_i * alpha + tl.sum(p, 1)
         if GUARD_NON_FINITE:
@@ -406,6 +431,12 @@ def _attend_tile(
             HAS_CACHE_BATCH_IDX, UPCAST, BLOCK_D, HEAD_DIM, IS_PAGED, HAS_LEFTPAD_K)
         sink = _tile_sink(SINKS, row_head, row_valid, HAS_SINKS, IS_SPLIT, BLOCK_M)
         value_scale = 1.0
+        row_unscale = 1.0
+        if FP8 == FP8_KV:
+            if q.dtype == tl.bfloat16:
+                q, row_unscale = _rows_to_fp16(q)
+            else:  # fp16 queries: as they are
+                row_unscale = tl.full([BLOCK_M], 1.0, tl.float32)
         if FP8 != NO_FP8:
             # Descales ``[B, Hk]``: one per sequence and KV head, so one per program (a PackGQA tile holds one KV
             # head). Scores are q.k * q_descale * k_descale * softmax_scale: the product folds into the scale the
@@ -448,7 +479,7 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, USE_TMA,
                 True, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk, HAS_CHUNK=HAS_CHUNK,
-                FP8=FP8)
+                FP8=FP8, row_unscale=row_unscale)
         elif SINGLE_LOOP:
             # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
             acc, l_i, m_i, visited = _attend_blocks(
@@ -457,7 +488,7 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, NON_FINITE_PASS == GUARD_ONE_PASS, masked_head_end, unmasked_end, MASK_EDGES_ONLY,
-                k_begin, IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK, FP8=FP8)
+                k_begin, IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK, FP8=FP8, row_unscale=row_unscale)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
             acc, l_i, m_i, visited = _attend_blocks(
@@ -467,7 +498,7 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-                HAS_CHUNK=HAS_CHUNK, FP8=FP8)
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, masked_head_end),
@@ -476,7 +507,7 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-                HAS_CHUNK=HAS_CHUNK, FP8=FP8)
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, unmasked_end), block_end,
@@ -484,7 +515,7 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-                HAS_CHUNK=HAS_CHUNK, FP8=FP8)
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale)
 
         _finish_tile(
             acc, l_i, m_i, visited, O, LSE, sink, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
@@ -843,7 +874,7 @@ class _ForwardPlan:
             IS_VARLEN_Q=varlen_q, IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqlens_k is not None,
             HAS_CACHE_BATCH_IDX=cache_batch_idx is not None, IS_PAGED=paged, PACK_GQA=pack_gqa,
             IS_SPLIT=num_splits > 1, STORE_LSE=num_splits > 1 or lse is not None,
-            UPCAST=needs_upcast(torch.bfloat16 if fp8 == FP8_QKV.value else q.dtype),
+            UPCAST=fp8 == NO_FP8.value and needs_upcast(q.dtype),  # fp8 products run in fp16 (and e4m3)
             SINGLE_LOOP=config.single_loop, USE_TMA=self.use_tma, USE_PDL=use_pdl,
             MASK_EDGES_ONLY=config.single_loop and config.mask_edges_only, APPEND_NEW=append_new,
             HAS_SEQUSED_Q=seqused_q is not None, HAS_LEFTPAD_K=cache_leftpad is not None,

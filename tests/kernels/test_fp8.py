@@ -136,6 +136,29 @@ def test_extend_contiguous_fp8_kv_varlen_fp16():
     assert_close("lse", lse, ref_lse, LSE_TOL)
 
 
+def test_bf16_queries_of_any_magnitude_over_fp8_kv():
+    """bf16 queries run in fp16 over the widened e4m3 cache, each row scaled by its own power of two: rows far
+    outside fp16's range (1e-30, 1e6; fp16 ends at 65504) give the reference's attention, with softcap too, and an
+    infinite query element makes NaN of its own row only, as in the reference (PackGQA: one tile holds every query
+    head of a KV head)."""
+    k_cache, v_cache = e4m3(2, 32, HK, D), e4m3(2, 32, HK, D)
+    magnitudes = torch.tensor([1e-30, 1e-4, 1.0, 3.0, 300.0, 7e4, 1e6, 1e-8])
+    q = (torch.randn(2, 1, H, D) * magnitudes[None, None, :, None]).to(torch.bfloat16)
+    q[1, 0, 3, 5] = float("inf")
+    lens, kd, vd = i32(20, 32), descale(2), descale(2)
+    for softcap in (0.0, 30.0):
+        out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, k_descale=kd,
+                                                  v_descale=vd, softcap=softcap, pack_gqa=True,
+                                                  return_softmax_lse=True)
+        ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd,
+                                                 softcap=softcap)
+        assert torch.equal(out.isnan(), ref_out.isnan())  # the infinite query's row only (softcap: none)
+        assert out.isnan().sum() == (0 if softcap else D)
+        assert_close("out", out.nan_to_num(), ref_out.nan_to_num(), tolerance_for(torch.bfloat16))
+        finite = torch.isfinite(ref_lse)
+        assert_close("lse", lse[finite], ref_lse[finite], LSE_TOL)
+
+
 def test_prefill_varlen_fp8_kv_bf16():
     """flash_attn_varlen_func: bf16 queries over e4m3 k/v, causal, descales per sequence and KV head."""
     cu_q, cu_k = i32(0, 7, 20), i32(0, 11, 24)
