@@ -22,8 +22,8 @@ from swattn.kernels.configs import FwdConfig, forced_config
 
 FP8 = torch.float8_e4m3fn
 # (block_n, warps, stages, single loop); the first of each list is what configs.py ships for that decode.
-FULL_CONFIGS = [(64, 2, 3, False), (128, 4, 3, False), (128, 4, 2, False)]
-WINDOW_CONFIGS = [(128, 4, 1, True), (128, 8, 1, True)]
+FULL_CONFIGS = [(64, 2, 3, False), (128, 4, 3, False), (128, 4, 2, False), (64, 4, 3, False)]
+WINDOW_CONFIGS = [(128, 4, 1, True), (128, 8, 1, True), (128, 4, 2, True)]
 SHAPES = {"full": (16, 16384, None, FULL_CONFIGS), "long": (4, 131072, None, FULL_CONFIGS[:2]),
           "window": (16, 2048, 127, WINDOW_CONFIGS)}
 
