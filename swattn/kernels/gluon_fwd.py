@@ -686,8 +686,10 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     consumers = consumers or consumers_for(head_dim, pack_gqa, left, right)
     block_m = ROWS_PER_CONSUMER * consumers
     pingpong = PINGPONG if pingpong is None else pingpong
-    if consumers not in (1, 2, 3) or (pingpong and consumers != 2):
-        raise ValueError(f"consumers={consumers}, pingpong={pingpong}: 1 to 3 consumers, ping-pong with 2 only")
+    if consumers not in (1, 2, 3) or (pingpong and consumers != 2) or (head_dim > 128 and consumers != 2):
+        raise ValueError(f"consumers={consumers}, pingpong={pingpong}, head_dim={head_dim}: 1 to 3 consumers, "
+                         "ping-pong with 2 only, 2 at head_dim 256 (the registers and shared memory of one program "
+                         "per SM)")
     block_n = block_n or block_n_for(head_dim, pack_gqa, left, right)
     num_stages = num_stages or NUM_STAGES
     gl_dtype = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
@@ -705,7 +707,9 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     q_box_layout = gl.NVMMASharedLayout.get_default_for(q_box, gl_dtype)
     q_desc = TensorDescriptor.from_tensor(q.unsqueeze(0) if varlen else q, q_box, q_box_layout)
     # O leaves by TMA through the Q slots (same boxes) where no row of a box can belong to another sequence: dense.
-    tma_store = (tma_store_for(consumers) if tma_store is None else tma_store) and not varlen
+    # Not at head_dim 256: its single Q slot would go back to the loader only after the store, which waits for the
+    # next tile's Q (a deadlock).
+    tma_store = (tma_store_for(consumers) if tma_store is None else tma_store) and not varlen and head_dim <= 128
     o_desc = TensorDescriptor.from_tensor(out, q_box, q_box_layout) if tma_store else q_desc
     num_tiles = triton.cdiv(seqlen_q * rows_per_pos, block_m)
     num_batch_heads = batch * (num_kv_heads if pack_gqa else num_heads)

@@ -84,14 +84,18 @@ DENSE = [
     (1, 700, 700, 8, 2, 128, (-1, -1), 0.0, False, False),  # no window at all
     (2, 100, 100, 8, 2, 64, (31, 0), 0.0, True, False),  # shorter than a tile
     (2, 1500, 1500, 32, 8, 128, (511, 0), 30.0, True, True),  # softcap at D128, packed, sinks
-    (1, 3000, 3000, 16, 8, 256, (1023, 0), 0.0, False, False),  # Gemma 3 shape: D256 (one Q slot, 64-key blocks)
-    (2, 1100, 1100, 16, 8, 256, (4095, 0), 50.0, True, True),  # Gemma 2: D256, softcap 50, packed, sinks
-    (1, 700, 900, 8, 8, 256, (-1, -1), 0.0, False, False),  # D256, no window, more keys than queries
+]
+# head_dim 256 (one Q slot, 64-key blocks, two consumer warpgroups only): the dense test and the KV-cache test.
+DENSE_D256 = [
+    (1, 3000, 3000, 16, 8, 256, (1023, 0), 0.0, False, False),  # Gemma 3 shape
+    (2, 1100, 1100, 16, 8, 256, (4095, 0), 50.0, True, True),  # Gemma 2: softcap 50, packed, sinks
+    (1, 700, 900, 8, 8, 256, (-1, -1), 0.0, False, False),  # no window, more keys than queries
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("case", DENSE, ids=lambda c: f"B{c[0]}-Sq{c[1]}-Sk{c[2]}-H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}"
+@pytest.mark.parametrize("case", DENSE + DENSE_D256,
+                         ids=lambda c: f"B{c[0]}-Sq{c[1]}-Sk{c[2]}-H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}"
                          f"{'-cap' if c[7] else ''}{'-sinks' if c[8] else ''}{'-pack' if c[9] else ''}")
 def test_dense_against_reference_and_triton(case, dtype):
     batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, window_size, softcap, with_sinks, pack_gqa = case
@@ -167,6 +171,8 @@ def test_pingpong_matches_the_default_schedule(case, monkeypatch):
         assert calls
         return result
 
+    monkeypatch.setattr(gluon_fwd, "consumers_for", lambda *args: 2)  # ping-pong is between two warpgroups
+    monkeypatch.setattr(gluon_fwd, "tma_store_for", lambda consumers: False)
     monkeypatch.setattr(gluon_fwd, "PINGPONG", False)
     out, lse = call()
     monkeypatch.setattr(gluon_fwd, "PINGPONG", True)
