@@ -75,8 +75,6 @@ LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer
 # The consumer warpgroups take turns issuing their products (FlashAttention 3's ping-pong): measured 0-7% slower on
 # every 16K prefill row (H200, docs/notes/2026-12-03-gluon-forward.md, run 3), so off; kept as a tested switch.
 PINGPONG = False
-# Every other block's exponentials computed on the FMA pipes (FlashAttention 4's MUFU offload): not yet measured.
-EXP2_ON_FMA = False
 # Dense calls write O through the tile's Q slot and a TMA store instead of per-thread stores (``tma_store_for``).
 TMA_STORE = False
 
@@ -146,24 +144,9 @@ if GLUON_AVAILABLE:
         return visible
 
     @gluon.jit
-    def _exp2_on_fma(x):
-        """2**x without the MUFU unit: 2**floor(x) from the exponent bits times a cubic in the fraction (relative
-        error 9e-5, far below P's bf16/fp16 rounding), exactly 0 below 2**-126 (so -inf gives 0, as exp2 does).
-        FlashAttention 4's trick: moving part of the exponentials to the FMA pipes relieves the 16-per-clock MUFU."""
-        clamped = gl.maximum(x, -127.0)
-        whole = gl.floor(clamped)
-        fraction = clamped - whole
-        poly = fraction * 0.07706209 + 0.22765041
-        poly = poly * fraction + 0.69511558
-        poly = poly * fraction + 1.0
-        bits = poly.to(gl.int32, bitcast=True) + (whole.to(gl.int32) << 23)
-        return gl.where(x < -126.0, 0.0, bits.to(gl.float32, bitcast=True))
-
-    @gluon.jit
     def _softmax_block(s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end,
                        left, right, softmax_scale, softcap, col_layout: gl.constexpr, HAS_LEFT: gl.constexpr,
-                       HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, BLOCK_N: gl.constexpr,
-                       EXP2_ON_FMA: gl.constexpr):
+                       HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, BLOCK_N: gl.constexpr):
         """Online-softmax step on one block's scores: ``(p, m_new, l_new, alpha)`` in log2 units."""
         if HAS_SOFTCAP:
             s = softcap_scores(s, softmax_scale, softcap)
@@ -176,11 +159,7 @@ if GLUON_AVAILABLE:
             s = gl.where(visible, s, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
         pivot = safe_pivot(m_new)
-        if EXP2_ON_FMA and (block % 2 == 1):
-            # Every other block's exponentials on the FMA pipes, the rest on MUFU.
-            p = _exp2_on_fma(s * qk_scale - gl.expand_dims(pivot, 1))
-        else:
-            p = gl.exp2(s * qk_scale - gl.expand_dims(pivot, 1))
+        p = gl.exp2(s * qk_scale - gl.expand_dims(pivot, 1))
         alpha = gl.exp2(m_i - pivot)
         l_new = l_i * alpha + gl.sum(p, 1)
         return p, m_new, l_new, alpha
@@ -250,7 +229,7 @@ if GLUON_AVAILABLE:
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                 IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                 ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr,
-                NUM_CONSUMERS: gl.constexpr, EXP2_ON_FMA: gl.constexpr,
+                NUM_CONSUMERS: gl.constexpr,
                 TMA_STORE: gl.constexpr):
         """One warp: each work item's Q (one box per consumer warpgroup, into the item's Q slot) and K/V blocks
         (into the stage ring, from the tile's first visible key) through TMA. Both rings' positions run on across
@@ -344,7 +323,7 @@ if GLUON_AVAILABLE:
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                   IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                 ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr,
-                NUM_CONSUMERS: gl.constexpr, EXP2_ON_FMA: gl.constexpr,
+                NUM_CONSUMERS: gl.constexpr,
                 TMA_STORE: gl.constexpr):
         """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of each work item's tile, from Q load to O store."""
         O, LSE, SINKS, FLAGS, ANY_NAN, o_desc = pointers[3:9]
@@ -412,7 +391,7 @@ if GLUON_AVAILABLE:
                 mbarrier.arrive(k_empty.index(first_stage), count=1)
                 p, m_i, l_i, alpha = _softmax_block(
                     s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
-                    softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, EXP2_ON_FMA)
+                    softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
                 for block in range(1, num_blocks):
                     stage = (position + block) % NUM_STAGES
@@ -433,7 +412,7 @@ if GLUON_AVAILABLE:
                     # The softmax of block j runs while P_{j-1} V_{j-1} is still on the tensor cores.
                     p, m_i, l_i, alpha = _softmax_block(
                         s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
-                        right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, EXP2_ON_FMA)
+                        right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
                     acc = warpgroup_mma_wait(0, deps=[acc_token])
                     mbarrier.arrive(v_empty.index(previous_stage), count=1)
                     acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
@@ -520,7 +499,7 @@ if GLUON_AVAILABLE:
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
         ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-        EXP2_ON_FMA: gl.constexpr, TMA_STORE: gl.constexpr,
+        TMA_STORE: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
@@ -562,37 +541,37 @@ if GLUON_AVAILABLE:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
         elif NUM_CONSUMERS == 1:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
             ], [1], [LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, EXP2_ON_FMA, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
             ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -663,7 +642,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             seqlens_k: torch.Tensor | None = None, page_table: torch.Tensor | None = None,
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
             consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None,
-            consumers: int | None = None, exp2_on_fma: bool | None = None, tma_store: bool | None = None,
+            consumers: int | None = None, tma_store: bool | None = None,
             per_sm: int | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
     of query tiles per (batch, head-or-KV-head). Non-finite flags are written per group of ``ROWS_PER_CONSUMER``
@@ -673,9 +652,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     ``block_n`` / ``num_stages`` / ``maxnreg`` (per thread at launch) / ``consumer_regs`` (per consumer thread after
     the partitions' reallocation) / ``programs`` (the persistent grid; default one per SM) / ``pingpong`` (the
     consumers take turns on the tensor cores; two consumers only) / ``consumers`` (warpgroups of 64 rows per tile: 1
-    to 3) / ``per_sm`` (resident programs per SM: sets the register budgets) / ``exp2_on_fma`` (every other block's
-    exponentials on the FMA pipes) / ``tma_store`` (O through shared memory and a TMA store; dense only) override
-    the shipped choice (tuning probes)."""
+    to 3) / ``per_sm`` (resident programs per SM: sets the register budgets) / ``tma_store`` (O through shared
+    memory and a TMA store; dense calls up to head_dim 128) override the shipped choice (tuning probes)."""
     varlen = cu_seqlens_q is not None
     varlen_k = cu_seqlens_k is not None
     paged = page_table is not None
@@ -737,7 +715,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
-        EXP2_ON_FMA=EXP2_ON_FMA if exp2_on_fma is None else exp2_on_fma, TMA_STORE=tma_store,
+        TMA_STORE=tma_store,
         num_warps=4, maxnreg=maxnreg,
     )
     return num_tiles
