@@ -629,10 +629,11 @@ def _persistent_programs(device: torch.device) -> int:
 def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_tile: int, left: int, right: int,
                **features) -> bool:
     """Whether the Gluon sm_90 kernel serves this call: ``SWATTN_GLUON=0`` never; ``1`` wherever it supports the
-    call; by default where it supports it and was measured faster than the Triton kernels (H200, 16K prefill,
-    docs/notes/2026-12-03-gluon-forward.md): every window above 256 keys and causal, at head_dim 64 and 128, and
-    small windows at head_dim 128; small windows at head_dim 64 (instruction-issue bound) and decode-sized tiles
-    stay on the Triton kernels tuned for them."""
+    call; by default where it supports it and was measured faster than the Triton kernels (H200, 16K prefill, dense
+    and over 16-token pages, docs/notes/2026-12-03-gluon-forward.md): every window above 256 keys and causal at
+    head_dim 64 and 128, small windows at head_dim 128, and head_dim 256 (W(4095,0) over pages: 3.6x faster);
+    small windows at head_dim 64 (instruction-issue bound) and decode-sized tiles stay on the Triton kernels tuned
+    for them."""
     mode = gluon_fwd.GLUON_MODE
     if mode == "0" or not q.is_cuda:
         return False
