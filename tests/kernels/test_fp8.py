@@ -220,10 +220,13 @@ def test_fallback_fp8_matches_the_kernels(monkeypatch):
     out_k, lse_k = swattn.flash_attn_with_kvcache(k_cache=caches[0][0], v_cache=caches[0][1], **kwargs)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     cpu = {name: t.cpu() if isinstance(t, torch.Tensor) else t for name, t in kwargs.items()}
-    out_f, lse_f = swattn.flash_attn_with_kvcache(k_cache=caches[1][0].cpu(), v_cache=caches[1][1].cpu(), **cpu)
+    # The CPU caches the fallback appends to (on a GPU run ``.cpu()`` is a copy: compare that copy, not the source).
+    k_cpu, v_cpu = caches[1][0].cpu(), caches[1][1].cpu()
+    out_f, lse_f = swattn.flash_attn_with_kvcache(k_cache=k_cpu, v_cache=v_cpu, **cpu)
     assert_close("out", out_f, out_k.cpu(), tolerance_for(torch.float16))
     assert_close("lse", lse_f, lse_k.cpu(), LSE_TOL)
-    assert same_bytes(caches[0][0].cpu(), caches[1][0].cpu()) and same_bytes(caches[0][1].cpu(), caches[1][1].cpu())
+    assert not same_bytes(k_cpu, k_cache.cpu())  # the append happened
+    assert same_bytes(caches[0][0].cpu(), k_cpu) and same_bytes(caches[0][1].cpu(), v_cpu)
 
 
 # ----------------------------------------------------------------------------------------------------------------
