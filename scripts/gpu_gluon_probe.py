@@ -149,8 +149,10 @@ def main() -> int:
                 gluon.append(("gluon 1 WG x 2/SM BN64", with_mode("1", call(), consumers=1, per_sm=2, block_n=64)))
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
+        # The accumulator's rescale under the next block's Q K^T (FlashAttention 3's order), on the shipped config.
+        gluon.insert(1, ("gluon rescale under QK", with_mode("1", call(), rescale_under_qk=True)))
         if args.paged:
-            gluon = gluon[:1]
+            gluon = gluon[:2]
         variants += gluon
         try:
             fa3 = (peers.fa3(q, k_pool, v_pool, left, sinks=sinks, page_table=page_table, seqused_k=seqlens)

@@ -171,6 +171,27 @@ def test_pingpong_matches_the_default_schedule(case, monkeypatch):
     assert torch.equal(out, pingpong_out) and torch.equal(lse, pingpong_lse)
 
 
+@pytest.mark.parametrize("case", [DENSE[0], DENSE[3], DENSE[5], DENSE[6], DENSE[9], DENSE[-1], DENSE_D256[1]],
+                         ids=lambda c: f"H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
+def test_rescale_under_qk_matches_the_default_order(case, monkeypatch):
+    """The accumulator's rescale issued under the next block's Q K^T instead of after P V: the same bits."""
+    batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, window_size, softcap, with_sinks, pack_gqa = case
+    q = randn(batch, seqlen_q, heads, head_dim, dtype=torch.bfloat16)
+    k = randn(batch, seqlen_k, kv_heads, head_dim, dtype=torch.bfloat16)
+    v = randn(batch, seqlen_k, kv_heads, head_dim, dtype=torch.bfloat16)
+    sinks = torch.randn(heads, device=DEVICE) if with_sinks else None
+    results = []
+    for flag in (False, True):
+        monkeypatch.setattr(gluon_fwd, "RESCALE_UNDER_QK", flag)
+        with gluon_mode("1") as calls:
+            results.append(swattn.flash_attn_func(q, k, v, window_size=window_size, softcap=softcap, sinks=sinks,
+                                                  pack_gqa=pack_gqa, return_softmax_lse=True))
+            torch.cuda.synchronize()
+        assert calls
+    (out, lse), (moved_out, moved_lse) = results
+    assert torch.equal(out, moved_out) and torch.equal(lse, moved_lse)
+
+
 @pytest.mark.parametrize("pack_gqa", [False, True])
 def test_q_as_a_view_of_a_fused_projection(pack_gqa):
     """Q is read through a 4D TMA descriptor with the caller's strides: a slice of a fused QKV tensor."""
