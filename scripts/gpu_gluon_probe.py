@@ -4,7 +4,10 @@ ping-pong variants and FlashAttention 3 (when ``.peer-kernels`` is unpacked), af
 variant against the Triton path. Every variant of a row is replayed in interleaved rounds (median of the rounds'
 medians), so clock drift does not favour whichever ran first.
 
-    python scripts/gpu_gluon_probe.py [--rounds 5] [--reps 10] [--rows D128,causal] [--out FILE.md]
+    python scripts/gpu_gluon_probe.py [--rounds 5] [--reps 10] [--rows D128,causal] [--variants shipped,FA3]
+        [--paged 16] [--out FILE.md]
+
+(``--rows`` / ``--variants``: comma-separated substrings, ``_`` for a space; a label's own comma cannot be given.)
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ def main() -> int:
     parser.add_argument("--paged", type=int, default=0,
                         help="page size: the rows as chunked prefill over a paged KV cache (flash_attn_with_kvcache; "
                              "Triton, the shipped Gluon launch and FA3 only)")
+    parser.add_argument("--variants", default="",
+                        help="comma-separated substrings of the variant names to run (Triton, shipped, FA3, ...)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     lines = [f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, seqlen {args.seqlen}, bf16, "
@@ -160,6 +165,9 @@ def main() -> int:
             variants.append(("FA3" + (" (sinks)" if with_sinks else ""), fa3))
         except Exception as exc:  # noqa: BLE001 - a missing peer is a note
             lines.append(f"| {label} | FA3 | skipped: {str(exc)[:80]} | | |")
+        if args.variants:
+            variants = [(name, fn) for name, fn in variants
+                        if any(word.replace("_", " ") in name for word in args.variants.split(","))]
         graphs, errors = {}, {}
         for name, fn in variants:
             try:
