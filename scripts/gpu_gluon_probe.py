@@ -152,6 +152,7 @@ def main() -> int:
             gluon.append(("gluon TMA store", with_mode("1", call(), tma_store=True)))
             if head_dim == 64 and not small:
                 gluon.append(("gluon 1 WG x 2/SM BN64", with_mode("1", call(), consumers=1, per_sm=2, block_n=64)))
+                gluon.append(("gluon S3", with_mode("1", call(), num_stages=3)))  # 3 K/V stages fit at D64
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
         # The accumulator's rescale under the next block's Q K^T (FlashAttention 3's order), on the shipped config.
