@@ -60,7 +60,7 @@ DEFAULT_SAMPLE = {
     "test_flash_attn_kvcache": "3+6",
     "test_flash_attn_cluster": "0+1",
     "test_flash_attn_race_condition": "0",
-    "test_flash_attn_combine": "1",
+    "test_flash_attn_combine": "1+2",
     "test_flash_attn_varlen_combine_linearize": "0+1",
     "test_flash3_bw_compatibility": "0",
 }
@@ -156,7 +156,6 @@ def classify(outcome: str, detail: str) -> str:
         ("a different value head_dim", "refused: value head_dim != head_dim (FA3 also draws dv=128/256/512)"),
         ("headdim_v:", "refused: value head_dim != head_dim (FA3 also draws dv=128/256/512)"),
         ("head_dim must be a multiple of 8 in [8, 256]", "refused: head_dim > 256"),
-        ("flash_attn_combine: not part", "not in swattn's API: flash_attn_combine"),
         ("flash_attn_3", "FA3 internals: torch.ops.flash_attn_3 (C++ op schema)"),
     )
     for needle, reason in reasons:

@@ -23,8 +23,8 @@ import torch
 
 # Test functions whose dv loop follows FA3's rule: dv in [128, d] for 128 < d <= 192, [256, 512, d] for d <= 64.
 _DV_TESTS = ("test_flash_attn_output", "test_flash_attn_varlen_output", "test_flash_attn_kvcache")
-# Test functions that call something swattn does not have (flash_attn_combine; FA3's C++ op schemas).
-_NOT_IN_SWATTN = ("test_flash_attn_combine", "test_flash3_bw_compatibility")
+# Test functions that call something swattn does not have (FA3's C++ op schemas, torch.ops.flash_attn_3).
+_NOT_IN_SWATTN = ("test_flash3_bw_compatibility",)
 
 
 def accepted(name: str, params: dict) -> bool:

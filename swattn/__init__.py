@@ -1,9 +1,10 @@
 """swattn: Triton kernels for sliding-window attention, with FlashAttention 3's API.
 
-    from swattn import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache
+    from swattn import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache, flash_attn_combine
 """
 
 from swattn.interface import (
+    flash_attn_combine,
     flash_attn_func,
     flash_attn_varlen_func,
     flash_attn_with_kvcache,
@@ -12,6 +13,7 @@ from swattn.interface import (
 from swattn.window import first_readable_page, normalize_window, tile_plan, window_size_from_sliding_window
 
 __all__ = [
+    "flash_attn_combine",
     "flash_attn_func",
     "flash_attn_varlen_func",
     "flash_attn_with_kvcache",

@@ -684,6 +684,78 @@ def get_scheduler_metadata(
     return torch.tensor([splits, int(packed)], dtype=torch.int32, device=cache_seqlens.device)
 
 
+_COMBINE_MAX_HEAD_DIM = 1024
+_MAX_GRID_YZ = 65535  # CUDA's limit on a grid's second and third dimensions (the merge's heads and batch)
+
+
+def flash_attn_combine(
+    out_partial: torch.Tensor,
+    lse_partial: torch.Tensor,
+    out: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlashAttention 3's ``flash_attn_combine``: merge partial attention results over disjoint key sets (split-KV,
+    context-parallel shards) by their log-sum-exps.
+
+    out_partial: ``[num_splits, B, Sq, H, D]`` float32 (float16 / bfloat16 accepted), any strides with unit stride
+    in D; lse_partial: ``[num_splits, B, Sq, H]`` float32 (natural log), any strides. Also FlashAttention's varlen
+    layout, one dimension less: ``[num_splits, total_q, H, D]`` and ``[num_splits, total_q, H]``. Any number of
+    splits (merged in chunks: no limit), D up to 1024. ``lse = logsumexp_s(lse_s)``, ``out = sum_s exp(lse_s - lse)
+    * out_s``: a split with lse -inf (it saw no key) adds nothing, and a row whose splits are all -inf gives out 0
+    and lse -inf. ``out``: ``[B, Sq, H, D]`` (``[total_q, H, D]``) written in place, unit stride in D, or None
+    (allocated); ``out_dtype``: float32, float16 or bfloat16, default out's dtype, else out_partial's.
+    Returns ``(out, softmax_lse)``: softmax_lse float32 ``[B, Sq, H]`` (``[total_q, H]``), a transposed view of a
+    contiguous ``[B, H, Sq]`` (``[H, total_q]``) as in FlashAttention 3. No gradient.
+    """
+    _check_tensor("out_partial", out_partial, (5, 4), "(num_splits, B, Sq, H, D) or (num_splits, total_q, H, D)")
+    if out_partial.dtype not in _DTYPES:
+        raise TypeError(f"out_partial: expected dtype float32 (or float16, bfloat16), got {out_partial.dtype}")
+    varlen = out_partial.dim() == 4
+    layout = "(num_splits, total_q, H)" if varlen else "(num_splits, B, Sq, H)"
+    _check_tensor("lse_partial", lse_partial, out_partial.dim() - 1, layout)
+    if tuple(lse_partial.shape) != tuple(out_partial.shape[:-1]):
+        raise ValueError(f"lse_partial: expected shape {tuple(out_partial.shape[:-1])} {layout} to match "
+                         f"out_partial, got {tuple(lse_partial.shape)}")
+    if lse_partial.dtype != torch.float32:
+        raise TypeError(f"lse_partial: expected dtype torch.float32, got {lse_partial.dtype}")
+    if lse_partial.device != out_partial.device:
+        raise ValueError(f"lse_partial: expected device {out_partial.device} to match out_partial, "
+                         f"got {lse_partial.device}")
+    head_dim, heads = out_partial.shape[-1], out_partial.shape[-2]
+    if not 1 <= head_dim <= _COMBINE_MAX_HEAD_DIM:
+        raise ValueError(f"out_partial: head_dim must lie in [1, {_COMBINE_MAX_HEAD_DIM}], got {head_dim}")
+    batch = 1 if varlen else out_partial.shape[1]
+    if heads > _MAX_GRID_YZ or batch > _MAX_GRID_YZ:
+        raise ValueError(f"out_partial: at most {_MAX_GRID_YZ} heads and {_MAX_GRID_YZ} sequences per call, got "
+                         f"{heads} heads, {batch} sequences (merge in several calls)")
+    merged_shape = tuple(out_partial.shape[1:])
+    if out_dtype is not None and out_dtype not in _DTYPES:
+        raise TypeError(f"out_dtype: expected torch.float32, torch.float16, torch.bfloat16 or None, got {out_dtype}")
+    if out is None:
+        out = torch.empty(merged_shape, dtype=out_dtype or out_partial.dtype, device=out_partial.device)
+    else:
+        _check_tensor("out", out, len(merged_shape), "(total_q, H, D)" if varlen else "(B, Sq, H, D)")
+        if tuple(out.shape) != merged_shape:
+            raise ValueError(f"out: expected shape {merged_shape} (out_partial without its splits), "
+                             f"got {tuple(out.shape)}")
+        if out_dtype is not None and out.dtype != out_dtype:
+            raise TypeError(f"out: expected dtype {out_dtype} (out_dtype), got {out.dtype}")
+        if out.dtype not in _DTYPES:
+            raise TypeError(f"out: expected dtype float32, float16 or bfloat16, got {out.dtype}")
+        if out.device != out_partial.device:
+            raise ValueError(f"out: expected device {out_partial.device} to match out_partial, got {out.device}")
+        if out.stride(-1) != 1 and out.numel() > 0:
+            raise ValueError(f"out: written in place, so its last dimension must have stride 1, got strides "
+                             f"{tuple(out.stride())}")
+    if varlen:
+        lse = torch.empty(heads, merged_shape[0], dtype=torch.float32, device=out_partial.device).t()
+    else:
+        lse = torch.empty(batch, heads, merged_shape[1], dtype=torch.float32,
+                          device=out_partial.device).transpose(1, 2)
+    ops.run_combine(_contiguous_last(out_partial), lse_partial, out, lse)
+    return out, lse
+
+
 def _check_rotary(rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, k, q, batch: int) -> int:
     """The rotary arguments agree with each other and with q; returns rotary_dim (0 without rotary)."""
     if rotary_cos is None and rotary_sin is None:

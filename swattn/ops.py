@@ -21,6 +21,7 @@ from swattn import reference
 from swattn._compat import uses_triton
 from swattn.kernels.append import append_plan
 from swattn.kernels.bwd import attention_backward
+from swattn.kernels.combine import combine_splits
 from swattn.kernels.fwd import attention_forward, forward_plan
 from swattn.kernels.fwd import settings as forward_settings
 
@@ -446,6 +447,36 @@ def run_fwd_kvcache(*args) -> tuple[torch.Tensor, torch.Tensor]:
                     torch.autograd.graph.increment_version(cache)
         return result
     return fwd_kvcache(*args)
+
+
+def _combine_impl(out_partial: torch.Tensor, lse_partial: torch.Tensor, out: torch.Tensor, lse: torch.Tensor) -> None:
+    """FlashAttention 3's ``flash_attn_combine``: merge ``out_partial [S, B, L, H, D]`` and ``lse_partial [S, B, L,
+    H]`` (or the varlen layout without B) into ``out`` and ``lse`` (float32), in place."""
+    if uses_triton(out_partial):
+        combine_splits(out_partial, lse_partial, out, lse)
+        return
+    merged, merged_lse = reference.combine_ref(out_partial, lse_partial)
+    out.copy_(merged)
+    lse.copy_(merged_lse)
+
+
+combine = torch.library.custom_op("swattn::combine", mutates_args=("out", "lse"), device_types=None)(_combine_impl)
+
+
+@combine.register_fake
+def _combine_fake(out_partial, lse_partial, out, lse):
+    return None
+
+
+def run_combine(out_partial: torch.Tensor, lse_partial: torch.Tensor, out: torch.Tensor, lse: torch.Tensor) -> None:
+    """``swattn::combine``, called directly in eager mode (see ``_may_skip_dispatcher``)."""
+    if not _may_skip_dispatcher((out_partial, lse_partial, out, lse)):
+        combine(out_partial, lse_partial, out, lse)
+        return
+    _combine_impl(out_partial, lse_partial, out, lse)
+    for t in (out, lse):  # the dispatcher records the in-place writes; so must the direct call
+        if not t.is_inference():
+            torch.autograd.graph.increment_version(t)
 
 
 def plan_settings() -> tuple:

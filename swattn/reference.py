@@ -426,3 +426,17 @@ def attention_backward_ref(
         sink_probs = torch.where(finite[..., 0], torch.exp(sinks.to(f64).view(1, -1, 1) - lsef), 0.0)
         dsinks = -(sink_probs * delta).sum((0, 2)).to(torch.float32)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dsinks
+
+
+def combine_ref(out_partial: torch.Tensor, lse_partial: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlashAttention 3's ``flash_attn_combine`` in float64: partial results over disjoint key sets, ``out_partial
+    [S, ..., D]`` and their natural-log LSEs ``lse_partial [S, ...]``, merged into ``out [..., D]`` and ``lse [...]``
+    (float64). ``lse = logsumexp_s(lse_s)``, ``out = sum_s exp(lse_s - lse) * out_s``; a split with lse -inf adds
+    nothing, and a row whose splits are all -inf (or that has no split) gives out 0 and lse -inf."""
+    lse_partial, out_partial = lse_partial.to(torch.float64), out_partial.to(torch.float64)
+    lse = torch.logsumexp(lse_partial, dim=0) if lse_partial.shape[0] else lse_partial.new_full(
+        lse_partial.shape[1:], -math.inf)
+    # Rows with lse -inf take the pivot 0: exp(-inf - 0) = 0 for each of their splits, never NaN.
+    weight = torch.exp(lse_partial - torch.where(torch.isneginf(lse), 0.0, lse))
+    out = (weight.unsqueeze(-1) * out_partial).sum(0)
+    return out, lse

@@ -287,6 +287,10 @@ FA3_PARAMETERS = {
         ("scheduler_metadata", None), ("num_splits", 0), ("pack_gqa", None), ("sm_margin", 0),
         ("return_softmax_lse", False),
     ],
+    "flash_attn_combine": [
+        ("out_partial", inspect.Parameter.empty), ("lse_partial", inspect.Parameter.empty), ("out", None),
+        ("out_dtype", None),
+    ],
     "get_scheduler_metadata": [
         ("batch_size", inspect.Parameter.empty), ("max_seqlen_q", inspect.Parameter.empty),
         ("max_seqlen_k", inspect.Parameter.empty), ("num_heads_q", inspect.Parameter.empty),

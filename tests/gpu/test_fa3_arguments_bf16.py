@@ -1,7 +1,8 @@
 """bf16 at real sizes on a GPU (skipped without one): FlashAttention 3's arguments added for issue 19 —
 ``seqused_q``, ``attention_chunk`` (forward, backward, KV cache), ``cache_batch_idx`` with ``page_table``,
 ``cu_seqlens_k_new``, ``cache_leftpad``, rotary — against the float32 reference on the GPU, with NaN in what must not
-be read. The CPU twin is tests/kernels/test_fa3_arguments.py. Run with ``python -m pytest -q tests/gpu``.
+be read; and ``flash_attn_combine``. The CPU twins are tests/kernels/test_fa3_arguments.py and test_combine.py.
+Run with ``python -m pytest -q tests/gpu``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from swattn.reference import (
     attention_kvcache_ref,
     attention_ref,
     attention_varlen_ref,
+    combine_ref,
     rotate_queries_ref,
 )
 from swattn.testing import assert_close, tolerance_for
@@ -162,3 +164,23 @@ def test_rotary_decode(interleaved, seqlen_q):
     ref = attention_kvcache_ref(q_rot, *reference_cache, lengths, page_table=table, causal=True,
                                 window_size=(1023, 0), **REF)[0]
     assert_close("out", out, ref, OUT_TOL)
+
+
+@pytest.mark.parametrize("num_splits, seqlen, head_dim, out_dtype", [
+    (133, 113, 512, BF16), (97, 1024, 64, torch.float32), (3, 640, 192, torch.float16), (1, 3, 128, BF16),
+])
+def test_combine_fa3_sizes(num_splits, seqlen, head_dim, out_dtype):
+    """``flash_attn_combine`` at FlashAttention 3's test sizes (B=5, H=16, its largest split count and head_dim, not
+    both with its longest seqlen: the float64 reference needs 9 GB there; its strided partials; splits from
+    num_splits // 2 on empty for the first batch entries) against the float64 reference, with FA3's criteria: LSE
+    within 1e-5, out within twice the error of the reference rounded to out's dtype (or 1e-5)."""
+    batch, heads = 5, 16
+    out_partial = torch.randn(num_splits * 2, batch, heads, seqlen, head_dim, device=DEVICE).transpose(2, 3)
+    out_partial = out_partial[:num_splits]
+    lse_partial = torch.randn(num_splits, batch, heads * 2, seqlen, device=DEVICE).transpose(-1, -2)[..., :heads]
+    lse_partial[num_splits // 2:, :batch // 3] = -math.inf
+    out, lse = swattn.flash_attn_combine(out_partial, lse_partial, out_dtype=out_dtype)
+    expected_out, expected_lse = combine_ref(out_partial, lse_partial)
+    assert torch.allclose(lse.double(), expected_lse, atol=1e-5, rtol=1e-5)
+    rounding = (expected_out.to(out_dtype).double() - expected_out).abs().max().item()
+    assert (out.double() - expected_out).abs().max().item() <= max(2 * rounding, 1e-5)
