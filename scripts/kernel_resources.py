@@ -109,9 +109,15 @@ def _sass(cubin: bytes, cuobjdump: str) -> str:
 
 
 def compile_gluon(q, k, v, *, left: int, right: int, pack_gqa: bool = False, sinks: bool = False,
-                  softcap: float = 0.0) -> Resources:
-    """Compile the launch ``gluon_fwd.forward`` makes for these (CPU) inputs, as it would on an sm_90 GPU."""
+                  softcap: float = 0.0, page_size: int = 0) -> Resources:
+    """Compile the launch ``gluon_fwd.forward`` makes for these (CPU) inputs, as it would on an sm_90 GPU;
+    ``page_size`` > 0: k/v cut into pages of that many keys, read through a page table, with cache lengths."""
     kernel, launches = gluon_fwd._swa_fwd_sm90_kernel, []
+    seqlen_k, cache = k.shape[1], {}
+    if page_size:
+        k, v = (t.reshape(-1, page_size, *t.shape[2:]) for t in (k, v))
+        cache = dict(page_table=torch.arange(k.shape[0], dtype=torch.int32).view(q.shape[0], -1),
+                     seqlens_k=torch.full((q.shape[0],), seqlen_k, dtype=torch.int32))
 
     class Capture:
         def __getitem__(self, grid):
@@ -124,9 +130,10 @@ def compile_gluon(q, k, v, *, left: int, right: int, pack_gqa: bool = False, sin
         gluon_fwd.forward(
             q, k, v, out, lse, softmax_scale=head_dim ** -0.5, left=left, right=right, softcap=softcap,
             sinks=torch.randn(heads) if sinks else None, cu_seqlens_q=None, cu_seqlens_k=None, seqlen_q=seqlen,
-            seqlen_k=k.shape[1], batch=batch, pack_gqa=pack_gqa,
+            seqlen_k=seqlen_k, batch=batch, pack_gqa=pack_gqa,
             o_strides=out.stride()[:3], l_strides=(lse.stride(0), lse.stride(2), lse.stride(1)),
-            non_finite_flags=torch.empty(1 << 16, dtype=torch.int8), any_non_finite=torch.zeros(1, dtype=torch.int32))
+            non_finite_flags=torch.empty(1 << 16, dtype=torch.int8), any_non_finite=torch.zeros(1, dtype=torch.int32),
+            **cache)
     finally:
         gluon_fwd._swa_fwd_sm90_kernel = kernel
     args, kwargs = launches[0]
@@ -134,7 +141,8 @@ def compile_gluon(q, k, v, *, left: int, right: int, pack_gqa: bool = False, sin
 
 
 def gluon_targets() -> list[tuple[str, dict, dict, torch.dtype]]:
-    """The Gluon kernel's shipped variants: head_dim 64 and 128, packed or not, the switches of gpt-oss and Gemma."""
+    """The Gluon kernel's shipped variants: head_dim 64, 128 and 256, packed or not, the switches of gpt-oss and
+    Gemma, a paged cache."""
     d64, d128 = dict(q=(1, 512, 64, 64), kv=(1, 512, 8, 64)), dict(q=(1, 512, 32, 128), kv=(1, 512, 8, 128))
     d256 = dict(q=(1, 512, 16, 256), kv=(1, 512, 8, 256))
     return [
@@ -151,6 +159,7 @@ def gluon_targets() -> list[tuple[str, dict, dict, torch.dtype]]:
          torch.bfloat16),
         ("gluon W(4095,0) D256 softcap, sinks (Gemma 2)", d256, dict(left=4095, right=0, softcap=50.0, sinks=True),
          torch.bfloat16),
+        ("gluon W(4095,0) D128 over pages of 16", d128, dict(left=4095, right=0, page_size=16), torch.bfloat16),
     ]
 
 
@@ -338,6 +347,7 @@ def main() -> int:
             # At the 240-register budget the D128 consumers spill a little on some Tritons (3.6, the GPU's: 0 B;
             # 3.9: 8 B with softcap); more than 64 B means the budget no longer fits.
             # At head_dim 256 (a 128-register accumulator) Triton 3.9 spills 48-80 B; more than 96 B: no longer fits.
+            # Over pages the loader warp (24 registers) keeps a block's page-box addresses: 48 B of its stack.
             allowed_stack = {64: 0, 128: 64, 256: 96}[q.shape[-1]]
             consumers = gluon_fwd.consumers_for(q.shape[-1], kwargs.get("pack_gqa", False), kwargs["left"],
                                                 kwargs["right"])

@@ -38,6 +38,6 @@ def test_shipped_forward_configs_compile_for_hopper_with_pipelined_loops():
     # The Gluon sm_90 forward: each shipped variant compiles with wgmma and fits (no spills beyond the noted one).
     gluon = re.findall(r"^(gluon .*) \[gluon\]: (\d+) regs \(max\), (\d+) B stack, (\d+) B shared, HGMMA (\w+)$",
                        result.stdout, flags=re.M)
-    assert len(gluon) == 8, result.stdout
+    assert len(gluon) == 9, result.stdout
     for name, registers, _stack, shared, hgmma in gluon:
         assert 0 < int(registers) <= 255 and int(shared) <= 227 * 1024 and hgmma == "True", name
