@@ -79,6 +79,13 @@ def with_mode(mode: str, fn, **overrides):
     return run
 
 
+def matmul_rate(n: int = 8192) -> float:
+    """The GPU's measured bf16 matmul rate (n^3, graph-replayed, TFLOP/s): the denominator of "% of matmul"."""
+    left, right = (torch.randn(n, n, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    graph = capture(lambda: left @ right)
+    return 2 * n ** 3 / statistics.median(replay_us(graph, 10) for _ in range(3)) / 1e6
+
+
 def visible_flops(seqlen: int, heads: int, head_dim: int, left: int) -> float:
     pairs = sum(min(i, left) + 1 if left >= 0 else i + 1 for i in range(seqlen))
     return 4.0 * head_dim * heads * pairs
@@ -102,7 +109,9 @@ def main() -> int:
     lines = [f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, seqlen {args.seqlen}, bf16, "
              f"{f'paged KV cache (pages of {args.paged}), ' if args.paged else ''}"
              f"graph replay, median of {args.rounds} interleaved rounds of {args.reps}", "",
-             "| row | provider | us | TFLOP/s | rel err vs Triton |", "|---|---|---|---|---|"]
+             "| row | provider | us | TFLOP/s | % of matmul | rel err vs Triton |", "|---|---|---|---|---|---|"]
+    matmul_tflops = matmul_rate()
+    lines.insert(1, f"bf16 matmul (8192^3, torch): {matmul_tflops:.0f} TFLOP/s")
     for label, head_dim, heads, kv_heads, left, with_sinks in ROWS:
         if args.rows and not any(word.replace("_", " ") in label for word in args.rows.split(",")):
             continue
@@ -165,7 +174,7 @@ def main() -> int:
                    if args.paged else peers.fa3(q, k, v, left, sinks=sinks))
             variants.append(("FA3" + (" (sinks)" if with_sinks else ""), fa3))
         except Exception as exc:  # noqa: BLE001 - a missing peer is a note
-            lines.append(f"| {label} | FA3 | skipped: {str(exc)[:80]} | | |")
+            lines.append(f"| {label} | FA3 | skipped: {str(exc)[:80]} | | | |")
         if args.variants:
             variants = [(name, fn) for name, fn in variants
                         if any(word.replace("_", " ") in name for word in args.variants.split(","))]
@@ -177,7 +186,7 @@ def main() -> int:
                 errors[name] = relative_error(out.float(), reference.float())
                 graphs[name] = capture(fn)
             except Exception as exc:  # noqa: BLE001 - report and go on
-                lines.append(f"| {label} | {name} | error: {type(exc).__name__}: {str(exc)[:160]} | | |")
+                lines.append(f"| {label} | {name} | error: {type(exc).__name__}: {str(exc)[:160]} | | | |")
                 print(lines[-1], flush=True)
         # Rounds over all variants, so clock and power drift spreads over every variant alike.
         times = {name: [] for name in graphs}
@@ -186,7 +195,9 @@ def main() -> int:
                 times[name].append(replay_us(graph, args.reps))
         for name in graphs:
             us = statistics.median(times[name])
-            lines.append(f"| {label} | {name} | {us:.1f} | {flops / us / 1e6:.0f} | {errors[name]:.1e} |")
+            tflops = flops / us / 1e6
+            lines.append(f"| {label} | {name} | {us:.1f} | {tflops:.0f} | {100 * tflops / matmul_tflops:.0f}% | "
+                         f"{errors[name]:.1e} |")
             print(lines[-1], flush=True)
         del graphs
         torch.cuda.empty_cache()
