@@ -1,21 +1,23 @@
 """The Hopper (sm_90) forward in Gluon: warp-specialized, TMA-fed, asynchronous wgmma, n_offset tiling.
 
-A persistent grid (one program per SM) walks the work items, longest first; an item is a tile of 64 query rows per
-consumer warpgroup (two or three) of one head, or with PackGQA of one KV head's packed (position, head) rows. One
-program holds:
+A persistent grid (one program per SM, two for one-warpgroup programs) walks the work items, longest first; an item
+is a tile of 64 query rows per consumer warpgroup (one to three) of one head, or with PackGQA of one KV head's
+packed (position, head) rows. One program holds:
 
 - a loader partition (one warp, few registers) brings each tile's Q through TMA into one of two Q slots (the next
-  tile's Q arrives while the consumers finish this one) and streams the tile's K and V blocks through TMA into a
-  ring of ``NUM_STAGES`` shared-memory stages. The stream starts at the tile's first visible key (n_offset: the TMA
-  coordinate is that key, not a multiple of BLOCK_N) and runs over ``ceil(span / BLOCK_N)`` blocks. K and V have
-  their own ready/empty barriers, so a K stage is refilled as soon as its scores are computed, before the
-  P @ V product of the same block has run;
-- two or three consumer warpgroups (the default partition and workers, most of the registers), 64 rows each, read every
-  block. Inside a warpgroup the scores of block j+1 (``Q K^T``, async wgmma) are in flight while the softmax of
-  block j runs, then ``P_j V_j`` is issued and overlaps the next wait (FlashAttention 3's intra-warpgroup
-  overlap). Between the two warpgroups either the warp schedulers interleave one's softmax with the other's
-  products, or (``PINGPONG``) the warpgroups take turns issuing their products through a pair of mbarriers, as
-  FlashAttention 3's warp-scheduler barriers order them.
+  tile's Q arrives while the consumers finish this one; one slot at head_dim 256) and streams the tile's K and V
+  blocks through TMA into a ring of ``NUM_STAGES`` shared-memory stages. The stream starts at the tile's first
+  visible key (n_offset: the TMA coordinate is that key, not a multiple of BLOCK_N) and runs over
+  ``ceil(span / BLOCK_N)`` blocks. Over a paged cache a block is one TMA box per page part (at most a page and
+  ``PAGE_BOX_MAX`` keys, its row looked up in the page table), and the start is rounded down to a box: pages wholly
+  outside the window are never read. K and V have their own ready/empty barriers, so a K stage is refilled as soon
+  as its scores are computed, before the P @ V product of the same block has run;
+- one to three consumer warpgroups (the default partition and workers, most of the registers), 64 rows each, read
+  every block. Inside a warpgroup the scores of block j+1 (``Q K^T``, async wgmma) are in flight while the softmax
+  of block j runs, then ``P_j V_j`` is issued and overlaps the next wait (FlashAttention 3's intra-warpgroup
+  overlap). Between two warpgroups either the warp schedulers interleave one's softmax with the other's products,
+  or (``PINGPONG``) the warpgroups take turns issuing their products through a pair of mbarriers, as FlashAttention
+  3's warp-scheduler barriers order them.
 - the epilogue (sink, normalization, LSE, O) runs in each consumer; rows holding a NaN are flagged exactly as the
   Triton kernel's main pass flags them, and ``fwd.attention_forward`` runs the same redo pass afterwards, so
   non-finite isolation is identical on both paths.
@@ -25,8 +27,9 @@ mask; interior blocks run the bare softmax. The window arithmetic is the Triton 
 from Gluon, so the host, both kernel families and the tests share one definition.
 
 Scope (everything else takes the Triton kernels, see ``unsupported_reason``): sm_90, bf16/fp16, head_dim 64, 128 or
-256, dense or varlen q and k/v whose (token, head, dim) rows are contiguous and TMA-aligned, PackGQA with a group
-that divides 64, no paged/indexed cache, no split-KV, no in-kernel append.
+256; dense or varlen q over dense, varlen, contiguous-cache (cache lengths) or paged K/V (pages of 8 keys or more,
+a power of two) whose (token, head, dim) rows are contiguous and TMA-aligned; PackGQA with a group that divides 64;
+no cache_batch_idx, split-KV or in-kernel append.
 """
 
 from __future__ import annotations
@@ -231,12 +234,12 @@ if GLUON_AVAILABLE:
                 PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                 IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
-                ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr,
-                NUM_CONSUMERS: gl.constexpr,
+                ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
                 TMA_STORE: gl.constexpr, RESCALE_UNDER_QK: gl.constexpr):
         """One warp: each work item's Q (one box per consumer warpgroup, into the item's Q slot) and K/V blocks
-        (into the stage ring, from the tile's first visible key) through TMA. Both rings' positions run on across
-        items, so the next tile's Q and first blocks load during this one's last blocks and epilogue."""
+        (into the stage ring, from the tile's first visible key; over pages, one box per page part) through TMA.
+        Both rings' positions run on across items, so the next tile's Q and first blocks load during this one's last
+        blocks and epilogue."""
         k_desc, v_desc, q_desc = pointers[0], pointers[1], pointers[2]
         q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty = buffers[:9]
         PAGE_TABLE, stride_page_table, page_size = geometry[12], geometry[13], geometry[14]
@@ -325,9 +328,8 @@ if GLUON_AVAILABLE:
                   PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                   IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
-                ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr,
-                NUM_CONSUMERS: gl.constexpr,
-                TMA_STORE: gl.constexpr, RESCALE_UNDER_QK: gl.constexpr):
+                  ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
+                  TMA_STORE: gl.constexpr, RESCALE_UNDER_QK: gl.constexpr):
         """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of each work item's tile, from Q load to O store."""
         O, LSE, SINKS, FLAGS, ANY_NAN, o_desc = pointers[3:9]
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh = strides
