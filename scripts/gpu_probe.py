@@ -22,8 +22,12 @@ Sections (argv; all by default):
             and deeper prefetch (stages up to the tile's five blocks);
   fused_append  decode with append: the attention programs writing the new tokens (swattn.ops.FUSED_APPEND)
             against the separate append launch, graph-replayed with cold caches;
-  full_b4   full-attention decode B=4 16K: kernel times (attention, combine), pages 1/16/64 and a contiguous cache
-            against the copy of the same bytes, split counts x block configs;
+  full_b4   full-attention decode B=4 16K against the copy of the same bytes: kernel times (attention, combine),
+            split counts x block configs that fill one wave, a contiguous and a head-major cache;
+  verify_full  speculative verify on a full-attention layer (B=16, 8K and 1K, k = 2, 4, 8): split counts, the redo
+            launch's modes, FA3 beside;
+  append_fold  window decode / verify with the append, cold and warm: the append launch, the fused append, the
+            fused append reading the new tokens from k / v (fwd.APPEND_READS_INPUT);
   verify_defaults  the serving step's defaults (fused append, one 256-key verify block, scanning redo) against
             what they replaced, the one-pass isolation, no redo, no append; k = 1, 2, 4, 8;
   verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0) against decode: no append, the
@@ -582,11 +586,17 @@ def verify_defaults() -> None:
 
 
 def full_b4() -> None:
-    """Full-attention decode at B=4, 16K (gpt-oss layer, sinks): 76% of copy bandwidth at 09bb1a2, the issue asks
-    for 88% (SDPA's share on a contiguous cache). Where the rest goes: per-kernel GPU time of the shipped call
-    (split-KV attention, then the combine launch; torch.profiler), the same bytes copied, pages of 1, 16, 64 and a
-    contiguous cache (what paging costs), then split counts x block configs on page 16. Graph-replayed; a fresh
-    input set per page size (134 MB of K/V, under 3x the 50 MB L2)."""
+    """Full-attention decode at B=4, 16K (gpt-oss layer, sinks, page 16): 78% of copy bandwidth at 627f328 (40.64
+    us), the issue asks for 88% (SDPA's share on a contiguous head-major cache). Arithmetic (docs/notes/2026-12-03-
+    serving-step.md): 134 MB of K/V, 31.8 us at the measured copy bandwidth, 88% = 36.1 us for the split-KV launch
+    and the combine together. B * Hk = 32 programs per split on 132 SMs; the shipped split loop (16, 64, 2, 3) holds
+    162 registers (Triton 3.6, sm_90): 6 programs per SM, 792 slots, so 24 splits (768 programs, 683 keys each) is
+    the largest one-wave grid. The candidates: each config at the split count that fills its slots (registers ->
+    programs per SM, kernel_resources.py), a deeper prefetch, 128-key and 32-key blocks, a register cap that fits 8
+    per SM. Also the per-kernel times of the shipped call (split-KV attention, combine; torch.profiler), and the
+    same call on a head-major contiguous cache (a view of [B, Hk, S, D] memory: each KV head's keys contiguous, as
+    SDPA reads them), which says whether the interleaved heads (128 of every 1024 bytes per program) cost
+    bandwidth. Graph-replayed, one input set per layout (134 MB of K/V, over twice the L2)."""
     from torch.profiler import ProfilerActivity, profile
     batch, heads, kv_heads, head_dim, context = 4, 64, 8, 64, 16384
     kv_bytes = batch * context * kv_heads * head_dim * 2 * 2
@@ -598,40 +608,205 @@ def full_b4() -> None:
     q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=DTYPE)
     sinks = torch.randn(heads, device=DEVICE)
     seqlens = torch.full((batch,), context, device=DEVICE, dtype=torch.int32)
-    for page_size in (16, 1, 64, 0):
-        if page_size:
-            pages = context // page_size
-            k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
-            table = torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages)
-        else:
-            k_cache, table = torch.randn(batch, context, kv_heads, head_dim, device=DEVICE, dtype=DTYPE), None
-        v_cache = torch.randn_like(k_cache)
-        call = functools.partial(swattn.flash_attn_with_kvcache, q, k_cache, v_cache, cache_seqlens=seqlens,
-                                 page_table=table, causal=True, sinks=sinks)
-        us = graph_us(call, 20)
-        label = f"page {page_size}" if page_size else "contiguous cache"
-        print(f"  {label}: {us:.1f} us ({100 * copy_us / us:.0f}% of copy)", flush=True)
-        if page_size == 16:
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(20):
-                    call()
-                torch.cuda.synchronize()
-            for event in prof.key_averages():
-                total = getattr(event, "self_device_time_total", 0) or getattr(event, "self_cuda_time_total", 0)
-                if total:
-                    print(f"    kernel {event.key[:70]}: {total / max(event.count, 1):.1f} us x {event.count}")
-            rows = []
-            for num_splits in (12, 16, 24, 32, 48):
-                for config in [FwdConfig(16, 64, 2, 3), FwdConfig(16, 64, 4, 3), FwdConfig(16, 128, 4, 2),
-                               FwdConfig(16, 64, 2, 4), FwdConfig(16, 32, 2, 4)]:
-                    with forced_config(config):
-                        rows.append((graph_us(functools.partial(call, num_splits=num_splits), 20), num_splits,
-                                     config.block_n, config.num_warps, config.num_stages))
-            rows.sort()
-            print("  page 16, best (us, splits, block_n, warps, stages):")
-            for r in rows[:8]:
-                print(f"    {r[0]:6.1f} ({100 * copy_us / r[0]:.0f}% of copy) {r[1:]}", flush=True)
-        k_cache = v_cache = call = None
+    pages = context // 16
+    k_cache = torch.randn(batch * pages, 16, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+    v_cache = torch.randn_like(k_cache)
+    table = torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages)
+    call = functools.partial(swattn.flash_attn_with_kvcache, q, k_cache, v_cache, cache_seqlens=seqlens,
+                             page_table=table, causal=True, sinks=sinks)
+    ref = call().float()
+    auto = graph_us(call, 20)
+    print(f"  page 16, shipped: {auto:.1f} us ({100 * copy_us / auto:.0f}% of copy)", flush=True)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
+            call()
+        torch.cuda.synchronize()
+    for event in prof.key_averages():
+        total = getattr(event, "self_device_time_total", 0) or getattr(event, "self_cuda_time_total", 0)
+        if total:
+            print(f"    kernel {event.key[:70]}: {total / max(event.count, 1):.1f} us x {event.count}")
+    # (splits, config): programs = 32 * splits against 132 * programs per SM (Triton 3.6 registers).
+    candidates = [(20, FwdConfig(16, 64, 2, 3)),  # 640 programs: 5 per SM, each split a sixth longer
+                  (24, FwdConfig(16, 64, 2, 4)),  # deeper prefetch, the same 162 registers
+                  (32, FwdConfig(16, 64, 2, 3, maxnreg=128)),  # 8 per SM (1056 slots) if 128 registers do not spill
+                  (32, FwdConfig(16, 32, 2, 4)),  # 128 registers, 8 per SM
+                  (16, FwdConfig(16, 128, 2, 3))]  # 240 registers, 4 per SM (528 slots), 2 x 32 KB in flight each
+    rows = []
+    for num_splits, config in candidates:
+        try:
+            with forced_config(config):
+                fn = functools.partial(call, num_splits=num_splits)
+                err = ((fn().float() - ref).norm() / ref.norm()).item()
+                if err > 1e-2:
+                    print(f"  {num_splits} splits {config}: rel diff {err:.1e}, not timed", flush=True)
+                    continue
+                rows.append((graph_us(fn, 20), num_splits, config.block_n, config.num_warps, config.num_stages,
+                             config.maxnreg))
+        except Exception as exc:  # a config that does not compile or fit: say so, go on
+            print(f"  {num_splits} splits {config}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+    rows.sort()
+    print("  page 16 (us, % of copy, splits, block_n, warps, stages, maxnreg), fastest first:")
+    for r in rows:
+        print(f"    {r[0]:6.1f} ({100 * copy_us / r[0]:.0f}% of copy) {r[1:]}", flush=True)
+    k_cache = v_cache = table = None
+    torch.cuda.empty_cache()
+    head_major_k = torch.randn(batch, kv_heads, context, head_dim, device=DEVICE, dtype=DTYPE).transpose(1, 2)
+    head_major_v = torch.randn(batch, kv_heads, context, head_dim, device=DEVICE, dtype=DTYPE).transpose(1, 2)
+    try:
+        fn = functools.partial(swattn.flash_attn_with_kvcache, q, head_major_k, head_major_v, cache_seqlens=seqlens,
+                               causal=True, sinks=sinks)
+        us = graph_us(fn, 20)
+        print(f"  head-major view ([B, Hk, S, D] memory), shipped: {us:.1f} us ({100 * copy_us / us:.0f}% of copy)",
+              flush=True)
+        with forced_config(FwdConfig(16, 64, 2, 3)):
+            us = graph_us(functools.partial(fn, num_splits=32), 20)
+        print(f"  head-major view, 32 splits: {us:.1f} us ({100 * copy_us / us:.0f}% of copy)", flush=True)
+    except Exception as exc:  # noqa: BLE001
+        print(f"  head-major view: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+    torch.cuda.empty_cache()
+
+
+def verify_full(contexts: tuple[int, ...] = (8192,)) -> None:
+    """Speculative verify on a full-attention gpt-oss layer (B=16, H=64/8, D=64, sinks, page 16, k new tokens
+    appended in the call, the model step's layer): the step where FA3 is ahead (model step k=4: 2277.5 us against
+    1692.0). A k-token PackGQA tile has k * 8 rows: 16 (k <= 2) fit six programs per SM as decode does, 32 and 64
+    only four (Triton 3.6, sm_90: (32, 64, 4, 3) 126 registers, (64, 64, 4, 3) 128), so the six-per-SM split count
+    (6 splits at B=16: 768 programs) ran in two waves; the new rule (configs.SPLIT_PROGRAMS_PER_SM) gives 4 splits
+    (512 programs, one wave). Variants, each checked against the shipped output: ``shipped`` (the automatic split
+    count, the append launch, the redo launch behind a zeroed flag for these 512-768-tile grids), ``N splits``
+    (the old rule's 6, or others), ``scanned redo`` (fwd.SCAN_FLAGS_MAX_WORK unbounded: each redo program reads its
+    tile's flags, no zeroing launch), ``no redo`` (isolation off: what the redo costs), ``no append`` and FA3 (no
+    append: the model step's FA3 row). 8K (134 MB, over twice the L2, one input set; ``verify_full_1k``: 1K, 32
+    input sets); us per call, graph-replayed, two rounds."""
+    from swattn.bench import peers
+    from swattn.interface import split_count
+    from swattn.kernels import fwd
+    heads, kv_heads, head_dim, batch, page_size = 64, 8, 64, 16, 16
+    for context, input_sets, ks in [(c, 1 if c >= 8192 else 32, (4, 8, 2)) for c in contexts]:
+        print(f"\n## full-attention verify B=16 ctx {context} page 16 ({input_sets} input sets): us/call", flush=True)
+        pages = context // page_size + 1
+        for k in ks:
+            sets = []
+            for _ in range(input_sets):
+                k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+                sets.append(dict(
+                    q=torch.randn(batch, k, heads, head_dim, device=DEVICE, dtype=DTYPE), k_cache=k_cache,
+                    v_cache=torch.randn_like(k_cache), k=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE,
+                                                                     dtype=DTYPE),
+                    v=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
+                    page_table=torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages),
+                    cache_seqlens=torch.full((batch,), context - k, device=DEVICE, dtype=torch.int32),
+                    sinks=torch.randn(heads, device=DEVICE)))
+            without_append = [dict(s, cache_seqlens=s["cache_seqlens"] + k, k=None, v=None) for s in sets]
+            ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True).float()
+            # (label, num_splits (0 = automatic), settings: (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK), inputs)
+            shipped = (fwd.ISOLATE_NON_FINITE, fwd.SCAN_FLAGS_MAX_WORK)
+            variants = [("shipped", 0, shipped, sets), ("no append", 0, shipped, without_append)]
+            sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
+            auto = int(swattn.get_scheduler_metadata(batch, k, pages * page_size, heads, kv_heads, head_dim,
+                                                     sets[0]["cache_seqlens"], causal=True)[0])
+            old = split_count(batch * kv_heads, pages * page_size, sms)  # the rule before (16-row tiles)
+            print(f"  k={k}: automatic split count {auto} (the six-per-SM rule: {old})", flush=True)
+            if old != auto:
+                variants.append((f"{old} splits (the six-per-SM rule)", old, shipped, sets))
+            variants += [("scanned redo", 0, (True, 1 << 30), sets), ("no redo", 0, (False, None), sets)]
+            times: dict[str, list[float] | None] = {}
+            for _ in range(2):
+                for label, num_splits, (isolate, scan), inputs in variants:
+                    if label in times and times[label] is None:
+                        continue
+                    previous = (fwd.ISOLATE_NON_FINITE, fwd.SCAN_FLAGS_MAX_WORK)
+                    fwd.ISOLATE_NON_FINITE, fwd.SCAN_FLAGS_MAX_WORK = isolate, scan
+                    try:
+                        def call_all(inputs=inputs, num_splits=num_splits):
+                            for one in inputs:
+                                swattn.flash_attn_with_kvcache(**one, causal=True, num_splits=num_splits)
+                        if label not in times:
+                            out = swattn.flash_attn_with_kvcache(**inputs[0], causal=True, num_splits=num_splits)
+                            err = ((out.float() - ref).norm() / ref.norm()).item()
+                            times[label] = [] if err < 1e-2 else None
+                            if times[label] is None:
+                                print(f"  k={k} {label}: rel diff {err:.1e} against shipped, not timed", flush=True)
+                                continue
+                        times[label].append(graph_us(call_all, 20 // input_sets or 1, rep=100) / input_sets)
+                    except Exception as exc:  # report and go on
+                        print(f"  k={k} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+                        times[label] = None
+                    finally:
+                        fwd.ISOLATE_NON_FINITE, fwd.SCAN_FLAGS_MAX_WORK = previous
+            try:
+                runs = [peers.fa3(one["q"], one["k_cache"], one["v_cache"], -1, one["sinks"], one["page_table"],
+                                  one["cache_seqlens"] + k) for one in sets]
+
+                def fa3_all(runs=runs):
+                    for run in runs:
+                        run()
+                fa3_all()
+                times["FA3 (no append)"] = [graph_us(fa3_all, 20 // input_sets or 1, rep=100) / input_sets]
+            except Exception as exc:  # FA3 missing: say so
+                print(f"  k={k} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+            for label, values in times.items():
+                if values:
+                    print(f"  k={k} {label}: {' / '.join(f'{t:.2f}' for t in values)} us", flush=True)
+            sets.clear()
+            without_append.clear()
+            torch.cuda.empty_cache()
+
+
+def verify_full_1k() -> None:
+    verify_full((1024,))
+
+
+def append_fold() -> None:
+    """Window-(127, 0) decode and verify with the append (gpt-oss layer, B=16, 1K, page 16, sinks), cold (a graph
+    over 48 input sets) and warm (one input set replayed), us per call: ``no append`` (the attention alone),
+    ``append launch``, ``fused`` (the shipped fused append: copy the new tokens into the cache, barrier, read them
+    back) and ``fused, reads k/v`` (fwd.APPEND_READS_INPUT: the new tokens loaded from k / v with the cached keys,
+    written from the loaded tile; no dependent round trip in front of the K/V loads). Cold fused 5.83 us against
+    4.85 without the append (627f328); warm 4.32 against 3.58 (53ede4b)."""
+    from swattn import ops
+    from swattn.kernels import fwd
+    input_sets = 48
+    print("\n## window decode/verify + append, W(127,0) B=16 1K page 16: us/call, cold (48 sets) | warm (1 set)")
+    for k in (1, 4):
+        sets, without_append = _verify_sets(k, input_sets)
+        ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
+        variants = [("no append", None, False, without_append), ("append launch", False, False, sets),
+                    ("fused", True, False, sets), ("fused, reads k/v", True, True, sets)]
+        times: dict[str, list[str] | None] = {}
+        for _ in range(2):
+            for label, fused, reads, inputs in variants:
+                if label in times and times[label] is None:
+                    continue
+                previous = ops.FUSED_APPEND, fwd.APPEND_READS_INPUT
+                ops.FUSED_APPEND, fwd.APPEND_READS_INPUT = fused, reads
+                try:
+                    def call_all(inputs=inputs):
+                        for one in inputs:
+                            swattn.flash_attn_with_kvcache(**one, causal=True, window_size=(127, 0))
+
+                    def call_one(inputs=inputs):
+                        swattn.flash_attn_with_kvcache(**inputs[0], causal=True, window_size=(127, 0))
+                    if label not in times:
+                        out = swattn.flash_attn_with_kvcache(**inputs[0], causal=True, window_size=(127, 0))
+                        err = ((out.float() - ref).norm() / ref.norm()).item()
+                        times[label] = [] if err < 1e-2 else None
+                        if times[label] is None:
+                            print(f"  k={k} {label}: rel diff {err:.1e}, not timed", flush=True)
+                            continue
+                    cold = graph_us(call_all, 1, rep=100) / input_sets
+                    warm = graph_us(call_one, 20, rep=100)
+                    times[label].append(f"{cold:.2f} | {warm:.2f}")
+                except Exception as exc:  # report and go on
+                    print(f"  k={k} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+                    times[label] = None
+                finally:
+                    ops.FUSED_APPEND, fwd.APPEND_READS_INPUT = previous
+        for label, values in times.items():
+            if values:
+                print(f"  k={k} {label}: {' / '.join(values)} us", flush=True)
+        sets.clear()
+        without_append.clear()
         torch.cuda.empty_cache()
 
 

@@ -31,7 +31,7 @@ import torch
 from swattn._compat import device_properties
 from swattn._replay import note_data_checks, replayed
 from swattn._replay import recording_ops as ops  # swattn.ops; a signature's first call records its op call
-from swattn.kernels.configs import SHORT_SPLIT_KEYS
+from swattn.kernels.configs import SHORT_SPLIT_KEYS, split_programs_per_sm
 from swattn.window import check_attention_chunk, first_visible_key, normalize_window, visible_span
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -223,8 +223,9 @@ def _auto_pack_gqa(pack_gqa, seqlen_q: int, group: int, left: int = -1, right: i
 
 
 def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound: int, left: int, right: int,
-                     seqlen_q: int, attention_chunk: int = 0, sm_margin: int = 0) -> int:
-    """Split-KV count from shapes only (no GPU values): the window's span, not the cache length, sets the work."""
+                     seqlen_q: int, attention_chunk: int = 0, sm_margin: int = 0, rows_per_tile: int = 8) -> int:
+    """Split-KV count from shapes only (no GPU values): the window's span, not the cache length, sets the work;
+    ``rows_per_tile``: rows of one query tile (``split_count``)."""
     if num_splits > 0:
         return min(num_splits, _MAX_SPLITS)
     if not q.is_cuda:
@@ -233,13 +234,15 @@ def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound
     if attention_chunk > 0:
         keys = min(keys, attention_chunk)
     sms = max(1, device_properties(q.device).multi_processor_count - sm_margin)
-    return split_count(programs, keys, sms)
+    return split_count(programs, keys, sms, rows_per_tile)
 
 
-def split_count(programs: int, keys: int, sms: int) -> int:
+def split_count(programs: int, keys: int, sms: int, rows_per_tile: int = 8) -> int:
     """Automatic split-KV count for ``programs`` programs per split whose sequences see at most ``keys`` keys, on
-    ``sms`` SMs. For decode tiles ``forward_config`` picks the one-stage 128-key-block loop for splits of at most
-    ``SHORT_SPLIT_KEYS`` keys, the splits this rule makes at short contexts."""
+    ``sms`` SMs; ``rows_per_tile``: rows of one tile (PackGQA: query positions x heads per KV head), which set how
+    many programs fit one SM (``configs.split_programs_per_sm``). For decode tiles ``forward_config`` picks the
+    one-stage 128-key-block loop for splits of at most ``SHORT_SPLIT_KEYS`` keys, the splits this rule makes at
+    short contexts."""
     blocks = -(-keys // 128)
     if programs >= sms or blocks < 8:
         return 1
@@ -247,7 +250,7 @@ def split_count(programs: int, keys: int, sms: int) -> int:
     # latency of a split's few blocks, not bandwidth, sets the time. H200 (scripts/gpu_splits.py, gpt-oss full
     # decode, page 16, docs/notes/performance-log.md): 1K B=4 8 splits 8.3 us (the long-context rule's 2 splits:
     # 19.5 us), 1K B=16 4 splits 17.0 (21.8), 4K B=4 16 splits 16.9 (21.4).
-    short = min(blocks, max(1, 4 * sms // programs), _MAX_SPLITS)
+    short = min(blocks, max(1, split_programs_per_sm(rows_per_tile, True) * sms // programs), _MAX_SPLITS)
     if -(-keys // short) <= SHORT_SPLIT_KEYS:
         return short
     # Long contexts: about six two-warp programs per SM. H200: B=16 (128 programs) best with 6 splits at 16K
@@ -255,7 +258,10 @@ def split_count(programs: int, keys: int, sms: int) -> int:
     # splits of 128-key blocks: 44.2); B=4 (32 programs) with 24 (16K 41.7 us, 16: 43.2; 64K 132.6 us, 16: 144.1).
     # Never fewer splits than the short rule's: a page table a page longer than the context (1040 keys for 1024)
     # would otherwise drop B=16 from 4 splits (17.2 us) to 2 (21.8), and B=4 at 4K from 16 (17.2) to 8 (21.5).
-    return max(1, min(6 * sms // programs, max(blocks // 4, short), _MAX_SPLITS))
+    # Verify tiles of 32 and 64 rows fit four programs per SM, not six: B=16 k=4 takes 4 splits (512 programs, one
+    # wave of 528 slots) where six per SM gave 6 (768 programs, two waves).
+    per_sm = split_programs_per_sm(rows_per_tile, False)
+    return max(1, min(per_sm * sms // programs, max(blocks // 4, short), _MAX_SPLITS))
 
 
 def _reads_values(tensor: torch.Tensor, check_inputs) -> bool:
@@ -333,7 +339,7 @@ def flash_attn_func(
     programs = q.shape[0] * (k.shape[2] if packed else q.shape[2])
     sm_margin = _check_int_arg("sm_margin", sm_margin, 0)
     num_splits = _auto_num_splits(num_splits, q, programs, k.shape[1], left, right, q.shape[1], attention_chunk,
-                                  sm_margin)
+                                  sm_margin, q.shape[1] * (group if packed else 1))
     out, lse = ops.run_fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, None, None,
                            None, q.shape[1], k.shape[1], softmax_scale, left, right, float(softcap), packed, num_splits,
                            None, attention_chunk, q_descale, k_descale, v_descale)
@@ -417,7 +423,7 @@ def flash_attn_varlen_func(
     programs = batch * (k.shape[1] if packed else q.shape[1]) * max(1, -(-max_seqlen_q // 128))
     sm_margin = _check_int_arg("sm_margin", sm_margin, 0)
     num_splits = _auto_num_splits(num_splits, q, programs, max_seqlen_k, left, right, max_seqlen_q, attention_chunk,
-                                  sm_margin)
+                                  sm_margin, max_seqlen_q * (group if packed else 1))
     out, lse = ops.run_fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks,
                            _contiguous(cu_seqlens_q), _contiguous(cu_seqlens_k), _contiguous(seqused_k),
                            max_seqlen_q, max_seqlen_k, softmax_scale, left, right, float(softcap), packed, num_splits,
@@ -610,7 +616,7 @@ def flash_attn_with_kvcache(
     rows = max_seqlen_q * (group if packed else 1)
     programs = batch * (k_cache.shape[2] if packed else q.shape[-2]) * max(1, -(-rows // 64))
     num_splits = _auto_num_splits(num_splits, q, programs, capacity, left, right, max_seqlen_q, attention_chunk,
-                                  sm_margin)
+                                  sm_margin, rows)
     out, lse = ops.run_fwd_kvcache(
         _contiguous_last(q), k_cache, v_cache, None if k is None else _contiguous_last(k),
         None if v is None else _contiguous_last(v), _contiguous(cache_seqlens), _contiguous(cache_batch_idx),
@@ -680,7 +686,7 @@ def get_scheduler_metadata(
     programs = batch_size * (num_heads_kv if packed else num_heads_q) * max(1, -(-rows // 64))
     device_probe = torch.empty(0, device=cache_seqlens.device)
     splits = _auto_num_splits(num_splits, device_probe, programs, max_seqlen_k, left, right, max_seqlen_q,
-                              attention_chunk, sm_margin)
+                              attention_chunk, sm_margin, rows)
     return torch.tensor([splits, int(packed)], dtype=torch.int32, device=cache_seqlens.device)
 
 

@@ -73,6 +73,25 @@ _forced: FwdConfig | None = None
 # (sm_90, Triton 3.6 and 3.9), so a larger grid would run in more than one wave.
 VERIFY_BLOCKS: dict[int, tuple[int, int]] = {16: (256, 8), 32: (256, 8)}
 
+# Resident programs per SM of a split-KV decode launch, by PackGQA tile height (query positions x G heads, rounded
+# up to a power of two; speculative verify of k tokens at G = 8: 16 rows for k <= 2, 32 for 4, 64 for 8): the
+# automatic split count (``interface.split_count``) fills this many per SM in one wave. Compiled for sm_90 with
+# Triton 3.6 (the GPU's; scripts/kernel_resources.py), main launch, registers per thread -> programs per SM:
+# pipelined loop (long splits): (16, 64, 2, 3) 156-162 -> 6; (32, 64, 4, 3) 126 -> 4; (64, 64, 4, 3) 128 -> 4.
+# One-stage 128-key loop (short splits): (16, 128, 4, 1) 105-127 -> 4; (32, ...) 128 -> 4; (64, ...) 167 -> 3.
+# The rule assumed six per SM for every tile until 2026-12-03: a k = 4 verify at B=16 (128 programs per split)
+# got 6 splits, 768 programs for 528 resident slots, a second wave (the model step's verify, 8K: FA3 1.35x ahead).
+SPLIT_PROGRAMS_PER_SM = {16: 6, 32: 4, 64: 4}
+SHORT_SPLIT_PROGRAMS_PER_SM = {16: 4, 32: 4, 64: 3}
+
+
+def split_programs_per_sm(rows_per_tile: int, short: bool) -> int:
+    """Resident programs per SM that the automatic split count plans for a decode-sized tile of ``rows_per_tile``
+    rows (``short``: splits of at most ``SHORT_SPLIT_KEYS`` keys, the one-stage loop); larger tiles as 64 rows."""
+    block_m = min(64, max(16, next_power_of_2(max(rows_per_tile, 1))))
+    return (SHORT_SPLIT_PROGRAMS_PER_SM if short else SPLIT_PROGRAMS_PER_SM)[block_m]
+
+
 # A split-KV share of at most this many keys (two 128-key blocks) is latency-bound: decode tiles run it on the
 # one-stage loop, and the automatic split count (``interface.split_count``) makes such splits at short contexts.
 SHORT_SPLIT_KEYS = 256

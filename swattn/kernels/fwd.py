@@ -75,6 +75,15 @@ NO_FP8, FP8_KV, FP8_QKV = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 GUARD_ONE_PASS_MAX_WORK = 0
 
 
+# The fused append (APPEND_NEW) on the single masked loop (window decode and verify, short splits): each program
+# loads the new tokens of its blocks from k / v (the call's new tokens), uses them, and writes them into the cache
+# from the same registers, instead of first copying them into the cache and reading them back behind a barrier.
+# The copy's load of k / v was a dependent memory round trip in front of the K/V loads (a warp issues in order: the
+# store waits for its data, and every later load waits behind it); here those loads are all in flight together.
+# Same bits (the same values, loaded from k / v instead of their copy). False: the write-then-read fused append.
+APPEND_READS_INPUT = os.environ.get("SWATTN_APPEND_READS_INPUT", "0") not in ("", "0")
+
+
 @triton.jit
 def _cache_token_offsets(offs_n, mask, batch_kv, page_table_row, stride_kb, stride_ks, page_size,
                          IS_PAGED: tl.constexpr):
@@ -137,7 +146,8 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                    USE_TMA: tl.constexpr, GUARD_NON_FINITE: tl.constexpr = False, masked_head_end=0,
                    unmasked_end=0, MASK_EDGES_ONLY: tl.constexpr = False, key_shift=0,
                    SHIFT_PAGED_KEYS: tl.constexpr = False, chunk=0, HAS_CHUNK: tl.constexpr = False,
-                   FP8: tl.constexpr = NO_FP8, row_unscale=1.0):
+                   FP8: tl.constexpr = NO_FP8, row_unscale=1.0, K_NEW=None, V_NEW=None, new_source=0, first_new=0,
+                   stride_ns=0, READ_NEW: tl.constexpr = False):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
     blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it).
@@ -148,7 +158,10 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
     e4m3 value is an fp16; one conversion per pair on sm_90, where bf16 took three); their descales are not
     applied here but folded into ``softmax_scale`` (K, and q's with FP8_QKV) and into the epilogue's normalization
     (V) by ``_attend_tile``. With FP8_KV q arrives in fp16, each row scaled by a power of two (``_rows_to_fp16``),
-    which ``row_unscale`` ([BLOCK_M]) takes back out with the softmax scale."""
+    which ``row_unscale`` ([BLOCK_M]) takes back out with the softmax scale.
+    ``READ_NEW`` (the fused append, ``APPEND_READS_INPUT``): keys from ``first_new`` on are new tokens, loaded from
+    ``K_NEW`` / ``V_NEW`` (token ``j`` at ``new_source + (j - first_new) * stride_ns``) instead of the cache, and
+    stored into the cache from the loaded tiles."""
     offset = seqlen_k - seqlen_q
     for block in range(block_begin, block_end):
         offs_n = kv_start + block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -159,6 +172,26 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
         if USE_TMA:
             k = k_desc.load([kv_start + block * BLOCK_N, 0])
             v = v_desc.load([kv_start + block * BLOCK_N, 0])
+        elif READ_NEW:
+            # Each row's pointer is its cached key's or, from ``first_new`` on, its new token's in k / v: one load
+            # per tile as without the append, no copy to wait for. The new rows then go into the cache from the
+            # loaded tile (no program reads them from there in this launch).
+            fresh = load_mask & (offs_n >= first_new)
+            k_offsets = _cache_token_offsets(offs_n, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
+                                             page_size, IS_PAGED)
+            v_offsets = _cache_token_offsets(offs_n, load_mask, batch_kv, page_table_row, stride_vb, stride_vs,
+                                             page_size, IS_PAGED)
+            new_rows = new_source + (offs_n - first_new).to(tl.int64) * stride_ns
+            k_rows = tl.where(fresh, K_NEW + new_rows, k_base + k_offsets)
+            v_rows = tl.where(fresh, V_NEW + new_rows, v_base + v_offsets)
+            if MASK_D:
+                d_mask = offs_d[None, :] < HEAD_DIM
+            else:
+                d_mask = offs_d[None, :] >= 0
+            v = tl.load(v_rows[:, None] + offs_d[None, :], mask=load_mask[:, None] & d_mask, other=0.0)
+            k = tl.load(k_rows[:, None] + offs_d[None, :], mask=load_mask[:, None] & d_mask, other=0.0)
+            tl.store(v_base + v_offsets[:, None] + offs_d[None, :], v, mask=fresh[:, None] & d_mask)
+            tl.store(k_base + k_offsets[:, None] + offs_d[None, :], k, mask=fresh[:, None] & d_mask)
         else:
             # V before K: Triton converts the K tile's layout (a trip through shared memory that waits for its
             # data) right after K's load, so loads issued after K wait for K. Single-stage decode (one block per
@@ -403,6 +436,7 @@ def _attend_tile(
     SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr,
     APPEND_NEW: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr, HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, FP8: tl.constexpr,
+    APPEND_READS_INPUT: tl.constexpr = False,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads), over its
     share ``split`` of the KV loop; the body of ``_swa_fwd_kernel``'s programs (see there)."""
@@ -446,11 +480,15 @@ def _attend_tile(
             if FP8 == FP8_QKV:
                 softmax_scale = softmax_scale * tl.load(Q_DESCALE + batch64 * stride_qdb + kv_head64 * stride_qdh)
             value_scale = tl.load(V_DESCALE + batch64 * stride_vdb + kv_head64 * stride_vdh)
+        new_source = 0
         if APPEND_NEW:
+            new_source = batch64 * stride_nb + q_begin.to(tl.int64) * stride_ns + kv_head.to(tl.int64) * stride_nh
+        if APPEND_NEW and not APPEND_READS_INPUT:
             # Write the new tokens this program will read (its share of the loop) before reading them: every
             # program that reads a new token writes it (identical bytes, also from the other query heads' programs
             # without PackGQA), so no program waits on another. The barrier makes the CTA's writes visible to its
             # own loads. Each new token is the diagonal key of its own query, so some program writes it.
+            # (APPEND_READS_INPUT: the single loop reads them from K_NEW / V_NEW and writes them itself.)
             _write_new_tokens(
                 K_NEW, V_NEW, k_base, v_base, batch64, q_begin, kv_head, seqlen_k - seqlen_q,
                 tl.maximum(kv_start + block_begin * BLOCK_N, seqlen_k - seqlen_q),
@@ -488,7 +526,9 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, NON_FINITE_PASS == GUARD_ONE_PASS, masked_head_end, unmasked_end, MASK_EDGES_ONLY,
-                k_begin, IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK, FP8=FP8, row_unscale=row_unscale)
+                k_begin, IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, K_NEW=K_NEW,
+                V_NEW=V_NEW, new_source=new_source, first_new=seqlen_k - seqlen_q, stride_ns=stride_ns,
+                READ_NEW=APPEND_NEW and APPEND_READS_INPUT)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
             acc, l_i, m_i, visited = _attend_blocks(
@@ -546,7 +586,7 @@ def _swa_fwd_kernel(
     MASK_EDGES_ONLY: tl.constexpr, APPEND_NEW: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
     HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-    FP8: tl.constexpr = NO_FP8,
+    FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -612,7 +652,7 @@ def _swa_fwd_kernel(
             num_splits, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
-            BLOCK_N, BLOCK_D, HEAD_DIM, FP8,
+            BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT,
         )
 
 # Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_DESCALE).
@@ -650,9 +690,9 @@ _PLANS = PlanCache()
 
 def settings() -> tuple:
     """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
-    scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode."""
+    scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode, the fused append's reads."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, _compat.PDL,
-            configs.forced_config_in_use(), gluon_fwd.GLUON_MODE)
+            configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, APPEND_READS_INPUT)
 
 
 def attention_forward(
@@ -882,6 +922,9 @@ class _ForwardPlan:
             HAS_CHUNK=attention_chunk > 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d,
             HEAD_DIM=head_dim, FP8=fp8,
         )
+        # The fused append reads the new tokens from k / v on the single masked loop (APPEND_READS_INPUT); the redo
+        # launch keeps the write-then-read append (the main launch has written the cache by then).
+        self.append_reads_input = append_new and config.single_loop and APPEND_READS_INPUT
         options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
                        **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
         self.gluon_arguments = dict(
@@ -889,7 +932,7 @@ class _ForwardPlan:
             batch=batch, pack_gqa=pack_gqa, o_strides=o_strides[1:],
             l_strides=l_strides[1:])
         self.main = Launch(_swa_fwd_kernel, grid, scalars,
-                           dict(switches, COUNT_BLOCKS=count_blocks,
+                           dict(switches, COUNT_BLOCKS=count_blocks, APPEND_READS_INPUT=self.append_reads_input,
                                 NON_FINITE_PASS=(GUARD_ONE_PASS.value if self.guard_one_pass else
                                                  FLAG_NON_FINITE.value if self.isolate else NO_ISOLATION.value)),
                            options, num_tensors=_FORWARD_TENSORS)
@@ -901,7 +944,8 @@ class _ForwardPlan:
         if self.isolate:
             redo_pass = REDO_SCANNED if self.scan_flags else REDO_FLAGGED
             self.redo = Launch(_swa_fwd_kernel, (min(num_work, programs) if not self.scan_flags else num_work,),
-                               scalars, dict(switches, COUNT_BLOCKS=False, NON_FINITE_PASS=redo_pass.value), options,
+                               scalars, dict(switches, COUNT_BLOCKS=False, NON_FINITE_PASS=redo_pass.value,
+                                             APPEND_READS_INPUT=False), options,
                                num_tensors=_FORWARD_TENSORS)
 
     def run(self, q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k, new_v,

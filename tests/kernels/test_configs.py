@@ -37,6 +37,23 @@ def test_split_count_survives_a_page_table_longer_than_the_context(batch, capaci
     assert split_count(8 * batch, capacity, SMS) == expected
 
 
+@pytest.mark.parametrize("batch, context, tokens, expected", [
+    (16, 8192, 1, 6),    # decode: 16-row tiles, six programs per SM (768 programs)
+    (16, 8192, 2, 6),    # k = 2 is 16 rows too
+    (16, 8192, 4, 4),    # 32-row tiles fit four per SM: 512 programs in one wave (six splits made two)
+    (16, 8192, 8, 4),
+    (4, 16384, 4, 16),
+    (16, 1024, 4, 4),    # short splits of 256 keys, four per SM
+    (16, 1024, 8, 3),    # 64-row one-stage tiles fit three per SM
+])
+def test_verify_splits_fill_one_wave_of_their_tiles(batch, context, tokens, expected):
+    splits = split_count(8 * batch, context, SMS, tokens * 8)
+    assert splits == expected
+    rows = max(16, 8 * tokens)
+    short = -(-context // splits) <= configs.SHORT_SPLIT_KEYS
+    assert 8 * batch * splits <= SMS * configs.split_programs_per_sm(rows, short)
+
+
 @pytest.mark.parametrize("programs, keys", [(128, 128), (128, 896), (8, 896), (SMS, 1 << 17), (4096, 1 << 17)])
 def test_split_count_leaves_short_loops_and_full_grids_alone(programs, keys):
     # A 128-key window (or fewer than 8 blocks) is one loop; a grid that fills the SMs needs no split.

@@ -380,6 +380,41 @@ def test_fused_append_is_one_launch(monkeypatch, layout, config, seqlen_q, pack_
     check(out, lse, reference(q, expected_cache, seqlens + seqlen_q, window_size=window), q)
 
 
+@pytest.mark.parametrize("layout, window, config, seqlen_q, pack_gqa, num_splits", [
+    pytest.param("paged-16", (7, 0), FwdConfig(16, 16, 4, 1, single_loop=True), 1, True, 1, id="decode-paged16"),
+    pytest.param("paged-3", (9, 0), FwdConfig(32, 32, 4, 1, single_loop=True), 4, True, 1, id="verify4-paged3"),
+    pytest.param("contig", (-1, -1), FwdConfig(16, 16, 4, 1, single_loop=True), 3, False, 2,
+                 id="extend3-contig-unpacked-split2"),
+])
+def test_fused_append_reading_the_new_tokens_gives_the_same_bits(monkeypatch, layout, window, config, seqlen_q,
+                                                                 pack_gqa, num_splits):
+    """``fwd.APPEND_READS_INPUT``: on the single masked loop the fused append loads the new tokens from k / v and
+    writes them into the cache from those registers (no read back): the same output, LSE and cache bits as the
+    write-then-read fused append, also when the new tokens' slots hold NaN before the call."""
+    from swattn.kernels import fwd
+    monkeypatch.setattr(ops, "FUSED_APPEND", True)
+    batch, capacity, seqlens = 3, 64, i32([9, 0, 40])
+    q = random_q(batch, seqlen_q)
+    k_new, v_new = torch.randn(batch, seqlen_q, HK, D), torch.randn(batch, seqlen_q, HK, D)
+    results = []
+    for reads_input in (False, True):
+        monkeypatch.setattr(fwd, "APPEND_READS_INPUT", reads_input)
+        torch.manual_seed(5)
+        cache = make_cache(layout, batch, capacity)
+        expected_cache = cache_after_append(cache, k_new, v_new, seqlens)
+        poisoned = cache_after_append(cache, torch.full_like(k_new, float("nan")),
+                                      torch.full_like(v_new, float("nan")), seqlens)
+        cache.k.copy_(poisoned.k)
+        cache.v.copy_(poisoned.v)
+        with forced_config(config):
+            out, lse = run(q, cache, k=k_new, v=v_new, cache_seqlens=seqlens, window_size=window,
+                           pack_gqa=pack_gqa, num_splits=num_splits)
+        assert torch.equal(cache.k, expected_cache.k) and torch.equal(cache.v, expected_cache.v)
+        check(out, lse, reference(q, expected_cache, seqlens + seqlen_q, window_size=window), q)
+        results.append((out, lse))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
 @pytest.mark.parametrize("layout", ["contig", "contig-batch-idx", "paged-3", "paged-16"])
 @pytest.mark.parametrize("window, causal, sinks, num_splits, padding", [
     pytest.param((7, 0), False, False, 1, 0, id="w7,0"),
