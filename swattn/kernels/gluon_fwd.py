@@ -34,12 +34,12 @@ no cache_batch_idx, split-KV or in-kernel append.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
-import triton
 
-from swattn._compat import compute_capability_major, device_properties
+from swattn._compat import ceil_div, compute_capability_major, device_properties
 from swattn.kernels._common import LOG2E, block_ranges, finish_rows, safe_pivot, sequence_bounds, softcap_scores
 
 try:  # Gluon ships inside the triton wheel (3.4+); the names used here exist in 3.6 and 3.9.
@@ -590,6 +590,12 @@ if GLUON_AVAILABLE:
 _DTYPES = (torch.float16, torch.bfloat16)
 
 
+@functools.lru_cache(maxsize=64)
+def _shared_layout(block: tuple, dtype: torch.dtype):
+    """The swizzled shared-memory layout of a TMA box (computed once per box shape: ~10 us of host time each)."""
+    return gl.NVMMASharedLayout.get_default_for(list(block), gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
+
+
 def _sm_count(device: torch.device) -> int:
     return device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
@@ -683,8 +689,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
                          "per SM)")
     block_n = block_n or block_n_for(head_dim, pack_gqa, left, right)
     num_stages = num_stages or NUM_STAGES
-    gl_dtype = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
-    kv_layout = gl.NVMMASharedLayout.get_default_for([block_n, head_dim], gl_dtype)
+    kv_layout = _shared_layout((block_n, head_dim), q.dtype)
     k_rows, v_rows = _rows_view(k, varlen_k), _rows_view(v, varlen_k)
     # Paged: boxes of at most a page (and PAGE_BOX_MAX keys, to waste little before the first visible key: the
     # tile's start is rounded down to a box), in the [BLOCK_N, D] buffers' layout.
@@ -695,14 +700,14 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     # positions of rows_per_pos heads (one head, or a KV head's packed group). Positions past a dense sequence
     # come back as zeros; past a varlen sequence they are the next sequence's rows, never stored.
     q_box = [1, ROWS_PER_CONSUMER // rows_per_pos, rows_per_pos, head_dim]
-    q_box_layout = gl.NVMMASharedLayout.get_default_for(q_box, gl_dtype)
+    q_box_layout = _shared_layout(tuple(q_box), q.dtype)
     q_desc = TensorDescriptor.from_tensor(q.unsqueeze(0) if varlen else q, q_box, q_box_layout)
     # O leaves by TMA through the Q slots (same boxes) where no row of a box can belong to another sequence: dense.
     # Not at head_dim 256: its single Q slot would go back to the loader only after the store, which waits for the
     # next tile's Q (a deadlock).
     tma_store = (tma_store_for(consumers) if tma_store is None else tma_store) and not varlen and head_dim <= 128
     o_desc = TensorDescriptor.from_tensor(out, q_box, q_box_layout) if tma_store else q_desc
-    num_tiles = triton.cdiv(seqlen_q * rows_per_pos, block_m)
+    num_tiles = ceil_div(seqlen_q * rows_per_pos, block_m)
     num_batch_heads = batch * (num_kv_heads if pack_gqa else num_heads)
     work = num_tiles * num_batch_heads
     default_maxnreg, default_consumer_regs = registers_for(consumers, per_sm or per_sm_for(consumers))
@@ -721,7 +726,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         *o_strides, *l_strides, page_table.stride(0) if paged else 0,
         seqlen_q, seqlen_k, 0 if varlen_k or paged else k.shape[1], num_heads, softmax_scale,
         softcap if softcap > 0 else 1.0, left, right, num_tiles, num_batch_heads,
-        triton.cdiv(seqlen_q * rows_per_pos, ROWS_PER_CONSUMER), k.shape[1] if paged else 1,
+        ceil_div(seqlen_q * rows_per_pos, ROWS_PER_CONSUMER), k.shape[1] if paged else 1,
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
         IS_VARLEN_Q=varlen, KV_SOURCE=KV_PAGED if paged else KV_VARLEN if varlen_k else KV_DENSE,
         HAS_SEQLENS_K=seqlens_k is not None, PACK_GQA=pack_gqa, GROUP=group, STORE_LSE=lse is not None,
