@@ -32,12 +32,14 @@ Sections (argv; all by default):
             what they replaced, the one-pass isolation, no redo, no append; k = 1, 2, 4, 8;
   verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0) against decode: no append, the
             fused append, without the non-finite redo launch, one 256-key block for the 127 + k keys, two stages.
-Run: ``python scripts/gpu_probe.py [sections]``.
+Run: ``python scripts/gpu_probe.py [sections]``; ``PROBE_WARM=1`` runs every variant once without timing (compiles
+only: warm Triton's cache from parallel processes, then time in one).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 
@@ -50,13 +52,27 @@ from swattn.kernels.configs import FwdConfig, forced_config
 
 DEVICE, DTYPE = "cuda", torch.bfloat16
 
+# PROBE_WARM=1: run every variant once and time nothing (the timers return NaN): compiles the kernels into Triton's
+# on-disk cache, so several sections can compile in parallel processes before one process times them in turn.
+WARM_ONLY = os.environ.get("PROBE_WARM", "") not in ("", "0")
+
+
+def _warm(fn) -> float:
+    fn()
+    torch.cuda.synchronize()
+    return float("nan")
+
 
 def bench(fn, rep: int = 200) -> float:
+    if WARM_ONLY:
+        return _warm(fn)
     fn()
     return triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median") * 1e3
 
 
 def graph_us(fn, calls: int = 10, rep: int = 200) -> float:
+    if WARM_ONLY:
+        return _warm(fn)
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
         fn()
@@ -249,6 +265,8 @@ def fused_append() -> None:
 def graph_calls_us(calls: list, repeat: int = 1) -> float:
     """Median us per call of one graph that replays ``calls`` (distinct inputs, so no call hits L2 warm),
     ``repeat`` times over."""
+    if WARM_ONLY:
+        return _warm(lambda: [call() for call in calls])
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
         for call in calls:
@@ -682,7 +700,7 @@ def verify_full(contexts: tuple[int, ...] = (8192,)) -> None:
     from swattn.interface import split_count
     from swattn.kernels import fwd
     heads, kv_heads, head_dim, batch, page_size = 64, 8, 64, 16, 16
-    for context, input_sets, ks in [(c, 1 if c >= 8192 else 32, (4, 8, 2)) for c in contexts]:
+    for context, input_sets, ks in [(c, 1 if c >= 8192 else 32, (4, 8)) for c in contexts]:
         print(f"\n## full-attention verify B=16 ctx {context} page 16 ({input_sets} input sets): us/call", flush=True)
         pages = context // page_size + 1
         for k in ks:
