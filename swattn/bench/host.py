@@ -13,7 +13,8 @@ is hidden). gpt-oss-120b layer shapes (H=64, Hk=8, D=64, sinks), bf16. Rows:
 - the torch.library op path of the window decode with append: the op called through the dispatcher, and a
   ``torch.compile``d function around ``flash_attn_with_kvcache`` (its compiled overhead);
 - prefill, window (127, 0), 4K and 16K tokens: swattn, FA3, FA4, FlexAttention (no sinks);
-- backward of the window prefill at 4K (swattn).
+- backward of the window prefill at 4K (swattn), also with autograd's device threads off, beside the autograd
+  engine alone (a Function whose backward hands back gradients computed beforehand): the engine's own share.
 
 Under ``--quick`` (CPU, interpreter) shapes are tiny and only the format and the checks mean anything.
 """
@@ -167,6 +168,45 @@ def _compiled(fn):
     return Runner(compiled, note="fullgraph")
 
 
+def _single_threaded(fn):
+    def run():
+        with torch.autograd.set_multithreading_enabled(False):
+            return fn()
+    return Runner(run, note="set_multithreading_enabled(False) entered per call")
+
+
+class _GivenGradients(torch.autograd.Function):
+    """q, k, v -> (out, lse) as swattn's eager Function (same saved tensors), whose backward hands back gradients
+    computed beforehand: what the autograd engine costs for this graph without any attention work."""
+
+    @staticmethod
+    def forward(q, k, v, out, lse, gradients):
+        return out.clone(), lse.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        q, k, v, out, lse, gradients = inputs
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(q, k, v, *output)
+        ctx.gradients = gradients
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        _ = ctx.saved_tensors  # unpacked, as swattn's backward does
+        return (*ctx.gradients, None, None, None)
+
+
+def _engine_floor(inputs, grad, sinks, kwargs):
+    q, k, v = inputs
+    out, lse = swattn.flash_attn_func(q, k, v, sinks=sinks, return_softmax_lse=True, **kwargs)
+    gradients = torch.autograd.grad(out, inputs, grad, retain_graph=True)
+    with torch.no_grad():
+        out, lse = out.detach(), lse.detach()
+    given = _GivenGradients.apply(q, k, v, out, lse, gradients)[0]
+    return Runner(lambda: torch.autograd.grad(given, inputs, grad, retain_graph=True),
+                  note="engine floor: gradients computed beforehand")
+
+
 def _prefill_rows(env: Env, dims: Dims, timings: _Timings, backward: bool) -> list[Row]:
     lengths, left = ((4096, 16384), 127) if not env.quick else ((48,), 15)
     if env.quick:
@@ -187,8 +227,20 @@ def _prefill_rows(env: Env, dims: Dims, timings: _Timings, backward: bool) -> li
             out = swattn.flash_attn_func(*inputs, sinks=sinks, **kwargs)
             build = lambda out=out, inputs=inputs, grad=grad: (
                 lambda: torch.autograd.grad(out, inputs, grad, retain_graph=True))
-            rows.append(measure(env, shape, "swattn", build, lambda got: compare_outputs(got, expected, env.dtype),
-                                timings.timer((shape, "swattn"), graphs=False)))
+            compare = lambda got: compare_outputs(got, expected, env.dtype)
+            rows.append(measure(env, shape, "swattn", build, compare, timings.timer((shape, "swattn"), graphs=False)))
+            # Where the backward's host time goes: the same call with autograd's device threads off (the engine
+            # then runs the backward on the calling thread, no hand-over to the CUDA device's worker thread and
+            # back), and the engine alone: a Function with swattn's inputs and outputs whose backward returns
+            # gradients computed beforehand (swattn's, so the row's check holds), i.e. torch.autograd.grad's own
+            # floor for this graph.
+            name = "swattn, autograd multithreading off"
+            rows.append(measure(env, shape, name, lambda build=build: _single_threaded(build()), compare,
+                                timings.timer((shape, name), graphs=False)))
+            name = "autograd engine alone (no-op Function)"
+            rows.append(measure(env, shape, name, lambda inputs=inputs, grad=grad: _engine_floor(inputs, grad, sinks,
+                                                                                                  kwargs),
+                                compare, timings.timer((shape, name), graphs=False)))
             continue
         reference = {with_sinks: attention_ref(q.to(env.reference_dtype), k, v, sinks=sinks if with_sinks else None,
                                                **kwargs)[0] for with_sinks in (False, True)}
