@@ -102,12 +102,16 @@ def main() -> int:
     parser.add_argument("--paged", type=int, default=0,
                         help="page size: the rows as chunked prefill over a paged KV cache (flash_attn_with_kvcache; "
                              "Triton, the shipped Gluon launch and FA3 only)")
+    parser.add_argument("--varlen", type=int, default=0,
+                        help="sequences: the tokens as that many equal sequences through flash_attn_varlen_func "
+                             "(as an engine batches prefill); FA3 gets the same cu_seqlens")
     parser.add_argument("--variants", default="",
                         help="comma-separated substrings of the variant names to run (Triton, shipped, FA3, ...)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     lines = [f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, seqlen {args.seqlen}, bf16, "
              f"{f'paged KV cache (pages of {args.paged}), ' if args.paged else ''}"
+             f"{f'{args.varlen} varlen sequences, ' if args.varlen else ''}"
              f"graph replay, median of {args.rounds} interleaved rounds of {args.reps}", "",
              "| row | provider | us | TFLOP/s | % of matmul | rel err vs Triton |", "|---|---|---|---|---|---|"]
     matmul_tflops = matmul_rate()
@@ -137,7 +141,15 @@ def main() -> int:
                                                               page_table=page_table, causal=True,
                                                               window_size=(left, 0), sinks=sinks, pack_gqa=pack_gqa,
                                                               num_splits=1)
-        flops = visible_flops(args.seqlen, heads, head_dim, left)
+        if args.varlen:  # equal sequences packed as varlen tokens
+            length = args.seqlen // args.varlen
+            cu_seqlens = torch.arange(0, args.seqlen + 1, length, device="cuda", dtype=torch.int32)
+
+            def call(pack_gqa=None):  # noqa: F811 - the varlen variant of the same call
+                return lambda: swattn.flash_attn_varlen_func(q[0], k[0], v[0], cu_seqlens, cu_seqlens, length, length,
+                                                             causal=True, window_size=(left, 0), sinks=sinks,
+                                                             pack_gqa=pack_gqa).unsqueeze(0)
+        flops = visible_flops(args.seqlen // max(args.varlen, 1), heads, head_dim, left) * max(args.varlen, 1)
         reference = with_mode("0", call())()
         variants = [("swattn Triton", with_mode("0", call()))]
         gluon = [("gluon shipped", with_mode("1", call()))]
@@ -166,12 +178,19 @@ def main() -> int:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
         # The accumulator's rescale under the next block's Q K^T (FlashAttention 3's order), on the shipped config.
         gluon.insert(1, ("gluon rescale under QK", with_mode("1", call(), rescale_under_qk=True)))
-        if args.paged:
+        if args.paged or args.varlen:
             gluon = gluon[:2]
         variants += gluon
         try:
-            fa3 = (peers.fa3(q, k_pool, v_pool, left, sinks=sinks, page_table=page_table, seqused_k=seqlens)
-                   if args.paged else peers.fa3(q, k, v, left, sinks=sinks))
+            if args.paged:
+                fa3 = peers.fa3(q, k_pool, v_pool, left, sinks=sinks, page_table=page_table, seqused_k=seqlens)
+            elif args.varlen:  # FA3's entry is varlen: [B, L, H, D] becomes the same cu_seqlens
+                shape = (args.varlen, args.seqlen // args.varlen)
+                run = peers.fa3(q.view(*shape, heads, head_dim), k.view(*shape, kv_heads, head_dim),
+                                v.view(*shape, kv_heads, head_dim), left, sinks=sinks)
+                fa3 = lambda run=run: run().reshape(q.shape)  # noqa: E731
+            else:
+                fa3 = peers.fa3(q, k, v, left, sinks=sinks)
             variants.append(("FA3" + (" (sinks)" if with_sinks else ""), fa3))
         except Exception as exc:  # noqa: BLE001 - a missing peer is a note
             lines.append(f"| {label} | FA3 | skipped: {str(exc)[:80]} | | | |")
