@@ -780,7 +780,8 @@ def append_fold() -> None:
     over 48 input sets) and warm (one input set replayed), us per call: ``no append`` (the attention alone),
     ``append launch``, ``fused`` (the shipped fused append: copy the new tokens into the cache, barrier, read them
     back) and ``fused, reads k/v`` (fwd.APPEND_READS_INPUT: the new tokens loaded from k / v with the cached keys,
-    written from the loaded tile; no dependent round trip in front of the K/V loads). Cold fused 5.83 us against
+    written from the loaded tile; no dependent round trip in front of the K/V loads), and for k = 4 the same with
+    the guarded loop in the main pass instead of the redo launch (fwd.GUARD_ONE_PASS). Cold fused 5.83 us against
     4.85 without the append (627f328); warm 4.32 against 3.58 (53ede4b)."""
     from swattn import ops
     from swattn.kernels import fwd
@@ -791,13 +792,17 @@ def append_fold() -> None:
         ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
         variants = [("no append", None, False, without_append), ("append launch", False, False, sets),
                     ("fused", True, False, sets), ("fused, reads k/v", True, True, sets)]
+        if k > 1:  # the guarded loop in the main pass instead of the redo launch (fwd.GUARD_ONE_PASS, off)
+            variants.append(("fused, reads k/v, guard one pass", True, True, sets))
         times: dict[str, list[str] | None] = {}
         for _ in range(2):
             for label, fused, reads, inputs in variants:
                 if label in times and times[label] is None:
                     continue
-                previous = ops.FUSED_APPEND, fwd.APPEND_READS_INPUT
+                previous = ops.FUSED_APPEND, fwd.APPEND_READS_INPUT, fwd.GUARD_ONE_PASS_MAX_WORK
                 ops.FUSED_APPEND, fwd.APPEND_READS_INPUT = fused, reads
+                if "guard one pass" in label:
+                    fwd.GUARD_ONE_PASS_MAX_WORK = 1 << 30
                 try:
                     def call_all(inputs=inputs):
                         for one in inputs:
@@ -819,7 +824,7 @@ def append_fold() -> None:
                     print(f"  k={k} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
                     times[label] = None
                 finally:
-                    ops.FUSED_APPEND, fwd.APPEND_READS_INPUT = previous
+                    ops.FUSED_APPEND, fwd.APPEND_READS_INPUT, fwd.GUARD_ONE_PASS_MAX_WORK = previous
         for label, values in times.items():
             if values:
                 print(f"  k={k} {label}: {' / '.join(values)} us", flush=True)
