@@ -170,6 +170,9 @@ def main() -> int:
                                                          tma_store=False)))
             gluon.append(("gluon 1 WG x 2/SM, TMA store", with_mode("1", call(True if small else None), **one_wg,
                                                                     tma_store=True)))
+            if small and head_dim == 64:  # two 128-key blocks: a shorter chain of dependent steps than three of 64
+                gluon.append(("gluon 1 WG x 2/SM BN128, TMA store", with_mode(
+                    "1", call(True), consumers=1, per_sm=2, block_n=128, tma_store=True)))
             gluon.append(("gluon TMA store", with_mode("1", call(), tma_store=True)))
             if head_dim == 64 and not small:
                 gluon.append(("gluon 1 WG x 2/SM BN64", with_mode("1", call(), consumers=1, per_sm=2, block_n=64)))
