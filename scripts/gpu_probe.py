@@ -609,12 +609,15 @@ def full_b4() -> None:
     serving-step.md): 134 MB of K/V, 31.8 us at the measured copy bandwidth, 88% = 36.1 us for the split-KV launch
     and the combine together. B * Hk = 32 programs per split on 132 SMs; the shipped split loop (16, 64, 2, 3) holds
     162 registers (Triton 3.6, sm_90): 6 programs per SM, 792 slots, so 24 splits (768 programs, 683 keys each) is
-    the largest one-wave grid. The candidates: each config at the split count that fills its slots (registers ->
-    programs per SM, kernel_resources.py), a deeper prefetch, 128-key and 32-key blocks, a register cap that fits 8
-    per SM. Also the per-kernel times of the shipped call (split-KV attention, combine; torch.profiler), and the
-    same call on a head-major contiguous cache (a view of [B, Hk, S, D] memory: each KV head's keys contiguous, as
-    SDPA reads them), which says whether the interleaved heads (128 of every 1024 bytes per program) cost
-    bandwidth. Graph-replayed, one input set per layout (134 MB of K/V, over twice the L2)."""
+    the largest one-wave grid; and its TTGIR holds one K/V buffer (the pipeliner splits 3 stages between the
+    page-table load and the K/V load that depends on it): one 16 KB block in flight per program. The candidates:
+    each config at the split count that fills its slots (registers -> programs per SM, kernel_resources.py), 5 and
+    7 stages (two and three blocks in flight), 128-key and 32-key blocks, a register cap that fits 8 per SM; the
+    model step's B=16 8K layer shipped against 5 stages. Also the per-kernel times of the shipped call (split-KV
+    attention, combine; torch.profiler), and the same call on a head-major contiguous cache (a view of [B, Hk, S,
+    D] memory: each KV head's keys contiguous, as SDPA reads them), which says whether the interleaved heads (128
+    of every 1024 bytes per program) cost bandwidth. Graph-replayed, one input set per layout (134 MB of K/V, over
+    twice the L2)."""
     from torch.profiler import ProfilerActivity, profile
     batch, heads, kv_heads, head_dim, context = 4, 64, 8, 64, 16384
     kv_bytes = batch * context * kv_heads * head_dim * 2 * 2
@@ -643,12 +646,16 @@ def full_b4() -> None:
         total = getattr(event, "self_device_time_total", 0) or getattr(event, "self_cuda_time_total", 0)
         if total:
             print(f"    kernel {event.key[:70]}: {total / max(event.count, 1):.1f} us x {event.count}")
-    # (splits, config): programs = 32 * splits against 132 * programs per SM (Triton 3.6 registers).
-    candidates = [(20, FwdConfig(16, 64, 2, 3)),  # 640 programs: 5 per SM, each split a sixth longer
-                  (24, FwdConfig(16, 64, 2, 4)),  # deeper prefetch, the same 162 registers
-                  (32, FwdConfig(16, 64, 2, 3, maxnreg=128)),  # 8 per SM (1056 slots) if 128 registers do not spill
-                  (32, FwdConfig(16, 32, 2, 4)),  # 128 registers, 8 per SM
-                  (16, FwdConfig(16, 128, 2, 3))]  # 240 registers, 4 per SM (528 slots), 2 x 32 KB in flight each
+    # (splits, config): programs = 32 * splits against 132 * programs per SM (Triton 3.6, sm_90). The paged loop's
+    # K/V loads hang off the page-table load, and Triton's pipeliner splits the stages between the two: at 3 (the
+    # shipped) and 4 stages the TTGIR holds ONE K/V buffer (one 16 KB block in flight per program), at 5-6 two, at
+    # 7 three.
+    candidates = [(24, FwdConfig(16, 64, 2, 5)),  # 164 registers, 37 KB shared: 6 per SM, two blocks in flight
+                  (24, FwdConfig(16, 32, 2, 7)),  # 146 registers, 28 KB: 6 per SM, three 32-key blocks in flight
+                  (16, FwdConfig(16, 64, 4, 5)),  # 124 registers x 4 warps: 4 per SM (528 slots), two in flight
+                  (12, FwdConfig(16, 128, 2, 5)),  # 244 registers, 73 KB: 3 per SM (396 slots), 2 x 32 KB
+                  (32, FwdConfig(16, 64, 2, 3, maxnreg=128)),  # 8 per SM (1056 slots), 40 B spilled
+                  (20, FwdConfig(16, 64, 2, 3))]  # 640 programs: 5 per SM, each split a sixth longer
     rows = []
     for num_splits, config in candidates:
         try:
@@ -681,6 +688,25 @@ def full_b4() -> None:
         print(f"  head-major view, 32 splits: {us:.1f} us ({100 * copy_us / us:.0f}% of copy)", flush=True)
     except Exception as exc:  # noqa: BLE001
         print(f"  head-major view: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+    head_major_k = head_major_v = None
+    torch.cuda.empty_cache()
+    # The model step's full layer: B=16, 8K (134 MB too; 6 splits, 768 programs): the shipped loop against five
+    # stages (two K/V blocks in flight).
+    batch, context = 16, 8192
+    pages = context // 16
+    q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=DTYPE)
+    seqlens = torch.full((batch,), context, device=DEVICE, dtype=torch.int32)
+    k_cache = torch.randn(batch * pages, 16, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+    v_cache = torch.randn_like(k_cache)
+    table = torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages)
+    call = functools.partial(swattn.flash_attn_with_kvcache, q, k_cache, v_cache, cache_seqlens=seqlens,
+                             page_table=table, causal=True, sinks=sinks)
+    shipped = graph_us(call, 20)
+    with forced_config(FwdConfig(16, 64, 2, 5)):
+        five = graph_us(call, 20)
+    print(f"  B=16 8K page 16: shipped {shipped:.1f} us ({100 * copy_us / shipped:.0f}% of copy), (16, 64, 2, 5) "
+          f"{five:.1f} us ({100 * copy_us / five:.0f}%)", flush=True)
+    k_cache = v_cache = table = None
     torch.cuda.empty_cache()
 
 
@@ -717,7 +743,8 @@ def verify_full(contexts: tuple[int, ...] = (8192,)) -> None:
                     sinks=torch.randn(heads, device=DEVICE)))
             without_append = [dict(s, cache_seqlens=s["cache_seqlens"] + k, k=None, v=None) for s in sets]
             ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True).float()
-            # (label, num_splits (0 = automatic), settings: (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK), inputs)
+            # (label, num_splits (0 = automatic), settings: (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK), inputs,
+            # forced config or None)
             shipped = (fwd.ISOLATE_NON_FINITE, fwd.SCAN_FLAGS_MAX_WORK)
             variants = [("shipped", 0, shipped, sets), ("no append", 0, shipped, without_append)]
             sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
@@ -728,9 +755,13 @@ def verify_full(contexts: tuple[int, ...] = (8192,)) -> None:
             if old != auto:
                 variants.append((f"{old} splits (the six-per-SM rule)", old, shipped, sets))
             variants += [("scanned redo", 0, (True, 1 << 30), sets), ("no redo", 0, (False, None), sets)]
+            # Five stages: two K/V blocks in flight (the 3-stage paged loop holds one); (32 | 64, 64, 4, 5) take
+            # 152 | 164 registers, 3 per SM: 3 splits (384 programs) fill one wave.
+            rows = max(16, triton.next_power_of_2(k * heads // kv_heads))
+            variants.append(("5 stages, 3 splits", 3, shipped, sets, FwdConfig(rows, 64, 4, 5)))
             times: dict[str, list[float] | None] = {}
             for _ in range(2):
-                for label, num_splits, (isolate, scan), inputs in variants:
+                for label, num_splits, (isolate, scan), inputs, *config in variants:
                     if label in times and times[label] is None:
                         continue
                     previous = (fwd.ISOLATE_NON_FINITE, fwd.SCAN_FLAGS_MAX_WORK)
@@ -739,14 +770,16 @@ def verify_full(contexts: tuple[int, ...] = (8192,)) -> None:
                         def call_all(inputs=inputs, num_splits=num_splits):
                             for one in inputs:
                                 swattn.flash_attn_with_kvcache(**one, causal=True, num_splits=num_splits)
-                        if label not in times:
-                            out = swattn.flash_attn_with_kvcache(**inputs[0], causal=True, num_splits=num_splits)
-                            err = ((out.float() - ref).norm() / ref.norm()).item()
-                            times[label] = [] if err < 1e-2 else None
-                            if times[label] is None:
-                                print(f"  k={k} {label}: rel diff {err:.1e} against shipped, not timed", flush=True)
-                                continue
-                        times[label].append(graph_us(call_all, 20 // input_sets or 1, rep=100) / input_sets)
+                        with forced_config(config[0]) if config else _nothing():
+                            if label not in times:
+                                out = swattn.flash_attn_with_kvcache(**inputs[0], causal=True, num_splits=num_splits)
+                                err = ((out.float() - ref).norm() / ref.norm()).item()
+                                times[label] = [] if err < 1e-2 else None
+                                if times[label] is None:
+                                    print(f"  k={k} {label}: rel diff {err:.1e} against shipped, not timed",
+                                          flush=True)
+                                    continue
+                            times[label].append(graph_us(call_all, 20 // input_sets or 1, rep=100) / input_sets)
                     except Exception as exc:  # report and go on
                         print(f"  k={k} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
                         times[label] = None
