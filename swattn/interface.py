@@ -342,7 +342,8 @@ def flash_attn_func(
                                   sm_margin, q.shape[1] * (group if packed else 1))
     out, lse = ops.run_fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, None, None,
                            None, q.shape[1], k.shape[1], softmax_scale, left, right, float(softcap), packed, num_splits,
-                           None, attention_chunk, q_descale, k_descale, v_descale)
+                           None, attention_chunk, q_descale, k_descale, v_descale,
+                           bool(return_softmax_lse or return_attn_probs))
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
 
@@ -427,7 +428,8 @@ def flash_attn_varlen_func(
     out, lse = ops.run_fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks,
                            _contiguous(cu_seqlens_q), _contiguous(cu_seqlens_k), _contiguous(seqused_k),
                            max_seqlen_q, max_seqlen_k, softmax_scale, left, right, float(softcap), packed, num_splits,
-                           _contiguous(seqused_q), attention_chunk, q_descale, k_descale, v_descale)
+                           _contiguous(seqused_q), attention_chunk, q_descale, k_descale, v_descale,
+                           bool(return_softmax_lse or return_attn_probs))
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
 
@@ -626,7 +628,8 @@ def flash_attn_with_kvcache(
         None if rotary_cos is None else _contiguous_last(rotary_cos),
         None if rotary_sin is None else _contiguous_last(rotary_sin),
         _contiguous(rotary_seqlens) if rotary_dim else None,
-        bool(rotary_interleaved), sequential, attention_chunk, q_descale, k_descale, v_descale)
+        bool(rotary_interleaved), sequential, attention_chunk, q_descale, k_descale, v_descale,
+        bool(return_softmax_lse))
     return _result(out, lse, return_softmax_lse)
 
 

@@ -19,8 +19,9 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from swattn import reference
 from swattn._compat import uses_triton
+from swattn.kernels._launch import tensor_signature
 from swattn.kernels.append import append_plan
-from swattn.kernels.bwd import attention_backward
+from swattn.kernels.bwd import attention_backward, backward_plan
 from swattn.kernels.combine import combine_splits
 from swattn.kernels.fwd import attention_forward, forward_plan
 from swattn.kernels.fwd import settings as forward_settings
@@ -103,9 +104,11 @@ def _fwd_impl(
     q_descale: torch.Tensor | None = None,
     k_descale: torch.Tensor | None = None,
     v_descale: torch.Tensor | None = None,
+    return_lse: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense (q ``[B, Sq, H, D]``) or varlen (q ``[total_q, H, D]`` with cu_seqlens) forward -> (out, lse); fp8
-    inputs with their descales (forward only)."""
+    inputs with their descales (forward only). Without ``return_lse`` the LSE is neither computed nor allocated
+    (lse: an empty tensor); callers that need a gradient pass True (``run_fwd`` sees to it)."""
     varlen = cu_seqlens_q is not None
     if not uses_triton(q):
         kwargs = _reference_kwargs(softmax_scale, left, right, softcap, sinks, attention_chunk, q_descale, k_descale,
@@ -117,13 +120,14 @@ def _fwd_impl(
             result = reference.attention_kvcache_ref(q, k, v, seqused_k, **kwargs)
         else:
             result = reference.attention_ref(q, k, v, **kwargs)
-        return _like_fake(q, *result)
+        out, lse = _like_fake(q, *result)
+        return out, lse if return_lse else _no_lse(q)
     out, lse, _ = attention_forward(
         q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
         cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_k=max_seqlen_k,
-        seqlens_k=seqused_k, pack_gqa=pack_gqa, num_splits=num_splits, return_lse=True, seqused_q=seqused_q,
+        seqlens_k=seqused_k, pack_gqa=pack_gqa, num_splits=num_splits, return_lse=return_lse, seqused_q=seqused_q,
         attention_chunk=attention_chunk, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
-    return out, lse
+    return out, _no_lse(q) if lse is None else lse
 
 
 fwd = torch.library.custom_op("swattn::fwd", mutates_args=(), device_types=None)(_fwd_impl)
@@ -132,7 +136,9 @@ fwd = torch.library.custom_op("swattn::fwd", mutates_args=(), device_types=None)
 @fwd.register_fake
 def _fwd_fake(q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale,
               left, right, softcap, pack_gqa, num_splits, seqused_q=None, attention_chunk=0, q_descale=None,
-              k_descale=None, v_descale=None):
+              k_descale=None, v_descale=None, return_lse=True):
+    if not return_lse:
+        return _out_like(q), _no_lse(q)
     return _out_like(q), q.new_empty(lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
 
 
@@ -208,11 +214,15 @@ def _bwd_fake(dout, q, k, v, out, lse, dlse, sinks, cu_seqlens_q, cu_seqlens_k, 
 
 def _fwd_setup_context(ctx, inputs, output):
     (q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale, left, right,
-     softcap, pack_gqa, num_splits, seqused_q, attention_chunk, *descales) = inputs
+     softcap, pack_gqa, num_splits, seqused_q, attention_chunk, *rest) = inputs
+    descales = rest[:3]
+    ctx.num_inputs = len(inputs)  # one gradient each (the op's schema has 21; a direct apply may pass fewer)
     # fp8 has no backward; as in FlashAttention 3, inputs that require grad are accepted and only a backward
     # through the call is refused (``_fwd_backward``): nothing is saved for it.
     ctx.fp8 = any(d is not None for d in descales) or k.dtype == torch.float8_e4m3fn
-    if ctx.fp8:
+    # Called through the dispatcher with return_lse=False (run_fwd never does that when a gradient is needed).
+    ctx.without_lse = len(rest) > 3 and not rest[3]
+    if ctx.fp8 or ctx.without_lse:
         return
     out, lse = output
     # Unused outputs (usually the LSE) then arrive as None instead of a tensor of zeros to read.
@@ -228,6 +238,9 @@ def _fwd_backward(ctx, grad_out, grad_lse, backward=None):
         raise NotImplementedError(f"{name}: a backward through fp8 (float8_e4m3fn) attention is not supported "
                                   "(swattn's fp8 is forward only, as FlashAttention 3's); detach the fp8 inputs or "
                                   "run the forward under torch.no_grad()")
+    if ctx.without_lse:
+        raise RuntimeError("swattn::fwd: called with return_lse=False, so there is no LSE for its backward; pass "
+                           "return_lse=True when a gradient is needed")
     q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, seqused_q = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros_like(out)
@@ -238,8 +251,8 @@ def _fwd_backward(ctx, grad_out, grad_lse, backward=None):
     dq, dk, dv, dsinks = (backward or bwd)(grad_out, q, k, v, out, lse, grad_lse, sinks_in, cu_seqlens_q,
                                            cu_seqlens_k, seqused_k, seqused_q=seqused_q, **ctx.scalars)
     dsinks = dsinks.to(sinks.dtype) if wants_dsinks else None
-    # One gradient per input of swattn::fwd: q, k, v, sinks, then 16 non-differentiable arguments.
-    return (dq, dk, dv, dsinks) + (None,) * 16
+    # One gradient per input of swattn::fwd: q, k, v, sinks, then the non-differentiable arguments.
+    return (dq, dk, dv, dsinks) + (None,) * (ctx.num_inputs - 4)
 
 
 torch.library.register_autograd("swattn::fwd", _fwd_backward, setup_context=_fwd_setup_context)
@@ -248,19 +261,80 @@ torch.library.register_autograd("swattn::fwd", _fwd_backward, setup_context=_fwd
 class _EagerAttention(torch.autograd.Function):
     """``swattn::fwd`` with its autograd formula, without the dispatcher: for plain eager calls that need a
     gradient (training loops). The custom op's autograd path costs several hundred us of host time per
-    forward + backward on the H100 host (docs/notes/performance-log.md), which short sequences cannot hide."""
+    forward + backward on the H100 host (docs/notes/performance-log.md), which short sequences cannot hide.
+
+    On the Triton path the forward hands its plan (a third, non-tensor output) to the backward, which keeps its own
+    plans there by the gradients' signature: the backward then looks up two tensors' signatures instead of
+    twelve."""
 
     @staticmethod
     def forward(*inputs):
-        return _fwd_impl(*inputs)
+        if not uses_triton(inputs[0]):
+            return (*_fwd_impl(*inputs), None)
+        plan = _forward_plan(inputs)
+        out, lse, _ = plan.run(*_forward_run_arguments(inputs))
+        return out, lse, plan
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _fwd_setup_context(ctx, inputs, output)
+        _fwd_setup_context(ctx, inputs, output[:2])
+        ctx.forward_plan = output[2]
 
     @staticmethod
-    def backward(ctx, grad_out, grad_lse):
-        return _fwd_backward(ctx, grad_out, grad_lse, backward=_bwd_impl)
+    def backward(ctx, grad_out, grad_lse, _plan):
+        if ctx.forward_plan is None or ctx.fp8:  # the reference's backward, or fp8's refusal
+            return _fwd_backward(ctx, grad_out, grad_lse, backward=_bwd_impl)
+        return _planned_backward(ctx, grad_out, grad_lse)
+
+
+def _forward_plan(args: tuple):
+    """``kernels.fwd.forward_plan`` for ``swattn::fwd``'s arguments (in the op's order)."""
+    (q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale, left, right,
+     softcap, pack_gqa, num_splits, *rest) = args
+    rest = tuple(rest) + (None, 0, None, None, None)[len(rest):]  # seqused_q, attention_chunk, q/k/v_descale
+    return forward_plan(q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
+                        cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k,
+                        max_seqlen_k=max_seqlen_k, seqlens_k=seqused_k, pack_gqa=pack_gqa, num_splits=num_splits,
+                        return_lse=True, seqused_q=rest[0], attention_chunk=rest[1], q_descale=rest[2],
+                        k_descale=rest[3], v_descale=rest[4])
+
+
+def _forward_run_arguments(args: tuple) -> tuple:
+    """A forward plan's ``run`` arguments from ``swattn::fwd``'s."""
+    rest = tuple(args[15:]) + (None, 0, None, None, None)[len(args) - 15:]
+    return (*args[:7], None, None, None, None, rest[0], None, *rest[2:5])
+
+
+# Backward plans kept per forward plan (gradient layouts seen): a bound for callers whose gradients change layout.
+_MAX_BACKWARD_PLANS = 8
+
+
+def _planned_backward(ctx, grad_out, grad_lse):
+    """``_fwd_backward`` for the Triton path of ``_EagerAttention``, with the backward plan kept by the forward's
+    plan (see ``kernels.fwd._ForwardPlan.backward_plans``)."""
+    q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, seqused_q = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    elif grad_out.stride(-1) != 1:
+        grad_out = grad_out.contiguous()  # the kernels take strides, but D must be unit-stride
+    if grad_lse is not None:
+        grad_lse = grad_lse.to(torch.float32).contiguous()
+    wants_dsinks = sinks is not None and ctx.needs_input_grad[3]
+    # As _fwd_backward: without their gradient wanted the kernels need no sinks (dQ, dK, dV read them through lse).
+    sinks_in = sinks if wants_dsinks else None
+    plans = ctx.forward_plan.backward_plans
+    key = (tensor_signature(grad_out), tensor_signature(grad_lse), wants_dsinks)
+    plan = plans.get(key)
+    if plan is None:
+        if len(plans) >= _MAX_BACKWARD_PLANS:
+            plans.clear()
+        plan = plans[key] = backward_plan(
+            grad_out, q, k, v, out, lse, sinks=sinks_in, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+            seqused_k=seqused_k, dlse=grad_lse, seqused_q=seqused_q, **ctx.scalars)
+    dq, dk, dv, dsinks = plan.run(grad_out, q, k, v, out, lse, sinks_in, cu_seqlens_q, cu_seqlens_k, seqused_k,
+                                  grad_lse, seqused_q)
+    # One gradient per input of swattn::fwd: q, k, v, sinks, then the non-differentiable arguments.
+    return (dq, dk, dv, dsinks.to(sinks.dtype) if wants_dsinks else None) + (None,) * (ctx.num_inputs - 4)
 
 
 def _fwd_kvcache_impl(
@@ -292,16 +366,18 @@ def _fwd_kvcache_impl(
     q_descale: torch.Tensor | None = None,
     k_descale: torch.Tensor | None = None,
     v_descale: torch.Tensor | None = None,
+    return_lse: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """KV-cache forward: append ``k``/``v`` (if given, rotated with ``rotary_cos``/``rotary_sin``; into an fp8
     cache quantized with ``k_descale``/``v_descale``) at ``cache_seqlens``, rotate q likewise, then attend ->
-    (out, lse)."""
+    (out, lse); without ``return_lse`` the LSE is neither computed nor allocated (lse: an empty tensor)."""
     if uses_triton(q):
         args = (q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q, max_seqlen_q,
                 sinks, softmax_scale, left, right, softcap, pack_gqa, num_splits, cu_seqlens_k_new, cache_leftpad,
                 rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, rotary_sequential_q, attention_chunk,
-                q_descale, k_descale, v_descale)
-        return _KVCachePlan(*args).run(*args)
+                q_descale, k_descale, v_descale, return_lse)
+        out, lse = _KVCachePlan(*args).run(*args)
+        return out, _no_lse(q) if lse is None else lse
     rotary = dict(rotary_cos=rotary_cos, rotary_sin=rotary_sin, rotary_seqlens=rotary_seqlens,
                   rotary_interleaved=rotary_interleaved)
     if k is None:
@@ -315,11 +391,17 @@ def _fwd_kvcache_impl(
         q = reference.rotate_queries_ref(q, rotary_cos, rotary_sin,
                                          cache_seqlens if rotary_seqlens is None else rotary_seqlens,
                                          rotary_sequential_q, rotary_interleaved, cu_seqlens_q)
-    return _like_fake(q, *reference.attention_kvcache_ref(
+    out, lse = _like_fake(q, *reference.attention_kvcache_ref(
         q, k_cache, v_cache, seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
         cu_seqlens_q=cu_seqlens_q, cache_leftpad=cache_leftpad,
         **_reference_kwargs(softmax_scale, left, right, softcap, sinks, attention_chunk, q_descale, k_descale,
                             v_descale)))
+    return out, lse if return_lse else _no_lse(q)
+
+
+def _no_lse(q: torch.Tensor) -> torch.Tensor:
+    """The LSE output of a call that did not ask for it (the op must return a tensor): empty, float32."""
+    return q.new_empty(0, dtype=torch.float32)
 
 
 class _KVCachePlan:
@@ -331,7 +413,7 @@ class _KVCachePlan:
                  max_seqlen_q, sinks, softmax_scale, left, right, softcap, pack_gqa, num_splits,
                  cu_seqlens_k_new=None, cache_leftpad=None, rotary_cos=None, rotary_sin=None, rotary_seqlens=None,
                  rotary_interleaved=True, rotary_sequential_q=True, attention_chunk=0, q_descale=None, k_descale=None,
-                 v_descale=None):
+                 v_descale=None, return_lse=True):
         if k is None:
             one_new_token_per_query = False
         elif cu_seqlens_q is not None:
@@ -357,7 +439,7 @@ class _KVCachePlan:
                                       rotary_interleaved, rotary_sequential_q, k_descale, v_descale)
         self.forward_arguments = dict(softmax_scale=softmax_scale, left=left, right=right, softcap=softcap,
                                       max_seqlen_q=max_seqlen_q, pack_gqa=pack_gqa, num_splits=num_splits,
-                                      return_lse=True, attention_chunk=attention_chunk)
+                                      return_lse=return_lse, attention_chunk=attention_chunk)
         # Looked up at the first run: it is keyed on tensors made there (the new lengths, a rotated q), whose
         # layouts follow from the signature.
         self.forward = None
@@ -369,7 +451,8 @@ class _KVCachePlan:
             max_seqlen_q=None, sinks=None, softmax_scale=None, left=None, right=None, softcap=None, pack_gqa=None,
             num_splits=None, cu_seqlens_k_new=None, cache_leftpad=None, rotary_cos=None, rotary_sin=None,
             rotary_seqlens=None, rotary_interleaved=None, rotary_sequential_q=None, attention_chunk=None,
-            q_descale=None, k_descale=None, v_descale=None):
+            q_descale=None, k_descale=None, v_descale=None, return_lse=None):
+        """-> (out, lse), lse None when the plan was made without ``return_lse``."""
         q_attend, new_k, new_v = q, None, None  # q_attend: q, or its rotated copy
         if self.fused:
             if self.copy_new:
@@ -404,7 +487,9 @@ def _fwd_kvcache_fake(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx,
                       max_seqlen_q, sinks, softmax_scale, left, right, softcap, pack_gqa, num_splits,
                       cu_seqlens_k_new=None, cache_leftpad=None, rotary_cos=None, rotary_sin=None,
                       rotary_seqlens=None, rotary_interleaved=True, rotary_sequential_q=True, attention_chunk=0,
-                      q_descale=None, k_descale=None, v_descale=None):
+                      q_descale=None, k_descale=None, v_descale=None, return_lse=True):
+    if not return_lse:
+        return _out_like(q), _no_lse(q)
     return _out_like(q), q.new_empty(lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
 
 
@@ -423,16 +508,30 @@ def _may_skip_dispatcher(tensors) -> bool:
 
 def run_fwd(*args) -> tuple[torch.Tensor, torch.Tensor]:
     """``swattn::fwd`` with its arguments in order (q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, the
-    scalars, seqused_q, attention_chunk, q/k/v_descale; positional, so ``swattn._replay`` can record the call).
-    Plain eager calls skip the dispatcher (see ``_may_skip_dispatcher``): the implementation directly when no
-    gradient is needed, else ``_EagerAttention``, the same forward and backward."""
+    scalars, seqused_q, attention_chunk, q/k/v_descale, return_lse; positional, so ``swattn._replay`` can record
+    the call). Plain eager calls skip the dispatcher (see ``_may_skip_dispatcher``): the implementation directly
+    when no gradient is needed, else ``_EagerAttention``, the same forward and backward. A call that needs a
+    gradient computes the LSE whatever ``return_lse`` says (the backward reads it)."""
     q, k, v, sinks = args[:4]
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, sinks))
+    if needs_grad and len(args) > 20 and not args[20]:
+        args = (*args[:20], True)
     if not _may_skip_dispatcher(args[:7] + (args[15],) + tuple(args[17:20])):
         return fwd(*args)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, sinks))
     if needs_grad:
-        return _EagerAttention.apply(*args)
+        return _EagerAttention.apply(*args)[:2]
     return _fwd_impl(*args)
+
+
+def _increment_versions(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    """Record the caches' in-place update, as the dispatcher does for a mutating op (one call for both; inference
+    tensors, which have no version counter, are skipped by torch)."""
+    try:
+        torch.autograd.graph.increment_version((k_cache, v_cache))
+    except RuntimeError:  # a torch whose increment_version refuses inference tensors: one by one, skipping them
+        for cache in (k_cache, v_cache):
+            if not cache.is_inference():
+                torch.autograd.graph.increment_version(cache)
 
 
 def run_fwd_kvcache(*args) -> tuple[torch.Tensor, torch.Tensor]:
@@ -442,9 +541,7 @@ def run_fwd_kvcache(*args) -> tuple[torch.Tensor, torch.Tensor]:
     if _may_skip_dispatcher(tuple(a for a in args if a is None or isinstance(a, torch.Tensor))):
         result = _fwd_kvcache_impl(*args)
         if k is not None:  # the dispatcher records the caches' in-place update; so must the direct call
-            for cache in (k_cache, v_cache):
-                if not cache.is_inference():  # inference tensors have no version counter
-                    torch.autograd.graph.increment_version(cache)
+            _increment_versions(k_cache, v_cache)
         return result
     return fwd_kvcache(*args)
 
@@ -519,9 +616,7 @@ def _planned_fwd_kvcache(args: tuple):
             return run_fwd_kvcache(*args)
         result = plan.run(*args)
         if appends:  # as run_fwd_kvcache: the caches' in-place update is recorded
-            for cache in (args[1], args[2]):
-                if not cache.is_inference():
-                    torch.autograd.graph.increment_version(cache)
+            _increment_versions(args[1], args[2])
         return result
     return run
 
@@ -534,7 +629,7 @@ def _planned_fwd(args: tuple):
     plan = forward_plan(q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
                         cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k,
                         max_seqlen_k=max_seqlen_k, seqlens_k=seqused_k, pack_gqa=pack_gqa, num_splits=num_splits,
-                        return_lse=True, seqused_q=rest[0] if has_seqused_q else None,
+                        return_lse=rest[5] if len(rest) > 5 else True, seqused_q=rest[0] if has_seqused_q else None,
                         attention_chunk=rest[1] if len(rest) > 1 else 0, q_descale=descales[0],
                         k_descale=descales[1], v_descale=descales[2])
 

@@ -144,3 +144,41 @@ def test_a_replayed_kvcache_call_launches_from_its_plan(monkeypatch):
     inputs["q"] = storage[1:].view(inputs["q"].shape).copy_(inputs["q"])  # another alignment: another signature
     swattn.flash_attn_with_kvcache(**inputs, **kwargs)
     assert looked_up == ["append_plan", "forward_plan"]
+
+
+def test_an_lse_not_asked_for_is_neither_computed_nor_allocated():
+    """Without return_softmax_lse the forward plans of decode (kvcache) and prefill (no gradient) store no LSE; a
+    gradient or return_softmax_lse=True brings it back (the values: the tests of the outputs)."""
+    from swattn.kernels import fwd
+
+    inputs = _decode_inputs()
+    q, k, v = (torch.randn(1, 6, 2, 16) for _ in range(3))
+    with stub_kernels():
+        for _ in range(3):
+            swattn.flash_attn_with_kvcache(**inputs, causal=True, check_inputs=False)
+            swattn.flash_attn_func(q, k, v)
+        assert {plan.lse_shape for plan in fwd._PLANS.values()} == {None}
+        assert swattn.flash_attn_func(q, k, v, return_softmax_lse=True)[1].shape == (1, 2, 6)
+        plans = len(fwd._PLANS)
+        swattn.flash_attn_func(q.requires_grad_(), k, v)  # the backward reads the LSE: the LSE-storing plan
+        assert len(fwd._PLANS) == plans and sorted(plan.lse_shape is None for plan in fwd._PLANS.values()) == [
+            False, True, True]
+
+
+def test_the_eager_backward_keeps_its_plans_with_the_forward_plan():
+    """A training step's backward looks up its plan by the gradients' signature in the forward plan's
+    ``backward_plans`` (two tensors' signatures instead of twelve), not in the backward's own cache."""
+    from swattn.kernels import bwd, fwd
+
+    q, k, v = (torch.randn(1, 6, 2, 16, requires_grad=True) for _ in range(3))
+    sinks = torch.zeros(2, requires_grad=True)
+    with stub_kernels() as stubs:
+        for _ in range(3):
+            out = swattn.flash_attn_func(q, k, v, causal=True, sinks=sinks)
+            torch.autograd.grad(out, (q, k, v, sinks), torch.ones_like(out))
+        (plan,) = [plan for plan in fwd._PLANS.values() if plan.backward_plans]
+        assert len(plan.backward_plans) == 1 and len(bwd._PLANS) == 0
+        assert stubs["_swa_bwd_dq_kernel"].direct_launches + stubs["_swa_bwd_dq_kernel"].plain_launches == 3
+        out = swattn.flash_attn_func(q, k, v, causal=True, sinks=sinks.detach())
+        torch.autograd.grad(out, (q, k, v), torch.ones_like(out))  # sinks' gradient not wanted: another plan
+        assert len(plan.backward_plans) == 2

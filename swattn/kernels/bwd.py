@@ -461,12 +461,26 @@ def attention_backward(
            config, record_loop, attention_chunk)
     plan = _PLANS.get(key)
     if plan is None:
-        plan = _PLANS.add(key, _BackwardPlan(
+        plan = _PLANS.add(key, backward_plan(
             dout, q, k, v, out, lse, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap,
             sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q,
             max_seqlen_k=max_seqlen_k, seqused_k=seqused_k, dlse=dlse, config=config, record_loop=record_loop,
             seqused_q=seqused_q, attention_chunk=attention_chunk))
     return plan.run(dout, q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, dlse, seqused_q)
+
+
+def backward_plan(dout, q, k, v, out, lse, *, softmax_scale, left, right, softcap=0.0, sinks=None,
+                  cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None, seqused_k=None,
+                  dlse=None, config=None, record_loop=False, seqused_q=None,
+                  attention_chunk=0) -> _BackwardPlan:
+    """The plan of one backward call signature, not looked up: for callers that key it themselves (the eager
+    autograd path keeps it with the forward's plan, see ``swattn.ops``). ``dout`` with unit stride in D, ``lse``
+    contiguous and ``dlse`` float32 contiguous, as ``attention_backward`` passes them."""
+    return _BackwardPlan(dout, q, k, v, out, lse, softmax_scale=softmax_scale, left=left, right=right,
+                         softcap=softcap, sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                         max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, seqused_k=seqused_k, dlse=dlse,
+                         config=config, record_loop=record_loop, seqused_q=seqused_q,
+                         attention_chunk=attention_chunk)
 
 
 class _BackwardPlan:

@@ -783,12 +783,16 @@ def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None
 
 class _ForwardPlan:
     """The launches of one forward call signature, chosen once: config, grid, strides, constexprs (``Launch``
-    objects). ``run`` allocates the outputs (and the split and non-finite buffers) and launches."""
+    objects). ``run`` allocates the outputs (and the split and non-finite buffers) and launches.
+
+    ``backward_plans``: the backward plans of this forward's calls, by the gradients' signature (kept here by
+    ``swattn.ops``' eager autograd path: everything else a backward plan depends on is this plan's signature)."""
 
     def __init__(self, q, k, v, *, softmax_scale, left, right, softcap, sinks, cu_seqlens_q, max_seqlen_q,
                  cu_seqlens_k, max_seqlen_k, seqlens_k, cache_batch_idx, page_table, pack_gqa, num_splits,
                  return_lse, count_blocks, new_k, seqused_q, cache_leftpad, attention_chunk, q_descale=None,
                  k_descale=None, v_descale=None):
+        self.backward_plans: dict = {}
         varlen_q = cu_seqlens_q is not None
         varlen_k = cu_seqlens_k is not None
         paged = page_table is not None
