@@ -42,15 +42,28 @@ def note_data_checks(decide, tensor: torch.Tensor, check_inputs) -> bool:
     return read_data
 
 
-def _key_item(value):
-    if type(value) is torch.Tensor or type(value) is torch.nn.Parameter:
-        # With the 16-byte alignment Triton specializes pointers on: a planned op serves the whole signature.
-        return value.shape, value.stride(), value.dtype, value.device, value.data_ptr() % 16 == 0
-    if isinstance(value, torch.Tensor):  # a subclass (fake tensors: no data pointer to ask)
-        return value.shape, value.stride(), value.dtype, value.device, type(value)
-    if type(value) is tuple:
-        return tuple, value, tuple(map(type, value))
-    return type(value), value  # True and 1 (1 and 1.0) are one key otherwise; the checks tell them apart
+_Tensor, _Parameter = torch.Tensor, torch.nn.Parameter
+
+
+def _signature(args: tuple, kwargs: dict) -> tuple:
+    """A call's signature: the keyword names, then per argument (positional, then keyword) a plain tensor's shape,
+    strides, dtype, device and 16-byte alignment (the alignment Triton specializes pointers on: a planned op
+    serves the whole signature); another tensor type's (fake tensors: no data pointer to ask) with its type; a
+    tuple with its items' types; anything else with its type (True and 1, 1 and 1.0 are one key otherwise: the
+    checks tell them apart). One loop, no call per argument: this is every replayed call's host cost."""
+    items = [tuple(kwargs)]
+    append = items.append
+    for value in (*args, *kwargs.values()):
+        kind = type(value)
+        if kind is _Tensor or kind is _Parameter:
+            append((value.shape, value.stride(), value.dtype, value.device, value.data_ptr() % 16 == 0))
+        elif kind is tuple:
+            append((tuple, value, tuple(map(type, value))))
+        elif isinstance(value, _Tensor):
+            append((value.shape, value.stride(), value.dtype, value.device, kind))
+        else:
+            append((kind, value))
+    return tuple(items)
 
 
 def _take(source, args, kwargs):
@@ -64,19 +77,26 @@ class _Replay:
     both as a pair; ``data_checks``: the interface's decision whether to read data, asked again on every call
     (``(decide, tensor source, check_inputs)``; the function runs instead when it says yes)."""
 
-    __slots__ = ("op", "sources", "returns", "data_checks")
+    __slots__ = ("op", "sources", "returns", "data_checks", "values", "from_args", "from_kwargs")
 
     def __init__(self, op, sources, returns, data_checks, planned=None):
         # planned: ops.planned_op's function for this signature, called in place of the op (None: the op).
         self.op, self.sources, self.returns, self.data_checks = planned or op, sources, returns, data_checks
+        # The op's arguments as a list of the recorded values, and where the caller's arguments go into it.
+        self.values = [index if kind == "value" else None for kind, index in sources]
+        self.from_args = tuple((i, index) for i, (kind, index) in enumerate(sources) if kind == "arg")
+        self.from_kwargs = tuple((i, index) for i, (kind, index) in enumerate(sources) if kind == "kwarg")
 
     def reads_data(self, args, kwargs) -> bool:
         return any(decide(_take(source, args, kwargs), check_inputs)
                    for decide, source, check_inputs in self.data_checks)
 
     def __call__(self, args, kwargs):
-        values = [args[index] if kind == "arg" else kwargs[index] if kind == "kwarg" else index
-                  for kind, index in self.sources]
+        values = self.values.copy()
+        for i, index in self.from_args:
+            values[i] = args[index]
+        for i, name in self.from_kwargs:
+            values[i] = kwargs[name]
         result = self.op(*values)
         if self.returns == "out":
             return result[0]
@@ -166,8 +186,7 @@ def replayed(function):
         if torch.compiler.is_compiling():
             return function(*args, **kwargs)
         try:
-            key = (tuple(map(_key_item, args)), tuple(kwargs), tuple(map(_key_item, kwargs.values())),
-                   ops.plan_settings())
+            key = (_signature(args, kwargs), ops.plan_settings())
             plan = plans.get(key)
         except TypeError:  # an unhashable argument (a list)
             return function(*args, **kwargs)
