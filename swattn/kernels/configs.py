@@ -84,12 +84,26 @@ VERIFY_BLOCKS: dict[int, tuple[int, int]] = {16: (256, 8), 32: (256, 8)}
 SPLIT_PROGRAMS_PER_SM = {16: 6, 32: 4, 64: 4}
 SHORT_SPLIT_PROGRAMS_PER_SM = {16: 4, 32: 4, 64: 3}
 
+# Stages of the pipelined split loop over a PAGED cache, per tile height (absent: 3). Triton's pipeliner splits a
+# loop's stages between the page-table load and the K/V load whose addresses come from it: at 3 and 4 stages the
+# compiled loop (TTGIR, Triton 3.6, sm_90) holds ONE K/V buffer, one block in flight per program; at 5 and 6 two,
+# at 7 three. A contiguous cache has no such chain: 3 stages are already two K/V buffers there.
+PAGED_SPLIT_STAGES: dict[int, int] = {}
+# Resident programs per SM of the split loop with 5 stages (Triton 3.6, sm_90): (16, 64, 2, 5) 164 registers, 37
+# KB of shared memory -> 6; (32, 64, 4, 5) 152 -> 3; (64, 64, 4, 5) 164 -> 3.
+SPLIT_PROGRAMS_PER_SM_5_STAGES = {16: 6, 32: 3, 64: 3}
 
-def split_programs_per_sm(rows_per_tile: int, short: bool) -> int:
+
+def split_programs_per_sm(rows_per_tile: int, short: bool, paged: bool = False) -> int:
     """Resident programs per SM that the automatic split count plans for a decode-sized tile of ``rows_per_tile``
-    rows (``short``: splits of at most ``SHORT_SPLIT_KEYS`` keys, the one-stage loop); larger tiles as 64 rows."""
+    rows (``short``: splits of at most ``SHORT_SPLIT_KEYS`` keys, the one-stage loop; ``paged``: a paged cache,
+    whose loop takes ``PAGED_SPLIT_STAGES``); larger tiles as 64 rows."""
     block_m = min(64, max(16, next_power_of_2(max(rows_per_tile, 1))))
-    return (SHORT_SPLIT_PROGRAMS_PER_SM if short else SPLIT_PROGRAMS_PER_SM)[block_m]
+    if short:
+        return SHORT_SPLIT_PROGRAMS_PER_SM[block_m]
+    if paged and PAGED_SPLIT_STAGES.get(block_m, 3) >= 5:
+        return SPLIT_PROGRAMS_PER_SM_5_STAGES[block_m]
+    return SPLIT_PROGRAMS_PER_SM[block_m]
 
 
 # A split-KV share of at most this many keys (two 128-key blocks) is latency-bound: decode tiles run it on the
@@ -135,14 +149,15 @@ def forced_config_in_use() -> FwdConfig | None:
 
 def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, window_span: int | None,
                    element_size: int = 2, keys_per_split: int | None = None,
-                   programs_per_sm: float | None = None) -> FwdConfig:
+                   programs_per_sm: float | None = None, paged: bool = False) -> FwdConfig:
     """Pick block shapes from shapes only (never from GPU values, so CUDA graphs and torch.compile are safe).
 
     ``element_size``: bytes per q/k/v element (fp32 shrinks the bf16 choice to fit shared memory);
     ``rows_per_tile``: rows of one sequence's tiles (PackGQA: query positions * queries per KV head);
     ``window_span``: ``left + right + 1`` when both sides are bounded, else None; ``keys_per_split``: the most
     keys one split of a sequence's KV loop covers (None: unknown); ``programs_per_sm``: the grid's programs (at
-    least one tile per sequence and head axis) per SM (None: unknown). Choices come from the H100 and H200 sweeps
+    least one tile per sequence and head axis) per SM (None: unknown); ``paged``: K/V through a page table.
+    Choices come from the H100 and H200 sweeps
     recorded in docs/notes/performance-log.md (scripts/gpu_sweep.py, gpu_splits.py).
     """
     if _forced is not None:
@@ -150,7 +165,7 @@ def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, win
     if interpreter_enabled():
         return FwdConfig(16, 16, 4, 1)
     config = _bf16_forward_config(head_dim_padded, rows_per_tile, pack_gqa, window_span, keys_per_split,
-                                  programs_per_sm)
+                                  programs_per_sm, paged)
     if element_size != 2:
         # Descriptor loads and register caps were measured (and are used) for fp16/bf16 only.
         config = replace(config, tma=False, maxnreg=None)
@@ -159,7 +174,7 @@ def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, win
 
 def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool,
                          window_span: int | None, keys_per_split: int | None = None,
-                         programs_per_sm: float | None = None) -> FwdConfig:
+                         programs_per_sm: float | None = None, paged: bool = False) -> FwdConfig:
     small_window = window_span is not None and window_span <= 512
     if pack_gqa and rows_per_tile <= 64:
         # Decode / extend: every query head of a KV head in one tile; 128-key blocks so a 128-key window is one
@@ -175,7 +190,8 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
             return FwdConfig(block_m, 128 if head_dim_padded <= 128 else 64, 4, 1, single_loop=True)
         # Full decode, H200 (gpu_probe.py splits, 16K, page 16): two warps per 16-row tile fit twice the
         # programs per SM, more loads in flight: B=16 137 us (12 splits) vs 150 us with four warps, B=4 42 vs 46.
-        return FwdConfig(block_m, 64, 2 if block_m <= 16 else 4, 3)
+        # Paged caches: PAGED_SPLIT_STAGES (two K/V blocks in flight take 5 stages there).
+        return FwdConfig(block_m, 64, 2 if block_m <= 16 else 4, PAGED_SPLIT_STAGES.get(block_m, 3) if paged else 3)
     if small_window:
         # Short KV loops: one masked loop; W127 D64 16K: 252 us (64, 32, 4, 2, single) vs 262 us three loops.
         # H200 (gpu_probe.py edges, 907004d): masking only the edge blocks, capped at 96 registers (5 programs per

@@ -54,6 +54,18 @@ def test_verify_splits_fill_one_wave_of_their_tiles(batch, context, tokens, expe
     assert 8 * batch * splits <= SMS * configs.split_programs_per_sm(rows, short)
 
 
+def test_paged_split_stages_and_their_occupancy(monkeypatch):
+    """``configs.PAGED_SPLIT_STAGES`` sets the pipelined split loop's stages on paged caches only (a contiguous
+    cache keeps 3), and the split count plans for the programs per SM of that loop."""
+    monkeypatch.setattr(configs, "PAGED_SPLIT_STAGES", {16: 5, 32: 5})
+    assert _bf16_forward_config(64, 8, True, None, 683, paged=True) == FwdConfig(16, 64, 2, 5)
+    assert _bf16_forward_config(64, 8, True, None, 683) == FwdConfig(16, 64, 2, 3)
+    assert _bf16_forward_config(64, 32, True, None, 2048, paged=True) == FwdConfig(32, 64, 4, 5)
+    assert split_count(128, 8192, SMS, 32, paged=True) == 3  # 3 per SM with 5 stages: 384 programs
+    assert split_count(128, 8192, SMS, 32) == 4
+    assert split_count(32, 16384, SMS, 8, paged=True) == 24
+
+
 @pytest.mark.parametrize("programs, keys", [(128, 128), (128, 896), (8, 896), (SMS, 1 << 17), (4096, 1 << 17)])
 def test_split_count_leaves_short_loops_and_full_grids_alone(programs, keys):
     # A 128-key window (or fewer than 8 blocks) is one loop; a grid that fills the SMs needs no split.
