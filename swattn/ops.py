@@ -232,9 +232,14 @@ def _fwd_setup_context(ctx, inputs, output):
                        right=right, softcap=softcap, attention_chunk=attention_chunk)
 
 
+def _needs_input_grad(ctx) -> tuple[bool, ...]:
+    """``ctx.needs_input_grad`` of swattn::fwd's inputs (``_EagerAttention`` has its plan in front of them)."""
+    return ctx.needs_input_grad[getattr(ctx, "input_offset", 0):]
+
+
 def _fwd_backward(ctx, grad_out, grad_lse, backward=None):
     if ctx.fp8:
-        name = next((n for n, wanted in zip(("q", "k", "v", "sinks"), ctx.needs_input_grad) if wanted), "q")
+        name = next((n for n, wanted in zip(("q", "k", "v", "sinks"), _needs_input_grad(ctx)) if wanted), "q")
         raise NotImplementedError(f"{name}: a backward through fp8 (float8_e4m3fn) attention is not supported "
                                   "(swattn's fp8 is forward only, as FlashAttention 3's); detach the fp8 inputs or "
                                   "run the forward under torch.no_grad()")
@@ -244,7 +249,7 @@ def _fwd_backward(ctx, grad_out, grad_lse, backward=None):
     q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, seqused_q = ctx.saved_tensors
     if grad_out is None:
         grad_out = torch.zeros_like(out)
-    wants_dsinks = sinks is not None and ctx.needs_input_grad[3]
+    wants_dsinks = sinks is not None and _needs_input_grad(ctx)[3]
     # The kernels read the sinks only for their gradient (dQ, dK, dV take them through the saved LSE): without it
     # wanted they get none, and skip a launch and an allocation. The reference recomputes the forward: it needs them.
     sinks_in = sinks if wants_dsinks or not uses_triton(q) else None
@@ -263,39 +268,45 @@ class _EagerAttention(torch.autograd.Function):
     gradient (training loops). The custom op's autograd path costs several hundred us of host time per
     forward + backward on the H100 host (docs/notes/performance-log.md), which short sequences cannot hide.
 
-    On the Triton path the forward hands its plan (a third, non-tensor output) to the backward, which keeps its own
-    plans there by the gradients' signature: the backward then looks up two tensors' signatures instead of
-    twelve."""
+    ``apply(plan, *op_arguments)``: ``plan`` is the forward plan of the call's signature when the caller holds it
+    (``swattn._replay``'s planned op), else None (looked up here). On the Triton path the forward hands its plan (a
+    third, non-tensor output) to the backward, which keeps its own plans there by the gradients' signature: the
+    backward then looks up two tensors' signatures instead of twelve."""
 
+    # The forward takes ctx itself (no setup_context): torch's apply then skips binding the arguments to the
+    # forward's signature (inspect.signature on every call: ~15 us of CPU time per training forward), which only
+    # functorch transforms need, and those take the custom op instead (``_may_skip_dispatcher``).
     @staticmethod
-    def forward(*inputs):
-        if not uses_triton(inputs[0]):
-            return (*_fwd_impl(*inputs), None)
-        plan = _forward_plan(inputs)
+    def forward(ctx, plan, *inputs):
+        if plan is None:
+            if not uses_triton(inputs[0]):
+                out, lse = _fwd_impl(*inputs)
+                _fwd_setup_context(ctx, inputs, (out, lse))
+                ctx.forward_plan, ctx.input_offset = None, 1
+                return out, lse, None
+            plan = _forward_plan(inputs)
         out, lse, _ = plan.run(*_forward_run_arguments(inputs))
+        _fwd_setup_context(ctx, inputs, (out, lse))
+        ctx.forward_plan, ctx.input_offset = plan, 1
         return out, lse, plan
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _fwd_setup_context(ctx, inputs, output[:2])
-        ctx.forward_plan = output[2]
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse, _plan):
         if ctx.forward_plan is None or ctx.fp8:  # the reference's backward, or fp8's refusal
-            return _fwd_backward(ctx, grad_out, grad_lse, backward=_bwd_impl)
-        return _planned_backward(ctx, grad_out, grad_lse)
+            return None, *_fwd_backward(ctx, grad_out, grad_lse, backward=_bwd_impl)
+        return None, *_planned_backward(ctx, grad_out, grad_lse)
 
 
 def _forward_plan(args: tuple):
     """``kernels.fwd.forward_plan`` for ``swattn::fwd``'s arguments (in the op's order)."""
     (q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale, left, right,
      softcap, pack_gqa, num_splits, *rest) = args
-    rest = tuple(rest) + (None, 0, None, None, None)[len(rest):]  # seqused_q, attention_chunk, q/k/v_descale
+    # seqused_q, attention_chunk, q/k/v_descale, return_lse
+    rest = tuple(rest) + (None, 0, None, None, None, True)[len(rest):]
     return forward_plan(q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
                         cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k,
                         max_seqlen_k=max_seqlen_k, seqlens_k=seqused_k, pack_gqa=pack_gqa, num_splits=num_splits,
-                        return_lse=True, seqused_q=rest[0], attention_chunk=rest[1], q_descale=rest[2],
+                        return_lse=rest[5], seqused_q=rest[0], attention_chunk=rest[1], q_descale=rest[2],
                         k_descale=rest[3], v_descale=rest[4])
 
 
@@ -319,7 +330,7 @@ def _planned_backward(ctx, grad_out, grad_lse):
         grad_out = grad_out.contiguous()  # the kernels take strides, but D must be unit-stride
     if grad_lse is not None:
         grad_lse = grad_lse.to(torch.float32).contiguous()
-    wants_dsinks = sinks is not None and ctx.needs_input_grad[3]
+    wants_dsinks = sinks is not None and _needs_input_grad(ctx)[3]
     # As _fwd_backward: without their gradient wanted the kernels need no sinks (dQ, dK, dV read them through lse).
     sinks_in = sinks if wants_dsinks else None
     plans = ctx.forward_plan.backward_plans
@@ -519,7 +530,7 @@ def run_fwd(*args) -> tuple[torch.Tensor, torch.Tensor]:
     if not _may_skip_dispatcher(args[:7] + (args[15],) + tuple(args[17:20])):
         return fwd(*args)
     if needs_grad:
-        return _EagerAttention.apply(*args)[:2]
+        return _EagerAttention.apply(None, *args)[:2]
     return _fwd_impl(*args)
 
 
@@ -625,19 +636,24 @@ def _planned_fwd(args: tuple):
     (q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale, left, right,
      softcap, pack_gqa, num_splits, *rest) = args
     has_seqused_q = bool(rest) and rest[0] is not None
-    descales = tuple(rest[2:5]) + (None,) * (5 - max(len(rest), 2))  # q/k/v_descale (fp8), None when absent
-    plan = forward_plan(q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
-                        cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k,
-                        max_seqlen_k=max_seqlen_k, seqlens_k=seqused_k, pack_gqa=pack_gqa, num_splits=num_splits,
-                        return_lse=rest[5] if len(rest) > 5 else True, seqused_q=rest[0] if has_seqused_q else None,
-                        attention_chunk=rest[1] if len(rest) > 1 else 0, q_descale=descales[0],
-                        k_descale=descales[1], v_descale=descales[2])
+    return_lse = rest[5] if len(rest) > 5 else True
+    # Planned at the first call that needs it: without a gradient (the LSE as asked), with one (the LSE stored, for
+    # the backward; the call takes _EagerAttention with this plan, its backward keeps its plans there).
+    plans = {}
 
     def run(*args):
         q, k, v, sinks = args[:4]
-        if not (uses_triton(q) and _plain_eager()) or (torch.is_grad_enabled() and (
-                q.requires_grad or k.requires_grad or v.requires_grad or (sinks is not None and sinks.requires_grad))):
+        if not (uses_triton(q) and _plain_eager()):
             return run_fwd(*args)
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
+                                                   or (sinks is not None and sinks.requires_grad))
+        if needs_grad and not return_lse:
+            args = (*args[:20], True)  # the backward reads the LSE
+        plan = plans.get(needs_grad)
+        if plan is None:
+            plan = plans[needs_grad] = _forward_plan(args)
+        if needs_grad:
+            return _EagerAttention.apply(plan, *args)[:2]
         out, lse, _ = plan.run(q, k, v, sinks, args[4], args[5], args[6], None, None, None, None,
                                args[15] if has_seqused_q else None, None, *args[17:20])
         return out, lse
