@@ -60,7 +60,9 @@ class _Runtime:
             from triton import knobs
             from triton.runtime import driver
 
-            cls.get_device = driver.active.get_current_device
+            # torch.cuda.current_device() without its lazy-init check: the direct path runs only after a plain launch
+            # on this device, so CUDA is initialized (the same C function answers).
+            cls.get_device = getattr(torch._C, "_cuda_getDevice", None) or driver.active.get_current_device
             cls.get_stream = driver.active.get_current_stream
             cls.knobs = knobs.runtime
 
