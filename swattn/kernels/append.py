@@ -298,7 +298,9 @@ class _AppendPlan:
     def run(self, k_cache, v_cache, k_new, v_new, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
             cu_seqlens_k_new=None, q=None, rotary_cos=None, rotary_sin=None, rotary_seqlens=None, k_descale=None,
             v_descale=None):
-        seqlens_k = torch.empty(self.batch, device=self.device, dtype=torch.int32)
+        # Like cache_seqlens (int32 [B] by the interface's checks): new_empty skips torch.empty's argument parsing.
+        seqlens_k = (cache_seqlens.new_empty(self.batch) if cache_seqlens.dtype == torch.int32
+                     else torch.empty(self.batch, device=self.device, dtype=torch.int32))
         rotary = self.rotary
         q_rot = torch.empty_like(q) if rotary else None
         if self.launch is not None:
