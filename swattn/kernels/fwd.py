@@ -926,9 +926,12 @@ class _ForwardPlan:
             HAS_CHUNK=attention_chunk > 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d,
             HEAD_DIM=head_dim, FP8=fp8,
         )
-        # The fused append reads the new tokens from k / v on the single masked loop (APPEND_READS_INPUT); the redo
-        # launch keeps the write-then-read append (the main launch has written the cache by then).
-        self.append_reads_input = append_new and config.single_loop and APPEND_READS_INPUT
+        # The fused append reads the new tokens from k / v on the single masked loop (APPEND_READS_INPUT), in grids of
+        # at most one program per SM: the row pointers cost registers (window decode (16, 128, 4, 1): 154 -> 206,
+        # Triton 3.6), a resident program per SM that a larger grid could miss. The redo launch keeps the
+        # write-then-read append (the main launch has written the cache by then).
+        self.append_reads_input = (append_new and config.single_loop and APPEND_READS_INPUT
+                                   and num_work <= _persistent_programs(q.device))
         options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
                        **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
         self.gluon_arguments = dict(

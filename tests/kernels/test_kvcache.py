@@ -393,6 +393,15 @@ def test_fused_append_reading_the_new_tokens_gives_the_same_bits(monkeypatch, la
     write-then-read fused append, also when the new tokens' slots hold NaN before the call."""
     from swattn.kernels import fwd
     monkeypatch.setattr(ops, "FUSED_APPEND", True)
+    # It applies to grids of at most one program per SM (the interpreter counts 4 "SMs").
+    monkeypatch.setattr(fwd, "_persistent_programs", lambda device: 1024)
+    taken = []
+    plan_init = fwd._ForwardPlan.__init__
+
+    def record(self, *args, **kwargs):
+        plan_init(self, *args, **kwargs)
+        taken.append(self.append_reads_input)
+    monkeypatch.setattr(fwd._ForwardPlan, "__init__", record)
     batch, capacity, seqlens = 3, 64, i32([9, 0, 40])
     q = random_q(batch, seqlen_q)
     k_new, v_new = torch.randn(batch, seqlen_q, HK, D), torch.randn(batch, seqlen_q, HK, D)
@@ -413,6 +422,7 @@ def test_fused_append_reading_the_new_tokens_gives_the_same_bits(monkeypatch, la
         check(out, lse, reference(q, expected_cache, seqlens + seqlen_q, window_size=window), q)
         results.append((out, lse))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    assert taken == [False, True]
 
 
 @pytest.mark.parametrize("layout", ["contig", "contig-batch-idx", "paged-3", "paged-16"])
