@@ -221,31 +221,6 @@ def safe_pivot(m):
     return tl.where(m == float("-inf"), 0.0, m)
 
 
-E4M3_MAX = tl.constexpr(448.0)
-
-
-@triton.jit
-def quantize_e4m3(x, descale):
-    """``x / descale`` (fp32) saturated to e4m3's range +-448 and rounded to the nearest e4m3 value (ties to even,
-    subnormals kept), as ``(x / descale).clamp(-448, 448).to(torch.float8_e4m3fn)``. The rounding is done here in
-    fp32 so that the final cast only meets representable values: Triton's interpreter converts fp32 to e4m3
-    rounding ties away from zero, truncating subnormals and mishandling a carry into the exponent (Triton 3.9),
-    while the GPU rounds to nearest even; an exact cast agrees on both."""
-    # IEEE division (div.rn), as torch's: Triton's ``/`` on fp32 compiles to the approximate div.full.f32.
-    y = tl.minimum(tl.maximum(tl.math.div_rn(x, descale), -E4M3_MAX), E4M3_MAX)
-    # e4m3 keeps 3 mantissa bits, and from 2^-6 down a fixed step of 2^-9 (its subnormals): the step is a power
-    # of two, so y / step and the product back are exact, and only the rounding to an integer is not.
-    bits = y.to(tl.int32, bitcast=True)
-    exponent = tl.maximum(((bits >> 23) & 0xFF) - 127, -6)
-    step = ((exponent - 3 + 127) << 23).to(tl.float32, bitcast=True)
-    units = tl.abs(y) / step  # < 16
-    whole = tl.floor(units)
-    fraction = units - whole
-    round_up = (fraction > 0.5) | ((fraction == 0.5) & ((whole.to(tl.int32) & 1) == 1))
-    rounded = tl.where(round_up, whole + 1.0, whole) * step
-    return tl.where(bits < 0, -rounded, rounded).to(tl.float8e4nv)  # the sign bit: -0.0 stays -0.0
-
-
 @triton.jit
 def dot(a, b):
     """``tl.dot``, in full fp32 precision for fp32 operands (torch's default for fp32 matmuls; Triton's default
