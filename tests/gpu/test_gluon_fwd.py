@@ -144,37 +144,8 @@ def test_output_through_a_tma_store(case, consumers, monkeypatch):
     test_dense_against_reference_and_triton(case, torch.bfloat16)
 
 
-@pytest.mark.parametrize("case", [DENSE[0], DENSE[3], DENSE[5], DENSE[6], DENSE[9], DENSE[-1]],
-                         ids=lambda c: f"H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
-def test_pingpong_matches_the_default_schedule(case, monkeypatch):
-    """The consumers taking turns on the tensor cores changes only the order of issue: the same bits."""
-    batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, window_size, softcap, with_sinks, pack_gqa = case
-    q = randn(batch, seqlen_q, heads, head_dim, dtype=torch.bfloat16)
-    k = randn(batch, seqlen_k, kv_heads, head_dim, dtype=torch.bfloat16)
-    v = randn(batch, seqlen_k, kv_heads, head_dim, dtype=torch.bfloat16)
-    sinks = torch.randn(heads, device=DEVICE) if with_sinks else None
-
-    def call():
-        with gluon_mode("1") as calls:
-            result = swattn.flash_attn_func(q, k, v, window_size=window_size, softcap=softcap, sinks=sinks,
-                                            pack_gqa=pack_gqa, return_softmax_lse=True)
-            torch.cuda.synchronize()
-        assert calls
-        return result
-
-    monkeypatch.setattr(gluon_fwd, "consumers_for", lambda *args: 2)  # ping-pong is between two warpgroups
-    monkeypatch.setattr(gluon_fwd, "tma_store_for", lambda consumers: False)
-    monkeypatch.setattr(gluon_fwd, "PINGPONG", False)
-    out, lse = call()
-    monkeypatch.setattr(gluon_fwd, "PINGPONG", True)
-    pingpong_out, pingpong_lse = call()
-    assert torch.equal(out, pingpong_out) and torch.equal(lse, pingpong_lse)
-
-
-@pytest.mark.parametrize("case", [DENSE[0], DENSE[3], DENSE[5], DENSE[6], DENSE[9], DENSE[-1], DENSE_D256[1]],
-                         ids=lambda c: f"H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
-def test_rescale_under_qk_matches_the_default_order(case, monkeypatch):
-    """The accumulator's rescale issued under the next block's Q K^T instead of after P V: the same bits."""
+def same_bits_under_switch(case, monkeypatch, switch: str) -> None:
+    """The Gluon call of ``case`` with the module switch ``switch`` off and on: the same output and LSE bits."""
     batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, window_size, softcap, with_sinks, pack_gqa = case
     q = randn(batch, seqlen_q, heads, head_dim, dtype=torch.bfloat16)
     k = randn(batch, seqlen_k, kv_heads, head_dim, dtype=torch.bfloat16)
@@ -182,14 +153,30 @@ def test_rescale_under_qk_matches_the_default_order(case, monkeypatch):
     sinks = torch.randn(heads, device=DEVICE) if with_sinks else None
     results = []
     for flag in (False, True):
-        monkeypatch.setattr(gluon_fwd, "RESCALE_UNDER_QK", flag)
+        monkeypatch.setattr(gluon_fwd, switch, flag)
         with gluon_mode("1") as calls:
             results.append(swattn.flash_attn_func(q, k, v, window_size=window_size, softcap=softcap, sinks=sinks,
                                                   pack_gqa=pack_gqa, return_softmax_lse=True))
             torch.cuda.synchronize()
         assert calls
-    (out, lse), (moved_out, moved_lse) = results
-    assert torch.equal(out, moved_out) and torch.equal(lse, moved_lse)
+    (out, lse), (switched_out, switched_lse) = results
+    assert torch.equal(out, switched_out) and torch.equal(lse, switched_lse)
+
+
+@pytest.mark.parametrize("case", [DENSE[0], DENSE[3], DENSE[5], DENSE[6], DENSE[9], DENSE[-1]],
+                         ids=lambda c: f"H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
+def test_pingpong_matches_the_default_schedule(case, monkeypatch):
+    """The consumers taking turns on the tensor cores changes only the order of issue: the same bits."""
+    monkeypatch.setattr(gluon_fwd, "consumers_for", lambda *args: 2)  # ping-pong is between two warpgroups
+    monkeypatch.setattr(gluon_fwd, "tma_store_for", lambda consumers: False)
+    same_bits_under_switch(case, monkeypatch, "PINGPONG")
+
+
+@pytest.mark.parametrize("case", [DENSE[0], DENSE[3], DENSE[5], DENSE[6], DENSE[9], DENSE[-1], DENSE_D256[1]],
+                         ids=lambda c: f"H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
+def test_rescale_under_qk_matches_the_default_order(case, monkeypatch):
+    """The accumulator's rescale issued under the next block's Q K^T instead of after P V: the same bits."""
+    same_bits_under_switch(case, monkeypatch, "RESCALE_UNDER_QK")
 
 
 @pytest.mark.parametrize("pack_gqa", [False, True])
