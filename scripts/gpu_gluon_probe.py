@@ -179,8 +179,6 @@ def main() -> int:
                 gluon.append(("gluon S3", with_mode("1", call(), num_stages=3)))  # 3 K/V stages fit at D64
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
-        # The accumulator's rescale under the next block's Q K^T (FlashAttention 3's order), on the shipped config.
-        gluon.insert(1, ("gluon rescale under QK", with_mode("1", call(), rescale_under_qk=True)))
         if args.paged or args.varlen:
             gluon = gluon[:2]
         variants += gluon

@@ -80,9 +80,6 @@ LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer
 PINGPONG = False
 # Dense calls write O through the tile's Q slot and a TMA store instead of per-thread stores (``tma_store_for``).
 TMA_STORE = False
-# The accumulator's per-block rescale runs after the next block's Q K^T is issued, under that product, instead of
-# between the P V product's completion and the next issue (FlashAttention 3's order); the same bits either way.
-RESCALE_UNDER_QK = False
 
 
 def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
@@ -235,7 +232,7 @@ if GLUON_AVAILABLE:
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                 IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                 ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                TMA_STORE: gl.constexpr, RESCALE_UNDER_QK: gl.constexpr):
+                TMA_STORE: gl.constexpr):
         """One warp: each work item's Q (one box per consumer warpgroup, into the item's Q slot) and K/V blocks
         (into the stage ring, from the tile's first visible key; over pages, one box per page part) through TMA.
         Both rings' positions run on across items, so the next tile's Q and first blocks load during this one's last
@@ -329,7 +326,7 @@ if GLUON_AVAILABLE:
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                   IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                   ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                  TMA_STORE: gl.constexpr, RESCALE_UNDER_QK: gl.constexpr):
+                  TMA_STORE: gl.constexpr):
         """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of each work item's tile, from Q load to O store."""
         O, LSE, SINKS, FLAGS, ANY_NAN, o_desc = pointers[3:9]
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh = strides
@@ -411,8 +408,6 @@ if GLUON_AVAILABLE:
                     _turn_begin(turns, turn, WG, PINGPONG)
                     s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
                                             is_async=True)
-                    if RESCALE_UNDER_QK:
-                        acc = acc * gl.expand_dims(alpha_o, 1)  # under Q K_j^T, before P_{j-1} V_{j-1} is issued
                     acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
                     turn = _turn_end(turns, turn, WG, PINGPONG)
                     s = warpgroup_mma_wait(1, deps=[s_token])
@@ -424,8 +419,7 @@ if GLUON_AVAILABLE:
                     acc = warpgroup_mma_wait(0, deps=[acc_token])
                     mbarrier.arrive(v_empty.index(previous_stage), count=1)
                     alpha_o = gl.convert_layout(alpha, o_rows)
-                    if not RESCALE_UNDER_QK:
-                        acc = acc * gl.expand_dims(alpha_o, 1)
+                    acc = acc * gl.expand_dims(alpha_o, 1)
                     p_op = gl.convert_layout(p.to(dtype), p_layout)
                 if not TMA_STORE:
                     # Every score product of the tile has completed: its Q slot may take the loader's next tile.
@@ -433,8 +427,6 @@ if GLUON_AVAILABLE:
                 item += 1
                 last = position + num_blocks - 1
                 last_stage = last % NUM_STAGES
-                if RESCALE_UNDER_QK:
-                    acc = acc * gl.expand_dims(alpha_o, 1)
                 mbarrier.wait(v_ready.index(last_stage), (last // NUM_STAGES) & 1)
                 _turn_begin(turns, turn, WG, PINGPONG)
                 acc_token = warpgroup_mma(p_op, v_smem.index(last_stage), acc, is_async=True)
@@ -511,7 +503,7 @@ if GLUON_AVAILABLE:
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
         ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-        TMA_STORE: gl.constexpr, RESCALE_UNDER_QK: gl.constexpr,
+        TMA_STORE: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
@@ -553,37 +545,37 @@ if GLUON_AVAILABLE:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_UNDER_QK)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_UNDER_QK)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_UNDER_QK)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_UNDER_QK)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
         elif NUM_CONSUMERS == 1:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_UNDER_QK)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_UNDER_QK)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
             ], [1], [LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_UNDER_QK)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_UNDER_QK)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_UNDER_QK)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
             ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -661,7 +653,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
             consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None,
             consumers: int | None = None, tma_store: bool | None = None,
-            per_sm: int | None = None, rescale_under_qk: bool | None = None) -> int:
+            per_sm: int | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
     of query tiles per (batch, head-or-KV-head). Non-finite flags are written per group of ``ROWS_PER_CONSUMER``
     rows (the Triton redo pass's tiles). K/V: dense ``[B, Sk, Hk, D]``, varlen ``[total_k, Hk, D]``
@@ -671,8 +663,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     the partitions' reallocation) / ``programs`` (the persistent grid; default one per SM) / ``pingpong`` (the
     consumers take turns on the tensor cores; two consumers only) / ``consumers`` (warpgroups of 64 rows per tile: 1
     to 3) / ``per_sm`` (resident programs per SM: sets the register budgets) / ``tma_store`` (O through shared
-    memory and a TMA store; dense calls up to head_dim 128) / ``rescale_under_qk`` (``RESCALE_UNDER_QK``) override
-    the shipped choice (tuning probes)."""
+    memory and a TMA store; dense calls up to head_dim 128) override the shipped choice (tuning probes)."""
     varlen = cu_seqlens_q is not None
     varlen_k = cu_seqlens_k is not None
     paged = page_table is not None
@@ -733,7 +724,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
-        TMA_STORE=tma_store, RESCALE_UNDER_QK=RESCALE_UNDER_QK if rescale_under_qk is None else rescale_under_qk,
+        TMA_STORE=tma_store,
         num_warps=4, maxnreg=maxnreg,
     )
     return num_tiles

@@ -172,13 +172,6 @@ def test_pingpong_matches_the_default_schedule(case, monkeypatch):
     same_bits_under_switch(case, monkeypatch, "PINGPONG")
 
 
-@pytest.mark.parametrize("case", [DENSE[0], DENSE[3], DENSE[5], DENSE[6], DENSE[9], DENSE[-1], DENSE_D256[1]],
-                         ids=lambda c: f"H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
-def test_rescale_under_qk_matches_the_default_order(case, monkeypatch):
-    """The accumulator's rescale issued under the next block's Q K^T instead of after P V: the same bits."""
-    same_bits_under_switch(case, monkeypatch, "RESCALE_UNDER_QK")
-
-
 @pytest.mark.parametrize("pack_gqa", [False, True])
 def test_q_as_a_view_of_a_fused_projection(pack_gqa):
     """Q is read through a 4D TMA descriptor with the caller's strides: a slice of a fused QKV tensor."""
