@@ -173,6 +173,16 @@ def main() -> int:
             if small and head_dim == 64:  # two 128-key blocks: a shorter chain of dependent steps than three of 64
                 gluon.append(("gluon 1 WG x 2/SM BN128, TMA store", with_mode(
                     "1", call(True), consumers=1, per_sm=2, block_n=128, tma_store=True)))
+                # More independent tiles per SM (3 or 4 one-warpgroup programs: 136 / 104 registers per consumer
+                # thread): 32-key blocks cover an 8-position tile's 135 keys in 5 blocks (160 scores per row instead
+                # of 192) and keep 4 programs' stages in shared memory; more K/V stages for the 2-program kernels.
+                for per_sm, block_n in ((3, 64), (3, 32), (4, 32)):
+                    gluon.append((f"gluon 1 WG x {per_sm}/SM BN{block_n}, TMA store", with_mode(
+                        "1", call(True), consumers=1, per_sm=per_sm, block_n=block_n, tma_store=True)))
+                gluon.append(("gluon 1 WG x 2/SM S4, TMA store", with_mode(
+                    "1", call(True), consumers=1, per_sm=2, block_n=64, num_stages=4, tma_store=True)))
+                gluon.append(("gluon pack BN64 2 WG S4", with_mode("1", call(True), block_n=64, consumers=2,
+                                                                    num_stages=4)))
             gluon.append(("gluon TMA store", with_mode("1", call(), tma_store=True)))
             if head_dim == 64 and not small:
                 gluon.append(("gluon 1 WG x 2/SM BN64", with_mode("1", call(), consumers=1, per_sm=2, block_n=64)))

@@ -109,9 +109,10 @@ def _sass(cubin: bytes, cuobjdump: str) -> str:
 
 
 def compile_gluon(q, k, v, *, left: int, right: int, pack_gqa: bool = False, sinks: bool = False,
-                  softcap: float = 0.0, page_size: int = 0) -> Resources:
+                  softcap: float = 0.0, page_size: int = 0, **overrides) -> Resources:
     """Compile the launch ``gluon_fwd.forward`` makes for these (CPU) inputs, as it would on an sm_90 GPU;
-    ``page_size`` > 0: k/v cut into pages of that many keys, read through a page table, with cache lengths."""
+    ``page_size`` > 0: k/v cut into pages of that many keys, read through a page table, with cache lengths;
+    ``overrides``: ``gluon_fwd.forward``'s tuning arguments (consumers, per_sm, block_n, num_stages, ...)."""
     kernel, launches = gluon_fwd._swa_fwd_sm90_kernel, []
     seqlen_k, cache = k.shape[1], {}
     if page_size:
@@ -133,7 +134,7 @@ def compile_gluon(q, k, v, *, left: int, right: int, pack_gqa: bool = False, sin
             seqlen_k=seqlen_k, batch=batch, pack_gqa=pack_gqa,
             o_strides=out.stride()[:3], l_strides=(lse.stride(0), lse.stride(2), lse.stride(1)),
             non_finite_flags=torch.empty(1 << 16, dtype=torch.int8), any_non_finite=torch.zeros(1, dtype=torch.int32),
-            **cache)
+            **cache, **overrides)
     finally:
         gluon_fwd._swa_fwd_sm90_kernel = kernel
     args, kwargs = launches[0]
