@@ -68,11 +68,13 @@ SCAN_FLAGS_MAX_WORK: int | None = None
 # FP8 values: no fp8 input; fp16/bf16 queries over an e4m3 K/V (cache); q, K and V all e4m3 (output bf16).
 NO_FP8, FP8_KV, FP8_QKV = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 
-# Grids of at most this many tiles whose loop is the single masked loop (decode-sized tiles: speculative verify,
-# short extends) run GUARD_ONE_PASS instead: the guarded loop (V through registers, finite rows' bits unchanged) in
-# the main pass and no redo launch. 0 (off) until timed on the GPU against the scanning redo launch
-# (scripts/gpu_probe.py verify_defaults).
-GUARD_ONE_PASS_MAX_WORK = 0
+# Grids of at most this many tiles (None: one per SM, ``_persistent_programs``; 0: never) whose loop is the single
+# masked loop (decode-sized tiles of at most 32 rows: speculative verify of k <= 4 tokens, short extends) run
+# GUARD_ONE_PASS instead: the guarded loop (V through registers, finite rows' bits unchanged) in the main pass and no
+# redo launch. H200 (scripts/gpu_probe.py append_fold, 2b3c95a, 2026-12-03 17:10 UTC), W(127,0) verify k=4 B=16 1K
+# page 16 with the fused append reading k / v: 9.62 us cold | 8.13 warm against 9.74 | 8.42 with the scanning redo
+# launch.
+GUARD_ONE_PASS_MAX_WORK: int | None = None
 
 
 # The fused append (APPEND_NEW) on the single masked loop (window decode and verify, short splits): each program
@@ -80,8 +82,12 @@ GUARD_ONE_PASS_MAX_WORK = 0
 # from the same registers, instead of first copying them into the cache and reading them back behind a barrier.
 # The copy's load of k / v was a dependent memory round trip in front of the K/V loads (a warp issues in order: the
 # store waits for its data, and every later load waits behind it); here those loads are all in flight together.
-# Same bits (the same values, loaded from k / v instead of their copy). False: the write-then-read fused append.
-APPEND_READS_INPUT = os.environ.get("SWATTN_APPEND_READS_INPUT", "0") not in ("", "0")
+# Same bits (the same values, loaded from k / v instead of their copy). H200 (scripts/gpu_probe.py append_fold,
+# 2b3c95a, 2026-12-03 17:10 UTC), W(127,0) B=16 1K page 16, us cold (48 input sets) | warm: decode 5.49 | 4.19
+# against 5.73 | 4.54 for the write-then-read fused append (6.89 | 5.06 with the append launch); verify k=4 9.74 |
+# 8.42 against 10.08 | 8.75. False (SWATTN_APPEND_READS_INPUT=0): the write-then-read fused append everywhere (the
+# split loops and the redo launch always take it).
+APPEND_READS_INPUT = os.environ.get("SWATTN_APPEND_READS_INPUT", "1") not in ("", "0")
 
 
 @triton.jit
@@ -895,7 +901,9 @@ class _ForwardPlan:
         # the main pass flags rows holding a NaN and a redo launch follows (``self.isolate``).
         # At 64 rows (k = 8 verify tiles) the guarded loop spills (sm_90, Triton 3.9: 80 B); 16 and 32 rows fit.
         self.guard_one_pass = (isolate and not self.use_gluon and config.single_loop and not config.mask_edges_only
-                               and config.block_m <= 32 and num_work <= GUARD_ONE_PASS_MAX_WORK)
+                               and config.block_m <= 32
+                               and num_work <= (_persistent_programs(q.device) if GUARD_ONE_PASS_MAX_WORK is None
+                                                else GUARD_ONE_PASS_MAX_WORK))
         self.isolate = isolate and not self.guard_one_pass
         self.flag_rows = num_work * config.block_m
         self.block_count_shape = (num_work,) if count_blocks else None

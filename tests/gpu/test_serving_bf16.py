@@ -97,9 +97,9 @@ def test_verify_and_decode_never_read_pages_before_first_readable_page(page_size
 @pytest.mark.parametrize("tokens", [2, 4, 8])
 def test_verify_isolation_modes_give_the_same_bits(monkeypatch, tokens):
     """A B=16 verify step with a NaN in the value row of the first key of row 0's window (seen by no other row of
-    the tile): the redo behind the zeroed raised flag, the scanning redo (the default for this grid) and the guarded
-    one pass (fwd.GUARD_ONE_PASS, tiles of at most 32 rows; off by default) give the same bits, NaN exactly in the
-    rows that see the key; on clean data the guarded one pass gives the redo's bits."""
+    the tile): the redo behind the zeroed raised flag, the scanning redo and the guarded one pass (fwd.GUARD_ONE_PASS,
+    tiles of at most 32 rows: the default for k <= 4 at B=16) give the same bits, NaN exactly in the rows that see the
+    key; on clean data the guarded one pass gives the redo's bits."""
     from swattn.kernels import fwd
 
     context, page_size = 1000, 16
