@@ -147,8 +147,8 @@ def gluon_targets() -> list[tuple[str, dict, dict, torch.dtype]]:
     d64, d128 = dict(q=(1, 512, 64, 64), kv=(1, 512, 8, 64)), dict(q=(1, 512, 32, 128), kv=(1, 512, 8, 128))
     d256 = dict(q=(1, 512, 16, 256), kv=(1, 512, 8, 256))
     return [
-        ("gluon W(127,0) D64 packed, sinks", d64, dict(left=127, right=0, pack_gqa=True, sinks=True),
-         torch.bfloat16),
+        ("gluon W(127,0) D64 packed, sinks (1 warpgroup, 4 programs/SM)", d64,
+         dict(left=127, right=0, pack_gqa=True, sinks=True), torch.bfloat16),
         ("gluon W(127,0) D64", d64, dict(left=127, right=0), torch.bfloat16),
         ("gluon W(4095,0) D128", d128, dict(left=4095, right=0), torch.bfloat16),
         ("gluon W(127,0) D128 packed (1 warpgroup, 2 programs/SM)", d128, dict(left=127, right=0, pack_gqa=True),
@@ -348,12 +348,13 @@ def main() -> int:
             # At the 240-register budget the D128 consumers spill a little on some Tritons (3.6, the GPU's: 0 B;
             # 3.9: 8 B with softcap); more than 64 B means the budget no longer fits.
             # At head_dim 256 (a 128-register accumulator) Triton 3.9 spills 48-80 B; more than 96 B: no longer fits.
-            # Over pages the loader warp (24 registers) keeps a block's page-box addresses: 48 B of its stack.
-            allowed_stack = {64: 0, 128: 64, 256: 96}[q.shape[-1]]
+            # Over pages the loader warp (24 registers) keeps a block's page-box addresses: 48 B of its stack, and
+            # the snake order's round arithmetic (``_snake``) 24 B more on 3.9 (none on 3.6): 72 B, the loader's.
+            allowed_stack = {64: 0, 128: 80, 256: 96}[q.shape[-1]]
             consumers = gluon_fwd.consumers_for(q.shape[-1], kwargs.get("pack_gqa", False), kwargs["left"],
                                                 kwargs["right"])
             failures += check and (r.stack_bytes > allowed_stack or not r.warpgroup_mma
-                                   or r.shared_bytes * gluon_fwd.per_sm_for(consumers) > SHARED_PER_SM)
+                                   or r.shared_bytes * gluon_fwd.per_sm_for(consumers, q.shape[-1]) > SHARED_PER_SM)
             print(f"{name} [gluon]: {r.registers} regs (max), {r.stack_bytes} B stack, {r.shared_bytes} B shared, "
                   f"HGMMA {r.warpgroup_mma}", flush=True)
     return 1 if failures else 0

@@ -677,15 +677,17 @@ def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_tile:
     """Whether the Gluon sm_90 kernel serves this call: ``SWATTN_GLUON=0`` never; ``1`` wherever it supports the
     call; by default where it supports it and was measured faster than the Triton kernels (H200, 16K prefill, dense
     and over 16-token pages, docs/notes/2026-12-03-gluon-forward.md): every window above 256 keys and causal at
-    head_dim 64 and 128, small windows at head_dim 128, and head_dim 256 (W(4095,0) over pages: 3.6x faster);
-    small windows at head_dim 64 (instruction-issue bound) and decode-sized tiles stay on the Triton kernels tuned
-    for them."""
+    head_dim 64 and 128, small windows at head_dim 128, packed small windows at head_dim 64 (four one-warpgroup
+    programs per SM: W(127,0) gpt-oss with sinks 196.2 us vs 221.2 on the Triton kernels), and head_dim 256
+    (W(4095,0) over pages: 3.6x faster); unpacked small windows at head_dim 64 and decode-sized tiles stay on the
+    Triton kernels tuned for them."""
     mode = gluon_fwd.GLUON_MODE
     if mode == "0" or not q.is_cuda:
         return False
     if mode != "1":
         small_window = 0 <= left <= 256 and 0 <= right <= 256
-        if rows_per_tile < gluon_fwd.MIN_ROWS or (small_window and q.shape[-1] == 64):
+        if rows_per_tile < gluon_fwd.MIN_ROWS or (small_window and q.shape[-1] == 64
+                                                  and not features.get("pack_gqa")):
             return False
     return gluon_fwd.unsupported_reason(q, k, v, **features) is None
 

@@ -80,6 +80,8 @@ LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer
 PINGPONG = False
 # Dense calls write O through the tile's Q slot and a TMA store instead of per-thread stores (``tma_store_for``).
 TMA_STORE = False
+# Every other round of the persistent grid runs backwards (``_snake``): balances causal's unequal tiles.
+SNAKE = True
 
 
 def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
@@ -87,7 +89,7 @@ def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
     the loader's warpgroup (register files are split by warpgroup: 4 + 4 + 1 warps run as 12) and ``per_sm``
     resident programs per SM. Reallocation moves registers within a program: the loader's warpgroup gives up
     ``at_launch - LOADER_REGS`` per thread, which the consumers share. 168/240 for two consumers, 128/160 for
-    three; one consumer: 128/232 at two programs per SM, 80/136 at three."""
+    three; one consumer: 128/232 at two programs per SM, 80/136 at three, 64/104 at four."""
     warps = 4 * (consumers + 1)
     at_launch = 65536 // (per_sm * warps * 32) // 8 * 8
     consumer = (at_launch + (at_launch - LOADER_REGS) // consumers) // 8 * 8
@@ -95,13 +97,14 @@ def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
 
 
 def consumers_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
-    """Consumer warpgroups (64 rows each) per work item. One (64-row tiles, two programs per SM: ``per_sm_for``)
-    for packed small windows at head_dim 128, whose tiles are 3 blocks long: one program's epilogue and waits run
-    under the other's products (W(127,0) D128 16K: 163.6 us with the TMA store vs 175.4 for two, H200 run 6 of
-    docs/notes/2026-12-03-gluon-forward.md). Two (128-row tiles sharing each K/V block) elsewhere: one warpgroup
-    per program lost 5-30% on long windows, and three (192 rows, 160 registers each) lost on every row that
-    compiles without spills (run 4)."""
-    if pack_gqa and head_dim == 128 and 0 <= left <= 256 and 0 <= right <= 256:
+    """Consumer warpgroups (64 rows each) per work item. One (64-row tiles, several programs per SM:
+    ``per_sm_for``) for packed small windows at head_dim 64 and 128, whose tiles are short chains of dependent steps:
+    the other programs' products run in one program's waits and epilogue (H200, 16K: W(127,0) D128 163.6 us with the
+    TMA store vs 175.4 for two, run 6; W(127,0) D64 gpt-oss with sinks 196.2 us at four programs per SM vs 260.0 for
+    two warpgroups, run 9, docs/notes/2026-12-03-gluon-forward.md). Two (128-row tiles sharing each K/V block)
+    elsewhere: one warpgroup per program lost 5-30% on long windows, and three (192 rows, 160 registers each) lost on
+    every row that compiles without spills (run 4)."""
+    if pack_gqa and head_dim <= 128 and 0 <= left <= 256 and 0 <= right <= 256:
         return 1
     return 2
 
@@ -113,19 +116,25 @@ def tma_store_for(consumers: int) -> bool:
     return TMA_STORE or consumers == 1
 
 
-def per_sm_for(consumers: int) -> int:
-    """Resident programs per SM: two for one consumer warpgroup (128 registers at launch, 232 per consumer thread
-    after reallocation), so one program's epilogue and waits overlap the other's products; one otherwise."""
-    return 2 if consumers == 1 else 1
+def per_sm_for(consumers: int, head_dim: int = 128) -> int:
+    """Resident programs per SM: one-consumer programs run several per SM so that one's epilogue and waits overlap
+    the others' products: four at head_dim 64 (64 registers at launch, 104 per consumer thread after reallocation;
+    32-key blocks keep four programs' stages in shared memory), two at 128 (128 / 232). One otherwise."""
+    if consumers != 1:
+        return 1
+    return 4 if head_dim <= 64 else 2
 
 
 def block_n_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
     """Keys per block. 128 by default (a 64 x 128 fp32 score tile is 64 registers per thread of a warpgroup).
-    A packed small-window tile (16 positions x 8 heads) sees ``left + 16`` keys: 64-key blocks cover W(127,0)'s
-    143 in 3 blocks (192 scores per row) instead of 2 x 128 (256), and the exponentials bound that kernel.
-    64 at head_dim 256: the 64 x 256 accumulator takes 128 registers per thread, and two stages of 64-key K/V
-    blocks (128 KiB) leave room for one Q slot."""
-    if head_dim > 128 or (pack_gqa and 0 <= left <= 256 and 0 <= right <= 256):
+    Packed small windows: a one-warpgroup tile (8 positions x 8 heads) sees ``left + 8`` keys. At head_dim 128,
+    64-key blocks (W(127,0): 3 blocks, 192 scores per row, instead of 2 x 128); at head_dim 64, 32-key blocks (5
+    blocks, 160 scores per row: the exponentials and the mask bound that kernel, and four programs' stages fit in
+    shared memory). 64 at head_dim 256: the 64 x 256 accumulator takes 128 registers per thread, and two stages of
+    64-key K/V blocks (128 KiB) leave room for one Q slot."""
+    if pack_gqa and 0 <= left <= 256 and 0 <= right <= 256 and head_dim <= 128:
+        return 32 if head_dim <= 64 else 64
+    if head_dim > 128:
         return 64
     return 128
 
@@ -184,11 +193,23 @@ if GLUON_AVAILABLE:
         return turn + 1
 
     @gluon.jit
+    def _snake(work, reverse, total_work, SNAKE: gl.constexpr):
+        """The work item a program serves in a round of the persistent grid: program ``p`` serves items ``p, p +
+        grid, ...``, and in every other round (``reverse``) the round runs backwards, so the program that took one
+        round's longest item takes the next round's shortest. With plain rounds the first program's total exceeds
+        the mean by 3.1% on causal 16K D128 (H=32, 128 tiles per head), with the snake by 0.15%."""
+        if SNAKE and reverse:
+            programs = gl.num_programs(0)
+            first = work - gl.program_id(0)  # the round's first item
+            work = first + gl.minimum(programs, total_work - first) - 1 - gl.program_id(0)
+        return work
+
+    @gluon.jit
     def _tile(work, geometry, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PACK_GQA: gl.constexpr,
               GROUP: gl.constexpr, IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
               ALIGN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_CONSUMERS: gl.constexpr):
         """Work item ``work`` -> its tile's rows and key range. Items run longest first: the reversed tile index is
-        the slow coordinate, so causal's long last tiles of every head start before any short one."""
+        the slow coordinate, so causal's long last tiles of every head start before any short one (``_snake``)."""
         (num_tiles, num_batch_heads, seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, left, right, CU_SEQLENS_Q,
          CU_SEQLENS_K, num_row_groups, SEQLENS_K) = geometry[:12]
         BLOCK_M: gl.constexpr = 64 * NUM_CONSUMERS
@@ -232,7 +253,7 @@ if GLUON_AVAILABLE:
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                 IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                 ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                TMA_STORE: gl.constexpr):
+                TMA_STORE: gl.constexpr, SNAKE: gl.constexpr):
         """One warp: each work item's Q (one box per consumer warpgroup, into the item's Q slot) and K/V blocks
         (into the stage ring, from the tile's first visible key; over pages, one box per page part) through TMA.
         Both rings' positions run on across items, so the next tile's Q and first blocks load during this one's last
@@ -246,9 +267,10 @@ if GLUON_AVAILABLE:
         total_work = geometry[0] * geometry[1]
         position = 0
         item = 0  # work items with keys so far: the Q ring's position
+        reverse = False
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
-            tile = _tile(work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN_Q, KV_SOURCE,
-                         HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
+            tile = _tile(_snake(work, reverse, total_work, SNAKE), geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP,
+                         IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
             kv_row0, kv_col, num_blocks, kv_start, kv_end = tile[0], tile[1], tile[2], tile[3], tile[4]
             page_row = tile[10].to(gl.int64) * stride_page_table
             last_box_key = (kv_end - 1) - (kv_end - 1) % BOX
@@ -300,6 +322,7 @@ if GLUON_AVAILABLE:
                     mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
                     _tma_load(v_desc, [row, kv_col], v_ready.index(stage), v_smem.index(stage))
                 position += 1
+            reverse = not reverse
 
     @gluon.jit
     def _store_o(O, out, layout: gl.constexpr, first_row, num_rows, head_or_kv_head, batch64, q_begin, stride_ob,
@@ -326,7 +349,7 @@ if GLUON_AVAILABLE:
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                   IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                   ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                  TMA_STORE: gl.constexpr):
+                  TMA_STORE: gl.constexpr, SNAKE: gl.constexpr):
         """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of each work item's tile, from Q load to O store."""
         O, LSE, SINKS, FLAGS, ANY_NAN, o_desc = pointers[3:9]
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh = strides
@@ -355,11 +378,12 @@ if GLUON_AVAILABLE:
         turn = 0  # tensor-core turns taken so far (ping-pong with the other warpgroup)
         stored = 0  # 1 while a TMA store of O from Q slot ``stored_slot`` may still be reading it
         stored_slot = 0
+        reverse = False
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
             (kv_row0, kv_col, num_blocks, kv_start, kv_end, masked_head_end, unmasked_end, first_row, num_rows,
              head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, flag_group) = _tile(
-                work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K, ALIGN,
-                BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
+                _snake(work, reverse, total_work, SNAKE), geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN_Q,
+                KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
             offset = seqlen_k - seqlen_q
             batch64 = batch.to(gl.int64)
 
@@ -488,6 +512,7 @@ if GLUON_AVAILABLE:
                          head_or_kv_head, batch64, q_begin, stride_ob, stride_os, stride_oh, PACK_GQA, GROUP,
                          ROWS_PER_POS, M, HEAD_DIM)
             position += num_blocks
+            reverse = not reverse
         if TMA_STORE:
             tma.store_wait(0)  # the last tile's O is written before the program ends
 
@@ -503,7 +528,7 @@ if GLUON_AVAILABLE:
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
         ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-        TMA_STORE: gl.constexpr,
+        TMA_STORE: gl.constexpr, SNAKE: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
@@ -545,37 +570,37 @@ if GLUON_AVAILABLE:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
         elif NUM_CONSUMERS == 1:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
             ], [1], [LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
             ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -653,7 +678,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
             consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None,
             consumers: int | None = None, tma_store: bool | None = None,
-            per_sm: int | None = None) -> int:
+            per_sm: int | None = None, snake: bool | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
     of query tiles per (batch, head-or-KV-head). Non-finite flags are written per group of ``ROWS_PER_CONSUMER``
     rows (the Triton redo pass's tiles). K/V: dense ``[B, Sk, Hk, D]``, varlen ``[total_k, Hk, D]``
@@ -663,7 +688,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     the partitions' reallocation) / ``programs`` (the persistent grid; default one per SM) / ``pingpong`` (the
     consumers take turns on the tensor cores; two consumers only) / ``consumers`` (warpgroups of 64 rows per tile: 1
     to 3) / ``per_sm`` (resident programs per SM: sets the register budgets) / ``tma_store`` (O through shared
-    memory and a TMA store; dense calls up to head_dim 128) override the shipped choice (tuning probes)."""
+    memory and a TMA store; dense calls up to head_dim 128) / ``snake`` (``SNAKE``) override the shipped choice
+    (tuning probes)."""
     varlen = cu_seqlens_q is not None
     varlen_k = cu_seqlens_k is not None
     paged = page_table is not None
@@ -701,7 +727,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     num_tiles = ceil_div(seqlen_q * rows_per_pos, block_m)
     num_batch_heads = batch * (num_kv_heads if pack_gqa else num_heads)
     work = num_tiles * num_batch_heads
-    default_maxnreg, default_consumer_regs = registers_for(consumers, per_sm or per_sm_for(consumers))
+    default_maxnreg, default_consumer_regs = registers_for(consumers, per_sm or per_sm_for(consumers, head_dim))
     maxnreg = maxnreg or default_maxnreg
     # Resident programs per SM: 4 * (consumers + 1) warps (allocated by warpgroup) of maxnreg registers per thread.
     per_sm = max(1, 65536 // (4 * (consumers + 1) * 32 * maxnreg))
@@ -724,7 +750,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
-        TMA_STORE=tma_store,
+        TMA_STORE=tma_store, SNAKE=SNAKE if snake is None else snake,
         num_warps=4, maxnreg=maxnreg,
     )
     return num_tiles

@@ -63,19 +63,24 @@ def test_refused_features_name_themselves(monkeypatch, overrides, expected):
 
 
 def test_block_n_rule():
-    assert gluon_fwd.block_n_for(64, True, 127, 0) == 64  # packed small window: 3 x 64 keys cover 143
+    assert gluon_fwd.block_n_for(64, True, 127, 0) == 32  # packed small window: 5 x 32 keys cover 135
+    assert gluon_fwd.block_n_for(128, True, 127, 0) == 64  # 3 x 64 keys cover 135
     assert gluon_fwd.block_n_for(64, False, 127, 0) == 128
     assert gluon_fwd.block_n_for(128, False, -1, 0) == 128
     assert gluon_fwd.block_n_for(256, False, -1, 0) == 64  # the 64 x 256 accumulator takes 128 registers
 
 
 def test_consumer_and_register_rules():
-    # One consumer warpgroup, two programs per SM, TMA store: packed small windows at head_dim 128 only.
-    assert gluon_fwd.consumers_for(128, True, 127, 0) == 1 and gluon_fwd.per_sm_for(1) == 2
+    # One consumer warpgroup with the TMA store for packed small windows: two programs per SM at head_dim 128,
+    # four at 64.
+    assert gluon_fwd.consumers_for(128, True, 127, 0) == 1 and gluon_fwd.per_sm_for(1, 128) == 2
+    assert gluon_fwd.consumers_for(64, True, 127, 0) == 1 and gluon_fwd.per_sm_for(1, 64) == 4
+    assert gluon_fwd.per_sm_for(2, 64) == 1
     assert gluon_fwd.tma_store_for(1) and not gluon_fwd.tma_store_for(2)
-    assert gluon_fwd.consumers_for(64, True, 127, 0) == 2 and gluon_fwd.consumers_for(128, False, 4095, 0) == 2
+    assert gluon_fwd.consumers_for(64, False, 127, 0) == 2 and gluon_fwd.consumers_for(128, False, 4095, 0) == 2
     assert gluon_fwd.consumers_for(256, True, 127, 0) == 2
     # Launch budget x programs x warps fills the register file; the loader's warpgroup gives the rest away.
     assert gluon_fwd.registers_for(2) == (168, 240)
     assert gluon_fwd.registers_for(3) == (128, 160)
     assert gluon_fwd.registers_for(1, 2) == (128, 232)
+    assert gluon_fwd.registers_for(1, 4) == (64, 104)
