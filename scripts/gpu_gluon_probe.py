@@ -176,9 +176,14 @@ def main() -> int:
                 # More independent tiles per SM (3 or 4 one-warpgroup programs: 136 / 104 registers per consumer
                 # thread): 32-key blocks cover an 8-position tile's 135 keys in 5 blocks (160 scores per row instead
                 # of 192) and keep 4 programs' stages in shared memory; more K/V stages for the 2-program kernels.
-                for per_sm, block_n in ((3, 64), (3, 32), (4, 32)):
+                for per_sm, block_n in ((3, 64), (3, 32), (4, 32), (4, 16)):
                     gluon.append((f"gluon 1 WG x {per_sm}/SM BN{block_n}, TMA store", with_mode(
                         "1", call(True), consumers=1, per_sm=per_sm, block_n=block_n, tma_store=True)))
+                gluon.append(("gluon 1 WG x 4/SM BN32 S3, TMA store", with_mode(
+                    "1", call(True), consumers=1, per_sm=4, block_n=32, num_stages=3, tma_store=True)))
+            if small and head_dim == 128:  # 5 blocks of 32 keys (160 scores per row) instead of 3 of 64 (192)
+                gluon.append(("gluon 1 WG x 2/SM BN32, TMA store", with_mode(
+                    "1", call(True), consumers=1, per_sm=2, block_n=32, tma_store=True)))
                 gluon.append(("gluon 1 WG x 2/SM S4, TMA store", with_mode(
                     "1", call(True), consumers=1, per_sm=2, block_n=64, num_stages=4, tma_store=True)))
                 gluon.append(("gluon pack BN64 2 WG S4", with_mode("1", call(True), block_n=64, consumers=2,
