@@ -1,13 +1,18 @@
 """fp8 (e4m3) KV-cache decode under block configs, beside the bf16 decode of the same shape (GPU only).
 
-gpt-oss layer (H=64/8, D=64, sinks, page 16): full-attention decode B=16 at 16K and B=4 at 128K (split-KV, the
-automatic split count), and window (127, 0) decode B=16 at 2K (48 input sets, so the windows come from HBM). For
-each shape: swattn bf16 (shipped config), then ``fp8-kv`` (bf16 queries over the e4m3 cache) and ``fp8`` (q, K,
-V e4m3) under each config of the shape's list, graph-replayed over several input sets (cold caches, as ``python
--m swattn.bench decode-fp8``), each checked against the bf16 cache's output (e4m3's own rounding gives about 4%
-relative there; a broken kernel ~100%). One line per measurement as it goes, so a timeout keeps what ran.
+gpt-oss layer (H=64/8, D=64, sinks, page 16): full-attention decode B=16 at 16K, B=4 at 128K and at 16K (split-KV,
+the automatic split count), and window (127, 0) decode B=16 at 2K (48 input sets, so the windows come from HBM).
+For each shape: swattn bf16 (shipped config), then ``fp8-kv`` (bf16 queries over the e4m3 cache) and ``fp8`` (q, K,
+V e4m3) under the shipped config and the candidates of the shape's list, graph-replayed over several input sets
+(cold caches, as ``python -m swattn.bench decode-fp8``), each checked against the bf16 cache's output (e4m3's own
+rounding gives about 4% relative there; a broken kernel ~100%). Lines are printed as they are measured, most
+important first, so a timeout keeps what ran; each gives us per call, the speed-up over bf16 and the share of the
+copy bandwidth on the e4m3 bytes read (``--copy GBPS``, default the H200's 4,221 GB/s of s4-call1).
 
-Run: ``python scripts/gpu_fp8_decode.py [full|long|window ...]`` (all three by default).
+The question (docs/notes/2026-12-03-fp8-kv-cache.md, session 4): the paged split loop at 3 stages holds one K/V
+buffer, so nothing is in flight while a block computes; 5 stages hold two, 7 three, 9 four (Triton 3.6, sm_90).
+
+Run: ``python scripts/gpu_fp8_decode.py [full|long|b4|window ...]`` (all four by default).
 """
 
 from __future__ import annotations
@@ -21,11 +26,15 @@ import swattn
 from swattn.kernels.configs import FwdConfig, forced_config
 
 FP8 = torch.float8_e4m3fn
-# (block_n, warps, stages, single loop); the first of each list is what configs.py ships for that decode.
-FULL_CONFIGS = [(64, 2, 3, False), (128, 4, 3, False), (128, 4, 2, False), (64, 4, 3, False)]
-WINDOW_CONFIGS = [(128, 4, 1, True), (128, 8, 1, True), (128, 4, 2, True)]
-SHAPES = {"full": (16, 16384, None, FULL_CONFIGS), "long": (4, 131072, None, FULL_CONFIGS[:2]),
-          "window": (16, 2048, 127, WINDOW_CONFIGS)}
+# (quantize q, config): config None = what configs.py ships for fp8; a tuple (block_n, warps, stages, single loop).
+FULL = [(False, None), (False, (64, 2, 5, False)), (False, (64, 2, 3, False)), (True, None),
+        (False, (64, 2, 9, False)), (False, (32, 2, 7, False)), (False, (128, 4, 5, False))]
+LONG = [(False, None), (False, (64, 2, 5, False)), (False, (64, 2, 3, False)), (True, None)]
+WINDOW = [(False, None), (True, None), (False, (128, 4, 1, True)), (True, (128, 4, 1, True)),
+          (False, (128, 4, 3, True)), (True, (128, 4, 3, True))]
+SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG[:3]),
+          "window": (16, 2048, 127, WINDOW)}
+COPY_GBPS = 4221.0
 
 
 def fp8_sets(sets: list[dict], quantize_q: bool) -> list[dict]:
@@ -47,11 +56,17 @@ def fp8_sets(sets: list[dict], quantize_q: bool) -> list[dict]:
 
 
 def main() -> None:
-    names = sys.argv[1:] or list(SHAPES)
-    print(f"fp8 decode configs on {torch.cuda.get_device_name()}; (us, vs bf16 = bf16 us / this, rel diff vs the "
-          "bf16 cache's output)", flush=True)
+    args = sys.argv[1:]
+    copy = COPY_GBPS
+    if "--copy" in args:
+        at = args.index("--copy")
+        copy = float(args[at + 1])
+        del args[at:at + 2]
+    names = args or list(SHAPES)
+    print(f"fp8 decode configs on {torch.cuda.get_device_name()}; us per call, vs bf16 = bf16 us / this, % of "
+          f"copy ({copy:.0f} GB/s) on the bytes read, rel diff vs the bf16 cache's output", flush=True)
     for name in names:
-        batch, context, left, configs = SHAPES[name]
+        batch, context, left, candidates = SHAPES[name]
         window = dict(window_size=(left, 0)) if left is not None else {}
         kv_bytes = batch * (context if left is None else left + 1) * 8 * 64 * 2 * 2
         count = max(2, min(48, (3 << 30) // (batch * context * 8 * 64 * 4)))
@@ -59,22 +74,29 @@ def main() -> None:
         ref = swattn.flash_attn_with_kvcache(**sets[0]).float()
         bf16_us = graph_calls_us([lambda s=s: swattn.flash_attn_with_kvcache(**s) for s in sets])
         print(f"\n## {name}: B={batch} ctx={context} window={left}: {count} input sets; bf16 {bf16_us:.2f} us "
-              f"({kv_bytes / 1e6:.1f} MB bf16 K/V read)", flush=True)
-        for label, quantize_q in (("fp8-kv", False), ("fp8", True)):
-            variants = fp8_sets(sets, quantize_q)
-            for bn, warps, stages, single in configs:
-                with forced_config(FwdConfig(16, bn, warps, stages, single_loop=single)):
-                    try:
-                        out = swattn.flash_attn_with_kvcache(**variants[0]).float()
-                        err = ((out - ref).norm() / ref.norm()).item()
-                        us = graph_calls_us([lambda s=s: swattn.flash_attn_with_kvcache(**s) for s in variants])
-                    except Exception as exc:  # noqa: BLE001 - report and go on
-                        print(f"  {label:6s} ({bn},{warps},{stages}{',single' if single else ''}): "
-                              f"{type(exc).__name__}: {str(exc)[:120]}", flush=True)
-                        continue
-                print(f"  {label:6s} ({bn},{warps},{stages}{',single' if single else ''}): {us:8.2f} us "
-                      f"{bf16_us / us:5.2f}x  err {err:.1e}", flush=True)
-            variants.clear()
+              f"({kv_bytes / 1e6:.1f} MB bf16 K/V read, {kv_bytes / bf16_us / 1e3 / copy:.0%} of copy)", flush=True)
+        variants = {}
+        for quantize_q, config in candidates:
+            label = "fp8" if quantize_q else "fp8-kv"
+            if quantize_q not in variants:
+                variants[quantize_q] = fp8_sets(sets, quantize_q)
+            shown = "shipped" if config is None else "({},{},{}{})".format(*config[:3], ",single" if config[3] else "")
+            forced = forced_config(FwdConfig(16, *config)) if config is not None else None
+            try:
+                if forced is not None:
+                    forced.__enter__()
+                out = swattn.flash_attn_with_kvcache(**variants[quantize_q][0]).float()
+                err = ((out - ref).norm() / ref.norm()).item()
+                us = graph_calls_us([lambda s=s: swattn.flash_attn_with_kvcache(**s) for s in variants[quantize_q]])
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                print(f"  {label:6s} {shown:18s}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+                continue
+            finally:
+                if forced is not None:
+                    forced.__exit__(None, None, None)
+            print(f"  {label:6s} {shown:18s}: {us:8.2f} us {bf16_us / us:5.2f}x {kv_bytes / 2 / us / 1e3 / copy:5.0%} "
+                  f"of copy  err {err:.1e}", flush=True)
+        variants.clear()
         sets.clear()
         torch.cuda.empty_cache()
 

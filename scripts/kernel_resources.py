@@ -218,12 +218,15 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
     """(name, config, tensor shapes, forward arguments): the shipped configs of the prefill and decode targets
     (configs.py), then the experimental switches, on small tensors (the compiled code does not depend on the
     lengths)."""
-    from swattn.kernels.configs import _bf16_forward_config
+    from swattn.kernels.configs import _bf16_forward_config, _fp8_decode_stages
 
     prefill = dict(q=(1, 512, 64, 64), kv=(1, 512, 8, 64))
     prefill_d128 = dict(q=(1, 512, 32, 128), kv=(1, 512, 8, 128))
     decode = dict(q=(16, 1, 64, 64), kv=(16 * 65, 16, 8, 64), pages=(16, 65))
     w127 = _bf16_forward_config(64, 512 * 8, True, 128)
+    # The fp8 decode configs as forward_config ships them (its own stages for e4m3 K/V; 683 keys per split).
+    fp8_full = _fp8_decode_stages(_bf16_forward_config(64, 8, True, None, 683), 8, True, paged=True)
+    fp8_window = _fp8_decode_stages(_bf16_forward_config(64, 8, True, 128), 8, True, paged=True)
     new_token = torch.randn(16, 1, 8, 64, dtype=torch.bfloat16)  # one new k (and v) token per decode query
     return [
         ("prefill W(127,0) D64 packed", w127, prefill, dict(left=127, right=0, pack_gqa=True)),
@@ -251,9 +254,9 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         # fp8 (e4m3): bf16 queries over an fp8 cache (FP8_KV), and q/K/V all fp8 (FP8_QKV: e4m3 tl.dot). Decode
         # launches only, which compile in seconds (the all-fp8 D128 prefill, two launches, took longer than CI
         # affords; it compiled with Triton 3.6 and 3.9, docs/notes/2026-12-03-fp8-kv-cache.md).
-        ("decode full paged fp8 KV, 4 splits", _bf16_forward_config(64, 8, True, None), dict(decode, fp8="kv"),
+        ("decode full paged fp8 KV, 4 splits", fp8_full, dict(decode, fp8="kv"),
          dict(left=-1, right=0, pack_gqa=True, num_splits=4)),
-        ("decode W(127,0) paged fp8 q/K/V", _bf16_forward_config(64, 8, True, 128), dict(decode, fp8="qkv"),
+        ("decode W(127,0) paged fp8 q/K/V", fp8_window, dict(decode, fp8="qkv"),
          dict(left=127, right=0, pack_gqa=True)),
     ]
 

@@ -94,6 +94,22 @@ PAGED_SPLIT_STAGES: dict[int, int] = {}
 SPLIT_PROGRAMS_PER_SM_5_STAGES = {16: 6, 32: 3, 64: 3}
 
 
+# fp8 (e4m3) K/V on decode-sized PackGQA tiles (bf16 q over an e4m3 cache, or q/K/V all e4m3). A K/V block is half
+# a bf16 block's bytes, and the paged split loop at 3 stages holds ONE K/V buffer (the pipeliner puts the page-table
+# load in stage 0 and the K/V copies in stage 1): each step waits for its block, computes it, then issues the next
+# block's copies, so a step costs latency + compute with nothing in flight while it computes, and 6 programs per SM
+# x 8 KB in flight left HBM at 56% of copy bandwidth (H200, B=16 16K: 113.8 us vs bf16 132.1; docs/notes/
+# 2026-12-03-fp8-kv-cache.md, session 4). Stages of the paged split loop per tile height (absent: bf16's): compiled
+# (Triton 3.6, sm_90) (16, 64, 2, 5) keeps two K/V buffers and (16, 64, 2, 7) three, both at 168 registers, 6
+# programs per SM (as bf16's 3 stages; shared 21 / 29 KB).
+FP8_PAGED_SPLIT_STAGES: dict[int, int] = {16: 7}
+# Stages of the one-block small-window decode loop (the single masked loop) with fp8 K/V: at one stage the e4m3 V
+# tile's layout change sits between V's load and K's (two dependent memory round trips); at two both tiles are
+# asynchronous copies issued together (H200, W(127,0) B=16 2K, s4-call1: fp8-kv 5.14 vs 5.36 us, all-fp8 4.77 vs
+# 4.91, bf16 4.92), and the launch takes 128 registers instead of 167 (4 programs per SM instead of 3).
+FP8_SINGLE_LOOP_STAGES = 2
+
+
 def split_programs_per_sm(rows_per_tile: int, short: bool, paged: bool = False) -> int:
     """Resident programs per SM that the automatic split count plans for a decode-sized tile of ``rows_per_tile``
     rows (``short``: splits of at most ``SHORT_SPLIT_KEYS`` keys, the one-stage loop; ``paged``: a paged cache,
@@ -149,14 +165,15 @@ def forced_config_in_use() -> FwdConfig | None:
 
 def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, window_span: int | None,
                    element_size: int = 2, keys_per_split: int | None = None,
-                   programs_per_sm: float | None = None, paged: bool = False) -> FwdConfig:
+                   programs_per_sm: float | None = None, paged: bool = False, fp8_kv: bool = False) -> FwdConfig:
     """Pick block shapes from shapes only (never from GPU values, so CUDA graphs and torch.compile are safe).
 
     ``element_size``: bytes per q/k/v element (fp32 shrinks the bf16 choice to fit shared memory);
     ``rows_per_tile``: rows of one sequence's tiles (PackGQA: query positions * queries per KV head);
     ``window_span``: ``left + right + 1`` when both sides are bounded, else None; ``keys_per_split``: the most
     keys one split of a sequence's KV loop covers (None: unknown); ``programs_per_sm``: the grid's programs (at
-    least one tile per sequence and head axis) per SM (None: unknown); ``paged``: K/V through a page table.
+    least one tile per sequence and head axis) per SM (None: unknown); ``paged``: K/V through a page table;
+    ``fp8_kv``: K/V in e4m3 (decode tiles then take ``FP8_PAGED_SPLIT_STAGES`` / ``FP8_SINGLE_LOOP_STAGES``).
     Choices come from the H100 and H200 sweeps
     recorded in docs/notes/performance-log.md (scripts/gpu_sweep.py, gpu_splits.py).
     """
@@ -169,7 +186,24 @@ def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, win
     if element_size != 2:
         # Descriptor loads and register caps were measured (and are used) for fp16/bf16 only.
         config = replace(config, tma=False, maxnreg=None)
+    if fp8_kv:
+        config = _fp8_decode_stages(config, rows_per_tile, pack_gqa, paged)
     return _fit_forward(config, head_dim_padded, element_size)
+
+
+def _fp8_decode_stages(config: FwdConfig, rows_per_tile: int, pack_gqa: bool, paged: bool) -> FwdConfig:
+    """The stages of a decode-sized PackGQA tile over e4m3 K/V (see ``FP8_PAGED_SPLIT_STAGES``); other launches
+    keep the bf16 choice."""
+    if not pack_gqa or rows_per_tile > 64 or config.maxnreg is not None:
+        return config
+    if config.single_loop:
+        # Measured for the decode tile's one 128-key block (16 rows); verify's 256-key blocks keep one stage.
+        if config.num_stages == 1 and config.block_m == 16 and config.block_n == 128:
+            return replace(config, num_stages=FP8_SINGLE_LOOP_STAGES)
+        return config
+    if paged:
+        return replace(config, num_stages=FP8_PAGED_SPLIT_STAGES.get(config.block_m, config.num_stages))
+    return config
 
 
 def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool,

@@ -856,7 +856,7 @@ class _ForwardPlan:
                            // num_splits)
         programs = batch * (num_kv_heads if pack_gqa else num_heads) * num_splits  # at least one tile each
         config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size(), keys_per_split,
-                                programs / _persistent_programs(q.device), paged)
+                                programs / _persistent_programs(q.device), paged, fp8_kv=fp8 != NO_FP8.value)
         if fp8 != NO_FP8.value:
             # The fp8 variants load through pointers (the descriptor path was not measured with e4m3 tiles).
             config = replace(config, tma=False)

@@ -5,6 +5,8 @@ heads, so a batch of B sequences gives 8 * B programs per split; 132 SMs)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from swattn.interface import _MAX_SPLITS, split_count
@@ -109,6 +111,27 @@ def test_fp32_drops_the_measured_bf16_only_switches(monkeypatch):
     assert bf16.maxnreg == 96
     large = forward_config(64, 16384, False, None, element_size=4)
     assert not large.tma
+
+
+def test_fp8_decode_tiles_take_their_own_stages(monkeypatch):
+    """e4m3 K/V: the paged split loop of a 16-row decode tile takes ``FP8_PAGED_SPLIT_STAGES`` (more K/V buffers in
+    flight for half the bytes per block), the one-block window decode ``FP8_SINGLE_LOOP_STAGES``; contiguous caches,
+    verify's larger tiles and prefill keep the bf16 choice."""
+    monkeypatch.setattr(configs, "interpreter_enabled", lambda: False)
+    monkeypatch.setattr(configs, "FP8_PAGED_SPLIT_STAGES", {16: 5})
+    monkeypatch.setattr(configs, "FP8_SINGLE_LOOP_STAGES", 2)
+    assert forward_config(64, 8, True, None, 2, 2731, 6, paged=True, fp8_kv=True) == FwdConfig(16, 64, 2, 5)
+    assert forward_config(64, 8, True, None, 1, 2731, 6, paged=True, fp8_kv=True) == FwdConfig(16, 64, 2, 5)
+    assert forward_config(64, 8, True, None, 2, 2731, 6, paged=True) == FwdConfig(16, 64, 2, 3)
+    assert forward_config(64, 8, True, None, 2, 2731, 6, fp8_kv=True) == FwdConfig(16, 64, 2, 3)
+    assert forward_config(64, 32, True, None, 2, 2048, 4, paged=True, fp8_kv=True) == FwdConfig(32, 64, 4, 3)
+    window = FwdConfig(16, 128, 4, 2, single_loop=True)
+    assert forward_config(64, 8, True, 128, 2, 128, 1, paged=True, fp8_kv=True) == window
+    assert forward_config(64, 8, True, 128, 2, 128, 1, paged=True) == replace(window, num_stages=1)
+    assert forward_config(64, 16, True, 128, 2, 129, 128 / 132, paged=True, fp8_kv=True) == FwdConfig(
+        16, 256, 8, 1, single_loop=True)
+    prefill = forward_config(64, 16384 * 8, True, 128, 2, fp8_kv=True)
+    assert prefill == forward_config(64, 16384 * 8, True, 128, 2)
 
 
 def test_verify_blocks_table_takes_one_block_for_the_tiles_it_names(monkeypatch):
