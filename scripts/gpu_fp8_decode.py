@@ -9,8 +9,9 @@ rounding gives about 4% relative there; a broken kernel ~100%). Lines are printe
 important first, so a timeout keeps what ran; each gives us per call, the speed-up over bf16 and the share of the
 copy bandwidth on the e4m3 bytes read (``--copy GBPS``, default the H200's 4,221 GB/s of s4-call1).
 
-The question (docs/notes/2026-12-03-fp8-kv-cache.md, session 4): the paged split loop at 3 stages holds one K/V
-buffer, so nothing is in flight while a block computes; 5 stages hold two, 7 three, 9 four (Triton 3.6, sm_90).
+The questions (docs/notes/2026-12-03-fp8-kv-cache.md, session 4): the paged split loop at 3 stages holds one K/V
+buffer, so nothing is in flight while a block computes; 5 stages hold two, 7 three (Triton 3.6, sm_90); and the
+e4m3 tiles widened in pairs before their layout change (``fwd._widen_e4m3``) against a plain ``.to``.
 
 Run: ``python scripts/gpu_fp8_decode.py [full|long|b4|window ...]`` (all four by default).
 """
@@ -23,15 +24,19 @@ import torch
 from gpu_probe import full_decode_inputs, graph_calls_us  # scripts/ is on sys.path when this file runs
 
 import swattn
+from swattn.kernels import fwd
+from swattn.kernels._launch import clear_plans
 from swattn.kernels.configs import FwdConfig, forced_config
 
 FP8 = torch.float8_e4m3fn
-# (quantize q, config): config None = what configs.py ships for fp8; a tuple (block_n, warps, stages, single loop).
+# (quantize q, config[, widen]): config None = what configs.py ships for fp8, else (block_n, warps, stages, single
+# loop); widen False = the e4m3 tiles widened by a plain ``.to(tl.float16)`` instead of fwd._widen_e4m3's pairs.
 FULL = [(False, None), (False, (64, 2, 5, False)), (False, (64, 2, 3, False)), (True, None),
-        (False, (64, 2, 9, False)), (False, (32, 2, 7, False)), (False, (128, 4, 5, False))]
+        (False, None, False), (False, (64, 2, 3, False), False), (False, (32, 2, 7, False)),
+        (False, (128, 4, 5, False))]
 LONG = [(False, None), (False, (64, 2, 5, False)), (False, (64, 2, 3, False)), (True, None)]
-WINDOW = [(False, None), (True, None), (False, (128, 4, 1, True)), (True, (128, 4, 1, True)),
-          (False, (128, 4, 3, True)), (True, (128, 4, 3, True))]
+WINDOW = [(False, None), (True, None), (False, None, False), (False, (128, 4, 1, True)),
+          (True, (128, 4, 1, True)), (False, (128, 4, 1, True), False)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG[:3]),
           "window": (16, 2048, 127, WINDOW)}
 COPY_GBPS = 4221.0
@@ -76,12 +81,17 @@ def main() -> None:
         print(f"\n## {name}: B={batch} ctx={context} window={left}: {count} input sets; bf16 {bf16_us:.2f} us "
               f"({kv_bytes / 1e6:.1f} MB bf16 K/V read, {kv_bytes / bf16_us / 1e3 / copy:.0%} of copy)", flush=True)
         variants = {}
-        for quantize_q, config in candidates:
+        for quantize_q, config, *widen in candidates:
             label = "fp8" if quantize_q else "fp8-kv"
             if quantize_q not in variants:
                 variants[quantize_q] = fp8_sets(sets, quantize_q)
             shown = "shipped" if config is None else "({},{},{}{})".format(*config[:3], ",single" if config[3] else "")
+            shown += " .to" if widen and not widen[0] else ""
             forced = forced_config(FwdConfig(16, *config)) if config is not None else None
+            widens_pairs = fwd._widens_pairs
+            if widen and not widen[0]:
+                fwd._widens_pairs = lambda device: False
+                clear_plans()  # plans hold the switch
             try:
                 if forced is not None:
                     forced.__enter__()
@@ -94,6 +104,9 @@ def main() -> None:
             finally:
                 if forced is not None:
                     forced.__exit__(None, None, None)
+                if fwd._widens_pairs is not widens_pairs:
+                    fwd._widens_pairs = widens_pairs
+                    clear_plans()
             print(f"  {label:6s} {shown:18s}: {us:8.2f} us {bf16_us / us:5.2f}x {kv_bytes / 2 / us / 1e3 / copy:5.0%} "
                   f"of copy  err {err:.1e}", flush=True)
         variants.clear()

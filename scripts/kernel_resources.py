@@ -198,18 +198,19 @@ def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, **forward_kwa
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launches.append((args, kwargs))
 
-    saved = fwd.combine_launch, fwd.tma_compatible, fwd.pdl_enabled
+    saved = fwd.combine_launch, fwd.tma_compatible, fwd.pdl_enabled, fwd._widens_pairs
     fwd._swa_fwd_kernel = Capture()
     fwd.combine_launch = lambda *args, **kwargs: None  # the merge kernel is not reported
     clear_plans()  # plans hold the kernel and the settings they were made with
     fwd.tma_compatible = lambda *tensors: True  # as for aligned CUDA tensors on Hopper (CPU tensors never are)
     fwd.pdl_enabled = lambda device: pdl
+    fwd._widens_pairs = lambda device: True  # e4m3 widening as on sm_89+
     try:
         with forced_config(config):
             fwd.attention_forward(q, k, v, softmax_scale=q.shape[-1] ** -0.5, **forward_kwargs)
     finally:
         fwd._swa_fwd_kernel = kernel
-        fwd.combine_launch, fwd.tma_compatible, fwd.pdl_enabled = saved
+        fwd.combine_launch, fwd.tma_compatible, fwd.pdl_enabled, fwd._widens_pairs = saved
         clear_plans()
     return [_compile(kernel, args, kwargs) for args, kwargs in launches]
 

@@ -127,6 +127,33 @@ def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_k
 
 
 @triton.jit
+def _widen_e4m3(x, WIDEN_PAIRS: tl.constexpr):
+    """An e4m3 tile ``[BLOCK_N, BLOCK_D]`` in fp16 (exact: every e4m3 value is an fp16).
+
+    ``WIDEN_PAIRS`` (sm_89+, compiled): each pair of neighbouring elements of a row, as one 16-bit word, through
+    one ``cvt.rn.f16x2.e4m3x2`` (the instruction ``.to(tl.float16)`` compiles to). The point is where it happens:
+    with ``.to`` Triton moves the widening after the tile's layout change into the dot operand, so the P @ V
+    operand (which pairs keys, a row apart) is gathered from shared memory one byte at a time (64 ``LDS.U8`` per
+    64x64 tile and thread) and its fp16 operands come in a 4-element layout that costs register moves at every
+    product. The pairs' reshape / split / join pin the widening to the loaded layout: V then reaches the operand
+    as fp16 through ``ldmatrix.trans`` like a bf16 tile, K straight from its load (compiled for sm_90, Triton 3.6:
+    the full decode's interior loop 639 -> 496 instructions per 64-key block and warp at 3 stages, 733 -> 541 at
+    7). Without it (the interpreter, older GPUs) a plain ``.to``."""
+    if WIDEN_PAIRS:
+        BLOCK_N: tl.constexpr = x.shape[0]
+        BLOCK_D: tl.constexpr = x.shape[1]
+        pairs = tl.reshape(x.to(tl.uint8, bitcast=True), [BLOCK_N, BLOCK_D // 2, 2], can_reorder=False)
+        low, high = tl.split(pairs)
+        word = low.to(tl.uint16) | (high.to(tl.uint16) << 8)
+        low16, high16 = tl.inline_asm_elementwise(
+            "{ .reg .b32 t; cvt.rn.f16x2.e4m3x2 t, $2; mov.b32 {$0, $1}, t; }", "=h,=h,h", [word],
+            dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+        return tl.reshape(tl.join(low16, high16), [BLOCK_N, BLOCK_D], can_reorder=False)
+    else:
+        return x.to(tl.float16)
+
+
+@triton.jit
 def _rows_to_fp16(q):
     """bf16 queries ``[BLOCK_M, BLOCK_D]`` in fp16, for fp16 products with the e4m3 cache widened to fp16 (one
     conversion per pair; to bf16 it is three): each row times the power of two that brings its largest magnitude
@@ -153,7 +180,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                    unmasked_end=0, MASK_EDGES_ONLY: tl.constexpr = False, key_shift=0,
                    SHIFT_PAGED_KEYS: tl.constexpr = False, chunk=0, HAS_CHUNK: tl.constexpr = False,
                    FP8: tl.constexpr = NO_FP8, row_unscale=1.0, K_NEW=None, V_NEW=None, new_source=0, first_new=0,
-                   stride_ns=0, READ_NEW: tl.constexpr = False):
+                   stride_ns=0, READ_NEW: tl.constexpr = False, WIDEN_PAIRS: tl.constexpr = False):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
     blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it).
@@ -209,12 +236,12 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                          page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS)
         if FP8 == FP8_KV:
             # Half the bytes of a bf16 cache; both products then run in fp16.
-            k = k.to(tl.float16)
-            v = v.to(tl.float16)
+            k = _widen_e4m3(k, WIDEN_PAIRS)
+            v = _widen_e4m3(v, WIDEN_PAIRS)
         elif FP8 == FP8_QKV:
             # Q K^T in e4m3 (fp32 accumulation); P @ V in fp16, so P is not rounded to e4m3 (FlashAttention 3
             # rounds it; its 2^-4 relative step would dominate the error).
-            v = v.to(tl.float16)
+            v = _widen_e4m3(v, WIDEN_PAIRS)
         if UPCAST:
             k = k.to(tl.float32)
         qk = dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
@@ -442,7 +469,7 @@ def _attend_tile(
     SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr,
     APPEND_NEW: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr, HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, FP8: tl.constexpr,
-    APPEND_READS_INPUT: tl.constexpr = False,
+    APPEND_READS_INPUT: tl.constexpr = False, WIDEN_PAIRS: tl.constexpr = False,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads), over its
     share ``split`` of the KV loop; the body of ``_swa_fwd_kernel``'s programs (see there)."""
@@ -523,7 +550,7 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, USE_TMA,
                 True, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk, HAS_CHUNK=HAS_CHUNK,
-                FP8=FP8, row_unscale=row_unscale)
+                FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS)
         elif SINGLE_LOOP:
             # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
             acc, l_i, m_i, visited = _attend_blocks(
@@ -534,7 +561,7 @@ def _attend_tile(
                 BLOCK_N, USE_TMA, NON_FINITE_PASS == GUARD_ONE_PASS, masked_head_end, unmasked_end, MASK_EDGES_ONLY,
                 k_begin, IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, K_NEW=K_NEW,
                 V_NEW=V_NEW, new_source=new_source, first_new=seqlen_k - seqlen_q, stride_ns=stride_ns,
-                READ_NEW=APPEND_NEW and APPEND_READS_INPUT)
+                READ_NEW=APPEND_NEW and APPEND_READS_INPUT, WIDEN_PAIRS=WIDEN_PAIRS)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
             acc, l_i, m_i, visited = _attend_blocks(
@@ -544,7 +571,7 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale)
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, masked_head_end),
@@ -553,7 +580,7 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale)
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, unmasked_end), block_end,
@@ -561,7 +588,7 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale)
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS)
 
         _finish_tile(
             acc, l_i, m_i, visited, O, LSE, sink, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
@@ -592,7 +619,7 @@ def _swa_fwd_kernel(
     MASK_EDGES_ONLY: tl.constexpr, APPEND_NEW: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
     HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-    FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False,
+    FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, WIDEN_PAIRS: tl.constexpr = False,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -642,7 +669,7 @@ def _swa_fwd_kernel(
                     HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
                     HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST,
                     SINGLE_LOOP, REDO_FLAGGED, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K,
-                    HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, FP8,
+                    HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, FP8, WIDEN_PAIRS=WIDEN_PAIRS,
                 )
     else:
         # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
@@ -658,11 +685,20 @@ def _swa_fwd_kernel(
             num_splits, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
-            BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT,
+            BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, WIDEN_PAIRS,
         )
 
 # Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_DESCALE).
 _FORWARD_TENSORS = 21
+
+
+def _widens_pairs(device: torch.device) -> bool:
+    """Whether e4m3 tiles widen through ``cvt.rn.f16x2.e4m3x2`` in inline PTX (``_widen_e4m3``): compiled for
+    sm_89 and later (the instruction's minimum), not under the interpreter, which runs no PTX."""
+    if device.type != "cuda" or _compat.interpreter_enabled():
+        return False
+    properties = device_properties(device)
+    return (properties.major, properties.minor) >= (8, 9)
 
 
 def _persistent_programs(device: torch.device) -> int:
@@ -934,7 +970,7 @@ class _ForwardPlan:
             MASK_EDGES_ONLY=config.single_loop and config.mask_edges_only, APPEND_NEW=append_new,
             HAS_SEQUSED_Q=seqused_q is not None, HAS_LEFTPAD_K=cache_leftpad is not None,
             HAS_CHUNK=attention_chunk > 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d,
-            HEAD_DIM=head_dim, FP8=fp8,
+            HEAD_DIM=head_dim, FP8=fp8, WIDEN_PAIRS=fp8 != NO_FP8.value and _widens_pairs(q.device),
         )
         # The fused append reads the new tokens from k / v on the single masked loop (APPEND_READS_INPUT), in grids of
         # at most one program per SM: the row pointers cost registers (window decode (16, 128, 4, 1): 154 -> 206,
