@@ -29,14 +29,17 @@ from swattn.kernels._launch import clear_plans
 from swattn.kernels.configs import FwdConfig, forced_config
 
 FP8 = torch.float8_e4m3fn
-# (quantize q, config[, widen]): config None = what configs.py ships for fp8, else (block_n, warps, stages, single
-# loop); widen False = the e4m3 tiles widened by a plain ``.to(tl.float16)`` instead of fwd._widen_e4m3's pairs.
+# (quantize q, config[, options]): config None = what configs.py ships for fp8, else (block_n, warps, stages, single
+# loop); options: widen=False (the e4m3 tiles widened by a plain ``.to(tl.float16)`` instead of fwd._widen_e4m3's
+# pairs), splits=N (num_splits instead of the automatic count, which plans 6 programs per SM: (128, 2, 5) fits 4).
+PLAIN = dict(widen=False)
 FULL = [(False, None), (False, (64, 2, 5, False)), (False, (64, 2, 3, False)), (True, None),
-        (False, None, False), (False, (64, 2, 3, False), False), (False, (32, 2, 7, False)),
-        (False, (128, 4, 5, False))]
-LONG = [(False, None), (False, (64, 2, 5, False)), (False, (64, 2, 3, False)), (True, None)]
-WINDOW = [(False, None), (True, None), (False, None, False), (False, (128, 4, 1, True)),
-          (True, (128, 4, 1, True)), (False, (128, 4, 1, True), False)]
+        (False, None, PLAIN), (False, (64, 2, 3, False), PLAIN), (False, (128, 2, 5, False), dict(splits=4)),
+        (False, (128, 2, 3, False), dict(splits=5)), (False, (32, 2, 7, False))]
+LONG = [(False, None), (False, (64, 2, 5, False)), (False, (64, 2, 3, False)), (True, None),
+        (False, (128, 2, 5, False), dict(splits=16))]
+WINDOW = [(False, None), (True, None), (False, None, PLAIN), (False, (128, 4, 1, True)),
+          (True, (128, 4, 1, True)), (False, (128, 4, 1, True), PLAIN)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG[:3]),
           "window": (16, 2048, 127, WINDOW)}
 COPY_GBPS = 4221.0
@@ -81,25 +84,30 @@ def main() -> None:
         print(f"\n## {name}: B={batch} ctx={context} window={left}: {count} input sets; bf16 {bf16_us:.2f} us "
               f"({kv_bytes / 1e6:.1f} MB bf16 K/V read, {kv_bytes / bf16_us / 1e3 / copy:.0%} of copy)", flush=True)
         variants = {}
-        for quantize_q, config, *widen in candidates:
+        for quantize_q, config, *more in candidates:
+            options = more[0] if more else {}
             label = "fp8" if quantize_q else "fp8-kv"
             if quantize_q not in variants:
                 variants[quantize_q] = fp8_sets(sets, quantize_q)
             shown = "shipped" if config is None else "({},{},{}{})".format(*config[:3], ",single" if config[3] else "")
-            shown += " .to" if widen and not widen[0] else ""
+            shown += " .to" if not options.get("widen", True) else ""
+            shown += f" {options['splits']} splits" if "splits" in options else ""
+            calls = variants[quantize_q]
+            if "splits" in options:
+                calls = [dict(c, num_splits=options["splits"]) for c in calls]
             forced = forced_config(FwdConfig(16, *config)) if config is not None else None
             widens_pairs = fwd._widens_pairs
-            if widen and not widen[0]:
+            if not options.get("widen", True):
                 fwd._widens_pairs = lambda device: False
                 clear_plans()  # plans hold the switch
             try:
                 if forced is not None:
                     forced.__enter__()
-                out = swattn.flash_attn_with_kvcache(**variants[quantize_q][0]).float()
+                out = swattn.flash_attn_with_kvcache(**calls[0]).float()
                 err = ((out - ref).norm() / ref.norm()).item()
-                us = graph_calls_us([lambda s=s: swattn.flash_attn_with_kvcache(**s) for s in variants[quantize_q]])
+                us = graph_calls_us([lambda s=s: swattn.flash_attn_with_kvcache(**s) for s in calls])
             except Exception as exc:  # noqa: BLE001 - report and go on
-                print(f"  {label:6s} {shown:18s}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+                print(f"  {label:6s} {shown:26s}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
                 continue
             finally:
                 if forced is not None:
@@ -107,7 +115,7 @@ def main() -> None:
                 if fwd._widens_pairs is not widens_pairs:
                     fwd._widens_pairs = widens_pairs
                     clear_plans()
-            print(f"  {label:6s} {shown:18s}: {us:8.2f} us {bf16_us / us:5.2f}x {kv_bytes / 2 / us / 1e3 / copy:5.0%} "
+            print(f"  {label:6s} {shown:26s}: {us:8.2f} us {bf16_us / us:5.2f}x {kv_bytes / 2 / us / 1e3 / copy:5.0%} "
                   f"of copy  err {err:.1e}", flush=True)
         variants.clear()
         sets.clear()
