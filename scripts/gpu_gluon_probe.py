@@ -53,11 +53,16 @@ def capture(fn):
     return graph
 
 
+FLUSH = None  # --flush-l2: a 256 MB buffer zeroed before each replay (as triton.testing.do_bench and the bench do)
+
+
 def replay_us(graph, reps: int) -> float:
     """Median over ``reps`` replays (events around each)."""
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if FLUSH is not None:
+            FLUSH.zero_()
         start.record()
         graph.replay()
         end.record()
@@ -107,12 +112,18 @@ def main() -> int:
                              "(as an engine batches prefill); FA3 gets the same cu_seqlens")
     parser.add_argument("--variants", default="",
                         help="comma-separated substrings of the variant names to run (Triton, shipped, FA3, ...)")
+    parser.add_argument("--flush-l2", action="store_true",
+                        help="zero a 256 MB buffer before each replay (L2 cleared, as the benchmark times)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    global FLUSH
+    if args.flush_l2:
+        FLUSH = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
     lines = [f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, seqlen {args.seqlen}, bf16, "
              f"{f'paged KV cache (pages of {args.paged}), ' if args.paged else ''}"
              f"{f'{args.varlen} varlen sequences, ' if args.varlen else ''}"
-             f"graph replay, median of {args.rounds} interleaved rounds of {args.reps}", "",
+             f"graph replay{' (L2 cleared before each)' if args.flush_l2 else ''}, median of {args.rounds} "
+             f"interleaved rounds of {args.reps}", "",
              "| row | provider | us | TFLOP/s | % of matmul | rel err vs Triton |", "|---|---|---|---|---|---|"]
     matmul_tflops = matmul_rate()
     lines.insert(1, f"bf16 matmul (8192^3, torch): {matmul_tflops:.0f} TFLOP/s")
