@@ -609,8 +609,10 @@ def _swa_fwd_kernel(
     stride_page_table, stride_nb, stride_ns, stride_nh,
     stride_qdb, stride_qdh, stride_kdb, stride_kdh, stride_vdb, stride_vdh,
     seqlen_q, seqlen_k, num_heads, queries_per_kv_head: tl.constexpr, page_size: tl.constexpr,
-    softmax_scale, softcap, left, right, chunk,
-    num_tiles, num_splits, num_work,
+    softmax_scale, softcap, left, right,
+    # chunk last: between right and num_tiles it moved the scalars after it by 4 bytes, and one 64-bit constant
+    # load of two of them became two loads (prefill: one more SASS instruction; scripts/compare_kernel_builds.py).
+    num_tiles, num_splits, num_work, chunk,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
@@ -957,8 +959,8 @@ class _ForwardPlan:
             *(token_strides(new_k, varlen_q) if append_new else (0, 0, 0)),
             *descale_strides(q_descale), *descale_strides(k_descale), *descale_strides(v_descale),
             seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
-            softmax_scale, softcap if softcap > 0 else 1.0, left, right, max(attention_chunk, 1),
-            grid[0], grid[2], num_work,
+            softmax_scale, softcap if softcap > 0 else 1.0, left, right,
+            grid[0], grid[2], num_work, max(attention_chunk, 1),
         )
         switches = dict(
             HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
