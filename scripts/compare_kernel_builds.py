@@ -220,6 +220,8 @@ def compare(rows_a: list[dict], rows_b: list[dict], rev_a: str, rev_b: str, sass
             verdict = "identical SASS (constant-bank offsets aside)"
         elif a["renamed"] == b["renamed"]:
             verdict = "the same instructions in the same order, other registers"
+        elif a["opcodes"] == b["opcodes"]:
+            verdict = "the same instructions (opcode counts), in another order or with other registers"
         else:
             verdict = "SASS differs"
         details.append(f"- {name}: {verdict}"
