@@ -146,13 +146,15 @@ if GLUON_AVAILABLE:
     @gluon.jit
     def _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT: gl.constexpr,
                         HAS_RIGHT: gl.constexpr):
-        """[rows, keys] mask of an edge block: the key exists (``< kv_end``, the tile's last visible key + 1) and
-        lies in the row's window (bottom-right aligned by ``offset = seqlen_k - seqlen_q``)."""
-        visible = gl.expand_dims(keys < kv_end, 0)
+        """[rows, keys] mask of an edge block: the key lies in the row's window (bottom-right aligned by ``offset =
+        seqlen_k - seqlen_q``) and exists (``< kv_end``, the tile's last visible key + 1). The key bound is folded
+        into each row's last key, so a score costs at most two comparisons."""
+        last = kv_end - 1 + row_pos * 0
+        if HAS_RIGHT:
+            last = gl.minimum(row_pos + offset + right, last)
+        visible = gl.expand_dims(keys, 0) <= gl.expand_dims(last, 1)
         if HAS_LEFT:
             visible = visible & (gl.expand_dims(keys, 0) >= gl.expand_dims(row_pos + offset - left, 1))
-        if HAS_RIGHT:
-            visible = visible & (gl.expand_dims(keys, 0) <= gl.expand_dims(row_pos + offset + right, 1))
         return visible
 
     @gluon.jit
