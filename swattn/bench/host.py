@@ -168,11 +168,14 @@ def _compiled(fn):
     return Runner(compiled, note="fullgraph")
 
 
-def _single_threaded(fn):
+def _single_threaded(fn, note: str = ""):
+    if isinstance(fn, Runner):
+        fn, note = fn.check, f"{fn.note}; " if fn.note else ""
+
     def run():
         with torch.autograd.set_multithreading_enabled(False):
             return fn()
-    return Runner(run, note="set_multithreading_enabled(False) entered per call")
+    return Runner(run, note=note + "set_multithreading_enabled(False) entered per call")
 
 
 class _GivenGradients(torch.autograd.Function):
@@ -241,6 +244,20 @@ def _prefill_rows(env: Env, dims: Dims, timings: _Timings, backward: bool) -> li
             rows.append(measure(env, shape, name, lambda inputs=inputs, grad=grad: _engine_floor(inputs, grad, sinks,
                                                                                                   kwargs),
                                 compare, timings.timer((shape, name), graphs=False)))
+            # The engine alone on the calling thread: with the row above, what the device thread's hand-overs cost;
+            # with "multithreading off", swattn's own share of its backward.
+            name = "autograd engine alone, multithreading off"
+            rows.append(measure(env, shape, name, lambda inputs=inputs, grad=grad: _single_threaded(
+                _engine_floor(inputs, grad, sinks, kwargs)), compare, timings.timer((shape, name), graphs=False)))
+            if env.wants("FA3"):
+                # FA3's own backward (no sinks: FlashAttention 3's flash_attn_func has none), checked against the
+                # reference without them; the same engine and hand-overs as swattn's row.
+                def fa3_compare(got, inputs=inputs, grad=grad):
+                    plain = torch.autograd.grad(attention_ref(*(t.to(env.reference_dtype) for t in inputs),
+                                                              **kwargs)[0], inputs, grad.to(env.reference_dtype))
+                    return compare_outputs(got, plain, env.dtype)
+                rows.append(measure(env, shape, "FA3", lambda q=q, k=k, v=v, grad=grad: peers.fa3_backward(
+                    q, k, v, left, grad), fa3_compare, timings.timer((shape, "FA3"), graphs=False), note="no sinks"))
             continue
         reference = {with_sinks: attention_ref(q.to(env.reference_dtype), k, v, sinks=sinks if with_sinks else None,
                                                **kwargs)[0] for with_sinks in (False, True)}

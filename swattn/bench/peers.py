@@ -183,6 +183,32 @@ def fa3(q, k, v, left: int, sinks=None, page_table=None, seqused_k=None, k_new=N
     return run
 
 
+def fa3_backward(q, k, v, left: int, grad):
+    """FA3's backward: ``torch.autograd.grad`` through FlashAttention 3's own ``flash_attn_interface.flash_attn_func``
+    (the hopper package's autograd Function, no sinks) on q, k, v requiring grad: returns the call. The vLLM build
+    the GPU machine has registers only a forward op (``_vllm_fa3_C::fwd``; its library says "This flash attention
+    build does not support backward"), so without the hopper package this is a Skip saying so."""
+    _cuda_only("FA3", q)
+    try:
+        import flash_attn_interface
+        flash_attn_func = flash_attn_interface.flash_attn_func
+    except Exception as exc:
+        has_bwd = False
+        try:
+            _fa3_forward()
+            has_bwd = hasattr(torch.ops._vllm_fa3_C, "bwd")
+        except Exception:
+            pass
+        raise Skip(f"FA3 backward not callable here: flash_attn_interface (FA3's hopper package) not importable "
+                   f"({type(exc).__name__}); the vLLM build has {'a' if has_bwd else 'no'} backward op") from exc
+    if (getattr(flash_attn_func, "__module__", "") or "").startswith("swattn"):
+        raise Skip("flash_attn_interface here is swattn's drop-in bridge, not FA3")
+    inputs = [t.detach().requires_grad_() for t in (q, k, v)]
+    out = flash_attn_func(*inputs, causal=True, window_size=(left, 0))
+    out = out[0] if isinstance(out, tuple) else out
+    return lambda: torch.autograd.grad(out, inputs, grad, retain_graph=True)
+
+
 def _fa4():
     try:
         from flash_attn.cute import flash_attn_func, flash_attn_varlen_func

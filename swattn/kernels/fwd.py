@@ -9,6 +9,7 @@ one (position, head) pair: with PackGQA the ``G = H // Hk`` query heads of one K
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import replace
 
 import torch
@@ -652,6 +653,13 @@ def _swa_fwd_kernel(
         raised = True
         if NON_FINITE_PASS == REDO_FLAGGED:
             raised = tl.load(ANY_NON_FINITE) != 0
+            # The raised flag and its count of readers (ANY_NON_FINITE[1]) are kept between calls (``_Isolation``):
+            # the last program to read the flag zeroes both for the next call, after every program has read it
+            # (the atomic is acq_rel: each program's read comes before its arrival, every arrival before the reset).
+            arrived = tl.atomic_add(ANY_NON_FINITE + 1, 1)
+            if arrived == tl.num_programs(0) - 1:
+                tl.store(ANY_NON_FINITE, 0)
+                tl.store(ANY_NON_FINITE + 1, 0)
         if raised:
             for work in range(tl.program_id(0), num_work, tl.num_programs(0)):
                 split = work % num_splits
@@ -732,6 +740,41 @@ def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_tile:
 
 # attention_forward's plans, per call signature.
 _PLANS = PlanCache()
+
+# The non-finite isolation's buffers (the rows' flags, int8, and the raised flag with its count of redo programs
+# that read it, int32 [2]) kept between calls, per (device, stream, thread): allocating them on every call cost an
+# allocation and a zeroing kernel launch (``torch.zeros``: 11.8 us of host time on the H200 host, 2026-12-03), a
+# fifth of a 4K prefill's host time. Reusing them is sound because
+# - the main pass writes the flags of every tile the redo pass reads (the active ones; both passes of a call see the
+#   same data), so stale flags of earlier calls are never read;
+# - the raised flag is zeroed by the REDO_FLAGGED pass that read it (its last program), so the next call on the same
+#   stream finds it zero; a flag left raised (the REDO_SCANNED pass never reads it) only makes one later redo pass
+#   walk its tiles' flags, never skips a flagged tile;
+# - calls on one stream run in order, and calls on other streams or from other threads (whose main and redo
+#   launches could interleave on one stream) get their own buffers. Under CUDA-graph capture a call allocates
+#   fresh ones (the graph then owns them, as any allocation made while capturing), and so does the Gluon kernel's
+#   path (its flags are written by gluon_fwd).
+_ISOLATION_BUFFERS = PlanCache(64)
+
+
+def _fresh_isolation_buffers(device: torch.device, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.empty(rows, device=device, dtype=torch.int8),
+            torch.zeros(2, device=device, dtype=torch.int32))
+
+
+def _isolation_buffers(device: torch.device, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The non-finite flags (at least ``rows``) and the raised flag for a call on the current stream (see above)."""
+    if device.type == "cuda":
+        if torch._C._cuda_isCurrentStreamCapturing():
+            return _fresh_isolation_buffers(device, rows)
+        key = (device.index, torch._C._cuda_getCurrentRawStream(device.index), threading.get_ident())
+    else:
+        key = (device, 0, threading.get_ident())
+    buffers = _ISOLATION_BUFFERS.get(key)
+    if buffers is None or buffers[0].numel() < rows:
+        raised = (torch.zeros(2, device=device, dtype=torch.int32) if buffers is None else buffers[1])
+        buffers = _ISOLATION_BUFFERS.add(key, (torch.empty(rows, device=device, dtype=torch.int8), raised))
+    return buffers
 
 
 def settings() -> tuple:
@@ -1019,9 +1062,8 @@ class _ForwardPlan:
         block_counts = (None if self.block_count_shape is None
                         else torch.zeros(self.block_count_shape, device=device, dtype=torch.int32))
         if self.isolate:
-            non_finite_flags = torch.empty(self.flag_rows, device=device, dtype=torch.int8)
-            # The scanning redo pass never reads the raised flag: no zeroing launch (the main pass may still raise it).
-            any_non_finite = (torch.empty if self.scan_flags else torch.zeros)(1, device=device, dtype=torch.int32)
+            non_finite_flags, any_non_finite = (_isolation_buffers(device, self.flag_rows) if not self.use_gluon
+                                                else _fresh_isolation_buffers(device, self.flag_rows))
         else:
             non_finite_flags = any_non_finite = placeholder
         if self.use_tma:

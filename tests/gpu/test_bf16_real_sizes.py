@@ -457,3 +457,51 @@ def test_direct_launches_give_the_same_bits(monkeypatch):
     for a, b in zip(outcomes[False], outcomes[True], strict=True):
         assert torch.equal(a, b), "a direct launch changed a result or the cache"
     assert torch.equal(outcomes[True][4], outcomes[True][5])  # results 4 and 5: q aligned and misaligned
+
+
+def test_kept_isolation_buffers_isolate_every_call():
+    """The non-finite isolation's flags and raised flag are kept between calls (``fwd._isolation_buffers``): a 4K
+    window prefill (redo pass behind the raised flag) with a value NaN and without, alternating, back to back on
+    the current stream and on a side stream, then replayed from a CUDA graph (fresh buffers): every poisoned call
+    keeps the NaN in exactly the rows whose window holds it, every clean call gives the clean bits, and the raised
+    flag is zero again after each call (the redo pass resets it)."""
+    from swattn.kernels import _launch, fwd
+
+    _launch.clear_plans()
+    heads, kv_heads, head_dim, seqlen, key, left = 64, 8, 64, 4096, 2000, 127
+    q, k, v = randn(1, seqlen, heads, head_dim), randn(1, seqlen, kv_heads, head_dim), randn(1, seqlen, kv_heads,
+                                                                                            head_dim)
+    poisoned = v.clone()
+    poisoned[0, key, 3] = float("nan")
+    clean = swattn.flash_attn_func(q, k, v, causal=True, window_size=(left, 0))
+    plan = next(p for p in fwd._PLANS.values() if p.out_shape == tuple(q.shape) and p.launches)
+    assert plan.isolate and not plan.scan_flags and not plan.use_gluon, "the case must take the raised-flag redo"
+    seeing = torch.zeros(seqlen, heads, dtype=torch.bool, device=DEVICE)
+    seeing[key:key + left + 1, 3 * (heads // kv_heads):4 * (heads // kv_heads)] = True
+
+    def check(out, values):
+        if values is v:
+            assert torch.equal(out, clean)
+        else:
+            assert torch.equal(out[0][~seeing], clean[0][~seeing]), "a row that cannot see the NaN changed"
+            assert torch.isnan(out[0][seeing]).any(-1).all(), "a row that sees the NaN stayed finite"
+
+    side = torch.cuda.Stream()
+    for stream in (torch.cuda.current_stream(), side):
+        with torch.cuda.stream(stream):
+            outs = [(swattn.flash_attn_func(q, k, values, causal=True, window_size=(left, 0)), values)
+                    for values in (poisoned, v, poisoned, poisoned, v)]
+            raised = fwd._isolation_buffers(q.device, plan.flag_rows)[1]
+        stream.synchronize()
+        for out, values in outs:
+            check(out, values)
+        assert raised.tolist() == [0, 0]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = [(swattn.flash_attn_func(q, k, values, causal=True, window_size=(left, 0)), values)
+                    for values in (poisoned, v)]
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        for out, values in captured:
+            check(out, values)

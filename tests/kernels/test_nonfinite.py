@@ -125,6 +125,31 @@ def test_varlen_sequences_do_not_leak(kind, isolate):
         expect_isolated(out, clean, seeing, kind, isolate, group)
 
 
+def test_isolation_buffers_are_kept_and_the_raised_flag_is_reset(monkeypatch):
+    """The flags and the raised flag are kept between calls (``fwd._isolation_buffers``): a poisoned call raises
+    the flag, its redo pass zeroes it (and its count) for the next call, and clean, poisoned and clean calls in a
+    row each come out as a call on fresh buffers would."""
+    monkeypatch.setattr(fwd, "ISOLATE_NON_FINITE", True)
+    monkeypatch.setattr(fwd, "SCAN_FLAGS_MAX_WORK", 0)  # the redo pass behind the raised flag
+    batch, seqlen, key, kv_head = 2, 37, 20, 1
+    q, k, v = (torch.randn(batch, seqlen, heads, D, dtype=torch.float16) for heads in (H, HK, HK))
+    poisoned = v.clone()
+    poisoned[1, key, kv_head, 5] = float("nan")
+    clean = swattn.flash_attn_func(q, k, v, window_size=(5, 0))
+    flags, raised = fwd._isolation_buffers(q.device, 1)
+    seeing = torch.zeros(batch, seqlen, H, dtype=torch.bool)
+    seeing[1] = seeing_rows("v-nan", seqlen, seqlen, 5, 0, key, kv_head)
+    for values in (poisoned, v, poisoned, v):
+        out = swattn.flash_attn_func(q, k, values, window_size=(5, 0))
+        kept = fwd._isolation_buffers(q.device, 1)
+        assert kept[0] is flags and kept[1] is raised  # the same tensors on every call
+        assert raised.tolist() == [0, 0]
+        if values is v:
+            assert torch.equal(out, clean)
+        else:
+            expect_isolated(out, clean, seeing, "v-nan", True, None)
+
+
 @pytest.fixture(params=["scanning-redo", "guard-one-pass"])
 def small_grid_isolation(request, monkeypatch):
     """The two ways small grids (a verify step's) may isolate, forced on every grid: the redo pass that reads each
