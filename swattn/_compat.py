@@ -84,6 +84,10 @@ def ensure_triton_allocator() -> None:
         triton.set_allocator(_scratch_allocator)
 
 
+# The data checks' default for GPU tensors (``check_inputs=None``): SWATTN_CHECK_INPUTS=1 at import turns them on
+# (read once: a replayed call's key holds it, and no call pays an environment read).
+CHECK_INPUTS = os.environ.get("SWATTN_CHECK_INPUTS", "0") not in ("", "0")
+
 # Programmatic dependent launch (see pdl_enabled); SWATTN_PDL=0 at import turns it off.
 PDL = os.environ.get("SWATTN_PDL", "1") != "0"
 

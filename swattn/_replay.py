@@ -26,7 +26,7 @@ import threading
 
 import torch
 
-from swattn import ops
+from swattn import _compat, ops
 from swattn.kernels._launch import PlanCache
 
 _recording = threading.local()
@@ -186,7 +186,7 @@ def replayed(function):
         if torch.compiler.is_compiling():
             return function(*args, **kwargs)
         try:
-            key = (_signature(args, kwargs), ops.plan_settings())
+            key = (_signature(args, kwargs), ops.plan_settings(), _compat.CHECK_INPUTS)
             plan = plans.get(key)
         except TypeError:  # an unhashable argument (a list)
             return function(*args, **kwargs)

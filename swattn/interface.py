@@ -16,18 +16,18 @@ A model's ``sliding_window = W`` (W keys including the current one) is ``window_
 no key give 0 and LSE -inf (LSE = sink with ``sinks``).
 
 Checks that read tensor data (cu_seqlens monotone, lengths within the tensors, page indices in range) run on CPU
-tensors always and on GPU tensors only with ``check_inputs=True`` or ``SWATTN_CHECK_INPUTS=1``, since they
-synchronise with the host; without them, in-range indices are the caller's contract, as in FlashAttention. They are
-skipped under ``torch.compile`` and during CUDA-graph capture, where no host read is possible.
+tensors always and on GPU tensors only with ``check_inputs=True`` or ``SWATTN_CHECK_INPUTS=1`` (read at import),
+since they synchronise with the host; without them, in-range indices are the caller's contract, as in
+FlashAttention. They are skipped under ``torch.compile`` and during CUDA-graph capture, where no host read is possible.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
+from swattn import _compat
 from swattn._compat import device_properties
 from swattn._replay import note_data_checks, replayed
 from swattn._replay import recording_ops as ops  # swattn.ops; a signature's first call records its op call
@@ -160,15 +160,22 @@ def _is_tracing(t: torch.Tensor) -> bool:
 
 
 def _checks_read_data(t: torch.Tensor, check_inputs: bool | None) -> bool:
-    """Whether this call's checks read tensor data (asked again on every replayed call, see ``swattn._replay``)."""
+    """Whether this call's checks read tensor data. Calls that do not want them (``check_inputs=False``, or None
+    on a GPU tensor without ``SWATTN_CHECK_INPUTS=1``) never do, whatever the tracing state: the call's signature
+    (argument values, devices) and the import-time setting (``_compat.CHECK_INPUTS``, in the replay's key)
+    decide. Wanted ones are skipped while tracing, so that decision is asked again on every replayed call
+    (``swattn._replay``)."""
+    if not _wants_data_checks(t, check_inputs):
+        return False
     return note_data_checks(_decide_data_checks, t, check_inputs)
 
 
+def _wants_data_checks(t: torch.Tensor, check_inputs: bool | None) -> bool:
+    return (_compat.CHECK_INPUTS or t.is_cpu) if check_inputs is None else bool(check_inputs)
+
+
 def _decide_data_checks(t: torch.Tensor, check_inputs: bool | None) -> bool:
-    if check_inputs is None:
-        check_inputs = os.environ.get("SWATTN_CHECK_INPUTS", "0") not in ("", "0") or t.is_cpu
-    # The tracing state last: asked on every replayed call, it is a query the usual answer (no checks) skips.
-    return check_inputs and not _is_tracing(t)
+    return _wants_data_checks(t, check_inputs) and not _is_tracing(t)
 
 
 def _check_cu_seqlens(name: str, cu, total: int, max_seqlen: int, device, read_data: bool) -> None:

@@ -454,6 +454,9 @@ class _KVCachePlan:
         # Looked up at the first run: it is keyed on tensors made there (the new lengths, a rotated q), whose
         # layouts follow from the signature.
         self.forward = None
+        # Without new tokens the kernels read cache_seqlens as the lengths (int32, as the interface checks it; the
+        # op called through the dispatcher may pass int64).
+        self.lengths_as_given = cache_seqlens.dtype == torch.int32
 
     def fused_changed(self) -> bool:
         return self.fused_case is not None and fused_append_default(*self.fused_case) != self.fused
@@ -470,7 +473,7 @@ class _KVCachePlan:
                 k, v = k.contiguous(), v.contiguous()
             seqlens_k, new_k, new_v = cache_seqlens, k, v  # lengths before the append
         elif k is None:
-            seqlens_k = cache_seqlens.to(torch.int32)
+            seqlens_k = cache_seqlens if self.lengths_as_given else cache_seqlens.to(torch.int32)
         else:
             seqlens_k, q_rotated = self.append.run(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx,
                                                    page_table, cu_seqlens_q, cu_seqlens_k_new, q, rotary_cos,

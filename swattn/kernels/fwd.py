@@ -969,8 +969,8 @@ class _ForwardPlan:
             o_strides = (split_o, 0 if varlen_q else seqlen_q * token_o, token_o, head_o)
             l_strides = (split_l, 0 if varlen_q else seqlen_q * token_l, token_l, head_l)
             # The merge writes out as [tokens, H, D] (a view of dense out).
-            self.merged_shape = None if varlen_q else (tokens, num_heads, head_dim)
-            self.combine = combine_launch(out_target, lse_target, out if varlen_q else out.view(self.merged_shape),
+            self.combine = combine_launch(out_target, lse_target,
+                                          out if varlen_q else out.view((tokens, num_heads, head_dim)),
                                           lse, sinks, tokens_per_batch, seqused_q)
         else:
             o_strides = (0, *token_strides(out, varlen_q))
@@ -1094,8 +1094,9 @@ class _ForwardPlan:
         if self.redo is not None:
             self.redo(*tensors[:11], placeholder, *tensors[12:])
         if self.combine is not None:
-            merged = out if self.merged_shape is None else out.view(self.merged_shape)
-            self.combine(out_target, lse_target, merged, lse_target if lse is None else lse,
+            # The merge writes out as [tokens, H, D] (planned with those strides): the launch takes only out's
+            # address and dtype, so out itself serves (no view made per call).
+            self.combine(out_target, lse_target, out, lse_target if lse is None else lse,
                          out if sinks is None else sinks, out if seqused_q is None else cu_seqlens_q,
                          out if seqused_q is None else seqused_q)
         return out, lse, block_counts

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
-from swattn import flash_attn_with_kvcache, ops
+from swattn import _compat, flash_attn_with_kvcache, ops
 from swattn.kernels.append import append_kv
 from swattn.kernels.configs import FwdConfig, forced_config
 from swattn.kernels.fwd import attention_forward
@@ -610,7 +610,7 @@ NAN_PAGED_CASES = [
                          NAN_PAGED_CASES)
 def test_nan_poisoned_out_of_window_pages(monkeypatch, kv_path, check_inputs, page_size, seqlens, seqlen_q,
                                           left, seqlen_new, pack_gqa, num_splits, sinks):
-    monkeypatch.delenv("SWATTN_CHECK_INPUTS", raising=False)
+    monkeypatch.setattr(_compat, "CHECK_INPUTS", False)  # SWATTN_CHECK_INPUTS unset (read at import)
     batch = len(seqlens)
     varlen = isinstance(seqlen_q, list)
     queries = seqlen_q if varlen else [seqlen_q] * batch
@@ -648,7 +648,7 @@ def test_nan_poisoned_out_of_window_pages(monkeypatch, kv_path, check_inputs, pa
 def test_nan_poisoned_contiguous_cache(monkeypatch, kv_path, check_inputs, layout, seqlen_new):
     """NaN in every cache position before the first query's window, beyond cache_seqlens (+ new tokens) and in
     cache rows no sequence uses: the output equals the clean one."""
-    monkeypatch.delenv("SWATTN_CHECK_INPUTS", raising=False)
+    monkeypatch.setattr(_compat, "CHECK_INPUTS", False)  # SWATTN_CHECK_INPUTS unset (read at import)
     batch, seqlen_q, left = 3, 2, 7
     seqlens = i32([50, 25, 12])
     totals = (seqlens + seqlen_new).tolist()
@@ -746,7 +746,7 @@ REJECT_CASES = [
 def test_out_of_range_indices_rejected(monkeypatch, check_inputs, name):
     if check_inputs is None and torch.get_default_device().type == "cuda":
         pytest.skip("GPU tensors are not data-checked by default: in-range indices are the caller's contract")
-    monkeypatch.delenv("SWATTN_CHECK_INPUTS", raising=False)
+    monkeypatch.setattr(_compat, "CHECK_INPUTS", False)  # SWATTN_CHECK_INPUTS unset (read at import)
     cache, q, kwargs, argument = _reject_case(name)
     before = cache.clone()
     with pytest.raises(ValueError, match=f"^{argument}:"):
