@@ -187,6 +187,10 @@ def scenarios(quick: bool) -> dict:
         return swattn.flash_attn_with_kvcache(q, k_pool, v_pool, k=k_new, v=v_new, cache_seqlens=before,
                                              window_size=(left, 0), **kvcache)
 
+    def decode_full():
+        return swattn.flash_attn_with_kvcache(q, k_pool, v_pool, cache_seqlens=lengths, window_size=(-1, 0),
+                                             **kvcache)
+
     def decode_full_append():
         return swattn.flash_attn_with_kvcache(q, k_pool, v_pool, k=k_new, v=v_new, cache_seqlens=before,
                                              window_size=(-1, 0), **kvcache)
@@ -209,7 +213,9 @@ def scenarios(quick: bool) -> dict:
         "decode": ("decode W(127,0) B=16 ctx 1K page 16", decode, None),
         "decode_append": ("decode W(127,0) +append", decode_append, None),
         "decode_append_fused": ("decode W(127,0) +append, SWATTN_FUSED_APPEND", decode_append, "fused"),
+        "decode_full": ("decode full (split-KV + combine)", decode_full, None),
         "decode_full_append": ("decode full +append (split-KV + combine)", decode_full_append, None),
+        "decode_full_append_fused": ("decode full +append, SWATTN_FUSED_APPEND", decode_full_append, "fused"),
         "prefill": ("prefill S=4096 W(127,0) (no grad)", prefill, None),
         "backward": ("backward S=4096 W(127,0), sinks (torch.autograd.grad)", backward, None),
     }, dict(q=q, k_pool=k_pool, sinks=sinks, out=out, seqlen=seqlen)
