@@ -57,7 +57,8 @@ def _bound_arguments(stub: StubKernel, args: tuple, kwargs: dict) -> list:
 def test_repeated_call_launches_the_compiled_kernels_directly(monkeypatch, num_splits):
     configs_chosen = []
     choose = fwd.forward_config
-    monkeypatch.setattr(fwd, "forward_config", lambda *args: configs_chosen.append(args) or choose(*args))
+    monkeypatch.setattr(fwd, "forward_config",
+                        lambda *args, **kwargs: configs_chosen.append(args) or choose(*args, **kwargs))
     with stub_kernels() as stubs:
         call = _decode_call(num_splits=num_splits)
         call()
