@@ -112,6 +112,8 @@ def main() -> int:
                              "(as an engine batches prefill); FA3 gets the same cu_seqlens")
     parser.add_argument("--variants", default="",
                         help="comma-separated substrings of the variant names to run (Triton, shipped, FA3, ...)")
+    parser.add_argument("--peers", default="", help="also these peers on dense rows: fa4, flex (comma-separated; "
+                        "FA4 needs its site packages on PYTHONPATH, .peer-kernels/README.txt)")
     parser.add_argument("--flush-l2", action="store_true",
                         help="zero a 256 MB buffer before each replay (L2 cleared, as the benchmark times)")
     parser.add_argument("--out", default=None)
@@ -223,6 +225,18 @@ def main() -> int:
             variants.append(("FA3" + (" (sinks)" if with_sinks else ""), fa3))
         except Exception as exc:  # noqa: BLE001 - a missing peer is a note
             lines.append(f"| {label} | FA3 | skipped: {str(exc)[:80]} | | | |")
+        if args.peers and not (args.paged or args.varlen):  # FA4 (sinks as given) and Flex (no sinks) on dense rows
+            if "fa4" in args.peers:
+                try:
+                    variants.append(("FA4" + (" (sinks)" if with_sinks else ""), peers.fa4(q, k, v, left, sinks=sinks)))
+                except Exception as exc:  # noqa: BLE001 - a missing peer is a note
+                    lines.append(f"| {label} | FA4 | skipped: {str(exc)[:80]} | | | |")
+            if "flex" in args.peers:
+                try:
+                    run, _note = peers.flex_prefill(q, k, v, left)
+                    variants.append(("Flex (no sinks)" if with_sinks else "Flex", run))
+                except Exception as exc:  # noqa: BLE001
+                    lines.append(f"| {label} | Flex | skipped: {str(exc)[:80]} | | | |")
         if args.variants:
             variants = [(name, fn) for name, fn in variants
                         if any(word.replace("_", " ") in name for word in args.variants.split(","))]
