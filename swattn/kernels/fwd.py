@@ -752,8 +752,9 @@ _PLANS = PlanCache()
 #   walk its tiles' flags, never skips a flagged tile;
 # - calls on one stream run in order, and calls on other streams or from other threads (whose main and redo
 #   launches could interleave on one stream) get their own buffers. Under CUDA-graph capture a call allocates
-#   fresh ones (the graph then owns them, as any allocation made while capturing), and so does the Gluon kernel's
-#   path (its flags are written by gluon_fwd).
+#   fresh ones (the graph then owns them, as any allocation made while capturing).
+# The Gluon kernel's main pass keeps the same contract: it writes the flags of every 64-row group holding a row of
+# a sequence (the redo pass's tiles, block_m = ROWS_PER_CONSUMER) and raises the flag with an atomic max.
 _ISOLATION_BUFFERS = PlanCache(64)
 
 
@@ -1062,8 +1063,7 @@ class _ForwardPlan:
         block_counts = (None if self.block_count_shape is None
                         else torch.zeros(self.block_count_shape, device=device, dtype=torch.int32))
         if self.isolate:
-            non_finite_flags, any_non_finite = (_isolation_buffers(device, self.flag_rows) if not self.use_gluon
-                                                else _fresh_isolation_buffers(device, self.flag_rows))
+            non_finite_flags, any_non_finite = _isolation_buffers(device, self.flag_rows)
         else:
             non_finite_flags = any_non_finite = placeholder
         if self.use_tma:
