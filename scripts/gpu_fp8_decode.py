@@ -32,12 +32,15 @@ FP8 = torch.float8_e4m3fn
 # (quantize q, config[, options]): config None = what configs.py ships for fp8, else (block_n, warps, stages, single
 # loop); options: widen=False (the e4m3 tiles widened by a plain ``.to(tl.float16)`` instead of fwd._widen_e4m3's
 # pairs), splits=N (num_splits instead of the automatic count, which plans 6 programs per SM: (128, 2, 5) fits 4).
+# A config tuple may go on with (tma, maxnreg) as FwdConfig's fields: the shipped fp8 split loop is (64, 2, 7) capped
+# at 168 registers (151 used, 6 programs per SM; shared memory allows 6 at 7 stages); (64, 2, 5) capped at 144 fits
+# 7 per SM (139 registers), which 7 splits fill at B=16 (896 programs) and 28 at B=4.
 PLAIN = dict(widen=False)
-FULL = [(False, None), (False, (64, 2, 5, False)), (False, (64, 2, 3, False)), (True, None),
-        (False, None, PLAIN), (False, (64, 2, 3, False), PLAIN), (False, (128, 2, 5, False), dict(splits=4)),
-        (False, (128, 2, 3, False), dict(splits=5)), (False, (32, 2, 7, False))]
-LONG = [(False, None), (False, (64, 2, 5, False)), (False, (64, 2, 3, False)), (True, None),
-        (False, (128, 2, 5, False), dict(splits=16))]
+FULL = [(False, None), (False, (64, 2, 5, False, False, 144), dict(splits=7)), (False, None, PLAIN),
+        (False, (64, 2, 3, False, False, 168)), (True, None), (False, (64, 2, 5, False, False, 168)),
+        (False, (64, 2, 7, False)), (False, (64, 2, 3, False), PLAIN), (False, (128, 2, 5, False), dict(splits=4))]
+LONG = [(False, None), (False, (64, 2, 5, False, False, 144), dict(splits=28)),
+        (False, (64, 2, 5, False, False, 168)), (False, (64, 2, 3, False), PLAIN), (True, None)]
 WINDOW = [(False, None), (True, None), (False, None, PLAIN), (False, (128, 4, 1, True)),
           (True, (128, 4, 1, True)), (False, (128, 4, 1, True), PLAIN)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG[:3]),
@@ -89,7 +92,8 @@ def main() -> None:
             label = "fp8" if quantize_q else "fp8-kv"
             if quantize_q not in variants:
                 variants[quantize_q] = fp8_sets(sets, quantize_q)
-            shown = "shipped" if config is None else "({},{},{}{})".format(*config[:3], ",single" if config[3] else "")
+            shown = "shipped" if config is None else "({},{},{}{}{})".format(
+                *config[:3], ",single" if config[3] else "", f",maxnreg {config[5]}" if len(config) > 5 else "")
             shown += " .to" if not options.get("widen", True) else ""
             shown += f" {options['splits']} splits" if "splits" in options else ""
             calls = variants[quantize_q]
@@ -107,7 +111,7 @@ def main() -> None:
                 err = ((out - ref).norm() / ref.norm()).item()
                 us = graph_calls_us([lambda s=s: swattn.flash_attn_with_kvcache(**s) for s in calls])
             except Exception as exc:  # noqa: BLE001 - report and go on
-                print(f"  {label:6s} {shown:26s}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+                print(f"  {label:6s} {shown:36s}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
                 continue
             finally:
                 if forced is not None:
@@ -115,7 +119,7 @@ def main() -> None:
                 if fwd._widens_pairs is not widens_pairs:
                     fwd._widens_pairs = widens_pairs
                     clear_plans()
-            print(f"  {label:6s} {shown:26s}: {us:8.2f} us {bf16_us / us:5.2f}x {kv_bytes / 2 / us / 1e3 / copy:5.0%} "
+            print(f"  {label:6s} {shown:36s}: {us:8.2f} us {bf16_us / us:5.2f}x {kv_bytes / 2 / us / 1e3 / copy:5.0%} "
                   f"of copy  err {err:.1e}", flush=True)
         variants.clear()
         sets.clear()

@@ -103,6 +103,9 @@ SPLIT_PROGRAMS_PER_SM_5_STAGES = {16: 6, 32: 3, 64: 3}
 # (Triton 3.6, sm_90) (16, 64, 2, 5) keeps two K/V buffers and (16, 64, 2, 7) three, both at 168 registers, 6
 # programs per SM (as bf16's 3 stages; shared 21 / 29 KB).
 FP8_PAGED_SPLIT_STAGES: dict[int, int] = {16: 7}
+# Register cap of that loop: with unsigned page arithmetic (``fwd._cache_token_offsets``) it takes 178 registers
+# (5 programs per SM) uncapped; capped at 168 it compiles to 151 without spills (Triton 3.6, sm_90; all-fp8 156).
+FP8_DECODE_MAXNREG: int | None = 168
 # Stages of the one-block small-window decode loop (the single masked loop) with fp8 K/V: at one stage the e4m3 V
 # tile's layout change sits between V's load and K's (two dependent memory round trips); at two both tiles are
 # asynchronous copies issued together (H200, W(127,0) B=16 2K, s4-call1: fp8-kv 5.14 vs 5.36 us, all-fp8 4.77 vs
@@ -201,8 +204,8 @@ def _fp8_decode_stages(config: FwdConfig, rows_per_tile: int, pack_gqa: bool, pa
         if config.num_stages == 1 and config.block_m == 16 and config.block_n == 128:
             return replace(config, num_stages=FP8_SINGLE_LOOP_STAGES)
         return config
-    if paged:
-        return replace(config, num_stages=FP8_PAGED_SPLIT_STAGES.get(config.block_m, config.num_stages))
+    if paged and config.block_m in FP8_PAGED_SPLIT_STAGES:
+        return replace(config, num_stages=FP8_PAGED_SPLIT_STAGES[config.block_m], maxnreg=FP8_DECODE_MAXNREG)
     return config
 
 

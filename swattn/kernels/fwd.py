@@ -93,12 +93,21 @@ APPEND_READS_INPUT = os.environ.get("SWATTN_APPEND_READS_INPUT", "1") not in (""
 
 @triton.jit
 def _cache_token_offsets(offs_n, mask, batch_kv, page_table_row, stride_kb, stride_ks, page_size,
-                         IS_PAGED: tl.constexpr):
+                         IS_PAGED: tl.constexpr, UNSIGNED_KEYS: tl.constexpr = False):
     """Element offsets of key/value tokens ``offs_n`` of one sequence (the page table is read only under
-    ``mask``)."""
+    ``mask``). ``UNSIGNED_KEYS``: token indices and page ids (never negative) in unsigned arithmetic, so a page
+    and slot are a shift and a mask and both widen to 64 bits without sign extension; compiled for sm_90 (Triton
+    3.6) that is ~90 fewer instructions per 64-key K/V block and warp of the paged decode loop, but more registers
+    (bf16 (16, 64, 2, 3): 483 -> 320 instructions, 162 -> 168 registers and an 8-byte spill): on for the e4m3
+    launches (under their register cap, ``configs.FP8_DECODE_MAXNREG``), not yet for bf16 (not measured)."""
     if IS_PAGED:
-        page = tl.load(page_table_row + offs_n // page_size, mask=mask, other=0).to(tl.int64)
-        return page * stride_kb + (offs_n % page_size).to(tl.int64) * stride_ks
+        if UNSIGNED_KEYS:
+            keys = offs_n.to(tl.uint32)
+            page = tl.load(page_table_row + keys // page_size, mask=mask, other=0).to(tl.uint32).to(tl.int64)
+            return page * stride_kb + (keys % page_size).to(tl.int64) * stride_ks
+        else:
+            page = tl.load(page_table_row + offs_n // page_size, mask=mask, other=0).to(tl.int64)
+            return page * stride_kb + (offs_n % page_size).to(tl.int64) * stride_ks
     else:
         return batch_kv * stride_kb + offs_n.to(tl.int64) * stride_ks
 
@@ -106,7 +115,7 @@ def _cache_token_offsets(offs_n, mask, batch_kv, page_table_row, stride_kb, stri
 @triton.jit
 def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks, page_size,
              IS_PAGED: tl.constexpr, MASK_D: tl.constexpr, HEAD_DIM: tl.constexpr, key_shift=0,
-             SHIFT_PAGED_KEYS: tl.constexpr = False):
+             SHIFT_PAGED_KEYS: tl.constexpr = False, UNSIGNED_KEYS: tl.constexpr = False):
     """Load a [BLOCK_N, BLOCK_D] tile of keys or values ``offs_n`` (absolute token indices).
 
     Paged caches look each token's page up on its own, so a block may start anywhere and straddle pages; the page
@@ -119,7 +128,7 @@ def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_k
     if SHIFT_PAGED_KEYS:
         offs_n = offs_n + key_shift
     token_offset = _cache_token_offsets(offs_n, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
-                                        page_size, IS_PAGED)
+                                        page_size, IS_PAGED, UNSIGNED_KEYS)
     ptrs = base + token_offset[:, None] + offs_d[None, :]
     if MASK_D:
         return tl.load(ptrs, mask=load_mask[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
@@ -232,9 +241,9 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
             # program) then paid two dependent memory round trips; in this order both tiles are in flight at once
             # (SASS, Triton 3.6; pipelined loops compile to the same code either way).
             v = _load_kv(v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_vb, stride_vs,
-                         page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS)
+                         page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS, FP8 != NO_FP8)
             k = _load_kv(k_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
-                         page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS)
+                         page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS, FP8 != NO_FP8)
         if FP8 == FP8_KV:
             # Half the bytes of a bf16 cache; both products then run in fp16.
             k = _widen_e4m3(k, WIDEN_PAIRS)

@@ -120,8 +120,10 @@ def test_fp8_decode_tiles_take_their_own_stages(monkeypatch):
     monkeypatch.setattr(configs, "interpreter_enabled", lambda: False)
     monkeypatch.setattr(configs, "FP8_PAGED_SPLIT_STAGES", {16: 5})
     monkeypatch.setattr(configs, "FP8_SINGLE_LOOP_STAGES", 2)
-    assert forward_config(64, 8, True, None, 2, 2731, 6, paged=True, fp8_kv=True) == FwdConfig(16, 64, 2, 5)
-    assert forward_config(64, 8, True, None, 1, 2731, 6, paged=True, fp8_kv=True) == FwdConfig(16, 64, 2, 5)
+    monkeypatch.setattr(configs, "FP8_DECODE_MAXNREG", 168)
+    fp8 = FwdConfig(16, 64, 2, 5, maxnreg=168)
+    assert forward_config(64, 8, True, None, 2, 2731, 6, paged=True, fp8_kv=True) == fp8
+    assert forward_config(64, 8, True, None, 1, 2731, 6, paged=True, fp8_kv=True) == fp8
     assert forward_config(64, 8, True, None, 2, 2731, 6, paged=True) == FwdConfig(16, 64, 2, 3)
     assert forward_config(64, 8, True, None, 2, 2731, 6, fp8_kv=True) == FwdConfig(16, 64, 2, 3)
     assert forward_config(64, 32, True, None, 2, 2048, 4, paged=True, fp8_kv=True) == FwdConfig(32, 64, 4, 3)
