@@ -30,6 +30,9 @@ Sections (argv; all by default):
             fused append reading the new tokens from k / v (fwd.APPEND_READS_INPUT);
   verify_defaults  the serving step's defaults (fused append, one 256-key verify block, scanning redo) against
             what they replaced, the one-pass isolation, no redo, no append; k = 1, 2, 4, 8;
+  verify_window  window-(127, 0) verify (k = 2, 4, 8) against decode: the 128+16-key blocks (FwdConfig.head_block),
+            16 warps, two tiles, no isolation, FA3 beside, cold and warm;
+  verify_full_tiles  full-attention verify B=16 8K (k = 4, 8): tiles cut to decode's 16 rows, 5 stages, FA3 beside;
   verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0) against decode: no append, the
             fused append, without the non-finite redo launch, one 256-key block for the 127 + k keys, two stages.
 Run: ``python scripts/gpu_probe.py [sections]``; ``PROBE_WARM=1`` runs every variant once without timing (compiles
@@ -857,6 +860,161 @@ def append_fold() -> None:
                 print(f"  k={k} {label}: {' / '.join(values)} us", flush=True)
         sets.clear()
         without_append.clear()
+        torch.cuda.empty_cache()
+
+
+def _window_variants(k: int) -> list[tuple[str, FwdConfig | None, dict]]:
+    """``verify_window``'s variants for ``k`` tokens: (label, forced config or None, fwd settings)."""
+    rows = max(16, triton.next_power_of_2(k * 8))
+    head = lambda warps, m=rows: FwdConfig(m, 128, warps, 1, single_loop=True, head_block=16)  # noqa: E731
+    variants: list[tuple[str, FwdConfig | None, dict]] = [("shipped", None, {})]
+    if k == 1:
+        return variants
+    variants += [("no isolation", None, dict(ISOLATE_NON_FINITE=False)),
+                 ("128+16 keys, 4 warps", head(4), {}), ("128+16 keys, 8 warps", head(8), {})]
+    if k == 4:
+        variants += [("256 keys, 16 warps", FwdConfig(32, 256, 16, 1, single_loop=True), {}),
+                     ("2 tiles of 16 rows, 128+16 keys, 4 warps, one pass", head(4, 16),
+                      dict(GUARD_ONE_PASS_MAX_WORK=1 << 30))]
+    if k == 8:  # the head block fits the guarded loop at 64 rows (Triton 3.6: 177 / 195 registers, no spills)
+        variants += [("128+16 keys, 8 warps, one pass", head(8), dict(GUARD_ONE_PASS_MAX_ROWS=64)),
+                     ("128+16 keys, 4 warps, one pass", head(4), dict(GUARD_ONE_PASS_MAX_ROWS=64))]
+    return variants
+
+
+def verify_window() -> None:
+    """Speculative verify at window (127, 0) against decode, gpt-oss layer (B=16, H=64/8, D=64, sinks, page 16, 1K,
+    k new tokens appended in the call: the fused append reading k / v), us per call, cold (a graph over 48 input
+    sets) | warm (one set replayed), FA3 (no append) beside. k = 4 cost 1.76x decode at 2b3c95a (9.62 vs 5.49 us
+    cold): its one 256-key block (32 x 256 scores, 8 warps) spends 125 - k of its keys on masked work, and the
+    guarded loop (exact non-finite isolation) costs on top. Variants, each checked against the shipped output:
+    ``no isolation`` (fwd.ISOLATE_NON_FINITE off: what isolation costs), ``128+16 keys`` (FwdConfig.head_block: a
+    128-key block ending at the last key and a 16-key block before it, loaded together, one softmax step), 16
+    warps on the 256-key block, two 16-row tiles per KV head (256 programs), and for k = 8 the guarded one pass at
+    64 rows (no redo launch)."""
+    from swattn import ops
+    from swattn.bench import peers
+    from swattn.kernels import fwd
+    input_sets = 48
+    print("\n## verify W(127,0) B=16 1K page 16 (fused append): us/call, cold (48 sets) | warm (1 set); k=1 is decode",
+          flush=True)
+    for k in (1, 2, 4, 8):
+        sets, without_append = _verify_sets(k, input_sets)
+        ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
+        times: dict[str, list[str] | None] = {}
+        for _ in range(2):
+            for label, config, settings in _window_variants(k):
+                if label in times and times[label] is None:
+                    continue
+                previous = {name: getattr(fwd, name) for name in settings}
+                for name, value in settings.items():
+                    setattr(fwd, name, value)
+                try:
+                    with forced_config(config) if config else _nothing():
+                        def call_all(inputs=sets):
+                            for one in inputs:
+                                swattn.flash_attn_with_kvcache(**one, causal=True, window_size=(127, 0))
+
+                        def call_one(inputs=sets):
+                            swattn.flash_attn_with_kvcache(**inputs[0], causal=True, window_size=(127, 0))
+                        if label not in times:
+                            out = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0))
+                            err = ((out.float() - ref).norm() / ref.norm()).item()
+                            times[label] = [] if err < 1e-2 else None
+                            if times[label] is None:
+                                print(f"  k={k} {label}: rel diff {err:.1e}, not timed", flush=True)
+                                continue
+                        cold = graph_us(call_all, 1, rep=100) / input_sets
+                        warm = graph_us(call_one, 20, rep=100)
+                        times[label].append(f"{cold:.2f} | {warm:.2f}")
+                except Exception as exc:  # report and go on
+                    print(f"  k={k} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+                    times[label] = None
+                finally:
+                    for name, value in previous.items():
+                        setattr(fwd, name, value)
+        try:
+            runs = [peers.fa3(one["q"], one["k_cache"], one["v_cache"], 127, one["sinks"], one["page_table"],
+                              one["cache_seqlens"]) for one in without_append]
+
+            def fa3_all(runs=runs):
+                for run in runs:
+                    run()
+            fa3_all()
+            cold = graph_us(fa3_all, 1, rep=100) / input_sets
+            times["FA3 (no append)"] = [f"{cold:.2f} | {graph_us(runs[0], 20, rep=100):.2f}"]
+        except Exception as exc:  # FA3 missing: say so
+            print(f"  k={k} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+        for label, values in times.items():
+            if values:
+                print(f"  k={k} {label}: {' / '.join(values)} us", flush=True)
+        sets.clear()
+        without_append.clear()
+        torch.cuda.empty_cache()
+
+
+def verify_full_tiles() -> None:
+    """Speculative verify on a full-attention gpt-oss layer, B=16, 8K, page 16 (k new tokens appended: the append
+    launch, the default for full layers), one input set (268 MB of K/V, over four times the L2), us per call: the
+    model step's full layers, where FA3 is ahead (2b3c95a: k=4 96.5 us, FA3 75.8; decode of the same bytes 71.0).
+    A 32-row tile (k = 4) holds 126 registers x 4 warps: 4 programs per SM, one 16 KB K/V block in flight each (the
+    paged loop's pipeliner keeps one buffer at 3 stages), 64 KB per SM where decode's 16-row tiles (2 warps, 6 per
+    SM) keep 96 KB. Variants: ``2 tiles x (16, 64, 2, 3)`` (k * 8 rows cut into 16-row tiles: decode's program, 6
+    per SM; each K/V block is read by the tiles of its KV head, from L2 for all but the first), the same with 5
+    stages (two blocks in flight), (32, 64, 4, 5) at 3 splits, and for k = 8 two 32-row tiles; FA3 beside."""
+    from swattn.bench import peers
+    heads, kv_heads, head_dim, batch, page_size, context = 64, 8, 64, 16, 16, 8192
+    kv_bytes = batch * context * kv_heads * head_dim * 2 * 2
+    print(f"\n## full-attention verify B=16 8K page 16 ({kv_bytes / 1e6:.0f} MB of K/V): us/call", flush=True)
+    pages = context // page_size + 1
+    for k in (4, 8):
+        k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+        one = dict(q=torch.randn(batch, k, heads, head_dim, device=DEVICE, dtype=DTYPE), k_cache=k_cache,
+                   v_cache=torch.randn_like(k_cache),
+                   k=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
+                   v=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
+                   page_table=torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages),
+                   cache_seqlens=torch.full((batch,), context - k, device=DEVICE, dtype=torch.int32),
+                   sinks=torch.randn(heads, device=DEVICE))
+        ref = swattn.flash_attn_with_kvcache(**one, causal=True).float()
+        variants = [("shipped", 0, None), ("2 tiles x (16, 64, 2, 3), 3 splits", 3, FwdConfig(16, 64, 2, 3)),
+                    ("2 tiles x (16, 64, 2, 5), 3 splits", 3, FwdConfig(16, 64, 2, 5)),
+                    ("(32, 64, 4, 5), 3 splits", 3, FwdConfig(32, 64, 4, 5))]
+        if k == 4:
+            variants.append(("2 tiles x (16, 64, 2, 3), 2 splits", 2, FwdConfig(16, 64, 2, 3)))
+        else:
+            variants = [variants[0], ("2 tiles x (32, 64, 4, 3), 2 splits", 2, FwdConfig(32, 64, 4, 3)),
+                        ("4 tiles x (16, 64, 2, 3), 1 split", 1, FwdConfig(16, 64, 2, 3)),
+                        ("(64, 64, 4, 5), 3 splits", 3, FwdConfig(64, 64, 4, 5))]
+        times: dict[str, list[float] | None] = {}
+        for _ in range(2):
+            for label, num_splits, config in variants:
+                if label in times and times[label] is None:
+                    continue
+                try:
+                    fn = functools.partial(swattn.flash_attn_with_kvcache, **one, causal=True, num_splits=num_splits)
+                    with forced_config(config) if config else _nothing():
+                        if label not in times:
+                            err = ((fn().float() - ref).norm() / ref.norm()).item()
+                            times[label] = [] if err < 1e-2 else None
+                            if times[label] is None:
+                                print(f"  k={k} {label}: rel diff {err:.1e}, not timed", flush=True)
+                                continue
+                        times[label].append(graph_us(fn, 10, rep=100))
+                except Exception as exc:  # report and go on
+                    print(f"  k={k} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+                    times[label] = None
+        try:
+            run = peers.fa3(one["q"], one["k_cache"], one["v_cache"], -1, one["sinks"], one["page_table"],
+                            one["cache_seqlens"] + k)
+            run()
+            times["FA3 (no append)"] = [graph_us(run, 10, rep=100)]
+        except Exception as exc:  # FA3 missing: say so
+            print(f"  k={k} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+        for label, values in times.items():
+            if values:
+                print(f"  k={k} {label}: {' / '.join(f'{t:.1f}' for t in values)} us", flush=True)
+        one.clear()
         torch.cuda.empty_cache()
 
 

@@ -31,6 +31,11 @@ class FwdConfig:
     # With single_loop: mask only the blocks that some row of the tile cannot see whole (a branch per block), not
     # every block of the loop: the window-127 prefill masks 2 of its 5 blocks per tile.
     mask_edges_only: bool = False
+    # With single_loop, one split: keys of a tile spanning at most block_n + head_block keys as one block_n-key block
+    # ending at the tile's last key and one head_block-key block before it, both loaded up front (fwd's HEAD_N): a
+    # k-token verify at window (127, 0) sees 127 + k keys, which one 256-key block covered with 125 - k keys of
+    # masked work. 0: off.
+    head_block: int = 0
 
 
 @dataclass(frozen=True)

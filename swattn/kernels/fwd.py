@@ -76,6 +76,9 @@ NO_FP8, FP8_KV, FP8_QKV = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 # page 16 with the fused append reading k / v: 9.62 us cold | 8.13 warm against 9.74 | 8.42 with the scanning redo
 # launch.
 GUARD_ONE_PASS_MAX_WORK: int | None = None
+# ... and tiles of at most this many rows: at 64 rows (k = 8 verify tiles, two 128-key blocks) the guarded loop
+# spilled (sm_90, Triton 3.9: 80 B); 16 and 32 rows fit.
+GUARD_ONE_PASS_MAX_ROWS = 32
 
 
 # The fused append (APPEND_NEW) on the single masked loop (window decode and verify, short splits): each program
@@ -180,6 +183,170 @@ def _rows_to_fp16(q):
 
 
 @triton.jit
+def _load_block(k_base, v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb,
+                stride_vs, page_size, IS_PAGED: tl.constexpr, MASK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+                key_shift, SHIFT_PAGED_KEYS: tl.constexpr, K_NEW, V_NEW, new_source, first_new, stride_ns,
+                READ_NEW: tl.constexpr, UNSIGNED_KEYS: tl.constexpr = False):
+    """The K and V tiles of keys ``offs_n`` (``load_mask``; zeros elsewhere) through pointers; ``READ_NEW``: see
+    ``_attend_blocks``; ``UNSIGNED_KEYS``: see ``_cache_token_offsets`` (not on the READ_NEW path)."""
+    if READ_NEW:
+        # Each row's pointer is its cached key's or, from ``first_new`` on, its new token's in k / v: one load
+        # per tile as without the append, no copy to wait for. The new rows then go into the cache from the
+        # loaded tile (no program reads them from there in this launch).
+        fresh = load_mask & (offs_n >= first_new)
+        k_offsets = _cache_token_offsets(offs_n, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
+                                         page_size, IS_PAGED)
+        v_offsets = _cache_token_offsets(offs_n, load_mask, batch_kv, page_table_row, stride_vb, stride_vs,
+                                         page_size, IS_PAGED)
+        new_rows = new_source + (offs_n - first_new).to(tl.int64) * stride_ns
+        k_rows = tl.where(fresh, K_NEW + new_rows, k_base + k_offsets)
+        v_rows = tl.where(fresh, V_NEW + new_rows, v_base + v_offsets)
+        if MASK_D:
+            d_mask = offs_d[None, :] < HEAD_DIM
+        else:
+            d_mask = offs_d[None, :] >= 0
+        v = tl.load(v_rows[:, None] + offs_d[None, :], mask=load_mask[:, None] & d_mask, other=0.0)
+        k = tl.load(k_rows[:, None] + offs_d[None, :], mask=load_mask[:, None] & d_mask, other=0.0)
+        tl.store(v_base + v_offsets[:, None] + offs_d[None, :], v, mask=fresh[:, None] & d_mask)
+        tl.store(k_base + k_offsets[:, None] + offs_d[None, :], k, mask=fresh[:, None] & d_mask)
+    else:
+        # V before K: Triton converts the K tile's layout (a trip through shared memory that waits for its
+        # data) right after K's load, so loads issued after K wait for K. Single-stage decode (one block per
+        # program) then paid two dependent memory round trips; in this order both tiles are in flight at once
+        # (SASS, Triton 3.6; pipelined loops compile to the same code either way).
+        v = _load_kv(v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_vb, stride_vs,
+                     page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS, UNSIGNED_KEYS)
+        k = _load_kv(k_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
+                     page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS, UNSIGNED_KEYS)
+    return k, v
+
+
+@triton.jit
+def _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale, softcap, block,
+                  masked_head_end, unmasked_end, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                  HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr,
+                  chunk, HAS_CHUNK: tl.constexpr, FP8: tl.constexpr, row_unscale, WIDEN_PAIRS: tl.constexpr = False):
+    """The scores of one block (keys ``offs_n``, ``load_mask``) and what the softmax step needs with them:
+    ``(qk, qk_scale, v, visible)``; scores in log2 units are ``qk * qk_scale`` (``_exp_scores``), masked keys -inf;
+    ``v`` as the product takes it; ``visible`` the mask (MASK without MASK_EDGES_ONLY; else True)."""
+    if FP8 == FP8_KV:
+        # Half the bytes of a bf16 cache; both products then run in fp16.
+        k = _widen_e4m3(k, WIDEN_PAIRS)
+        v = _widen_e4m3(v, WIDEN_PAIRS)
+    elif FP8 == FP8_QKV:
+        # Q K^T in e4m3 (fp32 accumulation); P @ V in fp16, so P is not rounded to e4m3 (FlashAttention 3
+        # rounds it; its 2^-4 relative step would dominate the error).
+        v = _widen_e4m3(v, WIDEN_PAIRS)
+    if UPCAST:
+        k = k.to(tl.float32)
+    qk = dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
+    # Scores in log2 units are qk * qk_scale; without softcap the scale is applied inside the exponent's FMA
+    # (and to the row max, which a positive scale leaves in place) instead of by a separate multiply.
+    if HAS_SOFTCAP:
+        if FP8 == FP8_KV:
+            qk = qk * row_unscale[:, None]
+        qk = softcap_scores(qk, softmax_scale, softcap)
+        qk_scale = 1.0
+    else:
+        qk_scale = softmax_scale * LOG2E
+        if FP8 == FP8_KV:
+            qk_scale = qk_scale * row_unscale  # [BLOCK_M], each row's power of two too (exact)
+    visible = True
+    if MASK_EDGES_ONLY:
+        if (block < masked_head_end) | (block >= unmasked_end):
+            qk = tl.where(in_window(load_mask[None, :], offs_n[None, :], row_pos[:, None], offset, left, right,
+                                    HAS_LEFT, HAS_RIGHT, chunk, HAS_CHUNK), qk, float("-inf"))
+    elif MASK:
+        visible = in_window(load_mask[None, :], offs_n[None, :], row_pos[:, None], offset, left, right, HAS_LEFT,
+                            HAS_RIGHT, chunk, HAS_CHUNK)
+        qk = tl.where(visible, qk, float("-inf"))
+    return qk, qk_scale, v, visible
+
+
+@triton.jit
+def _exp_scores(qk, qk_scale, pivot, HAS_SOFTCAP: tl.constexpr, FP8: tl.constexpr):
+    """``exp2`` of the scores in log2 units less each row's ``pivot``."""
+    if FP8 == FP8_KV and not HAS_SOFTCAP:
+        return tl.exp2(qk * qk_scale[:, None] - pivot[:, None])
+    else:
+        return tl.exp2(qk * qk_scale - pivot[:, None])
+
+
+@triton.jit
+def _guard_values(v, visible):
+    """0 * NaN is NaN: a non-finite value row would reach, through the P @ V product, the rows of its block that
+    cannot see its key. Returns ``v`` with such rows zeroed for the product and the rows that see one (to poison
+    after it). (Costly: it takes V through registers.)"""
+    value_finite = tl.min((tl.abs(v) < float("inf")).to(tl.int32), 1) == 1
+    v = tl.where(value_finite[:, None], v, 0.0)
+    sees_non_finite = tl.max((visible & ~value_finite[None, :]).to(tl.int32), 1) == 1
+    return v, sees_non_finite
+
+
+@triton.jit
+def _pv(acc, p, v, UPCAST: tl.constexpr):
+    if UPCAST:
+        return acc + dot(p, v.to(tl.float32))
+    else:
+        return acc + dot(p.to(v.dtype), v)
+
+
+@triton.jit
+def _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale, softcap,
+                  block, masked_head_end, unmasked_end, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                  HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, GUARD_NON_FINITE: tl.constexpr,
+                  MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr, chunk, HAS_CHUNK: tl.constexpr,
+                  FP8: tl.constexpr, row_unscale, WIDEN_PAIRS: tl.constexpr = False):
+    """One block of the online softmax (``_attend_blocks``' loop body after the loads): ``k`` / ``v`` hold keys
+    ``offs_n`` (``load_mask``). ``GUARD_NON_FINITE`` (with MASK) keeps non-finite values in the rows that see them."""
+    qk, qk_scale, v, visible = _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale,
+                                             softcap, block, masked_head_end, unmasked_end, HAS_LEFT, HAS_RIGHT,
+                                             HAS_SOFTCAP, UPCAST, MASK, MASK_EDGES_ONLY, chunk, HAS_CHUNK, FP8,
+                                             row_unscale, WIDEN_PAIRS)
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    pivot = safe_pivot(m_new)
+    p = _exp_scores(qk, qk_scale, pivot, HAS_SOFTCAP, FP8)
+    alpha = tl.exp2(m_i - pivot)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if GUARD_NON_FINITE:
+        v, sees_non_finite = _guard_values(v, visible)
+    acc = _pv(acc * alpha[:, None], p, v, UPCAST)
+    if GUARD_NON_FINITE:
+        acc = tl.where(sees_non_finite[:, None], float("nan"), acc)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _softmax_step_two_blocks(acc, l_i, m_i, q, k_head, v_head, offs_h, head_mask, k, v, offs_n, load_mask, row_pos,
+                             offset, left, right, softmax_scale, softcap, HAS_LEFT: tl.constexpr,
+                             HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
+                             GUARD_NON_FINITE: tl.constexpr, chunk, HAS_CHUNK: tl.constexpr, FP8: tl.constexpr,
+                             row_unscale, WIDEN_PAIRS: tl.constexpr = False):
+    """``_softmax_step`` over two masked blocks at once (``HEAD_N``): one row max, one rescale, the two products
+    summed, so neither block's reductions wait for the other's."""
+    qk_h, qk_scale, v_head, visible_h = _block_scores(q, k_head, v_head, offs_h, head_mask, row_pos, offset, left,
+                                                      right, softmax_scale, softcap, 0, 0, 0, HAS_LEFT, HAS_RIGHT,
+                                                      HAS_SOFTCAP, UPCAST, True, False, chunk, HAS_CHUNK, FP8,
+                                                      row_unscale, WIDEN_PAIRS)
+    qk, qk_scale, v, visible = _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale,
+                                             softcap, 0, 0, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, UPCAST, True, False,
+                                             chunk, HAS_CHUNK, FP8, row_unscale, WIDEN_PAIRS)
+    m_new = tl.maximum(m_i, tl.maximum(tl.max(qk_h, 1), tl.max(qk, 1)) * qk_scale)
+    pivot = safe_pivot(m_new)
+    p_h = _exp_scores(qk_h, qk_scale, pivot, HAS_SOFTCAP, FP8)
+    p = _exp_scores(qk, qk_scale, pivot, HAS_SOFTCAP, FP8)
+    alpha = tl.exp2(m_i - pivot)
+    l_i = l_i * alpha + (tl.sum(p_h, 1) + tl.sum(p, 1))
+    if GUARD_NON_FINITE:
+        v_head, sees_h = _guard_values(v_head, visible_h)
+        v, sees = _guard_values(v, visible)
+    acc = _pv(_pv(acc * alpha[:, None], p_h, v_head, UPCAST), p, v, UPCAST)
+    if GUARD_NON_FINITE:
+        acc = tl.where((sees_h | sees)[:, None], float("nan"), acc)
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, block_begin, block_end, kv_start,
                    kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size,
                    seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM: tl.constexpr, visited,
@@ -190,7 +357,8 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                    unmasked_end=0, MASK_EDGES_ONLY: tl.constexpr = False, key_shift=0,
                    SHIFT_PAGED_KEYS: tl.constexpr = False, chunk=0, HAS_CHUNK: tl.constexpr = False,
                    FP8: tl.constexpr = NO_FP8, row_unscale=1.0, K_NEW=None, V_NEW=None, new_source=0, first_new=0,
-                   stride_ns=0, READ_NEW: tl.constexpr = False, WIDEN_PAIRS: tl.constexpr = False):
+                   stride_ns=0, READ_NEW: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
+                   WIDEN_PAIRS: tl.constexpr = False):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
     blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it).
@@ -204,100 +372,50 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
     which ``row_unscale`` ([BLOCK_M]) takes back out with the softmax scale.
     ``READ_NEW`` (the fused append, ``APPEND_READS_INPUT``): keys from ``first_new`` on are new tokens, loaded from
     ``K_NEW`` / ``V_NEW`` (token ``j`` at ``new_source + (j - first_new) * stride_ns``) instead of the cache, and
-    stored into the cache from the loaded tiles."""
+    stored into the cache from the loaded tiles.
+    ``HEAD_N`` > 0 (``FwdConfig.head_block``; single masked loop, keys ``[kv_start, kv_end)`` at most ``BLOCK_N +
+    HEAD_N``, no descriptors): instead of the loop, one ``BLOCK_N``-key block ending at ``kv_end`` and one
+    ``HEAD_N``-key block before it, both loaded before either is used (one dependent memory round trip): a
+    speculative verify of k tokens at window (127, 0) sees 127 + k keys, which one 256-key block covered with 125 - k
+    keys of masked work."""
     offset = seqlen_k - seqlen_q
-    for block in range(block_begin, block_end):
-        offs_n = kv_start + block * BLOCK_N + tl.arange(0, BLOCK_N)
-        if MASK:
-            load_mask = offs_n < kv_end
-        else:
-            load_mask = offs_n >= 0  # all true: interior blocks lie inside [kv_start, kv_end)
-        if USE_TMA:
-            k = k_desc.load([kv_start + block * BLOCK_N, 0])
-            v = v_desc.load([kv_start + block * BLOCK_N, 0])
-        elif READ_NEW:
-            # Each row's pointer is its cached key's or, from ``first_new`` on, its new token's in k / v: one load
-            # per tile as without the append, no copy to wait for. The new rows then go into the cache from the
-            # loaded tile (no program reads them from there in this launch).
-            fresh = load_mask & (offs_n >= first_new)
-            k_offsets = _cache_token_offsets(offs_n, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
-                                             page_size, IS_PAGED)
-            v_offsets = _cache_token_offsets(offs_n, load_mask, batch_kv, page_table_row, stride_vb, stride_vs,
-                                             page_size, IS_PAGED)
-            new_rows = new_source + (offs_n - first_new).to(tl.int64) * stride_ns
-            k_rows = tl.where(fresh, K_NEW + new_rows, k_base + k_offsets)
-            v_rows = tl.where(fresh, V_NEW + new_rows, v_base + v_offsets)
-            if MASK_D:
-                d_mask = offs_d[None, :] < HEAD_DIM
+    if HEAD_N > 0:
+        offs_n = kv_end - BLOCK_N + tl.arange(0, BLOCK_N)
+        load_mask = offs_n >= kv_start
+        offs_h = kv_end - BLOCK_N - HEAD_N + tl.arange(0, HEAD_N)
+        head_mask = offs_h >= kv_start
+        k_head, v_head = _load_block(k_base, v_base, offs_h, offs_d, head_mask, batch_kv, page_table_row, stride_kb,
+                                     stride_ks, stride_vb, stride_vs, page_size, IS_PAGED, MASK_D, HEAD_DIM,
+                                     key_shift, SHIFT_PAGED_KEYS, K_NEW, V_NEW, new_source, first_new, stride_ns,
+                                     READ_NEW, FP8 != NO_FP8)
+        k, v = _load_block(k_base, v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
+                           stride_vb, stride_vs, page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS,
+                           K_NEW, V_NEW, new_source, first_new, stride_ns, READ_NEW, FP8 != NO_FP8)
+        acc, l_i, m_i = _softmax_step_two_blocks(acc, l_i, m_i, q, k_head, v_head, offs_h, head_mask, k, v, offs_n,
+                                                 load_mask, row_pos, offset, left, right, softmax_scale, softcap,
+                                                 HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, UPCAST, GUARD_NON_FINITE, chunk,
+                                                 HAS_CHUNK, FP8, row_unscale, WIDEN_PAIRS)
+    else:
+        for block in range(block_begin, block_end):
+            offs_n = kv_start + block * BLOCK_N + tl.arange(0, BLOCK_N)
+            if MASK:
+                load_mask = offs_n < kv_end
             else:
-                d_mask = offs_d[None, :] >= 0
-            v = tl.load(v_rows[:, None] + offs_d[None, :], mask=load_mask[:, None] & d_mask, other=0.0)
-            k = tl.load(k_rows[:, None] + offs_d[None, :], mask=load_mask[:, None] & d_mask, other=0.0)
-            tl.store(v_base + v_offsets[:, None] + offs_d[None, :], v, mask=fresh[:, None] & d_mask)
-            tl.store(k_base + k_offsets[:, None] + offs_d[None, :], k, mask=fresh[:, None] & d_mask)
-        else:
-            # V before K: Triton converts the K tile's layout (a trip through shared memory that waits for its
-            # data) right after K's load, so loads issued after K wait for K. Single-stage decode (one block per
-            # program) then paid two dependent memory round trips; in this order both tiles are in flight at once
-            # (SASS, Triton 3.6; pipelined loops compile to the same code either way).
-            v = _load_kv(v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_vb, stride_vs,
-                         page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS, FP8 != NO_FP8)
-            k = _load_kv(k_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
-                         page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS, FP8 != NO_FP8)
-        if FP8 == FP8_KV:
-            # Half the bytes of a bf16 cache; both products then run in fp16.
-            k = _widen_e4m3(k, WIDEN_PAIRS)
-            v = _widen_e4m3(v, WIDEN_PAIRS)
-        elif FP8 == FP8_QKV:
-            # Q K^T in e4m3 (fp32 accumulation); P @ V in fp16, so P is not rounded to e4m3 (FlashAttention 3
-            # rounds it; its 2^-4 relative step would dominate the error).
-            v = _widen_e4m3(v, WIDEN_PAIRS)
-        if UPCAST:
-            k = k.to(tl.float32)
-        qk = dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
-        # Scores in log2 units are qk * qk_scale; without softcap the scale is applied inside the exponent's FMA
-        # (and to the row max, which a positive scale leaves in place) instead of by a separate multiply.
-        if HAS_SOFTCAP:
-            if FP8 == FP8_KV:
-                qk = qk * row_unscale[:, None]
-            qk = softcap_scores(qk, softmax_scale, softcap)
-            qk_scale = 1.0
-        else:
-            qk_scale = softmax_scale * LOG2E
-            if FP8 == FP8_KV:
-                qk_scale = qk_scale * row_unscale  # [BLOCK_M], each row's power of two too (exact)
-        if MASK_EDGES_ONLY:
-            if (block < masked_head_end) | (block >= unmasked_end):
-                qk = tl.where(in_window(load_mask[None, :], offs_n[None, :], row_pos[:, None], offset, left, right,
-                                        HAS_LEFT, HAS_RIGHT, chunk, HAS_CHUNK), qk, float("-inf"))
-        elif MASK:
-            visible = in_window(load_mask[None, :], offs_n[None, :], row_pos[:, None], offset, left, right, HAS_LEFT,
-                                HAS_RIGHT, chunk, HAS_CHUNK)
-            qk = tl.where(visible, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        pivot = safe_pivot(m_new)
-        if FP8 == FP8_KV and not HAS_SOFTCAP:
-            p = tl.exp2(qk * qk_scale[:, None] - pivot[:, None])
-        else:
-            p = tl.exp2(qk * qk_scale - pivot[:, None])
-        alpha = tl.exp2(m_i - pivot)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if GUARD_NON_FINITE:
-            # 0 * NaN is NaN: a non-finite value row would reach, through the P @ V product, the rows of this
-            # block that cannot see its key. Zero such rows for the product, then poison exactly the rows that
-            # see the key. (Costly: it takes V through registers; only the rare redo of a tile uses it.)
-            value_finite = tl.min((tl.abs(v) < float("inf")).to(tl.int32), 1) == 1
-            v = tl.where(value_finite[:, None], v, 0.0)
-            sees_non_finite = tl.max((visible & ~value_finite[None, :]).to(tl.int32), 1) == 1
-        if UPCAST:
-            acc = acc * alpha[:, None] + dot(p, v.to(tl.float32))
-        else:
-            acc = acc * alpha[:, None] + dot(p.to(v.dtype), v)
-        if GUARD_NON_FINITE:
-            acc = tl.where(sees_non_finite[:, None], float("nan"), acc)
-        m_i = m_new
-        if COUNT_BLOCKS:
-            visited += 1
+                load_mask = offs_n >= 0  # all true: interior blocks lie inside [kv_start, kv_end)
+            if USE_TMA:
+                k = k_desc.load([kv_start + block * BLOCK_N, 0])
+                v = v_desc.load([kv_start + block * BLOCK_N, 0])
+            else:
+                k, v = _load_block(k_base, v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb,
+                                   stride_ks, stride_vb, stride_vs, page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift,
+                                   SHIFT_PAGED_KEYS, K_NEW, V_NEW, new_source, first_new, stride_ns, READ_NEW,
+                                   FP8 != NO_FP8)
+            acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, left, right,
+                                          softmax_scale, softcap, block, masked_head_end, unmasked_end, HAS_LEFT,
+                                          HAS_RIGHT, HAS_SOFTCAP, UPCAST, GUARD_NON_FINITE, MASK, MASK_EDGES_ONLY,
+                                          chunk, HAS_CHUNK, FP8, row_unscale, WIDEN_PAIRS)
+            if COUNT_BLOCKS:
+                visited += 1
     return acc, l_i, m_i, visited
 
 
@@ -479,7 +597,8 @@ def _attend_tile(
     SINGLE_LOOP: tl.constexpr, NON_FINITE_PASS: tl.constexpr, USE_TMA: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr,
     APPEND_NEW: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr, HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, FP8: tl.constexpr,
-    APPEND_READS_INPUT: tl.constexpr = False, WIDEN_PAIRS: tl.constexpr = False,
+    APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
+    WIDEN_PAIRS: tl.constexpr = False,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads), over its
     share ``split`` of the KV loop; the body of ``_swa_fwd_kernel``'s programs (see there)."""
@@ -560,7 +679,7 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, USE_TMA,
                 True, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk, HAS_CHUNK=HAS_CHUNK,
-                FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS)
+                FP8=FP8, row_unscale=row_unscale, HEAD_N=HEAD_N, WIDEN_PAIRS=WIDEN_PAIRS)
         elif SINGLE_LOOP:
             # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
             acc, l_i, m_i, visited = _attend_blocks(
@@ -571,7 +690,7 @@ def _attend_tile(
                 BLOCK_N, USE_TMA, NON_FINITE_PASS == GUARD_ONE_PASS, masked_head_end, unmasked_end, MASK_EDGES_ONLY,
                 k_begin, IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, K_NEW=K_NEW,
                 V_NEW=V_NEW, new_source=new_source, first_new=seqlen_k - seqlen_q, stride_ns=stride_ns,
-                READ_NEW=APPEND_NEW and APPEND_READS_INPUT, WIDEN_PAIRS=WIDEN_PAIRS)
+                READ_NEW=APPEND_NEW and APPEND_READS_INPUT, HEAD_N=HEAD_N, WIDEN_PAIRS=WIDEN_PAIRS)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
             acc, l_i, m_i, visited = _attend_blocks(
@@ -631,7 +750,8 @@ def _swa_fwd_kernel(
     MASK_EDGES_ONLY: tl.constexpr, APPEND_NEW: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr,
     HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
-    FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, WIDEN_PAIRS: tl.constexpr = False,
+    FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
+    WIDEN_PAIRS: tl.constexpr = False,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -688,7 +808,7 @@ def _swa_fwd_kernel(
                     HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
                     HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST,
                     SINGLE_LOOP, REDO_FLAGGED, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K,
-                    HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, FP8, WIDEN_PAIRS=WIDEN_PAIRS,
+                    HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, FP8, HEAD_N=HEAD_N, WIDEN_PAIRS=WIDEN_PAIRS,
                 )
     else:
         # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
@@ -704,7 +824,7 @@ def _swa_fwd_kernel(
             num_splits, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
-            BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, WIDEN_PAIRS,
+            BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN_PAIRS,
         )
 
 # Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_DESCALE).
@@ -790,7 +910,7 @@ def _isolation_buffers(device: torch.device, rows: int) -> tuple[torch.Tensor, t
 def settings() -> tuple:
     """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
     scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode, the fused append's reads."""
-    return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, _compat.PDL,
+    return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, APPEND_READS_INPUT)
 
 
@@ -992,9 +1112,8 @@ class _ForwardPlan:
         num_work = grid[0] * grid[1] * grid[2]
         # Small grids on the single masked loop may isolate in the main pass itself (GUARD_ONE_PASS); otherwise
         # the main pass flags rows holding a NaN and a redo launch follows (``self.isolate``).
-        # At 64 rows (k = 8 verify tiles) the guarded loop spills (sm_90, Triton 3.9: 80 B); 16 and 32 rows fit.
         self.guard_one_pass = (isolate and not self.use_gluon and config.single_loop and not config.mask_edges_only
-                               and config.block_m <= 32
+                               and config.block_m <= GUARD_ONE_PASS_MAX_ROWS
                                and num_work <= (_persistent_programs(q.device) if GUARD_ONE_PASS_MAX_WORK is None
                                                 else GUARD_ONE_PASS_MAX_WORK))
         self.isolate = isolate and not self.guard_one_pass
@@ -1002,6 +1121,15 @@ class _ForwardPlan:
         self.block_count_shape = (num_work,) if count_blocks else None
 
         append_new = new_k is not None
+        if config.head_block:
+            # One block_n-key block and one head_block-key block cover a tile's keys only if it sees at most
+            # block_n + head_block of them (forward_config picks it only then; a forced config must fit too).
+            if (not config.single_loop or config.mask_edges_only or num_splits > 1 or count_blocks or self.use_gluon
+                    or keys_per_split > config.block_n + config.head_block):
+                raise ValueError(f"config: head_block={config.head_block} needs the single loop of one split over at "
+                                 f"most block_n + head_block = {config.block_n + config.head_block} keys, without "
+                                 f"block counting (got {config}, {num_splits} splits, {keys_per_split} keys)")
+            config = replace(config, tma=False)
         # Descriptor (async-proxy) loads would not see the programs' own plain stores of new tokens without a proxy
         # fence: appending programs load through pointers.
         self.use_tma = config.tma and not paged and not append_new and tma_compatible(k, v)
@@ -1025,7 +1153,8 @@ class _ForwardPlan:
             MASK_EDGES_ONLY=config.single_loop and config.mask_edges_only, APPEND_NEW=append_new,
             HAS_SEQUSED_Q=seqused_q is not None, HAS_LEFTPAD_K=cache_leftpad is not None,
             HAS_CHUNK=attention_chunk > 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d,
-            HEAD_DIM=head_dim, FP8=fp8, WIDEN_PAIRS=fp8 != NO_FP8.value and _widens_pairs(q.device),
+            HEAD_DIM=head_dim, FP8=fp8, HEAD_N=config.head_block,
+            WIDEN_PAIRS=fp8 != NO_FP8.value and _widens_pairs(q.device),
         )
         # The fused append reads the new tokens from k / v on the single masked loop (APPEND_READS_INPUT), in grids of
         # at most one program per SM: the row pointers cost registers (window decode (16, 128, 4, 1): 154 -> 206,

@@ -425,6 +425,54 @@ def test_fused_append_reading_the_new_tokens_gives_the_same_bits(monkeypatch, la
     assert taken == [False, True]
 
 
+@pytest.mark.parametrize("layout, seqlen_q, append, one_pass", [
+    pytest.param("paged-3", 4, True, True, id="verify4-paged3-append-one-pass"),
+    pytest.param("contig", 3, False, False, id="verify3-contig-redo"),
+])
+def test_head_block_covers_a_verify_tile_in_two_blocks(monkeypatch, layout, seqlen_q, append, one_pass):
+    """``FwdConfig.head_block``: a verify tile's ``left + k`` keys as one block ending at its last key and a small
+    block before it (a window-(127, 0) verify's 127 + k keys as 128 + 16): the reference's output and LSE, the cache
+    written right by the fused append (reading k / v), and exact non-finite isolation (the guarded one pass, or the
+    flags and the redo launch, which takes the same two blocks): a NaN value of the key only position 0 sees reaches
+    only position 0's rows, the other rows keep their bits. A forced config whose blocks cannot cover the keys is
+    refused."""
+    from swattn.kernels import fwd
+    monkeypatch.setattr(ops, "FUSED_APPEND", True)
+    monkeypatch.setattr(fwd, "APPEND_READS_INPUT", True)
+    monkeypatch.setattr(fwd, "ISOLATE_NON_FINITE", True)
+    monkeypatch.setattr(fwd, "SCAN_FLAGS_MAX_WORK", 0)
+    monkeypatch.setattr(fwd, "GUARD_ONE_PASS_MAX_WORK", 1 << 30 if one_pass else 0)
+    batch, capacity, seqlens = 3, 64, i32([9, 0, 40])
+    window = (28 - seqlen_q, 0)  # 28 keys per tile: 16 + 16 cover them
+    config = FwdConfig(32, 16, 4, 1, single_loop=True, head_block=16)
+    q = random_q(batch, seqlen_q)
+    k_new, v_new = torch.randn(batch, seqlen_q, HK, D), torch.randn(batch, seqlen_q, HK, D)
+    cache = make_cache(layout, batch, capacity)
+    full = cache_after_append(cache, k_new, v_new, seqlens)
+    lengths = seqlens + seqlen_q
+    if not append:
+        cache, seqlens = full.clone(), lengths
+    kwargs = dict(k=k_new, v=v_new) if append else {}
+    clean_cache = cache.clone()
+    with forced_config(config):
+        out, lse = run(q, cache, cache_seqlens=seqlens, window_size=window, pack_gqa=True, **kwargs)
+    assert torch.equal(cache.k, full.k) and torch.equal(cache.v, full.v)
+    check(out, lse, reference(q, full, lengths, window_size=window), q)
+    # The key only position 0 of sequence 2 sees: its first visible key (window left side).
+    key = int(lengths[2]) - seqlen_q - window[0]
+    poisoned = clean_cache.clone()
+    page, slot = poisoned.location(2, key)
+    poisoned.v[page, slot, 1, 3] = float("nan")
+    with forced_config(config):
+        dirty, _ = run(q, poisoned, cache_seqlens=seqlens, window_size=window, pack_gqa=True, **kwargs)
+    seeing = torch.zeros(batch, seqlen_q, H, dtype=torch.bool)
+    seeing[2, 0, H // HK:] = True  # KV head 1's query heads at position 0
+    assert torch.isnan(dirty[seeing]).any(-1).all() and not torch.isnan(dirty[~seeing]).any()
+    assert torch.equal(dirty[~seeing], out[~seeing])
+    with forced_config(replace(config, block_n=8)), pytest.raises(ValueError, match="head_block"):
+        run(q, clean_cache.clone(), cache_seqlens=seqlens, window_size=window, pack_gqa=True, **kwargs)
+
+
 @pytest.mark.parametrize("layout", ["contig", "contig-batch-idx", "paged-3", "paged-16"])
 @pytest.mark.parametrize("window, causal, sinks, num_splits, padding", [
     pytest.param((7, 0), False, False, 1, 0, id="w7,0"),
