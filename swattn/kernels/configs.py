@@ -77,6 +77,15 @@ _forced: FwdConfig | None = None
 # one program per SM (measured: 128 programs on 132 SMs): an 8-warp tile of ~160 registers is one program per SM
 # (sm_90, Triton 3.6 and 3.9), so a larger grid would run in more than one wave.
 VERIFY_BLOCKS: dict[int, tuple[int, int]] = {16: (256, 8), 32: (256, 8)}
+# Per tile height, num_warps of the head-block verify config (FwdConfig.head_block): one 128-key block ending at the
+# tile's last key and a 16-key block before it, for tiles of 129-144 keys (k = 2-17 tokens at window (127, 0)), in
+# grids of at most one program per SM; it takes precedence over VERIFY_BLOCKS. Compiled for sm_90 (Triton 3.6),
+# W(127,0) B=16 page 16, fused append reading k / v, guarded one pass (main launch: registers, SASS instructions):
+# k = 4 (32, 128, 8, 1, head 16) 160, 1952 against the shipped (32, 256, 8, 1) 229, 2768; k = 2 (16, 128, 4, 1,
+# head 16) 178, 2272 against (16, 256, 8, 1) 215, 2184; k = 8 (64, 128, 8, 1, head 16) with the guarded one pass
+# (GUARD_ONE_PASS_MAX_ROWS 64) 177, 2520, no redo launch, against (64, 128, 4, 1) 236, 2320 and the redo launch.
+# Empty until timed (scripts/gpu_probe.py verify_window).
+VERIFY_HEAD_BLOCKS: dict[int, int] = {}
 
 # Resident programs per SM of a split-KV decode launch, by PackGQA tile height (query positions x G heads, rounded
 # up to a power of two; speculative verify of k tokens at G = 8: 16 rows for k <= 2, 32 for 4, 64 for 8): the
@@ -224,6 +233,10 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
         # Splits of at most two 128-key blocks (short full-attention contexts) take the same one-stage loop, H200
         # (gpu_splits.py): 1K B=4 8 splits 8.3 us vs 10.6 with (16, 64, 2, 3); 4K B=4 16 splits 16.9 vs 17.2.
         block_m = max(16, next_power_of_2(rows_per_tile))
+        head_warps = VERIFY_HEAD_BLOCKS.get(block_m)
+        if (small_window and head_warps is not None and keys_per_split is not None and head_dim_padded <= 128
+                and 128 < keys_per_split <= 128 + 16 and programs_per_sm is not None and programs_per_sm <= 1):
+            return FwdConfig(block_m, 128, head_warps, 1, single_loop=True, head_block=16)
         verify = VERIFY_BLOCKS.get(block_m)
         if (small_window and verify is not None and keys_per_split is not None and head_dim_padded <= 128
                 and 128 < keys_per_split <= verify[0] and programs_per_sm is not None and programs_per_sm <= 1):

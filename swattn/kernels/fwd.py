@@ -1124,8 +1124,11 @@ class _ForwardPlan:
         if config.head_block:
             # One block_n-key block and one head_block-key block cover a tile's keys only if it sees at most
             # block_n + head_block of them (forward_config picks it only then; a forced config must fit too).
-            if (not config.single_loop or config.mask_edges_only or num_splits > 1 or count_blocks or self.use_gluon
-                    or keys_per_split > config.block_n + config.head_block):
+            fits = not (not config.single_loop or config.mask_edges_only or num_splits > 1 or count_blocks
+                        or self.use_gluon or keys_per_split > config.block_n + config.head_block)
+            if not fits and configs.forced_config_in_use() is None:
+                config = replace(config, head_block=0)  # the plain loop covers any span
+            elif not fits:
                 raise ValueError(f"config: head_block={config.head_block} needs the single loop of one split over at "
                                  f"most block_n + head_block = {config.block_n + config.head_block} keys, without "
                                  f"block counting (got {config}, {num_splits} splits, {keys_per_split} keys)")

@@ -154,6 +154,21 @@ def test_verify_blocks_table_takes_one_block_for_the_tiles_it_names(monkeypatch)
     assert _bf16_forward_config(64, 32, True, 128, 131) == shipped(32)
 
 
+def test_verify_head_blocks_take_128_plus_16_keys_before_the_verify_blocks(monkeypatch):
+    """configs.VERIFY_HEAD_BLOCKS: a verify tile of 129-144 keys (k = 2-17 at window (127, 0)) in a one-wave grid
+    takes one 128-key block and a 16-key head block, before VERIFY_BLOCKS; decode, wider spans and larger grids do
+    not."""
+    monkeypatch.setattr(configs, "VERIFY_HEAD_BLOCKS", {32: 8, 64: 8})
+    one_wave = 128 / 132
+    head = lambda rows: FwdConfig(rows, 128, 8, 1, single_loop=True, head_block=16)  # noqa: E731
+    assert _bf16_forward_config(64, 32, True, 128, 131, one_wave) == head(32)
+    assert _bf16_forward_config(64, 64, True, 128, 135, one_wave) == head(64)
+    assert _bf16_forward_config(64, 16, True, 128, 129, one_wave) == FwdConfig(16, 256, 8, 1, single_loop=True)
+    assert _bf16_forward_config(64, 8, True, 128, 128, one_wave).head_block == 0
+    assert _bf16_forward_config(64, 32, True, 160, 163, one_wave).head_block == 0
+    assert _bf16_forward_config(64, 32, True, 128, 131, 256 / 132).head_block == 0
+
+
 @pytest.mark.parametrize("tokens", [1, 2, 4, 8])
 @pytest.mark.parametrize("left", [127, -1])
 def test_verify_packs_k_tokens_by_8_heads_in_one_tile(tokens, left):
