@@ -892,7 +892,6 @@ def verify_window() -> None:
     128-key block ending at the last key and a 16-key block before it, loaded together, one softmax step), 16
     warps on the 256-key block, two 16-row tiles per KV head (256 programs), and for k = 8 the guarded one pass at
     64 rows (no redo launch)."""
-    from swattn import ops
     from swattn.bench import peers
     from swattn.kernels import fwd
     input_sets = 48
