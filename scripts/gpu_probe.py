@@ -863,6 +863,12 @@ def append_fold() -> None:
         torch.cuda.empty_cache()
 
 
+def _probe_ks(ks: tuple[int, ...]) -> tuple[int, ...]:
+    """``ks``, or those of them listed in PROBE_KS (comma-separated; to compile sections' parts in parallel)."""
+    chosen = os.environ.get("PROBE_KS", "")
+    return tuple(k for k in ks if not chosen or str(k) in chosen.split(","))
+
+
 def _window_variants(k: int) -> list[tuple[str, FwdConfig | None, dict]]:
     """``verify_window``'s variants for ``k`` tokens: (label, forced config or None, fwd settings)."""
     rows = max(16, triton.next_power_of_2(k * 8))
@@ -897,7 +903,7 @@ def verify_window() -> None:
     input_sets = 48
     print("\n## verify W(127,0) B=16 1K page 16 (fused append): us/call, cold (48 sets) | warm (1 set); k=1 is decode",
           flush=True)
-    for k in (1, 2, 4, 8):
+    for k in _probe_ks((1, 2, 4, 8)):
         sets, without_append = _verify_sets(k, input_sets)
         ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
         times: dict[str, list[str] | None] = {}
@@ -966,7 +972,7 @@ def verify_full_tiles() -> None:
     kv_bytes = batch * context * kv_heads * head_dim * 2 * 2
     print(f"\n## full-attention verify B=16 8K page 16 ({kv_bytes / 1e6:.0f} MB of K/V): us/call", flush=True)
     pages = context // page_size + 1
-    for k in (4, 8):
+    for k in _probe_ks((4, 8)):
         k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
         one = dict(q=torch.randn(batch, k, heads, head_dim, device=DEVICE, dtype=DTYPE), k_cache=k_cache,
                    v_cache=torch.randn_like(k_cache),
