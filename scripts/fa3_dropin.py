@@ -150,8 +150,8 @@ def classify(outcome: str, detail: str) -> str:
     reasons = (
         ("qv: not supported", "refused: qv (MLA's extra query-value product)"),
         ("rotary embedding of float8_e4m3fn queries", "refused: rotary with float8_e4m3fn q"),
-        ("fp8 attention is forward-only", "refused: fp8 q/k/v that require grad (swattn refuses at the forward; "
-                                          "FA3 accepts the forward, its tests never run the fp8 backward)"),
+        ("backward through fp8", "refused: a backward through fp8 attention (neither FA3 nor swattn has one; "
+                                  "FA3's tests never run it)"),
         ("float8", "refused: float8 (other)"),
         ("a different value head_dim", "refused: value head_dim != head_dim (FA3 also draws dv=128/256/512)"),
         ("headdim_v:", "refused: value head_dim != head_dim (FA3 also draws dv=128/256/512)"),

@@ -36,8 +36,6 @@ def accepted(name: str, params: dict) -> bool:
     fp8 = params.get("dtype") == torch.float8_e4m3fn
     if fp8 and params.get("rotary_fraction", 0.0) > 0.0:
         return False  # rotary embedding of e4m3 queries
-    if fp8 and name in ("test_flash_attn_output", "test_flash_attn_varlen_output"):
-        return False  # their fp8 q/k/v require grad: swattn's fp8 is forward-only and refuses them at the forward
     d = params.get("d")
     if name in _DV_TESTS and not fp8 and d is not None and (d <= 64 or 128 < d <= 192):
         return False  # a value head_dim different from d is drawn (FA3 draws dv = d only for fp8)

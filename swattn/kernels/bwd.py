@@ -40,7 +40,7 @@ from swattn.kernels._common import (
     softcap_scores,
     token_strides,
 )
-from swattn.kernels._launch import Launch, PlanCache, tensor_signature
+from swattn.kernels._launch import Launch, PlanCache, kept_buffer, tensor_signature
 from swattn.kernels.configs import BwdConfig, backward_config
 
 
@@ -517,6 +517,11 @@ class _BackwardPlan:
         no_queries = batch == 0 or q.numel() == 0 or seqlen_q == 0
         no_keys = k.numel() == 0 or seqlen_k == 0
         self.no_queries, self.no_keys = no_queries, no_keys
+        # delta (rowsum(dO * O), lse's layout: the kernels index it with lse's strides) is scratch the dQ kernel
+        # writes and the dK/dV and dsinks kernels read in the same call: a buffer kept between calls
+        # (``kept_buffer``) spanning lse's elements, instead of an allocation per call.
+        self.delta_span = 1 + sum((n - 1) * st for n, st in zip(lse.shape, lse.stride())) if lse.numel() else 0
+        self.delta_dtype = lse.dtype
         self.dq_launch = self.dkdv_launch = self.dsinks_launch = None
         if no_queries or (no_keys and sinks is None):
             return
@@ -587,7 +592,7 @@ class _BackwardPlan:
             if dsinks is not None:
                 dsinks.zero_()
             return result
-        delta = torch.empty_like(lse)
+        delta = kept_buffer("delta", self.device, self.delta_span, self.delta_dtype)
         placeholder = q
         if self.use_tma:
             ensure_triton_allocator()

@@ -8,8 +8,8 @@ one (position, head) pair: with PackGQA the ``G = H // Hk`` query heads of one K
 
 from __future__ import annotations
 
+import math
 import os
-import threading
 from dataclasses import replace
 
 import torch
@@ -43,7 +43,7 @@ from swattn.kernels._common import (
     token_strides,
     wait_for_previous_grid,
 )
-from swattn.kernels._launch import Launch, Layout, PlanCache, tensor_signature
+from swattn.kernels._launch import Launch, Layout, PlanCache, kept_buffer, stream_key, tensor_signature
 from swattn.kernels.combine import combine_launch
 from swattn.kernels.configs import forward_config
 from swattn.window import visible_span
@@ -887,19 +887,12 @@ _PLANS = PlanCache()
 _ISOLATION_BUFFERS = PlanCache(64)
 
 
-def _fresh_isolation_buffers(device: torch.device, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.empty(rows, device=device, dtype=torch.int8),
-            torch.zeros(2, device=device, dtype=torch.int32))
-
-
 def _isolation_buffers(device: torch.device, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The non-finite flags (at least ``rows``) and the raised flag for a call on the current stream (see above)."""
-    if device.type == "cuda":
-        if torch._C._cuda_isCurrentStreamCapturing():
-            return _fresh_isolation_buffers(device, rows)
-        key = (device.index, torch._C._cuda_getCurrentRawStream(device.index), threading.get_ident())
-    else:
-        key = (device, 0, threading.get_ident())
+    key = stream_key(device)
+    if key is None:
+        return (torch.empty(rows, device=device, dtype=torch.int8),
+                torch.zeros(2, device=device, dtype=torch.int32))
     buffers = _ISOLATION_BUFFERS.get(key)
     if buffers is None or buffers[0].numel() < rows:
         raised = (torch.zeros(2, device=device, dtype=torch.int32) if buffers is None else buffers[1])
@@ -1093,6 +1086,7 @@ class _ForwardPlan:
         self.split_shapes = None
         if num_splits > 1:
             self.split_shapes = ((num_splits, tokens, num_heads, head_dim), (num_splits, tokens, num_heads))
+            self.split_numel = tuple(math.prod(shape) for shape in self.split_shapes)
             out_target, lse_target = (Layout(shape, q.device) for shape in self.split_shapes)
             split_o, token_o, head_o, _ = out_target.stride()
             split_l, token_l, head_l = lse_target.stride()
@@ -1196,8 +1190,11 @@ class _ForwardPlan:
         if not self.launches:
             return out, lse, None
         if self.split_shapes is not None:
-            out_target = torch.empty(self.split_shapes[0], device=device, dtype=torch.float32)
-            lse_target = torch.empty(self.split_shapes[1], device=device, dtype=torch.float32)
+            # The splits' partial results: scratch the main pass writes and the merge reads in this call, so kept
+            # between calls on this stream (``kept_buffer``: two allocations less per split-KV call), flat, with the
+            # contiguous strides planned for them.
+            out_target = kept_buffer("split_out", device, self.split_numel[0], torch.float32)
+            lse_target = kept_buffer("split_lse", device, self.split_numel[1], torch.float32)
         else:
             out_target, lse_target = out, lse
         placeholder = q  # pointer for absent tensors; their constexpr switch keeps the kernel from touching it

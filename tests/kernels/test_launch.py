@@ -183,3 +183,39 @@ def test_an_error_after_direct_launches_worked_is_raised(runtime):
     compiled.fail = True
     with pytest.raises(TypeError, match="launcher"):
         launch(x)
+
+
+def test_kept_buffers_are_shared_per_stream_and_thread():
+    """``kept_buffer``: one scratch tensor per (device, stream, thread) and name, grown when a call needs more;
+    another thread gets its own (its launches could interleave with this one's)."""
+    import threading
+
+    _launch.clear_plans()
+    first = _launch.kept_buffer("test", torch.device("cpu"), 10, torch.float32)
+    assert _launch.kept_buffer("test", torch.device("cpu"), 6, torch.float32) is first
+    assert _launch.kept_buffer("other", torch.device("cpu"), 6, torch.float32) is not first
+    grown = _launch.kept_buffer("test", torch.device("cpu"), 11, torch.float32)
+    assert grown.numel() >= 11 and _launch.kept_buffer("test", torch.device("cpu"), 10, torch.float32) is grown
+    elsewhere = []
+    thread = threading.Thread(target=lambda: elsewhere.append(
+        _launch.kept_buffer("test", torch.device("cpu"), 10, torch.float32)))
+    thread.start()
+    thread.join()
+    assert elsewhere[0] is not grown
+
+
+def test_split_decode_reuses_its_scratch_and_stays_exact():
+    """A split-KV decode's partial results live in kept buffers (no allocation per call): repeated calls with new
+    queries each match a call on fresh buffers."""
+    _launch.clear_plans()
+    k_cache, v_cache = (torch.randn(3, 40, 2, 16) for _ in range(2))
+    lengths = torch.tensor([40, 17, 29], dtype=torch.int32)
+    queries = [torch.randn(3, 1, 4, 16) for _ in range(3)]
+    outs = [swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lengths, num_splits=3, causal=True)
+            for q in queries]
+    scratch = _launch._KEPT[(_launch.stream_key(torch.device("cpu")), "split_out")]
+    for q, out in zip(queries, outs):
+        _launch.clear_plans()  # fresh buffers
+        assert torch.equal(swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lengths, num_splits=3,
+                                                          causal=True), out)
+    assert scratch.numel() >= 3 * 3 * 4 * 16
