@@ -44,6 +44,7 @@ from swattn.bench.common import (
     time_eager,
     time_graph,
 )
+from swattn.kernels import fwd, gluon_fwd
 from swattn.reference import append_kv_ref, attention_kvcache_ref, attention_ref
 
 
@@ -263,15 +264,36 @@ def _prefill_rows(env: Env, dims: Dims, timings: _Timings, backward: bool) -> li
                                                **kwargs)[0] for with_sinks in (False, True)}
         providers = [
             ("swattn", lambda: (lambda: swattn.flash_attn_func(q, k, v, sinks=sinks, **kwargs)), True),
+            # The Triton kernel where the default dispatch takes the Gluon kernel (SWATTN_GLUON=0 for the row): its
+            # host cost differs (Gluon's launch builds tensor descriptors and goes through Triton's JITFunction.run).
+            ("swattn (Triton kernel)", lambda: (lambda: swattn.flash_attn_func(q, k, v, sinks=sinks, **kwargs)), True),
             ("FA3", lambda: peers.fa3(q, k, v, left, sinks), True),
             ("FA4", lambda: peers.fa4(q, k, v, left, sinks), True),
             ("Flex", lambda: _with_note(peers.flex_prefill(q, k, v, left, sinks)), False),
         ]
         for name, build, with_sinks in providers:
+            if "Triton kernel" in name and seqlen != lengths[0]:
+                continue  # the 4K prefill alone: the host-bound one
             if env.wants(name):
                 compare = lambda out, ref=reference[with_sinks]: compare_outputs(out, ref, env.dtype)
-                rows.append(measure(env, shape, name, build, compare, timings.timer((shape, name))))
+                mode = gluon_fwd.GLUON_MODE
+                gluon_fwd.GLUON_MODE = "0" if "Triton kernel" in name else mode
+                try:
+                    row = measure(env, shape, name, build, compare, timings.timer((shape, name)))
+                    if name.startswith("swattn"):
+                        row.note = "; ".join(filter(None, [row.note, _kernel_used(q)]))
+                finally:
+                    gluon_fwd.GLUON_MODE = mode
+                rows.append(row)
     return rows
+
+
+def _kernel_used(q: torch.Tensor) -> str:
+    """Which forward kernel the latest plan for q's shape launched (the Gluon kernel or Triton's)."""
+    plans = [plan for plan in fwd._PLANS.values() if plan.out_shape == tuple(q.shape) and plan.launches]
+    if not plans:
+        return ""
+    return "Gluon kernel" if plans[-1].use_gluon else "Triton kernel"
 
 
 def run(env: Env) -> Section:
