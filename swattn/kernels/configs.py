@@ -127,6 +127,21 @@ FP8_DECODE_MAXNREG: int | None = 168
 FP8_SINGLE_LOOP_STAGES = 2
 
 
+# Full-attention speculative verify on the pipelined split loop: per tile height (k x G rows, rounded up to a power of
+# two), the height of the tiles those rows are cut into instead (absent: one tile). A 32-row tile (k = 4) holds 126
+# registers x 4 warps, 4 programs per SM with one 16 KB K/V block in flight each (64 KB per SM), where decode's 16-row
+# two-warp tiles keep 6 per SM (96 KB): 16-row tiles make the verify step decode's programs, each K/V block read by
+# the tiles of its KV head (all but the first from L2). B=16 8K, H200, 2b3c95a: k = 4 96.5 us (4 splits of one
+# 32-row tile), decode of the same bytes 71.0, FA3 75.8. Empty until timed (scripts/gpu_probe.py verify_full_tiles).
+SPLIT_TILE_ROWS: dict[int, int] = {}
+
+
+def split_tile_rows(rows_per_tile: int) -> int:
+    """Rows of one tile of the split loop for ``rows_per_tile`` rows of one sequence and KV head (PackGQA)."""
+    block_m = min(64, max(16, next_power_of_2(max(rows_per_tile, 1))))
+    return SPLIT_TILE_ROWS.get(block_m, block_m)
+
+
 def split_programs_per_sm(rows_per_tile: int, short: bool, paged: bool = False) -> int:
     """Resident programs per SM that the automatic split count plans for a decode-sized tile of ``rows_per_tile``
     rows (``short``: splits of at most ``SHORT_SPLIT_KEYS`` keys, the one-stage loop; ``paged``: a paged cache,
@@ -245,7 +260,13 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
             return FwdConfig(block_m, 128 if head_dim_padded <= 128 else 64, 4, 1, single_loop=True)
         # Full decode, H200 (gpu_probe.py splits, 16K, page 16): two warps per 16-row tile fit twice the
         # programs per SM, more loads in flight: B=16 137 us (12 splits) vs 150 us with four warps, B=4 42 vs 46.
-        # Paged caches: PAGED_SPLIT_STAGES (two K/V blocks in flight take 5 stages there).
+        # Paged caches: PAGED_SPLIT_STAGES (two K/V blocks in flight take 5 stages there). Verify tiles may be cut
+        # to SPLIT_TILE_ROWS.
+        tile_rows = split_tile_rows(rows_per_tile)
+        tiles = -(-rows_per_tile // tile_rows)
+        if (tile_rows < block_m and programs_per_sm is not None
+                and programs_per_sm * tiles <= split_programs_per_sm(tile_rows, False, paged)):
+            block_m = tile_rows  # the split count planned these tiles (interface.split_count): one wave of them
         return FwdConfig(block_m, 64, 2 if block_m <= 16 else 4, PAGED_SPLIT_STAGES.get(block_m, 3) if paged else 3)
     if small_window:
         # Short KV loops: one masked loop; W127 D64 16K: 252 us (64, 32, 4, 2, single) vs 262 us three loops.

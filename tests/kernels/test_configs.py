@@ -68,6 +68,22 @@ def test_paged_split_stages_and_their_occupancy(monkeypatch):
     assert split_count(32, 16384, SMS, 8, paged=True) == 24
 
 
+def test_split_tile_rows_cut_verify_tiles_and_plan_their_splits(monkeypatch):
+    """``configs.SPLIT_TILE_ROWS``: a full-attention verify's k x 8 rows on the split loop cut into smaller tiles;
+    the split count plans for those tiles' programs (one wave) and forward_config picks the smaller tile exactly
+    when the grid it is given is that wave. Short splits and grids that fill the GPU keep one tile."""
+    monkeypatch.setattr(configs, "SPLIT_TILE_ROWS", {32: 16, 64: 32})
+    splits = split_count(128, 8196, SMS, 32, paged=True)
+    assert splits == 3  # 2 x 128 x 3 = 768 programs of 16 rows, 6 per SM
+    assert _bf16_forward_config(64, 32, True, None, -(-8196 // splits), 128 * splits / SMS, True) == FwdConfig(
+        16, 64, 2, 3)
+    assert split_count(128, 8200, SMS, 64, paged=True) == 2  # 2 x 128 x 2 = 512 programs of 32 rows, 4 per SM
+    assert _bf16_forward_config(64, 64, True, None, 4100, 256 / SMS, True).block_m == 32
+    assert _bf16_forward_config(64, 32, True, None, 8196, 512 / SMS, True).block_m == 32  # B=64: no room
+    assert _bf16_forward_config(64, 32, True, None, 256, 512 / SMS, True).block_m == 32  # short splits
+    assert split_count(128, 8196, SMS, 16, paged=True) == 6  # decode unchanged
+
+
 @pytest.mark.parametrize("programs, keys", [(128, 128), (128, 896), (8, 896), (SMS, 1 << 17), (4096, 1 << 17)])
 def test_split_count_leaves_short_loops_and_full_grids_alone(programs, keys):
     # A 128-key window (or fewer than 8 blocks) is one loop; a grid that fills the SMs needs no split.
