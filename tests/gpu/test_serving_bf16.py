@@ -129,3 +129,46 @@ def test_verify_isolation_modes_give_the_same_bits(monkeypatch, tokens):
     seeing[3, 0, 5 * (HEADS // KV_HEADS):6 * (HEADS // KV_HEADS)] = True
     assert torch.isnan(dirty[seeing]).any(-1).all() and not torch.isnan(dirty[~seeing]).any()
     assert torch.equal(dirty[~seeing], clean[~seeing])
+
+
+@pytest.mark.parametrize("tokens, warps", [(2, 8), (4, 8), (4, 4), (8, 8)])
+def test_head_block_verify_matches_the_reference_and_isolates(monkeypatch, tokens, warps):
+    """FwdConfig.head_block (a 128-key block ending at the tile's last key and a 16-key block before it) on a B=16
+    W(127,0) verify step with the fused append: the reference's output and LSE, the cache written right, and with a
+    NaN in the value row of the key only position 0 sees (the guarded one pass at up to 64 rows): NaN exactly in
+    the rows that see it, the other rows' bits unchanged."""
+    from swattn import ops
+    from swattn.kernels import fwd
+    from swattn.kernels.configs import FwdConfig, forced_config
+
+    monkeypatch.setattr(ops, "FUSED_APPEND", True)
+    monkeypatch.setattr(fwd, "GUARD_ONE_PASS_MAX_ROWS", 64)
+    context, page_size = 1000, 16
+    pages = -(-(context + tokens) // page_size)
+    k_cache = torch.randn(BATCH * pages, page_size, KV_HEADS, HEAD_DIM, device=DEVICE).to(BF16)
+    v_cache = torch.randn_like(k_cache)
+    table = torch.randperm(BATCH * pages, device=DEVICE).view(BATCH, pages).to(torch.int32)
+    seqlens = torch.full((BATCH,), context, device=DEVICE, dtype=torch.int32)
+    q = torch.randn(BATCH, tokens, HEADS, HEAD_DIM, device=DEVICE).to(BF16)
+    k_new, v_new = (torch.randn(BATCH, tokens, KV_HEADS, HEAD_DIM, device=DEVICE).to(BF16) for _ in range(2))
+    sinks = torch.randn(HEADS, device=DEVICE)
+    config = FwdConfig(max(16, 8 * tokens), 128, warps, 1, single_loop=True, head_block=16)
+    kwargs = dict(k=k_new, v=v_new, cache_seqlens=seqlens, page_table=table, causal=True, window_size=(127, 0),
+                  sinks=sinks, return_softmax_lse=True)
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    append_kv_ref(expected_k, expected_v, k_new, v_new, seqlens, page_table=table)
+    key = context - 127  # position 0 sees keys [key, context]; the other positions start later
+    poisoned = v_cache.clone()
+    poisoned[table[3, key // page_size].long(), key % page_size, 5, 7] = float("nan")
+    with forced_config(config):
+        out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **kwargs)
+        dirty, _ = swattn.flash_attn_with_kvcache(q, k_cache.clone(), poisoned, **kwargs)
+    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v), "append wrote the wrong slots"
+    ref, ref_lse = attention_kvcache_ref(q, expected_k, expected_v, seqlens + tokens, page_table=table, causal=True,
+                                         window_size=(127, 0), sinks=sinks, compute_dtype=torch.float32)
+    assert_close("out", out, ref, tolerance_for(BF16))
+    torch.testing.assert_close(lse, ref_lse, atol=LSE_ATOL, rtol=1e-3)
+    seeing = torch.zeros(BATCH, tokens, HEADS, dtype=torch.bool, device=DEVICE)
+    seeing[3, 0, 5 * (HEADS // KV_HEADS):6 * (HEADS // KV_HEADS)] = True
+    assert torch.isnan(dirty[seeing]).any(-1).all() and not torch.isnan(dirty[~seeing]).any()
+    assert torch.equal(dirty[~seeing], out[~seeing])
