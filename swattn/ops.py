@@ -477,7 +477,8 @@ class _KVCachePlan:
         else:
             seqlens_k, q_rotated = self.append.run(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx,
                                                    page_table, cu_seqlens_q, cu_seqlens_k_new, q, rotary_cos,
-                                                   rotary_sin, rotary_seqlens, k_descale, v_descale)
+                                                   rotary_sin, rotary_seqlens, k_descale, v_descale,
+                                                   scratch_lengths=True)
             if q_rotated is not None:
                 q_attend = q_rotated
         forward = self.forward
