@@ -873,18 +873,24 @@ def _window_variants(k: int) -> list[tuple[str, FwdConfig | None, dict]]:
     """``verify_window``'s variants for ``k`` tokens: (label, forced config or None, fwd settings)."""
     rows = max(16, triton.next_power_of_2(k * 8))
     head = lambda warps, m=rows: FwdConfig(m, 128, warps, 1, single_loop=True, head_block=16)  # noqa: E731
+    branched = dict(GUARD_BRANCH=True)
     variants: list[tuple[str, FwdConfig | None, dict]] = [("shipped", None, {})]
     if k == 1:
         return variants
-    variants += [("no isolation", None, dict(ISOLATE_NON_FINITE=False)),
-                 ("128+16 keys, 4 warps", head(4), {}), ("128+16 keys, 8 warps", head(8), {})]
+    variants += [("no isolation", None, dict(ISOLATE_NON_FINITE=False)), ("128+16 keys, 8 warps", head(8), {})]
+    if k == 2:
+        variants.append(("128+16 keys, 8 warps, guard branched", head(8), branched))
     if k == 4:
-        variants += [("256 keys, 16 warps", FwdConfig(32, 256, 16, 1, single_loop=True), {}),
+        variants += [("shipped, guard branched", None, branched),
+                     ("128+16 keys, 8 warps, guard branched", head(8), branched),
+                     ("128+16 keys, 4 warps", head(4), {}),
+                     ("256 keys, 16 warps", FwdConfig(32, 256, 16, 1, single_loop=True), {}),
                      ("2 tiles of 16 rows, 128+16 keys, 4 warps, one pass", head(4, 16),
                       dict(GUARD_ONE_PASS_MAX_WORK=1 << 30))]
-    if k == 8:  # the head block fits the guarded loop at 64 rows (Triton 3.6: 177 / 195 registers, no spills)
+    if k == 8:  # the head block fits the guarded loop at 64 rows (Triton 3.6: 177 registers, no spills)
         variants += [("128+16 keys, 8 warps, one pass", head(8), dict(GUARD_ONE_PASS_MAX_ROWS=64)),
-                     ("128+16 keys, 4 warps, one pass", head(4), dict(GUARD_ONE_PASS_MAX_ROWS=64))]
+                     ("128+16 keys, 8 warps, one pass, guard branched", head(8),
+                      dict(GUARD_ONE_PASS_MAX_ROWS=64, GUARD_BRANCH=True))]
     return variants
 
 
@@ -895,7 +901,8 @@ def verify_window() -> None:
     cold): its one 256-key block (32 x 256 scores, 8 warps) spends 125 - k of its keys on masked work, and the
     guarded loop (exact non-finite isolation) costs on top. Variants, each checked against the shipped output:
     ``no isolation`` (fwd.ISOLATE_NON_FINITE off: what isolation costs), ``128+16 keys`` (FwdConfig.head_block: a
-    128-key block ending at the last key and a 16-key block before it, loaded together, one softmax step), 16
+    128-key block ending at the last key and a 16-key block before it, loaded together, one softmax step), ``guard
+    branched`` (fwd.GUARD_BRANCH: the one pass's guard only for a block whose values are not all finite), 16
     warps on the 256-key block, two 16-row tiles per KV head (256 programs), and for k = 8 the guarded one pass at
     64 rows (no redo launch)."""
     from swattn.bench import peers

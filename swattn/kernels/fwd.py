@@ -58,6 +58,10 @@ NO_ISOLATION, FLAG_NON_FINITE, REDO_FLAGGED = tl.constexpr(0), tl.constexpr(1), 
 REDO_SCANNED = tl.constexpr(3)
 # The main pass runs the guarded loop itself (exact isolation in one launch: no flags, no redo launch).
 GUARD_ONE_PASS = tl.constexpr(4)
+# GUARD_ONE_PASS with the guard behind a branch: each block's V is checked for a non-finite value (one reduction of
+# the tile to a scalar) and only a block holding one takes the guarded product; finite blocks take the plain one
+# (the same bits). ``GUARD_BRANCH`` picks it for the one pass.
+GUARD_ONE_PASS_BRANCHED = tl.constexpr(5)
 
 # Grids of at most this many tiles (None: one per redo program, ``_persistent_programs``) take REDO_SCANNED: each
 # redo program reads its one tile's flags, and the call allocates the raised flag without zeroing it. The zeroing is
@@ -79,6 +83,10 @@ GUARD_ONE_PASS_MAX_WORK: int | None = None
 # ... and tiles of at most this many rows: at 64 rows (k = 8 verify tiles, two 128-key blocks) the guarded loop
 # spilled (sm_90, Triton 3.9: 80 B); 16 and 32 rows fit.
 GUARD_ONE_PASS_MAX_ROWS = 32
+# The one pass's guard behind a per-block branch (GUARD_ONE_PASS_BRANCHED). Compiled for sm_90 (Triton 3.6), the
+# always-guarded product is ~30% of a verify tile's main launch (W(127,0) k=4 (32, 256, 8, 1): 2768 SASS
+# instructions, 1912 without isolation). False until timed (scripts/gpu_probe.py verify_window).
+GUARD_BRANCH = False
 
 
 # The fused append (APPEND_NEW) on the single masked loop (window decode and verify, short splits): each program
@@ -284,6 +292,12 @@ def _guard_values(v, visible):
 
 
 @triton.jit
+def _all_finite(v):
+    """Whether every value of the tile is finite (a scalar)."""
+    return tl.min(tl.min((tl.abs(v) < float("inf")).to(tl.int32), 1), 0) == 1
+
+
+@triton.jit
 def _pv(acc, p, v, UPCAST: tl.constexpr):
     if UPCAST:
         return acc + dot(p, v.to(tl.float32))
@@ -308,11 +322,19 @@ def _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, le
     p = _exp_scores(qk, qk_scale, pivot, HAS_SOFTCAP, FP8)
     alpha = tl.exp2(m_i - pivot)
     l_i = l_i * alpha + tl.sum(p, 1)
-    if GUARD_NON_FINITE:
-        v, sees_non_finite = _guard_values(v, visible)
-    acc = _pv(acc * alpha[:, None], p, v, UPCAST)
-    if GUARD_NON_FINITE:
-        acc = tl.where(sees_non_finite[:, None], float("nan"), acc)
+    if GUARD_NON_FINITE == 2:
+        # Behind a branch (GUARD_ONE_PASS_BRANCHED): the guard only for a block holding a non-finite value.
+        if _all_finite(v):
+            acc = _pv(acc * alpha[:, None], p, v, UPCAST)
+        else:
+            v, sees_non_finite = _guard_values(v, visible)
+            acc = tl.where(sees_non_finite[:, None], float("nan"), _pv(acc * alpha[:, None], p, v, UPCAST))
+    else:
+        if GUARD_NON_FINITE:
+            v, sees_non_finite = _guard_values(v, visible)
+        acc = _pv(acc * alpha[:, None], p, v, UPCAST)
+        if GUARD_NON_FINITE:
+            acc = tl.where(sees_non_finite[:, None], float("nan"), acc)
     return acc, l_i, m_new
 
 
@@ -337,12 +359,21 @@ def _softmax_step_two_blocks(acc, l_i, m_i, q, k_head, v_head, offs_h, head_mask
     p = _exp_scores(qk, qk_scale, pivot, HAS_SOFTCAP, FP8)
     alpha = tl.exp2(m_i - pivot)
     l_i = l_i * alpha + (tl.sum(p_h, 1) + tl.sum(p, 1))
-    if GUARD_NON_FINITE:
-        v_head, sees_h = _guard_values(v_head, visible_h)
-        v, sees = _guard_values(v, visible)
-    acc = _pv(_pv(acc * alpha[:, None], p_h, v_head, UPCAST), p, v, UPCAST)
-    if GUARD_NON_FINITE:
-        acc = tl.where((sees_h | sees)[:, None], float("nan"), acc)
+    if GUARD_NON_FINITE == 2:
+        if _all_finite(v_head) & _all_finite(v):
+            acc = _pv(_pv(acc * alpha[:, None], p_h, v_head, UPCAST), p, v, UPCAST)
+        else:
+            v_head, sees_h = _guard_values(v_head, visible_h)
+            v, sees = _guard_values(v, visible)
+            acc = tl.where((sees_h | sees)[:, None], float("nan"),
+                           _pv(_pv(acc * alpha[:, None], p_h, v_head, UPCAST), p, v, UPCAST))
+    else:
+        if GUARD_NON_FINITE:
+            v_head, sees_h = _guard_values(v_head, visible_h)
+            v, sees = _guard_values(v, visible)
+        acc = _pv(_pv(acc * alpha[:, None], p_h, v_head, UPCAST), p, v, UPCAST)
+        if GUARD_NON_FINITE:
+            acc = tl.where((sees_h | sees)[:, None], float("nan"), acc)
     return acc, l_i, m_new
 
 
@@ -682,12 +713,15 @@ def _attend_tile(
                 FP8=FP8, row_unscale=row_unscale, HEAD_N=HEAD_N, WIDEN_PAIRS=WIDEN_PAIRS)
         elif SINGLE_LOOP:
             # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
+            # The one pass guards every block, or (2) only blocks whose values are not all finite.
+            GUARD: tl.constexpr = (1 if NON_FINITE_PASS == GUARD_ONE_PASS else
+                                   2 if NON_FINITE_PASS == GUARD_ONE_PASS_BRANCHED else 0)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, block_begin, block_end,
                 kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
-                BLOCK_N, USE_TMA, NON_FINITE_PASS == GUARD_ONE_PASS, masked_head_end, unmasked_end, MASK_EDGES_ONLY,
+                BLOCK_N, USE_TMA, GUARD, masked_head_end, unmasked_end, MASK_EDGES_ONLY,
                 k_begin, IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, K_NEW=K_NEW,
                 V_NEW=V_NEW, new_source=new_source, first_new=seqlen_k - seqlen_q, stride_ns=stride_ns,
                 READ_NEW=APPEND_NEW and APPEND_READS_INPUT, HEAD_N=HEAD_N, WIDEN_PAIRS=WIDEN_PAIRS)
@@ -903,8 +937,8 @@ def _isolation_buffers(device: torch.device, rows: int) -> tuple[torch.Tensor, t
 def settings() -> tuple:
     """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
     scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode, the fused append's reads."""
-    return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS, _compat.PDL,
-            configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, APPEND_READS_INPUT)
+    return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS, GUARD_BRANCH,
+            _compat.PDL, configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, APPEND_READS_INPUT)
 
 
 def attention_forward(
@@ -1167,7 +1201,8 @@ class _ForwardPlan:
             l_strides=l_strides[1:])
         self.main = Launch(_swa_fwd_kernel, grid, scalars,
                            dict(switches, COUNT_BLOCKS=count_blocks, APPEND_READS_INPUT=self.append_reads_input,
-                                NON_FINITE_PASS=(GUARD_ONE_PASS.value if self.guard_one_pass else
+                                NON_FINITE_PASS=((GUARD_ONE_PASS_BRANCHED if GUARD_BRANCH else GUARD_ONE_PASS).value
+                                                 if self.guard_one_pass else
                                                  FLAG_NON_FINITE.value if self.isolate else NO_ISOLATION.value)),
                            options, num_tensors=_FORWARD_TENSORS)
         self.redo = None
