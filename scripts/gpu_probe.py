@@ -58,6 +58,8 @@ DEVICE, DTYPE = "cuda", torch.bfloat16
 # PROBE_WARM=1: run every variant once and time nothing (the timers return NaN): compiles the kernels into Triton's
 # on-disk cache, so several sections can compile in parallel processes before one process times them in turn.
 WARM_ONLY = os.environ.get("PROBE_WARM", "") not in ("", "0")
+# Timing rounds of verify_window / verify_full_tiles (PROBE_ROUNDS; 2 by default: a noise check).
+ROUNDS = int(os.environ.get("PROBE_ROUNDS", "2"))
 
 
 def _warm(fn) -> float:
@@ -914,7 +916,7 @@ def verify_window() -> None:
         sets, without_append = _verify_sets(k, input_sets)
         ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
         times: dict[str, list[str] | None] = {}
-        for _ in range(2):
+        for _ in range(ROUNDS):
             for label, config, settings in _window_variants(k):
                 if label in times and times[label] is None:
                     continue
@@ -999,7 +1001,7 @@ def verify_full_tiles() -> None:
                         ("4 tiles x (16, 64, 2, 3), 1 split", 1, FwdConfig(16, 64, 2, 3)),
                         ("(64, 64, 4, 5), 3 splits", 3, FwdConfig(64, 64, 4, 5))]
         times: dict[str, list[float] | None] = {}
-        for _ in range(2):
+        for _ in range(ROUNDS):
             for label, num_splits, config in variants:
                 if label in times and times[label] is None:
                     continue
