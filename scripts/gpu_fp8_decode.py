@@ -31,7 +31,9 @@ from swattn.kernels.configs import FwdConfig, forced_config
 FP8 = torch.float8_e4m3fn
 # (quantize q, config[, options]): config None = what configs.py ships for fp8, else (block_n, warps, stages, single
 # loop); options: widen=False (the e4m3 tiles widened by a plain ``.to(tl.float16)`` instead of fwd._widen_e4m3's
-# pairs), splits=N (num_splits instead of the automatic count, which plans 6 programs per SM: (128, 2, 5) fits 4).
+# pairs), splits=N (num_splits instead of the automatic count, which plans 6 programs per SM: (128, 2, 5) fits 4),
+# prefetch=True (fwd.PREFETCH_PAGE_TABLE: the single loop's first page-table entries into L2 before the query
+# tile is converted). quantize q None: the bf16 cache (bf16 itself under the option).
 # A config tuple may go on with (tma, maxnreg) as FwdConfig's fields: the shipped fp8 split loop is (64, 2, 7) capped
 # at 168 registers (151 used, 6 programs per SM; shared memory allows 6 at 7 stages); (64, 2, 5) capped at 144 fits
 # 7 per SM (139 registers), which 7 splits fill at B=16 (896 programs) and 28 at B=4.
@@ -41,8 +43,9 @@ FULL = [(False, None), (False, (64, 2, 5, False, False, 144), dict(splits=7)), (
         (False, (64, 2, 7, False)), (False, (64, 2, 3, False), PLAIN), (False, (128, 2, 5, False), dict(splits=4))]
 LONG = [(False, None), (False, (64, 2, 5, False, False, 144), dict(splits=28)),
         (False, (64, 2, 5, False, False, 168)), (False, (64, 2, 3, False), PLAIN), (True, None)]
-WINDOW = [(False, None), (True, None), (False, None, PLAIN), (False, (128, 4, 1, True)),
-          (True, (128, 4, 1, True)), (False, (128, 4, 1, True), PLAIN)]
+PREFETCH = dict(prefetch=True)
+WINDOW = [(False, None), (True, None), (False, None, PREFETCH), (None, None, PREFETCH), (False, None, PLAIN),
+          (False, (128, 4, 1, True)), (True, (128, 4, 1, True)), (False, (128, 4, 1, True), PLAIN)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG[:3]),
           "window": (16, 2048, 127, WINDOW)}
 COPY_GBPS = 4221.0
@@ -89,13 +92,14 @@ def main() -> None:
         variants = {}
         for quantize_q, config, *more in candidates:
             options = more[0] if more else {}
-            label = "fp8" if quantize_q else "fp8-kv"
+            label = "bf16" if quantize_q is None else "fp8" if quantize_q else "fp8-kv"
             if quantize_q not in variants:
-                variants[quantize_q] = fp8_sets(sets, quantize_q)
+                variants[quantize_q] = sets if quantize_q is None else fp8_sets(sets, quantize_q)
             shown = "shipped" if config is None else "({},{},{}{}{})".format(
                 *config[:3], ",single" if config[3] else "", f",maxnreg {config[5]}" if len(config) > 5 else "")
             shown += " .to" if not options.get("widen", True) else ""
             shown += f" {options['splits']} splits" if "splits" in options else ""
+            shown += " prefetch" if options.get("prefetch") else ""
             calls = variants[quantize_q]
             if "splits" in options:
                 calls = [dict(c, num_splits=options["splits"]) for c in calls]
@@ -104,6 +108,9 @@ def main() -> None:
             if not options.get("widen", True):
                 fwd._widens_pairs = lambda device: False
                 clear_plans()  # plans hold the switch
+            prefetch = fwd.PREFETCH_PAGE_TABLE
+            if "prefetch" in options:
+                fwd.PREFETCH_PAGE_TABLE = options["prefetch"]  # part of the plans' key (fwd.settings)
             try:
                 if forced is not None:
                     forced.__enter__()
@@ -119,6 +126,7 @@ def main() -> None:
                 if fwd._widens_pairs is not widens_pairs:
                     fwd._widens_pairs = widens_pairs
                     clear_plans()
+                fwd.PREFETCH_PAGE_TABLE = prefetch
             print(f"  {label:6s} {shown:36s}: {us:8.2f} us {bf16_us / us:5.2f}x {kv_bytes / 2 / us / 1e3 / copy:5.0%} "
                   f"of copy  err {err:.1e}", flush=True)
         variants.clear()

@@ -101,6 +101,11 @@ GUARD_BRANCH = False
 # split loops and the redo launch always take it).
 APPEND_READS_INPUT = os.environ.get("SWATTN_APPEND_READS_INPUT", "1") not in ("", "0")
 
+# Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py): paged launches on the single masked loop
+# (window decode, short splits) prefetch their first block's page-table entries into L2 before loading the query
+# tile (``_attend_tile``), so the loop's page-table read after the query's round trip hits L2.
+PREFETCH_PAGE_TABLE = os.environ.get("SWATTN_PREFETCH_PAGE_TABLE", "0") not in ("", "0")
+
 
 @triton.jit
 def _cache_token_offsets(offs_n, mask, batch_kv, page_table_row, stride_kb, stride_ks, page_size,
@@ -145,6 +150,13 @@ def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_k
         return tl.load(ptrs, mask=load_mask[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
     else:
         return tl.load(ptrs, mask=load_mask[:, None], other=0.0)
+
+
+@triton.jit
+def _prefetch_l2(pointer):
+    """Ask for the 32-byte sector at ``pointer`` (a scalar) in L2, without waiting for it."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [pointer], dtype=tl.int32,
+                              is_pure=False, pack=1)
 
 
 @triton.jit
@@ -629,7 +641,7 @@ def _attend_tile(
     APPEND_NEW: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr, HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, FP8: tl.constexpr,
     APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
-    WIDEN_PAIRS: tl.constexpr = False,
+    WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads), over its
     share ``split`` of the KV loop; the body of ``_swa_fwd_kernel``'s programs (see there)."""
@@ -656,6 +668,15 @@ def _attend_tile(
             Q, K, V, CACHE_BATCH_IDX, PAGE_TABLE, batch, q_begin, k_begin, row_valid, row_pos, row_head, kv_head,
             stride_qb, stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_page_table,
             HAS_CACHE_BATCH_IDX, UPCAST, BLOCK_D, HEAD_DIM, IS_PAGED, HAS_LEFTPAD_K)
+        if PREFETCH_PAGES:
+            # The page-table entries of the loop's first block, into L2 once the query load is issued: the loop
+            # reads them only after the query tile has arrived (and, with FP8_KV, been converted), one dependent
+            # memory round trip after the other; prefetched, the second is an L2 hit.
+            if IS_PAGED and block_begin < block_end:
+                first_key = kv_start + block_begin * BLOCK_N
+                if HAS_LEFTPAD_K:
+                    first_key += k_begin
+                _prefetch_l2(page_table_row + first_key // page_size)
         sink = _tile_sink(SINKS, row_head, row_valid, HAS_SINKS, IS_SPLIT, BLOCK_M)
         value_scale = 1.0
         row_unscale = 1.0
@@ -785,7 +806,7 @@ def _swa_fwd_kernel(
     HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
     FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
-    WIDEN_PAIRS: tl.constexpr = False,
+    WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -858,7 +879,7 @@ def _swa_fwd_kernel(
             num_splits, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
-            BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN_PAIRS,
+            BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN_PAIRS, PREFETCH_PAGES,
         )
 
 # Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_DESCALE).
@@ -936,9 +957,11 @@ def _isolation_buffers(device: torch.device, rows: int) -> tuple[torch.Tensor, t
 
 def settings() -> tuple:
     """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
-    scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode, the fused append's reads."""
+    scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode, the fused append's reads, the
+    page-table prefetch."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS, GUARD_BRANCH,
-            _compat.PDL, configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, APPEND_READS_INPUT)
+            _compat.PDL, configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, APPEND_READS_INPUT,
+            PREFETCH_PAGE_TABLE)
 
 
 def attention_forward(
@@ -1203,7 +1226,9 @@ class _ForwardPlan:
                            dict(switches, COUNT_BLOCKS=count_blocks, APPEND_READS_INPUT=self.append_reads_input,
                                 NON_FINITE_PASS=((GUARD_ONE_PASS_BRANCHED if GUARD_BRANCH else GUARD_ONE_PASS).value
                                                  if self.guard_one_pass else
-                                                 FLAG_NON_FINITE.value if self.isolate else NO_ISOLATION.value)),
+                                                 FLAG_NON_FINITE.value if self.isolate else NO_ISOLATION.value),
+                                PREFETCH_PAGES=(PREFETCH_PAGE_TABLE and paged and config.single_loop
+                                                and q.is_cuda and not _compat.interpreter_enabled())),
                            options, num_tensors=_FORWARD_TENSORS)
         self.redo = None
         programs = _persistent_programs(q.device)
