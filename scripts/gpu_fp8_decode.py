@@ -40,7 +40,7 @@ FP8 = torch.float8_e4m3fn
 PLAIN = dict(widen=False)
 FULL = [(False, None), (False, (64, 2, 5, False, False, 144), dict(splits=7)), (False, None, PLAIN),
         (False, (64, 2, 3, False, False, 168)), (True, None), (False, (64, 2, 5, False, False, 168)),
-        (False, (64, 2, 7, False)), (False, (64, 2, 3, False), PLAIN), (False, (128, 2, 5, False), dict(splits=4))]
+        (False, (64, 2, 7, False))]
 LONG = [(False, None), (False, (64, 2, 5, False, False, 144), dict(splits=28)),
         (False, (64, 2, 5, False, False, 168)), (False, (64, 2, 3, False), PLAIN), (True, None)]
 PREFETCH = dict(prefetch=True)
