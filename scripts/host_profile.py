@@ -288,11 +288,14 @@ def parts(report: Report, decode_append, context: dict, calls: int) -> None:
         part("triton driver get_current_stream(0)", lambda: _launch._Runtime.get_stream(0))
 
     recorded = record_launches(decode_append)
-    for kernel_name, (launch, tensors) in recorded.items():
+    for kernel_name, (launch, arguments) in recorded.items():
+        # The call's arguments (a Launch with slots takes the placeholder and the tensors passed) and the kernel's
+        # tensor parameters, spread from them.
+        tensors = launch._spread(arguments) if launch._spread is not None else arguments
         report.line(f"\n{kernel_name}: grid {launch.grid}, {len(tensors)} tensors, {len(launch.scalars)} scalars, "
                     f"{len(launch.constexprs)} constexprs; direct {launch.direct_launches}, plain "
                     f"{launch.plain_launches}")
-        part("  Launch.__call__ (swattn's launch path as called)", lambda launch=launch, t=tensors: launch(*t))
+        part("  Launch.__call__ (swattn's launch path as called)", lambda launch=launch, t=arguments: launch(*t))
         part("  kernel[grid](...) (Triton's JITFunction.run)",
              lambda launch=launch, t=tensors: launch.kernel[launch.grid](*t, *launch.scalars, **launch.constexprs,
                                                                       **launch.options))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -89,10 +90,17 @@ class Launch:
     """
 
     __slots__ = ("kernel", "grid", "scalars", "constexprs", "options", "num_tensors", "_tail", "_compiled",
-                 "_direct_ok", "plain_launches", "direct_launches")
+                 "_direct_ok", "plain_launches", "direct_launches", "_spread")
 
     def __init__(self, kernel, grid: Sequence[int], scalars: Sequence[Any], constexprs: dict[str, Any],
-                 options: dict[str, Any] | None = None, num_tensors: int | None = None):
+                 options: dict[str, Any] | None = None, num_tensors: int | None = None,
+                 slots: Sequence[int] | None = None):
+        # slots: the call passes fewer tensors than the kernel takes (absent ones are one placeholder, passed
+        # many times): the kernel's tensor parameter i is the call's argument slots[i]. The spreading is one
+        # C-level itemgetter, and the direct launch asks each distinct tensor once for its device pointer.
+        self._spread = None if slots is None else operator.itemgetter(*slots)
+        if slots is not None and len(slots) != num_tensors:
+            raise ValueError(f"slots: {len(slots)} for {num_tensors} tensors")
         self.kernel = kernel
         self.grid = tuple(grid) + (1,) * (3 - len(grid))
         self.scalars = tuple(scalars)
@@ -117,6 +125,7 @@ class Launch:
         return self.scalars + tuple(self.constexprs.get(name, default) for name, default in named)
 
     def __call__(self, *tensors) -> None:
+        spread = self._spread
         if self._direct_ok and self._compiled and _hooks_inactive(_Runtime.knobs):
             device = _Runtime.get_device()
             compiled = self._compiled.get(device)
@@ -127,8 +136,9 @@ class Launch:
                 try:
                     # Pointers as integers: given a tensor, Triton's launcher calls its data_ptr() and then
                     # cuPointerGetAttribute on it, a driver call per pointer argument (the forward has 18).
+                    pointers = tuple(map(_data_ptr, tensors))
                     run(*self.grid, _Runtime.get_stream(device), function, packed_metadata, None, None, None,
-                        *map(_data_ptr, tensors), *self._tail)
+                        *(pointers if spread is None else spread(pointers)), *self._tail)
                 except Exception:
                     # A launcher whose calling convention differs (another Triton version) rejects the arguments:
                     # keep the plain path from now on. Once direct launches have worked, an error is the call's own.
@@ -138,6 +148,8 @@ class Launch:
                 else:
                     self.direct_launches += 1
                     return
+        if spread is not None:
+            tensors = spread(tensors)
         compiled = self.kernel[self.grid](*tensors, *self.scalars, **self.constexprs, **self.options)
         self.plain_launches += 1
         if self._direct_ok and all(hasattr(compiled, name) for name in _LAUNCHER_ATTRIBUTES):

@@ -9,6 +9,7 @@ one (position, head) pair: with PackGQA the ``G = H // Hk`` query heads of one K
 from __future__ import annotations
 
 import math
+import operator
 import os
 from dataclasses import replace
 
@@ -882,8 +883,19 @@ def _swa_fwd_kernel(
             BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN_PAIRS, PREFETCH_PAGES,
         )
 
-# Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_DESCALE).
+# Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_DESCALE); BLOCK_COUNT's position among them.
 _FORWARD_TENSORS = 21
+_BLOCK_COUNT_SLOT = 11
+
+
+def _slots(present: tuple[bool, ...], skip: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """``Launch`` slots for a call passing the placeholder, then the ``present`` tensors in order: each kernel
+    tensor's argument (0, the placeholder, for the absent ones and those in ``skip``)."""
+    slots, passed = [], 0
+    for index, here in enumerate(present):
+        passed += here
+        slots.append(passed if here and index not in skip else 0)
+    return tuple(slots)
 
 
 def _widens_pairs(device: torch.device) -> bool:
@@ -1222,6 +1234,13 @@ class _ForwardPlan:
             softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
             batch=batch, pack_gqa=pack_gqa, o_strides=o_strides[1:],
             l_strides=l_strides[1:])
+        # Which of the kernel's 21 tensors this signature passes (the others are the placeholder, q): ``run``
+        # picks them from all 21 (absent ones None) and each Launch spreads them back (``Launch``'s slots).
+        present = (True, True, True, True, self.split_shapes is not None or self.lse_shape is not None,
+                   sinks is not None, varlen_q, varlen_k, seqlens_k is not None, cache_batch_idx is not None, paged,
+                   count_blocks, self.isolate, self.isolate, append_new, append_new, seqused_q is not None,
+                   cache_leftpad is not None, self.fp8, self.fp8, self.fp8)
+        self.pick = operator.itemgetter(*(i for i, passed in enumerate(present) if passed))
         self.main = Launch(_swa_fwd_kernel, grid, scalars,
                            dict(switches, COUNT_BLOCKS=count_blocks, APPEND_READS_INPUT=self.append_reads_input,
                                 NON_FINITE_PASS=((GUARD_ONE_PASS_BRANCHED if GUARD_BRANCH else GUARD_ONE_PASS).value
@@ -1229,7 +1248,7 @@ class _ForwardPlan:
                                                  FLAG_NON_FINITE.value if self.isolate else NO_ISOLATION.value),
                                 PREFETCH_PAGES=(PREFETCH_PAGE_TABLE and paged and config.single_loop
                                                 and q.is_cuda and not _compat.interpreter_enabled())),
-                           options, num_tensors=_FORWARD_TENSORS)
+                           options, num_tensors=_FORWARD_TENSORS, slots=_slots(present))
         self.redo = None
         programs = _persistent_programs(q.device)
         # The Gluon kernel keeps the raised flag (its tiles' flags are not read per tile here).
@@ -1240,7 +1259,7 @@ class _ForwardPlan:
             self.redo = Launch(_swa_fwd_kernel, (min(num_work, programs) if not self.scan_flags else num_work,),
                                scalars, dict(switches, COUNT_BLOCKS=False, NON_FINITE_PASS=redo_pass.value,
                                              APPEND_READS_INPUT=False), options,
-                               num_tensors=_FORWARD_TENSORS)
+                               num_tensors=_FORWARD_TENSORS, slots=_slots(present, skip=(_BLOCK_COUNT_SLOT,)))
 
     def run(self, q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k, new_v,
             seqused_q=None, cache_leftpad=None, q_descale=None, k_descale=None, v_descale=None):
@@ -1257,40 +1276,32 @@ class _ForwardPlan:
             lse_target = kept_buffer("split_lse", device, self.split_numel[1], torch.float32)
         else:
             out_target, lse_target = out, lse
-        placeholder = q  # pointer for absent tensors; their constexpr switch keeps the kernel from touching it
         block_counts = (None if self.block_count_shape is None
                         else torch.zeros(self.block_count_shape, device=device, dtype=torch.int32))
         if self.isolate:
             non_finite_flags, any_non_finite = _isolation_buffers(device, self.flag_rows)
         else:
-            non_finite_flags = any_non_finite = placeholder
+            non_finite_flags = any_non_finite = None
         if self.use_tma:
             ensure_triton_allocator()
         if self.fp8:
             # Absent descales are 1 (as in FlashAttention 3): one element, read with the zero strides planned for it.
             ones = ones_descale(device)
             q_descale, k_descale, v_descale = (ones if d is None else d for d in (q_descale, k_descale, v_descale))
-        tensors = (
-            q, k, v, out_target, placeholder if lse_target is None else lse_target,
-            placeholder if sinks is None else sinks, placeholder if cu_seqlens_q is None else cu_seqlens_q,
-            placeholder if cu_seqlens_k is None else cu_seqlens_k, placeholder if seqlens_k is None else seqlens_k,
-            placeholder if cache_batch_idx is None else cache_batch_idx,
-            placeholder if page_table is None else page_table,
-            placeholder if block_counts is None else block_counts, non_finite_flags, any_non_finite,
-            placeholder if new_k is None else new_k, placeholder if new_v is None else new_v,
-            placeholder if seqused_q is None else seqused_q, placeholder if cache_leftpad is None else cache_leftpad,
-            placeholder if q_descale is None else q_descale, placeholder if k_descale is None else k_descale,
-            placeholder if v_descale is None else v_descale,
-        )
         if self.use_gluon:
             gluon_fwd.forward(q, k, v, out, lse, sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-                              seqlens_k=seqlens_k, page_table=page_table,
-                              non_finite_flags=non_finite_flags if self.isolate else None,
-                              any_non_finite=any_non_finite if self.isolate else None, **self.gluon_arguments)
-        else:
-            self.main(*tensors)
-        if self.redo is not None:
-            self.redo(*tensors[:11], placeholder, *tensors[12:])
+                              seqlens_k=seqlens_k, page_table=page_table, non_finite_flags=non_finite_flags,
+                              any_non_finite=any_non_finite, **self.gluon_arguments)
+        if not self.use_gluon or self.redo is not None:
+            # The tensors this signature passes, after q (the placeholder for the absent ones): see ``present``.
+            tensors = (q, *self.pick((q, k, v, out_target, lse_target, sinks, cu_seqlens_q, cu_seqlens_k,
+                                      seqlens_k, cache_batch_idx, page_table, block_counts, non_finite_flags,
+                                      any_non_finite, new_k, new_v, seqused_q, cache_leftpad, q_descale, k_descale,
+                                      v_descale)))
+            if not self.use_gluon:
+                self.main(*tensors)
+            if self.redo is not None:
+                self.redo(*tensors)
         if self.combine is not None:
             # The merge writes out as [tokens, H, D] (planned with those strides): the launch takes only out's
             # address and dtype, so out itself serves (no view made per call).
