@@ -213,8 +213,9 @@ def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, win
         return _forced
     if interpreter_enabled():
         return FwdConfig(16, 16, 4, 1)
+    # The head-block verify tile (VERIFY_HEAD_BLOCKS) was compiled and timed for bf16 K/V only.
     config = _bf16_forward_config(head_dim_padded, rows_per_tile, pack_gqa, window_span, keys_per_split,
-                                  programs_per_sm, paged)
+                                  programs_per_sm, paged, head_blocks=not fp8_kv and element_size == 2)
     if element_size != 2:
         # Descriptor loads and register caps were measured (and are used) for fp16/bf16 only.
         config = replace(config, tma=False, maxnreg=None)
@@ -240,7 +241,8 @@ def _fp8_decode_stages(config: FwdConfig, rows_per_tile: int, pack_gqa: bool, pa
 
 def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool,
                          window_span: int | None, keys_per_split: int | None = None,
-                         programs_per_sm: float | None = None, paged: bool = False) -> FwdConfig:
+                         programs_per_sm: float | None = None, paged: bool = False,
+                         head_blocks: bool = True) -> FwdConfig:
     small_window = window_span is not None and window_span <= 512
     if pack_gqa and rows_per_tile <= 64:
         # Decode / extend: every query head of a KV head in one tile; 128-key blocks so a 128-key window is one
@@ -248,7 +250,7 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
         # Splits of at most two 128-key blocks (short full-attention contexts) take the same one-stage loop, H200
         # (gpu_splits.py): 1K B=4 8 splits 8.3 us vs 10.6 with (16, 64, 2, 3); 4K B=4 16 splits 16.9 vs 17.2.
         block_m = max(16, next_power_of_2(rows_per_tile))
-        head_warps = VERIFY_HEAD_BLOCKS.get(block_m)
+        head_warps = VERIFY_HEAD_BLOCKS.get(block_m) if head_blocks else None
         if (small_window and head_warps is not None and keys_per_split is not None and head_dim_padded <= 128
                 and 128 < keys_per_split <= 128 + 16 and programs_per_sm is not None and programs_per_sm <= 1):
             return FwdConfig(block_m, 128, head_warps, 1, single_loop=True, head_block=16)

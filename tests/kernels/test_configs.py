@@ -183,6 +183,9 @@ def test_verify_head_blocks_take_128_plus_16_keys_before_the_verify_blocks(monke
     assert _bf16_forward_config(64, 8, True, 128, 128, one_wave).head_block == 0
     assert _bf16_forward_config(64, 32, True, 160, 163, one_wave).head_block == 0
     assert _bf16_forward_config(64, 32, True, 128, 131, 256 / 132).head_block == 0
+    monkeypatch.setattr(configs, "interpreter_enabled", lambda: False)
+    assert forward_config(64, 32, True, 128, 2, 131, one_wave, True) == head(32)
+    assert forward_config(64, 32, True, 128, 1, 131, one_wave, True, fp8_kv=True).head_block == 0  # bf16 only
 
 
 @pytest.mark.parametrize("tokens", [1, 2, 4, 8])
