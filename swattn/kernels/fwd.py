@@ -84,6 +84,9 @@ GUARD_ONE_PASS_MAX_WORK: int | None = None
 # ... and tiles of at most this many rows: at 64 rows (k = 8 verify tiles, two 128-key blocks) the guarded loop
 # spilled (sm_90, Triton 3.9: 80 B); 16 and 32 rows fit.
 GUARD_ONE_PASS_MAX_ROWS = 32
+# ... and for the head-block verify tile (FwdConfig.head_block), whose guarded loop fits 64 rows (k = 8: (64, 128 +
+# 16, 8, 1) 177 registers, no spills, Triton 3.6 sm_90).
+GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK = 32
 # The one pass's guard behind a per-block branch (GUARD_ONE_PASS_BRANCHED). Compiled for sm_90 (Triton 3.6), the
 # always-guarded product is ~30% of a verify tile's main launch (W(127,0) k=4 (32, 256, 8, 1): 2768 SASS
 # instructions, 1912 without isolation). False until timed (scripts/gpu_probe.py verify_window).
@@ -971,9 +974,9 @@ def settings() -> tuple:
     """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
     scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode, the fused append's reads, the
     page-table prefetch."""
-    return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS, GUARD_BRANCH,
-            _compat.PDL, configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, APPEND_READS_INPUT,
-            PREFETCH_PAGE_TABLE)
+    return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
+            GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, _compat.PDL, configs.forced_config_in_use(),
+            gluon_fwd.GLUON_MODE, APPEND_READS_INPUT, PREFETCH_PAGE_TABLE)
 
 
 def attention_forward(
@@ -1145,6 +1148,18 @@ class _ForwardPlan:
             # The Gluon kernel flags non-finite rows per warpgroup (64 rows): the redo pass (a Triton launch) takes
             # tiles of the same rows.
             config = replace(config, block_m=gluon_fwd.ROWS_PER_CONSUMER)
+        if config.head_block:
+            # One block_n-key block and one head_block-key block cover a tile's keys only if it sees at most
+            # block_n + head_block of them (forward_config picks it only then; a forced config must fit too).
+            fits = not (not config.single_loop or config.mask_edges_only or num_splits > 1 or count_blocks
+                        or self.use_gluon or keys_per_split > config.block_n + config.head_block)
+            if not fits and configs.forced_config_in_use() is None:
+                config = replace(config, head_block=0)  # the plain loop covers any span
+            elif not fits:
+                raise ValueError(f"config: head_block={config.head_block} needs the single loop of one split over at "
+                                 f"most block_n + head_block = {config.block_n + config.head_block} keys, without "
+                                 f"block counting (got {config}, {num_splits} splits, {keys_per_split} keys)")
+            config = replace(config, tma=False)
         num_tiles = ceil_div(rows_per_tile, config.block_m)
         grid = (num_tiles, batch * (num_kv_heads if pack_gqa else num_heads), num_splits)
 
@@ -1176,7 +1191,8 @@ class _ForwardPlan:
         # Small grids on the single masked loop may isolate in the main pass itself (GUARD_ONE_PASS); otherwise
         # the main pass flags rows holding a NaN and a redo launch follows (``self.isolate``).
         self.guard_one_pass = (isolate and not self.use_gluon and config.single_loop and not config.mask_edges_only
-                               and config.block_m <= GUARD_ONE_PASS_MAX_ROWS
+                               and config.block_m <= (GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK if config.head_block
+                                                      else GUARD_ONE_PASS_MAX_ROWS)
                                and num_work <= (_persistent_programs(q.device) if GUARD_ONE_PASS_MAX_WORK is None
                                                 else GUARD_ONE_PASS_MAX_WORK))
         self.isolate = isolate and not self.guard_one_pass
@@ -1184,18 +1200,6 @@ class _ForwardPlan:
         self.block_count_shape = (num_work,) if count_blocks else None
 
         append_new = new_k is not None
-        if config.head_block:
-            # One block_n-key block and one head_block-key block cover a tile's keys only if it sees at most
-            # block_n + head_block of them (forward_config picks it only then; a forced config must fit too).
-            fits = not (not config.single_loop or config.mask_edges_only or num_splits > 1 or count_blocks
-                        or self.use_gluon or keys_per_split > config.block_n + config.head_block)
-            if not fits and configs.forced_config_in_use() is None:
-                config = replace(config, head_block=0)  # the plain loop covers any span
-            elif not fits:
-                raise ValueError(f"config: head_block={config.head_block} needs the single loop of one split over at "
-                                 f"most block_n + head_block = {config.block_n + config.head_block} keys, without "
-                                 f"block counting (got {config}, {num_splits} splits, {keys_per_split} keys)")
-            config = replace(config, tma=False)
         # Descriptor (async-proxy) loads would not see the programs' own plain stores of new tokens without a proxy
         # fence: appending programs load through pointers.
         self.use_tma = config.tma and not paged and not append_new and tma_compatible(k, v)
