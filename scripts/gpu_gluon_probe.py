@@ -207,8 +207,6 @@ def main() -> int:
                 gluon.append(("gluon S3", with_mode("1", call(), num_stages=3)))  # 3 K/V stages fit at D64
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
-        if not small:  # plain rounds of the persistent grid instead of the snake (causal's unequal tiles)
-            gluon.insert(1, ("gluon no snake", with_mode("1", call(), snake=False)))
         if args.paged or args.varlen:
             gluon = gluon[:2]
         variants += gluon

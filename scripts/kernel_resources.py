@@ -357,8 +357,11 @@ def main() -> int:
             allowed_stack = {64: 0, 128: 80, 256: 96}[q.shape[-1]]
             consumers = gluon_fwd.consumers_for(q.shape[-1], kwargs.get("pack_gqa", False), kwargs["left"],
                                                 kwargs["right"])
+            block_n = gluon_fwd.block_n_for(q.shape[-1], kwargs.get("pack_gqa", False), kwargs["left"],
+                                            kwargs["right"])
+            per_sm = gluon_fwd.per_sm_for(consumers, q.shape[-1], block_n)
             failures += check and (r.stack_bytes > allowed_stack or not r.warpgroup_mma
-                                   or r.shared_bytes * gluon_fwd.per_sm_for(consumers, q.shape[-1]) > SHARED_PER_SM)
+                                   or r.shared_bytes * per_sm > SHARED_PER_SM)
             print(f"{name} [gluon]: {r.registers} regs (max), {r.stack_bytes} B stack, {r.shared_bytes} B shared, "
                   f"HGMMA {r.warpgroup_mma}", flush=True)
     return 1 if failures else 0

@@ -917,15 +917,32 @@ def _persistent_programs(device: torch.device) -> int:
     return device_properties(device).multi_processor_count
 
 
+def _estimated_triton_us(rows: int, seqlen_q: int, seqlen_k: int, left: int, right: int, head_dim: int) -> float:
+    """The Triton kernels' GPU time for ``rows`` (query row, head) pairs, from their visible keys (the mean over 33
+    evenly spaced rows, bottom-right aligned) and the rates the H200 measured at 16K (prefill benchmark,
+    2026-12-03): ~150 TFLOP/s on windows of at most 256 keys, ~450 on longer ones and causal."""
+    def keys(row: int) -> int:
+        diagonal = row + seqlen_k - seqlen_q
+        before = diagonal if left < 0 else min(left, diagonal)
+        after = seqlen_k - 1 - diagonal if right < 0 else min(right, seqlen_k - 1 - diagonal)
+        return max(0, before + 1 + after)
+    samples = [row * (seqlen_q - 1) // 32 for row in range(33)]
+    mean_keys = sum(keys(row) for row in samples) / len(samples)
+    small = 0 <= left <= 256 and 0 <= right <= 256
+    return 4.0 * head_dim * rows * mean_keys / (150e6 if small else 450e6)
+
+
 def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_tile: int, left: int, right: int,
-               **features) -> bool:
+               *, seqlen_q: int, seqlen_k: int, **features) -> bool:
     """Whether the Gluon sm_90 kernel serves this call: ``SWATTN_GLUON=0`` never; ``1`` wherever it supports the
     call; by default where it supports it and was measured faster than the Triton kernels (H200, 16K prefill, dense
     and over 16-token pages, docs/notes/2026-12-03-gluon-forward.md): every window above 256 keys and causal at
     head_dim 64 and 128, small windows at head_dim 128, packed small windows at head_dim 64 (four one-warpgroup
-    programs per SM: W(127,0) gpt-oss with sinks 196.2 us vs 221.2 on the Triton kernels), and head_dim 256
+    programs per SM: W(127,0) gpt-oss with sinks 191.7 us vs 219.7 on the Triton kernels), and head_dim 256
     (W(4095,0) over pages: 3.6x faster); unpacked small windows at head_dim 64 and decode-sized tiles stay on the
-    Triton kernels tuned for them."""
+    Triton kernels tuned for them. And only for calls with enough GPU work to hide the Gluon launch's host time
+    (``gluon_fwd.EAGER_MIN_US``): a smaller call made eagerly would wait on the host, which the Triton kernels'
+    direct launch keeps short."""
     mode = gluon_fwd.GLUON_MODE
     if mode == "0" or not q.is_cuda:
         return False
@@ -933,6 +950,9 @@ def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_tile:
         small_window = 0 <= left <= 256 and 0 <= right <= 256
         if rows_per_tile < gluon_fwd.MIN_ROWS or (small_window and q.shape[-1] == 64
                                                   and not features.get("pack_gqa")):
+            return False
+        rows = (q.shape[0] if features.get("varlen_q") else q.shape[0] * q.shape[1]) * q.shape[-2]
+        if _estimated_triton_us(rows, seqlen_q, seqlen_k, left, right, q.shape[-1]) < gluon_fwd.EAGER_MIN_US:
             return False
     return gluon_fwd.unsupported_reason(q, k, v, **features) is None
 
@@ -1138,8 +1158,8 @@ class _ForwardPlan:
             config = replace(config, tma=False)
         # The Gluon kernel has none of seqused_q, cache_leftpad and attention_chunk: those calls stay on Triton's.
         gluon_features = seqused_q is None and cache_leftpad is None and attention_chunk == 0
-        self.use_gluon = gluon_features and _use_gluon(q, k, v, rows_per_tile, left, right, varlen_q=varlen_q,
-                                                       varlen_k=varlen_k,
+        self.use_gluon = gluon_features and _use_gluon(q, k, v, rows_per_tile, left, right, seqlen_q=seqlen_q,
+                                                       seqlen_k=seqlen_k, varlen_q=varlen_q, varlen_k=varlen_k,
                                     paged=paged, indexed=cache_batch_idx is not None,
                                     seqlens_k=seqlens_k is not None, num_splits=num_splits,
                                     append=new_k is not None, count_blocks=count_blocks, softcap=softcap > 0,

@@ -70,6 +70,11 @@ GLUON_MODE = os.environ.get("SWATTN_GLUON", "auto").strip().lower() or "auto"
 
 ROWS_PER_CONSUMER = 64  # a consumer warpgroup's rows: also the row groups of the non-finite flags (redo pass)
 MIN_ROWS = 128  # auto dispatch: calls with fewer query rows per (batch, head) stay on the Triton kernels
+# Auto dispatch: calls whose estimated GPU time on the Triton kernels is below this stay on them. A Gluon launch costs
+# ~185-190 us of host time per call on the H200's host (Triton 3.6: JITFunction.run with four tensor descriptors;
+# `python -m swattn.bench host`, 2026-12-03 18:26 UTC: the 4K W(127,0) D64 prefill eager 189.8 us for 51.1 us of GPU
+# time, on the Triton kernels 58.4 eager for 59.0), so a smaller call made eagerly would wait on the host.
+EAGER_MIN_US = 190.0
 HEAD_DIMS = (64, 128, 256)
 KV_DENSE, KV_VARLEN, KV_PAGED = 0, 1, 2  # where K/V rows come from (the kernel's KV_SOURCE)
 PAGE_BOX_MAX = 64  # keys per TMA box of a paged cache: at most a page, so a box never straddles two
@@ -80,8 +85,6 @@ LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer
 PINGPONG = False
 # Dense calls write O through the tile's Q slot and a TMA store instead of per-thread stores (``tma_store_for``).
 TMA_STORE = False
-# Every other round of the persistent grid runs backwards (``_snake``): balances causal's unequal tiles.
-SNAKE = True
 
 
 def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
@@ -116,13 +119,14 @@ def tma_store_for(consumers: int) -> bool:
     return TMA_STORE or consumers == 1
 
 
-def per_sm_for(consumers: int, head_dim: int = 128) -> int:
+def per_sm_for(consumers: int, head_dim: int = 128, block_n: int = 64) -> int:
     """Resident programs per SM: one-consumer programs run several per SM so that one's epilogue and waits overlap
-    the others' products: four at head_dim 64 (64 registers at launch, 104 per consumer thread after reallocation;
-    32-key blocks keep four programs' stages in shared memory), two at 128 (128 / 232). One otherwise."""
+    the others' products: four with 32-key blocks at head_dim 64 (64 registers at launch, 104 per consumer thread
+    after reallocation; four programs' stages fit in shared memory), two otherwise (128 / 232). One for two or
+    three consumers."""
     if consumers != 1:
         return 1
-    return 4 if head_dim <= 64 else 2
+    return 4 if head_dim <= 64 and block_n <= 32 else 2
 
 
 def block_n_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
@@ -195,12 +199,13 @@ if GLUON_AVAILABLE:
         return turn + 1
 
     @gluon.jit
-    def _snake(work, reverse, total_work, SNAKE: gl.constexpr):
+    def _snake(work, reverse, total_work):
         """The work item a program serves in a round of the persistent grid: program ``p`` serves items ``p, p +
         grid, ...``, and in every other round (``reverse``) the round runs backwards, so the program that took one
         round's longest item takes the next round's shortest. With plain rounds the first program's total exceeds
-        the mean by 3.1% on causal 16K D128 (H=32, 128 tiles per head), with the snake by 0.15%."""
-        if SNAKE and reverse:
+        the mean by 3.1% on causal 16K D128 (H=32, 128 tiles per head), with the snake by 0.15% (H200 run 10:
+        causal D128 3682.3 -> 3555.2 us, W(4095,0) D128 1455.6 -> 1441.0)."""
+        if reverse:
             programs = gl.num_programs(0)
             first = work - gl.program_id(0)  # the round's first item
             work = first + gl.minimum(programs, total_work - first) - 1 - gl.program_id(0)
@@ -255,7 +260,7 @@ if GLUON_AVAILABLE:
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                 IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                 ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                TMA_STORE: gl.constexpr, SNAKE: gl.constexpr):
+                TMA_STORE: gl.constexpr):
         """One warp: each work item's Q (one box per consumer warpgroup, into the item's Q slot) and K/V blocks
         (into the stage ring, from the tile's first visible key; over pages, one box per page part) through TMA.
         Both rings' positions run on across items, so the next tile's Q and first blocks load during this one's last
@@ -271,7 +276,7 @@ if GLUON_AVAILABLE:
         item = 0  # work items with keys so far: the Q ring's position
         reverse = False
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
-            tile = _tile(_snake(work, reverse, total_work, SNAKE), geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP,
+            tile = _tile(_snake(work, reverse, total_work), geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP,
                          IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
             kv_row0, kv_col, num_blocks, kv_start, kv_end = tile[0], tile[1], tile[2], tile[3], tile[4]
             page_row = tile[10].to(gl.int64) * stride_page_table
@@ -351,7 +356,7 @@ if GLUON_AVAILABLE:
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                   IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                   ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                  TMA_STORE: gl.constexpr, SNAKE: gl.constexpr):
+                  TMA_STORE: gl.constexpr):
         """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of each work item's tile, from Q load to O store."""
         O, LSE, SINKS, FLAGS, ANY_NAN, o_desc = pointers[3:9]
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh = strides
@@ -384,7 +389,7 @@ if GLUON_AVAILABLE:
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
             (kv_row0, kv_col, num_blocks, kv_start, kv_end, masked_head_end, unmasked_end, first_row, num_rows,
              head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, flag_group) = _tile(
-                _snake(work, reverse, total_work, SNAKE), geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN_Q,
+                _snake(work, reverse, total_work), geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN_Q,
                 KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
             offset = seqlen_k - seqlen_q
             batch64 = batch.to(gl.int64)
@@ -530,7 +535,7 @@ if GLUON_AVAILABLE:
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
         ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-        TMA_STORE: gl.constexpr, SNAKE: gl.constexpr,
+        TMA_STORE: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
@@ -572,37 +577,37 @@ if GLUON_AVAILABLE:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
         elif NUM_CONSUMERS == 1:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
             ], [1], [LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, SNAKE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
             ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -680,7 +685,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
             consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None,
             consumers: int | None = None, tma_store: bool | None = None,
-            per_sm: int | None = None, snake: bool | None = None) -> int:
+            per_sm: int | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
     of query tiles per (batch, head-or-KV-head). Non-finite flags are written per group of ``ROWS_PER_CONSUMER``
     rows (the Triton redo pass's tiles). K/V: dense ``[B, Sk, Hk, D]``, varlen ``[total_k, Hk, D]``
@@ -690,8 +695,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     the partitions' reallocation) / ``programs`` (the persistent grid; default one per SM) / ``pingpong`` (the
     consumers take turns on the tensor cores; two consumers only) / ``consumers`` (warpgroups of 64 rows per tile: 1
     to 3) / ``per_sm`` (resident programs per SM: sets the register budgets) / ``tma_store`` (O through shared
-    memory and a TMA store; dense calls up to head_dim 128) / ``snake`` (``SNAKE``) override the shipped choice
-    (tuning probes)."""
+    memory and a TMA store; dense calls up to head_dim 128) override the shipped choice (tuning probes)."""
     varlen = cu_seqlens_q is not None
     varlen_k = cu_seqlens_k is not None
     paged = page_table is not None
@@ -729,7 +733,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     num_tiles = ceil_div(seqlen_q * rows_per_pos, block_m)
     num_batch_heads = batch * (num_kv_heads if pack_gqa else num_heads)
     work = num_tiles * num_batch_heads
-    default_maxnreg, default_consumer_regs = registers_for(consumers, per_sm or per_sm_for(consumers, head_dim))
+    default_maxnreg, default_consumer_regs = registers_for(consumers,
+                                                           per_sm or per_sm_for(consumers, head_dim, block_n))
     maxnreg = maxnreg or default_maxnreg
     # Resident programs per SM: 4 * (consumers + 1) warps (allocated by warpgroup) of maxnreg registers per thread.
     per_sm = max(1, 65536 // (4 * (consumers + 1) * 32 * maxnreg))
@@ -752,7 +757,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
-        TMA_STORE=tma_store, SNAKE=SNAKE if snake is None else snake,
+        TMA_STORE=tma_store,
         num_warps=4, maxnreg=maxnreg,
     )
     return num_tiles

@@ -310,12 +310,18 @@ def test_non_finite_isolation(pack_gqa, consumers, monkeypatch):
     torch.testing.assert_close(out[finite].float(), ref[finite].float(), atol=2e-2, rtol=2e-2)
 
 
-def test_auto_dispatch_takes_gluon_for_prefill_only():
-    q = randn(1, 512, 8, 64, dtype=torch.bfloat16)
-    k, v = randn(1, 512, 2, 64, dtype=torch.bfloat16), randn(1, 512, 2, 64, dtype=torch.bfloat16)
+def test_auto_dispatch_takes_gluon_for_large_prefill_only():
+    """Auto dispatch: the Gluon kernel for a prefill whose GPU work hides its launch's host time (a causal 16K
+    prefill), the Triton kernels for a 512-token one (an eager call would wait on the host) and for a decode-sized
+    tile."""
+    q = randn(1, 16384, 8, 64, dtype=torch.bfloat16)
+    k, v = randn(1, 16384, 2, 64, dtype=torch.bfloat16), randn(1, 16384, 2, 64, dtype=torch.bfloat16)
     with gluon_mode("auto") as calls:
         swattn.flash_attn_func(q, k, v, causal=True)
-    assert calls, "auto dispatch should use the Gluon kernel for a 512-token prefill on sm_90"
+    assert calls, "auto dispatch should use the Gluon kernel for a causal 16K prefill on sm_90"
+    with gluon_mode("auto") as calls:
+        swattn.flash_attn_func(q[:, :512], k[:, :512], v[:, :512], causal=True)
+    assert not calls, "a 512-token prefill is host-bound on the Gluon launch"
     with gluon_mode("auto") as calls:
         swattn.flash_attn_func(q[:, :1], k, v, causal=True)  # one query row per head: a decode-sized tile
     assert not calls

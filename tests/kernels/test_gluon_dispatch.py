@@ -20,8 +20,29 @@ def test_cpu_tensors_never_take_the_gluon_kernel(monkeypatch):
     q, k = torch.randn(1, 256, 4, 64, dtype=torch.float16), torch.randn(1, 256, 2, 64, dtype=torch.float16)
     assert reason(q, k, k) is not None
     monkeypatch.setattr(gluon_fwd, "GLUON_MODE", "1")
-    assert not fwd._use_gluon(q, k, k, 1024, -1, 0, varlen_q=False, varlen_k=False, paged=False, indexed=False,
-                              seqlens_k=False, num_splits=1, append=False, count_blocks=False)
+    assert not fwd._use_gluon(q, k, k, 1024, -1, 0, seqlen_q=256, seqlen_k=256, varlen_q=False, varlen_k=False,
+                              paged=False, indexed=False, seqlens_k=False, num_splits=1, append=False,
+                              count_blocks=False)
+
+
+def test_auto_dispatch_leaves_small_calls_to_the_triton_kernels(monkeypatch):
+    """A Gluon launch costs ~190 us of host time: auto dispatch takes it only for calls whose GPU work hides that
+    (the 16K prefill rows), not for a 4K window prefill or a 2K causal one, which an eager call would wait on."""
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(gluon_fwd, "compute_capability_major", lambda device: 9)
+    monkeypatch.setattr(gluon_fwd, "GLUON_AVAILABLE", True)
+    monkeypatch.setattr(gluon_fwd, "GLUON_MODE", "auto")
+    estimate = fwd._estimated_triton_us
+    assert estimate(16384 * 64, 16384, 16384, 127, 0, 64) >= gluon_fwd.EAGER_MIN_US  # gpt-oss W(127,0) 16K
+    assert estimate(4096 * 64, 4096, 4096, 127, 0, 64) < gluon_fwd.EAGER_MIN_US
+    assert estimate(4096 * 32, 4096, 4096, 4095, 0, 128) >= gluon_fwd.EAGER_MIN_US  # W(4095,0) D128 4K
+    assert estimate(2048 * 32, 2048, 2048, -1, 0, 128) < gluon_fwd.EAGER_MIN_US  # causal D128 2K
+    features = dict(varlen_q=False, varlen_k=False, paged=False, indexed=False, seqlens_k=False, num_splits=1,
+                    append=False, count_blocks=False, pack_gqa=True)
+    for seqlen, expected in ((4096, False), (16384, True)):
+        q = torch.empty(1, seqlen, 64, 64, dtype=torch.bfloat16)
+        k = torch.empty(1, seqlen, 8, 64, dtype=torch.bfloat16)
+        assert fwd._use_gluon(q, k, k, seqlen * 8, 127, 0, seqlen_q=seqlen, seqlen_k=seqlen, **features) == expected
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -73,9 +94,10 @@ def test_block_n_rule():
 def test_consumer_and_register_rules():
     # One consumer warpgroup with the TMA store for packed small windows: two programs per SM at head_dim 128,
     # four at 64.
-    assert gluon_fwd.consumers_for(128, True, 127, 0) == 1 and gluon_fwd.per_sm_for(1, 128) == 2
-    assert gluon_fwd.consumers_for(64, True, 127, 0) == 1 and gluon_fwd.per_sm_for(1, 64) == 4
-    assert gluon_fwd.per_sm_for(2, 64) == 1
+    assert gluon_fwd.consumers_for(128, True, 127, 0) == 1 and gluon_fwd.per_sm_for(1, 128, 64) == 2
+    assert gluon_fwd.consumers_for(64, True, 127, 0) == 1 and gluon_fwd.per_sm_for(1, 64, 32) == 4
+    assert gluon_fwd.per_sm_for(1, 64, 128) == 2  # 128-key blocks: four programs' registers and stages do not fit
+    assert gluon_fwd.per_sm_for(2, 64, 32) == 1
     assert gluon_fwd.tma_store_for(1) and not gluon_fwd.tma_store_for(2)
     assert gluon_fwd.consumers_for(64, False, 127, 0) == 2 and gluon_fwd.consumers_for(128, False, 4095, 0) == 2
     assert gluon_fwd.consumers_for(256, True, 127, 0) == 2
