@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import inspect
 import operator
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -185,9 +186,17 @@ class PlanCache(dict):
         return plan
 
 
+# Scratch kept between calls on or off (``kept_buffer``, the forward's isolation buffers): off (SWATTN_KEEP_SCRATCH=0
+# at import, or tests setting it), every call allocates its own, as before: for A/B runs and diagnosis.
+KEEP_SCRATCH = os.environ.get("SWATTN_KEEP_SCRATCH", "1") != "0"
+
+
 def stream_key(device: torch.device) -> tuple | None:
     """Who may use a buffer kept between calls (``kept_buffer``): the device, its current stream and the calling
-    thread, or None during CUDA-graph capture (a captured call allocates its own: the graph then owns them)."""
+    thread, or None during CUDA-graph capture (a captured call allocates its own: the graph then owns them) and
+    with ``KEEP_SCRATCH`` off."""
+    if not KEEP_SCRATCH:
+        return None
     if device.type == "cuda":
         if torch._C._cuda_isCurrentStreamCapturing():
             return None

@@ -455,7 +455,8 @@ def test_direct_launches_give_the_same_bits(monkeypatch):
         _launch.clear_plans()
         eager, replayed = eager_and_replayed(step, k_cache, v_cache)
         outcomes[direct] = eager + replayed + gradients()
-        launches = [plan.main for plan in fwd._PLANS.values() if plan.launches]
+        # The Gluon kernel's launches (the prefill's main pass where it serves it) go through Triton's JIT.
+        launches = [plan.main for plan in fwd._PLANS.values() if plan.launches and not plan.use_gluon]
         assert all(launch.direct_launches > 0 for launch in launches) == direct
     for a, b in zip(outcomes[False], outcomes[True], strict=True):
         assert torch.equal(a, b), "a direct launch changed a result or the cache"
