@@ -1,8 +1,9 @@
 """The Hopper (sm_90) forward in Gluon: warp-specialized, TMA-fed, asynchronous wgmma, n_offset tiling.
 
-A persistent grid (one program per SM, two for one-warpgroup programs) walks the work items, longest first; an item
-is a tile of 64 query rows per consumer warpgroup (one to three) of one head, or with PackGQA of one KV head's
-packed (position, head) rows. One program holds:
+A persistent grid (one program per SM; two or four for one-warpgroup programs, ``per_sm_for``) walks the work items,
+longest first, each round of the grid in the opposite direction to the last (``_snake``); an item is a tile of 64
+query rows per consumer warpgroup (one to three) of one head, or with PackGQA of one KV head's packed (position,
+head) rows. One program holds:
 
 - a loader partition (one warp, few registers) brings each tile's Q through TMA into one of two Q slots (the next
   tile's Q arrives while the consumers finish this one; one slot at head_dim 256) and streams the tile's K and V
