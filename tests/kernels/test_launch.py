@@ -213,7 +213,7 @@ def test_split_decode_reuses_its_scratch_and_stays_exact():
     queries = [torch.randn(3, 1, 4, 16) for _ in range(2)]
     outs = [swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lengths, num_splits=3, causal=True)
             for q in queries]
-    scratch = _launch._KEPT[(_launch.stream_key(torch.device("cpu")), "split_out")]
+    scratch = _launch._KEPT[(_launch.stream_key(k_cache.device), "split_out")]
     for q, out in zip(queries, outs):
         _launch.clear_plans()  # fresh buffers
         assert torch.equal(swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lengths, num_splits=3,
