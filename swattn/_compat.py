@@ -74,13 +74,19 @@ def _scratch_allocator(size: int, alignment: int, stream: int | None) -> torch.T
     return torch.empty(size, device=device, dtype=torch.int8)
 
 
+_allocation = None  # triton.runtime._allocation, imported at the first call (per-call imports cost host time)
+
+
 def ensure_triton_allocator() -> None:
     """Kernels that build tensor descriptors on the device need Triton's scratch allocator; set one (torch's
-    caching allocator, CUDA-graph safe) unless the caller already has."""
-    import triton
-    from triton.runtime import _allocation
-
+    caching allocator, CUDA-graph safe) unless the caller already has (asked on every call: Triton keeps it in a
+    context variable)."""
+    global _allocation
+    if _allocation is None:
+        from triton.runtime import _allocation
     if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        import triton
+
         triton.set_allocator(_scratch_allocator)
 
 
