@@ -31,7 +31,7 @@ from swattn import _compat
 from swattn._compat import device_properties
 from swattn._replay import note_data_checks, replayed
 from swattn._replay import recording_ops as ops  # swattn.ops; a signature's first call records its op call
-from swattn.kernels.configs import SHORT_SPLIT_KEYS, split_programs_per_sm, split_tile_rows
+from swattn.kernels.configs import SHORT_SPLIT_KEYS, split_programs_per_sm
 from swattn.window import check_attention_chunk, first_visible_key, normalize_window, visible_span
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -268,12 +268,8 @@ def split_count(programs: int, keys: int, sms: int, rows_per_tile: int = 8, page
     # would otherwise drop B=16 from 4 splits (17.2 us) to 2 (21.8), and B=4 at 4K from 16 (17.2) to 8 (21.5).
     # Verify tiles of 32 and 64 rows fit four programs per SM, not six: B=16 k=4 takes 4 splits (512 programs, one
     # wave of 528 slots) where six per SM gave 6 (768 programs, two waves).
-    # Verify rows cut into smaller tiles (configs.SPLIT_TILE_ROWS): that many more programs per split, of the smaller
-    # tile's occupancy.
-    tile_rows = split_tile_rows(rows_per_tile)
-    tiles = -(-rows_per_tile // tile_rows) if rows_per_tile <= 64 and tile_rows < rows_per_tile else 1
-    per_sm = split_programs_per_sm(tile_rows if tiles > 1 else rows_per_tile, False, paged)
-    return max(1, min(per_sm * sms // (programs * tiles), max(blocks // 4, short), _MAX_SPLITS))
+    per_sm = split_programs_per_sm(rows_per_tile, False, paged)
+    return max(1, min(per_sm * sms // programs, max(blocks // 4, short), _MAX_SPLITS))
 
 
 def _reads_values(tensor: torch.Tensor, check_inputs) -> bool:

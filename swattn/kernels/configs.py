@@ -79,13 +79,15 @@ _forced: FwdConfig | None = None
 VERIFY_BLOCKS: dict[int, tuple[int, int]] = {16: (256, 8), 32: (256, 8)}
 # Per tile height, num_warps of the head-block verify config (FwdConfig.head_block): one 128-key block ending at the
 # tile's last key and a 16-key block before it, for tiles of 129-144 keys (k = 2-17 tokens at window (127, 0)), in
-# grids of at most one program per SM; it takes precedence over VERIFY_BLOCKS. Compiled for sm_90 (Triton 3.6),
-# W(127,0) B=16 page 16, fused append reading k / v, guarded one pass (main launch: registers, SASS instructions):
-# k = 4 (32, 128, 8, 1, head 16) 160, 1952 against the shipped (32, 256, 8, 1) 229, 2768; k = 2 (16, 128, 4, 1,
-# head 16) 178, 2272 against (16, 256, 8, 1) 215, 2184; k = 8 (64, 128, 8, 1, head 16) with the guarded one pass
-# (GUARD_ONE_PASS_MAX_ROWS 64) 177, 2520, no redo launch, against (64, 128, 4, 1) 236, 2320 and the redo launch.
-# Empty until timed (scripts/gpu_probe.py verify_window).
-VERIFY_HEAD_BLOCKS: dict[int, int] = {}
+# grids of at most one program per SM; it takes precedence over VERIFY_BLOCKS (which bf16 / fp16 K/V no longer take).
+# H200 (scripts/gpu_probe.py verify_window, main of 18:25 UTC, 2026-12-03), W(127,0) B=16 1K page 16, fused append,
+# us cold (48 input sets) | warm, with the one pass's guard behind a branch (fwd.GUARD_BRANCH): k = 2 6.79 | 5.33
+# against 8.20 | 6.82 for (16, 256, 8, 1); k = 4 7.63 | 6.13 against 9.52 | 8.07 for (32, 256, 8, 1); k = 8, the
+# guarded one pass at 64 rows (fwd.GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK), 8.26 | 6.98 against 13.63 | 12.03 for
+# (64, 128, 4, 1) and the redo launch; decode 5.45 | 4.19, FA3 12.5-12.8 | 11.7-11.8. 4 warps at k = 4: 8.70.
+# Compiled for sm_90 (Triton 3.6), main launch: k = 4 (32, 128, 8, 1, head 16) 158 registers, 1944 SASS
+# instructions against (32, 256, 8, 1) 229, 2768.
+VERIFY_HEAD_BLOCKS: dict[int, int] = {16: 8, 32: 8, 64: 8}
 
 # Resident programs per SM of a split-KV decode launch, by PackGQA tile height (query positions x G heads, rounded
 # up to a power of two; speculative verify of k tokens at G = 8: 16 rows for k <= 2, 32 for 4, 64 for 8): the
@@ -102,7 +104,11 @@ SHORT_SPLIT_PROGRAMS_PER_SM = {16: 4, 32: 4, 64: 3}
 # loop's stages between the page-table load and the K/V load whose addresses come from it: at 3 and 4 stages the
 # compiled loop (TTGIR, Triton 3.6, sm_90) holds ONE K/V buffer, one block in flight per program; at 5 and 6 two,
 # at 7 three. A contiguous cache has no such chain: 3 stages are already two K/V buffers there.
-PAGED_SPLIT_STAGES: dict[int, int] = {}
+# H200 (scripts/gpu_probe.py verify_full_tiles / verify_full, full-attention verify B=16 8K page 16, one 268 MB input
+# set): 32-row tiles (k = 4) with 5 stages at 3 splits 95.8 us against 98.1 at 3 stages and 4 splits (17:10 call:
+# 93.6 against 96.5); 64-row tiles (k = 8) 94.0 against 97.6 (17:10: 89.8 against 95.0). 16-row tiles (decode)
+# keep 3: (16, 64, 2, 5) lost at B=4 16K (43.7 us against 40.6) and B=16 8K (73.5 against 71.0).
+PAGED_SPLIT_STAGES: dict[int, int] = {32: 5, 64: 5}
 # Resident programs per SM of the split loop with 5 stages (Triton 3.6, sm_90): (16, 64, 2, 5) 164 registers, 37
 # KB of shared memory -> 6; (32, 64, 4, 5) 152 -> 3; (64, 64, 4, 5) 164 -> 3.
 SPLIT_PROGRAMS_PER_SM_5_STAGES = {16: 6, 32: 3, 64: 3}
@@ -125,21 +131,6 @@ FP8_DECODE_MAXNREG: int | None = 168
 # asynchronous copies issued together (H200, W(127,0) B=16 2K, s4-call1: fp8-kv 5.14 vs 5.36 us, all-fp8 4.77 vs
 # 4.91, bf16 4.92), and the launch takes 128 registers instead of 167 (4 programs per SM instead of 3).
 FP8_SINGLE_LOOP_STAGES = 2
-
-
-# Full-attention speculative verify on the pipelined split loop: per tile height (k x G rows, rounded up to a power of
-# two), the height of the tiles those rows are cut into instead (absent: one tile). A 32-row tile (k = 4) holds 126
-# registers x 4 warps, 4 programs per SM with one 16 KB K/V block in flight each (64 KB per SM), where decode's 16-row
-# two-warp tiles keep 6 per SM (96 KB): 16-row tiles make the verify step decode's programs, each K/V block read by
-# the tiles of its KV head (all but the first from L2). B=16 8K, H200, 2b3c95a: k = 4 96.5 us (4 splits of one
-# 32-row tile), decode of the same bytes 71.0, FA3 75.8. Empty until timed (scripts/gpu_probe.py verify_full_tiles).
-SPLIT_TILE_ROWS: dict[int, int] = {}
-
-
-def split_tile_rows(rows_per_tile: int) -> int:
-    """Rows of one tile of the split loop for ``rows_per_tile`` rows of one sequence and KV head (PackGQA)."""
-    block_m = min(64, max(16, next_power_of_2(max(rows_per_tile, 1))))
-    return SPLIT_TILE_ROWS.get(block_m, block_m)
 
 
 def split_programs_per_sm(rows_per_tile: int, short: bool, paged: bool = False) -> int:
@@ -262,13 +253,7 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
             return FwdConfig(block_m, 128 if head_dim_padded <= 128 else 64, 4, 1, single_loop=True)
         # Full decode, H200 (gpu_probe.py splits, 16K, page 16): two warps per 16-row tile fit twice the
         # programs per SM, more loads in flight: B=16 137 us (12 splits) vs 150 us with four warps, B=4 42 vs 46.
-        # Paged caches: PAGED_SPLIT_STAGES (two K/V blocks in flight take 5 stages there). Verify tiles may be cut
-        # to SPLIT_TILE_ROWS.
-        tile_rows = split_tile_rows(rows_per_tile)
-        tiles = -(-rows_per_tile // tile_rows)
-        if (tile_rows < block_m and programs_per_sm is not None
-                and programs_per_sm * tiles <= split_programs_per_sm(tile_rows, False, paged)):
-            block_m = tile_rows  # the split count planned these tiles (interface.split_count): one wave of them
+        # Paged caches: PAGED_SPLIT_STAGES (two K/V blocks in flight take 5 stages there).
         return FwdConfig(block_m, 64, 2 if block_m <= 16 else 4, PAGED_SPLIT_STAGES.get(block_m, 3) if paged else 3)
     if small_window:
         # Short KV loops: one masked loop; W127 D64 16K: 252 us (64, 32, 4, 2, single) vs 262 us three loops.

@@ -85,12 +85,16 @@ GUARD_ONE_PASS_MAX_WORK: int | None = None
 # spilled (sm_90, Triton 3.9: 80 B); 16 and 32 rows fit.
 GUARD_ONE_PASS_MAX_ROWS = 32
 # ... and for the head-block verify tile (FwdConfig.head_block), whose guarded loop fits 64 rows (k = 8: (64, 128 +
-# 16, 8, 1) 177 registers, no spills, Triton 3.6 sm_90).
-GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK = 32
+# 16, 8, 1) 177 registers, no spills, Triton 3.6 sm_90). H200 (scripts/gpu_probe.py verify_window, 18:25 UTC call),
+# W(127,0) B=16 1K page 16, k=8: 8.88 us cold against 10.97 with the redo launch (with GUARD_BRANCH 8.26).
+GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK = 64
 # The one pass's guard behind a per-block branch (GUARD_ONE_PASS_BRANCHED). Compiled for sm_90 (Triton 3.6), the
 # always-guarded product is ~30% of a verify tile's main launch (W(127,0) k=4 (32, 256, 8, 1): 2768 SASS
-# instructions, 1912 without isolation). False until timed (scripts/gpu_probe.py verify_window).
-GUARD_BRANCH = False
+# instructions, 1912 without isolation). H200 (scripts/gpu_probe.py verify_window, 18:25 UTC call), W(127,0) B=16 1K
+# page 16, us cold | warm: k = 4 on the 256-key block 8.76 | 7.36 against 9.52 | 8.07 always guarded (no isolation:
+# 7.97 | 6.63); with the head block k = 2 6.79 | 5.33 against 7.05 | 5.50, k = 4 7.63 | 6.13 against 8.02 | 6.40, k = 8
+# 8.26 | 6.98 against 8.88 | 7.59.
+GUARD_BRANCH = True
 
 
 # The fused append (APPEND_NEW) on the single masked loop (window decode and verify, short splits): each program

@@ -68,22 +68,6 @@ def test_paged_split_stages_and_their_occupancy(monkeypatch):
     assert split_count(32, 16384, SMS, 8, paged=True) == 24
 
 
-def test_split_tile_rows_cut_verify_tiles_and_plan_their_splits(monkeypatch):
-    """``configs.SPLIT_TILE_ROWS``: a full-attention verify's k x 8 rows on the split loop cut into smaller tiles;
-    the split count plans for those tiles' programs (one wave) and forward_config picks the smaller tile exactly
-    when the grid it is given is that wave. Short splits and grids that fill the GPU keep one tile."""
-    monkeypatch.setattr(configs, "SPLIT_TILE_ROWS", {32: 16, 64: 32})
-    splits = split_count(128, 8196, SMS, 32, paged=True)
-    assert splits == 3  # 2 x 128 x 3 = 768 programs of 16 rows, 6 per SM
-    assert _bf16_forward_config(64, 32, True, None, -(-8196 // splits), 128 * splits / SMS, True) == FwdConfig(
-        16, 64, 2, 3)
-    assert split_count(128, 8200, SMS, 64, paged=True) == 2  # 2 x 128 x 2 = 512 programs of 32 rows, 4 per SM
-    assert _bf16_forward_config(64, 64, True, None, 4100, 256 / SMS, True).block_m == 32
-    assert _bf16_forward_config(64, 32, True, None, 8196, 512 / SMS, True).block_m == 32  # B=64: no room
-    assert _bf16_forward_config(64, 32, True, None, 256, 512 / SMS, True).block_m == 32  # short splits
-    assert split_count(128, 8196, SMS, 16, paged=True) == 6  # decode unchanged
-
-
 @pytest.mark.parametrize("programs, keys", [(128, 128), (128, 896), (8, 896), (SMS, 1 << 17), (4096, 1 << 17)])
 def test_split_count_leaves_short_loops_and_full_grids_alone(programs, keys):
     # A 128-key window (or fewer than 8 blocks) is one loop; a grid that fills the SMs needs no split.
@@ -142,7 +126,8 @@ def test_fp8_decode_tiles_take_their_own_stages(monkeypatch):
     assert forward_config(64, 8, True, None, 1, 2731, 6, paged=True, fp8_kv=True) == fp8
     assert forward_config(64, 8, True, None, 2, 2731, 6, paged=True) == FwdConfig(16, 64, 2, 3)
     assert forward_config(64, 8, True, None, 2, 2731, 6, fp8_kv=True) == FwdConfig(16, 64, 2, 3)
-    assert forward_config(64, 32, True, None, 2, 2048, 4, paged=True, fp8_kv=True) == FwdConfig(32, 64, 4, 3)
+    assert forward_config(64, 32, True, None, 2, 2048, 4, paged=True, fp8_kv=True) == forward_config(
+        64, 32, True, None, 2, 2048, 4, paged=True)
     window = FwdConfig(16, 128, 4, 2, single_loop=True)
     assert forward_config(64, 8, True, 128, 2, 128, 1, paged=True, fp8_kv=True) == window
     assert forward_config(64, 8, True, 128, 2, 128, 1, paged=True) == replace(window, num_stages=1)
@@ -156,9 +141,11 @@ def test_verify_blocks_table_takes_one_block_for_the_tiles_it_names(monkeypatch)
     """A verify tile (k positions x 8 heads at window (127, 0): 127 + k keys) takes the table's one block when its
     height is listed; decode (128 keys), other heights and spans past the block keep the two 128-key blocks."""
     shipped = lambda rows: FwdConfig(rows, 128, 4, 1, single_loop=True)  # noqa: E731
-    # The shipped table (H200, 2026-12-03): one 256-key block with 8 warps for k = 2 and 4, two blocks for k = 8.
+    # The shipped table (H200, 2026-12-03): one 256-key block with 8 warps for k = 2 and 4, two blocks for k = 8;
+    # the head-block tiles (VERIFY_HEAD_BLOCKS) come first where they apply (bf16 / fp16 K/V).
     assert configs.VERIFY_BLOCKS == {16: (256, 8), 32: (256, 8)}
     monkeypatch.setattr(configs, "VERIFY_BLOCKS", {16: (256, 8), 32: (256, 8)})
+    monkeypatch.setattr(configs, "VERIFY_HEAD_BLOCKS", {})
     one_wave = 128 / 132  # B=16 x 8 KV heads on an H200
     assert _bf16_forward_config(64, 16, True, 128, 129, one_wave) == FwdConfig(16, 256, 8, 1, single_loop=True)
     assert _bf16_forward_config(64, 32, True, 128, 131, one_wave) == FwdConfig(32, 256, 8, 1, single_loop=True)
@@ -174,6 +161,7 @@ def test_verify_head_blocks_take_128_plus_16_keys_before_the_verify_blocks(monke
     """configs.VERIFY_HEAD_BLOCKS: a verify tile of 129-144 keys (k = 2-17 at window (127, 0)) in a one-wave grid
     takes one 128-key block and a 16-key head block, before VERIFY_BLOCKS; decode, wider spans and larger grids do
     not."""
+    assert configs.VERIFY_HEAD_BLOCKS == {16: 8, 32: 8, 64: 8}  # H200, 2026-12-03 18:25 UTC call
     monkeypatch.setattr(configs, "VERIFY_HEAD_BLOCKS", {32: 8, 64: 8})
     one_wave = 128 / 132
     head = lambda rows: FwdConfig(rows, 128, 8, 1, single_loop=True, head_block=16)  # noqa: E731
