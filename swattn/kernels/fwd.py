@@ -1286,7 +1286,7 @@ class _ForwardPlan:
             redo_pass = REDO_SCANNED if self.scan_flags else REDO_FLAGGED
             self.redo = Launch(_swa_fwd_kernel, (min(num_work, programs) if not self.scan_flags else num_work,),
                                scalars, dict(switches, COUNT_BLOCKS=False, NON_FINITE_PASS=redo_pass.value,
-                                             APPEND_READS_INPUT=False), options,
+                                             APPEND_READS_INPUT=False, PREFETCH_PAGES=False), options,
                                num_tensors=_FORWARD_TENSORS, slots=_slots(present, skip=(_BLOCK_COUNT_SLOT,)))
 
     def run(self, q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k, new_v,
