@@ -1002,6 +1002,8 @@ def verify_full_tiles() -> None:
                     ("(32, 64, 4, 5), 3 splits", 3, FwdConfig(32, 64, 4, 5))]
         if os.environ.get("PROBE_SET") == "final":  # the defaults against those of 2b3c95a (the 17:10 call)
             variants = [variants[0], ("2b3c95a defaults (4 splits, one tile)", 4, FwdConfig(rows_k[k], 64, 4, 3))]
+            if k == 4:  # 196 registers x 2 warps, 31 KB: 5 per SM (Triton 3.6), three 32-key blocks in flight
+                variants.append(("(32, 32, 2, 7), 5 splits", 5, FwdConfig(32, 32, 2, 7)))
         elif k == 4:
             variants.append(("2 tiles x (16, 64, 2, 3), 2 splits", 2, FwdConfig(16, 64, 2, 3)))
         else:
