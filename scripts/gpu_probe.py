@@ -880,8 +880,12 @@ def _window_variants(k: int) -> list[tuple[str, FwdConfig | None, dict]]:
     if os.environ.get("PROBE_SET") == "final":  # the defaults against those of 2b3c95a (the 17:10 call)
         before = {2: FwdConfig(16, 256, 8, 1, single_loop=True), 4: FwdConfig(32, 256, 8, 1, single_loop=True),
                   8: FwdConfig(64, 128, 4, 1, single_loop=True), 1: FwdConfig(16, 128, 4, 1, single_loop=True)}[k]
-        return variants + [("2b3c95a defaults", before, dict(GUARD_ONE_PASS_MAX_WORK=0, APPEND_READS_INPUT=False,
-                                                             GUARD_ONE_PASS_MAX_ROWS=32, GUARD_BRANCH=False))]
+        variants.append(("2b3c95a defaults", before, dict(GUARD_ONE_PASS_MAX_WORK=0, APPEND_READS_INPUT=False,
+                                                          GUARD_ONE_PASS_MAX_ROWS=32, GUARD_BRANCH=False)))
+        if k in (4, 8):  # what is left: the isolation, and more warps on the head-block tile
+            variants += [("no isolation", None, dict(ISOLATE_NON_FINITE=False)),
+                         ("128+16 keys, 16 warps", head(16), {})]
+        return variants
     if k == 1:
         return variants
     variants += [("no isolation", None, dict(ISOLATE_NON_FINITE=False)), ("128+16 keys, 8 warps", head(8), {})]
