@@ -78,9 +78,10 @@ def _source(fn, args: tuple, kwargs: dict, source_type=ASTSource) -> tuple[ASTSo
             constexprs[name] = arg
         elif isinstance(key, str) and key:
             attrs[(index,)] = BaseBackend.parse_attr(key)
-    for name in fn.arg_names[len(args):]:
+    for index, name in enumerate(fn.arg_names[len(args):], start=len(args)):
         signature[name] = "constexpr"
-        constexprs[name] = kwargs[name]
+        # A constexpr the launch leaves out takes its default, as the JIT binds it.
+        constexprs[name] = kwargs[name] if name in kwargs else fn.params[index].default
     return source_type(fn, signature, constexprs, attrs), options
 
 
