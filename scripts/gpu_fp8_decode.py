@@ -9,9 +9,10 @@ rounding gives about 4% relative there; a broken kernel ~100%). Lines are printe
 important first, so a timeout keeps what ran; each gives us per call, the speed-up over bf16 and the share of the
 copy bandwidth on the e4m3 bytes read (``--copy GBPS``, default the H200's 4,221 GB/s of s4-call1).
 
-The questions (docs/notes/2026-12-03-fp8-kv-cache.md, session 4): the paged split loop at 3 stages holds one K/V
-buffer, so nothing is in flight while a block computes; 5 stages hold two, 7 three (Triton 3.6, sm_90); and the
-e4m3 tiles widened in pairs before their layout change (``fwd._widen_e4m3``) against a plain ``.to``.
+The questions (docs/notes/2026-12-03-fp8-kv-cache.md, session 4): the split loop's stages (3: one K/V buffer, 5:
+two, 7: three; Triton 3.6, sm_90), the e4m3 widening in pairs, the page-table prefetch, and whether the cache's
+layout is what holds e4m3 back: in FA3's [pages, page, Hk, D] a KV head's e4m3 row is 64 B, half an L2 line, at a
+512-B stride (bf16: a whole 128-B line), so a block touches as many L2 lines as a bf16 block of twice the bytes.
 
 Run: ``python scripts/gpu_fp8_decode.py [full|long|b4|window ...]`` (all four by default).
 """
@@ -25,27 +26,21 @@ from gpu_probe import full_decode_inputs, graph_calls_us  # scripts/ is on sys.p
 
 import swattn
 from swattn.kernels import fwd
-from swattn.kernels._launch import clear_plans
 from swattn.kernels.configs import FwdConfig, forced_config
 
 FP8 = torch.float8_e4m3fn
-# (quantize q, config[, options]): config None = what configs.py ships for fp8, else (block_n, warps, stages, single
-# loop); options: widen=False (the e4m3 tiles widened by a plain ``.to(tl.float16)`` instead of fwd._widen_e4m3's
-# pairs), splits=N (num_splits instead of the automatic count, which plans 6 programs per SM: (128, 2, 5) fits 4),
-# prefetch=True (fwd.PREFETCH_PAGE_TABLE: the single loop's first page-table entries into L2 before the query
-# tile is converted). quantize q None: the bf16 cache (bf16 itself under the option).
-# A config tuple may go on with (tma, maxnreg) as FwdConfig's fields: the shipped fp8 split loop is (64, 2, 7) capped
-# at 168 registers (151 used, 6 programs per SM; shared memory allows 6 at 7 stages); (64, 2, 5) capped at 144 fits
-# 7 per SM (139 registers), which 7 splits fill at B=16 (896 programs) and 28 at B=4.
-PLAIN = dict(widen=False)
-FULL = [(False, None), (False, (64, 2, 5, False, False, 144), dict(splits=7)), (False, None, PLAIN),
-        (False, (64, 2, 3, False, False, 168)), (True, None), (False, (64, 2, 5, False, False, 168)),
-        (False, (64, 2, 7, False))]
-LONG = [(False, None), (False, (64, 2, 5, False, False, 144), dict(splits=28)),
-        (False, (64, 2, 5, False, False, 168)), (False, (64, 2, 3, False), PLAIN), (True, None)]
-PREFETCH = dict(prefetch=True)
-WINDOW = [(False, None), (True, None), (False, None, PREFETCH), (None, None, PREFETCH), (False, None, PLAIN),
-          (False, (128, 4, 1, True)), (True, (128, 4, 1, True)), (False, (128, 4, 1, True), PLAIN)]
+# (quantize q, config[, options]): quantize q None = the bf16 cache, False = fp8-kv (bf16 q over e4m3), True = all
+# fp8; config None = what configs.py ships, else (block_n, warps, stages, single loop[, tma, maxnreg]) as
+# FwdConfig's fields; options: pairs=True (fwd.WIDEN_E4M3_PAIRS: e4m3 widened in pairs before the layout change),
+# splits=N (num_splits instead of the automatic count), prefetch=True (fwd.PREFETCH_PAGE_TABLE: the single loop's
+# first page-table entries into L2 once the query load is issued), hnd=True (the cache's memory head-major,
+# [pages, Hk, page, D], passed as the same [pages, page, Hk, D] view: one KV head's page is 1 KB contiguous in e4m3
+# instead of 16 rows of 64 B at a 512-B stride).
+PAIRS, PREFETCH, HND = dict(pairs=True), dict(prefetch=True), dict(hnd=True)
+FULL = [(False, None), (False, None, HND), (None, None, HND), (False, None, PAIRS),
+        (False, (64, 2, 3, False, False, 168)), (False, (64, 2, 5, False, False, 168))]
+LONG = [(False, None, HND), (None, None, HND)]
+WINDOW = [(False, None), (False, None, PREFETCH)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG[:3]),
           "window": (16, 2048, 127, WINDOW)}
 COPY_GBPS = 4221.0
@@ -67,6 +62,11 @@ def fp8_sets(sets: list[dict], quantize_q: bool) -> list[dict]:
             s["q"], s["q_descale"] = (q / descale).to(FP8), descale.expand(q.shape[0], 8)
         out.append(s)
     return out
+
+
+def head_major(cache: torch.Tensor) -> torch.Tensor:
+    """The same [pages, page, Hk, D] tensor with head-major memory ([pages, Hk, page, D] contiguous)."""
+    return cache.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 def main() -> None:
@@ -97,18 +97,19 @@ def main() -> None:
                 variants[quantize_q] = sets if quantize_q is None else fp8_sets(sets, quantize_q)
             shown = "shipped" if config is None else "({},{},{}{}{})".format(
                 *config[:3], ",single" if config[3] else "", f",maxnreg {config[5]}" if len(config) > 5 else "")
-            shown += " .to" if not options.get("widen", True) else ""
+            shown += " pairs" if options.get("pairs") else ""
+            shown += " head-major" if options.get("hnd") else ""
             shown += f" {options['splits']} splits" if "splits" in options else ""
             shown += " prefetch" if options.get("prefetch") else ""
             calls = variants[quantize_q]
+            if options.get("hnd"):
+                calls = [dict(c, k_cache=head_major(c["k_cache"]), v_cache=head_major(c["v_cache"])) for c in calls]
             if "splits" in options:
                 calls = [dict(c, num_splits=options["splits"]) for c in calls]
             forced = forced_config(FwdConfig(16, *config)) if config is not None else None
-            widens_pairs = fwd._widens_pairs
-            if not options.get("widen", True):
-                fwd._widens_pairs = lambda device: False
-                clear_plans()  # plans hold the switch
-            prefetch = fwd.PREFETCH_PAGE_TABLE
+            pairs, prefetch = fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE
+            if "pairs" in options:
+                fwd.WIDEN_E4M3_PAIRS = options["pairs"]  # part of the plans' key (fwd.settings)
             if "prefetch" in options:
                 fwd.PREFETCH_PAGE_TABLE = options["prefetch"]  # part of the plans' key (fwd.settings)
             try:
@@ -123,10 +124,7 @@ def main() -> None:
             finally:
                 if forced is not None:
                     forced.__exit__(None, None, None)
-                if fwd._widens_pairs is not widens_pairs:
-                    fwd._widens_pairs = widens_pairs
-                    clear_plans()
-                fwd.PREFETCH_PAGE_TABLE = prefetch
+                fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE = pairs, prefetch
             print(f"  {label:6s} {shown:36s}: {us:8.2f} us {bf16_us / us:5.2f}x {kv_bytes / 2 / us / 1e3 / copy:5.0%} "
                   f"of copy  err {err:.1e}", flush=True)
         variants.clear()

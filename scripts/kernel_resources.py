@@ -205,7 +205,7 @@ def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, **forward_kwa
     clear_plans()  # plans hold the kernel and the settings they were made with
     fwd.tma_compatible = lambda *tensors: True  # as for aligned CUDA tensors on Hopper (CPU tensors never are)
     fwd.pdl_enabled = lambda device: pdl
-    fwd._widens_pairs = lambda device: True  # e4m3 widening as on sm_89+
+    fwd._widens_pairs = lambda device: fwd.WIDEN_E4M3_PAIRS  # as on sm_89+
     try:
         with forced_config(config):
             fwd.attention_forward(q, k, v, softmax_scale=q.shape[-1] ** -0.5, **forward_kwargs)

@@ -114,6 +114,13 @@ APPEND_READS_INPUT = os.environ.get("SWATTN_APPEND_READS_INPUT", "1") not in (""
 # tile (``_attend_tile``), so the loop's page-table read after the query's round trip hits L2.
 PREFETCH_PAGE_TABLE = os.environ.get("SWATTN_PREFETCH_PAGE_TABLE", "0") not in ("", "0")
 
+# Experimental (off: measured slower): e4m3 tiles widened in pairs before their layout change (``_widen_e4m3``).
+# Fewer instructions (full decode loop 523 -> 460 per block and warp, window kernel 1304 -> 1240 with it, Triton
+# 3.6), but H200 (s4-call2, 18:25 UTC): full decode B=16 16K 124.3 us vs 115.0 with the plain ``.to``, window
+# (127,0) 5.05 vs 4.82 us; its fp16 V tile is one more shared-memory round trip (store, barrier, ldmatrix) per block
+# and 8 KB more shared memory per program.
+WIDEN_E4M3_PAIRS = os.environ.get("SWATTN_WIDEN_E4M3_PAIRS", "0") not in ("", "0")
+
 
 @triton.jit
 def _cache_token_offsets(offs_n, mask, batch_kv, page_table_row, stride_kb, stride_ks, page_size,
@@ -906,9 +913,10 @@ def _slots(present: tuple[bool, ...], skip: tuple[int, ...] = ()) -> tuple[int, 
 
 
 def _widens_pairs(device: torch.device) -> bool:
-    """Whether e4m3 tiles widen through ``cvt.rn.f16x2.e4m3x2`` in inline PTX (``_widen_e4m3``): compiled for
-    sm_89 and later (the instruction's minimum), not under the interpreter, which runs no PTX."""
-    if device.type != "cuda" or _compat.interpreter_enabled():
+    """Whether e4m3 tiles widen through ``cvt.rn.f16x2.e4m3x2`` in inline PTX (``_widen_e4m3``): with
+    ``WIDEN_E4M3_PAIRS``, compiled for sm_89 and later (the instruction's minimum), not under the interpreter,
+    which runs no PTX."""
+    if not WIDEN_E4M3_PAIRS or device.type != "cuda" or _compat.interpreter_enabled():
         return False
     properties = device_properties(device)
     return (properties.major, properties.minor) >= (8, 9)
@@ -997,10 +1005,10 @@ def _isolation_buffers(device: torch.device, rows: int) -> tuple[torch.Tensor, t
 def settings() -> tuple:
     """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
     scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode, the fused append's reads, the
-    page-table prefetch."""
+    page-table prefetch, the e4m3 widening in pairs."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, _compat.PDL, configs.forced_config_in_use(),
-            gluon_fwd.GLUON_MODE, APPEND_READS_INPUT, PREFETCH_PAGE_TABLE)
+            gluon_fwd.GLUON_MODE, APPEND_READS_INPUT, PREFETCH_PAGE_TABLE, WIDEN_E4M3_PAIRS)
 
 
 def attention_forward(
