@@ -204,8 +204,11 @@ def stream_key(device: torch.device) -> tuple | None:
     return device, 0, threading.get_ident()
 
 
-# Scratch buffers kept between calls (kept_buffer), by (stream_key, name).
+# Scratch buffers kept between calls (kept_buffer), by (stream_key, name). Buffers larger than KEEP_MAX_BYTES are
+# allocated per call (a forced split count on a long prefill: calls whose work dwarfs an allocation, and whose
+# scratch would otherwise stay held).
 _KEPT = PlanCache(256)
+KEEP_MAX_BYTES = 64 << 20
 
 
 def kept_buffer(name: str, device: torch.device, numel: int, dtype: torch.dtype) -> torch.Tensor:
@@ -214,7 +217,7 @@ def kept_buffer(name: str, device: torch.device, numel: int, dtype: torch.dtype)
     them and no later call reads, in launches on the current stream, which run in order. Calls on other streams or
     threads (whose launches could interleave) get their own; during CUDA-graph capture every call gets a new one."""
     key = stream_key(device)
-    if key is None:
+    if key is None or numel * dtype.itemsize > KEEP_MAX_BYTES:
         return torch.empty(numel, device=device, dtype=dtype)
     key = (key, name)
     buffer = _KEPT.get(key)

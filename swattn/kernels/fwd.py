@@ -28,7 +28,7 @@ from swattn._compat import (
     pdl_launch_options,
     tma_compatible,
 )
-from swattn.kernels import configs, gluon_fwd
+from swattn.kernels import _launch, configs, gluon_fwd
 from swattn.kernels._common import (
     LOG2E,
     block_ranges,
@@ -992,7 +992,7 @@ _ISOLATION_BUFFERS = PlanCache(64)
 def _isolation_buffers(device: torch.device, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The non-finite flags (at least ``rows``) and the raised flag for a call on the current stream (see above)."""
     key = stream_key(device)
-    if key is None:
+    if key is None or rows > _launch.KEEP_MAX_BYTES:
         return (torch.empty(rows, device=device, dtype=torch.int8),
                 torch.zeros(2, device=device, dtype=torch.int32))
     buffers = _ISOLATION_BUFFERS.get(key)

@@ -202,6 +202,10 @@ def test_kept_buffers_are_shared_per_stream_and_thread():
     thread.start()
     thread.join()
     assert elsewhere[0] is not grown
+    # Larger than KEEP_MAX_BYTES: a new tensor per call, none held.
+    big = _launch.KEEP_MAX_BYTES // 4 + 1
+    assert _launch.kept_buffer("big", torch.device("cpu"), big, torch.float32) is not _launch.kept_buffer(
+        "big", torch.device("cpu"), big, torch.float32)
 
 
 def test_split_decode_reuses_its_scratch_and_stays_exact():
