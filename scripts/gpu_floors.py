@@ -9,7 +9,11 @@
   (24 splits of 683 keys), each program streaming its keys' K and V through a pipelined loop and writing one
   partial row per query head, without the math; with and without a second (combine-like) launch. This is what one
   Triton launch over these bytes reaches, against the copy bandwidth.
-Run: ``python scripts/gpu_floors.py [chain] [stream]``.
+- ``stream8``: the same read-only stream for the e4m3 cache of issue 22 (full decode B=16 16K, 6 splits): bf16 and
+  e4m3 in FA3's [pages, page, Hk, D] layout (an e4m3 row of one KV head is 64 B, half an L2 line, at a 512-B
+  stride), e4m3 over head-major memory (a KV head's page 1 KB contiguous), and e4m3 read two KV heads per program
+  (128 contiguous bytes per token row). Whether the layout, not the attention kernel, holds e4m3 back.
+Run: ``python scripts/gpu_floors.py [chain] [stream] [stream8]``.
 """
 
 from __future__ import annotations
@@ -75,6 +79,30 @@ def _stream_kernel(K, V, PARTIAL, SEQLENS, TABLE, stride_table, stride_kp, strid
         acc += tl.sum(k.to(tl.float32) + v.to(tl.float32), 0)
     part = (batch * tl.num_programs(1) + kv_head) * tl.num_programs(2) + split
     tl.store(PARTIAL + part * D + offs_d, acc)
+
+
+@triton.jit
+def _stream_pairs_kernel(K, V, PARTIAL, SEQLENS, TABLE, stride_table, stride_kp, stride_ks, stride_kh,
+                         keys_per_split, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+    """``_stream_kernel`` for KV heads 2p and 2p + 1 together: each token row is 2 * D contiguous elements."""
+    batch = tl.program_id(0)
+    pair = tl.program_id(1)
+    split = tl.program_id(2)
+    seqlen = tl.load(SEQLENS + batch)
+    begin = split * keys_per_split
+    end = tl.minimum(begin + keys_per_split, seqlen)
+    offs_d = tl.arange(0, 2 * D)
+    acc = tl.zeros([2 * D], dtype=tl.float32)
+    for start in range(begin, end, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        inside = keys < end
+        page = tl.load(TABLE + batch * stride_table + keys // PAGE, mask=inside, other=0).to(tl.int64)
+        rows = page * stride_kp + (keys % PAGE) * stride_ks + 2 * pair * stride_kh
+        v = tl.load(V + rows[:, None] + offs_d[None, :], mask=inside[:, None], other=0.0)
+        k = tl.load(K + rows[:, None] + offs_d[None, :], mask=inside[:, None], other=0.0)
+        acc += tl.sum(k.to(tl.float32) + v.to(tl.float32), 0)
+    part = (batch * tl.num_programs(1) + pair) * tl.num_programs(2) + split
+    tl.store(PARTIAL + part * 2 * D + offs_d, acc)
 
 
 @triton.jit
@@ -170,6 +198,45 @@ def stream() -> None:
         report(label + " + merge launch", graph_us(calls) * 2)
 
 
+def stream8() -> None:
+    batch, context, page, splits, sets = 16, 16384, 16, 6, 4
+    nbytes = 1 << 30
+    src, dst = (torch.empty(nbytes, device=DEVICE, dtype=torch.uint8) for _ in range(2))
+    copy_gbs = 2 * nbytes / (triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") * 1e3) / 1e3
+    src = dst = None
+    k_pool, v_pool, tables, seqlens = paged_cache(batch, context, page, sets)
+    e4m3 = [(pool / 8).to(torch.float8_e4m3fn) for pool in (k_pool, v_pool)]
+    head_major = [pool.transpose(1, 2).contiguous().transpose(1, 2) for pool in e4m3]
+    print(f"read-only stream, full decode B={batch} {context // 1024}K page {page}, {splits} splits; copy "
+          f"{copy_gbs:.0f} GB/s; (us, GB/s, % of copy on the bytes read)", flush=True)
+
+    def run(label, kernel, pools, heads_per_program, block_n, warps, stages, splits=splits):
+        keys_per_split = -(-context // splits)
+        kv_bytes = batch * context * KV_HEADS * HEAD_DIM * 2 * pools[0].element_size()
+        programs = KV_HEADS // heads_per_program
+        partial = torch.empty(batch * programs * splits, heads_per_program * HEAD_DIM, device=DEVICE,
+                              dtype=torch.float32)
+
+        def read(r):
+            return lambda: kernel[(batch, programs, splits)](
+                pools[0], pools[1], partial, seqlens, tables[r], tables[r].stride(0), *pools[0].stride()[:3],
+                keys_per_split, PAGE=page, BLOCK_N=block_n, D=HEAD_DIM, num_warps=warps, num_stages=stages)
+
+        try:
+            us = graph_us([read(r) for r in range(sets)])
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            print(f"  {label:60s} {type(exc).__name__}: {str(exc)[:100]}", flush=True)
+            return
+        print(f"  {label:60s} {us:8.1f} {kv_bytes / us / 1e3:7.0f} {kv_bytes / us / 1e3 / copy_gbs:6.0%}", flush=True)
+
+    run("bf16, FA3 layout (64 keys, 2 warps, 3 stages)", _stream_kernel, (k_pool, v_pool), 1, 64, 2, 3)
+    run("e4m3, FA3 layout (64, 2, 3)", _stream_kernel, e4m3, 1, 64, 2, 3)
+    run("e4m3, head-major memory (64, 2, 3)", _stream_kernel, head_major, 1, 64, 2, 3)
+    run("e4m3, two KV heads per program (64, 2, 3), 12 splits", _stream_pairs_kernel, e4m3, 2, 64, 2, 3, 12)
+    run("e4m3, FA3 layout (128, 4, 3)", _stream_kernel, e4m3, 1, 128, 4, 3)
+    run("e4m3, FA3 layout (64, 2, 5)", _stream_kernel, e4m3, 1, 64, 2, 5)
+
+
 if __name__ == "__main__":
     for section in sys.argv[1:] or ["chain", "stream"]:
-        {"chain": chain, "stream": stream}[section]()
+        {"chain": chain, "stream": stream, "stream8": stream8}[section]()

@@ -37,8 +37,8 @@ FP8 = torch.float8_e4m3fn
 # [pages, Hk, page, D], passed as the same [pages, page, Hk, D] view: one KV head's page is 1 KB contiguous in e4m3
 # instead of 16 rows of 64 B at a 512-B stride).
 PAIRS, PREFETCH, HND = dict(pairs=True), dict(prefetch=True), dict(hnd=True)
-FULL = [(False, None), (False, None, HND), (None, None, HND), (False, None, PAIRS),
-        (False, (64, 2, 3, False, False, 168)), (False, (64, 2, 5, False, False, 168))]
+FULL = [(False, None), (False, None, HND), (None, None, HND), (False, (64, 2, 3, False, False, 168)),
+        (False, (64, 2, 5, False, False, 168)), (False, None, PAIRS)]
 LONG = [(False, None, HND), (None, None, HND)]
 WINDOW = [(False, None), (False, None, PREFETCH)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG[:3]),
