@@ -11,6 +11,8 @@ fp8 (e4m3) cache, fp16/bf16 tokens are quantized with the call's ``k_descale`` /
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import triton
 import triton.language as tl
@@ -284,10 +286,9 @@ class _AppendPlan:
     def __init__(self, k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table, cu_seqlens_q, cu_seqlens_k_new,
                  q, rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, rotary_sequential_q, k_descale=None,
                  v_descale=None):
-        self.batch, self.launch = _plan_append(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table,
-                                               cu_seqlens_q, cu_seqlens_k_new, q, rotary_cos, rotary_sin,
-                                               rotary_seqlens, rotary_interleaved, rotary_sequential_q, k_descale,
-                                               v_descale)
+        self.batch, self.launch, self.pick = _plan_append(
+            k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table, cu_seqlens_q, cu_seqlens_k_new, q,
+            rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, rotary_sequential_q, k_descale, v_descale)
         # fp16/bf16 tokens into an e4m3 cache are quantized with the descales (absent ones are 1).
         self.quantize = k_cache.dtype == torch.float8_e4m3fn and k_new.dtype != k_cache.dtype
         self.rotary = rotary_cos is not None
@@ -310,18 +311,14 @@ class _AppendPlan:
         rotary = self.rotary
         q_rot = torch.empty_like(q) if rotary else None
         if self.launch is not None:
-            placeholder = cache_seqlens
+            descales = ((None, None) if not self.quantize
+                        else tuple(ones_descale(self.device) if d is None else d for d in (k_descale, v_descale)))
             cu_new = cu_seqlens_k_new if self.cu_new == "k_new" else cu_seqlens_q if self.cu_new == "q" else None
-            self.launch(k_new, v_new, k_cache, v_cache, cache_seqlens, seqlens_k,
-                        placeholder if cu_new is None else cu_new,
-                        placeholder if cache_batch_idx is None else cache_batch_idx,
-                        placeholder if page_table is None else page_table,
-                        q if rotary else placeholder, q_rot if rotary else placeholder,
-                        cu_seqlens_q if rotary and cu_seqlens_q is not None else placeholder,
-                        rotary_cos if rotary else placeholder, rotary_sin if rotary else placeholder,
-                        placeholder if rotary_seqlens is None else rotary_seqlens,
-                        *(placeholder if not self.quantize else ones_descale(self.device) if d is None else d
-                          for d in (k_descale, v_descale)))
+            # The placeholder (cache_seqlens) for the tensors this signature does not pass, then those it passes
+            # (``_plan_append``'s slots).
+            self.launch(cache_seqlens, *self.pick((k_new, v_new, k_cache, v_cache, cache_seqlens, seqlens_k, cu_new,
+                                                   cache_batch_idx, page_table, q, q_rot, cu_seqlens_q, rotary_cos,
+                                                   rotary_sin, rotary_seqlens, *descales)))
         return seqlens_k, q_rot
 
 
@@ -338,7 +335,7 @@ def _plan_append(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table, cu
     num_q_tokens = (q.shape[0] if varlen_q else q.shape[0] * q.shape[1]) if rotary else 0
     programs = max(num_tokens, batch, num_q_tokens)
     if programs == 0:
-        return batch, None
+        return batch, None, None
     num_kv_heads, head_dim = k_new.shape[-2], k_new.shape[-1]
     use_pdl = pdl_enabled(k_new.device)
     if rotary:
@@ -367,5 +364,14 @@ def _plan_append(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table, cu
         HAS_ROTARY_SEQLENS=rotary_seqlens is not None, BLOCK_HQ=next_power_of_2(q.shape[-2]) if rotary else 1,
         QUANTIZE=k_cache.dtype == torch.float8_e4m3fn and k_new.dtype != k_cache.dtype,
     )
+    # The kernel's 17 tensors this signature passes (``_AppendPlan.run`` picks them; the others are the placeholder).
+    present = (True, True, True, True, True, True, varlen, cache_batch_idx is not None, page_table is not None,
+               rotary, rotary, rotary and varlen_q, rotary, rotary, rotary_seqlens is not None,
+               constexprs["QUANTIZE"], constexprs["QUANTIZE"])
+    slots, passed = [], 0
+    for here in present:
+        passed += here
+        slots.append(passed if here else 0)
+    pick = operator.itemgetter(*(i for i, here in enumerate(present) if here))
     return batch, Launch(_append_kv_kernel, (programs,), scalars, constexprs,
-                         dict(num_warps=4, **pdl_launch_options(use_pdl)), num_tensors=17)
+                         dict(num_warps=4, **pdl_launch_options(use_pdl)), num_tensors=17, slots=slots), pick
