@@ -933,13 +933,8 @@ def _estimated_triton_us(rows: int, seqlen_q: int, seqlen_k: int, left: int, rig
     """The Triton kernels' GPU time for ``rows`` (query row, head) pairs, from their visible keys (the mean over 33
     evenly spaced rows, bottom-right aligned) and the rates the H200 measured at 16K (prefill benchmark,
     2026-12-03): ~150 TFLOP/s on windows of at most 256 keys, ~450 on longer ones and causal."""
-    def keys(row: int) -> int:
-        diagonal = row + seqlen_k - seqlen_q
-        before = diagonal if left < 0 else min(left, diagonal)
-        after = seqlen_k - 1 - diagonal if right < 0 else min(right, seqlen_k - 1 - diagonal)
-        return max(0, before + 1 + after)
     samples = [row * (seqlen_q - 1) // 32 for row in range(33)]
-    mean_keys = sum(keys(row) for row in samples) / len(samples)
+    mean_keys = sum(visible_span(row, row, seqlen_q, seqlen_k, left, right)[1] for row in samples) / len(samples)
     small = 0 <= left <= 256 and 0 <= right <= 256
     return 4.0 * head_dim * rows * mean_keys / (150e6 if small else 450e6)
 
