@@ -90,6 +90,28 @@ def graph_us(fn, calls: int = 10, rep: int = 200) -> float:
     return triton.testing.do_bench(graph.replay, warmup=20, rep=rep, return_mode="median") * 1e3 / calls
 
 
+def time_window_verify(inputs, ref, k: int, label: str, times: dict, input_sets: int) -> None:
+    """A W(127,0) flash_attn_with_kvcache call over ``inputs`` (input sets): checked against ``ref`` the first time
+    ``label`` is seen (not timed if off by 1e-2), then graph-replayed cold (every set in turn) and warm (the first
+    set); appends "cold | warm" us to ``times[label]``."""
+    def call_all():
+        for one in inputs:
+            swattn.flash_attn_with_kvcache(**one, causal=True, window_size=(127, 0))
+
+    def call_one():
+        swattn.flash_attn_with_kvcache(**inputs[0], causal=True, window_size=(127, 0))
+    if label not in times:
+        out = swattn.flash_attn_with_kvcache(**inputs[0], causal=True, window_size=(127, 0))
+        err = ((out.float() - ref).norm() / ref.norm()).item()
+        times[label] = [] if err < 1e-2 else None
+        if times[label] is None:
+            print(f"  k={k} {label}: rel diff {err:.1e}, not timed", flush=True)
+            return
+    cold = graph_us(call_all, 1, rep=100) / input_sets
+    warm = graph_us(call_one, 20, rep=100)
+    times[label].append(f"{cold:.2f} | {warm:.2f}")
+
+
 def host_us(fn, calls: int = 30) -> float:
     """Host time per call while the GPU keeps up (no sync inside the loop)."""
     fn()
@@ -836,22 +858,7 @@ def append_fold() -> None:
                 if "guard one pass" in label:
                     fwd.GUARD_ONE_PASS_MAX_WORK = 1 << 30
                 try:
-                    def call_all(inputs=inputs):
-                        for one in inputs:
-                            swattn.flash_attn_with_kvcache(**one, causal=True, window_size=(127, 0))
-
-                    def call_one(inputs=inputs):
-                        swattn.flash_attn_with_kvcache(**inputs[0], causal=True, window_size=(127, 0))
-                    if label not in times:
-                        out = swattn.flash_attn_with_kvcache(**inputs[0], causal=True, window_size=(127, 0))
-                        err = ((out.float() - ref).norm() / ref.norm()).item()
-                        times[label] = [] if err < 1e-2 else None
-                        if times[label] is None:
-                            print(f"  k={k} {label}: rel diff {err:.1e}, not timed", flush=True)
-                            continue
-                    cold = graph_us(call_all, 1, rep=100) / input_sets
-                    warm = graph_us(call_one, 20, rep=100)
-                    times[label].append(f"{cold:.2f} | {warm:.2f}")
+                    time_window_verify(inputs, ref, k, label, times, input_sets)
                 except Exception as exc:  # report and go on
                     print(f"  k={k} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
                     times[label] = None
@@ -934,22 +941,7 @@ def verify_window() -> None:
                     setattr(fwd, name, value)
                 try:
                     with forced_config(config) if config else _nothing():
-                        def call_all(inputs=sets):
-                            for one in inputs:
-                                swattn.flash_attn_with_kvcache(**one, causal=True, window_size=(127, 0))
-
-                        def call_one(inputs=sets):
-                            swattn.flash_attn_with_kvcache(**inputs[0], causal=True, window_size=(127, 0))
-                        if label not in times:
-                            out = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0))
-                            err = ((out.float() - ref).norm() / ref.norm()).item()
-                            times[label] = [] if err < 1e-2 else None
-                            if times[label] is None:
-                                print(f"  k={k} {label}: rel diff {err:.1e}, not timed", flush=True)
-                                continue
-                        cold = graph_us(call_all, 1, rep=100) / input_sets
-                        warm = graph_us(call_one, 20, rep=100)
-                        times[label].append(f"{cold:.2f} | {warm:.2f}")
+                        time_window_verify(sets, ref, k, label, times, input_sets)
                 except Exception as exc:  # report and go on
                     print(f"  k={k} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
                     times[label] = None
