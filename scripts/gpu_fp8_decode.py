@@ -14,6 +14,9 @@ two, 7: three; Triton 3.6, sm_90), the e4m3 widening in pairs, the page-table pr
 layout is what holds e4m3 back: in FA3's [pages, page, Hk, D] a KV head's e4m3 row is 64 B, half an L2 line, at a
 512-B stride (bf16: a whole 128-B line), so a block touches as many L2 lines as a bf16 block of twice the bytes.
 
+Session 5: the 3-stage capped split loop shipped (configs.FP8_PAGED_SPLIT_STAGES) beside the old 7 stages, and
+128-key e4m3 blocks (``WIDE``) at 3-4 programs per SM with one wave's split count (``per_sm``).
+
 Run: ``python scripts/gpu_fp8_decode.py [full|long|b4|window ...]`` (all four by default).
 """
 
@@ -37,11 +40,19 @@ FP8 = torch.float8_e4m3fn
 # [pages, Hk, page, D], passed as the same [pages, page, Hk, D] view: one KV head's page is 1 KB contiguous in e4m3
 # instead of 16 rows of 64 B at a 512-B stride).
 PAIRS, PREFETCH, HND = dict(pairs=True), dict(prefetch=True), dict(hnd=True)
-FULL = [(False, None), (False, None, HND), (None, None, HND), (False, (64, 2, 3, False, False, 168)),
-        (False, (64, 2, 5, False, False, 168)), (False, None, PAIRS)]
-LONG = [(False, None, HND), (None, None, HND)]
+# 128-key e4m3 blocks (16 KB of K + V per block, a bf16 64-key block's bytes) under register caps that keep 4
+# programs of 4 warps per SM (Triton 3.6, sm_90, scripts/kernel_resources.py: (128, 4, 3) and (128, 4, 5) capped at
+# 128: 128 registers, no spill, 23 / 40 KB shared; (128, 2, 5) uncapped 255 registers; (128, 4, 3) capped at 168:
+# 159, 3 per SM), with the split count that fills those slots in one wave (``per_sm``).
+WIDE = [(False, (128, 4, 3, False, False, 128), dict(per_sm=4)),
+        (False, (128, 4, 5, False, False, 128), dict(per_sm=4)),
+        (False, (128, 2, 5, False, False, None), dict(per_sm=4)),
+        (False, (128, 4, 3, False, False, 168), dict(per_sm=3))]
+FULL = [(False, None), (False, (64, 2, 7, False, False, 168)), *WIDE, (False, None, HND),
+        (False, (128, 4, 5, False, False, 128), dict(hnd=True, per_sm=4)), (True, None)]
+LONG = [(False, None), (False, (64, 2, 7, False, False, 168)), *WIDE[:2]]
 WINDOW = [(False, None), (False, None, PREFETCH)]
-SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG[:3]),
+SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "window": (16, 2048, 127, WINDOW)}
 COPY_GBPS = 4221.0
 
@@ -96,14 +107,19 @@ def main() -> None:
             if quantize_q not in variants:
                 variants[quantize_q] = sets if quantize_q is None else fp8_sets(sets, quantize_q)
             shown = "shipped" if config is None else "({},{},{}{}{})".format(
-                *config[:3], ",single" if config[3] else "", f",maxnreg {config[5]}" if len(config) > 5 else "")
+                *config[:3], ",single" if config[3] else "",
+                f",maxnreg {config[5]}" if len(config) > 5 and config[5] else "")
             shown += " pairs" if options.get("pairs") else ""
             shown += " head-major" if options.get("hnd") else ""
+            shown += f" {options['per_sm']}/SM" if "per_sm" in options else ""
             shown += f" {options['splits']} splits" if "splits" in options else ""
             shown += " prefetch" if options.get("prefetch") else ""
             calls = variants[quantize_q]
             if options.get("hnd"):
                 calls = [dict(c, k_cache=head_major(c["k_cache"]), v_cache=head_major(c["v_cache"])) for c in calls]
+            if "per_sm" in options:  # the split count of one wave at per_sm programs per SM (interface.split_count's)
+                sms = torch.cuda.get_device_properties(0).multi_processor_count
+                options = dict(options, splits=max(1, sms * options["per_sm"] // (batch * 8)))
             if "splits" in options:
                 calls = [dict(c, num_splits=options["splits"]) for c in calls]
             forced = forced_config(FwdConfig(16, *config)) if config is not None else None

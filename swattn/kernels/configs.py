@@ -121,8 +121,10 @@ SPLIT_PROGRAMS_PER_SM_5_STAGES = {16: 6, 32: 3, 64: 3}
 # x 8 KB in flight left HBM at 56% of copy bandwidth (H200, B=16 16K: 113.8 us vs bf16 132.1; docs/notes/
 # 2026-12-03-fp8-kv-cache.md, session 4). Stages of the paged split loop per tile height (absent: bf16's): compiled
 # (Triton 3.6, sm_90) (16, 64, 2, 5) keeps two K/V buffers and (16, 64, 2, 7) three, both at 168 registers, 6
-# programs per SM (as bf16's 3 stages; shared 21 / 29 KB).
-FP8_PAGED_SPLIT_STAGES: dict[int, int] = {16: 7}
+# programs per SM (as bf16's 3 stages; shared 21 / 29 KB). Under the register cap below, fewer stages won: H200
+# (s4-call3, main 15a8cfe, scripts/gpu_fp8_decode.py full, fp8-kv B=16 16K page 16, bf16 134.7 us) (16, 64, 2, 3)
+# 106.0 us, (.., 5) 109.6, (.., 7) 114.6.
+FP8_PAGED_SPLIT_STAGES: dict[int, int] = {16: 3}
 # Register cap of that loop: with unsigned page arithmetic (``fwd._cache_token_offsets``) it takes 178 registers
 # (5 programs per SM) uncapped; capped at 168 it compiles to 151 without spills (Triton 3.6, sm_90; all-fp8 156).
 FP8_DECODE_MAXNREG: int | None = 168
