@@ -38,7 +38,8 @@ FP8 = torch.float8_e4m3fn
 # splits=N (num_splits instead of the automatic count), prefetch=True (fwd.PREFETCH_PAGE_TABLE: the single loop's
 # first page-table entries into L2 once the query load is issued), hnd=True (the cache's memory head-major,
 # [pages, Hk, page, D], passed as the same [pages, page, Hk, D] view: one KV head's page is 1 KB contiguous in e4m3
-# instead of 16 rows of 64 B at a 512-B stride).
+# instead of 16 rows of 64 B at a 512-B stride), pair=True (fwd.FP8_TWO_KV_HEADS), per_sm=N (the split count of
+# one wave at N programs per SM).
 PAIRS, PREFETCH, HND = dict(pairs=True), dict(prefetch=True), dict(hnd=True)
 # 128-key e4m3 blocks (16 KB of K + V per block, a bf16 64-key block's bytes) under register caps that keep 4
 # programs of 4 warps per SM (Triton 3.6, sm_90, scripts/kernel_resources.py: (128, 4, 3) and (128, 4, 5) capped at
@@ -48,9 +49,15 @@ WIDE = [(False, (128, 4, 3, False, False, 128), dict(per_sm=4)),
         (False, (128, 4, 5, False, False, 128), dict(per_sm=4)),
         (False, (128, 2, 5, False, False, None), dict(per_sm=4)),
         (False, (128, 4, 3, False, False, 168), dict(per_sm=3))]
-FULL = [(False, None), (False, (64, 2, 7, False, False, 168)), *WIDE, (False, None, HND),
+# Two KV heads per program (fwd.FP8_TWO_KV_HEADS: one 128-byte e4m3 row per token of the pair; compiled, Triton 3.6:
+# (64, 2, 3) capped at 168 168 registers, 128 B spilled, 6 per SM; (64, 4, 3) 168, 16 B, 3 per SM; (64, 4, 3)
+# capped at 128 128, 32 B, 4 per SM; half the programs per split, so per_sm's split count doubles.
+PAIR = [(False, (64, 2, 3, False, False, 168), dict(pair=True, per_sm=6)),
+        (False, (64, 4, 3, False, False, None), dict(pair=True, per_sm=3)),
+        (False, (64, 4, 3, False, False, 128), dict(pair=True, per_sm=4))]
+FULL = [(False, None), *PAIR, *WIDE[:2], (False, (64, 2, 7, False, False, 168)), *WIDE[2:], (False, None, HND),
         (False, (128, 4, 5, False, False, 128), dict(hnd=True, per_sm=4)), (True, None)]
-LONG = [(False, None), (False, (64, 2, 7, False, False, 168)), *WIDE[:2]]
+LONG = [(False, None), (False, (64, 2, 7, False, False, 168)), *PAIR[:2], *WIDE[:2]]
 WINDOW = [(False, None), (False, None, PREFETCH)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "window": (16, 2048, 127, WINDOW)}
@@ -110,6 +117,7 @@ def main() -> None:
                 *config[:3], ",single" if config[3] else "",
                 f",maxnreg {config[5]}" if len(config) > 5 and config[5] else "")
             shown += " pairs" if options.get("pairs") else ""
+            shown += " 2 KV heads/program" if options.get("pair") else ""
             shown += " head-major" if options.get("hnd") else ""
             shown += f" {options['per_sm']}/SM" if "per_sm" in options else ""
             shown += f" {options['splits']} splits" if "splits" in options else ""
@@ -119,11 +127,13 @@ def main() -> None:
                 calls = [dict(c, k_cache=head_major(c["k_cache"]), v_cache=head_major(c["v_cache"])) for c in calls]
             if "per_sm" in options:  # the split count of one wave at per_sm programs per SM (interface.split_count's)
                 sms = torch.cuda.get_device_properties(0).multi_processor_count
-                options = dict(options, splits=max(1, sms * options["per_sm"] // (batch * 8)))
+                programs = batch * (4 if options.get("pair") else 8)
+                options = dict(options, splits=max(1, sms * options["per_sm"] // programs))
             if "splits" in options:
                 calls = [dict(c, num_splits=options["splits"]) for c in calls]
             forced = forced_config(FwdConfig(16, *config)) if config is not None else None
-            pairs, prefetch = fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE
+            pairs, prefetch, two_heads = fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS
+            fwd.FP8_TWO_KV_HEADS = options.get("pair", False)  # part of the plans' key (fwd.settings)
             if "pairs" in options:
                 fwd.WIDEN_E4M3_PAIRS = options["pairs"]  # part of the plans' key (fwd.settings)
             if "prefetch" in options:
@@ -140,7 +150,7 @@ def main() -> None:
             finally:
                 if forced is not None:
                     forced.__exit__(None, None, None)
-                fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE = pairs, prefetch
+                fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS = pairs, prefetch, two_heads
             print(f"  {label:6s} {shown:36s}: {us:8.2f} us {bf16_us / us:5.2f}x {kv_bytes / 2 / us / 1e3 / copy:5.0%} "
                   f"of copy  err {err:.1e}", flush=True)
         variants.clear()

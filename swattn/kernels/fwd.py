@@ -121,6 +121,17 @@ PREFETCH_PAGE_TABLE = os.environ.get("SWATTN_PREFETCH_PAGE_TABLE", "0") not in (
 # and 8 KB more shared memory per program.
 WIDEN_E4M3_PAIRS = os.environ.get("SWATTN_WIDEN_E4M3_PAIRS", "0") not in ("", "0")
 
+# Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py): a decode program over an e4m3 cache reads
+# TWO KV heads (2k, 2k + 1) and attends the query heads of both (``KV_PAIR``). In FlashAttention 3's cache layout
+# [pages, page, Hk, D] a KV head's e4m3 token row is 64 bytes, half an L2 line, at a stride of Hk * D bytes; the
+# rows of two neighbouring KV heads are 128 contiguous bytes, one load per token row of the pair (the read-only
+# stream of docs/notes/2026-12-03-fp8-kv-cache.md: 51% of copy against 45% one head per program). Taken by the split
+# loop of single-query PackGQA decode tiles over an fp16/bf16 query (FP8_KV) whose two heads' rows fit the tile
+# (2 x group <= block_m), K/V heads adjacent in memory (stride of a head = head_dim = the padded head_dim), an even
+# KV head count, and no fused append; the window decode (the single loop) keeps one KV head per program (half the
+# grid would leave SMs idle).
+FP8_TWO_KV_HEADS = os.environ.get("SWATTN_FP8_TWO_KV_HEADS", "0") not in ("", "0")
+
 
 @triton.jit
 def _cache_token_offsets(offs_n, mask, batch_kv, page_table_row, stride_kb, stride_ks, page_size,
@@ -202,6 +213,14 @@ def _widen_e4m3(x, WIDEN_PAIRS: tl.constexpr):
 
 
 @triton.jit
+def _kv_halves(x):
+    """A ``[BLOCK_N, 2 * D]`` tile of two KV heads' rows (``KV_PAIR``) as the two heads' ``[BLOCK_N, D]`` tiles."""
+    BLOCK_N: tl.constexpr = x.shape[0]
+    D: tl.constexpr = x.shape[1] // 2
+    return tl.split(tl.permute(tl.reshape(x, [BLOCK_N, 2, D]), (0, 2, 1)))
+
+
+@triton.jit
 def _rows_to_fp16(q):
     """bf16 queries ``[BLOCK_M, BLOCK_D]`` in fp16, for fp16 products with the e4m3 cache widened to fp16 (one
     conversion per pair; to bf16 it is three): each row times the power of two that brings its largest magnitude
@@ -260,10 +279,14 @@ def _load_block(k_base, v_base, offs_n, offs_d, load_mask, batch_kv, page_table_
 def _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale, softcap, block,
                   masked_head_end, unmasked_end, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr,
-                  chunk, HAS_CHUNK: tl.constexpr, FP8: tl.constexpr, row_unscale, WIDEN_PAIRS: tl.constexpr = False):
+                  chunk, HAS_CHUNK: tl.constexpr, FP8: tl.constexpr, row_unscale, WIDEN_PAIRS: tl.constexpr = False,
+                  pair_second=None, KV_PAIR: tl.constexpr = False):
     """The scores of one block (keys ``offs_n``, ``load_mask``) and what the softmax step needs with them:
     ``(qk, qk_scale, v, visible)``; scores in log2 units are ``qk * qk_scale`` (``_exp_scores``), masked keys -inf;
-    ``v`` as the product takes it; ``visible`` the mask (MASK without MASK_EDGES_ONLY; else True)."""
+    ``v`` as the product takes it; ``visible`` the mask (MASK without MASK_EDGES_ONLY; else True).
+    ``KV_PAIR``: ``k`` / ``v`` hold two KV heads' rows side by side (``[BLOCK_N, 2 * D]``); each row's scores are
+    those of its own head (``pair_second`` [BLOCK_M]: the row belongs to the second): one product per head, each
+    row taking its head's (a select, so a non-finite key of one head never reaches the other head's rows)."""
     if FP8 == FP8_KV:
         # Half the bytes of a bf16 cache; both products then run in fp16.
         k = _widen_e4m3(k, WIDEN_PAIRS)
@@ -274,7 +297,11 @@ def _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, soft
         v = _widen_e4m3(v, WIDEN_PAIRS)
     if UPCAST:
         k = k.to(tl.float32)
-    qk = dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
+    if KV_PAIR:
+        k_first, k_second = _kv_halves(k)
+        qk = tl.where(pair_second[:, None], dot(q, tl.trans(k_second)), dot(q, tl.trans(k_first)))
+    else:
+        qk = dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
     # Scores in log2 units are qk * qk_scale; without softcap the scale is applied inside the exponent's FMA
     # (and to the row max, which a positive scale leaves in place) instead of by a separate multiply.
     if HAS_SOFTCAP:
@@ -325,8 +352,12 @@ def _all_finite(v):
 
 
 @triton.jit
-def _pv(acc, p, v, UPCAST: tl.constexpr):
-    if UPCAST:
+def _pv(acc, p, v, UPCAST: tl.constexpr, pair_second=None, KV_PAIR: tl.constexpr = False):
+    if KV_PAIR:  # v holds two KV heads' rows side by side: each row takes its own head's product
+        v_first, v_second = _kv_halves(v)
+        p = p.to(v.dtype)
+        return acc + tl.where(pair_second[:, None], dot(p, v_second), dot(p, v_first))
+    elif UPCAST:
         return acc + dot(p, v.to(tl.float32))
     else:
         return acc + dot(p.to(v.dtype), v)
@@ -337,13 +368,15 @@ def _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, le
                   block, masked_head_end, unmasked_end, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, GUARD_NON_FINITE: tl.constexpr,
                   MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr, chunk, HAS_CHUNK: tl.constexpr,
-                  FP8: tl.constexpr, row_unscale, WIDEN_PAIRS: tl.constexpr = False):
+                  FP8: tl.constexpr, row_unscale, WIDEN_PAIRS: tl.constexpr = False, pair_second=None,
+                  KV_PAIR: tl.constexpr = False):
     """One block of the online softmax (``_attend_blocks``' loop body after the loads): ``k`` / ``v`` hold keys
-    ``offs_n`` (``load_mask``). ``GUARD_NON_FINITE`` (with MASK) keeps non-finite values in the rows that see them."""
+    ``offs_n`` (``load_mask``). ``GUARD_NON_FINITE`` (with MASK) keeps non-finite values in the rows that see them
+    (not with ``KV_PAIR``, whose single-query tiles need no isolation)."""
     qk, qk_scale, v, visible = _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale,
                                              softcap, block, masked_head_end, unmasked_end, HAS_LEFT, HAS_RIGHT,
                                              HAS_SOFTCAP, UPCAST, MASK, MASK_EDGES_ONLY, chunk, HAS_CHUNK, FP8,
-                                             row_unscale, WIDEN_PAIRS)
+                                             row_unscale, WIDEN_PAIRS, pair_second, KV_PAIR)
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
     pivot = safe_pivot(m_new)
     p = _exp_scores(qk, qk_scale, pivot, HAS_SOFTCAP, FP8)
@@ -359,7 +392,7 @@ def _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, le
     else:
         if GUARD_NON_FINITE:
             v, sees_non_finite = _guard_values(v, visible)
-        acc = _pv(acc * alpha[:, None], p, v, UPCAST)
+        acc = _pv(acc * alpha[:, None], p, v, UPCAST, pair_second, KV_PAIR)
         if GUARD_NON_FINITE:
             acc = tl.where(sees_non_finite[:, None], float("nan"), acc)
     return acc, l_i, m_new
@@ -416,7 +449,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                    SHIFT_PAGED_KEYS: tl.constexpr = False, chunk=0, HAS_CHUNK: tl.constexpr = False,
                    FP8: tl.constexpr = NO_FP8, row_unscale=1.0, K_NEW=None, V_NEW=None, new_source=0, first_new=0,
                    stride_ns=0, READ_NEW: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
-                   WIDEN_PAIRS: tl.constexpr = False):
+                   WIDEN_PAIRS: tl.constexpr = False, pair_second=None, KV_PAIR: tl.constexpr = False):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
     blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it).
@@ -435,7 +468,10 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
     HEAD_N``, no descriptors): instead of the loop, one ``BLOCK_N``-key block ending at ``kv_end`` and one
     ``HEAD_N``-key block before it, both loaded before either is used (one dependent memory round trip): a
     speculative verify of k tokens at window (127, 0) sees 127 + k keys, which one 256-key block covered with 125 - k
-    keys of masked work."""
+    keys of masked work.
+    ``KV_PAIR`` (``FP8_TWO_KV_HEADS``; not with HEAD_N, READ_NEW, TMA): ``offs_d`` spans two KV heads' rows (``2 *
+    D``, adjacent in memory), each tile is loaded once for both and ``_block_scores`` / ``_pv`` give each row its
+    own head's products (``pair_second``)."""
     offset = seqlen_k - seqlen_q
     if HEAD_N > 0:
         offs_n = kv_end - BLOCK_N + tl.arange(0, BLOCK_N)
@@ -471,7 +507,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
             acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, left, right,
                                           softmax_scale, softcap, block, masked_head_end, unmasked_end, HAS_LEFT,
                                           HAS_RIGHT, HAS_SOFTCAP, UPCAST, GUARD_NON_FINITE, MASK, MASK_EDGES_ONLY,
-                                          chunk, HAS_CHUNK, FP8, row_unscale, WIDEN_PAIRS)
+                                          chunk, HAS_CHUNK, FP8, row_unscale, WIDEN_PAIRS, pair_second, KV_PAIR)
             if COUNT_BLOCKS:
                 visited += 1
     return acc, l_i, m_i, visited
@@ -656,13 +692,20 @@ def _attend_tile(
     APPEND_NEW: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr, HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, FP8: tl.constexpr,
     APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
-    WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False,
+    WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = False,
 ):
-    """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads), over its
-    share ``split`` of the KV loop; the body of ``_swa_fwd_kernel``'s programs (see there)."""
+    """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads, or with
+    ``KV_PAIR`` two KV heads' packed heads), over its share ``split`` of the KV loop; the body of
+    ``_swa_fwd_kernel``'s programs (see there)."""
+    if KV_PAIR:
+        # The query heads of KV heads 2k and 2k + 1 are 2 x group consecutive heads: a PackGQA tile of that group.
+        tl.static_assert(PACK_GQA and FP8 == FP8_KV and HEAD_N == 0 and not APPEND_NEW and not USE_TMA)
+        rows_group = queries_per_kv_head * 2
+    else:
+        rows_group = queries_per_kv_head
     (batch, q_begin, seqlen_q, k_begin, seqlen_k, active, row_valid, row_pos, row_head, kv_head,
      kv_start, kv_end, masked_head_end, unmasked_end, num_blocks) = _tile_rows(
-        tile, batch_head, seqlen_q, seqlen_k, num_heads, queries_per_kv_head, left, right,
+        tile, batch_head, seqlen_q, seqlen_k, num_heads, rows_group, left, right,
         CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, HAS_LEFT, HAS_RIGHT, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
         PACK_GQA, BLOCK_M, BLOCK_N, APPEND_NEW, SEQUSED_Q, HAS_SEQUSED_Q, LEFTPAD_K, HAS_LEFTPAD_K, chunk, HAS_CHUNK)
     program_index = (batch_head * num_tiles + tile) * num_splits + split
@@ -670,6 +713,8 @@ def _attend_tile(
         if active:
             flag_ptrs = NON_FINITE_FLAGS + program_index.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
             active = tl.max(tl.load(flag_ptrs).to(tl.int32), 0) > 0
+    if KV_PAIR:
+        kv_head = kv_head * 2
     if active:
         block_begin = 0
         block_end = num_blocks
@@ -683,6 +728,13 @@ def _attend_tile(
             Q, K, V, CACHE_BATCH_IDX, PAGE_TABLE, batch, q_begin, k_begin, row_valid, row_pos, row_head, kv_head,
             stride_qb, stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_page_table,
             HAS_CACHE_BATCH_IDX, UPCAST, BLOCK_D, HEAD_DIM, IS_PAGED, HAS_LEFTPAD_K)
+        pair_second = None
+        offs_kv = offs_d
+        if KV_PAIR:
+            # The first of the two KV heads (k_base / v_base point at its rows, which the second's follow); each
+            # row's own head is kv_head or kv_head + 1 (pair_second); K/V tiles span both heads' rows.
+            pair_second = row_head // queries_per_kv_head != kv_head
+            offs_kv = tl.arange(0, 2 * BLOCK_D)
         if PREFETCH_PAGES:
             # The page-table entries of the loop's first block, into L2 once the query load is issued: the loop
             # reads them only after the query tile has arrived (and, with FP8_KV, been converted), one dependent
@@ -705,10 +757,17 @@ def _attend_tile(
             # head). Scores are q.k * q_descale * k_descale * softmax_scale: the product folds into the scale the
             # loop applies anyway; V's descale scales the normalized output (both exact up to one rounding).
             kv_head64 = kv_head.to(tl.int64)
-            softmax_scale = softmax_scale * tl.load(K_DESCALE + batch64 * stride_kdb + kv_head64 * stride_kdh)
-            if FP8 == FP8_QKV:
-                softmax_scale = softmax_scale * tl.load(Q_DESCALE + batch64 * stride_qdb + kv_head64 * stride_qdh)
-            value_scale = tl.load(V_DESCALE + batch64 * stride_vdb + kv_head64 * stride_vdh)
+            if KV_PAIR:
+                # Per row, its own KV head's (with the row's power of two, which FP8_KV applies per row anyway).
+                row_kv_head = kv_head64 + pair_second.to(tl.int64)
+                row_unscale = row_unscale * tl.load(K_DESCALE + batch64 * stride_kdb + row_kv_head * stride_kdh)
+                value_scale = tl.load(V_DESCALE + batch64 * stride_vdb + row_kv_head * stride_vdh)
+            else:
+                softmax_scale = softmax_scale * tl.load(K_DESCALE + batch64 * stride_kdb + kv_head64 * stride_kdh)
+                if FP8 == FP8_QKV:
+                    softmax_scale = softmax_scale * tl.load(Q_DESCALE + batch64 * stride_qdb
+                                                            + kv_head64 * stride_qdh)
+                value_scale = tl.load(V_DESCALE + batch64 * stride_vdb + kv_head64 * stride_vdh)
         new_source = 0
         if APPEND_NEW:
             new_source = batch64 * stride_nb + q_begin.to(tl.int64) * stride_ns + kv_head.to(tl.int64) * stride_nh
@@ -742,11 +801,12 @@ def _attend_tile(
         if NON_FINITE_PASS == REDO_FLAGGED:
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, block_begin, block_end,
-                kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+                kv_start, kv_end, offs_kv, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, USE_TMA,
                 True, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk, HAS_CHUNK=HAS_CHUNK,
-                FP8=FP8, row_unscale=row_unscale, HEAD_N=HEAD_N, WIDEN_PAIRS=WIDEN_PAIRS)
+                FP8=FP8, row_unscale=row_unscale, HEAD_N=HEAD_N, WIDEN_PAIRS=WIDEN_PAIRS, pair_second=pair_second,
+                KV_PAIR=KV_PAIR)
         elif SINGLE_LOOP:
             # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
             # The one pass guards every block, or (2) only blocks whose values are not all finite.
@@ -754,40 +814,44 @@ def _attend_tile(
                                    2 if NON_FINITE_PASS == GUARD_ONE_PASS_BRANCHED else 0)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, block_begin, block_end,
-                kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+                kv_start, kv_end, offs_kv, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, GUARD, masked_head_end, unmasked_end, MASK_EDGES_ONLY,
                 k_begin, IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, K_NEW=K_NEW,
                 V_NEW=V_NEW, new_source=new_source, first_new=seqlen_k - seqlen_q, stride_ns=stride_ns,
-                READ_NEW=APPEND_NEW and APPEND_READS_INPUT, HEAD_N=HEAD_N, WIDEN_PAIRS=WIDEN_PAIRS)
+                READ_NEW=APPEND_NEW and APPEND_READS_INPUT, HEAD_N=HEAD_N, WIDEN_PAIRS=WIDEN_PAIRS,
+                pair_second=pair_second, KV_PAIR=KV_PAIR)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, block_begin,
                 tl.minimum(block_end, masked_head_end),
-                kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+                kv_start, kv_end, offs_kv, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS)
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS,
+                pair_second=pair_second, KV_PAIR=KV_PAIR)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, masked_head_end),
                 tl.minimum(block_end, unmasked_end),
-                kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+                kv_start, kv_end, offs_kv, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS)
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS,
+                pair_second=pair_second, KV_PAIR=KV_PAIR)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, unmasked_end), block_end,
-                kv_start, kv_end, offs_d, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+                kv_start, kv_end, offs_kv, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS)
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS,
+                pair_second=pair_second, KV_PAIR=KV_PAIR)
 
         _finish_tile(
             acc, l_i, m_i, visited, O, LSE, sink, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
@@ -821,7 +885,7 @@ def _swa_fwd_kernel(
     HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
     FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
-    WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False,
+    WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = False,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -879,6 +943,7 @@ def _swa_fwd_kernel(
                     HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST,
                     SINGLE_LOOP, REDO_FLAGGED, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K,
                     HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, FP8, HEAD_N=HEAD_N, WIDEN_PAIRS=WIDEN_PAIRS,
+                    KV_PAIR=KV_PAIR,
                 )
     else:
         # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
@@ -894,7 +959,7 @@ def _swa_fwd_kernel(
             num_splits, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
-            BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN_PAIRS, PREFETCH_PAGES,
+            BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN_PAIRS, PREFETCH_PAGES, KV_PAIR,
         )
 
 # Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_DESCALE); BLOCK_COUNT's position among them.
@@ -1000,10 +1065,10 @@ def _isolation_buffers(device: torch.device, rows: int) -> tuple[torch.Tensor, t
 def settings() -> tuple:
     """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
     scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode, the fused append's reads, the
-    page-table prefetch, the e4m3 widening in pairs."""
+    page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, _compat.PDL, configs.forced_config_in_use(),
-            gluon_fwd.GLUON_MODE, APPEND_READS_INPUT, PREFETCH_PAGE_TABLE, WIDEN_E4M3_PAIRS)
+            gluon_fwd.GLUON_MODE, APPEND_READS_INPUT, PREFETCH_PAGE_TABLE, WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS)
 
 
 def attention_forward(
@@ -1187,8 +1252,15 @@ class _ForwardPlan:
                                  f"most block_n + head_block = {config.block_n + config.head_block} keys, without "
                                  f"block counting (got {config}, {num_splits} splits, {keys_per_split} keys)")
             config = replace(config, tma=False)
-        num_tiles = ceil_div(rows_per_tile, config.block_m)
-        grid = (num_tiles, batch * (num_kv_heads if pack_gqa else num_heads), num_splits)
+        # Two KV heads per program (FP8_TWO_KV_HEADS): single-query PackGQA tiles (no isolation to do) over an e4m3
+        # cache whose two heads' rows are adjacent (head stride = head_dim, unpadded), on the split loop.
+        self.kv_pair = (FP8_TWO_KV_HEADS and fp8 == FP8_KV.value and pack_gqa and seqlen_q == 1 and not self.use_gluon
+                        and not config.single_loop and not config.head_block and 2 * rows_per_tile <= config.block_m
+                        and num_kv_heads % 2 == 0 and block_d == head_dim and new_k is None and not count_blocks
+                        and all(t.stride(-1) == 1 and t.stride(-2) == head_dim for t in (k, v)))
+        num_tiles = ceil_div(rows_per_tile * (2 if self.kv_pair else 1), config.block_m)
+        programs_per_split = batch * ((num_kv_heads // 2 if self.kv_pair else num_kv_heads) if pack_gqa else num_heads)
+        grid = (num_tiles, programs_per_split, num_splits)
 
         tokens = q.shape[0] if varlen_q else batch * seqlen_q
         # Outputs are allocated contiguous on every call: their strides are those of Layouts of their shapes.
@@ -1251,7 +1323,7 @@ class _ForwardPlan:
             HAS_SEQUSED_Q=seqused_q is not None, HAS_LEFTPAD_K=cache_leftpad is not None,
             HAS_CHUNK=attention_chunk > 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d,
             HEAD_DIM=head_dim, FP8=fp8, HEAD_N=config.head_block,
-            WIDEN_PAIRS=fp8 != NO_FP8.value and _widens_pairs(q.device),
+            WIDEN_PAIRS=fp8 != NO_FP8.value and _widens_pairs(q.device), KV_PAIR=self.kv_pair,
         )
         # The fused append reads the new tokens from k / v on the single masked loop (APPEND_READS_INPUT), in grids of
         # at most one program per SM: the row pointers cost registers (window decode (16, 128, 4, 1): 154 -> 206,

@@ -159,6 +159,50 @@ def test_bf16_queries_of_any_magnitude_over_fp8_kv():
         assert_close("lse", lse[finite], ref_lse[finite], LSE_TOL)
 
 
+@pytest.mark.parametrize("dtype,paged,num_splits", [
+    pytest.param(torch.bfloat16, True, 3, id="bf16-paged-3splits"),
+    pytest.param(torch.float16, False, 1, id="fp16-contiguous"),
+])
+def test_two_kv_heads_per_program(monkeypatch, dtype, paged, num_splits):
+    """``fwd.FP8_TWO_KV_HEADS``: a decode program reads two KV heads' adjacent rows at once and gives each query
+    head its own KV head's attention and descales (distinct per head), with sinks and softcap; on the GPU a NaN key
+    or value of one KV head makes NaN of that head's rows only, as in the reference (the other head's rows share the
+    loaded tile but not its products)."""
+    from swattn.kernels import fwd
+    monkeypatch.setattr(fwd, "FP8_TWO_KV_HEADS", True)
+    batch, page_size = 3, 8
+    if paged:
+        k_cache, v_cache = e4m3(batch * 5, page_size, HK, D), e4m3(batch * 5, page_size, HK, D)
+        table = torch.randperm(batch * 5).view(batch, 5).to(torch.int32)
+        cache = dict(page_table=table)
+    else:
+        k_cache, v_cache = e4m3(batch, 40, HK, D), e4m3(batch, 40, HK, D)
+        table, cache = None, dict(cache_batch_idx=i32(2, 0, 1))
+    lens = i32(33, 7, 40)
+    q = torch.randn(batch, 1, H, D, dtype=dtype)
+    kd, vd, sinks = descale(batch), descale(batch), torch.randn(H)
+    # e4m3's NaN (its one non-finite value) on the GPU only: the interpreter widens it to a finite value.
+    non_finite = k_cache.is_cuda
+    if non_finite:
+        first = table[1, 0] if paged else 0
+        k_cache[first, 2, 0, 3] = float("nan")  # sequence 1, key 2, KV head 0: its query heads' rows are NaN
+        v_cache[first, 4, 1, 0] = float("nan")  # sequence 1, key 4, KV head 1: NaN in its heads' first column
+    fwd._PLANS.clear()
+    out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, k_descale=kd, v_descale=vd,
+                                              causal=True, sinks=sinks, softcap=20.0, num_splits=num_splits,
+                                              pack_gqa=True, return_softmax_lse=True, **cache)
+    assert any(plan.kv_pair for plan in fwd._PLANS.values())
+    ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True,
+                                             sinks=sinks, softcap=20.0, **cache)
+    assert torch.equal(out.isnan(), ref_out.isnan())
+    assert out[1, 0, :H // HK].isnan().all() == non_finite and not out[[0, 2]].isnan().any()
+    assert out[1, 0, H // HK:].isnan().any() == non_finite
+    assert_close("out", out.nan_to_num(), ref_out.nan_to_num(), tolerance_for(dtype))
+    finite = torch.isfinite(ref_lse)
+    assert torch.equal(lse.isfinite(), finite)
+    assert_close("lse", lse[finite], ref_lse[finite], LSE_TOL)
+
+
 def test_prefill_varlen_fp8_kv_bf16():
     """flash_attn_varlen_func: bf16 queries over e4m3 k/v, causal, descales per sequence and KV head."""
     cu_q, cu_k = i32(0, 7, 20), i32(0, 11, 24)
