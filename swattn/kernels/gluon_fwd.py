@@ -42,6 +42,7 @@ import torch
 
 from swattn._compat import ceil_div, compute_capability_major, device_properties
 from swattn.kernels._common import LOG2E, block_ranges, finish_rows, safe_pivot, sequence_bounds, softcap_scores
+from swattn.kernels._launch import PlanCache, stream_key
 
 try:  # Gluon ships inside the triton wheel (3.4+); the names used here exist in 3.6 and 3.9.
     from triton.experimental import gluon
@@ -86,6 +87,13 @@ LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer
 PINGPONG = False
 # Dense calls write O through the tile's Q slot and a TMA store instead of per-thread stores (``tma_store_for``).
 TMA_STORE = False
+# Work items handed out by a global counter (the loader claims the next item when it starts loading it) instead of
+# the persistent grid's static rounds: programs that run slower take fewer items (FlashAttention 3's causal and
+# local scheduler). Off until measured; kept as a tested switch (``dynamic`` in ``forward``).
+DYNAMIC = False
+# Two score products in flight per consumer: the next block's Q K^T is issued before this block's softmax, so the
+# softmax runs under both it and the previous block's P V (one more score tile of registers). Off until measured.
+S_AHEAD = False
 
 
 def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
@@ -184,6 +192,40 @@ if GLUON_AVAILABLE:
         return p, m_new, l_new, alpha
 
     @gluon.jit
+    def _ahead_step(q_tile, buffers, s_token, acc, p_op, m_i, l_i, block, position, kv_start, kv_end, row_pos, offset,
+                    masked_head_end, unmasked_end, left, right, softmax_scale, softcap, s_zero,
+                    o_rows: gl.constexpr, s_cols: gl.constexpr, p_layout: gl.constexpr, HAS_LEFT: gl.constexpr,
+                    HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, BLOCK_N: gl.constexpr,
+                    NUM_STAGES: gl.constexpr, ISSUE_NEXT: gl.constexpr):
+        """S_AHEAD: block ``block``'s step with its scores already in flight (``s_token``): P_{j-1} V_{j-1} issued,
+        S_j awaited, then (``ISSUE_NEXT``) S_{j+1} issued before the softmax of block j, so both products run under
+        it; returns the next step's ``(s_token, acc, p_op, m_i, l_i)``."""
+        k_smem, v_smem, k_ready, v_ready, k_empty, v_empty = buffers[1:7]
+        stage = (position + block) % NUM_STAGES
+        previous = position + block - 1
+        previous_stage = previous % NUM_STAGES
+        mbarrier.wait(v_ready.index(previous_stage), (previous // NUM_STAGES) & 1)
+        acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
+        s = warpgroup_mma_wait(1, deps=[s_token])  # S_j was issued before P_{j-1} V_{j-1}: it completes first
+        mbarrier.arrive(k_empty.index(stage), count=1)
+        if ISSUE_NEXT:
+            following = position + block + 1
+            mbarrier.wait(k_ready.index(following % NUM_STAGES), (following // NUM_STAGES) & 1)
+            s_token = warpgroup_mma(q_tile, k_smem.index(following % NUM_STAGES).permute((1, 0)), s_zero,
+                                    use_acc=False, is_async=True)
+        p, m_i, l_i, alpha = _softmax_block(
+            s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
+            softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
+        if ISSUE_NEXT:
+            acc = warpgroup_mma_wait(1, deps=[acc_token])  # P_{j-1} V_{j-1} done; S_{j+1} may still run
+        else:
+            acc = warpgroup_mma_wait(0, deps=[acc_token])
+        mbarrier.arrive(v_empty.index(previous_stage), count=1)
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
+        p_op = gl.convert_layout(p.to(q_tile.dtype), p_layout)
+        return s_token, acc, p_op, m_i, l_i
+
+    @gluon.jit
     def _turn_begin(turns, turn, WG: gl.constexpr, PINGPONG: gl.constexpr):
         """Ping-pong: wait until the other warpgroup has issued as many tensor-core turns as this one (warpgroup 0
         goes first), so the two issue their products alternately and one's softmax runs under the other's
@@ -255,82 +297,131 @@ if GLUON_AVAILABLE:
                 head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, flag_group)
 
     @gluon.jit
+    def _load_q(q_desc, q_smem, q_ready, tile, q_slot, IS_VARLEN_Q: gl.constexpr, ROWS_PER_POS: gl.constexpr,
+                NUM_CONSUMERS: gl.constexpr):
+        """The tile's Q ([1, positions, heads, dim] boxes of the [batch, seqlen, heads, dim] view) into Q slot
+        ``q_slot``, one 64-row box per consumer warpgroup (TMA boxes and buffers have power-of-two sides)."""
+        mbarrier.expect(q_ready.index(q_slot), NUM_CONSUMERS * q_desc.block_type.nbytes)
+        if IS_VARLEN_Q:
+            q_batch = 0
+        else:
+            q_batch = tile[10]
+        for consumer in gl.static_range(NUM_CONSUMERS):
+            first_pos = (tile[7] + consumer * 64) // ROWS_PER_POS
+            _tma_load(q_desc, [q_batch, tile[11] + first_pos, tile[9] * ROWS_PER_POS, 0],
+                      q_ready.index(q_slot), q_smem.index(q_slot * NUM_CONSUMERS + consumer))
+
+    @gluon.jit
+    def _load_blocks(k_desc, v_desc, buffers, geometry, tile, position, BLOCK_N: gl.constexpr,
+                     HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, KV_SOURCE: gl.constexpr):
+        """The tile's K and V blocks into the stage ring, from its first visible key; returns the ring's position
+        after them."""
+        k_smem, v_smem, k_ready, v_ready, k_empty, v_empty = buffers[1:7]
+        PAGE_TABLE, stride_page_table, page_size = geometry[12], geometry[13], geometry[14]
+        BOX: gl.constexpr = k_desc.block_type.shape[0]  # keys per TMA box: BLOCK_N, or a page's part when paged
+        kv_row0, kv_col, num_blocks, kv_start, kv_end = tile[0], tile[1], tile[2], tile[3], tile[4]
+        page_row = tile[10].to(gl.int64) * stride_page_table
+        last_box_key = (kv_end - 1) - (kv_end - 1) % BOX
+        for block in range(num_blocks):
+            stage = position % NUM_STAGES
+            phase = (position // NUM_STAGES) & 1
+            # A fresh barrier counts as having completed the phase before phase 0: the first waits pass.
+            if KV_SOURCE == _KV_PAGED:
+                # BLOCK_N // BOX boxes, each inside one page (the tile's start is aligned to BOX, BOX divides
+                # the page size), their cache rows looked up in the page table. A box past the sequence's last
+                # key reloads the last box (its keys are masked): every page read holds a visible key, and the
+                # barrier's byte count stays a constant.
+                mbarrier.wait(k_empty.index(stage), phase ^ 1)
+                mbarrier.expect(k_ready.index(stage), BLOCK_N * HEAD_DIM * k_desc.dtype.primitive_bitwidth // 8)
+                for box in gl.static_range(BLOCK_N // BOX):
+                    key = gl.minimum(kv_start + block * BLOCK_N + box * BOX, last_box_key)
+                    page = gl.load(PAGE_TABLE + page_row + key // page_size)
+                    _tma_load(k_desc, [page * page_size + key % page_size, kv_col], k_ready.index(stage),
+                              k_smem.index(stage).slice(box * BOX, BOX))
+                mbarrier.wait(v_empty.index(stage), phase ^ 1)
+                mbarrier.expect(v_ready.index(stage), BLOCK_N * HEAD_DIM * v_desc.dtype.primitive_bitwidth // 8)
+                for box in gl.static_range(BLOCK_N // BOX):
+                    key = gl.minimum(kv_start + block * BLOCK_N + box * BOX, last_box_key)
+                    page = gl.load(PAGE_TABLE + page_row + key // page_size)
+                    _tma_load(v_desc, [page * page_size + key % page_size, kv_col], v_ready.index(stage),
+                              v_smem.index(stage).slice(box * BOX, BOX))
+            else:
+                row = kv_row0 + block * BLOCK_N
+                mbarrier.wait(k_empty.index(stage), phase ^ 1)
+                mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
+                _tma_load(k_desc, [row, kv_col], k_ready.index(stage), k_smem.index(stage))
+                mbarrier.wait(v_empty.index(stage), phase ^ 1)
+                mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
+                _tma_load(v_desc, [row, kv_col], v_ready.index(stage), v_smem.index(stage))
+            position += 1
+        return position
+
+    @gluon.jit
     def _loader(geometry, pointers, strides, scalars, buffers, WG: gl.constexpr, HAS_LEFT: gl.constexpr,
                 HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
                 PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                 IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                 ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                TMA_STORE: gl.constexpr):
+                TMA_STORE: gl.constexpr, DYNAMIC: gl.constexpr,
+                  S_AHEAD: gl.constexpr):
         """One warp: each work item's Q (one box per consumer warpgroup, into the item's Q slot) and K/V blocks
         (into the stage ring, from the tile's first visible key; over pages, one box per page part) through TMA.
         Both rings' positions run on across items, so the next tile's Q and first blocks load during this one's last
-        blocks and epilogue."""
+        blocks and epilogue. ``DYNAMIC``: the loader claims each item from a global counter and hands its index to
+        the consumers through the Q slot's word (``_claim``)."""
         k_desc, v_desc, q_desc = pointers[0], pointers[1], pointers[2]
-        q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty = buffers[:9]
-        PAGE_TABLE, stride_page_table, page_size = geometry[12], geometry[13], geometry[14]
+        q_smem, q_ready, q_empty = buffers[0], buffers[7], buffers[8]
         Q_SLOTS: gl.constexpr = 2 if HEAD_DIM <= 128 else 1  # as the kernel allocates them
-        BOX: gl.constexpr = k_desc.block_type.shape[0]  # keys per TMA box: BLOCK_N, or a page's part when paged
+        BOX: gl.constexpr = k_desc.block_type.shape[0]
         ALIGN: gl.constexpr = BOX if KV_SOURCE == _KV_PAGED else 1
         total_work = geometry[0] * geometry[1]
         position = 0
-        item = 0  # work items with keys so far: the Q ring's position
-        reverse = False
-        for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
-            tile = _tile(_snake(work, reverse, total_work), geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP,
-                         IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
-            kv_row0, kv_col, num_blocks, kv_start, kv_end = tile[0], tile[1], tile[2], tile[3], tile[4]
-            page_row = tile[10].to(gl.int64) * stride_page_table
-            last_box_key = (kv_end - 1) - (kv_end - 1) % BOX
-            if num_blocks > 0:
-                # The tile's Q ([1, positions, heads, dim] box of the [batch, seqlen, heads, dim] view), loaded
-                # while the consumers still work on the previous item: its latency leaves the critical path.
+        item = 0  # Q slots filled so far: the Q ring's position
+        if DYNAMIC:
+            # Every item, with keys or not, and the final "no more work" pass through a Q slot and its word.
+            COUNTER = pointers[9]
+            work_words = buffers[10]
+            work_layout: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
+            more = True
+            while more:
                 q_slot = item % Q_SLOTS
                 mbarrier.wait(q_empty.index(q_slot), ((item // Q_SLOTS) & 1) ^ 1)
-                mbarrier.expect(q_ready.index(q_slot), NUM_CONSUMERS * q_desc.block_type.nbytes)
-                if IS_VARLEN_Q:
-                    q_batch = 0
+                work = gl.atomic_add(COUNTER, 1)
+                work_words.index(q_slot).store(gl.full([1], work, gl.int32, layout=work_layout))
+                _partition_barrier()  # the word is written before the arrival that publishes it
+                if work < total_work:
+                    tile = _tile(work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN_Q, KV_SOURCE,
+                                 HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
+                    if tile[2] > 0:
+                        _load_q(q_desc, q_smem, q_ready, tile, q_slot, IS_VARLEN_Q, ROWS_PER_POS, NUM_CONSUMERS)
+                    else:
+                        mbarrier.arrive(q_ready.index(q_slot), count=1)
+                    position = _load_blocks(k_desc, v_desc, buffers, geometry, tile, position, BLOCK_N, HEAD_DIM,
+                                            NUM_STAGES, KV_SOURCE)
                 else:
-                    q_batch = tile[10]
-                # One box per consumer warpgroup (64 rows: TMA boxes and buffers have power-of-two sides).
-                for consumer in gl.static_range(NUM_CONSUMERS):
-                    first_pos = (tile[7] + consumer * 64) // ROWS_PER_POS
-                    _tma_load(q_desc, [q_batch, tile[11] + first_pos, tile[9] * ROWS_PER_POS, 0],
-                              q_ready.index(q_slot), q_smem.index(q_slot * NUM_CONSUMERS + consumer))
+                    mbarrier.arrive(q_ready.index(q_slot), count=1)
+                    # Each program's loader stops at its first claim past the work, so the claim that returns
+                    # total_work + programs - 1 is the launch's last: it resets the counter for the next launch.
+                    if work == total_work + gl.num_programs(0) - 1:
+                        gl.atomic_xchg(COUNTER, 0)
+                    more = False
                 item += 1
-            for block in range(num_blocks):
-                stage = position % NUM_STAGES
-                phase = (position // NUM_STAGES) & 1
-                # A fresh barrier counts as having completed the phase before phase 0: the first waits pass.
-                if KV_SOURCE == _KV_PAGED:
-                    # BLOCK_N // BOX boxes, each inside one page (the tile's start is aligned to BOX, BOX divides
-                    # the page size), their cache rows looked up in the page table. A box past the sequence's last
-                    # key reloads the last box (its keys are masked): every page read holds a visible key, and the
-                    # barrier's byte count stays a constant.
-                    mbarrier.wait(k_empty.index(stage), phase ^ 1)
-                    mbarrier.expect(k_ready.index(stage), BLOCK_N * HEAD_DIM * k_desc.dtype.primitive_bitwidth // 8)
-                    for box in gl.static_range(BLOCK_N // BOX):
-                        key = gl.minimum(kv_start + block * BLOCK_N + box * BOX, last_box_key)
-                        page = gl.load(PAGE_TABLE + page_row + key // page_size)
-                        _tma_load(k_desc, [page * page_size + key % page_size, kv_col], k_ready.index(stage),
-                                  k_smem.index(stage).slice(box * BOX, BOX))
-                    mbarrier.wait(v_empty.index(stage), phase ^ 1)
-                    mbarrier.expect(v_ready.index(stage), BLOCK_N * HEAD_DIM * v_desc.dtype.primitive_bitwidth // 8)
-                    for box in gl.static_range(BLOCK_N // BOX):
-                        key = gl.minimum(kv_start + block * BLOCK_N + box * BOX, last_box_key)
-                        page = gl.load(PAGE_TABLE + page_row + key // page_size)
-                        _tma_load(v_desc, [page * page_size + key % page_size, kv_col], v_ready.index(stage),
-                                  v_smem.index(stage).slice(box * BOX, BOX))
-                else:
-                    row = kv_row0 + block * BLOCK_N
-                    mbarrier.wait(k_empty.index(stage), phase ^ 1)
-                    mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
-                    _tma_load(k_desc, [row, kv_col], k_ready.index(stage), k_smem.index(stage))
-                    mbarrier.wait(v_empty.index(stage), phase ^ 1)
-                    mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
-                    _tma_load(v_desc, [row, kv_col], v_ready.index(stage), v_smem.index(stage))
-                position += 1
-            reverse = not reverse
+        else:
+            reverse = False
+            for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
+                tile = _tile(_snake(work, reverse, total_work), geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP,
+                             IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
+                if tile[2] > 0:
+                    # Loaded while the consumers still work on the previous item: its latency leaves the
+                    # critical path.
+                    q_slot = item % Q_SLOTS
+                    mbarrier.wait(q_empty.index(q_slot), ((item // Q_SLOTS) & 1) ^ 1)
+                    _load_q(q_desc, q_smem, q_ready, tile, q_slot, IS_VARLEN_Q, ROWS_PER_POS, NUM_CONSUMERS)
+                    item += 1
+                position = _load_blocks(k_desc, v_desc, buffers, geometry, tile, position, BLOCK_N, HEAD_DIM,
+                                        NUM_STAGES, KV_SOURCE)
+                reverse = not reverse
 
     @gluon.jit
     def _store_o(O, out, layout: gl.constexpr, first_row, num_rows, head_or_kv_head, batch64, q_begin, stride_ob,
@@ -351,18 +442,20 @@ if GLUON_AVAILABLE:
         gl.store(pointers, out, mask=mask)
 
     @gluon.jit
-    def _consumer(geometry, pointers, strides, scalars, buffers, WG: gl.constexpr, HAS_LEFT: gl.constexpr,
-                  HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
-                  PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
-                  BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
-                  IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
-                  ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                  TMA_STORE: gl.constexpr):
-        """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of each work item's tile, from Q load to O store."""
+    def _consume_item(work, position, item, turn, stored, stored_slot, geometry, pointers, strides, scalars, buffers,
+                      WG: gl.constexpr, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
+                      HAS_SINKS: gl.constexpr, PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr,
+                      FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
+                      IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
+                      ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
+                      TMA_STORE: gl.constexpr, DYNAMIC: gl.constexpr,
+                  S_AHEAD: gl.constexpr):
+        """One warpgroup's rows ``[WG * 64, WG * 64 + 64)`` of work item ``work``'s tile, from Q to O; returns the
+        consumer's running state ``(position, item, turn, stored, stored_slot)`` after it."""
         O, LSE, SINKS, FLAGS, ANY_NAN, o_desc = pointers[3:9]
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh = strides
         softmax_scale, softcap, left, right = scalars
-        q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns = buffers
+        q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns = buffers[:10]
         dtype: gl.constexpr = k_smem.dtype
         M: gl.constexpr = 64
         Q_SLOTS: gl.constexpr = 2 if HEAD_DIM <= 128 else 1  # as the kernel allocates them
@@ -380,49 +473,63 @@ if GLUON_AVAILABLE:
         # 16-byte vectors along the head dimension for the O store.
         io_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 // (HEAD_DIM // 8), HEAD_DIM // 8], [4, 1], [1, 0])
 
-        total_work = geometry[0] * geometry[1]
-        position = 0  # blocks consumed so far: the stage ring's position, shared with the loader's count
-        item = 0  # work items with keys so far: the Q ring's position, shared with the loader's count
-        turn = 0  # tensor-core turns taken so far (ping-pong with the other warpgroup)
-        stored = 0  # 1 while a TMA store of O from Q slot ``stored_slot`` may still be reading it
-        stored_slot = 0
-        reverse = False
-        for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
-            (kv_row0, kv_col, num_blocks, kv_start, kv_end, masked_head_end, unmasked_end, first_row, num_rows,
-             head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, flag_group) = _tile(
-                _snake(work, reverse, total_work), geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN_Q,
-                KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
-            offset = seqlen_k - seqlen_q
-            batch64 = batch.to(gl.int64)
+        (kv_row0, kv_col, num_blocks, kv_start, kv_end, masked_head_end, unmasked_end, first_row, num_rows,
+         head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, flag_group) = _tile(
+            work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN_Q,
+            KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
+        offset = seqlen_k - seqlen_q
+        batch64 = batch.to(gl.int64)
 
-            s_m = first_row + WG * M + gl.arange(0, M, layout=s_rows)
-            row_pos = s_m // ROWS_PER_POS
+        s_m = first_row + WG * M + gl.arange(0, M, layout=s_rows)
+        row_pos = s_m // ROWS_PER_POS
 
-            m_i = gl.full([M], float("-inf"), gl.float32, layout=s_rows)
-            l_i = gl.zeros([M], gl.float32, layout=s_rows)
-            acc = gl.zeros([M, HEAD_DIM], gl.float32, layout=o_layout)
-            s_zero = gl.zeros([M, BLOCK_N], gl.float32, layout=s_layout)
+        m_i = gl.full([M], float("-inf"), gl.float32, layout=s_rows)
+        l_i = gl.zeros([M], gl.float32, layout=s_rows)
+        acc = gl.zeros([M, HEAD_DIM], gl.float32, layout=o_layout)
+        s_zero = gl.zeros([M, BLOCK_N], gl.float32, layout=s_layout)
 
-            q_slot = item % Q_SLOTS
-            if num_blocks > 0:
-                # This warpgroup's 64 rows of the tile's Q, which the loader brought in by TMA.
+        q_slot = item % Q_SLOTS
+        if num_blocks > 0:
+            # This warpgroup's 64 rows of the tile's Q, which the loader brought in by TMA (under DYNAMIC the
+            # claim waited for it: ``_claimed``).
+            if not DYNAMIC:
                 mbarrier.wait(q_ready.index(q_slot), (item // Q_SLOTS) & 1)
-                q_tile = q_smem.index(q_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM])
-                # Block 0: its scores, then its softmax; its P @ V is issued in the next step (or after the loop).
-                first_stage = position % NUM_STAGES
-                mbarrier.wait(k_ready.index(first_stage), (position // NUM_STAGES) & 1)
-                _turn_begin(turns, turn, WG, PINGPONG)
-                s_token = warpgroup_mma(q_tile, k_smem.index(first_stage).permute((1, 0)), s_zero, use_acc=False,
-                                        is_async=True)
-                turn = _turn_end(turns, turn, WG, PINGPONG)
-                if TMA_STORE and stored > 0:
-                    # The previous tile's O left through its Q slot (TMA store): once that store has read it,
-                    # the slot goes back to the loader, a whole tile before the loader needs it.
-                    tma.store_wait(0)
-                    mbarrier.arrive(q_empty.index(stored_slot), count=1)
-                    stored = 0
-                s = warpgroup_mma_wait(0, deps=[s_token])
-                mbarrier.arrive(k_empty.index(first_stage), count=1)
+            q_tile = q_smem.index(q_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM])
+            # Block 0: its scores, then its softmax; its P @ V is issued in the next step (or after the loop).
+            first_stage = position % NUM_STAGES
+            mbarrier.wait(k_ready.index(first_stage), (position // NUM_STAGES) & 1)
+            _turn_begin(turns, turn, WG, PINGPONG)
+            s_token = warpgroup_mma(q_tile, k_smem.index(first_stage).permute((1, 0)), s_zero, use_acc=False,
+                                    is_async=True)
+            turn = _turn_end(turns, turn, WG, PINGPONG)
+            if TMA_STORE and stored > 0:
+                # The previous tile's O left through its Q slot (TMA store): once that store has read it,
+                # the slot goes back to the loader, a whole tile before the loader needs it.
+                tma.store_wait(0)
+                mbarrier.arrive(q_empty.index(stored_slot), count=1)
+                stored = 0
+            s = warpgroup_mma_wait(0, deps=[s_token])
+            mbarrier.arrive(k_empty.index(first_stage), count=1)
+            if S_AHEAD and num_blocks > 1:
+                # Two score products in flight: S_{j+1} is issued before the softmax of block j (``_ahead_step``).
+                second = position + 1
+                mbarrier.wait(k_ready.index(second % NUM_STAGES), (second // NUM_STAGES) & 1)
+                s_token = warpgroup_mma(q_tile, k_smem.index(second % NUM_STAGES).permute((1, 0)), s_zero,
+                                        use_acc=False, is_async=True)
+                p, m_i, l_i, alpha = _softmax_block(
+                    s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
+                    softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
+                p_op = gl.convert_layout(p.to(dtype), p_layout)
+                for block in range(1, num_blocks - 1):
+                    s_token, acc, p_op, m_i, l_i = _ahead_step(
+                        q_tile, buffers, s_token, acc, p_op, m_i, l_i, block, position, kv_start, kv_end, row_pos,
+                        offset, masked_head_end, unmasked_end, left, right, softmax_scale, softcap, s_zero, o_rows,
+                        s_cols, p_layout, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, NUM_STAGES, True)
+                s_token, acc, p_op, m_i, l_i = _ahead_step(
+                    q_tile, buffers, s_token, acc, p_op, m_i, l_i, num_blocks - 1, position, kv_start, kv_end,
+                    row_pos, offset, masked_head_end, unmasked_end, left, right, softmax_scale, softcap, s_zero,
+                    o_rows, s_cols, p_layout, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, NUM_STAGES, False)
+            else:
                 p, m_i, l_i, alpha = _softmax_block(
                     s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
                     softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
@@ -453,81 +560,137 @@ if GLUON_AVAILABLE:
                     alpha_o = gl.convert_layout(alpha, o_rows)
                     acc = acc * gl.expand_dims(alpha_o, 1)
                     p_op = gl.convert_layout(p.to(dtype), p_layout)
-                if not TMA_STORE:
-                    # Every score product of the tile has completed: its Q slot may take the loader's next tile.
-                    mbarrier.arrive(q_empty.index(q_slot), count=1)
-                item += 1
-                last = position + num_blocks - 1
-                last_stage = last % NUM_STAGES
-                mbarrier.wait(v_ready.index(last_stage), (last // NUM_STAGES) & 1)
-                _turn_begin(turns, turn, WG, PINGPONG)
-                acc_token = warpgroup_mma(p_op, v_smem.index(last_stage), acc, is_async=True)
-                turn = _turn_end(turns, turn, WG, PINGPONG)
-                acc = warpgroup_mma_wait(0, deps=[acc_token])
-                mbarrier.arrive(v_empty.index(last_stage), count=1)
+            if not TMA_STORE:
+                # Every score product of the tile has completed: its Q slot may take the loader's next tile.
+                mbarrier.arrive(q_empty.index(q_slot), count=1)
+            item += 1
+            last = position + num_blocks - 1
+            last_stage = last % NUM_STAGES
+            mbarrier.wait(v_ready.index(last_stage), (last // NUM_STAGES) & 1)
+            _turn_begin(turns, turn, WG, PINGPONG)
+            acc_token = warpgroup_mma(p_op, v_smem.index(last_stage), acc, is_async=True)
+            turn = _turn_end(turns, turn, WG, PINGPONG)
+            acc = warpgroup_mma_wait(0, deps=[acc_token])
+            mbarrier.arrive(v_empty.index(last_stage), count=1)
+        elif DYNAMIC:
+            # An item without keys holds a Q slot too (its word): free it, and the slot of a TMA store still
+            # pending (the loader may be waiting for it before it can hand out the next item).
+            if TMA_STORE and stored > 0:
+                tma.store_wait(0)
+                mbarrier.arrive(q_empty.index(stored_slot), count=1)
+                stored = 0
+            mbarrier.arrive(q_empty.index(q_slot), count=1)
+            item += 1
 
-            # Epilogue, as the Triton kernel's _finish_tile: NaN flags, then the sink, LSE and one factor per row
-            # (``finish_rows``, shared with it), O.
-            o_m = first_row + WG * M + gl.arange(0, M, layout=o_rows)
-            o_valid = o_m < num_rows
-            if PACK_GQA:
-                o_pos = o_m // GROUP
-                o_head = head_or_kv_head * GROUP + o_m % GROUP
+        # Epilogue, as the Triton kernel's _finish_tile: NaN flags, then the sink, LSE and one factor per row
+        # (``finish_rows``, shared with it), O.
+        o_m = first_row + WG * M + gl.arange(0, M, layout=o_rows)
+        o_valid = o_m < num_rows
+        if PACK_GQA:
+            o_pos = o_m // GROUP
+            o_head = head_or_kv_head * GROUP + o_m % GROUP
+        else:
+            o_pos = o_m
+            o_head = head_or_kv_head + o_m * 0
+        m_o = gl.convert_layout(m_i, o_rows)
+        l_o = gl.convert_layout(l_i, o_rows)
+        if FLAG_NAN:
+            row_sum = gl.sum(acc, 1)
+            row_has_nan = (row_sum != row_sum) & o_valid  # rows past the sequence hold another's Q (TMA)
+            flag_index = (flag_group + WG).to(gl.int64) * M + gl.arange(0, M, layout=o_rows)
+            # Every row of a group that holds a row of the sequence: the redo pass reads the whole group.
+            gl.store(FLAGS + flag_index, row_has_nan.to(gl.int8), mask=first_row + WG * M + o_m * 0 < num_rows)
+            gl.atomic_max(ANY_NAN + o_m * 0, gl.full([M], 1, gl.int32, layout=o_rows), mask=row_has_nan)
+        if HAS_SINKS:
+            sink = gl.load(SINKS + o_head, mask=o_valid, other=0.0).to(gl.float32) * LOG2E
+        else:
+            sink = m_o
+        row_factor, lse = finish_rows(m_o, l_o, sink, HAS_SINKS)
+        if STORE_LSE:
+            lse_ptrs = (LSE + batch64 * stride_lb + o_head.to(gl.int64) * stride_lh
+                        + (q_begin + o_pos).to(gl.int64) * stride_lq)
+            gl.store(lse_ptrs, lse, mask=o_valid)
+        out = acc * gl.expand_dims(row_factor, 1)
+        if TMA_STORE and num_blocks > 0:
+            # O through this warpgroup's box of the tile's Q slot (its products are done) and one TMA store;
+            # positions past a dense sequence are clipped by the descriptor.
+            o_box = q_smem.index(q_slot * NUM_CONSUMERS + WG)
+            o_box.reshape([M, HEAD_DIM]).store(out.to(dtype))
+            fence_async_shared()
+            _partition_barrier()
+            if IS_VARLEN_Q:
+                o_batch = 0
             else:
-                o_pos = o_m
-                o_head = head_or_kv_head + o_m * 0
-            m_o = gl.convert_layout(m_i, o_rows)
-            l_o = gl.convert_layout(l_i, o_rows)
-            if FLAG_NAN:
-                row_sum = gl.sum(acc, 1)
-                row_has_nan = (row_sum != row_sum) & o_valid  # rows past the sequence hold another's Q (TMA)
-                flag_index = (flag_group + WG).to(gl.int64) * M + gl.arange(0, M, layout=o_rows)
-                # Every row of a group that holds a row of the sequence: the redo pass reads the whole group.
-                gl.store(FLAGS + flag_index, row_has_nan.to(gl.int8), mask=first_row + WG * M + o_m * 0 < num_rows)
-                gl.atomic_max(ANY_NAN + o_m * 0, gl.full([M], 1, gl.int32, layout=o_rows), mask=row_has_nan)
-            if HAS_SINKS:
-                sink = gl.load(SINKS + o_head, mask=o_valid, other=0.0).to(gl.float32) * LOG2E
-            else:
-                sink = m_o
-            row_factor, lse = finish_rows(m_o, l_o, sink, HAS_SINKS)
-            if STORE_LSE:
-                lse_ptrs = (LSE + batch64 * stride_lb + o_head.to(gl.int64) * stride_lh
-                            + (q_begin + o_pos).to(gl.int64) * stride_lq)
-                gl.store(lse_ptrs, lse, mask=o_valid)
-            out = acc * gl.expand_dims(row_factor, 1)
-            if TMA_STORE and num_blocks > 0:
-                # O through this warpgroup's box of the tile's Q slot (its products are done) and one TMA store;
-                # positions past a dense sequence are clipped by the descriptor.
-                o_box = q_smem.index(q_slot * NUM_CONSUMERS + WG)
-                o_box.reshape([M, HEAD_DIM]).store(out.to(dtype))
-                fence_async_shared()
-                _partition_barrier()
-                if IS_VARLEN_Q:
-                    o_batch = 0
-                else:
-                    o_batch = batch
-                _tma_store(o_desc, [o_batch, q_begin + (first_row + WG * M) // ROWS_PER_POS,
-                                    head_or_kv_head * ROWS_PER_POS, 0], o_box)
-                stored = 1
-                stored_slot = q_slot
-            elif HEAD_DIM > 128:
-                # Converting a 64 x 256 tile to the vectorized layout takes 32 KiB of scratch shared memory, which the
-                # K/V stages and the Q slot leave no room for: store from the accumulator's layout.
-                _store_o(O, out.to(dtype), o_layout, first_row + WG * M, num_rows, head_or_kv_head, batch64, q_begin,
-                         stride_ob, stride_os, stride_oh, PACK_GQA, GROUP, ROWS_PER_POS, M, HEAD_DIM)
-            else:
-                _store_o(O, gl.convert_layout(out.to(dtype), io_layout), io_layout, first_row + WG * M, num_rows,
-                         head_or_kv_head, batch64, q_begin, stride_ob, stride_os, stride_oh, PACK_GQA, GROUP,
-                         ROWS_PER_POS, M, HEAD_DIM)
-            position += num_blocks
-            reverse = not reverse
+                o_batch = batch
+            _tma_store(o_desc, [o_batch, q_begin + (first_row + WG * M) // ROWS_PER_POS,
+                                head_or_kv_head * ROWS_PER_POS, 0], o_box)
+            stored = 1
+            stored_slot = q_slot
+        elif HEAD_DIM > 128:
+            # Converting a 64 x 256 tile to the vectorized layout takes 32 KiB of scratch shared memory, which the
+            # K/V stages and the Q slot leave no room for: store from the accumulator's layout.
+            _store_o(O, out.to(dtype), o_layout, first_row + WG * M, num_rows, head_or_kv_head, batch64, q_begin,
+                     stride_ob, stride_os, stride_oh, PACK_GQA, GROUP, ROWS_PER_POS, M, HEAD_DIM)
+        else:
+            _store_o(O, gl.convert_layout(out.to(dtype), io_layout), io_layout, first_row + WG * M, num_rows,
+                     head_or_kv_head, batch64, q_begin, stride_ob, stride_os, stride_oh, PACK_GQA, GROUP,
+                     ROWS_PER_POS, M, HEAD_DIM)
+        position += num_blocks
+        return position, item, turn, stored, stored_slot
+
+    @gluon.jit
+    def _claimed(work_words, q_ready, item, Q_SLOTS: gl.constexpr):
+        """DYNAMIC: the index of the work item the loader claimed for Q slot ``item % Q_SLOTS`` (past the work
+        when there is no more), once the slot's Q (or, for an item without keys, its word alone) has arrived."""
+        q_slot = item % Q_SLOTS
+        mbarrier.wait(q_ready.index(q_slot), (item // Q_SLOTS) & 1)
+        word = work_words.index(q_slot).load(gl.BlockedLayout([1], [32], [4], [0]))
+        return gl.max(word, 0)
+
+    @gluon.jit
+    def _consumer(geometry, pointers, strides, scalars, buffers, WG: gl.constexpr, HAS_LEFT: gl.constexpr,
+                  HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
+                  PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
+                  BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
+                  IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
+                  ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
+                  TMA_STORE: gl.constexpr, DYNAMIC: gl.constexpr,
+                  S_AHEAD: gl.constexpr):
+        """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of each work item's tile, from Q load to O store. Items
+        come from the persistent grid's static rounds (``_snake``) or, under ``DYNAMIC``, from the loader's claims
+        (``_claimed``)."""
+        Q_SLOTS: gl.constexpr = 2 if HEAD_DIM <= 128 else 1  # as the kernel allocates them
+        total_work = geometry[0] * geometry[1]
+        position = 0  # blocks consumed so far: the stage ring's position, shared with the loader's count
+        item = 0  # Q slots used so far: the Q ring's position, shared with the loader's count
+        turn = 0  # tensor-core turns taken so far (ping-pong with the other warpgroup)
+        stored = 0  # 1 while a TMA store of O from Q slot ``stored_slot`` may still be reading it
+        stored_slot = 0
+        if DYNAMIC:
+            work = _claimed(buffers[10], buffers[7], item, Q_SLOTS)
+            while work < total_work:
+                position, item, turn, stored, stored_slot = _consume_item(
+                    work, position, item, turn, stored, stored_slot, geometry, pointers, strides, scalars, buffers,
+                    WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N,
+                    HEAD_DIM, NUM_STAGES, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG,
+                    NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)
+                work = _claimed(buffers[10], buffers[7], item, Q_SLOTS)
+        else:
+            reverse = False
+            for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
+                position, item, turn, stored, stored_slot = _consume_item(
+                    _snake(work, reverse, total_work), position, item, turn, stored, stored_slot, geometry, pointers,
+                    strides, scalars, buffers, WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP,
+                    STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K,
+                    ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)
+                reverse = not reverse
         if TMA_STORE:
             tma.store_wait(0)  # the last tile's O is written before the program ends
 
     @gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right"])
     def _swa_fwd_sm90_kernel(
         q_desc, k_desc, v_desc, o_desc, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, PAGE_TABLE, FLAGS,
-        ANY_NAN, stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh, stride_page_table,
+        ANY_NAN, TILE_COUNTER, stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh, stride_page_table,
         seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, softmax_scale, softcap, left, right, num_tiles,
         num_batch_heads, num_row_groups, page_size,
         HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
@@ -536,7 +699,8 @@ if GLUON_AVAILABLE:
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
         ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-        TMA_STORE: gl.constexpr,
+        TMA_STORE: gl.constexpr, DYNAMIC: gl.constexpr,
+                  S_AHEAD: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
@@ -559,6 +723,8 @@ if GLUON_AVAILABLE:
         q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        # DYNAMIC: each Q slot's work item index, written by the loader before the slot's arrival.
+        work_words = gl.allocate_shared_memory(gl.int32, [2, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
         for i in gl.static_range(NUM_STAGES):
             mbarrier.init(k_ready.index(i), count=1)
             mbarrier.init(v_ready.index(i), count=1)
@@ -569,46 +735,46 @@ if GLUON_AVAILABLE:
             mbarrier.init(q_empty.index(i), count=NUM_CONSUMERS)
             mbarrier.init(turns.index(i), count=1)
 
-        pointers = (k_desc, v_desc, q_desc, O, LSE, SINKS, FLAGS, ANY_NAN, o_desc)
+        pointers = (k_desc, v_desc, q_desc, O, LSE, SINKS, FLAGS, ANY_NAN, o_desc, TILE_COUNTER)
         strides = (stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh)
         scalars = (softmax_scale, softcap, left, right)
-        buffers = (q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns)
+        buffers = (q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns, work_words)
         # (Gluon's partitions take their arguments spelled out: no starred tuples.)
         if NUM_CONSUMERS == 3:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
         elif NUM_CONSUMERS == 1:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
             ], [1], [LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
             ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -619,6 +785,23 @@ _DTYPES = (torch.float16, torch.bfloat16)
 def _shared_layout(block: tuple, dtype: torch.dtype):
     """The swizzled shared-memory layout of a TMA box (computed once per box shape: ~10 us of host time each)."""
     return gl.NVMMASharedLayout.get_default_for(list(block), gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
+
+
+# The DYNAMIC schedule's claim counters, one per (device, stream, thread) as the other kept scratch
+# (``_launch.stream_key``). A launch leaves its counter at zero (its last claim resets it), so calls that follow on
+# the stream find it ready; during CUDA-graph capture each call gets its own (zeroed when captured, reset by every
+# replay's last claim).
+_TILE_COUNTERS = PlanCache(64)
+
+
+def _tile_counter(device: torch.device) -> torch.Tensor:
+    key = stream_key(device)
+    if key is None:
+        return torch.zeros(1, device=device, dtype=torch.int32)
+    counter = _TILE_COUNTERS.get(key)
+    if counter is None:
+        counter = _TILE_COUNTERS.add(key, torch.zeros(1, device=device, dtype=torch.int32))
+    return counter
 
 
 def _sm_count(device: torch.device) -> int:
@@ -686,7 +869,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
             consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None,
             consumers: int | None = None, tma_store: bool | None = None,
-            per_sm: int | None = None) -> int:
+            per_sm: int | None = None, dynamic: bool | None = None, s_ahead: bool | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
     of query tiles per (batch, head-or-KV-head). Non-finite flags are written per group of ``ROWS_PER_CONSUMER``
     rows (the Triton redo pass's tiles). K/V: dense ``[B, Sk, Hk, D]``, varlen ``[total_k, Hk, D]``
@@ -696,7 +879,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     the partitions' reallocation) / ``programs`` (the persistent grid; default one per SM) / ``pingpong`` (the
     consumers take turns on the tensor cores; two consumers only) / ``consumers`` (warpgroups of 64 rows per tile: 1
     to 3) / ``per_sm`` (resident programs per SM: sets the register budgets) / ``tma_store`` (O through shared
-    memory and a TMA store; dense calls up to head_dim 128) override the shipped choice (tuning probes)."""
+    memory and a TMA store; dense calls up to head_dim 128) / ``dynamic`` (work items claimed from a counter)
+    / ``s_ahead`` (two score products in flight; not with ping-pong) override the shipped choice (tuning probes)."""
     varlen = cu_seqlens_q is not None
     varlen_k = cu_seqlens_k is not None
     paged = page_table is not None
@@ -707,6 +891,9 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     consumers = consumers or consumers_for(head_dim, pack_gqa, left, right)
     block_m = ROWS_PER_CONSUMER * consumers
     pingpong = PINGPONG if pingpong is None else pingpong
+    s_ahead = S_AHEAD if s_ahead is None else s_ahead
+    if pingpong and s_ahead:
+        raise ValueError("pingpong and s_ahead: the ping-pong turns order the default schedule's products only")
     if consumers not in (1, 2, 3) or (pingpong and consumers != 2) or (head_dim > 128 and consumers != 2):
         raise ValueError(f"consumers={consumers}, pingpong={pingpong}, head_dim={head_dim}: 1 to 3 consumers, "
                          "ping-pong with 2 only, 2 at head_dim 256 (the registers and shared memory of one program "
@@ -742,13 +929,15 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     grid = (min(work, programs or per_sm * _sm_count(q.device)),)
     flag = non_finite_flags is not None
     placeholder = out
+    dynamic = DYNAMIC if dynamic is None else dynamic
     _swa_fwd_sm90_kernel[grid](
         q_desc, k_desc, v_desc, o_desc, out, lse if lse is not None else placeholder,
         sinks if sinks is not None else placeholder,
         cu_seqlens_q if varlen else placeholder, cu_seqlens_k if varlen_k else placeholder,
         seqlens_k if seqlens_k is not None else placeholder, page_table if paged else placeholder,
         non_finite_flags if flag else placeholder, any_non_finite if flag else placeholder,
-        *o_strides, *l_strides, page_table.stride(0) if paged else 0,
+        _tile_counter(q.device) if dynamic else placeholder, *o_strides, *l_strides,
+        page_table.stride(0) if paged else 0,
         seqlen_q, seqlen_k, 0 if varlen_k or paged else k.shape[1], num_heads, softmax_scale,
         softcap if softcap > 0 else 1.0, left, right, num_tiles, num_batch_heads,
         ceil_div(seqlen_q * rows_per_pos, ROWS_PER_CONSUMER), k.shape[1] if paged else 1,
@@ -758,7 +947,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
-        TMA_STORE=tma_store,
+        TMA_STORE=tma_store, DYNAMIC=dynamic, S_AHEAD=s_ahead,
         num_warps=4, maxnreg=maxnreg,
     )
     return num_tiles

@@ -325,3 +325,84 @@ def test_auto_dispatch_takes_gluon_for_large_prefill_only():
     with gluon_mode("auto") as calls:
         swattn.flash_attn_func(q[:, :1], k, v, causal=True)  # one query row per head: a decode-sized tile
     assert not calls
+
+
+# The DYNAMIC schedule (work items claimed from a global counter) changes which program serves a tile, not how a
+# tile is computed: the same bits as the static rounds. Cases: two consumers (causal, long window), one consumer with
+# the TMA store (packed D64), D256's single Q slot, tiles whose rows see nothing (Sk < Sq: items without keys, which
+# pass through a Q slot too), a sequence shorter than a tile, softcap and sinks.
+DYNAMIC_CASES = [DENSE[0], DENSE[2], DENSE[3], DENSE[7], DENSE[-2], DENSE[-1], DENSE_D256[1]]
+
+
+@pytest.mark.parametrize("case", DYNAMIC_CASES,
+                         ids=lambda c: f"B{c[0]}-Sq{c[1]}-Sk{c[2]}-H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}"
+                         f"{'-pack' if c[9] else ''}")
+def test_dynamic_schedule_matches_the_static_one(case, monkeypatch):
+    same_bits_under_switch(case, monkeypatch, "DYNAMIC")
+
+
+def test_dynamic_schedule_resets_its_counter_between_calls_and_graph_replays(monkeypatch):
+    """Each launch's last claim leaves the counter at zero: eager calls one after another on one stream, calls of
+    other shapes in between, and a captured call replayed several times all give the first call's bits."""
+    monkeypatch.setattr(gluon_fwd, "DYNAMIC", True)
+    q = randn(2, 3000, 32, 128, dtype=torch.bfloat16)
+    k, v = randn(2, 3000, 8, 128, dtype=torch.bfloat16), randn(2, 3000, 8, 128, dtype=torch.bfloat16)
+    small_q = randn(1, 700, 8, 64, dtype=torch.bfloat16)
+    small_k, small_v = randn(1, 700, 8, 64, dtype=torch.bfloat16), randn(1, 700, 8, 64, dtype=torch.bfloat16)
+
+    def call():
+        return swattn.flash_attn_func(q, k, v, causal=True, return_softmax_lse=True)
+
+    with gluon_mode("1") as calls:
+        first_out, first_lse = call()
+        small_first = swattn.flash_attn_func(small_q, small_k, small_v, window_size=(63, 0))
+        for _ in range(3):
+            out, lse = call()
+            assert torch.equal(out, first_out) and torch.equal(lse, first_lse)
+            assert torch.equal(swattn.flash_attn_func(small_q, small_k, small_v, window_size=(63, 0)), small_first)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            call()  # warm on the capture stream
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            graph_out, graph_lse = call()
+        for _ in range(3):
+            graph_out.fill_(float("nan"))
+            graph.replay()
+            torch.cuda.synchronize()
+            assert torch.equal(graph_out, first_out) and torch.equal(graph_lse, first_lse)
+    assert len(calls) >= 10
+    ref, ref_lse = attention_ref(q, k, v, window_size=(-1, 0), **REF)
+    assert_close("gluon out", first_out, ref, tolerance_for(torch.bfloat16))
+    check_lse("gluon lse", first_lse, ref_lse)
+
+
+@pytest.mark.parametrize("head_dim", [64, 256])
+def test_dynamic_schedule_over_varlen_and_pages(head_dim, monkeypatch):
+    """Varlen batches with empty and short sequences (many items without keys) and a paged cache under the DYNAMIC
+    schedule, against the reference."""
+    monkeypatch.setattr(gluon_fwd, "DYNAMIC", True)
+    test_varlen_with_empty_and_short_sequences((127, 0), head_dim)
+    test_kvcache_extend(KVCACHE[0] if head_dim == 64 else KVCACHE[-1])
+
+
+@pytest.mark.parametrize("consumers", [1, 2])
+def test_dynamic_schedule_non_finite_isolation(consumers, monkeypatch):
+    monkeypatch.setattr(gluon_fwd, "DYNAMIC", True)
+    test_non_finite_isolation(False, consumers, monkeypatch)
+
+
+# S_AHEAD (the next block's scores issued before this block's softmax) reorders the issue only: the same bits.
+# Tiles of one block (window 0), two (a short window), many (causal), one and two consumers, D256, pages.
+@pytest.mark.parametrize("case", [DENSE[0], DENSE[3], DENSE[5], DENSE[7], DENSE[8], DENSE[-2], DENSE_D256[0]],
+                         ids=lambda c: f"B{c[0]}-Sq{c[1]}-H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
+def test_scores_ahead_match_the_default_order(case, monkeypatch):
+    same_bits_under_switch(case, monkeypatch, "S_AHEAD")
+
+
+def test_scores_ahead_over_pages_and_varlen(monkeypatch):
+    monkeypatch.setattr(gluon_fwd, "S_AHEAD", True)
+    test_kvcache_extend(KVCACHE[2])
+    test_varlen_with_empty_and_short_sequences((-1, 0), 128)
