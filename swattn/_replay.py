@@ -22,7 +22,9 @@ take the function every time.
 from __future__ import annotations
 
 import functools
+import operator
 import threading
+from collections.abc import Callable
 
 import torch
 
@@ -45,15 +47,15 @@ def note_data_checks(decide, tensor: torch.Tensor, check_inputs) -> bool:
 _Tensor, _Parameter = torch.Tensor, torch.nn.Parameter
 
 
-def _signature(args: tuple, kwargs: dict) -> tuple:
+def _signature(values: tuple, names: tuple) -> tuple:
     """A call's signature: the keyword names, then per argument (positional, then keyword) a plain tensor's shape,
     strides, dtype, device and 16-byte alignment (the alignment Triton specializes pointers on: a planned op
     serves the whole signature); another tensor type's (fake tensors: no data pointer to ask) with its type; a
     tuple with its items' types; anything else with its type (True and 1, 1 and 1.0 are one key otherwise: the
     checks tell them apart). One loop, no call per argument: this is every replayed call's host cost."""
-    items = [tuple(kwargs)]
+    items = [names]
     append = items.append
-    for value in (*args, *kwargs.values()):
+    for value in values:
         kind = type(value)
         if kind is _Tensor or kind is _Parameter:
             append((value.shape, value.stride(), value.dtype, value.device, value.data_ptr() % 16 == 0))
@@ -66,38 +68,32 @@ def _signature(args: tuple, kwargs: dict) -> tuple:
     return tuple(items)
 
 
-def _take(source, args, kwargs):
-    kind, index = source
-    return args[index] if kind == "arg" else kwargs[index] if kind == "kwarg" else index
+def _picker(positions) -> Callable[[tuple], tuple]:
+    """``values -> tuple(values[i] for i in positions)`` in one C call (``itemgetter`` returns a lone item bare)."""
+    if len(positions) == 1:
+        index = positions[0]
+        return lambda values: (values[index],)
+    return operator.itemgetter(*positions)
 
 
 class _Replay:
-    """One recorded op call: ``op``, and per argument either the caller's argument to take (``("arg", i)`` /
-    ``("kwarg", name)``) or a value (``("value", v)``); ``returns``: the op's result as is, its first element, or
-    both as a pair; ``data_checks``: the interface's decision whether to read data, asked again on every call
-    (``(decide, tensor source, check_inputs)``; the function runs instead when it says yes)."""
+    """One recorded op call: ``op``, its arguments picked from the call's values (positional, then keyword)
+    followed by the recorded constants (``pick``); ``returns``: the op's result as is, its first element, or both
+    as a pair; ``data_checks``: the interface's decision whether to read data, asked again on every call
+    (``(decide, position of the tensor, check_inputs)``; the function runs instead when it says yes)."""
 
-    __slots__ = ("op", "sources", "returns", "data_checks", "values", "from_args", "from_kwargs")
+    __slots__ = ("op", "pick", "constants", "returns", "data_checks")
 
-    def __init__(self, op, sources, returns, data_checks, planned=None):
+    def __init__(self, op, pick, constants, returns, data_checks, planned=None):
         # planned: ops.planned_op's function for this signature, called in place of the op (None: the op).
-        self.op, self.sources, self.returns, self.data_checks = planned or op, sources, returns, data_checks
-        # The op's arguments as a list of the recorded values, and where the caller's arguments go into it.
-        self.values = [index if kind == "value" else None for kind, index in sources]
-        self.from_args = tuple((i, index) for i, (kind, index) in enumerate(sources) if kind == "arg")
-        self.from_kwargs = tuple((i, index) for i, (kind, index) in enumerate(sources) if kind == "kwarg")
+        self.op, self.pick, self.constants = planned or op, pick, constants
+        self.returns, self.data_checks = returns, data_checks
 
-    def reads_data(self, args, kwargs) -> bool:
-        return any(decide(_take(source, args, kwargs), check_inputs)
-                   for decide, source, check_inputs in self.data_checks)
+    def reads_data(self, values: tuple) -> bool:
+        return any(decide(values[position], check_inputs) for decide, position, check_inputs in self.data_checks)
 
-    def __call__(self, args, kwargs):
-        values = self.values.copy()
-        for i, index in self.from_args:
-            values[i] = args[index]
-        for i, name in self.from_kwargs:
-            values[i] = kwargs[name]
-        result = self.op(*values)
+    def __call__(self, values: tuple):
+        result = self.op(*self.pick(values + self.constants))
         if self.returns == "out":
             return result[0]
         if self.returns == "pair":
@@ -116,25 +112,28 @@ def _record(function, args, kwargs):
     if len(record["calls"]) != 1 or any(read_data for *_, read_data in record["data_checks"]):
         return result, None
     op, op_args, op_result = record["calls"][0]
+    values = args + tuple(kwargs.values())
     by_identity = {}
-    for source, value in [(("arg", i), a) for i, a in enumerate(args)] + [(("kwarg", n), a) for n, a in kwargs.items()]:
+    for position, value in enumerate(values):
         if isinstance(value, torch.Tensor):
             if id(value) in by_identity:
                 return result, None  # one tensor passed twice: another call may pass two
-            by_identity[id(value)] = source
+            by_identity[id(value)] = position
     data_checks = []
     for decide, tensor, check_inputs, _ in record["data_checks"]:
         if id(tensor) not in by_identity:
             return result, None
         data_checks.append((decide, by_identity[id(tensor)], check_inputs))
-    sources = []
+    # The op's arguments: positions in the call's values, or in the constants that follow them.
+    positions, constants = [], []
     for value in op_args:
         if isinstance(value, torch.Tensor):
             if id(value) not in by_identity:
                 return result, None  # a tensor the function made (a copy, a filled int): not replayable
-            sources.append(by_identity[id(value)])
+            positions.append(by_identity[id(value)])
         elif value is None or type(value) in (bool, int, float):
-            sources.append(("value", value))
+            positions.append(len(values) + len(constants))
+            constants.append(value)
         else:
             return result, None
     if result is op_result:
@@ -145,7 +144,8 @@ def _record(function, args, kwargs):
         returns = "pair"
     else:
         return result, None
-    return result, _Replay(op, sources, returns, tuple(data_checks), ops.planned_op(op, op_args))
+    return result, _Replay(op, _picker(positions), tuple(constants), returns, tuple(data_checks),
+                           ops.planned_op(op, op_args))
 
 
 class _RecordingOps:
@@ -185,8 +185,9 @@ def replayed(function):
     def call(*args, **kwargs):
         if torch.compiler.is_compiling():
             return function(*args, **kwargs)
+        values = args + tuple(kwargs.values()) if kwargs else args
         try:
-            key = (_signature(args, kwargs), ops.plan_settings(), _compat.CHECK_INPUTS)
+            key = (_signature(values, tuple(kwargs)), ops.plan_settings(), _compat.CHECK_INPUTS)
             plan = plans.get(key)
         except TypeError:  # an unhashable argument (a list)
             return function(*args, **kwargs)
@@ -199,9 +200,9 @@ def replayed(function):
             result, plan = _record(function, args, kwargs)
             plans.add(key, not_replayable if plan is None else plan)
             return result
-        if plan is not_replayable or (plan.data_checks and plan.reads_data(args, kwargs)):
+        if plan is not_replayable or (plan.data_checks and plan.reads_data(values)):
             return function(*args, **kwargs)
-        return plan(args, kwargs)
+        return plan(values)
 
     call.plans = plans
     return call

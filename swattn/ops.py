@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from swattn import reference
 from swattn._compat import uses_triton
-from swattn.kernels._launch import tensor_signature
+from swattn.kernels._launch import ASK, stream_key, tensor_signature
 from swattn.kernels.append import append_plan
 from swattn.kernels.bwd import attention_backward, backward_plan
 from swattn.kernels.combine import combine_splits
@@ -468,6 +468,7 @@ class _KVCachePlan:
             q_descale=None, k_descale=None, v_descale=None, return_lse=None):
         """-> (out, lse), lse None when the plan was made without ``return_lse``."""
         q_attend, new_k, new_v = q, None, None  # q_attend: q, or its rotated copy
+        stream = ASK  # stream_key, asked once for the append's and the attention's kept scratch
         if self.fused:
             if self.copy_new:
                 k, v = k.contiguous(), v.contiguous()
@@ -475,10 +476,11 @@ class _KVCachePlan:
         elif k is None:
             seqlens_k = cache_seqlens if self.lengths_as_given else cache_seqlens.to(torch.int32)
         else:
+            stream = stream_key(q.device)
             seqlens_k, q_rotated = self.append.run(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx,
                                                    page_table, cu_seqlens_q, cu_seqlens_k_new, q, rotary_cos,
                                                    rotary_sin, rotary_seqlens, k_descale, v_descale,
-                                                   scratch_lengths=True)
+                                                   scratch_lengths=True, stream=stream)
             if q_rotated is not None:
                 q_attend = q_rotated
         forward = self.forward
@@ -489,7 +491,8 @@ class _KVCachePlan:
                 cache_leftpad=cache_leftpad, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
                 **self.forward_arguments)
         out, lse, _ = forward.run(q_attend, k_cache, v_cache, sinks, cu_seqlens_q, None, seqlens_k, cache_batch_idx,
-                                  page_table, new_k, new_v, None, cache_leftpad, q_descale, k_descale, v_descale)
+                                  page_table, new_k, new_v, None, cache_leftpad, q_descale, k_descale, v_descale,
+                                  stream)
         return out, lse
 
 

@@ -25,7 +25,7 @@ from swattn.kernels._common import (
     token_strides,
     wait_for_previous_grid,
 )
-from swattn.kernels._launch import Launch, PlanCache, kept_buffer, tensor_signature
+from swattn.kernels._launch import ASK, Launch, PlanCache, kept_buffer, tensor_signature
 
 E4M3_MAX = tl.constexpr(448.0)
 
@@ -298,12 +298,13 @@ class _AppendPlan:
 
     def run(self, k_cache, v_cache, k_new, v_new, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q,
             cu_seqlens_k_new=None, q=None, rotary_cos=None, rotary_sin=None, rotary_seqlens=None, k_descale=None,
-            v_descale=None, scratch_lengths=False):
+            v_descale=None, scratch_lengths=False, stream=ASK):
         """-> (the key lengths after the append, q rotated or None). ``scratch_lengths``: the caller reads the
         lengths only in launches it makes next on this stream (the attention of the same call), so they go into a
-        buffer kept between calls (``kept_buffer``, an allocation less); otherwise a new tensor."""
+        buffer kept between calls (``kept_buffer``, an allocation less; ``stream`` as it takes it); otherwise a new
+        tensor."""
         if scratch_lengths:
-            seqlens_k = kept_buffer("new_lengths", self.device, self.batch, torch.int32)
+            seqlens_k = kept_buffer("new_lengths", self.device, self.batch, torch.int32, stream)
         else:
             # Like cache_seqlens (int32 [B] by the interface's checks): new_empty skips torch.empty's argument parsing.
             seqlens_k = (cache_seqlens.new_empty(self.batch) if cache_seqlens.dtype == torch.int32

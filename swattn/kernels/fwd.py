@@ -1049,9 +1049,10 @@ _PLANS = PlanCache()
 _ISOLATION_BUFFERS = PlanCache(64)
 
 
-def _isolation_buffers(device: torch.device, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The non-finite flags (at least ``rows``) and the raised flag for a call on the current stream (see above)."""
-    key = stream_key(device)
+def _isolation_buffers(device: torch.device, rows: int, stream=_launch.ASK) -> tuple[torch.Tensor, torch.Tensor]:
+    """The non-finite flags (at least ``rows``) and the raised flag for a call on the current stream (see above);
+    ``stream`` as ``kept_buffer`` takes it."""
+    key = stream_key(device) if stream is _launch.ASK else stream
     if key is None or rows > _launch.KEEP_MAX_BYTES:
         return (torch.empty(rows, device=device, dtype=torch.int8),
                 torch.zeros(2, device=device, dtype=torch.int32))
@@ -1365,7 +1366,9 @@ class _ForwardPlan:
                                num_tensors=_FORWARD_TENSORS, slots=_slots(present, skip=(_BLOCK_COUNT_SLOT,)))
 
     def run(self, q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k, new_v,
-            seqused_q=None, cache_leftpad=None, q_descale=None, k_descale=None, v_descale=None):
+            seqused_q=None, cache_leftpad=None, q_descale=None, k_descale=None, v_descale=None, stream=_launch.ASK):
+        """``stream``: ``stream_key(q.device)`` when the caller has asked it (for the kept scratch, see
+        ``kept_buffer``)."""
         device = self.device
         out = torch.empty_like(q) if self.out_like_q else torch.empty(self.out_shape, device=device, dtype=self.dtype)
         lse = None if self.lse_shape is None else torch.empty(self.lse_shape, device=device, dtype=torch.float32)
@@ -1375,14 +1378,16 @@ class _ForwardPlan:
             # The splits' partial results: scratch the main pass writes and the merge reads in this call, so kept
             # between calls on this stream (``kept_buffer``: two allocations less per split-KV call), flat, with the
             # contiguous strides planned for them.
-            out_target = kept_buffer("split_out", device, self.split_numel[0], torch.float32)
-            lse_target = kept_buffer("split_lse", device, self.split_numel[1], torch.float32)
+            if stream is _launch.ASK:
+                stream = stream_key(device)
+            out_target = kept_buffer("split_out", device, self.split_numel[0], torch.float32, stream)
+            lse_target = kept_buffer("split_lse", device, self.split_numel[1], torch.float32, stream)
         else:
             out_target, lse_target = out, lse
         block_counts = (None if self.block_count_shape is None
                         else torch.zeros(self.block_count_shape, device=device, dtype=torch.int32))
         if self.isolate:
-            non_finite_flags, any_non_finite = _isolation_buffers(device, self.flag_rows)
+            non_finite_flags, any_non_finite = _isolation_buffers(device, self.flag_rows, stream)
         else:
             non_finite_flags = any_non_finite = None
         if self.use_tma:

@@ -13,6 +13,7 @@ import torch
 from triton.runtime.jit import JITFunction
 
 import swattn
+from swattn import ops
 from swattn._compat import interpreter_enabled
 from swattn.kernels import _launch, append, bwd, combine, fwd
 from swattn.kernels._launch import Launch, bound_argument_order
@@ -59,6 +60,12 @@ def test_repeated_call_launches_the_compiled_kernels_directly(monkeypatch, num_s
     choose = fwd.forward_config
     monkeypatch.setattr(fwd, "forward_config",
                         lambda *args, **kwargs: configs_chosen.append(args) or choose(*args, **kwargs))
+    # The kept scratch's stream and capture query (a driver call on a GPU): once per call, for the append's new
+    # lengths and the splits' partial results alike.
+    stream_keys = []
+    stream_key = _launch.stream_key
+    for module in (_launch, fwd, ops):
+        monkeypatch.setattr(module, "stream_key", lambda device: stream_keys.append(device) or stream_key(device))
     with stub_kernels() as stubs:
         call = _decode_call(num_splits=num_splits)
         call()
@@ -68,8 +75,10 @@ def test_repeated_call_launches_the_compiled_kernels_directly(monkeypatch, num_s
         first = {name: stub.last_launch for name, stub in used.items()}
         kernel_plans = (fwd._PLANS, append._PLANS)
         misses = [cache.misses for cache in kernel_plans]
+        stream_keys.clear()
         for _ in range(3):
             call()
+        assert len(stream_keys) == 3
         # Triton's JITFunction.run (bind, specialize, look up or compile) once per plan; the config chosen once;
         # no plan made again.
         assert all(stub.plain_launches == 1 and stub.direct_launches == 3 for stub in used.values())
