@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "for both layers, instead of the default subset)")
     parser.add_argument("--context", type=int, help="model-step context (default 8192)")
     parser.add_argument("--layers", type=int, help="model-step layers (default 36)")
+    parser.add_argument("--rows", type=lambda s: [r for r in s.split(",") if r],
+                        help="host: only these row groups, of decode,op,prefill,backward (default: all)")
     return parser.parse_args(argv)
 
 
@@ -100,7 +102,7 @@ def run_scenario(name: str, env: Env, args: argparse.Namespace) -> Section:
         return prefill_fp8.run(env, seqlens=args.seqlens, lefts=args.lefts)
     if name == "host":
         from swattn.bench import host
-        return host.run(env)
+        return host.run(env, rows=args.rows)
     from swattn.bench import model_step
     return model_step.run(env, context=args.context, layers=args.layers, tokens=args.verify_tokens)
 

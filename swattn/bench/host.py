@@ -16,6 +16,7 @@ is hidden). gpt-oss-120b layer shapes (H=64, Hk=8, D=64, sinks), bf16. Rows:
 - backward of the window prefill at 4K (swattn), also with autograd's device threads off, beside the autograd
   engine alone (a Function whose backward hands back gradients computed beforehand): the engine's own share.
 
+``--rows decode,op,prefill,backward`` picks groups of them (``op``: the op-path rows, with the decode rows).
 Under ``--quick`` (CPU, interpreter) shapes are tiny and only the format and the checks mean anything.
 """
 
@@ -95,7 +96,7 @@ class _Timings:
         return run
 
 
-def _decode_rows(env: Env, dims: Dims, timings: _Timings) -> list[Row]:
+def _decode_rows(env: Env, dims: Dims, timings: _Timings, op_path: bool = True) -> list[Row]:
     batch, context, page_size = (16, 1024, 16) if not env.quick else (2, 40, 8)
     if env.quick:
         dims = Dims(8, 2, 32)
@@ -130,7 +131,7 @@ def _decode_rows(env: Env, dims: Dims, timings: _Timings) -> list[Row]:
         # "+fused append": ops.FUSED_APPEND on for the row (one launch: the attention programs write the new
         # tokens); "+append" takes the default (ops.FUSED_APPEND_DEFAULTS).
         providers = [("swattn", plain), ("swattn +append", appending), ("swattn +fused append", appending)]
-        if left >= 0 and not env.quick:  # the compiled row alone would take minutes under the interpreter
+        if left >= 0 and op_path and not env.quick:  # the compiled row alone takes minutes under the interpreter
             providers += [("swattn +append, op via dispatcher", lambda: _op_call(q, k_pool, v_pool, k_new, v_new,
                                                                                   before, table, sinks, left)),
                           ("swattn +append, torch.compile", lambda kwargs=kwargs: _compiled(appending(kwargs)))]
@@ -294,11 +295,22 @@ def _kernel_used(q: torch.Tensor) -> str:
     return "Gluon kernel" if plans[-1].use_gluon else "Triton kernel"
 
 
-def run(env: Env) -> Section:
+# Row groups (``--rows``): the decode rows, the op path's (dispatcher and torch.compile, with the decode rows), the
+# prefill and the backward rows.
+ROW_GROUPS = ("decode", "op", "prefill", "backward")
+
+
+def run(env: Env, rows: list[str] | None = None) -> Section:
+    """``rows``: the groups of ``ROW_GROUPS`` to time (None: all)."""
+    groups = set(ROW_GROUPS if rows is None else rows)
+    unknown = groups - set(ROW_GROUPS)
+    if unknown:
+        raise ValueError(f"rows: unknown group(s) {sorted(unknown)}; expected some of {', '.join(ROW_GROUPS)}")
     timings = _Timings(env)
     dims = Dims()
-    rows = (_decode_rows(env, dims, timings) + _prefill_rows(env, dims, timings, backward=False)
-            + _prefill_rows(env, dims, timings, backward=True))
+    rows = ((_decode_rows(env, dims, timings, op_path="op" in groups) if groups & {"decode", "op"} else [])
+            + (_prefill_rows(env, dims, timings, backward=False) if "prefill" in groups else [])
+            + (_prefill_rows(env, dims, timings, backward=True) if "backward" in groups else []))
     rows, unavailable = drop_unavailable(rows)
     headers = ["shape", "provider", "host us/call", "eager us/call", "graph us/call", "eager/graph", "check", "note"]
     cells = []

@@ -1,0 +1,125 @@
+"""Why an eager call can take longer per call than its host time (issue 18), on a GPU.
+
+``python -m swattn.bench host`` at 19:33 (H200) read the full decode with the append launch at 46.1 us of host
+time per call but 83.9 us per call eager (the same calls between CUDA events), whose GPU work takes 13.9 us
+(graph-replayed); the plain full decode did the same at 17:10 (53.3 against 83.5) and not later. The bench times
+host, then the graph, then eager; ``scripts/host_profile.py`` (host, then eager) read the two alike at 21:52.
+
+Per scenario (``scripts/host_profile.py``'s), in one process: host and eager us per call before any CUDA-graph
+capture, host again, a capture and its replays (graph us), host and eager after it; then a torch.profiler trace of
+back-to-back eager calls: per call, the GPU's busy time (its kernels' durations), the span from the first kernel's
+start to the last one's end (busy plus the GPU's idle time: the host's pace), and the CUDA API calls the host made
+(launches, capture queries, allocations, synchronisations) with their mean duration. ``--variants pdl0`` also runs
+the scenarios in a child process with ``SWATTN_PDL=0`` (kernels launched without programmatic dependent launch).
+
+    PYTHONPATH=. python scripts/eager_gap.py [--only decode_full_append,decode_full] [--variants pdl0]
+
+On a CPU it runs tiny shapes under the interpreter as a smoke test of the script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import host_profile  # noqa: E402
+import torch  # noqa: E402
+
+from swattn import _compat  # noqa: E402
+
+CUDA = host_profile.CUDA
+
+
+def trace(fn, calls: int) -> list[str]:
+    """A torch.profiler trace of ``calls`` back-to-back calls: the GPU's busy time and span per call, and the CUDA
+    API calls per call (count, mean us)."""
+    if not CUDA:
+        return ["trace: no GPU"]
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        fn()
+    host_profile.sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        host_profile.sync()
+    kernels, api = [], defaultdict(list)
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels.append((event.time_range.start, event.time_range.end, event.name))
+        elif event.name.startswith(("cu", "cuda")):
+            api[event.name].append(event.time_range.elapsed_us())
+    lines = []
+    if kernels:
+        kernels.sort()
+        busy = sum(end - start for start, end, _ in kernels)
+        span = max(end for _, end, _ in kernels) - kernels[0][0]
+        per_kernel = defaultdict(list)
+        for start, end, name in kernels:
+            per_kernel[name[:40]].append(end - start)
+        lines.append(f"trace: GPU busy {busy / calls:.2f} us/call, span {span / calls:.2f} us/call "
+                     f"({len(kernels) / calls:.2f} kernels/call: "
+                     + ", ".join(f"{name} {sum(d) / len(d):.2f} us" for name, d in per_kernel.items()) + ")")
+    else:
+        lines.append("trace: no GPU kernels recorded")
+    lines.append("trace: CUDA API per call: " + ", ".join(
+        f"{name} x{len(d) / calls:.2f} {sum(d) / len(d):.2f} us" for name, d in
+        sorted(api.items(), key=lambda item: -sum(item[1]))[:12]))
+    return lines
+
+
+def measure(name: str, title: str, fn, calls: int) -> None:
+    fn()
+    fn()  # recorded by the interface at the second call
+    host_profile.sync()
+    n = max(calls // 5, 2)
+    host_a = host_profile.host_us(fn, n)[0]
+    eager_a = host_profile.eager_us(fn, calls)
+    host_b = host_profile.host_us(fn, n)[0]
+    graph = host_profile.graph_us(fn) if CUDA else float("nan")
+    host_c = host_profile.host_us(fn, n)[0]
+    eager_c = host_profile.eager_us(fn, calls)
+    print(f"\n## {title} [{name}; PDL {_compat.PDL}]")
+    print(f"before a capture: host {host_a:.1f}, eager {eager_a:.1f}, host again {host_b:.1f} us/call; "
+          f"graph {graph:.2f} us/call; after it: host {host_c:.1f}, eager {eager_c:.1f} us/call")
+    for line in trace(fn, min(calls, 100)):
+        print(line)
+    sys.stdout.flush()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="decode_full_append,decode_full,decode_append",
+                        help="host_profile.py's scenario names, comma-separated")
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--variants", default="", help="comma-separated: pdl0 (a child with SWATTN_PDL=0)")
+    args = parser.parse_args()
+    import triton
+
+    device = torch.cuda.get_device_name() if CUDA else "CPU (interpreter: a smoke test, not a timing)"
+    print(f"# eager gap: {device}; torch {torch.__version__}, triton {triton.__version__}; PDL {_compat.PDL}")
+    found, _ = host_profile.scenarios(not CUDA)
+    calls = args.calls if CUDA else 4
+    for name in args.only.split(","):
+        title, fn, variant = found[name]
+        if variant is not None:
+            print(f"\n## {name}: variant {variant} not supported here (use host_profile.py)")
+            continue
+        try:
+            measure(name, title, fn, calls)
+        except Exception as exc:  # report and go on
+            print(f"\n## {title}: FAILED {type(exc).__name__}: {exc}")
+    if "pdl0" in args.variants.split(","):
+        sys.stdout.flush()
+        subprocess.run([sys.executable, __file__, "--only", args.only, "--calls", str(args.calls)],
+                       env=dict(os.environ, SWATTN_PDL="0"), check=False)
+
+
+if __name__ == "__main__":
+    main()
