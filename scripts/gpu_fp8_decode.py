@@ -38,7 +38,7 @@ FP8 = torch.float8_e4m3fn
 # splits=N (num_splits instead of the automatic count), prefetch=True (fwd.PREFETCH_PAGE_TABLE: the single loop's
 # first page-table entries into L2 once the query load is issued), hnd=True (the cache's memory head-major,
 # [pages, Hk, page, D], passed as the same [pages, page, Hk, D] view: one KV head's page is 1 KB contiguous in e4m3
-# instead of 16 rows of 64 B at a 512-B stride), pair=True (fwd.FP8_TWO_KV_HEADS), per_sm=N (the split count of
+# instead of 16 rows of 64 B at a 512-B stride), pair=1|2 (fwd.FP8_TWO_KV_HEADS), per_sm=N (the split count of
 # one wave at N programs per SM).
 PAIRS, PREFETCH, HND = dict(pairs=True), dict(prefetch=True), dict(hnd=True)
 # 128-key e4m3 blocks (16 KB of K + V per block, a bf16 64-key block's bytes) under register caps that keep 4
@@ -49,12 +49,14 @@ WIDE = [(False, (128, 4, 3, False, False, 128), dict(per_sm=4)),
         (False, (128, 4, 5, False, False, 128), dict(per_sm=4)),
         (False, (128, 2, 5, False, False, None), dict(per_sm=4)),
         (False, (128, 4, 3, False, False, 168), dict(per_sm=3))]
-# Two KV heads per program (fwd.FP8_TWO_KV_HEADS: one 128-byte e4m3 row per token of the pair; compiled, Triton 3.6:
-# (64, 2, 3) capped at 168 168 registers, 128 B spilled, 6 per SM; (64, 4, 3) 168, 16 B, 3 per SM; (64, 4, 3)
-# capped at 128 128, 32 B, 4 per SM; half the programs per split, so per_sm's split count doubles.
-PAIR = [(False, (64, 2, 3, False, False, 168), dict(pair=True, per_sm=6)),
-        (False, (64, 4, 3, False, False, None), dict(pair=True, per_sm=3)),
-        (False, (64, 4, 3, False, False, 128), dict(pair=True, per_sm=4))]
+# Two KV heads per program (fwd.FP8_TWO_KV_HEADS: one 128-byte e4m3 row per token of the pair), pair=1 (one product
+# per head) or 2 (the tiles interleaved as [2 x 64, D]); compiled, Triton 3.6: (64, 2, 3) capped at 168: 168
+# registers, 128 / 136 B spilled, 6 per SM; (64, 4, 3) capped at 128: 128, 32 / 16 B, 4 per SM; half the programs
+# per split, so per_sm's split count doubles.
+PAIR = [(False, (64, 4, 3, False, False, 128), dict(pair=1, per_sm=4)),
+        (False, (64, 4, 3, False, False, 128), dict(pair=2, per_sm=4)),
+        (False, (64, 2, 3, False, False, 168), dict(pair=1, per_sm=6)),
+        (False, (64, 2, 3, False, False, 168), dict(pair=2, per_sm=6))]
 FULL = [(False, None), *PAIR, *WIDE[:2], (False, (64, 2, 7, False, False, 168)), *WIDE[2:], (False, None, HND),
         (False, (128, 4, 5, False, False, 128), dict(hnd=True, per_sm=4)), (True, None)]
 LONG = [(False, None), (False, (64, 2, 7, False, False, 168)), *PAIR[:2], *WIDE[:2]]
@@ -117,7 +119,7 @@ def main() -> None:
                 *config[:3], ",single" if config[3] else "",
                 f",maxnreg {config[5]}" if len(config) > 5 and config[5] else "")
             shown += " pairs" if options.get("pairs") else ""
-            shown += " 2 KV heads/program" if options.get("pair") else ""
+            shown += f" 2 KV heads/program ({options['pair']})" if options.get("pair") else ""
             shown += " head-major" if options.get("hnd") else ""
             shown += f" {options['per_sm']}/SM" if "per_sm" in options else ""
             shown += f" {options['splits']} splits" if "splits" in options else ""
@@ -133,7 +135,7 @@ def main() -> None:
                 calls = [dict(c, num_splits=options["splits"]) for c in calls]
             forced = forced_config(FwdConfig(16, *config)) if config is not None else None
             pairs, prefetch, two_heads = fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS
-            fwd.FP8_TWO_KV_HEADS = options.get("pair", False)  # part of the plans' key (fwd.settings)
+            fwd.FP8_TWO_KV_HEADS = options.get("pair", 0)  # part of the plans' key (fwd.settings)
             if "pairs" in options:
                 fwd.WIDEN_E4M3_PAIRS = options["pairs"]  # part of the plans' key (fwd.settings)
             if "prefetch" in options:

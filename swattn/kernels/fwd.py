@@ -73,6 +73,12 @@ SCAN_FLAGS_MAX_WORK: int | None = None
 
 # FP8 values: no fp8 input; fp16/bf16 queries over an e4m3 K/V (cache); q, K and V all e4m3 (output bf16).
 NO_FP8, FP8_KV, FP8_QKV = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+# KV_PAIR values (``FP8_TWO_KV_HEADS``): one KV head per program; two, one product per head (each row selects its
+# head's); two, the [BLOCK_N, 2 * D] tiles viewed as [2 * BLOCK_N, D] (token j's rows of the two heads are rows 2j
+# and 2j + 1: a reshape, no split) and one product of each over both heads, each row's scores for the other head's
+# rows masked to -inf (the same tensor-core work and accumulator; a NaN value of one head also reaches the other
+# head's rows through P @ V, 0 x NaN: experimental only).
+NO_PAIR, PAIR_TWO_PRODUCTS, PAIR_INTERLEAVED = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 
 # Grids of at most this many tiles (None: one per SM, ``_persistent_programs``; 0: never) whose loop is the single
 # masked loop (decode-sized tiles of at most 32 rows: speculative verify of k <= 4 tokens, short extends) run
@@ -130,7 +136,8 @@ WIDEN_E4M3_PAIRS = os.environ.get("SWATTN_WIDEN_E4M3_PAIRS", "0") not in ("", "0
 # (2 x group <= block_m), K/V heads adjacent in memory (stride of a head = head_dim = the padded head_dim), an even
 # KV head count, and no fused append; the window decode (the single loop) keeps one KV head per program (half the
 # grid would leave SMs idle).
-FP8_TWO_KV_HEADS = os.environ.get("SWATTN_FP8_TWO_KV_HEADS", "0") not in ("", "0")
+# 0: off; 1: PAIR_TWO_PRODUCTS; 2: PAIR_INTERLEAVED (see KV_PAIR).
+FP8_TWO_KV_HEADS = int(os.environ.get("SWATTN_FP8_TWO_KV_HEADS", "0") or 0)
 
 
 @triton.jit
@@ -280,7 +287,7 @@ def _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, soft
                   masked_head_end, unmasked_end, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr,
                   chunk, HAS_CHUNK: tl.constexpr, FP8: tl.constexpr, row_unscale, WIDEN_PAIRS: tl.constexpr = False,
-                  pair_second=None, KV_PAIR: tl.constexpr = False):
+                  pair_second=None, KV_PAIR: tl.constexpr = 0):
     """The scores of one block (keys ``offs_n``, ``load_mask``) and what the softmax step needs with them:
     ``(qk, qk_scale, v, visible)``; scores in log2 units are ``qk * qk_scale`` (``_exp_scores``), masked keys -inf;
     ``v`` as the product takes it; ``visible`` the mask (MASK without MASK_EDGES_ONLY; else True).
@@ -297,9 +304,19 @@ def _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, soft
         v = _widen_e4m3(v, WIDEN_PAIRS)
     if UPCAST:
         k = k.to(tl.float32)
-    if KV_PAIR:
+    if KV_PAIR == PAIR_TWO_PRODUCTS:
         k_first, k_second = _kv_halves(k)
         qk = tl.where(pair_second[:, None], dot(q, tl.trans(k_second)), dot(q, tl.trans(k_first)))
+    elif KV_PAIR == PAIR_INTERLEAVED:
+        # Rows 2j and 2j + 1 are token j's of the two heads: keys and masks interleaved alike.
+        BLOCK_N: tl.constexpr = k.shape[0]
+        D: tl.constexpr = k.shape[1] // 2
+        k = tl.reshape(k, [2 * BLOCK_N, D])
+        v = tl.reshape(v, [2 * BLOCK_N, D])
+        offs_n = tl.reshape(tl.join(offs_n, offs_n), [2 * BLOCK_N])
+        if MASK:
+            load_mask = tl.reshape(tl.join(load_mask, load_mask), [2 * BLOCK_N])
+        qk = dot(q, tl.trans(k))  # [BLOCK_M, 2 * BLOCK_N]
     else:
         qk = dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
     # Scores in log2 units are qk * qk_scale; without softcap the scale is applied inside the exponent's FMA
@@ -322,6 +339,9 @@ def _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, soft
         visible = in_window(load_mask[None, :], offs_n[None, :], row_pos[:, None], offset, left, right, HAS_LEFT,
                             HAS_RIGHT, chunk, HAS_CHUNK)
         qk = tl.where(visible, qk, float("-inf"))
+    if KV_PAIR == PAIR_INTERLEAVED:
+        own = (tl.arange(0, qk.shape[1]) % 2 == 1)[None, :] == pair_second[:, None]
+        qk = tl.where(own, qk, float("-inf"))
     return qk, qk_scale, v, visible
 
 
@@ -352,8 +372,8 @@ def _all_finite(v):
 
 
 @triton.jit
-def _pv(acc, p, v, UPCAST: tl.constexpr, pair_second=None, KV_PAIR: tl.constexpr = False):
-    if KV_PAIR:  # v holds two KV heads' rows side by side: each row takes its own head's product
+def _pv(acc, p, v, UPCAST: tl.constexpr, pair_second=None, KV_PAIR: tl.constexpr = 0):
+    if KV_PAIR == PAIR_TWO_PRODUCTS:  # v holds two KV heads' rows side by side: each row takes its own head's
         v_first, v_second = _kv_halves(v)
         p = p.to(v.dtype)
         return acc + tl.where(pair_second[:, None], dot(p, v_second), dot(p, v_first))
@@ -369,7 +389,7 @@ def _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, le
                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, GUARD_NON_FINITE: tl.constexpr,
                   MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr, chunk, HAS_CHUNK: tl.constexpr,
                   FP8: tl.constexpr, row_unscale, WIDEN_PAIRS: tl.constexpr = False, pair_second=None,
-                  KV_PAIR: tl.constexpr = False):
+                  KV_PAIR: tl.constexpr = 0):
     """One block of the online softmax (``_attend_blocks``' loop body after the loads): ``k`` / ``v`` hold keys
     ``offs_n`` (``load_mask``). ``GUARD_NON_FINITE`` (with MASK) keeps non-finite values in the rows that see them
     (not with ``KV_PAIR``, whose single-query tiles need no isolation)."""
@@ -449,7 +469,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                    SHIFT_PAGED_KEYS: tl.constexpr = False, chunk=0, HAS_CHUNK: tl.constexpr = False,
                    FP8: tl.constexpr = NO_FP8, row_unscale=1.0, K_NEW=None, V_NEW=None, new_source=0, first_new=0,
                    stride_ns=0, READ_NEW: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
-                   WIDEN_PAIRS: tl.constexpr = False, pair_second=None, KV_PAIR: tl.constexpr = False):
+                   WIDEN_PAIRS: tl.constexpr = False, pair_second=None, KV_PAIR: tl.constexpr = 0):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
     blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it).
@@ -692,12 +712,12 @@ def _attend_tile(
     APPEND_NEW: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr, HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, FP8: tl.constexpr,
     APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
-    WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = False,
+    WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads, or with
     ``KV_PAIR`` two KV heads' packed heads), over its share ``split`` of the KV loop; the body of
     ``_swa_fwd_kernel``'s programs (see there)."""
-    if KV_PAIR:
+    if KV_PAIR != NO_PAIR:
         # The query heads of KV heads 2k and 2k + 1 are 2 x group consecutive heads: a PackGQA tile of that group.
         tl.static_assert(PACK_GQA and FP8 == FP8_KV and HEAD_N == 0 and not APPEND_NEW and not USE_TMA)
         rows_group = queries_per_kv_head * 2
@@ -713,7 +733,7 @@ def _attend_tile(
         if active:
             flag_ptrs = NON_FINITE_FLAGS + program_index.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
             active = tl.max(tl.load(flag_ptrs).to(tl.int32), 0) > 0
-    if KV_PAIR:
+    if KV_PAIR != NO_PAIR:
         kv_head = kv_head * 2
     if active:
         block_begin = 0
@@ -730,7 +750,7 @@ def _attend_tile(
             HAS_CACHE_BATCH_IDX, UPCAST, BLOCK_D, HEAD_DIM, IS_PAGED, HAS_LEFTPAD_K)
         pair_second = None
         offs_kv = offs_d
-        if KV_PAIR:
+        if KV_PAIR != NO_PAIR:
             # The first of the two KV heads (k_base / v_base point at its rows, which the second's follow); each
             # row's own head is kv_head or kv_head + 1 (pair_second); K/V tiles span both heads' rows.
             pair_second = row_head // queries_per_kv_head != kv_head
@@ -757,7 +777,7 @@ def _attend_tile(
             # head). Scores are q.k * q_descale * k_descale * softmax_scale: the product folds into the scale the
             # loop applies anyway; V's descale scales the normalized output (both exact up to one rounding).
             kv_head64 = kv_head.to(tl.int64)
-            if KV_PAIR:
+            if KV_PAIR != NO_PAIR:
                 # Per row, its own KV head's (with the row's power of two, which FP8_KV applies per row anyway).
                 row_kv_head = kv_head64 + pair_second.to(tl.int64)
                 row_unscale = row_unscale * tl.load(K_DESCALE + batch64 * stride_kdb + row_kv_head * stride_kdh)
@@ -885,7 +905,7 @@ def _swa_fwd_kernel(
     HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
     FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
-    WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = False,
+    WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -1255,10 +1275,11 @@ class _ForwardPlan:
             config = replace(config, tma=False)
         # Two KV heads per program (FP8_TWO_KV_HEADS): single-query PackGQA tiles (no isolation to do) over an e4m3
         # cache whose two heads' rows are adjacent (head stride = head_dim, unpadded), on the split loop.
-        self.kv_pair = (FP8_TWO_KV_HEADS and fp8 == FP8_KV.value and pack_gqa and seqlen_q == 1 and not self.use_gluon
-                        and not config.single_loop and not config.head_block and 2 * rows_per_tile <= config.block_m
-                        and num_kv_heads % 2 == 0 and block_d == head_dim and new_k is None and not count_blocks
-                        and all(t.stride(-1) == 1 and t.stride(-2) == head_dim for t in (k, v)))
+        pairable = (fp8 == FP8_KV.value and pack_gqa and seqlen_q == 1 and not self.use_gluon
+                    and not config.single_loop and not config.head_block and 2 * rows_per_tile <= config.block_m
+                    and num_kv_heads % 2 == 0 and block_d == head_dim and new_k is None and not count_blocks
+                    and all(t.stride(-1) == 1 and t.stride(-2) == head_dim for t in (k, v)))
+        self.kv_pair = FP8_TWO_KV_HEADS if pairable else 0
         num_tiles = ceil_div(rows_per_tile * (2 if self.kv_pair else 1), config.block_m)
         programs_per_split = batch * ((num_kv_heads // 2 if self.kv_pair else num_kv_heads) if pack_gqa else num_heads)
         grid = (num_tiles, programs_per_split, num_splits)
