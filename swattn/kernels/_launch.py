@@ -18,6 +18,13 @@ need the launch metadata), on a device the first call did not compile for, and f
 lacks the launcher attributes or its first direct launch fails (a Triton version whose internals differ; every
 swattn kernel is idempotent, so a launch that failed after starting its kernel and is made again through the plain
 path gives the same result).
+
+Host-side TMA tensor descriptors (the Gluon forward's Q, K, V and O) are launch arguments too: Triton's launcher
+expands each one itself on every launch (``make_tensordesc_arg`` in Triton 3.6 to 3.9's nvidia driver: it reads
+``base.data_ptr()``, ``shape``, ``strides``, ``padding`` and, from 3.7 on, ``round_f32_to_tf32``, and fills a
+``CUtensorMap``). Within one call signature only the base tensor changes between calls, so a ``Descriptor`` builds
+the descriptor through its validating constructor at the plain launches and, for direct ones, copies that one's
+fields with the call's base (no validation, no view, no shape or stride read per call).
 """
 
 from __future__ import annotations
@@ -82,24 +89,59 @@ def _parameters(fn) -> tuple[tuple[str, Any], ...]:
     return tuple((name, parameter.default) for name, parameter in inspect.signature(fn).parameters.items())
 
 
+class Descriptor:
+    """A host-side tensor descriptor launch argument whose shape, strides, block shape and layout a plan fixes; each
+    call gives its base tensor. ``make(base, shape, strides, block_shape, layout)`` builds the real descriptor
+    (Gluon's ``TensorDescriptor``). Only the base's device pointer may differ between calls of one plan: the caller
+    keys the plan on the base's shape, strides, dtype and 16-byte alignment (what the descriptor was validated on)."""
+
+    __slots__ = ("make", "shape", "strides", "block_shape", "layout", "_type", "_fields")
+
+    def __init__(self, make, shape: Sequence[int], strides: Sequence[int], block_shape: Sequence[int], layout):
+        self.make = make
+        self.shape, self.strides, self.block_shape = list(shape), list(strides), list(block_shape)
+        self.layout = layout
+        self._type = self._fields = None
+
+    def build(self, base):
+        """The descriptor through its constructor (which validates it), for a plain launch; its fields, base aside
+        (a plan must not hold a call's tensor), become the template of the direct launches' copies."""
+        descriptor = self.make(base, self.shape, self.strides, self.block_shape, self.layout)
+        fields = getattr(descriptor, "__dict__", None)
+        if fields is not None and self._fields is None:
+            self._type, self._fields = type(descriptor), {name: value for name, value in fields.items()
+                                                          if name != "base"}
+        return descriptor
+
+    def copy(self, base):
+        """The built descriptor's fields with ``base``, without the constructor's checks (TypeError before a build,
+        or for a descriptor class without ``__dict__``: the launch then keeps the plain path)."""
+        descriptor = object.__new__(self._type)
+        descriptor.__dict__.update(self._fields, base=base)
+        return descriptor
+
+
 class Launch:
     """One kernel with its grid, scalar arguments, constexprs and launch options fixed; called with the tensors.
 
     The kernel's parameters must start with the ``num_tensors`` tensors passed per call, followed by the
     ``scalars`` (passed positionally); ``constexprs`` names the remaining ones (parameters with a default may be
-    left out). ``options`` are launch options (``num_warps``, ``num_stages``, ``launch_pdl``, ...).
+    left out). ``options`` are launch options (``num_warps``, ``num_stages``, ``launch_pdl``, ...). ``descriptors``:
+    the first of those tensor parameters are host-side tensor descriptors (``Descriptor``), and the call passes
+    their base tensors.
     """
 
     __slots__ = ("kernel", "grid", "scalars", "constexprs", "options", "num_tensors", "_tail", "_compiled",
-                 "_direct_ok", "plain_launches", "direct_launches", "_spread")
+                 "_direct_ok", "plain_launches", "direct_launches", "_spread", "descriptors")
 
     def __init__(self, kernel, grid: Sequence[int], scalars: Sequence[Any], constexprs: dict[str, Any],
                  options: dict[str, Any] | None = None, num_tensors: int | None = None,
-                 slots: Sequence[int] | None = None):
+                 slots: Sequence[int] | None = None, descriptors: Sequence[Descriptor] = ()):
         # slots: the call passes fewer tensors than the kernel takes (absent ones are one placeholder, passed
         # many times): the kernel's tensor parameter i is the call's argument slots[i]. The spreading is one
         # C-level itemgetter, and the direct launch asks each distinct tensor once for its device pointer.
         self._spread = None if slots is None else operator.itemgetter(*slots)
+        self.descriptors = tuple(descriptors)
         if slots is not None and len(slots) != num_tensors:
             raise ValueError(f"slots: {len(slots)} for {num_tensors} tensors")
         self.kernel = kernel
@@ -135,11 +177,19 @@ class Launch:
                     self._tail = self._bound_tail()
                 run, function, packed_metadata = compiled
                 try:
-                    # Pointers as integers: given a tensor, Triton's launcher calls its data_ptr() and then
-                    # cuPointerGetAttribute on it, a driver call per pointer argument (the forward has 18).
-                    pointers = tuple(map(_data_ptr, tensors))
+                    if self.descriptors:
+                        # The descriptors first (copies with this call's bases), then the pointers.
+                        spread_tensors = tensors if spread is None else spread(tensors)
+                        count = len(self.descriptors)
+                        arguments = (*map(Descriptor.copy, self.descriptors, spread_tensors),
+                                     *map(_data_ptr, spread_tensors[count:]))
+                    else:
+                        # Pointers as integers: given a tensor, Triton's launcher calls its data_ptr() and then
+                        # cuPointerGetAttribute on it, a driver call per pointer argument (the forward has 18).
+                        pointers = tuple(map(_data_ptr, tensors))
+                        arguments = pointers if spread is None else spread(pointers)
                     run(*self.grid, _Runtime.get_stream(device), function, packed_metadata, None, None, None,
-                        *(pointers if spread is None else spread(pointers)), *self._tail)
+                        *arguments, *self._tail)
                 except Exception:
                     # A launcher whose calling convention differs (another Triton version) rejects the arguments:
                     # keep the plain path from now on. Once direct launches have worked, an error is the call's own.
@@ -151,6 +201,8 @@ class Launch:
                     return
         if spread is not None:
             tensors = spread(tensors)
+        if self.descriptors:
+            tensors = (*map(Descriptor.build, self.descriptors, tensors), *tensors[len(self.descriptors):])
         compiled = self.kernel[self.grid](*tensors, *self.scalars, **self.constexprs, **self.options)
         self.plain_launches += 1
         if self._direct_ok and all(hasattr(compiled, name) for name in _LAUNCHER_ATTRIBUTES):

@@ -1355,10 +1355,12 @@ class _ForwardPlan:
                                    and num_work <= _persistent_programs(q.device))
         options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
                        **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
+        # plans: the Gluon launch, planned at this signature's first call and then launched directly (a dict, as
+        # tuning probes pass gluon_fwd.forward other settings).
         self.gluon_arguments = dict(
             softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
             batch=batch, pack_gqa=pack_gqa, o_strides=o_strides[1:],
-            l_strides=l_strides[1:])
+            l_strides=l_strides[1:], plans={})
         # Which of the kernel's 21 tensors this signature passes (the others are the placeholder, q): ``run``
         # picks them from all 21 (absent ones None) and each Launch spreads them back (``Launch``'s slots).
         present = (True, True, True, True, self.split_shapes is not None or self.lse_shape is not None,

@@ -42,7 +42,7 @@ import torch
 
 from swattn._compat import ceil_div, compute_capability_major, device_properties
 from swattn.kernels._common import LOG2E, block_ranges, finish_rows, safe_pivot, sequence_bounds, softcap_scores
-from swattn.kernels._launch import PlanCache, stream_key
+from swattn.kernels._launch import Descriptor, Launch, PlanCache, stream_key
 
 try:  # Gluon ships inside the triton wheel (3.4+); the names used here exist in 3.6 and 3.9.
     from triton.experimental import gluon
@@ -869,7 +869,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
             consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None,
             consumers: int | None = None, tma_store: bool | None = None,
-            per_sm: int | None = None, dynamic: bool | None = None, s_ahead: bool | None = None) -> int:
+            per_sm: int | None = None, dynamic: bool | None = None, s_ahead: bool | None = None,
+            plans: dict | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
     of query tiles per (batch, head-or-KV-head). Non-finite flags are written per group of ``ROWS_PER_CONSUMER``
     rows (the Triton redo pass's tiles). K/V: dense ``[B, Sk, Hk, D]``, varlen ``[total_k, Hk, D]``
@@ -880,7 +881,50 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     consumers take turns on the tensor cores; two consumers only) / ``consumers`` (warpgroups of 64 rows per tile: 1
     to 3) / ``per_sm`` (resident programs per SM: sets the register budgets) / ``tma_store`` (O through shared
     memory and a TMA store; dense calls up to head_dim 128) / ``dynamic`` (work items claimed from a counter)
-    / ``s_ahead`` (two score products in flight; not with ping-pong) override the shipped choice (tuning probes)."""
+    / ``s_ahead`` (two score products in flight; not with ping-pong) override the shipped choice (tuning probes).
+    ``plans``: a dict the caller keeps for one call signature (every tensor's shape, strides, dtype, 16-byte
+    alignment and device, which tensors are given, the scalars: ``fwd``'s plan key). The launch is planned at its
+    first call and later calls only launch (``_launch.Launch``: Triton's compiled launcher called directly, the
+    tensor descriptors copied with the call's tensors). Without it every call plans and goes through
+    ``kernel[grid](...)`` (~185 us of host time per call on the H200 host, Triton 3.6)."""
+    overrides = (block_n, num_stages, maxnreg, consumer_regs, programs, pingpong, consumers, tma_store, per_sm,
+                 dynamic, s_ahead)
+    key = (overrides, planning_settings()) if plans is not None else None
+    planned = plans.get(key) if plans is not None else None
+    if planned is None:
+        planned = _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table,
+                        non_finite_flags, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap,
+                        seqlen_q=seqlen_q, seqlen_k=seqlen_k, batch=batch, pack_gqa=pack_gqa, o_strides=o_strides,
+                        l_strides=l_strides, overrides=overrides)
+        if plans is not None:
+            plans[key] = planned
+    launch, num_tiles, dynamic = planned
+    launch(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table, non_finite_flags,
+           any_non_finite, _tile_counter(q.device) if dynamic else None)
+    return num_tiles
+
+
+def planning_settings() -> tuple:
+    """The module-level values ``_plan`` reads, part of a kept plan's key: tests and tuning probes switch them
+    (``monkeypatch.setattr(gluon_fwd, ...)``), and a plan made under other values must not serve the call."""
+    return (_swa_fwd_sm90_kernel, consumers_for, block_n_for, tma_store_for, per_sm_for, registers_for, _sm_count,
+            PINGPONG, TMA_STORE, DYNAMIC, S_AHEAD, NUM_STAGES, LOADER_REGS, PAGE_BOX_MAX, ROWS_PER_CONSUMER,
+            TensorDescriptor)
+
+
+# The call's tensors, as ``forward`` passes them to a plan's launch: the kernel's tensor parameters take them by these
+# indices (``Launch``'s slots); an absent one is OUT, the placeholder.
+(_Q, _K, _V, _OUT, _LSE, _SINKS, _CU_SEQLENS_Q, _CU_SEQLENS_K, _SEQLENS_K, _PAGE_TABLE, _FLAGS, _ANY_NAN,
+ _TILE_COUNTER) = range(13)
+
+
+def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table, non_finite_flags, *,
+          softmax_scale, left, right, softcap, seqlen_q, seqlen_k, batch, pack_gqa, o_strides, l_strides,
+          overrides) -> tuple[Launch, int, bool]:
+    """The launch of ``forward``'s call (its tensors' layouts, scalars and ``overrides``), its tiles per (batch,
+    head-or-KV-head), and whether it takes a tile counter (the DYNAMIC schedule)."""
+    block_n, num_stages, maxnreg, consumer_regs, programs, pingpong, consumers, tma_store, per_sm, dynamic, s_ahead = (
+        overrides)
     varlen = cu_seqlens_q is not None
     varlen_k = cu_seqlens_k is not None
     paged = page_table is not None
@@ -905,19 +949,20 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     # Paged: boxes of at most a page (and PAGE_BOX_MAX keys, to waste little before the first visible key: the
     # tile's start is rounded down to a box), in the [BLOCK_N, D] buffers' layout.
     box = min(block_n, PAGE_BOX_MAX, k.shape[1]) if paged else block_n
-    k_desc = TensorDescriptor.from_tensor(k_rows, [box, head_dim], kv_layout)
-    v_desc = TensorDescriptor.from_tensor(v_rows, [box, head_dim], kv_layout)
+    k_desc = Descriptor(TensorDescriptor, k_rows.shape, k_rows.stride(), [box, head_dim], kv_layout)
+    v_desc = Descriptor(TensorDescriptor, v_rows.shape, v_rows.stride(), [box, head_dim], kv_layout)
     # Q as [batch, seqlen, heads, dim] (varlen: [1, tokens, heads, dim]); a warpgroup's box is 64 // rows_per_pos
     # positions of rows_per_pos heads (one head, or a KV head's packed group). Positions past a dense sequence
     # come back as zeros; past a varlen sequence they are the next sequence's rows, never stored.
     q_box = [1, ROWS_PER_CONSUMER // rows_per_pos, rows_per_pos, head_dim]
     q_box_layout = _shared_layout(tuple(q_box), q.dtype)
-    q_desc = TensorDescriptor.from_tensor(q.unsqueeze(0) if varlen else q, q_box, q_box_layout)
+    q_view = q.unsqueeze(0) if varlen else q
+    q_desc = Descriptor(TensorDescriptor, q_view.shape, q_view.stride(), q_box, q_box_layout)
     # O leaves by TMA through the Q slots (same boxes) where no row of a box can belong to another sequence: dense.
     # Not at head_dim 256: its single Q slot would go back to the loader only after the store, which waits for the
     # next tile's Q (a deadlock).
     tma_store = (tma_store_for(consumers) if tma_store is None else tma_store) and not varlen and head_dim <= 128
-    o_desc = TensorDescriptor.from_tensor(out, q_box, q_box_layout) if tma_store else q_desc
+    o_desc = Descriptor(TensorDescriptor, out.shape, out.stride(), q_box, q_box_layout) if tma_store else q_desc
     num_tiles = ceil_div(seqlen_q * rows_per_pos, block_m)
     num_batch_heads = batch * (num_kv_heads if pack_gqa else num_heads)
     work = num_tiles * num_batch_heads
@@ -928,19 +973,20 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     per_sm = max(1, 65536 // (4 * (consumers + 1) * 32 * maxnreg))
     grid = (min(work, programs or per_sm * _sm_count(q.device)),)
     flag = non_finite_flags is not None
-    placeholder = out
     dynamic = DYNAMIC if dynamic is None else dynamic
-    _swa_fwd_sm90_kernel[grid](
-        q_desc, k_desc, v_desc, o_desc, out, lse if lse is not None else placeholder,
-        sinks if sinks is not None else placeholder,
-        cu_seqlens_q if varlen else placeholder, cu_seqlens_k if varlen_k else placeholder,
-        seqlens_k if seqlens_k is not None else placeholder, page_table if paged else placeholder,
-        non_finite_flags if flag else placeholder, any_non_finite if flag else placeholder,
-        _tile_counter(q.device) if dynamic else placeholder, *o_strides, *l_strides,
-        page_table.stride(0) if paged else 0,
+    # The kernel's 14 tensor parameters (4 descriptors, then pointers) from the call's tensors; absent: out.
+    slots = (_Q, _K, _V, _OUT if tma_store else _Q, _OUT, _LSE if lse is not None else _OUT,
+             _SINKS if sinks is not None else _OUT, _CU_SEQLENS_Q if varlen else _OUT,
+             _CU_SEQLENS_K if varlen_k else _OUT, _SEQLENS_K if seqlens_k is not None else _OUT,
+             _PAGE_TABLE if paged else _OUT, _FLAGS if flag else _OUT, _ANY_NAN if flag else _OUT,
+             _TILE_COUNTER if dynamic else _OUT)
+    scalars = (
+        *o_strides, *l_strides, page_table.stride(0) if paged else 0,
         seqlen_q, seqlen_k, 0 if varlen_k or paged else k.shape[1], num_heads, softmax_scale,
         softcap if softcap > 0 else 1.0, left, right, num_tiles, num_batch_heads,
         ceil_div(seqlen_q * rows_per_pos, ROWS_PER_CONSUMER), k.shape[1] if paged else 1,
+    )
+    constexprs = dict(
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
         IS_VARLEN_Q=varlen, KV_SOURCE=KV_PAGED if paged else KV_VARLEN if varlen_k else KV_DENSE,
         HAS_SEQLENS_K=seqlens_k is not None, PACK_GQA=pack_gqa, GROUP=group, STORE_LSE=lse is not None,
@@ -948,9 +994,10 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
         TMA_STORE=tma_store, DYNAMIC=dynamic, S_AHEAD=s_ahead,
-        num_warps=4, maxnreg=maxnreg,
     )
-    return num_tiles
+    launch = Launch(_swa_fwd_sm90_kernel, grid, scalars, constexprs, dict(num_warps=4, maxnreg=maxnreg),
+                    num_tensors=len(slots), slots=slots, descriptors=(q_desc, k_desc, v_desc, o_desc))
+    return launch, num_tiles, dynamic
 
 
 __all__ = ["MIN_ROWS", "ROWS_PER_CONSUMER", "GLUON_AVAILABLE", "GLUON_MODE", "forward", "unsupported_reason"]
