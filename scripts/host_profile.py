@@ -5,6 +5,9 @@ without the append, the fused append, full decode with split-KV, 4K window prefi
 of back-to-back calls without a sync, eager us per call between CUDA events, GPU kernels and allocations per call,
 direct and plain launches, and cProfile's top functions by own time. Then the parts alone: allocations, Triton's
 compiled launcher called with tensors or with integer pointers, Triton's ``JITFunction.run``, an empty kernel.
+The Gluon forward (not in the default list; ``--only gluon_4k,gluon_4k_plain,...``): prefills forced onto the Gluon
+kernel, 4K and 16K W(127,0) gpt-oss and 16K causal D128, each with the direct launch and the plain one
+(``*_plain``), and ``gluon_parts``, its launch taken apart.
 
     PYTHONPATH=. python scripts/host_profile.py [--out FILE] [--calls 2000] [--only decode,backward]
 
@@ -30,7 +33,7 @@ import torch
 
 import swattn
 from swattn import ops
-from swattn.kernels import _launch
+from swattn.kernels import _launch, fwd, gluon_fwd
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -209,6 +212,21 @@ def scenarios(quick: bool) -> dict:
     def backward():
         return torch.autograd.grad(out, (qp, kp, vp), grad, retain_graph=True)
 
+    def gluon_prefill(seqlen: int, heads: int, kv_heads: int, head_dim: int, left: int, with_sinks: bool):
+        """A prefill for the Gluon scenarios (forced onto the Gluon kernel by their variant)."""
+        seqlen = seqlen if not quick else 48
+        q, k, v = (torch.randn(1, seqlen, h, head_dim, device=DEVICE, dtype=dtype) for h in (heads, kv_heads, kv_heads))
+        gluon_sinks = torch.randn(heads, device=DEVICE) if with_sinks else None
+
+        def call():
+            return swattn.flash_attn_func(q, k, v, causal=True, window_size=(left, 0), sinks=gluon_sinks)
+
+        return call
+
+    gluon_4k = gluon_prefill(4096, heads, kv_heads, head_dim, left, True)
+    gluon_16k = gluon_prefill(16384, heads, kv_heads, head_dim, left, True)
+    gluon_causal = gluon_prefill(16384, 32, 8, 128, -1, False)
+
     return {
         "decode": ("decode W(127,0) B=16 ctx 1K page 16", decode, None),
         "decode_append": ("decode W(127,0) +append", decode_append, None),
@@ -218,7 +236,17 @@ def scenarios(quick: bool) -> dict:
         "decode_full_append_fused": ("decode full +append, SWATTN_FUSED_APPEND", decode_full_append, "fused"),
         "prefill": ("prefill S=4096 W(127,0) (no grad)", prefill, None),
         "backward": ("backward S=4096 W(127,0), sinks (torch.autograd.grad)", backward, None),
-    }, dict(q=q, k_pool=k_pool, sinks=sinks, out=out, seqlen=seqlen)
+        # The Gluon kernel forced (SWATTN_GLUON=1's setting), its direct launch and the plain one (kernel[grid] with
+        # tensor descriptors built on every call, _launch.DIRECT_LAUNCH off).
+        "gluon_4k": ("prefill 4K W(127,0) D64 gpt-oss, Gluon kernel, direct launch", gluon_4k, "gluon"),
+        "gluon_4k_plain": ("prefill 4K W(127,0) D64 gpt-oss, Gluon kernel, plain launch", gluon_4k, "gluon plain"),
+        "gluon_16k": ("prefill 16K W(127,0) D64 gpt-oss, Gluon kernel, direct launch", gluon_16k, "gluon"),
+        "gluon_16k_plain": ("prefill 16K W(127,0) D64 gpt-oss, Gluon kernel, plain launch", gluon_16k,
+                            "gluon plain"),
+        "gluon_causal": ("prefill 16K causal D128 H32/8, Gluon kernel, direct launch", gluon_causal, "gluon"),
+        "gluon_causal_plain": ("prefill 16K causal D128 H32/8, Gluon kernel, plain launch", gluon_causal,
+                               "gluon plain"),
+    }, dict(q=q, k_pool=k_pool, sinks=sinks, out=out, seqlen=seqlen, gluon_4k=gluon_4k)
 
 
 def measure_scenario(report: Report, name: str, title: str, fn, calls: int) -> None:
@@ -235,7 +263,9 @@ def measure_scenario(report: Report, name: str, title: str, fn, calls: int) -> N
     kernels, names = gpu_work_per_call(fn)
     allocations = allocations_per_call(fn)
     graph = graph_us(fn) if name != "backward" else float("nan")
-    report.line(f"\n## {title}  [{name}; first calls {compile_s:.1f} s]")
+    kernel = ("Gluon" if any(plan.launches and plan.use_gluon for plan in fwd._PLANS.values()) else "Triton"
+              if fwd._PLANS else "-")
+    report.line(f"\n## {title}  [{name}; first calls {compile_s:.1f} s; forward kernel: {kernel}]")
     report.line(f"host {median:.1f} us/call (best {best:.1f}); eager {eager:.1f} us/call; graph {graph:.2f} us/call; "
                 f"GPU kernels {kernels:.2f}/call; allocations {allocations:.2f}/call; launches per call: "
                 f"direct {(direct1 - direct0) / host_calls:.2f}, plain {(plain1 - plain0) / host_calls:.2f}")
@@ -337,6 +367,55 @@ def parts(report: Report, decode_append, context: dict, calls: int) -> None:
                                                                                   None, None, pointer, 1))
 
 
+def gluon_parts(report: Report, prefill, calls: int) -> None:
+    """The Gluon forward's launch taken apart (the 4K gpt-oss prefill, Gluon kernel forced): the whole call, the
+    ``gluon_fwd.forward`` call its plan makes, ``Launch.__call__``, the descriptors' copies, Triton's compiled
+    launcher (which fills a CUtensorMap per descriptor) and ``kernel[grid](...)``."""
+    report.line("\n## Gluon launch parts (prefill 4K W(127,0) D64 gpt-oss; host us per call, median of 5 batches)")
+
+    def part(label, fn):
+        median, best = host_us(fn, max(calls // 5, 2))
+        report.line(f"{label}: {median:.2f} (best {best:.2f})")
+
+    mode = gluon_fwd.GLUON_MODE
+    gluon_fwd.GLUON_MODE = "1"
+    _launch.clear_plans()
+    try:
+        for _ in range(3):
+            prefill()
+        sync()
+        recorded = record_launches(prefill)
+        if "_swa_fwd_sm90_kernel" not in recorded:
+            report.line(f"the Gluon kernel did not serve the call (launches: {sorted(recorded)})")
+            return
+        launch, tensors = recorded["_swa_fwd_sm90_kernel"]
+        report.line(f"grid {launch.grid}, {launch.num_tensors} tensor parameters ({len(launch.descriptors)} "
+                    f"descriptors), {len(launch.scalars)} scalars, {len(launch.constexprs)} constexprs; direct "
+                    f"{launch.direct_launches}, plain {launch.plain_launches}")
+        part("whole call (flash_attn_func)", prefill)
+        part("Launch.__call__ (direct)", lambda: launch(*tensors))
+        spread = launch._spread(tensors)
+        part("the 4 descriptors' copies alone", lambda: tuple(map(_launch.Descriptor.copy, launch.descriptors,
+                                                                   spread)))
+        part("the 4 descriptors built by TensorDescriptor(...)",
+             lambda: tuple(map(_launch.Descriptor.build, launch.descriptors, spread)))
+        if CUDA and launch._compiled:
+            run, function, packed = launch._compiled[_launch._Runtime.get_device()]
+            tail = launch._tail if launch._tail is not None else launch._bound_tail()
+            stream = _launch._Runtime.get_stream(_launch._Runtime.get_device())
+            count = len(launch.descriptors)
+            arguments = (*map(_launch.Descriptor.copy, launch.descriptors, spread),
+                         *(t.data_ptr() for t in spread[count:]))
+            part("compiled launcher, arguments made before (4 CUtensorMaps filled per call)",
+                 lambda: run(*launch.grid, stream, function, packed, None, None, None, *arguments, *tail))
+        built = (*map(_launch.Descriptor.build, launch.descriptors, spread), *spread[len(launch.descriptors):])
+        part("kernel[grid](...) (Triton's JITFunction.run, descriptors made before)",
+             lambda: launch.kernel[launch.grid](*built, *launch.scalars, **launch.constexprs, **launch.options))
+    finally:
+        gluon_fwd.GLUON_MODE = mode
+        _launch.clear_plans()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="also write everything (with the cProfile tables) to this file")
@@ -355,19 +434,31 @@ def main() -> None:
     default = ["decode", "decode_append", "parts", "decode_append_fused", "decode_full_append", "prefill", "backward"]
     wanted = args.only.split(",") if args.only else default
     for name in wanted:
-        if name == "parts":
-            parts(report, found["decode_append"][1], context, calls)
+        if name in ("parts", "gluon_parts"):
+            try:
+                if name == "parts":
+                    parts(report, found["decode_append"][1], context, calls)
+                else:
+                    gluon_parts(report, context["gluon_4k"], calls)
+            except Exception as exc:
+                report.line(f"\n## {name}: FAILED {type(exc).__name__}: {exc}")
+                sync()
             continue
         title, fn, variant = found[name]
-        fused = ops.FUSED_APPEND
+        fused, mode, direct = ops.FUSED_APPEND, gluon_fwd.GLUON_MODE, _launch.DIRECT_LAUNCH
+        flags = (variant or "").split()
         try:
-            ops.FUSED_APPEND = variant == "fused" or (fused and variant is None)
+            ops.FUSED_APPEND = "fused" in flags or (fused and variant is None)
+            gluon_fwd.GLUON_MODE = "1" if "gluon" in flags else mode
+            _launch.DIRECT_LAUNCH = direct and "plain" not in flags
+            _launch.clear_plans()  # plans keep the launch path and kernel they were made with
             measure_scenario(report, name, title, fn, calls)
         except Exception as exc:  # report and go on: one failing scenario must not hide the others
             report.line(f"\n## {title}: FAILED {type(exc).__name__}: {exc}")
             sync()
         finally:
-            ops.FUSED_APPEND = fused
+            ops.FUSED_APPEND, gluon_fwd.GLUON_MODE, _launch.DIRECT_LAUNCH = fused, mode, direct
+            _launch.clear_plans()
     sys.stdout.flush()
 
 
