@@ -86,7 +86,7 @@ CASES = {
 def _gluon_launches() -> list:
     """The Gluon launches the forward plans hold."""
     return [launch for plan in fwd._PLANS.values() if plan.launches and plan.use_gluon
-            for launch, _ in plan.gluon_arguments["plans"].values()]
+            for launch, *_ in plan.gluon_arguments["plans"].values()]
 
 
 @pytest.mark.parametrize("case", list(CASES))
