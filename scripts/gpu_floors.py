@@ -13,7 +13,11 @@
   e4m3 in FA3's [pages, page, Hk, D] layout (an e4m3 row of one KV head is 64 B, half an L2 line, at a 512-B
   stride), e4m3 over head-major memory (a KV head's page 1 KB contiguous), and e4m3 read two KV heads per program
   (128 contiguous bytes per token row). Whether the layout, not the attention kernel, holds e4m3 back.
-Run: ``python scripts/gpu_floors.py [chain] [stream] [stream8]``.
+- ``stream8w``: ``stream8`` through 32-bit words (the caches viewed as int32: four e4m3 or two bf16 values per
+  word), so both dtypes cost the kernel the same instructions per byte: ``stream8``'s e4m3 rows widened every byte to
+  fp32 (two conversions per value where bf16 takes a shift), which may have bound that stream by instructions, not
+  memory. Whether FA3's layout (64-B e4m3 rows at a 512-B stride) or the kernel's instructions hold e4m3 back.
+Run: ``python scripts/gpu_floors.py [chain] [stream] [stream8] [stream8w]``.
 """
 
 from __future__ import annotations
@@ -103,6 +107,31 @@ def _stream_pairs_kernel(K, V, PARTIAL, SEQLENS, TABLE, stride_table, stride_kp,
         acc += tl.sum(k.to(tl.float32) + v.to(tl.float32), 0)
     part = (batch * tl.num_programs(1) + pair) * tl.num_programs(2) + split
     tl.store(PARTIAL + part * 2 * D + offs_d, acc)
+
+
+@triton.jit
+def _stream_words_kernel(K, V, PARTIAL, SEQLENS, TABLE, stride_table, stride_kp, stride_ks, stride_kh,
+                         keys_per_split, PAGE: tl.constexpr, BLOCK_N: tl.constexpr, WORDS: tl.constexpr,
+                         HEADS: tl.constexpr):
+    """``_stream_kernel`` over 32-bit words: ``HEADS`` (1 or 2) adjacent KV heads' rows of ``WORDS`` words each."""
+    batch = tl.program_id(0)
+    group = tl.program_id(1)
+    split = tl.program_id(2)
+    seqlen = tl.load(SEQLENS + batch)
+    begin = split * keys_per_split
+    end = tl.minimum(begin + keys_per_split, seqlen)
+    offs_w = tl.arange(0, HEADS * WORDS)
+    acc = tl.zeros([HEADS * WORDS], dtype=tl.int32)
+    for start in range(begin, end, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        inside = keys < end
+        page = tl.load(TABLE + batch * stride_table + keys // PAGE, mask=inside, other=0).to(tl.int64)
+        rows = page * stride_kp + (keys % PAGE) * stride_ks + HEADS * group * stride_kh
+        v = tl.load(V + rows[:, None] + offs_w[None, :], mask=inside[:, None], other=0)
+        k = tl.load(K + rows[:, None] + offs_w[None, :], mask=inside[:, None], other=0)
+        acc ^= tl.xor_sum(k ^ v, 0)
+    part = (batch * tl.num_programs(1) + group) * tl.num_programs(2) + split
+    tl.store(PARTIAL + part * HEADS * WORDS + offs_w, acc)
 
 
 @triton.jit
@@ -237,6 +266,52 @@ def stream8() -> None:
     run("e4m3, FA3 layout (64, 2, 5)", _stream_kernel, e4m3, 1, 64, 2, 5)
 
 
+def stream8w() -> None:
+    batch, context, page, splits, sets = 16, 16384, 16, 6, 4
+    nbytes = 1 << 30
+    src, dst = (torch.empty(nbytes, device=DEVICE, dtype=torch.uint8) for _ in range(2))
+    copy_gbs = 2 * nbytes / (triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") * 1e3) / 1e3
+    src = dst = None
+    k_pool, v_pool, tables, seqlens = paged_cache(batch, context, page, sets)
+    e4m3 = [(pool / 8).to(torch.float8_e4m3fn) for pool in (k_pool, v_pool)]
+    head_major = [pool.transpose(1, 2).contiguous().transpose(1, 2) for pool in e4m3]
+    print(f"read-only stream in 32-bit words, full decode B={batch} {context // 1024}K page {page}; copy "
+          f"{copy_gbs:.0f} GB/s; (us, GB/s, % of copy on the bytes read)", flush=True)
+
+    def words(pool):  # [pages, page, Hk, D] of any strides -> the same memory as int32 words along D
+        return pool.view(torch.int32) if pool.is_contiguous() else (
+            pool.transpose(1, 2).view(torch.int32).transpose(1, 2))
+
+    def run(label, pools, heads, block_n, warps, stages, splits):
+        pools = [words(p) for p in pools]
+        kv_bytes = batch * context * KV_HEADS * 2 * pools[0].shape[-1] * 4
+        wpr = pools[0].shape[-1]
+        keys_per_split = -(-context // splits)
+        programs = KV_HEADS // heads
+        partial = torch.empty(batch * programs * splits, heads * wpr, device=DEVICE, dtype=torch.int32)
+
+        def read(r):
+            return lambda: _stream_words_kernel[(batch, programs, splits)](
+                pools[0], pools[1], partial, seqlens, tables[r], tables[r].stride(0), *pools[0].stride()[:3],
+                keys_per_split, PAGE=page, BLOCK_N=block_n, WORDS=wpr, HEADS=heads, num_warps=warps,
+                num_stages=stages)
+
+        try:
+            us = graph_us([read(r) for r in range(sets)])
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            print(f"  {label:60s} {type(exc).__name__}: {str(exc)[:100]}", flush=True)
+            return
+        print(f"  {label:60s} {us:8.1f} {kv_bytes / us / 1e3:7.0f} {kv_bytes / us / 1e3 / copy_gbs:6.0%}", flush=True)
+
+    run("bf16, FA3 layout (64 keys, 2 warps), 6 splits", (k_pool, v_pool), 1, 64, 2, 3, splits)
+    run("e4m3, FA3 layout (64, 2), 6 splits", e4m3, 1, 64, 2, 3, splits)
+    run("e4m3, two KV heads per program (64, 2), 12 splits", e4m3, 2, 64, 2, 3, 2 * splits)
+    run("e4m3, head-major memory (64, 2), 6 splits", head_major, 1, 64, 2, 3, splits)
+    run("e4m3, FA3 layout (128, 4), 6 splits", e4m3, 1, 128, 4, 3, splits)
+    run("e4m3, two KV heads per program (128, 4), 12 splits", e4m3, 2, 128, 4, 3, 2 * splits)
+    run("e4m3, FA3 layout (128, 2), 6 splits", e4m3, 1, 128, 2, 3, splits)
+
+
 if __name__ == "__main__":
     for section in sys.argv[1:] or ["chain", "stream"]:
-        {"chain": chain, "stream": stream, "stream8": stream8}[section]()
+        {"chain": chain, "stream": stream, "stream8": stream8, "stream8w": stream8w}[section]()
