@@ -167,10 +167,7 @@ def main() -> int:
         variants = [("swattn Triton", with_mode("0", call()))]
         gluon = [("gluon shipped", with_mode("1", call())),
                  # work items claimed from a counter instead of the static rounds (FA3's causal/local scheduler)
-                 ("gluon dynamic", with_mode("1", call(), dynamic=True)),
-                 # the next block's scores issued before this block's softmax (two score products in flight)
-                 ("gluon S ahead", with_mode("1", call(), s_ahead=True)),
-                 ("gluon S ahead + dynamic", with_mode("1", call(), s_ahead=True, dynamic=True))]
+                 ("gluon dynamic", with_mode("1", call(), dynamic=True))]
         small = 0 <= left <= 256
         if head_dim == 256:  # one Q slot, 64-key blocks: no room for a second program or more stages
             gluon.append(("gluon TMA store", with_mode("1", call(), tma_store=True)))
@@ -213,7 +210,7 @@ def main() -> int:
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
         if args.paged or args.varlen:
-            gluon = gluon[:4]
+            gluon = gluon[:2]
         variants += gluon
         try:
             if args.paged:

@@ -91,9 +91,6 @@ TMA_STORE = False
 # the persistent grid's static rounds: programs that run slower take fewer items (FlashAttention 3's causal and
 # local scheduler). Off until measured; kept as a tested switch (``dynamic`` in ``forward``).
 DYNAMIC = False
-# Two score products in flight per consumer: the next block's Q K^T is issued before this block's softmax, so the
-# softmax runs under both it and the previous block's P V (one more score tile of registers). Off until measured.
-S_AHEAD = False
 
 
 def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
@@ -190,40 +187,6 @@ if GLUON_AVAILABLE:
         alpha = gl.exp2(m_i - pivot)
         l_new = l_i * alpha + gl.sum(p, 1)
         return p, m_new, l_new, alpha
-
-    @gluon.jit
-    def _ahead_step(q_tile, buffers, s_token, acc, p_op, m_i, l_i, block, position, kv_start, kv_end, row_pos, offset,
-                    masked_head_end, unmasked_end, left, right, softmax_scale, softcap, s_zero,
-                    o_rows: gl.constexpr, s_cols: gl.constexpr, p_layout: gl.constexpr, HAS_LEFT: gl.constexpr,
-                    HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, BLOCK_N: gl.constexpr,
-                    NUM_STAGES: gl.constexpr, ISSUE_NEXT: gl.constexpr):
-        """S_AHEAD: block ``block``'s step with its scores already in flight (``s_token``): P_{j-1} V_{j-1} issued,
-        S_j awaited, then (``ISSUE_NEXT``) S_{j+1} issued before the softmax of block j, so both products run under
-        it; returns the next step's ``(s_token, acc, p_op, m_i, l_i)``."""
-        k_smem, v_smem, k_ready, v_ready, k_empty, v_empty = buffers[1:7]
-        stage = (position + block) % NUM_STAGES
-        previous = position + block - 1
-        previous_stage = previous % NUM_STAGES
-        mbarrier.wait(v_ready.index(previous_stage), (previous // NUM_STAGES) & 1)
-        acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
-        s = warpgroup_mma_wait(1, deps=[s_token])  # S_j was issued before P_{j-1} V_{j-1}: it completes first
-        mbarrier.arrive(k_empty.index(stage), count=1)
-        if ISSUE_NEXT:
-            following = position + block + 1
-            mbarrier.wait(k_ready.index(following % NUM_STAGES), (following // NUM_STAGES) & 1)
-            s_token = warpgroup_mma(q_tile, k_smem.index(following % NUM_STAGES).permute((1, 0)), s_zero,
-                                    use_acc=False, is_async=True)
-        p, m_i, l_i, alpha = _softmax_block(
-            s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
-            softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
-        if ISSUE_NEXT:
-            acc = warpgroup_mma_wait(1, deps=[acc_token])  # P_{j-1} V_{j-1} done; S_{j+1} may still run
-        else:
-            acc = warpgroup_mma_wait(0, deps=[acc_token])
-        mbarrier.arrive(v_empty.index(previous_stage), count=1)
-        acc = acc * gl.expand_dims(gl.convert_layout(alpha, o_rows), 1)
-        p_op = gl.convert_layout(p.to(q_tile.dtype), p_layout)
-        return s_token, acc, p_op, m_i, l_i
 
     @gluon.jit
     def _turn_begin(turns, turn, WG: gl.constexpr, PINGPONG: gl.constexpr):
@@ -363,8 +326,7 @@ if GLUON_AVAILABLE:
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                 IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                 ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                TMA_STORE: gl.constexpr, DYNAMIC: gl.constexpr,
-                  S_AHEAD: gl.constexpr):
+                TMA_STORE: gl.constexpr, DYNAMIC: gl.constexpr):
         """One warp: each work item's Q (one box per consumer warpgroup, into the item's Q slot) and K/V blocks
         (into the stage ring, from the tile's first visible key; over pages, one box per page part) through TMA.
         Both rings' positions run on across items, so the next tile's Q and first blocks load during this one's last
@@ -448,8 +410,7 @@ if GLUON_AVAILABLE:
                       FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                       IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                       ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                      TMA_STORE: gl.constexpr, DYNAMIC: gl.constexpr,
-                  S_AHEAD: gl.constexpr):
+                      TMA_STORE: gl.constexpr, DYNAMIC: gl.constexpr):
         """One warpgroup's rows ``[WG * 64, WG * 64 + 64)`` of work item ``work``'s tile, from Q to O; returns the
         consumer's running state ``(position, item, turn, stored, stored_slot)`` after it."""
         O, LSE, SINKS, FLAGS, ANY_NAN, o_desc = pointers[3:9]
@@ -479,6 +440,18 @@ if GLUON_AVAILABLE:
             KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
         offset = seqlen_k - seqlen_q
         batch64 = batch.to(gl.int64)
+        # The epilogue's rows and sinks: the sinks' load is issued here, before the tile's products, so its latency
+        # stays out of the epilogue (a small window's tile is a few blocks long).
+        o_m = first_row + WG * M + gl.arange(0, M, layout=o_rows)
+        o_valid = o_m < num_rows
+        if PACK_GQA:
+            o_pos = o_m // GROUP
+            o_head = head_or_kv_head * GROUP + o_m % GROUP
+        else:
+            o_pos = o_m
+            o_head = head_or_kv_head + o_m * 0
+        if HAS_SINKS:
+            sink = gl.load(SINKS + o_head, mask=o_valid, other=0.0).to(gl.float32) * LOG2E
 
         s_m = first_row + WG * M + gl.arange(0, M, layout=s_rows)
         row_pos = s_m // ROWS_PER_POS
@@ -510,56 +483,36 @@ if GLUON_AVAILABLE:
                 stored = 0
             s = warpgroup_mma_wait(0, deps=[s_token])
             mbarrier.arrive(k_empty.index(first_stage), count=1)
-            if S_AHEAD and num_blocks > 1:
-                # Two score products in flight: S_{j+1} is issued before the softmax of block j (``_ahead_step``).
-                second = position + 1
-                mbarrier.wait(k_ready.index(second % NUM_STAGES), (second // NUM_STAGES) & 1)
-                s_token = warpgroup_mma(q_tile, k_smem.index(second % NUM_STAGES).permute((1, 0)), s_zero,
-                                        use_acc=False, is_async=True)
+            p, m_i, l_i, alpha = _softmax_block(
+                s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
+                softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+            alpha_o = gl.convert_layout(alpha, o_rows)
+            for block in range(1, num_blocks):
+                stage = (position + block) % NUM_STAGES
+                phase = ((position + block) // NUM_STAGES) & 1
+                previous = position + block - 1
+                previous_stage = previous % NUM_STAGES
+                previous_phase = (previous // NUM_STAGES) & 1
+                # S_j = Q K_j^T, then P_{j-1} V_{j-1}: both in flight while this warpgroup waits for S_j.
+                mbarrier.wait(k_ready.index(stage), phase)
+                mbarrier.wait(v_ready.index(previous_stage), previous_phase)
+                _turn_begin(turns, turn, WG, PINGPONG)
+                s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
+                                        is_async=True)
+                acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
+                turn = _turn_end(turns, turn, WG, PINGPONG)
+                s = warpgroup_mma_wait(1, deps=[s_token])
+                mbarrier.arrive(k_empty.index(stage), count=1)
+                # The softmax of block j runs while P_{j-1} V_{j-1} is still on the tensor cores.
                 p, m_i, l_i, alpha = _softmax_block(
-                    s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
-                    softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
-                p_op = gl.convert_layout(p.to(dtype), p_layout)
-                for block in range(1, num_blocks - 1):
-                    s_token, acc, p_op, m_i, l_i = _ahead_step(
-                        q_tile, buffers, s_token, acc, p_op, m_i, l_i, block, position, kv_start, kv_end, row_pos,
-                        offset, masked_head_end, unmasked_end, left, right, softmax_scale, softcap, s_zero, o_rows,
-                        s_cols, p_layout, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, NUM_STAGES, True)
-                s_token, acc, p_op, m_i, l_i = _ahead_step(
-                    q_tile, buffers, s_token, acc, p_op, m_i, l_i, num_blocks - 1, position, kv_start, kv_end,
-                    row_pos, offset, masked_head_end, unmasked_end, left, right, softmax_scale, softcap, s_zero,
-                    o_rows, s_cols, p_layout, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, NUM_STAGES, False)
-            else:
-                p, m_i, l_i, alpha = _softmax_block(
-                    s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
-                    softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
-                p_op = gl.convert_layout(p.to(dtype), p_layout)
+                    s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
+                    right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
+                acc = warpgroup_mma_wait(0, deps=[acc_token])
+                mbarrier.arrive(v_empty.index(previous_stage), count=1)
                 alpha_o = gl.convert_layout(alpha, o_rows)
-                for block in range(1, num_blocks):
-                    stage = (position + block) % NUM_STAGES
-                    phase = ((position + block) // NUM_STAGES) & 1
-                    previous = position + block - 1
-                    previous_stage = previous % NUM_STAGES
-                    previous_phase = (previous // NUM_STAGES) & 1
-                    # S_j = Q K_j^T, then P_{j-1} V_{j-1}: both in flight while this warpgroup waits for S_j.
-                    mbarrier.wait(k_ready.index(stage), phase)
-                    mbarrier.wait(v_ready.index(previous_stage), previous_phase)
-                    _turn_begin(turns, turn, WG, PINGPONG)
-                    s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
-                                            is_async=True)
-                    acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
-                    turn = _turn_end(turns, turn, WG, PINGPONG)
-                    s = warpgroup_mma_wait(1, deps=[s_token])
-                    mbarrier.arrive(k_empty.index(stage), count=1)
-                    # The softmax of block j runs while P_{j-1} V_{j-1} is still on the tensor cores.
-                    p, m_i, l_i, alpha = _softmax_block(
-                        s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
-                        right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
-                    acc = warpgroup_mma_wait(0, deps=[acc_token])
-                    mbarrier.arrive(v_empty.index(previous_stage), count=1)
-                    alpha_o = gl.convert_layout(alpha, o_rows)
-                    acc = acc * gl.expand_dims(alpha_o, 1)
-                    p_op = gl.convert_layout(p.to(dtype), p_layout)
+                acc = acc * gl.expand_dims(alpha_o, 1)
+                p_op = gl.convert_layout(p.to(dtype), p_layout)
             if not TMA_STORE:
                 # Every score product of the tile has completed: its Q slot may take the loader's next tile.
                 mbarrier.arrive(q_empty.index(q_slot), count=1)
@@ -584,14 +537,6 @@ if GLUON_AVAILABLE:
 
         # Epilogue, as the Triton kernel's _finish_tile: NaN flags, then the sink, LSE and one factor per row
         # (``finish_rows``, shared with it), O.
-        o_m = first_row + WG * M + gl.arange(0, M, layout=o_rows)
-        o_valid = o_m < num_rows
-        if PACK_GQA:
-            o_pos = o_m // GROUP
-            o_head = head_or_kv_head * GROUP + o_m % GROUP
-        else:
-            o_pos = o_m
-            o_head = head_or_kv_head + o_m * 0
         m_o = gl.convert_layout(m_i, o_rows)
         l_o = gl.convert_layout(l_i, o_rows)
         if FLAG_NAN:
@@ -601,9 +546,7 @@ if GLUON_AVAILABLE:
             # Every row of a group that holds a row of the sequence: the redo pass reads the whole group.
             gl.store(FLAGS + flag_index, row_has_nan.to(gl.int8), mask=first_row + WG * M + o_m * 0 < num_rows)
             gl.atomic_max(ANY_NAN + o_m * 0, gl.full([M], 1, gl.int32, layout=o_rows), mask=row_has_nan)
-        if HAS_SINKS:
-            sink = gl.load(SINKS + o_head, mask=o_valid, other=0.0).to(gl.float32) * LOG2E
-        else:
+        if not HAS_SINKS:
             sink = m_o
         row_factor, lse = finish_rows(m_o, l_o, sink, HAS_SINKS)
         if STORE_LSE:
@@ -654,8 +597,7 @@ if GLUON_AVAILABLE:
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                   IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                   ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                  TMA_STORE: gl.constexpr, DYNAMIC: gl.constexpr,
-                  S_AHEAD: gl.constexpr):
+                  TMA_STORE: gl.constexpr, DYNAMIC: gl.constexpr):
         """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of each work item's tile, from Q load to O store. Items
         come from the persistent grid's static rounds (``_snake``) or, under ``DYNAMIC``, from the loader's claims
         (``_claimed``)."""
@@ -673,7 +615,7 @@ if GLUON_AVAILABLE:
                     work, position, item, turn, stored, stored_slot, geometry, pointers, strides, scalars, buffers,
                     WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N,
                     HEAD_DIM, NUM_STAGES, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG,
-                    NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)
+                    NUM_CONSUMERS, TMA_STORE, DYNAMIC)
                 work = _claimed(buffers[10], buffers[7], item, Q_SLOTS)
         else:
             reverse = False
@@ -682,7 +624,7 @@ if GLUON_AVAILABLE:
                     _snake(work, reverse, total_work), position, item, turn, stored, stored_slot, geometry, pointers,
                     strides, scalars, buffers, WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP,
                     STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K,
-                    ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)
+                    ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)
                 reverse = not reverse
         if TMA_STORE:
             tma.store_wait(0)  # the last tile's O is written before the program ends
@@ -700,7 +642,6 @@ if GLUON_AVAILABLE:
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
         ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
         TMA_STORE: gl.constexpr, DYNAMIC: gl.constexpr,
-                  S_AHEAD: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
@@ -744,37 +685,37 @@ if GLUON_AVAILABLE:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
         elif NUM_CONSUMERS == 1:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
             ], [1], [LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC, S_AHEAD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
             ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -869,7 +810,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
             consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None,
             consumers: int | None = None, tma_store: bool | None = None,
-            per_sm: int | None = None, dynamic: bool | None = None, s_ahead: bool | None = None,
+            per_sm: int | None = None, dynamic: bool | None = None,
             plans: dict | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
     of query tiles per (batch, head-or-KV-head). Non-finite flags are written per group of ``ROWS_PER_CONSUMER``
@@ -881,14 +822,14 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     consumers take turns on the tensor cores; two consumers only) / ``consumers`` (warpgroups of 64 rows per tile: 1
     to 3) / ``per_sm`` (resident programs per SM: sets the register budgets) / ``tma_store`` (O through shared
     memory and a TMA store; dense calls up to head_dim 128) / ``dynamic`` (work items claimed from a counter)
-    / ``s_ahead`` (two score products in flight; not with ping-pong) override the shipped choice (tuning probes).
+    override the shipped choice (tuning probes).
     ``plans``: a dict the caller keeps for one call signature (every tensor's shape, strides, dtype, 16-byte
     alignment and device, which tensors are given, the scalars: ``fwd``'s plan key). The launch is planned at its
     first call and later calls only launch (``_launch.Launch``: Triton's compiled launcher called directly, the
     tensor descriptors copied with the call's tensors). Without it every call plans and goes through
     ``kernel[grid](...)`` (~185 us of host time per call on the H200 host, Triton 3.6)."""
     overrides = (block_n, num_stages, maxnreg, consumer_regs, programs, pingpong, consumers, tma_store, per_sm,
-                 dynamic, s_ahead)
+                 dynamic)
     key = (overrides, planning_settings()) if plans is not None else None
     planned = plans.get(key) if plans is not None else None
     if planned is None:
@@ -908,7 +849,7 @@ def planning_settings() -> tuple:
     """The module-level values ``_plan`` reads, part of a kept plan's key: tests and tuning probes switch them
     (``monkeypatch.setattr(gluon_fwd, ...)``), and a plan made under other values must not serve the call."""
     return (_swa_fwd_sm90_kernel, consumers_for, block_n_for, tma_store_for, per_sm_for, registers_for, _sm_count,
-            PINGPONG, TMA_STORE, DYNAMIC, S_AHEAD, NUM_STAGES, LOADER_REGS, PAGE_BOX_MAX, ROWS_PER_CONSUMER,
+            PINGPONG, TMA_STORE, DYNAMIC, NUM_STAGES, LOADER_REGS, PAGE_BOX_MAX, ROWS_PER_CONSUMER,
             TensorDescriptor)
 
 
@@ -923,8 +864,7 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
           overrides) -> tuple[Launch, int, bool]:
     """The launch of ``forward``'s call (its tensors' layouts, scalars and ``overrides``), its tiles per (batch,
     head-or-KV-head), and whether it takes a tile counter (the DYNAMIC schedule)."""
-    block_n, num_stages, maxnreg, consumer_regs, programs, pingpong, consumers, tma_store, per_sm, dynamic, s_ahead = (
-        overrides)
+    block_n, num_stages, maxnreg, consumer_regs, programs, pingpong, consumers, tma_store, per_sm, dynamic = overrides
     varlen = cu_seqlens_q is not None
     varlen_k = cu_seqlens_k is not None
     paged = page_table is not None
@@ -935,9 +875,6 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
     consumers = consumers or consumers_for(head_dim, pack_gqa, left, right)
     block_m = ROWS_PER_CONSUMER * consumers
     pingpong = PINGPONG if pingpong is None else pingpong
-    s_ahead = S_AHEAD if s_ahead is None else s_ahead
-    if pingpong and s_ahead:
-        raise ValueError("pingpong and s_ahead: the ping-pong turns order the default schedule's products only")
     if consumers not in (1, 2, 3) or (pingpong and consumers != 2) or (head_dim > 128 and consumers != 2):
         raise ValueError(f"consumers={consumers}, pingpong={pingpong}, head_dim={head_dim}: 1 to 3 consumers, "
                          "ping-pong with 2 only, 2 at head_dim 256 (the registers and shared memory of one program "
@@ -993,7 +930,7 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
-        TMA_STORE=tma_store, DYNAMIC=dynamic, S_AHEAD=s_ahead,
+        TMA_STORE=tma_store, DYNAMIC=dynamic,
     )
     launch = Launch(_swa_fwd_sm90_kernel, grid, scalars, constexprs, dict(num_warps=4, maxnreg=maxnreg),
                     num_tensors=len(slots), slots=slots, descriptors=(q_desc, k_desc, v_desc, o_desc))

@@ -393,16 +393,3 @@ def test_dynamic_schedule_non_finite_isolation(consumers, monkeypatch):
     monkeypatch.setattr(gluon_fwd, "DYNAMIC", True)
     test_non_finite_isolation(False, consumers, monkeypatch)
 
-
-# S_AHEAD (the next block's scores issued before this block's softmax) reorders the issue only: the same bits.
-# Tiles of one block (window 0), two (a short window), many (causal), one and two consumers, D256, pages.
-@pytest.mark.parametrize("case", [DENSE[0], DENSE[3], DENSE[5], DENSE[7], DENSE[8], DENSE[-2], DENSE_D256[0]],
-                         ids=lambda c: f"B{c[0]}-Sq{c[1]}-H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
-def test_scores_ahead_match_the_default_order(case, monkeypatch):
-    same_bits_under_switch(case, monkeypatch, "S_AHEAD")
-
-
-def test_scores_ahead_over_pages_and_varlen(monkeypatch):
-    monkeypatch.setattr(gluon_fwd, "S_AHEAD", True)
-    test_kvcache_extend(KVCACHE[2])
-    test_varlen_with_empty_and_short_sequences((-1, 0), 128)
