@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 
 import torch
 
@@ -69,8 +70,21 @@ def tma_compatible(*tensors: torch.Tensor) -> bool:
     return True
 
 
+# Triton's scratch for tensor descriptors built on the device (a launch's programs write theirs there, then read
+# them): a caller whose launches run in stream order (no programmatic dependent launch: a kernel starts after the
+# previous one has finished) sets ``stream`` to its ``_launch.stream_key`` around them, and they share one buffer
+# kept between calls (the backward's dQ and dK/dV launches: two allocations less per call); otherwise (None) each
+# launch gets a new one, as Triton's default does.
+TRITON_SCRATCH = threading.local()
+
+
 def _scratch_allocator(size: int, alignment: int, stream: int | None) -> torch.Tensor:
     device = "cuda" if torch.cuda.is_available() and not interpreter_enabled() else "cpu"
+    kept = getattr(TRITON_SCRATCH, "stream", None)
+    if kept is not None:
+        from swattn.kernels._launch import kept_buffer
+
+        return kept_buffer("triton_scratch", torch.device(device), size, torch.int8, kept)
     return torch.empty(size, device=device, dtype=torch.int8)
 
 

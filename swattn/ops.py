@@ -288,6 +288,8 @@ class _EagerAttention(torch.autograd.Function):
         out, lse, _ = plan.run(*_forward_run_arguments(inputs))
         _fwd_setup_context(ctx, inputs, (out, lse))
         ctx.forward_plan, ctx.input_offset = plan, 1
+        # Decided here, once: whether the sinks want their gradient (needs_input_grad: the plan, then the inputs).
+        ctx.wants_dsinks = inputs[3] is not None and ctx.needs_input_grad[4]
         return out, lse, plan
 
     @staticmethod
@@ -330,11 +332,14 @@ def _planned_backward(ctx, grad_out, grad_lse):
         grad_out = grad_out.contiguous()  # the kernels take strides, but D must be unit-stride
     if grad_lse is not None:
         grad_lse = grad_lse.to(torch.float32).contiguous()
-    wants_dsinks = sinks is not None and _needs_input_grad(ctx)[3]
+    wants_dsinks = ctx.wants_dsinks
     # As _fwd_backward: without their gradient wanted the kernels need no sinks (dQ, dK, dV read them through lse).
     sinks_in = sinks if wants_dsinks else None
     plans = ctx.forward_plan.backward_plans
-    key = (tensor_signature(grad_out), tensor_signature(grad_lse), wants_dsinks)
+    # grad_out has out's shape and device (the engine checks them against the output's, and casts the dtype): its
+    # strides, dtype and 16-byte alignment pick the plan, with dLSE's signature.
+    key = (grad_out.stride(), grad_out.dtype, grad_out.data_ptr() & 15,
+           None if grad_lse is None else tensor_signature(grad_lse), wants_dsinks)
     plan = plans.get(key)
     if plan is None:
         if len(plans) >= _MAX_BACKWARD_PLANS:

@@ -28,7 +28,14 @@ import torch
 import triton
 import triton.language as tl
 
-from swattn._compat import ceil_div, ensure_triton_allocator, needs_upcast, next_power_of_2, tma_compatible
+from swattn._compat import (
+    TRITON_SCRATCH,
+    ceil_div,
+    ensure_triton_allocator,
+    needs_upcast,
+    next_power_of_2,
+    tma_compatible,
+)
 from swattn.kernels._common import (
     LOG2E,
     block_ranges,
@@ -40,7 +47,7 @@ from swattn.kernels._common import (
     softcap_scores,
     token_strides,
 )
-from swattn.kernels._launch import Launch, PlanCache, kept_buffer, tensor_signature
+from swattn.kernels._launch import Launch, PlanCache, kept_buffer, stream_key, tensor_signature
 from swattn.kernels.configs import BwdConfig, backward_config
 
 
@@ -592,10 +599,25 @@ class _BackwardPlan:
             if dsinks is not None:
                 dsinks.zero_()
             return result
-        delta = kept_buffer("delta", self.device, self.delta_span, self.delta_dtype)
-        placeholder = q
+        stream = stream_key(self.device)
+        delta = kept_buffer("delta", self.device, self.delta_span, self.delta_dtype, stream)
         if self.use_tma:
             ensure_triton_allocator()
+            # The launches below run in stream order (no PDL): their descriptors share one kept scratch buffer.
+            TRITON_SCRATCH.stream = stream
+            try:
+                return self._launch(dout, q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, dlse,
+                                    seqused_q, result, delta)
+            finally:
+                TRITON_SCRATCH.stream = None
+        return self._launch(dout, q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, dlse, seqused_q,
+                            result, delta)
+
+    def _launch(self, dout, q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, dlse, seqused_q, result,
+                delta):
+        dq, dk, dv, dsinks = result[:4]
+        loop_record = result[4] if len(result) > 4 else None
+        placeholder = q
         sequence_args = (placeholder if cu_seqlens_q is None else cu_seqlens_q,
                          placeholder if cu_seqlens_k is None else cu_seqlens_k,
                          placeholder if seqused_k is None else seqused_k,
@@ -611,4 +633,4 @@ class _BackwardPlan:
         if self.dkdv_launch is not None:
             self.dkdv_launch(q, k, v, dout, dk, dv, lse, delta, *sequence_args,
                              placeholder if loop_record is None else loop_record)
-        return (dq, dk, dv, dsinks, loop_record) if loop_record is not None else (dq, dk, dv, dsinks)
+        return result
