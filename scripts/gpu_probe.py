@@ -33,6 +33,8 @@ Sections (argv; all by default):
   verify_window  window-(127, 0) verify (k = 2, 4, 8) against decode: the 128+16-key blocks (FwdConfig.head_block),
             16 warps, two tiles, no isolation, FA3 beside, cold and warm;
   verify_full_tiles  full-attention verify B=16 8K (k = 4, 8): tiles cut to decode's 16 rows, 5 stages, FA3 beside;
+  verify_ablate  window-(127, 0) verify (k = 1, 2, 4, 8) without the append, the isolation, both, 4 warps; the
+            model step's full layer (B=16 8K decode) with the fused append at fewer splits;
   verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0) against decode: no append, the
             fused append, without the non-finite redo launch, one 256-key block for the 127 + k keys, two stages.
 Run: ``python scripts/gpu_probe.py [sections]``; ``PROBE_WARM=1`` runs every variant once without timing (compiles
@@ -1036,6 +1038,100 @@ def verify_full_tiles() -> None:
                 print(f"  k={k} {label}: {' / '.join(f'{t:.1f}' for t in values)} us", flush=True)
         one.clear()
         torch.cuda.empty_cache()
+
+
+def verify_ablate() -> None:
+    """Where a window-(127, 0) verify step's time goes beyond decode's (B=16, 1K, page 16, gpt-oss layer, 48 cold
+    input sets | one warm set): each of k = 1, 2, 4, 8 shipped (the fused append), without the append (the tokens
+    already in the cache), without the non-finite isolation, without both; the head-block tile with 4 warps
+    (k = 4, 8), decode's tile with 8 warps (k = 1). Then the model step's full-attention layer (B=16, 8K, page 16,
+    decode): the fused append forced on at the automatic split count and at fewer splits, against the append launch
+    (the default there) and the attention alone: does the fused kernel's occupancy (a resident program per SM less)
+    put the automatic split count's grid into a second wave?"""
+    from swattn import ops
+    from swattn.kernels import fwd
+    input_sets = 48
+    print("\n## verify ablation W(127,0) B=16 1K page 16: us/call, cold (48 sets) | warm (1 set); k=1 is decode",
+          flush=True)
+    for k in _probe_ks((1, 2, 4, 8)):
+        sets, without_append = _verify_sets(k, input_sets)
+        ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
+        rows = max(16, triton.next_power_of_2(k * 8))
+        variants = [("shipped", sets, None, {}), ("no append", without_append, None, {}),
+                    ("no isolation", sets, None, dict(ISOLATE_NON_FINITE=False)),
+                    ("no append, no isolation", without_append, None, dict(ISOLATE_NON_FINITE=False))]
+        if k == 1:
+            variants.append(("8 warps", sets, FwdConfig(16, 128, 8, 1, single_loop=True), {}))
+        if k in (4, 8):
+            head4 = FwdConfig(rows, 128, 4, 1, single_loop=True, head_block=16)
+            variants += [("head block, 4 warps, no isolation", sets, head4, dict(ISOLATE_NON_FINITE=False)),
+                         ("head block, 4 warps", sets, head4, dict(GUARD_ONE_PASS_MAX_ROWS=64))]
+        times: dict[str, list[str] | None] = {}
+        for _ in range(ROUNDS):
+            for label, inputs, config, settings in variants:
+                if label in times and times[label] is None:
+                    continue
+                previous = {name: getattr(fwd, name) for name in settings}
+                for name, value in settings.items():
+                    setattr(fwd, name, value)
+                try:
+                    with forced_config(config) if config else _nothing():
+                        time_window_verify(inputs, ref, k, label, times, input_sets)
+                except Exception as exc:  # report and go on
+                    print(f"  k={k} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+                    times[label] = None
+                finally:
+                    for name, value in previous.items():
+                        setattr(fwd, name, value)
+        for label, values in times.items():
+            if values:
+                print(f"  k={k} {label}: {' / '.join(values)} us", flush=True)
+        sets.clear()
+        without_append.clear()
+        torch.cuda.empty_cache()
+    if os.environ.get("PROBE_KS"):
+        return
+    heads, kv_heads, head_dim, batch, page_size, context = 64, 8, 64, 16, 16, 8192
+    pages = context // page_size + 1
+    print("\n## full-attention decode B=16 8K page 16 (the model step's full layer), one input set: us/call",
+          flush=True)
+    k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+    one = dict(q=torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=DTYPE), k_cache=k_cache,
+               v_cache=torch.randn_like(k_cache),
+               k=torch.randn(batch, 1, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
+               v=torch.randn(batch, 1, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
+               page_table=torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages),
+               cache_seqlens=torch.full((batch,), context - 1, device=DEVICE, dtype=torch.int32),
+               sinks=torch.randn(heads, device=DEVICE))
+    plain = dict(one, k=None, v=None, cache_seqlens=one["cache_seqlens"] + 1)
+    ref = swattn.flash_attn_with_kvcache(**one, causal=True).float()
+    variants = [("attention only, automatic splits", plain, None, 0),
+                ("append launch, automatic splits", one, False, 0), ("fused append, automatic splits", one, True, 0)]
+    variants += [(f"fused append, {n} splits", one, True, n) for n in (5, 4, 3)]
+    variants += [(f"append launch, {n} splits", one, False, n) for n in (5, 4)]
+    times: dict[str, list[float] | None] = {}
+    for _ in range(ROUNDS):
+        for label, inputs, fused, num_splits in variants:
+            if label in times and times[label] is None:
+                continue
+            previous, ops.FUSED_APPEND = ops.FUSED_APPEND, fused
+            try:
+                fn = functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True, num_splits=num_splits)
+                if label not in times:
+                    err = ((fn().float() - ref).norm() / ref.norm()).item()
+                    times[label] = [] if err < 1e-2 else None
+                    if times[label] is None:
+                        print(f"  {label}: rel diff {err:.1e}, not timed", flush=True)
+                        continue
+                times[label].append(graph_us(fn, 10, rep=100))
+            except Exception as exc:  # report and go on
+                print(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+                times[label] = None
+            finally:
+                ops.FUSED_APPEND = previous
+    for label, values in times.items():
+        if values:
+            print(f"  {label}: {' / '.join(f'{t:.1f}' for t in values)} us", flush=True)
 
 
 def _nothing():
