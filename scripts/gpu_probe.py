@@ -33,8 +33,8 @@ Sections (argv; all by default):
   verify_window  window-(127, 0) verify (k = 2, 4, 8) against decode: the 128+16-key blocks (FwdConfig.head_block),
             16 warps, two tiles, no isolation, FA3 beside, cold and warm;
   verify_full_tiles  full-attention verify B=16 8K (k = 4, 8): tiles cut to decode's 16 rows, 5 stages, FA3 beside;
-  verify_ablate  window-(127, 0) verify (k = 1, 2, 4, 8) without the append, the isolation, both, 4 warps; the
-            model step's full layer (B=16 8K decode) with the fused append at fewer splits;
+  verify_ablate  window-(127, 0) verify (k = 1, 2, 4, 8) without the append, the isolation, both, 4 warps;
+  fused_append_splits  the model step's full layer (B=16 8K decode) with the fused append at fewer splits;
   verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0) against decode: no append, the
             fused append, without the non-finite redo launch, one 256-key block for the 127 + k keys, two stages.
 Run: ``python scripts/gpu_probe.py [sections]``; ``PROBE_WARM=1`` runs every variant once without timing (compiles
@@ -1044,11 +1044,7 @@ def verify_ablate() -> None:
     """Where a window-(127, 0) verify step's time goes beyond decode's (B=16, 1K, page 16, gpt-oss layer, 48 cold
     input sets | one warm set): each of k = 1, 2, 4, 8 shipped (the fused append), without the append (the tokens
     already in the cache), without the non-finite isolation, without both; the head-block tile with 4 warps
-    (k = 4, 8), decode's tile with 8 warps (k = 1). Then the model step's full-attention layer (B=16, 8K, page 16,
-    decode): the fused append forced on at the automatic split count and at fewer splits, against the append launch
-    (the default there) and the attention alone: does the fused kernel's occupancy (a resident program per SM less)
-    put the automatic split count's grid into a second wave?"""
-    from swattn import ops
+    (k = 4, 8), decode's tile with 8 warps (k = 1)."""
     from swattn.kernels import fwd
     input_sets = 48
     print("\n## verify ablation W(127,0) B=16 1K page 16: us/call, cold (48 sets) | warm (1 set); k=1 is decode",
@@ -1089,8 +1085,14 @@ def verify_ablate() -> None:
         sets.clear()
         without_append.clear()
         torch.cuda.empty_cache()
-    if os.environ.get("PROBE_KS"):
-        return
+
+
+def fused_append_splits() -> None:
+    """The model step's full-attention layer (B=16, 8K, page 16, decode, one input set): the fused append forced on
+    at the automatic split count and at fewer splits, against the append launch (the default there) and the
+    attention alone: does the fused kernel's occupancy (a resident program per SM less) put the automatic split
+    count's grid into a second wave (model step, s4-call3: 1839.5 us fused everywhere against 1423.0)?"""
+    from swattn import ops
     heads, kv_heads, head_dim, batch, page_size, context = 64, 8, 64, 16, 16, 8192
     pages = context // page_size + 1
     print("\n## full-attention decode B=16 8K page 16 (the model step's full layer), one input set: us/call",
