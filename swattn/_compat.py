@@ -71,9 +71,10 @@ def tma_compatible(*tensors: torch.Tensor) -> bool:
 
 
 # Triton's scratch for tensor descriptors built on the device (a launch's programs write theirs there, then read
-# them): a caller whose launches run in stream order (no programmatic dependent launch: a kernel starts after the
-# previous one has finished) sets ``stream`` to its ``_launch.stream_key`` around them, and they share one buffer
-# kept between calls (the backward's dQ and dK/dV launches: two allocations less per call); otherwise (None) each
+# them): a caller whose launches never overlap the previous grid's (stream order without programmatic dependent
+# launch, or a PDL kernel that waits for the previous grid before its first write, as swattn's do) sets ``stream``
+# to its ``_launch.stream_key`` around them, and they share one buffer kept between calls (the backward's dQ and
+# dK/dV launches, the forward's main and redo launches: an allocation less per launch); otherwise (None) each
 # launch gets a new one, as Triton's default does.
 TRITON_SCRATCH = threading.local()
 

@@ -19,6 +19,7 @@ import triton.language as tl
 
 from swattn import _compat
 from swattn._compat import (
+    TRITON_SCRATCH,
     ceil_div,
     device_properties,
     ensure_triton_allocator,
@@ -1397,12 +1398,12 @@ class _ForwardPlan:
         lse = None if self.lse_shape is None else torch.empty(self.lse_shape, device=device, dtype=torch.float32)
         if not self.launches:
             return out, lse, None
+        if stream is _launch.ASK and (self.split_shapes is not None or self.isolate or self.use_tma):
+            stream = stream_key(device)  # once for the kept buffers below
         if self.split_shapes is not None:
             # The splits' partial results: scratch the main pass writes and the merge reads in this call, so kept
             # between calls on this stream (``kept_buffer``: two allocations less per split-KV call), flat, with the
             # contiguous strides planned for them.
-            if stream is _launch.ASK:
-                stream = stream_key(device)
             out_target = kept_buffer("split_out", device, self.split_numel[0], torch.float32, stream)
             lse_target = kept_buffer("split_lse", device, self.split_numel[1], torch.float32, stream)
         else:
@@ -1429,10 +1430,17 @@ class _ForwardPlan:
                                       seqlens_k, cache_batch_idx, page_table, block_counts, non_finite_flags,
                                       any_non_finite, new_k, new_v, seqused_q, cache_leftpad, q_descale, k_descale,
                                       v_descale)))
-            if not self.use_gluon:
-                self.main(*tensors)
-            if self.redo is not None:
-                self.redo(*tensors)
+            if self.use_tma:
+                # Triton's descriptor scratch: one buffer kept between calls for the main and redo launches (each
+                # PDL launch waits for the previous grid before its first write, its descriptors included; see
+                # _compat.TRITON_SCRATCH), not an allocation per launch.
+                TRITON_SCRATCH.stream = stream
+                try:
+                    self._launch_passes(tensors)
+                finally:
+                    TRITON_SCRATCH.stream = None
+            else:
+                self._launch_passes(tensors)
         if self.combine is not None:
             # The merge writes out as [tokens, H, D] (planned with those strides): the launch takes only out's
             # address and dtype, so out itself serves (no view made per call).
@@ -1440,3 +1448,9 @@ class _ForwardPlan:
                          out if sinks is None else sinks, out if seqused_q is None else cu_seqlens_q,
                          out if seqused_q is None else seqused_q)
         return out, lse, block_counts
+
+    def _launch_passes(self, tensors: tuple) -> None:
+        if not self.use_gluon:
+            self.main(*tensors)
+        if self.redo is not None:
+            self.redo(*tensors)

@@ -234,26 +234,35 @@ def test_split_decode_reuses_its_scratch_and_stays_exact():
     assert scratch.numel() >= 3 * 3 * 4 * 16
 
 
-def test_backward_descriptor_launches_share_a_kept_triton_scratch():
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_descriptor_launches_share_a_kept_triton_scratch(direction):
     """With descriptor loads, Triton's launcher asks the allocator for each launch's descriptor scratch: the
-    backward's dQ and dK/dV launches (in stream order, no PDL) take one buffer kept between calls
-    (``_compat.TRITON_SCRATCH``, set only around them), not an allocation each; other launches a new one."""
+    forward's main and redo launches (each waits for the previous grid before its first write) and the backward's
+    dQ and dK/dV launches (stream order, no PDL) take one buffer kept between calls (``_compat.TRITON_SCRATCH``,
+    set only around them), not an allocation each; other launches get a new one."""
     from swattn import _compat
-    from swattn.kernels.configs import BwdConfig
+    from swattn.kernels.configs import BwdConfig, FwdConfig, forced_config
 
     _launch.clear_plans()
     q, k, v = (torch.randn(1, 12, 2, 16) for _ in range(3))
     out, dout, lse = torch.randn_like(q), torch.randn_like(q), torch.randn(1, 2, 12)
     scratch = []  # the allocator's buffer as each launch sees it (Triton's launcher asks it there)
-    with stub_kernels() as stubs:
-        for name in ("_swa_bwd_dq_kernel", "_swa_bwd_dkdv_kernel"):
+    names = ("_swa_fwd_kernel",) if direction == "forward" else ("_swa_bwd_dq_kernel", "_swa_bwd_dkdv_kernel")
+    with stub_kernels() as stubs, forced_config(FwdConfig(16, 16, 4, 1, tma=True)):
+        for name in names:
             compiled = stubs[name].compiled
             compiled.run = lambda *args, run=compiled.run: scratch.append(
                 _compat._scratch_allocator(256, 128, 0)) or run(*args)
         for _ in range(3):
-            bwd.attention_backward(dout, q, k, v, out, lse, softmax_scale=0.25, left=3, right=0,
-                                   config=BwdConfig(16, 32, 32, 16, 4, 1, tma=True))
-        assert stubs["_swa_bwd_dq_kernel"].direct_launches == 2 and len(scratch) == 4  # the direct launches
+            if direction == "forward":
+                fwd.attention_forward(q, k, v, softmax_scale=0.25, left=3, right=0)
+            else:
+                bwd.attention_backward(dout, q, k, v, out, lse, softmax_scale=0.25, left=3, right=0,
+                                       config=BwdConfig(16, 32, 32, 16, 4, 1, tma=True))
+        direct = sum(stubs[name].direct_launches for name in names)
+        assert direct >= 2 and len(scratch) == direct  # the direct launches asked it
+        if direction == "forward":
+            assert all(plan.use_tma for plan in fwd._PLANS.values())
     assert all(buffer is scratch[0] for buffer in scratch)
     assert getattr(_compat.TRITON_SCRATCH, "stream", None) is None
     assert _compat._scratch_allocator(256, 128, 0) is not _compat._scratch_allocator(256, 128, 0)
