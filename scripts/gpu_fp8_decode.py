@@ -17,7 +17,7 @@ layout is what holds e4m3 back: in FA3's [pages, page, Hk, D] a KV head's e4m3 r
 Session 5: the 3-stage capped split loop shipped (configs.FP8_PAGED_SPLIT_STAGES) beside the old 7 stages, and
 128-key e4m3 blocks (``WIDE``) at 3-4 programs per SM with one wave's split count (``per_sm``).
 
-Run: ``python scripts/gpu_fp8_decode.py [full|long|b4|window ...]`` (all four by default).
+Run: ``python scripts/gpu_fp8_decode.py [full|long|b4|long16|window ...]`` (all by default).
 """
 
 from __future__ import annotations
@@ -41,28 +41,30 @@ FP8 = torch.float8_e4m3fn
 # instead of 16 rows of 64 B at a 512-B stride), pair=1|2 (fwd.FP8_TWO_KV_HEADS), per_sm=N (the split count of
 # one wave at N programs per SM).
 PAIRS, PREFETCH, HND = dict(pairs=True), dict(prefetch=True), dict(hnd=True)
-# 128-key e4m3 blocks (16 KB of K + V per block, a bf16 64-key block's bytes) under register caps that keep 4
-# programs of 4 warps per SM (Triton 3.6, sm_90, scripts/kernel_resources.py: (128, 4, 3) and (128, 4, 5) capped at
-# 128: 128 registers, no spill, 23 / 40 KB shared; (128, 2, 5) uncapped 255 registers; (128, 4, 3) capped at 168:
-# 159, 3 per SM), with the split count that fills those slots in one wave (``per_sm``).
+# Measured on the H200 (s5-call2, 22:14 UTC, main c10bf58; B=16 16K, bf16 134.45 us): shipped (64, 2, 3) capped
+# at 168 106.14 us; (128, 4, 3) capped at 128, 4 per SM 104.47 (B=4 16K 32.24 vs 33.60); (128, 4, 5) capped at 128
+# 112.43; (128, 2, 5) 111.34; (128, 4, 3) capped at 168, 3 per SM 113.23; (64, 2, 7) capped at 168 115.07; two KV
+# heads per program, one product per head (pair=1): 165-178 us; head-major memory 96.66, with (128, 4, 5) 95.49.
+# Candidates now (compiled, Triton 3.6, sm_90: registers, spill, programs per SM):
+# - 128-key e4m3 blocks (16 KB of K + V per block, a bf16 64-key block's bytes): (128, 4, 3) capped at 128 (128,
+#   none, 4) again, (128, 4, 2) capped at 128 (128, none, 4), (128, 4, 1) capped at 128 (128, 64 B, 4);
+# - 64-key blocks at 8 programs per SM ((64, 2, 3) capped at 128: 128, 80 B) or without the pipeline ((64, 2, 1)
+#   capped at 168: 168, 16 B, 6);
+# - two KV heads per program as interleaved rows (pair=2: the pair's [N, 2 x 64] tiles viewed as [2N, 64], no
+#   split): (32, 4, 3) capped at 128 (126, none, 4), (64, 4, 3) capped at 128 (128, 16 B, 4), (64, 8, 3) capped at
+#   128 (128, none, 2); half the programs per split, so per_sm's split count doubles.
 WIDE = [(False, (128, 4, 3, False, False, 128), dict(per_sm=4)),
-        (False, (128, 4, 5, False, False, 128), dict(per_sm=4)),
-        (False, (128, 2, 5, False, False, None), dict(per_sm=4)),
-        (False, (128, 4, 3, False, False, 168), dict(per_sm=3))]
-# Two KV heads per program (fwd.FP8_TWO_KV_HEADS: one 128-byte e4m3 row per token of the pair), pair=1 (one product
-# per head) or 2 (the tiles interleaved as [2 x 64, D]); compiled, Triton 3.6: (64, 2, 3) capped at 168: 168
-# registers, 128 / 136 B spilled, 6 per SM; (64, 4, 3) capped at 128: 128, 32 / 16 B, 4 per SM; half the programs
-# per split, so per_sm's split count doubles.
-PAIR = [(False, (64, 4, 3, False, False, 128), dict(pair=1, per_sm=4)),
+        (False, (128, 4, 2, False, False, 128), dict(per_sm=4)),
+        (False, (128, 4, 1, False, False, 128), dict(per_sm=4))]
+PAIR = [(False, (32, 4, 3, False, False, 128), dict(pair=2, per_sm=4)),
         (False, (64, 4, 3, False, False, 128), dict(pair=2, per_sm=4)),
-        (False, (64, 2, 3, False, False, 168), dict(pair=1, per_sm=6)),
-        (False, (64, 2, 3, False, False, 168), dict(pair=2, per_sm=6))]
-FULL = [(False, None), *PAIR, *WIDE[:2], (False, (64, 2, 7, False, False, 168)), *WIDE[2:], (False, None, HND),
-        (False, (128, 4, 5, False, False, 128), dict(hnd=True, per_sm=4)), (True, None)]
-LONG = [(False, None), (False, (64, 2, 7, False, False, 168)), *PAIR[:2], *WIDE[:2]]
+        (False, (64, 8, 3, False, False, 128), dict(pair=2, per_sm=2))]
+FULL = [(False, None), *PAIR, *WIDE, (False, (64, 2, 3, False, False, 128), dict(per_sm=8)),
+        (False, (64, 2, 1, False, False, 168))]
+LONG = [(False, None), WIDE[0], WIDE[1], PAIR[0]]
 WINDOW = [(False, None), (False, None, PREFETCH)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
-          "window": (16, 2048, 127, WINDOW)}
+          "long16": (16, 131072, None, LONG), "window": (16, 2048, 127, WINDOW)}
 COPY_GBPS = 4221.0
 
 

@@ -18,6 +18,7 @@ import triton.language as tl
 
 import swattn
 from swattn.kernels.append import quantize_e4m3
+from swattn.kernels.configs import FwdConfig, forced_config
 from swattn.reference import append_kv_ref, attention_kvcache_ref, attention_ref, attention_varlen_ref, dequantize
 from swattn.testing import assert_close, tolerance_for
 
@@ -191,9 +192,12 @@ def test_two_kv_heads_per_program(monkeypatch, mode, dtype, paged, num_splits):
         if mode == 1:
             v_cache[first, 4, 1, 0] = float("nan")  # sequence 1, key 4, KV head 1: NaN in its heads' first column
     fwd._PLANS.clear()
-    out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, k_descale=kd, v_descale=vd,
-                                              causal=True, sinks=sinks, softcap=20.0, num_splits=num_splits,
-                                              pack_gqa=True, return_softmax_lse=True, **cache)
+    # The split loop (the pairs' loop): on a GPU these few keys would take the single loop of short splits.
+    with forced_config(FwdConfig(16, 16, 2, 2)):
+        out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, k_descale=kd,
+                                                  v_descale=vd, causal=True, sinks=sinks, softcap=20.0,
+                                                  num_splits=num_splits, pack_gqa=True, return_softmax_lse=True,
+                                                  **cache)
     assert any(plan.kv_pair == mode for plan in fwd._PLANS.values())
     ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True,
                                              sinks=sinks, softcap=20.0, **cache)
