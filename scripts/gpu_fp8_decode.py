@@ -39,7 +39,7 @@ FP8 = torch.float8_e4m3fn
 # first page-table entries into L2 once the query load is issued), hnd=True (the cache's memory head-major,
 # [pages, Hk, page, D], passed as the same [pages, page, Hk, D] view: one KV head's page is 1 KB contiguous in e4m3
 # instead of 16 rows of 64 B at a 512-B stride), pair=1|2 (fwd.FP8_TWO_KV_HEADS), per_sm=N (the split count of
-# one wave at N programs per SM).
+# one wave at N programs per SM), qloop=True (fwd.FP8_Q_IN_LOOP).
 PAIRS, PREFETCH, HND = dict(pairs=True), dict(prefetch=True), dict(hnd=True)
 # Measured on the H200 (s5-call2, 22:14 UTC, main c10bf58; B=16 16K, bf16 134.45 us): shipped (64, 2, 3) capped
 # at 168 106.14 us; (128, 4, 3) capped at 128, 4 per SM 104.47 (B=4 16K 32.24 vs 33.60); (128, 4, 5) capped at 128
@@ -62,7 +62,10 @@ PAIR = [(False, (32, 4, 3, False, False, 128), dict(pair=2, per_sm=4)),
 FULL = [(False, None), *PAIR, *WIDE, (False, (64, 2, 3, False, False, 128), dict(per_sm=8)),
         (False, (64, 2, 1, False, False, 168))]
 LONG = [(False, None), WIDE[0], WIDE[1], PAIR[0]]
-WINDOW = [(False, None), (False, None, PREFETCH)]
+# The window decode's bf16 query converted to fp16 inside the loop, after the block's loads are issued
+# (fwd.FP8_Q_IN_LOOP; compiled, Triton 3.6: the page-table and K/V loads no longer wait for the query's arrival and
+# conversion; 210 registers, 2 programs of 4 warps per SM, where 128 programs on 132 SMs need one).
+WINDOW = [(False, None), (False, None, dict(qloop=True)), (True, None)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131072, None, LONG), "window": (16, 2048, 127, WINDOW)}
 COPY_GBPS = 4221.0
@@ -126,6 +129,7 @@ def main() -> None:
             shown += f" {options['per_sm']}/SM" if "per_sm" in options else ""
             shown += f" {options['splits']} splits" if "splits" in options else ""
             shown += " prefetch" if options.get("prefetch") else ""
+            shown += " q in loop" if options.get("qloop") else ""
             calls = variants[quantize_q]
             if options.get("hnd"):
                 calls = [dict(c, k_cache=head_major(c["k_cache"]), v_cache=head_major(c["v_cache"])) for c in calls]
@@ -137,7 +141,9 @@ def main() -> None:
                 calls = [dict(c, num_splits=options["splits"]) for c in calls]
             forced = forced_config(FwdConfig(16, *config)) if config is not None else None
             pairs, prefetch, two_heads = fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS
+            q_in_loop = fwd.FP8_Q_IN_LOOP
             fwd.FP8_TWO_KV_HEADS = options.get("pair", 0)  # part of the plans' key (fwd.settings)
+            fwd.FP8_Q_IN_LOOP = options.get("qloop", False)
             if "pairs" in options:
                 fwd.WIDEN_E4M3_PAIRS = options["pairs"]  # part of the plans' key (fwd.settings)
             if "prefetch" in options:
@@ -155,6 +161,7 @@ def main() -> None:
                 if forced is not None:
                     forced.__exit__(None, None, None)
                 fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS = pairs, prefetch, two_heads
+                fwd.FP8_Q_IN_LOOP = q_in_loop
             print(f"  {label:6s} {shown:36s}: {us:8.2f} us {bf16_us / us:5.2f}x {kv_bytes / 2 / us / 1e3 / copy:5.0%} "
                   f"of copy  err {err:.1e}", flush=True)
         variants.clear()

@@ -140,6 +140,14 @@ WIDEN_E4M3_PAIRS = os.environ.get("SWATTN_WIDEN_E4M3_PAIRS", "0") not in ("", "0
 # 0: off; 1: PAIR_TWO_PRODUCTS; 2: PAIR_INTERLEAVED (see KV_PAIR).
 FP8_TWO_KV_HEADS = int(os.environ.get("SWATTN_FP8_TWO_KV_HEADS", "0") or 0)
 
+# Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py window): bf16 queries over an e4m3 cache on the
+# single masked loop (the window decode's one 128-key block) go to fp16 inside the loop, after the block's loads are
+# issued (``Q_IN_LOOP``), instead of before the loop: ``_rows_to_fp16``'s row maximum (a layout change and barriers)
+# sat between the query's arrival and the page-table and K/V loads (SASS, Triton 3.6), a dependent chain that the
+# all-e4m3 launch (no conversion; H200 s5-call2: 4.47 us against fp8-kv's 4.64, B=16 16K) does not have. Each block
+# of the loop converts again (one block at window (127, 0)).
+FP8_Q_IN_LOOP = os.environ.get("SWATTN_FP8_Q_IN_LOOP", "0") not in ("", "0")
+
 
 @triton.jit
 def _cache_token_offsets(offs_n, mask, batch_kv, page_table_row, stride_kb, stride_ks, page_size,
@@ -288,13 +296,17 @@ def _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, soft
                   masked_head_end, unmasked_end, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr,
                   chunk, HAS_CHUNK: tl.constexpr, FP8: tl.constexpr, row_unscale, WIDEN_PAIRS: tl.constexpr = False,
-                  pair_second=None, KV_PAIR: tl.constexpr = 0):
+                  pair_second=None, KV_PAIR: tl.constexpr = 0, Q_IN_LOOP: tl.constexpr = False):
     """The scores of one block (keys ``offs_n``, ``load_mask``) and what the softmax step needs with them:
     ``(qk, qk_scale, v, visible)``; scores in log2 units are ``qk * qk_scale`` (``_exp_scores``), masked keys -inf;
     ``v`` as the product takes it; ``visible`` the mask (MASK without MASK_EDGES_ONLY; else True).
     ``KV_PAIR``: ``k`` / ``v`` hold two KV heads' rows side by side (``[BLOCK_N, 2 * D]``); each row's scores are
     those of its own head (``pair_second`` [BLOCK_M]: the row belongs to the second): one product per head, each
-    row taking its head's (a select, so a non-finite key of one head never reaches the other head's rows)."""
+    row taking its head's (a select, so a non-finite key of one head never reaches the other head's rows).
+    ``Q_IN_LOOP`` (FP8_KV, ``FP8_Q_IN_LOOP``): ``q`` arrives in bf16 and goes to fp16 here (``_rows_to_fp16``, which
+    gives ``row_unscale``), the select on the loop's ``block`` keeping it in the loop, after the block's loads."""
+    if Q_IN_LOOP:
+        q, row_unscale = _rows_to_fp16(tl.where(block >= 0, q, tl.zeros_like(q)))
     if FP8 == FP8_KV:
         # Half the bytes of a bf16 cache; both products then run in fp16.
         k = _widen_e4m3(k, WIDEN_PAIRS)
@@ -390,14 +402,14 @@ def _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, le
                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, GUARD_NON_FINITE: tl.constexpr,
                   MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr, chunk, HAS_CHUNK: tl.constexpr,
                   FP8: tl.constexpr, row_unscale, WIDEN_PAIRS: tl.constexpr = False, pair_second=None,
-                  KV_PAIR: tl.constexpr = 0):
+                  KV_PAIR: tl.constexpr = 0, Q_IN_LOOP: tl.constexpr = False):
     """One block of the online softmax (``_attend_blocks``' loop body after the loads): ``k`` / ``v`` hold keys
     ``offs_n`` (``load_mask``). ``GUARD_NON_FINITE`` (with MASK) keeps non-finite values in the rows that see them
     (not with ``KV_PAIR``, whose single-query tiles need no isolation)."""
     qk, qk_scale, v, visible = _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale,
                                              softcap, block, masked_head_end, unmasked_end, HAS_LEFT, HAS_RIGHT,
                                              HAS_SOFTCAP, UPCAST, MASK, MASK_EDGES_ONLY, chunk, HAS_CHUNK, FP8,
-                                             row_unscale, WIDEN_PAIRS, pair_second, KV_PAIR)
+                                             row_unscale, WIDEN_PAIRS, pair_second, KV_PAIR, Q_IN_LOOP)
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
     pivot = safe_pivot(m_new)
     p = _exp_scores(qk, qk_scale, pivot, HAS_SOFTCAP, FP8)
@@ -470,7 +482,8 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                    SHIFT_PAGED_KEYS: tl.constexpr = False, chunk=0, HAS_CHUNK: tl.constexpr = False,
                    FP8: tl.constexpr = NO_FP8, row_unscale=1.0, K_NEW=None, V_NEW=None, new_source=0, first_new=0,
                    stride_ns=0, READ_NEW: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
-                   WIDEN_PAIRS: tl.constexpr = False, pair_second=None, KV_PAIR: tl.constexpr = 0):
+                   WIDEN_PAIRS: tl.constexpr = False, pair_second=None, KV_PAIR: tl.constexpr = 0,
+                   Q_IN_LOOP: tl.constexpr = False):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
     blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it).
@@ -528,7 +541,8 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
             acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, left, right,
                                           softmax_scale, softcap, block, masked_head_end, unmasked_end, HAS_LEFT,
                                           HAS_RIGHT, HAS_SOFTCAP, UPCAST, GUARD_NON_FINITE, MASK, MASK_EDGES_ONLY,
-                                          chunk, HAS_CHUNK, FP8, row_unscale, WIDEN_PAIRS, pair_second, KV_PAIR)
+                                          chunk, HAS_CHUNK, FP8, row_unscale, WIDEN_PAIRS, pair_second, KV_PAIR,
+                                          Q_IN_LOOP)
             if COUNT_BLOCKS:
                 visited += 1
     return acc, l_i, m_i, visited
@@ -714,6 +728,7 @@ def _attend_tile(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, FP8: tl.constexpr,
     APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
+    Q_IN_LOOP: tl.constexpr = False,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads, or with
     ``KV_PAIR`` two KV heads' packed heads), over its share ``split`` of the KV loop; the body of
@@ -769,7 +784,9 @@ def _attend_tile(
         value_scale = 1.0
         row_unscale = 1.0
         if FP8 == FP8_KV:
-            if q.dtype == tl.bfloat16:
+            if Q_IN_LOOP:  # converted by the loop (single loop, bf16 q, no HEAD_N: see FP8_Q_IN_LOOP)
+                tl.static_assert(SINGLE_LOOP and HEAD_N == 0 and KV_PAIR == NO_PAIR and q.dtype == tl.bfloat16)
+            elif q.dtype == tl.bfloat16:
                 q, row_unscale = _rows_to_fp16(q)
             else:  # fp16 queries: as they are
                 row_unscale = tl.full([BLOCK_M], 1.0, tl.float32)
@@ -842,7 +859,7 @@ def _attend_tile(
                 k_begin, IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, K_NEW=K_NEW,
                 V_NEW=V_NEW, new_source=new_source, first_new=seqlen_k - seqlen_q, stride_ns=stride_ns,
                 READ_NEW=APPEND_NEW and APPEND_READS_INPUT, HEAD_N=HEAD_N, WIDEN_PAIRS=WIDEN_PAIRS,
-                pair_second=pair_second, KV_PAIR=KV_PAIR)
+                pair_second=pair_second, KV_PAIR=KV_PAIR, Q_IN_LOOP=Q_IN_LOOP)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
             acc, l_i, m_i, visited = _attend_blocks(
@@ -907,6 +924,7 @@ def _swa_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
     FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
+    Q_IN_LOOP: tl.constexpr = False,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -981,6 +999,7 @@ def _swa_fwd_kernel(
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
             BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN_PAIRS, PREFETCH_PAGES, KV_PAIR,
+            Q_IN_LOOP,
         )
 
 # Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_DESCALE); BLOCK_COUNT's position among them.
@@ -1087,10 +1106,12 @@ def _isolation_buffers(device: torch.device, rows: int, stream=_launch.ASK) -> t
 def settings() -> tuple:
     """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
     scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode, the fused append's reads, the
-    page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program."""
+    page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the in-loop query
+    conversion."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, _compat.PDL, configs.forced_config_in_use(),
-            gluon_fwd.GLUON_MODE, APPEND_READS_INPUT, PREFETCH_PAGE_TABLE, WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS)
+            gluon_fwd.GLUON_MODE, APPEND_READS_INPUT, PREFETCH_PAGE_TABLE, WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS,
+            FP8_Q_IN_LOOP)
 
 
 def attention_forward(
@@ -1375,7 +1396,9 @@ class _ForwardPlan:
                                                  if self.guard_one_pass else
                                                  FLAG_NON_FINITE.value if self.isolate else NO_ISOLATION.value),
                                 PREFETCH_PAGES=(PREFETCH_PAGE_TABLE and paged and config.single_loop
-                                                and q.is_cuda and not _compat.interpreter_enabled())),
+                                                and q.is_cuda and not _compat.interpreter_enabled()),
+                                Q_IN_LOOP=(FP8_Q_IN_LOOP and fp8 == FP8_KV.value and q.dtype == torch.bfloat16
+                                           and config.single_loop and not config.head_block and not self.kv_pair)),
                            options, num_tensors=_FORWARD_TENSORS, slots=_slots(present))
         self.redo = None
         programs = _persistent_programs(q.device)

@@ -210,6 +210,32 @@ def test_two_kv_heads_per_program(monkeypatch, mode, dtype, paged, num_splits):
     assert_close("lse", lse[finite], ref_lse[finite], LSE_TOL)
 
 
+def test_query_conversion_in_the_loop(monkeypatch):
+    """``fwd.FP8_Q_IN_LOOP``: on the single masked loop bf16 queries go to fp16 inside the loop (per block: three
+    16-key blocks here), with the same results as before the loop: rows of any magnitude, an infinite query's own
+    row NaN, softcap, sinks, a window over a paged cache."""
+    from swattn.kernels import fwd
+    monkeypatch.setattr(fwd, "FP8_Q_IN_LOOP", True)
+    k_cache, v_cache = e4m3(6, 16, HK, D), e4m3(6, 16, HK, D)
+    table = torch.randperm(6).view(2, 3).to(torch.int32)
+    magnitudes = torch.tensor([1e-30, 1e-4, 1.0, 3.0, 300.0, 7e4, 1e6, 1e-8])
+    q = (torch.randn(2, 1, H, D) * magnitudes[None, None, :, None]).to(torch.bfloat16)
+    q[1, 0, 3, 5] = float("inf")
+    lens, kd, vd, sinks = i32(20, 45), descale(2), descale(2), torch.randn(H)
+    fwd._PLANS.clear()
+    with forced_config(FwdConfig(16, 16, 4, 2, single_loop=True)):
+        out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table,
+                                                  k_descale=kd, v_descale=vd, window_size=(40, 0), sinks=sinks,
+                                                  pack_gqa=True, return_softmax_lse=True)
+    assert any(plan.main.constexprs["Q_IN_LOOP"] for plan in fwd._PLANS.values())
+    ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, page_table=table, k_descale=kd,
+                                             v_descale=vd, window_size=(40, 0), sinks=sinks)
+    assert torch.equal(out.isnan(), ref_out.isnan()) and out.isnan().sum() == D
+    assert_close("out", out.nan_to_num(), ref_out.nan_to_num(), tolerance_for(torch.bfloat16))
+    finite = torch.isfinite(ref_lse)
+    assert_close("lse", lse[finite], ref_lse[finite], LSE_TOL)
+
+
 def test_prefill_varlen_fp8_kv_bf16():
     """flash_attn_varlen_func: bf16 queries over e4m3 k/v, causal, descales per sequence and KV head."""
     cu_q, cu_k = i32(0, 7, 20), i32(0, 11, 24)
