@@ -513,3 +513,44 @@ def test_kept_isolation_buffers_isolate_every_call(monkeypatch, gluon):
         torch.cuda.synchronize()
         for out, values in captured:
             check(out, values)
+
+
+class _ScratchNotKept:
+    """Stands in for ``_compat.TRITON_SCRATCH`` where a module sets it: the setting is dropped, so every descriptor
+    launch gets its own scratch from the allocator (Triton's default)."""
+
+    stream = None
+
+    def __setattr__(self, name, value):
+        pass
+
+
+def test_kept_triton_scratch_gives_the_same_bits(monkeypatch):
+    """Descriptor (TMA) launches take Triton's scratch from one buffer kept between calls (``_compat.TRITON_SCRATCH``:
+    the backward's dQ and dK/dV launches, the forward's main and redo launches): D=128 causal and W(127, 0) forwards
+    and backwards at two sizes, alternating (the buffer grows and is reused), back to back on the current stream,
+    give the bits of launches that each allocate their own."""
+    from swattn.kernels import bwd, fwd
+
+    shapes = [(1, 2048, 32, 8, 128), (2, 1024, 32, 8, 128)]
+    inputs = [(randn(b, s, h, d), randn(b, s, hk, d), randn(b, s, hk, d), randn(b, s, h, d))
+              for b, s, h, hk, d in shapes]
+
+    def run():
+        results = []
+        for _ in range(2):
+            for q, k, v, dout in inputs:
+                for window_size in ((-1, 0), (127, 0)):
+                    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+                    out = swattn.flash_attn_func(*leaves, window_size=window_size)
+                    results += [out.detach(), *torch.autograd.grad(out, leaves, dout)]
+        return results
+
+    kept = run()
+    assert any(plan.use_tma for plan in fwd._PLANS.values())
+    assert any(backward.use_tma for plan in fwd._PLANS.values() for backward in plan.backward_plans.values())
+    monkeypatch.setattr(bwd, "TRITON_SCRATCH", _ScratchNotKept())
+    monkeypatch.setattr(fwd, "TRITON_SCRATCH", _ScratchNotKept())
+    fresh = run()
+    for a, b in zip(kept, fresh, strict=True):
+        assert torch.equal(a, b), "a kept Triton scratch changed a result"
