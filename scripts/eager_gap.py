@@ -9,7 +9,9 @@ Per scenario (``scripts/host_profile.py``'s), in one process: host and eager us 
 capture, host again, a capture and its replays (graph us), host and eager after it; then a torch.profiler trace of
 back-to-back eager calls: per call, the GPU's busy time (its kernels' durations), the span from the first kernel's
 start to the last one's end (busy plus the GPU's idle time: the host's pace), and the CUDA API calls the host made
-(launches, capture queries, allocations, synchronisations) with their mean duration. ``--variants pdl0`` also runs
+(launches, capture queries, allocations, synchronisations) with their mean duration; then the bench's order
+(host, graph, eager) with each eager batch's time and the SM clock after it (NVML, where pynvml is installed), and
+a trace right after. ``--variants pdl0`` also runs
 the scenarios in a child process with ``SWATTN_PDL=0`` (kernels launched without programmatic dependent launch).
 
     PYTHONPATH=. python scripts/eager_gap.py [--only decode_full_append,decode_full] [--variants pdl0]
@@ -74,6 +76,50 @@ def trace(fn, calls: int) -> list[str]:
     return lines
 
 
+def _sm_clock():
+    """A function giving the SM clock in MHz (NVML, when pynvml is installed), or None."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        return lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM)
+    except Exception:  # no pynvml, no NVML: the clock is not reported
+        return None
+
+
+def bench_order(fn, reps: int = 15, calls: int = 100) -> list[str]:
+    """The bench's order (``python -m swattn.bench host``): host (10 batches of 100 calls), the graph (its capture,
+    replays timed through ``triton.testing.do_bench``), then eager per batch of ``calls`` calls between CUDA events:
+    each batch's us per call and the SM clock after it (the bench reports their median), then a trace right after."""
+    from swattn.bench import common, host
+
+    env = common.Env(device=torch.device("cuda"), dtype=torch.bfloat16, quick=False, graphs=True, peers=False,
+                     providers=None)
+    host_timing = host.time_host(fn, env)
+    graph_timing = common.time_graph(fn, env)
+    clock = _sm_clock()
+    samples, clocks = [], []
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) * 1e3 / calls)
+        if clock is not None:
+            clocks.append(clock())
+    lines = [f"bench order: host {host_timing}, graph {graph_timing}; eager per batch: "
+             + " ".join(f"{sample:.1f}" for sample in samples)]
+    if clocks:
+        lines.append("SM clock (MHz) after each batch: " + " ".join(str(c) for c in clocks))
+    return lines + trace(fn, 50)
+
+
 def measure(name: str, title: str, fn, calls: int) -> None:
     fn()
     fn()  # recorded by the interface at the second call
@@ -90,6 +136,9 @@ def measure(name: str, title: str, fn, calls: int) -> None:
           f"graph {graph:.2f} us/call; after it: host {host_c:.1f}, eager {eager_c:.1f} us/call")
     for line in trace(fn, min(calls, 100)):
         print(line)
+    if CUDA:
+        for line in bench_order(fn):
+            print(line)
     sys.stdout.flush()
 
 
