@@ -235,6 +235,7 @@ def scenarios(quick: bool) -> dict:
         "decode_full_append": ("decode full +append (split-KV + combine)", decode_full_append, None),
         "decode_full_append_fused": ("decode full +append, SWATTN_FUSED_APPEND", decode_full_append, "fused"),
         "prefill": ("prefill S=4096 W(127,0) (no grad)", prefill, None),
+        "prefill_triton": ("prefill S=4096 W(127,0) (no grad), Triton kernel (SWATTN_GLUON=0)", prefill, "triton"),
         "backward": ("backward S=4096 W(127,0), sinks (torch.autograd.grad)", backward, None),
         # The Gluon kernel forced (SWATTN_GLUON=1's setting), its direct launch and the plain one (kernel[grid] with
         # tensor descriptors built on every call, _launch.DIRECT_LAUNCH off).
@@ -449,7 +450,7 @@ def main() -> None:
         flags = (variant or "").split()
         try:
             ops.FUSED_APPEND = "fused" in flags or (fused and variant is None)
-            gluon_fwd.GLUON_MODE = "1" if "gluon" in flags else mode
+            gluon_fwd.GLUON_MODE = "1" if "gluon" in flags else "0" if "triton" in flags else mode
             _launch.DIRECT_LAUNCH = direct and "plain" not in flags
             _launch.clear_plans()  # plans keep the launch path and kernel they were made with
             measure_scenario(report, name, title, fn, calls)

@@ -266,7 +266,7 @@ def _prefill_rows(env: Env, dims: Dims, timings: _Timings, backward: bool) -> li
         providers = [
             ("swattn", lambda: (lambda: swattn.flash_attn_func(q, k, v, sinks=sinks, **kwargs)), True),
             # The Triton kernel where the default dispatch takes the Gluon kernel (SWATTN_GLUON=0 for the row): its
-            # host cost differs (Gluon's launch builds tensor descriptors and goes through Triton's JITFunction.run).
+            # GPU and host costs differ (the Gluon launch fills four TMA descriptors per call).
             ("swattn (Triton kernel)", lambda: (lambda: swattn.flash_attn_func(q, k, v, sinks=sinks, **kwargs)), True),
             ("FA3", lambda: peers.fa3(q, k, v, left, sinks), True),
             ("FA4", lambda: peers.fa4(q, k, v, left, sinks), True),

@@ -1052,9 +1052,8 @@ def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_tile:
     head_dim 64 and 128, small windows at head_dim 128, packed small windows at head_dim 64 (four one-warpgroup
     programs per SM: W(127,0) gpt-oss with sinks 191.7 us vs 219.7 on the Triton kernels), and head_dim 256
     (W(4095,0) over pages: 3.6x faster); unpacked small windows at head_dim 64 and decode-sized tiles stay on the
-    Triton kernels tuned for them. And only for calls with enough GPU work to hide the Gluon launch's host time
-    (``gluon_fwd.EAGER_MIN_US``): a smaller call made eagerly would wait on the host, which the Triton kernels'
-    direct launch keeps short."""
+    Triton kernels tuned for them. And only for calls with enough GPU work to hide the Gluon call's host time
+    (``gluon_fwd.EAGER_MIN_US``): a smaller call made eagerly would wait on the host."""
     mode = gluon_fwd.GLUON_MODE
     if mode == "0" or not q.is_cuda:
         return False

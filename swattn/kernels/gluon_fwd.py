@@ -72,11 +72,13 @@ GLUON_MODE = os.environ.get("SWATTN_GLUON", "auto").strip().lower() or "auto"
 
 ROWS_PER_CONSUMER = 64  # a consumer warpgroup's rows: also the row groups of the non-finite flags (redo pass)
 MIN_ROWS = 128  # auto dispatch: calls with fewer query rows per (batch, head) stay on the Triton kernels
-# Auto dispatch: calls whose estimated GPU time on the Triton kernels is below this stay on them. A Gluon launch costs
-# ~185-190 us of host time per call on the H200's host (Triton 3.6: JITFunction.run with four tensor descriptors;
-# `python -m swattn.bench host`, 2026-12-03 18:26 UTC: the 4K W(127,0) D64 prefill eager 189.8 us for 51.1 us of GPU
-# time, on the Triton kernels 58.4 eager for 59.0), so a smaller call made eagerly would wait on the host.
-EAGER_MIN_US = 190.0
+# Auto dispatch: calls whose estimated GPU time on the Triton kernels is below this stay on them: a Gluon call costs
+# this much host time, so a smaller call made eagerly would wait on the host. H200 host, Triton 3.6, the planned
+# direct launch (``forward(..., plans=)``; scripts/host_profile.py, 2026-12-03 22:31 UTC): the 4K W(127,0) D64 gpt-oss
+# prefill on the Gluon kernel 51.8 us host per call, eager 52.2 for 49.6 us of GPU time (the Triton kernels: eager
+# 58.3 for 59.0, 19:33 UTC). Through JITFunction.run with four descriptors built per call it was 190 us (216 host,
+# 181 eager at 22:31), the value this had before.
+EAGER_MIN_US = 52.0
 HEAD_DIMS = (64, 128, 256)
 KV_DENSE, KV_VARLEN, KV_PAGED = 0, 1, 2  # where K/V rows come from (the kernel's KV_SOURCE)
 PAGE_BOX_MAX = 64  # keys per TMA box of a paged cache: at most a page, so a box never straddles two

@@ -415,8 +415,8 @@ def test_direct_launches_give_the_same_bits(monkeypatch):
     misaligned q (another specialization) gets its own plan and the same result."""
     from swattn.kernels import _launch, fwd, gluon_fwd
 
-    # The Triton kernels' direct launch is under test (the Gluon kernel launches through Triton's JITFunction.run):
-    # its prefill, aligned or not, stays on them.
+    # The Triton kernels' direct launch is under test (the Gluon kernel's is tests/gpu/test_gluon_launch.py's): its
+    # prefill, aligned or not, stays on them.
     monkeypatch.setattr(gluon_fwd, "GLUON_MODE", "0")
     batch, heads, kv_heads, head_dim, page_size = 16, 64, 8, 64, 16
     seqlens = torch.randint(200, 3000, (batch,), device=DEVICE, dtype=torch.int32)
