@@ -165,9 +165,7 @@ def main() -> int:
         flops = visible_flops(args.seqlen // max(args.varlen, 1), heads, head_dim, left) * max(args.varlen, 1)
         reference = with_mode("0", call())()
         variants = [("swattn Triton", with_mode("0", call()))]
-        gluon = [("gluon shipped", with_mode("1", call())),
-                 # work items claimed from a counter instead of the static rounds (FA3's causal/local scheduler)
-                 ("gluon dynamic", with_mode("1", call(), dynamic=True))]
+        gluon = [("gluon shipped", with_mode("1", call()))]
         small = 0 <= left <= 256
         if head_dim == 256:  # one Q slot, 64-key blocks: no room for a second program or more stages
             gluon.append(("gluon TMA store", with_mode("1", call(), tma_store=True)))

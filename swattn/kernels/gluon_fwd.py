@@ -42,7 +42,7 @@ import torch
 
 from swattn._compat import ceil_div, compute_capability_major, device_properties
 from swattn.kernels._common import LOG2E, block_ranges, finish_rows, safe_pivot, sequence_bounds, softcap_scores
-from swattn.kernels._launch import Descriptor, Launch, PlanCache, stream_key
+from swattn.kernels._launch import Descriptor, Launch
 
 try:  # Gluon ships inside the triton wheel (3.4+); the names used here exist in 3.6 and 3.9.
     from triton.experimental import gluon
@@ -89,10 +89,6 @@ LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer
 PINGPONG = False
 # Dense calls write O through the tile's Q slot and a TMA store instead of per-thread stores (``tma_store_for``).
 TMA_STORE = False
-# Work items handed out by a global counter (the loader claims the next item when it starts loading it) instead of
-# the persistent grid's static rounds: programs that run slower take fewer items (FlashAttention 3's causal and
-# local scheduler). Off until measured; kept as a tested switch (``dynamic`` in ``forward``).
-DYNAMIC = False
 
 
 def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
@@ -328,12 +324,11 @@ if GLUON_AVAILABLE:
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                 IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                 ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                TMA_STORE: gl.constexpr, DYNAMIC: gl.constexpr):
+                TMA_STORE: gl.constexpr):
         """One warp: each work item's Q (one box per consumer warpgroup, into the item's Q slot) and K/V blocks
         (into the stage ring, from the tile's first visible key; over pages, one box per page part) through TMA.
         Both rings' positions run on across items, so the next tile's Q and first blocks load during this one's last
-        blocks and epilogue. ``DYNAMIC``: the loader claims each item from a global counter and hands its index to
-        the consumers through the Q slot's word (``_claim``)."""
+        blocks and epilogue."""
         k_desc, v_desc, q_desc = pointers[0], pointers[1], pointers[2]
         q_smem, q_ready, q_empty = buffers[0], buffers[7], buffers[8]
         Q_SLOTS: gl.constexpr = 2 if HEAD_DIM <= 128 else 1  # as the kernel allocates them
@@ -341,51 +336,21 @@ if GLUON_AVAILABLE:
         ALIGN: gl.constexpr = BOX if KV_SOURCE == _KV_PAGED else 1
         total_work = geometry[0] * geometry[1]
         position = 0
-        item = 0  # Q slots filled so far: the Q ring's position
-        if DYNAMIC:
-            # Every item, with keys or not, and the final "no more work" pass through a Q slot and its word.
-            COUNTER = pointers[9]
-            work_words = buffers[10]
-            work_layout: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
-            more = True
-            while more:
+        item = 0  # work items with keys so far: the Q ring's position
+        reverse = False
+        for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
+            tile = _tile(_snake(work, reverse, total_work), geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP,
+                         IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
+            if tile[2] > 0:
+                # Loaded while the consumers still work on the previous item: its latency leaves the
+                # critical path.
                 q_slot = item % Q_SLOTS
                 mbarrier.wait(q_empty.index(q_slot), ((item // Q_SLOTS) & 1) ^ 1)
-                work = gl.atomic_add(COUNTER, 1)
-                work_words.index(q_slot).store(gl.full([1], work, gl.int32, layout=work_layout))
-                _partition_barrier()  # the word is written before the arrival that publishes it
-                if work < total_work:
-                    tile = _tile(work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN_Q, KV_SOURCE,
-                                 HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
-                    if tile[2] > 0:
-                        _load_q(q_desc, q_smem, q_ready, tile, q_slot, IS_VARLEN_Q, ROWS_PER_POS, NUM_CONSUMERS)
-                    else:
-                        mbarrier.arrive(q_ready.index(q_slot), count=1)
-                    position = _load_blocks(k_desc, v_desc, buffers, geometry, tile, position, BLOCK_N, HEAD_DIM,
-                                            NUM_STAGES, KV_SOURCE)
-                else:
-                    mbarrier.arrive(q_ready.index(q_slot), count=1)
-                    # Each program's loader stops at its first claim past the work, so the claim that returns
-                    # total_work + programs - 1 is the launch's last: it resets the counter for the next launch.
-                    if work == total_work + gl.num_programs(0) - 1:
-                        gl.atomic_xchg(COUNTER, 0)
-                    more = False
+                _load_q(q_desc, q_smem, q_ready, tile, q_slot, IS_VARLEN_Q, ROWS_PER_POS, NUM_CONSUMERS)
                 item += 1
-        else:
-            reverse = False
-            for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
-                tile = _tile(_snake(work, reverse, total_work), geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP,
-                             IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
-                if tile[2] > 0:
-                    # Loaded while the consumers still work on the previous item: its latency leaves the
-                    # critical path.
-                    q_slot = item % Q_SLOTS
-                    mbarrier.wait(q_empty.index(q_slot), ((item // Q_SLOTS) & 1) ^ 1)
-                    _load_q(q_desc, q_smem, q_ready, tile, q_slot, IS_VARLEN_Q, ROWS_PER_POS, NUM_CONSUMERS)
-                    item += 1
-                position = _load_blocks(k_desc, v_desc, buffers, geometry, tile, position, BLOCK_N, HEAD_DIM,
-                                        NUM_STAGES, KV_SOURCE)
-                reverse = not reverse
+            position = _load_blocks(k_desc, v_desc, buffers, geometry, tile, position, BLOCK_N, HEAD_DIM,
+                                    NUM_STAGES, KV_SOURCE)
+            reverse = not reverse
 
     @gluon.jit
     def _store_o(O, out, layout: gl.constexpr, first_row, num_rows, head_or_kv_head, batch64, q_begin, stride_ob,
@@ -412,13 +377,13 @@ if GLUON_AVAILABLE:
                       FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                       IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                       ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                      TMA_STORE: gl.constexpr, DYNAMIC: gl.constexpr):
+                      TMA_STORE: gl.constexpr):
         """One warpgroup's rows ``[WG * 64, WG * 64 + 64)`` of work item ``work``'s tile, from Q to O; returns the
         consumer's running state ``(position, item, turn, stored, stored_slot)`` after it."""
         O, LSE, SINKS, FLAGS, ANY_NAN, o_desc = pointers[3:9]
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh = strides
         softmax_scale, softcap, left, right = scalars
-        q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns = buffers[:10]
+        q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns = buffers
         dtype: gl.constexpr = k_smem.dtype
         M: gl.constexpr = 64
         Q_SLOTS: gl.constexpr = 2 if HEAD_DIM <= 128 else 1  # as the kernel allocates them
@@ -465,10 +430,8 @@ if GLUON_AVAILABLE:
 
         q_slot = item % Q_SLOTS
         if num_blocks > 0:
-            # This warpgroup's 64 rows of the tile's Q, which the loader brought in by TMA (under DYNAMIC the
-            # claim waited for it: ``_claimed``).
-            if not DYNAMIC:
-                mbarrier.wait(q_ready.index(q_slot), (item // Q_SLOTS) & 1)
+            # This warpgroup's 64 rows of the tile's Q, which the loader brought in by TMA.
+            mbarrier.wait(q_ready.index(q_slot), (item // Q_SLOTS) & 1)
             q_tile = q_smem.index(q_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM])
             # Block 0: its scores, then its softmax; its P @ V is issued in the next step (or after the loop).
             first_stage = position % NUM_STAGES
@@ -527,15 +490,6 @@ if GLUON_AVAILABLE:
             turn = _turn_end(turns, turn, WG, PINGPONG)
             acc = warpgroup_mma_wait(0, deps=[acc_token])
             mbarrier.arrive(v_empty.index(last_stage), count=1)
-        elif DYNAMIC:
-            # An item without keys holds a Q slot too (its word): free it, and the slot of a TMA store still
-            # pending (the loader may be waiting for it before it can hand out the next item).
-            if TMA_STORE and stored > 0:
-                tma.store_wait(0)
-                mbarrier.arrive(q_empty.index(stored_slot), count=1)
-                stored = 0
-            mbarrier.arrive(q_empty.index(q_slot), count=1)
-            item += 1
 
         # Epilogue, as the Triton kernel's _finish_tile: NaN flags, then the sink, LSE and one factor per row
         # (``finish_rows``, shared with it), O.
@@ -584,57 +538,36 @@ if GLUON_AVAILABLE:
         return position, item, turn, stored, stored_slot
 
     @gluon.jit
-    def _claimed(work_words, q_ready, item, Q_SLOTS: gl.constexpr):
-        """DYNAMIC: the index of the work item the loader claimed for Q slot ``item % Q_SLOTS`` (past the work
-        when there is no more), once the slot's Q (or, for an item without keys, its word alone) has arrived."""
-        q_slot = item % Q_SLOTS
-        mbarrier.wait(q_ready.index(q_slot), (item // Q_SLOTS) & 1)
-        word = work_words.index(q_slot).load(gl.BlockedLayout([1], [32], [4], [0]))
-        return gl.max(word, 0)
-
-    @gluon.jit
     def _consumer(geometry, pointers, strides, scalars, buffers, WG: gl.constexpr, HAS_LEFT: gl.constexpr,
                   HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
                   PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr,
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                   IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                   ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                  TMA_STORE: gl.constexpr, DYNAMIC: gl.constexpr):
-        """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of each work item's tile, from Q load to O store. Items
-        come from the persistent grid's static rounds (``_snake``) or, under ``DYNAMIC``, from the loader's claims
-        (``_claimed``)."""
-        Q_SLOTS: gl.constexpr = 2 if HEAD_DIM <= 128 else 1  # as the kernel allocates them
+                  TMA_STORE: gl.constexpr):
+        """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of each work item's tile, from Q load to O store, over the
+        persistent grid's rounds (``_snake``)."""
         total_work = geometry[0] * geometry[1]
         position = 0  # blocks consumed so far: the stage ring's position, shared with the loader's count
-        item = 0  # Q slots used so far: the Q ring's position, shared with the loader's count
+        item = 0  # work items with keys so far: the Q ring's position, shared with the loader's count
         turn = 0  # tensor-core turns taken so far (ping-pong with the other warpgroup)
         stored = 0  # 1 while a TMA store of O from Q slot ``stored_slot`` may still be reading it
         stored_slot = 0
-        if DYNAMIC:
-            work = _claimed(buffers[10], buffers[7], item, Q_SLOTS)
-            while work < total_work:
-                position, item, turn, stored, stored_slot = _consume_item(
-                    work, position, item, turn, stored, stored_slot, geometry, pointers, strides, scalars, buffers,
-                    WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N,
-                    HEAD_DIM, NUM_STAGES, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG,
-                    NUM_CONSUMERS, TMA_STORE, DYNAMIC)
-                work = _claimed(buffers[10], buffers[7], item, Q_SLOTS)
-        else:
-            reverse = False
-            for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
-                position, item, turn, stored, stored_slot = _consume_item(
-                    _snake(work, reverse, total_work), position, item, turn, stored, stored_slot, geometry, pointers,
-                    strides, scalars, buffers, WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP,
-                    STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K,
-                    ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)
-                reverse = not reverse
+        reverse = False
+        for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
+            position, item, turn, stored, stored_slot = _consume_item(
+                _snake(work, reverse, total_work), position, item, turn, stored, stored_slot, geometry, pointers,
+                strides, scalars, buffers, WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP,
+                STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K,
+                ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)
+            reverse = not reverse
         if TMA_STORE:
             tma.store_wait(0)  # the last tile's O is written before the program ends
 
     @gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right"])
     def _swa_fwd_sm90_kernel(
         q_desc, k_desc, v_desc, o_desc, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, PAGE_TABLE, FLAGS,
-        ANY_NAN, TILE_COUNTER, stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh, stride_page_table,
+        ANY_NAN, stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh, stride_page_table,
         seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, softmax_scale, softcap, left, right, num_tiles,
         num_batch_heads, num_row_groups, page_size,
         HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
@@ -643,7 +576,7 @@ if GLUON_AVAILABLE:
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
         ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-        TMA_STORE: gl.constexpr, DYNAMIC: gl.constexpr,
+        TMA_STORE: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
@@ -666,8 +599,6 @@ if GLUON_AVAILABLE:
         q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        # DYNAMIC: each Q slot's work item index, written by the loader before the slot's arrival.
-        work_words = gl.allocate_shared_memory(gl.int32, [2, 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
         for i in gl.static_range(NUM_STAGES):
             mbarrier.init(k_ready.index(i), count=1)
             mbarrier.init(v_ready.index(i), count=1)
@@ -678,46 +609,46 @@ if GLUON_AVAILABLE:
             mbarrier.init(q_empty.index(i), count=NUM_CONSUMERS)
             mbarrier.init(turns.index(i), count=1)
 
-        pointers = (k_desc, v_desc, q_desc, O, LSE, SINKS, FLAGS, ANY_NAN, o_desc, TILE_COUNTER)
+        pointers = (k_desc, v_desc, q_desc, O, LSE, SINKS, FLAGS, ANY_NAN, o_desc)
         strides = (stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh)
         scalars = (softmax_scale, softcap, left, right)
-        buffers = (q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns, work_words)
+        buffers = (q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns)
         # (Gluon's partitions take their arguments spelled out: no starred tuples.)
         if NUM_CONSUMERS == 3:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
         elif NUM_CONSUMERS == 1:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
             ], [1], [LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, DYNAMIC)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
             ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -728,23 +659,6 @@ _DTYPES = (torch.float16, torch.bfloat16)
 def _shared_layout(block: tuple, dtype: torch.dtype):
     """The swizzled shared-memory layout of a TMA box (computed once per box shape: ~10 us of host time each)."""
     return gl.NVMMASharedLayout.get_default_for(list(block), gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
-
-
-# The DYNAMIC schedule's claim counters, one per (device, stream, thread) as the other kept scratch
-# (``_launch.stream_key``). A launch leaves its counter at zero (its last claim resets it), so calls that follow on
-# the stream find it ready; during CUDA-graph capture each call gets its own (zeroed when captured, reset by every
-# replay's last claim).
-_TILE_COUNTERS = PlanCache(64)
-
-
-def _tile_counter(device: torch.device) -> torch.Tensor:
-    key = stream_key(device)
-    if key is None:
-        return torch.zeros(1, device=device, dtype=torch.int32)
-    counter = _TILE_COUNTERS.get(key)
-    if counter is None:
-        counter = _TILE_COUNTERS.add(key, torch.zeros(1, device=device, dtype=torch.int32))
-    return counter
 
 
 def _sm_count(device: torch.device) -> int:
@@ -812,7 +726,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
             consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None,
             consumers: int | None = None, tma_store: bool | None = None,
-            per_sm: int | None = None, dynamic: bool | None = None,
+            per_sm: int | None = None,
             plans: dict | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
     of query tiles per (batch, head-or-KV-head). Non-finite flags are written per group of ``ROWS_PER_CONSUMER``
@@ -823,15 +737,13 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     the partitions' reallocation) / ``programs`` (the persistent grid; default one per SM) / ``pingpong`` (the
     consumers take turns on the tensor cores; two consumers only) / ``consumers`` (warpgroups of 64 rows per tile: 1
     to 3) / ``per_sm`` (resident programs per SM: sets the register budgets) / ``tma_store`` (O through shared
-    memory and a TMA store; dense calls up to head_dim 128) / ``dynamic`` (work items claimed from a counter)
-    override the shipped choice (tuning probes).
+    memory and a TMA store; dense calls up to head_dim 128) override the shipped choice (tuning probes).
     ``plans``: a dict the caller keeps for one call signature (every tensor's shape, strides, dtype, 16-byte
     alignment and device, which tensors are given, the scalars: ``fwd``'s plan key). The launch is planned at its
     first call and later calls only launch (``_launch.Launch``: Triton's compiled launcher called directly, the
     tensor descriptors copied with the call's tensors). Without it every call plans and goes through
     ``kernel[grid](...)`` (~185 us of host time per call on the H200 host, Triton 3.6)."""
-    overrides = (block_n, num_stages, maxnreg, consumer_regs, programs, pingpong, consumers, tma_store, per_sm,
-                 dynamic)
+    overrides = (block_n, num_stages, maxnreg, consumer_regs, programs, pingpong, consumers, tma_store, per_sm)
     key = (overrides, planning_settings()) if plans is not None else None
     planned = plans.get(key) if plans is not None else None
     if planned is None:
@@ -841,9 +753,9 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
                         l_strides=l_strides, overrides=overrides)
         if plans is not None:
             plans[key] = planned
-    launch, num_tiles, dynamic = planned
+    launch, num_tiles = planned
     launch(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table, non_finite_flags,
-           any_non_finite, _tile_counter(q.device) if dynamic else None)
+           any_non_finite)
     return num_tiles
 
 
@@ -851,22 +763,21 @@ def planning_settings() -> tuple:
     """The module-level values ``_plan`` reads, part of a kept plan's key: tests and tuning probes switch them
     (``monkeypatch.setattr(gluon_fwd, ...)``), and a plan made under other values must not serve the call."""
     return (_swa_fwd_sm90_kernel, consumers_for, block_n_for, tma_store_for, per_sm_for, registers_for, _sm_count,
-            PINGPONG, TMA_STORE, DYNAMIC, NUM_STAGES, LOADER_REGS, PAGE_BOX_MAX, ROWS_PER_CONSUMER,
+            PINGPONG, TMA_STORE, NUM_STAGES, LOADER_REGS, PAGE_BOX_MAX, ROWS_PER_CONSUMER,
             TensorDescriptor)
 
 
 # The call's tensors, as ``forward`` passes them to a plan's launch: the kernel's tensor parameters take them by these
 # indices (``Launch``'s slots); an absent one is OUT, the placeholder.
-(_Q, _K, _V, _OUT, _LSE, _SINKS, _CU_SEQLENS_Q, _CU_SEQLENS_K, _SEQLENS_K, _PAGE_TABLE, _FLAGS, _ANY_NAN,
- _TILE_COUNTER) = range(13)
+_Q, _K, _V, _OUT, _LSE, _SINKS, _CU_SEQLENS_Q, _CU_SEQLENS_K, _SEQLENS_K, _PAGE_TABLE, _FLAGS, _ANY_NAN = range(12)
 
 
 def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table, non_finite_flags, *,
           softmax_scale, left, right, softcap, seqlen_q, seqlen_k, batch, pack_gqa, o_strides, l_strides,
-          overrides) -> tuple[Launch, int, bool]:
+          overrides) -> tuple[Launch, int]:
     """The launch of ``forward``'s call (its tensors' layouts, scalars and ``overrides``), its tiles per (batch,
-    head-or-KV-head), and whether it takes a tile counter (the DYNAMIC schedule)."""
-    block_n, num_stages, maxnreg, consumer_regs, programs, pingpong, consumers, tma_store, per_sm, dynamic = overrides
+    head-or-KV-head)."""
+    block_n, num_stages, maxnreg, consumer_regs, programs, pingpong, consumers, tma_store, per_sm = overrides
     varlen = cu_seqlens_q is not None
     varlen_k = cu_seqlens_k is not None
     paged = page_table is not None
@@ -912,13 +823,11 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
     per_sm = max(1, 65536 // (4 * (consumers + 1) * 32 * maxnreg))
     grid = (min(work, programs or per_sm * _sm_count(q.device)),)
     flag = non_finite_flags is not None
-    dynamic = DYNAMIC if dynamic is None else dynamic
-    # The kernel's 14 tensor parameters (4 descriptors, then pointers) from the call's tensors; absent: out.
+    # The kernel's 13 tensor parameters (4 descriptors, then pointers) from the call's tensors; absent: out.
     slots = (_Q, _K, _V, _OUT if tma_store else _Q, _OUT, _LSE if lse is not None else _OUT,
              _SINKS if sinks is not None else _OUT, _CU_SEQLENS_Q if varlen else _OUT,
              _CU_SEQLENS_K if varlen_k else _OUT, _SEQLENS_K if seqlens_k is not None else _OUT,
-             _PAGE_TABLE if paged else _OUT, _FLAGS if flag else _OUT, _ANY_NAN if flag else _OUT,
-             _TILE_COUNTER if dynamic else _OUT)
+             _PAGE_TABLE if paged else _OUT, _FLAGS if flag else _OUT, _ANY_NAN if flag else _OUT)
     scalars = (
         *o_strides, *l_strides, page_table.stride(0) if paged else 0,
         seqlen_q, seqlen_k, 0 if varlen_k or paged else k.shape[1], num_heads, softmax_scale,
@@ -932,11 +841,11 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
-        TMA_STORE=tma_store, DYNAMIC=dynamic,
+        TMA_STORE=tma_store,
     )
     launch = Launch(_swa_fwd_sm90_kernel, grid, scalars, constexprs, dict(num_warps=4, maxnreg=maxnreg),
                     num_tensors=len(slots), slots=slots, descriptors=(q_desc, k_desc, v_desc, o_desc))
-    return launch, num_tiles, dynamic
+    return launch, num_tiles
 
 
 __all__ = ["MIN_ROWS", "ROWS_PER_CONSUMER", "GLUON_AVAILABLE", "GLUON_MODE", "forward", "unsupported_reason"]

@@ -242,21 +242,3 @@ def test_tritons_expansion_of_a_copied_descriptor():
     assert expanded[0] is x
     assert expand(copied)[0] is x and expand(copied)[1:] == expanded[1:]
 
-
-def test_dynamic_schedule_gets_the_streams_counter_per_call(gluon_stub, monkeypatch):
-    """DYNAMIC: the tile counter is the calling stream's (looked up per call, ``_tile_counter``), not the one the
-    plan saw."""
-    monkeypatch.setattr(gluon_fwd, "DYNAMIC", True)
-    counters = [torch.zeros(1, dtype=torch.int32) for _ in range(3)]
-    handed = iter(counters)
-    monkeypatch.setattr(gluon_fwd, "_tile_counter", lambda device: next(handed))
-    plans = {}
-    tensors, kwargs = _arguments()
-    names = [name for name, _ in _launch.bound_argument_order(gluon_fwd._swa_fwd_sm90_kernel)]
-    for counter in counters:
-        gluon_fwd.forward(*tensors, **kwargs, plans=plans)
-        if gluon_stub.direct_launches:
-            assert gluon_stub.last_launch[1][names.index("TILE_COUNTER")] == counter.data_ptr()
-        else:
-            assert gluon_stub.last_launch[1][names.index("TILE_COUNTER")] is counter
-    assert (gluon_stub.plain_launches, gluon_stub.direct_launches) == (1, 2)
