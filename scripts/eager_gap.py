@@ -14,7 +14,10 @@ start to the last one's end (busy plus the GPU's idle time: the host's pace), an
 a trace right after. ``--variants pdl0`` also runs
 the scenarios in a child process with ``SWATTN_PDL=0`` (kernels launched without programmatic dependent launch).
 
-    PYTHONPATH=. python scripts/eager_gap.py [--only decode_full_append,decode_full] [--variants pdl0]
+    PYTHONPATH=. python scripts/eager_gap.py [--only decode_full_append,decode_full,backward_parts] [--variants pdl0]
+
+``backward_parts``: where the backward's host time goes (swattn's, without its launches, without its launches and
+allocations, the autograd engine alone; with autograd's device threads and without).
 
 On a CPU it runs tiny shapes under the interpreter as a smoke test of the script.
 """
@@ -32,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import host_profile  # noqa: E402
 import torch  # noqa: E402
 
+import swattn  # noqa: E402
 from swattn import _compat  # noqa: E402
 
 CUDA = host_profile.CUDA
@@ -142,6 +146,57 @@ def measure(name: str, title: str, fn, calls: int) -> None:
     sys.stdout.flush()
 
 
+def backward_parts(calls: int) -> None:
+    """Where the backward's host time goes (bench host's backward row: 4K W(127,0), D=64, gpt-oss heads, sinks
+    without a gradient): host us per ``torch.autograd.grad`` call of swattn's backward, the same with its launches
+    skipped (``Launch.__call__`` a no-op), with its launches and its gradients' allocations skipped (``empty_like``
+    handing back tensors made once), and the autograd engine alone (a no-op Function: the bench's floor row);
+    with autograd's device threads and without."""
+    from swattn.bench import host as bench_host
+    from swattn.kernels import _launch
+
+    heads, kv_heads, head_dim, seqlen = (64, 8, 64, 4096) if CUDA else (8, 2, 32, 48)
+    dtype = torch.bfloat16 if CUDA else torch.float16
+    device = host_profile.DEVICE
+    leaves = [torch.randn(1, seqlen, h, head_dim, device=device, dtype=dtype, requires_grad=True)
+              for h in (heads, kv_heads, kv_heads)]
+    sinks = torch.randn(heads, device=device)
+    kwargs = dict(causal=True, window_size=(127, 0))
+    out = swattn.flash_attn_func(*leaves, sinks=sinks, **kwargs)
+    grad = torch.randn_like(out)
+
+    def backward():
+        return torch.autograd.grad(out, leaves, grad, retain_graph=True)
+
+    floor = bench_host._engine_floor(leaves, grad, sinks, kwargs).check
+    launch_call, empty_like = _launch.Launch.__call__, torch.empty_like
+    made = {}
+
+    def skip_launches():
+        _launch.Launch.__call__ = lambda self, *tensors: None
+
+    def skip_allocations():
+        torch.empty_like = lambda t, **options: made.setdefault(id(t), empty_like(t, **options))
+
+    parts = [("swattn backward", backward, ()), ("launches skipped", backward, (skip_launches,)),
+             ("launches and dq/dk/dv allocations skipped", backward, (skip_launches, skip_allocations)),
+             ("autograd engine alone", floor, ())]
+    n = max(calls // 5, 2)
+    print(f"\n## backward parts: 4K W(127,0) D={head_dim} (host us per torch.autograd.grad call, median of 5 batches)")
+    for threads in (True, False):
+        cells = []
+        for label, fn, patches in parts:
+            for patch in patches:
+                patch()
+            try:
+                with torch.autograd.set_multithreading_enabled(threads):
+                    cells.append(f"{label} {host_profile.host_us(fn, n)[0]:.1f}")
+            finally:
+                _launch.Launch.__call__, torch.empty_like = launch_call, empty_like
+        print(f"device threads {'on' if threads else 'off'}: " + "; ".join(cells))
+    sys.stdout.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="decode_full_append,decode_full,decode_append",
@@ -156,6 +211,9 @@ def main() -> None:
     found, _ = host_profile.scenarios(not CUDA)
     calls = args.calls if CUDA else 4
     for name in args.only.split(","):
+        if name == "backward_parts":
+            backward_parts(calls)
+            continue
         title, fn, variant = found[name]
         if variant is not None:
             print(f"\n## {name}: variant {variant} not supported here (use host_profile.py)")
