@@ -84,6 +84,10 @@ class _Timings:
     def timer(self, key: tuple[str, str], graphs: bool = True):
         def run(fn):
             host = time_host(fn, self.env)
+            # Eager before the graph: the graph's timing (do_bench: ~225 ms of replays with L2 flushes) left some
+            # eager rows after it slower than their host time (H200, 19:33 and 22:32: the full decode 44.7 us eager,
+            # p20 30.5, against 29.4 us host), which eager right after host did not show (scripts/eager_gap.py).
+            eager = time_eager(fn, self.env, calls=100 if not self.env.quick else 2)
             graph = None
             if graphs and self.env.graphs:
                 try:
@@ -92,7 +96,7 @@ class _Timings:
                     graph = f"not capturable ({type(exc).__name__})"
                     torch.cuda.synchronize(self.env.device)
             self.extra[key] = (host, graph)
-            return time_eager(fn, self.env, calls=100 if not self.env.quick else 2)
+            return eager
         return run
 
 
