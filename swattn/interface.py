@@ -231,9 +231,9 @@ def _auto_pack_gqa(pack_gqa, seqlen_q: int, group: int, left: int = -1, right: i
 
 def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound: int, left: int, right: int,
                      seqlen_q: int, attention_chunk: int = 0, sm_margin: int = 0, rows_per_tile: int = 8,
-                     paged: bool = False) -> int:
+                     paged: bool = False, fp8: bool = False) -> int:
     """Split-KV count from shapes only (no GPU values): the window's span, not the cache length, sets the work;
-    ``rows_per_tile``, ``paged``: as ``split_count`` takes them."""
+    ``rows_per_tile``, ``paged``, ``fp8``: as ``split_count`` takes them."""
     if num_splits > 0:
         return min(num_splits, _MAX_SPLITS)
     if not q.is_cuda:
@@ -242,13 +242,15 @@ def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound
     if attention_chunk > 0:
         keys = min(keys, attention_chunk)
     sms = max(1, device_properties(q.device).multi_processor_count - sm_margin)
-    return split_count(programs, keys, sms, rows_per_tile, paged)
+    return split_count(programs, keys, sms, rows_per_tile, paged, fp8)
 
 
-def split_count(programs: int, keys: int, sms: int, rows_per_tile: int = 8, paged: bool = False) -> int:
+def split_count(programs: int, keys: int, sms: int, rows_per_tile: int = 8, paged: bool = False,
+                fp8: bool = False) -> int:
     """Automatic split-KV count for ``programs`` programs per split whose sequences see at most ``keys`` keys, on
     ``sms`` SMs; ``rows_per_tile``: rows of one tile (PackGQA: query positions x heads per KV head) and ``paged``
-    (a paged cache) set how many programs fit one SM (``configs.split_programs_per_sm``). For decode tiles
+    (a paged cache) and ``fp8`` (an e4m3 cache) set how many programs fit one SM
+    (``configs.split_programs_per_sm``). For decode tiles
     ``forward_config`` picks the one-stage 128-key-block loop for splits of at most ``SHORT_SPLIT_KEYS`` keys, the
     splits this rule makes at short contexts."""
     blocks = -(-keys // 128)
@@ -268,7 +270,7 @@ def split_count(programs: int, keys: int, sms: int, rows_per_tile: int = 8, page
     # would otherwise drop B=16 from 4 splits (17.2 us) to 2 (21.8), and B=4 at 4K from 16 (17.2) to 8 (21.5).
     # Verify tiles of 32 and 64 rows fit four programs per SM, not six: B=16 k=4 takes 4 splits (512 programs, one
     # wave of 528 slots) where six per SM gave 6 (768 programs, two waves).
-    per_sm = split_programs_per_sm(rows_per_tile, False, paged)
+    per_sm = split_programs_per_sm(rows_per_tile, False, paged, fp8)
     return max(1, min(per_sm * sms // programs, max(blocks // 4, short), _MAX_SPLITS))
 
 
@@ -626,7 +628,7 @@ def flash_attn_with_kvcache(
     rows = max_seqlen_q * (group if packed else 1)
     programs = batch * (k_cache.shape[2] if packed else q.shape[-2]) * max(1, -(-rows // 64))
     num_splits = _auto_num_splits(num_splits, q, programs, capacity, left, right, max_seqlen_q, attention_chunk,
-                                  sm_margin, rows, paged)
+                                  sm_margin, rows, paged, k_cache.dtype == torch.float8_e4m3fn)
     out, lse = ops.run_fwd_kvcache(
         _contiguous_last(q), k_cache, v_cache, None if k is None else _contiguous_last(k),
         None if v is None else _contiguous_last(v), _contiguous(cache_seqlens), _contiguous(cache_batch_idx),
@@ -697,7 +699,7 @@ def get_scheduler_metadata(
     programs = batch_size * (num_heads_kv if packed else num_heads_q) * max(1, -(-rows // 64))
     device_probe = torch.empty(0, device=cache_seqlens.device)
     splits = _auto_num_splits(num_splits, device_probe, programs, max_seqlen_k, left, right, max_seqlen_q,
-                              attention_chunk, sm_margin, rows, page_size is not None)
+                              attention_chunk, sm_margin, rows, page_size is not None, qkv_dtype == _FP8)
     return torch.tensor([splits, int(packed)], dtype=torch.int32, device=cache_seqlens.device)
 
 

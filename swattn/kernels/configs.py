@@ -125,6 +125,10 @@ SPLIT_PROGRAMS_PER_SM_5_STAGES = {16: 6, 32: 3, 64: 3}
 # (s4-call3, main 15a8cfe, scripts/gpu_fp8_decode.py full, fp8-kv B=16 16K page 16, bf16 134.7 us) (16, 64, 2, 3)
 # 106.0 us, (.., 5) 109.6, (.., 7) 114.6.
 FP8_PAGED_SPLIT_STAGES: dict[int, int] = {16: 3}
+# (block_n, num_warps, register cap, programs per SM) of that loop per tile height where it differs from bf16's
+# (block_n, num_warps) and ``FP8_DECODE_MAXNREG``; the programs per SM set the automatic split count
+# (``split_programs_per_sm`` with ``fp8``). Empty: bf16's block shape (6 two-warp programs per SM).
+FP8_PAGED_SPLIT_BLOCKS: dict[int, tuple[int, int, int | None, int]] = {}
 # Register cap of that loop: with unsigned page arithmetic (``fwd._cache_token_offsets``) it takes 178 registers
 # (5 programs per SM) uncapped; capped at 168 it compiles to 151 without spills (Triton 3.6, sm_90; all-fp8 156).
 FP8_DECODE_MAXNREG: int | None = 168
@@ -135,13 +139,16 @@ FP8_DECODE_MAXNREG: int | None = 168
 FP8_SINGLE_LOOP_STAGES = 2
 
 
-def split_programs_per_sm(rows_per_tile: int, short: bool, paged: bool = False) -> int:
+def split_programs_per_sm(rows_per_tile: int, short: bool, paged: bool = False, fp8: bool = False) -> int:
     """Resident programs per SM that the automatic split count plans for a decode-sized tile of ``rows_per_tile``
     rows (``short``: splits of at most ``SHORT_SPLIT_KEYS`` keys, the one-stage loop; ``paged``: a paged cache,
-    whose loop takes ``PAGED_SPLIT_STAGES``); larger tiles as 64 rows."""
+    whose loop takes ``PAGED_SPLIT_STAGES``; ``fp8``: an e4m3 cache, whose paged loop takes
+    ``FP8_PAGED_SPLIT_BLOCKS``); larger tiles as 64 rows."""
     block_m = min(64, max(16, next_power_of_2(max(rows_per_tile, 1))))
     if short:
         return SHORT_SPLIT_PROGRAMS_PER_SM[block_m]
+    if fp8 and paged and block_m in FP8_PAGED_SPLIT_BLOCKS:
+        return FP8_PAGED_SPLIT_BLOCKS[block_m][3]
     if paged and PAGED_SPLIT_STAGES.get(block_m, 3) >= 5:
         return SPLIT_PROGRAMS_PER_SM_5_STAGES[block_m]
     return SPLIT_PROGRAMS_PER_SM[block_m]
@@ -228,7 +235,10 @@ def _fp8_decode_stages(config: FwdConfig, rows_per_tile: int, pack_gqa: bool, pa
             return replace(config, num_stages=FP8_SINGLE_LOOP_STAGES)
         return config
     if paged and config.block_m in FP8_PAGED_SPLIT_STAGES:
-        return replace(config, num_stages=FP8_PAGED_SPLIT_STAGES[config.block_m], maxnreg=FP8_DECODE_MAXNREG)
+        config = replace(config, num_stages=FP8_PAGED_SPLIT_STAGES[config.block_m], maxnreg=FP8_DECODE_MAXNREG)
+        if config.block_m in FP8_PAGED_SPLIT_BLOCKS:
+            block_n, num_warps, maxnreg, _ = FP8_PAGED_SPLIT_BLOCKS[config.block_m]
+            config = replace(config, block_n=block_n, num_warps=num_warps, maxnreg=maxnreg)
     return config
 
 

@@ -128,6 +128,15 @@ def test_fp8_decode_tiles_take_their_own_stages(monkeypatch):
     assert forward_config(64, 8, True, None, 2, 2731, 6, fp8_kv=True) == FwdConfig(16, 64, 2, 3)
     assert forward_config(64, 32, True, None, 2, 2048, 4, paged=True, fp8_kv=True) == forward_config(
         64, 32, True, None, 2, 2048, 4, paged=True)
+    # A block shape of its own (FP8_PAGED_SPLIT_BLOCKS): the paged split loop's config and its programs per SM.
+    monkeypatch.setattr(configs, "FP8_PAGED_SPLIT_BLOCKS", {16: (128, 4, 128, 4)})
+    assert forward_config(64, 8, True, None, 2, 2731, 6, paged=True, fp8_kv=True) == FwdConfig(16, 128, 4, 5,
+                                                                                              maxnreg=128)
+    assert forward_config(64, 8, True, None, 2, 2731, 6, fp8_kv=True) == FwdConfig(16, 64, 2, 3)
+    assert configs.split_programs_per_sm(8, False, paged=True, fp8=True) == 4
+    assert configs.split_programs_per_sm(8, False, paged=True) == configs.split_programs_per_sm(8, False, True, False)
+    assert configs.split_programs_per_sm(8, True, paged=True, fp8=True) == configs.SHORT_SPLIT_PROGRAMS_PER_SM[16]
+    monkeypatch.setattr(configs, "FP8_PAGED_SPLIT_BLOCKS", {})
     window = FwdConfig(16, 128, 4, 2, single_loop=True)
     assert forward_config(64, 8, True, 128, 2, 128, 1, paged=True, fp8_kv=True) == window
     assert forward_config(64, 8, True, 128, 2, 128, 1, paged=True) == replace(window, num_stages=1)
