@@ -31,7 +31,8 @@ Sections (argv; all by default):
   verify_defaults  the serving step's defaults (fused append, one 256-key verify block, scanning redo) against
             what they replaced, the one-pass isolation, no redo, no append; k = 1, 2, 4, 8;
   verify_window  window-(127, 0) verify (k = 2, 4, 8) against decode: the 128+16-key blocks (FwdConfig.head_block),
-            16 warps, two tiles, no isolation, FA3 beside, cold and warm;
+            16 warps, two tiles, no isolation, FA3 beside, cold and warm (PROBE_SET=s5: the one pass's guard behind a
+            check of the product's result, fwd.GUARD_CHECKS_OUTPUT, and 4 warps on the head-block tile);
   verify_full_tiles  full-attention verify B=16 8K (k = 4, 8): tiles cut to decode's 16 rows, 5 stages, FA3 beside;
   verify_ablate  window-(127, 0) verify (k = 1, 2, 4, 8) without the append, the isolation, both, 4 warps;
   fused_append_splits  the model step's full layer (B=16 8K decode) with the fused append at fewer splits;
@@ -894,6 +895,14 @@ def _window_variants(k: int) -> list[tuple[str, FwdConfig | None, dict]]:
         if k in (4, 8):  # what is left: the isolation, and more warps on the head-block tile
             variants += [("no isolation", None, dict(ISOLATE_NON_FINITE=False)),
                          ("128+16 keys, 16 warps", head(16), {})]
+        return variants
+    if os.environ.get("PROBE_SET") == "s5":  # session 5: the guard behind a check of the product's result
+        checked = dict(GUARD_CHECKS_OUTPUT=True)
+        if k > 1:
+            variants += [("no isolation", None, dict(ISOLATE_NON_FINITE=False)), ("guard checks output", None, checked)]
+        if k in (4, 8):
+            variants += [("4 warps, guard checks output", head(4), checked),
+                         ("4 warps, no isolation", head(4), dict(ISOLATE_NON_FINITE=False))]
         return variants
     if k == 1:
         return variants

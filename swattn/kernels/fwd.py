@@ -64,6 +64,10 @@ GUARD_ONE_PASS = tl.constexpr(4)
 # the tile to a scalar) and only a block holding one takes the guarded product; finite blocks take the plain one
 # (the same bits). ``GUARD_BRANCH`` picks it for the one pass.
 GUARD_ONE_PASS_BRANCHED = tl.constexpr(5)
+# GUARD_ONE_PASS with the check after the product: the plain product first; only if its result holds a non-finite
+# value (which any non-finite value in the block's V causes in every row: 0 * inf is NaN) is the block redone with
+# the guarded product (the same bits: on finite results the guard changes nothing). ``GUARD_CHECKS_OUTPUT`` picks it.
+GUARD_ONE_PASS_CHECKED = tl.constexpr(6)
 
 # Grids of at most this many tiles (None: one per redo program, ``_persistent_programs``) take REDO_SCANNED: each
 # redo program reads its one tile's flags, and the call allocates the raised flag without zeroing it. The zeroing is
@@ -102,6 +106,12 @@ GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK = 64
 # 7.97 | 6.63); with the head block k = 2 6.79 | 5.33 against 7.05 | 5.50, k = 4 7.63 | 6.13 against 8.02 | 6.40, k = 8
 # 8.26 | 6.98 against 8.88 | 7.59.
 GUARD_BRANCH = True
+# The one pass's guard behind a check of the product's result instead of V's values (GUARD_ONE_PASS_CHECKED): one
+# reduction of the [rows x head_dim] result to a scalar per block instead of one per V tile (the head-block step
+# has two), after the product rather than beside it. H200 (scripts/gpu_probe.py verify_ablate, s5-call3, main
+# 47c77a4), W(127,0) B=16 1K page 16, us cold: the branched guard cost 0.76 / 0.83 / 0.57 us over no isolation at
+# k = 2 / 4 / 8 (6.81 / 7.67 / 8.28 against 6.05 / 6.84 / 7.71; decode 5.43). Off until timed.
+GUARD_CHECKS_OUTPUT = os.environ.get("SWATTN_GUARD_CHECKS_OUTPUT", "0") not in ("", "0")
 
 
 # The fused append (APPEND_NEW) on the single masked loop (window decode and verify, short splits): each program
@@ -330,6 +340,83 @@ def _load_block(k_base, v_base, offs_n, offs_d, load_mask, batch_kv, page_table_
 
 
 @triton.jit
+def _token_offsets(offs_n, mask, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size,
+                   IS_PAGED: tl.constexpr, UNSIGNED_KEYS: tl.constexpr):
+    """``_cache_token_offsets`` of tokens ``offs_n`` in K and in V from one page-table read."""
+    if IS_PAGED:
+        if UNSIGNED_KEYS:
+            keys = offs_n.to(tl.uint32)
+            page = tl.load(page_table_row + keys // page_size, mask=mask, other=0).to(tl.uint32).to(tl.int64)
+            slot = (keys % page_size).to(tl.int64)
+        else:
+            page = tl.load(page_table_row + offs_n // page_size, mask=mask, other=0).to(tl.int64)
+            slot = (offs_n % page_size).to(tl.int64)
+        return page * stride_kb + slot * stride_ks, page * stride_vb + slot * stride_vs
+    else:
+        keys = offs_n.to(tl.int64)
+        return batch_kv * stride_kb + keys * stride_ks, batch_kv * stride_vb + keys * stride_vs
+
+
+@triton.jit
+def _block_rows(k_base, v_base, offs_n, mask, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+                page_size, IS_PAGED: tl.constexpr, key_shift, SHIFT_PAGED_KEYS: tl.constexpr, K_NEW, V_NEW,
+                new_source, first_new, stride_ns, READ_NEW: tl.constexpr, UNSIGNED_KEYS: tl.constexpr):
+    """Row pointers of keys ``offs_n`` in K and V (``_load_block``'s, without the loads): ``(k_rows, v_rows,
+    k_cache_rows, v_cache_rows, fresh)``; with ``READ_NEW`` the new tokens' rows point into ``K_NEW`` / ``V_NEW``
+    (``fresh``), the cache rows are where they go."""
+    if SHIFT_PAGED_KEYS:
+        offs_n = offs_n + key_shift
+    k_offsets, v_offsets = _token_offsets(offs_n, mask, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb,
+                                          stride_vs, page_size, IS_PAGED, UNSIGNED_KEYS)
+    k_cache_rows = k_base + k_offsets
+    v_cache_rows = v_base + v_offsets
+    if READ_NEW:
+        fresh = mask & (offs_n >= first_new)
+        new_rows = new_source + (offs_n - first_new).to(tl.int64) * stride_ns
+        return (tl.where(fresh, K_NEW + new_rows, k_cache_rows), tl.where(fresh, V_NEW + new_rows, v_cache_rows),
+                k_cache_rows, v_cache_rows, fresh)
+    else:
+        return k_cache_rows, v_cache_rows, k_cache_rows, v_cache_rows, mask & False
+
+
+@triton.jit
+def _load_two_blocks(k_base, v_base, offs_h, head_mask, offs_n, load_mask, offs_d, batch_kv, page_table_row,
+                     stride_kb, stride_ks, stride_vb, stride_vs, page_size, IS_PAGED: tl.constexpr,
+                     MASK_D: tl.constexpr, HEAD_DIM: tl.constexpr, key_shift, SHIFT_PAGED_KEYS: tl.constexpr, K_NEW,
+                     V_NEW, new_source, first_new, stride_ns, READ_NEW: tl.constexpr,
+                     UNSIGNED_KEYS: tl.constexpr = False, PREFETCH_HEAD: tl.constexpr = False):
+    """The K and V tiles of the head block (keys ``offs_h``) and the main block (``offs_n``) of ``HEAD_N``
+    (``_attend_blocks``): both blocks' page-table entries first, then the four tiles' loads, V before K, then (with
+    ``READ_NEW``) the new rows' stores into the cache. Loaded block by block (``_load_block`` twice), the head's K
+    tile went through shared memory (its layout change for the product, which waits for its data) before the main
+    block's page-table and K/V loads were issued: compiled for sm_90 (Triton 3.6), five dependent memory round trips
+    in front of the first product (lengths and q, the head's pages, its K/V, the main block's pages, its K/V)
+    where decode has three."""
+    kh_rows, vh_rows, kh_cache, vh_cache, fresh_h = _block_rows(
+        k_base, v_base, offs_h, head_mask, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+        page_size, IS_PAGED, key_shift, SHIFT_PAGED_KEYS, K_NEW, V_NEW, new_source, first_new, stride_ns, READ_NEW,
+        UNSIGNED_KEYS)
+    k_rows, v_rows, k_cache, v_cache, fresh = _block_rows(
+        k_base, v_base, offs_n, load_mask, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+        page_size, IS_PAGED, key_shift, SHIFT_PAGED_KEYS, K_NEW, V_NEW, new_source, first_new, stride_ns, READ_NEW,
+        UNSIGNED_KEYS)
+    if MASK_D:
+        d_mask = offs_d[None, :] < HEAD_DIM
+    else:
+        d_mask = offs_d[None, :] >= 0
+    v = tl.load(v_rows[:, None] + offs_d[None, :], mask=load_mask[:, None] & d_mask, other=0.0)
+    k = tl.load(k_rows[:, None] + offs_d[None, :], mask=load_mask[:, None] & d_mask, other=0.0)
+    v_head = tl.load(vh_rows[:, None] + offs_d[None, :], mask=head_mask[:, None] & d_mask, other=0.0)
+    k_head = tl.load(kh_rows[:, None] + offs_d[None, :], mask=head_mask[:, None] & d_mask, other=0.0)
+    if READ_NEW:
+        tl.store(vh_cache[:, None] + offs_d[None, :], v_head, mask=fresh_h[:, None] & d_mask)
+        tl.store(kh_cache[:, None] + offs_d[None, :], k_head, mask=fresh_h[:, None] & d_mask)
+        tl.store(v_cache[:, None] + offs_d[None, :], v, mask=fresh[:, None] & d_mask)
+        tl.store(k_cache[:, None] + offs_d[None, :], k, mask=fresh[:, None] & d_mask)
+    return k_head, v_head, k, v
+
+
+@triton.jit
 def _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale, softcap, block,
                   masked_head_end, unmasked_end, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr,
@@ -460,6 +547,15 @@ def _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, le
         else:
             v, sees_non_finite = _guard_values(v, visible)
             acc = tl.where(sees_non_finite[:, None], float("nan"), _pv(acc * alpha[:, None], p, v, UPCAST))
+    elif GUARD_NON_FINITE == 3:
+        # Behind a check of the result (GUARD_ONE_PASS_CHECKED): a non-finite value in V makes every row's result
+        # non-finite (0 * inf is NaN), so a finite result is the guarded one.
+        plain = _pv(acc * alpha[:, None], p, v, UPCAST)
+        if _all_finite(plain):
+            acc = plain
+        else:
+            v, sees_non_finite = _guard_values(v, visible)
+            acc = tl.where(sees_non_finite[:, None], float("nan"), _pv(acc * alpha[:, None], p, v, UPCAST))
     else:
         if GUARD_NON_FINITE:
             v, sees_non_finite = _guard_values(v, visible)
@@ -493,6 +589,15 @@ def _softmax_step_two_blocks(acc, l_i, m_i, q, k_head, v_head, offs_h, head_mask
     if GUARD_NON_FINITE == 2:
         if _all_finite(v_head) & _all_finite(v):
             acc = _pv(_pv(acc * alpha[:, None], p_h, v_head, UPCAST), p, v, UPCAST)
+        else:
+            v_head, sees_h = _guard_values(v_head, visible_h)
+            v, sees = _guard_values(v, visible)
+            acc = tl.where((sees_h | sees)[:, None], float("nan"),
+                           _pv(_pv(acc * alpha[:, None], p_h, v_head, UPCAST), p, v, UPCAST))
+    elif GUARD_NON_FINITE == 3:
+        plain = _pv(_pv(acc * alpha[:, None], p_h, v_head, UPCAST), p, v, UPCAST)
+        if _all_finite(plain):
+            acc = plain
         else:
             v_head, sees_h = _guard_values(v_head, visible_h)
             v, sees = _guard_values(v, visible)
@@ -553,13 +658,10 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
         load_mask = offs_n >= kv_start
         offs_h = kv_end - BLOCK_N - HEAD_N + tl.arange(0, HEAD_N)
         head_mask = offs_h >= kv_start
-        k_head, v_head = _load_block(k_base, v_base, offs_h, offs_d, head_mask, batch_kv, page_table_row, stride_kb,
-                                     stride_ks, stride_vb, stride_vs, page_size, IS_PAGED, MASK_D, HEAD_DIM,
-                                     key_shift, SHIFT_PAGED_KEYS, K_NEW, V_NEW, new_source, first_new, stride_ns,
-                                     READ_NEW, FP8 != NO_FP8)
-        k, v = _load_block(k_base, v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
-                           stride_vb, stride_vs, page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS,
-                           K_NEW, V_NEW, new_source, first_new, stride_ns, READ_NEW, FP8 != NO_FP8)
+        k_head, v_head, k, v = _load_two_blocks(
+            k_base, v_base, offs_h, head_mask, offs_n, load_mask, offs_d, batch_kv, page_table_row, stride_kb,
+            stride_ks, stride_vb, stride_vs, page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS, K_NEW,
+            V_NEW, new_source, first_new, stride_ns, READ_NEW, FP8 != NO_FP8)
         acc, l_i, m_i = _softmax_step_two_blocks(acc, l_i, m_i, q, k_head, v_head, offs_h, head_mask, k, v, offs_n,
                                                  load_mask, row_pos, offset, left, right, softmax_scale, softcap,
                                                  HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, UPCAST, GUARD_NON_FINITE, chunk,
@@ -895,7 +997,7 @@ def _attend_tile(
                 tl.maximum(kv_start + block_begin * BLOCK_N, seqlen_k - seqlen_q),
                 tl.minimum(kv_start + block_end * BLOCK_N, kv_end), offs_d, batch_kv, page_table_row, stride_kb,
                 stride_ks, stride_vb, stride_vs, stride_nb, stride_ns, stride_nh, page_size, IS_PAGED, HEAD_DIM,
-                BLOCK_N)
+                BLOCK_M if BLOCK_M < BLOCK_N else BLOCK_N)
             tl.debug_barrier()
         k_desc = None
         v_desc = None
@@ -922,9 +1024,11 @@ def _attend_tile(
                 KV_PAIR=KV_PAIR)
         elif SINGLE_LOOP:
             # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
-            # The one pass guards every block, or (2) only blocks whose values are not all finite.
+            # The one pass guards every block, or (2) only blocks whose values are not all finite, or (3) only blocks
+            # whose plain product is not all finite.
             GUARD: tl.constexpr = (1 if NON_FINITE_PASS == GUARD_ONE_PASS else
-                                   2 if NON_FINITE_PASS == GUARD_ONE_PASS_BRANCHED else 0)
+                                   2 if NON_FINITE_PASS == GUARD_ONE_PASS_BRANCHED else
+                                   3 if NON_FINITE_PASS == GUARD_ONE_PASS_CHECKED else 0)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, block_begin, block_end,
                 kv_start, kv_end, offs_kv, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
@@ -1183,9 +1287,9 @@ def settings() -> tuple:
     page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the in-loop query
     conversion, the e4m3 interior loop's register double buffering."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
-            GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, _compat.PDL, configs.forced_config_in_use(),
-            gluon_fwd.GLUON_MODE, APPEND_READS_INPUT, PREFETCH_PAGE_TABLE, WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS,
-            FP8_Q_IN_LOOP, FP8_PREFETCH_KV)
+            GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
+            configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, APPEND_READS_INPUT, PREFETCH_PAGE_TABLE,
+            WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, FP8_Q_IN_LOOP, FP8_PREFETCH_KV)
 
 
 def attention_forward(
@@ -1470,7 +1574,8 @@ class _ForwardPlan:
         self.pick = operator.itemgetter(*(i for i, passed in enumerate(present) if passed))
         self.main = Launch(_swa_fwd_kernel, grid, scalars,
                            dict(switches, COUNT_BLOCKS=count_blocks, APPEND_READS_INPUT=self.append_reads_input,
-                                NON_FINITE_PASS=((GUARD_ONE_PASS_BRANCHED if GUARD_BRANCH else GUARD_ONE_PASS).value
+                                NON_FINITE_PASS=((GUARD_ONE_PASS_CHECKED if GUARD_CHECKS_OUTPUT else
+                                                  GUARD_ONE_PASS_BRANCHED if GUARD_BRANCH else GUARD_ONE_PASS).value
                                                  if self.guard_one_pass else
                                                  FLAG_NON_FINITE.value if self.isolate else NO_ISOLATION.value),
                                 PREFETCH_PAGES=(PREFETCH_PAGE_TABLE and paged and config.single_loop

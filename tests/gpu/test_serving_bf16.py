@@ -98,8 +98,8 @@ def test_verify_and_decode_never_read_pages_before_first_readable_page(page_size
 def test_verify_isolation_modes_give_the_same_bits(monkeypatch, tokens):
     """A B=16 verify step with a NaN in the value row of the first key of row 0's window (seen by no other row of
     the tile): the redo behind the zeroed raised flag, the scanning redo and the guarded one pass (fwd.GUARD_ONE_PASS,
-    tiles of at most 32 rows: the default for k <= 4 at B=16) give the same bits, NaN exactly in the rows that see the
-    key; on clean data the guarded one pass gives the redo's bits."""
+    the default at B=16; also behind a check of the product's result, fwd.GUARD_CHECKS_OUTPUT) give the same bits,
+    NaN exactly in the rows that see the key; on clean data the guarded one pass gives the redo's bits."""
     from swattn.kernels import fwd
 
     context, page_size = 1000, 16
@@ -114,11 +114,13 @@ def test_verify_isolation_modes_give_the_same_bits(monkeypatch, tokens):
     poisoned = v_cache.clone()
     poisoned[table[3, key // page_size].long(), key % page_size, 5, 7] = float("nan")
     kwargs = dict(cache_seqlens=seqlens, page_table=table, causal=True, window_size=(127, 0), sinks=sinks)
-    modes = {"zeroed flag": (0, 0), "scanning redo": (None, 0), "guard one pass": (None, 1 << 30)}
+    modes = {"zeroed flag": (0, 0, False), "scanning redo": (None, 0, False), "guard one pass": (None, 1 << 30, False),
+             "guard checks output": (None, 1 << 30, True)}
     outs = {}
-    for name, (scan, guard) in modes.items():
+    for name, (scan, guard, checks_output) in modes.items():
         monkeypatch.setattr(fwd, "SCAN_FLAGS_MAX_WORK", scan)
         monkeypatch.setattr(fwd, "GUARD_ONE_PASS_MAX_WORK", guard)
+        monkeypatch.setattr(fwd, "GUARD_CHECKS_OUTPUT", checks_output)
         outs[name] = (swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **kwargs),
                       swattn.flash_attn_with_kvcache(q, k_cache, poisoned, **kwargs))
     clean, dirty = outs["zeroed flag"]

@@ -428,6 +428,7 @@ def test_fused_append_reading_the_new_tokens_gives_the_same_bits(monkeypatch, la
 @pytest.mark.parametrize("layout, seqlen_q, append, one_pass", [
     pytest.param("paged-3", 4, True, True, id="verify4-paged3-append-one-pass"),
     pytest.param("paged-3", 4, True, "branched", id="verify4-paged3-append-one-pass-branched"),
+    pytest.param("paged-3", 4, True, "checks-output", id="verify4-paged3-append-one-pass-checks-output"),
     pytest.param("contig", 3, False, False, id="verify3-contig-redo"),
 ])
 def test_head_block_covers_a_verify_tile_in_two_blocks(monkeypatch, layout, seqlen_q, append, one_pass):
@@ -444,6 +445,7 @@ def test_head_block_covers_a_verify_tile_in_two_blocks(monkeypatch, layout, seql
     monkeypatch.setattr(fwd, "SCAN_FLAGS_MAX_WORK", 0)
     monkeypatch.setattr(fwd, "GUARD_ONE_PASS_MAX_WORK", 1 << 30 if one_pass else 0)
     monkeypatch.setattr(fwd, "GUARD_BRANCH", one_pass == "branched")
+    monkeypatch.setattr(fwd, "GUARD_CHECKS_OUTPUT", one_pass == "checks-output")
     batch, capacity, seqlens = 3, 64, i32([9, 0, 40])
     window = (28 - seqlen_q, 0)  # 28 keys per tile: 16 + 16 cover them
     config = FwdConfig(32, 16, 4, 1, single_loop=True, head_block=16)

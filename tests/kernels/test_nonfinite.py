@@ -150,16 +150,17 @@ def test_isolation_buffers_are_kept_and_the_raised_flag_is_reset(monkeypatch):
             expect_isolated(out, clean, seeing, "v-nan", True, None)
 
 
-@pytest.fixture(params=["scanning-redo", "guard-one-pass", "guard-branched"])
+@pytest.fixture(params=["scanning-redo", "guard-one-pass", "guard-branched", "guard-checks-output"])
 def small_grid_isolation(request, monkeypatch):
     """The two ways small grids (a verify step's) may isolate, forced on every grid: the redo pass that reads each
     tile's flags (``fwd.REDO_SCANNED``), and the guarded loop in the main pass with no redo launch
-    (``fwd.GUARD_ONE_PASS``, single-loop tiles; others keep the redo), also with the guard behind a branch
-    (``fwd.GUARD_BRANCH``)."""
+    (``fwd.GUARD_ONE_PASS``, single-loop tiles; others keep the redo), also with the guard behind a branch on V's
+    values (``fwd.GUARD_BRANCH``) or on the plain product's result (``fwd.GUARD_CHECKS_OUTPUT``)."""
     monkeypatch.setattr(fwd, "ISOLATE_NON_FINITE", True)
     monkeypatch.setattr(fwd, "SCAN_FLAGS_MAX_WORK", 1 << 30)
     monkeypatch.setattr(fwd, "GUARD_ONE_PASS_MAX_WORK", 0 if request.param == "scanning-redo" else 1 << 30)
     monkeypatch.setattr(fwd, "GUARD_BRANCH", request.param == "guard-branched")
+    monkeypatch.setattr(fwd, "GUARD_CHECKS_OUTPUT", request.param == "guard-checks-output")
     return True
 
 
