@@ -1143,6 +1143,20 @@ def fused_append_splits() -> None:
     for label, values in times.items():
         if values:
             print(f"  {label}: {' / '.join(f'{t:.1f}' for t in values)} us", flush=True)
+    one.clear()
+    plain.clear()
+    torch.cuda.empty_cache()
+    # Full decode B=4 16K (issue 21's 88%-of-copy target; 40.6 us at 627f328, the split kernel alone 38.0): the merge
+    # now loads its partial rows with their LSEs and its sink before waiting for the split kernel.
+    inputs = full_decode_inputs(4, 16384)
+    fn = functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True)
+    fn()
+    nbytes = 4 * 16384 * kv_heads * head_dim * 2 * 2
+    copy = torch.empty(nbytes, device=DEVICE, dtype=torch.uint8)  # as full_b4: the bytes read + written
+    copy_us = graph_us(functools.partial(copy[: nbytes // 2].copy_, copy[nbytes // 2:]), 10, rep=100)
+    us = graph_us(fn, 10, rep=100)
+    print(f"  full decode B=4 16K page 16: {us:.1f} us ({100 * copy_us / us:.0f}% of copy: {nbytes / 1e6:.0f} MB "
+          f"read + written in {copy_us:.1f} us)", flush=True)
 
 
 def _nothing():
