@@ -903,6 +903,8 @@ def _window_variants(k: int) -> list[tuple[str, FwdConfig | None, dict]]:
         if k in (4, 8):
             variants += [("4 warps, guard checks output", head(4), checked),
                          ("4 warps, no isolation", head(4), dict(ISOLATE_NON_FINITE=False))]
+        if k == 8:
+            variants.append(("4 warps", head(4), {}))
         return variants
     if k == 1:
         return variants
