@@ -106,3 +106,34 @@ def test_prefill_bf16_over_fp8_kv():
     ref_out, ref_lse = attention_ref(q, k, v, k_descale=kd, v_descale=vd, window_size=(127, 0), sinks=sinks, **REF)
     assert_close("out", out, ref_out, OUT_TOL)
     check_lse(lse, ref_lse)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp8-kv"])
+def test_decode_over_a_pool_past_2_gib(dtype):
+    """A paged pool larger than 2 GiB (engines keep tens of GB), whose sequences' pages sit at its end: every byte
+    offset of those pages exceeds 2**31. Full decode (split-KV) and window decode against the reference on the pages
+    gathered. (H200 s5-call4: scripts/gpu_fp8_decode.py's B=16 128K bf16 decode over a pool 16 pages past 2 GiB
+    raised an illegal memory access where the benchmark's pool of exactly 2 GiB ran.)"""
+    heads, kv_heads, head_dim, page_size, batch, context = 64, 8, 64, 16, 2, 2048
+    element = 1 if dtype == "fp8-kv" else 2
+    page_bytes = page_size * kv_heads * head_dim * element
+    pool_pages = (1 << 31) // page_bytes + 512
+    make = (lambda: e4m3(pool_pages, page_size, kv_heads, head_dim)) if dtype == "fp8-kv" else (
+        lambda: torch.randn(pool_pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=BF16))
+    k_pool, v_pool = make(), make()
+    pages = context // page_size
+    table = (pool_pages - 1 - torch.randperm(batch * pages, device=DEVICE)).to(torch.int32).view(batch, pages)
+    lens = torch.tensor([context, context - 5], device=DEVICE, dtype=torch.int32)
+    q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=BF16)
+    sinks = torch.randn(heads, device=DEVICE)
+    fp8 = dict(k_descale=descale(batch, kv_heads), v_descale=descale(batch, kv_heads)) if dtype == "fp8-kv" else {}
+    k_pages, v_pages = k_pool[table.long()].flatten(1, 2), v_pool[table.long()].flatten(1, 2)
+    for window in ((-1, -1), (127, 0)):
+        out, lse = swattn.flash_attn_with_kvcache(q, k_pool, v_pool, cache_seqlens=lens, page_table=table,
+                                                  causal=True, window_size=window, sinks=sinks,
+                                                  return_softmax_lse=True, **fp8)
+        torch.cuda.synchronize()
+        ref_out, ref_lse = attention_kvcache_ref(q, k_pages, v_pages, lens, causal=True, window_size=window,
+                                                 sinks=sinks, **fp8, **REF)
+        assert_close(f"out {window}", out, ref_out, OUT_TOL)
+        check_lse(lse, ref_lse)

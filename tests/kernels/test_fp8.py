@@ -258,9 +258,11 @@ def test_register_prefetch_of_the_interior_loop(monkeypatch, paged, num_splits, 
     descales = dict(k_descale=descale(batch), v_descale=descale(batch), q_descale=descale(batch) if all_fp8 else None)
     sinks = torch.randn(H)
     fwd._PLANS.clear()
-    out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, causal=True, sinks=sinks,
-                                              num_splits=num_splits, pack_gqa=True, return_softmax_lse=True,
-                                              **descales, **cache)
+    # The split loop (the prefetch's): on a GPU these few keys would take the single loop of short splits.
+    with forced_config(FwdConfig(16, 16, 2, 1)):
+        out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, causal=True, sinks=sinks,
+                                                  num_splits=num_splits, pack_gqa=True, return_softmax_lse=True,
+                                                  **descales, **cache)
     assert any(plan.prefetch_kv for plan in fwd._PLANS.values())
     ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, causal=True, sinks=sinks, **descales,
                                              **cache)
