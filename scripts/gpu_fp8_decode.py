@@ -39,7 +39,7 @@ FP8 = torch.float8_e4m3fn
 # first page-table entries into L2 once the query load is issued), hnd=True (the cache's memory head-major,
 # [pages, Hk, page, D], passed as the same [pages, page, Hk, D] view: one KV head's page is 1 KB contiguous in e4m3
 # instead of 16 rows of 64 B at a 512-B stride), pair=1|2 (fwd.FP8_TWO_KV_HEADS), per_sm=N (the split count of
-# one wave at N programs per SM), qloop=True (fwd.FP8_Q_IN_LOOP), kvpf=True (fwd.FP8_PREFETCH_KV).
+# one wave at N programs per SM).
 PAIRS, PREFETCH, HND = dict(pairs=True), dict(prefetch=True), dict(hnd=True)
 # Measured on the H200 (s5-call2, 22:14 UTC, main c10bf58; B=16 16K, bf16 134.45 us): shipped (64, 2, 3) capped
 # at 168 106.14 us; (128, 4, 3) capped at 128, 4 per SM 104.47 (B=4 16K 32.24 vs 33.60); (128, 4, 5) capped at 128
@@ -59,13 +59,8 @@ WIDE = [(False, (128, 4, 3, False, False, 128), dict(per_sm=4)),
 PAIR = [(False, (32, 4, 3, False, False, 128), dict(pair=2, per_sm=4)),
         (False, (64, 4, 3, False, False, 128), dict(pair=2, per_sm=4)),
         (False, (64, 8, 3, False, False, 128), dict(pair=2, per_sm=2))]
-# - the interior loop's K/V double-buffered in registers (kvpf=True: fwd.FP8_PREFETCH_KV, the next block's loads
-#   issued before this block's compute; the launch at one stage): (64, 4, 1) capped at 128 (128, 8 B, 4), capped
-#   at 160 (139, none, 3), (64, 2, 1) (229, none, 4), (32, 2, 1) capped at 168 (154, none, 6).
-PREFETCH_KV = [(False, (64, 4, 1, False, False, 128), dict(kvpf=True, per_sm=4)),
-               (False, (64, 4, 1, False, False, 160), dict(kvpf=True, per_sm=3)),
-               (False, (64, 2, 1, False, False, None), dict(kvpf=True, per_sm=4)),
-               (False, (32, 2, 1, False, False, 168), dict(kvpf=True, per_sm=6))]
+# The register double buffering of the interior loop (kvpf) and the window decode's query conversion inside the
+# loop (qloop), timed at 22:54 (120-147 us; 4.78 against 4.81 us), were removed (docs/notes/2026-12-03-fp8-kv-cache.md).
 # H200 s5-call4 (22:54 UTC, main ~1c11dea; B=16 16K, bf16 134.42 us): shipped 105.74; (128, 4, 2) capped at 128, 4/SM
 # 101.81; (64, 2, 3) capped at 128, 8/SM 102.48; (128, 4, 3) capped at 128 104.14; the register prefetch 120.1-147.2;
 # interleaved pairs 158.5-197.3; (64, 2, 1) capped at 168 131.1; (128, 4, 1) capped at 128 145.0 (B=4 16K: shipped
@@ -75,10 +70,7 @@ BEST = [(False, (128, 4, 2, False, False, 128), dict(per_sm=4)),
 FULL = [(False, None), *BEST, (False, (64, 2, 2, False, False, 128), dict(per_sm=8)),
         (False, (128, 2, 2, False, False, None), dict(per_sm=4))]
 LONG = [(False, None), *BEST]
-# The window decode's bf16 query converted to fp16 inside the loop, after the block's loads are issued
-# (fwd.FP8_Q_IN_LOOP; compiled, Triton 3.6: the page-table and K/V loads no longer wait for the query's arrival and
-# conversion; 210 registers, 2 programs of 4 warps per SM, where 128 programs on 132 SMs need one).
-WINDOW = [(False, None), (False, None, dict(qloop=True)), (True, None)]
+WINDOW = [(False, None), (True, None)]
 # long16: 131040 keys, so the pool (a page more than the context per sequence) stays within 2 GiB: at 131072 it is
 # 16 pages past it and raised an illegal memory access at 22:54 (tests/gpu/test_fp8_real_sizes.py's
 # test_decode_over_a_pool_past_2_gib asks whether the kernels or the script).
@@ -145,8 +137,6 @@ def main() -> None:
             shown += f" {options['per_sm']}/SM" if "per_sm" in options else ""
             shown += f" {options['splits']} splits" if "splits" in options else ""
             shown += " prefetch" if options.get("prefetch") else ""
-            shown += " q in loop" if options.get("qloop") else ""
-            shown += " K/V register prefetch" if options.get("kvpf") else ""
             calls = variants[quantize_q]
             if options.get("hnd"):
                 calls = [dict(c, k_cache=head_major(c["k_cache"]), v_cache=head_major(c["v_cache"])) for c in calls]
@@ -158,10 +148,7 @@ def main() -> None:
                 calls = [dict(c, num_splits=options["splits"]) for c in calls]
             forced = forced_config(FwdConfig(16, *config)) if config is not None else None
             pairs, prefetch, two_heads = fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS
-            q_in_loop, kv_prefetch = fwd.FP8_Q_IN_LOOP, fwd.FP8_PREFETCH_KV
-            fwd.FP8_PREFETCH_KV = options.get("kvpf", False)
             fwd.FP8_TWO_KV_HEADS = options.get("pair", 0)  # part of the plans' key (fwd.settings)
-            fwd.FP8_Q_IN_LOOP = options.get("qloop", False)
             if "pairs" in options:
                 fwd.WIDEN_E4M3_PAIRS = options["pairs"]  # part of the plans' key (fwd.settings)
             if "prefetch" in options:
@@ -179,7 +166,6 @@ def main() -> None:
                 if forced is not None:
                     forced.__exit__(None, None, None)
                 fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS = pairs, prefetch, two_heads
-                fwd.FP8_Q_IN_LOOP, fwd.FP8_PREFETCH_KV = q_in_loop, kv_prefetch
             print(f"  {label:6s} {shown:36s}: {us:8.2f} us {bf16_us / us:5.2f}x {kv_bytes / 2 / us / 1e3 / copy:5.0%} "
                   f"of copy  err {err:.1e}", flush=True)
         variants.clear()

@@ -150,23 +150,6 @@ WIDEN_E4M3_PAIRS = os.environ.get("SWATTN_WIDEN_E4M3_PAIRS", "0") not in ("", "0
 # 0: off; 1: PAIR_TWO_PRODUCTS; 2: PAIR_INTERLEAVED (see KV_PAIR).
 FP8_TWO_KV_HEADS = int(os.environ.get("SWATTN_FP8_TWO_KV_HEADS", "0") or 0)
 
-# Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py window): bf16 queries over an e4m3 cache on the
-# single masked loop (the window decode's one 128-key block) go to fp16 inside the loop, after the block's loads are
-# issued (``Q_IN_LOOP``), instead of before the loop: ``_rows_to_fp16``'s row maximum (a layout change and barriers)
-# sat between the query's arrival and the page-table and K/V loads (SASS, Triton 3.6), a dependent chain that the
-# all-e4m3 launch (no conversion; H200 s5-call2: 4.47 us against fp8-kv's 4.64, B=16 16K) does not have. Each block
-# of the loop converts again (one block at window (127, 0)).
-FP8_Q_IN_LOOP = os.environ.get("SWATTN_FP8_Q_IN_LOOP", "0") not in ("", "0")
-
-# Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py): the unmasked interior loop of the split loop
-# (full decode) double-buffers its K/V tiles in registers (``PREFETCH_KV``; the launch then runs without Triton's
-# pipeliner, num_stages 1): each iteration first issues the next block's K/V loads (through page ids loaded one
-# iteration earlier), then computes the block loaded by the previous iteration. Triton's pipelined paged loop
-# (TTGIR, Triton 3.6, 3 stages) issues the next block's copies after computing the block, into its one buffer, and
-# waits for them at the top of the next iteration: one block's latency plus its compute per step, nothing in flight
-# while it computes. Applies to the e4m3 decode tiles that take FP8_PAGED_SPLIT_STAGES.
-FP8_PREFETCH_KV = os.environ.get("SWATTN_FP8_PREFETCH_KV", "0") not in ("", "0")
-
 
 @triton.jit
 def _cache_token_offsets(offs_n, mask, batch_kv, page_table_row, stride_kb, stride_ks, page_size,
@@ -269,35 +252,6 @@ def _rows_to_fp16(q):
     up = ((shift + 127) << 23).to(tl.float32, bitcast=True)
     down = ((127 - shift) << 23).to(tl.float32, bitcast=True)
     return (q32 * up[:, None]).to(tl.float16), down
-
-
-@triton.jit
-def _token_pages(offs_n, mask, page_table_row, page_size, IS_PAGED: tl.constexpr, UNSIGNED_KEYS: tl.constexpr):
-    """The page ids of tokens ``offs_n`` (loaded under ``mask``; 0 elsewhere), for ``_paged_tile``; contiguous
-    caches have none (0)."""
-    if IS_PAGED:
-        if UNSIGNED_KEYS:
-            return tl.load(page_table_row + offs_n.to(tl.uint32) // page_size, mask=mask, other=0).to(tl.uint32)
-        else:
-            return tl.load(page_table_row + offs_n // page_size, mask=mask, other=0)
-    else:
-        return offs_n * 0
-
-
-@triton.jit
-def _paged_tile(base, pages, offs_n, offs_d, mask, batch_kv, stride_kb, stride_ks, page_size, IS_PAGED: tl.constexpr,
-                UNSIGNED_KEYS: tl.constexpr):
-    """``_load_kv`` of tokens ``offs_n`` whose page ids ``pages`` (``_token_pages``) are already loaded: no
-    dependent page-table read before the tile's load."""
-    if IS_PAGED:
-        if UNSIGNED_KEYS:
-            rows = (pages.to(tl.int64) * stride_kb
-                    + (offs_n.to(tl.uint32) % page_size).to(tl.int64) * stride_ks)
-        else:
-            rows = pages.to(tl.int64) * stride_kb + (offs_n % page_size).to(tl.int64) * stride_ks
-    else:
-        rows = batch_kv * stride_kb + offs_n.to(tl.int64) * stride_ks
-    return tl.load(base + rows[:, None] + offs_d[None, :], mask=mask[:, None], other=0.0)
 
 
 @triton.jit
@@ -421,17 +375,13 @@ def _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, soft
                   masked_head_end, unmasked_end, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr,
                   chunk, HAS_CHUNK: tl.constexpr, FP8: tl.constexpr, row_unscale, WIDEN_PAIRS: tl.constexpr = False,
-                  pair_second=None, KV_PAIR: tl.constexpr = 0, Q_IN_LOOP: tl.constexpr = False):
+                  pair_second=None, KV_PAIR: tl.constexpr = 0):
     """The scores of one block (keys ``offs_n``, ``load_mask``) and what the softmax step needs with them:
     ``(qk, qk_scale, v, visible)``; scores in log2 units are ``qk * qk_scale`` (``_exp_scores``), masked keys -inf;
     ``v`` as the product takes it; ``visible`` the mask (MASK without MASK_EDGES_ONLY; else True).
     ``KV_PAIR``: ``k`` / ``v`` hold two KV heads' rows side by side (``[BLOCK_N, 2 * D]``); each row's scores are
     those of its own head (``pair_second`` [BLOCK_M]: the row belongs to the second): one product per head, each
-    row taking its head's (a select, so a non-finite key of one head never reaches the other head's rows).
-    ``Q_IN_LOOP`` (FP8_KV, ``FP8_Q_IN_LOOP``): ``q`` arrives in bf16 and goes to fp16 here (``_rows_to_fp16``, which
-    gives ``row_unscale``), the select on the loop's ``block`` keeping it in the loop, after the block's loads."""
-    if Q_IN_LOOP:
-        q, row_unscale = _rows_to_fp16(tl.where(block >= 0, q, tl.zeros_like(q)))
+    row taking its head's (a select, so a non-finite key of one head never reaches the other head's rows)."""
     if FP8 == FP8_KV:
         # Half the bytes of a bf16 cache; both products then run in fp16.
         k = _widen_e4m3(k, WIDEN_PAIRS)
@@ -527,14 +477,14 @@ def _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, le
                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, GUARD_NON_FINITE: tl.constexpr,
                   MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr, chunk, HAS_CHUNK: tl.constexpr,
                   FP8: tl.constexpr, row_unscale, WIDEN_PAIRS: tl.constexpr = False, pair_second=None,
-                  KV_PAIR: tl.constexpr = 0, Q_IN_LOOP: tl.constexpr = False):
+                  KV_PAIR: tl.constexpr = 0):
     """One block of the online softmax (``_attend_blocks``' loop body after the loads): ``k`` / ``v`` hold keys
     ``offs_n`` (``load_mask``). ``GUARD_NON_FINITE`` (with MASK) keeps non-finite values in the rows that see them
     (not with ``KV_PAIR``, whose single-query tiles need no isolation)."""
     qk, qk_scale, v, visible = _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale,
                                              softcap, block, masked_head_end, unmasked_end, HAS_LEFT, HAS_RIGHT,
                                              HAS_SOFTCAP, UPCAST, MASK, MASK_EDGES_ONLY, chunk, HAS_CHUNK, FP8,
-                                             row_unscale, WIDEN_PAIRS, pair_second, KV_PAIR, Q_IN_LOOP)
+                                             row_unscale, WIDEN_PAIRS, pair_second, KV_PAIR)
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
     pivot = safe_pivot(m_new)
     p = _exp_scores(qk, qk_scale, pivot, HAS_SOFTCAP, FP8)
@@ -625,8 +575,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                    SHIFT_PAGED_KEYS: tl.constexpr = False, chunk=0, HAS_CHUNK: tl.constexpr = False,
                    FP8: tl.constexpr = NO_FP8, row_unscale=1.0, K_NEW=None, V_NEW=None, new_source=0, first_new=0,
                    stride_ns=0, READ_NEW: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
-                   WIDEN_PAIRS: tl.constexpr = False, pair_second=None, KV_PAIR: tl.constexpr = 0,
-                   Q_IN_LOOP: tl.constexpr = False, PREFETCH_KV: tl.constexpr = False):
+                   WIDEN_PAIRS: tl.constexpr = False, pair_second=None, KV_PAIR: tl.constexpr = 0):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
     blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it).
@@ -648,10 +597,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
     keys of masked work.
     ``KV_PAIR`` (``FP8_TWO_KV_HEADS``; not with HEAD_N, READ_NEW, TMA): ``offs_d`` spans two KV heads' rows (``2 *
     D``, adjacent in memory), each tile is loaded once for both and ``_block_scores`` / ``_pv`` give each row its
-    own head's products (``pair_second``).
-    ``PREFETCH_KV`` (``FP8_PREFETCH_KV``; unmasked blocks through pointers, no READ_NEW, HEAD_N, MASK_D, key
-    shift): the blocks double-buffered in registers, the next block's loads issued before this block's compute, the
-    page ids two blocks ahead."""
+    own head's products (``pair_second``)."""
     offset = seqlen_k - seqlen_q
     if HEAD_N > 0:
         offs_n = kv_end - BLOCK_N + tl.arange(0, BLOCK_N)
@@ -666,40 +612,6 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                                                  load_mask, row_pos, offset, left, right, softmax_scale, softcap,
                                                  HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, UPCAST, GUARD_NON_FINITE, chunk,
                                                  HAS_CHUNK, FP8, row_unscale, WIDEN_PAIRS)
-    elif PREFETCH_KV and not MASK:
-        tl.static_assert(not USE_TMA and not READ_NEW and not MASK_D and not SHIFT_PAGED_KEYS)
-        UNSIGNED: tl.constexpr = FP8 != NO_FP8
-        loop_end = kv_start + block_end * BLOCK_N  # keys past the loop's last block are not loaded
-        offs_first = kv_start + block_begin * BLOCK_N + tl.arange(0, BLOCK_N)
-        first_valid = offs_first < loop_end
-        pages = _token_pages(offs_first, first_valid, page_table_row, page_size, IS_PAGED, UNSIGNED)
-        v_next = _paged_tile(v_base, pages, offs_first, offs_d, first_valid, batch_kv, stride_vb, stride_vs,
-                             page_size, IS_PAGED, UNSIGNED)
-        k_next = _paged_tile(k_base, pages, offs_first, offs_d, first_valid, batch_kv, stride_kb, stride_ks,
-                             page_size, IS_PAGED, UNSIGNED)
-        offs_second = offs_first + BLOCK_N
-        pages_next = _token_pages(offs_second, offs_second < loop_end, page_table_row, page_size, IS_PAGED, UNSIGNED)
-        for block in range(block_begin, block_end):
-            offs_n = kv_start + block * BLOCK_N + tl.arange(0, BLOCK_N)
-            k = k_next
-            v = v_next
-            # The next block's tiles (their page ids arrived during the previous block), then the page ids of the
-            # block after it; masked off past the loop's end.
-            offs_after = offs_n + BLOCK_N
-            after_valid = offs_after < loop_end
-            v_next = _paged_tile(v_base, pages_next, offs_after, offs_d, after_valid, batch_kv, stride_vb, stride_vs,
-                                 page_size, IS_PAGED, UNSIGNED)
-            k_next = _paged_tile(k_base, pages_next, offs_after, offs_d, after_valid, batch_kv, stride_kb, stride_ks,
-                                 page_size, IS_PAGED, UNSIGNED)
-            offs_later = offs_after + BLOCK_N
-            pages_next = _token_pages(offs_later, offs_later < loop_end, page_table_row, page_size, IS_PAGED, UNSIGNED)
-            acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, k, v, offs_n, offs_n >= 0, row_pos, offset, left, right,
-                                          softmax_scale, softcap, block, masked_head_end, unmasked_end, HAS_LEFT,
-                                          HAS_RIGHT, HAS_SOFTCAP, UPCAST, GUARD_NON_FINITE, MASK, MASK_EDGES_ONLY,
-                                          chunk, HAS_CHUNK, FP8, row_unscale, WIDEN_PAIRS, pair_second, KV_PAIR,
-                                          Q_IN_LOOP)
-            if COUNT_BLOCKS:
-                visited += 1
     else:
         for block in range(block_begin, block_end):
             offs_n = kv_start + block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -718,8 +630,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
             acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, left, right,
                                           softmax_scale, softcap, block, masked_head_end, unmasked_end, HAS_LEFT,
                                           HAS_RIGHT, HAS_SOFTCAP, UPCAST, GUARD_NON_FINITE, MASK, MASK_EDGES_ONLY,
-                                          chunk, HAS_CHUNK, FP8, row_unscale, WIDEN_PAIRS, pair_second, KV_PAIR,
-                                          Q_IN_LOOP)
+                                          chunk, HAS_CHUNK, FP8, row_unscale, WIDEN_PAIRS, pair_second, KV_PAIR)
             if COUNT_BLOCKS:
                 visited += 1
     return acc, l_i, m_i, visited
@@ -905,7 +816,6 @@ def _attend_tile(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, FP8: tl.constexpr,
     APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
-    Q_IN_LOOP: tl.constexpr = False, PREFETCH_KV: tl.constexpr = False,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads, or with
     ``KV_PAIR`` two KV heads' packed heads), over its share ``split`` of the KV loop; the body of
@@ -961,9 +871,7 @@ def _attend_tile(
         value_scale = 1.0
         row_unscale = 1.0
         if FP8 == FP8_KV:
-            if Q_IN_LOOP:  # converted by the loop (single loop, bf16 q, no HEAD_N: see FP8_Q_IN_LOOP)
-                tl.static_assert(SINGLE_LOOP and HEAD_N == 0 and KV_PAIR == NO_PAIR and q.dtype == tl.bfloat16)
-            elif q.dtype == tl.bfloat16:
+            if q.dtype == tl.bfloat16:
                 q, row_unscale = _rows_to_fp16(q)
             else:  # fp16 queries: as they are
                 row_unscale = tl.full([BLOCK_M], 1.0, tl.float32)
@@ -1038,7 +946,7 @@ def _attend_tile(
                 k_begin, IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, K_NEW=K_NEW,
                 V_NEW=V_NEW, new_source=new_source, first_new=seqlen_k - seqlen_q, stride_ns=stride_ns,
                 READ_NEW=APPEND_NEW and APPEND_READS_INPUT, HEAD_N=HEAD_N, WIDEN_PAIRS=WIDEN_PAIRS,
-                pair_second=pair_second, KV_PAIR=KV_PAIR, Q_IN_LOOP=Q_IN_LOOP)
+                pair_second=pair_second, KV_PAIR=KV_PAIR)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
             acc, l_i, m_i, visited = _attend_blocks(
@@ -1059,7 +967,7 @@ def _attend_tile(
                 False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
                 HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS,
-                pair_second=pair_second, KV_PAIR=KV_PAIR, PREFETCH_KV=PREFETCH_KV)
+                pair_second=pair_second, KV_PAIR=KV_PAIR)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, unmasked_end), block_end,
@@ -1103,7 +1011,6 @@ def _swa_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
     FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
-    Q_IN_LOOP: tl.constexpr = False, PREFETCH_KV: tl.constexpr = False,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -1178,7 +1085,6 @@ def _swa_fwd_kernel(
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
             BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN_PAIRS, PREFETCH_PAGES, KV_PAIR,
-            Q_IN_LOOP, PREFETCH_KV,
         )
 
 # Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_DESCALE); BLOCK_COUNT's position among them.
@@ -1284,12 +1190,11 @@ def _isolation_buffers(device: torch.device, rows: int, stream=_launch.ASK) -> t
 def settings() -> tuple:
     """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
     scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode, the fused append's reads, the
-    page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the in-loop query
-    conversion, the e4m3 interior loop's register double buffering."""
+    page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, APPEND_READS_INPUT, PREFETCH_PAGE_TABLE,
-            WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, FP8_Q_IN_LOOP, FP8_PREFETCH_KV)
+            WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS)
 
 
 def attention_forward(
@@ -1553,11 +1458,7 @@ class _ForwardPlan:
         # write-then-read append (the main launch has written the cache by then).
         self.append_reads_input = (append_new and config.single_loop and APPEND_READS_INPUT
                                    and num_work <= _persistent_programs(q.device))
-        # The register double buffering of the interior loop (FP8_PREFETCH_KV) replaces Triton's pipeliner.
-        self.prefetch_kv = (FP8_PREFETCH_KV and fp8 != NO_FP8.value and not config.single_loop and not self.use_tma
-                            and not self.use_gluon and new_k is None and block_d == head_dim and cache_leftpad is None)
-        options = dict(num_warps=config.num_warps, num_stages=1 if self.prefetch_kv else config.num_stages,
-                       **pdl_launch_options(use_pdl),
+        options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
                        **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
         # plans: the Gluon launch, planned at this signature's first call and then launched directly (a dict, as
         # tuning probes pass gluon_fwd.forward other settings).
@@ -1579,10 +1480,7 @@ class _ForwardPlan:
                                                  if self.guard_one_pass else
                                                  FLAG_NON_FINITE.value if self.isolate else NO_ISOLATION.value),
                                 PREFETCH_PAGES=(PREFETCH_PAGE_TABLE and paged and config.single_loop
-                                                and q.is_cuda and not _compat.interpreter_enabled()),
-                                Q_IN_LOOP=(FP8_Q_IN_LOOP and fp8 == FP8_KV.value and q.dtype == torch.bfloat16
-                                           and config.single_loop and not config.head_block and not self.kv_pair),
-                                PREFETCH_KV=self.prefetch_kv),
+                                                and q.is_cuda and not _compat.interpreter_enabled())),
                            options, num_tensors=_FORWARD_TENSORS, slots=_slots(present))
         self.redo = None
         programs = _persistent_programs(q.device)

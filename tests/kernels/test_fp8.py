@@ -210,66 +210,6 @@ def test_two_kv_heads_per_program(monkeypatch, mode, dtype, paged, num_splits):
     assert_close("lse", lse[finite], ref_lse[finite], LSE_TOL)
 
 
-def test_query_conversion_in_the_loop(monkeypatch):
-    """``fwd.FP8_Q_IN_LOOP``: on the single masked loop bf16 queries go to fp16 inside the loop (per block: three
-    16-key blocks here), with the same results as before the loop: rows of any magnitude, an infinite query's own
-    row NaN, softcap, sinks, a window over a paged cache."""
-    from swattn.kernels import fwd
-    monkeypatch.setattr(fwd, "FP8_Q_IN_LOOP", True)
-    k_cache, v_cache = e4m3(6, 16, HK, D), e4m3(6, 16, HK, D)
-    table = torch.randperm(6).view(2, 3).to(torch.int32)
-    magnitudes = torch.tensor([1e-30, 1e-4, 1.0, 3.0, 300.0, 7e4, 1e6, 1e-8])
-    q = (torch.randn(2, 1, H, D) * magnitudes[None, None, :, None]).to(torch.bfloat16)
-    q[1, 0, 3, 5] = float("inf")
-    lens, kd, vd, sinks = i32(20, 45), descale(2), descale(2), torch.randn(H)
-    fwd._PLANS.clear()
-    with forced_config(FwdConfig(16, 16, 4, 2, single_loop=True)):
-        out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table,
-                                                  k_descale=kd, v_descale=vd, window_size=(40, 0), sinks=sinks,
-                                                  pack_gqa=True, return_softmax_lse=True)
-    assert any(plan.main.constexprs["Q_IN_LOOP"] for plan in fwd._PLANS.values())
-    ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, page_table=table, k_descale=kd,
-                                             v_descale=vd, window_size=(40, 0), sinks=sinks)
-    assert torch.equal(out.isnan(), ref_out.isnan()) and out.isnan().sum() == D
-    assert_close("out", out.nan_to_num(), ref_out.nan_to_num(), tolerance_for(torch.bfloat16))
-    finite = torch.isfinite(ref_lse)
-    assert_close("lse", lse[finite], ref_lse[finite], LSE_TOL)
-
-
-@pytest.mark.parametrize("paged,num_splits,all_fp8", [
-    pytest.param(True, 2, False, id="paged-2splits"),
-    pytest.param(False, 1, True, id="contiguous-all-fp8"),
-])
-def test_register_prefetch_of_the_interior_loop(monkeypatch, paged, num_splits, all_fp8):
-    """``fwd.FP8_PREFETCH_KV``: the interior loop double-buffers its e4m3 K/V tiles in registers (page ids two
-    blocks ahead): the same attention as the reference over splits whose interior loops hold 0 to 5 blocks, pages in
-    random order, sinks."""
-    from swattn.kernels import fwd
-    monkeypatch.setattr(fwd, "FP8_PREFETCH_KV", True)
-    batch = 3
-    if paged:
-        k_cache, v_cache = e4m3(batch * 8, 16, HK, D), e4m3(batch * 8, 16, HK, D)
-        cache = dict(page_table=torch.randperm(batch * 8).view(batch, 8).to(torch.int32))
-    else:
-        k_cache, v_cache = e4m3(batch, 128, HK, D), e4m3(batch, 128, HK, D)
-        cache = {}
-    lens = i32(128, 37, 100)
-    q = e4m3(batch, 1, H, D) if all_fp8 else torch.randn(batch, 1, H, D, dtype=torch.bfloat16)
-    descales = dict(k_descale=descale(batch), v_descale=descale(batch), q_descale=descale(batch) if all_fp8 else None)
-    sinks = torch.randn(H)
-    fwd._PLANS.clear()
-    # The split loop (the prefetch's): on a GPU these few keys would take the single loop of short splits.
-    with forced_config(FwdConfig(16, 16, 2, 1)):
-        out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, causal=True, sinks=sinks,
-                                                  num_splits=num_splits, pack_gqa=True, return_softmax_lse=True,
-                                                  **descales, **cache)
-    assert any(plan.prefetch_kv for plan in fwd._PLANS.values())
-    ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, causal=True, sinks=sinks, **descales,
-                                             **cache)
-    assert_close("out", out, ref_out, tolerance_for(torch.bfloat16))
-    assert_close("lse", lse, ref_lse, LSE_TOL)
-
-
 def test_prefill_varlen_fp8_kv_bf16():
     """flash_attn_varlen_func: bf16 queries over e4m3 k/v, causal, descales per sequence and KV head."""
     cu_q, cu_k = i32(0, 7, 20), i32(0, 11, 24)
