@@ -121,6 +121,7 @@ def test_fp8_decode_tiles_take_their_own_stages(monkeypatch):
     monkeypatch.setattr(configs, "FP8_PAGED_SPLIT_STAGES", {16: 5})
     monkeypatch.setattr(configs, "FP8_SINGLE_LOOP_STAGES", 2)
     monkeypatch.setattr(configs, "FP8_DECODE_MAXNREG", 168)
+    monkeypatch.setattr(configs, "FP8_PAGED_SPLIT_BLOCKS", {})
     fp8 = FwdConfig(16, 64, 2, 5, maxnreg=168)
     assert forward_config(64, 8, True, None, 2, 2731, 6, paged=True, fp8_kv=True) == fp8
     assert forward_config(64, 8, True, None, 1, 2731, 6, paged=True, fp8_kv=True) == fp8
@@ -136,7 +137,6 @@ def test_fp8_decode_tiles_take_their_own_stages(monkeypatch):
     assert configs.split_programs_per_sm(8, False, paged=True, fp8=True) == 4
     assert configs.split_programs_per_sm(8, False, paged=True) == configs.split_programs_per_sm(8, False, True, False)
     assert configs.split_programs_per_sm(8, True, paged=True, fp8=True) == configs.SHORT_SPLIT_PROGRAMS_PER_SM[16]
-    monkeypatch.setattr(configs, "FP8_PAGED_SPLIT_BLOCKS", {})
     window = FwdConfig(16, 128, 4, 2, single_loop=True)
     assert forward_config(64, 8, True, 128, 2, 128, 1, paged=True, fp8_kv=True) == window
     assert forward_config(64, 8, True, 128, 2, 128, 1, paged=True) == replace(window, num_stages=1)
