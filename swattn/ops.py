@@ -42,8 +42,14 @@ FUSED_APPEND: bool | None = (None if os.environ.get("SWATTN_FUSED_APPEND", "") =
 # 1.07 / 1.04 on 16- / 64-token pages; window verify k=4 B=16 page 16: 0.88. Full-attention decode stays on the
 # launch: the fused kernel lost 8-11% at B=16 1K (pages 16, 64) and 26-32% at 16K (B=4, B=16: split-KV grids),
 # and won only at B=16 1K on 1-token pages (0.92) and B=1 128K (0.97), one context each; full verify lost (1.08).
+# Those losses were the fused kernel's registers (its new tokens copied in 64-row chunks: 196 against 162, a program
+# per SM less, the split grid in two waves); copied in the tile's rows (session 5) it won on the model step's full
+# layer (H200, 22:54 UTC, scripts/gpu_probe.py fused_append_splits, B=16 8K page 16: 72.6 us against 74.2 with the
+# append launch) and in the 36-layer step (fused in every layer 1406.3 us against 1418.2 with the launch in the full
+# ones): full decode on 16-token pages up to B=16 takes it; other full cases are not measured since.
 FUSED_APPEND_DEFAULTS: dict[tuple[str, str, int], int] = {
     ("decode", "window", 1): 64, ("decode", "window", 16): 16, ("decode", "window", 64): 16,
+    ("decode", "full", 16): 16,
     ("verify", "window", 16): 16,
 }
 

@@ -87,7 +87,10 @@ VERIFY_BLOCKS: dict[int, tuple[int, int]] = {16: (256, 8), 32: (256, 8)}
 # (64, 128, 4, 1) and the redo launch; decode 5.45 | 4.19, FA3 12.5-12.8 | 11.7-11.8. 4 warps at k = 4: 8.70.
 # Compiled for sm_90 (Triton 3.6), main launch: k = 4 (32, 128, 8, 1, head 16) 158 registers, 1944 SASS
 # instructions against (32, 256, 8, 1) 229, 2768.
-VERIFY_HEAD_BLOCKS: dict[int, int] = {16: 8, 32: 8, 64: 8}
+# H200 (scripts/gpu_probe.py verify_window PROBE_SET=s5, 22:54 UTC call, with fwd.GUARD_CHECKS_OUTPUT): k = 8 on 4
+# warps 6.98 | 5.76 against 8.19 | 7.10 on 8 (the 64-row tile is one warpgroup's wgmma on 4 warps; on 8 the rows'
+# max and sum cross two warpgroups); k = 4 on 4 warps 7.37 | 5.76 against 7.31 | 5.79 on 8 (kept).
+VERIFY_HEAD_BLOCKS: dict[int, int] = {16: 8, 32: 8, 64: 4}
 
 # Resident programs per SM of a split-KV decode launch, by PackGQA tile height (query positions x G heads, rounded
 # up to a power of two; speculative verify of k tokens at G = 8: 16 rows for k <= 2, 32 for 4, 64 for 8): the

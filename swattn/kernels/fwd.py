@@ -110,8 +110,10 @@ GUARD_BRANCH = True
 # reduction of the [rows x head_dim] result to a scalar per block instead of one per V tile (the head-block step
 # has two), after the product rather than beside it. H200 (scripts/gpu_probe.py verify_ablate, s5-call3, main
 # 47c77a4), W(127,0) B=16 1K page 16, us cold: the branched guard cost 0.76 / 0.83 / 0.57 us over no isolation at
-# k = 2 / 4 / 8 (6.81 / 7.67 / 8.28 against 6.05 / 6.84 / 7.71; decode 5.43). Off until timed.
-GUARD_CHECKS_OUTPUT = os.environ.get("SWATTN_GUARD_CHECKS_OUTPUT", "0") not in ("", "0")
+# k = 2 / 4 / 8 (6.81 / 7.67 / 8.28 against 6.05 / 6.84 / 7.71; decode 5.43). With the check on the result (22:54
+# UTC call, verify_window PROBE_SET=s5): 6.31 / 7.31 / 8.19 us cold against 6.76 / 7.82 / 8.32 with the branch on V
+# (no isolation 6.12 / 6.81 / 7.62; decode 5.41). SWATTN_GUARD_CHECKS_OUTPUT=0: the branch on V's values.
+GUARD_CHECKS_OUTPUT = os.environ.get("SWATTN_GUARD_CHECKS_OUTPUT", "1") not in ("", "0")
 
 
 # The fused append (APPEND_NEW) on the single masked loop (window decode and verify, short splits): each program

@@ -170,7 +170,7 @@ def test_verify_head_blocks_take_128_plus_16_keys_before_the_verify_blocks(monke
     """configs.VERIFY_HEAD_BLOCKS: a verify tile of 129-144 keys (k = 2-17 at window (127, 0)) in a one-wave grid
     takes one 128-key block and a 16-key head block, before VERIFY_BLOCKS; decode, wider spans and larger grids do
     not."""
-    assert configs.VERIFY_HEAD_BLOCKS == {16: 8, 32: 8, 64: 8}  # H200, 2026-12-03 18:25 UTC call
+    assert configs.VERIFY_HEAD_BLOCKS == {16: 8, 32: 8, 64: 4}  # H200, 2026-12-03 18:25 and 22:54 UTC calls
     monkeypatch.setattr(configs, "VERIFY_HEAD_BLOCKS", {32: 8, 64: 8})
     one_wave = 128 / 132
     head = lambda rows: FwdConfig(rows, 128, 8, 1, single_loop=True, head_block=16)  # noqa: E731
