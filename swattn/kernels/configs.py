@@ -127,11 +127,16 @@ SPLIT_PROGRAMS_PER_SM_5_STAGES = {16: 6, 32: 3, 64: 3}
 # programs per SM (as bf16's 3 stages; shared 21 / 29 KB). Under the register cap below, fewer stages won: H200
 # (s4-call3, main 15a8cfe, scripts/gpu_fp8_decode.py full, fp8-kv B=16 16K page 16, bf16 134.7 us) (16, 64, 2, 3)
 # 106.0 us, (.., 5) 109.6, (.., 7) 114.6.
-FP8_PAGED_SPLIT_STAGES: dict[int, int] = {16: 3}
+FP8_PAGED_SPLIT_STAGES: dict[int, int] = {16: 2}
 # (block_n, num_warps, register cap, programs per SM) of that loop per tile height where it differs from bf16's
 # (block_n, num_warps) and ``FP8_DECODE_MAXNREG``; the programs per SM set the automatic split count
-# (``split_programs_per_sm`` with ``fp8``). Empty: bf16's block shape (6 two-warp programs per SM).
-FP8_PAGED_SPLIT_BLOCKS: dict[int, tuple[int, int, int | None, int]] = {}
+# (``split_programs_per_sm`` with ``fp8``). Empty: bf16's block shape (6 two-warp programs per SM). 128-key e4m3
+# blocks (16 KB of K and V per block, a bf16 64-key block's bytes) in 4-warp programs capped at 128 registers, 4 per
+# SM: H200 (scripts/gpu_fp8_decode.py, one wave of splits), B=16 16K page 16, fp8-kv: at 2 stages 101.81 us against
+# 105.74 for (64, 2, 3) capped at 168 at 6 per SM (s5-call4, 22:54 UTC); at 3 stages 104.14 / 104.47 against
+# 105.74 / 106.14 (s5-call4, s5-call2), B=4 16K 32.06 / 32.24 against 33.28 / 33.60. Compiled (Triton 3.6, sm_90):
+# (16, 128, 4, 2) capped at 128: 128 registers, no spill, 22.5 KB shared, 4 programs per SM.
+FP8_PAGED_SPLIT_BLOCKS: dict[int, tuple[int, int, int | None, int]] = {16: (128, 4, 128, 4)}
 # Register cap of that loop: with unsigned page arithmetic (``fwd._cache_token_offsets``) it takes 178 registers
 # (5 programs per SM) uncapped; capped at 168 it compiles to 151 without spills (Triton 3.6, sm_90; all-fp8 156).
 FP8_DECODE_MAXNREG: int | None = 168
