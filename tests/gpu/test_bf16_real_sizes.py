@@ -415,7 +415,7 @@ def test_direct_launches_give_the_same_bits(monkeypatch):
     misaligned q (another specialization) gets its own plan and the same result."""
     from swattn.kernels import _launch, fwd, gluon_fwd
 
-    # The Triton kernels' direct launch is under test (the Gluon kernel's is tests/gpu/test_gluon_launch.py's): its
+    # The Triton kernels' direct launch is under test (the Gluon kernel's is tests/gpu/test_gluon_launch_bf16.py's): its
     # prefill, aligned or not, stays on them.
     monkeypatch.setattr(gluon_fwd, "GLUON_MODE", "0")
     batch, heads, kv_heads, head_dim, page_size = 16, 64, 8, 64, 16

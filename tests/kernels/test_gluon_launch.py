@@ -4,8 +4,8 @@ swattn/kernels/_launch.py's ``Launch`` with ``Descriptor`` arguments), checked w
 
 A signature's first call plans and goes through ``kernel[grid](...)`` with tensor descriptors built by their
 constructor; later calls hand the compiled launcher copies of those descriptors with the call's tensors as bases and
-the other tensors as device pointers, and run no config choice. tests/gpu/test_gluon_launch.py checks on an H100/H200
-that both launches give the same bits.
+the other tensors as device pointers, and run no config choice. tests/gpu/test_gluon_launch_bf16.py checks on an
+H100/H200 that both launches give the same bits.
 """
 
 from __future__ import annotations
