@@ -267,22 +267,17 @@ def _load_block(k_base, v_base, offs_n, offs_d, load_mask, batch_kv, page_table_
         # Each row's pointer is its cached key's or, from ``first_new`` on, its new token's in k / v: one load
         # per tile as without the append, no copy to wait for. The new rows then go into the cache from the
         # loaded tile (no program reads them from there in this launch).
-        fresh = load_mask & (offs_n >= first_new)
-        k_offsets = _cache_token_offsets(offs_n, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
-                                         page_size, IS_PAGED)
-        v_offsets = _cache_token_offsets(offs_n, load_mask, batch_kv, page_table_row, stride_vb, stride_vs,
-                                         page_size, IS_PAGED)
-        new_rows = new_source + (offs_n - first_new).to(tl.int64) * stride_ns
-        k_rows = tl.where(fresh, K_NEW + new_rows, k_base + k_offsets)
-        v_rows = tl.where(fresh, V_NEW + new_rows, v_base + v_offsets)
+        k_rows, v_rows, k_cache, v_cache, fresh = _block_rows(
+            k_base, v_base, offs_n, load_mask, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+            page_size, IS_PAGED, key_shift, False, K_NEW, V_NEW, new_source, first_new, stride_ns, True, False)
         if MASK_D:
             d_mask = offs_d[None, :] < HEAD_DIM
         else:
             d_mask = offs_d[None, :] >= 0
         v = tl.load(v_rows[:, None] + offs_d[None, :], mask=load_mask[:, None] & d_mask, other=0.0)
         k = tl.load(k_rows[:, None] + offs_d[None, :], mask=load_mask[:, None] & d_mask, other=0.0)
-        tl.store(v_base + v_offsets[:, None] + offs_d[None, :], v, mask=fresh[:, None] & d_mask)
-        tl.store(k_base + k_offsets[:, None] + offs_d[None, :], k, mask=fresh[:, None] & d_mask)
+        tl.store(v_cache[:, None] + offs_d[None, :], v, mask=fresh[:, None] & d_mask)
+        tl.store(k_cache[:, None] + offs_d[None, :], k, mask=fresh[:, None] & d_mask)
     else:
         # V before K: Triton converts the K tile's layout (a trip through shared memory that waits for its
         # data) right after K's load, so loads issued after K wait for K. Single-stage decode (one block per
@@ -298,19 +293,12 @@ def _load_block(k_base, v_base, offs_n, offs_d, load_mask, batch_kv, page_table_
 @triton.jit
 def _token_offsets(offs_n, mask, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size,
                    IS_PAGED: tl.constexpr, UNSIGNED_KEYS: tl.constexpr):
-    """``_cache_token_offsets`` of tokens ``offs_n`` in K and in V from one page-table read."""
-    if IS_PAGED:
-        if UNSIGNED_KEYS:
-            keys = offs_n.to(tl.uint32)
-            page = tl.load(page_table_row + keys // page_size, mask=mask, other=0).to(tl.uint32).to(tl.int64)
-            slot = (keys % page_size).to(tl.int64)
-        else:
-            page = tl.load(page_table_row + offs_n // page_size, mask=mask, other=0).to(tl.int64)
-            slot = (offs_n % page_size).to(tl.int64)
-        return page * stride_kb + slot * stride_ks, page * stride_vb + slot * stride_vs
-    else:
-        keys = offs_n.to(tl.int64)
-        return batch_kv * stride_kb + keys * stride_ks, batch_kv * stride_vb + keys * stride_vs
+    """``_cache_token_offsets`` of tokens ``offs_n`` in K and in V (the two page-table reads are the same load:
+    the compiler keeps one)."""
+    return (_cache_token_offsets(offs_n, mask, batch_kv, page_table_row, stride_kb, stride_ks, page_size, IS_PAGED,
+                                 UNSIGNED_KEYS),
+            _cache_token_offsets(offs_n, mask, batch_kv, page_table_row, stride_vb, stride_vs, page_size, IS_PAGED,
+                                 UNSIGNED_KEYS))
 
 
 @triton.jit
