@@ -875,6 +875,31 @@ def append_fold() -> None:
         torch.cuda.empty_cache()
 
 
+def _time_verify_variants(variants, ref, k: int, input_sets: int) -> dict[str, list[str] | None]:
+    """``time_window_verify`` over ``(label, inputs, forced config or None, fwd settings)`` variants, ROUNDS
+    interleaved rounds; each variant's fwd module settings are set around its call and restored; a variant that
+    fails is reported once and skipped after (its entry None)."""
+    from swattn.kernels import fwd
+    times: dict[str, list[str] | None] = {}
+    for _ in range(ROUNDS):
+        for label, inputs, config, settings in variants:
+            if label in times and times[label] is None:
+                continue
+            previous = {name: getattr(fwd, name) for name in settings}
+            for name, value in settings.items():
+                setattr(fwd, name, value)
+            try:
+                with forced_config(config) if config else _nothing():
+                    time_window_verify(inputs, ref, k, label, times, input_sets)
+            except Exception as exc:  # report and go on
+                print(f"  k={k} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+                times[label] = None
+            finally:
+                for name, value in previous.items():
+                    setattr(fwd, name, value)
+    return times
+
+
 def _probe_ks(ks: tuple[int, ...]) -> tuple[int, ...]:
     """``ks``, or those of them listed in PROBE_KS (comma-separated; to compile sections' parts in parallel)."""
     chosen = os.environ.get("PROBE_KS", "")
@@ -937,30 +962,14 @@ def verify_window() -> None:
     warps on the 256-key block, two 16-row tiles per KV head (256 programs), and for k = 8 the guarded one pass at
     64 rows (no redo launch)."""
     from swattn.bench import peers
-    from swattn.kernels import fwd
     input_sets = 48
     print("\n## verify W(127,0) B=16 1K page 16 (fused append): us/call, cold (48 sets) | warm (1 set); k=1 is decode",
           flush=True)
     for k in _probe_ks((1, 2, 4, 8)):
         sets, without_append = _verify_sets(k, input_sets)
         ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
-        times: dict[str, list[str] | None] = {}
-        for _ in range(ROUNDS):
-            for label, config, settings in _window_variants(k):
-                if label in times and times[label] is None:
-                    continue
-                previous = {name: getattr(fwd, name) for name in settings}
-                for name, value in settings.items():
-                    setattr(fwd, name, value)
-                try:
-                    with forced_config(config) if config else _nothing():
-                        time_window_verify(sets, ref, k, label, times, input_sets)
-                except Exception as exc:  # report and go on
-                    print(f"  k={k} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
-                    times[label] = None
-                finally:
-                    for name, value in previous.items():
-                        setattr(fwd, name, value)
+        times = _time_verify_variants([(label, sets, config, settings)
+                                       for label, config, settings in _window_variants(k)], ref, k, input_sets)
         try:
             runs = [peers.fa3(one["q"], one["k_cache"], one["v_cache"], 127, one["sinks"], one["page_table"],
                               one["cache_seqlens"]) for one in without_append]
@@ -1056,7 +1065,6 @@ def verify_ablate() -> None:
     input sets | one warm set): each of k = 1, 2, 4, 8 shipped (the fused append), without the append (the tokens
     already in the cache), without the non-finite isolation, without both; the head-block tile with 4 warps
     (k = 4, 8), decode's tile with 8 warps (k = 1)."""
-    from swattn.kernels import fwd
     input_sets = 48
     print("\n## verify ablation W(127,0) B=16 1K page 16: us/call, cold (48 sets) | warm (1 set); k=1 is decode",
           flush=True)
@@ -1073,23 +1081,7 @@ def verify_ablate() -> None:
             head4 = FwdConfig(rows, 128, 4, 1, single_loop=True, head_block=16)
             variants += [("head block, 4 warps, no isolation", sets, head4, dict(ISOLATE_NON_FINITE=False)),
                          ("head block, 4 warps", sets, head4, dict(GUARD_ONE_PASS_MAX_ROWS=64))]
-        times: dict[str, list[str] | None] = {}
-        for _ in range(ROUNDS):
-            for label, inputs, config, settings in variants:
-                if label in times and times[label] is None:
-                    continue
-                previous = {name: getattr(fwd, name) for name in settings}
-                for name, value in settings.items():
-                    setattr(fwd, name, value)
-                try:
-                    with forced_config(config) if config else _nothing():
-                        time_window_verify(inputs, ref, k, label, times, input_sets)
-                except Exception as exc:  # report and go on
-                    print(f"  k={k} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
-                    times[label] = None
-                finally:
-                    for name, value in previous.items():
-                        setattr(fwd, name, value)
+        times = _time_verify_variants(variants, ref, k, input_sets)
         for label, values in times.items():
             if values:
                 print(f"  k={k} {label}: {' / '.join(values)} us", flush=True)
