@@ -36,6 +36,8 @@ Sections (argv; all by default):
   verify_full_tiles  full-attention verify B=16 8K (k = 4, 8): tiles cut to decode's 16 rows, 5 stages, FA3 beside;
   verify_ablate  window-(127, 0) verify (k = 1, 2, 4, 8) without the append, the isolation, both, 4 warps;
   fused_append_splits  the model step's full layer (B=16 8K decode) with the fused append at fewer splits;
+  serving_s6  session 6: W(127,0) decode + append and verify k = 2, 4, 8 with the L2 preload before the PDL wait
+            (fwd.PRELOAD_L2) and k = 4 in a 64-row tile, FA3 beside; full decode B=4 16K with the preload;
   verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0) against decode: no append, the
             fused append, without the non-finite redo launch, one 256-key block for the 127 + k keys, two stages.
 Run: ``python scripts/gpu_probe.py [sections]``; ``PROBE_WARM=1`` runs every variant once without timing (compiles
@@ -1151,6 +1153,78 @@ def fused_append_splits() -> None:
     us = graph_us(fn, 10, rep=100)
     print(f"  full decode B=4 16K page 16: {us:.1f} us ({100 * copy_us / us:.0f}% of copy: {nbytes / 1e6:.0f} MB "
           f"read + written in {copy_us:.1f} us)", flush=True)
+
+
+def serving_s6() -> None:
+    """Session 6 (issue 21): the serving step's three open targets, graph-replayed (cold: a graph over 48 input sets,
+    each call's K/V, page table and lengths read from DRAM; warm: one set replayed), us per call.
+    W(127,0) decode + append (B=16, 1K, page 16; target 4.5 us) and verify k = 2, 4, 8 (target 1.3x decode):
+    ``shipped``, ``preload 1`` / ``preload 2`` (fwd.PRELOAD_L2: L2 prefetches of the query rows, the length and
+    the page-table entries (1), and the K/V rows and new tokens (2), issued before the wait for the previous kernel,
+    which a back-to-back call overlaps with the previous call), ``no append`` (the attention alone), and for k = 4
+    ``64-row tile`` (configs.VERIFY_PADDED_ROWS {32: 64}: k = 8's tile, 4 warps) with and without preload 2; FA3
+    beside (no append). Then full decode B=4 16K (target 88% of copy; one input set, 134 MB, 20 calls per graph):
+    shipped against preload 1 / 2."""
+    from swattn.bench import peers
+    from swattn.kernels import configs
+    input_sets = 48
+    print("\n## s6 W(127,0) B=16 1K page 16, fused append: us/call cold (48 sets) | warm (1 set); k=1 is decode",
+          flush=True)
+    padded = FwdConfig(64, 128, configs.VERIFY_HEAD_BLOCKS.get(64, 4), 1, single_loop=True, head_block=16)
+    for k in _probe_ks((1, 2, 4, 8)):
+        sets, without_append = _verify_sets(k, input_sets)
+        ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
+        variants = [("shipped", sets, None, {}), ("preload 1", sets, None, dict(PRELOAD_L2=1)),
+                    ("preload 2", sets, None, dict(PRELOAD_L2=2)), ("no append", without_append, None, {}),
+                    ("no append, preload 2", without_append, None, dict(PRELOAD_L2=2))]
+        if k == 4:  # (32, 128+16, 8 warps) is one program per SM (Triton 3.6: 203-209 registers x 256 threads),
+            # so the next call's programs cannot sit beside it before the wait; the 4-warp tiles are two per SM.
+            four = FwdConfig(32, 128, 4, 1, single_loop=True, head_block=16)
+            variants += [("64-row tile", sets, padded, {}),
+                         ("64-row tile, preload 2", sets, padded, dict(PRELOAD_L2=2)),
+                         ("32 rows, 4 warps, preload 2", sets, four, dict(PRELOAD_L2=2))]
+        times = _time_verify_variants(variants, ref, k, input_sets)
+        try:
+            runs = [peers.fa3(one["q"], one["k_cache"], one["v_cache"], 127, one["sinks"], one["page_table"],
+                              one["cache_seqlens"]) for one in without_append]
+
+            def fa3_all(runs=runs):
+                for run in runs:
+                    run()
+            fa3_all()
+            cold = graph_us(fa3_all, 1, rep=100) / input_sets
+            times["FA3 (no append)"] = [f"{cold:.2f} | {graph_us(runs[0], 20, rep=100):.2f}"]
+        except Exception as exc:  # FA3 missing: say so
+            print(f"  k={k} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+        for label, values in times.items():
+            if values:
+                print(f"  k={k} {label}: {' / '.join(values)} us", flush=True)
+        sets.clear()
+        without_append.clear()
+        torch.cuda.empty_cache()
+    if os.environ.get("PROBE_S6_FULL", "1") in ("", "0"):
+        return
+    from swattn.kernels import fwd
+    batch, context = 4, 16384
+    kv_bytes = batch * context * 8 * 64 * 2 * 2
+    copy = torch.empty(kv_bytes, device=DEVICE, dtype=torch.uint8)
+    copy_us = graph_us(functools.partial(copy[: kv_bytes // 2].copy_, copy[kv_bytes // 2:]), 20)
+    copy = None
+    inputs = full_decode_inputs(batch, context)
+    call = functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True)
+    ref = call().float()
+    for label, preload in (("shipped", 0), ("preload 1", 1), ("preload 2", 2)):
+        previous = fwd.PRELOAD_L2
+        fwd.PRELOAD_L2 = preload
+        try:
+            err = ((call().float() - ref).norm() / ref.norm()).item()
+            us = graph_us(call, 20)
+            print(f"  full decode B=4 16K page 16 {label}: {us:.1f} us ({100 * copy_us / us:.0f}% of copy "
+                  f"{copy_us:.1f} us; rel diff {err:.0e})", flush=True)
+        except Exception as exc:  # report and go on
+            print(f"  full decode B=4 16K {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+        finally:
+            fwd.PRELOAD_L2 = previous
 
 
 def _nothing():

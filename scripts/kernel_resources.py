@@ -190,10 +190,13 @@ def compile_backward(config: BwdConfig, q, k, v, **backward_kwargs) -> list[tupl
     return [(name, launches[name][1]["num_stages"], _compile(kernels[name], *launches[name])) for name in kernels]
 
 
-def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, **forward_kwargs) -> list[Resources]:
+def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, fwd_settings: dict | None = None,
+                     **forward_kwargs) -> list[Resources]:
     """Compile every launch ``attention_forward`` makes for these inputs under ``config`` (``pdl``: with
-    programmatic dependent launch, the default on Hopper; False as with ``SWATTN_PDL=0``)."""
+    programmatic dependent launch, the default on Hopper; False as with ``SWATTN_PDL=0``; ``fwd_settings``: module
+    settings of swattn.kernels.fwd to set around the capture, e.g. ``{"PRELOAD_L2": 2}``)."""
     kernel, launches = fwd._swa_fwd_kernel, []
+    previous = {name: getattr(fwd, name) for name in (fwd_settings or {})}
 
     class Capture:
         def __getitem__(self, grid):
@@ -206,12 +209,16 @@ def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, **forward_kwa
     fwd.tma_compatible = lambda *tensors: True  # as for aligned CUDA tensors on Hopper (CPU tensors never are)
     fwd.pdl_enabled = lambda device: pdl
     fwd._widens_pairs = lambda device: fwd.WIDEN_E4M3_PAIRS  # as on sm_89+
+    for name, value in (fwd_settings or {}).items():
+        setattr(fwd, name, value)
     try:
         with forced_config(config):
             fwd.attention_forward(q, k, v, softmax_scale=q.shape[-1] ** -0.5, **forward_kwargs)
     finally:
         fwd._swa_fwd_kernel = kernel
         fwd.combine_launch, fwd.tma_compatible, fwd.pdl_enabled, fwd._widens_pairs = saved
+        for name, value in previous.items():
+            setattr(fwd, name, value)
         clear_plans()
     return [_compile(kernel, args, kwargs) for args, kwargs in launches]
 
@@ -253,6 +260,10 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         ("decode W(127,0) paged, fused append (the default for window decode: ops.FUSED_APPEND_DEFAULTS)",
          _bf16_forward_config(64, 8, True, 128), decode,
          dict(left=127, right=0, pack_gqa=True, new_k=new_token, new_v=torch.randn_like(new_token))),
+        ("experimental: decode W(127,0) paged, fused append, L2 preload before the PDL wait (fwd.PRELOAD_L2=2)",
+         _bf16_forward_config(64, 8, True, 128), decode,
+         dict(left=127, right=0, pack_gqa=True, new_k=new_token, new_v=torch.randn_like(new_token),
+              fwd_settings={"PRELOAD_L2": 2})),
         # fp8 (e4m3): bf16 queries over an fp8 cache (FP8_KV), and q/K/V all fp8 (FP8_QKV: e4m3 tl.dot). Decode
         # launches only, which compile in seconds (the all-fp8 D128 prefill, two launches, took longer than CI
         # affords; it compiled with Triton 3.6 and 3.9, docs/notes/2026-12-03-fp8-kv-cache.md).

@@ -91,6 +91,12 @@ VERIFY_BLOCKS: dict[int, tuple[int, int]] = {16: (256, 8), 32: (256, 8)}
 # warps 6.98 | 5.76 against 8.19 | 7.10 on 8 (the 64-row tile is one warpgroup's wgmma on 4 warps; on 8 the rows'
 # max and sum cross two warpgroups); k = 4 on 4 warps 7.37 | 5.76 against 7.31 | 5.79 on 8 (kept).
 VERIFY_HEAD_BLOCKS: dict[int, int] = {16: 8, 32: 8, 64: 4}
+# Experimental (empty until timed: scripts/gpu_probe.py serving_s6): per tile height, a taller tile for the
+# head-block verify config (its rows past the k x G real ones are masked, as a decode tile's 8 of 16). The k = 8
+# tile (64 rows, 4 warps: one warpgroup's wgmma) took 6.98 us cold where k = 4's 32 rows on 8 warps (mma.sync, the
+# rows' max and sum across warps) took 7.31 (H200, s5-call4): {32: 64} runs k = 4 as k = 8's tile; the tile's warps
+# are then VERIFY_HEAD_BLOCKS[64]'s.
+VERIFY_PADDED_ROWS: dict[int, int] = {}
 
 # Resident programs per SM of a split-KV decode launch, by PackGQA tile height (query positions x G heads, rounded
 # up to a power of two; speculative verify of k tokens at G = 8: 16 rows for k <= 2, 32 for 4, 64 for 8): the
@@ -261,10 +267,11 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
         # Splits of at most two 128-key blocks (short full-attention contexts) take the same one-stage loop, H200
         # (gpu_splits.py): 1K B=4 8 splits 8.3 us vs 10.6 with (16, 64, 2, 3); 4K B=4 16 splits 16.9 vs 17.2.
         block_m = max(16, next_power_of_2(rows_per_tile))
-        head_warps = VERIFY_HEAD_BLOCKS.get(block_m) if head_blocks else None
+        head_m = VERIFY_PADDED_ROWS.get(block_m, block_m)
+        head_warps = VERIFY_HEAD_BLOCKS.get(head_m) if head_blocks else None
         if (small_window and head_warps is not None and keys_per_split is not None and head_dim_padded <= 128
                 and 128 < keys_per_split <= 128 + 16 and programs_per_sm is not None and programs_per_sm <= 1):
-            return FwdConfig(block_m, 128, head_warps, 1, single_loop=True, head_block=16)
+            return FwdConfig(head_m, 128, head_warps, 1, single_loop=True, head_block=16)
         verify = VERIFY_BLOCKS.get(block_m)
         if (small_window and verify is not None and keys_per_split is not None and head_dim_padded <= 128
                 and 128 < keys_per_split <= verify[0] and programs_per_sm is not None and programs_per_sm <= 1):

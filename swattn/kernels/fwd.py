@@ -133,6 +133,22 @@ APPEND_READS_INPUT = os.environ.get("SWATTN_APPEND_READS_INPUT", "1") not in (""
 # tile (``_attend_tile``), so the loop's page-table read after the query's round trip hits L2.
 PREFETCH_PAGE_TABLE = os.environ.get("SWATTN_PREFETCH_PAGE_TABLE", "0") not in ("", "0")
 
+# Experimental (off until timed on the GPU: scripts/gpu_probe.py serving_s6): with programmatic dependent launch, a
+# program is resident before the previous kernel in the stream has finished (that kernel lets the next one launch
+# once its programs have passed their own wait) and spends that time at its own wait. PRELOAD_L2 uses it to warm
+# L2 with what the program will read, before the wait: the decode step's dependent chain (sequence length -> page
+# table -> K/V) then runs on L2 hits after the wait instead of three DRAM round trips. Only prefetches: values read
+# before the wait (the length, the page-table entries, with volatile loads) choose which lines to prefetch and are
+# then dropped; every value the kernel uses is loaded again after the wait, so a stale value before it costs a
+# useless prefetch, never a wrong result (L2 is the device's point of coherence: a line prefetched early holds
+# whatever the previous kernel writes into it). 1: the query rows, the length and the page-table entries of the
+# loop's first block (one round trip before the wait); 2: also that block's K and V rows and the new tokens (two
+# round trips before the wait). The gain needs the previous kernel to let this one launch early (swattn's kernels
+# do; in a model step the kernel before an attention call is usually a GEMM); without that, 2 can add its round
+# trips in front of the wait. Paged caches with per-sequence lengths (the serving step: decode and verify, window
+# and split-KV), PackGQA, fp16 / bf16, no cache_batch_idx / cache_leftpad / varlen / chunk.
+PRELOAD_L2 = int(os.environ.get("SWATTN_PRELOAD_L2", "0") or 0)
+
 # Experimental (off: measured slower): e4m3 tiles widened in pairs before their layout change (``_widen_e4m3``).
 # Fewer instructions (full decode loop 523 -> 460 per block and warp, window kernel 1304 -> 1240 with it, Triton
 # 3.6), but H200 (s4-call2, 18:25 UTC): full decode B=16 16K 124.3 us vs 115.0 with the plain ``.to``, window
@@ -784,6 +800,73 @@ def _finish_tile(
 
 
 @triton.jit
+def _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride_qb, stride_qs, stride_qh,
+                     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_page_table, stride_nb,
+                     stride_ns, stride_nh, seqlen_q, num_heads, queries_per_kv_head, page_size, left, right, tile,
+                     batch_head, split, num_splits, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                     HAS_SINKS: tl.constexpr, SINGLE_LOOP: tl.constexpr, APPEND_NEW: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                     PRELOAD: tl.constexpr):
+    """L2 prefetches of what tile ``tile`` of ``batch_head`` (a PackGQA tile of a paged, fixed-length-q call with
+    per-sequence lengths) reads first, issued before the wait for the previous kernel (``PRELOAD_L2``): values
+    loaded here only choose lines to prefetch."""
+    batch = batch_head // (num_heads // queries_per_kv_head)
+    kv_head = batch_head % (num_heads // queries_per_kv_head)
+    batch64 = batch.to(tl.int64)
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    num_rows = seqlen_q * queries_per_kv_head
+    row_valid = offs_m < num_rows
+    row_pos = offs_m // queries_per_kv_head
+    row_head = kv_head * queries_per_kv_head + offs_m % queries_per_kv_head
+    # The query rows (one line per 128 bytes of a row) and the sinks: independent of anything loaded.
+    ROW_BYTES: tl.constexpr = HEAD_DIM * Q.dtype.element_ty.primitive_bitwidth // 8
+    LINES: tl.constexpr = (ROW_BYTES + 127) // 128
+    offs_line = tl.arange(0, LINES) * (128 * 8 // Q.dtype.element_ty.primitive_bitwidth)
+    q_rows = Q + batch64 * stride_qb + row_pos.to(tl.int64) * stride_qs + row_head.to(tl.int64) * stride_qh
+    _prefetch_l2(tl.where(row_valid[:, None], q_rows[:, None] + offs_line[None, :], Q))
+    if HAS_SINKS:
+        _prefetch_l2(SINKS + kv_head * queries_per_kv_head)
+    # The loop's first keys: the length (volatile: never reused after the wait), then the page-table entries.
+    seqlen_k = tl.load(SEQLENS_K + batch, volatile=True)
+    if APPEND_NEW:
+        seqlen_k = seqlen_k + seqlen_q
+    first_pos = (tile * BLOCK_M) // queries_per_kv_head
+    last_pos = (tl.minimum(tile * BLOCK_M + BLOCK_M, num_rows) - 1) // queries_per_kv_head
+    kv_start, kv_end, _, _, num_blocks = block_ranges(first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N,
+                                                     HAS_LEFT, HAS_RIGHT)
+    KEYS: tl.constexpr = BLOCK_N if HEAD_N == 0 else 2 * BLOCK_N
+    if SINGLE_LOOP:
+        # The single loop's keys (a head block's too: at most BLOCK_N + HEAD_N keys ending at kv_end).
+        first = tl.maximum(kv_start, kv_end - KEYS)
+        last = kv_end
+    else:
+        blocks_per_split = tl.cdiv(num_blocks, num_splits)
+        first = kv_start + tl.minimum(split * blocks_per_split, num_blocks) * BLOCK_N
+        last = tl.minimum(first + BLOCK_N, kv_end)
+    keys = first + tl.arange(0, KEYS)
+    visible = (keys < last) & (keys >= 0)
+    if APPEND_NEW:
+        cached = visible & (keys < seqlen_k - seqlen_q)
+    else:
+        cached = visible
+    table_row = PAGE_TABLE + batch64 * stride_page_table
+    if PRELOAD == 1:
+        _prefetch_l2(tl.where(cached, table_row + keys // page_size, PAGE_TABLE))
+    else:
+        page = tl.load(table_row + keys // page_size, mask=cached, other=0, volatile=True).to(tl.int64)
+        slot = (keys % page_size).to(tl.int64)
+        k_rows = K + page * stride_kb + slot * stride_ks + kv_head.to(tl.int64) * stride_kh
+        v_rows = V + page * stride_vb + slot * stride_vs + kv_head.to(tl.int64) * stride_vh
+        _prefetch_l2(tl.where(cached[:, None], k_rows[:, None] + offs_line[None, :], K))
+        _prefetch_l2(tl.where(cached[:, None], v_rows[:, None] + offs_line[None, :], V))
+        if APPEND_NEW:
+            new_rows = batch64 * stride_nb + row_pos.to(tl.int64) * stride_ns + kv_head.to(tl.int64) * stride_nh
+            new_valid = row_valid & (offs_m % queries_per_kv_head == 0)
+            _prefetch_l2(tl.where(new_valid[:, None], K_NEW + new_rows[:, None] + offs_line[None, :], K_NEW))
+            _prefetch_l2(tl.where(new_valid[:, None], V_NEW + new_rows[:, None] + offs_line[None, :], V_NEW))
+
+
+@triton.jit
 def _attend_tile(
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
     NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K, Q_DESCALE, K_DESCALE, V_DESCALE,
@@ -1001,6 +1084,7 @@ def _swa_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
     FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
+    PRELOAD_L2: tl.constexpr = 0,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -1023,6 +1107,14 @@ def _swa_fwd_kernel(
     the NaN or inf in exactly the rows whose window holds it. The guarded loop takes V through registers, so it
     lives in its own launch: inside the main kernel, even unused, it cost 5-20% (docs/notes/performance-log.md).
     """
+    if PRELOAD_L2 != 0:
+        # Before the wait: L2 prefetches only (see PRELOAD_L2); the main pass of a paged PackGQA call.
+        _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride_qb, stride_qs, stride_qh,
+                         stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_page_table,
+                         stride_nb, stride_ns, stride_nh, seqlen_q, num_heads, queries_per_kv_head, page_size, left,
+                         right, tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2),
+                         num_splits, HAS_LEFT, HAS_RIGHT, HAS_SINKS, SINGLE_LOOP, APPEND_NEW, BLOCK_M, BLOCK_N,
+                         HEAD_N, HEAD_DIM, PRELOAD_L2)
     wait_for_previous_grid(USE_PDL)
     if NON_FINITE_PASS == REDO_FLAGGED or NON_FINITE_PASS == REDO_SCANNED:
         # Nearly always nothing is flagged: one load, and the few programs exit (a full grid of early exits
@@ -1180,11 +1272,12 @@ def _isolation_buffers(device: torch.device, rows: int, stream=_launch.ASK) -> t
 def settings() -> tuple:
     """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
     scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode, the fused append's reads, the
-    page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program."""
+    page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the L2 preload before
+    the wait."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, APPEND_READS_INPUT, PREFETCH_PAGE_TABLE,
-            WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS)
+            WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2)
 
 
 def attention_forward(
@@ -1448,6 +1541,14 @@ class _ForwardPlan:
         # write-then-read append (the main launch has written the cache by then).
         self.append_reads_input = (append_new and config.single_loop and APPEND_READS_INPUT
                                    and num_work <= _persistent_programs(q.device))
+        # The L2 preload before the wait (PRELOAD_L2): only with PDL (nothing else lets a program start before the
+        # previous kernel ends), on the paged PackGQA serving calls it was written for (fixed-length q, per-sequence
+        # lengths, fp16 / bf16, no cache_batch_idx / cache_leftpad / attention_chunk, no TMA or Gluon or KV pairs).
+        preloadable = (use_pdl and paged and pack_gqa and seqlens_k is not None and not varlen_q and not varlen_k
+                       and cache_batch_idx is None and cache_leftpad is None and attention_chunk == 0
+                       and fp8 == NO_FP8.value and not self.use_gluon and not self.use_tma and not self.kv_pair
+                       and not config.mask_edges_only and not _compat.interpreter_enabled())
+        self.preload_l2 = PRELOAD_L2 if preloadable else 0
         options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
                        **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
         # plans: the Gluon launch, planned at this signature's first call and then launched directly (a dict, as
@@ -1470,7 +1571,8 @@ class _ForwardPlan:
                                                  if self.guard_one_pass else
                                                  FLAG_NON_FINITE.value if self.isolate else NO_ISOLATION.value),
                                 PREFETCH_PAGES=(PREFETCH_PAGE_TABLE and paged and config.single_loop
-                                                and q.is_cuda and not _compat.interpreter_enabled())),
+                                                and q.is_cuda and not _compat.interpreter_enabled()),
+                                PRELOAD_L2=self.preload_l2),
                            options, num_tensors=_FORWARD_TENSORS, slots=_slots(present))
         self.redo = None
         programs = _persistent_programs(q.device)

@@ -174,3 +174,45 @@ def test_head_block_verify_matches_the_reference_and_isolates(monkeypatch, token
     seeing[3, 0, 5 * (HEADS // KV_HEADS):6 * (HEADS // KV_HEADS)] = True
     assert torch.isnan(dirty[seeing]).any(-1).all() and not torch.isnan(dirty[~seeing]).any()
     assert torch.equal(dirty[~seeing], out[~seeing])
+
+
+@pytest.mark.parametrize("window_size, tokens, padded", [((127, 0), 1, False), ((127, 0), 4, False),
+                                                         ((127, 0), 4, True), ((-1, 0), 1, False)],
+                         ids=["W127_0-decode", "W127_0-verify4", "W127_0-verify4-64-rows", "full-decode"])
+def test_l2_preload_and_padded_verify_tiles_give_the_same_bits(monkeypatch, window_size, tokens, padded):
+    """fwd.PRELOAD_L2 (L2 prefetches before the wait for the previous kernel) changes no bit: two consecutive
+    steps appending into the same cache (the second reads the token the first wrote, launched right behind it) under
+    PRELOAD_L2 = 1 and 2 against 0, outputs and caches; configs.VERIFY_PADDED_ROWS (k = 4 in a 64-row tile) matches
+    the reference."""
+    from swattn import ops
+    from swattn.kernels import configs, fwd
+
+    monkeypatch.setattr(ops, "FUSED_APPEND", True)
+    if padded:
+        monkeypatch.setattr(configs, "VERIFY_PADDED_ROWS", {32: 64})
+    context, page_size = 3000, 16
+    pages = -(-(context + 2 * tokens) // page_size)
+    k_cache = torch.randn(BATCH * pages, page_size, KV_HEADS, HEAD_DIM, device=DEVICE).to(BF16)
+    v_cache = torch.randn_like(k_cache)
+    table = torch.randperm(BATCH * pages, device=DEVICE).view(BATCH, pages).to(torch.int32)
+    seqlens = torch.full((BATCH,), context, device=DEVICE, dtype=torch.int32)
+    qs = [torch.randn(BATCH, tokens, HEADS, HEAD_DIM, device=DEVICE).to(BF16) for _ in range(2)]
+    news = [[torch.randn(BATCH, tokens, KV_HEADS, HEAD_DIM, device=DEVICE).to(BF16) for _ in range(2)]
+            for _ in range(2)]
+    sinks = torch.randn(HEADS, device=DEVICE)
+    results = {}
+    for preload in (0, 1, 2):
+        monkeypatch.setattr(fwd, "PRELOAD_L2", preload)
+        k_run, v_run = k_cache.clone(), v_cache.clone()
+        outs = [swattn.flash_attn_with_kvcache(q, k_run, v_run, k=k_new, v=v_new, cache_seqlens=seqlens + step * tokens,
+                                               page_table=table, causal=True, window_size=window_size, sinks=sinks)
+                for step, (q, (k_new, v_new)) in enumerate(zip(qs, news))]
+        results[preload] = (outs, k_run, v_run)
+    outs, k_run, v_run = results[0]
+    for preload in (1, 2):
+        other, k_other, v_other = results[preload]
+        assert all(torch.equal(a, b) for a, b in zip(outs, other)), f"PRELOAD_L2={preload}: other bits"
+        assert torch.equal(k_other, k_run) and torch.equal(v_other, v_run), f"PRELOAD_L2={preload}: other cache"
+    ref, _ = attention_kvcache_ref(qs[1], k_run, v_run, seqlens + 2 * tokens, page_table=table, causal=True,
+                                   window_size=window_size, sinks=sinks, compute_dtype=torch.float32)
+    assert_close("out", outs[1], ref, tolerance_for(BF16))

@@ -183,6 +183,11 @@ def test_verify_head_blocks_take_128_plus_16_keys_before_the_verify_blocks(monke
     monkeypatch.setattr(configs, "interpreter_enabled", lambda: False)
     assert forward_config(64, 32, True, 128, 2, 131, one_wave, True) == head(32)
     assert forward_config(64, 32, True, 128, 1, 131, one_wave, True, fp8_kv=True).head_block == 0  # bf16 only
+    # VERIFY_PADDED_ROWS (experimental, empty): k = 4's 32 rows in k = 8's 64-row tile, with its warps.
+    assert configs.VERIFY_PADDED_ROWS == {}
+    monkeypatch.setattr(configs, "VERIFY_PADDED_ROWS", {32: 64})
+    assert _bf16_forward_config(64, 32, True, 128, 131, one_wave) == head(64)
+    assert _bf16_forward_config(64, 16, True, 128, 129, one_wave) == FwdConfig(16, 256, 8, 1, single_loop=True)
 
 
 @pytest.mark.parametrize("tokens", [1, 2, 4, 8])
