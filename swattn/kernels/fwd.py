@@ -804,7 +804,7 @@ def _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride
                      stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_page_table, stride_nb,
                      stride_ns, stride_nh, seqlen_q, num_heads, queries_per_kv_head, page_size, left, right, tile,
                      batch_head, split, num_splits, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                     HAS_SINKS: tl.constexpr, SINGLE_LOOP: tl.constexpr, APPEND_NEW: tl.constexpr,
+                     HAS_SINKS: tl.constexpr, APPEND_NEW: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                      PRELOAD: tl.constexpr):
     """L2 prefetches of what tile ``tile`` of ``batch_head`` (a PackGQA tile of a paged, fixed-length-q call with
@@ -834,15 +834,12 @@ def _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride
     last_pos = (tl.minimum(tile * BLOCK_M + BLOCK_M, num_rows) - 1) // queries_per_kv_head
     kv_start, kv_end, _, _, num_blocks = block_ranges(first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N,
                                                      HAS_LEFT, HAS_RIGHT)
+    # This split's first block (with a head block, the tile's at most BLOCK_N + HEAD_N keys: both blocks).
     KEYS: tl.constexpr = BLOCK_N if HEAD_N == 0 else 2 * BLOCK_N
-    if SINGLE_LOOP:
-        # The single loop's keys (a head block's too: at most BLOCK_N + HEAD_N keys ending at kv_end).
-        first = tl.maximum(kv_start, kv_end - KEYS)
-        last = kv_end
-    else:
-        blocks_per_split = tl.cdiv(num_blocks, num_splits)
-        first = kv_start + tl.minimum(split * blocks_per_split, num_blocks) * BLOCK_N
-        last = tl.minimum(first + BLOCK_N, kv_end)
+    blocks_per_split = tl.cdiv(num_blocks, num_splits)
+    block_begin = tl.minimum(split * blocks_per_split, num_blocks)
+    first = kv_start + block_begin * BLOCK_N
+    last = tl.minimum(kv_start + tl.minimum(block_begin + blocks_per_split, num_blocks) * BLOCK_N, kv_end)
     keys = first + tl.arange(0, KEYS)
     visible = (keys < last) & (keys >= 0)
     if APPEND_NEW:
@@ -1113,7 +1110,7 @@ def _swa_fwd_kernel(
                          stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_page_table,
                          stride_nb, stride_ns, stride_nh, seqlen_q, num_heads, queries_per_kv_head, page_size, left,
                          right, tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2),
-                         num_splits, HAS_LEFT, HAS_RIGHT, HAS_SINKS, SINGLE_LOOP, APPEND_NEW, BLOCK_M, BLOCK_N,
+                         num_splits, HAS_LEFT, HAS_RIGHT, HAS_SINKS, APPEND_NEW, BLOCK_M, BLOCK_N,
                          HEAD_N, HEAD_DIM, PRELOAD_L2)
     wait_for_previous_grid(USE_PDL)
     if NON_FINITE_PASS == REDO_FLAGGED or NON_FINITE_PASS == REDO_SCANNED:
@@ -1544,7 +1541,9 @@ class _ForwardPlan:
         # The L2 preload before the wait (PRELOAD_L2): only with PDL (nothing else lets a program start before the
         # previous kernel ends), on the paged PackGQA serving calls it was written for (fixed-length q, per-sequence
         # lengths, fp16 / bf16, no cache_batch_idx / cache_leftpad / attention_chunk, no TMA or Gluon or KV pairs).
+        # (A power-of-two head_dim: the prefetches cover each row in a power-of-two count of 128-byte lines.)
         preloadable = (use_pdl and paged and pack_gqa and seqlens_k is not None and not varlen_q and not varlen_k
+                       and block_d == head_dim
                        and cache_batch_idx is None and cache_leftpad is None and attention_chunk == 0
                        and fp8 == NO_FP8.value and not self.use_gluon and not self.use_tma and not self.kv_pair
                        and not config.mask_edges_only and not _compat.interpreter_enabled())
