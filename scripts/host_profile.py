@@ -332,7 +332,7 @@ def parts(report: Report, decode_append, context: dict, calls: int) -> None:
                                                                       **launch.options))
         if not CUDA or not launch._compiled:
             continue
-        run, function, packed = launch._compiled[_launch._Runtime.get_device()]
+        run, function, packed, _ = launch._compiled[_launch._Runtime.get_device()]
         tail = launch._tail if launch._tail is not None else launch._bound_tail()
         stream = _launch._Runtime.get_stream(_launch._Runtime.get_device())
         grid = launch.grid
@@ -395,13 +395,48 @@ def gluon_parts(report: Report, prefill, calls: int) -> None:
                     f"{launch.direct_launches}, plain {launch.plain_launches}")
         part("whole call (flash_attn_func)", prefill)
         part("Launch.__call__ (direct)", lambda: launch(*tensors))
+        device = _launch._Runtime.get_device() if CUDA else 0
+        entry = launch._compiled.get(device)
+        c = entry[3] if entry is not None else None
+        report.line(f"Triton's C launcher called directly: {c is not None} (C_LAUNCHER={_launch.C_LAUNCHER})")
+        if c is not None:
+            def refill():  # every call fills its maps again, as for bases at new addresses
+                c.expansions.clear()
+                launch(*tensors)
+
+            part("Launch.__call__ (direct, C launcher), maps filled per call", refill)
+            # The same plan with Q, K, V alternating between two sets of buffers: both sets' maps kept.
+            others = tuple(t.clone() if isinstance(t, torch.Tensor) and index < 3 else t
+                           for index, t in enumerate(tensors))
+            sets = [tensors, others]
+            turn = iter(range(10**9))
+            part("Launch.__call__ (direct, C launcher), two tensor sets alternating",
+                 lambda: launch(*sets[next(turn) % 2]))
+            launch._compiled[device] = (*entry[:3], None)
+            try:
+                part("Launch.__call__ (direct through CompiledKernel.run, C_LAUNCHER off)", lambda: launch(*tensors))
+            finally:
+                launch._compiled[device] = entry
+            spread_all = launch._spread(tensors)
+            count = len(launch.descriptors)
+            pointers = tuple(t.data_ptr() for t in spread_all)
+            expanded = c.expansions.get(pointers[:count]) or c.expand(launch.descriptors, spread_all,
+                                                                      pointers[:count])
+            arguments = [*expanded, *pointers[count:], *launch._tail]
+            stream = _launch._Runtime.get_stream(device)
+            if c.flat:
+                part("C launcher alone, arguments made before",
+                     lambda: c.launch(*launch.grid, stream, *c.before, *arguments))
+            else:
+                part("C launcher alone, arguments made before",
+                     lambda: c.launch(*launch.grid, stream, *c.before, arguments))
         spread = launch._spread(tensors)
         part("the 4 descriptors' copies alone", lambda: tuple(map(_launch.Descriptor.copy, launch.descriptors,
                                                                    spread)))
         part("the 4 descriptors built by TensorDescriptor(...)",
              lambda: tuple(map(_launch.Descriptor.build, launch.descriptors, spread)))
         if CUDA and launch._compiled:
-            run, function, packed = launch._compiled[_launch._Runtime.get_device()]
+            run, function, packed, _ = launch._compiled[_launch._Runtime.get_device()]
             tail = launch._tail if launch._tail is not None else launch._bound_tail()
             stream = _launch._Runtime.get_stream(_launch._Runtime.get_device())
             count = len(launch.descriptors)

@@ -25,6 +25,15 @@ expands each one itself on every launch (``make_tensordesc_arg`` in Triton 3.6 t
 ``CUtensorMap``). Within one call signature only the base tensor changes between calls, so a ``Descriptor`` builds
 the descriptor through its validating constructor at the plain launches and, for direct ones, copies that one's
 fields with the call's base (no validation, no view, no shape or stride read per call).
+
+Triton's compiled launcher (``CompiledKernel.run``, the nvidia driver's ``CudaLauncher``) is itself Python around a C
+function: per call it defines two closures and asks for scratch memory, and for a kernel with descriptors a wrapper
+expands each descriptor (Triton 3.6: a Python loop over every argument; ``make_tensordesc_arg`` fills a
+``CUtensorMap`` through a driver call each time). ``CLauncher`` calls that C function itself, for launchers of a
+structure checked here (Triton 3.6 and 3.9, no scratch memory, no sanitizer), with each descriptor expanded once per
+base address: a plan fixes everything else a ``CUtensorMap`` holds (shape, strides, block shape, swizzle, element
+type), so a call whose Q, K and V are at addresses seen before (a serving engine's or a training loop's buffers,
+reused across steps) reuses the filled maps. Any other launcher structure keeps ``run``.
 """
 
 from __future__ import annotations
@@ -41,6 +50,11 @@ import torch
 
 # The direct path on or off for every Launch (tests compare the two; SWATTN has no user setting for it).
 DIRECT_LAUNCH = True
+# Direct launches through Triton's C launcher (``CLauncher``) where its structure is known; off: through
+# ``CompiledKernel.run`` (A/B runs, tests). Read when a Launch compiles.
+C_LAUNCHER = True
+# Expanded descriptor arguments kept per Launch and device, by the descriptors' base addresses (oldest dropped).
+MAX_EXPANSIONS = 64
 
 _LAUNCHER_ATTRIBUTES = ("run", "function", "packed_metadata")
 
@@ -121,6 +135,118 @@ class Descriptor:
         return descriptor
 
 
+@functools.cache
+def _triton_version() -> tuple[int, int]:
+    import triton
+
+    major, minor = triton.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+# Triton 3.6's CudaLauncher.__call__ (gridX, gridY, gridZ, stream, function, *args) hands its C launcher (format
+# "iiiKKppOOOOOO" + the kernel's): the grid, stream, function, cooperative-grid and PDL flags, global and profile
+# scratch, packed metadata, launch metadata, enter and exit hooks, then the kernel's arguments with each descriptor
+# expanded in place. Triton 3.9's (..., function, kernel_metadata, launch_metadata, launch_enter_hook,
+# launch_exit_hook, *args) hands it the grid, stream, function, the two flags, packed metadata, launch metadata, the
+# hooks, the two scratch pointers, the argument annotations and kernel signature, then one tuple of the kernel's
+# arguments with the descriptors expanded.
+_CALL_PARAMETERS = {
+    (3, 6): ("self", "gridX", "gridY", "gridZ", "stream", "function", "args"),
+    (3, 9): ("self", "gridX", "gridY", "gridZ", "stream", "function", "kernel_metadata", "launch_metadata",
+             "launch_enter_hook", "launch_exit_hook", "args"),
+}
+# The free variables of the wrapper Triton puts around the C launcher for a kernel with descriptors
+# (``wrap_handle_tensordesc``'s ``inner``).
+_WRAPPER_CELLS = {
+    (3, 6): {"launcher", "tensordesc_indices", "tensordesc_meta"},
+    (3, 9): {"launcher", "signature", "relevant_paths", "tensordesc_meta", "make_tensordesc_arg"},
+}
+
+
+class CLauncher:
+    """The C function behind a compiled kernel's ``run`` (see the module docstring), with what ``run`` would pass
+    it around the kernel's arguments: ``launch(grid_x, grid_y, grid_z, stream, *before, *arguments)`` (Triton 3.6,
+    ``flat``) or ``launch(grid_x, grid_y, grid_z, stream, *before, arguments)`` (3.9). ``expansions``: the
+    descriptors' expanded arguments by their bases' addresses."""
+
+    __slots__ = ("launch", "before", "flat", "make", "metas", "expansions", "launches")
+
+    def __init__(self, launch, before: tuple, flat: bool, make=None, metas=()):
+        self.launch, self.before, self.flat = launch, before, flat
+        self.make, self.metas = make, tuple(metas)
+        self.expansions: dict[tuple, tuple] = {}
+        self.launches = 0
+
+    def expand(self, descriptors: Sequence[Descriptor], bases: Sequence[torch.Tensor], addresses: tuple) -> tuple:
+        """The descriptors' arguments as Triton's wrapper expands them (a filled ``CUtensorMap``, the shape, the
+        strides) around these bases, kept by their addresses unless they hold a tensor (a descriptor without TMA
+        metadata passes its base: a plan must not keep a call's tensor)."""
+        expanded = []
+        for descriptor, base, meta in zip(descriptors, bases, self.metas):
+            expanded.extend(self.make(descriptor.copy(base), meta))
+        expanded = tuple(expanded)
+        if not any(isinstance(value, torch.Tensor) for value in expanded):
+            if len(self.expansions) >= MAX_EXPANSIONS:
+                del self.expansions[next(iter(self.expansions))]
+            self.expansions[addresses] = expanded
+        return expanded
+
+
+def c_launcher(run, function, packed_metadata, num_descriptors: int) -> CLauncher | None:
+    """A ``CLauncher`` for ``run`` (a ``CompiledKernel.run``) whose first ``num_descriptors`` kernel arguments are
+    host-side descriptors, or None where ``run`` is not a launcher of a structure checked here: Triton 3.6 or 3.9's
+    nvidia ``CudaLauncher``, its ``__call__`` with the parameters above, no global or profile scratch (which
+    ``run`` allocates per launch), no sanitizer, and the descriptors (if any) exactly the first arguments."""
+    try:
+        version = _triton_version()
+        cls = type(run)
+        if cls.__name__ != "CudaLauncher" or version not in _CALL_PARAMETERS:
+            return None
+        call = cls.__call__
+        if tuple(inspect.signature(call).parameters) != _CALL_PARAMETERS[version]:
+            return None
+        if run.global_scratch_size or run.profile_scratch_size or getattr(run, "gsan_enabled", False):
+            return None
+        wrapped = run.launch
+        code, closure = getattr(wrapped, "__code__", None), getattr(wrapped, "__closure__", None)
+        if num_descriptors == 0:
+            if code is not None:  # a Python wrapper: the kernel has descriptors after all
+                return None
+            launcher, make, metas = wrapped, None, ()
+        else:
+            if code is None or closure is None:
+                return None
+            cells = dict(zip(code.co_freevars, (cell.cell_contents for cell in closure)))
+            if set(cells) != _WRAPPER_CELLS[version]:
+                return None
+            metas = list(cells["tensordesc_meta"] or [None] * num_descriptors)
+            if len(metas) != num_descriptors:
+                return None
+            launcher = cells["launcher"]
+            if version == (3, 6):
+                if cells["tensordesc_indices"] != set(range(num_descriptors)):
+                    return None
+                make = call.__globals__["make_tensordesc_arg"]
+            else:
+                if cells["relevant_paths"] != {index: {} for index in range(num_descriptors)}:
+                    return None
+                fill = cells["make_tensordesc_arg"]
+
+                def make(descriptor, meta, fill=fill):
+                    return fill(descriptor, meta, None)
+        flags = (run.launch_cooperative_grid, run.launch_pdl)
+        if version == (3, 6):
+            if call.__globals__.get("_BASE_ARGS_FORMAT") != "iiiKKppOOOOOO":
+                return None
+            before = (function, *flags, None, None, packed_metadata, None, None, None)
+            return CLauncher(launcher, before, True, make, metas)
+        before = (function, *flags, packed_metadata, None, None, None, None, None, run.arg_annotations,
+                  run.kernel_signature)
+        return CLauncher(launcher, before, False, make, metas)
+    except Exception:  # an attribute missing or shaped otherwise: another structure, keep run
+        return None
+
+
 class Launch:
     """One kernel with its grid, scalar arguments, constexprs and launch options fixed; called with the tensors.
 
@@ -175,7 +301,18 @@ class Launch:
             if compiled is not None:
                 if self._tail is None:  # not before a second call: a signature seen once never needs it
                     self._tail = self._bound_tail()
-                run, function, packed_metadata = compiled
+                run, function, packed_metadata, c = compiled
+                try:
+                    if c is not None:
+                        self._c_launch(c, spread, tensors, _Runtime.get_stream(device))
+                        self.direct_launches += 1
+                        return
+                except Exception:
+                    # The C launcher rejected the arguments at its first launch (a structure not read right):
+                    # launch through run from now on. Once it has launched, an error is the call's own.
+                    if c.launches:
+                        raise
+                    self._compiled[device] = (run, function, packed_metadata, None)
                 try:
                     if self.descriptors:
                         # The descriptors first (copies with this call's bases), then the pointers.
@@ -207,7 +344,32 @@ class Launch:
         self.plain_launches += 1
         if self._direct_ok and all(hasattr(compiled, name) for name in _LAUNCHER_ATTRIBUTES):
             _Runtime.load()
-            self._compiled[_Runtime.get_device()] = tuple(getattr(compiled, name) for name in _LAUNCHER_ATTRIBUTES)
+            run, function, packed_metadata = (getattr(compiled, name) for name in _LAUNCHER_ATTRIBUTES)
+            c = c_launcher(run, function, packed_metadata, len(self.descriptors)) if C_LAUNCHER else None
+            self._compiled[_Runtime.get_device()] = (run, function, packed_metadata, c)
+
+    def _c_launch(self, c: CLauncher, spread, tensors: tuple, stream) -> None:
+        """A direct launch through Triton's C launcher: the descriptors' expansions kept by their bases' addresses
+        (expanded at the first call with new ones), the other tensors as device pointers."""
+        if self.descriptors:
+            spread_tensors = tensors if spread is None else spread(tensors)
+            pointers = tuple(map(_data_ptr, spread_tensors))
+            count = len(self.descriptors)
+            addresses = pointers[:count]
+            expanded = c.expansions.get(addresses)
+            if expanded is None:
+                expanded = c.expand(self.descriptors, spread_tensors, addresses)
+            # A list, as Triton 3.9's wrapper hands its C function the expanded arguments (a tuple without
+            # descriptors: below).
+            arguments = [*expanded, *pointers[count:], *self._tail]
+        else:
+            pointers = tuple(map(_data_ptr, tensors))
+            arguments = (*(pointers if spread is None else spread(pointers)), *self._tail)
+        if c.flat:
+            c.launch(*self.grid, stream, *c.before, *arguments)
+        else:
+            c.launch(*self.grid, stream, *c.before, arguments)
+        c.launches += 1
 
 
 def tensor_signature(t) -> tuple | None:

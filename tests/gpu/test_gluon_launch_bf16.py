@@ -5,7 +5,9 @@ Per case, the Gluon kernel forced (``SWATTN_GLUON=1``'s setting): the plain laun
 ``kernel[grid](...)`` with descriptors built by their constructor on every call) and the direct one (a first call on
 other tensors, then calls whose descriptors are copies with the call's tensors as bases, handed to Triton's compiled
 launcher) give the same output and LSE bits on the same inputs, and the direct calls compile nothing. The second
-call's tensors live at other addresses than the first's, so a launch that kept a pointer would read the wrong data.
+call's tensors live at other addresses than the first's, so a launch that kept a pointer would read the wrong data;
+the direct calls alternate two tensor sets, whose filled descriptors the launch keeps by address (Triton 3.6 and
+3.9: its C launcher called directly, ``_launch.CLauncher``).
 """
 
 from __future__ import annotations
@@ -100,23 +102,35 @@ def test_direct_launch_gives_the_plain_launchs_bits(case, monkeypatch):
     monkeypatch.setattr(_launch, "DIRECT_LAUNCH", False)
     _launch.clear_plans()
     plain = [call(*second) for _ in range(2)]
+    plain_first = call(*first)
     torch.cuda.synchronize()
     (launch,) = _gluon_launches()
-    assert (launch.plain_launches, launch.direct_launches) == (2, 0)
+    assert (launch.plain_launches, launch.direct_launches) == (3, 0)
     kernels = len(compiled)
 
     monkeypatch.setattr(_launch, "DIRECT_LAUNCH", True)
     _launch.clear_plans()
     call(*first)  # plans, launches through kernel[grid](...), keeps the compiled launcher
-    direct = [call(*second) for _ in range(3)]
+    # The two tensor sets alternating through one plan: each set's descriptors filled once, then kept (Triton's C
+    # launcher called directly, _launch.CLauncher), each call reading its own tensors.
+    order = [second, first, second, first, second]
+    direct = [call(*inputs) for inputs in order]
     torch.cuda.synchronize()
     (launch,) = _gluon_launches()
-    assert (launch.plain_launches, launch.direct_launches) == (1, 3)
+    assert (launch.plain_launches, launch.direct_launches) == (1, len(order))
     assert len(compiled) == kernels, "the direct launches compiled another kernel"
-    for out, lse in [*plain[1:], *direct]:
+    for out, lse in [*plain[1:], *(result for inputs, result in zip(order, direct) if inputs is second)]:
         assert torch.equal(out, plain[0][0]), f"{case}: output bits differ"
         assert torch.equal(lse, plain[0][1]), f"{case}: LSE bits differ"
+    for out, lse in (result for inputs, result in zip(order, direct) if inputs is first):
+        assert torch.equal(out, plain_first[0]) and torch.equal(lse, plain_first[1]), f"{case}: first set differs"
     assert torch.isfinite(plain[0][0]).all()
+    if _launch._triton_version() in _launch._CALL_PARAMETERS:  # Triton 3.6 and 3.9: the C launcher served
+        c = launch._compiled[torch.cuda.current_device()][3]
+        assert c is not None and c.launches == len(order), "Triton's C launcher was not called directly"
+        assert len(c.expansions) == 2, "one set of filled descriptors per tensor set"
+        redo = [plan.redo for plan in fwd._PLANS.values() if plan.launches and plan.use_gluon and plan.redo]
+        assert all(r._compiled[torch.cuda.current_device()][3] is not None for r in redo), "redo pass: not direct"
 
 
 def test_direct_launch_in_a_cuda_graph(monkeypatch):
