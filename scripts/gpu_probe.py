@@ -503,6 +503,27 @@ def _verify_sets(k: int, count: int) -> tuple[list[dict], list[dict]]:
     return sets, [dict(s, cache_seqlens=s["cache_seqlens"] + k, k=None, v=None) for s in sets]
 
 
+def _long_sets(k: int, count: int, context: int) -> tuple[list[dict], list[dict]]:
+    """``_verify_sets`` at a long context: ``count`` page tables (each sequence's pages distinct) over one pool of
+    ``count`` x 16 x 65 pages (the bytes of 48 1K sets, 4x L2), and as the new tokens the values the cache already
+    holds where they go, so every append rewrites the pool's own values and no set changes another's."""
+    batch, heads, kv_heads, head_dim, page_size = 16, 64, 8, 64, 16
+    pages = context // page_size + 1
+    pool = max(count * batch * 65, batch * pages)
+    k_cache = torch.randn(pool, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+    v_cache = torch.randn_like(k_cache)
+    positions = torch.arange(context - k, context, device=DEVICE)
+    sets = []
+    for _ in range(count):
+        table = torch.stack([torch.randperm(pool, device=DEVICE)[:pages] for _ in range(batch)]).to(torch.int32)
+        rows = table[:, positions // page_size].long(), positions % page_size
+        sets.append(dict(q=torch.randn(batch, k, heads, head_dim, device=DEVICE, dtype=DTYPE), k_cache=k_cache,
+                         v_cache=v_cache, k=k_cache[rows].clone(), v=v_cache[rows].clone(), page_table=table,
+                         cache_seqlens=torch.full((batch,), context - k, device=DEVICE, dtype=torch.int32),
+                         sinks=torch.randn(heads, device=DEVICE)))
+    return sets, [dict(s, cache_seqlens=s["cache_seqlens"] + k, k=None, v=None) for s in sets]
+
+
 def verify_blocks() -> None:
     """Speculative verify (k new tokens per sequence, appended in the call) at window (127, 0), PackGQA (the k
     tokens x 8 heads in one tile): where its time goes against decode (k = 1). gpt-oss layer (B=16, H=64/8, D=64,
@@ -1199,6 +1220,19 @@ def serving_s6() -> None:
         for label, values in times.items():
             if values:
                 print(f"  k={k} {label}: {' / '.join(values)} us", flush=True)
+        sets.clear()
+        without_append.clear()
+        torch.cuda.empty_cache()
+    if _probe_ks((1,)):  # flat across context: the same decode step at 128K (one pool, 48 page tables)
+        sets, without_append = _long_sets(1, input_sets, 131072)
+        ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
+        times = _time_verify_variants([("128K shipped", sets, None, {}),
+                                       ("128K preload 1", sets, None, dict(PRELOAD_L2=1)),
+                                       ("128K preload 2", sets, None, dict(PRELOAD_L2=2)),
+                                       ("128K no append", without_append, None, {})], ref, 1, input_sets)
+        for label, values in times.items():
+            if values:
+                print(f"  k=1 {label}: {' / '.join(values)} us", flush=True)
         sets.clear()
         without_append.clear()
         torch.cuda.empty_cache()
