@@ -371,7 +371,8 @@ if GLUON_AVAILABLE:
         gl.store(pointers, out, mask=mask)
 
     @gluon.jit
-    def _consume_item(work, position, item, turn, stored, stored_slot, geometry, pointers, strides, scalars, buffers,
+    def _consume_item(work, position, item, turn, stored, stored_slot, seen_nan, geometry, pointers, strides, scalars,
+                      buffers,
                       WG: gl.constexpr, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
                       HAS_SINKS: gl.constexpr, PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr,
                       FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
@@ -379,7 +380,8 @@ if GLUON_AVAILABLE:
                       ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
                       TMA_STORE: gl.constexpr):
         """One warpgroup's rows ``[WG * 64, WG * 64 + 64)`` of work item ``work``'s tile, from Q to O; returns the
-        consumer's running state ``(position, item, turn, stored, stored_slot)`` after it."""
+        consumer's running state ``(position, item, turn, stored, stored_slot, seen_nan)`` after it (``seen_nan``:
+        per row position of the warpgroup, 1 once a row there held a NaN in any tile so far)."""
         O, LSE, SINKS, FLAGS, ANY_NAN, o_desc = pointers[3:9]
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh = strides
         softmax_scale, softcap, left, right = scalars
@@ -501,7 +503,9 @@ if GLUON_AVAILABLE:
             flag_index = (flag_group + WG).to(gl.int64) * M + gl.arange(0, M, layout=o_rows)
             # Every row of a group that holds a row of the sequence: the redo pass reads the whole group.
             gl.store(FLAGS + flag_index, row_has_nan.to(gl.int8), mask=first_row + WG * M + o_m * 0 < num_rows)
-            gl.atomic_max(ANY_NAN + o_m * 0, gl.full([M], 1, gl.int32, layout=o_rows), mask=row_has_nan)
+            # The raised flag is set once per program, after its last tile (``_consumer``): an atomic per tile cost
+            # ~35 instructions of a 64-row tile's ~700 of per-tile code (H200 Nsight Compute, W(127,0) D64).
+            seen_nan = seen_nan | row_has_nan.to(gl.int32)
         if not HAS_SINKS:
             sink = m_o
         row_factor, lse = finish_rows(m_o, l_o, sink, HAS_SINKS)
@@ -525,9 +529,11 @@ if GLUON_AVAILABLE:
                                 head_or_kv_head * ROWS_PER_POS, 0], o_box)
             stored = 1
             stored_slot = q_slot
-        elif HEAD_DIM > 128:
-            # Converting a 64 x 256 tile to the vectorized layout takes 32 KiB of scratch shared memory, which the
-            # K/V stages and the Q slot leave no room for: store from the accumulator's layout.
+        elif HEAD_DIM > 128 or TMA_STORE:
+            # Converting a 64 x D tile to the vectorized layout takes 64 * D * 2 bytes of scratch shared memory: at
+            # head_dim 256 the K/V stages and the Q slot leave no room for it, and with the TMA store only a tile
+            # without keys (its rows all zero) comes here, which should not cost every program 8-16 KiB of shared
+            # memory (a fifth of a 4-programs-per-SM budget): store from the accumulator's layout.
             _store_o(O, out.to(dtype), o_layout, first_row + WG * M, num_rows, head_or_kv_head, batch64, q_begin,
                      stride_ob, stride_os, stride_oh, PACK_GQA, GROUP, ROWS_PER_POS, M, HEAD_DIM)
         else:
@@ -535,7 +541,7 @@ if GLUON_AVAILABLE:
                      head_or_kv_head, batch64, q_begin, stride_ob, stride_os, stride_oh, PACK_GQA, GROUP,
                      ROWS_PER_POS, M, HEAD_DIM)
         position += num_blocks
-        return position, item, turn, stored, stored_slot
+        return position, item, turn, stored, stored_slot, seen_nan
 
     @gluon.jit
     def _consumer(geometry, pointers, strides, scalars, buffers, WG: gl.constexpr, HAS_LEFT: gl.constexpr,
@@ -553,16 +559,23 @@ if GLUON_AVAILABLE:
         turn = 0  # tensor-core turns taken so far (ping-pong with the other warpgroup)
         stored = 0  # 1 while a TMA store of O from Q slot ``stored_slot`` may still be reading it
         stored_slot = 0
+        o_rows: gl.constexpr = gl.SliceLayout(1, gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                                             instr_shape=[16, HEAD_DIM, 16]))
+        seen_nan = gl.zeros([64], gl.int32, layout=o_rows)  # as _consume_item's rows
         reverse = False
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
-            position, item, turn, stored, stored_slot = _consume_item(
-                _snake(work, reverse, total_work), position, item, turn, stored, stored_slot, geometry, pointers,
-                strides, scalars, buffers, WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP,
+            position, item, turn, stored, stored_slot, seen_nan = _consume_item(
+                _snake(work, reverse, total_work), position, item, turn, stored, stored_slot, seen_nan, geometry,
+                pointers, strides, scalars, buffers, WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP,
                 STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K,
                 ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)
             reverse = not reverse
         if TMA_STORE:
             tma.store_wait(0)  # the last tile's O is written before the program ends
+        if FLAG_NAN:
+            # The redo pass (the next launch) reads the raised flag: one atomic per program that saw a NaN row.
+            ANY_NAN = pointers[7]
+            gl.atomic_max(ANY_NAN + seen_nan * 0, gl.full([64], 1, gl.int32, layout=o_rows), mask=seen_nan != 0)
 
     @gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right"])
     def _swa_fwd_sm90_kernel(
