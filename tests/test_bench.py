@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from swattn.bench import append, decode, prefill
+from swattn.bench import append, decode, host, prefill
 from swattn.bench.__main__ import main
 from swattn.bench.common import Row, Runner, Timing, make_env, measure, time_wall
 
@@ -52,6 +52,21 @@ def test_bench_append_quick(env):
         rows = [r for r in section.rows if r.provider == provider]
         assert len(rows) == 2 and all(r.status == "ok" and r.timing for r in rows), section.table
     assert "FUSED_APPEND_DEFAULTS now" in section.markdown()
+
+
+def test_bench_host_op_path_quick(env):
+    """The torch.library op path's rows (the op through the dispatcher, a torch.compile'd function around the public
+    call) beside the plain eager calls, for the window decode with append and the window prefill: each passes the
+    gate and has its host and eager times."""
+    section = host.run(env, rows=["op"])
+    got = {(r.shape.split()[0], r.provider) for r in section.rows}
+    assert got == {("decode", "swattn +append"), ("decode", "swattn +append, op via dispatcher"),
+                   ("decode", "swattn +append, torch.compile"), ("prefill", "swattn"),
+                   ("prefill", "swattn (op via dispatcher)"), ("prefill", "swattn (torch.compile)")}, section.table
+    for row in section.rows:
+        assert row.status == "ok" and row.timing is not None and row.error <= row.tolerance, section.table
+    for line in section.table.splitlines()[2:]:
+        assert line.split("|")[3].strip() not in ("", "-"), f"no host time: {line}"
 
 
 def test_suggested_fused_append_defaults_need_every_shape_of_a_batch_to_win():

@@ -10,13 +10,15 @@ is hidden). gpt-oss-120b layer shapes (H=64, Hk=8, D=64, sinks), bf16. Rows:
 - decode, paged (page 16), B=16, 1K context: window (127, 0) and full (split-KV with its combine); swattn with and
   without appending the new token (the append launch or, ``+fused append``, the attention kernel writing it), FA3
   and FA4 without;
-- the torch.library op path of the window decode with append: the op called through the dispatcher, and a
-  ``torch.compile``d function around ``flash_attn_with_kvcache`` (its compiled overhead);
+- the torch.library op path (``op``): the window decode with append and the 4K window prefill, each as the plain
+  eager call, the op called through the dispatcher, and a ``torch.compile``d function around
+  ``flash_attn_with_kvcache`` / ``flash_attn_func`` (its compiled overhead), also under ``--quick`` (tiny shapes);
 - prefill, window (127, 0), 4K and 16K tokens: swattn, FA3, FA4, FlexAttention (no sinks);
 - backward of the window prefill at 4K (swattn), also with autograd's device threads off, beside the autograd
   engine alone (a Function whose backward hands back gradients computed beforehand): the engine's own share.
 
-``--rows decode,op,prefill,backward`` picks groups of them (``op``: the op-path rows, with the decode rows).
+``--rows decode,op,prefill,backward`` picks groups of them (``op``: the op-path rows, with their plain eager rows
+unless the decode or prefill group runs too).
 Under ``--quick`` (CPU, interpreter) shapes are tiny and only the format and the checks mean anything.
 """
 
@@ -60,7 +62,7 @@ def time_host(fn: Callable[[], object], env: Env, calls: int = 100, reps: int = 
     """CPU time per call of ``calls`` back-to-back calls, no synchronisation inside (the GPU queue absorbs them)."""
     if env.quick:
         calls, reps = 2, 2
-    for _ in range(3):
+    for _ in range(1 if env.quick else 3):
         fn()
     samples = []
     for _ in range(reps):
@@ -100,7 +102,7 @@ class _Timings:
         return run
 
 
-def _decode_rows(env: Env, dims: Dims, timings: _Timings, op_path: bool = True) -> list[Row]:
+def _decode_rows(env: Env, dims: Dims, timings: _Timings) -> list[Row]:
     batch, context, page_size = (16, 1024, 16) if not env.quick else (2, 40, 8)
     if env.quick:
         dims = Dims(8, 2, 32)
@@ -135,10 +137,6 @@ def _decode_rows(env: Env, dims: Dims, timings: _Timings, op_path: bool = True) 
         # "+fused append": ops.FUSED_APPEND on for the row (one launch: the attention programs write the new
         # tokens); "+append" takes the default (ops.FUSED_APPEND_DEFAULTS).
         providers = [("swattn", plain), ("swattn +append", appending), ("swattn +fused append", appending)]
-        if left >= 0 and op_path and not env.quick:  # the compiled row alone takes minutes under the interpreter
-            providers += [("swattn +append, op via dispatcher", lambda: _op_call(q, k_pool, v_pool, k_new, v_new,
-                                                                                  before, table, sinks, left)),
-                          ("swattn +append, torch.compile", lambda kwargs=kwargs: _compiled(appending(kwargs)))]
         providers += [("FA3", lambda left=left: peers.fa3(q, k_pool, v_pool, left, sinks, page_table=table,
                                                           seqused_k=lengths)),
                       ("FA4", lambda left=left: peers.fa4(q, k_pool, v_pool, left, sinks, page_table=table,
@@ -154,13 +152,89 @@ def _decode_rows(env: Env, dims: Dims, timings: _Timings, op_path: bool = True) 
     return rows
 
 
-def _op_call(q, k_cache, v_cache, k, v, cache_seqlens, page_table, sinks, left):
-    """``swattn::fwd_kvcache`` through the dispatcher, as a compiled graph calls it (arguments as the public
-    function passes them: PackGQA and one split for this decode)."""
-    op = torch.ops.swattn.fwd_kvcache
-    scale = q.shape[-1] ** -0.5
-    return lambda: op(q, k_cache, v_cache, k, v, cache_seqlens, None, page_table, None, 1, sinks, scale, left, 0, 0.0,
-                      True, 1)[0]
+def _op_arguments(function, *args, **kwargs) -> tuple:
+    """The ``swattn.ops`` op and its arguments that a call of the public ``function`` ends in (its unreplayed body
+    runs once, its ``ops.run_*`` call recorded): what a compiled graph hands the dispatcher."""
+    recorded = []
+    originals = {name: getattr(ops, name) for name in ("run_fwd", "run_fwd_kvcache")}
+
+    def recorder(name):
+        return lambda *op_args: recorded.append((name, op_args)) or originals[name](*op_args)
+
+    try:
+        for name in originals:
+            setattr(ops, name, recorder(name))
+        function.__wrapped__(*args, **kwargs)  # past swattn._replay: the function's body, its op call
+    finally:
+        for name, original in originals.items():
+            setattr(ops, name, original)
+    (name, op_args), = recorded
+    return {"run_fwd": torch.ops.swattn.fwd, "run_fwd_kvcache": torch.ops.swattn.fwd_kvcache}[name], op_args
+
+
+def _op_rows(env: Env, dims: Dims, timings: _Timings, baselines: tuple[bool, bool]) -> list[Row]:
+    """The torch.library op path, beside the plain eager call: the window decode with the append (B=16, paged 1K)
+    and the 4K window prefill, each called eagerly (``swattn._replay``, no dispatcher), as the op through the
+    dispatcher (``torch.ops.swattn.*`` with the arguments the public function passes), and as a ``torch.compile``d
+    function around the public call (dynamo traces it to the op; inductor's graph calls it through the dispatcher).
+    ``baselines``: whether the decode and prefill groups' plain rows are wanted here (not when those groups run).
+    Under ``--quick`` the shapes are tiny (the interpreter runs each kernel; inductor compiles each function)."""
+    if env.quick:
+        dims, batch, context, page_size, seqlen, left = Dims(2, 1, 16), 1, 12, 8, 16, 7
+    else:
+        batch, context, page_size, seqlen, left = 16, 1024, 16, 4096, 127
+    device, dtype = env.device, env.dtype
+    sinks = torch.randn(dims.heads, device=device).to(torch.bfloat16).float()
+    pages = -(-context // page_size)
+    k_pool = torch.randn(batch * pages, page_size, dims.kv_heads, dims.head_dim, device=device, dtype=dtype)
+    v_pool = torch.randn_like(k_pool)
+    table = torch.randperm(batch * pages, device=device).view(batch, pages).to(torch.int32)
+    q = torch.randn(batch, 1, dims.heads, dims.head_dim, device=device, dtype=dtype)
+    k_new, v_new = (torch.randn(batch, 1, dims.kv_heads, dims.head_dim, device=device, dtype=dtype)
+                    for _ in range(2))
+    before = torch.full((batch,), context - 1, device=device, dtype=torch.int32)
+    lengths = append_kv_ref(k_pool, v_pool, k_new, v_new, before, page_table=table)
+    decode_reference, _ = attention_kvcache_ref(q.to(env.reference_dtype), k_pool, v_pool, lengths, page_table=table,
+                                                causal=True, window_size=(left, 0), sinks=sinks,
+                                                compute_dtype=env.reference_dtype)
+    decode_kwargs = dict(k=k_new, v=v_new, cache_seqlens=before, page_table=table, causal=True,
+                         window_size=(left, 0), sinks=sinks)
+    q_prefill = torch.randn(1, seqlen, dims.heads, dims.head_dim, device=device, dtype=dtype)
+    k_prefill, v_prefill = (torch.randn(1, seqlen, dims.kv_heads, dims.head_dim, device=device, dtype=dtype)
+                            for _ in range(2))
+    prefill_kwargs = dict(causal=True, window_size=(left, 0), sinks=sinks)
+    prefill_reference = attention_ref(q_prefill.to(env.reference_dtype), k_prefill, v_prefill, **prefill_kwargs)[0]
+
+    def decode():
+        # Writes the same token into the same slot on every call: the cache the reference saw stays.
+        return swattn.flash_attn_with_kvcache(q, k_pool, v_pool, **decode_kwargs)
+
+    def prefill():
+        return swattn.flash_attn_func(q_prefill, k_prefill, v_prefill, **prefill_kwargs)
+
+    def dispatched(function, *args, **kwargs):
+        op, op_args = _op_arguments(function, *args, **kwargs)
+        return lambda: op(*op_args)[0]
+
+    cases = [
+        (f"decode B={batch} ctx={context} page={page_size} W({left},0)", decode_reference, baselines[0], [
+            ("swattn +append", lambda: decode),
+            ("swattn +append, op via dispatcher", lambda: dispatched(swattn.flash_attn_with_kvcache, q, k_pool,
+                                                                     v_pool, **decode_kwargs)),
+            ("swattn +append, torch.compile", lambda: _compiled(decode))]),
+        (f"prefill S={seqlen} W({left},0)", prefill_reference, baselines[1], [
+            ("swattn", lambda: prefill),
+            ("swattn (op via dispatcher)", lambda: dispatched(swattn.flash_attn_func, q_prefill, k_prefill, v_prefill,
+                                                             **prefill_kwargs)),
+            ("swattn (torch.compile)", lambda: _compiled(prefill))]),
+    ]
+    rows = []
+    for shape, reference, baseline, providers in cases:
+        compare = lambda out, reference=reference: compare_outputs(out, reference, env.dtype)
+        for name, build in providers[0 if baseline else 1:]:
+            if env.wants(name):
+                rows.append(measure(env, shape, name, build, compare, timings.timer((shape, name))))
+    return rows
 
 
 def _with_note(result) -> Runner:
@@ -312,7 +386,9 @@ def run(env: Env, rows: list[str] | None = None) -> Section:
         raise ValueError(f"rows: unknown group(s) {sorted(unknown)}; expected some of {', '.join(ROW_GROUPS)}")
     timings = _Timings(env)
     dims = Dims()
-    rows = ((_decode_rows(env, dims, timings, op_path="op" in groups) if groups & {"decode", "op"} else [])
+    rows = ((_decode_rows(env, dims, timings) if "decode" in groups else [])
+            + (_op_rows(env, dims, timings, ("decode" not in groups, "prefill" not in groups))
+               if "op" in groups else [])
             + (_prefill_rows(env, dims, timings, backward=False) if "prefill" in groups else [])
             + (_prefill_rows(env, dims, timings, backward=True) if "backward" in groups else []))
     rows, unavailable = drop_unavailable(rows)
