@@ -7,7 +7,8 @@ direct and plain launches, and cProfile's top functions by own time. Then the pa
 compiled launcher called with tensors or with integer pointers, Triton's ``JITFunction.run``, an empty kernel.
 The Gluon forward (not in the default list; ``--only gluon_4k,gluon_4k_plain,...``): prefills forced onto the Gluon
 kernel, 4K and 16K W(127,0) gpt-oss and 16K causal D128, each with the direct launch and the plain one
-(``*_plain``), and ``gluon_parts``, its launch taken apart.
+(``*_plain``), and ``gluon_parts``, its launch taken apart; ``gluon_4k_run`` / ``gluon_16k_run``: the direct launch
+through ``CompiledKernel.run`` (``_launch.C_LAUNCHER`` off), session 5's path.
 
     PYTHONPATH=. python scripts/host_profile.py [--out FILE] [--calls 2000] [--only decode,backward]
 
@@ -151,6 +152,12 @@ def launch_counts() -> tuple[int, int]:
     return sum(launch.plain_launches for launch in found), sum(launch.direct_launches for launch in found)
 
 
+def c_launches() -> int:
+    """Direct launches made through Triton's C launcher (``_launch.CLauncher``), all plans."""
+    return sum(entry[3].launches for launch in launches() for entry in launch._compiled.values()
+               if entry[3] is not None)
+
+
 def profile_table(fn, calls: int, lines: int) -> str:
     profiler = cProfile.Profile()
     profiler.enable()
@@ -241,7 +248,13 @@ def scenarios(quick: bool) -> dict:
         # tensor descriptors built on every call, _launch.DIRECT_LAUNCH off).
         "gluon_4k": ("prefill 4K W(127,0) D64 gpt-oss, Gluon kernel, direct launch", gluon_4k, "gluon"),
         "gluon_4k_plain": ("prefill 4K W(127,0) D64 gpt-oss, Gluon kernel, plain launch", gluon_4k, "gluon plain"),
+        # The direct launch through CompiledKernel.run (_launch.C_LAUNCHER off: Triton's Python launcher fills the
+        # four TMA descriptors on every call), as before session 6.
+        "gluon_4k_run": ("prefill 4K W(127,0) D64 gpt-oss, Gluon kernel, direct launch through "
+                         "CompiledKernel.run", gluon_4k, "gluon run"),
         "gluon_16k": ("prefill 16K W(127,0) D64 gpt-oss, Gluon kernel, direct launch", gluon_16k, "gluon"),
+        "gluon_16k_run": ("prefill 16K W(127,0) D64 gpt-oss, Gluon kernel, direct launch through "
+                          "CompiledKernel.run", gluon_16k, "gluon run"),
         "gluon_16k_plain": ("prefill 16K W(127,0) D64 gpt-oss, Gluon kernel, plain launch", gluon_16k,
                             "gluon plain"),
         "gluon_causal": ("prefill 16K causal D128 H32/8, Gluon kernel, direct launch", gluon_causal, "gluon"),
@@ -257,8 +270,10 @@ def measure_scenario(report: Report, name: str, title: str, fn, calls: int) -> N
     sync()
     compile_s = time.perf_counter() - started
     plain0, direct0 = launch_counts()
+    c0 = c_launches()
     median, best = host_us(fn, max(calls // 5, 2))
     plain1, direct1 = launch_counts()
+    c1 = c_launches()
     host_calls = 5 + 5 * max(calls // 5, 2)
     eager = eager_us(fn)
     kernels, names = gpu_work_per_call(fn)
@@ -269,7 +284,8 @@ def measure_scenario(report: Report, name: str, title: str, fn, calls: int) -> N
     report.line(f"\n## {title}  [{name}; first calls {compile_s:.1f} s; forward kernel: {kernel}]")
     report.line(f"host {median:.1f} us/call (best {best:.1f}); eager {eager:.1f} us/call; graph {graph:.2f} us/call; "
                 f"GPU kernels {kernels:.2f}/call; allocations {allocations:.2f}/call; launches per call: "
-                f"direct {(direct1 - direct0) / host_calls:.2f}, plain {(plain1 - plain0) / host_calls:.2f}")
+                f"direct {(direct1 - direct0) / host_calls:.2f} (through Triton's C launcher "
+                f"{(c1 - c0) / host_calls:.2f}), plain {(plain1 - plain0) / host_calls:.2f}")
     report.line("kernels per call: " + ", ".join(f"{n} x{c:.2f}" for n, c in names.most_common(8)))
     table = profile_table(fn, calls, 30)
     report.line("cProfile (own time, top 10):")
@@ -481,12 +497,14 @@ def main() -> None:
                 sync()
             continue
         title, fn, variant = found[name]
-        fused, mode, direct = ops.FUSED_APPEND, gluon_fwd.GLUON_MODE, _launch.DIRECT_LAUNCH
+        fused, mode, direct, c_launcher = ops.FUSED_APPEND, gluon_fwd.GLUON_MODE, _launch.DIRECT_LAUNCH, \
+            _launch.C_LAUNCHER
         flags = (variant or "").split()
         try:
             ops.FUSED_APPEND = "fused" in flags or (fused and variant is None)
             gluon_fwd.GLUON_MODE = "1" if "gluon" in flags else "0" if "triton" in flags else mode
             _launch.DIRECT_LAUNCH = direct and "plain" not in flags
+            _launch.C_LAUNCHER = c_launcher and "run" not in flags
             _launch.clear_plans()  # plans keep the launch path and kernel they were made with
             measure_scenario(report, name, title, fn, calls)
         except Exception as exc:  # report and go on: one failing scenario must not hide the others
@@ -494,6 +512,7 @@ def main() -> None:
             sync()
         finally:
             ops.FUSED_APPEND, gluon_fwd.GLUON_MODE, _launch.DIRECT_LAUNCH = fused, mode, direct
+            _launch.C_LAUNCHER = c_launcher
             _launch.clear_plans()
     sys.stdout.flush()
 
