@@ -6,6 +6,9 @@ shared machine).
 
     python scripts/host_time.py                # gpt-oss decode (paged, with and without append), prefill, backward
     python scripts/host_time.py --profile      # also cProfile each, sorted by own time
+    python scripts/host_time.py --gluon        # the 4K gpt-oss prefill on the Gluon kernel (forced), its compiled
+                                               # launcher a copy of Triton 3.6's around a no-op C function: through
+                                               # CompiledKernel.run and through the C launcher (_launch.CLauncher)
     PYTHONPATH=/path/to/other/checkout python scripts/host_time.py   # compare with another version
 """
 
@@ -92,7 +95,74 @@ def time_per_call(fn) -> float:
     return best
 
 
+def gluon() -> None:
+    """The Gluon forward's planned path on the CPU: its kernel and the redo pass's stubbed, their compiled launchers
+    Triton 3.6's ``CudaLauncher`` (tests/kernels/_triton36_launcher.py) around a no-op C function and a no-op
+    descriptor fill; timed through ``CompiledKernel.run`` (``_launch.C_LAUNCHER`` off) and through the C launcher
+    (on). Python function calls per call from cProfile; us per call the best of three alternations."""
+    import cProfile as profile_module
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "kernels"))
+    import _triton36_launcher as triton36
+
+    from swattn.kernels import _launch, fwd, gluon_fwd
+    from swattn.testing import StubKernel, stub_kernels
+
+    q = torch.randn(1, 4096, 64, 64, dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 4096, 8, 64, dtype=torch.bfloat16) for _ in range(2))
+    sinks = torch.randn(64, dtype=torch.bfloat16)
+
+    class NoLaunch:  # the C function: a callable without __code__, as a builtin
+        def __call__(self, *args):
+            pass
+
+    triton36.make_tensordesc_arg = lambda descriptor, meta: [object(), *descriptor.shape, *descriptor.strides]
+    use_gluon, version, kernel = fwd._use_gluon, _launch._triton_version, gluon_fwd._swa_fwd_sm90_kernel
+    fwd._use_gluon, _launch._triton_version = (lambda *args, **kwargs: True), (lambda: (3, 6))
+
+    def call():
+        with torch.no_grad():
+            return swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0), sinks=sinks)
+
+    def measure(c_launcher: bool) -> tuple[float, float]:
+        _launch.C_LAUNCHER = c_launcher
+        with stub_kernels() as stubs:
+            stubs["gluon"] = gluon_fwd._swa_fwd_sm90_kernel = StubKernel(kernel)
+            for stub in stubs.values():
+                names = [name for name, _ in _launch.bound_argument_order(stub)]
+                descriptors = 4 if stub is stubs["gluon"] else 0
+                signature = {name: "tensordesc<bf16[64, 64]>" if index < descriptors else "i32"
+                             for index, name in enumerate(names)}
+                stub.compiled.run = triton36.CudaLauncher(NoLaunch(), signature, [{}] * descriptors or None)
+            try:
+                us = time_per_call(call)
+                profiler = profile_module.Profile()
+                profiler.enable()
+                for _ in range(1000):
+                    call()
+                profiler.disable()
+                return us, pstats.Stats(profiler).total_calls / 1000
+            finally:
+                gluon_fwd._swa_fwd_sm90_kernel = kernel
+
+    try:
+        best = {}
+        for _ in range(3):
+            for c_launcher in (False, True):
+                us, calls = measure(c_launcher)
+                best[c_launcher] = (min(us, best.get(c_launcher, (us,))[0]), calls)
+        for c_launcher, label in ((False, "through CompiledKernel.run"), (True, "through the C launcher")):
+            us, calls = best[c_launcher]
+            print(f"prefill 4K W(127,0) gpt-oss, Gluon kernel, Triton 3.6's launcher {label}: {us:.1f} us per call, "
+                  f"{calls:.0f} Python function calls per call (kernels stubbed)", flush=True)
+    finally:
+        fwd._use_gluon, _launch._triton_version, _launch.C_LAUNCHER = use_gluon, version, True
+
+
 def main() -> None:
+    if "--gluon" in sys.argv:
+        gluon()
+        return
     try:
         from swattn.testing import stub_kernels
     except ImportError:  # a checkout from before the planned launches: stub the kernels' launches directly

@@ -53,7 +53,8 @@ DIRECT_LAUNCH = True
 # Direct launches through Triton's C launcher (``CLauncher``) where its structure is known; off: through
 # ``CompiledKernel.run`` (A/B runs, tests). Read when a Launch compiles.
 C_LAUNCHER = True
-# Expanded descriptor arguments kept per Launch and device, by the descriptors' base addresses (oldest dropped).
+# Expanded descriptor arguments kept per Launch and device, by the descriptors' base addresses (all dropped when
+# full: a model's layers each pass their own buffers, 36 for gpt-oss-120b).
 MAX_EXPANSIONS = 64
 
 _LAUNCHER_ATTRIBUTES = ("run", "function", "packed_metadata")
@@ -187,7 +188,7 @@ class CLauncher:
         expanded = tuple(expanded)
         if not any(isinstance(value, torch.Tensor) for value in expanded):
             if len(self.expansions) >= MAX_EXPANSIONS:
-                del self.expansions[next(iter(self.expansions))]
+                self.expansions.clear()  # all at once: one C call, safe against another thread's lookups
             self.expansions[addresses] = expanded
         return expanded
 

@@ -222,3 +222,23 @@ def test_an_unknown_launcher_structure_keeps_run(runtime, monkeypatch):
         launch(x, y)
     assert launch._compiled[0][3] is None and launch.direct_launches == 2 and len(rejected) == 1
     assert len(recorder.launches) == 2  # both through run, which calls its launch
+
+
+def test_kept_expansions_are_bounded(runtime, monkeypatch):
+    """Past ``MAX_EXPANSIONS`` tensor sets the kept maps are dropped (and filled again as calls come): the maps a
+    call gets are always its own bases'."""
+    monkeypatch.setattr(_launch, "MAX_EXPANSIONS", 2)
+    recorder = Recorder()
+    signature = {"X_desc": "tensordesc<bf16[64, 64]>", "Y": "*fp32", "n": "i32", "BLOCK": "constexpr"}
+    run = _launcher((3, 6), recorder, signature, [{"swizzle": 128}], monkeypatch)
+    layout = gluon_fwd._shared_layout((64, 64), torch.bfloat16)
+    descriptor = Descriptor(gluon_fwd.TensorDescriptor, (128, 64), (64, 1), (64, 64), layout)
+    launch = Launch(_Kernel(_Compiled(run)), (3,), (5,), dict(BLOCK=16), num_tensors=2, descriptors=(descriptor,))
+    sets = [(torch.randn(128, 64, dtype=torch.bfloat16), torch.zeros(4)) for _ in range(3)]
+    launch(*sets[0])
+    for index in [0, 1, 2, 0, 2]:
+        x, y = sets[index]
+        launch(x, y)
+        assert recorder.launches[-1][13] == FakeMap(x.data_ptr(), (128, 64), (64, 1), {"swizzle": 128})
+        assert len(launch._compiled[0][3].expansions) <= 2
+    assert len(recorder.fills) == 4  # sets 0, 1, then 2 (0 and 1 dropped), 0 again; 2 still kept
