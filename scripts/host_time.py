@@ -9,6 +9,9 @@ shared machine).
     python scripts/host_time.py --gluon        # the 4K gpt-oss prefill on the Gluon kernel (forced), its compiled
                                                # launcher a copy of Triton 3.6's around a no-op C function: through
                                                # CompiledKernel.run and through the C launcher (_launch.CLauncher)
+    python scripts/host_time.py --op           # the torch.library op path: the window decode with append and the
+                                               # 4K prefill eagerly, as the op through the dispatcher, and as a
+                                               # torch.compile'd function around the public call
     PYTHONPATH=/path/to/other/checkout python scripts/host_time.py   # compare with another version
 """
 
@@ -159,9 +162,51 @@ def gluon() -> None:
         fwd._use_gluon, _launch._triton_version, _launch.C_LAUNCHER = use_gluon, version, True
 
 
+def op_path() -> None:
+    """The torch.library op path with the kernels stubbed: swattn's eager call (replayed), the op its public function
+    ends in called through the dispatcher (``torch.ops.swattn.*``), the op's implementation called directly, and a
+    ``torch.compile``d function around the public call (the default inductor backend)."""
+    from swattn.bench.host import _op_arguments
+    from swattn.testing import stub_kernels
+
+    batch, heads, kv_heads, head_dim, page_size, capacity = 16, 64, 8, 64, 16, 1024
+    k_cache = torch.randn(batch * capacity // page_size, page_size, kv_heads, head_dim, dtype=torch.bfloat16)
+    v_cache = torch.randn_like(k_cache)
+    page_table = torch.arange(batch * capacity // page_size, dtype=torch.int32).view(batch, -1)
+    q = torch.randn(batch, 1, heads, head_dim, dtype=torch.bfloat16)
+    k_new, v_new = (torch.randn(batch, 1, kv_heads, head_dim, dtype=torch.bfloat16) for _ in range(2))
+    sinks = torch.randn(heads)
+    decode_args = (q, k_cache, v_cache)
+    decode_kwargs = dict(k=k_new, v=v_new, cache_seqlens=torch.full((batch,), capacity - 1, dtype=torch.int32),
+                         page_table=page_table, causal=True, window_size=(127, 0), sinks=sinks, check_inputs=False)
+    prefill_args = (torch.randn(1, 4096, heads, head_dim, dtype=torch.bfloat16),
+                    *(torch.randn(1, 4096, kv_heads, head_dim, dtype=torch.bfloat16) for _ in range(2)))
+    prefill_kwargs = dict(causal=True, window_size=(127, 0), sinks=sinks)
+    from swattn import ops
+
+    implementations = {torch.ops.swattn.fwd: ops._fwd_impl, torch.ops.swattn.fwd_kvcache: ops._fwd_kvcache_impl}
+    with stub_kernels(), torch.no_grad():
+        for label, function, args, kwargs in (
+                ("decode W(127,0) B=16 with append, paged", swattn.flash_attn_with_kvcache, decode_args,
+                 decode_kwargs),
+                ("prefill W(127,0) 4K", swattn.flash_attn_func, prefill_args, prefill_kwargs)):
+            op, op_args = _op_arguments(function, *args, **kwargs)
+            implementation = implementations[op]
+            compiled = torch.compile(lambda function=function, args=args, kwargs=kwargs: function(*args, **kwargs),
+                                     fullgraph=True)
+            for name, fn in (("eager (swattn._replay)", lambda: function(*args, **kwargs)),
+                             ("op via dispatcher", lambda: op(*op_args)),
+                             ("op implementation called directly", lambda: implementation(*op_args)),
+                             ("torch.compile (inductor)", compiled)):
+                print(f"{label}, {name}: {time_per_call(fn):.1f} us per call (kernels stubbed)", flush=True)
+
+
 def main() -> None:
     if "--gluon" in sys.argv:
         gluon()
+        return
+    if "--op" in sys.argv:
+        op_path()
         return
     try:
         from swattn.testing import stub_kernels
