@@ -191,16 +191,15 @@ def main() -> int:
                 # of 192) and keep 4 programs' stages in shared memory; more K/V stages for the 2-program kernels.
                 for per_sm, block_n in ((3, 64), (3, 32), (4, 32), (4, 16)):
                     gluon.append((f"gluon 1 WG x {per_sm}/SM BN{block_n}, TMA store", with_mode(
-                        "1", call(True), consumers=1, per_sm=per_sm, block_n=block_n, tma_store=True)))
+                        "1", call(True), consumers=1, per_sm=per_sm, block_n=block_n, tma_store=True, wg_rows=64)))
                 gluon.append(("gluon 1 WG x 4/SM BN32 S3, TMA store", with_mode(
-                    "1", call(True), consumers=1, per_sm=4, block_n=32, num_stages=3, tma_store=True)))
-                # Two warpgroups sharing each K/V block (16 positions per tile: 143 keys for 128 rows instead of
-                # 135 for 64), two programs per SM (104 registers per consumer thread, as 1 WG x 4/SM): half the K/V
-                # bytes per row through L2, as many tiles in flight per SM.
-                for block_n in (32, 16):
-                    for store in (False, True):
-                        gluon.append((f"gluon 2 WG x 2/SM BN{block_n}{', TMA store' if store else ''}", with_mode(
-                            "1", call(True), consumers=2, per_sm=2, block_n=block_n, tma_store=store)))
+                    "1", call(True), consumers=1, per_sm=4, block_n=32, num_stages=3, tma_store=True, wg_rows=64)))
+                # 128 rows per warpgroup (two m64 products per block), two programs per SM: the per-tile code and
+                # the per-block waits and index arithmetic paid once per 128 rows.
+                for block_n, stages in ((32, 2), (32, 3), (64, 2)):
+                    gluon.append((f"gluon 128-row WG x 2/SM BN{block_n} S{stages}, TMA store", with_mode(
+                        "1", call(True), consumers=1, per_sm=2, block_n=block_n, num_stages=stages, tma_store=True,
+                        wg_rows=128)))
             if small and head_dim == 128:  # 5 blocks of 32 keys (160 scores per row) instead of 3 of 64 (192)
                 gluon.append(("gluon 1 WG x 2/SM BN32, TMA store", with_mode(
                     "1", call(True), consumers=1, per_sm=2, block_n=32, tma_store=True)))

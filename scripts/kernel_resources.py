@@ -148,7 +148,7 @@ def gluon_targets() -> list[tuple[str, dict, dict, torch.dtype]]:
     d64, d128 = dict(q=(1, 512, 64, 64), kv=(1, 512, 8, 64)), dict(q=(1, 512, 32, 128), kv=(1, 512, 8, 128))
     d256 = dict(q=(1, 512, 16, 256), kv=(1, 512, 8, 256))
     return [
-        ("gluon W(127,0) D64 packed, sinks (1 warpgroup, 4 programs/SM)", d64,
+        ("gluon W(127,0) D64 packed, sinks (1 warpgroup of 128 rows, 2 programs/SM)", d64,
          dict(left=127, right=0, pack_gqa=True, sinks=True), torch.bfloat16),
         ("gluon W(127,0) D64", d64, dict(left=127, right=0), torch.bfloat16),
         ("gluon W(4095,0) D128", d128, dict(left=4095, right=0), torch.bfloat16),
@@ -371,7 +371,9 @@ def main() -> int:
                                                 kwargs["right"])
             block_n = gluon_fwd.block_n_for(q.shape[-1], kwargs.get("pack_gqa", False), kwargs["left"],
                                             kwargs["right"])
-            per_sm = gluon_fwd.per_sm_for(consumers, q.shape[-1], block_n)
+            wg_rows = gluon_fwd.wg_rows_for(q.shape[-1], kwargs.get("pack_gqa", False), kwargs["left"],
+                                            kwargs["right"]) if consumers == 1 else 64
+            per_sm = gluon_fwd.per_sm_for(consumers, q.shape[-1], block_n, wg_rows)
             failures += check and (r.stack_bytes > allowed_stack or not r.warpgroup_mma
                                    or r.shared_bytes * per_sm > SHARED_PER_SM)
             print(f"{name} [gluon]: {r.registers} regs (max), {r.stack_bytes} B stack, {r.shared_bytes} B shared, "

@@ -2,8 +2,8 @@
 
 A persistent grid (one program per SM; two or four for one-warpgroup programs, ``per_sm_for``) walks the work items,
 longest first, each round of the grid in the opposite direction to the last (``_snake``); an item is a tile of 64
-query rows per consumer warpgroup (one to three) of one head, or with PackGQA of one KV head's packed (position,
-head) rows. One program holds:
+query rows per consumer warpgroup (one to three; one warpgroup of 128 rows for packed small windows at head_dim 64,
+``wg_rows_for``) of one head, or with PackGQA of one KV head's packed (position, head) rows. One program holds:
 
 - a loader partition (one warp, few registers) brings each tile's Q through TMA into one of two Q slots (the next
   tile's Q arrives while the consumers finish this one; one slot at head_dim 256) and streams the tile's K and V
@@ -13,7 +13,8 @@ head) rows. One program holds:
   ``PAGE_BOX_MAX`` keys, its row looked up in the page table), and the start is rounded down to a box: pages wholly
   outside the window are never read. K and V have their own ready/empty barriers, so a K stage is refilled as soon
   as its scores are computed, before the P @ V product of the same block has run;
-- one to three consumer warpgroups (the default partition and workers, most of the registers), 64 rows each, read
+- one to three consumer warpgroups (the default partition and workers, most of the registers), 64 rows each (or one
+  of 128), read
   every block. Inside a warpgroup the scores of block j+1 (``Q K^T``, async wgmma) are in flight while the softmax
   of block j runs, then ``P_j V_j`` is issued and overlaps the next wait (FlashAttention 3's intra-warpgroup
   overlap). Between two warpgroups either the warp schedulers interleave one's softmax with the other's products,
@@ -89,6 +90,8 @@ LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer
 PINGPONG = False
 # Dense calls write O through the tile's Q slot and a TMA store instead of per-thread stores (``tma_store_for``).
 TMA_STORE = False
+# Rows per consumer warpgroup for packed small windows at head_dim 64 (``wg_rows_for``): 64 or 128.
+WG_ROWS_SMALL_D64 = 128
 
 
 def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
@@ -116,6 +119,16 @@ def consumers_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
     return 2
 
 
+def wg_rows_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
+    """Query rows per consumer warpgroup: 64, or 128 (two m64 products per block, one per half) where a 64-row
+    tile's per-tile code is a large share of its instructions: packed small windows at head_dim 64, whose consumers
+    are issue-bound with half their instructions outside the block loop (H200 Nsight Compute, session 6,
+    docs/notes/2026-12-03-gluon-forward.md). A 128-row warpgroup pays the tile's geometry, Q wait, first product's
+    setup and the per-block waits, arrivals and index arithmetic once per 128 rows; it needs two programs per SM's
+    registers (232 per consumer thread) instead of four."""
+    return WG_ROWS_SMALL_D64 if (pack_gqa and head_dim <= 64 and 0 <= left <= 256 and 0 <= right <= 256) else 64
+
+
 def tma_store_for(consumers: int) -> bool:
     """O through the tile's Q slot and a TMA store (dense calls) where it was measured faster: with one consumer
     warpgroup (178.0 -> 163.6 us on W(127,0) D128, run 6). With two, runs 5 and 6 disagree (causal D128 -3.5% and
@@ -123,14 +136,14 @@ def tma_store_for(consumers: int) -> bool:
     return TMA_STORE or consumers == 1
 
 
-def per_sm_for(consumers: int, head_dim: int = 128, block_n: int = 64) -> int:
+def per_sm_for(consumers: int, head_dim: int = 128, block_n: int = 64, wg_rows: int = 64) -> int:
     """Resident programs per SM: one-consumer programs run several per SM so that one's epilogue and waits overlap
     the others' products: four with 32-key blocks at head_dim 64 (64 registers at launch, 104 per consumer thread
     after reallocation; four programs' stages fit in shared memory), two otherwise (128 / 232). One for two or
     three consumers."""
     if consumers != 1:
         return 1
-    return 4 if head_dim <= 64 and block_n <= 32 else 2
+    return 4 if head_dim <= 64 and block_n <= 32 and wg_rows == 64 else 2
 
 
 def block_n_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
@@ -218,12 +231,11 @@ if GLUON_AVAILABLE:
     @gluon.jit
     def _tile(work, geometry, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PACK_GQA: gl.constexpr,
               GROUP: gl.constexpr, IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
-              ALIGN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_CONSUMERS: gl.constexpr):
+              ALIGN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr):
         """Work item ``work`` -> its tile's rows and key range. Items run longest first: the reversed tile index is
         the slow coordinate, so causal's long last tiles of every head start before any short one (``_snake``)."""
         (num_tiles, num_batch_heads, seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, left, right, CU_SEQLENS_Q,
          CU_SEQLENS_K, num_row_groups, SEQLENS_K) = geometry[:12]
-        BLOCK_M: gl.constexpr = 64 * NUM_CONSUMERS
         tile = num_tiles - 1 - work // num_batch_heads
         batch_head = work % num_batch_heads
         if PACK_GQA:
@@ -253,7 +265,7 @@ if GLUON_AVAILABLE:
         kv_row0 = batch * kv_rows_per_batch + k_begin + kv_start
         kv_col = kv_head * HEAD_DIM
         # Non-finite flags are kept per 64-row group (a warpgroup's rows), the tiles of the Triton redo pass.
-        flag_group = batch_head * num_row_groups + tile * NUM_CONSUMERS
+        flag_group = batch_head * num_row_groups + tile * (BLOCK_M // 64)
         return (kv_row0, kv_col, num_blocks, kv_start, kv_end, masked_head_end, unmasked_end, first_row, num_rows,
                 head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, flag_group)
 
@@ -268,7 +280,7 @@ if GLUON_AVAILABLE:
         else:
             q_batch = tile[10]
         for consumer in gl.static_range(NUM_CONSUMERS):
-            first_pos = (tile[7] + consumer * 64) // ROWS_PER_POS
+            first_pos = (tile[7] + consumer * (q_desc.block_type.shape[1] * ROWS_PER_POS)) // ROWS_PER_POS
             _tma_load(q_desc, [q_batch, tile[11] + first_pos, tile[9] * ROWS_PER_POS, 0],
                       q_ready.index(q_slot), q_smem.index(q_slot * NUM_CONSUMERS + consumer))
 
@@ -334,13 +346,14 @@ if GLUON_AVAILABLE:
         Q_SLOTS: gl.constexpr = 2 if HEAD_DIM <= 128 else 1  # as the kernel allocates them
         BOX: gl.constexpr = k_desc.block_type.shape[0]
         ALIGN: gl.constexpr = BOX if KV_SOURCE == _KV_PAGED else 1
+        BLOCK_M: gl.constexpr = NUM_CONSUMERS * q_desc.block_type.shape[1] * ROWS_PER_POS
         total_work = geometry[0] * geometry[1]
         position = 0
         item = 0  # work items with keys so far: the Q ring's position
         reverse = False
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
             tile = _tile(_snake(work, reverse, total_work), geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP,
-                         IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
+                         IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, BLOCK_M)
             if tile[2] > 0:
                 # Loaded while the consumers still work on the previous item: its latency leaves the
                 # critical path.
@@ -379,15 +392,15 @@ if GLUON_AVAILABLE:
                       IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                       ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
                       TMA_STORE: gl.constexpr):
-        """One warpgroup's rows ``[WG * 64, WG * 64 + 64)`` of work item ``work``'s tile, from Q to O; returns the
-        consumer's running state ``(position, item, turn, stored, stored_slot, seen_nan)`` after it (``seen_nan``:
-        per row position of the warpgroup, 1 once a row there held a NaN in any tile so far)."""
+        """One warpgroup's rows ``[WG * M, WG * M + M)`` (M: 64 or 128) of work item ``work``'s tile, from Q to O;
+        returns the consumer's running state ``(position, item, turn, stored, stored_slot, seen_nan)`` after it
+        (``seen_nan``: per row position of the warpgroup, 1 once a row there held a NaN in any tile so far)."""
         O, LSE, SINKS, FLAGS, ANY_NAN, o_desc = pointers[3:9]
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh = strides
         softmax_scale, softcap, left, right = scalars
         q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns = buffers
         dtype: gl.constexpr = k_smem.dtype
-        M: gl.constexpr = 64
+        M: gl.constexpr = q_smem.shape[2] * ROWS_PER_POS  # the warpgroup's rows: its Q box's (64 or 128)
         Q_SLOTS: gl.constexpr = 2 if HEAD_DIM <= 128 else 1  # as the kernel allocates them
         BOX: gl.constexpr = pointers[0].block_type.shape[0]  # as the loader's
         ALIGN: gl.constexpr = BOX if KV_SOURCE == _KV_PAGED else 1
@@ -406,7 +419,7 @@ if GLUON_AVAILABLE:
         (kv_row0, kv_col, num_blocks, kv_start, kv_end, masked_head_end, unmasked_end, first_row, num_rows,
          head_or_kv_head, batch, q_begin, seqlen_q, seqlen_k, flag_group) = _tile(
             work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN_Q,
-            KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS)
+            KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS * M)
         offset = seqlen_k - seqlen_q
         batch64 = batch.to(gl.int64)
         # The epilogue's rows and sinks: the sinks' load is issued here, before the tile's products, so its latency
@@ -432,7 +445,7 @@ if GLUON_AVAILABLE:
 
         q_slot = item % Q_SLOTS
         if num_blocks > 0:
-            # This warpgroup's 64 rows of the tile's Q, which the loader brought in by TMA.
+            # This warpgroup's M rows of the tile's Q, which the loader brought in by TMA.
             mbarrier.wait(q_ready.index(q_slot), (item // Q_SLOTS) & 1)
             q_tile = q_smem.index(q_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM])
             # Block 0: its scores, then its softmax; its P @ V is issued in the next step (or after the loop).
@@ -500,9 +513,9 @@ if GLUON_AVAILABLE:
         if FLAG_NAN:
             row_sum = gl.sum(acc, 1)
             row_has_nan = (row_sum != row_sum) & o_valid  # rows past the sequence hold another's Q (TMA)
-            flag_index = (flag_group + WG).to(gl.int64) * M + gl.arange(0, M, layout=o_rows)
-            # Every row of a group that holds a row of the sequence: the redo pass reads the whole group.
-            gl.store(FLAGS + flag_index, row_has_nan.to(gl.int8), mask=first_row + WG * M + o_m * 0 < num_rows)
+            flag_index = flag_group.to(gl.int64) * 64 + WG * M + gl.arange(0, M, layout=o_rows)
+            # Every row of a 64-row group that holds a row of the sequence: the redo pass reads whole groups.
+            gl.store(FLAGS + flag_index, row_has_nan.to(gl.int8), mask=o_m // 64 * 64 < num_rows)
             # The raised flag is set once per program, after its last tile (``_consumer``): an atomic per tile cost
             # ~35 instructions of a 64-row tile's ~700 of per-tile code (H200 Nsight Compute, W(127,0) D64).
             seen_nan = seen_nan | row_has_nan.to(gl.int32)
@@ -551,7 +564,7 @@ if GLUON_AVAILABLE:
                   IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                   ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
                   TMA_STORE: gl.constexpr):
-        """One warpgroup: rows ``[WG * 64, WG * 64 + 64)`` of each work item's tile, from Q load to O store, over the
+        """One warpgroup: rows ``[WG * M, WG * M + M)`` of each work item's tile, from Q load to O store, over the
         persistent grid's rounds (``_snake``)."""
         total_work = geometry[0] * geometry[1]
         position = 0  # blocks consumed so far: the stage ring's position, shared with the loader's count
@@ -561,7 +574,8 @@ if GLUON_AVAILABLE:
         stored_slot = 0
         o_rows: gl.constexpr = gl.SliceLayout(1, gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                                              instr_shape=[16, HEAD_DIM, 16]))
-        seen_nan = gl.zeros([64], gl.int32, layout=o_rows)  # as _consume_item's rows
+        M: gl.constexpr = buffers[0].shape[2] * ROWS_PER_POS  # as _consume_item's rows
+        seen_nan = gl.zeros([M], gl.int32, layout=o_rows)
         reverse = False
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
             position, item, turn, stored, stored_slot, seen_nan = _consume_item(
@@ -575,7 +589,7 @@ if GLUON_AVAILABLE:
         if FLAG_NAN:
             # The redo pass (the next launch) reads the raised flag: one atomic per program that saw a NaN row.
             ANY_NAN = pointers[7]
-            gl.atomic_max(ANY_NAN + seen_nan * 0, gl.full([64], 1, gl.int32, layout=o_rows), mask=seen_nan != 0)
+            gl.atomic_max(ANY_NAN + seen_nan * 0, gl.full([M], 1, gl.int32, layout=o_rows), mask=seen_nan != 0)
 
     @gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right"])
     def _swa_fwd_sm90_kernel(
@@ -739,7 +753,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
             consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None,
             consumers: int | None = None, tma_store: bool | None = None,
-            per_sm: int | None = None,
+            per_sm: int | None = None, wg_rows: int | None = None,
             plans: dict | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
     of query tiles per (batch, head-or-KV-head). Non-finite flags are written per group of ``ROWS_PER_CONSUMER``
@@ -756,7 +770,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     first call and later calls only launch (``_launch.Launch``: Triton's compiled launcher called directly, the
     tensor descriptors copied with the call's tensors). Without it every call plans and goes through
     ``kernel[grid](...)`` (~185 us of host time per call on the H200 host, Triton 3.6)."""
-    overrides = (block_n, num_stages, maxnreg, consumer_regs, programs, pingpong, consumers, tma_store, per_sm)
+    overrides = (block_n, num_stages, maxnreg, consumer_regs, programs, pingpong, consumers, tma_store, per_sm,
+                 wg_rows)
     key = (overrides, planning_settings()) if plans is not None else None
     planned = plans.get(key) if plans is not None else None
     if planned is None:
@@ -776,8 +791,8 @@ def planning_settings() -> tuple:
     """The module-level values ``_plan`` reads, part of a kept plan's key: tests and tuning probes switch them
     (``monkeypatch.setattr(gluon_fwd, ...)``), and a plan made under other values must not serve the call."""
     return (_swa_fwd_sm90_kernel, consumers_for, block_n_for, tma_store_for, per_sm_for, registers_for, _sm_count,
-            PINGPONG, TMA_STORE, NUM_STAGES, LOADER_REGS, PAGE_BOX_MAX, ROWS_PER_CONSUMER,
-            TensorDescriptor)
+            wg_rows_for, WG_ROWS_SMALL_D64, PINGPONG, TMA_STORE, NUM_STAGES, LOADER_REGS, PAGE_BOX_MAX,
+            ROWS_PER_CONSUMER, TensorDescriptor)
 
 
 # The call's tensors, as ``forward`` passes them to a plan's launch: the kernel's tensor parameters take them by these
@@ -790,7 +805,7 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
           overrides) -> tuple[Launch, int]:
     """The launch of ``forward``'s call (its tensors' layouts, scalars and ``overrides``), its tiles per (batch,
     head-or-KV-head)."""
-    block_n, num_stages, maxnreg, consumer_regs, programs, pingpong, consumers, tma_store, per_sm = overrides
+    block_n, num_stages, maxnreg, consumer_regs, programs, pingpong, consumers, tma_store, per_sm, wg_rows = overrides
     varlen = cu_seqlens_q is not None
     varlen_k = cu_seqlens_k is not None
     paged = page_table is not None
@@ -799,12 +814,16 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
     group = num_heads // num_kv_heads
     rows_per_pos = group if pack_gqa else 1
     consumers = consumers or consumers_for(head_dim, pack_gqa, left, right)
-    block_m = ROWS_PER_CONSUMER * consumers
+    wg_rows = wg_rows or (wg_rows_for(head_dim, pack_gqa, left, right) if consumers == 1 else ROWS_PER_CONSUMER)
+    block_m = wg_rows * consumers
     pingpong = PINGPONG if pingpong is None else pingpong
     if consumers not in (1, 2, 3) or (pingpong and consumers != 2) or (head_dim > 128 and consumers != 2):
         raise ValueError(f"consumers={consumers}, pingpong={pingpong}, head_dim={head_dim}: 1 to 3 consumers, "
                          "ping-pong with 2 only, 2 at head_dim 256 (the registers and shared memory of one program "
                          "per SM)")
+    if wg_rows not in (64, 128) or (wg_rows == 128 and (consumers != 1 or head_dim > 128)):
+        raise ValueError(f"wg_rows={wg_rows} with consumers={consumers}, head_dim={head_dim}: 64 rows per "
+                         "warpgroup, or 128 with one consumer up to head_dim 128 (its accumulator's registers)")
     block_n = block_n or block_n_for(head_dim, pack_gqa, left, right)
     num_stages = num_stages or NUM_STAGES
     kv_layout = _shared_layout((block_n, head_dim), q.dtype)
@@ -814,10 +833,10 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
     box = min(block_n, PAGE_BOX_MAX, k.shape[1]) if paged else block_n
     k_desc = Descriptor(TensorDescriptor, k_rows.shape, k_rows.stride(), [box, head_dim], kv_layout)
     v_desc = Descriptor(TensorDescriptor, v_rows.shape, v_rows.stride(), [box, head_dim], kv_layout)
-    # Q as [batch, seqlen, heads, dim] (varlen: [1, tokens, heads, dim]); a warpgroup's box is 64 // rows_per_pos
+    # Q as [batch, seqlen, heads, dim] (varlen: [1, tokens, heads, dim]); a warpgroup's box is wg_rows // rows_per_pos
     # positions of rows_per_pos heads (one head, or a KV head's packed group). Positions past a dense sequence
     # come back as zeros; past a varlen sequence they are the next sequence's rows, never stored.
-    q_box = [1, ROWS_PER_CONSUMER // rows_per_pos, rows_per_pos, head_dim]
+    q_box = [1, wg_rows // rows_per_pos, rows_per_pos, head_dim]
     q_box_layout = _shared_layout(tuple(q_box), q.dtype)
     q_view = q.unsqueeze(0) if varlen else q
     q_desc = Descriptor(TensorDescriptor, q_view.shape, q_view.stride(), q_box, q_box_layout)
@@ -829,8 +848,8 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
     num_tiles = ceil_div(seqlen_q * rows_per_pos, block_m)
     num_batch_heads = batch * (num_kv_heads if pack_gqa else num_heads)
     work = num_tiles * num_batch_heads
-    default_maxnreg, default_consumer_regs = registers_for(consumers,
-                                                           per_sm or per_sm_for(consumers, head_dim, block_n))
+    default_maxnreg, default_consumer_regs = registers_for(
+        consumers, per_sm or per_sm_for(consumers, head_dim, block_n, wg_rows))
     maxnreg = maxnreg or default_maxnreg
     # Resident programs per SM: 4 * (consumers + 1) warps (allocated by warpgroup) of maxnreg registers per thread.
     per_sm = max(1, 65536 // (4 * (consumers + 1) * 32 * maxnreg))

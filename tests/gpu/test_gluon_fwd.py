@@ -131,6 +131,19 @@ def test_other_consumer_counts(case, consumers, monkeypatch):
     test_dense_against_reference_and_triton(case, torch.bfloat16)
 
 
+@pytest.mark.parametrize("wg_rows", [64, 128])
+@pytest.mark.parametrize("case", [DENSE[0], DENSE[5], (2, 100, 100, 8, 2, 64, (31, 0), 0.0, True, True),
+                                  (1, 333, 333, 64, 8, 64, (127, 0), 0.0, True, True)],
+                         ids=lambda c: f"B{c[0]}-Sq{c[1]}-H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
+def test_64_and_128_row_warpgroups(case, wg_rows, monkeypatch):
+    """Packed small windows at head_dim 64 with one consumer warpgroup of 64 rows (four programs per SM) or of 128
+    (two m64 products per block, two programs per SM): a tile's rows past the sequence (mid-tile ends), its
+    non-finite flags per 64-row group and the TMA store of both halves, against the reference."""
+    monkeypatch.setattr(gluon_fwd, "WG_ROWS_SMALL_D64", wg_rows)
+    assert gluon_fwd.wg_rows_for(case[5], case[9], *case[6]) == wg_rows
+    test_dense_against_reference_and_triton(case, torch.bfloat16)
+
+
 @pytest.mark.parametrize("consumers", [1, 2, 3])
 @pytest.mark.parametrize("case", [DENSE[0], DENSE[4], DENSE[6], DENSE[9], DENSE[-2]],
                          ids=lambda c: f"B{c[0]}-Sq{c[1]}-H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")

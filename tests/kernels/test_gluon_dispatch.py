@@ -99,6 +99,11 @@ def test_consumer_and_register_rules():
     # four at 64.
     assert gluon_fwd.consumers_for(128, True, 127, 0) == 1 and gluon_fwd.per_sm_for(1, 128, 64) == 2
     assert gluon_fwd.consumers_for(64, True, 127, 0) == 1 and gluon_fwd.per_sm_for(1, 64, 32) == 4
+    # 128-row warpgroups (packed small windows at head_dim 64): two programs per SM, their registers.
+    assert gluon_fwd.wg_rows_for(64, True, 127, 0) == gluon_fwd.WG_ROWS_SMALL_D64
+    assert gluon_fwd.wg_rows_for(128, True, 127, 0) == 64 and gluon_fwd.wg_rows_for(64, False, 127, 0) == 64
+    assert gluon_fwd.wg_rows_for(64, True, 4095, 0) == 64
+    assert gluon_fwd.per_sm_for(1, 64, 32, wg_rows=128) == 2
     assert gluon_fwd.per_sm_for(1, 64, 128) == 2  # 128-key blocks: four programs' registers and stages do not fit
     assert gluon_fwd.per_sm_for(2, 64, 32) == 1
     assert gluon_fwd.tma_store_for(1) and not gluon_fwd.tma_store_for(2)
