@@ -360,16 +360,19 @@ class Launch:
             expanded = c.expansions.get(addresses)
             if expanded is None:
                 expanded = c.expand(self.descriptors, spread_tensors, addresses)
-            # A list, as Triton 3.9's wrapper hands its C function the expanded arguments (a tuple without
-            # descriptors: below).
-            arguments = [*expanded, *pointers[count:], *self._tail]
+            if c.flat:
+                c.launch(*self.grid, stream, *c.before, *expanded, *pointers[count:], *self._tail)
+            else:
+                # A list, as Triton 3.9's wrapper hands its C function the expanded arguments.
+                c.launch(*self.grid, stream, *c.before, [*expanded, *pointers[count:], *self._tail])
         else:
             pointers = tuple(map(_data_ptr, tensors))
-            arguments = (*(pointers if spread is None else spread(pointers)), *self._tail)
-        if c.flat:
-            c.launch(*self.grid, stream, *c.before, *arguments)
-        else:
-            c.launch(*self.grid, stream, *c.before, arguments)
+            if spread is not None:
+                pointers = spread(pointers)
+            if c.flat:
+                c.launch(*self.grid, stream, *c.before, *pointers, *self._tail)
+            else:
+                c.launch(*self.grid, stream, *c.before, (*pointers, *self._tail))
         c.launches += 1
 
 
