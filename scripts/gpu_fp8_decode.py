@@ -17,7 +17,15 @@ layout is what holds e4m3 back: in FA3's [pages, page, Hk, D] a KV head's e4m3 r
 Session 5: the 3-stage capped split loop shipped (configs.FP8_PAGED_SPLIT_STAGES) beside the old 7 stages, and
 128-key e4m3 blocks (``WIDE``) at 3-4 programs per SM with one wave's split count (``per_sm``).
 
-Run: ``python scripts/gpu_fp8_decode.py [full|long|b4|long16|window ...]`` (all by default).
+Session 6: whether the e4m3 decode is bound by HBM's handling of FA3's layout (a KV head's 64-byte rows at a
+512-byte stride) rather than by the bytes a program keeps in flight: the split loop with an L2 prefetch of each
+row's twin (the other KV head of its 128-byte line, ``partner=1``) or of a contiguous chunk of each page
+(``partner=2``), the driver's L2 fetch granularity raised to 128 bytes (``l2fetch``, the context's
+``CU_LIMIT_MAX_L2_FETCH_GRANULARITY``, restored after), 256-key blocks (32 KB of K and V per block and program),
+and contiguous caches (``contig``) beside the paged ones (``s6_*`` shapes).
+
+Run: ``python scripts/gpu_fp8_decode.py [SHAPE ...]``, shapes: full, long, b4, long16, window (session 5's, the
+default), s6_full, s6_more, s6_b4, s6_long16, s6_long.
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ FP8 = torch.float8_e4m3fn
 # first page-table entries into L2 once the query load is issued), hnd=True (the cache's memory head-major,
 # [pages, Hk, page, D], passed as the same [pages, page, Hk, D] view: one KV head's page is 1 KB contiguous in e4m3
 # instead of 16 rows of 64 B at a 512-B stride), pair=1|2 (fwd.FP8_TWO_KV_HEADS), per_sm=N (the split count of
-# one wave at N programs per SM).
+# one wave at N programs per SM), partner=1|2 (fwd.FP8_PREFETCH_PARTNER: twin rows | page chunks), l2fetch=N (the
+# L2 fetch granularity limit in bytes while the variant runs), contig=True (contiguous [B, S, Hk, D] caches).
 PAIRS, PREFETCH, HND = dict(pairs=True), dict(prefetch=True), dict(hnd=True)
 # Measured on the H200 (s5-call2, 22:14 UTC, main c10bf58; B=16 16K, bf16 134.45 us): shipped (64, 2, 3) capped
 # at 168 106.14 us; (128, 4, 3) capped at 128, 4 per SM 104.47 (B=4 16K 32.24 vs 33.60); (128, 4, 5) capped at 128
@@ -79,8 +88,22 @@ WINDOW = [(False, None), (True, None)]
 # long16: 131040 keys, so the pool (a page more than the context per sequence) stays within 2 GiB: at 131072 it is
 # 16 pages past it and raised an illegal memory access at 22:54 (tests/gpu/test_fp8_real_sizes.py's
 # test_decode_over_a_pool_past_2_gib asks whether the kernels or the script).
+# Session 6 (compiled, Triton 3.6, sm_90): the shipped (128, 4, 2) capped at 128 with the twin / chunk prefetch: 128
+# registers, 8 B stack, 4 per SM, interior loop 550 / 563 SASS instructions per block and warp (522 without);
+# (256, 4, 2) capped at 128: 136 B stack, 4 per SM; (256, 8, 2) capped at 128: 8 B stack, 2 per SM.
+PARTNER, CHUNK, L2FETCH = dict(partner=1), dict(partner=2), dict(l2fetch=128)
+S6_FULL = [(False, None), (False, None, PARTNER), (False, None, CHUNK), (False, None, L2FETCH),
+           (None, None, L2FETCH), (False, None, dict(partner=1, l2fetch=128))]
+S6_MORE = [(False, None), (False, (256, 4, 2, False, False, 128), dict(per_sm=4)),
+           (False, (256, 8, 2, False, False, 128), dict(per_sm=2)),
+           (None, None, dict(contig=True)), (False, None, dict(contig=True))]
+S6_OTHER = [(False, None), (False, None, PARTNER), (False, None, CHUNK), (False, None, L2FETCH)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
-          "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW)}
+          "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
+          "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
+          "s6_b4": (4, 16384, None, S6_OTHER), "s6_long16": (16, 131040, None, S6_OTHER),
+          "s6_long": (4, 131072, None, S6_OTHER)}
+DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
 COPY_GBPS = 4221.0
 
 
@@ -102,6 +125,32 @@ def fp8_sets(sets: list[dict], quantize_q: bool) -> list[dict]:
     return out
 
 
+def l2_fetch_limit(value: int | None = None) -> int:
+    """The current context's L2 fetch granularity limit (bytes; a hint the driver may clamp); set it to ``value``
+    if given. Returns the value before."""
+    import ctypes
+    cuda = ctypes.CDLL("libcuda.so.1")
+    limit = 0x05  # CU_LIMIT_MAX_L2_FETCH_GRANULARITY
+    before = ctypes.c_size_t()
+    if cuda.cuCtxGetLimit(ctypes.byref(before), limit) != 0:
+        raise RuntimeError("cuCtxGetLimit(CU_LIMIT_MAX_L2_FETCH_GRANULARITY) failed")
+    if value is not None and cuda.cuCtxSetLimit(limit, ctypes.c_size_t(value)) != 0:
+        raise RuntimeError(f"cuCtxSetLimit(CU_LIMIT_MAX_L2_FETCH_GRANULARITY, {value}) failed")
+    return before.value
+
+
+def contiguous(call: dict) -> dict:
+    """The call over contiguous [B, S, Hk, D] caches holding the paged ones' keys in order (no page table)."""
+    table = call["page_table"].long()
+    out = {name: value for name, value in call.items() if name != "page_table"}
+    for name in ("k_cache", "v_cache"):
+        pool = call[name]
+        raw = pool.view(torch.uint8) if pool.element_size() == 1 else pool
+        gathered = raw[table].reshape(table.shape[0], -1, *pool.shape[2:])
+        out[name] = gathered.view(pool.dtype) if pool.element_size() == 1 else gathered
+    return out
+
+
 def head_major(cache: torch.Tensor) -> torch.Tensor:
     """The same [pages, page, Hk, D] tensor with head-major memory ([pages, Hk, page, D] contiguous)."""
     return cache.transpose(1, 2).contiguous().transpose(1, 2)
@@ -114,9 +163,14 @@ def main() -> None:
         at = args.index("--copy")
         copy = float(args[at + 1])
         del args[at:at + 2]
-    names = args or list(SHAPES)
+    names = args or DEFAULT_SHAPES
     print(f"fp8 decode configs on {torch.cuda.get_device_name()}; us per call, vs bf16 = bf16 us / this, % of "
           f"copy ({copy:.0f} GB/s) on the bytes read, rel diff vs the bf16 cache's output", flush=True)
+    if any(name.startswith("s6") for name in names):
+        try:
+            print(f"L2 fetch granularity limit: {l2_fetch_limit()} B", flush=True)
+        except (OSError, RuntimeError) as exc:
+            print(f"L2 fetch granularity limit: {exc}", flush=True)
     for name in names:
         batch, context, left, candidates = SHAPES[name]
         window = dict(window_size=(left, 0)) if left is not None else {}
@@ -142,7 +196,12 @@ def main() -> None:
             shown += f" {options['per_sm']}/SM" if "per_sm" in options else ""
             shown += f" {options['splits']} splits" if "splits" in options else ""
             shown += " prefetch" if options.get("prefetch") else ""
+            shown += {0: "", 1: " twin prefetch", 2: " chunk prefetch"}[options.get("partner", 0)]
+            shown += f" L2 fetch {options['l2fetch']} B" if "l2fetch" in options else ""
+            shown += " contiguous" if options.get("contig") else ""
             calls = variants[quantize_q]
+            if options.get("contig"):
+                calls = [contiguous(c) for c in calls]
             if options.get("hnd"):
                 calls = [dict(c, k_cache=head_major(c["k_cache"]), v_cache=head_major(c["v_cache"])) for c in calls]
             if "per_sm" in options:  # the split count of one wave at per_sm programs per SM (interface.split_count's)
@@ -153,12 +212,17 @@ def main() -> None:
                 calls = [dict(c, num_splits=options["splits"]) for c in calls]
             forced = forced_config(FwdConfig(16, *config)) if config is not None else None
             pairs, prefetch, two_heads = fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS
+            partner = fwd.FP8_PREFETCH_PARTNER
             fwd.FP8_TWO_KV_HEADS = options.get("pair", 0)  # part of the plans' key (fwd.settings)
+            fwd.FP8_PREFETCH_PARTNER = options.get("partner", 0)  # part of the plans' key (fwd.settings)
+            l2_before = None
             if "pairs" in options:
                 fwd.WIDEN_E4M3_PAIRS = options["pairs"]  # part of the plans' key (fwd.settings)
             if "prefetch" in options:
                 fwd.PREFETCH_PAGE_TABLE = options["prefetch"]  # part of the plans' key (fwd.settings)
             try:
+                if "l2fetch" in options:
+                    l2_before = l2_fetch_limit(options["l2fetch"])
                 if forced is not None:
                     forced.__enter__()
                 out = swattn.flash_attn_with_kvcache(**calls[0]).float()
@@ -171,7 +235,11 @@ def main() -> None:
                 if forced is not None:
                     forced.__exit__(None, None, None)
                 fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS = pairs, prefetch, two_heads
-            print(f"  {label:6s} {shown:36s}: {us:8.2f} us {bf16_us / us:5.2f}x {kv_bytes / 2 / us / 1e3 / copy:5.0%} "
+                fwd.FP8_PREFETCH_PARTNER = partner
+                if l2_before is not None:
+                    l2_fetch_limit(l2_before)
+            read = kv_bytes if quantize_q is None else kv_bytes / 2
+            print(f"  {label:6s} {shown:36s}: {us:8.2f} us {bf16_us / us:5.2f}x {read / us / 1e3 / copy:5.0%} "
                   f"of copy  err {err:.1e}", flush=True)
         variants.clear()
         sets.clear()

@@ -168,6 +168,22 @@ WIDEN_E4M3_PAIRS = os.environ.get("SWATTN_WIDEN_E4M3_PAIRS", "0") not in ("", "0
 # 0: off; 1: PAIR_TWO_PRODUCTS; 2: PAIR_INTERLEAVED (see KV_PAIR).
 FP8_TWO_KV_HEADS = int(os.environ.get("SWATTN_FP8_TWO_KV_HEADS", "0") or 0)
 
+# Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py): the split loop of an e4m3 decode over a paged
+# cache whose KV heads' rows are 64 bytes, adjacent (e4m3, head_dim 64: FA3's [pages, page, Hk, D], a page one
+# contiguous piece), asks L2 for more than its own rows next to its own copies, so that HBM sees larger pieces than
+# the 64-byte rows of one KV head at a 512-byte stride. A read-only stream of that layout reaches 63-69% of copy
+# bandwidth with one KV head per program whatever the bytes in flight (46 or 93 KB per SM), 90% with two heads'
+# 128-byte rows per program (docs/notes/2026-12-03-fp8-kv-cache.md, session 5): if the 64-byte pieces are what costs
+# HBM its efficiency, larger pieces requested from one SM should recover it without changing what a program
+# computes (the other KV heads' programs, which read the rest at about the same time, then hit L2).
+# 0: off; 1 (PREFETCH_TWIN): the other half of each row's 128-byte line, the row of KV head h ^ 1 (``prefetch.global.
+# L2`` per row; an even KV head count); 2 (PREFETCH_CHUNK): the program of KV head h asks for the h-th of its
+# block's pages' Hk equal contiguous chunks (page_size * head_dim bytes: every KV head's rows of page_size / Hk
+# slots), 64 bytes per row of its tile (page_size a multiple of Hk). (One ``cp.async.bulk.prefetch.L2`` per page
+# instead compiled, Triton 3.6, to a loop over a warp's lanes, its address operand being uniform, and spilled 112 B.)
+FP8_PREFETCH_PARTNER = int(os.environ.get("SWATTN_FP8_PREFETCH_PARTNER", "0") or 0)
+PREFETCH_TWIN, PREFETCH_CHUNK = tl.constexpr(1), tl.constexpr(2)
+
 
 @triton.jit
 def _cache_token_offsets(offs_n, mask, batch_kv, page_table_row, stride_kb, stride_ks, page_size,
@@ -191,9 +207,18 @@ def _cache_token_offsets(offs_n, mask, batch_kv, page_table_row, stride_kb, stri
 
 
 @triton.jit
+def _prefetch_rows_l2(pointers):
+    """Ask for the 64 bytes (two 32-byte sectors) at each of ``pointers`` (a tensor, 64-byte aligned) in L2, without
+    waiting for them."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tprefetch.global.L2 [$1+32];\n\tmov.u32 $0, 0;", "=r,l",
+                              [pointers], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks, page_size,
              IS_PAGED: tl.constexpr, MASK_D: tl.constexpr, HEAD_DIM: tl.constexpr, key_shift=0,
-             SHIFT_PAGED_KEYS: tl.constexpr = False, UNSIGNED_KEYS: tl.constexpr = False):
+             SHIFT_PAGED_KEYS: tl.constexpr = False, UNSIGNED_KEYS: tl.constexpr = False, partner=0,
+             chunk_slot=0, PREFETCH_PARTNER: tl.constexpr = 0):
     """Load a [BLOCK_N, BLOCK_D] tile of keys or values ``offs_n`` (absolute token indices).
 
     Paged caches look each token's page up on its own, so a block may start anywhere and straddle pages; the page
@@ -202,11 +227,20 @@ def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_k
     pages instead of an integer division on the decode step's dependent chain (one compile per page size).
     ``SHIFT_PAGED_KEYS`` (cache_leftpad with a paged cache): key ``j`` of the sequence is its page-table slot
     ``j + key_shift`` (a contiguous cache takes the shift in ``base`` instead).
+    ``PREFETCH_PARTNER`` (``FP8_PREFETCH_PARTNER``, paged e4m3 caches; masked rows read page 0, inside the pool):
+    PREFETCH_TWIN prefetches each row's twin ``partner`` elements away (the other KV head of its 128-byte line) into
+    L2; PREFETCH_CHUNK, with ``partner`` the offset to KV head 0 of a row, the ``page_size * HEAD_DIM`` bytes from
+    the row of slot ``chunk_slot`` of each page of the block, the ``HEAD_DIM`` bytes of its slot's turn per row.
     """
     if SHIFT_PAGED_KEYS:
         offs_n = offs_n + key_shift
     token_offset = _cache_token_offsets(offs_n, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
                                         page_size, IS_PAGED, UNSIGNED_KEYS)
+    if PREFETCH_PARTNER == PREFETCH_TWIN:
+        _prefetch_rows_l2(base + partner + token_offset)
+    elif PREFETCH_PARTNER == PREFETCH_CHUNK:
+        slot = offs_n % page_size
+        _prefetch_rows_l2(base + partner + token_offset + (chunk_slot - slot) * stride_ks + slot * HEAD_DIM)
     ptrs = base + token_offset[:, None] + offs_d[None, :]
     if MASK_D:
         return tl.load(ptrs, mask=load_mask[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
@@ -276,9 +310,11 @@ def _rows_to_fp16(q):
 def _load_block(k_base, v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb,
                 stride_vs, page_size, IS_PAGED: tl.constexpr, MASK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
                 key_shift, SHIFT_PAGED_KEYS: tl.constexpr, K_NEW, V_NEW, new_source, first_new, stride_ns,
-                READ_NEW: tl.constexpr, UNSIGNED_KEYS: tl.constexpr = False):
+                READ_NEW: tl.constexpr, UNSIGNED_KEYS: tl.constexpr = False, k_partner=0, v_partner=0,
+                chunk_slot=0, PREFETCH_PARTNER: tl.constexpr = 0):
     """The K and V tiles of keys ``offs_n`` (``load_mask``; zeros elsewhere) through pointers; ``READ_NEW``: see
-    ``_attend_blocks``; ``UNSIGNED_KEYS``: see ``_cache_token_offsets`` (not on the READ_NEW path)."""
+    ``_attend_blocks``; ``UNSIGNED_KEYS``: see ``_cache_token_offsets`` (not on the READ_NEW path);
+    ``PREFETCH_PARTNER``: see ``_load_kv`` (not on the READ_NEW path)."""
     if READ_NEW:
         # Each row's pointer is its cached key's or, from ``first_new`` on, its new token's in k / v: one load
         # per tile as without the append, no copy to wait for. The new rows then go into the cache from the
@@ -300,9 +336,11 @@ def _load_block(k_base, v_base, offs_n, offs_d, load_mask, batch_kv, page_table_
         # program) then paid two dependent memory round trips; in this order both tiles are in flight at once
         # (SASS, Triton 3.6; pipelined loops compile to the same code either way).
         v = _load_kv(v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_vb, stride_vs,
-                     page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS, UNSIGNED_KEYS)
+                     page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS, UNSIGNED_KEYS, v_partner,
+                     chunk_slot, PREFETCH_PARTNER)
         k = _load_kv(k_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
-                     page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS, UNSIGNED_KEYS)
+                     page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS, UNSIGNED_KEYS, k_partner,
+                     chunk_slot, PREFETCH_PARTNER)
     return k, v
 
 
@@ -581,7 +619,8 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                    SHIFT_PAGED_KEYS: tl.constexpr = False, chunk=0, HAS_CHUNK: tl.constexpr = False,
                    FP8: tl.constexpr = NO_FP8, row_unscale=1.0, K_NEW=None, V_NEW=None, new_source=0, first_new=0,
                    stride_ns=0, READ_NEW: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
-                   WIDEN_PAIRS: tl.constexpr = False, pair_second=None, KV_PAIR: tl.constexpr = 0):
+                   WIDEN_PAIRS: tl.constexpr = False, pair_second=None, KV_PAIR: tl.constexpr = 0, k_partner=0,
+                   v_partner=0, chunk_slot=0, PREFETCH_PARTNER: tl.constexpr = 0):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
     blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it).
@@ -603,7 +642,9 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
     keys of masked work.
     ``KV_PAIR`` (``FP8_TWO_KV_HEADS``; not with HEAD_N, READ_NEW, TMA): ``offs_d`` spans two KV heads' rows (``2 *
     D``, adjacent in memory), each tile is loaded once for both and ``_block_scores`` / ``_pv`` give each row its
-    own head's products (``pair_second``)."""
+    own head's products (``pair_second``).
+    ``PREFETCH_PARTNER`` (``FP8_PREFETCH_PARTNER``; pointer loads of the cache): see ``_load_kv``, with
+    ``k_partner`` / ``v_partner`` and ``chunk_slot``."""
     offset = seqlen_k - seqlen_q
     if HEAD_N > 0:
         offs_n = kv_end - BLOCK_N + tl.arange(0, BLOCK_N)
@@ -632,7 +673,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                 k, v = _load_block(k_base, v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb,
                                    stride_ks, stride_vb, stride_vs, page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift,
                                    SHIFT_PAGED_KEYS, K_NEW, V_NEW, new_source, first_new, stride_ns, READ_NEW,
-                                   FP8 != NO_FP8)
+                                   FP8 != NO_FP8, k_partner, v_partner, chunk_slot, PREFETCH_PARTNER)
             acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, left, right,
                                           softmax_scale, softcap, block, masked_head_end, unmasked_end, HAS_LEFT,
                                           HAS_RIGHT, HAS_SOFTCAP, UPCAST, GUARD_NON_FINITE, MASK, MASK_EDGES_ONLY,
@@ -886,6 +927,7 @@ def _attend_tile(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, FP8: tl.constexpr,
     APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
+    PREFETCH_PARTNER: tl.constexpr = 0,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads, or with
     ``KV_PAIR`` two KV heads' packed heads), over its share ``split`` of the KV loop; the body of
@@ -1019,6 +1061,20 @@ def _attend_tile(
                 pair_second=pair_second, KV_PAIR=KV_PAIR)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
+            k_partner = 0
+            v_partner = 0
+            chunk_slot = 0
+            if PREFETCH_PARTNER == PREFETCH_TWIN:
+                # The other KV head of this one's 128-byte lines (FP8_PREFETCH_PARTNER): head h ^ 1.
+                twin = ((kv_head ^ 1) - kv_head).to(tl.int64)
+                k_partner = twin * stride_kh
+                v_partner = twin * stride_vh
+            elif PREFETCH_PARTNER == PREFETCH_CHUNK:
+                # KV head h asks for the h-th of each page's Hk chunks: from KV head 0's row of slot
+                # h * page_size / Hk on.
+                k_partner = -kv_head.to(tl.int64) * stride_kh
+                v_partner = -kv_head.to(tl.int64) * stride_vh
+                chunk_slot = kv_head * (page_size // (num_heads // queries_per_kv_head))
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, block_begin,
                 tl.minimum(block_end, masked_head_end),
@@ -1027,7 +1083,8 @@ def _attend_tile(
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
                 HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS,
-                pair_second=pair_second, KV_PAIR=KV_PAIR)
+                pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
+                chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, masked_head_end),
@@ -1037,7 +1094,8 @@ def _attend_tile(
                 False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
                 HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS,
-                pair_second=pair_second, KV_PAIR=KV_PAIR)
+                pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
+                chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, unmasked_end), block_end,
@@ -1046,7 +1104,8 @@ def _attend_tile(
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
                 HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS,
-                pair_second=pair_second, KV_PAIR=KV_PAIR)
+                pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
+                chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER)
 
         _finish_tile(
             acc, l_i, m_i, visited, O, LSE, sink, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
@@ -1081,7 +1140,7 @@ def _swa_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
     FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
-    PRELOAD_L2: tl.constexpr = 0,
+    PRELOAD_L2: tl.constexpr = 0, PREFETCH_PARTNER: tl.constexpr = 0,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -1164,6 +1223,7 @@ def _swa_fwd_kernel(
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
             BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN_PAIRS, PREFETCH_PAGES, KV_PAIR,
+            PREFETCH_PARTNER,
         )
 
 # Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_DESCALE); BLOCK_COUNT's position among them.
@@ -1189,6 +1249,14 @@ def _widens_pairs(device: torch.device) -> bool:
         return False
     properties = device_properties(device)
     return (properties.major, properties.minor) >= (8, 9)
+
+
+def _prefetches_partner(device: torch.device) -> int:
+    """The L2 prefetch mode of e4m3 split loops (``FP8_PREFETCH_PARTNER``): PTX, so compiled only, not under the
+    interpreter."""
+    if not FP8_PREFETCH_PARTNER or device.type != "cuda" or _compat.interpreter_enabled():
+        return 0
+    return FP8_PREFETCH_PARTNER
 
 
 def _persistent_programs(device: torch.device) -> int:
@@ -1270,11 +1338,11 @@ def settings() -> tuple:
     """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
     scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode, the fused append's reads, the
     page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the L2 preload before
-    the wait."""
+    the wait, the e4m3 split loop's prefetch beyond its own rows."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, APPEND_READS_INPUT, PREFETCH_PAGE_TABLE,
-            WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2)
+            WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2, FP8_PREFETCH_PARTNER)
 
 
 def attention_forward(
@@ -1466,6 +1534,16 @@ class _ForwardPlan:
                     and all(t.stride(-1) == 1 and t.stride(-2) == head_dim for t in (k, v)))
         self.kv_pair = FP8_TWO_KV_HEADS if pairable else 0
         num_tiles = ceil_div(rows_per_tile * (2 if self.kv_pair else 1), config.block_m)
+        # The split loop's L2 prefetch beyond its own e4m3 rows (FP8_PREFETCH_PARTNER): paged caches whose KV heads'
+        # rows are 64 adjacent bytes and whose pages are contiguous, an even number of KV heads (the twin) or a page
+        # size that they divide (the chunks); PTX, so not under the interpreter.
+        split_loop = self.fp8 and paged and not config.single_loop and not self.kv_pair
+        mode = _prefetches_partner(q.device) if split_loop else 0
+        fa3_layout = mode and all(t.stride(-1) == 1 and t.stride(-2) * t.element_size() == 64 and head_dim == 64
+                                  and t.stride(-3) == num_kv_heads * 64
+                                  and t.stride(0) == k.shape[1] * num_kv_heads * 64 for t in (k, v))
+        fits = num_kv_heads % 2 == 0 if mode == PREFETCH_TWIN.value else k.shape[1] % num_kv_heads == 0
+        self.prefetch_partner = mode if fa3_layout and fits else 0
         programs_per_split = batch * ((num_kv_heads // 2 if self.kv_pair else num_kv_heads) if pack_gqa else num_heads)
         grid = (num_tiles, programs_per_split, num_splits)
 
@@ -1571,7 +1649,7 @@ class _ForwardPlan:
                                                  FLAG_NON_FINITE.value if self.isolate else NO_ISOLATION.value),
                                 PREFETCH_PAGES=(PREFETCH_PAGE_TABLE and paged and config.single_loop
                                                 and q.is_cuda and not _compat.interpreter_enabled()),
-                                PRELOAD_L2=self.preload_l2),
+                                PRELOAD_L2=self.preload_l2, PREFETCH_PARTNER=self.prefetch_partner),
                            options, num_tensors=_FORWARD_TENSORS, slots=_slots(present))
         self.redo = None
         programs = _persistent_programs(q.device)

@@ -210,6 +210,34 @@ def test_two_kv_heads_per_program(monkeypatch, mode, dtype, paged, num_splits):
     assert_close("lse", lse[finite], ref_lse[finite], LSE_TOL)
 
 
+@pytest.mark.parametrize("mode", [1, 2], ids=["twin", "chunk"])
+def test_prefetch_partner_changes_no_bits(monkeypatch, mode):
+    """``fwd.FP8_PREFETCH_PARTNER`` (the split loop's L2 prefetch beyond its own e4m3 rows: each row's twin, the
+    other KV head's 64 bytes of its 128-byte line; or a chunk of each page of the block): a hint, so the output is
+    bit-identical with and without it; on a GPU the plan takes it (paged, 64-byte rows, KV heads dividing the page),
+    under the interpreter (no PTX) it leaves it off."""
+    from swattn.kernels import fwd
+    batch, page_size, head_dim = 2, 16, 64
+    k_cache, v_cache = e4m3(batch * 6, page_size, HK, head_dim), e4m3(batch * 6, page_size, HK, head_dim)
+    table = torch.randperm(batch * 6).view(batch, 6).to(torch.int32)
+    lens = i32(90, 57)
+    q = torch.randn(batch, 1, H, head_dim, dtype=torch.bfloat16)
+    kd, vd = descale(batch), descale(batch)
+    outs = []
+    for on in (0, mode):
+        monkeypatch.setattr(fwd, "FP8_PREFETCH_PARTNER", on)
+        fwd._PLANS.clear()
+        with forced_config(FwdConfig(16, 16, 2, 2)):  # the split loop (a GPU would give these keys the single loop)
+            outs.append(swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table,
+                                                       k_descale=kd, v_descale=vd, causal=True, num_splits=2,
+                                                       pack_gqa=True))
+        assert [plan.prefetch_partner for plan in fwd._PLANS.values()] == [on if q.is_cuda else 0]
+    assert torch.equal(outs[0], outs[1])
+    ref, _ = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True,
+                                   page_table=table)
+    assert_close("out", outs[1], ref, tolerance_for(torch.bfloat16))
+
+
 def test_prefill_varlen_fp8_kv_bf16():
     """flash_attn_varlen_func: bf16 queries over e4m3 k/v, causal, descales per sequence and KV head."""
     cu_q, cu_k = i32(0, 7, 20), i32(0, 11, 24)
