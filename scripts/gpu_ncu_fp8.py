@@ -1,0 +1,55 @@
+"""Full-attention decode over FA3's paged cache (gpt-oss layer: B=16, H=64/8, D=64, sinks, 16K context, pages of 16
+in random order) bracketed by cudaProfilerStart/Stop after a warm-up call, for Nsight Compute on the H200 (GPU
+only): is the e4m3 decode's split loop bound by HBM (DRAM throughput, L2 hit rate of the twin / chunk prefetches) or
+by its warps' stalls? One call each, in order, of the bf16 cache, the e4m3 cache (bf16 queries, the shipped loop)
+and the e4m3 cache with ``fwd.FP8_PREFETCH_PARTNER`` 1 (twin rows) and 2 (page chunks):
+
+    ncu --clock-control none --profile-from-start off --set full --kernel-name regex:_swa_fwd \\
+        -o REPORT python scripts/gpu_ncu_fp8.py [CASE ...]
+    ncu -i REPORT.ncu-rep --page details
+
+CASE: ``bf16``, ``fp8kv``, ``twin``, ``chunk`` (all four by default).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_fp8_decode import fp8_sets  # noqa: E402
+from gpu_probe import full_decode_inputs  # noqa: E402
+
+import swattn  # noqa: E402
+from swattn.kernels import fwd  # noqa: E402
+
+MODES = {"bf16": 0, "fp8kv": 0, "twin": 1, "chunk": 2}
+
+
+def main() -> None:
+    names = sys.argv[1:] or list(MODES)
+    bf16 = dict(full_decode_inputs(16, 16384), causal=True)
+    e4m3 = fp8_sets([bf16], quantize_q=False)[0]
+
+    def call(name):
+        fwd.FP8_PREFETCH_PARTNER = MODES[name]  # part of the plans' key (fwd.settings)
+        swattn.flash_attn_with_kvcache(**(bf16 if name == "bf16" else e4m3))
+
+    for name in names:
+        call(name)
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    for name in names:
+        call(name)
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+    fwd.FP8_PREFETCH_PARTNER = 0
+    print(f"profiled one call each: {', '.join(names)}")
+
+
+if __name__ == "__main__":
+    main()
