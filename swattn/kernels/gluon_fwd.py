@@ -2,8 +2,8 @@
 
 A persistent grid (one program per SM; two or four for one-warpgroup programs, ``per_sm_for``) walks the work items,
 longest first, each round of the grid in the opposite direction to the last (``_snake``); an item is a tile of 64
-query rows per consumer warpgroup (one to three; one warpgroup of 128 rows for packed small windows at head_dim 64,
-``wg_rows_for``) of one head, or with PackGQA of one KV head's packed (position, head) rows. One program holds:
+query rows per consumer warpgroup (one to three; or one warpgroup of 128 rows, ``wg_rows_for``) of one head, or with
+PackGQA of one KV head's packed (position, head) rows. One program holds:
 
 - a loader partition (one warp, few registers) brings each tile's Q through TMA into one of two Q slots (the next
   tile's Q arrives while the consumers finish this one; one slot at head_dim 256) and streams the tile's K and V
@@ -90,8 +90,9 @@ LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer
 PINGPONG = False
 # Dense calls write O through the tile's Q slot and a TMA store instead of per-thread stores (``tma_store_for``).
 TMA_STORE = False
-# Rows per consumer warpgroup for packed small windows at head_dim 64 (``wg_rows_for``): 64 or 128.
-WG_ROWS_SMALL_D64 = 128
+# Rows per consumer warpgroup for packed small windows at head_dim 64 (``wg_rows_for``): 64 or 128. H200, W(127,0)
+# D64 gpt-oss with sinks, 16K (session 6, call 3): 64 rows x 4 programs per SM 185.2 us, 128 rows x 2 188.8: 64.
+WG_ROWS_SMALL_D64 = 64
 
 
 def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
@@ -120,12 +121,12 @@ def consumers_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
 
 
 def wg_rows_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
-    """Query rows per consumer warpgroup: 64, or 128 (two m64 products per block, one per half) where a 64-row
-    tile's per-tile code is a large share of its instructions: packed small windows at head_dim 64, whose consumers
-    are issue-bound with half their instructions outside the block loop (H200 Nsight Compute, session 6,
-    docs/notes/2026-12-03-gluon-forward.md). A 128-row warpgroup pays the tile's geometry, Q wait, first product's
-    setup and the per-block waits, arrivals and index arithmetic once per 128 rows; it needs two programs per SM's
-    registers (232 per consumer thread) instead of four."""
+    """Query rows per consumer warpgroup: 64, or ``WG_ROWS_SMALL_D64`` for packed small windows at head_dim 64,
+    whose consumers are issue-bound with half their instructions outside the block loop (H200 Nsight Compute,
+    session 6, docs/notes/2026-12-03-gluon-forward.md). A 128-row warpgroup (two m64 products per block) pays the
+    tile's geometry, Q wait, first product's setup and the per-block waits, arrivals and index arithmetic once per
+    128 rows, but needs two programs per SM's registers (232 per consumer thread) instead of four: measured 2%
+    slower, so 64 stays the default and 128 a tested switch."""
     return WG_ROWS_SMALL_D64 if (pack_gqa and head_dim <= 64 and 0 <= left <= 256 and 0 <= right <= 256) else 64
 
 
