@@ -18,7 +18,9 @@ Session 5: the 3-stage capped split loop shipped (configs.FP8_PAGED_SPLIT_STAGES
 128-key e4m3 blocks (``WIDE``) at 3-4 programs per SM with one wave's split count (``per_sm``).
 
 Session 6: whether the e4m3 decode is bound by HBM's handling of FA3's layout (a KV head's 64-byte rows at a
-512-byte stride) rather than by the bytes a program keeps in flight: the split loop with an L2 prefetch of each
+512-byte stride) rather than by the bytes a program keeps in flight: two KV heads per program whose tiles are
+loaded on their own (``pair=3``: each 128-byte line's halves copied back to back), the split loop with an L2
+prefetch of each
 row's twin (the other KV head of its 128-byte line, ``partner=1``) or of a contiguous chunk of each page
 (``partner=2``), the driver's L2 fetch granularity raised to 128 bytes (``l2fetch``, the context's
 ``CU_LIMIT_MAX_L2_FETCH_GRANULARITY``, restored after), 256-key blocks (32 KB of K and V per block and program),
@@ -46,7 +48,7 @@ FP8 = torch.float8_e4m3fn
 # splits=N (num_splits instead of the automatic count), prefetch=True (fwd.PREFETCH_PAGE_TABLE: the single loop's
 # first page-table entries into L2 once the query load is issued), hnd=True (the cache's memory head-major,
 # [pages, Hk, page, D], passed as the same [pages, page, Hk, D] view: one KV head's page is 1 KB contiguous in e4m3
-# instead of 16 rows of 64 B at a 512-B stride), pair=1|2 (fwd.FP8_TWO_KV_HEADS), per_sm=N (the split count of
+# instead of 16 rows of 64 B at a 512-B stride), pair=1|2|3 (fwd.FP8_TWO_KV_HEADS), per_sm=N (the split count of
 # one wave at N programs per SM), partner=1|2 (fwd.FP8_PREFETCH_PARTNER: twin rows | page chunks), l2fetch=N (the
 # L2 fetch granularity limit in bytes while the variant runs), contig=True (contiguous [B, S, Hk, D] caches).
 PAIRS, PREFETCH, HND = dict(pairs=True), dict(prefetch=True), dict(hnd=True)
@@ -91,13 +93,19 @@ WINDOW = [(False, None), (True, None)]
 # Session 6 (compiled, Triton 3.6, sm_90): the shipped (128, 4, 2) capped at 128 with the twin / chunk prefetch: 128
 # registers, 8 B stack, 4 per SM, interior loop 550 / 563 SASS instructions per block and warp (522 without);
 # (256, 4, 2) capped at 128: 136 B stack, 4 per SM; (256, 8, 2) capped at 128: 8 B stack, 2 per SM.
+# Two KV heads per program with each head's tiles loaded on their own (pair=3, fwd.PAIR_TWO_LOADS: the two halves
+# of each 128-byte line copied back to back by one program): (64, 4, 2) capped at 128: 128 registers, 16 B stack, 4
+# per SM, 520 SASS instructions per 2 x 64-key block and warp (the shipped loop's 522 per 128 keys: the same bytes
+# and instructions per program step); (64, 4, 3) capped at 128: 32 B stack; (128, 4, 2) capped at 128: 280 B.
 PARTNER, CHUNK, L2FETCH = dict(partner=1), dict(partner=2), dict(l2fetch=128)
-S6_FULL = [(False, None), (False, None, PARTNER), (False, None, CHUNK), (False, None, L2FETCH),
-           (None, None, L2FETCH), (False, None, dict(partner=1, l2fetch=128))]
-S6_MORE = [(False, None), (False, (256, 4, 2, False, False, 128), dict(per_sm=4)),
+TWO_LOADS = (False, (64, 4, 2, False, False, 128), dict(pair=3, per_sm=4))
+S6_FULL = [(False, None), TWO_LOADS, (False, None, PARTNER), (False, None, CHUNK), (False, None, L2FETCH),
+           (None, None, L2FETCH)]
+S6_MORE = [(False, None), (False, (64, 4, 3, False, False, 128), dict(pair=3, per_sm=4)),
+           (False, None, dict(partner=1, l2fetch=128)), (False, (256, 4, 2, False, False, 128), dict(per_sm=4)),
            (False, (256, 8, 2, False, False, 128), dict(per_sm=2)),
            (None, None, dict(contig=True)), (False, None, dict(contig=True))]
-S6_OTHER = [(False, None), (False, None, PARTNER), (False, None, CHUNK), (False, None, L2FETCH)]
+S6_OTHER = [(False, None), TWO_LOADS, (False, None, PARTNER), (False, None, CHUNK), (False, None, L2FETCH)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),

@@ -2,13 +2,14 @@
 in random order) bracketed by cudaProfilerStart/Stop after a warm-up call, for Nsight Compute on the H200 (GPU
 only): is the e4m3 decode's split loop bound by HBM (DRAM throughput, L2 hit rate of the twin / chunk prefetches) or
 by its warps' stalls? One call each, in order, of the bf16 cache, the e4m3 cache (bf16 queries, the shipped loop)
-and the e4m3 cache with ``fwd.FP8_PREFETCH_PARTNER`` 1 (twin rows) and 2 (page chunks):
+the e4m3 cache with ``fwd.FP8_PREFETCH_PARTNER`` 1 (twin rows) and 2 (page chunks), and two KV heads per program
+with their tiles loaded on their own (``fwd.FP8_TWO_KV_HEADS`` 3, (16, 64, 4, 2) capped at 128, 8 splits):
 
     ncu --clock-control none --profile-from-start off --set full --kernel-name regex:_swa_fwd \\
         -o REPORT python scripts/gpu_ncu_fp8.py [CASE ...]
     ncu -i REPORT.ncu-rep --page details
 
-CASE: ``bf16``, ``fp8kv``, ``twin``, ``chunk`` (all four by default).
+CASE: ``bf16``, ``fp8kv``, ``twin``, ``chunk``, ``pair3`` (all by default).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from gpu_probe import full_decode_inputs  # noqa: E402
 
 import swattn  # noqa: E402
 from swattn.kernels import fwd  # noqa: E402
+from swattn.kernels.configs import FwdConfig, forced_config  # noqa: E402
 
-MODES = {"bf16": 0, "fp8kv": 0, "twin": 1, "chunk": 2}
+MODES = {"bf16": 0, "fp8kv": 0, "twin": 1, "chunk": 2, "pair3": 0}
 
 
 def main() -> None:
@@ -37,7 +39,12 @@ def main() -> None:
 
     def call(name):
         fwd.FP8_PREFETCH_PARTNER = MODES[name]  # part of the plans' key (fwd.settings)
-        swattn.flash_attn_with_kvcache(**(bf16 if name == "bf16" else e4m3))
+        fwd.FP8_TWO_KV_HEADS = 3 if name == "pair3" else 0
+        if name == "pair3":
+            with forced_config(FwdConfig(16, 64, 4, 2, maxnreg=128)):
+                swattn.flash_attn_with_kvcache(**e4m3, num_splits=8)
+        else:
+            swattn.flash_attn_with_kvcache(**(bf16 if name == "bf16" else e4m3))
 
     for name in names:
         call(name)
@@ -47,7 +54,7 @@ def main() -> None:
         call(name)
     torch.cuda.synchronize()
     torch.cuda.cudart().cudaProfilerStop()
-    fwd.FP8_PREFETCH_PARTNER = 0
+    fwd.FP8_PREFETCH_PARTNER = fwd.FP8_TWO_KV_HEADS = 0
     print(f"profiled one call each: {', '.join(names)}")
 
 

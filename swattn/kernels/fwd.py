@@ -82,8 +82,11 @@ NO_FP8, FP8_KV, FP8_QKV = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 # head's); two, the [BLOCK_N, 2 * D] tiles viewed as [2 * BLOCK_N, D] (token j's rows of the two heads are rows 2j
 # and 2j + 1: a reshape, no split) and one product of each over both heads, each row's scores for the other head's
 # rows masked to -inf (the same tensor-core work and accumulator; a NaN value of one head also reaches the other
-# head's rows through P @ V, 0 x NaN: experimental only).
+# head's rows through P @ V, 0 x NaN: experimental only); two, each head's [BLOCK_N, D] tiles loaded on their own
+# (the two 64-byte halves of each e4m3 token row's 128-byte line copied back to back by one program, no split of a
+# loaded tile) and one product per head as PAIR_TWO_PRODUCTS.
 NO_PAIR, PAIR_TWO_PRODUCTS, PAIR_INTERLEAVED = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+PAIR_TWO_LOADS = tl.constexpr(3)
 
 # Grids of at most this many tiles (None: one per SM, ``_persistent_programs``; 0: never) whose loop is the single
 # masked loop (decode-sized tiles of at most 32 rows: speculative verify of k <= 4 tokens, short extends) run
@@ -165,7 +168,7 @@ WIDEN_E4M3_PAIRS = os.environ.get("SWATTN_WIDEN_E4M3_PAIRS", "0") not in ("", "0
 # (2 x group <= block_m), K/V heads adjacent in memory (stride of a head = head_dim = the padded head_dim), an even
 # KV head count, and no fused append; the window decode (the single loop) keeps one KV head per program (half the
 # grid would leave SMs idle).
-# 0: off; 1: PAIR_TWO_PRODUCTS; 2: PAIR_INTERLEAVED (see KV_PAIR).
+# 0: off; 1: PAIR_TWO_PRODUCTS; 2: PAIR_INTERLEAVED; 3: PAIR_TWO_LOADS (see KV_PAIR).
 FP8_TWO_KV_HEADS = int(os.environ.get("SWATTN_FP8_TWO_KV_HEADS", "0") or 0)
 
 # Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py): the split loop of an e4m3 decode over a paged
@@ -419,13 +422,14 @@ def _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, soft
                   masked_head_end, unmasked_end, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr,
                   chunk, HAS_CHUNK: tl.constexpr, FP8: tl.constexpr, row_unscale, WIDEN_PAIRS: tl.constexpr = False,
-                  pair_second=None, KV_PAIR: tl.constexpr = 0):
+                  pair_second=None, KV_PAIR: tl.constexpr = 0, k2=None):
     """The scores of one block (keys ``offs_n``, ``load_mask``) and what the softmax step needs with them:
     ``(qk, qk_scale, v, visible)``; scores in log2 units are ``qk * qk_scale`` (``_exp_scores``), masked keys -inf;
     ``v`` as the product takes it; ``visible`` the mask (MASK without MASK_EDGES_ONLY; else True).
     ``KV_PAIR``: ``k`` / ``v`` hold two KV heads' rows side by side (``[BLOCK_N, 2 * D]``); each row's scores are
     those of its own head (``pair_second`` [BLOCK_M]: the row belongs to the second): one product per head, each
-    row taking its head's (a select, so a non-finite key of one head never reaches the other head's rows)."""
+    row taking its head's (a select, so a non-finite key of one head never reaches the other head's rows); with
+    PAIR_TWO_LOADS the second head's keys are ``k2``, each tile ``[BLOCK_N, D]``."""
     if FP8 == FP8_KV:
         # Half the bytes of a bf16 cache; both products then run in fp16.
         k = _widen_e4m3(k, WIDEN_PAIRS)
@@ -436,8 +440,11 @@ def _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, soft
         v = _widen_e4m3(v, WIDEN_PAIRS)
     if UPCAST:
         k = k.to(tl.float32)
-    if KV_PAIR == PAIR_TWO_PRODUCTS:
-        k_first, k_second = _kv_halves(k)
+    if KV_PAIR == PAIR_TWO_PRODUCTS or KV_PAIR == PAIR_TWO_LOADS:
+        if KV_PAIR == PAIR_TWO_LOADS:
+            k_first, k_second = k, _widen_e4m3(k2, WIDEN_PAIRS)  # FP8_KV only
+        else:
+            k_first, k_second = _kv_halves(k)
         qk = tl.where(pair_second[:, None], dot(q, tl.trans(k_second)), dot(q, tl.trans(k_first)))
     elif KV_PAIR == PAIR_INTERLEAVED:
         # Rows 2j and 2j + 1 are token j's of the two heads: keys and masks interleaved alike.
@@ -504,9 +511,14 @@ def _all_finite(v):
 
 
 @triton.jit
-def _pv(acc, p, v, UPCAST: tl.constexpr, pair_second=None, KV_PAIR: tl.constexpr = 0):
-    if KV_PAIR == PAIR_TWO_PRODUCTS:  # v holds two KV heads' rows side by side: each row takes its own head's
-        v_first, v_second = _kv_halves(v)
+def _pv(acc, p, v, UPCAST: tl.constexpr, pair_second=None, KV_PAIR: tl.constexpr = 0, v2=None):
+    if KV_PAIR == PAIR_TWO_PRODUCTS or KV_PAIR == PAIR_TWO_LOADS:
+        # v holds two KV heads' rows side by side (or, PAIR_TWO_LOADS, the first's, and v2 the second's e4m3
+        # values): each row takes its own head's.
+        if KV_PAIR == PAIR_TWO_LOADS:
+            v_first, v_second = v, _widen_e4m3(v2, False)
+        else:
+            v_first, v_second = _kv_halves(v)
         p = p.to(v.dtype)
         return acc + tl.where(pair_second[:, None], dot(p, v_second), dot(p, v_first))
     elif UPCAST:
@@ -521,14 +533,14 @@ def _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, le
                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, GUARD_NON_FINITE: tl.constexpr,
                   MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr, chunk, HAS_CHUNK: tl.constexpr,
                   FP8: tl.constexpr, row_unscale, WIDEN_PAIRS: tl.constexpr = False, pair_second=None,
-                  KV_PAIR: tl.constexpr = 0):
+                  KV_PAIR: tl.constexpr = 0, k2=None, v2=None):
     """One block of the online softmax (``_attend_blocks``' loop body after the loads): ``k`` / ``v`` hold keys
     ``offs_n`` (``load_mask``). ``GUARD_NON_FINITE`` (with MASK) keeps non-finite values in the rows that see them
     (not with ``KV_PAIR``, whose single-query tiles need no isolation)."""
     qk, qk_scale, v, visible = _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale,
                                              softcap, block, masked_head_end, unmasked_end, HAS_LEFT, HAS_RIGHT,
                                              HAS_SOFTCAP, UPCAST, MASK, MASK_EDGES_ONLY, chunk, HAS_CHUNK, FP8,
-                                             row_unscale, WIDEN_PAIRS, pair_second, KV_PAIR)
+                                             row_unscale, WIDEN_PAIRS, pair_second, KV_PAIR, k2)
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
     pivot = safe_pivot(m_new)
     p = _exp_scores(qk, qk_scale, pivot, HAS_SOFTCAP, FP8)
@@ -553,7 +565,7 @@ def _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, le
     else:
         if GUARD_NON_FINITE:
             v, sees_non_finite = _guard_values(v, visible)
-        acc = _pv(acc * alpha[:, None], p, v, UPCAST, pair_second, KV_PAIR)
+        acc = _pv(acc * alpha[:, None], p, v, UPCAST, pair_second, KV_PAIR, v2)
         if GUARD_NON_FINITE:
             acc = tl.where(sees_non_finite[:, None], float("nan"), acc)
     return acc, l_i, m_new
@@ -644,7 +656,8 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
     D``, adjacent in memory), each tile is loaded once for both and ``_block_scores`` / ``_pv`` give each row its
     own head's products (``pair_second``).
     ``PREFETCH_PARTNER`` (``FP8_PREFETCH_PARTNER``; pointer loads of the cache): see ``_load_kv``, with
-    ``k_partner`` / ``v_partner`` and ``chunk_slot``."""
+    ``k_partner`` / ``v_partner`` and ``chunk_slot``; with ``KV_PAIR`` PAIR_TWO_LOADS (``offs_d`` one head's) the
+    second KV head's tiles are loaded ``k_partner`` / ``v_partner`` elements on."""
     offset = seqlen_k - seqlen_q
     if HEAD_N > 0:
         offs_n = kv_end - BLOCK_N + tl.arange(0, BLOCK_N)
@@ -674,10 +687,19 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                                    stride_ks, stride_vb, stride_vs, page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift,
                                    SHIFT_PAGED_KEYS, K_NEW, V_NEW, new_source, first_new, stride_ns, READ_NEW,
                                    FP8 != NO_FP8, k_partner, v_partner, chunk_slot, PREFETCH_PARTNER)
+            k2 = None
+            v2 = None
+            if KV_PAIR == PAIR_TWO_LOADS:
+                # The second KV head's tiles, k_partner / v_partner elements on (its rows' twins).
+                k2, v2 = _load_block(k_base + k_partner, v_base + v_partner, offs_n, offs_d, load_mask, batch_kv,
+                                     page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size, IS_PAGED,
+                                     MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS, K_NEW, V_NEW, new_source,
+                                     first_new, stride_ns, READ_NEW, FP8 != NO_FP8)
             acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, left, right,
                                           softmax_scale, softcap, block, masked_head_end, unmasked_end, HAS_LEFT,
                                           HAS_RIGHT, HAS_SOFTCAP, UPCAST, GUARD_NON_FINITE, MASK, MASK_EDGES_ONLY,
-                                          chunk, HAS_CHUNK, FP8, row_unscale, WIDEN_PAIRS, pair_second, KV_PAIR)
+                                          chunk, HAS_CHUNK, FP8, row_unscale, WIDEN_PAIRS, pair_second, KV_PAIR, k2,
+                                          v2)
             if COUNT_BLOCKS:
                 visited += 1
     return acc, l_i, m_i, visited
@@ -969,7 +991,8 @@ def _attend_tile(
             # The first of the two KV heads (k_base / v_base point at its rows, which the second's follow); each
             # row's own head is kv_head or kv_head + 1 (pair_second); K/V tiles span both heads' rows.
             pair_second = row_head // queries_per_kv_head != kv_head
-            offs_kv = tl.arange(0, 2 * BLOCK_D)
+            if KV_PAIR != PAIR_TWO_LOADS:
+                offs_kv = tl.arange(0, 2 * BLOCK_D)
         if PREFETCH_PAGES:
             # The page-table entries of the loop's first block, into L2 once the query load is issued: the loop
             # reads them only after the query tile has arrived (and, with FP8_KV, been converted), one dependent
@@ -1069,6 +1092,10 @@ def _attend_tile(
                 twin = ((kv_head ^ 1) - kv_head).to(tl.int64)
                 k_partner = twin * stride_kh
                 v_partner = twin * stride_vh
+            elif KV_PAIR == PAIR_TWO_LOADS:
+                # The second KV head of the pair (its tiles are loaded on their own: see _attend_blocks).
+                k_partner = stride_kh
+                v_partner = stride_vh
             elif PREFETCH_PARTNER == PREFETCH_CHUNK:
                 # KV head h asks for the h-th of each page's Hk chunks: from KV head 0's row of slot
                 # h * page_size / Hk on.

@@ -164,13 +164,14 @@ def test_bf16_queries_of_any_magnitude_over_fp8_kv():
     pytest.param(1, torch.bfloat16, True, 3, id="products-bf16-paged-3splits"),
     pytest.param(1, torch.float16, False, 1, id="products-fp16-contiguous"),
     pytest.param(2, torch.bfloat16, True, 3, id="interleaved-bf16-paged-3splits"),
+    pytest.param(3, torch.bfloat16, True, 3, id="two-loads-bf16-paged-3splits"),
 ])
 def test_two_kv_heads_per_program(monkeypatch, mode, dtype, paged, num_splits):
     """``fwd.FP8_TWO_KV_HEADS``: a decode program reads two KV heads' adjacent rows at once and gives each query
     head its own KV head's attention and descales (distinct per head), with sinks and softcap; on the GPU a NaN key
-    or (mode 1: one product per head) value of one KV head makes NaN of that head's rows only, as in the reference
-    (the other head's rows share the loaded tile but not its products; mode 2's interleaved P @ V lets a NaN value
-    reach both heads' rows, 0 x NaN, so it gets only the NaN key)."""
+    or (modes 1 and 3: one product per head) value of one KV head makes NaN of that head's rows only, as in the
+    reference (the other head's rows share the loaded tile but not its products; mode 2's interleaved P @ V lets a
+    NaN value reach both heads' rows, 0 x NaN, so it gets only the NaN key)."""
     from swattn.kernels import fwd
     monkeypatch.setattr(fwd, "FP8_TWO_KV_HEADS", mode)
     batch, page_size = 3, 8
@@ -189,7 +190,7 @@ def test_two_kv_heads_per_program(monkeypatch, mode, dtype, paged, num_splits):
     if non_finite:
         first = table[1, 0] if paged else 0
         k_cache[first, 2, 0, 3] = float("nan")  # sequence 1, key 2, KV head 0: its query heads' rows are NaN
-        if mode == 1:
+        if mode in (1, 3):
             v_cache[first, 4, 1, 0] = float("nan")  # sequence 1, key 4, KV head 1: NaN in its heads' first column
     fwd._PLANS.clear()
     # The split loop (the pairs' loop): on a GPU these few keys would take the single loop of short splits.
@@ -203,7 +204,7 @@ def test_two_kv_heads_per_program(monkeypatch, mode, dtype, paged, num_splits):
                                              sinks=sinks, softcap=20.0, **cache)
     assert torch.equal(out.isnan(), ref_out.isnan())
     assert out[1, 0, :H // HK].isnan().all() == non_finite and not out[[0, 2]].isnan().any()
-    assert out[1, 0, H // HK:].isnan().any() == (non_finite and mode == 1)
+    assert out[1, 0, H // HK:].isnan().any() == (non_finite and mode in (1, 3))
     assert_close("out", out.nan_to_num(), ref_out.nan_to_num(), tolerance_for(dtype))
     finite = torch.isfinite(ref_lse)
     assert torch.equal(lse.isfinite(), finite)
