@@ -6,9 +6,9 @@ shared machine).
 
     python scripts/host_time.py                # gpt-oss decode (paged, with and without append), prefill, backward
     python scripts/host_time.py --profile      # also cProfile each, sorted by own time
-    python scripts/host_time.py --gluon        # the 4K gpt-oss prefill on the Gluon kernel (forced), its compiled
-                                               # launcher a copy of Triton 3.6's around a no-op C function: through
-                                               # CompiledKernel.run and through the C launcher (_launch.CLauncher)
+    python scripts/host_time.py --c-launcher   # the scenarios and the 4K gpt-oss prefill on the Gluon kernel
+                                               # (forced), compiled launchers a copy of Triton 3.6's around a no-op
+                                               # C function: through CompiledKernel.run and through the C launcher
     python scripts/host_time.py --op           # the torch.library op path: the window decode with append and the
                                                # 4K prefill eagerly, as the op through the dispatcher, and as a
                                                # torch.compile'd function around the public call
@@ -98,11 +98,12 @@ def time_per_call(fn) -> float:
     return best
 
 
-def gluon() -> None:
-    """The Gluon forward's planned path on the CPU: its kernel and the redo pass's stubbed, their compiled launchers
-    Triton 3.6's ``CudaLauncher`` (tests/kernels/_triton36_launcher.py) around a no-op C function and a no-op
-    descriptor fill; timed through ``CompiledKernel.run`` (``_launch.C_LAUNCHER`` off) and through the C launcher
-    (on). Python function calls per call from cProfile; us per call the best of three alternations."""
+def c_launcher() -> None:
+    """Every scenario above and the 4K gpt-oss prefill on the Gluon kernel (dispatch forced), with every kernel
+    stubbed and its compiled launcher Triton 3.6's ``CudaLauncher`` (tests/kernels/_triton36_launcher.py) around a
+    no-op C function and a no-op descriptor fill: timed through ``CompiledKernel.run`` (``_launch.C_LAUNCHER`` off,
+    session 5's direct launch) and through the C launcher (on). Python function calls per call from cProfile; us per
+    call the best of three alternations."""
     import cProfile as profile_module
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "kernels"))
@@ -121,14 +122,21 @@ def gluon() -> None:
 
     triton36.make_tensordesc_arg = lambda descriptor, meta: [object(), *descriptor.shape, *descriptor.strides]
     use_gluon, version, kernel = fwd._use_gluon, _launch._triton_version, gluon_fwd._swa_fwd_sm90_kernel
-    fwd._use_gluon, _launch._triton_version = (lambda *args, **kwargs: True), (lambda: (3, 6))
+    _launch._triton_version = lambda: (3, 6)
 
-    def call():
+    def gluon_prefill():
         with torch.no_grad():
             return swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0), sinks=sinks)
 
-    def measure(c_launcher: bool) -> tuple[float, float]:
+    calls = {**scenarios(), "prefill W(127,0) 4K gpt-oss, Gluon kernel": gluon_prefill}
+    calls.pop("varlen prefill, new lengths every call")  # plans every call: no direct launch to compare
+    # The backward's plans live in the autograd graph made with the scenarios (outside stub_kernels' plan clearing),
+    # so its launches would keep the first measurement's launcher: not compared here.
+    calls.pop("backward W(127,0) 2K")
+
+    def measure(call, gluon: bool, c_launcher: bool) -> tuple[float, float]:
         _launch.C_LAUNCHER = c_launcher
+        fwd._use_gluon = (lambda *args, **kwargs: True) if gluon else use_gluon
         with stub_kernels() as stubs:
             stubs["gluon"] = gluon_fwd._swa_fwd_sm90_kernel = StubKernel(kernel)
             for stub in stubs.values():
@@ -141,23 +149,24 @@ def gluon() -> None:
                 us = time_per_call(call)
                 profiler = profile_module.Profile()
                 profiler.enable()
-                for _ in range(1000):
+                for _ in range(500):
                     call()
                 profiler.disable()
-                return us, pstats.Stats(profiler).total_calls / 1000
+                return us, pstats.Stats(profiler).total_calls / 500
             finally:
                 gluon_fwd._swa_fwd_sm90_kernel = kernel
 
     try:
-        best = {}
-        for _ in range(3):
-            for c_launcher in (False, True):
-                us, calls = measure(c_launcher)
-                best[c_launcher] = (min(us, best.get(c_launcher, (us,))[0]), calls)
-        for c_launcher, label in ((False, "through CompiledKernel.run"), (True, "through the C launcher")):
-            us, calls = best[c_launcher]
-            print(f"prefill 4K W(127,0) gpt-oss, Gluon kernel, Triton 3.6's launcher {label}: {us:.1f} us per call, "
-                  f"{calls:.0f} Python function calls per call (kernels stubbed)", flush=True)
+        for name, call in calls.items():
+            best = {}
+            for _ in range(3):
+                for on in (False, True):
+                    us, count = measure(call, "Gluon" in name, on)
+                    best[on] = (min(us, best.get(on, (us,))[0]), count)
+            (run_us, run_calls), (c_us, c_calls) = best[False], best[True]
+            print(f"{name}: through CompiledKernel.run {run_us:.1f} us, {run_calls:.0f} Python calls; through the "
+                  f"C launcher {c_us:.1f} us, {c_calls:.0f} Python calls per call (Triton 3.6's launcher, kernels "
+                  "stubbed)", flush=True)
     finally:
         fwd._use_gluon, _launch._triton_version, _launch.C_LAUNCHER = use_gluon, version, True
 
@@ -202,8 +211,8 @@ def op_path() -> None:
 
 
 def main() -> None:
-    if "--gluon" in sys.argv:
-        gluon()
+    if "--c-launcher" in sys.argv:
+        c_launcher()
         return
     if "--op" in sys.argv:
         op_path()
