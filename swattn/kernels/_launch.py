@@ -167,28 +167,40 @@ _WRAPPER_CELLS = {
 class CLauncher:
     """The C function behind a compiled kernel's ``run`` (see the module docstring), with what ``run`` would pass
     it around the kernel's arguments: ``launch(grid_x, grid_y, grid_z, stream, *before, *arguments)`` (Triton 3.6,
-    ``flat``) or ``launch(grid_x, grid_y, grid_z, stream, *before, arguments)`` (3.9). ``expansions``: the
-    descriptors' expanded arguments by their bases' addresses."""
+    ``flat``) or ``launch(grid_x, grid_y, grid_z, stream, *before, arguments)`` (3.9). ``maps``: per descriptor, its
+    expanded arguments by its base's address; ``expansions``: all descriptors' together by their bases' addresses
+    (one lookup for a call whose bases were all seen together before)."""
 
-    __slots__ = ("launch", "before", "flat", "make", "metas", "expansions", "launches")
+    __slots__ = ("launch", "before", "flat", "make", "metas", "maps", "expansions", "launches")
 
     def __init__(self, launch, before: tuple, flat: bool, make=None, metas=()):
         self.launch, self.before, self.flat = launch, before, flat
         self.make, self.metas = make, tuple(metas)
+        self.maps: tuple[dict[int, tuple], ...] = tuple({} for _ in self.metas)
         self.expansions: dict[tuple, tuple] = {}
         self.launches = 0
 
     def expand(self, descriptors: Sequence[Descriptor], bases: Sequence[torch.Tensor], addresses: tuple) -> tuple:
         """The descriptors' arguments as Triton's wrapper expands them (a filled ``CUtensorMap``, the shape, the
-        strides) around these bases, kept by their addresses unless they hold a tensor (a descriptor without TMA
-        metadata passes its base: a plan must not keep a call's tensor)."""
-        expanded = []
-        for descriptor, base, meta in zip(descriptors, bases, self.metas):
-            expanded.extend(self.make(descriptor.copy(base), meta))
+        strides) around these bases: each descriptor's kept expansion for its base's address, or a new one (kept
+        unless it holds a tensor: a descriptor without TMA metadata passes its base, and a plan must not keep a
+        call's tensor). A call whose output is new every call (a TMA store's O) fills only that map."""
+        expanded, keep = [], True
+        for descriptor, base, address, meta, kept in zip(descriptors, bases, addresses, self.metas, self.maps):
+            found = kept.get(address)
+            if found is None:
+                found = tuple(self.make(descriptor.copy(base), meta))
+                if any(isinstance(value, torch.Tensor) for value in found):
+                    keep = False
+                else:
+                    if len(kept) >= MAX_EXPANSIONS:
+                        kept.clear()  # all at once: one C call, safe against another thread's lookups
+                    kept[address] = found
+            expanded.extend(found)
         expanded = tuple(expanded)
-        if not any(isinstance(value, torch.Tensor) for value in expanded):
+        if keep:
             if len(self.expansions) >= MAX_EXPANSIONS:
-                self.expansions.clear()  # all at once: one C call, safe against another thread's lookups
+                self.expansions.clear()
             self.expansions[addresses] = expanded
         return expanded
 

@@ -143,11 +143,13 @@ def test_c_launch_hands_what_run_would(runtime, monkeypatch, version, descriptor
             assert kernel_args[5] == y.data_ptr()
 
 
+@pytest.mark.parametrize("tma_store", [False, True], ids=["o-stores", "o-tma"])
 @pytest.mark.parametrize("version", VERSIONS)
-def test_gluon_plan_alternating_tensor_sets_fills_once_per_set(runtime, monkeypatch, version):
+def test_gluon_plan_alternating_tensor_sets_fills_once_per_set(runtime, monkeypatch, version, tma_store):
     """Through ``gluon_fwd.forward(..., plans=)`` (the Gluon kernel stubbed, its compiled launcher a CudaLauncher):
     two tensor sets alternating through one plan fill each set's Q, K, V maps once; every call's maps carry that
-    call's bases, its pointers that call's tensors."""
+    call's bases, its pointers that call's tensors. An output new on every call (a TMA store's O) fills its map
+    alone."""
     stub = StubKernel(gluon_fwd._swa_fwd_sm90_kernel)
     monkeypatch.setattr(gluon_fwd, "_swa_fwd_sm90_kernel", stub)
     recorder = Recorder()
@@ -165,7 +167,7 @@ def test_gluon_plan_alternating_tensor_sets_fills_once_per_set(runtime, monkeypa
                       cu_seqlens_q=None, cu_seqlens_k=None, seqlen_q=seqlen, seqlen_k=seqlen, batch=batch,
                       pack_gqa=True, o_strides=q.stride()[:3], l_strides=(lse.stride(0), lse.stride(2), lse.stride(1)),
                       non_finite_flags=torch.empty(64, dtype=torch.int8),
-                      any_non_finite=torch.zeros(2, dtype=torch.int32))
+                      any_non_finite=torch.zeros(2, dtype=torch.int32), tma_store=tma_store)
         return (q, k, v, out, lse), kwargs
 
     sets = [arguments(), arguments()]
@@ -188,6 +190,15 @@ def test_gluon_plan_alternating_tensor_sets_fills_once_per_set(runtime, monkeypa
     assert (stub.plain_launches, len(recorder.launches), len(plans)) == (1, len(order), 1)
     # The first direct call of each set fills its four maps; the repeats fill none.
     assert len(recorder.fills) == 2 * 4
+    # A new output on every call (held, so at a new address): only O's map is filled again, with a TMA store.
+    (q, k, v, _, lse), kwargs = sets[0]
+    outs = [torch.empty_like(q) for _ in range(3)]
+    for out in outs:
+        gluon_fwd.forward(q, k, v, out, lse, **kwargs, plans=plans)
+        maps = [value for value in recorder.launches[-1][-1 if version == (3, 9) else slice(13, None)]
+                if type(value) is FakeMap]
+        assert maps[3].fields[0] == (out if tma_store else q).data_ptr()
+    assert len(recorder.fills) == 2 * 4 + (len(outs) if tma_store else 0)
 
 
 def test_an_unknown_launcher_structure_keeps_run(runtime, monkeypatch):
