@@ -418,6 +418,8 @@ def gluon_parts(report: Report, prefill, calls: int) -> None:
         if c is not None:
             def refill():  # every call fills its maps again, as for bases at new addresses
                 c.expansions.clear()
+                for kept in c.maps:
+                    kept.clear()
                 launch(*tensors)
 
             part("Launch.__call__ (direct, C launcher), maps filled per call", refill)
