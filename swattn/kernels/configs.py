@@ -91,12 +91,14 @@ VERIFY_BLOCKS: dict[int, tuple[int, int]] = {16: (256, 8), 32: (256, 8)}
 # warps 6.98 | 5.76 against 8.19 | 7.10 on 8 (the 64-row tile is one warpgroup's wgmma on 4 warps; on 8 the rows'
 # max and sum cross two warpgroups); k = 4 on 4 warps 7.37 | 5.76 against 7.31 | 5.79 on 8 (kept).
 VERIFY_HEAD_BLOCKS: dict[int, int] = {16: 8, 32: 8, 64: 4}
-# Experimental (empty until timed: scripts/gpu_probe.py serving_s6): per tile height, a taller tile for the
-# head-block verify config (its rows past the k x G real ones are masked, as a decode tile's 8 of 16). The k = 8
-# tile (64 rows, 4 warps: one warpgroup's wgmma) took 6.98 us cold where k = 4's 32 rows on 8 warps (mma.sync, the
-# rows' max and sum across warps) took 7.31 (H200, s5-call4): {32: 64} runs k = 4 as k = 8's tile; the tile's warps
-# are then VERIFY_HEAD_BLOCKS[64]'s.
-VERIFY_PADDED_ROWS: dict[int, int] = {}
+# Per tile height, a taller tile for the head-block verify config (its rows past the k x G real ones are masked, as
+# a decode tile's 8 of 16). The k = 8 tile (64 rows, 4 warps: one warpgroup's wgmma) took 6.98 us cold where k = 4's
+# 32 rows on 8 warps (mma.sync, the rows' max and sum across warps) took 7.31 (H200, s5-call4): {32: 64} runs k = 4
+# as k = 8's tile, with VERIFY_HEAD_BLOCKS[64]'s warps. H200 (scripts/gpu_probe.py serving_s6, s6-call4, main
+# 215a719), W(127,0) B=16 1K page 16, k = 4 with the fused append, us cold | warm: 6.79 | 5.66 against 7.33 | 5.80;
+# with fwd.PRELOAD_L2 = 2 6.27 | 5.89 against 6.54 | 5.75 (the 64-row tile is two programs per SM, Triton 3.6: the
+# next call's programs fit beside it before their wait; the 8-warp 32-row tile is one).
+VERIFY_PADDED_ROWS: dict[int, int] = {32: 64}
 
 # Resident programs per SM of a split-KV decode launch, by PackGQA tile height (query positions x G heads, rounded
 # up to a power of two; speculative verify of k tokens at G = 8: 16 rows for k <= 2, 32 for 4, 64 for 8): the

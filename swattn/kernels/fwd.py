@@ -148,9 +148,15 @@ PREFETCH_PAGE_TABLE = os.environ.get("SWATTN_PREFETCH_PAGE_TABLE", "0") not in (
 # loop's first block (one round trip before the wait); 2: also that block's K and V rows and the new tokens (two
 # round trips before the wait). The gain needs the previous kernel to let this one launch early (swattn's kernels
 # do; in a model step the kernel before an attention call is usually a GEMM); without that, 2 can add its round
-# trips in front of the wait. Paged caches with per-sequence lengths (the serving step: decode and verify, window
-# and split-KV), PackGQA, fp16 / bf16, no cache_batch_idx / cache_leftpad / varlen / chunk.
-PRELOAD_L2 = int(os.environ.get("SWATTN_PRELOAD_L2", "0") or 0)
+# trips in front of the wait. Paged caches with per-sequence lengths, PackGQA, fp16 / bf16, no cache_batch_idx /
+# cache_leftpad / varlen / chunk, and (the default) one split on the single masked loop: window decode and verify.
+# H200 (scripts/gpu_probe.py serving_s6, s6-call4, main 215a719), W(127,0) B=16 page 16 with the fused append, us
+# per call cold (48 input sets) | warm: decode 1K 5.44 | 4.15 -> 4.37 | 3.93 with 2 (4.94 | 3.90 with 1), 128K 5.49
+# | 4.18 -> 4.39 | 3.90; verify k = 2 / 4 / 8 cold 6.32 / 7.33 / 7.01 -> 5.51 / 6.54 / 6.71 (k = 8 warm 5.78 ->
+# 6.16). Full decode B=4 16K (split loop + merge) lost: 41.0 -> 42.7 us (42.5 with 1), so split launches take it only
+# with PRELOAD_L2_SPLITS. SWATTN_PRELOAD_L2=0: off.
+PRELOAD_L2 = int(os.environ.get("SWATTN_PRELOAD_L2", "2") or 0)
+PRELOAD_L2_SPLITS = False
 
 # Experimental (off: measured slower): e4m3 tiles widened in pairs before their layout change (``_widen_e4m3``).
 # Fewer instructions (full decode loop 523 -> 460 per block and warp, window kernel 1304 -> 1240 with it, Triton
@@ -1369,7 +1375,7 @@ def settings() -> tuple:
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, APPEND_READS_INPUT, PREFETCH_PAGE_TABLE,
-            WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2, FP8_PREFETCH_PARTNER)
+            WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2, PRELOAD_L2_SPLITS, FP8_PREFETCH_PARTNER)
 
 
 def attention_forward(
@@ -1651,7 +1657,8 @@ class _ForwardPlan:
                        and block_d == head_dim
                        and cache_batch_idx is None and cache_leftpad is None and attention_chunk == 0
                        and fp8 == NO_FP8.value and not self.use_gluon and not self.use_tma and not self.kv_pair
-                       and not config.mask_edges_only and not _compat.interpreter_enabled())
+                       and not config.mask_edges_only and not _compat.interpreter_enabled()
+                       and (PRELOAD_L2_SPLITS or (config.single_loop and num_splits == 1)))
         self.preload_l2 = PRELOAD_L2 if preloadable else 0
         options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
                        **({"maxnreg": config.maxnreg} if config.maxnreg else {}))

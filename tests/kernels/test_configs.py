@@ -172,6 +172,7 @@ def test_verify_head_blocks_take_128_plus_16_keys_before_the_verify_blocks(monke
     not."""
     assert configs.VERIFY_HEAD_BLOCKS == {16: 8, 32: 8, 64: 4}  # H200, 2026-12-03 18:25 and 22:54 UTC calls
     monkeypatch.setattr(configs, "VERIFY_HEAD_BLOCKS", {32: 8, 64: 8})
+    monkeypatch.setattr(configs, "VERIFY_PADDED_ROWS", {})
     one_wave = 128 / 132
     head = lambda rows: FwdConfig(rows, 128, 8, 1, single_loop=True, head_block=16)  # noqa: E731
     assert _bf16_forward_config(64, 32, True, 128, 131, one_wave) == head(32)
@@ -183,8 +184,10 @@ def test_verify_head_blocks_take_128_plus_16_keys_before_the_verify_blocks(monke
     monkeypatch.setattr(configs, "interpreter_enabled", lambda: False)
     assert forward_config(64, 32, True, 128, 2, 131, one_wave, True) == head(32)
     assert forward_config(64, 32, True, 128, 1, 131, one_wave, True, fp8_kv=True).head_block == 0  # bf16 only
-    # VERIFY_PADDED_ROWS (experimental, empty): k = 4's 32 rows in k = 8's 64-row tile, with its warps.
-    assert configs.VERIFY_PADDED_ROWS == {}
+    # VERIFY_PADDED_ROWS: k = 4's 32 rows in k = 8's 64-row tile, with its warps (H200, s6-call4).
+    monkeypatch.undo()
+    assert configs.VERIFY_PADDED_ROWS == {32: 64}
+    monkeypatch.setattr(configs, "VERIFY_HEAD_BLOCKS", {32: 8, 64: 8})
     monkeypatch.setattr(configs, "VERIFY_PADDED_ROWS", {32: 64})
     assert _bf16_forward_config(64, 32, True, 128, 131, one_wave) == head(64)
     assert _bf16_forward_config(64, 16, True, 128, 129, one_wave) == FwdConfig(16, 256, 8, 1, single_loop=True)
