@@ -25,6 +25,19 @@ import swattn  # noqa: E402
 from swattn.bench import peers  # noqa: E402
 
 
+def profile_once(calls) -> None:
+    """Each of ``calls`` once to warm up (compile, plan), then each once more between cudaProfilerStart/Stop: what
+    ``ncu --profile-from-start off`` measures."""
+    for call in calls:
+        call()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    for call in calls:
+        call()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+
+
 def main() -> None:
     row, provider = sys.argv[1].replace("_", " "), sys.argv[2]
     overrides = {}
@@ -44,12 +57,7 @@ def main() -> None:
         call = with_mode("1" if provider == "gluon" else "0",
                          lambda: swattn.flash_attn_func(q, k, v, causal=True, window_size=(left, 0), sinks=sinks),
                          **overrides)
-    call()
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStart()
-    call()
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStop()
+    profile_once([call])
     print(f"{label} / {provider} {overrides}: profiled one call")
 
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gpu_fp8_decode import fp8_sets  # noqa: E402
+from gpu_ncu import profile_once  # noqa: E402
 from gpu_probe import full_decode_inputs  # noqa: E402
 
 import swattn  # noqa: E402
@@ -46,14 +45,7 @@ def main() -> None:
         else:
             swattn.flash_attn_with_kvcache(**(bf16 if name == "bf16" else e4m3))
 
-    for name in names:
-        call(name)
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStart()
-    for name in names:
-        call(name)
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStop()
+    profile_once([lambda name=name: call(name) for name in names])
     fwd.FP8_PREFETCH_PARTNER = fwd.FP8_TWO_KV_HEADS = 0
     print(f"profiled one call each: {', '.join(names)}")
 

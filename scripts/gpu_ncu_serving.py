@@ -21,6 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gpu_ncu import profile_once  # noqa: E402
+
 import swattn  # noqa: E402
 
 BATCH, HEADS, KV_HEADS, HEAD_DIM, CONTEXT, PAGE = 16, 64, 8, 64, 1024, 16
@@ -44,15 +46,7 @@ def case(name: str):
 
 def main() -> None:
     names = sys.argv[1:] or ["decode", "decode_no_append", "verify4", "verify8"]
-    calls = [case(name) for name in names]
-    for call in calls:
-        call()
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStart()
-    for call in calls:
-        call()
-    torch.cuda.synchronize()
-    torch.cuda.cudart().cudaProfilerStop()
+    profile_once([case(name) for name in names])
     print(f"profiled one call each: {', '.join(names)}")
 
 

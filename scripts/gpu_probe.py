@@ -898,6 +898,26 @@ def append_fold() -> None:
         torch.cuda.empty_cache()
 
 
+def _print_verify_times(k: int, times: dict, without_append: list, input_sets: int) -> None:
+    """FA3's verify (no append; cold over the input sets | warm on one) beside ``times``, then every row."""
+    from swattn.bench import peers
+    try:
+        runs = [peers.fa3(one["q"], one["k_cache"], one["v_cache"], 127, one["sinks"], one["page_table"],
+                          one["cache_seqlens"]) for one in without_append]
+
+        def fa3_all(runs=runs):
+            for run in runs:
+                run()
+        fa3_all()
+        cold = graph_us(fa3_all, 1, rep=100) / input_sets
+        times["FA3 (no append)"] = [f"{cold:.2f} | {graph_us(runs[0], 20, rep=100):.2f}"]
+    except Exception as exc:  # FA3 missing: say so
+        print(f"  k={k} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+    for label, values in times.items():
+        if values:
+            print(f"  k={k} {label}: {' / '.join(values)} us", flush=True)
+
+
 def _time_verify_variants(variants, ref, k: int, input_sets: int) -> dict[str, list[str] | None]:
     """``time_window_verify`` over ``(label, inputs, forced config or None, fwd settings)`` variants, ROUNDS
     interleaved rounds; each variant's fwd module settings are set around its call and restored; a variant that
@@ -984,7 +1004,6 @@ def verify_window() -> None:
     branched`` (fwd.GUARD_BRANCH: the one pass's guard only for a block whose values are not all finite), 16
     warps on the 256-key block, two 16-row tiles per KV head (256 programs), and for k = 8 the guarded one pass at
     64 rows (no redo launch)."""
-    from swattn.bench import peers
     input_sets = 48
     print("\n## verify W(127,0) B=16 1K page 16 (fused append): us/call, cold (48 sets) | warm (1 set); k=1 is decode",
           flush=True)
@@ -993,21 +1012,7 @@ def verify_window() -> None:
         ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
         times = _time_verify_variants([(label, sets, config, settings)
                                        for label, config, settings in _window_variants(k)], ref, k, input_sets)
-        try:
-            runs = [peers.fa3(one["q"], one["k_cache"], one["v_cache"], 127, one["sinks"], one["page_table"],
-                              one["cache_seqlens"]) for one in without_append]
-
-            def fa3_all(runs=runs):
-                for run in runs:
-                    run()
-            fa3_all()
-            cold = graph_us(fa3_all, 1, rep=100) / input_sets
-            times["FA3 (no append)"] = [f"{cold:.2f} | {graph_us(runs[0], 20, rep=100):.2f}"]
-        except Exception as exc:  # FA3 missing: say so
-            print(f"  k={k} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
-        for label, values in times.items():
-            if values:
-                print(f"  k={k} {label}: {' / '.join(values)} us", flush=True)
+        _print_verify_times(k, times, without_append, input_sets)
         sets.clear()
         without_append.clear()
         torch.cuda.empty_cache()
@@ -1186,7 +1191,6 @@ def serving_s6() -> None:
     ``64-row tile`` (configs.VERIFY_PADDED_ROWS {32: 64}: k = 8's tile, 4 warps) with and without preload 2; FA3
     beside (no append). Then full decode B=4 16K (target 88% of copy; one input set, 134 MB, 20 calls per graph):
     shipped against preload 1 / 2."""
-    from swattn.bench import peers
     from swattn.kernels import configs
     input_sets = 48
     print("\n## s6 W(127,0) B=16 1K page 16, fused append: us/call cold (48 sets) | warm (1 set); k=1 is decode",
@@ -1210,21 +1214,7 @@ def serving_s6() -> None:
                          ("64-row tile, preload 2", sets, padded, dict(PRELOAD_L2=2)),
                          ("32 rows, 4 warps, preload 2", sets, four, dict(PRELOAD_L2=2))]
         times = _time_verify_variants(variants, ref, k, input_sets)
-        try:
-            runs = [peers.fa3(one["q"], one["k_cache"], one["v_cache"], 127, one["sinks"], one["page_table"],
-                              one["cache_seqlens"]) for one in without_append]
-
-            def fa3_all(runs=runs):
-                for run in runs:
-                    run()
-            fa3_all()
-            cold = graph_us(fa3_all, 1, rep=100) / input_sets
-            times["FA3 (no append)"] = [f"{cold:.2f} | {graph_us(runs[0], 20, rep=100):.2f}"]
-        except Exception as exc:  # FA3 missing: say so
-            print(f"  k={k} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
-        for label, values in times.items():
-            if values:
-                print(f"  k={k} {label}: {' / '.join(values)} us", flush=True)
+        _print_verify_times(k, times, without_append, input_sets)
         sets.clear()
         without_append.clear()
         torch.cuda.empty_cache()

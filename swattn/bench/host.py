@@ -102,10 +102,10 @@ class _Timings:
         return run
 
 
-def _decode_rows(env: Env, dims: Dims, timings: _Timings) -> list[Row]:
-    batch, context, page_size = (16, 1024, 16) if not env.quick else (2, 40, 8)
-    if env.quick:
-        dims = Dims(8, 2, 32)
+def _decode_inputs(env: Env, dims: Dims, batch: int, context: int, page_size: int) -> tuple:
+    """A decode step's tensors over a paged cache in shuffled pages: ``(k_pool, v_pool, page_table, q, k_new, v_new,
+    cache_seqlens before the append, lengths after it)``; the pools already hold the appended token (the reference's
+    append), so a call that appends it again writes the same values."""
     device, dtype = env.device, env.dtype
     pages = -(-context // page_size)
     k_pool = torch.randn(batch * pages, page_size, dims.kv_heads, dims.head_dim, device=device, dtype=dtype)
@@ -114,9 +114,18 @@ def _decode_rows(env: Env, dims: Dims, timings: _Timings) -> list[Row]:
     q = torch.randn(batch, 1, dims.heads, dims.head_dim, device=device, dtype=dtype)
     k_new, v_new = (torch.randn(batch, 1, dims.kv_heads, dims.head_dim, device=device, dtype=dtype)
                     for _ in range(2))
-    sinks = torch.randn(dims.heads, device=device).to(torch.bfloat16).float()
     before = torch.full((batch,), context - 1, device=device, dtype=torch.int32)  # the append makes it `context`
     lengths = append_kv_ref(k_pool, v_pool, k_new, v_new, before, page_table=table)
+    return k_pool, v_pool, table, q, k_new, v_new, before, lengths
+
+
+def _decode_rows(env: Env, dims: Dims, timings: _Timings) -> list[Row]:
+    batch, context, page_size = (16, 1024, 16) if not env.quick else (2, 40, 8)
+    if env.quick:
+        dims = Dims(8, 2, 32)
+    device = env.device
+    sinks = torch.randn(dims.heads, device=device).to(torch.bfloat16).float()
+    k_pool, v_pool, table, q, k_new, v_new, before, lengths = _decode_inputs(env, dims, batch, context, page_size)
     rows = []
     for left in (127 if not env.quick else 15, -1):
         shape = f"decode B={batch} ctx={context} page={page_size} W" + (f"({left},0)" if left >= 0 else "full")
@@ -185,15 +194,7 @@ def _op_rows(env: Env, dims: Dims, timings: _Timings, baselines: tuple[bool, boo
         batch, context, page_size, seqlen, left = 16, 1024, 16, 4096, 127
     device, dtype = env.device, env.dtype
     sinks = torch.randn(dims.heads, device=device).to(torch.bfloat16).float()
-    pages = -(-context // page_size)
-    k_pool = torch.randn(batch * pages, page_size, dims.kv_heads, dims.head_dim, device=device, dtype=dtype)
-    v_pool = torch.randn_like(k_pool)
-    table = torch.randperm(batch * pages, device=device).view(batch, pages).to(torch.int32)
-    q = torch.randn(batch, 1, dims.heads, dims.head_dim, device=device, dtype=dtype)
-    k_new, v_new = (torch.randn(batch, 1, dims.kv_heads, dims.head_dim, device=device, dtype=dtype)
-                    for _ in range(2))
-    before = torch.full((batch,), context - 1, device=device, dtype=torch.int32)
-    lengths = append_kv_ref(k_pool, v_pool, k_new, v_new, before, page_table=table)
+    k_pool, v_pool, table, q, k_new, v_new, before, lengths = _decode_inputs(env, dims, batch, context, page_size)
     decode_reference, _ = attention_kvcache_ref(q.to(env.reference_dtype), k_pool, v_pool, lengths, page_table=table,
                                                 causal=True, window_size=(left, 0), sinks=sinks,
                                                 compute_dtype=env.reference_dtype)
