@@ -71,16 +71,23 @@ def replay_us(graph, reps: int) -> float:
     return statistics.median(times)
 
 
-def with_mode(mode: str, fn, **overrides):
+def with_mode(mode: str, fn, settings: dict | None = None, **overrides):
+    """``fn`` under dispatch ``mode``, ``gluon_fwd.forward``'s tuning ``overrides`` and gluon_fwd's module
+    ``settings`` (read when a call is planned, i.e. when the graph is captured)."""
     def run():
         saved_mode, saved_forward = gluon_fwd.GLUON_MODE, gluon_fwd.forward
+        saved_settings = {name: getattr(gluon_fwd, name) for name in settings or {}}
         gluon_fwd.GLUON_MODE = mode
+        for name, value in (settings or {}).items():
+            setattr(gluon_fwd, name, value)
         if overrides:
             gluon_fwd.forward = lambda *a, **k: saved_forward(*a, **k, **overrides)
         try:
             return fn()
         finally:
             gluon_fwd.GLUON_MODE, gluon_fwd.forward = saved_mode, saved_forward
+            for name, value in saved_settings.items():
+                setattr(gluon_fwd, name, value)
     return run
 
 
@@ -166,6 +173,9 @@ def main() -> int:
         reference = with_mode("0", call())()
         variants = [("swattn Triton", with_mode("0", call()))]
         gluon = [("gluon shipped", with_mode("1", call()))]
+        for threshold in (8.0,):  # the running max kept until it grows by more than this (log2 units)
+            gluon.append((f"gluon lazy rescale {threshold:g}", with_mode(
+                "1", call(), settings=dict(RESCALE_THRESHOLD=threshold))))
         small = 0 <= left <= 256
         if head_dim == 256:  # one Q slot, 64-key blocks: no room for a second program or more stages
             gluon.append(("gluon TMA store", with_mode("1", call(), tma_store=True)))

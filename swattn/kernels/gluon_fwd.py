@@ -93,6 +93,11 @@ TMA_STORE = False
 # Rows per consumer warpgroup for packed small windows at head_dim 64 (``wg_rows_for``): 64 or 128. H200, W(127,0)
 # D64 gpt-oss with sinks, 16K (session 6, call 3): 64 rows x 4 programs per SM 185.2 us, 128 rows x 2 188.8: 64.
 WG_ROWS_SMALL_D64 = 64
+# Lazy rescale (log2 units; 0: off): the running row max moves only when a block's max exceeds it by more than this,
+# so after a tile's first blocks alpha is exactly 1 and a warp whose rows all kept their max skips the
+# accumulator's rescale (a branch on a warp vote, ``_rescale_acc``). Scores stay <= 2^threshold times the kept max:
+# P's bf16/fp16 rounding is relative, so precision does not change; the LSE and the normalization use the kept max.
+RESCALE_THRESHOLD = 0.0
 
 
 def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
@@ -161,9 +166,35 @@ def block_n_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
     return 128
 
 
+
+def _lazy_rescale_asm(pack: int) -> str:
+    """PTX for ``_rescale_acc``: ``pack`` accumulator elements (outputs 0..pack-1, tied to inputs pack..2*pack-1)
+    times their rows' alphas (inputs 2*pack..3*pack-1), skipped by the whole warp when every thread's two rows kept
+    their max (alpha exactly 1). In a warpgroup MMA accumulator (NVMMA v3) a thread's elements come in fours per 8
+    columns: two of row r, then two of row r + 8, so elements 0 and 2 carry the thread's two alphas."""
+    alpha = 2 * pack
+    lines = ["{", ".reg .pred %rescale_row, %rescale_other;",
+             f"setp.neu.f32 %rescale_row, ${alpha}, 0f3F800000;",
+             f"setp.neu.f32 %rescale_other, ${alpha + 2}, 0f3F800000;",
+             "or.pred %rescale_row, %rescale_row, %rescale_other;",
+             "vote.sync.any.pred %rescale_row, %rescale_row, 0xffffffff;",
+             "@!%rescale_row bra.uni swattn_kept_max_${:uid};"]
+    lines += [f"mul.f32 ${i}, ${pack + i}, ${alpha + i};" for i in range(pack)]
+    lines += ["swattn_kept_max_${:uid}:", "}"]
+    return "\n".join(lines)
+
+
+_RESCALE_PACK = 32  # accumulator elements per thread at head_dim 64 (64 x 64 / 128): larger tiles take several
+_RESCALE_ASM = _lazy_rescale_asm(_RESCALE_PACK)
+_RESCALE_CONSTRAINTS = ",".join(["=f"] * _RESCALE_PACK + [str(i) for i in range(_RESCALE_PACK)]
+                                + ["f"] * _RESCALE_PACK)
+
 if GLUON_AVAILABLE:
     _KV_VARLEN = gl.constexpr(KV_VARLEN)
     _KV_PAGED = gl.constexpr(KV_PAGED)
+    _RESCALE_ASM_C = gl.constexpr(_RESCALE_ASM)
+    _RESCALE_CONSTRAINTS_C = gl.constexpr(_RESCALE_CONSTRAINTS)
+    _RESCALE_PACK_C = gl.constexpr(_RESCALE_PACK)
 
     @gluon.jit
     def _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT: gl.constexpr,
@@ -182,7 +213,8 @@ if GLUON_AVAILABLE:
     @gluon.jit
     def _softmax_block(s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end,
                        left, right, softmax_scale, softcap, col_layout: gl.constexpr, HAS_LEFT: gl.constexpr,
-                       HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, BLOCK_N: gl.constexpr):
+                       HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, BLOCK_N: gl.constexpr,
+                       RESCALE_THRESHOLD: gl.constexpr):
         """Online-softmax step on one block's scores: ``(p, m_new, l_new, alpha)`` in log2 units."""
         if HAS_SOFTCAP:
             s = softcap_scores(s, softmax_scale, softcap)
@@ -194,11 +226,27 @@ if GLUON_AVAILABLE:
             visible = _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT, HAS_RIGHT)
             s = gl.where(visible, s, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+        if RESCALE_THRESHOLD > 0:
+            # Keep the running max unless the block's exceeds it by more than the threshold: alpha is then exactly
+            # exp2(0) = 1 (a row that has seen no key keeps -inf and alpha 0 until its first key).
+            m_new = gl.where(m_new > m_i + RESCALE_THRESHOLD, m_new, m_i)
         pivot = safe_pivot(m_new)
         p = gl.exp2(s * qk_scale - gl.expand_dims(pivot, 1))
         alpha = gl.exp2(m_i - pivot)
         l_new = l_i * alpha + gl.sum(p, 1)
         return p, m_new, l_new, alpha
+
+    @gluon.jit
+    def _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD: gl.constexpr):
+        """``acc * alpha`` per row. With the lazy rescale (``RESCALE_THRESHOLD`` > 0) alpha is exactly 1 on every
+        row that kept its max, and a warp whose 16 rows all did branches over the multiplications: at head_dim 64
+        the rescale (32 multiplications per thread per block) outweighs the block's 16 exponentials."""
+        if RESCALE_THRESHOLD > 0:
+            acc = gl.inline_asm_elementwise(_RESCALE_ASM_C, _RESCALE_CONSTRAINTS_C, [acc, gl.expand_dims(alpha_o, 1)],
+                                            dtype=gl.float32, is_pure=True, pack=_RESCALE_PACK_C)
+        else:
+            acc = acc * gl.expand_dims(alpha_o, 1)
+        return acc
 
     @gluon.jit
     def _turn_begin(turns, turn, WG: gl.constexpr, PINGPONG: gl.constexpr):
@@ -337,7 +385,7 @@ if GLUON_AVAILABLE:
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                 IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                 ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                TMA_STORE: gl.constexpr):
+                TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr):
         """One warp: each work item's Q (one box per consumer warpgroup, into the item's Q slot) and K/V blocks
         (into the stage ring, from the tile's first visible key; over pages, one box per page part) through TMA.
         Both rings' positions run on across items, so the next tile's Q and first blocks load during this one's last
@@ -392,7 +440,7 @@ if GLUON_AVAILABLE:
                       FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                       IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                       ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                      TMA_STORE: gl.constexpr):
+                      TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr):
         """One warpgroup's rows ``[WG * M, WG * M + M)`` (M: 64 or 128) of work item ``work``'s tile, from Q to O;
         returns the consumer's running state ``(position, item, turn, stored, stored_slot, seen_nan)`` after it
         (``seen_nan``: per row position of the warpgroup, 1 once a row there held a NaN in any tile so far)."""
@@ -466,7 +514,7 @@ if GLUON_AVAILABLE:
             mbarrier.arrive(k_empty.index(first_stage), count=1)
             p, m_i, l_i, alpha = _softmax_block(
                 s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
-                softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
+                softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, RESCALE_THRESHOLD)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             alpha_o = gl.convert_layout(alpha, o_rows)
             for block in range(1, num_blocks):
@@ -488,11 +536,11 @@ if GLUON_AVAILABLE:
                 # The softmax of block j runs while P_{j-1} V_{j-1} is still on the tensor cores.
                 p, m_i, l_i, alpha = _softmax_block(
                     s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
-                    right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N)
+                    right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, RESCALE_THRESHOLD)
                 acc = warpgroup_mma_wait(0, deps=[acc_token])
                 mbarrier.arrive(v_empty.index(previous_stage), count=1)
                 alpha_o = gl.convert_layout(alpha, o_rows)
-                acc = acc * gl.expand_dims(alpha_o, 1)
+                acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
             if not TMA_STORE:
                 # Every score product of the tile has completed: its Q slot may take the loader's next tile.
@@ -564,7 +612,7 @@ if GLUON_AVAILABLE:
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                   IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                   ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                  TMA_STORE: gl.constexpr):
+                  TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr):
         """One warpgroup: rows ``[WG * M, WG * M + M)`` of each work item's tile, from Q load to O store, over the
         persistent grid's rounds (``_snake``)."""
         total_work = geometry[0] * geometry[1]
@@ -583,7 +631,7 @@ if GLUON_AVAILABLE:
                 _snake(work, reverse, total_work), position, item, turn, stored, stored_slot, seen_nan, geometry,
                 pointers, strides, scalars, buffers, WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP,
                 STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K,
-                ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)
+                ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)
             reverse = not reverse
         if TMA_STORE:
             tma.store_wait(0)  # the last tile's O is written before the program ends
@@ -604,7 +652,7 @@ if GLUON_AVAILABLE:
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
         ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-        TMA_STORE: gl.constexpr,
+        TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
@@ -646,37 +694,37 @@ if GLUON_AVAILABLE:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
         elif NUM_CONSUMERS == 1:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
             ], [1], [LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
             ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -792,8 +840,8 @@ def planning_settings() -> tuple:
     """The module-level values ``_plan`` reads, part of a kept plan's key: tests and tuning probes switch them
     (``monkeypatch.setattr(gluon_fwd, ...)``), and a plan made under other values must not serve the call."""
     return (_swa_fwd_sm90_kernel, consumers_for, block_n_for, tma_store_for, per_sm_for, registers_for, _sm_count,
-            wg_rows_for, WG_ROWS_SMALL_D64, PINGPONG, TMA_STORE, NUM_STAGES, LOADER_REGS, PAGE_BOX_MAX,
-            ROWS_PER_CONSUMER, TensorDescriptor)
+            wg_rows_for, WG_ROWS_SMALL_D64, PINGPONG, TMA_STORE, RESCALE_THRESHOLD, NUM_STAGES, LOADER_REGS,
+            PAGE_BOX_MAX, ROWS_PER_CONSUMER, TensorDescriptor)
 
 
 # The call's tensors, as ``forward`` passes them to a plan's launch: the kernel's tensor parameters take them by these
@@ -874,7 +922,7 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
-        TMA_STORE=tma_store,
+        TMA_STORE=tma_store, RESCALE_THRESHOLD=float(RESCALE_THRESHOLD),
     )
     launch = Launch(_swa_fwd_sm90_kernel, grid, scalars, constexprs, dict(num_warps=4, maxnreg=maxnreg),
                     num_tensors=len(slots), slots=slots, descriptors=(q_desc, k_desc, v_desc, o_desc))

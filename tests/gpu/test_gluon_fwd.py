@@ -339,3 +339,31 @@ def test_auto_dispatch_takes_gluon_for_large_prefill_only():
         swattn.flash_attn_func(q[:, :1], k, v, causal=True)  # one query row per head: a decode-sized tile
     assert not calls
 
+
+
+@pytest.mark.parametrize("threshold", [8.0, 0.5])
+@pytest.mark.parametrize("case", [DENSE[0], DENSE[3], DENSE[5], DENSE[6], DENSE[8], DENSE[-1], DENSE_D256[1]],
+                         ids=lambda c: f"H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-cap' if c[7] else ''}"
+                         f"{'-pack' if c[9] else ''}")
+def test_lazy_rescale(case, threshold, monkeypatch):
+    """The running max kept until a block's exceeds it by more than ``RESCALE_THRESHOLD`` (warps whose rows all kept
+    it skip the accumulator's rescale): against the reference on the dense cases, and on scores that grow along the
+    keys by far more than the threshold in some heads only (q scaled per head, k by its position), so that within a
+    warpgroup some warps rescale and others skip, block after block (threshold 0.5: almost every block rescales)."""
+    monkeypatch.setattr(gluon_fwd, "RESCALE_THRESHOLD", threshold)
+    test_dense_against_reference_and_triton(case, torch.bfloat16)
+    batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, window_size, softcap, with_sinks, pack_gqa = case
+    head_scale = torch.where(torch.arange(heads, device=DEVICE) % 3 == 0, 4.0, 0.25)
+    q = (torch.randn(batch, seqlen_q, heads, head_dim, device=DEVICE) * head_scale[:, None]).to(torch.bfloat16)
+    ramp = 1.0 + 3.0 * torch.arange(seqlen_k, device=DEVICE) / seqlen_k
+    k = (torch.randn(batch, seqlen_k, kv_heads, head_dim, device=DEVICE) * ramp[:, None, None]).to(torch.bfloat16)
+    v = randn(batch, seqlen_k, kv_heads, head_dim, dtype=torch.bfloat16)
+    sinks = torch.randn(heads, device=DEVICE) if with_sinks else None
+    with gluon_mode("1") as calls:
+        out, lse = swattn.flash_attn_func(q, k, v, window_size=window_size, softcap=softcap, sinks=sinks,
+                                          pack_gqa=pack_gqa, return_softmax_lse=True)
+        torch.cuda.synchronize()
+    assert calls
+    ref, ref_lse = attention_ref(q, k, v, window_size=window_size, softcap=softcap, sinks=sinks, **REF)
+    assert_close("gluon out, growing scores", out, ref, tolerance_for(torch.bfloat16))
+    check_lse("gluon lse, growing scores", lse, ref_lse)
