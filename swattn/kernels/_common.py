@@ -199,11 +199,20 @@ def softcap_scores(qk, softmax_scale, softcap):
 
 
 @triton.jit
-def finish_rows(m_i, l_i, sink, HAS_SINK: tl.constexpr):
+def fast_log2(x):
+    """``log2`` through the SFU (``lg2.approx``: relative error ~2^-22, one MUFU instruction and a few fix-ups)
+    instead of ``tl.log2``'s libdevice polynomial (~30 instructions per value). Compiled kernels only: the
+    interpreter does not run inline PTX."""
+    return tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def finish_rows(m_i, l_i, sink, HAS_SINK: tl.constexpr, FAST_LOG2: tl.constexpr = False):
     """A tile's row statistics after its last block -> ``(row_factor, lse)``: the sink (log2 units) joins the
     denominator once (it has no value vector); ``row_factor`` scales the accumulator by the sink's rescale and the
     normalization together (one division per row, not one per element); rows that saw nothing (sum 0) get factor
-    1 over an all-zero accumulator and LSE -inf. Shared by the Triton and Gluon epilogues."""
+    1 over an all-zero accumulator and LSE -inf. Shared by the Triton and Gluon epilogues. ``FAST_LOG2``: the LSE's
+    logarithm through ``fast_log2`` (compiled kernels only)."""
     acc_scale = tl.where(l_i == 0.0, 1.0, 1.0)  # ones shaped (and laid out) as the rows; m_i * 0 is NaN at -inf
     if HAS_SINK:
         m_new = tl.maximum(m_i, sink)
@@ -211,7 +220,11 @@ def finish_rows(m_i, l_i, sink, HAS_SINK: tl.constexpr):
         l_i = l_i * acc_scale + tl.exp2(sink - m_new)
         m_i = m_new
     no_key = l_i == 0.0
-    lse = tl.where(no_key, float("-inf"), (m_i + tl.log2(tl.where(no_key, 1.0, l_i))) * LN2)
+    if FAST_LOG2:
+        log2_sum = fast_log2(tl.where(no_key, 1.0, l_i))
+    else:
+        log2_sum = tl.log2(tl.where(no_key, 1.0, l_i))
+    lse = tl.where(no_key, float("-inf"), (m_i + log2_sum) * LN2)
     return acc_scale / tl.where(no_key, 1.0, l_i), lse
 
 

@@ -570,7 +570,7 @@ if GLUON_AVAILABLE:
             seen_nan = seen_nan | row_has_nan.to(gl.int32)
         if not HAS_SINKS:
             sink = m_o
-        row_factor, lse = finish_rows(m_o, l_o, sink, HAS_SINKS)
+        row_factor, lse = finish_rows(m_o, l_o, sink, HAS_SINKS, FAST_LOG2=True)
         if STORE_LSE:
             lse_ptrs = (LSE + batch64 * stride_lb + o_head.to(gl.int64) * stride_lh
                         + (q_begin + o_pos).to(gl.int64) * stride_lq)
