@@ -176,6 +176,7 @@ def main() -> int:
         for threshold in (8.0,):  # the running max kept until it grows by more than this (log2 units)
             gluon.append((f"gluon lazy rescale {threshold:g}", with_mode(
                 "1", call(), settings=dict(RESCALE_THRESHOLD=threshold))))
+        gluon.append(("gluon chain reductions", with_mode("1", call(), settings=dict(TREE_REDUCE=False))))
         small = 0 <= left <= 256
         if head_dim == 256:  # one Q slot, 64-key blocks: no room for a second program or more stages
             gluon.append(("gluon TMA store", with_mode("1", call(), tma_store=True)))

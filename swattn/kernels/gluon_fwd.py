@@ -98,6 +98,9 @@ WG_ROWS_SMALL_D64 = 64
 # accumulator's rescale (a branch on a warp vote, ``_rescale_acc``). Scores stay <= 2^threshold times the kept max:
 # P's bf16/fp16 rounding is relative, so precision does not change; the LSE and the normalization use the kept max.
 RESCALE_THRESHOLD = 0.0
+# Row maxima and sums of a score block as trees of column folds (``_row_reduce_tree``) instead of one dependent chain
+# per row: the same instructions, a shorter chain for the consumer to wait on.
+TREE_REDUCE = True
 
 
 def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
@@ -211,10 +214,40 @@ if GLUON_AVAILABLE:
         return visible
 
     @gluon.jit
+    def _fold_columns(x, HALF: gl.constexpr, IS_MAX: gl.constexpr):
+        """[M, 2 * HALF] -> [M, HALF]: column c combined with column c + HALF. In the wgmma accumulator layout (and
+        the layouts these folds leave) both sit in the same thread: no data moves."""
+        a, b = x.reshape([x.shape[0], 2, HALF]).permute((0, 2, 1)).split()
+        if IS_MAX:
+            return gl.maximum(a, b)
+        else:
+            return a + b
+
+    @gluon.jit
+    def _row_reduce_tree(x, BLOCK_N: gl.constexpr, IS_MAX: gl.constexpr):
+        """Row maxima or sums of a [M, BLOCK_N] block as a tree: the columns are folded in halves down to 8 (one
+        thread's pair times the quad's four threads), then reduced; the dependent chain per row is log2(BLOCK_N / 8)
+        + 3 steps instead of BLOCK_N / 4 + 2 (the same instruction count)."""
+        if BLOCK_N >= 256:
+            x = _fold_columns(x, 128, IS_MAX)
+        if BLOCK_N >= 128:
+            x = _fold_columns(x, 64, IS_MAX)
+        if BLOCK_N >= 64:
+            x = _fold_columns(x, 32, IS_MAX)
+        if BLOCK_N >= 32:
+            x = _fold_columns(x, 16, IS_MAX)
+        if BLOCK_N >= 16:
+            x = _fold_columns(x, 8, IS_MAX)
+        if IS_MAX:
+            return gl.max(x, 1)
+        else:
+            return gl.sum(x, 1)
+
+    @gluon.jit
     def _softmax_block(s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end,
                        left, right, softmax_scale, softcap, col_layout: gl.constexpr, HAS_LEFT: gl.constexpr,
                        HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, BLOCK_N: gl.constexpr,
-                       RESCALE_THRESHOLD: gl.constexpr):
+                       RESCALE_THRESHOLD: gl.constexpr, TREE_REDUCE: gl.constexpr):
         """Online-softmax step on one block's scores: ``(p, m_new, l_new, alpha)`` in log2 units."""
         if HAS_SOFTCAP:
             s = softcap_scores(s, softmax_scale, softcap)
@@ -225,7 +258,10 @@ if GLUON_AVAILABLE:
             keys = kv_start + block * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
             visible = _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT, HAS_RIGHT)
             s = gl.where(visible, s, float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+        if TREE_REDUCE:
+            m_new = gl.maximum(m_i, gl.convert_layout(_row_reduce_tree(s, BLOCK_N, True), m_i.type.layout) * qk_scale)
+        else:
+            m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
         if RESCALE_THRESHOLD > 0:
             # Keep the running max unless the block's exceeds it by more than the threshold: alpha is then exactly
             # exp2(0) = 1 (a row that has seen no key keeps -inf and alpha 0 until its first key).
@@ -233,7 +269,10 @@ if GLUON_AVAILABLE:
         pivot = safe_pivot(m_new)
         p = gl.exp2(s * qk_scale - gl.expand_dims(pivot, 1))
         alpha = gl.exp2(m_i - pivot)
-        l_new = l_i * alpha + gl.sum(p, 1)
+        if TREE_REDUCE:
+            l_new = l_i * alpha + gl.convert_layout(_row_reduce_tree(p, BLOCK_N, False), l_i.type.layout)
+        else:
+            l_new = l_i * alpha + gl.sum(p, 1)
         return p, m_new, l_new, alpha
 
     @gluon.jit
@@ -385,7 +424,8 @@ if GLUON_AVAILABLE:
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                 IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                 ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr):
+                TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
+                TREE_REDUCE: gl.constexpr):
         """One warp: each work item's Q (one box per consumer warpgroup, into the item's Q slot) and K/V blocks
         (into the stage ring, from the tile's first visible key; over pages, one box per page part) through TMA.
         Both rings' positions run on across items, so the next tile's Q and first blocks load during this one's last
@@ -440,7 +480,8 @@ if GLUON_AVAILABLE:
                       FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                       IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                       ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                      TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr):
+                      TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
+                TREE_REDUCE: gl.constexpr):
         """One warpgroup's rows ``[WG * M, WG * M + M)`` (M: 64 or 128) of work item ``work``'s tile, from Q to O;
         returns the consumer's running state ``(position, item, turn, stored, stored_slot, seen_nan)`` after it
         (``seen_nan``: per row position of the warpgroup, 1 once a row there held a NaN in any tile so far)."""
@@ -514,7 +555,8 @@ if GLUON_AVAILABLE:
             mbarrier.arrive(k_empty.index(first_stage), count=1)
             p, m_i, l_i, alpha = _softmax_block(
                 s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
-                softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, RESCALE_THRESHOLD)
+                softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, RESCALE_THRESHOLD,
+                TREE_REDUCE)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             alpha_o = gl.convert_layout(alpha, o_rows)
             for block in range(1, num_blocks):
@@ -536,7 +578,8 @@ if GLUON_AVAILABLE:
                 # The softmax of block j runs while P_{j-1} V_{j-1} is still on the tensor cores.
                 p, m_i, l_i, alpha = _softmax_block(
                     s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
-                    right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, RESCALE_THRESHOLD)
+                    right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N,
+                    RESCALE_THRESHOLD, TREE_REDUCE)
                 acc = warpgroup_mma_wait(0, deps=[acc_token])
                 mbarrier.arrive(v_empty.index(previous_stage), count=1)
                 alpha_o = gl.convert_layout(alpha, o_rows)
@@ -612,7 +655,8 @@ if GLUON_AVAILABLE:
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                   IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                   ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                  TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr):
+                  TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
+                TREE_REDUCE: gl.constexpr):
         """One warpgroup: rows ``[WG * M, WG * M + M)`` of each work item's tile, from Q load to O store, over the
         persistent grid's rounds (``_snake``)."""
         total_work = geometry[0] * geometry[1]
@@ -631,7 +675,7 @@ if GLUON_AVAILABLE:
                 _snake(work, reverse, total_work), position, item, turn, stored, stored_slot, seen_nan, geometry,
                 pointers, strides, scalars, buffers, WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP,
                 STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K,
-                ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)
+                ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD, TREE_REDUCE)
             reverse = not reverse
         if TMA_STORE:
             tma.store_wait(0)  # the last tile's O is written before the program ends
@@ -652,7 +696,7 @@ if GLUON_AVAILABLE:
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
         ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-        TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
+        TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr, TREE_REDUCE: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
@@ -694,37 +738,46 @@ if GLUON_AVAILABLE:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     TREE_REDUCE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     TREE_REDUCE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     TREE_REDUCE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     TREE_REDUCE)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
         elif NUM_CONSUMERS == 1:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     TREE_REDUCE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     TREE_REDUCE)),
             ], [1], [LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     TREE_REDUCE)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     TREE_REDUCE)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     TREE_REDUCE)),
             ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -840,8 +893,8 @@ def planning_settings() -> tuple:
     """The module-level values ``_plan`` reads, part of a kept plan's key: tests and tuning probes switch them
     (``monkeypatch.setattr(gluon_fwd, ...)``), and a plan made under other values must not serve the call."""
     return (_swa_fwd_sm90_kernel, consumers_for, block_n_for, tma_store_for, per_sm_for, registers_for, _sm_count,
-            wg_rows_for, WG_ROWS_SMALL_D64, PINGPONG, TMA_STORE, RESCALE_THRESHOLD, NUM_STAGES, LOADER_REGS,
-            PAGE_BOX_MAX, ROWS_PER_CONSUMER, TensorDescriptor)
+            wg_rows_for, WG_ROWS_SMALL_D64, PINGPONG, TMA_STORE, RESCALE_THRESHOLD, TREE_REDUCE, NUM_STAGES,
+            LOADER_REGS, PAGE_BOX_MAX, ROWS_PER_CONSUMER, TensorDescriptor)
 
 
 # The call's tensors, as ``forward`` passes them to a plan's launch: the kernel's tensor parameters take them by these
@@ -922,7 +975,7 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
-        TMA_STORE=tma_store, RESCALE_THRESHOLD=float(RESCALE_THRESHOLD),
+        TMA_STORE=tma_store, RESCALE_THRESHOLD=float(RESCALE_THRESHOLD), TREE_REDUCE=TREE_REDUCE,
     )
     launch = Launch(_swa_fwd_sm90_kernel, grid, scalars, constexprs, dict(num_warps=4, maxnreg=maxnreg),
                     num_tensors=len(slots), slots=slots, descriptors=(q_desc, k_desc, v_desc, o_desc))
