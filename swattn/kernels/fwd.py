@@ -148,8 +148,9 @@ PREFETCH_PAGE_TABLE = os.environ.get("SWATTN_PREFETCH_PAGE_TABLE", "0") not in (
 # loop's first block (one round trip before the wait); 2: also that block's K and V rows and the new tokens (two
 # round trips before the wait). The gain needs the previous kernel to let this one launch early (swattn's kernels
 # do; in a model step the kernel before an attention call is usually a GEMM); without that, 2 can add its round
-# trips in front of the wait. Paged caches with per-sequence lengths, PackGQA, fp16 / bf16, no cache_batch_idx /
-# cache_leftpad / varlen / chunk, and (the default) one split on the single masked loop: window decode and verify.
+# trips in front of the wait. Paged caches with per-sequence lengths, PackGQA, fp16 / bf16 or an e4m3 cache (its
+# rows in e4m3 bytes, and the descales), no cache_batch_idx / cache_leftpad / varlen / chunk, and (the default) one
+# split on the single masked loop: window decode and verify. Under the interpreter: plain loads (CPU tests).
 # H200 (scripts/gpu_probe.py serving_s6, s6-call4, main 215a719), W(127,0) B=16 page 16 with the fused append, us
 # per call cold (48 input sets) | warm: decode 1K 5.44 | 4.15 -> 4.37 | 3.93 with 2 (4.94 | 3.90 with 1), 128K 5.49
 # | 4.18 -> 4.39 | 3.90; verify k = 2 / 4 / 8 cold 6.32 / 7.33 / 7.01 -> 5.51 / 6.54 / 6.71 (k = 8 warm 5.78 ->
@@ -258,10 +259,15 @@ def _load_kv(base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_k
 
 
 @triton.jit
-def _prefetch_l2(pointer):
-    """Ask for the 32-byte sector at ``pointer`` (a scalar) in L2, without waiting for it."""
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [pointer], dtype=tl.int32,
-                              is_pure=False, pack=1)
+def _prefetch_l2(pointer, BY_LOADS: tl.constexpr = False):
+    """Ask for the 32-byte sector at ``pointer`` (a scalar) in L2, without waiting for it. ``BY_LOADS`` (the
+    interpreter, which runs no PTX): a plain load whose value is dropped, so the addresses are still computed and
+    read."""
+    if BY_LOADS:
+        tl.load(pointer, volatile=True)
+    else:
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [pointer], dtype=tl.int32,
+                                  is_pure=False, pack=1)
 
 
 @triton.jit
@@ -875,10 +881,13 @@ def _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride
                      batch_head, split, num_splits, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                      HAS_SINKS: tl.constexpr, APPEND_NEW: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                     PRELOAD: tl.constexpr):
+                     PRELOAD: tl.constexpr, Q_DESCALE, K_DESCALE, V_DESCALE, stride_qdb, stride_qdh, stride_kdb,
+                     stride_kdh, stride_vdb, stride_vdh, FP8: tl.constexpr = NO_FP8, BY_LOADS: tl.constexpr = False):
     """L2 prefetches of what tile ``tile`` of ``batch_head`` (a PackGQA tile of a paged, fixed-length-q call with
     per-sequence lengths) reads first, issued before the wait for the previous kernel (``PRELOAD_L2``): values
-    loaded here only choose lines to prefetch."""
+    loaded here only choose lines to prefetch. Each tensor's rows are covered in its own dtype's bytes (an e4m3
+    cache's D = 64 row is 64 bytes, half a line; its descales are read too). ``BY_LOADS``: plain loads instead of
+    prefetches (the interpreter)."""
     batch = batch_head // (num_heads // queries_per_kv_head)
     kv_head = batch_head % (num_heads // queries_per_kv_head)
     batch64 = batch.to(tl.int64)
@@ -888,13 +897,18 @@ def _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride
     row_pos = offs_m // queries_per_kv_head
     row_head = kv_head * queries_per_kv_head + offs_m % queries_per_kv_head
     # The query rows (one line per 128 bytes of a row) and the sinks: independent of anything loaded.
-    ROW_BYTES: tl.constexpr = HEAD_DIM * Q.dtype.element_ty.primitive_bitwidth // 8
-    LINES: tl.constexpr = (ROW_BYTES + 127) // 128
-    offs_line = tl.arange(0, LINES) * (128 * 8 // Q.dtype.element_ty.primitive_bitwidth)
+    offs_line = _row_lines(Q, HEAD_DIM)
     q_rows = Q + batch64 * stride_qb + row_pos.to(tl.int64) * stride_qs + row_head.to(tl.int64) * stride_qh
-    _prefetch_l2(tl.where(row_valid[:, None], q_rows[:, None] + offs_line[None, :], Q))
+    _prefetch_l2(tl.where(row_valid[:, None], q_rows[:, None] + offs_line[None, :], Q), BY_LOADS)
     if HAS_SINKS:
-        _prefetch_l2(SINKS + kv_head * queries_per_kv_head)
+        _prefetch_l2(SINKS + kv_head * queries_per_kv_head, BY_LOADS)
+    if FP8 != NO_FP8:
+        # The program's descales (one per sequence and KV head), read right after the wait.
+        kv_head64 = kv_head.to(tl.int64)
+        _prefetch_l2(K_DESCALE + batch64 * stride_kdb + kv_head64 * stride_kdh, BY_LOADS)
+        _prefetch_l2(V_DESCALE + batch64 * stride_vdb + kv_head64 * stride_vdh, BY_LOADS)
+        if FP8 == FP8_QKV:
+            _prefetch_l2(Q_DESCALE + batch64 * stride_qdb + kv_head64 * stride_qdh, BY_LOADS)
     # The loop's first keys: the length (volatile: never reused after the wait), then the page-table entries.
     seqlen_k = tl.load(SEQLENS_K + batch, volatile=True)
     if APPEND_NEW:
@@ -917,19 +931,32 @@ def _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride
         cached = visible
     table_row = PAGE_TABLE + batch64 * stride_page_table
     if PRELOAD == 1:
-        _prefetch_l2(tl.where(cached, table_row + keys // page_size, PAGE_TABLE))
+        _prefetch_l2(tl.where(cached, table_row + keys // page_size, PAGE_TABLE), BY_LOADS)
     else:
         page = tl.load(table_row + keys // page_size, mask=cached, other=0, volatile=True).to(tl.int64)
         slot = (keys % page_size).to(tl.int64)
         k_rows = K + page * stride_kb + slot * stride_ks + kv_head.to(tl.int64) * stride_kh
         v_rows = V + page * stride_vb + slot * stride_vs + kv_head.to(tl.int64) * stride_vh
-        _prefetch_l2(tl.where(cached[:, None], k_rows[:, None] + offs_line[None, :], K))
-        _prefetch_l2(tl.where(cached[:, None], v_rows[:, None] + offs_line[None, :], V))
+        offs_kv_line = _row_lines(K, HEAD_DIM)
+        _prefetch_l2(tl.where(cached[:, None], k_rows[:, None] + offs_kv_line[None, :], K), BY_LOADS)
+        _prefetch_l2(tl.where(cached[:, None], v_rows[:, None] + offs_kv_line[None, :], V), BY_LOADS)
         if APPEND_NEW:
+            offs_new_line = _row_lines(K_NEW, HEAD_DIM)
             new_rows = batch64 * stride_nb + row_pos.to(tl.int64) * stride_ns + kv_head.to(tl.int64) * stride_nh
             new_valid = row_valid & (offs_m % queries_per_kv_head == 0)
-            _prefetch_l2(tl.where(new_valid[:, None], K_NEW + new_rows[:, None] + offs_line[None, :], K_NEW))
-            _prefetch_l2(tl.where(new_valid[:, None], V_NEW + new_rows[:, None] + offs_line[None, :], V_NEW))
+            _prefetch_l2(tl.where(new_valid[:, None], K_NEW + new_rows[:, None] + offs_new_line[None, :], K_NEW),
+                         BY_LOADS)
+            _prefetch_l2(tl.where(new_valid[:, None], V_NEW + new_rows[:, None] + offs_new_line[None, :], V_NEW),
+                         BY_LOADS)
+
+
+@triton.jit
+def _row_lines(T, HEAD_DIM: tl.constexpr):
+    """Element offsets of the 128-byte lines of a ``HEAD_DIM``-element row of ``T``'s dtype: one prefetch each (a
+    power-of-two count; an e4m3 D = 64 row is one, half a line)."""
+    BITS: tl.constexpr = T.dtype.element_ty.primitive_bitwidth
+    LINES: tl.constexpr = (HEAD_DIM * BITS // 8 + 127) // 128
+    return tl.arange(0, LINES) * (128 * 8 // BITS)
 
 
 @triton.jit
@@ -1203,7 +1230,10 @@ def _swa_fwd_kernel(
                          stride_nb, stride_ns, stride_nh, seqlen_q, num_heads, queries_per_kv_head, page_size, left,
                          right, tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2),
                          num_splits, HAS_LEFT, HAS_RIGHT, HAS_SINKS, APPEND_NEW, BLOCK_M, BLOCK_N,
-                         HEAD_N, HEAD_DIM, PRELOAD_L2)
+                         HEAD_N, HEAD_DIM, PRELOAD_L2, Q_DESCALE, K_DESCALE, V_DESCALE, stride_qdb, stride_qdh,
+                         stride_kdb, stride_kdh, stride_vdb, stride_vdh, FP8,
+                         # Without PDL only under the interpreter (the plan's rule): loads instead of PTX there.
+                         BY_LOADS=not USE_PDL)
     wait_for_previous_grid(USE_PDL)
     if NON_FINITE_PASS == REDO_FLAGGED or NON_FINITE_PASS == REDO_SCANNED:
         # Nearly always nothing is flagged: one load, and the few programs exit (a full grid of early exits
@@ -1651,13 +1681,15 @@ class _ForwardPlan:
                                    and num_work <= _persistent_programs(q.device))
         # The L2 preload before the wait (PRELOAD_L2): only with PDL (nothing else lets a program start before the
         # previous kernel ends), on the paged PackGQA serving calls it was written for (fixed-length q, per-sequence
-        # lengths, fp16 / bf16, no cache_batch_idx / cache_leftpad / attention_chunk, no TMA or Gluon or KV pairs).
-        # (A power-of-two head_dim: the prefetches cover each row in a power-of-two count of 128-byte lines.)
-        preloadable = (use_pdl and paged and pack_gqa and seqlens_k is not None and not varlen_q and not varlen_k
-                       and block_d == head_dim
+        # lengths, fp16 / bf16 or an e4m3 cache, no cache_batch_idx / cache_leftpad / attention_chunk, no TMA or
+        # Gluon or KV pairs). (A power-of-two head_dim: the prefetches cover each row in a power-of-two count of
+        # 128-byte lines.) Under the interpreter (no PDL, no PTX) the same calls take it with plain loads in place
+        # of the prefetches (the kernel's BY_LOADS), so the CPU tests run its code and addresses.
+        preloadable = ((use_pdl or _compat.interpreter_enabled()) and paged and pack_gqa and seqlens_k is not None
+                       and not varlen_q and not varlen_k and block_d == head_dim
                        and cache_batch_idx is None and cache_leftpad is None and attention_chunk == 0
-                       and fp8 == NO_FP8.value and not self.use_gluon and not self.use_tma and not self.kv_pair
-                       and not config.mask_edges_only and not _compat.interpreter_enabled()
+                       and not self.use_gluon and not self.use_tma and not self.kv_pair
+                       and not config.mask_edges_only
                        and (PRELOAD_L2_SPLITS or (config.single_loop and num_splits == 1)))
         self.preload_l2 = PRELOAD_L2 if preloadable else 0
         options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),

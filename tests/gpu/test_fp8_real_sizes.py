@@ -137,3 +137,42 @@ def test_decode_over_a_pool_past_2_gib(dtype):
                                                  sinks=sinks, **fp8, **REF)
         assert_close(f"out {window}", out, ref_out, OUT_TOL)
         check_lse(lse, ref_lse)
+
+
+@pytest.mark.parametrize("tokens", [1, 4], ids=["decode", "verify4"])
+def test_l2_preload_over_fp8_kv_gives_the_same_bits(monkeypatch, tokens):
+    """fwd.PRELOAD_L2 over an e4m3 cache (L2 prefetches of the query rows, length, page-table entries, first
+    e4m3 K/V rows and descales before the PDL wait) changes no bit: two consecutive W(127,0) steps, each appending
+    its tokens (the quantizing append launch) right before the attention that reads them, under PRELOAD_L2 = 1 and
+    2 against 0; the plans take it (PDL on Hopper); the second step matches the reference."""
+    from swattn.kernels import fwd
+    heads, kv_heads, head_dim, page_size, batch, context = 64, 8, 64, 16, 16, 3000
+    pages = -(-(context + 2 * tokens) // page_size)
+    k_cache, v_cache = e4m3(batch * pages, page_size, kv_heads, head_dim), e4m3(batch * pages, page_size, kv_heads,
+                                                                               head_dim)
+    table = torch.randperm(batch * pages, device=DEVICE).view(batch, pages).to(torch.int32)
+    seqlens = torch.full((batch,), context, device=DEVICE, dtype=torch.int32)
+    qs = [torch.randn(batch, tokens, heads, head_dim, device=DEVICE, dtype=BF16) for _ in range(2)]
+    news = [[torch.randn(batch, tokens, kv_heads, head_dim, device=DEVICE, dtype=BF16) * 4 for _ in range(2)]
+            for _ in range(2)]
+    kd, vd, sinks = descale(batch, kv_heads), descale(batch, kv_heads), torch.randn(heads, device=DEVICE)
+    results = {}
+    for preload in (0, 1, 2):
+        monkeypatch.setattr(fwd, "PRELOAD_L2", preload)
+        k_run, v_run = k_cache.clone(), v_cache.clone()
+        outs = [swattn.flash_attn_with_kvcache(q, k_run, v_run, k=k_new, v=v_new, cache_seqlens=seqlens + step * tokens,
+                                               page_table=table, k_descale=kd, v_descale=vd, causal=True,
+                                               window_size=(127, 0), sinks=sinks)
+                for step, (q, (k_new, v_new)) in enumerate(zip(qs, news))]
+        results[preload] = (outs, k_run, v_run)
+        if fwd.pdl_enabled(qs[0].device):
+            assert any(plan.fp8 and plan.preload_l2 == preload for plan in fwd._PLANS.values())
+    outs, k_run, v_run = results[0]
+    for preload in (1, 2):
+        other, k_other, v_other = results[preload]
+        assert all(torch.equal(a, b) for a, b in zip(outs, other)), f"PRELOAD_L2={preload}: other bits"
+        assert torch.equal(k_other.view(torch.uint8), k_run.view(torch.uint8)), f"PRELOAD_L2={preload}: other keys"
+        assert torch.equal(v_other.view(torch.uint8), v_run.view(torch.uint8)), f"PRELOAD_L2={preload}: other values"
+    ref, _ = attention_kvcache_ref(qs[1], k_run, v_run, seqlens + 2 * tokens, page_table=table, k_descale=kd,
+                                   v_descale=vd, causal=True, window_size=(127, 0), sinks=sinks, **REF)
+    assert_close("out", outs[1], ref, OUT_TOL)

@@ -119,6 +119,46 @@ def test_decode_paged_fp8_kv_appends_quantized(num_splits, window, pack_gqa):
     assert_close("lse", lse, ref_lse, LSE_TOL)
 
 
+@pytest.mark.parametrize("fp8,tokens", [("kv", 1), ("kv", 3), ("qkv", 1)],
+                         ids=["fp8-kv-decode", "fp8-kv-verify3", "all-fp8-decode"])
+def test_window_decode_over_fp8_takes_the_l2_preload(monkeypatch, fp8, tokens):
+    """``fwd.PRELOAD_L2`` (L2 prefetches of a tile's first reads before the PDL wait: query rows, length,
+    page-table entries, first K/V rows, here in their e4m3 bytes, and the descales) is taken by the paged PackGQA
+    window decode / verify over an e4m3 cache as over bf16 (one split, single loop); on a GPU as prefetches, under
+    the interpreter as plain loads of the same addresses. The output is bit-identical with and without it and
+    matches the reference."""
+    from swattn.kernels import fwd
+    batch, page_size, head_dim = 3, 16, 64
+    pages = 10
+    k_cache = e4m3(batch * pages, page_size, HK, head_dim)
+    v_cache = e4m3(batch * pages, page_size, HK, head_dim)
+    table = torch.randperm(batch * pages).view(batch, pages).to(torch.int32)
+    lens = i32(40, 150, 1)  # the second sequence's window starts past its first page
+    q = torch.randn(batch, tokens, H, head_dim, dtype=torch.bfloat16)
+    descales = dict(k_descale=descale(batch), v_descale=descale(batch))
+    if fp8 == "qkv":
+        q = q.to(FP8)
+        descales["q_descale"] = descale(batch)
+    sinks = torch.randn(H)
+    outs = []
+    for preload in (0, 2):
+        monkeypatch.setattr(fwd, "PRELOAD_L2", preload)
+        fwd._PLANS.clear()
+        # The window decode's single loop (the interpreter's default config is the three-loop one), in 64-key blocks.
+        with forced_config(FwdConfig(16, 64, 4, 1, single_loop=True)):
+            outs.append(swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table,
+                                                       causal=True, window_size=(127, 0), sinks=sinks,
+                                                       pack_gqa=True, **descales))
+        taken = [plan.preload_l2 for plan in fwd._PLANS.values() if plan.fp8]
+        # On a GPU the preload needs PDL (Hopper; SWATTN_PDL=0 turns both off).
+        with_pdl = not q.is_cuda or fwd.pdl_enabled(q.device)
+        assert taken == [preload if with_pdl else 0], taken
+    assert torch.equal(outs[0], outs[1])
+    ref, _ = attention_kvcache_ref(q, k_cache, v_cache, lens, page_table=table, causal=True, window_size=(127, 0),
+                                   sinks=sinks, **descales)
+    assert_close("out", outs[1], ref, tolerance_for(torch.bfloat16))
+
+
 def test_extend_contiguous_fp8_kv_varlen_fp16():
     """fp16 queries, varlen extend (cu_seqlens_q) over a contiguous e4m3 cache addressed through cache_batch_idx,
     window (5, 2) with softcap, no new tokens; descales given as one value per tensor (a stride-0 expand)."""
