@@ -33,6 +33,7 @@ def load_other(path: str):
 
 def graph_us(fn) -> float:
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # a non-blocking stream: after fn's inputs are written
     with torch.cuda.stream(stream):
         fn()
     torch.cuda.synchronize()

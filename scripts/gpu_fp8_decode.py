@@ -26,8 +26,12 @@ row's twin (the other KV head of its 128-byte line, ``partner=1``) or of a conti
 ``CU_LIMIT_MAX_L2_FETCH_GRANULARITY``, restored after), 256-key blocks (32 KB of K and V per block and program),
 and contiguous caches (``contig``) beside the paged ones (``s6_*`` shapes).
 
+Session 7: the illegal memory access of s5-call4 and s6-call4 (the first bf16 graph of the B=16 ~128K section) was
+this script's warm-up racing the section's input writes (``gpu_probe.warm_up_on_side_stream`` says how; fixed
+there); ``s7_long s7_b16_128k`` run that order again.
+
 Run: ``python scripts/gpu_fp8_decode.py [SHAPE ...]``, shapes: full, long, b4, long16, window (session 5's, the
-default), s6_full, s6_more, s6_b4, s6_long16, s6_long.
+default), s6_full, s6_more, s6_b4, s6_long16, s6_long, s6_b16_128k, s7_long, s7_b16_128k.
 """
 
 from __future__ import annotations
@@ -114,7 +118,10 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           # s6-call4 (05:21 UTC): the first call of this shape after s6_long raised an illegal memory access (its
           # bf16 baseline or reference; s5-call4 saw the same at 131072 after "long"): run it under
           # CUDA_LAUNCH_BLOCKING=1 after s6_long to see which launch faults.
-          "s6_b16_128k": (16, 131040, None, [(False, None), TWO_LOADS])}
+          "s6_b16_128k": (16, 131040, None, [(False, None), TWO_LOADS]),
+          # Session 7: that order again without CUDA_LAUNCH_BLOCKING, bf16 and the shipped fp8-kv only, after the
+          # fix of the warm-up's race (gpu_probe.warm_up_on_side_stream; scripts/gpu_side_stream_race.py).
+          "s7_long": (4, 131072, None, [(False, None)]), "s7_b16_128k": (16, 131040, None, [(False, None)])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
 COPY_GBPS = 4221.0
 

@@ -80,14 +80,26 @@ def bench(fn, rep: int = 200) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median") * 1e3
 
 
+def warm_up_on_side_stream(calls: list) -> None:
+    """Run ``calls`` once on a side stream (as CUDA-graph capture wants its warm-up), after everything queued on the
+    current stream: a side stream from torch's pool is non-blocking, so without the wait its kernels may run while
+    the current stream is still writing their inputs (a page table or lengths not yet filled in: page indices read
+    from whatever that memory held). That is how scripts/gpu_fp8_decode.py's first bf16 graph after a new section's
+    inputs raised an illegal memory access (s5-call4, s6-call4; not under CUDA_LAUNCH_BLOCKING=1, which serializes
+    the two streams' work)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls:
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+
+
 def graph_us(fn, calls: int = 10, rep: int = 200) -> float:
     if WARM_ONLY:
         return _warm(fn)
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        fn()
-        fn()
-    torch.cuda.synchronize()
+    warm_up_on_side_stream([fn, fn])
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for _ in range(calls):
@@ -299,11 +311,7 @@ def graph_calls_us(calls: list, repeat: int = 1) -> float:
     ``repeat`` times over."""
     if WARM_ONLY:
         return _warm(lambda: [call() for call in calls])
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        for call in calls:
-            call()
-    torch.cuda.synchronize()
+    warm_up_on_side_stream(calls)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for _ in range(repeat):

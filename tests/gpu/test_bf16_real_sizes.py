@@ -495,6 +495,7 @@ def test_kept_isolation_buffers_isolate_every_call(monkeypatch, gluon):
             assert torch.isnan(out[0][seeing]).any(-1).all(), "a row that sees the NaN stayed finite"
 
     side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())  # a non-blocking stream: after the inputs are written
     for stream in (torch.cuda.current_stream(), side):
         with torch.cuda.stream(stream):
             outs = [(swattn.flash_attn_func(q, k, values, causal=True, window_size=(left, 0)), values)
