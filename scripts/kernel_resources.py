@@ -51,6 +51,9 @@ class Resources:
     num_warps: int
     pipelined: bool
     warpgroup_mma: bool = False
+    lazy_rescale_branches: int = 0  # the Gluon lazy rescale's warp-vote branches (``lazy_rescale_problems``)
+    lazy_rescale_problems: int = 0
+    wgmma_serialized: bool = False  # ptxas waits after every wgmma (``wgmma_serialized``)
 
     @property
     def programs_per_sm(self) -> int:
@@ -95,11 +98,48 @@ def _compile(kernel, args: tuple, kwargs: dict, source_type=ASTSource) -> Resour
         usage = subprocess.run([cuobjdump, "-res-usage", cubin.name], capture_output=True, text=True,
                                check=True).stdout
     ttgir = compiled.asm["ttgir"]
+    sass = _sass(compiled.asm["cubin"], cuobjdump)
+    branches, problems = lazy_rescale_problems(sass)
     return Resources(
         registers=int(re.findall(r"REG:(\d+)", usage)[0]), stack_bytes=int(re.findall(r"STACK:(\d+)", usage)[0]),
         shared_bytes=compiled.metadata.shared, num_warps=options["num_warps"],
         pipelined="async_copy_global_to_local" in ttgir or "async_tma_copy" in ttgir,
-        warpgroup_mma="HGMMA" in _sass(compiled.asm["cubin"], cuobjdump))
+        warpgroup_mma="HGMMA" in sass, lazy_rescale_branches=branches, lazy_rescale_problems=problems,
+        wgmma_serialized=wgmma_serialized(sass))
+
+
+def wgmma_serialized(sass: str) -> bool:
+    """ptxas serializes a kernel's wgmma (its C7512 / C7514 advisories, which Triton does not show: too few
+    registers, or other instructions touching an in-flight product's accumulator) by making every HGMMA its own
+    group, waited for right after it: each carries ``gsb0``, where a product of several k-steps normally marks
+    only its last."""
+    products = [line for line in sass.splitlines() if re.search(r"\*/\s+HGMMA", line)]
+    return bool(products) and all("gsb0" in line for line in products)
+
+
+def lazy_rescale_problems(sass: str) -> tuple[int, int]:
+    """The Gluon kernel's lazy rescale (``gluon_fwd._lazy_rescale_asm``) tests the alphas of a pack's elements 0
+    and 2, taking them for the thread's two rows in the wgmma accumulator layout. Check that on the SASS: after each
+    warp vote, every multiplication of the rescale branch uses a register that one of the alpha tests before the
+    vote read. Returns (branches, branches whose multiplications use an untested alpha)."""
+    lines = [line for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", line)]
+    branches = problems = 0
+    for index, line in enumerate(lines):
+        if "VOTE.ANY" not in line:
+            continue
+        tested = {match.group(1) for back in lines[max(0, index - 150):index]
+                  for match in [re.search(r"FSETP\.NEU\.(?:AND|OR)\s+P\d+,\s*PT,\s*(R\d+),\s*1,", back)] if match}
+        used = set()
+        for after in lines[index + 1:index + 200]:
+            match = re.search(r"FMUL\s+R\d+,\s*R\d+,\s*(R\d+)", after)
+            if match:
+                used.add(match.group(1))
+            elif used and not re.search(r"BRA|NOP", after):
+                break
+        if tested:
+            branches += 1
+            problems += not used <= tested
+    return branches, problems
 
 
 def _sass(cubin: bytes, cuobjdump: str) -> str:
@@ -374,10 +414,14 @@ def main() -> int:
             wg_rows = gluon_fwd.wg_rows_for(q.shape[-1], kwargs.get("pack_gqa", False), kwargs["left"],
                                             kwargs["right"]) if consumers == 1 else 64
             per_sm = gluon_fwd.per_sm_for(consumers, q.shape[-1], block_n, wg_rows)
-            failures += check and (r.stack_bytes > allowed_stack or not r.warpgroup_mma
-                                   or r.shared_bytes * per_sm > SHARED_PER_SM)
+            lazy = gluon_fwd.rescale_threshold_for(consumers) > 0
+            failures += check and (r.stack_bytes > allowed_stack or not r.warpgroup_mma or r.wgmma_serialized
+                                   or r.shared_bytes * per_sm > SHARED_PER_SM
+                                   or (lazy and (r.lazy_rescale_branches == 0 or r.lazy_rescale_problems > 0)))
             print(f"{name} [gluon]: {r.registers} regs (max), {r.stack_bytes} B stack, {r.shared_bytes} B shared, "
-                  f"HGMMA {r.warpgroup_mma}", flush=True)
+                  f"HGMMA {r.warpgroup_mma} (serialized: {r.wgmma_serialized}), "
+                  f"lazy rescale branches {r.lazy_rescale_branches} "
+                  f"(alphas untested: {r.lazy_rescale_problems})", flush=True)
     return 1 if failures else 0
 
 

@@ -97,10 +97,12 @@ WG_ROWS_SMALL_D64 = 64
 # so after a tile's first blocks alpha is exactly 1 and a warp whose rows all kept their max skips the
 # accumulator's rescale (a branch on a warp vote, ``_rescale_acc``). Scores stay <= 2^threshold times the kept max:
 # P's bf16/fp16 rounding is relative, so precision does not change; the LSE and the normalization use the kept max.
-RESCALE_THRESHOLD = 0.0
-# Row maxima and sums of a score block as trees of column folds (``_row_reduce_tree``) instead of one dependent chain
-# per row: the same instructions, a shorter chain for the consumer to wait on.
-TREE_REDUCE = True
+# Where it applies: ``rescale_threshold_for``.
+RESCALE_THRESHOLD = 8.0
+# Each block's P V product stays in flight through the next block's softmax and is waited for at the next step's
+# start (FlashAttention 3's intra-warpgroup overlap); off: waited for in the same step, where ptxas hoists the wait
+# above the softmax (sm_90 SASS, Triton 3.6). Where it applies: ``overlap_pv_for``.
+OVERLAP_PV = True
 
 
 def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
@@ -136,6 +138,22 @@ def wg_rows_for(head_dim: int, pack_gqa: bool, left: int, right: int) -> int:
     128 rows, but needs two programs per SM's registers (232 per consumer thread) instead of four: measured 2%
     slower, so 64 stays the default and 128 a tested switch."""
     return WG_ROWS_SMALL_D64 if (pack_gqa and head_dim <= 64 and 0 <= left <= 256 and 0 <= right <= 256) else 64
+
+
+def rescale_threshold_for(consumers: int) -> float:
+    """The lazy rescale's threshold (``RESCALE_THRESHOLD``) for one-warpgroup programs (packed small windows), 0
+    (rescale every block) elsewhere. H200, 16K, same calls (session 7, docs/notes/2026-12-03-gluon-forward.md):
+    W(127,0) D64 gpt-oss sinks 190.6 vs 192.9 us and 183.6 vs 186.5; W(127,0) D128 154.1 vs 157.6 and 150.8 vs
+    152.5; but W(4095,0) D128 1467.6 vs 1449.9 and causal D128 3227.2 vs 3164.5 (two warpgroups): slower."""
+    return RESCALE_THRESHOLD if consumers == 1 else 0.0
+
+
+def overlap_pv_for(consumers: int) -> bool:
+    """The deferred P V wait (``OVERLAP_PV``) for one-warpgroup programs. With two warpgroups of 64 x 128 scores
+    (head_dim 128 and 256) ptxas serializes every wgmma of that schedule for want of registers (its C7512
+    advisory, Triton 3.6): P_{j-1} (the in-flight product's operand) and P_j do not both fit beside the
+    accumulator and the scores."""
+    return OVERLAP_PV and consumers == 1
 
 
 def tma_store_for(consumers: int) -> bool:
@@ -214,40 +232,10 @@ if GLUON_AVAILABLE:
         return visible
 
     @gluon.jit
-    def _fold_columns(x, HALF: gl.constexpr, IS_MAX: gl.constexpr):
-        """[M, 2 * HALF] -> [M, HALF]: column c combined with column c + HALF. In the wgmma accumulator layout (and
-        the layouts these folds leave) both sit in the same thread: no data moves."""
-        a, b = x.reshape([x.shape[0], 2, HALF]).permute((0, 2, 1)).split()
-        if IS_MAX:
-            return gl.maximum(a, b)
-        else:
-            return a + b
-
-    @gluon.jit
-    def _row_reduce_tree(x, BLOCK_N: gl.constexpr, IS_MAX: gl.constexpr):
-        """Row maxima or sums of a [M, BLOCK_N] block as a tree: the columns are folded in halves down to 8 (one
-        thread's pair times the quad's four threads), then reduced; the dependent chain per row is log2(BLOCK_N / 8)
-        + 3 steps instead of BLOCK_N / 4 + 2 (the same instruction count)."""
-        if BLOCK_N >= 256:
-            x = _fold_columns(x, 128, IS_MAX)
-        if BLOCK_N >= 128:
-            x = _fold_columns(x, 64, IS_MAX)
-        if BLOCK_N >= 64:
-            x = _fold_columns(x, 32, IS_MAX)
-        if BLOCK_N >= 32:
-            x = _fold_columns(x, 16, IS_MAX)
-        if BLOCK_N >= 16:
-            x = _fold_columns(x, 8, IS_MAX)
-        if IS_MAX:
-            return gl.max(x, 1)
-        else:
-            return gl.sum(x, 1)
-
-    @gluon.jit
     def _softmax_block(s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end,
                        left, right, softmax_scale, softcap, col_layout: gl.constexpr, HAS_LEFT: gl.constexpr,
                        HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, BLOCK_N: gl.constexpr,
-                       RESCALE_THRESHOLD: gl.constexpr, TREE_REDUCE: gl.constexpr):
+                       RESCALE_THRESHOLD: gl.constexpr):
         """Online-softmax step on one block's scores: ``(p, m_new, l_new, alpha)`` in log2 units."""
         if HAS_SOFTCAP:
             s = softcap_scores(s, softmax_scale, softcap)
@@ -258,10 +246,7 @@ if GLUON_AVAILABLE:
             keys = kv_start + block * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
             visible = _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT, HAS_RIGHT)
             s = gl.where(visible, s, float("-inf"))
-        if TREE_REDUCE:
-            m_new = gl.maximum(m_i, gl.convert_layout(_row_reduce_tree(s, BLOCK_N, True), m_i.type.layout) * qk_scale)
-        else:
-            m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+        m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
         if RESCALE_THRESHOLD > 0:
             # Keep the running max unless the block's exceeds it by more than the threshold: alpha is then exactly
             # exp2(0) = 1 (a row that has seen no key keeps -inf and alpha 0 until its first key).
@@ -269,10 +254,7 @@ if GLUON_AVAILABLE:
         pivot = safe_pivot(m_new)
         p = gl.exp2(s * qk_scale - gl.expand_dims(pivot, 1))
         alpha = gl.exp2(m_i - pivot)
-        if TREE_REDUCE:
-            l_new = l_i * alpha + gl.convert_layout(_row_reduce_tree(p, BLOCK_N, False), l_i.type.layout)
-        else:
-            l_new = l_i * alpha + gl.sum(p, 1)
+        l_new = l_i * alpha + gl.sum(p, 1)
         return p, m_new, l_new, alpha
 
     @gluon.jit
@@ -425,7 +407,7 @@ if GLUON_AVAILABLE:
                 IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                 ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
                 TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
-                TREE_REDUCE: gl.constexpr):
+                OVERLAP_PV: gl.constexpr):
         """One warp: each work item's Q (one box per consumer warpgroup, into the item's Q slot) and K/V blocks
         (into the stage ring, from the tile's first visible key; over pages, one box per page part) through TMA.
         Both rings' positions run on across items, so the next tile's Q and first blocks load during this one's last
@@ -481,7 +463,7 @@ if GLUON_AVAILABLE:
                       IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                       ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
                       TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
-                TREE_REDUCE: gl.constexpr):
+                OVERLAP_PV: gl.constexpr):
         """One warpgroup's rows ``[WG * M, WG * M + M)`` (M: 64 or 128) of work item ``work``'s tile, from Q to O;
         returns the consumer's running state ``(position, item, turn, stored, stored_slot, seen_nan)`` after it
         (``seen_nan``: per row position of the warpgroup, 1 once a row there held a NaN in any tile so far)."""
@@ -555,36 +537,90 @@ if GLUON_AVAILABLE:
             mbarrier.arrive(k_empty.index(first_stage), count=1)
             p, m_i, l_i, alpha = _softmax_block(
                 s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
-                softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, RESCALE_THRESHOLD,
-                TREE_REDUCE)
+                softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, RESCALE_THRESHOLD)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             alpha_o = gl.convert_layout(alpha, o_rows)
-            for block in range(1, num_blocks):
-                stage = (position + block) % NUM_STAGES
-                phase = ((position + block) // NUM_STAGES) & 1
-                previous = position + block - 1
-                previous_stage = previous % NUM_STAGES
-                previous_phase = (previous // NUM_STAGES) & 1
-                # S_j = Q K_j^T, then P_{j-1} V_{j-1}: both in flight while this warpgroup waits for S_j.
-                mbarrier.wait(k_ready.index(stage), phase)
-                mbarrier.wait(v_ready.index(previous_stage), previous_phase)
-                _turn_begin(turns, turn, WG, PINGPONG)
-                s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
-                                        is_async=True)
-                acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
-                turn = _turn_end(turns, turn, WG, PINGPONG)
-                s = warpgroup_mma_wait(1, deps=[s_token])
-                mbarrier.arrive(k_empty.index(stage), count=1)
-                # The softmax of block j runs while P_{j-1} V_{j-1} is still on the tensor cores.
-                p, m_i, l_i, alpha = _softmax_block(
-                    s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
-                    right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N,
-                    RESCALE_THRESHOLD, TREE_REDUCE)
-                acc = warpgroup_mma_wait(0, deps=[acc_token])
-                mbarrier.arrive(v_empty.index(previous_stage), count=1)
-                alpha_o = gl.convert_layout(alpha, o_rows)
-                acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
-                p_op = gl.convert_layout(p.to(dtype), p_layout)
+            if OVERLAP_PV:
+                if num_blocks > 1:
+                    # Block 1, peeled: the loop below starts with one P V product in flight.
+                    stage = (position + 1) % NUM_STAGES
+                    mbarrier.wait(k_ready.index(stage), ((position + 1) // NUM_STAGES) & 1)
+                    mbarrier.wait(v_ready.index(first_stage), (position // NUM_STAGES) & 1)
+                    _turn_begin(turns, turn, WG, PINGPONG)
+                    s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
+                                            is_async=True)
+                    acc_token = warpgroup_mma(p_op, v_smem.index(first_stage), acc, is_async=True)
+                    turn = _turn_end(turns, turn, WG, PINGPONG)
+                    p_in_flight = p_op
+                    s = warpgroup_mma_wait(1, deps=[s_token])
+                    mbarrier.arrive(k_empty.index(stage), count=1)
+                    p, m_i, l_i, alpha = _softmax_block(
+                        s, m_i, l_i, 1, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
+                        right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N,
+                        RESCALE_THRESHOLD)
+                    alpha_o = gl.convert_layout(alpha, o_rows)
+                    for block in range(2, num_blocks):
+                        # FlashAttention 3's intra-warpgroup overlap, with P_{j-1} V_{j-1} left in flight through
+                        # block j's softmax and waited for at the next step's start: the wait for P_{j-2} V_{j-2}
+                        # (issued a whole softmax ago), the accumulator's rescale for block j-1's max, P_{j-1} to
+                        # the operand's type (its registers free again), S_j and P_{j-1} V_{j-1}, the wait for S_j,
+                        # block j's softmax. A wait for all products after the softmax is hoisted above it by
+                        # ptxas (sm_90 SASS, Triton 3.6), which serialized the softmax behind the previous block's
+                        # P V; a rescale between the two products' issues makes ptxas serialize every wgmma (its
+                        # C7514 advisory); P_j converted before the wait leaves D128 short of registers (C7512).
+                        stage = (position + block) % NUM_STAGES
+                        previous = position + block - 1
+                        previous_stage = previous % NUM_STAGES
+                        # P_{j-2}'s registers stay live until its product completes (the wait's dependency).
+                        acc_now, p_in_flight = warpgroup_mma_wait(0, deps=[acc_token, p_in_flight])
+                        mbarrier.arrive(v_empty.index((previous - 1) % NUM_STAGES), count=1)
+                        acc_now = _rescale_acc(acc_now, alpha_o, RESCALE_THRESHOLD)
+                        p_op = gl.convert_layout(p.to(dtype), p_layout)
+                        mbarrier.wait(k_ready.index(stage), ((position + block) // NUM_STAGES) & 1)
+                        mbarrier.wait(v_ready.index(previous_stage), (previous // NUM_STAGES) & 1)
+                        _turn_begin(turns, turn, WG, PINGPONG)
+                        s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero,
+                                                use_acc=False, is_async=True)
+                        acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc_now, is_async=True)
+                        turn = _turn_end(turns, turn, WG, PINGPONG)
+                        p_in_flight = p_op
+                        s = warpgroup_mma_wait(1, deps=[s_token])
+                        mbarrier.arrive(k_empty.index(stage), count=1)
+                        p, m_i, l_i, alpha = _softmax_block(
+                            s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end,
+                            left, right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N,
+                            RESCALE_THRESHOLD)
+                        alpha_o = gl.convert_layout(alpha, o_rows)
+                    acc, p_in_flight = warpgroup_mma_wait(0, deps=[acc_token, p_in_flight])
+                    mbarrier.arrive(v_empty.index((position + num_blocks - 2) % NUM_STAGES), count=1)
+                    acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
+                    p_op = gl.convert_layout(p.to(dtype), p_layout)
+            else:
+                for block in range(1, num_blocks):
+                    stage = (position + block) % NUM_STAGES
+                    phase = ((position + block) // NUM_STAGES) & 1
+                    previous = position + block - 1
+                    previous_stage = previous % NUM_STAGES
+                    previous_phase = (previous // NUM_STAGES) & 1
+                    # S_j = Q K_j^T, then P_{j-1} V_{j-1}: both in flight while this warpgroup waits for S_j.
+                    mbarrier.wait(k_ready.index(stage), phase)
+                    mbarrier.wait(v_ready.index(previous_stage), previous_phase)
+                    _turn_begin(turns, turn, WG, PINGPONG)
+                    s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
+                                            is_async=True)
+                    acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
+                    turn = _turn_end(turns, turn, WG, PINGPONG)
+                    s = warpgroup_mma_wait(1, deps=[s_token])
+                    mbarrier.arrive(k_empty.index(stage), count=1)
+                    p, m_i, l_i, alpha = _softmax_block(
+                        s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
+                        right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N,
+                        RESCALE_THRESHOLD)
+                    acc = warpgroup_mma_wait(0, deps=[acc_token])
+                    mbarrier.arrive(v_empty.index(previous_stage), count=1)
+                    alpha_o = gl.convert_layout(alpha, o_rows)
+                    acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
+                    p_op = gl.convert_layout(p.to(dtype), p_layout)
             if not TMA_STORE:
                 # Every score product of the tile has completed: its Q slot may take the loader's next tile.
                 mbarrier.arrive(q_empty.index(q_slot), count=1)
@@ -656,7 +692,7 @@ if GLUON_AVAILABLE:
                   IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                   ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
                   TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
-                TREE_REDUCE: gl.constexpr):
+                OVERLAP_PV: gl.constexpr):
         """One warpgroup: rows ``[WG * M, WG * M + M)`` of each work item's tile, from Q load to O store, over the
         persistent grid's rounds (``_snake``)."""
         total_work = geometry[0] * geometry[1]
@@ -675,7 +711,7 @@ if GLUON_AVAILABLE:
                 _snake(work, reverse, total_work), position, item, turn, stored, stored_slot, seen_nan, geometry,
                 pointers, strides, scalars, buffers, WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP,
                 STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K,
-                ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD, TREE_REDUCE)
+                ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD, OVERLAP_PV)
             reverse = not reverse
         if TMA_STORE:
             tma.store_wait(0)  # the last tile's O is written before the program ends
@@ -696,7 +732,7 @@ if GLUON_AVAILABLE:
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
         ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-        TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr, TREE_REDUCE: gl.constexpr,
+        TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr, OVERLAP_PV: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
@@ -739,45 +775,45 @@ if GLUON_AVAILABLE:
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     TREE_REDUCE)),
+                     OVERLAP_PV)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     TREE_REDUCE)),
+                     OVERLAP_PV)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     TREE_REDUCE)),
+                     OVERLAP_PV)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     TREE_REDUCE)),
+                     OVERLAP_PV)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
         elif NUM_CONSUMERS == 1:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     TREE_REDUCE)),
+                     OVERLAP_PV)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     TREE_REDUCE)),
+                     OVERLAP_PV)),
             ], [1], [LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     TREE_REDUCE)),
+                     OVERLAP_PV)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     TREE_REDUCE)),
+                     OVERLAP_PV)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     TREE_REDUCE)),
+                     OVERLAP_PV)),
             ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -893,8 +929,9 @@ def planning_settings() -> tuple:
     """The module-level values ``_plan`` reads, part of a kept plan's key: tests and tuning probes switch them
     (``monkeypatch.setattr(gluon_fwd, ...)``), and a plan made under other values must not serve the call."""
     return (_swa_fwd_sm90_kernel, consumers_for, block_n_for, tma_store_for, per_sm_for, registers_for, _sm_count,
-            wg_rows_for, WG_ROWS_SMALL_D64, PINGPONG, TMA_STORE, RESCALE_THRESHOLD, TREE_REDUCE, NUM_STAGES,
-            LOADER_REGS, PAGE_BOX_MAX, ROWS_PER_CONSUMER, TensorDescriptor)
+            wg_rows_for, WG_ROWS_SMALL_D64, PINGPONG, TMA_STORE, RESCALE_THRESHOLD, OVERLAP_PV,
+            overlap_pv_for, NUM_STAGES, LOADER_REGS, PAGE_BOX_MAX, ROWS_PER_CONSUMER, TensorDescriptor,
+            rescale_threshold_for)
 
 
 # The call's tensors, as ``forward`` passes them to a plan's launch: the kernel's tensor parameters take them by these
@@ -975,7 +1012,7 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
-        TMA_STORE=tma_store, RESCALE_THRESHOLD=float(RESCALE_THRESHOLD), TREE_REDUCE=TREE_REDUCE,
+        TMA_STORE=tma_store, RESCALE_THRESHOLD=rescale_threshold_for(consumers), OVERLAP_PV=overlap_pv_for(consumers),
     )
     launch = Launch(_swa_fwd_sm90_kernel, grid, scalars, constexprs, dict(num_warps=4, maxnreg=maxnreg),
                     num_tensors=len(slots), slots=slots, descriptors=(q_desc, k_desc, v_desc, o_desc))

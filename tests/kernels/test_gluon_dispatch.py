@@ -107,6 +107,9 @@ def test_consumer_and_register_rules():
     assert gluon_fwd.per_sm_for(1, 64, 128) == 2  # 128-key blocks: four programs' registers and stages do not fit
     assert gluon_fwd.per_sm_for(2, 64, 32) == 1
     assert gluon_fwd.tma_store_for(1) and not gluon_fwd.tma_store_for(2)
+    # The lazy rescale: one-warpgroup programs (packed small windows) only.
+    assert gluon_fwd.rescale_threshold_for(1) == gluon_fwd.RESCALE_THRESHOLD > 0
+    assert gluon_fwd.rescale_threshold_for(2) == 0.0 and gluon_fwd.rescale_threshold_for(3) == 0.0
     assert gluon_fwd.consumers_for(64, False, 127, 0) == 2 and gluon_fwd.consumers_for(128, False, 4095, 0) == 2
     assert gluon_fwd.consumers_for(256, True, 127, 0) == 2
     # Launch budget x programs x warps fills the register file; the loader's warpgroup gives the rest away.
@@ -114,3 +117,17 @@ def test_consumer_and_register_rules():
     assert gluon_fwd.registers_for(3) == (128, 160)
     assert gluon_fwd.registers_for(1, 2) == (128, 232)
     assert gluon_fwd.registers_for(1, 4) == (64, 104)
+
+
+def test_lazy_rescale_ptx():
+    """The lazy rescale's PTX: outputs tied to the accumulator inputs, a warp vote on the two rows' alphas, then one
+    multiplication per element by its own alpha, behind a branch the whole warp takes. (That elements 0 and 2 carry
+    a thread's two rows is checked on the compiled SASS by scripts/kernel_resources.py --check.)"""
+    pack = gluon_fwd._RESCALE_PACK
+    asm, constraints = gluon_fwd._RESCALE_ASM, gluon_fwd._RESCALE_CONSTRAINTS.split(",")
+    assert constraints == ["=f"] * pack + [str(i) for i in range(pack)] + ["f"] * pack
+    assert f"setp.neu.f32 %rescale_row, ${2 * pack}, 0f3F800000;" in asm
+    assert f"setp.neu.f32 %rescale_other, ${2 * pack + 2}, 0f3F800000;" in asm
+    assert "vote.sync.any.pred" in asm and asm.count("mul.f32") == pack
+    assert all(f"mul.f32 ${i}, ${pack + i}, ${2 * pack + i};" in asm for i in range(pack))
+    assert asm.count("${:uid}") == 2  # one label per instance, unique per asm statement
