@@ -99,10 +99,13 @@ WG_ROWS_SMALL_D64 = 64
 # P's bf16/fp16 rounding is relative, so precision does not change; the LSE and the normalization use the kept max.
 # Where it applies: ``rescale_threshold_for``.
 RESCALE_THRESHOLD = 8.0
-# Each block's P V product stays in flight through the next block's softmax and is waited for at the next step's
-# start (FlashAttention 3's intra-warpgroup overlap); off: waited for in the same step, where ptxas hoists the wait
-# above the softmax (sm_90 SASS, Triton 3.6). Where it applies: ``overlap_pv_for``.
-OVERLAP_PV = True
+# Each block's P V product left in flight through the next block's softmax and waited for at the next step's start
+# (FlashAttention 3's intra-warpgroup overlap). Off (the default): waited for in its own step, where ptxas hoists
+# the wait above the softmax (sm_90 SASS, Triton 3.6), so a warpgroup's softmax overlaps the other programs' or
+# warpgroups' products, not its own. Measured on one-warpgroup programs (H200, 16K, session 7 call C): W(127,0) D64
+# gpt-oss sinks 197.1 us on vs 186.8 off, W(127,0) D128 152.9 vs 148.3: slower. Where it can apply:
+# ``overlap_pv_for``.
+OVERLAP_PV = False
 
 
 def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
