@@ -110,6 +110,13 @@ S6_MORE = [(False, None), (False, (64, 4, 3, False, False, 128), dict(pair=3, pe
            (False, (256, 8, 2, False, False, 128), dict(per_sm=2)),
            (None, None, dict(contig=True)), (False, None, dict(contig=True))]
 S6_OTHER = [(False, None), TWO_LOADS, (False, None, PARTNER), (False, None, CHUNK), (False, None, L2FETCH)]
+# Session 7 (compiled, Triton 3.6, sm_90; interior loop, SASS instructions per block and warp): the fenced widening
+# (fenced=True: fwd.FP8_FENCED_WIDENING) on the shipped (128, 4, 2) capped at 128: 522 -> 344, 123 registers, 51.2 KB
+# shared, 4 per SM; on (64, 2, 3) capped at 128: 359 per 64 keys, 26.9 KB, 8 per SM; fa3=True: FA3's fp8 (q, K, V
+# e4m3 with descales; the vLLM build, .peer-kernels) over the same all-e4m3 inputs.
+FENCED, FA3_FP8 = (False, None, dict(fenced=True)), (True, None, dict(fa3=True))
+FENCED_64 = (False, (64, 2, 3, False, False, 128), dict(fenced=True, per_sm=8))
+S7_SPLIT = [(False, None), FENCED, FA3_FP8]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -121,7 +128,11 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s6_b16_128k": (16, 131040, None, [(False, None), TWO_LOADS]),
           # Session 7: that order again without CUDA_LAUNCH_BLOCKING, bf16 and the shipped fp8-kv only, after the
           # fix of the warm-up's race (gpu_probe.warm_up_on_side_stream; scripts/gpu_side_stream_race.py).
-          "s7_long": (4, 131072, None, [(False, None)]), "s7_b16_128k": (16, 131040, None, [(False, None)])}
+          "s7_long": (4, 131072, None, [(False, None)]), "s7_b16_128k": (16, 131040, None, [(False, None)]),
+          # Session 7: the fenced widening (fwd.FP8_FENCED_WIDENING) against the shipped loop, FA3's fp8 beside.
+          "s7_full": (16, 16384, None, S7_SPLIT + [FENCED_64]), "s7_b4": (4, 16384, None, S7_SPLIT + [FENCED_64]),
+          "s7_window": (16, 2048, 127, S7_SPLIT),
+          "s7_long_ab": (4, 131072, None, S7_SPLIT), "s7_b16_128k_ab": (16, 131040, None, S7_SPLIT)}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
 COPY_GBPS = 4221.0
 
@@ -142,6 +153,29 @@ def fp8_sets(sets: list[dict], quantize_q: bool) -> list[dict]:
             s["q"], s["q_descale"] = (q / descale).to(FP8), descale.expand(q.shape[0], 8)
         out.append(s)
     return out
+
+
+def fa3_fp8_call(call: dict):
+    """FA3's fp8 decode over one all-e4m3 input set of ``fp8_sets(..., True)`` (q, K, V e4m3, ``[B, Hk]``
+    descales; the vLLM build's positional entry, as ``swattn.bench.decode_fp8`` calls it), as a closure."""
+    from swattn.bench import peers
+    forward = peers._fa3_forward()
+    q = call["q"]
+    batch, seqlen_q, heads, head_dim = q.shape
+    cu_q = torch.arange(0, batch + 1, device=q.device, dtype=torch.int32) * seqlen_q
+    q3 = q.reshape(batch * seqlen_q, heads, head_dim)
+    sinks = call["sinks"].to(torch.bfloat16)
+    descales = [call[name].contiguous() for name in ("q_descale", "k_descale", "v_descale")]
+    table = call["page_table"]
+    max_k = table.shape[1] * call["k_cache"].shape[1]
+    left = call.get("window_size", (-1, 0))[0]
+
+    def run():
+        return forward(q3, call["k_cache"], call["v_cache"], None, None, None, None, cu_q, None, None, None,
+                       call["cache_seqlens"], seqlen_q, max_k, table, None, None, None, None, None, *descales,
+                       head_dim ** -0.5, True, left, 0, 0.0, True, None, 0, None, 0, sinks, 1, 0,
+                       None)[0].view(batch, seqlen_q, heads, head_dim)
+    return run
 
 
 def l2_fetch_limit(value: int | None = None) -> int:
@@ -175,6 +209,27 @@ def head_major(cache: torch.Tensor) -> torch.Tensor:
     return cache.transpose(1, 2).contiguous().transpose(1, 2)
 
 
+def describe(quantize_q, config, options: dict) -> tuple[str, str]:
+    """A candidate's provider label and its config / options as printed."""
+    label = "bf16" if quantize_q is None else "fp8" if quantize_q else "fp8-kv"
+    label = "FA3" if options.get("fa3") else label
+    shown = "shipped" if config is None else "({},{},{}{}{})".format(
+        *config[:3], ",single" if config[3] else "",
+        f",maxnreg {config[5]}" if len(config) > 5 and config[5] else "")
+    shown += " pairs" if options.get("pairs") else ""
+    shown += f" 2 KV heads/program ({options['pair']})" if options.get("pair") else ""
+    shown += " head-major" if options.get("hnd") else ""
+    shown += f" {options['per_sm']}/SM" if "per_sm" in options else ""
+    shown += f" {options['splits']} splits" if "splits" in options else ""
+    shown += " prefetch" if options.get("prefetch") else ""
+    shown += {0: "", 1: " twin prefetch", 2: " chunk prefetch"}[options.get("partner", 0)]
+    shown += f" L2 fetch {options['l2fetch']} B" if "l2fetch" in options else ""
+    shown += " contiguous" if options.get("contig") else ""
+    shown += " fenced widening" if options.get("fenced") else ""
+    shown = "fp8 (P rounded to e4m3)" if options.get("fa3") else shown
+    return label, shown
+
+
 def main() -> None:
     args = sys.argv[1:]
     copy = COPY_GBPS
@@ -182,6 +237,13 @@ def main() -> None:
         at = args.index("--copy")
         copy = float(args[at + 1])
         del args[at:at + 2]
+    if "--dry" in args:  # the shapes and candidates only (no GPU): what a run would time
+        for name in [a for a in args if a != "--dry"] or DEFAULT_SHAPES:
+            batch, context, left, candidates = SHAPES[name]
+            print(f"## {name}: B={batch} ctx={context} window={left}")
+            for quantize_q, config, *more in candidates:
+                print("  {:6s} {}".format(*describe(quantize_q, config, more[0] if more else {})))
+        return
     names = args or DEFAULT_SHAPES
     print(f"fp8 decode configs on {torch.cuda.get_device_name()}; us per call, vs bf16 = bf16 us / this, % of "
           f"copy ({copy:.0f} GB/s) on the bytes read, rel diff vs the bf16 cache's output", flush=True)
@@ -204,21 +266,9 @@ def main() -> None:
         variants = {}
         for quantize_q, config, *more in candidates:
             options = more[0] if more else {}
-            label = "bf16" if quantize_q is None else "fp8" if quantize_q else "fp8-kv"
+            label, shown = describe(quantize_q, config, options)
             if quantize_q not in variants:
                 variants[quantize_q] = sets if quantize_q is None else fp8_sets(sets, quantize_q)
-            shown = "shipped" if config is None else "({},{},{}{}{})".format(
-                *config[:3], ",single" if config[3] else "",
-                f",maxnreg {config[5]}" if len(config) > 5 and config[5] else "")
-            shown += " pairs" if options.get("pairs") else ""
-            shown += f" 2 KV heads/program ({options['pair']})" if options.get("pair") else ""
-            shown += " head-major" if options.get("hnd") else ""
-            shown += f" {options['per_sm']}/SM" if "per_sm" in options else ""
-            shown += f" {options['splits']} splits" if "splits" in options else ""
-            shown += " prefetch" if options.get("prefetch") else ""
-            shown += {0: "", 1: " twin prefetch", 2: " chunk prefetch"}[options.get("partner", 0)]
-            shown += f" L2 fetch {options['l2fetch']} B" if "l2fetch" in options else ""
-            shown += " contiguous" if options.get("contig") else ""
             calls = variants[quantize_q]
             if options.get("contig"):
                 calls = [contiguous(c) for c in calls]
@@ -232,8 +282,9 @@ def main() -> None:
                 calls = [dict(c, num_splits=options["splits"]) for c in calls]
             forced = forced_config(FwdConfig(16, *config)) if config is not None else None
             pairs, prefetch, two_heads = fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS
-            partner = fwd.FP8_PREFETCH_PARTNER
+            partner, fenced = fwd.FP8_PREFETCH_PARTNER, fwd.FP8_FENCED_WIDENING
             fwd.FP8_TWO_KV_HEADS = options.get("pair", 0)  # part of the plans' key (fwd.settings)
+            fwd.FP8_FENCED_WIDENING = options.get("fenced", False)  # part of the plans' key (fwd.settings)
             fwd.FP8_PREFETCH_PARTNER = options.get("partner", 0)  # part of the plans' key (fwd.settings)
             l2_before = None
             if "pairs" in options:
@@ -245,9 +296,13 @@ def main() -> None:
                     l2_before = l2_fetch_limit(options["l2fetch"])
                 if forced is not None:
                     forced.__enter__()
-                out = swattn.flash_attn_with_kvcache(**calls[0]).float()
+                if options.get("fa3"):
+                    runs = [fa3_fp8_call(c) for c in calls]
+                else:
+                    runs = [lambda s=s: swattn.flash_attn_with_kvcache(**s) for s in calls]
+                out = runs[0]().float()
                 err = ((out - ref).norm() / ref.norm()).item()
-                us = graph_calls_us([lambda s=s: swattn.flash_attn_with_kvcache(**s) for s in calls])
+                us = graph_calls_us(runs)
             except Exception as exc:  # noqa: BLE001 - report and go on
                 print(f"  {label:6s} {shown:36s}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
                 continue
@@ -255,7 +310,7 @@ def main() -> None:
                 if forced is not None:
                     forced.__exit__(None, None, None)
                 fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS = pairs, prefetch, two_heads
-                fwd.FP8_PREFETCH_PARTNER = partner
+                fwd.FP8_PREFETCH_PARTNER, fwd.FP8_FENCED_WIDENING = partner, fenced
                 if l2_before is not None:
                     l2_fetch_limit(l2_before)
             read = kv_bytes if quantize_q is None else kv_bytes / 2

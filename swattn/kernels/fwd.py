@@ -166,6 +166,20 @@ PRELOAD_L2_SPLITS = False
 # and 8 KB more shared memory per program.
 WIDEN_E4M3_PAIRS = os.environ.get("SWATTN_WIDEN_E4M3_PAIRS", "0") not in ("", "0")
 
+# Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py, session 7): e4m3 tiles widened to fp16 and
+# then passed through an identity with a side effect (inline PTX ``mov.b32``, ``_fence_16bit``), so that Triton lays
+# the products out for 16-bit operands. Triton picks a dot operand's register layout (kWidth) from the narrowest
+# load it can trace the operand back to through pure elementwise ops and views: an e4m3 load gives kWidth 4 to both
+# operands of both products, whose V operand is then gathered from shared memory one byte at a time (64 ``LDS.U8``
+# per 128x64 tile and thread) and whose operand registers are shuffled into each ``HMMA``'s register quads by
+# moves (~90 ``IMAD.MOV`` per block and warp); a side effect stops the trace (kWidth 2): the widened tiles go
+# through shared memory as fp16 and reach the products through ``ldmatrix`` in the quads the ``HMMA`` reads.
+# Compiled for sm_90 (Triton 3.6), the full decode's interior loop (16, 128, 4, 2) capped at 128: 522 -> see
+# docs/notes/2026-12-03-fp8-kv-cache.md, session 7. Not under the interpreter (no PTX): a plain ``.to`` there.
+FP8_FENCED_WIDENING = os.environ.get("SWATTN_FP8_FENCED_WIDENING", "0") not in ("", "0")
+# _widen_e4m3's modes (the kernels' WIDEN): a plain ``.to``, in pairs (WIDEN_E4M3_PAIRS), fenced (FP8_FENCED_WIDENING).
+WIDEN_TO, WIDEN_IN_PAIRS, WIDEN_FENCED = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+
 # Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py): a decode program over an e4m3 cache reads
 # TWO KV heads (2k, 2k + 1) and attends the query heads of both (``KV_PAIR``). In FlashAttention 3's cache layout
 # [pages, page, Hk, D] a KV head's e4m3 token row is 64 bytes, half an L2 line, at a stride of Hk * D bytes; the
@@ -271,10 +285,19 @@ def _prefetch_l2(pointer, BY_LOADS: tl.constexpr = False):
 
 
 @triton.jit
-def _widen_e4m3(x, WIDEN_PAIRS: tl.constexpr):
+def _fence_16bit(x):
+    """``x`` (a 16-bit tile) unchanged, through an identity with a side effect (``FP8_FENCED_WIDENING``): Triton's
+    choice of a dot operand's layout does not look past it to the e4m3 load (compiled only: PTX)."""
+    return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=x.dtype, is_pure=False, pack=2)
+
+
+@triton.jit
+def _widen_e4m3(x, WIDEN: tl.constexpr):
     """An e4m3 tile ``[BLOCK_N, BLOCK_D]`` in fp16 (exact: every e4m3 value is an fp16).
 
-    ``WIDEN_PAIRS`` (sm_89+, compiled): each pair of neighbouring elements of a row, as one 16-bit word, through
+    ``WIDEN``: WIDEN_TO a plain ``.to``; WIDEN_FENCED (``FP8_FENCED_WIDENING``, compiled) the ``.to`` followed by
+    ``_fence_16bit``, so the products take 16-bit operand layouts; WIDEN_IN_PAIRS (``WIDEN_E4M3_PAIRS``, sm_89+,
+    compiled): each pair of neighbouring elements of a row, as one 16-bit word, through
     one ``cvt.rn.f16x2.e4m3x2`` (the instruction ``.to(tl.float16)`` compiles to). The point is where it happens:
     with ``.to`` Triton moves the widening after the tile's layout change into the dot operand, so the P @ V
     operand (which pairs keys, a row apart) is gathered from shared memory one byte at a time (64 ``LDS.U8`` per
@@ -283,7 +306,7 @@ def _widen_e4m3(x, WIDEN_PAIRS: tl.constexpr):
     as fp16 through ``ldmatrix.trans`` like a bf16 tile, K straight from its load (compiled for sm_90, Triton 3.6:
     the full decode's interior loop 639 -> 496 instructions per 64-key block and warp at 3 stages, 733 -> 541 at
     7). Without it (the interpreter, older GPUs) a plain ``.to``."""
-    if WIDEN_PAIRS:
+    if WIDEN == WIDEN_IN_PAIRS:
         BLOCK_N: tl.constexpr = x.shape[0]
         BLOCK_D: tl.constexpr = x.shape[1]
         pairs = tl.reshape(x.to(tl.uint8, bitcast=True), [BLOCK_N, BLOCK_D // 2, 2], can_reorder=False)
@@ -293,6 +316,8 @@ def _widen_e4m3(x, WIDEN_PAIRS: tl.constexpr):
             "{ .reg .b32 t; cvt.rn.f16x2.e4m3x2 t, $2; mov.b32 {$0, $1}, t; }", "=h,=h,h", [word],
             dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
         return tl.reshape(tl.join(low16, high16), [BLOCK_N, BLOCK_D], can_reorder=False)
+    elif WIDEN == WIDEN_FENCED:
+        return _fence_16bit(x.to(tl.float16))
     else:
         return x.to(tl.float16)
 
@@ -433,7 +458,7 @@ def _load_two_blocks(k_base, v_base, offs_h, head_mask, offs_n, load_mask, offs_
 def _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale, softcap, block,
                   masked_head_end, unmasked_end, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr,
-                  chunk, HAS_CHUNK: tl.constexpr, FP8: tl.constexpr, row_unscale, WIDEN_PAIRS: tl.constexpr = False,
+                  chunk, HAS_CHUNK: tl.constexpr, FP8: tl.constexpr, row_unscale, WIDEN: tl.constexpr = 0,
                   pair_second=None, KV_PAIR: tl.constexpr = 0, k2=None):
     """The scores of one block (keys ``offs_n``, ``load_mask``) and what the softmax step needs with them:
     ``(qk, qk_scale, v, visible)``; scores in log2 units are ``qk * qk_scale`` (``_exp_scores``), masked keys -inf;
@@ -444,17 +469,17 @@ def _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, soft
     PAIR_TWO_LOADS the second head's keys are ``k2``, each tile ``[BLOCK_N, D]``."""
     if FP8 == FP8_KV:
         # Half the bytes of a bf16 cache; both products then run in fp16.
-        k = _widen_e4m3(k, WIDEN_PAIRS)
-        v = _widen_e4m3(v, WIDEN_PAIRS)
+        k = _widen_e4m3(k, WIDEN)
+        v = _widen_e4m3(v, WIDEN)
     elif FP8 == FP8_QKV:
         # Q K^T in e4m3 (fp32 accumulation); P @ V in fp16, so P is not rounded to e4m3 (FlashAttention 3
         # rounds it; its 2^-4 relative step would dominate the error).
-        v = _widen_e4m3(v, WIDEN_PAIRS)
+        v = _widen_e4m3(v, WIDEN)
     if UPCAST:
         k = k.to(tl.float32)
     if KV_PAIR == PAIR_TWO_PRODUCTS or KV_PAIR == PAIR_TWO_LOADS:
         if KV_PAIR == PAIR_TWO_LOADS:
-            k_first, k_second = k, _widen_e4m3(k2, WIDEN_PAIRS)  # FP8_KV only
+            k_first, k_second = k, _widen_e4m3(k2, WIDEN)  # FP8_KV only
         else:
             k_first, k_second = _kv_halves(k)
         qk = tl.where(pair_second[:, None], dot(q, tl.trans(k_second)), dot(q, tl.trans(k_first)))
@@ -528,7 +553,7 @@ def _pv(acc, p, v, UPCAST: tl.constexpr, pair_second=None, KV_PAIR: tl.constexpr
         # v holds two KV heads' rows side by side (or, PAIR_TWO_LOADS, the first's, and v2 the second's e4m3
         # values): each row takes its own head's.
         if KV_PAIR == PAIR_TWO_LOADS:
-            v_first, v_second = v, _widen_e4m3(v2, False)
+            v_first, v_second = v, _widen_e4m3(v2, WIDEN_TO)
         else:
             v_first, v_second = _kv_halves(v)
         p = p.to(v.dtype)
@@ -544,7 +569,7 @@ def _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, le
                   block, masked_head_end, unmasked_end, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, GUARD_NON_FINITE: tl.constexpr,
                   MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr, chunk, HAS_CHUNK: tl.constexpr,
-                  FP8: tl.constexpr, row_unscale, WIDEN_PAIRS: tl.constexpr = False, pair_second=None,
+                  FP8: tl.constexpr, row_unscale, WIDEN: tl.constexpr = 0, pair_second=None,
                   KV_PAIR: tl.constexpr = 0, k2=None, v2=None):
     """One block of the online softmax (``_attend_blocks``' loop body after the loads): ``k`` / ``v`` hold keys
     ``offs_n`` (``load_mask``). ``GUARD_NON_FINITE`` (with MASK) keeps non-finite values in the rows that see them
@@ -552,7 +577,7 @@ def _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, le
     qk, qk_scale, v, visible = _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale,
                                              softcap, block, masked_head_end, unmasked_end, HAS_LEFT, HAS_RIGHT,
                                              HAS_SOFTCAP, UPCAST, MASK, MASK_EDGES_ONLY, chunk, HAS_CHUNK, FP8,
-                                             row_unscale, WIDEN_PAIRS, pair_second, KV_PAIR, k2)
+                                             row_unscale, WIDEN, pair_second, KV_PAIR, k2)
     m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
     pivot = safe_pivot(m_new)
     p = _exp_scores(qk, qk_scale, pivot, HAS_SOFTCAP, FP8)
@@ -588,16 +613,16 @@ def _softmax_step_two_blocks(acc, l_i, m_i, q, k_head, v_head, offs_h, head_mask
                              offset, left, right, softmax_scale, softcap, HAS_LEFT: tl.constexpr,
                              HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
                              GUARD_NON_FINITE: tl.constexpr, chunk, HAS_CHUNK: tl.constexpr, FP8: tl.constexpr,
-                             row_unscale, WIDEN_PAIRS: tl.constexpr = False):
+                             row_unscale, WIDEN: tl.constexpr = 0):
     """``_softmax_step`` over two masked blocks at once (``HEAD_N``): one row max, one rescale, the two products
     summed, so neither block's reductions wait for the other's."""
     qk_h, qk_scale, v_head, visible_h = _block_scores(q, k_head, v_head, offs_h, head_mask, row_pos, offset, left,
                                                       right, softmax_scale, softcap, 0, 0, 0, HAS_LEFT, HAS_RIGHT,
                                                       HAS_SOFTCAP, UPCAST, True, False, chunk, HAS_CHUNK, FP8,
-                                                      row_unscale, WIDEN_PAIRS)
+                                                      row_unscale, WIDEN)
     qk, qk_scale, v, visible = _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale,
                                              softcap, 0, 0, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, UPCAST, True, False,
-                                             chunk, HAS_CHUNK, FP8, row_unscale, WIDEN_PAIRS)
+                                             chunk, HAS_CHUNK, FP8, row_unscale, WIDEN)
     m_new = tl.maximum(m_i, tl.maximum(tl.max(qk_h, 1), tl.max(qk, 1)) * qk_scale)
     pivot = safe_pivot(m_new)
     p_h = _exp_scores(qk_h, qk_scale, pivot, HAS_SOFTCAP, FP8)
@@ -643,7 +668,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                    SHIFT_PAGED_KEYS: tl.constexpr = False, chunk=0, HAS_CHUNK: tl.constexpr = False,
                    FP8: tl.constexpr = NO_FP8, row_unscale=1.0, K_NEW=None, V_NEW=None, new_source=0, first_new=0,
                    stride_ns=0, READ_NEW: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
-                   WIDEN_PAIRS: tl.constexpr = False, pair_second=None, KV_PAIR: tl.constexpr = 0, k_partner=0,
+                   WIDEN: tl.constexpr = 0, pair_second=None, KV_PAIR: tl.constexpr = 0, k_partner=0,
                    v_partner=0, chunk_slot=0, PREFETCH_PARTNER: tl.constexpr = 0):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
@@ -683,7 +708,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
         acc, l_i, m_i = _softmax_step_two_blocks(acc, l_i, m_i, q, k_head, v_head, offs_h, head_mask, k, v, offs_n,
                                                  load_mask, row_pos, offset, left, right, softmax_scale, softcap,
                                                  HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, UPCAST, GUARD_NON_FINITE, chunk,
-                                                 HAS_CHUNK, FP8, row_unscale, WIDEN_PAIRS)
+                                                 HAS_CHUNK, FP8, row_unscale, WIDEN)
     else:
         for block in range(block_begin, block_end):
             offs_n = kv_start + block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -710,7 +735,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
             acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, left, right,
                                           softmax_scale, softcap, block, masked_head_end, unmasked_end, HAS_LEFT,
                                           HAS_RIGHT, HAS_SOFTCAP, UPCAST, GUARD_NON_FINITE, MASK, MASK_EDGES_ONLY,
-                                          chunk, HAS_CHUNK, FP8, row_unscale, WIDEN_PAIRS, pair_second, KV_PAIR, k2,
+                                          chunk, HAS_CHUNK, FP8, row_unscale, WIDEN, pair_second, KV_PAIR, k2,
                                           v2)
             if COUNT_BLOCKS:
                 visited += 1
@@ -981,7 +1006,7 @@ def _attend_tile(
     APPEND_NEW: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr, HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, FP8: tl.constexpr,
     APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
-    WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
+    WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PREFETCH_PARTNER: tl.constexpr = 0,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads, or with
@@ -1096,7 +1121,7 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, USE_TMA,
                 True, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk, HAS_CHUNK=HAS_CHUNK,
-                FP8=FP8, row_unscale=row_unscale, HEAD_N=HEAD_N, WIDEN_PAIRS=WIDEN_PAIRS, pair_second=pair_second,
+                FP8=FP8, row_unscale=row_unscale, HEAD_N=HEAD_N, WIDEN=WIDEN, pair_second=pair_second,
                 KV_PAIR=KV_PAIR)
         elif SINGLE_LOOP:
             # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
@@ -1113,7 +1138,7 @@ def _attend_tile(
                 BLOCK_N, USE_TMA, GUARD, masked_head_end, unmasked_end, MASK_EDGES_ONLY,
                 k_begin, IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, K_NEW=K_NEW,
                 V_NEW=V_NEW, new_source=new_source, first_new=seqlen_k - seqlen_q, stride_ns=stride_ns,
-                READ_NEW=APPEND_NEW and APPEND_READS_INPUT, HEAD_N=HEAD_N, WIDEN_PAIRS=WIDEN_PAIRS,
+                READ_NEW=APPEND_NEW and APPEND_READS_INPUT, HEAD_N=HEAD_N, WIDEN=WIDEN,
                 pair_second=pair_second, KV_PAIR=KV_PAIR)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
@@ -1142,7 +1167,7 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS,
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN=WIDEN,
                 pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
                 chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER)
             acc, l_i, m_i, visited = _attend_blocks(
@@ -1153,7 +1178,7 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS,
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN=WIDEN,
                 pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
                 chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER)
             acc, l_i, m_i, visited = _attend_blocks(
@@ -1163,7 +1188,7 @@ def _attend_tile(
                 page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN_PAIRS=WIDEN_PAIRS,
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN=WIDEN,
                 pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
                 chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER)
 
@@ -1199,7 +1224,7 @@ def _swa_fwd_kernel(
     HAS_LEFTPAD_K: tl.constexpr, HAS_CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
     FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
-    WIDEN_PAIRS: tl.constexpr = False, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
+    WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PRELOAD_L2: tl.constexpr = 0, PREFETCH_PARTNER: tl.constexpr = 0,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
@@ -1268,7 +1293,7 @@ def _swa_fwd_kernel(
                     HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
                     HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST,
                     SINGLE_LOOP, REDO_FLAGGED, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K,
-                    HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, FP8, HEAD_N=HEAD_N, WIDEN_PAIRS=WIDEN_PAIRS,
+                    HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, FP8, HEAD_N=HEAD_N, WIDEN=WIDEN,
                     KV_PAIR=KV_PAIR,
                 )
     else:
@@ -1285,7 +1310,7 @@ def _swa_fwd_kernel(
             num_splits, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
-            BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN_PAIRS, PREFETCH_PAGES, KV_PAIR,
+            BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN, PREFETCH_PAGES, KV_PAIR,
             PREFETCH_PARTNER,
         )
 
@@ -1312,6 +1337,14 @@ def _widens_pairs(device: torch.device) -> bool:
         return False
     properties = device_properties(device)
     return (properties.major, properties.minor) >= (8, 9)
+
+
+def _e4m3_widening(device: torch.device) -> int:
+    """``_widen_e4m3``'s mode for this device: WIDEN_FENCED with ``FP8_FENCED_WIDENING`` (compiled only: PTX),
+    WIDEN_IN_PAIRS where ``_widens_pairs``, else WIDEN_TO."""
+    if FP8_FENCED_WIDENING and device.type == "cuda" and not _compat.interpreter_enabled():
+        return WIDEN_FENCED.value
+    return WIDEN_IN_PAIRS.value if _widens_pairs(device) else WIDEN_TO.value
 
 
 def _prefetches_partner(device: torch.device) -> int:
@@ -1401,11 +1434,12 @@ def settings() -> tuple:
     """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
     scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode, the fused append's reads, the
     page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the L2 preload before
-    the wait, the e4m3 split loop's prefetch beyond its own rows."""
+    the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, APPEND_READS_INPUT, PREFETCH_PAGE_TABLE,
-            WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2, PRELOAD_L2_SPLITS, FP8_PREFETCH_PARTNER)
+            WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2, PRELOAD_L2_SPLITS, FP8_PREFETCH_PARTNER,
+            FP8_FENCED_WIDENING)
 
 
 def attention_forward(
@@ -1671,7 +1705,7 @@ class _ForwardPlan:
             HAS_SEQUSED_Q=seqused_q is not None, HAS_LEFTPAD_K=cache_leftpad is not None,
             HAS_CHUNK=attention_chunk > 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d,
             HEAD_DIM=head_dim, FP8=fp8, HEAD_N=config.head_block,
-            WIDEN_PAIRS=fp8 != NO_FP8.value and _widens_pairs(q.device), KV_PAIR=self.kv_pair,
+            WIDEN=_e4m3_widening(q.device) if fp8 != NO_FP8.value else WIDEN_TO.value, KV_PAIR=self.kv_pair,
         )
         # The fused append reads the new tokens from k / v on the single masked loop (APPEND_READS_INPUT), in grids of
         # at most one program per SM: the row pointers cost registers (window decode (16, 128, 4, 1): 154 -> 206,

@@ -176,3 +176,38 @@ def test_l2_preload_over_fp8_kv_gives_the_same_bits(monkeypatch, tokens):
     ref, _ = attention_kvcache_ref(qs[1], k_run, v_run, seqlens + 2 * tokens, page_table=table, k_descale=kd,
                                    v_descale=vd, causal=True, window_size=(127, 0), sinks=sinks, **REF)
     assert_close("out", outs[1], ref, OUT_TOL)
+
+
+@pytest.mark.parametrize("batch,context,left,new,quantize_q", [
+    (16, 16384, -1, 1, False),  # gpt-oss full decode (split-KV)
+    (4, 65536, -1, 1, False),  # many splits
+    (16, 16384, 127, 1, False),  # window decode
+    (16, 4096, 127, 4, False),  # verify of 4 tokens
+    (16, 16384, -1, 1, True),  # all-e4m3
+], ids=lambda v: str(v))
+def test_fenced_widening_at_real_sizes(monkeypatch, batch, context, left, new, quantize_q):
+    """fwd.FP8_FENCED_WIDENING (the products over 16-bit operand layouts: e4m3 K/V widened, then through an identity
+    with a side effect) against the reference: the shipped configs, automatic splits, sinks."""
+    from swattn.kernels import fwd
+    monkeypatch.setattr(fwd, "FP8_FENCED_WIDENING", True)
+    heads, kv_heads, head_dim, page_size = 64, 8, 64, 16
+    pages = -(-context // page_size)
+    k_cache, v_cache = e4m3(batch * pages, page_size, kv_heads, head_dim), e4m3(batch * pages, page_size, kv_heads,
+                                                                               head_dim)
+    table = torch.randperm(batch * pages, device=DEVICE).view(batch, pages).to(torch.int32)
+    lens = torch.randint(context // 2, context - new + 1, (batch,), device=DEVICE, dtype=torch.int32)
+    q = torch.randn(batch, new, heads, head_dim, device=DEVICE, dtype=BF16)
+    descales = dict(k_descale=descale(batch, kv_heads), v_descale=descale(batch, kv_heads))
+    if quantize_q:
+        q = (q * 8).to(FP8)
+        descales["q_descale"] = descale(batch, kv_heads)
+    sinks = torch.randn(heads, device=DEVICE)
+    out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table,
+                                              causal=True, window_size=(left, 0), sinks=sinks,
+                                              return_softmax_lse=True, **descales)
+    assert any(plan.fp8 and plan.main.constexprs["WIDEN"] == fwd.WIDEN_FENCED.value for plan in fwd._PLANS.values())
+    ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, page_table=table, causal=True,
+                                             window_size=(left, 0), sinks=sinks, **descales, **REF)
+    assert out.dtype == BF16
+    assert_close("out", out, ref_out, OUT_TOL)
+    check_lse(lse, ref_lse)
