@@ -39,6 +39,7 @@ from swattn.kernels._launch import clear_plans  # noqa: E402
 from swattn.kernels.configs import BwdConfig, FwdConfig, backward_config, forced_config  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
+H200_SMS = 132
 REGISTERS_PER_SM, MAX_WARPS_PER_SM, SHARED_PER_SM = 65536, 64, 227 * 1024
 LAUNCH_OPTIONS = ("num_warps", "num_stages", "launch_pdl", "maxnreg")
 
@@ -242,13 +243,14 @@ def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, fwd_settings:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launches.append((args, kwargs))
 
-    saved = fwd.combine_launch, fwd.tma_compatible, fwd.pdl_enabled, fwd._widens_pairs
+    saved = fwd.combine_launch, fwd.tma_compatible, fwd.pdl_enabled, fwd._widens_pairs, fwd._persistent_programs
     fwd._swa_fwd_kernel = Capture()
     fwd.combine_launch = lambda *args, **kwargs: None  # the merge kernel is not reported
     clear_plans()  # plans hold the kernel and the settings they were made with
     fwd.tma_compatible = lambda *tensors: True  # as for aligned CUDA tensors on Hopper (CPU tensors never are)
     fwd.pdl_enabled = lambda device: pdl
     fwd._widens_pairs = lambda device: fwd.WIDEN_E4M3_PAIRS  # as on sm_89+
+    fwd._persistent_programs = lambda device: H200_SMS  # the grid-size choices as on the H200 (one pass, fused reads)
     for name, value in (fwd_settings or {}).items():
         setattr(fwd, name, value)
     try:
@@ -256,7 +258,7 @@ def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, fwd_settings:
             fwd.attention_forward(q, k, v, softmax_scale=q.shape[-1] ** -0.5, **forward_kwargs)
     finally:
         fwd._swa_fwd_kernel = kernel
-        fwd.combine_launch, fwd.tma_compatible, fwd.pdl_enabled, fwd._widens_pairs = saved
+        fwd.combine_launch, fwd.tma_compatible, fwd.pdl_enabled, fwd._widens_pairs, fwd._persistent_programs = saved
         for name, value in previous.items():
             setattr(fwd, name, value)
         clear_plans()
@@ -277,6 +279,8 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
     fp8_full = _fp8_decode_stages(_bf16_forward_config(64, 8, True, None, 683), 8, True, paged=True)
     fp8_window = _fp8_decode_stages(_bf16_forward_config(64, 8, True, 128), 8, True, paged=True)
     new_token = torch.randn(16, 1, 8, 64, dtype=torch.bfloat16)  # one new k (and v) token per decode query
+    verify8 = dict(decode, q=(16, 8, 64, 64))
+    draft_tokens = torch.randn(16, 8, 8, 64, dtype=torch.bfloat16)  # k = 8 new tokens per sequence
     return [
         ("prefill W(127,0) D64 packed", w127, prefill, dict(left=127, right=0, pack_gqa=True)),
         ("prefill W(4095,0) D64", _bf16_forward_config(64, 512, False, 4096), prefill, dict(left=4095, right=0)),
@@ -300,6 +304,10 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         ("decode W(127,0) paged, fused append (the default for window decode: ops.FUSED_APPEND_DEFAULTS)",
          _bf16_forward_config(64, 8, True, 128), decode,
          dict(left=127, right=0, pack_gqa=True, new_k=new_token, new_v=torch.randn_like(new_token))),
+        # Speculative verify, k = 8 (and k = 4, padded to the same tile): the head-block tile (128 + 16 keys) with the
+        # fused append and the one pass's guard, its scores masked by row bounds (fwd.ROW_BOUND_MASK).
+        ("verify k=8 W(127,0) paged, head block, fused append", _bf16_forward_config(64, 64, True, 128, 135, 128 / 132),
+         verify8, dict(left=127, right=0, pack_gqa=True, new_k=draft_tokens, new_v=torch.randn_like(draft_tokens))),
         ("experimental: decode W(127,0) paged, fused append, L2 preload before the PDL wait (fwd.PRELOAD_L2=2)",
          _bf16_forward_config(64, 8, True, 128), decode,
          dict(left=127, right=0, pack_gqa=True, new_k=new_token, new_v=torch.randn_like(new_token),

@@ -87,11 +87,23 @@ CASES = [pytest.param(step, window, (1, 16, 64)[(s + w) % 3], (torch.float32, to
 CASES += [pytest.param("verify-varlen", (-1, 0), 16, torch.float32, False, 64, id="verify-varlen-chunk64-page16"),
           pytest.param("decode", (127, 0), 1, torch.float16, True, 100, id="decode-W127_0-chunk100-page1"),
           pytest.param("verify-dense", (20, 0), 16, torch.float32, True, 32, id="verify-dense-W20_0-chunk32-leftpad")]
+# The verify tile of 16 + 16 keys (FwdConfig.head_block, as the GPU's 128 + 16) with its row-bound mask
+# (fwd.ROW_BOUND_MASK, the default): at most 20 + 8 keys per tile.
+HEAD_BLOCK = FwdConfig(32, 16, 4, 1, single_loop=True, head_block=16)
+CASES += [pytest.param("verify-dense", (20, 0), 16, torch.float16, False, 0, HEAD_BLOCK,
+                       id="verify-dense-W20_0-page16-head-block")]
 
 
-@pytest.mark.parametrize("step, window, page_size, dtype, check_inputs, chunk", [
-    pytest.param(*case.values, 0, id=case.id) if len(case.values) == 5 else case for case in CASES])
-def test_pages_before_first_readable_page_are_never_read(step, window, page_size, dtype, check_inputs, chunk):
+def _case_values(case) -> tuple:
+    """A CASES entry as (step, window, page_size, dtype, check_inputs, chunk, config)."""
+    values = tuple(case.values)
+    return values + (0, BLOCK64)[len(values) - 5:]
+
+
+@pytest.mark.parametrize("step, window, page_size, dtype, check_inputs, chunk, config", [
+    pytest.param(*_case_values(case), id=case.id) for case in CASES])
+def test_pages_before_first_readable_page_are_never_read(step, window, page_size, dtype, check_inputs, chunk,
+                                                         config):
     """Poison every page (data and table entry) before ``first_readable_page``: outputs and LSE are bit-identical
     to the unpoisoned run and match the float64 reference; the appended tokens land in the cache. With
     ``check_inputs`` the argument checks accept the poisoned table (they skip the entries before the window)."""
@@ -138,7 +150,7 @@ def test_pages_before_first_readable_page_are_never_read(step, window, page_size
     expected_k, expected_v = k_cache.clone(), v_cache.clone()
     append_kv_ref(expected_k, expected_v, k_new, v_new, cache_seqlens, page_table=table, cu_seqlens_q=cu)
 
-    with forced_config(BLOCK64):
+    with forced_config(config):
         out_clean, lse_clean = flash_attn_with_kvcache(q, k_cache, v_cache, page_table=table, **kwargs)
         out, lse = flash_attn_with_kvcache(q, k_bad, v_bad, page_table=table_bad, check_inputs=check_inputs,
                                            **kwargs)

@@ -36,7 +36,9 @@ from swattn.kernels._common import (
     descale_strides,
     dot,
     finish_rows,
+    first_visible_key,
     in_window,
+    last_visible_key,
     lse_strides,
     ones_descale,
     safe_pivot,
@@ -118,6 +120,18 @@ GUARD_BRANCH = True
 # (no isolation 6.12 / 6.81 / 7.62; decode 5.41). SWATTN_GUARD_CHECKS_OUTPUT=0: the branch on V's values.
 GUARD_CHECKS_OUTPUT = os.environ.get("SWATTN_GUARD_CHECKS_OUTPUT", "1") not in ("", "0")
 
+
+# The head-block verify tile (FwdConfig.head_block) masks its scores by per-row key bounds (``_mask_columns``): each
+# row's first and last visible key (swattn.window's first / last visible key, the twins in _common), compared with
+# the block's column indices, and of the two compares only those some row of the tile needs in that block (a branch
+# on the tile's extreme rows: at window (127, 0) the 128-key block needs only the causal bound, the 16-key block only
+# the window's start). ``in_window`` on the [rows x keys] indices cost two compares, two selects and the key indices
+# per element, and its predicates were kept in registers for the guarded redo. Compiled for sm_90 (Triton 3.6), B=16
+# W(127,0) verify k = 8 (and k = 4 in the same 64-row tile) with the fused append, the main launch's path on finite
+# data (the guarded redo skipped, the verify step's mask branches): 2650 SASS instructions per warp with in_window and
+# the exact finiteness check, 2266 with two-sided row bounds, 2042 with the one-sided compares and the summed check
+# (``_all_finite``); decode + append 1411. The same bits. False (SWATTN_ROW_BOUND_MASK=0): ``in_window``.
+ROW_BOUND_MASK = os.environ.get("SWATTN_ROW_BOUND_MASK", "1") not in ("", "0")
 
 # The fused append (APPEND_NEW) on the single masked loop (window decode and verify, short splits): each program
 # loads the new tokens of its blocks from k / v (the call's new tokens), uses them, and writes them into the cache
@@ -531,6 +545,30 @@ def _exp_scores(qk, qk_scale, pivot, HAS_SOFTCAP: tl.constexpr, FP8: tl.constexp
 
 
 @triton.jit
+def _mask_columns(qk, first_key, first, last, first_max, last_min):
+    """Scores ``qk`` ``[rows, BLOCK]`` of keys ``first_key + [0, BLOCK)``, those outside each row's visible keys
+    ``[first, last]`` (``[rows]``) set to -inf. The compares are against the block's column indices (per thread,
+    known) with bounds relative to the block; a side's compare is left out when no row of the tile needs it in this
+    block: ``first_max`` / ``last_min`` are the largest first and smallest last visible key of the tile's real rows
+    (its last and first row: both bounds grow with the row), so ``first_max <= first_key`` means every row sees the
+    block from its first key on. Rows past the real ones (padding) may then see more keys; their results are dropped.
+    """
+    BLOCK: tl.constexpr = qk.shape[1]
+    column = tl.arange(0, BLOCK)[None, :]
+    lo = (first - first_key)[:, None]
+    hi = (last - first_key)[:, None]
+    needs_last = last_min < first_key + (BLOCK - 1)
+    if first_max > first_key:
+        if needs_last:
+            qk = tl.where((column >= lo) & (column <= hi), qk, float("-inf"))
+        else:
+            qk = tl.where(column >= lo, qk, float("-inf"))
+    elif needs_last:
+        qk = tl.where(column <= hi, qk, float("-inf"))
+    return qk
+
+
+@triton.jit
 def _guard_values(v, visible):
     """0 * NaN is NaN: a non-finite value row would reach, through the P @ V product, the rows of its block that
     cannot see its key. Returns ``v`` with such rows zeroed for the product and the rows that see one (to poison
@@ -542,9 +580,13 @@ def _guard_values(v, visible):
 
 
 @triton.jit
-def _all_finite(v):
-    """Whether every value of the tile is finite (a scalar)."""
-    return tl.min(tl.min((tl.abs(v) < float("inf")).to(tl.int32), 1), 0) == 1
+def _all_finite(x):
+    """True when every value of the tile is finite (a scalar); False when one is not and, rarely, when finite values
+    sum past the largest float: callers then take the guarded path, which gives the same bits on finite values. One
+    sum of the tile (a NaN or an infinity makes it non-finite), one add per element: the compare, select and minimum
+    per element of an exact test took ~110 more instructions per warp on a 64-row verify tile (sm_90, Triton 3.6)."""
+    total = tl.sum(tl.sum(x.to(tl.float32), 1), 0)
+    return total - total == 0.0
 
 
 @triton.jit
@@ -613,16 +655,37 @@ def _softmax_step_two_blocks(acc, l_i, m_i, q, k_head, v_head, offs_h, head_mask
                              offset, left, right, softmax_scale, softcap, HAS_LEFT: tl.constexpr,
                              HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr,
                              GUARD_NON_FINITE: tl.constexpr, chunk, HAS_CHUNK: tl.constexpr, FP8: tl.constexpr,
-                             row_unscale, WIDEN: tl.constexpr = 0):
+                             row_unscale, WIDEN: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
+                             seqlen_q=0, seqlen_k=0, kv_start=0, kv_end=0, first_pos=0, last_pos=0):
     """``_softmax_step`` over two masked blocks at once (``HEAD_N``): one row max, one rescale, the two products
-    summed, so neither block's reductions wait for the other's."""
+    summed, so neither block's reductions wait for the other's. ``ROW_BOUNDS`` (``ROW_BOUND_MASK``): the scores
+    masked by ``_mask_columns`` (the tile's keys from ``kv_start`` on, its real rows at positions ``first_pos ..
+    last_pos``) instead of ``in_window``."""
     qk_h, qk_scale, v_head, visible_h = _block_scores(q, k_head, v_head, offs_h, head_mask, row_pos, offset, left,
                                                       right, softmax_scale, softcap, 0, 0, 0, HAS_LEFT, HAS_RIGHT,
-                                                      HAS_SOFTCAP, UPCAST, True, False, chunk, HAS_CHUNK, FP8,
-                                                      row_unscale, WIDEN)
+                                                      HAS_SOFTCAP, UPCAST, not ROW_BOUNDS, False, chunk, HAS_CHUNK,
+                                                      FP8, row_unscale, WIDEN)
     qk, qk_scale, v, visible = _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale,
-                                             softcap, 0, 0, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, UPCAST, True, False,
-                                             chunk, HAS_CHUNK, FP8, row_unscale, WIDEN)
+                                             softcap, 0, 0, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, UPCAST,
+                                             not ROW_BOUNDS, False, chunk, HAS_CHUNK, FP8, row_unscale, WIDEN)
+    if ROW_BOUNDS:
+        # Each row's first and last visible key among the loaded ones (keys from kv_start on), and the extremes
+        # over the tile's real rows (swattn.window's arithmetic, the _common twins).
+        first = tl.maximum(first_visible_key(row_pos, seqlen_q, seqlen_k, left, HAS_LEFT, chunk, HAS_CHUNK), kv_start)
+        last = last_visible_key(row_pos, seqlen_q, seqlen_k, right, HAS_RIGHT, chunk, HAS_CHUNK)
+        first_max = tl.maximum(first_visible_key(last_pos, seqlen_q, seqlen_k, left, HAS_LEFT, chunk, HAS_CHUNK),
+                               kv_start)
+        last_min = last_visible_key(first_pos, seqlen_q, seqlen_k, right, HAS_RIGHT, chunk, HAS_CHUNK)
+        HEAD_N: tl.constexpr = offs_h.shape[0]
+        BLOCK_N: tl.constexpr = offs_n.shape[0]
+        qk_h = _mask_columns(qk_h, kv_end - BLOCK_N - HEAD_N, first, last, first_max, last_min)
+        qk = _mask_columns(qk, kv_end - BLOCK_N, first, last, first_max, last_min)
+        if GUARD_NON_FINITE == 1 or GUARD_NON_FINITE == 2:
+            # The guarded product's mask, both sides (GUARD_ONE_PASS_CHECKED computes it in its redo only).
+            visible_h = in_window(head_mask[None, :], offs_h[None, :], row_pos[:, None], offset, left, right, HAS_LEFT,
+                                  HAS_RIGHT, chunk, HAS_CHUNK)
+            visible = in_window(load_mask[None, :], offs_n[None, :], row_pos[:, None], offset, left, right, HAS_LEFT,
+                                HAS_RIGHT, chunk, HAS_CHUNK)
     m_new = tl.maximum(m_i, tl.maximum(tl.max(qk_h, 1), tl.max(qk, 1)) * qk_scale)
     pivot = safe_pivot(m_new)
     p_h = _exp_scores(qk_h, qk_scale, pivot, HAS_SOFTCAP, FP8)
@@ -642,8 +705,17 @@ def _softmax_step_two_blocks(acc, l_i, m_i, q, k_head, v_head, offs_h, head_mask
         if _all_finite(plain):
             acc = plain
         else:
-            v_head, sees_h = _guard_values(v_head, visible_h)
-            v, sees = _guard_values(v, visible)
+            redo_visible_h = visible_h
+            redo_visible = visible
+            if ROW_BOUNDS:
+                # The mask here, from in_window: the scores' row bounds, reused, would be kept in registers through
+                # the common path for this rare redo.
+                redo_visible_h = in_window(head_mask[None, :], offs_h[None, :], row_pos[:, None], offset, left,
+                                           right, HAS_LEFT, HAS_RIGHT, chunk, HAS_CHUNK)
+                redo_visible = in_window(load_mask[None, :], offs_n[None, :], row_pos[:, None], offset, left, right,
+                                         HAS_LEFT, HAS_RIGHT, chunk, HAS_CHUNK)
+            v_head, sees_h = _guard_values(v_head, redo_visible_h)
+            v, sees = _guard_values(v, redo_visible)
             acc = tl.where((sees_h | sees)[:, None], float("nan"),
                            _pv(_pv(acc * alpha[:, None], p_h, v_head, UPCAST), p, v, UPCAST))
     else:
@@ -669,7 +741,8 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                    FP8: tl.constexpr = NO_FP8, row_unscale=1.0, K_NEW=None, V_NEW=None, new_source=0, first_new=0,
                    stride_ns=0, READ_NEW: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
                    WIDEN: tl.constexpr = 0, pair_second=None, KV_PAIR: tl.constexpr = 0, k_partner=0,
-                   v_partner=0, chunk_slot=0, PREFETCH_PARTNER: tl.constexpr = 0):
+                   v_partner=0, chunk_slot=0, PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
+                   first_pos=0, last_pos=0):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
     blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it).
@@ -688,7 +761,8 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
     HEAD_N``, no descriptors): instead of the loop, one ``BLOCK_N``-key block ending at ``kv_end`` and one
     ``HEAD_N``-key block before it, both loaded before either is used (one dependent memory round trip): a
     speculative verify of k tokens at window (127, 0) sees 127 + k keys, which one 256-key block covered with 125 - k
-    keys of masked work.
+    keys of masked work. With ``ROW_BOUNDS`` (``ROW_BOUND_MASK``) their scores are masked by per-row key bounds
+    (``_mask_columns``; ``first_pos`` / ``last_pos``: the positions of the tile's first and last real rows).
     ``KV_PAIR`` (``FP8_TWO_KV_HEADS``; not with HEAD_N, READ_NEW, TMA): ``offs_d`` spans two KV heads' rows (``2 *
     D``, adjacent in memory), each tile is loaded once for both and ``_block_scores`` / ``_pv`` give each row its
     own head's products (``pair_second``).
@@ -708,7 +782,8 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
         acc, l_i, m_i = _softmax_step_two_blocks(acc, l_i, m_i, q, k_head, v_head, offs_h, head_mask, k, v, offs_n,
                                                  load_mask, row_pos, offset, left, right, softmax_scale, softcap,
                                                  HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, UPCAST, GUARD_NON_FINITE, chunk,
-                                                 HAS_CHUNK, FP8, row_unscale, WIDEN)
+                                                 HAS_CHUNK, FP8, row_unscale, WIDEN, ROW_BOUNDS, seqlen_q,
+                                                 seqlen_k, kv_start, kv_end, first_pos, last_pos)
     else:
         for block in range(block_begin, block_end):
             offs_n = kv_start + block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -777,8 +852,9 @@ def _tile_rows(
 ):
     """The rows of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads) and the keys
     they see: ``(batch, q_begin, seqlen_q, k_begin, seqlen_k, active, row_valid, row_pos, row_head, kv_head,
-    kv_start, kv_end, masked_head_end, unmasked_end, num_blocks)``; ``active`` is false for a tile past its
-    sequence's rows (its key range is then meaningless)."""
+    kv_start, kv_end, masked_head_end, unmasked_end, num_blocks, first_pos, last_pos)``; ``active`` is false for a
+    tile past its sequence's rows (its key range is then meaningless); ``first_pos`` / ``last_pos``: the positions of
+    its first and last real rows."""
     if PACK_GQA:
         heads_per_program = num_heads // queries_per_kv_head
     else:
@@ -815,7 +891,7 @@ def _tile_rows(
     kv_start, kv_end, masked_head_end, unmasked_end, num_blocks = block_ranges(
         first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N, HAS_LEFT, HAS_RIGHT, chunk, HAS_CHUNK)
     return (batch, q_begin, seqlen_q, k_begin, seqlen_k, active, row_valid, row_pos, row_head, kv_head,
-            kv_start, kv_end, masked_head_end, unmasked_end, num_blocks)
+            kv_start, kv_end, masked_head_end, unmasked_end, num_blocks, first_pos, last_pos)
 
 
 @triton.jit
@@ -1007,7 +1083,7 @@ def _attend_tile(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, FP8: tl.constexpr,
     APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
-    PREFETCH_PARTNER: tl.constexpr = 0,
+    PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads, or with
     ``KV_PAIR`` two KV heads' packed heads), over its share ``split`` of the KV loop; the body of
@@ -1019,7 +1095,7 @@ def _attend_tile(
     else:
         rows_group = queries_per_kv_head
     (batch, q_begin, seqlen_q, k_begin, seqlen_k, active, row_valid, row_pos, row_head, kv_head,
-     kv_start, kv_end, masked_head_end, unmasked_end, num_blocks) = _tile_rows(
+     kv_start, kv_end, masked_head_end, unmasked_end, num_blocks, first_pos, last_pos) = _tile_rows(
         tile, batch_head, seqlen_q, seqlen_k, num_heads, rows_group, left, right,
         CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, HAS_LEFT, HAS_RIGHT, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
         PACK_GQA, BLOCK_M, BLOCK_N, APPEND_NEW, SEQUSED_Q, HAS_SEQUSED_Q, LEFTPAD_K, HAS_LEFTPAD_K, chunk, HAS_CHUNK)
@@ -1122,7 +1198,7 @@ def _attend_tile(
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, USE_TMA,
                 True, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk, HAS_CHUNK=HAS_CHUNK,
                 FP8=FP8, row_unscale=row_unscale, HEAD_N=HEAD_N, WIDEN=WIDEN, pair_second=pair_second,
-                KV_PAIR=KV_PAIR)
+                KV_PAIR=KV_PAIR, ROW_BOUNDS=ROW_BOUNDS, first_pos=first_pos, last_pos=last_pos)
         elif SINGLE_LOOP:
             # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
             # The one pass guards every block, or (2) only blocks whose values are not all finite, or (3) only blocks
@@ -1139,7 +1215,8 @@ def _attend_tile(
                 k_begin, IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, K_NEW=K_NEW,
                 V_NEW=V_NEW, new_source=new_source, first_new=seqlen_k - seqlen_q, stride_ns=stride_ns,
                 READ_NEW=APPEND_NEW and APPEND_READS_INPUT, HEAD_N=HEAD_N, WIDEN=WIDEN,
-                pair_second=pair_second, KV_PAIR=KV_PAIR)
+                pair_second=pair_second, KV_PAIR=KV_PAIR, ROW_BOUNDS=ROW_BOUNDS, first_pos=first_pos,
+                last_pos=last_pos)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
             k_partner = 0
@@ -1225,7 +1302,7 @@ def _swa_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
     FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
-    PRELOAD_L2: tl.constexpr = 0, PREFETCH_PARTNER: tl.constexpr = 0,
+    PRELOAD_L2: tl.constexpr = 0, PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -1294,7 +1371,7 @@ def _swa_fwd_kernel(
                     HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST,
                     SINGLE_LOOP, REDO_FLAGGED, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K,
                     HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, FP8, HEAD_N=HEAD_N, WIDEN=WIDEN,
-                    KV_PAIR=KV_PAIR,
+                    KV_PAIR=KV_PAIR, ROW_BOUNDS=ROW_BOUNDS,
                 )
     else:
         # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
@@ -1311,7 +1388,7 @@ def _swa_fwd_kernel(
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
             BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN, PREFETCH_PAGES, KV_PAIR,
-            PREFETCH_PARTNER,
+            PREFETCH_PARTNER, ROW_BOUNDS,
         )
 
 # Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_DESCALE); BLOCK_COUNT's position among them.
@@ -1434,12 +1511,13 @@ def settings() -> tuple:
     """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
     scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode, the fused append's reads, the
     page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the L2 preload before
-    the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening."""
+    the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening, the head-block tile's
+    row-bound mask."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, APPEND_READS_INPUT, PREFETCH_PAGE_TABLE,
             WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2, PRELOAD_L2_SPLITS, FP8_PREFETCH_PARTNER,
-            FP8_FENCED_WIDENING)
+            FP8_FENCED_WIDENING, ROW_BOUND_MASK)
 
 
 def attention_forward(
@@ -1704,7 +1782,7 @@ class _ForwardPlan:
             MASK_EDGES_ONLY=config.single_loop and config.mask_edges_only, APPEND_NEW=append_new,
             HAS_SEQUSED_Q=seqused_q is not None, HAS_LEFTPAD_K=cache_leftpad is not None,
             HAS_CHUNK=attention_chunk > 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d,
-            HEAD_DIM=head_dim, FP8=fp8, HEAD_N=config.head_block,
+            HEAD_DIM=head_dim, FP8=fp8, HEAD_N=config.head_block, ROW_BOUNDS=ROW_BOUND_MASK and config.head_block > 0,
             WIDEN=_e4m3_widening(q.device) if fp8 != NO_FP8.value else WIDEN_TO.value, KV_PAIR=self.kv_pair,
         )
         # The fused append reads the new tokens from k / v on the single masked loop (APPEND_READS_INPUT), in grids of

@@ -22,7 +22,7 @@ from swattn.kernels.configs import FwdConfig, forced_config
 from swattn.kernels.fwd import attention_forward
 from swattn.reference import append_kv_ref, attention_kvcache_ref
 from swattn.testing import assert_close, tolerance_for
-from swattn.window import first_visible_key
+from swattn.window import first_visible_key, is_visible
 
 H, HK, D = 16, 2, 32
 LSE_TOL = 1e-4  # LSE is fp32 from fp32 accumulators whatever the input dtype
@@ -475,6 +475,73 @@ def test_head_block_covers_a_verify_tile_in_two_blocks(monkeypatch, layout, seql
     assert torch.equal(dirty[~seeing], out[~seeing])
     with forced_config(replace(config, block_n=8)), pytest.raises(ValueError, match="head_block"):
         run(q, clean_cache.clone(), cache_seqlens=seqlens, window_size=window, pack_gqa=True, **kwargs)
+
+
+# (k, window, attention_chunk, one pass): which of _mask_columns' branches each block of the 16 + 16 keys takes.
+ROW_BOUND_CASES = [
+    # The verify step's shape: the 16-key head block masked by the window's start only, the main block by the causal
+    # bound only; the always-guarded one pass, whose product needs the mask too.
+    pytest.param(4, (27, 0), 0, "always", id="verify4-w27,0-head-start-only-main-causal-only-always-guarded"),
+    # A right side: no row needs a mask in the main block; the guard behind a branch on V.
+    pytest.param(4, (20, 3), 0, "branched", id="verify4-w20,3-main-unmasked-branched"),
+    # A short window: the main block needs both bounds (and the head block holds no visible key).
+    pytest.param(4, (8, 0), 0, "checks-output", id="verify4-w8,0-main-both-bounds"),
+    # Chunks end rows' keys inside a block; 24 real rows of 32 (padding rows); the flags and the redo launch.
+    pytest.param(3, (25, 0), 20, "redo", id="verify3-w25,0-chunk20-padding-rows-redo-launch"),
+]
+
+
+@pytest.mark.parametrize("k_tokens, window, chunk, one_pass", ROW_BOUND_CASES)
+def test_head_block_row_bound_mask(monkeypatch, k_tokens, window, chunk, one_pass):
+    """``fwd.ROW_BOUND_MASK``: the head-block tile's scores masked by per-row key bounds with only the compares some
+    row needs per block (``_mask_columns``) give the bits of ``in_window``'s mask, the reference's output and LSE,
+    the appended cache, and exact non-finite isolation: a NaN value of the key only position 0 sees reaches only
+    position 0's rows. Sequences shorter than the window (the main block starts before key 0) and an empty cache
+    included."""
+    from swattn.kernels import fwd
+    monkeypatch.setattr(ops, "FUSED_APPEND", True)
+    monkeypatch.setattr(fwd, "ISOLATE_NON_FINITE", True)
+    monkeypatch.setattr(fwd, "SCAN_FLAGS_MAX_WORK", 0)
+    monkeypatch.setattr(fwd, "GUARD_ONE_PASS_MAX_WORK", 0 if one_pass == "redo" else 1 << 30)
+    monkeypatch.setattr(fwd, "GUARD_BRANCH", one_pass == "branched")
+    monkeypatch.setattr(fwd, "GUARD_CHECKS_OUTPUT", one_pass == "checks-output")
+    batch, capacity, seqlens = 3, 64, i32([9, 0, 39])
+    config = FwdConfig(32, 16, 4, 1, single_loop=True, head_block=16)
+    q = random_q(batch, k_tokens)
+    k_new, v_new = torch.randn(batch, k_tokens, HK, D), torch.randn(batch, k_tokens, HK, D)
+    clean = make_cache("paged-3", batch, capacity)
+    full = cache_after_append(clean, k_new, v_new, seqlens)
+    lengths = seqlens + k_tokens
+    # Position 0's first visible key in sequence 2 (before the chunk boundary at 40, which positions 1 and 2 are
+    # past), poisoned in V: it reaches only the rows of the positions that see it, KV head 1's query heads.
+    key = first_visible_key(0, k_tokens, int(lengths[2]), window[0], chunk)
+    assert key < int(seqlens[2])
+    poisoned = clean.clone()
+    page, slot = poisoned.location(2, key)
+    poisoned.v[page, slot, 1, 3] = float("nan")
+    seeing = torch.zeros(batch, k_tokens, H, dtype=torch.bool)
+    for position in range(k_tokens):
+        seeing[2, position, H // HK:] = bool(is_visible(position, key, k_tokens, int(lengths[2]), *window, chunk))
+    assert seeing[2, 0].any() and not seeing[2, -1].any()
+    results = {}
+    for row_bounds in (False, True):
+        monkeypatch.setattr(fwd, "ROW_BOUND_MASK", row_bounds)
+        for name, start in (("clean", clean), ("poisoned", poisoned)):
+            cache = start.clone()
+            with forced_config(config):
+                results[row_bounds, name] = run(q, cache, k=k_new, v=v_new, cache_seqlens=seqlens,
+                                                window_size=window, attention_chunk=chunk)
+            expected = cache_after_append(start, k_new, v_new, seqlens)
+            assert torch.equal(cache.k, expected.k)
+            assert torch.equal(cache.v.nan_to_num(7.0), expected.v.nan_to_num(7.0))
+    out, lse = results[True, "clean"]
+    check(out, lse, reference(q, full, lengths, window_size=window, attention_chunk=chunk), q)
+    for name in ("clean", "poisoned"):
+        assert all(torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
+                   for a, b in zip(results[True, name], results[False, name])), name
+    dirty, _ = results[True, "poisoned"]
+    assert torch.isnan(dirty[seeing]).any(-1).all() and not torch.isnan(dirty[~seeing]).any()
+    assert torch.equal(dirty[~seeing], out[~seeing])
 
 
 @pytest.mark.parametrize("layout", ["contig", "contig-batch-idx", "paged-3", "paged-16"])
