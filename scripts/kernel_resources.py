@@ -232,7 +232,7 @@ def compile_backward(config: BwdConfig, q, k, v, **backward_kwargs) -> list[tupl
 
 
 def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, fwd_settings: dict | None = None,
-                     **forward_kwargs) -> list[Resources]:
+                     sms: int | None = None, **forward_kwargs) -> list[Resources]:
     """Compile every launch ``attention_forward`` makes for these inputs under ``config`` (``pdl``: with
     programmatic dependent launch, the default on Hopper; False as with ``SWATTN_PDL=0``; ``fwd_settings``: module
     settings of swattn.kernels.fwd to set around the capture, e.g. ``{"PRELOAD_L2": 2}``)."""
@@ -250,7 +250,8 @@ def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, fwd_settings:
     fwd.tma_compatible = lambda *tensors: True  # as for aligned CUDA tensors on Hopper (CPU tensors never are)
     fwd.pdl_enabled = lambda device: pdl
     fwd._widens_pairs = lambda device: fwd.WIDEN_E4M3_PAIRS  # as on sm_89+
-    fwd._persistent_programs = lambda device: H200_SMS  # the grid-size choices as on the H200 (one pass, fused reads)
+    if sms:  # the grid-size choices (one pass, the fused append's reads) as on a GPU of that many SMs
+        fwd._persistent_programs = lambda device: sms
     for name, value in (fwd_settings or {}).items():
         setattr(fwd, name, value)
     try:
@@ -307,7 +308,8 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         # Speculative verify, k = 8 (and k = 4, padded to the same tile): the head-block tile (128 + 16 keys) with the
         # fused append and the one pass's guard, its scores masked by row bounds (fwd.ROW_BOUND_MASK).
         ("verify k=8 W(127,0) paged, head block, fused append", _bf16_forward_config(64, 64, True, 128, 135, 128 / 132),
-         verify8, dict(left=127, right=0, pack_gqa=True, new_k=draft_tokens, new_v=torch.randn_like(draft_tokens))),
+         verify8, dict(left=127, right=0, pack_gqa=True, new_k=draft_tokens, new_v=torch.randn_like(draft_tokens),
+                       sms=H200_SMS)),
         ("experimental: decode W(127,0) paged, fused append, L2 preload before the PDL wait (fwd.PRELOAD_L2=2)",
          _bf16_forward_config(64, 8, True, 128), decode,
          dict(left=127, right=0, pack_gqa=True, new_k=new_token, new_v=torch.randn_like(new_token),
