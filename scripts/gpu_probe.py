@@ -38,6 +38,8 @@ Sections (argv; all by default):
   fused_append_splits  the model step's full layer (B=16 8K decode) with the fused append at fewer splits;
   serving_s6  session 6: W(127,0) decode + append and verify k = 2, 4, 8 with the L2 preload before the PDL wait
             (fwd.PRELOAD_L2) and k = 4 in a 64-row tile, FA3 beside; full decode B=4 16K with the preload;
+  serving_s7  session 7: W(127,0) decode + append and verify k = 2, 4, 8 with the head-block tile's row-bound mask
+            (fwd.ROW_BOUND_MASK) against in_window's, FA3 beside; full decode B=4 16K against the copy;
   verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0) against decode: no append, the
             fused append, without the non-finite redo launch, one 256-key block for the 127 + k keys, two stages.
 Run: ``python scripts/gpu_probe.py [sections]``; ``PROBE_WARM=1`` runs every variant once without timing (compiles
@@ -1264,6 +1266,67 @@ def serving_s6() -> None:
             print(f"  full decode B=4 16K {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
         finally:
             fwd.PRELOAD_L2 = previous
+
+
+def serving_s7() -> None:
+    """Session 7 (issue 21): W(127,0) decode + append (B=16, 1K, page 16, fused append) and verify k = 2, 4, 8, us per
+    call cold (a graph over 48 input sets) | warm (one set replayed): ``shipped`` (the head-block tile's scores masked
+    by per-row key bounds, fwd.ROW_BOUND_MASK, and the summed finiteness check) against ``in_window mask``
+    (ROW_BOUND_MASK off: the mask of session 6, with the summed check), FA3 beside (no append); the verify / decode
+    ratio of each. Then full decode B=4 16K (one input set, 20 calls per graph) against the copy of its bytes."""
+    input_sets = 48
+    print("\n## s7 W(127,0) B=16 1K page 16, fused append: us/call cold (48 sets) | warm (1 set); k=1 is decode",
+          flush=True)
+    decode: dict[str, float] = {}
+    for k in _probe_ks((1, 2, 4, 8)):
+        sets, without_append = _verify_sets(k, input_sets)
+        ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True, window_size=(127, 0)).float()
+        variants = [("shipped", sets, None, {})]
+        if k > 1:
+            variants.append(("in_window mask", sets, None, dict(ROW_BOUND_MASK=False)))
+        times = _time_verify_variants(variants, ref, k, input_sets)
+        _print_verify_times(k, times, without_append, input_sets)
+        for label, values in times.items():
+            if not values or WARM_ONLY:
+                continue
+            cold = float(values[-1].split(" | ")[0])
+            if k == 1:
+                decode[label] = cold
+            elif "shipped" in decode:
+                print(f"  k={k} {label}: {cold / decode['shipped']:.2f}x decode (cold)", flush=True)
+        sets.clear()
+        without_append.clear()
+        torch.cuda.empty_cache()
+    if os.environ.get("PROBE_S7_FULL", "1") in ("", "0"):
+        return
+    batch, context = 4, 16384
+    kv_bytes = batch * context * 8 * 64 * 2 * 2
+    copy = torch.empty(kv_bytes, device=DEVICE, dtype=torch.uint8)
+    copy_us = graph_us(functools.partial(copy[: kv_bytes // 2].copy_, copy[kv_bytes // 2:]), 20)
+    copy = None
+    inputs = full_decode_inputs(batch, context)
+    call = functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True)
+    ref = call().float()
+    for label, settings in (("shipped", {}),):
+        print(f"  full decode B=4 16K page 16 {label}: {_full_decode_us(call, ref, settings, copy_us)}", flush=True)
+
+
+def _full_decode_us(call, ref, settings: dict, copy_us: float) -> str:
+    """``call`` graph-replayed (20 per graph) under fwd ``settings``: "us (% of copy, rel diff)" or why it
+    failed."""
+    from swattn.kernels import fwd
+    previous = {name: getattr(fwd, name) for name in settings}
+    for name, value in settings.items():
+        setattr(fwd, name, value)
+    try:
+        err = ((call().float() - ref).norm() / ref.norm()).item()
+        us = graph_us(call, 20)
+        return f"{us:.1f} us ({100 * copy_us / us:.0f}% of copy {copy_us:.1f} us; rel diff {err:.0e})"
+    except Exception as exc:  # report and go on
+        return f"failed: {type(exc).__name__}: {str(exc)[:150]}"
+    finally:
+        for name, value in previous.items():
+            setattr(fwd, name, value)
 
 
 def _nothing():
