@@ -243,13 +243,16 @@ def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, fwd_settings:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launches.append((args, kwargs))
 
-    saved = fwd.combine_launch, fwd.tma_compatible, fwd.pdl_enabled, fwd._widens_pairs, fwd._persistent_programs
+    saved = (fwd.combine_launch, fwd.tma_compatible, fwd.pdl_enabled, fwd._widens_pairs, fwd._persistent_programs,
+             fwd._e4m3_widening)
     fwd._swa_fwd_kernel = Capture()
     fwd.combine_launch = lambda *args, **kwargs: None  # the merge kernel is not reported
     clear_plans()  # plans hold the kernel and the settings they were made with
     fwd.tma_compatible = lambda *tensors: True  # as for aligned CUDA tensors on Hopper (CPU tensors never are)
     fwd.pdl_enabled = lambda device: pdl
     fwd._widens_pairs = lambda device: fwd.WIDEN_E4M3_PAIRS  # as on sm_89+
+    fwd._e4m3_widening = lambda device: (fwd.WIDEN_FENCED.value if fwd.FP8_FENCED_WIDENING else  # as on sm_90
+                                         fwd.WIDEN_IN_PAIRS.value if fwd.WIDEN_E4M3_PAIRS else fwd.WIDEN_TO.value)
     if sms:  # the grid-size choices (one pass, the fused append's reads) as on a GPU of that many SMs
         fwd._persistent_programs = lambda device: sms
     for name, value in (fwd_settings or {}).items():
@@ -259,7 +262,8 @@ def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, fwd_settings:
             fwd.attention_forward(q, k, v, softmax_scale=q.shape[-1] ** -0.5, **forward_kwargs)
     finally:
         fwd._swa_fwd_kernel = kernel
-        fwd.combine_launch, fwd.tma_compatible, fwd.pdl_enabled, fwd._widens_pairs, fwd._persistent_programs = saved
+        (fwd.combine_launch, fwd.tma_compatible, fwd.pdl_enabled, fwd._widens_pairs, fwd._persistent_programs,
+         fwd._e4m3_widening) = saved
         for name, value in previous.items():
             setattr(fwd, name, value)
         clear_plans()
@@ -321,6 +325,13 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
          dict(left=-1, right=0, pack_gqa=True, num_splits=4)),
         ("decode W(127,0) paged fp8 q/K/V", fp8_window, dict(decode, fp8="qkv"),
          dict(left=127, right=0, pack_gqa=True)),
+        # The window decode over an e4m3 cache, with the L2 preload before the PDL wait (fwd.PRELOAD_L2, its
+        # default there as for bf16).
+        ("decode W(127,0) paged fp8 KV, L2 preload", fp8_window, dict(decode, fp8="kv"),
+         dict(left=127, right=0, pack_gqa=True)),
+        ("experimental: decode full paged fp8 KV, 4 splits, fenced widening (fwd.FP8_FENCED_WIDENING)", fp8_full,
+         dict(decode, fp8="kv"), dict(left=-1, right=0, pack_gqa=True, num_splits=4,
+                                      fwd_settings={"FP8_FENCED_WIDENING": True})),
     ]
 
 

@@ -2,8 +2,9 @@
 interpreter, which the rest of the CPU suite uses, never compiles): every shipped prefill, decode and backward
 config, with the arguments specialized as on a GPU, and the multi-stage loops come out software-pipelined; also the
 experimental switches (register caps, the every-block masking loop, edge-only decode masking, launches without PDL,
-the fused append, the other dK/dV stage choice) and the fp8 decode variants (e4m3 cache, all-e4m3).
-scripts/kernel_resources.py does the work and prints registers, spills and resident programs per SM."""
+the fused append, the other dK/dV stage choice) and the fp8 decode variants (e4m3 cache, all-e4m3, the window
+decode's L2 preload, the fenced widening). scripts/kernel_resources.py does the work and prints registers, spills
+and resident programs per SM."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def test_shipped_forward_configs_compile_for_hopper_with_pipelined_loops():
     launches = re.findall(r"^(.+) \[launch 0\] .*: (\d+) regs, (\d+) B stack, .* (\d+) programs/SM, pipelined (\w+)$",
                           result.stdout, flags=re.M)
     names = [name for name, *_ in launches]
-    assert len(names) == 15 and "prefill W(127,0) D64 packed" in names and "decode W(127,0) paged" in names, \
+    assert len(names) == 17 and "prefill W(127,0) D64 packed" in names and "decode W(127,0) paged" in names, \
         result.stdout
     for name, registers, _stack, programs, _pipelined in launches:
         assert 0 < int(registers) <= 255 and int(programs) >= 1, name
