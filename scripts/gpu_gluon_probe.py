@@ -178,8 +178,6 @@ def main() -> int:
         for threshold in (0.0, 8.0):
             gluon.append((f"gluon lazy rescale {threshold:g}", with_mode(
                 "1", call(), settings=dict(rescale_threshold_for=lambda consumers, t=threshold: t))))
-        # Each block's P V waited for in its own step (ptxas then waits before the softmax) instead of the next's.
-        gluon.append(("gluon P V waited in its step", with_mode("1", call(), settings=dict(OVERLAP_PV=False))))
         small = 0 <= left <= 256
         if head_dim == 256:  # one Q slot, 64-key blocks: no room for a second program or more stages
             gluon.append(("gluon TMA store", with_mode("1", call(), tma_store=True)))

@@ -15,11 +15,14 @@ PackGQA of one KV head's packed (position, head) rows. One program holds:
   as its scores are computed, before the P @ V product of the same block has run;
 - one to three consumer warpgroups (the default partition and workers, most of the registers), 64 rows each (or one
   of 128), read
-  every block. Inside a warpgroup the scores of block j+1 (``Q K^T``, async wgmma) are in flight while the softmax
-  of block j runs, then ``P_j V_j`` is issued and overlaps the next wait (FlashAttention 3's intra-warpgroup
-  overlap). Between two warpgroups either the warp schedulers interleave one's softmax with the other's products,
-  or (``PINGPONG``) the warpgroups take turns issuing their products through a pair of mbarriers, as FlashAttention
-  3's warp-scheduler barriers order them.
+  every block. Each step issues block j's scores (``S_j = Q K_j^T``) and ``P_{j-1} V_{j-1}`` together (async
+  wgmma), waits for S_j, runs block j's softmax, then waits for the P V product. ptxas places that last wait above
+  the softmax (sm_90 SASS, Triton 3.6; deferring it to the next step was measured slower, and with two warpgroups
+  does not fit the registers: docs/notes/2026-12-03-gluon-forward.md, session 7), so a warpgroup's softmax overlaps
+  the other warpgroup's or the other resident programs' products rather than its own. Between two warpgroups either
+  the warp schedulers interleave one's softmax with the other's products, or (``PINGPONG``) the warpgroups take
+  turns issuing their products through a pair of mbarriers, as FlashAttention 3's warp-scheduler barriers order
+  them.
 - the epilogue (sink, normalization, LSE, O) runs in each consumer; rows holding a NaN are flagged exactly as the
   Triton kernel's main pass flags them, and ``fwd.attention_forward`` runs the same redo pass afterwards, so
   non-finite isolation is identical on both paths.
@@ -99,13 +102,6 @@ WG_ROWS_SMALL_D64 = 64
 # P's bf16/fp16 rounding is relative, so precision does not change; the LSE and the normalization use the kept max.
 # Where it applies: ``rescale_threshold_for``.
 RESCALE_THRESHOLD = 8.0
-# Each block's P V product left in flight through the next block's softmax and waited for at the next step's start
-# (FlashAttention 3's intra-warpgroup overlap). Off (the default): waited for in its own step, where ptxas hoists
-# the wait above the softmax (sm_90 SASS, Triton 3.6), so a warpgroup's softmax overlaps the other programs' or
-# warpgroups' products, not its own. Measured on one-warpgroup programs (H200, 16K, session 7 call C): W(127,0) D64
-# gpt-oss sinks 197.1 us on vs 186.8 off, W(127,0) D128 152.9 vs 148.3: slower. Where it can apply:
-# ``overlap_pv_for``.
-OVERLAP_PV = False
 
 
 def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
@@ -149,14 +145,6 @@ def rescale_threshold_for(consumers: int) -> float:
     W(127,0) D64 gpt-oss sinks 190.6 vs 192.9 us and 183.6 vs 186.5; W(127,0) D128 154.1 vs 157.6 and 150.8 vs
     152.5; but W(4095,0) D128 1467.6 vs 1449.9 and causal D128 3227.2 vs 3164.5 (two warpgroups): slower."""
     return RESCALE_THRESHOLD if consumers == 1 else 0.0
-
-
-def overlap_pv_for(consumers: int) -> bool:
-    """The deferred P V wait (``OVERLAP_PV``) for one-warpgroup programs. With two warpgroups of 64 x 128 scores
-    (head_dim 128 and 256) ptxas serializes every wgmma of that schedule for want of registers (its C7512
-    advisory, Triton 3.6): P_{j-1} (the in-flight product's operand) and P_j do not both fit beside the
-    accumulator and the scores."""
-    return OVERLAP_PV and consumers == 1
 
 
 def tma_store_for(consumers: int) -> bool:
@@ -409,8 +397,7 @@ if GLUON_AVAILABLE:
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                 IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                 ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
-                OVERLAP_PV: gl.constexpr):
+                TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr):
         """One warp: each work item's Q (one box per consumer warpgroup, into the item's Q slot) and K/V blocks
         (into the stage ring, from the tile's first visible key; over pages, one box per page part) through TMA.
         Both rings' positions run on across items, so the next tile's Q and first blocks load during this one's last
@@ -465,8 +452,7 @@ if GLUON_AVAILABLE:
                       FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                       IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                       ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                      TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
-                OVERLAP_PV: gl.constexpr):
+                      TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr):
         """One warpgroup's rows ``[WG * M, WG * M + M)`` (M: 64 or 128) of work item ``work``'s tile, from Q to O;
         returns the consumer's running state ``(position, item, turn, stored, stored_slot, seen_nan)`` after it
         (``seen_nan``: per row position of the warpgroup, 1 once a row there held a NaN in any tile so far)."""
@@ -543,87 +529,31 @@ if GLUON_AVAILABLE:
                 softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, RESCALE_THRESHOLD)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             alpha_o = gl.convert_layout(alpha, o_rows)
-            if OVERLAP_PV:
-                if num_blocks > 1:
-                    # Block 1, peeled: the loop below starts with one P V product in flight.
-                    stage = (position + 1) % NUM_STAGES
-                    mbarrier.wait(k_ready.index(stage), ((position + 1) // NUM_STAGES) & 1)
-                    mbarrier.wait(v_ready.index(first_stage), (position // NUM_STAGES) & 1)
-                    _turn_begin(turns, turn, WG, PINGPONG)
-                    s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
-                                            is_async=True)
-                    acc_token = warpgroup_mma(p_op, v_smem.index(first_stage), acc, is_async=True)
-                    turn = _turn_end(turns, turn, WG, PINGPONG)
-                    p_in_flight = p_op
-                    s = warpgroup_mma_wait(1, deps=[s_token])
-                    mbarrier.arrive(k_empty.index(stage), count=1)
-                    p, m_i, l_i, alpha = _softmax_block(
-                        s, m_i, l_i, 1, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
-                        right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N,
-                        RESCALE_THRESHOLD)
-                    alpha_o = gl.convert_layout(alpha, o_rows)
-                    for block in range(2, num_blocks):
-                        # FlashAttention 3's intra-warpgroup overlap, with P_{j-1} V_{j-1} left in flight through
-                        # block j's softmax and waited for at the next step's start: the wait for P_{j-2} V_{j-2}
-                        # (issued a whole softmax ago), the accumulator's rescale for block j-1's max, P_{j-1} to
-                        # the operand's type (its registers free again), S_j and P_{j-1} V_{j-1}, the wait for S_j,
-                        # block j's softmax. A wait for all products after the softmax is hoisted above it by
-                        # ptxas (sm_90 SASS, Triton 3.6), which serialized the softmax behind the previous block's
-                        # P V; a rescale between the two products' issues makes ptxas serialize every wgmma (its
-                        # C7514 advisory); P_j converted before the wait leaves D128 short of registers (C7512).
-                        stage = (position + block) % NUM_STAGES
-                        previous = position + block - 1
-                        previous_stage = previous % NUM_STAGES
-                        # P_{j-2}'s registers stay live until its product completes (the wait's dependency).
-                        acc_now, p_in_flight = warpgroup_mma_wait(0, deps=[acc_token, p_in_flight])
-                        mbarrier.arrive(v_empty.index((previous - 1) % NUM_STAGES), count=1)
-                        acc_now = _rescale_acc(acc_now, alpha_o, RESCALE_THRESHOLD)
-                        p_op = gl.convert_layout(p.to(dtype), p_layout)
-                        mbarrier.wait(k_ready.index(stage), ((position + block) // NUM_STAGES) & 1)
-                        mbarrier.wait(v_ready.index(previous_stage), (previous // NUM_STAGES) & 1)
-                        _turn_begin(turns, turn, WG, PINGPONG)
-                        s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero,
-                                                use_acc=False, is_async=True)
-                        acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc_now, is_async=True)
-                        turn = _turn_end(turns, turn, WG, PINGPONG)
-                        p_in_flight = p_op
-                        s = warpgroup_mma_wait(1, deps=[s_token])
-                        mbarrier.arrive(k_empty.index(stage), count=1)
-                        p, m_i, l_i, alpha = _softmax_block(
-                            s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end,
-                            left, right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N,
-                            RESCALE_THRESHOLD)
-                        alpha_o = gl.convert_layout(alpha, o_rows)
-                    acc, p_in_flight = warpgroup_mma_wait(0, deps=[acc_token, p_in_flight])
-                    mbarrier.arrive(v_empty.index((position + num_blocks - 2) % NUM_STAGES), count=1)
-                    acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
-                    p_op = gl.convert_layout(p.to(dtype), p_layout)
-            else:
-                for block in range(1, num_blocks):
-                    stage = (position + block) % NUM_STAGES
-                    phase = ((position + block) // NUM_STAGES) & 1
-                    previous = position + block - 1
-                    previous_stage = previous % NUM_STAGES
-                    previous_phase = (previous // NUM_STAGES) & 1
-                    # S_j = Q K_j^T, then P_{j-1} V_{j-1}: both in flight while this warpgroup waits for S_j.
-                    mbarrier.wait(k_ready.index(stage), phase)
-                    mbarrier.wait(v_ready.index(previous_stage), previous_phase)
-                    _turn_begin(turns, turn, WG, PINGPONG)
-                    s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
-                                            is_async=True)
-                    acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
-                    turn = _turn_end(turns, turn, WG, PINGPONG)
-                    s = warpgroup_mma_wait(1, deps=[s_token])
-                    mbarrier.arrive(k_empty.index(stage), count=1)
-                    p, m_i, l_i, alpha = _softmax_block(
-                        s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
-                        right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N,
-                        RESCALE_THRESHOLD)
-                    acc = warpgroup_mma_wait(0, deps=[acc_token])
-                    mbarrier.arrive(v_empty.index(previous_stage), count=1)
-                    alpha_o = gl.convert_layout(alpha, o_rows)
-                    acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
-                    p_op = gl.convert_layout(p.to(dtype), p_layout)
+            for block in range(1, num_blocks):
+                stage = (position + block) % NUM_STAGES
+                phase = ((position + block) // NUM_STAGES) & 1
+                previous = position + block - 1
+                previous_stage = previous % NUM_STAGES
+                previous_phase = (previous // NUM_STAGES) & 1
+                # S_j = Q K_j^T, then P_{j-1} V_{j-1}: both in flight while this warpgroup waits for S_j.
+                mbarrier.wait(k_ready.index(stage), phase)
+                mbarrier.wait(v_ready.index(previous_stage), previous_phase)
+                _turn_begin(turns, turn, WG, PINGPONG)
+                s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
+                                        is_async=True)
+                acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
+                turn = _turn_end(turns, turn, WG, PINGPONG)
+                s = warpgroup_mma_wait(1, deps=[s_token])
+                mbarrier.arrive(k_empty.index(stage), count=1)
+                p, m_i, l_i, alpha = _softmax_block(
+                    s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
+                    right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N,
+                    RESCALE_THRESHOLD)
+                acc = warpgroup_mma_wait(0, deps=[acc_token])
+                mbarrier.arrive(v_empty.index(previous_stage), count=1)
+                alpha_o = gl.convert_layout(alpha, o_rows)
+                acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
+                p_op = gl.convert_layout(p.to(dtype), p_layout)
             if not TMA_STORE:
                 # Every score product of the tile has completed: its Q slot may take the loader's next tile.
                 mbarrier.arrive(q_empty.index(q_slot), count=1)
@@ -694,8 +624,7 @@ if GLUON_AVAILABLE:
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                   IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                   ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                  TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
-                OVERLAP_PV: gl.constexpr):
+                  TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr):
         """One warpgroup: rows ``[WG * M, WG * M + M)`` of each work item's tile, from Q load to O store, over the
         persistent grid's rounds (``_snake``)."""
         total_work = geometry[0] * geometry[1]
@@ -714,7 +643,7 @@ if GLUON_AVAILABLE:
                 _snake(work, reverse, total_work), position, item, turn, stored, stored_slot, seen_nan, geometry,
                 pointers, strides, scalars, buffers, WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP,
                 STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K,
-                ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD, OVERLAP_PV)
+                ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)
             reverse = not reverse
         if TMA_STORE:
             tma.store_wait(0)  # the last tile's O is written before the program ends
@@ -735,7 +664,7 @@ if GLUON_AVAILABLE:
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
         ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-        TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr, OVERLAP_PV: gl.constexpr,
+        TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
@@ -777,46 +706,37 @@ if GLUON_AVAILABLE:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     OVERLAP_PV)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     OVERLAP_PV)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     OVERLAP_PV)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     OVERLAP_PV)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
         elif NUM_CONSUMERS == 1:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     OVERLAP_PV)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     OVERLAP_PV)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
             ], [1], [LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     OVERLAP_PV)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     OVERLAP_PV)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     OVERLAP_PV)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
             ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -932,9 +852,8 @@ def planning_settings() -> tuple:
     """The module-level values ``_plan`` reads, part of a kept plan's key: tests and tuning probes switch them
     (``monkeypatch.setattr(gluon_fwd, ...)``), and a plan made under other values must not serve the call."""
     return (_swa_fwd_sm90_kernel, consumers_for, block_n_for, tma_store_for, per_sm_for, registers_for, _sm_count,
-            wg_rows_for, WG_ROWS_SMALL_D64, PINGPONG, TMA_STORE, RESCALE_THRESHOLD, OVERLAP_PV,
-            overlap_pv_for, NUM_STAGES, LOADER_REGS, PAGE_BOX_MAX, ROWS_PER_CONSUMER, TensorDescriptor,
-            rescale_threshold_for)
+            wg_rows_for, WG_ROWS_SMALL_D64, PINGPONG, TMA_STORE, RESCALE_THRESHOLD, rescale_threshold_for, NUM_STAGES,
+            LOADER_REGS, PAGE_BOX_MAX, ROWS_PER_CONSUMER, TensorDescriptor)
 
 
 # The call's tensors, as ``forward`` passes them to a plan's launch: the kernel's tensor parameters take them by these
@@ -1015,7 +934,7 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
-        TMA_STORE=tma_store, RESCALE_THRESHOLD=rescale_threshold_for(consumers), OVERLAP_PV=overlap_pv_for(consumers),
+        TMA_STORE=tma_store, RESCALE_THRESHOLD=rescale_threshold_for(consumers),
     )
     launch = Launch(_swa_fwd_sm90_kernel, grid, scalars, constexprs, dict(num_warps=4, maxnreg=maxnreg),
                     num_tensors=len(slots), slots=slots, descriptors=(q_desc, k_desc, v_desc, o_desc))

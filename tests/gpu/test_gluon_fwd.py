@@ -367,19 +367,3 @@ def test_lazy_rescale(case, threshold, monkeypatch):
     ref, ref_lse = attention_ref(q, k, v, window_size=window_size, softcap=softcap, sinks=sinks, **REF)
     assert_close("gluon out, growing scores", out, ref, tolerance_for(torch.bfloat16))
     check_lse("gluon lse, growing scores", lse, ref_lse)
-
-
-@pytest.mark.parametrize("case", [
-    DENSE[0],  # W(127,0) D64 packed: 5 blocks of 32 keys
-    (2, 100, 100, 8, 2, 64, (31, 0), 0.0, True, True),  # 2 blocks: the peeled block 1, no loop step
-    (2, 300, 300, 16, 2, 64, (0, 0), 0.0, True, True),  # 1 block: neither
-    (1, 1000, 1000, 32, 8, 128, (127, 0), 0.0, False, True),  # D128 packed: 3 blocks of 64 keys
-    (1, 777, 900, 16, 2, 64, (200, 3), 30.0, True, True),  # right side, softcap, more keys than queries
-], ids=lambda c: f"B{c[0]}-Sq{c[1]}-H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}")
-def test_deferred_pv_wait_same_bits(case, monkeypatch):
-    """One-warpgroup programs leave each block's P V product in flight through the next block's softmax
-    (``OVERLAP_PV``): the same operations in the same order as waiting for it in its own step, so the same bits,
-    for tiles of one, two and more blocks; and against the reference."""
-    assert gluon_fwd.consumers_for(case[5], case[9], *case[6]) == 1
-    same_bits_under_switch(case, monkeypatch, "OVERLAP_PV")
-    test_dense_against_reference_and_triton(case, torch.bfloat16)
