@@ -111,12 +111,12 @@ S6_MORE = [(False, None), (False, (64, 4, 3, False, False, 128), dict(pair=3, pe
            (None, None, dict(contig=True)), (False, None, dict(contig=True))]
 S6_OTHER = [(False, None), TWO_LOADS, (False, None, PARTNER), (False, None, CHUNK), (False, None, L2FETCH)]
 # Session 7 (compiled, Triton 3.6, sm_90; interior loop, SASS instructions per block and warp): the fenced widening
-# (fenced=True: fwd.FP8_FENCED_WIDENING) on the shipped (128, 4, 2) capped at 128: 522 -> 344, 123 registers, 51.2 KB
-# shared, 4 per SM; on (64, 2, 3) capped at 128: 359 per 64 keys, 26.9 KB, 8 per SM; fa3=True: FA3's fp8 (q, K, V
-# e4m3 with descales; the vLLM build, .peer-kernels) over the same all-e4m3 inputs.
-FENCED, FA3_FP8 = (False, None, dict(fenced=True)), (True, None, dict(fa3=True))
-FENCED_64 = (False, (64, 2, 3, False, False, 128), dict(fenced=True, per_sm=8))
-S7_SPLIT = [(False, None), FENCED, FA3_FP8]
+# (fenced=1: fwd.FP8_FENCED_WIDENING) on the shipped (128, 4, 2) capped at 128: 522 -> 344, 123 registers, 51.2 KB
+# shared, 4 per SM; V only (fenced=2): see loop_sass.py; on (64, 2, 3) capped at 128: 359 per 64 keys, 26.9 KB, 8
+# per SM; fa3=True: FA3's fp8 (q, K, V e4m3 with descales; the vLLM build, .peer-kernels) over the same inputs.
+FENCED, FENCED_V, FA3_FP8 = (False, None, dict(fenced=1)), (False, None, dict(fenced=2)), (True, None, dict(fa3=True))
+FENCED_64 = (False, (64, 2, 3, False, False, 128), dict(fenced=1, per_sm=8))
+S7_SPLIT = [(False, None), FENCED, FENCED_V, FA3_FP8]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -225,7 +225,7 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += {0: "", 1: " twin prefetch", 2: " chunk prefetch"}[options.get("partner", 0)]
     shown += f" L2 fetch {options['l2fetch']} B" if "l2fetch" in options else ""
     shown += " contiguous" if options.get("contig") else ""
-    shown += " fenced widening" if options.get("fenced") else ""
+    shown += {0: "", 1: " fenced widening", 2: " fenced widening (V)"}[int(options.get("fenced", 0))]
     shown = "fp8 (P rounded to e4m3)" if options.get("fa3") else shown
     return label, shown
 
@@ -284,7 +284,7 @@ def main() -> None:
             pairs, prefetch, two_heads = fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS
             partner, fenced = fwd.FP8_PREFETCH_PARTNER, fwd.FP8_FENCED_WIDENING
             fwd.FP8_TWO_KV_HEADS = options.get("pair", 0)  # part of the plans' key (fwd.settings)
-            fwd.FP8_FENCED_WIDENING = options.get("fenced", False)  # part of the plans' key (fwd.settings)
+            fwd.FP8_FENCED_WIDENING = int(options.get("fenced", 0))  # part of the plans' key (fwd.settings)
             fwd.FP8_PREFETCH_PARTNER = options.get("partner", 0)  # part of the plans' key (fwd.settings)
             l2_before = None
             if "pairs" in options:

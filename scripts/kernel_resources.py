@@ -251,8 +251,9 @@ def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, fwd_settings:
     fwd.tma_compatible = lambda *tensors: True  # as for aligned CUDA tensors on Hopper (CPU tensors never are)
     fwd.pdl_enabled = lambda device: pdl
     fwd._widens_pairs = lambda device: fwd.WIDEN_E4M3_PAIRS  # as on sm_89+
-    fwd._e4m3_widening = lambda device: (fwd.WIDEN_FENCED.value if fwd.FP8_FENCED_WIDENING else  # as on sm_90
-                                         fwd.WIDEN_IN_PAIRS.value if fwd.WIDEN_E4M3_PAIRS else fwd.WIDEN_TO.value)
+    fwd._e4m3_widening = lambda device: (  # as on sm_90
+        fwd._FENCED_MODES[fwd.FP8_FENCED_WIDENING] if fwd.FP8_FENCED_WIDENING else
+        fwd.WIDEN_IN_PAIRS.value if fwd.WIDEN_E4M3_PAIRS else fwd.WIDEN_TO.value)
     if sms:  # the grid-size choices (one pass, the fused append's reads) as on a GPU of that many SMs
         fwd._persistent_programs = lambda device: sms
     for name, value in (fwd_settings or {}).items():
@@ -331,7 +332,7 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
          dict(left=127, right=0, pack_gqa=True)),
         ("experimental: decode full paged fp8 KV, 4 splits, fenced widening (fwd.FP8_FENCED_WIDENING)", fp8_full,
          dict(decode, fp8="kv"), dict(left=-1, right=0, pack_gqa=True, num_splits=4,
-                                      fwd_settings={"FP8_FENCED_WIDENING": True})),
+                                      fwd_settings={"FP8_FENCED_WIDENING": 1})),
     ]
 
 

@@ -190,9 +190,14 @@ WIDEN_E4M3_PAIRS = os.environ.get("SWATTN_WIDEN_E4M3_PAIRS", "0") not in ("", "0
 # through shared memory as fp16 and reach the products through ``ldmatrix`` in the quads the ``HMMA`` reads.
 # Compiled for sm_90 (Triton 3.6), the full decode's interior loop (16, 128, 4, 2) capped at 128: 522 -> see
 # docs/notes/2026-12-03-fp8-kv-cache.md, session 7. Not under the interpreter (no PTX): a plain ``.to`` there.
-FP8_FENCED_WIDENING = os.environ.get("SWATTN_FP8_FENCED_WIDENING", "0") not in ("", "0")
-# _widen_e4m3's modes (the kernels' WIDEN): a plain ``.to``, in pairs (WIDEN_E4M3_PAIRS), fenced (FP8_FENCED_WIDENING).
-WIDEN_TO, WIDEN_IN_PAIRS, WIDEN_FENCED = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+# 1: K and V fenced; 2: V only (P @ V takes kWidth 2, Q K^T keeps kWidth 4 with K read as before: no fp16 copy of K
+# in shared memory, Q's operand still rebuilt by moves).
+FP8_FENCED_WIDENING = int(os.environ.get("SWATTN_FP8_FENCED_WIDENING", "0") or 0)
+# _widen_e4m3's modes (the kernels' WIDEN): a plain ``.to``, in pairs (WIDEN_E4M3_PAIRS), fenced (FP8_FENCED_WIDENING
+# 1), values only fenced (FP8_FENCED_WIDENING 2).
+WIDEN_TO, WIDEN_IN_PAIRS, WIDEN_FENCED, WIDEN_FENCED_VALUES = (tl.constexpr(0), tl.constexpr(1), tl.constexpr(2),
+                                                               tl.constexpr(3))
+_FENCED_MODES = {1: WIDEN_FENCED.value, 2: WIDEN_FENCED_VALUES.value}  # by FP8_FENCED_WIDENING
 
 # Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py): a decode program over an e4m3 cache reads
 # TWO KV heads (2k, 2k + 1) and attends the query heads of both (``KV_PAIR``). In FlashAttention 3's cache layout
@@ -306,11 +311,12 @@ def _fence_16bit(x):
 
 
 @triton.jit
-def _widen_e4m3(x, WIDEN: tl.constexpr):
+def _widen_e4m3(x, WIDEN: tl.constexpr, VALUES: tl.constexpr = False):
     """An e4m3 tile ``[BLOCK_N, BLOCK_D]`` in fp16 (exact: every e4m3 value is an fp16).
 
     ``WIDEN``: WIDEN_TO a plain ``.to``; WIDEN_FENCED (``FP8_FENCED_WIDENING``, compiled) the ``.to`` followed by
-    ``_fence_16bit``, so the products take 16-bit operand layouts; WIDEN_IN_PAIRS (``WIDEN_E4M3_PAIRS``, sm_89+,
+    ``_fence_16bit``, so the products take 16-bit operand layouts (WIDEN_FENCED_VALUES: only for ``VALUES``, the V
+    tile, K as WIDEN_TO); WIDEN_IN_PAIRS (``WIDEN_E4M3_PAIRS``, sm_89+,
     compiled): each pair of neighbouring elements of a row, as one 16-bit word, through
     one ``cvt.rn.f16x2.e4m3x2`` (the instruction ``.to(tl.float16)`` compiles to). The point is where it happens:
     with ``.to`` Triton moves the widening after the tile's layout change into the dot operand, so the P @ V
@@ -330,7 +336,7 @@ def _widen_e4m3(x, WIDEN: tl.constexpr):
             "{ .reg .b32 t; cvt.rn.f16x2.e4m3x2 t, $2; mov.b32 {$0, $1}, t; }", "=h,=h,h", [word],
             dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
         return tl.reshape(tl.join(low16, high16), [BLOCK_N, BLOCK_D], can_reorder=False)
-    elif WIDEN == WIDEN_FENCED:
+    elif WIDEN == WIDEN_FENCED or (WIDEN == WIDEN_FENCED_VALUES and VALUES):
         return _fence_16bit(x.to(tl.float16))
     else:
         return x.to(tl.float16)
@@ -484,11 +490,11 @@ def _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, soft
     if FP8 == FP8_KV:
         # Half the bytes of a bf16 cache; both products then run in fp16.
         k = _widen_e4m3(k, WIDEN)
-        v = _widen_e4m3(v, WIDEN)
+        v = _widen_e4m3(v, WIDEN, VALUES=True)
     elif FP8 == FP8_QKV:
         # Q K^T in e4m3 (fp32 accumulation); P @ V in fp16, so P is not rounded to e4m3 (FlashAttention 3
         # rounds it; its 2^-4 relative step would dominate the error).
-        v = _widen_e4m3(v, WIDEN)
+        v = _widen_e4m3(v, WIDEN, VALUES=True)
     if UPCAST:
         k = k.to(tl.float32)
     if KV_PAIR == PAIR_TWO_PRODUCTS or KV_PAIR == PAIR_TWO_LOADS:
@@ -1417,10 +1423,10 @@ def _widens_pairs(device: torch.device) -> bool:
 
 
 def _e4m3_widening(device: torch.device) -> int:
-    """``_widen_e4m3``'s mode for this device: WIDEN_FENCED with ``FP8_FENCED_WIDENING`` (compiled only: PTX),
-    WIDEN_IN_PAIRS where ``_widens_pairs``, else WIDEN_TO."""
+    """``_widen_e4m3``'s mode for this device: WIDEN_FENCED (WIDEN_FENCED_VALUES) with ``FP8_FENCED_WIDENING`` 1
+    (2; compiled only: PTX), WIDEN_IN_PAIRS where ``_widens_pairs``, else WIDEN_TO."""
     if FP8_FENCED_WIDENING and device.type == "cuda" and not _compat.interpreter_enabled():
-        return WIDEN_FENCED.value
+        return _FENCED_MODES[FP8_FENCED_WIDENING]
     return WIDEN_IN_PAIRS.value if _widens_pairs(device) else WIDEN_TO.value
 
 

@@ -185,11 +185,12 @@ def test_l2_preload_over_fp8_kv_gives_the_same_bits(monkeypatch, tokens):
     (16, 4096, 127, 4, False),  # verify of 4 tokens
     (16, 16384, -1, 1, True),  # all-e4m3
 ], ids=lambda v: str(v))
-def test_fenced_widening_at_real_sizes(monkeypatch, batch, context, left, new, quantize_q):
-    """fwd.FP8_FENCED_WIDENING (the products over 16-bit operand layouts: e4m3 K/V widened, then through an identity
-    with a side effect) against the reference: the shipped configs, automatic splits, sinks."""
+@pytest.mark.parametrize("mode", [1, 2], ids=["fenced", "values-fenced"])
+def test_fenced_widening_at_real_sizes(monkeypatch, mode, batch, context, left, new, quantize_q):
+    """fwd.FP8_FENCED_WIDENING (the products over 16-bit operand layouts: e4m3 K and V, or V only, widened, then
+    through an identity with a side effect) against the reference: the shipped configs, automatic splits, sinks."""
     from swattn.kernels import fwd
-    monkeypatch.setattr(fwd, "FP8_FENCED_WIDENING", True)
+    monkeypatch.setattr(fwd, "FP8_FENCED_WIDENING", mode)
     heads, kv_heads, head_dim, page_size = 64, 8, 64, 16
     pages = -(-context // page_size)
     k_cache, v_cache = e4m3(batch * pages, page_size, kv_heads, head_dim), e4m3(batch * pages, page_size, kv_heads,
@@ -205,7 +206,7 @@ def test_fenced_widening_at_real_sizes(monkeypatch, batch, context, left, new, q
     out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table,
                                               causal=True, window_size=(left, 0), sinks=sinks,
                                               return_softmax_lse=True, **descales)
-    assert any(plan.fp8 and plan.main.constexprs["WIDEN"] == fwd.WIDEN_FENCED.value for plan in fwd._PLANS.values())
+    assert any(plan.fp8 and plan.main.constexprs["WIDEN"] == fwd._FENCED_MODES[mode] for plan in fwd._PLANS.values())
     ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, page_table=table, causal=True,
                                              window_size=(left, 0), sinks=sinks, **descales, **REF)
     assert out.dtype == BF16

@@ -159,17 +159,18 @@ def test_window_decode_over_fp8_takes_the_l2_preload(monkeypatch, fp8, tokens):
     assert_close("out", outs[1], ref, tolerance_for(torch.bfloat16))
 
 
-@pytest.mark.parametrize("fp8,window,num_splits,config", [
-    ("kv", (-1, -1), 3, FwdConfig(16, 64, 4, 2)),
-    ("kv", (127, 0), 1, FwdConfig(16, 64, 4, 2, single_loop=True)),
-    ("qkv", (-1, -1), 3, FwdConfig(16, 64, 4, 2)),
-], ids=["fp8-kv-full-3splits", "fp8-kv-W127_0", "all-fp8-full-3splits"])
-def test_fenced_widening(monkeypatch, fp8, window, num_splits, config):
-    """``fwd.FP8_FENCED_WIDENING`` (the widened e4m3 tiles through an identity with a side effect, so the products
-    take 16-bit operand layouts): the plan takes it on a GPU (WIDEN_FENCED, inline PTX), not under the interpreter
-    (a plain ``.to``); split loop and single loop, e4m3 cache and all-e4m3, against the reference."""
+@pytest.mark.parametrize("mode,fp8,window,num_splits,config", [
+    (1, "kv", (-1, -1), 3, FwdConfig(16, 64, 4, 2)),
+    (2, "kv", (-1, -1), 3, FwdConfig(16, 64, 4, 2)),
+    (1, "kv", (127, 0), 1, FwdConfig(16, 64, 4, 2, single_loop=True)),
+    (1, "qkv", (-1, -1), 3, FwdConfig(16, 64, 4, 2)),
+], ids=["fp8-kv-full-3splits", "values-only-fp8-kv-full-3splits", "fp8-kv-W127_0", "all-fp8-full-3splits"])
+def test_fenced_widening(monkeypatch, mode, fp8, window, num_splits, config):
+    """``fwd.FP8_FENCED_WIDENING`` (the widened e4m3 tiles, K and V or V only, through an identity with a side
+    effect, so the products take 16-bit operand layouts): the plan takes it on a GPU (inline PTX), not under the
+    interpreter (a plain ``.to``); split loop and single loop, e4m3 cache and all-e4m3, against the reference."""
     from swattn.kernels import fwd
-    monkeypatch.setattr(fwd, "FP8_FENCED_WIDENING", True)
+    monkeypatch.setattr(fwd, "FP8_FENCED_WIDENING", mode)
     batch, page_size, pages, head_dim = 3, 16, 12, 64
     k_cache = e4m3(batch * pages, page_size, HK, head_dim)
     v_cache = e4m3(batch * pages, page_size, HK, head_dim)
@@ -187,7 +188,7 @@ def test_fenced_widening(monkeypatch, fp8, window, num_splits, config):
                                                   causal=True, window_size=window, sinks=sinks, pack_gqa=True,
                                                   num_splits=num_splits, return_softmax_lse=True, **descales)
     widen = [plan.main.constexprs["WIDEN"] for plan in fwd._PLANS.values() if plan.fp8]
-    assert widen == [fwd.WIDEN_FENCED.value if q.is_cuda else fwd.WIDEN_TO.value], widen
+    assert widen == [fwd._FENCED_MODES[mode] if q.is_cuda else fwd.WIDEN_TO.value], widen
     ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, page_table=table, causal=True,
                                              window_size=window, sinks=sinks, **descales)
     assert_close("out", out, ref_out, tolerance_for(torch.bfloat16))
