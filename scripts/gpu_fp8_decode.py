@@ -117,6 +117,9 @@ S6_OTHER = [(False, None), TWO_LOADS, (False, None, PARTNER), (False, None, CHUN
 FENCED, FENCED_V, FA3_FP8 = (False, None, dict(fenced=1)), (False, None, dict(fenced=2)), (True, None, dict(fa3=True))
 FENCED_64 = (False, (64, 2, 3, False, False, 128), dict(fenced=1, per_sm=8))
 S7_SPLIT = [(False, None), FENCED, FENCED_V, FA3_FP8]
+# Two KV heads per program, each head's tiles loaded on their own (session 6's two-loads pairs), fenced: interior
+# loop 519 -> 335 per two 64-key blocks and warp ((64, 4, 2) capped at 128: 8 B stack, 42 KB shared).
+TWO_LOADS_FENCED = (False, (64, 4, 2, False, False, 128), dict(pair=3, per_sm=4, fenced=1))
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -130,9 +133,11 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           # fix of the warm-up's race (gpu_probe.warm_up_on_side_stream; scripts/gpu_side_stream_race.py).
           "s7_long": (4, 131072, None, [(False, None)]), "s7_b16_128k": (16, 131040, None, [(False, None)]),
           # Session 7: the fenced widening (fwd.FP8_FENCED_WIDENING) against the shipped loop, FA3's fp8 beside.
-          "s7_full": (16, 16384, None, S7_SPLIT + [FENCED_64]), "s7_b4": (4, 16384, None, S7_SPLIT + [FENCED_64]),
+          "s7_full": (16, 16384, None, S7_SPLIT + [FENCED_64, TWO_LOADS_FENCED]),
+          "s7_b4": (4, 16384, None, S7_SPLIT + [FENCED_64, TWO_LOADS_FENCED]),
           "s7_window": (16, 2048, 127, S7_SPLIT),
-          "s7_long_ab": (4, 131072, None, S7_SPLIT), "s7_b16_128k_ab": (16, 131040, None, S7_SPLIT)}
+          "s7_long_ab": (4, 131072, None, S7_SPLIT + [TWO_LOADS_FENCED]),
+          "s7_b16_128k_ab": (16, 131040, None, S7_SPLIT + [TWO_LOADS_FENCED])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
 COPY_GBPS = 4221.0
 

@@ -596,12 +596,13 @@ def _all_finite(x):
 
 
 @triton.jit
-def _pv(acc, p, v, UPCAST: tl.constexpr, pair_second=None, KV_PAIR: tl.constexpr = 0, v2=None):
+def _pv(acc, p, v, UPCAST: tl.constexpr, pair_second=None, KV_PAIR: tl.constexpr = 0, v2=None,
+        WIDEN: tl.constexpr = 0):
     if KV_PAIR == PAIR_TWO_PRODUCTS or KV_PAIR == PAIR_TWO_LOADS:
         # v holds two KV heads' rows side by side (or, PAIR_TWO_LOADS, the first's, and v2 the second's e4m3
         # values): each row takes its own head's.
         if KV_PAIR == PAIR_TWO_LOADS:
-            v_first, v_second = v, _widen_e4m3(v2, WIDEN_TO)
+            v_first, v_second = v, _widen_e4m3(v2, WIDEN, VALUES=True)
         else:
             v_first, v_second = _kv_halves(v)
         p = p.to(v.dtype)
@@ -650,7 +651,7 @@ def _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, le
     else:
         if GUARD_NON_FINITE:
             v, sees_non_finite = _guard_values(v, visible)
-        acc = _pv(acc * alpha[:, None], p, v, UPCAST, pair_second, KV_PAIR, v2)
+        acc = _pv(acc * alpha[:, None], p, v, UPCAST, pair_second, KV_PAIR, v2, WIDEN)
         if GUARD_NON_FINITE:
             acc = tl.where(sees_non_finite[:, None], float("nan"), acc)
     return acc, l_i, m_new
