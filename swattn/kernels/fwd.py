@@ -495,6 +495,8 @@ def _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, soft
         # Q K^T in e4m3 (fp32 accumulation); P @ V in fp16, so P is not rounded to e4m3 (FlashAttention 3
         # rounds it; its 2^-4 relative step would dominate the error).
         v = _widen_e4m3(v, WIDEN, VALUES=True)
+        if q.dtype == tl.float16:  # a decode tile's e4m3 q widened and fenced (_attend_tile): K alike
+            k = _widen_e4m3(k, WIDEN)
     if UPCAST:
         k = k.to(tl.float32)
     if KV_PAIR == PAIR_TWO_PRODUCTS or KV_PAIR == PAIR_TWO_LOADS:
@@ -1151,6 +1153,11 @@ def _attend_tile(
                 q, row_unscale = _rows_to_fp16(q)
             else:  # fp16 queries: as they are
                 row_unscale = tl.full([BLOCK_M], 1.0, tl.float32)
+        elif FP8 == FP8_QKV and WIDEN == WIDEN_FENCED and BLOCK_M < 64:
+            # Decode-sized tiles' e4m3 Q K^T runs as fp16 products anyway (mma v2: Triton widens both operands);
+            # widened here and fenced, q and K (_block_scores) take 16-bit operand layouts too (exact: e4m3 values
+            # are fp16 values). Larger tiles keep the e4m3 warpgroup product.
+            q = _fence_16bit(q.to(tl.float16))
         if FP8 != NO_FP8:
             # Descales ``[B, Hk]``: one per sequence and KV head, so one per program (a PackGQA tile holds one KV
             # head). Scores are q.k * q_descale * k_descale * softmax_scale: the product folds into the scale the
