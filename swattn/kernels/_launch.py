@@ -171,7 +171,8 @@ class CLauncher:
     expanded arguments by its base's address; ``expansions``: all descriptors' together by their bases' addresses
     (one lookup for a call whose bases were all seen together before)."""
 
-    __slots__ = ("launch", "before", "flat", "make", "metas", "maps", "expansions", "launches")
+    __slots__ = ("launch", "before", "flat", "make", "metas", "maps", "expansions", "launches", "present",
+                 "spread_pointers")
 
     def __init__(self, launch, before: tuple, flat: bool, make=None, metas=()):
         self.launch, self.before, self.flat = launch, before, flat
@@ -179,6 +180,18 @@ class CLauncher:
         self.maps: tuple[dict[int, tuple], ...] = tuple({} for _ in self.metas)
         self.expansions: dict[tuple, tuple] = {}
         self.launches = 0
+        self.present = self.spread_pointers = tuple
+
+    def prepare(self, slots: Sequence[int] | None) -> None:
+        """Pick the call's tensors a launch passes (``present``: each distinct one once, so that each is asked its
+        device pointer once) and spread their pointers over the kernel's tensor parameters (``spread_pointers``),
+        for a ``Launch`` with these ``slots`` (None: the call's tensors in order, all passed)."""
+        if slots is None:
+            self.present = self.spread_pointers = tuple
+            return
+        distinct = sorted(set(slots))
+        self.present = _getter(distinct)
+        self.spread_pointers = _getter([distinct.index(slot) for slot in slots])
 
     def expand(self, descriptors: Sequence[Descriptor], bases: Sequence[torch.Tensor], addresses: tuple) -> tuple:
         """The descriptors' arguments as Triton's wrapper expands them (a filled ``CUtensorMap``, the shape, the
@@ -203,6 +216,14 @@ class CLauncher:
                 self.expansions.clear()
             self.expansions[addresses] = expanded
         return expanded
+
+
+def _getter(positions: Sequence[int]):
+    """``values -> tuple(values[i] for i in positions)`` in one C call (``itemgetter`` returns a lone item bare)."""
+    if len(positions) == 1:
+        index = positions[0]
+        return lambda values: (values[index],)
+    return operator.itemgetter(*positions)
 
 
 def c_launcher(run, function, packed_metadata, num_descriptors: int) -> CLauncher | None:
@@ -271,7 +292,8 @@ class Launch:
     """
 
     __slots__ = ("kernel", "grid", "scalars", "constexprs", "options", "num_tensors", "_tail", "_compiled",
-                 "_direct_ok", "plain_launches", "direct_launches", "_spread", "descriptors")
+                 "_direct_ok", "plain_launches", "direct_launches", "_spread", "slots", "descriptors",
+                 "__weakref__")
 
     def __init__(self, kernel, grid: Sequence[int], scalars: Sequence[Any], constexprs: dict[str, Any],
                  options: dict[str, Any] | None = None, num_tensors: int | None = None,
@@ -279,6 +301,7 @@ class Launch:
         # slots: the call passes fewer tensors than the kernel takes (absent ones are one placeholder, passed
         # many times): the kernel's tensor parameter i is the call's argument slots[i]. The spreading is one
         # C-level itemgetter, and the direct launch asks each distinct tensor once for its device pointer.
+        self.slots = None if slots is None else tuple(slots)
         self._spread = None if slots is None else operator.itemgetter(*slots)
         self.descriptors = tuple(descriptors)
         if slots is not None and len(slots) != num_tensors:
@@ -307,50 +330,67 @@ class Launch:
         return self.scalars + tuple(self.constexprs.get(name, default) for name, default in named)
 
     def __call__(self, *tensors) -> None:
-        spread = self._spread
         if self._direct_ok and self._compiled and _hooks_inactive(_Runtime.knobs):
             device = _Runtime.get_device()
             compiled = self._compiled.get(device)
             if compiled is not None:
-                if self._tail is None:  # not before a second call: a signature seen once never needs it
-                    self._tail = self._bound_tail()
-                run, function, packed_metadata, c = compiled
-                try:
-                    if c is not None:
-                        self._c_launch(c, spread, tensors, _Runtime.get_stream(device))
-                        self.direct_launches += 1
-                        return
-                except Exception:
-                    # The C launcher rejected the arguments at its first launch (a structure not read right):
-                    # launch through run from now on. Once it has launched, an error is the call's own.
-                    if c.launches:
-                        raise
-                    self._compiled[device] = (run, function, packed_metadata, None)
-                try:
-                    if self.descriptors:
-                        # The descriptors first (copies with this call's bases), then the pointers.
-                        spread_tensors = tensors if spread is None else spread(tensors)
-                        count = len(self.descriptors)
-                        arguments = (*map(Descriptor.copy, self.descriptors, spread_tensors),
-                                     *map(_data_ptr, spread_tensors[count:]))
-                    else:
-                        # Pointers as integers: given a tensor, Triton's launcher calls its data_ptr() and then
-                        # cuPointerGetAttribute on it, a driver call per pointer argument (the forward has 18).
-                        pointers = tuple(map(_data_ptr, tensors))
-                        arguments = pointers if spread is None else spread(pointers)
-                    run(*self.grid, _Runtime.get_stream(device), function, packed_metadata, None, None, None,
-                        *arguments, *self._tail)
-                except Exception:
-                    # A launcher whose calling convention differs (another Triton version) rejects the arguments:
-                    # keep the plain path from now on. Once direct launches have worked, an error is the call's own.
-                    if self.direct_launches:
-                        raise
-                    self._direct_ok = False
-                else:
+                c = compiled[3]
+                if c is not None and c.launches:
+                    # The C launcher has served this Launch: no fallback to prepare (an error is the call's own).
+                    self._c_launch(c, tensors, _Runtime.get_stream(device))
                     self.direct_launches += 1
                     return
-        if spread is not None:
-            tensors = spread(tensors)
+                if self._direct_launch(device, compiled, tensors):
+                    return
+        self._plain_launch(tensors)
+
+    def _direct_launch(self, device, compiled: tuple, tensors: tuple) -> bool:
+        """A direct launch whose path is not proven yet (the first ones, or through ``run``): True when made; False
+        when the compiled launcher rejected it (the plain path from now on)."""
+        if self._tail is None:  # not before a second call: a signature seen once never needs it
+            self._tail = self._bound_tail()
+        run, function, packed_metadata, c = compiled
+        spread = self._spread
+        try:
+            if c is not None:
+                self._c_launch(c, tensors, _Runtime.get_stream(device))
+                self.direct_launches += 1
+                return True
+        except Exception:
+            # The C launcher rejected the arguments at its first launch (a structure not read right): launch
+            # through run from now on. Once it has launched, an error is the call's own.
+            if c.launches:
+                raise
+            self._compiled[device] = (run, function, packed_metadata, None)
+        try:
+            if self.descriptors:
+                # The descriptors first (copies with this call's bases), then the pointers.
+                spread_tensors = tensors if spread is None else spread(tensors)
+                count = len(self.descriptors)
+                arguments = (*map(Descriptor.copy, self.descriptors, spread_tensors),
+                             *map(_data_ptr, spread_tensors[count:]))
+            else:
+                # Pointers as integers: given a tensor, Triton's launcher calls its data_ptr() and then
+                # cuPointerGetAttribute on it, a driver call per pointer argument (the forward has 18).
+                pointers = tuple(map(_data_ptr, tensors))
+                arguments = pointers if spread is None else spread(pointers)
+            run(*self.grid, _Runtime.get_stream(device), function, packed_metadata, None, None, None,
+                *arguments, *self._tail)
+        except Exception:
+            # A launcher whose calling convention differs (another Triton version) rejects the arguments: keep the
+            # plain path from now on. Once direct launches have worked, an error is the call's own.
+            if self.direct_launches:
+                raise
+            self._direct_ok = False
+            return False
+        self.direct_launches += 1
+        return True
+
+    def _plain_launch(self, tensors: tuple) -> None:
+        """``kernel[grid](...)`` (compiles at a first call), keeping the compiled kernel's launcher for the direct
+        launches."""
+        if self._spread is not None:
+            tensors = self._spread(tensors)
         if self.descriptors:
             tensors = (*map(Descriptor.build, self.descriptors, tensors), *tensors[len(self.descriptors):])
         compiled = self.kernel[self.grid](*tensors, *self.scalars, **self.constexprs, **self.options)
@@ -359,32 +399,33 @@ class Launch:
             _Runtime.load()
             run, function, packed_metadata = (getattr(compiled, name) for name in _LAUNCHER_ATTRIBUTES)
             c = c_launcher(run, function, packed_metadata, len(self.descriptors)) if C_LAUNCHER else None
+            if c is not None:
+                c.prepare(self.slots)
             self._compiled[_Runtime.get_device()] = (run, function, packed_metadata, c)
 
-    def _c_launch(self, c: CLauncher, spread, tensors: tuple, stream) -> None:
+    def _c_launch(self, c: CLauncher, tensors: tuple, stream) -> None:
         """A direct launch through Triton's C launcher: the descriptors' expansions kept by their bases' addresses
-        (expanded at the first call with new ones), the other tensors as device pointers."""
+        (expanded at the first call with new ones), the other tensors as device pointers (each distinct tensor of
+        the call asked once: ``CLauncher.prepare``)."""
+        if self._tail is None:
+            self._tail = self._bound_tail()
+        pointers = c.spread_pointers(tuple(map(_data_ptr, c.present(tensors))))
         if self.descriptors:
-            spread_tensors = tensors if spread is None else spread(tensors)
-            pointers = tuple(map(_data_ptr, spread_tensors))
             count = len(self.descriptors)
             addresses = pointers[:count]
             expanded = c.expansions.get(addresses)
             if expanded is None:
-                expanded = c.expand(self.descriptors, spread_tensors, addresses)
+                spread = self._spread
+                expanded = c.expand(self.descriptors, tensors if spread is None else spread(tensors), addresses)
             if c.flat:
                 c.launch(*self.grid, stream, *c.before, *expanded, *pointers[count:], *self._tail)
             else:
                 # A list, as Triton 3.9's wrapper hands its C function the expanded arguments.
                 c.launch(*self.grid, stream, *c.before, [*expanded, *pointers[count:], *self._tail])
+        elif c.flat:
+            c.launch(*self.grid, stream, *c.before, *pointers, *self._tail)
         else:
-            pointers = tuple(map(_data_ptr, tensors))
-            if spread is not None:
-                pointers = spread(pointers)
-            if c.flat:
-                c.launch(*self.grid, stream, *c.before, *pointers, *self._tail)
-            else:
-                c.launch(*self.grid, stream, *c.before, (*pointers, *self._tail))
+            c.launch(*self.grid, stream, *c.before, (*pointers, *self._tail))
         c.launches += 1
 
 

@@ -1489,6 +1489,9 @@ def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_tile:
 
 # attention_forward's plans, per call signature.
 _PLANS = PlanCache()
+# gluon_fwd.forward as shipped: a plan launches its kept Gluon launch itself only while this is the module's forward
+# (a tuning probe that wraps it to pass its settings, or a test that counts calls, gets every call).
+_GLUON_FORWARD = gluon_fwd.forward
 
 # The non-finite isolation's buffers (the rows' flags, int8, and the raised flag with its count of redo programs
 # that read it, int32 [2]) kept between calls, per (device, stream, thread): allocating them on every call cost an
@@ -1820,8 +1823,11 @@ class _ForwardPlan:
         self.preload_l2 = PRELOAD_L2 if preloadable else 0
         options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
                        **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
-        # plans: the Gluon launch, planned at this signature's first call and then launched directly (a dict, as
-        # tuning probes pass gluon_fwd.forward other settings).
+        # plans: the Gluon launches gluon_fwd.forward planned for this signature (a dict: tuning probes pass it
+        # other settings). gluon_launch: (gluon_fwd.planning_settings(), the launch) of the shipped choice, launched
+        # here without gluon_fwd.forward's keyword plumbing while those settings hold and nothing wraps forward
+        # (tuning probes wrap it to pass their settings).
+        self.gluon_launch = None
         self.gluon_arguments = dict(
             softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
             batch=batch, pack_gqa=pack_gqa, o_strides=o_strides[1:],
@@ -1887,9 +1893,14 @@ class _ForwardPlan:
             ones = ones_descale(device)
             q_descale, k_descale, v_descale = (ones if d is None else d for d in (q_descale, k_descale, v_descale))
         if self.use_gluon:
-            gluon_fwd.forward(q, k, v, out, lse, sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-                              seqlens_k=seqlens_k, page_table=page_table, non_finite_flags=non_finite_flags,
-                              any_non_finite=any_non_finite, **self.gluon_arguments)
+            kept = self.gluon_launch
+            if (kept is not None and gluon_fwd.forward is _GLUON_FORWARD
+                    and kept[0] == gluon_fwd.planning_settings()):
+                kept[1](q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table, non_finite_flags,
+                        any_non_finite)
+            else:
+                self._gluon_forward(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table,
+                                    non_finite_flags, any_non_finite)
         if not self.use_gluon or self.redo is not None:
             # The tensors this signature passes, after q (the placeholder for the absent ones): see ``present``.
             tensors = (q, *self.pick((q, k, v, out_target, lse_target, sinks, cu_seqlens_q, cu_seqlens_k,
@@ -1914,6 +1925,17 @@ class _ForwardPlan:
                          out if sinks is None else sinks, out if seqused_q is None else cu_seqlens_q,
                          out if seqused_q is None else seqused_q)
         return out, lse, block_counts
+
+    def _gluon_forward(self, q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table,
+                       non_finite_flags, any_non_finite) -> None:
+        """The Gluon launch through ``gluon_fwd.forward`` (which plans it at the first call), keeping the planned
+        launch for ``run`` to make itself on later calls, unless something wraps ``forward``."""
+        gluon_fwd.forward(q, k, v, out, lse, sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                          seqlens_k=seqlens_k, page_table=page_table, non_finite_flags=non_finite_flags,
+                          any_non_finite=any_non_finite, **self.gluon_arguments)
+        launch = gluon_fwd.planned_launch(self.gluon_arguments["plans"])
+        self.gluon_launch = (None if launch is None or gluon_fwd.forward is not _GLUON_FORWARD
+                             else (gluon_fwd.planning_settings(), launch))
 
     def _launch_passes(self, tensors: tuple) -> None:
         if not self.use_gluon:

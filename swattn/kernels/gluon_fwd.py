@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 
 import torch
 
@@ -848,6 +849,27 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
     return num_tiles
 
 
+# forward's tuning arguments all left out: the shipped choice (``planned_launch``).
+NO_OVERRIDES = (None,) * 10
+# Every launch ``_plan`` made that is still held (by a caller's ``plans``): ``launch_count`` sums their launches.
+_LAUNCHES: weakref.WeakSet = weakref.WeakSet()
+
+
+def planned_launch(plans: dict) -> Launch | None:
+    """The launch ``forward(..., plans=plans)`` keeps for the shipped choice (no tuning arguments) under the current
+    ``planning_settings()``, or None: a caller may launch it itself with ``forward``'s tensors in order (``q, k, v,
+    out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table, non_finite_flags, any_non_finite``) for later
+    calls of the signature, as long as ``planning_settings()`` is unchanged."""
+    planned = plans.get((NO_OVERRIDES, planning_settings()))
+    return None if planned is None else planned[0]
+
+
+def launch_count() -> int:
+    """Launches of the Gluon kernel so far, through plans still held (tests: whether a call took the Gluon kernel,
+    however it was launched)."""
+    return sum(launch.plain_launches + launch.direct_launches for launch in list(_LAUNCHES))
+
+
 def planning_settings() -> tuple:
     """The module-level values ``_plan`` reads, part of a kept plan's key: tests and tuning probes switch them
     (``monkeypatch.setattr(gluon_fwd, ...)``), and a plan made under other values must not serve the call."""
@@ -938,7 +960,9 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
     )
     launch = Launch(_swa_fwd_sm90_kernel, grid, scalars, constexprs, dict(num_warps=4, maxnreg=maxnreg),
                     num_tensors=len(slots), slots=slots, descriptors=(q_desc, k_desc, v_desc, o_desc))
+    _LAUNCHES.add(launch)
     return launch, num_tiles
 
 
-__all__ = ["MIN_ROWS", "ROWS_PER_CONSUMER", "GLUON_AVAILABLE", "GLUON_MODE", "forward", "unsupported_reason"]
+__all__ = ["MIN_ROWS", "ROWS_PER_CONSUMER", "GLUON_AVAILABLE", "GLUON_MODE", "forward", "launch_count",
+           "planned_launch", "unsupported_reason"]
