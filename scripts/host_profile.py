@@ -8,7 +8,8 @@ compiled launcher called with tensors or with integer pointers, Triton's ``JITFu
 The Gluon forward (not in the default list; ``--only gluon_4k,gluon_4k_plain,...``): prefills forced onto the Gluon
 kernel, 4K and 16K W(127,0) gpt-oss and 16K causal D128, each with the direct launch and the plain one
 (``*_plain``), and ``gluon_parts``, its launch taken apart; ``gluon_4k_run`` / ``gluon_16k_run``: the direct launch
-through ``CompiledKernel.run`` (``_launch.C_LAUNCHER`` off), session 5's path.
+through ``CompiledKernel.run`` (``_launch.C_LAUNCHER`` off), session 5's path; ``gluon_4k_forward``: every call
+through ``gluon_fwd.forward`` (session 6's path) instead of the forward plan's kept launch.
 
     PYTHONPATH=. python scripts/host_profile.py [--out FILE] [--calls 2000] [--only decode,backward]
 
@@ -252,6 +253,10 @@ def scenarios(quick: bool) -> dict:
         # four TMA descriptors on every call), as before session 6.
         "gluon_4k_run": ("prefill 4K W(127,0) D64 gpt-oss, Gluon kernel, direct launch through "
                          "CompiledKernel.run", gluon_4k, "gluon run"),
+        # Every call through gluon_fwd.forward (a pass-through wrapper around it: its keyword call and plan key per
+        # call, session 6's path) instead of the forward plan's kept Gluon launch.
+        "gluon_4k_forward": ("prefill 4K W(127,0) D64 gpt-oss, Gluon kernel, direct launch, every call through "
+                             "gluon_fwd.forward", gluon_4k, "gluon forward"),
         "gluon_16k": ("prefill 16K W(127,0) D64 gpt-oss, Gluon kernel, direct launch", gluon_16k, "gluon"),
         "gluon_16k_run": ("prefill 16K W(127,0) D64 gpt-oss, Gluon kernel, direct launch through "
                           "CompiledKernel.run", gluon_16k, "gluon run"),
@@ -501,8 +506,11 @@ def main() -> None:
         title, fn, variant = found[name]
         fused, mode, direct, c_launcher = ops.FUSED_APPEND, gluon_fwd.GLUON_MODE, _launch.DIRECT_LAUNCH, \
             _launch.C_LAUNCHER
+        forward = gluon_fwd.forward
         flags = (variant or "").split()
         try:
+            if "forward" in flags:
+                gluon_fwd.forward = lambda *args, **kwargs: forward(*args, **kwargs)
             ops.FUSED_APPEND = "fused" in flags or (fused and variant is None)
             gluon_fwd.GLUON_MODE = "1" if "gluon" in flags else "0" if "triton" in flags else mode
             _launch.DIRECT_LAUNCH = direct and "plain" not in flags
@@ -514,7 +522,7 @@ def main() -> None:
             sync()
         finally:
             ops.FUSED_APPEND, gluon_fwd.GLUON_MODE, _launch.DIRECT_LAUNCH = fused, mode, direct
-            _launch.C_LAUNCHER = c_launcher
+            _launch.C_LAUNCHER, gluon_fwd.forward = c_launcher, forward
             _launch.clear_plans()
     sys.stdout.flush()
 
