@@ -120,6 +120,7 @@ S7_SPLIT = [(False, None), FENCED, FENCED_V, FA3_FP8]
 # Two KV heads per program, each head's tiles loaded on their own (session 6's two-loads pairs), fenced: interior
 # loop 519 -> 335 per two 64-key blocks and warp ((64, 4, 2) capped at 128: 8 B stack, 42 KB shared).
 TWO_LOADS_FENCED = (False, (64, 4, 2, False, False, 128), dict(pair=3, per_sm=4, fenced=1))
+S7B = [(False, None), FENCED_V, TWO_LOADS, TWO_LOADS_FENCED]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -137,7 +138,12 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s7_b4": (4, 16384, None, S7_SPLIT + [FENCED_64, TWO_LOADS_FENCED]),
           "s7_window": (16, 2048, 127, S7_SPLIT),
           "s7_long_ab": (4, 131072, None, S7_SPLIT + [TWO_LOADS_FENCED]),
-          "s7_b16_128k_ab": (16, 131040, None, S7_SPLIT + [TWO_LOADS_FENCED])}
+          "s7_b16_128k_ab": (16, 131040, None, S7_SPLIT + [TWO_LOADS_FENCED]),
+          # After s7-call4 (K and V fenced 10-13% slower than shipped at every split shape): V only, and the
+          # two-loads pairs with and without the fence, beside the shipped loop.
+          "s7b_full": (16, 16384, None, S7B), "s7b_long": (4, 131072, None, S7B),
+          "s7b_b16_128k": (16, 131040, None, S7B),
+          "s7b_window": (16, 2048, 127, [(False, None), FENCED_V])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
 COPY_GBPS = 4221.0
 
