@@ -39,7 +39,8 @@ Sections (argv; all by default):
   serving_s6  session 6: W(127,0) decode + append and verify k = 2, 4, 8 with the L2 preload before the PDL wait
             (fwd.PRELOAD_L2) and k = 4 in a 64-row tile, FA3 beside; full decode B=4 16K with the preload;
   serving_s7  session 7: W(127,0) decode + append and verify k = 2, 4, 8 with the head-block tile's row-bound mask
-            (fwd.ROW_BOUND_MASK) against in_window's, FA3 beside; full decode B=4 16K against the copy;
+            (fwd.ROW_BOUND_MASK) against in_window's, FA3 beside; full decode B=4 16K against the copy, the merge
+            launch against the merge folded into the split launch (fwd.SPLIT_MERGE_FOLD);
   verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0) against decode: no append, the
             fused append, without the non-finite redo launch, one 256-key block for the 127 + k keys, two stages.
 Run: ``python scripts/gpu_probe.py [sections]``; ``PROBE_WARM=1`` runs every variant once without timing (compiles
@@ -1273,7 +1274,9 @@ def serving_s7() -> None:
     call cold (a graph over 48 input sets) | warm (one set replayed): ``shipped`` (the head-block tile's scores masked
     by per-row key bounds, fwd.ROW_BOUND_MASK, and the summed finiteness check) against ``in_window mask``
     (ROW_BOUND_MASK off: the mask of session 6, with the summed check), FA3 beside (no append); the verify / decode
-    ratio of each. Then full decode B=4 16K (one input set, 20 calls per graph) against the copy of its bytes."""
+    ratio of each. Then full decode B=4 16K (one input set, 20 calls per graph) against the copy of its bytes:
+    ``shipped`` (the split launch, then the merge launch) against ``merge folded`` (fwd.SPLIT_MERGE_FOLD: the last
+    split of each sequence and KV head merges, no merge launch)."""
     input_sets = 48
     print("\n## s7 W(127,0) B=16 1K page 16, fused append: us/call cold (48 sets) | warm (1 set); k=1 is decode",
           flush=True)
@@ -1297,6 +1300,8 @@ def serving_s7() -> None:
         sets.clear()
         without_append.clear()
         torch.cuda.empty_cache()
+    if os.environ.get("PROBE_S7_VERIFY_FULL", "1") not in ("", "0"):
+        _full_verify_1k_s7()
     if os.environ.get("PROBE_S7_FULL", "1") in ("", "0"):
         return
     batch, context = 4, 16384
@@ -1307,8 +1312,71 @@ def serving_s7() -> None:
     inputs = full_decode_inputs(batch, context)
     call = functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True)
     ref = call().float()
-    for label, settings in (("shipped", {}),):
-        print(f"  full decode B=4 16K page 16 {label}: {_full_decode_us(call, ref, settings, copy_us)}", flush=True)
+    for _ in range(ROUNDS):
+        for label, settings in (("shipped", {}), ("merge folded", dict(SPLIT_MERGE_FOLD=True))):
+            print(f"  full decode B=4 16K page 16 {label}: {_full_decode_us(call, ref, settings, copy_us)}",
+                  flush=True)
+
+
+def _full_verify_1k_s7(k: int = 4, input_sets: int = 16) -> None:
+    """Full-attention verify, B=16, 1K, page 16, k = 4 appended (the model step's full layer at 1K: 27.36 us against
+    FA3's 19.81 in s6-call5's bench), us per call over ``input_sets`` cold sets: ``shipped`` (the automatic split
+    count, the append launch, the redo launch of the isolation), ``fused append`` (ops.FUSED_APPEND on), ``no
+    isolation`` (fwd.ISOLATE_NON_FINITE off: what the redo launch costs; not a shippable mode), ``N splits``; FA3
+    beside (no append)."""
+    from swattn import ops
+    from swattn.bench import peers
+    from swattn.kernels import fwd
+    heads, kv_heads, head_dim, batch, page_size, context = 64, 8, 64, 16, 16, 1024
+    pages = context // page_size + 1
+    sets = []
+    for _ in range(input_sets):
+        k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
+        sets.append(dict(q=torch.randn(batch, k, heads, head_dim, device=DEVICE, dtype=DTYPE), k_cache=k_cache,
+                         v_cache=torch.randn_like(k_cache),
+                         k=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
+                         v=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
+                         page_table=torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages),
+                         cache_seqlens=torch.full((batch,), context, device=DEVICE, dtype=torch.int32),
+                         sinks=torch.randn(heads, device=DEVICE)))
+    auto = int(swattn.get_scheduler_metadata(batch, k, pages * page_size, heads, kv_heads, head_dim,
+                                             sets[0]["cache_seqlens"] + k, causal=True)[0])
+    print(f"\n## s7 full-attention verify k={k} B=16 1K page 16 ({input_sets} sets, appended): us/call; automatic "
+          f"split count {auto}", flush=True)
+    ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True).float()
+    variants = [("shipped", 0, fwd, {}), ("fused append", 0, ops, dict(FUSED_APPEND=True)),
+                ("no isolation", 0, fwd, dict(ISOLATE_NON_FINITE=False))]
+    variants += [(f"{n} splits", n, fwd, {}) for n in (2, 4, 8) if n != auto]
+    for label, num_splits, module, settings in variants:
+        previous = {name: getattr(module, name) for name in settings}
+        for name, value in settings.items():
+            setattr(module, name, value)
+        try:
+            def call_all(num_splits=num_splits):
+                for one in sets:
+                    swattn.flash_attn_with_kvcache(**one, causal=True, num_splits=num_splits)
+            out = swattn.flash_attn_with_kvcache(**sets[0], causal=True, num_splits=num_splits)
+            err = ((out.float() - ref).norm() / ref.norm()).item()
+            print(f"  k={k} full 1K {label}: {graph_us(call_all, 1, rep=100) / input_sets:.2f} us (rel diff "
+                  f"{err:.0e})", flush=True)
+        except Exception as exc:  # report and go on
+            print(f"  k={k} full 1K {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+        finally:
+            for name, value in previous.items():
+                setattr(module, name, value)
+    try:
+        runs = [peers.fa3(one["q"], one["k_cache"], one["v_cache"], -1, one["sinks"], one["page_table"],
+                          one["cache_seqlens"] + k) for one in sets]
+
+        def fa3_all(runs=runs):
+            for run in runs:
+                run()
+        fa3_all()
+        print(f"  k={k} full 1K FA3 (no append): {graph_us(fa3_all, 1, rep=100) / input_sets:.2f} us", flush=True)
+    except Exception as exc:  # FA3 missing: say so
+        print(f"  k={k} full 1K FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+    sets.clear()
+    torch.cuda.empty_cache()
 
 
 def _full_decode_us(call, ref, settings: dict, copy_us: float) -> str:

@@ -220,3 +220,58 @@ def test_l2_preload_and_padded_verify_tiles_give_the_same_bits(monkeypatch, requ
     ref, _ = attention_kvcache_ref(qs[1], k_run, v_run, seqlens + 2 * tokens, page_table=table, causal=True,
                                    window_size=window_size, sinks=sinks, compute_dtype=torch.float32)
     assert_close("out", outs[1], ref, tolerance_for(BF16))
+
+
+@pytest.mark.parametrize("return_lse", [False, True])
+def test_split_merge_folded_into_the_split_launch(monkeypatch, return_lse):
+    """fwd.SPLIT_MERGE_FOLD (the last split program of each sequence and KV head merges, no merge launch): full
+    decode at B=4 16K (24 splits, gpt-oss layer, sinks) against the merge launch (up to rounding) and the float32
+    reference, three consecutive calls and a CUDA graph replayed three times on the same arrival counts (each call
+    must leave them zero), and the counts zero afterwards."""
+    from swattn.kernels import fwd
+
+    batch, context, page_size = 4, 16384, 16
+    pages = context // page_size
+    k_cache = torch.randn(batch * pages, page_size, KV_HEADS, HEAD_DIM, device=DEVICE).to(BF16)
+    v_cache = torch.randn_like(k_cache)
+    table = torch.randperm(batch * pages, device=DEVICE).view(batch, pages).to(torch.int32)
+    seqlens = torch.tensor([context, context - 1000, 77, 0], device=DEVICE, dtype=torch.int32)
+    qs = [torch.randn(batch, 1, HEADS, HEAD_DIM, device=DEVICE).to(BF16) for _ in range(3)]
+    sinks = torch.randn(HEADS, device=DEVICE)
+
+    def call(q):
+        return swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, page_table=table,
+                                              causal=True, sinks=sinks, return_softmax_lse=return_lse)
+    launched = [call(q) for q in qs]
+    monkeypatch.setattr(fwd, "SPLIT_MERGE_FOLD", True)
+    plan = fwd.forward_plan(qs[0], k_cache, v_cache, softmax_scale=HEAD_DIM ** -0.5, left=-1, right=0, sinks=sinks,
+                            seqlens_k=seqlens, page_table=table, pack_gqa=True, num_splits=24,
+                            return_lse=return_lse)
+    assert plan.fold_merge and plan.combine is None
+    folded = [call(q) for q in qs]
+    static_q = qs[0].clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        call(static_q)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = call(static_q)
+    replayed = []
+    for q in qs:
+        static_q.copy_(q)
+        graph.replay()
+        replayed.append(tuple(t.clone() for t in static_out) if return_lse else static_out.clone())
+    torch.cuda.synchronize()
+    for index, q in enumerate(qs):
+        ref, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, seqlens, page_table=table, causal=True, sinks=sinks,
+                                             compute_dtype=torch.float32)
+        for got in (folded[index], replayed[index]):
+            out = got[0] if return_lse else got
+            want = launched[index][0] if return_lse else launched[index]
+            assert_close("out", out, ref, tolerance_for(BF16))
+            torch.testing.assert_close(out, want, rtol=1e-2, atol=1e-2)
+            if return_lse:
+                torch.testing.assert_close(got[1], ref_lse, rtol=0, atol=LSE_ATOL)
+    assert all(int(counts.abs().sum()) == 0 for counts in fwd._MERGE_COUNTS.values())
