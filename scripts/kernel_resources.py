@@ -55,6 +55,7 @@ class Resources:
     lazy_rescale_branches: int = 0  # the Gluon lazy rescale's warp-vote branches (``lazy_rescale_problems``)
     lazy_rescale_problems: int = 0
     wgmma_serialized: bool = False  # ptxas waits after every wgmma (``wgmma_serialized``)
+    fp8_mma: bool = False  # e4m3 warpgroup products (QGMMA: the all-fp8 Gluon kernel's Q K^T)
 
     @property
     def programs_per_sm(self) -> int:
@@ -106,15 +107,15 @@ def _compile(kernel, args: tuple, kwargs: dict, source_type=ASTSource) -> Resour
         shared_bytes=compiled.metadata.shared, num_warps=options["num_warps"],
         pipelined="async_copy_global_to_local" in ttgir or "async_tma_copy" in ttgir,
         warpgroup_mma="HGMMA" in sass, lazy_rescale_branches=branches, lazy_rescale_problems=problems,
-        wgmma_serialized=wgmma_serialized(sass))
+        wgmma_serialized=wgmma_serialized(sass), fp8_mma="QGMMA" in sass)
 
 
 def wgmma_serialized(sass: str) -> bool:
     """ptxas serializes a kernel's wgmma (its C7512 / C7514 advisories, which Triton does not show: too few
     registers, or other instructions touching an in-flight product's accumulator) by making every HGMMA its own
     group, waited for right after it: each carries ``gsb0``, where a product of several k-steps normally marks
-    only its last."""
-    products = [line for line in sass.splitlines() if re.search(r"\*/\s+HGMMA", line)]
+    only its last. (QGMMA: the e4m3 products.)"""
+    products = [line for line in sass.splitlines() if re.search(r"\*/\s+[HQ]GMMA", line)]
     return bool(products) and all("gsb0" in line for line in products)
 
 
@@ -167,7 +168,13 @@ def compile_gluon(q, k, v, *, left: int, right: int, pack_gqa: bool = False, sin
             return lambda *args, **kwargs: launches.append((args, kwargs))
 
     batch, seqlen, heads, head_dim = q.shape
-    out, lse = torch.empty_like(q), torch.empty(batch, heads, seqlen)
+    out, lse = torch.empty(q.shape, dtype=v.dtype), torch.empty(batch, heads, seqlen)
+    if q.dtype == torch.float8_e4m3fn:
+        # All-fp8: e4m3 q and k, V as the bf16 copy the dispatch makes, descales per (batch, KV head).
+        k, v = k.to(torch.float8_e4m3fn), gluon_fwd.fp8_value_copy(v.to(torch.float8_e4m3fn))
+        out = torch.empty(q.shape, dtype=torch.bfloat16)
+        descale = torch.ones(batch, k.shape[-2])
+        overrides = dict(overrides, q_descale=descale, k_descale=descale, v_descale=descale)
     gluon_fwd._swa_fwd_sm90_kernel = Capture()
     try:
         gluon_fwd.forward(
@@ -203,6 +210,10 @@ def gluon_targets() -> list[tuple[str, dict, dict, torch.dtype]]:
         ("gluon W(4095,0) D256 softcap, sinks (Gemma 2)", d256, dict(left=4095, right=0, softcap=50.0, sinks=True),
          torch.bfloat16),
         ("gluon W(4095,0) D128 over pages of 16", d128, dict(left=4095, right=0, page_size=16), torch.bfloat16),
+        ("gluon W(4095,0) D128 all-fp8 (e4m3 Q K^T, bf16 P V)", d128, dict(left=4095, right=0),
+         torch.float8_e4m3fn),
+        ("gluon W(127,0) D128 packed all-fp8, sinks (1 warpgroup, 2 programs/SM)", d128,
+         dict(left=127, right=0, pack_gqa=True, sinks=True), torch.float8_e4m3fn),
     ]
 
 
@@ -415,7 +426,8 @@ def main() -> int:
                       f"{r.shared_bytes} B shared, {r.programs_per_sm} programs/SM, pipelined {r.pipelined}",
                       flush=True)
         for name, shapes, kwargs, dtype in gluon_targets():
-            (q, k, v), _ = inputs(shapes, dtype)
+            (q, k, v), _ = inputs(shapes, torch.bfloat16 if dtype == torch.float8_e4m3fn else dtype)
+            q = q.to(dtype)  # all-fp8: e4m3 q (compile_gluon makes k and v as the dispatch does)
             try:
                 r = compile_gluon(q, k, v, **kwargs)
             except Exception as exc:  # noqa: BLE001 - report and go on
@@ -439,9 +451,10 @@ def main() -> int:
             lazy = gluon_fwd.rescale_threshold_for(consumers) > 0
             failures += check and (r.stack_bytes > allowed_stack or not r.warpgroup_mma or r.wgmma_serialized
                                    or r.shared_bytes * per_sm > SHARED_PER_SM
+                                   or r.fp8_mma != (dtype == torch.float8_e4m3fn)
                                    or (lazy and (r.lazy_rescale_branches == 0 or r.lazy_rescale_problems > 0)))
             print(f"{name} [gluon]: {r.registers} regs (max), {r.stack_bytes} B stack, {r.shared_bytes} B shared, "
-                  f"HGMMA {r.warpgroup_mma} (serialized: {r.wgmma_serialized}), "
+                  f"HGMMA {r.warpgroup_mma}, QGMMA {r.fp8_mma} (serialized: {r.wgmma_serialized}), "
                   f"lazy rescale branches {r.lazy_rescale_branches} "
                   f"(alphas untested: {r.lazy_rescale_problems})", flush=True)
     return 1 if failures else 0

@@ -37,8 +37,10 @@ def test_shipped_forward_configs_compile_for_hopper_with_pipelined_loops():
     backward = re.findall(r"^backward .* \[(dq|dkdv)\] \((\d) stages.*: (\d+) regs", result.stdout, flags=re.M)
     assert len(backward) == 8 and {kernel for kernel, *_ in backward} == {"dq", "dkdv"}, result.stdout
     # The Gluon sm_90 forward: each shipped variant compiles with wgmma and fits (no spills beyond the noted one).
-    gluon = re.findall(r"^(gluon .*) \[gluon\]: (\d+) regs \(max\), (\d+) B stack, (\d+) B shared, HGMMA (\w+)$",
-                       result.stdout, flags=re.M)
-    assert len(gluon) == 9, result.stdout
-    for name, registers, _stack, shared, hgmma in gluon:
+    # The all-fp8 variants' Q K^T runs as e4m3 products (QGMMA), P V as bf16 ones (HGMMA).
+    gluon = re.findall(r"^(gluon .*) \[gluon\]: (\d+) regs \(max\), (\d+) B stack, (\d+) B shared, HGMMA (\w+), "
+                       r"QGMMA (\w+) ", result.stdout, flags=re.M)
+    assert len(gluon) == 11, result.stdout
+    for name, registers, _stack, shared, hgmma, qgmma in gluon:
         assert 0 < int(registers) <= 255 and int(shared) <= 227 * 1024 and hgmma == "True", name
+        assert (qgmma == "True") == ("all-fp8" in name), name

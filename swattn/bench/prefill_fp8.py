@@ -6,7 +6,9 @@ quantized to e4m3 with one descale per KV head (q: per KV head's group of query 
 Each is checked against ``swattn.reference`` on its own inputs at the rows ``swattn.bench.prefill`` checks
 (``check_blocks``); FA3's fp8 path rounds P to e4m3, so its rows are checked at 5e-2. Timing: one call replayed
 from a CUDA graph, L2 cleared before each replay (``time_single_graph``). swattn's fp8 prefill runs the Triton
-kernel (Q K^T on e4m3 operands, P @ V in bf16); its bf16 row takes the Gluon kernel where that is the default.
+kernel (Q K^T on e4m3 operands, P @ V in bf16), on sm_90 the Gluon kernel (the same products, e4m3 Q K^T as
+warpgroup products, V as a bf16 copy; ``gluon_fwd.FP8_QK``); its bf16 row takes the Gluon kernel where that is the
+default.
 """
 
 from __future__ import annotations

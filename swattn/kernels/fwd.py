@@ -1631,15 +1631,15 @@ def _merge_counts(device: torch.device, groups: int, stream=_launch.ASK) -> torc
 
 def settings() -> tuple:
     """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
-    scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode, the fused append's reads, the
-    page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the L2 preload before
-    the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening, the head-block tile's
-    row-bound mask, the split merge's fold into the split launch."""
+    scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode and its all-fp8 switch, the fused
+    append's reads, the page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the
+    L2 preload before the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening, the
+    head-block tile's row-bound mask, the split merge's fold into the split launch."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
-            configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, APPEND_READS_INPUT, PREFETCH_PAGE_TABLE,
-            WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2, PRELOAD_L2_SPLITS, FP8_PREFETCH_PARTNER,
-            FP8_FENCED_WIDENING, ROW_BOUND_MASK, SPLIT_MERGE_FOLD)
+            configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, gluon_fwd.FP8_QK, APPEND_READS_INPUT,
+            PREFETCH_PAGE_TABLE, WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2, PRELOAD_L2_SPLITS,
+            FP8_PREFETCH_PARTNER, FP8_FENCED_WIDENING, ROW_BOUND_MASK, SPLIT_MERGE_FOLD)
 
 
 def attention_forward(
@@ -2011,14 +2011,20 @@ class _ForwardPlan:
             ones = ones_descale(device)
             q_descale, k_descale, v_descale = (ones if d is None else d for d in (q_descale, k_descale, v_descale))
         if self.use_gluon:
+            if self.fp8:
+                # All-fp8 (the Gluon kernel takes no other fp8 call): e4m3 Q K^T, P @ V in bf16 on V's bf16 copy (one
+                # elementwise launch), the descales applied per tile in the kernel.
+                gluon_v, descales = gluon_fwd.fp8_value_copy(v), (q_descale, k_descale, v_descale)
+            else:
+                gluon_v, descales = v, ()
             kept = self.gluon_launch
             if (kept is not None and gluon_fwd.forward is _GLUON_FORWARD
                     and kept[0] == gluon_fwd.planning_settings()):
-                kept[1](q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table, non_finite_flags,
-                        any_non_finite)
+                kept[1](q, k, gluon_v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table,
+                        non_finite_flags, any_non_finite, *descales)
             else:
-                self._gluon_forward(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table,
-                                    non_finite_flags, any_non_finite)
+                self._gluon_forward(q, k, gluon_v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k,
+                                    page_table, non_finite_flags, any_non_finite, *descales)
         if not self.use_gluon or self.redo is not None:
             # The tensors this signature passes, after q (the placeholder for the absent ones): see ``present``.
             merge_counts = _merge_counts(device, self.merge_groups, stream) if self.fold_merge else None
@@ -2046,12 +2052,14 @@ class _ForwardPlan:
         return out, lse, block_counts
 
     def _gluon_forward(self, q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table,
-                       non_finite_flags, any_non_finite) -> None:
+                       non_finite_flags, any_non_finite, q_descale=None, k_descale=None, v_descale=None) -> None:
         """The Gluon launch through ``gluon_fwd.forward`` (which plans it at the first call), keeping the planned
-        launch for ``run`` to make itself on later calls, unless something wraps ``forward``."""
+        launch for ``run`` to make itself on later calls, unless something wraps ``forward``. All-fp8: ``v`` is
+        V's bf16 copy and the three descales are given."""
         gluon_fwd.forward(q, k, v, out, lse, sinks=sinks, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                           seqlens_k=seqlens_k, page_table=page_table, non_finite_flags=non_finite_flags,
-                          any_non_finite=any_non_finite, **self.gluon_arguments)
+                          any_non_finite=any_non_finite, q_descale=q_descale, k_descale=k_descale,
+                          v_descale=v_descale, **self.gluon_arguments)
         launch = gluon_fwd.planned_launch(self.gluon_arguments["plans"])
         self.gluon_launch = (None if launch is None or gluon_fwd.forward is not _GLUON_FORWARD
                              else (gluon_fwd.planning_settings(), launch))

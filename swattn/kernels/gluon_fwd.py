@@ -31,10 +31,16 @@ Masking: only the edge blocks (``block_ranges``: those some row of the tile cann
 mask; interior blocks run the bare softmax. The window arithmetic is the Triton helpers' (``_common``), called
 from Gluon, so the host, both kernel families and the tests share one definition.
 
-Scope (everything else takes the Triton kernels, see ``unsupported_reason``): sm_90, bf16/fp16, head_dim 64, 128 or
-256; dense or varlen q over dense, varlen, contiguous-cache (cache lengths) or paged K/V (pages of 8 keys or more,
-a power of two) whose (token, head, dim) rows are contiguous and TMA-aligned; PackGQA with a group that divides 64;
-no cache_batch_idx, split-KV or in-kernel append.
+All-fp8 calls (q, k, v in e4m3, FlashAttention 3's fp8 prefill; ``FP8_QK``): Q and K come through TMA as e4m3 and
+``S = Q K^T`` is an e4m3 warpgroup product (both operands K-major in shared memory, as for bf16); an e4m3 product
+takes its B operand K-major only, which for ``P @ V`` would be V^T, so V is read from its exact bf16 copy
+(``fp8_value_copy``, one elementwise launch before the kernel) and ``P @ V`` runs in bf16. The descales (``[B,
+Hk]``) are one per tile: ``q_descale * k_descale`` scales the scores, ``v_descale`` the normalized output; O is bf16.
+
+Scope (everything else takes the Triton kernels, see ``unsupported_reason``): sm_90, bf16/fp16 or all-fp8 (not over
+pages), head_dim 64, 128 or 256; dense or varlen q over dense, varlen, contiguous-cache (cache lengths) or paged K/V
+(pages of 8 keys or more, a power of two) whose (token, head, dim) rows are contiguous and TMA-aligned; PackGQA with a
+group that divides 64; no cache_batch_idx, split-KV or in-kernel append.
 """
 
 from __future__ import annotations
@@ -46,7 +52,15 @@ import weakref
 import torch
 
 from swattn._compat import ceil_div, compute_capability_major, device_properties
-from swattn.kernels._common import LOG2E, block_ranges, finish_rows, safe_pivot, sequence_bounds, softcap_scores
+from swattn.kernels._common import (
+    LOG2E,
+    block_ranges,
+    descale_strides,
+    finish_rows,
+    safe_pivot,
+    sequence_bounds,
+    softcap_scores,
+)
 from swattn.kernels._launch import Descriptor, Launch
 
 try:  # Gluon ships inside the triton wheel (3.4+); the names used here exist in 3.6 and 3.9.
@@ -459,16 +473,19 @@ if GLUON_AVAILABLE:
         (``seen_nan``: per row position of the warpgroup, 1 once a row there held a NaN in any tile so far)."""
         O, LSE, SINKS, FLAGS, ANY_NAN, o_desc = pointers[3:9]
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh = strides
-        softmax_scale, softcap, left, right = scalars
+        softmax_scale, softcap, left, right = scalars[:4]
         q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns = buffers
-        dtype: gl.constexpr = k_smem.dtype
+        dtype: gl.constexpr = v_smem.dtype  # P's and O's: V's (bf16 with e4m3 Q and K, see ``FP8_QK``)
+        FP8_QK: gl.constexpr = q_smem.dtype.primitive_bitwidth == 8
         M: gl.constexpr = q_smem.shape[2] * ROWS_PER_POS  # the warpgroup's rows: its Q box's (64 or 128)
         Q_SLOTS: gl.constexpr = 2 if HEAD_DIM <= 128 else 1  # as the kernel allocates them
         BOX: gl.constexpr = pointers[0].block_type.shape[0]  # as the loader's
         ALIGN: gl.constexpr = BOX if KV_SOURCE == _KV_PAGED else 1
 
+        # The scores' instruction reduces 32 bytes: 16 bf16/fp16 or 32 e4m3 elements.
+        S_INSTR_K: gl.constexpr = 256 // q_smem.dtype.primitive_bitwidth
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                           instr_shape=[16, BLOCK_N, 16])
+                                                           instr_shape=[16, BLOCK_N, S_INSTR_K])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, HEAD_DIM, 16])
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
@@ -484,6 +501,19 @@ if GLUON_AVAILABLE:
             KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS * M)
         offset = seqlen_k - seqlen_q
         batch64 = batch.to(gl.int64)
+        if FP8_QK:
+            # All-fp8 (``FP8_QK``): descales [B, Hk], one per sequence and KV head, so one per tile (a PackGQA tile
+            # holds one KV head), as the Triton kernel applies them: q_descale * k_descale folds into the scores'
+            # scale, v_descale (V's bf16 copy holds the raw e4m3 values) scales the normalized output.
+            Q_DESCALE, K_DESCALE, V_DESCALE, stride_qdb, stride_qdh, stride_kdb, stride_kdh, stride_vdb, stride_vdh = (
+                scalars[4:])
+            if PACK_GQA:
+                kv_head64 = head_or_kv_head.to(gl.int64)
+            else:
+                kv_head64 = (head_or_kv_head // GROUP).to(gl.int64)
+            softmax_scale = (softmax_scale * gl.load(Q_DESCALE + batch64 * stride_qdb + kv_head64 * stride_qdh)
+                             * gl.load(K_DESCALE + batch64 * stride_kdb + kv_head64 * stride_kdh))
+            value_scale = gl.load(V_DESCALE + batch64 * stride_vdb + kv_head64 * stride_vdh)
         # The epilogue's rows and sinks: the sinks' load is issued here, before the tile's products, so its latency
         # stays out of the epilogue (a small window's tile is a few blocks long).
         o_m = first_row + WG * M + gl.arange(0, M, layout=o_rows)
@@ -584,6 +614,8 @@ if GLUON_AVAILABLE:
         if not HAS_SINKS:
             sink = m_o
         row_factor, lse = finish_rows(m_o, l_o, sink, HAS_SINKS, FAST_LOG2=True)
+        if FP8_QK:
+            row_factor = row_factor * value_scale
         if STORE_LSE:
             lse_ptrs = (LSE + batch64 * stride_lb + o_head.to(gl.int64) * stride_lh
                         + (q_begin + o_pos).to(gl.int64) * stride_lq)
@@ -656,9 +688,10 @@ if GLUON_AVAILABLE:
     @gluon.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right"])
     def _swa_fwd_sm90_kernel(
         q_desc, k_desc, v_desc, o_desc, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, PAGE_TABLE, FLAGS,
-        ANY_NAN, stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh, stride_page_table,
-        seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, softmax_scale, softcap, left, right, num_tiles,
-        num_batch_heads, num_row_groups, page_size,
+        ANY_NAN, Q_DESCALE, K_DESCALE, V_DESCALE, stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh,
+        stride_page_table, seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, softmax_scale, softcap, left, right,
+        num_tiles, num_batch_heads, num_row_groups, page_size, stride_qdb, stride_qdh, stride_kdb, stride_kdh,
+        stride_vdb, stride_vdh,
         HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
         IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr, PACK_GQA: gl.constexpr,
         GROUP: gl.constexpr,
@@ -700,7 +733,12 @@ if GLUON_AVAILABLE:
 
         pointers = (k_desc, v_desc, q_desc, O, LSE, SINKS, FLAGS, ANY_NAN, o_desc)
         strides = (stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh)
-        scalars = (softmax_scale, softcap, left, right)
+        if q_desc.dtype.primitive_bitwidth == 8:
+            # All-fp8 (e4m3 Q and K, V as its bf16 copy): the descales ride with the scalars (``_consume_item``).
+            scalars = (softmax_scale, softcap, left, right, Q_DESCALE, K_DESCALE, V_DESCALE, stride_qdb, stride_qdh,
+                       stride_kdb, stride_kdh, stride_vdb, stride_vdh)
+        else:
+            scalars = (softmax_scale, softcap, left, right)
         buffers = (q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns)
         # (Gluon's partitions take their arguments spelled out: no starred tuples.)
         if NUM_CONSUMERS == 3:
@@ -742,12 +780,25 @@ if GLUON_AVAILABLE:
 
 
 _DTYPES = (torch.float16, torch.bfloat16)
+_FP8 = torch.float8_e4m3fn
+# All-fp8 calls (q, k, v in e4m3: ``FP8_QK``) take the Gluon kernel (e4m3 Q K^T on the tensor cores; V as a bf16
+# copy, ``fp8_value_copy``) where it supports them; SWATTN_GLUON_FP8=0 keeps them on the Triton kernels.
+FP8_QK = os.environ.get("SWATTN_GLUON_FP8", "1").strip() != "0"
+_GL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", _FP8: "float8e4nv"}
 
 
 @functools.lru_cache(maxsize=64)
 def _shared_layout(block: tuple, dtype: torch.dtype):
     """The swizzled shared-memory layout of a TMA box (computed once per box shape: ~10 us of host time each)."""
-    return gl.NVMMASharedLayout.get_default_for(list(block), gl.bfloat16 if dtype == torch.bfloat16 else gl.float16)
+    return gl.NVMMASharedLayout.get_default_for(list(block), getattr(gl, _GL_DTYPES[dtype]))
+
+
+def fp8_value_copy(v: torch.Tensor) -> torch.Tensor:
+    """An all-fp8 call's V for the Gluon kernel: e4m3 V as bf16, contiguous (one elementwise launch). Exact: every
+    e4m3 value is a bf16. An e4m3 wgmma takes its B operand K-major only, which would be V^T; so P @ V runs in bf16
+    on this copy, and v_descale scales the normalized output in the kernel (as the Triton kernels apply it), which
+    also serves varlen calls, whose tokens' sequences the copy does not know."""
+    return v.to(torch.bfloat16, memory_format=torch.contiguous_format)
 
 
 def _sm_count(device: torch.device) -> int:
@@ -776,8 +827,18 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, var
         return "not a CUDA tensor"
     if compute_capability_major(q.device) != 9:
         return "not an sm_90 GPU"
-    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        return f"dtype {q.dtype} (fp16/bf16 only)"
+    fp8 = q.dtype == _FP8
+    if fp8 and (k.dtype != _FP8 or v.dtype != _FP8):
+        return f"e4m3 q over {k.dtype} k and {v.dtype} v (all three e4m3 only)"
+    if fp8 and not FP8_QK:
+        return "all-fp8 calls switched off (SWATTN_GLUON_FP8=0)"
+    if not fp8 and (q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype):
+        return f"dtype {q.dtype}, k {k.dtype}, v {v.dtype} (fp16/bf16, or all three e4m3, only)"
+    if fp8 and q.shape[-1] > 128:
+        return f"an all-fp8 call at head_dim {q.shape[-1]} (64 and 128 only: 256 was never compiled or run)"
+    if fp8 and paged:
+        # V's bf16 copy would convert the whole page pool on every call.
+        return "an all-fp8 call over a paged cache"
     if q.shape[-1] not in HEAD_DIMS:
         return f"head_dim {q.shape[-1]} (64, 128 or 256 only)"
     if indexed or append:
@@ -797,7 +858,8 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, var
         # A page holds whole TMA boxes of 8 or more rows (the shared-memory swizzle repeats every 8 rows).
         if page_size < 8 or page_size & (page_size - 1):
             return f"page size {page_size} (a power of two from 8 up)"
-    for name, t in (("k", k), ("v", v)):
+    # An all-fp8 call's V is read from its contiguous bf16 copy (``fp8_value_copy``).
+    for name, t in (("k", k),) if fp8 else (("k", k), ("v", v)):
         view = _rows_view(t, varlen_k)
         if view is None or view.data_ptr() % 16 or (view.stride(0) * t.element_size()) % 16:
             return f"{name} rows not contiguous and 16-byte aligned"
@@ -816,12 +878,15 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None,
             consumers: int | None = None, tma_store: bool | None = None,
             per_sm: int | None = None, wg_rows: int | None = None,
-            plans: dict | None = None) -> int:
+            plans: dict | None = None, q_descale: torch.Tensor | None = None, k_descale: torch.Tensor | None = None,
+            v_descale: torch.Tensor | None = None) -> int:
     """Launch the Gluon forward on checked arguments (``unsupported_reason`` returned None); returns the number
     of query tiles per (batch, head-or-KV-head). Non-finite flags are written per group of ``ROWS_PER_CONSUMER``
     rows (the Triton redo pass's tiles). K/V: dense ``[B, Sk, Hk, D]``, varlen ``[total_k, Hk, D]``
     (``cu_seqlens_k``) or pages ``[num_pages, page_size, Hk, D]`` (``page_table [B, pages]`` int32); ``seqlens_k
-    [B]`` (int32) overrides each sequence's key count.
+    [B]`` (int32) overrides each sequence's key count. All-fp8 (e4m3 q and k; v: ``fp8_value_copy`` of the e4m3 V,
+    out bf16): ``q_descale``, ``k_descale``, ``v_descale`` float32 ``[B, Hk]`` (any strides) or one element each
+    (``_common.ones_descale``), all three given.
     ``block_n`` / ``num_stages`` / ``maxnreg`` (per thread at launch) / ``consumer_regs`` (per consumer thread after
     the partitions' reallocation) / ``programs`` (the persistent grid; default one per SM) / ``pingpong`` (the
     consumers take turns on the tensor cores; two consumers only) / ``consumers`` (warpgroups of 64 rows per tile: 1
@@ -840,12 +905,12 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
         planned = _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table,
                         non_finite_flags, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap,
                         seqlen_q=seqlen_q, seqlen_k=seqlen_k, batch=batch, pack_gqa=pack_gqa, o_strides=o_strides,
-                        l_strides=l_strides, overrides=overrides)
+                        l_strides=l_strides, overrides=overrides, descales=(q_descale, k_descale, v_descale))
         if plans is not None:
             plans[key] = planned
     launch, num_tiles = planned
     launch(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table, non_finite_flags,
-           any_non_finite)
+           any_non_finite, q_descale, k_descale, v_descale)
     return num_tiles
 
 
@@ -858,8 +923,9 @@ _LAUNCHES: weakref.WeakSet = weakref.WeakSet()
 def planned_launch(plans: dict) -> Launch | None:
     """The launch ``forward(..., plans=plans)`` keeps for the shipped choice (no tuning arguments) under the current
     ``planning_settings()``, or None: a caller may launch it itself with ``forward``'s tensors in order (``q, k, v,
-    out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table, non_finite_flags, any_non_finite``) for later
-    calls of the signature, as long as ``planning_settings()`` is unchanged."""
+    out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table, non_finite_flags, any_non_finite``, then
+    for an all-fp8 call ``q_descale, k_descale, v_descale``) for later calls of the signature, as long as
+    ``planning_settings()`` is unchanged."""
     planned = plans.get((NO_OVERRIDES, planning_settings()))
     return None if planned is None else planned[0]
 
@@ -880,12 +946,13 @@ def planning_settings() -> tuple:
 
 # The call's tensors, as ``forward`` passes them to a plan's launch: the kernel's tensor parameters take them by these
 # indices (``Launch``'s slots); an absent one is OUT, the placeholder.
-_Q, _K, _V, _OUT, _LSE, _SINKS, _CU_SEQLENS_Q, _CU_SEQLENS_K, _SEQLENS_K, _PAGE_TABLE, _FLAGS, _ANY_NAN = range(12)
+(_Q, _K, _V, _OUT, _LSE, _SINKS, _CU_SEQLENS_Q, _CU_SEQLENS_K, _SEQLENS_K, _PAGE_TABLE, _FLAGS, _ANY_NAN, _Q_DESCALE,
+ _K_DESCALE, _V_DESCALE) = range(15)
 
 
 def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table, non_finite_flags, *,
           softmax_scale, left, right, softcap, seqlen_q, seqlen_k, batch, pack_gqa, o_strides, l_strides,
-          overrides) -> tuple[Launch, int]:
+          overrides, descales=(None, None, None)) -> tuple[Launch, int]:
     """The launch of ``forward``'s call (its tensors' layouts, scalars and ``overrides``), its tiles per (batch,
     head-or-KV-head)."""
     block_n, num_stages, maxnreg, consumer_regs, programs, pingpong, consumers, tma_store, per_sm, wg_rows = overrides
@@ -907,15 +974,20 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
     if wg_rows not in (64, 128) or (wg_rows == 128 and (consumers != 1 or head_dim > 128)):
         raise ValueError(f"wg_rows={wg_rows} with consumers={consumers}, head_dim={head_dim}: 64 rows per "
                          "warpgroup, or 128 with one consumer up to head_dim 128 (its accumulator's registers)")
+    fp8 = q.dtype == _FP8
+    if fp8 and (k.dtype != _FP8 or v.dtype != torch.bfloat16 or any(d is None for d in descales)):
+        raise ValueError(f"all-fp8: e4m3 q and k, v as its bf16 copy (fp8_value_copy) and three descales, got k "
+                         f"{k.dtype}, v {v.dtype}, descales given {[d is not None for d in descales]}")
     block_n = block_n or block_n_for(head_dim, pack_gqa, left, right)
     num_stages = num_stages or NUM_STAGES
-    kv_layout = _shared_layout((block_n, head_dim), q.dtype)
     k_rows, v_rows = _rows_view(k, varlen_k), _rows_view(v, varlen_k)
     # Paged: boxes of at most a page (and PAGE_BOX_MAX keys, to waste little before the first visible key: the
     # tile's start is rounded down to a box), in the [BLOCK_N, D] buffers' layout.
     box = min(block_n, PAGE_BOX_MAX, k.shape[1]) if paged else block_n
-    k_desc = Descriptor(TensorDescriptor, k_rows.shape, k_rows.stride(), [box, head_dim], kv_layout)
-    v_desc = Descriptor(TensorDescriptor, v_rows.shape, v_rows.stride(), [box, head_dim], kv_layout)
+    k_desc = Descriptor(TensorDescriptor, k_rows.shape, k_rows.stride(), [box, head_dim],
+                        _shared_layout((block_n, head_dim), k.dtype))
+    v_desc = Descriptor(TensorDescriptor, v_rows.shape, v_rows.stride(), [box, head_dim],
+                        _shared_layout((block_n, head_dim), v.dtype))
     # Q as [batch, seqlen, heads, dim] (varlen: [1, tokens, heads, dim]); a warpgroup's box is wg_rows // rows_per_pos
     # positions of rows_per_pos heads (one head, or a KV head's packed group). Positions past a dense sequence
     # come back as zeros; past a varlen sequence they are the next sequence's rows, never stored.
@@ -925,8 +997,9 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
     q_desc = Descriptor(TensorDescriptor, q_view.shape, q_view.stride(), q_box, q_box_layout)
     # O leaves by TMA through the Q slots (same boxes) where no row of a box can belong to another sequence: dense.
     # Not at head_dim 256: its single Q slot would go back to the loader only after the store, which waits for the
-    # next tile's Q (a deadlock).
-    tma_store = (tma_store_for(consumers) if tma_store is None else tma_store) and not varlen and head_dim <= 128
+    # next tile's Q (a deadlock). Not all-fp8: an e4m3 Q slot is half a bf16 O box.
+    tma_store = ((tma_store_for(consumers) if tma_store is None else tma_store) and not varlen and head_dim <= 128
+                 and not fp8)
     o_desc = Descriptor(TensorDescriptor, out.shape, out.stride(), q_box, q_box_layout) if tma_store else q_desc
     num_tiles = ceil_div(seqlen_q * rows_per_pos, block_m)
     num_batch_heads = batch * (num_kv_heads if pack_gqa else num_heads)
@@ -938,16 +1011,18 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
     per_sm = max(1, 65536 // (4 * (consumers + 1) * 32 * maxnreg))
     grid = (min(work, programs or per_sm * _sm_count(q.device)),)
     flag = non_finite_flags is not None
-    # The kernel's 13 tensor parameters (4 descriptors, then pointers) from the call's tensors; absent: out.
+    # The kernel's 16 tensor parameters (4 descriptors, then pointers) from the call's tensors; absent: out.
     slots = (_Q, _K, _V, _OUT if tma_store else _Q, _OUT, _LSE if lse is not None else _OUT,
              _SINKS if sinks is not None else _OUT, _CU_SEQLENS_Q if varlen else _OUT,
              _CU_SEQLENS_K if varlen_k else _OUT, _SEQLENS_K if seqlens_k is not None else _OUT,
-             _PAGE_TABLE if paged else _OUT, _FLAGS if flag else _OUT, _ANY_NAN if flag else _OUT)
+             _PAGE_TABLE if paged else _OUT, _FLAGS if flag else _OUT, _ANY_NAN if flag else _OUT,
+             *((_Q_DESCALE, _K_DESCALE, _V_DESCALE) if fp8 else (_OUT,) * 3))
     scalars = (
         *o_strides, *l_strides, page_table.stride(0) if paged else 0,
         seqlen_q, seqlen_k, 0 if varlen_k or paged else k.shape[1], num_heads, softmax_scale,
         softcap if softcap > 0 else 1.0, left, right, num_tiles, num_batch_heads,
         ceil_div(seqlen_q * rows_per_pos, ROWS_PER_CONSUMER), k.shape[1] if paged else 1,
+        *(stride for d in descales for stride in descale_strides(d)),
     )
     constexprs = dict(
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
@@ -964,5 +1039,5 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
     return launch, num_tiles
 
 
-__all__ = ["MIN_ROWS", "ROWS_PER_CONSUMER", "GLUON_AVAILABLE", "GLUON_MODE", "forward", "launch_count",
-           "planned_launch", "unsupported_reason"]
+__all__ = ["MIN_ROWS", "ROWS_PER_CONSUMER", "GLUON_AVAILABLE", "GLUON_MODE", "FP8_QK", "forward", "fp8_value_copy",
+           "launch_count", "planned_launch", "unsupported_reason"]

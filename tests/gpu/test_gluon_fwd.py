@@ -372,3 +372,81 @@ def test_lazy_rescale(case, threshold, monkeypatch):
     ref, ref_lse = attention_ref(q, k, v, window_size=window_size, softcap=softcap, sinks=sinks, **REF)
     assert_close("gluon out, growing scores", out, ref, tolerance_for(torch.bfloat16))
     check_lse("gluon lse, growing scores", lse, ref_lse)
+
+
+FP8 = torch.float8_e4m3fn
+FP8_CASES = [
+    # batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, window_size, softcap, sinks, pack_gqa
+    (1, 4096, 4096, 32, 8, 128, (4095, 0), 0.0, False, False),  # the issue's W(4095,0) D128 (at 4K)
+    (1, 4096, 4096, 32, 8, 128, (-1, 0), 0.0, False, False),  # causal D128
+    (2, 1500, 1500, 32, 8, 128, (511, 0), 0.0, True, True),  # packed, sinks
+    (1, 2000, 2000, 64, 8, 128, (127, 0), 0.0, True, True),  # packed small window: one warpgroup, per-thread O
+    (1, 3000, 3000, 32, 8, 128, (1023, 0), 0.0, False, False),  # lengths off every block
+    (2, 1000, 2500, 16, 4, 64, (200, 3), 0.0, True, False),  # D64, more keys than queries, right side
+    (1, 1234, 1234, 16, 16, 128, (63, 64), 30.0, True, False),  # bidirectional window, softcap
+    (1, 700, 700, 8, 2, 128, (-1, -1), 0.0, False, False),  # no window
+]
+
+
+@pytest.mark.parametrize("case, descales", [(case, "per-kv-head") for case in FP8_CASES]
+                         + [(FP8_CASES[0], "per-tensor"), (FP8_CASES[3], "none")],
+                         ids=lambda c: c if isinstance(c, str) else f"B{c[0]}-Sq{c[1]}-Sk{c[2]}-H{c[3]}/{c[4]}-D{c[5]}"
+                         f"-W{c[6]}{'-cap' if c[7] else ''}{'-sinks' if c[8] else ''}{'-pack' if c[9] else ''}")
+def test_all_fp8_against_reference(case, descales):
+    """q, k, v in e4m3 (FlashAttention 3's fp8 prefill): the Gluon kernel's e4m3 Q K^T with q_descale * k_descale
+    per tile, P @ V in bf16 on V's bf16 copy, v_descale on the output; bf16 out. Against the reference on the
+    dequantized values (bf16's tolerance: P and O are rounded as without fp8) and the Triton kernels' fp8 path."""
+    batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, window_size, softcap, with_sinks, pack_gqa = case
+    q = randn(batch, seqlen_q, heads, head_dim, dtype=FP8, scale=2.0)
+    k = randn(batch, seqlen_k, kv_heads, head_dim, dtype=FP8, scale=2.0)
+    v = randn(batch, seqlen_k, kv_heads, head_dim, dtype=FP8, scale=2.0)
+    sinks = torch.randn(heads, device=DEVICE) if with_sinks else None
+    if descales == "per-kv-head":
+        qd, kd, vd = (torch.rand(batch, kv_heads, device=DEVICE) * 0.2 + 0.01 for _ in range(3))
+    elif descales == "per-tensor":  # one value each, expanded (stride 0) as FlashAttention 3's callers pass it
+        qd, kd, vd = (torch.tensor([[s]], device=DEVICE).expand(batch, kv_heads) for s in (0.15, 0.11, 0.3))
+    else:
+        qd = kd = vd = None
+
+    def call():
+        return swattn.flash_attn_func(q, k, v, q_descale=qd, k_descale=kd, v_descale=vd, window_size=window_size,
+                                      softcap=softcap, sinks=sinks, pack_gqa=pack_gqa, return_softmax_lse=True)
+
+    (out, lse), (triton_out, triton_lse) = both_paths(call)
+    ref, ref_lse = attention_ref(q, k, v, q_descale=qd, k_descale=kd, v_descale=vd, window_size=window_size,
+                                 softcap=softcap, sinks=sinks, **REF)
+    assert out.dtype == torch.bfloat16
+    tol = tolerance_for(torch.bfloat16)
+    assert_close("gluon out", out, ref, tol)
+    check_lse("gluon lse", lse, ref_lse)
+    assert_close("gluon vs triton", out, triton_out, tol)
+
+
+def test_auto_dispatch_takes_gluon_for_the_all_fp8_prefill():
+    """Auto dispatch sends the all-fp8 16K-class prefill (W(4095,0) and causal, D128) to the Gluon kernel, and
+    bf16 queries over an e4m3 K/V (not all-fp8) to the Triton kernels."""
+    q = randn(1, 8192, 32, 128, dtype=FP8)
+    k, v = randn(1, 8192, 8, 128, dtype=FP8), randn(1, 8192, 8, 128, dtype=FP8)
+    for window in ((4095, 0), (-1, 0)):
+        with gluon_mode("auto") as calls:
+            swattn.flash_attn_func(q, k, v, window_size=window)
+        assert calls, f"auto dispatch should use the Gluon kernel for the all-fp8 W{window} D128 prefill"
+    with gluon_mode("auto") as calls:
+        swattn.flash_attn_func(q.to(torch.bfloat16), k, v, window_size=(4095, 0))
+    assert not calls
+
+
+def test_all_fp8_non_finite_isolation():
+    """A NaN in one key's e4m3 row: the rows that see it are NaN, every other row finite, as the reference."""
+    q = randn(1, 2048, 32, 128, dtype=FP8)
+    k, v = randn(1, 2048, 8, 128, dtype=FP8), randn(1, 2048, 8, 128, dtype=torch.float32)
+    v[0, 1000, 3, 5] = float("nan")
+    v = v.to(FP8)  # e4m3 NaN
+    with gluon_mode("1") as calls:
+        out = swattn.flash_attn_func(q, k, v, window_size=(511, 0))
+    assert calls
+    ref = attention_ref(q, k, v, window_size=(511, 0), **REF)[0]
+    ref_rows, out_rows = torch.isnan(ref).any(-1), torch.isnan(out).any(-1)
+    assert torch.equal(ref_rows, out_rows)
+    finite = ~ref_rows
+    torch.testing.assert_close(out[finite].float(), ref[finite].float(), atol=2e-2, rtol=2e-2)

@@ -86,6 +86,49 @@ def test_refused_features_name_themselves(monkeypatch, overrides, expected):
     assert "rows not contiguous" in reason(q, k.transpose(1, 2).contiguous().transpose(1, 2), k)
 
 
+FP8 = torch.float8_e4m3fn
+
+
+def test_all_fp8_calls_and_what_stays_on_the_triton_kernels(monkeypatch):
+    """q, k, v all e4m3 take the Gluon kernel (dense and varlen, packed or not, V in any layout: the kernel reads
+    its contiguous bf16 copy); e4m3 K/V under bf16 queries, mixed dtypes, a paged cache and the switch turned off do
+    not, each naming why."""
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(gluon_fwd, "compute_capability_major", lambda device: 9)
+    if not gluon_fwd.GLUON_AVAILABLE:
+        pytest.skip("this triton has no Gluon")
+    q = torch.randn(1, 256, 32, 128).to(FP8)
+    k = torch.randn(1, 256, 8, 128).to(FP8)
+    assert reason(q, k, k) is None
+    assert reason(q, k, k, pack_gqa=True) is None
+    assert reason(q[0], k[0], k[0], varlen_q=True, varlen_k=True) is None
+    assert reason(q, k, k.transpose(1, 2).contiguous().transpose(1, 2)) is None  # V is copied
+    assert "rows not contiguous" in reason(q, k.transpose(1, 2).contiguous().transpose(1, 2), k)
+    assert reason(q, k, k, paged=True, seqlens_k=True) == "an all-fp8 call over a paged cache"
+    assert reason(q[..., :64].contiguous(), k[..., :64].contiguous(), k[..., :64].contiguous()) is None
+    assert "head_dim 256" in reason(*(torch.randn(1, 256, 8, 256).to(FP8) for _ in range(3)))
+    assert "all three e4m3" in reason(q, k, k.to(torch.bfloat16))
+    assert "all three e4m3" in reason(q, k.to(torch.bfloat16), k.to(torch.bfloat16))
+    assert "dtype" in reason(q.to(torch.bfloat16), k, k)  # bf16 queries over an e4m3 cache: the Triton kernels
+    monkeypatch.setattr(gluon_fwd, "FP8_QK", False)
+    assert "SWATTN_GLUON_FP8=0" in reason(q, k, k)
+
+
+def test_fp8_value_copy_is_exact_and_contiguous():
+    """V's bf16 copy for the all-fp8 Gluon path (the one elementwise pre-pass): every e4m3 value, NaN included,
+    comes out as the same bf16 value (e4m3's 3 mantissa bits and exponents fit bf16), in a contiguous tensor
+    whatever V's layout."""
+    every = torch.arange(256, dtype=torch.uint8).view(FP8)
+    copy = gluon_fwd.fp8_value_copy(every)
+    assert copy.dtype == torch.bfloat16
+    exact = every.float()
+    finite = ~exact.isnan()
+    assert torch.equal(copy.float()[finite], exact[finite]) and copy.float()[~finite].isnan().all()
+    v = torch.randn(2, 8, 64, 32).to(FP8).transpose(1, 2)  # [B, Sk, Hk, D] with heads outermost in memory
+    copy = gluon_fwd.fp8_value_copy(v)
+    assert copy.is_contiguous() and torch.equal(copy.float(), v.float())
+
+
 def test_block_n_rule():
     assert gluon_fwd.block_n_for(64, True, 127, 0) == 32  # packed small window: 5 x 32 keys cover 135
     assert gluon_fwd.block_n_for(128, True, 127, 0) == 64  # 3 x 64 keys cover 135

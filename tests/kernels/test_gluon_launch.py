@@ -242,3 +242,41 @@ def test_tritons_expansion_of_a_copied_descriptor():
     assert expanded[0] is x
     assert expand(copied)[0] is x and expand(copied)[1:] == expanded[1:]
 
+
+
+@pytest.mark.parametrize("descales", ["per-kv-head", "per-tensor", "none"])
+def test_all_fp8_call_hands_the_kernel_e4m3_q_k_bf16_v_and_the_descales(gluon_stub, monkeypatch, descales):
+    """An all-fp8 call through the public API (the dispatch forced onto the Gluon kernel for CPU tensors): the
+    kernel reads e4m3 Q and K through their descriptors, V's exact bf16 copy, the three descales with their
+    strides (zeros for one value per tensor or none), writes bf16 O per thread (no TMA store through an e4m3 Q
+    slot); the redo pass (a Triton launch) takes the e4m3 tensors themselves."""
+    from swattn.kernels._launch import bound_argument_order
+
+    monkeypatch.setattr(fwd, "_use_gluon", lambda *args, **kwargs: True)
+    fp8 = torch.float8_e4m3fn
+    q = torch.randn(2, 200, 8, 64).to(fp8)
+    k, v = (torch.randn(2, 200, 2, 64).to(fp8) for _ in range(2))
+    if descales == "per-kv-head":
+        given = [torch.rand(2, 2) + 0.5 for _ in range(3)]
+    elif descales == "per-tensor":
+        given = [torch.tensor([[scale]]).expand(2, 2) for scale in (0.5, 0.25, 2.0)]
+    else:
+        given = [None] * 3
+    with stub_kernels() as stubs:
+        out = swattn.flash_attn_func(q, k, v, q_descale=given[0], k_descale=given[1], v_descale=given[2],
+                                     causal=True, window_size=(63, 0), pack_gqa=True)
+        redo = stubs["_swa_fwd_kernel"]
+        assert redo.plain_launches == 1 and redo.last_launch[1][0] is q
+    assert out.dtype == torch.bfloat16
+    _, args, constexprs = gluon_stub.last_launch
+    values = dict(zip((name for name, _ in bound_argument_order(gluon_fwd._swa_fwd_sm90_kernel)), args))
+    assert values["q_desc"].base is q and values["k_desc"].base is k
+    assert values["v_desc"].base.dtype == torch.bfloat16 and torch.equal(values["v_desc"].base.float(), v.float())
+    assert values["o_desc"].base is q and not constexprs["TMA_STORE"]  # one consumer: TMA store off for e4m3 Q
+    assert values["O"].data_ptr() == out.data_ptr()
+    for name, descale in zip("qkv", given):
+        tensor, strides = values[f"{name.upper()}_DESCALE"], (values[f"stride_{name}db"], values[f"stride_{name}dh"])
+        if descale is None:
+            assert torch.equal(tensor, torch.ones(1)) and strides == (0, 0)
+        else:
+            assert tensor is descale and strides == descale.stride()
