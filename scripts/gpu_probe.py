@@ -1287,6 +1287,11 @@ def serving_s7() -> None:
         variants = [("shipped", sets, None, {})]
         if k > 1:
             variants.append(("in_window mask", sets, None, dict(ROW_BOUND_MASK=False)))
+        if k == 2:  # k = 4's 64-row 4-warp tile (configs.VERIFY_PADDED_ROWS {16: 64}) instead of 16 rows on 8 warps
+            variants.append(("64-row tile", sets, FwdConfig(64, 128, 4, 1, single_loop=True, head_block=16), {}))
+        if k in (4, 8):  # the guard's check on V's values (summed) instead of the product's; what the check costs
+            variants += [("guard checks V", sets, None, dict(GUARD_CHECKS_OUTPUT=False)),
+                         ("no isolation", sets, None, dict(ISOLATE_NON_FINITE=False))]
         times = _time_verify_variants(variants, ref, k, input_sets)
         _print_verify_times(k, times, without_append, input_sets)
         for label, values in times.items():
