@@ -120,7 +120,9 @@ S7_SPLIT = [(False, None), FENCED, FENCED_V, FA3_FP8]
 # Two KV heads per program, each head's tiles loaded on their own (session 6's two-loads pairs), fenced: interior
 # loop 519 -> 335 per two 64-key blocks and warp ((64, 4, 2) capped at 128: 8 B stack, 42 KB shared).
 TWO_LOADS_FENCED = (False, (64, 4, 2, False, False, 128), dict(pair=3, per_sm=4, fenced=1))
-S7B = [(False, None), FENCED_V, TWO_LOADS, TWO_LOADS_FENCED]
+# V only fenced under a 96-register cap: 5 programs per SM (38 KB shared each; 48 B stack, interior loop 383).
+FENCED_V_5 = (False, (128, 4, 2, False, False, 96), dict(fenced=2, per_sm=5))
+S7B = [(False, None), FENCED_V, FENCED_V_5, TWO_LOADS, TWO_LOADS_FENCED]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
