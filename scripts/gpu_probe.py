@@ -1307,6 +1307,7 @@ def serving_s7() -> None:
         torch.cuda.empty_cache()
     if os.environ.get("PROBE_S7_VERIFY_FULL", "1") not in ("", "0"):
         _full_verify_1k_s7()
+        _full_verify_1k_s7(context=8192, input_sets=1, splits=())  # the model step's full layer
     if os.environ.get("PROBE_S7_FULL", "1") in ("", "0"):
         return
     batch, context = 4, 16384
@@ -1323,16 +1324,16 @@ def serving_s7() -> None:
                   flush=True)
 
 
-def _full_verify_1k_s7(k: int = 4, input_sets: int = 16) -> None:
-    """Full-attention verify, B=16, 1K, page 16, k = 4 appended (the model step's full layer at 1K: 27.36 us against
-    FA3's 19.81 in s6-call5's bench), us per call over ``input_sets`` cold sets: ``shipped`` (the automatic split
-    count, the append launch, the redo launch of the isolation), ``fused append`` (ops.FUSED_APPEND on), ``no
-    isolation`` (fwd.ISOLATE_NON_FINITE off: what the redo launch costs; not a shippable mode), ``N splits``; FA3
-    beside (no append)."""
+def _full_verify_1k_s7(k: int = 4, input_sets: int = 16, context: int = 1024, splits=(2, 4, 8)) -> None:
+    """Full-attention verify, B=16, page 16, k = 4 appended, at ``context`` (1K: 27.36 us against FA3's 19.81 in
+    s6-call5's bench; 8K: the model step's full layer), us per call over ``input_sets`` cold sets: ``shipped`` (the
+    automatic split count, the append launch, the redo launch of the isolation), ``fused append`` (ops.FUSED_APPEND
+    on), ``no isolation`` (fwd.ISOLATE_NON_FINITE off: what the redo launch costs; not a shippable mode), ``N
+    splits``; FA3 beside (no append)."""
     from swattn import ops
     from swattn.bench import peers
     from swattn.kernels import fwd
-    heads, kv_heads, head_dim, batch, page_size, context = 64, 8, 64, 16, 16, 1024
+    heads, kv_heads, head_dim, batch, page_size = 64, 8, 64, 16, 16
     pages = context // page_size + 1
     sets = []
     for _ in range(input_sets):
@@ -1346,12 +1347,13 @@ def _full_verify_1k_s7(k: int = 4, input_sets: int = 16) -> None:
                          sinks=torch.randn(heads, device=DEVICE)))
     auto = int(swattn.get_scheduler_metadata(batch, k, pages * page_size, heads, kv_heads, head_dim,
                                              sets[0]["cache_seqlens"] + k, causal=True)[0])
-    print(f"\n## s7 full-attention verify k={k} B=16 1K page 16 ({input_sets} sets, appended): us/call; automatic "
-          f"split count {auto}", flush=True)
+    name = f"k={k} full {context // 1024}K"
+    print(f"\n## s7 full-attention verify k={k} B=16 {context // 1024}K page 16 ({input_sets} sets, appended): "
+          f"us/call; automatic split count {auto}", flush=True)
     ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True).float()
     variants = [("shipped", 0, fwd, {}), ("fused append", 0, ops, dict(FUSED_APPEND=True)),
                 ("no isolation", 0, fwd, dict(ISOLATE_NON_FINITE=False))]
-    variants += [(f"{n} splits", n, fwd, {}) for n in (2, 4, 8) if n != auto]
+    variants += [(f"{n} splits", n, fwd, {}) for n in splits if n != auto]
     for label, num_splits, module, settings in variants:
         previous = {name: getattr(module, name) for name in settings}
         for name, value in settings.items():
@@ -1362,10 +1364,11 @@ def _full_verify_1k_s7(k: int = 4, input_sets: int = 16) -> None:
                     swattn.flash_attn_with_kvcache(**one, causal=True, num_splits=num_splits)
             out = swattn.flash_attn_with_kvcache(**sets[0], causal=True, num_splits=num_splits)
             err = ((out.float() - ref).norm() / ref.norm()).item()
-            print(f"  k={k} full 1K {label}: {graph_us(call_all, 1, rep=100) / input_sets:.2f} us (rel diff "
-                  f"{err:.0e})", flush=True)
+            calls = max(1, 16 // input_sets)
+            us = graph_us(call_all, calls, rep=100) / (calls * input_sets)
+            print(f"  {name} {label}: {us:.2f} us (rel diff {err:.0e})", flush=True)
         except Exception as exc:  # report and go on
-            print(f"  k={k} full 1K {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+            print(f"  {name} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
         finally:
             for name, value in previous.items():
                 setattr(module, name, value)
@@ -1377,9 +1380,11 @@ def _full_verify_1k_s7(k: int = 4, input_sets: int = 16) -> None:
             for run in runs:
                 run()
         fa3_all()
-        print(f"  k={k} full 1K FA3 (no append): {graph_us(fa3_all, 1, rep=100) / input_sets:.2f} us", flush=True)
+        calls = max(1, 16 // input_sets)
+        print(f"  {name} FA3 (no append): {graph_us(fa3_all, calls, rep=100) / (calls * input_sets):.2f} us",
+              flush=True)
     except Exception as exc:  # FA3 missing: say so
-        print(f"  k={k} full 1K FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+        print(f"  {name} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
     sets.clear()
     torch.cuda.empty_cache()
 
