@@ -552,15 +552,51 @@ def run_fwd(*args) -> tuple[torch.Tensor, torch.Tensor]:
     return _fwd_impl(*args)
 
 
-def _increment_versions(k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
-    """Record the caches' in-place update, as the dispatcher does for a mutating op (one call for both; inference
-    tensors, which have no version counter, are skipped by torch)."""
+def _increment_versions(*tensors: torch.Tensor) -> None:
+    """Record the tensors' in-place update (the caches', or a merge's outputs), as the dispatcher does for a mutating
+    op (one call for all; inference tensors, which have no version counter, are skipped by torch)."""
     try:
-        torch.autograd.graph.increment_version((k_cache, v_cache))
+        torch.autograd.graph.increment_version(tensors)
     except RuntimeError:  # a torch whose increment_version refuses inference tensors: one by one, skipping them
-        for cache in (k_cache, v_cache):
-            if not cache.is_inference():
-                torch.autograd.graph.increment_version(cache)
+        for tensor in tensors:
+            if not tensor.is_inference():
+                torch.autograd.graph.increment_version(tensor)
+
+
+def _bump_versions_in_kernel(op, implementation) -> bool:
+    """Give the mutating custom op ``op`` (made from ``implementation``) torch's C++ ``ADInplaceOrView`` kernel, and
+    bump its mutated arguments' version counters in its implementation's kernel instead; returns whether it did.
+
+    ``custom_op`` registers a Python ``ADInplaceOrView`` kernel for a mutating op that bumps those counters on every
+    dispatched call: on torch 2.13 it first fills in the call's defaults (``torch._library.utils.fill_defaults``,
+    quadratic in the op's ~30 arguments: 220 of the 283 us of a decode with the append through the dispatcher, CPU,
+    kernels stubbed), on torch 2.11 it is a Python round trip around the C++ kernel. The C++ fallback (which
+    ``custom_op`` registers first and then overrides) tracks views but bumps no counter, so the kernel below it does:
+    the op's implementation is wrapped (``register_kernel``) to bump the mutated arguments after the launches, where
+    the dispatcher's ``ADInplaceOrView`` kernel would have bumped them before (nothing reads the counters between).
+    The mutated arguments must be positional without defaults (the dispatcher then always passes them positionally,
+    as torch 2.11's own kernel assumes). Where a torch lacks any of this, ``custom_op``'s kernel stays."""
+    try:
+        library = op._lib.m
+        register_fallback = library.register_ad_inplace_or_view_fallback
+        arguments = op._opoverload._schema.arguments
+        mutated = [index for index, argument in enumerate(arguments)
+                   if argument.alias_info is not None and argument.alias_info.is_write]
+        if (not mutated or not hasattr(torch.autograd.graph, "increment_version")
+                or any(argument.kwarg_only or argument.has_default_value()
+                       for argument in arguments[:max(mutated) + 1])):
+            return False
+    except AttributeError:
+        return False
+
+    def bumping_implementation(*args, **kwargs):
+        result = implementation(*args, **kwargs)
+        _increment_versions(*(args[index] for index in mutated))
+        return result
+
+    op.register_kernel(None, bumping_implementation)
+    register_fallback(op._name)
+    return True
 
 
 def run_fwd_kvcache(*args) -> tuple[torch.Tensor, torch.Tensor]:
@@ -587,6 +623,12 @@ def _combine_impl(out_partial: torch.Tensor, lse_partial: torch.Tensor, out: tor
 
 
 combine = torch.library.custom_op("swattn::combine", mutates_args=("out", "lse"), device_types=None)(_combine_impl)
+# The mutating ops whose version counters their kernels bump (``_bump_versions_in_kernel``; the others keep
+# custom_op's Python ADInplaceOrView kernel). SWATTN_KERNEL_VERSION_BUMP=0 at import keeps custom_op's kernel for all
+# (A/B runs of the dispatcher's host cost).
+KERNEL_VERSION_BUMPS = tuple(name for name, op, implementation in (
+    ("fwd_kvcache", fwd_kvcache, _fwd_kvcache_impl), ("combine", combine, _combine_impl))
+    if os.environ.get("SWATTN_KERNEL_VERSION_BUMP", "1") != "0" and _bump_versions_in_kernel(op, implementation))
 
 
 @combine.register_fake

@@ -323,3 +323,65 @@ def test_fp8_opcheck():
     args = (q8, k8, v8, None, None, None, None, 9, 9, 0.25, -1, 0, 0.0, False, 1, None, 0, descale[:1], descale[:1],
             descale[:1])
     torch.library.opcheck(torch.ops.swattn.fwd.default, args, test_utils=OPCHECK_TESTS[1:])
+
+
+def _dispatched_decode_arguments(requires_grad: bool = False):
+    """``swattn::fwd_kvcache``'s arguments for a decode step appending one token to contiguous caches."""
+    q = torch.randn(2, 1, 4, 16)
+    k_cache, v_cache = torch.randn(2, 16, 2, 16), torch.randn(2, 16, 2, 16)
+    k_new, v_new = torch.randn(2, 1, 2, 16), torch.randn(2, 1, 2, 16)
+    seqlens = torch.tensor([3, 9], dtype=torch.int32)
+    return (q, k_cache, v_cache, k_new, v_new, seqlens, None, None, None, 1, None, 0.25, 3, 0, 0.0, False, 1)
+
+
+def test_dispatched_mutating_ops_bump_versions_once():
+    """Through the dispatcher, the mutating ops' kernels bump their mutated arguments' version counters
+    (``ops._bump_versions_in_kernel``: torch's C++ ADInplaceOrView kernel in place of custom_op's Python one, whose
+    torch 2.13 version costs ~220 us per decode call), once per call, and leave the others alone."""
+    assert set(ops.KERNEL_VERSION_BUMPS) == {"fwd_kvcache", "combine"}, "this torch should take the cheap kernel"
+    args = _dispatched_decode_arguments()
+    q, k_cache, v_cache = args[:3]
+    before = [t._version for t in args[:6]]
+    torch.ops.swattn.fwd_kvcache(*args)
+    torch.ops.swattn.fwd_kvcache.default(*args)
+    ops.fwd_kvcache(*args)  # the CustomOpDef: the same dispatcher path
+    assert [t._version - b for t, b in zip(args[:6], before)] == [0, 3, 3, 0, 0, 0]
+    # combine mutates out and lse.
+    out_partial, lse_partial = torch.randn(2, 1, 3, 2, 8), torch.randn(2, 1, 3, 2)
+    out, lse = torch.empty(1, 3, 2, 8), torch.empty(1, 3, 2)  # [B, L, H, D] and [B, L, H]
+    before = [t._version for t in (out_partial, lse_partial, out, lse)]
+    torch.ops.swattn.combine(out_partial, lse_partial, out, lse)
+    assert [t._version - b for t, b in zip((out_partial, lse_partial, out, lse), before)] == [0, 0, 1, 1]
+    # Inference tensors have no version counter: the kernel skips them.
+    with torch.inference_mode():
+        inference_args = _dispatched_decode_arguments()
+        torch.ops.swattn.fwd_kvcache(*inference_args)
+    torch.ops.swattn.fwd_kvcache(*_dispatched_decode_arguments())
+
+
+def test_dispatched_append_into_a_saved_tensor_fails_the_backward():
+    """Autograd's check of tensors saved for a backward still sees the dispatched op's in-place append."""
+    args = _dispatched_decode_arguments()
+    weight = torch.randn(args[1].shape, requires_grad=True)
+    loss = (weight * args[1]).sum()  # saves k_cache for weight's gradient
+    torch.ops.swattn.fwd_kvcache(*args)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_dispatched_append_compiles_fullgraph():
+    """The op with the cheap ADInplaceOrView kernel under torch.compile (inductor, one graph): the caches are
+    written as eagerly, and the compiled call bumps their version counters."""
+    args = _dispatched_decode_arguments()
+    eager_args = tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in args)
+    expected = torch.ops.swattn.fwd_kvcache(*eager_args)
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(lambda *a: torch.ops.swattn.fwd_kvcache(*a), fullgraph=True, backend=counter)
+    version = args[1]._version
+    actual = compiled(*args)
+    assert counter.frame_count == 1
+    _assert_equal("out", actual[0], expected[0])
+    _assert_equal("k_cache", args[1], eager_args[1])
+    _assert_equal("v_cache", args[2], eager_args[2])
+    assert args[1]._version > version
