@@ -9,6 +9,7 @@ shared machine).
     python scripts/host_time.py --c-launcher   # the scenarios and the 4K gpt-oss prefill on the Gluon kernel
                                                # (forced), compiled launchers a copy of Triton 3.6's around a no-op
                                                # C function: through CompiledKernel.run and through the C launcher
+    python scripts/host_time.py --gluon        # the 4K gpt-oss Gluon prefill alone, as --c-launcher times it
     python scripts/host_time.py --op           # the torch.library op path: the window decode with append and the
                                                # 4K prefill eagerly, as the op through the dispatcher, and as a
                                                # torch.compile'd function around the public call
@@ -98,7 +99,7 @@ def time_per_call(fn) -> float:
     return best
 
 
-def c_launcher() -> None:
+def c_launcher(gluon_only: bool = False) -> None:
     """Every scenario above and the 4K gpt-oss prefill on the Gluon kernel (dispatch forced), with every kernel
     stubbed and its compiled launcher Triton 3.6's ``CudaLauncher`` (tests/kernels/_triton36_launcher.py) around a
     no-op C function and a no-op descriptor fill: timed through ``CompiledKernel.run`` (``_launch.C_LAUNCHER`` off,
@@ -128,11 +129,13 @@ def c_launcher() -> None:
         with torch.no_grad():
             return swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0), sinks=sinks)
 
-    calls = {**scenarios(), "prefill W(127,0) 4K gpt-oss, Gluon kernel": gluon_prefill}
-    calls.pop("varlen prefill, new lengths every call")  # plans every call: no direct launch to compare
-    # The backward's plans live in the autograd graph made with the scenarios (outside stub_kernels' plan clearing),
-    # so its launches would keep the first measurement's launcher: not compared here.
-    calls.pop("backward W(127,0) 2K")
+    calls = {"prefill W(127,0) 4K gpt-oss, Gluon kernel": gluon_prefill}
+    if not gluon_only:  # (scenarios() runs a 2K prefill through the interpreter for the backward's inputs: minutes)
+        calls = {**scenarios(), **calls}
+        calls.pop("varlen prefill, new lengths every call")  # plans every call: no direct launch to compare
+        # The backward's plans live in the autograd graph made with the scenarios (outside stub_kernels' plan
+        # clearing), so its launches would keep the first measurement's launcher: not compared here.
+        calls.pop("backward W(127,0) 2K")
 
     def measure(call, gluon: bool, c_launcher: bool) -> tuple[float, float]:
         _launch.C_LAUNCHER = c_launcher
@@ -211,8 +214,8 @@ def op_path() -> None:
 
 
 def main() -> None:
-    if "--c-launcher" in sys.argv:
-        c_launcher()
+    if "--c-launcher" in sys.argv or "--gluon" in sys.argv:
+        c_launcher(gluon_only="--gluon" in sys.argv)
         return
     if "--op" in sys.argv:
         op_path()
