@@ -9,7 +9,8 @@ The Gluon forward (not in the default list; ``--only gluon_4k,gluon_4k_plain,...
 kernel, 4K and 16K W(127,0) gpt-oss and 16K causal D128, each with the direct launch and the plain one
 (``*_plain``), and ``gluon_parts``, its launch taken apart; ``gluon_4k_run`` / ``gluon_16k_run``: the direct launch
 through ``CompiledKernel.run`` (``_launch.C_LAUNCHER`` off), session 5's path; ``gluon_4k_forward``: every call
-through ``gluon_fwd.forward`` (session 6's path) instead of the forward plan's kept launch.
+through ``gluon_fwd.forward`` (session 6's path) instead of the forward plan's kept launch; ``gluon_2k`` /
+``prefill_2k_triton``: the 2K prefill, below ``gluon_fwd.EAGER_MIN_US``, on either kernel.
 
     PYTHONPATH=. python scripts/host_profile.py [--out FILE] [--calls 2000] [--only decode,backward]
 
@@ -231,6 +232,7 @@ def scenarios(quick: bool) -> dict:
 
         return call
 
+    gluon_2k = gluon_prefill(2048, heads, kv_heads, head_dim, left, True)
     gluon_4k = gluon_prefill(4096, heads, kv_heads, head_dim, left, True)
     gluon_16k = gluon_prefill(16384, heads, kv_heads, head_dim, left, True)
     gluon_causal = gluon_prefill(16384, 32, 8, 128, -1, False)
@@ -257,6 +259,9 @@ def scenarios(quick: bool) -> dict:
         # call, session 6's path) instead of the forward plan's kept Gluon launch.
         "gluon_4k_forward": ("prefill 4K W(127,0) D64 gpt-oss, Gluon kernel, direct launch, every call through "
                              "gluon_fwd.forward", gluon_4k, "gluon forward"),
+        # Below gluon_fwd.EAGER_MIN_US (the Triton kernels' estimate at 2K: 27 us): both kernels side by side.
+        "gluon_2k": ("prefill 2K W(127,0) D64 gpt-oss, Gluon kernel, direct launch", gluon_2k, "gluon"),
+        "prefill_2k_triton": ("prefill 2K W(127,0) D64 gpt-oss, Triton kernels", gluon_2k, "triton"),
         "gluon_16k": ("prefill 16K W(127,0) D64 gpt-oss, Gluon kernel, direct launch", gluon_16k, "gluon"),
         "gluon_16k_run": ("prefill 16K W(127,0) D64 gpt-oss, Gluon kernel, direct launch through "
                           "CompiledKernel.run", gluon_16k, "gluon run"),

@@ -2060,9 +2060,9 @@ class _ForwardPlan:
                           seqlens_k=seqlens_k, page_table=page_table, non_finite_flags=non_finite_flags,
                           any_non_finite=any_non_finite, q_descale=q_descale, k_descale=k_descale,
                           v_descale=v_descale, **self.gluon_arguments)
-        launch = gluon_fwd.planned_launch(self.gluon_arguments["plans"])
-        self.gluon_launch = (None if launch is None or gluon_fwd.forward is not _GLUON_FORWARD
-                             else (gluon_fwd.planning_settings(), launch))
+        if gluon_fwd.forward is _GLUON_FORWARD:  # (the key hashes the Gluon kernel: ~10 us on the H200 host)
+            launch = gluon_fwd.planned_launch(self.gluon_arguments["plans"])
+            self.gluon_launch = None if launch is None else (gluon_fwd.planning_settings(), launch)
 
     def _launch_passes(self, tensors: tuple) -> None:
         if not self.use_gluon:
