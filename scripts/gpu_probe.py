@@ -39,8 +39,8 @@ Sections (argv; all by default):
   serving_s6  session 6: W(127,0) decode + append and verify k = 2, 4, 8 with the L2 preload before the PDL wait
             (fwd.PRELOAD_L2) and k = 4 in a 64-row tile, FA3 beside; full decode B=4 16K with the preload;
   serving_s7  session 7: W(127,0) decode + append and verify k = 2, 4, 8 with the head-block tile's row-bound mask
-            (fwd.ROW_BOUND_MASK) against in_window's, FA3 beside; full decode B=4 16K against the copy, the merge
-            launch against the merge folded into the split launch (fwd.SPLIT_MERGE_FOLD);
+            (fwd.ROW_BOUND_MASK) against in_window's, FA3 beside; full verify k = 4 at 1K and 8K (fused append, no
+            isolation, split counts); full decode B=4 16K against the copy;
   verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0) against decode: no append, the
             fused append, without the non-finite redo launch, one 256-key block for the 127 + k keys, two stages.
 Run: ``python scripts/gpu_probe.py [sections]``; ``PROBE_WARM=1`` runs every variant once without timing (compiles
@@ -1274,9 +1274,9 @@ def serving_s7() -> None:
     call cold (a graph over 48 input sets) | warm (one set replayed): ``shipped`` (the head-block tile's scores masked
     by per-row key bounds, fwd.ROW_BOUND_MASK, and the summed finiteness check) against ``in_window mask``
     (ROW_BOUND_MASK off: the mask of session 6, with the summed check), FA3 beside (no append); the verify / decode
-    ratio of each. Then full decode B=4 16K (one input set, 20 calls per graph) against the copy of its bytes:
-    ``shipped`` (the split launch, then the merge launch) against ``merge folded`` (fwd.SPLIT_MERGE_FOLD: the last
-    split of each sequence and KV head merges, no merge launch)."""
+    ratio of each. Then full-attention verify k = 4 at 1K and 8K (``_full_verify_1k_s7``) and full decode B=4 16K
+    (one input set, 20 calls per graph, and eager) against the copy of its bytes. (s7-call6 also timed the merge
+    folded into the split launch, fwd.SPLIT_MERGE_FOLD of be01851, since removed: 45.1 us against 40.4.)"""
     input_sets = 48
     print("\n## s7 W(127,0) B=16 1K page 16, fused append: us/call cold (48 sets) | warm (1 set); k=1 is decode",
           flush=True)
@@ -1319,7 +1319,7 @@ def serving_s7() -> None:
     call = functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True)
     ref = call().float()
     for _ in range(ROUNDS):
-        for label, settings in (("shipped", {}), ("merge folded", dict(SPLIT_MERGE_FOLD=True))):
+        for label, settings in (("shipped", {}),):
             print(f"  full decode B=4 16K page 16 {label}: {_full_decode_us(call, ref, settings, copy_us)}",
                   flush=True)
 
@@ -1399,9 +1399,7 @@ def _full_decode_us(call, ref, settings: dict, copy_us: float) -> str:
     try:
         err = ((call().float() - ref).norm() / ref.norm()).item()
         us = graph_us(call, 20)
-        # Eager too (triton's do_bench: one call at a time, events around it): under CUDA-graph capture the folded
-        # merge's arrival counts are allocated zeroed per call (a memset in the graph per call).
-        eager = bench(call)
+        eager = bench(call)  # triton's do_bench: one call at a time, events around it
         return (f"{us:.1f} us ({100 * copy_us / us:.0f}% of copy {copy_us:.1f} us; rel diff {err:.0e}); eager "
                 f"{eager:.1f} us")
     except Exception as exc:  # report and go on

@@ -31,7 +31,6 @@ from swattn._compat import (
 )
 from swattn.kernels import _launch, configs, gluon_fwd
 from swattn.kernels._common import (
-    LN2,
     LOG2E,
     block_ranges,
     descale_strides,
@@ -173,19 +172,6 @@ PREFETCH_PAGE_TABLE = os.environ.get("SWATTN_PREFETCH_PAGE_TABLE", "0") not in (
 # with PRELOAD_L2_SPLITS. SWATTN_PRELOAD_L2=0: off.
 PRELOAD_L2 = int(os.environ.get("SWATTN_PRELOAD_L2", "2") or 0)
 PRELOAD_L2_SPLITS = False
-
-# Experimental (off until timed on the GPU: scripts/gpu_probe.py serving_s7): the split-KV merge folded into the split
-# launch instead of the merge launch (``combine``) after it. Each split program, once its partial result is stored,
-# counts itself in (an atomic per sequence and KV head, acquire-release at GPU scope); the program that counts last
-# merges the group's partial rows (``_merge_folded_splits``, the merge launch's arithmetic) into out and LSE, and
-# zeroes the count for the next call. The counts are kept between calls per stream (``_merge_counts``), zeroed
-# once, and every call leaves them zero, so a replayed CUDA graph finds them zero too. Why: full decode at B=4 16K
-# ran the split kernel alone at 88% of copy bandwidth (38.0 us, s4-call1) and the call at 81% (41.3 us, s6-call5);
-# the merge launch starts only when the whole split grid has ended, so its round trips are the call's tail, where
-# folded only the last group's merge is. Taken by split launches of single-query PackGQA decode tiles (one tile
-# per sequence and KV head, a power-of-two group, fixed-length q) without the redo launch or KV pairs; the rest keep
-# the merge launch. SWATTN_SPLIT_MERGE_FOLD=1: on.
-SPLIT_MERGE_FOLD = os.environ.get("SWATTN_SPLIT_MERGE_FOLD", "0") not in ("", "0")
 
 # Experimental (off: measured slower): e4m3 tiles widened in pairs before their layout change (``_widen_e4m3``).
 # Fewer instructions (full decode loop 523 -> 460 per block and warp, window kernel 1304 -> 1240 with it, Triton
@@ -999,68 +985,6 @@ def _finish_tile(
 
 
 @triton.jit
-def _merge_folded_splits(O, LSE, O_MERGED, LSE_MERGED, MERGE_COUNTS, SINKS, batch_head, num_heads, num_splits,
-                         stride_os, stride_ob, stride_oh, stride_ls, stride_lb, stride_lh, stride_mob, stride_moh,
-                         stride_mlb, stride_mlh, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         HAS_SINKS: tl.constexpr, STORE_MERGED_LSE: tl.constexpr, MERGE_STEPS: tl.constexpr,
-                         MERGE_ALL: tl.constexpr):
-    """``SPLIT_MERGE_FOLD``: after this split program has stored its partial rows (``O`` / ``LSE``: [split, batch,
-    position, head]), count it in for its (sequence, KV head) ``batch_head``; the last of the ``num_splits`` programs
-    to arrive merges the group's ``GROUP`` query heads (position 0 of a single-query call) as the merge launch does
-    (``combine._merge_splits``: the sink joins once, empty splits add nothing) into ``O_MERGED`` / ``LSE_MERGED``
-    ([batch, position, head] strides), and zeroes the count for the next call. All the splits' LSEs first (one load
-    of ``MERGE_ALL``, a power of two at least ``num_splits``), so the rows' maximum and sum are known before the
-    partial rows are read: one [GROUP, head_dim] tile per split (``MERGE_STEPS`` = ``num_splits`` of them,
-    unrolled), independent loads that can all be in flight, not a chain of round trips, and no reduction across
-    threads. Ordering: the barrier puts every thread's partial stores before the arrival, the arrival releases them
-    and the last arrival acquires all of them (acq_rel at GPU scope; on sm_90 the acquire also invalidates the SM's
-    L1, CCTL.IVALL), and the barrier after it (the arrival's count reaches every thread through shared memory)
-    orders every thread's reads after it."""
-    tl.debug_barrier()
-    arrived = tl.atomic_add(MERGE_COUNTS + batch_head, 1, sem="acq_rel")
-    if arrived == num_splits - 1:
-        tl.store(MERGE_COUNTS + batch_head, 0)
-        kv_heads = num_heads // GROUP
-        batch = (batch_head // kv_heads).to(tl.int64)
-        heads = (batch_head % kv_heads) * GROUP + tl.arange(0, GROUP)
-        heads64 = heads.to(tl.int64)
-        offs_d = tl.arange(0, BLOCK_D)
-        d_valid = offs_d < HEAD_DIM
-        lse_row = LSE + batch * stride_lb + heads64[None, :] * stride_lh
-        # Every split's LSE (log2 units) and the sink: the rows' maximum and weight sum.
-        every = tl.arange(0, MERGE_ALL)
-        lse_all = tl.load(lse_row + every.to(tl.int64)[:, None] * stride_ls, mask=(every < num_splits)[:, None],
-                          other=float("-inf")) * LOG2E
-        m = tl.max(lse_all, 0)
-        sink = tl.full([GROUP], float("-inf"), tl.float32)
-        if HAS_SINKS:
-            sink = tl.load(SINKS + heads).to(tl.float32) * LOG2E
-            m = tl.maximum(m, sink)
-        pivot = tl.where(m == float("-inf"), 0.0, m)
-        total = tl.sum(tl.exp2(lse_all - pivot[None, :]), 0) + tl.exp2(sink - pivot)
-        # Each split's LSEs as a [GROUP, BLOCK_D] tile (every column the row's) and its partial rows, both through
-        # addresses whose contiguity the compiler cannot see (``unit`` is 1), so both loads take one layout: with
-        # the partial rows' own (vectorized) layout and a [GROUP] LSE load, each split's LSEs went through shared
-        # memory behind a barrier, which kept the loads one split ahead of the arithmetic (sm_90 SASS, Triton 3.6).
-        unit = (num_splits // num_splits).to(tl.int64)
-        partial = O + batch * stride_ob + heads64[:, None] * (stride_oh * unit) + offs_d[None, :] * unit
-        lse_tile = LSE + batch * stride_lb + heads64[:, None] * (stride_lh * unit) + offs_d[None, :] * 0
-        row_pivot = pivot[:, None]
-        acc = tl.zeros([GROUP, BLOCK_D], tl.float32)
-        for split in tl.static_range(MERGE_STEPS):
-            lse_s = tl.load(lse_tile + split * stride_ls)
-            part = tl.load(partial + split * stride_os, mask=d_valid[None, :], other=0.0)
-            acc += tl.exp2(lse_s * LOG2E - row_pivot) * part
-        empty = total == 0.0
-        out = acc / tl.where(empty, 1.0, total)[:, None]
-        tl.store(O_MERGED + batch * stride_mob + heads64[:, None] * stride_moh + offs_d[None, :],
-                 out.to(O_MERGED.dtype.element_ty), mask=d_valid[None, :])
-        if STORE_MERGED_LSE:
-            lse = tl.where(empty, float("-inf"), (pivot + tl.log2(tl.where(empty, 1.0, total))) * LN2)
-            tl.store(LSE_MERGED + batch * stride_mlb + heads64 * stride_mlh, lse)
-
-
-@triton.jit
 def _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride_qb, stride_qs, stride_qh,
                      stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_page_table, stride_nb,
                      stride_ns, stride_nh, seqlen_q, num_heads, queries_per_kv_head, page_size, left, right, tile,
@@ -1370,7 +1294,6 @@ def _attend_tile(
 def _swa_fwd_kernel(
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
     NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K, Q_DESCALE, K_DESCALE, V_DESCALE,
-    MERGE_COUNTS, O_MERGED, LSE_MERGED,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -1378,7 +1301,6 @@ def _swa_fwd_kernel(
     stride_ls, stride_lb, stride_lq, stride_lh,
     stride_page_table, stride_nb, stride_ns, stride_nh,
     stride_qdb, stride_qdh, stride_kdb, stride_kdh, stride_vdb, stride_vdh,
-    stride_mob, stride_moh, stride_mlb, stride_mlh,
     seqlen_q, seqlen_k, num_heads, queries_per_kv_head: tl.constexpr, page_size: tl.constexpr,
     softmax_scale, softcap, left, right,
     # chunk last: between right and num_tiles it moved the scalars after it by 4 bytes, and one 64-bit constant
@@ -1395,8 +1317,6 @@ def _swa_fwd_kernel(
     FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PRELOAD_L2: tl.constexpr = 0, PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
-    FOLD_MERGE: tl.constexpr = False, STORE_MERGED_LSE: tl.constexpr = False, MERGE_STEPS: tl.constexpr = 1,
-    MERGE_ALL: tl.constexpr = 1,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -1484,15 +1404,9 @@ def _swa_fwd_kernel(
             BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN, PREFETCH_PAGES, KV_PAIR,
             PREFETCH_PARTNER, ROW_BOUNDS,
         )
-        if FOLD_MERGE:
-            # SPLIT_MERGE_FOLD: one tile per (sequence, KV head), every split's tile active (single-query PackGQA).
-            _merge_folded_splits(O, LSE, O_MERGED, LSE_MERGED, MERGE_COUNTS, SINKS, tl.program_id(1), num_heads,
-                                 num_splits, stride_os, stride_ob, stride_oh, stride_ls, stride_lb, stride_lh,
-                                 stride_mob, stride_moh, stride_mlb, stride_mlh, queries_per_kv_head, HEAD_DIM,
-                                 BLOCK_D, HAS_SINKS, STORE_MERGED_LSE, MERGE_STEPS, MERGE_ALL)
 
-# Tensors that _swa_fwd_kernel takes before its scalars (Q ... LSE_MERGED); BLOCK_COUNT's position among them.
-_FORWARD_TENSORS = 24
+# Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_DESCALE); BLOCK_COUNT's position among them.
+_FORWARD_TENSORS = 21
 _BLOCK_COUNT_SLOT = 11
 
 
@@ -1610,36 +1524,17 @@ def _isolation_buffers(device: torch.device, rows: int, stream=_launch.ASK) -> t
     return buffers
 
 
-# The folded merge's arrival counts (SPLIT_MERGE_FOLD), int32, one per sequence and KV head, kept between calls per
-# (device, stream, thread) as the isolation buffers are: zeroed when allocated, and every call's last arrivals zero
-# them again, so the next call on the stream (which runs after this one) finds them zero. Under CUDA-graph capture a
-# call allocates zeroed ones (the memset is part of the graph).
-_MERGE_COUNTS = PlanCache(64)
-
-
-def _merge_counts(device: torch.device, groups: int, stream=_launch.ASK) -> torch.Tensor:
-    """At least ``groups`` zeroed arrival counts for a call on the current stream (see above); ``stream`` as
-    ``kept_buffer`` takes it."""
-    key = stream_key(device) if stream is _launch.ASK else stream
-    if key is None:
-        return torch.zeros(groups, device=device, dtype=torch.int32)
-    counts = _MERGE_COUNTS.get(key)
-    if counts is None or counts.numel() < groups:
-        counts = _MERGE_COUNTS.add(key, torch.zeros(groups, device=device, dtype=torch.int32))
-    return counts
-
-
 def settings() -> tuple:
     """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
     scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode and its all-fp8 switch, the fused
     append's reads, the page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the
     L2 preload before the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening, the
-    head-block tile's row-bound mask, the split merge's fold into the split launch."""
+    head-block tile's row-bound mask."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, gluon_fwd.FP8_QK, APPEND_READS_INPUT,
             PREFETCH_PAGE_TABLE, WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2, PRELOAD_L2_SPLITS,
-            FP8_PREFETCH_PARTNER, FP8_FENCED_WIDENING, ROW_BOUND_MASK, SPLIT_MERGE_FOLD)
+            FP8_PREFETCH_PARTNER, FP8_FENCED_WIDENING, ROW_BOUND_MASK)
 
 
 def attention_forward(
@@ -1843,12 +1738,6 @@ class _ForwardPlan:
         self.prefetch_partner = mode if fa3_layout and fits else 0
         programs_per_split = batch * ((num_kv_heads // 2 if self.kv_pair else num_kv_heads) if pack_gqa else num_heads)
         grid = (num_tiles, programs_per_split, num_splits)
-        # The merge folded into the split launch (SPLIT_MERGE_FOLD): single-query PackGQA tiles (no redo launch:
-        # one query position cannot leak), one tile per sequence and KV head, a power-of-two group.
-        self.fold_merge = (SPLIT_MERGE_FOLD and num_splits > 1 and pack_gqa and seqlen_q == 1 and not varlen_q
-                           and seqused_q is None and not self.use_gluon and not self.kv_pair and num_tiles == 1
-                           and group & (group - 1) == 0)
-        self.merge_groups = grid[1]
 
         tokens = q.shape[0] if varlen_q else batch * seqlen_q
         # Outputs are allocated contiguous on every call: their strides are those of Layouts of their shapes.
@@ -1863,11 +1752,10 @@ class _ForwardPlan:
             split_l, token_l, head_l = lse_target.stride()
             o_strides = (split_o, 0 if varlen_q else seqlen_q * token_o, token_o, head_o)
             l_strides = (split_l, 0 if varlen_q else seqlen_q * token_l, token_l, head_l)
-            # The merge writes out as [tokens, H, D] (a view of dense out); folded into the split launch
-            # (SPLIT_MERGE_FOLD), the last split of each sequence and KV head merges instead.
-            self.combine = None if self.fold_merge else combine_launch(
-                out_target, lse_target, out if varlen_q else out.view((tokens, num_heads, head_dim)), lse, sinks,
-                tokens_per_batch, seqused_q)
+            # The merge writes out as [tokens, H, D] (a view of dense out).
+            self.combine = combine_launch(out_target, lse_target,
+                                          out if varlen_q else out.view((tokens, num_heads, head_dim)),
+                                          lse, sinks, tokens_per_batch, seqused_q)
         else:
             o_strides = (0, *token_strides(out, varlen_q))
             l_strides = (0, 0, 0, 0) if lse is None else (0, *lse_strides(lse, varlen_q))
@@ -1897,8 +1785,6 @@ class _ForwardPlan:
             *l_strides, page_table.stride(0) if paged else 0,
             *(token_strides(new_k, varlen_q) if append_new else (0, 0, 0)),
             *descale_strides(q_descale), *descale_strides(k_descale), *descale_strides(v_descale),
-            *((token_strides(out, False)[0::2] + ((0, 0) if lse is None else lse_strides(lse, False)[0::2]))
-              if self.fold_merge else (0, 0, 0, 0)),
             seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
             softmax_scale, softcap if softcap > 0 else 1.0, left, right,
             grid[0], grid[2], num_work, max(attention_chunk, 1),
@@ -1946,13 +1832,12 @@ class _ForwardPlan:
             softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
             batch=batch, pack_gqa=pack_gqa, o_strides=o_strides[1:],
             l_strides=l_strides[1:], plans={})
-        # Which of the kernel's 24 tensors this signature passes (the others are the placeholder, q): ``run``
-        # picks them from all 24 (absent ones None) and each Launch spreads them back (``Launch``'s slots).
+        # Which of the kernel's 21 tensors this signature passes (the others are the placeholder, q): ``run``
+        # picks them from all 21 (absent ones None) and each Launch spreads them back (``Launch``'s slots).
         present = (True, True, True, True, self.split_shapes is not None or self.lse_shape is not None,
                    sinks is not None, varlen_q, varlen_k, seqlens_k is not None, cache_batch_idx is not None, paged,
                    count_blocks, self.isolate, self.isolate, append_new, append_new, seqused_q is not None,
-                   cache_leftpad is not None, self.fp8, self.fp8, self.fp8, self.fold_merge, self.fold_merge,
-                   self.fold_merge and lse is not None)
+                   cache_leftpad is not None, self.fp8, self.fp8, self.fp8)
         self.pick = operator.itemgetter(*(i for i, passed in enumerate(present) if passed))
         self.main = Launch(_swa_fwd_kernel, grid, scalars,
                            dict(switches, COUNT_BLOCKS=count_blocks, APPEND_READS_INPUT=self.append_reads_input,
@@ -1962,10 +1847,7 @@ class _ForwardPlan:
                                                  FLAG_NON_FINITE.value if self.isolate else NO_ISOLATION.value),
                                 PREFETCH_PAGES=(PREFETCH_PAGE_TABLE and paged and config.single_loop
                                                 and q.is_cuda and not _compat.interpreter_enabled()),
-                                PRELOAD_L2=self.preload_l2, PREFETCH_PARTNER=self.prefetch_partner,
-                                FOLD_MERGE=self.fold_merge, STORE_MERGED_LSE=self.fold_merge and lse is not None,
-                                MERGE_STEPS=num_splits if self.fold_merge else 1,
-                                MERGE_ALL=next_power_of_2(num_splits) if self.fold_merge else 1),
+                                PRELOAD_L2=self.preload_l2, PREFETCH_PARTNER=self.prefetch_partner),
                            options, num_tensors=_FORWARD_TENSORS, slots=_slots(present))
         self.redo = None
         programs = _persistent_programs(q.device)
@@ -2027,11 +1909,10 @@ class _ForwardPlan:
                                     page_table, non_finite_flags, any_non_finite, *descales)
         if not self.use_gluon or self.redo is not None:
             # The tensors this signature passes, after q (the placeholder for the absent ones): see ``present``.
-            merge_counts = _merge_counts(device, self.merge_groups, stream) if self.fold_merge else None
             tensors = (q, *self.pick((q, k, v, out_target, lse_target, sinks, cu_seqlens_q, cu_seqlens_k,
                                       seqlens_k, cache_batch_idx, page_table, block_counts, non_finite_flags,
                                       any_non_finite, new_k, new_v, seqused_q, cache_leftpad, q_descale, k_descale,
-                                      v_descale, merge_counts, out, lse)))
+                                      v_descale)))
             if self.use_tma:
                 # Triton's descriptor scratch: one buffer kept between calls for the main and redo launches (each
                 # PDL launch waits for the previous grid before its first write, its descriptors included; see

@@ -687,56 +687,6 @@ def test_split_kv(num_splits, sinks, scenario, loop):
                                    msg="empty rows: LSE must be -inf, or the sink with sinks")
 
 
-@pytest.mark.parametrize("loop", ["pipelined", "single"])
-@pytest.mark.parametrize("sinks, return_lse", [
-    pytest.param(torch.float32, True, id="sinks-lse"), pytest.param(None, False, id="nosink-nolse"),
-    pytest.param(torch.bfloat16, True, id="sinks-bf16-lse"),
-])
-def test_split_merge_folded_into_the_split_launch(monkeypatch, loop, sinks, return_lse):
-    """``fwd.SPLIT_MERGE_FOLD``: the last split program of each (sequence, KV head) merges the partial results in
-    place of the merge launch (the interpreter runs programs one after another, so which one arrives last is fixed):
-    the reference's output and LSE, the merge launch's result up to rounding, empty splits and a sequence without keys
-    (the sink alone). The arrival counts are zero after every call, so consecutive calls (another split count) on
-    the same counts stay right."""
-    from swattn.kernels import fwd
-    sink_logits = None if sinks is None else (torch.randn(H) * 2).to(sinks)
-    # 90 keys = 6 blocks of 16; 5 keys = one block (empty splits); 0 keys: every split empty.
-    cache, seqlens, q = make_cache("paged-16", 3, 96), i32([90, 5, 0]), random_q(3, 1)
-    config = BLOCK16 if loop == "pipelined" else replace(BLOCK16, single_loop=True)
-    kwargs = dict(cache_seqlens=seqlens, sinks=sink_logits, causal=True, pack_gqa=True)
-    expected = reference(q, cache, seqlens, sinks=sink_logits, causal=True)
-    taken = []
-    plan_init = fwd._ForwardPlan.__init__
-
-    def record(self, *args, **kw):
-        plan_init(self, *args, **kw)
-        taken.append((self.fold_merge, self.combine is None))
-    monkeypatch.setattr(fwd._ForwardPlan, "__init__", record)
-    results = {}
-    for fold in (False, True):
-        monkeypatch.setattr(fwd, "SPLIT_MERGE_FOLD", fold)
-        with forced_config(config):
-            for num_splits in (5, 3):
-                results[fold, num_splits] = flash_attn_with_kvcache(
-                    q, cache.k, cache.v, **cache.kwargs(), num_splits=num_splits, return_softmax_lse=return_lse,
-                    **kwargs)
-                if fold:
-                    counts = list(fwd._MERGE_COUNTS.values())
-                    assert counts and all(int(c.abs().sum()) == 0 for c in counts), "arrival counts left non-zero"
-    assert taken == [(False, False), (False, False), (True, True), (True, True)]
-    for num_splits in (5, 3):
-        folded, launched = results[True, num_splits], results[False, num_splits]
-        if return_lse:
-            check(*folded, expected, q)
-            torch.testing.assert_close(folded[1], launched[1], rtol=1e-6, atol=1e-6)
-        else:
-            assert_close("out", folded, expected[0], tolerance_for(q.dtype))
-            folded, launched = (folded,), (launched,)
-        torch.testing.assert_close(folded[0], launched[0], rtol=1e-5, atol=1e-6)
-    # The batch without keys: the sink alone (out 0, LSE the sink), or nothing (LSE -inf).
-    assert torch.equal(results[True, 3][0][2] if return_lse else results[True, 3][2], torch.zeros_like(q[2]))
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Out-of-window pages may be freed: NaN data and garbage page indices are never read
 
