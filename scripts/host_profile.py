@@ -9,8 +9,9 @@ The Gluon forward (not in the default list; ``--only gluon_4k,gluon_4k_plain,...
 kernel, 4K and 16K W(127,0) gpt-oss and 16K causal D128, each with the direct launch and the plain one
 (``*_plain``), and ``gluon_parts``, its launch taken apart; ``gluon_4k_run`` / ``gluon_16k_run``: the direct launch
 through ``CompiledKernel.run`` (``_launch.C_LAUNCHER`` off), session 5's path; ``gluon_4k_forward``: every call
-through ``gluon_fwd.forward`` (session 6's path) instead of the forward plan's kept launch; ``gluon_2k`` /
-``prefill_2k_triton``: the 2K prefill, below ``gluon_fwd.EAGER_MIN_US``, on either kernel.
+through ``gluon_fwd.forward`` (session 6's path) instead of the forward plan's kept launch; ``gluon_4k_triton``:
+``gluon_4k``'s call on the Triton kernels; ``gluon_2k`` / ``prefill_2k_triton``: the 2K prefill, below
+``gluon_fwd.EAGER_MIN_US``, on either kernel.
 
     PYTHONPATH=. python scripts/host_profile.py [--out FILE] [--calls 2000] [--only decode,backward]
 
@@ -259,6 +260,8 @@ def scenarios(quick: bool) -> dict:
         # call, session 6's path) instead of the forward plan's kept Gluon launch.
         "gluon_4k_forward": ("prefill 4K W(127,0) D64 gpt-oss, Gluon kernel, direct launch, every call through "
                              "gluon_fwd.forward", gluon_4k, "gluon forward"),
+        # The same call as gluon_4k on the Triton kernels (the prefill scenarios wrap each call in torch.no_grad()).
+        "gluon_4k_triton": ("prefill 4K W(127,0) D64 gpt-oss, Triton kernels", gluon_4k, "triton"),
         # Below gluon_fwd.EAGER_MIN_US (the Triton kernels' estimate at 2K: 27 us): both kernels side by side.
         "gluon_2k": ("prefill 2K W(127,0) D64 gpt-oss, Gluon kernel, direct launch", gluon_2k, "gluon"),
         "prefill_2k_triton": ("prefill 2K W(127,0) D64 gpt-oss, Triton kernels", gluon_2k, "triton"),

@@ -96,7 +96,11 @@ MIN_ROWS = 128  # auto dispatch: calls with fewer query rows per (batch, head) s
 # direct launch (``forward(..., plans=)``; scripts/host_profile.py, 2026-12-03 22:31 UTC): the 4K W(127,0) D64 gpt-oss
 # prefill on the Gluon kernel 51.8 us host per call, eager 52.2 for 49.6 us of GPU time (the Triton kernels: eager
 # 58.3 for 59.0, 19:33 UTC). Through JITFunction.run with four descriptors built per call it was 190 us (216 host,
-# 181 eager at 22:31), the value this had before.
+# 181 eager at 22:31), the value this had before. Since the forward plan launches its kept Gluon launch itself
+# (2026-12-04, s7-call5, one run): 4K host 48.3 us on the Gluon kernel against 47.8 on the Triton kernels (bench
+# host; host_profile: 70.3 against 61.8), eager 50.6 against 58.8, graph 49.0 against 59.0. Below this bound both
+# calls are now host-bound within ~0-9 us of each other, so it decides mainly graph-replayed small calls, where the
+# Gluon kernel's GPU time is not measured (host_profile.py gluon_2k, prefill_2k_triton): kept until that is read.
 EAGER_MIN_US = 52.0
 HEAD_DIMS = (64, 128, 256)
 KV_DENSE, KV_VARLEN, KV_PAGED = 0, 1, 2  # where K/V rows come from (the kernel's KV_SOURCE)
