@@ -180,7 +180,7 @@ PRELOAD_L2_SPLITS = False
 # and 8 KB more shared memory per program.
 WIDEN_E4M3_PAIRS = os.environ.get("SWATTN_WIDEN_E4M3_PAIRS", "0") not in ("", "0")
 
-# Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py, session 7): e4m3 tiles widened to fp16 and
+# Experimental (off: measured slower): e4m3 tiles widened to fp16 and
 # then passed through an identity with a side effect (inline PTX ``mov.b32``, ``_fence_16bit``), so that Triton lays
 # the products out for 16-bit operands. Triton picks a dot operand's register layout (kWidth) from the narrowest
 # load it can trace the operand back to through pure elementwise ops and views: an e4m3 load gives kWidth 4 to both
@@ -188,8 +188,11 @@ WIDEN_E4M3_PAIRS = os.environ.get("SWATTN_WIDEN_E4M3_PAIRS", "0") not in ("", "0
 # per 128x64 tile and thread) and whose operand registers are shuffled into each ``HMMA``'s register quads by
 # moves (~90 ``IMAD.MOV`` per block and warp); a side effect stops the trace (kWidth 2): the widened tiles go
 # through shared memory as fp16 and reach the products through ``ldmatrix`` in the quads the ``HMMA`` reads.
-# Compiled for sm_90 (Triton 3.6), the full decode's interior loop (16, 128, 4, 2) capped at 128: 522 -> see
-# docs/notes/2026-12-03-fp8-kv-cache.md, session 7. Not under the interpreter (no PTX): a plain ``.to`` there.
+# Compiled for sm_90 (Triton 3.6), the full decode's interior loop (16, 128, 4, 2) capped at 128: 522 -> 344 SASS
+# instructions per block and warp (V only: 378). But H200 (scripts/gpu_fp8_decode.py s7_*, s7-call4/5, main
+# 75434b0 / 723c88e): B=16 16K 101.9 -> 114.1 us, B=16 131040 772.7 -> 871.7 (10-13% slower at every split shape; V
+# only 102.4 -> 102.1): K's extra shared-memory round trip lengthens each block's chain, which (not the instruction
+# count) bounds this loop. Not under the interpreter (no PTX): a plain ``.to`` there.
 # 1: K and V fenced; 2: V only (P @ V takes kWidth 2, Q K^T keeps kWidth 4 with K read as before: no fp16 copy of K
 # in shared memory, Q's operand still rebuilt by moves).
 FP8_FENCED_WIDENING = int(os.environ.get("SWATTN_FP8_FENCED_WIDENING", "0") or 0)
