@@ -150,8 +150,8 @@ def test_consumer_and_register_rules():
     assert gluon_fwd.per_sm_for(1, 64, 128) == 2  # 128-key blocks: four programs' registers and stages do not fit
     assert gluon_fwd.per_sm_for(2, 64, 32) == 1
     assert gluon_fwd.tma_store_for(1) and not gluon_fwd.tma_store_for(2)
-    # The lazy rescale: one-warpgroup programs (packed small windows) only.
-    assert gluon_fwd.rescale_threshold_for(1) == gluon_fwd.RESCALE_THRESHOLD > 0
+    # The lazy rescale (off by default): one-warpgroup programs (packed small windows) only.
+    assert gluon_fwd.rescale_threshold_for(1) == gluon_fwd.RESCALE_THRESHOLD
     assert gluon_fwd.rescale_threshold_for(2) == 0.0 and gluon_fwd.rescale_threshold_for(3) == 0.0
     assert gluon_fwd.consumers_for(64, False, 127, 0) == 2 and gluon_fwd.consumers_for(128, False, 4095, 0) == 2
     assert gluon_fwd.consumers_for(256, True, 127, 0) == 2
