@@ -1347,7 +1347,7 @@ def _full_verify_1k_s7(k: int = 4, input_sets: int = 16, context: int = 1024, sp
                          sinks=torch.randn(heads, device=DEVICE)))
     auto = int(swattn.get_scheduler_metadata(batch, k, pages * page_size, heads, kv_heads, head_dim,
                                              sets[0]["cache_seqlens"] + k, causal=True)[0])
-    name = f"k={k} full {context // 1024}K"
+    title = f"k={k} full {context // 1024}K"
     print(f"\n## s7 full-attention verify k={k} B=16 {context // 1024}K page 16 ({input_sets} sets, appended): "
           f"us/call; automatic split count {auto}", flush=True)
     ref = swattn.flash_attn_with_kvcache(**sets[0], causal=True).float()
@@ -1365,10 +1365,10 @@ def _full_verify_1k_s7(k: int = 4, input_sets: int = 16, context: int = 1024, sp
             out = swattn.flash_attn_with_kvcache(**sets[0], causal=True, num_splits=num_splits)
             err = ((out.float() - ref).norm() / ref.norm()).item()
             calls = max(1, 16 // input_sets)
-            us = graph_us(call_all, calls, rep=100) / (calls * input_sets)
-            print(f"  {name} {label}: {us:.2f} us (rel diff {err:.0e})", flush=True)
+            us = graph_us(call_all, calls, rep=100) / input_sets  # graph_us: per call_all
+            print(f"  {title} {label}: {us:.2f} us (rel diff {err:.0e})", flush=True)
         except Exception as exc:  # report and go on
-            print(f"  {name} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+            print(f"  {title} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
         finally:
             for name, value in previous.items():
                 setattr(module, name, value)
@@ -1381,10 +1381,10 @@ def _full_verify_1k_s7(k: int = 4, input_sets: int = 16, context: int = 1024, sp
                 run()
         fa3_all()
         calls = max(1, 16 // input_sets)
-        print(f"  {name} FA3 (no append): {graph_us(fa3_all, calls, rep=100) / (calls * input_sets):.2f} us",
+        print(f"  {title} FA3 (no append): {graph_us(fa3_all, calls, rep=100) / input_sets:.2f} us",
               flush=True)
     except Exception as exc:  # FA3 missing: say so
-        print(f"  {name} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+        print(f"  {title} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
     sets.clear()
     torch.cuda.empty_cache()
 

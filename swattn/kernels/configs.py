@@ -97,8 +97,10 @@ VERIFY_HEAD_BLOCKS: dict[int, int] = {16: 8, 32: 8, 64: 4}
 # as k = 8's tile, with VERIFY_HEAD_BLOCKS[64]'s warps. H200 (scripts/gpu_probe.py serving_s6, s6-call4, main
 # 215a719), W(127,0) B=16 1K page 16, k = 4 with the fused append, us cold | warm: 6.79 | 5.66 against 7.33 | 5.80;
 # with fwd.PRELOAD_L2 = 2 6.27 | 5.89 against 6.54 | 5.75 (the 64-row tile is two programs per SM, Triton 3.6: the
-# next call's programs fit beside it before their wait; the 8-warp 32-row tile is one).
-VERIFY_PADDED_ROWS: dict[int, int] = {32: 64}
+# next call's programs fit beside it before their wait; the 8-warp 32-row tile is one). k = 2 (16 rows) too: H200
+# (scripts/gpu_probe.py serving_s7, s7-call11), with the row-bound mask, 5.22 | 4.76 us against 5.46 | 4.69 on 16
+# rows and 8 warps (decode + append 4.46 cold: 1.17x against 1.22x).
+VERIFY_PADDED_ROWS: dict[int, int] = {16: 64, 32: 64}
 
 # Resident programs per SM of a split-KV decode launch, by PackGQA tile height (query positions x G heads, rounded
 # up to a power of two; speculative verify of k tokens at G = 8: 16 rows for k <= 2, 32 for 4, 64 for 8): the
@@ -269,7 +271,8 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
         # Splits of at most two 128-key blocks (short full-attention contexts) take the same one-stage loop, H200
         # (gpu_splits.py): 1K B=4 8 splits 8.3 us vs 10.6 with (16, 64, 2, 3); 4K B=4 16 splits 16.9 vs 17.2.
         block_m = max(16, next_power_of_2(rows_per_tile))
-        head_m = VERIFY_PADDED_ROWS.get(block_m, block_m)
+        # Padded by the tile's real rows (a power of two of them): a decode tile's 8 rows keep their 16.
+        head_m = VERIFY_PADDED_ROWS.get(next_power_of_2(rows_per_tile), block_m)
         head_warps = VERIFY_HEAD_BLOCKS.get(head_m) if head_blocks else None
         if (small_window and head_warps is not None and keys_per_split is not None and head_dim_padded <= 128
                 and 128 < keys_per_split <= 128 + 16 and programs_per_sm is not None and programs_per_sm <= 1):

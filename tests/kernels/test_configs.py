@@ -184,9 +184,10 @@ def test_verify_head_blocks_take_128_plus_16_keys_before_the_verify_blocks(monke
     monkeypatch.setattr(configs, "interpreter_enabled", lambda: False)
     assert forward_config(64, 32, True, 128, 2, 131, one_wave, True) == head(32)
     assert forward_config(64, 32, True, 128, 1, 131, one_wave, True, fp8_kv=True).head_block == 0  # bf16 only
-    # VERIFY_PADDED_ROWS: k = 4's 32 rows in k = 8's 64-row tile, with its warps (H200, s6-call4).
+    # VERIFY_PADDED_ROWS: k = 4's 32 rows (and k = 2's 16) in k = 8's 64-row tile, with its warps (H200, s6-call4,
+    # s7-call11).
     monkeypatch.undo()
-    assert configs.VERIFY_PADDED_ROWS == {32: 64}
+    assert configs.VERIFY_PADDED_ROWS == {16: 64, 32: 64}
     monkeypatch.setattr(configs, "VERIFY_HEAD_BLOCKS", {32: 8, 64: 8})
     monkeypatch.setattr(configs, "VERIFY_PADDED_ROWS", {32: 64})
     assert _bf16_forward_config(64, 32, True, 128, 131, one_wave) == head(64)
