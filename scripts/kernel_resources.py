@@ -90,7 +90,8 @@ def _source(fn, args: tuple, kwargs: dict, source_type=ASTSource) -> tuple[ASTSo
     return source_type(fn, signature, constexprs, attrs), options
 
 
-def _compile(kernel, args: tuple, kwargs: dict, source_type=ASTSource) -> Resources:
+def compile_for_hopper(kernel, args: tuple, kwargs: dict, source_type=ASTSource):
+    """One launch compiled for sm_90: ``(compiled kernel, launch options, cuobjdump's resource usage, SASS)``."""
     source, options = _source(kernel, args, kwargs, source_type)
     compiled = triton.compile(source, target=HOPPER, options=options)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -99,8 +100,12 @@ def _compile(kernel, args: tuple, kwargs: dict, source_type=ASTSource) -> Resour
         cubin.flush()
         usage = subprocess.run([cuobjdump, "-res-usage", cubin.name], capture_output=True, text=True,
                                check=True).stdout
+    return compiled, options, usage, _sass(compiled.asm["cubin"], cuobjdump)
+
+
+def _compile(kernel, args: tuple, kwargs: dict, source_type=ASTSource) -> Resources:
+    compiled, options, usage, sass = compile_for_hopper(kernel, args, kwargs, source_type)
     ttgir = compiled.asm["ttgir"]
-    sass = _sass(compiled.asm["cubin"], cuobjdump)
     branches, problems = lazy_rescale_problems(sass)
     return Resources(
         registers=int(re.findall(r"REG:(\d+)", usage)[0]), stack_bytes=int(re.findall(r"STACK:(\d+)", usage)[0]),

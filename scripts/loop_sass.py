@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
 import sys
-import tempfile
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("loop_sass.py compiles real kernels: run it without TRITON_INTERPRET")
@@ -30,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # kernel_resourc
 import torch  # noqa: E402
 import triton  # noqa: E402
 from compare_kernel_builds import _sass_summary  # noqa: E402
-from kernel_resources import HOPPER, _source  # noqa: E402
+from kernel_resources import compile_for_hopper  # noqa: E402
 
 from swattn.kernels import fwd  # noqa: E402
 from swattn.kernels._launch import clear_plans  # noqa: E402
@@ -133,15 +131,7 @@ def main() -> int:
         config = FwdConfig(*fields[:4], maxnreg=fields[4] if len(fields) > 4 and fields[4] else None)
     inputs, arguments = decode_inputs(args.cache, args.context, args.window, args.splits)
     launch_args, launch_kwargs = captured_launch(inputs, arguments, settings, config)
-    source, options = _source(fwd._swa_fwd_kernel, launch_args, launch_kwargs)
-    compiled = triton.compile(source, target=HOPPER, options=options)
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile("wb", suffix=".cubin") as cubin:
-        cubin.write(compiled.asm["cubin"])
-        cubin.flush()
-        usage = subprocess.run([cuobjdump, "-res-usage", cubin.name], capture_output=True, text=True,
-                               check=True).stdout
-        sass = subprocess.run([cuobjdump, "-sass", cubin.name], capture_output=True, text=True, check=True).stdout
+    compiled, options, usage, sass = compile_for_hopper(fwd._swa_fwd_kernel, launch_args, launch_kwargs)
     if args.sass:
         with open(args.sass, "w") as f:
             f.write(sass)
