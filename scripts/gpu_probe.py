@@ -496,10 +496,12 @@ def host() -> None:
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(18)
 
 
-def _verify_sets(k: int, count: int) -> tuple[list[dict], list[dict]]:
-    """``count`` cold input sets of a gpt-oss verify step (W(127,0) layer, B=16, 1K context, pages of 16 in random
-    order, ``k`` new tokens appended): with the append, and the same calls with the tokens already in the cache."""
-    batch, heads, kv_heads, head_dim, context, page_size = 16, 64, 8, 64, 1024, 16
+def _verify_sets(k: int, count: int, context: int = 1024, cached: int | None = None) -> tuple[list[dict], list[dict]]:
+    """``count`` cold input sets of a gpt-oss verify step (B=16, pages of 16 in random order for ``context`` keys,
+    ``cached`` of them already in the cache (default ``context - k``), ``k`` new tokens appended): with the append,
+    and the same calls with the tokens already in the cache."""
+    batch, heads, kv_heads, head_dim, page_size = 16, 64, 8, 64, 16
+    cached = context - k if cached is None else cached
     pages = context // page_size + 1
     sets = []
     for _ in range(count):
@@ -509,7 +511,7 @@ def _verify_sets(k: int, count: int) -> tuple[list[dict], list[dict]]:
                          k=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
                          v=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
                          page_table=torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages),
-                         cache_seqlens=torch.full((batch,), context - k, device=DEVICE, dtype=torch.int32),
+                         cache_seqlens=torch.full((batch,), cached, device=DEVICE, dtype=torch.int32),
                          sinks=torch.randn(heads, device=DEVICE)))
     return sets, [dict(s, cache_seqlens=s["cache_seqlens"] + k, k=None, v=None) for s in sets]
 
@@ -1247,14 +1249,7 @@ def serving_s6() -> None:
     if os.environ.get("PROBE_S6_FULL", "1") in ("", "0"):
         return
     from swattn.kernels import fwd
-    batch, context = 4, 16384
-    kv_bytes = batch * context * 8 * 64 * 2 * 2
-    copy = torch.empty(kv_bytes, device=DEVICE, dtype=torch.uint8)
-    copy_us = graph_us(functools.partial(copy[: kv_bytes // 2].copy_, copy[kv_bytes // 2:]), 20)
-    copy = None
-    inputs = full_decode_inputs(batch, context)
-    call = functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True)
-    ref = call().float()
+    call, ref, copy_us = _full_decode_b4_16k()
     for label, preload in (("shipped", 0), ("preload 1", 1), ("preload 2", 2)):
         previous = fwd.PRELOAD_L2
         fwd.PRELOAD_L2 = preload
@@ -1267,6 +1262,18 @@ def serving_s6() -> None:
             print(f"  full decode B=4 16K {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
         finally:
             fwd.PRELOAD_L2 = previous
+
+
+def _full_decode_b4_16k():
+    """Full-attention decode, B=4, 16K, page 16: ``(call, its float reference, us of a graph-replayed copy of its
+    K/V bytes)``."""
+    batch, context = 4, 16384
+    kv_bytes = batch * context * 8 * 64 * 2 * 2
+    copy = torch.empty(kv_bytes, device=DEVICE, dtype=torch.uint8)
+    copy_us = graph_us(functools.partial(copy[: kv_bytes // 2].copy_, copy[kv_bytes // 2:]), 20)
+    del copy
+    call = functools.partial(swattn.flash_attn_with_kvcache, **full_decode_inputs(batch, context), causal=True)
+    return call, call().float(), copy_us
 
 
 def serving_s7() -> None:
@@ -1310,14 +1317,7 @@ def serving_s7() -> None:
         _full_verify_1k_s7(context=8192, input_sets=1, splits=())  # the model step's full layer
     if os.environ.get("PROBE_S7_FULL", "1") in ("", "0"):
         return
-    batch, context = 4, 16384
-    kv_bytes = batch * context * 8 * 64 * 2 * 2
-    copy = torch.empty(kv_bytes, device=DEVICE, dtype=torch.uint8)
-    copy_us = graph_us(functools.partial(copy[: kv_bytes // 2].copy_, copy[kv_bytes // 2:]), 20)
-    copy = None
-    inputs = full_decode_inputs(batch, context)
-    call = functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True)
-    ref = call().float()
+    call, ref, copy_us = _full_decode_b4_16k()
     for _ in range(ROUNDS):
         for label, settings in (("shipped", {}),):
             print(f"  full decode B=4 16K page 16 {label}: {_full_decode_us(call, ref, settings, copy_us)}",
@@ -1335,16 +1335,7 @@ def _full_verify_1k_s7(k: int = 4, input_sets: int = 16, context: int = 1024, sp
     from swattn.kernels import fwd
     heads, kv_heads, head_dim, batch, page_size = 64, 8, 64, 16, 16
     pages = context // page_size + 1
-    sets = []
-    for _ in range(input_sets):
-        k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=DTYPE)
-        sets.append(dict(q=torch.randn(batch, k, heads, head_dim, device=DEVICE, dtype=DTYPE), k_cache=k_cache,
-                         v_cache=torch.randn_like(k_cache),
-                         k=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
-                         v=torch.randn(batch, k, kv_heads, head_dim, device=DEVICE, dtype=DTYPE),
-                         page_table=torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages),
-                         cache_seqlens=torch.full((batch,), context, device=DEVICE, dtype=torch.int32),
-                         sinks=torch.randn(heads, device=DEVICE)))
+    sets, _ = _verify_sets(k, input_sets, context=context, cached=context)
     auto = int(swattn.get_scheduler_metadata(batch, k, pages * page_size, heads, kv_heads, head_dim,
                                              sets[0]["cache_seqlens"] + k, causal=True)[0])
     title = f"k={k} full {context // 1024}K"
