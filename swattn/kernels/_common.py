@@ -229,6 +229,18 @@ def finish_rows(m_i, l_i, sink, HAS_SINK: tl.constexpr, FAST_LOG2: tl.constexpr 
 
 
 @triton.jit
+def kept_max(m_i, m_new, RESCALE_THRESHOLD: tl.constexpr):
+    """The lazy rescale's running row max (log2 units): ``m_new`` only where it exceeds ``m_i`` by more than
+    ``RESCALE_THRESHOLD`` (0: always ``m_new``), so a row that kept its max rescales by exp2(0) = 1 exactly (a row
+    that has seen no key keeps -inf until its first). The Gluon kernel's loop and the Triton redo pass after it both
+    take it from here: the redo pass recomputes rows of the Gluon kernel's tiles, and non-finite isolation needs
+    their bits to be the Gluon kernel's."""
+    if RESCALE_THRESHOLD > 0:
+        m_new = tl.where(m_new > m_i + RESCALE_THRESHOLD, m_new, m_i)
+    return m_new
+
+
+@triton.jit
 def safe_pivot(m):
     """Rows that have seen no key yet keep max = -inf; subtract 0 instead so exp2 gives 0, never NaN."""
     return tl.where(m == float("-inf"), 0.0, m)

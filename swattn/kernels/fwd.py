@@ -38,6 +38,7 @@ from swattn.kernels._common import (
     finish_rows,
     first_visible_key,
     in_window,
+    kept_max,
     last_visible_key,
     lse_strides,
     ones_descale,
@@ -624,15 +625,16 @@ def _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, le
                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, GUARD_NON_FINITE: tl.constexpr,
                   MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr, chunk, HAS_CHUNK: tl.constexpr,
                   FP8: tl.constexpr, row_unscale, WIDEN: tl.constexpr = 0, pair_second=None,
-                  KV_PAIR: tl.constexpr = 0, k2=None, v2=None):
+                  KV_PAIR: tl.constexpr = 0, k2=None, v2=None, RESCALE_THRESHOLD: tl.constexpr = 0.0):
     """One block of the online softmax (``_attend_blocks``' loop body after the loads): ``k`` / ``v`` hold keys
     ``offs_n`` (``load_mask``). ``GUARD_NON_FINITE`` (with MASK) keeps non-finite values in the rows that see them
-    (not with ``KV_PAIR``, whose single-query tiles need no isolation)."""
+    (not with ``KV_PAIR``, whose single-query tiles need no isolation). ``RESCALE_THRESHOLD``: the Gluon kernel's
+    lazy rescale (``kept_max``), in the redo pass after it."""
     qk, qk_scale, v, visible = _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale,
                                              softcap, block, masked_head_end, unmasked_end, HAS_LEFT, HAS_RIGHT,
                                              HAS_SOFTCAP, UPCAST, MASK, MASK_EDGES_ONLY, chunk, HAS_CHUNK, FP8,
                                              row_unscale, WIDEN, pair_second, KV_PAIR, k2)
-    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    m_new = kept_max(m_i, tl.maximum(m_i, tl.max(qk, 1) * qk_scale), RESCALE_THRESHOLD)
     pivot = safe_pivot(m_new)
     p = _exp_scores(qk, qk_scale, pivot, HAS_SOFTCAP, FP8)
     alpha = tl.exp2(m_i - pivot)
@@ -754,7 +756,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                    stride_ns=0, READ_NEW: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
                    WIDEN: tl.constexpr = 0, pair_second=None, KV_PAIR: tl.constexpr = 0, k_partner=0,
                    v_partner=0, chunk_slot=0, PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
-                   first_pos=0, last_pos=0):
+                   first_pos=0, last_pos=0, RESCALE_THRESHOLD: tl.constexpr = 0.0):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
     blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it).
@@ -782,6 +784,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
     ``k_partner`` / ``v_partner`` and ``chunk_slot``; with ``KV_PAIR`` PAIR_TWO_LOADS (``offs_d`` one head's) the
     second KV head's tiles are loaded ``k_partner`` / ``v_partner`` elements on."""
     offset = seqlen_k - seqlen_q
+    tl.static_assert(HEAD_N == 0 or RESCALE_THRESHOLD == 0, "the lazy rescale is the Gluon kernel's: no head block")
     if HEAD_N > 0:
         offs_n = kv_end - BLOCK_N + tl.arange(0, BLOCK_N)
         load_mask = offs_n >= kv_start
@@ -823,7 +826,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                                           softmax_scale, softcap, block, masked_head_end, unmasked_end, HAS_LEFT,
                                           HAS_RIGHT, HAS_SOFTCAP, UPCAST, GUARD_NON_FINITE, MASK, MASK_EDGES_ONLY,
                                           chunk, HAS_CHUNK, FP8, row_unscale, WIDEN, pair_second, KV_PAIR, k2,
-                                          v2)
+                                          v2, RESCALE_THRESHOLD)
             if COUNT_BLOCKS:
                 visited += 1
     return acc, l_i, m_i, visited
@@ -1095,7 +1098,7 @@ def _attend_tile(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, FP8: tl.constexpr,
     APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
-    PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
+    PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False, RESCALE_THRESHOLD: tl.constexpr = 0.0,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads, or with
     ``KV_PAIR`` two KV heads' packed heads), over its share ``split`` of the KV loop; the body of
@@ -1215,7 +1218,8 @@ def _attend_tile(
                 True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, False, BLOCK_N, USE_TMA,
                 True, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk, HAS_CHUNK=HAS_CHUNK,
                 FP8=FP8, row_unscale=row_unscale, HEAD_N=HEAD_N, WIDEN=WIDEN, pair_second=pair_second,
-                KV_PAIR=KV_PAIR, ROW_BOUNDS=ROW_BOUNDS, first_pos=first_pos, last_pos=last_pos)
+                KV_PAIR=KV_PAIR, ROW_BOUNDS=ROW_BOUNDS, first_pos=first_pos, last_pos=last_pos,
+                RESCALE_THRESHOLD=RESCALE_THRESHOLD)
         elif SINGLE_LOOP:
             # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
             # The one pass guards every block, or (2) only blocks whose values are not all finite, or (3) only blocks
@@ -1320,6 +1324,7 @@ def _swa_fwd_kernel(
     FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PRELOAD_L2: tl.constexpr = 0, PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
+    RESCALE_THRESHOLD: tl.constexpr = 0.0,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -1388,7 +1393,7 @@ def _swa_fwd_kernel(
                     HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST,
                     SINGLE_LOOP, REDO_FLAGGED, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K,
                     HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, FP8, HEAD_N=HEAD_N, WIDEN=WIDEN,
-                    KV_PAIR=KV_PAIR, ROW_BOUNDS=ROW_BOUNDS,
+                    KV_PAIR=KV_PAIR, ROW_BOUNDS=ROW_BOUNDS, RESCALE_THRESHOLD=RESCALE_THRESHOLD,
                 )
     else:
         # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
@@ -1532,12 +1537,13 @@ def settings() -> tuple:
     scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode and its all-fp8 switch, the fused
     append's reads, the page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the
     L2 preload before the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening, the
-    head-block tile's row-bound mask."""
+    head-block tile's row-bound mask, the Gluon kernel's lazy rescale (which the redo pass after it follows)."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, gluon_fwd.FP8_QK, APPEND_READS_INPUT,
             PREFETCH_PAGE_TABLE, WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2, PRELOAD_L2_SPLITS,
-            FP8_PREFETCH_PARTNER, FP8_FENCED_WIDENING, ROW_BOUND_MASK)
+            FP8_PREFETCH_PARTNER, FP8_FENCED_WIDENING, ROW_BOUND_MASK, gluon_fwd.RESCALE_THRESHOLD,
+            gluon_fwd.rescale_threshold_for, gluon_fwd.consumers_for)
 
 
 def attention_forward(
@@ -1859,9 +1865,14 @@ class _ForwardPlan:
                            and num_work <= (programs if SCAN_FLAGS_MAX_WORK is None else SCAN_FLAGS_MAX_WORK))
         if self.isolate:
             redo_pass = REDO_SCANNED if self.scan_flags else REDO_FLAGGED
+            # After the Gluon kernel, the redo pass keeps its running maxima as it does (the lazy rescale): a redone
+            # row that cannot see the non-finite value gets the Gluon kernel's bits.
+            threshold = (gluon_fwd.rescale_threshold_for(gluon_fwd.consumers_for(head_dim, pack_gqa, left, right))
+                         if self.use_gluon else 0.0)
             self.redo = Launch(_swa_fwd_kernel, (min(num_work, programs) if not self.scan_flags else num_work,),
                                scalars, dict(switches, COUNT_BLOCKS=False, NON_FINITE_PASS=redo_pass.value,
-                                             APPEND_READS_INPUT=False, PREFETCH_PAGES=False), options,
+                                             APPEND_READS_INPUT=False, PREFETCH_PAGES=False,
+                                             RESCALE_THRESHOLD=threshold), options,
                                num_tensors=_FORWARD_TENSORS, slots=_slots(present, skip=(_BLOCK_COUNT_SLOT,)))
 
     def run(self, q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k, new_v,

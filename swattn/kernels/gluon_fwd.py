@@ -57,6 +57,7 @@ from swattn.kernels._common import (
     block_ranges,
     descale_strides,
     finish_rows,
+    kept_max,
     safe_pivot,
     sequence_bounds,
     softcap_scores,
@@ -259,11 +260,7 @@ if GLUON_AVAILABLE:
             keys = kv_start + block * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
             visible = _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT, HAS_RIGHT)
             s = gl.where(visible, s, float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
-        if RESCALE_THRESHOLD > 0:
-            # Keep the running max unless the block's exceeds it by more than the threshold: alpha is then exactly
-            # exp2(0) = 1 (a row that has seen no key keeps -inf and alpha 0 until its first key).
-            m_new = gl.where(m_new > m_i + RESCALE_THRESHOLD, m_new, m_i)
+        m_new = kept_max(m_i, gl.maximum(m_i, gl.max(s, 1) * qk_scale), RESCALE_THRESHOLD)
         pivot = safe_pivot(m_new)
         p = gl.exp2(s * qk_scale - gl.expand_dims(pivot, 1))
         alpha = gl.exp2(m_i - pivot)

@@ -463,16 +463,20 @@ def test_direct_launches_give_the_same_bits(monkeypatch):
     assert torch.equal(outcomes[True][4], outcomes[True][5])  # results 4 and 5: q aligned and misaligned
 
 
-@pytest.mark.parametrize("gluon", ["0", "1"], ids=["triton", "gluon"])
-def test_kept_isolation_buffers_isolate_every_call(monkeypatch, gluon):
+@pytest.mark.parametrize("gluon, lazy_rescale", [("0", 0.0), ("1", 0.0), ("1", 8.0)],
+                         ids=["triton", "gluon", "gluon-lazy-rescale"])
+def test_kept_isolation_buffers_isolate_every_call(monkeypatch, gluon, lazy_rescale):
     """The non-finite isolation's flags and raised flag are kept between calls (``fwd._isolation_buffers``): a 4K
     window prefill (redo pass behind the raised flag; main pass Triton's or the Gluon kernel's) with a value NaN
     and without, alternating, back to back on the current stream and on a side stream, then replayed from a CUDA
     graph (fresh buffers): every poisoned call keeps the NaN in exactly the rows whose window holds it, every
-    clean call gives the clean bits, and the raised flag is zero again after each call (the redo pass resets it)."""
+    clean call gives the clean bits, and the raised flag is zero again after each call (the redo pass resets it).
+    With the Gluon kernel's lazy rescale the redo pass keeps the running maxima as it does (session 7 found rows
+    whose masked block loads the NaN's key flagged, redone with eager rescaling, and so changed in their last bits)."""
     from swattn.kernels import _launch, fwd, gluon_fwd
 
     monkeypatch.setattr(gluon_fwd, "GLUON_MODE", gluon)
+    monkeypatch.setattr(gluon_fwd, "RESCALE_THRESHOLD", lazy_rescale)
     _launch.clear_plans()
     heads, kv_heads, head_dim, seqlen, key, left = 64, 8, 64, 4096, 2000, 127
     q, k, v = randn(1, seqlen, heads, head_dim), randn(1, seqlen, kv_heads, head_dim), randn(1, seqlen, kv_heads,
