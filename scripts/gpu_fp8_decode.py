@@ -42,7 +42,7 @@ import torch
 from gpu_probe import full_decode_inputs, graph_calls_us  # scripts/ is on sys.path when this file runs
 
 import swattn
-from swattn.kernels import fwd
+from swattn.kernels import configs, fwd
 from swattn.kernels.configs import FwdConfig, forced_config
 
 FP8 = torch.float8_e4m3fn
@@ -123,6 +123,16 @@ TWO_LOADS_FENCED = (False, (64, 4, 2, False, False, 128), dict(pair=3, per_sm=4,
 # V only fenced under a 96-register cap: 5 programs per SM (38 KB shared each; 48 B stack, interior loop 383).
 FENCED_V_5 = (False, (128, 4, 2, False, False, 96), dict(fenced=2, per_sm=5))
 S7B = [(False, None), FENCED_V, FENCED_V_5, TWO_LOADS, TWO_LOADS_FENCED]
+# Session 8: two KV heads per program is the default of long full decodes (configs.FP8_KV_PAIRS, where
+# configs.fp8_pair_split_count takes them: B=16 16K-128K 8 splits, B=4 64K-128K 33); "shipped" is that default,
+# ``kvpairs=False`` the one-head default before it (the (128, 4, 2) loop capped at 128, 4 per SM); at B=4 16K / 32K
+# (one head by default: 33 pair splits would be 497 / 994 keys) the pairs forced at 4 and at 2 per SM (33 / 16
+# splits).
+ONE_HEAD = (False, None, dict(kvpairs=False))
+PAIRS_2 = (False, (64, 4, 2, False, False, 128), dict(pair=3, per_sm=2))
+PAIRS_4 = (False, (64, 4, 2, False, False, 128), dict(pair=3, per_sm=4))
+S8 = [(False, None), ONE_HEAD, FA3_FP8]
+S8_B4 = S8 + [PAIRS_4, PAIRS_2]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -145,7 +155,10 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           # two-loads pairs with and without the fence, beside the shipped loop.
           "s7b_full": (16, 16384, None, S7B), "s7b_long": (4, 131072, None, S7B),
           "s7b_b16_128k": (16, 131040, None, S7B),
-          "s7b_window": (16, 2048, 127, [(False, None), FENCED_V])}
+          "s7b_window": (16, 2048, 127, [(False, None), FENCED_V]),
+          "s8_b16_16k": (16, 16384, None, S8), "s8_b4_16k": (4, 16384, None, S8_B4),
+          "s8_b16_32k": (16, 32768, None, S8), "s8_b4_32k": (4, 32768, None, S8_B4),
+          "s8_b4_128k": (4, 131072, None, S8), "s8_b16_128k": (16, 131040, None, S8)}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
 COPY_GBPS = 4221.0
 
@@ -238,6 +251,7 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += {0: "", 1: " twin prefetch", 2: " chunk prefetch"}[options.get("partner", 0)]
     shown += f" L2 fetch {options['l2fetch']} B" if "l2fetch" in options else ""
     shown += " contiguous" if options.get("contig") else ""
+    shown += " one KV head/program" if options.get("kvpairs") is False else ""
     shown += {0: "", 1: " fenced widening", 2: " fenced widening (V)"}[int(options.get("fenced", 0))]
     shown = "fp8 (P rounded to e4m3)" if options.get("fa3") else shown
     return label, shown
@@ -250,6 +264,9 @@ def main() -> None:
         at = args.index("--copy")
         copy = float(args[at + 1])
         del args[at:at + 2]
+    warm = "--warm" in args  # compile every variant (one input set, one call each) and time nothing
+    if warm:
+        args.remove("--warm")
     if "--dry" in args:  # the shapes and candidates only (no GPU): what a run would time
         for name in [a for a in args if a != "--dry"] or DEFAULT_SHAPES:
             batch, context, left, candidates = SHAPES[name]
@@ -271,9 +288,11 @@ def main() -> None:
         window = dict(window_size=(left, 0)) if left is not None else {}
         kv_bytes = batch * (context if left is None else left + 1) * 8 * 64 * 2 * 2
         count = max(2, min(48, (3 << 30) // (batch * context * 8 * 64 * 4)))
+        count = 1 if warm else count
         sets = [dict(full_decode_inputs(batch, context), causal=True, **window) for _ in range(count)]
         ref = swattn.flash_attn_with_kvcache(**sets[0]).float()
-        bf16_us = graph_calls_us([lambda s=s: swattn.flash_attn_with_kvcache(**s) for s in sets])
+        bf16_us = float("nan") if warm else graph_calls_us(
+            [lambda s=s: swattn.flash_attn_with_kvcache(**s) for s in sets])
         print(f"\n## {name}: B={batch} ctx={context} window={left}: {count} input sets; bf16 {bf16_us:.2f} us "
               f"({kv_bytes / 1e6:.1f} MB bf16 K/V read, {kv_bytes / bf16_us / 1e3 / copy:.0%} of copy)", flush=True)
         variants = {}
@@ -295,8 +314,10 @@ def main() -> None:
                 calls = [dict(c, num_splits=options["splits"]) for c in calls]
             forced = forced_config(FwdConfig(16, *config)) if config is not None else None
             pairs, prefetch, two_heads = fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS
+            kv_pairs = configs.FP8_KV_PAIRS
             partner, fenced = fwd.FP8_PREFETCH_PARTNER, fwd.FP8_FENCED_WIDENING
             fwd.FP8_TWO_KV_HEADS = options.get("pair", 0)  # part of the plans' key (fwd.settings)
+            configs.FP8_KV_PAIRS = options.get("kvpairs", kv_pairs)  # part of the plans' key (fwd.settings)
             fwd.FP8_FENCED_WIDENING = int(options.get("fenced", 0))  # part of the plans' key (fwd.settings)
             fwd.FP8_PREFETCH_PARTNER = options.get("partner", 0)  # part of the plans' key (fwd.settings)
             l2_before = None
@@ -315,7 +336,7 @@ def main() -> None:
                     runs = [lambda s=s: swattn.flash_attn_with_kvcache(**s) for s in calls]
                 out = runs[0]().float()
                 err = ((out - ref).norm() / ref.norm()).item()
-                us = graph_calls_us(runs)
+                us = float("nan") if warm else graph_calls_us(runs)
             except Exception as exc:  # noqa: BLE001 - report and go on
                 print(f"  {label:6s} {shown:36s}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
                 continue
@@ -324,6 +345,7 @@ def main() -> None:
                     forced.__exit__(None, None, None)
                 fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS = pairs, prefetch, two_heads
                 fwd.FP8_PREFETCH_PARTNER, fwd.FP8_FENCED_WIDENING = partner, fenced
+                configs.FP8_KV_PAIRS = kv_pairs
                 if l2_before is not None:
                     l2_fetch_limit(l2_before)
             read = kv_bytes if quantize_q is None else kv_bytes / 2

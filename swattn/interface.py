@@ -31,7 +31,13 @@ from swattn import _compat
 from swattn._compat import device_properties
 from swattn._replay import note_data_checks, replayed
 from swattn._replay import recording_ops as ops  # swattn.ops; a signature's first call records its op call
-from swattn.kernels.configs import SHORT_SPLIT_KEYS, split_programs_per_sm
+from swattn.kernels.configs import (
+    MAX_SPLITS,
+    SHORT_SPLIT_KEYS,
+    fp8_kv_pairs_fit,
+    fp8_pair_split_count,
+    split_programs_per_sm,
+)
 from swattn.window import check_attention_chunk, first_visible_key, normalize_window, visible_span
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -39,7 +45,7 @@ _FP8 = torch.float8_e4m3fn
 _OTHER_FP8 = tuple(getattr(torch, name) for name in ("float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
                    if hasattr(torch, name))
 _MAX_HEAD_DIM = 256
-_MAX_SPLITS = 64
+_MAX_SPLITS = MAX_SPLITS
 
 
 def _check_tensor(name: str, t, rank: int | tuple[int, ...], layout: str) -> None:
@@ -231,9 +237,9 @@ def _auto_pack_gqa(pack_gqa, seqlen_q: int, group: int, left: int = -1, right: i
 
 def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound: int, left: int, right: int,
                      seqlen_q: int, attention_chunk: int = 0, sm_margin: int = 0, rows_per_tile: int = 8,
-                     paged: bool = False, fp8: bool = False) -> int:
+                     paged: bool = False, fp8: bool = False, kv_pairs: bool = False) -> int:
     """Split-KV count from shapes only (no GPU values): the window's span, not the cache length, sets the work;
-    ``rows_per_tile``, ``paged``, ``fp8``: as ``split_count`` takes them."""
+    ``rows_per_tile``, ``paged``, ``fp8``, ``kv_pairs``: as ``split_count`` takes them."""
     if num_splits > 0:
         return min(num_splits, _MAX_SPLITS)
     if not q.is_cuda:
@@ -242,20 +248,25 @@ def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound
     if attention_chunk > 0:
         keys = min(keys, attention_chunk)
     sms = max(1, device_properties(q.device).multi_processor_count - sm_margin)
-    return split_count(programs, keys, sms, rows_per_tile, paged, fp8)
+    return split_count(programs, keys, sms, rows_per_tile, paged, fp8, kv_pairs)
 
 
 def split_count(programs: int, keys: int, sms: int, rows_per_tile: int = 8, paged: bool = False,
-                fp8: bool = False) -> int:
+                fp8: bool = False, kv_pairs: bool = False) -> int:
     """Automatic split-KV count for ``programs`` programs per split whose sequences see at most ``keys`` keys, on
     ``sms`` SMs; ``rows_per_tile``: rows of one tile (PackGQA: query positions x heads per KV head) and ``paged``
     (a paged cache) and ``fp8`` (an e4m3 cache) set how many programs fit one SM
     (``configs.split_programs_per_sm``). For decode tiles
     ``forward_config`` picks the one-stage 128-key-block loop for splits of at most ``SHORT_SPLIT_KEYS`` keys, the
-    splits this rule makes at short contexts."""
+    splits this rule makes at short contexts. ``kv_pairs``: the decode may take two KV heads per program
+    (``configs.fp8_kv_pairs_fit``); where ``configs.fp8_pair_split_count`` takes them, its split count (the
+    forward kernel takes the pairs from the same function)."""
     blocks = -(-keys // 128)
     if programs >= sms or blocks < 8:
         return 1
+    pair_splits = fp8_pair_split_count(programs, keys, sms) if kv_pairs else 0
+    if pair_splits:
+        return pair_splits
     # Short contexts: one or two 128-key blocks per split while there are at most four programs per SM; the
     # latency of a split's few blocks, not bandwidth, sets the time. H200 (scripts/gpu_splits.py, gpt-oss full
     # decode, page 16, docs/notes/performance-log.md): 1K B=4 8 splits 8.3 us (the long-context rule's 2 splits:
@@ -627,8 +638,13 @@ def flash_attn_with_kvcache(
     packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group, left, right)
     rows = max_seqlen_q * (group if packed else 1)
     programs = batch * (k_cache.shape[2] if packed else q.shape[-2]) * max(1, -(-rows // 64))
+    head_dim = k_cache.shape[-1]
+    kv_pairs = fp8_kv_pairs_fit(k_cache.dtype == _FP8 and q.dtype != _FP8, packed, left < 0 and attention_chunk == 0,
+                                rows, max_seqlen_q, k_cache.shape[2], head_dim,
+                                all(t.stride(-1) == 1 and t.stride(-2) == head_dim for t in (k_cache, v_cache)),
+                                paged, k is not None)
     num_splits = _auto_num_splits(num_splits, q, programs, capacity, left, right, max_seqlen_q, attention_chunk,
-                                  sm_margin, rows, paged, k_cache.dtype == torch.float8_e4m3fn)
+                                  sm_margin, rows, paged, k_cache.dtype == _FP8, kv_pairs)
     out, lse = ops.run_fwd_kvcache(
         _contiguous_last(q), k_cache, v_cache, None if k is None else _contiguous_last(k),
         None if v is None else _contiguous_last(v), _contiguous(cache_seqlens), _contiguous(cache_batch_idx),

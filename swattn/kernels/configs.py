@@ -8,6 +8,7 @@ tiles are twice as large, so every choice is then shrunk until its streamed tile
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -155,6 +156,62 @@ FP8_DECODE_MAXNREG: int | None = 168
 # asynchronous copies issued together (H200, W(127,0) B=16 2K, s4-call1: fp8-kv 5.14 vs 5.36 us, all-fp8 4.77 vs
 # 4.91, bf16 4.92), and the launch takes 128 registers instead of 167 (4 programs per SM instead of 3).
 FP8_SINGLE_LOOP_STAGES = 2
+
+
+# The most splits of one sequence's KV loop that the automatic split count plans (interface.split_count).
+MAX_SPLITS = 64
+
+# Two KV heads per program (fwd's PAIR_TWO_LOADS: KV heads 2k and 2k + 1 in one 16-row PackGQA tile, each head's
+# [block_n, D] e4m3 tiles loaded on their own, one product per head) on the paged split loop of a full-attention
+# decode over an e4m3 cache with fp16/bf16 queries (FP8_KV): the default where ``fp8_pair_split_count`` says so,
+# off with ``FP8_KV_PAIRS = False`` (or SWATTN_FP8_KV_PAIRS=0 at import; fwd.FP8_TWO_KV_HEADS forces a pair mode
+# for experiments). H200, gpt-oss layer (H=64/8, D=64, sinks, page 16), fp8-kv, graph replay, against the one-head
+# (128, 4, 2) default in the same run: B=16 16K 99.98 vs 102.21 us, B=4 128K 187.51 vs 197.60 (s6-call4); B=4 128K
+# 198.54 vs 208.52, B=16 131040 785.27 vs 837.79 (s6 final, under CUDA_LAUNCH_BLOCKING); B=16 131040 747.74 vs
+# 777.41 (s7-call11); but B=4 16K 32.44 vs 31.77 (s6-call4): 33 splits of 497 keys, 8 blocks of 64 keys each.
+# (block_n, num_warps, register cap, programs per SM) per tile height, as FP8_PAGED_SPLIT_BLOCKS: (16, 64, 4, 2)
+# capped at 128 compiles to 128 registers, 16 B stack, 4 programs per SM (Triton 3.6, sm_90); the split count plans
+# a wave of them (half the programs per split of one KV head per program, so twice the splits).
+FP8_KV_PAIRS = os.environ.get("SWATTN_FP8_KV_PAIRS", "1") != "0"
+FP8_PAIR_SPLIT_BLOCKS: dict[int, tuple[int, int, int | None, int]] = {16: (64, 4, 128, 4)}
+# Fewest keys per split (with the pairs' split count) for which the pairs are taken: between the 497 measured
+# slower (B=4 16K) and the 2,048 measured faster (B=16 16K).
+FP8_PAIR_MIN_KEYS_PER_SPLIT = 1024
+
+
+def fp8_kv_pairs_fit(fp8_kv: bool, pack_gqa: bool, full_attention: bool, rows_per_tile: int, seqlen_q: int,
+                     num_kv_heads: int, head_dim: int, adjacent_heads: bool, paged: bool, append: bool) -> bool:
+    """Whether a decode may take two KV heads per program (where ``fp8_pair_split_count`` says they pay):
+    ``fp8_kv`` (an e4m3 cache with fp16/bf16 queries), ``pack_gqa`` single-query tiles (``seqlen_q`` 1,
+    ``rows_per_tile`` = queries per KV head) whose two heads' rows fit one ``FP8_PAIR_SPLIT_BLOCKS`` tile,
+    ``full_attention`` (no window or attention chunk: what was measured), an even ``num_kv_heads``, a power-of-two
+    ``head_dim`` whose two heads' rows are adjacent in memory (``adjacent_heads``: head stride = head_dim), a
+    ``paged`` cache, no fused ``append``; and ``FP8_KV_PAIRS`` on."""
+    return (FP8_KV_PAIRS and fp8_kv and pack_gqa and full_attention and seqlen_q == 1
+            and max(16, next_power_of_2(2 * rows_per_tile)) in FP8_PAIR_SPLIT_BLOCKS
+            and num_kv_heads % 2 == 0
+            and head_dim == next_power_of_2(head_dim) and adjacent_heads and paged and not append)
+
+
+def fp8_pair_split_count(programs: int, keys: int, sms: int) -> int:
+    """The split count of a decode that ``fp8_kv_pairs_fit`` with two KV heads per program, or 0 where one KV head
+    per program stays: ``programs`` one-head programs per split (batch x KV heads) whose sequences see at most
+    ``keys`` keys, on ``sms`` SMs. Pairs are taken in the split regime (fewer programs than SMs) where a wave of
+    pair programs (``FP8_PAIR_SPLIT_BLOCKS``' programs per SM) leaves each split at least
+    ``FP8_PAIR_MIN_KEYS_PER_SPLIT`` keys. A function of shapes only: ``interface.split_count`` plans the splits
+    from it and ``fwd`` takes the pairs from it, so the two agree."""
+    if programs >= sms or programs % 2:
+        return 0
+    per_sm = FP8_PAIR_SPLIT_BLOCKS[16][3]
+    splits = max(1, min(per_sm * sms // (programs // 2), MAX_SPLITS))
+    return splits if -(-keys // splits) >= FP8_PAIR_MIN_KEYS_PER_SPLIT else 0
+
+
+def fp8_pair_config(config: FwdConfig) -> FwdConfig:
+    """The block shape of the two-KV-heads split loop (``FP8_PAIR_SPLIT_BLOCKS``) in place of ``config``'s."""
+    block_n, num_warps, maxnreg, _ = FP8_PAIR_SPLIT_BLOCKS[config.block_m]
+    return replace(config, block_n=block_n, num_warps=num_warps, maxnreg=maxnreg,
+                   num_stages=FP8_PAGED_SPLIT_STAGES.get(config.block_m, config.num_stages))
 
 
 def split_programs_per_sm(rows_per_tile: int, short: bool, paged: bool = False, fp8: bool = False) -> int:

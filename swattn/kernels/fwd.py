@@ -203,8 +203,10 @@ WIDEN_TO, WIDEN_IN_PAIRS, WIDEN_FENCED, WIDEN_FENCED_VALUES = (tl.constexpr(0), 
                                                                tl.constexpr(3))
 _FENCED_MODES = {1: WIDEN_FENCED.value, 2: WIDEN_FENCED_VALUES.value}  # by FP8_FENCED_WIDENING
 
-# Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py): a decode program over an e4m3 cache reads
-# TWO KV heads (2k, 2k + 1) and attends the query heads of both (``KV_PAIR``). In FlashAttention 3's cache layout
+# A decode program over an e4m3 cache reads TWO KV heads (2k, 2k + 1) and attends the query heads of both
+# (``KV_PAIR``). PAIR_TWO_LOADS is the default of long full-attention decodes where configs.fp8_pair_split_count
+# says so (configs.FP8_KV_PAIRS, measured there); this switch forces a mode wherever the shapes allow it (experiments:
+# scripts/gpu_fp8_decode.py). In FlashAttention 3's cache layout
 # [pages, page, Hk, D] a KV head's e4m3 token row is 64 bytes, half an L2 line, at a stride of Hk * D bytes; the
 # rows of two neighbouring KV heads are 128 contiguous bytes, one load per token row of the pair (the read-only
 # stream of docs/notes/2026-12-03-fp8-kv-cache.md: 51% of copy against 45% one head per program). Taken by the split
@@ -212,7 +214,8 @@ _FENCED_MODES = {1: WIDEN_FENCED.value, 2: WIDEN_FENCED_VALUES.value}  # by FP8_
 # (2 x group <= block_m), K/V heads adjacent in memory (stride of a head = head_dim = the padded head_dim), an even
 # KV head count, and no fused append; the window decode (the single loop) keeps one KV head per program (half the
 # grid would leave SMs idle).
-# 0: off; 1: PAIR_TWO_PRODUCTS; 2: PAIR_INTERLEAVED; 3: PAIR_TWO_LOADS (see KV_PAIR).
+# 0: not forced (configs.FP8_KV_PAIRS decides); 1: PAIR_TWO_PRODUCTS; 2: PAIR_INTERLEAVED; 3: PAIR_TWO_LOADS (see
+# KV_PAIR).
 FP8_TWO_KV_HEADS = int(os.environ.get("SWATTN_FP8_TWO_KV_HEADS", "0") or 0)
 
 # Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py): the split loop of an e4m3 decode over a paged
@@ -1537,13 +1540,15 @@ def settings() -> tuple:
     scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode and its all-fp8 switch, the fused
     append's reads, the page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the
     L2 preload before the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening, the
-    head-block tile's row-bound mask, the Gluon kernel's lazy rescale (which the redo pass after it follows)."""
+    head-block tile's row-bound mask, the Gluon kernel's lazy rescale (which the redo pass after it follows), the
+    two-KV-heads default (configs.FP8_KV_PAIRS, its threshold and shape)."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, gluon_fwd.FP8_QK, APPEND_READS_INPUT,
             PREFETCH_PAGE_TABLE, WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2, PRELOAD_L2_SPLITS,
             FP8_PREFETCH_PARTNER, FP8_FENCED_WIDENING, ROW_BOUND_MASK, gluon_fwd.RESCALE_THRESHOLD,
-            gluon_fwd.rescale_threshold_for, gluon_fwd.consumers_for)
+            gluon_fwd.rescale_threshold_for, gluon_fwd.consumers_for, configs.FP8_KV_PAIRS,
+            configs.FP8_PAIR_MIN_KEYS_PER_SPLIT, configs.FP8_PAIR_SPLIT_BLOCKS[16])
 
 
 def attention_forward(
@@ -1695,8 +1700,8 @@ class _ForwardPlan:
         window_span = left + right + 1 if left >= 0 and right >= 0 else None
         if attention_chunk > 0:
             window_span = attention_chunk if window_span is None else min(window_span, attention_chunk)
-        keys_per_split = -(-visible_span(0, seqlen_q - 1, seqlen_q, seqlen_k, left, right, attention_chunk)[1]
-                           // num_splits)
+        visible_keys = visible_span(0, seqlen_q - 1, seqlen_q, seqlen_k, left, right, attention_chunk)[1]
+        keys_per_split = -(-visible_keys // num_splits)
         programs = batch * (num_kv_heads if pack_gqa else num_heads) * num_splits  # at least one tile each
         config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size(), keys_per_split,
                                 programs / _persistent_programs(q.device), paged, fp8_kv=fp8 != NO_FP8.value)
@@ -1734,6 +1739,14 @@ class _ForwardPlan:
                     and num_kv_heads % 2 == 0 and block_d == head_dim and new_k is None and not count_blocks
                     and all(t.stride(-1) == 1 and t.stride(-2) == head_dim for t in (k, v)))
         self.kv_pair = FP8_TWO_KV_HEADS if pairable else 0
+        if (pairable and not FP8_TWO_KV_HEADS and configs.forced_config_in_use() is None
+                and configs.fp8_kv_pairs_fit(True, pack_gqa, left < 0 and attention_chunk == 0, rows_per_tile,
+                                             seqlen_q, num_kv_heads, head_dim, True, paged, False)
+                and configs.fp8_pair_split_count(batch * num_kv_heads, visible_keys, _persistent_programs(q.device))):
+            # The default (configs.FP8_KV_PAIRS): two KV heads per program where the automatic split count planned
+            # them (interface.split_count asks the same function), on their own block shape.
+            self.kv_pair = PAIR_TWO_LOADS.value
+            config = configs.fp8_pair_config(config)
         num_tiles = ceil_div(rows_per_tile * (2 if self.kv_pair else 1), config.block_m)
         # The split loop's L2 prefetch beyond its own e4m3 rows (FP8_PREFETCH_PARTNER): paged caches whose KV heads'
         # rows are 64 adjacent bytes and whose pages are contiguous, an even number of KV heads (the twin) or a page
@@ -1830,6 +1843,7 @@ class _ForwardPlan:
                        and not config.mask_edges_only
                        and (PRELOAD_L2_SPLITS or (config.single_loop and num_splits == 1)))
         self.preload_l2 = PRELOAD_L2 if preloadable else 0
+        self.config = config  # the main launch's block shape (for inspection)
         options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
                        **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
         # plans: the Gluon launches gluon_fwd.forward planned for this signature (a dict: tuning probes pass it

@@ -81,6 +81,38 @@ def test_decode_paged_fp8_kv(batch, context, left, new):
     check_lse(lse, ref_lse)
 
 
+@pytest.mark.parametrize("batch,context", [(16, 16384), (4, 65536)], ids=str)
+def test_full_decode_takes_two_kv_heads_per_program(monkeypatch, batch, context):
+    """The default full-attention decode over an e4m3 paged cache (gpt-oss layer, automatic split count) takes two
+    KV heads per program (configs.FP8_KV_PAIRS: B=16 16K 8 splits, B=4 64K 33), against the reference and within
+    bf16's tolerance of one KV head per program (the switch off: 4 / 16 splits)."""
+    from swattn.kernels import configs, fwd
+    heads, kv_heads, head_dim, page_size = 64, 8, 64, 16
+    pages = context // page_size + 1
+    k_cache, v_cache = e4m3(batch * pages, page_size, kv_heads, head_dim), e4m3(batch * pages, page_size,
+                                                                                kv_heads, head_dim)
+    table = torch.randperm(batch * pages, device=DEVICE).view(batch, pages).to(torch.int32)
+    lens = torch.randint(context // 2, context + 1, (batch,), device=DEVICE, dtype=torch.int32)
+    lens[0] = context
+    q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=BF16)
+    kd, vd = descale(batch, kv_heads), descale(batch, kv_heads)
+    sinks = torch.randn(heads, device=DEVICE)
+    call = dict(cache_seqlens=lens, page_table=table, k_descale=kd, v_descale=vd, causal=True, sinks=sinks,
+                return_softmax_lse=True)
+    outs = {}
+    for on in (True, False):
+        monkeypatch.setattr(configs, "FP8_KV_PAIRS", on)
+        fwd._PLANS.clear()
+        outs[on] = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
+        assert [plan.kv_pair for plan in fwd._PLANS.values() if plan.launches] == [3 if on else 0]
+    ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, page_table=table, k_descale=kd,
+                                             v_descale=vd, causal=True, sinks=sinks, **REF)
+    for out, lse in outs.values():
+        assert_close("out", out, ref_out, OUT_TOL)
+        check_lse(lse, ref_lse)
+    assert_close("pairs vs one KV head", outs[True][0], outs[False][0], OUT_TOL)
+
+
 @pytest.mark.parametrize("head_dim,window", [(64, (127, 0)), (128, (4095, 0)), (128, (-1, 0))], ids=str)
 def test_prefill_all_fp8(head_dim, window):
     batch, seqlen, heads, kv_heads = 1, 4096, 64 if head_dim == 64 else 32, 8

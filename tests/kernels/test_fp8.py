@@ -470,3 +470,66 @@ def test_fp8_inputs_that_require_grad_fail_only_at_the_backward():
     out = swattn.flash_attn_with_kvcache(torch.randn(1, 1, H, D, dtype=torch.bfloat16, requires_grad=True), k_cache,
                                          v_cache, cache_seqlens=9, k_descale=kd, v_descale=kd)
     assert not out.requires_grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_two_kv_heads_per_program_by_default(monkeypatch, dtype):
+    """``configs.FP8_KV_PAIRS`` (the default): a full-attention decode over a paged e4m3 cache with fp16/bf16
+    queries takes two KV heads per program (PAIR_TWO_LOADS, ``FP8_PAIR_SPLIT_BLOCKS``' block shape) where
+    ``configs.fp8_pair_split_count`` says so (its threshold lowered here so that a small cache qualifies on the
+    interpreter's 4 "SMs"), with sinks and softcap; the output agrees with one KV head per program (the switch off)
+    and with the reference; a window decode of the same cache keeps one KV head per program."""
+    from swattn.kernels import configs, fwd
+    monkeypatch.setattr(configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT", 32)
+    pages, page_size = 40, 16
+    k_cache, v_cache = e4m3(pages, page_size, HK, D), e4m3(pages, page_size, HK, D)
+    table = torch.randperm(pages).view(1, pages).to(torch.int32)
+    lens = i32(601)
+    q = torch.randn(1, 1, H, D, dtype=dtype)
+    if q.is_cuda:  # 132 SMs: 64 splits of these few keys would take the single loop (no pairs there)
+        pytest.skip("small-cache version of tests/gpu/test_fp8_real_sizes.py's "
+                    "test_full_decode_takes_two_kv_heads_per_program")
+    kd, vd, sinks = descale(1), descale(1), torch.randn(H)
+    splits = configs.fp8_pair_split_count(HK, pages * page_size, fwd._persistent_programs(q.device))
+    assert splits > 1
+    call = dict(cache_seqlens=lens, page_table=table, k_descale=kd, v_descale=vd, sinks=sinks, softcap=20.0,
+                num_splits=splits, return_softmax_lse=True)
+    outs = {}
+    for on in (True, False):
+        monkeypatch.setattr(configs, "FP8_KV_PAIRS", on)
+        fwd._PLANS.clear()
+        outs[on] = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, causal=True, **call)
+        (plan,) = [p for p in fwd._PLANS.values() if p.launches]
+        assert plan.kv_pair == (fwd.PAIR_TWO_LOADS.value if on else 0)
+        if on:
+            assert plan.config == configs.fp8_pair_config(plan.config)  # the pairs' block shape
+        fwd._PLANS.clear()
+        swattn.flash_attn_with_kvcache(q, k_cache, v_cache, window_size=(300, 0), **call)
+        assert [p.kv_pair for p in fwd._PLANS.values() if p.launches] == [0]
+    ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True,
+                                             sinks=sinks, softcap=20.0, page_table=table)
+    for out, lse in outs.values():
+        assert_close("out", out, ref_out, tolerance_for(dtype))
+        assert_close("lse", lse, ref_lse, LSE_TOL)
+    assert_close("pairs vs one KV head", outs[True][0], outs[False][0], tolerance_for(dtype))
+
+
+def test_split_count_plans_two_kv_heads_per_program():
+    """The automatic split count of the e4m3 full decode (gpt-oss layer, H200's 132 SMs, page tables a page longer
+    than the context) plans a wave of two-KV-head programs where ``configs.fp8_pair_split_count`` takes them (B=16
+    16K-128K: 8 splits; B=4 64K-128K: 33) and one KV head's elsewhere (B=4 16K: 16 splits of 1,024 keys, since with
+    pairs they would be 33 of 497, measured slower); off with ``FP8_KV_PAIRS``."""
+    from swattn.interface import split_count
+    from swattn.kernels import configs
+    for batch, context, splits in ((16, 16384, 8), (16, 131072, 8), (4, 131072, 33), (4, 65536, 33),
+                                   (4, 16384, 16), (4, 32768, 16)):
+        keys = context + 16
+        assert split_count(8 * batch, keys, 132, 8, True, True, kv_pairs=True) == splits, (batch, context)
+        paired = configs.fp8_pair_split_count(8 * batch, keys, 132)
+        assert paired == (splits if splits != 16 else 0)
+        assert split_count(8 * batch, keys, 132, 8, True, True) == 4 * 132 // (8 * batch)
+    assert configs.fp8_pair_split_count(8 * 64, 131072, 132) == 0  # no split regime: one KV head per program
+    assert not configs.fp8_kv_pairs_fit(True, True, True, 8, 1, 7, 64, True, True, False)  # odd Hk
+    assert configs.fp8_kv_pairs_fit(True, True, True, 8, 1, 8, 64, True, True, False)
+    assert not configs.fp8_kv_pairs_fit(False, True, True, 8, 1, 8, 64, True, True, False)  # all-fp8
+    assert not configs.fp8_kv_pairs_fit(True, True, False, 8, 1, 8, 64, True, True, False)  # window
