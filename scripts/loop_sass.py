@@ -30,7 +30,7 @@ import triton  # noqa: E402
 from compare_kernel_builds import _sass_summary  # noqa: E402
 from kernel_resources import compile_for_hopper  # noqa: E402
 
-from swattn.kernels import fwd  # noqa: E402
+from swattn.kernels import configs, fwd  # noqa: E402
 from swattn.kernels._launch import clear_plans  # noqa: E402
 from swattn.kernels.configs import FwdConfig, forced_config  # noqa: E402
 
@@ -121,6 +121,9 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=INT",
                         help="a swattn.kernels.fwd setting during the capture, e.g. FP8_FENCED_WIDENING=1")
     parser.add_argument("--config", help="a forced config: block_m,block_n,warps,stages[,maxnreg]")
+    parser.add_argument("--kv-pairs", type=int, choices=(0, 1), default=1,
+                        help="configs.FP8_KV_PAIRS: 1 (default) two KV heads per program where the shipped rule "
+                             "takes them (fp8-kv full decode), 0 one KV head per program")
     parser.add_argument("--top", type=int, default=16, help="opcodes shown per loop")
     parser.add_argument("--sass", help="also write the SASS to this file")
     args = parser.parse_args()
@@ -130,13 +133,14 @@ def main() -> int:
         fields = [int(x) for x in args.config.split(",")]
         config = FwdConfig(*fields[:4], maxnreg=fields[4] if len(fields) > 4 and fields[4] else None)
     inputs, arguments = decode_inputs(args.cache, args.context, args.window, args.splits)
+    configs.FP8_KV_PAIRS = bool(args.kv_pairs)
     launch_args, launch_kwargs = captured_launch(inputs, arguments, settings, config)
     compiled, options, usage, sass = compile_for_hopper(fwd._swa_fwd_kernel, launch_args, launch_kwargs)
     if args.sass:
         with open(args.sass, "w") as f:
             f.write(sass)
     shown = {name: launch_kwargs.get(name) for name in ("BLOCK_M", "BLOCK_N", "SINGLE_LOOP", "FP8", "WIDEN",
-                                                         "PRELOAD_L2")}
+                                                         "PRELOAD_L2", "KV_PAIR")}
     print(f"triton {triton.__version__}, sm_90, {args.cache}, window {args.window}, settings {settings}: "
           f"config ({shown['BLOCK_M']}, {shown['BLOCK_N']}, {options['num_warps']}, {options['num_stages']})"
           f"{' maxnreg=' + str(options['maxnreg']) if options.get('maxnreg') else ''}, {shown}")
