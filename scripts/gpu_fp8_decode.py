@@ -131,7 +131,13 @@ S7B = [(False, None), FENCED_V, FENCED_V_5, TWO_LOADS, TWO_LOADS_FENCED]
 ONE_HEAD = (False, None, dict(kvpairs=False))
 PAIRS_2 = (False, (64, 4, 2, False, False, 128), dict(pair=3, per_sm=2))
 PAIRS_4 = (False, (64, 4, 2, False, False, 128), dict(pair=3, per_sm=4))
+# More resident pair programs (compiled, Triton 3.6, sm_90; interior loop per block and warp): (32, 2, 2) capped at
+# 128: 128 registers, 48 B stack, 11 KB shared, 8 per SM, 572 per 2 x 32 keys (2,288 per 16 KB of K and V, the
+# default pairs' (64, 4, 2) 2,076); (64, 4, 2) capped at 96: 96 B stack, 5 per SM, 583 (2,332 per 16 KB).
+PAIRS_32_8 = (False, (32, 2, 2, False, False, 128), dict(pair=3, per_sm=8))
+PAIRS_96_5 = (False, (64, 4, 2, False, False, 96), dict(pair=3, per_sm=5))
 S8 = [(False, None), ONE_HEAD, FA3_FP8]
+S8_LONG = S8 + [PAIRS_32_8, PAIRS_96_5]
 S8_B4 = S8 + [PAIRS_4, PAIRS_2]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
@@ -156,9 +162,9 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s7b_full": (16, 16384, None, S7B), "s7b_long": (4, 131072, None, S7B),
           "s7b_b16_128k": (16, 131040, None, S7B),
           "s7b_window": (16, 2048, 127, [(False, None), FENCED_V]),
-          "s8_b16_16k": (16, 16384, None, S8), "s8_b4_16k": (4, 16384, None, S8_B4),
+          "s8_b16_16k": (16, 16384, None, S8_LONG), "s8_b4_16k": (4, 16384, None, S8_B4),
           "s8_b16_32k": (16, 32768, None, S8), "s8_b4_32k": (4, 32768, None, S8_B4),
-          "s8_b4_128k": (4, 131072, None, S8), "s8_b16_128k": (16, 131040, None, S8)}
+          "s8_b4_128k": (4, 131072, None, S8_LONG), "s8_b16_128k": (16, 131040, None, S8)}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
 COPY_GBPS = 4221.0
 
