@@ -130,6 +130,28 @@ RESCALE_THRESHOLD = 0.0
 KV_RELEASE_TOGETHER = False
 
 
+def divisor_magic(divisor: int) -> tuple[int, int]:
+    """``(magic, shift)`` such that ``n // divisor == umulhi(n, magic) >> shift`` for every ``0 <= n < 2**31``
+    (``magic`` 0 for divisor 1: the kernel's ``_divmod`` takes ``n`` itself). Granlund and Montgomery's
+    round-up multiplier for 31-bit dividends: with ``l = ceil(log2(divisor))``, ``magic = ceil(2**(31 + l) /
+    divisor) < 2**32`` and the quotient is ``(n * magic) >> (31 + l)``, i.e. the high word shifted by ``l - 1``.
+    The persistent kernel splits every work item into (tile, batch, head) on the device: two of these in place of
+    two integer divisions (~30 SASS instructions each, in the loader and every consumer, per tile)."""
+    if not 1 <= divisor < 2**31:
+        raise ValueError(f"divisor must be in [1, 2**31), got {divisor}")
+    if divisor == 1:
+        return 0, 0
+    log2 = (divisor - 1).bit_length()
+    return -(-(1 << (31 + log2)) // divisor), log2 - 1
+
+
+def _signed_magic(divisor: int) -> tuple[int, int]:
+    """``divisor_magic`` with the multiplier's 32 bits as a signed int32 (the kernel reads them back as uint32): a
+    multiplier of 2**31 or more would otherwise reach the kernel as an int64, another specialization."""
+    magic, shift = divisor_magic(divisor)
+    return magic - (1 << 32) if magic >= 1 << 31 else magic, shift
+
+
 def registers_for(consumers: int, per_sm: int = 1) -> tuple[int, int]:
     """(registers per thread at launch, per consumer thread after reallocation) for ``consumers`` warpgroups plus
     the loader's warpgroup (register files are split by warpgroup: 4 + 4 + 1 warps run as 12) and ``per_sm``
@@ -312,6 +334,13 @@ if GLUON_AVAILABLE:
         return work
 
     @gluon.jit
+    def _divmod(n, divisor, magic, shift):
+        """``(n // divisor, n % divisor)`` for ``0 <= n < 2**31`` by the host's ``divisor_magic``: one high
+        multiplication and a shift (magic 0: divisor 1)."""
+        quotient = gl.where(magic == 0, n, (gl.umulhi(n.to(gl.uint32), magic.to(gl.uint32)) >> shift).to(gl.int32))
+        return quotient, n - quotient * divisor
+
+    @gluon.jit
     def _tile(work, geometry, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PACK_GQA: gl.constexpr,
               GROUP: gl.constexpr, IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
               ALIGN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr):
@@ -319,16 +348,17 @@ if GLUON_AVAILABLE:
         the slow coordinate, so causal's long last tiles of every head start before any short one (``_snake``)."""
         (num_tiles, num_batch_heads, seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, left, right, CU_SEQLENS_Q,
          CU_SEQLENS_K, num_row_groups, SEQLENS_K) = geometry[:12]
-        tile = num_tiles - 1 - work // num_batch_heads
-        batch_head = work % num_batch_heads
+        # (work // num_batch_heads, work % ...) and (batch_head // heads per program, ...) by multiplication.
+        batch_heads_magic, batch_heads_shift, heads_magic, heads_shift = geometry[15:19]
+        reversed_tile, batch_head = _divmod(work, num_batch_heads, batch_heads_magic, batch_heads_shift)
+        tile = num_tiles - 1 - reversed_tile
         if PACK_GQA:
             heads_per_program = num_heads // GROUP
             rows_per_pos: gl.constexpr = GROUP
         else:
             heads_per_program = num_heads
             rows_per_pos: gl.constexpr = 1
-        batch = batch_head // heads_per_program
-        head_or_kv_head = batch_head % heads_per_program
+        batch, head_or_kv_head = _divmod(batch_head, heads_per_program, heads_magic, heads_shift)
         if PACK_GQA:
             kv_head = head_or_kv_head
         else:
@@ -715,7 +745,7 @@ if GLUON_AVAILABLE:
         ANY_NAN, Q_DESCALE, K_DESCALE, V_DESCALE, stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh,
         stride_page_table, seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, softmax_scale, softcap, left, right,
         num_tiles, num_batch_heads, num_row_groups, page_size, stride_qdb, stride_qdh, stride_kdb, stride_kdh,
-        stride_vdb, stride_vdh,
+        stride_vdb, stride_vdh, batch_heads_magic, batch_heads_shift, heads_magic, heads_shift,
         HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
         IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr, PACK_GQA: gl.constexpr,
         GROUP: gl.constexpr,
@@ -727,7 +757,8 @@ if GLUON_AVAILABLE:
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
         geometry = (num_tiles, num_batch_heads, seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, left, right,
-                    CU_SEQLENS_Q, CU_SEQLENS_K, num_row_groups, SEQLENS_K, PAGE_TABLE, stride_page_table, page_size)
+                    CU_SEQLENS_Q, CU_SEQLENS_K, num_row_groups, SEQLENS_K, PAGE_TABLE, stride_page_table, page_size,
+                    batch_heads_magic, batch_heads_shift, heads_magic, heads_shift)
 
         # Two Q tiles (the one in use and the loader's next), each a [1, positions, heads, dim] TMA box of 64 rows
         # per consumer warpgroup.
@@ -1056,6 +1087,7 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
         softcap if softcap > 0 else 1.0, left, right, num_tiles, num_batch_heads,
         ceil_div(seqlen_q * rows_per_pos, ROWS_PER_CONSUMER), k.shape[1] if paged else 1,
         *(stride for d in descales for stride in descale_strides(d)),
+        *_signed_magic(num_batch_heads), *_signed_magic(num_kv_heads if pack_gqa else num_heads),
     )
     constexprs = dict(
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,

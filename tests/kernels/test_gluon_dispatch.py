@@ -174,3 +174,28 @@ def test_lazy_rescale_ptx():
     assert "vote.sync.any.pred" in asm and asm.count("mul.f32") == pack
     assert all(f"mul.f32 ${i}, ${pack + i}, ${2 * pack + i};" in asm for i in range(pack))
     assert asm.count("${:uid}") == 2  # one label per instance, unique per asm statement
+
+
+def test_divisor_magic_divides_every_31_bit_dividend():
+    """The persistent kernel's (tile, batch, head) split multiplies by ``divisor_magic`` instead of dividing:
+    checked here as the kernel computes it (the high 32 bits of a 32 x 32-bit product, shifted), over divisors up
+    to 2**16 and the dividends where rounding errors would first show (multiples of the divisor and their
+    neighbours, up to 2**31 - 1)."""
+    import random
+
+    rng = random.Random(0)
+    divisors = list(range(1, 300)) + [2**k + e for k in range(9, 31) for e in (-1, 0, 1)] + [
+        rng.randrange(1, 2**31) for _ in range(200)]
+    for divisor in divisors:
+        magic, shift = gluon_fwd.divisor_magic(divisor)
+        assert 0 <= magic < 2**32
+        top = (2**31 - 1) // divisor
+        multiples = {0, 1, top, top - 1, max(top // 2, 0)} | {rng.randrange(0, top + 1) for _ in range(40)}
+        for n in {m * divisor + e for m in multiples for e in (-1, 0, 1, divisor - 1)}:
+            if not 0 <= n < 2**31:
+                continue
+            quotient = n if magic == 0 else (n * magic >> 32) >> shift
+            assert quotient == n // divisor, (divisor, n)
+    for bad in (0, -3, 2**31):
+        with pytest.raises(ValueError, match="divisor"):
+            gluon_fwd.divisor_magic(bad)
