@@ -533,3 +533,26 @@ def test_split_count_plans_two_kv_heads_per_program():
     assert configs.fp8_kv_pairs_fit(True, True, True, 8, 1, 8, 64, True, True, False)
     assert not configs.fp8_kv_pairs_fit(False, True, True, 8, 1, 8, 64, True, True, False)  # all-fp8
     assert not configs.fp8_kv_pairs_fit(True, True, False, 8, 1, 8, 64, True, True, False)  # window
+
+
+@pytest.mark.parametrize("dtype,num_splits,block_n", [(torch.float16, 3, 16), (torch.bfloat16, 1, 32)])
+def test_heads_decode_experiment(dtype, num_splits, block_n):
+    """scripts/fp8_heads_decode.py (an experiment of issue 22, not swattn's path): one program reads all KV heads of
+    a key block through batched products, one warp per KV head; its splits merge through flash_attn_combine and the
+    sinks enter split 0. Against the reference: per-sequence lengths (one not a multiple of the block or page),
+    descales per sequence and KV head, sinks; an empty trailing split."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from fp8_heads_decode import heads_decode
+    batch, page_size, pages = 2, 8, 6
+    k_cache, v_cache = e4m3(batch * pages, page_size, HK, D), e4m3(batch * pages, page_size, HK, D)
+    table = torch.randperm(batch * pages).view(batch, pages).to(torch.int32)
+    lens = i32(45, 17)
+    q = torch.randn(batch, 1, H, D, dtype=dtype)
+    kd, vd, sinks = descale(batch), descale(batch), torch.randn(H)
+    out = heads_decode(q, k_cache, v_cache, table, lens, kd, vd, sinks, num_splits=num_splits, block_n=block_n)
+    ref, _ = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True, sinks=sinks,
+                                   page_table=table)
+    assert out.dtype == dtype
+    assert_close("out", out, ref, tolerance_for(dtype))
