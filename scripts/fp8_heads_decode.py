@@ -75,10 +75,18 @@ def _heads_decode_kernel(
     acc = tl.zeros([HK, ROWS, D], tl.float32)
     table_row = PAGE_TABLE + batch.to(tl.int64) * stride_table
     for block in range(block_begin, block_end):
-        offs_n = block * BLOCK_N + tl.arange(0, BLOCK_N)
+        first = block * BLOCK_N
+        offs_n = first + tl.arange(0, BLOCK_N)
         key_valid = offs_n < seqlen
-        page = tl.load(table_row + offs_n // PAGE_SIZE, mask=key_valid, other=0).to(tl.int64)
-        slot = (offs_n % PAGE_SIZE).to(tl.int64)
+        # Blocks and pages are powers of two, one a multiple of the other: the page of each key and its slot come
+        # from the block's first key and constants (no division per key).
+        if BLOCK_N >= PAGE_SIZE:
+            page_index = first // PAGE_SIZE + tl.arange(0, BLOCK_N) // PAGE_SIZE
+            slot = (tl.arange(0, BLOCK_N) % PAGE_SIZE).to(tl.int64)
+        else:
+            page_index = first // PAGE_SIZE + tl.zeros([BLOCK_N], tl.int32)
+            slot = (first % PAGE_SIZE + tl.arange(0, BLOCK_N)).to(tl.int64)
+        page = tl.load(table_row + page_index, mask=key_valid, other=0).to(tl.int64)
         k_rows = (page * stride_kp + slot * stride_ks)[None, :, None]
         v_rows = (page * stride_vp + slot * stride_vs)[None, :, None]
         load_mask = key_valid[None, :, None]
@@ -116,6 +124,9 @@ def heads_decode_launch(q, k_cache, v_cache, page_table, cache_seqlens, k_descal
     if seqlen_q != 1 or heads % kv_heads or group > 16 or head_dim != triton.next_power_of_2(head_dim):
         raise ValueError(f"heads_decode: one query per sequence, <= 16 query heads per KV head and a power-of-two "
                          f"head_dim (got q {tuple(q.shape)}, Hk {kv_heads})")
+    page_size = k_cache.shape[1]
+    if page_size != triton.next_power_of_2(page_size) or block_n != triton.next_power_of_2(block_n):
+        raise ValueError(f"heads_decode: a power-of-two page size and block_n (got {page_size}, {block_n})")
     if kv_heads != triton.next_power_of_2(kv_heads):
         raise ValueError(f"heads_decode: a power-of-two KV head count (got {kv_heads})")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):

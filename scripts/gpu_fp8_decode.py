@@ -137,11 +137,12 @@ PAIRS_4 = (False, (64, 4, 2, False, False, 128), dict(pair=3, per_sm=4))
 PAIRS_32_8 = (False, (32, 2, 2, False, False, 128), dict(pair=3, per_sm=8))
 PAIRS_96_5 = (False, (64, 4, 2, False, False, 96), dict(pair=3, per_sm=5))
 # All KV heads per program, one warp per KV head (scripts/fp8_heads_decode.py, an experiment: batched products, whole
-# 512-byte token rows read; compiled, Triton 3.6: (32 keys, 8 warps, 2 stages) 128 registers, no stack, 48 KB
-# shared, 2 per SM, 737 interior-loop instructions per 32 keys and warp (2,948 per 16 KB); (16, 8, 2) 120 registers,
-# 32 KB, 424 (3,392 per 16 KB)); its splits: a wave at 2 per SM.
-HEADS_32 = (False, None, dict(heads=(32, 8, 2, 2)))
-HEADS_16 = (False, None, dict(heads=(16, 8, 2, 2)))
+# 512-byte token rows read; compiled, Triton 3.6: (32 keys, 8 warps, 2 stages) capped at 128: 128 registers, no
+# stack, 48 KB shared, 2 per SM, 644 interior-loop instructions per 32 keys and warp (2,576 per 16 KB); (16, 8, 2)
+# 118 registers, 32 KB, 357 (2,856 per 16 KB)); its splits: a wave at 2 per SM. (block_n, warps, stages, per SM,
+# register cap.)
+HEADS_32 = (False, None, dict(heads=(32, 8, 2, 2, 128)))
+HEADS_16 = (False, None, dict(heads=(16, 8, 2, 2, 0)))
 S8 = [(False, None), ONE_HEAD, FA3_FP8]
 S8_LONG = S8 + [HEADS_32, HEADS_16, PAIRS_32_8, PAIRS_96_5]
 S8_B4 = S8 + [HEADS_32, PAIRS_4, PAIRS_2]
@@ -265,7 +266,7 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += " contiguous" if options.get("contig") else ""
     shown += " one KV head/program" if options.get("kvpairs") is False else ""
     if options.get("heads"):
-        shown = "all KV heads/program ({},{},{}) {}/SM".format(*options["heads"])
+        shown = "all KV heads/program ({},{},{}) {}/SM cap {}".format(*options["heads"])
     shown += {0: "", 1: " fenced widening", 2: " fenced widening (V)"}[int(options.get("fenced", 0))]
     shown = "fp8 (P rounded to e4m3)" if options.get("fa3") else shown
     return label, shown
@@ -348,11 +349,12 @@ def main() -> None:
                     runs = [fa3_fp8_call(c) for c in calls]
                 elif options.get("heads"):
                     from fp8_heads_decode import heads_decode_launch, wave_splits
-                    block_n, warps, stages, per_sm = options["heads"]
+                    block_n, warps, stages, per_sm, maxnreg = options["heads"]
                     splits = wave_splits(batch, torch.cuda.get_device_properties(0).multi_processor_count, per_sm)
                     runs = [heads_decode_launch(c["q"], c["k_cache"], c["v_cache"], c["page_table"], c["cache_seqlens"],
                                                 c["k_descale"], c["v_descale"], c["sinks"], num_splits=splits,
-                                                block_n=block_n, num_warps=warps, num_stages=stages) for c in calls]
+                                                block_n=block_n, num_warps=warps, num_stages=stages,
+                                                maxnreg=maxnreg) for c in calls]
                 else:
                     runs = [lambda s=s: swattn.flash_attn_with_kvcache(**s) for s in calls]
                 out = runs[0]().float()
