@@ -257,31 +257,24 @@ if GLUON_AVAILABLE:
     _RESCALE_PACK_C = gl.constexpr(_RESCALE_PACK)
 
     @gluon.jit
-    def _mask_edge_block(s, block_start, row_pos, offset, kv_end, left, right, col_layout: gl.constexpr,
-                         HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, BLOCK_N: gl.constexpr):
-        """The scores of an edge block (keys ``block_start + cols``) outside each row's window set to -inf: a key
-        is visible when it lies in the row's window (bottom-right aligned by ``offset = seqlen_k - seqlen_q``) and
-        exists (``< kv_end``, the tile's last visible key + 1, folded into each row's last key). Both sides are one
-        unsigned comparison of the column against the row's window relative to the block (``col - first <
-        width``, a width of 0 for a row that sees none of it): an addition, a comparison and a select per score,
-        where two comparisons took two selects (Triton 3.6 SASS)."""
+    def _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT: gl.constexpr,
+                        HAS_RIGHT: gl.constexpr):
+        """[rows, keys] mask of an edge block: the key lies in the row's window (bottom-right aligned by ``offset =
+        seqlen_k - seqlen_q``) and exists (``< kv_end``, the tile's last visible key + 1). The key bound is folded
+        into each row's last key, so a score costs at most two comparisons."""
         last = kv_end - 1 + row_pos * 0
         if HAS_RIGHT:
             last = gl.minimum(row_pos + offset + right, last)
-        cols = gl.expand_dims(gl.arange(0, BLOCK_N, layout=col_layout), 0)
+        visible = gl.expand_dims(keys, 0) <= gl.expand_dims(last, 1)
         if HAS_LEFT:
-            first = row_pos + offset - left - block_start
-            width = gl.maximum(last - block_start - first + 1, 0)
-            visible = (cols - gl.expand_dims(first, 1)).to(gl.uint32) < gl.expand_dims(width, 1).to(gl.uint32)
-        else:  # every key from the sequence's first is in the window: the last key bounds it alone
-            visible = cols <= gl.expand_dims(last - block_start, 1)
-        return gl.where(visible, s, float("-inf"))
+            visible = visible & (gl.expand_dims(keys, 0) >= gl.expand_dims(row_pos + offset - left, 1))
+        return visible
 
     @gluon.jit
     def _softmax_block(s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end,
-                       left, right, softmax_scale, softcap, col_layout: gl.constexpr,
-                       HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
-                       BLOCK_N: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr):
+                       left, right, softmax_scale, softcap, col_layout: gl.constexpr, HAS_LEFT: gl.constexpr,
+                       HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, BLOCK_N: gl.constexpr,
+                       RESCALE_THRESHOLD: gl.constexpr):
         """Online-softmax step on one block's scores: ``(p, m_new, l_new, alpha)`` in log2 units."""
         if HAS_SOFTCAP:
             s = softcap_scores(s, softmax_scale, softcap)
@@ -289,8 +282,9 @@ if GLUON_AVAILABLE:
         else:
             qk_scale = softmax_scale * LOG2E
         if (block < masked_head_end) | (block >= unmasked_end):
-            s = _mask_edge_block(s, kv_start + block * BLOCK_N, row_pos, offset, kv_end, left, right, col_layout,
-                                 HAS_LEFT, HAS_RIGHT, BLOCK_N)
+            keys = kv_start + block * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
+            visible = _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT, HAS_RIGHT)
+            s = gl.where(visible, s, float("-inf"))
         m_new = kept_max(m_i, gl.maximum(m_i, gl.max(s, 1) * qk_scale), RESCALE_THRESHOLD)
         pivot = safe_pivot(m_new)
         p = gl.exp2(s * qk_scale - gl.expand_dims(pivot, 1))
@@ -636,8 +630,8 @@ if GLUON_AVAILABLE:
                 if not KV_TOGETHER:
                     mbarrier.arrive(k_empty.index(stage), count=1)
                 p, m_i, l_i, alpha = _softmax_block(
-                    s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end,
-                    left, right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N,
+                    s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
+                    right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N,
                     RESCALE_THRESHOLD)
                 acc = warpgroup_mma_wait(0, deps=[acc_token])
                 mbarrier.arrive(v_empty.index(previous_stage), count=1)
