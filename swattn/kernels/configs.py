@@ -197,14 +197,31 @@ def fp8_pair_split_count(programs: int, keys: int, sms: int) -> int:
     """The split count of a decode that ``fp8_kv_pairs_fit`` with two KV heads per program, or 0 where one KV head
     per program stays: ``programs`` one-head programs per split (batch x KV heads) whose sequences see at most
     ``keys`` keys, on ``sms`` SMs. Pairs are taken in the split regime (fewer programs than SMs) where a wave of
-    pair programs (``FP8_PAIR_SPLIT_BLOCKS``' programs per SM) leaves each split at least
-    ``FP8_PAIR_MIN_KEYS_PER_SPLIT`` keys. A function of shapes only: ``interface.split_count`` plans the splits
-    from it and ``fwd`` takes the pairs from it, so the two agree."""
+    pair programs (``FP8_PAIR_SPLIT_BLOCKS``' programs per SM, at most ``MAX_SPLITS`` splits) fills at least three
+    quarters of the SMs' slots and leaves each split at least ``FP8_PAIR_MIN_KEYS_PER_SPLIT`` keys. A function of
+    shapes only: ``interface.split_count`` plans the splits from it and ``fwd`` takes the pairs through
+    ``fp8_pairs_taken``, which asks it, so the two agree."""
     if programs >= sms or programs % 2:
         return 0
     per_sm = FP8_PAIR_SPLIT_BLOCKS[16][3]
     splits = max(1, min(per_sm * sms // (programs // 2), MAX_SPLITS))
-    return splits if -(-keys // splits) >= FP8_PAIR_MIN_KEYS_PER_SPLIT else 0
+    if not _pairs_fill(programs, splits, sms) or -(-keys // splits) < FP8_PAIR_MIN_KEYS_PER_SPLIT:
+        return 0
+    return splits
+
+
+def _pairs_fill(programs: int, splits: int, sms: int) -> bool:
+    """Pair programs of ``splits`` splits fill at least three quarters of a wave's slots."""
+    return 4 * (programs // 2) * splits >= 3 * FP8_PAIR_SPLIT_BLOCKS[16][3] * sms
+
+
+def fp8_pairs_taken(programs: int, keys: int, sms: int, num_splits: int) -> bool:
+    """Whether the forward kernel takes two KV heads per program for a decode that ``fp8_kv_pairs_fit``, handed
+    ``num_splits`` (arguments otherwise as ``fp8_pair_split_count``): where that function plans pairs and the pair
+    programs of ``num_splits`` splits fill at least three quarters of a wave. The automatic count fills one; a
+    caller's own smaller count (or one planned with ``sm_margin`` far below) keeps one KV head per program, whose
+    twice as many programs fill more of the SMs."""
+    return fp8_pair_split_count(programs, keys, sms) > 0 and _pairs_fill(programs, num_splits, sms)
 
 
 def fp8_pair_config(config: FwdConfig) -> FwdConfig:

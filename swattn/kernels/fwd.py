@@ -1742,9 +1742,11 @@ class _ForwardPlan:
         if (pairable and not FP8_TWO_KV_HEADS and configs.forced_config_in_use() is None
                 and configs.fp8_kv_pairs_fit(True, pack_gqa, left < 0 and attention_chunk == 0, rows_per_tile,
                                              seqlen_q, num_kv_heads, head_dim, True, paged, False)
-                and configs.fp8_pair_split_count(batch * num_kv_heads, visible_keys, _persistent_programs(q.device))):
+                and configs.fp8_pairs_taken(batch * num_kv_heads, visible_keys, _persistent_programs(q.device),
+                                            num_splits)):
             # The default (configs.FP8_KV_PAIRS): two KV heads per program where the automatic split count planned
-            # them (interface.split_count asks the same function), on their own block shape.
+            # them (interface.split_count asks configs.fp8_pair_split_count, which fp8_pairs_taken asks), on their
+            # own block shape.
             self.kv_pair = PAIR_TWO_LOADS.value
             config = configs.fp8_pair_config(config)
         num_tiles = ceil_div(rows_per_tile * (2 if self.kv_pair else 1), config.block_m)

@@ -529,6 +529,12 @@ def test_split_count_plans_two_kv_heads_per_program():
         assert paired == (splits if splits != 16 else 0)
         assert split_count(8 * batch, keys, 132, 8, True, True) == 4 * 132 // (8 * batch)
     assert configs.fp8_pair_split_count(8 * 64, 131072, 132) == 0  # no split regime: one KV head per program
+    assert configs.fp8_pair_split_count(8, 131072, 132) == 0  # B=1: 64 splits of pairs would fill half a wave
+    # The kernel takes the pairs with the planned count or more, not with a caller's count far below it (B=16 16K
+    # with 4 splits: 256 pair programs would leave half the slots empty, where one head's 512 fill them).
+    assert configs.fp8_pairs_taken(128, 16400, 132, 8) and configs.fp8_pairs_taken(128, 16400, 132, 16)
+    assert not configs.fp8_pairs_taken(128, 16400, 132, 4)
+    assert not configs.fp8_pairs_taken(32, 16400, 132, 16)  # B=4 16K: one head whatever the count
     assert not configs.fp8_kv_pairs_fit(True, True, True, 8, 1, 7, 64, True, True, False)  # odd Hk
     assert configs.fp8_kv_pairs_fit(True, True, True, 8, 1, 8, 64, True, True, False)
     assert not configs.fp8_kv_pairs_fit(False, True, True, 8, 1, 8, 64, True, True, False)  # all-fp8
