@@ -178,11 +178,6 @@ def main() -> int:
         for threshold in (0.0, 8.0):
             gluon.append((f"gluon lazy rescale {threshold:g}", with_mode(
                 "1", call(), settings=dict(rescale_threshold_for=lambda consumers, t=threshold: t))))
-        # One release per K/V stage, after its P @ V (one partition barrier per block fewer), alone and with the
-        # lazy rescale of the one-warpgroup tiles.
-        gluon.append(("gluon kv release together", with_mode("1", call(), settings=dict(KV_RELEASE_TOGETHER=True))))
-        gluon.append(("gluon kv release together + lazy 8", with_mode("1", call(), settings=dict(
-            KV_RELEASE_TOGETHER=True, RESCALE_THRESHOLD=8.0))))
         small = 0 <= left <= 256
         if head_dim == 256:  # one Q slot, 64-key blocks: no room for a second program or more stages
             gluon.append(("gluon TMA store", with_mode("1", call(), tma_store=True)))

@@ -125,9 +125,6 @@ WG_ROWS_SMALL_D64 = 64
 # non-finite isolation contract (tests/gpu/test_bf16_real_sizes.py::test_kept_isolation_buffers_isolate_every_call,
 # H200 session 7; why is not yet understood); measured gain 1-2% on the one-warpgroup rows.
 RESCALE_THRESHOLD = 0.0
-# One release per stage: the consumers free a stage's K and V together, after its P @ V (one mbarrier arrival, so one
-# partition barrier, per block instead of two; the loader refills K a softmax later). Off: K's own release.
-KV_RELEASE_TOGETHER = False
 
 
 def divisor_magic(divisor: int) -> tuple[int, int]:
@@ -398,18 +395,8 @@ if GLUON_AVAILABLE:
                       q_ready.index(q_slot), q_smem.index(q_slot * NUM_CONSUMERS + consumer))
 
     @gluon.jit
-    def _wait_k_empty(k_empty, v_empty, stage, phase, KV_TOGETHER: gl.constexpr):
-        """The loader's wait before refilling a stage's K: K's own release, or (``KV_RELEASE_TOGETHER``) the
-        stage's single release after its P @ V, which frees V too."""
-        if KV_TOGETHER:
-            mbarrier.wait(v_empty.index(stage), phase ^ 1)
-        else:
-            mbarrier.wait(k_empty.index(stage), phase ^ 1)
-
-    @gluon.jit
     def _load_blocks(k_desc, v_desc, buffers, geometry, tile, position, BLOCK_N: gl.constexpr,
-                     HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, KV_SOURCE: gl.constexpr,
-                     KV_TOGETHER: gl.constexpr):
+                     HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, KV_SOURCE: gl.constexpr):
         """The tile's K and V blocks into the stage ring, from its first visible key; returns the ring's position
         after them."""
         k_smem, v_smem, k_ready, v_ready, k_empty, v_empty = buffers[1:7]
@@ -427,15 +414,14 @@ if GLUON_AVAILABLE:
                 # the page size), their cache rows looked up in the page table. A box past the sequence's last
                 # key reloads the last box (its keys are masked): every page read holds a visible key, and the
                 # barrier's byte count stays a constant.
-                _wait_k_empty(k_empty, v_empty, stage, phase, KV_TOGETHER)
+                mbarrier.wait(k_empty.index(stage), phase ^ 1)
                 mbarrier.expect(k_ready.index(stage), BLOCK_N * HEAD_DIM * k_desc.dtype.primitive_bitwidth // 8)
                 for box in gl.static_range(BLOCK_N // BOX):
                     key = gl.minimum(kv_start + block * BLOCK_N + box * BOX, last_box_key)
                     page = gl.load(PAGE_TABLE + page_row + key // page_size)
                     _tma_load(k_desc, [page * page_size + key % page_size, kv_col], k_ready.index(stage),
                               k_smem.index(stage).slice(box * BOX, BOX))
-                if not KV_TOGETHER:
-                    mbarrier.wait(v_empty.index(stage), phase ^ 1)
+                mbarrier.wait(v_empty.index(stage), phase ^ 1)
                 mbarrier.expect(v_ready.index(stage), BLOCK_N * HEAD_DIM * v_desc.dtype.primitive_bitwidth // 8)
                 for box in gl.static_range(BLOCK_N // BOX):
                     key = gl.minimum(kv_start + block * BLOCK_N + box * BOX, last_box_key)
@@ -444,11 +430,10 @@ if GLUON_AVAILABLE:
                               v_smem.index(stage).slice(box * BOX, BOX))
             else:
                 row = kv_row0 + block * BLOCK_N
-                _wait_k_empty(k_empty, v_empty, stage, phase, KV_TOGETHER)
+                mbarrier.wait(k_empty.index(stage), phase ^ 1)
                 mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
                 _tma_load(k_desc, [row, kv_col], k_ready.index(stage), k_smem.index(stage))
-                if not KV_TOGETHER:
-                    mbarrier.wait(v_empty.index(stage), phase ^ 1)
+                mbarrier.wait(v_empty.index(stage), phase ^ 1)
                 mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
                 _tma_load(v_desc, [row, kv_col], v_ready.index(stage), v_smem.index(stage))
             position += 1
@@ -461,8 +446,7 @@ if GLUON_AVAILABLE:
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                 IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                 ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
-                KV_TOGETHER: gl.constexpr):
+                TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr):
         """One warp: each work item's Q (one box per consumer warpgroup, into the item's Q slot) and K/V blocks
         (into the stage ring, from the tile's first visible key; over pages, one box per page part) through TMA.
         Both rings' positions run on across items, so the next tile's Q and first blocks load during this one's last
@@ -488,7 +472,7 @@ if GLUON_AVAILABLE:
                 _load_q(q_desc, q_smem, q_ready, tile, q_slot, IS_VARLEN_Q, ROWS_PER_POS, NUM_CONSUMERS)
                 item += 1
             position = _load_blocks(k_desc, v_desc, buffers, geometry, tile, position, BLOCK_N, HEAD_DIM,
-                                    NUM_STAGES, KV_SOURCE, KV_TOGETHER)
+                                    NUM_STAGES, KV_SOURCE)
             reverse = not reverse
 
     @gluon.jit
@@ -517,8 +501,7 @@ if GLUON_AVAILABLE:
                       FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                       IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                       ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                      TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
-                KV_TOGETHER: gl.constexpr):
+                      TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr):
         """One warpgroup's rows ``[WG * M, WG * M + M)`` (M: 64 or 128) of work item ``work``'s tile, from Q to O;
         returns the consumer's running state ``(position, item, turn, stored, stored_slot, seen_nan)`` after it
         (``seen_nan``: per row position of the warpgroup, 1 once a row there held a NaN in any tile so far)."""
@@ -605,8 +588,7 @@ if GLUON_AVAILABLE:
                 mbarrier.arrive(q_empty.index(stored_slot), count=1)
                 stored = 0
             s = warpgroup_mma_wait(0, deps=[s_token])
-            if not KV_TOGETHER:
-                mbarrier.arrive(k_empty.index(first_stage), count=1)
+            mbarrier.arrive(k_empty.index(first_stage), count=1)
             p, m_i, l_i, alpha = _softmax_block(
                 s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
                 softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, RESCALE_THRESHOLD)
@@ -627,8 +609,7 @@ if GLUON_AVAILABLE:
                 acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
                 turn = _turn_end(turns, turn, WG, PINGPONG)
                 s = warpgroup_mma_wait(1, deps=[s_token])
-                if not KV_TOGETHER:
-                    mbarrier.arrive(k_empty.index(stage), count=1)
+                mbarrier.arrive(k_empty.index(stage), count=1)
                 p, m_i, l_i, alpha = _softmax_block(
                     s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
                     right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N,
@@ -710,8 +691,7 @@ if GLUON_AVAILABLE:
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                   IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                   ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                  TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
-                KV_TOGETHER: gl.constexpr):
+                  TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr):
         """One warpgroup: rows ``[WG * M, WG * M + M)`` of each work item's tile, from Q load to O store, over the
         persistent grid's rounds (``_snake``)."""
         total_work = geometry[0] * geometry[1]
@@ -730,7 +710,7 @@ if GLUON_AVAILABLE:
                 _snake(work, reverse, total_work), position, item, turn, stored, stored_slot, seen_nan, geometry,
                 pointers, strides, scalars, buffers, WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP,
                 STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K,
-                ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD, KV_TOGETHER)
+                ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)
             reverse = not reverse
         if TMA_STORE:
             tma.store_wait(0)  # the last tile's O is written before the program ends
@@ -752,7 +732,7 @@ if GLUON_AVAILABLE:
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
         ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-        TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr, KV_TOGETHER: gl.constexpr,
+        TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
@@ -800,46 +780,37 @@ if GLUON_AVAILABLE:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE,
-                     RESCALE_THRESHOLD, KV_TOGETHER)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE,
-                     RESCALE_THRESHOLD, KV_TOGETHER)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE,
-                     RESCALE_THRESHOLD, KV_TOGETHER)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE,
-                     RESCALE_THRESHOLD, KV_TOGETHER)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
         elif NUM_CONSUMERS == 1:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE,
-                     RESCALE_THRESHOLD, KV_TOGETHER)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE,
-                     RESCALE_THRESHOLD, KV_TOGETHER)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
             ], [1], [LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE,
-                     RESCALE_THRESHOLD, KV_TOGETHER)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE,
-                     RESCALE_THRESHOLD, KV_TOGETHER)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE,
-                     RESCALE_THRESHOLD, KV_TOGETHER)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
             ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -1004,8 +975,8 @@ def planning_settings() -> tuple:
     """The module-level values ``_plan`` reads, part of a kept plan's key: tests and tuning probes switch them
     (``monkeypatch.setattr(gluon_fwd, ...)``), and a plan made under other values must not serve the call."""
     return (_swa_fwd_sm90_kernel, consumers_for, block_n_for, tma_store_for, per_sm_for, registers_for, _sm_count,
-            wg_rows_for, WG_ROWS_SMALL_D64, PINGPONG, TMA_STORE, RESCALE_THRESHOLD, rescale_threshold_for,
-            KV_RELEASE_TOGETHER, NUM_STAGES, LOADER_REGS, PAGE_BOX_MAX, ROWS_PER_CONSUMER, TensorDescriptor)
+            wg_rows_for, WG_ROWS_SMALL_D64, PINGPONG, TMA_STORE, RESCALE_THRESHOLD, rescale_threshold_for, NUM_STAGES,
+            LOADER_REGS, PAGE_BOX_MAX, ROWS_PER_CONSUMER, TensorDescriptor)
 
 
 # The call's tensors, as ``forward`` passes them to a plan's launch: the kernel's tensor parameters take them by these
@@ -1096,7 +1067,7 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
-        TMA_STORE=tma_store, RESCALE_THRESHOLD=rescale_threshold_for(consumers), KV_TOGETHER=KV_RELEASE_TOGETHER,
+        TMA_STORE=tma_store, RESCALE_THRESHOLD=rescale_threshold_for(consumers),
     )
     launch = Launch(_swa_fwd_sm90_kernel, grid, scalars, constexprs, dict(num_warps=4, maxnreg=maxnreg),
                     num_tensors=len(slots), slots=slots, descriptors=(q_desc, k_desc, v_desc, o_desc))

@@ -190,19 +190,6 @@ def test_pingpong_matches_the_default_schedule(case, monkeypatch):
     same_bits_under_switch(case, monkeypatch, "PINGPONG")
 
 
-@pytest.mark.parametrize("case", [DENSE[0], DENSE[3], DENSE[5], DENSE[6], DENSE[9], DENSE[-1]],
-                         ids=lambda c: f"H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
-def test_kv_release_together_matches_the_default(case, monkeypatch):
-    """One release per stage after its P @ V (``KV_RELEASE_TOGETHER``) changes only when the loader may refill K:
-    the same bits, with one, two and three consumer warpgroups (DENSE covers each) and over pages."""
-    same_bits_under_switch(case, monkeypatch, "KV_RELEASE_TOGETHER")
-
-
-def test_kv_release_together_over_pages(monkeypatch):
-    monkeypatch.setattr(gluon_fwd, "KV_RELEASE_TOGETHER", True)
-    test_kvcache_extend(KVCACHE[0])
-
-
 @pytest.mark.parametrize("pack_gqa", [False, True])
 def test_q_as_a_view_of_a_fused_projection(pack_gqa):
     """Q is read through a 4D TMA descriptor with the caller's strides: a slice of a fused QKV tensor."""
