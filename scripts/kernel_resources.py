@@ -201,7 +201,7 @@ def gluon_targets() -> list[tuple[str, dict, dict, torch.dtype]]:
     d64, d128 = dict(q=(1, 512, 64, 64), kv=(1, 512, 8, 64)), dict(q=(1, 512, 32, 128), kv=(1, 512, 8, 128))
     d256 = dict(q=(1, 512, 16, 256), kv=(1, 512, 8, 256))
     return [
-        ("gluon W(127,0) D64 packed, sinks (1 warpgroup of 128 rows, 2 programs/SM)", d64,
+        ("gluon W(127,0) D64 packed, sinks (1 warpgroup of 64 rows, 4 programs/SM, lazy rescale)", d64,
          dict(left=127, right=0, pack_gqa=True, sinks=True), torch.bfloat16),
         ("gluon W(127,0) D64", d64, dict(left=127, right=0), torch.bfloat16),
         ("gluon W(4095,0) D128", d128, dict(left=4095, right=0), torch.bfloat16),

@@ -120,11 +120,11 @@ WG_ROWS_SMALL_D64 = 64
 # so after a tile's first blocks alpha is exactly 1 and a warp whose rows all kept their max skips the
 # accumulator's rescale (a branch on a warp vote, ``_rescale_acc``). Scores stay <= 2^threshold times the kept max:
 # P's bf16/fp16 rounding is relative, so precision does not change; the LSE and the normalization use the kept max.
-# Where it applies: ``rescale_threshold_for``. Off (0): with it on, a 4K W(127,0) D64 packed prefill whose V holds
-# one NaN changed rows that cannot see the NaN (tiles whose last block loads the NaN's key, masked), against the
-# non-finite isolation contract (tests/gpu/test_bf16_real_sizes.py::test_kept_isolation_buffers_isolate_every_call,
-# H200 session 7; why is not yet understood); measured gain 1-2% on the one-warpgroup rows.
-RESCALE_THRESHOLD = 0.0
+# Where it applies: ``rescale_threshold_for``. The Triton redo pass after the Gluon kernel keeps its maxima the same
+# way (``_common.kept_max``): a row whose masked block loads a non-finite value is flagged and redone, and redone
+# with eager rescaling it changed in its last bits (session 7's isolation failure; fixed in session 8). H200, 16K
+# (s8-call2): W(127,0) D64 gpt-oss sinks 185.8 vs 188.7 us, W(127,0) D128 150.9 vs 150.7.
+RESCALE_THRESHOLD = 8.0
 
 
 def divisor_magic(divisor: int) -> tuple[int, int]:
@@ -188,7 +188,8 @@ def rescale_threshold_for(consumers: int) -> float:
     """The lazy rescale's threshold (``RESCALE_THRESHOLD``) for one-warpgroup programs (packed small windows), 0
     (rescale every block) elsewhere. H200, 16K, same calls (session 7, docs/notes/2026-12-03-gluon-forward.md):
     W(127,0) D64 gpt-oss sinks 190.6 vs 192.9 us and 183.6 vs 186.5; W(127,0) D128 154.1 vs 157.6 and 150.8 vs
-    152.5; but W(4095,0) D128 1467.6 vs 1449.9 and causal D128 3227.2 vs 3164.5 (two warpgroups): slower."""
+    152.5; but W(4095,0) D128 1467.6 vs 1449.9 and causal D128 3227.2 vs 3164.5 (two warpgroups): slower (again in
+    session 8, s8-call2: 1473.7 vs 1435.6 and 3405.1 vs 3216.8)."""
     return RESCALE_THRESHOLD if consumers == 1 else 0.0
 
 
