@@ -146,6 +146,15 @@ HEADS_16 = (False, None, dict(heads=(16, 8, 2, 2, 0)))
 S8 = [(False, None), ONE_HEAD, FA3_FP8]
 S8_LONG = S8 + [HEADS_32, HEADS_16, PAIRS_32_8, PAIRS_96_5]
 S8_B4 = S8 + [HEADS_32, PAIRS_4, PAIRS_2]
+# After s8-call2/3 (the pairs default +2-5.5%; every e4m3 loop ~10-12 cycles per instruction and warp, so fewer
+# instructions pay only if the chain does not get longer): the fenced widening on the pairs (compiled, Triton 3.6,
+# interior loop per iteration and warp, per 16 KB of K + V): K and V fenced (64, 4, 2) capped 128 335 (1,340; 8 B
+# stack, 42 KB shared, 4/SM), V only 352 (1,408; 36 KB); (32, 2, 2) capped 128 at 8/SM: K and V 347 (1,388; 8 B
+# stack, 22 KB), V only 401 (1,604; 16 B stack, 19 KB). The default pairs: 519 (2,076).
+PAIRS_FENCED, PAIRS_FENCED_V = (False, None, dict(fenced=1)), (False, None, dict(fenced=2))
+PAIRS_32_8_FENCED = (False, (32, 2, 2, False, False, 128), dict(pair=3, per_sm=8, fenced=1))
+PAIRS_32_8_FENCED_V = (False, (32, 2, 2, False, False, 128), dict(pair=3, per_sm=8, fenced=2))
+S8B = [(False, None), PAIRS_FENCED, PAIRS_FENCED_V, PAIRS_32_8_FENCED, PAIRS_32_8_FENCED_V, PAIRS_32_8, ONE_HEAD]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -171,7 +180,11 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s7b_window": (16, 2048, 127, [(False, None), FENCED_V]),
           "s8_b16_16k": (16, 16384, None, S8_LONG), "s8_b4_16k": (4, 16384, None, S8_B4),
           "s8_b16_32k": (16, 32768, None, S8), "s8_b4_32k": (4, 32768, None, S8_B4),
-          "s8_b4_128k": (4, 131072, None, S8_LONG), "s8_b16_128k": (16, 131040, None, S8)}
+          "s8_b4_128k": (4, 131072, None, S8_LONG), "s8_b16_128k": (16, 131040, None, S8),
+          "s8b_b16_16k": (16, 16384, None, S8B + [FA3_FP8]), "s8b_b4_128k": (4, 131072, None, S8B),
+          "s8b_b16_128k": (16, 131040, None, S8B[:3] + [ONE_HEAD]),
+          "s8b_b4_16k": (4, 16384, None, [(False, None), PAIRS_FENCED_V, (False, (64, 4, 2, False, False, 128),
+                                                                         dict(pair=3, per_sm=4, fenced=2))])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
 COPY_GBPS = 4221.0
 

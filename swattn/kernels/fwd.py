@@ -1748,7 +1748,8 @@ class _ForwardPlan:
             # them (interface.split_count asks configs.fp8_pair_split_count, which fp8_pairs_taken asks), on their
             # own block shape.
             self.kv_pair = PAIR_TWO_LOADS.value
-            config = configs.fp8_pair_config(config)
+        if self.kv_pair == PAIR_TWO_LOADS.value and configs.forced_config_in_use() is None:
+            config = configs.fp8_pair_config(config)  # forced or by default: the pairs' block shape
         num_tiles = ceil_div(rows_per_tile * (2 if self.kv_pair else 1), config.block_m)
         # The split loop's L2 prefetch beyond its own e4m3 rows (FP8_PREFETCH_PARTNER): paged caches whose KV heads'
         # rows are 64 adjacent bytes and whose pages are contiguous, an even number of KV heads (the twin) or a page

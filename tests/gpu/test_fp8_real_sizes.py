@@ -239,6 +239,8 @@ def test_fenced_widening_at_real_sizes(monkeypatch, mode, batch, context, left, 
                                               causal=True, window_size=(left, 0), sinks=sinks,
                                               return_softmax_lse=True, **descales)
     assert any(plan.fp8 and plan.main.constexprs["WIDEN"] == fwd._FENCED_MODES[mode] for plan in fwd._PLANS.values())
+    if left < 0 and not quantize_q:  # the full fp8-kv decodes take two KV heads per program (configs.FP8_KV_PAIRS)
+        assert any(plan.fp8 and plan.kv_pair == fwd.PAIR_TWO_LOADS.value for plan in fwd._PLANS.values())
     ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, page_table=table, causal=True,
                                              window_size=(left, 0), sinks=sinks, **descales, **REF)
     assert out.dtype == BF16
