@@ -154,7 +154,10 @@ S8_B4 = S8 + [HEADS_32, PAIRS_4, PAIRS_2]
 PAIRS_FENCED, PAIRS_FENCED_V = (False, None, dict(fenced=1)), (False, None, dict(fenced=2))
 PAIRS_32_8_FENCED = (False, (32, 2, 2, False, False, 128), dict(pair=3, per_sm=8, fenced=1))
 PAIRS_32_8_FENCED_V = (False, (32, 2, 2, False, False, 128), dict(pair=3, per_sm=8, fenced=2))
-S8B = [(False, None), PAIRS_FENCED, PAIRS_FENCED_V, PAIRS_32_8_FENCED, PAIRS_32_8_FENCED_V, PAIRS_32_8, ONE_HEAD]
+# K and V fenced under a 96-register cap: 339 per iteration and warp, 40 B stack, 42 KB shared, 5 per SM (20 warps).
+PAIRS_96_5_FENCED = (False, (64, 4, 2, False, False, 96), dict(pair=3, per_sm=5, fenced=1))
+S8B = [(False, None), PAIRS_FENCED, PAIRS_FENCED_V, PAIRS_32_8_FENCED, PAIRS_32_8_FENCED_V, PAIRS_96_5_FENCED,
+       PAIRS_32_8, ONE_HEAD]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
