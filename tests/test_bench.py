@@ -10,7 +10,10 @@ from swattn.bench.common import Row, Runner, Timing, make_env, measure, time_wal
 
 @pytest.fixture(scope="module")
 def env():
-    return make_env(quick=True, device="cpu")
+    env = make_env(quick=True, device="cpu")
+    # One timed call after the checked one: the timing path runs; more samples of an interpreted kernel add nothing.
+    env.wall_reps = 1
+    return env
 
 
 def _assert_swattn_checked_and_timed(section):
