@@ -9,6 +9,8 @@ compiler sees what it sees there. Triton's own cuobjdump reads the cubin. Run wi
     python scripts/kernel_resources.py            # the shipped forward and backward configs of the targets
     python scripts/kernel_resources.py --check    # exit 1 unless every one compiles with pipelined loops
     python scripts/kernel_resources.py --variants # the W(127,0) prefill under register caps
+    python scripts/kernel_resources.py --check --shard=0/2  # every second target from the first; with --shard=1/2
+                                                            # beside it, two processes compile all of them
 
 Triton 3.6 (the GPU's) can be tried on a CPU machine with ``pip install --target DIR triton==3.6.0`` and
 ``PYTHONPATH=DIR``.
@@ -16,6 +18,7 @@ Triton 3.6 (the GPU's) can be tried on a CPU machine with ``pip install --target
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -90,8 +93,9 @@ def _source(fn, args: tuple, kwargs: dict, source_type=ASTSource) -> tuple[ASTSo
     return source_type(fn, signature, constexprs, attrs), options
 
 
-def compile_for_hopper(kernel, args: tuple, kwargs: dict, source_type=ASTSource):
-    """One launch compiled for sm_90: ``(compiled kernel, launch options, cuobjdump's resource usage, SASS)``."""
+def compile_for_hopper(kernel, args: tuple, kwargs: dict, source_type=ASTSource, read_sass: bool = True):
+    """One launch compiled for sm_90: ``(compiled kernel, launch options, cuobjdump's resource usage, SASS)``;
+    ``read_sass=False``: the SASS is "" (disassembling takes cuobjdump about 0.4 s a kernel)."""
     source, options = _source(kernel, args, kwargs, source_type)
     compiled = triton.compile(source, target=HOPPER, options=options)
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -100,11 +104,14 @@ def compile_for_hopper(kernel, args: tuple, kwargs: dict, source_type=ASTSource)
         cubin.flush()
         usage = subprocess.run([cuobjdump, "-res-usage", cubin.name], capture_output=True, text=True,
                                check=True).stdout
-    return compiled, options, usage, _sass(compiled.asm["cubin"], cuobjdump)
+    return compiled, options, usage, _sass(compiled.asm["cubin"], cuobjdump) if read_sass else ""
 
 
-def _compile(kernel, args: tuple, kwargs: dict, source_type=ASTSource) -> Resources:
-    compiled, options, usage, sass = compile_for_hopper(kernel, args, kwargs, source_type)
+def _compile(kernel, args: tuple, kwargs: dict, source_type=ASTSource, read_sass: bool = False) -> Resources:
+    """The launch's resources; the fields read from the SASS (wgmma, its serialization, the lazy rescale's
+    branches, e4m3 products) only with ``read_sass``, which the Gluon kernel's checks need and the Triton kernels' do
+    not (their SASS fields stay False / 0)."""
+    compiled, options, usage, sass = compile_for_hopper(kernel, args, kwargs, source_type, read_sass)
     ttgir = compiled.asm["ttgir"]
     branches, problems = lazy_rescale_problems(sass)
     return Resources(
@@ -192,7 +199,7 @@ def compile_gluon(q, k, v, *, left: int, right: int, pack_gqa: bool = False, sin
     finally:
         gluon_fwd._swa_fwd_sm90_kernel = kernel
     args, kwargs = launches[0]
-    return _compile(kernel, args, kwargs, GluonASTSource)
+    return _compile(kernel, args, kwargs, GluonASTSource, read_sass=True)
 
 
 def gluon_targets() -> list[tuple[str, dict, dict, torch.dtype]]:
@@ -392,6 +399,13 @@ def inputs(shapes: dict, dtype=torch.bfloat16) -> tuple[tuple, dict]:
 def main() -> int:
     check = "--check" in sys.argv
     variants = "--variants" in sys.argv
+    shard = next((arg.split("=", 1)[1] for arg in sys.argv if arg.startswith("--shard=")), "0/1")
+    shard_index, shard_count = (int(part) for part in shard.split("/"))
+    position = itertools.count()  # over all the lists below, so that every shard gets its share of each
+
+    def mine(items: list) -> list:
+        return [item for item in items if next(position) % shard_count == shard_index]
+
     print(f"triton {triton.__version__}, target sm_90; per launch: registers/thread, stack bytes, shared bytes, "
           "programs/SM, KV loop pipelined")
     failures = 0
@@ -400,6 +414,7 @@ def main() -> int:
         name, config, shapes, kwargs = rows[0]
         rows = [(f"{name} maxnreg={cap}", replace(config, maxnreg=cap), shapes, kwargs)
                 for cap in (None, 128, 96, 88, 80)]
+    rows = mine(rows)
     for name, config, shapes, kwargs in rows:
         (q, k, v), extra = inputs(shapes)
         try:
@@ -416,7 +431,7 @@ def main() -> int:
                   f"{r.registers} regs, {r.stack_bytes} B stack, {r.shared_bytes} B shared, "
                   f"{r.programs_per_sm} programs/SM, pipelined {r.pipelined}", flush=True)
     if not variants:
-        for name, config, shapes, kwargs in backward_targets():
+        for name, config, shapes, kwargs in mine(backward_targets()):
             (q, k, v), _ = inputs(shapes)
             try:
                 launches = compile_backward(config, q, k, v, **kwargs)
@@ -430,7 +445,7 @@ def main() -> int:
                       f"{', packed' if config.pack_gqa else ''}): {r.registers} regs, {r.stack_bytes} B stack, "
                       f"{r.shared_bytes} B shared, {r.programs_per_sm} programs/SM, pipelined {r.pipelined}",
                       flush=True)
-        for name, shapes, kwargs, dtype in gluon_targets():
+        for name, shapes, kwargs, dtype in mine(gluon_targets()):
             (q, k, v), _ = inputs(shapes, torch.bfloat16 if dtype == torch.float8_e4m3fn else dtype)
             q = q.to(dtype)  # all-fp8: e4m3 q (compile_gluon makes k and v as the dispatch does)
             try:
