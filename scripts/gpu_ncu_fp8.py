@@ -9,7 +9,10 @@ with their tiles loaded on their own (``fwd.FP8_TWO_KV_HEADS`` 3, (16, 64, 4, 2)
         -o REPORT python scripts/gpu_ncu_fp8.py [CASE ...]
     ncu -i REPORT.ncu-rep --page details
 
-CASE: ``bf16``, ``fp8kv``, ``twin``, ``chunk``, ``pair3`` (all by default).
+CASE: ``bf16``, ``fp8kv``, ``twin``, ``chunk``, ``pair3`` (all by default); since session 8 ``fp8kv`` is the
+default two KV heads per program (configs.FP8_KV_PAIRS, 8 splits), and ``onehead`` the e4m3 loop with one KV head
+per program (FP8_KV_PAIRS off: the previous default, 4 splits), ``fenced`` the default pairs with K and V fenced
+(``fwd.FP8_FENCED_WIDENING`` 1).
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from gpu_ncu import profile_once  # noqa: E402
 from gpu_probe import full_decode_inputs  # noqa: E402
 
 import swattn  # noqa: E402
-from swattn.kernels import fwd  # noqa: E402
+from swattn.kernels import configs, fwd  # noqa: E402
 from swattn.kernels.configs import FwdConfig, forced_config  # noqa: E402
 
-MODES = {"bf16": 0, "fp8kv": 0, "twin": 1, "chunk": 2, "pair3": 0}
+MODES = {"bf16": 0, "fp8kv": 0, "twin": 1, "chunk": 2, "pair3": 0, "onehead": 0, "fenced": 0}
 
 
 def main() -> None:
@@ -39,6 +42,8 @@ def main() -> None:
     def call(name):
         fwd.FP8_PREFETCH_PARTNER = MODES[name]  # part of the plans' key (fwd.settings)
         fwd.FP8_TWO_KV_HEADS = 3 if name == "pair3" else 0
+        configs.FP8_KV_PAIRS = name != "onehead"  # part of the plans' key (fwd.settings)
+        fwd.FP8_FENCED_WIDENING = 1 if name == "fenced" else 0  # part of the plans' key (fwd.settings)
         if name == "pair3":
             with forced_config(FwdConfig(16, 64, 4, 2, maxnreg=128)):
                 swattn.flash_attn_with_kvcache(**e4m3, num_splits=8)
@@ -46,7 +51,8 @@ def main() -> None:
             swattn.flash_attn_with_kvcache(**(bf16 if name == "bf16" else e4m3))
 
     profile_once([lambda name=name: call(name) for name in names])
-    fwd.FP8_PREFETCH_PARTNER = fwd.FP8_TWO_KV_HEADS = 0
+    fwd.FP8_PREFETCH_PARTNER = fwd.FP8_TWO_KV_HEADS = fwd.FP8_FENCED_WIDENING = 0
+    configs.FP8_KV_PAIRS = True
     print(f"profiled one call each: {', '.join(names)}")
 
 
