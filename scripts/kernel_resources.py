@@ -274,8 +274,8 @@ def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, fwd_settings:
     fwd.tma_compatible = lambda *tensors: True  # as for aligned CUDA tensors on Hopper (CPU tensors never are)
     fwd.pdl_enabled = lambda device: pdl
     fwd._widens_pairs = lambda device: fwd.WIDEN_E4M3_PAIRS  # as on sm_89+
-    fwd._e4m3_widening = lambda device: (  # as on sm_90
-        fwd._FENCED_MODES[fwd.FP8_FENCED_WIDENING] if fwd.FP8_FENCED_WIDENING else
+    fwd._e4m3_widening = lambda device, kv_pair=0: (  # as on sm_90
+        fwd._FENCED_MODES[fwd._fenced_mode(kv_pair)] if fwd._fenced_mode(kv_pair) else
         fwd.WIDEN_IN_PAIRS.value if fwd.WIDEN_E4M3_PAIRS else fwd.WIDEN_TO.value)
     if sms:  # the grid-size choices (one pass, the fused append's reads) as on a GPU of that many SMs
         fwd._persistent_programs = lambda device: sms
@@ -298,7 +298,7 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
     """(name, config, tensor shapes, forward arguments): the shipped configs of the prefill and decode targets
     (configs.py), then the experimental switches, on small tensors (the compiled code does not depend on the
     lengths)."""
-    from swattn.kernels.configs import _bf16_forward_config, _fp8_decode_stages
+    from swattn.kernels.configs import _bf16_forward_config, _fp8_decode_stages, fp8_pair_config
 
     prefill = dict(q=(1, 512, 64, 64), kv=(1, 512, 8, 64))
     prefill_d128 = dict(q=(1, 512, 32, 128), kv=(1, 512, 8, 128))
@@ -347,6 +347,11 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         # affords; it compiled with Triton 3.6 and 3.9, docs/notes/2026-12-03-fp8-kv-cache.md).
         ("decode full paged fp8 KV, 4 splits", fp8_full, dict(decode, fp8="kv"),
          dict(left=-1, right=0, pack_gqa=True, num_splits=4)),
+        # The long full decodes' default since session 8 (configs.FP8_KV_PAIRS): two KV heads per program on their
+        # own block shape, 8 splits (B=16); forced here (a forced config turns the automatic pairs off).
+        ("decode full paged fp8 KV, two KV heads per program, 8 splits", fp8_pair_config(fp8_full),
+         dict(decode, fp8="kv"), dict(left=-1, right=0, pack_gqa=True, num_splits=8,
+                                      fwd_settings={"FP8_TWO_KV_HEADS": 3})),
         ("decode W(127,0) paged fp8 q/K/V", fp8_window, dict(decode, fp8="qkv"),
          dict(left=127, right=0, pack_gqa=True)),
         # The window decode over an e4m3 cache, with the L2 preload before the PDL wait (fwd.PRELOAD_L2, its

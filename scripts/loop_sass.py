@@ -76,8 +76,9 @@ def captured_launch(inputs: tuple, arguments: dict, settings: dict, config: FwdC
     for name, value in settings.items():
         setattr(fwd, name, value)
     # As on sm_90, where inline PTX compiles (the interpreter's CPU tensors would turn these off).
-    fwd._e4m3_widening = lambda device: (fwd._FENCED_MODES[fwd.FP8_FENCED_WIDENING] if fwd.FP8_FENCED_WIDENING else
-                                         fwd.WIDEN_IN_PAIRS.value if fwd.WIDEN_E4M3_PAIRS else fwd.WIDEN_TO.value)
+    fwd._e4m3_widening = lambda device, kv_pair=0: (
+        fwd._FENCED_MODES[fwd._fenced_mode(kv_pair)] if fwd._fenced_mode(kv_pair) else
+        fwd.WIDEN_IN_PAIRS.value if fwd.WIDEN_E4M3_PAIRS else fwd.WIDEN_TO.value)
     fwd._prefetches_partner = lambda device: fwd.FP8_PREFETCH_PARTNER
     clear_plans()
     try:

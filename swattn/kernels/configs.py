@@ -174,6 +174,9 @@ MAX_SPLITS = 64
 # a wave of them (half the programs per split of one KV head per program, so twice the splits).
 FP8_KV_PAIRS = os.environ.get("SWATTN_FP8_KV_PAIRS", "1") != "0"
 FP8_PAIR_SPLIT_BLOCKS: dict[int, tuple[int, int, int | None, int]] = {16: (64, 4, 128, 4)}
+# The e4m3 widening of the pairs' loop where fwd.FP8_FENCED_WIDENING does not set one (0: plain ``.to``; 1: K and V
+# fenced; 2: V only; compiled only, see fwd.FP8_FENCED_WIDENING).
+FP8_PAIR_FENCED_WIDENING = 0
 # Fewest keys per split (with the pairs' split count) for which the pairs are taken: between the 497 measured
 # slower (B=4 16K) and the 2,048 measured faster (B=16 16K).
 FP8_PAIR_MIN_KEYS_PER_SPLIT = 1024

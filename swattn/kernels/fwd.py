@@ -1441,11 +1441,19 @@ def _widens_pairs(device: torch.device) -> bool:
     return (properties.major, properties.minor) >= (8, 9)
 
 
-def _e4m3_widening(device: torch.device) -> int:
+def _fenced_mode(kv_pair: int = 0) -> int:
+    """The fenced widening asked for (``FP8_FENCED_WIDENING``'s values; 0: none): ``FP8_FENCED_WIDENING``, or on the
+    two-KV-heads loop (``kv_pair`` PAIR_TWO_LOADS) ``configs.FP8_PAIR_FENCED_WIDENING``."""
+    return FP8_FENCED_WIDENING or (configs.FP8_PAIR_FENCED_WIDENING if kv_pair == PAIR_TWO_LOADS.value else 0)
+
+
+def _e4m3_widening(device: torch.device, kv_pair: int = 0) -> int:
     """``_widen_e4m3``'s mode for this device: WIDEN_FENCED (WIDEN_FENCED_VALUES) with ``FP8_FENCED_WIDENING`` 1
-    (2; compiled only: PTX), WIDEN_IN_PAIRS where ``_widens_pairs``, else WIDEN_TO."""
-    if FP8_FENCED_WIDENING and device.type == "cuda" and not _compat.interpreter_enabled():
-        return _FENCED_MODES[FP8_FENCED_WIDENING]
+    (2), or on the two-KV-heads loop (``kv_pair`` PAIR_TWO_LOADS) with ``configs.FP8_PAIR_FENCED_WIDENING`` 1 (2)
+    (compiled only: PTX); WIDEN_IN_PAIRS where ``_widens_pairs``, else WIDEN_TO."""
+    fenced = _fenced_mode(kv_pair)
+    if fenced and device.type == "cuda" and not _compat.interpreter_enabled():
+        return _FENCED_MODES[fenced]
     return WIDEN_IN_PAIRS.value if _widens_pairs(device) else WIDEN_TO.value
 
 
@@ -1548,7 +1556,7 @@ def settings() -> tuple:
             PREFETCH_PAGE_TABLE, WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2, PRELOAD_L2_SPLITS,
             FP8_PREFETCH_PARTNER, FP8_FENCED_WIDENING, ROW_BOUND_MASK, gluon_fwd.RESCALE_THRESHOLD,
             gluon_fwd.rescale_threshold_for, gluon_fwd.consumers_for, configs.FP8_KV_PAIRS,
-            configs.FP8_PAIR_MIN_KEYS_PER_SPLIT, configs.FP8_PAIR_SPLIT_BLOCKS[16])
+            configs.FP8_PAIR_MIN_KEYS_PER_SPLIT, configs.FP8_PAIR_SPLIT_BLOCKS[16], configs.FP8_PAIR_FENCED_WIDENING)
 
 
 def attention_forward(
@@ -1825,7 +1833,8 @@ class _ForwardPlan:
             HAS_SEQUSED_Q=seqused_q is not None, HAS_LEFTPAD_K=cache_leftpad is not None,
             HAS_CHUNK=attention_chunk > 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d,
             HEAD_DIM=head_dim, FP8=fp8, HEAD_N=config.head_block, ROW_BOUNDS=ROW_BOUND_MASK and config.head_block > 0,
-            WIDEN=_e4m3_widening(q.device) if fp8 != NO_FP8.value else WIDEN_TO.value, KV_PAIR=self.kv_pair,
+            WIDEN=_e4m3_widening(q.device, self.kv_pair) if fp8 != NO_FP8.value else WIDEN_TO.value,
+            KV_PAIR=self.kv_pair,
         )
         # The fused append reads the new tokens from k / v on the single masked loop (APPEND_READS_INPUT), in grids of
         # at most one program per SM: the row pointers cost registers (window decode (16, 128, 4, 1): 154 -> 206,

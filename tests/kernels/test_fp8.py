@@ -562,3 +562,16 @@ def test_heads_decode_experiment(dtype, num_splits, block_n):
                                    page_table=table)
     assert out.dtype == dtype
     assert_close("out", out, ref, tolerance_for(dtype))
+
+
+def test_pair_fenced_widening_setting(monkeypatch):
+    """``configs.FP8_PAIR_FENCED_WIDENING`` asks for the fenced widening on the two-KV-heads loop only (compiled
+    launches; under the interpreter, which runs no PTX, every launch widens with a plain ``.to``);
+    ``fwd.FP8_FENCED_WIDENING`` applies to every e4m3 launch and wins."""
+    from swattn.kernels import configs, fwd
+    monkeypatch.setattr(configs, "FP8_PAIR_FENCED_WIDENING", 2)
+    assert fwd._fenced_mode(fwd.PAIR_TWO_LOADS.value) == 2 and fwd._fenced_mode(0) == 0
+    monkeypatch.setattr(fwd, "FP8_FENCED_WIDENING", 1)
+    assert fwd._fenced_mode(fwd.PAIR_TWO_LOADS.value) == 1 and fwd._fenced_mode(0) == 1
+    assert fwd._e4m3_widening(torch.device("cpu"), fwd.PAIR_TWO_LOADS.value) in (fwd.WIDEN_TO.value,
+                                                                                  fwd.WIDEN_IN_PAIRS.value)
