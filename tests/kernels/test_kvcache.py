@@ -356,12 +356,14 @@ def test_append(monkeypatch, fused, layout, seqlen_new, seqlen_q, seqlens, windo
     pytest.param("paged-16", (3, 2), id="paged16-w3,2"),
     pytest.param("paged-16", (-1, -1), id="paged16-full"),
 ])
-@pytest.mark.parametrize("config, seqlen_q, pack_gqa, num_splits", [
-    pytest.param(FwdConfig(16, 16, 4, 1), 1, True, 3, id="decode-packed-split3"),
-    pytest.param(FwdConfig(16, 16, 4, 2, single_loop=True), 5, False, 1, id="extend5-unpacked-single-loop"),
-    pytest.param(FwdConfig(16, 32, 4, 1), 20, None, 2, id="extend20-two-tiles-split2"),
+# kv_heads: extend20 runs on one KV head of the same 8 query heads (GQA 8, so pack_gqa=None decides as with H, HK:
+# packed under the windows, two unpacked tiles per head for the full one) at half the interpreter's programs.
+@pytest.mark.parametrize("config, seqlen_q, pack_gqa, num_splits, kv_heads", [
+    pytest.param(FwdConfig(16, 16, 4, 1), 1, True, 3, HK, id="decode-packed-split3"),
+    pytest.param(FwdConfig(16, 16, 4, 2, single_loop=True), 5, False, 1, HK, id="extend5-unpacked-single-loop"),
+    pytest.param(FwdConfig(16, 32, 4, 1), 20, None, 2, 1, id="extend20-two-tiles-split2"),
 ])
-def test_fused_append_is_one_launch(monkeypatch, layout, config, seqlen_q, pack_gqa, num_splits, window):
+def test_fused_append_is_one_launch(monkeypatch, layout, config, seqlen_q, pack_gqa, num_splits, kv_heads, window):
     """With ``ops.FUSED_APPEND`` and one new token per query, no append launch runs: the attention programs write
     the new tokens (each program those of its own share of the keys; without PackGQA every query head's program
     of a KV head writes the same bytes), across tiles, splits, loop shapes and windows (the diagonal only, keys
@@ -369,9 +371,9 @@ def test_fused_append_is_one_launch(monkeypatch, layout, config, seqlen_q, pack_
     monkeypatch.setattr(ops, "FUSED_APPEND", True)
     monkeypatch.setattr(ops, "append_plan", lambda *args: pytest.fail("the fused path planned the append kernel"))
     batch, capacity, seqlens = 3, 80, i32([9, 0, 50])
-    cache = make_cache(layout, batch, capacity)
-    q = random_q(batch, seqlen_q)
-    k_new, v_new = torch.randn(batch, seqlen_q, HK, D), torch.randn(batch, seqlen_q, HK, D)
+    cache = make_cache(layout, batch, capacity, kv_heads=kv_heads)
+    q = random_q(batch, seqlen_q, heads=kv_heads * (H // HK))
+    k_new, v_new = (torch.randn(batch, seqlen_q, kv_heads, D) for _ in range(2))
     expected_cache = cache_after_append(cache, k_new, v_new, seqlens)
     with forced_config(config):
         out, lse = run(q, cache, k=k_new, v=v_new[:, :, :, :].transpose(0, 1).contiguous().transpose(0, 1),
@@ -667,14 +669,16 @@ def test_split_kv(num_splits, sinks, scenario, loop):
     """Split-KV with more splits than blocks (empty splits), sequences and rows that see no key; the sink joins
     the denominator exactly once (an output scaled by a double-counted or missing sink fails). ``single``: the
     one masked loop, which short full-attention decode splits take on the GPU."""
-    sink_logits = None if sinks is None else (torch.randn(H) * 2).to(sinks)
+    # Unpacked, each query head is its own program: 4 of them (GQA 2) show a lost or doubled sink as well as 16.
+    heads = H if scenario == "rows-without-keys" else 2 * HK
+    sink_logits = None if sinks is None else (torch.randn(heads) * 2).to(sinks)
     if scenario == "rows-without-keys":
         # seq 0: no key at all; seq 1: rows 0-1 above the diagonal; seq 2: window (20, 0) in a 37-key cache.
         cache, seqlens, q = make_cache("contig", 3, 40), i32([0, 2, 37]), random_q(3, 4)
         kwargs = dict(window_size=(20, 0), causal=True, pack_gqa=None)
     else:
         # 90 keys = 6 blocks of 16 (5 splits: 2, 2, 2, 0, 0 blocks); 5 keys = 1 block (4 empty splits).
-        cache, seqlens, q = make_cache("paged-16", 2, 96), i32([90, 5]), random_q(2, 1)
+        cache, seqlens, q = make_cache("paged-16", 2, 96), i32([90, 5]), random_q(2, 1, heads=heads)
         kwargs = dict(causal=True, pack_gqa=False)
     with forced_config(BLOCK16 if loop == "pipelined" else replace(BLOCK16, single_loop=True)):
         out, lse = run(q, cache, cache_seqlens=seqlens, sinks=sink_logits, num_splits=num_splits, **kwargs)
@@ -724,11 +728,12 @@ NAN_PAGED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("check_inputs", [False, None], ids=["check_inputs=False", "check_inputs=default"])
 @pytest.mark.parametrize("page_size, seqlens, seqlen_q, left, seqlen_new, pack_gqa, num_splits, sinks",
                          NAN_PAGED_CASES)
-def test_nan_poisoned_out_of_window_pages(monkeypatch, kv_path, check_inputs, page_size, seqlens, seqlen_q,
-                                          left, seqlen_new, pack_gqa, num_splits, sinks):
+def test_nan_poisoned_out_of_window_pages(monkeypatch, kv_path, page_size, seqlens, seqlen_q, left, seqlen_new,
+                                          pack_gqa, num_splits, sinks):
+    """The poisoned cache with ``check_inputs=False`` and with the default (which checks CPU inputs) against one
+    clean run: the same output, and the new tokens written."""
     monkeypatch.setattr(_compat, "CHECK_INPUTS", False)  # SWATTN_CHECK_INPUTS unset (read at import)
     batch = len(seqlens)
     varlen = isinstance(seqlen_q, list)
@@ -747,16 +752,18 @@ def test_nan_poisoned_out_of_window_pages(monkeypatch, kv_path, check_inputs, pa
     else:
         expected_cache = clean.clone()
     out_clean, lse_clean = run(q, clean, **kwargs)
-    out, lse = run(q, poisoned, check_inputs=check_inputs, **kwargs)
-    assert torch.equal(out, out_clean) and torch.equal(lse, lse_clean)
-    check(out, lse, reference(q, expected_cache, i32(totals), cu_seqlens_q=kwargs.get("cu_seqlens_q"),
-                              window_size=(left, 0), sinks=kwargs["sinks"]), q)
-    if seqlen_new:
-        for b, start in enumerate(seqlens):
-            for t in range(seqlen_new):
-                page, slot = poisoned.location(b, start + t)
-                assert torch.equal(poisoned.k[page, slot], kwargs["k"][b, t])
-                assert torch.equal(poisoned.v[page, slot], kwargs["v"][b, t])
+    check(out_clean, lse_clean, reference(q, expected_cache, i32(totals), cu_seqlens_q=kwargs.get("cu_seqlens_q"),
+                                          window_size=(left, 0), sinks=kwargs["sinks"]), q)
+    for check_inputs in (False, None):
+        cache = poisoned.clone()
+        out, lse = run(q, cache, check_inputs=check_inputs, **kwargs)
+        assert torch.equal(out, out_clean) and torch.equal(lse, lse_clean), f"check_inputs={check_inputs}"
+        if seqlen_new:
+            for b, start in enumerate(seqlens):
+                for t in range(seqlen_new):
+                    page, slot = cache.location(b, start + t)
+                    assert torch.equal(cache.k[page, slot], kwargs["k"][b, t])
+                    assert torch.equal(cache.v[page, slot], kwargs["v"][b, t])
 
 
 @pytest.mark.parametrize("check_inputs", [False, None], ids=["check_inputs=False", "check_inputs=default"])
