@@ -311,13 +311,14 @@ def kv_path(request, monkeypatch):
         yield request.param
 
 
-# (S_new, Sq, cache_seqlens before the append, window, causal, pack_gqa, num_splits)
+# (S_new, Sq, cache_seqlens before the append, window, causal, pack_gqa, num_splits, KV heads); the unpacked
+# full-attention case runs its 8 query heads per KV head (one program each) over one KV head.
 APPEND_CASES = [
-    pytest.param(1, 1, [10, 0, 63], (7, 0), False, None, 1, id="decode-append1-w7,0-incl-empty-and-to-capacity"),
-    pytest.param(4, 4, 20, (5, 3), False, None, 1, id="extend-append4-w5,3-int-seqlens"),
-    pytest.param(3, 1, [5, 30, 61], (20, 0), False, None, 1, id="append3-query1-w20,0"),
-    pytest.param(2, 2, [7, 40, 1], (-1, -1), True, False, 2, id="append2-causal-full-nopack-split2"),
-    pytest.param(1, 3, [12, 2, 40], (6, 0), False, None, 1, id="append1-query3-w6,0"),
+    pytest.param(1, 1, [10, 0, 63], (7, 0), False, None, 1, HK, id="decode-append1-w7,0-incl-empty-and-to-capacity"),
+    pytest.param(4, 4, 20, (5, 3), False, None, 1, HK, id="extend-append4-w5,3-int-seqlens"),
+    pytest.param(3, 1, [5, 30, 61], (20, 0), False, None, 1, HK, id="append3-query1-w20,0"),
+    pytest.param(2, 2, [7, 40, 1], (-1, -1), True, False, 2, 1, id="append2-causal-full-nopack-split2"),
+    pytest.param(1, 3, [12, 2, 40], (6, 0), False, None, 1, HK, id="append1-query3-w6,0"),
 ]
 
 
@@ -330,14 +331,15 @@ APPEND_PATH_CASES = [
 
 
 @pytest.mark.parametrize("layout", ["contig", "contig-batch-idx", "paged-1", "paged-3", "paged-16"])
-@pytest.mark.parametrize("fused, seqlen_new, seqlen_q, seqlens, window, causal, pack_gqa, num_splits",
+@pytest.mark.parametrize("fused, seqlen_new, seqlen_q, seqlens, window, causal, pack_gqa, num_splits, kv_heads",
                          APPEND_PATH_CASES)
-def test_append(monkeypatch, fused, layout, seqlen_new, seqlen_q, seqlens, window, causal, pack_gqa, num_splits):
+def test_append(monkeypatch, fused, layout, seqlen_new, seqlen_q, seqlens, window, causal, pack_gqa, num_splits,
+                kv_heads):
     monkeypatch.setattr(ops, "FUSED_APPEND", fused)
     batch, capacity = 3, 64
-    cache = make_cache(layout, batch, capacity)
-    q = random_q(batch, seqlen_q)
-    k_new, v_new = torch.randn(batch, seqlen_new, HK, D), torch.randn(batch, seqlen_new, HK, D)
+    cache = make_cache(layout, batch, capacity, kv_heads=kv_heads)
+    q = random_q(batch, seqlen_q, heads=kv_heads * (H // HK))
+    k_new, v_new = (torch.randn(batch, seqlen_new, kv_heads, D) for _ in range(2))
     before = seqlens_tensor(seqlens, batch)
     expected_cache = cache_after_append(cache, k_new, v_new, before)
     seqlens_arg = as_arg(seqlens)
