@@ -41,6 +41,8 @@ Sections (argv; all by default):
   serving_s7  session 7: W(127,0) decode + append and verify k = 2, 4, 8 with the head-block tile's row-bound mask
             (fwd.ROW_BOUND_MASK) against in_window's, FA3 beside; full verify k = 4 at 1K and 8K (fused append, no
             isolation, split counts); full decode B=4 16K against the copy;
+  serving_s8  session 8: full-attention verify k = 2, 4, 8 at 1K and 8K under split-loop tiles (2 warps on
+            32 rows, 128-key blocks) and split counts, FA3 beside, per-kernel times; full decode B=4 16K;
   verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0) against decode: no append, the
             fused append, without the non-finite redo launch, one 256-key block for the 127 + k keys, two stages.
 Run: ``python scripts/gpu_probe.py [sections]``; ``PROBE_WARM=1`` runs every variant once without timing (compiles
@@ -1322,6 +1324,128 @@ def serving_s7() -> None:
         for label, settings in (("shipped", {}),):
             print(f"  full decode B=4 16K page 16 {label}: {_full_decode_us(call, ref, settings, copy_us)}",
                   flush=True)
+
+
+def _full_verify_variants(k: int) -> list[tuple[str, FwdConfig | None, int, dict]]:
+    """``serving_s8``'s full-attention verify variants for ``k`` tokens: (label, forced config or None, split count
+    (0: automatic), fwd settings). The split loop's tile for k x 8 rows (SASS, Triton 3.6, sm_90, interior loop per
+    64 keys and program): shipped k = 4 (32, 64, 4, 5) 4 x 471 = 1884 instructions, 152 registers (3 per SM; its 4
+    warps reduce each row's max and sum across warps through shared memory: LDS 26, SHFL 20 per warp); (32, 64, 2,
+    5) 2 x 707 = 1414, (32, 64, 2, 3) 2 x 643 = 1286, both 255 registers without spills (4 per SM: 4 splits x 128
+    programs, one wave); (32, 128, 4, 3) 4 x 567 / 2 = 1134, 192 registers (2 per SM); decode's (16, 64, 2, 3) 954.
+    PROBE_S8_ONLY (labels separated by ";") keeps only those (and the shipped row)."""
+    rows = [("shipped", None, 0, {}), ("no isolation", None, 0, dict(ISOLATE_NON_FINITE=False))]
+    if k == 2:
+        rows += [("(16,64,2,5) 4 splits", FwdConfig(16, 64, 2, 5), 4, {})]
+    if k == 4:
+        rows += [("(32,64,2,5) 4 splits", FwdConfig(32, 64, 2, 5), 4, {}),
+                 ("(32,64,2,3) 4 splits", FwdConfig(32, 64, 2, 3), 4, {}),
+                 ("(32,64,2,5) 3 splits", FwdConfig(32, 64, 2, 5), 3, {}),
+                 ("(32,128,4,3) 2 splits", FwdConfig(32, 128, 4, 3), 2, {}),
+                 ("(64,64,4,5) 3 splits (padded)", FwdConfig(64, 64, 4, 5), 3, {})]
+    if k == 8:
+        rows += [("(64,64,4,3) 4 splits", FwdConfig(64, 64, 4, 3), 4, {}),
+                 ("(64,128,4,3) 2 splits", FwdConfig(64, 128, 4, 3), 2, {}),
+                 ("(32,64,2,5) x 2 tiles, 2 splits", FwdConfig(32, 64, 2, 5), 2, {})]
+    only = [label for label in os.environ.get("PROBE_S8_ONLY", "").split(";") if label]
+    return [row for row in rows if not only or row[0] == "shipped" or row[0] in only]
+
+
+def _kernel_breakdown(call, calls: int = 20) -> str:
+    """Device time per kernel (torch.profiler over ``calls`` eager calls after a warm-up), "name us x count";
+    under PDL a dependent kernel's time includes its wait for the one before."""
+    from torch.profiler import ProfilerActivity, profile
+    if WARM_ONLY:
+        return ""
+    call()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            call()
+        torch.cuda.synchronize()
+    rows = []
+    for event in prof.key_averages():
+        if event.device_type == torch.autograd.DeviceType.CUDA and event.count:
+            total = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0.0)
+            rows.append(f"{event.key[:40]} {total / event.count:.2f} us x {event.count // calls}")
+    return "; ".join(rows)
+
+
+def serving_s8() -> None:
+    """Session 8 (issue 21): full-attention speculative verify (gpt-oss layer, B=16, page 16, sinks, k = 2 / 4 / 8
+    tokens appended in the call by the default append) at 1K (16 cold input sets) and 8K (one set, 16 calls per
+    graph), us per call graph-replayed: the shipped default against the split loop's tile and split-count variants
+    (``_full_verify_variants``) and FA3 (no append); every variant's output against swattn.reference at 1K (rel
+    diff) and against the shipped output at 8K; a per-kernel breakdown (torch.profiler, eager) of the shipped and
+    the 2-warp tile at 1K. Then full decode B=4 16K against the copy of its bytes. PROBE_KS picks ks,
+    PROBE_S8_CONTEXTS contexts (e.g. 1024,8192), PROBE_S8_FULL=0 skips the full decode."""
+    from swattn import reference
+    from swattn.bench import peers
+    from swattn.kernels import fwd
+    contexts = tuple(int(c) for c in os.environ.get("PROBE_S8_CONTEXTS", "1024,8192").split(",") if c)
+    for context in contexts:
+        input_sets = 16 if context <= 2048 else 1
+        calls = max(1, 16 // input_sets)
+        for k in _probe_ks((4, 8, 2)):  # k = 4 first: the model step's verify
+            title = f"k={k} full {context // 1024}K"
+            sets, _ = _verify_sets(k, input_sets, context=context, cached=context)
+            print(f"\n## s8 full-attention verify {title} B=16 page 16 ({input_sets} sets, appended, {calls} calls "
+                  f"per set and graph): us/call", flush=True)
+            # The first call appends the k tokens; later calls rewrite the same values at the same positions.
+            shipped = swattn.flash_attn_with_kvcache(**sets[0], causal=True).float()
+            if context <= 2048 and not WARM_ONLY:
+                one = sets[0]
+                ref, _ = reference.attention_kvcache_ref(one["q"].double(), one["k_cache"].double(),
+                                                         one["v_cache"].double(), one["cache_seqlens"] + k,
+                                                         page_table=one["page_table"], sinks=one["sinks"].double(),
+                                                         causal=True)
+                ref = ref.float()
+            else:
+                ref = shipped
+            for label, config, num_splits, settings in _full_verify_variants(k):
+                previous = {name: getattr(fwd, name) for name in settings}
+                for name, value in settings.items():
+                    setattr(fwd, name, value)
+                try:
+                    with forced_config(config) if config else _nothing():
+                        def call_all(num_splits=num_splits, sets=sets):
+                            for one in sets:
+                                swattn.flash_attn_with_kvcache(**one, causal=True, num_splits=num_splits)
+                        out = swattn.flash_attn_with_kvcache(**sets[0], causal=True, num_splits=num_splits).float()
+                        err = ((out - ref).norm() / ref.norm()).item()
+                        us = graph_us(call_all, calls, rep=100) / input_sets
+                        breakdown = ""
+                        if context <= 2048 and k == 4 and label in ("shipped", "(32,64,2,5) 4 splits"):
+                            breakdown = "; kernels: " + _kernel_breakdown(functools.partial(
+                                swattn.flash_attn_with_kvcache, **sets[0], causal=True, num_splits=num_splits))
+                    against = "reference" if ref is not shipped else "shipped"
+                    print(f"  {title} {label}: {us:.2f} us (rel diff vs {against} {err:.1e}){breakdown}",
+                          flush=True)
+                except Exception as exc:  # report and go on
+                    print(f"  {title} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+                finally:
+                    for name, value in previous.items():
+                        setattr(fwd, name, value)
+            try:
+                runs = [peers.fa3(one["q"], one["k_cache"], one["v_cache"], -1, one["sinks"], one["page_table"],
+                                  one["cache_seqlens"] + k) for one in sets]
+
+                def fa3_all(runs=runs):
+                    for run in runs:
+                        run()
+                fa3_all()
+                print(f"  {title} FA3 (no append): {graph_us(fa3_all, calls, rep=100) / input_sets:.2f} us",
+                      flush=True)
+            except Exception as exc:  # FA3 missing: say so
+                print(f"  {title} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+            sets.clear()
+            torch.cuda.empty_cache()
+    if os.environ.get("PROBE_S8_FULL", "1") in ("", "0"):
+        return
+    call, ref, copy_us = _full_decode_b4_16k()
+    print(f"  full decode B=4 16K page 16 shipped: {_full_decode_us(call, ref, {}, copy_us)}", flush=True)
+    if not WARM_ONLY:
+        print(f"  full decode B=4 16K kernels: {_kernel_breakdown(call)}", flush=True)
 
 
 def _full_verify_1k_s7(k: int = 4, input_sets: int = 16, context: int = 1024, splits=(2, 4, 8)) -> None:

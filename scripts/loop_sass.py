@@ -37,11 +37,11 @@ from swattn.kernels.configs import FwdConfig, forced_config  # noqa: E402
 H200_SMS = 132
 
 
-def decode_inputs(cache: str, context: int, left: int, num_splits: int) -> tuple[tuple, dict]:
-    """q, k, v and attention_forward's arguments of the decode layer; ``cache``: bf16, fp8-kv (bf16 q over e4m3)
-    or fp8 (q, K, V e4m3)."""
+def decode_inputs(cache: str, context: int, left: int, num_splits: int, tokens: int = 1) -> tuple[tuple, dict]:
+    """q, k, v and attention_forward's arguments of the decode layer (``tokens`` > 1: a speculative verify of that
+    many query positions per sequence); ``cache``: bf16, fp8-kv (bf16 q over e4m3) or fp8 (q, K, V e4m3)."""
     batch, pages = 16, context // 16
-    q = torch.empty(batch, 1, 64, 64, dtype=torch.bfloat16)
+    q = torch.empty(batch, tokens, 64, 64, dtype=torch.bfloat16)
     k = torch.empty(batch * pages, 16, 8, 64, dtype=torch.bfloat16)
     extra = dict(page_table=torch.arange(batch * pages, dtype=torch.int32).view(batch, pages),
                  seqlens_k=torch.full((batch,), context, dtype=torch.int32), sinks=torch.zeros(64), pack_gqa=True,
@@ -119,6 +119,7 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=-1, help="left window side (-1: full decode)")
     parser.add_argument("--context", type=int, default=16384)
     parser.add_argument("--splits", type=int, default=4, help="full decode's split count")
+    parser.add_argument("--tokens", type=int, default=1, help="query positions per sequence (k of a verify)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=INT",
                         help="a swattn.kernels.fwd setting during the capture, e.g. FP8_FENCED_WIDENING=1")
     parser.add_argument("--config", help="a forced config: block_m,block_n,warps,stages[,maxnreg]")
@@ -133,7 +134,7 @@ def main() -> int:
     if args.config:
         fields = [int(x) for x in args.config.split(",")]
         config = FwdConfig(*fields[:4], maxnreg=fields[4] if len(fields) > 4 and fields[4] else None)
-    inputs, arguments = decode_inputs(args.cache, args.context, args.window, args.splits)
+    inputs, arguments = decode_inputs(args.cache, args.context, args.window, args.splits, args.tokens)
     configs.FP8_KV_PAIRS = bool(args.kv_pairs)
     launch_args, launch_kwargs = captured_launch(inputs, arguments, settings, config)
     compiled, options, usage, sass = compile_for_hopper(fwd._swa_fwd_kernel, launch_args, launch_kwargs)

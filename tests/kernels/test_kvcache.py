@@ -693,6 +693,30 @@ def test_split_kv(num_splits, sinks, scenario, loop):
                                    msg="empty rows: LSE must be -inf, or the sink with sinks")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("config", [
+    pytest.param(FwdConfig(32, 16, 2, 5), id="32rows-2warps-5stages"),
+    pytest.param(FwdConfig(32, 16, 2, 3), id="32rows-2warps-3stages"),
+    pytest.param(FwdConfig(32, 32, 4, 3), id="32rows-4warps-32keys"),
+])
+def test_full_verify_split_tiles(dtype, config):
+    """A full-attention speculative verify of k = 4 tokens (PackGQA: 4 x 8 = 32 rows, one tile per KV head) on the
+    split loop's tile shapes ``configs.PAGED_SPLIT_WARPS`` and the serving probe choose from, 3 splits over pages of
+    16, the tokens appended in the call, sinks: output, LSE and cache against the reference."""
+    batch, k_tokens = 3, 4
+    cache = make_cache("paged-16", batch, 96, dtype=dtype)
+    q = random_q(batch, k_tokens, dtype=dtype)
+    k_new, v_new = (torch.randn(batch, k_tokens, HK, D, dtype=dtype) for _ in range(2))
+    before = i32([85, 40, 3])
+    sink_logits = torch.randn(H)
+    expected_cache = cache_after_append(cache, k_new, v_new, before)
+    with forced_config(config):
+        out, lse = run(q, cache, k=k_new, v=v_new, cache_seqlens=before, sinks=sink_logits, causal=True,
+                       num_splits=3)
+    assert torch.equal(cache.k, expected_cache.k) and torch.equal(cache.v, expected_cache.v)
+    check(out, lse, reference(q, expected_cache, before + k_tokens, sinks=sink_logits, causal=True), q)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Out-of-window pages may be freed: NaN data and garbage page indices are never read
 
