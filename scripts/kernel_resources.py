@@ -348,9 +348,10 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         ("decode full paged fp8 KV, 4 splits", fp8_full, dict(decode, fp8="kv"),
          dict(left=-1, right=0, pack_gqa=True, num_splits=4)),
         # The long full decodes' default since session 8 (configs.FP8_KV_PAIRS): two KV heads per program on their
-        # own block shape, 8 splits (B=16); forced here (a forced config turns the automatic pairs off).
-        ("decode full paged fp8 KV, two KV heads per program, 8 splits", fp8_pair_config(fp8_full),
-         dict(decode, fp8="kv"), dict(left=-1, right=0, pack_gqa=True, num_splits=8,
+        # own block shape, V fenced (configs.FP8_PAIR_FENCED_WIDENING), 16 splits (B=16); forced here (a forced
+        # config turns the automatic pairs off).
+        ("decode full paged fp8 KV, two KV heads per program, 16 splits", fp8_pair_config(fp8_full),
+         dict(decode, fp8="kv"), dict(left=-1, right=0, pack_gqa=True, num_splits=16,
                                       fwd_settings={"FP8_TWO_KV_HEADS": 3})),
         ("decode W(127,0) paged fp8 q/K/V", fp8_window, dict(decode, fp8="qkv"),
          dict(left=127, right=0, pack_gqa=True)),

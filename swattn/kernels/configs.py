@@ -177,16 +177,24 @@ MAX_SPLITS = 64
 # (128, 4, 2) default in the same run: B=16 16K 99.98 vs 102.21 us, B=4 128K 187.51 vs 197.60 (s6-call4); B=4 128K
 # 198.54 vs 208.52, B=16 131040 785.27 vs 837.79 (s6 final, under CUDA_LAUNCH_BLOCKING); B=16 131040 747.74 vs
 # 777.41 (s7-call11); but B=4 16K 32.44 vs 31.77 (s6-call4): 33 splits of 497 keys, 8 blocks of 64 keys each.
-# (block_n, num_warps, register cap, programs per SM) per tile height, as FP8_PAGED_SPLIT_BLOCKS: (16, 64, 4, 2)
-# capped at 128 compiles to 128 registers, 16 B stack, 4 programs per SM (Triton 3.6, sm_90); the split count plans
-# a wave of them (half the programs per split of one KV head per program, so twice the splits).
+# (block_n, num_warps, register cap, programs per SM) per tile height, as FP8_PAGED_SPLIT_BLOCKS, and the widening:
+# (16, 32, 2, 2) capped at 128 with V fenced (FP8_PAIR_FENCED_WIDENING 2), 8 two-warp programs per SM: H200
+# (s8-call4, 12:25 UTC, main 25b8463, scripts/gpu_fp8_decode.py s8b_*; us, vs the same run's bf16): B=16 16K 88.06
+# (1.50x, 72% of copy) against 99.15 for (16, 64, 4, 2) capped at 128, 4 per SM, not fenced (the default before),
+# 91.36 for that shape with V fenced, 104.22 with K and V fenced, 98.38 for (16, 32, 2, 2) not fenced, 101.15 for one
+# KV head; B=4 128K 167.26 (1.52x, 76%) against 186.61 / 172.65 / 196.84 / 192.86 / 196.92. B=16 131040 (not timed
+# at this shape): (16, 64, 4, 2) with V fenced 676.69 (1.45x, 75%) against 722.28 not fenced. Compiled (Triton 3.6,
+# sm_90): 128 registers, 16 B stack, 19 KB shared, 401 interior-loop instructions per 2 x 32 keys and warp. The
+# split count plans a wave of them (half the programs per split of one KV head at twice the programs per SM, so
+# four times the splits, at most MAX_SPLITS).
 FP8_KV_PAIRS = os.environ.get("SWATTN_FP8_KV_PAIRS", "1") != "0"
-FP8_PAIR_SPLIT_BLOCKS: dict[int, tuple[int, int, int | None, int]] = {16: (64, 4, 128, 4)}
+FP8_PAIR_SPLIT_BLOCKS: dict[int, tuple[int, int, int | None, int]] = {16: (32, 2, 128, 8)}
 # The e4m3 widening of the pairs' loop where fwd.FP8_FENCED_WIDENING does not set one (0: plain ``.to``; 1: K and V
 # fenced; 2: V only; compiled only, see fwd.FP8_FENCED_WIDENING).
-FP8_PAIR_FENCED_WIDENING = 0
-# Fewest keys per split (with the pairs' split count) for which the pairs are taken: between the 497 measured
-# slower (B=4 16K) and the 2,048 measured faster (B=16 16K).
+FP8_PAIR_FENCED_WIDENING = 2
+# Fewest keys per split (with the pairs' split count) for which the pairs are taken: B=16 16K (1,025 keys per split
+# at 16 splits) measured faster; B=4 16K with (16, 64, 4, 2) at 4 per SM (497 keys, 33 splits) slower (32.44 vs
+# 31.77 us, s6-call4; 32.49 vs 31.82, s8-call2).
 FP8_PAIR_MIN_KEYS_PER_SPLIT = 1024
 
 

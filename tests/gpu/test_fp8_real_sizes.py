@@ -84,8 +84,9 @@ def test_decode_paged_fp8_kv(batch, context, left, new):
 @pytest.mark.parametrize("batch,context", [(16, 16384), (4, 65536)], ids=str)
 def test_full_decode_takes_two_kv_heads_per_program(monkeypatch, batch, context):
     """The default full-attention decode over an e4m3 paged cache (gpt-oss layer, automatic split count) takes two
-    KV heads per program (configs.FP8_KV_PAIRS: B=16 16K 8 splits, B=4 64K 33), against the reference and within
-    bf16's tolerance of one KV head per program (the switch off: 4 / 16 splits)."""
+    KV heads per program (configs.FP8_KV_PAIRS: B=16 16K 16 splits, B=4 64K 64; V widened through the fence,
+    configs.FP8_PAIR_FENCED_WIDENING), against the reference and within bf16's tolerance of one KV head per program
+    (the switch off: 4 / 16 splits)."""
     from swattn.kernels import configs, fwd
     heads, kv_heads, head_dim, page_size = 64, 8, 64, 16
     pages = context // page_size + 1
@@ -105,6 +106,9 @@ def test_full_decode_takes_two_kv_heads_per_program(monkeypatch, batch, context)
         fwd._PLANS.clear()
         outs[on] = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
         assert [plan.kv_pair for plan in fwd._PLANS.values() if plan.launches] == [3 if on else 0]
+        if on:
+            (plan,) = [plan for plan in fwd._PLANS.values() if plan.launches]
+            assert plan.main.constexprs["WIDEN"] == fwd._FENCED_MODES[configs.FP8_PAIR_FENCED_WIDENING]
     ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, page_table=table, k_descale=kd,
                                              v_descale=vd, causal=True, sinks=sinks, **REF)
     for out, lse in outs.values():

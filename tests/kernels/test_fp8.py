@@ -480,7 +480,7 @@ def test_two_kv_heads_per_program_by_default(monkeypatch, dtype):
     interpreter's 4 "SMs"), with sinks and softcap; the output agrees with one KV head per program (the switch off)
     and with the reference; a window decode of the same cache keeps one KV head per program."""
     from swattn.kernels import configs, fwd
-    monkeypatch.setattr(configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT", 32)
+    monkeypatch.setattr(configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT", 16)
     pages, page_size = 40, 16
     k_cache, v_cache = e4m3(pages, page_size, HK, D), e4m3(pages, page_size, HK, D)
     table = torch.randperm(pages).view(1, pages).to(torch.int32)
@@ -516,24 +516,23 @@ def test_two_kv_heads_per_program_by_default(monkeypatch, dtype):
 
 def test_split_count_plans_two_kv_heads_per_program():
     """The automatic split count of the e4m3 full decode (gpt-oss layer, H200's 132 SMs, page tables a page longer
-    than the context) plans a wave of two-KV-head programs where ``configs.fp8_pair_split_count`` takes them (B=16
-    16K-128K: 8 splits; B=4 64K-128K: 33) and one KV head's elsewhere (B=4 16K: 16 splits of 1,024 keys, since with
-    pairs they would be 33 of 497, measured slower); off with ``FP8_KV_PAIRS``."""
+    than the context) plans a wave of two-KV-head programs (8 per SM) where ``configs.fp8_pair_split_count`` takes
+    them (B=16 16K-128K: 16 splits; B=4 64K-128K: 64) and one KV head's elsewhere (B=4 16K / 32K: 16 splits of 1,025 /
+    2,049 keys, since with pairs they would be 64 of 257 / 513); off with ``FP8_KV_PAIRS``."""
     from swattn.interface import split_count
     from swattn.kernels import configs
-    for batch, context, splits in ((16, 16384, 8), (16, 131072, 8), (4, 131072, 33), (4, 65536, 33),
-                                   (4, 16384, 16), (4, 32768, 16)):
+    for batch, context, splits, paired in ((16, 16384, 16, True), (16, 131072, 16, True), (4, 131072, 64, True),
+                                           (4, 65536, 64, True), (4, 16384, 16, False), (4, 32768, 16, False)):
         keys = context + 16
         assert split_count(8 * batch, keys, 132, 8, True, True, kv_pairs=True) == splits, (batch, context)
-        paired = configs.fp8_pair_split_count(8 * batch, keys, 132)
-        assert paired == (splits if splits != 16 else 0)
+        assert configs.fp8_pair_split_count(8 * batch, keys, 132) == (splits if paired else 0)
         assert split_count(8 * batch, keys, 132, 8, True, True) == 4 * 132 // (8 * batch)
     assert configs.fp8_pair_split_count(8 * 64, 131072, 132) == 0  # no split regime: one KV head per program
     assert configs.fp8_pair_split_count(8, 131072, 132) == 0  # B=1: 64 splits of pairs would fill half a wave
     # The kernel takes the pairs with the planned count or more, not with a caller's count far below it (B=16 16K
-    # with 4 splits: 256 pair programs would leave half the slots empty, where one head's 512 fill them).
-    assert configs.fp8_pairs_taken(128, 16400, 132, 8) and configs.fp8_pairs_taken(128, 16400, 132, 16)
-    assert not configs.fp8_pairs_taken(128, 16400, 132, 4)
+    # with 8 splits: 512 pair programs would leave half the slots empty at 8 per SM).
+    assert configs.fp8_pairs_taken(128, 16400, 132, 16) and configs.fp8_pairs_taken(128, 16400, 132, 32)
+    assert not configs.fp8_pairs_taken(128, 16400, 132, 8)
     assert not configs.fp8_pairs_taken(32, 16400, 132, 16)  # B=4 16K: one head whatever the count
     assert not configs.fp8_kv_pairs_fit(True, True, True, 8, 1, 7, 64, True, True, False)  # odd Hk
     assert configs.fp8_kv_pairs_fit(True, True, True, 8, 1, 8, 64, True, True, False)
