@@ -158,6 +158,14 @@ PAIRS_32_8_FENCED_V = (False, (32, 2, 2, False, False, 128), dict(pair=3, per_sm
 PAIRS_96_5_FENCED = (False, (64, 4, 2, False, False, 96), dict(pair=3, per_sm=5, fenced=1))
 S8B = [(False, None), PAIRS_FENCED, PAIRS_FENCED_V, PAIRS_32_8_FENCED, PAIRS_32_8_FENCED_V, PAIRS_96_5_FENCED,
        PAIRS_32_8, ONE_HEAD]
+# Since 023b991 "shipped" is the pairs on (32, 2, 2) capped at 128, 8/SM, V fenced (configs.FP8_PAIR_FENCED_WIDENING,
+# which forced pairs take too; ``pairfence=0`` turns it off). The pairs default of ef54760 beside it, and at shapes
+# the rule leaves to one KV head (B=4 16K / 32K, B=8 16K) the new pair shape forced at 8 and 4 per SM.
+PAIRS_BEFORE = (False, (64, 4, 2, False, False, 128), dict(pair=3, per_sm=4, pairfence=0))
+PAIRS_NEW_8 = (False, (32, 2, 2, False, False, 128), dict(pair=3, per_sm=8))
+PAIRS_NEW_4 = (False, (32, 2, 2, False, False, 128), dict(pair=3, per_sm=4))
+S8C = [(False, None), PAIRS_BEFORE, ONE_HEAD]
+S8C_SHORT = [(False, None), PAIRS_NEW_8, PAIRS_NEW_4]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -186,6 +194,11 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s8_b4_128k": (4, 131072, None, S8_LONG), "s8_b16_128k": (16, 131040, None, S8),
           "s8b_b16_16k": (16, 16384, None, S8B + [FA3_FP8]), "s8b_b4_128k": (4, 131072, None, S8B),
           "s8b_b16_128k": (16, 131040, None, S8B[:3] + [ONE_HEAD]),
+          "s8c_b16_16k": (16, 16384, None, S8C + [FA3_FP8]), "s8c_b4_128k": (4, 131072, None, S8C),
+          "s8c_b16_128k": (16, 131040, None, S8C[:1] + S8C[2:]), "s8c_b16_32k": (16, 32768, None, S8C[:1]),
+          "s8c_b4_64k": (4, 65536, None, S8C[:1] + S8C[2:]),
+          "s8c_b4_32k": (4, 32768, None, S8C_SHORT), "s8c_b8_16k": (8, 16384, None, S8C_SHORT),
+          "s8c_b4_16k": (4, 16384, None, S8C_SHORT[:2]),
           "s8b_b4_16k": (4, 16384, None, [(False, None), PAIRS_FENCED_V, (False, (64, 4, 2, False, False, 128),
                                                                          dict(pair=3, per_sm=4, fenced=2))])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
@@ -281,6 +294,7 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += f" L2 fetch {options['l2fetch']} B" if "l2fetch" in options else ""
     shown += " contiguous" if options.get("contig") else ""
     shown += " one KV head/program" if options.get("kvpairs") is False else ""
+    shown += f" pair widening {options['pairfence']}" if "pairfence" in options else ""
     if options.get("heads"):
         shown = "all KV heads/program ({},{},{}) {}/SM cap {}".format(*options["heads"])
     shown += {0: "", 1: " fenced widening", 2: " fenced widening (V)"}[int(options.get("fenced", 0))]
@@ -345,10 +359,11 @@ def main() -> None:
                 calls = [dict(c, num_splits=options["splits"]) for c in calls]
             forced = forced_config(FwdConfig(16, *config)) if config is not None else None
             pairs, prefetch, two_heads = fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS
-            kv_pairs = configs.FP8_KV_PAIRS
+            kv_pairs, pair_fence = configs.FP8_KV_PAIRS, configs.FP8_PAIR_FENCED_WIDENING
             partner, fenced = fwd.FP8_PREFETCH_PARTNER, fwd.FP8_FENCED_WIDENING
             fwd.FP8_TWO_KV_HEADS = options.get("pair", 0)  # part of the plans' key (fwd.settings)
             configs.FP8_KV_PAIRS = options.get("kvpairs", kv_pairs)  # part of the plans' key (fwd.settings)
+            configs.FP8_PAIR_FENCED_WIDENING = options.get("pairfence", pair_fence)  # likewise
             fwd.FP8_FENCED_WIDENING = int(options.get("fenced", 0))  # part of the plans' key (fwd.settings)
             fwd.FP8_PREFETCH_PARTNER = options.get("partner", 0)  # part of the plans' key (fwd.settings)
             l2_before = None
@@ -384,7 +399,7 @@ def main() -> None:
                     forced.__exit__(None, None, None)
                 fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS = pairs, prefetch, two_heads
                 fwd.FP8_PREFETCH_PARTNER, fwd.FP8_FENCED_WIDENING = partner, fenced
-                configs.FP8_KV_PAIRS = kv_pairs
+                configs.FP8_KV_PAIRS, configs.FP8_PAIR_FENCED_WIDENING = kv_pairs, pair_fence
                 if l2_before is not None:
                     l2_fetch_limit(l2_before)
             read = kv_bytes if quantize_q is None else kv_bytes / 2
