@@ -1357,18 +1357,21 @@ def _kernel_breakdown(call, calls: int = 20) -> str:
     from torch.profiler import ProfilerActivity, profile
     if WARM_ONLY:
         return ""
-    call()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            call()
+    try:
+        call()
         torch.cuda.synchronize()
-    rows = []
-    for event in prof.key_averages():
-        if event.device_type == torch.autograd.DeviceType.CUDA and event.count:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                call()
+            torch.cuda.synchronize()
+        rows = []
+        for event in prof.key_averages():
             total = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0.0)
-            rows.append(f"{event.key[:40]} {total / event.count:.2f} us x {event.count // calls}")
-    return "; ".join(rows)
+            if total and event.count:
+                rows.append(f"{event.key[:40]} {total / event.count:.2f} us x {event.count / calls:g}")
+        return "; ".join(rows)
+    except Exception as exc:  # a diagnostic: report and go on
+        return f"profiler failed: {type(exc).__name__}: {str(exc)[:100]}"
 
 
 def serving_s8() -> None:
