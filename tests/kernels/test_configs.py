@@ -68,13 +68,14 @@ def test_paged_split_stages_and_their_occupancy(monkeypatch):
     assert split_count(32, 16384, SMS, 8, paged=True) == 24
 
 
-def test_paged_split_warps_set_the_tile_and_the_split_count(monkeypatch):
-    """``configs.PAGED_SPLIT_WARPS`` gives a paged split loop's tile height its warps and programs per SM (which the
-    automatic split count fills); contiguous and e4m3 caches keep theirs."""
-    monkeypatch.setattr(configs, "PAGED_SPLIT_WARPS", {32: (2, 4)})
+def test_paged_split_tiles_set_the_tile_and_the_split_count(monkeypatch):
+    """``configs.PAGED_SPLIT_TILES`` gives a paged split loop's tile height its block, warps, stages and programs per SM
+    (which the automatic split count fills); contiguous and e4m3 caches keep theirs."""
+    monkeypatch.setattr(configs, "PAGED_SPLIT_TILES", {32: (64, 2, 5, 4), 64: (128, 4, 3, 2)})
     assert _bf16_forward_config(64, 32, True, None, 2048, paged=True) == FwdConfig(32, 64, 2, 5)
     assert _bf16_forward_config(64, 32, True, None, 2048) == FwdConfig(32, 64, 4, 3)
-    assert _bf16_forward_config(64, 64, True, None, 2048, paged=True) == FwdConfig(64, 64, 4, 5)
+    assert _bf16_forward_config(64, 64, True, None, 2048, paged=True) == FwdConfig(64, 128, 4, 3)
+    assert split_count(128, 8192, SMS, 64, paged=True) == 2
     assert _bf16_forward_config(64, 32, True, None, 2048, paged=True, head_blocks=False) == FwdConfig(32, 64, 4, 5)
     assert split_count(128, 8192, SMS, 32, paged=True) == 4  # 512 programs, 4 per SM: one wave
     assert split_count(128, 8192, SMS, 32, paged=True, fp8=True) == 3

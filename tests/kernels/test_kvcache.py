@@ -701,7 +701,7 @@ def test_split_kv(num_splits, sinks, scenario, loop):
 ])
 def test_full_verify_split_tiles(dtype, config):
     """A full-attention speculative verify of k = 4 tokens (PackGQA: 4 x 8 = 32 rows, one tile per KV head) on the
-    split loop's tile shapes ``configs.PAGED_SPLIT_WARPS`` and the serving probe choose from, 3 splits over pages of
+    split loop's tile shapes ``configs.PAGED_SPLIT_TILES`` and the serving probe choose from, 3 splits over pages of
     16, the tokens appended in the call, sinks: output, LSE and cache against the reference."""
     batch, k_tokens = 3, 4
     cache = make_cache("paged-16", batch, 96, dtype=dtype)
