@@ -194,10 +194,12 @@ FP8_PAIR_SPLIT_BLOCKS: dict[int, tuple[int, int, int | None, int]] = {16: (32, 2
 # The e4m3 widening of the pairs' loop where fwd.FP8_FENCED_WIDENING does not set one (0: plain ``.to``; 1: K and V
 # fenced; 2: V only; compiled only, see fwd.FP8_FENCED_WIDENING).
 FP8_PAIR_FENCED_WIDENING = 2
-# Fewest keys per split (with the pairs' split count) for which the pairs are taken: B=16 16K (1,025 keys per split
-# at 16 splits) measured faster; B=4 16K with (16, 64, 4, 2) at 4 per SM (497 keys, 33 splits) slower (32.44 vs
-# 31.77 us, s6-call4; 32.49 vs 31.82, s8-call2).
-FP8_PAIR_MIN_KEYS_PER_SPLIT = 1024
+# Fewest keys per split (with the pairs' split count) for which the pairs are taken: longer than SHORT_SPLIT_KEYS,
+# whose splits take the single loop (no pairs there). H200 (s8-call5, 12:36 UTC, main 30fbaf4; fp8-kv, us; this
+# shape forced against one KV head per program, the rule's choice then): B=4 16K 64 splits of 257 keys 29.95 vs
+# 32.11, B=8 16K 33 of 497 49.61 vs 55.15, B=4 32K 64 of 513 49.95 vs 55.65. (At 4 per SM, not fenced, (16, 64, 4,
+# 2) had lost at B=4 16K: 32.44 vs 31.77, s6-call4.)
+FP8_PAIR_MIN_KEYS_PER_SPLIT = 257
 
 
 def fp8_kv_pairs_fit(fp8_kv: bool, pack_gqa: bool, full_attention: bool, rows_per_tile: int, seqlen_q: int,

@@ -517,12 +517,14 @@ def test_two_kv_heads_per_program_by_default(monkeypatch, dtype):
 def test_split_count_plans_two_kv_heads_per_program():
     """The automatic split count of the e4m3 full decode (gpt-oss layer, H200's 132 SMs, page tables a page longer
     than the context) plans a wave of two-KV-head programs (8 per SM) where ``configs.fp8_pair_split_count`` takes
-    them (B=16 16K-128K: 16 splits; B=4 64K-128K: 64) and one KV head's elsewhere (B=4 16K / 32K: 16 splits of 1,025 /
-    2,049 keys, since with pairs they would be 64 of 257 / 513); off with ``FP8_KV_PAIRS``."""
+    them (B=16 16K-128K: 16 splits; B=4 16K-128K: 64; B=8 16K: 33) and one KV head's elsewhere (B=4 8K: 64 pair
+    splits would be 129 keys, the single loop's; B=2: 512 pair programs, under three quarters of a wave); off with
+    ``FP8_KV_PAIRS``."""
     from swattn.interface import split_count
     from swattn.kernels import configs
     for batch, context, splits, paired in ((16, 16384, 16, True), (16, 131072, 16, True), (4, 131072, 64, True),
-                                           (4, 65536, 64, True), (4, 16384, 16, False), (4, 32768, 16, False)):
+                                           (4, 65536, 64, True), (4, 16384, 64, True), (4, 32768, 64, True),
+                                           (8, 16384, 33, True), (2, 65536, 33, False)):
         keys = context + 16
         assert split_count(8 * batch, keys, 132, 8, True, True, kv_pairs=True) == splits, (batch, context)
         assert configs.fp8_pair_split_count(8 * batch, keys, 132) == (splits if paired else 0)
@@ -533,7 +535,7 @@ def test_split_count_plans_two_kv_heads_per_program():
     # with 8 splits: 512 pair programs would leave half the slots empty at 8 per SM).
     assert configs.fp8_pairs_taken(128, 16400, 132, 16) and configs.fp8_pairs_taken(128, 16400, 132, 32)
     assert not configs.fp8_pairs_taken(128, 16400, 132, 8)
-    assert not configs.fp8_pairs_taken(32, 16400, 132, 16)  # B=4 16K: one head whatever the count
+    assert not configs.fp8_pairs_taken(32, 8208, 132, 64)  # B=4 8K: one head whatever the count
     assert not configs.fp8_kv_pairs_fit(True, True, True, 8, 1, 7, 64, True, True, False)  # odd Hk
     assert configs.fp8_kv_pairs_fit(True, True, True, 8, 1, 8, 64, True, True, False)
     assert not configs.fp8_kv_pairs_fit(False, True, True, 8, 1, 8, 64, True, True, False)  # all-fp8
