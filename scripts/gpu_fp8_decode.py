@@ -199,6 +199,11 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s8c_b4_64k": (4, 65536, None, S8C[:1] + S8C[2:]),
           "s8c_b4_32k": (4, 32768, None, S8C_SHORT), "s8c_b8_16k": (8, 16384, None, S8C_SHORT),
           "s8c_b4_16k": (4, 16384, None, S8C_SHORT[:2]),
+          # Since 122eb1d the pairs reach 257 keys per split: the default at the shapes that had kept one KV head.
+          "s8d_b4_16k": (4, 16384, None, [(False, None), ONE_HEAD]),
+          "s8d_b4_32k": (4, 32768, None, [(False, None), ONE_HEAD]),
+          "s8d_b8_16k": (8, 16384, None, [(False, None), ONE_HEAD]),
+          "s8d_b16_16k": (16, 16384, None, [(False, None), ONE_HEAD, FA3_FP8]),
           "s8b_b4_16k": (4, 16384, None, [(False, None), PAIRS_FENCED_V, (False, (64, 4, 2, False, False, 128),
                                                                          dict(pair=3, per_sm=4, fenced=2))])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
