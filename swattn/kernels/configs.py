@@ -126,16 +126,19 @@ PAGED_SPLIT_STAGES: dict[int, int] = {32: 5, 64: 5}
 # Resident programs per SM of the split loop with 5 stages (Triton 3.6, sm_90): (16, 64, 2, 5) 164 registers, 37
 # KB of shared memory -> 6; (32, 64, 4, 5) 152 -> 3; (64, 64, 4, 5) 164 -> 3.
 SPLIT_PROGRAMS_PER_SM_5_STAGES = {16: 6, 32: 3, 64: 3}
-# Per tile height, (block_n, num_warps, num_stages, programs per SM) of the pipelined split loop over a PAGED cache
-# (bf16 / fp16 K/V) in place of the default (64-key blocks; 2 warps for 16 rows, 4 for taller tiles;
-# PAGED_SPLIT_STAGES; programs per SM from the tables above); the programs per SM set the automatic split count.
-# A 32-row verify tile (k = 4 at G = 8) on 2 warps keeps each warp's 16 rows whole (no row max / sum across warps
-# through shared memory). Compiled for sm_90 (Triton 3.6), interior loop per 64 keys and program: (32, 64, 4, 5)
-# 4 x 471 = 1884 SASS instructions, 152 registers, 3 per SM; (32, 64, 2, 5) 2 x 707 = 1414, 255 registers without
-# spills, 4 per SM; (32, 64, 2, 3) 2 x 643 = 1286, 4 per SM; (32, 128, 4, 3) 4 x 567 / 2 = 1134, 192 registers, 2
-# per SM; k = 8's (64, 64, 4, 5) 4 x 476 = 1904, 164 registers, 3 per SM; (64, 128, 4, 3) 4 x 602 / 2 = 1204, 228
-# registers, 2 per SM; decode's (16, 64, 2, 3) 2 x 477 = 954. Empty until timed (scripts/gpu_probe.py serving_s8).
-PAGED_SPLIT_TILES: dict[int, tuple[int, int, int, int]] = {}
+# Per tile height (k x G rows, a power of two), (block_m, block_n, num_warps, num_stages, programs per SM) of the
+# pipelined split loop over a PAGED cache (bf16 / fp16 K/V) in place of the default (the tile's own rows, 64-key
+# blocks, 2 warps for 16 rows and 4 for taller tiles, PAGED_SPLIT_STAGES, programs per SM from the tables above);
+# the programs per SM set the automatic split count. Compiled for sm_90 (Triton 3.6), interior loop per 64 keys and
+# program (SASS instructions): k = 4's (32, 64, 4, 5) 4 x 471 = 1884, 152 registers, 3 per SM (its 2 x 2 warps
+# reduce each row's max and sum across warps through shared memory); (32, 64, 2, 5) 2 x 707 = 1414, 255 registers,
+# 4 per SM; k = 8's 64-row wgmma tile (64, 64, 4, 5) 4 x 476 = 1904, 164 registers, 3 per SM; decode's (16, 64, 2,
+# 3) 2 x 477 = 954. H200 (scripts/gpu_probe.py serving_s8, s8-call5, main ec1065b), full-attention verify k = 4,
+# B=16 page 16, appended, us per call: 8K (one set) the 64-row tile at 3 splits 83.94 against 95.75 for (32, 64, 4,
+# 5) at 3, (32, 64, 2, 5) at 4 splits 83.75, (32, 64, 2, 3) at 4 92.38, (32, 128, 4, 3) at 2 96.24, FA3 76.93; 1K
+# (16 cold sets) 26.68 against 26.80, (32, 64, 2, 5) at 4 28.23, FA3 20.29. So k = 4 runs in k = 8's tile (its 32
+# padded rows masked, as VERIFY_PADDED_ROWS does for the window verify).
+PAGED_SPLIT_TILES: dict[int, tuple[int, int, int, int, int]] = {32: (64, 64, 4, 5, 3)}
 
 
 # fp8 (e4m3) K/V on decode-sized PackGQA tiles (bf16 q over an e4m3 cache, or q/K/V all e4m3). A K/V block is half
@@ -265,7 +268,7 @@ def split_programs_per_sm(rows_per_tile: int, short: bool, paged: bool = False, 
     if fp8 and paged and block_m in FP8_PAGED_SPLIT_BLOCKS:
         return FP8_PAGED_SPLIT_BLOCKS[block_m][3]
     if paged and not fp8 and block_m in PAGED_SPLIT_TILES:
-        return PAGED_SPLIT_TILES[block_m][3]
+        return PAGED_SPLIT_TILES[block_m][4]
     if paged and PAGED_SPLIT_STAGES.get(block_m, 3) >= 5:
         return SPLIT_PROGRAMS_PER_SM_5_STAGES[block_m]
     return SPLIT_PROGRAMS_PER_SM[block_m]
@@ -387,8 +390,8 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
         # programs per SM, more loads in flight: B=16 137 us (12 splits) vs 150 us with four warps, B=4 42 vs 46.
         # Paged caches: PAGED_SPLIT_STAGES (two K/V blocks in flight take 5 stages there) and PAGED_SPLIT_TILES.
         if paged and head_blocks and block_m in PAGED_SPLIT_TILES:
-            block_n, warps, stages, _ = PAGED_SPLIT_TILES[block_m]
-            return FwdConfig(block_m, block_n, warps, stages)
+            tile_m, block_n, warps, stages, _ = PAGED_SPLIT_TILES[block_m]
+            return FwdConfig(tile_m, block_n, warps, stages)
         return FwdConfig(block_m, 64, 2 if block_m <= 16 else 4, PAGED_SPLIT_STAGES.get(block_m, 3) if paged else 3)
     if small_window:
         # Short KV loops: one masked loop; W127 D64 16K: 252 us (64, 32, 4, 2, single) vs 262 us three loops.

@@ -60,6 +60,7 @@ def test_paged_split_stages_and_their_occupancy(monkeypatch):
     """``configs.PAGED_SPLIT_STAGES`` sets the pipelined split loop's stages on paged caches only (a contiguous
     cache keeps 3), and the split count plans for the programs per SM of that loop."""
     monkeypatch.setattr(configs, "PAGED_SPLIT_STAGES", {16: 5, 32: 5})
+    monkeypatch.setattr(configs, "PAGED_SPLIT_TILES", {})
     assert _bf16_forward_config(64, 8, True, None, 683, paged=True) == FwdConfig(16, 64, 2, 5)
     assert _bf16_forward_config(64, 8, True, None, 683) == FwdConfig(16, 64, 2, 3)
     assert _bf16_forward_config(64, 32, True, None, 2048, paged=True) == FwdConfig(32, 64, 4, 5)
@@ -71,7 +72,7 @@ def test_paged_split_stages_and_their_occupancy(monkeypatch):
 def test_paged_split_tiles_set_the_tile_and_the_split_count(monkeypatch):
     """``configs.PAGED_SPLIT_TILES`` gives a paged split loop's tile height its block, warps, stages and programs per SM
     (which the automatic split count fills); contiguous and e4m3 caches keep theirs."""
-    monkeypatch.setattr(configs, "PAGED_SPLIT_TILES", {32: (64, 2, 5, 4), 64: (128, 4, 3, 2)})
+    monkeypatch.setattr(configs, "PAGED_SPLIT_TILES", {32: (32, 64, 2, 5, 4), 64: (64, 128, 4, 3, 2)})
     assert _bf16_forward_config(64, 32, True, None, 2048, paged=True) == FwdConfig(32, 64, 2, 5)
     assert _bf16_forward_config(64, 32, True, None, 2048) == FwdConfig(32, 64, 4, 3)
     assert _bf16_forward_config(64, 64, True, None, 2048, paged=True) == FwdConfig(64, 128, 4, 3)
@@ -80,6 +81,15 @@ def test_paged_split_tiles_set_the_tile_and_the_split_count(monkeypatch):
     assert split_count(128, 8192, SMS, 32, paged=True) == 4  # 512 programs, 4 per SM: one wave
     assert split_count(128, 8192, SMS, 32, paged=True, fp8=True) == 3
     assert split_count(128, 8192, SMS, 32) == 4
+
+
+def test_full_verify_k4_runs_in_the_64_row_tile():
+    """The shipped ``PAGED_SPLIT_TILES``: a k = 4 full-attention verify (32 rows) on a paged cache takes k = 8's
+    64-row 4-warp tile at 3 splits (one wave of 3 per SM); a contiguous cache keeps its 32-row tile."""
+    assert split_count(128, 8208, SMS, 32, paged=True) == 3
+    assert _bf16_forward_config(64, 32, True, None, 2736, 384 / SMS, paged=True) == FwdConfig(64, 64, 4, 5)
+    assert _bf16_forward_config(64, 32, True, None, 2736, 384 / SMS) == FwdConfig(32, 64, 4, 3)
+    assert _bf16_forward_config(64, 8, True, None, 2736, 768 / SMS, paged=True) == FwdConfig(16, 64, 2, 3)
 
 
 @pytest.mark.parametrize("programs, keys", [(128, 128), (128, 896), (8, 896), (SMS, 1 << 17), (4096, 1 << 17)])
@@ -136,6 +146,7 @@ def test_fp8_decode_tiles_take_their_own_stages(monkeypatch):
     monkeypatch.setattr(configs, "FP8_SINGLE_LOOP_STAGES", 2)
     monkeypatch.setattr(configs, "FP8_DECODE_MAXNREG", 168)
     monkeypatch.setattr(configs, "FP8_PAGED_SPLIT_BLOCKS", {})
+    monkeypatch.setattr(configs, "PAGED_SPLIT_TILES", {})  # timed for bf16 / fp16 K/V only
     fp8 = FwdConfig(16, 64, 2, 5, maxnreg=168)
     assert forward_config(64, 8, True, None, 2, 2731, 6, paged=True, fp8_kv=True) == fp8
     assert forward_config(64, 8, True, None, 1, 2731, 6, paged=True, fp8_kv=True) == fp8

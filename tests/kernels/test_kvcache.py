@@ -698,6 +698,7 @@ def test_split_kv(num_splits, sinks, scenario, loop):
     pytest.param(FwdConfig(32, 16, 2, 5), id="32rows-2warps-5stages"),
     pytest.param(FwdConfig(32, 16, 2, 3), id="32rows-2warps-3stages"),
     pytest.param(FwdConfig(32, 32, 4, 3), id="32rows-4warps-32keys"),
+    pytest.param(FwdConfig(64, 16, 4, 5), id="padded-64rows-4warps"),
 ])
 def test_full_verify_split_tiles(dtype, config):
     """A full-attention speculative verify of k = 4 tokens (PackGQA: 4 x 8 = 32 rows, one tile per KV head) on the
