@@ -1375,6 +1375,20 @@ def _kernel_breakdown(call, calls: int = 20) -> str:
         return f"profiler failed: {type(exc).__name__}: {str(exc)[:100]}"
 
 
+
+def _fa3_verify_us(sets: list, k: int, calls: int) -> float:
+    """FA3's verify (``flash_attn_with_kvcache`` with k queries, no append) over every input set, graph-replayed:
+    us per call (``calls`` replays of all sets per graph)."""
+    from swattn.bench import peers
+    runs = [peers.fa3(one["q"], one["k_cache"], one["v_cache"], -1, one["sinks"], one["page_table"],
+                      one["cache_seqlens"] + k) for one in sets]
+
+    def fa3_all():
+        for run in runs:
+            run()
+    fa3_all()
+    return graph_us(fa3_all, calls, rep=100) / len(sets)
+
 def serving_s8() -> None:
     """Session 8 (issue 21): full-attention speculative verify (gpt-oss layer, B=16, page 16, sinks, k = 2 / 4 / 8
     tokens appended in the call by the default append) at 1K (16 cold input sets) and 8K (one set, 16 calls per
@@ -1384,7 +1398,6 @@ def serving_s8() -> None:
     the 2-warp tile at 1K. Then full decode B=4 16K against the copy of its bytes. PROBE_KS picks ks,
     PROBE_S8_CONTEXTS contexts (e.g. 1024,8192), PROBE_S8_FULL=0 skips the full decode."""
     from swattn import reference
-    from swattn.bench import peers
     from swattn.kernels import fwd
     contexts = tuple(int(c) for c in os.environ.get("PROBE_S8_CONTEXTS", "1024,8192").split(",") if c)
     for context in contexts:
@@ -1431,15 +1444,7 @@ def serving_s8() -> None:
                     for name, value in previous.items():
                         setattr(fwd, name, value)
             try:
-                runs = [peers.fa3(one["q"], one["k_cache"], one["v_cache"], -1, one["sinks"], one["page_table"],
-                                  one["cache_seqlens"] + k) for one in sets]
-
-                def fa3_all(runs=runs):
-                    for run in runs:
-                        run()
-                fa3_all()
-                print(f"  {title} FA3 (no append): {graph_us(fa3_all, calls, rep=100) / input_sets:.2f} us",
-                      flush=True)
+                print(f"  {title} FA3 (no append): {_fa3_verify_us(sets, k, calls):.2f} us", flush=True)
             except Exception as exc:  # FA3 missing: say so
                 print(f"  {title} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
             sets.clear()
@@ -1459,7 +1464,6 @@ def _full_verify_1k_s7(k: int = 4, input_sets: int = 16, context: int = 1024, sp
     on), ``no isolation`` (fwd.ISOLATE_NON_FINITE off: what the redo launch costs; not a shippable mode), ``N
     splits``; FA3 beside (no append)."""
     from swattn import ops
-    from swattn.bench import peers
     from swattn.kernels import fwd
     heads, kv_heads, head_dim, batch, page_size = 64, 8, 64, 16, 16
     pages = context // page_size + 1
@@ -1492,16 +1496,7 @@ def _full_verify_1k_s7(k: int = 4, input_sets: int = 16, context: int = 1024, sp
             for name, value in previous.items():
                 setattr(module, name, value)
     try:
-        runs = [peers.fa3(one["q"], one["k_cache"], one["v_cache"], -1, one["sinks"], one["page_table"],
-                          one["cache_seqlens"] + k) for one in sets]
-
-        def fa3_all(runs=runs):
-            for run in runs:
-                run()
-        fa3_all()
-        calls = max(1, 16 // input_sets)
-        print(f"  {title} FA3 (no append): {graph_us(fa3_all, calls, rep=100) / input_sets:.2f} us",
-              flush=True)
+        print(f"  {title} FA3 (no append): {_fa3_verify_us(sets, k, max(1, 16 // input_sets)):.2f} us", flush=True)
     except Exception as exc:  # FA3 missing: say so
         print(f"  {title} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
     sets.clear()
