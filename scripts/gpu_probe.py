@@ -1376,9 +1376,17 @@ def _kernel_breakdown(call, calls: int = 20) -> str:
 
 
 
+def _print_fa3_verify(title: str, sets: list, k: int, calls: int) -> None:
+    """FA3's verify (``flash_attn_with_kvcache`` with k queries, no append) over every input set, graph-replayed,
+    printed as us per call (``calls`` replays of all sets per graph), or why it could not run."""
+    try:
+        print(f"  {title} FA3 (no append): {_fa3_verify_us(sets, k, calls):.2f} us", flush=True)
+    except Exception as exc:  # FA3 missing: say so
+        print(f"  {title} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+
+
 def _fa3_verify_us(sets: list, k: int, calls: int) -> float:
-    """FA3's verify (``flash_attn_with_kvcache`` with k queries, no append) over every input set, graph-replayed:
-    us per call (``calls`` replays of all sets per graph)."""
+    """``_print_fa3_verify``'s time: us per call."""
     from swattn.bench import peers
     runs = [peers.fa3(one["q"], one["k_cache"], one["v_cache"], -1, one["sinks"], one["page_table"],
                       one["cache_seqlens"] + k) for one in sets]
@@ -1443,10 +1451,7 @@ def serving_s8() -> None:
                 finally:
                     for name, value in previous.items():
                         setattr(fwd, name, value)
-            try:
-                print(f"  {title} FA3 (no append): {_fa3_verify_us(sets, k, calls):.2f} us", flush=True)
-            except Exception as exc:  # FA3 missing: say so
-                print(f"  {title} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+            _print_fa3_verify(title, sets, k, calls)
             sets.clear()
             torch.cuda.empty_cache()
     if os.environ.get("PROBE_S8_FULL", "1") in ("", "0"):
@@ -1495,10 +1500,7 @@ def _full_verify_1k_s7(k: int = 4, input_sets: int = 16, context: int = 1024, sp
         finally:
             for name, value in previous.items():
                 setattr(module, name, value)
-    try:
-        print(f"  {title} FA3 (no append): {_fa3_verify_us(sets, k, max(1, 16 // input_sets)):.2f} us", flush=True)
-    except Exception as exc:  # FA3 missing: say so
-        print(f"  {title} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+    _print_fa3_verify(title, sets, k, max(1, 16 // input_sets))
     sets.clear()
     torch.cuda.empty_cache()
 

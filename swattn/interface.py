@@ -45,7 +45,6 @@ _FP8 = torch.float8_e4m3fn
 _OTHER_FP8 = tuple(getattr(torch, name) for name in ("float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
                    if hasattr(torch, name))
 _MAX_HEAD_DIM = 256
-_MAX_SPLITS = MAX_SPLITS
 
 
 def _check_tensor(name: str, t, rank: int | tuple[int, ...], layout: str) -> None:
@@ -241,7 +240,7 @@ def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound
     """Split-KV count from shapes only (no GPU values): the window's span, not the cache length, sets the work;
     ``rows_per_tile``, ``paged``, ``fp8``, ``kv_pairs``: as ``split_count`` takes them."""
     if num_splits > 0:
-        return min(num_splits, _MAX_SPLITS)
+        return min(num_splits, MAX_SPLITS)
     if not q.is_cuda:
         return 1
     keys = visible_span(0, seqlen_q - 1, seqlen_q, keys_bound, left, right)[1] if seqlen_q > 0 else 0
@@ -271,7 +270,7 @@ def split_count(programs: int, keys: int, sms: int, rows_per_tile: int = 8, page
     # latency of a split's few blocks, not bandwidth, sets the time. H200 (scripts/gpu_splits.py, gpt-oss full
     # decode, page 16, docs/notes/performance-log.md): 1K B=4 8 splits 8.3 us (the long-context rule's 2 splits:
     # 19.5 us), 1K B=16 4 splits 17.0 (21.8), 4K B=4 16 splits 16.9 (21.4).
-    short = min(blocks, max(1, split_programs_per_sm(rows_per_tile, True) * sms // programs), _MAX_SPLITS)
+    short = min(blocks, max(1, split_programs_per_sm(rows_per_tile, True) * sms // programs), MAX_SPLITS)
     if -(-keys // short) <= SHORT_SPLIT_KEYS:
         return short
     # Long contexts: about six two-warp programs per SM. H200: B=16 (128 programs) best with 6 splits at 16K
@@ -282,7 +281,7 @@ def split_count(programs: int, keys: int, sms: int, rows_per_tile: int = 8, page
     # Verify tiles of 32 and 64 rows fit four programs per SM, not six: B=16 k=4 takes 4 splits (512 programs, one
     # wave of 528 slots) where six per SM gave 6 (768 programs, two waves).
     per_sm = split_programs_per_sm(rows_per_tile, False, paged, fp8)
-    return max(1, min(per_sm * sms // programs, max(blocks // 4, short), _MAX_SPLITS))
+    return max(1, min(per_sm * sms // programs, max(blocks // 4, short), MAX_SPLITS))
 
 
 def _reads_values(tensor: torch.Tensor, check_inputs) -> bool:

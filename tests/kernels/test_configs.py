@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from swattn.interface import _MAX_SPLITS, split_count
+from swattn.interface import split_count
 from swattn.kernels import configs
-from swattn.kernels.configs import FwdConfig, _bf16_forward_config, forward_config
+from swattn.kernels.configs import MAX_SPLITS, FwdConfig, _bf16_forward_config, forward_config
 
 SMS = 132
 
@@ -102,7 +102,7 @@ def test_split_count_leaves_short_loops_and_full_grids_alone(programs, keys):
 @pytest.mark.parametrize("keys", [1024, 3000, 8192, 100_000, 1 << 20])
 def test_split_count_bounds(programs, keys):
     splits = split_count(programs, keys, SMS)
-    assert 1 <= splits <= min(_MAX_SPLITS, -(-keys // 128))
+    assert 1 <= splits <= min(MAX_SPLITS, -(-keys // 128))
 
 
 @pytest.mark.parametrize("keys_per_split", [128, 256])
