@@ -637,11 +637,14 @@ def flash_attn_with_kvcache(
     packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group, left, right)
     rows = max_seqlen_q * (group if packed else 1)
     programs = batch * (k_cache.shape[2] if packed else q.shape[-2]) * max(1, -(-rows // 64))
+    # Only an automatic split count over an e4m3 cache with 16-bit queries asks whether the decode may take two KV
+    # heads per program (the check's stride reads cost ~3 us of host time per call on every other path).
     head_dim = k_cache.shape[-1]
-    kv_pairs = fp8_kv_pairs_fit(k_cache.dtype == _FP8 and q.dtype != _FP8, packed, left < 0 and attention_chunk == 0,
-                                rows, max_seqlen_q, k_cache.shape[2], head_dim,
-                                all(t.stride(-1) == 1 and t.stride(-2) == head_dim for t in (k_cache, v_cache)),
-                                paged, k is not None)
+    kv_pairs = (num_splits == 0 and k_cache.dtype == _FP8 and q.dtype != _FP8
+                and fp8_kv_pairs_fit(True, packed, left < 0 and attention_chunk == 0, rows, max_seqlen_q,
+                                     k_cache.shape[2], head_dim,
+                                     all(t.stride(-1) == 1 and t.stride(-2) == head_dim for t in (k_cache, v_cache)),
+                                     paged, k is not None))
     num_splits = _auto_num_splits(num_splits, q, programs, capacity, left, right, max_seqlen_q, attention_chunk,
                                   sm_margin, rows, paged, k_cache.dtype == _FP8, kv_pairs)
     out, lse = ops.run_fwd_kvcache(
