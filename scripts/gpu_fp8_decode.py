@@ -31,7 +31,8 @@ this script's warm-up racing the section's input writes (``gpu_probe.warm_up_on_
 there); ``s7_long s7_b16_128k`` run that order again.
 
 Run: ``python scripts/gpu_fp8_decode.py [SHAPE ...]``, shapes: full, long, b4, long16, window (session 5's, the
-default), s6_full, s6_more, s6_b4, s6_long16, s6_long, s6_b16_128k, s7_long, s7_b16_128k.
+default), s6_full, s6_more, s6_b4, s6_long16, s6_long, s6_b16_128k, s7_long, s7_b16_128k, and the later sessions'
+(``--dry`` lists a shape's candidates); s9_*: the transposed pairs' loop against the shipped one.
 """
 
 from __future__ import annotations
@@ -166,6 +167,12 @@ PAIRS_NEW_8 = (False, (32, 2, 2, False, False, 128), dict(pair=3, per_sm=8))
 PAIRS_NEW_4 = (False, (32, 2, 2, False, False, 128), dict(pair=3, per_sm=4))
 S8C = [(False, None), PAIRS_BEFORE, ONE_HEAD]
 S8C_SHORT = [(False, None), PAIRS_NEW_8, PAIRS_NEW_4]
+# Session 9: the pairs' loop transposed (``transposed=True``: configs.FP8_PAIR_TRANSPOSED, fwd.PAIR_TRANSPOSED;
+# compiled, Triton 3.6, sm_90, (32, 2, 2) capped at 128: interior loop 313 instructions per 2 x 32 keys and warp
+# against 401, 16 HMMA against 32, 5 BAR.SYNC against 8, 128 registers, 8 B stack against 16) beside the shipped
+# loop (``transposed=False``, whatever the default then is), each twice in alternating order, FA3's fp8 beside.
+LOOP_OLD, LOOP_NEW = (False, None, dict(transposed=False)), (False, None, dict(transposed=True))
+S9 = [LOOP_OLD, LOOP_NEW, LOOP_NEW, LOOP_OLD, FA3_FP8]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -204,6 +211,8 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s8d_b4_32k": (4, 32768, None, [(False, None), ONE_HEAD]),
           "s8d_b8_16k": (8, 16384, None, [(False, None), ONE_HEAD]),
           "s8d_b16_16k": (16, 16384, None, [(False, None), ONE_HEAD, FA3_FP8]),
+          "s9_b16_16k": (16, 16384, None, S9), "s9_b4_16k": (4, 16384, None, S9),
+          "s9_b16_128k": (16, 131040, None, S9), "s9_b4_128k": (4, 131072, None, S9),
           "s8b_b4_16k": (4, 16384, None, [(False, None), PAIRS_FENCED_V, (False, (64, 4, 2, False, False, 128),
                                                                          dict(pair=3, per_sm=4, fenced=2))])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
@@ -300,6 +309,7 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += " contiguous" if options.get("contig") else ""
     shown += " one KV head/program" if options.get("kvpairs") is False else ""
     shown += f" pair widening {options['pairfence']}" if "pairfence" in options else ""
+    shown += {None: "", False: " pairs' loop", True: " pairs' loop transposed"}[options.get("transposed")]
     if options.get("heads"):
         shown = "all KV heads/program ({},{},{}) {}/SM cap {}".format(*options["heads"])
     shown += {0: "", 1: " fenced widening", 2: " fenced widening (V)"}[int(options.get("fenced", 0))]
@@ -365,10 +375,12 @@ def main() -> None:
             forced = forced_config(FwdConfig(16, *config)) if config is not None else None
             pairs, prefetch, two_heads = fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS
             kv_pairs, pair_fence = configs.FP8_KV_PAIRS, configs.FP8_PAIR_FENCED_WIDENING
+            transposed = configs.FP8_PAIR_TRANSPOSED
             partner, fenced = fwd.FP8_PREFETCH_PARTNER, fwd.FP8_FENCED_WIDENING
             fwd.FP8_TWO_KV_HEADS = options.get("pair", 0)  # part of the plans' key (fwd.settings)
             configs.FP8_KV_PAIRS = options.get("kvpairs", kv_pairs)  # part of the plans' key (fwd.settings)
             configs.FP8_PAIR_FENCED_WIDENING = options.get("pairfence", pair_fence)  # likewise
+            configs.FP8_PAIR_TRANSPOSED = options.get("transposed", transposed)  # likewise
             fwd.FP8_FENCED_WIDENING = int(options.get("fenced", 0))  # part of the plans' key (fwd.settings)
             fwd.FP8_PREFETCH_PARTNER = options.get("partner", 0)  # part of the plans' key (fwd.settings)
             l2_before = None
@@ -405,6 +417,7 @@ def main() -> None:
                 fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS = pairs, prefetch, two_heads
                 fwd.FP8_PREFETCH_PARTNER, fwd.FP8_FENCED_WIDENING = partner, fenced
                 configs.FP8_KV_PAIRS, configs.FP8_PAIR_FENCED_WIDENING = kv_pairs, pair_fence
+                configs.FP8_PAIR_TRANSPOSED = transposed
                 if l2_before is not None:
                     l2_fetch_limit(l2_before)
             read = kv_bytes if quantize_q is None else kv_bytes / 2

@@ -90,6 +90,9 @@ NO_FP8, FP8_KV, FP8_QKV = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 # loaded tile) and one product per head as PAIR_TWO_PRODUCTS.
 NO_PAIR, PAIR_TWO_PRODUCTS, PAIR_INTERLEAVED = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 PAIR_TWO_LOADS = tl.constexpr(3)
+# PAIR_TWO_LOADS' loads, its loop transposed (``_softmax_step_transposed``; configs.FP8_PAIR_TRANSPOSED).
+PAIR_TRANSPOSED = tl.constexpr(4)
+_TWO_LOADS = (PAIR_TWO_LOADS.value, PAIR_TRANSPOSED.value)  # the modes that load each head's tiles on their own
 
 # Grids of at most this many tiles (None: one per SM, ``_persistent_programs``; 0: never) whose loop is the single
 # masked loop (decode-sized tiles of at most 32 rows: speculative verify of k <= 4 tokens, short extends) run
@@ -214,8 +217,8 @@ _FENCED_MODES = {1: WIDEN_FENCED.value, 2: WIDEN_FENCED_VALUES.value}  # by FP8_
 # (2 x group <= block_m), K/V heads adjacent in memory (stride of a head = head_dim = the padded head_dim), an even
 # KV head count, and no fused append; the window decode (the single loop) keeps one KV head per program (half the
 # grid would leave SMs idle).
-# 0: not forced (configs.FP8_KV_PAIRS decides); 1: PAIR_TWO_PRODUCTS; 2: PAIR_INTERLEAVED; 3: PAIR_TWO_LOADS (see
-# KV_PAIR).
+# 0: not forced (configs.FP8_KV_PAIRS decides); 1: PAIR_TWO_PRODUCTS; 2: PAIR_INTERLEAVED; 3: PAIR_TWO_LOADS; 4:
+# PAIR_TRANSPOSED (see KV_PAIR).
 FP8_TWO_KV_HEADS = int(os.environ.get("SWATTN_FP8_TWO_KV_HEADS", "0") or 0)
 
 # Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py): the split loop of an e4m3 decode over a paged
@@ -623,6 +626,65 @@ def _pv(acc, p, v, UPCAST: tl.constexpr, pair_second=None, KV_PAIR: tl.constexpr
 
 
 @triton.jit
+def _softmax_step_transposed(acc_t, l_sum, m_i, q_t, k, v, k2, v2, offs_n, load_mask, row_pos, offset, left, right,
+                             softmax_scale, softcap, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+                             HAS_SOFTCAP: tl.constexpr, MASK: tl.constexpr, chunk, HAS_CHUNK: tl.constexpr,
+                             row_unscale, pair_second, WIDEN: tl.constexpr):
+    """One block of the two-KV-heads loop (PAIR_TRANSPOSED: ``_softmax_step``'s PAIR_TWO_LOADS step, transposed):
+    keys along the rows of every tile. ``q_t`` ``[BLOCK_D, BLOCK_M]`` (the tile's queries transposed, fp16), ``k`` /
+    ``v`` (first KV head) and ``k2`` / ``v2`` (second) ``[BLOCK_N, D]`` e4m3, ``acc_t`` ``[BLOCK_D, BLOCK_M]``,
+    ``l_sum`` ``[BLOCK_N, BLOCK_M]`` (each row sum's per-key partial terms: summed over keys once, after the loop),
+    ``m_i`` ``[BLOCK_M]``, ``pair_second`` ``[BLOCK_M]``.
+
+    Why transposed (Triton 3.6, sm_90): the scores are K q^T, so the loop-invariant fp16 queries are the product's
+    B operand, whose kWidth-4 fragments (the e4m3 K sets kWidth 4) are the registers of one 64-bit shared-memory
+    load, where as the A operand each fragment was rebuilt into the HMMA's register quad by moves (~56 ``IMAD.MOV``
+    per iteration and warp: Triton reloads a loop-invariant operand from shared memory in every iteration); K, the
+    A operand now, is widened straight into the quads. And the two heads' query rows are columns: with
+    ``pair_second`` a compile-time pattern whose halves are whole 8-column tiles (2 x group = 16 rows), each head's
+    products drop the other head's columns (half the ``HMMA``) and the selects fold away. Each row sum's terms
+    stay per key (one FFMA per score) instead of a sum across lanes and warps per block (two shuffle levels and a
+    shared-memory exchange behind barriers).
+    Masked keys (``MASK``: the split's head and tail blocks) as ``_block_scores``; a non-finite key or value of
+    one head reaches none of the other head's rows (selects, never a 0 x NaN)."""
+    k_first = _widen_e4m3(k, WIDEN)
+    k_second = _widen_e4m3(k2, WIDEN)
+    second = pair_second[None, :]
+    qk = tl.where(second, dot(k_second, q_t), dot(k_first, q_t))  # [BLOCK_N, BLOCK_M]
+    if HAS_SOFTCAP:
+        qk = softcap_scores(qk * row_unscale[None, :], softmax_scale, softcap)
+    if MASK:
+        visible = in_window(load_mask[:, None], offs_n[:, None], row_pos[None, :], offset, left, right, HAS_LEFT,
+                            HAS_RIGHT, chunk, HAS_CHUNK)
+        qk = tl.where(visible, qk, float("-inf"))
+    if HAS_SOFTCAP:
+        m_new = tl.maximum(m_i, tl.max(qk, 0))
+        pivot = safe_pivot(m_new)
+        p = tl.exp2(qk - pivot[None, :])
+    else:
+        # Scores in log2 units are qk * qk_scale (each row's power of two and descale in it; positive, so the max
+        # of the scaled scores is the scaled max).
+        qk_scale = (softmax_scale * LOG2E) * row_unscale
+        m_new = tl.maximum(m_i, tl.max(qk, 0) * qk_scale)
+        pivot = safe_pivot(m_new)
+        p = tl.exp2(qk * qk_scale[None, :] - pivot[None, :])
+    alpha = tl.exp2(m_i - pivot)
+    l_sum = l_sum * alpha[None, :] + p
+    p16 = p.to(tl.float16)
+    if WIDEN == WIDEN_FENCED or WIDEN == WIDEN_FENCED_VALUES:
+        # Both tiles through one fence: their shared-memory copies are then written before either is read (two
+        # buffers, one barrier; fenced one by one, Triton gave them one buffer in turn, two more barriers).
+        v_first, v_second = tl.split(_fence_16bit(tl.join(v.to(tl.float16), v2.to(tl.float16))))
+    else:
+        v_first = _widen_e4m3(v, WIDEN, VALUES=True)
+        v_second = _widen_e4m3(v2, WIDEN, VALUES=True)
+    v_first = tl.trans(v_first)
+    v_second = tl.trans(v_second)
+    acc_t = acc_t * alpha[None, :] + tl.where(second, dot(v_second, p16), dot(v_first, p16))
+    return acc_t, l_sum, m_new
+
+
+@triton.jit
 def _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale, softcap,
                   block, masked_head_end, unmasked_end, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, GUARD_NON_FINITE: tl.constexpr,
@@ -819,17 +881,23 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                                    FP8 != NO_FP8, k_partner, v_partner, chunk_slot, PREFETCH_PARTNER)
             k2 = None
             v2 = None
-            if KV_PAIR == PAIR_TWO_LOADS:
+            if KV_PAIR == PAIR_TWO_LOADS or KV_PAIR == PAIR_TRANSPOSED:
                 # The second KV head's tiles, k_partner / v_partner elements on (its rows' twins).
                 k2, v2 = _load_block(k_base + k_partner, v_base + v_partner, offs_n, offs_d, load_mask, batch_kv,
                                      page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size, IS_PAGED,
                                      MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS, K_NEW, V_NEW, new_source,
                                      first_new, stride_ns, READ_NEW, FP8 != NO_FP8)
-            acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, left, right,
-                                          softmax_scale, softcap, block, masked_head_end, unmasked_end, HAS_LEFT,
-                                          HAS_RIGHT, HAS_SOFTCAP, UPCAST, GUARD_NON_FINITE, MASK, MASK_EDGES_ONLY,
-                                          chunk, HAS_CHUNK, FP8, row_unscale, WIDEN, pair_second, KV_PAIR, k2,
-                                          v2, RESCALE_THRESHOLD)
+            if KV_PAIR == PAIR_TRANSPOSED:
+                acc, l_i, m_i = _softmax_step_transposed(acc, l_i, m_i, q, k, v, k2, v2, offs_n, load_mask, row_pos,
+                                                         offset, left, right, softmax_scale, softcap, HAS_LEFT,
+                                                         HAS_RIGHT, HAS_SOFTCAP, MASK, chunk, HAS_CHUNK,
+                                                         row_unscale, pair_second, WIDEN)
+            else:
+                acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, left,
+                                              right, softmax_scale, softcap, block, masked_head_end, unmasked_end,
+                                              HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, UPCAST, GUARD_NON_FINITE, MASK,
+                                              MASK_EDGES_ONLY, chunk, HAS_CHUNK, FP8, row_unscale, WIDEN,
+                                              pair_second, KV_PAIR, k2, v2, RESCALE_THRESHOLD)
             if COUNT_BLOCKS:
                 visited += 1
     return acc, l_i, m_i, visited
@@ -1142,8 +1210,14 @@ def _attend_tile(
         if KV_PAIR != NO_PAIR:
             # The first of the two KV heads (k_base / v_base point at its rows, which the second's follow); each
             # row's own head is kv_head or kv_head + 1 (pair_second); K/V tiles span both heads' rows.
-            pair_second = row_head // queries_per_kv_head != kv_head
-            if KV_PAIR != PAIR_TWO_LOADS:
+            if KV_PAIR == PAIR_TRANSPOSED:
+                # The same, as a compile-time pattern (a pair's tile, 2 x group <= BLOCK_M rows of one query
+                # position, is its program's only one: tile 0, rows from 0): the transposed loop's selects and
+                # unused products fold away (_softmax_step_transposed).
+                pair_second = tl.arange(0, BLOCK_M) % (2 * queries_per_kv_head) >= queries_per_kv_head
+            else:
+                pair_second = row_head // queries_per_kv_head != kv_head
+            if KV_PAIR != PAIR_TWO_LOADS and KV_PAIR != PAIR_TRANSPOSED:
                 offs_kv = tl.arange(0, 2 * BLOCK_D)
         if PREFETCH_PAGES:
             # The page-table entries of the loop's first block, into L2 once the query load is issued: the loop
@@ -1210,8 +1284,14 @@ def _attend_tile(
             v_desc = tl.make_tensor_descriptor(v_base + batch_kv * stride_vb, shape=[visible_rows, HEAD_DIM],
                                                strides=[stride_vs, 1], block_shape=[BLOCK_N, BLOCK_D])
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        if KV_PAIR == PAIR_TRANSPOSED:
+            # _softmax_step_transposed's state: the output transposed, the row sums' per-key terms; q transposed.
+            l_i = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+            acc = tl.zeros([BLOCK_D, BLOCK_M], dtype=tl.float32)
+            q = tl.trans(q)
+        else:
+            l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+            acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         visited = 0
         if NON_FINITE_PASS == REDO_FLAGGED:
             acc, l_i, m_i, visited = _attend_blocks(
@@ -1251,7 +1331,7 @@ def _attend_tile(
                 twin = ((kv_head ^ 1) - kv_head).to(tl.int64)
                 k_partner = twin * stride_kh
                 v_partner = twin * stride_vh
-            elif KV_PAIR == PAIR_TWO_LOADS:
+            elif KV_PAIR == PAIR_TWO_LOADS or KV_PAIR == PAIR_TRANSPOSED:
                 # The second KV head of the pair (its tiles are loaded on their own: see _attend_blocks).
                 k_partner = stride_kh
                 v_partner = stride_vh
@@ -1292,6 +1372,9 @@ def _attend_tile(
                 HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN=WIDEN,
                 pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
                 chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER)
+        if KV_PAIR == PAIR_TRANSPOSED:
+            acc = tl.trans(acc)
+            l_i = tl.sum(l_i, 0)
 
         _finish_tile(
             acc, l_i, m_i, visited, O, LSE, sink, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
@@ -1443,13 +1526,14 @@ def _widens_pairs(device: torch.device) -> bool:
 
 def _fenced_mode(kv_pair: int = 0) -> int:
     """The fenced widening asked for (``FP8_FENCED_WIDENING``'s values; 0: none): ``FP8_FENCED_WIDENING``, or on the
-    two-KV-heads loop (``kv_pair`` PAIR_TWO_LOADS) ``configs.FP8_PAIR_FENCED_WIDENING``."""
-    return FP8_FENCED_WIDENING or (configs.FP8_PAIR_FENCED_WIDENING if kv_pair == PAIR_TWO_LOADS.value else 0)
+    two-KV-heads loop (``kv_pair`` PAIR_TWO_LOADS or PAIR_TRANSPOSED) ``configs.FP8_PAIR_FENCED_WIDENING``."""
+    return FP8_FENCED_WIDENING or (configs.FP8_PAIR_FENCED_WIDENING if kv_pair in _TWO_LOADS else 0)
 
 
 def _e4m3_widening(device: torch.device, kv_pair: int = 0) -> int:
     """``_widen_e4m3``'s mode for this device: WIDEN_FENCED (WIDEN_FENCED_VALUES) with ``FP8_FENCED_WIDENING`` 1
-    (2), or on the two-KV-heads loop (``kv_pair`` PAIR_TWO_LOADS) with ``configs.FP8_PAIR_FENCED_WIDENING`` 1 (2)
+    (2), or on the two-KV-heads loop (``kv_pair`` PAIR_TWO_LOADS or PAIR_TRANSPOSED) with
+    ``configs.FP8_PAIR_FENCED_WIDENING`` 1 (2)
     (compiled only: PTX); WIDEN_IN_PAIRS where ``_widens_pairs``, else WIDEN_TO."""
     fenced = _fenced_mode(kv_pair)
     if fenced and device.type == "cuda" and not _compat.interpreter_enabled():
@@ -1549,14 +1633,15 @@ def settings() -> tuple:
     append's reads, the page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the
     L2 preload before the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening, the
     head-block tile's row-bound mask, the Gluon kernel's lazy rescale (which the redo pass after it follows), the
-    two-KV-heads default (configs.FP8_KV_PAIRS, its threshold and shape)."""
+    two-KV-heads default (configs.FP8_KV_PAIRS, its threshold, shape and loop)."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, gluon_fwd.FP8_QK, APPEND_READS_INPUT,
             PREFETCH_PAGE_TABLE, WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2, PRELOAD_L2_SPLITS,
             FP8_PREFETCH_PARTNER, FP8_FENCED_WIDENING, ROW_BOUND_MASK, gluon_fwd.RESCALE_THRESHOLD,
             gluon_fwd.rescale_threshold_for, gluon_fwd.consumers_for, configs.FP8_KV_PAIRS,
-            configs.FP8_PAIR_MIN_KEYS_PER_SPLIT, configs.FP8_PAIR_SPLIT_BLOCKS[16], configs.FP8_PAIR_FENCED_WIDENING)
+            configs.FP8_PAIR_MIN_KEYS_PER_SPLIT, configs.FP8_PAIR_SPLIT_BLOCKS[16], configs.FP8_PAIR_FENCED_WIDENING,
+            configs.FP8_PAIR_TRANSPOSED)
 
 
 def attention_forward(
@@ -1754,9 +1839,9 @@ class _ForwardPlan:
                                             num_splits)):
             # The default (configs.FP8_KV_PAIRS): two KV heads per program where the automatic split count planned
             # them (interface.split_count asks configs.fp8_pair_split_count, which fp8_pairs_taken asks), on their
-            # own block shape.
-            self.kv_pair = PAIR_TWO_LOADS.value
-        if self.kv_pair == PAIR_TWO_LOADS.value and configs.forced_config_in_use() is None:
+            # own block shape; its loop transposed with configs.FP8_PAIR_TRANSPOSED.
+            self.kv_pair = PAIR_TRANSPOSED.value if configs.FP8_PAIR_TRANSPOSED else PAIR_TWO_LOADS.value
+        if self.kv_pair in _TWO_LOADS and configs.forced_config_in_use() is None:
             config = configs.fp8_pair_config(config)  # forced or by default: the pairs' block shape
         num_tiles = ceil_div(rows_per_tile * (2 if self.kv_pair else 1), config.block_m)
         # The split loop's L2 prefetch beyond its own e4m3 rows (FP8_PREFETCH_PARTNER): paged caches whose KV heads'

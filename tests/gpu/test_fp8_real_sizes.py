@@ -81,13 +81,16 @@ def test_decode_paged_fp8_kv(batch, context, left, new):
     check_lse(lse, ref_lse)
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["loop", "transposed-loop"])
 @pytest.mark.parametrize("batch,context", [(16, 16384), (4, 65536)], ids=str)
-def test_full_decode_takes_two_kv_heads_per_program(monkeypatch, batch, context):
+def test_full_decode_takes_two_kv_heads_per_program(monkeypatch, batch, context, transposed):
     """The default full-attention decode over an e4m3 paged cache (gpt-oss layer, automatic split count) takes two
     KV heads per program (configs.FP8_KV_PAIRS: B=16 16K 16 splits, B=4 64K 64; V widened through the fence,
     configs.FP8_PAIR_FENCED_WIDENING), against the reference and within bf16's tolerance of one KV head per program
-    (the switch off: 4 / 16 splits)."""
+    (the switch off: 4 / 16 splits); with configs.FP8_PAIR_TRANSPOSED on its loop transposed (PAIR_TRANSPOSED)."""
     from swattn.kernels import configs, fwd
+    monkeypatch.setattr(configs, "FP8_PAIR_TRANSPOSED", transposed)
+    pair_mode = fwd.PAIR_TRANSPOSED.value if transposed else fwd.PAIR_TWO_LOADS.value
     heads, kv_heads, head_dim, page_size = 64, 8, 64, 16
     pages = context // page_size + 1
     k_cache, v_cache = e4m3(batch * pages, page_size, kv_heads, head_dim), e4m3(batch * pages, page_size,
@@ -105,7 +108,7 @@ def test_full_decode_takes_two_kv_heads_per_program(monkeypatch, batch, context)
         monkeypatch.setattr(configs, "FP8_KV_PAIRS", on)
         fwd._PLANS.clear()
         outs[on] = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
-        assert [plan.kv_pair for plan in fwd._PLANS.values() if plan.launches] == [3 if on else 0]
+        assert [plan.kv_pair for plan in fwd._PLANS.values() if plan.launches] == [pair_mode if on else 0]
         if on:
             (plan,) = [plan for plan in fwd._PLANS.values() if plan.launches]
             assert plan.main.constexprs["WIDEN"] == fwd._FENCED_MODES[configs.FP8_PAIR_FENCED_WIDENING]
@@ -244,7 +247,7 @@ def test_fenced_widening_at_real_sizes(monkeypatch, mode, batch, context, left, 
                                               return_softmax_lse=True, **descales)
     assert any(plan.fp8 and plan.main.constexprs["WIDEN"] == fwd._FENCED_MODES[mode] for plan in fwd._PLANS.values())
     if left < 0 and not quantize_q:  # the full fp8-kv decodes take two KV heads per program (configs.FP8_KV_PAIRS)
-        assert any(plan.fp8 and plan.kv_pair == fwd.PAIR_TWO_LOADS.value for plan in fwd._PLANS.values())
+        assert any(plan.fp8 and plan.kv_pair in fwd._TWO_LOADS for plan in fwd._PLANS.values())
     ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, page_table=table, causal=True,
                                              window_size=(left, 0), sinks=sinks, **descales, **REF)
     assert out.dtype == BF16
