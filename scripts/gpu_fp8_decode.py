@@ -167,12 +167,16 @@ PAIRS_NEW_8 = (False, (32, 2, 2, False, False, 128), dict(pair=3, per_sm=8))
 PAIRS_NEW_4 = (False, (32, 2, 2, False, False, 128), dict(pair=3, per_sm=4))
 S8C = [(False, None), PAIRS_BEFORE, ONE_HEAD]
 S8C_SHORT = [(False, None), PAIRS_NEW_8, PAIRS_NEW_4]
-# Session 9: the pairs' loop transposed (``transposed=True``: configs.FP8_PAIR_TRANSPOSED, fwd.PAIR_TRANSPOSED;
+# Session 9: the pairs' loop transposed (``transposed=1``: configs.FP8_PAIR_TRANSPOSED, fwd.PAIR_TRANSPOSED;
 # compiled, Triton 3.6, sm_90, (32, 2, 2) capped at 128: interior loop 313 instructions per 2 x 32 keys and warp
-# against 401, 16 HMMA against 32, 5 BAR.SYNC against 8, 128 registers, 8 B stack against 16) beside the shipped
-# loop (``transposed=False``, whatever the default then is), each twice in alternating order, FA3's fp8 beside.
-LOOP_OLD, LOOP_NEW = (False, None, dict(transposed=False)), (False, None, dict(transposed=True))
-S9 = [LOOP_OLD, LOOP_NEW, LOOP_NEW, LOOP_OLD, FA3_FP8]
+# against 401, 16 HMMA against 32, 5 BAR.SYNC against 8, 128 registers, 8 B stack against 16) and in halves
+# (``transposed=2``, fwd.PAIR_HALVES: 309 instructions, 2 BAR.SYNC, 16 B stack, no spill in the loop) beside the
+# shipped loop (``transposed=0``), in mirrored order (each variant's mean position the same), FA3's fp8 beside.
+LOOP_OLD, LOOP_T, LOOP_H = ((False, None, dict(transposed=value)) for value in (0, 1, 2))
+# In halves on 64-key blocks (32 keys per warp) capped at 168: 492 instructions per 2 x 64 keys and warp (984 per 16
+# KB of K + V against 1,236 at 32 keys; bf16's loop 966), 4 BAR.SYNC, 8 B stack, 6 per SM (12 warps).
+HALVES_64 = (False, (64, 2, 2, False, False, 168), dict(pair=5, per_sm=6))
+S9 = [LOOP_OLD, LOOP_T, LOOP_H, HALVES_64, LOOP_H, LOOP_T, LOOP_OLD, FA3_FP8]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -309,7 +313,8 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += " contiguous" if options.get("contig") else ""
     shown += " one KV head/program" if options.get("kvpairs") is False else ""
     shown += f" pair widening {options['pairfence']}" if "pairfence" in options else ""
-    shown += {None: "", False: " pairs' loop", True: " pairs' loop transposed"}[options.get("transposed")]
+    shown += {None: "", 0: " pairs' loop", 1: " pairs' loop transposed", 2: " pairs' loop in halves"}[
+        options.get("transposed")]
     if options.get("heads"):
         shown = "all KV heads/program ({},{},{}) {}/SM cap {}".format(*options["heads"])
     shown += {0: "", 1: " fenced widening", 2: " fenced widening (V)"}[int(options.get("fenced", 0))]

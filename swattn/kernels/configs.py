@@ -200,9 +200,11 @@ FP8_PAIR_FENCED_WIDENING = 2
 # The pairs' loop transposed (fwd's PAIR_TRANSPOSED, ``_softmax_step_transposed``): scores as K q^T, so the
 # loop-invariant queries are the product's B operand (no register moves rebuilding them per block), each head's
 # products only its own rows' 8-column tile, the row sums kept per key until the loop ends. The same loads, block
-# shape and split count as PAIR_TWO_LOADS. Off until timed on the GPU (SWATTN_FP8_PAIR_TRANSPOSED=1 at import, or
-# the attribute, turns it on; scripts/gpu_fp8_decode.py ``pairloop``).
-FP8_PAIR_TRANSPOSED = os.environ.get("SWATTN_FP8_PAIR_TRANSPOSED", "0") not in ("", "0")
+# shape and split count as PAIR_TWO_LOADS. 2 (fwd's PAIR_HALVES, ``_softmax_step_halves``): the same, each block's
+# keys in two halves with their own online softmax (one per warp: no cross-warp exchange in the loop), merged after
+# it. Off (0) until timed on the GPU (SWATTN_FP8_PAIR_TRANSPOSED=1 or 2 at import, or the attribute;
+# scripts/gpu_fp8_decode.py s9_*).
+FP8_PAIR_TRANSPOSED = int(os.environ.get("SWATTN_FP8_PAIR_TRANSPOSED", "0") or 0)
 # Fewest keys per split (with the pairs' split count) for which the pairs are taken: longer than SHORT_SPLIT_KEYS,
 # whose splits take the single loop (no pairs there). H200 (s8-call5, 12:36 UTC, main 30fbaf4; fp8-kv, us; this
 # shape forced against one KV head per program, the rule's choice then): B=4 16K 64 splits of 257 keys 29.95 vs
