@@ -43,6 +43,8 @@ Sections (argv; all by default):
             isolation, split counts); full decode B=4 16K against the copy;
   serving_s8  session 8: full-attention verify k = 2, 4, 8 at 1K and 8K under split-loop tiles (2 warps on
             32 rows, 128-key blocks) and split counts, FA3 beside, per-kernel times; full decode B=4 16K;
+  serving_s9  session 9: the split merge (fwd.SPLIT_MERGE launch / ordered / fold) on full decode B=4 and 16 at
+            16K against the copy and full verify k = 4 at 1K and 8K, FA3 beside, a compact table;
   verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0) against decode: no append, the
             fused append, without the non-finite redo launch, one 256-key block for the 127 + k keys, two stages.
 Run: ``python scripts/gpu_probe.py [sections]``; ``PROBE_WARM=1`` runs every variant once without timing (compiles
@@ -1460,6 +1462,114 @@ def serving_s8() -> None:
     print(f"  full decode B=4 16K page 16 shipped: {_full_decode_us(call, ref, {}, copy_us)}", flush=True)
     if not WARM_ONLY:
         print(f"  full decode B=4 16K kernels: {_kernel_breakdown(call)}", flush=True)
+
+
+def _full_decode_case(batch: int, context: int = 16384):
+    """Full-attention decode (gpt-oss layer, page 16, sinks), ``batch`` sequences of ``context`` keys: ``(call, its
+    inputs, us of a graph-replayed copy of its K/V bytes)`` (the copy reads half and writes half of them)."""
+    kv_bytes = batch * context * 8 * 64 * 2 * 2
+    copy = torch.empty(kv_bytes, device=DEVICE, dtype=torch.uint8)
+    copy_us = graph_us(functools.partial(copy[: kv_bytes // 2].copy_, copy[kv_bytes // 2:]), 20)
+    del copy
+    inputs = full_decode_inputs(batch, context)
+    return functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True), inputs, copy_us
+
+
+def serving_s9() -> None:
+    """Session 9 (issue 21): the split-KV merge, full-attention layers (gpt-oss, page 16, sinks), graph-replayed,
+    in one process: ``launch`` (the shipped merge launch, splits summed as a tile), ``ordered`` (the merge launch
+    summing the splits in split order) and ``fold`` (fwd.SPLIT_MERGE = "fold": the last split program of each
+    (sequence, KV head) merges, no merge launch) and ``fold + preload`` (with fwd.PRELOAD_L2_SPLITS: folded, the
+    next call's split programs launch while this call's still run, so their L2 preload of the first block can
+    overlap this call's tail); FA3 beside. Full decode B=4 and B=16 at 16K (20 calls per graph, % of the copy of its
+    K/V bytes; fold against ordered: bitwise), then full verify k = 4 at 1K (16 cold sets) and 8K (one set) (the
+    fold does not apply there: its redo launch; launch against ordered). A compact table at the end.
+    PROBE_S9_PARTS picks "decode", "verify" (default both)."""
+    from swattn.kernels import fwd
+    parts = os.environ.get("PROBE_S9_PARTS", "decode,verify").split(",")
+    variants = {"launch": dict(SPLIT_MERGE="launch"), "ordered": dict(SPLIT_MERGE="ordered"),
+                "fold": dict(SPLIT_MERGE="fold"), "fold + preload": dict(SPLIT_MERGE="fold", PRELOAD_L2_SPLITS=True)}
+    table = []
+    previous = {name: getattr(fwd, name) for name in ("SPLIT_MERGE", "PRELOAD_L2_SPLITS")}
+
+    def use(settings: dict) -> None:
+        for name, value in {**previous, **settings}.items():
+            setattr(fwd, name, value)
+    if "decode" in parts:
+        for batch in (4, 16):
+            call, inputs, copy_us = _full_decode_case(batch)
+            title = f"full decode B={batch} 16K"
+            print(f"\n## s9 {title} page 16: us/call (20 per graph); copy of its K/V bytes {copy_us:.1f} us",
+                  flush=True)
+            outs, row = {}, [title, f"{copy_us:.1f}"]
+            for label, settings in variants.items():
+                use(settings)
+                try:
+                    outs[label] = call()
+                    us = graph_us(call, 20)
+                    row.append(f"{us:.2f} ({100 * copy_us / us:.1f}%)")
+                    print(f"  {title} {label}: {us:.2f} us ({100 * copy_us / us:.1f}% of copy)", flush=True)
+                except Exception as exc:  # report and go on
+                    row.append("failed")
+                    print(f"  {title} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+                finally:
+                    use({})
+            if not WARM_ONLY and "fold" in outs and "ordered" in outs:
+                same = torch.equal(outs["fold"], outs["ordered"]) and torch.equal(outs["fold + preload"],
+                                                                                    outs["ordered"])
+                diff = ((outs["fold"].float() - outs["launch"].float()).norm() / outs["launch"].float().norm()).item()
+                print(f"  {title}: fold bitwise = ordered: {same}; fold vs launch rel diff {diff:.1e}", flush=True)
+                row.append(f"bits {'same' if same else 'DIFFER'}")
+            try:
+                fa3 = _fa3_verify_us([inputs], 0, 20)
+                row.append(f"{fa3:.2f} ({100 * copy_us / fa3:.1f}%)")
+                print(f"  {title} FA3: {fa3:.2f} us", flush=True)
+            except Exception as exc:  # FA3 missing: say so
+                row.append("n/a")
+                print(f"  {title} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+            table.append(row)
+            del call, inputs, outs
+            torch.cuda.empty_cache()
+    if "verify" in parts:
+        for context in (1024, 8192):
+            input_sets = 16 if context <= 2048 else 1
+            calls = max(1, 16 // input_sets)
+            k = 4
+            title = f"full verify k={k} {context // 1024}K B=16"
+            sets, _ = _verify_sets(k, input_sets, context=context, cached=context)
+            print(f"\n## s9 {title} page 16 ({input_sets} sets, appended): us/call", flush=True)
+            row, outs = [title, ""], {}
+            for merge in ("launch", "ordered"):
+                use(variants[merge])
+                try:
+                    def call_all(sets=sets):
+                        for one in sets:
+                            swattn.flash_attn_with_kvcache(**one, causal=True)
+                    outs[merge] = swattn.flash_attn_with_kvcache(**sets[0], causal=True).float()
+                    us = graph_us(call_all, calls, rep=100) / input_sets
+                    row.append(f"{us:.2f}")
+                    print(f"  {title} {merge}: {us:.2f} us", flush=True)
+                except Exception as exc:  # report and go on
+                    row.append("failed")
+                    print(f"  {title} {merge}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+                finally:
+                    use({})
+            row += ["(no fold: redo launch)", "", ""]
+            try:
+                fa3 = _fa3_verify_us(sets, k, calls)
+                row.append(f"{fa3:.2f}")
+                print(f"  {title} FA3 (no append): {fa3:.2f} us", flush=True)
+            except Exception as exc:  # FA3 missing: say so
+                row.append("n/a")
+                print(f"  {title} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+            table.append(row)
+            sets.clear()
+            torch.cuda.empty_cache()
+    print("\n## s9 table: us per call graph-replayed (% of copy bandwidth for decode)")
+    print("| case | copy us | " + " | ".join(variants) + " | fold vs ordered | FA3 |")
+    print("|---|---|" + "---|" * (len(variants) + 2))
+    for row in table:
+        print("| " + " | ".join(row) + " |")
 
 
 def _full_verify_1k_s7(k: int = 4, input_sets: int = 16, context: int = 1024, splits=(2, 4, 8)) -> None:

@@ -120,8 +120,9 @@ def main() -> int:
     parser.add_argument("--context", type=int, default=16384)
     parser.add_argument("--splits", type=int, default=4, help="full decode's split count")
     parser.add_argument("--tokens", type=int, default=1, help="query positions per sequence (k of a verify)")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=INT",
-                        help="a swattn.kernels.fwd setting during the capture, e.g. FP8_FENCED_WIDENING=1")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a swattn.kernels.fwd setting during the capture (an integer or a string), e.g. "
+                             "FP8_FENCED_WIDENING=1 or SPLIT_MERGE=fold")
     parser.add_argument("--config", help="a forced config: block_m,block_n,warps,stages[,maxnreg]")
     parser.add_argument("--kv-pairs", type=int, choices=(0, 1), default=1,
                         help="configs.FP8_KV_PAIRS: 1 (default) two KV heads per program where the shipped rule "
@@ -129,7 +130,8 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=16, help="opcodes shown per loop")
     parser.add_argument("--sass", help="also write the SASS to this file")
     args = parser.parse_args()
-    settings = {name: int(value) for name, value in (item.split("=", 1) for item in args.set)}
+    settings = {name: int(value) if value.lstrip("-").isdigit() else value
+                for name, value in (item.split("=", 1) for item in args.set)}
     config = None
     if args.config:
         fields = [int(x) for x in args.config.split(",")]

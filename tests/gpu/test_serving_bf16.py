@@ -220,3 +220,68 @@ def test_l2_preload_and_padded_verify_tiles_give_the_same_bits(monkeypatch, requ
     ref, _ = attention_kvcache_ref(qs[1], k_run, v_run, seqlens + 2 * tokens, page_table=table, causal=True,
                                    window_size=window_size, sinks=sinks, compute_dtype=torch.float32)
     assert_close("out", outs[1], ref, tolerance_for(BF16))
+
+
+@pytest.mark.parametrize("return_lse", [False, True])
+def test_split_merge_folded_into_the_split_launch(monkeypatch, return_lse):
+    """fwd.SPLIT_MERGE = "fold" (the last split program of each sequence and KV head merges, in split order; no
+    merge launch): full decode at B=4 16K (the automatic split count, gpt-oss layer, sinks, sequences of 16K, 15K,
+    77 and 0 keys, a NaN in one sequence's cache) gives the same bits as the ordered merge launch ("ordered") on
+    three consecutive calls and on a CUDA graph replayed three times (the arrival counts kept per capture: each
+    call must leave them zero; the order in which splits arrive must not matter), the float32 reference's values,
+    the NaN in its own rows only, and the counts zero afterwards."""
+    from swattn.kernels import fwd
+
+    batch, context, page_size = 4, 16384, 16
+    pages = context // page_size
+    k_cache = torch.randn(batch * pages, page_size, KV_HEADS, HEAD_DIM, device=DEVICE).to(BF16)
+    v_cache = torch.randn_like(k_cache)
+    table = torch.randperm(batch * pages, device=DEVICE).view(batch, pages).to(torch.int32)
+    seqlens = torch.tensor([context, context - 1000, 77, 0], device=DEVICE, dtype=torch.int32)
+    v_cache[table[1, 3], 5, 2, 7] = float("nan")  # sequence 1, key 53, KV head 2, column 7
+    qs = [torch.randn(batch, 1, HEADS, HEAD_DIM, device=DEVICE).to(BF16) for _ in range(3)]
+    sinks = torch.randn(HEADS, device=DEVICE)
+
+    def call(q):
+        got = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, page_table=table,
+                                             causal=True, sinks=sinks, return_softmax_lse=return_lse)
+        return got if return_lse else (got,)
+    monkeypatch.setattr(fwd, "SPLIT_MERGE", "ordered")
+    ordered = [call(q) for q in qs]
+    monkeypatch.setattr(fwd, "SPLIT_MERGE", "fold")
+    plan = fwd.forward_plan(qs[0], k_cache, v_cache, softmax_scale=HEAD_DIM ** -0.5, left=-1, right=0, sinks=sinks,
+                            seqlens_k=seqlens, page_table=table, pack_gqa=True, num_splits=24,
+                            return_lse=return_lse)
+    assert plan.fold_merge and plan.combine is None
+    folded = [call(q) for q in qs]
+    static_q = qs[0].clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        call(static_q)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = [call(static_q) for _ in range(2)]  # two calls on the captured counts
+    replayed = []
+    for q in qs:
+        static_q.copy_(q)
+        graph.replay()
+        replayed.append([tuple(t.clone() for t in out) for out in static_out])
+    torch.cuda.synchronize()
+    nan_at = torch.zeros(batch, 1, HEADS, HEAD_DIM, device=DEVICE, dtype=torch.bool)
+    nan_at[1, 0, 2 * (HEADS // KV_HEADS):3 * (HEADS // KV_HEADS), 7] = True
+    for index, q in enumerate(qs):
+        ref, ref_lse = attention_kvcache_ref(q[[0, 2, 3]], k_cache, v_cache, seqlens[[0, 2, 3]],
+                                             page_table=table[[0, 2, 3]], causal=True, sinks=sinks,
+                                             compute_dtype=torch.float32)
+        for got in (folded[index], *replayed[index]):
+            for mine, want in zip(got, ordered[index]):
+                assert torch.equal(mine.isnan(), want.isnan()), "NaN positions differ from the ordered merge's"
+                assert torch.equal(mine.nan_to_num(), want.nan_to_num()), "bits differ from the ordered merge's"
+            assert torch.equal(got[0].isnan(), nan_at)
+            assert_close("out", got[0][[0, 2, 3]], ref, tolerance_for(BF16))
+            if return_lse:
+                torch.testing.assert_close(got[1][[0, 2, 3]], ref_lse, rtol=0, atol=LSE_ATOL)
+    counts = list(fwd._MERGE_ARRIVALS.values()) + [c for kept in fwd._CAPTURED_ARRIVALS.values() for c in kept]
+    assert fwd._CAPTURED_ARRIVALS and all(int(c.abs().sum()) == 0 for c in counts)

@@ -718,6 +718,67 @@ def test_full_verify_split_tiles(dtype, config):
     check(out, lse, reference(q, expected_cache, before + k_tokens, sinks=sink_logits, causal=True), q)
 
 
+
+@pytest.mark.parametrize("loop", ["pipelined", "single"])
+@pytest.mark.parametrize("sinks, return_lse", [
+    pytest.param(torch.float32, True, id="sinks-lse"), pytest.param(None, False, id="nosink-nolse"),
+    pytest.param(torch.bfloat16, True, id="sinks-bf16-lse"),
+])
+def test_split_merge_folded_into_the_split_launch(monkeypatch, loop, sinks, return_lse):
+    """``fwd.SPLIT_MERGE = "fold"``: the last split program of each (sequence, KV head) to arrive merges the
+    partial rows in place of the merge launch, in split order: the same bits as the ordered merge launch
+    ("ordered"), the reference's output and LSE, the tree-summed merge launch ("launch") up to rounding; empty
+    splits and a sequence without keys (the sink alone); a non-finite value in one sequence's cache reaches only that
+    sequence's rows. (The interpreter runs programs one after another, so the last split arrives last; the order of
+    arrivals on a GPU is tested by tests/gpu/test_serving_bf16.py.) The arrival counts are zero after every call, so
+    consecutive calls (another split count) on the same counts stay right."""
+    from swattn.kernels import fwd
+    sink_logits = None if sinks is None else (torch.randn(H) * 2).to(sinks)
+    # 90 keys = 6 blocks of 16; 5 keys = one block (empty splits); 0 keys: every split empty; the fourth sequence
+    # holds a NaN value row.
+    cache, seqlens, q = make_cache("paged-16", 4, 96), i32([90, 5, 0, 60]), random_q(4, 1)
+    page, slot = cache.location(3, 17)
+    cache.v[page, slot, 1, 3] = float("nan")
+    config = BLOCK16 if loop == "pipelined" else replace(BLOCK16, single_loop=True)
+    kwargs = dict(cache_seqlens=seqlens, sinks=sink_logits, causal=True, pack_gqa=True)
+    expected = reference(q[:3], cache, seqlens[:3], sinks=sink_logits, causal=True)
+    taken = []
+    plan_init = fwd._ForwardPlan.__init__
+
+    def record(self, *args, **kw):
+        plan_init(self, *args, **kw)
+        taken.append((self.fold_merge, self.combine is None))
+    monkeypatch.setattr(fwd._ForwardPlan, "__init__", record)
+    results = {}
+    for merge in fwd.SPLIT_MERGES:
+        monkeypatch.setattr(fwd, "SPLIT_MERGE", merge)
+        with forced_config(config):
+            for num_splits in (5, 3):
+                got = flash_attn_with_kvcache(q, cache.k, cache.v, **cache.kwargs(), num_splits=num_splits,
+                                              return_softmax_lse=return_lse, **kwargs)
+                results[merge, num_splits] = got if return_lse else (got,)
+                if merge == "fold":
+                    counts = list(fwd._MERGE_ARRIVALS.values())
+                    assert counts and all(int(c.abs().sum()) == 0 for c in counts), "arrival counts left non-zero"
+    assert taken == [(False, False)] * 4 + [(True, True)] * 2
+    for num_splits in (5, 3):
+        launched, ordered, folded = (results[merge, num_splits] for merge in fwd.SPLIT_MERGES)
+        for got, want in zip(folded, ordered):
+            assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num()), \
+                "the folded merge's bits differ from the ordered merge launch's"
+        # Sequence 3 (a NaN in KV head 1's value row, column 3): NaN in that column of KV head 1's query heads only.
+        nan_at = torch.zeros_like(folded[0], dtype=torch.bool)
+        nan_at[3, 0, H // HK:, 3] = True
+        assert torch.equal(folded[0].isnan(), nan_at)
+        if return_lse:
+            check(folded[0][:3], folded[1][:3], expected, q[:3])
+            torch.testing.assert_close(folded[1], launched[1], rtol=1e-6, atol=1e-6)
+        else:
+            assert_close("out", folded[0][:3], expected[0], tolerance_for(q.dtype))
+        torch.testing.assert_close(folded[0][:3], launched[0][:3], rtol=1e-5, atol=1e-6)
+    # The sequence without keys: the sink alone (out 0, LSE the sink), or nothing (LSE -inf).
+    assert torch.equal(results["fold", 3][0][2], torch.zeros_like(q[2]))
+
 # ----------------------------------------------------------------------------------------------------------------
 # Out-of-window pages may be freed: NaN data and garbage page indices are never read
 
