@@ -177,6 +177,17 @@ LOOP_OLD, LOOP_T, LOOP_H = ((False, None, dict(transposed=value)) for value in (
 # KB of K + V against 1,236 at 32 keys; bf16's loop 966), 4 BAR.SYNC, 8 B stack, 6 per SM (12 warps).
 HALVES_64 = (False, (64, 2, 2, False, False, 168), dict(pair=5, per_sm=6))
 S9 = [LOOP_OLD, LOOP_T, LOOP_H, HALVES_64, LOOP_H, LOOP_T, LOOP_OLD, FA3_FP8]
+# s9-call4 (14:28 UTC, main 9248933; us): B=16 16K transposed 81.50 / 81.53, session 8's loop 89.01 / 89.20, halves
+# 136.26 / 136.36, halves (64, 2, 2) capped at 168 86.16; B=4 16K 28.02 / 27.95, 30.00 / 29.96, 45.79 / 45.77,
+# 32.71; B=16 131040 599.45 / 601.86, 668.74 / 669.74, 987.10 / 988.27, 597.47. So the transposed loop is the
+# default (configs.FP8_PAIR_TRANSPOSED 1); next its block shapes (compiled, Triton 3.6, sm_90, interior loop per
+# iteration and warp): (64, 2, 2) capped at 168: 505 per 2 x 64 keys (1,010 per 16 KB of K + V), 165 registers, no
+# stack, 36 KB shared, 6 per SM; (64, 4, 2) capped at 128 (Triton takes warpgroup products, HGMMA 64x16x16, for
+# these 64-key tiles over 4 warps): 373 (1,492 per 16 KB), 24 B stack, 4 per SM; (32, 2, 3) capped at 128: 332, 8 B
+# stack, 8 per SM.
+T64_6, T64_4W, T32_3 = ((False, config, dict(pair=4, per_sm=per_sm)) for config, per_sm in (
+    ((64, 2, 2, False, False, 168), 6), ((64, 4, 2, False, False, 128), 4), ((32, 2, 3, False, False, 128), 8)))
+S9B = [LOOP_T, LOOP_OLD, T64_6, T64_4W, T32_3, HALVES_64, LOOP_T]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -217,6 +228,8 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s8d_b16_16k": (16, 16384, None, [(False, None), ONE_HEAD, FA3_FP8]),
           "s9_b16_16k": (16, 16384, None, S9), "s9_b4_16k": (4, 16384, None, S9),
           "s9_b16_128k": (16, 131040, None, S9), "s9_b4_128k": (4, 131072, None, S9),
+          "s9b_b16_16k": (16, 16384, None, S9B), "s9b_b4_16k": (4, 16384, None, S9B),
+          "s9b_b16_128k": (16, 131040, None, S9B),
           "s8b_b4_16k": (4, 16384, None, [(False, None), PAIRS_FENCED_V, (False, (64, 4, 2, False, False, 128),
                                                                          dict(pair=3, per_sm=4, fenced=2))])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
@@ -313,7 +326,7 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += " contiguous" if options.get("contig") else ""
     shown += " one KV head/program" if options.get("kvpairs") is False else ""
     shown += f" pair widening {options['pairfence']}" if "pairfence" in options else ""
-    shown += {None: "", 0: " pairs' loop", 1: " pairs' loop transposed", 2: " pairs' loop in halves"}[
+    shown += {None: "", 0: " session 8's pairs' loop", 1: " pairs' loop transposed", 2: " pairs' loop in halves"}[
         options.get("transposed")]
     if options.get("heads"):
         shown = "all KV heads/program ({},{},{}) {}/SM cap {}".format(*options["heads"])

@@ -347,16 +347,16 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         # affords; it compiled with Triton 3.6 and 3.9, docs/notes/2026-12-03-fp8-kv-cache.md).
         ("decode full paged fp8 KV, 4 splits", fp8_full, dict(decode, fp8="kv"),
          dict(left=-1, right=0, pack_gqa=True, num_splits=4)),
-        # The long full decodes' default since session 8 (configs.FP8_KV_PAIRS): two KV heads per program on their
-        # own block shape, V fenced (configs.FP8_PAIR_FENCED_WIDENING), 16 splits (B=16); forced here (a forced
-        # config turns the automatic pairs off).
+        # The long full decodes' default (configs.FP8_KV_PAIRS): two KV heads per program on their own block shape,
+        # V fenced (configs.FP8_PAIR_FENCED_WIDENING), 16 splits (B=16), the loop transposed since session 9
+        # (configs.FP8_PAIR_TRANSPOSED 1); forced here (a forced config turns the automatic pairs off). Beside it
+        # session 8's loop (0) and the transposed loop in halves (2).
         ("decode full paged fp8 KV, two KV heads per program, 16 splits", fp8_pair_config(fp8_full),
          dict(decode, fp8="kv"), dict(left=-1, right=0, pack_gqa=True, num_splits=16,
-                                      fwd_settings={"FP8_TWO_KV_HEADS": 3})),
-        # The same pairs' loop transposed, and in halves (configs.FP8_PAIR_TRANSPOSED 1 / 2, off until timed).
-        ("experimental: decode full paged fp8 KV, two KV heads per program, transposed loop, 16 splits",
+                                      fwd_settings={"FP8_TWO_KV_HEADS": 4})),
+        ("experimental: decode full paged fp8 KV, two KV heads per program, session 8's loop, 16 splits",
          fp8_pair_config(fp8_full), dict(decode, fp8="kv"),
-         dict(left=-1, right=0, pack_gqa=True, num_splits=16, fwd_settings={"FP8_TWO_KV_HEADS": 4})),
+         dict(left=-1, right=0, pack_gqa=True, num_splits=16, fwd_settings={"FP8_TWO_KV_HEADS": 3})),
         ("experimental: decode full paged fp8 KV, two KV heads per program, transposed loop in halves, 16 splits",
          fp8_pair_config(fp8_full), dict(decode, fp8="kv"),
          dict(left=-1, right=0, pack_gqa=True, num_splits=16, fwd_settings={"FP8_TWO_KV_HEADS": 5})),

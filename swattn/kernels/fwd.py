@@ -227,8 +227,9 @@ WIDEN_TO, WIDEN_IN_PAIRS, WIDEN_FENCED, WIDEN_FENCED_VALUES = (tl.constexpr(0), 
 _FENCED_MODES = {1: WIDEN_FENCED.value, 2: WIDEN_FENCED_VALUES.value}  # by FP8_FENCED_WIDENING
 
 # A decode program over an e4m3 cache reads TWO KV heads (2k, 2k + 1) and attends the query heads of both
-# (``KV_PAIR``). PAIR_TWO_LOADS is the default of long full-attention decodes where configs.fp8_pair_split_count
-# says so (configs.FP8_KV_PAIRS, measured there); this switch forces a mode wherever the shapes allow it (experiments:
+# (``KV_PAIR``). PAIR_TRANSPOSED (PAIR_TWO_LOADS' loads, its loop transposed: configs.FP8_PAIR_TRANSPOSED) is the
+# default of long full-attention decodes where configs.fp8_pair_split_count says so (configs.FP8_KV_PAIRS, measured
+# there); this switch forces a mode wherever the shapes allow it (experiments:
 # scripts/gpu_fp8_decode.py). In FlashAttention 3's cache layout
 # [pages, page, Hk, D] a KV head's e4m3 token row is 64 bytes, half an L2 line, at a stride of Hk * D bytes; the
 # rows of two neighbouring KV heads are 128 contiguous bytes, one load per token row of the pair (the read-only
