@@ -187,7 +187,11 @@ S9 = [LOOP_OLD, LOOP_T, LOOP_H, HALVES_64, LOOP_H, LOOP_T, LOOP_OLD, FA3_FP8]
 # stack, 8 per SM.
 T64_6, T64_4W, T32_3 = ((False, config, dict(pair=4, per_sm=per_sm)) for config, per_sm in (
     ((64, 2, 2, False, False, 168), 6), ((64, 4, 2, False, False, 128), 4), ((32, 2, 3, False, False, 128), 8)))
-S9B = [LOOP_T, LOOP_OLD, T64_6, T64_4W, T32_3, HALVES_64, LOOP_T]
+# One warp per program (no cross-warp exchange; 16 keys: 328 per iteration, 8 B stack, 10 KB shared, 16 per SM; 32
+# keys capped at 168: 533, no stack, 18 KB, 12 per SM). Their split count is clamped at MAX_SPLITS (B=4: 64).
+T16_1W, T32_1W = ((False, config, dict(pair=4, per_sm=per_sm)) for config, per_sm in (
+    ((16, 1, 2, False, False, 128), 16), ((32, 1, 2, False, False, 168), 12)))
+S9B = [LOOP_T, LOOP_OLD, T64_6, T64_4W, T32_3, HALVES_64, T16_1W, T32_1W, LOOP_T]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -230,6 +234,8 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s9_b16_128k": (16, 131040, None, S9), "s9_b4_128k": (4, 131072, None, S9),
           "s9b_b16_16k": (16, 16384, None, S9B), "s9b_b4_16k": (4, 16384, None, S9B),
           "s9b_b16_128k": (16, 131040, None, S9B),
+          # The compile warm-up of S9B's kernels in four processes (the same kernels serve every shape above).
+          **{f"s9b_warm{i}": (4, 16384, None, S9B[1 + 2 * i:3 + 2 * i]) for i in range(4)},
           "s8b_b4_16k": (4, 16384, None, [(False, None), PAIRS_FENCED_V, (False, (64, 4, 2, False, False, 128),
                                                                          dict(pair=3, per_sm=4, fenced=2))])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
