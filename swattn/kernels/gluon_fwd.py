@@ -125,6 +125,7 @@ WG_ROWS_SMALL_D64 = 64
 # with eager rescaling it changed in its last bits (session 7's isolation failure; fixed in session 8). H200, 16K
 # (s8-call2): W(127,0) D64 gpt-oss sinks 185.8 vs 188.7 us, W(127,0) D128 150.9 vs 150.7.
 RESCALE_THRESHOLD = 8.0
+ONE_SIDED = os.environ.get("SWATTN_GLUON_ONE_SIDED", "1") == "1"
 
 
 def divisor_magic(divisor: int) -> tuple[int, int]:
@@ -191,6 +192,13 @@ def rescale_threshold_for(consumers: int) -> float:
     152.5; but W(4095,0) D128 1467.6 vs 1449.9 and causal D128 3227.2 vs 3164.5 (two warpgroups): slower (again in
     session 8, s8-call2: 1473.7 vs 1435.6 and 3405.1 vs 3216.8)."""
     return RESCALE_THRESHOLD if consumers == 1 else 0.0
+
+
+def one_sided_for(consumers: int) -> bool:
+    """Short-tile softmax (``_softmax_block``'s ``ONE_SIDED``): edge blocks compare each score against the one
+    bound they need, row sums stay per thread until the epilogue. For one-warpgroup tiles (packed small windows),
+    where most blocks are edge blocks; two-warpgroup tiles are long, and their code doubles in size with it."""
+    return ONE_SIDED and consumers == 1
 
 
 def tma_store_for(consumers: int) -> bool:
@@ -269,11 +277,20 @@ if GLUON_AVAILABLE:
         return visible
 
     @gluon.jit
+    def _partial_sums(x, BLOCK_N: gl.constexpr):
+        """``[rows, 8]`` sums of ``x [rows, BLOCK_N]`` over its 8-column groups: in a warpgroup MMA's layout each
+        thread holds the same columns of every group, so these sums need no shuffle; ``gl.sum(., 1)`` of them is
+        the row sum."""
+        return gl.sum(gl.reshape(x, [x.shape[0], BLOCK_N // 8, 8]), 1)
+
+    @gluon.jit
     def _softmax_block(s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end,
                        left, right, softmax_scale, softcap, col_layout: gl.constexpr, HAS_LEFT: gl.constexpr,
                        HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, BLOCK_N: gl.constexpr,
-                       RESCALE_THRESHOLD: gl.constexpr):
-        """Online-softmax step on one block's scores: ``(p, m_new, l_new, alpha)`` in log2 units."""
+                       RESCALE_THRESHOLD: gl.constexpr, ONE_SIDED: gl.constexpr = False):
+        """Online-softmax step on one block's scores: ``(p, m_new, l_new, alpha)`` in log2 units. ``ONE_SIDED``:
+        edge blocks that need only one of the window's bounds compare each score once (three code paths: worth it
+        on short tiles, where most blocks are edge blocks)."""
         if HAS_SOFTCAP:
             s = softcap_scores(s, softmax_scale, softcap)
             qk_scale = 1.0
@@ -281,13 +298,33 @@ if GLUON_AVAILABLE:
             qk_scale = softmax_scale * LOG2E
         if (block < masked_head_end) | (block >= unmasked_end):
             keys = kv_start + block * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
-            visible = _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT, HAS_RIGHT)
-            s = gl.where(visible, s, float("-inf"))
+            if HAS_LEFT and ONE_SIDED:
+                # One comparison per score where one bound suffices: a head block before the tile's unmasked
+                # blocks ends before every row's last key, a tail block starts after every row's first key.
+                # (Each path masks the scores itself: a mask yielded from the branches would be kept as
+                # predicates packed in registers.)
+                if (block < masked_head_end) & (unmasked_end > masked_head_end):
+                    s = gl.where(gl.expand_dims(keys, 0) >= gl.expand_dims(row_pos + offset - left, 1), s,
+                                 float("-inf"))
+                elif block >= masked_head_end:
+                    s = gl.where(_window_visible(keys, row_pos, offset, kv_end, left, right, False, HAS_RIGHT), s,
+                                 float("-inf"))
+                else:
+                    s = gl.where(_window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT, HAS_RIGHT),
+                                 s, float("-inf"))
+            else:
+                visible = _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT, HAS_RIGHT)
+                s = gl.where(visible, s, float("-inf"))
         m_new = kept_max(m_i, gl.maximum(m_i, gl.max(s, 1) * qk_scale), RESCALE_THRESHOLD)
         pivot = safe_pivot(m_new)
         p = gl.exp2(s * qk_scale - gl.expand_dims(pivot, 1))
         alpha = gl.exp2(m_i - pivot)
-        l_new = l_i * alpha + gl.sum(p, 1)
+        if ONE_SIDED:
+            # Row sums kept per thread (``_partial_sums``): the sum across a row's threads waits for the epilogue.
+            part = _partial_sums(p, BLOCK_N)
+            l_new = l_i * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, part.type.layout)), 1) + part
+        else:
+            l_new = l_i * alpha + gl.sum(p, 1)
         return p, m_new, l_new, alpha
 
     @gluon.jit
@@ -447,7 +484,8 @@ if GLUON_AVAILABLE:
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                 IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                 ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr):
+                TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
+                ONE_SIDED: gl.constexpr):
         """One warp: each work item's Q (one box per consumer warpgroup, into the item's Q slot) and K/V blocks
         (into the stage ring, from the tile's first visible key; over pages, one box per page part) through TMA.
         Both rings' positions run on across items, so the next tile's Q and first blocks load during this one's last
@@ -502,7 +540,8 @@ if GLUON_AVAILABLE:
                       FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                       IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                       ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                      TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr):
+                      TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
+                ONE_SIDED: gl.constexpr):
         """One warpgroup's rows ``[WG * M, WG * M + M)`` (M: 64 or 128) of work item ``work``'s tile, from Q to O;
         returns the consumer's running state ``(position, item, turn, stored, stored_slot, seen_nan)`` after it
         (``seen_nan``: per row position of the warpgroup, 1 once a row there held a NaN in any tile so far)."""
@@ -566,7 +605,10 @@ if GLUON_AVAILABLE:
         row_pos = s_m // ROWS_PER_POS
 
         m_i = gl.full([M], float("-inf"), gl.float32, layout=s_rows)
-        l_i = gl.zeros([M], gl.float32, layout=s_rows)
+        if ONE_SIDED:
+            l_i = _partial_sums(gl.zeros([M, BLOCK_N], gl.float32, layout=s_layout), BLOCK_N)
+        else:
+            l_i = gl.zeros([M], gl.float32, layout=s_rows)
         acc = gl.zeros([M, HEAD_DIM], gl.float32, layout=o_layout)
         s_zero = gl.zeros([M, BLOCK_N], gl.float32, layout=s_layout)
 
@@ -592,7 +634,8 @@ if GLUON_AVAILABLE:
             mbarrier.arrive(k_empty.index(first_stage), count=1)
             p, m_i, l_i, alpha = _softmax_block(
                 s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
-                softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, RESCALE_THRESHOLD)
+                softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, RESCALE_THRESHOLD,
+                ONE_SIDED)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             alpha_o = gl.convert_layout(alpha, o_rows)
             for block in range(1, num_blocks):
@@ -614,7 +657,7 @@ if GLUON_AVAILABLE:
                 p, m_i, l_i, alpha = _softmax_block(
                     s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
                     right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N,
-                    RESCALE_THRESHOLD)
+                    RESCALE_THRESHOLD, ONE_SIDED)
                 acc = warpgroup_mma_wait(0, deps=[acc_token])
                 mbarrier.arrive(v_empty.index(previous_stage), count=1)
                 alpha_o = gl.convert_layout(alpha, o_rows)
@@ -636,6 +679,8 @@ if GLUON_AVAILABLE:
         # Epilogue, as the Triton kernel's _finish_tile: NaN flags, then the sink, LSE and one factor per row
         # (``finish_rows``, shared with it), O.
         m_o = gl.convert_layout(m_i, o_rows)
+        if ONE_SIDED:
+            l_i = gl.sum(l_i, 1)
         l_o = gl.convert_layout(l_i, o_rows)
         if FLAG_NAN:
             row_sum = gl.sum(acc, 1)
@@ -692,7 +737,8 @@ if GLUON_AVAILABLE:
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                   IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                   ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-                  TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr):
+                  TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
+                ONE_SIDED: gl.constexpr):
         """One warpgroup: rows ``[WG * M, WG * M + M)`` of each work item's tile, from Q load to O store, over the
         persistent grid's rounds (``_snake``)."""
         total_work = geometry[0] * geometry[1]
@@ -711,7 +757,8 @@ if GLUON_AVAILABLE:
                 _snake(work, reverse, total_work), position, item, turn, stored, stored_slot, seen_nan, geometry,
                 pointers, strides, scalars, buffers, WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP,
                 STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K,
-                ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)
+                ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     ONE_SIDED)
             reverse = not reverse
         if TMA_STORE:
             tma.store_wait(0)  # the last tile's O is written before the program ends
@@ -733,7 +780,7 @@ if GLUON_AVAILABLE:
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
         ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-        TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
+        TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr, ONE_SIDED: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
@@ -781,37 +828,46 @@ if GLUON_AVAILABLE:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     ONE_SIDED)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     ONE_SIDED)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     ONE_SIDED)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     ONE_SIDED)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
         elif NUM_CONSUMERS == 1:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     ONE_SIDED)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     ONE_SIDED)),
             ], [1], [LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     ONE_SIDED)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     ONE_SIDED)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
-                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD)),
+                     KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
+                     ONE_SIDED)),
             ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -976,7 +1032,8 @@ def planning_settings() -> tuple:
     """The module-level values ``_plan`` reads, part of a kept plan's key: tests and tuning probes switch them
     (``monkeypatch.setattr(gluon_fwd, ...)``), and a plan made under other values must not serve the call."""
     return (_swa_fwd_sm90_kernel, consumers_for, block_n_for, tma_store_for, per_sm_for, registers_for, _sm_count,
-            wg_rows_for, WG_ROWS_SMALL_D64, PINGPONG, TMA_STORE, RESCALE_THRESHOLD, rescale_threshold_for, NUM_STAGES,
+            wg_rows_for, WG_ROWS_SMALL_D64, PINGPONG, TMA_STORE, RESCALE_THRESHOLD, rescale_threshold_for, ONE_SIDED,
+            one_sided_for, NUM_STAGES,
             LOADER_REGS, PAGE_BOX_MAX, ROWS_PER_CONSUMER, TensorDescriptor)
 
 
@@ -1069,6 +1126,7 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
         TMA_STORE=tma_store, RESCALE_THRESHOLD=rescale_threshold_for(consumers),
+        ONE_SIDED=one_sided_for(consumers),
     )
     launch = Launch(_swa_fwd_sm90_kernel, grid, scalars, constexprs, dict(num_warps=4, maxnreg=maxnreg),
                     num_tensors=len(slots), slots=slots, descriptors=(q_desc, k_desc, v_desc, o_desc))
