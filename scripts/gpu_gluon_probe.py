@@ -225,9 +225,11 @@ def main() -> int:
                 gluon.append(("gluon S3", with_mode("1", call(), num_stages=3)))  # 3 K/V stages fit at D64
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
-        if small:  # the shipped call without the short-tile softmax (two-sided edge masks, row sums per block)
-            gluon.append(("gluon two-sided", with_mode(
-                "1", call(), settings=dict(one_sided_for=lambda consumers: False))))
+        # The shipped call with fewer of _softmax_block's trims (bits: 1 one-sided edge masks, 2 per-thread row
+        # sums).
+        for trims in ((0, 2) if small else (0,)):
+            gluon.append((f"gluon trims {trims}", with_mode(
+                "1", call(), settings=dict(softmax_trims_for=lambda consumers, t=trims: t))))
         if args.paged or args.varlen:
             gluon = gluon[:2]
         variants += gluon

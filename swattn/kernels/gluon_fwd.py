@@ -125,7 +125,9 @@ WG_ROWS_SMALL_D64 = 64
 # with eager rescaling it changed in its last bits (session 7's isolation failure; fixed in session 8). H200, 16K
 # (s8-call2): W(127,0) D64 gpt-oss sinks 185.8 vs 188.7 us, W(127,0) D128 150.9 vs 150.7.
 RESCALE_THRESHOLD = 8.0
-ONE_SIDED = os.environ.get("SWATTN_GLUON_ONE_SIDED", "1") == "1"
+# _softmax_block's trims (bits): one comparison per score on edge blocks that need one bound, row sums per thread.
+ONE_SIDED_EDGES, THREAD_ROW_SUMS = 1, 2
+SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "3"))  # A/B runs: 0 for neither
 
 
 def divisor_magic(divisor: int) -> tuple[int, int]:
@@ -194,11 +196,11 @@ def rescale_threshold_for(consumers: int) -> float:
     return RESCALE_THRESHOLD if consumers == 1 else 0.0
 
 
-def one_sided_for(consumers: int) -> bool:
-    """Short-tile softmax (``_softmax_block``'s ``ONE_SIDED``): edge blocks compare each score against the one
-    bound they need, row sums stay per thread until the epilogue. For one-warpgroup tiles (packed small windows),
-    where most blocks are edge blocks; two-warpgroup tiles are long, and their code doubles in size with it."""
-    return ONE_SIDED and consumers == 1
+def softmax_trims_for(consumers: int) -> int:
+    """``_softmax_block``'s ``SOFTMAX_TRIMS`` bits. One-sided edge masks for one-warpgroup tiles (packed small
+    windows), where most blocks are edge blocks: two-warpgroup tiles are long, and their code doubles in size
+    with it. Per-thread row sums everywhere (no shuffles per block)."""
+    return SOFTMAX_TRIMS & (ONE_SIDED_EDGES | THREAD_ROW_SUMS if consumers == 1 else THREAD_ROW_SUMS)
 
 
 def tma_store_for(consumers: int) -> bool:
@@ -261,6 +263,8 @@ if GLUON_AVAILABLE:
     _RESCALE_ASM_C = gl.constexpr(_RESCALE_ASM)
     _RESCALE_CONSTRAINTS_C = gl.constexpr(_RESCALE_CONSTRAINTS)
     _RESCALE_PACK_C = gl.constexpr(_RESCALE_PACK)
+    _ONE_SIDED_EDGES_C = gl.constexpr(ONE_SIDED_EDGES)
+    _THREAD_ROW_SUMS_C = gl.constexpr(THREAD_ROW_SUMS)
 
     @gluon.jit
     def _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT: gl.constexpr,
@@ -287,39 +291,46 @@ if GLUON_AVAILABLE:
     def _softmax_block(s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end,
                        left, right, softmax_scale, softcap, col_layout: gl.constexpr, HAS_LEFT: gl.constexpr,
                        HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, BLOCK_N: gl.constexpr,
-                       RESCALE_THRESHOLD: gl.constexpr, ONE_SIDED: gl.constexpr = False):
-        """Online-softmax step on one block's scores: ``(p, m_new, l_new, alpha)`` in log2 units. ``ONE_SIDED``:
-        edge blocks that need only one of the window's bounds compare each score once (three code paths: worth it
-        on short tiles, where most blocks are edge blocks)."""
+                       RESCALE_THRESHOLD: gl.constexpr, SOFTMAX_TRIMS: gl.constexpr = 0):
+        """Online-softmax step on one block's scores: ``(p, m_new, l_new, alpha)`` in log2 units. ``SOFTMAX_TRIMS``
+        (bits): ``ONE_SIDED_EDGES``, edge blocks that need only one of the window's bounds compare each score once
+        (three code paths: worth it on short tiles, where most blocks are edge blocks); ``THREAD_ROW_SUMS``, ``l_i``
+        holds each thread's partial row sums (``_partial_sums``), summed across the row's threads in the
+        epilogue."""
         if HAS_SOFTCAP:
             s = softcap_scores(s, softmax_scale, softcap)
             qk_scale = 1.0
         else:
             qk_scale = softmax_scale * LOG2E
         if (block < masked_head_end) | (block >= unmasked_end):
-            keys = kv_start + block * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
-            if HAS_LEFT and ONE_SIDED:
+            if HAS_LEFT and (SOFTMAX_TRIMS & _ONE_SIDED_EDGES_C) != 0:
                 # One comparison per score where one bound suffices: a head block before the tile's unmasked
-                # blocks ends before every row's last key, a tail block starts after every row's first key.
-                # (Each path masks the scores itself: a mask yielded from the branches would be kept as
-                # predicates packed in registers.)
+                # blocks ends before every row's last key, a tail block starts after every row's first key. The
+                # block's column indices are compared with each row's bound relative to the block's first key,
+                # and each path masks the scores itself (a mask yielded from the branches would be kept as
+                # predicates packed in registers).
+                block_key = kv_start + block * BLOCK_N
+                cols = gl.expand_dims(gl.arange(0, BLOCK_N, layout=col_layout), 0)
                 if (block < masked_head_end) & (unmasked_end > masked_head_end):
-                    s = gl.where(gl.expand_dims(keys, 0) >= gl.expand_dims(row_pos + offset - left, 1), s,
-                                 float("-inf"))
+                    s = gl.where(cols >= gl.expand_dims(row_pos + (offset - left - block_key), 1), s, float("-inf"))
                 elif block >= masked_head_end:
-                    s = gl.where(_window_visible(keys, row_pos, offset, kv_end, left, right, False, HAS_RIGHT), s,
-                                 float("-inf"))
+                    last = kv_end - 1 - block_key + row_pos * 0
+                    if HAS_RIGHT:
+                        last = gl.minimum(row_pos + (offset + right - block_key), last)
+                    s = gl.where(cols <= gl.expand_dims(last, 1), s, float("-inf"))
                 else:
+                    keys = block_key + gl.arange(0, BLOCK_N, layout=col_layout)
                     s = gl.where(_window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT, HAS_RIGHT),
                                  s, float("-inf"))
             else:
+                keys = kv_start + block * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
                 visible = _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT, HAS_RIGHT)
                 s = gl.where(visible, s, float("-inf"))
         m_new = kept_max(m_i, gl.maximum(m_i, gl.max(s, 1) * qk_scale), RESCALE_THRESHOLD)
         pivot = safe_pivot(m_new)
         p = gl.exp2(s * qk_scale - gl.expand_dims(pivot, 1))
         alpha = gl.exp2(m_i - pivot)
-        if ONE_SIDED:
+        if (SOFTMAX_TRIMS & _THREAD_ROW_SUMS_C) != 0:
             # Row sums kept per thread (``_partial_sums``): the sum across a row's threads waits for the epilogue.
             part = _partial_sums(p, BLOCK_N)
             l_new = l_i * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, part.type.layout)), 1) + part
@@ -485,7 +496,7 @@ if GLUON_AVAILABLE:
                 IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                 ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
                 TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
-                ONE_SIDED: gl.constexpr):
+                SOFTMAX_TRIMS: gl.constexpr):
         """One warp: each work item's Q (one box per consumer warpgroup, into the item's Q slot) and K/V blocks
         (into the stage ring, from the tile's first visible key; over pages, one box per page part) through TMA.
         Both rings' positions run on across items, so the next tile's Q and first blocks load during this one's last
@@ -541,7 +552,7 @@ if GLUON_AVAILABLE:
                       IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                       ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
                       TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
-                ONE_SIDED: gl.constexpr):
+                SOFTMAX_TRIMS: gl.constexpr):
         """One warpgroup's rows ``[WG * M, WG * M + M)`` (M: 64 or 128) of work item ``work``'s tile, from Q to O;
         returns the consumer's running state ``(position, item, turn, stored, stored_slot, seen_nan)`` after it
         (``seen_nan``: per row position of the warpgroup, 1 once a row there held a NaN in any tile so far)."""
@@ -605,7 +616,7 @@ if GLUON_AVAILABLE:
         row_pos = s_m // ROWS_PER_POS
 
         m_i = gl.full([M], float("-inf"), gl.float32, layout=s_rows)
-        if ONE_SIDED:
+        if (SOFTMAX_TRIMS & _THREAD_ROW_SUMS_C) != 0:
             l_i = _partial_sums(gl.zeros([M, BLOCK_N], gl.float32, layout=s_layout), BLOCK_N)
         else:
             l_i = gl.zeros([M], gl.float32, layout=s_rows)
@@ -635,7 +646,7 @@ if GLUON_AVAILABLE:
             p, m_i, l_i, alpha = _softmax_block(
                 s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
                 softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, RESCALE_THRESHOLD,
-                ONE_SIDED)
+                SOFTMAX_TRIMS)
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             alpha_o = gl.convert_layout(alpha, o_rows)
             for block in range(1, num_blocks):
@@ -657,7 +668,7 @@ if GLUON_AVAILABLE:
                 p, m_i, l_i, alpha = _softmax_block(
                     s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
                     right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N,
-                    RESCALE_THRESHOLD, ONE_SIDED)
+                    RESCALE_THRESHOLD, SOFTMAX_TRIMS)
                 acc = warpgroup_mma_wait(0, deps=[acc_token])
                 mbarrier.arrive(v_empty.index(previous_stage), count=1)
                 alpha_o = gl.convert_layout(alpha, o_rows)
@@ -679,7 +690,7 @@ if GLUON_AVAILABLE:
         # Epilogue, as the Triton kernel's _finish_tile: NaN flags, then the sink, LSE and one factor per row
         # (``finish_rows``, shared with it), O.
         m_o = gl.convert_layout(m_i, o_rows)
-        if ONE_SIDED:
+        if (SOFTMAX_TRIMS & _THREAD_ROW_SUMS_C) != 0:
             l_i = gl.sum(l_i, 1)
         l_o = gl.convert_layout(l_i, o_rows)
         if FLAG_NAN:
@@ -738,7 +749,7 @@ if GLUON_AVAILABLE:
                   IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr,
                   ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
                   TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
-                ONE_SIDED: gl.constexpr):
+                SOFTMAX_TRIMS: gl.constexpr):
         """One warpgroup: rows ``[WG * M, WG * M + M)`` of each work item's tile, from Q load to O store, over the
         persistent grid's rounds (``_snake``)."""
         total_work = geometry[0] * geometry[1]
@@ -758,7 +769,7 @@ if GLUON_AVAILABLE:
                 pointers, strides, scalars, buffers, WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP,
                 STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K,
                 ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     ONE_SIDED)
+                     SOFTMAX_TRIMS)
             reverse = not reverse
         if TMA_STORE:
             tma.store_wait(0)  # the last tile's O is written before the program ends
@@ -780,7 +791,7 @@ if GLUON_AVAILABLE:
         STORE_LSE: gl.constexpr, FLAG_NAN: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
         NUM_STAGES: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
         ROWS_PER_POS: gl.constexpr, PINGPONG: gl.constexpr, NUM_CONSUMERS: gl.constexpr,
-        TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr, ONE_SIDED: gl.constexpr,
+        TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr, SOFTMAX_TRIMS: gl.constexpr,
     ):
         """Persistent grid: program p serves work items p, p + grid, ... of the ``num_tiles * num_batch_heads``
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
@@ -829,45 +840,45 @@ if GLUON_AVAILABLE:
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     ONE_SIDED)),
+                     SOFTMAX_TRIMS)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     ONE_SIDED)),
+                     SOFTMAX_TRIMS)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 2, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     ONE_SIDED)),
+                     SOFTMAX_TRIMS)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     ONE_SIDED)),
+                     SOFTMAX_TRIMS)),
             ], [4, 4, 1], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
         elif NUM_CONSUMERS == 1:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     ONE_SIDED)),
+                     SOFTMAX_TRIMS)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     ONE_SIDED)),
+                     SOFTMAX_TRIMS)),
             ], [1], [LOADER_REGS])
         else:
             gl.warp_specialize([
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     ONE_SIDED)),
+                     SOFTMAX_TRIMS)),
                 (_consumer, (geometry, pointers, strides, scalars, buffers, 1, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     ONE_SIDED)),
+                     SOFTMAX_TRIMS)),
                 (_loader, (geometry, pointers, strides, scalars, buffers, 0, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP,
                      HAS_SINKS, PACK_GQA, GROUP, STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q,
                      KV_SOURCE, HAS_SEQLENS_K, ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
-                     ONE_SIDED)),
+                     SOFTMAX_TRIMS)),
             ], [4, 1], [CONSUMER_REGS, LOADER_REGS])
 
 
@@ -1032,8 +1043,8 @@ def planning_settings() -> tuple:
     """The module-level values ``_plan`` reads, part of a kept plan's key: tests and tuning probes switch them
     (``monkeypatch.setattr(gluon_fwd, ...)``), and a plan made under other values must not serve the call."""
     return (_swa_fwd_sm90_kernel, consumers_for, block_n_for, tma_store_for, per_sm_for, registers_for, _sm_count,
-            wg_rows_for, WG_ROWS_SMALL_D64, PINGPONG, TMA_STORE, RESCALE_THRESHOLD, rescale_threshold_for, ONE_SIDED,
-            one_sided_for, NUM_STAGES,
+            wg_rows_for, WG_ROWS_SMALL_D64, PINGPONG, TMA_STORE, RESCALE_THRESHOLD, rescale_threshold_for,
+            SOFTMAX_TRIMS, softmax_trims_for, NUM_STAGES,
             LOADER_REGS, PAGE_BOX_MAX, ROWS_PER_CONSUMER, TensorDescriptor)
 
 
@@ -1126,7 +1137,7 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
         TMA_STORE=tma_store, RESCALE_THRESHOLD=rescale_threshold_for(consumers),
-        ONE_SIDED=one_sided_for(consumers),
+        SOFTMAX_TRIMS=softmax_trims_for(consumers),
     )
     launch = Launch(_swa_fwd_sm90_kernel, grid, scalars, constexprs, dict(num_warps=4, maxnreg=maxnreg),
                     num_tensors=len(slots), slots=slots, descriptors=(q_desc, k_desc, v_desc, o_desc))
