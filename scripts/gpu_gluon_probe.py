@@ -229,7 +229,7 @@ def main() -> int:
         # sums).
         for trims in ((0, 2) if small else (0,)):
             gluon.append((f"gluon trims {trims}", with_mode(
-                "1", call(), settings=dict(softmax_trims_for=lambda consumers, t=trims: t))))
+                "1", call(), settings=dict(softmax_trims_for=lambda consumers, head_dim, t=trims: t))))
         if args.paged or args.varlen:
             gluon = gluon[:2]
         variants += gluon

@@ -196,10 +196,16 @@ def rescale_threshold_for(consumers: int) -> float:
     return RESCALE_THRESHOLD if consumers == 1 else 0.0
 
 
-def softmax_trims_for(consumers: int) -> int:
+def softmax_trims_for(consumers: int, head_dim: int) -> int:
     """``_softmax_block``'s ``SOFTMAX_TRIMS`` bits. One-sided edge masks for one-warpgroup tiles (packed small
     windows), where most blocks are edge blocks: two-warpgroup tiles are long, and their code doubles in size
-    with it. Per-thread row sums everywhere (no shuffles per block)."""
+    with it. Per-thread row sums (no shuffles per block) up to head_dim 128. H200, 16K, same calls (s9-call7,
+    docs/notes/2026-12-03-gluon-forward.md): W(127,0) D64 gpt-oss sinks 173.6 us with both, 179.3 with the row
+    sums only, 183.1 with neither; W(127,0) D128 142.2 / 147.7 / 149.2; causal D128 3148.5 / 3523.6 (row sums /
+    neither); W(4095,0) D128 1425.0 / 1436.1. Head_dim 256 keeps neither (not measured; on Triton 3.9 its spills
+    reach the check's limit with the row sums)."""
+    if head_dim > 128:
+        return 0
     return SOFTMAX_TRIMS & (ONE_SIDED_EDGES | THREAD_ROW_SUMS if consumers == 1 else THREAD_ROW_SUMS)
 
 
@@ -1137,7 +1143,7 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
         ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
         TMA_STORE=tma_store, RESCALE_THRESHOLD=rescale_threshold_for(consumers),
-        SOFTMAX_TRIMS=softmax_trims_for(consumers),
+        SOFTMAX_TRIMS=softmax_trims_for(consumers, head_dim),
     )
     launch = Launch(_swa_fwd_sm90_kernel, grid, scalars, constexprs, dict(num_warps=4, maxnreg=maxnreg),
                     num_tensors=len(slots), slots=slots, descriptors=(q_desc, k_desc, v_desc, o_desc))
