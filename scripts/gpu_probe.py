@@ -1482,8 +1482,8 @@ def serving_s9() -> None:
     (sequence, KV head) merges, no merge launch) and ``fold + preload`` (with fwd.PRELOAD_L2_SPLITS: folded, the
     next call's split programs launch while this call's still run, so their L2 preload of the first block can
     overlap this call's tail); FA3 beside. Full decode B=4 and B=16 at 16K (20 calls per graph, % of the copy of its
-    K/V bytes; fold against ordered: bitwise), then full verify k = 4 at 1K (16 cold sets) and 8K (one set) (the
-    fold does not apply there: its redo launch; launch against ordered). A compact table at the end.
+    K/V bytes; fold against ordered: bitwise), then full verify k = 4 at 1K (16 cold sets) and 8K (one set), launch /
+    ordered / fold (there the redo launch merges the groups it redoes). A compact table at the end.
     PROBE_S9_PARTS picks "decode", "verify" (default both)."""
     from swattn.kernels import fwd
     parts = os.environ.get("PROBE_S9_PARTS", "decode,verify").split(",")
@@ -1539,7 +1539,7 @@ def serving_s9() -> None:
             sets, _ = _verify_sets(k, input_sets, context=context, cached=context)
             print(f"\n## s9 {title} page 16 ({input_sets} sets, appended): us/call", flush=True)
             row, outs = [title, ""], {}
-            for merge in ("launch", "ordered"):
+            for merge in ("launch", "ordered", "fold"):
                 use(variants[merge])
                 try:
                     def call_all(sets=sets):
@@ -1554,7 +1554,9 @@ def serving_s9() -> None:
                     print(f"  {title} {merge}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
                 finally:
                     use({})
-            row += ["(no fold: redo launch)", "", ""]
+            row.append("")  # no preload row for verify
+            if not WARM_ONLY and "fold" in outs and "ordered" in outs:
+                row.append(f"bits {'same' if torch.equal(outs['fold'], outs['ordered']) else 'DIFFER'}")
             try:
                 fa3 = _fa3_verify_us(sets, k, calls)
                 row.append(f"{fa3:.2f}")

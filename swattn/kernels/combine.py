@@ -43,7 +43,7 @@ def merge_in_split_order(partial, lse_split, stride_ps, stride_ls, sink, d_mask,
     """The merge of ``NUM_SPLITS`` splits' partial rows with a fixed order of operations per element: every output
     element is the same function of its inputs whatever the tile's shape or layout, so the merge launch
     (``_swa_combine_kernel`` with ``ORDERED_SPLITS``, one row per program) and the merge folded into the split launch
-    (``fold_split_merge``, a KV head's rows in one program) give the same bits.
+    (``merge_group_rows``, a tile's rows in one program) give the same bits.
 
     ``partial`` / ``lse_split``: pointer tiles of one shape, split 0's partial rows (fp32) and their LSEs (natural
     log; the same LSE along a row), split ``s`` at ``+ s * stride_ps`` / ``+ s * stride_ls``; ``sink``: the rows'
@@ -75,48 +75,63 @@ def merge_in_split_order(partial, lse_split, stride_ps, stride_ls, sink, d_mask,
 
 
 @triton.jit
-def fold_split_merge(O_PARTIAL, LSE_PARTIAL, O, LSE, ARRIVALS, SINKS, batch_head, num_heads,
-                     stride_ps, stride_pb, stride_ph, stride_lps, stride_lpb, stride_lph,
-                     stride_ob, stride_oh, stride_lb, stride_lh,
-                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_SINKS: tl.constexpr,
-                     STORE_LSE: tl.constexpr, NUM_SPLITS: tl.constexpr):
-    """The merge folded into the split launch (``fwd.SPLIT_MERGE = "fold"``), called by every split program of a
-    single-query PackGQA launch after it has stored its partial rows: the program counts itself in for its (sequence,
-    KV head) ``batch_head`` (``ARRIVALS``, int32, one per sequence and KV head), and the last of the ``NUM_SPLITS`` to
-    arrive merges the ``GROUP`` query heads' rows of every split (position 0; ``merge_in_split_order``: by split
-    index, not by arrival, so the bits are the merge launch's) into ``O`` / ``LSE`` ([batch, head] strides) and
-    zeroes the count for the next call on the stream (so a replayed CUDA graph finds it zero too; the next launch
-    on the stream reads it only after its PDL wait, when this grid has ended).
+def last_split_arrival(ARRIVALS, group, NUM_SPLITS: tl.constexpr):
+    """The merge folded into a split launch (``fwd.SPLIT_MERGE = "fold"``): count this program in for its group
+    (``ARRIVALS``, int32, one count per (sequence, KV head) ``group``) once its partial rows are stored; True in the
+    last of the ``NUM_SPLITS`` programs to arrive, which also zeroes the count for the next use (the next launch on the
+    stream reads it only after its PDL wait, when this grid has ended; a replayed CUDA graph finds it zero too).
 
     Ordering: the barrier puts every thread's partial stores before the arrival; the arrival (acq_rel at GPU scope)
-    releases them, and the last arrival acquires every split's (on sm_90 the acquire also invalidates the SM's L1);
+    releases them, and the last arrival acquires every program's (on sm_90 the acquire also invalidates the SM's L1);
     the arrival's result reaches the program's threads through shared memory behind a barrier, which orders their
-    reads after the acquire. Partial rows and LSEs are read as [GROUP, BLOCK_D] tiles through addresses whose
-    contiguity the compiler cannot see (``unit`` is 1), so both take one layout and no LSE goes through shared
-    memory per split (sm_90 SASS, Triton 3.6, session 7)."""
+    reads after the acquire."""
     tl.debug_barrier()
-    arrived = tl.atomic_add(ARRIVALS + batch_head, 1, sem="acq_rel")
-    if arrived == NUM_SPLITS - 1:
-        tl.store(ARRIVALS + batch_head, 0)
-        kv_heads = num_heads // GROUP
-        batch = (batch_head // kv_heads).to(tl.int64)
-        heads = ((batch_head % kv_heads) * GROUP + tl.arange(0, GROUP)).to(tl.int64)
-        offs_d = tl.arange(0, BLOCK_D)
-        unit = (num_heads // num_heads).to(tl.int64)
-        partial = (O_PARTIAL + batch * stride_pb + heads[:, None] * (stride_ph * unit)
-                   + offs_d[None, :].to(tl.int64) * unit)
-        lse_split = LSE_PARTIAL + batch * stride_lpb + heads[:, None] * (stride_lph * unit) + offs_d[None, :] * 0
-        sink = 0.0
-        if HAS_SINKS:
-            sink = tl.load(SINKS + heads[:, None] * unit + offs_d[None, :] * 0).to(tl.float32)
-        d_mask = (offs_d < HEAD_DIM)[None, :]
-        out, lse = merge_in_split_order(partial, lse_split, stride_ps, stride_lps, sink, d_mask, NUM_SPLITS,
-                                        HAS_SINKS)
-        tl.store(O + batch * stride_ob + heads[:, None] * stride_oh + offs_d[None, :], out.to(O.dtype.element_ty),
-                 mask=d_mask)
-        if STORE_LSE:
-            tl.store(LSE + batch * stride_lb + heads[:, None] * stride_lh + offs_d[None, :] * 0, lse,
-                     mask=(offs_d == 0)[None, :])
+    arrived = tl.atomic_add(ARRIVALS + group, 1, sem="acq_rel")
+    last = arrived == NUM_SPLITS - 1
+    if last:
+        tl.store(ARRIVALS + group, 0)
+    return last
+
+
+@triton.jit
+def merge_group_rows(O_PARTIAL, LSE_PARTIAL, O, LSE, SINKS, batch, kv_head, seqlen_q,
+                     stride_ps, stride_pb, stride_pq, stride_ph, stride_lps, stride_lpb, stride_lpq, stride_lph,
+                     stride_ob, stride_oq, stride_oh, stride_lb, stride_lq, stride_lh,
+                     GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                     HAS_SINKS: tl.constexpr, STORE_LSE: tl.constexpr, NUM_SPLITS: tl.constexpr,
+                     ALL_ROWS: tl.constexpr = False):
+    """The folded merge of one PackGQA tile's rows: the ``seqlen_q x GROUP`` (position, query head) rows of KV head
+    ``kv_head`` of sequence ``batch`` (row ``r``: position ``r // GROUP``, head ``kv_head * GROUP + r % GROUP``;
+    ``ROWS``, a power of two, at least that many; ``ALL_ROWS``: exactly that many, no row masked), their
+    ``NUM_SPLITS`` splits' partial rows (``O_PARTIAL`` / ``LSE_PARTIAL``: [split, batch, position, head] strides)
+    merged by ``merge_in_split_order`` (the bits of the ordered merge launch) into ``O`` ([batch, position, head])
+    and, with ``STORE_LSE``, ``LSE`` ([batch, position, head] strides). Partial rows and LSEs are read as [ROWS,
+    BLOCK_D] tiles through addresses whose contiguity the compiler cannot see (``unit`` is 1), so both take one
+    layout and no LSE goes through shared memory per split (sm_90 SASS, Triton 3.6, session 7)."""
+    rows = tl.arange(0, ROWS)
+    row_valid = rows < (ROWS if ALL_ROWS else seqlen_q * GROUP)
+    pos = (rows // GROUP).to(tl.int64)
+    heads = (kv_head * GROUP + rows % GROUP).to(tl.int64)
+    batch = batch.to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    unit = (seqlen_q // seqlen_q).to(tl.int64)
+    partial = (O_PARTIAL + batch * stride_pb + (pos * stride_pq + heads * stride_ph)[:, None] * unit
+               + offs_d[None, :].to(tl.int64) * unit)
+    lse_split = (LSE_PARTIAL + batch * stride_lpb + (pos * stride_lpq + heads * stride_lph)[:, None] * unit
+                 + offs_d[None, :] * 0)
+    if not ALL_ROWS:
+        # Rows past the tile's own read row 0's LSEs (a valid address; their results are not stored).
+        lse_split = tl.where(row_valid[:, None], lse_split, LSE_PARTIAL + batch * stride_lpb + offs_d[None, :] * 0)
+    sink = 0.0
+    if HAS_SINKS:
+        sink = tl.load(SINKS + heads[:, None] * unit + offs_d[None, :] * 0).to(tl.float32)
+    mask = row_valid[:, None] & (offs_d < HEAD_DIM)[None, :]
+    out, lse = merge_in_split_order(partial, lse_split, stride_ps, stride_lps, sink, mask, NUM_SPLITS, HAS_SINKS)
+    tl.store(O + batch * stride_ob + (pos * stride_oq + heads * stride_oh)[:, None] + offs_d[None, :],
+             out.to(O.dtype.element_ty), mask=mask)
+    if STORE_LSE:
+        tl.store(LSE + batch * stride_lb + (pos * stride_lq + heads * stride_lh)[:, None] + offs_d[None, :] * 0, lse,
+                 mask=row_valid[:, None] & (offs_d == 0)[None, :])
 
 
 @triton.jit

@@ -50,7 +50,7 @@ from swattn.kernels._common import (
     wait_for_previous_grid,
 )
 from swattn.kernels._launch import Launch, Layout, PlanCache, kept_buffer, stream_key, tensor_signature
-from swattn.kernels.combine import combine_launch, fold_split_merge
+from swattn.kernels.combine import combine_launch, last_split_arrival, merge_group_rows
 from swattn.kernels.configs import forward_config
 from swattn.window import visible_span
 
@@ -1478,6 +1478,33 @@ def _attend_tile(
             HAS_SINKS, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, NON_FINITE_PASS, BLOCK_M, value_scale)
 
 
+@triton.jit
+def _group_flagged(NON_FINITE_FLAGS, batch_head, NUM_SPLITS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Whether the main pass flagged a non-finite row in any of the ``NUM_SPLITS`` tiles of ``batch_head`` (a
+    folded merge's group: one tile per split, their flags adjacent)."""
+    flags = NON_FINITE_FLAGS + batch_head.to(tl.int64) * (NUM_SPLITS * BLOCK_M) + tl.arange(0, BLOCK_M)
+    flagged = tl.max(tl.load(flags).to(tl.int32), 0)
+    for split in tl.static_range(1, NUM_SPLITS):
+        flagged = tl.maximum(flagged, tl.max(tl.load(flags + split * BLOCK_M).to(tl.int32), 0))
+    return flagged > 0
+
+
+@triton.jit
+def _merge_folded_group(O, LSE, O_MERGED, LSE_MERGED, SINKS, batch_head, seqlen_q, num_heads,
+                        stride_os, stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh,
+                        stride_mob, stride_moq, stride_moh, stride_mlb, stride_mlq, stride_mlh,
+                        GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                        HAS_SINKS: tl.constexpr, STORE_LSE: tl.constexpr, NUM_SPLITS: tl.constexpr,
+                        ALL_ROWS: tl.constexpr):
+    """SPLIT_MERGE "fold": the merge of PackGQA group ``batch_head`` (sequence ``batch_head // Hk``, KV head
+    ``batch_head % Hk``) into out / LSE (``combine.merge_group_rows``)."""
+    kv_heads = num_heads // GROUP
+    merge_group_rows(O, LSE, O_MERGED, LSE_MERGED, SINKS, batch_head // kv_heads, batch_head % kv_heads, seqlen_q,
+                     stride_os, stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh,
+                     stride_mob, stride_moq, stride_moh, stride_mlb, stride_mlq, stride_mlh,
+                     GROUP, ROWS, HEAD_DIM, BLOCK_D, HAS_SINKS, STORE_LSE, NUM_SPLITS, ALL_ROWS)
+
+
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "chunk", "num_tiles", "num_work"])
 def _swa_fwd_kernel(
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
@@ -1490,7 +1517,7 @@ def _swa_fwd_kernel(
     stride_ls, stride_lb, stride_lq, stride_lh,
     stride_page_table, stride_nb, stride_ns, stride_nh,
     stride_qdb, stride_qdh, stride_kdb, stride_kdh, stride_vdb, stride_vdh,
-    stride_mob, stride_moh, stride_mlb, stride_mlh,
+    stride_mob, stride_moq, stride_moh, stride_mlb, stride_mlq, stride_mlh,
     seqlen_q, seqlen_k, num_heads, queries_per_kv_head: tl.constexpr, page_size: tl.constexpr,
     softmax_scale, softcap, left, right,
     # chunk last: between right and num_tiles it moved the scalars after it by 4 bytes, and one 64-bit constant
@@ -1507,7 +1534,8 @@ def _swa_fwd_kernel(
     FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PRELOAD_L2: tl.constexpr = 0, PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
-    RESCALE_THRESHOLD: tl.constexpr = 0.0, FOLD_SPLITS: tl.constexpr = 0, STORE_MERGED_LSE: tl.constexpr = False,
+    RESCALE_THRESHOLD: tl.constexpr = 0.0, FOLD_SPLITS: tl.constexpr = 0, FOLD_ROWS: tl.constexpr = 0,
+    FOLD_ALL_ROWS: tl.constexpr = False, STORE_MERGED_LSE: tl.constexpr = False,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -1578,6 +1606,18 @@ def _swa_fwd_kernel(
                     HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, FP8, HEAD_N=HEAD_N, WIDEN=WIDEN,
                     KV_PAIR=KV_PAIR, ROW_BOUNDS=ROW_BOUNDS, RESCALE_THRESHOLD=RESCALE_THRESHOLD,
                 )
+                if FOLD_SPLITS > 0:
+                    # SPLIT_MERGE "fold": groups holding a flagged tile were left unmerged by the main pass; every
+                    # tile of such a group counts in once redone (or left, when not flagged itself), and the last
+                    # merges the group.
+                    if _group_flagged(NON_FINITE_FLAGS, batch_head, FOLD_SPLITS, BLOCK_M):
+                        if last_split_arrival(MERGE_ARRIVALS, batch_head, FOLD_SPLITS):
+                            _merge_folded_group(
+                                O, LSE, O_MERGED, LSE_MERGED, SINKS, batch_head, seqlen_q, num_heads, stride_os,
+                                stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh,
+                                stride_mob, stride_moq, stride_moh, stride_mlb, stride_mlq, stride_mlh,
+                                queries_per_kv_head, FOLD_ROWS, HEAD_DIM, BLOCK_D, HAS_SINKS, STORE_MERGED_LSE,
+                                FOLD_SPLITS, FOLD_ALL_ROWS)
     else:
         # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
         _attend_tile(
@@ -1596,11 +1636,18 @@ def _swa_fwd_kernel(
             PREFETCH_PARTNER, ROW_BOUNDS,
         )
         if FOLD_SPLITS > 0:
-            # SPLIT_MERGE "fold": the last of the FOLD_SPLITS programs of this (sequence, KV head) merges them.
-            fold_split_merge(O, LSE, O_MERGED, LSE_MERGED, MERGE_ARRIVALS, SINKS, tl.program_id(1), num_heads,
-                             stride_os, stride_ob, stride_oh, stride_ls, stride_lb, stride_lh,
-                             stride_mob, stride_moh, stride_mlb, stride_mlh, queries_per_kv_head, HEAD_DIM, BLOCK_D,
-                             HAS_SINKS, STORE_MERGED_LSE, FOLD_SPLITS)
+            # SPLIT_MERGE "fold": the last of the FOLD_SPLITS programs of this (sequence, KV head) merges them,
+            # unless one of them flagged a non-finite row (the redo pass merges that group once it is redone).
+            if last_split_arrival(MERGE_ARRIVALS, tl.program_id(1), FOLD_SPLITS):
+                merge = True
+                if NON_FINITE_PASS == FLAG_NON_FINITE:
+                    merge = not _group_flagged(NON_FINITE_FLAGS, tl.program_id(1), FOLD_SPLITS, BLOCK_M)
+                if merge:
+                    _merge_folded_group(
+                        O, LSE, O_MERGED, LSE_MERGED, SINKS, tl.program_id(1), seqlen_q, num_heads, stride_os,
+                        stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh, stride_mob,
+                        stride_moq, stride_moh, stride_mlb, stride_mlq, stride_mlh, queries_per_kv_head, FOLD_ROWS,
+                        HEAD_DIM, BLOCK_D, HAS_SINKS, STORE_MERGED_LSE, FOLD_SPLITS, FOLD_ALL_ROWS)
 
 # Tensors that _swa_fwd_kernel takes before its scalars (Q ... LSE_MERGED); BLOCK_COUNT's position among them.
 _FORWARD_TENSORS = 24
@@ -2025,11 +2072,12 @@ class _ForwardPlan:
         grid = (num_tiles, programs_per_split, num_splits)
         if SPLIT_MERGE not in SPLIT_MERGES:
             raise ValueError(f"fwd.SPLIT_MERGE (SWATTN_SPLIT_MERGE) must be one of {SPLIT_MERGES}, got {SPLIT_MERGE!r}")
-        # The merge folded into the split launch (SPLIT_MERGE "fold"): single-query PackGQA tiles over a 16-bit
-        # cache (one query position: no redo launch), one tile per (sequence, KV head) (its program's rows are
-        # the group's heads at position 0), a power-of-two group, a Triton launch.
-        self.fold_merge = (SPLIT_MERGE == "fold" and num_splits > 1 and pack_gqa and seqlen_q == 1
-                           and not varlen_q and seqused_q is None and fp8 == NO_FP8.value and not self.use_gluon
+        # The merge folded into the split launch (SPLIT_MERGE "fold"): fixed-length PackGQA tiles over a 16-bit
+        # cache, one tile per (sequence, KV head) (its rows: the group's heads at each query position), a
+        # power-of-two group, a Triton launch. With the isolation's redo launch, groups with a flagged row merge
+        # there, after the redo.
+        self.fold_merge = (SPLIT_MERGE == "fold" and num_splits > 1 and pack_gqa and not varlen_q
+                           and seqused_q is None and fp8 == NO_FP8.value and not self.use_gluon
                            and not self.kv_pair and num_tiles == 1 and group & (group - 1) == 0
                            and not count_blocks)
         self.merge_groups = grid[1]
@@ -2081,9 +2129,10 @@ class _ForwardPlan:
             *l_strides, page_table.stride(0) if paged else 0,
             *(token_strides(new_k, varlen_q) if append_new else (0, 0, 0)),
             *descale_strides(q_descale), *descale_strides(k_descale), *descale_strides(v_descale),
-            # The folded merge's out and LSE: (batch, head) strides of dense out [B, 1, H, D] and LSE [B, H, 1].
-            *((token_strides(out, False)[0::2] + ((0, 0) if lse is None else lse_strides(lse, False)[0::2]))
-              if self.fold_merge else (0, 0, 0, 0)),
+            # The folded merge's out and LSE: (batch, position, head) strides of dense out [B, Sq, H, D] and LSE
+            # [B, H, Sq].
+            *((token_strides(out, False) + ((0, 0, 0) if lse is None else lse_strides(lse, False)))
+              if self.fold_merge else (0,) * 6),
             seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
             softmax_scale, softcap if softcap > 0 else 1.0, left, right,
             grid[0], grid[2], num_work, max(attention_chunk, 1),
@@ -2141,6 +2190,10 @@ class _ForwardPlan:
                    cache_leftpad is not None, self.fp8, self.fp8, self.fp8, self.fold_merge, self.fold_merge,
                    self.fold_merge and lse is not None)
         self.pick = operator.itemgetter(*(i for i, passed in enumerate(present) if passed))
+        fold_switches = dict(FOLD_SPLITS=num_splits if self.fold_merge else 0,
+                             FOLD_ROWS=next_power_of_2(rows_per_tile) if self.fold_merge else 0,
+                             FOLD_ALL_ROWS=self.fold_merge and next_power_of_2(rows_per_tile) == rows_per_tile,
+                             STORE_MERGED_LSE=self.fold_merge and lse is not None)
         self.main = Launch(_swa_fwd_kernel, grid, scalars,
                            dict(switches, COUNT_BLOCKS=count_blocks, APPEND_READS_INPUT=self.append_reads_input,
                                 NON_FINITE_PASS=((GUARD_ONE_PASS_CHECKED if GUARD_CHECKS_OUTPUT else
@@ -2150,8 +2203,7 @@ class _ForwardPlan:
                                 PREFETCH_PAGES=(PREFETCH_PAGE_TABLE and paged and config.single_loop
                                                 and q.is_cuda and not _compat.interpreter_enabled()),
                                 PRELOAD_L2=self.preload_l2, PREFETCH_PARTNER=self.prefetch_partner,
-                                FOLD_SPLITS=num_splits if self.fold_merge else 0,
-                                STORE_MERGED_LSE=self.fold_merge and lse is not None),
+                                **fold_switches),
                            options, num_tensors=_FORWARD_TENSORS, slots=_slots(present))
         self.redo = None
         programs = _persistent_programs(q.device)
@@ -2167,7 +2219,7 @@ class _ForwardPlan:
             self.redo = Launch(_swa_fwd_kernel, (min(num_work, programs) if not self.scan_flags else num_work,),
                                scalars, dict(switches, COUNT_BLOCKS=False, NON_FINITE_PASS=redo_pass.value,
                                              APPEND_READS_INPUT=False, PREFETCH_PAGES=False,
-                                             RESCALE_THRESHOLD=threshold), options,
+                                             RESCALE_THRESHOLD=threshold, **fold_switches), options,
                                num_tensors=_FORWARD_TENSORS, slots=_slots(present, skip=(_BLOCK_COUNT_SLOT,)))
 
     def run(self, q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k, new_v,

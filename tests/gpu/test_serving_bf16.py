@@ -285,3 +285,69 @@ def test_split_merge_folded_into_the_split_launch(monkeypatch, return_lse):
                 torch.testing.assert_close(got[1][[0, 2, 3]], ref_lse, rtol=0, atol=LSE_ATOL)
     counts = list(fwd._MERGE_ARRIVALS.values()) + [c for kept in fwd._CAPTURED_ARRIVALS.values() for c in kept]
     assert fwd._CAPTURED_ARRIVALS and all(int(c.abs().sum()) == 0 for c in counts)
+
+
+@pytest.mark.parametrize("k_tokens", [2, 4, 8])
+def test_split_merge_folded_into_a_full_verify(monkeypatch, k_tokens):
+    """fwd.SPLIT_MERGE = "fold" on a full-attention verify (B=16, 1K, page 16, k tokens appended, sinks, the
+    automatic split count and tile, the isolation's redo launch): the same bits as the ordered merge launch, eager
+    and in a CUDA graph replayed twice, also when one sequence's new token holds a NaN key (its group is merged by
+    the redo launch after the redo): the NaN only in the rows that see that key, the rest against the reference."""
+    from swattn.kernels import fwd
+
+    batch, context, page_size = 16, 1024, 16
+    pages = context // page_size + 1
+    k_cache = torch.randn(batch * pages, page_size, KV_HEADS, HEAD_DIM, device=DEVICE).to(BF16)
+    v_cache = torch.randn_like(k_cache)
+    table = torch.randperm(batch * pages, device=DEVICE).view(batch, pages).to(torch.int32)
+    seqlens = torch.full((batch,), context - 40, device=DEVICE, dtype=torch.int32)
+    q = torch.randn(batch, k_tokens, HEADS, HEAD_DIM, device=DEVICE).to(BF16)
+    k_new, v_new = (torch.randn(batch, k_tokens, KV_HEADS, HEAD_DIM, device=DEVICE).to(BF16) for _ in range(2))
+    nan_token = k_tokens - 1
+    k_new[5, nan_token, 3, 9] = float("nan")
+    sinks = torch.randn(HEADS, device=DEVICE)
+
+    def call(k_run, v_run):
+        return swattn.flash_attn_with_kvcache(q, k_run, v_run, k=k_new, v=v_new, cache_seqlens=seqlens,
+                                              page_table=table, causal=True, sinks=sinks, return_softmax_lse=True)
+    results = {}
+    for merge in ("ordered", "fold"):
+        monkeypatch.setattr(fwd, "SPLIT_MERGE", merge)
+        k_run, v_run = k_cache.clone(), v_cache.clone()
+        results[merge] = [call(k_run, v_run)]
+        if merge == "fold":
+            assert any(getattr(plan, "fold_merge", False) for plan in fwd._PLANS.values())
+            graph = torch.cuda.CUDAGraph()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                call(k_run, v_run)
+            torch.cuda.current_stream().wait_stream(stream)
+            with torch.cuda.graph(graph):
+                static = [call(k_run, v_run) for _ in range(2)]
+            for _ in range(2):
+                graph.replay()
+                results[merge] += [tuple(t.clone() for t in out) for out in static]
+    torch.cuda.synchronize()
+    want = results["ordered"][0]
+    for got in results["fold"]:
+        for mine, theirs in zip(got, want):
+            assert torch.equal(mine.isnan(), theirs.isnan()), "NaN positions differ from the ordered merge's"
+            assert torch.equal(mine.nan_to_num(), theirs.nan_to_num()), "bits differ from the ordered merge's"
+    out, lse = results["fold"][0]
+    group = HEADS // KV_HEADS
+    nan_at = torch.zeros_like(out, dtype=torch.bool)
+    nan_at[5, nan_token:, 3 * group:4 * group] = True
+    assert torch.equal(out.isnan(), nan_at)
+    keep = [b for b in range(batch) if b != 5]
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    ref_seqlens = seqlens + k_tokens
+    for b in range(batch):
+        for t in range(k_tokens):
+            pos = int(seqlens[b]) + t
+            k_ref[table[b, pos // page_size], pos % page_size] = k_new[b, t]
+            v_ref[table[b, pos // page_size], pos % page_size] = v_new[b, t]
+    ref, ref_lse = attention_kvcache_ref(q[keep], k_ref, v_ref, ref_seqlens[keep], page_table=table[keep],
+                                         causal=True, sinks=sinks, compute_dtype=torch.float32)
+    assert_close("out", out[keep], ref, tolerance_for(BF16))
+    torch.testing.assert_close(lse[keep], ref_lse, rtol=0, atol=LSE_ATOL)

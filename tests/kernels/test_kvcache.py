@@ -779,6 +779,59 @@ def test_split_merge_folded_into_the_split_launch(monkeypatch, loop, sinks, retu
     # The sequence without keys: the sink alone (out 0, LSE the sink), or nothing (LSE -inf).
     assert torch.equal(results["fold", 3][0][2], torch.zeros_like(q[2]))
 
+
+@pytest.mark.parametrize("redo", ["scanned", "flagged"])
+@pytest.mark.parametrize("k_tokens, config", [pytest.param(2, FwdConfig(16, 16, 4, 1), id="k2"),
+                                              pytest.param(4, FwdConfig(32, 16, 4, 1), id="k4")])
+def test_split_merge_folded_into_a_verify(monkeypatch, redo, k_tokens, config):
+    """``fwd.SPLIT_MERGE = "fold"`` on a full-attention speculative verify (k tokens appended, one PackGQA tile per
+    (sequence, KV head), 3 splits, sinks, the isolation's redo launch): groups without a non-finite row merge in the
+    split launch; the group whose new token 2 holds a NaN key (sequence 1, KV head 1) is left to the redo launch
+    (scanning its tiles' flags, or walking them behind the raised flag), which redoes the flagged tile and merges the
+    group. Same bits as the ordered merge launch; the NaN only in the rows whose queries see that key; the rest
+    against the reference; the arrival counts zero afterwards."""
+    from swattn.kernels import fwd
+    batch = 3
+    cache = make_cache("paged-16", batch, 96)
+    q = random_q(batch, k_tokens)
+    k_new, v_new = (torch.randn(batch, k_tokens, HK, D) for _ in range(2))
+    before = i32([85, 40, 3])
+    nan_token = k_tokens - 1
+    k_new[1, nan_token, 1, 5] = float("nan")
+    sink_logits = torch.randn(H)
+    monkeypatch.setattr(fwd, "SCAN_FLAGS_MAX_WORK", 10**6 if redo == "scanned" else 0)
+    taken = []
+    plan_init = fwd._ForwardPlan.__init__
+
+    def record(self, *args, **kw):
+        plan_init(self, *args, **kw)
+        taken.append((self.fold_merge, self.combine is None, self.redo is not None, self.scan_flags))
+    monkeypatch.setattr(fwd._ForwardPlan, "__init__", record)
+    results = {}
+    for merge in ("ordered", "fold"):
+        monkeypatch.setattr(fwd, "SPLIT_MERGE", merge)
+        with forced_config(config):
+            results[merge] = run(q, cache.clone(), k=k_new, v=v_new, cache_seqlens=before, sinks=sink_logits,
+                                 causal=True, num_splits=3)
+        counts = list(fwd._MERGE_ARRIVALS.values())
+        assert all(int(c.abs().sum()) == 0 for c in counts), "arrival counts left non-zero"
+    scanned = redo == "scanned"
+    assert taken == [(False, False, True, scanned), (True, True, True, scanned)]
+    for got, want in zip(results["fold"], results["ordered"]):
+        assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num()), \
+            "the folded merge's bits differ from the ordered merge launch's"
+    out, lse = results["fold"]
+    # Sequence 1's KV head 1 rows at positions that see the NaN key (from nan_token on): NaN; nothing else.
+    nan_at = torch.zeros_like(out, dtype=torch.bool)
+    nan_at[1, nan_token:, H // HK:] = True
+    assert torch.equal(out.isnan(), nan_at)
+    expected_cache = cache_after_append(cache, k_new, v_new, before)
+    expected = reference(q, expected_cache, before + k_tokens, sinks=sink_logits, causal=True)
+    finite = ~nan_at
+    assert_close("out", out[finite], expected[0][finite], tolerance_for(q.dtype))
+    lse_finite = ~nan_at[..., 0].transpose(1, 2)
+    torch.testing.assert_close(lse[lse_finite], expected[1][lse_finite], rtol=0, atol=LSE_TOL)
+
 # ----------------------------------------------------------------------------------------------------------------
 # Out-of-window pages may be freed: NaN data and garbage page indices are never read
 
