@@ -192,6 +192,14 @@ T64_6, T64_4W, T32_3 = ((False, config, dict(pair=4, per_sm=per_sm)) for config,
 T16_1W, T32_1W = ((False, config, dict(pair=4, per_sm=per_sm)) for config, per_sm in (
     ((16, 1, 2, False, False, 128), 16), ((32, 1, 2, False, False, 168), 12)))
 S9B = [LOOP_T, LOOP_OLD, T64_6, T64_4W, T32_3, HALVES_64, T16_1W, T32_1W, LOOP_T]
+# s9-call7 (14:47 UTC, main 23057aa): swattn.bench decode-fp8's B=4 16K row stayed on one KV head (31.14 us, 1.28x):
+# its page tables hold exactly the context (16384 keys: 64 splits of 256, under FP8_PAIR_MIN_KEYS_PER_SPLIT's 257,
+# and forward_config's single loop), where this script's hold a page more (257 keys: the pairs, 27.83 us). Since
+# then the pairs' split loop replaces a short split's single loop (configs.fp8_pair_config); ``minkeys=N`` lowers
+# the threshold (configs.FP8_PAIR_MIN_KEYS_PER_SPLIT) for a variant. The s9c shapes' page tables hold exactly the
+# context (EXACT_SHAPES), as the benchmark's.
+MIN_256, MIN_128 = (False, None, dict(minkeys=256)), (False, None, dict(minkeys=128))
+S9C = [(False, None), MIN_256, MIN_128, (False, None)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -234,11 +242,14 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s9_b16_128k": (16, 131040, None, S9), "s9_b4_128k": (4, 131072, None, S9),
           "s9b_b16_16k": (16, 16384, None, S9B), "s9b_b4_16k": (4, 16384, None, S9B),
           "s9b_b16_128k": (16, 131040, None, S9B),
+          "s9c_b4_16k": (4, 16384, None, S9C), "s9c_b4_8k": (4, 8192, None, S9C),
+          "s9c_b8_8k": (8, 8192, None, S9C), "s9c_b16_4k": (16, 4096, None, S9C),
           # The compile warm-up of S9B's kernels in four processes (the same kernels serve every shape above).
           **{f"s9b_warm{i}": (4, 16384, None, S9B[1 + 2 * i:3 + 2 * i]) for i in range(4)},
           "s8b_b4_16k": (4, 16384, None, [(False, None), PAIRS_FENCED_V, (False, (64, 4, 2, False, False, 128),
                                                                          dict(pair=3, per_sm=4, fenced=2))])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
+EXACT_SHAPES = {"s9c_b4_16k", "s9c_b4_8k", "s9c_b8_8k", "s9c_b16_4k"}  # page tables of exactly the context
 COPY_GBPS = 4221.0
 
 
@@ -332,6 +343,7 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += " contiguous" if options.get("contig") else ""
     shown += " one KV head/program" if options.get("kvpairs") is False else ""
     shown += f" pair widening {options['pairfence']}" if "pairfence" in options else ""
+    shown += f" pairs from {options['minkeys']} keys/split" if "minkeys" in options else ""
     shown += {None: "", 0: " session 8's pairs' loop", 1: " pairs' loop transposed", 2: " pairs' loop in halves"}[
         options.get("transposed")]
     if options.get("heads"):
@@ -374,6 +386,8 @@ def main() -> None:
         count = max(2, min(48, (3 << 30) // (batch * context * 8 * 64 * 4)))
         count = 1 if warm else count
         sets = [dict(full_decode_inputs(batch, context), causal=True, **window) for _ in range(count)]
+        if name in EXACT_SHAPES:  # capacity = context (full_decode_inputs gives a page more)
+            sets = [dict(s, page_table=s["page_table"][:, :context // 16].contiguous()) for s in sets]
         ref = swattn.flash_attn_with_kvcache(**sets[0]).float()
         bf16_us = float("nan") if warm else graph_calls_us(
             [lambda s=s: swattn.flash_attn_with_kvcache(**s) for s in sets])
@@ -399,12 +413,13 @@ def main() -> None:
             forced = forced_config(FwdConfig(16, *config)) if config is not None else None
             pairs, prefetch, two_heads = fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS
             kv_pairs, pair_fence = configs.FP8_KV_PAIRS, configs.FP8_PAIR_FENCED_WIDENING
-            transposed = configs.FP8_PAIR_TRANSPOSED
+            transposed, min_keys = configs.FP8_PAIR_TRANSPOSED, configs.FP8_PAIR_MIN_KEYS_PER_SPLIT
             partner, fenced = fwd.FP8_PREFETCH_PARTNER, fwd.FP8_FENCED_WIDENING
             fwd.FP8_TWO_KV_HEADS = options.get("pair", 0)  # part of the plans' key (fwd.settings)
             configs.FP8_KV_PAIRS = options.get("kvpairs", kv_pairs)  # part of the plans' key (fwd.settings)
             configs.FP8_PAIR_FENCED_WIDENING = options.get("pairfence", pair_fence)  # likewise
             configs.FP8_PAIR_TRANSPOSED = options.get("transposed", transposed)  # likewise
+            configs.FP8_PAIR_MIN_KEYS_PER_SPLIT = options.get("minkeys", min_keys)  # likewise
             fwd.FP8_FENCED_WIDENING = int(options.get("fenced", 0))  # part of the plans' key (fwd.settings)
             fwd.FP8_PREFETCH_PARTNER = options.get("partner", 0)  # part of the plans' key (fwd.settings)
             l2_before = None
@@ -441,7 +456,7 @@ def main() -> None:
                 fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS = pairs, prefetch, two_heads
                 fwd.FP8_PREFETCH_PARTNER, fwd.FP8_FENCED_WIDENING = partner, fenced
                 configs.FP8_KV_PAIRS, configs.FP8_PAIR_FENCED_WIDENING = kv_pairs, pair_fence
-                configs.FP8_PAIR_TRANSPOSED = transposed
+                configs.FP8_PAIR_TRANSPOSED, configs.FP8_PAIR_MIN_KEYS_PER_SPLIT = transposed, min_keys
                 if l2_before is not None:
                     l2_fetch_limit(l2_before)
             read = kv_bytes if quantize_q is None else kv_bytes / 2

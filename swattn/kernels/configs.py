@@ -208,11 +208,11 @@ FP8_PAIR_FENCED_WIDENING = 2
 # / 29.96 and 45.79 / 45.77; B=16 131040 599.45 / 601.86 (1.67x, 84%) against 668.74 / 669.74 and 987.10 / 988.27.
 # SWATTN_FP8_PAIR_TRANSPOSED=0 / 2 at import (or the attribute) takes the others.
 FP8_PAIR_TRANSPOSED = int(os.environ.get("SWATTN_FP8_PAIR_TRANSPOSED", "1") or 0)
-# Fewest keys per split (with the pairs' split count) for which the pairs are taken: longer than SHORT_SPLIT_KEYS,
-# whose splits take the single loop (no pairs there). H200 (s8-call5, 12:36 UTC, main 30fbaf4; fp8-kv, us; this
-# shape forced against one KV head per program, the rule's choice then): B=4 16K 64 splits of 257 keys 29.95 vs
-# 32.11, B=8 16K 33 of 497 49.61 vs 55.15, B=4 32K 64 of 513 49.95 vs 55.65. (At 4 per SM, not fenced, (16, 64, 4,
-# 2) had lost at B=4 16K: 32.44 vs 31.77, s6-call4.)
+# Fewest keys per split (with the pairs' split count) for which the pairs are taken (their split loop then replaces
+# the single loop that forward_config gives splits of at most SHORT_SPLIT_KEYS keys: fp8_pair_config). H200
+# (s8-call5, 12:36 UTC, main 30fbaf4; fp8-kv, us; this shape forced against one KV head per program, the rule's
+# choice then): B=4 16K 64 splits of 257 keys 29.95 vs 32.11, B=8 16K 33 of 497 49.61 vs 55.15, B=4 32K 64 of 513
+# 49.95 vs 55.65. (At 4 per SM, not fenced, (16, 64, 4, 2) had lost at B=4 16K: 32.44 vs 31.77, s6-call4.)
 FP8_PAIR_MIN_KEYS_PER_SPLIT = 257
 
 
@@ -262,10 +262,13 @@ def fp8_pairs_taken(programs: int, keys: int, sms: int, num_splits: int) -> bool
 
 
 def fp8_pair_config(config: FwdConfig) -> FwdConfig:
-    """The block shape of the two-KV-heads split loop (``FP8_PAIR_SPLIT_BLOCKS``) in place of ``config``'s."""
+    """The block shape of the two-KV-heads split loop (``FP8_PAIR_SPLIT_BLOCKS``) in place of ``config``'s, on the
+    split loop (a short split's single loop, which ``forward_config`` gives splits of at most ``SHORT_SPLIT_KEYS``
+    keys, replaced too)."""
     block_n, num_warps, maxnreg, _ = FP8_PAIR_SPLIT_BLOCKS[config.block_m]
     return replace(config, block_n=block_n, num_warps=num_warps, maxnreg=maxnreg,
-                   num_stages=FP8_PAGED_SPLIT_STAGES.get(config.block_m, config.num_stages))
+                   num_stages=FP8_PAGED_SPLIT_STAGES.get(config.block_m, config.num_stages), single_loop=False,
+                   head_block=0, mask_edges_only=False)
 
 
 def split_programs_per_sm(rows_per_tile: int, short: bool, paged: bool = False, fp8: bool = False) -> int:

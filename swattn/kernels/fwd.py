@@ -2040,11 +2040,14 @@ class _ForwardPlan:
             config = replace(config, tma=False)
         # Two KV heads per program (FP8_TWO_KV_HEADS): single-query PackGQA tiles (no isolation to do) over an e4m3
         # cache whose two heads' rows are adjacent (head stride = head_dim, unpadded), on the split loop.
+        # The default's pairs replace a short split's single loop by their own split loop (configs.fp8_pair_config);
+        # a forced mode (FP8_TWO_KV_HEADS) takes the split loop as it comes.
         pairable = (fp8 == FP8_KV.value and pack_gqa and seqlen_q == 1 and not self.use_gluon
-                    and not config.single_loop and not config.head_block and 2 * rows_per_tile <= config.block_m
+                    and 2 * rows_per_tile <= config.block_m
                     and num_kv_heads % 2 == 0 and block_d == head_dim and new_k is None and not count_blocks
                     and all(t.stride(-1) == 1 and t.stride(-2) == head_dim for t in (k, v)))
-        self.kv_pair = FP8_TWO_KV_HEADS if pairable else 0
+        split_loop_config = not config.single_loop and not config.head_block
+        self.kv_pair = FP8_TWO_KV_HEADS if pairable and split_loop_config else 0
         if (pairable and not FP8_TWO_KV_HEADS and configs.forced_config_in_use() is None
                 and configs.fp8_kv_pairs_fit(True, pack_gqa, left < 0 and attention_chunk == 0, rows_per_tile,
                                              seqlen_q, num_kv_heads, head_dim, True, paged, False)

@@ -121,6 +121,33 @@ def test_full_decode_takes_two_kv_heads_per_program(monkeypatch, batch, context,
     assert_close("pairs vs one KV head", outs[True][0], outs[False][0], OUT_TOL)
 
 
+def test_pairs_replace_the_single_loop_of_256_key_splits(monkeypatch):
+    """B=4 16K with a page table of exactly the context (as swattn.bench's): the pairs' split count gives 64 splits
+    of 256 keys, which forward_config puts on the single loop; with the pairs' threshold at 256
+    (configs.FP8_PAIR_MIN_KEYS_PER_SPLIT) their split loop replaces it (configs.fp8_pair_config), against the
+    reference."""
+    from swattn.kernels import configs, fwd
+    monkeypatch.setattr(configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT", 256)
+    batch, context, heads, kv_heads, head_dim, page_size = 4, 16384, 64, 8, 64, 16
+    pages = context // page_size
+    k_cache, v_cache = e4m3(batch * pages, page_size, kv_heads, head_dim), e4m3(batch * pages, page_size,
+                                                                                kv_heads, head_dim)
+    table = torch.randperm(batch * pages, device=DEVICE).view(batch, pages).to(torch.int32)
+    lens = torch.full((batch,), context, device=DEVICE, dtype=torch.int32)
+    q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=BF16)
+    kd, vd = descale(batch, kv_heads), descale(batch, kv_heads)
+    sinks = torch.randn(heads, device=DEVICE)
+    fwd._PLANS.clear()
+    out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table, k_descale=kd,
+                                              v_descale=vd, causal=True, sinks=sinks, return_softmax_lse=True)
+    (plan,) = [plan for plan in fwd._PLANS.values() if plan.launches]
+    assert plan.kv_pair in fwd._TWO_LOADS and not plan.config.single_loop
+    ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, page_table=table, k_descale=kd,
+                                             v_descale=vd, causal=True, sinks=sinks, **REF)
+    assert_close("out", out, ref_out, OUT_TOL)
+    check_lse(lse, ref_lse)
+
+
 @pytest.mark.parametrize("head_dim,window", [(64, (127, 0)), (128, (4095, 0)), (128, (-1, 0))], ids=str)
 def test_prefill_all_fp8(head_dim, window):
     batch, seqlen, heads, kv_heads = 1, 4096, 64 if head_dim == 64 else 32, 8

@@ -547,6 +547,37 @@ def test_two_kv_heads_per_program_by_default(monkeypatch, dtype, transposed):
     assert_close("pairs vs one KV head", outs[True][0], outs[False][0], tolerance_for(dtype))
 
 
+def test_pairs_replace_a_short_splits_single_loop(monkeypatch):
+    """Where the default takes two KV heads per program (``configs.fp8_pairs_taken``) for splits short enough that
+    ``forward_config`` gives them the one-stage single loop (on a GPU: at most ``SHORT_SPLIT_KEYS`` keys; the
+    interpreter's own config is never single-loop, so the GPU's choice is handed in here), the pairs' split loop
+    replaces it (``configs.fp8_pair_config``: their block shape, single_loop off), against the reference; a forced
+    pair mode (``fwd.FP8_TWO_KV_HEADS``) leaves a single loop alone."""
+    from swattn.kernels import configs, fwd
+    monkeypatch.setattr(configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT", 16)
+    monkeypatch.setattr(fwd, "forward_config", lambda *args, **kwargs: FwdConfig(16, 128, 4, 2, single_loop=True))
+    pages, page_size = 40, 16
+    k_cache, v_cache = e4m3(pages, page_size, HK, D), e4m3(pages, page_size, HK, D)
+    table = torch.randperm(pages).view(1, pages).to(torch.int32)
+    lens = i32(601)
+    q = torch.randn(1, 1, H, D, dtype=torch.bfloat16)
+    kd, vd = descale(1), descale(1)
+    splits = configs.fp8_pair_split_count(HK, pages * page_size, fwd._persistent_programs(q.device))
+    call = dict(cache_seqlens=lens, page_table=table, k_descale=kd, v_descale=vd, causal=True, num_splits=splits)
+    fwd._PLANS.clear()
+    out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
+    (plan,) = [p for p in fwd._PLANS.values() if p.launches]
+    assert plan.kv_pair in fwd._TWO_LOADS and not plan.config.single_loop
+    assert plan.config == configs.fp8_pair_config(FwdConfig(16, 128, 4, 2, single_loop=True))
+    ref_out, _ = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True,
+                                       page_table=table)
+    assert_close("out", out, ref_out, tolerance_for(torch.bfloat16))
+    monkeypatch.setattr(fwd, "FP8_TWO_KV_HEADS", 4)
+    fwd._PLANS.clear()
+    swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
+    assert [p.kv_pair for p in fwd._PLANS.values() if p.launches] == [0]
+
+
 def test_split_count_plans_two_kv_heads_per_program():
     """The automatic split count of the e4m3 full decode (gpt-oss layer, H200's 132 SMs, page tables a page longer
     than the context) plans a wave of two-KV-head programs (8 per SM) where ``configs.fp8_pair_split_count`` takes
