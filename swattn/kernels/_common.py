@@ -207,15 +207,12 @@ def fast_log2(x):
 
 
 @triton.jit
-def finish_rows(m_i, l_i, sink, HAS_SINK: tl.constexpr, FAST_LOG2: tl.constexpr = False,
-                FAST_DIV: tl.constexpr = False):
+def finish_rows(m_i, l_i, sink, HAS_SINK: tl.constexpr, FAST_LOG2: tl.constexpr = False):
     """A tile's row statistics after its last block -> ``(row_factor, lse)``: the sink (log2 units) joins the
     denominator once (it has no value vector); ``row_factor`` scales the accumulator by the sink's rescale and the
     normalization together (one division per row, not one per element); rows that saw nothing (sum 0) get factor
     1 over an all-zero accumulator and LSE -inf. Shared by the Triton and Gluon epilogues. ``FAST_LOG2``: the LSE's
-    logarithm through ``fast_log2``; ``FAST_DIV``: the division as ``div.approx.ftz.f32`` (a reciprocal on the SFU and
-    a multiplication, error <= 2 ulp; a quotient below 2^-126 flushes to 0) instead of the IEEE division's range
-    checks and Newton steps (compiled kernels only)."""
+    logarithm through ``fast_log2`` (compiled kernels only)."""
     acc_scale = tl.where(l_i == 0.0, 1.0, 1.0)  # ones shaped (and laid out) as the rows; m_i * 0 is NaN at -inf
     if HAS_SINK:
         m_new = tl.maximum(m_i, sink)
@@ -228,10 +225,6 @@ def finish_rows(m_i, l_i, sink, HAS_SINK: tl.constexpr, FAST_LOG2: tl.constexpr 
     else:
         log2_sum = tl.log2(tl.where(no_key, 1.0, l_i))
     lse = tl.where(no_key, float("-inf"), (m_i + log2_sum) * LN2)
-    if FAST_DIV:
-        return tl.inline_asm_elementwise("div.approx.ftz.f32 $0, $1, $2;", "=f,f,f",
-                                         [acc_scale, tl.where(no_key, 1.0, l_i)], dtype=tl.float32, is_pure=True,
-                                         pack=1), lse
     return acc_scale / tl.where(no_key, 1.0, l_i), lse
 
 

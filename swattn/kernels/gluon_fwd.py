@@ -126,9 +126,8 @@ WG_ROWS_SMALL_D64 = 64
 # (s8-call2): W(127,0) D64 gpt-oss sinks 185.8 vs 188.7 us, W(127,0) D128 150.9 vs 150.7.
 RESCALE_THRESHOLD = 8.0
 # _softmax_block's trims (bits): one comparison per score on edge blocks that need one bound, row sums per thread.
-# And (FAST_DIV) the epilogue's division by the row sum as div.approx (a reciprocal and a multiplication per row).
-ONE_SIDED_EDGES, THREAD_ROW_SUMS, FAST_DIV = 1, 2, 4
-SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "7"))  # A/B runs: 0 for none
+ONE_SIDED_EDGES, THREAD_ROW_SUMS = 1, 2
+SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "3"))  # A/B runs: 0 for neither
 
 
 def divisor_magic(divisor: int) -> tuple[int, int]:
@@ -200,15 +199,14 @@ def rescale_threshold_for(consumers: int) -> float:
 def softmax_trims_for(consumers: int, head_dim: int) -> int:
     """``_softmax_block``'s ``SOFTMAX_TRIMS`` bits. One-sided edge masks for one-warpgroup tiles (packed small
     windows), where most blocks are edge blocks: two-warpgroup tiles are long, and their code doubles in size
-    with it. Per-thread row sums (no shuffles per block) and the epilogue's fast division up to head_dim 128.
-    H200, 16K, same calls (s9-call7, docs/notes/2026-12-03-gluon-forward.md), before the fast division: W(127,0)
-    D64 gpt-oss sinks 173.6 us with both, 179.3 with the row sums only, 183.1 with neither; W(127,0) D128 142.2 /
-    147.7 / 149.2; causal D128 3148.5 / 3523.6 (row sums / neither); W(4095,0) D128 1425.0 / 1436.1. Head_dim 256
-    keeps none (not measured; on Triton 3.9 its spills reach the check's limit with the row sums)."""
+    with it. Per-thread row sums (no shuffles per block) up to head_dim 128. H200, 16K, same calls (s9-call7,
+    docs/notes/2026-12-03-gluon-forward.md): W(127,0) D64 gpt-oss sinks 173.6 us with both, 179.3 with the row
+    sums only, 183.1 with neither; W(127,0) D128 142.2 / 147.7 / 149.2; causal D128 3148.5 / 3523.6 (row sums /
+    neither); W(4095,0) D128 1425.0 / 1436.1. Head_dim 256 keeps neither (not measured; on Triton 3.9 its spills
+    reach the check's limit with the row sums)."""
     if head_dim > 128:
         return 0
-    return SOFTMAX_TRIMS & (ONE_SIDED_EDGES | THREAD_ROW_SUMS | FAST_DIV if consumers == 1 else
-                            THREAD_ROW_SUMS | FAST_DIV)
+    return SOFTMAX_TRIMS & (ONE_SIDED_EDGES | THREAD_ROW_SUMS if consumers == 1 else THREAD_ROW_SUMS)
 
 
 def tma_store_for(consumers: int) -> bool:
@@ -273,7 +271,6 @@ if GLUON_AVAILABLE:
     _RESCALE_PACK_C = gl.constexpr(_RESCALE_PACK)
     _ONE_SIDED_EDGES_C = gl.constexpr(ONE_SIDED_EDGES)
     _THREAD_ROW_SUMS_C = gl.constexpr(THREAD_ROW_SUMS)
-    _FAST_DIV_C = gl.constexpr(FAST_DIV)
 
     @gluon.jit
     def _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT: gl.constexpr,
@@ -713,8 +710,7 @@ if GLUON_AVAILABLE:
             seen_nan = seen_nan | row_has_nan.to(gl.int32)
         if not HAS_SINKS:
             sink = m_o
-        row_factor, lse = finish_rows(m_o, l_o, sink, HAS_SINKS, FAST_LOG2=True,
-                                      FAST_DIV=(SOFTMAX_TRIMS & _FAST_DIV_C) != 0)
+        row_factor, lse = finish_rows(m_o, l_o, sink, HAS_SINKS, FAST_LOG2=True)
         if FP8_QK:
             row_factor = row_factor * value_scale
         if STORE_LSE:
