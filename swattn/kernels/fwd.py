@@ -185,17 +185,19 @@ PRELOAD_L2_SPLITS = False
 # How split-KV launches merge their splits' partial rows. "launch" (the default): the merge launch after the split
 # launch (``combine``, each row's splits summed as a tile). "ordered": the merge launch with the splits summed in
 # split order (``combine.merge_in_split_order``: the fold's bits). "fold": the merge folded into the split launch
-# for single-query PackGQA bf16 / fp16 calls (fixed-length q, no seqused_q, one tile per sequence and KV head, a
-# power-of-two group; ``combine.fold_split_merge``): the last split program of each (sequence, KV head) to arrive
-# (an acq_rel atomic count, ``_merge_arrivals``) merges that KV head's rows in split order, and no merge launch
-# follows; other split launches take the ordered merge launch. Why: full decode B=4 16K ran the split kernel alone
+# for fixed-length PackGQA bf16 / fp16 calls (no seqused_q, one tile per sequence and KV head, a power-of-two group):
+# the last split program of each (sequence, KV head) to arrive (an acq_rel atomic count, ``_merge_arrivals``;
+# ``combine.last_split_arrival``) merges that tile's rows in split order (``combine.merge_group_rows``), and no
+# merge launch follows; with the isolation's redo launch (verify), a group holding a flagged row is merged by the
+# redo launch once redone; other split launches take the ordered merge launch. "fold-decode": the fold for
+# single-query calls only, the merge launch ("launch") for the rest. Why: full decode B=4 16K ran the split kernel alone
 # at 86-88% of copy bandwidth (38.78 us, s8-call5) and the call at 82% (40.9 us, s8-call8): after the split grid
 # ends, the merge launch's release, round trips and grid end are the call's tail (~2.2 us); folded, only the last
 # group's merge is. Session 7's fold (be01851, 45.1 us against 40.4) allocated zeroed counts on every call under
 # CUDA-graph capture, a memset node between consecutive calls in the graph (which also cut their PDL overlap); here
-# the counts are kept per capture stream too. SWATTN_SPLIT_MERGE=launch|ordered|fold.
+# the counts are kept per capture sequence (no memset per call). SWATTN_SPLIT_MERGE=launch|ordered|fold|fold-decode.
 SPLIT_MERGE = os.environ.get("SWATTN_SPLIT_MERGE", "launch") or "launch"
-SPLIT_MERGES = ("launch", "ordered", "fold")
+SPLIT_MERGES = ("launch", "ordered", "fold", "fold-decode")
 
 # Experimental (off: measured slower): e4m3 tiles widened in pairs before their layout change (``_widen_e4m3``).
 # Fewer instructions (full decode loop 523 -> 460 per block and warp, window kernel 1304 -> 1240 with it, Triton
@@ -2079,7 +2081,8 @@ class _ForwardPlan:
         # cache, one tile per (sequence, KV head) (its rows: the group's heads at each query position), a
         # power-of-two group, a Triton launch. With the isolation's redo launch, groups with a flagged row merge
         # there, after the redo.
-        self.fold_merge = (SPLIT_MERGE == "fold" and num_splits > 1 and pack_gqa and not varlen_q
+        self.fold_merge = ((SPLIT_MERGE == "fold" or (SPLIT_MERGE == "fold-decode" and seqlen_q == 1))
+                           and num_splits > 1 and pack_gqa and not varlen_q
                            and seqused_q is None and fp8 == NO_FP8.value and not self.use_gluon
                            and not self.kv_pair and num_tiles == 1 and group & (group - 1) == 0
                            and not count_blocks)
@@ -2102,7 +2105,7 @@ class _ForwardPlan:
             # (SPLIT_MERGE "fold"), the last split program of each sequence and KV head merges instead.
             self.combine = None if self.fold_merge else combine_launch(
                 out_target, lse_target, out if varlen_q else out.view((tokens, num_heads, head_dim)), lse, sinks,
-                tokens_per_batch, seqused_q, ordered=SPLIT_MERGE != "launch")
+                tokens_per_batch, seqused_q, ordered=SPLIT_MERGE in ("ordered", "fold"))
         else:
             o_strides = (0, *token_strides(out, varlen_q))
             l_strides = (0, 0, 0, 0) if lse is None else (0, *lse_strides(lse, varlen_q))
