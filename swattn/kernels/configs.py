@@ -210,10 +210,13 @@ FP8_PAIR_FENCED_WIDENING = 2
 FP8_PAIR_TRANSPOSED = int(os.environ.get("SWATTN_FP8_PAIR_TRANSPOSED", "1") or 0)
 # Fewest keys per split (with the pairs' split count) for which the pairs are taken (their split loop then replaces
 # the single loop that forward_config gives splits of at most SHORT_SPLIT_KEYS keys: fp8_pair_config). H200
-# (s8-call5, 12:36 UTC, main 30fbaf4; fp8-kv, us; this shape forced against one KV head per program, the rule's
-# choice then): B=4 16K 64 splits of 257 keys 29.95 vs 32.11, B=8 16K 33 of 497 49.61 vs 55.15, B=4 32K 64 of 513
-# 49.95 vs 55.65. (At 4 per SM, not fenced, (16, 64, 4, 2) had lost at B=4 16K: 32.44 vs 31.77, s6-call4.)
-FP8_PAIR_MIN_KEYS_PER_SPLIT = 257
+# (s9-call8, 15:00 UTC, main 0f6eb71, scripts/gpu_fp8_decode.py s9c_*: page tables of exactly the context, as
+# swattn.bench's; fp8-kv us, one KV head per program (the rule's choice at 257) against the pairs from 256 / 128 keys
+# per split): B=4 16K (64 splits of 256) 31.70 vs 27.84 / 27.84, B=16 4K (16 of 256) 31.70 vs 27.37 / 27.36, B=4 8K
+# (64 of 128) 19.75 vs 19.75 (one head) / 18.10, B=8 8K (33 of 249) 31.54 vs 31.57 (one head) / 27.35. Earlier
+# (s8-call5, forced, page tables a page longer): B=4 16K 64 splits of 257 keys 29.95 vs 32.11, B=8 16K 33 of 497
+# 49.61 vs 55.15, B=4 32K 64 of 513 49.95 vs 55.65. Below 128 keys per split: not measured.
+FP8_PAIR_MIN_KEYS_PER_SPLIT = 128
 
 
 def fp8_kv_pairs_fit(fp8_kv: bool, pack_gqa: bool, full_attention: bool, rows_per_tile: int, seqlen_q: int,

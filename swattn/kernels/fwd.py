@@ -722,6 +722,7 @@ def _softmax_step_halves(acc_t, l_sum, m_i, q_t, k, v, k2, v2, offs_n, load_mask
     by shuffles (compiled, Triton 3.6, sm_90). The same scores and products; each half's sums in its own order."""
     HALF: tl.constexpr = k.shape[0] // 2
     D: tl.constexpr = k.shape[1]
+    tl.static_assert(HALF >= 16, "PAIR_HALVES: blocks of 32 keys at least (P^T V's reduction of a half's keys)")
     k_first = tl.reshape(_widen_e4m3(k, WIDEN), [2, HALF, D])
     k_second = tl.reshape(_widen_e4m3(k2, WIDEN), [2, HALF, D])
     second = pair_second[None, None, :]
