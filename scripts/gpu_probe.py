@@ -43,8 +43,8 @@ Sections (argv; all by default):
             isolation, split counts); full decode B=4 16K against the copy;
   serving_s8  session 8: full-attention verify k = 2, 4, 8 at 1K and 8K under split-loop tiles (2 warps on
             32 rows, 128-key blocks) and split counts, FA3 beside, per-kernel times; full decode B=4 16K;
-  serving_s9  session 9: the split merge (fwd.SPLIT_MERGE launch / ordered / fold) on full decode B=4 and 16 at
-            16K against the copy and full verify k = 4 at 1K and 8K, FA3 beside, a compact table;
+  serving_s9  session 9: full decode on the same 134 MB as B=4 16K, B=8 8K, B=16 4K (and B=16 16K) against the
+            copy with per-kernel times; B=4 16K at other split counts;
   verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0) against decode: no append, the
             fused append, without the non-finite redo launch, one 256-key block for the 127 + k keys, two stages.
 Run: ``python scripts/gpu_probe.py [sections]``; ``PROBE_WARM=1`` runs every variant once without timing (compiles
@@ -1464,112 +1464,48 @@ def serving_s8() -> None:
         print(f"  full decode B=4 16K kernels: {_kernel_breakdown(call)}", flush=True)
 
 
-def _full_decode_case(batch: int, context: int = 16384):
-    """Full-attention decode (gpt-oss layer, page 16, sinks), ``batch`` sequences of ``context`` keys: ``(call, its
-    inputs, us of a graph-replayed copy of its K/V bytes)`` (the copy reads half and writes half of them)."""
-    kv_bytes = batch * context * 8 * 64 * 2 * 2
+def serving_s9() -> None:
+    """Session 9 (issue 21): where full decode B=4 16K's time above the copy goes. The same 134 MB of K/V (gpt-oss
+    layer, page 16, sinks) as B=4 x 16K, B=8 x 8K and B=16 x 4K: the automatic split counts give 768 programs of 11
+    64-key blocks each in all three, and the merges differ (24 / 12 / 6 splits per row); B=16 16K (98% of copy in
+    s9-call8) beside. Graph-replayed (20 calls per graph), % of the copy of the same bytes, and per-kernel device
+    times (torch.profiler, eager: the split kernel alone, and the merge whose time includes its PDL wait). Then B=4
+    16K at other split counts (a runtime scalar: no new compile but the merge's). A compact table at the end.
+    PROBE_S9_SPLITS: the split counts (default 8,12,16,20,28,32)."""
+    splits = [int(n) for n in os.environ.get("PROBE_S9_SPLITS", "8,12,16,20,28,32").split(",") if n]
+    table = []
+    kv_bytes = 4 * 16384 * 8 * 64 * 2 * 2
     copy = torch.empty(kv_bytes, device=DEVICE, dtype=torch.uint8)
     copy_us = graph_us(functools.partial(copy[: kv_bytes // 2].copy_, copy[kv_bytes // 2:]), 20)
     del copy
-    inputs = full_decode_inputs(batch, context)
-    return functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True), inputs, copy_us
-
-
-def serving_s9() -> None:
-    """Session 9 (issue 21): the split-KV merge, full-attention layers (gpt-oss, page 16, sinks), graph-replayed,
-    in one process: ``launch`` (the shipped merge launch, splits summed as a tile), ``ordered`` (the merge launch
-    summing the splits in split order) and ``fold`` (fwd.SPLIT_MERGE = "fold": the last split program of each
-    (sequence, KV head) merges, no merge launch) and ``fold + preload`` (with fwd.PRELOAD_L2_SPLITS: folded, the
-    next call's split programs launch while this call's still run, so their L2 preload of the first block can
-    overlap this call's tail); FA3 beside. Full decode B=4 and B=16 at 16K (20 calls per graph, % of the copy of its
-    K/V bytes; fold against ordered: bitwise), then full verify k = 4 at 1K (16 cold sets) and 8K (one set), launch /
-    ordered / fold (there the redo launch merges the groups it redoes). A compact table at the end.
-    PROBE_S9_PARTS picks "decode", "verify" (default both)."""
-    from swattn.kernels import fwd
-    parts = os.environ.get("PROBE_S9_PARTS", "decode,verify").split(",")
-    variants = {"launch": dict(SPLIT_MERGE="launch"), "ordered": dict(SPLIT_MERGE="ordered"),
-                "fold": dict(SPLIT_MERGE="fold"), "fold + preload": dict(SPLIT_MERGE="fold", PRELOAD_L2_SPLITS=True)}
-    table = []
-    previous = {name: getattr(fwd, name) for name in ("SPLIT_MERGE", "PRELOAD_L2_SPLITS")}
-
-    def use(settings: dict) -> None:
-        for name, value in {**previous, **settings}.items():
-            setattr(fwd, name, value)
-    if "decode" in parts:
-        for batch in (4, 16):
-            call, inputs, copy_us = _full_decode_case(batch)
-            title = f"full decode B={batch} 16K"
-            print(f"\n## s9 {title} page 16: us/call (20 per graph); copy of its K/V bytes {copy_us:.1f} us",
-                  flush=True)
-            outs, row = {}, [title, f"{copy_us:.1f}"]
-            for label, settings in variants.items():
-                use(settings)
-                try:
-                    outs[label] = call()
-                    us = graph_us(call, 20)
-                    row.append(f"{us:.2f} ({100 * copy_us / us:.1f}%)")
-                    print(f"  {title} {label}: {us:.2f} us ({100 * copy_us / us:.1f}% of copy)", flush=True)
-                except Exception as exc:  # report and go on
-                    row.append("failed")
-                    print(f"  {title} {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
-                finally:
-                    use({})
-            if not WARM_ONLY and "fold" in outs and "ordered" in outs:
-                same = torch.equal(outs["fold"], outs["ordered"]) and torch.equal(outs["fold + preload"],
-                                                                                    outs["ordered"])
-                diff = ((outs["fold"].float() - outs["launch"].float()).norm() / outs["launch"].float().norm()).item()
-                print(f"  {title}: fold bitwise = ordered: {same}; fold vs launch rel diff {diff:.1e}", flush=True)
-                row.append(f"bits {'same' if same else 'DIFFER'}")
+    print(f"\n## s9 full decode, the same 134 MB of K/V: us/call (20 per graph); copy of those bytes {copy_us:.1f} us",
+          flush=True)
+    for batch, context in ((4, 16384), (8, 8192), (16, 4096), (16, 16384)):
+        scale = batch * context / (4 * 16384)
+        inputs = full_decode_inputs(batch, context)
+        auto = int(swattn.get_scheduler_metadata(batch, 1, inputs["page_table"].shape[1] * 16, 64, 8, 64,
+                                                 inputs["cache_seqlens"], causal=True)[0])
+        runs = [(f"B={batch} {context // 1024}K auto ({auto} splits)", 0, True)]
+        if (batch, context) == (4, 16384):
+            runs += [(f"B=4 16K {n} splits", n, False) for n in splits if n != auto]
+        for label, num_splits, profile in runs:
+            call = functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True, num_splits=num_splits)
             try:
-                fa3 = _fa3_verify_us([inputs], 0, 20)
-                row.append(f"{fa3:.2f} ({100 * copy_us / fa3:.1f}%)")
-                print(f"  {title} FA3: {fa3:.2f} us", flush=True)
-            except Exception as exc:  # FA3 missing: say so
-                row.append("n/a")
-                print(f"  {title} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
-            table.append(row)
-            del call, inputs, outs
-            torch.cuda.empty_cache()
-    if "verify" in parts:
-        for context in (1024, 8192):
-            input_sets = 16 if context <= 2048 else 1
-            calls = max(1, 16 // input_sets)
-            k = 4
-            title = f"full verify k={k} {context // 1024}K B=16"
-            sets, _ = _verify_sets(k, input_sets, context=context, cached=context)
-            print(f"\n## s9 {title} page 16 ({input_sets} sets, appended): us/call", flush=True)
-            row, outs = [title, ""], {}
-            for merge in ("launch", "ordered", "fold"):
-                use(variants[merge])
-                try:
-                    def call_all(sets=sets):
-                        for one in sets:
-                            swattn.flash_attn_with_kvcache(**one, causal=True)
-                    outs[merge] = swattn.flash_attn_with_kvcache(**sets[0], causal=True).float()
-                    us = graph_us(call_all, calls, rep=100) / input_sets
-                    row.append(f"{us:.2f}")
-                    print(f"  {title} {merge}: {us:.2f} us", flush=True)
-                except Exception as exc:  # report and go on
-                    row.append("failed")
-                    print(f"  {title} {merge}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
-                finally:
-                    use({})
-            row.append("")  # no preload row for verify
-            if not WARM_ONLY and "fold" in outs and "ordered" in outs:
-                row.append(f"bits {'same' if torch.equal(outs['fold'], outs['ordered']) else 'DIFFER'}")
-            try:
-                fa3 = _fa3_verify_us(sets, k, calls)
-                row.append(f"{fa3:.2f}")
-                print(f"  {title} FA3 (no append): {fa3:.2f} us", flush=True)
-            except Exception as exc:  # FA3 missing: say so
-                row.append("n/a")
-                print(f"  {title} FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
-            table.append(row)
-            sets.clear()
-            torch.cuda.empty_cache()
-    print("\n## s9 table: us per call graph-replayed (% of copy bandwidth for decode)")
-    print("| case | copy us | " + " | ".join(variants) + " | fold vs ordered | FA3 |")
-    print("|---|---|" + "---|" * (len(variants) + 2))
+                call()
+                us = graph_us(call, 20)
+                share = 100 * copy_us * scale / us
+                kernels = _kernel_breakdown(call) if profile and not WARM_ONLY else ""
+                print(f"  {label}: {us:.2f} us ({share:.1f}% of copy {copy_us * scale:.1f} us){'; ' if kernels else ''}"
+                      f"{kernels}", flush=True)
+                table.append((label, f"{us:.2f}", f"{share:.1f}%", kernels))
+            except Exception as exc:  # report and go on
+                print(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:150]}", flush=True)
+                table.append((label, "failed", "", ""))
+        del inputs
+        torch.cuda.empty_cache()
+    print("\n## s9 table: full decode, us per call graph-replayed, % of the copy of the same bytes")
+    print("| case | us | % of copy | kernels (eager, torch.profiler) |")
+    print("|---|---|---|---|")
     for row in table:
         print("| " + " | ".join(row) + " |")
 

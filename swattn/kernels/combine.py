@@ -38,103 +38,6 @@ def _merge_splits(m, total, acc, partial_row, lse_row, start, num_splits, head_d
 
 
 @triton.jit
-def merge_in_split_order(partial, lse_split, stride_ps, stride_ls, sink, d_mask, NUM_SPLITS: tl.constexpr,
-                         HAS_SINKS: tl.constexpr):
-    """The merge of ``NUM_SPLITS`` splits' partial rows with a fixed order of operations per element: every output
-    element is the same function of its inputs whatever the tile's shape or layout, so the merge launch
-    (``_swa_combine_kernel`` with ``ORDERED_SPLITS``, one row per program) and the merge folded into the split launch
-    (``merge_group_rows``, a tile's rows in one program) give the same bits.
-
-    ``partial`` / ``lse_split``: pointer tiles of one shape, split 0's partial rows (fp32) and their LSEs (natural
-    log; the same LSE along a row), split ``s`` at ``+ s * stride_ps`` / ``+ s * stride_ls``; ``sink``: the rows'
-    sinks (natural log; a scalar or a tile of that shape; unused without ``HAS_SINKS``). First the maximum of every
-    LSE and the sink (log2 domain; exact in any order), then the weights summed in split order (the sink's first),
-    each product added with one rounding (``tl.fma``, so no compiler's contraction choice changes a bit). Empty
-    splits (LSE -inf) add nothing; rows with nothing at all give 0 and LSE -inf; a non-finite LSE or partial row
-    reaches only its own rows. Returns the merged rows (fp32) and their LSEs (natural log, the tile's shape)."""
-    m = tl.load(lse_split) * LOG2E
-    for split in tl.static_range(1, NUM_SPLITS):
-        m = tl.maximum(m, tl.load(lse_split + split * stride_ls) * LOG2E)
-    if HAS_SINKS:
-        m = tl.maximum(m, sink * LOG2E)
-    # A finite pivot while nothing was seen (m = -inf): the weights are then all 0, never NaN.
-    pivot = tl.where(m == float("-inf"), 0.0, m)
-    total = tl.zeros_like(pivot)
-    if HAS_SINKS:
-        total = tl.exp2(tl.fma(sink, LOG2E, -pivot))
-    acc = tl.zeros_like(pivot)
-    for split in tl.static_range(NUM_SPLITS):
-        weight = tl.exp2(tl.fma(tl.load(lse_split + split * stride_ls), LOG2E, -pivot))
-        part = tl.load(partial + split * stride_ps, mask=d_mask, other=0.0)
-        total = total + weight
-        acc = tl.fma(weight, part, acc)
-    empty = total == 0.0
-    out = acc / tl.where(empty, 1.0, total)
-    lse = tl.where(empty, float("-inf"), (pivot + tl.log2(tl.where(empty, 1.0, total))) * LN2)
-    return out, lse
-
-
-@triton.jit
-def last_split_arrival(ARRIVALS, group, NUM_SPLITS: tl.constexpr):
-    """The merge folded into a split launch (``fwd.SPLIT_MERGE = "fold"``): count this program in for its group
-    (``ARRIVALS``, int32, one count per (sequence, KV head) ``group``) once its partial rows are stored; True in the
-    last of the ``NUM_SPLITS`` programs to arrive, which also zeroes the count for the next use (the next launch on the
-    stream reads it only after its PDL wait, when this grid has ended; a replayed CUDA graph finds it zero too).
-
-    Ordering: the barrier puts every thread's partial stores before the arrival; the arrival (acq_rel at GPU scope)
-    releases them, and the last arrival acquires every program's (on sm_90 the acquire also invalidates the SM's L1);
-    the arrival's result reaches the program's threads through shared memory behind a barrier, which orders their
-    reads after the acquire."""
-    tl.debug_barrier()
-    arrived = tl.atomic_add(ARRIVALS + group, 1, sem="acq_rel")
-    last = arrived == NUM_SPLITS - 1
-    if last:
-        tl.store(ARRIVALS + group, 0)
-    return last
-
-
-@triton.jit
-def merge_group_rows(O_PARTIAL, LSE_PARTIAL, O, LSE, SINKS, batch, kv_head, seqlen_q,
-                     stride_ps, stride_pb, stride_pq, stride_ph, stride_lps, stride_lpb, stride_lpq, stride_lph,
-                     stride_ob, stride_oq, stride_oh, stride_lb, stride_lq, stride_lh,
-                     GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                     HAS_SINKS: tl.constexpr, STORE_LSE: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                     ALL_ROWS: tl.constexpr = False):
-    """The folded merge of one PackGQA tile's rows: the ``seqlen_q x GROUP`` (position, query head) rows of KV head
-    ``kv_head`` of sequence ``batch`` (row ``r``: position ``r // GROUP``, head ``kv_head * GROUP + r % GROUP``;
-    ``ROWS``, a power of two, at least that many; ``ALL_ROWS``: exactly that many, no row masked), their
-    ``NUM_SPLITS`` splits' partial rows (``O_PARTIAL`` / ``LSE_PARTIAL``: [split, batch, position, head] strides)
-    merged by ``merge_in_split_order`` (the bits of the ordered merge launch) into ``O`` ([batch, position, head])
-    and, with ``STORE_LSE``, ``LSE`` ([batch, position, head] strides). Partial rows and LSEs are read as [ROWS,
-    BLOCK_D] tiles through addresses whose contiguity the compiler cannot see (``unit`` is 1), so both take one
-    layout and no LSE goes through shared memory per split (sm_90 SASS, Triton 3.6, session 7)."""
-    rows = tl.arange(0, ROWS)
-    row_valid = rows < (ROWS if ALL_ROWS else seqlen_q * GROUP)
-    pos = (rows // GROUP).to(tl.int64)
-    heads = (kv_head * GROUP + rows % GROUP).to(tl.int64)
-    batch = batch.to(tl.int64)
-    offs_d = tl.arange(0, BLOCK_D)
-    unit = (seqlen_q // seqlen_q).to(tl.int64)
-    partial = (O_PARTIAL + batch * stride_pb + (pos * stride_pq + heads * stride_ph)[:, None] * unit
-               + offs_d[None, :].to(tl.int64) * unit)
-    lse_split = (LSE_PARTIAL + batch * stride_lpb + (pos * stride_lpq + heads * stride_lph)[:, None] * unit
-                 + offs_d[None, :] * 0)
-    if not ALL_ROWS:
-        # Rows past the tile's own read row 0's LSEs (a valid address; their results are not stored).
-        lse_split = tl.where(row_valid[:, None], lse_split, LSE_PARTIAL + batch * stride_lpb + offs_d[None, :] * 0)
-    sink = 0.0
-    if HAS_SINKS:
-        sink = tl.load(SINKS + heads[:, None] * unit + offs_d[None, :] * 0).to(tl.float32)
-    mask = row_valid[:, None] & (offs_d < HEAD_DIM)[None, :]
-    out, lse = merge_in_split_order(partial, lse_split, stride_ps, stride_lps, sink, mask, NUM_SPLITS, HAS_SINKS)
-    tl.store(O + batch * stride_ob + (pos * stride_oq + heads * stride_oh)[:, None] + offs_d[None, :],
-             out.to(O.dtype.element_ty), mask=mask)
-    if STORE_LSE:
-        tl.store(LSE + batch * stride_lb + (pos * stride_lq + heads * stride_lh)[:, None] + offs_d[None, :] * 0, lse,
-                 mask=row_valid[:, None] & (offs_d == 0)[None, :])
-
-
-@triton.jit
 def _swa_combine_kernel(
     O_PARTIAL, LSE_PARTIAL, O, LSE, SINKS, CU_SEQLENS_Q, SEQUSED_Q,
     stride_ps, stride_pb, stride_pt, stride_ph,
@@ -144,11 +47,10 @@ def _swa_combine_kernel(
     num_splits, head_dim, num_sequences,
     HAS_SINKS: tl.constexpr, STORE_LSE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     USE_PDL: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr = False, BLOCK_B: tl.constexpr = 1,
-    SPLIT_LOOP: tl.constexpr = False, ORDERED_SPLITS: tl.constexpr = 0,
+    SPLIT_LOOP: tl.constexpr = False,
 ):
     """Grid: (positions, heads, batch). One program merges the ``num_splits`` partial rows of one (position, head,
-    batch entry), ``BLOCK_S`` splits at a time; with ``ORDERED_SPLITS`` (= num_splits) by ``merge_in_split_order``
-    instead, the bits of the merge folded into the split launch.
+    batch entry), ``BLOCK_S`` splits at a time.
 
     ``lse = log(sum_s exp(lse_s) + exp(sink))``, ``out = sum_s exp(lse_s - lse) * out_s``, accumulated over the
     chunks of splits against a running maximum (as the attention loop does over key blocks). The sink is added here,
@@ -178,16 +80,6 @@ def _swa_combine_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     partial_row = O_PARTIAL + batch * stride_pb + pos * stride_pt + head * stride_ph
     lse_row = LSE_PARTIAL + batch * stride_lpb + pos * stride_lpt + head * stride_lph
-    if ORDERED_SPLITS > 0:
-        d_mask = offs_d < head_dim
-        out, lse = merge_in_split_order(partial_row + offs_d, lse_row + offs_d * 0, stride_ps, stride_lps, sink,
-                                        d_mask, ORDERED_SPLITS, HAS_SINKS)
-        tl.store(O + batch * stride_ob + pos * stride_ot + head * stride_oh + offs_d, out.to(O.dtype.element_ty),
-                 mask=d_mask)
-        if STORE_LSE:
-            tl.store(LSE + batch * stride_lb + pos * stride_lq + head * stride_lh + offs_d * 0, lse,
-                     mask=offs_d == 0)
-        return
     # Running maximum (log2 domain), its weight sum and the weighted sum of partial rows; the sink starts them.
     m = tl.full((), float("-inf"), tl.float32)
     if HAS_SINKS:
@@ -218,20 +110,17 @@ MAX_TILE = 4096
 
 
 def _launch(num_splits: int, grid: tuple[int, int, int], head_dim: int, partial: tuple, lse_partial: tuple,
-            out: tuple, lse: tuple | None, has_sinks: bool, device, num_sequences: int = 0,
-            ordered: bool = False) -> Launch:
+            out: tuple, lse: tuple | None, has_sinks: bool, device, num_sequences: int = 0) -> Launch:
     """The merge over ``grid = (positions, heads, batch)``. Strides: ``partial`` (split, batch, position, head),
     ``lse_partial`` likewise, ``out`` (batch, position, head), ``lse`` (batch, position, head) or None (not
-    stored); ``num_sequences`` > 0: varlen with seqused_q over that many sequences; ``ordered``: the splits merged
-    in split order (``merge_in_split_order``, unrolled over the ``num_splits``)."""
+    stored); ``num_sequences`` > 0: varlen with seqused_q over that many sequences."""
     use_pdl = pdl_enabled(device)
     block_d = next_power_of_2(head_dim)
     block_s = max(2, min(next_power_of_2(num_splits), MAX_TILE // block_d))
     scalars = (*partial, *lse_partial, *out, *(lse or (0, 0, 0)), num_splits, head_dim, num_sequences)
     constexprs = dict(HAS_SINKS=has_sinks, STORE_LSE=lse is not None, BLOCK_S=block_s, BLOCK_D=block_d,
                       USE_PDL=use_pdl, HAS_SEQUSED_Q=num_sequences > 0,
-                      BLOCK_B=next_power_of_2(max(num_sequences, 1)), SPLIT_LOOP=num_splits > block_s,
-                      ORDERED_SPLITS=num_splits if ordered else 0)
+                      BLOCK_B=next_power_of_2(max(num_sequences, 1)), SPLIT_LOOP=num_splits > block_s)
     return Launch(_swa_combine_kernel, grid, scalars, constexprs, dict(num_warps=1, **pdl_launch_options(use_pdl)),
                   num_tensors=7)
 
@@ -244,7 +133,6 @@ def combine_launch(
     sinks: torch.Tensor | None,
     tokens_per_batch: int,
     seqused_q: torch.Tensor | None = None,
-    ordered: bool = False,
 ) -> Launch | None:
     """The forward's merge of ``out_partial [S, T, H, D]`` (fp32) and ``lse_partial [S, T, H]`` into ``out [T, H,
     D]``, prepared from the tensors' shapes and strides (meta tensors will do); call it with ``(out_partial,
@@ -254,8 +142,7 @@ def combine_launch(
     The T tokens are ``T / tokens_per_batch`` sequences of ``tokens_per_batch`` positions. ``lse`` is the caller's
     [B, H, Sq] (``tokens_per_batch = Sq``) or [H, total_q] (``tokens_per_batch = total_q``) tensor, or None. With
     ``seqused_q`` (varlen; the call passes it and ``cu_seqlens_q``) tokens past a sequence's used queries are not
-    written. ``ordered``: the splits merged in split order (``merge_in_split_order``: the bits of the merge folded
-    into the split launch).
+    written.
     """
     num_splits, tokens, heads, head_dim = out_partial.shape
     if tokens == 0:
@@ -268,7 +155,7 @@ def combine_launch(
                    (split_p, tokens_per_batch * token_p, token_p, head_p),
                    (split_l, tokens_per_batch * token_l, token_l, head_l),
                    (tokens_per_batch * token_o, token_o, head_o), lse_address, sinks is not None, out.device,
-                   0 if seqused_q is None else seqused_q.shape[0], ordered)
+                   0 if seqused_q is None else seqused_q.shape[0])
 
 
 _PLANS = PlanCache()

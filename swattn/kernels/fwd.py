@@ -8,7 +8,6 @@ one (position, head) pair: with PackGQA the ``G = H // Hk`` query heads of one K
 
 from __future__ import annotations
 
-import ctypes
 import math
 import operator
 import os
@@ -50,7 +49,7 @@ from swattn.kernels._common import (
     wait_for_previous_grid,
 )
 from swattn.kernels._launch import Launch, Layout, PlanCache, kept_buffer, stream_key, tensor_signature
-from swattn.kernels.combine import combine_launch, last_split_arrival, merge_group_rows
+from swattn.kernels.combine import combine_launch
 from swattn.kernels.configs import forward_config
 from swattn.window import visible_span
 
@@ -181,23 +180,6 @@ PREFETCH_PAGE_TABLE = os.environ.get("SWATTN_PREFETCH_PAGE_TABLE", "0") not in (
 # with PRELOAD_L2_SPLITS. SWATTN_PRELOAD_L2=0: off.
 PRELOAD_L2 = int(os.environ.get("SWATTN_PRELOAD_L2", "2") or 0)
 PRELOAD_L2_SPLITS = False
-
-# How split-KV launches merge their splits' partial rows. "launch" (the default): the merge launch after the split
-# launch (``combine``, each row's splits summed as a tile). "ordered": the merge launch with the splits summed in
-# split order (``combine.merge_in_split_order``: the fold's bits). "fold": the merge folded into the split launch
-# for fixed-length PackGQA bf16 / fp16 calls (no seqused_q, one tile per sequence and KV head, a power-of-two group):
-# the last split program of each (sequence, KV head) to arrive (an acq_rel atomic count, ``_merge_arrivals``;
-# ``combine.last_split_arrival``) merges that tile's rows in split order (``combine.merge_group_rows``), and no
-# merge launch follows; with the isolation's redo launch (verify), a group holding a flagged row is merged by the
-# redo launch once redone; other split launches take the ordered merge launch. "fold-decode": the fold for
-# single-query calls only, the merge launch ("launch") for the rest. Why: full decode B=4 16K ran the split kernel alone
-# at 86-88% of copy bandwidth (38.78 us, s8-call5) and the call at 82% (40.9 us, s8-call8): after the split grid
-# ends, the merge launch's release, round trips and grid end are the call's tail (~2.2 us); folded, only the last
-# group's merge is. Session 7's fold (be01851, 45.1 us against 40.4) allocated zeroed counts on every call under
-# CUDA-graph capture, a memset node between consecutive calls in the graph (which also cut their PDL overlap); here
-# the counts are kept per capture sequence (no memset per call). SWATTN_SPLIT_MERGE=launch|ordered|fold|fold-decode.
-SPLIT_MERGE = os.environ.get("SWATTN_SPLIT_MERGE", "launch") or "launch"
-SPLIT_MERGES = ("launch", "ordered", "fold", "fold-decode")
 
 # Experimental (off: measured slower): e4m3 tiles widened in pairs before their layout change (``_widen_e4m3``).
 # Fewer instructions (full decode loop 523 -> 460 per block and warp, window kernel 1304 -> 1240 with it, Triton
@@ -1481,38 +1463,10 @@ def _attend_tile(
             HAS_SINKS, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, NON_FINITE_PASS, BLOCK_M, value_scale)
 
 
-@triton.jit
-def _group_flagged(NON_FINITE_FLAGS, batch_head, NUM_SPLITS: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Whether the main pass flagged a non-finite row in any of the ``NUM_SPLITS`` tiles of ``batch_head`` (a
-    folded merge's group: one tile per split, their flags adjacent)."""
-    flags = NON_FINITE_FLAGS + batch_head.to(tl.int64) * (NUM_SPLITS * BLOCK_M) + tl.arange(0, BLOCK_M)
-    flagged = tl.max(tl.load(flags).to(tl.int32), 0)
-    for split in tl.static_range(1, NUM_SPLITS):
-        flagged = tl.maximum(flagged, tl.max(tl.load(flags + split * BLOCK_M).to(tl.int32), 0))
-    return flagged > 0
-
-
-@triton.jit
-def _merge_folded_group(O, LSE, O_MERGED, LSE_MERGED, SINKS, batch_head, seqlen_q, num_heads,
-                        stride_os, stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh,
-                        stride_mob, stride_moq, stride_moh, stride_mlb, stride_mlq, stride_mlh,
-                        GROUP: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                        HAS_SINKS: tl.constexpr, STORE_LSE: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                        ALL_ROWS: tl.constexpr):
-    """SPLIT_MERGE "fold": the merge of PackGQA group ``batch_head`` (sequence ``batch_head // Hk``, KV head
-    ``batch_head % Hk``) into out / LSE (``combine.merge_group_rows``)."""
-    kv_heads = num_heads // GROUP
-    merge_group_rows(O, LSE, O_MERGED, LSE_MERGED, SINKS, batch_head // kv_heads, batch_head % kv_heads, seqlen_q,
-                     stride_os, stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh,
-                     stride_mob, stride_moq, stride_moh, stride_mlb, stride_mlq, stride_mlh,
-                     GROUP, ROWS, HEAD_DIM, BLOCK_D, HAS_SINKS, STORE_LSE, NUM_SPLITS, ALL_ROWS)
-
-
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "chunk", "num_tiles", "num_work"])
 def _swa_fwd_kernel(
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
     NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K, Q_DESCALE, K_DESCALE, V_DESCALE,
-    MERGE_ARRIVALS, O_MERGED, LSE_MERGED,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -1520,7 +1474,6 @@ def _swa_fwd_kernel(
     stride_ls, stride_lb, stride_lq, stride_lh,
     stride_page_table, stride_nb, stride_ns, stride_nh,
     stride_qdb, stride_qdh, stride_kdb, stride_kdh, stride_vdb, stride_vdh,
-    stride_mob, stride_moq, stride_moh, stride_mlb, stride_mlq, stride_mlh,
     seqlen_q, seqlen_k, num_heads, queries_per_kv_head: tl.constexpr, page_size: tl.constexpr,
     softmax_scale, softcap, left, right,
     # chunk last: between right and num_tiles it moved the scalars after it by 4 bytes, and one 64-bit constant
@@ -1537,8 +1490,7 @@ def _swa_fwd_kernel(
     FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PRELOAD_L2: tl.constexpr = 0, PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
-    RESCALE_THRESHOLD: tl.constexpr = 0.0, FOLD_SPLITS: tl.constexpr = 0, FOLD_ROWS: tl.constexpr = 0,
-    FOLD_ALL_ROWS: tl.constexpr = False, STORE_MERGED_LSE: tl.constexpr = False,
+    RESCALE_THRESHOLD: tl.constexpr = 0.0,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -1609,18 +1561,6 @@ def _swa_fwd_kernel(
                     HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, FP8, HEAD_N=HEAD_N, WIDEN=WIDEN,
                     KV_PAIR=KV_PAIR, ROW_BOUNDS=ROW_BOUNDS, RESCALE_THRESHOLD=RESCALE_THRESHOLD,
                 )
-                if FOLD_SPLITS > 0:
-                    # SPLIT_MERGE "fold": groups holding a flagged tile were left unmerged by the main pass; every
-                    # tile of such a group counts in once redone (or left, when not flagged itself), and the last
-                    # merges the group.
-                    if _group_flagged(NON_FINITE_FLAGS, batch_head, FOLD_SPLITS, BLOCK_M):
-                        if last_split_arrival(MERGE_ARRIVALS, batch_head, FOLD_SPLITS):
-                            _merge_folded_group(
-                                O, LSE, O_MERGED, LSE_MERGED, SINKS, batch_head, seqlen_q, num_heads, stride_os,
-                                stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh,
-                                stride_mob, stride_moq, stride_moh, stride_mlb, stride_mlq, stride_mlh,
-                                queries_per_kv_head, FOLD_ROWS, HEAD_DIM, BLOCK_D, HAS_SINKS, STORE_MERGED_LSE,
-                                FOLD_SPLITS, FOLD_ALL_ROWS)
     else:
         # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
         _attend_tile(
@@ -1638,22 +1578,9 @@ def _swa_fwd_kernel(
             BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN, PREFETCH_PAGES, KV_PAIR,
             PREFETCH_PARTNER, ROW_BOUNDS,
         )
-        if FOLD_SPLITS > 0:
-            # SPLIT_MERGE "fold": the last of the FOLD_SPLITS programs of this (sequence, KV head) merges them,
-            # unless one of them flagged a non-finite row (the redo pass merges that group once it is redone).
-            if last_split_arrival(MERGE_ARRIVALS, tl.program_id(1), FOLD_SPLITS):
-                merge = True
-                if NON_FINITE_PASS == FLAG_NON_FINITE:
-                    merge = not _group_flagged(NON_FINITE_FLAGS, tl.program_id(1), FOLD_SPLITS, BLOCK_M)
-                if merge:
-                    _merge_folded_group(
-                        O, LSE, O_MERGED, LSE_MERGED, SINKS, tl.program_id(1), seqlen_q, num_heads, stride_os,
-                        stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh, stride_mob,
-                        stride_moq, stride_moh, stride_mlb, stride_mlq, stride_mlh, queries_per_kv_head, FOLD_ROWS,
-                        HEAD_DIM, BLOCK_D, HAS_SINKS, STORE_MERGED_LSE, FOLD_SPLITS, FOLD_ALL_ROWS)
 
-# Tensors that _swa_fwd_kernel takes before its scalars (Q ... LSE_MERGED); BLOCK_COUNT's position among them.
-_FORWARD_TENSORS = 24
+# Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_DESCALE); BLOCK_COUNT's position among them.
+_FORWARD_TENSORS = 21
 _BLOCK_COUNT_SLOT = 11
 
 
@@ -1781,75 +1708,13 @@ def _isolation_buffers(device: torch.device, rows: int, stream=_launch.ASK) -> t
     return buffers
 
 
-# The folded merge's arrival counts (SPLIT_MERGE "fold"), int32, one per sequence and KV head. Every call leaves them
-# zero (the last arrival of each group zeroes its count) and the next call on the same stream runs after it (its
-# programs touch the counts only after their PDL wait, when this call's grid has ended), so they are zeroed once,
-# when allocated, and kept: per (device, stream, thread) as the kept scratch, and during CUDA-graph capture per
-# capture sequence (the driver's capture id): the first captured call allocates them zeroed (one memset node in
-# that graph, which every replay runs first, not one per call) and the graph's later calls share them. Counts
-# allocated while capturing live in that graph's memory pool and its replays use them: they are never freed (1 KB
-# per captured graph). Without the capture id (no driver entry point) a captured call allocates its own (a memset
-# node per call: correct, slower).
-_MERGE_ARRIVALS = PlanCache(64)
-_CAPTURED_ARRIVALS: dict = {}
-_CAPTURE_INFO = []
-
-
-def _capture_id(device: torch.device) -> int | None:
-    """The driver's id of the CUDA-graph capture sequence the current stream is in (``cuStreamGetCaptureInfo``),
-    or None when it cannot be asked."""
-    if not _CAPTURE_INFO:
-        entry = None
-        try:
-            driver = ctypes.CDLL("libcuda.so.1")
-            for name, extra in (("cuStreamGetCaptureInfo_v2", 3), ("cuStreamGetCaptureInfo", 0)):
-                entry = getattr(driver, name, None)
-                if entry is not None:
-                    entry.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int),
-                                      ctypes.POINTER(ctypes.c_uint64)] + [ctypes.c_void_p] * extra
-                    entry.restype = ctypes.c_int
-                    entry = (entry, extra)
-                    break
-        except OSError:
-            entry = None
-        _CAPTURE_INFO.append(entry)
-    if _CAPTURE_INFO[0] is None:
-        return None
-    entry, extra = _CAPTURE_INFO[0]
-    status, ident = ctypes.c_int(0), ctypes.c_uint64(0)
-    stream = ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
-    if entry(stream, ctypes.byref(status), ctypes.byref(ident), *([None] * extra)) != 0 or status.value != 1:
-        return None  # 1: CU_STREAM_CAPTURE_STATUS_ACTIVE
-    return ident.value
-
-
-def _merge_arrivals(device: torch.device, groups: int, stream=_launch.ASK) -> torch.Tensor:
-    """At least ``groups`` zeroed arrival counts for a folded-merge call on the current stream (see above);
-    ``stream`` as ``kept_buffer`` takes it."""
-    key = stream_key(device) if stream is _launch.ASK else stream
-    if key is not None:
-        counts = _MERGE_ARRIVALS.get(key)
-        if counts is None or counts.numel() < groups:
-            counts = _MERGE_ARRIVALS.add(key, torch.zeros(max(groups, 256), device=device, dtype=torch.int32))
-        return counts
-    capture = None
-    if device.type == "cuda" and _launch.KEEP_SCRATCH and torch.cuda.is_current_stream_capturing():
-        capture = _capture_id(device)
-    if capture is None:
-        return torch.zeros(groups, device=device, dtype=torch.int32)  # per call (scratch not kept)
-    kept = _CAPTURED_ARRIVALS.setdefault((device.index, capture), [])
-    if not kept or kept[-1].numel() < groups:
-        kept.append(torch.zeros(max(groups, 256), device=device, dtype=torch.int32))
-    return kept[-1]
-
-
 def settings() -> tuple:
     """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
     scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode and its all-fp8 switch, the fused
     append's reads, the page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the
     L2 preload before the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening, the
     head-block tile's row-bound mask, the Gluon kernel's lazy rescale (which the redo pass after it follows), the
-    two-KV-heads default (configs.FP8_KV_PAIRS, its threshold, shape and loop), the split merge (SPLIT_MERGE)."""
+    two-KV-heads default (configs.FP8_KV_PAIRS, its threshold, shape and loop)."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, gluon_fwd.FP8_QK, APPEND_READS_INPUT,
@@ -1857,7 +1722,7 @@ def settings() -> tuple:
             FP8_PREFETCH_PARTNER, FP8_FENCED_WIDENING, ROW_BOUND_MASK, gluon_fwd.RESCALE_THRESHOLD,
             gluon_fwd.rescale_threshold_for, gluon_fwd.consumers_for, configs.FP8_KV_PAIRS,
             configs.FP8_PAIR_MIN_KEYS_PER_SPLIT, configs.FP8_PAIR_SPLIT_BLOCKS[16], configs.FP8_PAIR_FENCED_WIDENING,
-            configs.FP8_PAIR_TRANSPOSED, SPLIT_MERGE)
+            configs.FP8_PAIR_TRANSPOSED)
 
 
 def attention_forward(
@@ -2076,18 +1941,6 @@ class _ForwardPlan:
         self.prefetch_partner = mode if fa3_layout and fits else 0
         programs_per_split = batch * ((num_kv_heads // 2 if self.kv_pair else num_kv_heads) if pack_gqa else num_heads)
         grid = (num_tiles, programs_per_split, num_splits)
-        if SPLIT_MERGE not in SPLIT_MERGES:
-            raise ValueError(f"fwd.SPLIT_MERGE (SWATTN_SPLIT_MERGE) must be one of {SPLIT_MERGES}, got {SPLIT_MERGE!r}")
-        # The merge folded into the split launch (SPLIT_MERGE "fold"): fixed-length PackGQA tiles over a 16-bit
-        # cache, one tile per (sequence, KV head) (its rows: the group's heads at each query position), a
-        # power-of-two group, a Triton launch. With the isolation's redo launch, groups with a flagged row merge
-        # there, after the redo.
-        self.fold_merge = ((SPLIT_MERGE == "fold" or (SPLIT_MERGE == "fold-decode" and seqlen_q == 1))
-                           and num_splits > 1 and pack_gqa and not varlen_q
-                           and seqused_q is None and fp8 == NO_FP8.value and not self.use_gluon
-                           and not self.kv_pair and num_tiles == 1 and group & (group - 1) == 0
-                           and not count_blocks)
-        self.merge_groups = grid[1]
 
         tokens = q.shape[0] if varlen_q else batch * seqlen_q
         # Outputs are allocated contiguous on every call: their strides are those of Layouts of their shapes.
@@ -2102,11 +1955,10 @@ class _ForwardPlan:
             split_l, token_l, head_l = lse_target.stride()
             o_strides = (split_o, 0 if varlen_q else seqlen_q * token_o, token_o, head_o)
             l_strides = (split_l, 0 if varlen_q else seqlen_q * token_l, token_l, head_l)
-            # The merge writes out as [tokens, H, D] (a view of dense out); folded into the split launch
-            # (SPLIT_MERGE "fold"), the last split program of each sequence and KV head merges instead.
-            self.combine = None if self.fold_merge else combine_launch(
-                out_target, lse_target, out if varlen_q else out.view((tokens, num_heads, head_dim)), lse, sinks,
-                tokens_per_batch, seqused_q, ordered=SPLIT_MERGE in ("ordered", "fold"))
+            # The merge writes out as [tokens, H, D] (a view of dense out).
+            self.combine = combine_launch(out_target, lse_target,
+                                          out if varlen_q else out.view((tokens, num_heads, head_dim)),
+                                          lse, sinks, tokens_per_batch, seqused_q)
         else:
             o_strides = (0, *token_strides(out, varlen_q))
             l_strides = (0, 0, 0, 0) if lse is None else (0, *lse_strides(lse, varlen_q))
@@ -2136,10 +1988,6 @@ class _ForwardPlan:
             *l_strides, page_table.stride(0) if paged else 0,
             *(token_strides(new_k, varlen_q) if append_new else (0, 0, 0)),
             *descale_strides(q_descale), *descale_strides(k_descale), *descale_strides(v_descale),
-            # The folded merge's out and LSE: (batch, position, head) strides of dense out [B, Sq, H, D] and LSE
-            # [B, H, Sq].
-            *((token_strides(out, False) + ((0, 0, 0) if lse is None else lse_strides(lse, False)))
-              if self.fold_merge else (0,) * 6),
             seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
             softmax_scale, softcap if softcap > 0 else 1.0, left, right,
             grid[0], grid[2], num_work, max(attention_chunk, 1),
@@ -2189,18 +2037,13 @@ class _ForwardPlan:
             softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
             batch=batch, pack_gqa=pack_gqa, o_strides=o_strides[1:],
             l_strides=l_strides[1:], plans={})
-        # Which of the kernel's 24 tensors this signature passes (the others are the placeholder, q): ``run``
-        # picks them from all 24 (absent ones None) and each Launch spreads them back (``Launch``'s slots).
+        # Which of the kernel's 21 tensors this signature passes (the others are the placeholder, q): ``run``
+        # picks them from all 21 (absent ones None) and each Launch spreads them back (``Launch``'s slots).
         present = (True, True, True, True, self.split_shapes is not None or self.lse_shape is not None,
                    sinks is not None, varlen_q, varlen_k, seqlens_k is not None, cache_batch_idx is not None, paged,
                    count_blocks, self.isolate, self.isolate, append_new, append_new, seqused_q is not None,
-                   cache_leftpad is not None, self.fp8, self.fp8, self.fp8, self.fold_merge, self.fold_merge,
-                   self.fold_merge and lse is not None)
+                   cache_leftpad is not None, self.fp8, self.fp8, self.fp8)
         self.pick = operator.itemgetter(*(i for i, passed in enumerate(present) if passed))
-        fold_switches = dict(FOLD_SPLITS=num_splits if self.fold_merge else 0,
-                             FOLD_ROWS=next_power_of_2(rows_per_tile) if self.fold_merge else 0,
-                             FOLD_ALL_ROWS=self.fold_merge and next_power_of_2(rows_per_tile) == rows_per_tile,
-                             STORE_MERGED_LSE=self.fold_merge and lse is not None)
         self.main = Launch(_swa_fwd_kernel, grid, scalars,
                            dict(switches, COUNT_BLOCKS=count_blocks, APPEND_READS_INPUT=self.append_reads_input,
                                 NON_FINITE_PASS=((GUARD_ONE_PASS_CHECKED if GUARD_CHECKS_OUTPUT else
@@ -2209,8 +2052,7 @@ class _ForwardPlan:
                                                  FLAG_NON_FINITE.value if self.isolate else NO_ISOLATION.value),
                                 PREFETCH_PAGES=(PREFETCH_PAGE_TABLE and paged and config.single_loop
                                                 and q.is_cuda and not _compat.interpreter_enabled()),
-                                PRELOAD_L2=self.preload_l2, PREFETCH_PARTNER=self.prefetch_partner,
-                                **fold_switches),
+                                PRELOAD_L2=self.preload_l2, PREFETCH_PARTNER=self.prefetch_partner),
                            options, num_tensors=_FORWARD_TENSORS, slots=_slots(present))
         self.redo = None
         programs = _persistent_programs(q.device)
@@ -2226,7 +2068,7 @@ class _ForwardPlan:
             self.redo = Launch(_swa_fwd_kernel, (min(num_work, programs) if not self.scan_flags else num_work,),
                                scalars, dict(switches, COUNT_BLOCKS=False, NON_FINITE_PASS=redo_pass.value,
                                              APPEND_READS_INPUT=False, PREFETCH_PAGES=False,
-                                             RESCALE_THRESHOLD=threshold, **fold_switches), options,
+                                             RESCALE_THRESHOLD=threshold), options,
                                num_tensors=_FORWARD_TENSORS, slots=_slots(present, skip=(_BLOCK_COUNT_SLOT,)))
 
     def run(self, q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k, new_v,
@@ -2240,7 +2082,6 @@ class _ForwardPlan:
             return out, lse, None
         if stream is _launch.ASK and (self.split_shapes is not None or self.isolate or self.use_tma):
             stream = stream_key(device)  # once for the kept buffers below
-        arrivals = _merge_arrivals(device, self.merge_groups, stream) if self.fold_merge else None
         if self.split_shapes is not None:
             # The splits' partial results: scratch the main pass writes and the merge reads in this call, so kept
             # between calls on this stream (``kept_buffer``: two allocations less per split-KV call), flat, with the
@@ -2281,7 +2122,7 @@ class _ForwardPlan:
             tensors = (q, *self.pick((q, k, v, out_target, lse_target, sinks, cu_seqlens_q, cu_seqlens_k,
                                       seqlens_k, cache_batch_idx, page_table, block_counts, non_finite_flags,
                                       any_non_finite, new_k, new_v, seqused_q, cache_leftpad, q_descale, k_descale,
-                                      v_descale, arrivals, out, lse)))
+                                      v_descale)))
             if self.use_tma:
                 # Triton's descriptor scratch: one buffer kept between calls for the main and redo launches (each
                 # PDL launch waits for the previous grid before its first write, its descriptors included; see
