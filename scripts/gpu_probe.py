@@ -1470,7 +1470,8 @@ def serving_s9() -> None:
     64-key blocks each in all three, and the merges differ (24 / 12 / 6 splits per row); B=16 16K (98% of copy in
     s9-call8) beside. Graph-replayed (20 calls per graph), % of the copy of the same bytes, and per-kernel device
     times (torch.profiler, eager: the split kernel alone, and the merge whose time includes its PDL wait). Then B=4
-    16K at other split counts (a runtime scalar: no new compile but the merge's). A compact table at the end.
+    16K at other split counts (a runtime scalar: no new compile but the merge's). FA3 beside. A compact table at the
+    end.
     PROBE_S9_SPLITS: the split counts (default 8,12,16,20,28,32)."""
     splits = [int(n) for n in os.environ.get("PROBE_S9_SPLITS", "8,12,16,20,28,32").split(",") if n]
     table = []
@@ -1488,6 +1489,13 @@ def serving_s9() -> None:
         runs = [(f"B={batch} {context // 1024}K auto ({auto} splits)", 0, True)]
         if (batch, context) == (4, 16384):
             runs += [(f"B=4 16K {n} splits", n, False) for n in splits if n != auto]
+        try:
+            fa3 = _fa3_verify_us([inputs], 0, 20)
+            print(f"  B={batch} {context // 1024}K FA3: {fa3:.2f} us ({100 * copy_us * scale / fa3:.1f}% of copy)",
+                  flush=True)
+            table.append((f"B={batch} {context // 1024}K FA3", f"{fa3:.2f}", f"{100 * copy_us * scale / fa3:.1f}%", ""))
+        except Exception as exc:  # FA3 missing: say so
+            print(f"  B={batch} {context // 1024}K FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
         for label, num_splits, profile in runs:
             call = functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True, num_splits=num_splits)
             try:
