@@ -631,6 +631,19 @@ def _pv(acc, p, v, UPCAST: tl.constexpr, pair_second=None, KV_PAIR: tl.constexpr
 
 
 @triton.jit
+def _widen_value_pair(v, v2, WIDEN: tl.constexpr):
+    """The two KV heads' e4m3 V tiles in fp16 (``_widen_e4m3`` with ``VALUES``); fenced, both through one fence: their
+    shared-memory copies are then written before either is read (two buffers, one barrier; fenced one by one,
+    Triton gave them one buffer in turn, two more barriers)."""
+    if WIDEN == WIDEN_FENCED or WIDEN == WIDEN_FENCED_VALUES:
+        v_first, v_second = tl.split(_fence_16bit(tl.join(v.to(tl.float16), v2.to(tl.float16))))
+    else:
+        v_first = _widen_e4m3(v, WIDEN, VALUES=True)
+        v_second = _widen_e4m3(v2, WIDEN, VALUES=True)
+    return v_first, v_second
+
+
+@triton.jit
 def _softmax_step_transposed(acc_t, l_sum, m_i, q_t, k, v, k2, v2, offs_n, load_mask, row_pos, offset, left, right,
                              softmax_scale, softcap, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                              HAS_SOFTCAP: tl.constexpr, MASK: tl.constexpr, chunk, HAS_CHUNK: tl.constexpr,
@@ -676,13 +689,7 @@ def _softmax_step_transposed(acc_t, l_sum, m_i, q_t, k, v, k2, v2, offs_n, load_
     alpha = tl.exp2(m_i - pivot)
     l_sum = l_sum * alpha[None, :] + p
     p16 = p.to(tl.float16)
-    if WIDEN == WIDEN_FENCED or WIDEN == WIDEN_FENCED_VALUES:
-        # Both tiles through one fence: their shared-memory copies are then written before either is read (two
-        # buffers, one barrier; fenced one by one, Triton gave them one buffer in turn, two more barriers).
-        v_first, v_second = tl.split(_fence_16bit(tl.join(v.to(tl.float16), v2.to(tl.float16))))
-    else:
-        v_first = _widen_e4m3(v, WIDEN, VALUES=True)
-        v_second = _widen_e4m3(v2, WIDEN, VALUES=True)
+    v_first, v_second = _widen_value_pair(v, v2, WIDEN)
     v_first = tl.trans(v_first)
     v_second = tl.trans(v_second)
     acc_t = acc_t * alpha[None, :] + tl.where(second, dot(v_second, p16), dot(v_first, p16))
@@ -728,12 +735,7 @@ def _softmax_step_halves(acc_t, l_sum, m_i, q_t, k, v, k2, v2, offs_n, load_mask
     alpha = tl.exp2(m_i - pivot)
     l_sum = l_sum * alpha[:, None, :] + p
     p16 = p.to(tl.float16)
-    if WIDEN == WIDEN_FENCED or WIDEN == WIDEN_FENCED_VALUES:
-        # Both tiles through one fence, as in _softmax_step_transposed.
-        v_first, v_second = tl.split(_fence_16bit(tl.join(v.to(tl.float16), v2.to(tl.float16))))
-    else:
-        v_first = _widen_e4m3(v, WIDEN, VALUES=True)
-        v_second = _widen_e4m3(v2, WIDEN, VALUES=True)
+    v_first, v_second = _widen_value_pair(v, v2, WIDEN)
     v_first = tl.permute(tl.reshape(v_first, [2, HALF, D]), (0, 2, 1))
     v_second = tl.permute(tl.reshape(v_second, [2, HALF, D]), (0, 2, 1))
     acc_t = acc_t * alpha[:, None, :] + tl.where(second, dot(v_second, p16), dot(v_first, p16))
