@@ -169,14 +169,12 @@ S8C = [(False, None), PAIRS_BEFORE, ONE_HEAD]
 S8C_SHORT = [(False, None), PAIRS_NEW_8, PAIRS_NEW_4]
 # Session 9: the pairs' loop transposed (``transposed=1``: configs.FP8_PAIR_TRANSPOSED, fwd.PAIR_TRANSPOSED;
 # compiled, Triton 3.6, sm_90, (32, 2, 2) capped at 128: interior loop 313 instructions per 2 x 32 keys and warp
-# against 401, 16 HMMA against 32, 5 BAR.SYNC against 8, 128 registers, 8 B stack against 16) and in halves
-# (``transposed=2``, fwd.PAIR_HALVES: 309 instructions, 2 BAR.SYNC, 16 B stack, no spill in the loop) beside the
-# shipped loop (``transposed=0``), in mirrored order (each variant's mean position the same), FA3's fp8 beside.
-LOOP_OLD, LOOP_T, LOOP_H = ((False, None, dict(transposed=value)) for value in (0, 1, 2))
-# In halves on 64-key blocks (32 keys per warp) capped at 168: 492 instructions per 2 x 64 keys and warp (984 per 16
-# KB of K + V against 1,236 at 32 keys; bf16's loop 966), 4 BAR.SYNC, 8 B stack, 6 per SM (12 warps).
-HALVES_64 = (False, (64, 2, 2, False, False, 168), dict(pair=5, per_sm=6))
-S9 = [LOOP_OLD, LOOP_T, LOOP_H, HALVES_64, LOOP_H, LOOP_T, LOOP_OLD, FA3_FP8]
+# against 401, 16 HMMA against 32, 5 BAR.SYNC against 8, 128 registers, 8 B stack against 16) beside the shipped
+# loop (``transposed=0``), in mirrored order (each variant's mean position the same), FA3's fp8 beside.
+LOOP_OLD, LOOP_T = ((False, None, dict(transposed=value)) for value in (0, 1))
+# (A loop in halves, each block's keys in two softmaxes (309 instructions, 2 BAR.SYNC), also on 64-key blocks capped
+# at 168, was timed in s9-call4 beside them and removed since.)
+S9 = [LOOP_OLD, LOOP_T, LOOP_T, LOOP_OLD, FA3_FP8]
 # s9-call4 (14:28 UTC, main 9248933; us): B=16 16K transposed 81.50 / 81.53, session 8's loop 89.01 / 89.20, halves
 # 136.26 / 136.36, halves (64, 2, 2) capped at 168 86.16; B=4 16K 28.02 / 27.95, 30.00 / 29.96, 45.79 / 45.77,
 # 32.71; B=16 131040 599.45 / 601.86, 668.74 / 669.74, 987.10 / 988.27, 597.47. So the transposed loop is the
@@ -191,7 +189,7 @@ T64_6, T64_4W, T32_3 = ((False, config, dict(pair=4, per_sm=per_sm)) for config,
 # keys capped at 168: 533, no stack, 18 KB, 12 per SM). Their split count is clamped at MAX_SPLITS (B=4: 64).
 T16_1W, T32_1W = ((False, config, dict(pair=4, per_sm=per_sm)) for config, per_sm in (
     ((16, 1, 2, False, False, 128), 16), ((32, 1, 2, False, False, 168), 12)))
-S9B = [LOOP_T, LOOP_OLD, T64_6, T64_4W, T32_3, HALVES_64, T16_1W, T32_1W, LOOP_T]
+S9B = [LOOP_T, LOOP_OLD, T64_6, T64_4W, T32_3, T16_1W, T32_1W, LOOP_T]
 # s9-call7 (14:47 UTC, main 23057aa): swattn.bench decode-fp8's B=4 16K row stayed on one KV head (31.14 us, 1.28x):
 # its page tables hold exactly the context (16384 keys: 64 splits of 256, under FP8_PAIR_MIN_KEYS_PER_SPLIT's 257,
 # and forward_config's single loop), where this script's hold a page more (257 keys: the pairs, 27.83 us). Since
@@ -344,7 +342,7 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += " one KV head/program" if options.get("kvpairs") is False else ""
     shown += f" pair widening {options['pairfence']}" if "pairfence" in options else ""
     shown += f" pairs from {options['minkeys']} keys/split" if "minkeys" in options else ""
-    shown += {None: "", 0: " session 8's pairs' loop", 1: " pairs' loop transposed", 2: " pairs' loop in halves"}[
+    shown += {None: "", 0: " session 8's pairs' loop", 1: " pairs' loop transposed"}[
         options.get("transposed")]
     if options.get("heads"):
         shown = "all KV heads/program ({},{},{}) {}/SM cap {}".format(*options["heads"])

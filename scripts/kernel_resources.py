@@ -350,16 +350,13 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         # The long full decodes' default (configs.FP8_KV_PAIRS): two KV heads per program on their own block shape,
         # V fenced (configs.FP8_PAIR_FENCED_WIDENING), 16 splits (B=16), the loop transposed since session 9
         # (configs.FP8_PAIR_TRANSPOSED 1); forced here (a forced config turns the automatic pairs off). Beside it
-        # session 8's loop (0) and the transposed loop in halves (2).
+        # session 8's loop (0).
         ("decode full paged fp8 KV, two KV heads per program, 16 splits", fp8_pair_config(fp8_full),
          dict(decode, fp8="kv"), dict(left=-1, right=0, pack_gqa=True, num_splits=16,
                                       fwd_settings={"FP8_TWO_KV_HEADS": 4})),
         ("experimental: decode full paged fp8 KV, two KV heads per program, session 8's loop, 16 splits",
          fp8_pair_config(fp8_full), dict(decode, fp8="kv"),
          dict(left=-1, right=0, pack_gqa=True, num_splits=16, fwd_settings={"FP8_TWO_KV_HEADS": 3})),
-        ("experimental: decode full paged fp8 KV, two KV heads per program, transposed loop in halves, 16 splits",
-         fp8_pair_config(fp8_full), dict(decode, fp8="kv"),
-         dict(left=-1, right=0, pack_gqa=True, num_splits=16, fwd_settings={"FP8_TWO_KV_HEADS": 5})),
         ("decode W(127,0) paged fp8 q/K/V", fp8_window, dict(decode, fp8="qkv"),
          dict(left=127, right=0, pack_gqa=True)),
         # The window decode over an e4m3 cache, with the L2 preload before the PDL wait (fwd.PRELOAD_L2, its

@@ -200,13 +200,12 @@ FP8_PAIR_FENCED_WIDENING = 2
 # The pairs' loop (the same loads, block shape and split count): 1 (the default) transposed (fwd's PAIR_TRANSPOSED,
 # ``_softmax_step_transposed``): scores as K q^T, so the loop-invariant queries are the product's B operand (no
 # register moves rebuilding them per block), each head's products only its own rows' 8-column tile, the row sums
-# kept per key until the loop ends; 0: as PAIR_TWO_LOADS (session 8's); 2 (fwd's PAIR_HALVES,
-# ``_softmax_step_halves``): transposed, each block's keys in two halves with their own online softmax (one per warp:
-# no cross-warp exchange in the loop), merged after it. H200 (s9-call4, 14:28 UTC, main 9248933,
+# kept per key until the loop ends; 0: as PAIR_TWO_LOADS (session 8's). H200 (s9-call4, 14:28 UTC, main 9248933,
 # scripts/gpu_fp8_decode.py s9_*, two mirrored runs each; us, vs the same run's bf16): B=16 16K 81.50 / 81.53 (1.65x,
-# 78% of copy) against 89.01 / 89.20 with 0 and 136.26 / 136.36 with 2; B=4 16K 28.02 / 27.95 (1.46x) against 30.00
-# / 29.96 and 45.79 / 45.77; B=16 131040 599.45 / 601.86 (1.67x, 84%) against 668.74 / 669.74 and 987.10 / 988.27.
-# SWATTN_FP8_PAIR_TRANSPOSED=0 / 2 at import (or the attribute) takes the others.
+# 78% of copy) against 89.01 / 89.20 with 0; B=4 16K 28.02 / 27.95 (1.46x) against 30.00 / 29.96; B=16 131040
+# 599.45 / 601.86 (1.67x, 84%) against 668.74 / 669.74. A third loop (each block's keys in two halves with their own
+# online softmax, one per warp) took 136.26 / 45.79 / 987.10 us in the same runs and was removed.
+# SWATTN_FP8_PAIR_TRANSPOSED=0 at import (or the attribute) takes session 8's loop.
 FP8_PAIR_TRANSPOSED = int(os.environ.get("SWATTN_FP8_PAIR_TRANSPOSED", "1") or 0)
 # Fewest keys per split (with the pairs' split count) for which the pairs are taken (their split loop then replaces
 # the single loop that forward_config gives splits of at most SHORT_SPLIT_KEYS keys: fp8_pair_config). H200

@@ -92,11 +92,8 @@ NO_PAIR, PAIR_TWO_PRODUCTS, PAIR_INTERLEAVED = tl.constexpr(0), tl.constexpr(1),
 PAIR_TWO_LOADS = tl.constexpr(3)
 # PAIR_TWO_LOADS' loads, its loop transposed (``_softmax_step_transposed``; configs.FP8_PAIR_TRANSPOSED).
 PAIR_TRANSPOSED = tl.constexpr(4)
-# ... and its block's keys in two halves, each with its own online softmax, merged after the loop
-# (``_softmax_step_halves``; configs.FP8_PAIR_TRANSPOSED 2).
-PAIR_HALVES = tl.constexpr(5)
 # The modes that load each head's tiles on their own.
-_TWO_LOADS = (PAIR_TWO_LOADS.value, PAIR_TRANSPOSED.value, PAIR_HALVES.value)
+_TWO_LOADS = (PAIR_TWO_LOADS.value, PAIR_TRANSPOSED.value)
 
 # Grids of at most this many tiles (None: one per SM, ``_persistent_programs``; 0: never) whose loop is the single
 # masked loop (decode-sized tiles of at most 32 rows: speculative verify of k <= 4 tokens, short extends) run
@@ -223,7 +220,8 @@ _FENCED_MODES = {1: WIDEN_FENCED.value, 2: WIDEN_FENCED_VALUES.value}  # by FP8_
 # KV head count, and no fused append; the window decode (the single loop) keeps one KV head per program (half the
 # grid would leave SMs idle).
 # 0: not forced (configs.FP8_KV_PAIRS decides); 1: PAIR_TWO_PRODUCTS; 2: PAIR_INTERLEAVED; 3: PAIR_TWO_LOADS; 4:
-# PAIR_TRANSPOSED; 5: PAIR_HALVES (see KV_PAIR).
+# PAIR_TRANSPOSED (see KV_PAIR). (Session 9's loop in halves, each block's keys in two softmaxes, one per warp, ran
+# 1.6-1.7x slower than the transposed loop on the H200 and was removed: docs/notes/2026-12-03-fp8-kv-cache.md.)
 FP8_TWO_KV_HEADS = int(os.environ.get("SWATTN_FP8_TWO_KV_HEADS", "0") or 0)
 
 # Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py): the split loop of an e4m3 decode over a paged
@@ -631,19 +629,6 @@ def _pv(acc, p, v, UPCAST: tl.constexpr, pair_second=None, KV_PAIR: tl.constexpr
 
 
 @triton.jit
-def _widen_value_pair(v, v2, WIDEN: tl.constexpr):
-    """The two KV heads' e4m3 V tiles in fp16 (``_widen_e4m3`` with ``VALUES``); fenced, both through one fence: their
-    shared-memory copies are then written before either is read (two buffers, one barrier; fenced one by one,
-    Triton gave them one buffer in turn, two more barriers)."""
-    if WIDEN == WIDEN_FENCED or WIDEN == WIDEN_FENCED_VALUES:
-        v_first, v_second = tl.split(_fence_16bit(tl.join(v.to(tl.float16), v2.to(tl.float16))))
-    else:
-        v_first = _widen_e4m3(v, WIDEN, VALUES=True)
-        v_second = _widen_e4m3(v2, WIDEN, VALUES=True)
-    return v_first, v_second
-
-
-@triton.jit
 def _softmax_step_transposed(acc_t, l_sum, m_i, q_t, k, v, k2, v2, offs_n, load_mask, row_pos, offset, left, right,
                              softmax_scale, softcap, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                              HAS_SOFTCAP: tl.constexpr, MASK: tl.constexpr, chunk, HAS_CHUNK: tl.constexpr,
@@ -689,68 +674,17 @@ def _softmax_step_transposed(acc_t, l_sum, m_i, q_t, k, v, k2, v2, offs_n, load_
     alpha = tl.exp2(m_i - pivot)
     l_sum = l_sum * alpha[None, :] + p
     p16 = p.to(tl.float16)
-    v_first, v_second = _widen_value_pair(v, v2, WIDEN)
+    if WIDEN == WIDEN_FENCED or WIDEN == WIDEN_FENCED_VALUES:
+        # Both tiles through one fence: their shared-memory copies are then written before either is read (two
+        # buffers, one barrier; fenced one by one, Triton gave them one buffer in turn, two more barriers).
+        v_first, v_second = tl.split(_fence_16bit(tl.join(v.to(tl.float16), v2.to(tl.float16))))
+    else:
+        v_first = _widen_e4m3(v, WIDEN, VALUES=True)
+        v_second = _widen_e4m3(v2, WIDEN, VALUES=True)
     v_first = tl.trans(v_first)
     v_second = tl.trans(v_second)
     acc_t = acc_t * alpha[None, :] + tl.where(second, dot(v_second, p16), dot(v_first, p16))
     return acc_t, l_sum, m_new
-
-
-@triton.jit
-def _softmax_step_halves(acc_t, l_sum, m_i, q_t, k, v, k2, v2, offs_n, load_mask, row_pos, offset, left, right,
-                         softmax_scale, softcap, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
-                         HAS_SOFTCAP: tl.constexpr, MASK: tl.constexpr, chunk, HAS_CHUNK: tl.constexpr,
-                         row_unscale, pair_second, WIDEN: tl.constexpr):
-    """``_softmax_step_transposed`` with the block's keys in two halves that never meet inside the loop
-    (PAIR_HALVES): every tile gains a leading dimension of 2 (``q_t`` ``[2, BLOCK_D, BLOCK_M]``, the same queries
-    twice; ``acc_t`` ``[2, BLOCK_D, BLOCK_M]``, ``l_sum`` ``[2, BLOCK_N // 2, BLOCK_M]``, ``m_i`` ``[2, BLOCK_M]``),
-    and each half runs its own online softmax over its keys of every block; ``_merge_halves`` combines them after the
-    loop, as the split-KV merge combines splits. Why: Triton lays a batched product's leading dimension over the
-    warps (two warps: one half each), so each half's row max, its P^T and its products stay in one warp: no
-    shared-memory exchange of the row max (two barriers per block in the transposed loop) and P^T's operand layout
-    by shuffles (compiled, Triton 3.6, sm_90). The same scores and products; each half's sums in its own order."""
-    HALF: tl.constexpr = k.shape[0] // 2
-    D: tl.constexpr = k.shape[1]
-    tl.static_assert(HALF >= 16, "PAIR_HALVES: blocks of 32 keys at least (P^T V's reduction of a half's keys)")
-    k_first = tl.reshape(_widen_e4m3(k, WIDEN), [2, HALF, D])
-    k_second = tl.reshape(_widen_e4m3(k2, WIDEN), [2, HALF, D])
-    second = pair_second[None, None, :]
-    qk = tl.where(second, dot(k_second, q_t), dot(k_first, q_t))  # [2, HALF, BLOCK_M]
-    if HAS_SOFTCAP:
-        qk = softcap_scores(qk * row_unscale[None, None, :], softmax_scale, softcap)
-    if MASK:
-        keys = tl.reshape(offs_n, [2, HALF])[:, :, None]
-        visible = in_window(tl.reshape(load_mask, [2, HALF])[:, :, None], keys, row_pos[None, None, :], offset,
-                            left, right, HAS_LEFT, HAS_RIGHT, chunk, HAS_CHUNK)
-        qk = tl.where(visible, qk, float("-inf"))
-    if HAS_SOFTCAP:
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        pivot = safe_pivot(m_new)
-        p = tl.exp2(qk - pivot[:, None, :])
-    else:
-        qk_scale = (softmax_scale * LOG2E) * row_unscale
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale[None, :])
-        pivot = safe_pivot(m_new)
-        p = tl.exp2(qk * qk_scale[None, None, :] - pivot[:, None, :])
-    alpha = tl.exp2(m_i - pivot)
-    l_sum = l_sum * alpha[:, None, :] + p
-    p16 = p.to(tl.float16)
-    v_first, v_second = _widen_value_pair(v, v2, WIDEN)
-    v_first = tl.permute(tl.reshape(v_first, [2, HALF, D]), (0, 2, 1))
-    v_second = tl.permute(tl.reshape(v_second, [2, HALF, D]), (0, 2, 1))
-    acc_t = acc_t * alpha[:, None, :] + tl.where(second, dot(v_second, p16), dot(v_first, p16))
-    return acc_t, l_sum, m_new
-
-
-@triton.jit
-def _merge_halves(acc_t, l_sum, m_i):
-    """``_softmax_step_halves``' two halves as one softmax state: ``(acc [BLOCK_M, BLOCK_D], l_i, m_i)``, each half
-    weighted by 2^(its max - the larger max) (a half that saw no key: max -inf, weight 0)."""
-    m = tl.max(m_i, 0)
-    weight = tl.exp2(m_i - safe_pivot(m)[None, :])
-    l_i = tl.sum(tl.sum(l_sum, 1) * weight, 0)
-    acc = tl.trans(tl.sum(acc_t * weight[:, None, :], 0))
-    return acc, l_i, m
 
 
 @triton.jit
@@ -950,7 +884,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                                    FP8 != NO_FP8, k_partner, v_partner, chunk_slot, PREFETCH_PARTNER)
             k2 = None
             v2 = None
-            if KV_PAIR == PAIR_TWO_LOADS or KV_PAIR == PAIR_TRANSPOSED or KV_PAIR == PAIR_HALVES:
+            if KV_PAIR == PAIR_TWO_LOADS or KV_PAIR == PAIR_TRANSPOSED:
                 # The second KV head's tiles, k_partner / v_partner elements on (its rows' twins).
                 k2, v2 = _load_block(k_base + k_partner, v_base + v_partner, offs_n, offs_d, load_mask, batch_kv,
                                      page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size, IS_PAGED,
@@ -961,11 +895,6 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                                                          offset, left, right, softmax_scale, softcap, HAS_LEFT,
                                                          HAS_RIGHT, HAS_SOFTCAP, MASK, chunk, HAS_CHUNK,
                                                          row_unscale, pair_second, WIDEN)
-            elif KV_PAIR == PAIR_HALVES:
-                acc, l_i, m_i = _softmax_step_halves(acc, l_i, m_i, q, k, v, k2, v2, offs_n, load_mask, row_pos,
-                                                     offset, left, right, softmax_scale, softcap, HAS_LEFT,
-                                                     HAS_RIGHT, HAS_SOFTCAP, MASK, chunk, HAS_CHUNK, row_unscale,
-                                                     pair_second, WIDEN)
             else:
                 acc, l_i, m_i = _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, left,
                                               right, softmax_scale, softcap, block, masked_head_end, unmasked_end,
@@ -1284,7 +1213,7 @@ def _attend_tile(
         if KV_PAIR != NO_PAIR:
             # The first of the two KV heads (k_base / v_base point at its rows, which the second's follow); each
             # row's own head is kv_head or kv_head + 1 (pair_second); K/V tiles span both heads' rows.
-            if KV_PAIR == PAIR_TRANSPOSED or KV_PAIR == PAIR_HALVES:
+            if KV_PAIR == PAIR_TRANSPOSED:
                 # The same, as a compile-time pattern (a pair's tile, 2 x group <= BLOCK_M rows of one query
                 # position, is its program's only one: tile 0, rows from 0): the transposed loop's selects and
                 # unused products fold away (_softmax_step_transposed).
@@ -1363,12 +1292,6 @@ def _attend_tile(
             l_i = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
             acc = tl.zeros([BLOCK_D, BLOCK_M], dtype=tl.float32)
             q = tl.trans(q)
-        elif KV_PAIR == PAIR_HALVES:
-            # _softmax_step_halves' state: the transposed loop's, once per half of each block's keys.
-            m_i = tl.full([2, BLOCK_M], float("-inf"), dtype=tl.float32)
-            l_i = tl.zeros([2, BLOCK_N // 2, BLOCK_M], dtype=tl.float32)
-            acc = tl.zeros([2, BLOCK_D, BLOCK_M], dtype=tl.float32)
-            q = tl.broadcast_to(tl.trans(q)[None, :, :], [2, BLOCK_D, BLOCK_M])
         else:
             l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
             acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -1411,7 +1334,7 @@ def _attend_tile(
                 twin = ((kv_head ^ 1) - kv_head).to(tl.int64)
                 k_partner = twin * stride_kh
                 v_partner = twin * stride_vh
-            elif KV_PAIR == PAIR_TWO_LOADS or KV_PAIR == PAIR_TRANSPOSED or KV_PAIR == PAIR_HALVES:
+            elif KV_PAIR == PAIR_TWO_LOADS or KV_PAIR == PAIR_TRANSPOSED:
                 # The second KV head of the pair (its tiles are loaded on their own: see _attend_blocks).
                 k_partner = stride_kh
                 v_partner = stride_vh
@@ -1455,8 +1378,6 @@ def _attend_tile(
         if KV_PAIR == PAIR_TRANSPOSED:
             acc = tl.trans(acc)
             l_i = tl.sum(l_i, 0)
-        elif KV_PAIR == PAIR_HALVES:
-            acc, l_i, m_i = _merge_halves(acc, l_i, m_i)
 
         _finish_tile(
             acc, l_i, m_i, visited, O, LSE, sink, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
@@ -1608,14 +1529,14 @@ def _widens_pairs(device: torch.device) -> bool:
 
 def _fenced_mode(kv_pair: int = 0) -> int:
     """The fenced widening asked for (``FP8_FENCED_WIDENING``'s values; 0: none): ``FP8_FENCED_WIDENING``, or on the
-    two-KV-heads loop (``kv_pair`` PAIR_TWO_LOADS, PAIR_TRANSPOSED or PAIR_HALVES)
+    two-KV-heads loop (``kv_pair`` PAIR_TWO_LOADS or PAIR_TRANSPOSED)
     ``configs.FP8_PAIR_FENCED_WIDENING``."""
     return FP8_FENCED_WIDENING or (configs.FP8_PAIR_FENCED_WIDENING if kv_pair in _TWO_LOADS else 0)
 
 
 def _e4m3_widening(device: torch.device, kv_pair: int = 0) -> int:
     """``_widen_e4m3``'s mode for this device: WIDEN_FENCED (WIDEN_FENCED_VALUES) with ``FP8_FENCED_WIDENING`` 1
-    (2), or on the two-KV-heads loop (``kv_pair`` PAIR_TWO_LOADS, PAIR_TRANSPOSED or PAIR_HALVES) with
+    (2), or on the two-KV-heads loop (``kv_pair`` PAIR_TWO_LOADS or PAIR_TRANSPOSED) with
     ``configs.FP8_PAIR_FENCED_WIDENING`` 1 (2)
     (compiled only: PTX); WIDEN_IN_PAIRS where ``_widens_pairs``, else WIDEN_TO."""
     fenced = _fenced_mode(kv_pair)
@@ -1925,9 +1846,8 @@ class _ForwardPlan:
                                             num_splits)):
             # The default (configs.FP8_KV_PAIRS): two KV heads per program where the automatic split count planned
             # them (interface.split_count asks configs.fp8_pair_split_count, which fp8_pairs_taken asks), on their
-            # own block shape; its loop transposed with configs.FP8_PAIR_TRANSPOSED (2: in halves).
-            self.kv_pair = {0: PAIR_TWO_LOADS.value, 1: PAIR_TRANSPOSED.value,
-                            2: PAIR_HALVES.value}[int(configs.FP8_PAIR_TRANSPOSED)]
+            # own block shape; its loop transposed with configs.FP8_PAIR_TRANSPOSED.
+            self.kv_pair = PAIR_TRANSPOSED.value if configs.FP8_PAIR_TRANSPOSED else PAIR_TWO_LOADS.value
         if self.kv_pair in _TWO_LOADS and configs.forced_config_in_use() is None:
             config = configs.fp8_pair_config(config)  # forced or by default: the pairs' block shape
         num_tiles = ceil_div(rows_per_tile * (2 if self.kv_pair else 1), config.block_m)

@@ -81,17 +81,16 @@ def test_decode_paged_fp8_kv(batch, context, left, new):
     check_lse(lse, ref_lse)
 
 
-@pytest.mark.parametrize("transposed", [0, 1, 2], ids=["loop", "transposed-loop", "halves-loop"])
+@pytest.mark.parametrize("transposed", [0, 1], ids=["loop", "transposed-loop"])
 @pytest.mark.parametrize("batch,context", [(16, 16384), (4, 65536)], ids=str)
 def test_full_decode_takes_two_kv_heads_per_program(monkeypatch, batch, context, transposed):
     """The default full-attention decode over an e4m3 paged cache (gpt-oss layer, automatic split count) takes two
     KV heads per program (configs.FP8_KV_PAIRS: B=16 16K 16 splits, B=4 64K 64; V widened through the fence,
     configs.FP8_PAIR_FENCED_WIDENING), against the reference and within bf16's tolerance of one KV head per program
-    (the switch off: 4 / 16 splits); with configs.FP8_PAIR_TRANSPOSED 1 / 2 its loop transposed (PAIR_TRANSPOSED /
-    PAIR_HALVES)."""
+    (the switch off: 4 / 16 splits); with configs.FP8_PAIR_TRANSPOSED 1 its loop transposed (PAIR_TRANSPOSED)."""
     from swattn.kernels import configs, fwd
     monkeypatch.setattr(configs, "FP8_PAIR_TRANSPOSED", transposed)
-    pair_mode = (fwd.PAIR_TWO_LOADS.value, fwd.PAIR_TRANSPOSED.value, fwd.PAIR_HALVES.value)[transposed]
+    pair_mode = (fwd.PAIR_TWO_LOADS.value, fwd.PAIR_TRANSPOSED.value)[transposed]
     heads, kv_heads, head_dim, page_size = 64, 8, 64, 16
     pages = context // page_size + 1
     k_cache, v_cache = e4m3(batch * pages, page_size, kv_heads, head_dim), e4m3(batch * pages, page_size,

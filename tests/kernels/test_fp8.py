@@ -243,16 +243,14 @@ def test_bf16_queries_of_any_magnitude_over_fp8_kv():
     pytest.param(3, torch.bfloat16, True, 3, id="two-loads-bf16-paged-3splits"),
     pytest.param(4, torch.bfloat16, True, 3, id="transposed-bf16-paged-3splits"),
     pytest.param(4, torch.float16, False, 1, id="transposed-fp16-contiguous"),
-    pytest.param(5, torch.bfloat16, True, 3, id="halves-bf16-paged-3splits"),
-    pytest.param(5, torch.float16, False, 1, id="halves-fp16-contiguous"),
 ])
 def test_two_kv_heads_per_program(monkeypatch, mode, dtype, paged, num_splits):
     """``fwd.FP8_TWO_KV_HEADS``: a decode program reads two KV heads' adjacent rows at once and gives each query
     head its own KV head's attention and descales (distinct per head), with sinks and softcap; on the GPU a NaN key
-    or (modes 1, 3, 4 and 5: one product per head) value of one KV head makes NaN of that head's rows only, as in
+    or (modes 1, 3 and 4: one product per head) value of one KV head makes NaN of that head's rows only, as in
     the reference (the other head's rows share the loaded tile but not its products; mode 2's interleaved P @ V lets
-    a NaN value reach both heads' rows, 0 x NaN, so it gets only the NaN key). Modes 4 (PAIR_TRANSPOSED) and 5
-    (PAIR_HALVES) run mode 3's loads through the transposed loop, 5 with each block's keys in two halves."""
+    a NaN value reach both heads' rows, 0 x NaN, so it gets only the NaN key). Mode 4 (PAIR_TRANSPOSED) runs mode
+    3's loads through the transposed loop."""
     from swattn.kernels import fwd
     monkeypatch.setattr(fwd, "FP8_TWO_KV_HEADS", mode)
     batch, page_size = 3, 8
@@ -271,12 +269,11 @@ def test_two_kv_heads_per_program(monkeypatch, mode, dtype, paged, num_splits):
     if non_finite:
         first = table[1, 0] if paged else 0
         k_cache[first, 2, 0, 3] = float("nan")  # sequence 1, key 2, KV head 0: its query heads' rows are NaN
-        if mode in (1, 3, 4, 5):
+        if mode in (1, 3, 4):
             v_cache[first, 4, 1, 0] = float("nan")  # sequence 1, key 4, KV head 1: NaN in its heads' first column
     fwd._PLANS.clear()
-    # The split loop (the pairs' loop): on a GPU these few keys would take the single loop of short splits. Mode 5's
-    # halves of a block must be 16 keys at least (a product's reduction: Triton's minimum on a GPU).
-    with forced_config(FwdConfig(16, 32 if mode == 5 else 16, 2, 2)):
+    # The split loop (the pairs' loop): on a GPU these few keys would take the single loop of short splits.
+    with forced_config(FwdConfig(16, 16, 2, 2)):
         out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, k_descale=kd,
                                                   v_descale=vd, causal=True, sinks=sinks, softcap=20.0,
                                                   num_splits=num_splits, pack_gqa=True, return_softmax_lse=True,
@@ -286,20 +283,20 @@ def test_two_kv_heads_per_program(monkeypatch, mode, dtype, paged, num_splits):
                                              sinks=sinks, softcap=20.0, **cache)
     assert torch.equal(out.isnan(), ref_out.isnan())
     assert out[1, 0, :H // HK].isnan().all() == non_finite and not out[[0, 2]].isnan().any()
-    assert out[1, 0, H // HK:].isnan().any() == (non_finite and mode in (1, 3, 4, 5))
+    assert out[1, 0, H // HK:].isnan().any() == (non_finite and mode in (1, 3, 4))
     assert_close("out", out.nan_to_num(), ref_out.nan_to_num(), tolerance_for(dtype))
     finite = torch.isfinite(ref_lse)
     assert torch.equal(lse.isfinite(), finite)
     assert_close("lse", lse[finite], ref_lse[finite], LSE_TOL)
 
 
-@pytest.mark.parametrize("mode", [4, 5], ids=["transposed", "halves"])
-def test_transposed_pairs_with_three_query_heads_per_kv_head(monkeypatch, mode):
-    """PAIR_TRANSPOSED / PAIR_HALVES (``fwd.FP8_TWO_KV_HEADS`` 4 / 5) with 3 query heads per KV head: the two heads'
+def test_transposed_pairs_with_three_query_heads_per_kv_head(monkeypatch):
+    """PAIR_TRANSPOSED (``fwd.FP8_TWO_KV_HEADS`` 4) with 3 query heads per KV head: the two heads'
     6 rows fill 6 of the tile's 16 (each row's head is a compile-time pattern of its index; here not whole 8-column
     tiles), 4 KV heads (two pairs), descales per KV head, lengths that leave a split's last block part-empty,
     against the reference."""
     from swattn.kernels import fwd
+    mode = fwd.PAIR_TRANSPOSED.value
     monkeypatch.setattr(fwd, "FP8_TWO_KV_HEADS", mode)
     heads, kv_heads, batch, page_size = 12, 4, 2, 8
     k_cache, v_cache = e4m3(batch * 4, page_size, kv_heads, D), e4m3(batch * 4, page_size, kv_heads, D)
@@ -308,7 +305,7 @@ def test_transposed_pairs_with_three_query_heads_per_kv_head(monkeypatch, mode):
     q = torch.randn(batch, 1, heads, D, dtype=torch.bfloat16)
     kd, vd = torch.rand(batch, kv_heads) + 0.25, torch.rand(batch, kv_heads) + 0.25
     fwd._PLANS.clear()
-    with forced_config(FwdConfig(16, 32 if mode == 5 else 16, 2, 2)):
+    with forced_config(FwdConfig(16, 16, 2, 2)):
         out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, k_descale=kd, v_descale=vd,
                                              causal=True, num_splits=2, pack_gqa=True, page_table=table)
     assert any(plan.kv_pair == mode for plan in fwd._PLANS.values())
@@ -502,7 +499,7 @@ def test_fp8_inputs_that_require_grad_fail_only_at_the_backward():
     assert not out.requires_grad
 
 
-@pytest.mark.parametrize("transposed", [0, 1, 2], ids=["loop", "transposed-loop", "halves-loop"])
+@pytest.mark.parametrize("transposed", [0, 1], ids=["loop", "transposed-loop"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_two_kv_heads_per_program_by_default(monkeypatch, dtype, transposed):
     """``configs.FP8_KV_PAIRS`` (the default): a full-attention decode over a paged e4m3 cache with fp16/bf16
@@ -510,11 +507,11 @@ def test_two_kv_heads_per_program_by_default(monkeypatch, dtype, transposed):
     ``configs.fp8_pair_split_count`` says so (its threshold lowered here so that a small cache qualifies on the
     interpreter's 4 "SMs"), with sinks and softcap; the output agrees with one KV head per program (the switch off)
     and with the reference; a window decode of the same cache keeps one KV head per program. With
-    ``configs.FP8_PAIR_TRANSPOSED`` 1 / 2 the same pairs run the transposed loop (PAIR_TRANSPOSED / PAIR_HALVES)."""
+    ``configs.FP8_PAIR_TRANSPOSED`` 1 the same pairs run the transposed loop (PAIR_TRANSPOSED)."""
     from swattn.kernels import configs, fwd
     monkeypatch.setattr(configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT", 16)
     monkeypatch.setattr(configs, "FP8_PAIR_TRANSPOSED", transposed)
-    pair_mode = (fwd.PAIR_TWO_LOADS.value, fwd.PAIR_TRANSPOSED.value, fwd.PAIR_HALVES.value)[transposed]
+    pair_mode = (fwd.PAIR_TWO_LOADS.value, fwd.PAIR_TRANSPOSED.value)[transposed]
     pages, page_size = 40, 16
     k_cache, v_cache = e4m3(pages, page_size, HK, D), e4m3(pages, page_size, HK, D)
     table = torch.randperm(pages).view(1, pages).to(torch.int32)
