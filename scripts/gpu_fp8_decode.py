@@ -32,7 +32,8 @@ there); ``s7_long s7_b16_128k`` run that order again.
 
 Run: ``python scripts/gpu_fp8_decode.py [SHAPE ...]``, shapes: full, long, b4, long16, window (session 5's, the
 default), s6_full, s6_more, s6_b4, s6_long16, s6_long, s6_b16_128k, s7_long, s7_b16_128k, and the later sessions'
-(``--dry`` lists a shape's candidates); s9_*: the transposed pairs' loop against the shipped one.
+(``--dry`` lists a shape's candidates); s9_*: the transposed pairs' loop against the shipped one; s10_*: the
+pairs' block shapes of the default path (``blocks=``), and head_dim 128 layers (a shape's fifth field: H, Hk, D).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from __future__ import annotations
 import sys
 
 import torch
-from gpu_probe import full_decode_inputs, graph_calls_us  # scripts/ is on sys.path when this file runs
+from gpu_probe import DEVICE, graph_calls_us  # scripts/ is on sys.path when this file runs
 
 import swattn
 from swattn.kernels import configs, fwd
@@ -198,6 +199,25 @@ S9B = [LOOP_T, LOOP_OLD, T64_6, T64_4W, T32_3, T16_1W, T32_1W, LOOP_T]
 # context (EXACT_SHAPES), as the benchmark's.
 MIN_256, MIN_128 = (False, None, dict(minkeys=256)), (False, None, dict(minkeys=128))
 S9C = [(False, None), MIN_256, MIN_128, (False, None)]
+# Session 10: the pairs' block shape of the default path (``blocks=(block_n, warps, register cap, per SM)`` in place
+# of configs.FP8_PAIR_SPLIT_BLOCKS[16] for the variant: the loop, the split count (``per SM`` programs of one wave
+# per SM, at most MAX_SPLITS) and the pairs' fill rule all as they would ship), page tables of exactly the context
+# (as swattn.bench's), each candidate twice in mirrored order. s9-call7 timed them forced (page tables a page longer):
+# one warp (32, 1, 2) capped at 168 at 12/SM won B=4 16K (26.66 vs 27.83 us) and B=16 131040 (558.50 vs 566-571),
+# lost B=16 16K (82.27 vs 80.15); 64-key blocks capped at 168 at 6/SM won B=16 131040 (556.56), lost 16K by 1-3%.
+# A per-SM count above what the fill rule allows at B=4 (the pairs need 3/4 of a wave's slots: 16 pair programs x
+# 64 splits fill 1,024 of 12 x 132) is given as 8 there: the same 64 splits, so the same launch as s9-call7's.
+W1_12, W1_8, W16_16, W16_8, K64_6, K64_8 = ((False, None, dict(blocks=blocks)) for blocks in (
+    (32, 1, 168, 12), (32, 1, 168, 8), (16, 1, 128, 16), (16, 1, 128, 8), (64, 2, 168, 6), (64, 2, 168, 8)))
+S10_B16 = [(False, None), W1_12, W1_8, K64_6, W16_16, W16_16, K64_6, W1_8, W1_12, (False, None), FA3_FP8]
+S10_B4 = [(False, None), W1_8, K64_6, W16_8, K64_8, K64_8, W16_8, K64_6, W1_8, (False, None), FA3_FP8]
+# head_dim 128 (H=32 / Hk=8, a Llama-3-8B layer; the shapes' fifth field): the pairs' default block shape spills
+# there (compiled, Triton 3.6, sm_90, B=16 16K: 128 registers, 128 B stack, 24 LDL/STL in the loops, 37.9 KB shared,
+# interior loop 663 instructions per 2 x 32 keys and warp), against one KV head per program and the pairs capped at
+# 168 registers (24 B stack, no LDL/STL in the loops, 614; 6 per SM by registers and shared memory) at 6 and at 8 per
+# SM (12 / 16 splits at B=16). (16, 2, 2) capped at 128 spills too (48 B, 13 LDL/STL in the loops).
+D128_PAIRS_6, D128_PAIRS_8 = ((False, None, dict(blocks=(32, 2, 168, per_sm))) for per_sm in (6, 8))
+S10_D128 = [(False, None), ONE_HEAD, D128_PAIRS_6, D128_PAIRS_8, ONE_HEAD, (False, None)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -244,11 +264,34 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s9c_b8_8k": (8, 8192, None, S9C), "s9c_b16_4k": (16, 4096, None, S9C),
           # The compile warm-up of S9B's kernels in four processes (the same kernels serve every shape above).
           **{f"s9b_warm{i}": (4, 16384, None, S9B[1 + 2 * i:3 + 2 * i]) for i in range(4)},
+          "s10_b16_16k": (16, 16384, None, S10_B16), "s10_b4_16k": (4, 16384, None, S10_B4),
+          "s10_b16_128k": (16, 131040, None, S10_B16), "s10_b4_128k": (4, 131072, None, S10_B4),
+          "s10_d128_b16_16k": (16, 16384, None, S10_D128, (32, 8, 128)),
+          "s10_d128_b4_128k": (4, 131072, None, S10_D128, (32, 8, 128)),
+          # The compile warm-up of the s10 kernels, one process per block shape (the same kernels serve each shape;
+          # B=4 16K's splits of 256 keys may specialize differently from B=16's 1,024, so both).
+          **{f"s10_warm{i}_b{batch}": (batch, 16384, None, variants) for batch in (4, 16) for i, variants in
+             enumerate(([(False, None), FA3_FP8], [W1_12, W1_8], [W16_16, W16_8], [K64_6]))},
+          **{f"s10_warm_d128_{i}": (16, 16384, None, [variant], (32, 8, 128)) for i, variant in
+             enumerate(((False, None), ONE_HEAD, D128_PAIRS_6))},
           "s8b_b4_16k": (4, 16384, None, [(False, None), PAIRS_FENCED_V, (False, (64, 4, 2, False, False, 128),
                                                                          dict(pair=3, per_sm=4, fenced=2))])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
 EXACT_SHAPES = {"s9c_b4_16k", "s9c_b4_8k", "s9c_b8_8k", "s9c_b16_4k"}  # page tables of exactly the context
+EXACT_SHAPES |= {name for name in SHAPES if name.startswith("s10")}
 COPY_GBPS = 4221.0
+
+
+def decode_inputs(batch: int, context: int, heads: int = 64, kv_heads: int = 8, head_dim: int = 64) -> dict:
+    """Full-attention decode inputs (bf16, page 16, sinks; the gpt-oss layer by default, as
+    ``gpu_probe.full_decode_inputs``), every sequence ``context`` long, page tables a page longer."""
+    page_size, pages = 16, context // 16 + 1
+    k_cache = torch.randn(batch * pages, page_size, kv_heads, head_dim, device=DEVICE, dtype=torch.bfloat16)
+    return dict(q=torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=torch.bfloat16), k_cache=k_cache,
+                v_cache=torch.randn_like(k_cache),
+                page_table=torch.randperm(batch * pages, device=DEVICE, dtype=torch.int32).view(batch, pages),
+                cache_seqlens=torch.full((batch,), context, device=DEVICE, dtype=torch.int32),
+                sinks=torch.randn(heads, device=DEVICE))
 
 
 def fp8_sets(sets: list[dict], quantize_q: bool) -> list[dict]:
@@ -264,7 +307,7 @@ def fp8_sets(sets: list[dict], quantize_q: bool) -> list[dict]:
         if quantize_q:
             q = s["q"].float()
             descale = q.abs().amax() / 448
-            s["q"], s["q_descale"] = (q / descale).to(FP8), descale.expand(q.shape[0], 8)
+            s["q"], s["q_descale"] = (q / descale).to(FP8), descale.expand(q.shape[0], s["k_descale"].shape[1])
         out.append(s)
     return out
 
@@ -342,6 +385,7 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += " one KV head/program" if options.get("kvpairs") is False else ""
     shown += f" pair widening {options['pairfence']}" if "pairfence" in options else ""
     shown += f" pairs from {options['minkeys']} keys/split" if "minkeys" in options else ""
+    shown += " pairs ({},{},cap {}) {}/SM".format(*options["blocks"]) if "blocks" in options else ""
     shown += {None: "", 0: " session 8's pairs' loop", 1: " pairs' loop transposed"}[
         options.get("transposed")]
     if options.get("heads"):
@@ -363,8 +407,8 @@ def main() -> None:
         args.remove("--warm")
     if "--dry" in args:  # the shapes and candidates only (no GPU): what a run would time
         for name in [a for a in args if a != "--dry"] or DEFAULT_SHAPES:
-            batch, context, left, candidates = SHAPES[name]
-            print(f"## {name}: B={batch} ctx={context} window={left}")
+            batch, context, left, candidates, *layer = SHAPES[name]
+            print(f"## {name}: B={batch} ctx={context} window={left}{' H/Hk/D ' + str(layer[0]) if layer else ''}")
             for quantize_q, config, *more in candidates:
                 print("  {:6s} {}".format(*describe(quantize_q, config, more[0] if more else {})))
         return
@@ -378,18 +422,21 @@ def main() -> None:
         except (OSError, RuntimeError) as exc:
             print(f"L2 fetch granularity limit: {exc}", flush=True)
     for name in names:
-        batch, context, left, candidates = SHAPES[name]
+        batch, context, left, candidates, *layer = SHAPES[name]
+        heads, kv_heads, head_dim = layer[0] if layer else (64, 8, 64)
         window = dict(window_size=(left, 0)) if left is not None else {}
-        kv_bytes = batch * (context if left is None else left + 1) * 8 * 64 * 2 * 2
-        count = max(2, min(48, (3 << 30) // (batch * context * 8 * 64 * 4)))
+        kv_bytes = batch * (context if left is None else left + 1) * kv_heads * head_dim * 2 * 2
+        count = max(2, min(48, (3 << 30) // (batch * context * kv_heads * head_dim * 4)))
         count = 1 if warm else count
-        sets = [dict(full_decode_inputs(batch, context), causal=True, **window) for _ in range(count)]
+        sets = [dict(decode_inputs(batch, context, heads, kv_heads, head_dim), causal=True, **window)
+                for _ in range(count)]
         if name in EXACT_SHAPES:  # capacity = context (full_decode_inputs gives a page more)
             sets = [dict(s, page_table=s["page_table"][:, :context // 16].contiguous()) for s in sets]
         ref = swattn.flash_attn_with_kvcache(**sets[0]).float()
         bf16_us = float("nan") if warm else graph_calls_us(
             [lambda s=s: swattn.flash_attn_with_kvcache(**s) for s in sets])
-        print(f"\n## {name}: B={batch} ctx={context} window={left}: {count} input sets; bf16 {bf16_us:.2f} us "
+        print(f"\n## {name}: B={batch} ctx={context} window={left} H/Hk/D {heads}/{kv_heads}/{head_dim}: {count} input "
+              f"sets; bf16 {bf16_us:.2f} us "
               f"({kv_bytes / 1e6:.1f} MB bf16 K/V read, {kv_bytes / bf16_us / 1e3 / copy:.0%} of copy)", flush=True)
         variants = {}
         for quantize_q, config, *more in candidates:
@@ -404,7 +451,7 @@ def main() -> None:
                 calls = [dict(c, k_cache=head_major(c["k_cache"]), v_cache=head_major(c["v_cache"])) for c in calls]
             if "per_sm" in options:  # the split count of one wave at per_sm programs per SM (interface.split_count's)
                 sms = torch.cuda.get_device_properties(0).multi_processor_count
-                programs = batch * (4 if options.get("pair") else 8)
+                programs = batch * kv_heads // (2 if options.get("pair") else 1)
                 options = dict(options, splits=max(1, sms * options["per_sm"] // programs))
             if "splits" in options:
                 calls = [dict(c, num_splits=options["splits"]) for c in calls]
@@ -418,6 +465,9 @@ def main() -> None:
             configs.FP8_PAIR_FENCED_WIDENING = options.get("pairfence", pair_fence)  # likewise
             configs.FP8_PAIR_TRANSPOSED = options.get("transposed", transposed)  # likewise
             configs.FP8_PAIR_MIN_KEYS_PER_SPLIT = options.get("minkeys", min_keys)  # likewise
+            pair_blocks = configs.FP8_PAIR_SPLIT_BLOCKS
+            if "blocks" in options:  # the pairs' block shape and split count of the default path; part of the key
+                configs.FP8_PAIR_SPLIT_BLOCKS = {**pair_blocks, 16: options["blocks"]}
             fwd.FP8_FENCED_WIDENING = int(options.get("fenced", 0))  # part of the plans' key (fwd.settings)
             fwd.FP8_PREFETCH_PARTNER = options.get("partner", 0)  # part of the plans' key (fwd.settings)
             l2_before = None
@@ -455,6 +505,7 @@ def main() -> None:
                 fwd.FP8_PREFETCH_PARTNER, fwd.FP8_FENCED_WIDENING = partner, fenced
                 configs.FP8_KV_PAIRS, configs.FP8_PAIR_FENCED_WIDENING = kv_pairs, pair_fence
                 configs.FP8_PAIR_TRANSPOSED, configs.FP8_PAIR_MIN_KEYS_PER_SPLIT = transposed, min_keys
+                configs.FP8_PAIR_SPLIT_BLOCKS = pair_blocks
                 if l2_before is not None:
                     l2_fetch_limit(l2_before)
             read = kv_bytes if quantize_q is None else kv_bytes / 2
