@@ -45,6 +45,8 @@ Sections (argv; all by default):
             32 rows, 128-key blocks) and split counts, FA3 beside, per-kernel times; full decode B=4 16K;
   serving_s9  session 9: full decode on the same 134 MB as B=4 16K, B=8 8K, B=16 4K (and B=16 16K) against the
             copy with per-kernel times; B=4 16K at other split counts;
+  fixed_costs  session 10: full decode B=4 16K: per-program %globaltimer stamps (ramp, drain, merge) and candidate
+            fixes against the shipped path, FA3 beside;
   verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0) against decode: no append, the
             fused append, without the non-finite redo launch, one 256-key block for the 127 + k keys, two stages.
 Run: ``python scripts/gpu_probe.py [sections]``; ``PROBE_WARM=1`` runs every variant once without timing (compiles
@@ -1514,6 +1516,217 @@ def serving_s9() -> None:
     print("\n## s9 table: full decode, us per call graph-replayed, % of the copy of the same bytes")
     print("| case | us | % of copy | kernels (eager, torch.profiler) |")
     print("|---|---|---|---|")
+    for row in table:
+        print("| " + " | ".join(row) + " |")
+
+
+def _stamped_graph(call, calls: int, address: int, buffer: torch.Tensor):
+    """A graph of ``calls`` calls captured with the stamp buffer at ``address`` (_common.STAMPS_ADDRESS; plans
+    rebuilt), replayed once after zeroing its counters: ``(us per call of the replayed graph, the records [n, 16]
+    of each region as CPU int64 tensors)``."""
+    from swattn.kernels import _common
+    previous = _common.STAMPS_ADDRESS
+    _common.STAMPS_ADDRESS = address
+    clear_plans()
+    try:
+        warm_up_on_side_stream([call, call])
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                call()
+        us = triton.testing.do_bench(graph.replay, warmup=20, rep=200, return_mode="median") * 1e3 / calls
+        buffer[:16].zero_()
+        torch.cuda.synchronize()
+        graph.replay()
+        torch.cuda.synchronize()
+        counts = buffer[:2].tolist()
+        header, records, fields = 16, 1 << 16, 16
+        regions = []
+        for region, count in enumerate(counts):
+            start = header + region * records * fields
+            regions.append(buffer[start: start + min(count, records) * fields].view(-1, fields).cpu())
+        return us, regions
+    finally:
+        _common.STAMPS_ADDRESS = previous
+        clear_plans()
+
+
+def _unwrap(low: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """64-bit ns of 32-bit %globaltimer stamps taken at most ~4 s before ``end`` (the record's 64-bit end)."""
+    return end - ((end - low) & 0xFFFFFFFF)
+
+
+def _pct(t: torch.Tensor, q: float) -> float:
+    return float(torch.quantile(t.double(), q))
+
+
+def _stamp_report(regions: list, split_programs: int, merge_programs: int, kv_bytes: int) -> list[str]:
+    """Per call of the replayed graph (the calls' programs told apart by their arrival tickets): where the time
+    between one call's split programs passing their PDL wait and the next call's goes, in us."""
+    split, merge = regions
+    lines = []
+    if split.shape[0] < split_programs or merge.shape[0] < merge_programs:
+        return [f"  too few records: {split.shape[0]} split, {merge.shape[0]} merge"]
+    s_end = split[:, 2]
+    s_start, s_wait, s_first = (_unwrap(split[:, i], s_end) for i in (3, 4, 5))
+    m_end = merge[:, 2]
+    m_start, m_wait = (_unwrap(merge[:, i], m_end) for i in (3, 4))
+    calls = min(split.shape[0] // split_programs, merge.shape[0] // merge_programs)
+    stamps = torch.cat([s_start, s_wait, s_end]).unique(sorted=True)
+    steps = stamps[1:] - stamps[:-1]
+    resolution = int(steps[steps > 0].min()) if (steps > 0).any() else -1
+    lines.append(f"  %globaltimer resolution: smallest step between distinct stamps {resolution} ns; "
+                 f"{calls} calls of {split_programs} split + {merge_programs} merge programs; SMs used by the split "
+                 f"programs of call 1: {split[split_programs:2 * split_programs, 7].unique().numel()}")
+    lines.append("  call | split: first start, first wait passed, median / last first K, median / p90 / last end "
+                 "(us from its first wait) | merge: first start, first / last wait passed, last end | next call's "
+                 "first wait | streaming TB/s (median first K to median end)")
+    rows = []
+    for c in range(calls):
+        si = (split[:, 0] // split_programs) == c
+        mi = (merge[:, 0] // merge_programs) == c
+        t0 = s_wait[si].min()
+        rel = lambda t: (t - t0).double() / 1e3  # noqa: E731
+        next_wait = None
+        if c + 1 < calls:
+            next_wait = float(rel(s_wait[(split[:, 0] // split_programs) == c + 1].min()))
+        first_med = _pct(rel(s_first[si]), 0.5)
+        end_med = _pct(rel(s_end[si]), 0.5)
+        row = dict(start=float(rel(s_start[si].min())), wait_last=float(rel(s_wait[si].max())),
+                   first_med=first_med, first_last=float(rel(s_first[si].max())), end_first=float(rel(s_end[si].min())),
+                   end_med=end_med, end_p90=_pct(rel(s_end[si]), 0.9), end_last=float(rel(s_end[si].max())),
+                   m_start=float(rel(m_start[mi].min())), m_wait=float(rel(m_wait[mi].min())),
+                   m_wait_last=float(rel(m_wait[mi].max())), m_end=float(rel(m_end[mi].max())), next=next_wait)
+        rate = (kv_bytes / 2) / max(end_med - first_med, 1e-3) / 1e6  # median program's half of the bytes
+        rows.append(row)
+        lines.append(f"  {c:2d} | {row['start']:6.2f}, 0, {first_med:.2f} / {row['first_last']:.2f}, "
+                     f"{end_med:.2f} / {row['end_p90']:.2f} / {row['end_last']:.2f} (first end {row['end_first']:.2f})"
+                     f" | {row['m_start']:.2f}, {row['m_wait']:.2f} / {row['m_wait_last']:.2f}, {row['m_end']:.2f} | "
+                     f"{'' if next_wait is None else f'{next_wait:.2f}'} | {2 * rate:.2f}")
+    mid = rows[1:-1] or rows
+    def avg(key):
+        values = [r[key] for r in mid if r[key] is not None]
+        return sum(values) / max(len(values), 1)
+    period = avg("next")
+    first_med, wait_last, end_med, end_p90, end_last, m_wait, m_end = (
+        avg(key) for key in ("first_med", "wait_last", "end_med", "end_p90", "end_last", "m_wait", "m_end"))
+    lines.append(
+        f"  mean over calls 1..{len(rows) - 2}: period (wait to next wait) {period:.2f} us; first K median "
+        f"{first_med:.2f} (ramp: wait -> median program's first K row), last wait passed {wait_last:.2f}; split end "
+        f"median {end_med:.2f}, p90 {end_p90:.2f}, last {end_last:.2f} (drain: last - median {end_last - end_med:.2f});"
+        f" merge wait passed {m_wait:.2f} (last split end -> merge {m_wait - end_last:.2f}), merge last end "
+        f"{m_end:.2f} (merge {m_end - m_wait:.2f}); merge end -> next split wait {period - m_end:.2f}")
+    # The end times' distribution of one middle call: how many programs are still running over time.
+    c = min(1, calls - 1)
+    si = (split[:, 0] // split_programs) == c
+    t0 = s_wait[si].min()
+    ends = ((s_end[si] - t0).double() / 1e3).sort().values
+    marks = [0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0]
+    lines.append("  call 1 split ends, us from first wait at fraction of programs ended: " + ", ".join(
+        f"{q:g}: {ends[min(len(ends) - 1, int(q * len(ends)) - (1 if q == 1.0 else 0))]:.2f}" for q in marks))
+    sm = split[si, 7]
+    per_sm = torch.bincount(sm, minlength=int(sm.max()) + 1)
+    last_by_sm = {}
+    for p in range(int(si.sum())):
+        k = int(sm[p])
+        last_by_sm[k] = max(last_by_sm.get(k, 0.0), float((s_end[si][p] - t0).double() / 1e3))
+    five = [v for k, v in last_by_sm.items() if per_sm[k] == 5]
+    six = [v for k, v in last_by_sm.items() if per_sm[k] == 6]
+    histogram = torch.bincount(per_sm[per_sm > 0])
+    counts = {n: int(histogram[n]) for n in range(len(histogram)) if histogram[n]}
+    lines.append(f"  call 1 SMs by split programs on them: {counts}; last end on SMs with 5: "
+                 f"{max(five) if five else float('nan'):.2f}, with 6: {max(six) if six else float('nan'):.2f}")
+    return lines
+
+
+def fixed_costs() -> None:
+    """Session 10 (issue 21): where full decode B=4 16K's ~10 us per call that stream nothing go (gpt-oss layer, page
+    16, sinks, graph-replayed, 20 calls per graph). Per-program %globaltimer stamps (_common.STAMPS_ADDRESS): split
+    programs' start, PDL wait passed, (optionally) first K row arrived, end; merge programs' start, wait, end; per
+    call: ramp, drain, split -> merge gap, the merge, merge -> next split. Then candidate fixes timed against the
+    shipped path and FA3 in the same process (FIXED_COSTS_VARIANTS: labels to run, comma-separated; all by
+    default). Raw records saved under $OUT (or /tmp) as stamps-*.pt."""
+    from swattn import _compat
+    from swattn.kernels import fwd
+    batch, context = 4, 16384
+    kv_bytes = batch * context * 8 * 64 * 2 * 2
+    out_dir = os.environ.get("OUT", "/tmp")
+    copy = torch.empty(kv_bytes, device=DEVICE, dtype=torch.uint8)
+    copy_us = graph_us(functools.partial(copy[: kv_bytes // 2].copy_, copy[kv_bytes // 2:]), 20)
+    del copy
+    inputs = full_decode_inputs(batch, context)
+    auto = int(swattn.get_scheduler_metadata(batch, 1, inputs["page_table"].shape[1] * 16, 64, 8, 64,
+                                             inputs["cache_seqlens"], causal=True)[0])
+    print(f"\n## s10 full decode B=4 16K (gpt-oss layer, page 16, sinks): us/call (20 per graph); copy of its "
+          f"{kv_bytes / 1e6:.1f} MB {copy_us:.2f} us; automatic splits {auto}", flush=True)
+    call = functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True)
+    ref = call().float()
+    table = []
+
+    def timed(label, run, settings=(), modules=None):
+        previous = [(module, name, getattr(module, name)) for module, name, _ in settings]
+        for module, name, value in settings:
+            setattr(module, name, value)
+        clear_plans()
+        try:
+            err = ((run().float() - ref).norm() / ref.norm()).item()
+            us = graph_us(run, 20)
+            print(f"  {label}: {us:.2f} us ({100 * copy_us / us:.1f}% of copy; rel diff {err:.0e})", flush=True)
+            table.append((label, f"{us:.2f}", f"{100 * copy_us / us:.1f}%"))
+        except Exception as exc:  # report and go on
+            print(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+            table.append((label, "failed", ""))
+        finally:
+            for module, name, value in previous:
+                setattr(module, name, value)
+            clear_plans()
+
+    wanted = [v for v in os.environ.get("FIXED_COSTS_VARIANTS", "").split(",") if v]
+    variants = [("shipped", call, ()),
+                ("no PDL", call, ((_compat, "PDL", False),)),
+                (f"{auto - 2} splits", functools.partial(call, num_splits=auto - 2), ()),
+                (f"{auto - 1} splits", functools.partial(call, num_splits=auto - 1), ())]
+    for label, run, settings in variants:
+        if not wanted or label in wanted or label == "shipped":
+            timed(label, run, settings)
+    try:
+        fa3 = _fa3_verify_us([inputs], 0, 20)
+        print(f"  FA3: {fa3:.2f} us ({100 * copy_us / fa3:.1f}% of copy)", flush=True)
+        table.append(("FA3", f"{fa3:.2f}", f"{100 * copy_us / fa3:.1f}%"))
+    except Exception as exc:  # FA3 missing: say so
+        print(f"  FA3: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+    timed("shipped (again)", call)
+
+    if not WARM_ONLY:
+        buffer = torch.zeros(16 + 2 * (1 << 16) * 16, device=DEVICE, dtype=torch.int64)
+        split_programs, merge_programs = batch * 8 * auto, batch * 64
+        for label, flag in (("stamps", 0), ("stamps + first K row", 1)):
+            try:
+                us, regions = _stamped_graph(call, 20, buffer.data_ptr() + flag, buffer)
+                print(f"\n### {label}: {us:.2f} us per call replayed (shipped, unstamped, above)", flush=True)
+                torch.save(regions, os.path.join(out_dir, f"stamps-{flag}.pt"))
+                for line in _stamp_report(regions, split_programs, merge_programs, kv_bytes):
+                    print(line, flush=True)
+                table.append((label, f"{us:.2f}", f"{100 * copy_us / us:.1f}%"))
+            except Exception as exc:  # report and go on
+                import traceback
+                traceback.print_exc()
+                print(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+    else:
+        # Compile the stamped kernels too.
+        from swattn.kernels import _common
+        buffer = torch.zeros(16 + 2 * (1 << 16) * 16, device=DEVICE, dtype=torch.int64)
+        for flag in (0, 1):
+            _common.STAMPS_ADDRESS = buffer.data_ptr() + flag
+            clear_plans()
+            call()
+            torch.cuda.synchronize()
+        _common.STAMPS_ADDRESS = 0
+        clear_plans()
+    del fwd
+    print("\n## s10 table: full decode B=4 16K, us per call graph-replayed, % of the copy")
+    print("| case | us | % of copy |")
+    print("|---|---|---|")
     for row in table:
         print("| " + " | ".join(row) + " |")
 

@@ -26,6 +26,50 @@ def wait_for_previous_grid(USE_PDL: tl.constexpr):
         gdc_launch_dependents()
 
 
+# Diagnostic only (scripts/gpu_probe.py stamps): the device address of an int64 buffer that the split launches'
+# programs and the merge's write per-program time stamps into (``record_stamps``), or 0: no stamps (the default; the
+# kernels take it as a constexpr, so at 0 every stamp compiles away). Part of the forward plans' key (fwd.settings).
+# The buffer: two arrival counters (split programs, merge programs), then per region STAMP_RECORDS records of
+# STAMP_FIELDS int64 each, at STAMP_HEADER + region * STAMP_RECORDS * STAMP_FIELDS. Bit 0 of the address (16-byte
+# aligned otherwise): the split programs also stamp their first K row's arrival, through a load chain of their own
+# whose wait delays the program's own loads (a perturbed ramp: time it with and without).
+STAMPS_ADDRESS = 0
+STAMP_HEADER, STAMP_RECORDS, STAMP_FIELDS = tl.constexpr(16), tl.constexpr(1 << 16), tl.constexpr(16)
+
+
+@triton.jit
+def time_stamp(after):
+    """The low 32 bits of %globaltimer (ns), read once ``after`` (an int32 scalar: a loaded value makes this wait for
+    its load; the read is predicated on it, so ptxas cannot move it before the value arrives). 32 bits: a stamp held
+    across the KV loop costs one register (the split decode program has ~6 to spare before it loses its sixth
+    program per SM; three 64-bit stamps took it from 162 to 198, Triton 3.6)."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .pred p; .reg .u64 t; setp.ne.s32 p, $1, 2147483647; mov.u32 $0, 0; @p mov.u64 t, %globaltimer;"
+        " @p cvt.u32.u64 $0, t; }",
+        "=r,r", [after], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def record_stamps(ADDRESS: tl.constexpr, REGION: tl.constexpr, program, start, waited, first):
+    """One program's record in region ``REGION`` of the stamp buffer at ``ADDRESS``, written at its end: its arrival
+    ticket (the region's counter, so consecutive calls' programs fill consecutive records), ``program`` (its linear
+    id), %globaltimer now (64 bits: the end), the 32-bit stamps ``start``, ``waited`` (past the PDL wait), ``first``
+    (first K row arrived, or ``waited``) and the end's, and %smid."""
+    end = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l,r", [program], dtype=tl.int64, is_pure=False,
+                                    pack=1)
+    sm = tl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r,r", [program], dtype=tl.int32, is_pure=False, pack=1)
+    base = tl.full([], ADDRESS - ADDRESS % 16, tl.int64).to(tl.pointer_type(tl.int64))  # low bits: options
+    ticket = tl.atomic_add(base + REGION, 1).to(tl.int64)
+    record = base + STAMP_HEADER + (REGION * STAMP_RECORDS + ticket % STAMP_RECORDS) * STAMP_FIELDS
+    field = tl.arange(0, 16)
+    values = tl.where(field == 0, ticket, 0) + tl.where(field == 1, program.to(tl.int64), 0)
+    values += tl.where(field == 2, end, 0) + tl.where(field == 3, start.to(tl.int64) & 0xFFFFFFFF, 0)
+    values += tl.where(field == 4, waited.to(tl.int64) & 0xFFFFFFFF, 0)
+    values += tl.where(field == 5, first.to(tl.int64) & 0xFFFFFFFF, 0)
+    values += tl.where(field == 6, end & 0xFFFFFFFF, 0) + tl.where(field == 7, sm.to(tl.int64), 0)
+    tl.store(record + field, values)
+
+
 @triton.jit
 def chunk_start(pos, chunk):
     """First key of the attention chunk holding key-space position ``pos``: ``floor(pos / chunk) * chunk``, floored

@@ -8,7 +8,8 @@ import triton
 import triton.language as tl
 
 from swattn._compat import next_power_of_2, pdl_enabled, pdl_launch_options
-from swattn.kernels._common import LN2, LOG2E, lse_strides, wait_for_previous_grid
+from swattn.kernels import _common
+from swattn.kernels._common import LN2, LOG2E, lse_strides, record_stamps, time_stamp, wait_for_previous_grid
 from swattn.kernels._launch import Launch, PlanCache, tensor_signature
 
 
@@ -47,7 +48,7 @@ def _swa_combine_kernel(
     num_splits, head_dim, num_sequences,
     HAS_SINKS: tl.constexpr, STORE_LSE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     USE_PDL: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr = False, BLOCK_B: tl.constexpr = 1,
-    SPLIT_LOOP: tl.constexpr = False,
+    SPLIT_LOOP: tl.constexpr = False, STAMPS: tl.constexpr = 0,
 ):
     """Grid: (positions, heads, batch). One program merges the ``num_splits`` partial rows of one (position, head,
     batch entry), ``BLOCK_S`` splits at a time.
@@ -57,7 +58,10 @@ def _swa_combine_kernel(
     once, never inside a split. Splits with lse = -inf (empty) add nothing; rows whose splits all saw nothing (and no
     sink) give out = 0, lse = -inf. ``HAS_SEQUSED_Q`` (varlen: batch 1, positions = packed tokens): a token past its
     sequence's ``seqused_q`` (or past ``cu_seqlens_q[-1]``) had no partial results written and is left untouched.
+    ``STAMPS`` (diagnostic, 0 = off): each program's time stamps into _common's stamp buffer (region 1).
     """
+    if STAMPS != 0:
+        stamp_start = time_stamp(tl.program_id(0))
     pos = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1).to(tl.int64)
     batch = tl.program_id(2).to(tl.int64)
@@ -68,6 +72,8 @@ def _swa_combine_kernel(
     if HAS_SINKS:
         sink = tl.load(SINKS + head).to(tl.float32)
     wait_for_previous_grid(USE_PDL)
+    if STAMPS != 0:
+        stamp_waited = time_stamp(tl.program_id(0))
     if HAS_SEQUSED_Q:
         # The token's sequence is the number of sequences that end at or before it (as the append kernel finds it).
         offs_b = tl.arange(0, BLOCK_B)
@@ -101,6 +107,9 @@ def _swa_combine_kernel(
         pivot = tl.where(m == float("-inf"), 0.0, m)
         lse = tl.where(empty, float("-inf"), (pivot + tl.log2(tl.where(empty, 1.0, total))) * LN2)
         tl.store(LSE + batch * stride_lb + pos * stride_lq + head * stride_lh, lse)
+    if STAMPS != 0:
+        program = (batch * tl.num_programs(1) + head) * tl.num_programs(0) + pos
+        record_stamps(STAMPS, 1, program.to(tl.int32), stamp_start, stamp_waited, stamp_waited)
 
 
 # Splits merged per loop iteration: at most this many partial elements (BLOCK_S * BLOCK_D) in one program's tile.
@@ -120,7 +129,8 @@ def _launch(num_splits: int, grid: tuple[int, int, int], head_dim: int, partial:
     scalars = (*partial, *lse_partial, *out, *(lse or (0, 0, 0)), num_splits, head_dim, num_sequences)
     constexprs = dict(HAS_SINKS=has_sinks, STORE_LSE=lse is not None, BLOCK_S=block_s, BLOCK_D=block_d,
                       USE_PDL=use_pdl, HAS_SEQUSED_Q=num_sequences > 0,
-                      BLOCK_B=next_power_of_2(max(num_sequences, 1)), SPLIT_LOOP=num_splits > block_s)
+                      BLOCK_B=next_power_of_2(max(num_sequences, 1)), SPLIT_LOOP=num_splits > block_s,
+                      STAMPS=_common.STAMPS_ADDRESS)
     return Launch(_swa_combine_kernel, grid, scalars, constexprs, dict(num_warps=1, **pdl_launch_options(use_pdl)),
                   num_tensors=7)
 

@@ -29,7 +29,7 @@ from swattn._compat import (
     pdl_launch_options,
     tma_compatible,
 )
-from swattn.kernels import _launch, configs, gluon_fwd
+from swattn.kernels import _common, _launch, configs, gluon_fwd
 from swattn.kernels._common import (
     LOG2E,
     block_ranges,
@@ -42,9 +42,11 @@ from swattn.kernels._common import (
     last_visible_key,
     lse_strides,
     ones_descale,
+    record_stamps,
     safe_pivot,
     sequence_bounds,
     softcap_scores,
+    time_stamp,
     token_strides,
     wait_for_previous_grid,
 )
@@ -1413,7 +1415,7 @@ def _swa_fwd_kernel(
     FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PRELOAD_L2: tl.constexpr = 0, PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
-    RESCALE_THRESHOLD: tl.constexpr = 0.0,
+    RESCALE_THRESHOLD: tl.constexpr = 0.0, STAMPS: tl.constexpr = 0,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -1435,7 +1437,13 @@ def _swa_fwd_kernel(
     (REDO_FLAGGED) exits unless it is raised, else redoes the flagged tiles with the guarded loop, which keeps
     the NaN or inf in exactly the rows whose window holds it. The guarded loop takes V through registers, so it
     lives in its own launch: inside the main kernel, even unused, it cost 5-20% (docs/notes/performance-log.md).
+
+    STAMPS (a diagnostic, 0 = off: nothing of it compiled): the address of _common's stamp buffer; each main-pass
+    program records when it started, passed the PDL wait, had its first K row (paged calls with per-sequence
+    lengths: a load of the row its loop reads first, through the same length and page-table entry) and ended.
     """
+    if STAMPS != 0:
+        stamp_start = time_stamp(tl.program_id(1))
     if PRELOAD_L2 != 0:
         # Before the wait: L2 prefetches only (see PRELOAD_L2); the main pass of a paged PackGQA call.
         _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride_qb, stride_qs, stride_qh,
@@ -1448,6 +1456,13 @@ def _swa_fwd_kernel(
                          # Without PDL only under the interpreter (the plan's rule): loads instead of PTX there.
                          BY_LOADS=not USE_PDL)
     wait_for_previous_grid(USE_PDL)
+    if STAMPS != 0:
+        stamp_waited = time_stamp(tl.program_id(1))
+        stamp_first = stamp_waited
+        if (STAMPS & 1) != 0 and IS_PAGED and HAS_SEQLENS_K and PACK_GQA and IS_SPLIT:
+            stamp_first = _first_key_stamp(K, SEQLENS_K, PAGE_TABLE, stride_kb, stride_ks, stride_kh,
+                                           stride_page_table, num_heads, queries_per_kv_head, page_size, num_splits,
+                                           BLOCK_N)
     if NON_FINITE_PASS == REDO_FLAGGED or NON_FINITE_PASS == REDO_SCANNED:
         # Nearly always nothing is flagged: one load, and the few programs exit (a full grid of early exits
         # measured +23% on a small-window prefill). Otherwise they walk every tile and redo the flagged ones.
@@ -1501,6 +1516,27 @@ def _swa_fwd_kernel(
             BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN, PREFETCH_PAGES, KV_PAIR,
             PREFETCH_PARTNER, ROW_BOUNDS,
         )
+        if STAMPS != 0:
+            program = (tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + tl.program_id(0)
+            record_stamps(STAMPS, 0, program, stamp_start, stamp_waited, stamp_first)
+
+@triton.jit
+def _first_key_stamp(K, SEQLENS_K, PAGE_TABLE, stride_kb, stride_ks, stride_kh, stride_page_table, num_heads,
+                     queries_per_kv_head: tl.constexpr, page_size: tl.constexpr, num_splits, BLOCK_N: tl.constexpr):
+    """STAMPS only (a paged PackGQA split decode program: grid (1, batch * KV heads, splits)): the time stamp taken
+    once the first K row of this program's share of the loop has arrived, loaded through the same chain as the loop's
+    (sequence length, page-table entry, row), issued alongside it."""
+    kv_heads = num_heads // queries_per_kv_head
+    batch = tl.program_id(1) // kv_heads
+    kv_head = tl.program_id(1) % kv_heads
+    seqlen = tl.load(SEQLENS_K + batch)
+    blocks_per_split = tl.cdiv(tl.cdiv(seqlen, BLOCK_N), num_splits)
+    first_key = tl.minimum(tl.program_id(2) * blocks_per_split * BLOCK_N, tl.maximum(seqlen - 1, 0))
+    page = tl.load(PAGE_TABLE + batch.to(tl.int64) * stride_page_table + first_key // page_size)
+    row = tl.load(K + page.to(tl.int64) * stride_kb + (first_key % page_size) * stride_ks
+                  + kv_head.to(tl.int64) * stride_kh)
+    return time_stamp(row.to(tl.float32).to(tl.int32, bitcast=True))
+
 
 # Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_DESCALE); BLOCK_COUNT's position among them.
 _FORWARD_TENSORS = 21
@@ -1637,7 +1673,7 @@ def settings() -> tuple:
     append's reads, the page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the
     L2 preload before the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening, the
     head-block tile's row-bound mask, the Gluon kernel's lazy rescale (which the redo pass after it follows), the
-    two-KV-heads default (configs.FP8_KV_PAIRS, its threshold, shape and loop)."""
+    two-KV-heads default (configs.FP8_KV_PAIRS, its threshold, shape and loop), the diagnostic stamp buffer."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, gluon_fwd.FP8_QK, APPEND_READS_INPUT,
@@ -1645,7 +1681,7 @@ def settings() -> tuple:
             FP8_PREFETCH_PARTNER, FP8_FENCED_WIDENING, ROW_BOUND_MASK, gluon_fwd.RESCALE_THRESHOLD,
             gluon_fwd.rescale_threshold_for, gluon_fwd.consumers_for, configs.FP8_KV_PAIRS,
             configs.FP8_PAIR_MIN_KEYS_PER_SPLIT, configs.FP8_PAIR_SPLIT_BLOCKS[16], configs.FP8_PAIR_FENCED_WIDENING,
-            configs.FP8_PAIR_TRANSPOSED)
+            configs.FP8_PAIR_TRANSPOSED, _common.STAMPS_ADDRESS)
 
 
 def attention_forward(
@@ -1974,7 +2010,8 @@ class _ForwardPlan:
                                                  FLAG_NON_FINITE.value if self.isolate else NO_ISOLATION.value),
                                 PREFETCH_PAGES=(PREFETCH_PAGE_TABLE and paged and config.single_loop
                                                 and q.is_cuda and not _compat.interpreter_enabled()),
-                                PRELOAD_L2=self.preload_l2, PREFETCH_PARTNER=self.prefetch_partner),
+                                PRELOAD_L2=self.preload_l2, PREFETCH_PARTNER=self.prefetch_partner,
+                                STAMPS=_common.STAMPS_ADDRESS),
                            options, num_tensors=_FORWARD_TENSORS, slots=_slots(present))
         self.redo = None
         programs = _persistent_programs(q.device)
