@@ -207,10 +207,15 @@ S9C = [(False, None), MIN_256, MIN_128, (False, None)]
 # lost B=16 16K (82.27 vs 80.15); 64-key blocks capped at 168 at 6/SM won B=16 131040 (556.56), lost 16K by 1-3%.
 # A per-SM count above what the fill rule allows at B=4 (the pairs need 3/4 of a wave's slots: 16 pair programs x
 # 64 splits fill 1,024 of 12 x 132) is given as 8 there: the same 64 splits, so the same launch as s9-call7's.
-W1_12, W1_8, W16_16, W16_8, K64_6, K64_8 = ((False, None, dict(blocks=blocks)) for blocks in (
-    (32, 1, 168, 12), (32, 1, 168, 8), (16, 1, 128, 16), (16, 1, 128, 8), (64, 2, 168, 6), (64, 2, 168, 8)))
-S10_B16 = [(False, None), W1_12, W1_8, K64_6, W16_16, W16_16, K64_6, W1_8, W1_12, (False, None), FA3_FP8]
-S10_B4 = [(False, None), W1_8, K64_6, W16_8, K64_8, K64_8, W16_8, K64_6, W1_8, (False, None), FA3_FP8]
+W1_12, W1_8, W16_16, K64_6 = ((False, None, dict(blocks=blocks)) for blocks in (
+    (32, 1, 168, 12), (32, 1, 168, 8), (16, 1, 128, 16), (64, 2, 168, 6)))
+# The default's (32, 2, 2) capped at 112 registers (compiled, Triton 3.6, sm_90, B=16 16K: 112 registers, 32 B stack,
+# no LDL/STL in the loops, interior loop 317 instructions per 2 x 32 keys and warp against 313, 19 KB shared): 9
+# programs (18 warps) per SM instead of 8 (16); B=16 18 splits. Capped at 96 (10 per SM) it spills in the loops
+# (72 B, 9 LDL/STL there): not timed.
+P112_9 = (False, None, dict(blocks=(32, 2, 112, 9)))
+S10_B16 = [(False, None), W1_12, P112_9, K64_6, W16_16, W16_16, K64_6, P112_9, W1_12, (False, None), FA3_FP8]
+S10_B4 = [(False, None), W1_8, P112_9, K64_6, K64_6, P112_9, W1_8, (False, None), FA3_FP8]
 # head_dim 128 (H=32 / Hk=8, a Llama-3-8B layer; the shapes' fifth field): the pairs' default block shape spills
 # there (compiled, Triton 3.6, sm_90, B=16 16K: 128 registers, 128 B stack, 24 LDL/STL in the loops, 37.9 KB shared,
 # interior loop 663 instructions per 2 x 32 keys and warp), against one KV head per program and the pairs capped at
@@ -271,7 +276,7 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           # The compile warm-up of the s10 kernels, one process per block shape (the same kernels serve each shape;
           # B=4 16K's splits of 256 keys may specialize differently from B=16's 1,024, so both).
           **{f"s10_warm{i}_b{batch}": (batch, 16384, None, variants) for batch in (4, 16) for i, variants in
-             enumerate(([(False, None), FA3_FP8], [W1_12, W1_8], [W16_16, W16_8], [K64_6]))},
+             enumerate(([(False, None), FA3_FP8], [W1_12, W1_8], [W16_16], [K64_6], [P112_9]))},
           **{f"s10_warm_d128_{i}": (16, 16384, None, [variant], (32, 8, 128)) for i, variant in
              enumerate(((False, None), ONE_HEAD, D128_PAIRS_6))},
           "s8b_b4_16k": (4, 16384, None, [(False, None), PAIRS_FENCED_V, (False, (64, 4, 2, False, False, 128),
