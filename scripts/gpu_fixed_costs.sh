@@ -3,7 +3,7 @@
 # Run from the repository root (main with scripts/gpu_probe.py fixed_costs); logs in $OUT. Budget: <= 90 s wall.
 # `python scripts/gpu_probe.py fixed_costs`: per-program %globaltimer stamps of the split and merge launches in a
 # replayed graph of 20 calls (ramp, drain, split -> merge, the merge, merge -> next call), candidate fixes against
-# the shipped path, FA3 beside. Raw stamp records: $OUT/stamps-0.pt (plain), $OUT/stamps-1.pt (with first K row).
+# the shipped path, FA3 beside. Raw stamp records: $OUT/stamps-<variant>-<0: plain, 1: with first K row>.pt.
 set -uo pipefail
 out=${OUT:-/tmp/21-out}
 mkdir -p "$out" /tmp/site
@@ -18,8 +18,8 @@ warm() {  # name, then environment assignments
   env PROBE_WARM=1 "$@" timeout 50 python3 scripts/gpu_probe.py fixed_costs > "$out/warm-$name.log" 2>&1 &
 }
 warm shipped FIXED_COSTS_VARIANTS=shipped
-warm nopdl "FIXED_COSTS_VARIANTS=no PDL"
-warm splits "FIXED_COSTS_VARIANTS=22 splits,23 splits"
+warm preload "FIXED_COSTS_VARIANTS=preload 1,preload 2"
+warm nopdl "FIXED_COSTS_VARIANTS=no PDL,23 splits,22 splits"
 wait
 echo "warm done after $(elapsed) s" | tee "$out/times.txt"
 timeout $(( 87 - $(elapsed) )) python3 scripts/gpu_probe.py fixed_costs > "$out/fixed-costs.log" 2>&1
