@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 21, session 10 (helper s10-21): where full decode B=4 16K's ~10 us per call that stream nothing go.
-# Run from the repository root (main with scripts/gpu_probe.py fixed_costs); logs in $OUT. Budget: <= 90 s wall.
+# Run from the repository root (needs main >= the commit adding combine.EARLY_DEPENDENTS); logs in $OUT. <= 90 s wall.
 # `python scripts/gpu_probe.py fixed_costs`: per-program %globaltimer stamps of the split and merge launches in a
 # replayed graph of 20 calls (ramp, drain, split -> merge, the merge, merge -> next call), candidate fixes against
 # the shipped path, FA3 beside. Raw stamp records: $OUT/stamps-<variant>-<0: plain, 1: with first K row>.pt.
@@ -19,6 +19,8 @@ warm() {  # name, then environment assignments
 }
 warm shipped FIXED_COSTS_VARIANTS=shipped
 warm preload "FIXED_COSTS_VARIANTS=preload 1,preload 2"
+warm early "FIXED_COSTS_VARIANTS=early dependents,early + preload 1"
+warm early2 "FIXED_COSTS_VARIANTS=early + preload 2"
 warm nopdl "FIXED_COSTS_VARIANTS=no PDL,23 splits,22 splits"
 wait
 echo "warm done after $(elapsed) s" | tee "$out/times.txt"

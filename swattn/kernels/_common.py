@@ -71,6 +71,16 @@ def record_stamps(ADDRESS: tl.constexpr, REGION: tl.constexpr, program, start, w
 
 
 @triton.jit
+def let_dependents_launch_then_wait(USE_PDL: tl.constexpr):
+    """``wait_for_previous_grid`` in the other order: the next kernel may start launching as soon as every program
+    of this one has started, before this one's programs pass their own wait (its wait still holds it until this grid
+    has completed: only where it runs, not what it reads, changes)."""
+    if USE_PDL:
+        gdc_launch_dependents()
+        gdc_wait()
+
+
+@triton.jit
 def chunk_start(pos, chunk):
     """First key of the attention chunk holding key-space position ``pos``: ``floor(pos / chunk) * chunk``, floored
     as Python's ``//`` is (Triton's ``%`` truncates toward zero, so a negative position needs the second ``%``)."""

@@ -3,13 +3,23 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from swattn._compat import next_power_of_2, pdl_enabled, pdl_launch_options
 from swattn.kernels import _common
-from swattn.kernels._common import LN2, LOG2E, lse_strides, record_stamps, time_stamp, wait_for_previous_grid
+from swattn.kernels._common import (
+    LN2,
+    LOG2E,
+    let_dependents_launch_then_wait,
+    lse_strides,
+    record_stamps,
+    time_stamp,
+    wait_for_previous_grid,
+)
 from swattn.kernels._launch import Launch, PlanCache, tensor_signature
 
 
@@ -48,7 +58,7 @@ def _swa_combine_kernel(
     num_splits, head_dim, num_sequences,
     HAS_SINKS: tl.constexpr, STORE_LSE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     USE_PDL: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr = False, BLOCK_B: tl.constexpr = 1,
-    SPLIT_LOOP: tl.constexpr = False, STAMPS: tl.constexpr = 0,
+    SPLIT_LOOP: tl.constexpr = False, STAMPS: tl.constexpr = 0, EARLY_DEPENDENTS: tl.constexpr = False,
 ):
     """Grid: (positions, heads, batch). One program merges the ``num_splits`` partial rows of one (position, head,
     batch entry), ``BLOCK_S`` splits at a time.
@@ -59,6 +69,8 @@ def _swa_combine_kernel(
     sink) give out = 0, lse = -inf. ``HAS_SEQUSED_Q`` (varlen: batch 1, positions = packed tokens): a token past its
     sequence's ``seqused_q`` (or past ``cu_seqlens_q[-1]``) had no partial results written and is left untouched.
     ``STAMPS`` (diagnostic, 0 = off): each program's time stamps into _common's stamp buffer (region 1).
+    ``EARLY_DEPENDENTS`` (the forward's merge, ``EARLY_DEPENDENTS`` below): the next kernel may launch before this
+    one's wait (``let_dependents_launch_then_wait``).
     """
     if STAMPS != 0:
         stamp_start = time_stamp(tl.program_id(0))
@@ -71,7 +83,10 @@ def _swa_combine_kernel(
     sink = 0.0
     if HAS_SINKS:
         sink = tl.load(SINKS + head).to(tl.float32)
-    wait_for_previous_grid(USE_PDL)
+    if EARLY_DEPENDENTS:
+        let_dependents_launch_then_wait(USE_PDL)
+    else:
+        wait_for_previous_grid(USE_PDL)
     if STAMPS != 0:
         stamp_waited = time_stamp(tl.program_id(0))
     if HAS_SEQUSED_Q:
@@ -112,6 +127,14 @@ def _swa_combine_kernel(
         record_stamps(STAMPS, 1, program.to(tl.int32), stamp_start, stamp_waited, stamp_waited)
 
 
+# Experimental (off until timed on the GPU: scripts/gpu_probe.py fixed_costs): the forward's merge lets the next
+# kernel launch before its own PDL wait instead of after it. Its programs all start while the split launch drains
+# (each as a split program's registers free up), so the next call's split programs can become resident during that
+# drain rather than once the split launch has completed, and with fwd.PRELOAD_L2_SPLITS warm L2 with their first
+# block while bandwidth is left idle. Results are the same: the next kernel's own wait still waits for this grid.
+# SWATTN_MERGE_EARLY_DEPENDENTS=1: on. Part of the forward plans' key (fwd.settings).
+EARLY_DEPENDENTS = os.environ.get("SWATTN_MERGE_EARLY_DEPENDENTS", "0") not in ("", "0")
+
 # Splits merged per loop iteration: at most this many partial elements (BLOCK_S * BLOCK_D) in one program's tile.
 # 4096 keeps every split count the forward makes (<= 64) for head_dim 64, and up to 32 for head_dim 128, in one
 # iteration; larger products loop (a single [64, 256] fp32 tile spilled 2.5 KB per thread on sm_90).
@@ -119,10 +142,12 @@ MAX_TILE = 4096
 
 
 def _launch(num_splits: int, grid: tuple[int, int, int], head_dim: int, partial: tuple, lse_partial: tuple,
-            out: tuple, lse: tuple | None, has_sinks: bool, device, num_sequences: int = 0) -> Launch:
+            out: tuple, lse: tuple | None, has_sinks: bool, device, num_sequences: int = 0,
+            early_dependents: bool = False) -> Launch:
     """The merge over ``grid = (positions, heads, batch)``. Strides: ``partial`` (split, batch, position, head),
     ``lse_partial`` likewise, ``out`` (batch, position, head), ``lse`` (batch, position, head) or None (not
-    stored); ``num_sequences`` > 0: varlen with seqused_q over that many sequences."""
+    stored); ``num_sequences`` > 0: varlen with seqused_q over that many sequences; ``early_dependents``: the
+    kernel's EARLY_DEPENDENTS."""
     use_pdl = pdl_enabled(device)
     block_d = next_power_of_2(head_dim)
     block_s = max(2, min(next_power_of_2(num_splits), MAX_TILE // block_d))
@@ -130,7 +155,7 @@ def _launch(num_splits: int, grid: tuple[int, int, int], head_dim: int, partial:
     constexprs = dict(HAS_SINKS=has_sinks, STORE_LSE=lse is not None, BLOCK_S=block_s, BLOCK_D=block_d,
                       USE_PDL=use_pdl, HAS_SEQUSED_Q=num_sequences > 0,
                       BLOCK_B=next_power_of_2(max(num_sequences, 1)), SPLIT_LOOP=num_splits > block_s,
-                      STAMPS=_common.STAMPS_ADDRESS)
+                      STAMPS=_common.STAMPS_ADDRESS, EARLY_DEPENDENTS=early_dependents and use_pdl)
     return Launch(_swa_combine_kernel, grid, scalars, constexprs, dict(num_warps=1, **pdl_launch_options(use_pdl)),
                   num_tensors=7)
 
@@ -165,7 +190,7 @@ def combine_launch(
                    (split_p, tokens_per_batch * token_p, token_p, head_p),
                    (split_l, tokens_per_batch * token_l, token_l, head_l),
                    (tokens_per_batch * token_o, token_o, head_o), lse_address, sinks is not None, out.device,
-                   0 if seqused_q is None else seqused_q.shape[0])
+                   0 if seqused_q is None else seqused_q.shape[0], EARLY_DEPENDENTS)
 
 
 _PLANS = PlanCache()

@@ -29,7 +29,7 @@ from swattn._compat import (
     pdl_launch_options,
     tma_compatible,
 )
-from swattn.kernels import _common, _launch, configs, gluon_fwd
+from swattn.kernels import _common, _launch, combine, configs, gluon_fwd
 from swattn.kernels._common import (
     LOG2E,
     block_ranges,
@@ -1673,7 +1673,8 @@ def settings() -> tuple:
     append's reads, the page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the
     L2 preload before the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening, the
     head-block tile's row-bound mask, the Gluon kernel's lazy rescale (which the redo pass after it follows), the
-    two-KV-heads default (configs.FP8_KV_PAIRS, its threshold, shape and loop), the diagnostic stamp buffer."""
+    two-KV-heads default (configs.FP8_KV_PAIRS, its threshold, shape and loop), the diagnostic stamp buffer,
+    the merge's early dependents."""
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, gluon_fwd.FP8_QK, APPEND_READS_INPUT,
@@ -1681,7 +1682,7 @@ def settings() -> tuple:
             FP8_PREFETCH_PARTNER, FP8_FENCED_WIDENING, ROW_BOUND_MASK, gluon_fwd.RESCALE_THRESHOLD,
             gluon_fwd.rescale_threshold_for, gluon_fwd.consumers_for, configs.FP8_KV_PAIRS,
             configs.FP8_PAIR_MIN_KEYS_PER_SPLIT, configs.FP8_PAIR_SPLIT_BLOCKS[16], configs.FP8_PAIR_FENCED_WIDENING,
-            configs.FP8_PAIR_TRANSPOSED, _common.STAMPS_ADDRESS)
+            configs.FP8_PAIR_TRANSPOSED, _common.STAMPS_ADDRESS, combine.EARLY_DEPENDENTS)
 
 
 def attention_forward(
