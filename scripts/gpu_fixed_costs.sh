@@ -20,7 +20,7 @@ warm() {  # name, then environment assignments
 warm shipped FIXED_COSTS_VARIANTS=shipped
 warm preload "FIXED_COSTS_VARIANTS=preload 1,preload 2"
 warm early "FIXED_COSTS_VARIANTS=early dependents,early + preload 1"
-warm early2 "FIXED_COSTS_VARIANTS=early + preload 2"
+warm early2 "FIXED_COSTS_VARIANTS=early + preload 2,early + preload 3"
 warm nopdl "FIXED_COSTS_VARIANTS=no PDL,23 splits,22 splits"
 wait
 echo "warm done after $(elapsed) s" | tee "$out/times.txt"

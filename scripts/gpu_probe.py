@@ -1656,6 +1656,8 @@ def _fixed_costs_variants(call, auto: int) -> list[tuple[str, object, tuple, boo
                                      (fwd, "PRELOAD_L2", 1)), False),
         ("early + preload 2", call, ((combine, "EARLY_DEPENDENTS", True), (fwd, "PRELOAD_L2_SPLITS", True),
                                      (fwd, "PRELOAD_L2", 2)), True),
+        ("early + preload 3", call, ((combine, "EARLY_DEPENDENTS", True), (fwd, "PRELOAD_L2_SPLITS", True),
+                                     (fwd, "PRELOAD_L2", 3)), False),
         ("no PDL", call, ((_compat, "PDL", False),), True),
         (f"{auto - 1} splits", functools.partial(call, num_splits=auto - 1), (), False),
         (f"{auto - 2} splits", functools.partial(call, num_splits=auto - 2), (), False),

@@ -167,9 +167,10 @@ PREFETCH_PAGE_TABLE = os.environ.get("SWATTN_PREFETCH_PAGE_TABLE", "0") not in (
 # useless prefetch, never a wrong result (L2 is the device's point of coherence: a line prefetched early holds
 # whatever the previous kernel writes into it). 1: the query rows, the length and the page-table entries of the
 # loop's first block (one round trip before the wait); 2: also that block's K and V rows and the new tokens (two
-# round trips before the wait). The gain needs the previous kernel to let this one launch early (swattn's kernels
-# do; in a model step the kernel before an attention call is usually a GEMM); without that, 2 can add its round
-# trips in front of the wait. Paged caches with per-sequence lengths, PackGQA, fp16 / bf16 or an e4m3 cache (its
+# round trips before the wait); 3 (experimental, split launches: scripts/gpu_probe.py fixed_costs): as 2 with the
+# loop's first two blocks. The gain needs the previous kernel to let this one launch early (swattn's kernels do; in
+# a model step the kernel before an attention call is usually a GEMM); without that, 2 can add its round trips in
+# front of the wait. Paged caches with per-sequence lengths, PackGQA, fp16 / bf16 or an e4m3 cache (its
 # rows in e4m3 bytes, and the descales), no cache_batch_idx / cache_leftpad / varlen / chunk, and (the default) one
 # split on the single masked loop: window decode and verify. Under the interpreter: plain loads (CPU tests).
 # H200 (scripts/gpu_probe.py serving_s6, s6-call4, main 215a719), W(127,0) B=16 page 16 with the fused append, us
@@ -1109,8 +1110,9 @@ def _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride
     last_pos = (tl.minimum(tile * BLOCK_M + BLOCK_M, num_rows) - 1) // queries_per_kv_head
     kv_start, kv_end, _, _, num_blocks = block_ranges(first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N,
                                                      HAS_LEFT, HAS_RIGHT)
-    # This split's first block (with a head block, the tile's at most BLOCK_N + HEAD_N keys: both blocks).
-    KEYS: tl.constexpr = BLOCK_N if HEAD_N == 0 else 2 * BLOCK_N
+    # This split's first block (with a head block, the tile's at most BLOCK_N + HEAD_N keys: both blocks); PRELOAD 3:
+    # its first two blocks.
+    KEYS: tl.constexpr = BLOCK_N if HEAD_N == 0 and PRELOAD != 3 else 2 * BLOCK_N
     blocks_per_split = tl.cdiv(num_blocks, num_splits)
     block_begin = tl.minimum(split * blocks_per_split, num_blocks)
     first = kv_start + block_begin * BLOCK_N

@@ -693,6 +693,32 @@ def test_split_kv(num_splits, sinks, scenario, loop):
                                    msg="empty rows: LSE must be -inf, or the sink with sinks")
 
 
+def test_split_decode_preload_and_early_merge_dependents(monkeypatch):
+    """The full-decode experiments of scripts/gpu_probe.py fixed_costs change no bit: ``fwd.PRELOAD_L2`` 1, 2 and 3
+    (3: the loop's first two blocks) on split launches (``PRELOAD_L2_SPLITS``; under the interpreter the prefetches
+    are plain loads of the same addresses, so a wrong address would fail here) and the merge letting the next
+    kernel launch before its wait (``combine.EARLY_DEPENDENTS``: a GPU-only scheduling change, PDL being off here;
+    its plan is rebuilt). Paged 16, PackGQA, sinks, 3 splits of 16-key blocks over 100 / 37 / 1 keys (a split that
+    ends inside its first block, one that is empty)."""
+    from swattn.kernels import combine, fwd
+    cache, seqlens = make_cache("paged-16", 3, 112), i32([100, 37, 1])
+    q = random_q(3, 1)
+    sinks = torch.randn(H)
+    monkeypatch.setattr(fwd, "PRELOAD_L2_SPLITS", True)
+    results = []
+    for preload, early in ((0, False), (1, False), (2, False), (3, False), (3, True)):
+        monkeypatch.setattr(fwd, "PRELOAD_L2", preload)
+        monkeypatch.setattr(combine, "EARLY_DEPENDENTS", early)
+        with forced_config(BLOCK16):
+            results.append(run(q, cache, cache_seqlens=seqlens, sinks=sinks, causal=True, pack_gqa=True,
+                               num_splits=3))
+        assert [plan.preload_l2 for plan in fwd._PLANS.values() if plan.preload_l2] == ([preload] if preload else [])
+        fwd._PLANS.clear()
+    for out, lse in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(lse, results[0][1])
+    check(*results[0], reference(q, cache, seqlens, sinks=sinks, causal=True), q)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("config", [
     pytest.param(FwdConfig(32, 16, 2, 5), id="32rows-2warps-5stages"),
