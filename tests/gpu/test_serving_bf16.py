@@ -176,6 +176,68 @@ def test_head_block_verify_matches_the_reference_and_isolates(monkeypatch, token
     assert torch.equal(dirty[~seeing], out[~seeing])
 
 
+@pytest.mark.parametrize("tokens", [1, 4], ids=["full-decode", "full-verify4"])
+def test_split_launch_preload_and_early_merge_dependents_give_the_same_bits(monkeypatch, tokens):
+    """The split-launch experiments of scripts/gpu_probe.py fixed_costs change no bit, eagerly and in a replayed
+    CUDA graph: fwd.PRELOAD_L2 = 1 / 2 / 3 on split launches (PRELOAD_L2_SPLITS) and the merge letting the next
+    kernel launch before its own wait (combine.EARLY_DEPENDENTS), alone and together. Full attention, B = 4, 6000
+    cached tokens, page 16, sinks, the automatic split count; two consecutive steps appending into the same cache
+    (the second reads the token the first wrote, launched right behind the first's merge)."""
+    from swattn import ops
+    from swattn.kernels import combine, fwd
+    from swattn.kernels._launch import clear_plans
+
+    monkeypatch.setattr(ops, "FUSED_APPEND", False)  # the append launch, then the split launch and its merge
+    batch, context, page_size = 4, 6000, 16
+    pages = -(-(context + 2 * tokens) // page_size)
+    k_cache = torch.randn(batch * pages, page_size, KV_HEADS, HEAD_DIM, device=DEVICE).to(BF16)
+    v_cache = torch.randn_like(k_cache)
+    table = torch.randperm(batch * pages, device=DEVICE).view(batch, pages).to(torch.int32)
+    seqlens = torch.full((batch,), context, device=DEVICE, dtype=torch.int32)
+    qs = [torch.randn(batch, tokens, HEADS, HEAD_DIM, device=DEVICE).to(BF16) for _ in range(2)]
+    news = [[torch.randn(batch, tokens, KV_HEADS, HEAD_DIM, device=DEVICE).to(BF16) for _ in range(2)]
+            for _ in range(2)]
+    sinks = torch.randn(HEADS, device=DEVICE)
+
+    def steps(k_run, v_run):
+        return [swattn.flash_attn_with_kvcache(q, k_run, v_run, k=k_new, v=v_new, cache_seqlens=seqlens + step * tokens,
+                                               page_table=table, causal=True, sinks=sinks)
+                for step, (q, (k_new, v_new)) in enumerate(zip(qs, news))]
+
+    results = {}
+    for preload, early in ((0, False), (0, True), (1, True), (2, True), (3, True), (3, False)):
+        monkeypatch.setattr(fwd, "PRELOAD_L2_SPLITS", preload > 0)
+        monkeypatch.setattr(fwd, "PRELOAD_L2", preload)
+        monkeypatch.setattr(combine, "EARLY_DEPENDENTS", early)
+        clear_plans()
+        k_run, v_run = k_cache.clone(), v_cache.clone()
+        eager = steps(k_run, v_run)
+        # The same two steps captured and replayed (from the cache as it was): PDL edges between graph nodes.
+        k_graph, v_graph = k_cache.clone(), v_cache.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            steps(k_graph.clone(), v_graph.clone())  # warm-up outside the capture
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = steps(k_graph, v_graph)
+        graph.replay()
+        torch.cuda.synchronize()
+        results[preload, early] = (eager, k_run, v_run, [out.clone() for out in captured], k_graph, v_graph)
+    clear_plans()
+    base = results[0, False]
+    assert all(torch.equal(a, b) for a, b in zip(base[0], base[3])), "shipped: graph replay gave other bits"
+    for key, (eager, k_run, v_run, replayed, k_graph, v_graph) in results.items():
+        assert all(torch.equal(a, b) for a, b in zip(base[0], eager)), f"{key}: other bits"
+        assert all(torch.equal(a, b) for a, b in zip(base[0], replayed)), f"{key}: other bits replayed"
+        assert torch.equal(k_run, base[1]) and torch.equal(v_run, base[2]), f"{key}: other cache"
+        assert torch.equal(k_graph, base[1]) and torch.equal(v_graph, base[2]), f"{key}: other cache replayed"
+    ref, _ = attention_kvcache_ref(qs[1], base[1], base[2], seqlens + 2 * tokens, page_table=table, causal=True,
+                                   sinks=sinks, compute_dtype=torch.float32)
+    assert_close("out", base[0][1], ref, tolerance_for(BF16))
+
+
 @pytest.mark.parametrize("window_size, tokens, padded", [((127, 0), 1, False), ((127, 0), 4, False),
                                                          ((127, 0), 4, True), ((-1, 0), 1, False)],
                          ids=["W127_0-decode", "W127_0-verify4", "W127_0-verify4-64-rows", "full-decode"])
