@@ -44,7 +44,7 @@ import torch
 from gpu_probe import DEVICE, graph_calls_us  # scripts/ is on sys.path when this file runs
 
 import swattn
-from swattn.kernels import configs, fwd
+from swattn.kernels import combine, configs, fwd
 from swattn.kernels.configs import FwdConfig, forced_config
 
 FP8 = torch.float8_e4m3fn
@@ -216,6 +216,11 @@ W1_12, W1_8, W16_16, K64_6 = ((False, None, dict(blocks=blocks)) for blocks in (
 P112_9 = (False, None, dict(blocks=(32, 2, 112, 9)))
 S10_B16 = [(False, None), W1_12, P112_9, K64_6, W16_16, W16_16, K64_6, P112_9, W1_12, (False, None), FA3_FP8]
 S10_B4 = [(False, None), W1_8, P112_9, K64_6, K64_6, P112_9, W1_8, (False, None), FA3_FP8]
+# At 16K, where ~8 us per call stream nothing (s9-call9: 16K's time less an eighth of 128K's, bf16 and fp8 alike):
+# the merge letting the next call's split launch start before its own wait (``early=True``: combine.EARLY_DEPENDENTS,
+# issue 21's experiment, session 10), in the graph's back-to-back calls.
+EARLY = (False, None, dict(early=True))
+S10_B16_16K, S10_B4_16K = ([*s[:5], EARLY, EARLY, *s[5:]] for s in (S10_B16, S10_B4))
 # head_dim 128 (H=32 / Hk=8, a Llama-3-8B layer; the shapes' fifth field): the pairs' default block shape spills
 # there (compiled, Triton 3.6, sm_90, B=16 16K: 128 registers, 128 B stack, 24 LDL/STL in the loops, 37.9 KB shared,
 # interior loop 663 instructions per 2 x 32 keys and warp), against one KV head per program and the pairs capped at
@@ -269,14 +274,14 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s9c_b8_8k": (8, 8192, None, S9C), "s9c_b16_4k": (16, 4096, None, S9C),
           # The compile warm-up of S9B's kernels in four processes (the same kernels serve every shape above).
           **{f"s9b_warm{i}": (4, 16384, None, S9B[1 + 2 * i:3 + 2 * i]) for i in range(4)},
-          "s10_b16_16k": (16, 16384, None, S10_B16), "s10_b4_16k": (4, 16384, None, S10_B4),
+          "s10_b16_16k": (16, 16384, None, S10_B16_16K), "s10_b4_16k": (4, 16384, None, S10_B4_16K),
           "s10_b16_128k": (16, 131040, None, S10_B16), "s10_b4_128k": (4, 131072, None, S10_B4),
           "s10_d128_b16_16k": (16, 16384, None, S10_D128, (32, 8, 128)),
           "s10_d128_b4_128k": (4, 131072, None, S10_D128, (32, 8, 128)),
           # The compile warm-up of the s10 kernels, one process per block shape (the same kernels serve each shape;
           # B=4 16K's splits of 256 keys may specialize differently from B=16's 1,024, so both).
           **{f"s10_warm{i}_b{batch}": (batch, 16384, None, variants) for batch in (4, 16) for i, variants in
-             enumerate(([(False, None), FA3_FP8], [W1_12, W1_8], [W16_16], [K64_6], [P112_9]))},
+             enumerate(([(False, None), FA3_FP8, EARLY], [W1_12, W1_8], [W16_16], [K64_6], [P112_9]))},
           **{f"s10_warm_d128_{i}": (16, 16384, None, [variant], (32, 8, 128)) for i, variant in
              enumerate(((False, None), ONE_HEAD, D128_PAIRS_6))},
           "s8b_b4_16k": (4, 16384, None, [(False, None), PAIRS_FENCED_V, (False, (64, 4, 2, False, False, 128),
@@ -391,6 +396,7 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += f" pair widening {options['pairfence']}" if "pairfence" in options else ""
     shown += f" pairs from {options['minkeys']} keys/split" if "minkeys" in options else ""
     shown += " pairs ({},{},cap {}) {}/SM".format(*options["blocks"]) if "blocks" in options else ""
+    shown += " merge: early dependents" if options.get("early") else ""
     shown += {None: "", 0: " session 8's pairs' loop", 1: " pairs' loop transposed"}[
         options.get("transposed")]
     if options.get("heads"):
@@ -470,7 +476,8 @@ def main() -> None:
             configs.FP8_PAIR_FENCED_WIDENING = options.get("pairfence", pair_fence)  # likewise
             configs.FP8_PAIR_TRANSPOSED = options.get("transposed", transposed)  # likewise
             configs.FP8_PAIR_MIN_KEYS_PER_SPLIT = options.get("minkeys", min_keys)  # likewise
-            pair_blocks = configs.FP8_PAIR_SPLIT_BLOCKS
+            pair_blocks, early = configs.FP8_PAIR_SPLIT_BLOCKS, combine.EARLY_DEPENDENTS
+            combine.EARLY_DEPENDENTS = options.get("early", early)  # part of the plans' key (fwd.settings)
             if "blocks" in options:  # the pairs' block shape and split count of the default path; part of the key
                 configs.FP8_PAIR_SPLIT_BLOCKS = {**pair_blocks, 16: options["blocks"]}
             fwd.FP8_FENCED_WIDENING = int(options.get("fenced", 0))  # part of the plans' key (fwd.settings)
@@ -510,7 +517,7 @@ def main() -> None:
                 fwd.FP8_PREFETCH_PARTNER, fwd.FP8_FENCED_WIDENING = partner, fenced
                 configs.FP8_KV_PAIRS, configs.FP8_PAIR_FENCED_WIDENING = kv_pairs, pair_fence
                 configs.FP8_PAIR_TRANSPOSED, configs.FP8_PAIR_MIN_KEYS_PER_SPLIT = transposed, min_keys
-                configs.FP8_PAIR_SPLIT_BLOCKS = pair_blocks
+                configs.FP8_PAIR_SPLIT_BLOCKS, combine.EARLY_DEPENDENTS = pair_blocks, early
                 if l2_before is not None:
                     l2_fetch_limit(l2_before)
             read = kv_bytes if quantize_q is None else kv_bytes / 2
