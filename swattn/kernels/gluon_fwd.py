@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import functools
 import os
+import struct
 import weakref
 
 import torch
@@ -126,7 +127,7 @@ WG_ROWS_SMALL_D64 = 64
 # (s8-call2): W(127,0) D64 gpt-oss sinks 185.8 vs 188.7 us, W(127,0) D128 150.9 vs 150.7.
 RESCALE_THRESHOLD = 8.0
 # _softmax_block's trims (bits): one comparison per score on edge blocks that need one bound, row sums per thread.
-ONE_SIDED_EDGES, THREAD_ROW_SUMS = 1, 2
+ONE_SIDED_EDGES, THREAD_ROW_SUMS, VOTED_ROW_MAX = 1, 2, 4
 SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "3"))  # A/B runs: 0 for neither
 
 
@@ -206,7 +207,8 @@ def softmax_trims_for(consumers: int, head_dim: int) -> int:
     reach the check's limit with the row sums)."""
     if head_dim > 128:
         return 0
-    return SOFTMAX_TRIMS & (ONE_SIDED_EDGES | THREAD_ROW_SUMS if consumers == 1 else THREAD_ROW_SUMS)
+    return SOFTMAX_TRIMS & (ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX if consumers == 1
+                            else THREAD_ROW_SUMS | VOTED_ROW_MAX)
 
 
 def tma_store_for(consumers: int) -> bool:
@@ -258,6 +260,32 @@ def _lazy_rescale_asm(pack: int) -> str:
     return "\n".join(lines)
 
 
+def _voted_row_max_asm(threshold: float) -> str:
+    """PTX for ``_softmax_block``'s ``VOTED_ROW_MAX``: the running row max of two rows of a thread (outputs 0, 1)
+    from the thread's own maxima over its columns (inputs 2, 3), the kept maxima (4, 5) and the scores' scale (6,
+    7), with the lazy rescale's rule (``kept_max``: a new max only above ``kept + threshold``). A score can raise a
+    row's max only if it exceeds that bound in its own thread, so when no thread of the warp holds one (a vote) the
+    whole warp keeps its maxima and skips the shuffles across each row's four threads, which sit on the chain
+    between a block's scores and its exponentials. Otherwise the quad's maxima are exchanged as ``gl.max`` would
+    (``max.f32``: the same bits, NaN ignored alike)."""
+    bound = "" if threshold == 0 else f"add.f32 %bound{{row}}, %bound{{row}}, 0f{struct.unpack('<I', struct.pack('<f', threshold))[0]:08X};"
+    lines = ["{", ".reg .pred %raise0, %raise1, %any;", ".reg .f32 %top0, %top1, %bound0, %bound1, %other;"]
+    for row in range(2):
+        lines += [f"mul.f32 %top{row}, ${2 + row}, ${6 + row};", f"mov.f32 %bound{row}, ${4 + row};"]
+        if bound:
+            lines.append(bound.format(row=row))
+        lines += [f"setp.gt.f32 %raise{row}, %top{row}, %bound{row};", f"mov.f32 ${row}, ${4 + row};"]
+    lines += ["or.pred %any, %raise0, %raise1;", "vote.sync.any.pred %any, %any, 0xffffffff;",
+              "@!%any bra.uni swattn_voted_max_${:uid};"]
+    for row in range(2):
+        for lane_mask in (1, 2):
+            lines += [f"shfl.sync.bfly.b32 %other, %top{row}, {lane_mask}, 0x1f, 0xffffffff;",
+                      f"max.f32 %top{row}, %top{row}, %other;"]
+        lines += [f"setp.gt.f32 %raise{row}, %top{row}, %bound{row};", f"@%raise{row} mov.f32 ${row}, %top{row};"]
+    lines += ["swattn_voted_max_${:uid}:", "}"]
+    return "\n".join(lines)
+
+
 _RESCALE_PACK = 32  # accumulator elements per thread at head_dim 64 (64 x 64 / 128): larger tiles take several
 _RESCALE_ASM = _lazy_rescale_asm(_RESCALE_PACK)
 _RESCALE_CONSTRAINTS = ",".join(["=f"] * _RESCALE_PACK + [str(i) for i in range(_RESCALE_PACK)]
@@ -271,6 +299,13 @@ if GLUON_AVAILABLE:
     _RESCALE_PACK_C = gl.constexpr(_RESCALE_PACK)
     _ONE_SIDED_EDGES_C = gl.constexpr(ONE_SIDED_EDGES)
     _THREAD_ROW_SUMS_C = gl.constexpr(THREAD_ROW_SUMS)
+    _VOTED_ROW_MAX_C = gl.constexpr(VOTED_ROW_MAX)
+    _VOTED_MAX_ASM_LAZY_C = gl.constexpr(_voted_row_max_asm(RESCALE_THRESHOLD))
+    _VOTED_MAX_ASM_EXACT_C = gl.constexpr(_voted_row_max_asm(0.0))
+
+    @gluon.jit
+    def _first(a, b):
+        return a
 
     @gluon.jit
     def _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT: gl.constexpr,
@@ -332,7 +367,25 @@ if GLUON_AVAILABLE:
                 keys = kv_start + block * BLOCK_N + gl.arange(0, BLOCK_N, layout=col_layout)
                 visible = _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT, HAS_RIGHT)
                 s = gl.where(visible, s, float("-inf"))
-        m_new = kept_max(m_i, gl.maximum(m_i, gl.max(s, 1) * qk_scale), RESCALE_THRESHOLD)
+        if (SOFTMAX_TRIMS & _VOTED_ROW_MAX_C) != 0:
+            # Each thread's maxima over its own columns (a row's scores sit in four threads, two columns per 8),
+            # then the vote and, only where a row's max may rise, the shuffles (``_voted_row_max_asm``).
+            own = gl.max(gl.max(gl.reshape(s, [s.shape[0], BLOCK_N // 8, 4, 2]), 3), 1)
+            quad_rows: gl.constexpr = gl.SliceLayout(1, own.type.layout)
+            kept = gl.expand_dims(gl.convert_layout(m_i, quad_rows), 1)
+            if RESCALE_THRESHOLD > 0:
+                quad = gl.inline_asm_elementwise(_VOTED_MAX_ASM_LAZY_C, "=f,=f,f,f,f,f,f,f",
+                                                 [own, kept, gl.zeros_like(own) + qk_scale], dtype=gl.float32, is_pure=True,
+                                                 pack=2)
+            else:
+                quad = gl.inline_asm_elementwise(_VOTED_MAX_ASM_EXACT_C, "=f,=f,f,f,f,f,f,f",
+                                                 [own, kept, gl.zeros_like(own) + qk_scale], dtype=gl.float32, is_pure=True,
+                                                 pack=2)
+            # The quad's four copies of a row's max are equal: take the first (no shuffles: ``_first`` ignores the
+            # other operand, so the exchange's results are never used).
+            m_new = gl.convert_layout(gl.reduce(quad, 1, _first), m_i.type.layout)
+        else:
+            m_new = kept_max(m_i, gl.maximum(m_i, gl.max(s, 1) * qk_scale), RESCALE_THRESHOLD)
         pivot = safe_pivot(m_new)
         p = gl.exp2(s * qk_scale - gl.expand_dims(pivot, 1))
         alpha = gl.exp2(m_i - pivot)
