@@ -226,14 +226,10 @@ def main() -> int:
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
         # The shipped call with fewer of _softmax_block's trims (bits: 1 one-sided edge masks, 2 per-thread row
-        # sums).
-        for trims in ((0, 2) if small else (0,)):
+        # sums, 4 the row max skipped by warp vote).
+        for trims in ((0, 2, 3) if small else (0, 2)):
             gluon.append((f"gluon trims {trims}", with_mode(
                 "1", call(), settings=dict(softmax_trims_for=lambda consumers, head_dim, t=trims: t))))
-        # The shipped trims plus the row max skipped by warp vote (bit 4, ``VOTED_ROW_MAX``), for A/B runs.
-        gluon.append(("gluon voted max", with_mode("1", call(), settings=dict(
-            softmax_trims_for=lambda consumers, head_dim, base=gluon_fwd.softmax_trims_for: (
-                base(consumers, head_dim) | (gluon_fwd.VOTED_ROW_MAX if head_dim <= 128 else 0))))))
         if args.paged or args.varlen:
             gluon = gluon[:2]
         variants += gluon

@@ -128,7 +128,7 @@ WG_ROWS_SMALL_D64 = 64
 RESCALE_THRESHOLD = 8.0
 # _softmax_block's trims (bits): one comparison per score on edge blocks that need one bound, row sums per thread.
 ONE_SIDED_EDGES, THREAD_ROW_SUMS, VOTED_ROW_MAX = 1, 2, 4
-SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "3"))  # A/B runs: 0 for neither
+SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "7"))  # A/B runs: 0 for none
 
 
 def divisor_magic(divisor: int) -> tuple[int, int]:
@@ -200,11 +200,13 @@ def rescale_threshold_for(consumers: int) -> float:
 def softmax_trims_for(consumers: int, head_dim: int) -> int:
     """``_softmax_block``'s ``SOFTMAX_TRIMS`` bits. One-sided edge masks for one-warpgroup tiles (packed small
     windows), where most blocks are edge blocks: two-warpgroup tiles are long, and their code doubles in size
-    with it. Per-thread row sums (no shuffles per block) up to head_dim 128. H200, 16K, same calls (s9-call7,
-    docs/notes/2026-12-03-gluon-forward.md): W(127,0) D64 gpt-oss sinks 173.6 us with both, 179.3 with the row
-    sums only, 183.1 with neither; W(127,0) D128 142.2 / 147.7 / 149.2; causal D128 3148.5 / 3523.6 (row sums /
-    neither); W(4095,0) D128 1425.0 / 1436.1. Head_dim 256 keeps neither (not measured; on Triton 3.9 its spills
-    reach the check's limit with the row sums)."""
+    with it. Per-thread row sums (no shuffles per block) and the row max skipped by warp vote up to head_dim 128.
+    H200, 16K, same calls (docs/notes/2026-12-03-gluon-forward.md): s9-call7, W(127,0) D64 gpt-oss sinks 173.6 us
+    with the masks and the row sums, 179.3 with the row sums only, 183.1 with neither; W(127,0) D128 142.2 / 147.7 /
+    149.2; causal D128 3148.5 / 3523.6 (row sums / neither); W(4095,0) D128 1425.0 / 1436.1. s10-call1, without /
+    with the vote: W(127,0) D64 sinks 169.2 / 164.4, W(127,0) D128 138.9 / 137.0, W(4095,0) D128 1588.4 / 1560.1,
+    causal D128 3577.2 / 3439.0. Head_dim 256 keeps none (not measured; on Triton 3.9 its spills reach the check's
+    limit with the row sums)."""
     if head_dim > 128:
         return 0
     return SOFTMAX_TRIMS & (ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX if consumers == 1
@@ -268,12 +270,12 @@ def _voted_row_max_asm(threshold: float) -> str:
     whole warp keeps its maxima and skips the shuffles across each row's four threads, which sit on the chain
     between a block's scores and its exponentials. Otherwise the quad's maxima are exchanged as ``gl.max`` would
     (``max.f32``: the same bits, NaN ignored alike)."""
-    bound = "" if threshold == 0 else f"add.f32 %bound{{row}}, %bound{{row}}, 0f{struct.unpack('<I', struct.pack('<f', threshold))[0]:08X};"
+    threshold_bits = struct.unpack("<I", struct.pack("<f", threshold))[0]
     lines = ["{", ".reg .pred %raise0, %raise1, %any;", ".reg .f32 %top0, %top1, %bound0, %bound1, %other;"]
     for row in range(2):
         lines += [f"mul.f32 %top{row}, ${2 + row}, ${6 + row};", f"mov.f32 %bound{row}, ${4 + row};"]
-        if bound:
-            lines.append(bound.format(row=row))
+        if threshold:
+            lines.append(f"add.f32 %bound{row}, %bound{row}, 0f{threshold_bits:08X};")
         lines += [f"setp.gt.f32 %raise{row}, %top{row}, %bound{row};", f"mov.f32 ${row}, ${4 + row};"]
     lines += ["or.pred %any, %raise0, %raise1;", "vote.sync.any.pred %any, %any, 0xffffffff;",
               "@!%any bra.uni swattn_voted_max_${:uid};"]
@@ -373,14 +375,13 @@ if GLUON_AVAILABLE:
             own = gl.max(gl.max(gl.reshape(s, [s.shape[0], BLOCK_N // 8, 4, 2]), 3), 1)
             quad_rows: gl.constexpr = gl.SliceLayout(1, own.type.layout)
             kept = gl.expand_dims(gl.convert_layout(m_i, quad_rows), 1)
+            scale = gl.zeros_like(own) + qk_scale
             if RESCALE_THRESHOLD > 0:
-                quad = gl.inline_asm_elementwise(_VOTED_MAX_ASM_LAZY_C, "=f,=f,f,f,f,f,f,f",
-                                                 [own, kept, gl.zeros_like(own) + qk_scale], dtype=gl.float32, is_pure=True,
-                                                 pack=2)
+                quad = gl.inline_asm_elementwise(_VOTED_MAX_ASM_LAZY_C, "=f,=f,f,f,f,f,f,f", [own, kept, scale],
+                                                 dtype=gl.float32, is_pure=True, pack=2)
             else:
-                quad = gl.inline_asm_elementwise(_VOTED_MAX_ASM_EXACT_C, "=f,=f,f,f,f,f,f,f",
-                                                 [own, kept, gl.zeros_like(own) + qk_scale], dtype=gl.float32, is_pure=True,
-                                                 pack=2)
+                quad = gl.inline_asm_elementwise(_VOTED_MAX_ASM_EXACT_C, "=f,=f,f,f,f,f,f,f", [own, kept, scale],
+                                                 dtype=gl.float32, is_pure=True, pack=2)
             # The quad's four copies of a row's max are equal: take the first (no shuffles: ``_first`` ignores the
             # other operand, so the exchange's results are never used).
             m_new = gl.convert_layout(gl.reduce(quad, 1, _first), m_i.type.layout)
@@ -705,7 +706,7 @@ if GLUON_AVAILABLE:
             p, m_i, l_i, alpha = _softmax_block(
                 s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
                 softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, RESCALE_THRESHOLD,
-                SOFTMAX_TRIMS)
+                SOFTMAX_TRIMS & ~_VOTED_ROW_MAX_C)  # no vote: every row's max is still -inf, every row rises
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             alpha_o = gl.convert_layout(alpha, o_rows)
             for block in range(1, num_blocks):
