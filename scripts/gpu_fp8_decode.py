@@ -228,6 +228,12 @@ S10_B16_16K, S10_B4_16K = ([*s[:5], EARLY, EARLY, *s[5:]] for s in (S10_B16, S10
 # SM (12 / 16 splits at B=16). (16, 2, 2) capped at 128 spills too (48 B, 13 LDL/STL in the loops).
 D128_PAIRS_6, D128_PAIRS_8 = ((False, None, dict(blocks=(32, 2, 168, per_sm))) for per_sm in (6, 8))
 S10_D128 = [(False, None), ONE_HEAD, D128_PAIRS_6, D128_PAIRS_8, ONE_HEAD, (False, None)]
+# s10-call1 (16:44 UTC, main 7da2d75): D128 B=16 16K pairs capped at 168, 6/SM 158.30 us against 222.29 / 222.31
+# (the default capped at 128) and one KV head 203.94 / 203.93; B=4 128K 296.27 against 417.39 / 419.94 and 386.32 /
+# 386.26. Since then head_dim 128's pairs take that shape by default (configs.FP8_PAIR_SHAPE_BLOCKS); ``blocks=``
+# (which clears that table for the variant) with the default's entry is the shape before.
+D128_BEFORE = (False, None, dict(blocks=(32, 2, 128, 8)))
+S10B_D128 = [(False, None), D128_BEFORE, ONE_HEAD, ONE_HEAD, D128_BEFORE, (False, None)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -278,12 +284,14 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s10_b16_128k": (16, 131040, None, S10_B16), "s10_b4_128k": (4, 131072, None, S10_B4),
           "s10_d128_b16_16k": (16, 16384, None, S10_D128, (32, 8, 128)),
           "s10_d128_b4_128k": (4, 131072, None, S10_D128, (32, 8, 128)),
+          "s10b_d128_b16_16k": (16, 16384, None, S10B_D128, (32, 8, 128)),
+          "s10b_d128_b4_128k": (4, 131072, None, S10B_D128, (32, 8, 128)),
           # The compile warm-up of the s10 kernels, one process per block shape (the same kernels serve each shape;
           # B=4 16K's splits of 256 keys may specialize differently from B=16's 1,024, so both).
           **{f"s10_warm{i}_b{batch}": (batch, 16384, None, variants) for batch in (4, 16) for i, variants in
              enumerate(([(False, None), FA3_FP8, EARLY], [W1_12, W1_8], [W16_16], [K64_6], [P112_9]))},
           **{f"s10_warm_d128_{i}": (16, 16384, None, [variant], (32, 8, 128)) for i, variant in
-             enumerate(((False, None), ONE_HEAD, D128_PAIRS_6))},
+             enumerate(((False, None), ONE_HEAD, D128_BEFORE))},
           "s8b_b4_16k": (4, 16384, None, [(False, None), PAIRS_FENCED_V, (False, (64, 4, 2, False, False, 128),
                                                                          dict(pair=3, per_sm=4, fenced=2))])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
@@ -476,10 +484,12 @@ def main() -> None:
             configs.FP8_PAIR_FENCED_WIDENING = options.get("pairfence", pair_fence)  # likewise
             configs.FP8_PAIR_TRANSPOSED = options.get("transposed", transposed)  # likewise
             configs.FP8_PAIR_MIN_KEYS_PER_SPLIT = options.get("minkeys", min_keys)  # likewise
-            pair_blocks, early = configs.FP8_PAIR_SPLIT_BLOCKS, combine.EARLY_DEPENDENTS
+            pair_blocks, shape_blocks = configs.FP8_PAIR_SPLIT_BLOCKS, configs.FP8_PAIR_SHAPE_BLOCKS
+            early = combine.EARLY_DEPENDENTS
             combine.EARLY_DEPENDENTS = options.get("early", early)  # part of the plans' key (fwd.settings)
-            if "blocks" in options:  # the pairs' block shape and split count of the default path; part of the key
-                configs.FP8_PAIR_SPLIT_BLOCKS = {**pair_blocks, 16: options["blocks"]}
+            if "blocks" in options:  # the pairs' block shape and split count of the default path at every shape
+                configs.FP8_PAIR_SPLIT_BLOCKS = {**pair_blocks, 16: options["blocks"]}  # part of the plans' key
+                configs.FP8_PAIR_SHAPE_BLOCKS = ()  # likewise
             fwd.FP8_FENCED_WIDENING = int(options.get("fenced", 0))  # part of the plans' key (fwd.settings)
             fwd.FP8_PREFETCH_PARTNER = options.get("partner", 0)  # part of the plans' key (fwd.settings)
             l2_before = None
@@ -517,7 +527,8 @@ def main() -> None:
                 fwd.FP8_PREFETCH_PARTNER, fwd.FP8_FENCED_WIDENING = partner, fenced
                 configs.FP8_KV_PAIRS, configs.FP8_PAIR_FENCED_WIDENING = kv_pairs, pair_fence
                 configs.FP8_PAIR_TRANSPOSED, configs.FP8_PAIR_MIN_KEYS_PER_SPLIT = transposed, min_keys
-                configs.FP8_PAIR_SPLIT_BLOCKS, combine.EARLY_DEPENDENTS = pair_blocks, early
+                configs.FP8_PAIR_SPLIT_BLOCKS, configs.FP8_PAIR_SHAPE_BLOCKS = pair_blocks, shape_blocks
+                combine.EARLY_DEPENDENTS = early
                 if l2_before is not None:
                     l2_fetch_limit(l2_before)
             read = kv_bytes if quantize_q is None else kv_bytes / 2

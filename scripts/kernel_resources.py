@@ -307,6 +307,9 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
     # The fp8 decode configs as forward_config ships them (its own stages for e4m3 K/V; 683 keys per split).
     fp8_full = _fp8_decode_stages(_bf16_forward_config(64, 8, True, None, 683), 8, True, paged=True)
     fp8_window = _fp8_decode_stages(_bf16_forward_config(64, 8, True, 128), 8, True, paged=True)
+    b16_16k = (16 * 8, 16384)  # the pairs' block shape of B=16 16K (one-head programs per split, keys)
+    decode_d128 = dict(q=(16, 1, 32, 128), kv=(16 * 65, 16, 8, 128), pages=(16, 65))
+    fp8_full_d128 = _fp8_decode_stages(_bf16_forward_config(128, 4, True, None, 683), 4, True, paged=True)
     new_token = torch.randn(16, 1, 8, 64, dtype=torch.bfloat16)  # one new k (and v) token per decode query
     verify8 = dict(decode, q=(16, 8, 64, 64))
     draft_tokens = torch.randn(16, 8, 8, 64, dtype=torch.bfloat16)  # k = 8 new tokens per sequence
@@ -351,11 +354,16 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         # V fenced (configs.FP8_PAIR_FENCED_WIDENING), 16 splits (B=16), the loop transposed since session 9
         # (configs.FP8_PAIR_TRANSPOSED 1); forced here (a forced config turns the automatic pairs off). Beside it
         # session 8's loop (0).
-        ("decode full paged fp8 KV, two KV heads per program, 16 splits", fp8_pair_config(fp8_full),
+        ("decode full paged fp8 KV, two KV heads per program, 16 splits", fp8_pair_config(fp8_full, *b16_16k),
          dict(decode, fp8="kv"), dict(left=-1, right=0, pack_gqa=True, num_splits=16,
                                       fwd_settings={"FP8_TWO_KV_HEADS": 4})),
+        # head_dim 128 (H=32 / Hk=8): its own pair block shape (configs.FP8_PAIR_SHAPE_BLOCKS: (32, 2, 2) capped at
+        # 168, no spill in the loops; 12 splits at B=16 16K).
+        ("decode full paged fp8 KV D128, two KV heads per program, 12 splits",
+         fp8_pair_config(fp8_full_d128, 16 * 8, 16384, 128), dict(decode_d128, fp8="kv"),
+         dict(left=-1, right=0, pack_gqa=True, num_splits=12, fwd_settings={"FP8_TWO_KV_HEADS": 4})),
         ("experimental: decode full paged fp8 KV, two KV heads per program, session 8's loop, 16 splits",
-         fp8_pair_config(fp8_full), dict(decode, fp8="kv"),
+         fp8_pair_config(fp8_full, *b16_16k), dict(decode, fp8="kv"),
          dict(left=-1, right=0, pack_gqa=True, num_splits=16, fwd_settings={"FP8_TWO_KV_HEADS": 3})),
         ("decode W(127,0) paged fp8 q/K/V", fp8_window, dict(decode, fp8="qkv"),
          dict(left=127, right=0, pack_gqa=True)),

@@ -236,9 +236,9 @@ def _auto_pack_gqa(pack_gqa, seqlen_q: int, group: int, left: int = -1, right: i
 
 def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound: int, left: int, right: int,
                      seqlen_q: int, attention_chunk: int = 0, sm_margin: int = 0, rows_per_tile: int = 8,
-                     paged: bool = False, fp8: bool = False, kv_pairs: bool = False) -> int:
+                     paged: bool = False, fp8: bool = False, kv_pairs: bool = False, head_dim: int = 64) -> int:
     """Split-KV count from shapes only (no GPU values): the window's span, not the cache length, sets the work;
-    ``rows_per_tile``, ``paged``, ``fp8``, ``kv_pairs``: as ``split_count`` takes them."""
+    ``rows_per_tile``, ``paged``, ``fp8``, ``kv_pairs``, ``head_dim``: as ``split_count`` takes them."""
     if num_splits > 0:
         return min(num_splits, MAX_SPLITS)
     if not q.is_cuda:
@@ -247,23 +247,23 @@ def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound
     if attention_chunk > 0:
         keys = min(keys, attention_chunk)
     sms = max(1, device_properties(q.device).multi_processor_count - sm_margin)
-    return split_count(programs, keys, sms, rows_per_tile, paged, fp8, kv_pairs)
+    return split_count(programs, keys, sms, rows_per_tile, paged, fp8, kv_pairs, head_dim)
 
 
 def split_count(programs: int, keys: int, sms: int, rows_per_tile: int = 8, paged: bool = False,
-                fp8: bool = False, kv_pairs: bool = False) -> int:
+                fp8: bool = False, kv_pairs: bool = False, head_dim: int = 64) -> int:
     """Automatic split-KV count for ``programs`` programs per split whose sequences see at most ``keys`` keys, on
     ``sms`` SMs; ``rows_per_tile``: rows of one tile (PackGQA: query positions x heads per KV head) and ``paged``
     (a paged cache) and ``fp8`` (an e4m3 cache) set how many programs fit one SM
     (``configs.split_programs_per_sm``). For decode tiles
     ``forward_config`` picks the one-stage 128-key-block loop for splits of at most ``SHORT_SPLIT_KEYS`` keys, the
     splits this rule makes at short contexts. ``kv_pairs``: the decode may take two KV heads per program
-    (``configs.fp8_kv_pairs_fit``); where ``configs.fp8_pair_split_count`` takes them, its split count (the
-    forward kernel takes the pairs from the same function)."""
+    (``configs.fp8_kv_pairs_fit``); where ``configs.fp8_pair_split_count`` takes them (for ``head_dim``), its split
+    count (the forward kernel takes the pairs from the same function)."""
     blocks = -(-keys // 128)
     if programs >= sms or blocks < 8:
         return 1
-    pair_splits = fp8_pair_split_count(programs, keys, sms) if kv_pairs else 0
+    pair_splits = fp8_pair_split_count(programs, keys, sms, head_dim) if kv_pairs else 0
     if pair_splits:
         return pair_splits
     # Short contexts: one or two 128-key blocks per split while there are at most four programs per SM; the
@@ -646,7 +646,7 @@ def flash_attn_with_kvcache(
                                      all(t.stride(-1) == 1 and t.stride(-2) == head_dim for t in (k_cache, v_cache)),
                                      paged, k is not None))
     num_splits = _auto_num_splits(num_splits, q, programs, capacity, left, right, max_seqlen_q, attention_chunk,
-                                  sm_margin, rows, paged, k_cache.dtype == _FP8, kv_pairs)
+                                  sm_margin, rows, paged, k_cache.dtype == _FP8, kv_pairs, head_dim)
     out, lse = ops.run_fwd_kvcache(
         _contiguous_last(q), k_cache, v_cache, None if k is None else _contiguous_last(k),
         None if v is None else _contiguous_last(v), _contiguous(cache_seqlens), _contiguous(cache_batch_idx),

@@ -194,6 +194,20 @@ MAX_SPLITS = 64
 # four times the splits, at most MAX_SPLITS).
 FP8_KV_PAIRS = os.environ.get("SWATTN_FP8_KV_PAIRS", "1") != "0"
 FP8_PAIR_SPLIT_BLOCKS: dict[int, tuple[int, int, int | None, int]] = {16: (32, 2, 128, 8)}
+# Where another block shape of the pairs' loop streams faster (``fp8_pair_blocks``): (head_dim, most one-head
+# programs per split, fewest keys, (block_n, num_warps, register cap, programs per SM)), the first match taken; the
+# programs per SM are what the split count plans and the fill rule asks (``fp8_pair_split_count``).
+# head_dim 128 (32, 2, 2) capped at 168 registers, 6 per SM: capped at 128 (FP8_PAIR_SPLIT_BLOCKS') the loop spills
+# there (Triton 3.6, sm_90: 128 B stack, 24 LDL/STL in the loops, interior loop 663 instructions per 2 x 32 keys and
+# warp), at 168 it does not (24 B stack, none in the loops, 614; 37,888 B shared; 6 per SM by registers). H200
+# (s10-call1, 16:44 UTC, main 7da2d75, scripts/gpu_fp8_decode.py s10_d128_*: H=32 / Hk=8, D=128, page 16, sinks,
+# page tables of exactly the context; fp8-kv us, vs the same run's bf16): B=16 16K 158.30 (1.87x, 80% of copy)
+# against 222.29 / 222.31 capped at 128 and 203.94 / 203.93 for one KV head per program (whose (128, 4, 2) loop
+# spills 264 B); the same block shape at 8 per SM (16 splits: 1,024 programs over 792 slots) 210.65; B=4 128K 296.27
+# (2.00x, 86%) against 417.39 / 419.94, one KV head 386.32 / 386.26, at 8 per SM 398.29.
+FP8_PAIR_SHAPE_BLOCKS: tuple[tuple[int, int, int, tuple[int, int, int | None, int]], ...] = (
+    (128, 1 << 30, 0, (32, 2, 168, 6)),
+)
 # The e4m3 widening of the pairs' loop where fwd.FP8_FENCED_WIDENING does not set one (0: plain ``.to``; 1: K and V
 # fenced; 2: V only; compiled only, see fwd.FP8_FENCED_WIDENING).
 FP8_PAIR_FENCED_WIDENING = 2
@@ -224,50 +238,66 @@ def fp8_kv_pairs_fit(fp8_kv: bool, pack_gqa: bool, full_attention: bool, rows_pe
     ``fp8_kv`` (an e4m3 cache with fp16/bf16 queries), ``pack_gqa`` single-query tiles (``seqlen_q`` 1,
     ``rows_per_tile`` = queries per KV head) whose two heads' rows fit one ``FP8_PAIR_SPLIT_BLOCKS`` tile,
     ``full_attention`` (no window or attention chunk: what was measured), an even ``num_kv_heads``, a power-of-two
-    ``head_dim`` whose two heads' rows are adjacent in memory (``adjacent_heads``: head stride = head_dim), a
-    ``paged`` cache, no fused ``append``; and ``FP8_KV_PAIRS`` on."""
+    ``head_dim`` of at most 128 (what was measured: 64 and 128, whose loop already needs 168 registers; 256 not
+    compiled) whose two heads' rows are adjacent in memory (``adjacent_heads``: head stride = head_dim), a ``paged``
+    cache, no fused ``append``; and ``FP8_KV_PAIRS`` on."""
     return (FP8_KV_PAIRS and fp8_kv and pack_gqa and full_attention and seqlen_q == 1
             and max(16, next_power_of_2(2 * rows_per_tile)) in FP8_PAIR_SPLIT_BLOCKS
             and num_kv_heads % 2 == 0
-            and head_dim == next_power_of_2(head_dim) and adjacent_heads and paged and not append)
+            and head_dim == next_power_of_2(head_dim) and head_dim <= 128 and adjacent_heads and paged and not append)
 
 
-def fp8_pair_split_count(programs: int, keys: int, sms: int) -> int:
+def fp8_pair_split_count(programs: int, keys: int, sms: int, head_dim: int = 64) -> int:
     """The split count of a decode that ``fp8_kv_pairs_fit`` with two KV heads per program, or 0 where one KV head
     per program stays: ``programs`` one-head programs per split (batch x KV heads) whose sequences see at most
     ``keys`` keys, on ``sms`` SMs. Pairs are taken in the split regime (fewer programs than SMs) where a wave of
     pair programs (``FP8_PAIR_SPLIT_BLOCKS``' programs per SM, at most ``MAX_SPLITS`` splits) fills at least three
-    quarters of the SMs' slots and leaves each split at least ``FP8_PAIR_MIN_KEYS_PER_SPLIT`` keys. A function of
+    quarters of the SMs' slots and leaves each split at least ``FP8_PAIR_MIN_KEYS_PER_SPLIT`` keys (the programs per
+    SM of ``fp8_pair_blocks`` for ``head_dim``). A function of
     shapes only: ``interface.split_count`` plans the splits from it and ``fwd`` takes the pairs through
     ``fp8_pairs_taken``, which asks it, so the two agree."""
     if programs >= sms or programs % 2:
         return 0
-    per_sm = FP8_PAIR_SPLIT_BLOCKS[16][3]
+    per_sm = fp8_pair_blocks(programs, keys, head_dim)[3]
     splits = max(1, min(per_sm * sms // (programs // 2), MAX_SPLITS))
-    if not _pairs_fill(programs, splits, sms) or -(-keys // splits) < FP8_PAIR_MIN_KEYS_PER_SPLIT:
+    if not _pairs_fill(programs, splits, sms, per_sm) or -(-keys // splits) < FP8_PAIR_MIN_KEYS_PER_SPLIT:
         return 0
     return splits
 
 
-def _pairs_fill(programs: int, splits: int, sms: int) -> bool:
-    """Pair programs of ``splits`` splits fill at least three quarters of a wave's slots."""
-    return 4 * (programs // 2) * splits >= 3 * FP8_PAIR_SPLIT_BLOCKS[16][3] * sms
+def fp8_pair_blocks(programs: int, keys: int, head_dim: int = 64) -> tuple[int, int, int | None, int]:
+    """(block_n, num_warps, register cap, programs per SM) of the two-KV-heads split loop for ``programs`` one-head
+    programs per split whose sequences see at most ``keys`` keys of ``head_dim``: the first
+    ``FP8_PAIR_SHAPE_BLOCKS`` entry that matches, else ``FP8_PAIR_SPLIT_BLOCKS``' 16-row tile's."""
+    for dim, most_programs, fewest_keys, blocks in FP8_PAIR_SHAPE_BLOCKS:
+        if dim == head_dim and programs <= most_programs and keys >= fewest_keys:
+            return blocks
+    return FP8_PAIR_SPLIT_BLOCKS[16]
 
 
-def fp8_pairs_taken(programs: int, keys: int, sms: int, num_splits: int) -> bool:
+def _pairs_fill(programs: int, splits: int, sms: int, per_sm: int) -> bool:
+    """Pair programs of ``splits`` splits fill at least three quarters of a wave's slots (``per_sm`` per SM)."""
+    return 4 * (programs // 2) * splits >= 3 * per_sm * sms
+
+
+def fp8_pairs_taken(programs: int, keys: int, sms: int, num_splits: int, head_dim: int = 64) -> bool:
     """Whether the forward kernel takes two KV heads per program for a decode that ``fp8_kv_pairs_fit``, handed
     ``num_splits`` (arguments otherwise as ``fp8_pair_split_count``): where that function plans pairs and the pair
     programs of ``num_splits`` splits fill at least three quarters of a wave. The automatic count fills one; a
     caller's own smaller count (or one planned with ``sm_margin`` far below) keeps one KV head per program, whose
     twice as many programs fill more of the SMs."""
-    return fp8_pair_split_count(programs, keys, sms) > 0 and _pairs_fill(programs, num_splits, sms)
+    return (fp8_pair_split_count(programs, keys, sms, head_dim) > 0
+            and _pairs_fill(programs, num_splits, sms, fp8_pair_blocks(programs, keys, head_dim)[3]))
 
 
-def fp8_pair_config(config: FwdConfig) -> FwdConfig:
-    """The block shape of the two-KV-heads split loop (``FP8_PAIR_SPLIT_BLOCKS``) in place of ``config``'s, on the
+def fp8_pair_config(config: FwdConfig, programs: int, keys: int, head_dim: int = 64) -> FwdConfig:
+    """The block shape of the two-KV-heads split loop (``fp8_pair_blocks`` of ``programs`` one-head programs per
+    split, ``keys`` keys and ``head_dim`` for 16-row tiles, else ``FP8_PAIR_SPLIT_BLOCKS``') in place of
+    ``config``'s, on the
     split loop (a short split's single loop, which ``forward_config`` gives splits of at most ``SHORT_SPLIT_KEYS``
     keys, replaced too)."""
-    block_n, num_warps, maxnreg, _ = FP8_PAIR_SPLIT_BLOCKS[config.block_m]
+    block_n, num_warps, maxnreg, _ = (fp8_pair_blocks(programs, keys, head_dim) if config.block_m == 16
+                                      else FP8_PAIR_SPLIT_BLOCKS[config.block_m])
     return replace(config, block_n=block_n, num_warps=num_warps, maxnreg=maxnreg,
                    num_stages=FP8_PAGED_SPLIT_STAGES.get(config.block_m, config.num_stages), single_loop=False,
                    head_block=0, mask_edges_only=False)

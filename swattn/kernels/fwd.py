@@ -1683,7 +1683,8 @@ def settings() -> tuple:
             PREFETCH_PAGE_TABLE, WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2, PRELOAD_L2_SPLITS,
             FP8_PREFETCH_PARTNER, FP8_FENCED_WIDENING, ROW_BOUND_MASK, gluon_fwd.RESCALE_THRESHOLD,
             gluon_fwd.rescale_threshold_for, gluon_fwd.consumers_for, configs.FP8_KV_PAIRS,
-            configs.FP8_PAIR_MIN_KEYS_PER_SPLIT, configs.FP8_PAIR_SPLIT_BLOCKS[16], configs.FP8_PAIR_FENCED_WIDENING,
+            configs.FP8_PAIR_MIN_KEYS_PER_SPLIT, configs.FP8_PAIR_SPLIT_BLOCKS[16],
+            configs.FP8_PAIR_SHAPE_BLOCKS, configs.FP8_PAIR_FENCED_WIDENING,
             configs.FP8_PAIR_TRANSPOSED, _common.STAMPS_ADDRESS, combine.EARLY_DEPENDENTS)
 
 
@@ -1882,13 +1883,14 @@ class _ForwardPlan:
                 and configs.fp8_kv_pairs_fit(True, pack_gqa, left < 0 and attention_chunk == 0, rows_per_tile,
                                              seqlen_q, num_kv_heads, head_dim, True, paged, False)
                 and configs.fp8_pairs_taken(batch * num_kv_heads, visible_keys, _persistent_programs(q.device),
-                                            num_splits)):
+                                            num_splits, head_dim)):
             # The default (configs.FP8_KV_PAIRS): two KV heads per program where the automatic split count planned
             # them (interface.split_count asks configs.fp8_pair_split_count, which fp8_pairs_taken asks), on their
             # own block shape; its loop transposed with configs.FP8_PAIR_TRANSPOSED.
             self.kv_pair = PAIR_TRANSPOSED.value if configs.FP8_PAIR_TRANSPOSED else PAIR_TWO_LOADS.value
         if self.kv_pair in _TWO_LOADS and configs.forced_config_in_use() is None:
-            config = configs.fp8_pair_config(config)  # forced or by default: the pairs' block shape
+            # forced or by default: the pairs' block shape
+            config = configs.fp8_pair_config(config, batch * num_kv_heads, visible_keys, head_dim)
         num_tiles = ceil_div(rows_per_tile * (2 if self.kv_pair else 1), config.block_m)
         # The split loop's L2 prefetch beyond its own e4m3 rows (FP8_PREFETCH_PARTNER): paged caches whose KV heads'
         # rows are 64 adjacent bytes and whose pages are contiguous, an even number of KV heads (the twin) or a page

@@ -120,6 +120,39 @@ def test_full_decode_takes_two_kv_heads_per_program(monkeypatch, batch, context,
     assert_close("pairs vs one KV head", outs[True][0], outs[False][0], OUT_TOL)
 
 
+def test_head_dim_128_pairs_take_their_block_shape(monkeypatch):
+    """head_dim 128 (H=32 / Hk=8, B=16 16K, page 16, sinks): the default takes two KV heads per program on
+    configs.FP8_PAIR_SHAPE_BLOCKS' head_dim-128 block shape ((32, 2, 2) capped at 168 registers, 6 per SM: 12
+    splits), against the reference and within bf16's tolerance of one KV head per program (the switch off)."""
+    from swattn.kernels import configs, fwd
+    batch, context, heads, kv_heads, head_dim, page_size = 16, 16384, 32, 8, 128, 16
+    pages = context // page_size + 1
+    k_cache, v_cache = (e4m3(batch * pages, page_size, kv_heads, head_dim) for _ in range(2))
+    table = torch.randperm(batch * pages, device=DEVICE).view(batch, pages).to(torch.int32)
+    lens = torch.randint(context // 2, context + 1, (batch,), device=DEVICE, dtype=torch.int32)
+    lens[0] = context
+    q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=BF16)
+    kd, vd = descale(batch, kv_heads), descale(batch, kv_heads)
+    sinks = torch.randn(heads, device=DEVICE)
+    call = dict(cache_seqlens=lens, page_table=table, k_descale=kd, v_descale=vd, causal=True, sinks=sinks,
+                return_softmax_lse=True)
+    outs = {}
+    for on in (True, False):
+        monkeypatch.setattr(configs, "FP8_KV_PAIRS", on)
+        fwd._PLANS.clear()
+        outs[on] = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
+        (plan,) = [plan for plan in fwd._PLANS.values() if plan.launches]
+        assert plan.kv_pair == (fwd.PAIR_TRANSPOSED.value if on else 0)
+        if on:
+            assert (plan.config.block_n, plan.config.num_warps, plan.config.maxnreg) == (32, 2, 168)
+    ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, page_table=table, k_descale=kd,
+                                             v_descale=vd, causal=True, sinks=sinks, **REF)
+    for out, lse in outs.values():
+        assert_close("out", out, ref_out, OUT_TOL)
+        check_lse(lse, ref_lse)
+    assert_close("pairs vs one KV head", outs[True][0], outs[False][0], OUT_TOL)
+
+
 def test_pairs_replace_the_single_loop_of_256_key_splits(monkeypatch):
     """B=4 16K with a page table of exactly the context (as swattn.bench's): the pairs' split count gives 64 splits
     of 256 keys, which forward_config puts on the single loop; with the pairs' threshold at 256

@@ -533,7 +533,7 @@ def test_two_kv_heads_per_program_by_default(monkeypatch, dtype, transposed):
         (plan,) = [p for p in fwd._PLANS.values() if p.launches]
         assert plan.kv_pair == (pair_mode if on else 0)
         if on:
-            assert plan.config == configs.fp8_pair_config(plan.config)  # the pairs' block shape
+            assert plan.config == configs.fp8_pair_config(plan.config, HK, pages * page_size)  # their shape
         fwd._PLANS.clear()
         swattn.flash_attn_with_kvcache(q, k_cache, v_cache, window_size=(300, 0), **call)
         assert [p.kv_pair for p in fwd._PLANS.values() if p.launches] == [0]
@@ -570,7 +570,7 @@ def test_pairs_replace_a_short_splits_single_loop(monkeypatch):
     out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
     (plan,) = [p for p in fwd._PLANS.values() if p.launches]
     assert plan.kv_pair in fwd._TWO_LOADS and not plan.config.single_loop
-    assert plan.config == configs.fp8_pair_config(FwdConfig(16, 128, 4, 2, single_loop=True))
+    assert plan.config == configs.fp8_pair_config(FwdConfig(16, 128, 4, 2, single_loop=True), HK, pages * page_size)
     ref_out, _ = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True,
                                        page_table=table)
     assert_close("out", out, ref_out, tolerance_for(torch.bfloat16))
@@ -578,6 +578,47 @@ def test_pairs_replace_a_short_splits_single_loop(monkeypatch):
     fwd._PLANS.clear()
     swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
     assert [p.kv_pair for p in fwd._PLANS.values() if p.launches] == [0]
+
+
+def test_pair_block_shape_by_shape(monkeypatch):
+    """``configs.FP8_PAIR_SHAPE_BLOCKS``: the first entry whose head_dim, program and key bounds a decode meets sets
+    the pairs' block shape (``fp8_pair_config``) and the programs per SM of their split count and fill rule; other
+    shapes keep ``FP8_PAIR_SPLIT_BLOCKS``'. A plan takes the entry's block shape (one warp on 16 keys here), against
+    the reference. Shipped: head_dim 128 on (32, 2, 2) capped at 168 registers, 6 per SM."""
+    from swattn.kernels import configs, fwd
+    assert configs.fp8_pair_blocks(128, 16384, 128) == (32, 2, 168, 6)  # shipped: head_dim 128
+    assert configs.fp8_pair_blocks(128, 16384, 64) == configs.FP8_PAIR_SPLIT_BLOCKS[16]
+    assert configs.fp8_pair_split_count(128, 16384, 132, 128) == 12  # B=16 16K, D=128: 6 x 132 / 64
+    assert configs.fp8_pair_split_count(32, 131072, 132, 128) == 49  # B=4 128K: 6 x 132 / 16
+    monkeypatch.setattr(configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT", 16)
+    one_warp = (16, 1, None, 8)
+    monkeypatch.setattr(configs, "FP8_PAIR_SHAPE_BLOCKS", ((D, HK, 512, one_warp), (64, 32, 1 << 20, (64, 2, 168, 6))))
+    assert configs.fp8_pair_blocks(HK, 640, D) == one_warp
+    assert configs.fp8_pair_blocks(HK, 640, 2 * D) == configs.FP8_PAIR_SPLIT_BLOCKS[16]  # another head_dim
+    assert configs.fp8_pair_blocks(HK, 500, D) == configs.FP8_PAIR_SPLIT_BLOCKS[16]  # too few keys
+    assert configs.fp8_pair_blocks(2 * HK, 640, D) == configs.FP8_PAIR_SPLIT_BLOCKS[16]  # too many programs
+    assert configs.fp8_pair_blocks(32, 1 << 20, 64) == (64, 2, 168, 6)
+    assert configs.fp8_pair_split_count(128, 1 << 20, 132) == 16  # B=16: FP8_PAIR_SPLIT_BLOCKS' 8 per SM
+    assert configs.fp8_pair_split_count(32, 1 << 20, 132) == 49  # B=4 at 6 per SM: 6 x 132 / 16
+    pages, page_size = 40, 16
+    k_cache, v_cache = e4m3(pages, page_size, HK, D), e4m3(pages, page_size, HK, D)
+    table = torch.randperm(pages).view(1, pages).to(torch.int32)
+    lens = i32(601)
+    q = torch.randn(1, 1, H, D, dtype=torch.float16)
+    if q.is_cuda:  # 132 SMs: no pair split count for this small cache
+        pytest.skip("interpreter-sized cache")
+    kd, vd = descale(1), descale(1)
+    splits = configs.fp8_pair_split_count(HK, pages * page_size, fwd._persistent_programs(q.device), D)
+    assert splits > 1
+    fwd._PLANS.clear()
+    out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table, k_descale=kd,
+                                         v_descale=vd, causal=True, num_splits=splits)
+    (plan,) = [p for p in fwd._PLANS.values() if p.launches]
+    assert plan.kv_pair in fwd._TWO_LOADS
+    assert (plan.config.block_n, plan.config.num_warps, plan.config.maxnreg) == one_warp[:3]
+    ref_out, _ = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True,
+                                       page_table=table)
+    assert_close("out", out, ref_out, tolerance_for(torch.float16))
 
 
 def test_split_count_plans_two_kv_heads_per_program():
@@ -600,6 +641,10 @@ def test_split_count_plans_two_kv_heads_per_program():
         assert configs.fp8_pair_split_count(8 * batch, keys, 132) == splits, (batch, keys)
         assert split_count(8 * batch, keys, 132, 8, True, True, kv_pairs=True) == splits, (batch, keys)
     assert configs.fp8_pair_split_count(32, 4112, 132) == 0  # B=4 4K: 65 keys per split
+    # head_dim 128 (FP8_PAIR_SHAPE_BLOCKS: 6 per SM): B=16 16K 12 splits, B=4 128K 49.
+    assert split_count(128, 16400, 132, 4, True, True, kv_pairs=True, head_dim=128) == 12
+    assert split_count(32, 131088, 132, 4, True, True, kv_pairs=True, head_dim=128) == 49
+    assert not configs.fp8_kv_pairs_fit(True, True, True, 4, 1, 8, 256, True, True, False)  # head_dim 256
     assert configs.fp8_pair_split_count(8 * 64, 131072, 132) == 0  # no split regime: one KV head per program
     assert configs.fp8_pair_split_count(8, 131072, 132) == 0  # B=1: 64 splits of pairs would fill half a wave
     # The kernel takes the pairs with the planned count or more, not with a caller's count far below it (B=16 16K
