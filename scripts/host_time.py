@@ -6,6 +6,7 @@ shared machine).
 
     python scripts/host_time.py                # gpt-oss decode (paged, with and without append), prefill, backward
     python scripts/host_time.py --profile      # also cProfile each, sorted by own time
+    python scripts/host_time.py --only bench   # only the scenarios whose name contains "bench"
     python scripts/host_time.py --c-launcher   # the scenarios and the 4K gpt-oss prefill on the Gluon kernel
                                                # (forced), compiled launchers a copy of Triton 3.6's around a no-op
                                                # C function: through CompiledKernel.run and through the C launcher
@@ -25,6 +26,17 @@ import sys
 import time
 
 os.environ["TRITON_INTERPRET"] = "1"  # CPU tensors take the Triton path (whose kernels are stubbed below)
+
+# glibc serves a CPU tensor of 32 MB (the 4K prefill's output) by mmap and munmap on every call or from its heap,
+# depending on the process's allocation history: ~11 us per call or ~1 (dev machine, glibc 2.36), so the 4K Gluon
+# prefill measured 18 us in some runs and 29-35 us in others of the same code. With the mmap threshold pinned above
+# every tensor here, all of them come from the heap, as a GPU call's come from the caching allocator. (glibc reads
+# its tunables at process start: the script runs itself again with them.)
+_PINNED_MALLOC = "glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=2147483647"
+if __name__ == "__main__" and sys.platform.startswith("linux") and "mmap_threshold" not in os.environ.get(
+        "GLIBC_TUNABLES", ""):
+    os.environ["GLIBC_TUNABLES"] = ":".join(filter(None, (os.environ.get("GLIBC_TUNABLES"), _PINNED_MALLOC)))
+    os.execv(sys.executable, [sys.executable, *sys.argv])
 
 import torch  # noqa: E402
 
@@ -75,6 +87,28 @@ def scenarios() -> dict:
             return swattn.flash_attn_varlen_func(q, k, v, cu, cu, longest, longest, causal=True, window_size=(127, 0),
                                                  sinks=sinks, check_inputs=False)
 
+    # The rows of `python -m swattn.bench host` (B=16, 1K context, page 16, bf16, float32 sinks): the full decode at
+    # the H200's automatic split count (4; on the CPU the automatic count is 1, so it is given), and the window decode
+    # with the append, fused by default at this shape (ops.FUSED_APPEND_DEFAULTS: B <= 16 on 16-token pages).
+    bench_pages = 1024 // page_size
+    bench_k, bench_v = (torch.randn(batch * bench_pages, page_size, kv_heads, head_dim, dtype=torch.bfloat16)
+                        for _ in range(2))
+    bench_table = torch.randperm(batch * bench_pages).view(batch, bench_pages).to(torch.int32)
+    bench_q = torch.randn(batch, 1, heads, head_dim, dtype=torch.bfloat16)
+    bench_k_new, bench_v_new = (torch.randn(batch, 1, kv_heads, head_dim, dtype=torch.bfloat16) for _ in range(2))
+    bench_sinks = sinks.float()
+    bench_kwargs = dict(page_table=bench_table, causal=True, sinks=bench_sinks, check_inputs=False)
+    bench_before = torch.full((batch,), 1023, dtype=torch.int32)  # the append makes it 1024, the full call's length
+    bench_lengths = bench_before + 1
+
+    def bench_decode_full():
+        return swattn.flash_attn_with_kvcache(bench_q, bench_k, bench_v, cache_seqlens=bench_lengths, num_splits=4,
+                                              window_size=(-1, 0), **bench_kwargs)
+
+    def bench_decode_fused_append():
+        return swattn.flash_attn_with_kvcache(bench_q, bench_k, bench_v, k=bench_k_new, v=bench_v_new,
+                                              cache_seqlens=bench_before, window_size=(127, 0), **bench_kwargs)
+
     out = swattn.flash_attn_func(q_prefill, k_prefill, v_prefill, causal=True, window_size=(127, 0))
     grad = torch.randn_like(out)
 
@@ -82,7 +116,10 @@ def scenarios() -> dict:
         torch.autograd.grad(out, (q_prefill, k_prefill, v_prefill), grad, retain_graph=True)
 
     return {"decode W(127,0) with append, paged": decode_append, "decode W(127,0), paged": decode,
-            "decode full, 4 splits + combine": decode_full_splits, "prefill W(127,0) 2K": prefill,
+            "decode full, 4 splits + combine": decode_full_splits,
+            "bench: decode full B=16 1K page 16, 4 splits + merge": bench_decode_full,
+            "bench: decode W(127,0) B=16 1K page 16, fused append": bench_decode_fused_append,
+            "prefill W(127,0) 2K": prefill,
             "varlen prefill, new lengths every call": varlen_new_shapes,
             "backward W(127,0) 2K": backward}
 
@@ -130,8 +167,9 @@ def c_launcher(gluon_only: bool = False) -> None:
             return swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0), sinks=sinks)
 
     calls = {"prefill W(127,0) 4K gpt-oss, Gluon kernel": gluon_prefill}
-    if not gluon_only:  # (scenarios() runs a 2K prefill through the interpreter for the backward's inputs: minutes)
-        calls = {**scenarios(), **calls}
+    if not gluon_only:
+        with stub_kernels():  # scenarios() runs a 2K prefill for the backward's inputs: minutes in the interpreter
+            calls = {**scenarios(), **calls}
         calls.pop("varlen prefill, new lengths every call")  # plans every call: no direct launch to compare
         # The backward's plans live in the autograd graph made with the scenarios (outside stub_kernels' plan
         # clearing), so its launches would keep the first measurement's launcher: not compared here.
@@ -220,12 +258,15 @@ def main() -> None:
     if "--op" in sys.argv:
         op_path()
         return
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else ""
     try:
         from swattn.testing import stub_kernels
     except ImportError:  # a checkout from before the planned launches: stub the kernels' launches directly
         stub_kernels = _stub_launches
     with stub_kernels():
         for name, fn in scenarios().items():
+            if only and only not in name:
+                continue
             print(f"{name}: {time_per_call(fn):.1f} us per call (kernels stubbed)", flush=True)
             if "--profile" in sys.argv:
                 profiler = cProfile.Profile()
