@@ -234,6 +234,15 @@ S10_D128 = [(False, None), ONE_HEAD, D128_PAIRS_6, D128_PAIRS_8, ONE_HEAD, (Fals
 # (which clears that table for the variant) with the default's entry is the shape before.
 D128_BEFORE = (False, None, dict(blocks=(32, 2, 128, 8)))
 S10B_D128 = [(False, None), D128_BEFORE, ONE_HEAD, ONE_HEAD, D128_BEFORE, (False, None)]
+# s10-call3 (17:09 UTC, main 3a077d9): B=4 one warp (32, 1) capped 168 at 64 splits won at 16K and 128K (26.72 vs
+# 27.74, 148.1 vs 151.3), B=16 131040 one warp (16, 1) capped 128 at 33 splits (551.8 vs 564.8 / 596.0) but not at
+# 16K (80.33 vs 80.0); (32, 2) capped 112 ran as if 8 per SM fitted (B=16 16K 114 us: two waves of 18 splits); the
+# merge's early dependents slower at B=16 16K (86.2 vs 80.0). Since then those two are default per shape
+# (configs.FP8_PAIR_SHAPE_BLOCKS); the s10c shapes: the new default against the one before (D128_BEFORE's blocks, at
+# every shape), and the thresholds: B=16 at 32K / 64K, B=8 (16K, 64K, 128K) against the one-warp shapes.
+S10C = [(False, None), D128_BEFORE, D128_BEFORE, (False, None)]
+S10C_B16 = [D128_BEFORE, W16_16, W16_16, D128_BEFORE]
+S10C_B8 = [D128_BEFORE, W16_16, W1_12, W1_12, W16_16, D128_BEFORE]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -284,6 +293,12 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s10_b16_128k": (16, 131040, None, S10_B16), "s10_b4_128k": (4, 131072, None, S10_B4),
           "s10_d128_b16_16k": (16, 16384, None, S10_D128, (32, 8, 128)),
           "s10_d128_b4_128k": (4, 131072, None, S10_D128, (32, 8, 128)),
+          "s10c_b4_16k": (4, 16384, None, S10C), "s10c_b4_128k": (4, 131072, None, S10C),
+          "s10c_b16_128k": (16, 131040, None, S10C), "s10c_b16_32k": (16, 32768, None, S10C_B16),
+          "s10c_b16_64k": (16, 65536, None, S10C_B16), "s10c_b8_16k": (8, 16384, None, S10C_B8),
+          "s10c_b8_64k": (8, 65536, None, S10C_B8), "s10c_b8_128k": (8, 131072, None, S10C_B8),
+          **{f"s10c_warm{i}": (batch, 16384, None, [variant]) for i, (batch, variant) in enumerate(
+              ((4, (False, None)), (16, W16_16), (8, W1_12), (4, D128_BEFORE), (16, D128_BEFORE)))},
           "s10b_d128_b16_16k": (16, 16384, None, S10B_D128, (32, 8, 128)),
           "s10b_d128_b4_128k": (4, 131072, None, S10B_D128, (32, 8, 128)),
           # The compile warm-up of the s10 kernels, one process per block shape (the same kernels serve each shape;

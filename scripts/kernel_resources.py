@@ -357,6 +357,14 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         ("decode full paged fp8 KV, two KV heads per program, 16 splits", fp8_pair_config(fp8_full, *b16_16k),
          dict(decode, fp8="kv"), dict(left=-1, right=0, pack_gqa=True, num_splits=16,
                                       fwd_settings={"FP8_TWO_KV_HEADS": 4})),
+        # configs.FP8_PAIR_SHAPE_BLOCKS' head_dim-64 shapes: one-warp programs, on 32-key blocks capped at 168 at
+        # B=4 (64 splits) and on 16-key blocks capped at 128 at B=16 from 64K keys (33 splits).
+        ("decode full paged fp8 KV, two KV heads per one-warp program, B=4, 64 splits",
+         fp8_pair_config(fp8_full, 4 * 8, 16384), dict(decode, fp8="kv"),
+         dict(left=-1, right=0, pack_gqa=True, num_splits=64, fwd_settings={"FP8_TWO_KV_HEADS": 4})),
+        ("decode full paged fp8 KV, two KV heads per one-warp program, B=16 128K, 33 splits",
+         fp8_pair_config(fp8_full, 16 * 8, 131072), dict(decode, fp8="kv"),
+         dict(left=-1, right=0, pack_gqa=True, num_splits=33, fwd_settings={"FP8_TWO_KV_HEADS": 4})),
         # head_dim 128 (H=32 / Hk=8): its own pair block shape (configs.FP8_PAIR_SHAPE_BLOCKS: (32, 2, 2) capped at
         # 168, no spill in the loops; 12 splits at B=16 16K).
         ("decode full paged fp8 KV D128, two KV heads per program, 12 splits",

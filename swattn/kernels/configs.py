@@ -205,8 +205,21 @@ FP8_PAIR_SPLIT_BLOCKS: dict[int, tuple[int, int, int | None, int]] = {16: (32, 2
 # against 222.29 / 222.31 capped at 128 and 203.94 / 203.93 for one KV head per program (whose (128, 4, 2) loop
 # spills 264 B); the same block shape at 8 per SM (16 splits: 1,024 programs over 792 slots) 210.65; B=4 128K 296.27
 # (2.00x, 86%) against 417.39 / 419.94, one KV head 386.32 / 386.26, at 8 per SM 398.29.
+# head_dim 64, at most 32 one-head programs per split (B <= 4 with 8 KV heads), from 16K keys: one-warp programs on
+# 32-key blocks capped at 168 registers (Triton 3.6: no stack, 18 KB shared, 12 resident per SM), planned at 8 per
+# SM (the 64 splits of MAX_SPLITS either way; at 12 the fill rule would refuse 16 x 64 pair programs). H200, gpt-oss
+# layer, page tables of exactly the context, us against the default in the same run: B=4 16K 26.72 / 26.73 vs
+# 27.73 / 27.75, B=4 131072 148.03 / 148.14 vs 151.47 / 151.14 (s10-call3, main 3a077d9); B=4 131072 147.84 vs
+# 151.15 (s10-call1); forced, a page-longer table, B=4 16K 26.66 vs 27.83 (s9-call7).
+# head_dim 64, at most 128 one-head programs per split (B <= 16), from 64K keys: one-warp programs on 16-key blocks
+# capped at 128 (8 B stack, 10 KB shared, 16 per SM: 33 splits at B=16). B=16 131040 551.20 / 552.34 vs 564.80 /
+# 595.96 (s10-call3), 558.54 vs 566.21 / 571.45 (s9-call7, forced, the same 33 splits); but B=16 16K 80.32 / 80.33
+# vs 79.95 / 80.04 (s10-call3), 80.21 vs 80.18 / 80.12 (s9-call7): the default stays at 16K; 64K as the threshold is
+# between the two measured lengths (32K and 64K queued).
 FP8_PAIR_SHAPE_BLOCKS: tuple[tuple[int, int, int, tuple[int, int, int | None, int]], ...] = (
     (128, 1 << 30, 0, (32, 2, 168, 6)),
+    (64, 32, 16384, (32, 1, 168, 8)),
+    (64, 128, 65536, (16, 1, 128, 16)),
 )
 # The e4m3 widening of the pairs' loop where fwd.FP8_FENCED_WIDENING does not set one (0: plain ``.to``; 1: K and V
 # fenced; 2: V only; compiled only, see fwd.FP8_FENCED_WIDENING).
