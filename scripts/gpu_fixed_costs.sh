@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 21, session 10 (helper s10-21): where full decode B=4 16K's ~10 us per call that stream nothing go.
-# Run from the repository root (needs main >= the commit adding combine.EARLY_DEPENDENTS); logs in $OUT. <= 90 s wall.
+# Run from the repository root (needs main with fwd.SPLIT_LATE_DEPENDENTS / SPLIT_BALANCED); logs in $OUT. <= 90 s wall.
+# FIXED_COSTS_SET=s10a: s10-call1's candidates (preload, early dependents, no PDL, split counts) instead.
 # `python scripts/gpu_probe.py fixed_costs`: per-program %globaltimer stamps of the split and merge launches in a
 # replayed graph of 20 calls (ramp, drain, split -> merge, the merge, merge -> next call), candidate fixes against
-# the shipped path, FA3 beside. Raw stamp records: $OUT/stamps-<variant>-<0: plain, 1: with first K row>.pt.
+# the shipped path, FA3 beside. Raw stamp records: $OUT/stamps.pt ({variant: [split, merge] records}).
 set -uo pipefail
 out=${OUT:-/tmp/21-out}
 mkdir -p "$out" /tmp/site
@@ -18,10 +19,11 @@ warm() {  # name, then environment assignments
   env PROBE_WARM=1 "$@" timeout 50 python3 scripts/gpu_probe.py fixed_costs > "$out/warm-$name.log" 2>&1 &
 }
 warm shipped FIXED_COSTS_VARIANTS=shipped
-warm preload "FIXED_COSTS_VARIANTS=preload 1,preload 2"
-warm early "FIXED_COSTS_VARIANTS=early dependents,early + preload 1"
-warm early2 "FIXED_COSTS_VARIANTS=early + preload 2,early + preload 3"
-warm nopdl "FIXED_COSTS_VARIANTS=no PDL,23 splits,22 splits"
+warm late "FIXED_COSTS_VARIANTS=late,late + balanced"
+warm balanced "FIXED_COSTS_VARIANTS=balanced,early + preload 1"
+warm lep1 "FIXED_COSTS_VARIANTS=late + early + preload 1"
+warm lbep1 "FIXED_COSTS_VARIANTS=late + balanced + early + preload 1"
+warm lbep2 "FIXED_COSTS_VARIANTS=late + balanced + early + preload 2"
 wait
 echo "warm done after $(elapsed) s" | tee "$out/times.txt"
 timeout $(( 87 - $(elapsed) )) python3 scripts/gpu_probe.py fixed_costs > "$out/fixed-costs.log" 2>&1

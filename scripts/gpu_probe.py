@@ -1608,14 +1608,14 @@ def _stamp_report(regions: list, split_programs: int, merge_programs: int, kv_by
         values = [r[key] for r in mid if r[key] is not None]
         return sum(values) / max(len(values), 1)
     period = avg("next")
-    first_med, wait_last, end_med, end_p90, end_last, m_wait, m_end = (
+    first_med, wait_last, end_med, end_p90, end_last, merge_wait, merge_end = (
         avg(key) for key in ("first_med", "wait_last", "end_med", "end_p90", "end_last", "m_wait", "m_end"))
     lines.append(
         f"  mean over calls 1..{len(rows) - 2}: period (wait to next wait) {period:.2f} us; first K median "
         f"{first_med:.2f} (ramp: wait -> median program's first K row), last wait passed {wait_last:.2f}; split end "
         f"median {end_med:.2f}, p90 {end_p90:.2f}, last {end_last:.2f} (drain: last - median {end_last - end_med:.2f});"
-        f" merge wait passed {m_wait:.2f} (last split end -> merge {m_wait - end_last:.2f}), merge last end "
-        f"{m_end:.2f} (merge {m_end - m_wait:.2f}); merge end -> next split wait {period - m_end:.2f}")
+        f" merge wait passed {merge_wait:.2f} (last split end -> merge {merge_wait - end_last:.2f}), merge last end "
+        f"{merge_end:.2f} (merge {merge_end - merge_wait:.2f}); merge end -> next split wait {period - merge_end:.2f}")
     # The end times' distribution of one middle call: how many programs are still running over time.
     c = min(1, calls - 1)
     si = (split[:, 0] // split_programs) == c
@@ -1632,6 +1632,28 @@ def _stamp_report(regions: list, split_programs: int, merge_programs: int, kv_by
         last_by_sm[k] = max(last_by_sm.get(k, 0.0), float((s_end[si][p] - t0).double() / 1e3))
     five = [v for k, v in last_by_sm.items() if per_sm[k] == 5]
     six = [v for k, v in last_by_sm.items() if per_sm[k] == 6]
+    # Merge programs per SM (one middle call): spread (no PDL: 1-2 each) or piled onto few SMs (s10-call1, PDL).
+    mi = (merge[:, 0] // merge_programs) == c
+    merge_per_sm = torch.bincount(merge[mi, 7], minlength=132)
+    merge_counts = torch.bincount(merge_per_sm)
+    lines.append(f"  call 1 SMs by merge programs on them: "
+                 f"{ {n: int(merge_counts[n]) for n in range(len(merge_counts)) if merge_counts[n]} }; merge "
+                 f"durations (wait -> end) median {_pct((m_end[mi] - m_wait[mi]).double() / 1e3, 0.5):.2f}, max "
+                 f"{float((m_end[mi] - m_wait[mi]).max()) / 1e3:.2f} us")
+    # Split ends by the program's launch rank on its SM (program ids in launch order), over the middle calls.
+    rank_end = {}
+    for call in range(1, max(calls - 1, 2)):
+        ci = (split[:, 0] // split_programs) == call
+        if not ci.any():
+            continue
+        ends_c = (s_end[ci] - s_wait[ci].min()).double() / 1e3
+        programs, sms = split[ci, 1], split[ci, 7]
+        for sm_id in sms.unique().tolist():
+            on_sm = torch.nonzero(sms == sm_id).flatten()
+            for rank, index in enumerate(on_sm[torch.argsort(programs[on_sm])].tolist()):
+                rank_end.setdefault(rank, []).append(float(ends_c[index]))
+    lines.append("  split end by launch rank on its SM (mean us, count): " + ", ".join(
+        f"{rank}: {sum(v) / len(v):.2f} ({len(v)})" for rank, v in sorted(rank_end.items())))
     histogram = torch.bincount(per_sm[per_sm > 0])
     counts = {n: int(histogram[n]) for n in range(len(histogram)) if histogram[n]}
     lines.append(f"  call 1 SMs by split programs on them: {counts}; last end on SMs with 5: "
@@ -1640,27 +1662,46 @@ def _stamp_report(regions: list, split_programs: int, merge_programs: int, kv_by
 
 
 def _fixed_costs_variants(call, auto: int) -> list[tuple[str, object, tuple, bool]]:
-    """fixed_costs' candidates: (label, call, ((module, name, value), ...) settings, stamped too)."""
+    """fixed_costs' candidates: (label, call, ((module, name, value), ...) settings, stamped too). FIXED_COSTS_SET:
+    "s10a" (s10-call1's set), "s10b" (default: the split launch's late dependents and balanced splits)."""
     from swattn import _compat
     from swattn.kernels import combine, fwd
+    early = (combine, "EARLY_DEPENDENTS", True)
+    late = (fwd, "SPLIT_LATE_DEPENDENTS", True)
+    balanced = (fwd, "SPLIT_BALANCED", True)
+
+    def preload(n):
+        return ((fwd, "PRELOAD_L2_SPLITS", True), (fwd, "PRELOAD_L2", n))
+    if os.environ.get("FIXED_COSTS_SET", "s10b") == "s10a":
+        return [
+            ("shipped", call, (), True),
+            # The next call's split programs, resident while the merge runs, warm L2 with their length and
+            # page-table lines (1) and also their first K/V block (2) before their PDL wait (s6-call4: 42.5 / 42.7
+            # against 41.0).
+            ("preload 1", call, preload(1), True),
+            ("preload 2", call, preload(2), False),
+            # The merge lets the next call's split programs launch before its wait (combine.EARLY_DEPENDENTS):
+            # resident during this call's drain, and with the preload warming L2 there.
+            ("early dependents", call, (early,), True),
+            ("early + preload 1", call, (early, *preload(1)), False),
+            ("early + preload 2", call, (early, *preload(2)), True),
+            ("early + preload 3", call, (early, *preload(3)), False),
+            ("no PDL", call, ((_compat, "PDL", False),), True),
+            (f"{auto - 1} splits", functools.partial(call, num_splits=auto - 1), (), False),
+            (f"{auto - 2} splits", functools.partial(call, num_splits=auto - 2), (), False),
+        ]
     return [
         ("shipped", call, (), True),
-        # The next call's split programs, resident while the merge runs, warm L2 with their length and page-table
-        # lines (1) and also their first K/V block (2) before their PDL wait (s6-call4: 42.5 / 42.7 against 41.0).
-        ("preload 1", call, ((fwd, "PRELOAD_L2_SPLITS", True), (fwd, "PRELOAD_L2", 1)), True),
-        ("preload 2", call, ((fwd, "PRELOAD_L2_SPLITS", True), (fwd, "PRELOAD_L2", 2)), False),
-        # The merge lets the next call's split programs launch before its wait (combine.EARLY_DEPENDENTS): resident
-        # during this call's drain, and with the preload warming L2 there.
-        ("early dependents", call, ((combine, "EARLY_DEPENDENTS", True),), True),
-        ("early + preload 1", call, ((combine, "EARLY_DEPENDENTS", True), (fwd, "PRELOAD_L2_SPLITS", True),
-                                     (fwd, "PRELOAD_L2", 1)), False),
-        ("early + preload 2", call, ((combine, "EARLY_DEPENDENTS", True), (fwd, "PRELOAD_L2_SPLITS", True),
-                                     (fwd, "PRELOAD_L2", 2)), True),
-        ("early + preload 3", call, ((combine, "EARLY_DEPENDENTS", True), (fwd, "PRELOAD_L2_SPLITS", True),
-                                     (fwd, "PRELOAD_L2", 3)), False),
-        ("no PDL", call, ((_compat, "PDL", False),), True),
-        (f"{auto - 1} splits", functools.partial(call, num_splits=auto - 1), (), False),
-        (f"{auto - 2} splits", functools.partial(call, num_splits=auto - 2), (), False),
+        # The merge launched at the split programs' ends (fwd.SPLIT_LATE_DEPENDENTS): its programs spread over the
+        # SMs instead of piling onto the few with free registers while the split launch runs.
+        ("late", call, (late,), True),
+        # 16 splits of 11 blocks and 8 of 10 (fwd.SPLIT_BALANCED) instead of 23 of 11 and one of 3.
+        ("balanced", call, (balanced,), True),
+        ("late + balanced", call, (late, balanced), False),
+        ("early + preload 1", call, (early, *preload(1)), False),
+        ("late + early + preload 1", call, (late, early, *preload(1)), True),
+        ("late + balanced + early + preload 1", call, (late, balanced, early, *preload(1)), True),
+        ("late + balanced + early + preload 2", call, (late, balanced, early, *preload(2)), False),
     ]
 
 
@@ -1721,6 +1762,8 @@ def fixed_costs() -> None:
             print(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
             table.append((label, "failed", ""))
 
+    saved = {}
+
     def stamped(label, run, settings, flag):
         name = f"{label} stamped{' + first K row' if flag else ''}"
         if WARM_ONLY:  # compile the stamped kernels
@@ -1738,7 +1781,10 @@ def fixed_costs() -> None:
         try:
             us, regions = with_settings(settings, lambda: _stamped_graph(run, 20, buffer.data_ptr() + flag, buffer))
             print(f"\n### {name}: {us:.2f} us per call replayed", flush=True)
-            torch.save(regions, os.path.join(out_dir, f"stamps-{label.replace(' ', '_')}-{flag}.pt"))
+            # One file for every stamped graph of the run (the fields read back: ticket, program, end, the 32-bit
+            # stamps, SM), rewritten after each (few files come back from a call).
+            saved[name] = [region[:, :8].clone() for region in regions]
+            torch.save(saved, os.path.join(out_dir, "stamps.pt"))
             for line in _stamp_report(regions, split_programs, merge_programs, kv_bytes):
                 print(line, flush=True)
             table.append((name, f"{us:.2f}", f"{100 * copy_us / us:.1f}%"))
@@ -1762,7 +1808,8 @@ def fixed_costs() -> None:
     for label, run, settings, _ in variants:
         if label == "shipped":
             stamped(label, run, settings, 0)
-            stamped(label, run, settings, 1)
+            if os.environ.get("FIXED_COSTS_SET", "s10b") == "s10a":
+                stamped(label, run, settings, 1)
     for label, run, settings, _ in variants:
         if wanted or label != "shipped":
             timed(label, run, settings)

@@ -71,6 +71,21 @@ def record_stamps(ADDRESS: tl.constexpr, REGION: tl.constexpr, program, start, w
 
 
 @triton.jit
+def wait_only_for_previous_grid(USE_PDL: tl.constexpr):
+    """``wait_for_previous_grid`` without letting the next kernel launch: the program does that itself later
+    (``let_dependents_launch``), or at its exit."""
+    if USE_PDL:
+        gdc_wait()
+
+
+@triton.jit
+def let_dependents_launch(USE_PDL: tl.constexpr):
+    """The next kernel may start launching once every program of this one has passed here or exited."""
+    if USE_PDL:
+        gdc_launch_dependents()
+
+
+@triton.jit
 def let_dependents_launch_then_wait(USE_PDL: tl.constexpr):
     """``wait_for_previous_grid`` in the other order: the next kernel may start launching as soon as every program
     of this one has started, before this one's programs pass their own wait (its wait still holds it until this grid

@@ -40,6 +40,7 @@ from swattn.kernels._common import (
     in_window,
     kept_max,
     last_visible_key,
+    let_dependents_launch,
     lse_strides,
     ones_descale,
     record_stamps,
@@ -49,6 +50,7 @@ from swattn.kernels._common import (
     time_stamp,
     token_strides,
     wait_for_previous_grid,
+    wait_only_for_previous_grid,
 )
 from swattn.kernels._launch import Launch, Layout, PlanCache, kept_buffer, stream_key, tensor_signature
 from swattn.kernels.combine import combine_launch
@@ -180,6 +182,20 @@ PREFETCH_PAGE_TABLE = os.environ.get("SWATTN_PREFETCH_PAGE_TABLE", "0") not in (
 # with PRELOAD_L2_SPLITS. SWATTN_PRELOAD_L2=0: off.
 PRELOAD_L2 = int(os.environ.get("SWATTN_PRELOAD_L2", "2") or 0)
 PRELOAD_L2_SPLITS = False
+
+# Experimental (off until timed on the GPU: scripts/gpu_probe.py fixed_costs): split launches let the next kernel
+# (their merge) launch only once each program has stored its partial results, not right after its PDL wait. With
+# the early trigger the merge's 256 one-warp programs become resident while the split launch runs, on the few SMs
+# with free registers (the last split's short programs', and those holding 5 split programs): H200 s10-call1
+# (per-program %globaltimer stamps, full decode B=4 16K) 107-112 of 132 SMs held none and 7-8 held 24, and the
+# merge took 2.05 us from its wait to its last program's end; without PDL (one or two per SM) 0.9 us. Launched at
+# the split programs' ends they spread over the freed SMs while the split grid completes.
+SPLIT_LATE_DEPENDENTS = os.environ.get("SWATTN_SPLIT_LATE_DEPENDENTS", "0") not in ("", "0")
+# Experimental (off until timed: gpu_probe.py fixed_costs): split launches share the loop's blocks as evenly as
+# they go (``_split_blocks``' BALANCED): in s10-call1's stamps a split program's end followed its launch order on
+# its SM (the warps of the 1st-2nd / 3rd-4th / 5th-6th programs on an SM ended at 33.6 / 34.4 / 35.3 us on
+# average, their 11 blocks each), and the launch order follows the split index.
+SPLIT_BALANCED = os.environ.get("SWATTN_SPLIT_BALANCED", "0") not in ("", "0")
 
 # Experimental (off: measured slower): e4m3 tiles widened in pairs before their layout change (``_widen_e4m3``).
 # Fewer instructions (full decode loop 523 -> 460 per block and warp, window kernel 1304 -> 1240 with it, Triton
@@ -1075,7 +1091,8 @@ def _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride
                      HAS_SINKS: tl.constexpr, APPEND_NEW: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                      PRELOAD: tl.constexpr, Q_DESCALE, K_DESCALE, V_DESCALE, stride_qdb, stride_qdh, stride_kdb,
-                     stride_kdh, stride_vdb, stride_vdh, FP8: tl.constexpr = NO_FP8, BY_LOADS: tl.constexpr = False):
+                     stride_kdh, stride_vdb, stride_vdh, FP8: tl.constexpr = NO_FP8, BY_LOADS: tl.constexpr = False,
+                     BALANCED_SPLITS: tl.constexpr = False):
     """L2 prefetches of what tile ``tile`` of ``batch_head`` (a PackGQA tile of a paged, fixed-length-q call with
     per-sequence lengths) reads first, issued before the wait for the previous kernel (``PRELOAD_L2``): values
     loaded here only choose lines to prefetch. Each tensor's rows are covered in its own dtype's bytes (an e4m3
@@ -1113,10 +1130,9 @@ def _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride
     # This split's first block (with a head block, the tile's at most BLOCK_N + HEAD_N keys: both blocks); PRELOAD 3:
     # its first two blocks.
     KEYS: tl.constexpr = BLOCK_N if HEAD_N == 0 and PRELOAD != 3 else 2 * BLOCK_N
-    blocks_per_split = tl.cdiv(num_blocks, num_splits)
-    block_begin = tl.minimum(split * blocks_per_split, num_blocks)
+    block_begin, block_end = _split_blocks(num_blocks, num_splits, split, BALANCED_SPLITS)
     first = kv_start + block_begin * BLOCK_N
-    last = tl.minimum(kv_start + tl.minimum(block_begin + blocks_per_split, num_blocks) * BLOCK_N, kv_end)
+    last = tl.minimum(kv_start + block_end * BLOCK_N, kv_end)
     keys = first + tl.arange(0, KEYS)
     visible = (keys < last) & (keys >= 0)
     if APPEND_NEW:
@@ -1177,6 +1193,7 @@ def _attend_tile(
     APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False, RESCALE_THRESHOLD: tl.constexpr = 0.0,
+    BALANCED_SPLITS: tl.constexpr = False,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads, or with
     ``KV_PAIR`` two KV heads' packed heads), over its share ``split`` of the KV loop; the body of
@@ -1204,9 +1221,7 @@ def _attend_tile(
         block_end = num_blocks
         if IS_SPLIT:
             # Each sequence splits its own loop, so short sequences leave trailing splits empty (LSE -inf).
-            blocks_per_split = tl.cdiv(num_blocks, num_splits)
-            block_begin = tl.minimum(split * blocks_per_split, num_blocks)
-            block_end = tl.minimum(block_begin + blocks_per_split, num_blocks)
+            block_begin, block_end = _split_blocks(num_blocks, num_splits, split, BALANCED_SPLITS)
 
         q, q_mask, offs_d, batch64, batch_kv, k_base, v_base, page_table_row = _tile_inputs(
             Q, K, V, CACHE_BATCH_IDX, PAGE_TABLE, batch, q_begin, k_begin, row_valid, row_pos, row_head, kv_head,
@@ -1417,7 +1432,8 @@ def _swa_fwd_kernel(
     FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PRELOAD_L2: tl.constexpr = 0, PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
-    RESCALE_THRESHOLD: tl.constexpr = 0.0, STAMPS: tl.constexpr = 0,
+    RESCALE_THRESHOLD: tl.constexpr = 0.0, STAMPS: tl.constexpr = 0, LATE_DEPENDENTS: tl.constexpr = False,
+    BALANCED_SPLITS: tl.constexpr = False,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -1443,6 +1459,8 @@ def _swa_fwd_kernel(
     STAMPS (a diagnostic, 0 = off: nothing of it compiled): the address of _common's stamp buffer; each main-pass
     program records when it started, passed the PDL wait, had its first K row (paged calls with per-sequence
     lengths: a load of the row its loop reads first, through the same length and page-table entry) and ended.
+    LATE_DEPENDENTS (main pass; SPLIT_LATE_DEPENDENTS): the next kernel may launch only once each program has
+    stored its results, not right after its wait. BALANCED_SPLITS: see ``_split_blocks``.
     """
     if STAMPS != 0:
         stamp_start = time_stamp(tl.program_id(1))
@@ -1456,15 +1474,18 @@ def _swa_fwd_kernel(
                          HEAD_N, HEAD_DIM, PRELOAD_L2, Q_DESCALE, K_DESCALE, V_DESCALE, stride_qdb, stride_qdh,
                          stride_kdb, stride_kdh, stride_vdb, stride_vdh, FP8,
                          # Without PDL only under the interpreter (the plan's rule): loads instead of PTX there.
-                         BY_LOADS=not USE_PDL)
-    wait_for_previous_grid(USE_PDL)
+                         BY_LOADS=not USE_PDL, BALANCED_SPLITS=BALANCED_SPLITS)
+    if LATE_DEPENDENTS:
+        wait_only_for_previous_grid(USE_PDL)
+    else:
+        wait_for_previous_grid(USE_PDL)
     if STAMPS != 0:
         stamp_waited = time_stamp(tl.program_id(1))
         stamp_first = stamp_waited
         if (STAMPS & 1) != 0 and IS_PAGED and HAS_SEQLENS_K and PACK_GQA and IS_SPLIT:
             stamp_first = _first_key_stamp(K, SEQLENS_K, PAGE_TABLE, stride_kb, stride_ks, stride_kh,
                                            stride_page_table, num_heads, queries_per_kv_head, page_size, num_splits,
-                                           BLOCK_N)
+                                           BLOCK_N, BALANCED_SPLITS)
     if NON_FINITE_PASS == REDO_FLAGGED or NON_FINITE_PASS == REDO_SCANNED:
         # Nearly always nothing is flagged: one load, and the few programs exit (a full grid of early exits
         # measured +23% on a small-window prefill). Otherwise they walk every tile and redo the flagged ones.
@@ -1500,6 +1521,7 @@ def _swa_fwd_kernel(
                     SINGLE_LOOP, REDO_FLAGGED, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K,
                     HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, FP8, HEAD_N=HEAD_N, WIDEN=WIDEN,
                     KV_PAIR=KV_PAIR, ROW_BOUNDS=ROW_BOUNDS, RESCALE_THRESHOLD=RESCALE_THRESHOLD,
+                    BALANCED_SPLITS=BALANCED_SPLITS,
                 )
     else:
         # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
@@ -1516,15 +1538,37 @@ def _swa_fwd_kernel(
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
             BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN, PREFETCH_PAGES, KV_PAIR,
-            PREFETCH_PARTNER, ROW_BOUNDS,
+            PREFETCH_PARTNER, ROW_BOUNDS, BALANCED_SPLITS=BALANCED_SPLITS,
         )
         if STAMPS != 0:
             program = (tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + tl.program_id(0)
             record_stamps(STAMPS, 0, program, stamp_start, stamp_waited, stamp_first)
+        if LATE_DEPENDENTS:
+            let_dependents_launch(USE_PDL)
+
+@triton.jit
+def _split_blocks(num_blocks, num_splits, split, BALANCED: tl.constexpr):
+    """Blocks ``[begin, end)`` of a loop of ``num_blocks`` that split ``split`` of ``num_splits`` takes. Default:
+    ``ceil(num_blocks / num_splits)`` each, so the last splits are short or empty (256 blocks in 24 splits: 23 of
+    11 and one of 3). BALANCED (SPLIT_BALANCED): ``num_blocks // num_splits`` each and one more for the first
+    ``num_blocks % num_splits`` (16 of 11 and 8 of 10): the splits launched last, which end last (their warps
+    are the youngest on their SMs' schedulers), get the fewer blocks."""
+    if BALANCED:
+        base = num_blocks // num_splits
+        extra = num_blocks % num_splits
+        begin = split * base + tl.minimum(split, extra)
+        end = begin + base + (split < extra).to(tl.int32)
+    else:
+        per_split = tl.cdiv(num_blocks, num_splits)
+        begin = tl.minimum(split * per_split, num_blocks)
+        end = tl.minimum(begin + per_split, num_blocks)
+    return begin, end
+
 
 @triton.jit
 def _first_key_stamp(K, SEQLENS_K, PAGE_TABLE, stride_kb, stride_ks, stride_kh, stride_page_table, num_heads,
-                     queries_per_kv_head: tl.constexpr, page_size: tl.constexpr, num_splits, BLOCK_N: tl.constexpr):
+                     queries_per_kv_head: tl.constexpr, page_size: tl.constexpr, num_splits, BLOCK_N: tl.constexpr,
+                     BALANCED_SPLITS: tl.constexpr):
     """STAMPS only (a paged PackGQA split decode program: grid (1, batch * KV heads, splits)): the time stamp taken
     once the first K row of this program's share of the loop has arrived, loaded through the same chain as the loop's
     (sequence length, page-table entry, row), issued alongside it."""
@@ -1532,8 +1576,8 @@ def _first_key_stamp(K, SEQLENS_K, PAGE_TABLE, stride_kb, stride_ks, stride_kh, 
     batch = tl.program_id(1) // kv_heads
     kv_head = tl.program_id(1) % kv_heads
     seqlen = tl.load(SEQLENS_K + batch)
-    blocks_per_split = tl.cdiv(tl.cdiv(seqlen, BLOCK_N), num_splits)
-    first_key = tl.minimum(tl.program_id(2) * blocks_per_split * BLOCK_N, tl.maximum(seqlen - 1, 0))
+    block_begin, _ = _split_blocks(tl.cdiv(seqlen, BLOCK_N), num_splits, tl.program_id(2), BALANCED_SPLITS)
+    first_key = tl.minimum(block_begin * BLOCK_N, tl.maximum(seqlen - 1, 0))
     page = tl.load(PAGE_TABLE + batch.to(tl.int64) * stride_page_table + first_key // page_size)
     row = tl.load(K + page.to(tl.int64) * stride_kb + (first_key % page_size) * stride_ks
                   + kv_head.to(tl.int64) * stride_kh)
@@ -1676,7 +1720,7 @@ def settings() -> tuple:
     L2 preload before the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening, the
     head-block tile's row-bound mask, the Gluon kernel's lazy rescale (which the redo pass after it follows), the
     two-KV-heads default (configs.FP8_KV_PAIRS, its threshold, shape and loop), the diagnostic stamp buffer,
-    the merge's early dependents.
+    the merge's early dependents, the split launches' late dependents and balanced splits.
 
     Every eager call builds this tuple (``swattn._replay``'s key), so each tuple display here stays at most 30 items:
     CPython builds a longer one through a list (31 items took this function from 0.24 to 0.41 us, dev CPU, Python
@@ -1689,7 +1733,7 @@ def settings() -> tuple:
             PREFETCH_PAGE_TABLE, WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2, PRELOAD_L2_SPLITS,
             FP8_PREFETCH_PARTNER, FP8_FENCED_WIDENING, ROW_BOUND_MASK, gluon_fwd.RESCALE_THRESHOLD,
             gluon_fwd.rescale_threshold_for, gluon_fwd.consumers_for, fp8_pairs, _common.STAMPS_ADDRESS,
-            combine.EARLY_DEPENDENTS)
+            combine.EARLY_DEPENDENTS, SPLIT_LATE_DEPENDENTS, SPLIT_BALANCED)
 
 
 def attention_forward(
@@ -1971,7 +2015,7 @@ class _ForwardPlan:
             HAS_CHUNK=attention_chunk > 0, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=block_d,
             HEAD_DIM=head_dim, FP8=fp8, HEAD_N=config.head_block, ROW_BOUNDS=ROW_BOUND_MASK and config.head_block > 0,
             WIDEN=_e4m3_widening(q.device, self.kv_pair) if fp8 != NO_FP8.value else WIDEN_TO.value,
-            KV_PAIR=self.kv_pair,
+            KV_PAIR=self.kv_pair, BALANCED_SPLITS=SPLIT_BALANCED and num_splits > 1,
         )
         # The fused append reads the new tokens from k / v on the single masked loop (APPEND_READS_INPUT), in grids of
         # at most one program per SM: the row pointers cost registers (window decode (16, 128, 4, 1): 154 -> 206,
@@ -2020,7 +2064,8 @@ class _ForwardPlan:
                                 PREFETCH_PAGES=(PREFETCH_PAGE_TABLE and paged and config.single_loop
                                                 and q.is_cuda and not _compat.interpreter_enabled()),
                                 PRELOAD_L2=self.preload_l2, PREFETCH_PARTNER=self.prefetch_partner,
-                                STAMPS=_common.STAMPS_ADDRESS),
+                                STAMPS=_common.STAMPS_ADDRESS,
+                                LATE_DEPENDENTS=SPLIT_LATE_DEPENDENTS and use_pdl and num_splits > 1),
                            options, num_tensors=_FORWARD_TENSORS, slots=_slots(present))
         self.redo = None
         programs = _persistent_programs(q.device)

@@ -719,6 +719,49 @@ def test_split_decode_preload_and_early_merge_dependents(monkeypatch):
     check(*results[0], reference(q, cache, seqlens, sinks=sinks, causal=True), q)
 
 
+@pytest.mark.parametrize("num_splits", [3, 7, 9])
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_balanced_splits(monkeypatch, num_splits, tokens):
+    """``fwd.SPLIT_BALANCED``: split s takes ``n // S`` blocks plus one for the first ``n % S`` splits (no short or
+    empty trailing splits while n >= S). Decode and a 3-token verify (appended, causal among the new tokens; its
+    non-finite redo launch shares the split arithmetic), sequences of 100 / 37 / 1 keys in 16-key blocks (7, 3, 1
+    blocks: 9 splits leave some empty), sinks, against the reference; the block counts per split as the rule says;
+    a NaN in one sequence's value rows stays in that sequence's outputs (the redo launch recomputes the same
+    ranges)."""
+    from swattn.kernels import fwd
+    monkeypatch.setattr(fwd, "SPLIT_BALANCED", True)
+    fwd._PLANS.clear()
+    cache, seqlens = make_cache("paged-16", 3, 112), i32([100, 37, 1])
+    q = random_q(3, tokens)
+    sinks = torch.randn(H)
+    new = dict(k=torch.randn(3, tokens, HK, D), v=torch.randn(3, tokens, HK, D)) if tokens > 1 else {}
+    expected_cache = cache_after_append(cache, new["k"], new["v"], seqlens) if new else cache
+    keys = seqlens + (tokens if new else 0)
+    with forced_config(BLOCK16):
+        out, lse = run(q, cache, cache_seqlens=seqlens, sinks=sinks, causal=True, pack_gqa=True,
+                       num_splits=num_splits, **new)
+    check(out, lse, reference(q, expected_cache, keys, sinks=sinks, causal=True), q)
+    # The rule itself, from the kernel's block counts (one per program: batch x KV head, then split) on a dense
+    # decode of 100 keys (7 blocks) per sequence.
+    if tokens == 1:
+        dense_k, dense_v = torch.randn(2, 100, HK, D), torch.randn(2, 100, HK, D)
+        with forced_config(BLOCK16):
+            _, _, counts = attention_forward(q[:2], dense_k, dense_v, softmax_scale=D ** -0.5, left=-1, right=0,
+                                             pack_gqa=True, num_splits=num_splits, count_blocks=True)
+        base, extra = divmod(7, num_splits)
+        assert counts.tolist() == [base + (split < extra) for _ in range(2 * HK) for split in range(num_splits)]
+    fwd._PLANS.clear()
+    if tokens > 1:
+        poisoned = cache.clone()
+        page = int(poisoned.page_table[1, 0])
+        poisoned.v[page, 3] = float("nan")  # sequence 1, key 3: every query of sequence 1 sees it
+        with forced_config(BLOCK16):
+            bad, _ = run(q, poisoned, cache_seqlens=seqlens, sinks=sinks, causal=True, pack_gqa=True,
+                         num_splits=num_splits, **new)
+        assert torch.isnan(bad[1]).all() and not torch.isnan(bad[0]).any() and not torch.isnan(bad[2]).any()
+        assert torch.equal(bad[0], out[0]) and torch.equal(bad[2], out[2])
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("config", [
     pytest.param(FwdConfig(32, 16, 2, 5), id="32rows-2warps-5stages"),
