@@ -243,6 +243,10 @@ FP8_PAIR_TRANSPOSED = int(os.environ.get("SWATTN_FP8_PAIR_TRANSPOSED", "1") or 0
 # (s8-call5, forced, page tables a page longer): B=4 16K 64 splits of 257 keys 29.95 vs 32.11, B=8 16K 33 of 497
 # 49.61 vs 55.15, B=4 32K 64 of 513 49.95 vs 55.65. Below 128 keys per split: not measured.
 FP8_PAIR_MIN_KEYS_PER_SPLIT = 128
+# Most splits the pairs' split count plans (experimental above MAX_SPLITS, which it equals by default): B=4's 16 pair
+# programs per split fill 1,024 slots at 64 splits, of 1,584 for the one-warp programs resident 12 per SM (2,112 at
+# 16); the merge loops over more than 64 splits (combine.MAX_TILE). scripts/gpu_fp8_decode.py ``maxsplits=``.
+FP8_PAIR_MAX_SPLITS = MAX_SPLITS
 
 
 def fp8_kv_pairs_fit(fp8_kv: bool, pack_gqa: bool, full_attention: bool, rows_per_tile: int, seqlen_q: int,
@@ -264,15 +268,14 @@ def fp8_pair_split_count(programs: int, keys: int, sms: int, head_dim: int = 64)
     """The split count of a decode that ``fp8_kv_pairs_fit`` with two KV heads per program, or 0 where one KV head
     per program stays: ``programs`` one-head programs per split (batch x KV heads) whose sequences see at most
     ``keys`` keys, on ``sms`` SMs. Pairs are taken in the split regime (fewer programs than SMs) where a wave of
-    pair programs (``FP8_PAIR_SPLIT_BLOCKS``' programs per SM, at most ``MAX_SPLITS`` splits) fills at least three
-    quarters of the SMs' slots and leaves each split at least ``FP8_PAIR_MIN_KEYS_PER_SPLIT`` keys (the programs per
-    SM of ``fp8_pair_blocks`` for ``head_dim``). A function of
-    shapes only: ``interface.split_count`` plans the splits from it and ``fwd`` takes the pairs through
-    ``fp8_pairs_taken``, which asks it, so the two agree."""
+    pair programs (``fp8_pair_blocks``' programs per SM for ``head_dim``, at most ``FP8_PAIR_MAX_SPLITS`` splits)
+    fills at least three quarters of the SMs' slots and leaves each split at least ``FP8_PAIR_MIN_KEYS_PER_SPLIT``
+    keys. A function of shapes only: ``interface.split_count`` plans the splits from it and ``fwd`` takes the pairs
+    through ``fp8_pairs_taken``, which asks it, so the two agree."""
     if programs >= sms or programs % 2:
         return 0
     per_sm = fp8_pair_blocks(programs, keys, head_dim)[3]
-    splits = max(1, min(per_sm * sms // (programs // 2), MAX_SPLITS))
+    splits = max(1, min(per_sm * sms // (programs // 2), FP8_PAIR_MAX_SPLITS))
     if not _pairs_fill(programs, splits, sms, per_sm) or -(-keys // splits) < FP8_PAIR_MIN_KEYS_PER_SPLIT:
         return 0
     return splits
