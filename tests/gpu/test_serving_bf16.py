@@ -179,8 +179,10 @@ def test_head_block_verify_matches_the_reference_and_isolates(monkeypatch, token
 @pytest.mark.parametrize("tokens", [1, 4], ids=["full-decode", "full-verify4"])
 def test_split_launch_preload_and_early_merge_dependents_give_the_same_bits(monkeypatch, tokens):
     """The split-launch experiments of scripts/gpu_probe.py fixed_costs change no bit, eagerly and in a replayed
-    CUDA graph: fwd.PRELOAD_L2 = 1 / 2 / 3 on split launches (PRELOAD_L2_SPLITS) and the merge letting the next
-    kernel launch before its own wait (combine.EARLY_DEPENDENTS), alone and together. Full attention, B = 4, 6000
+    CUDA graph: fwd.PRELOAD_L2 = 1 / 2 / 3 on split launches (PRELOAD_L2_SPLITS), the merge letting the next
+    kernel launch before its own wait (combine.EARLY_DEPENDENTS), the split launch letting the merge launch only at
+    its programs' ends (fwd.SPLIT_LATE_DEPENDENTS), alone and together; fwd.SPLIT_BALANCED (other split ranges:
+    other bits) gives the same bits with and without the others, and matches the reference. Full attention, B = 4, 6000
     cached tokens, page 16, sinks, the automatic split count; two consecutive steps appending into the same cache
     (the second reads the token the first wrote, launched right behind the first's merge)."""
     from swattn import ops
@@ -205,10 +207,16 @@ def test_split_launch_preload_and_early_merge_dependents_give_the_same_bits(monk
                 for step, (q, (k_new, v_new)) in enumerate(zip(qs, news))]
 
     results = {}
-    for preload, early in ((0, False), (0, True), (1, True), (2, True), (3, True), (3, False)):
+    # (preload, the merge's early dependents, the split launch's late dependents, balanced splits)
+    for preload, early, late, balanced in ((0, False, False, False), (0, True, False, False), (1, True, False, False),
+                                           (2, True, False, False), (3, True, False, False), (3, False, False, False),
+                                           (0, False, True, False), (1, True, True, False), (0, False, False, True),
+                                           (1, True, True, True)):
         monkeypatch.setattr(fwd, "PRELOAD_L2_SPLITS", preload > 0)
         monkeypatch.setattr(fwd, "PRELOAD_L2", preload)
         monkeypatch.setattr(combine, "EARLY_DEPENDENTS", early)
+        monkeypatch.setattr(fwd, "SPLIT_LATE_DEPENDENTS", late)
+        monkeypatch.setattr(fwd, "SPLIT_BALANCED", balanced)
         clear_plans()
         k_run, v_run = k_cache.clone(), v_cache.clone()
         eager = steps(k_run, v_run)
@@ -224,18 +232,20 @@ def test_split_launch_preload_and_early_merge_dependents_give_the_same_bits(monk
             captured = steps(k_graph, v_graph)
         graph.replay()
         torch.cuda.synchronize()
-        results[preload, early] = (eager, k_run, v_run, [out.clone() for out in captured], k_graph, v_graph)
+        results[preload, early, late, balanced] = (eager, k_run, v_run, [out.clone() for out in captured], k_graph,
+                                                   v_graph)
     clear_plans()
-    base = results[0, False]
-    assert all(torch.equal(a, b) for a, b in zip(base[0], base[3])), "shipped: graph replay gave other bits"
-    for key, (eager, k_run, v_run, replayed, k_graph, v_graph) in results.items():
-        assert all(torch.equal(a, b) for a, b in zip(base[0], eager)), f"{key}: other bits"
-        assert all(torch.equal(a, b) for a, b in zip(base[0], replayed)), f"{key}: other bits replayed"
-        assert torch.equal(k_run, base[1]) and torch.equal(v_run, base[2]), f"{key}: other cache"
-        assert torch.equal(k_graph, base[1]) and torch.equal(v_graph, base[2]), f"{key}: other cache replayed"
+    base = results[0, False, False, False]
     ref, _ = attention_kvcache_ref(qs[1], base[1], base[2], seqlens + 2 * tokens, page_table=table, causal=True,
                                    sinks=sinks, compute_dtype=torch.float32)
-    assert_close("out", base[0][1], ref, tolerance_for(BF16))
+    for key, (eager, k_run, v_run, replayed, k_graph, v_graph) in results.items():
+        # Balanced splits merge other partial sums (other bits, as close to the reference); the rest: the same bits.
+        same = results[0, False, False, True] if key[3] else base
+        assert all(torch.equal(a, b) for a, b in zip(same[0], eager)), f"{key}: other bits"
+        assert all(torch.equal(a, b) for a, b in zip(same[0], replayed)), f"{key}: other bits replayed"
+        assert torch.equal(k_run, base[1]) and torch.equal(v_run, base[2]), f"{key}: other cache"
+        assert torch.equal(k_graph, base[1]) and torch.equal(v_graph, base[2]), f"{key}: other cache replayed"
+        assert_close("out", eager[1], ref, tolerance_for(BF16))
 
 
 @pytest.mark.parametrize("window_size, tokens, padded", [((127, 0), 1, False), ((127, 0), 4, False),
