@@ -23,7 +23,6 @@ warm late "FIXED_COSTS_VARIANTS=late,late + balanced"
 warm balanced "FIXED_COSTS_VARIANTS=balanced,early + preload 1"
 warm lep1 "FIXED_COSTS_VARIANTS=late + early + preload 1"
 warm lbep1 "FIXED_COSTS_VARIANTS=late + balanced + early + preload 1"
-warm lbep2 "FIXED_COSTS_VARIANTS=late + balanced + early + preload 2"
 wait
 echo "warm done after $(elapsed) s" | tee "$out/times.txt"
 timeout $(( 87 - $(elapsed) )) python3 scripts/gpu_probe.py fixed_costs > "$out/fixed-costs.log" 2>&1
