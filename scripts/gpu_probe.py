@@ -47,6 +47,8 @@ Sections (argv; all by default):
             copy with per-kernel times; B=4 16K at other split counts;
   fixed_costs  session 10: full decode B=4 16K: per-program %globaltimer stamps (ramp, drain, merge) and candidate
             fixes against the shipped path, FA3 beside;
+  fixed_costs_defaults  session 10: the split launches' late dependents against shipped at every split launch a
+            default would change (full decode B=4..16, 1K..16K, e4m3 decode, full verify k = 4 1K / 8K);
   verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0) against decode: no append, the
             fused append, without the non-finite redo launch, one 256-key block for the 127 + k keys, two stages.
 Run: ``python scripts/gpu_probe.py [sections]``; ``PROBE_WARM=1`` runs every variant once without timing (compiles
@@ -1702,6 +1704,85 @@ def _fixed_costs_variants(call, auto: int) -> list[tuple[str, object, tuple, boo
         ("late + early + preload 1", call, (late, early, *preload(1)), True),
         ("late + balanced + early + preload 1", call, (late, balanced, early, *preload(1)), True),
     ]
+
+
+def _fp8_inputs(inputs: dict) -> dict:
+    """``inputs`` with the caches in e4m3 and one descale per (sequence, KV head) (amax / 448)."""
+    fp8 = dict(inputs)
+    for name in ("k", "v"):
+        cache = inputs[f"{name}_cache"]
+        descale = cache.float().abs().amax(dim=(0, 1, 3)) / 448
+        fp8[f"{name}_cache"] = (cache.float() / descale[:, None]).to(torch.float8_e4m3fn)
+        fp8[f"{name}_descale"] = descale[None].expand(inputs["q"].shape[0], -1).contiguous()
+    return fp8
+
+
+def fixed_costs_defaults() -> None:
+    """Session 10 (issue 21): fwd.SPLIT_LATE_DEPENDENTS (the merge launched at the split programs' ends) against the
+    shipped split launches wherever a default would change them, graph-replayed, alternated three times: full
+    decode B=4 16K, B=8 8K, B=16 4K, B=16 16K, B=16 1K; e4m3-cache decode B=4 and B=16 16K; full-attention verify
+    k = 4 (appended) B=16 at 1K (16 cold sets) and 8K; each output bitwise against shipped. FIXED_COSTS_CASES:
+    the case labels to run (comma-separated; all by default)."""
+    from swattn.kernels import fwd
+    wanted = [v for v in os.environ.get("FIXED_COSTS_CASES", "").split(",") if v]
+    rounds = 1 if WARM_ONLY else 3
+    rows = []
+
+    def case(label, calls, per_call_sets=1, repeat=20):
+        if wanted and label not in wanted:
+            return
+        def run_all():
+            return [c() for c in calls]
+        try:
+            times = {"shipped": [], "late": []}
+            outputs = {}
+            for _ in range(rounds):
+                for name, late in (("shipped", False), ("late", True)):
+                    fwd.SPLIT_LATE_DEPENDENTS = late
+                    clear_plans()
+                    try:
+                        outputs[name] = [o.clone() for o in run_all()]
+                        times[name].append(graph_us(run_all, max(1, repeat // len(calls)), rep=150)
+                                           / len(calls))
+                    finally:
+                        fwd.SPLIT_LATE_DEPENDENTS = False
+                        clear_plans()
+            same = all(torch.equal(a, b) for a, b in zip(outputs["shipped"], outputs["late"]))
+            verdict = "bits = shipped" if same else "BITS DIFFER"
+            line = (f"  {label}: shipped {' / '.join(f'{t:.2f}' for t in times['shipped'])} us, late "
+                    f"{' / '.join(f'{t:.2f}' for t in times['late'])} us; {verdict}")
+            print(line, flush=True)
+            rows.append((label, " / ".join(f"{t:.2f}" for t in times["shipped"]),
+                         " / ".join(f"{t:.2f}" for t in times["late"]), "same" if same else "differ"))
+        except Exception as exc:  # report and go on
+            print(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+            fwd.SPLIT_LATE_DEPENDENTS = False
+            clear_plans()
+
+    print("\n## s10 late dependents (fwd.SPLIT_LATE_DEPENDENTS) against shipped, us per call graph-replayed, "
+          "three alternated rounds", flush=True)
+    for batch, context in ((4, 16384), (8, 8192), (16, 4096), (16, 16384), (16, 1024)):
+        inputs = full_decode_inputs(batch, context)
+        case(f"full decode B={batch} {context // 1024}K",
+             [functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True)])
+        if context == 16384:
+            fp8 = _fp8_inputs(inputs)
+            case(f"e4m3 decode B={batch} 16K", [functools.partial(swattn.flash_attn_with_kvcache, **fp8, causal=True)])
+            del fp8
+        del inputs
+        torch.cuda.empty_cache()
+    for context, count in ((1024, 16), (8192, 1)):
+        sets, _ = _verify_sets(4, count, context=context, cached=context)
+        # Each call appends its k = 4 tokens at the same positions (cache_seqlens fixed): idempotent in a graph.
+        case(f"full verify k=4 B=16 {context // 1024}K", [functools.partial(
+            swattn.flash_attn_with_kvcache, **one, causal=True) for one in sets], repeat=16)
+        sets.clear()
+        torch.cuda.empty_cache()
+    print("\n## s10 table: late dependents against shipped (us per call, three rounds)")
+    print("| case | shipped | late | bits |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 def fixed_costs() -> None:
