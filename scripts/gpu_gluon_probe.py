@@ -226,8 +226,8 @@ def main() -> int:
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
         # The shipped call with fewer of _softmax_block's trims (bits: 1 one-sided edge masks, 2 per-thread row
-        # sums, 4 the row max skipped by warp vote, 8 with it the rescale factors).
-        for trims in ((0, 2, 3, 7) if small else (0, 2, 6)):
+        # sums, 4 the row max skipped by warp vote).
+        for trims in ((0, 2, 3) if small else (0, 2)):
             gluon.append((f"gluon trims {trims}", with_mode(
                 "1", call(), settings=dict(softmax_trims_for=lambda consumers, head_dim, t=trims: t))))
         if args.paged or args.varlen:

@@ -127,8 +127,8 @@ WG_ROWS_SMALL_D64 = 64
 # (s8-call2): W(127,0) D64 gpt-oss sinks 185.8 vs 188.7 us, W(127,0) D128 150.9 vs 150.7.
 RESCALE_THRESHOLD = 8.0
 # _softmax_block's trims (bits): one comparison per score on edge blocks that need one bound, row sums per thread.
-ONE_SIDED_EDGES, THREAD_ROW_SUMS, VOTED_ROW_MAX, VOTED_ALPHA = 1, 2, 4, 8
-SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "15"))  # A/B runs: 0 for none
+ONE_SIDED_EDGES, THREAD_ROW_SUMS, VOTED_ROW_MAX = 1, 2, 4
+SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "7"))  # A/B runs: 0 for none
 
 
 def divisor_magic(divisor: int) -> tuple[int, int]:
@@ -209,8 +209,8 @@ def softmax_trims_for(consumers: int, head_dim: int) -> int:
     limit with the row sums)."""
     if head_dim > 128:
         return 0
-    voted = VOTED_ROW_MAX | VOTED_ALPHA
-    return SOFTMAX_TRIMS & (ONE_SIDED_EDGES | THREAD_ROW_SUMS | voted if consumers == 1 else THREAD_ROW_SUMS | voted)
+    return SOFTMAX_TRIMS & (ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX if consumers == 1
+                            else THREAD_ROW_SUMS | VOTED_ROW_MAX)
 
 
 def tma_store_for(consumers: int) -> bool:
@@ -262,28 +262,29 @@ def _lazy_rescale_asm(pack: int) -> str:
     return "\n".join(lines)
 
 
-def _voted_row_max_asm(threshold: float, with_alpha: bool = False) -> str:
+def _voted_row_max_asm(threshold: float) -> str:
     """PTX for ``_softmax_block``'s ``VOTED_ROW_MAX``: the running row max of two rows of a thread (outputs 0, 1)
     from the thread's own maxima over its columns, the kept maxima and the scores' scale (two inputs each, after
     the outputs), with the lazy rescale's rule (``kept_max``: a new max only above ``kept + threshold``). A score
     can raise a row's max only if it exceeds that bound in its own thread, so when no thread of the warp holds one
     (a vote) the whole warp keeps its maxima and skips the shuffles across each row's four threads, which sit on
     the chain between a block's scores and its exponentials. Otherwise the quad's maxima are exchanged as ``gl.max``
-    would (``max.f32``: the same bits, NaN ignored alike). ``with_alpha`` (``VOTED_ALPHA``): outputs 2, 3 are the
-    rows' rescale factors, ``exp2(kept - new)`` (``ex2.approx.ftz``, as ``gl.exp2``) where the max rose and exactly 1
-    where it was kept, so a warp that kept every max spends no exponential on them (a kept row that has seen no key
-    yet gets 1 instead of 0: its sum and accumulator are 0 either way)."""
-    outputs = 4 if with_alpha else 2
-    own, kept, scale = outputs, outputs + 2, outputs + 4
+    would (``max.f32``: the same bits, NaN ignored alike)."""
+    own, kept, scale = 2, 4, 6
     threshold_bits = struct.unpack("<I", struct.pack("<f", threshold))[0]
-    lines = ["{", ".reg .pred %raise0, %raise1, %any;", ".reg .f32 %top0, %top1, %bound0, %bound1, %other;"]
+    lines = ["{", ".reg .pred %raise0, %raise1, %any;",
+             ".reg .f32 %top0, %top1, %kept0, %kept1, %bound0, %bound1, %other;"]
+    # Every input is read before any output is written: LLVM may give an output the register of an input (the
+    # kept max and the new one share the loop-carried register).
     for row in range(2):
-        lines += [f"mul.f32 %top{row}, ${own + row}, ${scale + row};", f"mov.f32 %bound{row}, ${kept + row};"]
+        lines += [f"mul.f32 %top{row}, ${own + row}, ${scale + row};", f"mov.f32 %kept{row}, ${kept + row};"]
         if threshold:
-            lines.append(f"add.f32 %bound{row}, %bound{row}, 0f{threshold_bits:08X};")
-        lines += [f"setp.gt.f32 %raise{row}, %top{row}, %bound{row};", f"mov.f32 ${row}, ${kept + row};"]
-        if with_alpha:
-            lines.append(f"mov.f32 ${2 + row}, 0f3F800000;")
+            lines.append(f"add.f32 %bound{row}, %kept{row}, 0f{threshold_bits:08X};")
+        else:
+            lines.append(f"mov.f32 %bound{row}, %kept{row};")
+        lines.append(f"setp.gt.f32 %raise{row}, %top{row}, %bound{row};")
+    for row in range(2):
+        lines.append(f"mov.f32 ${row}, %kept{row};")
     lines += ["or.pred %any, %raise0, %raise1;", "vote.sync.any.pred %any, %any, 0xffffffff;",
               "@!%any bra.uni swattn_voted_max_${:uid};"]
     for row in range(2):
@@ -291,9 +292,6 @@ def _voted_row_max_asm(threshold: float, with_alpha: bool = False) -> str:
             lines += [f"shfl.sync.bfly.b32 %other, %top{row}, {lane_mask}, 0x1f, 0xffffffff;",
                       f"max.f32 %top{row}, %top{row}, %other;"]
         lines += [f"setp.gt.f32 %raise{row}, %top{row}, %bound{row};", f"@%raise{row} mov.f32 ${row}, %top{row};"]
-        if with_alpha:
-            lines += [f"@%raise{row} sub.f32 %other, ${kept + row}, %top{row};",
-                      f"@%raise{row} ex2.approx.ftz.f32 ${2 + row}, %other;"]
     lines += ["swattn_voted_max_${:uid}:", "}"]
     return "\n".join(lines)
 
@@ -314,9 +312,6 @@ if GLUON_AVAILABLE:
     _VOTED_ROW_MAX_C = gl.constexpr(VOTED_ROW_MAX)
     _VOTED_MAX_ASM_LAZY_C = gl.constexpr(_voted_row_max_asm(RESCALE_THRESHOLD))
     _VOTED_MAX_ASM_EXACT_C = gl.constexpr(_voted_row_max_asm(0.0))
-    _VOTED_ALPHA_C = gl.constexpr(VOTED_ALPHA)
-    _VOTED_ALPHA_ASM_LAZY_C = gl.constexpr(_voted_row_max_asm(RESCALE_THRESHOLD, True))
-    _VOTED_ALPHA_ASM_EXACT_C = gl.constexpr(_voted_row_max_asm(0.0, True))
 
     @gluon.jit
     def _first(a, b):
@@ -335,14 +330,6 @@ if GLUON_AVAILABLE:
         if HAS_LEFT:
             visible = visible & (gl.expand_dims(keys, 0) >= gl.expand_dims(row_pos + offset - left, 1))
         return visible
-
-    @gluon.jit
-    def _ring_slot(position, SLOTS: gl.constexpr):
-        """``(slot, phase)`` of a ring's running position (never negative): in unsigned arithmetic, so a ring of
-        two stages costs a mask and a shift per step, not the sign corrections of a signed division (about eight
-        uniform-datapath instructions per block in the consumer's loop)."""
-        unsigned = position.to(gl.uint32)
-        return (unsigned % SLOTS).to(gl.int32), ((unsigned // SLOTS) & 1).to(gl.int32)
 
     @gluon.jit
     def _partial_sums(x, BLOCK_N: gl.constexpr):
@@ -397,31 +384,20 @@ if GLUON_AVAILABLE:
             quad_rows: gl.constexpr = gl.SliceLayout(1, own.type.layout)
             kept = gl.expand_dims(gl.convert_layout(m_i, quad_rows), 1)
             scale = gl.zeros_like(own) + qk_scale
-            # The quad's four copies of a row's value are equal: take the first (no shuffles: ``_first`` ignores
-            # the other operand, so the exchange's results are never used).
-            if (SOFTMAX_TRIMS & _VOTED_ALPHA_C) != 0:
-                if RESCALE_THRESHOLD > 0:
-                    quad, quad_alpha = gl.inline_asm_elementwise(
-                        _VOTED_ALPHA_ASM_LAZY_C, "=f,=f,=f,=f,f,f,f,f,f,f", [own, kept, scale],
-                        dtype=(gl.float32, gl.float32), is_pure=True, pack=2)
-                else:
-                    quad, quad_alpha = gl.inline_asm_elementwise(
-                        _VOTED_ALPHA_ASM_EXACT_C, "=f,=f,=f,=f,f,f,f,f,f,f", [own, kept, scale],
-                        dtype=(gl.float32, gl.float32), is_pure=True, pack=2)
-                alpha = gl.convert_layout(gl.reduce(quad_alpha, 1, _first), m_i.type.layout)
-            elif RESCALE_THRESHOLD > 0:
+            if RESCALE_THRESHOLD > 0:
                 quad = gl.inline_asm_elementwise(_VOTED_MAX_ASM_LAZY_C, "=f,=f,f,f,f,f,f,f", [own, kept, scale],
                                                  dtype=gl.float32, is_pure=True, pack=2)
             else:
                 quad = gl.inline_asm_elementwise(_VOTED_MAX_ASM_EXACT_C, "=f,=f,f,f,f,f,f,f", [own, kept, scale],
                                                  dtype=gl.float32, is_pure=True, pack=2)
+            # The quad's four copies of a row's max are equal: take the first (no shuffles: ``_first`` ignores the
+            # other operand, so the exchange's results are never used).
             m_new = gl.convert_layout(gl.reduce(quad, 1, _first), m_i.type.layout)
         else:
             m_new = kept_max(m_i, gl.maximum(m_i, gl.max(s, 1) * qk_scale), RESCALE_THRESHOLD)
         pivot = safe_pivot(m_new)
         p = gl.exp2(s * qk_scale - gl.expand_dims(pivot, 1))
-        if (SOFTMAX_TRIMS & (_VOTED_ROW_MAX_C | _VOTED_ALPHA_C)) != (_VOTED_ROW_MAX_C | _VOTED_ALPHA_C):
-            alpha = gl.exp2(m_i - pivot)
+        alpha = gl.exp2(m_i - pivot)
         if (SOFTMAX_TRIMS & _THREAD_ROW_SUMS_C) != 0:
             # Row sums kept per thread (``_partial_sums``): the sum across a row's threads waits for the epilogue.
             part = _partial_sums(p, BLOCK_N)
@@ -547,7 +523,8 @@ if GLUON_AVAILABLE:
         page_row = tile[10].to(gl.int64) * stride_page_table
         last_box_key = (kv_end - 1) - (kv_end - 1) % BOX
         for block in range(num_blocks):
-            stage, phase = _ring_slot(position, NUM_STAGES)
+            stage = position % NUM_STAGES
+            phase = (position // NUM_STAGES) & 1
             # A fresh barrier counts as having completed the phase before phase 0: the first waits pass.
             if KV_SOURCE == _KV_PAGED:
                 # BLOCK_N // BOX boxes, each inside one page (the tile's start is aligned to BOX, BOX divides
@@ -608,8 +585,8 @@ if GLUON_AVAILABLE:
             if tile[2] > 0:
                 # Loaded while the consumers still work on the previous item: its latency leaves the
                 # critical path.
-                q_slot, q_phase = _ring_slot(item, Q_SLOTS)
-                mbarrier.wait(q_empty.index(q_slot), q_phase ^ 1)
+                q_slot = item % Q_SLOTS
+                mbarrier.wait(q_empty.index(q_slot), ((item // Q_SLOTS) & 1) ^ 1)
                 _load_q(q_desc, q_smem, q_ready, tile, q_slot, IS_VARLEN_Q, ROWS_PER_POS, NUM_CONSUMERS)
                 item += 1
             position = _load_blocks(k_desc, v_desc, buffers, geometry, tile, position, BLOCK_N, HEAD_DIM,
@@ -714,14 +691,14 @@ if GLUON_AVAILABLE:
         acc = gl.zeros([M, HEAD_DIM], gl.float32, layout=o_layout)
         s_zero = gl.zeros([M, BLOCK_N], gl.float32, layout=s_layout)
 
-        q_slot, q_phase = _ring_slot(item, Q_SLOTS)
+        q_slot = item % Q_SLOTS
         if num_blocks > 0:
             # This warpgroup's M rows of the tile's Q, which the loader brought in by TMA.
-            mbarrier.wait(q_ready.index(q_slot), q_phase)
+            mbarrier.wait(q_ready.index(q_slot), (item // Q_SLOTS) & 1)
             q_tile = q_smem.index(q_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM])
             # Block 0: its scores, then its softmax; its P @ V is issued in the next step (or after the loop).
-            first_stage, first_phase = _ring_slot(position, NUM_STAGES)
-            mbarrier.wait(k_ready.index(first_stage), first_phase)
+            first_stage = position % NUM_STAGES
+            mbarrier.wait(k_ready.index(first_stage), (position // NUM_STAGES) & 1)
             _turn_begin(turns, turn, WG, PINGPONG)
             s_token = warpgroup_mma(q_tile, k_smem.index(first_stage).permute((1, 0)), s_zero, use_acc=False,
                                     is_async=True)
@@ -737,12 +714,15 @@ if GLUON_AVAILABLE:
             p, m_i, l_i, alpha = _softmax_block(
                 s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
                 softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, RESCALE_THRESHOLD,
-                SOFTMAX_TRIMS & ~(_VOTED_ROW_MAX_C | _VOTED_ALPHA_C))  # no vote: every row's max rises from -inf
+                SOFTMAX_TRIMS & ~_VOTED_ROW_MAX_C)  # no vote: every row's max is still -inf, every row rises
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             alpha_o = gl.convert_layout(alpha, o_rows)
             for block in range(1, num_blocks):
-                stage, phase = _ring_slot(position + block, NUM_STAGES)
-                previous_stage, previous_phase = _ring_slot(position + block - 1, NUM_STAGES)
+                stage = (position + block) % NUM_STAGES
+                phase = ((position + block) // NUM_STAGES) & 1
+                previous = position + block - 1
+                previous_stage = previous % NUM_STAGES
+                previous_phase = (previous // NUM_STAGES) & 1
                 # S_j = Q K_j^T, then P_{j-1} V_{j-1}: both in flight while this warpgroup waits for S_j.
                 mbarrier.wait(k_ready.index(stage), phase)
                 mbarrier.wait(v_ready.index(previous_stage), previous_phase)
@@ -766,8 +746,9 @@ if GLUON_AVAILABLE:
                 # Every score product of the tile has completed: its Q slot may take the loader's next tile.
                 mbarrier.arrive(q_empty.index(q_slot), count=1)
             item += 1
-            last_stage, last_phase = _ring_slot(position + num_blocks - 1, NUM_STAGES)
-            mbarrier.wait(v_ready.index(last_stage), last_phase)
+            last = position + num_blocks - 1
+            last_stage = last % NUM_STAGES
+            mbarrier.wait(v_ready.index(last_stage), (last // NUM_STAGES) & 1)
             _turn_begin(turns, turn, WG, PINGPONG)
             acc_token = warpgroup_mma(p_op, v_smem.index(last_stage), acc, is_async=True)
             turn = _turn_end(turns, turn, WG, PINGPONG)
