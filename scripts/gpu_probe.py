@@ -1669,7 +1669,7 @@ def _fixed_costs_variants(call, auto: int) -> list[tuple[str, object, tuple, boo
     from swattn import _compat
     from swattn.kernels import combine, fwd
     early = (combine, "EARLY_DEPENDENTS", True)
-    late = (fwd, "SPLIT_LATE_DEPENDENTS", True)
+    late = (fwd, "SPLIT_LATE_DEPENDENTS", 1)
     balanced = (fwd, "SPLIT_BALANCED", True)
 
     def preload(n):
@@ -1718,11 +1718,12 @@ def _fp8_inputs(inputs: dict) -> dict:
 
 
 def fixed_costs_defaults() -> None:
-    """Session 10 (issue 21): fwd.SPLIT_LATE_DEPENDENTS (the merge launched at the split programs' ends) against the
-    shipped split launches wherever a default would change them, graph-replayed, alternated three times: full
-    decode B=4 16K, B=8 8K, B=16 4K, B=16 16K, B=16 1K; e4m3-cache decode B=4 and B=16 16K; full-attention verify
-    k = 4 (appended) B=16 at 1K (16 cold sets) and 8K; each output bitwise against shipped. FIXED_COSTS_CASES:
-    the case labels to run (comma-separated; all by default)."""
+    """Session 10 (issue 21): fwd.SPLIT_LATE_DEPENDENTS (the merge launched at the split programs' ends: 1 after
+    their stores, 2 before their epilogue, the latter on full decode only) against the shipped split launches
+    wherever a default would change them, graph-replayed, alternated three times: full decode B=4 16K, B=8 8K,
+    B=16 4K, B=16 16K, B=16 1K; e4m3-cache decode B=4 and B=16 16K; full-attention verify k = 4 (appended) B=16 at
+    1K (16 cold sets) and 8K; each output bitwise against shipped. FIXED_COSTS_CASES: the case labels to run
+    (comma-separated; all by default)."""
     from swattn.kernels import fwd
     wanted = [v for v in os.environ.get("FIXED_COSTS_CASES", "").split(",") if v]
     rounds = 1 if WARM_ONLY else 3
@@ -1733,11 +1734,12 @@ def fixed_costs_defaults() -> None:
             return
         def run_all():
             return [c() for c in calls]
+        modes = (("shipped", 0), ("late", 1)) + ((("late 2", 2),) if "full decode" in label else ())
         try:
-            times = {"shipped": [], "late": []}
+            times = {name: [] for name, _ in modes}
             outputs = {}
             for _ in range(rounds):
-                for name, late in (("shipped", False), ("late", True)):
+                for name, late in modes:
                     fwd.SPLIT_LATE_DEPENDENTS = late
                     clear_plans()
                     try:
@@ -1745,18 +1747,18 @@ def fixed_costs_defaults() -> None:
                         times[name].append(graph_us(run_all, max(1, repeat // len(calls)), rep=150)
                                            / len(calls))
                     finally:
-                        fwd.SPLIT_LATE_DEPENDENTS = False
+                        fwd.SPLIT_LATE_DEPENDENTS = 0
                         clear_plans()
-            same = all(torch.equal(a, b) for a, b in zip(outputs["shipped"], outputs["late"]))
+            same = all(torch.equal(a, b) for name, _ in modes[1:]
+                       for a, b in zip(outputs["shipped"], outputs[name]))
             verdict = "bits = shipped" if same else "BITS DIFFER"
-            line = (f"  {label}: shipped {' / '.join(f'{t:.2f}' for t in times['shipped'])} us, late "
-                    f"{' / '.join(f'{t:.2f}' for t in times['late'])} us; {verdict}")
-            print(line, flush=True)
-            rows.append((label, " / ".join(f"{t:.2f}" for t in times["shipped"]),
-                         " / ".join(f"{t:.2f}" for t in times["late"]), "same" if same else "differ"))
+            cells = [" / ".join(f"{t:.2f}" for t in times[name]) for name, _ in modes]
+            print(f"  {label}: " + ", ".join(f"{name} {cell} us" for (name, _), cell in zip(modes, cells))
+                  + f"; {verdict}", flush=True)
+            rows.append((label, *cells, *([""] * (3 - len(cells))), "same" if same else "differ"))
         except Exception as exc:  # report and go on
             print(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
-            fwd.SPLIT_LATE_DEPENDENTS = False
+            fwd.SPLIT_LATE_DEPENDENTS = 0
             clear_plans()
 
     print("\n## s10 late dependents (fwd.SPLIT_LATE_DEPENDENTS) against shipped, us per call graph-replayed, "
@@ -1779,8 +1781,8 @@ def fixed_costs_defaults() -> None:
         sets.clear()
         torch.cuda.empty_cache()
     print("\n## s10 table: late dependents against shipped (us per call, three rounds)")
-    print("| case | shipped | late | bits |")
-    print("|---|---|---|---|")
+    print("| case | shipped | late (after stores) | late 2 (before the epilogue) | bits |")
+    print("|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
 

@@ -190,7 +190,8 @@ PRELOAD_L2_SPLITS = False
 # (per-program %globaltimer stamps, full decode B=4 16K) 107-112 of 132 SMs held none and 7-8 held 24, and the
 # merge took 2.05 us from its wait to its last program's end; without PDL (one or two per SM) 0.9 us. Launched at
 # the split programs' ends they spread over the freed SMs while the split grid completes.
-SPLIT_LATE_DEPENDENTS = os.environ.get("SWATTN_SPLIT_LATE_DEPENDENTS", "0") not in ("", "0")
+# 1: after its stores; 2: before its epilogue (its partial rows' last reductions and stores), once its KV loop is done.
+SPLIT_LATE_DEPENDENTS = int(os.environ.get("SWATTN_SPLIT_LATE_DEPENDENTS", "0") or 0)
 # Experimental (off until timed: gpu_probe.py fixed_costs): split launches share the loop's blocks as evenly as
 # they go (``_split_blocks``' BALANCED): in s10-call1's stamps a split program's end followed its launch order on
 # its SM (the warps of the 1st-2nd / 3rd-4th / 5th-6th programs on an SM ended at 33.6 / 34.4 / 35.3 us on
@@ -1193,7 +1194,7 @@ def _attend_tile(
     APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False, RESCALE_THRESHOLD: tl.constexpr = 0.0,
-    BALANCED_SPLITS: tl.constexpr = False,
+    BALANCED_SPLITS: tl.constexpr = False, LATE_DEPENDENTS: tl.constexpr = 0,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads, or with
     ``KV_PAIR`` two KV heads' packed heads), over its share ``split`` of the KV loop; the body of
@@ -1397,6 +1398,9 @@ def _attend_tile(
         if KV_PAIR == PAIR_TRANSPOSED:
             acc = tl.trans(acc)
             l_i = tl.sum(l_i, 0)
+        if LATE_DEPENDENTS == 2:
+            # (Set only with PDL.) The next kernel may launch while this program finishes its rows and stores them.
+            let_dependents_launch(True)
 
         _finish_tile(
             acc, l_i, m_i, visited, O, LSE, sink, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
@@ -1432,7 +1436,7 @@ def _swa_fwd_kernel(
     FP8: tl.constexpr = NO_FP8, APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PRELOAD_L2: tl.constexpr = 0, PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
-    RESCALE_THRESHOLD: tl.constexpr = 0.0, STAMPS: tl.constexpr = 0, LATE_DEPENDENTS: tl.constexpr = False,
+    RESCALE_THRESHOLD: tl.constexpr = 0.0, STAMPS: tl.constexpr = 0, LATE_DEPENDENTS: tl.constexpr = 0,
     BALANCED_SPLITS: tl.constexpr = False,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
@@ -1460,7 +1464,8 @@ def _swa_fwd_kernel(
     program records when it started, passed the PDL wait, had its first K row (paged calls with per-sequence
     lengths: a load of the row its loop reads first, through the same length and page-table entry) and ended.
     LATE_DEPENDENTS (main pass; SPLIT_LATE_DEPENDENTS): the next kernel may launch only once each program has
-    stored its results, not right after its wait. BALANCED_SPLITS: see ``_split_blocks``.
+    stored its results (1) or finished its KV loop (2), not right after its wait. BALANCED_SPLITS: see
+    ``_split_blocks``.
     """
     if STAMPS != 0:
         stamp_start = time_stamp(tl.program_id(1))
@@ -1475,7 +1480,7 @@ def _swa_fwd_kernel(
                          stride_kdb, stride_kdh, stride_vdb, stride_vdh, FP8,
                          # Without PDL only under the interpreter (the plan's rule): loads instead of PTX there.
                          BY_LOADS=not USE_PDL, BALANCED_SPLITS=BALANCED_SPLITS)
-    if LATE_DEPENDENTS:
+    if LATE_DEPENDENTS != 0:
         wait_only_for_previous_grid(USE_PDL)
     else:
         wait_for_previous_grid(USE_PDL)
@@ -1538,12 +1543,12 @@ def _swa_fwd_kernel(
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
             BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN, PREFETCH_PAGES, KV_PAIR,
-            PREFETCH_PARTNER, ROW_BOUNDS, BALANCED_SPLITS=BALANCED_SPLITS,
+            PREFETCH_PARTNER, ROW_BOUNDS, BALANCED_SPLITS=BALANCED_SPLITS, LATE_DEPENDENTS=LATE_DEPENDENTS,
         )
         if STAMPS != 0:
             program = (tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + tl.program_id(0)
             record_stamps(STAMPS, 0, program, stamp_start, stamp_waited, stamp_first)
-        if LATE_DEPENDENTS:
+        if LATE_DEPENDENTS == 1:
             let_dependents_launch(USE_PDL)
 
 @triton.jit
@@ -2066,7 +2071,7 @@ class _ForwardPlan:
                                                 and q.is_cuda and not _compat.interpreter_enabled()),
                                 PRELOAD_L2=self.preload_l2, PREFETCH_PARTNER=self.prefetch_partner,
                                 STAMPS=_common.STAMPS_ADDRESS,
-                                LATE_DEPENDENTS=SPLIT_LATE_DEPENDENTS and use_pdl and num_splits > 1),
+                                LATE_DEPENDENTS=SPLIT_LATE_DEPENDENTS if use_pdl and num_splits > 1 else 0),
                            options, num_tensors=_FORWARD_TENSORS, slots=_slots(present))
         self.redo = None
         programs = _persistent_programs(q.device)
