@@ -176,6 +176,21 @@ def test_lazy_rescale_ptx():
     assert asm.count("${:uid}") == 2  # one label per instance, unique per asm statement
 
 
+@pytest.mark.parametrize("threshold", [0.0, 8.0])
+def test_voted_row_max_ptx(threshold):
+    """The voted row max's PTX: the two rows' own maxima scaled and compared with the kept max (plus the lazy
+    threshold), one vote, the quad's shuffles behind a branch the whole warp takes. Every input is read before any
+    output is written: LLVM may give an output an input's register (it gave the new max the kept max's), and an
+    asm that read the kept max after writing the new one computed with the new one (s10-call5)."""
+    lines = gluon_fwd._voted_row_max_asm(threshold).splitlines()
+    body = "\n".join(lines)
+    assert body.count("vote.sync.any.pred") == 1 and body.count("shfl.sync.bfly.b32") == 4
+    assert body.count("add.f32") == (2 if threshold else 0) and body.count("${:uid}") == 2
+    first_write = min(i for i, line in enumerate(lines) if line.split(" ", 1)[-1].startswith(("$0", "$1")))
+    assert not any(f"${n}" in line for line in lines[first_write:] for n in range(2, 8))
+    assert all(f"${n}" in body for n in range(2, 8))
+
+
 def test_divisor_magic_divides_every_31_bit_dividend():
     """The persistent kernel's (tile, batch, head) split multiplies by ``divisor_magic`` instead of dividing:
     checked here as the kernel computes it (the high 32 bits of a 32 x 32-bit product, shifted), over divisors up
