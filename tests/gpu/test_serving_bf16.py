@@ -181,7 +181,7 @@ def test_split_launch_preload_and_early_merge_dependents_give_the_same_bits(monk
     """The split-launch experiments of scripts/gpu_probe.py fixed_costs change no bit, eagerly and in a replayed
     CUDA graph: fwd.PRELOAD_L2 = 1 / 2 / 3 on split launches (PRELOAD_L2_SPLITS), the merge letting the next
     kernel launch before its own wait (combine.EARLY_DEPENDENTS), the split launch letting the merge launch only at
-    its programs' ends (fwd.SPLIT_LATE_DEPENDENTS), alone and together; fwd.SPLIT_BALANCED (other split ranges:
+    its programs' ends or their loops' (fwd.SPLIT_LATE_DEPENDENTS 1 / 2), alone and together; fwd.SPLIT_BALANCED (other split ranges:
     other bits) gives the same bits with and without the others, and matches the reference. Full attention, B = 4, 6000
     cached tokens, page 16, sinks, the automatic split count; two consecutive steps appending into the same cache
     (the second reads the token the first wrote, launched right behind the first's merge)."""
@@ -211,11 +211,11 @@ def test_split_launch_preload_and_early_merge_dependents_give_the_same_bits(monk
     for preload, early, late, balanced in ((0, False, False, False), (0, True, False, False), (1, True, False, False),
                                            (2, True, False, False), (3, True, False, False), (3, False, False, False),
                                            (0, False, True, False), (1, True, True, False), (0, False, False, True),
-                                           (1, True, True, True)):
+                                           (1, True, True, True), (0, False, 2, False)):
         monkeypatch.setattr(fwd, "PRELOAD_L2_SPLITS", preload > 0)
         monkeypatch.setattr(fwd, "PRELOAD_L2", preload)
         monkeypatch.setattr(combine, "EARLY_DEPENDENTS", early)
-        monkeypatch.setattr(fwd, "SPLIT_LATE_DEPENDENTS", late)
+        monkeypatch.setattr(fwd, "SPLIT_LATE_DEPENDENTS", int(late))
         monkeypatch.setattr(fwd, "SPLIT_BALANCED", balanced)
         clear_plans()
         k_run, v_run = k_cache.clone(), v_cache.clone()
