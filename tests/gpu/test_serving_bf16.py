@@ -181,9 +181,9 @@ def test_split_launch_preload_and_early_merge_dependents_give_the_same_bits(monk
     """The split-launch experiments of scripts/gpu_probe.py fixed_costs change no bit, eagerly and in a replayed
     CUDA graph: fwd.PRELOAD_L2 = 1 / 2 / 3 on split launches (PRELOAD_L2_SPLITS), the merge letting the next
     kernel launch before its own wait (combine.EARLY_DEPENDENTS), the split launch letting the merge launch only at
-    its programs' ends or their loops' (fwd.SPLIT_LATE_DEPENDENTS 1 / 2), alone and together; fwd.SPLIT_BALANCED (other split ranges:
-    other bits) gives the same bits with and without the others, and matches the reference. Full attention, B = 4, 6000
-    cached tokens, page 16, sinks, the automatic split count; two consecutive steps appending into the same cache
+    its programs' ends or their loops' ends (fwd.SPLIT_LATE_DEPENDENTS 1 / 2), alone and together;
+    fwd.SPLIT_BALANCED (other split ranges: other bits) gives the same bits with and without the others, and matches
+    the reference. Full attention, B = 4, 6000 cached tokens, page 16, sinks, the automatic split count; two consecutive steps appending into the same cache
     (the second reads the token the first wrote, launched right behind the first's merge)."""
     from swattn import ops
     from swattn.kernels import combine, fwd
