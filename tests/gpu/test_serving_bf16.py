@@ -183,8 +183,9 @@ def test_split_launch_preload_and_early_merge_dependents_give_the_same_bits(monk
     kernel launch before its own wait (combine.EARLY_DEPENDENTS), the split launch letting the merge launch only at
     its programs' ends or their loops' ends (fwd.SPLIT_LATE_DEPENDENTS 1 / 2), alone and together;
     fwd.SPLIT_BALANCED (other split ranges: other bits) gives the same bits with and without the others, and matches
-    the reference. Full attention, B = 4, 6000 cached tokens, page 16, sinks, the automatic split count; two consecutive steps appending into the same cache
-    (the second reads the token the first wrote, launched right behind the first's merge)."""
+    the reference. Full attention, B = 4, 6000 cached tokens, page 16, sinks, the automatic split count; two
+    consecutive steps appending into the same cache (the second reads the token the first wrote, launched right
+    behind the first's merge)."""
     from swattn import ops
     from swattn.kernels import combine, fwd
     from swattn.kernels._launch import clear_plans
