@@ -1674,8 +1674,11 @@ def _fixed_costs_variants(call, auto: int) -> list[tuple[str, object, tuple, boo
 
     def preload(n):
         return ((fwd, "PRELOAD_L2_SPLITS", True), (fwd, "PRELOAD_L2", n))
+    # As measured in s10-call1 / s10-call5, where "shipped" triggered the merge at the split programs' waits
+    # (SPLIT_LATE_DEPENDENTS = 0; 2 is the default since): every variant but the late ones sets 0.
+    before = (fwd, "SPLIT_LATE_DEPENDENTS", 0)
     if os.environ.get("FIXED_COSTS_SET", "s10b") == "s10a":
-        return [
+        return [(label, run, (before, *settings), stamp) for label, run, settings, stamp in [
             ("shipped", call, (), True),
             # The next call's split programs, resident while the merge runs, warm L2 with their length and
             # page-table lines (1) and also their first K/V block (2) before their PDL wait (s6-call4: 42.5 / 42.7
@@ -1691,16 +1694,16 @@ def _fixed_costs_variants(call, auto: int) -> list[tuple[str, object, tuple, boo
             ("no PDL", call, ((_compat, "PDL", False),), True),
             (f"{auto - 1} splits", functools.partial(call, num_splits=auto - 1), (), False),
             (f"{auto - 2} splits", functools.partial(call, num_splits=auto - 2), (), False),
-        ]
+        ]]
     return [
-        ("shipped", call, (), True),
+        ("shipped", call, (before,), True),
         # The merge launched at the split programs' ends (fwd.SPLIT_LATE_DEPENDENTS): its programs spread over the
         # SMs instead of piling onto the few with free registers while the split launch runs.
         ("late", call, (late,), True),
         # 16 splits of 11 blocks and 8 of 10 (fwd.SPLIT_BALANCED) instead of 23 of 11 and one of 3.
-        ("balanced", call, (balanced,), True),
+        ("balanced", call, (before, balanced), True),
         ("late + balanced", call, (late, balanced), False),
-        ("early + preload 1", call, (early, *preload(1)), False),
+        ("early + preload 1", call, (before, early, *preload(1)), False),
         ("late + early + preload 1", call, (late, early, *preload(1)), True),
         ("late + balanced + early + preload 1", call, (late, balanced, early, *preload(1)), True),
     ]
@@ -1734,7 +1737,9 @@ def fixed_costs_defaults() -> None:
             return
         def run_all():
             return [c() for c in calls]
+        # "shipped" here: the trigger right after the wait (the default before the late one became it, 2026-12-04).
         modes = (("shipped", 0), ("late", 1)) + ((("late 2", 2),) if "full decode" in label else ())
+        previous = fwd.SPLIT_LATE_DEPENDENTS
         try:
             times = {name: [] for name, _ in modes}
             outputs = {}
@@ -1747,7 +1752,7 @@ def fixed_costs_defaults() -> None:
                         times[name].append(graph_us(run_all, max(1, repeat // len(calls)), rep=150)
                                            / len(calls))
                     finally:
-                        fwd.SPLIT_LATE_DEPENDENTS = 0
+                        fwd.SPLIT_LATE_DEPENDENTS = previous
                         clear_plans()
             same = all(torch.equal(a, b) for name, _ in modes[1:]
                        for a, b in zip(outputs["shipped"], outputs[name]))
@@ -1758,7 +1763,7 @@ def fixed_costs_defaults() -> None:
             rows.append((label, *cells, *([""] * (3 - len(cells))), "same" if same else "differ"))
         except Exception as exc:  # report and go on
             print(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
-            fwd.SPLIT_LATE_DEPENDENTS = 0
+            fwd.SPLIT_LATE_DEPENDENTS = previous
             clear_plans()
 
     print("\n## s10 late dependents (fwd.SPLIT_LATE_DEPENDENTS) against shipped, us per call graph-replayed, "

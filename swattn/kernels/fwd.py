@@ -183,15 +183,20 @@ PREFETCH_PAGE_TABLE = os.environ.get("SWATTN_PREFETCH_PAGE_TABLE", "0") not in (
 PRELOAD_L2 = int(os.environ.get("SWATTN_PRELOAD_L2", "2") or 0)
 PRELOAD_L2_SPLITS = False
 
-# Experimental (off until timed on the GPU: scripts/gpu_probe.py fixed_costs): split launches let the next kernel
-# (their merge) launch only once each program has stored its partial results, not right after its PDL wait. With
-# the early trigger the merge's 256 one-warp programs become resident while the split launch runs, on the few SMs
-# with free registers (the last split's short programs', and those holding 5 split programs): H200 s10-call1
-# (per-program %globaltimer stamps, full decode B=4 16K) 107-112 of 132 SMs held none and 7-8 held 24, and the
-# merge took 2.05 us from its wait to its last program's end; without PDL (one or two per SM) 0.9 us. Launched at
-# the split programs' ends they spread over the freed SMs while the split grid completes.
-# 1: after its stores; 2: before its epilogue (its partial rows' last reductions and stores), once its KV loop is done.
-SPLIT_LATE_DEPENDENTS = int(os.environ.get("SWATTN_SPLIT_LATE_DEPENDENTS", "0") or 0)
+# Split launches of one query per sequence over a 16-bit cache (full-attention decode) let the next kernel (their
+# merge) launch only once each program is done with its KV loop, not right after its PDL wait. With the early
+# trigger the merge's 256 one-warp programs become resident while the split launch runs, on the few SMs with free
+# registers (the last split's short programs', and those holding 5 split programs): H200 s10-call1 (per-program
+# %globaltimer stamps, full decode B=4 16K) 107-112 of 132 SMs held none and 7-8 held 24, and the merge took 2.05 us
+# from its wait to its last program's end; without PDL (one or two per SM) 0.9 us. Launched at the split programs'
+# ends they spread over the freed SMs (s10-call5: 124 SMs with 2, 8 with 1; the merge 1.13 us) while the split grid
+# completes. 1: after the program's stores; 2 (default): before its epilogue (its rows' last reductions and
+# stores). H200, graph-replayed, us per call (scripts/gpu_probe.py fixed_costs / fixed_costs_defaults; three
+# alternated rounds in s10-call6): full decode B=4 16K 41.03-41.14 -> 40.42-40.92 (1) / 40.57-40.68 (2) (s10-call5:
+# 40.70-40.98 -> 40.17-40.22 with 1), B=8 8K 40.79-40.95 -> 40.35-40.44 (2), B=16 4K 40.69-40.71 -> 40.49-40.58,
+# B=16 1K 13.65-13.73 -> 13.29-13.34, B=16 16K 132.96-133.30 -> 132.79-133.90 (noise); same bits. Not taken
+# elsewhere: e4m3 decode B=4 16K 27.13 -> 31.2 us with 1, full verify k = 4 B=16 1K 26.78 -> 27.16. 0: off.
+SPLIT_LATE_DEPENDENTS = int(os.environ.get("SWATTN_SPLIT_LATE_DEPENDENTS", "2") or 0)
 # Experimental (off until timed: gpu_probe.py fixed_costs): split launches share the loop's blocks as evenly as
 # they go (``_split_blocks``' BALANCED): in s10-call1's stamps a split program's end followed its launch order on
 # its SM (the warps of the 1st-2nd / 3rd-4th / 5th-6th programs on an SM ended at 33.6 / 34.4 / 35.3 us on
@@ -2071,7 +2076,8 @@ class _ForwardPlan:
                                                 and q.is_cuda and not _compat.interpreter_enabled()),
                                 PRELOAD_L2=self.preload_l2, PREFETCH_PARTNER=self.prefetch_partner,
                                 STAMPS=_common.STAMPS_ADDRESS,
-                                LATE_DEPENDENTS=SPLIT_LATE_DEPENDENTS if use_pdl and num_splits > 1 else 0),
+                                LATE_DEPENDENTS=(SPLIT_LATE_DEPENDENTS if use_pdl and num_splits > 1 and not varlen_q
+                                                 and seqlen_q == 1 and not self.fp8 else 0)),
                            options, num_tensors=_FORWARD_TENSORS, slots=_slots(present))
         self.redo = None
         programs = _persistent_programs(q.device)
