@@ -211,15 +211,21 @@ FP8_PAIR_SPLIT_BLOCKS: dict[int, tuple[int, int, int | None, int]] = {16: (32, 2
 # layer, page tables of exactly the context, us against the default in the same run: B=4 16K 26.72 / 26.73 vs
 # 27.73 / 27.75, B=4 131072 148.03 / 148.14 vs 151.47 / 151.14 (s10-call3, main 3a077d9); B=4 131072 147.84 vs
 # 151.15 (s10-call1); forced, a page-longer table, B=4 16K 26.66 vs 27.83 (s9-call7).
-# head_dim 64, at most 128 one-head programs per split (B <= 16), from 64K keys: one-warp programs on 16-key blocks
+# head_dim 64, 33 to 64 one-head programs per split (B=8): the default's shape (the one-warp shapes measured no faster,
+# s10-call6, us: B=8 64K (32, 2) capped 128 152.52 / 167.94, (16, 1) capped 128 153.07 / 153.11, (32, 1) capped 168
+# 156.41 / 156.42; B=8 128K 295.50 / 315.28, 296.69 / 311.41, 299.02 / 300.99).
+# head_dim 64, at most 128 one-head programs per split (B <= 16), from 96K keys: one-warp programs on 16-key blocks
 # capped at 128 (8 B stack, 10 KB shared, 16 per SM: 33 splits at B=16). B=16 131040 551.20 / 552.34 vs 564.80 /
-# 595.96 (s10-call3), 558.54 vs 566.21 / 571.45 (s9-call7, forced, the same 33 splits); but B=16 16K 80.32 / 80.33
-# vs 79.95 / 80.04 (s10-call3), 80.21 vs 80.18 / 80.12 (s9-call7): the default stays at 16K; 64K as the threshold is
-# between the two measured lengths (32K and 64K queued).
+# 595.96 (s10-call3), 571.74 / 574.79 vs 589.39 / 583.81 (s10-call6), 558.54 vs 566.21 / 571.45 (s9-call7, forced,
+# the same 33 splits); no gain at B=16 16K (80.32 / 80.33 vs 79.95 / 80.04, s10-call3), 32K (157.89 / 156.32 vs
+# 154.42 / 157.72) or 64K (312.30 / 295.57 vs 298.30 / 297.68, s10-call6); 96K is the midpoint between 64K and 128K.
+# FP8_PAIR_MAX_SPLITS past 64 at B=4 lost (s10-call6: 16K (16, 1) at 128 splits 29.25, (32, 1) at 99 30.41 against
+# the default's 26.97; 131072 154.84 / 158.57 and 157.42 / 158.15 against 151.11 / 151.53).
 FP8_PAIR_SHAPE_BLOCKS: tuple[tuple[int, int, int, tuple[int, int, int | None, int]], ...] = (
     (128, 1 << 30, 0, (32, 2, 168, 6)),
     (64, 32, 16384, (32, 1, 168, 8)),
-    (64, 128, 65536, (16, 1, 128, 16)),
+    (64, 64, 0, FP8_PAIR_SPLIT_BLOCKS[16]),
+    (64, 128, 98304, (16, 1, 128, 16)),
 )
 # The e4m3 widening of the pairs' loop where fwd.FP8_FENCED_WIDENING does not set one (0: plain ``.to``; 1: K and V
 # fenced; 2: V only; compiled only, see fwd.FP8_FENCED_WIDENING).

@@ -86,10 +86,10 @@ def test_decode_paged_fp8_kv(batch, context, left, new):
 def test_full_decode_takes_two_kv_heads_per_program(monkeypatch, batch, context, transposed):
     """The default full-attention decode over an e4m3 paged cache (gpt-oss layer, automatic split count) takes two
     KV heads per program (configs.FP8_KV_PAIRS: B=16 16K 16 splits on FP8_PAIR_SPLIT_BLOCKS' (32, 2, 2); B=4 64K 64
-    on FP8_PAIR_SHAPE_BLOCKS' one-warp (32, 1, 2) capped at 168; B=16 64K 33 on its one-warp (16, 1, 2); V widened
-    through the fence, configs.FP8_PAIR_FENCED_WIDENING), against the reference and within bf16's tolerance of one KV
-    head per program (the switch off: 4 / 16 splits); with configs.FP8_PAIR_TRANSPOSED 1 its loop transposed
-    (PAIR_TRANSPOSED)."""
+    on FP8_PAIR_SHAPE_BLOCKS' one-warp (32, 1, 2) capped at 168; B=16 64K 16, its one-warp (16, 1, 2) from 96K; V
+    widened through the fence, configs.FP8_PAIR_FENCED_WIDENING), against the reference and within bf16's
+    tolerance of one KV head per program (the switch off: 4 / 16 splits); with configs.FP8_PAIR_TRANSPOSED 1 its loop
+    transposed (PAIR_TRANSPOSED)."""
     from swattn.kernels import configs, fwd
     monkeypatch.setattr(configs, "FP8_PAIR_TRANSPOSED", transposed)
     pair_mode = (fwd.PAIR_TWO_LOADS.value, fwd.PAIR_TRANSPOSED.value)[transposed]

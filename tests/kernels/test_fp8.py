@@ -585,16 +585,19 @@ def test_pair_block_shape_by_shape(monkeypatch):
     the pairs' block shape (``fp8_pair_config``) and the programs per SM of their split count and fill rule; other
     shapes keep ``FP8_PAIR_SPLIT_BLOCKS``'. A plan takes the entry's block shape (one warp on 16 keys here), against
     the reference. Shipped: head_dim 128 on (32, 2, 2) capped at 168 registers, 6 per SM; head_dim 64 on one-warp
-    programs at B <= 4 from 16K keys and B <= 16 from 64K."""
+    programs at B <= 4 from 16K keys and B <= 16 (not B=8) from 96K."""
     from swattn.kernels import configs, fwd
     assert configs.fp8_pair_blocks(128, 16384, 128) == (32, 2, 168, 6)  # shipped: head_dim 128
     assert configs.fp8_pair_blocks(128, 16384, 64) == configs.FP8_PAIR_SPLIT_BLOCKS[16]
     assert configs.fp8_pair_split_count(128, 16384, 132, 128) == 12  # B=16 16K, D=128: 6 x 132 / 64
     assert configs.fp8_pair_split_count(32, 131072, 132, 128) == 49  # B=4 128K: 6 x 132 / 16
-    # head_dim 64: B <= 4 from 16K keys one warp on 32-key blocks, B <= 16 from 64K one warp on 16-key blocks.
+    # head_dim 64: B <= 4 from 16K keys one warp on 32-key blocks, B=8 the default's shape, B <= 16 from 96K one
+    # warp on 16-key blocks.
     assert configs.fp8_pair_blocks(32, 16384) == configs.fp8_pair_blocks(32, 131088) == (32, 1, 168, 8)
     assert configs.fp8_pair_blocks(32, 8208) == configs.FP8_PAIR_SPLIT_BLOCKS[16]
-    assert configs.fp8_pair_blocks(128, 131088) == configs.fp8_pair_blocks(128, 65536) == (16, 1, 128, 16)
+    assert configs.fp8_pair_blocks(64, 131088) == configs.FP8_PAIR_SPLIT_BLOCKS[16]
+    assert configs.fp8_pair_blocks(128, 131088) == configs.fp8_pair_blocks(128, 98304) == (16, 1, 128, 16)
+    assert configs.fp8_pair_blocks(128, 65552) == configs.FP8_PAIR_SPLIT_BLOCKS[16]
     assert configs.fp8_pair_blocks(128, 16400) == configs.FP8_PAIR_SPLIT_BLOCKS[16]
     monkeypatch.setattr(configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT", 16)
     one_warp = (16, 1, None, 8)
@@ -658,9 +661,9 @@ def test_pairs_past_64_splits(monkeypatch):
 
 def test_split_count_plans_two_kv_heads_per_program():
     """The automatic split count of the e4m3 full decode (gpt-oss layer, H200's 132 SMs, page tables a page longer
-    than the context) plans a wave of two-KV-head programs (8 per SM; 16 for B=16's one-warp programs from 64K keys,
-    ``FP8_PAIR_SHAPE_BLOCKS``) where ``configs.fp8_pair_split_count`` takes them (B=16 16K-32K: 16 splits, 64K-128K:
-    33; B=4 8K-128K: 64; B=8 16K: 33; with page tables of exactly the context too:
+    than the context) plans a wave of two-KV-head programs (8 per SM; 16 for B=16's one-warp programs from 96K keys,
+    ``FP8_PAIR_SHAPE_BLOCKS``) where ``configs.fp8_pair_split_count`` takes them (B=16 16K-64K: 16 splits, 128K: 33;
+    B=4 8K-128K: 64; B=8 16K: 33; with page tables of exactly the context too:
     B=4 16K, B=16 4K, B=8 8K, splits of 128 keys or more) and one KV head's elsewhere (B=4 4K: 64 pair splits would be
     65 keys, under ``FP8_PAIR_MIN_KEYS_PER_SPLIT``; B=2: 512 pair programs, under three quarters of a wave); off with
     ``FP8_KV_PAIRS``."""
