@@ -241,11 +241,9 @@ S10B_D128 = [(False, None), D128_BEFORE, ONE_HEAD, ONE_HEAD, D128_BEFORE, (False
 # (configs.FP8_PAIR_SHAPE_BLOCKS); the s10c shapes: the new default against the one before (D128_BEFORE's blocks, at
 # every shape), and the thresholds: B=16 at 32K / 64K, B=8 (16K, 64K, 128K) against the one-warp shapes.
 S10C = [(False, None), D128_BEFORE, D128_BEFORE, (False, None)]
-# B=4's 16 pair programs per split at MAX_SPLITS' 64 splits fill 1,024 of the one-warp programs' 1,584 slots (12 per
-# SM) or 2,112 (16 per SM): ``maxsplits=`` (configs.FP8_PAIR_MAX_SPLITS) lets the split count plan 99 / 128.
-W1_12_99, W16_16_128 = ((False, None, dict(blocks=blocks, maxsplits=128)) for blocks in (
-    (32, 1, 168, 12), (16, 1, 128, 16)))
-S10C_B4 = [(False, None), D128_BEFORE, W1_12_99, W16_16_128, W16_16_128, W1_12_99, D128_BEFORE, (False, None)]
+# B=4's one-warp programs past MAX_SPLITS ((32, 1) at 99 splits, (16, 1) at 128: configs.FP8_PAIR_MAX_SPLITS) lost
+# in s10-call6 (16K 30.41 / 29.25 us against 26.97; 131072 157.4-158.6 against 151.1-151.5): the switch is removed.
+S10C_B4 = S10C
 S10C_B16 = [D128_BEFORE, W16_16, W16_16, D128_BEFORE]
 S10C_B8 = [D128_BEFORE, W16_16, W1_12, W1_12, W16_16, D128_BEFORE]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
@@ -303,8 +301,7 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s10c_b16_64k": (16, 65536, None, S10C_B16), "s10c_b8_16k": (8, 16384, None, S10C_B8),
           "s10c_b8_64k": (8, 65536, None, S10C_B8), "s10c_b8_128k": (8, 131072, None, S10C_B8),
           **{f"s10c_warm{i}": (batch, 16384, None, [variant]) for i, (batch, variant) in enumerate(
-              ((4, (False, None)), (16, W16_16), (8, W1_12), (4, D128_BEFORE), (16, D128_BEFORE), (4, W1_12_99),
-               (4, W16_16_128)))},
+              ((4, (False, None)), (16, W16_16), (8, W1_12), (4, D128_BEFORE), (16, D128_BEFORE)))},
           "s10b_d128_b16_16k": (16, 16384, None, S10B_D128, (32, 8, 128)),
           "s10b_d128_b4_128k": (4, 131072, None, S10B_D128, (32, 8, 128)),
           # The compile warm-up of the s10 kernels, one process per block shape (the same kernels serve each shape;
@@ -426,7 +423,6 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += f" pairs from {options['minkeys']} keys/split" if "minkeys" in options else ""
     shown += " pairs ({},{},cap {}) {}/SM".format(*options["blocks"]) if "blocks" in options else ""
     shown += " merge: early dependents" if options.get("early") else ""
-    shown += f" <= {options['maxsplits']} splits" if "maxsplits" in options else ""
     shown += {None: "", 0: " session 8's pairs' loop", 1: " pairs' loop transposed"}[
         options.get("transposed")]
     if options.get("heads"):
@@ -506,8 +502,6 @@ def main() -> None:
             configs.FP8_PAIR_FENCED_WIDENING = options.get("pairfence", pair_fence)  # likewise
             configs.FP8_PAIR_TRANSPOSED = options.get("transposed", transposed)  # likewise
             configs.FP8_PAIR_MIN_KEYS_PER_SPLIT = options.get("minkeys", min_keys)  # likewise
-            max_splits = configs.FP8_PAIR_MAX_SPLITS
-            configs.FP8_PAIR_MAX_SPLITS = options.get("maxsplits", max_splits)  # likewise
             pair_blocks, shape_blocks = configs.FP8_PAIR_SPLIT_BLOCKS, configs.FP8_PAIR_SHAPE_BLOCKS
             early = combine.EARLY_DEPENDENTS
             combine.EARLY_DEPENDENTS = options.get("early", early)  # part of the plans' key (fwd.settings)
@@ -552,7 +546,7 @@ def main() -> None:
                 configs.FP8_KV_PAIRS, configs.FP8_PAIR_FENCED_WIDENING = kv_pairs, pair_fence
                 configs.FP8_PAIR_TRANSPOSED, configs.FP8_PAIR_MIN_KEYS_PER_SPLIT = transposed, min_keys
                 configs.FP8_PAIR_SPLIT_BLOCKS, configs.FP8_PAIR_SHAPE_BLOCKS = pair_blocks, shape_blocks
-                combine.EARLY_DEPENDENTS, configs.FP8_PAIR_MAX_SPLITS = early, max_splits
+                combine.EARLY_DEPENDENTS = early
                 if l2_before is not None:
                     l2_fetch_limit(l2_before)
             read = kv_bytes if quantize_q is None else kv_bytes / 2

@@ -219,8 +219,9 @@ FP8_PAIR_SPLIT_BLOCKS: dict[int, tuple[int, int, int | None, int]] = {16: (32, 2
 # 595.96 (s10-call3), 571.74 / 574.79 vs 589.39 / 583.81 (s10-call6), 558.54 vs 566.21 / 571.45 (s9-call7, forced,
 # the same 33 splits); no gain at B=16 16K (80.32 / 80.33 vs 79.95 / 80.04, s10-call3), 32K (157.89 / 156.32 vs
 # 154.42 / 157.72) or 64K (312.30 / 295.57 vs 298.30 / 297.68, s10-call6); 96K is the midpoint between 64K and 128K.
-# FP8_PAIR_MAX_SPLITS past 64 at B=4 lost (s10-call6: 16K (16, 1) at 128 splits 29.25, (32, 1) at 99 30.41 against
-# the default's 26.97; 131072 154.84 / 158.57 and 157.42 / 158.15 against 151.11 / 151.53).
+# More than MAX_SPLITS splits at B=4 lost (s10-call6, an experiment since removed: 16K (16, 1) at 128 splits 29.25,
+# (32, 1) at 99 30.41 against the default's 26.97; 131072 154.84 / 158.57 and 157.42 / 158.15 against 151.11 /
+# 151.53).
 FP8_PAIR_SHAPE_BLOCKS: tuple[tuple[int, int, int, tuple[int, int, int | None, int]], ...] = (
     (128, 1 << 30, 0, (32, 2, 168, 6)),
     (64, 32, 16384, (32, 1, 168, 8)),
@@ -249,10 +250,6 @@ FP8_PAIR_TRANSPOSED = int(os.environ.get("SWATTN_FP8_PAIR_TRANSPOSED", "1") or 0
 # (s8-call5, forced, page tables a page longer): B=4 16K 64 splits of 257 keys 29.95 vs 32.11, B=8 16K 33 of 497
 # 49.61 vs 55.15, B=4 32K 64 of 513 49.95 vs 55.65. Below 128 keys per split: not measured.
 FP8_PAIR_MIN_KEYS_PER_SPLIT = 128
-# Most splits the pairs' split count plans (experimental above MAX_SPLITS, which it equals by default): B=4's 16 pair
-# programs per split fill 1,024 slots at 64 splits, of 1,584 for the one-warp programs resident 12 per SM (2,112 at
-# 16); the merge loops over more than 64 splits (combine.MAX_TILE). scripts/gpu_fp8_decode.py ``maxsplits=``.
-FP8_PAIR_MAX_SPLITS = MAX_SPLITS
 
 
 def fp8_kv_pairs_fit(fp8_kv: bool, pack_gqa: bool, full_attention: bool, rows_per_tile: int, seqlen_q: int,
@@ -274,14 +271,14 @@ def fp8_pair_split_count(programs: int, keys: int, sms: int, head_dim: int = 64)
     """The split count of a decode that ``fp8_kv_pairs_fit`` with two KV heads per program, or 0 where one KV head
     per program stays: ``programs`` one-head programs per split (batch x KV heads) whose sequences see at most
     ``keys`` keys, on ``sms`` SMs. Pairs are taken in the split regime (fewer programs than SMs) where a wave of
-    pair programs (``fp8_pair_blocks``' programs per SM for ``head_dim``, at most ``FP8_PAIR_MAX_SPLITS`` splits)
+    pair programs (``fp8_pair_blocks``' programs per SM for ``head_dim``, at most ``MAX_SPLITS`` splits)
     fills at least three quarters of the SMs' slots and leaves each split at least ``FP8_PAIR_MIN_KEYS_PER_SPLIT``
     keys. A function of shapes only: ``interface.split_count`` plans the splits from it and ``fwd`` takes the pairs
     through ``fp8_pairs_taken``, which asks it, so the two agree."""
     if programs >= sms or programs % 2:
         return 0
     per_sm = fp8_pair_blocks(programs, keys, head_dim)[3]
-    splits = max(1, min(per_sm * sms // (programs // 2), FP8_PAIR_MAX_SPLITS))
+    splits = max(1, min(per_sm * sms // (programs // 2), MAX_SPLITS))
     if not _pairs_fill(programs, splits, sms, per_sm) or -(-keys // splits) < FP8_PAIR_MIN_KEYS_PER_SPLIT:
         return 0
     return splits

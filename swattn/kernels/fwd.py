@@ -1736,8 +1736,7 @@ def settings() -> tuple:
     CPython builds a longer one through a list (31 items took this function from 0.24 to 0.41 us, dev CPU, Python
     3.11; tests/test_replay.py checks the bytecode)."""
     fp8_pairs = (configs.FP8_KV_PAIRS, configs.FP8_PAIR_MIN_KEYS_PER_SPLIT, configs.FP8_PAIR_SPLIT_BLOCKS[16],
-                 configs.FP8_PAIR_SHAPE_BLOCKS, configs.FP8_PAIR_FENCED_WIDENING, configs.FP8_PAIR_TRANSPOSED,
-                 configs.FP8_PAIR_MAX_SPLITS)
+                 configs.FP8_PAIR_SHAPE_BLOCKS, configs.FP8_PAIR_FENCED_WIDENING, configs.FP8_PAIR_TRANSPOSED)
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, gluon_fwd.FP8_QK, APPEND_READS_INPUT,

@@ -630,35 +630,6 @@ def test_pair_block_shape_by_shape(monkeypatch):
     assert_close("out", out, ref_out, tolerance_for(torch.float16))
 
 
-def test_pairs_past_64_splits(monkeypatch):
-    """``configs.FP8_PAIR_MAX_SPLITS`` above ``MAX_SPLITS`` (experimental): the pairs' split loop and the merge with
-    80 splits of 8 keys (the last ones empty), against the reference (the caller's count raised past the interface's
-    clamp here, which the automatic count does not pass through)."""
-    from swattn import interface
-    from swattn.kernels import configs, fwd
-    monkeypatch.setattr(configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT", 16)
-    monkeypatch.setattr(configs, "FP8_PAIR_MAX_SPLITS", 128)
-    monkeypatch.setattr(interface, "MAX_SPLITS", 128)
-    pages, page_size = 40, 16
-    k_cache, v_cache = e4m3(pages, page_size, HK, D), e4m3(pages, page_size, HK, D)
-    table = torch.randperm(pages).view(1, pages).to(torch.int32)
-    lens = i32(601)
-    q = torch.randn(1, 1, H, D, dtype=torch.float16)
-    if q.is_cuda:  # 132 SMs: no pair split count for this small cache
-        pytest.skip("interpreter-sized cache")
-    kd, vd, sinks = descale(1), descale(1), torch.randn(H)
-    fwd._PLANS.clear()
-    out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table,
-                                              k_descale=kd, v_descale=vd, causal=True, sinks=sinks, num_splits=80,
-                                              return_softmax_lse=True)
-    (plan,) = [p for p in fwd._PLANS.values() if p.launches]
-    assert plan.kv_pair in fwd._TWO_LOADS and plan.split_shapes[0][0] == 80
-    ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True,
-                                             sinks=sinks, page_table=table)
-    assert_close("out", out, ref_out, tolerance_for(torch.float16))
-    assert_close("lse", lse, ref_lse, LSE_TOL)
-
-
 def test_split_count_plans_two_kv_heads_per_program():
     """The automatic split count of the e4m3 full decode (gpt-oss layer, H200's 132 SMs, page tables a page longer
     than the context) plans a wave of two-KV-head programs (8 per SM; 16 for B=16's one-warp programs from 96K keys,
