@@ -719,6 +719,45 @@ def test_split_decode_preload_and_early_merge_dependents(monkeypatch):
     check(*results[0], reference(q, cache, seqlens, sinks=sinks, causal=True), q)
 
 
+def test_late_merge_dependents_only_on_16_bit_decode_splits(monkeypatch):
+    """``fwd.SPLIT_LATE_DEPENDENTS`` (default 2: a split program lets its merge launch once its KV loop is done)
+    reaches the main launch of split launches of one query per sequence over a 16-bit cache, and only those (H200
+    s10-call6: e4m3 decode and verify measured slower with it), and only with PDL. The launches are captured as on
+    an H200 (PDL on; the interpreter has none), not run."""
+    from swattn.kernels import fwd
+    from swattn.kernels._launch import clear_plans
+    launches = []
+
+    class Capture:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(kwargs)
+
+    monkeypatch.setattr(fwd, "_swa_fwd_kernel", Capture())
+    monkeypatch.setattr(fwd, "combine_launch", lambda *args, **kwargs: None)
+    monkeypatch.setattr(fwd, "pdl_enabled", lambda device: True)
+    assert fwd.SPLIT_LATE_DEPENDENTS == 2
+    cache, seqlens = make_cache("paged-16", 2, 96, dtype=torch.float16), i32([90, 40])
+
+    def late(tokens, num_splits, k=cache.k, v=cache.v, **kwargs):
+        launches.clear()
+        clear_plans()
+        q = random_q(2, tokens, dtype=torch.float16)
+        with forced_config(BLOCK16):
+            fwd.attention_forward(q, k, v, softmax_scale=0.2, left=-1, right=0, page_table=cache.page_table,
+                                  seqlens_k=seqlens, pack_gqa=True, num_splits=num_splits, **kwargs)
+        return launches[0]["LATE_DEPENDENTS"]
+
+    assert late(1, 3) == 2
+    assert late(1, 1) == 0  # one split: no merge launch
+    assert late(3, 3) == 0  # verify
+    descale = torch.ones(2, HK)
+    assert late(1, 3, k=cache.k.to(torch.float8_e4m3fn), v=cache.v.to(torch.float8_e4m3fn), k_descale=descale,
+                v_descale=descale) == 0
+    monkeypatch.setattr(fwd, "pdl_enabled", lambda device: False)
+    assert late(1, 3) == 0
+    clear_plans()
+
+
 @pytest.mark.parametrize("num_splits", [3, 7, 9])
 @pytest.mark.parametrize("tokens", [1, 3])
 def test_balanced_splits(monkeypatch, num_splits, tokens):
