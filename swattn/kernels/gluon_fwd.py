@@ -383,13 +383,9 @@ if GLUON_AVAILABLE:
             own = gl.max(gl.max(gl.reshape(s, [s.shape[0], BLOCK_N // 8, 4, 2]), 3), 1)
             quad_rows: gl.constexpr = gl.SliceLayout(1, own.type.layout)
             kept = gl.expand_dims(gl.convert_layout(m_i, quad_rows), 1)
-            scale = gl.zeros_like(own) + qk_scale
-            if RESCALE_THRESHOLD > 0:
-                quad = gl.inline_asm_elementwise(_VOTED_MAX_ASM_LAZY_C, "=f,=f,f,f,f,f,f,f", [own, kept, scale],
-                                                 dtype=gl.float32, is_pure=True, pack=2)
-            else:
-                quad = gl.inline_asm_elementwise(_VOTED_MAX_ASM_EXACT_C, "=f,=f,f,f,f,f,f,f", [own, kept, scale],
-                                                 dtype=gl.float32, is_pure=True, pack=2)
+            asm: gl.constexpr = _VOTED_MAX_ASM_LAZY_C if RESCALE_THRESHOLD > 0 else _VOTED_MAX_ASM_EXACT_C
+            quad = gl.inline_asm_elementwise(asm, "=f,=f,f,f,f,f,f,f", [own, kept, gl.zeros_like(own) + qk_scale],
+                                             dtype=gl.float32, is_pure=True, pack=2)
             # The quad's four copies of a row's max are equal: take the first (no shuffles: ``_first`` ignores the
             # other operand, so the exchange's results are never used).
             m_new = gl.convert_layout(gl.reduce(quad, 1, _first), m_i.type.layout)
