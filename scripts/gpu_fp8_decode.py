@@ -33,7 +33,8 @@ there); ``s7_long s7_b16_128k`` run that order again.
 Run: ``python scripts/gpu_fp8_decode.py [SHAPE ...]``, shapes: full, long, b4, long16, window (session 5's, the
 default), s6_full, s6_more, s6_b4, s6_long16, s6_long, s6_b16_128k, s7_long, s7_b16_128k, and the later sessions'
 (``--dry`` lists a shape's candidates); s9_*: the transposed pairs' loop against the shipped one; s10_*: the
-pairs' block shapes of the default path (``blocks=``), and head_dim 128 layers (a shape's fifth field: H, Hk, D).
+pairs' block shapes of the default path (``blocks=``), and head_dim 128 layers (a shape's fifth field: H, Hk, D);
+s11_*: the pairs' launch settings at 16K (late trigger, L2 preload, the merge's early dependents).
 """
 
 from __future__ import annotations
@@ -246,6 +247,19 @@ S10C = [(False, None), D128_BEFORE, D128_BEFORE, (False, None)]
 S10C_B4 = S10C
 S10C_B16 = [D128_BEFORE, W16_16, W16_16, D128_BEFORE]
 S10C_B8 = [D128_BEFORE, W16_16, W1_12, W1_12, W16_16, D128_BEFORE]
+# Session 11: the 16K rows' fixed costs on the pairs' launches (the default path, page tables of exactly the
+# context): ``late=N`` (fwd.FP8_SPLIT_LATE_DEPENDENTS: the merge triggered after the split programs' stores (1) or
+# before their epilogue (2) instead of at their wait), ``preload=N`` (fwd.FP8_PAIR_PRELOAD_L2: the pairs' L2 preload
+# before their wait, 1: query rows, descales, first block's page-table entries; 2: also that block's K/V rows),
+# ``earlymerge=True`` (fwd.FP8_PAIR_EARLY_MERGE: the pairs' merge lets the next call's split launch start before its
+# own wait, so the preload runs during this call's drain). Each set in mirrored order, the default first and last.
+LATE_1, LATE_2 = ((False, None, dict(late=n)) for n in (1, 2))
+EARLY_PRE_1, EARLY_PRE_2 = ((False, None, dict(preload=n, earlymerge=True)) for n in (1, 2))
+EARLY_MERGE, PRE_1 = (False, None, dict(earlymerge=True)), (False, None, dict(preload=1))
+S11_B4_16K = [(False, None), LATE_2, EARLY_PRE_1, EARLY_PRE_2, EARLY_MERGE,
+              EARLY_MERGE, EARLY_PRE_2, EARLY_PRE_1, LATE_2, (False, None)]
+S11_B16_16K = [(False, None), LATE_2, EARLY_PRE_1, EARLY_PRE_2, EARLY_PRE_2, EARLY_PRE_1, LATE_2, (False, None)]
+S11_128K = [(False, None), LATE_2, EARLY_PRE_1, EARLY_PRE_1, LATE_2, (False, None)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -310,11 +324,16 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
              enumerate(([(False, None), FA3_FP8, EARLY], [W1_12, W1_8], [W16_16], [K64_6], [P112_9]))},
           **{f"s10_warm_d128_{i}": (16, 16384, None, [variant], (32, 8, 128)) for i, variant in
              enumerate(((False, None), ONE_HEAD, D128_BEFORE))},
+          "s11_b4_16k": (4, 16384, None, S11_B4_16K), "s11_b16_16k": (16, 16384, None, S11_B16_16K),
+          "s11_b4_128k": (4, 131072, None, S11_128K), "s11_b16_128k": (16, 131040, None, S11_128K),
+          # The compile warm-up of the s11 kernels, one process per split kernel (B=4's one-warp shape, B=16's).
+          **{f"s11_warm{i}_b{batch}": (batch, 16384, None, variants) for batch in (4, 16) for i, variants in
+             enumerate(([(False, None), EARLY_MERGE], [LATE_1, LATE_2], [PRE_1, EARLY_PRE_1], [EARLY_PRE_2]))},
           "s8b_b4_16k": (4, 16384, None, [(False, None), PAIRS_FENCED_V, (False, (64, 4, 2, False, False, 128),
                                                                          dict(pair=3, per_sm=4, fenced=2))])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
 EXACT_SHAPES = {"s9c_b4_16k", "s9c_b4_8k", "s9c_b8_8k", "s9c_b16_4k"}  # page tables of exactly the context
-EXACT_SHAPES |= {name for name in SHAPES if name.startswith("s10")}
+EXACT_SHAPES |= {name for name in SHAPES if name.startswith(("s10", "s11"))}
 COPY_GBPS = 4221.0
 
 
@@ -423,6 +442,9 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += f" pairs from {options['minkeys']} keys/split" if "minkeys" in options else ""
     shown += " pairs ({},{},cap {}) {}/SM".format(*options["blocks"]) if "blocks" in options else ""
     shown += " merge: early dependents" if options.get("early") else ""
+    shown += f" late trigger {options['late']}" if "late" in options else ""
+    shown += f" pair preload {options['preload']}" if "preload" in options else ""
+    shown += " pairs' merge early" if options.get("earlymerge") else ""
     shown += {None: "", 0: " session 8's pairs' loop", 1: " pairs' loop transposed"}[
         options.get("transposed")]
     if options.get("heads"):
@@ -505,6 +527,11 @@ def main() -> None:
             pair_blocks, shape_blocks = configs.FP8_PAIR_SPLIT_BLOCKS, configs.FP8_PAIR_SHAPE_BLOCKS
             early = combine.EARLY_DEPENDENTS
             combine.EARLY_DEPENDENTS = options.get("early", early)  # part of the plans' key (fwd.settings)
+            late, preload, early_merge = (fwd.FP8_SPLIT_LATE_DEPENDENTS, fwd.FP8_PAIR_PRELOAD_L2,
+                                          fwd.FP8_PAIR_EARLY_MERGE)
+            fwd.FP8_SPLIT_LATE_DEPENDENTS = options.get("late", late)  # part of the plans' key (fwd.settings)
+            fwd.FP8_PAIR_PRELOAD_L2 = options.get("preload", preload)  # likewise
+            fwd.FP8_PAIR_EARLY_MERGE = options.get("earlymerge", early_merge)  # likewise
             if "blocks" in options:  # the pairs' block shape and split count of the default path at every shape
                 configs.FP8_PAIR_SPLIT_BLOCKS = {**pair_blocks, 16: options["blocks"]}  # part of the plans' key
                 configs.FP8_PAIR_SHAPE_BLOCKS = ()  # likewise
@@ -547,6 +574,8 @@ def main() -> None:
                 configs.FP8_PAIR_TRANSPOSED, configs.FP8_PAIR_MIN_KEYS_PER_SPLIT = transposed, min_keys
                 configs.FP8_PAIR_SPLIT_BLOCKS, configs.FP8_PAIR_SHAPE_BLOCKS = pair_blocks, shape_blocks
                 combine.EARLY_DEPENDENTS = early
+                fwd.FP8_SPLIT_LATE_DEPENDENTS, fwd.FP8_PAIR_PRELOAD_L2 = late, preload
+                fwd.FP8_PAIR_EARLY_MERGE = early_merge
                 if l2_before is not None:
                     l2_fetch_limit(l2_before)
             read = kv_bytes if quantize_q is None else kv_bytes / 2

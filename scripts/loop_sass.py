@@ -37,10 +37,12 @@ from swattn.kernels.configs import FwdConfig, forced_config  # noqa: E402
 H200_SMS = 132
 
 
-def decode_inputs(cache: str, context: int, left: int, num_splits: int, tokens: int = 1) -> tuple[tuple, dict]:
+def decode_inputs(cache: str, context: int, left: int, num_splits: int, tokens: int = 1,
+                  batch: int = 16) -> tuple[tuple, dict]:
     """q, k, v and attention_forward's arguments of the decode layer (``tokens`` > 1: a speculative verify of that
-    many query positions per sequence); ``cache``: bf16, fp8-kv (bf16 q over e4m3) or fp8 (q, K, V e4m3)."""
-    batch, pages = 16, context // 16
+    many query positions per sequence) for ``batch`` sequences; ``cache``: bf16, fp8-kv (bf16 q over e4m3) or fp8
+    (q, K, V e4m3)."""
+    pages = context // 16
     q = torch.empty(batch, tokens, 64, 64, dtype=torch.bfloat16)
     k = torch.empty(batch * pages, 16, 8, 64, dtype=torch.bfloat16)
     extra = dict(page_table=torch.arange(batch * pages, dtype=torch.int32).view(batch, pages),
@@ -119,6 +121,7 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=-1, help="left window side (-1: full decode)")
     parser.add_argument("--context", type=int, default=16384)
     parser.add_argument("--splits", type=int, default=4, help="full decode's split count")
+    parser.add_argument("--batch", type=int, default=16, help="sequences (the pairs' block shape depends on it)")
     parser.add_argument("--tokens", type=int, default=1, help="query positions per sequence (k of a verify)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a swattn.kernels.fwd setting during the capture (an integer or a string), e.g. "
@@ -136,7 +139,8 @@ def main() -> int:
     if args.config:
         fields = [int(x) for x in args.config.split(",")]
         config = FwdConfig(*fields[:4], maxnreg=fields[4] if len(fields) > 4 and fields[4] else None)
-    inputs, arguments = decode_inputs(args.cache, args.context, args.window, args.splits, args.tokens)
+    inputs, arguments = decode_inputs(args.cache, args.context, args.window, args.splits, args.tokens,
+                                     args.batch)
     configs.FP8_KV_PAIRS = bool(args.kv_pairs)
     launch_args, launch_kwargs = captured_launch(inputs, arguments, settings, config)
     compiled, options, usage, sass = compile_for_hopper(fwd._swa_fwd_kernel, launch_args, launch_kwargs)
@@ -144,7 +148,7 @@ def main() -> int:
         with open(args.sass, "w") as f:
             f.write(sass)
     shown = {name: launch_kwargs.get(name) for name in ("BLOCK_M", "BLOCK_N", "SINGLE_LOOP", "FP8", "WIDEN",
-                                                         "PRELOAD_L2", "KV_PAIR")}
+                                                         "PRELOAD_L2", "KV_PAIR", "LATE_DEPENDENTS")}
     print(f"triton {triton.__version__}, sm_90, {args.cache}, window {args.window}, settings {settings}: "
           f"config ({shown['BLOCK_M']}, {shown['BLOCK_N']}, {options['num_warps']}, {options['num_stages']})"
           f"{' maxnreg=' + str(options['maxnreg']) if options.get('maxnreg') else ''}, {shown}")

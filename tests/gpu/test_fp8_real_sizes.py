@@ -81,6 +81,58 @@ def test_decode_paged_fp8_kv(batch, context, left, new):
     check_lse(lse, ref_lse)
 
 
+def paged_e4m3_decode(batch, context, heads=64, head_dim=64, exact=False):
+    """A single-query decode over a paged e4m3 cache (8 KV heads, page 16, sinks, per-(sequence, KV head)
+    descales): ``(q, k_cache, v_cache, call)``, ``call`` the rest of flash_attn_with_kvcache's arguments (causal,
+    the LSE returned). Lengths from context / 2 to context (the first = context) over page tables a page longer;
+    ``exact``: every length = context over page tables of exactly the context (as swattn.bench's)."""
+    kv_heads, page_size = 8, 16
+    pages = context // page_size + (0 if exact else 1)
+    k_cache, v_cache = (e4m3(batch * pages, page_size, kv_heads, head_dim) for _ in range(2))
+    table = torch.randperm(batch * pages, device=DEVICE).view(batch, pages).to(torch.int32)
+    if exact:
+        lens = torch.full((batch,), context, device=DEVICE, dtype=torch.int32)
+    else:
+        lens = torch.randint(context // 2, context + 1, (batch,), device=DEVICE, dtype=torch.int32)
+        lens[0] = context
+    q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=BF16)
+    call = dict(cache_seqlens=lens, page_table=table, k_descale=descale(batch, kv_heads),
+                v_descale=descale(batch, kv_heads), causal=True, sinks=torch.randn(heads, device=DEVICE),
+                return_softmax_lse=True)
+    return q, k_cache, v_cache, call
+
+
+def decode_reference(q, k_cache, v_cache, call):
+    """The reference (float32 on the GPU) of ``paged_e4m3_decode``'s call: ``(out, lse)``."""
+    return attention_kvcache_ref(q, k_cache, v_cache, call["cache_seqlens"], page_table=call["page_table"],
+                                 k_descale=call["k_descale"], v_descale=call["v_descale"], causal=True,
+                                 sinks=call["sinks"], **REF)
+
+
+def check_pairs_against_one_kv_head(monkeypatch, q, k_cache, v_cache, call, pair_mode, blocks):
+    """The default decode with two KV heads per program (configs.FP8_KV_PAIRS on: the plan's ``kv_pair`` is
+    ``pair_mode``, its (block_n, num_warps, register cap) ``blocks``) and with one (off): both against the
+    reference, and within bf16's tolerance of each other. Returns the pairs' plan."""
+    from swattn.kernels import configs, fwd
+    outs = {}
+    pair_plan = None
+    for on in (True, False):
+        monkeypatch.setattr(configs, "FP8_KV_PAIRS", on)
+        fwd._PLANS.clear()
+        outs[on] = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
+        (plan,) = [plan for plan in fwd._PLANS.values() if plan.launches]
+        assert plan.kv_pair == (pair_mode if on else 0)
+        if on:
+            assert (plan.config.block_n, plan.config.num_warps, plan.config.maxnreg) == tuple(blocks)
+            pair_plan = plan
+    ref_out, ref_lse = decode_reference(q, k_cache, v_cache, call)
+    for out, lse in outs.values():
+        assert_close("out", out, ref_out, OUT_TOL)
+        check_lse(lse, ref_lse)
+    assert_close("pairs vs one KV head", outs[True][0], outs[False][0], OUT_TOL)
+    return pair_plan
+
+
 @pytest.mark.parametrize("transposed", [0, 1], ids=["loop", "transposed-loop"])
 @pytest.mark.parametrize("batch,context", [(16, 16384), (4, 65536), (16, 65536)], ids=str)
 def test_full_decode_takes_two_kv_heads_per_program(monkeypatch, batch, context, transposed):
@@ -93,68 +145,20 @@ def test_full_decode_takes_two_kv_heads_per_program(monkeypatch, batch, context,
     from swattn.kernels import configs, fwd
     monkeypatch.setattr(configs, "FP8_PAIR_TRANSPOSED", transposed)
     pair_mode = (fwd.PAIR_TWO_LOADS.value, fwd.PAIR_TRANSPOSED.value)[transposed]
-    heads, kv_heads, head_dim, page_size = 64, 8, 64, 16
-    pages = context // page_size + 1
-    k_cache, v_cache = e4m3(batch * pages, page_size, kv_heads, head_dim), e4m3(batch * pages, page_size,
-                                                                                kv_heads, head_dim)
-    table = torch.randperm(batch * pages, device=DEVICE).view(batch, pages).to(torch.int32)
-    lens = torch.randint(context // 2, context + 1, (batch,), device=DEVICE, dtype=torch.int32)
-    lens[0] = context
-    q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=BF16)
-    kd, vd = descale(batch, kv_heads), descale(batch, kv_heads)
-    sinks = torch.randn(heads, device=DEVICE)
-    call = dict(cache_seqlens=lens, page_table=table, k_descale=kd, v_descale=vd, causal=True, sinks=sinks,
-                return_softmax_lse=True)
-    outs = {}
-    for on in (True, False):
-        monkeypatch.setattr(configs, "FP8_KV_PAIRS", on)
-        fwd._PLANS.clear()
-        outs[on] = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
-        assert [plan.kv_pair for plan in fwd._PLANS.values() if plan.launches] == [pair_mode if on else 0]
-        if on:
-            (plan,) = [plan for plan in fwd._PLANS.values() if plan.launches]
-            assert plan.main.constexprs["WIDEN"] == fwd._FENCED_MODES[configs.FP8_PAIR_FENCED_WIDENING]
-            blocks = configs.fp8_pair_blocks(batch * kv_heads, pages * page_size, head_dim)
-            assert (plan.config.block_n, plan.config.num_warps, plan.config.maxnreg) == blocks[:3]
-    ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, page_table=table, k_descale=kd,
-                                             v_descale=vd, causal=True, sinks=sinks, **REF)
-    for out, lse in outs.values():
-        assert_close("out", out, ref_out, OUT_TOL)
-        check_lse(lse, ref_lse)
-    assert_close("pairs vs one KV head", outs[True][0], outs[False][0], OUT_TOL)
+    inputs = paged_e4m3_decode(batch, context)
+    kv_heads, head_dim, page_size = 8, 64, 16
+    blocks = configs.fp8_pair_blocks(batch * kv_heads, (context // page_size + 1) * page_size, head_dim)
+    plan = check_pairs_against_one_kv_head(monkeypatch, *inputs, pair_mode, blocks[:3])
+    assert plan.main.constexprs["WIDEN"] == fwd._FENCED_MODES[configs.FP8_PAIR_FENCED_WIDENING]
 
 
 def test_head_dim_128_pairs_take_their_block_shape(monkeypatch):
     """head_dim 128 (H=32 / Hk=8, B=16 16K, page 16, sinks): the default takes two KV heads per program on
     configs.FP8_PAIR_SHAPE_BLOCKS' head_dim-128 block shape ((32, 2, 2) capped at 168 registers, 6 per SM: 12
     splits), against the reference and within bf16's tolerance of one KV head per program (the switch off)."""
-    from swattn.kernels import configs, fwd
-    batch, context, heads, kv_heads, head_dim, page_size = 16, 16384, 32, 8, 128, 16
-    pages = context // page_size + 1
-    k_cache, v_cache = (e4m3(batch * pages, page_size, kv_heads, head_dim) for _ in range(2))
-    table = torch.randperm(batch * pages, device=DEVICE).view(batch, pages).to(torch.int32)
-    lens = torch.randint(context // 2, context + 1, (batch,), device=DEVICE, dtype=torch.int32)
-    lens[0] = context
-    q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=BF16)
-    kd, vd = descale(batch, kv_heads), descale(batch, kv_heads)
-    sinks = torch.randn(heads, device=DEVICE)
-    call = dict(cache_seqlens=lens, page_table=table, k_descale=kd, v_descale=vd, causal=True, sinks=sinks,
-                return_softmax_lse=True)
-    outs = {}
-    for on in (True, False):
-        monkeypatch.setattr(configs, "FP8_KV_PAIRS", on)
-        fwd._PLANS.clear()
-        outs[on] = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
-        (plan,) = [plan for plan in fwd._PLANS.values() if plan.launches]
-        assert plan.kv_pair == (fwd.PAIR_TRANSPOSED.value if on else 0)
-        if on:
-            assert (plan.config.block_n, plan.config.num_warps, plan.config.maxnreg) == (32, 2, 168)
-    ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, page_table=table, k_descale=kd,
-                                             v_descale=vd, causal=True, sinks=sinks, **REF)
-    for out, lse in outs.values():
-        assert_close("out", out, ref_out, OUT_TOL)
-        check_lse(lse, ref_lse)
-    assert_close("pairs vs one KV head", outs[True][0], outs[False][0], OUT_TOL)
+    from swattn.kernels import fwd
+    inputs = paged_e4m3_decode(16, 16384, heads=32, head_dim=128)
+    check_pairs_against_one_kv_head(monkeypatch, *inputs, fwd.PAIR_TRANSPOSED.value, (32, 2, 168))
 
 
 def test_pairs_replace_the_single_loop_of_256_key_splits(monkeypatch):
@@ -164,24 +168,61 @@ def test_pairs_replace_the_single_loop_of_256_key_splits(monkeypatch):
     reference."""
     from swattn.kernels import configs, fwd
     monkeypatch.setattr(configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT", 256)
-    batch, context, heads, kv_heads, head_dim, page_size = 4, 16384, 64, 8, 64, 16
-    pages = context // page_size
-    k_cache, v_cache = e4m3(batch * pages, page_size, kv_heads, head_dim), e4m3(batch * pages, page_size,
-                                                                                kv_heads, head_dim)
-    table = torch.randperm(batch * pages, device=DEVICE).view(batch, pages).to(torch.int32)
-    lens = torch.full((batch,), context, device=DEVICE, dtype=torch.int32)
-    q = torch.randn(batch, 1, heads, head_dim, device=DEVICE, dtype=BF16)
-    kd, vd = descale(batch, kv_heads), descale(batch, kv_heads)
-    sinks = torch.randn(heads, device=DEVICE)
+    q, k_cache, v_cache, call = paged_e4m3_decode(4, 16384, exact=True)
     fwd._PLANS.clear()
-    out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table, k_descale=kd,
-                                              v_descale=vd, causal=True, sinks=sinks, return_softmax_lse=True)
+    out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
     (plan,) = [plan for plan in fwd._PLANS.values() if plan.launches]
     assert plan.kv_pair in fwd._TWO_LOADS and not plan.config.single_loop
-    ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, page_table=table, k_descale=kd,
-                                             v_descale=vd, causal=True, sinks=sinks, **REF)
+    ref_out, ref_lse = decode_reference(q, k_cache, v_cache, call)
     assert_close("out", out, ref_out, OUT_TOL)
     check_lse(lse, ref_lse)
+
+
+@pytest.mark.parametrize("batch,context", [(4, 16384), (16, 16384)], ids=str)
+def test_pair_launch_settings_give_the_same_bits(monkeypatch, batch, context):
+    """The pairs' split launch with the L2 preload before its wait (fwd.FP8_PAIR_PRELOAD_L2 1 / 2), its merge's
+    early dependents (fwd.FP8_PAIR_EARLY_MERGE) and the late trigger (fwd.FP8_SPLIT_LATE_DEPENDENTS 1 / 2), each
+    against the default (page tables of exactly the context, as swattn.bench's): the same bits, eagerly and in a
+    replayed CUDA graph of three calls over three input sets; the default against the reference."""
+    from swattn import _compat
+    from swattn.kernels import fwd
+    sets = [paged_e4m3_decode(batch, context, exact=True) for _ in range(3)]
+    variants = {"default": {}, "preload 1 + early merge": dict(FP8_PAIR_PRELOAD_L2=1, FP8_PAIR_EARLY_MERGE=True),
+                "preload 2 + early merge": dict(FP8_PAIR_PRELOAD_L2=2, FP8_PAIR_EARLY_MERGE=True),
+                "early merge": dict(FP8_PAIR_EARLY_MERGE=True), "late 1": dict(FP8_SPLIT_LATE_DEPENDENTS=1),
+                "late 2": dict(FP8_SPLIT_LATE_DEPENDENTS=2)}
+    results = {}
+    for name, settings in variants.items():
+        with monkeypatch.context() as patch:
+            for setting, value in settings.items():
+                patch.setattr(fwd, setting, value)
+            fwd._PLANS.clear()
+            eager = [swattn.flash_attn_with_kvcache(q, k, v, **call) for q, k, v, call in sets]
+            plans = [plan for plan in fwd._PLANS.values() if plan.launches]
+            assert plans and all(plan.kv_pair for plan in plans)
+            if _compat.pdl_enabled(sets[0][0].device):
+                assert plans[0].preload_l2 == settings.get("FP8_PAIR_PRELOAD_L2", 0)
+                assert plans[0].main.constexprs["LATE_DEPENDENTS"] == settings.get("FP8_SPLIT_LATE_DEPENDENTS", 0)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for q, k, v, call in sets:
+                    swattn.flash_attn_with_kvcache(q, k, v, **call)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                captured = [swattn.flash_attn_with_kvcache(q, k, v, **call) for q, k, v, call in sets]
+            graph.replay()
+            torch.cuda.synchronize()
+            results[name] = (eager, [(out.clone(), lse.clone()) for out, lse in captured])
+            fwd._PLANS.clear()
+    default_eager, default_graph = results["default"]
+    for name, (eager, replayed) in results.items():
+        for run, (a, b) in enumerate(zip(default_eager + default_graph, eager + replayed)):
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), f"{name}: other bits (run {run})"
+    ref_out, ref_lse = decode_reference(*sets[0])
+    assert_close("out", default_eager[0][0], ref_out, OUT_TOL)
+    check_lse(default_eager[0][1], ref_lse)
 
 
 @pytest.mark.parametrize("head_dim,window", [(64, (127, 0)), (128, (4095, 0)), (128, (-1, 0))], ids=str)

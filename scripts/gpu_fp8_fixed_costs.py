@@ -1,0 +1,132 @@
+"""Where the e4m3 pairs' full decode spends its fixed time per call (GPU only; issue 22, session 11).
+
+gpt-oss layer (H=64/8, D=64, page 16, sinks), bf16 queries over an e4m3 paged cache, page tables of exactly the
+context (as ``swattn.bench``'s), the automatic split count (B=4 16K: 64 splits x 16 two-KV-head programs, one warp
+each, and a merge of 256 programs). For each launch setting: us per call of a graph of 20 calls on one input set,
+then the same graph with per-program %globaltimer stamps (``_common.STAMPS_ADDRESS``, as issue 21's
+``gpu_probe.py fixed_costs``: split programs' start / wait passed / end, the merge's, per call and as means over
+the middle calls; ``gpu_probe._stamp_report``). Settings: the default (the merge triggered at the split programs'
+wait), the late trigger after the stores (``fwd.FP8_SPLIT_LATE_DEPENDENTS`` 1: s10-call6 measured +4.1 us at B=4
+16K) and before the epilogue (2), the pairs' L2 preload with the merge's early dependents
+(``FP8_PAIR_PRELOAD_L2`` 1, ``FP8_PAIR_EARLY_MERGE``), and no PDL.
+
+    python scripts/gpu_fp8_fixed_costs.py [--batch 4] [--context 16384] [--warm] [--variants default,late 1]
+
+``--warm``: compile the stamped kernels (one call each) and time nothing; run it in a process of its own first:
+the stamp buffer is allocated first thing, so both processes get it at the same device address, which the
+stamped kernels are compiled for. Raw records saved under $OUT (or /tmp) as fp8-stamps.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+
+import torch
+from gpu_fp8_decode import decode_inputs, fp8_sets  # scripts/ is on sys.path when this file runs
+from gpu_probe import _stamp_report, _stamped_graph, graph_us
+
+import swattn
+from swattn import _compat
+from swattn.kernels import _common, fwd
+from swattn.kernels._launch import clear_plans
+
+# (label, ((module, name, value), ...)); every variant sets all four so that none inherits another's.
+VARIANTS = {
+    "default": (),
+    "late 1": ((fwd, "FP8_SPLIT_LATE_DEPENDENTS", 1),),
+    "late 2": ((fwd, "FP8_SPLIT_LATE_DEPENDENTS", 2),),
+    "early merge + preload 1": ((fwd, "FP8_PAIR_PRELOAD_L2", 1), (fwd, "FP8_PAIR_EARLY_MERGE", True)),
+    "no PDL": ((_compat, "PDL", False),),
+}
+
+
+def with_settings(settings, body):
+    """``body()`` under ``settings`` (module attributes), plans cleared before and after."""
+    previous = [(module, name, getattr(module, name)) for module, name, _ in settings]
+    for module, name, value in settings:
+        setattr(module, name, value)
+    clear_plans()
+    try:
+        return body()
+    finally:
+        for module, name, value in previous:
+            setattr(module, name, value)
+        clear_plans()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--context", type=int, default=16384)
+    parser.add_argument("--warm", action="store_true", help="compile the stamped kernels only")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated labels of VARIANTS")
+    args = parser.parse_args()
+    wanted = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in wanted if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; known: {list(VARIANTS)}")
+    # The stamp buffer before anything else is allocated on the device (the same address in every process: see
+    # above).
+    stamp_buffer = torch.zeros(16 + 2 * (1 << 16) * 16, device="cuda", dtype=torch.int64)
+    batch, context = args.batch, args.context
+    inputs = fp8_sets([decode_inputs(batch, context)], False)[0]
+    inputs["page_table"] = inputs["page_table"][:, :context // 16].contiguous()  # exactly the context
+    call = functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True)
+    clear_plans()
+    reference = call()[0].clone()
+    (plan,) = [plan for plan in fwd._PLANS.values() if plan.launches]
+    splits = plan.main.grid[2]
+    assert plan.kv_pair, "expected two KV heads per program"
+    kv_bytes = batch * context * 8 * 64 * 2  # e4m3 K and V
+    split_programs, merge_programs = batch * 4 * splits, batch * 64  # two KV heads per program
+    address = stamp_buffer.data_ptr()
+    print(f"stamp buffer at {address:#x}; e4m3 full decode B={batch} {context} keys: {splits} splits, "
+          f"{split_programs} split programs (pairs), {merge_programs} merge programs, {kv_bytes / 1e6:.1f} MB",
+          flush=True)
+    out_dir = os.environ.get("OUT", "/tmp")
+    saved, table = {}, []
+    for label in wanted:
+        settings = VARIANTS[label]
+        if args.warm:
+            def compile_only():
+                call()
+                previous = _common.STAMPS_ADDRESS
+                _common.STAMPS_ADDRESS = address
+                clear_plans()
+                try:
+                    call()
+                    torch.cuda.synchronize()
+                finally:
+                    _common.STAMPS_ADDRESS = previous
+            with_settings(settings, compile_only)
+            print(f"  {label}: compiled", flush=True)
+            continue
+        try:
+            def timed():
+                same = torch.equal(call()[0], reference)
+                return graph_us(call, 20), same
+            us, same = with_settings(settings, timed)
+            stamped_us, regions = with_settings(settings, lambda: _stamped_graph(call, 20, address, stamp_buffer))
+            print(f"\n### {label}: {us:.2f} us per call replayed ({'bits = default' if same else 'BITS DIFFER'}); "
+                  f"stamped {stamped_us:.2f}", flush=True)
+            for line in _stamp_report(regions, split_programs, merge_programs, kv_bytes):
+                print(line, flush=True)
+            saved[label] = [region[:, :8].clone() for region in regions]
+            torch.save(saved, os.path.join(out_dir, "fp8-stamps.pt"))
+            table.append((label, f"{us:.2f}", f"{stamped_us:.2f}"))
+        except Exception as exc:  # noqa: BLE001 - report and go on
+            print(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+    if table:
+        print(f"\n## e4m3 full decode B={batch} {context}: us per call (20 per graph, one input set)")
+        print("| setting | us | stamped us |")
+        print("|---|---|---|")
+        for row in table:
+            print("| " + " | ".join(row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
