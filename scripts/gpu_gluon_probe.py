@@ -227,6 +227,12 @@ def main() -> int:
                 gluon.append(("gluon S3 one Q slot", with_mode("1", call(), num_stages=3)))
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
+        # FlashAttention 3's loop order (S_j issued, then the accumulator's rescale, then P_{j-1} V_{j-1}), alone and
+        # with ping-pong (FA3's warp-scheduler barriers at head_dim 128).
+        early = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | gluon_fwd.RESCALE_EARLY)
+        gluon.append(("gluon early rescale", with_mode("1", call(), settings=early)))
+        if args.pingpong:
+            gluon.append(("gluon early rescale ping-pong", with_mode("1", call(), settings=early, pingpong=True)))
         # A quarter or half of the probabilities by a polynomial on the FMA pipe instead of MUFU.EX2.
         for bit, share in ((gluon_fwd.POLY_EXP2_QUARTER, "1/4"), (gluon_fwd.POLY_EXP2_HALF, "1/2")):
             gluon.append((f"gluon poly exp2 {share}", with_mode(

@@ -128,10 +128,9 @@ WG_ROWS_SMALL_D64 = 64
 RESCALE_THRESHOLD = 8.0
 # _softmax_block's trims (bits): one comparison per score on edge blocks that need one bound, row sums per thread.
 ONE_SIDED_EDGES, THREAD_ROW_SUMS, VOTED_ROW_MAX = 1, 2, 4
-# Experimental trims (off by default; A/B runs through ``softmax_trims_for`` or SWATTN_GLUON_SOFTMAX_TRIMS): a quarter
-# (POLY_EXP2_QUARTER) or half (POLY_EXP2_HALF) of the probabilities from a polynomial on the FMA pipe instead of
-# MUFU.EX2 (``_poly_exp2_asm``), whose 16 results per clock and SM are half of what a 128-key block's products take.
-POLY_EXP2_QUARTER, POLY_EXP2_HALF = 8, 16
+# Experimental (off): FlashAttention 3's order in the block loop: S_j issued first, the accumulator's rescale by
+# block j - 1's alpha under it (side-effecting asm, so LLVM keeps it between the two issues), then P_{j-1} V_{j-1}.
+RESCALE_EARLY = 32
 SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "7"))  # A/B runs: 0 for none
 
 
@@ -214,7 +213,7 @@ def softmax_trims_for(consumers: int, head_dim: int) -> int:
     if head_dim > 128:
         return 0
     kept = ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX if consumers == 1 else THREAD_ROW_SUMS | VOTED_ROW_MAX
-    return SOFTMAX_TRIMS & (kept | POLY_EXP2_QUARTER | POLY_EXP2_HALF)
+    return SOFTMAX_TRIMS & (kept | RESCALE_EARLY)
 
 
 def tma_store_for(consumers: int) -> bool:
@@ -222,14 +221,6 @@ def tma_store_for(consumers: int) -> bool:
     warpgroup (178.0 -> 163.6 us on W(127,0) D128, run 6). With two, runs 5 and 6 disagree (causal D128 -3.5% and
     +8.5%), so they keep the per-thread stores."""
     return TMA_STORE or consumers == 1
-
-
-def q_slots_for(head_dim: int, num_stages: int, block_n: int) -> int:
-    """Q slots per program (the kernel computes the same from its constexprs): two, so that the next tile's Q
-    arrives during this one, where they fit beside the K/V stages; one at head_dim 256 (2 x 64 KiB of Q beside
-    128 KiB of 64-key stages) and beyond two stages of 128 x 128 keys (three 128-key stages at head_dim 128 take
-    192 KiB). With one slot O leaves by per-thread stores (no scratch buffer, no TMA store through the slot)."""
-    return 1 if head_dim > 128 or num_stages * block_n * head_dim > 2 * 128 * 128 else 2
 
 
 def per_sm_for(consumers: int, head_dim: int = 128, block_n: int = 64, wg_rows: int = 64) -> int:
@@ -308,37 +299,6 @@ def _voted_row_max_asm(threshold: float) -> str:
     return "\n".join(lines)
 
 
-# 2^f on [-0.5, 0.5], degree 3, minimax in relative error (7.5e-5: below bf16's 2^-9 rounding of P by 26x).
-_POLY_EXP2_COEFFICIENTS = (0.99992806, 0.69326097, 0.24261114, 0.05517167)
-
-
-def _poly_exp2_asm(emulated: int) -> str:
-    """PTX for four probabilities ``2^x`` (outputs 0..3 of inputs 4..7, a thread's four scores of one 8-column
-    group): the first ``4 - emulated`` by ``ex2.approx.ftz`` (as ``gl.exp2``), the last ``emulated`` by Cody-Waite
-    range reduction and a cubic on the FMA pipe: n = round(x) through the 1.5 * 2^23 trick (n lands in the sum's
-    low bits), f = x - n in [-0.5, 0.5], 2^f by the polynomial, n added to its exponent field. x is clamped to
-    -126 first (``max.NaN``: a NaN stays NaN; -inf, a masked score, gives 2^-126, a zero for P's 16-bit operand and
-    the row sums), and the result is ``fma(x, 0, r)`` so that a NaN score yields NaN whatever the integer add made
-    of its bits."""
-    c0, c1, c2, c3 = (f"0f{struct.unpack('<I', struct.pack('<f', c))[0]:08X}" for c in _POLY_EXP2_COEFFICIENTS)
-    lines = ["{", ".reg .f32 %px, %pt, %pr, %pf, %pp;", ".reg .b32 %pn, %pb;"]
-    for i in range(4 - emulated):
-        lines.append(f"ex2.approx.ftz.f32 ${i}, ${4 + i};")
-    for i in range(4 - emulated, 4):
-        lines += [f"max.NaN.f32 %px, ${4 + i}, 0fC2FC0000;",
-                  "add.rn.f32 %pt, %px, 0f4B400000;",
-                  "sub.rn.f32 %pr, %pt, 0f4B400000;",
-                  "sub.rn.f32 %pf, %px, %pr;",
-                  f"fma.rn.f32 %pp, %pf, {c3}, {c2};",
-                  f"fma.rn.f32 %pp, %pp, %pf, {c1};",
-                  f"fma.rn.f32 %pp, %pp, %pf, {c0};",
-                  "mov.b32 %pn, %pt;", "shl.b32 %pn, %pn, 23;",
-                  "mov.b32 %pb, %pp;", "add.s32 %pb, %pb, %pn;", "mov.b32 %pp, %pb;",
-                  f"fma.rn.f32 ${i}, %px, 0f00000000, %pp;"]
-    lines.append("}")
-    return "\n".join(lines)
-
-
 _RESCALE_PACK = 32  # accumulator elements per thread at head_dim 64 (64 x 64 / 128): larger tiles take several
 _RESCALE_ASM = _lazy_rescale_asm(_RESCALE_PACK)
 _RESCALE_CONSTRAINTS = ",".join(["=f"] * _RESCALE_PACK + [str(i) for i in range(_RESCALE_PACK)]
@@ -355,10 +315,7 @@ if GLUON_AVAILABLE:
     _VOTED_ROW_MAX_C = gl.constexpr(VOTED_ROW_MAX)
     _VOTED_MAX_ASM_LAZY_C = gl.constexpr(_voted_row_max_asm(RESCALE_THRESHOLD))
     _VOTED_MAX_ASM_EXACT_C = gl.constexpr(_voted_row_max_asm(0.0))
-    _POLY_EXP2_QUARTER_C = gl.constexpr(POLY_EXP2_QUARTER)
-    _POLY_EXP2_HALF_C = gl.constexpr(POLY_EXP2_HALF)
-    _POLY_EXP2_ASM_QUARTER_C = gl.constexpr(_poly_exp2_asm(1))
-    _POLY_EXP2_ASM_HALF_C = gl.constexpr(_poly_exp2_asm(2))
+    _RESCALE_EARLY_C = gl.constexpr(RESCALE_EARLY)
 
     @gluon.jit
     def _first(a, b):
@@ -439,13 +396,7 @@ if GLUON_AVAILABLE:
         else:
             m_new = kept_max(m_i, gl.maximum(m_i, gl.max(s, 1) * qk_scale), RESCALE_THRESHOLD)
         pivot = safe_pivot(m_new)
-        if (SOFTMAX_TRIMS & (_POLY_EXP2_QUARTER_C | _POLY_EXP2_HALF_C)) != 0:
-            poly_asm: gl.constexpr = (_POLY_EXP2_ASM_HALF_C if (SOFTMAX_TRIMS & _POLY_EXP2_HALF_C) != 0
-                                      else _POLY_EXP2_ASM_QUARTER_C)
-            p = gl.inline_asm_elementwise(poly_asm, "=f,=f,=f,=f,f,f,f,f", [s * qk_scale - gl.expand_dims(pivot, 1)],
-                                          dtype=gl.float32, is_pure=True, pack=4)
-        else:
-            p = gl.exp2(s * qk_scale - gl.expand_dims(pivot, 1))
+        p = gl.exp2(s * qk_scale - gl.expand_dims(pivot, 1))
         alpha = gl.exp2(m_i - pivot)
         if (SOFTMAX_TRIMS & _THREAD_ROW_SUMS_C) != 0:
             # Row sums kept per thread (``_partial_sums``): the sum across a row's threads waits for the epilogue.
@@ -456,13 +407,17 @@ if GLUON_AVAILABLE:
         return p, m_new, l_new, alpha
 
     @gluon.jit
-    def _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD: gl.constexpr):
+    def _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD: gl.constexpr, IN_ORDER: gl.constexpr = False):
         """``acc * alpha`` per row. With the lazy rescale (``RESCALE_THRESHOLD`` > 0) alpha is exactly 1 on every
         row that kept its max, and a warp whose 16 rows all did branches over the multiplications: at head_dim 64
-        the rescale (32 multiplications per thread per block) outweighs the block's 16 exponentials."""
+        the rescale (32 multiplications per thread per block) outweighs the block's 16 exponentials.
+        ``IN_ORDER``: as side-effecting asm, so LLVM keeps it where the source puts it among the products' issues."""
         if RESCALE_THRESHOLD > 0:
             acc = gl.inline_asm_elementwise(_RESCALE_ASM_C, _RESCALE_CONSTRAINTS_C, [acc, gl.expand_dims(alpha_o, 1)],
-                                            dtype=gl.float32, is_pure=True, pack=_RESCALE_PACK_C)
+                                            dtype=gl.float32, is_pure=not IN_ORDER, pack=_RESCALE_PACK_C)
+        elif IN_ORDER:
+            acc = gl.inline_asm_elementwise("mul.f32 $0, $1, $2;", "=f,f,f", [acc, gl.expand_dims(alpha_o, 1)],
+                                            dtype=gl.float32, is_pure=False, pack=1)
         else:
             acc = acc * gl.expand_dims(alpha_o, 1)
         return acc
@@ -620,7 +575,7 @@ if GLUON_AVAILABLE:
         blocks and epilogue."""
         k_desc, v_desc, q_desc = pointers[0], pointers[1], pointers[2]
         q_smem, q_ready, q_empty = buffers[0], buffers[7], buffers[8]
-        Q_SLOTS: gl.constexpr = q_smem.shape[0] // NUM_CONSUMERS  # as the kernel allocates them
+        Q_SLOTS: gl.constexpr = 2 if HEAD_DIM <= 128 else 1  # as the kernel allocates them
         BOX: gl.constexpr = k_desc.block_type.shape[0]
         ALIGN: gl.constexpr = BOX if KV_SOURCE == _KV_PAGED else 1
         BLOCK_M: gl.constexpr = NUM_CONSUMERS * q_desc.block_type.shape[1] * ROWS_PER_POS
@@ -680,7 +635,7 @@ if GLUON_AVAILABLE:
         dtype: gl.constexpr = v_smem.dtype  # P's and O's: V's (bf16 with e4m3 Q and K, see ``FP8_QK``)
         FP8_QK: gl.constexpr = q_smem.dtype.primitive_bitwidth == 8
         M: gl.constexpr = q_smem.shape[2] * ROWS_PER_POS  # the warpgroup's rows: its Q box's (64 or 128)
-        Q_SLOTS: gl.constexpr = q_smem.shape[0] // NUM_CONSUMERS  # as the kernel allocates them
+        Q_SLOTS: gl.constexpr = 2 if HEAD_DIM <= 128 else 1  # as the kernel allocates them
         BOX: gl.constexpr = pointers[0].block_type.shape[0]  # as the loader's
         ALIGN: gl.constexpr = BOX if KV_SOURCE == _KV_PAGED else 1
 
@@ -774,10 +729,17 @@ if GLUON_AVAILABLE:
                 previous_phase = (previous // NUM_STAGES) & 1
                 # S_j = Q K_j^T, then P_{j-1} V_{j-1}: both in flight while this warpgroup waits for S_j.
                 mbarrier.wait(k_ready.index(stage), phase)
-                mbarrier.wait(v_ready.index(previous_stage), previous_phase)
-                _turn_begin(turns, turn, WG, PINGPONG)
-                s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
-                                        is_async=True)
+                if (SOFTMAX_TRIMS & _RESCALE_EARLY_C) != 0:
+                    _turn_begin(turns, turn, WG, PINGPONG)
+                    s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
+                                            is_async=True)
+                    acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD, True)
+                    mbarrier.wait(v_ready.index(previous_stage), previous_phase)
+                else:
+                    mbarrier.wait(v_ready.index(previous_stage), previous_phase)
+                    _turn_begin(turns, turn, WG, PINGPONG)
+                    s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
+                                            is_async=True)
                 acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
                 turn = _turn_end(turns, turn, WG, PINGPONG)
                 s = warpgroup_mma_wait(1, deps=[s_token])
@@ -789,7 +751,8 @@ if GLUON_AVAILABLE:
                 acc = warpgroup_mma_wait(0, deps=[acc_token])
                 mbarrier.arrive(v_empty.index(previous_stage), count=1)
                 alpha_o = gl.convert_layout(alpha, o_rows)
-                acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
+                if (SOFTMAX_TRIMS & _RESCALE_EARLY_C) == 0:
+                    acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
             if not TMA_STORE:
                 # Every score product of the tile has completed: its Q slot may take the loader's next tile.
@@ -797,6 +760,8 @@ if GLUON_AVAILABLE:
             item += 1
             last = position + num_blocks - 1
             last_stage = last % NUM_STAGES
+            if (SOFTMAX_TRIMS & _RESCALE_EARLY_C) != 0:
+                acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
             mbarrier.wait(v_ready.index(last_stage), (last // NUM_STAGES) & 1)
             _turn_begin(turns, turn, WG, PINGPONG)
             acc_token = warpgroup_mma(p_op, v_smem.index(last_stage), acc, is_async=True)
@@ -844,7 +809,7 @@ if GLUON_AVAILABLE:
                                 head_or_kv_head * ROWS_PER_POS, 0], o_box)
             stored = 1
             stored_slot = q_slot
-        elif Q_SLOTS == 1 or TMA_STORE:
+        elif HEAD_DIM > 128 or TMA_STORE:
             # Converting a 64 x D tile to the vectorized layout takes 64 * D * 2 bytes of scratch shared memory: at
             # head_dim 256 the K/V stages and the Q slot leave no room for it, and with the TMA store only a tile
             # without keys (its rows all zero) comes here, which should not cost every program 8-16 KiB of shared
@@ -916,9 +881,11 @@ if GLUON_AVAILABLE:
                     CU_SEQLENS_Q, CU_SEQLENS_K, num_row_groups, SEQLENS_K, PAGE_TABLE, stride_page_table, page_size,
                     batch_heads_magic, batch_heads_shift, heads_magic, heads_shift)
 
-        # Q slots (``q_slots_for``: two, the one in use and the loader's next, where they fit), each a [1, positions,
-        # heads, dim] TMA box of 64 rows per consumer warpgroup.
-        Q_SLOTS: gl.constexpr = 1 if HEAD_DIM > 128 or NUM_STAGES * BLOCK_N * HEAD_DIM > 2 * 128 * 128 else 2
+        # Two Q tiles (the one in use and the loader's next), each a [1, positions, heads, dim] TMA box of 64 rows
+        # per consumer warpgroup.
+        # Q slots: two (the next tile's Q arrives during this one) up to head_dim 128; one at 256, where two would
+        # not fit beside the K/V stages (2 x 64 KiB of Q + 128 KiB of K/V in 64-key blocks).
+        Q_SLOTS: gl.constexpr = 2 if HEAD_DIM <= 128 else 1
         q_smem = gl.allocate_shared_memory(q_desc.dtype, [Q_SLOTS * NUM_CONSUMERS] + q_desc.block_type.shape,
                                            q_desc.layout)
         k_smem = gl.allocate_shared_memory(k_desc.dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
@@ -1217,8 +1184,8 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
     # O leaves by TMA through the Q slots (same boxes) where no row of a box can belong to another sequence: dense.
     # Not at head_dim 256: its single Q slot would go back to the loader only after the store, which waits for the
     # next tile's Q (a deadlock). Not all-fp8: an e4m3 Q slot is half a bf16 O box.
-    tma_store = ((tma_store_for(consumers) if tma_store is None else tma_store) and not varlen
-                 and q_slots_for(head_dim, num_stages, block_n) == 2 and not fp8)
+    tma_store = ((tma_store_for(consumers) if tma_store is None else tma_store) and not varlen and head_dim <= 128
+                 and not fp8)
     o_desc = Descriptor(TensorDescriptor, out.shape, out.stride(), q_box, q_box_layout) if tma_store else q_desc
     num_tiles = ceil_div(seqlen_q * rows_per_pos, block_m)
     num_batch_heads = batch * (num_kv_heads if pack_gqa else num_heads)
