@@ -223,8 +223,6 @@ def main() -> int:
             if head_dim == 64 and not small:
                 gluon.append(("gluon 1 WG x 2/SM BN64", with_mode("1", call(), consumers=1, per_sm=2, block_n=64)))
                 gluon.append(("gluon S3", with_mode("1", call(), num_stages=3)))  # 3 K/V stages fit at D64
-            if head_dim == 128 and not small:  # three 128-key K/V stages, one Q slot (``q_slots_for``)
-                gluon.append(("gluon S3 one Q slot", with_mode("1", call(), num_stages=3)))
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
         # FlashAttention 3's loop order (S_j issued, then the accumulator's rescale, then P_{j-1} V_{j-1}), alone and
@@ -233,10 +231,6 @@ def main() -> int:
         gluon.append(("gluon early rescale", with_mode("1", call(), settings=early)))
         if args.pingpong:
             gluon.append(("gluon early rescale ping-pong", with_mode("1", call(), settings=early, pingpong=True)))
-        # A quarter or half of the probabilities by a polynomial on the FMA pipe instead of MUFU.EX2.
-        for bit, share in ((gluon_fwd.POLY_EXP2_QUARTER, "1/4"), (gluon_fwd.POLY_EXP2_HALF, "1/2")):
-            gluon.append((f"gluon poly exp2 {share}", with_mode(
-                "1", call(), settings=dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | bit))))
         # The shipped call with fewer of _softmax_block's trims (bits: 1 one-sided edge masks, 2 per-thread row
         # sums, 4 the row max skipped by warp vote).
         for trims in ((0, 2, 3) if small else (0, 2)):
