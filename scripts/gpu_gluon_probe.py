@@ -229,6 +229,12 @@ def main() -> int:
         # with ping-pong (FA3's warp-scheduler barriers at head_dim 128).
         early = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | gluon_fwd.RESCALE_EARLY)
         gluon.append(("gluon early rescale", with_mode("1", call(), settings=early)))
+        # Each thread's max over its columns as a tree (``TREE_ROW_MAX``), alone and with the early rescale.
+        tree = gluon_fwd.TREE_ROW_MAX
+        gluon.append(("gluon tree max", with_mode("1", call(), settings=dict(
+            SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | tree))))
+        gluon.append(("gluon tree max early rescale", with_mode("1", call(), settings=dict(
+            SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | tree | gluon_fwd.RESCALE_EARLY))))
         if args.pingpong:
             gluon.append(("gluon early rescale ping-pong", with_mode("1", call(), settings=early, pingpong=True)))
         # The shipped call with fewer of _softmax_block's trims (bits: 1 one-sided edge masks, 2 per-thread row
