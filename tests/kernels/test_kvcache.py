@@ -694,8 +694,8 @@ def test_split_kv(num_splits, sinks, scenario, loop):
 
 
 def test_split_decode_preload_and_early_merge_dependents(monkeypatch):
-    """The full-decode experiments of scripts/gpu_probe.py fixed_costs change no bit: ``fwd.PRELOAD_L2`` 1, 2 and 3
-    (3: the loop's first two blocks) on split launches (``PRELOAD_L2_SPLITS``; under the interpreter the prefetches
+    """The full-decode experiments of scripts/gpu_probe.py fixed_costs change no bit: ``fwd.PRELOAD_L2`` 1 and 2 on
+    split launches (``PRELOAD_L2_SPLITS``; under the interpreter the prefetches
     are plain loads of the same addresses, so a wrong address would fail here) and the merge letting the next
     kernel launch before its wait (``combine.EARLY_DEPENDENTS``: a GPU-only scheduling change, PDL being off here;
     its plan is rebuilt). Paged 16, PackGQA, sinks, 3 splits of 16-key blocks over 100 / 37 / 1 keys (a split that
@@ -706,7 +706,7 @@ def test_split_decode_preload_and_early_merge_dependents(monkeypatch):
     sinks = torch.randn(H)
     monkeypatch.setattr(fwd, "PRELOAD_L2_SPLITS", True)
     results = []
-    for preload, early in ((0, False), (1, False), (2, False), (3, False), (3, True)):
+    for preload, early in ((0, False), (1, False), (2, False), (2, True)):
         monkeypatch.setattr(fwd, "PRELOAD_L2", preload)
         monkeypatch.setattr(combine, "EARLY_DEPENDENTS", early)
         fwd._PLANS.clear()  # only this call's plan below (other tests' plans may be cached in this process)
@@ -758,47 +758,54 @@ def test_late_merge_dependents_only_on_16_bit_decode_splits(monkeypatch):
     clear_plans()
 
 
-@pytest.mark.parametrize("num_splits", [3, 7, 9])
-@pytest.mark.parametrize("tokens", [1, 3])
-def test_balanced_splits(monkeypatch, num_splits, tokens):
-    """``fwd.SPLIT_BALANCED``: split s takes ``n // S`` blocks plus one for the first ``n % S`` splits (no short or
-    empty trailing splits while n >= S). Decode and a 3-token verify (appended, causal among the new tokens; its
-    non-finite redo launch shares the split arithmetic), sequences of 100 / 37 / 1 keys in 16-key blocks (7, 3, 1
-    blocks: 9 splits leave some empty), sinks, against the reference; the block counts per split as the rule says;
-    a NaN in one sequence's value rows stays in that sequence's outputs (the redo launch recomputes the same
-    ranges)."""
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_claimed_split_blocks(monkeypatch, chunk):
+    """``fwd.SPLIT_CLAIMING`` (dynamic blocks in the split decode): after a static share of ``n // S - reserve``
+    blocks, a tile's split programs claim the rest of its blocks ``chunk`` at a time through its counter, which the
+    merge zeroes. Paged 16, PackGQA, sinks, 3 splits of 16-key blocks over 100 / 37 / 1 keys (7 blocks: 1 static
+    each and a pool of 4; 3 blocks and 1 block: too short to claim, split statically), fp16, against the float64
+    reference, twice in a row on the kept counters (the second call finds them zeroed by the first's merge: its
+    claims would otherwise start past the pool and skip blocks); the counters are zero after each call. The block
+    counts per program (a dense cache of 100 keys per sequence) say that blocks were claimed: the interpreter runs
+    one program at a time, so a tile's first program to claim takes the whole pool."""
     from swattn.kernels import fwd
-    monkeypatch.setattr(fwd, "SPLIT_BALANCED", True)
-    fwd._PLANS.clear()
-    cache, seqlens = make_cache("paged-16", 3, 112), i32([100, 37, 1])
-    q = random_q(3, tokens)
+    from swattn.kernels._launch import clear_plans
+    monkeypatch.setattr(fwd, "SPLIT_CLAIMING", 1)
+    monkeypatch.setattr(fwd, "SPLIT_CLAIM_CHUNK", chunk)
+    clear_plans()
+    cache, seqlens = make_cache("paged-16", 3, 112, dtype=torch.float16), i32([100, 37, 1])
+    q = random_q(3, 1, dtype=torch.float16)
     sinks = torch.randn(H)
-    new = dict(k=torch.randn(3, tokens, HK, D), v=torch.randn(3, tokens, HK, D)) if tokens > 1 else {}
-    expected_cache = cache_after_append(cache, new["k"], new["v"], seqlens) if new else cache
-    keys = seqlens + (tokens if new else 0)
+    expected = reference(q, cache, seqlens, sinks=sinks, causal=True)
+    for _ in range(2):
+        with forced_config(BLOCK16):
+            out, lse = run(q, cache, cache_seqlens=seqlens, sinks=sinks, causal=True, pack_gqa=True, num_splits=3)
+        check(out, lse, expected, q)
+        plans = list(fwd._PLANS.values())
+        assert [plan.claiming for plan in plans] == [True]
+        assert plans[0].main.constexprs["CLAIM_LANES"] == 32 * BLOCK16.num_warps
+        assert plans[0].combine.constexprs["RESET_CLAIMS"]
+        counters = list(fwd._CLAIM_COUNTERS.values())
+        assert len(counters) == 1 and counters[0].numel() >= 3 * H and not counters[0].any()
+    dense_k, dense_v = torch.randn(2, 100, HK, D), torch.randn(2, 100, HK, D)
     with forced_config(BLOCK16):
-        out, lse = run(q, cache, cache_seqlens=seqlens, sinks=sinks, causal=True, pack_gqa=True,
-                       num_splits=num_splits, **new)
-    check(out, lse, reference(q, expected_cache, keys, sinks=sinks, causal=True), q)
-    # The rule itself, from the kernel's block counts (one per program: batch x KV head, then split) on a dense
-    # decode of 100 keys (7 blocks) per sequence.
-    if tokens == 1:
-        dense_k, dense_v = torch.randn(2, 100, HK, D), torch.randn(2, 100, HK, D)
+        _, _, counts = attention_forward(q[:2].float(), dense_k, dense_v, softmax_scale=D ** -0.5, left=-1, right=0,
+                                         pack_gqa=True, num_splits=3, count_blocks=True)
+    per_tile = counts.view(2 * HK, 3).sort(dim=1).values
+    assert per_tile.tolist() == [[1, 1, 5]] * (2 * HK), counts
+    # Off (the default), and on other launches (verify; the fused append), the split is static.
+    for tokens, claiming in ((1, False), (3, True)):
+        monkeypatch.setattr(fwd, "SPLIT_CLAIMING", 1 if claiming else 0)
+        clear_plans()
         with forced_config(BLOCK16):
-            _, _, counts = attention_forward(q[:2], dense_k, dense_v, softmax_scale=D ** -0.5, left=-1, right=0,
-                                             pack_gqa=True, num_splits=num_splits, count_blocks=True)
-        base, extra = divmod(7, num_splits)
-        assert counts.tolist() == [base + (split < extra) for _ in range(2 * HK) for split in range(num_splits)]
-    fwd._PLANS.clear()
-    if tokens > 1:
-        poisoned = cache.clone()
-        page = int(poisoned.page_table[1, 0])
-        poisoned.v[page, 3] = float("nan")  # sequence 1, key 3: every query of sequence 1 sees it
-        with forced_config(BLOCK16):
-            bad, _ = run(q, poisoned, cache_seqlens=seqlens, sinks=sinks, causal=True, pack_gqa=True,
-                         num_splits=num_splits, **new)
-        assert torch.isnan(bad[1]).all() and not torch.isnan(bad[0]).any() and not torch.isnan(bad[2]).any()
-        assert torch.equal(bad[0], out[0]) and torch.equal(bad[2], out[2])
+            run(random_q(3, tokens, dtype=torch.float16), cache, cache_seqlens=seqlens, causal=True, pack_gqa=True,
+                num_splits=3)
+        assert [plan.claiming for plan in fwd._PLANS.values()] == [False]
+    monkeypatch.setattr(fwd, "SPLIT_CLAIM_CHUNK", 0)
+    clear_plans()
+    with pytest.raises(ValueError, match="SPLIT_CLAIM_CHUNK"), forced_config(BLOCK16):
+        run(q, cache, cache_seqlens=seqlens, causal=True, pack_gqa=True, num_splits=3)
+    clear_plans()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
