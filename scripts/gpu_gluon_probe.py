@@ -225,18 +225,12 @@ def main() -> int:
                 gluon.append(("gluon S3", with_mode("1", call(), num_stages=3)))  # 3 K/V stages fit at D64
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
-        # FlashAttention 3's loop order (S_j issued, then the accumulator's rescale, then P_{j-1} V_{j-1}), alone and
-        # with ping-pong (FA3's warp-scheduler barriers at head_dim 128).
-        early = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | gluon_fwd.RESCALE_EARLY)
-        gluon.append(("gluon early rescale", with_mode("1", call(), settings=early)))
-        # Each thread's max over its columns as a tree (``TREE_ROW_MAX``), alone and with the early rescale.
-        tree = gluon_fwd.TREE_ROW_MAX
-        gluon.append(("gluon tree max", with_mode("1", call(), settings=dict(
-            SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | tree))))
-        gluon.append(("gluon tree max early rescale", with_mode("1", call(), settings=dict(
-            SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | tree | gluon_fwd.RESCALE_EARLY))))
+        # The accumulator's rescale after the block's P V completes (before FlashAttention 3's order, the shipped
+        # ``RESCALE_EARLY``), alone and with ping-pong (FA3's warp-scheduler barriers at head_dim 128).
+        late = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS & ~gluon_fwd.RESCALE_EARLY)
+        gluon.append(("gluon late rescale", with_mode("1", call(), settings=late)))
         if args.pingpong:
-            gluon.append(("gluon early rescale ping-pong", with_mode("1", call(), settings=early, pingpong=True)))
+            gluon.append(("gluon late rescale ping-pong", with_mode("1", call(), settings=late, pingpong=True)))
         # The shipped call with fewer of _softmax_block's trims (bits: 1 one-sided edge masks, 2 per-thread row
         # sums, 4 the row max skipped by warp vote).
         for trims in ((0, 2, 3) if small else (0, 2)):

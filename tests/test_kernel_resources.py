@@ -54,30 +54,3 @@ def test_shipped_forward_configs_compile_for_hopper_with_pipelined_loops():
         assert 0 < int(registers) <= 255 and int(shared) <= 227 * 1024 and hgmma == "True", name
         assert (qgmma == "True") == ("all-fp8" in name), name
 
-
-@pytest.mark.skipif(not CUOBJDUMP.exists(), reason="this Triton build has no NVIDIA backend tools")
-def test_gluon_experimental_trims_compile_for_hopper():
-    """The Gluon forward's experimental loop switches (``SOFTMAX_TRIMS`` bits, off by default until the GPU has
-    timed and tested them: FA3's early rescale, the tree-shaped max over a thread's columns) still compile for
-    sm_90 within the shipped stack limits, for a two-warpgroup tile (W(4095,0) D128) and a packed one-warpgroup tile
-    (W(127,0) D64 with sinks and the lazy rescale)."""
-    code = """
-import sys
-sys.path.insert(0, "scripts")
-import kernel_resources as kr
-from swattn.kernels import gluon_fwd
-gluon_fwd.SOFTMAX_TRIMS |= gluon_fwd.RESCALE_EARLY | gluon_fwd.TREE_ROW_MAX
-for name, shapes, kwargs, dtype in kr.gluon_targets():
-    if name == "gluon W(4095,0) D128" or name.startswith("gluon W(127,0) D64 packed, sinks"):
-        (q, k, v), _ = kr.inputs(shapes, dtype)
-        r = kr.compile_gluon(q, k, v, **kwargs)
-        print(f"{name}: {r.registers} regs, {r.stack_bytes} B stack")
-"""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT,
-                            timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    compiled = re.findall(r"^(gluon .*): (\d+) regs, (\d+) B stack$", result.stdout, flags=re.M)
-    assert len(compiled) == 2, result.stdout
-    for name, registers, stack in compiled:
-        assert 0 < int(registers) <= 255 and int(stack) <= (80 if "D128" in name else 24), name

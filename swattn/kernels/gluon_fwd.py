@@ -128,14 +128,11 @@ WG_ROWS_SMALL_D64 = 64
 RESCALE_THRESHOLD = 8.0
 # _softmax_block's trims (bits): one comparison per score on edge blocks that need one bound, row sums per thread.
 ONE_SIDED_EDGES, THREAD_ROW_SUMS, VOTED_ROW_MAX = 1, 2, 4
-# Experimental (off): FlashAttention 3's order in the block loop: S_j issued first, the accumulator's rescale by
-# block j - 1's alpha under it (side-effecting asm, so LLVM keeps it between the two issues), then P_{j-1} V_{j-1}.
+# FlashAttention 3's order in the block loop: S_j issued first, the accumulator's rescale by block j - 1's alpha
+# under it (side-effecting asm, so LLVM keeps it between the two issues), then P_{j-1} V_{j-1}: the rescale's
+# multiplications leave the path from a block's softmax to the next block's products.
 RESCALE_EARLY = 32
-# Experimental (off until the GPU has run it): each thread's max over its columns as a tree (pairs of 8-column groups
-# halved log2(BLOCK_N / 8) times) instead of Triton's in-thread reduction, a chain of BLOCK_N / 8 dependent FMNMX per
-# row between a block's scores and its exponentials (sm_90 SASS, Triton 3.6). Same bits: max is exact.
-TREE_ROW_MAX = 64
-SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "7"))  # A/B runs: 0 for none
+SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "39"))  # A/B runs: 0 for none
 
 
 def divisor_magic(divisor: int) -> tuple[int, int]:
@@ -212,12 +209,14 @@ def softmax_trims_for(consumers: int, head_dim: int) -> int:
     with the masks and the row sums, 179.3 with the row sums only, 183.1 with neither; W(127,0) D128 142.2 / 147.7 /
     149.2; causal D128 3148.5 / 3523.6 (row sums / neither); W(4095,0) D128 1425.0 / 1436.1. s10-call1, without /
     with the vote: W(127,0) D64 sinks 169.2 / 164.4, W(127,0) D128 138.9 / 137.0, W(4095,0) D128 1588.4 / 1560.1,
-    causal D128 3577.2 / 3439.0. Head_dim 256 keeps none (not measured; on Triton 3.9 its spills reach the check's
-    limit with the row sums)."""
+    causal D128 3577.2 / 3439.0. FlashAttention 3's loop order (``RESCALE_EARLY``), s11-call3 / s11-call4 without /
+    with it: W(4095,0) D128 1562.2 / 1540.7 and 1573.1 / 1552.9, causal D128 3442.3 / 3430.2 and 3468.8 / 3438.4,
+    W(127,0) D128 138.8 / 138.8 and 139.6 / 137.9, W(127,0) D64 sinks 171.6 / 170.7 (s11-call4). Head_dim 256 keeps
+    none (not measured; on Triton 3.9 its spills reach the check's limit with the row sums)."""
     if head_dim > 128:
         return 0
     kept = ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX if consumers == 1 else THREAD_ROW_SUMS | VOTED_ROW_MAX
-    return SOFTMAX_TRIMS & (kept | RESCALE_EARLY | TREE_ROW_MAX)
+    return SOFTMAX_TRIMS & (kept | RESCALE_EARLY)
 
 
 def tma_store_for(consumers: int) -> bool:
@@ -320,26 +319,10 @@ if GLUON_AVAILABLE:
     _VOTED_MAX_ASM_LAZY_C = gl.constexpr(_voted_row_max_asm(RESCALE_THRESHOLD))
     _VOTED_MAX_ASM_EXACT_C = gl.constexpr(_voted_row_max_asm(0.0))
     _RESCALE_EARLY_C = gl.constexpr(RESCALE_EARLY)
-    _TREE_ROW_MAX_C = gl.constexpr(TREE_ROW_MAX)
 
     @gluon.jit
     def _first(a, b):
         return a
-
-    @gluon.jit
-    def _own_column_max(s, BLOCK_N: gl.constexpr, TREE: gl.constexpr):
-        """``[rows, 4]``: each thread's max of ``s [rows, BLOCK_N]`` (warpgroup MMA layout) over its own columns,
-        two per 8-column group; the four threads of a row hold the four results. ``TREE``: the groups halved
-        pairwise (depth log2(BLOCK_N / 8)) instead of Triton's in-thread reduction, one dependent chain over the
-        groups."""
-        own = gl.max(gl.reshape(s, [s.shape[0], BLOCK_N // 8, 4, 2]), 3)
-        if TREE:
-            for level in gl.static_range(BLOCK_N.bit_length() - 4):
-                own = gl.max(gl.reshape(own, [s.shape[0], 2, BLOCK_N // 16 >> level, 4]), 1)
-            own = gl.reshape(own, [s.shape[0], 4])
-        else:
-            own = gl.max(own, 1)
-        return own
 
     @gluon.jit
     def _window_visible(keys, row_pos, offset, kv_end, left, right, HAS_LEFT: gl.constexpr,
@@ -404,7 +387,7 @@ if GLUON_AVAILABLE:
         if (SOFTMAX_TRIMS & _VOTED_ROW_MAX_C) != 0:
             # Each thread's maxima over its own columns (a row's scores sit in four threads, two columns per 8),
             # then the vote and, only where a row's max may rise, the shuffles (``_voted_row_max_asm``).
-            own = _own_column_max(s, BLOCK_N, (SOFTMAX_TRIMS & _TREE_ROW_MAX_C) != 0)
+            own = gl.max(gl.max(gl.reshape(s, [s.shape[0], BLOCK_N // 8, 4, 2]), 3), 1)
             quad_rows: gl.constexpr = gl.SliceLayout(1, own.type.layout)
             kept = gl.expand_dims(gl.convert_layout(m_i, quad_rows), 1)
             asm: gl.constexpr = _VOTED_MAX_ASM_LAZY_C if RESCALE_THRESHOLD > 0 else _VOTED_MAX_ASM_EXACT_C
@@ -413,9 +396,6 @@ if GLUON_AVAILABLE:
             # The quad's four copies of a row's max are equal: take the first (no shuffles: ``_first`` ignores the
             # other operand, so the exchange's results are never used).
             m_new = gl.convert_layout(gl.reduce(quad, 1, _first), m_i.type.layout)
-        elif (SOFTMAX_TRIMS & _TREE_ROW_MAX_C) != 0:
-            row_max = gl.convert_layout(gl.max(_own_column_max(s, BLOCK_N, True), 1), m_i.type.layout)
-            m_new = kept_max(m_i, gl.maximum(m_i, row_max * qk_scale), RESCALE_THRESHOLD)
         else:
             m_new = kept_max(m_i, gl.maximum(m_i, gl.max(s, 1) * qk_scale), RESCALE_THRESHOLD)
         pivot = safe_pivot(m_new)
