@@ -7,14 +7,14 @@ then the same graph with per-program %globaltimer stamps (``_common.STAMPS_ADDRE
 ``gpu_probe.py fixed_costs``: split programs' start / wait passed / end, the merge's, per call and as means over
 the middle calls; ``gpu_probe._stamp_report``). Settings: the default (the merge triggered at the split programs'
 wait), the late trigger after the stores (``fwd.FP8_SPLIT_LATE_DEPENDENTS`` 1: s10-call6 measured +4.1 us at B=4
-16K) and before the epilogue (2), the pairs' L2 preload with the merge's early dependents
-(``FP8_PAIR_PRELOAD_L2`` 1, ``FP8_PAIR_EARLY_MERGE``), and no PDL.
+16K) and before the epilogue (2), and no PDL.
 
-    python scripts/gpu_fp8_fixed_costs.py [--batch 4] [--context 16384] [--warm] [--variants default,late 1]
+    python scripts/gpu_fp8_fixed_costs.py [--batch 4] [--context 16384] [--go-file PATH] [--variants default,late 1]
 
-``--warm``: compile the stamped kernels (one call each) and time nothing; run it in a process of its own first:
-the stamp buffer is allocated first thing, so both processes get it at the same device address, which the
-stamped kernels are compiled for. Raw records saved under $OUT (or /tmp) as fp8-stamps.pt.
+The stamped kernels are compiled for the stamp buffer's address (a constexpr), which differs between processes
+(s11-call2), so they are compiled in the measuring process: ``--go-file PATH`` compiles every variant (one call each,
+stamped and not), then waits for PATH to exist before timing anything (so that other processes' compiles can run
+beside it while the GPU waits). Raw records saved under $OUT (or /tmp) as fp8-stamps-B<batch>.pt.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import argparse
 import functools
 import os
 import sys
+import time
 
 import torch
 from gpu_fp8_decode import decode_inputs, fp8_sets  # scripts/ is on sys.path when this file runs
@@ -33,12 +34,11 @@ from swattn import _compat
 from swattn.kernels import _common, fwd
 from swattn.kernels._launch import clear_plans
 
-# (label, ((module, name, value), ...)); every variant sets all four so that none inherits another's.
+# (label, ((module, name, value), ...)).
 VARIANTS = {
     "default": (),
     "late 1": ((fwd, "FP8_SPLIT_LATE_DEPENDENTS", 1),),
     "late 2": ((fwd, "FP8_SPLIT_LATE_DEPENDENTS", 2),),
-    "early merge + preload 1": ((fwd, "FP8_PAIR_PRELOAD_L2", 1), (fwd, "FP8_PAIR_EARLY_MERGE", True)),
     "no PDL": ((_compat, "PDL", False),),
 }
 
@@ -61,7 +61,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--context", type=int, default=16384)
-    parser.add_argument("--warm", action="store_true", help="compile the stamped kernels only")
+    parser.add_argument("--go-file", help="compile every variant, then wait for this file before timing")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated labels of VARIANTS")
     args = parser.parse_args()
     wanted = [v for v in args.variants.split(",") if v]
@@ -88,9 +88,8 @@ def main() -> int:
           flush=True)
     out_dir = os.environ.get("OUT", "/tmp")
     saved, table = {}, []
-    for label in wanted:
-        settings = VARIANTS[label]
-        if args.warm:
+    if args.go_file:
+        for label in wanted:
             def compile_only():
                 call()
                 previous = _common.STAMPS_ADDRESS
@@ -101,9 +100,14 @@ def main() -> int:
                     torch.cuda.synchronize()
                 finally:
                     _common.STAMPS_ADDRESS = previous
-            with_settings(settings, compile_only)
+            with_settings(VARIANTS[label], compile_only)
             print(f"  {label}: compiled", flush=True)
-            continue
+        waited = time.monotonic()
+        while not os.path.exists(args.go_file) and time.monotonic() - waited < 120:
+            time.sleep(0.05)
+        print(f"  (waited {time.monotonic() - waited:.1f} s for {args.go_file})", flush=True)
+    for label in wanted:
+        settings = VARIANTS[label]
         try:
             def timed():
                 same = torch.equal(call()[0], reference)
@@ -115,7 +119,7 @@ def main() -> int:
             for line in _stamp_report(regions, split_programs, merge_programs, kv_bytes):
                 print(line, flush=True)
             saved[label] = [region[:, :8].clone() for region in regions]
-            torch.save(saved, os.path.join(out_dir, "fp8-stamps.pt"))
+            torch.save(saved, os.path.join(out_dir, f"fp8-stamps-B{batch}.pt"))
             table.append((label, f"{us:.2f}", f"{stamped_us:.2f}"))
         except Exception as exc:  # noqa: BLE001 - report and go on
             print(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)

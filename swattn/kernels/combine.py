@@ -174,7 +174,6 @@ def combine_launch(
     sinks: torch.Tensor | None,
     tokens_per_batch: int,
     seqused_q: torch.Tensor | None = None,
-    early_dependents: bool | None = None,
     reset_claims: bool = False,
 ) -> Launch | None:
     """The forward's merge of ``out_partial [S, T, H, D]`` (fp32) and ``lse_partial [S, T, H]`` into ``out [T, H,
@@ -186,7 +185,7 @@ def combine_launch(
     The T tokens are ``T / tokens_per_batch`` sequences of ``tokens_per_batch`` positions. ``lse`` is the caller's
     [B, H, Sq] (``tokens_per_batch = Sq``) or [H, total_q] (``tokens_per_batch = total_q``) tensor, or None. With
     ``seqused_q`` (varlen; the call passes it and ``cu_seqlens_q``) tokens past a sequence's used queries are not
-    written. ``early_dependents``: the kernel's EARLY_DEPENDENTS for this launch (None: ``EARLY_DEPENDENTS``').
+    written.
     """
     num_splits, tokens, heads, head_dim = out_partial.shape
     if tokens == 0:
@@ -199,8 +198,7 @@ def combine_launch(
                    (split_p, tokens_per_batch * token_p, token_p, head_p),
                    (split_l, tokens_per_batch * token_l, token_l, head_l),
                    (tokens_per_batch * token_o, token_o, head_o), lse_address, sinks is not None, out.device,
-                   0 if seqused_q is None else seqused_q.shape[0],
-                   EARLY_DEPENDENTS if early_dependents is None else early_dependents, reset_claims)
+                   0 if seqused_q is None else seqused_q.shape[0], EARLY_DEPENDENTS, reset_claims)
 
 
 _PLANS = PlanCache()

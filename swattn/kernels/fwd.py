@@ -199,18 +199,17 @@ PRELOAD_L2_SPLITS = False
 # elsewhere: e4m3 decode B=4 16K 27.13 -> 31.2 us with 1, full verify k = 4 B=16 1K 26.78 -> 27.16. 0: off.
 SPLIT_LATE_DEPENDENTS = int(os.environ.get("SWATTN_SPLIT_LATE_DEPENDENTS", "2") or 0)
 # Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py s11_*): SPLIT_LATE_DEPENDENTS' trigger (1 or 2,
-# as there) on the split launches of single-query decodes over an e4m3 cache (SPLIT_LATE_DEPENDENTS itself leaves
-# them alone: H200 s10-call6, e4m3 decode B=4 16K 27.13 -> 31.2 us with 1). 0: the trigger right after the wait.
+# as there) on the split launches of single-query decodes over an e4m3 cache, which SPLIT_LATE_DEPENDENTS leaves
+# alone. Why (H200 s11-call2, scripts/gpu_fp8_fixed_costs.py stamps, e4m3 B=4 16K, the pairs' one-warp programs
+# capped at 168 registers, 12 resident per SM, 8 planned): by default the merge's programs start while the split
+# launch runs, 1-2 per SM, and the next call's split programs start 0.6 us after the merge passes its wait, 7-8 per
+# SM on all 132 SMs; with the late trigger the merge starts on SMs the split programs have left and the next call's
+# split programs start only once the merge programs have ended (2.1 us after the merge's wait), then fill the first
+# SMs up to 12: 90 SMs (69 with 12), streaming 2.7 TB/s instead of 3.1; 26.90 -> 31.30 us per call (one input
+# set), 26.95 -> 30.26 with 2 (input sets, L2 cold); B=4 131072 150.7 / 152.8 -> 162.7 / 163.2 with 2. B=16 16K
+# ((32, 2) capped at 128: 8 per SM, the register file's limit) 81.44 / 81.34 -> 80.87 / 80.92 with 2.
+# 0: the trigger right after the wait.
 FP8_SPLIT_LATE_DEPENDENTS = int(os.environ.get("SWATTN_FP8_SPLIT_LATE_DEPENDENTS", "0") or 0)
-# Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py s11_*): the two-KV-heads split launch (KV_PAIR)
-# takes the L2 preload before its wait at this level (PRELOAD_L2's 1 or 2; each token's two rows as one piece), and
-# (FP8_PAIR_EARLY_MERGE) its merge lets the next kernel launch before the merge's own wait (combine.EARLY_DEPENDENTS
-# for these launches only), so that the next call's pair programs are resident, and preloading, while this call's
-# split launch drains. Issue 21's bf16 full decode B=4 16K (H200 s10-call1 / s10-call5): both together 40.65 ->
-# 40.21-40.27 us, the preload alone 41.6, the early merge alone 40.75; the early merge alone cost the pairs 7.8% at
-# B=16 16K (s10-call3: 86.2 vs 80.0 us) and nothing at B=4 16K. 0 / False: off.
-FP8_PAIR_PRELOAD_L2 = int(os.environ.get("SWATTN_FP8_PAIR_PRELOAD_L2", "0") or 0)
-FP8_PAIR_EARLY_MERGE = os.environ.get("SWATTN_FP8_PAIR_EARLY_MERGE", "0") not in ("", "0")
 
 # Experimental (off until timed on the GPU: /work/gpu_queue/21-claiming.sh, scripts/gpu_probe.py claiming): dynamic
 # blocks in the split loop of full-attention decode (split launches of one query per sequence over a 16-bit cache).
@@ -1120,28 +1119,20 @@ def _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                      PRELOAD: tl.constexpr, Q_DESCALE, K_DESCALE, V_DESCALE, stride_qdb, stride_qdh, stride_kdb,
                      stride_kdh, stride_vdb, stride_vdh, FP8: tl.constexpr = NO_FP8, BY_LOADS: tl.constexpr = False,
-                     claim_reserve=0, CLAIMING: tl.constexpr = False, KV_PAIR: tl.constexpr = 0):
+                     claim_reserve=0, CLAIMING: tl.constexpr = False):
     """L2 prefetches of what tile ``tile`` of ``batch_head`` (a PackGQA tile of a paged, fixed-length-q call with
     per-sequence lengths) reads first, issued before the wait for the previous kernel (``PRELOAD_L2``): values
     loaded here only choose lines to prefetch. Each tensor's rows are covered in its own dtype's bytes (an e4m3
     cache's D = 64 row is 64 bytes, half a line; its descales are read too). ``BY_LOADS``: plain loads instead of
-    prefetches (the interpreter). ``KV_PAIR``: the program's tile holds two KV heads' query heads (as
-    ``_attend_tile``'s), whose K/V rows of a token are one piece of 2 x HEAD_DIM elements (the plan's rule)."""
-    if KV_PAIR != NO_PAIR:
-        rows_group = queries_per_kv_head * 2
-        ROW_ELEMENTS: tl.constexpr = 2 * HEAD_DIM
-    else:
-        rows_group = queries_per_kv_head
-        ROW_ELEMENTS: tl.constexpr = HEAD_DIM
-    batch = batch_head // (num_heads // rows_group)
-    program_head = batch_head % (num_heads // rows_group)
-    kv_head = program_head * (rows_group // queries_per_kv_head)  # the first of a pair
+    prefetches (the interpreter)."""
+    batch = batch_head // (num_heads // queries_per_kv_head)
+    kv_head = batch_head % (num_heads // queries_per_kv_head)
     batch64 = batch.to(tl.int64)
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    num_rows = seqlen_q * rows_group
+    num_rows = seqlen_q * queries_per_kv_head
     row_valid = offs_m < num_rows
-    row_pos = offs_m // rows_group
-    row_head = program_head * rows_group + offs_m % rows_group
+    row_pos = offs_m // queries_per_kv_head
+    row_head = kv_head * queries_per_kv_head + offs_m % queries_per_kv_head
     # The query rows (one line per 128 bytes of a row) and the sinks: independent of anything loaded.
     offs_line = _row_lines(Q, HEAD_DIM)
     q_rows = Q + batch64 * stride_qb + row_pos.to(tl.int64) * stride_qs + row_head.to(tl.int64) * stride_qh
@@ -1153,17 +1144,14 @@ def _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride
         kv_head64 = kv_head.to(tl.int64)
         _prefetch_l2(K_DESCALE + batch64 * stride_kdb + kv_head64 * stride_kdh, BY_LOADS)
         _prefetch_l2(V_DESCALE + batch64 * stride_vdb + kv_head64 * stride_vdh, BY_LOADS)
-        if KV_PAIR != NO_PAIR:
-            _prefetch_l2(K_DESCALE + batch64 * stride_kdb + (kv_head64 + 1) * stride_kdh, BY_LOADS)
-            _prefetch_l2(V_DESCALE + batch64 * stride_vdb + (kv_head64 + 1) * stride_vdh, BY_LOADS)
         if FP8 == FP8_QKV:
             _prefetch_l2(Q_DESCALE + batch64 * stride_qdb + kv_head64 * stride_qdh, BY_LOADS)
     # The loop's first keys: the length (volatile: never reused after the wait), then the page-table entries.
     seqlen_k = tl.load(SEQLENS_K + batch, volatile=True)
     if APPEND_NEW:
         seqlen_k = seqlen_k + seqlen_q
-    first_pos = (tile * BLOCK_M) // rows_group
-    last_pos = (tl.minimum(tile * BLOCK_M + BLOCK_M, num_rows) - 1) // rows_group
+    first_pos = (tile * BLOCK_M) // queries_per_kv_head
+    last_pos = (tl.minimum(tile * BLOCK_M + BLOCK_M, num_rows) - 1) // queries_per_kv_head
     kv_start, kv_end, _, _, num_blocks = block_ranges(first_pos, last_pos, seqlen_q, seqlen_k, left, right, BLOCK_N,
                                                      HAS_LEFT, HAS_RIGHT)
     # This split's first block (with a head block, the tile's at most BLOCK_N + HEAD_N keys: both blocks).
@@ -1185,7 +1173,7 @@ def _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride
         slot = (keys % page_size).to(tl.int64)
         k_rows = K + page * stride_kb + slot * stride_ks + kv_head.to(tl.int64) * stride_kh
         v_rows = V + page * stride_vb + slot * stride_vs + kv_head.to(tl.int64) * stride_vh
-        offs_kv_line = _row_lines(K, ROW_ELEMENTS)
+        offs_kv_line = _row_lines(K, HEAD_DIM)
         _prefetch_l2(tl.where(cached[:, None], k_rows[:, None] + offs_kv_line[None, :], K), BY_LOADS)
         _prefetch_l2(tl.where(cached[:, None], v_rows[:, None] + offs_kv_line[None, :], V), BY_LOADS)
         if APPEND_NEW:
@@ -1576,8 +1564,7 @@ def _swa_fwd_kernel(
                          HEAD_N, HEAD_DIM, PRELOAD_L2, Q_DESCALE, K_DESCALE, V_DESCALE, stride_qdb, stride_qdh,
                          stride_kdb, stride_kdh, stride_vdb, stride_vdh, FP8,
                          # Without PDL only under the interpreter (the plan's rule): loads instead of PTX there.
-                         BY_LOADS=not USE_PDL, claim_reserve=claim_reserve, CLAIMING=CLAIM_LANES != 0,
-                         KV_PAIR=KV_PAIR)
+                         BY_LOADS=not USE_PDL, claim_reserve=claim_reserve, CLAIMING=CLAIM_LANES != 0)
     if LATE_DEPENDENTS != 0:
         wait_only_for_previous_grid(USE_PDL)
     else:
@@ -1862,7 +1849,7 @@ def settings() -> tuple:
     3.11; tests/test_replay.py checks the bytecode)."""
     fp8_pairs = (configs.FP8_KV_PAIRS, configs.FP8_PAIR_MIN_KEYS_PER_SPLIT, configs.FP8_PAIR_SPLIT_BLOCKS[16],
                  configs.FP8_PAIR_SHAPE_BLOCKS, configs.FP8_PAIR_FENCED_WIDENING, configs.FP8_PAIR_TRANSPOSED,
-                 FP8_SPLIT_LATE_DEPENDENTS, FP8_PAIR_PRELOAD_L2, FP8_PAIR_EARLY_MERGE)
+                 FP8_SPLIT_LATE_DEPENDENTS)
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, gluon_fwd.FP8_QK, APPEND_READS_INPUT,
@@ -2118,9 +2105,7 @@ class _ForwardPlan:
             # The merge writes out as [tokens, H, D] (a view of dense out).
             self.combine = combine_launch(out_target, lse_target,
                                           out if varlen_q else out.view((tokens, num_heads, head_dim)),
-                                          lse, sinks, tokens_per_batch, seqused_q,
-                                          early_dependents=True if self.kv_pair and FP8_PAIR_EARLY_MERGE else None,
-                                          reset_claims=self.claiming)
+                                          lse, sinks, tokens_per_batch, seqused_q, reset_claims=self.claiming)
         else:
             o_strides = (0, *token_strides(out, varlen_q))
             l_strides = (0, 0, 0, 0) if lse is None else (0, *lse_strides(lse, varlen_q))
@@ -2180,17 +2165,14 @@ class _ForwardPlan:
         # lengths, fp16 / bf16 or an e4m3 cache, no cache_batch_idx / cache_leftpad / attention_chunk, no TMA or
         # Gluon or KV pairs). (A power-of-two head_dim: the prefetches cover each row in a power-of-two count of
         # 128-byte lines.) Under the interpreter (no PDL, no PTX) the same calls take it with plain loads in place
-        # of the prefetches (the kernel's BY_LOADS), so the CPU tests run its code and addresses. KV pairs: at
-        # their own level (FP8_PAIR_PRELOAD_L2).
+        # of the prefetches (the kernel's BY_LOADS), so the CPU tests run its code and addresses.
         preloadable = ((use_pdl or _compat.interpreter_enabled()) and paged and pack_gqa and seqlens_k is not None
                        and not varlen_q and not varlen_k and block_d == head_dim
                        and cache_batch_idx is None and cache_leftpad is None and attention_chunk == 0
-                       and not self.use_gluon and not self.use_tma and not config.mask_edges_only)
-        if self.kv_pair:
-            self.preload_l2 = FP8_PAIR_PRELOAD_L2 if preloadable else 0
-        else:
-            self.preload_l2 = (PRELOAD_L2 if preloadable and (PRELOAD_L2_SPLITS or (config.single_loop
-                                                                                   and num_splits == 1)) else 0)
+                       and not self.use_gluon and not self.use_tma and not self.kv_pair
+                       and not config.mask_edges_only
+                       and (PRELOAD_L2_SPLITS or (config.single_loop and num_splits == 1)))
+        self.preload_l2 = PRELOAD_L2 if preloadable else 0
         self.config = config  # the main launch's block shape (for inspection)
         options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **pdl_launch_options(use_pdl),
                        **({"maxnreg": config.maxnreg} if config.maxnreg else {}))
