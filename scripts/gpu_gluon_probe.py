@@ -231,9 +231,6 @@ def main() -> int:
         gluon.append(("gluon late rescale", with_mode("1", call(), settings=late)))
         if args.pingpong:
             gluon.append(("gluon late rescale ping-pong", with_mode("1", call(), settings=late, pingpong=True)))
-        # The row sums by the tensor cores (P @ ones; two-warpgroup tiles).
-        gluon.append(("gluon MMA row sums", with_mode("1", call(), settings=dict(
-            SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | gluon_fwd.MMA_ROW_SUMS))))
         # The shipped call with fewer of _softmax_block's trims (bits: 1 one-sided edge masks, 2 per-thread row
         # sums, 4 the row max skipped by warp vote).
         for trims in ((0, 2, 3) if small else (0, 2)):

@@ -132,10 +132,6 @@ ONE_SIDED_EDGES, THREAD_ROW_SUMS, VOTED_ROW_MAX = 1, 2, 4
 # under it (side-effecting asm, so LLVM keeps it between the two issues), then P_{j-1} V_{j-1}: the rescale's
 # multiplications leave the path from a block's softmax to the next block's products.
 RESCALE_EARLY = 32
-# Experimental (off until timed): the row sums from the tensor cores, P @ ones (an [BLOCK_N, 8] operand of ones in
-# shared memory, a 64 x 8 accumulator rescaled with O's), instead of ~BLOCK_N / 2 FADDs per thread and block on the
-# softmax's instruction stream: the sums are then of P as rounded for P @ V.
-MMA_ROW_SUMS = 8
 SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "39"))  # A/B runs: 0 for none
 
 
@@ -219,9 +215,8 @@ def softmax_trims_for(consumers: int, head_dim: int) -> int:
     none (not measured; on Triton 3.9 its spills reach the check's limit with the row sums)."""
     if head_dim > 128:
         return 0
-    if consumers == 1:  # (the row sums by MMA: 16 B of stack at head_dim 64's 104 registers, Triton 3.6)
-        return SOFTMAX_TRIMS & (ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX | RESCALE_EARLY)
-    return SOFTMAX_TRIMS & (THREAD_ROW_SUMS | VOTED_ROW_MAX | RESCALE_EARLY | MMA_ROW_SUMS)
+    kept = ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX if consumers == 1 else THREAD_ROW_SUMS | VOTED_ROW_MAX
+    return SOFTMAX_TRIMS & (kept | RESCALE_EARLY)
 
 
 def tma_store_for(consumers: int) -> bool:
@@ -324,7 +319,6 @@ if GLUON_AVAILABLE:
     _VOTED_MAX_ASM_LAZY_C = gl.constexpr(_voted_row_max_asm(RESCALE_THRESHOLD))
     _VOTED_MAX_ASM_EXACT_C = gl.constexpr(_voted_row_max_asm(0.0))
     _RESCALE_EARLY_C = gl.constexpr(RESCALE_EARLY)
-    _MMA_ROW_SUMS_C = gl.constexpr(MMA_ROW_SUMS)
 
     @gluon.jit
     def _first(a, b):
@@ -407,9 +401,7 @@ if GLUON_AVAILABLE:
         pivot = safe_pivot(m_new)
         p = gl.exp2(s * qk_scale - gl.expand_dims(pivot, 1))
         alpha = gl.exp2(m_i - pivot)
-        if (SOFTMAX_TRIMS & _MMA_ROW_SUMS_C) != 0:
-            l_new = l_i  # the tensor cores sum P (``MMA_ROW_SUMS``)
-        elif (SOFTMAX_TRIMS & _THREAD_ROW_SUMS_C) != 0:
+        if (SOFTMAX_TRIMS & _THREAD_ROW_SUMS_C) != 0:
             # Row sums kept per thread (``_partial_sums``): the sum across a row's threads waits for the epilogue.
             part = _partial_sums(p, BLOCK_N)
             l_new = l_i * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, part.type.layout)), 1) + part
@@ -642,7 +634,7 @@ if GLUON_AVAILABLE:
         O, LSE, SINKS, FLAGS, ANY_NAN, o_desc = pointers[3:9]
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh = strides
         softmax_scale, softcap, left, right = scalars[:4]
-        q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns, ones_smem = buffers
+        q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns = buffers
         dtype: gl.constexpr = v_smem.dtype  # P's and O's: V's (bf16 with e4m3 Q and K, see ``FP8_QK``)
         FP8_QK: gl.constexpr = q_smem.dtype.primitive_bitwidth == 8
         M: gl.constexpr = q_smem.shape[2] * ROWS_PER_POS  # the warpgroup's rows: its Q box's (64 or 128)
@@ -705,15 +697,6 @@ if GLUON_AVAILABLE:
             l_i = gl.zeros([M], gl.float32, layout=s_rows)
         acc = gl.zeros([M, HEAD_DIM], gl.float32, layout=o_layout)
         s_zero = gl.zeros([M, BLOCK_N], gl.float32, layout=s_layout)
-        MMA_SUMS: gl.constexpr = (SOFTMAX_TRIMS & _MMA_ROW_SUMS_C) != 0
-        if MMA_SUMS:
-            # The row sums as P @ ones (``MMA_ROW_SUMS``): an M x 8 accumulator whose columns all hold them. P's
-            # register operand serves both products (its layout does not depend on the product's N).
-            l_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                               instr_shape=[16, 8, 16])
-            l_rows: gl.constexpr = gl.SliceLayout(1, l_layout)
-            l_acc = gl.zeros([M, 8], gl.float32, layout=l_layout)
-            ones = ones_smem.index(WG).permute((1, 0))
 
         q_slot = item % Q_SLOTS
         if num_blocks > 0:
@@ -754,8 +737,6 @@ if GLUON_AVAILABLE:
                     s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
                                             is_async=True)
                     acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD, True)
-                    if MMA_SUMS:
-                        l_acc = _rescale_acc(l_acc, gl.convert_layout(alpha_o, l_rows), 0.0, True)
                     mbarrier.wait(v_ready.index(previous_stage), previous_phase)
                 else:
                     mbarrier.wait(v_ready.index(previous_stage), previous_phase)
@@ -763,28 +744,18 @@ if GLUON_AVAILABLE:
                     s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
                                             is_async=True)
                 acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
-                if MMA_SUMS:
-                    l_token = warpgroup_mma(p_op, ones, l_acc, is_async=True)
-                    turn = _turn_end(turns, turn, WG, PINGPONG)
-                    s = warpgroup_mma_wait(2, deps=[s_token])
-                else:
-                    turn = _turn_end(turns, turn, WG, PINGPONG)
-                    s = warpgroup_mma_wait(1, deps=[s_token])
+                turn = _turn_end(turns, turn, WG, PINGPONG)
+                s = warpgroup_mma_wait(1, deps=[s_token])
                 mbarrier.arrive(k_empty.index(stage), count=1)
                 p, m_i, l_i, alpha = _softmax_block(
                     s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
                     right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N,
                     RESCALE_THRESHOLD, SOFTMAX_TRIMS)
-                if MMA_SUMS:
-                    acc, l_acc = warpgroup_mma_wait(0, deps=[acc_token, l_token])
-                else:
-                    acc = warpgroup_mma_wait(0, deps=[acc_token])
+                acc = warpgroup_mma_wait(0, deps=[acc_token])
                 mbarrier.arrive(v_empty.index(previous_stage), count=1)
                 alpha_o = gl.convert_layout(alpha, o_rows)
                 if (SOFTMAX_TRIMS & _RESCALE_EARLY_C) == 0:
                     acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
-                    if MMA_SUMS:
-                        l_acc = _rescale_acc(l_acc, gl.convert_layout(alpha, l_rows), 0.0)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
             if not TMA_STORE:
                 # Every score product of the tile has completed: its Q slot may take the loader's next tile.
@@ -794,29 +765,19 @@ if GLUON_AVAILABLE:
             last_stage = last % NUM_STAGES
             if (SOFTMAX_TRIMS & _RESCALE_EARLY_C) != 0:
                 acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
-                if MMA_SUMS:
-                    l_acc = _rescale_acc(l_acc, gl.convert_layout(alpha_o, l_rows), 0.0)
             mbarrier.wait(v_ready.index(last_stage), (last // NUM_STAGES) & 1)
             _turn_begin(turns, turn, WG, PINGPONG)
             acc_token = warpgroup_mma(p_op, v_smem.index(last_stage), acc, is_async=True)
-            if MMA_SUMS:
-                l_token = warpgroup_mma(p_op, ones, l_acc, is_async=True)
-                turn = _turn_end(turns, turn, WG, PINGPONG)
-                acc, l_acc = warpgroup_mma_wait(0, deps=[acc_token, l_token])
-            else:
-                turn = _turn_end(turns, turn, WG, PINGPONG)
-                acc = warpgroup_mma_wait(0, deps=[acc_token])
+            turn = _turn_end(turns, turn, WG, PINGPONG)
+            acc = warpgroup_mma_wait(0, deps=[acc_token])
             mbarrier.arrive(v_empty.index(last_stage), count=1)
 
         # Epilogue, as the Triton kernel's _finish_tile: NaN flags, then the sink, LSE and one factor per row
         # (``finish_rows``, shared with it), O.
         m_o = gl.convert_layout(m_i, o_rows)
-        if MMA_SUMS:
-            l_o = gl.convert_layout(gl.reduce(l_acc, 1, _first), o_rows)  # every column holds the row sums
-        else:
-            if (SOFTMAX_TRIMS & _THREAD_ROW_SUMS_C) != 0:
-                l_i = gl.sum(l_i, 1)
-            l_o = gl.convert_layout(l_i, o_rows)
+        if (SOFTMAX_TRIMS & _THREAD_ROW_SUMS_C) != 0:
+            l_i = gl.sum(l_i, 1)
+        l_o = gl.convert_layout(l_i, o_rows)
         if FLAG_NAN:
             row_sum = gl.sum(acc, 1)
             row_has_nan = (row_sum != row_sum) & o_valid  # rows past the sequence hold another's Q (TMA)
@@ -886,13 +847,6 @@ if GLUON_AVAILABLE:
                                                                              instr_shape=[16, HEAD_DIM, 16]))
         M: gl.constexpr = buffers[0].shape[2] * ROWS_PER_POS  # as _consume_item's rows
         seen_nan = gl.zeros([M], gl.int32, layout=o_rows)
-        if (SOFTMAX_TRIMS & _MMA_ROW_SUMS_C) != 0:
-            # This warpgroup's operand of ones for the row sums, written once, visible to its products.
-            ones_smem = buffers[10]
-            ones_smem.index(WG).store(gl.full([8, BLOCK_N], 1.0, ones_smem.dtype,
-                                              layout=gl.BlockedLayout([1, 1], [1, 32], [4, 1], [1, 0])))
-            fence_async_shared()
-            _partition_barrier()
         reverse = False
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
             position, item, turn, stored, stored_slot, seen_nan = _consume_item(
@@ -964,15 +918,7 @@ if GLUON_AVAILABLE:
                        stride_kdb, stride_kdh, stride_vdb, stride_vdh)
         else:
             scalars = (softmax_scale, softcap, left, right)
-        if (SOFTMAX_TRIMS & _MMA_ROW_SUMS_C) != 0:
-            # Each consumer warpgroup's [8, BLOCK_N] operand of ones for the row sums (K-major, as K's blocks).
-            ONES_SWIZZLE: gl.constexpr = 128 if BLOCK_N >= 64 else 2 * BLOCK_N
-            ones_smem = gl.allocate_shared_memory(v_desc.dtype, [NUM_CONSUMERS, 8, BLOCK_N],
-                                                  gl.NVMMASharedLayout(ONES_SWIZZLE, v_desc.dtype.primitive_bitwidth,
-                                                                       2))
-        else:
-            ones_smem = turns  # unused
-        buffers = (q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns, ones_smem)
+        buffers = (q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns)
         # (Gluon's partitions take their arguments spelled out: no starred tuples.)
         if NUM_CONSUMERS == 3:
             gl.warp_specialize([
