@@ -112,6 +112,10 @@ LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer
 # The consumer warpgroups take turns issuing their products (FlashAttention 3's ping-pong): measured 0-7% slower on
 # every 16K prefill row (H200, docs/notes/2026-12-03-gluon-forward.md, run 3), so off; kept as a tested switch.
 PINGPONG = False
+# PINGPONG = 2 (experimental): the turns through two hardware named barriers (``bar.sync`` / ``bar.arrive`` over the
+# two warpgroups' 256 threads, as FlashAttention 3's warp-scheduler barriers) instead of mbarriers: no polling, no
+# partition barrier in front of each arrive. Barrier ids 8 and 9 (Triton's partitions use 0-2).
+_NAMED_TURN_BARRIER = 8
 # Dense calls write O through the tile's Q slot and a TMA store instead of per-thread stores (``tma_store_for``).
 TMA_STORE = False
 # Rows per consumer warpgroup for packed small windows at head_dim 64 (``wg_rows_for``): 64 or 128. H200, W(127,0)
@@ -319,6 +323,7 @@ if GLUON_AVAILABLE:
     _VOTED_MAX_ASM_LAZY_C = gl.constexpr(_voted_row_max_asm(RESCALE_THRESHOLD))
     _VOTED_MAX_ASM_EXACT_C = gl.constexpr(_voted_row_max_asm(0.0))
     _RESCALE_EARLY_C = gl.constexpr(RESCALE_EARLY)
+    _NAMED_TURN_BARRIER_C = gl.constexpr(_NAMED_TURN_BARRIER)
 
     @gluon.jit
     def _first(a, b):
@@ -426,18 +431,31 @@ if GLUON_AVAILABLE:
         return acc
 
     @gluon.jit
+    def _named_barrier(OP: gl.constexpr, BARRIER: gl.constexpr):
+        """``bar.sync`` / ``bar.arrive`` on hardware barrier ``BARRIER`` over 256 threads (two warpgroups), by every
+        thread of the calling warpgroup (side-effecting asm on a one-element tensor that each thread holds)."""
+        one = gl.full([1], 0, gl.int32, layout=gl.BlockedLayout([1], [32], [4], [0]))
+        gl.inline_asm_elementwise(f"bar.{OP} {BARRIER}, 256;\nmov.u32 $0, $1;", "=r,r", [one], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+
+    @gluon.jit
     def _turn_begin(turns, turn, WG: gl.constexpr, PINGPONG: gl.constexpr):
         """Ping-pong: wait until the other warpgroup has issued as many tensor-core turns as this one (warpgroup 0
         goes first), so the two issue their products alternately and one's softmax runs under the other's
         products. A fresh barrier counts as having completed the phase before phase 0: warpgroup 0's first wait
-        passes."""
-        if PINGPONG:
+        passes. ``PINGPONG == 2``: hardware named barriers (warpgroup 1 arrives once before its first turn,
+        ``_consumer``)."""
+        if PINGPONG == 2:
+            _named_barrier("sync", _NAMED_TURN_BARRIER_C + WG)
+        elif PINGPONG:
             mbarrier.wait(turns.index(WG), (turn & 1) ^ (1 - WG))
 
     @gluon.jit
     def _turn_end(turns, turn, WG: gl.constexpr, PINGPONG: gl.constexpr):
         """This warpgroup's products of the turn are issued: the other warpgroup's turn."""
-        if PINGPONG:
+        if PINGPONG == 2:
+            _named_barrier("arrive", _NAMED_TURN_BARRIER_C + 1 - WG)
+        elif PINGPONG:
             mbarrier.arrive(turns.index(1 - WG), count=1)
         return turn + 1
 
@@ -847,6 +865,8 @@ if GLUON_AVAILABLE:
                                                                              instr_shape=[16, HEAD_DIM, 16]))
         M: gl.constexpr = buffers[0].shape[2] * ROWS_PER_POS  # as _consume_item's rows
         seen_nan = gl.zeros([M], gl.int32, layout=o_rows)
+        if PINGPONG == 2 and WG == 1:
+            _named_barrier("arrive", _NAMED_TURN_BARRIER_C)  # warpgroup 0 takes the first turn
         reverse = False
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
             position, item, turn, stored, stored_slot, seen_nan = _consume_item(
@@ -1063,7 +1083,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             non_finite_flags: torch.Tensor | None, any_non_finite: torch.Tensor | None,
             seqlens_k: torch.Tensor | None = None, page_table: torch.Tensor | None = None,
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
-            consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None,
+            consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | int | None = None,
             consumers: int | None = None, tma_store: bool | None = None,
             per_sm: int | None = None, wg_rows: int | None = None,
             plans: dict | None = None, q_descale: torch.Tensor | None = None, k_descale: torch.Tensor | None = None,
