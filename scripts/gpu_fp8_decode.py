@@ -34,7 +34,7 @@ Run: ``python scripts/gpu_fp8_decode.py [SHAPE ...]``, shapes: full, long, b4, l
 default), s6_full, s6_more, s6_b4, s6_long16, s6_long, s6_b16_128k, s7_long, s7_b16_128k, and the later sessions'
 (``--dry`` lists a shape's candidates); s9_*: the transposed pairs' loop against the shipped one; s10_*: the
 pairs' block shapes of the default path (``blocks=``), and head_dim 128 layers (a shape's fifth field: H, Hk, D);
-s11b_*: the pairs' late trigger and fewer splits at 16K.
+s11b_*: fewer splits at 16K; s11c_*: more splits at B=4 16K.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ import torch
 from gpu_probe import DEVICE, graph_calls_us  # scripts/ is on sys.path when this file runs
 
 import swattn
+from swattn import interface
 from swattn.kernels import combine, configs, fwd
 from swattn.kernels.configs import FwdConfig, forced_config
 
@@ -248,21 +249,25 @@ S10C_B4 = S10C
 S10C_B16 = [D128_BEFORE, W16_16, W16_16, D128_BEFORE]
 S10C_B8 = [D128_BEFORE, W16_16, W1_12, W1_12, W16_16, D128_BEFORE]
 # Session 11: the 16K rows' fixed costs on the pairs' launches (the default path, page tables of exactly the
-# context): ``late=N`` (fwd.FP8_SPLIT_LATE_DEPENDENTS: the merge triggered after the split programs' stores (1) or
-# before their epilogue (2) instead of at their wait). Each set in mirrored order, the default first and last.
-# s11-call2 (19:20 UTC, main 689df5e; us): B=4 16K default 26.95 / 26.95, late 2 30.26 / 30.27; B=16 16K 81.44 /
-# 81.34, late 2 80.87 / 80.92; B=4 131072 150.69 / 152.75, late 2 162.67 / 163.17. The pairs' L2 preload before
-# their wait with the merge's early dependents (switches since removed) lost everywhere: B=4 16K 29.11-29.64 (the
-# early merge alone 29.74 / 29.75), B=16 16K 98.75-99.01, B=4 131072 161.54 / 163.79.
-LATE_1, LATE_2 = ((False, None, dict(late=n)) for n in (1, 2))
-# Fewer splits at 16K (``blocks=`` with fewer programs per SM planned: the same loop, the split count of that many
-# per SM): B=4's one-warp (32, 1) capped at 168 at 6 / 4 per SM (49 / 33 splits of 335 / 497 keys instead of 64 of
-# 256); B=16's (32, 2) capped at 128 at 6 per SM (12 splits of 1,366 keys instead of 16 of 1,024).
+# context). s11-call2 (19:20 UTC, main 689df5e; us): B=4 16K default 26.95 / 26.95; B=16 16K 81.44 / 81.34; B=4
+# 131072 150.69 / 152.75; the late merge trigger (fwd.FP8_SPLIT_LATE_DEPENDENTS 2, ``late=2``) 30.26 / 30.27, 80.87
+# / 80.92, 162.67 / 163.17; the pairs' L2 preload before their wait with the merge's early dependents 29.11-29.64,
+# 98.75-99.01, 161.54 / 163.79 (the early merge alone at B=4 16K 29.74 / 29.75). s11-call5 (~19:40 UTC, main
+# 911b559): B=16 16K default 81.77 / 81.60, late 2 81.19 / 81.18; B=16 131040 577.49 / 582.14, late 2 581.16 /
+# 593.10. Those switches are removed. Fewer splits at 16K (``blocks=`` with fewer programs per SM planned: the
+# same loop, the split count of that many per SM), s11-call5: B=4's one-warp (32, 1) capped at 168 at 6 / 4 per SM
+# (49 / 33 splits) 29.62 / 29.59 and 35.25 / 34.78 against 27.16 / 27.08; B=16's (32, 2) capped at 128 at 6 per SM
+# (12 splits) 88.23 / 88.49 against 81.77 / 81.60.
 W1_6, W1_4, P128_6 = ((False, None, dict(blocks=blocks)) for blocks in (
     (32, 1, 168, 6), (32, 1, 168, 4), (32, 2, 128, 6)))
-S11B_B16_16K = [(False, None), LATE_2, P128_6, P128_6, LATE_2, (False, None)]
-S11B_B16_128K = [(False, None), LATE_2, LATE_2, (False, None)]
+S11B_B16_16K = [(False, None), P128_6, P128_6, (False, None)]
 S11B_B4_16K = [(False, None), W1_6, W1_4, W1_4, W1_6, (False, None)]
+# More splits at B=4 16K than MAX_SPLITS' 64 (``maxsplits=N``: interface.MAX_SPLITS raised for the variant, which
+# clamps a caller's num_splits; ``splits=`` the count): 72 and 80 splits of the default's one-warp programs (1,152 /
+# 1,280 of the 1,584 that fit: 8.7 / 9.7 per SM) between the 64 of the default and s10-call6's 99 (30.41 us against
+# 26.97).
+SPLITS_72, SPLITS_80 = ((False, None, dict(splits=n, maxsplits=128)) for n in (72, 80))
+S11C_B4_16K = [(False, None), SPLITS_72, SPLITS_80, SPLITS_80, SPLITS_72, (False, None)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -327,12 +332,9 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
              enumerate(([(False, None), FA3_FP8, EARLY], [W1_12, W1_8], [W16_16], [K64_6], [P112_9]))},
           **{f"s10_warm_d128_{i}": (16, 16384, None, [variant], (32, 8, 128)) for i, variant in
              enumerate(((False, None), ONE_HEAD, D128_BEFORE))},
-          "s11b_b16_16k": (16, 16384, None, S11B_B16_16K), "s11b_b16_128k": (16, 131040, None, S11B_B16_128K),
-          "s11b_b4_16k": (4, 16384, None, S11B_B4_16K),
-          # The compile warm-up of the s11b kernels, one process per split kernel.
-          **{f"s11b_warm{i}": (batch, context, None, variants) for i, (batch, context, variants) in enumerate((
-              (16, 16384, [(False, None)]), (16, 16384, [LATE_2]), (16, 131040, [(False, None)]),
-              (16, 131040, [LATE_2]), (4, 16384, [(False, None), W1_6, W1_4])))},
+          "s11b_b16_16k": (16, 16384, None, S11B_B16_16K), "s11b_b4_16k": (4, 16384, None, S11B_B4_16K),
+          "s11c_b4_16k": (4, 16384, None, S11C_B4_16K),
+          "s11c_warm": (4, 16384, None, [(False, None), SPLITS_72, SPLITS_80]),
           "s8b_b4_16k": (4, 16384, None, [(False, None), PAIRS_FENCED_V, (False, (64, 4, 2, False, False, 128),
                                                                          dict(pair=3, per_sm=4, fenced=2))])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
@@ -446,7 +448,7 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += f" pairs from {options['minkeys']} keys/split" if "minkeys" in options else ""
     shown += " pairs ({},{},cap {}) {}/SM".format(*options["blocks"]) if "blocks" in options else ""
     shown += " merge: early dependents" if options.get("early") else ""
-    shown += f" late trigger {options['late']}" if "late" in options else ""
+    shown += f" (at most {options['maxsplits']})" if "maxsplits" in options else ""
     shown += {None: "", 0: " session 8's pairs' loop", 1: " pairs' loop transposed"}[
         options.get("transposed")]
     if options.get("heads"):
@@ -529,8 +531,8 @@ def main() -> None:
             pair_blocks, shape_blocks = configs.FP8_PAIR_SPLIT_BLOCKS, configs.FP8_PAIR_SHAPE_BLOCKS
             early = combine.EARLY_DEPENDENTS
             combine.EARLY_DEPENDENTS = options.get("early", early)  # part of the plans' key (fwd.settings)
-            late = fwd.FP8_SPLIT_LATE_DEPENDENTS
-            fwd.FP8_SPLIT_LATE_DEPENDENTS = options.get("late", late)  # part of the plans' key (fwd.settings)
+            max_splits = interface.MAX_SPLITS
+            interface.MAX_SPLITS = options.get("maxsplits", max_splits)  # clamps num_splits (not in any plan key)
             if "blocks" in options:  # the pairs' block shape and split count of the default path at every shape
                 configs.FP8_PAIR_SPLIT_BLOCKS = {**pair_blocks, 16: options["blocks"]}  # part of the plans' key
                 configs.FP8_PAIR_SHAPE_BLOCKS = ()  # likewise
@@ -573,7 +575,7 @@ def main() -> None:
                 configs.FP8_PAIR_TRANSPOSED, configs.FP8_PAIR_MIN_KEYS_PER_SPLIT = transposed, min_keys
                 configs.FP8_PAIR_SPLIT_BLOCKS, configs.FP8_PAIR_SHAPE_BLOCKS = pair_blocks, shape_blocks
                 combine.EARLY_DEPENDENTS = early
-                fwd.FP8_SPLIT_LATE_DEPENDENTS = late
+                interface.MAX_SPLITS = max_splits
                 if l2_before is not None:
                     l2_fetch_limit(l2_before)
             read = kv_bytes if quantize_q is None else kv_bytes / 2

@@ -5,11 +5,11 @@ context (as ``swattn.bench``'s), the automatic split count (B=4 16K: 64 splits x
 each, and a merge of 256 programs). For each launch setting: us per call of a graph of 20 calls on one input set,
 then the same graph with per-program %globaltimer stamps (``_common.STAMPS_ADDRESS``, as issue 21's
 ``gpu_probe.py fixed_costs``: split programs' start / wait passed / end, the merge's, per call and as means over
-the middle calls; ``gpu_probe._stamp_report``). Settings: the default (the merge triggered at the split programs'
-wait), the late trigger after the stores (``fwd.FP8_SPLIT_LATE_DEPENDENTS`` 1: s10-call6 measured +4.1 us at B=4
-16K) and before the epilogue (2), and no PDL.
+the middle calls; ``gpu_probe._stamp_report``). Settings: the default, and no PDL. (s11-call2 / s11-call5 ran
+it with fwd.FP8_SPLIT_LATE_DEPENDENTS 1 / 2 too, the late merge trigger on the e4m3 split launches, since removed:
+docs/notes/2026-12-03-fp8-kv-cache.md, session 11.)
 
-    python scripts/gpu_fp8_fixed_costs.py [--batch 4] [--context 16384] [--go-file PATH] [--variants default,late 1]
+    python scripts/gpu_fp8_fixed_costs.py [--batch 4] [--context 16384] [--go-file PATH] [--variants default,no PDL]
 
 The stamped kernels are compiled for the stamp buffer's address (a constexpr), which differs between processes
 (s11-call2), so they are compiled in the measuring process: ``--go-file PATH`` compiles every variant (one call each,
@@ -37,8 +37,6 @@ from swattn.kernels._launch import clear_plans
 # (label, ((module, name, value), ...)).
 VARIANTS = {
     "default": (),
-    "late 1": ((fwd, "FP8_SPLIT_LATE_DEPENDENTS", 1),),
-    "late 2": ((fwd, "FP8_SPLIT_LATE_DEPENDENTS", 2),),
     "no PDL": ((_compat, "PDL", False),),
 }
 

@@ -196,20 +196,11 @@ PRELOAD_L2_SPLITS = False
 # alternated rounds in s10-call6): full decode B=4 16K 41.03-41.14 -> 40.42-40.92 (1) / 40.57-40.68 (2) (s10-call5:
 # 40.70-40.98 -> 40.17-40.22 with 1), B=8 8K 40.79-40.95 -> 40.35-40.44 (2), B=16 4K 40.69-40.71 -> 40.49-40.58,
 # B=16 1K 13.65-13.73 -> 13.29-13.34, B=16 16K 132.96-133.30 -> 132.79-133.90 (noise); same bits. Not taken
-# elsewhere: e4m3 decode B=4 16K 27.13 -> 31.2 us with 1, full verify k = 4 B=16 1K 26.78 -> 27.16. 0: off.
+# elsewhere: e4m3 decode B=4 16K 27.13 -> 31.2 us with 1 (H200 s11-call2 stamps: the next call's one-warp pair
+# programs, 12 of which fit an SM, start only once the late merge has ended and crowd onto 90 SMs; s11-call2/5 with
+# 2: B=4 16K +3.3, B=4 131072 +12, B=16 131040 +4..+11, B=16 16K -0.5 us; docs/notes/2026-12-03-fp8-kv-cache.md),
+# full verify k = 4 B=16 1K 26.78 -> 27.16. 0: off.
 SPLIT_LATE_DEPENDENTS = int(os.environ.get("SWATTN_SPLIT_LATE_DEPENDENTS", "2") or 0)
-# Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py s11_*): SPLIT_LATE_DEPENDENTS' trigger (1 or 2,
-# as there) on the split launches of single-query decodes over an e4m3 cache, which SPLIT_LATE_DEPENDENTS leaves
-# alone. Why (H200 s11-call2, scripts/gpu_fp8_fixed_costs.py stamps, e4m3 B=4 16K, the pairs' one-warp programs
-# capped at 168 registers, 12 resident per SM, 8 planned): by default the merge's programs start while the split
-# launch runs, 1-2 per SM, and the next call's split programs start 0.6 us after the merge passes its wait, 7-8 per
-# SM on all 132 SMs; with the late trigger the merge starts on SMs the split programs have left and the next call's
-# split programs start only once the merge programs have ended (2.1 us after the merge's wait), then fill the first
-# SMs up to 12: 90 SMs (69 with 12), streaming 2.7 TB/s instead of 3.1; 26.90 -> 31.30 us per call (one input
-# set), 26.95 -> 30.26 with 2 (input sets, L2 cold); B=4 131072 150.7 / 152.8 -> 162.7 / 163.2 with 2. B=16 16K
-# ((32, 2) capped at 128: 8 per SM, the register file's limit) 81.44 / 81.34 -> 80.87 / 80.92 with 2.
-# 0: the trigger right after the wait.
-FP8_SPLIT_LATE_DEPENDENTS = int(os.environ.get("SWATTN_FP8_SPLIT_LATE_DEPENDENTS", "0") or 0)
 
 # Experimental (off until timed on the GPU: /work/gpu_queue/21-claiming.sh, scripts/gpu_probe.py claiming): dynamic
 # blocks in the split loop of full-attention decode (split launches of one query per sequence over a 16-bit cache).
@@ -1848,8 +1839,7 @@ def settings() -> tuple:
     CPython builds a longer one through a list (31 items took this function from 0.24 to 0.41 us, dev CPU, Python
     3.11; tests/test_replay.py checks the bytecode)."""
     fp8_pairs = (configs.FP8_KV_PAIRS, configs.FP8_PAIR_MIN_KEYS_PER_SPLIT, configs.FP8_PAIR_SPLIT_BLOCKS[16],
-                 configs.FP8_PAIR_SHAPE_BLOCKS, configs.FP8_PAIR_FENCED_WIDENING, configs.FP8_PAIR_TRANSPOSED,
-                 FP8_SPLIT_LATE_DEPENDENTS)
+                 configs.FP8_PAIR_SHAPE_BLOCKS, configs.FP8_PAIR_FENCED_WIDENING, configs.FP8_PAIR_TRANSPOSED)
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, gluon_fwd.FP8_QK, APPEND_READS_INPUT,
@@ -2202,9 +2192,8 @@ class _ForwardPlan:
                                                 and q.is_cuda and not _compat.interpreter_enabled()),
                                 PRELOAD_L2=self.preload_l2, PREFETCH_PARTNER=self.prefetch_partner,
                                 STAMPS=_common.STAMPS_ADDRESS,
-                                LATE_DEPENDENTS=((FP8_SPLIT_LATE_DEPENDENTS if self.fp8 else SPLIT_LATE_DEPENDENTS)
-                                                 if use_pdl and num_splits > 1 and not varlen_q and seqlen_q == 1
-                                                 else 0),
+                                LATE_DEPENDENTS=(SPLIT_LATE_DEPENDENTS if use_pdl and num_splits > 1 and not varlen_q
+                                                 and seqlen_q == 1 and not self.fp8 else 0),
                                 CLAIM_LANES=32 * config.num_warps if self.claiming else 0),
                            options, num_tensors=_FORWARD_TENSORS, slots=_slots(present))
         self.redo = None

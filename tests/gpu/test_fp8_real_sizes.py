@@ -178,50 +178,6 @@ def test_pairs_replace_the_single_loop_of_256_key_splits(monkeypatch):
     check_lse(lse, ref_lse)
 
 
-@pytest.mark.parametrize("batch,context", [(4, 16384), (16, 16384)], ids=str)
-def test_pair_launch_settings_give_the_same_bits(monkeypatch, batch, context):
-    """The pairs' split launch with the late trigger (fwd.FP8_SPLIT_LATE_DEPENDENTS 1 / 2: the merge may launch
-    once each split program has stored its rows / finished its loop) against the default (the trigger at the wait;
-    page tables of exactly the context, as swattn.bench's): the same bits, eagerly and in a replayed CUDA graph of
-    three calls over three input sets; the default against the reference."""
-    from swattn import _compat
-    from swattn.kernels import fwd
-    sets = [paged_e4m3_decode(batch, context, exact=True) for _ in range(3)]
-    variants = {"default": {}, "late 1": dict(FP8_SPLIT_LATE_DEPENDENTS=1),
-                "late 2": dict(FP8_SPLIT_LATE_DEPENDENTS=2)}
-    results = {}
-    for name, settings in variants.items():
-        with monkeypatch.context() as patch:
-            for setting, value in settings.items():
-                patch.setattr(fwd, setting, value)
-            fwd._PLANS.clear()
-            eager = [swattn.flash_attn_with_kvcache(q, k, v, **call) for q, k, v, call in sets]
-            plans = [plan for plan in fwd._PLANS.values() if plan.launches]
-            assert plans and all(plan.kv_pair for plan in plans)
-            if _compat.pdl_enabled(sets[0][0].device):
-                assert plans[0].main.constexprs["LATE_DEPENDENTS"] == settings.get("FP8_SPLIT_LATE_DEPENDENTS", 0)
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for q, k, v, call in sets:
-                    swattn.flash_attn_with_kvcache(q, k, v, **call)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                captured = [swattn.flash_attn_with_kvcache(q, k, v, **call) for q, k, v, call in sets]
-            graph.replay()
-            torch.cuda.synchronize()
-            results[name] = (eager, [(out.clone(), lse.clone()) for out, lse in captured])
-            fwd._PLANS.clear()
-    default_eager, default_graph = results["default"]
-    for name, (eager, replayed) in results.items():
-        for run, (a, b) in enumerate(zip(default_eager + default_graph, eager + replayed)):
-            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), f"{name}: other bits (run {run})"
-    ref_out, ref_lse = decode_reference(*sets[0])
-    assert_close("out", default_eager[0][0], ref_out, OUT_TOL)
-    check_lse(default_eager[0][1], ref_lse)
-
-
 @pytest.mark.parametrize("head_dim,window", [(64, (127, 0)), (128, (4095, 0)), (128, (-1, 0))], ids=str)
 def test_prefill_all_fp8(head_dim, window):
     batch, seqlen, heads, kv_heads = 1, 4096, 64 if head_dim == 64 else 32, 8
