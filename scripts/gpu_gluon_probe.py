@@ -225,8 +225,6 @@ def main() -> int:
                 gluon.append(("gluon S3", with_mode("1", call(), num_stages=3)))  # 3 K/V stages fit at D64
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
-            # The turns through hardware named barriers (FlashAttention 3's warp-scheduler barriers).
-            gluon.append(("gluon named-barrier ping-pong", with_mode("1", call(), pingpong=2)))
         # The accumulator's rescale after the block's P V completes (before FlashAttention 3's order, the shipped
         # ``RESCALE_EARLY``), alone and with ping-pong (FA3's warp-scheduler barriers at head_dim 128).
         late = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS & ~gluon_fwd.RESCALE_EARLY)

@@ -21,8 +21,8 @@ PackGQA of one KV head's packed (position, head) rows. One program holds:
   does not fit the registers: docs/notes/2026-12-03-gluon-forward.md, session 7), so a warpgroup's softmax overlaps
   the other warpgroup's or the other resident programs' products rather than its own. Between two warpgroups either
   the warp schedulers interleave one's softmax with the other's products, or (``PINGPONG``) the warpgroups take
-  turns issuing their products through a pair of mbarriers, as FlashAttention 3's warp-scheduler barriers order
-  them.
+  turns issuing their products through a pair of hardware named barriers, as FlashAttention 3's warp-scheduler
+  barriers order them.
 - the epilogue (sink, normalization, LSE, O) runs in each consumer; rows holding a NaN are flagged exactly as the
   Triton kernel's main pass flags them, and ``fwd.attention_forward`` runs the same redo pass afterwards, so
   non-finite isolation is identical on both paths.
@@ -109,13 +109,13 @@ KV_DENSE, KV_VARLEN, KV_PAGED = 0, 1, 2  # where K/V rows come from (the kernel'
 PAGE_BOX_MAX = 64  # keys per TMA box of a paged cache: at most a page, so a box never straddles two
 NUM_STAGES = 2
 LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer warpgroups share the rest
-# The consumer warpgroups take turns issuing their products (FlashAttention 3's ping-pong): measured 0-7% slower on
-# every 16K prefill row (H200, docs/notes/2026-12-03-gluon-forward.md, run 3), so off; kept as a tested switch.
+# The consumer warpgroups take turns issuing their products (FlashAttention 3's ping-pong), through hardware named
+# barriers ``_TURN_BARRIER`` and the next (``bar.sync`` / ``bar.arrive`` over the two warpgroups' 256 threads; Triton's
+# partitions use ids 0-2). Off: neutral on the H200 (s11-call6: causal D128 3387.7 against 3389.7 us, W(4095,0) D128
+# 1551.0 against 1553.8); through mbarriers (polling waits, a partition barrier in front of each arrive) it was 2-4%
+# slower (sessions 3, 10 and 11; docs/notes/2026-12-03-gluon-forward.md). Kept as a tested switch.
 PINGPONG = False
-# PINGPONG = 2 (experimental): the turns through two hardware named barriers (``bar.sync`` / ``bar.arrive`` over the
-# two warpgroups' 256 threads, as FlashAttention 3's warp-scheduler barriers) instead of mbarriers: no polling, no
-# partition barrier in front of each arrive. Barrier ids 8 and 9 (Triton's partitions use 0-2).
-_NAMED_TURN_BARRIER = 8
+_TURN_BARRIER = 8
 # Dense calls write O through the tile's Q slot and a TMA store instead of per-thread stores (``tma_store_for``).
 TMA_STORE = False
 # Rows per consumer warpgroup for packed small windows at head_dim 64 (``wg_rows_for``): 64 or 128. H200, W(127,0)
@@ -323,7 +323,7 @@ if GLUON_AVAILABLE:
     _VOTED_MAX_ASM_LAZY_C = gl.constexpr(_voted_row_max_asm(RESCALE_THRESHOLD))
     _VOTED_MAX_ASM_EXACT_C = gl.constexpr(_voted_row_max_asm(0.0))
     _RESCALE_EARLY_C = gl.constexpr(RESCALE_EARLY)
-    _NAMED_TURN_BARRIER_C = gl.constexpr(_NAMED_TURN_BARRIER)
+    _TURN_BARRIER_C = gl.constexpr(_TURN_BARRIER)
 
     @gluon.jit
     def _first(a, b):
@@ -439,25 +439,18 @@ if GLUON_AVAILABLE:
                                   is_pure=False, pack=1)
 
     @gluon.jit
-    def _turn_begin(turns, turn, WG: gl.constexpr, PINGPONG: gl.constexpr):
-        """Ping-pong: wait until the other warpgroup has issued as many tensor-core turns as this one (warpgroup 0
-        goes first), so the two issue their products alternately and one's softmax runs under the other's
-        products. A fresh barrier counts as having completed the phase before phase 0: warpgroup 0's first wait
-        passes. ``PINGPONG == 2``: hardware named barriers (warpgroup 1 arrives once before its first turn,
-        ``_consumer``)."""
-        if PINGPONG == 2:
-            _named_barrier("sync", _NAMED_TURN_BARRIER_C + WG)
-        elif PINGPONG:
-            mbarrier.wait(turns.index(WG), (turn & 1) ^ (1 - WG))
+    def _turn_begin(WG: gl.constexpr, PINGPONG: gl.constexpr):
+        """Ping-pong: wait until the other warpgroup has issued its products of the previous turn (warpgroup 0 goes
+        first: warpgroup 1 arrives once before its first turn, ``_consumer``), so the two issue alternately and
+        one's softmax runs under the other's products."""
+        if PINGPONG:
+            _named_barrier("sync", _TURN_BARRIER_C + WG)
 
     @gluon.jit
-    def _turn_end(turns, turn, WG: gl.constexpr, PINGPONG: gl.constexpr):
+    def _turn_end(WG: gl.constexpr, PINGPONG: gl.constexpr):
         """This warpgroup's products of the turn are issued: the other warpgroup's turn."""
-        if PINGPONG == 2:
-            _named_barrier("arrive", _NAMED_TURN_BARRIER_C + 1 - WG)
-        elif PINGPONG:
-            mbarrier.arrive(turns.index(1 - WG), count=1)
-        return turn + 1
+        if PINGPONG:
+            _named_barrier("arrive", _TURN_BARRIER_C + 1 - WG)
 
     @gluon.jit
     def _snake(work, reverse, total_work):
@@ -637,7 +630,7 @@ if GLUON_AVAILABLE:
         gl.store(pointers, out, mask=mask)
 
     @gluon.jit
-    def _consume_item(work, position, item, turn, stored, stored_slot, seen_nan, geometry, pointers, strides, scalars,
+    def _consume_item(work, position, item, stored, stored_slot, seen_nan, geometry, pointers, strides, scalars,
                       buffers,
                       WG: gl.constexpr, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
                       HAS_SINKS: gl.constexpr, PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr,
@@ -647,12 +640,12 @@ if GLUON_AVAILABLE:
                       TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
                 SOFTMAX_TRIMS: gl.constexpr):
         """One warpgroup's rows ``[WG * M, WG * M + M)`` (M: 64 or 128) of work item ``work``'s tile, from Q to O;
-        returns the consumer's running state ``(position, item, turn, stored, stored_slot, seen_nan)`` after it
+        returns the consumer's running state ``(position, item, stored, stored_slot, seen_nan)`` after it
         (``seen_nan``: per row position of the warpgroup, 1 once a row there held a NaN in any tile so far)."""
         O, LSE, SINKS, FLAGS, ANY_NAN, o_desc = pointers[3:9]
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh = strides
         softmax_scale, softcap, left, right = scalars[:4]
-        q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns = buffers
+        q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty = buffers
         dtype: gl.constexpr = v_smem.dtype  # P's and O's: V's (bf16 with e4m3 Q and K, see ``FP8_QK``)
         FP8_QK: gl.constexpr = q_smem.dtype.primitive_bitwidth == 8
         M: gl.constexpr = q_smem.shape[2] * ROWS_PER_POS  # the warpgroup's rows: its Q box's (64 or 128)
@@ -724,10 +717,10 @@ if GLUON_AVAILABLE:
             # Block 0: its scores, then its softmax; its P @ V is issued in the next step (or after the loop).
             first_stage = position % NUM_STAGES
             mbarrier.wait(k_ready.index(first_stage), (position // NUM_STAGES) & 1)
-            _turn_begin(turns, turn, WG, PINGPONG)
+            _turn_begin(WG, PINGPONG)
             s_token = warpgroup_mma(q_tile, k_smem.index(first_stage).permute((1, 0)), s_zero, use_acc=False,
                                     is_async=True)
-            turn = _turn_end(turns, turn, WG, PINGPONG)
+            _turn_end(WG, PINGPONG)
             if TMA_STORE and stored > 0:
                 # The previous tile's O left through its Q slot (TMA store): once that store has read it,
                 # the slot goes back to the loader, a whole tile before the loader needs it.
@@ -751,18 +744,18 @@ if GLUON_AVAILABLE:
                 # S_j = Q K_j^T, then P_{j-1} V_{j-1}: both in flight while this warpgroup waits for S_j.
                 mbarrier.wait(k_ready.index(stage), phase)
                 if (SOFTMAX_TRIMS & _RESCALE_EARLY_C) != 0:
-                    _turn_begin(turns, turn, WG, PINGPONG)
+                    _turn_begin(WG, PINGPONG)
                     s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
                                             is_async=True)
                     acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD, True)
                     mbarrier.wait(v_ready.index(previous_stage), previous_phase)
                 else:
                     mbarrier.wait(v_ready.index(previous_stage), previous_phase)
-                    _turn_begin(turns, turn, WG, PINGPONG)
+                    _turn_begin(WG, PINGPONG)
                     s_token = warpgroup_mma(q_tile, k_smem.index(stage).permute((1, 0)), s_zero, use_acc=False,
                                             is_async=True)
                 acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
-                turn = _turn_end(turns, turn, WG, PINGPONG)
+                _turn_end(WG, PINGPONG)
                 s = warpgroup_mma_wait(1, deps=[s_token])
                 mbarrier.arrive(k_empty.index(stage), count=1)
                 p, m_i, l_i, alpha = _softmax_block(
@@ -784,9 +777,9 @@ if GLUON_AVAILABLE:
             if (SOFTMAX_TRIMS & _RESCALE_EARLY_C) != 0:
                 acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
             mbarrier.wait(v_ready.index(last_stage), (last // NUM_STAGES) & 1)
-            _turn_begin(turns, turn, WG, PINGPONG)
+            _turn_begin(WG, PINGPONG)
             acc_token = warpgroup_mma(p_op, v_smem.index(last_stage), acc, is_async=True)
-            turn = _turn_end(turns, turn, WG, PINGPONG)
+            _turn_end(WG, PINGPONG)
             acc = warpgroup_mma_wait(0, deps=[acc_token])
             mbarrier.arrive(v_empty.index(last_stage), count=1)
 
@@ -842,7 +835,7 @@ if GLUON_AVAILABLE:
                      head_or_kv_head, batch64, q_begin, stride_ob, stride_os, stride_oh, PACK_GQA, GROUP,
                      ROWS_PER_POS, M, HEAD_DIM)
         position += num_blocks
-        return position, item, turn, stored, stored_slot, seen_nan
+        return position, item, stored, stored_slot, seen_nan
 
     @gluon.jit
     def _consumer(geometry, pointers, strides, scalars, buffers, WG: gl.constexpr, HAS_LEFT: gl.constexpr,
@@ -858,19 +851,18 @@ if GLUON_AVAILABLE:
         total_work = geometry[0] * geometry[1]
         position = 0  # blocks consumed so far: the stage ring's position, shared with the loader's count
         item = 0  # work items with keys so far: the Q ring's position, shared with the loader's count
-        turn = 0  # tensor-core turns taken so far (ping-pong with the other warpgroup)
         stored = 0  # 1 while a TMA store of O from Q slot ``stored_slot`` may still be reading it
         stored_slot = 0
         o_rows: gl.constexpr = gl.SliceLayout(1, gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                                              instr_shape=[16, HEAD_DIM, 16]))
         M: gl.constexpr = buffers[0].shape[2] * ROWS_PER_POS  # as _consume_item's rows
         seen_nan = gl.zeros([M], gl.int32, layout=o_rows)
-        if PINGPONG == 2 and WG == 1:
-            _named_barrier("arrive", _NAMED_TURN_BARRIER_C)  # warpgroup 0 takes the first turn
+        if PINGPONG and WG == 1:
+            _named_barrier("arrive", _TURN_BARRIER_C)  # warpgroup 0 takes the first turn
         reverse = False
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
-            position, item, turn, stored, stored_slot, seen_nan = _consume_item(
-                _snake(work, reverse, total_work), position, item, turn, stored, stored_slot, seen_nan, geometry,
+            position, item, stored, stored_slot, seen_nan = _consume_item(
+                _snake(work, reverse, total_work), position, item, stored, stored_slot, seen_nan, geometry,
                 pointers, strides, scalars, buffers, WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP,
                 STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K,
                 ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,
@@ -919,7 +911,6 @@ if GLUON_AVAILABLE:
         v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
         q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-        turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(NUM_STAGES):
             mbarrier.init(k_ready.index(i), count=1)
             mbarrier.init(v_ready.index(i), count=1)
@@ -928,7 +919,6 @@ if GLUON_AVAILABLE:
         for i in gl.static_range(2):
             mbarrier.init(q_ready.index(i), count=1)
             mbarrier.init(q_empty.index(i), count=NUM_CONSUMERS)
-            mbarrier.init(turns.index(i), count=1)
 
         pointers = (k_desc, v_desc, q_desc, O, LSE, SINKS, FLAGS, ANY_NAN, o_desc)
         strides = (stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh)
@@ -938,7 +928,7 @@ if GLUON_AVAILABLE:
                        stride_kdb, stride_kdh, stride_vdb, stride_vdh)
         else:
             scalars = (softmax_scale, softcap, left, right)
-        buffers = (q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty, turns)
+        buffers = (q_smem, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, q_ready, q_empty)
         # (Gluon's partitions take their arguments spelled out: no starred tuples.)
         if NUM_CONSUMERS == 3:
             gl.warp_specialize([
@@ -1083,7 +1073,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
             non_finite_flags: torch.Tensor | None, any_non_finite: torch.Tensor | None,
             seqlens_k: torch.Tensor | None = None, page_table: torch.Tensor | None = None,
             block_n: int | None = None, num_stages: int | None = None, maxnreg: int | None = None,
-            consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | int | None = None,
+            consumer_regs: int | None = None, programs: int | None = None, pingpong: bool | None = None,
             consumers: int | None = None, tma_store: bool | None = None,
             per_sm: int | None = None, wg_rows: int | None = None,
             plans: dict | None = None, q_descale: torch.Tensor | None = None, k_descale: torch.Tensor | None = None,
@@ -1240,7 +1230,7 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
         HAS_SEQLENS_K=seqlens_k is not None, PACK_GQA=pack_gqa, GROUP=group, STORE_LSE=lse is not None,
         FLAG_NAN=flag, BLOCK_N=block_n, HEAD_DIM=head_dim, NUM_STAGES=num_stages,
         CONSUMER_REGS=consumer_regs or default_consumer_regs, LOADER_REGS=LOADER_REGS,
-        ROWS_PER_POS=rows_per_pos, PINGPONG=pingpong, NUM_CONSUMERS=consumers,
+        ROWS_PER_POS=rows_per_pos, PINGPONG=bool(pingpong), NUM_CONSUMERS=consumers,
         TMA_STORE=tma_store, RESCALE_THRESHOLD=rescale_threshold_for(consumers),
         SOFTMAX_TRIMS=softmax_trims_for(consumers, head_dim),
     )
