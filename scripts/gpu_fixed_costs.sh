@@ -6,8 +6,7 @@
 #    launch a default would change (full decode B=4 16K, B=8 8K, B=16 4K / 16K / 1K, e4m3 decode B=4 / 16 16K, full
 #    verify k=4 B=16 1K / 8K), bitwise against shipped;
 #  - fixed_costs: per-program %globaltimer stamps of the split and merge launches (ramp, drain, merge) and the
-#    candidate set FIXED_COSTS_SET (s10a: s10-call1's, s10b: s10-call5's, s11: claimed blocks), FA3 beside; raw
-#    records $OUT/stamps.pt.
+#    candidate set FIXED_COSTS_SET (s10a: s10-call1's, s10b: s10-call5's), FA3 beside; raw records $OUT/stamps.pt.
 set -uo pipefail
 out=${OUT:-/tmp/21-out}
 mkdir -p "$out" /tmp/site
@@ -30,8 +29,8 @@ if [ "$section" = fixed_costs_defaults ]; then
   warm verify8k "FIXED_COSTS_CASES=full verify k=4 B=16 8K"
 else
   warm shipped FIXED_COSTS_VARIANTS=shipped
-  warm claim31 "FIXED_COSTS_VARIANTS=claim 3x1"
-  warm claim22 "FIXED_COSTS_VARIANTS=claim 2x2"
+  warm late "FIXED_COSTS_VARIANTS=late,early + preload 1"
+  warm lep1 "FIXED_COSTS_VARIANTS=late + early + preload 1"
 fi
 wait
 echo "warm done after $(elapsed) s" | tee "$out/times.txt"

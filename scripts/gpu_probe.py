@@ -47,8 +47,6 @@ Sections (argv; all by default):
             copy with per-kernel times; B=4 16K at other split counts;
   fixed_costs  session 10: full decode B=4 16K: per-program %globaltimer stamps (ramp, drain, merge) and candidate
             fixes against the shipped path, FA3 beside;
-  claiming  session 11: claimed blocks in the split decode (fwd.SPLIT_CLAIMING) against the static split at
-            B=4 16K, B=8 8K, B=16 1K / 16K: correctness at real size (reference, static, graph replay), times, copy;
   fixed_costs_defaults  session 10: the split launches' late dependents against shipped at every split launch a
             default would change (full decode B=4..16, 1K..16K, e4m3 decode, full verify k = 4 1K / 8K);
   verify_blocks  speculative verify (k = 2, 4, 8, appended) at window (127, 0) against decode: no append, the
@@ -1667,8 +1665,7 @@ def _stamp_report(regions: list, split_programs: int, merge_programs: int, kv_by
 
 def _fixed_costs_variants(call, auto: int) -> list[tuple[str, object, tuple, bool]]:
     """fixed_costs' candidates: (label, call, ((module, name, value), ...) settings, stamped too). FIXED_COSTS_SET:
-    "s10a" (s10-call1's set), "s10b" (s10-call5's: the split launch's late dependents), "s11" (default: claimed
-    blocks, fwd.SPLIT_CLAIMING, against the shipped static split)."""
+    "s10a" (s10-call1's set), "s10b" (default: s10-call5's, the split launch's late dependents)."""
     from swattn import _compat
     from swattn.kernels import combine, fwd
     early = (combine, "EARLY_DEPENDENTS", True)
@@ -1679,16 +1676,7 @@ def _fixed_costs_variants(call, auto: int) -> list[tuple[str, object, tuple, boo
     # As measured in s10-call1 / s10-call5, where "shipped" triggered the merge at the split programs' waits
     # (SPLIT_LATE_DEPENDENTS = 0; 2 is the default since): every variant but the late ones sets 0.
     before = (fwd, "SPLIT_LATE_DEPENDENTS", 0)
-    chosen = os.environ.get("FIXED_COSTS_SET", "s11")
-    if chosen == "s11":
-        return [
-            ("shipped", call, (), True),
-            # A tile's split programs claim the blocks past a static share through its counter (the merge zeroes
-            # it): reserve blocks per split pooled, claimed chunk at a time.
-            ("claim 3x1", call, ((fwd, "SPLIT_CLAIMING", 3), (fwd, "SPLIT_CLAIM_CHUNK", 1)), True),
-            ("claim 2x2", call, ((fwd, "SPLIT_CLAIMING", 2), (fwd, "SPLIT_CLAIM_CHUNK", 2)), True),
-        ]
-    if chosen == "s10a":
+    if os.environ.get("FIXED_COSTS_SET", "s10b") == "s10a":
         return [(label, run, (before, *settings), stamp) for label, run, settings, stamp in [
             ("shipped", call, (), True),
             # The next call's split programs, resident while the merge runs, warm L2 with their length and
@@ -1901,7 +1889,7 @@ def fixed_costs() -> None:
     for label, run, settings, _ in variants:
         if label == "shipped":
             stamped(label, run, settings, 0)
-            if os.environ.get("FIXED_COSTS_SET", "s11") == "s10a":
+            if os.environ.get("FIXED_COSTS_SET", "s10b") == "s10a":
                 stamped(label, run, settings, 1)
     for label, run, settings, _ in variants:
         if wanted or label != "shipped":
@@ -1916,8 +1904,8 @@ def fixed_costs() -> None:
         if stamp and label != "shipped":
             stamped(label, run, settings, 0)
     # Other split launches the candidates would change as defaults: full decode B=16 at 16K (6 splits) and 1K.
-    others = [v for v in variants if v[0] in ("shipped", "late", "late + early + preload 1", "claim 3x1")]
-    if os.environ.get("FIXED_COSTS_SET", "s11") != "s10a" and others:
+    others = [v for v in variants if v[0] in ("shipped", "late", "late + early + preload 1")]
+    if os.environ.get("FIXED_COSTS_SET", "s10b") != "s10a" and others:
         for batch_other, context_other in ((16, 16384), (16, 1024)):
             other_inputs = full_decode_inputs(batch_other, context_other)
             other_call = functools.partial(swattn.flash_attn_with_kvcache, **other_inputs, causal=True)
@@ -1939,103 +1927,6 @@ def fixed_costs() -> None:
     print("| case | us | % of copy |")
     print("|---|---|---|")
     for row in table:
-        print("| " + " | ".join(row) + " |")
-
-
-CLAIMING_VARIANTS = (("static", 0, 1), ("claim 3x1", 3, 1), ("claim 2x2", 2, 2), ("claim 5x2", 5, 2))
-
-
-def claiming() -> None:
-    """Session 11 (issue 21): fwd.SPLIT_CLAIMING (a tile's split programs claim the blocks past a static share
-    through an atomic counter that the merge zeroes) against the static split (the default), full decode (gpt-oss
-    layer, page 16, sinks) at B=4 16K, B=8 8K, B=16 1K, B=16 16K. Correctness at real size first: each variant's
-    output against the float32 reference and the static one's, eagerly and from a CUDA graph of three calls
-    replayed twice (every counter zero afterwards). Then us per call graph-replayed (20 calls per graph), the
-    variants in mirrored order (A B C D D C B A), and the copy of the same bytes (the floor). CLAIMING_CASES:
-    "B,context" pairs joined by ";" (all by default); CLAIMING_ROUNDS: mirrored pairs of rounds (1)."""
-    from swattn.kernels import fwd
-    from swattn.reference import attention_kvcache_ref
-    from swattn.testing import relative_error, tolerance_for
-    cases = [tuple(int(x) for x in case.split(",")) for case in
-             os.environ.get("CLAIMING_CASES", "4,16384;8,8192;16,1024;16,16384").split(";") if case]
-    pairs = int(os.environ.get("CLAIMING_ROUNDS", "1"))
-    rows = []
-
-    def settings(reserve, chunk):
-        fwd.SPLIT_CLAIMING, fwd.SPLIT_CLAIM_CHUNK = reserve, chunk
-        clear_plans()
-
-    print("\n## s11 claimed blocks (fwd.SPLIT_CLAIMING reserve x SPLIT_CLAIM_CHUNK) against the static split, full "
-          "decode, gpt-oss layer, page 16, sinks; us per call graph-replayed (20 per graph)", flush=True)
-    for batch, context in cases:
-        label = f"B={batch} {context // 1024}K"
-        try:
-            inputs = full_decode_inputs(batch, context)
-            call = functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True)
-            kv_bytes = batch * context * 8 * 64 * 2 * 2
-            copy = torch.empty(kv_bytes, device=DEVICE, dtype=torch.uint8)
-            copy_us = graph_us(functools.partial(copy[: kv_bytes // 2].copy_, copy[kv_bytes // 2:]), 20)
-            del copy
-            ref = None
-            if not WARM_ONLY:
-                ref, _ = attention_kvcache_ref(inputs["q"], inputs["k_cache"], inputs["v_cache"],
-                                               inputs["cache_seqlens"], page_table=inputs["page_table"],
-                                               causal=True, sinks=inputs["sinks"], compute_dtype=torch.float32)
-            static = None
-            for name, reserve, chunk in CLAIMING_VARIANTS:
-                settings(reserve, chunk)
-                out = call().clone()
-                claimed = [plan.claiming for plan in fwd._PLANS.values()]
-                if static is None:
-                    static = out
-                if WARM_ONLY or reserve == 0:
-                    continue
-                # Three calls captured in one graph, replayed twice: every output checked, counters zero after.
-                warm_up_on_side_stream([call])
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    captured = [call() for _ in range(3)]
-                outs = [out]
-                for _ in range(2):
-                    graph.replay()
-                    outs += [c.clone() for c in captured]
-                torch.cuda.synchronize()
-                del graph
-                worst_ref = max(relative_error(o, ref) for o in outs)
-                worst_static = max(relative_error(o, static) for o in outs)
-                same = sum(torch.equal(o, static) for o in outs)
-                zero = (not any(c.any() for c in fwd._CLAIM_COUNTERS.values())
-                        and not any(r[0].any() for r in fwd._CLAIM_RESERVE.values()))
-                verdict = ("OK" if worst_ref <= tolerance_for(torch.bfloat16) and worst_static <= 4e-3 and zero
-                           else "BAD")
-                print(f"  {label} {name}: claiming {claimed}; rel err vs fp32 reference <= {worst_ref:.1e}, vs "
-                      f"static <= {worst_static:.1e} ({same}/7 outputs bitwise = static), counters zero {zero}: "
-                      f"{verdict}", flush=True)
-            order = list(CLAIMING_VARIANTS)
-            times = {name: [] for name, _, _ in order}
-            for _ in range(pairs):
-                for sequence in (order, order[::-1]):
-                    for name, reserve, chunk in sequence:
-                        settings(reserve, chunk)
-                        times[name].append(graph_us(call, 20))
-            cells = []
-            for name, _, _ in order:
-                ts = times[name]
-                best = min(ts)
-                cells.append(" / ".join(f"{t:.2f}" for t in ts) + f" ({100 * copy_us / best:.1f}%)")
-            print(f"  {label}: copy {copy_us:.2f} us; " + "; ".join(f"{name} {cell}" for (name, _, _), cell
-                                                                   in zip(order, cells)), flush=True)
-            rows.append((label, f"{copy_us:.2f}", *cells))
-        except Exception as exc:  # report and go on
-            print(f"  {label}: failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
-        finally:
-            settings(0, 1)
-            inputs = call = ref = static = None
-            torch.cuda.empty_cache()
-    print("\n## s11 table: us per call (rounds in mirrored order; % of copy for the best round)")
-    print("| case | copy | " + " | ".join(name for name, _, _ in CLAIMING_VARIANTS) + " |")
-    print("|---" * (2 + len(CLAIMING_VARIANTS)) + "|")
-    for row in rows:
         print("| " + " | ".join(row) + " |")
 
 

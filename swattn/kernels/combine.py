@@ -50,7 +50,7 @@ def _merge_splits(m, total, acc, partial_row, lse_row, start, num_splits, head_d
 
 @triton.jit
 def _swa_combine_kernel(
-    O_PARTIAL, LSE_PARTIAL, O, LSE, SINKS, CU_SEQLENS_Q, SEQUSED_Q, CLAIMS,
+    O_PARTIAL, LSE_PARTIAL, O, LSE, SINKS, CU_SEQLENS_Q, SEQUSED_Q,
     stride_ps, stride_pb, stride_pt, stride_ph,
     stride_lps, stride_lpb, stride_lpt, stride_lph,
     stride_ob, stride_ot, stride_oh,
@@ -59,7 +59,6 @@ def _swa_combine_kernel(
     HAS_SINKS: tl.constexpr, STORE_LSE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
     USE_PDL: tl.constexpr, HAS_SEQUSED_Q: tl.constexpr = False, BLOCK_B: tl.constexpr = 1,
     SPLIT_LOOP: tl.constexpr = False, STAMPS: tl.constexpr = 0, EARLY_DEPENDENTS: tl.constexpr = False,
-    RESET_CLAIMS: tl.constexpr = False,
 ):
     """Grid: (positions, heads, batch). One program merges the ``num_splits`` partial rows of one (position, head,
     batch entry), ``BLOCK_S`` splits at a time.
@@ -71,9 +70,7 @@ def _swa_combine_kernel(
     sequence's ``seqused_q`` (or past ``cu_seqlens_q[-1]``) had no partial results written and is left untouched.
     ``STAMPS`` (diagnostic, 0 = off): each program's time stamps into _common's stamp buffer (region 1).
     ``EARLY_DEPENDENTS`` (the forward's merge, ``EARLY_DEPENDENTS`` below): the next kernel may launch before this
-    one's wait (``let_dependents_launch_then_wait``). ``RESET_CLAIMS`` (the forward's merge after a split launch that
-    claimed blocks, fwd.SPLIT_CLAIMING; one position per sequence): each program zeroes the block-claim counter
-    ``CLAIMS[batch * heads + head]`` for the next call, once the split launch has completed (past the wait).
+    one's wait (``let_dependents_launch_then_wait``).
     """
     if STAMPS != 0:
         stamp_start = time_stamp(tl.program_id(0))
@@ -92,8 +89,6 @@ def _swa_combine_kernel(
         wait_for_previous_grid(USE_PDL)
     if STAMPS != 0:
         stamp_waited = time_stamp(tl.program_id(0))
-    if RESET_CLAIMS:
-        tl.store(CLAIMS + batch * tl.num_programs(1) + head, 0)
     if HAS_SEQUSED_Q:
         # The token's sequence is the number of sequences that end at or before it (as the append kernel finds it).
         offs_b = tl.arange(0, BLOCK_B)
@@ -148,11 +143,11 @@ MAX_TILE = 4096
 
 def _launch(num_splits: int, grid: tuple[int, int, int], head_dim: int, partial: tuple, lse_partial: tuple,
             out: tuple, lse: tuple | None, has_sinks: bool, device, num_sequences: int = 0,
-            early_dependents: bool = False, reset_claims: bool = False) -> Launch:
+            early_dependents: bool = False) -> Launch:
     """The merge over ``grid = (positions, heads, batch)``. Strides: ``partial`` (split, batch, position, head),
     ``lse_partial`` likewise, ``out`` (batch, position, head), ``lse`` (batch, position, head) or None (not
-    stored); ``num_sequences`` > 0: varlen with seqused_q over that many sequences; ``early_dependents``,
-    ``reset_claims``: the kernel's EARLY_DEPENDENTS, RESET_CLAIMS."""
+    stored); ``num_sequences`` > 0: varlen with seqused_q over that many sequences; ``early_dependents``: the
+    kernel's EARLY_DEPENDENTS."""
     use_pdl = pdl_enabled(device)
     block_d = next_power_of_2(head_dim)
     block_s = max(2, min(next_power_of_2(num_splits), MAX_TILE // block_d))
@@ -160,10 +155,9 @@ def _launch(num_splits: int, grid: tuple[int, int, int], head_dim: int, partial:
     constexprs = dict(HAS_SINKS=has_sinks, STORE_LSE=lse is not None, BLOCK_S=block_s, BLOCK_D=block_d,
                       USE_PDL=use_pdl, HAS_SEQUSED_Q=num_sequences > 0,
                       BLOCK_B=next_power_of_2(max(num_sequences, 1)), SPLIT_LOOP=num_splits > block_s,
-                      STAMPS=_common.STAMPS_ADDRESS, EARLY_DEPENDENTS=early_dependents and use_pdl,
-                      RESET_CLAIMS=reset_claims)
+                      STAMPS=_common.STAMPS_ADDRESS, EARLY_DEPENDENTS=early_dependents and use_pdl)
     return Launch(_swa_combine_kernel, grid, scalars, constexprs, dict(num_warps=1, **pdl_launch_options(use_pdl)),
-                  num_tensors=8)
+                  num_tensors=7)
 
 
 def combine_launch(
@@ -174,13 +168,11 @@ def combine_launch(
     sinks: torch.Tensor | None,
     tokens_per_batch: int,
     seqused_q: torch.Tensor | None = None,
-    reset_claims: bool = False,
 ) -> Launch | None:
     """The forward's merge of ``out_partial [S, T, H, D]`` (fp32) and ``lse_partial [S, T, H]`` into ``out [T, H,
     D]``, prepared from the tensors' shapes and strides (meta tensors will do); call it with ``(out_partial,
-    lse_partial, out, lse or lse_partial, sinks or out, cu_seqlens_q or out, seqused_q or out, claims or out)``.
-    None when there is nothing to merge. ``reset_claims``: the split launch claimed blocks (fwd.SPLIT_CLAIMING; one
-    position per sequence) through ``claims``, which the merge zeroes.
+    lse_partial, out, lse or lse_partial, sinks or out, cu_seqlens_q or out, seqused_q or out)``. None when there
+    is nothing to merge.
 
     The T tokens are ``T / tokens_per_batch`` sequences of ``tokens_per_batch`` positions. ``lse`` is the caller's
     [B, H, Sq] (``tokens_per_batch = Sq``) or [H, total_q] (``tokens_per_batch = total_q``) tensor, or None. With
@@ -198,7 +190,7 @@ def combine_launch(
                    (split_p, tokens_per_batch * token_p, token_p, head_p),
                    (split_l, tokens_per_batch * token_l, token_l, head_l),
                    (tokens_per_batch * token_o, token_o, head_o), lse_address, sinks is not None, out.device,
-                   0 if seqused_q is None else seqused_q.shape[0], EARLY_DEPENDENTS, reset_claims)
+                   0 if seqused_q is None else seqused_q.shape[0], EARLY_DEPENDENTS)
 
 
 _PLANS = PlanCache()
@@ -229,4 +221,4 @@ def combine_splits(out_partial: torch.Tensor, lse_partial: torch.Tensor, out: to
         launch = _PLANS.add(key, _launch(
             num_splits, (positions, heads, batch), head_dim, _address(out_partial, varlen, 1),
             _address(lse_partial, varlen, 1), _address(out, varlen, 0), _address(lse, varlen, 0), False, out.device))
-    launch(out_partial, lse_partial, out, lse, out, out, out, out)
+    launch(out_partial, lse_partial, out, lse, out, out, out)

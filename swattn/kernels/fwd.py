@@ -202,18 +202,6 @@ PRELOAD_L2_SPLITS = False
 # full verify k = 4 B=16 1K 26.78 -> 27.16. 0: off.
 SPLIT_LATE_DEPENDENTS = int(os.environ.get("SWATTN_SPLIT_LATE_DEPENDENTS", "2") or 0)
 
-# Experimental (off until timed on the GPU: /work/gpu_queue/21-claiming.sh, scripts/gpu_probe.py claiming): dynamic
-# blocks in the split loop of full-attention decode (split launches of one query per sequence over a 16-bit cache).
-# H200 s10 stamps (full decode B=4 16K): the split programs end over ~3.3 us past the median one, a random spread of
-# 768 programs' DRAM service (the last ones differ every call), while the device streams nothing else. Here each
-# split program of a (sequence, KV head) tile takes ``num_blocks // num_splits - SPLIT_CLAIMING`` blocks of its own,
-# then claims the tile's remaining blocks SPLIT_CLAIM_CHUNK at a time through an atomic counter per tile, so the
-# splits that run fast take over the tail (``_split_share``, ``_attend_tile``). The merge zeroes the counters for the
-# next call (CUDA-graph replay included). Results: the same LSE merge of partial results, but which program reads
-# which blocks changes from call to call, so the output may differ in the last bits between two calls on the same
-# inputs (and from the static split's); the float64 reference bounds hold. 0: off; n > 0: n blocks per split pooled.
-SPLIT_CLAIMING = int(os.environ.get("SWATTN_SPLIT_CLAIMING", "0") or 0)
-SPLIT_CLAIM_CHUNK = int(os.environ.get("SWATTN_SPLIT_CLAIM_CHUNK", "1") or 1)
 
 # Experimental (off: measured slower): e4m3 tiles widened in pairs before their layout change (``_widen_e4m3``).
 # Fewer instructions (full decode loop 523 -> 460 per block and warp, window kernel 1304 -> 1240 with it, Triton
@@ -1109,8 +1097,7 @@ def _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride
                      HAS_SINKS: tl.constexpr, APPEND_NEW: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                      PRELOAD: tl.constexpr, Q_DESCALE, K_DESCALE, V_DESCALE, stride_qdb, stride_qdh, stride_kdb,
-                     stride_kdh, stride_vdb, stride_vdh, FP8: tl.constexpr = NO_FP8, BY_LOADS: tl.constexpr = False,
-                     claim_reserve=0, CLAIMING: tl.constexpr = False):
+                     stride_kdh, stride_vdb, stride_vdh, FP8: tl.constexpr = NO_FP8, BY_LOADS: tl.constexpr = False):
     """L2 prefetches of what tile ``tile`` of ``batch_head`` (a PackGQA tile of a paged, fixed-length-q call with
     per-sequence lengths) reads first, issued before the wait for the previous kernel (``PRELOAD_L2``): values
     loaded here only choose lines to prefetch. Each tensor's rows are covered in its own dtype's bytes (an e4m3
@@ -1147,7 +1134,7 @@ def _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride
                                                      HAS_LEFT, HAS_RIGHT)
     # This split's first block (with a head block, the tile's at most BLOCK_N + HEAD_N keys: both blocks).
     KEYS: tl.constexpr = BLOCK_N if HEAD_N == 0 else 2 * BLOCK_N
-    block_begin, block_end, _ = _split_share(num_blocks, num_splits, split, claim_reserve, CLAIMING)
+    block_begin, block_end = _split_blocks(num_blocks, num_splits, split)
     first = kv_start + block_begin * BLOCK_N
     last = tl.minimum(kv_start + block_end * BLOCK_N, kv_end)
     keys = first + tl.arange(0, KEYS)
@@ -1187,53 +1174,6 @@ def _row_lines(T, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
-def _attend_split_range(
-    acc, l_i, m_i, visited, q, row_pos, k_base, v_base, k_desc, v_desc, block_begin, block_end, masked_head_end,
-    unmasked_end, kv_start, kv_end, offs_kv, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
-    page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, k_begin, chunk, row_unscale, pair_second,
-    k_partner, v_partner, chunk_slot,
-    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IS_PAGED: tl.constexpr,
-    UPCAST: tl.constexpr, COUNT_BLOCKS: tl.constexpr, USE_TMA: tl.constexpr, HAS_LEFTPAD_K: tl.constexpr,
-    HAS_CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, FP8: tl.constexpr,
-    WIDEN: tl.constexpr, KV_PAIR: tl.constexpr, PREFETCH_PARTNER: tl.constexpr,
-):
-    """The split loop over blocks ``[block_begin, block_end)``: masked head blocks, the unmasked interior, masked
-    tail blocks, each clipped to the range; returns ``(acc, l_i, m_i, visited)``."""
-    acc, l_i, m_i, visited = _attend_blocks(
-        acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, block_begin,
-        tl.minimum(block_end, masked_head_end),
-        kv_start, kv_end, offs_kv, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
-        page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
-        True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
-        BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-        HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN=WIDEN,
-        pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
-        chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER)
-    acc, l_i, m_i, visited = _attend_blocks(
-        acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
-        tl.maximum(block_begin, masked_head_end),
-        tl.minimum(block_end, unmasked_end),
-        kv_start, kv_end, offs_kv, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
-        page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
-        False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
-        BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-        HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN=WIDEN,
-        pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
-        chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER)
-    acc, l_i, m_i, visited = _attend_blocks(
-        acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
-        tl.maximum(block_begin, unmasked_end), block_end,
-        kv_start, kv_end, offs_kv, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
-        page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
-        True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
-        BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
-        HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN=WIDEN,
-        pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
-        chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER)
-    return acc, l_i, m_i, visited
-
-
-@triton.jit
 def _attend_tile(
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
     NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K, Q_DESCALE, K_DESCALE, V_DESCALE,
@@ -1257,12 +1197,11 @@ def _attend_tile(
     APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False, RESCALE_THRESHOLD: tl.constexpr = 0.0,
-    LATE_DEPENDENTS: tl.constexpr = 0, CLAIMS=None, claim_reserve=0, claim_chunk=1, CLAIM_LANES: tl.constexpr = 0,
+    LATE_DEPENDENTS: tl.constexpr = 0,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads, or with
     ``KV_PAIR`` two KV heads' packed heads), over its share ``split`` of the KV loop; the body of
-    ``_swa_fwd_kernel``'s programs (see there). ``CLAIM_LANES`` (> 0: the program's thread count; SPLIT_CLAIMING):
-    the split loop's share is a static part, then blocks claimed from the tile's counter in ``CLAIMS``."""
+    ``_swa_fwd_kernel``'s programs (see there)."""
     if KV_PAIR != NO_PAIR:
         # The query heads of KV heads 2k and 2k + 1 are 2 x group consecutive heads: a PackGQA tile of that group.
         tl.static_assert(PACK_GQA and FP8 == FP8_KV and HEAD_N == 0 and not APPEND_NEW and not USE_TMA)
@@ -1284,11 +1223,9 @@ def _attend_tile(
     if active:
         block_begin = 0
         block_end = num_blocks
-        pool_begin = num_blocks
         if IS_SPLIT:
             # Each sequence splits its own loop, so short sequences leave trailing splits empty (LSE -inf).
-            block_begin, block_end, pool_begin = _split_share(num_blocks, num_splits, split, claim_reserve,
-                                                              CLAIM_LANES != 0)
+            block_begin, block_end = _split_blocks(num_blocks, num_splits, split)
 
         q, q_mask, offs_d, batch64, batch_kv, k_base, v_base, page_table_row = _tile_inputs(
             Q, K, V, CACHE_BATCH_IDX, PAGE_TABLE, batch, q_begin, k_begin, row_valid, row_pos, row_head, kv_head,
@@ -1430,44 +1367,37 @@ def _attend_tile(
                 k_partner = -kv_head.to(tl.int64) * stride_kh
                 v_partner = -kv_head.to(tl.int64) * stride_vh
                 chunk_slot = kv_head * (page_size // (num_heads // queries_per_kv_head))
-            if CLAIM_LANES != 0:
-                # Dynamic blocks (SPLIT_CLAIMING): after its static range the program claims ``claim_chunk`` blocks
-                # of the tile's pool (from block ``pool_begin`` on) at a time, until the pool is empty, so the
-                # splits of one tile end together whatever their DRAM service. The claim for the next range goes
-                # out before this range's loop: one thread per program adds 1 to the counter (a [CLAIM_LANES]
-                # tensor of one element per thread, so no shared-memory broadcast and barrier right after the
-                # atomic, as a scalar atomic has), and its ticket is read (a reduction) only after the loop.
-                # Each lane's address is its own (lane 0's the counter; the others, masked off, read nothing):
-                # with one address for all, ptxas aggregates the warp's atomics (a vote, then a shuffle of the
-                # result right behind the atomic, which waits for its round trip there).
-                # The merge zeroes the counter for the next call (``combine``'s CLAIMS).
-                lane = tl.arange(0, CLAIM_LANES)
-                # Lane 0 claims, where the tile has a pool (no lane is CLAIM_LANES).
-                claimer = lane == tl.where(pool_begin < num_blocks, 0, CLAIM_LANES)
-                counter = CLAIMS + (batch_head * num_tiles + tile) + lane
-                range_begin = block_begin
-                range_end = block_end
-                while range_begin < num_blocks:
-                    pending = tl.atomic_add(counter, 1, mask=claimer, sem="relaxed")
-                    acc, l_i, m_i, visited = _attend_split_range(
-                        acc, l_i, m_i, visited, q, row_pos, k_base, v_base, k_desc, v_desc, range_begin, range_end,
-                        masked_head_end, unmasked_end, kv_start, kv_end, offs_kv, batch_kv, page_table_row,
-                        stride_kb, stride_ks, stride_vb, stride_vs, page_size, seqlen_q, seqlen_k, left, right,
-                        softmax_scale, softcap, k_begin, chunk, row_unscale, pair_second, k_partner, v_partner,
-                        chunk_slot, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, UPCAST, COUNT_BLOCKS, USE_TMA,
-                        HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_N, BLOCK_D, HEAD_DIM, FP8, WIDEN, KV_PAIR, PREFETCH_PARTNER)
-                    ticket = tl.max(tl.where(claimer, pending, 0), 0)
-                    # Past the pool (or no pool: a static range only) the loop ends.
-                    range_begin = tl.where(pool_begin < num_blocks, pool_begin + ticket * claim_chunk, num_blocks)
-                    range_end = tl.minimum(range_begin + claim_chunk, num_blocks)
-            else:
-                acc, l_i, m_i, visited = _attend_split_range(
-                    acc, l_i, m_i, visited, q, row_pos, k_base, v_base, k_desc, v_desc, block_begin, block_end,
-                    masked_head_end, unmasked_end, kv_start, kv_end, offs_kv, batch_kv, page_table_row,
-                    stride_kb, stride_ks, stride_vb, stride_vs, page_size, seqlen_q, seqlen_k, left, right,
-                    softmax_scale, softcap, k_begin, chunk, row_unscale, pair_second, k_partner, v_partner,
-                    chunk_slot, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, UPCAST, COUNT_BLOCKS, USE_TMA,
-                    HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_N, BLOCK_D, HEAD_DIM, FP8, WIDEN, KV_PAIR, PREFETCH_PARTNER)
+            acc, l_i, m_i, visited = _attend_blocks(
+                acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, block_begin,
+                tl.minimum(block_end, masked_head_end),
+                kv_start, kv_end, offs_kv, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+                page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
+                True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
+                BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN=WIDEN,
+                pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
+                chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER)
+            acc, l_i, m_i, visited = _attend_blocks(
+                acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
+                tl.maximum(block_begin, masked_head_end),
+                tl.minimum(block_end, unmasked_end),
+                kv_start, kv_end, offs_kv, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+                page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
+                False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
+                BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN=WIDEN,
+                pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
+                chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER)
+            acc, l_i, m_i, visited = _attend_blocks(
+                acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
+                tl.maximum(block_begin, unmasked_end), block_end,
+                kv_start, kv_end, offs_kv, batch_kv, page_table_row, stride_kb, stride_ks, stride_vb, stride_vs,
+                page_size, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HEAD_DIM, visited,
+                True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED, BLOCK_D != HEAD_DIM, UPCAST, COUNT_BLOCKS,
+                BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
+                HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN=WIDEN,
+                pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
+                chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER)
         if KV_PAIR == PAIR_TRANSPOSED:
             acc = tl.trans(acc)
             l_i = tl.sum(l_i, 0)
@@ -1482,11 +1412,10 @@ def _attend_tile(
             HAS_SINKS, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, NON_FINITE_PASS, BLOCK_M, value_scale)
 
 
-@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "chunk", "num_tiles", "num_work",
-                             "claim_reserve", "claim_chunk"])
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "left", "right", "chunk", "num_tiles", "num_work"])
 def _swa_fwd_kernel(
     Q, K, V, O, LSE, SINKS, CU_SEQLENS_Q, CU_SEQLENS_K, SEQLENS_K, CACHE_BATCH_IDX, PAGE_TABLE, BLOCK_COUNT,
-    NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K, Q_DESCALE, K_DESCALE, V_DESCALE, CLAIMS,
+    NON_FINITE_FLAGS, ANY_NON_FINITE, K_NEW, V_NEW, SEQUSED_Q, LEFTPAD_K, Q_DESCALE, K_DESCALE, V_DESCALE,
     stride_qb, stride_qs, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -1498,7 +1427,7 @@ def _swa_fwd_kernel(
     softmax_scale, softcap, left, right,
     # chunk last: between right and num_tiles it moved the scalars after it by 4 bytes, and one 64-bit constant
     # load of two of them became two loads (prefill: one more SASS instruction; scripts/compare_kernel_builds.py).
-    num_tiles, num_splits, num_work, chunk, claim_reserve, claim_chunk,
+    num_tiles, num_splits, num_work, chunk,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_SINKS: tl.constexpr,
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
     HAS_CACHE_BATCH_IDX: tl.constexpr, IS_PAGED: tl.constexpr, PACK_GQA: tl.constexpr,
@@ -1511,7 +1440,6 @@ def _swa_fwd_kernel(
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PRELOAD_L2: tl.constexpr = 0, PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
     RESCALE_THRESHOLD: tl.constexpr = 0.0, STAMPS: tl.constexpr = 0, LATE_DEPENDENTS: tl.constexpr = 0,
-    CLAIM_LANES: tl.constexpr = 0,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -1538,10 +1466,7 @@ def _swa_fwd_kernel(
     program records when it started, passed the PDL wait, had its first K row (paged calls with per-sequence
     lengths: a load of the row its loop reads first, through the same length and page-table entry) and ended.
     LATE_DEPENDENTS (main pass; SPLIT_LATE_DEPENDENTS): the next kernel may launch only once each program has
-    stored its results (1) or finished its KV loop (2), not right after its wait. CLAIM_LANES (main pass,
-    SPLIT_CLAIMING; 32 x num_warps, 0 = off): the split loop's programs of one tile claim the blocks past their static
-    share (``_split_share``: ``claim_reserve`` blocks each are left to a pool) ``claim_chunk`` at a time through
-    the tile's int32 counter in CLAIMS (zero at the launch; the merge zeroes it again).
+    stored its results (1) or finished its KV loop (2), not right after its wait.
     """
     if STAMPS != 0:
         stamp_start = time_stamp(tl.program_id(1))
@@ -1555,7 +1480,7 @@ def _swa_fwd_kernel(
                          HEAD_N, HEAD_DIM, PRELOAD_L2, Q_DESCALE, K_DESCALE, V_DESCALE, stride_qdb, stride_qdh,
                          stride_kdb, stride_kdh, stride_vdb, stride_vdh, FP8,
                          # Without PDL only under the interpreter (the plan's rule): loads instead of PTX there.
-                         BY_LOADS=not USE_PDL, claim_reserve=claim_reserve, CLAIMING=CLAIM_LANES != 0)
+                         BY_LOADS=not USE_PDL)
     if LATE_DEPENDENTS != 0:
         wait_only_for_previous_grid(USE_PDL)
     else:
@@ -1566,7 +1491,7 @@ def _swa_fwd_kernel(
         if (STAMPS & 1) != 0 and IS_PAGED and HAS_SEQLENS_K and PACK_GQA and IS_SPLIT:
             stamp_first = _first_key_stamp(K, SEQLENS_K, PAGE_TABLE, stride_kb, stride_ks, stride_kh,
                                            stride_page_table, num_heads, queries_per_kv_head, page_size, num_splits,
-                                           BLOCK_N, claim_reserve, CLAIM_LANES != 0)
+                                           BLOCK_N)
     if NON_FINITE_PASS == REDO_FLAGGED or NON_FINITE_PASS == REDO_SCANNED:
         # Nearly always nothing is flagged: one load, and the few programs exit (a full grid of early exits
         # measured +23% on a small-window prefill). Otherwise they walk every tile and redo the flagged ones.
@@ -1618,8 +1543,7 @@ def _swa_fwd_kernel(
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
             BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN, PREFETCH_PAGES, KV_PAIR,
-            PREFETCH_PARTNER, ROW_BOUNDS, LATE_DEPENDENTS=LATE_DEPENDENTS, CLAIMS=CLAIMS,
-            claim_reserve=claim_reserve, claim_chunk=claim_chunk, CLAIM_LANES=CLAIM_LANES,
+            PREFETCH_PARTNER, ROW_BOUNDS, LATE_DEPENDENTS=LATE_DEPENDENTS,
         )
         if STAMPS != 0:
             program = (tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + tl.program_id(0)
@@ -1628,30 +1552,19 @@ def _swa_fwd_kernel(
             let_dependents_launch(USE_PDL)
 
 @triton.jit
-def _split_share(num_blocks, num_splits, split, claim_reserve, CLAIMING: tl.constexpr):
-    """The blocks ``[begin, end)`` of a loop of ``num_blocks`` that split ``split`` of ``num_splits`` takes for itself,
-    and where the pool of blocks claimed at run time starts (``num_blocks``: none): ``(begin, end, pool_begin)``.
-    Static splits: ``ceil(num_blocks / num_splits)`` each, so the last splits are short or empty (256 blocks in 24
-    splits: 23 of 11 and one of 3). CLAIMING (SPLIT_CLAIMING), while every split has at least
-    ``2 * claim_reserve`` blocks: ``num_blocks // num_splits - claim_reserve`` each, the rest pooled (256 blocks in
-    24 splits at 3: 7 each and a pool of 88); shorter loops split statically."""
+def _split_blocks(num_blocks, num_splits, split):
+    """Blocks ``[begin, end)`` of a loop of ``num_blocks`` that split ``split`` of ``num_splits`` takes:
+    ``ceil(num_blocks / num_splits)`` each, so the last splits are short or empty (256 blocks in 24 splits: 23 of
+    11 and one of 3)."""
     per_split = tl.cdiv(num_blocks, num_splits)
     begin = tl.minimum(split * per_split, num_blocks)
     end = tl.minimum(begin + per_split, num_blocks)
-    pool_begin = num_blocks
-    if CLAIMING:
-        static = num_blocks // num_splits - claim_reserve
-        if static >= claim_reserve:
-            begin = split * static
-            end = begin + static
-            pool_begin = num_splits * static
-    return begin, end, pool_begin
+    return begin, end
 
 
 @triton.jit
 def _first_key_stamp(K, SEQLENS_K, PAGE_TABLE, stride_kb, stride_ks, stride_kh, stride_page_table, num_heads,
-                     queries_per_kv_head: tl.constexpr, page_size: tl.constexpr, num_splits, BLOCK_N: tl.constexpr,
-                     claim_reserve, CLAIMING: tl.constexpr):
+                     queries_per_kv_head: tl.constexpr, page_size: tl.constexpr, num_splits, BLOCK_N: tl.constexpr):
     """STAMPS only (a paged PackGQA split decode program: grid (1, batch * KV heads, splits)): the time stamp taken
     once the first K row of this program's share of the loop has arrived, loaded through the same chain as the loop's
     (sequence length, page-table entry, row), issued alongside it."""
@@ -1659,7 +1572,7 @@ def _first_key_stamp(K, SEQLENS_K, PAGE_TABLE, stride_kb, stride_ks, stride_kh, 
     batch = tl.program_id(1) // kv_heads
     kv_head = tl.program_id(1) % kv_heads
     seqlen = tl.load(SEQLENS_K + batch)
-    block_begin, _, _ = _split_share(tl.cdiv(seqlen, BLOCK_N), num_splits, tl.program_id(2), claim_reserve, CLAIMING)
+    block_begin, _ = _split_blocks(tl.cdiv(seqlen, BLOCK_N), num_splits, tl.program_id(2))
     first_key = tl.minimum(block_begin * BLOCK_N, tl.maximum(seqlen - 1, 0))
     page = tl.load(PAGE_TABLE + batch.to(tl.int64) * stride_page_table + first_key // page_size)
     row = tl.load(K + page.to(tl.int64) * stride_kb + (first_key % page_size) * stride_ks
@@ -1667,8 +1580,8 @@ def _first_key_stamp(K, SEQLENS_K, PAGE_TABLE, stride_kb, stride_ks, stride_kh, 
     return time_stamp(row.to(tl.float32).to(tl.int32, bitcast=True))
 
 
-# Tensors that _swa_fwd_kernel takes before its scalars (Q ... CLAIMS); BLOCK_COUNT's position among them.
-_FORWARD_TENSORS = 22
+# Tensors that _swa_fwd_kernel takes before its scalars (Q ... V_DESCALE); BLOCK_COUNT's position among them.
+_FORWARD_TENSORS = 21
 _BLOCK_COUNT_SLOT = 11
 
 
@@ -1796,36 +1709,6 @@ def _isolation_buffers(device: torch.device, rows: int, stream=_launch.ASK) -> t
     return buffers
 
 
-# Block-claim counters (SPLIT_CLAIMING): one int32 per (sequence, head) of a call, zero whenever no call is using
-# them (a call's merge zeroes what its split launch counted). Kept per stream and thread as the isolation buffers
-# are. A call being captured into a CUDA graph gets counters of its own that outlive the graph's replays: a slice of
-# a zeroed reserve made outside capture (zeroing memory inside the capture would add a memset node to every replay),
-# or, without one, zeros allocated in the capture.
-_CLAIM_COUNTERS = PlanCache(64)
-_CLAIM_RESERVE: dict = {}  # device -> [zeroed int32 reserve, next free element]
-CLAIM_RESERVE_COUNTERS = 1 << 16
-
-
-def _claim_counters(device: torch.device, count: int, stream=_launch.ASK) -> torch.Tensor:
-    """Zeroed block-claim counters (at least ``count``) for a call on the current stream (see above); ``stream`` as
-    ``kept_buffer`` takes it."""
-    key = stream_key(device) if stream is _launch.ASK else stream
-    if key is not None:
-        if device not in _CLAIM_RESERVE:
-            _CLAIM_RESERVE[device] = [torch.zeros(CLAIM_RESERVE_COUNTERS, device=device, dtype=torch.int32), 0]
-        counters = _CLAIM_COUNTERS.get(key)
-        if counters is None or counters.numel() < count:
-            counters = _CLAIM_COUNTERS.add(key, torch.zeros(count, device=device, dtype=torch.int32))
-        return counters
-    reserve = _CLAIM_RESERVE.get(device)
-    if (reserve is not None and reserve[1] + count <= reserve[0].numel()
-            and device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        start = reserve[1]
-        reserve[1] += -(-count // 32) * 32  # 128-byte aligned slices
-        return reserve[0][start:start + count]
-    return torch.zeros(count, device=device, dtype=torch.int32)  # scratch not kept, or no reserve left
-
-
 def settings() -> tuple:
     """The module-level settings a forward plan is made with (part of its key): non-finite isolation, its
     scanning-redo and one-pass bounds, PDL, a forced config, the Gluon mode and its all-fp8 switch, the fused
@@ -1833,7 +1716,7 @@ def settings() -> tuple:
     L2 preload before the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening, the
     head-block tile's row-bound mask, the Gluon kernel's lazy rescale (which the redo pass after it follows), the
     two-KV-heads default (configs.FP8_KV_PAIRS, its threshold, shape and loop), the diagnostic stamp buffer,
-    the merge's early dependents, the split launches' late dependents and claimed blocks.
+    the merge's early dependents and the split launches' late dependents.
 
     Every eager call builds this tuple (``swattn._replay``'s key), so each tuple display here stays at most 30 items:
     CPython builds a longer one through a list (31 items took this function from 0.24 to 0.41 us, dev CPU, Python
@@ -1846,7 +1729,7 @@ def settings() -> tuple:
             PREFETCH_PAGE_TABLE, WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2, PRELOAD_L2_SPLITS,
             FP8_PREFETCH_PARTNER, FP8_FENCED_WIDENING, ROW_BOUND_MASK, gluon_fwd.RESCALE_THRESHOLD,
             gluon_fwd.rescale_threshold_for, gluon_fwd.consumers_for, fp8_pairs, _common.STAMPS_ADDRESS,
-            combine.EARLY_DEPENDENTS, SPLIT_LATE_DEPENDENTS, (SPLIT_CLAIMING, SPLIT_CLAIM_CHUNK))
+            combine.EARLY_DEPENDENTS, SPLIT_LATE_DEPENDENTS)
 
 
 def attention_forward(
@@ -2066,19 +1949,6 @@ class _ForwardPlan:
         programs_per_split = batch * ((num_kv_heads // 2 if self.kv_pair else num_kv_heads) if pack_gqa else num_heads)
         grid = (num_tiles, programs_per_split, num_splits)
 
-        # Dynamic blocks (SPLIT_CLAIMING): the split loop of single-query tiles over a 16-bit cache, one tile per
-        # (sequence, KV head) or (sequence, head) whose counter its splits share; not with the fused append (each
-        # program writes the new tokens of its own static share before reading them) nor on the single masked loop.
-        if SPLIT_CLAIMING < 0 or SPLIT_CLAIM_CHUNK < 1:
-            raise ValueError(f"fwd.SPLIT_CLAIMING must be >= 0 and fwd.SPLIT_CLAIM_CHUNK >= 1 (got {SPLIT_CLAIMING}, "
-                             f"{SPLIT_CLAIM_CHUNK})")
-        self.claiming = (SPLIT_CLAIMING > 0 and num_splits > 1 and seqlen_q == 1 and not varlen_q and not self.fp8
-                         and not self.use_gluon and new_k is None and not config.single_loop
-                         and not config.head_block and num_tiles == 1)
-        # The merge zeroes one counter per (sequence, head) it writes; the split programs use the first
-        # batch x programs_per_split of them.
-        self.claim_counters = batch * num_heads
-
         tokens = q.shape[0] if varlen_q else batch * seqlen_q
         # Outputs are allocated contiguous on every call: their strides are those of Layouts of their shapes.
         out = Layout(q.shape, q.device)
@@ -2095,7 +1965,7 @@ class _ForwardPlan:
             # The merge writes out as [tokens, H, D] (a view of dense out).
             self.combine = combine_launch(out_target, lse_target,
                                           out if varlen_q else out.view((tokens, num_heads, head_dim)),
-                                          lse, sinks, tokens_per_batch, seqused_q, reset_claims=self.claiming)
+                                          lse, sinks, tokens_per_batch, seqused_q)
         else:
             o_strides = (0, *token_strides(out, varlen_q))
             l_strides = (0, 0, 0, 0) if lse is None else (0, *lse_strides(lse, varlen_q))
@@ -2127,8 +1997,7 @@ class _ForwardPlan:
             *descale_strides(q_descale), *descale_strides(k_descale), *descale_strides(v_descale),
             seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
             softmax_scale, softcap if softcap > 0 else 1.0, left, right,
-            grid[0], grid[2], num_work, max(attention_chunk, 1), SPLIT_CLAIMING if self.claiming else 0,
-            SPLIT_CLAIM_CHUNK,
+            grid[0], grid[2], num_work, max(attention_chunk, 1),
         )
         switches = dict(
             HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
@@ -2175,12 +2044,12 @@ class _ForwardPlan:
             softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
             batch=batch, pack_gqa=pack_gqa, o_strides=o_strides[1:],
             l_strides=l_strides[1:], plans={})
-        # Which of the kernel's 22 tensors this signature passes (the others are the placeholder, q): ``run``
-        # picks them from all 22 (absent ones None) and each Launch spreads them back (``Launch``'s slots).
+        # Which of the kernel's 21 tensors this signature passes (the others are the placeholder, q): ``run``
+        # picks them from all 21 (absent ones None) and each Launch spreads them back (``Launch``'s slots).
         present = (True, True, True, True, self.split_shapes is not None or self.lse_shape is not None,
                    sinks is not None, varlen_q, varlen_k, seqlens_k is not None, cache_batch_idx is not None, paged,
                    count_blocks, self.isolate, self.isolate, append_new, append_new, seqused_q is not None,
-                   cache_leftpad is not None, self.fp8, self.fp8, self.fp8, self.claiming)
+                   cache_leftpad is not None, self.fp8, self.fp8, self.fp8)
         self.pick = operator.itemgetter(*(i for i, passed in enumerate(present) if passed))
         self.main = Launch(_swa_fwd_kernel, grid, scalars,
                            dict(switches, COUNT_BLOCKS=count_blocks, APPEND_READS_INPUT=self.append_reads_input,
@@ -2193,8 +2062,7 @@ class _ForwardPlan:
                                 PRELOAD_L2=self.preload_l2, PREFETCH_PARTNER=self.prefetch_partner,
                                 STAMPS=_common.STAMPS_ADDRESS,
                                 LATE_DEPENDENTS=(SPLIT_LATE_DEPENDENTS if use_pdl and num_splits > 1 and not varlen_q
-                                                 and seqlen_q == 1 and not self.fp8 else 0),
-                                CLAIM_LANES=32 * config.num_warps if self.claiming else 0),
+                                                 and seqlen_q == 1 and not self.fp8 else 0)),
                            options, num_tensors=_FORWARD_TENSORS, slots=_slots(present))
         self.redo = None
         programs = _persistent_programs(q.device)
@@ -2238,7 +2106,6 @@ class _ForwardPlan:
             non_finite_flags, any_non_finite = _isolation_buffers(device, self.flag_rows, stream)
         else:
             non_finite_flags = any_non_finite = None
-        claims = _claim_counters(device, self.claim_counters, stream) if self.claiming else None
         if self.use_tma:
             ensure_triton_allocator()
         if self.fp8:
@@ -2265,7 +2132,7 @@ class _ForwardPlan:
             tensors = (q, *self.pick((q, k, v, out_target, lse_target, sinks, cu_seqlens_q, cu_seqlens_k,
                                       seqlens_k, cache_batch_idx, page_table, block_counts, non_finite_flags,
                                       any_non_finite, new_k, new_v, seqused_q, cache_leftpad, q_descale, k_descale,
-                                      v_descale, claims)))
+                                      v_descale)))
             if self.use_tma:
                 # Triton's descriptor scratch: one buffer kept between calls for the main and redo launches (each
                 # PDL launch waits for the previous grid before its first write, its descriptors included; see
@@ -2282,7 +2149,7 @@ class _ForwardPlan:
             # address and dtype, so out itself serves (no view made per call).
             self.combine(out_target, lse_target, out, lse_target if lse is None else lse,
                          out if sinks is None else sinks, out if seqused_q is None else cu_seqlens_q,
-                         out if seqused_q is None else seqused_q, out if claims is None else claims)
+                         out if seqused_q is None else seqused_q)
         return out, lse, block_counts
 
     def _gluon_forward(self, q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_table,

@@ -758,56 +758,6 @@ def test_late_merge_dependents_only_on_16_bit_decode_splits(monkeypatch):
     clear_plans()
 
 
-@pytest.mark.parametrize("chunk", [1, 2])
-def test_claimed_split_blocks(monkeypatch, chunk):
-    """``fwd.SPLIT_CLAIMING`` (dynamic blocks in the split decode): after a static share of ``n // S - reserve``
-    blocks, a tile's split programs claim the rest of its blocks ``chunk`` at a time through its counter, which the
-    merge zeroes. Paged 16, PackGQA, sinks, 3 splits of 16-key blocks over 100 / 37 / 1 keys (7 blocks: 1 static
-    each and a pool of 4; 3 blocks and 1 block: too short to claim, split statically), fp16, against the float64
-    reference, twice in a row on the kept counters (the second call finds them zeroed by the first's merge: its
-    claims would otherwise start past the pool and skip blocks); the counters are zero after each call. The block
-    counts per program (a dense cache of 100 keys per sequence) say that blocks were claimed: the interpreter runs
-    one program at a time, so a tile's first program to claim takes the whole pool."""
-    from swattn.kernels import fwd
-    from swattn.kernels._launch import clear_plans
-    monkeypatch.setattr(fwd, "SPLIT_CLAIMING", 1)
-    monkeypatch.setattr(fwd, "SPLIT_CLAIM_CHUNK", chunk)
-    clear_plans()
-    cache, seqlens = make_cache("paged-16", 3, 112, dtype=torch.float16), i32([100, 37, 1])
-    q = random_q(3, 1, dtype=torch.float16)
-    sinks = torch.randn(H)
-    expected = reference(q, cache, seqlens, sinks=sinks, causal=True)
-    for _ in range(2):
-        with forced_config(BLOCK16):
-            out, lse = run(q, cache, cache_seqlens=seqlens, sinks=sinks, causal=True, pack_gqa=True, num_splits=3)
-        check(out, lse, expected, q)
-        plans = list(fwd._PLANS.values())
-        assert [plan.claiming for plan in plans] == [True]
-        assert plans[0].main.constexprs["CLAIM_LANES"] == 32 * BLOCK16.num_warps
-        assert plans[0].combine.constexprs["RESET_CLAIMS"]
-        counters = list(fwd._CLAIM_COUNTERS.values())
-        assert len(counters) == 1 and counters[0].numel() >= 3 * H and not counters[0].any()
-    dense_k, dense_v = torch.randn(2, 100, HK, D), torch.randn(2, 100, HK, D)
-    with forced_config(BLOCK16):
-        _, _, counts = attention_forward(q[:2].float(), dense_k, dense_v, softmax_scale=D ** -0.5, left=-1, right=0,
-                                         pack_gqa=True, num_splits=3, count_blocks=True)
-    per_tile = counts.view(2 * HK, 3).sort(dim=1).values
-    assert per_tile.tolist() == [[1, 1, 5]] * (2 * HK), counts
-    # Off (the default), and on other launches (verify; the fused append), the split is static.
-    for tokens, claiming in ((1, False), (3, True)):
-        monkeypatch.setattr(fwd, "SPLIT_CLAIMING", 1 if claiming else 0)
-        clear_plans()
-        with forced_config(BLOCK16):
-            run(random_q(3, tokens, dtype=torch.float16), cache, cache_seqlens=seqlens, causal=True, pack_gqa=True,
-                num_splits=3)
-        assert [plan.claiming for plan in fwd._PLANS.values()] == [False]
-    monkeypatch.setattr(fwd, "SPLIT_CLAIM_CHUNK", 0)
-    clear_plans()
-    with pytest.raises(ValueError, match="SPLIT_CLAIM_CHUNK"), forced_config(BLOCK16):
-        run(q, cache, cache_seqlens=seqlens, causal=True, pack_gqa=True, num_splits=3)
-    clear_plans()
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("config", [
     pytest.param(FwdConfig(32, 16, 2, 5), id="32rows-2warps-5stages"),
