@@ -225,10 +225,6 @@ def main() -> int:
                 gluon.append(("gluon S3", with_mode("1", call(), num_stages=3)))  # 3 K/V stages fit at D64
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
-        # Work items in sections of heads whose K/V fit in 32 or 16 MiB of L2 (FA3's L2 swizzle).
-        for mib in (32, 16):
-            gluon.append((f"gluon L2 sections {mib} MiB", with_mode("1", call(), settings=dict(
-                L2_SECTION_BYTES=mib << 20))))
         # The accumulator's rescale after the block's P V completes (before FlashAttention 3's order, the shipped
         # ``RESCALE_EARLY``), alone and with ping-pong (FA3's warp-scheduler barriers at head_dim 128).
         late = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS & ~gluon_fwd.RESCALE_EARLY)

@@ -108,11 +108,6 @@ HEAD_DIMS = (64, 128, 256)
 KV_DENSE, KV_VARLEN, KV_PAGED = 0, 1, 2  # where K/V rows come from (the kernel's KV_SOURCE)
 PAGE_BOX_MAX = 64  # keys per TMA box of a paged cache: at most a page, so a box never straddles two
 NUM_STAGES = 2
-# Experimental (0: off): work items in sections of heads whose K and V fit in this many bytes of L2 (FlashAttention
-# 3's L2 swizzle, 32 MiB there): each section's tiles run longest first before the next section's, so at any time the
-# tiles in flight read the K/V of a few KV heads only (``section_heads_for``). Causal 16K at head_dim 128 reads 8 MiB
-# of K/V per KV head: 8 KV heads are 64 MiB, past the H200's 50 MiB of L2.
-L2_SECTION_BYTES = 0
 LOADER_REGS = 24  # the loader warp's registers after reallocation; the consumer warpgroups share the rest
 # The consumer warpgroups take turns issuing their products (FlashAttention 3's ping-pong), through hardware named
 # barriers ``_TURN_BARRIER`` and the next (``bar.sync`` / ``bar.arrive`` over the two warpgroups' 256 threads; Triton's
@@ -226,18 +221,6 @@ def softmax_trims_for(consumers: int, head_dim: int) -> int:
         return 0
     kept = ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX if consumers == 1 else THREAD_ROW_SUMS | VOTED_ROW_MAX
     return SOFTMAX_TRIMS & (kept | RESCALE_EARLY)
-
-
-def section_heads_for(items_per_batch: int, items_per_kv_head: int, kv_head_bytes: int, batch: int) -> int:
-    """Items (heads, or KV heads with PackGQA) per section of the persistent order (``L2_SECTION_BYTES``): whole KV
-    heads whose K and V (``kv_head_bytes`` each) fit in that many bytes, a divisor of ``items_per_batch``; every item
-    of the batch (one section) when off or when they all fit."""
-    if L2_SECTION_BYTES <= 0 or kv_head_bytes * (items_per_batch // items_per_kv_head) * batch <= L2_SECTION_BYTES:
-        return items_per_batch * batch
-    heads = max(1, L2_SECTION_BYTES // kv_head_bytes) * items_per_kv_head
-    while heads > items_per_kv_head and items_per_batch % heads:
-        heads -= items_per_kv_head
-    return heads if items_per_batch % heads == 0 else items_per_batch * batch
 
 
 def tma_store_for(consumers: int) -> bool:
@@ -498,14 +481,8 @@ if GLUON_AVAILABLE:
         (num_tiles, num_batch_heads, seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, left, right, CU_SEQLENS_Q,
          CU_SEQLENS_K, num_row_groups, SEQLENS_K) = geometry[:12]
         # (work // num_batch_heads, work % ...) and (batch_head // heads per program, ...) by multiplication.
-        section_heads, section_magic, section_shift, section_items, section_items_magic, section_items_shift = (
-            geometry[15:21])
-        heads_magic, heads_shift = geometry[21:23]
-        # Sections of ``section_heads`` (batch, head) items (``L2_SECTION_BYTES``; one section when off), each
-        # section's tiles longest first.
-        section, in_section = _divmod(work, section_items, section_items_magic, section_items_shift)
-        reversed_tile, head_in_section = _divmod(in_section, section_heads, section_magic, section_shift)
-        batch_head = section * section_heads + head_in_section
+        batch_heads_magic, batch_heads_shift, heads_magic, heads_shift = geometry[15:19]
+        reversed_tile, batch_head = _divmod(work, num_batch_heads, batch_heads_magic, batch_heads_shift)
         tile = num_tiles - 1 - reversed_tile
         if PACK_GQA:
             heads_per_program = num_heads // GROUP
@@ -904,8 +881,7 @@ if GLUON_AVAILABLE:
         ANY_NAN, Q_DESCALE, K_DESCALE, V_DESCALE, stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh,
         stride_page_table, seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, softmax_scale, softcap, left, right,
         num_tiles, num_batch_heads, num_row_groups, page_size, stride_qdb, stride_qdh, stride_kdb, stride_kdh,
-        stride_vdb, stride_vdh, section_heads, section_magic, section_shift, section_items, section_items_magic,
-        section_items_shift, heads_magic, heads_shift,
+        stride_vdb, stride_vdh, batch_heads_magic, batch_heads_shift, heads_magic, heads_shift,
         HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr, HAS_SINKS: gl.constexpr,
         IS_VARLEN_Q: gl.constexpr, KV_SOURCE: gl.constexpr, HAS_SEQLENS_K: gl.constexpr, PACK_GQA: gl.constexpr,
         GROUP: gl.constexpr,
@@ -918,8 +894,7 @@ if GLUON_AVAILABLE:
         (tile, batch-and-head) items, longest tiles first (``_tile``). See the module docstring."""
         geometry = (num_tiles, num_batch_heads, seqlen_q, seqlen_k, kv_rows_per_batch, num_heads, left, right,
                     CU_SEQLENS_Q, CU_SEQLENS_K, num_row_groups, SEQLENS_K, PAGE_TABLE, stride_page_table, page_size,
-                    section_heads, section_magic, section_shift, section_items, section_items_magic,
-                    section_items_shift, heads_magic, heads_shift)
+                    batch_heads_magic, batch_heads_shift, heads_magic, heads_shift)
 
         # Two Q tiles (the one in use and the loader's next), each a [1, positions, heads, dim] TMA box of 64 rows
         # per consumer warpgroup.
@@ -1164,7 +1139,7 @@ def planning_settings() -> tuple:
     (``monkeypatch.setattr(gluon_fwd, ...)``), and a plan made under other values must not serve the call."""
     return (_swa_fwd_sm90_kernel, consumers_for, block_n_for, tma_store_for, per_sm_for, registers_for, _sm_count,
             wg_rows_for, WG_ROWS_SMALL_D64, PINGPONG, TMA_STORE, RESCALE_THRESHOLD, rescale_threshold_for,
-            SOFTMAX_TRIMS, softmax_trims_for, NUM_STAGES, L2_SECTION_BYTES, section_heads_for,
+            SOFTMAX_TRIMS, softmax_trims_for, NUM_STAGES,
             LOADER_REGS, PAGE_BOX_MAX, ROWS_PER_CONSUMER, TensorDescriptor)
 
 
@@ -1228,9 +1203,6 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
     num_tiles = ceil_div(seqlen_q * rows_per_pos, block_m)
     num_batch_heads = batch * (num_kv_heads if pack_gqa else num_heads)
     work = num_tiles * num_batch_heads
-    items_per_batch = num_kv_heads if pack_gqa else num_heads
-    section_heads = section_heads_for(items_per_batch, 1 if pack_gqa else group,
-                                      seqlen_k * head_dim * (k.element_size() + v.element_size()), batch)
     default_maxnreg, default_consumer_regs = registers_for(
         consumers, per_sm or per_sm_for(consumers, head_dim, block_n, wg_rows))
     maxnreg = maxnreg or default_maxnreg
@@ -1250,8 +1222,7 @@ def _plan(q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, page_
         softcap if softcap > 0 else 1.0, left, right, num_tiles, num_batch_heads,
         ceil_div(seqlen_q * rows_per_pos, ROWS_PER_CONSUMER), k.shape[1] if paged else 1,
         *(stride for d in descales for stride in descale_strides(d)),
-        section_heads, *_signed_magic(section_heads), section_heads * num_tiles,
-        *_signed_magic(section_heads * num_tiles), *_signed_magic(num_kv_heads if pack_gqa else num_heads),
+        *_signed_magic(num_batch_heads), *_signed_magic(num_kv_heads if pack_gqa else num_heads),
     )
     constexprs = dict(
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,

@@ -190,14 +190,6 @@ def test_pingpong_matches_the_default_schedule(case, monkeypatch):
     same_bits_under_switch(case, monkeypatch, "PINGPONG")
 
 
-@pytest.mark.parametrize("case", [DENSE[0], DENSE[3], DENSE[6], DENSE[9], DENSE[-1]],
-                         ids=lambda c: f"B{c[0]}-H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
-def test_l2_sections_match_the_default_order(case, monkeypatch):
-    """Work items in sections of one KV head's heads (``L2_SECTION_BYTES`` of 1 byte: each section's tiles before the
-    next's) change only the order of the tiles: the same bits, every tile computed once."""
-    same_bits_under_switch(case, monkeypatch, "L2_SECTION_BYTES")
-
-
 @pytest.mark.parametrize("pack_gqa", [False, True])
 def test_q_as_a_view_of_a_fused_projection(pack_gqa):
     """Q is read through a 4D TMA descriptor with the caller's strides: a slice of a fused QKV tensor."""

@@ -214,28 +214,3 @@ def test_divisor_magic_divides_every_31_bit_dividend():
     for bad in (0, -3, 2**31):
         with pytest.raises(ValueError, match="divisor"):
             gluon_fwd.divisor_magic(bad)
-
-
-def test_l2_sections_cover_every_item_once_longest_first(monkeypatch):
-    """``L2_SECTION_BYTES``: sections of whole KV heads that fit (causal 16K at head_dim 128: 8 MiB of K and V per KV
-    head, 32 MiB: 4 KV heads, 16 query heads or 4 packed items), a divisor of the items per batch, one section when
-    off or when every KV head fits; the kernel's order (``_tile``: section, then reversed tile, then item) visits
-    every (tile, item) once, each section's tiles longest first."""
-    kv_bytes = 16384 * 128 * 4
-    assert gluon_fwd.section_heads_for(32, 4, kv_bytes, 1) == 32  # off
-    monkeypatch.setattr(gluon_fwd, "L2_SECTION_BYTES", 32 << 20)
-    assert gluon_fwd.section_heads_for(32, 4, kv_bytes, 1) == 16
-    assert gluon_fwd.section_heads_for(8, 1, kv_bytes, 2) == 4
-    assert gluon_fwd.section_heads_for(32, 4, kv_bytes // 8, 1) == 32  # all 8 KV heads fit
-    assert gluon_fwd.section_heads_for(24, 4, kv_bytes, 1) == 12  # 4 KV heads do not divide 6: 3 do
-    num_tiles, items = 5, 2 * 32
-    section_heads = gluon_fwd.section_heads_for(32, 4, kv_bytes, 2)
-    order = []
-    for work in range(num_tiles * items):
-        section, in_section = divmod(work, section_heads * num_tiles)
-        reversed_tile, head = divmod(in_section, section_heads)
-        order.append((section * section_heads + head, num_tiles - 1 - reversed_tile))
-    assert sorted(order) == [(item, tile) for item in range(items) for tile in range(num_tiles)]
-    first_section = order[:section_heads * num_tiles]
-    assert {item for item, _ in first_section} == set(range(section_heads))
-    assert [tile for _, tile in first_section] == sorted((tile for _, tile in first_section), reverse=True)
