@@ -53,4 +53,3 @@ def test_shipped_forward_configs_compile_for_hopper_with_pipelined_loops():
     for name, registers, _stack, shared, hgmma, qgmma in gluon:
         assert 0 < int(registers) <= 255 and int(shared) <= 227 * 1024 and hgmma == "True", name
         assert (qgmma == "True") == ("all-fp8" in name), name
-
