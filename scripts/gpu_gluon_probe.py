@@ -233,7 +233,8 @@ def main() -> int:
             gluon.append(("gluon late rescale ping-pong", with_mode("1", call(), settings=late, pingpong=True)))
         # The shipped call with fewer of _softmax_block's trims (bits: 1 one-sided edge masks, 2 per-thread row
         # sums, 4 the row max skipped by warp vote).
-        for trims in ((0, 2, 3) if small else (0, 2)):
+        # (head_dim 256 keeps none by default: 38 is the two-warpgroup set, row sums, vote and early rescale.)
+        for trims in ((0, 2, 3) if small else (0, 2, 38) if head_dim == 256 else (0, 2)):
             gluon.append((f"gluon trims {trims}", with_mode(
                 "1", call(), settings=dict(softmax_trims_for=lambda consumers, head_dim, t=trims: t))))
         if args.paged or args.varlen:
