@@ -34,7 +34,7 @@ Run: ``python scripts/gpu_fp8_decode.py [SHAPE ...]``, shapes: full, long, b4, l
 default), s6_full, s6_more, s6_b4, s6_long16, s6_long, s6_b16_128k, s7_long, s7_b16_128k, and the later sessions'
 (``--dry`` lists a shape's candidates); s9_*: the transposed pairs' loop against the shipped one; s10_*: the
 pairs' block shapes of the default path (``blocks=``), and head_dim 128 layers (a shape's fifth field: H, Hk, D);
-s11b_*: fewer splits at 16K; s11c_*: more splits at B=4 16K; s11d_*: the merge on more warps.
+s11b_*: fewer splits at 16K; s11c_*: more splits at B=4 16K.
 """
 
 from __future__ import annotations
@@ -269,11 +269,9 @@ S11B_B4_16K = [(False, None), W1_6, W1_4, W1_4, W1_6, (False, None)]
 SPLITS_72, SPLITS_80 = ((False, None, dict(splits=n, maxsplits=128)) for n in (72, 80))
 S11C_B4_16K = [(False, None), SPLITS_72, SPLITS_80, SPLITS_80, SPLITS_72, (False, None)]
 # s11-call7 (19:51 UTC, main a615436): 72 splits 30.61 / 30.64, 80 splits 30.45 / 30.51 against 27.05 / 27.10.
-# The merge of B=4's 64 splits on 2 / 4 warps (``mergewarps=(splits, warps)``: combine.WIDE_MERGE_SPLITS /
-# WIDE_MERGE_WARPS; compiled, Triton 3.6, sm_90: 80 / 56 registers, 439 / 404 instructions against one warp's 152 /
-# 559).
-MERGE_2, MERGE_4 = ((False, None, dict(mergewarps=(64, warps))) for warps in (2, 4))
-S11D = [(False, None), MERGE_2, MERGE_4, MERGE_4, MERGE_2, (False, None)]
+# s11-call9 (20:08 UTC, main 7fd35a9): the merge of B=4's 64 splits on 2 / 4 warps (combine.WIDE_MERGE_SPLITS /
+# WIDE_MERGE_WARPS, since removed): B=4 16K 29.25 / 29.28 and 27.09 / 27.08 against 27.01 / 27.04; B=4 131072 156.91
+# / 162.69 and 150.51 / 152.74 against 151.03 / 153.09.
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -341,9 +339,6 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s11b_b16_16k": (16, 16384, None, S11B_B16_16K), "s11b_b4_16k": (4, 16384, None, S11B_B4_16K),
           "s11c_b4_16k": (4, 16384, None, S11C_B4_16K),
           "s11c_warm": (4, 16384, None, [(False, None), SPLITS_72, SPLITS_80]),
-          "s11d_b4_16k": (4, 16384, None, S11D), "s11d_b4_128k": (4, 131072, None, S11D),
-          **{f"s11d_warm{i}": (4, 16384, None, [variant]) for i, variant in enumerate(((False, None), MERGE_2,
-                                                                                        MERGE_4))},
           "s8b_b4_16k": (4, 16384, None, [(False, None), PAIRS_FENCED_V, (False, (64, 4, 2, False, False, 128),
                                                                          dict(pair=3, per_sm=4, fenced=2))])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
@@ -458,7 +453,6 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += " pairs ({},{},cap {}) {}/SM".format(*options["blocks"]) if "blocks" in options else ""
     shown += " merge: early dependents" if options.get("early") else ""
     shown += f" (at most {options['maxsplits']})" if "maxsplits" in options else ""
-    shown += " merge of {} splits on {} warps".format(*options["mergewarps"]) if "mergewarps" in options else ""
     shown += {None: "", 0: " session 8's pairs' loop", 1: " pairs' loop transposed"}[
         options.get("transposed")]
     if options.get("heads"):
@@ -542,9 +536,6 @@ def main() -> None:
             early = combine.EARLY_DEPENDENTS
             combine.EARLY_DEPENDENTS = options.get("early", early)  # part of the plans' key (fwd.settings)
             max_splits = interface.MAX_SPLITS
-            wide_merge = combine.WIDE_MERGE_SPLITS, combine.WIDE_MERGE_WARPS
-            # part of the plans' key (fwd.settings)
-            combine.WIDE_MERGE_SPLITS, combine.WIDE_MERGE_WARPS = options.get("mergewarps", wide_merge)
             interface.MAX_SPLITS = options.get("maxsplits", max_splits)  # clamps num_splits (not in any plan key)
             if "blocks" in options:  # the pairs' block shape and split count of the default path at every shape
                 configs.FP8_PAIR_SPLIT_BLOCKS = {**pair_blocks, 16: options["blocks"]}  # part of the plans' key
@@ -589,7 +580,6 @@ def main() -> None:
                 configs.FP8_PAIR_SPLIT_BLOCKS, configs.FP8_PAIR_SHAPE_BLOCKS = pair_blocks, shape_blocks
                 combine.EARLY_DEPENDENTS = early
                 interface.MAX_SPLITS = max_splits
-                combine.WIDE_MERGE_SPLITS, combine.WIDE_MERGE_WARPS = wide_merge
                 if l2_before is not None:
                     l2_fetch_limit(l2_before)
             read = kv_bytes if quantize_q is None else kv_bytes / 2

@@ -5,9 +5,10 @@ context (as ``swattn.bench``'s), the automatic split count (B=4 16K: 64 splits x
 each, and a merge of 256 programs). For each launch setting: us per call of a graph of 20 calls on one input set,
 then the same graph with per-program %globaltimer stamps (``_common.STAMPS_ADDRESS``, as issue 21's
 ``gpu_probe.py fixed_costs``: split programs' start / wait passed / end, the merge's, per call and as means over
-the middle calls; ``gpu_probe._stamp_report``). Settings: the default, no PDL, the merge of 64 splits on two
-warps. (s11-call2 / s11-call5 ran it with fwd.FP8_SPLIT_LATE_DEPENDENTS 1 / 2 too, the late merge trigger on the
-e4m3 split launches, since removed: docs/notes/2026-12-03-fp8-kv-cache.md, session 11.)
+the middle calls; ``gpu_probe._stamp_report``). Settings: the default and no PDL. (s11-call2 / s11-call5 / s11-call9
+ran it with fwd.FP8_SPLIT_LATE_DEPENDENTS 1 / 2, the late merge trigger on the e4m3 split launches, and with
+combine.WIDE_MERGE_SPLITS, the merge on two warps, both since removed: docs/notes/2026-12-03-fp8-kv-cache.md,
+session 11.)
 
     python scripts/gpu_fp8_fixed_costs.py [--batch 4] [--context 16384] [--go-file PATH] [--variants default,no PDL]
 
@@ -31,15 +32,13 @@ from gpu_probe import _stamp_report, _stamped_graph, graph_us
 
 import swattn
 from swattn import _compat
-from swattn.kernels import _common, combine, fwd
+from swattn.kernels import _common, fwd
 from swattn.kernels._launch import clear_plans
 
 # (label, ((module, name, value), ...)).
 VARIANTS = {
     "default": (),
     "no PDL": ((_compat, "PDL", False),),
-    # The merge of 64 splits on two warps (combine.WIDE_MERGE_SPLITS / WIDE_MERGE_WARPS).
-    "merge on 2 warps": ((combine, "WIDE_MERGE_SPLITS", 64), (combine, "WIDE_MERGE_WARPS", 2)),
 }
 
 

@@ -135,17 +135,6 @@ def _swa_combine_kernel(
 # SWATTN_MERGE_EARLY_DEPENDENTS=1: on. Part of the forward plans' key (fwd.settings).
 EARLY_DEPENDENTS = os.environ.get("SWATTN_MERGE_EARLY_DEPENDENTS", "0") not in ("", "0")
 
-# Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py s11d_*): merges of at least WIDE_MERGE_SPLITS
-# splits run on WIDE_MERGE_WARPS warps instead of one (0: one warp always). A one-warp merge of 64 splits (the e4m3
-# pairs' full decode at B=4: 256 programs) holds a [64, 64] fp32 tile in 32 threads: compiled for sm_90 (Triton 3.6,
-# head_dim 64) 152 registers, 559 instructions, 35 loads per thread, against 80 registers, 439 instructions, 18 loads
-# and 12 barriers on two warps (24 splits on one warp: 80 / 394 / 18). H200 s11-call2 stamps (e4m3 B=4 16K): the
-# 64-split merge program took 1.41 us from its wait to its end (median), where bf16's 24-split one took 0.77-0.93
-# (s10-call5); the merge lies on the chain between two calls' split launches. The partial rows' sum runs in another
-# order across the warps: results may differ in the last bit from one warp's. Part of the forward plans' key.
-WIDE_MERGE_SPLITS = int(os.environ.get("SWATTN_WIDE_MERGE_SPLITS", "0") or 0)
-WIDE_MERGE_WARPS = int(os.environ.get("SWATTN_WIDE_MERGE_WARPS", "2") or 2)
-
 # Splits merged per loop iteration: at most this many partial elements (BLOCK_S * BLOCK_D) in one program's tile.
 # 4096 keeps every split count the forward makes (<= 64) for head_dim 64, and up to 32 for head_dim 128, in one
 # iteration; larger products loop (a single [64, 256] fp32 tile spilled 2.5 KB per thread on sm_90).
@@ -167,9 +156,11 @@ def _launch(num_splits: int, grid: tuple[int, int, int], head_dim: int, partial:
                       USE_PDL=use_pdl, HAS_SEQUSED_Q=num_sequences > 0,
                       BLOCK_B=next_power_of_2(max(num_sequences, 1)), SPLIT_LOOP=num_splits > block_s,
                       STAMPS=_common.STAMPS_ADDRESS, EARLY_DEPENDENTS=early_dependents and use_pdl)
-    warps = WIDE_MERGE_WARPS if WIDE_MERGE_SPLITS and num_splits >= WIDE_MERGE_SPLITS else 1
-    return Launch(_swa_combine_kernel, grid, scalars, constexprs,
-                  dict(num_warps=warps, **pdl_launch_options(use_pdl)), num_tensors=7)
+    # One warp: the forward's 64-split merge (e4m3 pairs at B=4) on 2 / 4 warps measured +2.2 / +0.0 us at B=4 16K
+    # (H200 s11-call9: the two-warp merge's programs shifted where the next call's split programs landed, 9 on some
+    # SMs; docs/notes/2026-12-03-fp8-kv-cache.md, session 11).
+    return Launch(_swa_combine_kernel, grid, scalars, constexprs, dict(num_warps=1, **pdl_launch_options(use_pdl)),
+                  num_tensors=7)
 
 
 def combine_launch(

@@ -1716,7 +1716,7 @@ def settings() -> tuple:
     L2 preload before the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening, the
     head-block tile's row-bound mask, the Gluon kernel's lazy rescale (which the redo pass after it follows), the
     two-KV-heads default (configs.FP8_KV_PAIRS, its threshold, shape and loop), the diagnostic stamp buffer,
-    the merge's early dependents and the split launches' late dependents, the merge's warps.
+    the merge's early dependents and the split launches' late dependents.
 
     Every eager call builds this tuple (``swattn._replay``'s key), so each tuple display here stays at most 30 items:
     CPython builds a longer one through a list (31 items took this function from 0.24 to 0.41 us, dev CPU, Python
@@ -1729,7 +1729,7 @@ def settings() -> tuple:
             PREFETCH_PAGE_TABLE, WIDEN_E4M3_PAIRS, FP8_TWO_KV_HEADS, PRELOAD_L2, PRELOAD_L2_SPLITS,
             FP8_PREFETCH_PARTNER, FP8_FENCED_WIDENING, ROW_BOUND_MASK, gluon_fwd.RESCALE_THRESHOLD,
             gluon_fwd.rescale_threshold_for, gluon_fwd.consumers_for, fp8_pairs, _common.STAMPS_ADDRESS,
-            combine.EARLY_DEPENDENTS, SPLIT_LATE_DEPENDENTS, (combine.WIDE_MERGE_SPLITS, combine.WIDE_MERGE_WARPS))
+            combine.EARLY_DEPENDENTS, SPLIT_LATE_DEPENDENTS)
 
 
 def attention_forward(

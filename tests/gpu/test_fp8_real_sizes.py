@@ -178,28 +178,6 @@ def test_pairs_replace_the_single_loop_of_256_key_splits(monkeypatch):
     check_lse(lse, ref_lse)
 
 
-@pytest.mark.parametrize("warps", [2, 4])
-def test_pairs_with_a_wide_merge(monkeypatch, warps):
-    """B=4 16K (page tables of exactly the context: 64 splits of the pairs' one-warp programs) with its merge on
-    ``warps`` warps (combine.WIDE_MERGE_SPLITS / WIDE_MERGE_WARPS, off by default): against the reference, and
-    within bf16's tolerance of the one-warp merge (the partial rows are summed in another order)."""
-    from swattn.kernels import combine, fwd
-    q, k_cache, v_cache, call = paged_e4m3_decode(4, 16384, exact=True)
-    fwd._PLANS.clear()
-    one_warp, _ = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
-    monkeypatch.setattr(combine, "WIDE_MERGE_SPLITS", 64)
-    monkeypatch.setattr(combine, "WIDE_MERGE_WARPS", warps)
-    fwd._PLANS.clear()
-    out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
-    (plan,) = [plan for plan in fwd._PLANS.values() if plan.launches]
-    assert plan.kv_pair and plan.combine.options["num_warps"] == warps
-    ref_out, ref_lse = decode_reference(q, k_cache, v_cache, call)
-    assert_close("out", out, ref_out, OUT_TOL)
-    check_lse(lse, ref_lse)
-    assert_close("wide merge vs one warp", out, one_warp, OUT_TOL)
-    fwd._PLANS.clear()
-
-
 @pytest.mark.parametrize("head_dim,window", [(64, (127, 0)), (128, (4095, 0)), (128, (-1, 0))], ids=str)
 def test_prefill_all_fp8(head_dim, window):
     batch, seqlen, heads, kv_heads = 1, 4096, 64 if head_dim == 64 else 32, 8

@@ -120,23 +120,3 @@ def test_combine_bad_arguments_name_the_argument(arguments, error, message):
     call.update(arguments)
     with pytest.raises(error, match=re.escape(message)):
         swattn.flash_attn_combine(**call)
-
-
-def test_wide_merge_takes_more_warps_from_its_split_count(monkeypatch):
-    """``combine.WIDE_MERGE_SPLITS`` (0, off, by default): merges of at least that many splits launch on
-    ``WIDE_MERGE_WARPS`` warps, fewer splits on one (the public merge and the forward's alike); the result is the
-    reference's either way."""
-    assert combine_module.WIDE_MERGE_SPLITS == 0
-    monkeypatch.setattr(combine_module, "WIDE_MERGE_SPLITS", 8)
-    monkeypatch.setattr(combine_module, "WIDE_MERGE_WARPS", 2)
-    for num_splits, warps in ((7, 1), (8, 2), (70, 2)):
-        out_partial = torch.randn(num_splits, 6, 2, 64)
-        lse_partial = torch.randn(num_splits, 6, 2)
-        launch = combine_module.combine_launch(out_partial, lse_partial, torch.empty(6, 2, 64), None, None, 3)
-        assert launch.options["num_warps"] == warps
-        torch.manual_seed(num_splits)
-        out_partial, lse_partial = fa3_partials(num_splits, 2, 3, 2, 64)
-        combine_module._PLANS.clear()
-        out, lse = swattn.flash_attn_combine(out_partial, lse_partial)
-        check(out, lse, out_partial, lse_partial)
-    combine_module._PLANS.clear()
