@@ -63,7 +63,7 @@ from swattn.kernels._common import (
     sequence_bounds,
     softcap_scores,
 )
-from swattn.kernels._launch import Descriptor, Launch
+from swattn.kernels._launch import Descriptor, Launch, _triton_version
 
 try:  # Gluon ships inside the triton wheel (3.4+); the names used here exist in 3.6 and 3.9.
     from triton.experimental import gluon
@@ -215,10 +215,15 @@ def softmax_trims_for(consumers: int, head_dim: int) -> int:
     with the vote: W(127,0) D64 sinks 169.2 / 164.4, W(127,0) D128 138.9 / 137.0, W(4095,0) D128 1588.4 / 1560.1,
     causal D128 3577.2 / 3439.0. FlashAttention 3's loop order (``RESCALE_EARLY``), s11-call3 / s11-call4 without /
     with it: W(4095,0) D128 1562.2 / 1540.7 and 1573.1 / 1552.9, causal D128 3442.3 / 3430.2 and 3468.8 / 3438.4,
-    W(127,0) D128 138.8 / 138.8 and 139.6 / 137.9, W(127,0) D64 sinks 171.6 / 170.7 (s11-call4). Head_dim 256 keeps
-    none (not measured; on Triton 3.9 its spills reach the check's limit with the row sums)."""
+    W(127,0) D128 138.8 / 138.8 and 139.6 / 137.9, W(127,0) D64 sinks 171.6 / 170.7 (s11-call4)."""
     if head_dim > 128:
-        return 0
+        # Head_dim 256 (two warpgroups of 64 x 256 accumulators): the two-warpgroup set on Triton 3.6 (48 B of stack
+        # against 40 without; s11-call10, 16K: W(4095,0) Gemma 2 1406.8 against 1459.3 us, W(1023,0) Gemma 3 525.5
+        # against 541.6; FA3 1439.3 / 488.0). Triton 3.9 spills 152 B with them (80 without), not measured on a
+        # GPU: none there.
+        if _triton_version() >= (3, 7):
+            return 0
+        return SOFTMAX_TRIMS & (THREAD_ROW_SUMS | VOTED_ROW_MAX | RESCALE_EARLY)
     kept = ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX if consumers == 1 else THREAD_ROW_SUMS | VOTED_ROW_MAX
     return SOFTMAX_TRIMS & (kept | RESCALE_EARLY)
 
