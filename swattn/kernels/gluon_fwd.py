@@ -16,10 +16,11 @@ PackGQA of one KV head's packed (position, head) rows. One program holds:
 - one to three consumer warpgroups (the default partition and workers, most of the registers), 64 rows each (or one
   of 128), read every block. Each step issues block j's scores (``S_j = Q K_j^T``), rescales the accumulator by
   block j - 1's factors under it and issues ``P_{j-1} V_{j-1}`` (async wgmma; FlashAttention 3's order,
-  ``RESCALE_EARLY``), waits for S_j, runs block j's softmax, then waits for the P V product. ptxas places that last wait above
-  the softmax (sm_90 SASS, Triton 3.6; deferring it to the next step was measured slower, and with two warpgroups
-  does not fit the registers: docs/notes/2026-12-03-gluon-forward.md, session 7), so a warpgroup's softmax overlaps
-  the other warpgroup's or the other resident programs' products rather than its own. Between two warpgroups either
+  ``RESCALE_EARLY``), waits for S_j, runs block j's softmax, then waits for the P V product. ptxas places that last
+  wait above the softmax (sm_90 SASS, Triton 3.6; deferring it to the next step was measured slower, and with two
+  warpgroups does not fit the registers: docs/notes/2026-12-03-gluon-forward.md, session 7), so a warpgroup's softmax
+  overlaps the other warpgroup's or the other resident programs' products rather than its own. Between two
+  warpgroups either
   the warp schedulers interleave one's softmax with the other's products, or (``PINGPONG``) the warpgroups take
   turns issuing their products through a pair of hardware named barriers, as FlashAttention 3's warp-scheduler
   barriers order them.
