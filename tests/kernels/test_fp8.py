@@ -702,3 +702,80 @@ def test_pair_fenced_widening_setting(monkeypatch):
     assert fwd._fenced_mode(fwd.PAIR_TWO_LOADS.value) == 1 and fwd._fenced_mode(0) == 1
     assert fwd._e4m3_widening(torch.device("cpu"), fwd.PAIR_TWO_LOADS.value) in (fwd.WIDEN_TO.value,
                                                                                   fwd.WIDEN_IN_PAIRS.value)
+
+
+@pytest.mark.parametrize("dtype,paged,num_splits,window,softcap", [
+    pytest.param(torch.bfloat16, True, 2, -1, 0.0, id="bf16-paged-2splits"),
+    pytest.param(torch.bfloat16, True, 3, -1, 20.0, id="bf16-paged-3splits-softcap"),
+    pytest.param(torch.float16, False, 1, 20, 0.0, id="fp16-contiguous-window"),
+    pytest.param(torch.float16, True, 1, -1, 0.0, id="fp16-paged-1split"),
+])
+def test_pair_halves(monkeypatch, dtype, paged, num_splits, window, softcap):
+    """``fwd.FP8_PAIR_HALVES`` 2 (forced): the transposed pairs' split loop in two halves, one per warp, merged in
+    the program (``_attend_pair_halves``), against the reference, with sinks and the LSE. Sequences of 1 to 5
+    16-key blocks make halves of 3 and 2 (one split), 2 and 1, 1 and 1, 1 and none (a split of one block), and empty
+    splits; the window masks inside the halves."""
+    from swattn.kernels import fwd
+    monkeypatch.setattr(fwd, "FP8_TWO_KV_HEADS", fwd.PAIR_TRANSPOSED.value)
+    monkeypatch.setattr(fwd, "FP8_PAIR_HALVES", 2)
+    batch, page_size = 4, 8
+    if paged:
+        k_cache, v_cache = e4m3(batch * 10, page_size, HK, D), e4m3(batch * 10, page_size, HK, D)
+        table = torch.randperm(batch * 10).view(batch, 10).to(torch.int32)
+        cache = dict(page_table=table)
+    else:
+        k_cache, v_cache = e4m3(batch, 80, HK, D), e4m3(batch, 80, HK, D)
+        cache = dict(cache_batch_idx=i32(2, 0, 3, 1))
+    lens = i32(80, 33, 7, 65)
+    q = torch.randn(batch, 1, H, D, dtype=dtype)
+    kd, vd, sinks = descale(batch), descale(batch), torch.randn(H)
+    fwd._PLANS.clear()
+    with forced_config(FwdConfig(16, 16, 1, 2)):
+        out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, k_descale=kd,
+                                                  v_descale=vd, causal=True, window_size=(window, 0), sinks=sinks,
+                                                  softcap=softcap, num_splits=num_splits, pack_gqa=True,
+                                                  return_softmax_lse=True, **cache)
+    (plan,) = [p for p in fwd._PLANS.values() if p.launches]
+    assert plan.kv_pair == fwd.PAIR_TRANSPOSED.value and plan.pair_halves
+    assert (plan.config.block_n, plan.config.num_warps, plan.config.maxnreg) == (fwd.FP8_PAIR_HALVES_SHAPE[0], 2,
+                                                                                 fwd.FP8_PAIR_HALVES_SHAPE[1])
+    ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True,
+                                             window_size=(window, 0), sinks=sinks, softcap=softcap, **cache)
+    assert_close("out", out, ref_out, tolerance_for(dtype))
+    assert_close("lse", lse, ref_lse, LSE_TOL)
+
+
+def test_pair_halves_take_the_one_warp_shape(monkeypatch):
+    """``fwd.FP8_PAIR_HALVES`` 1 takes the halves on the pairs' one-warp 32-key shape only (two warps on
+    ``FP8_PAIR_HALVES_SHAPE``' blocks under its cap); 0 (the default) and other shapes keep the one loop. A
+    default-planned decode (``configs.FP8_PAIR_SHAPE_BLOCKS`` set so that this small cache takes a one-warp shape),
+    against the reference."""
+    from swattn.kernels import configs, fwd
+    assert fwd.FP8_PAIR_HALVES == 0
+    monkeypatch.setattr(configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT", 16)
+    pages, page_size = 40, 16
+    k_cache, v_cache = e4m3(pages, page_size, HK, D), e4m3(pages, page_size, HK, D)
+    table = torch.randperm(pages).view(1, pages).to(torch.int32)
+    lens = i32(601)
+    q = torch.randn(1, 1, H, D, dtype=torch.bfloat16)
+    if q.is_cuda:  # 132 SMs: no pair split count for this small cache
+        pytest.skip("interpreter-sized cache")
+    kd, vd = descale(1), descale(1)
+    ref_out, _ = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True,
+                                       page_table=table)
+    # 2 programs per SM planned: the interpreter's 4 "SMs" take 8 splits of 76 keys (the halves' 16-key blocks: 3
+    # and 2; the one loop's 32-key blocks: 3).
+    for halves, shape, taken in ((1, (32, 1, 168, 2), True), (1, (16, 1, 128, 2), False),
+                                 (0, (32, 1, 168, 2), False)):
+        monkeypatch.setattr(fwd, "FP8_PAIR_HALVES", halves)
+        monkeypatch.setattr(configs, "FP8_PAIR_SHAPE_BLOCKS", ((D, HK, 512, shape),))
+        splits = configs.fp8_pair_split_count(HK, pages * page_size, fwd._persistent_programs(q.device), D)
+        assert splits > 1 and -(-601 // splits) > 2 * 32  # splits of 3 blocks
+        fwd._PLANS.clear()
+        out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table,
+                                             k_descale=kd, v_descale=vd, causal=True, num_splits=splits)
+        (plan,) = [p for p in fwd._PLANS.values() if p.launches]
+        assert plan.kv_pair == fwd.PAIR_TRANSPOSED.value and plan.pair_halves == taken
+        expected = (fwd.FP8_PAIR_HALVES_SHAPE[0], 2, fwd.FP8_PAIR_HALVES_SHAPE[1]) if taken else shape[:3]
+        assert (plan.config.block_n, plan.config.num_warps, plan.config.maxnreg) == expected
+        assert_close("out", out, ref_out, tolerance_for(torch.bfloat16))
