@@ -275,11 +275,17 @@ S11C_B4_16K = [(False, None), SPLITS_72, SPLITS_80, SPLITS_80, SPLITS_72, (False
 # / 162.69 and 150.51 / 152.74 against 151.03 / 153.09.
 # Helper s11-22b (queued for the next session): the transposed pairs' split loop in two halves, one per warp, merged
 # in the program (fwd.FP8_PAIR_HALVES 1: on B <= 4's one-warp 32-key shape; 2: forced, here at B=16 16K whose (32, 2)
-# programs split each block between their two warps), on FP8_PAIR_HALVES_SHAPE's 16-key blocks capped at 128; and
-# 32-key halves capped at 168 (6 per SM: B=4 16K's 1,024 programs over 792 slots), mirrored against the default.
+# programs split each block between their two warps), on FP8_PAIR_HALVES_SHAPE's 16-key blocks capped at 128, at 2
+# and 3 stages; 32-key halves capped at 168 (6 per SM: B=4 16K's 1,024 programs over 792 slots); and the default's
+# one-warp loop forced at 3 stages (the page-table loads two blocks ahead: compiled, Triton 3.6, 168 registers, 8 B
+# stack, 18.5 KB shared) beside the same forced at 2 (its control), all mirrored against the default.
 HALVES_1, HALVES_2 = (False, None, dict(halves=1)), (False, None, dict(halves=2))
-HALVES_1_32 = (False, None, dict(halves=1, halvesshape=(32, 168)))
-S12_B4 = [(False, None), HALVES_1, HALVES_1_32, HALVES_1_32, HALVES_1, (False, None)]
+HALVES_1_S3 = (False, None, dict(halves=1, halvesshape=(16, 128, 3)))
+HALVES_1_32 = (False, None, dict(halves=1, halvesshape=(32, 168, None)))
+ONE_WARP_S2, ONE_WARP_S3 = ((False, (32, 1, stages, False, False, 168), dict(pair=4, per_sm=8)) for stages in (2, 3))
+S12_B4_16K = [(False, None), HALVES_1, HALVES_1_S3, ONE_WARP_S2, ONE_WARP_S3, HALVES_1_32,
+              HALVES_1_32, ONE_WARP_S3, ONE_WARP_S2, HALVES_1_S3, HALVES_1, (False, None)]
+S12_B4_128K = [(False, None), HALVES_1, HALVES_1_S3, ONE_WARP_S3, ONE_WARP_S3, HALVES_1_S3, HALVES_1, (False, None)]
 S12_B16 = [(False, None), HALVES_2, HALVES_2, (False, None)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
@@ -348,12 +354,13 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s11b_b16_16k": (16, 16384, None, S11B_B16_16K), "s11b_b4_16k": (4, 16384, None, S11B_B4_16K),
           "s11c_b4_16k": (4, 16384, None, S11C_B4_16K),
           "s11c_warm": (4, 16384, None, [(False, None), SPLITS_72, SPLITS_80]),
-          "s12_b4_16k": (4, 16384, None, S12_B4), "s12_b4_128k": (4, 131072, None, S12_B4),
+          "s12_b4_16k": (4, 16384, None, S12_B4_16K), "s12_b4_128k": (4, 131072, None, S12_B4_128K),
           "s12_b16_16k": (16, 16384, None, S12_B16),
           # The compile warm-up of the s12 kernels, one process per kernel (B=4 16K's and 131072's splits of 256 and
           # 2,048 keys share them).
           **{f"s12_warm{i}": (batch, 16384, None, [variant]) for i, (batch, variant) in enumerate(
-              ((4, (False, None)), (4, HALVES_1), (4, HALVES_1_32), (16, (False, None)), (16, HALVES_2)))},
+              ((4, (False, None)), (4, HALVES_1), (4, HALVES_1_S3), (4, HALVES_1_32), (4, ONE_WARP_S2),
+               (4, ONE_WARP_S3), (16, (False, None)), (16, HALVES_2)))},
           "s8b_b4_16k": (4, 16384, None, [(False, None), PAIRS_FENCED_V, (False, (64, 4, 2, False, False, 128),
                                                                          dict(pair=3, per_sm=4, fenced=2))])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
@@ -469,7 +476,7 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += " merge: early dependents" if options.get("early") else ""
     shown += f" (at most {options['maxsplits']})" if "maxsplits" in options else ""
     shown += f" pairs' halves {options['halves']}" if "halves" in options else ""
-    shown += " ({}-key halves, cap {})".format(*options["halvesshape"]) if "halvesshape" in options else ""
+    shown += " ({}-key halves, cap {}, stages {})".format(*options["halvesshape"]) if "halvesshape" in options else ""
     shown += {None: "", 0: " session 8's pairs' loop", 1: " pairs' loop transposed"}[
         options.get("transposed")]
     if options.get("heads"):

@@ -258,13 +258,14 @@ FP8_TWO_KV_HEADS = int(os.environ.get("SWATTN_FP8_TWO_KV_HEADS", "0") or 0)
 # program double the resident streaming warps without more splits. 0: off; 1: on the one-warp 32-key pair shape
 # (configs.FP8_PAIR_SHAPE_BLOCKS' B <= 4 entry); 2: on every PAIR_TRANSPOSED launch (tests, experiments).
 FP8_PAIR_HALVES = int(os.environ.get("SWATTN_FP8_PAIR_HALVES", "0") or 0)
-# (block_n of each half, register cap) of the two-warp halves. 8 two-warp programs per SM (the 8 the split count
-# plans for the one-warp shape) are 16 warps: 128 registers per thread in the 64K register file. Compiled (Triton
-# 3.6, sm_90, B=4 64 splits, V fenced): 16-key halves capped at 128: 128 registers, 24 B stack (2 LDL/STL in the
-# loop), 16 KB shared (the one-warp 32-key program's bytes per block, 18 KB), 336 loop instructions per iteration
-# and warp, 8 per SM; 32-key halves need 207 registers uncapped, at 128 spill 200 B (188 LDL/STL), at 168 keep 32 B
-# (6 per SM by registers: 792 slots for B=4 16K's 1,024 programs) and take 32 KB shared (7 per SM).
-FP8_PAIR_HALVES_SHAPE: tuple[int, int | None] = (16, 128)
+# (block_n of each half, register cap, stages: None keeps the pair shape's) of the two-warp halves. 8 two-warp
+# programs per SM (the 8 the split count plans for the one-warp shape) are 16 warps: 128 registers per thread in the
+# 64K register file. Compiled (Triton 3.6, sm_90, B=4 64 splits, V fenced): 16-key halves capped at 128: 128
+# registers, 24 B stack (2 LDL/STL in the loop), 16 KB shared (the one-warp 32-key program's 8 KB per block, 18 KB),
+# 336 loop instructions per iteration and warp, 8 per SM (at 3 stages: 128, 24 B, 16.5 KB); 32-key halves need 207
+# registers uncapped, at 128 spill 200 B (188 LDL/STL), at 168 keep 32 B (6 per SM by registers: 792 slots for B=4
+# 16K's 1,024 programs) and take 32 KB shared (7 per SM).
+FP8_PAIR_HALVES_SHAPE: tuple[int, int | None, int | None] = (16, 128, None)
 
 # Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py): the split loop of an e4m3 decode over a paged
 # cache whose KV heads' rows are 64 bytes, adjacent (e4m3, head_dim 64: FA3's [pages, page, Hk, D], a page one
@@ -2056,7 +2057,9 @@ class _ForwardPlan:
                             and (FP8_PAIR_HALVES == 2 or (FP8_PAIR_HALVES == 1 and config.num_warps == 1
                                                           and config.block_n == 32)))
         if self.pair_halves:
-            config = replace(config, block_n=FP8_PAIR_HALVES_SHAPE[0], num_warps=2, maxnreg=FP8_PAIR_HALVES_SHAPE[1])
+            block_n, maxnreg, stages = FP8_PAIR_HALVES_SHAPE
+            config = replace(config, block_n=block_n, num_warps=2, maxnreg=maxnreg,
+                             num_stages=stages or config.num_stages)
         num_tiles = ceil_div(rows_per_tile * (2 if self.kv_pair else 1), config.block_m)
         # The split loop's L2 prefetch beyond its own e4m3 rows (FP8_PREFETCH_PARTNER): paged caches whose KV heads'
         # rows are 64 adjacent bytes and whose pages are contiguous, an even number of KV heads (the twin) or a page
