@@ -53,3 +53,41 @@ def test_shipped_forward_configs_compile_for_hopper_with_pipelined_loops():
     for name, registers, _stack, shared, hgmma, qgmma in gluon:
         assert 0 < int(registers) <= 255 and int(shared) <= 227 * 1024 and hgmma == "True", name
         assert (qgmma == "True") == ("all-fp8" in name), name
+
+
+@pytest.mark.skipif(not CUOBJDUMP.exists(), reason="this Triton build has no NVIDIA backend tools")
+def test_gluon_pingpong_named_barriers_are_its_own():
+    """Ping-pong's turns (``PINGPONG``) use hardware named barriers ``_TURN_BARRIER`` and the next over 256 threads:
+    compiled for sm_90, the kernel's other barriers (Triton's partition barriers and ``__syncthreads``) must use
+    other ids, or a turn would wait on an unrelated barrier."""
+    code = """
+import re, sys
+sys.path.insert(0, "scripts")
+import kernel_resources as kr
+from swattn.kernels import gluon_fwd
+sass = []
+compile_for_hopper = kr.compile_for_hopper
+def keep_sass(kernel, args, kwargs, source_type=kr.ASTSource, read_sass=True):
+    result = compile_for_hopper(kernel, args, kwargs, source_type, True)
+    sass.append(result[3])
+    return result
+kr.compile_for_hopper = keep_sass
+for name, shapes, kwargs, dtype in kr.gluon_targets():
+    if name == "gluon W(4095,0) D128":
+        (q, k, v), _ = kr.inputs(shapes, dtype)
+        kr.compile_gluon(q, k, v, **kwargs, pingpong=True)
+for op, barrier, threads in re.findall(r"BAR\\.(SYNC|ARV)[A-Z_.]* 0x([0-9a-f]+)(?:, 0x([0-9a-f]+))?", sass[-1]):
+    print(op, int(barrier, 16), int(threads, 16) if threads else 0)
+print("turn", gluon_fwd._TURN_BARRIER)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    turn = int(re.findall(r"^turn (\d+)$", result.stdout, flags=re.M)[0])
+    barriers = [(op, int(b), int(t)) for op, b, t in re.findall(r"^(SYNC|ARV) (\d+) (\d+)$", result.stdout, flags=re.M)]
+    turns = {(op, b) for op, b, t in barriers if b in (turn, turn + 1)}
+    assert turns == {("SYNC", turn), ("SYNC", turn + 1), ("ARV", turn), ("ARV", turn + 1)}, result.stdout
+    assert all(t == 256 for _, b, t in barriers if b in (turn, turn + 1)), result.stdout
+    assert all(op == "SYNC" for op, b, _ in barriers if b not in (turn, turn + 1)), result.stdout
+    assert max(b for _, b, _ in barriers if b not in (turn, turn + 1)) < turn, result.stdout
