@@ -28,7 +28,7 @@ import time
 
 import torch
 from gpu_fp8_decode import decode_inputs, fp8_sets  # scripts/ is on sys.path when this file runs
-from gpu_probe import _stamp_report, _stamped_graph, graph_us
+from gpu_probe import _stamp_report, _stamped_graph, graph_us, with_settings
 
 import swattn
 from swattn import _compat
@@ -40,20 +40,6 @@ VARIANTS = {
     "default": (),
     "no PDL": ((_compat, "PDL", False),),
 }
-
-
-def with_settings(settings, body):
-    """``body()`` under ``settings`` (module attributes), plans cleared before and after."""
-    previous = [(module, name, getattr(module, name)) for module, name, _ in settings]
-    for module, name, value in settings:
-        setattr(module, name, value)
-    clear_plans()
-    try:
-        return body()
-    finally:
-        for module, name, value in previous:
-            setattr(module, name, value)
-        clear_plans()
 
 
 def main() -> int:

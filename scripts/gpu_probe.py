@@ -317,6 +317,20 @@ def fused_append() -> None:
                 f"{label} {' / '.join(f'{t:.2f}' for t in times)} us" for label, times in rows.items()), flush=True)
 
 
+def with_settings(settings, body):
+    """``body()`` under ``settings`` ((module, attribute, value) triples), plans cleared before and after."""
+    previous = [(module, name, getattr(module, name)) for module, name, _ in settings]
+    for module, name, value in settings:
+        setattr(module, name, value)
+    clear_plans()
+    try:
+        return body()
+    finally:
+        for module, name, value in previous:
+            setattr(module, name, value)
+        clear_plans()
+
+
 def graph_calls_us(calls: list, repeat: int = 1) -> float:
     """Median us per call of one graph that replays ``calls`` (distinct inputs, so no call hits L2 warm),
     ``repeat`` times over."""
@@ -1813,18 +1827,6 @@ def fixed_costs() -> None:
     ref = call().float()
     split_programs, merge_programs = batch * 8 * auto, batch * 64
     table = []
-
-    def with_settings(settings, body):
-        previous = [(module, name, getattr(module, name)) for module, name, _ in settings]
-        for module, name, value in settings:
-            setattr(module, name, value)
-        clear_plans()
-        try:
-            return body()
-        finally:
-            for module, name, value in previous:
-                setattr(module, name, value)
-            clear_plans()
 
     shipped_out = call()
 

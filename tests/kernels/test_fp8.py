@@ -39,6 +39,19 @@ def descale(batch: int) -> torch.Tensor:
     return torch.rand(batch, HK) + 0.25
 
 
+SMALL_CACHE_PAGES, SMALL_CACHE_PAGE_SIZE = 40, 16
+SMALL_CACHE_KEYS = SMALL_CACHE_PAGES * SMALL_CACHE_PAGE_SIZE
+
+
+def small_paged_e4m3_cache(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """(k_cache, v_cache, page_table, cache_seqlens, q): 40 e4m3 pages of 16 keys in random order holding one
+    sequence of 601 keys, and its one query of ``dtype`` (the pair tests' interpreter-sized decode)."""
+    k_cache = e4m3(SMALL_CACHE_PAGES, SMALL_CACHE_PAGE_SIZE, HK, D)
+    v_cache = e4m3(SMALL_CACHE_PAGES, SMALL_CACHE_PAGE_SIZE, HK, D)
+    table = torch.randperm(SMALL_CACHE_PAGES).view(1, SMALL_CACHE_PAGES).to(torch.int32)
+    return k_cache, v_cache, table, i32(601), torch.randn(1, 1, H, D, dtype=dtype)
+
+
 def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
 
@@ -512,16 +525,12 @@ def test_two_kv_heads_per_program_by_default(monkeypatch, dtype, transposed):
     monkeypatch.setattr(configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT", 16)
     monkeypatch.setattr(configs, "FP8_PAIR_TRANSPOSED", transposed)
     pair_mode = (fwd.PAIR_TWO_LOADS.value, fwd.PAIR_TRANSPOSED.value)[transposed]
-    pages, page_size = 40, 16
-    k_cache, v_cache = e4m3(pages, page_size, HK, D), e4m3(pages, page_size, HK, D)
-    table = torch.randperm(pages).view(1, pages).to(torch.int32)
-    lens = i32(601)
-    q = torch.randn(1, 1, H, D, dtype=dtype)
+    k_cache, v_cache, table, lens, q = small_paged_e4m3_cache(dtype)
     if q.is_cuda:  # 132 SMs: 64 splits of these few keys would take the single loop (no pairs there)
         pytest.skip("small-cache version of tests/gpu/test_fp8_real_sizes.py's "
                     "test_full_decode_takes_two_kv_heads_per_program")
     kd, vd, sinks = descale(1), descale(1), torch.randn(H)
-    splits = configs.fp8_pair_split_count(HK, pages * page_size, fwd._persistent_programs(q.device))
+    splits = configs.fp8_pair_split_count(HK, SMALL_CACHE_KEYS, fwd._persistent_programs(q.device))
     assert splits > 1
     call = dict(cache_seqlens=lens, page_table=table, k_descale=kd, v_descale=vd, sinks=sinks, softcap=20.0,
                 num_splits=splits, return_softmax_lse=True)
@@ -533,7 +542,7 @@ def test_two_kv_heads_per_program_by_default(monkeypatch, dtype, transposed):
         (plan,) = [p for p in fwd._PLANS.values() if p.launches]
         assert plan.kv_pair == (pair_mode if on else 0)
         if on:
-            assert plan.config == configs.fp8_pair_config(plan.config, HK, pages * page_size)  # their shape
+            assert plan.config == configs.fp8_pair_config(plan.config, HK, SMALL_CACHE_KEYS)  # their shape
         fwd._PLANS.clear()
         swattn.flash_attn_with_kvcache(q, k_cache, v_cache, window_size=(300, 0), **call)
         assert [p.kv_pair for p in fwd._PLANS.values() if p.launches] == [0]
@@ -554,23 +563,19 @@ def test_pairs_replace_a_short_splits_single_loop(monkeypatch):
     from swattn.kernels import configs, fwd
     monkeypatch.setattr(configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT", 16)
     monkeypatch.setattr(fwd, "forward_config", lambda *args, **kwargs: FwdConfig(16, 128, 4, 2, single_loop=True))
-    pages, page_size = 40, 16
-    k_cache, v_cache = e4m3(pages, page_size, HK, D), e4m3(pages, page_size, HK, D)
-    table = torch.randperm(pages).view(1, pages).to(torch.int32)
-    lens = i32(601)
-    q = torch.randn(1, 1, H, D, dtype=torch.bfloat16)
+    k_cache, v_cache, table, lens, q = small_paged_e4m3_cache(torch.bfloat16)
     if q.is_cuda:  # 132 SMs: no pair split count for this small cache
         pytest.skip("small-cache version of tests/gpu/test_fp8_real_sizes.py's "
                     "test_pairs_replace_the_single_loop_of_256_key_splits")
     kd, vd = descale(1), descale(1)
-    splits = configs.fp8_pair_split_count(HK, pages * page_size, fwd._persistent_programs(q.device))
+    splits = configs.fp8_pair_split_count(HK, SMALL_CACHE_KEYS, fwd._persistent_programs(q.device))
     assert splits > 1
     call = dict(cache_seqlens=lens, page_table=table, k_descale=kd, v_descale=vd, causal=True, num_splits=splits)
     fwd._PLANS.clear()
     out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
     (plan,) = [p for p in fwd._PLANS.values() if p.launches]
     assert plan.kv_pair in fwd._TWO_LOADS and not plan.config.single_loop
-    assert plan.config == configs.fp8_pair_config(FwdConfig(16, 128, 4, 2, single_loop=True), HK, pages * page_size)
+    assert plan.config == configs.fp8_pair_config(FwdConfig(16, 128, 4, 2, single_loop=True), HK, SMALL_CACHE_KEYS)
     ref_out, _ = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True,
                                        page_table=table)
     assert_close("out", out, ref_out, tolerance_for(torch.bfloat16))
@@ -609,15 +614,11 @@ def test_pair_block_shape_by_shape(monkeypatch):
     assert configs.fp8_pair_blocks(32, 1 << 20, 64) == (64, 2, 168, 6)
     assert configs.fp8_pair_split_count(128, 1 << 20, 132) == 16  # B=16: FP8_PAIR_SPLIT_BLOCKS' 8 per SM
     assert configs.fp8_pair_split_count(32, 1 << 20, 132) == 49  # B=4 at 6 per SM: 6 x 132 / 16
-    pages, page_size = 40, 16
-    k_cache, v_cache = e4m3(pages, page_size, HK, D), e4m3(pages, page_size, HK, D)
-    table = torch.randperm(pages).view(1, pages).to(torch.int32)
-    lens = i32(601)
-    q = torch.randn(1, 1, H, D, dtype=torch.float16)
+    k_cache, v_cache, table, lens, q = small_paged_e4m3_cache(torch.float16)
     if q.is_cuda:  # 132 SMs: no pair split count for this small cache
         pytest.skip("interpreter-sized cache")
     kd, vd = descale(1), descale(1)
-    splits = configs.fp8_pair_split_count(HK, pages * page_size, fwd._persistent_programs(q.device), D)
+    splits = configs.fp8_pair_split_count(HK, SMALL_CACHE_KEYS, fwd._persistent_programs(q.device), D)
     assert splits > 1
     fwd._PLANS.clear()
     out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table, k_descale=kd,
@@ -753,11 +754,7 @@ def test_pair_halves_take_the_one_warp_shape(monkeypatch):
     from swattn.kernels import configs, fwd
     assert fwd.FP8_PAIR_HALVES == 0
     monkeypatch.setattr(configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT", 16)
-    pages, page_size = 40, 16
-    k_cache, v_cache = e4m3(pages, page_size, HK, D), e4m3(pages, page_size, HK, D)
-    table = torch.randperm(pages).view(1, pages).to(torch.int32)
-    lens = i32(601)
-    q = torch.randn(1, 1, H, D, dtype=torch.bfloat16)
+    k_cache, v_cache, table, lens, q = small_paged_e4m3_cache(torch.bfloat16)
     if q.is_cuda:  # 132 SMs: no pair split count for this small cache
         pytest.skip("interpreter-sized cache")
     kd, vd = descale(1), descale(1)
@@ -769,7 +766,7 @@ def test_pair_halves_take_the_one_warp_shape(monkeypatch):
                                  (0, (32, 1, 168, 2), False)):
         monkeypatch.setattr(fwd, "FP8_PAIR_HALVES", halves)
         monkeypatch.setattr(configs, "FP8_PAIR_SHAPE_BLOCKS", ((D, HK, 512, shape),))
-        splits = configs.fp8_pair_split_count(HK, pages * page_size, fwd._persistent_programs(q.device), D)
+        splits = configs.fp8_pair_split_count(HK, SMALL_CACHE_KEYS, fwd._persistent_programs(q.device), D)
         assert splits > 1 and -(-601 // splits) > 2 * 32  # splits of 3 blocks
         fwd._PLANS.clear()
         out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table,
