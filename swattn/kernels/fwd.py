@@ -1664,6 +1664,7 @@ def _swa_fwd_kernel(
         if LATE_DEPENDENTS == 1:
             let_dependents_launch(USE_PDL)
 
+
 @triton.jit
 def _split_blocks(num_blocks, num_splits, split):
     """Blocks ``[begin, end)`` of a loop of ``num_blocks`` that split ``split`` of ``num_splits`` takes:
@@ -1829,8 +1830,7 @@ def settings() -> tuple:
     L2 preload before the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening, the
     head-block tile's row-bound mask, the Gluon kernel's lazy rescale (which the redo pass after it follows), the
     two-KV-heads default (configs.FP8_KV_PAIRS, its threshold, shape and loop; the two-warp halves), the diagnostic
-    stamp buffer,
-    the merge's early dependents and the split launches' late dependents.
+    stamp buffer, the merge's early dependents and the split launches' late dependents.
 
     Every eager call builds this tuple (``swattn._replay``'s key), so each tuple display here stays at most 30 items:
     CPython builds a longer one through a list (31 items took this function from 0.24 to 0.41 us, dev CPU, Python
