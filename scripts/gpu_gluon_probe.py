@@ -227,6 +227,13 @@ def main() -> int:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
         # The accumulator's rescale after the block's P V completes (before FlashAttention 3's order, the shipped
         # ``RESCALE_EARLY``), alone and with ping-pong (FA3's warp-scheduler barriers at head_dim 128).
+        # K and V stages released by one arrival per consumer thread (no warpgroup barrier in front of each
+        # release: ``THREAD_RELEASE``), alone and with ping-pong.
+        thread_release = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | gluon_fwd.THREAD_RELEASE)
+        gluon.append(("gluon thread release", with_mode("1", call(), settings=thread_release)))
+        if args.pingpong:
+            gluon.append(("gluon thread release ping-pong", with_mode("1", call(), settings=thread_release,
+                                                                      pingpong=True)))
         late = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS & ~gluon_fwd.RESCALE_EARLY)
         gluon.append(("gluon late rescale", with_mode("1", call(), settings=late)))
         if args.pingpong:

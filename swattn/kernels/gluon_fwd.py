@@ -69,6 +69,7 @@ from swattn.kernels._launch import Descriptor, Launch, _triton_version
 try:  # Gluon ships inside the triton wheel (3.4+); the names used here exist in 3.6 and 3.9.
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy
     from triton.experimental.gluon.language.nvidia.hopper import (
         fence_async_shared,
         mbarrier,
@@ -137,6 +138,10 @@ ONE_SIDED_EDGES, THREAD_ROW_SUMS, VOTED_ROW_MAX = 1, 2, 4
 # under it (side-effecting asm, so LLVM keeps it between the two issues), then P_{j-1} V_{j-1}: the rescale's
 # multiplications leave the path from a block's softmax to the next block's products.
 RESCALE_EARLY = 32
+# The consumers release K and V stages by one arrival per thread (``cp.async.mbarrier.arrive.noinc``, no copies
+# pending: it fires at once) instead of Gluon's ``mbarrier.arrive``, which puts a barrier over the warpgroup in front
+# of its single thread's arrival (and the next wait on a barrier then takes another one).
+THREAD_RELEASE = 64
 SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "39"))  # A/B runs: 0 for none
 
 
@@ -224,9 +229,9 @@ def softmax_trims_for(consumers: int, head_dim: int) -> int:
         # GPU: none there.
         if _triton_version() >= (3, 7):
             return 0
-        return SOFTMAX_TRIMS & (THREAD_ROW_SUMS | VOTED_ROW_MAX | RESCALE_EARLY)
+        return SOFTMAX_TRIMS & (THREAD_ROW_SUMS | VOTED_ROW_MAX | RESCALE_EARLY | THREAD_RELEASE)
     kept = ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX if consumers == 1 else THREAD_ROW_SUMS | VOTED_ROW_MAX
-    return SOFTMAX_TRIMS & (kept | RESCALE_EARLY)
+    return SOFTMAX_TRIMS & (kept | RESCALE_EARLY | THREAD_RELEASE)
 
 
 def tma_store_for(consumers: int) -> bool:
@@ -329,6 +334,16 @@ if GLUON_AVAILABLE:
     _VOTED_MAX_ASM_LAZY_C = gl.constexpr(_voted_row_max_asm(RESCALE_THRESHOLD))
     _VOTED_MAX_ASM_EXACT_C = gl.constexpr(_voted_row_max_asm(0.0))
     _RESCALE_EARLY_C = gl.constexpr(RESCALE_EARLY)
+    _THREAD_RELEASE_C = gl.constexpr(THREAD_RELEASE)
+
+    @gluon.jit
+    def _release(stage_barrier, SOFTMAX_TRIMS: gl.constexpr):
+        """The consumer warpgroup is done with a K or V stage (its products that read it have completed): one
+        arrival per thread (``THREAD_RELEASE``; the barrier counts 128 per consumer) or one per warpgroup."""
+        if (SOFTMAX_TRIMS & _THREAD_RELEASE_C) != 0:
+            async_copy.mbarrier_arrive(stage_barrier, increment_count=False)
+        else:
+            mbarrier.arrive(stage_barrier, count=1)
     _TURN_BARRIER_C = gl.constexpr(_TURN_BARRIER)
 
     @gluon.jit
@@ -734,7 +749,7 @@ if GLUON_AVAILABLE:
                 mbarrier.arrive(q_empty.index(stored_slot), count=1)
                 stored = 0
             s = warpgroup_mma_wait(0, deps=[s_token])
-            mbarrier.arrive(k_empty.index(first_stage), count=1)
+            _release(k_empty.index(first_stage), SOFTMAX_TRIMS)
             p, m_i, l_i, alpha = _softmax_block(
                 s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
                 softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N, RESCALE_THRESHOLD,
@@ -763,13 +778,13 @@ if GLUON_AVAILABLE:
                 acc_token = warpgroup_mma(p_op, v_smem.index(previous_stage), acc, is_async=True)
                 _turn_end(WG, PINGPONG)
                 s = warpgroup_mma_wait(1, deps=[s_token])
-                mbarrier.arrive(k_empty.index(stage), count=1)
+                _release(k_empty.index(stage), SOFTMAX_TRIMS)
                 p, m_i, l_i, alpha = _softmax_block(
                     s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
                     right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N,
                     RESCALE_THRESHOLD, SOFTMAX_TRIMS)
                 acc = warpgroup_mma_wait(0, deps=[acc_token])
-                mbarrier.arrive(v_empty.index(previous_stage), count=1)
+                _release(v_empty.index(previous_stage), SOFTMAX_TRIMS)
                 alpha_o = gl.convert_layout(alpha, o_rows)
                 if (SOFTMAX_TRIMS & _RESCALE_EARLY_C) == 0:
                     acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
@@ -787,7 +802,7 @@ if GLUON_AVAILABLE:
             acc_token = warpgroup_mma(p_op, v_smem.index(last_stage), acc, is_async=True)
             _turn_end(WG, PINGPONG)
             acc = warpgroup_mma_wait(0, deps=[acc_token])
-            mbarrier.arrive(v_empty.index(last_stage), count=1)
+            _release(v_empty.index(last_stage), SOFTMAX_TRIMS)
 
         # Epilogue, as the Triton kernel's _finish_tile: NaN flags, then the sink, LSE and one factor per row
         # (``finish_rows``, shared with it), O.
@@ -917,11 +932,13 @@ if GLUON_AVAILABLE:
         v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
         q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        # One arrival per consumer warpgroup, or per consumer thread (``_release``).
+        releases: gl.constexpr = NUM_CONSUMERS * 128 if (SOFTMAX_TRIMS & _THREAD_RELEASE_C) != 0 else NUM_CONSUMERS
         for i in gl.static_range(NUM_STAGES):
             mbarrier.init(k_ready.index(i), count=1)
             mbarrier.init(v_ready.index(i), count=1)
-            mbarrier.init(k_empty.index(i), count=NUM_CONSUMERS)  # one arrival per consumer warpgroup
-            mbarrier.init(v_empty.index(i), count=NUM_CONSUMERS)
+            mbarrier.init(k_empty.index(i), count=releases)
+            mbarrier.init(v_empty.index(i), count=releases)
         for i in gl.static_range(2):
             mbarrier.init(q_ready.index(i), count=1)
             mbarrier.init(q_empty.index(i), count=NUM_CONSUMERS)
