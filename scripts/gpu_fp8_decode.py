@@ -34,8 +34,7 @@ Run: ``python scripts/gpu_fp8_decode.py [SHAPE ...]``, shapes: full, long, b4, l
 default), s6_full, s6_more, s6_b4, s6_long16, s6_long, s6_b16_128k, s7_long, s7_b16_128k, and the later sessions'
 (``--dry`` lists a shape's candidates); s9_*: the transposed pairs' loop against the shipped one; s10_*: the
 pairs' block shapes of the default path (``blocks=``), and head_dim 128 layers (a shape's fifth field: H, Hk, D);
-s11b_*: fewer splits at 16K; s11c_*: more splits at B=4 16K; s12_*: the pairs' split loop in two halves, one per
-warp (``halves=``: fwd.FP8_PAIR_HALVES, ``halvesshape=``: fwd.FP8_PAIR_HALVES_SHAPE).
+s11b_*: fewer splits at 16K; s11c_*: more splits at B=4 16K.
 """
 
 from __future__ import annotations
@@ -273,20 +272,13 @@ S11C_B4_16K = [(False, None), SPLITS_72, SPLITS_80, SPLITS_80, SPLITS_72, (False
 # s11-call9 (20:08 UTC, main 7fd35a9): the merge of B=4's 64 splits on 2 / 4 warps (combine.WIDE_MERGE_SPLITS /
 # WIDE_MERGE_WARPS, since removed): B=4 16K 29.25 / 29.28 and 27.09 / 27.08 against 27.01 / 27.04; B=4 131072 156.91
 # / 162.69 and 150.51 / 152.74 against 151.03 / 153.09.
-# Helper s11-22b (queued for the next session): the transposed pairs' split loop in two halves, one per warp, merged
-# in the program (fwd.FP8_PAIR_HALVES 1: on B <= 4's one-warp 32-key shape; 2: forced, here at B=16 16K whose (32, 2)
-# programs split each block between their two warps), on FP8_PAIR_HALVES_SHAPE's 16-key blocks capped at 128, at 2
-# and 3 stages; 32-key halves capped at 168 (6 per SM: B=4 16K's 1,024 programs over 792 slots); and the default's
-# one-warp loop forced at 3 stages (the page-table loads two blocks ahead: compiled, Triton 3.6, 168 registers, 8 B
-# stack, 18.5 KB shared) beside the same forced at 2 (its control), all mirrored against the default.
-HALVES_1, HALVES_2 = (False, None, dict(halves=1)), (False, None, dict(halves=2))
-HALVES_1_S3 = (False, None, dict(halves=1, halvesshape=(16, 128, 3)))
-HALVES_1_32 = (False, None, dict(halves=1, halvesshape=(32, 168, None)))
-ONE_WARP_S2, ONE_WARP_S3 = ((False, (32, 1, stages, False, False, 168), dict(pair=4, per_sm=8)) for stages in (2, 3))
-S12_B4_16K = [(False, None), HALVES_1, HALVES_1_S3, ONE_WARP_S2, ONE_WARP_S3, HALVES_1_32,
-              HALVES_1_32, ONE_WARP_S3, ONE_WARP_S2, HALVES_1_S3, HALVES_1, (False, None)]
-S12_B4_128K = [(False, None), HALVES_1, HALVES_1_S3, ONE_WARP_S3, ONE_WARP_S3, HALVES_1_S3, HALVES_1, (False, None)]
-S12_B16 = [(False, None), HALVES_2, HALVES_2, (False, None)]
+# s12-call1 (21:35 UTC, main 1f5568b; us, mirrored pairs): helper s11-22b's transposed pairs' split loop in two
+# halves, one per warp, merged in the program (fwd.FP8_PAIR_HALVES, since removed): B=4 16K on the 16-key halves
+# capped at 128 46.10 / 45.99, at 3 stages 48.33 / 48.41, 32-key halves capped at 168 41.63 / 41.65; B=16 16K forced
+# 136.89 / 137.00; B=4 131072 261.19 / 259.30 and 284.97 / 282.74 (3 stages); against the default's 26.95 / 26.97,
+# 81.32 / 81.31, 150.94 / 151.02. The default's one-warp (32, 1) loop capped at 168 forced at 3 stages (page-table
+# loads two blocks ahead) against the same at 2: B=4 16K 27.23 / 27.24 against 26.96 / 26.94, B=4 131072 150.95 /
+# 151.07 (default 150.94 / 151.02).
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -354,18 +346,11 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s11b_b16_16k": (16, 16384, None, S11B_B16_16K), "s11b_b4_16k": (4, 16384, None, S11B_B4_16K),
           "s11c_b4_16k": (4, 16384, None, S11C_B4_16K),
           "s11c_warm": (4, 16384, None, [(False, None), SPLITS_72, SPLITS_80]),
-          "s12_b4_16k": (4, 16384, None, S12_B4_16K), "s12_b4_128k": (4, 131072, None, S12_B4_128K),
-          "s12_b16_16k": (16, 16384, None, S12_B16),
-          # The compile warm-up of the s12 kernels, one process per kernel (B=4 16K's and 131072's splits of 256 and
-          # 2,048 keys share them).
-          **{f"s12_warm{i}": (batch, 16384, None, [variant]) for i, (batch, variant) in enumerate(
-              ((4, (False, None)), (4, HALVES_1), (4, HALVES_1_S3), (4, HALVES_1_32), (4, ONE_WARP_S2),
-               (4, ONE_WARP_S3), (16, (False, None)), (16, HALVES_2)))},
           "s8b_b4_16k": (4, 16384, None, [(False, None), PAIRS_FENCED_V, (False, (64, 4, 2, False, False, 128),
                                                                          dict(pair=3, per_sm=4, fenced=2))])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
 EXACT_SHAPES = {"s9c_b4_16k", "s9c_b4_8k", "s9c_b8_8k", "s9c_b16_4k"}  # page tables of exactly the context
-EXACT_SHAPES |= {name for name in SHAPES if name.startswith(("s10", "s11", "s12"))}
+EXACT_SHAPES |= {name for name in SHAPES if name.startswith(("s10", "s11"))}
 COPY_GBPS = 4221.0
 
 
@@ -475,8 +460,6 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += " pairs ({},{},cap {}) {}/SM".format(*options["blocks"]) if "blocks" in options else ""
     shown += " merge: early dependents" if options.get("early") else ""
     shown += f" (at most {options['maxsplits']})" if "maxsplits" in options else ""
-    shown += f" pairs' halves {options['halves']}" if "halves" in options else ""
-    shown += " ({}-key halves, cap {}, stages {})".format(*options["halvesshape"]) if "halvesshape" in options else ""
     shown += {None: "", 0: " session 8's pairs' loop", 1: " pairs' loop transposed"}[
         options.get("transposed")]
     if options.get("heads"):
@@ -559,9 +542,6 @@ def main() -> None:
             pair_blocks, shape_blocks = configs.FP8_PAIR_SPLIT_BLOCKS, configs.FP8_PAIR_SHAPE_BLOCKS
             early = combine.EARLY_DEPENDENTS
             combine.EARLY_DEPENDENTS = options.get("early", early)  # part of the plans' key (fwd.settings)
-            halves, halves_shape = fwd.FP8_PAIR_HALVES, fwd.FP8_PAIR_HALVES_SHAPE
-            fwd.FP8_PAIR_HALVES = options.get("halves", halves)  # part of the plans' key (fwd.settings)
-            fwd.FP8_PAIR_HALVES_SHAPE = options.get("halvesshape", halves_shape)  # likewise
             max_splits = interface.MAX_SPLITS
             interface.MAX_SPLITS = options.get("maxsplits", max_splits)  # clamps num_splits (not in any plan key)
             if "blocks" in options:  # the pairs' block shape and split count of the default path at every shape
@@ -607,7 +587,6 @@ def main() -> None:
                 configs.FP8_PAIR_SPLIT_BLOCKS, configs.FP8_PAIR_SHAPE_BLOCKS = pair_blocks, shape_blocks
                 combine.EARLY_DEPENDENTS = early
                 interface.MAX_SPLITS = max_splits
-                fwd.FP8_PAIR_HALVES, fwd.FP8_PAIR_HALVES_SHAPE = halves, halves_shape
                 if l2_before is not None:
                     l2_fetch_limit(l2_before)
             read = kv_bytes if quantize_q is None else kv_bytes / 2

@@ -362,12 +362,6 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         ("decode full paged fp8 KV, two KV heads per one-warp program, B=4, 64 splits",
          fp8_pair_config(fp8_full, 4 * 8, 16384), dict(decode, fp8="kv"),
          dict(left=-1, right=0, pack_gqa=True, num_splits=64, fwd_settings={"FP8_TWO_KV_HEADS": 4})),
-        # The B=4 pairs' loop in two halves, one per warp (fwd.FP8_PAIR_HALVES 1: the plan replaces the one-warp
-        # shape printed here by fwd.FP8_PAIR_HALVES_SHAPE's 16-key blocks on two warps capped at 128).
-        ("experimental: decode full paged fp8 KV, two KV heads per program in two-warp halves, B=4, 64 splits",
-         fp8_pair_config(fp8_full, 4 * 8, 16384), dict(decode, fp8="kv"),
-         dict(left=-1, right=0, pack_gqa=True, num_splits=64,
-              fwd_settings={"FP8_TWO_KV_HEADS": 4, "FP8_PAIR_HALVES": 1})),
         ("decode full paged fp8 KV, two KV heads per one-warp program, B=16 128K, 33 splits",
          fp8_pair_config(fp8_full, 16 * 8, 131072), dict(decode, fp8="kv"),
          dict(left=-1, right=0, pack_gqa=True, num_splits=33, fwd_settings={"FP8_TWO_KV_HEADS": 4})),

@@ -246,26 +246,10 @@ _FENCED_MODES = {1: WIDEN_FENCED.value, 2: WIDEN_FENCED_VALUES.value}  # by FP8_
 # grid would leave SMs idle).
 # 0: not forced (configs.FP8_KV_PAIRS decides); 1: PAIR_TWO_PRODUCTS; 2: PAIR_INTERLEAVED; 3: PAIR_TWO_LOADS; 4:
 # PAIR_TRANSPOSED (see KV_PAIR). (Session 9's loop in halves, each block's keys in two softmaxes, one per warp, ran
-# 1.6-1.7x slower than the transposed loop on the H200 and was removed: docs/notes/2026-12-03-fp8-kv-cache.md.)
+# 1.6-1.7x slower than the transposed loop on the H200 and was removed; so was session 11's split loop in two halves
+# of the split's blocks, one per warp, merged in the program: 1.5-1.9x slower in s12-call1. See
+# docs/notes/2026-12-03-fp8-kv-cache.md.)
 FP8_TWO_KV_HEADS = int(os.environ.get("SWATTN_FP8_TWO_KV_HEADS", "0") or 0)
-
-# Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py s12_*): the transposed pairs' split loop
-# (PAIR_TRANSPOSED) on two warps, each streaming its own half of the split's blocks with its own running max, row
-# sums and accumulator, the two states merged in the program after the loop (``_attend_pair_halves``): the split
-# count, the split's output and LSE and the merge launch stay. Why: the one-warp pair programs of B <= 4 from 16K
-# keys ((32, 1) capped at 168, 8 planned per SM) stream at ~3.1 TB/s at B=4 16K (H200 s11-call2 stamps), each
-# warp's chain per block (load, widening, two products, softmax) exposed with 2 warps per scheduler; two warps per
-# program double the resident streaming warps without more splits. 0: off; 1: on the one-warp 32-key pair shape
-# (configs.FP8_PAIR_SHAPE_BLOCKS' B <= 4 entry); 2: on every PAIR_TRANSPOSED launch (tests, experiments).
-FP8_PAIR_HALVES = int(os.environ.get("SWATTN_FP8_PAIR_HALVES", "0") or 0)
-# (block_n of each half, register cap, stages: None keeps the pair shape's) of the two-warp halves. 8 two-warp
-# programs per SM (the 8 the split count plans for the one-warp shape) are 16 warps: 128 registers per thread in the
-# 64K register file. Compiled (Triton 3.6, sm_90, B=4 64 splits, V fenced): 16-key halves capped at 128: 128
-# registers, 24 B stack (2 LDL/STL in the loop), 16 KB shared (the one-warp 32-key program's 8 KB per block, 18 KB),
-# 336 loop instructions per iteration and warp, 8 per SM (at 3 stages: 128, 24 B, 16.5 KB); 32-key halves need 207
-# registers uncapped, at 128 spill 200 B (188 LDL/STL), at 168 keep 32 B (6 per SM by registers: 792 slots for B=4
-# 16K's 1,024 programs) and take 32 KB shared (7 per SM).
-FP8_PAIR_HALVES_SHAPE: tuple[int, int | None, int | None] = (16, 128, None)
 
 # Experimental (off until timed on the GPU: scripts/gpu_fp8_decode.py): the split loop of an e4m3 decode over a paged
 # cache whose KV heads' rows are 64 bytes, adjacent (e4m3, head_dim 64: FA3's [pages, page, Hk, D], a page one
@@ -728,88 +712,6 @@ def _softmax_step_transposed(acc_t, l_sum, m_i, q_t, k, v, k2, v2, offs_n, load_
     v_second = tl.trans(v_second)
     acc_t = acc_t * alpha[None, :] + tl.where(second, dot(v_second, p16), dot(v_first, p16))
     return acc_t, l_sum, m_new
-
-
-@triton.jit
-def _attend_pair_halves(q_t, row_pos, k_base, v_base, block_begin, block_end, kv_start, kv_end, offs_d, batch_kv,
-                        page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size, k_partner, v_partner,
-                        seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HAS_LEFT: tl.constexpr,
-                        HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, IS_PAGED: tl.constexpr,
-                        MASK_D: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, key_shift,
-                        SHIFT_PAGED_KEYS: tl.constexpr, chunk, HAS_CHUNK: tl.constexpr, row_unscale, pair_second,
-                        WIDEN: tl.constexpr):
-    """The transposed pairs' loop over blocks ``[block_begin, block_end)`` in two halves (``FP8_PAIR_HALVES``):
-    half 0 the first ``ceil(n / 2)`` blocks, half 1 the rest (one fewer for an odd count, none for one block). Each
-    iteration loads block ``i`` of both halves as one ``[2 x BLOCK_N]``-row tile per KV head and tensor and runs
-    ``_softmax_step_transposed``'s step on ``[2, ...]`` tiles: the products are batched dots, whose mma layout
-    gives each warp of a two-warp program its own half, and the maxima and sums over keys stay within a warp. Each
-    half keeps its own running max, per-key row-sum terms and accumulator; after the loop the two are merged
-    (each scaled by ``exp2(own max - common max)``, a half that saw no key by 0). Every block is masked (the keys
-    past ``kv_end``, a missing block of half 1, the window). Returns ``(acc_t [BLOCK_D, BLOCK_M], l_sum
-    [BLOCK_N, BLOCK_M], m_i [BLOCK_M])`` as the transposed loop leaves them."""
-    BLOCK_D: tl.constexpr = q_t.shape[0]
-    BLOCK_M: tl.constexpr = q_t.shape[1]
-    offset = seqlen_k - seqlen_q
-    first_half = tl.cdiv(block_end - block_begin, 2)
-    # Row j of a loaded tile is key j % BLOCK_N of half j // BLOCK_N's block.
-    offs_j = tl.arange(0, 2 * BLOCK_N)
-    in_second = offs_j >= BLOCK_N
-    half_begin = tl.where(in_second, block_begin + first_half, block_begin)
-    half_end = tl.where(in_second, block_end, block_begin + first_half)
-    key_in_block = offs_j % BLOCK_N
-    q3 = tl.broadcast_to(q_t[None, :, :], [2, BLOCK_D, BLOCK_M])
-    second = pair_second[None, None, :]
-    row_pos3 = row_pos[None, None, :]
-    m_i = tl.full([2, BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_sum = tl.zeros([2, BLOCK_N, BLOCK_M], dtype=tl.float32)
-    acc_t = tl.zeros([2, BLOCK_D, BLOCK_M], dtype=tl.float32)
-    for i in range(0, first_half):
-        block = half_begin + i
-        offs_n = kv_start + block * BLOCK_N + key_in_block
-        load_mask = (block < half_end) & (offs_n < kv_end)
-        k, v = _load_block(k_base, v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb,
-                           stride_ks, stride_vb, stride_vs, page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift,
-                           SHIFT_PAGED_KEYS, None, None, 0, 0, 0, False, True)
-        k2, v2 = _load_block(k_base + k_partner, v_base + v_partner, offs_n, offs_d, load_mask, batch_kv,
-                             page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size, IS_PAGED, MASK_D,
-                             HEAD_DIM, key_shift, SHIFT_PAGED_KEYS, None, None, 0, 0, 0, False, True)
-        k_first = tl.reshape(_widen_e4m3(k, WIDEN), [2, BLOCK_N, BLOCK_D], can_reorder=False)
-        k_second = tl.reshape(_widen_e4m3(k2, WIDEN), [2, BLOCK_N, BLOCK_D], can_reorder=False)
-        qk = tl.where(second, dot(k_second, q3), dot(k_first, q3))  # [2, BLOCK_N, BLOCK_M]
-        if HAS_SOFTCAP:
-            qk = softcap_scores(qk * row_unscale[None, None, :], softmax_scale, softcap)
-        visible = in_window(tl.reshape(load_mask, [2, BLOCK_N, 1], can_reorder=False),
-                            tl.reshape(offs_n, [2, BLOCK_N, 1], can_reorder=False), row_pos3, offset, left, right,
-                            HAS_LEFT, HAS_RIGHT, chunk, HAS_CHUNK)
-        qk = tl.where(visible, qk, float("-inf"))
-        if HAS_SOFTCAP:
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            pivot = safe_pivot(m_new)
-            p = tl.exp2(qk - pivot[:, None, :])
-        else:
-            qk_scale = (softmax_scale * LOG2E) * row_unscale
-            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale[None, :])
-            pivot = safe_pivot(m_new)
-            p = tl.exp2(qk * qk_scale[None, None, :] - pivot[:, None, :])
-        alpha = tl.exp2(m_i - pivot)
-        l_sum = l_sum * alpha[:, None, :] + p
-        p16 = p.to(tl.float16)
-        if WIDEN == WIDEN_FENCED or WIDEN == WIDEN_FENCED_VALUES:
-            # Both tiles through one fence, as _softmax_step_transposed.
-            v_first, v_second = tl.split(_fence_16bit(tl.join(v.to(tl.float16), v2.to(tl.float16))))
-        else:
-            v_first = _widen_e4m3(v, WIDEN, VALUES=True)
-            v_second = _widen_e4m3(v2, WIDEN, VALUES=True)
-        v_first = tl.permute(tl.reshape(v_first, [2, BLOCK_N, BLOCK_D], can_reorder=False), (0, 2, 1))
-        v_second = tl.permute(tl.reshape(v_second, [2, BLOCK_N, BLOCK_D], can_reorder=False), (0, 2, 1))
-        acc_t = acc_t * alpha[:, None, :] + tl.where(second, dot(v_second, p16), dot(v_first, p16))
-        m_i = m_new
-    # The in-program merge of the two halves (the combine launch's LSE merge, for two states).
-    m_all = tl.max(m_i, 0)
-    weight = tl.exp2(m_i - safe_pivot(m_all)[None, :])  # [2, BLOCK_M]; 0 for a half that saw no key
-    acc = tl.sum(acc_t * weight[:, None, :], 0)
-    l_all = tl.sum(l_sum * weight[:, None, :], 0)
-    return acc, l_all, m_all
 
 
 @triton.jit
@@ -1297,13 +1199,11 @@ def _attend_tile(
     APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False, RESCALE_THRESHOLD: tl.constexpr = 0.0,
-    LATE_DEPENDENTS: tl.constexpr = 0, PAIR_HALVES: tl.constexpr = False,
+    LATE_DEPENDENTS: tl.constexpr = 0,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads, or with
     ``KV_PAIR`` two KV heads' packed heads), over its share ``split`` of the KV loop; the body of
-    ``_swa_fwd_kernel``'s programs (see there). ``PAIR_HALVES`` (``FP8_PAIR_HALVES``, PAIR_TRANSPOSED's split
-    loop only): the loop in two halves, one per warp (``_attend_pair_halves``)."""
-    tl.static_assert(not PAIR_HALVES or (KV_PAIR == PAIR_TRANSPOSED and not SINGLE_LOOP))
+    ``_swa_fwd_kernel``'s programs (see there)."""
     if KV_PAIR != NO_PAIR:
         # The query heads of KV heads 2k and 2k + 1 are 2 x group consecutive heads: a PackGQA tile of that group.
         tl.static_assert(PACK_GQA and FP8 == FP8_KV and HEAD_N == 0 and not APPEND_NEW and not USE_TMA)
@@ -1449,15 +1349,6 @@ def _attend_tile(
                 READ_NEW=APPEND_NEW and APPEND_READS_INPUT, HEAD_N=HEAD_N, WIDEN=WIDEN,
                 pair_second=pair_second, KV_PAIR=KV_PAIR, ROW_BOUNDS=ROW_BOUNDS, first_pos=first_pos,
                 last_pos=last_pos)
-        elif PAIR_HALVES:
-            # The pairs' split loop in two halves, one per warp; the second KV head's tiles stride_kh / stride_vh
-            # elements on (as k_partner / v_partner below).
-            acc, l_i, m_i = _attend_pair_halves(
-                q, row_pos, k_base, v_base, block_begin, block_end, kv_start, kv_end, offs_kv, batch_kv,
-                page_table_row, stride_kb, stride_ks, stride_vb, stride_vs, page_size, stride_kh, stride_vh,
-                seqlen_q, seqlen_k, left, right, softmax_scale, softcap, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, IS_PAGED,
-                BLOCK_D != HEAD_DIM, HEAD_DIM, BLOCK_N, k_begin, IS_PAGED and HAS_LEFTPAD_K, chunk, HAS_CHUNK,
-                row_unscale, pair_second, WIDEN)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
             k_partner = 0
@@ -1551,7 +1442,6 @@ def _swa_fwd_kernel(
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PRELOAD_L2: tl.constexpr = 0, PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
     RESCALE_THRESHOLD: tl.constexpr = 0.0, STAMPS: tl.constexpr = 0, LATE_DEPENDENTS: tl.constexpr = 0,
-    PAIR_HALVES: tl.constexpr = False,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
 
@@ -1579,7 +1469,6 @@ def _swa_fwd_kernel(
     lengths: a load of the row its loop reads first, through the same length and page-table entry) and ended.
     LATE_DEPENDENTS (main pass; SPLIT_LATE_DEPENDENTS): the next kernel may launch only once each program has
     stored its results (1) or finished its KV loop (2), not right after its wait.
-    PAIR_HALVES (main pass; FP8_PAIR_HALVES): the transposed pairs' split loop in two halves, one per warp.
     """
     if STAMPS != 0:
         stamp_start = time_stamp(tl.program_id(1))
@@ -1656,7 +1545,7 @@ def _swa_fwd_kernel(
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
             BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN, PREFETCH_PAGES, KV_PAIR,
-            PREFETCH_PARTNER, ROW_BOUNDS, LATE_DEPENDENTS=LATE_DEPENDENTS, PAIR_HALVES=PAIR_HALVES,
+            PREFETCH_PARTNER, ROW_BOUNDS, LATE_DEPENDENTS=LATE_DEPENDENTS,
         )
         if STAMPS != 0:
             program = (tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + tl.program_id(0)
@@ -1829,15 +1718,14 @@ def settings() -> tuple:
     append's reads, the page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the
     L2 preload before the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening, the
     head-block tile's row-bound mask, the Gluon kernel's lazy rescale (which the redo pass after it follows), the
-    two-KV-heads default (configs.FP8_KV_PAIRS, its threshold, shape and loop; the two-warp halves), the diagnostic
-    stamp buffer, the merge's early dependents and the split launches' late dependents.
+    two-KV-heads default (configs.FP8_KV_PAIRS, its threshold, shape and loop), the diagnostic stamp buffer,
+    the merge's early dependents and the split launches' late dependents.
 
     Every eager call builds this tuple (``swattn._replay``'s key), so each tuple display here stays at most 30 items:
     CPython builds a longer one through a list (31 items took this function from 0.24 to 0.41 us, dev CPU, Python
     3.11; tests/test_replay.py checks the bytecode)."""
     fp8_pairs = (configs.FP8_KV_PAIRS, configs.FP8_PAIR_MIN_KEYS_PER_SPLIT, configs.FP8_PAIR_SPLIT_BLOCKS[16],
-                 configs.FP8_PAIR_SHAPE_BLOCKS, configs.FP8_PAIR_FENCED_WIDENING, configs.FP8_PAIR_TRANSPOSED,
-                 FP8_PAIR_HALVES, FP8_PAIR_HALVES_SHAPE)
+                 configs.FP8_PAIR_SHAPE_BLOCKS, configs.FP8_PAIR_FENCED_WIDENING, configs.FP8_PAIR_TRANSPOSED)
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, gluon_fwd.FP8_QK, APPEND_READS_INPUT,
@@ -2050,16 +1938,6 @@ class _ForwardPlan:
         if self.kv_pair in _TWO_LOADS and configs.forced_config_in_use() is None:
             # forced or by default: the pairs' block shape
             config = configs.fp8_pair_config(config, batch * num_kv_heads, visible_keys, head_dim)
-        # The transposed pairs' split loop in two halves, one per warp (FP8_PAIR_HALVES): 1 on the one-warp 32-key
-        # pair shape, 2 on any; two warps on FP8_PAIR_HALVES_SHAPE's blocks under its register cap (the split
-        # count, planned before, stays).
-        self.pair_halves = (self.kv_pair == PAIR_TRANSPOSED.value and not config.single_loop
-                            and (FP8_PAIR_HALVES == 2 or (FP8_PAIR_HALVES == 1 and config.num_warps == 1
-                                                          and config.block_n == 32)))
-        if self.pair_halves:
-            block_n, maxnreg, stages = FP8_PAIR_HALVES_SHAPE
-            config = replace(config, block_n=block_n, num_warps=2, maxnreg=maxnreg,
-                             num_stages=stages or config.num_stages)
         num_tiles = ceil_div(rows_per_tile * (2 if self.kv_pair else 1), config.block_m)
         # The split loop's L2 prefetch beyond its own e4m3 rows (FP8_PREFETCH_PARTNER): paged caches whose KV heads'
         # rows are 64 adjacent bytes and whose pages are contiguous, an even number of KV heads (the twin) or a page
@@ -2187,8 +2065,7 @@ class _ForwardPlan:
                                 PRELOAD_L2=self.preload_l2, PREFETCH_PARTNER=self.prefetch_partner,
                                 STAMPS=_common.STAMPS_ADDRESS,
                                 LATE_DEPENDENTS=(SPLIT_LATE_DEPENDENTS if use_pdl and num_splits > 1 and not varlen_q
-                                                 and seqlen_q == 1 and not self.fp8 else 0),
-                                PAIR_HALVES=self.pair_halves),
+                                                 and seqlen_q == 1 and not self.fp8 else 0)),
                            options, num_tensors=_FORWARD_TENSORS, slots=_slots(present))
         self.redo = None
         programs = _persistent_programs(q.device)

@@ -178,31 +178,6 @@ def test_pairs_replace_the_single_loop_of_256_key_splits(monkeypatch):
     check_lse(lse, ref_lse)
 
 
-@pytest.mark.parametrize("batch,context,halves", [(4, 16384, 1), (4, 131072, 1), (16, 16384, 2)], ids=str)
-def test_pair_halves_at_real_sizes(monkeypatch, batch, context, halves):
-    """``fwd.FP8_PAIR_HALVES`` (the transposed pairs' split loop in two halves, one per warp, merged in the
-    program): 1 at B=4 (the one-warp pair shape it replaces), 2 (forced) at B=16 16K; lengths from context / 2 to
-    context, so splits of odd and even block counts; against the reference (output and LSE) and within bf16's
-    tolerance of the default's one loop."""
-    from swattn.kernels import fwd
-    q, k_cache, v_cache, call = paged_e4m3_decode(batch, context)
-    results = {}
-    for on in (0, halves):
-        monkeypatch.setattr(fwd, "FP8_PAIR_HALVES", on)
-        fwd._PLANS.clear()
-        results[on] = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
-        (plan,) = [plan for plan in fwd._PLANS.values() if plan.launches]
-        assert plan.kv_pair == fwd.PAIR_TRANSPOSED.value and plan.pair_halves == bool(on)
-        if on:
-            assert (plan.config.block_n, plan.config.num_warps, plan.config.maxnreg) == (
-                fwd.FP8_PAIR_HALVES_SHAPE[0], 2, fwd.FP8_PAIR_HALVES_SHAPE[1])
-    ref_out, ref_lse = decode_reference(q, k_cache, v_cache, call)
-    for out, lse in results.values():
-        assert_close("out", out, ref_out, OUT_TOL)
-        check_lse(lse, ref_lse)
-    assert_close("halves vs one loop", results[halves][0], results[0][0], OUT_TOL)
-
-
 @pytest.mark.parametrize("head_dim,window", [(64, (127, 0)), (128, (4095, 0)), (128, (-1, 0))], ids=str)
 def test_prefill_all_fp8(head_dim, window):
     batch, seqlen, heads, kv_heads = 1, 4096, 64 if head_dim == 64 else 32, 8
