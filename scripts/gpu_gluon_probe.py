@@ -234,6 +234,12 @@ def main() -> int:
         if args.pingpong:
             gluon.append(("gluon thread release ping-pong", with_mode("1", call(), settings=thread_release,
                                                                       pingpong=True)))
+        # The next tile's first scores product under this tile's epilogue (``OVERLAP_TILES``, two-warpgroup
+        # tiles), alone and with the per-thread releases.
+        overlap = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | gluon_fwd.OVERLAP_TILES)
+        gluon.append(("gluon overlap tiles", with_mode("1", call(), settings=overlap)))
+        both = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | gluon_fwd.OVERLAP_TILES | gluon_fwd.THREAD_RELEASE)
+        gluon.append(("gluon thread release + overlap tiles", with_mode("1", call(), settings=both)))
         late = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS & ~gluon_fwd.RESCALE_EARLY)
         gluon.append(("gluon late rescale", with_mode("1", call(), settings=late)))
         if args.pingpong:

@@ -142,6 +142,9 @@ RESCALE_EARLY = 32
 # pending: it fires at once) instead of Gluon's ``mbarrier.arrive``, which puts a barrier over the warpgroup in front
 # of its single thread's arrival (and the next wait on a barrier then takes another one).
 THREAD_RELEASE = 64
+# The next tile's first scores product issued behind this tile's last P V, before this tile's epilogue, so the
+# tensor cores run it while both warpgroups normalize and store O (two Q slots, no ping-pong, no TMA store).
+OVERLAP_TILES = 128
 SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "39"))  # A/B runs: 0 for none
 
 
@@ -229,8 +232,10 @@ def softmax_trims_for(consumers: int, head_dim: int) -> int:
         # GPU: none there.
         if _triton_version() >= (3, 7):
             return 0
-        return SOFTMAX_TRIMS & (THREAD_ROW_SUMS | VOTED_ROW_MAX | RESCALE_EARLY | THREAD_RELEASE)
+        return SOFTMAX_TRIMS & (THREAD_ROW_SUMS | VOTED_ROW_MAX | RESCALE_EARLY | THREAD_RELEASE)  # one Q slot
     kept = ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX if consumers == 1 else THREAD_ROW_SUMS | VOTED_ROW_MAX
+    if consumers > 1:
+        kept |= OVERLAP_TILES
     return SOFTMAX_TRIMS & (kept | RESCALE_EARLY | THREAD_RELEASE)
 
 
@@ -335,6 +340,7 @@ if GLUON_AVAILABLE:
     _VOTED_MAX_ASM_EXACT_C = gl.constexpr(_voted_row_max_asm(0.0))
     _RESCALE_EARLY_C = gl.constexpr(RESCALE_EARLY)
     _THREAD_RELEASE_C = gl.constexpr(THREAD_RELEASE)
+    _OVERLAP_TILES_C = gl.constexpr(OVERLAP_TILES)
 
     @gluon.jit
     def _release(stage_barrier, SOFTMAX_TRIMS: gl.constexpr):
@@ -651,7 +657,35 @@ if GLUON_AVAILABLE:
         gl.store(pointers, out, mask=mask)
 
     @gluon.jit
-    def _consume_item(work, position, item, stored, stored_slot, seen_nan, geometry, pointers, strides, scalars,
+    def _first_scores(q_smem, k_smem, k_ready, q_ready, q_empty, q_slot, item, position, s_zero, stored, stored_slot,
+                      WG: gl.constexpr, PINGPONG: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
+                      NUM_STAGES: gl.constexpr, NUM_CONSUMERS: gl.constexpr, M: gl.constexpr,
+                      HEAD_DIM: gl.constexpr):
+        """A tile's block-0 scores ``S_0 = Q K_0^T`` once its Q and first K block are in; returns ``(S_0,
+        stored)``. For ``OVERLAP_TILES``' items that were not prefetched: ``_consume_item`` keeps the same lines
+        inline on its default path, where a call changes the two-warpgroup kernels' sm_90 code (instruction order;
+        Triton 3.6), and so does computing the slot's view and the stage before the ``q_ready`` wait (W(4095,0)
+        D128: 40 -> 0 B of stack), neither measured."""
+        # This warpgroup's M rows of the tile's Q, which the loader brought in by TMA.
+        mbarrier.wait(q_ready.index(q_slot), (item // Q_SLOTS) & 1)
+        q_tile = q_smem.index(q_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM])
+        first_stage = position % NUM_STAGES
+        mbarrier.wait(k_ready.index(first_stage), (position // NUM_STAGES) & 1)
+        _turn_begin(WG, PINGPONG)
+        s_token = warpgroup_mma(q_tile, k_smem.index(first_stage).permute((1, 0)), s_zero, use_acc=False,
+                                is_async=True)
+        _turn_end(WG, PINGPONG)
+        if TMA_STORE and stored > 0:
+            # The previous tile's O left through its Q slot (TMA store): once that store has read it, the slot goes
+            # back to the loader, a whole tile before the loader needs it.
+            tma.store_wait(0)
+            mbarrier.arrive(q_empty.index(stored_slot), count=1)
+            stored = 0
+        return warpgroup_mma_wait(0, deps=[s_token]), stored
+
+    @gluon.jit
+    def _consume_item(work, position, item, stored, stored_slot, seen_nan, prefetched, s_pending, next_work,
+                      geometry, pointers, strides, scalars,
                       buffers,
                       WG: gl.constexpr, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, HAS_SOFTCAP: gl.constexpr,
                       HAS_SINKS: gl.constexpr, PACK_GQA: gl.constexpr, GROUP: gl.constexpr, STORE_LSE: gl.constexpr,
@@ -661,8 +695,10 @@ if GLUON_AVAILABLE:
                       TMA_STORE: gl.constexpr, RESCALE_THRESHOLD: gl.constexpr,
                 SOFTMAX_TRIMS: gl.constexpr):
         """One warpgroup's rows ``[WG * M, WG * M + M)`` (M: 64 or 128) of work item ``work``'s tile, from Q to O;
-        returns the consumer's running state ``(position, item, stored, stored_slot, seen_nan)`` after it
-        (``seen_nan``: per row position of the warpgroup, 1 once a row there held a NaN in any tile so far)."""
+        returns the consumer's running state ``(position, item, stored, stored_slot, seen_nan, prefetched,
+        s_pending)`` after it (``seen_nan``: per row position of the warpgroup, 1 once a row there held a NaN in any
+        tile so far; ``prefetched``: 1 when ``s_pending`` is the next item's first scores product, in flight, issued
+        here for ``next_work``, the next item or -1: ``OVERLAP_TILES``)."""
         O, LSE, SINKS, FLAGS, ANY_NAN, o_desc = pointers[3:9]
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh = strides
         softmax_scale, softcap, left, right = scalars[:4]
@@ -731,24 +767,38 @@ if GLUON_AVAILABLE:
         s_zero = gl.zeros([M, BLOCK_N], gl.float32, layout=s_layout)
 
         q_slot = item % Q_SLOTS
+        OVERLAP: gl.constexpr = ((SOFTMAX_TRIMS & _OVERLAP_TILES_C) != 0 and Q_SLOTS == 2 and not TMA_STORE
+                                 and not PINGPONG)
         if num_blocks > 0:
-            # This warpgroup's M rows of the tile's Q, which the loader brought in by TMA.
-            mbarrier.wait(q_ready.index(q_slot), (item // Q_SLOTS) & 1)
-            q_tile = q_smem.index(q_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM])
             # Block 0: its scores, then its softmax; its P @ V is issued in the next step (or after the loop).
-            first_stage = position % NUM_STAGES
-            mbarrier.wait(k_ready.index(first_stage), (position // NUM_STAGES) & 1)
-            _turn_begin(WG, PINGPONG)
-            s_token = warpgroup_mma(q_tile, k_smem.index(first_stage).permute((1, 0)), s_zero, use_acc=False,
-                                    is_async=True)
-            _turn_end(WG, PINGPONG)
-            if TMA_STORE and stored > 0:
-                # The previous tile's O left through its Q slot (TMA store): once that store has read it,
-                # the slot goes back to the loader, a whole tile before the loader needs it.
-                tma.store_wait(0)
-                mbarrier.arrive(q_empty.index(stored_slot), count=1)
-                stored = 0
-            s = warpgroup_mma_wait(0, deps=[s_token])
+            if OVERLAP:
+                if prefetched != 0:
+                    # Computed during the previous item's epilogue, behind its last P V (``OVERLAP_TILES``).
+                    s = s_pending
+                else:
+                    s, stored = _first_scores(q_smem, k_smem, k_ready, q_ready, q_empty, q_slot, item, position,
+                                              s_zero, stored, stored_slot, WG, PINGPONG, TMA_STORE, Q_SLOTS,
+                                              NUM_STAGES, NUM_CONSUMERS, M, HEAD_DIM)
+                prefetched = 0
+                q_tile = q_smem.index(q_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM])
+                first_stage = position % NUM_STAGES
+            else:
+                # This warpgroup's M rows of the tile's Q, which the loader brought in by TMA.
+                mbarrier.wait(q_ready.index(q_slot), (item // Q_SLOTS) & 1)
+                q_tile = q_smem.index(q_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM])
+                first_stage = position % NUM_STAGES
+                mbarrier.wait(k_ready.index(first_stage), (position // NUM_STAGES) & 1)
+                _turn_begin(WG, PINGPONG)
+                s_token = warpgroup_mma(q_tile, k_smem.index(first_stage).permute((1, 0)), s_zero, use_acc=False,
+                                        is_async=True)
+                _turn_end(WG, PINGPONG)
+                if TMA_STORE and stored > 0:
+                    # The previous tile's O left through its Q slot (TMA store): once that store has read it,
+                    # the slot goes back to the loader, a whole tile before the loader needs it.
+                    tma.store_wait(0)
+                    mbarrier.arrive(q_empty.index(stored_slot), count=1)
+                    stored = 0
+                s = warpgroup_mma_wait(0, deps=[s_token])
             _release(k_empty.index(first_stage), SOFTMAX_TRIMS)
             p, m_i, l_i, alpha = _softmax_block(
                 s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
@@ -801,8 +851,34 @@ if GLUON_AVAILABLE:
             _turn_begin(WG, PINGPONG)
             acc_token = warpgroup_mma(p_op, v_smem.index(last_stage), acc, is_async=True)
             _turn_end(WG, PINGPONG)
-            acc = warpgroup_mma_wait(0, deps=[acc_token])
+            if OVERLAP:
+                # The next item's first scores product behind this last P V: the tensor cores run it during this
+                # tile's epilogue. Its Q is in the other slot and its first K block is the ring's next stage, so
+                # the loader's order is unchanged. It is issued on every path (without a next item with keys, on
+                # whatever the next slot and stage hold, its result dropped): ptxas serializes every product of
+                # the kernel when some path defines a product's accumulator otherwise (C7515).
+                next_blocks = 0
+                if next_work >= 0:
+                    next_blocks = _tile(next_work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN_Q,
+                                        KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS * M)[2]
+                has_next = next_blocks > 0
+                next_slot = item % Q_SLOTS
+                next_stage = (position + num_blocks) % NUM_STAGES
+                mbarrier.wait(q_ready.index(next_slot), (item // Q_SLOTS) & 1, pred=has_next)
+                mbarrier.wait(k_ready.index(next_stage), ((position + num_blocks) // NUM_STAGES) & 1, pred=has_next)
+                next_scores = warpgroup_mma(q_smem.index(next_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM]),
+                                            k_smem.index(next_stage).permute((1, 0)), s_zero, use_acc=False,
+                                            is_async=True)
+                acc = warpgroup_mma_wait(1, deps=[acc_token])
+                prefetched = has_next.to(gl.int32)
+            else:
+                acc = warpgroup_mma_wait(0, deps=[acc_token])
             _release(v_empty.index(last_stage), SOFTMAX_TRIMS)
+        elif OVERLAP:
+            # A tile without keys: the pipeline's shape as on the other path, a product whose result is dropped.
+            next_scores = warpgroup_mma(q_smem.index(WG).reshape([M, HEAD_DIM]), k_smem.index(0).permute((1, 0)),
+                                        s_zero, use_acc=False, is_async=True)
+            prefetched = 0
 
         # Epilogue, as the Triton kernel's _finish_tile: NaN flags, then the sink, LSE and one factor per row
         # (``finish_rows``, shared with it), O.
@@ -855,8 +931,10 @@ if GLUON_AVAILABLE:
             _store_o(O, gl.convert_layout(out.to(dtype), io_layout), io_layout, first_row + WG * M, num_rows,
                      head_or_kv_head, batch64, q_begin, stride_ob, stride_os, stride_oh, PACK_GQA, GROUP,
                      ROWS_PER_POS, M, HEAD_DIM)
+        if OVERLAP:
+            s_pending = warpgroup_mma_wait(0, deps=[next_scores])
         position += num_blocks
-        return position, item, stored, stored_slot, seen_nan
+        return position, item, stored, stored_slot, seen_nan, prefetched, s_pending
 
     @gluon.jit
     def _consumer(geometry, pointers, strides, scalars, buffers, WG: gl.constexpr, HAS_LEFT: gl.constexpr,
@@ -881,9 +959,17 @@ if GLUON_AVAILABLE:
         if PINGPONG and WG == 1:
             _named_barrier("arrive", _TURN_BARRIER_C)  # warpgroup 0 takes the first turn
         reverse = False
+        # ``OVERLAP_TILES``: the next item's first scores product, issued by the item before it.
+        prefetched = 0
+        s_instr_k: gl.constexpr = 256 // buffers[0].dtype.primitive_bitwidth  # as _consume_item's scores
+        s_pending = gl.zeros([M, BLOCK_N], gl.float32, layout=gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, s_instr_k]))
         for work in range(gl.program_id(0), total_work, gl.num_programs(0)):
-            position, item, stored, stored_slot, seen_nan = _consume_item(
-                _snake(work, reverse, total_work), position, item, stored, stored_slot, seen_nan, geometry,
+            next_work = work + gl.num_programs(0)
+            next_work = gl.where(next_work < total_work, _snake(next_work, not reverse, total_work), -1)
+            position, item, stored, stored_slot, seen_nan, prefetched, s_pending = _consume_item(
+                _snake(work, reverse, total_work), position, item, stored, stored_slot, seen_nan, prefetched,
+                s_pending, next_work, geometry,
                 pointers, strides, scalars, buffers, WG, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, PACK_GQA, GROUP,
                 STORE_LSE, FLAG_NAN, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_VARLEN_Q, KV_SOURCE, HAS_SEQLENS_K,
                 ROWS_PER_POS, PINGPONG, NUM_CONSUMERS, TMA_STORE, RESCALE_THRESHOLD,

@@ -162,15 +162,16 @@ def test_output_through_a_tma_store(case, consumers, monkeypatch):
     test_dense_against_reference_and_triton(case, torch.bfloat16)
 
 
-def same_bits_under_switch(case, monkeypatch, switch: str) -> None:
-    """The Gluon call of ``case`` with the module switch ``switch`` off and on: the same output and LSE bits."""
+def same_bits_under_switch(case, monkeypatch, switch: str, values: tuple = (False, True)) -> None:
+    """The Gluon call of ``case`` with the module switch ``switch`` at each of ``values`` (off and on): the same
+    output and LSE bits."""
     batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, window_size, softcap, with_sinks, pack_gqa = case
     q = randn(batch, seqlen_q, heads, head_dim, dtype=torch.bfloat16)
     k = randn(batch, seqlen_k, kv_heads, head_dim, dtype=torch.bfloat16)
     v = randn(batch, seqlen_k, kv_heads, head_dim, dtype=torch.bfloat16)
     sinks = torch.randn(heads, device=DEVICE) if with_sinks else None
     results = []
-    for flag in (False, True):
+    for flag in values:
         monkeypatch.setattr(gluon_fwd, switch, flag)
         with gluon_mode("1") as calls:
             results.append(swattn.flash_attn_func(q, k, v, window_size=window_size, softcap=softcap, sinks=sinks,
@@ -188,6 +189,24 @@ def test_pingpong_matches_the_default_schedule(case, monkeypatch):
     monkeypatch.setattr(gluon_fwd, "consumers_for", lambda *args: 2)  # ping-pong is between two warpgroups
     monkeypatch.setattr(gluon_fwd, "tma_store_for", lambda consumers: False)
     same_bits_under_switch(case, monkeypatch, "PINGPONG")
+
+
+SYNC_TRIMS = ["THREAD_RELEASE", "OVERLAP_TILES", "THREAD_RELEASE|OVERLAP_TILES"]
+
+
+def with_trims(names: str) -> int:
+    """The shipped ``SOFTMAX_TRIMS`` with the bits ``names`` ("A|B") set."""
+    return gluon_fwd.SOFTMAX_TRIMS | sum(getattr(gluon_fwd, name) for name in names.split("|"))
+
+
+@pytest.mark.parametrize("trims", SYNC_TRIMS)
+@pytest.mark.parametrize("case", [DENSE[0], DENSE[3], DENSE[5], DENSE[6], DENSE[9], DENSE[-1]],
+                         ids=lambda c: f"H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
+def test_stage_releases_and_overlapped_tiles_keep_the_bits(case, trims, monkeypatch):
+    """K/V stages released by one arrival per consumer thread (``THREAD_RELEASE``) and the next tile's first scores
+    product issued under this tile's epilogue (``OVERLAP_TILES``, two-warpgroup tiles) change only when things
+    happen: the same bits as the shipped schedule."""
+    same_bits_under_switch(case, monkeypatch, "SOFTMAX_TRIMS", (gluon_fwd.SOFTMAX_TRIMS, with_trims(trims)))
 
 
 @pytest.mark.parametrize("pack_gqa", [False, True])
@@ -208,9 +227,14 @@ def test_q_as_a_view_of_a_fused_projection(pack_gqa):
     assert_close("gluon vs triton", out, triton_out, tolerance_for(torch.bfloat16))
 
 
+@pytest.mark.parametrize("trims", ["shipped"] + SYNC_TRIMS[-1:])
 @pytest.mark.parametrize("window_size", [(127, 0), (-1, 0), (31, 31)])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
-def test_varlen_with_empty_and_short_sequences(window_size, head_dim):
+def test_varlen_with_empty_and_short_sequences(window_size, head_dim, trims, monkeypatch):
+    """Tiles past a short sequence's rows and empty sequences (tiles without keys: with ``OVERLAP_TILES`` the item
+    before one issues a product whose result is dropped) between long ones."""
+    if trims != "shipped":
+        monkeypatch.setattr(gluon_fwd, "SOFTMAX_TRIMS", with_trims(trims))
     lengths_q = [1000, 0, 1, 2047, 0, 300, 129]
     lengths_k = [1000, 5, 1, 2047, 0, 900, 129]  # sequence 5 has more keys than queries
     cu_q = torch.tensor([0] + lengths_q, device=DEVICE).cumsum(0).to(torch.int32)
