@@ -234,12 +234,12 @@ def main() -> int:
         if args.pingpong:
             gluon.append(("gluon thread release ping-pong", with_mode("1", call(), settings=thread_release,
                                                                       pingpong=True)))
-        # The next tile's first scores product under this tile's epilogue (``OVERLAP_TILES``, two-warpgroup
-        # tiles), alone and with the per-thread releases.
-        overlap = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | gluon_fwd.OVERLAP_TILES)
-        gluon.append(("gluon overlap tiles", with_mode("1", call(), settings=overlap)))
-        both = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | gluon_fwd.OVERLAP_TILES | gluon_fwd.THREAD_RELEASE)
-        gluon.append(("gluon thread release + overlap tiles", with_mode("1", call(), settings=both)))
+        # With the per-thread releases: the next tile's first scores product under this tile's epilogue
+        # (``OVERLAP_TILES``, two-warpgroup tiles), the P V wait after the exponentials (``PV_WAIT_LATE``), both.
+        for label, bits in (("overlap tiles", gluon_fwd.OVERLAP_TILES), ("late P V wait", gluon_fwd.PV_WAIT_LATE),
+                            ("overlap tiles + late P V wait", gluon_fwd.OVERLAP_TILES | gluon_fwd.PV_WAIT_LATE)):
+            trims = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | gluon_fwd.THREAD_RELEASE | bits)
+            gluon.append((f"gluon thread release + {label}", with_mode("1", call(), settings=trims)))
         late = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS & ~gluon_fwd.RESCALE_EARLY)
         gluon.append(("gluon late rescale", with_mode("1", call(), settings=late)))
         if args.pingpong:

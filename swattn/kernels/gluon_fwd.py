@@ -145,6 +145,11 @@ THREAD_RELEASE = 64
 # The next tile's first scores product issued behind this tile's last P V, before this tile's epilogue, so the
 # tensor cores run it while both warpgroups normalize and store O (two Q slots, no ping-pong, no TMA store).
 OVERLAP_TILES = 128
+# The block's P V wait after its exponentials (FlashAttention 3's place): ptxas hoists a ``wgmma.wait_group`` to the
+# top of its basic block, which in PTX starts after the vote's branch, above the exponentials; a branch fed by the
+# exponentials' row sums (never taken: its body adds +0 to sums equal to the largest float, no bit changes) ends
+# that basic block after them. Needs the row sums per thread.
+PV_WAIT_LATE = 256
 SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "39"))  # A/B runs: 0 for none
 
 
@@ -236,7 +241,7 @@ def softmax_trims_for(consumers: int, head_dim: int) -> int:
     kept = ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX if consumers == 1 else THREAD_ROW_SUMS | VOTED_ROW_MAX
     if consumers > 1:
         kept |= OVERLAP_TILES
-    return SOFTMAX_TRIMS & (kept | RESCALE_EARLY | THREAD_RELEASE)
+    return SOFTMAX_TRIMS & (kept | RESCALE_EARLY | THREAD_RELEASE | PV_WAIT_LATE)
 
 
 def tma_store_for(consumers: int) -> bool:
@@ -341,6 +346,22 @@ if GLUON_AVAILABLE:
     _RESCALE_EARLY_C = gl.constexpr(RESCALE_EARLY)
     _THREAD_RELEASE_C = gl.constexpr(THREAD_RELEASE)
     _OVERLAP_TILES_C = gl.constexpr(OVERLAP_TILES)
+    _PV_WAIT_LATE_C = gl.constexpr(PV_WAIT_LATE)
+    # ``_block_end``'s asm: four sums in, the same four out; the branch skips 16 additions of +0 (a body that short
+    # ptxas turns into predicated instructions and the basic block does not end: 4 additions did not).
+    _BLOCK_END_ASM_C = gl.constexpr(
+        "{\n.reg .pred %big;\n" + "".join(f"mov.b32 ${i}, ${i + 4};\n" for i in range(4))
+        + "setp.eq.f32 %big, $4, 0f7F7FFFFF;\n@!%big bra.uni swattn_block_end_${:uid};\n"
+        + "".join(f"add.f32 ${i % 4}, ${i % 4}, 0f00000000;\n" for i in range(16))
+        + "swattn_block_end_${:uid}:\n}")
+
+    @gluon.jit
+    def _block_end(partial_sums):
+        """``partial_sums`` (the block's row sums per thread, four per thread) unchanged, through a branch that ends
+        ptxas's basic block (``PV_WAIT_LATE``): the branch is taken unless a sum equals the largest float, and its
+        body adds +0, which changes no bit of such a sum either."""
+        return gl.inline_asm_elementwise(_BLOCK_END_ASM_C, "=f,=f,=f,=f,f,f,f,f", [partial_sums], dtype=gl.float32,
+                                         is_pure=False, pack=4)
 
     @gluon.jit
     def _release(stage_barrier, SOFTMAX_TRIMS: gl.constexpr):
@@ -833,6 +854,8 @@ if GLUON_AVAILABLE:
                     s, m_i, l_i, block, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left,
                     right, softmax_scale, softcap, s_cols, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_N,
                     RESCALE_THRESHOLD, SOFTMAX_TRIMS)
+                if (SOFTMAX_TRIMS & _PV_WAIT_LATE_C) != 0 and (SOFTMAX_TRIMS & _THREAD_ROW_SUMS_C) != 0:
+                    l_i = _block_end(l_i)
                 acc = warpgroup_mma_wait(0, deps=[acc_token])
                 _release(v_empty.index(previous_stage), SOFTMAX_TRIMS)
                 alpha_o = gl.convert_layout(alpha, o_rows)
