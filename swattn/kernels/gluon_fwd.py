@@ -678,33 +678,6 @@ if GLUON_AVAILABLE:
         gl.store(pointers, out, mask=mask)
 
     @gluon.jit
-    def _first_scores(q_smem, k_smem, k_ready, q_ready, q_empty, q_slot, item, position, s_zero, stored, stored_slot,
-                      WG: gl.constexpr, PINGPONG: gl.constexpr, TMA_STORE: gl.constexpr, Q_SLOTS: gl.constexpr,
-                      NUM_STAGES: gl.constexpr, NUM_CONSUMERS: gl.constexpr, M: gl.constexpr,
-                      HEAD_DIM: gl.constexpr):
-        """A tile's block-0 scores ``S_0 = Q K_0^T`` once its Q and first K block are in; returns ``(S_0,
-        stored)``. For ``OVERLAP_TILES``' items that were not prefetched: ``_consume_item`` keeps the same lines
-        inline on its default path, where a call changes the two-warpgroup kernels' sm_90 code (instruction order;
-        Triton 3.6), and so does computing the slot's view and the stage before the ``q_ready`` wait (W(4095,0)
-        D128: 40 -> 0 B of stack), neither measured."""
-        # This warpgroup's M rows of the tile's Q, which the loader brought in by TMA.
-        mbarrier.wait(q_ready.index(q_slot), (item // Q_SLOTS) & 1)
-        q_tile = q_smem.index(q_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM])
-        first_stage = position % NUM_STAGES
-        mbarrier.wait(k_ready.index(first_stage), (position // NUM_STAGES) & 1)
-        _turn_begin(WG, PINGPONG)
-        s_token = warpgroup_mma(q_tile, k_smem.index(first_stage).permute((1, 0)), s_zero, use_acc=False,
-                                is_async=True)
-        _turn_end(WG, PINGPONG)
-        if TMA_STORE and stored > 0:
-            # The previous tile's O left through its Q slot (TMA store): once that store has read it, the slot goes
-            # back to the loader, a whole tile before the loader needs it.
-            tma.store_wait(0)
-            mbarrier.arrive(q_empty.index(stored_slot), count=1)
-            stored = 0
-        return warpgroup_mma_wait(0, deps=[s_token]), stored
-
-    @gluon.jit
     def _consume_item(work, position, item, stored, stored_slot, seen_nan, prefetched, s_pending, next_work,
                       geometry, pointers, strides, scalars,
                       buffers,
@@ -793,17 +766,11 @@ if GLUON_AVAILABLE:
         if num_blocks > 0:
             # Block 0: its scores, then its softmax; its P @ V is issued in the next step (or after the loop).
             if OVERLAP:
-                if prefetched != 0:
-                    # Computed during the previous item's epilogue, behind its last P V (``OVERLAP_TILES``).
-                    s = s_pending
-                else:
-                    s, stored = _first_scores(q_smem, k_smem, k_ready, q_ready, q_empty, q_slot, item, position,
-                                              s_zero, stored, stored_slot, WG, PINGPONG, TMA_STORE, Q_SLOTS,
-                                              NUM_STAGES, NUM_CONSUMERS, M, HEAD_DIM)
+                fresh = prefetched == 0
                 prefetched = 0
-                q_tile = q_smem.index(q_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM])
-                first_stage = position % NUM_STAGES
             else:
+                fresh: gl.constexpr = True  # a compile-time condition: the shipped code has no branch here
+            if fresh:
                 # This warpgroup's M rows of the tile's Q, which the loader brought in by TMA.
                 mbarrier.wait(q_ready.index(q_slot), (item // Q_SLOTS) & 1)
                 q_tile = q_smem.index(q_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM])
@@ -820,6 +787,11 @@ if GLUON_AVAILABLE:
                     mbarrier.arrive(q_empty.index(stored_slot), count=1)
                     stored = 0
                 s = warpgroup_mma_wait(0, deps=[s_token])
+            else:
+                # Computed during the previous item's epilogue, behind its last P V (``OVERLAP_TILES``).
+                s = s_pending
+                q_tile = q_smem.index(q_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM])
+                first_stage = position % NUM_STAGES
             _release(k_empty.index(first_stage), SOFTMAX_TRIMS)
             p, m_i, l_i, alpha = _softmax_block(
                 s, m_i, l_i, 0, kv_start, kv_end, row_pos, offset, masked_head_end, unmasked_end, left, right,
