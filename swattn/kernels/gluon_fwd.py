@@ -237,7 +237,8 @@ def softmax_trims_for(consumers: int, head_dim: int) -> int:
         # GPU: none there.
         if _triton_version() >= (3, 7):
             return 0
-        return SOFTMAX_TRIMS & (THREAD_ROW_SUMS | VOTED_ROW_MAX | RESCALE_EARLY | THREAD_RELEASE)  # one Q slot
+        # (Not OVERLAP_TILES: one Q slot. Not PV_WAIT_LATE: not compiled or timed at head_dim 256.)
+        return SOFTMAX_TRIMS & (THREAD_ROW_SUMS | VOTED_ROW_MAX | RESCALE_EARLY | THREAD_RELEASE)
     kept = ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX if consumers == 1 else THREAD_ROW_SUMS | VOTED_ROW_MAX
     if consumers > 1:
         kept |= OVERLAP_TILES
@@ -371,6 +372,7 @@ if GLUON_AVAILABLE:
             async_copy.mbarrier_arrive(stage_barrier, increment_count=False)
         else:
             mbarrier.arrive(stage_barrier, count=1)
+
     _TURN_BARRIER_C = gl.constexpr(_TURN_BARRIER)
 
     @gluon.jit
@@ -691,8 +693,8 @@ if GLUON_AVAILABLE:
         """One warpgroup's rows ``[WG * M, WG * M + M)`` (M: 64 or 128) of work item ``work``'s tile, from Q to O;
         returns the consumer's running state ``(position, item, stored, stored_slot, seen_nan, prefetched,
         s_pending)`` after it (``seen_nan``: per row position of the warpgroup, 1 once a row there held a NaN in any
-        tile so far; ``prefetched``: 1 when ``s_pending`` is the next item's first scores product, in flight, issued
-        here for ``next_work``, the next item or -1: ``OVERLAP_TILES``)."""
+        tile so far; ``prefetched``: 1 when ``s_pending`` holds the first block's scores of ``next_work`` (the
+        next item, or -1), computed under this item's epilogue: ``OVERLAP_TILES``)."""
         O, LSE, SINKS, FLAGS, ANY_NAN, o_desc = pointers[3:9]
         stride_ob, stride_os, stride_oh, stride_lb, stride_lq, stride_lh = strides
         softmax_scale, softcap, left, right = scalars[:4]
