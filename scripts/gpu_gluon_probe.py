@@ -240,6 +240,10 @@ def main() -> int:
                             ("overlap tiles + late P V wait", gluon_fwd.OVERLAP_TILES | gluon_fwd.PV_WAIT_LATE)):
             trims = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | gluon_fwd.THREAD_RELEASE | bits)
             gluon.append((f"gluon thread release + {label}", with_mode("1", call(), settings=trims)))
+        if args.pingpong:  # with FlashAttention 3's warp-scheduler barriers too: its structure
+            trims = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | gluon_fwd.THREAD_RELEASE | gluon_fwd.PV_WAIT_LATE)
+            gluon.append(("gluon thread release + late P V wait + ping-pong", with_mode(
+                "1", call(), settings=trims, pingpong=True)))
         late = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS & ~gluon_fwd.RESCALE_EARLY)
         gluon.append(("gluon late rescale", with_mode("1", call(), settings=late)))
         if args.pingpong:
