@@ -235,9 +235,11 @@ def main() -> int:
             gluon.append(("gluon thread release ping-pong", with_mode("1", call(), settings=thread_release,
                                                                       pingpong=True)))
         # With the per-thread releases: the next tile's first scores product under this tile's epilogue
-        # (``OVERLAP_TILES``, two-warpgroup tiles), the P V wait after the exponentials (``PV_WAIT_LATE``), both.
+        # (``OVERLAP_TILES``, two-warpgroup tiles), the P V wait after the exponentials (``PV_WAIT_LATE``), the
+        # ring's stage and phase carried from block to block (``CARRIED_RING``), each and all.
+        every = gluon_fwd.OVERLAP_TILES | gluon_fwd.PV_WAIT_LATE | gluon_fwd.CARRIED_RING
         for label, bits in (("overlap tiles", gluon_fwd.OVERLAP_TILES), ("late P V wait", gluon_fwd.PV_WAIT_LATE),
-                            ("overlap tiles + late P V wait", gluon_fwd.OVERLAP_TILES | gluon_fwd.PV_WAIT_LATE)):
+                            ("carried ring", gluon_fwd.CARRIED_RING), ("all", every)):
             trims = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | gluon_fwd.THREAD_RELEASE | bits)
             gluon.append((f"gluon thread release + {label}", with_mode("1", call(), settings=trims)))
         if args.pingpong:  # with FlashAttention 3's warp-scheduler barriers too: its structure

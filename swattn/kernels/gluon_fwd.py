@@ -150,6 +150,10 @@ OVERLAP_TILES = 128
 # exponentials' row sums (never taken: its body adds +0 to sums equal to the largest float, no bit changes) ends
 # that basic block after them. Needs the row sums per thread.
 PV_WAIT_LATE = 256
+# The block loop's ring stage and phase carried from block to block (a wrap test and two selects) instead of
+# recomputed from the ring position (a signed division and remainder each for K's stage and V's, ~20 uniform
+# instructions per block at head_dim 64).
+CARRIED_RING = 512
 SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "39"))  # A/B runs: 0 for none
 
 
@@ -242,7 +246,7 @@ def softmax_trims_for(consumers: int, head_dim: int) -> int:
     kept = ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX if consumers == 1 else THREAD_ROW_SUMS | VOTED_ROW_MAX
     if consumers > 1:
         kept |= OVERLAP_TILES
-    return SOFTMAX_TRIMS & (kept | RESCALE_EARLY | THREAD_RELEASE | PV_WAIT_LATE)
+    return SOFTMAX_TRIMS & (kept | RESCALE_EARLY | THREAD_RELEASE | PV_WAIT_LATE | CARRIED_RING)
 
 
 def tma_store_for(consumers: int) -> bool:
@@ -348,6 +352,7 @@ if GLUON_AVAILABLE:
     _THREAD_RELEASE_C = gl.constexpr(THREAD_RELEASE)
     _OVERLAP_TILES_C = gl.constexpr(OVERLAP_TILES)
     _PV_WAIT_LATE_C = gl.constexpr(PV_WAIT_LATE)
+    _CARRIED_RING_C = gl.constexpr(CARRIED_RING)
     # ``_block_end``'s asm: four sums in, the same four out; the branch skips 16 additions of +0 (a body that short
     # ptxas turns into predicated instructions and the basic block does not end: 4 additions did not).
     _BLOCK_END_ASM_C = gl.constexpr(
@@ -801,12 +806,22 @@ if GLUON_AVAILABLE:
                 SOFTMAX_TRIMS & ~_VOTED_ROW_MAX_C)  # no vote: every row's max is still -inf, every row rises
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             alpha_o = gl.convert_layout(alpha, o_rows)
+            if (SOFTMAX_TRIMS & _CARRIED_RING_C) != 0:
+                stage = first_stage
+                phase = (position // NUM_STAGES) & 1
             for block in range(1, num_blocks):
-                stage = (position + block) % NUM_STAGES
-                phase = ((position + block) // NUM_STAGES) & 1
-                previous = position + block - 1
-                previous_stage = previous % NUM_STAGES
-                previous_phase = (previous // NUM_STAGES) & 1
+                if (SOFTMAX_TRIMS & _CARRIED_RING_C) != 0:
+                    previous_stage = stage
+                    previous_phase = phase
+                    wrapped = stage == NUM_STAGES - 1
+                    stage = gl.where(wrapped, 0, stage + 1)
+                    phase = gl.where(wrapped, phase ^ 1, phase)
+                else:
+                    stage = (position + block) % NUM_STAGES
+                    phase = ((position + block) // NUM_STAGES) & 1
+                    previous = position + block - 1
+                    previous_stage = previous % NUM_STAGES
+                    previous_phase = (previous // NUM_STAGES) & 1
                 # S_j = Q K_j^T, then P_{j-1} V_{j-1}: both in flight while this warpgroup waits for S_j.
                 mbarrier.wait(k_ready.index(stage), phase)
                 if (SOFTMAX_TRIMS & _RESCALE_EARLY_C) != 0:

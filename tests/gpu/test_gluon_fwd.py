@@ -191,7 +191,8 @@ def test_pingpong_matches_the_default_schedule(case, monkeypatch):
     same_bits_under_switch(case, monkeypatch, "PINGPONG")
 
 
-SYNC_TRIMS = ["THREAD_RELEASE", "OVERLAP_TILES", "PV_WAIT_LATE", "THREAD_RELEASE|OVERLAP_TILES|PV_WAIT_LATE"]
+SYNC_TRIMS = ["THREAD_RELEASE", "OVERLAP_TILES", "PV_WAIT_LATE", "CARRIED_RING",
+              "THREAD_RELEASE|OVERLAP_TILES|PV_WAIT_LATE|CARRIED_RING"]
 
 
 def with_trims(names: str) -> int:
@@ -204,8 +205,9 @@ def with_trims(names: str) -> int:
                          ids=lambda c: f"H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-pack' if c[9] else ''}")
 def test_stage_releases_and_overlapped_tiles_keep_the_bits(case, trims, monkeypatch):
     """K/V stages released by one arrival per consumer thread (``THREAD_RELEASE``), the next tile's first scores
-    product issued under this tile's epilogue (``OVERLAP_TILES``, two-warpgroup tiles) and the P V wait after the
-    exponentials (``PV_WAIT_LATE``) change only when things happen: the same bits as the shipped schedule."""
+    product issued under this tile's epilogue (``OVERLAP_TILES``, two-warpgroup tiles), the P V wait after the
+    exponentials (``PV_WAIT_LATE``) and the ring's stage and phase carried from block to block (``CARRIED_RING``)
+    change only when and how things are issued: the same bits as the shipped schedule."""
     same_bits_under_switch(case, monkeypatch, "SOFTMAX_TRIMS", (gluon_fwd.SOFTMAX_TRIMS, with_trims(trims)))
 
 
