@@ -147,12 +147,12 @@ THREAD_RELEASE = 64
 OVERLAP_TILES = 128
 # The block's P V wait after its exponentials (FlashAttention 3's place): ptxas hoists a ``wgmma.wait_group`` to the
 # top of its basic block, which in PTX starts after the vote's branch, above the exponentials; a branch fed by the
-# exponentials' row sums (never taken: its body adds +0 to sums equal to the largest float, no bit changes) ends
-# that basic block after them. Needs the row sums per thread.
+# exponentials' row sums ends that basic block after them (its body runs only on a sum equal to the largest float
+# and adds +0, so no bit changes). Needs the row sums per thread.
 PV_WAIT_LATE = 256
 # The block loop's ring stage and phase carried from block to block (a wrap test and two selects) instead of
-# recomputed from the ring position (a signed division and remainder each for K's stage and V's, ~20 uniform
-# instructions per block at head_dim 64).
+# recomputed from the ring position (a signed division and remainder each for K's stage and V's): 8 fewer uniform
+# instructions per block at head_dim 64 (Triton 3.6).
 CARRIED_RING = 512
 SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "39"))  # A/B runs: 0 for none
 
