@@ -37,6 +37,11 @@ from dataclasses import dataclass
 import torch
 
 UNBOUNDED = -1
+# The largest side ``normalize_window`` returns: a window side beyond any sequence length is the same window (every
+# key on that side), so larger sides are returned as this one, which keeps the position arithmetic of the helpers
+# below (Python ints, int64 tensors: ``i + seqlen_k - seqlen_q +- side``) inside int64. FlashAttention 3 takes any
+# int here; a side of 2**63 made the float64 reference (swattn's CPU path) mask every key.
+MAX_SIDE = 2 ** 62
 
 
 def window_size_from_sliding_window(sliding_window: int | None) -> tuple[int, int]:
@@ -70,7 +75,8 @@ def normalize_window(causal: bool, window_size: tuple[int, int] | list[int]) -> 
 
     ``window_size`` is a pair of ints (a two-element integer tensor is read as one, as FlashAttention 3 accepts it).
     Raises ValueError for anything that is not two integers >= -1 (FlashAttention 2/3 silently treat other negative
-    values as unbounded, Dao-AILab/flash-attention#1116; swattn refuses them).
+    values as unbounded, Dao-AILab/flash-attention#1116; swattn refuses them). A side larger than ``MAX_SIDE`` (2**62,
+    longer than any sequence: the same window) is returned as ``MAX_SIDE``.
     """
     if isinstance(window_size, torch.Tensor) and window_size.dim() == 1:
         window_size = tuple(window_size)
@@ -85,7 +91,7 @@ def normalize_window(causal: bool, window_size: tuple[int, int] | list[int]) -> 
             raise ValueError(
                 f"window_size: {name} = {side} is not allowed; use -1 for an unbounded side or a value >= 0"
             )
-        sides.append(side)
+        sides.append(min(side, MAX_SIDE))
     left, right = sides
     if causal:
         right = 0
@@ -203,8 +209,10 @@ def first_readable_page(cache_seqlens, window_size: tuple[int, int], page_size: 
             raise ValueError(f"{name}: expected an int >= 0 or an integer tensor of shape (B,), got {value!r}")
     tensors = [t for t in (cache_seqlens, new_tokens, cache_leftpad) if isinstance(t, torch.Tensor)]
     if tensors:
+        # In int64: ``position - left`` in int32 wrapped around for a left side of 2**32 or more (pages still read
+        # were reported free); the answer, a page index, is returned in int32.
         as_tensor = lambda t: (t if isinstance(t, torch.Tensor) else torch.full_like(tensors[0], t)).to(
-            device=tensors[0].device, dtype=torch.int32)
+            device=tensors[0].device, dtype=torch.int64)
         cache_seqlens, new_tokens, cache_leftpad = map(as_tensor, (cache_seqlens, new_tokens, cache_leftpad))
     # The next step's queries are its new tokens, the last rows of a sequence of cache_seqlens + new_tokens keys
     # (counted from cache_leftpad); its row 0 (slot cache_seqlens) sees the earliest key of this step and of every

@@ -260,3 +260,14 @@ def test_reference_low_precision_inputs_computed_in_float64(dtype):
     exp_out, exp_lse = naive_attention(q, k, v, window=(3, 0))
     torch.testing.assert_close(out, exp_out.to(dtype))
     _assert_lse_equal(lse, exp_lse, atol=1e-5)
+
+
+def test_reference_window_sides_beyond_int64_are_unbounded():
+    """Regression (s12 fuzz): a side of 2**63 masked every key (the CPU path of the public API gave zeros) and one of
+    2**64 raised OverflowError; any side longer than the sequence is the unbounded side."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 3, 2, 16), torch.randn(1, 5, 2, 16), torch.randn(1, 5, 2, 16)
+    for huge, bounded in [((3, 2**63), (3, -1)), ((2**64, 0), (-1, 0)), ((2**63, 2**100), (-1, -1))]:
+        out, lse = attention_ref(q, k, v, window_size=huge)
+        expected_out, expected_lse = attention_ref(q, k, v, window_size=bounded)
+        assert torch.equal(out, expected_out) and torch.equal(lse, expected_lse), huge

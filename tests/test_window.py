@@ -42,6 +42,16 @@ def test_normalize_window_rejects_non_ints(window_size):
         window.normalize_window(False, window_size)
 
 
+def test_normalize_window_caps_sides_longer_than_any_sequence():
+    """Regression (s12 fuzz): sides of 2**63 and more overflowed the int64 arithmetic of ``is_visible`` (every key
+    masked, or OverflowError); they are the same window as ``MAX_SIDE``, which is what is returned."""
+    assert window.normalize_window(False, (2**63, 2**64)) == (window.MAX_SIDE, window.MAX_SIDE)
+    assert window.normalize_window(True, (2**200, 5)) == (window.MAX_SIDE, 0)
+    assert window.normalize_window(False, (2**31 - 1, 2**62)) == (2**31 - 1, 2**62)
+    rows, cols = torch.arange(4)[:, None], torch.arange(6)[None, :]
+    assert bool(window.is_visible(rows, cols, 4, 6, *window.normalize_window(False, (2**63, 2**64))).all())
+
+
 @pytest.mark.parametrize("window_size", [3, (1,), (1, 2, 3), None, "ab", {0: 1, 1: 2}], ids=repr)
 def test_normalize_window_rejects_non_pairs(window_size):
     with pytest.raises(ValueError, match="window_size"):
@@ -321,6 +331,17 @@ def test_first_readable_page_tensors_match_ints_without_leaving_the_device():
     assert window.first_readable_page(100, (3, 0), 16) == 97 // 16
     assert window.first_readable_page(100, window.window_size_from_sliding_window(128), 16) == 0
     assert window.first_readable_page(1000, (127, 0), 16) == (1000 - 127) // 16
+
+
+def test_first_readable_page_tensors_do_not_wrap_for_huge_left_sides():
+    """Regression (s12 fuzz): with int32 tensors, ``position - left`` wrapped around in int32 for a left side of
+    2**32 or more and reported pages that the next step still reads as free; a left side longer than the
+    sequence frees nothing, whatever its size."""
+    cache = torch.tensor([100, 200], dtype=torch.int32)
+    for left in (2**31 - 1, 2**32, 2**32 + 50, 2**33, 2**63, 2**70):
+        pages = window.first_readable_page(cache, (left, 0), 16)
+        assert pages.dtype == torch.int32 and pages.tolist() == [0, 0], left
+        assert window.first_readable_page(100, (left, 0), 16) == 0
 
 
 @pytest.mark.parametrize("chunk", [0, 32])
