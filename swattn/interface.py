@@ -31,6 +31,7 @@ from swattn import _compat
 from swattn._compat import device_properties
 from swattn._replay import note_data_checks, replayed
 from swattn._replay import recording_ops as ops  # swattn.ops; a signature's first call records its op call
+from swattn.kernels._launch import MAX_GRID_YZ
 from swattn.kernels.configs import (
     MAX_SPLITS,
     SHORT_SPLIT_KEYS,
@@ -722,7 +723,7 @@ def get_scheduler_metadata(
 
 
 _COMBINE_MAX_HEAD_DIM = 1024
-_MAX_GRID_YZ = 65535  # CUDA's limit on a grid's second and third dimensions (the merge's heads and batch)
+_MAX_GRID_YZ = MAX_GRID_YZ  # the merge's grid holds the heads and the batch in its second and third dimensions
 
 
 def flash_attn_combine(

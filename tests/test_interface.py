@@ -328,3 +328,35 @@ def test_fa3_positional_call_binds_like_fa3():
     by_position = swattn.flash_attn_func(q, k, v, 0.3, False, None, None, None, None, (2, 1))
     by_keyword = swattn.flash_attn_func(q, k, v, softmax_scale=0.3, window_size=(2, 1))
     assert torch.equal(by_position, by_keyword)
+
+
+@pytest.mark.parametrize("entry", ["dense", "varlen", "kvcache"])
+def test_more_programs_than_the_grid_takes_are_refused_by_name(entry):
+    """Regression (s12 fuzz, found by review: the interpreter has no grid limit): the forward kernel's grid holds
+    every (sequence, head) pair in its second dimension, which CUDA limits to 65535; beyond it the launch failed in
+    the driver ("invalid argument"). 4097 sequences x 16 heads = 65552 programs: a ValueError naming q, before any
+    launch. With PackGQA the pairs are (sequence, KV head): 4097 x 1 fits, and the plan is made (kernels stubbed)."""
+    from swattn._compat import uses_triton
+    from swattn.testing import stub_kernels
+
+    if not uses_triton(torch.empty(0)):
+        pytest.skip("the float64 reference path (TRITON_INTERPRET=0 on the CPU) has no grid")
+    batch, heads = 4097, 16
+
+    def call(kv_heads, **kwargs):
+        q = torch.randn(batch, 1, heads, 8, dtype=torch.float16)
+        k = torch.randn(batch, 1, kv_heads, 8, dtype=torch.float16)
+        if entry == "dense":
+            return swattn.flash_attn_func(q, k, k, **kwargs)
+        if entry == "kvcache":
+            return swattn.flash_attn_with_kvcache(q, k, k, cache_seqlens=1, **kwargs)
+        cu = torch.arange(batch + 1, dtype=torch.int32)
+        return swattn.flash_attn_varlen_func(q[:, 0], k[:, 0], k[:, 0], cu, cu, 1, 1, **kwargs)
+
+    with pytest.raises(ValueError, match=r"^q: 4097 sequences x 16 heads = 65552 programs per launch exceed the "
+                                         r"65535 .* at most 4095 sequences per call"):
+        call(heads)
+    with stub_kernels() as stubs:
+        call(1, pack_gqa=True)
+        grid = stubs["_swa_fwd_kernel"].last_launch[0]
+        assert grid[1] == batch

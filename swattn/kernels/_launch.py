@@ -57,6 +57,10 @@ C_LAUNCHER = True
 # full: a model's layers each pass their own buffers, 36 for gpt-oss-120b).
 MAX_EXPANSIONS = 64
 
+# CUDA's limit on a grid's second and third dimensions (the first takes 2**31 - 1). A launch beyond it fails in the
+# driver with "invalid argument", so the plans refuse such grids with a message naming the argument.
+MAX_GRID_YZ = 65535
+
 _LAUNCHER_ATTRIBUTES = ("run", "function", "packed_metadata")
 
 _data_ptr = torch.Tensor.data_ptr

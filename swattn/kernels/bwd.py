@@ -47,7 +47,7 @@ from swattn.kernels._common import (
     softcap_scores,
     token_strides,
 )
-from swattn.kernels._launch import Launch, PlanCache, kept_buffer, stream_key, tensor_signature
+from swattn.kernels._launch import MAX_GRID_YZ, Launch, PlanCache, kept_buffer, stream_key, tensor_signature
 from swattn.kernels.configs import BwdConfig, backward_config
 
 
@@ -507,6 +507,11 @@ class _BackwardPlan:
         else:
             batch, seqlen_q = q.shape[0], q.shape[1]
         seqlen_k = max_seqlen_k if varlen_k else k.shape[1]
+        if batch > MAX_GRID_YZ or num_heads > MAX_GRID_YZ:
+            # The dQ and dK/dV grids hold the sequences and the heads in their second and third dimensions.
+            raise ValueError(f"q: the backward takes at most {MAX_GRID_YZ} sequences and {MAX_GRID_YZ} heads per call "
+                             f"(CUDA's limit on a grid's second and third dimensions), got {batch} sequences, "
+                             f"{num_heads} heads")
         # As the forward: a side that covers the whole sequence is unbounded (same kernels and config as -1).
         if left >= seqlen_k:
             left = -1

@@ -52,7 +52,15 @@ from swattn.kernels._common import (
     wait_for_previous_grid,
     wait_only_for_previous_grid,
 )
-from swattn.kernels._launch import Launch, Layout, PlanCache, kept_buffer, stream_key, tensor_signature
+from swattn.kernels._launch import (
+    MAX_GRID_YZ,
+    Launch,
+    Layout,
+    PlanCache,
+    kept_buffer,
+    stream_key,
+    tensor_signature,
+)
 from swattn.kernels.combine import combine_launch
 from swattn.kernels.configs import forward_config
 from swattn.window import visible_span
@@ -1951,6 +1959,15 @@ class _ForwardPlan:
         self.prefetch_partner = mode if fa3_layout and fits else 0
         programs_per_split = batch * ((num_kv_heads // 2 if self.kv_pair else num_kv_heads) if pack_gqa else num_heads)
         grid = (num_tiles, programs_per_split, num_splits)
+        if not self.use_gluon and programs_per_split > MAX_GRID_YZ:
+            # The grid's second dimension holds every (sequence, head) pair: beyond CUDA's limit the launch would
+            # fail in the driver ("invalid argument"). (The Gluon kernel's persistent grid is one-dimensional.)
+            per_sequence = programs_per_split // batch
+            raise ValueError(
+                f"q: {batch} sequences x {per_sequence} {'KV heads (PackGQA)' if pack_gqa else 'heads'} = "
+                f"{programs_per_split} programs per launch exceed the {MAX_GRID_YZ} that the kernel's grid takes "
+                f"(CUDA's limit on a grid's second dimension); pass at most {MAX_GRID_YZ // per_sequence} sequences "
+                "per call")
 
         tokens = q.shape[0] if varlen_q else batch * seqlen_q
         # Outputs are allocated contiguous on every call: their strides are those of Layouts of their shapes.

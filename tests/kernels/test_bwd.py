@@ -628,3 +628,14 @@ def test_sinks_without_a_gradient_skip_the_dsinks_kernel(monkeypatch):
     assert "_swa_bwd_dsinks_kernel" in launched
     for a, b in zip(without, with_gradient[:3]):
         assert torch.equal(a, b)
+
+
+def test_backward_refuses_more_sequences_than_the_grid_takes():
+    """Regression (s12 fuzz, found by review): the dQ and dK/dV grids hold the sequences in their second dimension
+    (CUDA: at most 65535); beyond it a ValueError naming q, not the driver's "invalid argument". (The Triton
+    forward refuses such calls first; a forward on the Gluon kernel's one-dimensional grid does not.)"""
+    batch = 65536
+    q = torch.randn(batch, 1, 1, 8, dtype=torch.float16)
+    lse = torch.zeros(batch, 1, 1)
+    with pytest.raises(ValueError, match=r"^q: the backward takes at most 65535 sequences .* got 65536 sequences"):
+        attention_backward(q, q, q, q, q, lse, softmax_scale=1.0, left=-1, right=-1)
