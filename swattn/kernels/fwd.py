@@ -1450,8 +1450,11 @@ def _swa_fwd_kernel(
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PRELOAD_L2: tl.constexpr = 0, PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
     RESCALE_THRESHOLD: tl.constexpr = 0.0, STAMPS: tl.constexpr = 0, LATE_DEPENDENTS: tl.constexpr = 0,
+    HEADS_ON_X: tl.constexpr = False,
 ):
-    """Grid: (query tiles, batch * heads-per-batch, splits); the redo pass: a few persistent programs.
+    """Grid: (query tiles, batch * heads-per-batch, splits), or with HEADS_ON_X (more (sequence, head) pairs than a
+    grid's second dimension takes, 65535) (batch * heads-per-batch, query tiles, splits); the redo pass: a few
+    persistent programs.
 
     Each program computes the attention of one tile of BLOCK_M rows: positions of one head, or with PACK_GQA the
     (position, head) pairs of one KV head. Its KV loop starts at the tile's first visible key and runs over
@@ -1478,6 +1481,10 @@ def _swa_fwd_kernel(
     LATE_DEPENDENTS (main pass; SPLIT_LATE_DEPENDENTS): the next kernel may launch only once each program has
     stored its results (1) or finished its KV loop (2), not right after its wait.
     """
+    # The grid's axes of query tiles and of (sequence, head) pairs (HEADS_ON_X: swapped, see the docstring).
+    TILE_AXIS: tl.constexpr = 1 if HEADS_ON_X else 0
+    HEAD_AXIS: tl.constexpr = 0 if HEADS_ON_X else 1
+    tl.static_assert(STAMPS == 0 or not HEADS_ON_X, "the stamps diagnostic takes the grid's usual axes")
     if STAMPS != 0:
         stamp_start = time_stamp(tl.program_id(1))
     if PRELOAD_L2 != 0:
@@ -1485,8 +1492,8 @@ def _swa_fwd_kernel(
         _preload_tile_l2(Q, K, V, SEQLENS_K, PAGE_TABLE, K_NEW, V_NEW, SINKS, stride_qb, stride_qs, stride_qh,
                          stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_page_table,
                          stride_nb, stride_ns, stride_nh, seqlen_q, num_heads, queries_per_kv_head, page_size, left,
-                         right, tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2),
-                         num_splits, HAS_LEFT, HAS_RIGHT, HAS_SINKS, APPEND_NEW, BLOCK_M, BLOCK_N,
+                         right, tl.num_programs(TILE_AXIS) - 1 - tl.program_id(TILE_AXIS), tl.program_id(HEAD_AXIS),
+                         tl.program_id(2), num_splits, HAS_LEFT, HAS_RIGHT, HAS_SINKS, APPEND_NEW, BLOCK_M, BLOCK_N,
                          HEAD_N, HEAD_DIM, PRELOAD_L2, Q_DESCALE, K_DESCALE, V_DESCALE, stride_qdb, stride_qdh,
                          stride_kdb, stride_kdh, stride_vdb, stride_vdh, FP8,
                          # Without PDL only under the interpreter (the plan's rule): loads instead of PTX there.
@@ -1548,8 +1555,8 @@ def _swa_fwd_kernel(
             stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh, stride_page_table, stride_nb, stride_ns,
             stride_nh, stride_qdb, stride_qdh, stride_kdb, stride_kdh, stride_vdb, stride_vdh, seqlen_q, seqlen_k,
             num_heads, queries_per_kv_head, page_size, softmax_scale, softcap, left, right, chunk,
-            tl.num_programs(0) - 1 - tl.program_id(0), tl.program_id(1), tl.program_id(2), num_tiles,
-            num_splits, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
+            tl.num_programs(TILE_AXIS) - 1 - tl.program_id(TILE_AXIS), tl.program_id(HEAD_AXIS), tl.program_id(2),
+            num_tiles, num_splits, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, HAS_SINKS, IS_VARLEN_Q, IS_VARLEN_K, HAS_SEQLENS_K,
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
             BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN, PREFETCH_PAGES, KV_PAIR,
@@ -1959,15 +1966,17 @@ class _ForwardPlan:
         self.prefetch_partner = mode if fa3_layout and fits else 0
         programs_per_split = batch * ((num_kv_heads // 2 if self.kv_pair else num_kv_heads) if pack_gqa else num_heads)
         grid = (num_tiles, programs_per_split, num_splits)
-        if not self.use_gluon and programs_per_split > MAX_GRID_YZ:
-            # The grid's second dimension holds every (sequence, head) pair: beyond CUDA's limit the launch would
-            # fail in the driver ("invalid argument"). (The Gluon kernel's persistent grid is one-dimensional.)
-            per_sequence = programs_per_split // batch
-            raise ValueError(
-                f"q: {batch} sequences x {per_sequence} {'KV heads (PackGQA)' if pack_gqa else 'heads'} = "
-                f"{programs_per_split} programs per launch exceed the {MAX_GRID_YZ} that the kernel's grid takes "
-                f"(CUDA's limit on a grid's second dimension); pass at most {MAX_GRID_YZ // per_sequence} sequences "
-                "per call")
+        # More (sequence, head) pairs than a grid's second dimension takes (CUDA: 65535; e.g. an unpacked decode of
+        # 1024 sequences x 64 heads): they go on the first axis (2**31 - 1), the tiles on the second. (The Gluon
+        # kernel's persistent grid is one-dimensional.)
+        heads_on_x = not self.use_gluon and programs_per_split > MAX_GRID_YZ
+        if heads_on_x:
+            if num_tiles > MAX_GRID_YZ:
+                raise ValueError(
+                    f"q: {num_tiles} query tiles x {programs_per_split} (sequence, head) pairs per launch: the "
+                    f"kernel's grid takes at most {MAX_GRID_YZ} of one of them (CUDA's limit on a grid's second "
+                    "dimension); split the call")
+            grid = (programs_per_split, num_tiles, num_splits)
 
         tokens = q.shape[0] if varlen_q else batch * seqlen_q
         # Outputs are allocated contiguous on every call: their strides are those of Layouts of their shapes.
@@ -2017,7 +2026,7 @@ class _ForwardPlan:
             *descale_strides(q_descale), *descale_strides(k_descale), *descale_strides(v_descale),
             seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
             softmax_scale, softcap if softcap > 0 else 1.0, left, right,
-            grid[0], grid[2], num_work, max(attention_chunk, 1),
+            num_tiles, num_splits, num_work, max(attention_chunk, 1),
         )
         switches = dict(
             HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, HAS_SINKS=sinks is not None,
@@ -2082,7 +2091,8 @@ class _ForwardPlan:
                                 PRELOAD_L2=self.preload_l2, PREFETCH_PARTNER=self.prefetch_partner,
                                 STAMPS=_common.STAMPS_ADDRESS,
                                 LATE_DEPENDENTS=(SPLIT_LATE_DEPENDENTS if use_pdl and num_splits > 1 and not varlen_q
-                                                 and seqlen_q == 1 and not self.fp8 else 0)),
+                                                 and seqlen_q == 1 and not self.fp8 else 0),
+                                **({"HEADS_ON_X": True} if heads_on_x else {})),
                            options, num_tensors=_FORWARD_TENSORS, slots=_slots(present))
         self.redo = None
         programs = _persistent_programs(q.device)

@@ -850,3 +850,32 @@ def test_fwd_masking_only_edge_blocks_property(case, block_m, seed):
     with forced_config(replace(config, mask_edges_only=True)):
         actual = swattn.flash_attn_func(q, k, v, **kwargs)
     assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1]), str(case)
+
+
+@pytest.mark.parametrize("pack_gqa", [False, True])
+def test_heads_on_the_grid_first_axis(pack_gqa, monkeypatch):
+    """More (sequence, head) pairs than a grid's second dimension takes (CUDA: 65535; lowered to 5 here) go on the
+    grid's first axis and the query tiles on its second (``HEADS_ON_X``): the same bits as the usual grid, and the
+    reference's values, output and LSE (several tiles per head, sinks, a window starting mid-block)."""
+    torch.manual_seed(0)
+    q = torch.randn(3, 33, 4, 32, dtype=torch.float16)
+    k = torch.randn(3, 33, 2, 32, dtype=torch.float16)
+    v = torch.randn(3, 33, 2, 32, dtype=torch.float16)
+    sinks = torch.randn(4)
+
+    def call():
+        return swattn.flash_attn_func(q, k, v, window_size=(20, 0), sinks=sinks, pack_gqa=pack_gqa,
+                                      return_softmax_lse=True)
+
+    fwd_module._PLANS.clear()
+    out, lse = call()
+    monkeypatch.setattr(fwd_module, "MAX_GRID_YZ", 5)
+    fwd_module._PLANS.clear()
+    swapped_out, swapped_lse = call()
+    plan = next(iter(fwd_module._PLANS.values()))
+    assert plan.main.grid[0] == 3 * (2 if pack_gqa else 4) and plan.main.grid[1] > 1
+    fwd_module._PLANS.clear()
+    assert torch.equal(out, swapped_out) and torch.equal(lse, swapped_lse)
+    ref, ref_lse = attention_ref(q, k, v, window_size=(20, 0), sinks=sinks)
+    assert_close("out", swapped_out, ref, tolerance_for(torch.float16))
+    torch.testing.assert_close(swapped_lse, ref_lse.to(swapped_lse.dtype), atol=2e-3, rtol=1e-3)
