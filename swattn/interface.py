@@ -723,7 +723,6 @@ def get_scheduler_metadata(
 
 
 _COMBINE_MAX_HEAD_DIM = 1024
-_MAX_GRID_YZ = MAX_GRID_YZ  # the merge's grid holds the heads and the batch in its second and third dimensions
 
 
 def flash_attn_combine(
@@ -763,8 +762,8 @@ def flash_attn_combine(
     if not 1 <= head_dim <= _COMBINE_MAX_HEAD_DIM:
         raise ValueError(f"out_partial: head_dim must lie in [1, {_COMBINE_MAX_HEAD_DIM}], got {head_dim}")
     batch = 1 if varlen else out_partial.shape[1]
-    if heads > _MAX_GRID_YZ or batch > _MAX_GRID_YZ:
-        raise ValueError(f"out_partial: at most {_MAX_GRID_YZ} heads and {_MAX_GRID_YZ} sequences per call, got "
+    if heads > MAX_GRID_YZ or batch > MAX_GRID_YZ:  # the merge's grid holds them in its second and third dimensions
+        raise ValueError(f"out_partial: at most {MAX_GRID_YZ} heads and {MAX_GRID_YZ} sequences per call, got "
                          f"{heads} heads, {batch} sequences (merge in several calls)")
     merged_shape = tuple(out_partial.shape[1:])
     if out_dtype is not None and out_dtype not in _DTYPES:

@@ -1977,6 +1977,11 @@ class _ForwardPlan:
                     f"kernel's grid takes at most {MAX_GRID_YZ} of one of them (CUDA's limit on a grid's second "
                     "dimension); split the call")
             grid = (programs_per_split, num_tiles, num_splits)
+        if num_splits > 1 and (num_heads > MAX_GRID_YZ or (not varlen_q and batch > MAX_GRID_YZ)):
+            # The merge's grid holds the heads and the sequences in its second and third dimensions (``combine``).
+            raise ValueError(
+                f"num_splits: {num_splits} splits need the merge, whose grid takes at most {MAX_GRID_YZ} heads and "
+                f"{MAX_GRID_YZ} sequences (CUDA's limit), got {num_heads} heads, {batch} sequences; use num_splits=1")
 
         tokens = q.shape[0] if varlen_q else batch * seqlen_q
         # Outputs are allocated contiguous on every call: their strides are those of Layouts of their shapes.

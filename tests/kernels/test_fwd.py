@@ -879,3 +879,18 @@ def test_heads_on_the_grid_first_axis(pack_gqa, monkeypatch):
     ref, ref_lse = attention_ref(q, k, v, window_size=(20, 0), sinks=sinks)
     assert_close("out", swapped_out, ref, tolerance_for(torch.float16))
     torch.testing.assert_close(swapped_lse, ref_lse.to(swapped_lse.dtype), atol=2e-3, rtol=1e-3)
+
+
+def test_split_launch_past_the_merge_grid_is_refused_by_name(monkeypatch):
+    """With the (sequence, head) pairs on the grid's first axis the split launch itself fits, but its merge's grid
+    holds the sequences in a dimension CUDA limits to 65535 (lowered to 5 here): a forced split count past it is
+    refused, naming num_splits, instead of failing in the driver."""
+    from swattn.testing import stub_kernels
+
+    q = torch.randn(6, 1, 4, 32, dtype=torch.float16)
+    k = torch.randn(6, 512, 4, 32, dtype=torch.float16)
+    monkeypatch.setattr(fwd_module, "MAX_GRID_YZ", 5)
+    fwd_module._PLANS.clear()
+    with stub_kernels(), pytest.raises(ValueError, match=r"^num_splits: 2 splits need the merge"):
+        swattn.flash_attn_func(q, k, k, num_splits=2)
+    fwd_module._PLANS.clear()
