@@ -6,6 +6,7 @@
 from swattn.interface import (
     flash_attn_combine,
     flash_attn_func,
+    flash_attn_qkvpacked_func,
     flash_attn_varlen_func,
     flash_attn_with_kvcache,
     get_scheduler_metadata,
@@ -15,6 +16,7 @@ from swattn.window import first_readable_page, normalize_window, tile_plan, wind
 __all__ = [
     "flash_attn_combine",
     "flash_attn_func",
+    "flash_attn_qkvpacked_func",
     "flash_attn_varlen_func",
     "flash_attn_with_kvcache",
     "first_readable_page",

@@ -1,6 +1,6 @@
-"""Public API, FlashAttention 3's signatures: ``flash_attn_func``, ``flash_attn_varlen_func``,
-``flash_attn_with_kvcache``. Every argument is checked here, with a message naming it; the work is done by the
-custom ops in ``swattn.ops``.
+"""Public API, FlashAttention 3's signatures: ``flash_attn_func``, ``flash_attn_qkvpacked_func``,
+``flash_attn_varlen_func``, ``flash_attn_with_kvcache``, ``flash_attn_combine``, ``get_scheduler_metadata``. Every
+argument is checked here, with a message naming it; the work is done by the custom ops in ``swattn.ops``.
 
 Window semantics (``swattn.window``): query row i of a sequence sees key j iff ``0 <= j < Sk`` and
 ``i + Sk - Sq - left <= j <= i + Sk - Sq + right`` (a side of -1 is unbounded, ``causal`` sets right = 0). For
@@ -366,6 +366,53 @@ def flash_attn_func(
                            None, attention_chunk, q_descale, k_descale, v_descale,
                            bool(return_softmax_lse or return_attn_probs))
     return _result(out, lse, return_softmax_lse or return_attn_probs)
+
+
+def flash_attn_qkvpacked_func(
+    qkv: torch.Tensor,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    q_descale: torch.Tensor | None = None,
+    k_descale: torch.Tensor | None = None,
+    v_descale: torch.Tensor | None = None,
+    window_size: tuple[int, int] = (-1, -1),
+    attention_chunk: int = 0,
+    softcap: float = 0.0,
+    deterministic: bool = False,
+    num_heads_q: int | None = None,
+    sm_margin: int = 0,
+    return_attn_probs: bool = False,
+    sinks: torch.Tensor | None = None,
+    return_softmax_lse: bool = False,
+):
+    """``flash_attn_func`` on one packed tensor, FlashAttention 3's ``flash_attn_qkvpacked_func``.
+
+    qkv: ``[B, S, 3, H, D]`` (q, k, v of H heads each), or ``[B, S, H + 2 * Hk, D]`` with ``num_heads_q = H``
+    (the q heads, then Hk key heads, then Hk value heads: GQA/MQA). q, k and v are views of qkv, so the gradient
+    reaches qkv through autograd. The other arguments and the result are ``flash_attn_func``'s.
+    """
+    _check_tensor("qkv", qkv, (4, 5), "(B, S, 3, H, D) or (B, S, H + 2 * Hk, D)")
+    if qkv.dim() == 5:
+        if qkv.shape[2] != 3:
+            raise ValueError(f"qkv: a 5-dim qkv is (B, S, 3, H, D), got {tuple(qkv.shape)}")
+        if num_heads_q is not None and num_heads_q != qkv.shape[3]:
+            raise ValueError(f"num_heads_q: a 5-dim qkv holds {qkv.shape[3]} heads of each of q, k and v, "
+                             f"got num_heads_q={num_heads_q!r}")
+        q, k, v = qkv.unbind(dim=2)
+    else:
+        if num_heads_q is None:
+            raise ValueError("num_heads_q: required with a 4-dim qkv (B, S, H + 2 * Hk, D), got None")
+        _check_int_arg("num_heads_q", num_heads_q, 1)
+        num_heads_kv, odd = divmod(qkv.shape[2] - num_heads_q, 2)
+        if num_heads_kv < 1 or odd:
+            raise ValueError(f"num_heads_q: qkv's {qkv.shape[2]} heads must be num_heads_q + 2 * Hk with Hk >= 1, "
+                             f"got num_heads_q={num_heads_q}")
+        q, k, v = qkv.split([num_heads_q, num_heads_kv, num_heads_kv], dim=2)
+    return flash_attn_func(q, k, v, softmax_scale=softmax_scale, causal=causal, q_descale=q_descale,
+                           k_descale=k_descale, v_descale=v_descale, window_size=window_size,
+                           attention_chunk=attention_chunk, softcap=softcap, deterministic=deterministic,
+                           sm_margin=sm_margin, return_attn_probs=return_attn_probs, sinks=sinks,
+                           return_softmax_lse=return_softmax_lse)
 
 
 @replayed

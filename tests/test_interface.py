@@ -287,6 +287,12 @@ FA3_PARAMETERS = {
         ("scheduler_metadata", None), ("num_splits", 0), ("pack_gqa", None), ("sm_margin", 0),
         ("return_softmax_lse", False),
     ],
+    "flash_attn_qkvpacked_func": [
+        ("qkv", inspect.Parameter.empty), ("softmax_scale", None), ("causal", False), ("q_descale", None),
+        ("k_descale", None), ("v_descale", None), ("window_size", (-1, -1)), ("attention_chunk", 0),
+        ("softcap", 0.0), ("deterministic", False), ("num_heads_q", None), ("sm_margin", 0),
+        ("return_attn_probs", False),
+    ],
     "flash_attn_combine": [
         ("out_partial", inspect.Parameter.empty), ("lse_partial", inspect.Parameter.empty), ("out", None),
         ("out_dtype", None),
@@ -328,6 +334,43 @@ def test_fa3_positional_call_binds_like_fa3():
     by_position = swattn.flash_attn_func(q, k, v, 0.3, False, None, None, None, None, (2, 1))
     by_keyword = swattn.flash_attn_func(q, k, v, softmax_scale=0.3, window_size=(2, 1))
     assert torch.equal(by_position, by_keyword)
+
+
+@pytest.mark.parametrize("packed_heads", [False, True])
+def test_qkvpacked_is_flash_attn_func_on_views(packed_heads):
+    """flash_attn_qkvpacked_func: [B, S, 3, H, D], or [B, S, H + 2 Hk, D] with num_heads_q (GQA): the same bits as
+    flash_attn_func on the three views, and the gradient lands in qkv (the views' gradients, stacked)."""
+    torch.manual_seed(0)
+    shape = (B, SQ, H + 2 * HK, D) if packed_heads else (B, SQ, 3, H, D)
+    qkv = torch.randn(shape, dtype=torch.float32, requires_grad=True)
+    extra = dict(num_heads_q=H) if packed_heads else {}
+    out, lse = swattn.flash_attn_qkvpacked_func(qkv, causal=True, window_size=(2, 0), softcap=3.0,
+                                                return_softmax_lse=True, **extra)
+    views = qkv.detach().split([H, HK, HK], dim=2) if packed_heads else qkv.detach().unbind(dim=2)
+    q, k, v = (t.clone().requires_grad_() for t in views)
+    out_ref, lse_ref = swattn.flash_attn_func(q, k, v, causal=True, window_size=(2, 0), softcap=3.0,
+                                              return_softmax_lse=True)
+    assert torch.equal(out, out_ref) and torch.equal(lse, lse_ref)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    out_ref.backward(grad)
+    expected = torch.cat([q.grad, k.grad, v.grad], dim=2) if packed_heads else torch.stack(
+        [q.grad, k.grad, v.grad], dim=2)
+    torch.testing.assert_close(qkv.grad, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("qkv, num_heads_q, exc, match", [
+    ("not a tensor", None, TypeError, "qkv: expected a torch.Tensor"),
+    (torch.zeros(B, SQ, D), None, ValueError, "qkv: expected shape"),
+    (torch.zeros(B, SQ, 2, H, D), None, ValueError, r"qkv: a 5-dim qkv is \(B, S, 3, H, D\)"),
+    (torch.zeros(B, SQ, 3, H, D), H + 1, ValueError, "num_heads_q: a 5-dim qkv holds"),
+    (torch.zeros(B, SQ, 8, D), None, ValueError, "num_heads_q: required with a 4-dim qkv"),
+    (torch.zeros(B, SQ, 8, D), 3, ValueError, "num_heads_q: qkv's 8 heads"),
+    (torch.zeros(B, SQ, 8, D), 8, ValueError, "num_heads_q: qkv's 8 heads"),
+    (torch.zeros(B, SQ, 8, D), 0, ValueError, "num_heads_q: expected an int >= 1"),
+])
+def test_qkvpacked_argument_checks(qkv, num_heads_q, exc, match):
+    _expect(swattn.flash_attn_qkvpacked_func, dict(qkv=qkv, num_heads_q=num_heads_q), exc, match)
 
 
 @pytest.mark.parametrize("entry", ["dense", "varlen", "kvcache"])
