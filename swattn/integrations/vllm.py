@@ -17,7 +17,8 @@ keys) is ``swattn.flash_attn_varlen_func``. ``window_size`` may be a list or Non
 arguments. Refused with ``NotImplementedError`` naming the argument: ``dropout_p`` other than 0, ``alibi_slopes``,
 ``q_v``, decode context parallelism (``cp_world_size`` > 1) and FlashAttention 4's ``output_scale``, ``mask_mod``,
 ``aux_tensors``, ``dynamic_causal``. ``return_attn_probs`` and ``deterministic`` are accepted and change nothing (as
-in vLLM's FA3 branch). This module does not import vLLM.
+in vLLM's FA3 branch). ``out`` is filled by a copy of swattn's result (one more kernel per call: swattn's ops
+allocate their output); vLLM's FA3 writes into it directly. This module does not import vLLM.
 """
 
 from __future__ import annotations
