@@ -121,21 +121,26 @@ def flash_attn_varlen_func(
         raise ValueError("seqused_k: required with block_table (the keys of each sequence in its pages)")
     if out is not None and not isinstance(out, torch.Tensor):
         raise TypeError(f"out: expected a tensor of q's shape or None, got {type(out).__name__}")
+    # Only the arguments the caller set: swattn's replay keys on which were passed, and each costs host time.
+    optional = {name: value for name, value in (
+        ("q_descale", q_descale), ("k_descale", k_descale), ("v_descale", v_descale),
+        ("softmax_scale", softmax_scale), ("sinks", s_aux)) if value is not None}
+    if softcap:
+        optional["softcap"] = softcap
+    if return_softmax_lse:
+        optional["return_softmax_lse"] = True
     window = _window(window_size)
     try:
         if cu_seqlens_k is not None:
             result = swattn.flash_attn_varlen_func(
-                q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=softmax_scale,
-                causal=causal, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale, window_size=window,
-                softcap=softcap, num_splits=num_splits, deterministic=deterministic, sinks=s_aux,
-                return_softmax_lse=return_softmax_lse)
+                q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal=causal, window_size=window,
+                num_splits=num_splits, **optional)
         else:
+            if scheduler_metadata is not None:
+                optional["scheduler_metadata"] = scheduler_metadata
             result = swattn.flash_attn_with_kvcache(
                 q, k, v, cache_seqlens=seqused_k, page_table=block_table, cu_seqlens_q=cu_seqlens_q,
-                max_seqlen_q=max_seqlen_q, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
-                softmax_scale=softmax_scale, causal=causal, window_size=window, softcap=softcap,
-                scheduler_metadata=scheduler_metadata, num_splits=num_splits, sinks=s_aux,
-                return_softmax_lse=return_softmax_lse)
+                max_seqlen_q=max_seqlen_q, causal=causal, window_size=window, num_splits=num_splits, **optional)
     except (TypeError, ValueError, NotImplementedError) as error:
         raise _in_vllm_names(error) from error
     result_out = result[0] if return_softmax_lse else result
