@@ -83,18 +83,44 @@ def _check_qkv(q, k, v, layout_q: str, layout_kv: str, rank: int, rank_kv: int |
             raise TypeError(f"{name}: expected dtype {k.dtype} to match {k_name}, got {t.dtype}")
         if t.device != q.device:
             raise ValueError(f"{name}: expected device {q.device} to match q, got {t.device}")
-    if k.shape != v.shape:
-        raise ValueError(f"{v_name}: expected shape {tuple(k.shape)} to match {k_name}, got {tuple(v.shape)} "
-                         "(a different value head_dim is not supported)")
+    if k.shape[:-1] != v.shape[:-1]:
+        raise ValueError(f"{v_name}: expected shape {tuple(k.shape[:-1]) + ('Dv',)} to match {k_name} in every "
+                         f"dimension but the last (the value head_dim), got {tuple(v.shape)}")
     head_dim = q.shape[-1]
     if head_dim % 8 != 0 or not 8 <= head_dim <= _MAX_HEAD_DIM:
         raise ValueError(f"q: head_dim must be a multiple of 8 in [8, {_MAX_HEAD_DIM}], got {head_dim}")
     if k.shape[-1] != head_dim:
         raise ValueError(f"{k_name}: expected head_dim {head_dim} to match q, got {k.shape[-1]}")
+    check_value_head_dim(v_name, head_dim, v.shape[-1], k.dtype == _FP8 or q.dtype == _FP8)
     num_heads, num_kv_heads = q.shape[-2], k.shape[-2]
     if num_kv_heads == 0 or num_heads % num_kv_heads != 0:
         raise ValueError(f"q/{k_name}: the number of query heads ({num_heads}) must be a multiple of the number of KV "
                          f"heads ({num_kv_heads})")
+
+
+# A value head_dim (Dv, FlashAttention 3's ``headdim_v``) other than the key's: any multiple of 8 up to
+# _MAX_HEAD_DIM, and up to _MAX_HEAD_DIM_V_SMALL_K when the key head_dim is at most _SMALL_K_HEAD_DIM (FlashAttention
+# 3's large-Dv case, d <= 64 with dv <= 512; its other one, d in (128, 192] with dv in (96, 128], lies inside the
+# first). fp16 / bf16 / float32 only: FlashAttention 3 compiles fp8 with Dv != D for no shape its tests run.
+_MAX_HEAD_DIM_V_SMALL_K = 512
+_SMALL_K_HEAD_DIM = 64
+# The backward takes Dv up to 256 (ops.MAX_BACKWARD_HEAD_DIM_V; FlashAttention 3's backward: max(D, Dv) <= 256).
+
+
+def check_value_head_dim(name: str, head_dim: int, head_dim_v: int, fp8: bool) -> None:
+    """The value head_dim ``head_dim_v`` (of tensor ``name``: v, v_cache, or ``headdim_v``) goes with key head_dim
+    ``head_dim``; raises naming ``name`` and what is expected otherwise."""
+    if head_dim_v == head_dim:
+        return
+    largest = _MAX_HEAD_DIM_V_SMALL_K if head_dim <= _SMALL_K_HEAD_DIM else _MAX_HEAD_DIM
+    if head_dim_v % 8 != 0 or not 8 <= head_dim_v <= largest:
+        raise ValueError(f"{name}: the value head_dim (last dimension) must be a multiple of 8 in [8, {_MAX_HEAD_DIM}]"
+                         f" (up to {_MAX_HEAD_DIM_V_SMALL_K} when the key head_dim is at most {_SMALL_K_HEAD_DIM}), "
+                         f"got {head_dim_v} with key head_dim {head_dim}")
+    if fp8:
+        raise NotImplementedError(f"{name}: a value head_dim ({head_dim_v}) different from the key head_dim "
+                                  f"({head_dim}) is not supported with float8_e4m3fn inputs (FlashAttention 3 tests "
+                                  "fp8 with equal head dims only); use fp16 / bf16, or equal head dims")
 
 
 def _check_descales(q: torch.Tensor, k: torch.Tensor, batch: int, q_descale, k_descale, v_descale,
@@ -330,16 +356,19 @@ def flash_attn_func(
 ):
     """Sliding-window / causal attention of a batch of equal-length sequences.
 
-    q: ``[B, Sq, H, D]``; k, v: ``[B, Sk, Hk, D]`` with H a multiple of Hk (GQA/MQA); float16, bfloat16 (float32
-    accepted). D a multiple of 8 up to 256. ``window_size=(left, right)``, -1 = unbounded; ``causal`` sets right
-    = 0. ``attention_chunk`` > 0 (Llama 4's chunked local attention): a query also sees only the keys of its own
-    chunk, ``[c * chunk, (c + 1) * chunk)`` with c = (i + Sk - Sq) // chunk, intersected with the window.
+    q: ``[B, Sq, H, D]``; k: ``[B, Sk, Hk, D]``, v: ``[B, Sk, Hk, Dv]`` with H a multiple of Hk (GQA/MQA); float16,
+    bfloat16 (float32 accepted). D a multiple of 8 up to 256; Dv (FlashAttention 3's ``headdim_v``) D or another
+    multiple of 8 up to 256 (up to 512 when D <= 64), 16-bit or float32 inputs only.
+    ``window_size=(left, right)``, -1 = unbounded; ``causal`` sets right = 0. ``attention_chunk`` > 0 (Llama 4's
+    chunked local attention): a query also sees only the keys of its own chunk, ``[c * chunk, (c + 1) * chunk)``
+    with c = (i + Sk - Sq) // chunk, intersected with the window.
     ``softcap > 0``: scores ``softcap * tanh(s / softcap)``. ``sinks``: ``[H]`` per-head logits (float) that join
     the softmax denominator. ``num_splits`` > 1 splits each KV loop (0 = automatic).
-    Returns out ``[B, Sq, H, D]`` (q's dtype), and ``softmax_lse [B, H, Sq]`` (float32, natural log) when
+    Returns out ``[B, Sq, H, Dv]`` (q's dtype), and ``softmax_lse [B, H, Sq]`` (float32, natural log) when
     ``return_softmax_lse`` or ``return_attn_probs``. ``deterministic`` is accepted: the forward always is, and so
-    is the backward. ``sm_margin`` lowers the SM count that automatic split-KV plans for (swattn's grids are not
-    persistent, so no SM is reserved beyond that).
+    is the backward (dq, dk ``[..., D]``, dv ``[..., Dv]``; Dv up to 256, as FlashAttention 3's backward: a larger
+    one is refused at the backward, naming v). ``sm_margin`` lowers the SM count that automatic split-KV plans for
+    (swattn's grids are not persistent, so no SM is reserved beyond that).
     fp8 (forward only): k, v in ``torch.float8_e4m3fn`` with q in fp16/bf16 (out in q's dtype) or e4m3 too (out
     bf16, as FlashAttention 3); ``q_descale`` (e4m3 q), ``k_descale``, ``v_descale``: float32 ``[B, Hk]`` (any
     strides; None = 1), the attention of ``q * q_descale`` over ``k * k_descale`` and ``v * v_descale``. Inputs
@@ -446,12 +475,13 @@ def flash_attn_varlen_func(
 ):
     """Attention over packed sequences of different lengths.
 
-    q: ``[total_q, H, D]``; k, v: ``[total_k, Hk, D]``; ``cu_seqlens_q``, ``cu_seqlens_k``: ``[B + 1]`` int32
+    q: ``[total_q, H, D]``; k: ``[total_k, Hk, D]``, v: ``[total_k, Hk, Dv]`` (Dv as in ``flash_attn_func``);
+    ``cu_seqlens_q``, ``cu_seqlens_k``: ``[B + 1]`` int32
     cumulative lengths starting at 0; ``max_seqlen_q/k``: ints >= every sequence's length. ``seqused_k [B]``
     (int32): keys actually used by each sequence (<= its cu_seqlens_k length); ``seqused_q [B]`` (int32): queries
     actually used (<= its cu_seqlens_q length): the rows past it are neither read nor written, so out and lse hold
     unspecified values there (as in FlashAttention 3), and their gradients are 0. Window, softcap, sinks,
-    attention_chunk as in ``flash_attn_func``. Returns out ``[total_q, H, D]`` and, when asked, ``softmax_lse
+    attention_chunk as in ``flash_attn_func``. Returns out ``[total_q, H, Dv]`` and, when asked, ``softmax_lse
     [H, total_q]`` float32.
     """
     _unsupported(qv=qv)
@@ -541,12 +571,14 @@ def flash_attn_with_kvcache(
     q: ``[B, Sq, H, D]``, or ``[total_q, H, D]`` with ``cu_seqlens_q [B + 1]`` (int32) and ``max_seqlen_q``.
     k_cache, v_cache: contiguous ``[B_cache, S_cache, Hk, D]`` (row ``cache_batch_idx[b]`` or b), or paged
     ``[num_pages, page_size, Hk, D]`` with ``page_table [B_cache, max_pages]`` (int32; row ``cache_batch_idx[b]``
-    or b lists sequence b's pages), any page_size >= 1. cache_seqlens: int or ``[B]`` int32, tokens already in the
-    cache (None = the whole cache). k, v (optional): new tokens ``[B, S_new, Hk, D]``, or packed ``[total_new, Hk,
-    D]`` with ``cu_seqlens_k_new [B + 1]`` (int32), or (swattn's shorthand, with cu_seqlens_q) ``[total_q, Hk, D]``
-    laid out like q; written in place at ``cache_seqlens[b] ...`` before attending, in one launch; the queries are
-    the last rows (bottom-right alignment). ``cache_leftpad [B]`` (int32): sequence b's keys start at cache slot
-    ``cache_leftpad[b]`` (slots before it are never read); positions and the window count from there.
+    or b lists sequence b's pages), any page_size >= 1; v_cache's last dimension may be a value head_dim Dv of its
+    own (as in ``flash_attn_func``; new ``v`` then has it too). cache_seqlens: int or ``[B]`` int32, tokens
+    already in the cache (None = the whole cache). k, v (optional): new tokens ``[B, S_new, Hk, D]``, or packed
+    ``[total_new, Hk, D]`` with ``cu_seqlens_k_new [B + 1]`` (int32), or (swattn's shorthand, with cu_seqlens_q)
+    ``[total_q, Hk, D]`` laid out like q; written in place at ``cache_seqlens[b] ...`` before attending, in one
+    launch; the queries are the last rows (bottom-right alignment). ``cache_leftpad [B]`` (int32): sequence b's
+    keys start at cache slot ``cache_leftpad[b]`` (slots before it are never read); positions and the window count
+    from there.
     ``rotary_cos``/``rotary_sin`` ``[seqlen_ro, rotary_dim / 2]`` (with k, v): new key i of sequence b is rotated at
     position ``rotary_seqlens[b] + i`` (default ``cache_seqlens[b] + i``) before it is written, and q likewise when
     the attention is causal or local (else every query at ``rotary_seqlens[b]``), as FlashAttention 3 does;
@@ -560,7 +592,8 @@ def flash_attn_with_kvcache(
     ``num_splits`` 0 = automatic split-KV, 1 = none;
     ``pack_gqa`` None = automatic. ``sm_margin`` lowers the SM count that automatic split-KV plans for (swattn's
     grids are not persistent, so no SM is reserved beyond that); ``scheduler_metadata`` is accepted and not needed
-    (swattn plans from shapes on the host, without reading GPU data). Returns out shaped like q and, with
+    (swattn plans from shapes on the host, without reading GPU data). Returns out shaped like q with v_cache's
+    head_dim and, with
     ``return_softmax_lse``, lse ``[B, H, Sq]`` or ``[H, total_q]`` (float32).
     With ``check_inputs`` (default: on for CPU tensors, off on GPU: it synchronises), page indices, cache_seqlens,
     cache_leftpad, cache_batch_idx, cu_seqlens_k_new and rotary positions are checked against their tensors;
@@ -620,16 +653,19 @@ def flash_attn_with_kvcache(
             _check_tensor("k", k, 3, layout)
             _check_tensor("v", v, 3, layout)
             rows = k.shape[0] if cu_seqlens_k_new is not None else q.shape[0]
-            expected = (rows,) + tuple(k_cache.shape[2:])
+            leading = (rows,)
             new_tokens = None
         else:
             _check_tensor("k", k, 4, "(B, S_new, Hk, D)")
-            _check_tensor("v", v, 4, "(B, S_new, Hk, D)")
-            expected = (batch, k.shape[1]) + tuple(k_cache.shape[2:])
+            _check_tensor("v", v, 4, "(B, S_new, Hk, Dv)")
+            leading = (batch, k.shape[1])
             new_tokens = k.shape[1]
-        for name, t in (("k", k), ("v", v)):
+        for name, t, cache in (("k", k, k_cache), ("v", v, v_cache)):
+            # New values have v_cache's head_dim (which may differ from the keys', FlashAttention 3's headdim_v).
+            expected = leading + tuple(cache.shape[2:])
             if tuple(t.shape) != expected:
-                raise ValueError(f"{name}: expected shape {expected} for new tokens, got {tuple(t.shape)}")
+                raise ValueError(f"{name}: expected shape {expected} for new tokens (heads and head_dim of "
+                                 f"{name}_cache), got {tuple(t.shape)}")
             if t.dtype != k_cache.dtype and not (k_cache.dtype == _FP8 and t.dtype == q.dtype):
                 allowed = f"{k_cache.dtype} like the cache" + (
                     f" or {q.dtype} like q (quantized with k_descale/v_descale)" if k_cache.dtype == _FP8 else "")
@@ -738,7 +774,8 @@ def get_scheduler_metadata(
     swattn plans each call from shapes alone on the host (no GPU read, nothing to precompute), so the metadata is
     not needed: ``flash_attn_with_kvcache`` accepts it and makes the same plan without it. What is returned is
     that plan, for inspection: an int32 tensor ``[num_splits, pack_gqa]`` on ``cache_seqlens``' device, the split
-    count and PackGQA choice ``flash_attn_with_kvcache`` makes for these shapes. Arguments are checked as there.
+    count and PackGQA choice ``flash_attn_with_kvcache`` makes for these shapes. Arguments are checked as there
+    (``headdim_v``: v_cache's head_dim, as ``check_value_head_dim`` takes it; it does not change the plan).
     """
     for name, value, minimum in (("batch_size", batch_size, 0), ("max_seqlen_q", max_seqlen_q, 0),
                                  ("max_seqlen_k", max_seqlen_k, 0), ("num_heads_q", num_heads_q, 1),
@@ -748,11 +785,11 @@ def get_scheduler_metadata(
         _check_int_arg(name, value, minimum)
     if num_heads_q % num_heads_kv != 0:
         raise ValueError(f"num_heads_q: {num_heads_q} must be a multiple of num_heads_kv = {num_heads_kv}")
-    if headdim_v is not None and headdim_v != headdim:
-        raise NotImplementedError(f"headdim_v: a value head_dim ({headdim_v}) different from headdim ({headdim}) is "
-                                  "not supported by swattn")
     if qkv_dtype not in _DTYPES + (_FP8,):
         raise TypeError(f"qkv_dtype: expected float16, bfloat16, float32 or float8_e4m3fn, got {qkv_dtype}")
+    if headdim_v is not None:
+        _check_int_arg("headdim_v", headdim_v, 8)
+        check_value_head_dim("headdim_v", headdim, headdim_v, qkv_dtype == _FP8)
     if not isinstance(cache_seqlens, torch.Tensor):
         raise TypeError(f"cache_seqlens: expected an int32 tensor (B,), got {type(cache_seqlens).__name__}")
     if page_size is not None:

@@ -3,7 +3,7 @@
 ``swattn::fwd`` (dense and varlen prefill; differentiable, its autograd formula calls ``swattn::bwd``) and
 ``swattn::fwd_kvcache`` (mutates the caches when new k/v are appended). CUDA tensors run the Triton kernels; CPU
 tensors run them under ``TRITON_INTERPRET=1`` and the float64 reference otherwise (the backward then differentiates
-the reference with torch.autograd). The fake implementations give ``empty_like(q)`` and ``lse_shape``, whose
+the reference with torch.autograd). The fake implementations give ``_out_like(q, v)`` and ``lse_shape``, whose
 layouts the real path returns too. Arguments arrive already checked by ``swattn.interface``, through ``run_fwd``
 / ``run_fwd_kvcache``, which skip the dispatcher for plain eager calls (it costs about 75 us of host time a call
 on a fast CPU): the implementation directly, or ``_EagerAttention`` (the same forward and backward) when a
@@ -74,10 +74,11 @@ def lse_shape(q: torch.Tensor, varlen_q: bool) -> tuple[int, ...]:
     return (q.shape[0], q.shape[2], q.shape[1])
 
 
-def _like_fake(q: torch.Tensor, out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference's results in the layouts the fake implementations promise (``empty_like(q)`` and a contiguous
-    LSE): compiled graphs assert them, and the reference builds its output as a transposed view."""
-    return _out_like(q).copy_(out), lse.contiguous()
+def _like_fake(q: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+               lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's results in the layouts the fake implementations promise (``_out_like(q, v)`` and a
+    contiguous LSE): compiled graphs assert them, and the reference builds its output as a transposed view."""
+    return _out_like(q, v).copy_(out), lse.contiguous()
 
 
 def _reference_kwargs(softmax_scale: float, left: int, right: int, softcap: float, sinks, attention_chunk: int = 0,
@@ -86,9 +87,13 @@ def _reference_kwargs(softmax_scale: float, left: int, right: int, softcap: floa
                 attention_chunk=attention_chunk, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
 
 
-def _out_like(q: torch.Tensor) -> torch.Tensor:
-    """An output like q (fp8 q: bf16, as FlashAttention 3)."""
-    return torch.empty_like(q, dtype=torch.bfloat16 if q.dtype == torch.float8_e4m3fn else q.dtype)
+def _out_like(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """An output like q (fp8 q: bf16, as FlashAttention 3) with v's head_dim: ``empty_like(q)``, or contiguous
+    ``[..., Dv]`` when the value head_dim Dv differs from q's (the kernels' layouts, both)."""
+    dtype = torch.bfloat16 if q.dtype == torch.float8_e4m3fn else q.dtype
+    if v.shape[-1] != q.shape[-1]:
+        return q.new_empty((*q.shape[:-1], v.shape[-1]), dtype=dtype)
+    return torch.empty_like(q, dtype=dtype)
 
 
 def _fwd_impl(
@@ -128,7 +133,7 @@ def _fwd_impl(
             result = reference.attention_kvcache_ref(q, k, v, seqused_k, **kwargs)
         else:
             result = reference.attention_ref(q, k, v, **kwargs)
-        out, lse = _like_fake(q, *result)
+        out, lse = _like_fake(q, v, *result)
         return out, lse if return_lse else _no_lse(q)
     out, lse, _ = attention_forward(
         q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
@@ -146,8 +151,8 @@ def _fwd_fake(q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_
               left, right, softcap, pack_gqa, num_splits, seqused_q=None, attention_chunk=0, q_descale=None,
               k_descale=None, v_descale=None, return_lse=True):
     if not return_lse:
-        return _out_like(q), _no_lse(q)
-    return _out_like(q), q.new_empty(lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
+        return _out_like(q, v), _no_lse(q)
+    return _out_like(q, v), q.new_empty(lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
 
 
 def _reference_backward(dout, q, k, v, dlse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, softmax_scale, left, right,
@@ -228,6 +233,10 @@ def _fwd_setup_context(ctx, inputs, output):
     # fp8 has no backward; as in FlashAttention 3, inputs that require grad are accepted and only a backward
     # through the call is refused (``_fwd_backward``): nothing is saved for it.
     ctx.fp8 = any(d is not None for d in descales) or k.dtype == torch.float8_e4m3fn
+    # A value head_dim the backward does not take (``backward_refusal``): refused, as fp8, only at the backward.
+    ctx.refusal = backward_refusal(q, v)
+    if ctx.refusal is not None:
+        return
     # Called through the dispatcher with return_lse=False (run_fwd never does that when a gradient is needed).
     ctx.without_lse = len(rest) > 3 and not rest[3]
     if ctx.fp8 or ctx.without_lse:
@@ -245,7 +254,24 @@ def _needs_input_grad(ctx) -> tuple[bool, ...]:
     return ctx.needs_input_grad[getattr(ctx, "input_offset", 0):]
 
 
+# The largest value head_dim (v's last dimension, when it differs from q's) the backward takes.
+MAX_BACKWARD_HEAD_DIM_V = 256
+
+
+def backward_refusal(q: torch.Tensor, v: torch.Tensor) -> str | None:
+    """Why the backward cannot take these inputs (None when it can): a value head_dim Dv (v's last dimension) other
+    than q's beyond what the backward takes."""
+    head_dim, head_dim_v = q.shape[-1], v.shape[-1]
+    if head_dim_v != head_dim and head_dim_v > MAX_BACKWARD_HEAD_DIM_V:
+        # As FlashAttention 3, whose backward takes head dims up to 256 (its tests run none with Dv > 256).
+        return (f"v: the backward takes a value head_dim up to {MAX_BACKWARD_HEAD_DIM_V}, got {head_dim_v} (key "
+                f"head_dim {head_dim}); run the forward under torch.no_grad() or detach its inputs")
+    return None
+
+
 def _fwd_backward(ctx, grad_out, grad_lse, backward=None):
+    if getattr(ctx, "refusal", None) is not None:
+        raise NotImplementedError(ctx.refusal)
     if ctx.fp8:
         name = next((n for n, wanted in zip(("q", "k", "v", "sinks"), _needs_input_grad(ctx)) if wanted), "q")
         raise NotImplementedError(f"{name}: a backward through fp8 (float8_e4m3fn) attention is not supported "
@@ -302,7 +328,7 @@ class _EagerAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse, _plan):
-        if ctx.forward_plan is None or ctx.fp8:  # the reference's backward, or fp8's refusal
+        if ctx.forward_plan is None or ctx.fp8 or ctx.refusal:  # the reference's backward, or a refusal
             return None, *_fwd_backward(ctx, grad_out, grad_lse, backward=_bwd_impl)
         return None, *_planned_backward(ctx, grad_out, grad_lse)
 
@@ -415,7 +441,7 @@ def _fwd_kvcache_impl(
         q = reference.rotate_queries_ref(q, rotary_cos, rotary_sin,
                                          cache_seqlens if rotary_seqlens is None else rotary_seqlens,
                                          rotary_sequential_q, rotary_interleaved, cu_seqlens_q)
-    out, lse = _like_fake(q, *reference.attention_kvcache_ref(
+    out, lse = _like_fake(q, v_cache, *reference.attention_kvcache_ref(
         q, k_cache, v_cache, seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
         cu_seqlens_q=cu_seqlens_q, cache_leftpad=cache_leftpad,
         **_reference_kwargs(softmax_scale, left, right, softcap, sinks, attention_chunk, q_descale, k_descale,
@@ -448,8 +474,10 @@ class _KVCachePlan:
         # setting and its table may change between calls.
         self.fused_case = None
         # The fused append copies tokens as they are: an e4m3 cache takes the append launch, which quantizes them.
+        # It reads k and v through one set of strides and head_dim: a value head_dim of its own (v_cache's last
+        # dimension other than k_cache's) takes the append launch too.
         if (one_new_token_per_query and rotary_cos is None and cache_leftpad is None
-                and k_cache.dtype != torch.float8_e4m3fn):
+                and k_cache.dtype != torch.float8_e4m3fn and v_cache.shape[-1] == k_cache.shape[-1]):
             self.fused_case = (left, 0 if page_table is None else k_cache.shape[1],
                                q.shape[0] if cu_seqlens_q is None else cu_seqlens_q.shape[0] - 1,
                                q.shape[1] if cu_seqlens_q is None else max_seqlen_q)
@@ -520,8 +548,8 @@ def _fwd_kvcache_fake(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx,
                       rotary_seqlens=None, rotary_interleaved=True, rotary_sequential_q=True, attention_chunk=0,
                       q_descale=None, k_descale=None, v_descale=None, return_lse=True):
     if not return_lse:
-        return _out_like(q), _no_lse(q)
-    return _out_like(q), q.new_empty(lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
+        return _out_like(q, v_cache), _no_lse(q)
+    return _out_like(q, v_cache), q.new_empty(lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
 
 
 def _may_skip_dispatcher(tensors) -> bool:

@@ -125,7 +125,8 @@ def attention_ref(
     k_descale: torch.Tensor | None = None,
     v_descale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of one batch: q ``[B, Sq, H, D]``, k/v ``[B, Sk, Hk, D]`` -> (out ``[B, Sq, H, D]`` in q's dtype,
+    """Attention of one batch: q ``[B, Sq, H, D]``, k ``[B, Sk, Hk, D]``, v ``[B, Sk, Hk, Dv]`` (Dv may differ from
+    D) -> (out ``[B, Sq, H, Dv]`` in q's dtype,
     bf16 for fp8 q, lse ``[B, H, Sq]`` fp32). ``q_descale``/``k_descale``/``v_descale`` ``[B, Hk]``: fp8 inputs'
     descales (``dequantize``), None = 1.
 
@@ -161,7 +162,7 @@ def attention_varlen_ref(
     """Varlen attention: q ``[total_q, H, D]``, k/v ``[total_k, Hk, D]`` -> (out ``[total_q, H, D]``,
     lse ``[H, total_q]``), one sequence at a time through ``attention_ref``. ``seqused_q`` / ``seqused_k`` limit
     the rows / keys each sequence uses; unused rows are left 0 (lse -inf) here, unwritten by the kernels."""
-    out = torch.zeros_like(q, dtype=torch.bfloat16 if q.dtype == FP8 else q.dtype)
+    out = _zeros_out(q, v.shape[-1])
     lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
     cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
     for b in range(len(cq) - 1):
@@ -172,6 +173,11 @@ def attention_varlen_ref(
         out[cq[b]:q_end] = o_b[0]
         lse[:, cq[b]:q_end] = l_b[0]
     return out, lse
+
+
+def _zeros_out(q: torch.Tensor, head_dim_v: int) -> torch.Tensor:
+    """A zero output for varlen q ``[total_q, H, D]``: ``[total_q, H, Dv]`` in q's dtype (bf16 for fp8 q)."""
+    return q.new_zeros((*q.shape[:-1], head_dim_v), dtype=torch.bfloat16 if q.dtype == FP8 else q.dtype)
 
 
 def _descales_of(kwargs: dict, b: int) -> dict:
@@ -252,7 +258,7 @@ def attention_kvcache_ref(
     if cu_seqlens_q is None:
         outs, lses = zip(*(one(q[b], b) for b in range(len(kv))))
         return torch.cat(outs), torch.cat(lses)
-    out = torch.zeros_like(q, dtype=torch.bfloat16 if q.dtype == FP8 else q.dtype)
+    out = _zeros_out(q, v_cache.shape[-1])
     lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
     for b in range(len(kv)):
         o_b, l_b = one(q[bounds[b]:bounds[b + 1]], b)
@@ -391,7 +397,7 @@ def attention_backward_ref(
     ``(dq, dk, dv, dsinks)`` in the inputs' dtypes, dsinks fp32 ``[H]`` or None.
     """
     left, right = normalize_window(False, window_size)
-    seqlen_q, num_heads, head_dim = q.shape[1], q.shape[2], q.shape[3]
+    seqlen_q, num_heads = q.shape[1], q.shape[2]
     seqlen_k, num_kv_heads = k.shape[1], k.shape[2]
     group = num_heads // num_kv_heads
     f64 = torch.float64
@@ -419,8 +425,8 @@ def attention_backward_ref(
     dk = torch.einsum("bhqk,bqhd->bkhd", dscores, qf) * softmax_scale
     dv = torch.einsum("bhqk,bqhd->bkhd", probs, dof)
     batch = q.shape[0]
-    dk = dk.view(batch, seqlen_k, num_kv_heads, group, head_dim).sum(3)
-    dv = dv.view(batch, seqlen_k, num_kv_heads, group, head_dim).sum(3)
+    dk = dk.view(batch, seqlen_k, num_kv_heads, group, k.shape[-1]).sum(3)
+    dv = dv.view(batch, seqlen_k, num_kv_heads, group, v.shape[-1]).sum(3)
     dsinks = None
     if sinks is not None:
         sink_probs = torch.where(finite[..., 0], torch.exp(sinks.to(f64).view(1, -1, 1) - lsef), 0.0)

@@ -153,6 +153,8 @@ def test_errors_name_the_argument():
         sliding_window_attention(q, q, q, layout="striped")
     with pytest.raises(ValueError, match="method"):
         sliding_window_attention(q, q, q, method="all-to-all")
+    with pytest.raises(NotImplementedError, match=r"^v: a value head_dim \(16\) other than q / k's \(8\)"):
+        sliding_window_attention(q, q, torch.randn(1, 4, 2, 16))
     with pytest.raises(RuntimeError, match="init_process_group"):
         sliding_window_attention(q, q, q, window_size=(3, 0))
 

@@ -74,8 +74,10 @@ COMMON_CHECKS = [
     ("v-device-mismatch", lambda make, rank: make(v=make()["v"].to("meta")), ValueError, r"^v: expected device"),
     ("kv-shape-mismatch", lambda make, rank: make(v=make()["v"][:1] if rank == 4 else make()["v"][:3]), ValueError,
      r"^v: expected shape .* to match k"),
-    ("v-head-dim-differs", lambda make, rank: make(v=torch.cat([make()["v"]] * 2, -1)), ValueError,
-     r"^v: expected shape .* to match k"),
+    # A value head_dim of its own is FlashAttention 3's headdim_v (tests/kernels/test_value_head_dim.py); one that is
+    # not a multiple of 8 is refused.
+    ("v-head-dim-not-multiple-of-8", lambda make, rank: make(v=torch.cat([make()["v"], make()["v"][..., :4]], -1)),
+     ValueError, r"^v: the value head_dim \(last dimension\) must be a multiple of 8"),
     ("head-dim-not-multiple-of-8", lambda make, rank: _head_dim(make, 12), ValueError, r"^q: head_dim must be"),
     ("head-dim-4", lambda make, rank: _head_dim(make, 4), ValueError, r"^q: head_dim must be"),
     ("head-dim-264", lambda make, rank: _head_dim(make, 264), ValueError, r"^q: head_dim must be"),

@@ -93,6 +93,11 @@ def sliding_window_attention(
         if k.shape[:2] != q.shape[:2]:
             raise ValueError(f"k: expected batch and length {tuple(q.shape[:2])} to match q (self-attention: a "
                              f"rank's queries and keys are the same tokens), got {tuple(k.shape[:2])}")
+    if v.shape[-1] != q.shape[-1]:
+        # The halo and ring exchanges send k and v in one buffer of k's shape.
+        raise NotImplementedError(f"v: a value head_dim ({v.shape[-1]}) other than q / k's ({q.shape[-1]}) is not "
+                                  "supported by context-parallel attention (swattn.flash_attn_func takes it on one "
+                                  "rank)")
     softmax_scale = _check_scalars(q, softmax_scale, softcap)
     left, right = normalize_window(causal, window_size)
     sinks = _check_sinks(sinks, q.shape[2], q.device)

@@ -116,7 +116,8 @@ def _append_kv_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
     USE_PDL: tl.constexpr, HAS_ROTARY: tl.constexpr = False, INTERLEAVED: tl.constexpr = True,
     SEQUENTIAL_Q: tl.constexpr = True, IS_VARLEN_Q: tl.constexpr = False, HAS_ROTARY_SEQLENS: tl.constexpr = False,
-    BLOCK_HQ: tl.constexpr = 1, QUANTIZE: tl.constexpr = False,
+    BLOCK_HQ: tl.constexpr = 1, QUANTIZE: tl.constexpr = False, HEAD_DIM_V: tl.constexpr = 0,
+    BLOCK_DV: tl.constexpr = 0,
 ):
     """Grid: (max(num_tokens, batch[, num_q_tokens with rotary]),). Program p writes ``SEQLENS_K[p]`` (p < batch)
     and copies new token p (p < num_tokens, skipped when it is varlen padding) into its cache slot, all heads at
@@ -132,6 +133,9 @@ def _append_kv_kernel(
     ``QUANTIZE`` (fp16/bf16 tokens into an e4m3 cache): each head's token is divided by its descale
     ``K_DESCALE[b, h]`` / ``V_DESCALE[b, h]``, saturated to +-448 and rounded to nearest even (after rotary, which
     rounds to the new tokens' dtype first, as without fp8).
+
+    ``HEAD_DIM_V`` > 0: values have a head_dim of their own (FlashAttention 3's ``headdim_v``), padded to
+    ``BLOCK_DV``; 0 (equal head dims): values as keys.
     """
     wait_for_previous_grid(USE_PDL)
     program = tl.program_id(0)
@@ -176,7 +180,14 @@ def _append_kv_kernel(
                             stride_sin, rotary_dim, INTERLEAVED).to(K_NEW.dtype.element_ty)
             else:
                 k = tl.load(k_src + offs_h[:, None] * stride_knh + offs_d[None, :], mask=mask)
-            v = tl.load(v_src + offs_h[:, None] * stride_vnh + offs_d[None, :], mask=mask)
+            if HEAD_DIM_V != 0:
+                offs_dv = tl.arange(0, BLOCK_DV)
+                v_mask = (offs_h[:, None] < num_kv_heads) & (offs_dv[None, :] < HEAD_DIM_V)
+                v = tl.load(v_src + offs_h[:, None] * stride_vnh + offs_dv[None, :], mask=v_mask)
+            else:
+                offs_dv = offs_d
+                v_mask = mask
+                v = tl.load(v_src + offs_h[:, None] * stride_vnh + offs_d[None, :], mask=mask)
             if QUANTIZE:
                 head_mask = offs_h < num_kv_heads
                 seq64 = seq.to(tl.int64)
@@ -187,7 +198,7 @@ def _append_kv_kernel(
             k_dst = K_CACHE + row * stride_kcb + slot * stride_kcs
             v_dst = V_CACHE + row * stride_vcb + slot * stride_vcs
             tl.store(k_dst + offs_h[:, None] * stride_kch + offs_d[None, :], k, mask=mask)
-            tl.store(v_dst + offs_h[:, None] * stride_vch + offs_d[None, :], v, mask=mask)
+            tl.store(v_dst + offs_h[:, None] * stride_vch + offs_dv[None, :], v, mask=v_mask)
     if HAS_ROTARY:
         if program < num_q_tokens:
             if IS_VARLEN_Q:
@@ -364,6 +375,9 @@ def _plan_append(k_cache, v_cache, k_new, v_new, cache_batch_idx, page_table, cu
         INTERLEAVED=rotary_interleaved, SEQUENTIAL_Q=rotary_sequential_q, IS_VARLEN_Q=varlen_q and rotary,
         HAS_ROTARY_SEQLENS=rotary_seqlens is not None, BLOCK_HQ=next_power_of_2(q.shape[-2]) if rotary else 1,
         QUANTIZE=k_cache.dtype == torch.float8_e4m3fn and k_new.dtype != k_cache.dtype,
+        # Values with a head_dim of their own (equal head dims leave the defaults: the kernel compiles as before).
+        **({"HEAD_DIM_V": v_new.shape[-1], "BLOCK_DV": next_power_of_2(v_new.shape[-1])}
+           if v_new.shape[-1] != head_dim else {}),
     )
     # The kernel's 17 tensors this signature passes (``_AppendPlan.run`` picks them; the others are the placeholder).
     present = (True, True, True, True, True, True, varlen, cache_batch_idx is not None, page_table is not None,

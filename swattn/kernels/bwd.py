@@ -48,7 +48,7 @@ from swattn.kernels._common import (
     token_strides,
 )
 from swattn.kernels._launch import MAX_GRID_YZ, Launch, PlanCache, kept_buffer, stream_key, tensor_signature
-from swattn.kernels.configs import BwdConfig, backward_config
+from swattn.kernels.configs import BwdConfig, backward_config, value_dim_backward_config
 
 
 @triton.jit
@@ -94,11 +94,13 @@ def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, lse_bas
                  stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, MASK: tl.constexpr,
                  HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MASK_D: tl.constexpr,
                  HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, BLOCK_POS: tl.constexpr, USE_TMA: tl.constexpr,
-                 chunk=0, HAS_CHUNK: tl.constexpr = False):
+                 chunk=0, HAS_CHUNK: tl.constexpr = False, offs_dv=None, MASK_DV: tl.constexpr = False,
+                 HEAD_DIM_V: tl.constexpr = 0):
     """Accumulate dK/dV of the program's keys over query blocks ``[block_begin, block_end)`` of BLOCK_POS
     positions; MASK for edge blocks. Row r of a block is position ``row_pos[r]`` of the block, in the head at
     ``*_head_offsets[r]`` from the bases (PackGQA: several heads per position). With ``USE_TMA`` (one head per
-    block) q and dO come through descriptors whose rows end at ``q_end``."""
+    block) q and dO come through descriptors whose rows end at ``q_end``. ``HEAD_DIM_V`` > 0: dO's (V's) head_dim
+    differs from q's, its rows span ``offs_dv`` (``MASK_DV``: masked to HEAD_DIM_V); 0: dO as q."""
     offset = seqlen_k - seqlen_q
     for block in range(block_begin, block_end):
         offs_m = q_start + block * BLOCK_POS + row_pos
@@ -113,8 +115,12 @@ def _dkdv_blocks(dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, lse_bas
         else:
             q = _load_rows(q_base, offs_m64 * stride_qs + q_head_offsets, offs_d, row_mask, MASK, MASK_D, HEAD_DIM,
                            UPCAST)
-            do = _load_rows(do_base, offs_m64 * stride_dos + do_head_offsets, offs_d, row_mask, MASK, MASK_D,
-                            HEAD_DIM, UPCAST)
+            if HEAD_DIM_V == 0:
+                do = _load_rows(do_base, offs_m64 * stride_dos + do_head_offsets, offs_d, row_mask, MASK, MASK_D,
+                                HEAD_DIM, UPCAST)
+            else:
+                do = _load_rows(do_base, offs_m64 * stride_dos + do_head_offsets, offs_dv, row_mask, MASK, MASK_DV,
+                                HEAD_DIM_V, UPCAST)
         lse_ptrs = lse_base + offs_m64 * stride_lq + lse_head_offsets
         delta_ptrs = delta_base + offs_m64 * stride_lq + lse_head_offsets
         if MASK:
@@ -157,6 +163,7 @@ def _swa_bwd_dkdv_kernel(
     HAS_SEQUSED_Q: tl.constexpr, HAS_CHUNK: tl.constexpr, RECORD_LOOP: tl.constexpr, UPCAST: tl.constexpr,
     ROWS_PER_POS: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    HEAD_DIM_V: tl.constexpr = 0, BLOCK_DV: tl.constexpr = 0,
 ):
     """Grid: (key blocks, batch, KV heads).
 
@@ -166,7 +173,8 @@ def _swa_bwd_dkdv_kernel(
     per head, BLOCK_M positions at a time; with PackGQA (``ROWS_PER_POS`` = the group size) once, BLOCK_M rows =
     BLOCK_M / group positions x the group's heads at a time (fewer, larger steps for small windows). Switches:
     window sides, softcap, varlen q/k, per-sequence key lengths (SEQLENS_K), loop recording (tests: q_start,
-    q_end, blocks run).
+    q_end, blocks run). ``HEAD_DIM_V`` > 0: V, dO and dV have a head_dim of their own (FlashAttention 3's
+    ``headdim_v``), padded to ``BLOCK_DV``; 0 (equal head dims, as compiled before): as K's.
     """
     key_block = tl.program_id(0)
     batch = tl.program_id(1)
@@ -185,8 +193,14 @@ def _swa_bwd_dkdv_kernel(
     kv_head64 = kv_head.to(tl.int64)
     k = _load_tile(K + batch64 * stride_kb + kv_head64 * stride_kh, k_begin + offs_n, offs_d, key_valid,
                    stride_ks, True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)  # [BLOCK_N, BLOCK_D]
-    v = _load_tile(V + batch64 * stride_vb + kv_head64 * stride_vh, k_begin + offs_n, offs_d, key_valid,
-                   stride_vs, True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)
+    if HEAD_DIM_V != 0:
+        offs_dv = tl.arange(0, BLOCK_DV)
+        v = _load_tile(V + batch64 * stride_vb + kv_head64 * stride_vh, k_begin + offs_n, offs_dv, key_valid,
+                       stride_vs, True, BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V, UPCAST)  # [BLOCK_N, BLOCK_DV]
+    else:
+        offs_dv = None
+        v = _load_tile(V + batch64 * stride_vb + kv_head64 * stride_vh, k_begin + offs_n, offs_d, key_valid,
+                       stride_vs, True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)
 
     BLOCK_POS = BLOCK_M // ROWS_PER_POS
     q_start, q_end, masked_head_end, unmasked_end, num_blocks = query_block_ranges(
@@ -198,7 +212,10 @@ def _swa_bwd_dkdv_kernel(
         tl.store(record + 2, num_blocks)
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    if HEAD_DIM_V != 0:
+        dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    else:
+        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     rows = tl.arange(0, BLOCK_M)
     row_pos = rows // ROWS_PER_POS
     row_head = (rows % ROWS_PER_POS).to(tl.int64)  # 0 without PackGQA
@@ -216,8 +233,12 @@ def _swa_bwd_dkdv_kernel(
             visible_rows = tl.maximum(q_end, 1)
             q_desc = tl.make_tensor_descriptor(q_base, shape=[visible_rows, HEAD_DIM], strides=[stride_qs, 1],
                                                block_shape=[BLOCK_M, BLOCK_D])
-            do_desc = tl.make_tensor_descriptor(do_base, shape=[visible_rows, HEAD_DIM], strides=[stride_dos, 1],
-                                                block_shape=[BLOCK_M, BLOCK_D])
+            if HEAD_DIM_V != 0:
+                do_desc = tl.make_tensor_descriptor(do_base, shape=[visible_rows, HEAD_DIM_V],
+                                                    strides=[stride_dos, 1], block_shape=[BLOCK_M, BLOCK_DV])
+            else:
+                do_desc = tl.make_tensor_descriptor(do_base, shape=[visible_rows, HEAD_DIM], strides=[stride_dos, 1],
+                                                    block_shape=[BLOCK_M, BLOCK_D])
         # Masked head blocks, unmasked interior, masked tail.
         dk, dv = _dkdv_blocks(
             dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset, 0,
@@ -225,25 +246,28 @@ def _swa_bwd_dkdv_kernel(
             q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets, stride_qs,
             stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, True, HAS_LEFT,
             HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA, chunk,
-            HAS_CHUNK)
+            HAS_CHUNK, offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V)
         dk, dv = _dkdv_blocks(
             dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset,
             masked_head_end, unmasked_end, q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets,
             lse_head_offsets, stride_qs, stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale,
             softcap, False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS,
-            USE_TMA, chunk, HAS_CHUNK)
+            USE_TMA, chunk, HAS_CHUNK, offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V)
         dk, dv = _dkdv_blocks(
             dk, dv, k, v, offs_n, q_base, do_base, q_desc, do_desc, LSE + lse_offset, DELTA + lse_offset,
             unmasked_end, num_blocks,
             q_start, q_end, offs_d, row_pos, q_head_offsets, do_head_offsets, lse_head_offsets, stride_qs,
             stride_dos, stride_lq, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, True, HAS_LEFT,
             HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_POS, USE_TMA, chunk,
-            HAS_CHUNK)
+            HAS_CHUNK, offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V)
 
     store_mask = key_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
     offs_key = (k_begin + offs_n).to(tl.int64)[:, None]
     tl.store(DK + batch64 * stride_dkb + kv_head64 * stride_dkh + offs_key * stride_dks + offs_d[None, :],
              (dk * softmax_scale).to(DK.dtype.element_ty), mask=store_mask)
+    if HEAD_DIM_V != 0:
+        store_mask = key_valid[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
+        offs_d = offs_dv
     tl.store(DV + batch64 * stride_dvb + kv_head64 * stride_dvh + offs_key * stride_dvs + offs_d[None, :],
              dv.to(DV.dtype.element_ty), mask=store_mask)
 
@@ -254,9 +278,11 @@ def _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, k_desc, v_desc, bloc
                stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale, softcap, MASK: tl.constexpr,
                HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr, MASK_D: tl.constexpr,
                HEAD_DIM: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr,
-               chunk=0, HAS_CHUNK: tl.constexpr = False):
+               chunk=0, HAS_CHUNK: tl.constexpr = False, offs_dv=None, MASK_DV: tl.constexpr = False,
+               HEAD_DIM_V: tl.constexpr = 0):
     """Accumulate dQ of the tile over KV blocks ``[block_begin, block_end)`` of its loop; MASK for edge blocks.
-    With ``USE_TMA`` K/V come through descriptors whose rows end at ``kv_end``."""
+    With ``USE_TMA`` K/V come through descriptors whose rows end at ``kv_end``. ``HEAD_DIM_V`` > 0: V's rows span
+    ``offs_dv`` (``MASK_DV``: masked to HEAD_DIM_V); 0: as K's."""
     offset = seqlen_k - seqlen_q
     for block in range(block_begin, block_end):
         offs_n = kv_start + block * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -269,7 +295,10 @@ def _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, k_desc, v_desc, bloc
                 v = v.to(tl.float32)
         else:
             k = _load_tile(k_base, offs_n, offs_d, key_mask, stride_ks, MASK, MASK_D, HEAD_DIM, UPCAST)
-            v = _load_tile(v_base, offs_n, offs_d, key_mask, stride_vs, MASK, MASK_D, HEAD_DIM, UPCAST)
+            if HEAD_DIM_V == 0:
+                v = _load_tile(v_base, offs_n, offs_d, key_mask, stride_vs, MASK, MASK_D, HEAD_DIM, UPCAST)
+            else:
+                v = _load_tile(v_base, offs_n, offs_dv, key_mask, stride_vs, MASK, MASK_DV, HEAD_DIM_V, UPCAST)
         qk = dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
         s2, dscore = _scores(qk, softmax_scale, softcap, HAS_SOFTCAP)
         if MASK:
@@ -300,7 +329,8 @@ def _swa_bwd_dq_kernel(
     IS_VARLEN_Q: tl.constexpr, IS_VARLEN_K: tl.constexpr, HAS_SEQLENS_K: tl.constexpr,
     HAS_SEQUSED_Q: tl.constexpr, HAS_CHUNK: tl.constexpr, HAS_DLSE: tl.constexpr,
     UPCAST: tl.constexpr, ROWS_PER_POS: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr = 0,
+    BLOCK_DV: tl.constexpr = 0,
 ):
     """Grid: (query tiles, batch, heads), or (query tiles, batch, KV heads) with PackGQA.
 
@@ -309,7 +339,8 @@ def _swa_bwd_dq_kernel(
     PackGQA (``ROWS_PER_POS`` = the group size) BLOCK_M / group positions x the heads of one KV head, so a small
     window's keys are loaded once per KV head and the tile's span is shorter. Its KV loop is the forward's: from
     the tile's first visible key over ceil(span / BLOCK_N) blocks, edge blocks masked. Switches: window sides,
-    softcap, varlen q/k, per-sequence key lengths (SEQLENS_K), incoming LSE gradient.
+    softcap, varlen q/k, per-sequence key lengths (SEQLENS_K), incoming LSE gradient. ``HEAD_DIM_V`` > 0: V, O and
+    dO have a head_dim of their own, padded to ``BLOCK_DV``; 0 (equal head dims, as compiled before): as q's.
     """
     tile = tl.program_id(0)
     batch = tl.program_id(1)
@@ -338,11 +369,19 @@ def _swa_bwd_dq_kernel(
 
     q = _load_rows(Q + batch64 * stride_qb, token64 * stride_qs + head64 * stride_qh, offs_d, row_valid,
                    True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)  # [BLOCK_M, BLOCK_D]
-    do = _load_rows(DO + batch64 * stride_dob, token64 * stride_dos + head64 * stride_doh, offs_d, row_valid,
-                    True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)
-    # delta here rather than in a launch of its own: this program reads dO anyway (saves a pass over dO).
-    o = _load_rows(O + batch64 * stride_ob, token64 * stride_os + head64 * stride_oh, offs_d, row_valid,
-                   True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)
+    if HEAD_DIM_V != 0:
+        offs_dv = tl.arange(0, BLOCK_DV)
+        do = _load_rows(DO + batch64 * stride_dob, token64 * stride_dos + head64 * stride_doh, offs_dv, row_valid,
+                        True, BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V, UPCAST)  # [BLOCK_M, BLOCK_DV]
+        o = _load_rows(O + batch64 * stride_ob, token64 * stride_os + head64 * stride_oh, offs_dv, row_valid,
+                       True, BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V, UPCAST)
+    else:
+        offs_dv = None
+        do = _load_rows(DO + batch64 * stride_dob, token64 * stride_dos + head64 * stride_doh, offs_d, row_valid,
+                        True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)
+        # delta here rather than in a launch of its own: this program reads dO anyway (saves a pass over dO).
+        o = _load_rows(O + batch64 * stride_ob, token64 * stride_os + head64 * stride_oh, offs_d, row_valid,
+                       True, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK_M]
     lse_offs = batch64 * stride_lb + head64 * stride_lh + token64 * stride_lq
     if HAS_DLSE:
@@ -362,22 +401,28 @@ def _swa_bwd_dq_kernel(
         visible_rows = tl.maximum(kv_end, 1)
         k_desc = tl.make_tensor_descriptor(k_base, shape=[visible_rows, HEAD_DIM], strides=[stride_ks, 1],
                                            block_shape=[BLOCK_N, BLOCK_D])
-        v_desc = tl.make_tensor_descriptor(v_base, shape=[visible_rows, HEAD_DIM], strides=[stride_vs, 1],
-                                           block_shape=[BLOCK_N, BLOCK_D])
+        if HEAD_DIM_V != 0:
+            v_desc = tl.make_tensor_descriptor(v_base, shape=[visible_rows, HEAD_DIM_V], strides=[stride_vs, 1],
+                                               block_shape=[BLOCK_N, BLOCK_DV])
+        else:
+            v_desc = tl.make_tensor_descriptor(v_base, shape=[visible_rows, HEAD_DIM], strides=[stride_vs, 1],
+                                               block_shape=[BLOCK_N, BLOCK_D])
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     # Masked head blocks, unmasked interior, masked tail.
     dq = _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, k_desc, v_desc, 0, masked_head_end, kv_start,
                     kv_end, offs_d, stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale, softcap,
                     True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST, BLOCK_N, USE_TMA,
-                    chunk, HAS_CHUNK)
+                    chunk, HAS_CHUNK, offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V)
     dq = _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, k_desc, v_desc, masked_head_end, unmasked_end,
                     kv_start, kv_end, offs_d, stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale,
                     softcap, False, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST,
-                    BLOCK_N, USE_TMA, chunk, HAS_CHUNK)
+                    BLOCK_N, USE_TMA, chunk, HAS_CHUNK,
+                    offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V)
     dq = _dq_blocks(dq, q, do, lse2, delta, pos, k_base, v_base, k_desc, v_desc, unmasked_end, num_blocks,
                     kv_start, kv_end, offs_d, stride_ks, stride_vs, seqlen_q, seqlen_k, left, right, softmax_scale,
                     softcap, True, HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, BLOCK_D != HEAD_DIM, HEAD_DIM, UPCAST,
-                    BLOCK_N, USE_TMA, chunk, HAS_CHUNK)
+                    BLOCK_N, USE_TMA, chunk, HAS_CHUNK,
+                    offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V)
     tl.store(DQ + batch64 * stride_dqb + (token64 * stride_dqs + head64 * stride_dqh)[:, None] + offs_d[None, :],
              (dq * softmax_scale).to(DQ.dtype.element_ty), mask=row_valid[:, None] & (offs_d[None, :] < HEAD_DIM))
 
@@ -523,7 +568,14 @@ class _BackwardPlan:
         self.zero_dq, self.zero_dkdv = varlen_q, partial
         self.num_heads, self.device = num_heads, q.device
         block_d = max(16, next_power_of_2(head_dim))
-        config = config or backward_config(block_d, left, q.element_size())
+        # V's head_dim (FlashAttention 3's headdim_v; dO and dV have it too) when it differs from q / k's: the
+        # config of the larger of the two (its registers and shared memory cover both tiles; not timed on a GPU).
+        head_dim_v = v.shape[-1]
+        own_value_dim = head_dim_v != head_dim
+        block_dv = max(16, next_power_of_2(head_dim_v))
+        if config is None:
+            config = (value_dim_backward_config(block_d, block_dv, left, q.element_size()) if own_value_dim
+                      else backward_config(block_d, left, q.element_size()))
         key_blocks = ceil_div(seqlen_k, config.dkdv_block_n)
         self.record_shape = (batch, num_kv_heads, key_blocks, 3) if record_loop else None
         no_queries = batch == 0 or q.numel() == 0 or seqlen_q == 0
@@ -552,6 +604,8 @@ class _BackwardPlan:
             HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, HAS_SOFTCAP=softcap > 0, IS_VARLEN_Q=varlen_q,
             IS_VARLEN_K=varlen_k, HAS_SEQLENS_K=seqused_k is not None, HAS_SEQUSED_Q=seqused_q is not None,
             HAS_CHUNK=attention_chunk > 0, UPCAST=upcast, BLOCK_D=block_d, HEAD_DIM=head_dim,
+            # Launches with equal head dims leave these at their defaults (V as K), so they compile as before.
+            **({"HEAD_DIM_V": head_dim_v, "BLOCK_DV": block_dv} if own_value_dim else {}),
         )
         scalars = (seqlen_q, seqlen_k, group, softmax_scale, softcap if softcap > 0 else 1.0, left, right,
                    max(attention_chunk, 1))

@@ -382,7 +382,8 @@ def forced_config_in_use() -> FwdConfig | None:
 
 def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, window_span: int | None,
                    element_size: int = 2, keys_per_split: int | None = None,
-                   programs_per_sm: float | None = None, paged: bool = False, fp8_kv: bool = False) -> FwdConfig:
+                   programs_per_sm: float | None = None, paged: bool = False, fp8_kv: bool = False,
+                   value_dim_padded: int | None = None) -> FwdConfig:
     """Pick block shapes from shapes only (never from GPU values, so CUDA graphs and torch.compile are safe).
 
     ``element_size``: bytes per q/k/v element (fp32 shrinks the bf16 choice to fit shared memory);
@@ -390,14 +391,18 @@ def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, win
     ``window_span``: ``left + right + 1`` when both sides are bounded, else None; ``keys_per_split``: the most
     keys one split of a sequence's KV loop covers (None: unknown); ``programs_per_sm``: the grid's programs (at
     least one tile per sequence and head axis) per SM (None: unknown); ``paged``: K/V through a page table;
-    ``fp8_kv``: K/V in e4m3 (decode tiles then take ``FP8_PAGED_SPLIT_STAGES`` / ``FP8_SINGLE_LOOP_STAGES``).
-    Choices come from the H100 and H200 sweeps
+    ``fp8_kv``: K/V in e4m3 (decode tiles then take ``FP8_PAGED_SPLIT_STAGES`` / ``FP8_SINGLE_LOOP_STAGES``);
+    ``value_dim_padded``: V's padded head_dim when it differs from K's (``value_dim_config``). Choices come from
+    the H100 and H200 sweeps
     recorded in docs/notes/performance-log.md (scripts/gpu_sweep.py, gpu_splits.py).
     """
     if _forced is not None:
         return _forced
     if interpreter_enabled():
         return FwdConfig(16, 16, 4, 1)
+    if value_dim_padded is not None and value_dim_padded != head_dim_padded:
+        return value_dim_config(head_dim_padded, value_dim_padded, rows_per_tile, pack_gqa, window_span,
+                                element_size, keys_per_split, programs_per_sm, paged)
     # The head-block verify tile (VERIFY_HEAD_BLOCKS) was compiled and timed for bf16 K/V only.
     config = _bf16_forward_config(head_dim_padded, rows_per_tile, pack_gqa, window_span, keys_per_split,
                                   programs_per_sm, paged, head_blocks=not fp8_kv and element_size == 2)
@@ -407,6 +412,53 @@ def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, win
     if fp8_kv:
         config = _fp8_decode_stages(config, rows_per_tile, pack_gqa, paged)
     return _fit_forward(config, head_dim_padded, element_size)
+
+
+# Tiles whose V rows are longer than this (FlashAttention 3's headdim_v up to 512 with a key head_dim of at most
+# 64) take the LARGE_VALUE_* limits: their accumulator is [block_m, 512] fp32.
+LARGE_VALUE_DIM = 256
+# Compiled for sm_90 (Triton 3.6, scripts/kernel_resources.py; registers main / redo launch, spills): D64 Dv512
+# split decode (16, 32, 4, 2) 255 regs and 32 B of spills, (16, 32, 8, 2) 181, (16, 16, 8, 2) 128, (16, 64, 8, 2)
+# 212; causal prefill (64, 32, 8, 2) 228 / 255 with 272 B spilled in the redo launch, (64, 16, 8, 2) 214 / 253, (32,
+# 32, 8, 2) 233 / 255 with 24 B. So: 8 warps, at most 64 rows, 16-key blocks at 64 rows (else 32), 2 stages. Not
+# timed on a GPU.
+LARGE_VALUE_BLOCK_M = 64
+LARGE_VALUE_WARPS = 8
+LARGE_VALUE_STAGES = 2
+
+
+def _large_value_block_n(block_m: int) -> int:
+    return 16 if block_m >= 64 else 32
+
+
+def value_dim_config(head_dim_padded: int, value_dim_padded: int, rows_per_tile: int, pack_gqa: bool,
+                     window_span: int | None, element_size: int = 2, keys_per_split: int | None = None,
+                     programs_per_sm: float | None = None, paged: bool = False) -> FwdConfig:
+    """Block shapes of a forward whose V head_dim (``value_dim_padded``, padded) differs from K's: the equal-dims
+    choice at the larger of the two (its register and shared-memory budget covers the accumulator and both
+    tiles), without the head-block verify tile (which loads V as K); V rows longer than ``LARGE_VALUE_DIM`` within
+    the LARGE_VALUE_* limits and without descriptor loads (a TMA box spans at most 256 elements). Correct for any
+    shape; not tuned (no GPU measured it)."""
+    config = _bf16_forward_config(max(head_dim_padded, value_dim_padded), rows_per_tile, pack_gqa, window_span,
+                                  keys_per_split, programs_per_sm, paged, head_blocks=False)
+    if element_size != 2:
+        config = replace(config, tma=False, maxnreg=None)
+    if value_dim_padded > LARGE_VALUE_DIM:
+        block_m = min(config.block_m, LARGE_VALUE_BLOCK_M)
+        config = replace(config, block_m=block_m, block_n=min(config.block_n, _large_value_block_n(block_m)),
+                         num_warps=LARGE_VALUE_WARPS, num_stages=min(config.num_stages, LARGE_VALUE_STAGES),
+                         tma=False, maxnreg=None, mask_edges_only=False)
+    while (config.block_m * head_dim_padded + (head_dim_padded + value_dim_padded) * config.block_n
+           * max(1, config.num_stages - 1)) * element_size > SHARED_MEMORY_BUDGET:
+        if config.num_stages > 1:
+            config = replace(config, num_stages=config.num_stages - 1)
+        elif config.block_n > 16:
+            config = replace(config, block_n=config.block_n // 2)
+        elif config.block_m > 16:
+            config = replace(config, block_m=config.block_m // 2)
+        else:
+            break
+    return config
 
 
 def _fp8_decode_stages(config: FwdConfig, rows_per_tile: int, pack_gqa: bool, paged: bool) -> FwdConfig:
@@ -474,6 +526,19 @@ def _bf16_forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: boo
         # Pointer loads: causal 16K D128 4573 us, W4095 2135 us (both best of the pointer-load sweep).
         return FwdConfig(128, 128, 8, 3, tma=True)
     return FwdConfig(64, 64, 8, 2)
+
+
+def value_dim_backward_config(head_dim_padded: int, value_dim_padded: int, left: int,
+                              element_size: int = 2) -> BwdConfig:
+    """Block shapes of a backward whose V head_dim (padded; up to 256) differs from q / K's: the equal-dims choice at
+    the larger of the two, with half the streamed and resident rows above 128. Compiled for sm_90 (Triton 3.6), dQ /
+    dK-dV registers and spills: D192 Dv128 with the D256 choice (16, 64, 64, 16, 8 warps) 255 / 255 and 88 / 160 B,
+    with (16, 32, 32, 16, 8 warps) 152 / 154 and none; D64 Dv256 184 / 255 against 122 / 160 (D256 Dv256 itself,
+    shipped unchanged: 255 / 255, 344 / 544 B). Not timed on a GPU."""
+    config = backward_config(max(head_dim_padded, value_dim_padded), left, element_size)
+    if max(head_dim_padded, value_dim_padded) > 128:
+        config = replace(config, dkdv_block_n=min(config.dkdv_block_n, 32), dq_block_m=min(config.dq_block_m, 32))
+    return config
 
 
 def backward_config(head_dim_padded: int, left: int, element_size: int = 2) -> BwdConfig:

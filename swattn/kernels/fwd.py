@@ -419,10 +419,13 @@ def _load_block(k_base, v_base, offs_n, offs_d, load_mask, batch_kv, page_table_
                 stride_vs, page_size, IS_PAGED: tl.constexpr, MASK_D: tl.constexpr, HEAD_DIM: tl.constexpr,
                 key_shift, SHIFT_PAGED_KEYS: tl.constexpr, K_NEW, V_NEW, new_source, first_new, stride_ns,
                 READ_NEW: tl.constexpr, UNSIGNED_KEYS: tl.constexpr = False, k_partner=0, v_partner=0,
-                chunk_slot=0, PREFETCH_PARTNER: tl.constexpr = 0):
+                chunk_slot=0, PREFETCH_PARTNER: tl.constexpr = 0, offs_dv=None, MASK_DV: tl.constexpr = False,
+                HEAD_DIM_V: tl.constexpr = 0):
     """The K and V tiles of keys ``offs_n`` (``load_mask``; zeros elsewhere) through pointers; ``READ_NEW``: see
     ``_attend_blocks``; ``UNSIGNED_KEYS``: see ``_cache_token_offsets`` (not on the READ_NEW path);
-    ``PREFETCH_PARTNER``: see ``_load_kv`` (not on the READ_NEW path)."""
+    ``PREFETCH_PARTNER``: see ``_load_kv`` (not on the READ_NEW path). ``HEAD_DIM_V`` > 0: V's head_dim differs from
+    K's, its tile spans ``offs_dv`` (``MASK_DV``: masked to HEAD_DIM_V); 0: V as K (not on the READ_NEW path)."""
+    tl.static_assert(HEAD_DIM_V == 0 or not READ_NEW, "the fused append takes equal head dims only")
     if READ_NEW:
         # Each row's pointer is its cached key's or, from ``first_new`` on, its new token's in k / v: one load
         # per tile as without the append, no copy to wait for. The new rows then go into the cache from the
@@ -443,9 +446,14 @@ def _load_block(k_base, v_base, offs_n, offs_d, load_mask, batch_kv, page_table_
         # data) right after K's load, so loads issued after K wait for K. Single-stage decode (one block per
         # program) then paid two dependent memory round trips; in this order both tiles are in flight at once
         # (SASS, Triton 3.6; pipelined loops compile to the same code either way).
-        v = _load_kv(v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_vb, stride_vs,
-                     page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS, UNSIGNED_KEYS, v_partner,
-                     chunk_slot, PREFETCH_PARTNER)
+        if HEAD_DIM_V == 0:
+            v = _load_kv(v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_vb, stride_vs,
+                         page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS, UNSIGNED_KEYS, v_partner,
+                         chunk_slot, PREFETCH_PARTNER)
+        else:
+            v = _load_kv(v_base, offs_n, offs_dv, load_mask, batch_kv, page_table_row, stride_vb, stride_vs,
+                         page_size, IS_PAGED, MASK_DV, HEAD_DIM_V, key_shift, SHIFT_PAGED_KEYS, UNSIGNED_KEYS,
+                         v_partner, chunk_slot, PREFETCH_PARTNER)
         k = _load_kv(k_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb, stride_ks,
                      page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift, SHIFT_PAGED_KEYS, UNSIGNED_KEYS, k_partner,
                      chunk_slot, PREFETCH_PARTNER)
@@ -859,7 +867,8 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                    stride_ns=0, READ_NEW: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
                    WIDEN: tl.constexpr = 0, pair_second=None, KV_PAIR: tl.constexpr = 0, k_partner=0,
                    v_partner=0, chunk_slot=0, PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
-                   first_pos=0, last_pos=0, RESCALE_THRESHOLD: tl.constexpr = 0.0):
+                   first_pos=0, last_pos=0, RESCALE_THRESHOLD: tl.constexpr = 0.0, offs_dv=None,
+                   MASK_DV: tl.constexpr = False, HEAD_DIM_V: tl.constexpr = 0):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
     blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it).
@@ -885,9 +894,14 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
     own head's products (``pair_second``).
     ``PREFETCH_PARTNER`` (``FP8_PREFETCH_PARTNER``; pointer loads of the cache): see ``_load_kv``, with
     ``k_partner`` / ``v_partner`` and ``chunk_slot``; with ``KV_PAIR`` PAIR_TWO_LOADS (``offs_d`` one head's) the
-    second KV head's tiles are loaded ``k_partner`` / ``v_partner`` elements on."""
+    second KV head's tiles are loaded ``k_partner`` / ``v_partner`` elements on.
+    ``HEAD_DIM_V`` > 0 (FlashAttention 3's ``headdim_v``): V's head_dim differs from K's; its tiles span ``offs_dv``
+    (``MASK_DV``: masked to HEAD_DIM_V) and ``acc`` is ``[BLOCK_M, BLOCK_DV]`` (not with HEAD_N, READ_NEW,
+    KV_PAIR); 0: V's tiles as K's."""
     offset = seqlen_k - seqlen_q
     tl.static_assert(HEAD_N == 0 or RESCALE_THRESHOLD == 0, "the lazy rescale is the Gluon kernel's: no head block")
+    tl.static_assert(HEAD_DIM_V == 0 or (HEAD_N == 0 and not READ_NEW and KV_PAIR == 0),
+                     "a value head_dim of its own: no head block, fused append or KV pairs")
     if HEAD_N > 0:
         offs_n = kv_end - BLOCK_N + tl.arange(0, BLOCK_N)
         load_mask = offs_n >= kv_start
@@ -916,7 +930,8 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                 k, v = _load_block(k_base, v_base, offs_n, offs_d, load_mask, batch_kv, page_table_row, stride_kb,
                                    stride_ks, stride_vb, stride_vs, page_size, IS_PAGED, MASK_D, HEAD_DIM, key_shift,
                                    SHIFT_PAGED_KEYS, K_NEW, V_NEW, new_source, first_new, stride_ns, READ_NEW,
-                                   FP8 != NO_FP8, k_partner, v_partner, chunk_slot, PREFETCH_PARTNER)
+                                   FP8 != NO_FP8, k_partner, v_partner, chunk_slot, PREFETCH_PARTNER, offs_dv,
+                                   MASK_DV, HEAD_DIM_V)
             k2 = None
             v2 = None
             if KV_PAIR == PAIR_TWO_LOADS or KV_PAIR == PAIR_TRANSPOSED:
@@ -1207,11 +1222,13 @@ def _attend_tile(
     APPEND_READS_INPUT: tl.constexpr = False, HEAD_N: tl.constexpr = 0,
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False, RESCALE_THRESHOLD: tl.constexpr = 0.0,
-    LATE_DEPENDENTS: tl.constexpr = 0,
+    LATE_DEPENDENTS: tl.constexpr = 0, HEAD_DIM_V: tl.constexpr = 0, BLOCK_DV: tl.constexpr = 0,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads, or with
     ``KV_PAIR`` two KV heads' packed heads), over its share ``split`` of the KV loop; the body of
     ``_swa_fwd_kernel``'s programs (see there)."""
+    tl.static_assert(HEAD_DIM_V == 0 or (KV_PAIR == NO_PAIR and HEAD_N == 0 and not APPEND_NEW and FP8 == NO_FP8),
+                     "a value head_dim of its own: 16-bit inputs, no KV pairs, head block or fused append")
     if KV_PAIR != NO_PAIR:
         # The query heads of KV heads 2k and 2k + 1 are 2 x group consecutive heads: a PackGQA tile of that group.
         tl.static_assert(PACK_GQA and FP8 == FP8_KV and HEAD_N == 0 and not APPEND_NEW and not USE_TMA)
@@ -1241,6 +1258,11 @@ def _attend_tile(
             Q, K, V, CACHE_BATCH_IDX, PAGE_TABLE, batch, q_begin, k_begin, row_valid, row_pos, row_head, kv_head,
             stride_qb, stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_page_table,
             HAS_CACHE_BATCH_IDX, UPCAST, BLOCK_D, HEAD_DIM, IS_PAGED, HAS_LEFTPAD_K)
+        # V's (and the output's) head dimension when it differs from K's (HEAD_DIM_V > 0); else V is read as K.
+        if HEAD_DIM_V != 0:
+            offs_dv = tl.arange(0, BLOCK_DV)
+        else:
+            offs_dv = None
         pair_second = None
         offs_kv = offs_d
         if KV_PAIR != NO_PAIR:
@@ -1317,14 +1339,21 @@ def _attend_tile(
             visible_rows = tl.maximum(kv_end, 1)
             k_desc = tl.make_tensor_descriptor(k_base + batch_kv * stride_kb, shape=[visible_rows, HEAD_DIM],
                                                strides=[stride_ks, 1], block_shape=[BLOCK_N, BLOCK_D])
-            v_desc = tl.make_tensor_descriptor(v_base + batch_kv * stride_vb, shape=[visible_rows, HEAD_DIM],
-                                               strides=[stride_vs, 1], block_shape=[BLOCK_N, BLOCK_D])
+            if HEAD_DIM_V != 0:
+                v_desc = tl.make_tensor_descriptor(v_base + batch_kv * stride_vb, shape=[visible_rows, HEAD_DIM_V],
+                                                   strides=[stride_vs, 1], block_shape=[BLOCK_N, BLOCK_DV])
+            else:
+                v_desc = tl.make_tensor_descriptor(v_base + batch_kv * stride_vb, shape=[visible_rows, HEAD_DIM],
+                                                   strides=[stride_vs, 1], block_shape=[BLOCK_N, BLOCK_D])
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         if KV_PAIR == PAIR_TRANSPOSED:
             # _softmax_step_transposed's state: the output transposed, the row sums' per-key terms; q transposed.
             l_i = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
             acc = tl.zeros([BLOCK_D, BLOCK_M], dtype=tl.float32)
             q = tl.trans(q)
+        elif HEAD_DIM_V != 0:
+            l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+            acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
         else:
             l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
             acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -1338,7 +1367,8 @@ def _attend_tile(
                 True, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk, HAS_CHUNK=HAS_CHUNK,
                 FP8=FP8, row_unscale=row_unscale, HEAD_N=HEAD_N, WIDEN=WIDEN, pair_second=pair_second,
                 KV_PAIR=KV_PAIR, ROW_BOUNDS=ROW_BOUNDS, first_pos=first_pos, last_pos=last_pos,
-                RESCALE_THRESHOLD=RESCALE_THRESHOLD)
+                RESCALE_THRESHOLD=RESCALE_THRESHOLD,
+                offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V)
         elif SINGLE_LOOP:
             # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
             # The one pass guards every block, or (2) only blocks whose values are not all finite, or (3) only blocks
@@ -1356,7 +1386,7 @@ def _attend_tile(
                 V_NEW=V_NEW, new_source=new_source, first_new=seqlen_k - seqlen_q, stride_ns=stride_ns,
                 READ_NEW=APPEND_NEW and APPEND_READS_INPUT, HEAD_N=HEAD_N, WIDEN=WIDEN,
                 pair_second=pair_second, KV_PAIR=KV_PAIR, ROW_BOUNDS=ROW_BOUNDS, first_pos=first_pos,
-                last_pos=last_pos)
+                last_pos=last_pos, offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
             k_partner = 0
@@ -1386,7 +1416,8 @@ def _attend_tile(
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
                 HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN=WIDEN,
                 pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
-                chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER)
+                chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER,
+                offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, masked_head_end),
@@ -1397,7 +1428,8 @@ def _attend_tile(
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
                 HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN=WIDEN,
                 pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
-                chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER)
+                chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER,
+                offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, unmasked_end), block_end,
@@ -1407,7 +1439,8 @@ def _attend_tile(
                 BLOCK_N, USE_TMA, key_shift=k_begin, SHIFT_PAGED_KEYS=IS_PAGED and HAS_LEFTPAD_K, chunk=chunk,
                 HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN=WIDEN,
                 pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
-                chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER)
+                chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER,
+                offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V)
         if KV_PAIR == PAIR_TRANSPOSED:
             acc = tl.trans(acc)
             l_i = tl.sum(l_i, 0)
@@ -1415,6 +1448,10 @@ def _attend_tile(
             # (Set only with PDL.) The next kernel may launch while this program finishes its rows and stores them.
             let_dependents_launch(True)
 
+        if HEAD_DIM_V != 0:
+            # The output's rows span V's head dimension.
+            q_mask = row_valid[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
+            offs_d = offs_dv
         _finish_tile(
             acc, l_i, m_i, visited, O, LSE, sink, BLOCK_COUNT, NON_FINITE_FLAGS, ANY_NON_FINITE,
             stride_os, stride_ob, stride_oq, stride_oh, stride_ls, stride_lb, stride_lq, stride_lh,
@@ -1450,7 +1487,7 @@ def _swa_fwd_kernel(
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PRELOAD_L2: tl.constexpr = 0, PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
     RESCALE_THRESHOLD: tl.constexpr = 0.0, STAMPS: tl.constexpr = 0, LATE_DEPENDENTS: tl.constexpr = 0,
-    HEADS_ON_X: tl.constexpr = False,
+    HEADS_ON_X: tl.constexpr = False, HEAD_DIM_V: tl.constexpr = 0, BLOCK_DV: tl.constexpr = 0,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits), or with HEADS_ON_X (more (sequence, head) pairs than a
     grid's second dimension takes, 65535) (batch * heads-per-batch, query tiles, splits); the redo pass: a few
@@ -1480,11 +1517,15 @@ def _swa_fwd_kernel(
     lengths: a load of the row its loop reads first, through the same length and page-table entry) and ended.
     LATE_DEPENDENTS (main pass; SPLIT_LATE_DEPENDENTS): the next kernel may launch only once each program has
     stored its results (1) or finished its KV loop (2), not right after its wait.
+    HEAD_DIM_V > 0 (FlashAttention 3's ``headdim_v``; 16-bit inputs): V and O have a head_dim of their own,
+    HEAD_DIM_V padded to BLOCK_DV (no KV pairs, head block, fused append or L2 preload); 0 (every launch with equal
+    head dims): V and O as K, so those launches compile as before.
     """
     # The grid's axes of query tiles and of (sequence, head) pairs (HEADS_ON_X: swapped, see the docstring).
     TILE_AXIS: tl.constexpr = 1 if HEADS_ON_X else 0
     HEAD_AXIS: tl.constexpr = 0 if HEADS_ON_X else 1
     tl.static_assert(STAMPS == 0 or not HEADS_ON_X, "the stamps diagnostic takes the grid's usual axes")
+    tl.static_assert(HEAD_DIM_V == 0 or PRELOAD_L2 == 0, "the L2 preload reads V's rows as K's")
     if STAMPS != 0:
         stamp_start = time_stamp(tl.program_id(1))
     if PRELOAD_L2 != 0:
@@ -1544,6 +1585,7 @@ def _swa_fwd_kernel(
                     SINGLE_LOOP, REDO_FLAGGED, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K,
                     HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, FP8, HEAD_N=HEAD_N, WIDEN=WIDEN,
                     KV_PAIR=KV_PAIR, ROW_BOUNDS=ROW_BOUNDS, RESCALE_THRESHOLD=RESCALE_THRESHOLD,
+                    HEAD_DIM_V=HEAD_DIM_V, BLOCK_DV=BLOCK_DV,
                 )
     else:
         # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
@@ -1560,7 +1602,7 @@ def _swa_fwd_kernel(
             HAS_CACHE_BATCH_IDX, IS_PAGED, PACK_GQA, IS_SPLIT, STORE_LSE, COUNT_BLOCKS, UPCAST, SINGLE_LOOP,
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
             BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN, PREFETCH_PAGES, KV_PAIR,
-            PREFETCH_PARTNER, ROW_BOUNDS, LATE_DEPENDENTS=LATE_DEPENDENTS,
+            PREFETCH_PARTNER, ROW_BOUNDS, LATE_DEPENDENTS=LATE_DEPENDENTS, HEAD_DIM_V=HEAD_DIM_V, BLOCK_DV=BLOCK_DV,
         )
         if STAMPS != 0:
             program = (tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + tl.program_id(0)
@@ -1852,6 +1894,12 @@ class _ForwardPlan:
         varlen_k = cu_seqlens_k is not None
         paged = page_table is not None
         num_heads, head_dim = q.shape[-2], q.shape[-1]
+        # V's head_dim (FlashAttention 3's headdim_v), which may differ from q / k's: out is [..., head_dim_v].
+        head_dim_v = v.shape[-1]
+        own_value_dim = head_dim_v != head_dim
+        if own_value_dim and (k.dtype == torch.float8_e4m3fn or new_k is not None):
+            raise ValueError(f"v: a value head_dim ({head_dim_v}) other than the key's ({head_dim}) takes 16-bit "
+                             "K/V without the fused append (the interface routes such calls elsewhere)")
         num_kv_heads = k.shape[-2]
         group = num_heads // num_kv_heads
         if varlen_q:
@@ -1881,10 +1929,10 @@ class _ForwardPlan:
             q_descale = None  # checked by the interface: given only for e4m3 q
         # FlashAttention 3's rule: fp8 queries give a bf16 output.
         out_dtype = torch.bfloat16 if fp8 == FP8_QKV.value else q.dtype
-        self.out_shape, self.dtype, self.device = tuple(q.shape), out_dtype, q.device
+        self.out_shape, self.dtype, self.device = (*q.shape[:-1], head_dim_v), out_dtype, q.device
         # Allocations cost host time (H200 host, torch 2.11: torch.empty(shape, device=, dtype=) 6.1 us for the
         # decode's out, torch.empty_like 2.9 us): out is empty_like(q) when that has out's layout and dtype.
-        self.out_like_q = q.is_contiguous() and out_dtype == q.dtype
+        self.out_like_q = q.is_contiguous() and out_dtype == q.dtype and not own_value_dim
         self.lse_shape = None
         if return_lse:
             self.lse_shape = (num_heads, q.shape[0]) if varlen_q else (batch, num_heads, seqlen_q)
@@ -1895,6 +1943,7 @@ class _ForwardPlan:
 
         # An e4m3 tl.dot needs a reduction of at least 32 elements.
         block_d = max(32 if fp8 == FP8_QKV.value else 16, next_power_of_2(head_dim))
+        block_dv = max(16, next_power_of_2(head_dim_v)) if own_value_dim else block_d
         rows_per_tile = seqlen_q * group if pack_gqa else seqlen_q
         window_span = left + right + 1 if left >= 0 and right >= 0 else None
         if attention_chunk > 0:
@@ -1903,12 +1952,15 @@ class _ForwardPlan:
         keys_per_split = -(-visible_keys // num_splits)
         programs = batch * (num_kv_heads if pack_gqa else num_heads) * num_splits  # at least one tile each
         config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size(), keys_per_split,
-                                programs / _persistent_programs(q.device), paged, fp8_kv=fp8 != NO_FP8.value)
+                                programs / _persistent_programs(q.device), paged, fp8_kv=fp8 != NO_FP8.value,
+                                value_dim_padded=block_dv)
         if fp8 != NO_FP8.value:
             # The fp8 variants load through pointers (the descriptor path was not measured with e4m3 tiles).
             config = replace(config, tma=False)
-        # The Gluon kernel has none of seqused_q, cache_leftpad and attention_chunk: those calls stay on Triton's.
-        gluon_features = seqused_q is None and cache_leftpad is None and attention_chunk == 0
+        # The Gluon kernel has none of seqused_q, cache_leftpad, attention_chunk and a value head_dim of its own:
+        # those calls stay on Triton's.
+        gluon_features = (seqused_q is None and cache_leftpad is None and attention_chunk == 0
+                          and not own_value_dim)
         self.use_gluon = gluon_features and _use_gluon(q, k, v, rows_per_tile, left, right, seqlen_q=seqlen_q,
                                                        seqlen_k=seqlen_k, varlen_q=varlen_q, varlen_k=varlen_k,
                                     paged=paged, indexed=cache_batch_idx is not None,
@@ -1919,6 +1971,8 @@ class _ForwardPlan:
             # The Gluon kernel flags non-finite rows per warpgroup (64 rows): the redo pass (a Triton launch) takes
             # tiles of the same rows.
             config = replace(config, block_m=gluon_fwd.ROWS_PER_CONSUMER)
+        if config.head_block and own_value_dim:
+            config = replace(config, head_block=0)  # the head block loads V as K: the plain loop
         if config.head_block:
             # One block_n-key block and one head_block-key block cover a tile's keys only if it sees at most
             # block_n + head_block of them (forward_config picks it only then; a forced config must fit too).
@@ -1936,7 +1990,7 @@ class _ForwardPlan:
         # The default's pairs replace a short split's single loop by their own split loop (configs.fp8_pair_config);
         # a forced mode (FP8_TWO_KV_HEADS) takes the split loop as it comes.
         pairable = (fp8 == FP8_KV.value and pack_gqa and seqlen_q == 1 and not self.use_gluon
-                    and 2 * rows_per_tile <= config.block_m
+                    and 2 * rows_per_tile <= config.block_m and not own_value_dim
                     and num_kv_heads % 2 == 0 and block_d == head_dim and new_k is None and not count_blocks
                     and all(t.stride(-1) == 1 and t.stride(-2) == head_dim for t in (k, v)))
         split_loop_config = not config.single_loop and not config.head_block
@@ -1985,11 +2039,11 @@ class _ForwardPlan:
 
         tokens = q.shape[0] if varlen_q else batch * seqlen_q
         # Outputs are allocated contiguous on every call: their strides are those of Layouts of their shapes.
-        out = Layout(q.shape, q.device)
+        out = Layout(self.out_shape, q.device)
         lse = None if self.lse_shape is None else Layout(self.lse_shape, q.device)
         self.split_shapes = None
         if num_splits > 1:
-            self.split_shapes = ((num_splits, tokens, num_heads, head_dim), (num_splits, tokens, num_heads))
+            self.split_shapes = ((num_splits, tokens, num_heads, head_dim_v), (num_splits, tokens, num_heads))
             self.split_numel = tuple(math.prod(shape) for shape in self.split_shapes)
             out_target, lse_target = (Layout(shape, q.device) for shape in self.split_shapes)
             split_o, token_o, head_o, _ = out_target.stride()
@@ -1998,7 +2052,7 @@ class _ForwardPlan:
             l_strides = (split_l, 0 if varlen_q else seqlen_q * token_l, token_l, head_l)
             # The merge writes out as [tokens, H, D] (a view of dense out).
             self.combine = combine_launch(out_target, lse_target,
-                                          out if varlen_q else out.view((tokens, num_heads, head_dim)),
+                                          out if varlen_q else out.view((tokens, num_heads, head_dim_v)),
                                           lse, sinks, tokens_per_batch, seqused_q)
         else:
             o_strides = (0, *token_strides(out, varlen_q))
@@ -2046,6 +2100,8 @@ class _ForwardPlan:
             HEAD_DIM=head_dim, FP8=fp8, HEAD_N=config.head_block, ROW_BOUNDS=ROW_BOUND_MASK and config.head_block > 0,
             WIDEN=_e4m3_widening(q.device, self.kv_pair) if fp8 != NO_FP8.value else WIDEN_TO.value,
             KV_PAIR=self.kv_pair,
+            # Launches with equal head dims leave these at their defaults (0: V as K), so they compile as before.
+            **({"HEAD_DIM_V": head_dim_v, "BLOCK_DV": block_dv} if own_value_dim else {}),
         )
         # The fused append reads the new tokens from k / v on the single masked loop (APPEND_READS_INPUT), in grids of
         # at most one program per SM: the row pointers cost registers (window decode (16, 128, 4, 1): 154 -> 206,
@@ -2060,7 +2116,7 @@ class _ForwardPlan:
         # 128-byte lines.) Under the interpreter (no PDL, no PTX) the same calls take it with plain loads in place
         # of the prefetches (the kernel's BY_LOADS), so the CPU tests run its code and addresses.
         preloadable = ((use_pdl or _compat.interpreter_enabled()) and paged and pack_gqa and seqlens_k is not None
-                       and not varlen_q and not varlen_k and block_d == head_dim
+                       and not varlen_q and not varlen_k and block_d == head_dim and not own_value_dim
                        and cache_batch_idx is None and cache_leftpad is None and attention_chunk == 0
                        and not self.use_gluon and not self.use_tma and not self.kv_pair
                        and not config.mask_edges_only

@@ -1160,6 +1160,8 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, var
         return "an all-fp8 call over a paged cache"
     if q.shape[-1] not in HEAD_DIMS:
         return f"head_dim {q.shape[-1]} (64, 128 or 256 only)"
+    if v.shape[-1] != q.shape[-1]:
+        return f"a value head_dim ({v.shape[-1]}) other than q / k's ({q.shape[-1]})"
     if indexed or append:
         return "cache_batch_idx or an in-kernel append"
     if num_splits > 1:
