@@ -39,7 +39,7 @@ from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 
 from swattn.kernels import bwd, fwd, gluon_fwd  # noqa: E402
 from swattn.kernels._launch import clear_plans  # noqa: E402
-from swattn.kernels.configs import BwdConfig, FwdConfig, backward_config, forced_config  # noqa: E402
+from swattn.kernels.configs import BwdConfig, FwdConfig, backward_config, forced_config, value_dim_backward_config  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
 H200_SMS = 132
@@ -244,7 +244,8 @@ def compile_backward(config: BwdConfig, q, k, v, **backward_kwargs) -> list[tupl
     bwd._swa_bwd_dq_kernel, bwd._swa_bwd_dkdv_kernel = Capture("dq"), Capture("dkdv")
     bwd.tma_compatible = lambda *tensors: True
     try:
-        out, dout = torch.randn_like(q), torch.randn_like(q)
+        out = torch.randn(*q.shape[:-1], v.shape[-1], dtype=q.dtype)  # [..., Dv]
+        dout = torch.randn_like(out)
         lse = torch.randn(q.shape[0], q.shape[2], q.shape[1])
         bwd.attention_backward(dout, q, k, v, out, lse, softmax_scale=q.shape[-1] ** -0.5, config=config,
                                **backward_kwargs)
@@ -298,7 +299,7 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
     """(name, config, tensor shapes, forward arguments): the shipped configs of the prefill and decode targets
     (configs.py), then the experimental switches, on small tensors (the compiled code does not depend on the
     lengths)."""
-    from swattn.kernels.configs import _bf16_forward_config, _fp8_decode_stages, fp8_pair_config
+    from swattn.kernels.configs import _bf16_forward_config, _fp8_decode_stages, fp8_pair_config, value_dim_config
 
     prefill = dict(q=(1, 512, 64, 64), kv=(1, 512, 8, 64))
     prefill_d128 = dict(q=(1, 512, 32, 128), kv=(1, 512, 8, 128))
@@ -312,6 +313,8 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
     fp8_full_d128 = _fp8_decode_stages(_bf16_forward_config(128, 4, True, None, 683), 4, True, paged=True)
     new_token = torch.randn(16, 1, 8, 64, dtype=torch.bfloat16)  # one new k (and v) token per decode query
     verify8 = dict(decode, q=(16, 8, 64, 64))
+    prefill_d192_dv128 = dict(q=(1, 512, 16, 192), kv=(1, 512, 16, 192), v=(1, 512, 16, 128))
+    decode_dv512 = dict(q=(16, 1, 16, 64), kv=(16 * 65, 16, 1, 64), v=(16 * 65, 16, 1, 512), pages=(16, 65))
     draft_tokens = torch.randn(16, 8, 8, 64, dtype=torch.bfloat16)  # k = 8 new tokens per sequence
     return [
         ("prefill W(127,0) D64 packed", w127, prefill, dict(left=127, right=0, pack_gqa=True)),
@@ -382,6 +385,12 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         ("experimental: decode full paged fp8 KV, 4 splits, fenced widening (fwd.FP8_FENCED_WIDENING)", fp8_full,
          dict(decode, fp8="kv"), dict(left=-1, right=0, pack_gqa=True, num_splits=4,
                                       fwd_settings={"FP8_FENCED_WIDENING": 1})),
+        # A value head_dim of its own (FlashAttention 3's headdim_v): DeepSeek-style prefill (D 192, Dv 128), and
+        # the largest Dv (512 over D 64) in a paged split decode (configs.value_dim_config; not timed on a GPU).
+        ("prefill causal D192 Dv128", value_dim_config(256, 128, 512, False, None), prefill_d192_dv128,
+         dict(left=-1, right=0)),
+        ("decode full paged D64 Dv512, 4 splits", value_dim_config(64, 512, 16, True, None, 2, 683, None, True),
+         decode_dv512, dict(left=-1, right=0, pack_gqa=True, num_splits=4)),
     ]
 
 
@@ -397,6 +406,9 @@ def backward_targets() -> list[tuple[str, BwdConfig, dict, dict]]:
         other = replace(config, dkdv_num_stages=None if config.dkdv_num_stages == 1 else 1)
         rows.append((f"experimental: backward {label}, dK/dV stages {other.dkdv_num_stages or other.num_stages}",
                      other, shapes, dict(left=left, right=0)))
+    # A value head_dim of its own: DeepSeek-style D 192, Dv 128 (the config of the larger head_dim, 256).
+    rows.append(("backward causal D192 Dv128", value_dim_backward_config(256, 128, -1),
+                 dict(q=(1, 512, 16, 192), kv=(1, 512, 16, 192), v=(1, 512, 16, 128)), dict(left=-1, right=0)))
     return rows
 
 
@@ -419,7 +431,7 @@ def inputs(shapes: dict, dtype=torch.bfloat16) -> tuple[tuple, dict]:
         batch, pages = shapes["pages"]
         extra.update(page_table=torch.arange(batch * pages, dtype=torch.int32).view(batch, pages),
                      seqlens_k=torch.full((batch,), pages * k.shape[1] - 1, dtype=torch.int32))
-    return (q, k, torch.randn(k.shape).to(k.dtype)), extra
+    return (q, k, torch.randn(shapes.get("v", k.shape)).to(k.dtype)), extra
 
 
 def main() -> int:
