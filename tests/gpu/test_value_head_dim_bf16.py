@@ -36,7 +36,8 @@ def check_lse(name, lse, ref_lse):
 @pytest.mark.parametrize("head_dim, head_dim_v, seqlen, heads, kv_heads, window, backward", [
     pytest.param(192, 128, 4096, 16, 16, (-1, 0), False, id="D192-Dv128-causal-4K"),
     pytest.param(192, 128, 4096, 16, 16, (1023, 0), False, id="D192-Dv128-W1023-4K"),
-    pytest.param(192, 128, 1024, 16, 4, (-1, 0), True, id="D192-Dv128-causal-1K-GQA4-backward"),
+    # The same forward kernel as the 4K causal case (one compile), with its backward.
+    pytest.param(192, 128, 1024, 16, 16, (-1, 0), True, id="D192-Dv128-causal-1K-backward"),
     pytest.param(64, 256, 1024, 16, 2, (255, 0), True, id="D64-Dv256-W255-1K-GQA8-backward"),
 ])
 def test_prefill(head_dim, head_dim_v, seqlen, heads, kv_heads, window, backward):
@@ -59,10 +60,10 @@ def test_prefill(head_dim, head_dim_v, seqlen, heads, kv_heads, window, backward
             assert_close(name, grad, ref_grad, GRAD_TOL)
 
 
-@pytest.mark.parametrize("num_splits", [0, 1], ids=["auto-splits", "one-split"])
-def test_paged_decode_dv512_with_append(num_splits):
+def test_paged_decode_dv512_with_append():
     """MLA-like decode shapes: 16 query heads over one KV head, D 64 keys, Dv 512 values in 16-token pages; one new
-    token appended per sequence, then attention over up to 4K keys (automatic split-KV and the merge, or none)."""
+    token appended per sequence, then attention over up to 4K keys (automatic split-KV: 8 programs on the H200's
+    132 SMs take several splits, and their merge)."""
     torch.manual_seed(1)
     batch, heads, page_size, pages_per_seq = 8, 16, 16, 256
     k_cache = randn(batch * pages_per_seq, page_size, 1, 64)
@@ -72,7 +73,7 @@ def test_paged_decode_dv512_with_append(num_splits):
     q, k_new, v_new = randn(batch, 1, heads, 64), randn(batch, 1, 1, 64), randn(batch, 1, 1, 512)
     ref_k, ref_v = k_cache.clone(), v_cache.clone()
     out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens=cache_seqlens,
-                                              page_table=page_table, causal=True, num_splits=num_splits,
+                                              page_table=page_table, causal=True, num_splits=0,
                                               return_softmax_lse=True)
     lengths = append_kv_ref(ref_k, ref_v, k_new, v_new, cache_seqlens, page_table=page_table)
     assert torch.equal(k_cache, ref_k) and torch.equal(v_cache, ref_v)
