@@ -41,7 +41,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 from transformers.modeling_flash_attention_utils import _pad_input, _unpad_input, _upad_input
 
-from swattn.interface import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache
+from swattn.interface import check_value_head_dim, flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache
 from swattn.window import window_size_from_sliding_window
 
 NAME = "swattn"
@@ -180,9 +180,10 @@ def swattn_attention_forward(
     batch, seqlen_q = query.shape[0], query.shape[2]
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # [B, S, H, D]
     head_dim, v_head_dim = q.shape[-1], v.shape[-1]
-    if v_head_dim > head_dim:
-        raise NotImplementedError(f"swattn: value head_dim {v_head_dim} > query head_dim {head_dim}")
-    if v_head_dim < head_dim:  # zero columns of V give zero output columns, cropped below (as flash_attention_2 does)
+    if v_head_dim != head_dim and not _takes_value_head_dim(head_dim, v_head_dim, v.dtype):
+        if v_head_dim > head_dim:
+            raise NotImplementedError(f"swattn: value head_dim {v_head_dim} with query head_dim {head_dim}")
+        # Zero columns of V give zero output columns, cropped below (as flash_attention_2 does).
         v = torch.nn.functional.pad(v, [0, head_dim - v_head_dim])
 
     if attention_mask is not None:
@@ -233,6 +234,16 @@ def swattn_attention_forward(
             else:
                 out = flash_attn_func(q, k, v, **options)
     return out[..., :v_head_dim], None
+
+
+def _takes_value_head_dim(head_dim: int, v_head_dim: int, dtype: torch.dtype) -> bool:
+    """Whether swattn's kernels take this value head_dim with this key head_dim as it is (DeepSeek's 192 / 128):
+    V then needs no zero columns, so no padded copy of it and no wasted columns in P V."""
+    try:
+        check_value_head_dim("v", head_dim, v_head_dim, dtype == torch.float8_e4m3fn)
+    except (ValueError, NotImplementedError):
+        return False
+    return True
 
 
 def register(name: str = NAME) -> None:

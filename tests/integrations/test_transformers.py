@@ -297,3 +297,31 @@ def test_compiled_padding_mask_has_no_graph_break(side, seqlen_q):
 def test_mask_overlay_raises():
     with pytest.raises(NotImplementedError, match="overlay"):
         swattn_hf.swattn_mask(1, 6, 6, attention_mask=None, use_vmap=True)
+
+
+@pytest.mark.parametrize("v_head_dim", [8, 32, 12, 20])
+def test_value_head_dim_of_its_own(monkeypatch, v_head_dim):
+    """V's head dim other than q's (DeepSeek's 192 / 128): passed to the kernels as it is where they take it (8, 32
+    with key head_dim 16: no padded copy of V), zero-padded where they do not and it is smaller (12), refused where
+    it is larger (20); the output against attention computed here, window 4 with sinks, a padding mask."""
+    generator = torch.Generator().manual_seed(9)
+    q = torch.randn(2, 4, 6, 16, generator=generator)
+    k = torch.randn(2, 2, 6, 16, generator=generator)
+    v = torch.randn(2, 2, 6, v_head_dim, generator=generator)
+    _, mask = _prompts([6, 4])
+    kwargs = dict(scaling=0.25, sliding_window=4, s_aux=torch.randn(4, generator=generator))
+    if v_head_dim == 20:
+        with pytest.raises(NotImplementedError, match="value head_dim 20"):
+            swattn_hf.swattn_attention_forward(_Layer(), q, k, v, mask, **kwargs)
+        return
+    given = []  # V's head dim as the kernels get it
+    varlen = swattn_hf.flash_attn_varlen_func
+    monkeypatch.setattr(swattn_hf, "flash_attn_varlen_func",
+                        lambda q, k, v, *args, **kw: given.append(v.shape[-1]) or varlen(q, k, v, *args, **kw))
+    out, _ = swattn_hf.swattn_attention_forward(_Layer(), q, k, v, mask, **kwargs)
+    assert out.shape == (2, 6, 4, v_head_dim)
+    assert given == [16 if v_head_dim == 12 else v_head_dim]
+    expected = swattn_hf._masked_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask.bool(), 4,
+                                           True, 0.25, 0.0, kwargs["s_aux"])
+    valid = mask.bool()
+    assert_close(f"value head_dim {v_head_dim}", out[valid], expected[valid], 1e-6)
