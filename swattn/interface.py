@@ -328,6 +328,25 @@ def _window(causal: bool, window_size) -> tuple[int, int]:
     return normalize_window(causal, window_size)
 
 
+def _check_out(out, q: torch.Tensor, head_dim_v: int, inputs: tuple) -> None:
+    """``out`` (swattn's extension, as FlashAttention 3's internal ``out``): the output's shape (q's, with the value
+    head_dim) and dtype (q's; bf16 for e4m3 q), q's device, contiguous and 16-byte aligned (the kernels write it
+    as they would their own); not for a call that needs a gradient (as torch's ``out=`` arguments)."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"out: expected a tensor or None, got {type(out).__name__}")
+    shape, dtype = (*q.shape[:-1], head_dim_v), torch.bfloat16 if q.dtype == _FP8 else q.dtype
+    if tuple(out.shape) != shape or out.dtype != dtype or out.device != q.device:
+        raise ValueError(f"out: expected shape {shape}, dtype {dtype} on {q.device} (the output's), got shape "
+                         f"{tuple(out.shape)}, dtype {out.dtype} on {out.device}")
+    # Traced, the op's result is copied into out (``ops.run_fwd_into``): no address to ask, none needed.
+    if not out.is_contiguous() or (not torch.compiler.is_compiling() and out.data_ptr() % 16):
+        raise ValueError(f"out: expected a contiguous tensor starting at a 16-byte boundary, got strides "
+                         f"{out.stride()}, storage offset {out.storage_offset()}")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        raise ValueError("out: not supported for a call that needs a gradient (an input requires grad); leave "
+                         "out=None, or call under torch.no_grad()")
+
+
 def _result(out, lse, return_lse: bool):
     return (out, lse) if return_lse else out
 
@@ -353,6 +372,7 @@ def flash_attn_func(
     return_attn_probs: bool = False,
     sinks: torch.Tensor | None = None,
     return_softmax_lse: bool = False,
+    out: torch.Tensor | None = None,
 ):
     """Sliding-window / causal attention of a batch of equal-length sequences.
 
@@ -373,6 +393,9 @@ def flash_attn_func(
     bf16, as FlashAttention 3); ``q_descale`` (e4m3 q), ``k_descale``, ``v_descale``: float32 ``[B, Hk]`` (any
     strides; None = 1), the attention of ``q * q_descale`` over ``k * k_descale`` and ``v * v_descale``. Inputs
     that require grad are accepted (as FlashAttention 3 does); a backward through the call raises.
+    ``out`` (swattn's, as FlashAttention 3's internal ``out``): a tensor the output is written into and returned
+    as (the output's shape and dtype, q's device, contiguous, 16-byte aligned, not overlapping the inputs; not for
+    a call that needs a gradient), instead of a new one.
     """
     _unsupported(qv=qv)
     _check_qkv(q, k, v, "(B, Sq, H, D)", "(B, Sk, Hk, D)", 4)
@@ -390,10 +413,14 @@ def flash_attn_func(
     sm_margin = _check_int_arg("sm_margin", sm_margin, 0)
     num_splits = _auto_num_splits(num_splits, q, programs, k.shape[1], left, right, q.shape[1], attention_chunk,
                                   sm_margin, q.shape[1] * (group if packed else 1))
-    out, lse = ops.run_fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, None, None,
-                           None, q.shape[1], k.shape[1], softmax_scale, left, right, float(softcap), packed, num_splits,
-                           None, attention_chunk, q_descale, k_descale, v_descale,
-                           bool(return_softmax_lse or return_attn_probs))
+    arguments = (_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, None, None, None, q.shape[1],
+                 k.shape[1], softmax_scale, left, right, float(softcap), packed, num_splits, None, attention_chunk,
+                 q_descale, k_descale, v_descale, bool(return_softmax_lse or return_attn_probs))
+    if out is None:
+        out, lse = ops.run_fwd(*arguments)
+    else:
+        _check_out(out, q, v.shape[-1], (q, k, v, sinks))
+        out, lse = ops.run_fwd_into(out, *arguments)
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
 
@@ -472,6 +499,7 @@ def flash_attn_varlen_func(
     sinks: torch.Tensor | None = None,
     return_softmax_lse: bool = False,
     check_inputs: bool | None = None,
+    out: torch.Tensor | None = None,
 ):
     """Attention over packed sequences of different lengths.
 
@@ -481,8 +509,8 @@ def flash_attn_varlen_func(
     (int32): keys actually used by each sequence (<= its cu_seqlens_k length); ``seqused_q [B]`` (int32): queries
     actually used (<= its cu_seqlens_q length): the rows past it are neither read nor written, so out and lse hold
     unspecified values there (as in FlashAttention 3), and their gradients are 0. Window, softcap, sinks,
-    attention_chunk as in ``flash_attn_func``. Returns out ``[total_q, H, Dv]`` and, when asked, ``softmax_lse
-    [H, total_q]`` float32.
+    attention_chunk as in ``flash_attn_func``. Returns out ``[total_q, H, Dv]`` (into ``out`` when given, as in
+    ``flash_attn_func``) and, when asked, ``softmax_lse [H, total_q]`` float32.
     """
     _unsupported(qv=qv)
     _check_qkv(q, k, v, "(total_q, H, D)", "(total_k, Hk, D)", 3)
@@ -523,11 +551,15 @@ def flash_attn_varlen_func(
     sm_margin = _check_int_arg("sm_margin", sm_margin, 0)
     num_splits = _auto_num_splits(num_splits, q, programs, max_seqlen_k, left, right, max_seqlen_q, attention_chunk,
                                   sm_margin, max_seqlen_q * (group if packed else 1))
-    out, lse = ops.run_fwd(_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks,
-                           _contiguous(cu_seqlens_q), _contiguous(cu_seqlens_k), _contiguous(seqused_k),
-                           max_seqlen_q, max_seqlen_k, softmax_scale, left, right, float(softcap), packed, num_splits,
-                           _contiguous(seqused_q), attention_chunk, q_descale, k_descale, v_descale,
-                           bool(return_softmax_lse or return_attn_probs))
+    arguments = (_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, _contiguous(cu_seqlens_q),
+                 _contiguous(cu_seqlens_k), _contiguous(seqused_k), max_seqlen_q, max_seqlen_k, softmax_scale, left,
+                 right, float(softcap), packed, num_splits, _contiguous(seqused_q), attention_chunk, q_descale,
+                 k_descale, v_descale, bool(return_softmax_lse or return_attn_probs))
+    if out is None:
+        out, lse = ops.run_fwd(*arguments)
+    else:
+        _check_out(out, q, v.shape[-1], (q, k, v, sinks))
+        out, lse = ops.run_fwd_into(out, *arguments)
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
 
@@ -565,6 +597,7 @@ def flash_attn_with_kvcache(
     return_softmax_lse: bool = False,
     sinks: torch.Tensor | None = None,
     check_inputs: bool | None = None,
+    out: torch.Tensor | None = None,
 ):
     """Attention of new queries against a KV cache (decode, extend, speculative verify), appending new k/v.
 
@@ -593,7 +626,7 @@ def flash_attn_with_kvcache(
     ``pack_gqa`` None = automatic. ``sm_margin`` lowers the SM count that automatic split-KV plans for (swattn's
     grids are not persistent, so no SM is reserved beyond that); ``scheduler_metadata`` is accepted and not needed
     (swattn plans from shapes on the host, without reading GPU data). Returns out shaped like q with v_cache's
-    head_dim and, with
+    head_dim (into ``out`` when given, as in ``flash_attn_func``) and, with
     ``return_softmax_lse``, lse ``[B, H, Sq]`` or ``[H, total_q]`` (float32).
     With ``check_inputs`` (default: on for CPU tensors, off on GPU: it synchronises), page indices, cache_seqlens,
     cache_leftpad, cache_batch_idx, cu_seqlens_k_new and rotary positions are checked against their tensors;
@@ -731,7 +764,7 @@ def flash_attn_with_kvcache(
                                      paged, k is not None))
     num_splits = _auto_num_splits(num_splits, q, programs, capacity, left, right, max_seqlen_q, attention_chunk,
                                   sm_margin, rows, paged, k_cache.dtype == _FP8, kv_pairs, head_dim)
-    out, lse = ops.run_fwd_kvcache(
+    arguments = (
         _contiguous_last(q), k_cache, v_cache, None if k is None else _contiguous_last(k),
         None if v is None else _contiguous_last(v), _contiguous(cache_seqlens), _contiguous(cache_batch_idx),
         _contiguous_last(page_table) if paged else None, _contiguous(cu_seqlens_q),
@@ -742,6 +775,11 @@ def flash_attn_with_kvcache(
         _contiguous(rotary_seqlens) if rotary_dim else None,
         bool(rotary_interleaved), sequential, attention_chunk, q_descale, k_descale, v_descale,
         bool(return_softmax_lse))
+    if out is None:
+        out, lse = ops.run_fwd_kvcache(*arguments)
+    else:
+        _check_out(out, q, v_cache.shape[-1], (q, k_cache, v_cache, k, v, sinks))
+        out, lse = ops.run_fwd_kvcache_into(out, *arguments)
     return _result(out, lse, return_softmax_lse)
 
 

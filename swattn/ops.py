@@ -506,8 +506,8 @@ class _KVCachePlan:
             max_seqlen_q=None, sinks=None, softmax_scale=None, left=None, right=None, softcap=None, pack_gqa=None,
             num_splits=None, cu_seqlens_k_new=None, cache_leftpad=None, rotary_cos=None, rotary_sin=None,
             rotary_seqlens=None, rotary_interleaved=None, rotary_sequential_q=None, attention_chunk=None,
-            q_descale=None, k_descale=None, v_descale=None, return_lse=None):
-        """-> (out, lse), lse None when the plan was made without ``return_lse``."""
+            q_descale=None, k_descale=None, v_descale=None, return_lse=None, out=None):
+        """-> (out, lse), lse None when the plan was made without ``return_lse``; ``out`` given: written there."""
         q_attend, new_k, new_v = q, None, None  # q_attend: q, or its rotated copy
         stream = ASK  # stream_key, asked once for the append's and the attention's kept scratch
         if self.fused:
@@ -533,7 +533,7 @@ class _KVCachePlan:
                 **self.forward_arguments)
         out, lse, _ = forward.run(q_attend, k_cache, v_cache, sinks, cu_seqlens_q, None, seqlens_k, cache_batch_idx,
                                   page_table, new_k, new_v, None, cache_leftpad, q_descale, k_descale, v_descale,
-                                  stream)
+                                  stream, out)
         return out, lse
 
 
@@ -641,6 +641,32 @@ def run_fwd_kvcache(*args) -> tuple[torch.Tensor, torch.Tensor]:
     return fwd_kvcache(*args)
 
 
+def run_fwd_into(out: torch.Tensor, *args) -> tuple[torch.Tensor, torch.Tensor]:
+    """``run_fwd(*args)`` with the attention output in ``out`` (the interface checked it: the output's shape,
+    dtype and device, contiguous, 16-byte aligned, and that no gradient is needed). Plain eager calls on the Triton
+    path have the kernels write it; the others (through the dispatcher: torch.compile, functorch, subclasses; the
+    CPU reference) copy the op's result into it. -> (out, lse)."""
+    if uses_triton(args[0]) and _may_skip_dispatcher(args[:7] + (args[15],) + tuple(args[17:20]) + (out,)):
+        _, lse, _ = _forward_plan(args).run(*_forward_run_arguments(args), out=out)
+        _increment_versions(out)
+        return out, _no_lse(args[0]) if lse is None else lse
+    result, lse = run_fwd(*args)
+    out.copy_(result)
+    return out, lse
+
+
+def run_fwd_kvcache_into(out: torch.Tensor, *args) -> tuple[torch.Tensor, torch.Tensor]:
+    """``run_fwd_kvcache(*args)`` with the attention output in ``out``, as ``run_fwd_into``."""
+    if uses_triton(args[0]) and _may_skip_dispatcher(
+            tuple(a for a in args if a is None or isinstance(a, torch.Tensor)) + (out,)):
+        _, lse = _KVCachePlan(*args).run(*args, out=out)
+        _increment_versions(*((out,) if args[3] is None else (out, args[1], args[2])))
+        return out, _no_lse(args[0]) if lse is None else lse
+    result, lse = run_fwd_kvcache(*args)
+    out.copy_(result)
+    return out, lse
+
+
 def _combine_impl(out_partial: torch.Tensor, lse_partial: torch.Tensor, out: torch.Tensor, lse: torch.Tensor) -> None:
     """FlashAttention 3's ``flash_attn_combine``: merge ``out_partial [S, B, L, H, D]`` and ``lse_partial [S, B, L,
     H]`` (or the varlen layout without B) into ``out`` and ``lse`` (float32), in place."""
@@ -705,6 +731,10 @@ def planned_op(op, args: tuple):
         return _planned_fwd_kvcache(args)
     if op is run_fwd:
         return _planned_fwd(args)
+    if op is run_fwd_kvcache_into:
+        return _planned_fwd_kvcache_into(args[1:])
+    if op is run_fwd_into:
+        return _planned_fwd_into(args[1:])
     return None
 
 
@@ -719,6 +749,31 @@ def _planned_fwd_kvcache(args: tuple):
         if appends:  # as run_fwd_kvcache: the caches' in-place update is recorded
             _increment_versions(args[1], args[2])
         return result
+    return run
+
+
+def _planned_fwd_kvcache_into(args: tuple):
+    plan = _KVCachePlan(*args)
+    appends = args[3] is not None
+
+    def run(out, *args):
+        if not (uses_triton(args[0]) and _plain_eager()) or plan.fused_changed():
+            return run_fwd_kvcache_into(out, *args)
+        _, lse = plan.run(*args, out=out)
+        _increment_versions(*((out, args[1], args[2]) if appends else (out,)))
+        return out, lse
+    return run
+
+
+def _planned_fwd_into(args: tuple):
+    plan = _forward_plan(args)  # no gradient: the interface refuses out= for calls that need one
+
+    def run(out, *args):
+        if not (uses_triton(args[0]) and _plain_eager()):
+            return run_fwd_into(out, *args)
+        _, lse, _ = plan.run(*_forward_run_arguments(args), out=out)
+        _increment_versions(out)
+        return out, lse
     return run
 
 

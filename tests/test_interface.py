@@ -405,3 +405,103 @@ def test_more_programs_than_a_grid_axis_takes(entry):
         call(1, pack_gqa=True)
         grid = stubs["_swa_fwd_kernel"].last_launch[0]
         assert grid[1] == batch
+
+
+def _out_cases():
+    """(name, call(**extra) -> result, output shape, dtype) for the out= test: fresh inputs on every call."""
+    paged = dict(k_cache=torch.randn(6, 4, HK, D, dtype=torch.float16),
+                 v_cache=torch.randn(6, 4, HK, D + 8, dtype=torch.float16),
+                 page_table=torch.tensor([[3, 1, 5], [0, 4, 2]], dtype=torch.int32))
+
+    def equal_lengths(**extra):
+        return swattn.flash_attn_func(**dense(), window_size=(3, 0), sinks=torch.ones(H), return_softmax_lse=True,
+                                      **extra)
+
+    def packed(**extra):
+        return swattn.flash_attn_varlen_func(**varlen(), causal=True, return_softmax_lse=True, check_inputs=False,
+                                             **extra)
+
+    def decode_append(**extra):
+        caches = {name: t.clone() for name, t in paged.items()}
+        q = torch.randn(B, 1, H, D, dtype=torch.float16)
+        k_new = torch.randn(B, 1, HK, D, dtype=torch.float16)
+        v_new = torch.randn(B, 1, HK, D + 8, dtype=torch.float16)
+        lengths = torch.tensor([5, 9], dtype=torch.int32)
+        return swattn.flash_attn_with_kvcache(q, k=k_new, v=v_new, cache_seqlens=lengths, causal=True,
+                                              window_size=(6, 0), check_inputs=False, **caches, **extra)
+
+    def split(**extra):
+        q = torch.randn(B, 2, H, D, dtype=torch.float16)
+        return swattn.flash_attn_with_kvcache(q, cache_seqlens=torch.tensor([7, 12], dtype=torch.int32), num_splits=3,
+                                              return_softmax_lse=True, check_inputs=False, **paged, **extra)
+
+    return [("dense", equal_lengths, (B, SQ, H, D)), ("varlen", packed, (5, H, D)),
+            ("decode with append, Dv != D", decode_append, (B, 1, H, D + 8)),
+            ("split-KV over pages, Dv != D", split, (B, 2, H, D + 8))]
+
+
+@pytest.mark.parametrize("case", range(4), ids=[name for name, *_ in _out_cases()])
+def test_out_is_written_in_place(case, monkeypatch):
+    """``out=`` (swattn's extension): the output lands in the given tensor, which is returned, with the bits of a
+    call without it; over three calls of one signature (run, recorded, replayed from the plan: the kernels' plans
+    write out themselves on the interpreter's Triton path), each with new data and a NaN-poisoned out."""
+    from swattn import ops
+    from swattn._compat import uses_triton
+    from swattn.kernels._launch import clear_plans
+
+    name, call, shape = _out_cases()[case]
+    replayed = []
+
+    def counting(make):
+        def planned(args):
+            run = make(args)
+            return lambda *call_args: replayed.append(1) or run(*call_args)
+        return planned
+    for planner in ("_planned_fwd_into", "_planned_fwd_kvcache_into"):
+        monkeypatch.setattr(ops, planner, counting(getattr(ops, planner)))
+    clear_plans()
+    for seed in range(3):
+        torch.manual_seed(seed)
+        expected = call()
+        torch.manual_seed(seed)
+        out = torch.full(shape, float("nan"), dtype=torch.float16)
+        result = call(out=out)
+        got, expected_out = (result[0], expected[0]) if isinstance(result, tuple) else (result, expected)
+        assert got is out, name
+        assert torch.equal(out, expected_out), name
+        if isinstance(result, tuple):
+            assert torch.equal(result[1], expected[1]), name
+    assert len(replayed) == (1 if uses_triton(torch.empty(0)) else 0), name
+
+
+@pytest.mark.parametrize("out, match", [
+    ("not a tensor", "out: expected a tensor or None"),
+    (torch.empty(B, SQ, H, D + 8, dtype=torch.float16), r"out: expected shape \(2, 5, 4, 16\)"),
+    (torch.empty(B, SQ, H, D, dtype=torch.float32), "dtype torch.float16"),
+    (torch.empty(B, SQ, D, H, dtype=torch.float16).transpose(2, 3), "contiguous"),
+    (torch.empty(B * SQ * H * D + 1, dtype=torch.float16)[1:].view(B, SQ, H, D), "16-byte boundary"),
+])
+def test_out_argument_checks(out, match):
+    with pytest.raises(TypeError if isinstance(out, str) else ValueError, match=match):
+        swattn.flash_attn_func(**dense(), out=out)
+
+
+def test_out_refused_when_a_gradient_is_needed():
+    args = dense()
+    args["q"].requires_grad_()
+    with pytest.raises(ValueError, match="out: not supported for a call that needs a gradient"):
+        swattn.flash_attn_func(**args, out=torch.empty(B, SQ, H, D, dtype=torch.float16))
+    with torch.no_grad():
+        out = torch.empty(B, SQ, H, D, dtype=torch.float16)
+        assert swattn.flash_attn_func(**args, out=out) is out
+
+
+def test_out_under_torch_compile():
+    """Traced, the op's result is copied into out (a graph input the compiled function mutates)."""
+    args = dense()
+    expected = swattn.flash_attn_func(**args, causal=True)
+    compiled = torch.compile(lambda q, k, v, out: swattn.flash_attn_func(q, k, v, causal=True, out=out),
+                             backend="eager", fullgraph=True)
+    out = torch.full_like(expected, float("nan"))
+    compiled(args["q"], args["k"], args["v"], out)
+    assert torch.equal(out, expected)

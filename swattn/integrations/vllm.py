@@ -17,8 +17,8 @@ keys) is ``swattn.flash_attn_varlen_func``. ``window_size`` may be a list or Non
 arguments. Refused with ``NotImplementedError`` naming the argument: ``dropout_p`` other than 0, ``alibi_slopes``,
 ``q_v``, decode context parallelism (``cp_world_size`` > 1) and FlashAttention 4's ``output_scale``, ``mask_mod``,
 ``aux_tensors``, ``dynamic_causal``. ``return_attn_probs`` and ``deterministic`` are accepted and change nothing (as
-in vLLM's FA3 branch). ``out`` is filled by a copy of swattn's result (one more kernel per call: swattn's ops
-allocate their output); vLLM's FA3 writes into it directly. This module does not import vLLM.
+in vLLM's FA3 branch). ``out`` is swattn's ``out=``: the kernels write into it (contiguous, 16-byte aligned, the
+output's shape and dtype, as vLLM's output buffer slices are). This module does not import vLLM.
 """
 
 from __future__ import annotations
@@ -119,8 +119,6 @@ def flash_attn_varlen_func(
                          f"expected, got {'both' if seqused_k is not None else 'neither'}")
     if block_table is not None and seqused_k is None:
         raise ValueError("seqused_k: required with block_table (the keys of each sequence in its pages)")
-    if out is not None and not isinstance(out, torch.Tensor):
-        raise TypeError(f"out: expected a tensor of q's shape or None, got {type(out).__name__}")
     # Only the arguments the caller set: swattn's replay keys on which were passed, and each costs host time.
     optional = {name: value for name, value in (
         ("q_descale", q_descale), ("k_descale", k_descale), ("v_descale", v_descale),
@@ -129,6 +127,8 @@ def flash_attn_varlen_func(
         optional["softcap"] = softcap
     if return_softmax_lse:
         optional["return_softmax_lse"] = True
+    if out is not None:
+        optional["out"] = out
     window = _window(window_size)
     try:
         if cu_seqlens_k is not None:
@@ -143,14 +143,7 @@ def flash_attn_varlen_func(
                 max_seqlen_q=max_seqlen_q, causal=causal, window_size=window, num_splits=num_splits, **optional)
     except (TypeError, ValueError, NotImplementedError) as error:
         raise _in_vllm_names(error) from error
-    result_out = result[0] if return_softmax_lse else result
-    if out is not None:
-        if out.shape != result_out.shape or out.device != result_out.device:
-            raise ValueError(f"out: expected shape {tuple(result_out.shape)} on {result_out.device}, got "
-                             f"{tuple(out.shape)} on {out.device}")
-        out.copy_(result_out)
-        result_out = out
-    return (result_out, result[1]) if return_softmax_lse else result_out
+    return result
 
 
 def get_scheduler_metadata(

@@ -2173,11 +2173,15 @@ class _ForwardPlan:
                                num_tensors=_FORWARD_TENSORS, slots=_slots(present, skip=(_BLOCK_COUNT_SLOT,)))
 
     def run(self, q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k, new_v,
-            seqused_q=None, cache_leftpad=None, q_descale=None, k_descale=None, v_descale=None, stream=_launch.ASK):
+            seqused_q=None, cache_leftpad=None, q_descale=None, k_descale=None, v_descale=None, stream=_launch.ASK,
+            out=None):
         """``stream``: ``stream_key(q.device)`` when the caller has asked it (for the kept scratch, see
-        ``kept_buffer``)."""
+        ``kept_buffer``). ``out``: the output's tensor, given by the caller (``ops.run_fwd_into``: the planned
+        layout, contiguous, checked by the interface), else allocated here."""
         device = self.device
-        out = torch.empty_like(q) if self.out_like_q else torch.empty(self.out_shape, device=device, dtype=self.dtype)
+        if out is None:
+            out = (torch.empty_like(q) if self.out_like_q
+                   else torch.empty(self.out_shape, device=device, dtype=self.dtype))
         lse = None if self.lse_shape is None else torch.empty(self.lse_shape, device=device, dtype=torch.float32)
         if not self.launches:
             return out, lse, None

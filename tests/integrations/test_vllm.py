@@ -104,6 +104,7 @@ def _with(**overrides):
     (dict(seqused_k=None), ValueError, "cu_seqlens_k: exactly one"),
     (dict(window_size=[3]), ValueError, "window_size"),
     (dict(out=torch.zeros(9, H, D + 8, dtype=torch.float16)), ValueError, "out: expected shape"),
+    (dict(out="out"), TypeError, "out: expected a tensor"),
     # swattn's own checks, in vLLM's names.
     (dict(s_aux=torch.zeros(H + 1)), ValueError, "^s_aux: expected shape"),
     (dict(block_table=torch.zeros(3, 3, dtype=torch.int64)), TypeError, "^block_table:"),
