@@ -559,3 +559,46 @@ def test_kept_triton_scratch_gives_the_same_bits(monkeypatch):
     fresh = run()
     for a, b in zip(kept, fresh, strict=True):
         assert torch.equal(a, b), "a kept Triton scratch changed a result"
+
+
+@pytest.mark.parametrize("entry", ["gluon prefill", "split decode with append", "graph-captured decode"])
+def test_out_argument_gets_the_same_bits(entry):
+    """``out=`` at real sizes: the kernels (the Gluon prefill where it serves, the split decode and its merge, a
+    captured graph's replays) write the given tensor with the bits of a call without it."""
+    torch.manual_seed(11)
+    if entry == "gluon prefill":
+        q, k, v = randn(1, 4096, 64, 64), randn(1, 4096, 8, 64), randn(1, 4096, 8, 64)
+        sinks = torch.randn(64, device=DEVICE)
+        call = lambda **extra: swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0), sinks=sinks,  # noqa: E731
+                                                     **extra)
+        shape = q.shape
+    else:
+        pages, page = 4096, 16
+        k_cache, v_cache = randn(pages, page, 8, 64), randn(pages, page, 8, 64)
+        table = torch.randperm(pages, device=DEVICE)[:16 * 256].view(16, 256).to(torch.int32)
+        lens = torch.randint(1000, 4000, (16,), device=DEVICE, dtype=torch.int32)
+        q, k_new, v_new = randn(16, 1, 64, 64), randn(16, 1, 8, 64), randn(16, 1, 8, 64)
+
+        def call(**extra):  # the same cache state each time: the append writes the same tokens at the same slots
+            return swattn.flash_attn_with_kvcache(q, k_cache, v_cache, k=k_new, v=v_new, cache_seqlens=lens,
+                                                  page_table=table, causal=True, **extra)
+        shape = q.shape
+    expected = call()
+    for _ in range(3):  # run, recorded, replayed from the plan
+        out = torch.full(shape, float("nan"), device=DEVICE, dtype=BF16)
+        assert call(out=out) is out
+        assert torch.equal(out, expected), entry
+    if entry == "graph-captured decode":
+        out = torch.full(shape, float("nan"), device=DEVICE, dtype=BF16)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            call(out=out)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            call(out=out)
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, expected)
