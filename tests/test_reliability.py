@@ -448,6 +448,18 @@ CASES = [
     Case("kvcache-cache-seqlens-vs-cu-seqlens-q", KVCACHE, "cache_seqlens of length 1, cu_seqlens_q has 2 sequences",
          _with(kv_varlen, "cache_seqlens", lambda: i32(8)), ValueError,
          r"cache_seqlens: expected shape \(2,\) .*, got \(1,\)$"),
+    # --- out= (swattn's extension) ----------------------------------------------------------------------------------
+    Case("func-out-wrong-shape", FUNC, "out of shape [2, 3, 4, 8] (the output is [2, 3, 4, 16])",
+         _with(dense, "out", lambda: _half(B, SQ, H, 8)), ValueError,
+         r"out: expected shape \(2, 3, 4, 16\), dtype torch\.float16 on \S+ \(the output's\), got shape "
+         r"\(2, 3, 4, 8\), dtype torch\.float16 on \S+$"),
+    Case("varlen-out-not-contiguous", VARLEN, "out a transposed view",
+         _with(varlen, "out", lambda: _half(5, 16, 4).transpose(1, 2)), ValueError,
+         r"out: expected a contiguous tensor starting at a 16-byte boundary, got strides \(64, 1, 4\), "
+         r"storage offset 0$"),
+    Case("kvcache-out-needs-grad", KVCACHE, "out given while q requires grad",
+         lambda: kvcache(q=_half(B, 1, H, D).requires_grad_(), out=_half(B, 1, H, D)), ValueError,
+         r"out: not supported for a call that needs a gradient"),
 ]
 
 
