@@ -149,7 +149,6 @@ def classify(outcome: str, detail: str) -> str:
         return f"skipped by FA3's test: {detail.strip()[:90]}"
     reasons = (
         ("qv: not supported", "refused: qv (MLA's extra query-value product)"),
-        ("rotary embedding of float8_e4m3fn queries", "refused: rotary with float8_e4m3fn q"),
         ("backward through fp8", "refused: a backward through fp8 attention (neither FA3 nor swattn has one; "
                                   "FA3's tests never run it)"),
         ("the backward takes a value head_dim up to", "refused: a backward with value head_dim > 256 (FA3's tests "

@@ -35,8 +35,6 @@ def accepted(name: str, params: dict) -> bool:
     if params.get("has_qv"):
         return False  # qv (MLA)
     fp8 = params.get("dtype") == torch.float8_e4m3fn
-    if fp8 and params.get("rotary_fraction", 0.0) > 0.0:
-        return False  # rotary embedding of e4m3 queries
     d = params.get("d")
     if name == "test_flash_attn_kvcache" and not fp8 and d == 64:
         return False  # its dv = 256 and 512 draws pass qv at d = 64 (a value head_dim of its own alone is accepted)

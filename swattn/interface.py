@@ -731,10 +731,6 @@ def flash_attn_with_kvcache(
     left, right = _window(causal, window_size)
     attention_chunk = check_attention_chunk(attention_chunk)
     rotary_dim = _check_rotary(rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, k, q, batch)
-    if rotary_dim and q.dtype == _FP8:
-        raise NotImplementedError("rotary_cos: rotary embedding of float8_e4m3fn queries is not supported (the "
-                                  "rotated queries would be rounded to e4m3 a second time); rotate q before "
-                                  "quantizing it, or pass q in bf16/fp16 over the e4m3 cache")
     sm_margin = _check_int_arg("sm_margin", sm_margin, 0)
     _check_scheduler_metadata(scheduler_metadata)
     sequential = True

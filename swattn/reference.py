@@ -270,8 +270,9 @@ def attention_kvcache_ref(
 def apply_rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                      interleaved: bool) -> torch.Tensor:
     """Rotary embedding of ``x [n, H, D]`` at ``positions [n]`` with ``cos``/``sin [seqlen_ro, rotary_dim / 2]``,
-    computed in float64 and returned in x's dtype. Interleaved pairs dimensions (0, 1), (2, 3), ...; otherwise
-    (GPT-NeoX) i and i + rotary_dim / 2. Dimensions from rotary_dim on are unchanged."""
+    computed in float64 and returned in x's dtype (e4m3: saturated to +-448, as ``quantize``). Interleaved pairs
+    dimensions (0, 1), (2, 3), ...; otherwise (GPT-NeoX) i and i + rotary_dim / 2. Dimensions from rotary_dim on are
+    unchanged."""
     half = cos.shape[1]
     positions = positions.to(device=cos.device, dtype=torch.long)
     c = cos.double()[positions][:, None, :]  # [n, 1, rotary_dim / 2]
@@ -286,7 +287,7 @@ def apply_rotary_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, posi
         first, second = xf[..., :half], xf[..., half:2 * half]
         rotated[..., :half] = first * c - second * s_
         rotated[..., half:2 * half] = second * c + first * s_
-    return rotated.to(x.dtype)
+    return quantize(rotated, None) if x.dtype == FP8 else rotated.to(x.dtype)
 
 
 def rotate_queries_ref(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, offsets: torch.Tensor,

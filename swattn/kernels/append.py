@@ -177,7 +177,10 @@ def _append_kv_kernel(
                 else:
                     rotary_position = position
                 k = _rotate(k_src, offs_h, offs_d, mask, stride_knh, COS, SIN, rotary_position, stride_cos,
-                            stride_sin, rotary_dim, INTERLEAVED).to(K_NEW.dtype.element_ty)
+                            stride_sin, rotary_dim, INTERLEAVED)
+                if K_NEW.dtype.element_ty == tl.float8e4nv:
+                    k = quantize_e4m3(k, 1.0)  # e4m3 tokens rotated: back to e4m3, saturated, ties to even
+                k = k.to(K_NEW.dtype.element_ty)
             else:
                 k = tl.load(k_src + offs_h[:, None] * stride_knh + offs_d[None, :], mask=mask)
             if HEAD_DIM_V != 0:
@@ -222,6 +225,10 @@ def _append_kv_kernel(
                 q_mask = (offs_hq[:, None] < num_heads) & (offs_d[None, :] < HEAD_DIM)
                 q_rot = _rotate(q_src, offs_hq, offs_d, q_mask, stride_qh, COS, SIN, q_position, stride_cos,
                                 stride_sin, rotary_dim, INTERLEAVED)
+                if Q_ROT.dtype.element_ty == tl.float8e4nv:
+                    # e4m3 queries (their descale applies to the rotated values alike: the rotation is linear)
+                    # go back to e4m3 for the e4m3 Q K^T, as FlashAttention 3 rotates them.
+                    q_rot = quantize_e4m3(q_rot, 1.0)
                 tl.store(q_dst + offs_hq[:, None] * stride_rh + offs_d[None, :], q_rot.to(Q_ROT.dtype.element_ty),
                          mask=q_mask)
 

@@ -311,3 +311,44 @@ def test_fenced_widening_at_real_sizes(monkeypatch, mode, batch, context, left, 
     assert out.dtype == BF16
     assert_close("out", out, ref_out, OUT_TOL)
     check_lse(lse, ref_lse)
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_rotary_of_e4m3_queries_and_keys(interleaved):
+    """All-fp8 extend with rotary over a paged cache (FA3's test_flash_attn_kvcache draws it): e4m3 q and new k
+    rotated in fp32 and rounded back to e4m3 (saturated, ties to even): the cache bytes those of the reference's
+    append (but for rounding midpoints), the output the reference's attention over its rotated q."""
+    from swattn.reference import rotate_queries_ref
+
+    torch.manual_seed(21 + interleaved)
+    batch, heads, kv_heads, head_dim, page_size, new = 8, 64, 8, 128, 16, 5
+    pages_per_seq = 64
+    k_cache, v_cache = e4m3(batch * pages_per_seq, page_size, kv_heads, head_dim), e4m3(
+        batch * pages_per_seq, page_size, kv_heads, head_dim)
+    table = torch.randperm(batch * pages_per_seq, device=DEVICE).view(batch, pages_per_seq).to(torch.int32)
+    lens = torch.randint(0, pages_per_seq * page_size - new, (batch,), device=DEVICE, dtype=torch.int32)
+    q = e4m3(batch, new, heads, head_dim, scale=100.0)
+    k_new, v_new = e4m3(batch, new, kv_heads, head_dim, scale=100.0), e4m3(batch, new, kv_heads, head_dim)
+    angles = torch.rand(pages_per_seq * page_size, head_dim // 2, device=DEVICE) * 3
+    cos, sin = angles.cos(), angles.sin()
+    descales = dict(q_descale=descale(batch, kv_heads), k_descale=descale(batch, kv_heads),
+                    v_descale=descale(batch, kv_heads))
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, k=k_new, v=v_new, cache_seqlens=lens,
+                                              page_table=table, rotary_cos=cos, rotary_sin=sin,
+                                              rotary_interleaved=interleaved, causal=True, return_softmax_lse=True,
+                                              **descales)
+    seqlens = append_kv_ref(expected_k, expected_v, k_new, v_new, lens, page_table=table, rotary_cos=cos,
+                            rotary_sin=sin, rotary_interleaved=interleaved)
+    # The kernel rotates in fp32 (FMAs), the reference in float64: a value within an fp32 ulp of an e4m3 rounding
+    # midpoint may round the other way (~2^-20 per element), one e4m3 step apart; nothing else may differ.
+    differ = k_cache.view(torch.uint8) != expected_k.view(torch.uint8)
+    assert int(differ.sum()) <= 4, f"{int(differ.sum())} rotated key bytes differ"
+    step = expected_k.float().abs().clamp_min(2.0 ** -6) / 8
+    assert bool(((k_cache.float() - expected_k.float()).abs() <= step)[differ].all())
+    assert torch.equal(v_cache.view(torch.uint8), expected_v.view(torch.uint8))
+    q_rot = rotate_queries_ref(q, cos, sin, lens, True, interleaved)
+    ref_out, ref_lse = attention_kvcache_ref(q_rot, expected_k, expected_v, seqlens, page_table=table, causal=True,
+                                             **descales, **REF)
+    assert_close("out", out, ref_out, OUT_TOL)
+    check_lse(lse, ref_lse)

@@ -19,7 +19,14 @@ import triton.language as tl
 import swattn
 from swattn.kernels.append import quantize_e4m3
 from swattn.kernels.configs import FwdConfig, forced_config
-from swattn.reference import append_kv_ref, attention_kvcache_ref, attention_ref, attention_varlen_ref, dequantize
+from swattn.reference import (
+    append_kv_ref,
+    attention_kvcache_ref,
+    attention_ref,
+    attention_varlen_ref,
+    dequantize,
+    rotate_queries_ref,
+)
 from swattn.testing import assert_close, tolerance_for
 
 H, HK, D = 8, 2, 32
@@ -402,6 +409,36 @@ def test_kvcache_all_fp8_without_descales():
     assert_close("lse", lse, ref_lse, LSE_TOL)
 
 
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_rotary_of_e4m3_queries_and_keys(interleaved):
+    """All-fp8 with rotary (FA3's test_flash_attn_kvcache draws it): the e4m3 queries and new keys are rotated in
+    fp32 and go back to e4m3 (saturated, ties to even), as FlashAttention 3 rotates them before its e4m3 products;
+    the cache bytes are those of the reference's append, and the output that of attention over its rotated q."""
+    torch.manual_seed(3 + interleaved)
+    k_cache, v_cache = e4m3(6, 8, HK, D), e4m3(6, 8, HK, D)
+    table = i32([5, 0, 1], [2, 4, 3])
+    q, k_new, v_new = e4m3(2, 2, H, D, scale=200.0), e4m3(2, 2, HK, D, scale=200.0), e4m3(2, 2, HK, D)
+    angles = torch.rand(24, D // 4) * 3  # rotary_dim = D / 2: the last half of each head is copied
+    cos, sin = angles.cos(), angles.sin()
+    lens = i32(3, 17)
+    descales = dict(q_descale=descale(2), k_descale=descale(2), v_descale=descale(2))
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, k=k_new, v=v_new, cache_seqlens=lens,
+                                              page_table=table, rotary_cos=cos, rotary_sin=sin,
+                                              rotary_interleaved=interleaved, causal=True, window_size=(6, 0),
+                                              return_softmax_lse=True, **descales)
+    seqlens = append_kv_ref(expected_k, expected_v, k_new, v_new, lens, page_table=table, rotary_cos=cos,
+                            rotary_sin=sin, rotary_interleaved=interleaved)
+    assert same_bytes(k_cache, expected_k) and same_bytes(v_cache, expected_v)
+    q_rot = rotate_queries_ref(q, cos, sin, lens, True, interleaved)
+    assert q_rot.dtype == FP8 and q_rot.float().abs().max() <= 448  # scale 200: some rotated values saturate
+    ref_out, ref_lse = attention_kvcache_ref(q_rot, expected_k, expected_v, seqlens, page_table=table, causal=True,
+                                             window_size=(6, 0), **descales)
+    assert out.dtype == torch.bfloat16
+    assert_close("out", out, ref_out, tolerance_for(torch.bfloat16))
+    assert_close("lse", lse, ref_lse, LSE_TOL)
+
+
 def test_fallback_fp8_matches_the_kernels(monkeypatch):
     """The CPU path without the interpreter (the reference) gives the kernels' results, cache bytes included; new
     fp16 keys are rotated (rotary), rounded to fp16, then quantized into the e4m3 cache on both paths."""
@@ -452,10 +489,6 @@ def test_fp8_argument_errors():
         call(k_cache=k_cache.to(torch.float8_e5m2), v_cache=v_cache.to(torch.float8_e5m2))
     with pytest.raises(TypeError, match=r"k: expected dtype .* or torch.bfloat16 like q \(quantized"):
         call(k=torch.randn(2, 1, HK, D, dtype=torch.float16), v=torch.randn(2, 1, HK, D, dtype=torch.float16))
-    with pytest.raises(NotImplementedError, match="rotary_cos: rotary embedding of float8_e4m3fn queries"):
-        angles = torch.rand(32, D // 2)
-        call(q=q.to(FP8), k_cache=k_cache, v_cache=v_cache, k=e4m3(2, 1, HK, D), v=e4m3(2, 1, HK, D),
-             rotary_cos=angles.cos(), rotary_sin=angles.sin())
     with pytest.raises(ValueError, match=r"q_descale: expected shape \(2, 2\)"):
         swattn.flash_attn_func(q.to(FP8), k_cache, v_cache, q_descale=torch.ones(2, H))
 
