@@ -73,10 +73,11 @@ def _weighted_values(probs: torch.Tensor, v: torch.Tensor, visible: torch.Tensor
 
 def _attend(q, k, v, key_start: int, seqlen_k: int, *, left: int, right: int, scale: float, softcap: float,
             sinks: torch.Tensor | None, compute_dtype: torch.dtype,
-            chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+            chunk: int = 0, qv: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """q ``[B, Sq, H, D]`` against keys ``key_start .. key_start + k.shape[1] - 1`` of a sequence of ``seqlen_k``
-    keys (they must include every key a row sees) -> (out ``[B, Sq, H, D]`` in ``compute_dtype``,
-    lse ``[B, H, Sq]``)."""
+    keys (they must include every key a row sees) -> (out ``[B, Sq, H, Dv]`` in ``compute_dtype``,
+    lse ``[B, H, Sq]``). ``qv [B, Sq, H, Dv]``: FlashAttention 3's second score term, ``qv v^T`` added to ``q k^T``
+    before the scale (and so before softcap and the masks)."""
     batch, seqlen_q, num_heads, _ = q.shape
     group = num_heads // k.shape[2]
     outs, lses = [], []
@@ -88,7 +89,10 @@ def _attend(q, k, v, key_start: int, seqlen_k: int, *, left: int, right: int, sc
         qf = q[:, row:rows_end].to(compute_dtype)
         kf = k[:, first - key_start:end - key_start].to(compute_dtype).repeat_interleave(group, dim=2)
         vf = v[:, first - key_start:end - key_start].to(compute_dtype).repeat_interleave(group, dim=2)
-        scores = torch.einsum("bqhd,bkhd->bhqk", qf, kf) * scale
+        scores = torch.einsum("bqhd,bkhd->bhqk", qf, kf)
+        if qv is not None:
+            scores = scores + torch.einsum("bqhd,bkhd->bhqk", qv[:, row:rows_end].to(compute_dtype), vf)
+        scores = scores * scale
         if softcap > 0:
             scores = softcap * torch.tanh(scores / softcap)
         rows = torch.arange(row, rows_end, device=q.device)[:, None]
@@ -124,11 +128,14 @@ def attention_ref(
     q_descale: torch.Tensor | None = None,
     k_descale: torch.Tensor | None = None,
     v_descale: torch.Tensor | None = None,
+    qv: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of one batch: q ``[B, Sq, H, D]``, k ``[B, Sk, Hk, D]``, v ``[B, Sk, Hk, Dv]`` (Dv may differ from
     D) -> (out ``[B, Sq, H, Dv]`` in q's dtype,
     bf16 for fp8 q, lse ``[B, H, Sq]`` fp32). ``q_descale``/``k_descale``/``v_descale`` ``[B, Hk]``: fp8 inputs'
-    descales (``dequantize``), None = 1.
+    descales (``dequantize``), None = 1. ``qv [B, Sq, H, Dv]`` (FlashAttention 3's ``qv``, MLA's second query
+    term; 16-bit or float32): scores ``(q k^T + qv v^T) * softmax_scale``, the default scale then ``(D + Dv) **
+    -0.5``.
 
     GQA/MQA by repeating KV heads; bottom-right window; ``softcap * tanh(s / softcap)``; ``sinks [H]`` join the
     denominator as one extra logit per query head (no value); ``attention_chunk`` > 0 keeps only keys in the query's
@@ -137,14 +144,15 @@ def attention_ref(
     them), which must include every key a row sees.
     """
     left, right = normalize_window(causal, window_size)
-    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    default_dims = q.shape[-1] + (0 if qv is None else qv.shape[-1])
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(default_dims)
     seqlen_k = k.shape[1] if seqlen_k is None else seqlen_k
     out_dtype = torch.bfloat16 if q.dtype == FP8 else q.dtype
     if FP8 in (q.dtype, k.dtype):
         q = dequantize(q, q_descale if q.dtype == FP8 else None, q.shape[2] // k.shape[2])
         k, v = dequantize(k, k_descale), dequantize(v, v_descale)
     out, lse = _attend(q, k, v, key_start, seqlen_k, left=left, right=right, scale=scale, softcap=softcap,
-                       sinks=sinks, compute_dtype=compute_dtype, chunk=attention_chunk)
+                       sinks=sinks, compute_dtype=compute_dtype, chunk=attention_chunk, qv=qv)
     return out.to(out_dtype), lse.to(torch.float32)
 
 
@@ -157,10 +165,12 @@ def attention_varlen_ref(
     *,
     seqused_k: torch.Tensor | None = None,
     seqused_q: torch.Tensor | None = None,
+    qv: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Varlen attention: q ``[total_q, H, D]``, k/v ``[total_k, Hk, D]`` -> (out ``[total_q, H, D]``,
-    lse ``[H, total_q]``), one sequence at a time through ``attention_ref``. ``seqused_q`` / ``seqused_k`` limit
+    """Varlen attention: q ``[total_q, H, D]``, k ``[total_k, Hk, D]``, v ``[total_k, Hk, Dv]`` -> (out
+    ``[total_q, H, Dv]``, lse ``[H, total_q]``), one sequence at a time through ``attention_ref`` (``qv``
+    ``[total_q, H, Dv]`` cut like q). ``seqused_q`` / ``seqused_k`` limit
     the rows / keys each sequence uses; unused rows are left 0 (lse -inf) here, unwritten by the kernels."""
     out = _zeros_out(q, v.shape[-1])
     lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
@@ -169,7 +179,8 @@ def attention_varlen_ref(
         k_len = ck[b + 1] - ck[b] if seqused_k is None else int(seqused_k[b])
         q_end = cq[b + 1] if seqused_q is None else cq[b] + int(seqused_q[b])
         o_b, l_b = attention_ref(q[cq[b]:q_end][None], k[ck[b]:ck[b] + k_len][None],
-                                 v[ck[b]:ck[b] + k_len][None], **_descales_of(kwargs, b))
+                                 v[ck[b]:ck[b] + k_len][None], qv=None if qv is None else qv[cq[b]:q_end][None],
+                                 **_descales_of(kwargs, b))
         out[cq[b]:q_end] = o_b[0]
         lse[:, cq[b]:q_end] = l_b[0]
     return out, lse
@@ -227,13 +238,15 @@ def attention_kvcache_ref(
     page_table: torch.Tensor | None = None,
     cu_seqlens_q: torch.Tensor | None = None,
     cache_leftpad: torch.Tensor | None = None,
+    qv: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention over a KV cache whose sequence ``b`` holds ``seqlens_k[b]`` tokens (new ones already written),
     from slot ``cache_leftpad[b]`` on (key positions count from there).
 
     q ``[B, Sq, H, D]`` (lse ``[B, H, Sq]``) or varlen ``[total_q, H, D]`` with ``cu_seqlens_q`` (lse
-    ``[H, total_q]``).
+    ``[H, total_q]``); ``qv`` (FlashAttention 3's second score term, see ``attention_ref``) laid out like q with
+    v_cache's head_dim.
     """
     if cu_seqlens_q is None:
         queries = [q.shape[1]] * len(seqlens_k)
@@ -250,18 +263,18 @@ def attention_kvcache_ref(
     kv = gather_kv_cache(k_cache, v_cache, seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
                          first_keys=first_keys, cache_leftpad=cache_leftpad)
 
-    def one(q_b, b):
+    def one(q_b, b, qv_b=None):
         k_b, v_b = kv[b]
         return attention_ref(q_b[None], k_b[None], v_b[None], key_start=first_keys[b], seqlen_k=lengths[b],
-                             **_descales_of(kwargs, b))
+                             qv=None if qv_b is None else qv_b[None], **_descales_of(kwargs, b))
 
     if cu_seqlens_q is None:
-        outs, lses = zip(*(one(q[b], b) for b in range(len(kv))))
+        outs, lses = zip(*(one(q[b], b, None if qv is None else qv[b]) for b in range(len(kv))))
         return torch.cat(outs), torch.cat(lses)
     out = _zeros_out(q, v_cache.shape[-1])
     lse = torch.full((q.shape[1], q.shape[0]), float("-inf"), dtype=torch.float32, device=q.device)
     for b in range(len(kv)):
-        o_b, l_b = one(q[bounds[b]:bounds[b + 1]], b)
+        o_b, l_b = one(q[bounds[b]:bounds[b + 1]], b, None if qv is None else qv[bounds[b]:bounds[b + 1]])
         out[bounds[b]:bounds[b + 1]] = o_b[0]
         lse[:, bounds[b]:bounds[b + 1]] = l_b[0]
     return out, lse
