@@ -147,15 +147,40 @@ def _check_descales(q: torch.Tensor, k: torch.Tensor, batch: int, q_descale, k_d
             raise ValueError(f"{name}: expected device {q.device} to match q, got {descale.device}")
 
 
-def _check_scalars(q: torch.Tensor, softmax_scale, softcap) -> float:
+def _check_scalars(q: torch.Tensor, softmax_scale, softcap, qv: torch.Tensor | None = None) -> float:
     if softmax_scale is None:
-        softmax_scale = 1.0 / math.sqrt(q.shape[-1])
+        # FlashAttention 3's default: 1 / sqrt(D), with qv 1 / sqrt(D + Dv) (both terms of the scores).
+        softmax_scale = 1.0 / math.sqrt(q.shape[-1] + (0 if qv is None else qv.shape[-1]))
     if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)) or not math.isfinite(
             softmax_scale) or softmax_scale <= 0:
         raise ValueError(f"softmax_scale: expected a finite float > 0 or None, got {softmax_scale!r}")
     if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not math.isfinite(softcap) or softcap < 0:
         raise ValueError(f"softcap: expected a finite float >= 0 (0 = off), got {softcap!r}")
     return float(softmax_scale)
+
+
+def _check_qv(qv, q: torch.Tensor, k: torch.Tensor, head_dim_v: int, layout: str) -> None:
+    """FlashAttention 3's ``qv`` (MLA's second query term; None: absent): q's shape with the value head_dim
+    ``head_dim_v`` as its last dimension (``layout`` names it), q's dtype (16-bit or float32; not with fp8 q or
+    k/v) and device, unit stride in the head dimension."""
+    if qv is None:
+        return
+    if not isinstance(qv, torch.Tensor):
+        raise TypeError(f"qv: expected a torch.Tensor of shape {layout} or None, got {type(qv).__name__}")
+    if _FP8 in (q.dtype, k.dtype):
+        raise NotImplementedError("qv: not supported with float8_e4m3fn inputs (FlashAttention 3 takes qv with "
+                                  "fp16 / bf16 only); pass q, k, v and qv in fp16 / bf16")
+    expected = (*q.shape[:-1], head_dim_v)
+    if tuple(qv.shape) != expected:
+        raise ValueError(f"qv: expected shape {expected} {layout} (q's, with v's head_dim {head_dim_v} last), got "
+                         f"{tuple(qv.shape)}")
+    if qv.dtype != q.dtype:
+        raise TypeError(f"qv: expected dtype {q.dtype} to match q, got {qv.dtype}")
+    if qv.device != q.device:
+        raise ValueError(f"qv: expected device {q.device} to match q, got {qv.device}")
+    if qv.stride(-1) != 1:
+        raise ValueError(f"qv: the head dimension must be contiguous (stride 1), got strides {qv.stride()} (as "
+                         "FlashAttention 3 requires); pass qv.contiguous()")
 
 
 def _check_sinks(sinks, num_heads: int, device: torch.device) -> torch.Tensor | None:
@@ -232,13 +257,6 @@ def _check_int_arg(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
     return value
-
-
-def _unsupported(**named) -> None:
-    for name, value in named.items():
-        if isinstance(value, torch.Tensor) or (value is not None and value is not False and value != 0):
-            shown = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
-            raise NotImplementedError(f"{name}: not supported by swattn (got {shown}); leave it at its default")
 
 
 def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -396,13 +414,17 @@ def flash_attn_func(
     ``out`` (swattn's, as FlashAttention 3's internal ``out``): a tensor the output is written into and returned
     as (the output's shape and dtype, q's device, contiguous, 16-byte aligned, not overlapping the inputs; not for
     a call that needs a gradient), instead of a new one.
+    ``qv`` ``[B, Sq, H, Dv]`` (FlashAttention 3's, MLA's second query term; q's dtype, 16-bit or float32): scores
+    ``(q k^T + qv v^T) * softmax_scale`` (before softcap and masks), default softmax_scale ``(D + Dv) ** -0.5``.
+    Forward only, as in FlashAttention 3: inputs that require grad are accepted, a backward through the call raises
+    NotImplementedError naming qv.
     """
-    _unsupported(qv=qv)
     _check_qkv(q, k, v, "(B, Sq, H, D)", "(B, Sk, Hk, D)", 4)
     if k.shape[0] != q.shape[0]:
         raise ValueError(f"k: expected batch {q.shape[0]} to match q, got {k.shape[0]}")
+    _check_qv(qv, q, k, v.shape[-1], "(B, Sq, H, Dv)")
     _check_descales(q, k, q.shape[0], q_descale, k_descale, v_descale)
-    softmax_scale = _check_scalars(q, softmax_scale, softcap)
+    softmax_scale = _check_scalars(q, softmax_scale, softcap, qv)
     left, right = _window(causal, window_size)
     attention_chunk = check_attention_chunk(attention_chunk)
     sinks = _check_sinks(sinks, q.shape[2], q.device)
@@ -415,11 +437,11 @@ def flash_attn_func(
                                   sm_margin, q.shape[1] * (group if packed else 1))
     arguments = (_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, None, None, None, q.shape[1],
                  k.shape[1], softmax_scale, left, right, float(softcap), packed, num_splits, None, attention_chunk,
-                 q_descale, k_descale, v_descale, bool(return_softmax_lse or return_attn_probs))
+                 q_descale, k_descale, v_descale, bool(return_softmax_lse or return_attn_probs), qv)
     if out is None:
         out, lse = ops.run_fwd(*arguments)
     else:
-        _check_out(out, q, v.shape[-1], (q, k, v, sinks))
+        _check_out(out, q, v.shape[-1], (q, k, v, sinks, qv))
         out, lse = ops.run_fwd_into(out, *arguments)
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
@@ -509,11 +531,11 @@ def flash_attn_varlen_func(
     (int32): keys actually used by each sequence (<= its cu_seqlens_k length); ``seqused_q [B]`` (int32): queries
     actually used (<= its cu_seqlens_q length): the rows past it are neither read nor written, so out and lse hold
     unspecified values there (as in FlashAttention 3), and their gradients are 0. Window, softcap, sinks,
-    attention_chunk as in ``flash_attn_func``. Returns out ``[total_q, H, Dv]`` (into ``out`` when given, as in
-    ``flash_attn_func``) and, when asked, ``softmax_lse [H, total_q]`` float32.
+    attention_chunk, qv (``[total_q, H, Dv]``) as in ``flash_attn_func``. Returns out ``[total_q, H, Dv]`` (into
+    ``out`` when given, as in ``flash_attn_func``) and, when asked, ``softmax_lse [H, total_q]`` float32.
     """
-    _unsupported(qv=qv)
     _check_qkv(q, k, v, "(total_q, H, D)", "(total_k, Hk, D)", 3)
+    _check_qv(qv, q, k, v.shape[-1], "(total_q, H, Dv)")
     max_seqlen_q = _check_int_arg("max_seqlen_q", max_seqlen_q, 0)
     max_seqlen_k = _check_int_arg("max_seqlen_k", max_seqlen_k, 0)
     read_data = _checks_read_data(q, check_inputs)
@@ -540,7 +562,7 @@ def flash_attn_varlen_func(
             if (used < 0).any() or (used > lengths).any():
                 raise ValueError(f"seqused_q: each entry must lie in [0, its cu_seqlens_q length {lengths.tolist()}]"
                                  f", got {used.tolist()}")
-    softmax_scale = _check_scalars(q, softmax_scale, softcap)
+    softmax_scale = _check_scalars(q, softmax_scale, softcap, qv)
     left, right = _window(causal, window_size)
     attention_chunk = check_attention_chunk(attention_chunk)
     sinks = _check_sinks(sinks, q.shape[1], q.device)
@@ -554,11 +576,11 @@ def flash_attn_varlen_func(
     arguments = (_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, _contiguous(cu_seqlens_q),
                  _contiguous(cu_seqlens_k), _contiguous(seqused_k), max_seqlen_q, max_seqlen_k, softmax_scale, left,
                  right, float(softcap), packed, num_splits, _contiguous(seqused_q), attention_chunk, q_descale,
-                 k_descale, v_descale, bool(return_softmax_lse or return_attn_probs))
+                 k_descale, v_descale, bool(return_softmax_lse or return_attn_probs), qv)
     if out is None:
         out, lse = ops.run_fwd(*arguments)
     else:
-        _check_out(out, q, v.shape[-1], (q, k, v, sinks))
+        _check_out(out, q, v.shape[-1], (q, k, v, sinks, qv))
         out, lse = ops.run_fwd_into(out, *arguments)
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
@@ -628,11 +650,12 @@ def flash_attn_with_kvcache(
     (swattn plans from shapes on the host, without reading GPU data). Returns out shaped like q with v_cache's
     head_dim (into ``out`` when given, as in ``flash_attn_func``) and, with
     ``return_softmax_lse``, lse ``[B, H, Sq]`` or ``[H, total_q]`` (float32).
+    ``qv`` (FlashAttention 3's, MLA's second query term): laid out like q with v_cache's head_dim, as in
+    ``flash_attn_func`` (not rotated; forward only).
     With ``check_inputs`` (default: on for CPU tensors, off on GPU: it synchronises), page indices, cache_seqlens,
     cache_leftpad, cache_batch_idx, cu_seqlens_k_new and rotary positions are checked against their tensors;
     otherwise keeping them in range is the caller's contract.
     """
-    _unsupported(qv=qv)
     varlen = cu_seqlens_q is not None
     paged = page_table is not None
     _check_tensor("k_cache", k_cache, 4, "(num_pages, page_size, Hk, D)" if paged else "(B_cache, S_cache, Hk, D)")
@@ -640,6 +663,7 @@ def flash_attn_with_kvcache(
     _check_qkv(q, k_cache, v_cache, "(total_q, H, D) with cu_seqlens_q" if varlen else "(B, Sq, H, D)",
                "(num_pages, page_size, Hk, D)" if paged else "(B_cache, S_cache, Hk, D)", 3 if varlen else 4, 4,
                "k_cache", "v_cache")
+    _check_qv(qv, q, k_cache, v_cache.shape[-1], "(total_q, H, Dv)" if varlen else "(B, Sq, H, Dv)")
     for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
         if cache.stride(-1) != 1:
             raise ValueError(f"{name}: the head dimension must be contiguous (stride 1), got strides {cache.stride()};"
@@ -727,7 +751,7 @@ def flash_attn_with_kvcache(
     if cache_leftpad is not None:
         _check_int32_vector("cache_leftpad", cache_leftpad, batch, q.device, "(B,) of first cache slots")
     _check_descales(q, k_cache, batch, q_descale, k_descale, v_descale, "k_cache")
-    softmax_scale = _check_scalars(q, softmax_scale, softcap)
+    softmax_scale = _check_scalars(q, softmax_scale, softcap, qv)
     left, right = _window(causal, window_size)
     attention_chunk = check_attention_chunk(attention_chunk)
     rotary_dim = _check_rotary(rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, k, q, batch)
@@ -770,11 +794,11 @@ def flash_attn_with_kvcache(
         None if rotary_sin is None else _contiguous_last(rotary_sin),
         _contiguous(rotary_seqlens) if rotary_dim else None,
         bool(rotary_interleaved), sequential, attention_chunk, q_descale, k_descale, v_descale,
-        bool(return_softmax_lse))
+        bool(return_softmax_lse), qv)
     if out is None:
         out, lse = ops.run_fwd_kvcache(*arguments)
     else:
-        _check_out(out, q, v_cache.shape[-1], (q, k_cache, v_cache, k, v, sinks))
+        _check_out(out, q, v_cache.shape[-1], (q, k_cache, v_cache, k, v, sinks, qv))
         out, lse = ops.run_fwd_kvcache_into(out, *arguments)
     return _result(out, lse, return_softmax_lse)
 

@@ -118,14 +118,17 @@ def _fwd_impl(
     k_descale: torch.Tensor | None = None,
     v_descale: torch.Tensor | None = None,
     return_lse: bool = True,
+    qv: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense (q ``[B, Sq, H, D]``) or varlen (q ``[total_q, H, D]`` with cu_seqlens) forward -> (out, lse); fp8
     inputs with their descales (forward only). Without ``return_lse`` the LSE is neither computed nor allocated
-    (lse: an empty tensor); callers that need a gradient pass True (``run_fwd`` sees to it)."""
+    (lse: an empty tensor); callers that need a gradient pass True (``run_fwd`` sees to it). ``qv``: FlashAttention
+    3's second query term (laid out like q with v's head_dim; forward only, ``backward_refusal``)."""
     varlen = cu_seqlens_q is not None
     if not uses_triton(q):
         kwargs = _reference_kwargs(softmax_scale, left, right, softcap, sinks, attention_chunk, q_descale, k_descale,
                                    v_descale)
+        kwargs["qv"] = qv
         if varlen:
             result = reference.attention_varlen_ref(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k=seqused_k,
                                                     seqused_q=seqused_q, **kwargs)
@@ -139,7 +142,7 @@ def _fwd_impl(
         q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
         cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_k=max_seqlen_k,
         seqlens_k=seqused_k, pack_gqa=pack_gqa, num_splits=num_splits, return_lse=return_lse, seqused_q=seqused_q,
-        attention_chunk=attention_chunk, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale)
+        attention_chunk=attention_chunk, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale, qv=qv)
     return out, _no_lse(q) if lse is None else lse
 
 
@@ -149,7 +152,7 @@ fwd = torch.library.custom_op("swattn::fwd", mutates_args=(), device_types=None)
 @fwd.register_fake
 def _fwd_fake(q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale,
               left, right, softcap, pack_gqa, num_splits, seqused_q=None, attention_chunk=0, q_descale=None,
-              k_descale=None, v_descale=None, return_lse=True):
+              k_descale=None, v_descale=None, return_lse=True, qv=None):
     if not return_lse:
         return _out_like(q, v), _no_lse(q)
     return _out_like(q, v), q.new_empty(lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
@@ -233,8 +236,9 @@ def _fwd_setup_context(ctx, inputs, output):
     # fp8 has no backward; as in FlashAttention 3, inputs that require grad are accepted and only a backward
     # through the call is refused (``_fwd_backward``): nothing is saved for it.
     ctx.fp8 = any(d is not None for d in descales) or k.dtype == torch.float8_e4m3fn
-    # A value head_dim the backward does not take (``backward_refusal``): refused, as fp8, only at the backward.
-    ctx.refusal = backward_refusal(q, v)
+    # A value head_dim the backward does not take, or qv (``backward_refusal``): refused, as fp8, only at the
+    # backward.
+    ctx.refusal = backward_refusal(q, v, rest[4] if len(rest) > 4 else None)
     if ctx.refusal is not None:
         return
     # Called through the dispatcher with return_lse=False (run_fwd never does that when a gradient is needed).
@@ -258,9 +262,14 @@ def _needs_input_grad(ctx) -> tuple[bool, ...]:
 MAX_BACKWARD_HEAD_DIM_V = 256
 
 
-def backward_refusal(q: torch.Tensor, v: torch.Tensor) -> str | None:
-    """Why the backward cannot take these inputs (None when it can): a value head_dim Dv (v's last dimension) other
-    than q's beyond what the backward takes."""
+def backward_refusal(q: torch.Tensor, v: torch.Tensor, qv: torch.Tensor | None = None) -> str | None:
+    """Why the backward cannot take these inputs (None when it can): FlashAttention 3's ``qv``, or a value head_dim
+    Dv (v's last dimension) other than q's beyond what the backward takes."""
+    if qv is not None:
+        # FlashAttention 3's backward has no qv: it recomputes the probabilities from q k^T alone (its tests run no
+        # backward with qv), so swattn refuses rather than give gradients of another function.
+        return ("qv: a backward through attention with qv (the second query term) is not supported (FlashAttention "
+                "3 has none either); run the forward under torch.no_grad() or detach its inputs")
     head_dim, head_dim_v = q.shape[-1], v.shape[-1]
     if head_dim_v != head_dim and head_dim_v > MAX_BACKWARD_HEAD_DIM_V:
         # As FlashAttention 3, whose backward takes head dims up to 256 (its tests run none with Dv > 256).
@@ -319,7 +328,7 @@ class _EagerAttention(torch.autograd.Function):
                 ctx.forward_plan, ctx.input_offset = None, 1
                 return out, lse, None
             plan = _forward_plan(inputs)
-        out, lse, _ = plan.run(*_forward_run_arguments(inputs))
+        out, lse, _ = plan.run(*_forward_run_arguments(inputs), qv=_qv_argument(inputs))
         _fwd_setup_context(ctx, inputs, (out, lse))
         ctx.forward_plan, ctx.input_offset = plan, 1
         # Decided here, once: whether the sinks want their gradient (needs_input_grad: the plan, then the inputs).
@@ -337,13 +346,22 @@ def _forward_plan(args: tuple):
     """``kernels.fwd.forward_plan`` for ``swattn::fwd``'s arguments (in the op's order)."""
     (q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale, left, right,
      softcap, pack_gqa, num_splits, *rest) = args
-    # seqused_q, attention_chunk, q/k/v_descale, return_lse
-    rest = tuple(rest) + (None, 0, None, None, None, True)[len(rest):]
+    # seqused_q, attention_chunk, q/k/v_descale, return_lse, qv
+    rest = tuple(rest) + (None, 0, None, None, None, True, None)[len(rest):]
     return forward_plan(q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
                         cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k,
                         max_seqlen_k=max_seqlen_k, seqlens_k=seqused_k, pack_gqa=pack_gqa, num_splits=num_splits,
                         return_lse=rest[5], seqused_q=rest[0], attention_chunk=rest[1], q_descale=rest[2],
-                        k_descale=rest[3], v_descale=rest[4])
+                        k_descale=rest[3], v_descale=rest[4], qv=rest[6])
+
+
+# swattn::fwd's argument that holds qv (after return_lse).
+_QV_ARGUMENT = 21
+
+
+def _qv_argument(args: tuple) -> torch.Tensor | None:
+    """``swattn::fwd``'s qv (None when the call passes fewer arguments)."""
+    return args[_QV_ARGUMENT] if len(args) > _QV_ARGUMENT else None
 
 
 def _forward_run_arguments(args: tuple) -> tuple:
@@ -417,15 +435,17 @@ def _fwd_kvcache_impl(
     k_descale: torch.Tensor | None = None,
     v_descale: torch.Tensor | None = None,
     return_lse: bool = True,
+    qv: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """KV-cache forward: append ``k``/``v`` (if given, rotated with ``rotary_cos``/``rotary_sin``; into an fp8
     cache quantized with ``k_descale``/``v_descale``) at ``cache_seqlens``, rotate q likewise, then attend ->
-    (out, lse); without ``return_lse`` the LSE is neither computed nor allocated (lse: an empty tensor)."""
+    (out, lse); without ``return_lse`` the LSE is neither computed nor allocated (lse: an empty tensor). ``qv``
+    (FlashAttention 3's second query term, laid out like q with v_cache's head_dim) is not rotated."""
     if uses_triton(q):
         args = (q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table, cu_seqlens_q, max_seqlen_q,
                 sinks, softmax_scale, left, right, softcap, pack_gqa, num_splits, cu_seqlens_k_new, cache_leftpad,
                 rotary_cos, rotary_sin, rotary_seqlens, rotary_interleaved, rotary_sequential_q, attention_chunk,
-                q_descale, k_descale, v_descale, return_lse)
+                q_descale, k_descale, v_descale, return_lse, qv)
         out, lse = _KVCachePlan(*args).run(*args)
         return out, _no_lse(q) if lse is None else lse
     rotary = dict(rotary_cos=rotary_cos, rotary_sin=rotary_sin, rotary_seqlens=rotary_seqlens,
@@ -443,7 +463,7 @@ def _fwd_kvcache_impl(
                                          rotary_sequential_q, rotary_interleaved, cu_seqlens_q)
     out, lse = _like_fake(q, v_cache, *reference.attention_kvcache_ref(
         q, k_cache, v_cache, seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
-        cu_seqlens_q=cu_seqlens_q, cache_leftpad=cache_leftpad,
+        cu_seqlens_q=cu_seqlens_q, cache_leftpad=cache_leftpad, qv=qv,
         **_reference_kwargs(softmax_scale, left, right, softcap, sinks, attention_chunk, q_descale, k_descale,
                             v_descale)))
     return out, lse if return_lse else _no_lse(q)
@@ -463,7 +483,7 @@ class _KVCachePlan:
                  max_seqlen_q, sinks, softmax_scale, left, right, softcap, pack_gqa, num_splits,
                  cu_seqlens_k_new=None, cache_leftpad=None, rotary_cos=None, rotary_sin=None, rotary_seqlens=None,
                  rotary_interleaved=True, rotary_sequential_q=True, attention_chunk=0, q_descale=None, k_descale=None,
-                 v_descale=None, return_lse=True):
+                 v_descale=None, return_lse=True, qv=None):
         if k is None:
             one_new_token_per_query = False
         elif cu_seqlens_q is not None:
@@ -475,8 +495,9 @@ class _KVCachePlan:
         self.fused_case = None
         # The fused append copies tokens as they are: an e4m3 cache takes the append launch, which quantizes them.
         # It reads k and v through one set of strides and head_dim: a value head_dim of its own (v_cache's last
-        # dimension other than k_cache's) takes the append launch too.
-        if (one_new_token_per_query and rotary_cos is None and cache_leftpad is None
+        # dimension other than k_cache's) takes the append launch too, and so does a call with qv (which travels in
+        # the fused append's slot of the attention kernel).
+        if (one_new_token_per_query and rotary_cos is None and cache_leftpad is None and qv is None
                 and k_cache.dtype != torch.float8_e4m3fn and v_cache.shape[-1] == k_cache.shape[-1]):
             self.fused_case = (left, 0 if page_table is None else k_cache.shape[1],
                                q.shape[0] if cu_seqlens_q is None else cu_seqlens_q.shape[0] - 1,
@@ -506,7 +527,7 @@ class _KVCachePlan:
             max_seqlen_q=None, sinks=None, softmax_scale=None, left=None, right=None, softcap=None, pack_gqa=None,
             num_splits=None, cu_seqlens_k_new=None, cache_leftpad=None, rotary_cos=None, rotary_sin=None,
             rotary_seqlens=None, rotary_interleaved=None, rotary_sequential_q=None, attention_chunk=None,
-            q_descale=None, k_descale=None, v_descale=None, return_lse=None, out=None):
+            q_descale=None, k_descale=None, v_descale=None, return_lse=None, qv=None, out=None):
         """-> (out, lse), lse None when the plan was made without ``return_lse``; ``out`` given: written there."""
         q_attend, new_k, new_v = q, None, None  # q_attend: q, or its rotated copy
         stream = ASK  # stream_key, asked once for the append's and the attention's kept scratch
@@ -529,11 +550,11 @@ class _KVCachePlan:
             forward = self.forward = forward_plan(
                 q_attend, k_cache, v_cache, sinks=sinks, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx,
                 page_table=page_table, cu_seqlens_q=cu_seqlens_q, new_k=new_k, new_v=new_v,
-                cache_leftpad=cache_leftpad, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
+                cache_leftpad=cache_leftpad, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale, qv=qv,
                 **self.forward_arguments)
         out, lse, _ = forward.run(q_attend, k_cache, v_cache, sinks, cu_seqlens_q, None, seqlens_k, cache_batch_idx,
                                   page_table, new_k, new_v, None, cache_leftpad, q_descale, k_descale, v_descale,
-                                  stream, out)
+                                  stream, out, qv=qv)
         return out, lse
 
 
@@ -546,7 +567,7 @@ def _fwd_kvcache_fake(q, k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx,
                       max_seqlen_q, sinks, softmax_scale, left, right, softcap, pack_gqa, num_splits,
                       cu_seqlens_k_new=None, cache_leftpad=None, rotary_cos=None, rotary_sin=None,
                       rotary_seqlens=None, rotary_interleaved=True, rotary_sequential_q=True, attention_chunk=0,
-                      q_descale=None, k_descale=None, v_descale=None, return_lse=True):
+                      q_descale=None, k_descale=None, v_descale=None, return_lse=True, qv=None):
     if not return_lse:
         return _out_like(q, v_cache), _no_lse(q)
     return _out_like(q, v_cache), q.new_empty(lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
@@ -567,15 +588,17 @@ def _may_skip_dispatcher(tensors) -> bool:
 
 def run_fwd(*args) -> tuple[torch.Tensor, torch.Tensor]:
     """``swattn::fwd`` with its arguments in order (q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, the
-    scalars, seqused_q, attention_chunk, q/k/v_descale, return_lse; positional, so ``swattn._replay`` can record
-    the call). Plain eager calls skip the dispatcher (see ``_may_skip_dispatcher``): the implementation directly
-    when no gradient is needed, else ``_EagerAttention``, the same forward and backward. A call that needs a
-    gradient computes the LSE whatever ``return_lse`` says (the backward reads it)."""
+    scalars, seqused_q, attention_chunk, q/k/v_descale, return_lse, qv; positional, so ``swattn._replay`` can
+    record the call). Plain eager calls skip the dispatcher (see ``_may_skip_dispatcher``): the implementation
+    directly when no gradient is needed, else ``_EagerAttention``, the same forward and backward. A call that needs
+    a gradient computes the LSE whatever ``return_lse`` says (the backward reads it); one whose qv requires grad
+    takes the autograd path too, whose backward refuses it (``backward_refusal``)."""
     q, k, v, sinks = args[:4]
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, sinks))
+    qv = _qv_argument(args)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, sinks, qv))
     if needs_grad and len(args) > 20 and not args[20]:
-        args = (*args[:20], True)
-    if not _may_skip_dispatcher(args[:7] + (args[15],) + tuple(args[17:20])):
+        args = (*args[:20], True, *args[21:])
+    if not _may_skip_dispatcher(args[:7] + (args[15],) + tuple(args[17:20]) + (qv,)):
         return fwd(*args)
     if needs_grad:
         return _EagerAttention.apply(None, *args)[:2]
@@ -646,8 +669,9 @@ def run_fwd_into(out: torch.Tensor, *args) -> tuple[torch.Tensor, torch.Tensor]:
     dtype and device, contiguous, 16-byte aligned, and that no gradient is needed). Plain eager calls on the Triton
     path have the kernels write it; the others (through the dispatcher: torch.compile, functorch, subclasses; the
     CPU reference) copy the op's result into it. -> (out, lse)."""
-    if uses_triton(args[0]) and _may_skip_dispatcher(args[:7] + (args[15],) + tuple(args[17:20]) + (out,)):
-        _, lse, _ = _forward_plan(args).run(*_forward_run_arguments(args), out=out)
+    if uses_triton(args[0]) and _may_skip_dispatcher(args[:7] + (args[15],) + tuple(args[17:20])
+                                                     + (_qv_argument(args), out)):
+        _, lse, _ = _forward_plan(args).run(*_forward_run_arguments(args), out=out, qv=_qv_argument(args))
         _increment_versions(out)
         return out, _no_lse(args[0]) if lse is None else lse
     result, lse = run_fwd(*args)
@@ -771,7 +795,7 @@ def _planned_fwd_into(args: tuple):
     def run(out, *args):
         if not (uses_triton(args[0]) and _plain_eager()):
             return run_fwd_into(out, *args)
-        _, lse, _ = plan.run(*_forward_run_arguments(args), out=out)
+        _, lse, _ = plan.run(*_forward_run_arguments(args), out=out, qv=_qv_argument(args))
         _increment_versions(out)
         return out, lse
     return run
@@ -790,16 +814,18 @@ def _planned_fwd(args: tuple):
         q, k, v, sinks = args[:4]
         if not (uses_triton(q) and _plain_eager()):
             return run_fwd(*args)
+        qv = _qv_argument(args)
         needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
-                                                   or (sinks is not None and sinks.requires_grad))
+                                                   or (sinks is not None and sinks.requires_grad)
+                                                   or (qv is not None and qv.requires_grad))
         if needs_grad and not return_lse:
-            args = (*args[:20], True)  # the backward reads the LSE
+            args = (*args[:20], True, *args[21:])  # the backward reads the LSE
         plan = plans.get(needs_grad)
         if plan is None:
             plan = plans[needs_grad] = _forward_plan(args)
         if needs_grad:
             return _EagerAttention.apply(plan, *args)[:2]
         out, lse, _ = plan.run(q, k, v, sinks, args[4], args[5], args[6], None, None, None, None,
-                               args[15] if has_seqused_q else None, None, *args[17:20])
+                               args[15] if has_seqused_q else None, None, *args[17:20], qv=qv)
         return out, lse
     return run

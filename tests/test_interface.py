@@ -116,7 +116,9 @@ COMMON_CHECKS = [
      r"^sinks: expected device"),
     ("num-splits-negative", lambda make, rank: make(num_splits=-1), ValueError, r"^num_splits: expected an int >= 0"),
     ("num-splits-float", lambda make, rank: make(num_splits=2.0), ValueError, r"^num_splits: expected an int"),
-    ("qv-unsupported", lambda make, rank: make(qv=make()["q"]), NotImplementedError, r"^qv: not supported"),
+    ("qv-dtype-mismatch", lambda make, rank: make(qv=make()["q"].float()), TypeError,
+     r"^qv: expected dtype torch\.float16 to match q"),
+    ("qv-wrong-head-dim", lambda make, rank: make(qv=make()["q"][..., :8]), ValueError, r"^qv: expected shape"),
     # Descales apply to float8_e4m3fn inputs only (tests/kernels/test_fp8.py has the fp8 checks).
     ("q-descale-not-fp8", lambda make, rank: make(q_descale=torch.ones(B, HK)), ValueError,
      r"^q_descale: given, but q is torch.float16"),

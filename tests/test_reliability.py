@@ -177,9 +177,10 @@ CASES = [
          rf"sinks: expected device {DEV} to match q, got meta$"),
     Case("func-num-splits-float", FUNC, "num_splits=2.0",
          _with(dense, "num_splits", 2.0), ValueError, r"num_splits: expected an int >= 0, got 2\.0$"),
-    Case("func-qv-unsupported", FUNC, "qv given (FA3 argument swattn does not implement)",
-         _with(dense, "qv", lambda: _half(B, SQ, H, D)), NotImplementedError,
-         r"qv: not supported by swattn \(got a tensor of shape \(2, 3, 4, 16\)\); leave it at its default$"),
+    Case("func-qv-wrong-head-dim", FUNC, "qv with q's head_dim instead of v's",
+         _with(dense, "qv", lambda: _half(B, SQ, H, D + 8)), ValueError,
+         r"qv: expected shape \(2, 3, 4, 16\) \(B, Sq, H, Dv\) \(q's, with v's head_dim 16 last\), got "
+         r"\(2, 3, 4, 24\)$"),
     # --- flash_attn_varlen_func ----------------------------------------------------------------------------------
     Case("varlen-k-rank-4", VARLEN, "k of rank 4 (the dense layout)",
          _with(varlen, "k", lambda: _half(1, 7, HK, D)), ValueError,

@@ -383,7 +383,7 @@ def forced_config_in_use() -> FwdConfig | None:
 def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, window_span: int | None,
                    element_size: int = 2, keys_per_split: int | None = None,
                    programs_per_sm: float | None = None, paged: bool = False, fp8_kv: bool = False,
-                   value_dim_padded: int | None = None) -> FwdConfig:
+                   value_dim_padded: int | None = None, qv: bool = False) -> FwdConfig:
     """Pick block shapes from shapes only (never from GPU values, so CUDA graphs and torch.compile are safe).
 
     ``element_size``: bytes per q/k/v element (fp32 shrinks the bf16 choice to fit shared memory);
@@ -392,7 +392,8 @@ def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, win
     keys one split of a sequence's KV loop covers (None: unknown); ``programs_per_sm``: the grid's programs (at
     least one tile per sequence and head axis) per SM (None: unknown); ``paged``: K/V through a page table;
     ``fp8_kv``: K/V in e4m3 (decode tiles then take ``FP8_PAGED_SPLIT_STAGES`` / ``FP8_SINGLE_LOOP_STAGES``);
-    ``value_dim_padded``: V's padded head_dim when it differs from K's (``value_dim_config``). Choices come from
+    ``value_dim_padded``: V's padded head_dim when it differs from K's (``value_dim_config``); ``qv``: the call
+    passes FlashAttention 3's qv (``value_dim_config`` whatever the two head dims). Choices come from
     the H100 and H200 sweeps
     recorded in docs/notes/performance-log.md (scripts/gpu_sweep.py, gpu_splits.py).
     """
@@ -400,9 +401,9 @@ def forward_config(head_dim_padded: int, rows_per_tile: int, pack_gqa: bool, win
         return _forced
     if interpreter_enabled():
         return FwdConfig(16, 16, 4, 1)
-    if value_dim_padded is not None and value_dim_padded != head_dim_padded:
+    if value_dim_padded is not None and (value_dim_padded != head_dim_padded or qv):
         return value_dim_config(head_dim_padded, value_dim_padded, rows_per_tile, pack_gqa, window_span,
-                                element_size, keys_per_split, programs_per_sm, paged)
+                                element_size, keys_per_split, programs_per_sm, paged, qv)
     # The head-block verify tile (VERIFY_HEAD_BLOCKS) was compiled and timed for bf16 K/V only.
     config = _bf16_forward_config(head_dim_padded, rows_per_tile, pack_gqa, window_span, keys_per_split,
                                   programs_per_sm, paged, head_blocks=not fp8_kv and element_size == 2)
@@ -431,14 +432,29 @@ def _large_value_block_n(block_m: int) -> int:
     return 16 if block_m >= 64 else 32
 
 
+# FlashAttention 3's qv keeps its [block_m, Dv] tile resident beside the accumulator. Compiled for sm_90 (Triton 3.6,
+# scripts/kernel_resources.py; registers of the main / redo launch, spills), D 64, a paged split decode of 128 query
+# heads over one KV head (PackGQA) and a causal 512-query prefill: Dv 512 decode (64, 16, 8, 2) 255 regs and 104 B
+# spilled, (32, 32, 8, 2) 180, (32, 16, 8, 2) 128; prefill (64, 16, 8, 2) 255 / 255 with 128 / 240 B, (32, 32, 8,
+# 2) 181 / 255 with 64 B in the redo, (32, 16, 8, 2) 177 / 253. Dv 256 decode (64, 64, 8, 2) 234, (64, 32, 8, 2)
+# 201; prefill (64, 64, 8, 2) 234 / 255 with 208 B in the redo, (64, 32, 8, 2) 187 / 254. So, at most: V rows
+# longer than LARGE_VALUE_DIM QV_LARGE_VALUE_TILE, longer than 128 QV_VALUE_TILE (block_m, block_n, warps, stages),
+# none spilling. Not timed on a GPU.
+QV_LARGE_VALUE_TILE = (32, 16, 8, 2)
+QV_VALUE_TILE = (64, 32, 8, 2)
+
+
 def value_dim_config(head_dim_padded: int, value_dim_padded: int, rows_per_tile: int, pack_gqa: bool,
                      window_span: int | None, element_size: int = 2, keys_per_split: int | None = None,
-                     programs_per_sm: float | None = None, paged: bool = False) -> FwdConfig:
+                     programs_per_sm: float | None = None, paged: bool = False, qv: bool = False) -> FwdConfig:
     """Block shapes of a forward whose V head_dim (``value_dim_padded``, padded) differs from K's: the equal-dims
     choice at the larger of the two (its register and shared-memory budget covers the accumulator and both
     tiles), without the head-block verify tile (which loads V as K); V rows longer than ``LARGE_VALUE_DIM`` within
     the LARGE_VALUE_* limits and without descriptor loads (a TMA box spans at most 256 elements). Correct for any
-    shape; not tuned (no GPU measured it)."""
+    shape; not tuned (no GPU measured it).
+    ``qv`` (FlashAttention 3's, with any two head dims): V rows longer than 128 within ``QV_VALUE_TILE`` /
+    ``QV_LARGE_VALUE_TILE``, its resident ``[block_m, Dv]`` tile counted in the shared-memory budget, and no
+    register cap (those were chosen for launches without it)."""
     config = _bf16_forward_config(max(head_dim_padded, value_dim_padded), rows_per_tile, pack_gqa, window_span,
                                   keys_per_split, programs_per_sm, paged, head_blocks=False)
     if element_size != 2:
@@ -448,7 +464,15 @@ def value_dim_config(head_dim_padded: int, value_dim_padded: int, rows_per_tile:
         config = replace(config, block_m=block_m, block_n=min(config.block_n, _large_value_block_n(block_m)),
                          num_warps=LARGE_VALUE_WARPS, num_stages=min(config.num_stages, LARGE_VALUE_STAGES),
                          tma=False, maxnreg=None, mask_edges_only=False)
-    while (config.block_m * head_dim_padded + (head_dim_padded + value_dim_padded) * config.block_n
+    if qv:
+        config = replace(config, maxnreg=None)
+        if value_dim_padded > 128:
+            block_m, block_n, warps, stages = (QV_LARGE_VALUE_TILE if value_dim_padded > LARGE_VALUE_DIM
+                                               else QV_VALUE_TILE)
+            config = replace(config, block_m=min(config.block_m, block_m), block_n=min(config.block_n, block_n),
+                             num_warps=warps, num_stages=min(config.num_stages, stages))
+    resident_dim = head_dim_padded + (value_dim_padded if qv else 0)  # q's row, and qv's
+    while (config.block_m * resident_dim + (head_dim_padded + value_dim_padded) * config.block_n
            * max(1, config.num_stages - 1)) * element_size > SHARED_MEMORY_BUDGET:
         if config.num_stages > 1:
             config = replace(config, num_stages=config.num_stages - 1)

@@ -531,18 +531,31 @@ def _load_two_blocks(k_base, v_base, offs_h, head_mask, offs_n, load_mask, offs_
 
 
 @triton.jit
+def _dot_into(a, b, acc):
+    """``acc + a @ b`` as one product accumulating into ``acc`` (fp32 operands in full precision, as ``dot``)."""
+    if a.dtype == tl.float32:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
 def _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale, softcap, block,
                   masked_head_end, unmasked_end, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr,
                   chunk, HAS_CHUNK: tl.constexpr, FP8: tl.constexpr, row_unscale, WIDEN: tl.constexpr = 0,
-                  pair_second=None, KV_PAIR: tl.constexpr = 0, k2=None):
+                  pair_second=None, KV_PAIR: tl.constexpr = 0, k2=None, qv=None, HAS_QV: tl.constexpr = False):
     """The scores of one block (keys ``offs_n``, ``load_mask``) and what the softmax step needs with them:
     ``(qk, qk_scale, v, visible)``; scores in log2 units are ``qk * qk_scale`` (``_exp_scores``), masked keys -inf;
     ``v`` as the product takes it; ``visible`` the mask (MASK without MASK_EDGES_ONLY; else True).
     ``KV_PAIR``: ``k`` / ``v`` hold two KV heads' rows side by side (``[BLOCK_N, 2 * D]``); each row's scores are
     those of its own head (``pair_second`` [BLOCK_M]: the row belongs to the second): one product per head, each
     row taking its head's (a select, so a non-finite key of one head never reaches the other head's rows); with
-    PAIR_TWO_LOADS the second head's keys are ``k2``, each tile ``[BLOCK_N, D]``."""
+    PAIR_TWO_LOADS the second head's keys are ``k2``, each tile ``[BLOCK_N, D]``.
+    ``HAS_QV`` (FlashAttention 3's ``qv``, MLA's second query term; 16-bit inputs, no KV pairs): the scores are
+    ``q k^T + qv v^T`` (``qv`` ``[BLOCK_M, BLOCK_DV]``, ``v`` the block's V tile), before the scale, the softcap and
+    the masks, as FlashAttention 3 sums its two products."""
+    tl.static_assert(not HAS_QV or (KV_PAIR == NO_PAIR and FP8 == NO_FP8), "qv: 16-bit inputs, no KV pairs")
     if FP8 == FP8_KV:
         # Half the bytes of a bf16 cache; both products then run in fp16.
         k = _widen_e4m3(k, WIDEN)
@@ -573,6 +586,12 @@ def _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, soft
         qk = dot(q, tl.trans(k))  # [BLOCK_M, 2 * BLOCK_N]
     else:
         qk = dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N]
+        if HAS_QV:
+            # The second product accumulates into the first (one accumulator, as FlashAttention 3's two GEMMs).
+            if UPCAST:
+                qk = _dot_into(qv, tl.trans(v.to(tl.float32)), qk)
+            else:
+                qk = _dot_into(qv, tl.trans(v), qk)
     # Scores in log2 units are qk * qk_scale; without softcap the scale is applied inside the exponent's FMA
     # (and to the row max, which a positive scale leaves in place) instead of by a separate multiply.
     if HAS_SOFTCAP:
@@ -736,15 +755,16 @@ def _softmax_step(acc, l_i, m_i, q, k, v, offs_n, load_mask, row_pos, offset, le
                   HAS_SOFTCAP: tl.constexpr, UPCAST: tl.constexpr, GUARD_NON_FINITE: tl.constexpr,
                   MASK: tl.constexpr, MASK_EDGES_ONLY: tl.constexpr, chunk, HAS_CHUNK: tl.constexpr,
                   FP8: tl.constexpr, row_unscale, WIDEN: tl.constexpr = 0, pair_second=None,
-                  KV_PAIR: tl.constexpr = 0, k2=None, v2=None, RESCALE_THRESHOLD: tl.constexpr = 0.0):
+                  KV_PAIR: tl.constexpr = 0, k2=None, v2=None, RESCALE_THRESHOLD: tl.constexpr = 0.0, qv=None,
+                  HAS_QV: tl.constexpr = False):
     """One block of the online softmax (``_attend_blocks``' loop body after the loads): ``k`` / ``v`` hold keys
     ``offs_n`` (``load_mask``). ``GUARD_NON_FINITE`` (with MASK) keeps non-finite values in the rows that see them
     (not with ``KV_PAIR``, whose single-query tiles need no isolation). ``RESCALE_THRESHOLD``: the Gluon kernel's
-    lazy rescale (``kept_max``), in the redo pass after it."""
+    lazy rescale (``kept_max``), in the redo pass after it. ``HAS_QV``: ``qv``'s scores too (``_block_scores``)."""
     qk, qk_scale, v, visible = _block_scores(q, k, v, offs_n, load_mask, row_pos, offset, left, right, softmax_scale,
                                              softcap, block, masked_head_end, unmasked_end, HAS_LEFT, HAS_RIGHT,
                                              HAS_SOFTCAP, UPCAST, MASK, MASK_EDGES_ONLY, chunk, HAS_CHUNK, FP8,
-                                             row_unscale, WIDEN, pair_second, KV_PAIR, k2)
+                                             row_unscale, WIDEN, pair_second, KV_PAIR, k2, qv, HAS_QV)
     m_new = kept_max(m_i, tl.maximum(m_i, tl.max(qk, 1) * qk_scale), RESCALE_THRESHOLD)
     pivot = safe_pivot(m_new)
     p = _exp_scores(qk, qk_scale, pivot, HAS_SOFTCAP, FP8)
@@ -868,7 +888,8 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                    WIDEN: tl.constexpr = 0, pair_second=None, KV_PAIR: tl.constexpr = 0, k_partner=0,
                    v_partner=0, chunk_slot=0, PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
                    first_pos=0, last_pos=0, RESCALE_THRESHOLD: tl.constexpr = 0.0, offs_dv=None,
-                   MASK_DV: tl.constexpr = False, HEAD_DIM_V: tl.constexpr = 0):
+                   MASK_DV: tl.constexpr = False, HEAD_DIM_V: tl.constexpr = 0, qv=None,
+                   HAS_QV: tl.constexpr = False):
     """Online softmax over KV blocks ``[block_begin, block_end)`` of the tile's loop; ``MASK`` for edge blocks,
     ``GUARD_NON_FINITE`` (with MASK) to keep non-finite values in the rows that see them. With ``USE_TMA`` the
     blocks come through ``k_desc`` / ``v_desc``, whose rows end at ``kv_end`` (zero fill beyond it).
@@ -897,8 +918,11 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
     second KV head's tiles are loaded ``k_partner`` / ``v_partner`` elements on.
     ``HEAD_DIM_V`` > 0 (FlashAttention 3's ``headdim_v``): V's head_dim differs from K's; its tiles span ``offs_dv``
     (``MASK_DV``: masked to HEAD_DIM_V) and ``acc`` is ``[BLOCK_M, BLOCK_DV]`` (not with HEAD_N, READ_NEW,
-    KV_PAIR); 0: V's tiles as K's."""
+    KV_PAIR); 0: V's tiles as K's.
+    ``HAS_QV`` (with HEAD_DIM_V > 0): FlashAttention 3's ``qv`` (``[BLOCK_M, BLOCK_DV]``, the tile's rows) adds
+    ``qv v^T`` to each block's scores, from the V tile loaded for the block's P @ V."""
     offset = seqlen_k - seqlen_q
+    tl.static_assert(not HAS_QV or HEAD_DIM_V != 0, "qv takes the value head_dim path")
     tl.static_assert(HEAD_N == 0 or RESCALE_THRESHOLD == 0, "the lazy rescale is the Gluon kernel's: no head block")
     tl.static_assert(HEAD_DIM_V == 0 or (HEAD_N == 0 and not READ_NEW and KV_PAIR == 0),
                      "a value head_dim of its own: no head block, fused append or KV pairs")
@@ -950,7 +974,7 @@ def _attend_blocks(acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc, bl
                                               right, softmax_scale, softcap, block, masked_head_end, unmasked_end,
                                               HAS_LEFT, HAS_RIGHT, HAS_SOFTCAP, UPCAST, GUARD_NON_FINITE, MASK,
                                               MASK_EDGES_ONLY, chunk, HAS_CHUNK, FP8, row_unscale, WIDEN,
-                                              pair_second, KV_PAIR, k2, v2, RESCALE_THRESHOLD)
+                                              pair_second, KV_PAIR, k2, v2, RESCALE_THRESHOLD, qv, HAS_QV)
             if COUNT_BLOCKS:
                 visited += 1
     return acc, l_i, m_i, visited
@@ -1223,6 +1247,7 @@ def _attend_tile(
     WIDEN: tl.constexpr = 0, PREFETCH_PAGES: tl.constexpr = False, KV_PAIR: tl.constexpr = 0,
     PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False, RESCALE_THRESHOLD: tl.constexpr = 0.0,
     LATE_DEPENDENTS: tl.constexpr = 0, HEAD_DIM_V: tl.constexpr = 0, BLOCK_DV: tl.constexpr = 0,
+    QV: tl.constexpr = False,
 ):
     """Attention of query tile ``tile`` of ``batch_head`` (one head, or one KV head's packed heads, or with
     ``KV_PAIR`` two KV heads' packed heads), over its share ``split`` of the KV loop; the body of
@@ -1263,6 +1288,17 @@ def _attend_tile(
             offs_dv = tl.arange(0, BLOCK_DV)
         else:
             offs_dv = None
+        qv = None
+        if QV:
+            # FlashAttention 3's qv ([.., H, Dv], q's layout), loaded once as q: through the fused append's K_NEW
+            # and its strides, which qv calls pass it in (they take the value head_dim path, where the fused append
+            # is off).
+            tl.static_assert(HEAD_DIM_V != 0 and not APPEND_NEW, "qv: the value head_dim path, no fused append")
+            qv_ptrs = (K_NEW + batch64 * stride_nb + (q_begin + row_pos).to(tl.int64)[:, None] * stride_ns
+                       + row_head.to(tl.int64)[:, None] * stride_nh + offs_dv[None, :])
+            qv = tl.load(qv_ptrs, mask=row_valid[:, None] & (offs_dv[None, :] < HEAD_DIM_V), other=0.0)
+            if UPCAST:
+                qv = qv.to(tl.float32)
         pair_second = None
         offs_kv = offs_d
         if KV_PAIR != NO_PAIR:
@@ -1368,7 +1404,7 @@ def _attend_tile(
                 FP8=FP8, row_unscale=row_unscale, HEAD_N=HEAD_N, WIDEN=WIDEN, pair_second=pair_second,
                 KV_PAIR=KV_PAIR, ROW_BOUNDS=ROW_BOUNDS, first_pos=first_pos, last_pos=last_pos,
                 RESCALE_THRESHOLD=RESCALE_THRESHOLD,
-                offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V)
+                offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V, qv=qv, HAS_QV=QV)
         elif SINGLE_LOOP:
             # Short loops (small windows): one masked loop pipelines better than three loops of one or two blocks.
             # The one pass guards every block, or (2) only blocks whose values are not all finite, or (3) only blocks
@@ -1386,7 +1422,8 @@ def _attend_tile(
                 V_NEW=V_NEW, new_source=new_source, first_new=seqlen_k - seqlen_q, stride_ns=stride_ns,
                 READ_NEW=APPEND_NEW and APPEND_READS_INPUT, HEAD_N=HEAD_N, WIDEN=WIDEN,
                 pair_second=pair_second, KV_PAIR=KV_PAIR, ROW_BOUNDS=ROW_BOUNDS, first_pos=first_pos,
-                last_pos=last_pos, offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V)
+                last_pos=last_pos, offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V, qv=qv,
+                HAS_QV=QV)
         else:
             # Masked head blocks, unmasked interior, masked tail: each clipped to this split's share of the loop.
             k_partner = 0
@@ -1417,7 +1454,7 @@ def _attend_tile(
                 HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN=WIDEN,
                 pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
                 chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER,
-                offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V)
+                offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V, qv=qv, HAS_QV=QV)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, masked_head_end),
@@ -1429,7 +1466,7 @@ def _attend_tile(
                 HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN=WIDEN,
                 pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
                 chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER,
-                offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V)
+                offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V, qv=qv, HAS_QV=QV)
             acc, l_i, m_i, visited = _attend_blocks(
                 acc, l_i, m_i, q, row_pos, k_base, v_base, k_desc, v_desc,
                 tl.maximum(block_begin, unmasked_end), block_end,
@@ -1440,7 +1477,7 @@ def _attend_tile(
                 HAS_CHUNK=HAS_CHUNK, FP8=FP8, row_unscale=row_unscale, WIDEN=WIDEN,
                 pair_second=pair_second, KV_PAIR=KV_PAIR, k_partner=k_partner, v_partner=v_partner,
                 chunk_slot=chunk_slot, PREFETCH_PARTNER=PREFETCH_PARTNER,
-                offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V)
+                offs_dv=offs_dv, MASK_DV=BLOCK_DV != HEAD_DIM_V, HEAD_DIM_V=HEAD_DIM_V, qv=qv, HAS_QV=QV)
         if KV_PAIR == PAIR_TRANSPOSED:
             acc = tl.trans(acc)
             l_i = tl.sum(l_i, 0)
@@ -1488,6 +1525,7 @@ def _swa_fwd_kernel(
     PRELOAD_L2: tl.constexpr = 0, PREFETCH_PARTNER: tl.constexpr = 0, ROW_BOUNDS: tl.constexpr = False,
     RESCALE_THRESHOLD: tl.constexpr = 0.0, STAMPS: tl.constexpr = 0, LATE_DEPENDENTS: tl.constexpr = 0,
     HEADS_ON_X: tl.constexpr = False, HEAD_DIM_V: tl.constexpr = 0, BLOCK_DV: tl.constexpr = 0,
+    QV: tl.constexpr = False,
 ):
     """Grid: (query tiles, batch * heads-per-batch, splits), or with HEADS_ON_X (more (sequence, head) pairs than a
     grid's second dimension takes, 65535) (batch * heads-per-batch, query tiles, splits); the redo pass: a few
@@ -1520,6 +1558,10 @@ def _swa_fwd_kernel(
     HEAD_DIM_V > 0 (FlashAttention 3's ``headdim_v``; 16-bit inputs): V and O have a head_dim of their own,
     HEAD_DIM_V padded to BLOCK_DV (no KV pairs, head block, fused append or L2 preload); 0 (every launch with equal
     head dims): V and O as K, so those launches compile as before.
+    QV (FlashAttention 3's ``qv``, MLA's second query term; with HEAD_DIM_V > 0, Dv equal to D or not): scores
+    ``(q k^T + qv v^T) * softmax_scale``; qv ``[.., H, HEAD_DIM_V]`` (q's layout) comes in K_NEW with its token
+    strides in stride_nb / stride_ns / stride_nh (the fused append, their other user, is off on that path). False
+    (every other launch): nothing of it compiled.
     """
     # The grid's axes of query tiles and of (sequence, head) pairs (HEADS_ON_X: swapped, see the docstring).
     TILE_AXIS: tl.constexpr = 1 if HEADS_ON_X else 0
@@ -1585,7 +1627,7 @@ def _swa_fwd_kernel(
                     SINGLE_LOOP, REDO_FLAGGED, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K,
                     HAS_CHUNK, BLOCK_M, BLOCK_N, BLOCK_D, HEAD_DIM, FP8, HEAD_N=HEAD_N, WIDEN=WIDEN,
                     KV_PAIR=KV_PAIR, ROW_BOUNDS=ROW_BOUNDS, RESCALE_THRESHOLD=RESCALE_THRESHOLD,
-                    HEAD_DIM_V=HEAD_DIM_V, BLOCK_DV=BLOCK_DV,
+                    HEAD_DIM_V=HEAD_DIM_V, BLOCK_DV=BLOCK_DV, QV=QV,
                 )
     else:
         # Longest tiles first (causal: the last query tiles see the most keys), so the tail of the grid is short.
@@ -1603,6 +1645,7 @@ def _swa_fwd_kernel(
             NON_FINITE_PASS, USE_TMA, MASK_EDGES_ONLY, APPEND_NEW, HAS_SEQUSED_Q, HAS_LEFTPAD_K, HAS_CHUNK, BLOCK_M,
             BLOCK_N, BLOCK_D, HEAD_DIM, FP8, APPEND_READS_INPUT, HEAD_N, WIDEN, PREFETCH_PAGES, KV_PAIR,
             PREFETCH_PARTNER, ROW_BOUNDS, LATE_DEPENDENTS=LATE_DEPENDENTS, HEAD_DIM_V=HEAD_DIM_V, BLOCK_DV=BLOCK_DV,
+            QV=QV,
         )
         if STAMPS != 0:
             program = (tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(0) + tl.program_id(0)
@@ -1821,6 +1864,7 @@ def attention_forward(
     q_descale: torch.Tensor | None = None,
     k_descale: torch.Tensor | None = None,
     v_descale: torch.Tensor | None = None,
+    qv: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Launch the forward kernel on already-checked arguments; returns ``(out, lse, block_counts)``.
 
@@ -1837,6 +1881,8 @@ def attention_forward(
     (``swattn.window.is_visible``), intersected with the window.
     fp8: k/v in ``torch.float8_e4m3fn`` with q in fp16/bf16, or q too (out is then bf16); ``q_descale`` (fp8 q),
     ``k_descale``, ``v_descale``: float32 ``[B, Hk]`` (any strides; None = 1).
+    ``qv`` (FlashAttention 3's, MLA's second query term; 16-bit or float32, not with ``new_k``): laid out like q
+    with v's head_dim (unit stride in it); the scores are ``(q k^T + qv v^T) * softmax_scale``.
 
     What depends only on the call's signature (config, grid, strides, constexprs, compiled kernels) is planned
     once per signature (``_ForwardPlan``); a repeated call allocates its outputs and launches.
@@ -1847,16 +1893,16 @@ def attention_forward(
         seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table, pack_gqa=pack_gqa,
         num_splits=num_splits, return_lse=return_lse, count_blocks=count_blocks, new_k=new_k, new_v=new_v,
         seqused_q=seqused_q, cache_leftpad=cache_leftpad, attention_chunk=attention_chunk, q_descale=q_descale,
-        k_descale=k_descale, v_descale=v_descale)
+        k_descale=k_descale, v_descale=v_descale, qv=qv)
     return plan.run(q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k,
-                    new_v, seqused_q, cache_leftpad, q_descale, k_descale, v_descale)
+                    new_v, seqused_q, cache_leftpad, q_descale, k_descale, v_descale, qv=qv)
 
 
 def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None, cu_seqlens_q=None,
                  max_seqlen_q=None, cu_seqlens_k=None, max_seqlen_k=None, seqlens_k=None, cache_batch_idx=None,
                  page_table=None, pack_gqa=False, num_splits=1, return_lse=True, count_blocks=False, new_k=None,
                  new_v=None, seqused_q=None, cache_leftpad=None, attention_chunk=0, q_descale=None, k_descale=None,
-                 v_descale=None) -> _ForwardPlan:
+                 v_descale=None, qv=None) -> _ForwardPlan:
     """The plan of one ``attention_forward`` call signature (made once, then looked up); its ``run`` serves every
     call of the signature."""
     key = (tensor_signature(q), tensor_signature(k), tensor_signature(v), tensor_signature(sinks),
@@ -1865,7 +1911,7 @@ def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None
            tensor_signature(new_v), tensor_signature(seqused_q), tensor_signature(cache_leftpad), attention_chunk,
            q.device, softmax_scale, left, right, softcap, max_seqlen_q, max_seqlen_k,
            pack_gqa, num_splits, return_lse, count_blocks, settings(), tensor_signature(q_descale),
-           tensor_signature(k_descale), tensor_signature(v_descale))
+           tensor_signature(k_descale), tensor_signature(v_descale), tensor_signature(qv))
     plan = _PLANS.get(key)
     if plan is None:
         plan = _PLANS.add(key, _ForwardPlan(
@@ -1874,7 +1920,7 @@ def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None
             max_seqlen_k=max_seqlen_k, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
             pack_gqa=pack_gqa, num_splits=num_splits, return_lse=return_lse, count_blocks=count_blocks,
             new_k=new_k, seqused_q=seqused_q, cache_leftpad=cache_leftpad, attention_chunk=attention_chunk,
-            q_descale=q_descale, k_descale=k_descale, v_descale=v_descale))
+            q_descale=q_descale, k_descale=k_descale, v_descale=v_descale, qv=qv))
     return plan
 
 
@@ -1888,7 +1934,7 @@ class _ForwardPlan:
     def __init__(self, q, k, v, *, softmax_scale, left, right, softcap, sinks, cu_seqlens_q, max_seqlen_q,
                  cu_seqlens_k, max_seqlen_k, seqlens_k, cache_batch_idx, page_table, pack_gqa, num_splits,
                  return_lse, count_blocks, new_k, seqused_q, cache_leftpad, attention_chunk, q_descale=None,
-                 k_descale=None, v_descale=None):
+                 k_descale=None, v_descale=None, qv=None):
         self.backward_plans: dict = {}
         varlen_q = cu_seqlens_q is not None
         varlen_k = cu_seqlens_k is not None
@@ -1896,10 +1942,14 @@ class _ForwardPlan:
         num_heads, head_dim = q.shape[-2], q.shape[-1]
         # V's head_dim (FlashAttention 3's headdim_v), which may differ from q / k's: out is [..., head_dim_v].
         head_dim_v = v.shape[-1]
-        own_value_dim = head_dim_v != head_dim
+        # FlashAttention 3's qv (MLA's second query term) takes the value head_dim path (HEAD_DIM_V / BLOCK_DV),
+        # whatever Dv: its tile spans V's head dimension, and that path keeps the calls off every variant without it
+        # (Gluon kernel, head block, fused append, KV pairs, L2 preload).
+        has_qv = qv is not None
+        own_value_dim = head_dim_v != head_dim or has_qv
         if own_value_dim and (k.dtype == torch.float8_e4m3fn or new_k is not None):
-            raise ValueError(f"v: a value head_dim ({head_dim_v}) other than the key's ({head_dim}) takes 16-bit "
-                             "K/V without the fused append (the interface routes such calls elsewhere)")
+            raise ValueError(f"v: a value head_dim ({head_dim_v}) other than the key's ({head_dim}), or qv, takes "
+                             "16-bit K/V without the fused append (the interface routes such calls elsewhere)")
         num_kv_heads = k.shape[-2]
         group = num_heads // num_kv_heads
         if varlen_q:
@@ -1953,7 +2003,7 @@ class _ForwardPlan:
         programs = batch * (num_kv_heads if pack_gqa else num_heads) * num_splits  # at least one tile each
         config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size(), keys_per_split,
                                 programs / _persistent_programs(q.device), paged, fp8_kv=fp8 != NO_FP8.value,
-                                value_dim_padded=block_dv)
+                                value_dim_padded=block_dv, qv=has_qv)
         if fp8 != NO_FP8.value:
             # The fp8 variants load through pointers (the descriptor path was not measured with e4m3 tiles).
             config = replace(config, tma=False)
@@ -2081,7 +2131,8 @@ class _ForwardPlan:
         scalars = (
             *token_strides(q, varlen_q), *token_strides(k, varlen_k), *token_strides(v, varlen_k), *o_strides,
             *l_strides, page_table.stride(0) if paged else 0,
-            *(token_strides(new_k, varlen_q) if append_new else (0, 0, 0)),
+            # The new tokens' strides, or qv's (the kernel's QV reads it through K_NEW with them).
+            *(token_strides(new_k, varlen_q) if append_new else token_strides(qv, varlen_q) if has_qv else (0, 0, 0)),
             *descale_strides(q_descale), *descale_strides(k_descale), *descale_strides(v_descale),
             seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
             softmax_scale, softcap if softcap > 0 else 1.0, left, right,
@@ -2102,6 +2153,7 @@ class _ForwardPlan:
             KV_PAIR=self.kv_pair,
             # Launches with equal head dims leave these at their defaults (0: V as K), so they compile as before.
             **({"HEAD_DIM_V": head_dim_v, "BLOCK_DV": block_dv} if own_value_dim else {}),
+            **({"QV": True} if has_qv else {}),
         )
         # The fused append reads the new tokens from k / v on the single masked loop (APPEND_READS_INPUT), in grids of
         # at most one program per SM: the row pointers cost registers (window decode (16, 128, 4, 1): 154 -> 206,
@@ -2138,7 +2190,7 @@ class _ForwardPlan:
         # picks them from all 21 (absent ones None) and each Launch spreads them back (``Launch``'s slots).
         present = (True, True, True, True, self.split_shapes is not None or self.lse_shape is not None,
                    sinks is not None, varlen_q, varlen_k, seqlens_k is not None, cache_batch_idx is not None, paged,
-                   count_blocks, self.isolate, self.isolate, append_new, append_new, seqused_q is not None,
+                   count_blocks, self.isolate, self.isolate, append_new or has_qv, append_new, seqused_q is not None,
                    cache_leftpad is not None, self.fp8, self.fp8, self.fp8)
         self.pick = operator.itemgetter(*(i for i, passed in enumerate(present) if passed))
         self.main = Launch(_swa_fwd_kernel, grid, scalars,
@@ -2174,10 +2226,11 @@ class _ForwardPlan:
 
     def run(self, q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k, new_v,
             seqused_q=None, cache_leftpad=None, q_descale=None, k_descale=None, v_descale=None, stream=_launch.ASK,
-            out=None):
+            out=None, qv=None):
         """``stream``: ``stream_key(q.device)`` when the caller has asked it (for the kept scratch, see
         ``kept_buffer``). ``out``: the output's tensor, given by the caller (``ops.run_fwd_into``: the planned
-        layout, contiguous, checked by the interface), else allocated here."""
+        layout, contiguous, checked by the interface), else allocated here. ``qv``: FlashAttention 3's, for a plan
+        made with one (it travels in ``new_k``'s slot)."""
         device = self.device
         if out is None:
             out = (torch.empty_like(q) if self.out_like_q
@@ -2226,7 +2279,8 @@ class _ForwardPlan:
             # The tensors this signature passes, after q (the placeholder for the absent ones): see ``present``.
             tensors = (q, *self.pick((q, k, v, out_target, lse_target, sinks, cu_seqlens_q, cu_seqlens_k,
                                       seqlens_k, cache_batch_idx, page_table, block_counts, non_finite_flags,
-                                      any_non_finite, new_k, new_v, seqused_q, cache_leftpad, q_descale, k_descale,
+                                      any_non_finite, new_k if qv is None else qv, new_v, seqused_q, cache_leftpad,
+                                      q_descale, k_descale,
                                       v_descale)))
             if self.use_tma:
                 # Triton's descriptor scratch: one buffer kept between calls for the main and redo launches (each
