@@ -148,7 +148,9 @@ def classify(outcome: str, detail: str) -> str:
     if outcome == "SKIPPED":
         return f"skipped by FA3's test: {detail.strip()[:90]}"
     reasons = (
-        ("qv: not supported", "refused: qv (MLA's extra query-value product)"),
+        ("qv: not supported with float8_e4m3fn", "refused: qv with float8 inputs (FA3 takes qv in fp16 / bf16 only)"),
+        ("qv: a backward through attention with qv", "refused: a backward with qv (FA3 has none; its tests run "
+                                                     "none)"),
         ("backward through fp8", "refused: a backward through fp8 attention (neither FA3 nor swattn has one; "
                                   "FA3's tests never run it)"),
         ("the backward takes a value head_dim up to", "refused: a backward with value head_dim > 256 (FA3's tests "

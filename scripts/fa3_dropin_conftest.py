@@ -32,19 +32,16 @@ def accepted(name: str, params: dict) -> bool:
     """Whether every call of this parametrization passes only arguments swattn accepts (docs/semantics.md)."""
     if name in _NOT_IN_SWATTN:
         return False
-    if params.get("has_qv"):
-        return False  # qv (MLA)
+    # has_qv (MLA's qv, FA3's tests draw it at d = 64, dv 256 / 512, forward only): accepted by swattn.
     fp8 = params.get("dtype") == torch.float8_e4m3fn
     d = params.get("d")
-    if name == "test_flash_attn_kvcache" and not fp8 and d == 64:
-        return False  # its dv = 256 and 512 draws pass qv at d = 64 (a value head_dim of its own alone is accepted)
     if d is not None and (d % 8 or d > 256):
         return False
     return not _skipped_by_fa3(name, params)
 
 
 def _skipped_by_fa3(name: str, p: dict) -> bool:
-    """The pytest.skip conditions at the top of FA3's test_flash_attn_kvcache (the others need has_qv)."""
+    """The pytest.skip conditions at the top of FA3's test_flash_attn_kvcache."""
     if name != "test_flash_attn_kvcache":
         return False
     return ((p["page_size"] is not None and p["seqlen_k"] % p["page_size"] != 0)

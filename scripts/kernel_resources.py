@@ -315,6 +315,11 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
     verify8 = dict(decode, q=(16, 8, 64, 64))
     prefill_d192_dv128 = dict(q=(1, 512, 16, 192), kv=(1, 512, 16, 192), v=(1, 512, 16, 128))
     decode_dv512 = dict(q=(16, 1, 16, 64), kv=(16 * 65, 16, 1, 64), v=(16 * 65, 16, 1, 512), pages=(16, 65))
+    # FlashAttention 3's qv (MLA): DeepSeek's decode (128 query heads over one latent KV head, D 64 of rotary
+    # keys, Dv 512 of latent values) and a prefill of FA3's other qv shape, Dv 256.
+    decode_qv = dict(q=(16, 1, 128, 64), kv=(16 * 65, 16, 1, 64), v=(16 * 65, 16, 1, 512), qv=(16, 1, 128, 512),
+                     pages=(16, 65))
+    prefill_qv = dict(q=(1, 512, 16, 64), kv=(1, 512, 16, 64), v=(1, 512, 16, 256), qv=(1, 512, 16, 256))
     draft_tokens = torch.randn(16, 8, 8, 64, dtype=torch.bfloat16)  # k = 8 new tokens per sequence
     return [
         ("prefill W(127,0) D64 packed", w127, prefill, dict(left=127, right=0, pack_gqa=True)),
@@ -391,6 +396,11 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
          dict(left=-1, right=0)),
         ("decode full paged D64 Dv512, 4 splits", value_dim_config(64, 512, 16, True, None, 2, 683, None, True),
          decode_dv512, dict(left=-1, right=0, pack_gqa=True, num_splits=4)),
+        ("decode full paged D64 Dv512 qv H128/1, 4 splits",
+         value_dim_config(64, 512, 128, True, None, 2, 683, None, True, qv=True), decode_qv,
+         dict(left=-1, right=0, pack_gqa=True, num_splits=4)),
+        ("prefill causal D64 Dv256 qv", value_dim_config(64, 256, 512, False, None, qv=True), prefill_qv,
+         dict(left=-1, right=0)),
     ]
 
 
@@ -431,6 +441,8 @@ def inputs(shapes: dict, dtype=torch.bfloat16) -> tuple[tuple, dict]:
         batch, pages = shapes["pages"]
         extra.update(page_table=torch.arange(batch * pages, dtype=torch.int32).view(batch, pages),
                      seqlens_k=torch.full((batch,), pages * k.shape[1] - 1, dtype=torch.int32))
+    if "qv" in shapes:
+        extra["qv"] = torch.randn(*shapes["qv"], dtype=dtype)
     return (q, k, torch.randn(shapes.get("v", k.shape)).to(k.dtype)), extra
 
 
