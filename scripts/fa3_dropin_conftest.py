@@ -19,7 +19,6 @@ import itertools
 import os
 
 import pytest
-import torch
 
 # FA3's dv loop (test_flash_attn_output, test_flash_attn_varlen_output, test_flash_attn_kvcache): dv in [128, d] for
 # 128 < d <= 192, [256, 512, d] for d <= 64, [d] for fp8; swattn takes them all (a value head_dim of its own), the
@@ -33,7 +32,6 @@ def accepted(name: str, params: dict) -> bool:
     if name in _NOT_IN_SWATTN:
         return False
     # has_qv (MLA's qv, FA3's tests draw it at d = 64, dv 256 / 512, forward only): accepted by swattn.
-    fp8 = params.get("dtype") == torch.float8_e4m3fn
     d = params.get("d")
     if d is not None and (d % 8 or d > 256):
         return False
