@@ -2280,8 +2280,7 @@ class _ForwardPlan:
             tensors = (q, *self.pick((q, k, v, out_target, lse_target, sinks, cu_seqlens_q, cu_seqlens_k,
                                       seqlens_k, cache_batch_idx, page_table, block_counts, non_finite_flags,
                                       any_non_finite, new_k if qv is None else qv, new_v, seqused_q, cache_leftpad,
-                                      q_descale, k_descale,
-                                      v_descale)))
+                                      q_descale, k_descale, v_descale)))
             if self.use_tma:
                 # Triton's descriptor scratch: one buffer kept between calls for the main and redo launches (each
                 # PDL launch waits for the previous grid before its first write, its descriptors included; see

@@ -199,6 +199,29 @@ def test_fused_append_is_kept_off_qv_calls(monkeypatch):
     assert_close("out", out, expected, tolerance_for(torch.float32))
 
 
+def test_repeated_calls_and_out_give_the_same_bits():
+    """Three calls of one signature (run, recorded, replayed through the planned op) and ``out=``, dense and KV
+    cache: qv reaches every path with the same bits."""
+    torch.manual_seed(6)
+    q, k, v, qv = torch.randn(1, 6, 2, 16), torch.randn(1, 9, 1, 16), torch.randn(1, 9, 1, 32), torch.randn(1, 6, 2, 32)
+    first = flash_attn_func(q, k, v, qv=qv, causal=True)
+    for _ in range(2):
+        assert torch.equal(flash_attn_func(q, k, v, qv=qv, causal=True), first)
+    for _ in range(3):
+        out = torch.empty(1, 6, 2, 32)
+        assert flash_attn_func(q, k, v, qv=qv, causal=True, out=out) is out and torch.equal(out, first)
+    k_cache, v_cache, seqlens = torch.randn(2, 8, 1, 16), torch.randn(2, 8, 1, 32), i32([5, 8])
+    q1, qv1 = torch.randn(2, 1, 2, 16), torch.randn(2, 1, 2, 32)
+    decode = flash_attn_with_kvcache(q1, k_cache, v_cache, qv=qv1, cache_seqlens=seqlens)
+    for _ in range(3):
+        out = torch.empty(2, 1, 2, 32)
+        assert flash_attn_with_kvcache(q1, k_cache, v_cache, qv=qv1, cache_seqlens=seqlens, out=out) is out
+        assert torch.equal(out, decode)
+        assert torch.equal(flash_attn_with_kvcache(q1, k_cache, v_cache, qv=qv1, cache_seqlens=seqlens), decode)
+    expected, _ = attention_kvcache_ref(q1.double(), k_cache.double(), v_cache.double(), seqlens, qv=qv1.double())
+    assert_close("decode", decode, expected, tolerance_for(torch.float32))
+
+
 def test_backward_through_qv_is_refused_by_name():
     """As FlashAttention 3 (whose backward has no qv): inputs that require grad are accepted by the forward; the
     backward raises, also when only qv requires grad."""
