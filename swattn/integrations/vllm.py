@@ -13,9 +13,10 @@ backend switches by rebinding two names::
 Mapping: ``block_table`` (or ``seqused_k`` over a ``[B, S, Hk, D]`` cache) is ``swattn.flash_attn_with_kvcache``
 with ``cu_seqlens_q``, ``cache_seqlens=seqused_k`` and no new tokens (each sequence's queries are its last
 ``seqused_k`` keys' positions: bottom-right alignment, as in FlashAttention); ``cu_seqlens_k`` (prefill over packed
-keys) is ``swattn.flash_attn_varlen_func``. ``window_size`` may be a list or None (no window). Errors name vLLM's
-arguments. Refused with ``NotImplementedError`` naming the argument: ``dropout_p`` other than 0, ``alibi_slopes``,
-``q_v``, decode context parallelism (``cp_world_size`` > 1) and FlashAttention 4's ``output_scale``, ``mask_mod``,
+keys) is ``swattn.flash_attn_varlen_func``. ``window_size`` may be a list or None (no window). ``q_v`` (vLLM's MLA
+backend: D 64 rope dims, Dv 512) is swattn's ``qv``. Errors name vLLM's arguments. Refused with
+``NotImplementedError`` naming the argument: ``dropout_p`` other than 0, ``alibi_slopes``, decode context
+parallelism (``cp_world_size`` > 1) and FlashAttention 4's ``output_scale``, ``mask_mod``,
 ``aux_tensors``, ``dynamic_causal``. ``return_attn_probs`` and ``deterministic`` are accepted and change nothing (as
 in vLLM's FA3 branch). ``out`` is swattn's ``out=``: the kernels write into it (contiguous, 16-byte aligned, the
 output's shape and dtype, as vLLM's output buffer slices are). This module does not import vLLM.
@@ -31,7 +32,7 @@ __all__ = ["flash_attn_varlen_func", "get_scheduler_metadata", "patch"]
 
 # swattn's argument names in its error messages, as vLLM's caller knows them.
 _VLLM_NAMES = {"sinks": "s_aux", "page_table": "block_table", "cache_seqlens": "seqused_k", "k_cache": "k",
-               "v_cache": "v"}
+               "v_cache": "v", "qv": "q_v"}
 _FA_VERSIONS = (2, 3, 4)
 
 
@@ -104,8 +105,8 @@ def flash_attn_varlen_func(
     ``cu_seqlens_k``. ``s_aux``: ``[H]`` sinks. Returns ``out`` ``[total_q, H, D]`` (written into ``out`` when given),
     and ``softmax_lse [H, total_q]`` (float32) with ``return_softmax_lse``.
     """
-    _refuse(q_v=q_v, alibi_slopes=alibi_slopes, output_scale=output_scale, mask_mod=mask_mod,
-            aux_tensors=aux_tensors, dynamic_causal=dynamic_causal, cp_tot_seqused_k=cp_tot_seqused_k)
+    _refuse(alibi_slopes=alibi_slopes, output_scale=output_scale, mask_mod=mask_mod, aux_tensors=aux_tensors,
+            dynamic_causal=dynamic_causal, cp_tot_seqused_k=cp_tot_seqused_k)
     if dropout_p != 0:
         raise NotImplementedError(f"dropout_p: swattn has no dropout (inference kernels); got {dropout_p!r}")
     if isinstance(fa_version, bool) or fa_version not in _FA_VERSIONS:
@@ -122,7 +123,7 @@ def flash_attn_varlen_func(
     # Only the arguments the caller set: swattn's replay keys on which were passed, and each costs host time.
     optional = {name: value for name, value in (
         ("q_descale", q_descale), ("k_descale", k_descale), ("v_descale", v_descale),
-        ("softmax_scale", softmax_scale), ("sinks", s_aux)) if value is not None}
+        ("softmax_scale", softmax_scale), ("sinks", s_aux), ("qv", q_v)) if value is not None}
     if softcap:
         optional["softcap"] = softcap
     if return_softmax_lse:

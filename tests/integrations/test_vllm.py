@@ -96,7 +96,7 @@ def _with(**overrides):
 @pytest.mark.parametrize("overrides, exc, match", [
     (dict(dropout_p=0.1), NotImplementedError, "dropout_p"),
     (dict(alibi_slopes=torch.zeros(H)), NotImplementedError, "alibi_slopes"),
-    (dict(q_v=torch.zeros(9, H, D)), NotImplementedError, "q_v"),
+    (dict(q_v=torch.zeros(9, H, D + 8, dtype=torch.float16)), ValueError, "^q_v: "),
     (dict(output_scale=torch.ones(1)), NotImplementedError, "output_scale"),
     (dict(cp_world_size=2), NotImplementedError, "cp_world_size"),
     (dict(fa_version=5), ValueError, "fa_version"),
@@ -113,6 +113,25 @@ def _with(**overrides):
 def test_errors_name_vllms_arguments(overrides, exc, match):
     with pytest.raises(exc, match=match):
         swattn_vllm.flash_attn_varlen_func(**_with(**overrides), causal=True)
+
+
+def test_mla_decode_with_q_v():
+    """vLLM's FlashAttention MLA backend: q (the rope part, D) and q_v (Dv) over one KV head whose values are the
+    latent cache (Dv); q_v is swattn's qv (scores q k^T + q_v v^T), default scale (D + Dv) ** -0.5."""
+    torch.manual_seed(4)
+    heads, latent, rope = 8, 64, 16
+    k_cache = torch.randn(6, PAGE, 1, rope, dtype=torch.float16)
+    v_cache = torch.randn(6, PAGE, 1, latent, dtype=torch.float16)
+    block_table = torch.randperm(6).to(torch.int32).view(2, 3)
+    q, q_v = torch.randn(3, heads, rope, dtype=torch.float16), torch.randn(3, heads, latent, dtype=torch.float16)
+    cu_q, seqused_k = i32([0, 1, 3]), i32([9, 20])
+    out, lse = swattn_vllm.flash_attn_varlen_func(q, k_cache, v_cache, 2, cu_q, 20, seqused_k=seqused_k, q_v=q_v,
+                                                  causal=True, block_table=block_table, return_softmax_lse=True)
+    expected, expected_lse = attention_kvcache_ref(q, k_cache, v_cache, seqused_k, page_table=block_table,
+                                                   cu_seqlens_q=cu_q, qv=q_v, causal=True)
+    assert out.shape == (3, heads, latent)
+    assert_close("out", out, expected, tolerance_for(torch.float16))
+    assert_close("lse", lse, expected_lse, LSE_TOL)
 
 
 def test_block_table_needs_seqused_k():
