@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 from swattn._compat import interpreter_enabled, next_power_of_2
@@ -350,9 +350,10 @@ def _streamed_bytes(resident_rows: int, streamed_rows: int, num_stages: int, hea
     return (resident_rows + 2 * streamed_rows * max(1, num_stages - 1)) * head_dim * element_size
 
 
-def _fit_forward(config: FwdConfig, head_dim: int, element_size: int) -> FwdConfig:
-    while _streamed_bytes(config.block_m, config.block_n, config.num_stages, head_dim,
-                          element_size) > SHARED_MEMORY_BUDGET:
+def _within_shared_memory(config: FwdConfig, shared_bytes: Callable[[FwdConfig], int]) -> FwdConfig:
+    """``config`` with fewer stages, then narrower KV blocks, then fewer rows (down to 16) until ``shared_bytes``
+    of it fits ``SHARED_MEMORY_BUDGET``."""
+    while shared_bytes(config) > SHARED_MEMORY_BUDGET:
         if config.num_stages > 1:
             config = replace(config, num_stages=config.num_stages - 1)
         elif config.block_n > 16:
@@ -362,6 +363,11 @@ def _fit_forward(config: FwdConfig, head_dim: int, element_size: int) -> FwdConf
         else:
             break
     return config
+
+
+def _fit_forward(config: FwdConfig, head_dim: int, element_size: int) -> FwdConfig:
+    return _within_shared_memory(config, lambda c: _streamed_bytes(c.block_m, c.block_n, c.num_stages, head_dim,
+                                                                   element_size))
 
 
 @contextlib.contextmanager
@@ -472,17 +478,8 @@ def value_dim_config(head_dim_padded: int, value_dim_padded: int, rows_per_tile:
             config = replace(config, block_m=min(config.block_m, block_m), block_n=min(config.block_n, block_n),
                              num_warps=warps, num_stages=min(config.num_stages, stages))
     resident_dim = head_dim_padded + (value_dim_padded if qv else 0)  # q's row, and qv's
-    while (config.block_m * resident_dim + (head_dim_padded + value_dim_padded) * config.block_n
-           * max(1, config.num_stages - 1)) * element_size > SHARED_MEMORY_BUDGET:
-        if config.num_stages > 1:
-            config = replace(config, num_stages=config.num_stages - 1)
-        elif config.block_n > 16:
-            config = replace(config, block_n=config.block_n // 2)
-        elif config.block_m > 16:
-            config = replace(config, block_m=config.block_m // 2)
-        else:
-            break
-    return config
+    return _within_shared_memory(config, lambda c: (c.block_m * resident_dim + (head_dim_padded + value_dim_padded)
+                                                    * c.block_n * max(1, c.num_stages - 1)) * element_size)
 
 
 def _fp8_decode_stages(config: FwdConfig, rows_per_tile: int, pack_gqa: bool, paged: bool) -> FwdConfig:
