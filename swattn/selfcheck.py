@@ -3,7 +3,8 @@
 Each case is drawn from ``random.Random(f"{seed}:{index}")``, so ``--seed S --case I`` re-runs exactly case I of a
 run; every mismatch prints that one-line reproducer. Entry points: dense and varlen prefill, KV cache (contiguous
 with cache_batch_idx, paged with page sizes 1..256, appending new k/v, varlen extend, split-KV) and the backward;
-across windows, causal, softcap, sinks, GQA ratios 1..16, head_dim 64/128/256 and fp16/bf16. Without a GPU it runs
+across windows, causal, softcap, sinks, GQA ratios 1..16, head_dim 64/128/256, a value head_dim of its own (up to
+512 with head_dim 64), FlashAttention 3's ``qv`` (forward), ``out=`` (forward) and fp16/bf16. Without a GPU it runs
 tiny shapes through the Triton interpreter (``--quick``), as CI does.
 
 Exit status: 0 when every case matched, 1 on any mismatch (an exception on a valid case counts as one).
@@ -36,6 +37,9 @@ class Case:
     sinks: bool
     page_size: int = 0  # 0: contiguous cache
     num_splits: int = 1
+    head_dim_v: int = 0  # 0: head_dim (v's own head_dim otherwise)
+    qv: bool = False  # FlashAttention 3's qv (forward only)
+    out: bool = False  # the forward writes a given out= tensor
 
     def describe(self) -> str:
         return " ".join(f"{k}={v}" for k, v in asdict(self).items() if k not in ("lengths_q", "lengths_k")) + (
@@ -81,8 +85,17 @@ def draw_case(seed: int, index: int, quick: bool) -> Case:
         # The reference materialises [B, H, Sq, Sk] scores (twice with autograd): keep them near 1 GiB in fp32.
         batch = max(1, min(batch, 2**28 // (group * kv_heads * lengths_q[0] * lengths_k[0])))
         lengths_q, lengths_k = lengths_q[:batch], lengths_k[:batch]
+    softcap, sinks = rng.choice([0.0, 0.0, 30.0]), rng.random() < 0.5
+    # Drawn last, so that the draws above stay those of earlier versions for a given (seed, index).
+    forward_only = entry_point != "backward"
+    head_dim_v = 0
+    if rng.random() < 0.25:  # a value head_dim of its own: at most 256 (512 with head_dim <= 64, forward only)
+        choices = [8, 24, 48] if quick else [64, 128, 256] + ([512] if head_dim <= 64 and forward_only else [])
+        head_dim_v = rng.choice([dv for dv in choices if dv != head_dim] or [0])
+    qv = forward_only and rng.random() < 0.15
+    out = forward_only and rng.random() < 0.3
     return Case(entry_point, dtype, batch, lengths_q, lengths_k, group * kv_heads, kv_heads, head_dim, window,
-                rng.choice([0.0, 0.0, 30.0]), rng.random() < 0.5, page_size, num_splits)
+                softcap, sinks, page_size, num_splits, head_dim_v, qv, out)
 
 
 def _sees_keys(ref) -> bool:
@@ -104,6 +117,7 @@ def run_case(case: Case, device: str, seed: int, index: int) -> tuple[float, flo
     dtype = getattr(torch, case.dtype)
     ref_dtype = torch.float64 if device == "cpu" else torch.float32
     h, hk, d = case.heads, case.kv_heads, case.head_dim
+    dv = case.head_dim_v or d
     scale = 2.0 if case.softcap else 1.0
 
     def randn(*shape):
@@ -113,6 +127,23 @@ def run_case(case: Case, device: str, seed: int, index: int) -> tuple[float, flo
     common = dict(window_size=case.window, softcap=case.softcap, sinks=sinks)
     ref_common = dict(common, compute_dtype=ref_dtype)
 
+    def forward_extras(q):
+        """qv (drawn) for the call and the reference, and out= (drawn) for the call: ``(call kwargs, ref kwargs)``."""
+        extras = {}
+        if case.qv:
+            extras["qv"] = randn(*q.shape[:-1], dv)
+        call = dict(extras)
+        if case.out:
+            call["out"] = torch.full((*q.shape[:-1], dv), float("nan"), device=device, dtype=dtype)
+        return call, extras
+
+    def written(result, call):
+        """The call's output; with out=, it must be that tensor."""
+        out = result[0]
+        if "out" in call and out is not call["out"]:
+            raise AssertionError("out=: the result is not the given tensor")
+        return out
+
     def lse_error(lse, ref_lse):
         if not torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse)) or torch.isnan(lse).any():
             return float("inf")
@@ -121,10 +152,12 @@ def run_case(case: Case, device: str, seed: int, index: int) -> tuple[float, flo
 
     if case.entry_point in ("dense", "backward"):
         sq, sk = case.lengths_q[0], case.lengths_k[0]
-        q, k, v = randn(case.batch, sq, h, d), randn(case.batch, sk, hk, d), randn(case.batch, sk, hk, d)
+        q, k, v = randn(case.batch, sq, h, d), randn(case.batch, sk, hk, d), randn(case.batch, sk, hk, dv)
         if case.entry_point == "dense":
-            out, lse = swattn.flash_attn_func(q, k, v, return_softmax_lse=True, **common)
-            ref, ref_lse = attention_ref(q, k, v, **ref_common)
+            call, extras = forward_extras(q)
+            result = swattn.flash_attn_func(q, k, v, return_softmax_lse=True, **common, **call)
+            out, lse = written(result, call), result[1]
+            ref, ref_lse = attention_ref(q, k, v, **ref_common, **extras)
             return relative_error(out, ref), lse_error(lse, ref_lse), _sees_keys(ref)
         leaves = [t.detach().requires_grad_() for t in (q, k, v)] + ([sinks.clone().requires_grad_()] if
                                                                        case.sinks else [])
@@ -143,10 +176,12 @@ def run_case(case: Case, device: str, seed: int, index: int) -> tuple[float, flo
     if case.entry_point == "varlen":
         cu_q = torch.tensor([0] + case.lengths_q, device=device).cumsum(0).to(torch.int32)
         cu_k = torch.tensor([0] + case.lengths_k, device=device).cumsum(0).to(torch.int32)
-        q, k, v = randn(int(cu_q[-1]), h, d), randn(int(cu_k[-1]), hk, d), randn(int(cu_k[-1]), hk, d)
-        out, lse = swattn.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(case.lengths_q), max(case.lengths_k),
-                                                 return_softmax_lse=True, **common)
-        ref, ref_lse = attention_varlen_ref(q, k, v, cu_q, cu_k, **ref_common)
+        q, k, v = randn(int(cu_q[-1]), h, d), randn(int(cu_k[-1]), hk, d), randn(int(cu_k[-1]), hk, dv)
+        call, extras = forward_extras(q)
+        result = swattn.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(case.lengths_q), max(case.lengths_k),
+                                               return_softmax_lse=True, **common, **call)
+        out, lse = written(result, call), result[1]
+        ref, ref_lse = attention_varlen_ref(q, k, v, cu_q, cu_k, **ref_common, **extras)
         return relative_error(out, ref), lse_error(lse, ref_lse), _sees_keys(ref)
 
     # KV cache: lengths_k are the tokens already cached; append/extend add lengths_q new ones.
@@ -156,31 +191,33 @@ def run_case(case: Case, device: str, seed: int, index: int) -> tuple[float, flo
     capacity = max(k + n for k, n in zip(case.lengths_k, new)) + 3
     if case.page_size:
         pages = -(-capacity // case.page_size)
-        k_cache, v_cache = (randn(case.batch * pages + 2, case.page_size, hk, d) for _ in range(2))
+        k_cache, v_cache = (randn(case.batch * pages + 2, case.page_size, hk, dim) for dim in (d, dv))
         page_table = torch.randperm(case.batch * pages + 2, device=device, dtype=torch.int32)[
             :case.batch * pages].view(case.batch, pages)
         layout = dict(page_table=page_table)
     else:
         rows = case.batch + 2
-        k_cache, v_cache = (randn(rows, capacity, hk, d) for _ in range(2))
+        k_cache, v_cache = (randn(rows, capacity, hk, dim) for dim in (d, dv))
         layout = dict(cache_batch_idx=torch.randperm(rows, device=device, dtype=torch.int32)[:case.batch])
     seqlens = torch.tensor(case.lengths_k, device=device, dtype=torch.int32)
     if varlen_q:
         cu_q = torch.tensor([0] + case.lengths_q, device=device).cumsum(0).to(torch.int32)
         q = randn(int(cu_q[-1]), h, d)
-        k_new, v_new = randn(int(cu_q[-1]), hk, d), randn(int(cu_q[-1]), hk, d)
+        k_new, v_new = randn(int(cu_q[-1]), hk, d), randn(int(cu_q[-1]), hk, dv)
         query = dict(cu_seqlens_q=cu_q, max_seqlen_q=max(case.lengths_q))
     else:
         sq = case.lengths_q[0]
         q = randn(case.batch, sq, h, d)
-        k_new, v_new = randn(case.batch, sq, hk, d), randn(case.batch, sq, hk, d)
+        k_new, v_new = randn(case.batch, sq, hk, d), randn(case.batch, sq, hk, dv)
         query = {}
     extra = dict(k=k_new, v=v_new) if appending else {}
-    out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, num_splits=case.num_splits,
-                                              return_softmax_lse=True, **extra, **layout, **query, **common)
+    call, extras = forward_extras(q)
+    result = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, num_splits=case.num_splits,
+                                            return_softmax_lse=True, **extra, **layout, **query, **common, **call)
+    out, lse = written(result, call), result[1]
     total = seqlens + torch.tensor(new, device=device, dtype=torch.int32)
     ref, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, total, **layout,
-                                         cu_seqlens_q=query.get("cu_seqlens_q"), **ref_common)
+                                         cu_seqlens_q=query.get("cu_seqlens_q"), **ref_common, **extras)
     error = relative_error(out, ref)
     if appending:  # the cache must hold the new tokens where the reference read them
         from swattn.reference import gather_kv_cache

@@ -58,5 +58,9 @@ def test_cases_are_reproducible_and_cover_the_feature_space():
     assert {1, 256} <= {c.page_size for c in cases}
     assert {1, 16} <= {c.heads // c.kv_heads for c in cases}
     assert {64, 128, 256} <= {c.head_dim for c in cases}
+    assert {0, 64, 128, 256, 512} <= {c.head_dim_v for c in cases}
+    assert all(c.head_dim_v <= 256 for c in cases if c.entry_point == "backward" or c.head_dim > 64)
+    assert any(c.qv for c in cases) and any(c.out for c in cases)
+    assert not any(c.qv or c.out for c in cases if c.entry_point == "backward")
     assert {"float16", "bfloat16"} == {c.dtype for c in cases}
     assert any(c.sinks and c.softcap for c in cases) and any(c.num_splits > 1 for c in cases)
