@@ -1,7 +1,8 @@
 """``attn_implementation="swattn"`` in Hugging Face transformers, against ``"eager"`` on tiny random models.
 
 Families: gpt-oss (sliding + full layers, sinks), Mistral (every layer sliding), Qwen2 (full + sliding layers), Gemma-2
-(softcap, query_pre_attn_scalar, sliding + full). Prompts are longer than the window (8). The model tests run the
+(softcap, query_pre_attn_scalar, sliding + full), Llama 4 (chunked + full layers, chunk 8, MoE). Prompts are longer
+than the window (8) and than two chunks. The model tests run the
 swattn ops on the CPU's float64 reference path (fast); ``test_generate_kernels`` runs the Triton kernels (on a GPU, or
 under the interpreter on the CPU) for one small case.
 """
@@ -24,7 +25,8 @@ from swattn.testing import assert_close  # noqa: E402
 _INTERPRETER_AT_IMPORT = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 SLIDING_WINDOW = 8
-FAMILIES = ["gpt_oss", "mistral", "qwen2", "gemma2", "gemma3"]
+CHUNK = 8
+FAMILIES = ["gpt_oss", "mistral", "qwen2", "gemma2", "gemma3", "llama4"]
 COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, head_dim=16, max_position_embeddings=256, sliding_window=SLIDING_WINDOW,
               initializer_range=0.2, pad_token_id=0, bos_token_id=1, eos_token_id=None, tie_word_embeddings=False)
@@ -45,6 +47,12 @@ def _config(family: str):
     if family == "gemma3":
         return transformers.Gemma3TextConfig(**COMMON, query_pre_attn_scalar=24,
                                              layer_types=["sliding_attention", "full_attention"])
+    if family == "llama4":  # as in the released models: rope layers chunked, NoPE layers full (temperature tuning)
+        common = {key: value for key, value in COMMON.items() if key not in ("sliding_window", "num_hidden_layers")}
+        return transformers.Llama4TextConfig(
+            **common, num_hidden_layers=3, intermediate_size_mlp=64, num_local_experts=2, num_experts_per_tok=1,
+            attention_chunk_size=CHUNK, layer_types=["chunked_attention", "full_attention", "chunked_attention"],
+            no_rope_layers=[1, 0, 1], floor_scale=4)
     raise ValueError(family)
 
 
@@ -193,8 +201,10 @@ def test_packed_sequences(family):
         assert diff < 1e-3, f"{family}: packed sequence of {piece_ids.shape[1]} tokens differs by {diff:.3e}"
 
 
-def test_generate_kernels(monkeypatch):
-    """The Triton kernels end to end: on a GPU if there is one, else under the interpreter (gpt-oss, left padding).
+@pytest.mark.parametrize("family", ["gpt_oss", "llama4"])
+def test_generate_kernels(monkeypatch, family):
+    """The Triton kernels end to end: on a GPU if there is one, else under the interpreter (gpt-oss; Llama 4, whose
+    chunked layers take the KV-cache call with ``cache_leftpad`` at the chunk start; left padding).
 
     On a GPU the float32 dots run as TF32, so greedy decoding may part ways with eager at a near-tie: the logits of
     every step with a shared history must agree, and a divergence must happen where eager's top two are that close.
@@ -204,7 +214,7 @@ def test_generate_kernels(monkeypatch):
         if not _INTERPRETER_AT_IMPORT:
             pytest.skip("TRITON_INTERPRET was off when triton was imported; CPU tensors cannot run the kernels")
         monkeypatch.setenv("TRITON_INTERPRET", "1")
-    model = copy.deepcopy(_model("gpt_oss")).to(device)
+    model = copy.deepcopy(_model(family)).to(device)
     input_ids, attention_mask = (t.to(device) for t in _prompts([21, 11]))
     runs = {}
     for implementation in ("eager", "swattn"):
@@ -227,7 +237,7 @@ def test_generate_kernels(monkeypatch):
             assert gap <= 2 * noise, f"row {row} diverges at step {step} where eager's gap {gap:.3g} is no tie"
 
 
-@pytest.mark.parametrize("family", ["mistral", "gemma2"])
+@pytest.mark.parametrize("family", ["mistral", "gemma2", "llama4"])
 def test_padding_inside_window_falls_back(family):
     """Holes in a padding mask where the window cuts (HF's window counts the pad positions, swattn's would not; a
     right-padded prompt that generates has them): that call takes the exact fallback, and the logits at the valid
@@ -325,3 +335,165 @@ def test_value_head_dim_of_its_own(monkeypatch, v_head_dim):
                                            True, 0.25, 0.0, kwargs["s_aux"])
     valid = mask.bool()
     assert_close(f"value head_dim {v_head_dim}", out[valid], expected[valid], 1e-6)
+
+
+class _ChunkedLayer(torch.nn.Module):
+    """Layer 0 of a model whose layer types are chunked then full, chunk 8."""
+    is_causal = True
+    layer_idx = 0
+    config = transformers.Llama4TextConfig(num_hidden_layers=2, attention_chunk_size=CHUNK,
+                                           layer_types=["chunked_attention", "full_attention"])
+
+
+def _transformers_chunked_mask(batch, q_length, kv_length, q_offset, kv_offset, attention_mask):
+    """transformers' own chunked mask (left padding counted as it counts it) as a bool ``[B, Sq, Skv]``."""
+    left_pad = (attention_mask.cumsum(-1) == 0).sum(-1)
+    mask = transformers.masking_utils.sdpa_mask(
+        batch, q_length, kv_length, q_offset, kv_offset,
+        mask_function=transformers.masking_utils.chunked_causal_mask_function(CHUNK, left_pad),
+        attention_mask=attention_mask.bool(), allow_is_causal_skip=False)
+    return mask[:, 0]
+
+
+@pytest.mark.parametrize(
+    "q_length, kv_length, q_offset, kv_offset, lengths, side, path",
+    [
+        pytest.param(21, 21, 0, 0, [21, 21], "left", "dense", id="prefill"),
+        pytest.param(21, 21, 0, 0, [21, 13, 5], "left", "kvcache", id="prefill-left-pad"),
+        pytest.param(21, 21, 0, 0, [21, 13, 5], "right", "kvcache", id="prefill-right-pad"),
+        # a DynamicSlidingWindowLayer (window = chunk) after 29 tokens: the last 7 keys, then the new ones
+        pytest.param(1, 8, 29, 22, [30, 22, 14], "left", "kvcache", id="decode"),
+        pytest.param(5, 12, 29, 22, [34, 26, 3], "left", "kvcache", id="extend"),
+        # a StaticSlidingWindowLayer not yet full: its 8 slots, 5 of them filled
+        pytest.param(2, 8, 3, 0, [5, 4, 2], "left", "kvcache", id="static-filling"),
+        # decoding after right-padded prompts: padding inside the query's chunk
+        pytest.param(1, 8, 29, 22, [30, 26, 24], "right-decode", "fallback", id="decode-hole"),
+        # a cache keeping fewer than chunk - 1 keys before the query: swattn's chunks would count from slot 0
+        pytest.param(1, 5, 29, 25, [30, 30], "left", "fallback", id="short-cache"),
+    ],
+)
+def test_chunked_layer_matches_transformers_mask(monkeypatch, q_length, kv_length, q_offset, kv_offset, lengths, side,
+                                                path):
+    """A chunked layer's call, given what ``swattn_mask`` makes of transformers' mask arguments, against attention
+    under transformers' own chunked mask (``chunked_causal_mask_function``; chunks count from each row's first
+    token); each layout takes the path said: ``attention_chunk`` as it is, the KV-cache call with
+    ``cache_leftpad`` at the query's chunk start, or the exact fallback."""
+    generator = torch.Generator().manual_seed(11)
+    total = q_offset + q_length
+    batch = len(lengths)
+    if side == "right-decode":  # prompts right-padded to total - 1 tokens, then one token decoded in every row
+        _, attention_mask = _prompts([n - 1 for n in lengths], side="right")
+        attention_mask = torch.cat([attention_mask, torch.ones(batch, 1, dtype=attention_mask.dtype)], dim=1)
+    else:
+        _, attention_mask = _prompts(lengths, side=side)
+        attention_mask = torch.cat([torch.zeros(batch, total - attention_mask.shape[1], dtype=torch.long),
+                                    attention_mask], dim=1)
+    q = torch.randn(batch, 4, q_length, 16, generator=generator)
+    k, v = (torch.randn(batch, 2, kv_length, 16, generator=generator) for _ in range(2))
+    prepared = swattn_hf.swattn_mask(batch, q_length, kv_length, q_offset, kv_offset,
+                                     attention_mask=attention_mask if not attention_mask.all() else None,
+                                     config=_ChunkedLayer.config, local_size=CHUNK, device=q.device)
+    taken = []
+    for name, label in [("flash_attn_func", "dense"), ("flash_attn_with_kvcache", "kvcache"),
+                        ("_chunked_masked_attention", "fallback")]:
+        monkeypatch.setattr(swattn_hf, name, functools.partial(
+            lambda fn, label, *args, **kwargs: taken.append(label) or fn(*args, **kwargs), getattr(swattn_hf, name),
+            label))
+    out, _ = swattn_hf.swattn_attention_forward(_ChunkedLayer(), q, k, v, prepared, scaling=0.25)
+    assert taken == [path]
+
+    allowed = _transformers_chunked_mask(batch, q_length, kv_length, q_offset, kv_offset, attention_mask)
+    scores = torch.einsum("bhqd,bhkd->bhqk", q.double(), k.double().repeat_interleave(2, dim=1)) * 0.25
+    probs = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(-1)
+    expected = torch.einsum("bhqk,bhkd->bqhd", probs, v.double().repeat_interleave(2, dim=1))
+    rows = attention_mask[:, -q_length:].bool() & allowed.any(-1)  # valid queries (pad ones are garbage in eager)
+    assert rows.any()
+    assert_close(f"{path}: {q_length} queries over {kv_length} keys", out[rows].double(), expected[rows], 1e-5)
+
+
+def test_chunked_decode_after_right_padding():
+    """Right-padded prompts, then a decode step (padding inside the chunk of the new tokens: the exact fallback):
+    the logits of the valid positions as eager's (generate() itself would continue right-padded rows from a pad
+    position's logits, garbage in both backends)."""
+    model = _model("llama4")
+    input_ids, attention_mask = _prompts([21, 13, 5], side="right")
+    new_ids = torch.tensor([[5], [6], [7]])
+    positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+
+    def two_steps(m):
+        cache = transformers.DynamicCache(config=m.config)
+        first = m(input_ids, attention_mask=attention_mask, position_ids=positions, cache=cache).logits
+        second = m(new_ids, attention_mask=torch.cat([attention_mask, torch.ones_like(new_ids)], dim=1),
+                   position_ids=attention_mask.sum(-1, keepdim=True), cache=cache).logits
+        return first, second
+
+    (first_e, second_e), (first_s, second_s) = _run(model, "eager", two_steps), _run(model, "swattn", two_steps)
+    assert_close("prefill logits", first_s[attention_mask.bool()], first_e[attention_mask.bool()], 1e-4)
+    assert_close("decode logits", second_s, second_e, 1e-4)
+
+
+def test_chunked_refusals():
+    """A chunked layer refuses what does not say where its chunks start; the mask function refuses a model whose
+    sliding-window and chunked masks it cannot tell apart."""
+    q, k = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 6, 16)
+    with pytest.raises(NotImplementedError, match="positions tensor"):
+        swattn_hf.swattn_attention_forward(_ChunkedLayer(), q, k, k, torch.ones(1, 6, dtype=torch.bool))
+    with pytest.raises(NotImplementedError, match="where its chunks start is unknown"):
+        swattn_hf.swattn_attention_forward(_ChunkedLayer(), q, k, k, None)
+    config = copy.deepcopy(_ChunkedLayer.config)
+    config.layer_types = ["chunked_attention", "sliding_attention"]
+    config.sliding_window = CHUNK
+    with pytest.raises(NotImplementedError, match="cannot tell"):
+        swattn_hf.swattn_mask(1, 6, 6, attention_mask=None, config=config, local_size=CHUNK)
+
+
+def _decode_static(model, input_ids, attention_mask, steps: int, compiled: bool):
+    """Greedy decoding over a static cache, the masks made outside the step as generate() makes them; each step
+    through ``torch.compile`` (backend "eager") when asked. Returns the tokens and the logits of every step."""
+    batch = input_ids.shape[0]
+    cache = transformers.StaticCache(config=model.config, max_cache_len=input_ids.shape[1] + steps)
+    step = torch.compile(model.forward, backend="eager", fullgraph=True) if compiled else model.forward
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids, attention_mask=attention_mask, position_ids=positions, cache=cache).logits[:, -1]
+    tokens, all_logits = [], [logits]
+    for _ in range(steps):
+        tokens.append(logits.argmax(-1, keepdim=True))
+        attention_mask = torch.cat([attention_mask, torch.ones_like(tokens[-1])], dim=1)
+        positions = positions[:, -1:] + 1
+        masks = transformers.masking_utils.create_masks_for_generate(
+            config=model.config, inputs_embeds=torch.empty(batch, 1, 0, dtype=model.dtype),
+            attention_mask=attention_mask, cache=cache, position_ids=positions)
+        logits = step(tokens[-1], attention_mask=masks, position_ids=positions, cache=cache).logits[:, -1]
+        all_logits.append(logits)
+    return torch.cat(tokens, dim=1), torch.stack(all_logits, dim=1)
+
+
+def test_chunked_static_compiled():
+    """Llama 4 over a static cache with each decode step traced by dynamo in one graph (transformers' generate() does
+    not compile Llama 4, so the step is compiled here; the masks are made outside it, as generate() makes them for a
+    static cache): the chunked layers' positions tensor and the full layers' filled keys (no position_ids reach
+    Llama 4's attention) trace without host reads; the tokens and bits of the uncompiled steps, which are eager's.
+    A padded chunked mask made inside the compiled region is refused by name (checking it reads the mask)."""
+    input_ids, attention_mask = _prompts([21, 13, 5])
+    runs = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        runs[compiled] = _run(_model("llama4"), "swattn", lambda m: _decode_static(
+            m, input_ids, attention_mask, steps=4, compiled=compiled))
+    expected = _run(_model("llama4"), "eager", lambda m: _decode_static(m, input_ids, attention_mask, steps=4,
+                                                                          compiled=False))
+    _assert_same_tokens(runs[True][0], runs[False][0])
+    torch.testing.assert_close(runs[True][1], runs[False][1], rtol=0, atol=0)
+    _assert_same_tokens(runs[False][0], expected[0])
+    assert_close("logits against eager", runs[False][1], expected[1], 1e-4)
+
+    def padded_mask_traced(m):
+        cache = transformers.StaticCache(config=m.config, max_cache_len=input_ids.shape[1] + 1)
+        m(input_ids, attention_mask=attention_mask, cache=cache)
+        step = torch.compile(m.forward, backend="eager")
+        step(input_ids[:, -1:], attention_mask=torch.cat([attention_mask, attention_mask[:, -1:]], dim=1),
+             position_ids=attention_mask.sum(-1, keepdim=True), cache=cache)
+
+    torch._dynamo.reset()
+    with pytest.raises(NotImplementedError, match="mask with padding made under torch.compile"):
+        _run(_model("llama4"), "swattn", padded_mask_traced)
