@@ -34,12 +34,14 @@ over only its last keys; the mask function (which alone gets the offsets) hands 
 ``_CHUNK_KERNEL``). Exact through the kernels: a prefill from position 0 without padding (``attention_chunk``); with
 padding (left or right) or over the cache (decode, extend, a static cache's sliding buffer),
 ``flash_attn_with_kvcache`` with ``cache_leftpad`` = the first query's chunk start (swattn counts chunks from there)
-and ``cache_seqlens`` = the last query's slot + 1. The exact fallback (what eager computes): padding inside a chunk
-a query sees (right-padded prompts that generate), a cache keeping fewer than chunk - 1 keys, a backward through a
-padded or cached call. Refused: a padded chunked mask made under ``torch.compile`` (checking it reads the mask; make
-masks outside, as generate() does for a static cache), a chunked layer given a mask swattn's mask function did not
-make. A full-attention layer of such a model over a cache without padding gets the positions tensor too: Llama 4's
-decoder layer keeps ``position_ids`` from the attention, so they cannot say how much of a static buffer is filled.
+and ``cache_seqlens`` = the last query's slot + 1; with a gradient (that call has no backward) a padded prefill is
+unpadded (varlen counts chunks from each sequence's first token, as transformers does). The exact fallback (what
+eager computes): padding inside a chunk a query sees (right-padded prompts that generate), a cache keeping fewer
+than chunk - 1 keys, a backward over a cache. Refused: a padded chunked mask made under ``torch.compile`` (checking
+it reads the mask; make masks outside, as generate() does for a static cache), a chunked layer given a mask swattn's
+mask function did not make. A full-attention layer of such a model over a cache without padding gets the positions
+tensor too: Llama 4's decoder layer keeps ``position_ids`` from the attention, so they cannot say how much of a
+static buffer is filled.
 
 Under ``torch.compile`` (transformers compiles the decode step of a static cache on a GPU) a padding mask is not
 unpadded (that reads it on the host: a graph break per layer, as for ``flash_attention_2``): without a gradient,
@@ -349,17 +351,25 @@ def swattn_attention_forward(
     if positions:
         key_positions, seqlen = attention_mask[:, :-1], attention_mask[:, -1].long()
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        if attention_mask.dtype == _CHUNK_FALLBACK or needs_grad:  # flash_attn_with_kvcache has no backward
+        # flash_attn_with_kvcache has no backward. A padded prefill (the keys are these queries; each row's tokens one
+        # run from position 0, as int32 says) unpads instead: varlen counts chunks from each sequence's first token,
+        # as transformers does. Otherwise (over a cache, or padding inside a chunk) the exact fallback.
+        unpad = (needs_grad and attention_mask.dtype == _CHUNK_KERNEL and k.shape[1] == seqlen_q
+                 and sliding_window is None and not _is_tracing(attention_mask))
+        if unpad:
+            attention_mask = key_positions >= 0
+        elif attention_mask.dtype == _CHUNK_FALLBACK or needs_grad:
             out = _chunked_masked_attention(q, k, v, key_positions.long(), seqlen, chunk, sliding_window,
                                             options["softmax_scale"] or head_dim ** -0.5, options["softcap"],
                                             options["sinks"])
             return out[..., :v_head_dim], None
-        # Each row's keys from its first valid query's chunk start (a chunk boundary: swattn counts chunks from
-        # cache_leftpad) up to the last query's slot; the queries end there (bottom-right).
-        first, _, _ = _chunk_bounds(key_positions.long(), seqlen, seqlen_q, chunk)
-        out = flash_attn_with_kvcache(q, k, v, cache_seqlens=seqlen.to(torch.int32),
-                                      cache_leftpad=first.to(torch.int32) if chunk else None, **options)
-        return out[..., :v_head_dim], None
+        else:
+            # Each row's keys from its first valid query's chunk start (a chunk boundary: swattn counts chunks from
+            # cache_leftpad) up to the last query's slot; the queries end there (bottom-right).
+            first, _, _ = _chunk_bounds(key_positions.long(), seqlen, seqlen_q, chunk)
+            out = flash_attn_with_kvcache(q, k, v, cache_seqlens=seqlen.to(torch.int32),
+                                          cache_leftpad=first.to(torch.int32) if chunk else None, **options)
+            return out[..., :v_head_dim], None
     if chunk is not None and k.shape[1] != seqlen_q and kwargs.get("cu_seq_lens_q") is None:
         raise NotImplementedError(
             "swattn: a chunked layer over cached keys without swattn's positions tensor (attention_mask is None): "

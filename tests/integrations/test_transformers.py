@@ -497,3 +497,25 @@ def test_chunked_static_compiled():
     torch._dynamo.reset()
     with pytest.raises(NotImplementedError, match="mask with padding made under torch.compile"):
         _run(_model("llama4"), "swattn", padded_mask_traced)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_chunked_backward_padded(monkeypatch, side):
+    """Training on a padded batch: the chunked layers unpad (varlen counts chunks from each sequence's first token, as
+    transformers does) instead of the KV-cache call, which has no backward; every parameter's gradient as eager's."""
+    input_ids, attention_mask = _prompts([21, 13, 5], side=side)
+    weights = torch.randn(*input_ids.shape, 128, generator=torch.Generator().manual_seed(2))
+    taken = []
+    varlen = swattn_hf.flash_attn_varlen_func
+    monkeypatch.setattr(swattn_hf, "flash_attn_varlen_func", lambda *a, **kw: taken.append(kw) or varlen(*a, **kw))
+    grads = {}
+    for implementation in ("eager", "swattn"):
+        model = copy.deepcopy(_model("llama4"))
+        model.set_attn_implementation(implementation)
+        logits = model(input_ids, attention_mask=attention_mask).logits
+        (logits * weights)[attention_mask.bool()].sum().backward()
+        grads[implementation] = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert [kw.get("attention_chunk", 0) for kw in taken] == [CHUNK, 0, CHUNK]  # layers: chunked, full, chunked
+    assert grads["swattn"].keys() == grads["eager"].keys()
+    for name, expected in grads["eager"].items():
+        assert_close(f"{side} padding: gradient of {name}", grads["swattn"][name], expected, 1e-4)
