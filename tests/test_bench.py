@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from swattn.bench import append, decode, host, prefill
+from swattn.bench import append, decode, host, mla, peers, prefill
 from swattn.bench.__main__ import main
-from swattn.bench.common import Row, Runner, Timing, make_env, measure, time_wall
+from swattn.bench.common import Row, Runner, Skip, Timing, make_env, measure, time_wall
+from swattn.reference import attention_kvcache_ref, attention_varlen_ref
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +170,46 @@ def test_bench_prefill_fp8_providers_pass_the_gate(env):
             assert error <= bound, (name, error)
             checked.append(name)
     assert checked == ["swattn bf16", "swattn"]
+
+
+def _fake_fa3_forward(*args):
+    """``torch.ops._vllm_fa3_C.fwd`` on the CPU from the arguments in its schema's positions (the reference does
+    the work): checks that the benchmark puts q, k, v, qv, the index tensors, the scale and the window where the
+    vLLM build reads them."""
+    assert len(args) == 37
+    q, k, v, qv, cu_q, cu_k, seqused_k, page_table = (args[i] for i in (0, 1, 2, 5, 7, 8, 11, 14))
+    scale, causal, left, right = args[23:27]
+    common = dict(qv=qv, softmax_scale=scale, causal=causal, window_size=(left, right))
+    if page_table is None:
+        out, lse = attention_varlen_ref(q, k, v, cu_q, cu_k, **common)
+    else:
+        out, lse = attention_kvcache_ref(q, k, v, seqused_k, page_table=page_table, cu_seqlens_q=cu_q, **common)
+    return [out, lse, None, None]
+
+
+def test_bench_deepseek_rows_quick(env, monkeypatch):
+    """``prefill-dv`` (D != Dv) and ``decode-mla`` (qv over one strided latent pool): swattn passes the gate and is
+    timed; the FA3 rows' calls, on a stand-in for the vLLM build that computes the reference from FA3's argument
+    positions, pass the same gate; a refusal by the build becomes a Skip that quotes it."""
+    prefill_section = mla.run_prefill(env)
+    decode_section = mla.run_decode(env)
+    for section in (prefill_section, decode_section):
+        _assert_swattn_checked_and_timed(section)
+    assert "Dv=32" in prefill_section.table and "page=16" in decode_section.table
+
+    monkeypatch.setattr(peers, "_fa3_forward", lambda: _fake_fa3_forward)
+    monkeypatch.setattr(peers, "_cuda_only", lambda name, t: None)
+    prefill_case = mla.setup_prefill_dv(mla.prefill_shapes(env)[0], env)
+    decode_case = mla.setup_decode_mla(mla.decode_shapes(env)[0], env)
+    assert decode_case.k_pool.stride(1) == decode_case.v_pool.stride(1) == 80, "one pool, k and v strided views"
+    fa3_prefill = dict(mla.prefill_providers(prefill_case))["FA3"]()
+    error, bound = prefill_case.compare(env)(fa3_prefill())
+    assert error <= bound, error
+    fa3_decode = dict(mla.decode_providers(decode_case))["FA3"]()
+    error, bound = decode_case.compare(env)(fa3_decode.check())
+    assert error <= bound, error
+
+    def refused():
+        raise RuntimeError("This flash attention build does not support qv.")
+    with pytest.raises(Skip, match="refuses it: This flash attention build does not support qv"):
+        mla._fa3_refusal(refused)()

@@ -1,9 +1,11 @@
-"""``python -m swattn.bench [{prefill,decode,verify,append,decode-fp8,prefill-fp8,model-step,backward,host,all}]
-[--quick] [--out FILE.md] [--plot FILE.png]``.
+"""``python -m swattn.bench [{prefill,decode,verify,append,decode-fp8,prefill-fp8,prefill-dv,decode-mla,model-step,
+backward,host,all}] [--quick] [--out FILE.md] [--plot FILE.png]``.
 
 Without a scenario: ``decode`` (the gpt-oss decode layer). ``decode-fp8`` / ``prefill-fp8``: an e4m3 KV cache /
-all-e4m3 prefill beside bf16 (not part of ``all``). ``--plot`` draws the measured times (matplotlib, the ``plot``
-extra). ``torchrun --nproc-per-node=N -m swattn.bench context-parallel`` (several GPUs; not part of ``all``).
+all-e4m3 prefill beside bf16 (not part of ``all``). ``prefill-dv`` / ``decode-mla``: DeepSeek's prefill with a value
+head dim of its own (D=192, Dv=128) and MLA decode with ``qv`` (D=64, Dv=512), beside FA3 (not part of ``all``).
+``--plot`` draws the measured times (matplotlib, the ``plot`` extra). ``torchrun --nproc-per-node=N -m swattn.bench
+context-parallel`` (several GPUs; not part of ``all``).
 
 On the GPU machine, with the peers of ``.peer-kernels/README.txt`` unpacked into /tmp/site::
 
@@ -22,8 +24,8 @@ import time
 
 from swattn.bench.common import Env, Section, make_env
 
-SCENARIOS = ("prefill", "decode", "verify", "append", "decode-fp8", "prefill-fp8", "model-step", "backward", "host",
-             "context-parallel", "all")
+SCENARIOS = ("prefill", "decode", "verify", "append", "decode-fp8", "prefill-fp8", "prefill-dv", "decode-mla",
+             "model-step", "backward", "host", "context-parallel", "all")
 
 
 def _ints(text: str) -> list[int]:
@@ -55,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "1024,16384,131072. model-step: the steps to time (default 1)")
     parser.add_argument("--batches", type=_ints,
                         help="append: batch sizes (with --contexts, --page-sizes, --verify-tokens: their product "
-                             "for both layers, instead of the default subset)")
+                             "for both layers, instead of the default subset); decode-mla: batch sizes (default 16,64)")
     parser.add_argument("--context", type=int, help="model-step context (default 8192)")
     parser.add_argument("--layers", type=int, help="model-step layers (default 36)")
     parser.add_argument("--rows", type=lambda s: [r for r in s.split(",") if r],
@@ -100,6 +102,12 @@ def run_scenario(name: str, env: Env, args: argparse.Namespace) -> Section:
     if name == "prefill-fp8":
         from swattn.bench import prefill_fp8
         return prefill_fp8.run(env, seqlens=args.seqlens, lefts=args.lefts)
+    if name == "prefill-dv":
+        from swattn.bench import mla
+        return mla.run_prefill(env, seqlens=args.seqlens, lefts=args.lefts)
+    if name == "decode-mla":
+        from swattn.bench import mla
+        return mla.run_decode(env, contexts=args.contexts, page_sizes=args.page_sizes, batches=args.batches)
     if name == "host":
         from swattn.bench import host
         return host.run(env, rows=args.rows)

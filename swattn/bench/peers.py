@@ -154,12 +154,15 @@ def _fa3_forward():
         raise Skip(f"FA3 failed to load: {exc}") from exc
 
 
-def fa3(q, k, v, left: int, sinks=None, page_table=None, seqused_k=None, k_new=None, v_new=None):
+def fa3(q, k, v, left: int, sinks=None, page_table=None, seqused_k=None, k_new=None, v_new=None, qv=None,
+        softmax_scale: float | None = None):
     """FA3 (vLLM build, varlen-only entry): dense k/v ``[B, Sk, Hk, D]`` or paged pools with ``page_table`` and
     ``seqused_k``. Index tensors are made here, outside the timed call. Sinks go in as bf16 (FA3 needs bf16,
     H <= 64). ``k_new``/``v_new`` ``[B, S_new, Hk, D]``: FA3's own append in the attention kernel (its
     ``flash_attn_with_kvcache(k=, v=)``), written at ``seqused_k`` (the lengths before the append); vLLM itself
-    writes the cache in a separate launch, and a build without the append path raises."""
+    writes the cache in a separate launch, and a build without the append path raises. v may have a head dim Dv of
+    its own (FA3's ``hdimv``: the output is ``[B, Sq, H, Dv]``); ``qv [B, Sq, H, Dv]`` is FA3's second query term
+    (MLA decode: D 64, Dv 512). The default scale is FA3's, ``(D + Dv of qv) ** -0.5``."""
     _cuda_only("FA3", q)
     forward = _fa3_forward()
     batch, seqlen_q, heads, head_dim = q.shape
@@ -172,14 +175,16 @@ def fa3(q, k, v, left: int, sinks=None, page_table=None, seqused_k=None, k_new=N
     else:
         cu_k, max_k = None, page_table.shape[1] * k.shape[1]
     q3 = q.reshape(batch * seqlen_q, heads, head_dim)
+    qv3 = None if qv is None else qv.reshape(batch * seqlen_q, heads, qv.shape[-1])
     sinks_bf16 = None if sinks is None else sinks.to(torch.bfloat16)
-    scale = head_dim ** -0.5
+    scale = softmax_scale if softmax_scale is not None else (head_dim + (0 if qv is None else qv.shape[-1])) ** -0.5
+    head_dim_v = v.shape[-1]
 
     def run():
-        out = forward(q3, k, v, k_new, v_new, None, None, cu_q, cu_k, None, None, seqused_k, seqlen_q, max_k,
+        out = forward(q3, k, v, k_new, v_new, qv3, None, cu_q, cu_k, None, None, seqused_k, seqlen_q, max_k,
                       page_table, None, None, None, None, None, None, None, None, scale, True, left, 0, 0.0, True,
                       None, 0, None, 0, sinks_bf16, 1, 0, None)[0]
-        return out.view(batch, seqlen_q, heads, head_dim)
+        return out.view(batch, seqlen_q, heads, head_dim_v)
     return run
 
 
