@@ -42,9 +42,7 @@ def _in_vllm_names(error: Exception) -> Exception:
     name, colon, rest = message.partition(":")
     if not colon or name not in _VLLM_NAMES:
         return error
-    renamed = type(error)(f"{_VLLM_NAMES[name]}:{rest}")
-    renamed.__cause__ = error
-    return renamed
+    return type(error)(f"{_VLLM_NAMES[name]}:{rest}")
 
 
 def _window(window_size) -> tuple[int, int]:
@@ -102,8 +100,9 @@ def flash_attn_varlen_func(
     q: ``[total_q, H, D]`` with ``cu_seqlens_q [B + 1]`` (int32). Keys: a paged cache ``k``, ``v`` ``[num_blocks,
     block_size, Hk, D]`` with ``block_table [B, max_blocks]`` and ``seqused_k [B]`` (int32, keys per sequence, the
     queries' own included); or a ``[B, S, Hk, D]`` cache with ``seqused_k``; or packed ``[total_k, Hk, D]`` with
-    ``cu_seqlens_k``. ``s_aux``: ``[H]`` sinks. Returns ``out`` ``[total_q, H, D]`` (written into ``out`` when given),
-    and ``softmax_lse [H, total_q]`` (float32) with ``return_softmax_lse``.
+    ``cu_seqlens_k``; v's head_dim Dv may differ from D. ``s_aux``: ``[H]`` sinks; ``q_v``: ``[total_q, H, Dv]``
+    (MLA). Returns ``out`` ``[total_q, H, Dv]`` (written into ``out`` when given), and ``softmax_lse [H, total_q]``
+    (float32) with ``return_softmax_lse``.
     """
     _refuse(alibi_slopes=alibi_slopes, output_scale=output_scale, mask_mod=mask_mod, aux_tensors=aux_tensors,
             dynamic_causal=dynamic_causal, cp_tot_seqused_k=cp_tot_seqused_k)
@@ -143,7 +142,10 @@ def flash_attn_varlen_func(
                 q, k, v, cache_seqlens=seqused_k, page_table=block_table, cu_seqlens_q=cu_seqlens_q,
                 max_seqlen_q=max_seqlen_q, causal=causal, window_size=window, num_splits=num_splits, **optional)
     except (TypeError, ValueError, NotImplementedError) as error:
-        raise _in_vllm_names(error) from error
+        renamed = _in_vllm_names(error)
+        if renamed is error:
+            raise
+        raise renamed from error
     return result
 
 

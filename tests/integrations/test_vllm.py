@@ -111,8 +111,9 @@ def _with(**overrides):
     (dict(seqused_k=torch.zeros(3, dtype=torch.int64)), TypeError, "^seqused_k:"),
 ])
 def test_errors_name_vllms_arguments(overrides, exc, match):
-    with pytest.raises(exc, match=match):
+    with pytest.raises(exc, match=match) as raised:
         swattn_vllm.flash_attn_varlen_func(**_with(**overrides), causal=True)
+    assert raised.value.__cause__ is not raised.value
 
 
 def test_mla_decode_with_q_v():
