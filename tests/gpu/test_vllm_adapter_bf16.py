@@ -36,7 +36,7 @@ def _step(seed: int):
     shuffled pages."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
     q_lens = [1] * 12 + [37, 300, 1, 5]
-    cached = torch.randint(0, 3000, (len(q_lens),), generator=generator).tolist()
+    cached = torch.randint(0, 3000, (len(q_lens),), generator=generator, device="cpu").tolist()
     cached[:2] = [0, 127]
     k_lens = [c + n for c, n in zip(cached, q_lens)]
     max_pages = -(-max(k_lens) // PAGE)
