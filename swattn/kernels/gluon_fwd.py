@@ -154,7 +154,14 @@ PV_WAIT_LATE = 256
 # recomputed from the ring position (a signed division and remainder each for K's stage and V's): 8 fewer uniform
 # instructions per block at head_dim 64 (Triton 3.6).
 CARRIED_RING = 512
-SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "39"))  # A/B runs: 0 for none
+# A/B runs: SWATTN_GLUON_SOFTMAX_TRIMS gives the bits exactly (0 for none; no per-shape additions below).
+_TRIMS_FROM_ENV = os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "").strip()
+SOFTMAX_TRIMS = int(_TRIMS_FROM_ENV or "39")
+# One-warpgroup programs (packed small windows) add the per-thread stage releases and the carried ring: H200, 16K,
+# s14-call1 / s14-call2 (docs/notes/2026-12-03-gluon-forward.md, session 14): W(127,0) D64 gpt-oss sinks 172.0 ->
+# 169.6 (releases) -> 168.7 us (both); W(127,0) D128 142.3 -> 141.2 -> 140.7. Two-warpgroup tiles lose with either
+# (causal D128 3366.5 -> 3475.3 / 3553.5, W(4095,0) D128 1537.5 -> 1591.6 / 1593.5), so they keep neither.
+ONE_WARPGROUP_TRIMS = 0 if _TRIMS_FROM_ENV else THREAD_RELEASE | CARRIED_RING
 
 
 def divisor_magic(divisor: int) -> tuple[int, int]:
@@ -246,7 +253,8 @@ def softmax_trims_for(consumers: int, head_dim: int) -> int:
     kept = ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX if consumers == 1 else THREAD_ROW_SUMS | VOTED_ROW_MAX
     if consumers > 1:
         kept |= OVERLAP_TILES
-    return SOFTMAX_TRIMS & (kept | RESCALE_EARLY | THREAD_RELEASE | PV_WAIT_LATE | CARRIED_RING)
+    trims = SOFTMAX_TRIMS & (kept | RESCALE_EARLY | THREAD_RELEASE | PV_WAIT_LATE | CARRIED_RING)
+    return trims | ONE_WARPGROUP_TRIMS if consumers == 1 else trims
 
 
 def tma_store_for(consumers: int) -> bool:

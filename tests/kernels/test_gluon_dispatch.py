@@ -162,6 +162,21 @@ def test_consumer_and_register_rules():
     assert gluon_fwd.registers_for(1, 4) == (64, 104)
 
 
+def test_softmax_trims_per_shape(monkeypatch):
+    g = gluon_fwd
+    sync = g.THREAD_RELEASE | g.CARRIED_RING
+    monkeypatch.setattr(g, "SOFTMAX_TRIMS", 39)
+    monkeypatch.setattr(g, "ONE_WARPGROUP_TRIMS", sync)
+    # One-warpgroup programs (packed small windows): the shipped set, the one-sided edges and the two sync trims.
+    assert g.softmax_trims_for(1, 64) == g.softmax_trims_for(1, 128) == 39 | sync
+    # Two-warpgroup tiles lose with either sync trim (s14-call1): neither; head_dim 256 keeps its own set.
+    assert g.softmax_trims_for(2, 128) == g.softmax_trims_for(3, 64) == 39 & ~g.ONE_SIDED_EDGES
+    assert g.softmax_trims_for(2, 256) & sync == 0
+    # SWATTN_GLUON_SOFTMAX_TRIMS (A/B runs) gives the bits exactly: no per-shape additions.
+    monkeypatch.setattr(g, "ONE_WARPGROUP_TRIMS", 0)
+    assert g.softmax_trims_for(1, 64) == 39
+
+
 def test_lazy_rescale_ptx():
     """The lazy rescale's PTX: outputs tied to the accumulator inputs, a warp vote on the two rows' alphas, then one
     multiplication per element by its own alpha, behind a branch the whole warp takes. (That elements 0 and 2 carry
