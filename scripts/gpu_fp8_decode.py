@@ -34,11 +34,14 @@ Run: ``python scripts/gpu_fp8_decode.py [SHAPE ...]``, shapes: full, long, b4, l
 default), s6_full, s6_more, s6_b4, s6_long16, s6_long, s6_b16_128k, s7_long, s7_b16_128k, and the later sessions'
 (``--dry`` lists a shape's candidates); s9_*: the transposed pairs' loop against the shipped one; s10_*: the
 pairs' block shapes of the default path (``blocks=``), and head_dim 128 layers (a shape's fifth field: H, Hk, D);
-s11b_*: fewer splits at 16K; s11c_*: more splits at B=4 16K.
+s11b_*: fewer splits at 16K; s11c_*: more splits at B=4 16K; s14_*: the work split (split counts past 64 at B=4,
+the pairs' one-warp shapes at B=16 16K). ``--dry --plans`` also prints, computed on the CPU, what each fp8-kv
+full-decode candidate launches on an H200 (splits, programs, block shape, programs per SM).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import torch
@@ -279,6 +282,21 @@ S11C_B4_16K = [(False, None), SPLITS_72, SPLITS_80, SPLITS_80, SPLITS_72, (False
 # 81.32 / 81.31, 150.94 / 151.02. The default's one-warp (32, 1) loop capped at 168 forced at 3 stages (page-table
 # loads two blocks ahead) against the same at 2: B=4 16K 27.23 / 27.24 against 26.96 / 26.94, B=4 131072 150.95 /
 # 151.07 (default 150.94 / 151.02).
+# Session 14: the work split of the shipped e4m3 pairs (issue 22's 16K rows, where the launch chain's fixed costs
+# weigh most), each candidate twice in mirrored order, the default first and last; ``--dry --plans`` prints what each
+# launches on an H200. B=4 (16 pair programs per split, one warp each): past MAX_SPLITS' 64 without empty splits,
+# 74 (7 blocks of 32 keys each at 16K) and 86 (6), i.e. 9.0 / 10.4 of the 12 programs that fit an SM instead of
+# 7.8; and 65 splits (64 with keys, as the default's, plus one empty split), which times the merge's second 64-split
+# tile (``combine._launch``'s SPLIT_LOOP for more than 64 splits) and little else: s11-call7's 72 splits (the same
+# 1,024 programs with keys and 128 empty ones) cost 3.5 us more than 64, whose cause was not measured. B=16 16K (64
+# pair programs per split, (32, 2, 2) capped at 128, 16 splits): one-warp programs at the default's 16 splits ((32,
+# 1, 2) capped at 168, the B=4 shape: never timed at B=16 16K) and at 20 splits (10 per SM planned), and (16, 1, 2)
+# capped at 128 at 24 splits (12 per SM planned; s10-call3 timed 33 splits at 16 per SM: 80.32 / 80.33 us against
+# 79.95 / 80.04, and (32, 1) at 24 splits: 82.65 / 82.74).
+S65, S74, S86 = ((False, None, dict(splits=n, maxsplits=128)) for n in (65, 74, 86))
+S14_B4 = [(False, None), S65, S74, S86, S86, S74, S65, (False, None)]
+W1_10, W16_12 = ((False, None, dict(blocks=blocks)) for blocks in ((32, 1, 168, 10), (16, 1, 128, 12)))
+S14_B16 = [(False, None), W1_8, W1_10, W16_12, W16_12, W1_10, W1_8, (False, None)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -346,11 +364,18 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s11b_b16_16k": (16, 16384, None, S11B_B16_16K), "s11b_b4_16k": (4, 16384, None, S11B_B4_16K),
           "s11c_b4_16k": (4, 16384, None, S11C_B4_16K),
           "s11c_warm": (4, 16384, None, [(False, None), SPLITS_72, SPLITS_80]),
+          "s14_b4_16k": (4, 16384, None, S14_B4), "s14_b16_16k": (16, 16384, None, S14_B16),
+          "s14_b4_128k": (4, 131072, None, S14_B4),
+          # The compile warm-up of the s14 kernels, one process per kernel set: the split kernel specializes on
+          # whether num_splits is a multiple of 16, the merge on its splits' power of two (and a loop past 64).
+          **{f"s14_warm{i}": (batch, context, None, [variant]) for i, (batch, context, variant) in enumerate(
+              ((4, 16384, (False, None)), (4, 16384, S74), (16, 16384, (False, None)), (16, 16384, W1_10),
+               (16, 16384, W16_12), (16, 16384, W1_8), (4, 131072, (False, None))))},
           "s8b_b4_16k": (4, 16384, None, [(False, None), PAIRS_FENCED_V, (False, (64, 4, 2, False, False, 128),
                                                                          dict(pair=3, per_sm=4, fenced=2))])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
 EXACT_SHAPES = {"s9c_b4_16k", "s9c_b4_8k", "s9c_b8_8k", "s9c_b16_4k"}  # page tables of exactly the context
-EXACT_SHAPES |= {name for name in SHAPES if name.startswith(("s10", "s11"))}
+EXACT_SHAPES |= {name for name in SHAPES if name.startswith(("s10", "s11", "s14"))}
 COPY_GBPS = 4221.0
 
 
@@ -438,6 +463,79 @@ def head_major(cache: torch.Tensor) -> torch.Tensor:
     return cache.transpose(1, 2).contiguous().transpose(1, 2)
 
 
+@contextlib.contextmanager
+def variant_settings(options: dict):
+    """The module settings a candidate's ``options`` set while it runs (restored after): every one is part of the
+    plans' key (``fwd.settings``) but ``interface.MAX_SPLITS`` (``maxsplits``), which clamps a caller's
+    num_splits. ``blocks`` puts its shape in place of the pairs' default (``configs.FP8_PAIR_SPLIT_BLOCKS[16]``,
+    the per-shape table ``FP8_PAIR_SHAPE_BLOCKS`` emptied): the loop, the split count of its programs per SM and
+    the fill rule as they would ship."""
+    saved = [(fwd, "WIDEN_E4M3_PAIRS"), (fwd, "PREFETCH_PAGE_TABLE"), (fwd, "FP8_TWO_KV_HEADS"),
+             (fwd, "FP8_PREFETCH_PARTNER"), (fwd, "FP8_FENCED_WIDENING"), (configs, "FP8_KV_PAIRS"),
+             (configs, "FP8_PAIR_FENCED_WIDENING"), (configs, "FP8_PAIR_TRANSPOSED"),
+             (configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT"), (configs, "FP8_PAIR_SPLIT_BLOCKS"),
+             (configs, "FP8_PAIR_SHAPE_BLOCKS"), (combine, "EARLY_DEPENDENTS"), (interface, "MAX_SPLITS")]
+    saved = [(module, name, getattr(module, name)) for module, name in saved]
+    try:
+        fwd.FP8_TWO_KV_HEADS = options.get("pair", 0)
+        configs.FP8_KV_PAIRS = options.get("kvpairs", configs.FP8_KV_PAIRS)
+        configs.FP8_PAIR_FENCED_WIDENING = options.get("pairfence", configs.FP8_PAIR_FENCED_WIDENING)
+        configs.FP8_PAIR_TRANSPOSED = options.get("transposed", configs.FP8_PAIR_TRANSPOSED)
+        configs.FP8_PAIR_MIN_KEYS_PER_SPLIT = options.get("minkeys", configs.FP8_PAIR_MIN_KEYS_PER_SPLIT)
+        combine.EARLY_DEPENDENTS = options.get("early", combine.EARLY_DEPENDENTS)
+        interface.MAX_SPLITS = options.get("maxsplits", interface.MAX_SPLITS)
+        if "blocks" in options:
+            configs.FP8_PAIR_SPLIT_BLOCKS = {**configs.FP8_PAIR_SPLIT_BLOCKS, 16: options["blocks"]}
+            configs.FP8_PAIR_SHAPE_BLOCKS = ()
+        fwd.FP8_FENCED_WIDENING = int(options.get("fenced", 0))
+        fwd.FP8_PREFETCH_PARTNER = options.get("partner", 0)
+        if "pairs" in options:
+            fwd.WIDEN_E4M3_PAIRS = options["pairs"]
+        if "prefetch" in options:
+            fwd.PREFETCH_PAGE_TABLE = options["prefetch"]
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
+def planned_launch(batch: int, context: int, config, options: dict) -> str:
+    """What an fp8-kv candidate launches for a full decode of the gpt-oss layer over a page table of exactly
+    ``context`` keys on an H200 (132 SMs: ``loop_sass.H200_SMS``), computed on the CPU: the split count (the
+    candidate's own, clamped by ``interface.MAX_SPLITS`` as a caller's is, else ``interface.split_count``'s, as
+    ``flash_attn_with_kvcache`` plans it), then the forward's launch under the candidate's settings, captured
+    instead of launched (``scripts/loop_sass.py``'s capture): splits, programs per split, KV heads per program,
+    block shape, warps, stages, register cap, the splits that hold keys and the split programs per SM."""
+    from loop_sass import H200_SMS as sms
+    from loop_sass import captured_launch
+    from loop_sass import decode_inputs as captured_inputs
+    heads, kv_heads, head_dim = 64, 8, 64
+    if "per_sm" in options:
+        programs = batch * kv_heads // (2 if options.get("pair") else 1)
+        options = dict(options, splits=max(1, sms * options["per_sm"] // programs))
+    forced = FwdConfig(16, *config) if config is not None else None
+    with variant_settings(options):
+        if "splits" in options:
+            splits = min(options["splits"], interface.MAX_SPLITS)
+        else:
+            kv_pairs = configs.fp8_kv_pairs_fit(True, True, True, heads // kv_heads, 1, kv_heads, head_dim, True,
+                                                True, False)
+            splits = interface.split_count(batch * kv_heads, context, sms, heads // kv_heads, True, True, kv_pairs,
+                                           head_dim)
+        inputs, arguments = captured_inputs("fp8-kv", context, -1, splits, batch=batch)
+        grids = []
+        _, kwargs = captured_launch(inputs, arguments, {}, forced, grids)  # on 132 SMs (loop_sass.H200_SMS)
+    tiles, programs, splits = grids[0]  # (tiles, programs per split, splits)
+    block_n, pair = kwargs["BLOCK_N"], kwargs.get("KV_PAIR", 0)
+    blocks = -(-context // block_n)
+    per_split = -(-blocks // splits)  # fwd._split_blocks: the last splits short or empty
+    active = -(-blocks // per_split)
+    return (f"{splits} splits ({active} with keys, {per_split} blocks each), {tiles * programs} programs per split "
+            f"({2 if pair else 1} KV heads each, KV_PAIR {pair}), ({block_n}, {kwargs.get('num_warps')}, "
+            f"{kwargs.get('num_stages')}) cap {kwargs.get('maxnreg')}: {tiles * programs * active} programs with "
+            f"keys, {tiles * programs * splits / sms:.2f} per SM")
+
+
 def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     """A candidate's provider label and its config / options as printed."""
     label = "bf16" if quantize_q is None else "fp8" if quantize_q else "fp8-kv"
@@ -479,12 +577,19 @@ def main() -> None:
     warm = "--warm" in args  # compile every variant (one input set, one call each) and time nothing
     if warm:
         args.remove("--warm")
+    plans = "--plans" in args  # with --dry: what each fp8-kv full-decode candidate launches on an H200 (CPU)
+    if plans:
+        args.remove("--plans")
     if "--dry" in args:  # the shapes and candidates only (no GPU): what a run would time
         for name in [a for a in args if a != "--dry"] or DEFAULT_SHAPES:
             batch, context, left, candidates, *layer = SHAPES[name]
             print(f"## {name}: B={batch} ctx={context} window={left}{' H/Hk/D ' + str(layer[0]) if layer else ''}")
             for quantize_q, config, *more in candidates:
-                print("  {:6s} {}".format(*describe(quantize_q, config, more[0] if more else {})))
+                options = more[0] if more else {}
+                print("  {:6s} {}".format(*describe(quantize_q, config, options)))
+                if plans and quantize_q is False and left is None and not layer and not (
+                        {"fa3", "heads", "contig", "hnd"} & set(options)):
+                    print(f"         -> {planned_launch(batch, context, config, options)}")
         return
     names = args or DEFAULT_SHAPES
     print(f"fp8 decode configs on {torch.cuda.get_device_name()}; us per call, vs bf16 = bf16 us / this, % of "
@@ -530,30 +635,9 @@ def main() -> None:
             if "splits" in options:
                 calls = [dict(c, num_splits=options["splits"]) for c in calls]
             forced = forced_config(FwdConfig(16, *config)) if config is not None else None
-            pairs, prefetch, two_heads = fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS
-            kv_pairs, pair_fence = configs.FP8_KV_PAIRS, configs.FP8_PAIR_FENCED_WIDENING
-            transposed, min_keys = configs.FP8_PAIR_TRANSPOSED, configs.FP8_PAIR_MIN_KEYS_PER_SPLIT
-            partner, fenced = fwd.FP8_PREFETCH_PARTNER, fwd.FP8_FENCED_WIDENING
-            fwd.FP8_TWO_KV_HEADS = options.get("pair", 0)  # part of the plans' key (fwd.settings)
-            configs.FP8_KV_PAIRS = options.get("kvpairs", kv_pairs)  # part of the plans' key (fwd.settings)
-            configs.FP8_PAIR_FENCED_WIDENING = options.get("pairfence", pair_fence)  # likewise
-            configs.FP8_PAIR_TRANSPOSED = options.get("transposed", transposed)  # likewise
-            configs.FP8_PAIR_MIN_KEYS_PER_SPLIT = options.get("minkeys", min_keys)  # likewise
-            pair_blocks, shape_blocks = configs.FP8_PAIR_SPLIT_BLOCKS, configs.FP8_PAIR_SHAPE_BLOCKS
-            early = combine.EARLY_DEPENDENTS
-            combine.EARLY_DEPENDENTS = options.get("early", early)  # part of the plans' key (fwd.settings)
-            max_splits = interface.MAX_SPLITS
-            interface.MAX_SPLITS = options.get("maxsplits", max_splits)  # clamps num_splits (not in any plan key)
-            if "blocks" in options:  # the pairs' block shape and split count of the default path at every shape
-                configs.FP8_PAIR_SPLIT_BLOCKS = {**pair_blocks, 16: options["blocks"]}  # part of the plans' key
-                configs.FP8_PAIR_SHAPE_BLOCKS = ()  # likewise
-            fwd.FP8_FENCED_WIDENING = int(options.get("fenced", 0))  # part of the plans' key (fwd.settings)
-            fwd.FP8_PREFETCH_PARTNER = options.get("partner", 0)  # part of the plans' key (fwd.settings)
             l2_before = None
-            if "pairs" in options:
-                fwd.WIDEN_E4M3_PAIRS = options["pairs"]  # part of the plans' key (fwd.settings)
-            if "prefetch" in options:
-                fwd.PREFETCH_PAGE_TABLE = options["prefetch"]  # part of the plans' key (fwd.settings)
+            settings = variant_settings(options)
+            settings.__enter__()
             try:
                 if "l2fetch" in options:
                     l2_before = l2_fetch_limit(options["l2fetch"])
@@ -580,13 +664,7 @@ def main() -> None:
             finally:
                 if forced is not None:
                     forced.__exit__(None, None, None)
-                fwd.WIDEN_E4M3_PAIRS, fwd.PREFETCH_PAGE_TABLE, fwd.FP8_TWO_KV_HEADS = pairs, prefetch, two_heads
-                fwd.FP8_PREFETCH_PARTNER, fwd.FP8_FENCED_WIDENING = partner, fenced
-                configs.FP8_KV_PAIRS, configs.FP8_PAIR_FENCED_WIDENING = kv_pairs, pair_fence
-                configs.FP8_PAIR_TRANSPOSED, configs.FP8_PAIR_MIN_KEYS_PER_SPLIT = transposed, min_keys
-                configs.FP8_PAIR_SPLIT_BLOCKS, configs.FP8_PAIR_SHAPE_BLOCKS = pair_blocks, shape_blocks
-                combine.EARLY_DEPENDENTS = early
-                interface.MAX_SPLITS = max_splits
+                settings.__exit__(None, None, None)
                 if l2_before is not None:
                     l2_fetch_limit(l2_before)
             read = kv_bytes if quantize_q is None else kv_bytes / 2

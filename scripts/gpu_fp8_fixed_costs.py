@@ -8,9 +8,10 @@ then the same graph with per-program %globaltimer stamps (``_common.STAMPS_ADDRE
 the middle calls; ``gpu_probe._stamp_report``). Settings: the default and no PDL. (s11-call2 / s11-call5 / s11-call9
 ran it with fwd.FP8_SPLIT_LATE_DEPENDENTS 1 / 2, the late merge trigger on the e4m3 split launches, and with
 combine.WIDE_MERGE_SPLITS, the merge on two warps, both since removed: docs/notes/2026-12-03-fp8-kv-cache.md,
-session 11.)
+session 11.) Session 14: the caller's split counts past MAX_SPLITS (``65 splits``, ``74 splits``, ``86 splits``).
 
     python scripts/gpu_fp8_fixed_costs.py [--batch 4] [--context 16384] [--go-file PATH] [--variants default,no PDL]
+    python scripts/gpu_fp8_fixed_costs.py --variants "default,65 splits,86 splits"
 
 The stamped kernels are compiled for the stamp buffer's address (a constexpr), which differs between processes
 (s11-call2), so they are compiled in the measuring process: ``--go-file PATH`` compiles every variant (one call each,
@@ -31,14 +32,17 @@ from gpu_fp8_decode import decode_inputs, fp8_sets  # scripts/ is on sys.path wh
 from gpu_probe import _stamp_report, _stamped_graph, graph_us, with_settings
 
 import swattn
-from swattn import _compat
+from swattn import _compat, interface
 from swattn.kernels import _common, fwd
 from swattn.kernels._launch import clear_plans
 
-# (label, ((module, name, value), ...)).
+# label: ((module, name, value), ...) settings, and the call's own arguments. Session 14: split counts past
+# MAX_SPLITS' 64 (interface.MAX_SPLITS raised so that the caller's num_splits is not clamped): 65 (the default's 64
+# splits with keys, one empty, and the merge's second 64-split tile), 74 and 86 (no empty split at B=4 16K or 128K).
 VARIANTS = {
-    "default": (),
-    "no PDL": ((_compat, "PDL", False),),
+    "default": ((), {}),
+    "no PDL": (((_compat, "PDL", False),), {}),
+    **{f"{n} splits": (((interface, "MAX_SPLITS", 128),), dict(num_splits=n)) for n in (65, 74, 86)},
 }
 
 
@@ -59,23 +63,29 @@ def main() -> int:
     batch, context = args.batch, args.context
     inputs = fp8_sets([decode_inputs(batch, context)], False)[0]
     inputs["page_table"] = inputs["page_table"][:, :context // 16].contiguous()  # exactly the context
-    call = functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True)
-    clear_plans()
-    reference = call()[0].clone()
-    (plan,) = [plan for plan in fwd._PLANS.values() if plan.launches]
-    splits = plan.main.grid[2]
-    assert plan.kv_pair, "expected two KV heads per program"
+    calls = {label: functools.partial(swattn.flash_attn_with_kvcache, **inputs, causal=True, **VARIANTS[label][1])
+             for label in wanted}
+
+    def split_count(label: str) -> tuple[int, torch.Tensor]:
+        """The variant's split count (its plan's grid; checked to take two KV heads per program) and its output."""
+        def planned():
+            reference = calls[label]()[0].clone()
+            (plan,) = [plan for plan in fwd._PLANS.values() if plan.launches]
+            assert plan.kv_pair, f"{label}: expected two KV heads per program (grid {plan.main.grid})"
+            return plan.main.grid[2], reference
+        return with_settings(VARIANTS[label][0], planned)
+
+    splits, reference = split_count("default") if "default" in calls else split_count(wanted[0])
     kv_bytes = batch * context * 8 * 64 * 2  # e4m3 K and V
-    split_programs, merge_programs = batch * 4 * splits, batch * 64  # two KV heads per program
     address = stamp_buffer.data_ptr()
-    print(f"stamp buffer at {address:#x}; e4m3 full decode B={batch} {context} keys: {splits} splits, "
-          f"{split_programs} split programs (pairs), {merge_programs} merge programs, {kv_bytes / 1e6:.1f} MB",
+    print(f"stamp buffer at {address:#x}; e4m3 full decode B={batch} {context} keys: {splits} splits by default, "
+          f"{batch * 4 * splits} split programs (pairs), {batch * 64} merge programs, {kv_bytes / 1e6:.1f} MB",
           flush=True)
     out_dir = os.environ.get("OUT", "/tmp")
     saved, table = {}, []
     if args.go_file:
         for label in wanted:
-            def compile_only():
+            def compile_only(call=calls[label]):
                 call()
                 previous = _common.STAMPS_ADDRESS
                 _common.STAMPS_ADDRESS = address
@@ -85,23 +95,28 @@ def main() -> int:
                     torch.cuda.synchronize()
                 finally:
                     _common.STAMPS_ADDRESS = previous
-            with_settings(VARIANTS[label], compile_only)
+            with_settings(VARIANTS[label][0], compile_only)
             print(f"  {label}: compiled", flush=True)
         waited = time.monotonic()
         while not os.path.exists(args.go_file) and time.monotonic() - waited < 120:
             time.sleep(0.05)
         print(f"  (waited {time.monotonic() - waited:.1f} s for {args.go_file})", flush=True)
     for label in wanted:
-        settings = VARIANTS[label]
+        settings, call = VARIANTS[label][0], calls[label]
         try:
+            label_splits = split_count(label)[0]
+
             def timed():
-                same = torch.equal(call()[0], reference)
-                return graph_us(call, 20), same
-            us, same = with_settings(settings, timed)
+                out = call()[0]
+                same = torch.equal(out, reference)
+                diff = ((out.float() - reference.float()).norm() / reference.float().norm()).item()
+                return graph_us(call, 20), same, diff
+            us, same, diff = with_settings(settings, timed)
             stamped_us, regions = with_settings(settings, lambda: _stamped_graph(call, 20, address, stamp_buffer))
-            print(f"\n### {label}: {us:.2f} us per call replayed ({'bits = default' if same else 'BITS DIFFER'}); "
+            same_default = "bits = default" if same else f"rel diff from the default {diff:.1e}"
+            print(f"\n### {label}: {label_splits} splits, {us:.2f} us per call replayed ({same_default}); "
                   f"stamped {stamped_us:.2f}", flush=True)
-            for line in _stamp_report(regions, split_programs, merge_programs, kv_bytes):
+            for line in _stamp_report(regions, batch * 4 * label_splits, batch * 64, kv_bytes):
                 print(line, flush=True)
             saved[label] = [region[:, :8].clone() for region in regions]
             torch.save(saved, os.path.join(out_dir, f"fp8-stamps-B{batch}.pt"))

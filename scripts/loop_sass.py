@@ -59,12 +59,16 @@ def decode_inputs(cache: str, context: int, left: int, num_splits: int, tokens: 
     return (q, k, torch.empty_like(k)), extra
 
 
-def captured_launch(inputs: tuple, arguments: dict, settings: dict, config: FwdConfig | None) -> tuple:
-    """The main launch's (args, kwargs), captured instead of launched, as on an H200."""
+def captured_launch(inputs: tuple, arguments: dict, settings: dict, config: FwdConfig | None,
+                    grids: list | None = None) -> tuple:
+    """The main launch's (args, kwargs), captured instead of launched, as on an H200; each launch's grid appended
+    to ``grids`` if given."""
     launches = []
 
     class Capture:
         def __getitem__(self, grid):
+            if grids is not None:
+                grids.append(grid)
             return lambda *args, **kwargs: launches.append((args, kwargs))
 
     names = ("_swa_fwd_kernel", "combine_launch", "tma_compatible", "pdl_enabled", "_persistent_programs",
