@@ -1,9 +1,12 @@
 """Comparison helpers shared by the tests, the benchmark's correctness gate and the self-check; ``stub_kernels``
-for the host-time measurements and the launch-path tests."""
+for the host-time measurements and the launch-path tests; ``skip_where_library_fails`` for a third-party reference
+run that a library version breaks."""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import traceback
 from collections.abc import Iterator
 
 import torch
@@ -32,6 +35,27 @@ def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, tolera
         where = [tuple(int(i) for i in torch.unravel_index(w, diff.shape)) for w in worst]
         raise AssertionError(f"{name}: relative error {error:.3e} > {tolerance:.1e}; worst at {where}: "
                              f"got {actual.flatten()[worst].tolist()}, expected {expected.flatten()[worst].tolist()}")
+
+
+@contextlib.contextmanager
+def skip_where_library_fails(library) -> Iterator[None]:
+    """Around a reference run of a third-party ``library`` (a module: transformers' eager ``generate``): a TypeError
+    raised by the library's own code (an internal call that does not match its callee, a bug of that version, e.g.
+    transformers 5.17's ``create_masks_for_generate`` passing ``block_sequence_ids`` to a chunked mask function that
+    does not take it) skips the test, naming the library's version and the error, as there is no reference to
+    compare with. A TypeError raised outside the library (the test's own call) and every other error propagate."""
+    try:
+        yield
+    except TypeError as error:
+        root = os.path.dirname(os.path.abspath(library.__file__)) + os.sep
+        frames = traceback.extract_tb(error.__traceback__)
+        if not frames or not os.path.abspath(frames[-1].filename).startswith(root):
+            raise
+        import pytest
+
+        where = f"{os.path.relpath(frames[-1].filename, os.path.dirname(root[:-1]))}:{frames[-1].lineno}"
+        pytest.skip(f"{library.__name__} {getattr(library, '__version__', '?')}'s own reference run fails inside it "
+                    f"({where}, in {frames[-1].name}): TypeError: {error}")
 
 
 def tolerance_for(dtype: torch.dtype) -> float:

@@ -224,7 +224,10 @@ def _key_positions(batch: int, q_length: int, kv_length: int, q_offset, kv_offse
     if attention_mask is not None and attention_mask.shape[-1] != total:
         raise NotImplementedError(
             f"swattn: a chunked layer's 2D attention_mask covers {attention_mask.shape[-1]} positions, expected the "
-            f"{total} tokens seen so far")
+            f"{total} tokens seen so far (the cache's q_offset={q_offset} + {q_length} queries): without the cache "
+            "that holds them, the mask does not say which tokens the keys are (a forward given the whole history's "
+            "mask but no cache: transformers 5.17 takes the cache as past_key_values= and ignores cache=, which "
+            "5.24 takes)")
     unpadded = attention_mask is None or bool(attention_mask.all())
     if unpadded and isinstance(q_offset, int) and q_offset == 0 and kv_offset == 0 and kv_length == q_length:
         return None
@@ -315,11 +318,18 @@ def swattn_attention_forward(
     chunk = _layer_chunk(module)
     # swattn_mask's positions tensor (see above): only in a chunked model, one column more than the keys (a padding
     # mask has at most as many), integer.
-    positions = (getattr(getattr(module, "config", None), "attention_chunk_size", None) is not None
-                 and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2
-                 and attention_mask.dtype in (_CHUNK_KERNEL, _CHUNK_FALLBACK)
-                 and attention_mask.shape[-1] == key.shape[2] + 1)
+    integer_2d = (getattr(getattr(module, "config", None), "attention_chunk_size", None) is not None
+                  and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2
+                  and attention_mask.dtype in (_CHUNK_KERNEL, _CHUNK_FALLBACK))
+    positions = integer_2d and attention_mask.shape[-1] == key.shape[2] + 1
     if chunk is not None and attention_mask is not None and not positions:
+        if integer_2d:
+            raise NotImplementedError(
+                f"swattn: a chunked-attention layer got {key.shape[2]} keys but a positions tensor made for "
+                f"{attention_mask.shape[-1] - 1} (a cache layer handing over more keys than its get_mask_sizes "
+                "announced: transformers 5.17's DynamicSlidingWindowLayer does so while it records the past without "
+                "a crop in between, as an assistant model's cache in assisted generation; 5.24's hands over the keys "
+                "the mask describes)")
         raise NotImplementedError(
             "swattn: a chunked-attention layer needs the positions tensor swattn's mask function makes (the 2D "
             "padding mask alone does not say where the chunks start); got a mask made otherwise")

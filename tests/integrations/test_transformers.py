@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import os
 
 import pytest
@@ -19,10 +20,14 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from swattn.integrations import transformers as swattn_hf  # noqa: E402
-from swattn.testing import assert_close  # noqa: E402
+from swattn.testing import assert_close, skip_where_library_fails  # noqa: E402
 
 # The conftest switches the interpreter on before triton is imported; only then can CPU tensors run the kernels.
 _INTERPRETER_AT_IMPORT = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# A model's cache argument: ``cache`` from transformers 5.24 (``past_key_values`` deprecated there), ``past_key_values``
+# up to 5.17 (which ignores ``cache=``: that forward would run without its cache).
+CACHE_ARG = ("cache" if "cache" in inspect.signature(transformers.Llama4ForCausalLM.forward).parameters
+             else "past_key_values")
 
 SLIDING_WINDOW = 8
 CHUNK = 8
@@ -87,6 +92,12 @@ def _prompts(lengths: list[int], seed: int = 1, side: str = "left") -> tuple[tor
     return input_ids, attention_mask
 
 
+def _randn(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    """Normal samples from a CPU generator, on the default device (cuda under ``SWATTN_TEST_DEVICE=cuda``, where
+    drawing with a CPU generator straight onto the default device raises)."""
+    return torch.randn(*shape, generator=generator, device="cpu").to(torch.get_default_device())
+
+
 def _run(model, implementation: str, fn):
     model.set_attn_implementation(implementation)
     with torch.no_grad():
@@ -142,7 +153,8 @@ def test_generate(family, cache, lengths):
     model = _model(family)
     input_ids, attention_mask = _prompts(lengths)
     kwargs = dict(cache_implementation="static") if cache == "static" else {}
-    expected = _generate(model, "eager", input_ids, attention_mask, **kwargs)
+    with skip_where_library_fails(transformers):  # transformers 5.17: no static-cache generate for Llama 4
+        expected = _generate(model, "eager", input_ids, attention_mask, **kwargs)
     actual = _generate(model, "swattn", input_ids, attention_mask, **kwargs)
     _assert_same_tokens(actual, expected)
 
@@ -292,11 +304,11 @@ def test_compiled_padding_mask_has_no_graph_break(side, seqlen_q):
     unpadding, which reads the mask on the host: no graph break (fullgraph), and the eager call's output at the
     valid queries. Keys: a static cache's buffer (16 slots) of which the mask's 12 are filled, window 4, sinks."""
     generator = torch.Generator().manual_seed(5)
-    q = torch.randn(3, 4, seqlen_q, 16, generator=generator)
-    k, v = (torch.randn(3, 2, 16, 16, generator=generator) for _ in range(2))
+    q = _randn(generator, 3, 4, seqlen_q, 16)
+    k, v = (_randn(generator, 3, 2, 16, 16) for _ in range(2))
     _, mask = _prompts([12, 7, 3], side=side)
     layer = _Layer()
-    kwargs = dict(scaling=0.25, sliding_window=4, s_aux=torch.randn(4, generator=generator))
+    kwargs = dict(scaling=0.25, sliding_window=4, s_aux=_randn(generator, 4))
     expected, _ = swattn_hf.swattn_attention_forward(layer, q, k, v, mask, **kwargs)
     compiled = torch.compile(swattn_hf.swattn_attention_forward, fullgraph=True, backend="eager")
     actual, _ = compiled(layer, q, k, v, mask, **kwargs)
@@ -315,11 +327,11 @@ def test_value_head_dim_of_its_own(monkeypatch, v_head_dim):
     with key head_dim 16: no padded copy of V), zero-padded where they do not and it is smaller (12), refused where
     it is larger (20); the output against attention computed here, window 4 with sinks, a padding mask."""
     generator = torch.Generator().manual_seed(9)
-    q = torch.randn(2, 4, 6, 16, generator=generator)
-    k = torch.randn(2, 2, 6, 16, generator=generator)
-    v = torch.randn(2, 2, 6, v_head_dim, generator=generator)
+    q = _randn(generator, 2, 4, 6, 16)
+    k = _randn(generator, 2, 2, 6, 16)
+    v = _randn(generator, 2, 2, 6, v_head_dim)
     _, mask = _prompts([6, 4])
-    kwargs = dict(scaling=0.25, sliding_window=4, s_aux=torch.randn(4, generator=generator))
+    kwargs = dict(scaling=0.25, sliding_window=4, s_aux=_randn(generator, 4))
     if v_head_dim == 20:
         with pytest.raises(NotImplementedError, match="value head_dim 20"):
             swattn_hf.swattn_attention_forward(_Layer(), q, k, v, mask, **kwargs)
@@ -388,8 +400,8 @@ def test_chunked_layer_matches_transformers_mask(monkeypatch, q_length, kv_lengt
         _, attention_mask = _prompts(lengths, side=side)
         attention_mask = torch.cat([torch.zeros(batch, total - attention_mask.shape[1], dtype=torch.long),
                                     attention_mask], dim=1)
-    q = torch.randn(batch, 4, q_length, 16, generator=generator)
-    k, v = (torch.randn(batch, 2, kv_length, 16, generator=generator) for _ in range(2))
+    q = _randn(generator, batch, 4, q_length, 16)
+    k, v = (_randn(generator, batch, 2, kv_length, 16) for _ in range(2))
     prepared = swattn_hf.swattn_mask(batch, q_length, kv_length, q_offset, kv_offset,
                                      attention_mask=attention_mask if not attention_mask.all() else None,
                                      config=_ChunkedLayer.config, local_size=CHUNK, device=q.device)
@@ -421,10 +433,10 @@ def test_chunked_decode_after_right_padding():
     positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
 
     def two_steps(m):
-        cache = transformers.DynamicCache(config=m.config)
-        first = m(input_ids, attention_mask=attention_mask, position_ids=positions, cache=cache).logits
+        cache = {CACHE_ARG: transformers.DynamicCache(config=m.config)}
+        first = m(input_ids, attention_mask=attention_mask, position_ids=positions, **cache).logits
         second = m(new_ids, attention_mask=torch.cat([attention_mask, torch.ones_like(new_ids)], dim=1),
-                   position_ids=attention_mask.sum(-1, keepdim=True), cache=cache).logits
+                   position_ids=attention_mask.sum(-1, keepdim=True), **cache).logits
         return first, second
 
     (first_e, second_e), (first_s, second_s) = _run(model, "eager", two_steps), _run(model, "swattn", two_steps)
@@ -433,13 +445,22 @@ def test_chunked_decode_after_right_padding():
 
 
 def test_chunked_refusals():
-    """A chunked layer refuses what does not say where its chunks start; the mask function refuses a model whose
-    sliding-window and chunked masks it cannot tell apart."""
+    """A chunked layer refuses what does not say where its chunks start: a mask swattn did not make, none over a
+    cache, a positions tensor made for other keys than the layer got (transformers 5.17's sliding-window cache layer
+    recording the past), a 2D mask longer than the cache and queries (a forward given the history's mask but no
+    cache); the mask function refuses a model whose sliding-window and chunked masks it cannot tell apart."""
     q, k = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 6, 16)
     with pytest.raises(NotImplementedError, match="positions tensor"):
         swattn_hf.swattn_attention_forward(_ChunkedLayer(), q, k, k, torch.ones(1, 6, dtype=torch.bool))
     with pytest.raises(NotImplementedError, match="where its chunks start is unknown"):
         swattn_hf.swattn_attention_forward(_ChunkedLayer(), q, k, k, None)
+    made_for_5 = swattn_hf.swattn_mask(1, 1, 5, 29, 25, attention_mask=None, config=_ChunkedLayer.config,
+                                       local_size=CHUNK, device=q.device)
+    with pytest.raises(NotImplementedError, match="got 6 keys but a positions tensor made for 5"):
+        swattn_hf.swattn_attention_forward(_ChunkedLayer(), q, k, k, made_for_5)
+    with pytest.raises(NotImplementedError, match="covers 22 positions, expected the 1 tokens"):
+        swattn_hf.swattn_mask(1, 1, 22, 0, 0, attention_mask=torch.ones(1, 22, dtype=torch.bool),
+                              config=_ChunkedLayer.config, local_size=CHUNK)
     config = copy.deepcopy(_ChunkedLayer.config)
     config.layer_types = ["chunked_attention", "sliding_attention"]
     config.sliding_window = CHUNK
@@ -448,22 +469,27 @@ def test_chunked_refusals():
 
 
 def _decode_static(model, input_ids, attention_mask, steps: int, compiled: bool):
-    """Greedy decoding over a static cache, the masks made outside the step as generate() makes them; each step
-    through ``torch.compile`` (backend "eager") when asked. Returns the tokens and the logits of every step."""
+    """Greedy decoding over a static cache, the masks made outside the step as generate() makes them (its
+    ``create_masks_for_generate`` calls ``create_causal_mask`` and ``create_chunked_causal_mask`` for Llama 4's layer
+    types; they are called here, since transformers 5.17's ``create_masks_for_generate`` passes the chunked one an
+    argument it does not take); each step through ``torch.compile`` (backend "eager") when asked. Returns the tokens
+    and the logits of every step."""
     batch = input_ids.shape[0]
-    cache = transformers.StaticCache(config=model.config, max_cache_len=input_ids.shape[1] + steps)
+    cache = {CACHE_ARG: transformers.StaticCache(config=model.config, max_cache_len=input_ids.shape[1] + steps)}
     step = torch.compile(model.forward, backend="eager", fullgraph=True) if compiled else model.forward
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids, attention_mask=attention_mask, position_ids=positions, cache=cache).logits[:, -1]
+    logits = model(input_ids, attention_mask=attention_mask, position_ids=positions, **cache).logits[:, -1]
     tokens, all_logits = [], [logits]
     for _ in range(steps):
         tokens.append(logits.argmax(-1, keepdim=True))
         attention_mask = torch.cat([attention_mask, torch.ones_like(tokens[-1])], dim=1)
         positions = positions[:, -1:] + 1
-        masks = transformers.masking_utils.create_masks_for_generate(
-            config=model.config, inputs_embeds=torch.empty(batch, 1, 0, dtype=model.dtype),
-            attention_mask=attention_mask, cache=cache, position_ids=positions)
-        logits = step(tokens[-1], attention_mask=masks, position_ids=positions, cache=cache).logits[:, -1]
+        # positional: the cache argument's name differs between transformers versions (see CACHE_ARG)
+        mask_args = (model.config, torch.empty(batch, 1, 0, dtype=model.dtype), attention_mask, cache[CACHE_ARG],
+                     positions)
+        masks = {"full_attention": transformers.masking_utils.create_causal_mask(*mask_args),
+                 "chunked_attention": transformers.masking_utils.create_chunked_causal_mask(*mask_args)}
+        logits = step(tokens[-1], attention_mask=masks, position_ids=positions, **cache).logits[:, -1]
         all_logits.append(logits)
     return torch.cat(tokens, dim=1), torch.stack(all_logits, dim=1)
 
@@ -488,11 +514,11 @@ def test_chunked_static_compiled():
     assert_close("logits against eager", runs[False][1], expected[1], 1e-4)
 
     def padded_mask_traced(m):
-        cache = transformers.StaticCache(config=m.config, max_cache_len=input_ids.shape[1] + 1)
-        m(input_ids, attention_mask=attention_mask, cache=cache)
+        cache = {CACHE_ARG: transformers.StaticCache(config=m.config, max_cache_len=input_ids.shape[1] + 1)}
+        m(input_ids, attention_mask=attention_mask, **cache)
         step = torch.compile(m.forward, backend="eager")
         step(input_ids[:, -1:], attention_mask=torch.cat([attention_mask, attention_mask[:, -1:]], dim=1),
-             position_ids=attention_mask.sum(-1, keepdim=True), cache=cache)
+             position_ids=attention_mask.sum(-1, keepdim=True), **cache)
 
     torch._dynamo.reset()
     with pytest.raises(NotImplementedError, match="mask with padding made under torch.compile"):
@@ -504,7 +530,7 @@ def test_chunked_backward_padded(monkeypatch, side):
     """Training on a padded batch: the chunked layers unpad (varlen counts chunks from each sequence's first token, as
     transformers does) instead of the KV-cache call, which has no backward; every parameter's gradient as eager's."""
     input_ids, attention_mask = _prompts([21, 13, 5], side=side)
-    weights = torch.randn(*input_ids.shape, 128, generator=torch.Generator().manual_seed(2))
+    weights = _randn(torch.Generator().manual_seed(2), *input_ids.shape, 128)
     taken = []
     varlen = swattn_hf.flash_attn_varlen_func
     monkeypatch.setattr(swattn_hf, "flash_attn_varlen_func", lambda *a, **kw: taken.append(kw) or varlen(*a, **kw))
