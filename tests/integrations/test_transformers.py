@@ -13,6 +13,7 @@ import copy
 import functools
 import inspect
 import os
+import types
 
 import pytest
 import torch
@@ -157,6 +158,25 @@ def test_generate(family, cache, lengths):
         expected = _generate(model, "eager", input_ids, attention_mask, **kwargs)
     actual = _generate(model, "swattn", input_ids, attention_mask, **kwargs)
     _assert_same_tokens(actual, expected)
+
+
+def test_skip_where_library_fails(tmp_path):
+    """The reference-run guard: a TypeError raised inside the library's own code (a call between its functions that
+    does not match, as transformers 5.17's create_masks_for_generate) skips, naming the library's version and the
+    error; one raised by the caller's own call into the library fails as it is."""
+    library = types.ModuleType("fakelib")
+    library.__file__ = str(tmp_path / "fakelib" / "__init__.py")
+    library.__version__ = "0.1"
+    namespace: dict = {}
+    exec(compile("def inner(x):\n    pass\n\ndef outer():\n    inner(x=1, y=2)\n", library.__file__, "exec"),
+         namespace)
+    with pytest.raises(pytest.skip.Exception, match=r"fakelib 0.1's own reference run fails inside it "
+                       r"\(fakelib/__init__.py:5, in outer\): TypeError: .*unexpected keyword argument 'y'"):
+        with skip_where_library_fails(library):
+            namespace["outer"]()
+    with pytest.raises(TypeError, match="unexpected keyword argument 'z'"):
+        with skip_where_library_fails(library):
+            namespace["inner"](z=3)
 
 
 _SEEN = {"compiled": False, "eager": False}  # fixed keys: a growing dict would add a dynamo guard (a recompile)
