@@ -390,8 +390,9 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         ("experimental: decode full paged fp8 KV, 4 splits, fenced widening (fwd.FP8_FENCED_WIDENING)", fp8_full,
          dict(decode, fp8="kv"), dict(left=-1, right=0, pack_gqa=True, num_splits=4,
                                       fwd_settings={"FP8_FENCED_WIDENING": 1})),
-        # A value head_dim of its own (FlashAttention 3's headdim_v): DeepSeek-style prefill (D 192, Dv 128), and
-        # the largest Dv (512 over D 64) in a paged split decode (configs.value_dim_config; not timed on a GPU).
+        # A value head_dim of its own (FlashAttention 3's headdim_v): DeepSeek-style prefill (D 192, Dv 128:
+        # configs.WIDE_KEY_PREFILL_TILE), and the largest Dv (512 over D 64) in a paged split decode
+        # (configs.value_dim_config), with qv MLA's decode (configs.QV_PACKED_TILE).
         ("prefill causal D192 Dv128", value_dim_config(256, 128, 512, False, None), prefill_d192_dv128,
          dict(left=-1, right=0)),
         ("decode full paged D64 Dv512, 4 splits", value_dim_config(64, 512, 16, True, None, 2, 683, None, True),

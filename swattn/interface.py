@@ -28,15 +28,17 @@ import math
 import torch
 
 from swattn import _compat
-from swattn._compat import device_properties
+from swattn._compat import device_properties, next_power_of_2
 from swattn._replay import note_data_checks, replayed
 from swattn._replay import recording_ops as ops  # swattn.ops; a signature's first call records its op call
 from swattn.kernels._launch import MAX_GRID_YZ
 from swattn.kernels.configs import (
     MAX_SPLITS,
+    QV_PACKED_TILE,
     SHORT_SPLIT_KEYS,
     fp8_kv_pairs_fit,
     fp8_pair_split_count,
+    qv_packed_tile,
     split_programs_per_sm,
 )
 from swattn.window import check_attention_chunk, first_visible_key, normalize_window, visible_span
@@ -281,9 +283,11 @@ def _auto_pack_gqa(pack_gqa, seqlen_q: int, group: int, left: int = -1, right: i
 
 def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound: int, left: int, right: int,
                      seqlen_q: int, attention_chunk: int = 0, sm_margin: int = 0, rows_per_tile: int = 8,
-                     paged: bool = False, fp8: bool = False, kv_pairs: bool = False, head_dim: int = 64) -> int:
+                     paged: bool = False, fp8: bool = False, kv_pairs: bool = False, head_dim: int = 64,
+                     qv_tile: bool = False) -> int:
     """Split-KV count from shapes only (no GPU values): the window's span, not the cache length, sets the work;
-    ``rows_per_tile``, ``paged``, ``fp8``, ``kv_pairs``, ``head_dim``: as ``split_count`` takes them."""
+    ``rows_per_tile``, ``paged``, ``fp8``, ``kv_pairs``, ``head_dim``, ``qv_tile``: as ``split_count`` takes
+    them."""
     if num_splits > 0:
         return min(num_splits, MAX_SPLITS)
     if not q.is_cuda:
@@ -292,11 +296,18 @@ def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound
     if attention_chunk > 0:
         keys = min(keys, attention_chunk)
     sms = max(1, device_properties(q.device).multi_processor_count - sm_margin)
-    return split_count(programs, keys, sms, rows_per_tile, paged, fp8, kv_pairs, head_dim)
+    return split_count(programs, keys, sms, rows_per_tile, paged, fp8, kv_pairs, head_dim, qv_tile)
+
+
+def _qv_tile(qv, q: torch.Tensor, rows_per_tile: int, packed: bool, head_dim_v: int) -> bool:
+    """Whether the forward takes MLA's packed qv tile (``configs.qv_packed_tile``: one 8-warp program per SM, 64
+    rows each), which the automatic split count plans for."""
+    return qv is not None and qv_packed_tile(rows_per_tile, packed, max(16, next_power_of_2(head_dim_v)), True,
+                                             q.element_size())
 
 
 def split_count(programs: int, keys: int, sms: int, rows_per_tile: int = 8, paged: bool = False,
-                fp8: bool = False, kv_pairs: bool = False, head_dim: int = 64) -> int:
+                fp8: bool = False, kv_pairs: bool = False, head_dim: int = 64, qv_tile: bool = False) -> int:
     """Automatic split-KV count for ``programs`` programs per split whose sequences see at most ``keys`` keys, on
     ``sms`` SMs; ``rows_per_tile``: rows of one tile (PackGQA: query positions x heads per KV head) and ``paged``
     (a paged cache) and ``fp8`` (an e4m3 cache) set how many programs fit one SM
@@ -304,7 +315,8 @@ def split_count(programs: int, keys: int, sms: int, rows_per_tile: int = 8, page
     ``forward_config`` picks the one-stage 128-key-block loop for splits of at most ``SHORT_SPLIT_KEYS`` keys, the
     splits this rule makes at short contexts. ``kv_pairs``: the decode may take two KV heads per program
     (``configs.fp8_kv_pairs_fit``); where ``configs.fp8_pair_split_count`` takes them (for ``head_dim``), its split
-    count (the forward kernel takes the pairs from the same function)."""
+    count (the forward kernel takes the pairs from the same function). ``qv_tile``: the tiles are MLA's
+    ``configs.QV_PACKED_TILE`` (``programs`` counts its 64-row tiles), one program per SM."""
     blocks = -(-keys // 128)
     if programs >= sms or blocks < 8:
         return 1
@@ -315,7 +327,8 @@ def split_count(programs: int, keys: int, sms: int, rows_per_tile: int = 8, page
     # latency of a split's few blocks, not bandwidth, sets the time. H200 (scripts/gpu_splits.py, gpt-oss full
     # decode, page 16, docs/notes/performance-log.md): 1K B=4 8 splits 8.3 us (the long-context rule's 2 splits:
     # 19.5 us), 1K B=16 4 splits 17.0 (21.8), 4K B=4 16 splits 16.9 (21.4).
-    short = min(blocks, max(1, split_programs_per_sm(rows_per_tile, True) * sms // programs), MAX_SPLITS)
+    short = min(blocks, max(1, split_programs_per_sm(rows_per_tile, True, qv_tile=qv_tile) * sms // programs),
+                MAX_SPLITS)
     if -(-keys // short) <= SHORT_SPLIT_KEYS:
         return short
     # Long contexts: about six two-warp programs per SM. H200: B=16 (128 programs) best with 6 splits at 16K
@@ -325,7 +338,7 @@ def split_count(programs: int, keys: int, sms: int, rows_per_tile: int = 8, page
     # would otherwise drop B=16 from 4 splits (17.2 us) to 2 (21.8), and B=4 at 4K from 16 (17.2) to 8 (21.5).
     # Verify tiles of 32 and 64 rows fit four programs per SM, not six: B=16 k=4 takes 4 splits (512 programs, one
     # wave of 528 slots) where six per SM gave 6 (768 programs, two waves).
-    per_sm = split_programs_per_sm(rows_per_tile, False, paged, fp8)
+    per_sm = split_programs_per_sm(rows_per_tile, False, paged, fp8, qv_tile)
     return max(1, min(per_sm * sms // programs, max(blocks // 4, short), MAX_SPLITS))
 
 
@@ -432,9 +445,13 @@ def flash_attn_func(
     group = q.shape[2] // k.shape[2]
     packed = _auto_pack_gqa(pack_gqa, q.shape[1], group, left, right)
     programs = q.shape[0] * (k.shape[2] if packed else q.shape[2])
+    rows = q.shape[1] * (group if packed else 1)
+    qv_tile = _qv_tile(qv, q, rows, packed, v.shape[-1])
+    if qv_tile:
+        programs *= -(-rows // QV_PACKED_TILE.block_m)  # the tile's programs per (sequence, KV head)
     sm_margin = _check_int_arg("sm_margin", sm_margin, 0)
     num_splits = _auto_num_splits(num_splits, q, programs, k.shape[1], left, right, q.shape[1], attention_chunk,
-                                  sm_margin, q.shape[1] * (group if packed else 1))
+                                  sm_margin, rows, qv_tile=qv_tile)
     arguments = (_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, None, None, None, q.shape[1],
                  k.shape[1], softmax_scale, left, right, float(softcap), packed, num_splits, None, attention_chunk,
                  q_descale, k_descale, v_descale, bool(return_softmax_lse or return_attn_probs), qv)
@@ -569,10 +586,14 @@ def flash_attn_varlen_func(
     num_splits = _check_int_arg("num_splits", num_splits, 0)
     group = q.shape[1] // k.shape[1]
     packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group, left, right)
+    rows = max_seqlen_q * (group if packed else 1)
+    qv_tile = _qv_tile(qv, q, rows, packed, v.shape[-1])
     programs = batch * (k.shape[1] if packed else q.shape[1]) * max(1, -(-max_seqlen_q // 128))
+    if qv_tile:
+        programs = batch * k.shape[1] * -(-rows // QV_PACKED_TILE.block_m)  # the tile's 64-row programs
     sm_margin = _check_int_arg("sm_margin", sm_margin, 0)
     num_splits = _auto_num_splits(num_splits, q, programs, max_seqlen_k, left, right, max_seqlen_q, attention_chunk,
-                                  sm_margin, max_seqlen_q * (group if packed else 1))
+                                  sm_margin, rows, qv_tile=qv_tile)
     arguments = (_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, _contiguous(cu_seqlens_q),
                  _contiguous(cu_seqlens_k), _contiguous(seqused_k), max_seqlen_q, max_seqlen_k, softmax_scale, left,
                  right, float(softcap), packed, num_splits, _contiguous(seqused_q), attention_chunk, q_descale,
@@ -783,7 +804,8 @@ def flash_attn_with_kvcache(
                                      all(t.stride(-1) == 1 and t.stride(-2) == head_dim for t in (k_cache, v_cache)),
                                      paged, k is not None))
     num_splits = _auto_num_splits(num_splits, q, programs, capacity, left, right, max_seqlen_q, attention_chunk,
-                                  sm_margin, rows, paged, k_cache.dtype == _FP8, kv_pairs, head_dim)
+                                  sm_margin, rows, paged, k_cache.dtype == _FP8, kv_pairs, head_dim,
+                                  _qv_tile(qv, q, rows, packed, v_cache.shape[-1]))
     arguments = (
         _contiguous_last(q), k_cache, v_cache, None if k is None else _contiguous_last(k),
         None if v is None else _contiguous_last(v), _contiguous(cache_seqlens), _contiguous(cache_batch_idx),
@@ -833,7 +855,9 @@ def get_scheduler_metadata(
     not needed: ``flash_attn_with_kvcache`` accepts it and makes the same plan without it. What is returned is
     that plan, for inspection: an int32 tensor ``[num_splits, pack_gqa]`` on ``cache_seqlens``' device, the split
     count and PackGQA choice ``flash_attn_with_kvcache`` makes for these shapes. Arguments are checked as there
-    (``headdim_v``: v_cache's head_dim, as ``check_value_head_dim`` takes it; it does not change the plan).
+    (``headdim_v``: v_cache's head_dim, as ``check_value_head_dim`` takes it; it does not change the plan). FA3's
+    metadata takes no ``qv``: the plan is that of a call without it (a call with qv and V rows longer than 256 over
+    packed tiles of 64 rows or more plans for MLA's tile instead, ``configs.qv_packed_tile``).
     """
     for name, value, minimum in (("batch_size", batch_size, 0), ("max_seqlen_q", max_seqlen_q, 0),
                                  ("max_seqlen_k", max_seqlen_k, 0), ("num_heads_q", num_heads_q, 1),

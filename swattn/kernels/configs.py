@@ -322,11 +322,15 @@ def fp8_pair_config(config: FwdConfig, programs: int, keys: int, head_dim: int =
                    head_block=0, mask_edges_only=False)
 
 
-def split_programs_per_sm(rows_per_tile: int, short: bool, paged: bool = False, fp8: bool = False) -> int:
+def split_programs_per_sm(rows_per_tile: int, short: bool, paged: bool = False, fp8: bool = False,
+                          qv_tile: bool = False) -> int:
     """Resident programs per SM that the automatic split count plans for a decode-sized tile of ``rows_per_tile``
     rows (``short``: splits of at most ``SHORT_SPLIT_KEYS`` keys, the one-stage loop; ``paged``: a paged cache,
     whose loop takes ``PAGED_SPLIT_STAGES``; ``fp8``: an e4m3 cache, whose paged loop takes
-    ``FP8_PAGED_SPLIT_BLOCKS``); larger tiles as 64 rows."""
+    ``FP8_PAGED_SPLIT_BLOCKS``; ``qv_tile``: MLA's ``QV_PACKED_TILE``, ``qv_packed_tile``); larger tiles as 64
+    rows."""
+    if qv_tile:
+        return QV_PACKED_PROGRAMS_PER_SM
     block_m = min(64, max(16, next_power_of_2(max(rows_per_tile, 1))))
     if short:
         return SHORT_SPLIT_PROGRAMS_PER_SM[block_m]
@@ -449,6 +453,53 @@ def _large_value_block_n(block_m: int) -> int:
 QV_LARGE_VALUE_TILE = (32, 16, 8, 2)
 QV_VALUE_TILE = (64, 32, 8, 2)
 
+# MLA's absorbed decode (FlashAttention 3's qv with Dv 512 over D 64, PackGQA: 16 to 128 query heads on one latent KV
+# head): tiles of at least QV_PACKED_MIN_ROWS packed rows take QV_PACKED_TILE, 16-bit inputs only (fp32 doubles the
+# resident qv). QV_LARGE_VALUE_TILE's 32 rows run on mma.sync (no warpgroup product below 64 rows): H200 (s14-call2,
+# main 56bc0f3, python -m swattn.bench decode-mla, D 64 Dv 512 H 128/1, page 64, 8K context) B=16 634.8 us (12
+# splits, 768 programs of 2 per SM) against FA3's 81.9, B=64 2432 against 278. The work is 1088 multiply-adds per
+# (query head, key) (q k^T 64, qv v^T 512, P V 512): 36.5 GFLOP at B=16, about 55 us at the bf16 product's measured
+# 684 TFLOP/s, above the bytes' floor (35.6 us). Compiled for sm_90 (Triton 3.6, scripts/kernel_resources.py), the
+# 64-row warpgroup tiles, registers / stack, loop SASS instructions per block (spill instructions in the loops):
+# (64, 32, 8, 2) one masked loop 255 / 0 B, 844 (0), 147 KB shared, 1 program per SM; three loops (64, 32, 8, 2)
+# 255 / 152 B (interior 769 with 2 spill instructions), (64, 32, 8, 3) 255 / 144 B; (64, 16, 8, 2) one loop 249 / 0
+# B, 664 per 16 keys; (64, 64, 8, 2) one loop 255 / 24 B, 1257 (3); 16 warps (a 64-column accumulator each, but 4
+# warpgroups each computing the tile's whole scores) (64, 16 / 32 / 64, 16, 2) 128 / 312-600 B. Its programs per SM
+# (QV_PACKED_PROGRAMS_PER_SM) set the automatic split count: B=16 4 splits (128 programs), B=64 one (128).
+QV_PACKED_TILE = FwdConfig(64, 32, 8, 2, single_loop=True)
+QV_PACKED_MIN_ROWS = 64
+QV_PACKED_PROGRAMS_PER_SM = 1
+
+
+# A prefill whose key head_dim pads past 128 (DeepSeek's D 192 pads to 256) with V rows of at most 128 (Dv 128),
+# without qv, over a large window or none: the equal-dims D 256 choice (64, 64, 8, 2) holds 64 rows in two
+# warpgroups, each computing the tile's whole [64, 64] scores (Triton's layout of a product that feeds another: the
+# warps along the rows); 128-row tiles give each warpgroup its own 64 rows. Compiled for sm_90 (Triton 3.6,
+# scripts/kernel_resources.py), D 192 Dv 128 causal, main / redo launch registers and stack, interior loop SASS
+# instructions and warpgroup products per 64-key block: (64, 64, 8, 2) 178 / 255 with 40 B, 403 and 36 (64 rows);
+# (128, 64, 8, 2) 194 / 255 with 0 B, 389 and 20 (128 rows), 160 KB shared; (128, 64, 8, 3) 171 / 255 with 40 B,
+# 461, 208 KB; (128, 32, 8, 3) 130 / 228, 329 per 32 keys. H200 (s14-call2, main 56bc0f3, python -m swattn.bench
+# prefill-dv, H 128/128) with (64, 64, 8, 2): S=8192 17021 us (162 TFLOP/s) against FA3's 4233, S=16384 66675
+# against 16044. Not timed on a GPU.
+WIDE_KEY_PREFILL_TILE = FwdConfig(128, 64, 8, 2)
+
+
+def _wide_key_prefill(head_dim_padded: int, value_dim_padded: int, rows_per_tile: int, pack_gqa: bool,
+                      window_span: int | None, element_size: int, qv: bool) -> bool:
+    """Whether a forward takes ``WIDE_KEY_PREFILL_TILE``: 16-bit, no qv, a key head_dim padded past 128 with V rows
+    of at most 128, tiles of more than 64 rows that are not PackGQA decode tiles, a window of more than 512 keys or
+    none."""
+    return (not qv and element_size == 2 and head_dim_padded > 128 and value_dim_padded <= 128
+            and rows_per_tile > 64 and not pack_gqa and (window_span is None or window_span > 512))
+
+
+def qv_packed_tile(rows_per_tile: int, pack_gqa: bool, value_dim_padded: int, qv: bool, element_size: int = 2) -> bool:
+    """Whether a forward takes ``QV_PACKED_TILE``: FlashAttention 3's ``qv`` with V rows longer than
+    ``LARGE_VALUE_DIM`` (``value_dim_padded``, padded), PackGQA tiles of at least ``QV_PACKED_MIN_ROWS`` rows, 16-bit
+    inputs (MLA's decode)."""
+    return (qv and pack_gqa and rows_per_tile >= QV_PACKED_MIN_ROWS and value_dim_padded > LARGE_VALUE_DIM
+            and element_size == 2)
+
 
 def value_dim_config(head_dim_padded: int, value_dim_padded: int, rows_per_tile: int, pack_gqa: bool,
                      window_span: int | None, element_size: int = 2, keys_per_split: int | None = None,
@@ -460,7 +511,12 @@ def value_dim_config(head_dim_padded: int, value_dim_padded: int, rows_per_tile:
     shape; not tuned (no GPU measured it).
     ``qv`` (FlashAttention 3's, with any two head dims): V rows longer than 128 within ``QV_VALUE_TILE`` /
     ``QV_LARGE_VALUE_TILE``, its resident ``[block_m, Dv]`` tile counted in the shared-memory budget, and no
-    register cap (those were chosen for launches without it)."""
+    register cap (those were chosen for launches without it); MLA's packed decode tiles ``QV_PACKED_TILE``
+    (``qv_packed_tile``); DeepSeek-style prefill (D 192, Dv 128) ``WIDE_KEY_PREFILL_TILE``."""
+    if qv_packed_tile(rows_per_tile, pack_gqa, value_dim_padded, qv, element_size):
+        return QV_PACKED_TILE
+    if _wide_key_prefill(head_dim_padded, value_dim_padded, rows_per_tile, pack_gqa, window_span, element_size, qv):
+        return WIDE_KEY_PREFILL_TILE
     config = _bf16_forward_config(max(head_dim_padded, value_dim_padded), rows_per_tile, pack_gqa, window_span,
                                   keys_per_split, programs_per_sm, paged, head_blocks=False)
     if element_size != 2:

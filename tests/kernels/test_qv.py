@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from swattn import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache, ops
-from swattn.kernels import fwd
+from swattn.interface import split_count
+from swattn.kernels import configs, fwd
+from swattn.kernels.configs import forced_config
 from swattn.reference import (
     append_kv_ref,
     attention_kvcache_ref,
@@ -307,3 +309,53 @@ def test_qv_calls_take_the_value_head_dim_path_on_triton(monkeypatch):
     assert plain.use_gluon and not with_qv.use_gluon
     assert with_qv.main.constexprs["QV"] and with_qv.main.constexprs["HEAD_DIM_V"] == 32
     assert "QV" not in plain.main.constexprs and "HEAD_DIM_V" not in plain.main.constexprs
+
+
+def test_mla_decode_takes_the_packed_qv_tile_and_its_split_count(monkeypatch):
+    """MLA's absorbed decode (qv with Dv 512 over D 64, 128 query heads packed on one KV head, 16-bit) takes
+    ``configs.QV_PACKED_TILE`` (64-row warpgroup tiles, one program per SM) and the automatic split count fills one
+    program per SM: B=16 4 splits (2 tiles x 16 x 4 = 128 programs), B=64 one. Shorter tiles, fp32, calls without
+    qv and V rows of at most 256 keep their choices."""
+    monkeypatch.setattr(configs, "interpreter_enabled", lambda: False)  # the GPU's choices
+    tile = configs.QV_PACKED_TILE
+    assert tile.block_m == 64 and tile.num_warps == 8 and tile.single_loop
+    mla = dict(head_dim_padded=64, rows_per_tile=128, pack_gqa=True, window_span=None, element_size=2,
+               keys_per_split=2048, programs_per_sm=128 / 132, paged=True, fp8_kv=False, value_dim_padded=512)
+    assert configs.forward_config(**mla, qv=True) == tile
+    assert configs.forward_config(**dict(mla, rows_per_tile=64), qv=True) == tile
+    assert configs.forward_config(**dict(mla, window_span=128), qv=True) == tile
+    for other in (dict(mla, rows_per_tile=32), dict(mla, element_size=4), dict(mla, value_dim_padded=256),
+                  dict(mla, pack_gqa=False)):
+        assert configs.forward_config(**other, qv=True) != tile
+    assert configs.forward_config(**mla) != tile  # Dv 512 without qv
+    assert split_count(16 * 2, 8192, 132, 128, paged=True, qv_tile=True) == 4
+    assert split_count(64 * 2, 8192, 132, 128, paged=True, qv_tile=True) == 1
+    assert split_count(16 * 2, 8192, 132, 128, paged=True) == 12  # the 3-per-SM tiles' count, without the tile
+
+
+@pytest.mark.parametrize("dtype, head_dim_v, num_splits, window", [
+    pytest.param(torch.float16, 64, 3, (-1, 0), id="fp16-Dv64-3splits"),
+    pytest.param(torch.float32, 64, 1, (-1, 0), id="fp32-Dv64-1split"),
+    pytest.param(torch.float16, 32, 2, (9, 0), id="fp16-Dv32-window-2splits"),
+])
+def test_packed_qv_tile_decode_matches_the_reference(dtype, head_dim_v, num_splits, window):
+    """The packed qv tile (``configs.QV_PACKED_TILE``: 64 rows of a KV head's query heads, 32-key blocks, one
+    masked loop) over a paged cache of pages in random order, split-KV merged: 64 and 128 query heads on one KV
+    head (one and two tiles per sequence), ragged cache lengths, against the float64 reference."""
+    torch.manual_seed(6)
+    batch, page_size, pages_per_seq, head_dim = 3, 16, 6, 16
+    for heads in (64, 128):
+        k_cache = torch.randn(batch * pages_per_seq, page_size, 1, head_dim, dtype=dtype)
+        v_cache = torch.randn(batch * pages_per_seq, page_size, 1, head_dim_v, dtype=dtype)
+        page_table = torch.randperm(batch * pages_per_seq, dtype=torch.int32).view(batch, pages_per_seq)
+        cache_seqlens = i32([1, 45, 96])
+        q = torch.randn(batch, 1, heads, head_dim, dtype=dtype)
+        qv = torch.randn(batch, 1, heads, head_dim_v, dtype=dtype)
+        with forced_config(configs.QV_PACKED_TILE):
+            out, lse = flash_attn_with_kvcache(q, k_cache, v_cache, qv=qv, cache_seqlens=cache_seqlens,
+                                               page_table=page_table, window_size=window, num_splits=num_splits,
+                                               return_softmax_lse=True)
+        expected, expected_lse = attention_kvcache_ref(q.double(), k_cache.double(), v_cache.double(), cache_seqlens,
+                                                       page_table=page_table, qv=qv.double(), window_size=window)
+        assert_close("out", out, expected, tolerance_for(dtype))
+        assert_close("lse", lse, expected_lse, LSE_TOL)

@@ -11,7 +11,7 @@ import torch
 
 import swattn
 from swattn import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache, get_scheduler_metadata
-from swattn.kernels import fwd, gluon_fwd
+from swattn.kernels import configs, fwd, gluon_fwd
 from swattn.kernels.bwd import attention_backward
 from swattn.kernels.configs import BwdConfig, FwdConfig, forced_config
 from swattn.kernels.fwd import attention_forward
@@ -280,3 +280,39 @@ def test_gluon_dispatch_sends_a_value_head_dim_of_its_own_to_the_triton_kernels(
 
 def test_public_api_exports_the_value_head_dim_check():
     assert swattn.interface.check_value_head_dim("v", 64, 64, fp8=True) is None
+
+
+def test_wide_key_prefill_takes_its_128_row_tile(monkeypatch):
+    """DeepSeek's prefill (D 192 padded to 256, Dv 128, full or large-window causal, 16-bit) takes
+    ``configs.WIDE_KEY_PREFILL_TILE`` (128 rows: a warpgroup's own 64 each); decode-sized tiles, small windows,
+    fp32, PackGQA and equal head dims keep their choices."""
+    monkeypatch.setattr(configs, "interpreter_enabled", lambda: False)  # the GPU's choices
+    tile = configs.WIDE_KEY_PREFILL_TILE
+    prefill = dict(head_dim_padded=256, rows_per_tile=8192, pack_gqa=False, window_span=None, element_size=2,
+                   value_dim_padded=128)
+    assert configs.forward_config(**prefill) == tile
+    assert configs.forward_config(**dict(prefill, window_span=4096)) == tile
+    for other in (dict(prefill, rows_per_tile=64), dict(prefill, window_span=512), dict(prefill, element_size=4),
+                  dict(prefill, pack_gqa=True), dict(prefill, value_dim_padded=256),
+                  dict(prefill, head_dim_padded=128)):
+        assert configs.forward_config(**other) != tile
+    assert configs.forward_config(**prefill, qv=True) != tile
+    assert configs.forward_config(**dict(prefill, value_dim_padded=None)) == FwdConfig(64, 64, 8, 2)  # D 256 itself
+
+
+@pytest.mark.parametrize("dtype, kwargs", [
+    pytest.param(torch.float16, dict(causal=True), id="causal-fp16"),
+    pytest.param(torch.float32, dict(window_size=(70, 0), softcap=4.0), id="window-softcap-fp32"),
+])
+def test_wide_key_prefill_tile_matches_the_reference(dtype, kwargs):
+    """The 128-row tile (``configs.WIDE_KEY_PREFILL_TILE``) with a key head_dim padded to the next power of two (D
+    24 -> 32) and Dv 16, two tiles of query rows (the second partly past the end), against the float64 reference."""
+    torch.manual_seed(7)
+    q = torch.randn(1, 150, 2, 24, dtype=dtype)
+    k = torch.randn(1, 150, 2, 24, dtype=dtype)
+    v = torch.randn(1, 150, 2, 16, dtype=dtype)
+    with forced_config(configs.WIDE_KEY_PREFILL_TILE):
+        out, lse = flash_attn_func(q, k, v, return_softmax_lse=True, **kwargs)
+    expected, expected_lse = attention_ref(q.double(), k.double(), v.double(), **kwargs)
+    assert_close("out", out, expected, tolerance_for(dtype))
+    assert_close("lse", lse, expected_lse, LSE_TOL)
