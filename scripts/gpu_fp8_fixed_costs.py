@@ -70,7 +70,7 @@ def main() -> int:
         """The variant's split count (its plan's grid; checked to take two KV heads per program) and its output."""
         def planned():
             reference = calls[label]()[0].clone()
-            (plan,) = [plan for plan in fwd._PLANS.values() if plan.launches]
+            (plan,) = [plan for plan in fwd.plans() if plan.launches]
             assert plan.kv_pair, f"{label}: expected two KV heads per program (grid {plan.main.grid})"
             return plan.main.grid[2], reference
         return with_settings(VARIANTS[label][0], planned)

@@ -292,7 +292,7 @@ def measure_scenario(report: Report, name: str, title: str, fn, calls: int) -> N
     kernels, names = gpu_work_per_call(fn)
     allocations = allocations_per_call(fn)
     graph = graph_us(fn) if name != "backward" else float("nan")
-    kernel = ("Gluon" if any(plan.launches and plan.use_gluon for plan in fwd._PLANS.values()) else "Triton"
+    kernel = ("Gluon" if any(plan.launches and plan.use_gluon for plan in fwd.plans()) else "Triton"
               if fwd._PLANS else "-")
     report.line(f"\n## {title}  [{name}; first calls {compile_s:.1f} s; forward kernel: {kernel}]")
     report.line(f"host {median:.1f} us/call (best {best:.1f}); eager {eager:.1f} us/call; graph {graph:.2f} us/call; "

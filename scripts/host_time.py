@@ -115,12 +115,42 @@ def scenarios() -> dict:
     def backward():
         torch.autograd.grad(out, (q_prefill, k_prefill, v_prefill), grad, retain_graph=True)
 
+    # A serving engine's mixed step through the vLLM adapter: 15 decode rows and one prefill chunk of 1..600
+    # tokens, so q's rows, cu_seqlens_q and max_seqlen_q change on every call; paged W(127,0) over 16-token pages,
+    # sinks, out= (vLLM's output buffer). The adapter passes no check_inputs: as on GPU tensors, the data checks are
+    # off (on CPU tensors they default to on, and a call that reads data is never replayed).
+    from swattn import interface
+    from swattn.integrations import vllm as swattn_vllm
+
+    interface._wants_data_checks = lambda t, check_inputs: (
+        interface._compat.CHECK_INPUTS if check_inputs is None else bool(check_inputs))
+    mixed_pages = 4096 // page_size
+    mixed_k, mixed_v = (torch.randn(batch * mixed_pages, page_size, kv_heads, head_dim, dtype=torch.bfloat16)
+                        for _ in range(2))
+    mixed_table = torch.arange(batch * mixed_pages, dtype=torch.int32).view(batch, -1)
+    mixed_q = torch.randn(15 + 600, heads, head_dim, dtype=torch.bfloat16)
+    mixed_out = torch.empty_like(mixed_q)
+    mixed_steps = []
+    for chunk in range(1, 601):
+        lengths = torch.tensor([1] * 15 + [chunk], dtype=torch.int32)
+        cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
+        used = torch.full((batch,), 1000 + chunk, dtype=torch.int32)
+        mixed_steps.append((mixed_q[:15 + chunk], cu, chunk, used, mixed_out[:15 + chunk]))
+    mixed_step = iter(range(10**9))
+
+    def vllm_mixed_step():
+        q, cu, longest, used, out = mixed_steps[next(mixed_step) % len(mixed_steps)]
+        return swattn_vllm.flash_attn_varlen_func(q, mixed_k, mixed_v, longest, cu, 4096, seqused_k=used, causal=True,
+                                                  window_size=[127, 0], block_table=mixed_table,
+                                                  s_aux=sinks, out=out)
+
     return {"decode W(127,0) with append, paged": decode_append, "decode W(127,0), paged": decode,
             "decode full, 4 splits + combine": decode_full_splits,
             "bench: decode full B=16 1K page 16, 4 splits + merge": bench_decode_full,
             "bench: decode W(127,0) B=16 1K page 16, fused append": bench_decode_fused_append,
             "prefill W(127,0) 2K": prefill,
             "varlen prefill, new lengths every call": varlen_new_shapes,
+            "vLLM mixed step (15 decode rows + a 1..600-token chunk), new lengths every call": vllm_mixed_step,
             "backward W(127,0) 2K": backward}
 
 

@@ -22,6 +22,7 @@ take the function every time.
 from __future__ import annotations
 
 import functools
+import inspect
 import operator
 import threading
 from collections.abc import Callable
@@ -42,6 +43,18 @@ def note_data_checks(decide, tensor: torch.Tensor, check_inputs) -> bool:
     if record is not None:
         record["data_checks"].append((decide, tensor, check_inputs, read_data))
     return read_data
+
+
+def note_length_choices(choose, max_seqlen_q: int):
+    """``choose(max_seqlen_q)``: the choices of a call that depend on ``max_seqlen_q`` (PackGQA, the split count),
+    where everything else the function derives depends on its signature alone, q's rows (total_q) and
+    ``max_seqlen_q`` aside (see ``replayed``'s ``lengths``). ``choose`` must depend on nothing of the call but
+    values of its signature (it is kept with the recording and asked for later calls' ``max_seqlen_q``)."""
+    choices = choose(max_seqlen_q)
+    record = getattr(_recording, "record", None)
+    if record is not None:
+        record["lengths"].append((choose, max_seqlen_q, choices))
+    return choices
 
 
 _Tensor, _Parameter = torch.Tensor, torch.nn.Parameter
@@ -80,14 +93,16 @@ class _Replay:
     """One recorded op call: ``op``, its arguments picked from the call's values (positional, then keyword)
     followed by the recorded constants (``pick``); ``returns``: the op's result as is, its first element, or both
     as a pair; ``data_checks``: the interface's decision whether to read data, asked again on every call
-    (``(decide, position of the tensor, check_inputs)``; the function runs instead when it says yes)."""
+    (``(decide, position of the tensor, check_inputs)``; the function runs instead when it says yes).
+    ``lengths``: ``(choose, choices)`` when the call's ``max_seqlen_q`` is picked from the call's values and the
+    replay serves other lengths with the same ``choose(max_seqlen_q)`` (``note_length_choices``), else None."""
 
-    __slots__ = ("op", "pick", "constants", "returns", "data_checks")
+    __slots__ = ("op", "pick", "constants", "returns", "data_checks", "lengths")
 
-    def __init__(self, op, pick, constants, returns, data_checks, planned=None):
+    def __init__(self, op, pick, constants, returns, data_checks, planned=None, lengths=None):
         # planned: ops.planned_op's function for this signature, called in place of the op (None: the op).
         self.op, self.pick, self.constants = planned or op, pick, constants
-        self.returns, self.data_checks = returns, data_checks
+        self.returns, self.data_checks, self.lengths = returns, data_checks, lengths
 
     def reads_data(self, values: tuple) -> bool:
         return any(decide(values[position], check_inputs) for decide, position, check_inputs in self.data_checks)
@@ -101,9 +116,15 @@ class _Replay:
         return result
 
 
-def _record(function, args, kwargs):
-    """Run ``function`` once, recording its op call; returns (its result, a ``_Replay`` or None)."""
-    record = {"data_checks": [], "calls": []}
+# The position of ``max_seqlen_q`` among the arguments of the ops whose calls may serve other lengths.
+_LENGTH_ARGUMENT = {"run_fwd_kvcache": 9, "run_fwd_kvcache_into": 10}
+
+
+def _record(function, args, kwargs, length_position=None):
+    """Run ``function`` once, recording its op call; returns (its result, a ``_Replay`` or None).
+    ``length_position``: where the call's ``max_seqlen_q`` is among its values, when it may be free (``replayed``'s
+    ``lengths``): a recording that noted its length choices then picks it from the call's values."""
+    record = {"data_checks": [], "calls": [], "lengths": []}
     _recording.record = record
     try:
         result = function(*args, **kwargs)
@@ -136,6 +157,14 @@ def _record(function, args, kwargs):
             constants.append(value)
         else:
             return result, None
+    lengths = None
+    if length_position is not None and len(record["lengths"]) == 1:
+        choose, max_seqlen_q, choices = record["lengths"][0]
+        index = _LENGTH_ARGUMENT.get(getattr(op, "__name__", None))
+        if (index is not None and type(max_seqlen_q) is int and values[length_position] is max_seqlen_q
+                and op_args[index] is max_seqlen_q):
+            positions[index] = length_position
+            lengths = (choose, choices)
     if result is op_result:
         returns = "all"
     elif result is op_result[0]:
@@ -145,7 +174,7 @@ def _record(function, args, kwargs):
     else:
         return result, None
     return result, _Replay(op, _picker(positions), tuple(constants), returns, tuple(data_checks),
-                           ops.planned_op(op, op_args))
+                           ops.planned_op(op, op_args), lengths)
 
 
 class _RecordingOps:
@@ -175,11 +204,90 @@ class _RecordingOps:
 recording_ops = _RecordingOps()
 
 
-def replayed(function):
-    """Wrap a public function whose every call ends in one ``swattn.ops`` call (see the module docstring)."""
+class _Lengths(dict):
+    """The replays of one signature up to q's rows and ``max_seqlen_q``, by the length choices they were recorded
+    with (``choose(max_seqlen_q)``, ``note_length_choices``)."""
+
+    MAX_CHOICES = 64
+
+    def __init__(self, choose):
+        super().__init__()
+        self.choose = choose
+
+
+def _rows_free(item: tuple, rows: int, tokens: int) -> tuple:
+    """A tensor's signature item without its rows (dim 0): the rest of its shape, its row class (0, 1, more: one
+    row of any stride is contiguous) and whether it has ``tokens`` rows (q's; its own rows when it is q)."""
+    shape = item[0]
+    return ("rows", shape[1:], min(rows, 2), rows == tokens, *item[1:])
+
+
+def replayed(function=None, *, lengths: tuple[str, ...] | None = None):
+    """Wrap a public function whose every call ends in one ``swattn.ops`` call (see the module docstring).
+
+    ``lengths``: the names of q, of the output tensor argument (``out``) and of ``max_seqlen_q``, for a function
+    that notes its length choices (``note_length_choices``) where its call depends on q's rows and
+    ``max_seqlen_q`` only through them: a call whose signature differs from a recorded one only in those rows (q's
+    and out's, out having q's) and in ``max_seqlen_q`` (an int >= 0 either way) replays that recording when its
+    choices for its own ``max_seqlen_q`` are the same, with its ``max_seqlen_q`` (a serving engine's mixed batches,
+    whose total and longest query counts change every step). Such signatures are recorded at their second
+    sighting up to those lengths."""
+    if function is None:
+        return functools.partial(replayed, lengths=lengths)
     plans = PlanCache()
     seen_once = PlanCache(4096)
     not_replayable = object()
+    free_plans = PlanCache()
+    free_seen = PlanCache(4096)
+    parameters = tuple(inspect.signature(function).parameters)
+    length_positions: dict = {}
+
+    def positions_of(count: int, names: tuple) -> tuple[int, int, int] | None:
+        """Where q, out and max_seqlen_q are among a call's values (None: one of q, max_seqlen_q not passed)."""
+        found = length_positions.get((count, names))
+        if found is None:
+            found = []
+            for name in lengths:
+                index = parameters.index(name)
+                found.append(index if index < count else count + names.index(name) if name in names else None)
+            found = length_positions[(count, names)] = None if None in (found[0], found[2]) else tuple(found)
+        return found
+
+    def free_key(signature: tuple, key: tuple, values: tuple, count: int, names: tuple):
+        """The call's key without q's rows and ``max_seqlen_q`` (None where those are not plain: then only the
+        exact signature is replayed), and where its ``max_seqlen_q`` is."""
+        where = positions_of(count, names)
+        if where is None:
+            return None, None
+        q_at, out_at, length_at = where
+        q, length = values[q_at], values[length_at]
+        if type(q) is not _Tensor or type(length) is not int or q.dim() == 0:
+            return None, None
+        items = list(signature)
+        tokens = q.shape[0]
+        items[1 + q_at] = _rows_free(items[1 + q_at], tokens, tokens)
+        if out_at is not None:
+            out = values[out_at]
+            if out is not None:
+                if type(out) is not _Tensor or out.dim() == 0:
+                    return None, None
+                items[1 + out_at] = _rows_free(items[1 + out_at], out.shape[0], tokens)
+        items[1 + length_at] = ("free length", length >= 0)
+        return (tuple(items), key[1], key[2]), length_at
+
+    def record_free(args, kwargs, key, free, length_at):
+        result, plan = _record(function, args, kwargs, length_at)
+        plans.add(key, not_replayable if plan is None else plan)
+        table = free_plans.get(free)
+        if plan is not None and plan.lengths is not None:
+            if table is None or table is not_replayable:
+                table = free_plans.add(free, _Lengths(plan.lengths[0]))
+            if len(table) >= _Lengths.MAX_CHOICES:
+                table.clear()
+            table[plan.lengths[1]] = plan
+        elif table is None:
+            free_plans.add(free, not_replayable)
+        return result
 
     @functools.wraps(function)
     def call(*args, **kwargs):
@@ -187,11 +295,28 @@ def replayed(function):
             return function(*args, **kwargs)
         values = args + tuple(kwargs.values()) if kwargs else args
         try:
-            key = (_signature(values, tuple(kwargs)), ops.plan_settings(), _compat.CHECK_INPUTS)
+            names = tuple(kwargs)
+            signature = _signature(values, names)
+            key = (signature, ops.plan_settings(), _compat.CHECK_INPUTS)
             plan = plans.get(key)
         except TypeError:  # an unhashable argument (a list)
             return function(*args, **kwargs)
         if plan is None:
+            if lengths is not None:
+                free, length_at = free_key(signature, key, values, len(args), names)
+                if free is not None:
+                    table = free_plans.get(free)
+                    if table is None:
+                        if free in free_seen:
+                            return record_free(args, kwargs, key, free, length_at)
+                        free_seen.add(free, True)
+                    elif table is not not_replayable:
+                        plan = table.get(table.choose(values[length_at]))
+                        if plan is None:
+                            return record_free(args, kwargs, key, free, length_at)
+                        if plan.data_checks and plan.reads_data(values):
+                            return function(*args, **kwargs)
+                        return plan(values)
             if key not in seen_once:
                 # Recorded at a signature's second call: shapes that change on every call (a serving engine's
                 # varlen batches) then cost a key, not a recording (25 us on the development CPU).
@@ -205,4 +330,5 @@ def replayed(function):
         return plan(values)
 
     call.plans = plans
+    call.free_plans = free_plans
     return call

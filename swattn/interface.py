@@ -23,13 +23,14 @@ FlashAttention. They are skipped under ``torch.compile`` and during CUDA-graph c
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from swattn import _compat
 from swattn._compat import device_properties, next_power_of_2
-from swattn._replay import note_data_checks, replayed
+from swattn._replay import note_data_checks, note_length_choices, replayed
 from swattn._replay import recording_ops as ops  # swattn.ops; a signature's first call records its op call
 from swattn.kernels._launch import MAX_GRID_YZ
 from swattn.kernels.configs import (
@@ -281,29 +282,51 @@ def _auto_pack_gqa(pack_gqa, seqlen_q: int, group: int, left: int = -1, right: i
     return group > 1 and (seqlen_q * group <= 128 or small_window)
 
 
-def _auto_num_splits(num_splits: int, q: torch.Tensor, programs: int, keys_bound: int, left: int, right: int,
+def _kvcache_length_choices(pack_gqa, num_splits: int, device: torch.device, num_heads: int, num_kv_heads: int,
+                            head_dim: int, batch: int, capacity: int, left: int, right: int, attention_chunk: int,
+                            sm_margin: int, paged: bool, pairs_possible: bool, fp8_cache: bool, pairs_layout: bool,
+                            appends: bool, has_qv: bool, element_size: int, head_dim_v: int,
+                            max_seqlen_q: int) -> tuple[bool, int]:
+    """``flash_attn_with_kvcache``'s choices that depend on ``max_seqlen_q`` (the rest of its arguments are the
+    call's signature): PackGQA and the split count -> ``(packed, num_splits)``. ``pairs_possible``: an automatic
+    split count over an e4m3 cache with 16-bit queries (only then are two KV heads per program asked about;
+    ``pairs_layout``: the caches' rows allow them); ``has_qv``, ``element_size`` (q's), ``head_dim_v``: as
+    ``_qv_tile`` takes them."""
+    group = num_heads // num_kv_heads
+    packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group, left, right)
+    rows = max_seqlen_q * (group if packed else 1)
+    programs = batch * (num_kv_heads if packed else num_heads) * max(1, -(-rows // 64))
+    kv_pairs = (num_splits == 0 and pairs_possible
+                and fp8_kv_pairs_fit(True, packed, left < 0 and attention_chunk == 0, rows, max_seqlen_q, num_kv_heads,
+                                     head_dim, pairs_layout, paged, appends))
+    return packed, _auto_num_splits(num_splits, device, programs, capacity, left, right, max_seqlen_q, attention_chunk,
+                                    sm_margin, rows, paged, fp8_cache, kv_pairs, head_dim,
+                                    _qv_tile(has_qv, element_size, rows, packed, head_dim_v))
+
+
+def _auto_num_splits(num_splits: int, device: torch.device, programs: int, keys_bound: int, left: int, right: int,
                      seqlen_q: int, attention_chunk: int = 0, sm_margin: int = 0, rows_per_tile: int = 8,
                      paged: bool = False, fp8: bool = False, kv_pairs: bool = False, head_dim: int = 64,
                      qv_tile: bool = False) -> int:
-    """Split-KV count from shapes only (no GPU values): the window's span, not the cache length, sets the work;
-    ``rows_per_tile``, ``paged``, ``fp8``, ``kv_pairs``, ``head_dim``, ``qv_tile``: as ``split_count`` takes
-    them."""
+    """Split-KV count from shapes only (no GPU values) for a call on ``device``: the window's span, not the cache
+    length, sets the work; ``rows_per_tile``, ``paged``, ``fp8``, ``kv_pairs``, ``head_dim``, ``qv_tile``: as
+    ``split_count`` takes them."""
     if num_splits > 0:
         return min(num_splits, MAX_SPLITS)
-    if not q.is_cuda:
+    if device.type != "cuda":
         return 1
     keys = visible_span(0, seqlen_q - 1, seqlen_q, keys_bound, left, right)[1] if seqlen_q > 0 else 0
     if attention_chunk > 0:
         keys = min(keys, attention_chunk)
-    sms = max(1, device_properties(q.device).multi_processor_count - sm_margin)
+    sms = max(1, device_properties(device).multi_processor_count - sm_margin)
     return split_count(programs, keys, sms, rows_per_tile, paged, fp8, kv_pairs, head_dim, qv_tile)
 
 
-def _qv_tile(qv, q: torch.Tensor, rows_per_tile: int, packed: bool, head_dim_v: int) -> bool:
+def _qv_tile(has_qv: bool, element_size: int, rows_per_tile: int, packed: bool, head_dim_v: int) -> bool:
     """Whether the forward takes MLA's packed qv tile (``configs.qv_packed_tile``: one 8-warp program per SM, 64
-    rows each), which the automatic split count plans for."""
-    return qv is not None and qv_packed_tile(rows_per_tile, packed, max(16, next_power_of_2(head_dim_v)), True,
-                                             q.element_size())
+    rows each), which the automatic split count plans for: a call with qv (``has_qv``) of ``element_size``-byte
+    elements."""
+    return has_qv and qv_packed_tile(rows_per_tile, packed, max(16, next_power_of_2(head_dim_v)), True, element_size)
 
 
 def split_count(programs: int, keys: int, sms: int, rows_per_tile: int = 8, paged: bool = False,
@@ -446,11 +469,11 @@ def flash_attn_func(
     packed = _auto_pack_gqa(pack_gqa, q.shape[1], group, left, right)
     programs = q.shape[0] * (k.shape[2] if packed else q.shape[2])
     rows = q.shape[1] * (group if packed else 1)
-    qv_tile = _qv_tile(qv, q, rows, packed, v.shape[-1])
+    qv_tile = _qv_tile(qv is not None, q.element_size(), rows, packed, v.shape[-1])
     if qv_tile:
         programs *= -(-rows // QV_PACKED_TILE.block_m)  # the tile's programs per (sequence, KV head)
     sm_margin = _check_int_arg("sm_margin", sm_margin, 0)
-    num_splits = _auto_num_splits(num_splits, q, programs, k.shape[1], left, right, q.shape[1], attention_chunk,
+    num_splits = _auto_num_splits(num_splits, q.device, programs, k.shape[1], left, right, q.shape[1], attention_chunk,
                                   sm_margin, rows, qv_tile=qv_tile)
     arguments = (_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, None, None, None, q.shape[1],
                  k.shape[1], softmax_scale, left, right, float(softcap), packed, num_splits, None, attention_chunk,
@@ -587,13 +610,13 @@ def flash_attn_varlen_func(
     group = q.shape[1] // k.shape[1]
     packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group, left, right)
     rows = max_seqlen_q * (group if packed else 1)
-    qv_tile = _qv_tile(qv, q, rows, packed, v.shape[-1])
+    qv_tile = _qv_tile(qv is not None, q.element_size(), rows, packed, v.shape[-1])
     programs = batch * (k.shape[1] if packed else q.shape[1]) * max(1, -(-max_seqlen_q // 128))
     if qv_tile:
         programs = batch * k.shape[1] * -(-rows // QV_PACKED_TILE.block_m)  # the tile's 64-row programs
     sm_margin = _check_int_arg("sm_margin", sm_margin, 0)
-    num_splits = _auto_num_splits(num_splits, q, programs, max_seqlen_k, left, right, max_seqlen_q, attention_chunk,
-                                  sm_margin, rows, qv_tile=qv_tile)
+    num_splits = _auto_num_splits(num_splits, q.device, programs, max_seqlen_k, left, right, max_seqlen_q,
+                                  attention_chunk, sm_margin, rows, qv_tile=qv_tile)
     arguments = (_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, _contiguous(cu_seqlens_q),
                  _contiguous(cu_seqlens_k), _contiguous(seqused_k), max_seqlen_q, max_seqlen_k, softmax_scale, left,
                  right, float(softcap), packed, num_splits, _contiguous(seqused_q), attention_chunk, q_descale,
@@ -606,7 +629,7 @@ def flash_attn_varlen_func(
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
 
-@replayed
+@replayed(lengths=("q", "out", "max_seqlen_q"))
 def flash_attn_with_kvcache(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -791,21 +814,22 @@ def flash_attn_with_kvcache(
                                     k, cu_seqlens_k_new, cu_seqlens_q, max_seqlen_q, sequential)
     sinks = _check_sinks(sinks, q.shape[-2], q.device)
     num_splits = _check_int_arg("num_splits", num_splits, 0)
-    group = q.shape[-2] // k_cache.shape[2]
-    packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group, left, right)
-    rows = max_seqlen_q * (group if packed else 1)
-    programs = batch * (k_cache.shape[2] if packed else q.shape[-2]) * max(1, -(-rows // 64))
     # Only an automatic split count over an e4m3 cache with 16-bit queries asks whether the decode may take two KV
     # heads per program (the check's stride reads cost ~3 us of host time per call on every other path).
     head_dim = k_cache.shape[-1]
-    kv_pairs = (num_splits == 0 and k_cache.dtype == _FP8 and q.dtype != _FP8
-                and fp8_kv_pairs_fit(True, packed, left < 0 and attention_chunk == 0, rows, max_seqlen_q,
-                                     k_cache.shape[2], head_dim,
-                                     all(t.stride(-1) == 1 and t.stride(-2) == head_dim for t in (k_cache, v_cache)),
-                                     paged, k is not None))
-    num_splits = _auto_num_splits(num_splits, q, programs, capacity, left, right, max_seqlen_q, attention_chunk,
-                                  sm_margin, rows, paged, k_cache.dtype == _FP8, kv_pairs, head_dim,
-                                  _qv_tile(qv, q, rows, packed, v_cache.shape[-1]))
+    pairs_layout = (num_splits == 0 and k_cache.dtype == _FP8 and q.dtype != _FP8
+                    and all(t.stride(-1) == 1 and t.stride(-2) == head_dim for t in (k_cache, v_cache)))
+    choices = functools.partial(
+        _kvcache_length_choices, pack_gqa, num_splits, q.device, q.shape[-2], k_cache.shape[2], head_dim, batch,
+        capacity, left, right, attention_chunk, sm_margin, paged, k_cache.dtype == _FP8 and q.dtype != _FP8,
+        k_cache.dtype == _FP8, pairs_layout, k is not None, qv is not None, q.element_size(), v_cache.shape[-1])
+    if varlen and k is None and rotary_dim == 0 and qv is None:
+        # Everything but these choices depends on the call's signature alone, whatever max_seqlen_q and q's rows:
+        # swattn._replay then replays the call for other lengths with the same choices (a serving engine's mixed
+        # batches), asking them again for each call's max_seqlen_q.
+        packed, num_splits = note_length_choices(choices, max_seqlen_q)
+    else:
+        packed, num_splits = choices(max_seqlen_q)
     arguments = (
         _contiguous_last(q), k_cache, v_cache, None if k is None else _contiguous_last(k),
         None if v is None else _contiguous_last(v), _contiguous(cache_seqlens), _contiguous(cache_batch_idx),
@@ -882,8 +906,7 @@ def get_scheduler_metadata(
     packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group, left, right)
     rows = max_seqlen_q * (group if packed else 1)
     programs = batch_size * (num_heads_kv if packed else num_heads_q) * max(1, -(-rows // 64))
-    device_probe = torch.empty(0, device=cache_seqlens.device)
-    splits = _auto_num_splits(num_splits, device_probe, programs, max_seqlen_k, left, right, max_seqlen_q,
+    splits = _auto_num_splits(num_splits, cache_seqlens.device, programs, max_seqlen_k, left, right, max_seqlen_q,
                               attention_chunk, sm_margin, rows, page_size is not None, qkv_dtype == _FP8)
     return torch.tensor([splits, int(packed)], dtype=torch.int32, device=cache_seqlens.device)
 

@@ -510,9 +510,11 @@ class _KVCachePlan:
             self.append = append_plan(k_cache, v_cache, k, v, cache_seqlens, cache_batch_idx, page_table,
                                       cu_seqlens_q, cu_seqlens_k_new, q, rotary_cos, rotary_sin, rotary_seqlens,
                                       rotary_interleaved, rotary_sequential_q, k_descale, v_descale)
+        # (max_seqlen_q is each run's: a replay serving other lengths passes its call's.)
         self.forward_arguments = dict(softmax_scale=softmax_scale, left=left, right=right, softcap=softcap,
-                                      max_seqlen_q=max_seqlen_q, pack_gqa=pack_gqa, num_splits=num_splits,
-                                      return_lse=return_lse, attention_chunk=attention_chunk)
+                                      pack_gqa=pack_gqa, num_splits=num_splits, return_lse=return_lse,
+                                      attention_chunk=attention_chunk)
+        self.max_seqlen_q = self.tokens = None  # the lengths of the kept forward plan
         # Looked up at the first run: it is keyed on tensors made there (the new lengths, a rotated q), whose
         # layouts follow from the signature.
         self.forward = None
@@ -546,12 +548,24 @@ class _KVCachePlan:
             if q_rotated is not None:
                 q_attend = q_rotated
         forward = self.forward
-        if forward is None:
+        if forward is not None and cu_seqlens_q is not None and (max_seqlen_q != self.max_seqlen_q
+                                                                 or q.shape[0] != self.tokens):
+            # A replay serving other lengths (swattn._replay's ``lengths``): the plan of this call's, from the
+            # family of the kept one (the same signature up to q's rows and max_seqlen_q).
+            forward = forward.family.lookup(q_attend, k_cache, v_cache, max_seqlen_q)
+            if forward is None:
+                forward = forward_plan(
+                    q_attend, k_cache, v_cache, sinks=sinks, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx,
+                    page_table=page_table, cu_seqlens_q=cu_seqlens_q, new_k=new_k, new_v=new_v,
+                    cache_leftpad=cache_leftpad, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
+                    qv=qv, max_seqlen_q=max_seqlen_q, **self.forward_arguments)
+        elif forward is None:
+            self.max_seqlen_q, self.tokens = max_seqlen_q, q.shape[0]
             forward = self.forward = forward_plan(
                 q_attend, k_cache, v_cache, sinks=sinks, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx,
                 page_table=page_table, cu_seqlens_q=cu_seqlens_q, new_k=new_k, new_v=new_v,
                 cache_leftpad=cache_leftpad, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale, qv=qv,
-                **self.forward_arguments)
+                max_seqlen_q=max_seqlen_q, **self.forward_arguments)
         out, lse, _ = forward.run(q_attend, k_cache, v_cache, sinks, cu_seqlens_q, None, seqlens_k, cache_batch_idx,
                                   page_table, new_k, new_v, None, cache_leftpad, q_descale, k_descale, v_descale,
                                   stream, out, qv=qv)

@@ -157,11 +157,11 @@ def test_an_lse_not_asked_for_is_neither_computed_nor_allocated():
         for _ in range(3):
             swattn.flash_attn_with_kvcache(**inputs, causal=True, check_inputs=False)
             swattn.flash_attn_func(q, k, v)
-        assert {plan.lse_shape for plan in fwd._PLANS.values()} == {None}
+        assert {plan.lse_shape for plan in fwd.plans()} == {None}
         assert swattn.flash_attn_func(q, k, v, return_softmax_lse=True)[1].shape == (1, 2, 6)
-        plans = len(fwd._PLANS)
+        plans = len(fwd.plans())
         swattn.flash_attn_func(q.requires_grad_(), k, v)  # the backward reads the LSE: the LSE-storing plan
-        assert len(fwd._PLANS) == plans and sorted(plan.lse_shape is None for plan in fwd._PLANS.values()) == [
+        assert len(fwd.plans()) == plans and sorted(plan.lse_shape is None for plan in fwd.plans()) == [
             False, True, True]
 
 
@@ -176,7 +176,7 @@ def test_the_eager_backward_keeps_its_plans_with_the_forward_plan():
         for _ in range(3):
             out = swattn.flash_attn_func(q, k, v, causal=True, sinks=sinks)
             torch.autograd.grad(out, (q, k, v, sinks), torch.ones_like(out))
-        (plan,) = [plan for plan in fwd._PLANS.values() if plan.backward_plans]
+        (plan,) = [plan for plan in fwd.plans() if plan.backward_plans]
         assert len(plan.backward_plans) == 1 and len(bwd._PLANS) == 0
         assert stubs["_swa_bwd_dq_kernel"].direct_launches + stubs["_swa_bwd_dq_kernel"].plain_launches == 3
         out = swattn.flash_attn_func(q, k, v, causal=True, sinks=sinks.detach())

@@ -368,7 +368,7 @@ def _prefill_rows(env: Env, dims: Dims, timings: _Timings, backward: bool) -> li
 
 def _kernel_used(q: torch.Tensor) -> str:
     """Which forward kernel the latest plan for q's shape launched (the Gluon kernel or Triton's)."""
-    plans = [plan for plan in fwd._PLANS.values() if plan.out_shape == tuple(q.shape) and plan.launches]
+    plans = [plan for plan in fwd.plans() if plan.out_shape == tuple(q.shape) and plan.launches]
     if not plans:
         return ""
     return "Gluon kernel" if plans[-1].use_gluon else "Triton kernel"

@@ -1904,17 +1904,34 @@ def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None
                  new_v=None, seqused_q=None, cache_leftpad=None, attention_chunk=0, q_descale=None, k_descale=None,
                  v_descale=None, qv=None) -> _ForwardPlan:
     """The plan of one ``attention_forward`` call signature (made once, then looked up); its ``run`` serves every
-    call of the signature."""
-    key = (tensor_signature(q), tensor_signature(k), tensor_signature(v), tensor_signature(sinks),
+    call of the signature. Varlen queries' lengths are not part of the signature: a ``_PlanFamily`` (keyed on
+    everything else) holds the plans of each ``max_seqlen_q`` and, where the launches do not depend on it, serves
+    every total of query rows with one plan (``_PlanFamily.lookup``)."""
+    varlen_q = cu_seqlens_q is not None
+    if varlen_q:
+        # q's rows (total_q), and those of the tensors laid out like q, only as the classes the plans tell apart
+        # (0, 1, more: a plan without rows launches nothing, and one row of any stride is contiguous).
+        tokens = q.shape[0]
+        rows = (q.shape[1:], q.stride(), q.dtype, q.data_ptr() % 16 == 0, min(tokens, 2))
+        new_k_key, new_v_key, qv_key = (None if t is None else
+                                        (t.shape[0] == tokens, t.shape[1:], t.stride(), t.dtype, t.data_ptr() % 16 == 0)
+                                        for t in (new_k, new_v, qv))
+    else:
+        rows = tensor_signature(q)
+        new_k_key, new_v_key, qv_key = tensor_signature(new_k), tensor_signature(new_v), tensor_signature(qv)
+    key = (rows, tensor_signature(k), tensor_signature(v), tensor_signature(sinks),
            tensor_signature(cu_seqlens_q), tensor_signature(cu_seqlens_k), tensor_signature(seqlens_k),
-           tensor_signature(cache_batch_idx), tensor_signature(page_table), tensor_signature(new_k),
-           tensor_signature(new_v), tensor_signature(seqused_q), tensor_signature(cache_leftpad), attention_chunk,
-           q.device, softmax_scale, left, right, softcap, max_seqlen_q, max_seqlen_k,
+           tensor_signature(cache_batch_idx), tensor_signature(page_table), new_k_key,
+           new_v_key, tensor_signature(seqused_q), tensor_signature(cache_leftpad), attention_chunk,
+           q.device, softmax_scale, left, right, softcap, max_seqlen_k,
            pack_gqa, num_splits, return_lse, count_blocks, settings(), tensor_signature(q_descale),
-           tensor_signature(k_descale), tensor_signature(v_descale), tensor_signature(qv))
-    plan = _PLANS.get(key)
+           tensor_signature(k_descale), tensor_signature(v_descale), qv_key)
+    family = _PLANS.get(key)
+    if family is None:
+        family = _PLANS.add(key, _PlanFamily(varlen_q, varlen_q and not return_lse and num_splits == 1))
+    plan = family.lookup(q, k, v, max_seqlen_q)
     if plan is None:
-        plan = _PLANS.add(key, _ForwardPlan(
+        plan = family.add(q, max_seqlen_q, _ForwardPlan(
             q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
             cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k,
             max_seqlen_k=max_seqlen_k, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
@@ -1922,6 +1939,76 @@ def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None
             new_k=new_k, seqused_q=seqused_q, cache_leftpad=cache_leftpad, attention_chunk=attention_chunk,
             q_descale=q_descale, k_descale=k_descale, v_descale=v_descale, qv=qv))
     return plan
+
+
+def plans() -> list[_ForwardPlan]:
+    """Every forward plan kept (oldest first): for tests and benchmarks that inspect what was launched."""
+    return [plan for family in _PLANS.values() for entry in family.lengths.values() for plan in entry[1].values()]
+
+
+# _PlanFamily's marker for a max_seqlen_q whose Gluon decision is not known yet (no plan with launches made).
+_UNKNOWN = object()
+
+
+class _PlanFamily:
+    """The forward plans of one call signature up to the varlen queries' lengths (``forward_plan``'s key: every
+    tensor's shape, strides, dtype and alignment, q's and those laid out like q without their rows, and every other
+    argument but ``max_seqlen_q``).
+
+    Per ``max_seqlen_q`` (which sets the tiles' rows, the config, the grid's tile count and the non-finite
+    isolation, all planned by ``_ForwardPlan`` as for any call), the plans by the query rows' total (total_q) where
+    a plan depends on it: the LSE's layout ``[H, total_q]``, the split-KV scratch, and the Gluon kernel (chosen by
+    the call's rows, and whose descriptors hold q's shape). Without those (``token_free``: no LSE, one split, the
+    Triton kernels) a plan's launches do not depend on total_q (its strides, config, grid and constexprs come from
+    the family's signature and ``max_seqlen_q``; ``run`` sizes the output from q), so one plan serves every total:
+    a serving engine's mixed batches, whose q and lengths change on every step, reuse plans. Whether the Gluon
+    kernel serves a call is asked again for each call (``_use_gluon`` with the arguments the plan asked it with,
+    which depend only on the family and ``max_seqlen_q``) and picks the plan. Dense q keeps its whole shape in the
+    key (one plan per family and length)."""
+
+    __slots__ = ("varlen_q", "token_free", "lengths")
+
+    # Lengths kept per family, and plans per length (the oldest dropped past them).
+    MAX_LENGTHS = 4096
+    MAX_PLANS_PER_LENGTH = 16
+
+    def __init__(self, varlen_q: bool, token_free: bool):
+        self.varlen_q, self.token_free = varlen_q, token_free
+        # max_seqlen_q -> [the Gluon decision's arguments (None: not asked; _UNKNOWN), {rows key: plan}]
+        self.lengths: dict = {}
+
+    def _rows_key(self, gluon_inputs, q, k, v, use_gluon=None):
+        """The key of a call's plan among its length's: (q's row class, the Gluon kernel, total_q where the plan
+        depends on it)."""
+        if not self.varlen_q:
+            return None
+        tokens = q.shape[0]
+        if use_gluon is None:
+            use_gluon = (gluon_inputs is not None and gluon_inputs is not _UNKNOWN and tokens > 0
+                         and _use_gluon(q, k, v, *gluon_inputs[0], **gluon_inputs[1]))
+        return min(tokens, 2), use_gluon, None if self.token_free and not use_gluon else tokens
+
+    def lookup(self, q, k, v, max_seqlen_q) -> _ForwardPlan | None:
+        """The plan for a call of this family with these q (its rows) and ``max_seqlen_q``, or None (not made)."""
+        entry = self.lengths.get(max_seqlen_q)
+        if entry is None:
+            return None
+        return entry[1].get(self._rows_key(entry[0], q, k, v))
+
+    def add(self, q, max_seqlen_q, plan: _ForwardPlan) -> _ForwardPlan:
+        entry = self.lengths.get(max_seqlen_q)
+        if entry is None:
+            if len(self.lengths) >= self.MAX_LENGTHS:
+                del self.lengths[next(iter(self.lengths))]
+            entry = self.lengths[max_seqlen_q] = [_UNKNOWN, {}]
+        if plan.launches:
+            entry[0] = plan.gluon_inputs
+        plans = entry[1]
+        if len(plans) >= self.MAX_PLANS_PER_LENGTH:
+            del plans[next(iter(plans))]
+        plans[self._rows_key(entry[0], q, None, None, plan.use_gluon)] = plan
+        plan.family = self
+        return plan
 
 
 class _ForwardPlan:
@@ -1986,7 +2073,11 @@ class _ForwardPlan:
         self.lse_shape = None
         if return_lse:
             self.lse_shape = (num_heads, q.shape[0]) if varlen_q else (batch, num_heads, seqlen_q)
-        self.launches = False
+        self.launches = self.use_gluon = False
+        # What _use_gluon was asked with besides q, k and v ((positional, keyword) arguments; None: not asked): they
+        # depend only on the plan's family and max_seqlen_q, so _PlanFamily asks it again for each call's q.
+        self.gluon_inputs = None
+        self.varlen_q = varlen_q
         if batch == 0 or seqlen_q == 0 or q.numel() == 0:
             return
         self.launches = True
@@ -2011,12 +2102,14 @@ class _ForwardPlan:
         # those calls stay on Triton's.
         gluon_features = (seqused_q is None and cache_leftpad is None and attention_chunk == 0
                           and not own_value_dim)
-        self.use_gluon = gluon_features and _use_gluon(q, k, v, rows_per_tile, left, right, seqlen_q=seqlen_q,
-                                                       seqlen_k=seqlen_k, varlen_q=varlen_q, varlen_k=varlen_k,
-                                    paged=paged, indexed=cache_batch_idx is not None,
-                                    seqlens_k=seqlens_k is not None, num_splits=num_splits,
-                                    append=new_k is not None, count_blocks=count_blocks, softcap=softcap > 0,
-                                    pack_gqa=pack_gqa)
+        if gluon_features:
+            self.gluon_inputs = ((rows_per_tile, left, right),
+                                 dict(seqlen_q=seqlen_q, seqlen_k=seqlen_k, varlen_q=varlen_q, varlen_k=varlen_k,
+                                      paged=paged, indexed=cache_batch_idx is not None,
+                                      seqlens_k=seqlens_k is not None, num_splits=num_splits,
+                                      append=new_k is not None, count_blocks=count_blocks, softcap=softcap > 0,
+                                      pack_gqa=pack_gqa))
+            self.use_gluon = _use_gluon(q, k, v, *self.gluon_inputs[0], **self.gluon_inputs[1])
         if self.use_gluon:
             # The Gluon kernel flags non-finite rows per warpgroup (64 rows): the redo pass (a Triton launch) takes
             # tiles of the same rows.
@@ -2233,8 +2326,10 @@ class _ForwardPlan:
         made with one (it travels in ``new_k``'s slot)."""
         device = self.device
         if out is None:
+            # A varlen plan serves every total of query rows (``_PlanFamily``): the output has this call's.
             out = (torch.empty_like(q) if self.out_like_q
-                   else torch.empty(self.out_shape, device=device, dtype=self.dtype))
+                   else torch.empty((q.shape[0], *self.out_shape[1:]) if self.varlen_q else self.out_shape,
+                                    device=device, dtype=self.dtype))
         lse = None if self.lse_shape is None else torch.empty(self.lse_shape, device=device, dtype=torch.float32)
         if not self.launches:
             return out, lse, None

@@ -456,7 +456,7 @@ def test_direct_launches_give_the_same_bits(monkeypatch):
         eager, replayed = eager_and_replayed(step, k_cache, v_cache)
         outcomes[direct] = eager + replayed + gradients()
         # The Gluon kernel's launches (the prefill's main pass where it serves it) go through Triton's JIT.
-        launches = [plan.main for plan in fwd._PLANS.values() if plan.launches and not plan.use_gluon]
+        launches = [plan.main for plan in fwd.plans() if plan.launches and not plan.use_gluon]
         assert all(launch.direct_launches > 0 for launch in launches) == direct
     for a, b in zip(outcomes[False], outcomes[True], strict=True):
         assert torch.equal(a, b), "a direct launch changed a result or the cache"
@@ -484,7 +484,7 @@ def test_kept_isolation_buffers_isolate_every_call(monkeypatch, gluon, lazy_resc
     poisoned = v.clone()
     poisoned[0, key, 3] = float("nan")
     clean = swattn.flash_attn_func(q, k, v, causal=True, window_size=(left, 0))
-    plan = next(p for p in fwd._PLANS.values() if p.out_shape == tuple(q.shape) and p.launches)
+    plan = next(p for p in fwd.plans() if p.out_shape == tuple(q.shape) and p.launches)
     assert plan.isolate and not plan.scan_flags, "the case must take the raised-flag redo"
     if gluon == "1" and not plan.use_gluon:
         pytest.skip("the Gluon kernel does not serve this case here (needs sm_90)")
@@ -552,8 +552,8 @@ def test_kept_triton_scratch_gives_the_same_bits(monkeypatch):
         return results
 
     kept = run()
-    assert any(plan.use_tma for plan in fwd._PLANS.values())
-    assert any(backward.use_tma for plan in fwd._PLANS.values() for backward in plan.backward_plans.values())
+    assert any(plan.use_tma for plan in fwd.plans())
+    assert any(backward.use_tma for plan in fwd.plans() for backward in plan.backward_plans.values())
     monkeypatch.setattr(bwd, "TRITON_SCRATCH", _ScratchNotKept())
     monkeypatch.setattr(fwd, "TRITON_SCRATCH", _ScratchNotKept())
     fresh = run()

@@ -120,7 +120,7 @@ def check_pairs_against_one_kv_head(monkeypatch, q, k_cache, v_cache, call, pair
         monkeypatch.setattr(configs, "FP8_KV_PAIRS", on)
         fwd._PLANS.clear()
         outs[on] = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
-        (plan,) = [plan for plan in fwd._PLANS.values() if plan.launches]
+        (plan,) = [plan for plan in fwd.plans() if plan.launches]
         assert plan.kv_pair == (pair_mode if on else 0)
         if on:
             assert (plan.config.block_n, plan.config.num_warps, plan.config.maxnreg) == tuple(blocks)
@@ -171,7 +171,7 @@ def test_pairs_replace_the_single_loop_of_256_key_splits(monkeypatch):
     q, k_cache, v_cache, call = paged_e4m3_decode(4, 16384, exact=True)
     fwd._PLANS.clear()
     out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
-    (plan,) = [plan for plan in fwd._PLANS.values() if plan.launches]
+    (plan,) = [plan for plan in fwd.plans() if plan.launches]
     assert plan.kv_pair in fwd._TWO_LOADS and not plan.config.single_loop
     ref_out, ref_lse = decode_reference(q, k_cache, v_cache, call)
     assert_close("out", out, ref_out, OUT_TOL)
@@ -263,7 +263,7 @@ def test_l2_preload_over_fp8_kv_gives_the_same_bits(monkeypatch, tokens):
                 for step, (q, (k_new, v_new)) in enumerate(zip(qs, news))]
         results[preload] = (outs, k_run, v_run)
         if fwd.pdl_enabled(qs[0].device):
-            assert any(plan.fp8 and plan.preload_l2 == preload for plan in fwd._PLANS.values())
+            assert any(plan.fp8 and plan.preload_l2 == preload for plan in fwd.plans())
     outs, k_run, v_run = results[0]
     for preload in (1, 2):
         other, k_other, v_other = results[preload]
@@ -303,9 +303,9 @@ def test_fenced_widening_at_real_sizes(monkeypatch, mode, batch, context, left, 
     out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table,
                                               causal=True, window_size=(left, 0), sinks=sinks,
                                               return_softmax_lse=True, **descales)
-    assert any(plan.fp8 and plan.main.constexprs["WIDEN"] == fwd._FENCED_MODES[mode] for plan in fwd._PLANS.values())
+    assert any(plan.fp8 and plan.main.constexprs["WIDEN"] == fwd._FENCED_MODES[mode] for plan in fwd.plans())
     if left < 0 and not quantize_q:  # the full fp8-kv decodes take two KV heads per program (configs.FP8_KV_PAIRS)
-        assert any(plan.fp8 and plan.kv_pair in fwd._TWO_LOADS for plan in fwd._PLANS.values())
+        assert any(plan.fp8 and plan.kv_pair in fwd._TWO_LOADS for plan in fwd.plans())
     ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, page_table=table, causal=True,
                                              window_size=(left, 0), sinks=sinks, **descales, **REF)
     assert out.dtype == BF16

@@ -87,7 +87,7 @@ CASES = {
 
 def _gluon_launches() -> list:
     """The Gluon launches the forward plans hold."""
-    return [launch for plan in fwd._PLANS.values() if plan.launches and plan.use_gluon
+    return [launch for plan in fwd.plans() if plan.launches and plan.use_gluon
             for launch, *_ in plan.gluon_arguments["plans"].values()]
 
 
@@ -136,7 +136,7 @@ def test_direct_launch_gives_the_plain_launchs_bits(case, monkeypatch):
         assert len(c.maps[3]) == (len(order) if tma_store else 2)
         # The redo pass (a Triton kernel) through its C launcher too, unless it needs scratch memory (descriptors
         # built on the device: run allocates it per launch).
-        redo = [plan.redo for plan in fwd._PLANS.values() if plan.launches and plan.use_gluon and plan.redo]
+        redo = [plan.redo for plan in fwd.plans() if plan.launches and plan.use_gluon and plan.redo]
         for r in redo:
             run, _, _, redo_c = r._compiled[device]
             assert (redo_c is not None) == (not run.global_scratch_size), "redo pass: not through the C launcher"

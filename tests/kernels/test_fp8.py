@@ -169,7 +169,7 @@ def test_window_decode_over_fp8_takes_the_l2_preload(monkeypatch, fp8, tokens):
             outs.append(swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table,
                                                        causal=True, window_size=(127, 0), sinks=sinks,
                                                        pack_gqa=True, **descales))
-        taken = [plan.preload_l2 for plan in fwd._PLANS.values() if plan.fp8]
+        taken = [plan.preload_l2 for plan in fwd.plans() if plan.fp8]
         # On a GPU the preload needs PDL (Hopper; SWATTN_PDL=0 turns both off).
         with_pdl = not q.is_cuda or fwd.pdl_enabled(q.device)
         assert taken == [preload if with_pdl else 0], taken
@@ -207,7 +207,7 @@ def test_fenced_widening(monkeypatch, mode, fp8, window, num_splits, config):
         out, lse = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table,
                                                   causal=True, window_size=window, sinks=sinks, pack_gqa=True,
                                                   num_splits=num_splits, return_softmax_lse=True, **descales)
-    widen = [plan.main.constexprs["WIDEN"] for plan in fwd._PLANS.values() if plan.fp8]
+    widen = [plan.main.constexprs["WIDEN"] for plan in fwd.plans() if plan.fp8]
     assert widen == [fwd._FENCED_MODES[mode] if q.is_cuda else fwd.WIDEN_TO.value], widen
     ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, page_table=table, causal=True,
                                              window_size=window, sinks=sinks, **descales)
@@ -298,7 +298,7 @@ def test_two_kv_heads_per_program(monkeypatch, mode, dtype, paged, num_splits):
                                                   v_descale=vd, causal=True, sinks=sinks, softcap=20.0,
                                                   num_splits=num_splits, pack_gqa=True, return_softmax_lse=True,
                                                   **cache)
-    assert any(plan.kv_pair == mode for plan in fwd._PLANS.values())
+    assert any(plan.kv_pair == mode for plan in fwd.plans())
     ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True,
                                              sinks=sinks, softcap=20.0, **cache)
     assert torch.equal(out.isnan(), ref_out.isnan())
@@ -328,7 +328,7 @@ def test_transposed_pairs_with_three_query_heads_per_kv_head(monkeypatch):
     with forced_config(FwdConfig(16, 16, 2, 2)):
         out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, k_descale=kd, v_descale=vd,
                                              causal=True, num_splits=2, pack_gqa=True, page_table=table)
-    assert any(plan.kv_pair == mode for plan in fwd._PLANS.values())
+    assert any(plan.kv_pair == mode for plan in fwd.plans())
     ref_out, _ = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True,
                                        page_table=table)
     assert_close("out", out, ref_out, tolerance_for(torch.bfloat16))
@@ -355,7 +355,7 @@ def test_prefetch_partner_changes_no_bits(monkeypatch, mode):
             outs.append(swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table,
                                                        k_descale=kd, v_descale=vd, causal=True, num_splits=2,
                                                        pack_gqa=True))
-        assert [plan.prefetch_partner for plan in fwd._PLANS.values()] == [on if q.is_cuda else 0]
+        assert [plan.prefetch_partner for plan in fwd.plans()] == [on if q.is_cuda else 0]
     assert torch.equal(outs[0], outs[1])
     ref, _ = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True,
                                    page_table=table)
@@ -572,13 +572,13 @@ def test_two_kv_heads_per_program_by_default(monkeypatch, dtype, transposed):
         monkeypatch.setattr(configs, "FP8_KV_PAIRS", on)
         fwd._PLANS.clear()
         outs[on] = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, causal=True, **call)
-        (plan,) = [p for p in fwd._PLANS.values() if p.launches]
+        (plan,) = [p for p in fwd.plans() if p.launches]
         assert plan.kv_pair == (pair_mode if on else 0)
         if on:
             assert plan.config == configs.fp8_pair_config(plan.config, HK, SMALL_CACHE_KEYS)  # their shape
         fwd._PLANS.clear()
         swattn.flash_attn_with_kvcache(q, k_cache, v_cache, window_size=(300, 0), **call)
-        assert [p.kv_pair for p in fwd._PLANS.values() if p.launches] == [0]
+        assert [p.kv_pair for p in fwd.plans() if p.launches] == [0]
     ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True,
                                              sinks=sinks, softcap=20.0, page_table=table)
     for out, lse in outs.values():
@@ -606,7 +606,7 @@ def test_pairs_replace_a_short_splits_single_loop(monkeypatch):
     call = dict(cache_seqlens=lens, page_table=table, k_descale=kd, v_descale=vd, causal=True, num_splits=splits)
     fwd._PLANS.clear()
     out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
-    (plan,) = [p for p in fwd._PLANS.values() if p.launches]
+    (plan,) = [p for p in fwd.plans() if p.launches]
     assert plan.kv_pair in fwd._TWO_LOADS and not plan.config.single_loop
     assert plan.config == configs.fp8_pair_config(FwdConfig(16, 128, 4, 2, single_loop=True), HK, SMALL_CACHE_KEYS)
     ref_out, _ = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True,
@@ -615,7 +615,7 @@ def test_pairs_replace_a_short_splits_single_loop(monkeypatch):
     monkeypatch.setattr(fwd, "FP8_TWO_KV_HEADS", 4)
     fwd._PLANS.clear()
     swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
-    assert [p.kv_pair for p in fwd._PLANS.values() if p.launches] == [0]
+    assert [p.kv_pair for p in fwd.plans() if p.launches] == [0]
 
 
 def test_pair_block_shape_by_shape(monkeypatch):
@@ -656,7 +656,7 @@ def test_pair_block_shape_by_shape(monkeypatch):
     fwd._PLANS.clear()
     out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, page_table=table, k_descale=kd,
                                          v_descale=vd, causal=True, num_splits=splits)
-    (plan,) = [p for p in fwd._PLANS.values() if p.launches]
+    (plan,) = [p for p in fwd.plans() if p.launches]
     assert plan.kv_pair in fwd._TWO_LOADS
     assert (plan.config.block_n, plan.config.num_warps, plan.config.maxnreg) == one_warp[:3]
     ref_out, _ = attention_kvcache_ref(q, k_cache, v_cache, lens, k_descale=kd, v_descale=vd, causal=True,

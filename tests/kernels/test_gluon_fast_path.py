@@ -115,7 +115,7 @@ def test_a_wrapped_forward_sees_every_call(stubbed, monkeypatch):
     for _ in range(3):
         call()
     assert len(calls) == 3
-    plans = [plan for plan in fwd._PLANS.values() if plan.use_gluon]
+    plans = [plan for plan in fwd.plans() if plan.use_gluon]
     assert len(plans) == 1 and len(plans[0].gluon_arguments["plans"]) == 2  # shipped, and the probe's
     assert stubbed["gluon_stub"].last_launch[2]["NUM_STAGES"] == 3  # the probe's plain launch
     probe_launch = next(launch for key, (launch, _) in plans[0].gluon_arguments["plans"].items()

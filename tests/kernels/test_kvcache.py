@@ -713,7 +713,7 @@ def test_split_decode_preload_and_early_merge_dependents(monkeypatch):
         with forced_config(BLOCK16):
             results.append(run(q, cache, cache_seqlens=seqlens, sinks=sinks, causal=True, pack_gqa=True,
                                num_splits=3))
-        assert [plan.preload_l2 for plan in fwd._PLANS.values()] == [preload]
+        assert [plan.preload_l2 for plan in fwd.plans()] == [preload]
     for out, lse in results[1:]:
         assert torch.equal(out, results[0][0]) and torch.equal(lse, results[0][1])
     check(*results[0], reference(q, cache, seqlens, sinks=sinks, causal=True), q)

@@ -179,7 +179,7 @@ def test_interpreter_takes_the_plain_path():
     q, k, v = (torch.randn(1, 5, 2, 16) for _ in range(3))
     for _ in range(2):
         swattn.flash_attn_func(q, k, v, window_size=(2, 0))
-    (plan,) = fwd._PLANS.values()
+    (plan,) = fwd.plans()
     assert (plan.main.plain_launches, plan.main.direct_launches) == (2, 0)
 
 
@@ -262,7 +262,7 @@ def test_descriptor_launches_share_a_kept_triton_scratch(direction):
         direct = sum(stubs[name].direct_launches for name in names)
         assert direct >= 2 and len(scratch) == direct  # the direct launches asked it
         if direction == "forward":
-            assert all(plan.use_tma for plan in fwd._PLANS.values())
+            assert all(plan.use_tma for plan in fwd.plans())
     assert all(buffer is scratch[0] for buffer in scratch)
     assert getattr(_compat.TRITON_SCRATCH, "stream", None) is None
     assert _compat._scratch_allocator(256, 128, 0) is not _compat._scratch_allocator(256, 128, 0)

@@ -198,7 +198,7 @@ def test_guard_one_pass_launches_once_and_keeps_finite_bits(monkeypatch):
         fwd._PLANS.clear()
         with forced_config(single):
             outs[one_pass] = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **kwargs)
-        (plan,) = fwd._PLANS.values()
+        (plan,) = fwd.plans()
         assert plan.guard_one_pass == one_pass and (plan.redo is None) == one_pass
     assert torch.equal(outs[False], outs[True])
     monkeypatch.setattr(fwd, "GUARD_ONE_PASS_MAX_WORK", 1 << 30)

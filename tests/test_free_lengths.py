@@ -1,0 +1,217 @@
+"""Plans and replays that serve other query lengths: a KV-cache call with varlen q (a serving engine's mixed step)
+whose q rows (total_q) and ``max_seqlen_q`` change on every call reuses the forward plan of its family
+(``kernels.fwd._PlanFamily``) and the interface's recording (``swattn._replay``'s ``lengths``).
+
+What must hold: every call launches exactly what a fresh plan launches for it (kernel, grid, scalars, constexprs,
+launch options), gives the same bits as a fresh plan, and matches the float64 reference; a length whose config or
+choices differ (the tile's rows pick the block shape below; ``max_seqlen_q`` flips PackGQA) gets its own plan.
+
+Triton kernels through the interpreter (``tests/conftest.py``): H = 4 query heads over Hk = 2, D = 16.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import swattn
+import swattn.integrations.vllm as swattn_vllm
+from swattn import _replay
+from swattn import interface as interface_module
+from swattn.kernels import _launch, configs, fwd
+from swattn.reference import attention_kvcache_ref
+from swattn.testing import assert_close, tolerance_for
+
+H, HK, D, PAGE, PAGES = 4, 2, 16, 4, 24
+DECODE_ROWS = 2
+
+
+def _cache(dtype):
+    torch.manual_seed(0)
+    pool = (DECODE_ROWS + 1) * PAGES
+    k_cache = torch.randn(pool, PAGE, HK, D, dtype=dtype)
+    v_cache = torch.randn(pool, PAGE, HK, D, dtype=dtype)
+    table = torch.randperm(pool).to(torch.int32).view(DECODE_ROWS + 1, PAGES).contiguous()
+    return k_cache, v_cache, table, torch.randn(H, dtype=torch.float32)
+
+
+def _step(chunk: int, dtype, seed: int):
+    """A mixed step: DECODE_ROWS decode rows and one prefill chunk of ``chunk`` queries (the longest), each
+    sequence's keys ending at its queries."""
+    generator = torch.Generator().manual_seed(seed)
+    q_lens = [1] * DECODE_ROWS + [chunk]
+    k_lens = [5 + 3 * i for i in range(DECODE_ROWS)] + [chunk + 7]
+    cu = torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32)
+    q = torch.randn(sum(q_lens), H, D, generator=generator).to(dtype)
+    return q, cu, chunk, torch.tensor(k_lens, dtype=torch.int32)
+
+
+class _Launches:
+    """Every ``Launch`` made, as what it launches: kernel, grid, scalars, constexprs, options."""
+
+    def __init__(self, monkeypatch):
+        self.log = []
+        launch = _launch.Launch.__call__
+
+        def logged(this, *tensors):
+            self.log.append((this.kernel.fn.__name__, this.grid, this.scalars, sorted(this.constexprs.items()),
+                             sorted(this.options.items())))
+            return launch(this, *tensors)
+
+        monkeypatch.setattr(_launch.Launch, "__call__", logged)
+
+    def take(self) -> list:
+        taken, self.log = self.log, []
+        return taken
+
+
+def _by_rows(monkeypatch):
+    """A config that depends on the tile's rows (the interpreter's is one block shape for all): 16-row tiles up to
+    16 rows, 32-row tiles above, so a plan reused across lengths with a wrong key launches the wrong block shape."""
+    chosen = configs.forward_config
+
+    def forward_config(head_dim_padded, rows_per_tile, *args, **kwargs):
+        config = chosen(head_dim_padded, rows_per_tile, *args, **kwargs)
+        return configs.replace(config, block_m=16 if rows_per_tile <= 16 else 32)
+
+    monkeypatch.setattr(fwd, "forward_config", forward_config)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("window", [(7, 0), (-1, 0)])
+def test_mixed_steps_reuse_plans_and_launch_what_fresh_plans_launch(monkeypatch, dtype, window):
+    """Calls of new lengths (chunk sizes cycling, repeats included) through the replay and the plan families, each
+    against the same call planned from nothing: the same launches and bits, and the reference's result. Without a
+    window, chunks above 64 queries leave PackGQA (``_auto_pack_gqa``: rows of G = 2 heads up to 128): the replay
+    asks that choice for each call's max_seqlen_q."""
+    _by_rows(monkeypatch)
+    launches = _Launches(monkeypatch)
+    recordings = []
+    record = _replay._record
+    monkeypatch.setattr(_replay, "_record", lambda *args: recordings.append(args[3]) or record(*args))
+    k_cache, v_cache, table, sinks = _cache(dtype)
+    chunks = [3, 1, 5, 3, 9, 70, 2, 17, 5, 66, 1, 9] if window[0] < 0 else [3, 1, 5, 3, 9, 2, 17, 5, 1, 9]
+    _launch.clear_plans()
+    for index, chunk in enumerate(chunks):
+        q, cu, longest, seqused = _step(chunk, dtype, index)
+
+        def call(out):
+            return swattn.flash_attn_with_kvcache(
+                q, k_cache, v_cache, cache_seqlens=seqused, page_table=table, cu_seqlens_q=cu, max_seqlen_q=longest,
+                causal=True, window_size=window, sinks=sinks, out=out, check_inputs=False)
+
+        reused = call(torch.empty_like(q))
+        reused_launches = launches.take()
+        state = [dict(cache) for cache in _launch.PlanCache._all]
+        _launch.clear_plans()  # the same call planned (and its interface run) from nothing
+        fresh = call(torch.empty_like(q))
+        fresh_launches = launches.take()
+        for cache, kept in zip(_launch.PlanCache._all, state):  # back to the reusing run's plans
+            cache.clear()
+            cache.update(kept)
+        assert reused_launches == fresh_launches, f"chunk {chunk}"
+        assert torch.equal(reused, fresh), f"chunk {chunk}"
+        expected, _ = attention_kvcache_ref(q, k_cache, v_cache, seqused, page_table=table, cu_seqlens_q=cu,
+                                            softmax_scale=D ** -0.5, window_size=window, sinks=sinks)
+        assert_close(f"chunk {chunk}", reused, expected, tolerance_for(dtype))
+    # Reused: one forward plan per longest-query count (the totals differ), and recordings only for the first
+    # sightings of a signature and of each length choice (one: PackGQA; two without a window).
+    assert len(fwd.plans()) == len(set(chunks))
+    assert len([1 for position in recordings if position is not None]) == (2 if window[0] < 0 else 1)
+    # The block shape followed the tiles' rows (PackGQA: 2 heads per row; without it 1).
+    blocks = {dict(launch[3])["BLOCK_M"] for launch in reused_launches}
+    assert blocks and blocks <= {16, 32}
+
+
+def test_a_reused_plan_serves_other_totals_with_the_same_longest_count(monkeypatch):
+    """One forward plan for every total of query rows at one max_seqlen_q (no LSE, one split, Triton kernels): the
+    grid and scalars are those of a fresh plan, the output sized from q."""
+    launches = _Launches(monkeypatch)
+    k_cache, v_cache, table, sinks = _cache(torch.float32)
+    _launch.clear_plans()
+    results = []
+    for decode_rows in (2, 1):  # totals 5 + 2 and 5 + 1, longest 5 both times (the batch shrinks: new family)
+        for extra in (0, 3):
+            q, cu, longest, seqused = _step(5, torch.float32, decode_rows + extra)
+            q, cu = q[DECODE_ROWS - decode_rows:], cu[DECODE_ROWS - decode_rows:] - (DECODE_ROWS - decode_rows)
+            q = torch.cat([q, q[-extra:] * 0.5]) if extra else q  # rows past cu's end (a padded batch)
+            seqused = seqused[DECODE_ROWS - decode_rows:]
+            rows = table[DECODE_ROWS - decode_rows:]
+            out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqused, page_table=rows,
+                                                 cu_seqlens_q=cu, max_seqlen_q=longest, causal=True,
+                                                 window_size=(7, 0), sinks=sinks, check_inputs=False)
+            assert out.shape == q.shape
+            results.append((q, cu, seqused, rows, out, launches.take()))
+    assert len(fwd.plans()) == 2  # one per batch size, each serving both totals
+    for q, cu, seqused, rows, out, reused in results:
+        _launch.clear_plans()
+        fresh = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqused, page_table=rows,
+                                               cu_seqlens_q=cu, max_seqlen_q=5, causal=True, window_size=(7, 0),
+                                               sinks=sinks, check_inputs=False)
+        assert launches.take() == reused
+        end = int(cu[-1])
+        assert torch.equal(out[:end], fresh[:end])
+        expected, _ = attention_kvcache_ref(q[:end], k_cache, v_cache, seqused, page_table=rows, cu_seqlens_q=cu,
+                                            softmax_scale=D ** -0.5, window_size=(7, 0), sinks=sinks)
+        assert_close("out", out[:end], expected, tolerance_for(torch.float32))
+
+
+def test_plans_that_depend_on_the_total_keep_it_in_their_key():
+    """The LSE ``[H, total_q]`` (its strides are launch scalars) and split-KV scratch depend on total_q: such plans
+    are kept per total, and each call's LSE has its own rows."""
+    k_cache, v_cache, table, sinks = _cache(torch.float32)
+    _launch.clear_plans()
+    for decode_rows_first in (True, False):
+        for chunk in (4, 4):
+            q, cu, longest, seqused = _step(chunk, torch.float32, 0)
+            if not decode_rows_first:
+                q = torch.cat([q, q[:1]])  # one row more, the same longest count
+            out, lse = swattn.flash_attn_with_kvcache(
+                q, k_cache, v_cache, cache_seqlens=seqused, page_table=table, cu_seqlens_q=cu, max_seqlen_q=longest,
+                causal=True, window_size=(7, 0), sinks=sinks, return_softmax_lse=True, num_splits=2,
+                check_inputs=False)
+            assert lse.shape == (H, q.shape[0])
+            end = int(cu[-1])
+            expected, expected_lse = attention_kvcache_ref(q[:end], k_cache, v_cache, seqused, page_table=table,
+                                                           cu_seqlens_q=cu, softmax_scale=D ** -0.5,
+                                                           window_size=(7, 0), sinks=sinks)
+            assert_close("out", out[:end], expected, tolerance_for(torch.float32))
+            assert_close("lse", lse[:, :end], expected_lse, 1e-4)
+    assert sorted(plan.lse_shape for plan in fwd.plans()) == [(H, 6), (H, 7)]
+
+
+def test_the_vllm_adapter_replays_mixed_steps_of_new_lengths(monkeypatch):
+    """Through ``swattn.integrations.vllm`` (no ``check_inputs``: the data checks are off as on GPU tensors), mixed
+    steps of new chunk sizes are replayed after the second: one recording for the signature, against the
+    reference each time."""
+    monkeypatch.setattr(interface_module, "_wants_data_checks", lambda t, check_inputs: bool(check_inputs))
+    recordings = []
+    record = _replay._record
+    monkeypatch.setattr(_replay, "_record", lambda *args: recordings.append(args) or record(*args))
+    k_cache, v_cache, table, sinks = _cache(torch.float16)
+    _launch.clear_plans()
+    for index, chunk in enumerate([6, 2, 11, 3, 8]):
+        q, cu, longest, seqused = _step(chunk, torch.float16, index)
+        out = torch.empty_like(q)
+        result = swattn_vllm.flash_attn_varlen_func(q, k_cache, v_cache, longest, cu, PAGES * PAGE,
+                                                    seqused_k=seqused, causal=True, window_size=[7, 0],
+                                                    block_table=table, s_aux=sinks, out=out)
+        assert result is out
+        expected, _ = attention_kvcache_ref(q, k_cache, v_cache, seqused, page_table=table, cu_seqlens_q=cu,
+                                            softmax_scale=D ** -0.5, window_size=(7, 0), sinks=sinks)
+        assert_close(f"chunk {chunk}", out, expected, tolerance_for(torch.float16))
+    assert len(recordings) == 1
+    assert len(swattn.flash_attn_with_kvcache.free_plans) == 1
+
+
+def test_a_negative_max_seqlen_q_is_still_refused_after_replays():
+    """The length-free key keeps ``max_seqlen_q >= 0``: a negative one after replayed calls runs the checks."""
+    k_cache, v_cache, table, sinks = _cache(torch.float32)
+    _launch.clear_plans()
+    for index, chunk in enumerate([2, 3, 4]):
+        q, cu, longest, seqused = _step(chunk, torch.float32, index)
+        swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqused, page_table=table, cu_seqlens_q=cu,
+                                       max_seqlen_q=longest, causal=True, check_inputs=False)
+    with pytest.raises(ValueError, match="max_seqlen_q"):
+        swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqused, page_table=table, cu_seqlens_q=cu,
+                                       max_seqlen_q=-1, causal=True, check_inputs=False)
