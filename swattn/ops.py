@@ -552,7 +552,8 @@ class _KVCachePlan:
                                                                  or q.shape[0] != self.tokens):
             # A replay serving other lengths (swattn._replay's ``lengths``): the plan of this call's, from the
             # family of the kept one (the same signature up to q's rows and max_seqlen_q).
-            forward = forward.family.lookup(q_attend, k_cache, v_cache, max_seqlen_q)
+            family = forward.family()  # None once evicted from kernels.fwd's cache
+            forward = None if family is None else family.lookup(q_attend, k_cache, v_cache, max_seqlen_q)
             if forward is None:
                 forward = forward_plan(
                     q_attend, k_cache, v_cache, sinks=sinks, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx,

@@ -215,3 +215,45 @@ def test_a_negative_max_seqlen_q_is_still_refused_after_replays():
     with pytest.raises(ValueError, match="max_seqlen_q"):
         swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqused, page_table=table, cu_seqlens_q=cu,
                                        max_seqlen_q=-1, causal=True, check_inputs=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_varlen_prefills_of_new_lengths_reuse_plans_and_launch_what_fresh_plans_launch(monkeypatch, dtype):
+    """``flash_attn_varlen_func`` (packed keys: k's rows and max_seqlen_k change too) over batches of new lengths:
+    one forward plan per (max_seqlen_q, max_seqlen_k), launching what a fresh plan launches, with the reference's
+    result; the config follows the tiles' rows (``_by_rows``)."""
+    from swattn.reference import attention_varlen_ref
+
+    _by_rows(monkeypatch)
+    launches = _Launches(monkeypatch)
+    generator = torch.Generator().manual_seed(1)
+    sinks = torch.randn(H, dtype=torch.float32)
+    # (query lengths, key lengths): max_seqlen_q repeats with other max_seqlen_k and totals, and the other way.
+    batches = [([3, 5], [4, 9]), ([7, 2], [7, 3]), ([2, 3], [30, 3]), ([5, 3], [5, 9]), ([4, 1], [4, 1]),
+               ([20, 2], [21, 2]), ([3, 5], [4, 9]), ([1, 20], [1, 21]), ([5, 1], [9, 1]), ([3, 5], [30, 5])]
+    _launch.clear_plans()
+    for lengths, key_lengths in batches:
+        cu = torch.tensor([0, lengths[0], sum(lengths)], dtype=torch.int32)
+        cu_k = torch.tensor([0, key_lengths[0], sum(key_lengths)], dtype=torch.int32)
+        q = torch.randn(sum(lengths), H, D, generator=generator).to(dtype)
+        k, v = (torch.randn(sum(key_lengths), HK, D, generator=generator).to(dtype) for _ in range(2))
+
+        def call():
+            return swattn.flash_attn_varlen_func(q, k, v, cu, cu_k, max(lengths), max(key_lengths), causal=True,
+                                                 window_size=(5, 0), sinks=sinks, check_inputs=False)
+
+        reused = call()
+        reused_launches = launches.take()
+        state = [dict(cache) for cache in _launch.PlanCache._all]
+        _launch.clear_plans()
+        fresh = call()
+        fresh_launches = launches.take()
+        for cache, kept in zip(_launch.PlanCache._all, state):
+            cache.clear()
+            cache.update(kept)
+        assert reused_launches == fresh_launches, f"lengths {lengths}"
+        assert torch.equal(reused, fresh), f"lengths {lengths}"
+        expected, _ = attention_varlen_ref(q, k, v, cu, cu_k, softmax_scale=D ** -0.5, window_size=(5, 0),
+                                           sinks=sinks)
+        assert_close(f"lengths {lengths}", reused, expected, tolerance_for(dtype))
+    assert len(fwd.plans()) == len({(max(lengths), max(key_lengths)) for lengths, key_lengths in batches})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import operator
 import os
+import weakref
 from dataclasses import replace
 
 import torch
@@ -1775,6 +1776,17 @@ def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_tile:
     return gluon_fwd.unsupported_reason(q, k, v, **features) is None
 
 
+# _use_gluon's keyword arguments after ``seqlen_k`` (a plan's ``gluon_inputs`` holds them in this order).
+_GLUON_FEATURES = ("seqlen_q", "seqlen_k", "varlen_q", "varlen_k", "paged", "indexed", "seqlens_k", "num_splits",
+                   "append", "count_blocks", "softcap", "pack_gqa")
+
+
+def _gluon_decision(q, k, v, inputs: tuple) -> bool:
+    """``_use_gluon`` for this q, k, v with a plan's ``gluon_inputs`` (rows per tile, left, right, then the values of
+    ``_GLUON_FEATURES``): kept as a tuple, since a plan is kept and a dict costs more to hold."""
+    return _use_gluon(q, k, v, *inputs[:3], **dict(zip(_GLUON_FEATURES, inputs[3:])))
+
+
 # attention_forward's plans, per call signature.
 _PLANS = PlanCache()
 # gluon_fwd.forward as shipped: a plan launches its kept Gluon launch itself only while this is the module's forward
@@ -1904,34 +1916,29 @@ def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None
                  new_v=None, seqused_q=None, cache_leftpad=None, attention_chunk=0, q_descale=None, k_descale=None,
                  v_descale=None, qv=None) -> _ForwardPlan:
     """The plan of one ``attention_forward`` call signature (made once, then looked up); its ``run`` serves every
-    call of the signature. Varlen queries' lengths are not part of the signature: a ``_PlanFamily`` (keyed on
-    everything else) holds the plans of each ``max_seqlen_q`` and, where the launches do not depend on it, serves
-    every total of query rows with one plan (``_PlanFamily.lookup``)."""
-    varlen_q = cu_seqlens_q is not None
-    if varlen_q:
-        # q's rows (total_q), and those of the tensors laid out like q, only as the classes the plans tell apart
-        # (0, 1, more: a plan without rows launches nothing, and one row of any stride is contiguous).
-        tokens = q.shape[0]
-        rows = (q.shape[1:], q.stride(), q.dtype, q.data_ptr() % 16 == 0, min(tokens, 2))
-        new_k_key, new_v_key, qv_key = (None if t is None else
-                                        (t.shape[0] == tokens, t.shape[1:], t.stride(), t.dtype, t.data_ptr() % 16 == 0)
-                                        for t in (new_k, new_v, qv))
-    else:
-        rows = tensor_signature(q)
-        new_k_key, new_v_key, qv_key = tensor_signature(new_k), tensor_signature(new_v), tensor_signature(qv)
-    key = (rows, tensor_signature(k), tensor_signature(v), tensor_signature(sinks),
+    call of the signature. Varlen lengths are not part of the signature: a ``_PlanFamily`` (keyed on everything
+    else) holds the plans of each ``(max_seqlen_q, max_seqlen_k)`` and, where the launches do not depend on them,
+    serves every total of query and key rows with one plan (``_PlanFamily.lookup``)."""
+    varlen_q, varlen_k = cu_seqlens_q is not None, cu_seqlens_k is not None
+    # Varlen q's rows (total_q), and those of the tensors laid out like q, only as the classes the plans tell apart
+    # (0, 1, more: a plan without rows launches nothing, and one row of any stride is contiguous); varlen k's too.
+    q_key, new_k_key, new_v_key, qv_key = (
+        _rows_free(q, new_k, new_v, qv) if varlen_q
+        else (tensor_signature(q), tensor_signature(new_k), tensor_signature(new_v), tensor_signature(qv)))
+    k_key, v_key = _rows_free(k, v) if varlen_k else (tensor_signature(k), tensor_signature(v))
+    key = (q_key, k_key, v_key, tensor_signature(sinks),
            tensor_signature(cu_seqlens_q), tensor_signature(cu_seqlens_k), tensor_signature(seqlens_k),
            tensor_signature(cache_batch_idx), tensor_signature(page_table), new_k_key,
            new_v_key, tensor_signature(seqused_q), tensor_signature(cache_leftpad), attention_chunk,
-           q.device, softmax_scale, left, right, softcap, max_seqlen_k,
+           q.device, softmax_scale, left, right, softcap,
            pack_gqa, num_splits, return_lse, count_blocks, settings(), tensor_signature(q_descale),
            tensor_signature(k_descale), tensor_signature(v_descale), qv_key)
     family = _PLANS.get(key)
     if family is None:
         family = _PLANS.add(key, _PlanFamily(varlen_q, varlen_q and not return_lse and num_splits == 1))
-    plan = family.lookup(q, k, v, max_seqlen_q)
+    plan = family.lookup(q, k, v, max_seqlen_q, max_seqlen_k)
     if plan is None:
-        plan = family.add(q, max_seqlen_q, _ForwardPlan(
+        plan = family.add(q, k, max_seqlen_q, max_seqlen_k, _ForwardPlan(
             q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
             cu_seqlens_q=cu_seqlens_q, max_seqlen_q=max_seqlen_q, cu_seqlens_k=cu_seqlens_k,
             max_seqlen_k=max_seqlen_k, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
@@ -1941,9 +1948,19 @@ def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None
     return plan
 
 
+def _rows_free(first, *others) -> tuple:
+    """Packed tensors' signatures without their rows (dim 0): ``first``'s row class (0, 1, more) and for each of
+    ``others`` (None when absent) whether it has ``first``'s rows, then the rest of each one's shape, its strides,
+    dtype and 16-byte alignment."""
+    rows = first.shape[0]
+    return ((first.shape[1:], first.stride(), first.dtype, first.data_ptr() % 16 == 0, min(rows, 2)),
+            *(None if t is None else (t.shape[0] == rows, t.shape[1:], t.stride(), t.dtype, t.data_ptr() % 16 == 0)
+              for t in others))
+
+
 def plans() -> list[_ForwardPlan]:
     """Every forward plan kept (oldest first): for tests and benchmarks that inspect what was launched."""
-    return [plan for family in _PLANS.values() for entry in family.lengths.values() for plan in entry[1].values()]
+    return [plan for family in _PLANS.values() for plan in family.plans.values()]
 
 
 # _PlanFamily's marker for a max_seqlen_q whose Gluon decision is not known yet (no plan with launches made).
@@ -1951,63 +1968,69 @@ _UNKNOWN = object()
 
 
 class _PlanFamily:
-    """The forward plans of one call signature up to the varlen queries' lengths (``forward_plan``'s key: every
-    tensor's shape, strides, dtype and alignment, q's and those laid out like q without their rows, and every other
-    argument but ``max_seqlen_q``).
+    """The forward plans of one call signature up to its varlen lengths (``forward_plan``'s key: every tensor's
+    shape, strides, dtype and alignment, those of varlen q and k and of the tensors laid out like them without
+    their rows, and every other argument but ``max_seqlen_q`` and ``max_seqlen_k``).
 
-    Per ``max_seqlen_q`` (which sets the tiles' rows, the config, the grid's tile count and the non-finite
-    isolation, all planned by ``_ForwardPlan`` as for any call), the plans by the query rows' total (total_q) where
-    a plan depends on it: the LSE's layout ``[H, total_q]``, the split-KV scratch, and the Gluon kernel (chosen by
-    the call's rows, and whose descriptors hold q's shape). Without those (``token_free``: no LSE, one split, the
-    Triton kernels) a plan's launches do not depend on total_q (its strides, config, grid and constexprs come from
-    the family's signature and ``max_seqlen_q``; ``run`` sizes the output from q), so one plan serves every total:
-    a serving engine's mixed batches, whose q and lengths change on every step, reuse plans. Whether the Gluon
-    kernel serves a call is asked again for each call (``_use_gluon`` with the arguments the plan asked it with,
-    which depend only on the family and ``max_seqlen_q``) and picks the plan. Dense q keeps its whole shape in the
-    key (one plan per family and length)."""
+    Per ``(max_seqlen_q, max_seqlen_k)`` (which set the tiles' rows, the keys a tile sees, the config, the grid's
+    tile count and the non-finite isolation, all planned by ``_ForwardPlan`` as for any call), the plans by the
+    rows of q and k where a plan depends on them: the LSE's layout ``[H, total_q]``, the split-KV scratch, and the
+    Gluon kernel (chosen by the call's rows, and whose descriptors hold q's and k's shapes). Without those
+    (``token_free``: no LSE, one split, the Triton kernels) a plan's launches do not depend on the totals (its
+    strides, config, grid and constexprs come from the family's signature and the two lengths; ``run`` sizes the
+    output from q; the Triton kernel's descriptors span one sequence), so one plan serves every total: a serving
+    engine's mixed batches, whose q and lengths change on every step, reuse plans. Whether the Gluon kernel serves
+    a call is asked again for each call (``_use_gluon`` with the arguments the plan asked it with, which depend only
+    on the family and the lengths) and picks the plan. Dense q keeps its whole shape in the key (one plan per
+    family and lengths)."""
 
-    __slots__ = ("varlen_q", "token_free", "lengths")
+    __slots__ = ("varlen_q", "token_free", "plans", "gluon_inputs", "reference", "__weakref__")
 
-    # Lengths kept per family, and plans per length (the oldest dropped past them).
-    MAX_LENGTHS = 4096
-    MAX_PLANS_PER_LENGTH = 16
+    # Plans kept per family (the oldest dropped past it).
+    MAX_PLANS = 4096
 
     def __init__(self, varlen_q: bool, token_free: bool):
         self.varlen_q, self.token_free = varlen_q, token_free
-        # max_seqlen_q -> [the Gluon decision's arguments (None: not asked; _UNKNOWN), {rows key: plan}]
-        self.lengths: dict = {}
+        # ((max_seqlen_q, max_seqlen_k), rows key) -> plan; the lengths -> the Gluon decision's arguments (None:
+        # not asked)
+        self.plans: dict = {}
+        self.gluon_inputs: dict = {}
+        self.reference = None  # a weak reference to the family, made for its first plan (``_ForwardPlan.family``)
 
-    def _rows_key(self, gluon_inputs, q, k, v, use_gluon=None):
-        """The key of a call's plan among its length's: (q's row class, the Gluon kernel, total_q where the plan
-        depends on it)."""
-        if not self.varlen_q:
-            return None
+    def _rows_key(self, q, k, use_gluon: bool):
+        """The key of a call's plan among its lengths': (q's row class, the Gluon kernel, the rows of q and k where
+        the plan depends on them)."""
         tokens = q.shape[0]
-        if use_gluon is None:
-            use_gluon = (gluon_inputs is not None and gluon_inputs is not _UNKNOWN and tokens > 0
-                         and _use_gluon(q, k, v, *gluon_inputs[0], **gluon_inputs[1]))
-        return min(tokens, 2), use_gluon, None if self.token_free and not use_gluon else tokens
+        return min(tokens, 2), use_gluon, None if self.token_free and not use_gluon else (tokens, k.shape[0])
 
-    def lookup(self, q, k, v, max_seqlen_q) -> _ForwardPlan | None:
-        """The plan for a call of this family with these q (its rows) and ``max_seqlen_q``, or None (not made)."""
-        entry = self.lengths.get(max_seqlen_q)
-        if entry is None:
-            return None
-        return entry[1].get(self._rows_key(entry[0], q, k, v))
+    def lookup(self, q, k, v, max_seqlen_q, max_seqlen_k=None) -> _ForwardPlan | None:
+        """The plan for a call of this family with these q and k (their rows) and lengths, or None (not made)."""
+        lengths = max_seqlen_q, max_seqlen_k
+        if not self.varlen_q:
+            return self.plans.get((lengths, None))
+        if q.shape[0] == 0:  # launches nothing: no Gluon decision
+            return self.plans.get((lengths, self._rows_key(q, k, False)))
+        gluon_inputs = self.gluon_inputs.get(lengths, _UNKNOWN)
+        if gluon_inputs is _UNKNOWN:
+            return None  # no plan with launches made for these lengths (or its decision's inputs dropped)
+        use_gluon = gluon_inputs is not None and _gluon_decision(q, k, v, gluon_inputs)
+        return self.plans.get((lengths, self._rows_key(q, k, use_gluon)))
 
-    def add(self, q, max_seqlen_q, plan: _ForwardPlan) -> _ForwardPlan:
-        entry = self.lengths.get(max_seqlen_q)
-        if entry is None:
-            if len(self.lengths) >= self.MAX_LENGTHS:
-                del self.lengths[next(iter(self.lengths))]
-            entry = self.lengths[max_seqlen_q] = [_UNKNOWN, {}]
-        if plan.launches:
-            entry[0] = plan.gluon_inputs
-        plans = entry[1]
-        if len(plans) >= self.MAX_PLANS_PER_LENGTH:
+    def add(self, q, k, max_seqlen_q, max_seqlen_k, plan: _ForwardPlan) -> _ForwardPlan:
+        lengths = max_seqlen_q, max_seqlen_k
+        plans = self.plans
+        if len(plans) >= self.MAX_PLANS:
             del plans[next(iter(plans))]
-        plans[self._rows_key(entry[0], q, None, None, plan.use_gluon)] = plan
-        plan.family = self
+        if plan.launches:
+            if len(self.gluon_inputs) >= self.MAX_PLANS:
+                self.gluon_inputs.clear()  # lookups of the lengths dropped make their plans again
+            self.gluon_inputs[lengths] = plan.gluon_inputs
+        plans[(lengths, self._rows_key(q, k, plan.use_gluon) if self.varlen_q else None)] = plan
+        # A weak reference: the family holds its plans, and a cycle would leave an evicted family (a varlen prefill
+        # makes one per call) to the cyclic garbage collector (+9 us per such call, dev CPU).
+        if self.reference is None:
+            self.reference = weakref.ref(self)
+        plan.family = self.reference
         return plan
 
 
@@ -2074,7 +2097,7 @@ class _ForwardPlan:
         if return_lse:
             self.lse_shape = (num_heads, q.shape[0]) if varlen_q else (batch, num_heads, seqlen_q)
         self.launches = self.use_gluon = False
-        # What _use_gluon was asked with besides q, k and v ((positional, keyword) arguments; None: not asked): they
+        # What _use_gluon was asked with besides q, k and v (``_gluon_decision``'s inputs; None: not asked): they
         # depend only on the plan's family and max_seqlen_q, so _PlanFamily asks it again for each call's q.
         self.gluon_inputs = None
         self.varlen_q = varlen_q
@@ -2103,13 +2126,10 @@ class _ForwardPlan:
         gluon_features = (seqused_q is None and cache_leftpad is None and attention_chunk == 0
                           and not own_value_dim)
         if gluon_features:
-            self.gluon_inputs = ((rows_per_tile, left, right),
-                                 dict(seqlen_q=seqlen_q, seqlen_k=seqlen_k, varlen_q=varlen_q, varlen_k=varlen_k,
-                                      paged=paged, indexed=cache_batch_idx is not None,
-                                      seqlens_k=seqlens_k is not None, num_splits=num_splits,
-                                      append=new_k is not None, count_blocks=count_blocks, softcap=softcap > 0,
-                                      pack_gqa=pack_gqa))
-            self.use_gluon = _use_gluon(q, k, v, *self.gluon_inputs[0], **self.gluon_inputs[1])
+            self.gluon_inputs = (rows_per_tile, left, right, seqlen_q, seqlen_k, varlen_q, varlen_k, paged,
+                                 cache_batch_idx is not None, seqlens_k is not None, num_splits, new_k is not None,
+                                 count_blocks, softcap > 0, pack_gqa)
+            self.use_gluon = _gluon_decision(q, k, v, self.gluon_inputs)
         if self.use_gluon:
             # The Gluon kernel flags non-finite rows per warpgroup (64 rows): the redo pass (a Triton launch) takes
             # tiles of the same rows.
