@@ -6,7 +6,8 @@ What must hold: every call launches exactly what a fresh plan launches for it (k
 launch options), gives the same bits as a fresh plan, and matches the float64 reference; a length whose config or
 choices differ (the tile's rows pick the block shape below; ``max_seqlen_q`` flips PackGQA) gets its own plan.
 
-Triton kernels through the interpreter (``tests/conftest.py``): H = 4 query heads over Hk = 2, D = 16.
+Triton kernels through the interpreter (``tests/conftest.py``), or compiled with ``SWATTN_TEST_DEVICE=cuda``
+(random values drawn on the CPU, then moved to the default device): H = 4 query heads over Hk = 2, D = 16.
 """
 
 from __future__ import annotations
@@ -26,13 +27,23 @@ H, HK, D, PAGE, PAGES = 4, 2, 16, 4, 24
 DECODE_ROWS = 2
 
 
+def _on_device(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on the suite's default device (the CPU, or the GPU with ``SWATTN_TEST_DEVICE=cuda``)."""
+    return t.to(torch.empty(0).device)
+
+
+def _interpreted() -> bool:
+    return torch.empty(0).device.type == "cpu"
+
+
 def _cache(dtype):
-    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
     pool = (DECODE_ROWS + 1) * PAGES
-    k_cache = torch.randn(pool, PAGE, HK, D, dtype=dtype)
-    v_cache = torch.randn(pool, PAGE, HK, D, dtype=dtype)
-    table = torch.randperm(pool).to(torch.int32).view(DECODE_ROWS + 1, PAGES).contiguous()
-    return k_cache, v_cache, table, torch.randn(H, dtype=torch.float32)
+    k_cache, v_cache = (_on_device(torch.randn(pool, PAGE, HK, D, generator=generator, device="cpu").to(dtype))
+                        for _ in range(2))
+    table = torch.randperm(pool, generator=generator, device="cpu").to(torch.int32).view(DECODE_ROWS + 1, PAGES)
+    table = _on_device(table)
+    return k_cache, v_cache, table.contiguous(), _on_device(torch.randn(H, generator=generator, device="cpu"))
 
 
 def _step(chunk: int, dtype, seed: int):
@@ -41,8 +52,8 @@ def _step(chunk: int, dtype, seed: int):
     generator = torch.Generator().manual_seed(seed)
     q_lens = [1] * DECODE_ROWS + [chunk]
     k_lens = [5 + 3 * i for i in range(DECODE_ROWS)] + [chunk + 7]
-    cu = torch.tensor([0] + torch.tensor(q_lens).cumsum(0).tolist(), dtype=torch.int32)
-    q = torch.randn(sum(q_lens), H, D, generator=generator).to(dtype)
+    cu = torch.tensor([0] + torch.tensor(q_lens, device="cpu").cumsum(0).tolist(), dtype=torch.int32)
+    q = _on_device(torch.randn(sum(q_lens), H, D, generator=generator, device="cpu").to(dtype))
     return q, cu, chunk, torch.tensor(k_lens, dtype=torch.int32)
 
 
@@ -67,7 +78,10 @@ class _Launches:
 
 def _by_rows(monkeypatch):
     """A config that depends on the tile's rows (the interpreter's is one block shape for all): 16-row tiles up to
-    16 rows, 32-row tiles above, so a plan reused across lengths with a wrong key launches the wrong block shape."""
+    16 rows, 32-row tiles above, so a plan reused across lengths with a wrong key launches the wrong block shape.
+    Compiled (on a GPU), the shipped configs depend on the rows themselves: left as they are."""
+    if not _interpreted():
+        return
     chosen = configs.forward_config
 
     def forward_config(head_dim_padded, rows_per_tile, *args, **kwargs):
@@ -116,11 +130,16 @@ def test_mixed_steps_reuse_plans_and_launch_what_fresh_plans_launch(monkeypatch,
         assert_close(f"chunk {chunk}", reused, expected, tolerance_for(dtype))
     # Reused: one forward plan per longest-query count (the totals differ), and recordings only for the first
     # sightings of a signature and of each length choice (one: PackGQA; two without a window).
-    assert len(fwd.plans()) == len(set(chunks))
-    assert len([1 for position in recordings if position is not None]) == (2 if window[0] < 0 else 1)
-    # The block shape followed the tiles' rows (PackGQA: 2 heads per row; without it 1).
-    blocks = {dict(launch[3])["BLOCK_M"] for launch in reused_launches}
-    assert blocks and blocks <= {16, 32}
+    # (On a GPU the automatic split count is a choice too, which may differ between lengths.)
+    recorded = len([1 for position in recordings if position is not None])
+    if _interpreted():
+        assert len(fwd.plans()) == len(set(chunks))
+        assert recorded == (2 if window[0] < 0 else 1)
+        # The block shape followed the tiles' rows (PackGQA: 2 heads per row; without it 1).
+        blocks = {dict(launch[3])["BLOCK_M"] for launch in reused_launches}
+        assert blocks and blocks <= {16, 32}
+    else:
+        assert 1 <= recorded <= len(set(chunks))
 
 
 def test_a_reused_plan_serves_other_totals_with_the_same_longest_count(monkeypatch):
@@ -227,7 +246,7 @@ def test_varlen_prefills_of_new_lengths_reuse_plans_and_launch_what_fresh_plans_
     _by_rows(monkeypatch)
     launches = _Launches(monkeypatch)
     generator = torch.Generator().manual_seed(1)
-    sinks = torch.randn(H, dtype=torch.float32)
+    sinks = _on_device(torch.randn(H, generator=generator, device="cpu"))
     # (query lengths, key lengths): max_seqlen_q repeats with other max_seqlen_k and totals, and the other way.
     batches = [([3, 5], [4, 9]), ([7, 2], [7, 3]), ([2, 3], [30, 3]), ([5, 3], [5, 9]), ([4, 1], [4, 1]),
                ([20, 2], [21, 2]), ([3, 5], [4, 9]), ([1, 20], [1, 21]), ([5, 1], [9, 1]), ([3, 5], [30, 5])]
@@ -235,8 +254,9 @@ def test_varlen_prefills_of_new_lengths_reuse_plans_and_launch_what_fresh_plans_
     for lengths, key_lengths in batches:
         cu = torch.tensor([0, lengths[0], sum(lengths)], dtype=torch.int32)
         cu_k = torch.tensor([0, key_lengths[0], sum(key_lengths)], dtype=torch.int32)
-        q = torch.randn(sum(lengths), H, D, generator=generator).to(dtype)
-        k, v = (torch.randn(sum(key_lengths), HK, D, generator=generator).to(dtype) for _ in range(2))
+        q = _on_device(torch.randn(sum(lengths), H, D, generator=generator, device="cpu").to(dtype))
+        k, v = (_on_device(torch.randn(sum(key_lengths), HK, D, generator=generator, device="cpu").to(dtype))
+                for _ in range(2))
 
         def call():
             return swattn.flash_attn_varlen_func(q, k, v, cu, cu_k, max(lengths), max(key_lengths), causal=True,
@@ -256,4 +276,5 @@ def test_varlen_prefills_of_new_lengths_reuse_plans_and_launch_what_fresh_plans_
         expected, _ = attention_varlen_ref(q, k, v, cu, cu_k, softmax_scale=D ** -0.5, window_size=(5, 0),
                                            sinks=sinks)
         assert_close(f"lengths {lengths}", reused, expected, tolerance_for(dtype))
-    assert len(fwd.plans()) == len({(max(lengths), max(key_lengths)) for lengths, key_lengths in batches})
+    if _interpreted():  # (on a GPU split-KV plans, kept per total, may be among them)
+        assert len(fwd.plans()) == len({(max(lengths), max(key_lengths)) for lengths, key_lengths in batches})
