@@ -168,7 +168,9 @@ def test_softmax_trims_per_shape(monkeypatch):
     monkeypatch.setattr(g, "SOFTMAX_TRIMS", 39)
     monkeypatch.setattr(g, "ONE_WARPGROUP_TRIMS", sync)
     # One-warpgroup programs (packed small windows): the shipped set, the one-sided edges and the two sync trims.
-    assert g.softmax_trims_for(1, 64) == g.softmax_trims_for(1, 128) == 39 | sync
+    # (Triton 3.7+ without the carried ring: its stack at head_dim 64.)
+    expected = 39 | (sync if g._triton_version() < (3, 7) else g.THREAD_RELEASE)
+    assert g.softmax_trims_for(1, 64) == g.softmax_trims_for(1, 128) == expected
     # Two-warpgroup tiles lose with either sync trim (s14-call1): neither; head_dim 256 keeps its own set.
     assert g.softmax_trims_for(2, 128) == g.softmax_trims_for(3, 64) == 39 & ~g.ONE_SIDED_EDGES
     assert g.softmax_trims_for(2, 256) & sync == 0
