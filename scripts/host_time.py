@@ -4,7 +4,8 @@ compiled kernel), on any machine. Triton's C launcher and the GPU are not includ
 measures whole calls on a GPU. Times are the best of 15 batches of 200 calls, in thread CPU time (steady on a
 shared machine).
 
-    python scripts/host_time.py                # gpt-oss decode (paged, with and without append), prefill, backward
+    python scripts/host_time.py                # gpt-oss decode (paged, with and without append), prefill, varlen
+                                               # prefill and vLLM mixed steps of new lengths, backward
     python scripts/host_time.py --profile      # also cProfile each, sorted by own time
     python scripts/host_time.py --only bench   # only the scenarios whose name contains "bench"
     python scripts/host_time.py --c-launcher   # the scenarios and the 4K gpt-oss prefill on the Gluon kernel
@@ -20,6 +21,7 @@ shared machine).
 from __future__ import annotations
 
 import cProfile
+import itertools
 import os
 import pstats
 import sys
@@ -128,21 +130,28 @@ def scenarios() -> dict:
     mixed_k, mixed_v = (torch.randn(batch * mixed_pages, page_size, kv_heads, head_dim, dtype=torch.bfloat16)
                         for _ in range(2))
     mixed_table = torch.arange(batch * mixed_pages, dtype=torch.int32).view(batch, -1)
-    mixed_q = torch.randn(15 + 600, heads, head_dim, dtype=torch.bfloat16)
+    mixed_q = torch.randn(15 + 4000, heads, head_dim, dtype=torch.bfloat16)
     mixed_out = torch.empty_like(mixed_q)
     mixed_steps = []
-    for chunk in range(1, 601):
+    for chunk in range(1, 4001):
         lengths = torch.tensor([1] * 15 + [chunk], dtype=torch.int32)
         cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
-        used = torch.full((batch,), 1000 + chunk, dtype=torch.int32)
+        used = torch.full((batch,), 90 + chunk, dtype=torch.int32)
         mixed_steps.append((mixed_q[:15 + chunk], cu, chunk, used, mixed_out[:15 + chunk]))
     mixed_step = iter(range(10**9))
 
-    def vllm_mixed_step():
-        q, cu, longest, used, out = mixed_steps[next(mixed_step) % len(mixed_steps)]
+    new_size = itertools.cycle(range(600, 4000))  # (repeats only past 3400 calls: --profile's)
+
+    def vllm_mixed_step(step=None):
+        q, cu, longest, used, out = mixed_steps[next(mixed_step) % 600 if step is None else step]
         return swattn_vllm.flash_attn_varlen_func(q, mixed_k, mixed_v, longest, cu, 4096, seqused_k=used, causal=True,
                                                   window_size=[127, 0], block_table=mixed_table,
                                                   s_aux=sinks, out=out)
+
+    # The same with chunks of 601..4000 tokens, each once: a measurement's 3050 calls never see a chunk size twice
+    # (nor one of the row above), so every call makes the forward plan of its length (the replay serves them).
+    def vllm_mixed_step_new_sizes():
+        return vllm_mixed_step(next(new_size))
 
     return {"decode W(127,0) with append, paged": decode_append, "decode W(127,0), paged": decode,
             "decode full, 4 splits + combine": decode_full_splits,
@@ -151,6 +160,7 @@ def scenarios() -> dict:
             "prefill W(127,0) 2K": prefill,
             "varlen prefill, new lengths every call": varlen_new_shapes,
             "vLLM mixed step (15 decode rows + a 1..600-token chunk), new lengths every call": vllm_mixed_step,
+            "vLLM mixed step, a chunk size never seen before (601..4000)": vllm_mixed_step_new_sizes,
             "backward W(127,0) 2K": backward}
 
 
@@ -201,6 +211,7 @@ def c_launcher(gluon_only: bool = False) -> None:
         with stub_kernels():  # scenarios() runs a 2K prefill for the backward's inputs: minutes in the interpreter
             calls = {**scenarios(), **calls}
         calls.pop("varlen prefill, new lengths every call")  # plans every call: no direct launch to compare
+        calls.pop("vLLM mixed step, a chunk size never seen before (601..4000)")  # the same
         # The backward's plans live in the autograd graph made with the scenarios (outside stub_kernels' plan
         # clearing), so its launches would keep the first measurement's launcher: not compared here.
         calls.pop("backward W(127,0) 2K")

@@ -8,6 +8,7 @@ one (position, head) pair: with PackGQA the ``G = H // Hk`` query heads of one K
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import os
@@ -1746,10 +1747,16 @@ def _estimated_triton_us(rows: int, seqlen_q: int, seqlen_k: int, left: int, rig
     """The Triton kernels' GPU time for ``rows`` (query row, head) pairs, from their visible keys (the mean over 33
     evenly spaced rows, bottom-right aligned) and the rates the H200 measured at 16K (prefill benchmark,
     2026-12-03): ~150 TFLOP/s on windows of at most 256 keys, ~450 on longer ones and causal."""
-    samples = [row * (seqlen_q - 1) // 32 for row in range(33)]
-    mean_keys = sum(visible_span(row, row, seqlen_q, seqlen_k, left, right)[1] for row in samples) / len(samples)
     small = 0 <= left <= 256 and 0 <= right <= 256
-    return 4.0 * head_dim * rows * mean_keys / (150e6 if small else 450e6)
+    return 4.0 * head_dim * rows * _mean_visible_keys(seqlen_q, seqlen_k, left, right) / (150e6 if small else 450e6)
+
+
+@functools.lru_cache(maxsize=4096)
+def _mean_visible_keys(seqlen_q: int, seqlen_k: int, left: int, right: int) -> float:
+    """The mean of the keys that 33 evenly spaced query rows see (bottom-right aligned): kept per lengths and window,
+    since a plan family asks the Gluon decision again for each call (``_PlanFamily.lookup``)."""
+    samples = [row * (seqlen_q - 1) // 32 for row in range(33)]
+    return sum(visible_span(row, row, seqlen_q, seqlen_k, left, right)[1] for row in samples) / len(samples)
 
 
 def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_tile: int, left: int, right: int,
@@ -1776,15 +1783,14 @@ def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_tile:
     return gluon_fwd.unsupported_reason(q, k, v, **features) is None
 
 
-# _use_gluon's keyword arguments after ``seqlen_k`` (a plan's ``gluon_inputs`` holds them in this order).
-_GLUON_FEATURES = ("seqlen_q", "seqlen_k", "varlen_q", "varlen_k", "paged", "indexed", "seqlens_k", "num_splits",
-                   "append", "count_blocks", "softcap", "pack_gqa")
-
-
 def _gluon_decision(q, k, v, inputs: tuple) -> bool:
-    """``_use_gluon`` for this q, k, v with a plan's ``gluon_inputs`` (rows per tile, left, right, then the values of
-    ``_GLUON_FEATURES``): kept as a tuple, since a plan is kept and a dict costs more to hold."""
-    return _use_gluon(q, k, v, *inputs[:3], **dict(zip(_GLUON_FEATURES, inputs[3:])))
+    """``_use_gluon`` for this q, k, v with a plan's ``gluon_inputs`` (a tuple: a plan is kept, and a dict per plan
+    cost ~3 us more per plan made and dropped, dev CPU)."""
+    (rows_per_tile, left, right, seqlen_q, seqlen_k, varlen_q, varlen_k, paged, indexed, seqlens_k, num_splits, append,
+     count_blocks, softcap, pack_gqa) = inputs
+    return _use_gluon(q, k, v, rows_per_tile, left, right, seqlen_q=seqlen_q, seqlen_k=seqlen_k, varlen_q=varlen_q,
+                      varlen_k=varlen_k, paged=paged, indexed=indexed, seqlens_k=seqlens_k, num_splits=num_splits,
+                      append=append, count_blocks=count_blocks, softcap=softcap, pack_gqa=pack_gqa)
 
 
 # attention_forward's plans, per call signature.
