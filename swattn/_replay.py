@@ -16,7 +16,9 @@ A signature is not replayed (the function runs every time) when its op call hold
 copy of a strided q, ``cache_seqlens`` given as an int), when the function read tensor data for its checks
 (``check_inputs``: those checks run again on every call), under ``torch.compile`` (which traces the function
 itself) or when the function did not end in exactly one op call. Arguments that cannot be part of a key (lists)
-take the function every time.
+take the function every time. A recording whose call passed one tensor as two arguments (a varlen
+self-attention's ``cu_seqlens_q`` and ``cu_seqlens_k``) replays only calls that do the same (the function runs for
+the others).
 """
 
 from __future__ import annotations
@@ -45,15 +47,16 @@ def note_data_checks(decide, tensor: torch.Tensor, check_inputs) -> bool:
     return read_data
 
 
-def note_length_choices(choose, max_seqlen_q: int):
-    """``choose(max_seqlen_q)``: the choices of a call that depend on ``max_seqlen_q`` (PackGQA, the split count),
-    where everything else the function derives depends on its signature alone, q's rows (total_q) and
-    ``max_seqlen_q`` aside (see ``replayed``'s ``lengths``). ``choose`` must depend on nothing of the call but
-    values of its signature (it is kept with the recording and asked for later calls' ``max_seqlen_q``)."""
-    choices = choose(max_seqlen_q)
+def note_length_choices(choose, *lengths: int):
+    """``choose(*lengths)``: the choices of a call that depend on its lengths (``max_seqlen_q``, and
+    ``max_seqlen_k`` where keys are packed: PackGQA, the split count), where everything else the function derives
+    depends on its signature alone, the packed tensors' rows and these lengths aside (see ``replayed``'s
+    ``lengths``). ``choose`` must depend on nothing of the call but values of its signature (it is kept with the
+    recording and asked for later calls' lengths)."""
+    choices = choose(*lengths)
     record = getattr(_recording, "record", None)
     if record is not None:
-        record["lengths"].append((choose, max_seqlen_q, choices))
+        record["lengths"].append((choose, lengths, choices))
     return choices
 
 
@@ -89,11 +92,18 @@ def _picker(positions) -> Callable[[tuple], tuple]:
     return operator.itemgetter(*positions)
 
 
+def _not_the_same(tensor: torch.Tensor, other: torch.Tensor) -> bool:
+    """A ``_Replay`` data check (``decide(values[position], values[other position])``)."""
+    return tensor is not other
+
+
 class _Replay:
     """One recorded op call: ``op``, its arguments picked from the call's values (positional, then keyword)
     followed by the recorded constants (``pick``); ``returns``: the op's result as is, its first element, or both
     as a pair; ``data_checks``: the interface's decision whether to read data, asked again on every call
-    (``(decide, position of the tensor, check_inputs)``; the function runs instead when it says yes).
+    (``(decide, position of the tensor, check_inputs)``; the function runs instead when it says yes), and the
+    positions that held one tensor in the recorded call (``(_not_the_same, position, other position)``: the function
+    runs for a call that passes two tensors there).
     ``lengths``: ``(choose, choices)`` when the call's ``max_seqlen_q`` is picked from the call's values and the
     replay serves other lengths with the same ``choose(max_seqlen_q)`` (``note_length_choices``), else None."""
 
@@ -105,7 +115,10 @@ class _Replay:
         self.returns, self.data_checks, self.lengths = returns, data_checks, lengths
 
     def reads_data(self, values: tuple) -> bool:
-        return any(decide(values[position], check_inputs) for decide, position, check_inputs in self.data_checks)
+        """Whether the function must run for this call: its checks read data, or it passes two tensors where the
+        recorded call passed one."""
+        return any(decide(values[position], values[argument] if decide is _not_the_same else argument)
+                   for decide, position, argument in self.data_checks)
 
     def __call__(self, values: tuple):
         result = self.op(*self.pick(values + self.constants))
@@ -116,14 +129,16 @@ class _Replay:
         return result
 
 
-# The position of ``max_seqlen_q`` among the arguments of the ops whose calls may serve other lengths.
-_LENGTH_ARGUMENT = {"run_fwd_kvcache": 9, "run_fwd_kvcache_into": 10}
+# The positions of the lengths (max_seqlen_q, then max_seqlen_k) among the arguments of the ops whose calls may
+# serve other lengths.
+_LENGTH_ARGUMENTS = {"run_fwd_kvcache": (9,), "run_fwd_kvcache_into": (10,), "run_fwd": (7, 8),
+                     "run_fwd_into": (8, 9)}
 
 
-def _record(function, args, kwargs, length_position=None):
+def _record(function, args, kwargs, length_positions=None):
     """Run ``function`` once, recording its op call; returns (its result, a ``_Replay`` or None).
-    ``length_position``: where the call's ``max_seqlen_q`` is among its values, when it may be free (``replayed``'s
-    ``lengths``): a recording that noted its length choices then picks it from the call's values."""
+    ``length_positions``: where the call's lengths are among its values, when they may be free (``replayed``'s
+    ``lengths``): a recording that noted its length choices then picks them from the call's values."""
     record = {"data_checks": [], "calls": [], "lengths": []}
     _recording.record = record
     try:
@@ -134,13 +149,15 @@ def _record(function, args, kwargs, length_position=None):
         return result, None
     op, op_args, op_result = record["calls"][0]
     values = args + tuple(kwargs.values())
-    by_identity = {}
+    by_identity, data_checks = {}, []
     for position, value in enumerate(values):
         if isinstance(value, torch.Tensor):
-            if id(value) in by_identity:
-                return result, None  # one tensor passed twice: another call may pass two
-            by_identity[id(value)] = position
-    data_checks = []
+            first = by_identity.setdefault(id(value), position)
+            if first != position:
+                # One tensor passed twice (a varlen self-attention's cu_seqlens_q and cu_seqlens_k): the op's
+                # arguments take it from its first position, so the replay serves only calls that pass one tensor
+                # there too.
+                data_checks.append((_not_the_same, first, position))
     for decide, tensor, check_inputs, _ in record["data_checks"]:
         if id(tensor) not in by_identity:
             return result, None
@@ -158,12 +175,14 @@ def _record(function, args, kwargs, length_position=None):
         else:
             return result, None
     lengths = None
-    if length_position is not None and len(record["lengths"]) == 1:
-        choose, max_seqlen_q, choices = record["lengths"][0]
-        index = _LENGTH_ARGUMENT.get(getattr(op, "__name__", None))
-        if (index is not None and type(max_seqlen_q) is int and values[length_position] is max_seqlen_q
-                and op_args[index] is max_seqlen_q):
-            positions[index] = length_position
+    if length_positions is not None and len(record["lengths"]) == 1:
+        choose, noted, choices = record["lengths"][0]
+        indices = _LENGTH_ARGUMENTS.get(getattr(op, "__name__", None))
+        if (indices is not None and len(indices) == len(noted) == len(length_positions)
+                and all(type(length) is int and values[position] is length and op_args[index] is length
+                        for length, position, index in zip(noted, length_positions, indices))):
+            for position, index in zip(length_positions, indices):
+                positions[index] = position
             lengths = (choose, choices)
     if result is op_result:
         returns = "all"
@@ -205,8 +224,8 @@ recording_ops = _RecordingOps()
 
 
 class _Lengths(dict):
-    """The replays of one signature up to q's rows and ``max_seqlen_q``, by the length choices they were recorded
-    with (``choose(max_seqlen_q)``, ``note_length_choices``)."""
+    """The replays of one signature up to its packed tensors' rows and its lengths, by the length choices they were
+    recorded with (``choose(*lengths)``, ``note_length_choices``)."""
 
     MAX_CHOICES = 64
 
@@ -217,21 +236,22 @@ class _Lengths(dict):
 
 def _rows_free(item: tuple, rows: int, tokens: int) -> tuple:
     """A tensor's signature item without its rows (dim 0): the rest of its shape, its row class (0, 1, more: one
-    row of any stride is contiguous) and whether it has ``tokens`` rows (q's; its own rows when it is q)."""
+    row of any stride is contiguous) and whether it has ``tokens`` rows (its group's first tensor's)."""
     shape = item[0]
     return ("rows", shape[1:], min(rows, 2), rows == tokens, *item[1:])
 
 
-def replayed(function=None, *, lengths: tuple[str, ...] | None = None):
+def replayed(function=None, *, lengths: tuple | None = None):
     """Wrap a public function whose every call ends in one ``swattn.ops`` call (see the module docstring).
 
-    ``lengths``: the names of q, of the output tensor argument (``out``) and of ``max_seqlen_q``, for a function
-    that notes its length choices (``note_length_choices``) where its call depends on q's rows and
-    ``max_seqlen_q`` only through them: a call whose signature differs from a recorded one only in those rows (q's
-    and out's, out having q's) and in ``max_seqlen_q`` (an int >= 0 either way) replays that recording when its
-    choices for its own ``max_seqlen_q`` are the same, with its ``max_seqlen_q`` (a serving engine's mixed batches,
-    whose total and longest query counts change every step). Such signatures are recorded at their second
-    sighting up to those lengths."""
+    ``lengths``: ``(rows, names)`` for a function that notes its length choices (``note_length_choices``) where its
+    call depends on the packed tensors' rows and on its lengths only through them. ``rows``: groups of tensor
+    argument names, the first of each group the packed tensor whose rows the others must have (``("q", "out")``:
+    out has q's rows); ``names``: the lengths' argument names (``max_seqlen_q``, ``max_seqlen_k``). A call whose
+    signature differs from a recorded one only in those rows and lengths (ints >= 0 either way) replays that
+    recording when its choices for its own lengths are the same, with its lengths (a serving engine's mixed batches,
+    whose totals and longest counts change every step). Such signatures are recorded at their second sighting up
+    to those rows and lengths, and at the first call of each new choice."""
     if function is None:
         return functools.partial(replayed, lengths=lengths)
     plans = PlanCache()
@@ -240,43 +260,54 @@ def replayed(function=None, *, lengths: tuple[str, ...] | None = None):
     free_plans = PlanCache()
     free_seen = PlanCache(4096)
     parameters = tuple(inspect.signature(function).parameters)
-    length_positions: dict = {}
+    where_by_call: dict = {}
 
-    def positions_of(count: int, names: tuple) -> tuple[int, int, int] | None:
-        """Where q, out and max_seqlen_q are among a call's values (None: one of q, max_seqlen_q not passed)."""
-        found = length_positions.get((count, names))
-        if found is None:
-            found = []
-            for name in lengths:
+    def positions_of(count: int, names: tuple):
+        """Where the row groups' tensors and the lengths are among a call's values (each group's positions, then the
+        lengths'; None where a group's first tensor or a length is not passed: the exact signature only)."""
+        found = where_by_call.get((count, names), False)
+        if found is False:
+            def position(name):
                 index = parameters.index(name)
-                found.append(index if index < count else count + names.index(name) if name in names else None)
-            found = length_positions[(count, names)] = None if None in (found[0], found[2]) else tuple(found)
+                return index if index < count else count + names.index(name) if name in names else None
+
+            groups = tuple(tuple(position(name) for name in group) for group in lengths[0])
+            at = tuple(position(name) for name in lengths[1])
+            found = where_by_call[(count, names)] = (
+                None if None in at or any(group[0] is None for group in groups) else (groups, at))
         return found
 
     def free_key(signature: tuple, key: tuple, values: tuple, count: int, names: tuple):
-        """The call's key without q's rows and ``max_seqlen_q`` (None where those are not plain: then only the
-        exact signature is replayed), and where its ``max_seqlen_q`` is."""
+        """The call's key without the row groups' rows and the lengths (None where those are not plain: then only the
+        exact signature is replayed), and where its lengths are."""
         where = positions_of(count, names)
         if where is None:
             return None, None
-        q_at, out_at, length_at = where
-        q, length = values[q_at], values[length_at]
-        if type(q) is not _Tensor or type(length) is not int or q.dim() == 0:
-            return None, None
+        groups, at = where
         items = list(signature)
-        tokens = q.shape[0]
-        items[1 + q_at] = _rows_free(items[1 + q_at], tokens, tokens)
-        if out_at is not None:
-            out = values[out_at]
-            if out is not None:
-                if type(out) is not _Tensor or out.dim() == 0:
+        for group in groups:
+            first = values[group[0]]
+            if type(first) is not _Tensor or first.dim() == 0:
+                return None, None
+            tokens = first.shape[0]
+            for position in group:
+                if position is None:
+                    continue
+                tensor = values[position]
+                if tensor is None:
+                    continue
+                if type(tensor) is not _Tensor or tensor.dim() == 0:
                     return None, None
-                items[1 + out_at] = _rows_free(items[1 + out_at], out.shape[0], tokens)
-        items[1 + length_at] = ("free length", length >= 0)
-        return (tuple(items), key[1], key[2]), length_at
+                items[1 + position] = _rows_free(items[1 + position], tensor.shape[0], tokens)
+        for position in at:
+            length = values[position]
+            if type(length) is not int:
+                return None, None
+            items[1 + position] = ("free length", length >= 0)
+        return (tuple(items), key[1], key[2]), at
 
-    def record_free(args, kwargs, key, free, length_at):
-        result, plan = _record(function, args, kwargs, length_at)
+    def record_free(args, kwargs, key, free, at):
+        result, plan = _record(function, args, kwargs, at)
         plans.add(key, not_replayable if plan is None else plan)
         table = free_plans.get(free)
         if plan is not None and plan.lengths is not None:
@@ -303,17 +334,17 @@ def replayed(function=None, *, lengths: tuple[str, ...] | None = None):
             return function(*args, **kwargs)
         if plan is None:
             if lengths is not None:
-                free, length_at = free_key(signature, key, values, len(args), names)
+                free, at = free_key(signature, key, values, len(args), names)
                 if free is not None:
                     table = free_plans.get(free)
                     if table is None:
                         if free in free_seen:
-                            return record_free(args, kwargs, key, free, length_at)
+                            return record_free(args, kwargs, key, free, at)
                         free_seen.add(free, True)
                     elif table is not not_replayable:
-                        plan = table.get(table.choose(values[length_at]))
+                        plan = table.get(table.choose(*[values[position] for position in at]))
                         if plan is None:
-                            return record_free(args, kwargs, key, free, length_at)
+                            return record_free(args, kwargs, key, free, at)
                         if plan.data_checks and plan.reads_data(values):
                             return function(*args, **kwargs)
                         return plan(values)

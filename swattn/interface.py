@@ -304,6 +304,24 @@ def _kvcache_length_choices(pack_gqa, num_splits: int, device: torch.device, num
                                     _qv_tile(has_qv, element_size, rows, packed, head_dim_v))
 
 
+def _varlen_length_choices(pack_gqa, num_splits: int, device: torch.device, num_heads: int, num_kv_heads: int,
+                           batch: int, left: int, right: int, attention_chunk: int, sm_margin: int, has_qv: bool,
+                           element_size: int, head_dim_v: int, max_seqlen_q: int,
+                           max_seqlen_k: int) -> tuple[bool, int]:
+    """``flash_attn_varlen_func``'s choices that depend on its lengths (the rest of its arguments are the call's
+    signature): PackGQA and the split count -> ``(packed, num_splits)``; ``has_qv``, ``element_size`` (q's),
+    ``head_dim_v``: as ``_qv_tile`` takes them."""
+    group = num_heads // num_kv_heads
+    packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group, left, right)
+    rows = max_seqlen_q * (group if packed else 1)
+    qv_tile = _qv_tile(has_qv, element_size, rows, packed, head_dim_v)
+    programs = batch * (num_kv_heads if packed else num_heads) * max(1, -(-max_seqlen_q // 128))
+    if qv_tile:
+        programs = batch * num_kv_heads * -(-rows // QV_PACKED_TILE.block_m)  # the tile's 64-row programs
+    return packed, _auto_num_splits(num_splits, device, programs, max_seqlen_k, left, right, max_seqlen_q,
+                                    attention_chunk, sm_margin, rows, qv_tile=qv_tile)
+
+
 def _auto_num_splits(num_splits: int, device: torch.device, programs: int, keys_bound: int, left: int, right: int,
                      seqlen_q: int, attention_chunk: int = 0, sm_margin: int = 0, rows_per_tile: int = 8,
                      paged: bool = False, fp8: bool = False, kv_pairs: bool = False, head_dim: int = 64,
@@ -533,7 +551,7 @@ def flash_attn_qkvpacked_func(
                            return_softmax_lse=return_softmax_lse)
 
 
-@replayed
+@replayed(lengths=((("q", "out"), ("k", "v")), ("max_seqlen_q", "max_seqlen_k")))
 def flash_attn_varlen_func(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -607,16 +625,15 @@ def flash_attn_varlen_func(
     attention_chunk = check_attention_chunk(attention_chunk)
     sinks = _check_sinks(sinks, q.shape[1], q.device)
     num_splits = _check_int_arg("num_splits", num_splits, 0)
-    group = q.shape[1] // k.shape[1]
-    packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group, left, right)
-    rows = max_seqlen_q * (group if packed else 1)
-    qv_tile = _qv_tile(qv is not None, q.element_size(), rows, packed, v.shape[-1])
-    programs = batch * (k.shape[1] if packed else q.shape[1]) * max(1, -(-max_seqlen_q // 128))
-    if qv_tile:
-        programs = batch * k.shape[1] * -(-rows // QV_PACKED_TILE.block_m)  # the tile's 64-row programs
     sm_margin = _check_int_arg("sm_margin", sm_margin, 0)
-    num_splits = _auto_num_splits(num_splits, q.device, programs, max_seqlen_k, left, right, max_seqlen_q,
-                                  attention_chunk, sm_margin, rows, qv_tile=qv_tile)
+    choices = functools.partial(_varlen_length_choices, pack_gqa, num_splits, q.device, q.shape[1], k.shape[1], batch,
+                                left, right, attention_chunk, sm_margin, qv is not None, q.element_size(), v.shape[-1])
+    if qv is None:
+        # Everything but these choices depends on the call's signature alone, whatever the lengths and the rows of
+        # q and k: swattn._replay then replays the call for other lengths with the same choices.
+        packed, num_splits = note_length_choices(choices, max_seqlen_q, max_seqlen_k)
+    else:
+        packed, num_splits = choices(max_seqlen_q, max_seqlen_k)
     arguments = (_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, _contiguous(cu_seqlens_q),
                  _contiguous(cu_seqlens_k), _contiguous(seqused_k), max_seqlen_q, max_seqlen_k, softmax_scale, left,
                  right, float(softcap), packed, num_splits, _contiguous(seqused_q), attention_chunk, q_descale,
@@ -629,7 +646,7 @@ def flash_attn_varlen_func(
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
 
-@replayed(lengths=("q", "out", "max_seqlen_q"))
+@replayed(lengths=((("q", "out"),), ("max_seqlen_q",)))
 def flash_attn_with_kvcache(
     q: torch.Tensor,
     k_cache: torch.Tensor,

@@ -804,13 +804,28 @@ def _planned_fwd_kvcache_into(args: tuple):
     return run
 
 
+def _lengths_of(args: tuple) -> tuple:
+    """What a varlen forward plan is made for besides its signature: both lengths and the rows of q and k."""
+    return args[7], args[8], args[0].shape[0], args[1].shape[0]
+
+
+def _plan_for_lengths(kept, args: tuple):
+    """The forward plan of a call with other lengths than the ``kept`` plan's (a replay serving other lengths,
+    ``swattn._replay``'s ``lengths``): from the kept plan's family (the same signature up to them), else made."""
+    family = kept.family()  # None once evicted from kernels.fwd's cache
+    plan = None if family is None else family.lookup(args[0], args[1], args[2], args[7], args[8])
+    return _forward_plan(args) if plan is None else plan
+
+
 def _planned_fwd_into(args: tuple):
     plan = _forward_plan(args)  # no gradient: the interface refuses out= for calls that need one
+    varlen, lengths = args[4] is not None, _lengths_of(args)
 
     def run(out, *args):
         if not (uses_triton(args[0]) and _plain_eager()):
             return run_fwd_into(out, *args)
-        _, lse, _ = plan.run(*_forward_run_arguments(args), out=out, qv=_qv_argument(args))
+        call_plan = plan if not varlen or _lengths_of(args) == lengths else _plan_for_lengths(plan, args)
+        _, lse, _ = call_plan.run(*_forward_run_arguments(args), out=out, qv=_qv_argument(args))
         _increment_versions(out)
         return out, lse
     return run
@@ -822,8 +837,10 @@ def _planned_fwd(args: tuple):
     has_seqused_q = bool(rest) and rest[0] is not None
     return_lse = rest[5] if len(rest) > 5 else True
     # Planned at the first call that needs it: without a gradient (the LSE as asked), with one (the LSE stored, for
-    # the backward; the call takes _EagerAttention with this plan, its backward keeps its plans there).
+    # the backward; the call takes _EagerAttention with this plan, its backward keeps its plans there). A varlen
+    # call of other lengths (a replay serving them) takes its lengths' plan from the kept plan's family.
     plans = {}
+    varlen = cu_seqlens_q is not None
 
     def run(*args):
         q, k, v, sinks = args[:4]
@@ -835,9 +852,14 @@ def _planned_fwd(args: tuple):
                                                    or (qv is not None and qv.requires_grad))
         if needs_grad and not return_lse:
             args = (*args[:20], True, *args[21:])  # the backward reads the LSE
-        plan = plans.get(needs_grad)
-        if plan is None:
-            plan = plans[needs_grad] = _forward_plan(args)
+        kept = plans.get(needs_grad)
+        if kept is None:
+            plan = _forward_plan(args)
+            plans[needs_grad] = plan, _lengths_of(args) if varlen else None
+        else:
+            plan, lengths = kept
+            if varlen and _lengths_of(args) != lengths:
+                plan = _plan_for_lengths(plan, args)
         if needs_grad:
             return _EagerAttention.apply(plan, *args)[:2]
         out, lse, _ = plan.run(q, k, v, sinks, args[4], args[5], args[6], None, None, None, None,

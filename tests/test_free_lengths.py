@@ -237,14 +237,19 @@ def test_a_negative_max_seqlen_q_is_still_refused_after_replays():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_varlen_prefills_of_new_lengths_reuse_plans_and_launch_what_fresh_plans_launch(monkeypatch, dtype):
-    """``flash_attn_varlen_func`` (packed keys: k's rows and max_seqlen_k change too) over batches of new lengths:
-    one forward plan per (max_seqlen_q, max_seqlen_k), launching what a fresh plan launches, with the reference's
+@pytest.mark.parametrize("into", [False, True])
+def test_varlen_prefills_of_new_lengths_reuse_plans_and_launch_what_fresh_plans_launch(monkeypatch, dtype, into):
+    """``flash_attn_varlen_func`` (packed keys: k's rows and max_seqlen_k change too) over batches of new lengths,
+    with ``out=`` or without: replayed after the second call (one recording: the choices do not change here), one
+    forward plan per (max_seqlen_q, max_seqlen_k), launching what a fresh plan launches, with the reference's
     result; the config follows the tiles' rows (``_by_rows``)."""
     from swattn.reference import attention_varlen_ref
 
     _by_rows(monkeypatch)
     launches = _Launches(monkeypatch)
+    recordings = []
+    record = _replay._record
+    monkeypatch.setattr(_replay, "_record", lambda *args: recordings.append(args[3]) or record(*args))
     generator = torch.Generator().manual_seed(1)
     sinks = _on_device(torch.randn(H, generator=generator, device="cpu"))
     # (query lengths, key lengths): max_seqlen_q repeats with other max_seqlen_k and totals, and the other way.
@@ -260,7 +265,8 @@ def test_varlen_prefills_of_new_lengths_reuse_plans_and_launch_what_fresh_plans_
 
         def call():
             return swattn.flash_attn_varlen_func(q, k, v, cu, cu_k, max(lengths), max(key_lengths), causal=True,
-                                                 window_size=(5, 0), sinks=sinks, check_inputs=False)
+                                                 window_size=(5, 0), sinks=sinks, check_inputs=False,
+                                                 **({"out": torch.empty_like(q)} if into else {}))
 
         reused = call()
         reused_launches = launches.take()
@@ -278,3 +284,52 @@ def test_varlen_prefills_of_new_lengths_reuse_plans_and_launch_what_fresh_plans_
         assert_close(f"lengths {lengths}", reused, expected, tolerance_for(dtype))
     if _interpreted():  # (on a GPU split-KV plans, kept per total, may be among them)
         assert len(fwd.plans()) == len({(max(lengths), max(key_lengths)) for lengths, key_lengths in batches})
+        assert len([1 for positions in recordings if positions is not None]) == 1
+
+
+def test_training_steps_of_new_lengths_give_the_gradients_of_fresh_plans(monkeypatch):
+    """Varlen calls that need a gradient, replayed across new lengths: each call's forward plan (its LSE stored,
+    kept per total) and backward launch what a fresh call launches and give the same bits, and the reference's
+    gradients; the config follows the tiles' rows (``_by_rows``)."""
+    from swattn.reference import attention_varlen_ref
+
+    _by_rows(monkeypatch)
+    launches = _Launches(monkeypatch)
+    generator = torch.Generator().manual_seed(2)
+    batches = [([3, 5], [4, 9]), ([6, 2], [7, 3]), ([3, 5], [4, 9]), ([2, 2], [9, 2]), ([7, 1], [8, 4]),
+               ([12, 3], [12, 3]), ([2, 1], [5, 1])]
+    _launch.clear_plans()
+    for lengths, key_lengths in batches:
+        cu = torch.tensor([0, lengths[0], sum(lengths)], dtype=torch.int32)
+        cu_k = torch.tensor([0, key_lengths[0], sum(key_lengths)], dtype=torch.int32)
+        q = _on_device(torch.randn(sum(lengths), H, D, generator=generator, device="cpu"))
+        k, v = (_on_device(torch.randn(sum(key_lengths), HK, D, generator=generator, device="cpu"))
+                for _ in range(2))
+        grad = _on_device(torch.randn(sum(lengths), H, D, generator=generator, device="cpu"))
+
+        def gradients(function, *inputs):
+            inputs = [t.detach().requires_grad_() for t in inputs]
+            out = function(*inputs)
+            return out.detach(), torch.autograd.grad(out, inputs, grad)
+
+        def swattn_call(q, k, v):
+            return swattn.flash_attn_varlen_func(q, k, v, cu, cu_k, max(lengths), max(key_lengths), causal=True,
+                                                 window_size=(4, 0), check_inputs=False)
+
+        reused = gradients(swattn_call, q, k, v)
+        reused_launches = launches.take()
+        state = [dict(cache) for cache in _launch.PlanCache._all]
+        _launch.clear_plans()
+        fresh = gradients(swattn_call, q, k, v)
+        fresh_launches = launches.take()
+        for cache, kept in zip(_launch.PlanCache._all, state):
+            cache.clear()
+            cache.update(kept)
+        assert reused_launches == fresh_launches, f"{lengths}"
+        assert torch.equal(reused[0], fresh[0]) and all(map(torch.equal, reused[1], fresh[1])), f"{lengths}"
+        expected = gradients(lambda q, k, v: attention_varlen_ref(q, k, v, cu, cu_k, softmax_scale=D ** -0.5,
+                                                                  window_size=(4, 0))[0],
+                             q.double(), k.double(), v.double())
+        assert_close("out", reused[0], expected[0], tolerance_for(torch.float32))
+        for name, got, want in zip(("dq", "dk", "dv"), reused[1], expected[1]):
+            assert_close(f"{name} {lengths}", got, want, 1e-3)

@@ -74,10 +74,13 @@ def test_values_that_only_compare_equal_are_checked_again():
 
 
 def test_an_argument_passed_twice_is_not_replayed_for_distinct_ones():
-    # Recorded with k passed as v too; a later call of the same shapes with its own v must attend to that v.
+    # Recorded with k passed as v too (replayed for calls that do the same, as a varlen self-attention passes one
+    # cu_seqlens twice); a later call of the same shapes with its own v must attend to that v.
     q, k, v = (torch.randn(1, 6, 2, 16) for _ in range(3))
-    for _ in range(2):  # noted, then recorded
-        swattn.flash_attn_func(q, k, k, window_size=(2, 0))
+    for _ in range(3):  # noted, recorded, replayed
+        out = swattn.flash_attn_func(q, k, k, window_size=(2, 0))
+        assert_close("out", out, attention_ref(q, k, k, window_size=(2, 0))[0].to(out.dtype), tolerance_for(q.dtype))
+    assert any(replay.data_checks for replay in swattn.flash_attn_func.plans.values() if hasattr(replay, "pick"))
     out = swattn.flash_attn_func(q, k, v, window_size=(2, 0))
     assert_close("out", out, attention_ref(q, k, v, window_size=(2, 0))[0].to(out.dtype), tolerance_for(q.dtype))
 
