@@ -333,3 +333,26 @@ def test_training_steps_of_new_lengths_give_the_gradients_of_fresh_plans(monkeyp
         assert_close("out", reused[0], expected[0], tolerance_for(torch.float32))
         for name, got, want in zip(("dq", "dk", "dv"), reused[1], expected[1]):
             assert_close(f"{name} {lengths}", got, want, 1e-3)
+
+
+def test_the_plans_of_all_families_stay_within_their_total(monkeypatch):
+    """A family keeps a plan per length, so the plans of all families together are bounded
+    (``_Families.MAX_TOTAL_PLANS``): the oldest families go first, then the oldest plans of the one in use; calls
+    after that plan again and stay right."""
+    monkeypatch.setattr(fwd._Families, "MAX_TOTAL_PLANS", 5)
+    k_cache, v_cache, table, sinks = _cache(torch.float32)
+    _launch.clear_plans()
+    for decode_rows in (2, 1):  # two families (the batch size is part of the signature)
+        for index, chunk in enumerate([1, 2, 3, 4, 5, 6, 2]):
+            q, cu, longest, seqused = _step(chunk, torch.float32, index)
+            skip = DECODE_ROWS - decode_rows
+            q, cu = q[skip:], cu[skip:] - cu[skip]
+            out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqused[skip:],
+                                                 page_table=table[skip:], cu_seqlens_q=cu, max_seqlen_q=longest,
+                                                 causal=True, window_size=(7, 0), sinks=sinks, check_inputs=False)
+            assert len(fwd.plans()) <= 5 and fwd._PLANS.plans == len(fwd.plans())
+            expected, _ = attention_kvcache_ref(q, k_cache, v_cache, seqused[skip:], page_table=table[skip:],
+                                                cu_seqlens_q=cu, softmax_scale=D ** -0.5, window_size=(7, 0),
+                                                sinks=sinks)
+            assert_close(f"chunk {chunk}", out, expected, tolerance_for(torch.float32))
+    assert len(fwd._PLANS) == 1  # the first batch size's family went first

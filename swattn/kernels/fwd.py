@@ -1793,8 +1793,43 @@ def _gluon_decision(q, k, v, inputs: tuple) -> bool:
                       append=append, count_blocks=count_blocks, softcap=softcap, pack_gqa=pack_gqa)
 
 
-# attention_forward's plans, per call signature.
-_PLANS = PlanCache()
+class _Families(PlanCache):
+    """``_PlanFamily`` objects by their key, counting the plans they hold (``plans``): a family keeps a plan per
+    length, so the count, not the families, bounds the memory (~7.5 KB per plan, dev CPU)."""
+
+    # Plans kept in all families together: the oldest families are dropped past it (the plans a cache of 512 plans
+    # held before families, times 8).
+    MAX_TOTAL_PLANS = 4096
+
+    def __init__(self):
+        super().__init__()
+        self.plans = 0
+
+    def add(self, key, family):
+        if len(self) >= self.max_plans:
+            self.plans -= len(self[next(iter(self))].plans)
+        return super().add(key, family)
+
+    def make_room(self, keep) -> None:
+        """Drop the oldest families but ``keep`` until a plan more fits the total (``keep``'s oldest plans when it is
+        the only one left)."""
+        while self.plans >= self.MAX_TOTAL_PLANS:
+            for key, family in self.items():
+                if family is not keep:
+                    del self[key]
+                    self.plans -= len(family.plans)
+                    break
+            else:
+                del keep.plans[next(iter(keep.plans))]
+                self.plans -= 1
+
+    def clear(self):
+        super().clear()
+        self.plans = 0
+
+
+# attention_forward's plans, per call signature (up to its lengths).
+_PLANS = _Families()
 # gluon_fwd.forward as shipped: a plan launches its kept Gluon launch itself only while this is the module's forward
 # (a tuning probe that wraps it to pass its settings, or a test that counts calls, gets every call).
 _GLUON_FORWARD = gluon_fwd.forward
@@ -2027,11 +2062,15 @@ class _PlanFamily:
         plans = self.plans
         if len(plans) >= self.MAX_PLANS:
             del plans[next(iter(plans))]
+            _PLANS.plans -= 1
+        _PLANS.make_room(self)
         if plan.launches:
             if len(self.gluon_inputs) >= self.MAX_PLANS:
                 self.gluon_inputs.clear()  # lookups of the lengths dropped make their plans again
             self.gluon_inputs[lengths] = plan.gluon_inputs
-        plans[(lengths, self._rows_key(q, k, plan.use_gluon) if self.varlen_q else None)] = plan
+        key = lengths, self._rows_key(q, k, plan.use_gluon) if self.varlen_q else None
+        _PLANS.plans += key not in plans
+        plans[key] = plan
         # A weak reference: the family holds its plans, and a cycle would leave an evicted family (a varlen prefill
         # makes one per call) to the cyclic garbage collector (+9 us per such call, dev CPU).
         if self.reference is None:
