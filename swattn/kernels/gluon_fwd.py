@@ -157,11 +157,13 @@ CARRIED_RING = 512
 # A/B runs: SWATTN_GLUON_SOFTMAX_TRIMS gives the bits exactly (0 for none; no per-shape additions below).
 _TRIMS_FROM_ENV = os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "").strip()
 SOFTMAX_TRIMS = int(_TRIMS_FROM_ENV or "39")
-# One-warpgroup programs (packed small windows) add the per-thread stage releases and the carried ring: H200, 16K,
-# s14-call1 / s14-call2 (docs/notes/2026-12-03-gluon-forward.md, session 14): W(127,0) D64 gpt-oss sinks 172.0 ->
-# 169.6 (releases) -> 168.7 us (both); W(127,0) D128 142.3 -> 141.2 -> 140.7. Two-warpgroup tiles lose with either
-# (causal D128 3366.5 -> 3475.3 / 3553.5, W(4095,0) D128 1537.5 -> 1591.6 / 1593.5), so they keep neither.
-ONE_WARPGROUP_TRIMS = 0 if _TRIMS_FROM_ENV else THREAD_RELEASE | CARRIED_RING
+# Bits that one-warpgroup programs (packed small windows) add to SOFTMAX_TRIMS, unless SWATTN_GLUON_SOFTMAX_TRIMS is
+# set: none. H200, 16K, one-warpgroup rows with THREAD_RELEASE | CARRIED_RING against without (session 14,
+# docs/notes/2026-12-03-gluon-forward.md): W(127,0) D64 gpt-oss sinks 168.7 against 172.0 us (s14-call2) but 166.6
+# against 164.5 (s14-call3); W(127,0) D128 140.7 against 142.3, then 140.3 against 140.0. Within the runs' spread
+# (two identical W(4095,0) D128 kernels 1437.6 / 1451.0 in s14-call3), not a win in both runs: off. Two-warpgroup
+# tiles lose with either (s14-call1: causal D128 +3.2% / +5.6%, W(4095,0) D128 +3.5% / +3.6%).
+ONE_WARPGROUP_TRIMS = 0
 
 
 def divisor_magic(divisor: int) -> tuple[int, int]:
@@ -254,7 +256,7 @@ def softmax_trims_for(consumers: int, head_dim: int) -> int:
     if consumers > 1:
         kept |= OVERLAP_TILES
     trims = SOFTMAX_TRIMS & (kept | RESCALE_EARLY | THREAD_RELEASE | PV_WAIT_LATE | CARRIED_RING)
-    if consumers > 1:
+    if consumers > 1 or _TRIMS_FROM_ENV:
         return trims
     if _triton_version() >= (3, 7):
         # Triton 3.9 keeps 40 B of stack at head_dim 64 with the carried ring (24 B without; not timed: no GPU has
