@@ -153,6 +153,22 @@ def scenarios() -> dict:
     def vllm_mixed_step_new_sizes():
         return vllm_mixed_step(next(new_size))
 
+    # A transformers decode step with a DynamicCache (through swattn's adapter, a dense KV cache): k / v are
+    # [1, Hk, S, D] buffers one token longer on every step, passed transposed ([1, S, Hk, D], head stride S * D), so
+    # every call is a length (and strides) seen for the first time; gpt-oss heads, bf16, bf16 sinks.
+    dense_storage = torch.randn(2, kv_heads * 5000 * head_dim, dtype=torch.bfloat16)
+    dense_q = torch.randn(1, 1, heads, head_dim, dtype=torch.bfloat16)
+    dense_steps = [(*(dense_storage[i].as_strided((1, length, kv_heads, head_dim),
+                                                  (kv_heads * length * head_dim, head_dim, length * head_dim, 1))
+                      for i in range(2)), torch.tensor([length], dtype=torch.int32))
+                   for length in range(1000, 5000)]
+    dense_step = itertools.cycle(range(len(dense_steps)))
+
+    def dense_decode_new_lengths(window=(127, 0)):
+        k, v, lengths = dense_steps[next(dense_step)]
+        return swattn.flash_attn_with_kvcache(dense_q, k, v, cache_seqlens=lengths, causal=True, window_size=window,
+                                              sinks=sinks, check_inputs=False)
+
     return {"decode W(127,0) with append, paged": decode_append, "decode W(127,0), paged": decode,
             "decode full, 4 splits + combine": decode_full_splits,
             "bench: decode full B=16 1K page 16, 4 splits + merge": bench_decode_full,
@@ -161,6 +177,8 @@ def scenarios() -> dict:
             "varlen prefill, new lengths every call": varlen_new_shapes,
             "vLLM mixed step (15 decode rows + a 1..600-token chunk), new lengths every call": vllm_mixed_step,
             "vLLM mixed step, a chunk size never seen before (601..4000)": vllm_mixed_step_new_sizes,
+            "dense KV cache decode W(127,0), one token longer every call (DynamicCache)": dense_decode_new_lengths,
+            "dense KV cache decode full, one token longer every call": lambda: dense_decode_new_lengths((-1, 0)),
             "backward W(127,0) 2K": backward}
 
 

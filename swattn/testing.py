@@ -85,6 +85,13 @@ class StubKernel:
 
     def __init__(self, kernel):
         self.fn = kernel.fn
+        # Triton's parameters (``_launch.Launch.with_scalars`` reads their specialization), as the compiled kernel
+        # has them (an interpreted kernel keeps only its decorator's arguments)
+        self.params = getattr(kernel, "params", None)
+        if self.params is None:
+            from triton.runtime.jit import JITFunction
+
+            self.params = JITFunction(kernel.fn, **getattr(kernel, "kwargs", {})).params
         self.plain_launches = self.direct_launches = 0
         self.last_launch = None
         self.compiled = StubCompiledKernel(self)

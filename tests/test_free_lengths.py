@@ -356,3 +356,108 @@ def test_the_plans_of_all_families_stay_within_their_total(monkeypatch):
                                                 sinks=sinks)
             assert_close(f"chunk {chunk}", out, expected, tolerance_for(torch.float32))
     assert len(fwd._PLANS) == 1  # the first batch size's family went first
+
+
+def _dense_cache(length: int, dtype, seed: int, layout: str):
+    """k and v ``[2, length, HK, D]``: ``"transposed"`` as a transformers DynamicCache passes them (``[B, Hk, S, D]``
+    buffers transposed: head stride ``length * D``), ``"padded"`` the same with the batch stride padded by 8
+    elements for odd lengths (a stride whose divisibility by 16 changes with the length), ``"sliced"`` the first
+    ``length`` positions of a 64-position cache (strides independent of the length)."""
+    generator = torch.Generator().manual_seed(seed)
+    if layout == "sliced":
+        return [_on_device(torch.randn(2, 64, HK, D, generator=generator, device="cpu").to(dtype))[:, :length]
+                for _ in range(2)]
+    batch_stride = HK * length * D + (8 if layout == "padded" and length % 2 else 0)
+    pair = []
+    for _ in range(2):
+        flat = _on_device(torch.randn(2 * batch_stride, generator=generator, device="cpu").to(dtype))
+        pair.append(flat.as_strided((2, length, HK, D), (batch_stride, D, length * D, 1)))
+    return pair
+
+
+@pytest.mark.parametrize("dtype,window,splits,layout", [
+    (torch.float16, (7, 0), 1, "transposed"), (torch.float32, (7, 0), 1, "padded"),
+    (torch.float32, (-1, 0), 1, "sliced"), (torch.float32, (-1, 0), 2, "transposed")])
+def test_dense_caches_of_new_lengths_launch_what_fresh_plans_launch(monkeypatch, dtype, window, splits, layout):
+    """``flash_attn_with_kvcache`` over a dense cache whose length changes on every call (a transformers
+    DynamicCache decode; lengths crossing multiples of 16, one key, the window's edge, and repeats), each call
+    against the same call planned from nothing: the same launches (a plan of a new length is the family's template
+    with k's and v's strides and seqlen_k replaced, ``_ForwardPlan.rebased``, where its choices agree), the same
+    bits, and the reference's result. The config here changes with the split's key count (16-key blocks up to 16
+    keys, then 32), so a length past 16 keys must not reuse the block shape of a shorter one."""
+    launches = _Launches(monkeypatch)
+    if _interpreted():
+        chosen = configs.forward_config
+
+        def forward_config(head_dim_padded, rows_per_tile, pack_gqa, window_span, element_size, keys_per_split,
+                           *args, **kwargs):
+            config = chosen(head_dim_padded, rows_per_tile, pack_gqa, window_span, element_size, keys_per_split,
+                            *args, **kwargs)
+            return configs.replace(config, block_n=16 if keys_per_split <= 16 else 32)
+
+        monkeypatch.setattr(fwd, "forward_config", forward_config)
+    rebased = []
+    rebase = fwd._ForwardPlan.rebased
+    monkeypatch.setattr(fwd._ForwardPlan, "rebased", lambda *args: rebased.append(rebase(*args)) or rebased[-1])
+    generator = torch.Generator().manual_seed(1)
+    q = _on_device(torch.randn(2, 1, H, D, generator=generator, device="cpu").to(dtype))
+    lengths = [1, 2, 9, 15, 16, 17, 31, 32, 33, 47, 16, 3]
+    _launch.clear_plans()
+    for index, length in enumerate(lengths):
+        k_cache, v_cache = _dense_cache(length, dtype, index, layout)
+        seqlens = _on_device(torch.tensor([length, (length + 1) // 2], dtype=torch.int32))
+
+        def call():
+            return swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, causal=True,
+                                                  window_size=window, num_splits=splits, check_inputs=False)
+
+        reused = call()
+        reused_launches = launches.take()
+        state = [dict(cache) for cache in _launch.PlanCache._all]
+        _launch.clear_plans()
+        fresh = call()
+        fresh_launches = launches.take()
+        for cache, kept in zip(_launch.PlanCache._all, state):
+            cache.clear()
+            cache.update(kept)
+        assert reused_launches and reused_launches == fresh_launches, f"length {length}"
+        assert torch.equal(reused, fresh), f"length {length}"
+        expected, _ = attention_kvcache_ref(q, k_cache, v_cache, seqlens, softmax_scale=D ** -0.5,
+                                            window_size=window)
+        assert_close(f"length {length}", reused, expected, tolerance_for(dtype))
+    # Rebased: every new length past the window's edge and within one block shape (the first call of each
+    # makes a plan from nothing).
+    made = [plan for plan in rebased if plan is not None]
+    if _interpreted():
+        assert len(made) >= 5, rebased
+    assert len(fwd.plans()) == len(set(lengths))
+
+
+def test_a_rebased_launch_reuses_the_compiled_kernel_only_for_the_same_specialization():
+    """``Launch.with_scalars`` hands its compiled kernels to the new launch only when Triton specializes every
+    changed scalar as before (type, == 1, divisibility by 16; not for ``do_not_specialize`` parameters such as
+    seqlen_k): else the new launch's first call goes through ``kernel[grid](...)`` (compiling if needed)."""
+    from swattn.testing import StubKernel
+
+    kernel = StubKernel(fwd._swa_fwd_kernel)
+    names = [parameter.name for parameter in kernel.params]
+    first = names.index("stride_qb")
+    count = names.index("seqlen_k") - first + 1
+    base = [32] * count
+    launch = _launch.Launch(kernel, (1, 1, 1), base, {}, num_tensors=first)
+    launch._compiled = {0: ("run", "function", "metadata", None)}
+    stride, seqlen_k = names.index("stride_kh") - first, count - 1
+
+    def shared(position, value):
+        scalars = list(base)
+        scalars[position] = value
+        return bool(launch.with_scalars(scalars)._compiled)
+
+    assert shared(stride, 48) and shared(seqlen_k, 17) and shared(seqlen_k, 1)
+    assert not shared(stride, 40) and not shared(stride, 1) and not shared(stride, 2 ** 31)
+    assert shared(stride, 32)  # unchanged
+    launch._tail = (*base, "constexprs")  # a launched one's bound arguments: the new scalars, the same constexprs
+    scalars = [*base[:-1], 33]
+    assert launch.with_scalars(scalars)._tail == (*scalars, "constexprs")
+    launch._compiled = {}
+    assert not shared(stride, 48)  # nothing compiled yet

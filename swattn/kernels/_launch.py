@@ -322,6 +322,20 @@ class Launch:
         self.plain_launches = 0
         self.direct_launches = 0
 
+    def with_scalars(self, scalars: Sequence[Any]) -> Launch:
+        """This launch with other scalar arguments (same kernel, grid, constexprs, options and tensors): a plan of
+        another length. It reuses this one's compiled kernels only when Triton would pick them for its arguments:
+        every scalar that differs is specialized as the old one is (``_same_specialization``: type, == 1,
+        divisibility by 16; as ``JITFunction.run``'s binder asks, with each parameter's ``do_not_specialize``), so
+        its first call may launch directly; otherwise its first call goes through ``kernel[grid](...)``."""
+        launch = Launch(self.kernel, self.grid, scalars, self.constexprs, self.options, self.num_tensors, self.slots,
+                        self.descriptors)
+        if self._compiled and self._direct_ok and _same_specialization(self, launch.scalars):
+            launch._compiled = dict(self._compiled)
+            if self._tail is not None:  # the constexprs after the scalars are this one's
+                launch._tail = launch.scalars + self._tail[len(self.scalars):]
+        return launch
+
     def _bound_tail(self) -> tuple:
         """The arguments after the tensors, as ``JITFunction.run`` binds them: the scalars, then every remaining
         parameter in signature order (constexprs given, or their defaults)."""
@@ -431,6 +445,41 @@ class Launch:
         else:
             c.launch(*self.grid, stream, *c.before, (*pointers, *self._tail))
         c.launches += 1
+
+
+@functools.cache
+def _specializer():
+    """``(value, is_const, specialize, align) -> (type, key)``: Triton's ``native_specialize_impl``, as the binder
+    calls it."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    return functools.partial(native_specialize_impl, BaseBackend)
+
+
+def _same_specialization(launch: Launch, scalars: tuple) -> bool:
+    """Whether Triton specializes ``scalars`` as it did ``launch.scalars`` (the parameters after the launch's
+    tensors): for each value that differs, ``native_specialize_impl`` (the function ``JITFunction.run``'s binder
+    calls; Triton 3.6 to 3.9) gives the same type and key for both, with the parameter's ``do_not_specialize`` and
+    ``do_not_specialize_on_alignment``. False where that cannot be asked (another Triton: no sharing)."""
+    old = launch.scalars
+    if len(old) != len(scalars):
+        return False
+    try:
+        specialized = _specializer()
+        parameters = launch.kernel.params[launch.num_tensors:launch.num_tensors + len(old)]
+        for parameter, before, after in zip(parameters, old, scalars, strict=True):
+            if before == after and type(before) is type(after):
+                continue
+            if parameter.is_constexpr:
+                return False
+            specialize, align = not parameter.do_not_specialize, not parameter.do_not_specialize_on_alignment
+            if (specialized(before, parameter.is_const, specialize, align)
+                    != specialized(after, parameter.is_const, specialize, align)):
+                return False
+        return True
+    except Exception:  # another Triton's internals (or a stub without params): launch through kernel[grid] first
+        return False
 
 
 def tensor_signature(t) -> tuple | None:

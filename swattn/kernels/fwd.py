@@ -8,6 +8,7 @@ one (position, head) pair: with PackGQA the ``G = H // Hk`` query heads of one K
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import operator
@@ -1966,7 +1967,13 @@ def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None
     q_key, new_k_key, new_v_key, qv_key = (
         _rows_free(q, new_k, new_v, qv) if varlen_q
         else (tensor_signature(q), tensor_signature(new_k), tensor_signature(new_v), tensor_signature(qv)))
-    k_key, v_key = _rows_free(k, v) if varlen_k else (tensor_signature(k), tensor_signature(v))
+    # A dense KV cache (``flash_attn_with_kvcache`` without pages; a transformers DynamicCache grows by a token per
+    # decode step): its length and strides only as the family's per-plan key (``_PlanFamily``, ``_ForwardPlan.
+    # rebased``).
+    dense_kv = (seqlens_k is not None and not varlen_q and not varlen_k and page_table is None and new_k is None
+                and qv is None and k.dtype != torch.float8_e4m3fn)
+    k_key, v_key = (_rows_free(k, v) if varlen_k else (_length_free(k), _length_free(v)) if dense_kv
+                    else (tensor_signature(k), tensor_signature(v)))
     key = (q_key, k_key, v_key, tensor_signature(sinks),
            tensor_signature(cu_seqlens_q), tensor_signature(cu_seqlens_k), tensor_signature(seqlens_k),
            tensor_signature(cache_batch_idx), tensor_signature(page_table), new_k_key,
@@ -1976,8 +1983,12 @@ def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None
            tensor_signature(k_descale), tensor_signature(v_descale), qv_key)
     family = _PLANS.get(key)
     if family is None:
-        family = _PLANS.add(key, _PlanFamily(varlen_q, varlen_q and not return_lse and num_splits == 1))
+        family = _PLANS.add(key, _PlanFamily(varlen_q, varlen_q and not return_lse and num_splits == 1, dense_kv))
     plan = family.lookup(q, k, v, max_seqlen_q, max_seqlen_k)
+    if plan is None and dense_kv and family.template is not None:
+        plan = family.template.rebased(q, k, v)
+        if plan is not None:
+            return family.add(q, k, max_seqlen_q, max_seqlen_k, plan, v)
     if plan is None:
         plan = family.add(q, k, max_seqlen_q, max_seqlen_k, _ForwardPlan(
             q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
@@ -1985,8 +1996,15 @@ def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None
             max_seqlen_k=max_seqlen_k, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx, page_table=page_table,
             pack_gqa=pack_gqa, num_splits=num_splits, return_lse=return_lse, count_blocks=count_blocks,
             new_k=new_k, seqused_q=seqused_q, cache_leftpad=cache_leftpad, attention_chunk=attention_chunk,
-            q_descale=q_descale, k_descale=k_descale, v_descale=v_descale, qv=qv))
+            q_descale=q_descale, k_descale=k_descale, v_descale=v_descale, qv=qv), v)
     return plan
+
+
+def _length_free(t) -> tuple:
+    """A dense cache's signature without its length (dim 1) and strides: batch, the rest of its shape, dtype and
+    16-byte alignment (the plans of a family are kept per length and strides: ``_PlanFamily._dense_key``)."""
+    shape = t.shape
+    return shape[0], shape[2:], t.dtype, t.data_ptr() % 16 == 0
 
 
 def _rows_free(first, *others) -> tuple:
@@ -2008,6 +2026,11 @@ def plans() -> list[_ForwardPlan]:
 _UNKNOWN = object()
 
 
+def _dense_key(k, v) -> tuple:
+    """A dense KV cache's length and strides (k and v): what ``_length_free`` leaves out of the family's key."""
+    return k.shape[1], k.stride(), v.shape[1], v.stride()
+
+
 class _PlanFamily:
     """The forward plans of one call signature up to its varlen lengths (``forward_plan``'s key: every tensor's
     shape, strides, dtype and alignment, those of varlen q and k and of the tensors laid out like them without
@@ -2023,15 +2046,25 @@ class _PlanFamily:
     engine's mixed batches, whose q and lengths change on every step, reuse plans. Whether the Gluon kernel serves
     a call is asked again for each call (``_use_gluon`` with the arguments the plan asked it with, which depend only
     on the family and the lengths) and picks the plan. Dense q keeps its whole shape in the key (one plan per
-    family and lengths)."""
+    family and lengths).
 
-    __slots__ = ("varlen_q", "token_free", "plans", "gluon_inputs", "reference", "__weakref__")
+    A dense KV cache (``dense_kv``: ``flash_attn_with_kvcache`` without pages, append or qv, 16-bit K/V) is in the
+    key without its length and strides, and its plans are kept per length and strides of k and v: a new length's
+    plan is the latest one's with new scalars where every choice that the length enters comes out the same
+    (``_ForwardPlan.rebased``), else made from nothing."""
+
+    __slots__ = ("varlen_q", "token_free", "dense_kv", "template", "plans", "gluon_inputs", "reference",
+                 "__weakref__")
 
     # Plans kept per family (the oldest dropped past it).
     MAX_PLANS = 4096
 
-    def __init__(self, varlen_q: bool, token_free: bool):
+    def __init__(self, varlen_q: bool, token_free: bool, dense_kv: bool = False):
         self.varlen_q, self.token_free = varlen_q, token_free
+        # dense_kv: the family's key holds a dense KV cache without its length and strides; its plans are kept per
+        # (length, strides) of k and v, and ``template`` (the latest plan that can be rebased) makes those of new
+        # lengths (``_ForwardPlan.rebased``).
+        self.dense_kv, self.template = dense_kv, None
         # ((max_seqlen_q, max_seqlen_k), rows key) -> plan; the lengths -> the Gluon decision's arguments (None:
         # not asked)
         self.plans: dict = {}
@@ -2048,7 +2081,7 @@ class _PlanFamily:
         """The plan for a call of this family with these q and k (their rows) and lengths, or None (not made)."""
         lengths = max_seqlen_q, max_seqlen_k
         if not self.varlen_q:
-            return self.plans.get((lengths, None))
+            return self.plans.get((lengths, _dense_key(k, v) if self.dense_kv else None))
         if q.shape[0] == 0:  # launches nothing: no Gluon decision
             return self.plans.get((lengths, self._rows_key(q, k, False)))
         gluon_inputs = self.gluon_inputs.get(lengths, _UNKNOWN)
@@ -2057,7 +2090,7 @@ class _PlanFamily:
         use_gluon = gluon_inputs is not None and _gluon_decision(q, k, v, gluon_inputs)
         return self.plans.get((lengths, self._rows_key(q, k, use_gluon)))
 
-    def add(self, q, k, max_seqlen_q, max_seqlen_k, plan: _ForwardPlan) -> _ForwardPlan:
+    def add(self, q, k, max_seqlen_q, max_seqlen_k, plan: _ForwardPlan, v=None) -> _ForwardPlan:
         lengths = max_seqlen_q, max_seqlen_k
         plans = self.plans
         if len(plans) >= self.MAX_PLANS:
@@ -2068,7 +2101,10 @@ class _PlanFamily:
             if len(self.gluon_inputs) >= self.MAX_PLANS:
                 self.gluon_inputs.clear()  # lookups of the lengths dropped make their plans again
             self.gluon_inputs[lengths] = plan.gluon_inputs
-        key = lengths, self._rows_key(q, k, plan.use_gluon) if self.varlen_q else None
+        key = lengths, (self._rows_key(q, k, plan.use_gluon) if self.varlen_q
+                        else _dense_key(k, v) if self.dense_kv else None)
+        if self.dense_kv and plan.rebase is not None:
+            self.template = plan
         _PLANS.plans += key not in plans
         plans[key] = plan
         # A weak reference: the family holds its plans, and a cycle would leave an evicted family (a varlen prefill
@@ -2121,6 +2157,7 @@ class _ForwardPlan:
         else:
             seqlen_k = k.shape[1]
 
+        left_given = left  # (a dense cache of another length normalises it again: ``rebased``)
         # A side that covers the whole tensor is unbounded (as FlashAttention 3 normalises it); this also keeps the
         # kernel's int32 window arithmetic far from overflow for huge sides such as 2**31 - 1.
         if left >= seqlen_k:
@@ -2146,6 +2183,7 @@ class _ForwardPlan:
         # depend only on the plan's family and max_seqlen_q, so _PlanFamily asks it again for each call's q.
         self.gluon_inputs = None
         self.varlen_q = varlen_q
+        self.rebase = None  # what ``rebased`` needs (set below for the plans it can serve)
         if batch == 0 or seqlen_q == 0 or q.numel() == 0:
             return
         self.launches = True
@@ -2160,9 +2198,12 @@ class _ForwardPlan:
         visible_keys = visible_span(0, seqlen_q - 1, seqlen_q, seqlen_k, left, right, attention_chunk)[1]
         keys_per_split = -(-visible_keys // num_splits)
         programs = batch * (num_kv_heads if pack_gqa else num_heads) * num_splits  # at least one tile each
-        config = forward_config(block_d, rows_per_tile, pack_gqa, window_span, q.element_size(), keys_per_split,
-                                programs / _persistent_programs(q.device), paged, fp8_kv=fp8 != NO_FP8.value,
-                                value_dim_padded=block_dv, qv=has_qv)
+        # forward_config's arguments around keys_per_split (``rebased`` asks it again with another key count).
+        config_arguments = ((block_d, rows_per_tile, pack_gqa, window_span, q.element_size()),
+                            (programs / _persistent_programs(q.device), paged),
+                            dict(fp8_kv=fp8 != NO_FP8.value, value_dim_padded=block_dv, qv=has_qv))
+        config = forward_config(*config_arguments[0], keys_per_split, *config_arguments[1], **config_arguments[2])
+        chosen_config = config
         if fp8 != NO_FP8.value:
             # The fp8 variants load through pointers (the descriptor path was not measured with e4m3 tiles).
             config = replace(config, tma=False)
@@ -2286,6 +2327,7 @@ class _ForwardPlan:
         # fence: appending programs load through pointers.
         self.use_tma = config.tma and not paged and not append_new and tma_compatible(k, v)
         use_pdl = pdl_enabled(q.device)
+        # (``rebased`` replaces k's and v's strides, seqlen_k and left: their positions follow from this tuple.)
         scalars = (
             *token_strides(q, varlen_q), *token_strides(k, varlen_k), *token_strides(v, varlen_k), *o_strides,
             *l_strides, page_table.stride(0) if paged else 0,
@@ -2381,6 +2423,51 @@ class _ForwardPlan:
                                              APPEND_READS_INPUT=False, PREFETCH_PAGES=False,
                                              RESCALE_THRESHOLD=threshold), options,
                                num_tensors=_FORWARD_TENSORS, slots=_slots(present, skip=(_BLOCK_COUNT_SLOT,)))
+        # A dense KV cache's plans of other lengths are this one with other scalars (``rebased``) where every other
+        # choice above is the same for them: the Triton kernel's plans (no Gluon, whose descriptors hold k's shape;
+        # no redo launch; 16-bit K/V, whose pair and prefetch choices read k's strides), no pages, append or qv.
+        if (seqlens_k is not None and not varlen_q and not varlen_k and not paged and not append_new and not has_qv
+                and not self.fp8 and not self.use_gluon and self.redo is None and not self.kv_pair
+                and not self.prefetch_partner and not self.preload_l2):
+            self.rebase = (left_given, left, right, seqlen_q, attention_chunk, num_splits, config_arguments,
+                           chosen_config, keys_per_split, self.use_tma, len(token_strides(q, varlen_q)),
+                           len(scalars) - 12)
+
+    def rebased(self, q, k, v) -> _ForwardPlan | None:
+        """The plan of a call of this plan's family (``_PlanFamily.dense_kv``) whose dense KV cache has another
+        length or strides, made from this one, or None where it would differ from a fresh plan in more than the
+        scalars: each choice that the length enters is made again with the functions ``__init__`` makes it with
+        (the window's normalisation, the visible keys and split size, ``forward_config``, the TMA check, the Gluon
+        decision) and must equal this plan's; then the only differences are k's and v's strides, seqlen_k and
+        left (the launch scalars), and the new launch reuses the compiled kernel only where Triton specializes
+        those scalars as before (``Launch.with_scalars``)."""
+        (left_given, left, right, seqlen_q, chunk, num_splits, config_arguments, chosen_config, keys_per_split,
+         use_tma, k_strides_at, seqlen_k_at) = self.rebase
+        seqlen_k = k.shape[1]
+        if (-1 if left_given >= seqlen_k else left_given) != left:
+            return None
+        new_keys_per_split = -(-visible_span(0, seqlen_q - 1, seqlen_q, seqlen_k, left, right, chunk)[1]
+                               // num_splits)
+        config = forward_config(*config_arguments[0], new_keys_per_split, *config_arguments[1], **config_arguments[2])
+        # (A head block's fit reads the split's key count: it must be the same.)
+        if config != chosen_config or (config.head_block and new_keys_per_split != keys_per_split):
+            return None
+        if (self.config.tma and tma_compatible(k, v)) != use_tma:
+            return None
+        gluon_inputs = self.gluon_inputs
+        if gluon_inputs is not None:
+            gluon_inputs = (*gluon_inputs[:4], seqlen_k, *gluon_inputs[5:])
+            if _gluon_decision(q, k, v, gluon_inputs):
+                return None
+        plan = copy.copy(self)
+        plan.backward_plans = {}
+        plan.gluon_inputs = gluon_inputs
+        plan.gluon_arguments = dict(self.gluon_arguments, seqlen_k=seqlen_k, plans={})
+        scalars = list(self.main.scalars)
+        scalars[k_strides_at:k_strides_at + 6] = (*token_strides(k, False), *token_strides(v, False))
+        scalars[seqlen_k_at] = seqlen_k
+        plan.main = self.main.with_scalars(scalars)
+        return plan
 
     def run(self, q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k, new_v,
             seqused_q=None, cache_leftpad=None, q_descale=None, k_descale=None, v_descale=None, stream=_launch.ASK,
