@@ -76,6 +76,21 @@ class _Launches:
         return taken
 
 
+def _reused_and_fresh(call, launches: _Launches):
+    """``call()`` on the plans kept so far, then the same call planned (and its interface run) from nothing, then
+    the kept plans back: ``(reused result, its launches, fresh result, its launches)``."""
+    reused = call()
+    reused_launches = launches.take()
+    state = [dict(cache) for cache in _launch.PlanCache._all]
+    _launch.clear_plans()
+    fresh = call()
+    fresh_launches = launches.take()
+    for cache, kept in zip(_launch.PlanCache._all, state):  # back to the reusing run's plans
+        cache.clear()
+        cache.update(kept)
+    return reused, reused_launches, fresh, fresh_launches
+
+
 def _by_rows(monkeypatch):
     """A config that depends on the tile's rows (the interpreter's is one block shape for all): 16-row tiles up to
     16 rows, 32-row tiles above, so a plan reused across lengths with a wrong key launches the wrong block shape.
@@ -114,15 +129,8 @@ def test_mixed_steps_reuse_plans_and_launch_what_fresh_plans_launch(monkeypatch,
                 q, k_cache, v_cache, cache_seqlens=seqused, page_table=table, cu_seqlens_q=cu, max_seqlen_q=longest,
                 causal=True, window_size=window, sinks=sinks, out=out, check_inputs=False)
 
-        reused = call(torch.empty_like(q))
-        reused_launches = launches.take()
-        state = [dict(cache) for cache in _launch.PlanCache._all]
-        _launch.clear_plans()  # the same call planned (and its interface run) from nothing
-        fresh = call(torch.empty_like(q))
-        fresh_launches = launches.take()
-        for cache, kept in zip(_launch.PlanCache._all, state):  # back to the reusing run's plans
-            cache.clear()
-            cache.update(kept)
+        reused, reused_launches, fresh, fresh_launches = _reused_and_fresh(lambda: call(torch.empty_like(q)),
+                                                                           launches)
         assert reused_launches == fresh_launches, f"chunk {chunk}"
         assert torch.equal(reused, fresh), f"chunk {chunk}"
         expected, _ = attention_kvcache_ref(q, k_cache, v_cache, seqused, page_table=table, cu_seqlens_q=cu,
@@ -268,15 +276,7 @@ def test_varlen_prefills_of_new_lengths_reuse_plans_and_launch_what_fresh_plans_
                                                  window_size=(5, 0), sinks=sinks, check_inputs=False,
                                                  **({"out": torch.empty_like(q)} if into else {}))
 
-        reused = call()
-        reused_launches = launches.take()
-        state = [dict(cache) for cache in _launch.PlanCache._all]
-        _launch.clear_plans()
-        fresh = call()
-        fresh_launches = launches.take()
-        for cache, kept in zip(_launch.PlanCache._all, state):
-            cache.clear()
-            cache.update(kept)
+        reused, reused_launches, fresh, fresh_launches = _reused_and_fresh(call, launches)
         assert reused_launches == fresh_launches, f"lengths {lengths}"
         assert torch.equal(reused, fresh), f"lengths {lengths}"
         expected, _ = attention_varlen_ref(q, k, v, cu, cu_k, softmax_scale=D ** -0.5, window_size=(5, 0),
@@ -316,15 +316,8 @@ def test_training_steps_of_new_lengths_give_the_gradients_of_fresh_plans(monkeyp
             return swattn.flash_attn_varlen_func(q, k, v, cu, cu_k, max(lengths), max(key_lengths), causal=True,
                                                  window_size=(4, 0), check_inputs=False)
 
-        reused = gradients(swattn_call, q, k, v)
-        reused_launches = launches.take()
-        state = [dict(cache) for cache in _launch.PlanCache._all]
-        _launch.clear_plans()
-        fresh = gradients(swattn_call, q, k, v)
-        fresh_launches = launches.take()
-        for cache, kept in zip(_launch.PlanCache._all, state):
-            cache.clear()
-            cache.update(kept)
+        reused, reused_launches, fresh, fresh_launches = _reused_and_fresh(
+            lambda: gradients(swattn_call, q, k, v), launches)
         assert reused_launches == fresh_launches, f"{lengths}"
         assert torch.equal(reused[0], fresh[0]) and all(map(torch.equal, reused[1], fresh[1])), f"{lengths}"
         expected = gradients(lambda q, k, v: attention_varlen_ref(q, k, v, cu, cu_k, softmax_scale=D ** -0.5,
@@ -411,15 +404,7 @@ def test_dense_caches_of_new_lengths_launch_what_fresh_plans_launch(monkeypatch,
             return swattn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, causal=True,
                                                   window_size=window, num_splits=splits, check_inputs=False)
 
-        reused = call()
-        reused_launches = launches.take()
-        state = [dict(cache) for cache in _launch.PlanCache._all]
-        _launch.clear_plans()
-        fresh = call()
-        fresh_launches = launches.take()
-        for cache, kept in zip(_launch.PlanCache._all, state):
-            cache.clear()
-            cache.update(kept)
+        reused, reused_launches, fresh, fresh_launches = _reused_and_fresh(call, launches)
         assert reused_launches and reused_launches == fresh_launches, f"length {length}"
         assert torch.equal(reused, fresh), f"length {length}"
         expected, _ = attention_kvcache_ref(q, k_cache, v_cache, seqlens, softmax_scale=D ** -0.5,
