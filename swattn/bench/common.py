@@ -249,6 +249,12 @@ def rotation_sets(bytes_per_call: float, env: Env, most: int = 64) -> int:
     return max(1, min(most, math.ceil(4 * env.l2_bytes / max(bytes_per_call, 1))))
 
 
+def pool_page_count(logical_pages: int, page_bytes: int, sets: int, env: Env) -> int:
+    """Pages in a paged cache's pool: the pages the sequences use, or, when input sets rotate (``rotation_sets``),
+    enough for 4x L2, so that the sets' random page orders spread over memory L2 cannot hold."""
+    return max(logical_pages, -(-4 * env.l2_bytes // page_bytes)) if sets > 1 else logical_pages
+
+
 def measure_copy_bandwidth(env: Env) -> float:
     """GB/s of one large device-to-device copy (1 GiB on the GPU; 256 MiB with --quick, 32 MiB on the CPU), read +
     written."""

@@ -40,6 +40,7 @@ from swattn.bench.common import (
     drop_unavailable,
     markdown_table,
     measure,
+    pool_page_count,
     rate,
     ratio_cell,
     rotating,
@@ -156,7 +157,7 @@ def setup_decode(shape: DecodeShape, env: Env, seed: int = 0) -> DecodeCase:
     logical = s.batch * pages_per_seq
     sets = rotation_sets(s.kv_bytes(itemsize), env)
     page_bytes = s.page_size * s.kv_heads * s.head_dim * 2 * itemsize
-    pool_pages = max(logical, -(-4 * env.l2_bytes // page_bytes)) if sets > 1 else logical
+    pool_pages = pool_page_count(logical, page_bytes, sets, env)
     k_pool = torch.randn(pool_pages, s.page_size, s.kv_heads, s.head_dim, device=dev, dtype=dt)
     v_pool = torch.randn_like(k_pool)
     tables = [torch.randperm(pool_pages, device=dev)[:logical].view(s.batch, pages_per_seq).to(torch.int32)

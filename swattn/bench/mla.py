@@ -38,6 +38,7 @@ from swattn.bench.common import (
     markdown_table,
     measure,
     measure_windowed_shapes,
+    pool_page_count,
     rate,
     ratio_cell,
     rotating,
@@ -212,7 +213,7 @@ def setup_decode_mla(shape: MlaDecodeShape, env: Env, seed: int = 0) -> MlaDecod
     logical = s.batch * pages_per_seq
     sets = rotation_sets(s.kv_bytes(itemsize), env)
     page_bytes = s.page_size * s.latent_dim * itemsize
-    pool_pages = max(logical, -(-4 * env.l2_bytes // page_bytes)) if sets > 1 else logical
+    pool_pages = pool_page_count(logical, page_bytes, sets, env)
     pool = torch.randn(pool_pages, s.page_size, 1, s.latent_dim, device=dev, dtype=dt)
     v_pool, k_pool = pool[..., :s.head_dim_v], pool[..., s.head_dim_v:]
     tables = [torch.randperm(pool_pages, device=dev)[:logical].view(s.batch, pages_per_seq).to(torch.int32)
