@@ -173,10 +173,6 @@ def main() -> int:
         reference = with_mode("0", call())()
         variants = [("swattn Triton", with_mode("0", call()))]
         gluon = [("gluon shipped", with_mode("1", call()))]
-        # The shipped call without the one-warpgroup programs' per-shape trims (``ONE_WARPGROUP_TRIMS``; none since
-        # session 14); the same kernel as "shipped" on two-warpgroup rows, so also a measure of the runs' spread.
-        gluon.append(("gluon without one-warpgroup trims",
-                      with_mode("1", call(), settings=dict(ONE_WARPGROUP_TRIMS=0))))
         # The running max kept until it grows by more than the threshold (log2 units; 0: rescale every block),
         # for every tile shape (the shipped choice: ``rescale_threshold_for``).
         for threshold in (0.0, 8.0):

@@ -154,16 +154,7 @@ PV_WAIT_LATE = 256
 # recomputed from the ring position (a signed division and remainder each for K's stage and V's): 8 fewer uniform
 # instructions per block at head_dim 64 (Triton 3.6).
 CARRIED_RING = 512
-# A/B runs: SWATTN_GLUON_SOFTMAX_TRIMS gives the bits exactly (0 for none; no per-shape additions below).
-_TRIMS_FROM_ENV = os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "").strip()
-SOFTMAX_TRIMS = int(_TRIMS_FROM_ENV or "39")
-# Bits that one-warpgroup programs (packed small windows) add to SOFTMAX_TRIMS, unless SWATTN_GLUON_SOFTMAX_TRIMS is
-# set: none. H200, 16K, one-warpgroup rows with THREAD_RELEASE | CARRIED_RING against without (session 14,
-# docs/notes/2026-12-03-gluon-forward.md): W(127,0) D64 gpt-oss sinks 168.7 against 172.0 us (s14-call2) but 166.6
-# against 164.5 (s14-call3); W(127,0) D128 140.7 against 142.3, then 140.3 against 140.0. Within the runs' spread
-# (two identical W(4095,0) D128 kernels 1437.6 / 1451.0 in s14-call3), not a win in both runs: off. Two-warpgroup
-# tiles lose with either (s14-call1: causal D128 +3.2% / +5.6%, W(4095,0) D128 +3.5% / +3.6%).
-ONE_WARPGROUP_TRIMS = 0
+SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "39"))  # A/B runs: 0 for none
 
 
 def divisor_magic(divisor: int) -> tuple[int, int]:
@@ -255,14 +246,11 @@ def softmax_trims_for(consumers: int, head_dim: int) -> int:
     kept = ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX if consumers == 1 else THREAD_ROW_SUMS | VOTED_ROW_MAX
     if consumers > 1:
         kept |= OVERLAP_TILES
-    trims = SOFTMAX_TRIMS & (kept | RESCALE_EARLY | THREAD_RELEASE | PV_WAIT_LATE | CARRIED_RING)
-    if consumers > 1 or _TRIMS_FROM_ENV:
-        return trims
-    if _triton_version() >= (3, 7):
-        # Triton 3.9 keeps 40 B of stack at head_dim 64 with the carried ring (24 B without; not timed: no GPU has
-        # it), as head_dim 256's trims stay off there.
-        return trims | ONE_WARPGROUP_TRIMS & ~CARRIED_RING
-    return trims | ONE_WARPGROUP_TRIMS
+    # None of the four synchronization switches is on by default. H200, 16K (session 14): two-warpgroup tiles lose
+    # with each (s14-call1: THREAD_RELEASE causal D128 +3.2%, W(4095,0) D128 +3.5%; the others on top of it more);
+    # one-warpgroup rows with THREAD_RELEASE | CARRIED_RING won in s14-call2 (W(127,0) D64 sinks 172.0 -> 168.7 us)
+    # and lost in s14-call3 (164.5 -> 166.6; identical kernels 0.9% apart in that run): inside the runs' spread.
+    return SOFTMAX_TRIMS & (kept | RESCALE_EARLY | THREAD_RELEASE | PV_WAIT_LATE | CARRIED_RING)
 
 
 def tma_store_for(consumers: int) -> bool:

@@ -207,9 +207,7 @@ def test_stage_releases_and_overlapped_tiles_keep_the_bits(case, trims, monkeypa
     """K/V stages released by one arrival per consumer thread (``THREAD_RELEASE``), the next tile's first scores
     product issued under this tile's epilogue (``OVERLAP_TILES``, two-warpgroup tiles), the P V wait after the
     exponentials (``PV_WAIT_LATE``) and the ring's stage and phase carried from block to block (``CARRIED_RING``)
-    change only when and how things are issued: the same bits as the schedule without any of them
-    (``ONE_WARPGROUP_TRIMS``, a one-warpgroup default, off here on both sides)."""
-    monkeypatch.setattr(gluon_fwd, "ONE_WARPGROUP_TRIMS", 0)
+    change only when and how things are issued: the same bits as the shipped schedule."""
     same_bits_under_switch(case, monkeypatch, "SOFTMAX_TRIMS", (gluon_fwd.SOFTMAX_TRIMS, with_trims(trims)))
 
 

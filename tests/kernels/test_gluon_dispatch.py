@@ -164,21 +164,13 @@ def test_consumer_and_register_rules():
 
 def test_softmax_trims_per_shape(monkeypatch):
     g = gluon_fwd
-    sync = g.THREAD_RELEASE | g.CARRIED_RING
     monkeypatch.setattr(g, "SOFTMAX_TRIMS", 39)
-    monkeypatch.setattr(g, "_TRIMS_FROM_ENV", "")
-    # The per-shape additions (none shipped: session 14's runs disagreed) go to one-warpgroup programs only.
-    monkeypatch.setattr(g, "ONE_WARPGROUP_TRIMS", sync)
-    # (Triton 3.7+ without the carried ring: its stack at head_dim 64.)
-    expected = 39 | (sync if g._triton_version() < (3, 7) else g.THREAD_RELEASE)
-    assert g.softmax_trims_for(1, 64) == g.softmax_trims_for(1, 128) == expected
-    # Two-warpgroup tiles lose with either sync trim (s14-call1): neither; head_dim 256 keeps its own set.
+    # One-warpgroup programs (packed small windows): the shipped set with the one-sided edges; none of the
+    # synchronization switches (session 14's runs: not a win in both).
+    assert g.softmax_trims_for(1, 64) == g.softmax_trims_for(1, 128) == 39
+    # Two- and three-warpgroup tiles: without the one-sided edges; head_dim 256 keeps its own set.
     assert g.softmax_trims_for(2, 128) == g.softmax_trims_for(3, 64) == 39 & ~g.ONE_SIDED_EDGES
-    assert g.softmax_trims_for(2, 256) & sync == 0
-    # SWATTN_GLUON_SOFTMAX_TRIMS (A/B runs) gives the bits exactly: no per-shape additions.
-    monkeypatch.setattr(g, "_TRIMS_FROM_ENV", "39")
-    assert g.softmax_trims_for(1, 64) == 39
-
+    assert g.softmax_trims_for(2, 256) & (g.THREAD_RELEASE | g.CARRIED_RING) == 0
 
 def test_lazy_rescale_ptx():
     """The lazy rescale's PTX: outputs tied to the accumulator inputs, a warp vote on the two rows' alphas, then one
