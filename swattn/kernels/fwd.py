@@ -2327,14 +2327,16 @@ class _ForwardPlan:
         # fence: appending programs load through pointers.
         self.use_tma = config.tma and not paged and not append_new and tma_compatible(k, v)
         use_pdl = pdl_enabled(q.device)
-        # (``rebased`` replaces k's and v's strides, seqlen_k and left: their positions follow from this tuple.)
-        scalars = (
+        # (``rebased`` replaces k's and v's strides and seqlen_k: their positions follow from these tuples.)
+        strides = (
             *token_strides(q, varlen_q), *token_strides(k, varlen_k), *token_strides(v, varlen_k), *o_strides,
             *l_strides, page_table.stride(0) if paged else 0,
             # The new tokens' strides, or qv's (the kernel's QV reads it through K_NEW with them).
             *(token_strides(new_k, varlen_q) if append_new else token_strides(qv, varlen_q) if has_qv else (0, 0, 0)),
             *descale_strides(q_descale), *descale_strides(k_descale), *descale_strides(v_descale),
-            seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
+        )
+        scalars = (
+            *strides, seqlen_q, seqlen_k, num_heads, group, k.shape[1] if paged else 1,
             softmax_scale, softcap if softcap > 0 else 1.0, left, right,
             num_tiles, num_splits, num_work, max(attention_chunk, 1),
         )
@@ -2431,15 +2433,15 @@ class _ForwardPlan:
                 and not self.prefetch_partner and not self.preload_l2):
             self.rebase = (left_given, left, right, seqlen_q, attention_chunk, num_splits, config_arguments,
                            chosen_config, keys_per_split, self.use_tma, len(token_strides(q, varlen_q)),
-                           len(scalars) - 12)
+                           len(strides) + 1)
 
     def rebased(self, q, k, v) -> _ForwardPlan | None:
         """The plan of a call of this plan's family (``_PlanFamily.dense_kv``) whose dense KV cache has another
         length or strides, made from this one, or None where it would differ from a fresh plan in more than the
         scalars: each choice that the length enters is made again with the functions ``__init__`` makes it with
         (the window's normalisation, the visible keys and split size, ``forward_config``, the TMA check, the Gluon
-        decision) and must equal this plan's; then the only differences are k's and v's strides, seqlen_k and
-        left (the launch scalars), and the new launch reuses the compiled kernel only where Triton specializes
+        decision) and must equal this plan's; then the only differences are k's and v's strides and seqlen_k
+        (launch scalars), and the new launch reuses the compiled kernel only where Triton specializes
         those scalars as before (``Launch.with_scalars``)."""
         (left_given, left, right, seqlen_q, chunk, num_splits, config_arguments, chosen_config, keys_per_split,
          use_tma, k_strides_at, seqlen_k_at) = self.rebase
