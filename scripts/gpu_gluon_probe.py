@@ -6,6 +6,7 @@ medians), so clock drift does not favour whichever ran first.
 
     python scripts/gpu_gluon_probe.py [--rounds 5] [--reps 10] [--rows D128,causal] [--variants shipped,FA3]
         [--paged 16] [--out FILE.md]
+    python scripts/gpu_gluon_probe.py --rows causal_D128 --variants shipped,diag,FA3  # HALF_DIAGONAL on and off
 
 (``--rows`` / ``--variants``: comma-separated substrings, ``_`` for a space; a label's own comma cannot be given.)
 """
@@ -256,8 +257,13 @@ def main() -> int:
         for trims in ((0, 2, 3) if small else (0, 2, 38) if head_dim == 256 else (0, 2)):
             gluon.append((f"gluon trims {trims}", with_mode(
                 "1", call(), settings=dict(softmax_trims_for=lambda consumers, head_dim, t=trims: t))))
+        # The first warpgroup's last block over its first 64 keys where its rows see no later key
+        # (``HALF_DIAGONAL``; two-warpgroup tiles of 128-key blocks: causal tiles on the diagonal, W(4095,0)'s).
+        half = ("gluon half diagonal", with_mode("1", call(), settings=dict(
+            SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | gluon_fwd.HALF_DIAGONAL)))
+        gluon.append(half)
         if args.paged or args.varlen:
-            gluon = gluon[:2]
+            gluon = gluon[:2] + [half]
         variants += gluon
         try:
             if args.paged:

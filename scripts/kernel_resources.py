@@ -204,7 +204,7 @@ def compile_gluon(q, k, v, *, left: int, right: int, pack_gqa: bool = False, sin
 
 def gluon_targets() -> list[tuple[str, dict, dict, torch.dtype]]:
     """The Gluon kernel's shipped variants: head_dim 64, 128 and 256, packed or not, the switches of gpt-oss and
-    Gemma, a paged cache."""
+    Gemma, a paged cache, causal (issue 17's row)."""
     d64, d128 = dict(q=(1, 512, 64, 64), kv=(1, 512, 8, 64)), dict(q=(1, 512, 32, 128), kv=(1, 512, 8, 128))
     d256 = dict(q=(1, 512, 16, 256), kv=(1, 512, 8, 256))
     return [
@@ -212,6 +212,7 @@ def gluon_targets() -> list[tuple[str, dict, dict, torch.dtype]]:
          dict(left=127, right=0, pack_gqa=True, sinks=True), torch.bfloat16),
         ("gluon W(127,0) D64", d64, dict(left=127, right=0), torch.bfloat16),
         ("gluon W(4095,0) D128", d128, dict(left=4095, right=0), torch.bfloat16),
+        ("gluon causal D128", d128, dict(left=-1, right=0), torch.bfloat16),
         ("gluon W(127,0) D128 packed (1 warpgroup, 2 programs/SM)", d128, dict(left=127, right=0, pack_gqa=True),
          torch.bfloat16),
         ("gluon W(511,512) D64 packed, softcap", d64, dict(left=511, right=512, pack_gqa=True, softcap=50.0),

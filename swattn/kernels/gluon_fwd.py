@@ -60,6 +60,7 @@ from swattn.kernels._common import (
     descale_strides,
     finish_rows,
     kept_max,
+    last_visible_key,
     safe_pivot,
     sequence_bounds,
     softcap_scores,
@@ -154,6 +155,14 @@ PV_WAIT_LATE = 256
 # recomputed from the ring position (a signed division and remainder each for K's stage and V's): 8 fewer uniform
 # instructions per block at head_dim 64 (Triton 3.6).
 CARRIED_RING = 512
+# The first consumer warpgroup's last block over its first 64 keys where none of its rows sees a later key of the
+# block: a causal 128-row tile on the diagonal (its rows 0-63 end at the diagonal block's key 63, rows 64-127 at key
+# 127), and wherever else the window's right edge or the keys' end leaves the block's second half masked for rows
+# 0-63. That block's scores product is m64n64 instead of m64n128, its softmax covers 64 columns and its P V product
+# reads the V stage's first 64 rows (K = 64); the second warpgroup keeps the whole block. Two consumer warpgroups of
+# 64 rows, 128-key blocks, head_dim up to 128, not PackGQA, not with ping-pong or ``OVERLAP_TILES``
+# (``_consume_item``). Off: a switch for the H200's probe (session 15, docs/notes/2026-12-03-gluon-forward.md).
+HALF_DIAGONAL = 1024
 SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "39"))  # A/B runs: 0 for none
 
 
@@ -246,6 +255,8 @@ def softmax_trims_for(consumers: int, head_dim: int) -> int:
     kept = ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX if consumers == 1 else THREAD_ROW_SUMS | VOTED_ROW_MAX
     if consumers > 1:
         kept |= OVERLAP_TILES
+    if consumers == 2:
+        kept |= HALF_DIAGONAL  # (off unless SOFTMAX_TRIMS has it; the kernel applies it to 128-key blocks only)
     # None of the four synchronization switches is on by default. H200, 16K (session 14): two-warpgroup tiles lose
     # with each (s14-call1: THREAD_RELEASE causal D128 +3.2%, W(4095,0) D128 +3.5%; the others on top of it more);
     # one-warpgroup rows with THREAD_RELEASE | CARRIED_RING won in s14-call2 (W(127,0) D64 sinks 172.0 -> 168.7 us)
@@ -357,6 +368,7 @@ if GLUON_AVAILABLE:
     _OVERLAP_TILES_C = gl.constexpr(OVERLAP_TILES)
     _PV_WAIT_LATE_C = gl.constexpr(PV_WAIT_LATE)
     _CARRIED_RING_C = gl.constexpr(CARRIED_RING)
+    _HALF_DIAGONAL_C = gl.constexpr(HALF_DIAGONAL)
     # ``_block_end``'s asm: four sums in, the same four out; the branch skips 16 additions of +0 (a body that short
     # ptxas turns into predicated instructions and the basic block does not end: 4 additions did not).
     _BLOCK_END_ASM_C = gl.constexpr(
@@ -774,6 +786,12 @@ if GLUON_AVAILABLE:
         q_slot = item % Q_SLOTS
         OVERLAP: gl.constexpr = ((SOFTMAX_TRIMS & _OVERLAP_TILES_C) != 0 and Q_SLOTS == 2 and not TMA_STORE
                                  and not PINGPONG)
+        # ``HALF_DIAGONAL``: in the first of two 64-row warpgroups, the tile's last block over its first HALF_N keys
+        # where that is exact (``halved``, below). Off: the code is the shipped code (compile-time conditions).
+        HALF_N: gl.constexpr = BLOCK_N // 2
+        HALF: gl.constexpr = ((SOFTMAX_TRIMS & _HALF_DIAGONAL_C) != 0 and WG == 0 and NUM_CONSUMERS == 2
+                              and M == 64 and BLOCK_N == 128 and HEAD_DIM <= 128 and not PACK_GQA and not PINGPONG
+                              and not OVERLAP)
         if num_blocks > 0:
             # Block 0: its scores, then its softmax; its P @ V is issued in the next step (or after the loop).
             if OVERLAP:
@@ -813,7 +831,24 @@ if GLUON_AVAILABLE:
             if (SOFTMAX_TRIMS & _CARRIED_RING_C) != 0:
                 stage = first_stage
                 phase = (position // NUM_STAGES) & 1
-            for block in range(1, num_blocks):
+            loop_end = num_blocks
+            if HALF:
+                # The invariant ``halved`` rests on: no row of this warpgroup sees a key at or past ``half_end``, its
+                # last row's last visible key + 1 (the window's right edge, bottom-right aligned by ``offset``; at
+                # most the tile's ``kv_end``, past which every row's keys are masked: rows past the sequence, which
+                # are never stored, only see further). Keys are visible to a row up to its last key, so a row's
+                # visible keys are a prefix of the keys up to that edge: if ``half_end`` is at most the last block's
+                # first key + HALF_N, the block's keys HALF_N..BLOCK_N-1 score -inf in every row here, exp2 makes them
+                # exactly 0, and they change no row max, no row sum (adding +0) and no P V term (P = 0), so the block
+                # may be computed over its first HALF_N keys alone (masked as an edge block: the last block is one
+                # whenever this holds, since the tile's first row is this warpgroup's first). Block 0 is never
+                # halved (a tile of one block takes the shipped path). Causal 128-row tiles on the diagonal: rows
+                # 0-63 end at the last block's key 63, so every tile of two or more blocks is halved.
+                half_end = gl.minimum(last_visible_key(first_row + WG * M + M - 1, seqlen_q, seqlen_k, right,
+                                                       HAS_RIGHT) + 1, kv_end)
+                halved = (num_blocks > 1) & (half_end <= kv_start + (num_blocks - 1) * BLOCK_N + HALF_N)
+                loop_end = num_blocks - halved.to(gl.int32)
+            for block in range(1, loop_end):
                 if (SOFTMAX_TRIMS & _CARRIED_RING_C) != 0:
                     previous_stage = stage
                     previous_phase = phase
@@ -855,41 +890,104 @@ if GLUON_AVAILABLE:
                 if (SOFTMAX_TRIMS & _RESCALE_EARLY_C) == 0:
                     acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
-            if not TMA_STORE:
+            if not TMA_STORE and not HALF:
                 # Every score product of the tile has completed: its Q slot may take the loader's next tile.
                 mbarrier.arrive(q_empty.index(q_slot), count=1)
             item += 1
             last = position + num_blocks - 1
             last_stage = last % NUM_STAGES
-            if (SOFTMAX_TRIMS & _RESCALE_EARLY_C) != 0:
-                acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
-            mbarrier.wait(v_ready.index(last_stage), (last // NUM_STAGES) & 1)
-            _turn_begin(WG, PINGPONG)
-            acc_token = warpgroup_mma(p_op, v_smem.index(last_stage), acc, is_async=True)
-            _turn_end(WG, PINGPONG)
-            if OVERLAP:
-                # The next item's first scores product behind this last P V: the tensor cores run it during this
-                # tile's epilogue. Its Q is in the other slot and its first K block is the ring's next stage, so
-                # the loader's order is unchanged. It is issued on every path (without a next item with keys, on
-                # whatever the next slot and stage hold, its result dropped): ptxas serializes every product of
-                # the kernel when some path defines a product's accumulator otherwise (C7515).
-                next_blocks = 0
-                if next_work >= 0:
-                    next_blocks = _tile(next_work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN_Q,
-                                        KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS * M)[2]
-                has_next = next_blocks > 0
-                next_slot = item % Q_SLOTS
-                next_stage = (position + num_blocks) % NUM_STAGES
-                mbarrier.wait(q_ready.index(next_slot), (item // Q_SLOTS) & 1, pred=has_next)
-                mbarrier.wait(k_ready.index(next_stage), ((position + num_blocks) // NUM_STAGES) & 1, pred=has_next)
-                next_scores = warpgroup_mma(q_smem.index(next_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM]),
-                                            k_smem.index(next_stage).permute((1, 0)), s_zero, use_acc=False,
+            if HALF:
+                if halved:
+                    # The loop's step for the last block (L = num_blocks - 1) with a HALF_N-key scores product:
+                    # S_L = Q K_L[:HALF_N]^T and P_{L-1} V_{L-1} in flight, the softmax of S_L (an edge block:
+                    # masked; ``_softmax_block``'s keys are ``kv_start + block * HALF_N + column``, so its start is
+                    # moved by L * HALF_N to give the block's real keys), then P_L V_L[:HALF_N] (K = HALF_N).
+                    half_layout: gl.constexpr = gl.NVMMADistributedLayout(
+                        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HALF_N, S_INSTR_K])
+                    half_rows: gl.constexpr = gl.SliceLayout(1, half_layout)
+                    half_zero = gl.zeros([M, HALF_N], gl.float32, layout=half_layout)
+                    before_last = last - 1
+                    before_last_stage = before_last % NUM_STAGES
+                    mbarrier.wait(k_ready.index(last_stage), (last // NUM_STAGES) & 1)
+                    k_half = k_smem.index(last_stage).slice(0, HALF_N).permute((1, 0))
+                    if (SOFTMAX_TRIMS & _RESCALE_EARLY_C) != 0:
+                        half_token = warpgroup_mma(q_tile, k_half, half_zero, use_acc=False, is_async=True)
+                        acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD, True)
+                        mbarrier.wait(v_ready.index(before_last_stage), (before_last // NUM_STAGES) & 1)
+                    else:
+                        mbarrier.wait(v_ready.index(before_last_stage), (before_last // NUM_STAGES) & 1)
+                        half_token = warpgroup_mma(q_tile, k_half, half_zero, use_acc=False, is_async=True)
+                    before_token = warpgroup_mma(p_op, v_smem.index(before_last_stage), acc, is_async=True)
+                    half_s = warpgroup_mma_wait(1, deps=[half_token])
+                    _release(k_empty.index(last_stage), SOFTMAX_TRIMS)
+                    # The running max and sums in the HALF_N-column layouts (the same registers: each thread holds
+                    # the same rows, and the same columns of every 8-column group, at any N).
+                    l_layout: gl.constexpr = l_i.type.layout
+                    if (SOFTMAX_TRIMS & _THREAD_ROW_SUMS_C) != 0:
+                        half_l = gl.convert_layout(l_i, _partial_sums(half_zero, HALF_N).type.layout)
+                    else:
+                        half_l = gl.convert_layout(l_i, half_rows)
+                    half_row_pos = (first_row + WG * M + gl.arange(0, M, layout=half_rows)) // ROWS_PER_POS
+                    half_p, half_m, half_l, half_alpha = _softmax_block(
+                        half_s, gl.convert_layout(m_i, half_rows), half_l, num_blocks - 1,
+                        kv_start + (num_blocks - 1) * HALF_N, kv_end, half_row_pos, offset, masked_head_end,
+                        unmasked_end, left, right, softmax_scale, softcap, gl.SliceLayout(0, half_layout), HAS_LEFT,
+                        HAS_RIGHT, HAS_SOFTCAP, HALF_N, RESCALE_THRESHOLD, SOFTMAX_TRIMS)
+                    if (SOFTMAX_TRIMS & _PV_WAIT_LATE_C) != 0 and (SOFTMAX_TRIMS & _THREAD_ROW_SUMS_C) != 0:
+                        half_l = _block_end(half_l)
+                    acc = warpgroup_mma_wait(0, deps=[before_token])
+                    _release(v_empty.index(before_last_stage), SOFTMAX_TRIMS)
+                    half_alpha_o = gl.convert_layout(half_alpha, o_rows)
+                    m_i = gl.convert_layout(half_m, s_rows)
+                    l_i = gl.convert_layout(half_l, l_layout)
+                    # The tile's last P V, over the V stage's first HALF_N rows (the keys P covers).
+                    acc = _rescale_acc(acc, half_alpha_o, RESCALE_THRESHOLD)
+                    half_p_op = gl.convert_layout(half_p.to(dtype), p_layout)
+                    mbarrier.wait(v_ready.index(last_stage), (last // NUM_STAGES) & 1)
+                    half_pv = warpgroup_mma(half_p_op, v_smem.index(last_stage).slice(0, HALF_N), acc,
                                             is_async=True)
-                acc = warpgroup_mma_wait(1, deps=[acc_token])
-                prefetched = has_next.to(gl.int32)
+                    acc = warpgroup_mma_wait(0, deps=[half_pv])
+                else:
+                    # The shipped last P V (below), without ping-pong's turns or ``OVERLAP_TILES``.
+                    if (SOFTMAX_TRIMS & _RESCALE_EARLY_C) != 0:
+                        acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
+                    mbarrier.wait(v_ready.index(last_stage), (last // NUM_STAGES) & 1)
+                    full_token = warpgroup_mma(p_op, v_smem.index(last_stage), acc, is_async=True)
+                    acc = warpgroup_mma_wait(0, deps=[full_token])
+                _release(v_empty.index(last_stage), SOFTMAX_TRIMS)
+                if not TMA_STORE:
+                    # Every score product of the tile has completed (the halved one included).
+                    mbarrier.arrive(q_empty.index(q_slot), count=1)
             else:
-                acc = warpgroup_mma_wait(0, deps=[acc_token])
-            _release(v_empty.index(last_stage), SOFTMAX_TRIMS)
+                if (SOFTMAX_TRIMS & _RESCALE_EARLY_C) != 0:
+                    acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
+                mbarrier.wait(v_ready.index(last_stage), (last // NUM_STAGES) & 1)
+                _turn_begin(WG, PINGPONG)
+                acc_token = warpgroup_mma(p_op, v_smem.index(last_stage), acc, is_async=True)
+                _turn_end(WG, PINGPONG)
+                if OVERLAP:
+                    # The next item's first scores product behind this last P V: the tensor cores run it during this
+                    # tile's epilogue. Its Q is in the other slot and its first K block is the ring's next stage, so
+                    # the loader's order is unchanged. It is issued on every path (without a next item with keys, on
+                    # whatever the next slot and stage hold, its result dropped): ptxas serializes every product of
+                    # the kernel when some path defines a product's accumulator otherwise (C7515).
+                    next_blocks = 0
+                    if next_work >= 0:
+                        next_blocks = _tile(next_work, geometry, HAS_LEFT, HAS_RIGHT, PACK_GQA, GROUP, IS_VARLEN_Q,
+                                            KV_SOURCE, HAS_SEQLENS_K, ALIGN, BLOCK_N, HEAD_DIM, NUM_CONSUMERS * M)[2]
+                    has_next = next_blocks > 0
+                    next_slot = item % Q_SLOTS
+                    next_stage = (position + num_blocks) % NUM_STAGES
+                    mbarrier.wait(q_ready.index(next_slot), (item // Q_SLOTS) & 1, pred=has_next)
+                    mbarrier.wait(k_ready.index(next_stage), ((position + num_blocks) // NUM_STAGES) & 1, pred=has_next)
+                    next_scores = warpgroup_mma(q_smem.index(next_slot * NUM_CONSUMERS + WG).reshape([M, HEAD_DIM]),
+                                                k_smem.index(next_stage).permute((1, 0)), s_zero, use_acc=False,
+                                                is_async=True)
+                    acc = warpgroup_mma_wait(1, deps=[acc_token])
+                    prefetched = has_next.to(gl.int32)
+                else:
+                    acc = warpgroup_mma_wait(0, deps=[acc_token])
+                _release(v_empty.index(last_stage), SOFTMAX_TRIMS)
         elif OVERLAP:
             # A tile without keys: the pipeline's shape as on the other path, a product whose result is dropped.
             next_scores = warpgroup_mma(q_smem.index(WG).reshape([M, HEAD_DIM]), k_smem.index(0).permute((1, 0)),

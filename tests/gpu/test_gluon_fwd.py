@@ -211,6 +211,49 @@ def test_stage_releases_and_overlapped_tiles_keep_the_bits(case, trims, monkeypa
     same_bits_under_switch(case, monkeypatch, "SOFTMAX_TRIMS", (gluon_fwd.SOFTMAX_TRIMS, with_trims(trims)))
 
 
+HALF_CASES = [
+    # batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, window_size, softcap, sinks, pack_gqa
+    (2, 2048, 2048, 32, 8, 128, (-1, 0), 0.0, False, False),  # causal, Sq == Sk: every tile of 2+ blocks halved
+    (1, 1000, 2500, 32, 8, 128, (-1, 0), 0.0, True, False),  # Sk > Sq, diagonal off the blocks (offset 1500), sinks
+    (1, 1024, 1088, 32, 8, 128, (-1, 0), 0.0, False, False),  # offset 64: rows 0-63 see none of the last block
+    (1, 3000, 3000, 32, 8, 128, (1023, 0), 0.0, False, False),  # lengths off every block, window start mid-block
+    (1, 5000, 5000, 32, 8, 128, (4095, 0), 0.0, True, False),  # the issue's window, sinks
+    (1, 2500, 1000, 32, 2, 128, (-1, 0), 0.0, False, False),  # Sk < Sq: the top rows see nothing
+    (1, 700, 700, 8, 2, 128, (-1, -1), 0.0, False, False),  # no window: every tile's last block holds 60 keys
+    (1, 1234, 1234, 16, 16, 64, (63, 64), 30.0, True, False),  # right side 64, softcap, D64
+    (1, 4096, 4096, 64, 8, 64, (-1, 0), 0.0, True, False),  # gpt-oss full layer (D64), sinks
+    (2, 100, 100, 8, 2, 128, (-1, 0), 0.0, False, False),  # one block per tile: never halved
+]
+HALF_IDS = {"ids": lambda c: f"B{c[0]}-Sq{c[1]}-Sk{c[2]}-H{c[3]}/{c[4]}-D{c[5]}-W{c[6]}{'-cap' if c[7] else ''}"
+            f"{'-sinks' if c[8] else ''}"}
+
+
+def half_diagonal_on(monkeypatch, head_dim: int) -> None:
+    """``HALF_DIAGONAL`` on (with the shipped trims) for the calls that follow, and taken by two-warpgroup tiles."""
+    monkeypatch.setattr(gluon_fwd, "SOFTMAX_TRIMS", with_trims("HALF_DIAGONAL"))
+    assert gluon_fwd.softmax_trims_for(2, head_dim) & gluon_fwd.HALF_DIAGONAL
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", HALF_CASES, **HALF_IDS)
+def test_half_diagonal_against_reference_and_triton(case, dtype, monkeypatch):
+    """``HALF_DIAGONAL``: the first warpgroup's last block over its first 64 keys where its rows see no later key
+    (causal tiles on the diagonal, bottom-right alignment with more or fewer keys than queries, windows starting
+    mid-block, the keys' end mid-block, a right window side): output and LSE against the reference and the Triton
+    path."""
+    half_diagonal_on(monkeypatch, case[5])
+    test_dense_against_reference_and_triton(case, dtype)
+
+
+@pytest.mark.parametrize("case", HALF_CASES, **HALF_IDS)
+def test_half_diagonal_keeps_the_bits(case, monkeypatch):
+    """The keys ``HALF_DIAGONAL`` leaves out score -inf in every row of the warpgroup: exp2 gives exactly 0, which
+    adds +0 to the row sums and a zero term to P V, and the max and the kept keys' scores are computed as before, so
+    the output and LSE bits are the shipped kernel's (a difference here with the reference tests passing would be
+    the tensor cores' summation over K = 64 against K = 128 with zero terms, not a masking error)."""
+    same_bits_under_switch(case, monkeypatch, "SOFTMAX_TRIMS", (gluon_fwd.SOFTMAX_TRIMS, with_trims("HALF_DIAGONAL")))
+
+
 @pytest.mark.parametrize("pack_gqa", [False, True])
 def test_q_as_a_view_of_a_fused_projection(pack_gqa):
     """Q is read through a 4D TMA descriptor with the caller's strides: a slice of a fused QKV tensor."""
@@ -229,12 +272,13 @@ def test_q_as_a_view_of_a_fused_projection(pack_gqa):
     assert_close("gluon vs triton", out, triton_out, tolerance_for(torch.bfloat16))
 
 
-@pytest.mark.parametrize("trims", ["shipped"] + SYNC_TRIMS[-1:])
+@pytest.mark.parametrize("trims", ["shipped"] + SYNC_TRIMS[-1:] + ["HALF_DIAGONAL"])
 @pytest.mark.parametrize("window_size", [(127, 0), (-1, 0), (31, 31)])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_varlen_with_empty_and_short_sequences(window_size, head_dim, trims, monkeypatch):
     """Tiles past a short sequence's rows and empty sequences (tiles without keys: with ``OVERLAP_TILES`` the item
-    before one issues a product whose result is dropped) between long ones."""
+    before one issues a product whose result is dropped) between long ones; with ``HALF_DIAGONAL``, each sequence's
+    own diagonal (lengths off every block, more keys than queries)."""
     if trims != "shipped":
         monkeypatch.setattr(gluon_fwd, "SOFTMAX_TRIMS", with_trims(trims))
     lengths_q = [1000, 0, 1, 2047, 0, 300, 129]
@@ -317,6 +361,15 @@ def test_kvcache_extend(case):
     assert_close("gluon vs triton", out, triton_out, tol)
 
 
+@pytest.mark.parametrize("case", [KVCACHE[1], KVCACHE[2], KVCACHE[3], KVCACHE[5]],
+                         ids=lambda c: f"page{c[0]}-W{c[1]}-D{c[2]}-Sq{c[5]}")
+def test_kvcache_extend_half_diagonal(case, monkeypatch):
+    """``HALF_DIAGONAL`` over a KV cache: the tile's first key rounded down to a TMA box (pages), keys past each
+    sequence's length holding NaN (masked: the halved block never reads its second half's V rows)."""
+    half_diagonal_on(monkeypatch, case[2])
+    test_kvcache_extend(case)
+
+
 @pytest.mark.parametrize("consumers", [1, 2, 3])
 @pytest.mark.parametrize("pack_gqa", [False, True])
 def test_non_finite_isolation(pack_gqa, consumers, monkeypatch):
@@ -352,6 +405,13 @@ def test_non_finite_isolation(pack_gqa, consumers, monkeypatch):
     assert torch.equal(triton_rows, out_rows)
     finite = ~ref_rows
     torch.testing.assert_close(out[finite].float(), ref[finite].float(), atol=2e-2, rtol=2e-2)
+
+
+def test_non_finite_isolation_half_diagonal(monkeypatch):
+    """Non-finite isolation with ``HALF_DIAGONAL`` (two warpgroups, a window of 100: every tile's last block is
+    halved for rows 0-63)."""
+    half_diagonal_on(monkeypatch, 64)
+    test_non_finite_isolation(False, 2, monkeypatch)
 
 
 def test_auto_dispatch_takes_gluon_for_large_prefill_only():
@@ -446,6 +506,14 @@ def test_all_fp8_against_reference(case, descales):
     assert_close("gluon out", out, ref, tol)
     check_lse("gluon lse", lse, ref_lse)
     assert_close("gluon vs triton", out, triton_out, tol)
+
+
+@pytest.mark.parametrize("case", [FP8_CASES[0], FP8_CASES[1], FP8_CASES[4], FP8_CASES[5]],
+                         ids=lambda c: f"B{c[0]}-Sq{c[1]}-Sk{c[2]}-D{c[5]}-W{c[6]}")
+def test_all_fp8_half_diagonal(case, monkeypatch):
+    """``HALF_DIAGONAL`` with the e4m3 scores product (a 64-key e4m3 product, P V in bf16)."""
+    half_diagonal_on(monkeypatch, case[5])
+    test_all_fp8_against_reference(case, "per-kv-head")
 
 
 def test_auto_dispatch_takes_gluon_for_the_all_fp8_prefill():
