@@ -365,7 +365,7 @@ def test_kvcache_extend(case):
                          ids=lambda c: f"page{c[0]}-W{c[1]}-D{c[2]}-Sq{c[5]}")
 def test_kvcache_extend_half_diagonal(case, monkeypatch):
     """``HALF_DIAGONAL`` over a KV cache: the tile's first key rounded down to a TMA box (pages), keys past each
-    sequence's length holding NaN (masked: the halved block never reads its second half's V rows)."""
+    sequence's length holding NaN (masked; warpgroup 0's halved block does not read its second half's V rows)."""
     half_diagonal_on(monkeypatch, case[2])
     test_kvcache_extend(case)
 
