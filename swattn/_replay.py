@@ -129,16 +129,57 @@ class _Replay:
         return result
 
 
+class _DenseReplay(_Replay):
+    """A ``_Replay`` of a function with dense lengths (``replayed``'s ``dense``) whose recording noted its length
+    choices: its op's arguments are picked from the call's values, then the call's lengths (``derive(values)``: each
+    group's first tensor's dim 1; the op's ``max_seqlen_q`` / ``max_seqlen_k`` where it takes them), then the
+    constants."""
+
+    __slots__ = ("derive",)
+
+    def __init__(self, op, pick, constants, returns, data_checks, planned, lengths, derive):
+        super().__init__(op, pick, constants, returns, data_checks, planned, lengths)
+        self.derive = derive
+
+    def __call__(self, values: tuple):
+        result = self.op(*self.pick(values + self.derive(values) + self.constants))
+        if self.returns == "out":
+            return result[0]
+        if self.returns == "pair":
+            return result[0], result[1]
+        return result
+
+
 # The positions of the lengths (max_seqlen_q, then max_seqlen_k) among the arguments of the ops whose calls may
 # serve other lengths.
 _LENGTH_ARGUMENTS = {"run_fwd_kvcache": (9,), "run_fwd_kvcache_into": (10,), "run_fwd": (7, 8),
                      "run_fwd_into": (8, 9)}
+# The same for dense lengths (``replayed``'s ``dense``: each group's first tensor's dim 1), None for a length that is
+# no argument of the op (a dense KV cache's: the op reads it from the cache's shape).
+_DENSE_LENGTH_ARGUMENTS = {"run_fwd_kvcache": (None,), "run_fwd_kvcache_into": (None,), "run_fwd": (7, 8),
+                           "run_fwd_into": (8, 9)}
 
 
-def _record(function, args, kwargs, length_positions=None):
+def _dense_lengths_noted(record: dict, op, op_args: tuple, derived: tuple) -> bool:
+    """Whether a recording of a function with dense lengths noted its choices for exactly the call's lengths
+    (``derived``), and its op takes them where ``_DENSE_LENGTH_ARGUMENTS`` says (so a replay of other lengths passes
+    its own there)."""
+    if len(record["lengths"]) != 1:
+        return False
+    _, noted, _ = record["lengths"][0]
+    indices = _DENSE_LENGTH_ARGUMENTS.get(getattr(op, "__name__", None))
+    return (indices is not None and len(indices) == len(noted) == len(derived)
+            and all(type(length) is int and length == found
+                    and (index is None or (type(op_args[index]) is int and op_args[index] == found))
+                    for length, found, index in zip(noted, derived, indices)))
+
+
+def _record(function, args, kwargs, length_positions=None, derive=None):
     """Run ``function`` once, recording its op call; returns (its result, a ``_Replay`` or None).
     ``length_positions``: where the call's lengths are among its values, when they may be free (``replayed``'s
-    ``lengths``): a recording that noted its length choices then picks them from the call's values."""
+    ``lengths``): a recording that noted its length choices then picks them from the call's values. ``derive``:
+    ``values -> lengths`` for a function with dense lengths (``replayed``'s ``dense``): a recording that noted its
+    choices for them (a ``_DenseReplay``) passes each call's own to its op."""
     record = {"data_checks": [], "calls": [], "lengths": []}
     _recording.record = record
     try:
@@ -149,6 +190,9 @@ def _record(function, args, kwargs, length_positions=None):
         return result, None
     op, op_args, op_result = record["calls"][0]
     values = args + tuple(kwargs.values())
+    derived = () if derive is None else derive(values)
+    if derived and not _dense_lengths_noted(record, op, op_args, derived):
+        derived = ()  # a plain recording of this signature (its lengths are constants)
     by_identity, data_checks = {}, []
     for position, value in enumerate(values):
         if isinstance(value, torch.Tensor):
@@ -162,7 +206,8 @@ def _record(function, args, kwargs, length_positions=None):
         if id(tensor) not in by_identity:
             return result, None
         data_checks.append((decide, by_identity[id(tensor)], check_inputs))
-    # The op's arguments: positions in the call's values, or in the constants that follow them.
+    # The op's arguments: positions in the call's values (followed by the derived lengths), or in the constants that
+    # follow them.
     positions, constants = [], []
     for value in op_args:
         if isinstance(value, torch.Tensor):
@@ -170,10 +215,15 @@ def _record(function, args, kwargs, length_positions=None):
                 return result, None  # a tensor the function made (a copy, a filled int): not replayable
             positions.append(by_identity[id(value)])
         elif value is None or type(value) in (bool, int, float):
-            positions.append(len(values) + len(constants))
+            positions.append(len(values) + len(derived) + len(constants))
             constants.append(value)
         else:
             return result, None
+    if derived:
+        choose, _, choices = record["lengths"][0]
+        for offset, index in enumerate(_DENSE_LENGTH_ARGUMENTS[op.__name__]):
+            if index is not None:
+                positions[index] = len(values) + offset
     lengths = None
     if length_positions is not None and len(record["lengths"]) == 1:
         choose, noted, choices = record["lengths"][0]
@@ -192,6 +242,9 @@ def _record(function, args, kwargs, length_positions=None):
         returns = "pair"
     else:
         return result, None
+    if derived:
+        return result, _DenseReplay(op, _picker(positions), tuple(constants), returns, tuple(data_checks),
+                                    ops.planned_op(op, op_args), (choose, choices), derive)
     return result, _Replay(op, _picker(positions), tuple(constants), returns, tuple(data_checks),
                            ops.planned_op(op, op_args), lengths)
 
@@ -241,7 +294,30 @@ def _rows_free(item: tuple, rows: int, tokens: int) -> tuple:
     return ("rows", shape[1:], min(rows, 2), rows == tokens, *item[1:])
 
 
-def replayed(function=None, *, lengths: tuple | None = None):
+def _lengths_getter(positions: tuple) -> Callable[[tuple], tuple]:
+    """``values -> tuple(values[i].shape[1] for i in positions)``, for one or two positions without a loop (every
+    replay of a function with dense lengths calls it)."""
+    if len(positions) == 1:
+        first, = positions
+        return lambda values: (values[first].shape[1],)
+    if len(positions) == 2:
+        first, second = positions
+        return lambda values: (values[first].shape[1], values[second].shape[1])
+    return lambda values: tuple(values[position].shape[1] for position in positions)
+
+
+def _length_free(item: tuple, tensor: torch.Tensor, length: int) -> tuple:
+    """A dense tensor's signature item without its length (dim 1) and strides: the rest of its shape, its length
+    class (0, 1, more), whether it has ``length`` (its group's first tensor's), its last stride and contiguity (what
+    the interface reads of its strides: a head dimension of unit stride, a contiguous ``out``), dtype, device and
+    16-byte alignment."""
+    shape = item[0]
+    size = shape[1]
+    return ("dense", shape[:1] + shape[2:], min(size, 2), size == length, item[1][-1], tensor.is_contiguous(),
+            *item[2:])
+
+
+def replayed(function=None, *, lengths: tuple | None = None, dense: tuple | None = None):
     """Wrap a public function whose every call ends in one ``swattn.ops`` call (see the module docstring).
 
     ``lengths``: ``(rows, names)`` for a function that notes its length choices (``note_length_choices``) where its
@@ -251,9 +327,18 @@ def replayed(function=None, *, lengths: tuple | None = None):
     signature differs from a recorded one only in those rows and lengths (ints >= 0 either way) replays that
     recording when its choices for its own lengths are the same, with its lengths (a serving engine's mixed batches,
     whose totals and longest counts change every step). Such signatures are recorded at their second sighting up
-    to those rows and lengths, and at the first call of each new choice."""
+    to those rows and lengths, and at the first call of each new choice.
+
+    ``dense``: groups of dense tensor argument names (``(("q", "out"), ("k", "v"))``) whose dim 1 is a length: each
+    group's first tensor's (the others must have it), for a function that notes its length choices for those
+    lengths in group order (``note_length_choices``) and depends on them, and on those tensors' strides, only
+    through those choices, its op's ``max_seqlen_q`` / ``max_seqlen_k`` (``_DENSE_LENGTH_ARGUMENTS``) and the
+    tensors' last stride and contiguity. A call whose signature differs from a recorded one only in those lengths
+    and strides replays that recording when its choices are the same, its op taking the call's lengths (a
+    prefill or a training step of a new length; a decode over a dense KV cache one token longer). Tried for calls
+    that ``lengths`` does not serve."""
     if function is None:
-        return functools.partial(replayed, lengths=lengths)
+        return functools.partial(replayed, lengths=lengths, dense=dense)
     plans = PlanCache()
     seen_once = PlanCache(4096)
     not_replayable = object()
@@ -306,8 +391,48 @@ def replayed(function=None, *, lengths: tuple | None = None):
             items[1 + position] = ("free length", length >= 0)
         return (tuple(items), key[1], key[2]), at
 
-    def record_free(args, kwargs, key, free, at):
-        result, plan = _record(function, args, kwargs, at)
+    dense_where: dict = {}
+
+    def dense_positions(count: int, names: tuple):
+        """Where the dense groups' tensors are among a call's values (None where a group's first tensor is not
+        passed), and ``values -> lengths`` for them."""
+        found = dense_where.get((count, names), False)
+        if found is False:
+            def position(name):
+                index = parameters.index(name)
+                return index if index < count else count + names.index(name) if name in names else None
+
+            groups = tuple(tuple(position(name) for name in group) for group in dense)
+            found = None
+            if all(group[0] is not None for group in groups):
+                found = groups, _lengths_getter(tuple(group[0] for group in groups))
+            dense_where[(count, names)] = found
+        return found
+
+    def dense_free_key(signature: tuple, key: tuple, values: tuple, count: int, names: tuple):
+        """The call's key without the dense groups' lengths and strides (``_length_free``), and ``values ->
+        lengths``; (None, None) where those are not plain tensors of at least two dimensions."""
+        where = dense_positions(count, names)
+        if where is None:
+            return None, None
+        groups, derive = where
+        items = list(signature)
+        for group in groups:
+            first = values[group[0]]
+            if type(first) is not _Tensor or first.dim() < 2:
+                return None, None
+            length = first.shape[1]
+            for position in group:
+                tensor = None if position is None else values[position]
+                if tensor is None:
+                    continue
+                if type(tensor) is not _Tensor or tensor.dim() < 2:
+                    return None, None
+                items[1 + position] = _length_free(items[1 + position], tensor, length)
+        return (tuple(items), key[1], key[2]), derive
+
+    def record_free(args, kwargs, key, free, at, derive=None):
+        result, plan = _record(function, args, kwargs, at, derive)
         plans.add(key, not_replayable if plan is None else plan)
         table = free_plans.get(free)
         if plan is not None and plan.lengths is not None:
@@ -333,6 +458,7 @@ def replayed(function=None, *, lengths: tuple | None = None):
         except TypeError:  # an unhashable argument (a list)
             return function(*args, **kwargs)
         if plan is None:
+            free = None
             if lengths is not None:
                 free, at = free_key(signature, key, values, len(args), names)
                 if free is not None:
@@ -345,6 +471,25 @@ def replayed(function=None, *, lengths: tuple | None = None):
                         plan = table.get(table.choose(*[values[position] for position in at]))
                         if plan is None:
                             return record_free(args, kwargs, key, free, at)
+                        if plan.data_checks and plan.reads_data(values):
+                            return function(*args, **kwargs)
+                        return plan(values)
+            if dense is not None and free is None:
+                # The same for the dense lengths (a call that ``lengths`` does not serve).
+                free, derive = dense_free_key(signature, key, values, len(args), names)
+                if free is not None:
+                    table = free_plans.get(free)
+                    if table is None:
+                        if free in free_seen:
+                            return record_free(args, kwargs, key, free, None, derive)
+                        free_seen.add(free, True)
+                    elif table is not not_replayable:
+                        plan = table.get(table.choose(*derive(values)))
+                        if plan is None or key in seen_once:
+                            # A new choice, or this exact signature's second call (a repeated length: its own
+                            # recording then serves it through the exact key, its plans looked up once).
+                            return record_free(args, kwargs, key, free, None, derive)
+                        seen_once.add(key, True)
                         if plan.data_checks and plan.reads_data(values):
                             return function(*args, **kwargs)
                         return plan(values)

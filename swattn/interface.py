@@ -282,6 +282,10 @@ def _auto_pack_gqa(pack_gqa, seqlen_q: int, group: int, left: int = -1, right: i
     return group > 1 and (seqlen_q * group <= 128 or small_window)
 
 
+# _kvcache_length_choices' argument that holds the cache's capacity.
+_KVCACHE_CAPACITY_ARGUMENT = 7
+
+
 def _kvcache_length_choices(pack_gqa, num_splits: int, device: torch.device, num_heads: int, num_kv_heads: int,
                             head_dim: int, batch: int, capacity: int, left: int, right: int, attention_chunk: int,
                             sm_margin: int, paged: bool, pairs_possible: bool, fp8_cache: bool, pairs_layout: bool,
@@ -302,6 +306,31 @@ def _kvcache_length_choices(pack_gqa, num_splits: int, device: torch.device, num
     return packed, _auto_num_splits(num_splits, device, programs, capacity, left, right, max_seqlen_q, attention_chunk,
                                     sm_margin, rows, paged, fp8_cache, kv_pairs, head_dim,
                                     _qv_tile(has_qv, element_size, rows, packed, head_dim_v))
+
+
+def _dense_length_choices(pack_gqa, num_splits: int, device: torch.device, num_heads: int, num_kv_heads: int,
+                          batch: int, left: int, right: int, attention_chunk: int, sm_margin: int, has_qv: bool,
+                          element_size: int, head_dim_v: int, seqlen_q: int, seqlen_k: int) -> tuple[bool, int]:
+    """``flash_attn_func``'s choices that depend on its lengths (q's and k's dim 1; the rest of its arguments are the
+    call's signature): PackGQA and the split count -> ``(packed, num_splits)``; ``has_qv``, ``element_size`` (q's),
+    ``head_dim_v``: as ``_qv_tile`` takes them."""
+    group = num_heads // num_kv_heads
+    packed = _auto_pack_gqa(pack_gqa, seqlen_q, group, left, right)
+    programs = batch * (num_kv_heads if packed else num_heads)
+    rows = seqlen_q * (group if packed else 1)
+    qv_tile = _qv_tile(has_qv, element_size, rows, packed, head_dim_v)
+    if qv_tile:
+        programs *= -(-rows // QV_PACKED_TILE.block_m)  # the tile's programs per (sequence, KV head)
+    return packed, _auto_num_splits(num_splits, device, programs, seqlen_k, left, right, seqlen_q, attention_chunk,
+                                    sm_margin, rows, qv_tile=qv_tile)
+
+
+def _dense_cache_choices(choices: functools.partial, max_seqlen_q: int, capacity: int) -> tuple[bool, int]:
+    """``flash_attn_with_kvcache``'s ``choices`` (a partial of ``_kvcache_length_choices``) for a dense cache of
+    ``capacity`` positions instead of the one it was made with."""
+    arguments = list(choices.args)
+    arguments[_KVCACHE_CAPACITY_ARGUMENT] = capacity
+    return _kvcache_length_choices(*arguments, max_seqlen_q)
 
 
 def _varlen_length_choices(pack_gqa, num_splits: int, device: torch.device, num_heads: int, num_kv_heads: int,
@@ -423,7 +452,7 @@ def _result(out, lse, return_lse: bool):
     return (out, lse) if return_lse else out
 
 
-@replayed
+@replayed(dense=(("q", "out"), ("k", "v")))
 def flash_attn_func(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -483,16 +512,17 @@ def flash_attn_func(
     attention_chunk = check_attention_chunk(attention_chunk)
     sinks = _check_sinks(sinks, q.shape[2], q.device)
     num_splits = _check_int_arg("num_splits", num_splits, 0)
-    group = q.shape[2] // k.shape[2]
-    packed = _auto_pack_gqa(pack_gqa, q.shape[1], group, left, right)
-    programs = q.shape[0] * (k.shape[2] if packed else q.shape[2])
-    rows = q.shape[1] * (group if packed else 1)
-    qv_tile = _qv_tile(qv is not None, q.element_size(), rows, packed, v.shape[-1])
-    if qv_tile:
-        programs *= -(-rows // QV_PACKED_TILE.block_m)  # the tile's programs per (sequence, KV head)
     sm_margin = _check_int_arg("sm_margin", sm_margin, 0)
-    num_splits = _auto_num_splits(num_splits, q.device, programs, k.shape[1], left, right, q.shape[1], attention_chunk,
-                                  sm_margin, rows, qv_tile=qv_tile)
+    choices = functools.partial(_dense_length_choices, pack_gqa, num_splits, q.device, q.shape[2], k.shape[2],
+                                q.shape[0], left, right, attention_chunk, sm_margin, qv is not None, q.element_size(),
+                                v.shape[-1])
+    if qv is None:
+        # Everything but these choices depends on the call's signature alone, whatever the lengths (dim 1) and
+        # strides of q, k, v and out: swattn._replay then replays the call for other lengths with the same choices
+        # (a prefill or a training step of a new length).
+        packed, num_splits = note_length_choices(choices, q.shape[1], k.shape[1])
+    else:
+        packed, num_splits = choices(q.shape[1], k.shape[1])
     arguments = (_contiguous_last(q), _contiguous_last(k), _contiguous_last(v), sinks, None, None, None, q.shape[1],
                  k.shape[1], softmax_scale, left, right, float(softcap), packed, num_splits, None, attention_chunk,
                  q_descale, k_descale, v_descale, bool(return_softmax_lse or return_attn_probs), qv)
@@ -646,7 +676,7 @@ def flash_attn_varlen_func(
     return _result(out, lse, return_softmax_lse or return_attn_probs)
 
 
-@replayed(lengths=((("q", "out"),), ("max_seqlen_q",)))
+@replayed(lengths=((("q", "out"),), ("max_seqlen_q",)), dense=(("k_cache", "v_cache"),))
 def flash_attn_with_kvcache(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -845,6 +875,13 @@ def flash_attn_with_kvcache(
         # swattn._replay then replays the call for other lengths with the same choices (a serving engine's mixed
         # batches), asking them again for each call's max_seqlen_q.
         packed, num_splits = note_length_choices(choices, max_seqlen_q)
+    elif not varlen and not paged and k is None and qv is None and k_cache.dtype != _FP8:
+        # A dense cache read as it is (a transformers DynamicCache decode, one token longer every step): everything
+        # but these choices depends on the call's signature alone, whatever the caches' length (dim 1) and strides
+        # (the capacity enters only the split count here: no rotary, append, pages or e4m3 pairs): swattn._replay
+        # then replays the call for other cache lengths with the same choices.
+        packed, num_splits = note_length_choices(functools.partial(_dense_cache_choices, choices, max_seqlen_q),
+                                                 capacity)
     else:
         packed, num_splits = choices(max_seqlen_q)
     arguments = (

@@ -515,6 +515,11 @@ class _KVCachePlan:
                                       pack_gqa=pack_gqa, num_splits=num_splits, return_lse=return_lse,
                                       attention_chunk=attention_chunk)
         self.max_seqlen_q = self.tokens = None  # the lengths of the kept forward plan
+        # A dense KV cache read as it is (no pages, no new tokens): a replay may serve other cache lengths
+        # (``swattn._replay``'s ``dense``), whose plans come from the kept plan's family. (The cache's length and
+        # strides of the kept forward plan.)
+        self.dense_cache = page_table is None and k is None and cu_seqlens_q is None
+        self.cache_key = None
         # Looked up at the first run: it is keyed on tensors made there (the new lengths, a rotated q), whose
         # layouts follow from the signature.
         self.forward = None
@@ -560,8 +565,22 @@ class _KVCachePlan:
                     page_table=page_table, cu_seqlens_q=cu_seqlens_q, new_k=new_k, new_v=new_v,
                     cache_leftpad=cache_leftpad, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
                     qv=qv, max_seqlen_q=max_seqlen_q, **self.forward_arguments)
+        elif forward is not None and self.dense_cache and _cache_key(k_cache, v_cache) != self.cache_key:
+            # A replay serving another cache length: its plan from the kept one's family (rebased where it can be).
+            family = forward.family()
+            forward = None
+            if family is not None and family.dense:
+                forward = family.lookup(q_attend, k_cache, v_cache, max_seqlen_q, rebase=True)
+            if forward is None:
+                forward = forward_plan(
+                    q_attend, k_cache, v_cache, sinks=sinks, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx,
+                    page_table=page_table, cu_seqlens_q=cu_seqlens_q, new_k=new_k, new_v=new_v,
+                    cache_leftpad=cache_leftpad, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
+                    qv=qv, max_seqlen_q=max_seqlen_q, **self.forward_arguments)
         elif forward is None:
             self.max_seqlen_q, self.tokens = max_seqlen_q, q.shape[0]
+            if self.dense_cache:
+                self.cache_key = _cache_key(k_cache, v_cache)
             forward = self.forward = forward_plan(
                 q_attend, k_cache, v_cache, sinks=sinks, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx,
                 page_table=page_table, cu_seqlens_q=cu_seqlens_q, new_k=new_k, new_v=new_v,
@@ -571,6 +590,11 @@ class _KVCachePlan:
                                   page_table, new_k, new_v, None, cache_leftpad, q_descale, k_descale, v_descale,
                                   stream, out, qv=qv)
         return out, lse
+
+
+def _cache_key(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple:
+    """A dense KV cache's length and strides (what its forward plan is kept by in its family)."""
+    return k_cache.shape[1], k_cache.stride(), v_cache.stride()
 
 
 fwd_kvcache = torch.library.custom_op("swattn::fwd_kvcache", mutates_args=("k_cache", "v_cache"),
@@ -805,26 +829,34 @@ def _planned_fwd_kvcache_into(args: tuple):
 
 
 def _lengths_of(args: tuple) -> tuple:
-    """What a varlen forward plan is made for besides its signature: both lengths and the rows of q and k."""
-    return args[7], args[8], args[0].shape[0], args[1].shape[0]
+    """What a forward plan is made for besides its signature up to lengths: varlen, both lengths and the rows of q
+    and k; dense, the lengths and strides of q, k and v (a replay serves other dense lengths: ``swattn._replay``'s
+    ``dense``)."""
+    q, k, v = args[:3]
+    if args[4] is None:
+        return args[7], args[8], q.shape[1], q.stride(), k.shape[1], k.stride(), v.stride()
+    return args[7], args[8], q.shape[0], k.shape[0]
 
 
 def _plan_for_lengths(kept, args: tuple):
     """The forward plan of a call with other lengths than the ``kept`` plan's (a replay serving other lengths,
-    ``swattn._replay``'s ``lengths``): from the kept plan's family (the same signature up to them), else made."""
+    ``swattn._replay``'s ``lengths`` and ``dense``): from the kept plan's family (the same signature up to them: a
+    varlen family, or a dense one, ``_PlanFamily.dense``), else made (``forward_plan``: a family of exact shapes)."""
     family = kept.family()  # None once evicted from kernels.fwd's cache
-    plan = None if family is None else family.lookup(args[0], args[1], args[2], args[7], args[8])
+    plan = None
+    if family is not None and (family.varlen_q or family.dense):
+        plan = family.lookup(args[0], args[1], args[2], args[7], args[8], rebase=True)
     return _forward_plan(args) if plan is None else plan
 
 
 def _planned_fwd_into(args: tuple):
     plan = _forward_plan(args)  # no gradient: the interface refuses out= for calls that need one
-    varlen, lengths = args[4] is not None, _lengths_of(args)
+    lengths = _lengths_of(args)
 
     def run(out, *args):
         if not (uses_triton(args[0]) and _plain_eager()):
             return run_fwd_into(out, *args)
-        call_plan = plan if not varlen or _lengths_of(args) == lengths else _plan_for_lengths(plan, args)
+        call_plan = plan if _lengths_of(args) == lengths else _plan_for_lengths(plan, args)
         _, lse, _ = call_plan.run(*_forward_run_arguments(args), out=out, qv=_qv_argument(args))
         _increment_versions(out)
         return out, lse
@@ -840,7 +872,6 @@ def _planned_fwd(args: tuple):
     # the backward; the call takes _EagerAttention with this plan, its backward keeps its plans there). A varlen
     # call of other lengths (a replay serving them) takes its lengths' plan from the kept plan's family.
     plans = {}
-    varlen = cu_seqlens_q is not None
 
     def run(*args):
         q, k, v, sinks = args[:4]
@@ -855,10 +886,10 @@ def _planned_fwd(args: tuple):
         kept = plans.get(needs_grad)
         if kept is None:
             plan = _forward_plan(args)
-            plans[needs_grad] = plan, _lengths_of(args) if varlen else None
+            plans[needs_grad] = plan, _lengths_of(args)
         else:
             plan, lengths = kept
-            if varlen and _lengths_of(args) != lengths:
+            if _lengths_of(args) != lengths:
                 plan = _plan_for_lengths(plan, args)
         if needs_grad:
             return _EagerAttention.apply(plan, *args)[:2]

@@ -392,6 +392,9 @@ def test_dense_caches_of_new_lengths_launch_what_fresh_plans_launch(monkeypatch,
     rebased = []
     rebase = fwd._ForwardPlan.rebased
     monkeypatch.setattr(fwd._ForwardPlan, "rebased", lambda *args: rebased.append(rebase(*args)) or rebased[-1])
+    recordings = []
+    record = _replay._record
+    monkeypatch.setattr(_replay, "_record", lambda *args: recordings.append(args) or record(*args))
     generator = torch.Generator().manual_seed(1)
     q = _on_device(torch.randn(2, 1, H, D, generator=generator, device="cpu").to(dtype))
     lengths = [1, 2, 9, 15, 16, 17, 31, 32, 33, 47, 16, 3]
@@ -415,6 +418,9 @@ def test_dense_caches_of_new_lengths_launch_what_fresh_plans_launch(monkeypatch,
     made = [plan for plan in rebased if plan is not None]
     if _interpreted():
         assert len(made) >= 5, rebased
+        # Replayed across cache lengths (``swattn._replay``'s ``dense``): recorded at the signature's second call
+        # and at a repeated length's second call (16) only.
+        assert len(recordings) == 2, recordings
     assert len(fwd.plans()) == len(set(lengths))
 
 
@@ -446,3 +452,146 @@ def test_a_rebased_launch_reuses_the_compiled_kernel_only_for_the_same_specializ
     assert launch.with_scalars(scalars)._tail == (*scalars, "constexprs")
     launch._compiled = {}
     assert not shared(stride, 48)  # nothing compiled yet
+
+
+def _by_rows_and_keys(monkeypatch):
+    """A config that depends on the tile's rows and on the split's keys (the interpreter's is one block shape for
+    all): 16-row tiles up to 16 rows, then 32; 16-key blocks up to 16 keys, then 32. A plan of dense q, k and v
+    reused for another length with a wrong key, or rebased without asking the config again, launches the wrong
+    block shape. Compiled (on a GPU), the shipped configs depend on both themselves: left as they are."""
+    if not _interpreted():
+        return
+    chosen = configs.forward_config
+
+    def forward_config(head_dim_padded, rows_per_tile, pack_gqa, window_span, element_size, keys_per_split,
+                       *args, **kwargs):
+        config = chosen(head_dim_padded, rows_per_tile, pack_gqa, window_span, element_size, keys_per_split,
+                        *args, **kwargs)
+        return configs.replace(config, block_m=16 if rows_per_tile <= 16 else 32,
+                               block_n=16 if keys_per_split <= 16 else 32)
+
+    monkeypatch.setattr(fwd, "forward_config", forward_config)
+
+
+def _dense_qkv(length: int, dtype, seed: int, layout: str, batch: int = 2):
+    """q ``[batch, length, H, D]``, k and v ``[batch, length, HK, D]``: ``"contiguous"`` each its own tensor;
+    ``"packed"`` views of one ``[batch, length, H + 2 * HK, D]`` buffer (``flash_attn_qkvpacked_func``'s layout,
+    strides ``(H + 2 * HK) * D`` per position); ``"transposed"`` ``[batch, heads, length, D]`` buffers transposed
+    (head stride ``length * D``), with the batch stride padded by 8 elements for odd lengths (a stride whose
+    divisibility by 16 changes with the length)."""
+    generator = torch.Generator().manual_seed(seed)
+    if layout == "packed":
+        qkv = _on_device(torch.randn(batch, length, H + 2 * HK, D, generator=generator, device="cpu").to(dtype))
+        return qkv.split([H, HK, HK], dim=2)
+    tensors = []
+    for heads in (H, HK, HK):
+        if layout == "contiguous":
+            tensors.append(_on_device(torch.randn(batch, length, heads, D, generator=generator, device="cpu")
+                                      .to(dtype)))
+            continue
+        batch_stride = heads * length * D + (8 if length % 2 else 0)
+        flat = _on_device(torch.randn(batch * batch_stride, generator=generator, device="cpu").to(dtype))
+        tensors.append(flat.as_strided((batch, length, heads, D), (batch_stride, D, length * D, 1)))
+    return tensors
+
+
+def _logged_rebases(monkeypatch) -> list:
+    """Every ``_ForwardPlan.rebased`` answer (a plan, or None where a plan is made from nothing)."""
+    rebased = []
+    rebase = fwd._ForwardPlan.rebased
+    monkeypatch.setattr(fwd._ForwardPlan, "rebased", lambda *args: rebased.append(rebase(*args)) or rebased[-1])
+    return rebased
+
+
+@pytest.mark.parametrize("dtype,window,layout,into,lse", [
+    (torch.float16, (7, 0), "contiguous", False, False), (torch.float32, (7, 0), "transposed", False, True),
+    (torch.float32, (-1, 0), "packed", False, False), (torch.float16, (-1, 0), "contiguous", True, False),
+    (torch.float32, (3, 2), "transposed", True, False)])
+def test_dense_calls_of_new_lengths_launch_what_fresh_plans_launch(monkeypatch, dtype, window, layout, into, lse):
+    """``flash_attn_func`` over q, k and v whose length changes on every call (a prefill of a new prompt length;
+    lengths crossing multiples of 16, one position, the window's edge, repeats), with ``out=`` or the LSE (whose
+    strides follow the length) or neither, each call against the same call with every plan and recording dropped:
+    the same launches (a plan of a new length is its family's template with new strides, lengths, tile and work
+    counts in its scalars and grids, ``_ForwardPlan.rebased``, where its choices agree; the replay passes the call's
+    lengths), the same bits, and the reference's result. The config follows the tiles' rows and the split's keys
+    (``_by_rows_and_keys``); without a window, lengths above 64 leave PackGQA (the replay asks it for each
+    call's lengths)."""
+    from swattn.reference import attention_ref
+
+    _by_rows_and_keys(monkeypatch)
+    launches = _Launches(monkeypatch)
+    rebased = _logged_rebases(monkeypatch)
+    recordings = []
+    record = _replay._record
+    monkeypatch.setattr(_replay, "_record", lambda *args: recordings.append(args) or record(*args))
+    generator = torch.Generator().manual_seed(3)
+    sinks = _on_device(torch.randn(H, generator=generator, device="cpu"))
+    lengths = [1, 2, 9, 15, 16, 17, 31, 32, 33, 47, 16, 3, 40, 33]
+    if window[0] < 0:
+        lengths += [70, 66, 40, 72]
+    _launch.clear_plans()
+    for index, length in enumerate(lengths):
+        q, k, v = _dense_qkv(length, dtype, index, layout)
+
+        def call():
+            result = swattn.flash_attn_func(q, k, v, causal=window[1] == 0, window_size=window, sinks=sinks,
+                                            return_softmax_lse=lse,
+                                            **({"out": torch.full(q.shape, float("nan"), dtype=dtype, device=q.device)}
+                                               if into else {}))
+            return result if lse else (result, None)
+
+        reused, reused_launches, fresh, fresh_launches = _reused_and_fresh(call, launches)
+        assert reused_launches and reused_launches == fresh_launches, f"length {length}"
+        assert torch.equal(reused[0], fresh[0]), f"length {length}"
+        expected, expected_lse = attention_ref(q, k, v, softmax_scale=D ** -0.5, causal=window[1] == 0,
+                                               window_size=window, sinks=sinks)
+        assert_close(f"length {length}", reused[0], expected, tolerance_for(dtype))
+        if lse:
+            assert torch.equal(reused[1], fresh[1]), f"length {length}"
+            assert_close(f"lse, length {length}", reused[1], expected_lse, 1e-4)
+    made = [plan for plan in rebased if plan is not None]
+    if _interpreted():
+        # Rebased: most new lengths (the first of each block shape, window normalisation and choice is made from
+        # nothing); recorded: the signature's second call, the second call of each repeated length (16, 33: its
+        # own exact key), and each new choice (PackGQA off past 64 queries).
+        assert len(made) >= 5, rebased
+        assert len(recordings) == 3 + (2 if window[0] < 0 else 0), recordings  # (and 40 repeats without one)
+    assert len(fwd.plans()) == len(set(lengths))
+
+
+def test_dense_training_steps_of_new_lengths_give_the_gradients_of_fresh_plans(monkeypatch):
+    """``flash_attn_func`` calls that need a gradient over q, k and v of a new length every step: each call's
+    forward (its LSE stored, a rebased plan where it can be) and backward launch what a fresh call launches and
+    give the same bits, and the reference's gradients."""
+    from swattn.reference import attention_ref
+
+    _by_rows_and_keys(monkeypatch)
+    launches = _Launches(monkeypatch)
+    rebased = _logged_rebases(monkeypatch)
+    generator = torch.Generator().manual_seed(4)
+    sinks = _on_device(torch.randn(H, generator=generator, device="cpu"))
+    _launch.clear_plans()
+    for index, length in enumerate([9, 17, 9, 24, 33, 16, 31, 5]):
+        q, k, v = _dense_qkv(length, torch.float32, index, "contiguous")
+        grad = _on_device(torch.randn(q.shape, generator=generator, device="cpu"))
+
+        def gradients(function, *inputs):
+            inputs = [t.detach().requires_grad_() for t in inputs]
+            out = function(*inputs)
+            return out.detach(), torch.autograd.grad(out, inputs, grad)
+
+        def swattn_call(q, k, v, sinks):
+            return swattn.flash_attn_func(q, k, v, causal=True, window_size=(6, 0), sinks=sinks)
+
+        reused, reused_launches, fresh, fresh_launches = _reused_and_fresh(
+            lambda: gradients(swattn_call, q, k, v, sinks), launches)
+        assert reused_launches == fresh_launches, f"length {length}"
+        assert torch.equal(reused[0], fresh[0]) and all(map(torch.equal, reused[1], fresh[1])), f"length {length}"
+        expected = gradients(lambda q, k, v, sinks: attention_ref(q, k, v, softmax_scale=D ** -0.5, causal=True,
+                                                                  window_size=(6, 0), sinks=sinks)[0],
+                             q.double(), k.double(), v.double(), sinks.double())
+        assert_close("out", reused[0], expected[0], tolerance_for(torch.float32))
+        for name, got, want in zip(("dq", "dk", "dv", "dsinks"), reused[1], expected[1]):
+            assert_close(f"{name}, length {length}", got, want, 1e-3)
+    if _interpreted():
+        assert any(plan is not None for plan in rebased), rebased

@@ -322,15 +322,20 @@ class Launch:
         self.plain_launches = 0
         self.direct_launches = 0
 
-    def with_scalars(self, scalars: Sequence[Any]) -> Launch:
-        """This launch with other scalar arguments (same kernel, grid, constexprs, options and tensors): a plan of
-        another length. It reuses this one's compiled kernels only when Triton would pick them for its arguments:
-        every scalar that differs is specialized as the old one is (``_same_specialization``: type, == 1,
-        divisibility by 16; as ``JITFunction.run``'s binder asks, with each parameter's ``do_not_specialize``), so
-        its first call may launch directly; otherwise its first call goes through ``kernel[grid](...)``."""
-        launch = Launch(self.kernel, self.grid, scalars, self.constexprs, self.options, self.num_tensors, self.slots,
-                        self.descriptors)
-        if self._compiled and self._direct_ok and _same_specialization(self, launch.scalars):
+    def with_scalars(self, scalars: Sequence[Any], grid: Sequence[int] | None = None,
+                     specialized: bool | None = None) -> Launch:
+        """This launch with other scalar arguments and, when given, another ``grid`` (same kernel, constexprs,
+        options and tensors): a plan of another length. It reuses this one's compiled kernels only when Triton would
+        pick them for its arguments: every scalar that differs is specialized as the old one is
+        (``_same_specialization``: type, == 1, divisibility by 16; as ``JITFunction.run``'s binder asks, with each
+        parameter's ``do_not_specialize``), so its first call may launch directly; otherwise its first call goes
+        through ``kernel[grid](...)``. ``specialized``: ``_same_specialization(self, scalars)`` when the caller has
+        asked it (a plan's main and redo launches share their kernel and scalars)."""
+        # (The grid is no part of what Triton compiles: a compiled kernel serves any grid.)
+        launch = Launch(self.kernel, self.grid if grid is None else grid, scalars, self.constexprs, self.options,
+                        self.num_tensors, self.slots, self.descriptors)
+        if self._compiled and self._direct_ok and (_same_specialization(self, launch.scalars) if specialized is None
+                                                   else specialized):
             launch._compiled = dict(self._compiled)
             if self._tail is not None:  # the constexprs after the scalars are this one's
                 launch._tail = launch.scalars + self._tail[len(self.scalars):]

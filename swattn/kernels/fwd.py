@@ -1784,6 +1784,21 @@ def _use_gluon(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_per_tile:
     return gluon_fwd.unsupported_reason(q, k, v, **features) is None
 
 
+def _guards_in_one_pass(isolate: bool, use_gluon: bool, config, num_work: int, device: torch.device) -> bool:
+    """Whether a plan isolates non-finite rows in its main pass (GUARD_ONE_PASS: small grids on the single masked
+    loop) instead of flagging them for a redo launch (``_ForwardPlan``; ``rebased`` asks it again)."""
+    return (isolate and not use_gluon and config.single_loop and not config.mask_edges_only
+            and config.block_m <= (GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK if config.head_block else GUARD_ONE_PASS_MAX_ROWS)
+            and num_work <= (_persistent_programs(device) if GUARD_ONE_PASS_MAX_WORK is None
+                             else GUARD_ONE_PASS_MAX_WORK))
+
+
+def _scans_flags(isolate: bool, use_gluon: bool, num_work: int, programs: int) -> bool:
+    """Whether the redo launch scans every tile's flag (one program per tile) rather than the raised flag's
+    persistent programs (``_ForwardPlan``; ``rebased`` asks it again)."""
+    return isolate and not use_gluon and num_work <= (programs if SCAN_FLAGS_MAX_WORK is None else SCAN_FLAGS_MAX_WORK)
+
+
 def _gluon_decision(q, k, v, inputs: tuple) -> bool:
     """``_use_gluon`` for this q, k, v with a plan's ``gluon_inputs`` (a tuple: a plan is kept, and a dict per plan
     cost ~3 us more per plan made and dropped, dev CPU)."""
@@ -1968,11 +1983,15 @@ def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None
         _rows_free(q, new_k, new_v, qv) if varlen_q
         else (tensor_signature(q), tensor_signature(new_k), tensor_signature(new_v), tensor_signature(qv)))
     # A dense KV cache (``flash_attn_with_kvcache`` without pages; a transformers DynamicCache grows by a token per
-    # decode step): its length and strides only as the family's per-plan key (``_PlanFamily``, ``_ForwardPlan.
+    # decode step), and dense q, k and v without one (``flash_attn_func``: a prefill or a training step of a new
+    # length): their lengths and strides only as the family's per-plan key (``_PlanFamily``, ``_ForwardPlan.
     # rebased``).
-    dense_kv = (seqlens_k is not None and not varlen_q and not varlen_k and page_table is None and new_k is None
-                and qv is None and k.dtype != torch.float8_e4m3fn)
-    k_key, v_key = (_rows_free(k, v) if varlen_k else (_length_free(k), _length_free(v)) if dense_kv
+    dense = (not varlen_q and not varlen_k and page_table is None and new_k is None and qv is None
+             and k.dtype != torch.float8_e4m3fn)
+    dense = 0 if not dense else _DENSE_KV if seqlens_k is not None else _DENSE_QKV if cache_batch_idx is None else 0
+    if dense == _DENSE_QKV:
+        q_key = _length_free(q)
+    k_key, v_key = (_rows_free(k, v) if varlen_k else (_length_free(k), _length_free(v)) if dense
                     else (tensor_signature(k), tensor_signature(v)))
     key = (q_key, k_key, v_key, tensor_signature(sinks),
            tensor_signature(cu_seqlens_q), tensor_signature(cu_seqlens_k), tensor_signature(seqlens_k),
@@ -1983,12 +2002,8 @@ def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None
            tensor_signature(k_descale), tensor_signature(v_descale), qv_key)
     family = _PLANS.get(key)
     if family is None:
-        family = _PLANS.add(key, _PlanFamily(varlen_q, varlen_q and not return_lse and num_splits == 1, dense_kv))
-    plan = family.lookup(q, k, v, max_seqlen_q, max_seqlen_k)
-    if plan is None and dense_kv and family.template is not None:
-        plan = family.template.rebased(q, k, v)
-        if plan is not None:
-            return family.add(q, k, max_seqlen_q, max_seqlen_k, plan, v)
+        family = _PLANS.add(key, _PlanFamily(varlen_q, varlen_q and not return_lse and num_splits == 1, dense))
+    plan = family.lookup(q, k, v, max_seqlen_q, max_seqlen_k, rebase=True)
     if plan is None:
         plan = family.add(q, k, max_seqlen_q, max_seqlen_k, _ForwardPlan(
             q, k, v, softmax_scale=softmax_scale, left=left, right=right, softcap=softcap, sinks=sinks,
@@ -2001,8 +2016,8 @@ def forward_plan(q, k, v, *, softmax_scale, left, right, softcap=0.0, sinks=None
 
 
 def _length_free(t) -> tuple:
-    """A dense cache's signature without its length (dim 1) and strides: batch, the rest of its shape, dtype and
-    16-byte alignment (the plans of a family are kept per length and strides: ``_PlanFamily._dense_key``)."""
+    """A dense tensor's signature without its length (dim 1) and strides: batch, the rest of its shape, dtype and
+    16-byte alignment (the plans of a family are kept per length and strides: ``_PlanFamily``'s ``dense``)."""
     shape = t.shape
     return shape[0], shape[2:], t.dtype, t.data_ptr() % 16 == 0
 
@@ -2026,9 +2041,19 @@ def plans() -> list[_ForwardPlan]:
 _UNKNOWN = object()
 
 
-def _dense_key(k, v) -> tuple:
+def _dense_kv_key(q, k, v) -> tuple:
     """A dense KV cache's length and strides (k and v): what ``_length_free`` leaves out of the family's key."""
     return k.shape[1], k.stride(), v.shape[1], v.stride()
+
+
+def _dense_qkv_key(q, k, v) -> tuple:
+    """Dense q's, k's and v's lengths and strides: what ``_length_free`` leaves out of the family's key."""
+    return q.shape[1], q.stride(), k.shape[1], k.stride(), v.shape[1], v.stride()
+
+
+# _PlanFamily's ``dense``: which tensors its key holds without their lengths and strides (0: none), each the function
+# that gives what it leaves out (the family's plans are kept by it).
+_DENSE_KV, _DENSE_QKV = _dense_kv_key, _dense_qkv_key
 
 
 class _PlanFamily:
@@ -2048,23 +2073,25 @@ class _PlanFamily:
     on the family and the lengths) and picks the plan. Dense q keeps its whole shape in the key (one plan per
     family and lengths).
 
-    A dense KV cache (``dense_kv``: ``flash_attn_with_kvcache`` without pages, append or qv, 16-bit K/V) is in the
-    key without its length and strides, and its plans are kept per length and strides of k and v: a new length's
-    plan is the latest one's with new scalars where every choice that the length enters comes out the same
-    (``_ForwardPlan.rebased``), else made from nothing."""
+    A dense KV cache (``dense`` ``_DENSE_KV``: ``flash_attn_with_kvcache`` without pages, append or qv, 16-bit K/V)
+    is in the key without its length and strides, and its plans are kept per length and strides of k and v; dense q,
+    k and v without a KV cache's lengths (``_DENSE_QKV``: ``flash_attn_func`` without qv, 16-bit K/V) likewise, its
+    plans kept per lengths and strides of q, k and v. A new length's plan is the latest one's with new scalars and
+    grids where every choice that the lengths enter comes out the same (``_ForwardPlan.rebased``), else made from
+    nothing."""
 
-    __slots__ = ("varlen_q", "token_free", "dense_kv", "template", "plans", "gluon_inputs", "reference",
+    __slots__ = ("varlen_q", "token_free", "dense", "template", "plans", "gluon_inputs", "reference",
                  "__weakref__")
 
     # Plans kept per family (the oldest dropped past it).
     MAX_PLANS = 4096
 
-    def __init__(self, varlen_q: bool, token_free: bool, dense_kv: bool = False):
+    def __init__(self, varlen_q: bool, token_free: bool, dense=0):
         self.varlen_q, self.token_free = varlen_q, token_free
-        # dense_kv: the family's key holds a dense KV cache without its length and strides; its plans are kept per
-        # (length, strides) of k and v, and ``template`` (the latest plan that can be rebased) makes those of new
-        # lengths (``_ForwardPlan.rebased``).
-        self.dense_kv, self.template = dense_kv, None
+        # dense: the family's key holds dense tensors without their lengths and strides; its plans are kept per
+        # ``dense(q, k, v)`` (those lengths and strides), and ``template`` (the latest plan that can be rebased)
+        # makes those of new lengths (``_ForwardPlan.rebased``).
+        self.dense, self.template = dense, None
         # ((max_seqlen_q, max_seqlen_k), rows key) -> plan; the lengths -> the Gluon decision's arguments (None:
         # not asked)
         self.plans: dict = {}
@@ -2077,11 +2104,20 @@ class _PlanFamily:
         tokens = q.shape[0]
         return min(tokens, 2), use_gluon, None if self.token_free and not use_gluon else (tokens, k.shape[0])
 
-    def lookup(self, q, k, v, max_seqlen_q, max_seqlen_k=None) -> _ForwardPlan | None:
-        """The plan for a call of this family with these q and k (their rows) and lengths, or None (not made)."""
+    def lookup(self, q, k, v, max_seqlen_q, max_seqlen_k=None, rebase: bool = False) -> _ForwardPlan | None:
+        """The plan for a call of this family with these q and k (their rows) and lengths, or None (not made).
+        ``rebase``: a dense family's plan of new lengths made from its template where it can be
+        (``_ForwardPlan.rebased``) and kept."""
         lengths = max_seqlen_q, max_seqlen_k
         if not self.varlen_q:
-            return self.plans.get((lengths, _dense_key(k, v) if self.dense_kv else None))
+            if not self.dense:
+                return self.plans.get((lengths, None))
+            plan = self.plans.get((lengths, self.dense(q, k, v)))
+            if plan is None and rebase and self.template is not None:
+                plan = self.template.rebased(q, k, v)
+                if plan is not None:
+                    self.add(q, k, max_seqlen_q, max_seqlen_k, plan, v)
+            return plan
         if q.shape[0] == 0:  # launches nothing: no Gluon decision
             return self.plans.get((lengths, self._rows_key(q, k, False)))
         gluon_inputs = self.gluon_inputs.get(lengths, _UNKNOWN)
@@ -2102,8 +2138,8 @@ class _PlanFamily:
                 self.gluon_inputs.clear()  # lookups of the lengths dropped make their plans again
             self.gluon_inputs[lengths] = plan.gluon_inputs
         key = lengths, (self._rows_key(q, k, plan.use_gluon) if self.varlen_q
-                        else _dense_key(k, v) if self.dense_kv else None)
-        if self.dense_kv and plan.rebase is not None:
+                        else self.dense(q, k, v) if self.dense else None)
+        if self.dense and plan.rebase is not None and plan.rebase.dense_q == (self.dense is _DENSE_QKV):
             self.template = plan
         _PLANS.plans += key not in plans
         plans[key] = plan
@@ -2113,6 +2149,20 @@ class _PlanFamily:
             self.reference = weakref.ref(self)
         plan.family = self.reference
         return plan
+
+
+class _Rebase:
+    """What ``_ForwardPlan.rebased`` needs of a plan it may make others from: the choices that depend on the lengths,
+    as the plan made them, and where the scalars that follow from the lengths are among the main launch's."""
+
+    __slots__ = ("dense_q", "left_given", "right_given", "left", "right", "seqlen_q", "rows_per_query",
+                 "attention_chunk", "num_splits", "config_arguments", "chosen_config", "keys_per_split", "use_tma",
+                 "isolate", "out_like_dtype", "programs_per_split", "heads_on_x", "q_strides", "k_strides_at",
+                 "lengths_at", "programs")
+
+    def __init__(self, *values):
+        for name, value in zip(self.__slots__, values, strict=True):
+            setattr(self, name, value)
 
 
 class _ForwardPlan:
@@ -2157,7 +2207,7 @@ class _ForwardPlan:
         else:
             seqlen_k = k.shape[1]
 
-        left_given = left  # (a dense cache of another length normalises it again: ``rebased``)
+        left_given, right_given = left, right  # (a dense call of another length normalises them again: ``rebased``)
         # A side that covers the whole tensor is unbounded (as FlashAttention 3 normalises it); this also keeps the
         # kernel's int32 window arithmetic far from overflow for huge sides such as 2**31 - 1.
         if left >= seqlen_k:
@@ -2313,11 +2363,7 @@ class _ForwardPlan:
         num_work = grid[0] * grid[1] * grid[2]
         # Small grids on the single masked loop may isolate in the main pass itself (GUARD_ONE_PASS); otherwise
         # the main pass flags rows holding a NaN and a redo launch follows (``self.isolate``).
-        self.guard_one_pass = (isolate and not self.use_gluon and config.single_loop and not config.mask_edges_only
-                               and config.block_m <= (GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK if config.head_block
-                                                      else GUARD_ONE_PASS_MAX_ROWS)
-                               and num_work <= (_persistent_programs(q.device) if GUARD_ONE_PASS_MAX_WORK is None
-                                                else GUARD_ONE_PASS_MAX_WORK))
+        self.guard_one_pass = _guards_in_one_pass(isolate, self.use_gluon, config, num_work, q.device)
         self.isolate = isolate and not self.guard_one_pass
         self.flag_rows = num_work * config.block_m
         self.block_count_shape = (num_work,) if count_blocks else None
@@ -2412,8 +2458,7 @@ class _ForwardPlan:
         self.redo = None
         programs = _persistent_programs(q.device)
         # The Gluon kernel keeps the raised flag (its tiles' flags are not read per tile here).
-        self.scan_flags = (self.isolate and not self.use_gluon
-                           and num_work <= (programs if SCAN_FLAGS_MAX_WORK is None else SCAN_FLAGS_MAX_WORK))
+        self.scan_flags = _scans_flags(self.isolate, self.use_gluon, num_work, programs)
         if self.isolate:
             redo_pass = REDO_SCANNED if self.scan_flags else REDO_FLAGGED
             # After the Gluon kernel, the redo pass keeps its running maxima as it does (the lazy rescale): a redone
@@ -2425,50 +2470,107 @@ class _ForwardPlan:
                                              APPEND_READS_INPUT=False, PREFETCH_PAGES=False,
                                              RESCALE_THRESHOLD=threshold), options,
                                num_tensors=_FORWARD_TENSORS, slots=_slots(present, skip=(_BLOCK_COUNT_SLOT,)))
-        # A dense KV cache's plans of other lengths are this one with other scalars (``rebased``) where every other
-        # choice above is the same for them: the Triton kernel's plans (no Gluon, whose descriptors hold k's shape;
-        # no redo launch; 16-bit K/V, whose pair and prefetch choices read k's strides), no pages, append or qv.
-        if (seqlens_k is not None and not varlen_q and not varlen_k and not paged and not append_new and not has_qv
-                and not self.fp8 and not self.use_gluon and self.redo is None and not self.kv_pair
-                and not self.prefetch_partner and not self.preload_l2):
-            self.rebase = (left_given, left, right, seqlen_q, attention_chunk, num_splits, config_arguments,
-                           chosen_config, keys_per_split, self.use_tma, len(token_strides(q, varlen_q)),
-                           len(strides) + 1)
+        # A dense call's plans of other lengths are this one with other scalars and grids (``rebased``) where every
+        # other choice above is the same for them: the Triton kernel's plans (no Gluon, whose descriptors hold the
+        # shapes), 16-bit K/V (whose pair and prefetch choices read k's strides), no pages, append or qv; with a
+        # dense KV cache (``seqlens_k``, q fixed) no redo launch; with dense q (``flash_attn_func``: q, k and v of
+        # other lengths) one split (the merge's launch is planned on the rows).
+        dense_kv = seqlens_k is not None and self.redo is None
+        dense_q = seqlens_k is None and cache_batch_idx is None and self.split_shapes is None
+        if ((dense_kv or dense_q) and not varlen_q and not varlen_k and not paged and not append_new and not has_qv
+                and not self.fp8 and not self.use_gluon and not self.kv_pair and not self.prefetch_partner
+                and not self.preload_l2):
+            q_strides = len(token_strides(q, varlen_q))
+            self.rebase = _Rebase(
+                dense_q, left_given, right_given, left, right, seqlen_q, group if pack_gqa else 1, attention_chunk,
+                num_splits, config_arguments, chosen_config, keys_per_split, self.use_tma, isolate,
+                out_dtype == q.dtype and not own_value_dim, programs_per_split, heads_on_x, q_strides,
+                q_strides, len(strides), programs)
 
     def rebased(self, q, k, v) -> _ForwardPlan | None:
-        """The plan of a call of this plan's family (``_PlanFamily.dense_kv``) whose dense KV cache has another
-        length or strides, made from this one, or None where it would differ from a fresh plan in more than the
-        scalars: each choice that the length enters is made again with the functions ``__init__`` makes it with
-        (the window's normalisation, the visible keys and split size, ``forward_config``, the TMA check, the Gluon
-        decision) and must equal this plan's; then the only differences are k's and v's strides and seqlen_k
-        (launch scalars), and the new launch reuses the compiled kernel only where Triton specializes
-        those scalars as before (``Launch.with_scalars``)."""
-        (left_given, left, right, seqlen_q, chunk, num_splits, config_arguments, chosen_config, keys_per_split,
-         use_tma, k_strides_at, seqlen_k_at) = self.rebase
-        seqlen_k = k.shape[1]
-        if (-1 if left_given >= seqlen_k else left_given) != left:
+        """The plan of a call of this plan's family (``_PlanFamily.dense``) whose dense tensors have other lengths
+        or strides (a dense KV cache's k and v; or ``flash_attn_func``'s q, k and v), made from this one, or None
+        where it would differ from a fresh plan in more than its scalars, grids and the sizes ``run`` allocates:
+        each choice that the lengths enter is made again with the functions ``__init__`` makes it with (the window's
+        normalisation, the tile's rows, the visible keys and split size, ``forward_config``, the TMA check, the
+        Gluon decision, the tile count, the non-finite isolation's pass) and must equal this plan's; then the new
+        plan has the new strides (q, k, v, and the outputs planned contiguous), lengths, tile and work counts in its
+        scalars and grids, and its launches reuse the compiled kernels only where Triton specializes those scalars as
+        before (``Launch.with_scalars``)."""
+        rebase = self.rebase
+        dense_q = rebase.dense_q
+        seqlen_q, seqlen_k = q.shape[1] if dense_q else rebase.seqlen_q, k.shape[1]
+        if dense_q and (seqlen_q == 0 or q.numel() == 0):
+            return None  # launches nothing: a plan of its own
+        left = -1 if rebase.left_given >= seqlen_k else rebase.left_given
+        right = -1 if rebase.right_given >= seqlen_q else rebase.right_given
+        if left != rebase.left or right != rebase.right:
             return None
-        new_keys_per_split = -(-visible_span(0, seqlen_q - 1, seqlen_q, seqlen_k, left, right, chunk)[1]
-                               // num_splits)
-        config = forward_config(*config_arguments[0], new_keys_per_split, *config_arguments[1], **config_arguments[2])
+        chunk, num_splits = rebase.attention_chunk, rebase.num_splits
+        rows_per_tile = seqlen_q * rebase.rows_per_query
+        keys_per_split = -(-visible_span(0, seqlen_q - 1, seqlen_q, seqlen_k, left, right, chunk)[1] // num_splits)
+        head, tail, options = rebase.config_arguments
+        config = forward_config(head[0], rows_per_tile, *head[2:], keys_per_split, *tail, **options)
         # (A head block's fit reads the split's key count: it must be the same.)
-        if config != chosen_config or (config.head_block and new_keys_per_split != keys_per_split):
+        if config != rebase.chosen_config or (config.head_block and keys_per_split != rebase.keys_per_split):
             return None
-        if (self.config.tma and tma_compatible(k, v)) != use_tma:
+        if (self.config.tma and tma_compatible(k, v)) != rebase.use_tma:
             return None
         gluon_inputs = self.gluon_inputs
         if gluon_inputs is not None:
-            gluon_inputs = (*gluon_inputs[:4], seqlen_k, *gluon_inputs[5:])
+            gluon_inputs = (rows_per_tile, *gluon_inputs[1:3], seqlen_q, seqlen_k, *gluon_inputs[5:])
             if _gluon_decision(q, k, v, gluon_inputs):
                 return None
+        config = self.config
+        num_tiles = ceil_div(rows_per_tile, config.block_m)
+        if rebase.heads_on_x and num_tiles > MAX_GRID_YZ:
+            return None  # a fresh plan raises
+        grid = ((rebase.programs_per_split, num_tiles, num_splits) if rebase.heads_on_x
+                else (num_tiles, rebase.programs_per_split, num_splits))
+        num_work = num_tiles * rebase.programs_per_split * num_splits
+        isolate = ISOLATE_NON_FINITE and seqlen_q > 1
+        if isolate != rebase.isolate or _guards_in_one_pass(isolate, False, config, num_work,
+                                                            q.device) != self.guard_one_pass:
+            return None
+        scan_flags = _scans_flags(self.isolate, False, num_work, rebase.programs)
+        if scan_flags != self.scan_flags:
+            return None
         plan = copy.copy(self)
         plan.backward_plans = {}
         plan.gluon_inputs = gluon_inputs
-        plan.gluon_arguments = dict(self.gluon_arguments, seqlen_k=seqlen_k, plans={})
         scalars = list(self.main.scalars)
-        scalars[k_strides_at:k_strides_at + 6] = (*token_strides(k, False), *token_strides(v, False))
-        scalars[seqlen_k_at] = seqlen_k
-        plan.main = self.main.with_scalars(scalars)
+        at = rebase.k_strides_at
+        scalars[at:at + 6] = (*token_strides(k, False), *token_strides(v, False))
+        at = rebase.lengths_at
+        scalars[at:at + 2] = seqlen_q, seqlen_k
+        gluon_arguments = dict(self.gluon_arguments, seqlen_k=seqlen_k, plans={})
+        if dense_q:
+            batch, _, num_heads, _ = q.shape
+            plan.out_like_q = rebase.out_like_dtype and q.is_contiguous()
+            plan.out_shape = (*q.shape[:-1], self.out_shape[-1])
+            o_strides = (0, *token_strides(Layout(plan.out_shape, q.device), False))
+            l_strides = (0, 0, 0, 0)
+            if self.lse_shape is not None:
+                plan.lse_shape = (batch, num_heads, seqlen_q)
+                l_strides = (0, *lse_strides(Layout(plan.lse_shape, q.device), False))
+            scalars[:rebase.q_strides] = token_strides(q, False)
+            at = rebase.k_strides_at + 6
+            scalars[at:at + 8] = (*o_strides, *l_strides)
+            at = rebase.lengths_at
+            scalars[at + 9] = num_tiles
+            scalars[at + 11] = num_work
+            plan.flag_rows = num_work * config.block_m
+            if self.block_count_shape is not None:
+                plan.block_count_shape = (num_work,)
+            gluon_arguments.update(seqlen_q=seqlen_q, o_strides=o_strides[1:], l_strides=l_strides[1:])
+        plan.gluon_arguments = gluon_arguments
+        # Triton specializes the main and the redo launch's scalars alike (the same kernel and scalars): asked once.
+        specialized = _launch._same_specialization(self.main, scalars)
+        plan.main = self.main.with_scalars(scalars, grid, specialized)
+        if self.redo is not None:
+            assert self.redo.kernel is self.main.kernel and self.redo.scalars == self.main.scalars
+            plan.redo = self.redo.with_scalars(scalars, (num_work if scan_flags else min(num_work, rebase.programs),),
+                                               specialized)
         return plan
 
     def run(self, q, k, v, sinks, cu_seqlens_q, cu_seqlens_k, seqlens_k, cache_batch_idx, page_table, new_k, new_v,
