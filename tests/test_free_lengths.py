@@ -503,21 +503,26 @@ def _logged_rebases(monkeypatch) -> list:
     return rebased
 
 
-@pytest.mark.parametrize("dtype,window,layout,into,lse", [
-    (torch.float16, (7, 0), "contiguous", False, False), (torch.float32, (7, 0), "transposed", False, True),
-    (torch.float32, (-1, 0), "packed", False, False), (torch.float16, (-1, 0), "contiguous", True, False),
-    (torch.float32, (3, 2), "transposed", True, False)])
-def test_dense_calls_of_new_lengths_launch_what_fresh_plans_launch(monkeypatch, dtype, window, layout, into, lse):
+@pytest.mark.parametrize("dtype,window,layout,into,lse,scan", [
+    (torch.float16, (7, 0), "contiguous", False, False, False),
+    (torch.float32, (7, 0), "transposed", False, True, True), (torch.float32, (-1, 0), "packed", False, False, False),
+    (torch.float16, (-1, 0), "contiguous", True, False, True),
+    (torch.float32, (20, 2), "transposed", True, False, False)])
+def test_dense_calls_of_new_lengths_launch_what_fresh_plans_launch(monkeypatch, dtype, window, layout, into, lse,
+                                                                    scan):
     """``flash_attn_func`` over q, k and v whose length changes on every call (a prefill of a new prompt length;
-    lengths crossing multiples of 16, one position, the window's edge, repeats), with ``out=`` or the LSE (whose
+    lengths crossing multiples of 16, one position, the window's edges, repeats), with ``out=`` or the LSE (whose
     strides follow the length) or neither, each call against the same call with every plan and recording dropped:
     the same launches (a plan of a new length is its family's template with new strides, lengths, tile and work
     counts in its scalars and grids, ``_ForwardPlan.rebased``, where its choices agree; the replay passes the call's
     lengths), the same bits, and the reference's result. The config follows the tiles' rows and the split's keys
     (``_by_rows_and_keys``); without a window, lengths above 64 leave PackGQA (the replay asks it for each
-    call's lengths)."""
+    call's lengths). ``scan``: the redo launch scans every tile's flag up to 64 tiles of work (its grid the work
+    count; else the interpreter's 4 persistent programs)."""
     from swattn.reference import attention_ref
 
+    if scan:
+        monkeypatch.setattr(fwd, "SCAN_FLAGS_MAX_WORK", 64)
     _by_rows_and_keys(monkeypatch)
     launches = _Launches(monkeypatch)
     rebased = _logged_rebases(monkeypatch)
@@ -526,7 +531,7 @@ def test_dense_calls_of_new_lengths_launch_what_fresh_plans_launch(monkeypatch, 
     monkeypatch.setattr(_replay, "_record", lambda *args: recordings.append(args) or record(*args))
     generator = torch.Generator().manual_seed(3)
     sinks = _on_device(torch.randn(H, generator=generator, device="cpu"))
-    lengths = [1, 2, 9, 15, 16, 17, 31, 32, 33, 47, 16, 3, 40, 33]
+    lengths = [1, 2, 3, 9, 15, 16, 17, 31, 32, 33, 47, 16, 40, 33]
     if window[0] < 0:
         lengths += [70, 66, 40, 72]
     _launch.clear_plans()
@@ -595,3 +600,47 @@ def test_dense_training_steps_of_new_lengths_give_the_gradients_of_fresh_plans(m
             assert_close(f"{name}, length {length}", got, want, 1e-3)
     if _interpreted():
         assert any(plan is not None for plan in rebased), rebased
+
+
+def test_dense_calls_of_one_new_length_reuse_plans(monkeypatch):
+    """``flash_attn_func`` with q's length new on every call over keys of one length (a chunked prefill), then keys
+    of a new length under one query (a decode without a KV cache): each against the same call planned from
+    nothing (launches, bits) and the reference. The family's plans are kept by q's and k's lengths each."""
+    from swattn.reference import attention_ref
+
+    _by_rows_and_keys(monkeypatch)
+    launches = _Launches(monkeypatch)
+    generator = torch.Generator().manual_seed(5)
+    sinks = _on_device(torch.randn(H, generator=generator, device="cpu"))
+    keys = _dense_qkv(40, torch.float32, 0, "contiguous")[1:]
+    _launch.clear_plans()
+    # (q of 17 and 12 positions again as slices of a 40-position buffer: the same lengths, other strides.)
+    calls = ([(length, 40, False) for length in (9, 17, 33, 12, 40, 2, 30)] + [(17, 40, True), (12, 40, True)]
+             + [(1, length, False) for length in (9, 17, 33, 12, 40)])
+    for index, (length_q, length_k, sliced) in enumerate(calls):
+        q = _dense_qkv(40 if sliced else length_q, torch.float32, index + 1, "contiguous")[0][:, :length_q]
+        k, v = keys if length_k == 40 else _dense_qkv(length_k, torch.float32, index + 1, "transposed")[1:]
+
+        def call():
+            return swattn.flash_attn_func(q, k, v, causal=True, window_size=(20, 0), sinks=sinks)
+
+        reused, reused_launches, fresh, fresh_launches = _reused_and_fresh(call, launches)
+        assert reused_launches and reused_launches == fresh_launches, f"lengths {length_q}, {length_k}"
+        assert torch.equal(reused, fresh), f"lengths {length_q}, {length_k}"
+        expected, _ = attention_ref(q, k, v, softmax_scale=D ** -0.5, causal=True, window_size=(20, 0), sinks=sinks)
+        assert_close(f"lengths {length_q}, {length_k}", reused, expected, tolerance_for(torch.float32))
+    assert len(fwd.plans()) == len(set(calls))
+
+
+def test_dense_calls_whose_lengths_disagree_are_still_refused_after_replays():
+    """The length-free key keeps which tensors have their group's length: v or out of another length than k or q,
+    after replayed calls, runs the checks (which refuse them)."""
+    _launch.clear_plans()
+    for index, length in enumerate([5, 6, 7, 8]):
+        q, k, v = _dense_qkv(length, torch.float32, index, "contiguous")
+        swattn.flash_attn_func(q, k, v, causal=True, out=torch.empty_like(q))
+    shorter = _dense_qkv(length - 1, torch.float32, 0, "contiguous")  # contiguous, as the recorded ones
+    with pytest.raises(ValueError, match="v: expected shape"):
+        swattn.flash_attn_func(q, k, shorter[2], causal=True, out=torch.empty_like(q))
+    with pytest.raises(ValueError, match="out: expected shape"):
+        swattn.flash_attn_func(q, k, v, causal=True, out=torch.empty_like(shorter[0]))
