@@ -169,6 +169,30 @@ def scenarios() -> dict:
         return swattn.flash_attn_with_kvcache(dense_q, k, v, cache_seqlens=lengths, causal=True, window_size=window,
                                               sinks=sinks, check_inputs=False)
 
+    # A prefill of a new prompt length every call (flash_attn_func without padding: transformers' prefill, or
+    # training on sequences of varying length): q [1, S, 64, 64], k / v [1, S, 8, 64] views of preallocated buffers
+    # (contiguous), S = 1000..4999 cycling, gpt-oss heads, bf16, W(127,0), bf16 sinks.
+    dense_q_storage = torch.randn(5000 * heads * head_dim, dtype=torch.bfloat16)
+    dense_kv_storage = torch.randn(2, 5000 * kv_heads * head_dim, dtype=torch.bfloat16)
+    prefills = [(dense_q_storage[:length * heads * head_dim].view(1, length, heads, head_dim),
+                 *(dense_kv_storage[i, :length * kv_heads * head_dim].view(1, length, kv_heads, head_dim)
+                   for i in range(2)))
+                for length in range(1000, 5000)]
+    prefill_step = itertools.cycle(range(len(prefills)))
+
+    def prefill_new_lengths():
+        q, k, v = prefills[next(prefill_step)]
+        with torch.no_grad():
+            return swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0), sinks=sinks)
+
+    # The same as a training step: forward and backward (q, k, v require grad), S new every call.
+    training_step = itertools.cycle(range(len(prefills)))
+
+    def training_new_lengths():
+        q, k, v = (t.detach().requires_grad_() for t in prefills[next(training_step)])
+        out = swattn.flash_attn_func(q, k, v, causal=True, window_size=(127, 0), sinks=sinks)
+        return torch.autograd.grad(out, (q, k, v), out)
+
     return {"decode W(127,0) with append, paged": decode_append, "decode W(127,0), paged": decode,
             "decode full, 4 splits + combine": decode_full_splits,
             "bench: decode full B=16 1K page 16, 4 splits + merge": bench_decode_full,
@@ -179,6 +203,8 @@ def scenarios() -> dict:
             "vLLM mixed step, a chunk size never seen before (601..4000)": vllm_mixed_step_new_sizes,
             "dense KV cache decode W(127,0), one token longer every call (DynamicCache)": dense_decode_new_lengths,
             "dense KV cache decode full, one token longer every call": lambda: dense_decode_new_lengths((-1, 0)),
+            "dense prefill W(127,0) (flash_attn_func), a new length every call (1000..4999)": prefill_new_lengths,
+            "dense training step W(127,0) (forward + backward), a new length every call": training_new_lengths,
             "backward W(127,0) 2K": backward}
 
 
@@ -230,6 +256,8 @@ def c_launcher(gluon_only: bool = False) -> None:
             calls = {**scenarios(), **calls}
         calls.pop("varlen prefill, new lengths every call")  # plans every call: no direct launch to compare
         calls.pop("vLLM mixed step, a chunk size never seen before (601..4000)")  # the same
+        for name in [name for name in calls if "a new length every call" in name]:
+            calls.pop(name)  # the same
         # The backward's plans live in the autograd graph made with the scenarios (outside stub_kernels' plan
         # clearing), so its launches would keep the first measurement's launcher: not compared here.
         calls.pop("backward W(127,0) 2K")

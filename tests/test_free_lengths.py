@@ -644,3 +644,30 @@ def test_dense_calls_whose_lengths_disagree_are_still_refused_after_replays():
         swattn.flash_attn_func(q, k, shorter[2], causal=True, out=torch.empty_like(q))
     with pytest.raises(ValueError, match="out: expected shape"):
         swattn.flash_attn_func(q, k, v, causal=True, out=torch.empty_like(shorter[0]))
+
+
+def test_backward_plans_of_new_lengths_take_the_compiled_kernels_triton_would_pick():
+    """Training steps of new lengths (kernels stubbed: ``kernel[grid](...)`` counted as a plain launch, a launch of
+    a kept compiled kernel as a direct one): a new length's backward plan takes the dQ and dK/dV kernels compiled for
+    the family's previous length when Triton specializes its scalars alike (32 -> 48 positions: every stride and
+    length a multiple of 16), not when a scalar's divisibility by 16 differs (48 -> 40: the LSE's head stride is the
+    length), nor when a constexpr differs (40 -> 4: the window's left side covers all 4 keys, so HAS_LEFT is off;
+    every scalar specialized as for 40)."""
+    from swattn.testing import stub_kernels
+
+    if not _interpreted():
+        pytest.skip("stub kernels: the CPU's interpreter path")
+    sinks = torch.randn(H)
+    with stub_kernels() as stubs:
+        launched = []
+        for index, length in enumerate((32, 48, 40, 4)):
+            q, k, v = (t.requires_grad_() for t in _dense_qkv(length, torch.float32, index, "contiguous"))
+            out = swattn.flash_attn_func(q, k, v, causal=True, window_size=(6, 0), sinks=sinks.requires_grad_())
+            before = {name: (stub.plain_launches, stub.direct_launches) for name, stub in stubs.items()}
+            torch.autograd.grad(out, (q, k, v, sinks), out)
+            launched.append({name: (stub.plain_launches - before[name][0], stub.direct_launches - before[name][1])
+                             for name, stub in stubs.items() if name.startswith("_swa_bwd")})
+    assert launched[0] == {"_swa_bwd_dq_kernel": (1, 0), "_swa_bwd_dkdv_kernel": (1, 0)}
+    assert launched[1] == {"_swa_bwd_dq_kernel": (0, 1), "_swa_bwd_dkdv_kernel": (0, 1)}
+    assert launched[2] == {"_swa_bwd_dq_kernel": (1, 0), "_swa_bwd_dkdv_kernel": (1, 0)}
+    assert launched[3] == {"_swa_bwd_dq_kernel": (1, 0), "_swa_bwd_dkdv_kernel": (1, 0)}

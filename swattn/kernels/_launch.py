@@ -341,6 +341,19 @@ class Launch:
                 launch._tail = launch.scalars + self._tail[len(self.scalars):]
         return launch
 
+    def take_compiled(self, other: Launch) -> bool:
+        """Take ``other``'s compiled kernels (so this launch's first call may launch directly) when Triton would pick
+        them for this launch's arguments: the same kernel, constexprs, options, tensor slots and no descriptors, and
+        every scalar that differs specialized alike (``_same_specialization``); the tensors' dtypes and 16-byte
+        alignment are the caller's to keep equal (a plan family's key). Returns whether it did."""
+        if (self._compiled or not other._compiled or not (self._direct_ok and other._direct_ok)
+                or other.kernel is not self.kernel or other.constexprs != self.constexprs
+                or other.options != self.options or other.num_tensors != self.num_tensors or other.slots != self.slots
+                or self.descriptors or other.descriptors or not _same_specialization(other, self.scalars)):
+            return False
+        self._compiled = dict(other._compiled)
+        return True
+
     def _bound_tail(self) -> tuple:
         """The arguments after the tensors, as ``JITFunction.run`` binds them: the scalars, then every remaining
         parameter in signature order (constexprs given, or their defaults)."""

@@ -641,6 +641,16 @@ class _BackwardPlan:
                  num_stages=config.num_stages if config.dkdv_num_stages is None else config.dkdv_num_stages),
             num_tensors=13)
 
+    def take_compiled(self, other: _BackwardPlan) -> None:
+        """Take the compiled kernels of ``other`` (a backward plan of the same signature up to lengths: another length
+        of one forward plan family, whose key holds the tensors' dtypes and alignment) for each launch that Triton
+        would compile alike (``Launch.take_compiled``): its first call then launches directly instead of through
+        ``kernel[grid](...)``. What is launched (grid, scalars, constexprs) stays this plan's own."""
+        for name in ("dq_launch", "dkdv_launch", "dsinks_launch"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine is not None and theirs is not None:
+                mine.take_compiled(theirs)
+
     def run(self, dout, q, k, v, out, lse, sinks, cu_seqlens_q, cu_seqlens_k, seqused_k, dlse, seqused_q):
         dq = torch.zeros_like(q) if self.zero_dq else torch.empty_like(q)
         dk = torch.zeros_like(k) if self.zero_dkdv else torch.empty_like(k)

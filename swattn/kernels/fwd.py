@@ -2081,7 +2081,7 @@ class _PlanFamily:
     nothing."""
 
     __slots__ = ("varlen_q", "token_free", "dense", "template", "plans", "gluon_inputs", "reference",
-                 "__weakref__")
+                 "backward_templates", "__weakref__")
 
     # Plans kept per family (the oldest dropped past it).
     MAX_PLANS = 4096
@@ -2097,6 +2097,9 @@ class _PlanFamily:
         self.plans: dict = {}
         self.gluon_inputs: dict = {}
         self.reference = None  # a weak reference to the family, made for its first plan (``_ForwardPlan.family``)
+        # The latest backward plan of the family's forward plans by the gradients' key (``swattn.ops``' eager
+        # autograd path): a new length's backward plan takes its compiled kernels where Triton compiles alike.
+        self.backward_templates: dict = {}
 
     def _rows_key(self, q, k, use_gluon: bool):
         """The key of a call's plan among its lengths': (q's row class, the Gluon kernel, the rows of q and k where
