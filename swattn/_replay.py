@@ -107,11 +107,13 @@ class _Replay:
     ``lengths``: ``(choose, choices)`` when the call's ``max_seqlen_q`` is picked from the call's values and the
     replay serves other lengths with the same ``choose(max_seqlen_q)`` (``note_length_choices``), else None."""
 
-    __slots__ = ("op", "pick", "constants", "returns", "data_checks", "lengths")
+    __slots__ = ("op", "other_op", "pick", "constants", "returns", "data_checks", "lengths")
 
     def __init__(self, op, pick, constants, returns, data_checks, planned=None, lengths=None):
-        # planned: ops.planned_op's function for this signature, called in place of the op (None: the op).
+        # planned: ops.planned_op's function for this signature, called in place of the op (None: the op); its
+        # ``other_lengths``, where it has one, for the calls the replay serves up to their lengths (``other``).
         self.op, self.pick, self.constants = planned or op, pick, constants
+        self.other_op = getattr(planned, "other_lengths", None) or self.op
         self.returns, self.data_checks, self.lengths = returns, data_checks, lengths
 
     def reads_data(self, values: tuple) -> bool:
@@ -122,6 +124,16 @@ class _Replay:
 
     def __call__(self, values: tuple):
         result = self.op(*self.pick(values + self.constants))
+        if self.returns == "out":
+            return result[0]
+        if self.returns == "pair":
+            return result[0], result[1]
+        return result
+
+    def other(self, values: tuple):
+        """The replay of a call whose signature differs from the recorded one in its lengths (``replayed``'s
+        ``lengths``): the planned op's variant that takes each call's plan for its lengths."""
+        result = self.other_op(*self.pick(values + self.constants))
         if self.returns == "out":
             return result[0]
         if self.returns == "pair":
@@ -143,6 +155,14 @@ class _DenseReplay(_Replay):
 
     def __call__(self, values: tuple):
         result = self.op(*self.pick(values + self.derive(values) + self.constants))
+        if self.returns == "out":
+            return result[0]
+        if self.returns == "pair":
+            return result[0], result[1]
+        return result
+
+    def other(self, values: tuple):
+        result = self.other_op(*self.pick(values + self.derive(values) + self.constants))
         if self.returns == "out":
             return result[0]
         if self.returns == "pair":
@@ -473,7 +493,7 @@ def replayed(function=None, *, lengths: tuple | None = None, dense: tuple | None
                             return record_free(args, kwargs, key, free, at)
                         if plan.data_checks and plan.reads_data(values):
                             return function(*args, **kwargs)
-                        return plan(values)
+                        return plan.other(values)
             if dense is not None and free is None:
                 # The same for the dense lengths (a call that ``lengths`` does not serve).
                 free, derive = dense_free_key(signature, key, values, len(args), names)
@@ -492,7 +512,7 @@ def replayed(function=None, *, lengths: tuple | None = None, dense: tuple | None
                         seen_once.add(key, True)
                         if plan.data_checks and plan.reads_data(values):
                             return function(*args, **kwargs)
-                        return plan(values)
+                        return plan.other(values)
             if key not in seen_once:
                 # Recorded at a signature's second call: shapes that change on every call (a serving engine's
                 # varlen batches) then cost a key, not a recording (25 us on the development CPU).

@@ -843,20 +843,11 @@ def _planned_fwd_kvcache_into(args: tuple):
     return run
 
 
-def _lengths_of(args: tuple) -> tuple:
-    """What a forward plan is made for besides its signature up to lengths: varlen, both lengths and the rows of q
-    and k; dense, the lengths and strides of q, k and v (a replay serves other dense lengths: ``swattn._replay``'s
-    ``dense``)."""
-    q, k, v = args[:3]
-    if args[4] is None:
-        return args[7], args[8], q.shape[1], q.stride(), k.shape[1], k.stride(), v.stride()
-    return args[7], args[8], q.shape[0], k.shape[0]
-
-
 def _plan_for_lengths(kept, args: tuple):
-    """The forward plan of a call with other lengths than the ``kept`` plan's (a replay serving other lengths,
-    ``swattn._replay``'s ``lengths`` and ``dense``): from the kept plan's family (the same signature up to them: a
-    varlen family, or a dense one, ``_PlanFamily.dense``), else made (``forward_plan``: a family of exact shapes)."""
+    """The forward plan of a call whose signature is the ``kept`` plan's up to its lengths (a replay serving other
+    lengths, ``swattn._replay``'s ``lengths`` and ``dense``: the lengths, and the rows or strides that follow them):
+    from the kept plan's family (a varlen family, or a dense one, ``_PlanFamily.dense``, whose lookup holds the
+    rest), else made (``forward_plan``: a family of exact shapes)."""
     family = kept.family()  # None once evicted from kernels.fwd's cache
     plan = None
     if family is not None and (family.varlen_q or family.dense):
@@ -866,15 +857,23 @@ def _plan_for_lengths(kept, args: tuple):
 
 def _planned_fwd_into(args: tuple):
     plan = _forward_plan(args)  # no gradient: the interface refuses out= for calls that need one
-    lengths = _lengths_of(args)
 
     def run(out, *args):
+        """A call of the recorded signature (``swattn._replay``'s exact key): the recorded shapes and strides."""
         if not (uses_triton(args[0]) and _plain_eager()):
             return run_fwd_into(out, *args)
-        call_plan = plan if _lengths_of(args) == lengths else _plan_for_lengths(plan, args)
-        _, lse, _ = call_plan.run(*_forward_run_arguments(args), out=out, qv=_qv_argument(args))
+        _, lse, _ = plan.run(*_forward_run_arguments(args), out=out, qv=_qv_argument(args))
         _increment_versions(out)
         return out, lse
+
+    def run_other_lengths(out, *args):
+        """A call the replay serves up to its lengths (and the tensors' rows or strides that follow them)."""
+        if not (uses_triton(args[0]) and _plain_eager()):
+            return run_fwd_into(out, *args)
+        _, lse, _ = _plan_for_lengths(plan, args).run(*_forward_run_arguments(args), out=out, qv=_qv_argument(args))
+        _increment_versions(out)
+        return out, lse
+    run.other_lengths = run_other_lengths
     return run
 
 
@@ -883,12 +882,16 @@ def _planned_fwd(args: tuple):
      softcap, pack_gqa, num_splits, *rest) = args
     has_seqused_q = bool(rest) and rest[0] is not None
     return_lse = rest[5] if len(rest) > 5 else True
-    # Planned at the first call that needs it: without a gradient (the LSE as asked), with one (the LSE stored, for
-    # the backward; the call takes _EagerAttention with this plan, its backward keeps its plans there). A varlen
-    # call of other lengths (a replay serving them) takes its lengths' plan from the kept plan's family.
+    # Planned at the first call of the recorded signature that needs it: without a gradient (the LSE as asked), with
+    # one (the LSE stored, for the backward; the call takes _EagerAttention with this plan, its backward keeps its
+    # plans there). A call of other lengths (a replay serving them: ``run.other_lengths``) takes its lengths' plan
+    # from the kept plan's family.
     plans = {}
+    # A plan of the same signature up to lengths per gradient need, made by the first call of other lengths when the
+    # recorded signature's is not planned yet: the family those calls look their lengths' plans up in.
+    anchors = {}
 
-    def run(*args):
+    def run_with(args, other_lengths: bool):
         q, k, v, sinks = args[:4]
         if not (uses_triton(q) and _plain_eager()):
             return run_fwd(*args)
@@ -898,17 +901,28 @@ def _planned_fwd(args: tuple):
                                                    or (qv is not None and qv.requires_grad))
         if needs_grad and not return_lse:
             args = (*args[:20], True, *args[21:])  # the backward reads the LSE
-        kept = plans.get(needs_grad)
-        if kept is None:
-            plan = _forward_plan(args)
-            plans[needs_grad] = plan, _lengths_of(args)
+        plan = plans.get(needs_grad)
+        if not other_lengths:
+            if plan is None:  # (only the recorded signature's plan is kept here: its calls take it unchecked)
+                plan = plans[needs_grad] = _forward_plan(args)
         else:
-            plan, lengths = kept
-            if _lengths_of(args) != lengths:
-                plan = _plan_for_lengths(plan, args)
+            anchor = anchors.get(needs_grad) or plan
+            if anchor is None or anchor.family() is None:  # (none yet, or its family evicted: this call's)
+                plan = anchors[needs_grad] = _forward_plan(args)
+            else:
+                plan = _plan_for_lengths(anchor, args)
         if needs_grad:
             return _EagerAttention.apply(plan, *args)[:2]
         out, lse, _ = plan.run(q, k, v, sinks, args[4], args[5], args[6], None, None, None, None,
                                args[15] if has_seqused_q else None, None, *args[17:20], qv=qv)
         return out, lse
+
+    def run(*args):
+        """A call of the recorded signature (``swattn._replay``'s exact key): the recorded shapes and strides."""
+        return run_with(args, False)
+
+    def run_other_lengths(*args):
+        """A call the replay serves up to its lengths (and the tensors' rows or strides that follow them)."""
+        return run_with(args, True)
+    run.other_lengths = run_other_lengths
     return run

@@ -352,6 +352,8 @@ class Launch:
                 or self.descriptors or other.descriptors or not _same_specialization(other, self.scalars)):
             return False
         self._compiled = dict(other._compiled)
+        if other._tail is not None:  # the constexprs after the scalars are the same as other's
+            self._tail = self.scalars + other._tail[len(other.scalars):]
         return True
 
     def _bound_tail(self) -> tuple:
