@@ -333,7 +333,7 @@ def _length_free(item: tuple, tensor: torch.Tensor, length: int) -> tuple:
     16-byte alignment."""
     shape = item[0]
     size = shape[1]
-    return ("dense", shape[:1] + shape[2:], min(size, 2), size == length, item[1][-1], tensor.is_contiguous(),
+    return ("dense", shape[0], shape[2:], min(size, 2), size == length, item[1][-1], tensor.is_contiguous(),
             *item[2:])
 
 
