@@ -396,21 +396,24 @@ def _planned_backward(ctx, grad_out, grad_lse):
     if plan is None:
         if len(plans) >= _MAX_BACKWARD_PLANS:
             plans.clear()
-        plan = plans[key] = backward_plan(
-            grad_out, q, k, v, out, lse, sinks=sinks_in, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
-            seqused_k=seqused_k, dlse=grad_lse, seqused_q=seqused_q, **ctx.scalars)
         # A forward plan of a new length (its family's other lengths: a training step of a new length) has no
-        # backward plan yet: the new one takes the compiled kernels of the family's latest one of this gradients'
-        # key where Triton would compile alike (kept by the family, as its dtypes and alignment are the key's).
-        # (By what Triton specializes the gradients' tensors on, their dtypes and 16-byte alignment: the strides
-        # follow the length.)
+        # backward plan yet: the family's latest one of these gradients' dtypes and alignment (what Triton
+        # specializes them on; their strides follow the length) is rebased where it can be (dense q, k, v:
+        # ``_BackwardPlan.rebased``), else the new plan takes its compiled kernels where Triton compiles alike.
         family = ctx.forward_plan.family()
-        if family is not None:
-            template_key = (grad_out.dtype, key[2], None if grad_lse is None else (grad_lse.dtype, key[3][3]),
-                            wants_dsinks)
-            template = family.backward_templates.get(template_key)
+        template_key = (grad_out.dtype, key[2], None if grad_lse is None else (grad_lse.dtype, key[3][3]),
+                        wants_dsinks)
+        template = None if family is None else family.backward_templates.get(template_key)
+        if template is not None and template.rebase is not None:
+            plan = template.rebased(grad_out, q, k, v, out, lse)
+        if plan is None:
+            plan = backward_plan(
+                grad_out, q, k, v, out, lse, sinks=sinks_in, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                seqused_k=seqused_k, dlse=grad_lse, seqused_q=seqused_q, **ctx.scalars)
             if template is not None:
                 plan.take_compiled(template)
+        plans[key] = plan
+        if family is not None:
             if len(family.backward_templates) >= _MAX_BACKWARD_PLANS:
                 family.backward_templates.clear()
             family.backward_templates[template_key] = plan

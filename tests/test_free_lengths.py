@@ -566,19 +566,28 @@ def test_dense_calls_of_new_lengths_launch_what_fresh_plans_launch(monkeypatch, 
 
 
 def test_dense_training_steps_of_new_lengths_give_the_gradients_of_fresh_plans(monkeypatch):
-    """``flash_attn_func`` calls that need a gradient over q, k and v of a new length every step: each call's
-    forward (its LSE stored, a rebased plan where it can be) and backward launch what a fresh call launches and
-    give the same bits, and the reference's gradients."""
+    """``flash_attn_func`` calls that need a gradient over q, k and v of a new length every step (lengths crossing
+    multiples of 16, the window's edge, a repeat): each call's forward (its LSE stored, a rebased plan where it can
+    be) and backward (rebased from the family's latest one where it can be, ``_BackwardPlan.rebased``) launch what a
+    fresh call launches and give the same bits, and the reference's gradients with the sinks'."""
+    from swattn.kernels import bwd
     from swattn.reference import attention_ref
 
     _by_rows_and_keys(monkeypatch)
     launches = _Launches(monkeypatch)
     rebased = _logged_rebases(monkeypatch)
+    backward_rebased = []
+    rebase = bwd._BackwardPlan.rebased
+    monkeypatch.setattr(bwd._BackwardPlan, "rebased",
+                        lambda *args: backward_rebased.append(rebase(*args)) or backward_rebased[-1])
     generator = torch.Generator().manual_seed(4)
     sinks = _on_device(torch.randn(H, generator=generator, device="cpu"))
     _launch.clear_plans()
-    for index, length in enumerate([9, 17, 9, 24, 33, 16, 31, 5]):
-        q, k, v = _dense_qkv(length, torch.float32, index, "contiguous")
+    for index, length in enumerate([9, 17, 9, 24, 33, 16, 31, 5, 20, 21]):
+        # Odd steps: the first positions of 40-position tensors (strides independent of the length, and not
+        # dense: the gradients are allocated contiguous, with strides of their own).
+        q, k, v = (t[:, :length] for t in _dense_qkv(40, torch.float32, index, "contiguous")) if index % 2 else (
+            _dense_qkv(length, torch.float32, index, "contiguous"))
         grad = _on_device(torch.randn(q.shape, generator=generator, device="cpu"))
 
         def gradients(function, *inputs):
@@ -599,8 +608,9 @@ def test_dense_training_steps_of_new_lengths_give_the_gradients_of_fresh_plans(m
         assert_close("out", reused[0], expected[0], tolerance_for(torch.float32))
         for name, got, want in zip(("dq", "dk", "dv", "dsinks"), reused[1], expected[1]):
             assert_close(f"{name}, length {length}", got, want, 1e-3)
-    if _interpreted():
-        assert any(plan is not None for plan in rebased), rebased
+    # Rebased: the forward and backward plans of most new lengths (not 5, whose window covers every key).
+    assert any(plan is not None for plan in rebased), rebased
+    assert len([plan for plan in backward_rebased if plan is not None]) >= 4, backward_rebased
 
 
 def test_dense_calls_of_one_new_length_reuse_plans(monkeypatch):
@@ -672,3 +682,29 @@ def test_backward_plans_of_new_lengths_take_the_compiled_kernels_triton_would_pi
     assert launched[1] == {"_swa_bwd_dq_kernel": (0, 1), "_swa_bwd_dkdv_kernel": (0, 1)}
     assert launched[2] == {"_swa_bwd_dq_kernel": (1, 0), "_swa_bwd_dkdv_kernel": (1, 0)}
     assert launched[3] == {"_swa_bwd_dq_kernel": (1, 0), "_swa_bwd_dkdv_kernel": (1, 0)}
+
+
+def test_varlen_backward_plans_of_new_lengths_take_the_compiled_kernels_triton_would_pick():
+    """The same for varlen training steps (whose backward plans are made from nothing for each forward plan, then
+    take the family's compiled kernels): totals of 32 and 48 rows (the LSE's ``[H, total]`` stride a multiple of 16
+    both times, the longest sequence 20 then 30) share the dQ and dK/dV kernels, 40 rows do not."""
+    from swattn.testing import stub_kernels
+
+    if not _interpreted():
+        pytest.skip("stub kernels: the CPU's interpreter path")
+    with stub_kernels() as stubs:
+        launched = []
+        for index, (first, total) in enumerate(((12, 32), (18, 48), (10, 40))):
+            cu = torch.tensor([0, first, total], dtype=torch.int32)
+            q, k, v = (torch.randn(total, heads, D, generator=torch.Generator().manual_seed(index)).requires_grad_()
+                       for heads in (H, HK, HK))
+            longest = max(first, total - first)
+            out = swattn.flash_attn_varlen_func(q, k, v, cu, cu, longest, longest, causal=True, window_size=(6, 0),
+                                                check_inputs=False)
+            before = {name: (stub.plain_launches, stub.direct_launches) for name, stub in stubs.items()}
+            torch.autograd.grad(out, (q, k, v), out)
+            launched.append({name: (stub.plain_launches - before[name][0], stub.direct_launches - before[name][1])
+                             for name, stub in stubs.items() if name.startswith("_swa_bwd")})
+    assert launched == [{"_swa_bwd_dq_kernel": (1, 0), "_swa_bwd_dkdv_kernel": (1, 0)},
+                        {"_swa_bwd_dq_kernel": (0, 1), "_swa_bwd_dkdv_kernel": (0, 1)},
+                        {"_swa_bwd_dq_kernel": (1, 0), "_swa_bwd_dkdv_kernel": (1, 0)}], launched

@@ -24,6 +24,8 @@ head h of exp(sink_h - lse) * delta`` (the sink has no value vector, so its ``dp
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import triton
 import triton.language as tl
@@ -552,6 +554,8 @@ class _BackwardPlan:
         else:
             batch, seqlen_q = q.shape[0], q.shape[1]
         seqlen_k = max_seqlen_k if varlen_k else k.shape[1]
+        self.rebase = None  # what ``rebased`` needs (set below for the plans it can serve)
+        left_given, right_given = left, right
         if batch > MAX_GRID_YZ or num_heads > MAX_GRID_YZ:
             # The dQ and dK/dV grids hold the sequences and the heads in their second and third dimensions.
             raise ValueError(f"q: the backward takes at most {MAX_GRID_YZ} sequences and {MAX_GRID_YZ} heads per call "
@@ -640,6 +644,57 @@ class _BackwardPlan:
             dict(num_warps=config.num_warps,
                  num_stages=config.num_stages if config.dkdv_num_stages is None else config.dkdv_num_stages),
             num_tensors=13)
+        # Dense q, k and v (a training step of another length): the plans of other lengths are this one with other
+        # strides, lengths and grids (``rebased``) where the choices above come out the same for them.
+        if not (varlen_q or varlen_k or seqused_k is not None or seqused_q is not None or record_loop):
+            self.rebase = (left_given, right_given, left, right, config, rows_per_pos, packed, dq_tma, dkdv_tma,
+                           num_kv_heads if packed else num_heads)
+
+    def rebased(self, dout, q, k, v, out, lse) -> _BackwardPlan | None:
+        """The plan of a backward call of dense q, k and v of other lengths (or strides) than this plan's, with the
+        same everything else (the gradients' dtypes and alignment, dLSE's presence, the sinks' gradient, the
+        forward's window, scale, softcap and chunk), made from this one; None where it would differ from a fresh
+        plan in more than its scalars, grids and scratch size (and the sinks' block, a constexpr of its launch): the
+        window's normalisation and the descriptors' use are asked again with the functions ``__init__`` uses and must
+        be this plan's. The launches reuse the compiled kernels where Triton specializes their scalars as before
+        (``Launch.with_scalars``)."""
+        (left_given, right_given, left, right, config, rows_per_pos, packed, dq_tma, dkdv_tma,
+         dq_heads) = self.rebase
+        batch, seqlen_q, seqlen_k = q.shape[0], q.shape[1], k.shape[1]
+        if batch == 0 or q.numel() == 0 or seqlen_q == 0 or k.numel() == 0 or seqlen_k == 0:
+            return None  # launches nothing (or only delta and the sinks' gradient): a plan of its own
+        if ((-1 if left_given >= seqlen_k else left_given) != left
+                or (-1 if right_given >= seqlen_q else right_given) != right):
+            return None
+        if ((config.tma and tma_compatible(k, v)) != dq_tma
+                or (config.tma and not packed and tma_compatible(q, dout)) != dkdv_tma):
+            return None
+        plan = copy.copy(self)
+        plan.delta_span = 1 + sum((n - 1) * st for n, st in zip(lse.shape, lse.stride())) if lse.numel() else 0
+        lse_address = lse_strides(lse, False)
+        # The common scalars' tail (group, scale, softcap, left, right, chunk) is this plan's.
+        scalars = (seqlen_q, seqlen_k, *self.dq_launch.scalars[-6:])
+        dq, dk, dv = (torch.empty_like(t, device="meta") for t in (q, k, v))
+        plan.dq_launch = self.dq_launch.with_scalars(
+            (*token_strides(q, False), *token_strides(out, False), *token_strides(k, False),
+             *token_strides(v, False), *token_strides(dout, False), *token_strides(dq, False), *lse_address,
+             *scalars),
+            (ceil_div(seqlen_q, config.dq_block_m // rows_per_pos), batch, dq_heads))
+        plan.dkdv_launch = self.dkdv_launch.with_scalars(
+            (*token_strides(q, False), *token_strides(k, False), *token_strides(v, False),
+             *token_strides(dout, False), *token_strides(dk, False), *token_strides(dv, False), *lse_address,
+             *scalars),
+            (ceil_div(seqlen_k, config.dkdv_block_n), batch, k.shape[-2]))
+        sinks = self.dsinks_launch
+        if sinks is not None:
+            # (Its block spans the query positions up to 1024: a launch of its own where that differs, as __init__
+            # makes it.)
+            block = min(1024, max(16, next_power_of_2(seqlen_q)))
+            sink_scalars = (batch, seqlen_q, *lse_address)
+            plan.dsinks_launch = (sinks.with_scalars(sink_scalars) if sinks.constexprs["BLOCK"] == block
+                                  else Launch(sinks.kernel, sinks.grid, sink_scalars,
+                                              dict(sinks.constexprs, BLOCK=block), sinks.options, num_tensors=6))
+        return plan
 
     def take_compiled(self, other: _BackwardPlan) -> None:
         """Take the compiled kernels of ``other`` (a backward plan of the same signature up to lengths: another length
