@@ -5,7 +5,7 @@
 # docs/notes/2026-12-03-eager-host-cost.md, session 15). Run from the repository root; at most ~90 s:
 #   1. outputs (and a training step's gradients) at new lengths against the float64 reference;
 #   2. host and eager time per call, forward (no_grad) and training step (forward + backward), in three modes: a new
-#      length every call, the same with rebasing and the backward's sharing switched off, one length repeated;
+#      length every call, the same with rebasing (forward and backward) and sharing switched off, one length repeated;
 #   3. the dense tests of tests/test_free_lengths.py compiled.
 # Everything lands in $OUT (dense-prefill.md, tests.log).
 set -uo pipefail
@@ -80,7 +80,7 @@ def measure(call, groups):
 
 print("| call (gpt-oss heads, bf16, W(127,0), sinks) | mode | host us (median of 5 groups) | eager us |")
 print("|---|---|---|---|")
-rebased, take_compiled = fwd._ForwardPlan.rebased, bwd._BackwardPlan.take_compiled
+rebased, take_compiled, bwd_rebased = fwd._ForwardPlan.rebased, bwd._BackwardPlan.take_compiled, bwd._BackwardPlan.rebased
 start = 1000
 for name, call, count in (("forward, flash_attn_func", forward, 200), ("training step", training_step, 60)):
     modes = (("new length every call", True, False), ("new length every call, rebasing and sharing off", False, False),
@@ -88,6 +88,7 @@ for name, call, count in (("forward, flash_attn_func", forward, 200), ("training
     for mode, on, repeat in modes:
         fwd._ForwardPlan.rebased = rebased if on else (lambda self, q, k, v: None)
         bwd._BackwardPlan.take_compiled = take_compiled if on else (lambda self, other: None)
+        bwd._BackwardPlan.rebased = bwd_rebased if on else (lambda self, *args: None)
         if repeat:
             groups = [[999] * count for _ in range(5)]
         else:
@@ -95,7 +96,7 @@ for name, call, count in (("forward, flash_attn_func", forward, 200), ("training
             start += 5 * count
         host, eager = measure(call, groups)
         print(f"| {name} | {mode} | {host:.1f} | {eager:.1f} |", flush=True)
-fwd._ForwardPlan.rebased, bwd._BackwardPlan.take_compiled = rebased, take_compiled
+fwd._ForwardPlan.rebased, bwd._BackwardPlan.take_compiled, bwd._BackwardPlan.rebased = rebased, take_compiled, bwd_rebased
 EOF
 echo "dense-prefill exit $?"; cat "$out/dense-prefill.md"
 SWATTN_TEST_DEVICE=cuda timeout 18 python3 -m pytest -q -p no:cacheprovider tests/test_free_lengths.py \
