@@ -61,6 +61,7 @@ def note_length_choices(choose, *lengths: int):
 
 
 _Tensor, _Parameter = torch.Tensor, torch.nn.Parameter
+_grad_enabled = torch.is_grad_enabled
 
 
 def _signature(values: tuple, names: tuple) -> tuple:
@@ -68,19 +69,25 @@ def _signature(values: tuple, names: tuple) -> tuple:
     strides, dtype, device and 16-byte alignment (the alignment Triton specializes pointers on: a planned op
     serves the whole signature); another tensor type's (fake tensors: no data pointer to ask) with its type; a
     tuple with its items' types; anything else with its type (True and 1, 1 and 1.0 are one key otherwise: the
-    checks tell them apart). One loop, no call per argument: this is every replayed call's host cost."""
+    checks tell them apart). Under grad mode (the last item) each tensor's ``requires_grad`` too: the function's
+    checks read them (``out=`` is refused for a call that needs a gradient), so a signature recorded without a
+    gradient must not serve one that needs it (without grad mode no call needs one: not read). One loop, no call per
+    argument: this is every replayed call's host cost."""
     items = [names]
     append = items.append
+    grad = _grad_enabled()
     for value in values:
         kind = type(value)
         if kind is _Tensor or kind is _Parameter:
-            append((value.shape, value.stride(), value.dtype, value.device, value.data_ptr() % 16 == 0))
+            append((value.shape, value.stride(), value.dtype, value.device, value.data_ptr() % 16 == 0,
+                    grad and value.requires_grad))
         elif kind is tuple:
             append((tuple, value, tuple(map(type, value))))
         elif isinstance(value, _Tensor):
-            append((value.shape, value.stride(), value.dtype, value.device, kind))
+            append((value.shape, value.stride(), value.dtype, value.device, kind, grad and value.requires_grad))
         else:
             append((kind, value))
+    append(grad)
     return tuple(items)
 
 

@@ -200,3 +200,45 @@ def test_the_settings_in_every_calls_key_are_built_on_the_stack():
     for function in (ops.plan_settings, fwd.settings, gluon_fwd.planning_settings):
         built_through_a_list = [i.opname for i in dis.get_instructions(function) if i.opname == "BUILD_LIST"]
         assert not built_through_a_list, f"{function.__module__}.{function.__qualname__}: a tuple of over 30 items"
+
+
+def _calls_with_out():
+    """(name, call(q, out=None), whether it gives a gradient) for the three entry points that take ``out=``, over
+    fixed k / v (fp16, CPU); ``flash_attn_with_kvcache`` is inference-only, as FlashAttention 3's."""
+    k, v = torch.randn(1, 6, 2, 16, dtype=torch.float16), torch.randn(1, 6, 2, 16, dtype=torch.float16)
+    cu_seqlens = torch.tensor([0, 6], dtype=torch.int32)
+    inputs = _decode_inputs(batch=1)
+    return [
+        ("flash_attn_func", lambda q, out=None: swattn.flash_attn_func(q, k, v, causal=True, out=out), True),
+        ("flash_attn_varlen_func", lambda q, out=None: swattn.flash_attn_varlen_func(
+            q[0], k[0], v[0], cu_seqlens, cu_seqlens, 6, 6, causal=True, check_inputs=False,
+            out=None if out is None else out[0]), True),
+        ("flash_attn_with_kvcache", lambda q, out=None: swattn.flash_attn_with_kvcache(
+            q[:, :1], inputs["k_cache"], inputs["v_cache"], cache_seqlens=inputs["cache_seqlens"],
+            page_table=inputs["page_table"], causal=True, check_inputs=False, out=None if out is None else out[:, :1]),
+         False),
+    ]
+
+
+@pytest.mark.parametrize("index", range(3), ids=lambda i: _calls_with_out()[i][0])
+def test_a_signature_recorded_without_a_gradient_does_not_serve_one_that_needs_it(index):
+    # The function refuses out= for a call that needs a gradient; a replay recorded without one (same shapes) must
+    # not skip that check, nor return an output without its graph when out= is not given.
+    _, call, differentiable = _calls_with_out()[index]
+    q = torch.randn(1, 6, 4, 16, dtype=torch.float16)
+    out = torch.empty_like(q)
+    with stub_kernels():
+        for _ in range(3):  # noted, recorded, replayed
+            call(q, out)
+            assert call(q).grad_fn is None
+        graded = q.clone().requires_grad_()
+        for _ in range(3):
+            with pytest.raises(ValueError, match="out: not supported for a call that needs a gradient"):
+                call(graded, out)
+            assert (call(graded).grad_fn is not None) == differentiable
+        with torch.no_grad():  # no gradient needed: out= is fine, and no graph
+            for _ in range(3):
+                call(graded, out)
+                assert call(graded).grad_fn is None
+        # and the no-grad recording does not serve a call under grad mode
+        assert (call(graded).grad_fn is not None) == differentiable
