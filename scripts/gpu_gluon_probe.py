@@ -134,7 +134,8 @@ def main() -> int:
              f"{f'{args.varlen} varlen sequences, ' if args.varlen else ''}"
              f"graph replay{' (L2 cleared before each)' if args.flush_l2 else ''}, median of {args.rounds} "
              f"interleaved rounds of {args.reps}", "",
-             "| row | provider | us | TFLOP/s | % of matmul | rel err vs Triton |", "|---|---|---|---|---|---|"]
+             "| row | provider | us | TFLOP/s | % of matmul | rel err vs Triton | / FA3 per round: median [min-max] |",
+             "|---|---|---|---|---|---|---|"]
     matmul_tflops = matmul_rate()
     lines.insert(1, f"bf16 matmul (8192^3, torch): {matmul_tflops:.0f} TFLOP/s")
     for label, head_dim, heads, kv_heads, left, with_sinks in ROWS:
@@ -308,11 +309,18 @@ def main() -> int:
         for _ in range(args.rounds):
             for name, graph in graphs.items():
                 times[name].append(replay_us(graph, args.reps))
+        # Each round's time over FA3's time in that round (the two replayed back to back): the spread of the ratio
+        # says whether a difference of a percent or two is the kernels' or the run's.
+        fa3_name = next((name for name in graphs if name.startswith("FA3")), None)
         for name in graphs:
             us = statistics.median(times[name])
             tflops = flops / us / 1e6
+            ratio = ""
+            if fa3_name is not None and name != fa3_name:
+                ratios = sorted(t / f for t, f in zip(times[name], times[fa3_name]))
+                ratio = f"{statistics.median(ratios):.3f} [{ratios[0]:.3f}-{ratios[-1]:.3f}]"
             lines.append(f"| {label} | {name} | {us:.1f} | {tflops:.0f} | {100 * tflops / matmul_tflops:.0f}% | "
-                         f"{errors[name]:.1e} |")
+                         f"{errors[name]:.1e} | {ratio} |")
             print(lines[-1], flush=True)
         del graphs
         torch.cuda.empty_cache()
