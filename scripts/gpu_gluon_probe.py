@@ -7,6 +7,7 @@ medians), so clock drift does not favour whichever ran first.
     python scripts/gpu_gluon_probe.py [--rounds 5] [--reps 10] [--rows D128,causal] [--variants shipped,FA3]
         [--paged 16] [--out FILE.md]
     python scripts/gpu_gluon_probe.py --rows causal_D128 --variants shipped,diag,FA3  # HALF_DIAGONAL on and off
+    python scripts/gpu_gluon_probe.py --rows causal_D64 --variants shipped,3WG,S3,half_diag,packed_2WG,FA3  # gpt-oss
 
 (``--rows`` / ``--variants``: comma-separated substrings, ``_`` for a space; a label's own comma cannot be given.)
 """
@@ -35,6 +36,7 @@ ROWS = [
     ("causal D128", 128, 32, 8, -1, False),
     ("W(4095,0) D64 gpt-oss", 64, 64, 8, 4095, False),
     ("causal D64 gpt-oss", 64, 64, 8, -1, False),
+    ("causal D64 gpt-oss, sinks", 64, 64, 8, -1, True),  # gpt-oss has sinks on every layer
     ("W(4095,0) D256 Gemma 2", 256, 16, 8, 4095, False),
     ("W(1023,0) D256 Gemma 3", 256, 16, 8, 1023, False),
 ]
@@ -225,6 +227,20 @@ def main() -> int:
             if head_dim == 64 and not small:
                 gluon.append(("gluon 1 WG x 2/SM BN64", with_mode("1", call(), consumers=1, per_sm=2, block_n=64)))
                 gluon.append(("gluon S3", with_mode("1", call(), num_stages=3)))  # 3 K/V stages fit at D64
+            if head_dim == 64 and left < 0:  # gpt-oss's causal layers (session 15, helper s15-d64)
+                # FlashAttention 3's head_dim 64 tile: 192 rows (three consumer warpgroups, 160 registers per
+                # consumer thread) over 128-key blocks; with each warpgroup's last block halved where its rows end
+                # in the block's first half (``HALF_DIAGONAL``, which three warpgroups take too); 3 K/V stages
+                # (172 KiB of shared memory); 64-key blocks (run 4's 3-warpgroup shape).
+                diag = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | gluon_fwd.HALF_DIAGONAL)
+                three = dict(consumers=3, block_n=128)
+                gluon.append(("gluon 3WG BN128", with_mode("1", call(), **three)))
+                gluon.append(("gluon 3WG BN128 half diagonal", with_mode("1", call(), settings=diag, **three)))
+                gluon.append(("gluon 3WG BN128 S3", with_mode("1", call(), num_stages=3, **three)))
+                gluon.append(("gluon 3WG BN64", with_mode("1", call(), consumers=3, block_n=64)))
+                gluon.append(("gluon S3 half diagonal", with_mode("1", call(), num_stages=3, settings=diag)))
+                # PackGQA: a KV head's 8 query heads in each 128-row tile (16 positions x 8 heads).
+                gluon.append(("gluon packed 2WG", with_mode("1", call(True))))
         if args.pingpong:
             gluon.append(("gluon ping-pong", with_mode("1", call(), pingpong=True)))
         # The accumulator's rescale after the block's P V completes (before FlashAttention 3's order, the shipped

@@ -161,7 +161,10 @@ CARRIED_RING = 512
 # 0-63. That block's scores product is m64n64 instead of m64n128, its softmax covers 64 columns and its P V product
 # reads the V stage's first 64 rows (K = 64); the second warpgroup keeps the whole block. Two consumer warpgroups of
 # 64 rows, 128-key blocks, head_dim up to 128, not PackGQA, not with ping-pong or ``OVERLAP_TILES``
-# (``_consume_item``). Off: a switch for the H200's probe (session 15, docs/notes/2026-12-03-gluon-forward.md).
+# (``_consume_item``). With three consumer warpgroups (192-row tiles, 128-key blocks: FlashAttention 3's head_dim 64
+# tile) every warpgroup carries the halved step and the runtime test picks the ones whose rows end in the last
+# block's first half; a warpgroup whose rows end before the last block skips it (its stages waited for and
+# released, no product). Off: a switch for the H200's probe (session 15, docs/notes/2026-12-03-gluon-forward.md).
 HALF_DIAGONAL = 1024
 SOFTMAX_TRIMS = int(os.environ.get("SWATTN_GLUON_SOFTMAX_TRIMS", "39"))  # A/B runs: 0 for none
 
@@ -255,7 +258,7 @@ def softmax_trims_for(consumers: int, head_dim: int) -> int:
     kept = ONE_SIDED_EDGES | THREAD_ROW_SUMS | VOTED_ROW_MAX if consumers == 1 else THREAD_ROW_SUMS | VOTED_ROW_MAX
     if consumers > 1:
         kept |= OVERLAP_TILES
-    if consumers == 2:
+    if consumers in (2, 3):
         kept |= HALF_DIAGONAL  # (off unless SOFTMAX_TRIMS has it; the kernel applies it to 128-key blocks only)
     # None of the four synchronization switches is on by default. H200, 16K (session 14): two-warpgroup tiles lose
     # with each (s14-call1: THREAD_RELEASE causal D128 +3.2%, W(4095,0) D128 +3.5%; the others on top of it more);
@@ -789,7 +792,10 @@ if GLUON_AVAILABLE:
         # ``HALF_DIAGONAL``: in the first of two 64-row warpgroups, the tile's last block over its first HALF_N keys
         # where that is exact (``halved``, below). Off: the code is the shipped code (compile-time conditions).
         HALF_N: gl.constexpr = BLOCK_N // 2
-        HALF: gl.constexpr = ((SOFTMAX_TRIMS & _HALF_DIAGONAL_C) != 0 and WG == 0 and NUM_CONSUMERS == 2
+        # Three warpgroups (192-row tiles over 128-key blocks): any of them may end inside the last block's first
+        # half (the runtime test ``halved`` decides per warpgroup), so all three carry the halved step.
+        HALF: gl.constexpr = ((SOFTMAX_TRIMS & _HALF_DIAGONAL_C) != 0
+                              and ((WG == 0 and NUM_CONSUMERS == 2) or NUM_CONSUMERS == 3)
                               and M == 64 and BLOCK_N == 128 and HEAD_DIM <= 128 and not PACK_GQA and not PINGPONG
                               and not OVERLAP)
         if num_blocks > 0:
@@ -848,6 +854,15 @@ if GLUON_AVAILABLE:
                                                        HAS_RIGHT) + 1, kv_end)
                 halved = (num_blocks > 1) & (half_end <= kv_start + (num_blocks - 1) * BLOCK_N + HALF_N)
                 loop_end = num_blocks - halved.to(gl.int32)
+                if NUM_CONSUMERS == 3:
+                    # A 192-row tile starts on a block boundary or 64 keys into a block, so the first warpgroups'
+                    # rows may end before the last block (causal, even tiles: warpgroups 0 and 1; odd: 0): such a
+                    # warpgroup (``skipped``: ``half_end`` at most the block's first key, none of it visible) ends
+                    # on P_{L-1} V_{L-1} and computes nothing of block L.
+                    skipped = halved & (half_end <= kv_start + (num_blocks - 1) * BLOCK_N)
+                    half_step = halved & (half_end > kv_start + (num_blocks - 1) * BLOCK_N)
+                else:
+                    half_step = halved
             for block in range(1, loop_end):
                 if (SOFTMAX_TRIMS & _CARRIED_RING_C) != 0:
                     previous_stage = stage
@@ -897,7 +912,7 @@ if GLUON_AVAILABLE:
             last = position + num_blocks - 1
             last_stage = last % NUM_STAGES
             if HALF:
-                if halved:
+                if half_step:
                     # The loop's step for the last block (L = num_blocks - 1) with a HALF_N-key scores product:
                     # S_L = Q K_L[:HALF_N]^T and P_{L-1} V_{L-1} in flight, the softmax of S_L (an edge block:
                     # masked; ``_softmax_block``'s keys are ``kv_start + block * HALF_N + column``, so its start is
@@ -947,6 +962,23 @@ if GLUON_AVAILABLE:
                     half_pv = warpgroup_mma(half_p_op, v_smem.index(last_stage).slice(0, HALF_N), acc,
                                             is_async=True)
                     acc = warpgroup_mma_wait(0, deps=[half_pv])
+                elif NUM_CONSUMERS == 3:
+                    # The shipped last P V, or for a ``skipped`` warpgroup P_{L-1} V_{L-1} (the loop stopped before
+                    # block L); block L's stages are then released after waiting for them to fill: a warpgroup that
+                    # skipped a ready wait could meet the stage's next use with the barrier one phase behind, and
+                    # its parity wait would pass at once on the stale phase.
+                    tail = last - skipped.to(gl.int32)
+                    tail_stage = tail % NUM_STAGES
+                    if (SOFTMAX_TRIMS & _RESCALE_EARLY_C) != 0:
+                        acc = _rescale_acc(acc, alpha_o, RESCALE_THRESHOLD)
+                    mbarrier.wait(v_ready.index(tail_stage), (tail // NUM_STAGES) & 1)
+                    tail_token = warpgroup_mma(p_op, v_smem.index(tail_stage), acc, is_async=True)
+                    acc = warpgroup_mma_wait(0, deps=[tail_token])
+                    if skipped:
+                        _release(v_empty.index(tail_stage), SOFTMAX_TRIMS)
+                        mbarrier.wait(k_ready.index(last_stage), (last // NUM_STAGES) & 1)
+                        _release(k_empty.index(last_stage), SOFTMAX_TRIMS)
+                        mbarrier.wait(v_ready.index(last_stage), (last // NUM_STAGES) & 1)
                 else:
                     # The shipped last P V (below), without ping-pong's turns or ``OVERLAP_TILES``.
                     if (SOFTMAX_TRIMS & _RESCALE_EARLY_C) != 0:

@@ -254,6 +254,66 @@ def test_half_diagonal_keeps_the_bits(case, monkeypatch):
     same_bits_under_switch(case, monkeypatch, "SOFTMAX_TRIMS", (gluon_fwd.SOFTMAX_TRIMS, with_trims("HALF_DIAGONAL")))
 
 
+
+# Three consumer warpgroups over 128-key blocks (192-row tiles: FlashAttention 3's head_dim 64 tile), the candidate
+# for gpt-oss's causal layers (session 15, docs/notes/2026-12-03-gluon-forward.md). A 192-row tile starts on a
+# 128-key block boundary or 64 keys into one, so the warpgroups' rows end in either half of the last block.
+THREE_WG_CASES = [
+    # batch, seqlen_q, seqlen_k, heads, kv_heads, head_dim, window_size, softcap, sinks, pack_gqa
+    (2, 2048, 2048, 16, 4, 64, (-1, 0), 0.0, False, False),  # causal, Sq == Sk, a partial last tile
+    (1, 4096, 4096, 64, 8, 64, (-1, 0), 0.0, True, False),  # gpt-oss full layer, sinks
+    (1, 1000, 2500, 16, 4, 64, (-1, 0), 0.0, True, False),  # Sk > Sq, diagonal off the blocks (offset 1500)
+    (1, 1024, 1088, 16, 4, 64, (-1, 0), 0.0, False, False),  # offset 64
+    (1, 1024, 1152, 16, 4, 64, (-1, 0), 0.0, False, False),  # offset 128
+    (1, 3000, 3000, 16, 4, 64, (1023, 0), 0.0, False, False),  # lengths off every block, window start mid-block
+    (1, 5000, 5000, 16, 4, 64, (4095, 0), 0.0, True, False),  # gpt-oss's other window, sinks
+    (1, 2500, 1000, 16, 4, 64, (-1, 0), 0.0, False, False),  # Sk < Sq: the top rows see nothing
+    (1, 700, 700, 8, 2, 64, (-1, -1), 0.0, False, False),  # no window: every tile's last block holds 60 keys
+    (1, 1234, 1234, 16, 16, 64, (63, 64), 30.0, True, False),  # right side 64, softcap
+    (2, 100, 100, 8, 2, 64, (-1, 0), 0.0, False, False),  # one block per tile: never halved
+]
+
+
+def three_warpgroups_of_128_key_blocks(monkeypatch, half_diagonal: bool) -> None:
+    """Three consumer warpgroups and 128-key blocks for the calls that follow, ``HALF_DIAGONAL`` on or off."""
+    monkeypatch.setattr(gluon_fwd, "consumers_for", lambda *args: 3)
+    monkeypatch.setattr(gluon_fwd, "block_n_for", lambda *args: 128)
+    if half_diagonal:
+        monkeypatch.setattr(gluon_fwd, "SOFTMAX_TRIMS", with_trims("HALF_DIAGONAL"))
+        assert gluon_fwd.softmax_trims_for(3, 64) & gluon_fwd.HALF_DIAGONAL
+
+
+@pytest.mark.parametrize("half_diagonal", [False, True], ids=["full", "half-diagonal"])
+@pytest.mark.parametrize("case", THREE_WG_CASES, **HALF_IDS)
+def test_three_warpgroups_of_128_key_blocks(case, half_diagonal, monkeypatch):
+    """192-row tiles over 128-key blocks at head_dim 64 (160 registers per consumer thread), with and without
+    ``HALF_DIAGONAL`` (each warpgroup's last block over its first 64 keys where its rows see no later key): output
+    and LSE against the reference and the Triton path."""
+    three_warpgroups_of_128_key_blocks(monkeypatch, half_diagonal)
+    test_dense_against_reference_and_triton(case, torch.bfloat16)
+
+
+@pytest.mark.parametrize("case", THREE_WG_CASES, **HALF_IDS)
+def test_three_warpgroups_half_diagonal_keeps_the_bits(case, monkeypatch):
+    """With three warpgroups the keys ``HALF_DIAGONAL`` leaves out score -inf in every row of the warpgroup that
+    drops them: the shipped kernel's bits (see ``test_half_diagonal_keeps_the_bits``)."""
+    three_warpgroups_of_128_key_blocks(monkeypatch, False)
+    same_bits_under_switch(case, monkeypatch, "SOFTMAX_TRIMS", (gluon_fwd.SOFTMAX_TRIMS, with_trims("HALF_DIAGONAL")))
+
+
+@pytest.mark.parametrize("window_size", [(127, 0), (-1, 0)])
+def test_three_warpgroups_half_diagonal_varlen(window_size, monkeypatch):
+    """Three warpgroups of 128-key blocks with ``HALF_DIAGONAL`` over varlen sequences (empty, short, more keys than
+    queries: each sequence's own diagonal)."""
+    three_warpgroups_of_128_key_blocks(monkeypatch, False)
+    test_varlen_with_empty_and_short_sequences(window_size, 64, "HALF_DIAGONAL", monkeypatch)
+
+
+def test_three_warpgroups_half_diagonal_non_finite_isolation(monkeypatch):
+    """Non-finite isolation with three warpgroups of 128-key blocks and ``HALF_DIAGONAL`` (a window of 100)."""
+    three_warpgroups_of_128_key_blocks(monkeypatch, True)
+    test_non_finite_isolation(False, 3, monkeypatch)
+
 @pytest.mark.parametrize("pack_gqa", [False, True])
 def test_q_as_a_view_of_a_fused_projection(pack_gqa):
     """Q is read through a 4D TMA descriptor with the caller's strides: a slice of a fused QKV tensor."""

@@ -171,12 +171,14 @@ def test_softmax_trims_per_shape(monkeypatch):
     # Two- and three-warpgroup tiles: without the one-sided edges; head_dim 256 keeps its own set.
     assert g.softmax_trims_for(2, 128) == g.softmax_trims_for(3, 64) == 39 & ~g.ONE_SIDED_EDGES
     assert g.softmax_trims_for(2, 256) & (g.THREAD_RELEASE | g.CARRIED_RING) == 0
-    # HALF_DIAGONAL (off by default) reaches two-warpgroup tiles up to head_dim 128 only, when SOFTMAX_TRIMS has it.
+    # HALF_DIAGONAL (off by default) reaches two- and three-warpgroup tiles up to head_dim 128 only, when
+    # SOFTMAX_TRIMS has it (the kernel applies it to 128-key blocks of 64-row warpgroups).
     assert all(g.softmax_trims_for(consumers, head_dim) & g.HALF_DIAGONAL == 0
                for consumers in (1, 2, 3) for head_dim in (64, 128, 256))
     monkeypatch.setattr(g, "SOFTMAX_TRIMS", 39 | g.HALF_DIAGONAL)
     assert g.softmax_trims_for(2, 64) == g.softmax_trims_for(2, 128) == (39 & ~g.ONE_SIDED_EDGES) | g.HALF_DIAGONAL
-    assert g.softmax_trims_for(1, 128) == 39 and g.softmax_trims_for(3, 64) == 39 & ~g.ONE_SIDED_EDGES
+    assert g.softmax_trims_for(3, 64) == (39 & ~g.ONE_SIDED_EDGES) | g.HALF_DIAGONAL
+    assert g.softmax_trims_for(1, 128) == 39
     assert g.softmax_trims_for(2, 256) & g.HALF_DIAGONAL == 0
 
 def test_lazy_rescale_ptx():
