@@ -227,15 +227,16 @@ def main() -> int:
             if head_dim == 64 and not small:
                 gluon.append(("gluon 1 WG x 2/SM BN64", with_mode("1", call(), consumers=1, per_sm=2, block_n=64)))
                 gluon.append(("gluon S3", with_mode("1", call(), num_stages=3)))  # 3 K/V stages fit at D64
-            if head_dim == 64 and left < 0:  # gpt-oss's causal layers (session 15, helper s15-d64)
                 # FlashAttention 3's head_dim 64 tile: 192 rows (three consumer warpgroups, 160 registers per
                 # consumer thread) over 128-key blocks; with each warpgroup's last block halved where its rows end
-                # in the block's first half (``HALF_DIAGONAL``, which three warpgroups take too); 3 K/V stages
-                # (172 KiB of shared memory); 64-key blocks (run 4's 3-warpgroup shape).
+                # in the block's first half, or skipped where they end before it (``HALF_DIAGONAL``, which three
+                # warpgroups take too). Session 15, helper s15-d64.
                 diag = dict(SOFTMAX_TRIMS=gluon_fwd.SOFTMAX_TRIMS | gluon_fwd.HALF_DIAGONAL)
                 three = dict(consumers=3, block_n=128)
                 gluon.append(("gluon 3WG BN128", with_mode("1", call(), **three)))
                 gluon.append(("gluon 3WG BN128 half diagonal", with_mode("1", call(), settings=diag, **three)))
+            if head_dim == 64 and left < 0:  # gpt-oss's causal layers: 3 K/V stages (172 KiB of shared memory),
+                # 64-key blocks (run 4's three-warpgroup shape), HALF_DIAGONAL with 3 stages, PackGQA
                 gluon.append(("gluon 3WG BN128 S3", with_mode("1", call(), num_stages=3, **three)))
                 gluon.append(("gluon 3WG BN64", with_mode("1", call(), consumers=3, block_n=64)))
                 gluon.append(("gluon S3 half diagonal", with_mode("1", call(), num_stages=3, settings=diag)))
