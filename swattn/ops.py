@@ -19,6 +19,7 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from swattn import reference
 from swattn._compat import uses_triton
+from swattn.kernels import fwd as forward_kernels
 from swattn.kernels._launch import ASK, stream_key, tensor_signature
 from swattn.kernels.append import append_plan
 from swattn.kernels.bwd import attention_backward, backward_plan
@@ -403,7 +404,8 @@ def _planned_backward(ctx, grad_out, grad_lse):
         family = ctx.forward_plan.family()
         template_key = (grad_out.dtype, key[2], None if grad_lse is None else (grad_lse.dtype, key[3][3]),
                         wants_dsinks)
-        template = None if family is None else family.backward_templates.get(template_key)
+        template = (None if family is None or not forward_kernels.REBASE_PLANS
+                    else family.backward_templates.get(template_key))
         if template is not None and template.rebase is not None:
             plan = template.rebased(grad_out, q, k, v, out, lse)
         if plan is None:

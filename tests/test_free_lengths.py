@@ -708,3 +708,38 @@ def test_varlen_backward_plans_of_new_lengths_take_the_compiled_kernels_triton_w
     assert launched == [{"_swa_bwd_dq_kernel": (1, 0), "_swa_bwd_dkdv_kernel": (1, 0)},
                         {"_swa_bwd_dq_kernel": (0, 1), "_swa_bwd_dkdv_kernel": (0, 1)},
                         {"_swa_bwd_dq_kernel": (1, 0), "_swa_bwd_dkdv_kernel": (1, 0)}], launched
+
+
+def test_rebasing_switched_off_makes_every_new_length_from_nothing(monkeypatch):
+    """``fwd.REBASE_PLANS`` off (``SWATTN_REBASE_PLANS=0``, the escape hatch while the rebased plans have not run
+    on a GPU): training steps and dense-cache decodes of new lengths rebase no plan, forward or backward, and still
+    give the reference's outputs and gradients."""
+    from swattn.kernels import bwd
+    from swattn.reference import attention_ref
+
+    monkeypatch.setattr(fwd, "REBASE_PLANS", False)
+    rebased = _logged_rebases(monkeypatch)
+    backward_rebased = []
+    rebase = bwd._BackwardPlan.rebased
+    monkeypatch.setattr(bwd._BackwardPlan, "rebased",
+                        lambda *args: backward_rebased.append(rebase(*args)) or backward_rebased[-1])
+    _launch.clear_plans()
+    for index, length in enumerate([9, 17, 24, 33, 24]):
+        q, k, v = (t.requires_grad_() for t in _dense_qkv(length, torch.float32, index, "contiguous"))
+        out = swattn.flash_attn_func(q, k, v, causal=True, window_size=(6, 0))
+        grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+        inputs = [t.detach().double().requires_grad_() for t in (q, k, v)]
+        expected = attention_ref(*inputs, softmax_scale=D ** -0.5, causal=True, window_size=(6, 0))[0]
+        assert_close(f"out, length {length}", out, expected, tolerance_for(torch.float32))
+        for name, got, want in zip(("dq", "dk", "dv"), grads,
+                                   torch.autograd.grad(expected, inputs, torch.ones_like(expected))):
+            assert_close(f"{name}, length {length}", got, want, 1e-3)
+        q1 = q.detach()[:, -1:]
+        k_cache, v_cache = k.detach(), v.detach()
+        lengths = _on_device(torch.full((2,), length, dtype=torch.int32))
+        decoded = swattn.flash_attn_with_kvcache(q1, k_cache, v_cache, cache_seqlens=lengths, causal=True,
+                                                 window_size=(6, 0), check_inputs=False)
+        want, _ = attention_kvcache_ref(q1, k_cache, v_cache, lengths, softmax_scale=D ** -0.5, causal=True,
+                                        window_size=(6, 0))
+        assert_close(f"decode, length {length}", decoded, want.to(decoded.dtype), tolerance_for(torch.float32))
+    assert rebased == [] and backward_rebased == [], (rebased, backward_rebased)

@@ -72,6 +72,13 @@ from swattn.window import visible_span
 # import drops the second launch, and a non-finite value row may then reach the other rows of its tile.
 ISOLATE_NON_FINITE = os.environ.get("SWATTN_ISOLATE_NON_FINITE", "1") not in ("", "0")
 
+# A dense call's plan of a new length made from its family's latest plan (``_ForwardPlan.rebased``, and the
+# backward's ``_BackwardPlan.rebased``), and the compiled kernels a new plan takes from it where Triton specializes
+# alike (``Launch.with_scalars`` / ``take_compiled``): exact in the CPU tests (the same launches and bits as plans
+# made from nothing, tests/test_free_lengths.py), not yet run on a GPU (sessions 14-15). SWATTN_REBASE_PLANS=0 at
+# import (or this attribute) makes every new length's plan from nothing, as before session 14.
+REBASE_PLANS = os.environ.get("SWATTN_REBASE_PLANS", "1") not in ("", "0")
+
 # NON_FINITE_PASS values: no isolation; the main pass, which also flags rows holding a NaN; the redo pass behind the
 # raised flag; the redo pass that reads every tile's flags itself (no raised flag to zero before the main pass).
 NO_ISOLATION, FLAG_NON_FINITE, REDO_FLAGGED = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
@@ -2116,7 +2123,7 @@ class _PlanFamily:
             if not self.dense:
                 return self.plans.get((lengths, None))
             plan = self.plans.get((lengths, self.dense(q, k, v)))
-            if plan is None and rebase and self.template is not None:
+            if plan is None and rebase and REBASE_PLANS and self.template is not None:
                 plan = self.template.rebased(q, k, v)
                 if plan is not None:
                     self.add(q, k, max_seqlen_q, max_seqlen_k, plan, v)
