@@ -35,8 +35,9 @@ default), s6_full, s6_more, s6_b4, s6_long16, s6_long, s6_b16_128k, s7_long, s7_
 (``--dry`` lists a shape's candidates); s9_*: the transposed pairs' loop against the shipped one; s10_*: the
 pairs' block shapes of the default path (``blocks=``), and head_dim 128 layers (a shape's fifth field: H, Hk, D);
 s11b_*: fewer splits at 16K; s11c_*: more splits at B=4 16K; s14_*: the work split (split counts past 64 at B=4,
-the pairs' one-warp shapes at B=16 16K). ``--dry --plans`` also prints, computed on the CPU, what each fp8-kv
-full-decode candidate launches on an H200 (splits, programs, block shape, programs per SM).
+the pairs' one-warp shapes at B=16 16K); s15q_*: the all-fp8 decode on the pairs (``qkvpairs``). ``--dry --plans``
+also prints, computed on the CPU, what each fp8-kv full-decode candidate launches on an H200 (splits, programs, block
+shape, programs per SM).
 """
 
 from __future__ import annotations
@@ -297,6 +298,14 @@ S65, S74, S86 = ((False, None, dict(splits=n, maxsplits=128)) for n in (65, 74, 
 S14_B4 = [(False, None), S65, S74, S86, S86, S74, S65, (False, None)]
 W1_10, W16_12 = ((False, None, dict(blocks=blocks)) for blocks in ((32, 1, 168, 10), (16, 1, 128, 12)))
 S14_B16 = [(False, None), W1_8, W1_10, W16_12, W16_12, W1_10, W1_8, (False, None)]
+# Session 15 (helper s15-fp8q): the all-fp8 full decode (q, K, V e4m3) on fp8-kv's two KV heads per program
+# (qkvpairs=True: configs.FP8_QKV_PAIRS, e4m3 q widened to fp16 in the kernel) against its one KV head per program
+# on the all-fp8 loop (qkvpairs=False, the default until timed), beside fp8-kv's shipped pairs; mirrored order.
+# Compiled (Triton 3.6, sm_90, B=16 16K, 16 splits): the pairs' (32, 2, 2) capped at 128, 128 registers, no stack,
+# interior loop 311 instructions per 2 x 32 keys and warp (fp8-kv's: 313, 8 B stack); the all-fp8 loop (128, 4,
+# 2) capped at 128: 527 per 128 keys of one head and warp.
+QKV_PAIRS, QKV_ONE_HEAD = (True, None, dict(qkvpairs=True)), (True, None, dict(qkvpairs=False))
+S15Q = [(False, None), QKV_ONE_HEAD, QKV_PAIRS, QKV_PAIRS, QKV_ONE_HEAD, (False, None)]
 SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4": (4, 16384, None, LONG),
           "long16": (16, 131040, None, LONG), "window": (16, 2048, 127, WINDOW),
           "s6_full": (16, 16384, None, S6_FULL), "s6_more": (16, 16384, None, S6_MORE),
@@ -366,6 +375,8 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
           "s11c_warm": (4, 16384, None, [(False, None), SPLITS_72, SPLITS_80]),
           "s14_b4_16k": (4, 16384, None, S14_B4), "s14_b16_16k": (16, 16384, None, S14_B16),
           "s14_b4_128k": (4, 131072, None, S14_B4),
+          "s15q_b16_16k": (16, 16384, None, S15Q), "s15q_b4_16k": (4, 16384, None, S15Q),
+          "s15q_b16_128k": (16, 131040, None, S15Q),
           # The compile warm-up of the s14 kernels, one process per kernel set: the split kernel specializes on
           # whether num_splits is a multiple of 16, the merge on its splits' power of two (and a loop past 64).
           **{f"s14_warm{i}": (batch, context, None, [variant]) for i, (batch, context, variant) in enumerate(
@@ -375,7 +386,7 @@ SHAPES = {"full": (16, 16384, None, FULL), "long": (4, 131072, None, LONG), "b4"
                                                                          dict(pair=3, per_sm=4, fenced=2))])}
 DEFAULT_SHAPES = ["full", "long", "b4", "long16", "window"]
 EXACT_SHAPES = {"s9c_b4_16k", "s9c_b4_8k", "s9c_b8_8k", "s9c_b16_4k"}  # page tables of exactly the context
-EXACT_SHAPES |= {name for name in SHAPES if name.startswith(("s10", "s11", "s14"))}
+EXACT_SHAPES |= {name for name in SHAPES if name.startswith(("s10", "s11", "s14", "s15"))}
 COPY_GBPS = 4221.0
 
 
@@ -474,11 +485,13 @@ def variant_settings(options: dict):
              (fwd, "FP8_PREFETCH_PARTNER"), (fwd, "FP8_FENCED_WIDENING"), (configs, "FP8_KV_PAIRS"),
              (configs, "FP8_PAIR_FENCED_WIDENING"), (configs, "FP8_PAIR_TRANSPOSED"),
              (configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT"), (configs, "FP8_PAIR_SPLIT_BLOCKS"),
-             (configs, "FP8_PAIR_SHAPE_BLOCKS"), (combine, "EARLY_DEPENDENTS"), (interface, "MAX_SPLITS")]
+             (configs, "FP8_PAIR_SHAPE_BLOCKS"), (configs, "FP8_QKV_PAIRS"), (combine, "EARLY_DEPENDENTS"),
+             (interface, "MAX_SPLITS")]
     saved = [(module, name, getattr(module, name)) for module, name in saved]
     try:
         fwd.FP8_TWO_KV_HEADS = options.get("pair", 0)
         configs.FP8_KV_PAIRS = options.get("kvpairs", configs.FP8_KV_PAIRS)
+        configs.FP8_QKV_PAIRS = options.get("qkvpairs", configs.FP8_QKV_PAIRS)
         configs.FP8_PAIR_FENCED_WIDENING = options.get("pairfence", configs.FP8_PAIR_FENCED_WIDENING)
         configs.FP8_PAIR_TRANSPOSED = options.get("transposed", configs.FP8_PAIR_TRANSPOSED)
         configs.FP8_PAIR_MIN_KEYS_PER_SPLIT = options.get("minkeys", configs.FP8_PAIR_MIN_KEYS_PER_SPLIT)
@@ -553,6 +566,8 @@ def describe(quantize_q, config, options: dict) -> tuple[str, str]:
     shown += f" L2 fetch {options['l2fetch']} B" if "l2fetch" in options else ""
     shown += " contiguous" if options.get("contig") else ""
     shown += " one KV head/program" if options.get("kvpairs") is False else ""
+    shown += {None: "", True: " 2 KV heads/program (q widened)", False: " one KV head/program"}[
+        options.get("qkvpairs")]
     shown += f" pair widening {options['pairfence']}" if "pairfence" in options else ""
     shown += f" pairs from {options['minkeys']} keys/split" if "minkeys" in options else ""
     shown += " pairs ({},{},cap {}) {}/SM".format(*options["blocks"]) if "blocks" in options else ""

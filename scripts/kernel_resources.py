@@ -257,12 +257,18 @@ def compile_backward(config: BwdConfig, q, k, v, **backward_kwargs) -> list[tupl
 
 
 def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, fwd_settings: dict | None = None,
-                     sms: int | None = None, **forward_kwargs) -> list[Resources]:
+                     sms: int | None = None, configs_settings: dict | None = None,
+                     **forward_kwargs) -> list[Resources]:
     """Compile every launch ``attention_forward`` makes for these inputs under ``config`` (``pdl``: with
     programmatic dependent launch, the default on Hopper; False as with ``SWATTN_PDL=0``; ``fwd_settings``: module
-    settings of swattn.kernels.fwd to set around the capture, e.g. ``{"PRELOAD_L2": 2}``)."""
+    settings of swattn.kernels.fwd to set around the capture, e.g. ``{"PRELOAD_L2": 2}``; ``configs_settings``:
+    those of swattn.kernels.configs, e.g. ``{"FP8_QKV_PAIRS": True}``)."""
+    from swattn.kernels import configs
     kernel, launches = fwd._swa_fwd_kernel, []
     previous = {name: getattr(fwd, name) for name in (fwd_settings or {})}
+    previous_configs = {name: getattr(configs, name) for name in (configs_settings or {})}
+    for name, value in (configs_settings or {}).items():
+        setattr(configs, name, value)
 
     class Capture:
         def __getitem__(self, grid):
@@ -292,6 +298,8 @@ def compile_launches(config: FwdConfig, q, k, v, pdl: bool = True, fwd_settings:
          fwd._e4m3_widening) = saved
         for name, value in previous.items():
             setattr(fwd, name, value)
+        for name, value in previous_configs.items():
+            setattr(configs, name, value)
         clear_plans()
     return [_compile(kernel, args, kwargs) for args, kwargs in launches]
 
@@ -379,6 +387,16 @@ def targets() -> list[tuple[str, FwdConfig, dict, dict]]:
         ("decode full paged fp8 KV D128, two KV heads per program, 12 splits",
          fp8_pair_config(fp8_full_d128, 16 * 8, 16384, 128), dict(decode_d128, fp8="kv"),
          dict(left=-1, right=0, pack_gqa=True, num_splits=12, fwd_settings={"FP8_TWO_KV_HEADS": 4})),
+        # All-fp8 (e4m3 q) on the same pairs (configs.FP8_QKV_PAIRS, off until timed): q widened to fp16 at its
+        # load, q_descale per row beside k_descale; launched as FP8_KV (forced here as above).
+        ("experimental: decode full paged fp8 q/K/V, two KV heads per program, 16 splits (configs.FP8_QKV_PAIRS)",
+         fp8_pair_config(fp8_full, *b16_16k), dict(decode, fp8="qkv"),
+         dict(left=-1, right=0, pack_gqa=True, num_splits=16, fwd_settings={"FP8_TWO_KV_HEADS": 4},
+              configs_settings={"FP8_QKV_PAIRS": True})),
+        ("experimental: decode full paged fp8 q/K/V D128, two KV heads per program, 12 splits "
+         "(configs.FP8_QKV_PAIRS)", fp8_pair_config(fp8_full_d128, 16 * 8, 16384, 128), dict(decode_d128, fp8="qkv"),
+         dict(left=-1, right=0, pack_gqa=True, num_splits=12, fwd_settings={"FP8_TWO_KV_HEADS": 4},
+              configs_settings={"FP8_QKV_PAIRS": True})),
         ("experimental: decode full paged fp8 KV, two KV heads per program, session 8's loop, 16 splits",
          fp8_pair_config(fp8_full, *b16_16k), dict(decode, fp8="kv"),
          dict(left=-1, right=0, pack_gqa=True, num_splits=16, fwd_settings={"FP8_TWO_KV_HEADS": 3})),

@@ -8,6 +8,7 @@ module settings of ``swattn.kernels.fwd`` and a forced config. Prints registers,
     PYTHONPATH=/tmp/triton36:. python scripts/loop_sass.py --cache fp8-kv --set FP8_FENCED_WIDENING=1
     PYTHONPATH=/tmp/triton36:. python scripts/loop_sass.py --cache fp8-kv --window 127 --config 16,128,4,2
     PYTHONPATH=/tmp/triton36:. python scripts/loop_sass.py --cache bf16 --sass /tmp/bf16.sass
+    PYTHONPATH=/tmp/triton36:. python scripts/loop_sass.py --cache fp8 --splits 16 --qkv-pairs 1   # all-fp8 pairs
 
 (/tmp/triton36: Triton 3.6, the H200's, unpacked; without it the installed Triton compiles.) The split loop's
 three loops are the masked head, the interior and the masked tail; the interior (the smallest) is what a long
@@ -134,6 +135,9 @@ def main() -> int:
     parser.add_argument("--kv-pairs", type=int, choices=(0, 1), default=1,
                         help="configs.FP8_KV_PAIRS: 1 (default) two KV heads per program where the shipped rule "
                              "takes them (fp8-kv full decode), 0 one KV head per program")
+    parser.add_argument("--qkv-pairs", type=int, choices=(0, 1), default=int(configs.FP8_QKV_PAIRS),
+                        help="configs.FP8_QKV_PAIRS: 1 the all-fp8 (--cache fp8) full decode on the same pairs (q "
+                             "widened in the kernel), 0 one KV head per program on the all-fp8 loop")
     parser.add_argument("--top", type=int, default=16, help="opcodes shown per loop")
     parser.add_argument("--sass", help="also write the SASS to this file")
     args = parser.parse_args()
@@ -146,6 +150,7 @@ def main() -> int:
     inputs, arguments = decode_inputs(args.cache, args.context, args.window, args.splits, args.tokens,
                                      args.batch)
     configs.FP8_KV_PAIRS = bool(args.kv_pairs)
+    configs.FP8_QKV_PAIRS = bool(args.qkv_pairs)
     launch_args, launch_kwargs = captured_launch(inputs, arguments, settings, config)
     compiled, options, usage, sass = compile_for_hopper(fwd._swa_fwd_kernel, launch_args, launch_kwargs)
     if args.sass:

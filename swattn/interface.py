@@ -32,6 +32,7 @@ from swattn import _compat
 from swattn._compat import device_properties, next_power_of_2
 from swattn._replay import note_data_checks, note_length_choices, replayed
 from swattn._replay import recording_ops as ops  # swattn.ops; a signature's first call records its op call
+from swattn.kernels import configs
 from swattn.kernels._launch import MAX_GRID_YZ
 from swattn.kernels.configs import (
     MAX_SPLITS,
@@ -289,20 +290,20 @@ _KVCACHE_CAPACITY_ARGUMENT = 7
 def _kvcache_length_choices(pack_gqa, num_splits: int, device: torch.device, num_heads: int, num_kv_heads: int,
                             head_dim: int, batch: int, capacity: int, left: int, right: int, attention_chunk: int,
                             sm_margin: int, paged: bool, pairs_possible: bool, fp8_cache: bool, pairs_layout: bool,
-                            appends: bool, has_qv: bool, element_size: int, head_dim_v: int,
+                            appends: bool, has_qv: bool, element_size: int, head_dim_v: int, e4m3_q: bool,
                             max_seqlen_q: int) -> tuple[bool, int]:
     """``flash_attn_with_kvcache``'s choices that depend on ``max_seqlen_q`` (the rest of its arguments are the
     call's signature): PackGQA and the split count -> ``(packed, num_splits)``. ``pairs_possible``: an automatic
-    split count over an e4m3 cache with 16-bit queries (only then are two KV heads per program asked about;
-    ``pairs_layout``: the caches' rows allow them); ``has_qv``, ``element_size`` (q's), ``head_dim_v``: as
-    ``_qv_tile`` takes them."""
+    split count over an e4m3 cache with 16-bit queries, or e4m3 ones (``e4m3_q``) with ``configs.FP8_QKV_PAIRS``
+    (only then are two KV heads per program asked about; ``pairs_layout``: the caches' rows allow them); ``has_qv``,
+    ``element_size`` (q's), ``head_dim_v``: as ``_qv_tile`` takes them."""
     group = num_heads // num_kv_heads
     packed = _auto_pack_gqa(pack_gqa, max_seqlen_q, group, left, right)
     rows = max_seqlen_q * (group if packed else 1)
     programs = batch * (num_kv_heads if packed else num_heads) * max(1, -(-rows // 64))
     kv_pairs = (num_splits == 0 and pairs_possible
                 and fp8_kv_pairs_fit(True, packed, left < 0 and attention_chunk == 0, rows, max_seqlen_q, num_kv_heads,
-                                     head_dim, pairs_layout, paged, appends))
+                                     head_dim, pairs_layout, paged, appends, e4m3_q))
     return packed, _auto_num_splits(num_splits, device, programs, capacity, left, right, max_seqlen_q, attention_chunk,
                                     sm_margin, rows, paged, fp8_cache, kv_pairs, head_dim,
                                     _qv_tile(has_qv, element_size, rows, packed, head_dim_v))
@@ -861,15 +862,18 @@ def flash_attn_with_kvcache(
                                     k, cu_seqlens_k_new, cu_seqlens_q, max_seqlen_q, sequential)
     sinks = _check_sinks(sinks, q.shape[-2], q.device)
     num_splits = _check_int_arg("num_splits", num_splits, 0)
-    # Only an automatic split count over an e4m3 cache with 16-bit queries asks whether the decode may take two KV
-    # heads per program (the check's stride reads cost ~3 us of host time per call on every other path).
+    # Only an automatic split count over an e4m3 cache with 16-bit queries (or e4m3 ones with
+    # configs.FP8_QKV_PAIRS) asks whether the decode may take two KV heads per program (the check's stride reads
+    # cost ~3 us of host time per call on every other path).
     head_dim = k_cache.shape[-1]
-    pairs_layout = (num_splits == 0 and k_cache.dtype == _FP8 and q.dtype != _FP8
+    pairs_possible = k_cache.dtype == _FP8 and (q.dtype != _FP8 or configs.FP8_QKV_PAIRS)
+    pairs_layout = (num_splits == 0 and pairs_possible
                     and all(t.stride(-1) == 1 and t.stride(-2) == head_dim for t in (k_cache, v_cache)))
     choices = functools.partial(
         _kvcache_length_choices, pack_gqa, num_splits, q.device, q.shape[-2], k_cache.shape[2], head_dim, batch,
-        capacity, left, right, attention_chunk, sm_margin, paged, k_cache.dtype == _FP8 and q.dtype != _FP8,
-        k_cache.dtype == _FP8, pairs_layout, k is not None, qv is not None, q.element_size(), v_cache.shape[-1])
+        capacity, left, right, attention_chunk, sm_margin, paged, pairs_possible,
+        k_cache.dtype == _FP8, pairs_layout, k is not None, qv is not None, q.element_size(), v_cache.shape[-1],
+        q.dtype == _FP8)
     if varlen and k is None and rotary_dim == 0 and qv is None:
         # Everything but these choices depends on the call's signature alone, whatever max_seqlen_q and q's rows:
         # swattn._replay then replays the call for other lengths with the same choices (a serving engine's mixed

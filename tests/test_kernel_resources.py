@@ -39,7 +39,7 @@ def test_shipped_forward_configs_compile_for_hopper_with_pipelined_loops():
     launches = re.findall(r"^(.+) \[launch 0\] .*: (\d+) regs, (\d+) B stack, .* (\d+) programs/SM, pipelined (\w+)$",
                           stdout, flags=re.M)
     names = [name for name, *_ in launches]
-    assert len(names) == 26 and "prefill W(127,0) D64 packed" in names and "decode W(127,0) paged" in names, \
+    assert len(names) == 28 and "prefill W(127,0) D64 packed" in names and "decode W(127,0) paged" in names, \
         stdout
     for name, registers, _stack, programs, _pipelined in launches:
         assert 0 < int(registers) <= 255 and int(programs) >= 1, name

@@ -250,17 +250,32 @@ FP8_PAIR_TRANSPOSED = int(os.environ.get("SWATTN_FP8_PAIR_TRANSPOSED", "1") or 0
 # (s8-call5, forced, page tables a page longer): B=4 16K 64 splits of 257 keys 29.95 vs 32.11, B=8 16K 33 of 497
 # 49.61 vs 55.15, B=4 32K 64 of 513 49.95 vs 55.65. Below 128 keys per split: not measured.
 FP8_PAIR_MIN_KEYS_PER_SPLIT = 128
+# All-fp8 decodes (e4m3 q over an e4m3 cache, FlashAttention 3's fp8 API) on the same two-KV-heads loop where
+# ``fp8_kv_pairs_fit`` takes it (its ``e4m3_q``): the kernel widens q to fp16 at its load (exact) and folds
+# q_descale into each row's score scale beside k_descale (fwd's FP8_KV loop with e4m3 q; the launch is FP8_KV, the
+# output bf16 as for all-fp8); off: one KV head per program on the all-fp8 (FP8_QKV) loop. Off until timed on the
+# GPU (scripts/gpu_queue/fp8_allfp8_pairs.sh; session 15, docs/notes/2026-12-03-fp8-kv-cache.md): the all-fp8 full
+# decode measured 100.1 us at B=16 16K (H200, 1.32x of bf16) against fp8-kv's 78.72 us on the pairs (s10-call5,
+# docs/performance.md).
+# SWATTN_FP8_QKV_PAIRS=1 at import (or the attribute) turns it on.
+FP8_QKV_PAIRS = os.environ.get("SWATTN_FP8_QKV_PAIRS", "0") == "1"
 
 
 def fp8_kv_pairs_fit(fp8_kv: bool, pack_gqa: bool, full_attention: bool, rows_per_tile: int, seqlen_q: int,
-                     num_kv_heads: int, head_dim: int, adjacent_heads: bool, paged: bool, append: bool) -> bool:
+                     num_kv_heads: int, head_dim: int, adjacent_heads: bool, paged: bool, append: bool,
+                     e4m3_q: bool = False) -> bool:
     """Whether a decode may take two KV heads per program (where ``fp8_pair_split_count`` says they pay):
-    ``fp8_kv`` (an e4m3 cache with fp16/bf16 queries), ``pack_gqa`` single-query tiles (``seqlen_q`` 1,
+    ``fp8_kv`` (an e4m3 cache; with fp16/bf16 queries, or with ``e4m3_q`` e4m3 queries too, which take the pairs
+    only with ``FP8_QKV_PAIRS`` and a ``head_dim`` of at least 32, all-fp8's padded head_dim), ``pack_gqa``
+    single-query tiles (``seqlen_q`` 1,
     ``rows_per_tile`` = queries per KV head) whose two heads' rows fit one ``FP8_PAIR_SPLIT_BLOCKS`` tile,
     ``full_attention`` (no window or attention chunk: what was measured), an even ``num_kv_heads``, a power-of-two
     ``head_dim`` of at most 128 (what was measured: 64 and 128, whose loop already needs 168 registers; 256 not
     compiled) whose two heads' rows are adjacent in memory (``adjacent_heads``: head stride = head_dim), a ``paged``
-    cache, no fused ``append``; and ``FP8_KV_PAIRS`` on."""
+    cache, no fused ``append``; and ``FP8_KV_PAIRS`` on. The one place that decides: ``interface.split_count``
+    plans the pairs' splits and fwd takes them from it (with ``fp8_pair_split_count`` / ``fp8_pairs_taken``)."""
+    if e4m3_q and not (FP8_QKV_PAIRS and head_dim >= 32):
+        return False
     return (FP8_KV_PAIRS and fp8_kv and pack_gqa and full_attention and seqlen_q == 1
             and max(16, next_power_of_2(2 * rows_per_tile)) in FP8_PAIR_SPLIT_BLOCKS
             and num_kv_heads % 2 == 0

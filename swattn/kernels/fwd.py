@@ -1338,6 +1338,14 @@ def _attend_tile(
         if FP8 == FP8_KV:
             if q.dtype == tl.bfloat16:
                 q, row_unscale = _rows_to_fp16(q)
+            elif q.dtype == tl.float8e4nv:
+                # All-fp8 decodes on the two-KV-heads loop (configs.FP8_QKV_PAIRS): e4m3 q widened to fp16 at its
+                # load (exact: every e4m3 value is an fp16), so the loop is FP8_KV's; q's descale, per row its own
+                # KV head's, joins K's in the per-row score scale below (never applied to q before a rounding).
+                tl.static_assert(KV_PAIR != NO_PAIR, "e4m3 q on the FP8_KV loop: two KV heads per program only")
+                q = q.to(tl.float16)
+                row_unscale = tl.load(Q_DESCALE + batch64 * stride_qdb
+                                      + (kv_head.to(tl.int64) + pair_second.to(tl.int64)) * stride_qdh)
             else:  # fp16 queries: as they are
                 row_unscale = tl.full([BLOCK_M], 1.0, tl.float32)
         elif FP8 == FP8_QKV and WIDEN == WIDEN_FENCED and BLOCK_M < 64:
@@ -1894,14 +1902,15 @@ def settings() -> tuple:
     append's reads, the page-table prefetch, the e4m3 widening in pairs, two KV heads per e4m3 decode program, the
     L2 preload before the wait, the e4m3 split loop's prefetch beyond its own rows, the fenced e4m3 widening, the
     head-block tile's row-bound mask, the Gluon kernel's lazy rescale (which the redo pass after it follows), the
-    two-KV-heads default (configs.FP8_KV_PAIRS, its threshold, shape and loop), the diagnostic stamp buffer,
-    the merge's early dependents and the split launches' late dependents.
+    two-KV-heads default (configs.FP8_KV_PAIRS, its threshold, shape and loop, FP8_QKV_PAIRS), the diagnostic
+    stamp buffer, the merge's early dependents and the split launches' late dependents.
 
     Every eager call builds this tuple (``swattn._replay``'s key), so each tuple display here stays at most 30 items:
     CPython builds a longer one through a list (31 items took this function from 0.24 to 0.41 us, dev CPU, Python
     3.11; tests/test_replay.py checks the bytecode)."""
     fp8_pairs = (configs.FP8_KV_PAIRS, configs.FP8_PAIR_MIN_KEYS_PER_SPLIT, configs.FP8_PAIR_SPLIT_BLOCKS[16],
-                 configs.FP8_PAIR_SHAPE_BLOCKS, configs.FP8_PAIR_FENCED_WIDENING, configs.FP8_PAIR_TRANSPOSED)
+                 configs.FP8_PAIR_SHAPE_BLOCKS, configs.FP8_PAIR_FENCED_WIDENING, configs.FP8_PAIR_TRANSPOSED,
+                 configs.FP8_QKV_PAIRS)
     return (ISOLATE_NON_FINITE, SCAN_FLAGS_MAX_WORK, GUARD_ONE_PASS_MAX_WORK, GUARD_ONE_PASS_MAX_ROWS,
             GUARD_ONE_PASS_MAX_ROWS_HEAD_BLOCK, GUARD_BRANCH, GUARD_CHECKS_OUTPUT, _compat.PDL,
             configs.forced_config_in_use(), gluon_fwd.GLUON_MODE, gluon_fwd.FP8_QK, APPEND_READS_INPUT,
@@ -2298,21 +2307,29 @@ class _ForwardPlan:
         # cache whose two heads' rows are adjacent (head stride = head_dim, unpadded), on the split loop.
         # The default's pairs replace a short split's single loop by their own split loop (configs.fp8_pair_config);
         # a forced mode (FP8_TWO_KV_HEADS) takes the split loop as it comes.
-        pairable = (fp8 == FP8_KV.value and pack_gqa and seqlen_q == 1 and not self.use_gluon
+        # All-fp8 (e4m3 q) decodes take the default's pairs too with configs.FP8_QKV_PAIRS (configs.fp8_kv_pairs_fit's
+        # e4m3_q decides): then launched as FP8_KV, whose kernel widens e4m3 q to fp16 at its load.
+        e4m3_q = fp8 == FP8_QKV.value
+        pairable = ((fp8 == FP8_KV.value or (e4m3_q and configs.FP8_QKV_PAIRS)) and pack_gqa and seqlen_q == 1
+                    and not self.use_gluon
                     and 2 * rows_per_tile <= config.block_m and not own_value_dim
                     and num_kv_heads % 2 == 0 and block_d == head_dim and new_k is None and not count_blocks
                     and all(t.stride(-1) == 1 and t.stride(-2) == head_dim for t in (k, v)))
         split_loop_config = not config.single_loop and not config.head_block
-        self.kv_pair = FP8_TWO_KV_HEADS if pairable and split_loop_config else 0
+        # (A forced mode with e4m3 q: only the modes that load each head's tiles on their own, as the default's.)
+        self.kv_pair = (FP8_TWO_KV_HEADS if pairable and split_loop_config
+                        and (not e4m3_q or FP8_TWO_KV_HEADS in _TWO_LOADS) else 0)
         if (pairable and not FP8_TWO_KV_HEADS and configs.forced_config_in_use() is None
                 and configs.fp8_kv_pairs_fit(True, pack_gqa, left < 0 and attention_chunk == 0, rows_per_tile,
-                                             seqlen_q, num_kv_heads, head_dim, True, paged, False)
+                                             seqlen_q, num_kv_heads, head_dim, True, paged, False, e4m3_q)
                 and configs.fp8_pairs_taken(batch * num_kv_heads, visible_keys, _persistent_programs(q.device),
                                             num_splits, head_dim)):
             # The default (configs.FP8_KV_PAIRS): two KV heads per program where the automatic split count planned
             # them (interface.split_count asks configs.fp8_pair_split_count, which fp8_pairs_taken asks), on their
             # own block shape; its loop transposed with configs.FP8_PAIR_TRANSPOSED.
             self.kv_pair = PAIR_TRANSPOSED.value if configs.FP8_PAIR_TRANSPOSED else PAIR_TWO_LOADS.value
+        if e4m3_q and self.kv_pair:
+            fp8 = FP8_KV.value  # the pairs' loop; q_descale kept, the output bf16 (out_dtype above)
         if self.kv_pair in _TWO_LOADS and configs.forced_config_in_use() is None:
             # forced or by default: the pairs' block shape
             config = configs.fp8_pair_config(config, batch * num_kv_heads, visible_keys, head_dim)

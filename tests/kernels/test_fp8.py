@@ -737,3 +737,123 @@ def test_pair_fenced_widening_setting(monkeypatch):
     assert fwd._e4m3_widening(torch.device("cpu"), fwd.PAIR_TWO_LOADS.value) in (fwd.WIDEN_TO.value,
                                                                                   fwd.WIDEN_IN_PAIRS.value)
 
+
+
+def automatic_splits_on_four_sms(monkeypatch) -> int:
+    """The interface's automatic split count as on a GPU of the interpreter's 4 "SMs" (``fwd._persistent_programs``
+    on the CPU, which ``fwd`` asks when it takes the pairs): the CPU's own rule is one split."""
+    import types
+
+    from swattn import interface
+    from swattn.kernels import fwd
+    sms = fwd._persistent_programs(torch.device("cpu"))
+    original = interface._auto_num_splits
+    monkeypatch.setattr(interface, "device_properties", lambda device: types.SimpleNamespace(multi_processor_count=sms))
+    monkeypatch.setattr(interface, "_auto_num_splits",
+                        lambda num_splits, device, *args, **kwargs: original(num_splits, torch.device("cuda"), *args,
+                                                                             **kwargs))
+    return sms
+
+
+@pytest.mark.parametrize("transposed", [0, 1], ids=["loop", "transposed-loop"])
+@pytest.mark.parametrize("per_tensor", [False, True], ids=["per-sequence-kv-head", "per-tensor"])
+def test_all_fp8_decode_takes_two_kv_heads_per_program(monkeypatch, per_tensor, transposed):
+    """``configs.FP8_QKV_PAIRS``: an all-fp8 full decode (e4m3 q over a paged e4m3 cache, q/k/v descales) takes
+    the fp8-kv default's two KV heads per program where ``configs.fp8_kv_pairs_fit`` (with ``e4m3_q``) and
+    ``fp8_pair_split_count`` say so: the automatic split count plans the pairs' splits (interface, here as on a GPU
+    of 4 SMs) and the launch takes them (fwd), launched as FP8_KV (q widened to fp16 in the kernel, q_descale in each
+    row's score scale); bf16 output against the reference on the dequantized inputs and against the switch off (one
+    KV head per program on the all-fp8 loop). Descales per (sequence, KV head) or one per tensor (a stride-0
+    expand)."""
+    from swattn.kernels import configs, fwd
+    sms = automatic_splits_on_four_sms(monkeypatch)
+    monkeypatch.setattr(configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT", 16)
+    monkeypatch.setattr(configs, "FP8_PAIR_TRANSPOSED", transposed)
+    pair_mode = (fwd.PAIR_TWO_LOADS.value, fwd.PAIR_TRANSPOSED.value)[transposed]
+    pages, keys = 70, 1050  # at least 8 blocks of 128 keys: the split regime of interface.split_count
+    k_cache = e4m3(pages, SMALL_CACHE_PAGE_SIZE, HK, D)
+    v_cache = e4m3(pages, SMALL_CACHE_PAGE_SIZE, HK, D)
+    table = torch.randperm(pages).view(1, pages).to(torch.int32)
+    lens, q = i32(keys), e4m3(1, 1, H, D)
+    if per_tensor:
+        qd, kd, vd = (torch.tensor(value).expand(1, HK) for value in (0.75, 1.5, 0.625))
+    else:
+        qd, kd, vd = descale(1), descale(1), descale(1)
+    sinks = torch.randn(H)
+    splits = configs.fp8_pair_split_count(HK, pages * SMALL_CACHE_PAGE_SIZE, sms, D)
+    assert splits > 1
+    call = dict(cache_seqlens=lens, page_table=table, q_descale=qd, k_descale=kd, v_descale=vd, sinks=sinks,
+                softcap=20.0, causal=True, return_softmax_lse=True)
+    outs = {}
+    for on in (True, False):
+        monkeypatch.setattr(configs, "FP8_QKV_PAIRS", on)
+        fwd._PLANS.clear()
+        outs[on] = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
+        (plan,) = [p for p in fwd.plans() if p.launches]
+        assert plan.kv_pair == (pair_mode if on else 0)
+        assert plan.main.constexprs["FP8"] == (fwd.FP8_KV.value if on else fwd.FP8_QKV.value)
+        assert plan.main.constexprs["KV_PAIR"] == plan.kv_pair
+        if on:  # the interface planned the pairs' split count, which the launch took
+            assert plan.main.grid == (1, 1, splits)
+            assert plan.config == configs.fp8_pair_config(plan.config, HK, pages * SMALL_CACHE_PAGE_SIZE, D)
+        else:
+            assert plan.main.grid[:2] == (1, HK) and plan.main.grid[2] != splits
+        assert outs[on][0].dtype == torch.bfloat16 and torch.isfinite(outs[on][0]).all()
+    ref_out, ref_lse = attention_kvcache_ref(q, k_cache, v_cache, lens, q_descale=qd, k_descale=kd, v_descale=vd,
+                                             causal=True, sinks=sinks, softcap=20.0, page_table=table)
+    for out, lse in outs.values():
+        assert_close("out", out, ref_out, tolerance_for(torch.bfloat16))
+        assert_close("lse", lse, ref_lse, LSE_TOL)
+    assert_close("pairs vs one KV head", outs[True][0], outs[False][0], tolerance_for(torch.bfloat16))
+
+
+@pytest.mark.parametrize("case", ["odd-kv-heads", "window", "append", "head-dim-16"])
+def test_all_fp8_decodes_outside_the_pairs_keep_one_kv_head(monkeypatch, case):
+    """With ``configs.FP8_QKV_PAIRS`` on, all-fp8 decodes that ``configs.fp8_kv_pairs_fit`` refuses (an odd KV
+    head count, a window, a fused append, a head_dim under all-fp8's padded 32) keep one KV head per program on the
+    all-fp8 (FP8_QKV) loop, against the reference."""
+    from swattn.kernels import configs, fwd
+    monkeypatch.setattr(configs, "FP8_PAIR_MIN_KEYS_PER_SPLIT", 16)
+    monkeypatch.setattr(configs, "FP8_QKV_PAIRS", True)
+    kv_heads, heads, head_dim = (3, 12, D) if case == "odd-kv-heads" else (HK, H, 16 if case == "head-dim-16" else D)
+    k_cache = e4m3(SMALL_CACHE_PAGES, SMALL_CACHE_PAGE_SIZE, kv_heads, head_dim)
+    v_cache = e4m3(SMALL_CACHE_PAGES, SMALL_CACHE_PAGE_SIZE, kv_heads, head_dim)
+    table = torch.randperm(SMALL_CACHE_PAGES).view(1, SMALL_CACHE_PAGES).to(torch.int32)
+    lens = i32(601)
+    q = e4m3(1, 1, heads, head_dim)
+    qd, kd, vd = (torch.rand(1, kv_heads) + 0.25 for _ in range(3))
+    call = dict(cache_seqlens=lens, page_table=table, q_descale=qd, k_descale=kd, v_descale=vd, causal=True)
+    if case == "window":
+        call["window_size"] = (300, 0)
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    if case == "append":
+        k_new, v_new = e4m3(1, 1, kv_heads, head_dim), e4m3(1, 1, kv_heads, head_dim)
+        call.update(k=k_new, v=v_new, k_descale=torch.ones(1, kv_heads), v_descale=torch.ones(1, kv_heads))
+        append_kv_ref(expected_k, expected_v, k_new, v_new, lens.clone(), page_table=table)
+    fwd._PLANS.clear()
+    out = swattn.flash_attn_with_kvcache(q, k_cache, v_cache, **call)
+    launched = [p for p in fwd.plans() if p.launches]
+    assert launched and all(p.kv_pair == 0 and p.main.constexprs["FP8"] == fwd.FP8_QKV.value for p in launched)
+    seqlens = lens + (1 if case == "append" else 0)
+    ref_out, _ = attention_kvcache_ref(q, expected_k, expected_v, seqlens, q_descale=qd, k_descale=call["k_descale"],
+                                       v_descale=call["v_descale"], causal=True, page_table=table,
+                                       window_size=call.get("window_size", (-1, -1)))
+    assert out.dtype == torch.bfloat16
+    assert_close("out", out, ref_out, tolerance_for(torch.bfloat16))
+
+
+def test_all_fp8_pairs_fit():
+    """``configs.fp8_kv_pairs_fit``'s ``e4m3_q``: all-fp8 decodes fit only with ``FP8_QKV_PAIRS`` and a head_dim
+    of at least 32; the fp8-kv decision is unchanged by the switch."""
+    from swattn.kernels import configs
+    shape = (True, True, True, 8, 1, 8, 64, True, True, False)
+    assert configs.FP8_QKV_PAIRS is False  # off until timed on the GPU
+    assert not configs.fp8_kv_pairs_fit(*shape, e4m3_q=True)
+    assert configs.fp8_kv_pairs_fit(*shape)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(configs, "FP8_QKV_PAIRS", True)
+        assert configs.fp8_kv_pairs_fit(*shape, e4m3_q=True) and configs.fp8_kv_pairs_fit(*shape)
+        assert not configs.fp8_kv_pairs_fit(True, True, True, 8, 1, 8, 16, True, True, False, e4m3_q=True)
+        assert configs.fp8_kv_pairs_fit(True, True, True, 8, 1, 8, 16, True, True, False)
+        assert not configs.fp8_kv_pairs_fit(True, True, True, 8, 1, 7, 64, True, True, False, e4m3_q=True)
+        assert not configs.fp8_kv_pairs_fit(True, True, False, 8, 1, 8, 64, True, True, False, e4m3_q=True)
