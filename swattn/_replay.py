@@ -148,35 +148,6 @@ class _Replay:
         return result
 
 
-class _DenseReplay(_Replay):
-    """A ``_Replay`` of a function with dense lengths (``replayed``'s ``dense``) whose recording noted its length
-    choices: its op's arguments are picked from the call's values, then the call's lengths (``derive(values)``: each
-    group's first tensor's dim 1; the op's ``max_seqlen_q`` / ``max_seqlen_k`` where it takes them), then the
-    constants."""
-
-    __slots__ = ("derive",)
-
-    def __init__(self, op, pick, constants, returns, data_checks, planned, lengths, derive):
-        super().__init__(op, pick, constants, returns, data_checks, planned, lengths)
-        self.derive = derive
-
-    def __call__(self, values: tuple):
-        result = self.op(*self.pick(values + self.derive(values) + self.constants))
-        if self.returns == "out":
-            return result[0]
-        if self.returns == "pair":
-            return result[0], result[1]
-        return result
-
-    def other(self, values: tuple):
-        result = self.other_op(*self.pick(values + self.derive(values) + self.constants))
-        if self.returns == "out":
-            return result[0]
-        if self.returns == "pair":
-            return result[0], result[1]
-        return result
-
-
 # The positions of the lengths (max_seqlen_q, then max_seqlen_k) among the arguments of the ops whose calls may
 # serve other lengths.
 _LENGTH_ARGUMENTS = {"run_fwd_kvcache": (9,), "run_fwd_kvcache_into": (10,), "run_fwd": (7, 8),
@@ -206,7 +177,7 @@ def _record(function, args, kwargs, length_positions=None, derive=None):
     ``length_positions``: where the call's lengths are among its values, when they may be free (``replayed``'s
     ``lengths``): a recording that noted its length choices then picks them from the call's values. ``derive``:
     ``values -> lengths`` for a function with dense lengths (``replayed``'s ``dense``): a recording that noted its
-    choices for them (a ``_DenseReplay``) passes each call's own to its op."""
+    choices for them passes each call's own to its op (its picker appends them to the values and constants)."""
     record = {"data_checks": [], "calls": [], "lengths": []}
     _recording.record = record
     try:
@@ -233,8 +204,8 @@ def _record(function, args, kwargs, length_positions=None, derive=None):
         if id(tensor) not in by_identity:
             return result, None
         data_checks.append((decide, by_identity[id(tensor)], check_inputs))
-    # The op's arguments: positions in the call's values (followed by the derived lengths), or in the constants that
-    # follow them.
+    # The op's arguments: positions in the call's values, or in the constants that follow them (then, for dense
+    # lengths, the call's lengths).
     positions, constants = [], []
     for value in op_args:
         if isinstance(value, torch.Tensor):
@@ -242,15 +213,16 @@ def _record(function, args, kwargs, length_positions=None, derive=None):
                 return result, None  # a tensor the function made (a copy, a filled int): not replayable
             positions.append(by_identity[id(value)])
         elif value is None or type(value) in (bool, int, float):
-            positions.append(len(values) + len(derived) + len(constants))
+            positions.append(len(values) + len(constants))
             constants.append(value)
         else:
             return result, None
     if derived:
+        # A dense-lengths replay passes each call's own lengths: after the values and the constants.
         choose, _, choices = record["lengths"][0]
         for offset, index in enumerate(_DENSE_LENGTH_ARGUMENTS[op.__name__]):
             if index is not None:
-                positions[index] = len(values) + offset
+                positions[index] = len(values) + len(constants) + offset
     lengths = None
     if length_positions is not None and len(record["lengths"]) == 1:
         choose, noted, choices = record["lengths"][0]
@@ -269,11 +241,14 @@ def _record(function, args, kwargs, length_positions=None, derive=None):
         returns = "pair"
     else:
         return result, None
+    pick = _picker(positions)
     if derived:
-        return result, _DenseReplay(op, _picker(positions), tuple(constants), returns, tuple(data_checks),
-                                    ops.planned_op(op, op_args), (choose, choices), derive)
-    return result, _Replay(op, _picker(positions), tuple(constants), returns, tuple(data_checks),
-                           ops.planned_op(op, op_args), lengths)
+        # (``derive`` reads only the values' positions, so it may be given the values and constants.)
+        pick = (lambda values_and_constants, pick=pick:
+                pick(values_and_constants + derive(values_and_constants)))
+        lengths = (choose, choices)
+    return result, _Replay(op, pick, tuple(constants), returns, tuple(data_checks), ops.planned_op(op, op_args),
+                           lengths)
 
 
 class _RecordingOps:
@@ -333,6 +308,13 @@ def _lengths_getter(positions: tuple) -> Callable[[tuple], tuple]:
     return lambda values: tuple(values[position].shape[1] for position in positions)
 
 
+def _position(parameters: tuple, name: str, count: int, names: tuple) -> int | None:
+    """Where argument ``name`` is among a call's values (``count`` positional, then keyword ``names``), or None
+    where the call does not pass it."""
+    index = parameters.index(name)
+    return index if index < count else count + names.index(name) if name in names else None
+
+
 def _length_free(item: tuple, tensor: torch.Tensor, length: int) -> tuple:
     """A dense tensor's signature item without its length (dim 1) and strides: the rest of its shape, its length
     class (0, 1, more), whether it has ``length`` (its group's first tensor's), its last stride and contiguity (what
@@ -379,12 +361,8 @@ def replayed(function=None, *, lengths: tuple | None = None, dense: tuple | None
         lengths'; None where a group's first tensor or a length is not passed: the exact signature only)."""
         found = where_by_call.get((count, names), False)
         if found is False:
-            def position(name):
-                index = parameters.index(name)
-                return index if index < count else count + names.index(name) if name in names else None
-
-            groups = tuple(tuple(position(name) for name in group) for group in lengths[0])
-            at = tuple(position(name) for name in lengths[1])
+            groups = tuple(tuple(_position(parameters, name, count, names) for name in group) for group in lengths[0])
+            at = tuple(_position(parameters, name, count, names) for name in lengths[1])
             found = where_by_call[(count, names)] = (
                 None if None in at or any(group[0] is None for group in groups) else (groups, at))
         return found
@@ -425,11 +403,7 @@ def replayed(function=None, *, lengths: tuple | None = None, dense: tuple | None
         passed), and ``values -> lengths`` for them."""
         found = dense_where.get((count, names), False)
         if found is False:
-            def position(name):
-                index = parameters.index(name)
-                return index if index < count else count + names.index(name) if name in names else None
-
-            groups = tuple(tuple(position(name) for name in group) for group in dense)
+            groups = tuple(tuple(_position(parameters, name, count, names) for name in group) for group in dense)
             found = None
             if all(group[0] is not None for group in groups):
                 found = groups, _lengths_getter(tuple(group[0] for group in groups))

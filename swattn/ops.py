@@ -572,40 +572,28 @@ class _KVCachePlan:
                                                    scratch_lengths=True, stream=stream)
             if q_rotated is not None:
                 q_attend = q_rotated
-        forward = self.forward
-        if forward is not None and cu_seqlens_q is not None and (max_seqlen_q != self.max_seqlen_q
-                                                                 or q.shape[0] != self.tokens):
-            # A replay serving other lengths (swattn._replay's ``lengths``): the plan of this call's, from the
-            # family of the kept one (the same signature up to q's rows and max_seqlen_q).
-            family = forward.family()  # None once evicted from kernels.fwd's cache
-            forward = None if family is None else family.lookup(q_attend, k_cache, v_cache, max_seqlen_q)
-            if forward is None:
-                forward = forward_plan(
-                    q_attend, k_cache, v_cache, sinks=sinks, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx,
-                    page_table=page_table, cu_seqlens_q=cu_seqlens_q, new_k=new_k, new_v=new_v,
-                    cache_leftpad=cache_leftpad, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
-                    qv=qv, max_seqlen_q=max_seqlen_q, **self.forward_arguments)
-        elif forward is not None and self.dense_cache and _cache_key(k_cache, v_cache) != self.cache_key:
-            # A replay serving another cache length: its plan from the kept one's family (rebased where it can be).
-            family = forward.family()
-            forward = None
-            if family is not None and family.dense:
-                forward = family.lookup(q_attend, k_cache, v_cache, max_seqlen_q, rebase=True)
-            if forward is None:
-                forward = forward_plan(
-                    q_attend, k_cache, v_cache, sinks=sinks, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx,
-                    page_table=page_table, cu_seqlens_q=cu_seqlens_q, new_k=new_k, new_v=new_v,
-                    cache_leftpad=cache_leftpad, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
-                    qv=qv, max_seqlen_q=max_seqlen_q, **self.forward_arguments)
-        elif forward is None:
-            self.max_seqlen_q, self.tokens = max_seqlen_q, q.shape[0]
+        forward, kept = self.forward, False
+        if forward is None:
+            kept, self.max_seqlen_q, self.tokens = True, max_seqlen_q, q.shape[0]
             if self.dense_cache:
                 self.cache_key = _cache_key(k_cache, v_cache)
-            forward = self.forward = forward_plan(
+        elif ((cu_seqlens_q is not None and (max_seqlen_q != self.max_seqlen_q or q.shape[0] != self.tokens))
+              or (self.dense_cache and _cache_key(k_cache, v_cache) != self.cache_key)):
+            # A replay serving other lengths (swattn._replay's ``lengths``: q's rows and max_seqlen_q; ``dense``: the
+            # cache's length and strides): this call's plan from the kept one's family (rebased where it can be), a
+            # family of the signature up to them (varlen q, or a dense one: any other keeps exact lengths).
+            family = forward.family()  # None once evicted from kernels.fwd's cache
+            forward = None
+            if family is not None and (family.varlen_q or family.dense):
+                forward = family.lookup(q_attend, k_cache, v_cache, max_seqlen_q, rebase=True)
+        if forward is None:
+            forward = forward_plan(
                 q_attend, k_cache, v_cache, sinks=sinks, seqlens_k=seqlens_k, cache_batch_idx=cache_batch_idx,
                 page_table=page_table, cu_seqlens_q=cu_seqlens_q, new_k=new_k, new_v=new_v,
                 cache_leftpad=cache_leftpad, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale, qv=qv,
                 max_seqlen_q=max_seqlen_q, **self.forward_arguments)
+            if kept:
+                self.forward = forward
         out, lse, _ = forward.run(q_attend, k_cache, v_cache, sinks, cu_seqlens_q, None, seqlens_k, cache_batch_idx,
                                   page_table, new_k, new_v, None, cache_leftpad, q_descale, k_descale, v_descale,
                                   stream, out, qv=qv)
